@@ -1,0 +1,107 @@
+//! `warden manifest validate|hash|diff|schema`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use warden_policy::diff::Impact;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check a manifest and its policies; print every error with file, line and key path.
+    Validate {
+        /// The manifest.
+        file: PathBuf,
+    },
+    /// Print the bundle hash (manifest plus policy files) that decisions cite.
+    Hash {
+        /// The manifest.
+        file: PathBuf,
+    },
+    /// Show what changed between two manifests, calling out every loosening.
+    Diff {
+        /// The current manifest.
+        old: PathBuf,
+        /// The proposed manifest.
+        new: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the manifest's JSON Schema (generated from its types).
+    Schema,
+}
+
+pub fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
+            Ok(g) => {
+                let m = g.manifest();
+                println!(
+                    "ok: {} (version {}, {} tiers, {} agents, {} tools, {} policies, {})",
+                    file.display(),
+                    m.version,
+                    m.tiers.len(),
+                    m.agents.len(),
+                    m.tools.len(),
+                    g.cedar().policy_count,
+                    g.policy_hash()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                super::print_load_error(&e);
+                eprintln!("{} error(s)", e.diagnostics.len());
+                Ok(ExitCode::from(super::EXIT_INPUT))
+            }
+        },
+        Command::Hash { file } => match warden_gateway::bundle::hash_bundle(&file) {
+            Ok(h) => {
+                println!("{h}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                super::print_load_error(&e);
+                Ok(ExitCode::from(super::EXIT_INPUT))
+            }
+        },
+        Command::Diff { old, new, json } => {
+            let load = |p: &PathBuf| {
+                warden_gateway::bundle::load_manifest(p).inspect_err(super::print_load_error)
+            };
+            let (Ok(a), Ok(b)) = (load(&old), load(&new)) else {
+                return Ok(ExitCode::from(super::EXIT_INPUT));
+            };
+            let changes = warden_policy::diff::diff(&a, &b);
+            let (ha, hb) = (
+                warden_gateway::bundle::hash_bundle(&old).unwrap_or_default(),
+                warden_gateway::bundle::hash_bundle(&new).unwrap_or_default(),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "old_hash": ha, "new_hash": hb, "changes": changes,
+                    }))?
+                );
+            } else {
+                println!("bundle {ha} -> {hb}");
+                let loosened = changes.iter().filter(|c| c.impact == Impact::Loosened).count();
+                for c in &changes {
+                    let mark = match c.impact {
+                        Impact::Loosened => "! LOOSENED ",
+                        Impact::Tightened => "  tightened",
+                        Impact::Changed => "  changed  ",
+                    };
+                    println!("{mark} {}: {}", c.path, c.message);
+                }
+                if loosened > 0 {
+                    println!("{loosened} change(s) loosen what agents may do: review them before deploying");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&warden_policy::raw::manifest_json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Subcommands.
+
+mod check;
+mod init;
+mod manifest;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit code for a usage or input error (also clap's).
+pub const EXIT_INPUT: u8 = 2;
+
+/// Warden: a governance gateway for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a working starter manifest and Cedar policy into DIR.
+    Init(init::Args),
+    /// Run the gateway (decision API) on its embedded defaults.
+    Serve(serve::Args),
+    /// Decide one proposal offline and print the decision as JSON.
+    ///
+    /// Exit status: 0 allow, 1 deny, 3 escalate, 2 usage or input error.
+    Check(check::Args),
+    /// Validate, hash, compare and describe manifests.
+    #[command(subcommand)]
+    Manifest(manifest::Command),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Manifest(c) => manifest::run(c),
+    }
+}
+
+/// Prints every diagnostic of a load error to stderr.
+pub fn print_load_error(e: &warden_policy::LoadError) {
+    for d in &e.diagnostics {
+        eprintln!("error: {d}");
+    }
+}

@@ -1,0 +1,76 @@
+//! `warden serve`: the gateway on its embedded defaults.
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data directory (state; the starter manifest if none is given).
+    #[arg(long, default_value = ".warden")]
+    data: PathBuf,
+    /// The manifest; defaults to DATA/manifest.yaml, written from the starter if missing.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let manifest = match a.manifest {
+        Some(m) => m,
+        None => {
+            let m = a.data.join("manifest.yaml");
+            if !m.exists() {
+                warden_gateway::starter::write(&a.data).map_err(anyhow::Error::msg)?;
+                tracing::warn!(path = %m.display(), "no manifest given: wrote the starter manifest");
+            }
+            m
+        }
+    };
+    let governor = match warden_gateway::bundle::load_governor(&manifest) {
+        Ok(g) => g,
+        Err(e) => {
+            // INVARIANT (fail-closed): without a loaded bundle the gateway does not start.
+            super::print_load_error(&e);
+            eprintln!("error: manifest `{}` does not load; refusing to start", manifest.display());
+            return Ok(ExitCode::from(super::EXIT_INPUT));
+        }
+    };
+    let state_dir = a.data.join("state");
+    let state = warden_state::FileState::open(&state_dir, warden_gateway::now_unix())
+        .with_context(|| format!("opening state in `{}`", state_dir.display()))?;
+    tracing::info!(
+        manifest = %manifest.display(),
+        version = governor.manifest().version,
+        policy_hash = governor.policy_hash(),
+        listen = %a.listen,
+        "warden serving the decision API"
+    );
+    let app = warden_gateway::server::AppState {
+        governor: Arc::new(governor),
+        state: Arc::new(state),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        warden_gateway::server::serve(listener, app, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,247 @@
+//! The `warden` binary, end to end: what a newcomer types, what they see, which exit code.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// 2026-11-22T10:00:00Z, inside the starter's 08:00-22:00 window.
+const DAY_TIME: &str = "1795341600";
+const NIGHT_TIME: &str = "1795388400";
+
+fn warden(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden")).args(args).output().unwrap()
+}
+
+fn warden_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn init(dir: &Path) -> String {
+    let out = warden(&["init", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    dir.join("manifest.yaml").to_str().unwrap().to_string()
+}
+
+fn check(manifest: &str, extra: &[&str], proposal: &str) -> (i32, serde_json::Value) {
+    let mut args = vec!["check", "--manifest", manifest, "--now", DAY_TIME];
+    args.extend_from_slice(extra);
+    args.push("-");
+    let out = warden_stdin(&args, proposal.as_bytes());
+    let code = out.status.code().unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout {} stderr {}", text(&out.stdout), text(&out.stderr)));
+    (code, json)
+}
+
+#[test]
+fn init_writes_a_manifest_that_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let out = warden(&["manifest", "validate", &m]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: "));
+    // Refuses to overwrite.
+    let again = warden(&["init", dir.path().to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn check_exit_codes_follow_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let (code, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#);
+    assert_eq!(code, 0);
+    for key in ["decision", "rules", "reason", "manifest_version", "policy_hash"] {
+        assert!(d.get(key).is_some(), "missing {key}: {d}");
+    }
+    assert_eq!(d["decision"], "allow");
+    let (code, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"rm.rf","arguments":{}}"#);
+    assert_eq!((code, d["rules"][0].as_str()), (1, Some("tool.unknown")));
+    let (code, d) = check(
+        &m,
+        &[],
+        r#"{"agent":"ops-1","session":"s","tool":"deploy.staging","arguments":{"service":"a","version":"1"}}"#,
+    );
+    assert_eq!(code, 3);
+    assert_eq!(d["escalation"]["kind"], "approvers");
+    assert_eq!(d["escalation"]["role"], "planner");
+}
+
+#[test]
+fn check_refuses_bad_proposals_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    for (input, needle) in [
+        (&b"{\"agent\":\"coder-1\""[..], "EOF"),
+        (&b"[]"[..], "expected a JSON object"),
+        (&b"{\"agent\":\"a\",\"session\":\"s\",\"tool\":\"t\",\"grant\":1}"[..], "unknown field `grant`"),
+    ] {
+        let out = warden_stdin(&["check", "--manifest", &m, "-"], input);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
+    }
+    let huge = vec![b' '; (1 << 20) + 10];
+    let out = warden_stdin(&["check", "--manifest", &m, "-"], &huge);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("limit"), "{}", text(&out.stderr));
+    let out = warden(&["check", "--manifest", &m, "/nonexistent/proposal.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/proposal.json"));
+    // Usage errors are exit 2 too.
+    assert_eq!(warden(&["check"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_broken_bundle_allows_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    std::fs::write(
+        dir.path().join("policies/base.cedar"),
+        "permit (principal, action == Action::\"no.such_tool\", resource);",
+    )
+    .unwrap();
+    let out = warden_stdin(
+        &["check", "--manifest", &m, "-"],
+        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["rules"][0], "manifest.not_loaded");
+    assert!(text(&out.stderr).contains("base.cedar:1"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no.such_tool"));
+}
+
+#[test]
+fn validate_prints_every_error_with_file_line_and_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let original = std::fs::read_to_string(&m).unwrap();
+    let broken = original
+        .replace("tier: critical", "tier: apocalyptic")
+        .replace("zone: prod, trust: senior", "zone: moon, trust: senior")
+        .replace("rate: 10/h", "rate: ten per hour");
+    std::fs::write(&m, &broken).unwrap();
+    let out = warden(&["manifest", "validate", &m]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(err.contains(&format!("{m}:{}: risk_tiers.high.rate:", line_of("ten per hour"))), "{err}");
+    assert!(err.contains(&format!("{m}:{}: agents[1].zone: unknown zone `moon`", line_of("zone: moon"))), "{err}");
+    assert!(err.contains(&format!("{m}:{}: tools[3].tier: unknown tier `apocalyptic`", line_of("apocalyptic"))), "{err}");
+    assert!(err.contains("3 error(s)"), "{err}");
+    // Unknown keys are refused, naming the key.
+    std::fs::write(&m, original.replace("  - id: acme\n", "  - id: acme\n    region: eu\n")).unwrap();
+    let out = warden(&["manifest", "validate", &m]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("tenants[0]: unknown field `region`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn hash_is_stable_and_covers_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let h1 = text(&warden(&["manifest", "hash", &m]).stdout);
+    let h2 = text(&warden(&["manifest", "hash", &m]).stdout);
+    assert_eq!(h1, h2);
+    assert!(h1.starts_with("sha256:"));
+    let (_, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#);
+    assert_eq!(d["policy_hash"].as_str().unwrap(), h1.trim());
+    let p = dir.path().join("policies/base.cedar");
+    let mut policy = std::fs::read_to_string(&p).unwrap();
+    policy.push_str("\n// a comment\n");
+    std::fs::write(&p, policy).unwrap();
+    let h3 = text(&warden(&["manifest", "hash", &m]).stdout);
+    assert_ne!(h1, h3);
+}
+
+#[test]
+fn diff_calls_out_downgrades_and_loosened_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = init(dir.path());
+    let new = dir.path().join("new.yaml");
+    let text_old = std::fs::read_to_string(&old).unwrap();
+    std::fs::write(
+        &new,
+        text_old
+            .replace("version: 1", "version: 2")
+            .replace("    tier: critical", "    tier: high")
+            .replace("{ mode: role, approvers: 1, role: planner }", "{ mode: auto }")
+            .replace("rate: 2/h", "rate: 20/h"),
+    )
+    .unwrap();
+    let out = warden(&["manifest", "diff", &old, new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    assert!(s.contains("! LOOSENED  tools[db.drop_table].tier: tier `critical` -> `high` (tier downgrade)"), "{s}");
+    assert!(s.contains("! LOOSENED  risk_tiers.high.approval"), "{s}");
+    assert!(s.contains("! LOOSENED  risk_tiers.critical.rate: rate 2/h -> 20/h"), "{s}");
+    let out = warden(&["manifest", "diff", "--json", &old, new.to_str().unwrap()]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["changes"].as_array().unwrap().iter().any(|c| c["impact"] == "loosened"));
+}
+
+#[test]
+fn schema_is_json_and_matches_the_checked_in_copy() {
+    let out = warden(&["manifest", "schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["version", "risk_tiers", "tenants", "agents", "tools", "budgets", "invariants", "breakers", "policies"] {
+        assert!(schema["properties"].get(key).is_some(), "schema lacks {key}");
+    }
+    let checked_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/manifest.schema.json");
+    let checked_in: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checked_in).unwrap()).unwrap();
+    assert_eq!(schema, checked_in, "regenerate docs/manifest.schema.json with `warden manifest schema`");
+}
+
+#[test]
+fn state_directory_carries_counters_and_pauses_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let p = r#"{"agent":"coder-1","session":"loop","tool":"fs.read_file","arguments":{"path":"/same"}}"#;
+    assert_eq!(check(&m, &["--state", state], p).0, 0);
+    assert_eq!(check(&m, &["--state", state], p).0, 0);
+    let (code, d) = check(&m, &["--state", state], p);
+    assert_eq!((code, d["rules"][0].as_str()), (3, Some("loop.repeat_pattern")));
+    let (code, d) = check(&m, &["--state", state], &p.replace("/same", "/other"));
+    assert_eq!((code, d["rules"][0].as_str()), (3, Some("session.paused")));
+    // Without --state each run starts afresh.
+    assert_eq!(check(&m, &[], p).0, 0);
+}
+
+#[test]
+fn queued_outside_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = init(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text_m.replace("zone: prod, trust: senior", "zone: dev, trust: senior")).unwrap();
+    let out = warden_stdin(
+        &["check", "--manifest", &m, "--now", NIGHT_TIME, "-"],
+        br#"{"agent":"ops-1","session":"s","tool":"github.create_issue","arguments":{"repo":"acme/a","title":"t"}}"#,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["escalation"]["kind"], "queued");
+    assert_eq!(d["escalation"]["until"], "2026-11-23T08:00:00Z");
+}

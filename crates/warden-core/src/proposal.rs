@@ -1,0 +1,179 @@
+//! The proposal: the only thing an agent can do is ask.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Largest proposal Warden parses, in bytes. Larger inputs are refused before parsing.
+pub const MAX_PROPOSAL_BYTES: usize = 1 << 20;
+
+/// Longest identifier (agent, session, tool, tenant) Warden accepts, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// A tool call an agent proposes. It carries no authority of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    /// The agent that proposes the call, as named in the manifest.
+    pub agent: String,
+    /// The session the call belongs to (loop detection and pauses are per session).
+    pub session: String,
+    /// The tool to call, as named in the manifest.
+    pub tool: String,
+    /// The tool's arguments: always a JSON object.
+    #[serde(default = "empty_object")]
+    pub arguments: Value,
+    /// The tenant the caller claims to act for; when present it must be the agent's own (INV-008).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Why a proposal could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposalError {
+    /// The input is larger than [`MAX_PROPOSAL_BYTES`].
+    #[error("proposal is {size} bytes, more than the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the input.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The input is not JSON of the proposal's shape.
+    #[error("proposal is not valid: {0}")]
+    Malformed(String),
+    /// A field is empty, too long, or holds control characters.
+    #[error("proposal field `{field}` {problem}")]
+    BadField {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+impl Proposal {
+    /// Parses a proposal from untrusted bytes: bounded size, bounded nesting (serde_json refuses
+    /// more than 128 levels), unknown fields refused, identifiers checked.
+    ///
+    /// # Errors
+    /// [`ProposalError`] naming what was wrong.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, ProposalError> {
+        if bytes.len() > MAX_PROPOSAL_BYTES {
+            return Err(ProposalError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_PROPOSAL_BYTES,
+            });
+        }
+        // serde would also accept a JSON array in field order; a proposal is an object.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(_) => return Err(ProposalError::Malformed("expected a JSON object".into())),
+            None => return Err(ProposalError::Malformed("empty input".into())),
+        }
+        let proposal: Proposal =
+            serde_json::from_slice(bytes).map_err(|e| ProposalError::Malformed(e.to_string()))?;
+        proposal.check()?;
+        Ok(proposal)
+    }
+
+    /// Checks the identifiers and the shape of the arguments.
+    ///
+    /// # Errors
+    /// [`ProposalError::BadField`] for the first field that is wrong.
+    pub fn check(&self) -> Result<(), ProposalError> {
+        check_id("agent", &self.agent)?;
+        check_id("session", &self.session)?;
+        check_id("tool", &self.tool)?;
+        if let Some(t) = &self.tenant {
+            check_id("tenant", t)?;
+        }
+        if !self.arguments.is_object() {
+            return Err(ProposalError::BadField {
+                field: "arguments",
+                problem: "must be a JSON object",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_id(field: &'static str, value: &str) -> Result<(), ProposalError> {
+    if value.is_empty() {
+        return Err(ProposalError::BadField {
+            field,
+            problem: "is empty",
+        });
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(ProposalError::BadField {
+            field,
+            problem: "is longer than 256 bytes",
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ProposalError::BadField {
+            field,
+            problem: "contains control characters",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_minimal_proposal() {
+        let p = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t"}"#).unwrap();
+        assert_eq!(p.arguments, Value::Object(Map::new()));
+        assert_eq!(p.tenant, None);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_shapes() {
+        let e = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t","grant":"x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `grant`"), "{e}");
+        let e = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t","arguments":[1]}"#)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "proposal field `arguments` must be a JSON object");
+        let e = Proposal::from_json_slice(br#"{"agent":"","session":"s","tool":"t"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "proposal field `agent` is empty");
+        let e = Proposal::from_json_slice(b"{\"agent\":\"a\\u0000\",\"session\":\"s\",\"tool\":\"t\"}")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "proposal field `agent` contains control characters");
+    }
+
+    #[test]
+    fn refuses_huge_and_deep_input_without_panicking() {
+        let huge = vec![b' '; MAX_PROPOSAL_BYTES + 1];
+        assert!(matches!(
+            Proposal::from_json_slice(&huge),
+            Err(ProposalError::TooLarge { .. })
+        ));
+        let mut deep = String::from(r#"{"agent":"a","session":"s","tool":"t","arguments":{"x":"#);
+        deep.push_str(&"[".repeat(100_000));
+        let e = Proposal::from_json_slice(deep.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn refuses_arrays_and_empty_input() {
+        let e = Proposal::from_json_slice(br#"["a","s","t",{},null]"#).unwrap_err();
+        assert_eq!(e.to_string(), "proposal is not valid: expected a JSON object");
+        let e = Proposal::from_json_slice(b"  ").unwrap_err();
+        assert_eq!(e.to_string(), "proposal is not valid: empty input");
+    }
+
+    #[test]
+    fn refuses_truncated_input() {
+        let e = Proposal::from_json_slice(br#"{"agent":"a","sess"#).unwrap_err();
+        assert!(e.to_string().contains("EOF"), "{e}");
+    }
+}

@@ -1,0 +1,23 @@
+//! # warden-gateway
+//!
+//! The composition root: the one crate that touches the file system and the network on the
+//! Governor's behalf and wires the pieces together. The binary (`warden-cli`) and the
+//! integration tests both use it.
+//!
+//! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
+//!   [`warden_policy::Governor`];
+//! - [`starter`]: the starter manifest `warden init` writes;
+//! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor and a state store.
+
+pub mod bundle;
+pub mod server;
+pub mod starter;
+
+/// Current Unix time in seconds (the only clock the decision path uses).
+#[must_use]
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,528 @@
+//! Cedar: the schema generated from the manifest, the policy set indexed by action and
+//! principal, and argument projection into the request context.
+//!
+//! Model:
+//! - principal `Agent::"<id>"` (attributes `id`, `tenant`, `zone`, `trust`, `trust_rank`,
+//!   `owner`), member of `Tenant::"<tenant>"` and `Zone::"<zone>"`;
+//! - action `Action::"<tool name>"`, one per tool, member of the action group
+//!   `Action::"tier:<tier>"`;
+//! - resource `Tool::"<tool name>"` (attributes `name`, `tier`, `classification`, `output_trust`,
+//!   `preview`, `cost`), member of `Tier::"<tier>"`;
+//! - context `{ arguments: <record typed from the tool's JSON Schema>, session: String,
+//!   hour: Long }`.
+//!
+//! Because every tool is an action and the context is typed per action, Cedar's validator
+//! rejects at load a policy that names an unknown tool, attribute or argument.
+
+use crate::manifest::{Diagnostic, Manifest};
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr as _;
+
+/// A Cedar policy file's name and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    /// Path as shown in messages (relative to the manifest).
+    pub name: String,
+    /// Cedar text.
+    pub text: String,
+}
+
+/// The Cedar type a tool argument is exposed as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgType {
+    /// Cedar `String`.
+    String,
+    /// Cedar `Long`.
+    Long,
+    /// Cedar `Bool`.
+    Bool,
+    /// Cedar `Set<T>`.
+    Set(Box<ArgType>),
+    /// Cedar record: (name, type, required).
+    Record(Vec<(String, ArgType, bool)>),
+}
+
+impl ArgType {
+    /// Maps a JSON Schema to a Cedar type; `None` for what Cedar cannot represent (numbers with
+    /// fractions, untyped or union schemas), which is then not exposed to policies.
+    #[must_use]
+    pub fn from_json_schema(schema: &Value) -> Option<ArgType> {
+        match schema.get("type").and_then(Value::as_str)? {
+            "string" => Some(ArgType::String),
+            "integer" => Some(ArgType::Long),
+            "boolean" => Some(ArgType::Bool),
+            "array" => {
+                let items = schema.get("items")?;
+                Some(ArgType::Set(Box::new(ArgType::from_json_schema(items)?)))
+            }
+            "object" => {
+                let required: HashSet<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut attrs = Vec::new();
+                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                    for (name, sub) in props {
+                        if let Some(t) = ArgType::from_json_schema(sub) {
+                            attrs.push((name.clone(), t, required.contains(name.as_str())));
+                        }
+                    }
+                }
+                Some(ArgType::Record(attrs))
+            }
+            _ => None,
+        }
+    }
+
+    fn cedar_json(&self) -> Value {
+        match self {
+            ArgType::String => json!({"type": "String"}),
+            ArgType::Long => json!({"type": "Long"}),
+            ArgType::Bool => json!({"type": "Boolean"}),
+            ArgType::Set(t) => json!({"type": "Set", "element": t.cedar_json()}),
+            ArgType::Record(attrs) => {
+                let mut m = Map::new();
+                for (name, t, required) in attrs {
+                    let mut v = t.cedar_json();
+                    if let Value::Object(o) = &mut v {
+                        o.insert("required".into(), Value::Bool(*required));
+                    }
+                    m.insert(name.clone(), v);
+                }
+                json!({"type": "Record", "attributes": m})
+            }
+        }
+    }
+
+    /// Projects a (schema-valid) argument value onto this type.
+    ///
+    /// # Errors
+    /// A message naming the JSON path that does not fit.
+    pub fn project(&self, value: &Value, at: &str) -> Result<RestrictedExpression, String> {
+        match (self, value) {
+            (ArgType::String, Value::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
+            (ArgType::Long, Value::Number(n)) => {
+                let i = n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| {
+                            #[expect(clippy::cast_possible_truncation, reason = "checked integral and in range above")]
+                            let i = f as i64;
+                            i
+                        })
+                });
+                i.map(RestrictedExpression::new_long)
+                    .ok_or_else(|| format!("`{at}` does not fit a 64-bit integer"))
+            }
+            (ArgType::Bool, Value::Bool(b)) => Ok(RestrictedExpression::new_bool(*b)),
+            (ArgType::Set(t), Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(t.project(item, &format!("{at}/{i}"))?);
+                }
+                Ok(RestrictedExpression::new_set(out))
+            }
+            (ArgType::Record(attrs), Value::Object(obj)) => {
+                let mut pairs = Vec::with_capacity(attrs.len());
+                for (name, t, required) in attrs {
+                    match obj.get(name) {
+                        Some(v) => pairs.push((name.clone(), t.project(v, &format!("{at}/{name}"))?)),
+                        None if *required => return Err(format!("`{at}/{name}` is required")),
+                        None => {}
+                    }
+                }
+                RestrictedExpression::new_record(pairs).map_err(|e| format!("`{at}`: {e}"))
+            }
+            _ => Err(format!("`{}` has an unexpected type", if at.is_empty() { "/" } else { at })),
+        }
+    }
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+/// Generates the Cedar schema (JSON form) for a manifest.
+#[must_use]
+pub fn schema_json(m: &Manifest, arg_types: &BTreeMap<String, ArgType>) -> Value {
+    let s = |t: &str| json!({"type": t});
+    let agent_attrs = json!({
+        "id": s("String"), "tenant": s("String"), "zone": s("String"),
+        "trust": s("String"), "trust_rank": s("Long"), "owner": s("String"),
+    });
+    let tool_attrs = json!({
+        "name": s("String"), "tier": s("String"), "classification": s("String"),
+        "output_trust": s("String"), "preview": s("Boolean"), "cost": s("Long"),
+    });
+    let mut actions = Map::new();
+    for tier in &m.tiers {
+        actions.insert(format!("tier:{}", tier.name), json!({}));
+    }
+    let mut names: Vec<&String> = m.tools.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(tool) = m.tools.get(name) else { continue };
+        let tier = m.tiers.get(tool.tier).map(|t| t.name.as_str()).unwrap_or_default();
+        let args = arg_types
+            .get(name)
+            .map_or_else(|| ArgType::Record(vec![]).cedar_json(), ArgType::cedar_json);
+        actions.insert(
+            name.clone(),
+            json!({
+                "memberOf": [{"id": format!("tier:{tier}")}],
+                "appliesTo": {
+                    "principalTypes": ["Agent"],
+                    "resourceTypes": ["Tool"],
+                    "context": {"type": "Record", "attributes": {
+                        "arguments": args,
+                        "session": s("String"),
+                        "hour": s("Long"),
+                    }},
+                },
+            }),
+        );
+    }
+    json!({"": {
+        "entityTypes": {
+            "Tenant": {}, "Zone": {}, "Tier": {},
+            "Agent": {"memberOfTypes": ["Tenant", "Zone"], "shape": {"type": "Record", "attributes": agent_attrs}},
+            "Tool": {"memberOfTypes": ["Tier"], "shape": {"type": "Record", "attributes": tool_attrs}},
+        },
+        "actions": actions,
+    }})
+}
+
+/// Byte offset of the first labelled span of a Cedar diagnostic, if any.
+fn first_offset(d: &dyn miette::Diagnostic) -> Option<usize> {
+    d.labels()?.next().map(|l| l.offset())
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+}
+
+/// The compiled Cedar side of a Governor.
+#[derive(Debug)]
+pub struct CedarIndex {
+    /// The schema generated from the manifest.
+    pub schema: Schema,
+    /// Every entity (agents, tools, tenants, zones, tiers), built once.
+    pub entities: Entities,
+    /// For each tool: the policies that can apply to it, minus those pinned to one agent.
+    per_action: HashMap<String, PolicySet>,
+    /// For each agent with policies pinned to it (`principal == Agent::"x"`): those policies.
+    per_agent: HashMap<String, PolicySet>,
+    /// Effect of every policy, by id.
+    effects: HashMap<String, Effect>,
+    /// Every policy, for the unindexed baseline (benchmarks).
+    pub all: PolicySet,
+    /// How many policies.
+    pub policy_count: usize,
+    authorizer: Authorizer,
+}
+
+/// What Cedar concluded for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CedarOutcome {
+    /// Some permit matched and no forbid did.
+    Permit(Vec<String>),
+    /// These forbids matched.
+    Forbid(Vec<String>),
+    /// No permit matched.
+    NoPermit,
+    /// These forbids could not be evaluated (fail closed).
+    ForbidErrored(Vec<String>),
+}
+
+impl CedarIndex {
+    /// Parses, validates and indexes the policies against the manifest.
+    ///
+    /// # Errors
+    /// Every parse and validation problem, with file, line and policy id.
+    pub fn build(
+        m: &Manifest,
+        arg_types: &BTreeMap<String, ArgType>,
+        sources: &[PolicySource],
+    ) -> Result<Self, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let diag = |file: &str, line: Option<usize>, path: &str, message: String| Diagnostic {
+            file: file.to_string(),
+            line,
+            path: path.to_string(),
+            message,
+        };
+        let schema = match Schema::from_json_value(schema_json(m, arg_types)) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(vec![diag(&m.file, None, "", format!("cannot build the Cedar schema: {e}"))]);
+            }
+        };
+        let mut all = PolicySet::new();
+        let mut origin: HashMap<String, (String, usize)> = HashMap::new();
+        for src in sources {
+            let parsed = match PolicySet::from_str(&src.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    let line = first_offset(&e).map(|o| line_at(&src.text, o));
+                    diags.push(diag(&src.name, line, "", format!("Cedar syntax error: {e}")));
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                diags.push(diag(&src.name, None, "", "policy templates are not supported".into()));
+                continue;
+            }
+            let mut policies: Vec<&Policy> = parsed.policies().collect();
+            // `from_str` names policies `policy0`, `policy1`, ... in file order.
+            policies.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX)
+            });
+            for (n, p) in policies.into_iter().enumerate() {
+                let id = match p.annotation("id") {
+                    Some(id) => id.to_string(),
+                    None => format!("{}#{n}", src.name),
+                };
+                let line = p
+                    .annotation("id")
+                    .and_then(|a| src.text.find(&format!("\"{a}\"")))
+                    .map(|o| line_at(&src.text, o));
+                if let Some((file, l)) = origin.get(&id) {
+                    diags.push(diag(
+                        &src.name,
+                        line,
+                        &id,
+                        format!("duplicate policy id (also at {file}:{l})"),
+                    ));
+                    continue;
+                }
+                origin.insert(id.clone(), (src.name.clone(), line.unwrap_or(0)));
+                if let Err(e) = all.add(p.new_id(PolicyId::new(&id))) {
+                    diags.push(diag(&src.name, line, &id, e.to_string()));
+                }
+            }
+        }
+        let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+        for e in validation.validation_errors() {
+            let id = e.policy_id().to_string();
+            let (file, line) = match origin.get(&id) {
+                Some((file, _)) => {
+                    let text = sources.iter().find(|s| &s.name == file).map(|s| s.text.as_str());
+                    let line = match (first_offset(e), text) {
+                        (Some(o), Some(t)) => Some(line_at(t, o)),
+                        _ => origin.get(&id).map(|(_, l)| *l),
+                    };
+                    (file.clone(), line)
+                }
+                None => (m.file.clone(), None),
+            };
+            diags.push(diag(&file, line, &format!("policy `{id}`"), e.to_string()));
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+
+        let entities = match build_entities(m, &schema) {
+            Ok(e) => e,
+            Err(e) => return Err(vec![diag(&m.file, None, "", format!("cannot build Cedar entities: {e}"))]),
+        };
+
+        // Index. Expand action groups (`tier:<name>`) to their tools.
+        let tools_by_tier: HashMap<String, Vec<String>> = {
+            let mut map: HashMap<String, Vec<String>> = HashMap::new();
+            for (name, tool) in &m.tools {
+                if let Some(t) = m.tiers.get(tool.tier) {
+                    map.entry(format!("tier:{}", t.name)).or_default().push(name.clone());
+                }
+            }
+            map
+        };
+        let expand = |u: &EntityUid| -> Vec<String> {
+            let id = u.id().unescaped().to_string();
+            tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
+        };
+        let mut per_action: HashMap<String, PolicySet> =
+            m.tools.keys().map(|k| (k.clone(), PolicySet::new())).collect();
+        let mut per_agent: HashMap<String, PolicySet> = HashMap::new();
+        let mut effects = HashMap::new();
+        let add = |set: &mut PolicySet, p: &Policy| -> Result<(), String> {
+            if set.policy(p.id()).is_none() {
+                set.add(p.clone()).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        for p in all.policies() {
+            effects.insert(p.id().to_string(), p.effect());
+            let pinned = match p.principal_constraint() {
+                PrincipalConstraint::Eq(u) if u.type_name().to_string() == "Agent" => {
+                    Some(u.id().unescaped().to_string())
+                }
+                _ => None,
+            };
+            let result = if let Some(agent) = pinned {
+                add(per_agent.entry(agent).or_default(), p)
+            } else {
+                let targets: Vec<String> = match p.action_constraint() {
+                    ActionConstraint::Any => m.tools.keys().cloned().collect(),
+                    ActionConstraint::Eq(u) => expand(&u),
+                    ActionConstraint::In(us) => us.iter().flat_map(expand).collect(),
+                };
+                let mut r = Ok(());
+                for t in targets {
+                    if let Some(set) = per_action.get_mut(&t) {
+                        r = r.and(add(set, p));
+                    }
+                }
+                r
+            };
+            if let Err(e) = result {
+                return Err(vec![diag(&m.file, None, &p.id().to_string(), e)]);
+            }
+        }
+        let policy_count = all.policies().count();
+        Ok(Self {
+            schema,
+            entities,
+            per_action,
+            per_agent,
+            effects,
+            all,
+            policy_count,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// Evaluates the policies that can apply to (`agent`, `tool`).
+    #[must_use]
+    pub fn evaluate(&self, agent: &str, tool: &str, request: &Request) -> CedarOutcome {
+        let mut permits = Vec::new();
+        let mut forbids = Vec::new();
+        let mut errored = Vec::new();
+        let sets = [self.per_action.get(tool), self.per_agent.get(agent)];
+        for set in sets.into_iter().flatten() {
+            let response = self.authorizer.is_authorized(request, set, &self.entities);
+            let ids = response.diagnostics().reason().map(ToString::to_string);
+            match response.decision() {
+                CedarDecision::Allow => permits.extend(ids),
+                CedarDecision::Deny => forbids.extend(ids),
+            }
+            for e in response.diagnostics().errors() {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+                let id = e.policy_id().to_string();
+                // INVARIANT (fail-closed): a forbid that cannot be evaluated counts as matching.
+                if self.effects.get(&id) != Some(&Effect::Permit) {
+                    errored.push(id);
+                }
+            }
+        }
+        if !forbids.is_empty() {
+            forbids.sort();
+            CedarOutcome::Forbid(forbids)
+        } else if !errored.is_empty() {
+            errored.sort();
+            CedarOutcome::ForbidErrored(errored)
+        } else if !permits.is_empty() {
+            permits.sort();
+            CedarOutcome::Permit(permits)
+        } else {
+            CedarOutcome::NoPermit
+        }
+    }
+
+    /// Evaluates the whole policy set, unindexed (the benchmark baseline).
+    #[must_use]
+    pub fn evaluate_unindexed(&self, request: &Request) -> bool {
+        self.authorizer.is_authorized(request, &self.all, &self.entities).decision() == CedarDecision::Allow
+    }
+}
+
+fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
+    let mut out = Vec::with_capacity(m.agents.len() + m.tools.len() + 16);
+    for t in &m.tenants {
+        out.push(Entity::new_no_attrs(uid("Tenant", t)?, HashSet::new()));
+    }
+    for z in &m.zones {
+        out.push(Entity::new_no_attrs(uid("Zone", z)?, HashSet::new()));
+    }
+    for t in &m.tiers {
+        out.push(Entity::new_no_attrs(uid("Tier", &t.name)?, HashSet::new()));
+    }
+    for a in m.agents.values() {
+        let attrs = HashMap::from([
+            ("id".to_string(), RestrictedExpression::new_string(a.id.clone())),
+            ("tenant".to_string(), RestrictedExpression::new_string(a.tenant.clone())),
+            ("zone".to_string(), RestrictedExpression::new_string(a.zone.clone())),
+            ("trust".to_string(), RestrictedExpression::new_string(a.trust.as_str().into())),
+            ("trust_rank".to_string(), RestrictedExpression::new_long(a.trust.rank())),
+            ("owner".to_string(), RestrictedExpression::new_string(a.owner.clone())),
+        ]);
+        let parents = HashSet::from([uid("Tenant", &a.tenant)?, uid("Zone", &a.zone)?]);
+        out.push(Entity::new(uid("Agent", &a.id)?, attrs, parents).map_err(|e| e.to_string())?);
+    }
+    for t in m.tools.values() {
+        let tier = m.tiers.get(t.tier).map(|t| t.name.clone()).unwrap_or_default();
+        let cost = i64::try_from(t.cost).unwrap_or(i64::MAX);
+        let attrs = HashMap::from([
+            ("name".to_string(), RestrictedExpression::new_string(t.name.clone())),
+            ("tier".to_string(), RestrictedExpression::new_string(tier.clone())),
+            (
+                "classification".to_string(),
+                RestrictedExpression::new_string(t.classification.as_str().into()),
+            ),
+            (
+                "output_trust".to_string(),
+                RestrictedExpression::new_string(t.output_trust.as_str().into()),
+            ),
+            ("preview".to_string(), RestrictedExpression::new_bool(t.preview)),
+            ("cost".to_string(), RestrictedExpression::new_long(cost)),
+        ]);
+        let parents = HashSet::from([uid("Tier", &tier)?]);
+        out.push(Entity::new(uid("Tool", &t.name)?, attrs, parents).map_err(|e| e.to_string())?);
+    }
+    Entities::from_entities(out, Some(schema)).map_err(|e| e.to_string())
+}
+
+/// Builds the Cedar request for one call.
+///
+/// # Errors
+/// A message when the arguments cannot be represented (the caller denies).
+pub fn request(
+    agent: &str,
+    tool: &str,
+    arg_type: Option<&ArgType>,
+    arguments: &Value,
+    session: &str,
+    hour: i64,
+) -> Result<Request, String> {
+    let args = match arg_type {
+        Some(t) => t.project(arguments, "")?,
+        None => RestrictedExpression::new_record(Vec::<(String, RestrictedExpression)>::new())
+            .map_err(|e| e.to_string())?,
+    };
+    let context = Context::from_pairs([
+        ("arguments".to_string(), args),
+        ("session".to_string(), RestrictedExpression::new_string(session.to_string())),
+        ("hour".to_string(), RestrictedExpression::new_long(hour)),
+    ])
+    .map_err(|e| e.to_string())?;
+    Request::new(
+        uid("Agent", agent)?,
+        uid("Action", tool)?,
+        uid("Tool", tool)?,
+        context,
+        None,
+    )
+    .map_err(|e| e.to_string())
+}

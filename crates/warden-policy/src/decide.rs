@@ -1,0 +1,564 @@
+//! The Governor and its `decide`.
+
+use crate::cedar::{self, ArgType, CedarIndex, CedarOutcome, PolicySource};
+use crate::manifest::{Approval, LoadError, Manifest, TrustMode};
+use crate::rate::Rate;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use warden_core::canonical::{sha256_tagged, to_canonical_string};
+use warden_core::state::{Charge, ChargeOutcome, HoldKind, HoldScope, StateStore};
+use warden_core::time::{rfc3339, UnixSeconds, DAY};
+use warden_core::{Decision, Escalation, Proposal, Verdict};
+
+/// The hash decisions cite for a bundle: SHA-256 over the manifest text and every policy file
+/// (sorted by name), each length-prefixed, under a domain tag.
+#[must_use]
+pub fn bundle_hash(manifest_text: &str, policies: &[PolicySource]) -> String {
+    let mut parts: Vec<(&str, &str)> = policies.iter().map(|p| (p.name.as_str(), p.text.as_str())).collect();
+    parts.sort_unstable();
+    let mut bytes = Vec::with_capacity(manifest_text.len() + 64);
+    bytes.extend_from_slice(b"warden-bundle-v1\n");
+    let mut push = |b: &[u8]| {
+        bytes.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(b);
+    };
+    push(manifest_text.as_bytes());
+    for (name, text) in parts {
+        push(name.as_bytes());
+        push(text.as_bytes());
+    }
+    sha256_tagged(&bytes)
+}
+
+/// The Governor's decision core for one manifest version: immutable once built, shared by
+/// every decision made under that version.
+#[derive(Debug)]
+pub struct Governor {
+    manifest: Manifest,
+    policy_hash: String,
+    arg_types: BTreeMap<String, ArgType>,
+    cedar: CedarIndex,
+}
+
+/// One counter a decision charges, with the rule it enforces.
+struct Planned {
+    charge: Charge,
+    rule: String,
+    what: String,
+}
+
+impl Governor {
+    /// Builds a Governor from a validated manifest and the text of its policy files.
+    ///
+    /// # Errors
+    /// [`LoadError`] with every Cedar parse and validation problem.
+    pub fn new(manifest: Manifest, policies: &[PolicySource]) -> Result<Self, LoadError> {
+        let arg_types: BTreeMap<String, ArgType> = manifest
+            .tools
+            .iter()
+            .filter_map(|(n, t)| ArgType::from_json_schema(&t.arguments).map(|a| (n.clone(), a)))
+            .collect();
+        let cedar = CedarIndex::build(&manifest, &arg_types, policies)
+            .map_err(|diagnostics| LoadError { diagnostics })?;
+        let policy_hash = bundle_hash(&manifest.text, policies);
+        Ok(Self {
+            manifest,
+            policy_hash,
+            arg_types,
+            cedar,
+        })
+    }
+
+    /// The manifest this Governor decides under.
+    #[must_use]
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The policy-bundle hash decisions cite.
+    #[must_use]
+    pub fn policy_hash(&self) -> &str {
+        &self.policy_hash
+    }
+
+    /// The compiled Cedar side (schema, entities, index).
+    #[must_use]
+    pub fn cedar(&self) -> &CedarIndex {
+        &self.cedar
+    }
+
+    /// The Cedar type tool `name`'s arguments are exposed as.
+    #[must_use]
+    pub fn arg_type(&self, name: &str) -> Option<&ArgType> {
+        self.arg_types.get(name)
+    }
+
+    /// Decides one proposal. Never fails: anything that cannot be evaluated is a deny that says
+    /// why (INV-003). Side-effect free except for the state store (counters for allowed calls,
+    /// session history, and a pause when a loop is detected).
+    #[must_use]
+    #[expect(clippy::too_many_lines, reason = "the governed checks, in order, in one place")]
+    pub fn decide(&self, p: &Proposal, state: &dyn StateStore, now: UnixSeconds) -> Decision {
+        let m = &self.manifest;
+        let canonical_args = to_canonical_string(&p.arguments);
+        let mut d = Decision {
+            decision: Verdict::Deny,
+            rules: Vec::new(),
+            policies: Vec::new(),
+            reason: String::new(),
+            manifest_version: m.version,
+            policy_hash: self.policy_hash.clone(),
+            escalation: None,
+            agent: p.agent.clone(),
+            owner: String::new(),
+            tenant: String::new(),
+            session: p.session.clone(),
+            tool: p.tool.clone(),
+            arguments_hash: sha256_tagged(canonical_args.as_bytes()),
+            decided_at: now,
+        };
+        let deny = |mut d: Decision, rule: &str, reason: String| {
+            d.decision = Verdict::Deny;
+            d.rules.insert(0, rule.to_string());
+            d.reason = reason;
+            d.escalation = None;
+            d
+        };
+
+        if let Err(e) = p.check() {
+            return deny(d, "proposal.invalid", e.to_string());
+        }
+
+        // Who is asking.
+        let Some(agent) = m.agents.get(&p.agent) else {
+            return deny(d, "agent.unknown", format!("agent `{}` is not in the manifest", p.agent));
+        };
+        d.owner = agent.owner.clone();
+        d.tenant = agent.tenant.clone();
+        if let Some(claimed) = &p.tenant {
+            if claimed != &agent.tenant {
+                return deny(
+                    d,
+                    "tenant.mismatch",
+                    format!(
+                        "agent `{}` belongs to tenant `{}` and may not act for tenant `{claimed}`",
+                        agent.id, agent.tenant
+                    ),
+                );
+            }
+        }
+
+        // Holds: kill switch and quarantine deny; a paused session escalates (below).
+        let scopes = [
+            HoldScope::Global,
+            HoldScope::Tenant(agent.tenant.clone()),
+            HoldScope::Agent(agent.id.clone()),
+            HoldScope::Session(p.session.clone()),
+        ];
+        let holds = match state.holds(&scopes) {
+            Ok(h) => h,
+            // INVARIANT (fail-closed): no answer from the state store is a deny.
+            Err(e) => return deny(d, "state.unavailable", format!("cannot read holds: {e}")),
+        };
+        let mut paused = false;
+        for h in &holds {
+            match h.kind {
+                HoldKind::Kill | HoldKind::Quarantine => {
+                    let scope = match &h.scope {
+                        HoldScope::Global => "global",
+                        HoldScope::Tenant(_) => "tenant",
+                        HoldScope::Agent(_) => "agent",
+                        HoldScope::Session(_) => "session",
+                    };
+                    return deny(
+                        d,
+                        &format!("{}.{scope}", h.kind.as_str()),
+                        format!("{} in force for {}: {}", h.kind.as_str(), h.scope, h.reason),
+                    );
+                }
+                HoldKind::Pause => paused = true,
+            }
+        }
+
+        // What is asked.
+        let Some(tool) = m.tools.get(&p.tool) else {
+            return deny(
+                d,
+                "tool.unknown",
+                format!("tool `{}` is not in the manifest; only listed tools can be called", p.tool),
+            );
+        };
+        let Some(tier) = m.tiers.get(tool.tier) else {
+            return deny(d, "manifest.inconsistent", format!("tool `{}` has no tier", tool.name));
+        };
+        if let Some(tenants) = &tool.tenants {
+            if !tenants.contains(&agent.tenant) {
+                return deny(
+                    d,
+                    "tenant.tool_not_available",
+                    format!("tool `{}` is not available to tenant `{}`", tool.name, agent.tenant),
+                );
+            }
+        }
+        if let Some(zones) = &tool.zones {
+            if !zones.contains(&agent.zone) {
+                return deny(
+                    d,
+                    "zone.not_allowed",
+                    format!(
+                        "tool `{}` may not be called from zone `{}` (allowed: {})",
+                        tool.name,
+                        agent.zone,
+                        zones.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(err) = tool.validator.iter_errors(&p.arguments).next() {
+            let at = err.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_string() } else { at };
+            return deny(
+                d,
+                "arguments.invalid",
+                format!("arguments of `{}` do not match its schema at `{at}`: {err}", tool.name),
+            );
+        }
+
+        // Progressive trust.
+        let trust_mode = m
+            .trust
+            .get(&agent.trust)
+            .and_then(|modes| modes.get(tool.tier))
+            .copied()
+            .unwrap_or(TrustMode::Forbidden);
+        if trust_mode == TrustMode::Forbidden {
+            return deny(
+                d,
+                &format!("trust.{}.forbidden", agent.trust.as_str()),
+                format!(
+                    "a `{}` agent may not run `{}`-tier tools",
+                    agent.trust.as_str(),
+                    tier.name
+                ),
+            );
+        }
+
+        // Cedar.
+        let hour = now.rem_euclid(DAY) / 3600;
+        let request = match cedar::request(
+            &agent.id,
+            &tool.name,
+            self.arg_types.get(&tool.name),
+            &p.arguments,
+            &p.session,
+            hour,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return deny(d, "cedar.context_error", format!("arguments cannot be given to Cedar: {e}"))
+            }
+        };
+        match self.cedar.evaluate(&agent.id, &tool.name, &request) {
+            CedarOutcome::Forbid(ids) => {
+                let reason = format!("forbidden by policy {}", quote_list(&ids));
+                d.policies.clone_from(&ids);
+                d.rules = ids.iter().map(|i| format!("policy:{i}")).collect();
+                d.reason = reason;
+                d.decision = Verdict::Deny;
+                return d;
+            }
+            CedarOutcome::ForbidErrored(ids) => {
+                d.policies.clone_from(&ids);
+                return deny(
+                    d,
+                    "cedar.evaluation_error",
+                    format!("forbid policy {} could not be evaluated; denying", quote_list(&ids)),
+                );
+            }
+            CedarOutcome::NoPermit => {
+                return deny(
+                    d,
+                    "cedar.no_permit",
+                    format!("no Cedar policy permits agent `{}` to call `{}`", agent.id, tool.name),
+                );
+            }
+            CedarOutcome::Permit(ids) => {
+                d.rules.extend(ids.iter().map(|i| format!("policy:{i}")));
+                d.policies = ids;
+            }
+        }
+
+        // A paused session escalates until a human resumes it.
+        if paused {
+            d.decision = Verdict::Escalate;
+            d.rules.insert(0, "session.paused".into());
+            d.reason = format!("session `{}` is paused; a human must resume it", p.session);
+            d.escalation = Some(Escalation::SessionPaused {
+                session: p.session.clone(),
+            });
+            return d;
+        }
+
+        // Loop detection: the same call N times in a row pauses the session.
+        let fingerprint: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(tool.name.as_bytes());
+            h.update([0u8]);
+            h.update(canonical_args.as_bytes());
+            h.finalize().into()
+        };
+        let repeats = match state.observe_call(&p.session, fingerprint, now, m.breakers.session_ttl_secs) {
+            Ok(n) => n,
+            Err(e) => return deny(d, "state.unavailable", format!("cannot record session history: {e}")),
+        };
+        if repeats >= m.breakers.repeat_pattern {
+            let reason = format!(
+                "`{}` proposed {repeats} times in a row with the same arguments in session `{}`; session paused",
+                tool.name, p.session
+            );
+            let hold = warden_core::state::Hold {
+                scope: HoldScope::Session(p.session.clone()),
+                kind: HoldKind::Pause,
+                reason: reason.clone(),
+                since: now,
+            };
+            if let Err(e) = state.set_hold(hold) {
+                return deny(d, "state.unavailable", format!("cannot pause session: {e}"));
+            }
+            d.decision = Verdict::Escalate;
+            d.rules.insert(0, "loop.repeat_pattern".into());
+            d.reason = reason;
+            d.escalation = Some(Escalation::SessionPaused {
+                session: p.session.clone(),
+            });
+            return d;
+        }
+
+        // Approval: the tier's mode, then the trust level's.
+        let level = agent.trust.as_str();
+        let mut escalation = None;
+        let mut reason = String::new();
+        match &tier.approval {
+            Approval::Auto => d.rules.push(format!("tier.{}.auto", tier.name)),
+            Approval::Window {
+                start,
+                end,
+                utc_offset,
+                text,
+            } => {
+                let local = now.saturating_add(i64::from(*utc_offset));
+                let minute = u32::try_from(local.rem_euclid(DAY) / 60).unwrap_or(0);
+                let inside = if start < end {
+                    (*start..*end).contains(&minute)
+                } else {
+                    minute >= *start || minute < *end
+                };
+                if inside {
+                    d.rules.push(format!("tier.{}.window_open", tier.name));
+                } else {
+                    let day_start = local - local.rem_euclid(DAY);
+                    let mut open = day_start + i64::from(*start) * 60;
+                    if open <= local {
+                        open += DAY;
+                    }
+                    let until_unix = open - i64::from(*utc_offset);
+                    d.rules.push(format!("tier.{}.window_closed", tier.name));
+                    reason = format!(
+                        "`{}`-tier calls run automatically only {text}; queued until {}",
+                        tier.name,
+                        rfc3339(until_unix, *utc_offset)
+                    );
+                    escalation = Some(Escalation::Queued {
+                        until: rfc3339(until_unix, *utc_offset),
+                        until_unix,
+                    });
+                }
+            }
+            Approval::Role { approvers, role } => {
+                d.rules.push(format!("tier.{}.approvers", tier.name));
+                reason = format!(
+                    "`{}`-tier calls need {approvers} approval(s) from role `{role}`",
+                    tier.name
+                );
+                escalation = Some(Escalation::Approvers {
+                    approvers: *approvers,
+                    role: role.clone(),
+                });
+            }
+            Approval::Humans { approvers } => {
+                d.rules.push(format!("tier.{}.humans", tier.name));
+                reason = format!(
+                    "`{}`-tier calls need {approvers} distinct human approver(s)",
+                    tier.name
+                );
+                escalation = Some(Escalation::Humans {
+                    approvers: *approvers,
+                });
+            }
+        }
+        if trust_mode == TrustMode::WithApproval {
+            d.rules.push(format!("trust.{level}.with_approval"));
+            // A tier that already needs approvers keeps its (stricter) requirement; otherwise the
+            // agent's owner must approve, which also overrides a closed window.
+            if !matches!(escalation, Some(Escalation::Approvers { .. } | Escalation::Humans { .. })) {
+                reason = format!(
+                    "a `{level}` agent needs its owner `{}` to approve `{}`-tier calls",
+                    agent.owner, tier.name
+                );
+                escalation = Some(Escalation::Owner {
+                    owner: agent.owner.clone(),
+                });
+            }
+        } else {
+            d.rules.push(format!("trust.{level}.autonomous"));
+        }
+        if let Some(e) = escalation {
+            // INVARIANT (budgets): an escalated call consumes no counter.
+            d.decision = Verdict::Escalate;
+            d.escalation = Some(e);
+            d.reason = reason;
+            return d;
+        }
+
+        // Rate limits, budgets and system-level invariants: one atomic charge.
+        let planned = self.plan_charges(agent, tool, tier, now);
+        let charges: Vec<Charge> = planned.iter().map(|c| c.charge.clone()).collect();
+        match state.check_and_charge(&charges, now) {
+            Ok(ChargeOutcome::Charged) => {}
+            Ok(ChargeOutcome::Exceeded { index, current }) => {
+                let (rule, what) = planned
+                    .get(index)
+                    .map_or(("budget.unknown", ""), |c| (c.rule.as_str(), c.what.as_str()));
+                let limit = planned.get(index).map_or(0, |c| c.charge.limit);
+                return deny(d, rule, format!("{what} exhausted ({current} of {limit} used)"));
+            }
+            Err(e) => return deny(d, "state.unavailable", format!("cannot charge budgets: {e}")),
+        }
+        d.decision = Verdict::Allow;
+        d.reason = format!(
+            "`{}` may call `{}` ({}-tier, {}; trust `{level}`; permitted by {})",
+            agent.id,
+            tool.name,
+            tier.name,
+            tier.approval,
+            quote_list(&d.policies)
+        );
+        d
+    }
+
+    fn plan_charges(
+        &self,
+        agent: &crate::manifest::Agent,
+        tool: &crate::manifest::Tool,
+        tier: &crate::manifest::Tier,
+        now: UnixSeconds,
+    ) -> Vec<Planned> {
+        let m = &self.manifest;
+        let mut out = Vec::with_capacity(8);
+        let mut push = |scope: String, rate: Option<Rate>, amount: u64, rule: String, what: String| {
+            let Some(rate) = rate else { return };
+            if amount == 0 {
+                return;
+            }
+            let window = now.div_euclid(rate.window_secs);
+            let mut key = scope;
+            let _ = write!(key, ":{}:{window}", rate.window_secs);
+            out.push(Planned {
+                charge: Charge {
+                    key,
+                    amount,
+                    limit: rate.limit,
+                    expires_at: window.saturating_add(1).saturating_mul(rate.window_secs),
+                },
+                rule,
+                what: format!("{what} ({rate})"),
+            });
+        };
+        push(
+            format!("rate:{}:{}", tier.name, agent.id),
+            tier.rate,
+            1,
+            format!("rate.tier.{}", tier.name),
+            format!("`{}`-tier rate limit of agent `{}`", tier.name, agent.id),
+        );
+        let budgets = [
+            ("agent", &agent.id, &m.agent_budget),
+            ("tenant", &agent.tenant, &m.tenant_budget),
+        ];
+        for (level, id, b) in budgets {
+            push(
+                format!("budget:{level}:{id}:calls"),
+                b.calls,
+                1,
+                format!("budget.{level}.calls"),
+                format!("call budget of {level} `{id}`"),
+            );
+            push(
+                format!("budget:{level}:{id}:cost"),
+                b.cost,
+                tool.cost,
+                format!("budget.{level}.cost"),
+                format!("cost budget of {level} `{id}`"),
+            );
+        }
+        push(
+            "budget:global:calls".into(),
+            m.global_budget.calls,
+            1,
+            "budget.global.calls".into(),
+            "global call budget".into(),
+        );
+        push(
+            "budget:global:cost".into(),
+            m.global_budget.cost,
+            tool.cost,
+            "budget.global.cost".into(),
+            "global cost budget".into(),
+        );
+        for inv in &m.invariants {
+            if inv.tools.contains(&tool.name) {
+                push(
+                    format!("invariant:{}:calls", inv.name),
+                    inv.calls,
+                    1,
+                    format!("invariant:{}", inv.name),
+                    format!("system invariant `{}` (calls)", inv.name),
+                );
+                push(
+                    format!("invariant:{}:cost", inv.name),
+                    inv.cost,
+                    tool.cost,
+                    format!("invariant:{}", inv.name),
+                    format!("system invariant `{}` (cost)", inv.name),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The decision when no Governor could be loaded: deny, saying why (INV-003).
+#[must_use]
+pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
+    Decision {
+        decision: Verdict::Deny,
+        rules: vec!["manifest.not_loaded".into()],
+        policies: Vec::new(),
+        reason: format!("no manifest is loaded, so nothing is allowed: {why}"),
+        manifest_version: 0,
+        policy_hash: String::new(),
+        escalation: None,
+        agent: p.agent.clone(),
+        owner: String::new(),
+        tenant: String::new(),
+        session: p.session.clone(),
+        tool: p.tool.clone(),
+        arguments_hash: warden_core::canonical::json_digest(&p.arguments),
+        decided_at: now,
+    }
+}
+
+fn quote_list(ids: &[String]) -> String {
+    ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}

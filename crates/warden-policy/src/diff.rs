@@ -1,0 +1,315 @@
+//! `warden manifest diff`: what changed between two manifests, with every loosening called out.
+
+use crate::manifest::Manifest;
+use crate::raw::TrustLevel;
+use serde::Serialize;
+
+/// How a change affects safety.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impact {
+    /// Grants more than before (a tier downgrade, a looser approval, a higher limit, more
+    /// reach). Review before deploying.
+    Loosened,
+    /// Grants less than before.
+    Tightened,
+    /// Neither (or not rankable).
+    Changed,
+}
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// Effect on safety.
+    pub impact: Impact,
+    /// Key path.
+    pub path: String,
+    /// What changed.
+    pub message: String,
+}
+
+fn change(impact: Impact, path: impl Into<String>, message: impl Into<String>) -> Change {
+    Change {
+        impact,
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn rank(looser: bool, tighter: bool) -> Impact {
+    match (looser, tighter) {
+        (true, false) => Impact::Loosened,
+        (false, true) => Impact::Tightened,
+        _ => Impact::Changed,
+    }
+}
+
+/// Compares two validated manifests. Policy text changes show up through `policy_hash`
+/// (compare bundle hashes separately).
+#[must_use]
+#[expect(clippy::too_many_lines, reason = "one section per manifest part")]
+pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
+    let mut out = Vec::new();
+    if new.version <= old.version {
+        out.push(change(
+            Impact::Changed,
+            "version",
+            format!("version did not increase ({} -> {}); grants in flight will not be re-checked", old.version, new.version),
+        ));
+    } else {
+        out.push(change(Impact::Changed, "version", format!("{} -> {}", old.version, new.version)));
+    }
+
+    // Tiers.
+    for t in &old.tiers {
+        let path = format!("risk_tiers.{}", t.name);
+        match new.tiers.iter().find(|n| n.name == t.name) {
+            None => out.push(change(Impact::Changed, path, "tier removed")),
+            Some(n) => {
+                let (a, b) = (t.approval.strictness(), n.approval.strictness());
+                if t.approval != n.approval {
+                    out.push(change(
+                        rank(b < a, b > a),
+                        format!("{path}.approval"),
+                        format!("approval {} -> {}{}", t.approval, n.approval, if b < a { " (loosened approval)" } else { "" }),
+                    ));
+                }
+                if t.rate != n.rate {
+                    let looser = match (t.rate, n.rate) {
+                        (Some(x), Some(y)) => y.per_second() > x.per_second(),
+                        (Some(_), None) => true,
+                        _ => false,
+                    };
+                    let tighter = match (t.rate, n.rate) {
+                        (Some(x), Some(y)) => y.per_second() < x.per_second(),
+                        (None, Some(_)) => true,
+                        _ => false,
+                    };
+                    out.push(change(
+                        rank(looser, tighter),
+                        format!("{path}.rate"),
+                        format!("rate {} -> {}", show(t.rate), show(n.rate)),
+                    ));
+                }
+            }
+        }
+    }
+    for n in &new.tiers {
+        if !old.tiers.iter().any(|t| t.name == n.name) {
+            out.push(change(Impact::Changed, format!("risk_tiers.{}", n.name), format!("tier added ({})", n.approval)));
+        }
+    }
+
+    // Trust.
+    for level in TrustLevel::ALL {
+        for t in &new.tiers {
+            let before = old
+                .tier_index(&t.name)
+                .and_then(|i| old.trust.get(&level).and_then(|m| m.get(i)).copied());
+            let after = new
+                .tier_index(&t.name)
+                .and_then(|i| new.trust.get(&level).and_then(|m| m.get(i)).copied());
+            if let (Some(b), Some(a)) = (before, after) {
+                if a != b {
+                    let score = |m: crate::manifest::TrustMode| match m {
+                        crate::manifest::TrustMode::Forbidden => 0,
+                        crate::manifest::TrustMode::WithApproval => 1,
+                        crate::manifest::TrustMode::Autonomous => 2,
+                    };
+                    out.push(change(
+                        rank(score(a) > score(b), score(a) < score(b)),
+                        format!("trust.{}", level.as_str()),
+                        format!("`{}` tier for `{}` agents: {b:?} -> {a:?}", t.name, level.as_str()),
+                    ));
+                }
+            }
+        }
+    }
+
+    // Agents.
+    let mut agent_ids: Vec<&String> = old.agents.keys().chain(new.agents.keys()).collect();
+    agent_ids.sort();
+    agent_ids.dedup();
+    for id in agent_ids {
+        let path = format!("agents[{id}]");
+        match (old.agents.get(id), new.agents.get(id)) {
+            (Some(_), None) => out.push(change(Impact::Tightened, path, "agent removed")),
+            (None, Some(a)) => out.push(change(
+                Impact::Loosened,
+                path,
+                format!("agent added (tenant `{}`, zone `{}`, trust `{}`)", a.tenant, a.zone, a.trust.as_str()),
+            )),
+            (Some(a), Some(b)) => {
+                if a.trust != b.trust {
+                    out.push(change(
+                        rank(b.trust > a.trust, b.trust < a.trust),
+                        format!("{path}.trust"),
+                        format!("trust {} -> {}", a.trust.as_str(), b.trust.as_str()),
+                    ));
+                }
+                for (key, x, y) in [("tenant", &a.tenant, &b.tenant), ("zone", &a.zone, &b.zone), ("owner", &a.owner, &b.owner)] {
+                    if x != y {
+                        out.push(change(Impact::Changed, format!("{path}.{key}"), format!("{key} `{x}` -> `{y}`")));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    // Tools.
+    let mut tool_names: Vec<&String> = old.tools.keys().chain(new.tools.keys()).collect();
+    tool_names.sort();
+    tool_names.dedup();
+    for name in tool_names {
+        let path = format!("tools[{name}]");
+        match (old.tools.get(name), new.tools.get(name)) {
+            (Some(_), None) => out.push(change(Impact::Tightened, path, "tool removed")),
+            (None, Some(t)) => {
+                let tier = new.tiers.get(t.tier).map(|t| t.name.as_str()).unwrap_or_default();
+                out.push(change(Impact::Loosened, path, format!("tool added (tier `{tier}`)")));
+            }
+            (Some(a), Some(b)) => {
+                let (ta, tb) = (old.tiers.get(a.tier), new.tiers.get(b.tier));
+                if let (Some(ta), Some(tb)) = (ta, tb) {
+                    if ta.name != tb.name {
+                        let (sa, sb) = (ta.approval.strictness(), tb.approval.strictness());
+                        out.push(change(
+                            rank(sb < sa, sb > sa),
+                            format!("{path}.tier"),
+                            format!(
+                                "tier `{}` -> `{}`{}",
+                                ta.name,
+                                tb.name,
+                                if sb < sa { " (tier downgrade)" } else { "" }
+                            ),
+                        ));
+                    }
+                }
+                let widened = |x: &Option<std::collections::BTreeSet<String>>, y: &Option<std::collections::BTreeSet<String>>| match (x, y) {
+                    (Some(_), None) => true,
+                    (Some(x), Some(y)) => !y.is_subset(x),
+                    _ => false,
+                };
+                if a.zones != b.zones {
+                    out.push(change(
+                        rank(widened(&a.zones, &b.zones), widened(&b.zones, &a.zones)),
+                        format!("{path}.zones"),
+                        format!("zones {} -> {}", set(&a.zones), set(&b.zones)),
+                    ));
+                }
+                if a.tenants != b.tenants {
+                    out.push(change(
+                        rank(widened(&a.tenants, &b.tenants), widened(&b.tenants, &a.tenants)),
+                        format!("{path}.tenants"),
+                        format!("tenants {} -> {}", set(&a.tenants), set(&b.tenants)),
+                    ));
+                }
+                if a.arguments != b.arguments {
+                    out.push(change(Impact::Changed, format!("{path}.arguments"), "argument schema changed"));
+                }
+                let ea: std::collections::BTreeSet<_> = a.egress.iter().collect();
+                let eb: std::collections::BTreeSet<_> = b.egress.iter().collect();
+                if ea != eb {
+                    out.push(change(
+                        rank(!eb.is_subset(&ea), !ea.is_subset(&eb)),
+                        format!("{path}.egress"),
+                        format!("egress {:?} -> {:?}", a.egress, b.egress),
+                    ));
+                }
+                let sa: std::collections::BTreeSet<_> = a.secrets.iter().collect();
+                let sb: std::collections::BTreeSet<_> = b.secrets.iter().collect();
+                if sa != sb {
+                    out.push(change(
+                        rank(!sb.is_subset(&sa), !sa.is_subset(&sb)),
+                        format!("{path}.secrets"),
+                        format!("secrets {:?} -> {:?}", a.secrets, b.secrets),
+                    ));
+                }
+                if a.preview != b.preview {
+                    out.push(change(rank(!b.preview, b.preview), format!("{path}.preview"), format!("preview {} -> {}", a.preview, b.preview)));
+                }
+                if a.cost != b.cost {
+                    out.push(change(rank(b.cost < a.cost, b.cost > a.cost), format!("{path}.cost"), format!("cost {} -> {}", a.cost, b.cost)));
+                }
+                if a.classification != b.classification || a.output_trust != b.output_trust {
+                    out.push(change(
+                        Impact::Changed,
+                        format!("{path}.output"),
+                        format!(
+                            "output {}/{} -> {}/{}",
+                            a.output_trust.as_str(),
+                            a.classification.as_str(),
+                            b.output_trust.as_str(),
+                            b.classification.as_str()
+                        ),
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    // Budgets and invariants.
+    for (key, a, b) in [
+        ("budgets.agent", old.agent_budget, new.agent_budget),
+        ("budgets.tenant", old.tenant_budget, new.tenant_budget),
+        ("budgets.global", old.global_budget, new.global_budget),
+    ] {
+        for (field, x, y) in [("calls", a.calls, b.calls), ("cost", a.cost, b.cost)] {
+            if x != y {
+                let looser = match (x, y) {
+                    (Some(x), Some(y)) => y.per_second() > x.per_second(),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                let tighter = match (x, y) {
+                    (Some(x), Some(y)) => y.per_second() < x.per_second(),
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                out.push(change(rank(looser, tighter), format!("{key}.{field}"), format!("{} -> {}", show(x), show(y))));
+            }
+        }
+    }
+    for inv in &old.invariants {
+        if !new.invariants.iter().any(|n| n.name == inv.name) {
+            out.push(change(Impact::Loosened, format!("invariants[{}]", inv.name), "invariant removed"));
+        }
+    }
+    for inv in &new.invariants {
+        match old.invariants.iter().find(|o| o.name == inv.name) {
+            None => out.push(change(Impact::Tightened, format!("invariants[{}]", inv.name), "invariant added")),
+            Some(o) if o.calls != inv.calls || o.cost != inv.cost || o.tools != inv.tools => out.push(change(
+                Impact::Changed,
+                format!("invariants[{}]", inv.name),
+                format!("calls {} -> {}, cost {} -> {}", show(o.calls), show(inv.calls), show(o.cost), show(inv.cost)),
+            )),
+            Some(_) => {}
+        }
+    }
+    if old.breakers != new.breakers {
+        let looser = new.breakers.repeat_pattern > old.breakers.repeat_pattern
+            || new.breakers.consecutive_failures > old.breakers.consecutive_failures;
+        out.push(change(
+            rank(looser, !looser),
+            "breakers",
+            format!("{:?} -> {:?}", old.breakers, new.breakers),
+        ));
+    }
+    if old.policies != new.policies {
+        out.push(change(Impact::Changed, "policies", format!("{:?} -> {:?}", old.policies, new.policies)));
+    }
+    out
+}
+
+fn show(r: Option<crate::rate::Rate>) -> String {
+    r.map_or_else(|| "none".to_string(), |r| r.to_string())
+}
+
+fn set(s: &Option<std::collections::BTreeSet<String>>) -> String {
+    match s {
+        None => "*".to_string(),
+        Some(s) => format!("[{}]", s.iter().cloned().collect::<Vec<_>>().join(", ")),
+    }
+}

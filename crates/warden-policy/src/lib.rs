@@ -1,0 +1,57 @@
+//! # warden-policy
+//!
+//! The Governor's decision core: the manifest (the single source of truth), the Cedar policies,
+//! and [`Governor::decide`], a pure, synchronous function that always answers `allow`, `deny`
+//! or `escalate` with the rules that fired.
+//!
+//! ```text
+//! manifest.yaml ──parse_manifest──▶ Manifest ──Governor::new(+ policy texts)──▶ Governor
+//!                                                                                 │
+//! Proposal ───────────────────────────────────────────────────────────── decide(state, now)
+//!                                                                                 ▼
+//!                                               Decision { decision, rules, reason, ... }
+//! ```
+//!
+//! The checks `decide` makes, in order (the first that denies wins):
+//!
+//! 1. the proposal is well formed; the agent is known; it acts for its own tenant (INV-008);
+//! 2. no kill switch or quarantine holds for it, its tenant, or everything;
+//! 3. the tool is known (INV-005), available to the tenant, callable from the agent's zone, and
+//!    the arguments match its JSON Schema;
+//! 4. the agent's trust level may run the tool's tier at all;
+//! 5. Cedar: some policy permits and none forbids (forbid wins);
+//! 6. the session is not paused and the call is not the Nth identical call in a row;
+//! 7. the tier's approval mode and the trust level decide allow or escalate;
+//! 8. allowed calls are charged, atomically, to the tier rate limit, the agent, tenant and
+//!    global budgets and the matching system-level invariants; if one is exhausted, deny and
+//!    charge nothing.
+//!
+//! This crate performs no I/O: the caller reads files and passes their text in, and passes the
+//! state store and the current time.
+
+pub mod cedar;
+pub mod decide;
+pub mod diff;
+pub mod lines;
+pub mod manifest;
+pub mod rate;
+pub mod raw;
+
+pub use cedar::PolicySource;
+pub use decide::{bundle_hash, deny_unloaded, Governor};
+pub use manifest::{parse_manifest, Diagnostic, LoadError, Manifest};
+
+/// Entry points for fuzz targets: each must never panic, whatever the input.
+pub mod fuzz {
+    /// Parses and validates arbitrary bytes as a manifest.
+    pub fn manifest(data: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = crate::manifest::parse_manifest("fuzz.yaml", text);
+        }
+    }
+
+    /// Parses arbitrary bytes as a proposal.
+    pub fn proposal(data: &[u8]) {
+        let _ = warden_core::Proposal::from_json_slice(data);
+    }
+}

@@ -1,0 +1,131 @@
+//! Rates (`100/h`) and durations (`5m`) as the manifest writes them.
+
+use std::fmt;
+
+/// A count per window, written `N/UNIT` with UNIT one of `s`, `m`, `h`, `d`, or `N/Xunit` with a
+/// multiplier (`500/6h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// The most a window may hold.
+    pub limit: u64,
+    /// The window, in seconds.
+    pub window_secs: i64,
+}
+
+impl Rate {
+    /// Per-second rate as a fraction, for comparisons (`diff`).
+    #[must_use]
+    pub fn per_second(&self) -> f64 {
+        // Precision loss is acceptable: this is only used to rank two rates.
+        #[expect(clippy::cast_precision_loss, reason = "ranking only, not enforcement")]
+        let r = self.limit as f64 / self.window_secs.max(1) as f64;
+        r
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.limit, format_duration(self.window_secs))
+    }
+}
+
+/// Parses `N/UNIT`.
+///
+/// # Errors
+/// A message naming what is wrong with `text`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let (count, unit) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a rate; write it like `100/h`"))?;
+    let limit: u64 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{count}` in `{text}` is not a whole number"))?;
+    let unit = unit.trim();
+    let window_secs = if unit.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        parse_duration(unit)
+    } else {
+        parse_duration(&format!("1{unit}"))
+    }
+    .map_err(|e| format!("window `{unit}` of `{text}`: {e}"))?;
+    Ok(Rate { limit, window_secs })
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h`, `7d`.
+///
+/// # Errors
+/// A message naming what is wrong with `text`.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit; use s, m, h or d"))?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit `{other}` in `{text}`; use s, m, h or d")),
+    };
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too long"))?;
+    if secs <= 0 {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    if secs > 366 * 86_400 {
+        return Err(format!("`{text}` is longer than a year"));
+    }
+    Ok(secs)
+}
+
+/// Formats seconds back into the shortest unit that divides them.
+#[must_use]
+pub fn format_duration(secs: i64) -> String {
+    if secs % 86_400 == 0 {
+        day_or(secs / 86_400, "d")
+    } else if secs % 3600 == 0 {
+        day_or(secs / 3600, "h")
+    } else if secs % 60 == 0 {
+        day_or(secs / 60, "m")
+    } else {
+        day_or(secs, "s")
+    }
+}
+
+fn day_or(n: i64, unit: &str) -> String {
+    if n == 1 {
+        unit.to_string()
+    } else {
+        format!("{n}{unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(parse_rate("100/h").unwrap(), Rate { limit: 100, window_secs: 3600 });
+        assert_eq!(parse_rate("2 / d").unwrap(), Rate { limit: 2, window_secs: 86_400 });
+        assert_eq!(parse_rate("500/6h").unwrap(), Rate { limit: 500, window_secs: 21_600 });
+        assert_eq!(parse_rate("0/m").unwrap().limit, 0);
+        assert_eq!(parse_rate("500/6h").unwrap().to_string(), "500/6h");
+        assert_eq!(parse_rate("10/h").unwrap().to_string(), "10/h");
+    }
+
+    #[test]
+    fn rejects_bad_rates_with_reasons() {
+        assert!(parse_rate("100").unwrap_err().contains("like `100/h`"));
+        assert!(parse_rate("x/h").unwrap_err().contains("not a whole number"));
+        assert!(parse_rate("1/w").unwrap_err().contains("window `w` of `1/w`: unknown unit `w`"));
+        assert!(parse_rate("1/0h").unwrap_err().contains("longer than zero"));
+        assert!(parse_rate("1/99999999999999999d").unwrap_err().contains("too long"));
+        assert!(parse_duration("400d").unwrap_err().contains("year"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The manifest as written: serde types with `deny_unknown_fields`, from which the JSON Schema
+//! (`warden manifest schema`) is generated. [`crate::manifest`] validates these into the
+//! internal types the Governor uses.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A Warden manifest: the single source of truth for what agents may do.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    /// Logical clock: raise it on every change. Decisions and grants cite it.
+    pub version: u64,
+    /// Risk tiers by name, each with its approval mode and rate limit.
+    pub risk_tiers: BTreeMap<String, RawTier>,
+    /// Progressive trust: for each trust level, which tiers its agents may run without approval
+    /// and which only with approval. A tier listed in neither is forbidden to that level.
+    pub trust: BTreeMap<TrustLevel, RawTrust>,
+    /// Tenants (isolation boundaries, INV-008).
+    pub tenants: Vec<RawTenant>,
+    /// Trust zones agents live in.
+    pub zones: Vec<RawZone>,
+    /// The agents Warden knows. Any other agent is denied.
+    pub agents: Vec<RawAgent>,
+    /// The tools agents may propose. Any other tool is denied (INV-005).
+    pub tools: Vec<RawTool>,
+    /// Call and cost budgets per agent, per tenant and in total.
+    #[serde(default)]
+    pub budgets: RawBudgets,
+    /// System-level invariants: aggregate caps over a selection of tools, across all agents.
+    #[serde(default)]
+    pub invariants: Vec<RawInvariant>,
+    /// Circuit-breaker settings.
+    #[serde(default)]
+    pub breakers: RawBreakers,
+    /// Cedar policy files, relative to the manifest; the last path component may hold one `*`.
+    pub policies: Vec<String>,
+}
+
+/// One risk tier.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// How calls of this tier are approved.
+    pub approval: RawApproval,
+    /// Calls per agent per window, e.g. `10/h`. Omit for no tier limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// Free text shown to approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// How calls of a tier are approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawApproval {
+    /// Allowed without approval.
+    Auto,
+    /// Allowed without approval inside the daily window; outside it, queued until it opens.
+    Window {
+        /// `HH:MM-HH:MM`; may wrap past midnight (`22:00-06:00`).
+        window: String,
+        /// Offset of the window's clock from UTC, `+HH:MM` or `-HH:MM` (default `+00:00`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        utc_offset: Option<String>,
+    },
+    /// `approvers` distinct approvers holding `role` must approve.
+    Role {
+        /// How many distinct approvers.
+        approvers: u32,
+        /// The role they must hold.
+        role: String,
+    },
+    /// `approvers` distinct humans must approve (multi-party approval, INV-020).
+    Humans {
+        /// How many distinct humans.
+        approvers: u32,
+    },
+}
+
+/// The four levels of progressive trust.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustLevel {
+    /// Read-only; can analyse, cannot act.
+    Intern,
+    /// Can recommend; acts with approval.
+    Junior,
+    /// Acts within scope.
+    Senior,
+    /// Autonomous within broad scope.
+    Principal,
+}
+
+impl TrustLevel {
+    /// Every level, lowest first.
+    pub const ALL: [TrustLevel; 4] = [
+        TrustLevel::Intern,
+        TrustLevel::Junior,
+        TrustLevel::Senior,
+        TrustLevel::Principal,
+    ];
+
+    /// The level's name as the manifest writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustLevel::Intern => "intern",
+            TrustLevel::Junior => "junior",
+            TrustLevel::Senior => "senior",
+            TrustLevel::Principal => "principal",
+        }
+    }
+
+    /// 1 for intern up to 4 for principal (exposed to Cedar as `trust_rank`).
+    #[must_use]
+    pub fn rank(self) -> i64 {
+        match self {
+            TrustLevel::Intern => 1,
+            TrustLevel::Junior => 2,
+            TrustLevel::Senior => 3,
+            TrustLevel::Principal => 4,
+        }
+    }
+}
+
+/// What one trust level may do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrust {
+    /// Tiers run without an approval on account of trust (the tier's own mode still applies).
+    #[serde(default)]
+    pub autonomous: Vec<String>,
+    /// Tiers run only after the agent's owner approves.
+    #[serde(default)]
+    pub with_approval: Vec<String>,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant id.
+    pub id: String,
+}
+
+/// A trust zone.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawZone {
+    /// Zone id.
+    pub id: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// An agent.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// Agent id.
+    pub id: String,
+    /// The tenant it works for.
+    pub tenant: String,
+    /// The human it is paired with: the root of its lineage.
+    pub owner: String,
+    /// The zone it lives in.
+    pub zone: String,
+    /// Its trust level.
+    pub trust: TrustLevel,
+}
+
+/// A tool.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// Tool name (letters, digits, `.`, `_`, `-`, `:`).
+    pub name: String,
+    /// Its risk tier.
+    pub tier: String,
+    /// Zones it may be called from; `"*"` for every zone.
+    pub zones: Vec<String>,
+    /// Tenants that may use it; omit for every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
+    /// JSON Schema of its arguments (root type `object`). Omit for a tool without arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    pub arguments: Option<Value>,
+    /// Trust and classification of what it returns.
+    #[serde(default)]
+    pub output: RawOutput,
+    /// Hosts it may reach (enforced by the Executor's egress guard).
+    #[serde(default)]
+    pub egress: Vec<String>,
+    /// Names of the secrets the Executor injects for it (never values).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Whether a preview of its effect is produced before approval (INV-018).
+    #[serde(default)]
+    pub preview: bool,
+    /// Cost units one call consumes from cost budgets.
+    #[serde(default)]
+    pub cost: u64,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Trust and classification of a tool's output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    /// Whether the output may carry instructions from outside (web pages, mail): `untrusted`.
+    #[serde(default)]
+    pub trust: OutputTrust,
+    /// How sensitive the output is.
+    #[serde(default)]
+    pub classification: Classification,
+}
+
+/// Trust of a tool's output.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputTrust {
+    /// Produced by a system Warden trusts.
+    Trusted,
+    /// May carry outside text (INV-013); the default.
+    #[default]
+    Untrusted,
+}
+
+/// Data classification, lowest first.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    /// Anyone may see it.
+    Public,
+    /// Inside the organisation; the default.
+    #[default]
+    Internal,
+    /// A need-to-know group.
+    Confidential,
+    /// The most sensitive.
+    Restricted,
+}
+
+impl Classification {
+    /// The name as the manifest writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Confidential => "confidential",
+            Classification::Restricted => "restricted",
+        }
+    }
+}
+
+impl OutputTrust {
+    /// The name as the manifest writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputTrust::Trusted => "trusted",
+            OutputTrust::Untrusted => "untrusted",
+        }
+    }
+}
+
+/// Budgets at each level.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// For each agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<RawBudget>,
+    /// For each tenant (all its agents together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<RawBudget>,
+    /// For everything Warden governs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<RawBudget>,
+}
+
+/// Calls and cost units per window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Calls per window, e.g. `1000/h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<String>,
+    /// Cost units per window, e.g. `500/d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// A system-level invariant: one aggregate counter over the tools it selects (O(1) in agents).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvariant {
+    /// Name, cited by decisions (`invariant:NAME`).
+    pub name: String,
+    /// Tools of these tiers count.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// These tools count.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Tools whose output has one of these classifications count.
+    #[serde(default)]
+    pub classifications: Vec<Classification>,
+    /// Calls per window across all agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<String>,
+    /// Cost units per window across all agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// Circuit-breaker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreakers {
+    /// The same call this many times in a row in one session pauses the session.
+    #[serde(default = "default_repeat")]
+    pub repeat_pattern: u32,
+    /// This many failed executions in a row open the tool's breaker (enforced by the Executor).
+    #[serde(default = "default_failures")]
+    pub consecutive_failures: u32,
+    /// How long an open breaker stays open, e.g. `5m`.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+    /// How long a session's call history is kept without activity, e.g. `1h`.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: String,
+}
+
+impl Default for RawBreakers {
+    fn default() -> Self {
+        Self {
+            repeat_pattern: default_repeat(),
+            consecutive_failures: default_failures(),
+            cooldown: default_cooldown(),
+            session_ttl: default_session_ttl(),
+        }
+    }
+}
+
+fn default_repeat() -> u32 {
+    3
+}
+fn default_failures() -> u32 {
+    3
+}
+fn default_cooldown() -> String {
+    "5m".into()
+}
+fn default_session_ttl() -> String {
+    "1h".into()
+}
+
+/// The JSON Schema of the manifest, generated from these types.
+#[must_use]
+pub fn manifest_json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(RawManifest)).unwrap_or(Value::Null)
+}

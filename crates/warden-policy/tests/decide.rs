@@ -1,0 +1,552 @@
+//! The Governor's decisions, end to end, on real manifests and real Cedar policies.
+
+use proptest::prelude::*;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use warden_core::state::{Hold, HoldKind, HoldScope, StateError, StateStore};
+use warden_core::{Decision, Escalation, Proposal, Verdict};
+use warden_policy::{parse_manifest, Governor, PolicySource};
+use warden_state::MemoryState;
+
+/// 2026-11-22T10:00:00Z: inside the starter's 08:00-22:00 window.
+const DAY_TIME: i64 = 1_795_341_600;
+/// 2026-11-22T23:00:00Z: outside it.
+const NIGHT_TIME: i64 = 1_795_388_400;
+
+fn starter_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter")
+}
+
+fn starter_policies() -> Vec<PolicySource> {
+    let dir = starter_dir().join("policies");
+    let mut out: Vec<PolicySource> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .map(|p| PolicySource {
+            name: format!("policies/{}", p.file_name().unwrap().to_string_lossy()),
+            text: std::fs::read_to_string(&p).unwrap(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn starter_text() -> String {
+    std::fs::read_to_string(starter_dir().join("manifest.yaml")).unwrap()
+}
+
+fn governor_from(text: &str, policies: &[PolicySource]) -> Governor {
+    let m = parse_manifest("manifest.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    Governor::new(m, policies).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn starter() -> Governor {
+    governor_from(&starter_text(), &starter_policies())
+}
+
+fn proposal(agent: &str, session: &str, tool: &str, arguments: serde_json::Value) -> Proposal {
+    Proposal {
+        agent: agent.into(),
+        session: session.into(),
+        tool: tool.into(),
+        arguments,
+        tenant: None,
+    }
+}
+
+fn read(path: &str) -> serde_json::Value {
+    json!({ "path": path })
+}
+
+fn assert_cites_bundle(g: &Governor, d: &Decision) {
+    assert_eq!(d.manifest_version, 1);
+    assert_eq!(d.policy_hash, g.policy_hash());
+    assert!(d.policy_hash.starts_with("sha256:"));
+    assert!(!d.reason.is_empty());
+    assert!(!d.rules.is_empty());
+}
+
+#[test]
+fn low_tier_call_is_allowed_with_its_rules() {
+    let g = starter();
+    let s = MemoryState::new();
+    let d = g.decide(&proposal("coder-1", "s1", "fs.read_file", read("/etc/hosts")), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    assert_cites_bundle(&g, &d);
+    assert!(d.rules.contains(&"tier.low.auto".to_string()), "{:?}", d.rules);
+    assert!(d.rules.contains(&"trust.junior.autonomous".to_string()));
+    assert_eq!(d.policies, vec!["permit-manifest-tools".to_string()]);
+    assert_eq!(d.owner, "alice@acme.example");
+    assert_eq!(d.tenant, "acme");
+    assert_eq!(d.arguments_hash, warden_core::canonical::json_digest(&read("/etc/hosts")));
+}
+
+#[test]
+fn unknown_tool_is_denied() {
+    let g = starter();
+    let d = g.decide(&proposal("coder-1", "s", "shell.exec", json!({})), &MemoryState::new(), DAY_TIME);
+    assert_eq!(d.decision, Verdict::Deny);
+    assert_eq!(d.rules, vec!["tool.unknown"]);
+    assert!(d.reason.contains("`shell.exec`"));
+    assert_cites_bundle(&g, &d);
+}
+
+#[test]
+fn unknown_agent_and_foreign_tenant_are_denied() {
+    let g = starter();
+    let s = MemoryState::new();
+    let d = g.decide(&proposal("mallory", "s", "fs.read_file", read("/x")), &s, DAY_TIME);
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "agent.unknown"));
+    let mut p = proposal("coder-1", "s", "fs.read_file", read("/x"));
+    p.tenant = Some("globex".into());
+    let d = g.decide(&p, &s, DAY_TIME);
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "tenant.mismatch"));
+    assert!(d.reason.contains("`globex`"));
+}
+
+#[test]
+fn schema_violations_are_denied_naming_the_json_path() {
+    let g = starter();
+    let s = MemoryState::new();
+    let d = g.decide(
+        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "acme/x", "title": 7})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Deny);
+    assert_eq!(d.rules[0], "arguments.invalid");
+    assert!(d.reason.contains("`/title`"), "{}", d.reason);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", json!({"path": "/x", "mode": "w"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules[0], "arguments.invalid");
+    let d = g.decide(
+        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "not a repo", "title": "t"})),
+        &s,
+        DAY_TIME,
+    );
+    assert!(d.reason.contains("`/repo`"), "{}", d.reason);
+}
+
+#[test]
+fn zones_restrict_where_a_tool_may_be_called_from() {
+    let g = starter();
+    // db.drop_table is prod-only; coder-1 lives in dev.
+    let d = g.decide(
+        &proposal("coder-1", "s", "db.drop_table", json!({"database": "app", "table": "t"})),
+        &MemoryState::new(),
+        DAY_TIME,
+    );
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "zone.not_allowed"));
+    assert!(d.reason.contains("zone `dev`"));
+}
+
+#[test]
+fn approval_modes_escalate_with_their_requirement() {
+    let g = starter();
+    let s = MemoryState::new();
+    // high tier, senior agent: 1 planner.
+    let d = g.decide(
+        &proposal("ops-1", "s", "deploy.staging", json!({"service": "api", "version": "1.2"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    assert_eq!(
+        d.escalation,
+        Some(Escalation::Approvers { approvers: 1, role: "planner".into() })
+    );
+    assert!(d.rules.contains(&"tier.high.approvers".to_string()));
+    // critical tier: 2 distinct humans.
+    let d = g.decide(
+        &proposal("ops-1", "s", "db.drop_table", json!({"database": "app", "table": "t"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.escalation, Some(Escalation::Humans { approvers: 2 }), "{d:?}");
+}
+
+#[test]
+fn time_window_allows_inside_and_queues_outside() {
+    let g = starter();
+    let s = MemoryState::new();
+    let issue = json!({"repo": "acme/app", "title": "bug"});
+    // ops-1 is senior: medium is autonomous for it, but github.create_issue is dev-only, so use
+    // a manifest where ops-1 lives in dev.
+    let text = starter_text().replace(
+        "{ id: ops-1, tenant: acme, owner: bob@acme.example, zone: prod, trust: senior }",
+        "{ id: ops-1, tenant: acme, owner: bob@acme.example, zone: dev, trust: senior }",
+    );
+    let g2 = governor_from(&text, &starter_policies());
+    let d = g2.decide(&proposal("ops-1", "a", "github.create_issue", issue.clone()), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    assert!(d.rules.contains(&"tier.medium.window_open".to_string()));
+    let d = g2.decide(&proposal("ops-1", "b", "github.create_issue", issue.clone()), &s, NIGHT_TIME);
+    assert_eq!(d.decision, Verdict::Escalate);
+    assert_eq!(
+        d.escalation,
+        Some(Escalation::Queued {
+            until: "2026-11-23T08:00:00Z".into(),
+            until_unix: NIGHT_TIME + 9 * 3600,
+        })
+    );
+    // coder-1 is junior: medium needs its owner even inside the window.
+    let d = g.decide(&proposal("coder-1", "c", "github.create_issue", issue), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Escalate);
+    assert_eq!(d.escalation, Some(Escalation::Owner { owner: "alice@acme.example".into() }));
+    assert!(d.rules.contains(&"trust.junior.with_approval".to_string()));
+}
+
+#[test]
+fn progressive_trust_forbids_tiers_outside_the_level() {
+    let text = starter_text().replace("trust: junior }", "trust: intern }");
+    let g = governor_from(&text, &starter_policies());
+    let d = g.decide(
+        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "acme/a", "title": "t"})),
+        &MemoryState::new(),
+        DAY_TIME,
+    );
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "trust.intern.forbidden"));
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &MemoryState::new(), DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow);
+}
+
+#[test]
+fn cedar_forbid_wins_over_permit_and_approvals() {
+    let g = starter();
+    let s = MemoryState::new();
+    let d = g.decide(
+        &proposal("ops-1", "s", "db.drop_table", json!({"database": "audit", "table": "log"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Deny);
+    assert_eq!(d.rules, vec!["policy:forbid-drop-audit"]);
+    assert_eq!(d.policies, vec!["forbid-drop-audit"]);
+    // An argument-aware forbid: issues only in acme's repositories.
+    let d = g.decide(
+        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "evil/x", "title": "t"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules, vec!["policy:forbid-foreign-repos"]);
+}
+
+#[test]
+fn without_a_permit_nothing_is_allowed() {
+    let policies = vec![PolicySource {
+        name: "p.cedar".into(),
+        text: "forbid (principal, action, resource) when { false };".into(),
+    }];
+    let g = governor_from(&starter_text(), &policies);
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &MemoryState::new(), DAY_TIME);
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "cedar.no_permit"));
+}
+
+#[test]
+fn policies_naming_unknown_tools_or_attributes_do_not_load() {
+    let m = || parse_manifest("manifest.yaml", &starter_text()).unwrap();
+    let bad = [
+        ("permit (principal, action == Action::\"no.such_tool\", resource);", "no.such_tool"),
+        ("permit (principal, action, resource) when { principal.clearance == 3 };", "clearance"),
+        (
+            "permit (principal, action == Action::\"fs.read_file\", resource) when { context.arguments.mode == \"r\" };",
+            "mode",
+        ),
+        ("permit (principal, action, resource is Tool) when { resource.tier == 3 };", "not compatible"),
+    ];
+    for (text, needle) in bad {
+        let policies = vec![PolicySource { name: "bad.cedar".into(), text: text.into() }];
+        let err = Governor::new(m(), &policies).unwrap_err().to_string();
+        assert!(err.contains("bad.cedar:1"), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let policies = vec![PolicySource { name: "syntax.cedar".into(), text: "\n\npermit (principal action, resource);".into() }];
+    let err = Governor::new(m(), &policies).unwrap_err().to_string();
+    assert!(err.starts_with("syntax.cedar:3: Cedar syntax error"), "{err}");
+    let dup = vec![PolicySource {
+        name: "dup.cedar".into(),
+        text: "@id(\"a\")\npermit (principal, action, resource);\n@id(\"a\")\nforbid (principal, action, resource);".into(),
+    }];
+    let err = Governor::new(m(), &dup).unwrap_err().to_string();
+    assert!(err.contains("duplicate policy id"), "{err}");
+}
+
+#[test]
+fn policies_pinned_to_an_agent_apply_only_to_it() {
+    let mut policies = starter_policies();
+    policies.push(PolicySource {
+        name: "pin.cedar".into(),
+        text: "@id(\"no-reads-for-coder\")\nforbid (principal == Agent::\"coder-1\", action == Action::\"fs.read_file\", resource);".into(),
+    });
+    let g = governor_from(&starter_text(), &policies);
+    let s = MemoryState::new();
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    assert_eq!(d.rules, vec!["policy:no-reads-for-coder"]);
+    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow);
+}
+
+#[test]
+fn tier_action_groups_select_every_tool_of_the_tier() {
+    let mut policies = starter_policies();
+    policies.push(PolicySource {
+        name: "tier.cedar".into(),
+        text: "@id(\"no-low-at-night\")\nforbid (principal, action in Action::\"tier:low\", resource) when { context.hour >= 22 };".into(),
+    });
+    let g = governor_from(&starter_text(), &policies);
+    let s = MemoryState::new();
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, NIGHT_TIME);
+    assert_eq!(d.rules, vec!["policy:no-low-at-night"]);
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow);
+}
+
+#[test]
+fn tier_rate_limit_denies_and_denied_calls_consume_nothing() {
+    let text = starter_text().replace("rate: 100/h", "rate: 3/h");
+    let g = governor_from(&text, &starter_policies());
+    let s = MemoryState::new();
+    for i in 0..3 {
+        let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read(&format!("/{i}"))), &s, DAY_TIME);
+        assert_eq!(d.decision, Verdict::Allow, "call {i}: {d:?}");
+    }
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/4")), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Deny);
+    assert_eq!(d.rules[0], "rate.tier.low");
+    assert!(d.reason.contains("3 of 3"), "{}", d.reason);
+    // Other agents have their own tier counter.
+    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/5")), &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow);
+    // The next hour window starts afresh.
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/6")), &s, DAY_TIME + 3600);
+    assert_eq!(d.decision, Verdict::Allow);
+}
+
+#[test]
+fn agent_tenant_and_global_budgets_apply() {
+    let s = MemoryState::new();
+    let text = starter_text().replace("agent:  { calls: 1000/h, cost: 500/d }", "agent:  { calls: 1000/h, cost: 2/d }");
+    let g = governor_from(&text, &starter_policies());
+    assert_eq!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).decision, Verdict::Allow);
+    assert_eq!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME).decision, Verdict::Allow);
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert_eq!(d.rules[0], "budget.agent.cost", "{d:?}");
+
+    let s = MemoryState::new();
+    let text = starter_text().replace("tenant: { calls: 10000/h, cost: 5000/d }", "tenant: { calls: 2/h }");
+    let g = governor_from(&text, &starter_policies());
+    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
+    assert!(g.decide(&proposal("ops-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME).is_allow());
+    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert_eq!(d.rules[0], "budget.tenant.calls");
+
+    let s = MemoryState::new();
+    let text = starter_text().replace("global: { calls: 100000/h, cost: 50000/d }", "global: { calls: 1/h }");
+    let g = governor_from(&text, &starter_policies());
+    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
+    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME);
+    assert_eq!(d.rules[0], "budget.global.calls");
+}
+
+#[test]
+fn system_invariant_caps_the_aggregate() {
+    let text = starter_text().replace(
+        "- { name: critical-actions, tiers: [critical], calls: 5/h }",
+        "- { name: reads, tools: [fs.read_file], calls: 2/h }",
+    );
+    let g = governor_from(&text, &starter_policies());
+    let s = MemoryState::new();
+    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
+    assert!(g.decide(&proposal("ops-1", "t", "fs.read_file", read("/2")), &s, DAY_TIME).is_allow());
+    let d = g.decide(&proposal("ops-1", "t", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert_eq!(d.rules[0], "invariant:reads");
+}
+
+#[test]
+fn escalated_calls_consume_no_budget() {
+    let text = starter_text().replace("agent:  { calls: 1000/h, cost: 500/d }", "agent:  { calls: 1/h }");
+    let g = governor_from(&text, &starter_policies());
+    let s = MemoryState::new();
+    for i in 0..5 {
+        let d = g.decide(
+            &proposal("ops-1", "s", "deploy.staging", json!({"service": "api", "version": format!("{i}")})),
+            &s,
+            DAY_TIME,
+        );
+        assert_eq!(d.decision, Verdict::Escalate);
+    }
+    assert!(g.decide(&proposal("ops-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
+}
+
+#[test]
+fn the_third_identical_call_pauses_the_session() {
+    let g = starter();
+    let s = MemoryState::new();
+    let p = proposal("coder-1", "loop", "fs.read_file", read("/same"));
+    assert!(g.decide(&p, &s, DAY_TIME).is_allow());
+    assert!(g.decide(&p, &s, DAY_TIME + 1).is_allow());
+    let d = g.decide(&p, &s, DAY_TIME + 2);
+    assert_eq!(d.decision, Verdict::Escalate);
+    assert_eq!(d.rules[0], "loop.repeat_pattern");
+    assert_eq!(d.escalation, Some(Escalation::SessionPaused { session: "loop".into() }));
+    // The session stays paused for any call until resumed.
+    let d = g.decide(&proposal("coder-1", "loop", "fs.read_file", read("/other")), &s, DAY_TIME + 3);
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Escalate, "session.paused"));
+    // Other sessions are unaffected; a different argument in between resets the count.
+    let q = proposal("coder-1", "other", "fs.read_file", read("/same"));
+    assert!(g.decide(&q, &s, DAY_TIME).is_allow());
+    assert!(g.decide(&q, &s, DAY_TIME).is_allow());
+    assert!(g.decide(&proposal("coder-1", "other", "fs.read_file", read("/x")), &s, DAY_TIME).is_allow());
+    assert!(g.decide(&q, &s, DAY_TIME).is_allow());
+    // Resumed by a human: calls flow again.
+    s.clear_hold(&HoldScope::Session("loop".into()), HoldKind::Pause).unwrap();
+    assert!(g.decide(&proposal("coder-1", "loop", "fs.read_file", read("/new")), &s, DAY_TIME + 4).is_allow());
+}
+
+#[test]
+fn kill_switch_and_quarantine_deny_at_every_scope() {
+    let g = starter();
+    let cases = [
+        (HoldScope::Global, HoldKind::Kill, "kill.global"),
+        (HoldScope::Tenant("acme".into()), HoldKind::Kill, "kill.tenant"),
+        (HoldScope::Agent("coder-1".into()), HoldKind::Quarantine, "quarantine.agent"),
+        (HoldScope::Tenant("acme".into()), HoldKind::Quarantine, "quarantine.tenant"),
+    ];
+    for (scope, kind, rule) in cases {
+        let s = MemoryState::new();
+        s.set_hold(Hold { scope: scope.clone(), kind, reason: "incident 42".into(), since: 0 }).unwrap();
+        let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+        assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, rule));
+        assert!(d.reason.contains("incident 42"));
+    }
+    // A hold on another agent does not touch this one.
+    let s = MemoryState::new();
+    s.set_hold(Hold { scope: HoldScope::Agent("ops-1".into()), kind: HoldKind::Kill, reason: "x".into(), since: 0 }).unwrap();
+    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME).is_allow());
+}
+
+/// A store that cannot answer, like an unreachable Redis.
+struct DownStore;
+impl StateStore for DownStore {
+    fn check_and_charge(&self, _: &[warden_core::state::Charge], _: i64) -> Result<warden_core::state::ChargeOutcome, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+    fn observe_call(&self, _: &str, _: [u8; 32], _: i64, _: i64) -> Result<u32, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+    fn holds(&self, _: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+    fn set_hold(&self, _: Hold) -> Result<(), StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+    fn clear_hold(&self, _: &HoldScope, _: HoldKind) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+    fn all_holds(&self) -> Result<Vec<Hold>, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
+}
+
+#[test]
+fn an_unavailable_state_store_denies() {
+    let g = starter();
+    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &DownStore, DAY_TIME);
+    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "state.unavailable"));
+    assert!(d.reason.contains("connection refused"));
+}
+
+#[test]
+fn a_manifest_that_does_not_load_allows_nothing() {
+    let p = proposal("coder-1", "s", "fs.read_file", read("/a"));
+    let d = warden_policy::deny_unloaded(&p, "tools[0].tier: unknown tier", DAY_TIME);
+    assert_eq!(d.decision, Verdict::Deny);
+    assert_eq!(d.rules, vec!["manifest.not_loaded"]);
+    assert!(d.reason.contains("unknown tier"));
+}
+
+#[test]
+fn counters_never_pass_their_limit_when_threads_decide_at_once() {
+    let text = starter_text().replace("rate: 100/h", "rate: 37/h");
+    let g = Arc::new(governor_from(&text, &starter_policies()));
+    let s = Arc::new(MemoryState::new());
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+            std::thread::spawn(move || {
+                (0..20)
+                    .filter(|i| {
+                        let p = proposal("coder-1", &format!("t{t}"), "fs.read_file", read(&format!("/{t}/{i}")));
+                        g.decide(&p, s.as_ref(), DAY_TIME).is_allow()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let allowed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(allowed, 37);
+}
+
+#[test]
+fn every_example_manifest_loads() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = dir.join("manifest.yaml");
+        if !manifest.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let m = parse_manifest("manifest.yaml", &text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut policies = Vec::new();
+        for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
+            let p = entry.unwrap().path();
+            policies.push(PolicySource { name: p.display().to_string(), text: std::fs::read_to_string(&p).unwrap() });
+        }
+        Governor::new(m, &policies).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        count += 1;
+    }
+    assert!(count >= 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_tool_not_in_the_manifest_is_never_allowed(
+        tool in "[a-z_.:-]{1,24}",
+        agent in prop::sample::select(vec!["coder-1", "ops-1", "mallory"]),
+        key in "[a-z]{1,6}",
+        value in any::<i64>(),
+    ) {
+        let g = starter();
+        prop_assume!(!g.manifest().tools.contains_key(&tool));
+        let d = g.decide(&proposal(agent, "s", &tool, json!({ key: value })), &MemoryState::new(), DAY_TIME);
+        prop_assert_eq!(d.decision, Verdict::Deny);
+    }
+
+    #[test]
+    fn a_matching_forbid_always_wins(
+        agent in prop::sample::select(vec!["coder-1", "ops-1"]),
+        path in "/[a-z/]{0,20}",
+        hour in 0i64..24,
+    ) {
+        // Whatever else permits it, a forbid that matches denies.
+        let mut policies = starter_policies();
+        policies.push(PolicySource {
+            name: "extra.cedar".into(),
+            text: "@id(\"permit-again\")\npermit (principal, action, resource);\n@id(\"forbid-reads\")\nforbid (principal, action == Action::\"fs.read_file\", resource) when { context.arguments.path like \"/*\" };".into(),
+        });
+        let g = governor_from(&starter_text(), &policies);
+        let now = DAY_TIME - 10 * 3600 + hour * 3600;
+        let d = g.decide(&proposal(agent, "s", "fs.read_file", read(&path)), &MemoryState::new(), now);
+        prop_assert_eq!(d.decision, Verdict::Deny);
+        prop_assert_eq!(d.rules, vec!["policy:forbid-reads".to_string()]);
+    }
+}

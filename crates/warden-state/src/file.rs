@@ -1,0 +1,287 @@
+//! The embedded store: state in the data directory, surviving restarts.
+//!
+//! Layout: `DIR/state.journal` (write-ahead journal) and `DIR/state.lock` (held while open, so
+//! two processes never write one journal).
+//!
+//! Each journal line is `CRC32(hex) SP JSON LF`. Every change is written to the journal *before*
+//! it takes effect in memory, with one `write` call per change, so a process that is killed keeps
+//! every change it acted on (the operating system holds the bytes). Holds (kill switch,
+//! quarantine, pauses) are additionally `fdatasync`ed before the call returns, so they also
+//! survive a power loss; counter increments and session history are not, to keep the decision
+//! path free of disk flushes (a power loss may forget the last moments of counting, never a hold).
+//!
+//! On open the journal is replayed: a torn last line (a crash mid-write) is cut off; a damaged
+//! line anywhere else refuses the open (fail closed). The replayed state is then compacted into a
+//! fresh journal, written to a temporary file, synced and renamed into place.
+
+use crate::engine::{Engine, Op};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore};
+use warden_core::time::UnixSeconds;
+
+/// Journal size that triggers a compaction while running.
+const COMPACT_AT_BYTES: u64 = 64 << 20;
+
+/// Why the embedded store could not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A file operation failed.
+    #[error("state directory `{path}`: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Another process holds the directory.
+    #[error("state directory `{0}` is in use by another process")]
+    Locked(PathBuf),
+    /// The journal is damaged before its last line.
+    #[error("state journal `{path}` is damaged at line {line}: {problem}")]
+    Corrupted {
+        /// The journal.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    journal: File,
+    journal_bytes: u64,
+}
+
+/// The embedded store. See the module documentation for its durability guarantees.
+#[derive(Debug)]
+pub struct FileState {
+    dir: PathBuf,
+    // INVARIANT (write-ahead): every change is appended to `journal` before `engine` applies it,
+    // both under this one lock.
+    inner: Mutex<Inner>,
+    _lock: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl FileState {
+    /// Opens (creating if needed) the store in `dir`, replaying and compacting its journal.
+    ///
+    /// # Errors
+    /// [`OpenError`] if the directory cannot be used, is locked by another process, or holds a
+    /// damaged journal.
+    pub fn open(dir: &Path, now: UnixSeconds) -> Result<Self, OpenError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("state.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        let journal_path = dir.join("state.journal");
+        let mut engine = Engine::default();
+        if journal_path.exists() {
+            replay(&journal_path, &mut engine, now)?;
+        }
+        engine.sweep(now);
+        let (journal, journal_bytes) = compact(dir, &engine, now).map_err(io_err(&journal_path))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                engine,
+                journal,
+                journal_bytes,
+            }),
+            _lock: lock,
+        })
+    }
+
+    /// The directory this store lives in.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn inner(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StateError> {
+        // INVARIANT (fail-closed): a poisoned lock means a thread died mid-update.
+        self.inner
+            .lock()
+            .map_err(|_| StateError::Unavailable("state lock poisoned".into()))
+    }
+
+    /// Appends `op` to the journal (and syncs it when `sync`), then applies it.
+    fn commit(&self, inner: &mut Inner, op: Op, now: UnixSeconds, sync: bool) -> Result<(), StateError> {
+        let line = encode_line(&op)?;
+        // INVARIANT (write-ahead): the journal write happens first; if it fails, memory is
+        // unchanged and the caller gets an error (and denies).
+        inner
+            .journal
+            .write_all(line.as_bytes())
+            .map_err(|e| StateError::Unavailable(format!("cannot append to state journal: {e}")))?;
+        if sync {
+            inner
+                .journal
+                .sync_data()
+                .map_err(|e| StateError::Unavailable(format!("cannot sync state journal: {e}")))?;
+        }
+        inner.journal_bytes = inner.journal_bytes.saturating_add(line.len() as u64);
+        inner.engine.apply(op, now);
+        if inner.journal_bytes > COMPACT_AT_BYTES {
+            let (journal, bytes) = compact(&self.dir, &inner.engine, now)
+                .map_err(|e| StateError::Unavailable(format!("cannot compact state journal: {e}")))?;
+            inner.journal = journal;
+            inner.journal_bytes = bytes;
+        }
+        Ok(())
+    }
+}
+
+fn encode_line(op: &Op) -> Result<String, StateError> {
+    let json = serde_json::to_string(op)
+        .map_err(|e| StateError::Unavailable(format!("cannot encode state change: {e}")))?;
+    let crc = crc32fast::hash(json.as_bytes());
+    Ok(format!("{crc:08x} {json}\n"))
+}
+
+fn decode_line(line: &str) -> Result<Op, String> {
+    let (crc_hex, json) = line
+        .split_once(' ')
+        .ok_or_else(|| "missing checksum separator".to_string())?;
+    let expected = u32::from_str_radix(crc_hex, 16).map_err(|_| format!("bad checksum `{crc_hex}`"))?;
+    let actual = crc32fast::hash(json.as_bytes());
+    if expected != actual {
+        return Err(format!("checksum mismatch (stored {expected:08x}, computed {actual:08x})"));
+    }
+    serde_json::from_str(json).map_err(|e| format!("undecodable change: {e}"))
+}
+
+fn replay(path: &Path, engine: &mut Engine, now: UnixSeconds) -> Result<(), OpenError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    let mut offset = 0usize;
+    let mut line_no = 0usize;
+    while offset < bytes.len() {
+        line_no += 1;
+        let rest = bytes.get(offset..).unwrap_or_default();
+        let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => (rest.get(..end).unwrap_or_default(), true),
+            None => (rest, false),
+        };
+        let decoded = std::str::from_utf8(line)
+            .map_err(|_| "not UTF-8".to_string())
+            .and_then(decode_line);
+        match decoded {
+            Ok(op) if complete => engine.apply(op, now),
+            // A torn tail: the process died while writing the last change, so the write never
+            // returned and the change was never acted upon. Cut it (compaction rewrites the
+            // journal without it).
+            Ok(_) | Err(_) if !complete => break,
+            // A complete line that fails its checksum is damage, not a torn write: refuse.
+            Err(problem) => {
+                return Err(OpenError::Corrupted {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    problem,
+                })
+            }
+            Ok(_) => break,
+        }
+        offset += line.len() + usize::from(complete);
+    }
+    Ok(())
+}
+
+/// Writes the engine's state as a fresh journal and returns it opened for appending.
+fn compact(dir: &Path, engine: &Engine, now: UnixSeconds) -> std::io::Result<(File, u64)> {
+    let tmp = dir.join("state.journal.tmp");
+    let path = dir.join("state.journal");
+    let mut out = String::new();
+    for op in engine.snapshot_ops(now) {
+        let line = encode_line(&op).map_err(|e| std::io::Error::other(e.to_string()))?;
+        out.push_str(&line);
+    }
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    let journal = OpenOptions::new().append(true).open(&path)?;
+    Ok((journal, out.len() as u64))
+}
+
+impl StateStore for FileState {
+    fn check_and_charge(
+        &self,
+        charges: &[Charge],
+        now: UnixSeconds,
+    ) -> Result<ChargeOutcome, StateError> {
+        let mut inner = self.inner()?;
+        let (outcome, op) = inner.engine.plan_charge(charges, now);
+        if let Some(op) = op {
+            self.commit(&mut inner, op, now, false)?;
+        }
+        Ok(outcome)
+    }
+
+    fn observe_call(
+        &self,
+        session: &str,
+        fingerprint: [u8; 32],
+        now: UnixSeconds,
+        ttl: i64,
+    ) -> Result<u32, StateError> {
+        let mut inner = self.inner()?;
+        let (repeats, op) = inner.engine.plan_observe(session, fingerprint, now, ttl);
+        self.commit(&mut inner, op, now, false)?;
+        Ok(repeats)
+    }
+
+    fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
+        Ok(self.inner()?.engine.holds_for(scopes))
+    }
+
+    fn set_hold(&self, hold: Hold) -> Result<(), StateError> {
+        let mut inner = self.inner()?;
+        let now = hold.since;
+        self.commit(&mut inner, Op::SetHold { hold }, now, true)
+    }
+
+    fn clear_hold(&self, scope: &HoldScope, kind: HoldKind) -> Result<bool, StateError> {
+        let mut inner = self.inner()?;
+        let was = inner.engine.has_hold(scope, kind);
+        if was {
+            let op = Op::ClearHold {
+                scope: scope.clone(),
+                kind,
+            };
+            self.commit(&mut inner, op, 0, true)?;
+        }
+        Ok(was)
+    }
+
+    fn all_holds(&self) -> Result<Vec<Hold>, StateError> {
+        Ok(self.inner()?.engine.all_holds())
+    }
+}

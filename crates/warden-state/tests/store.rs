@@ -1,0 +1,204 @@
+//! One test suite, run against every state backend.
+
+use std::sync::Arc;
+use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateStore};
+use warden_state::{FileState, MemoryState, OpenError};
+
+fn charge(key: &str, amount: u64, limit: u64, expires_at: i64) -> Charge {
+    Charge {
+        key: key.into(),
+        amount,
+        limit,
+        expires_at,
+    }
+}
+
+fn suite(name: &str, store: &dyn StateStore) {
+    // A charge that fits is applied to every counter.
+    let c = [charge("a", 1, 2, 100), charge("b", 5, 10, 100)];
+    assert_eq!(store.check_and_charge(&c, 0).unwrap(), ChargeOutcome::Charged, "{name}");
+    assert_eq!(store.check_and_charge(&c, 1).unwrap(), ChargeOutcome::Charged, "{name}");
+    // The third passes `a`'s limit: nothing is charged, `b` included.
+    assert_eq!(
+        store.check_and_charge(&c, 2).unwrap(),
+        ChargeOutcome::Exceeded { index: 0, current: 2 },
+        "{name}"
+    );
+    // `b` holds 10 after two charges of 5: one more does not fit.
+    assert_eq!(
+        store.check_and_charge(&[charge("b", 1, 10, 100)], 3).unwrap(),
+        ChargeOutcome::Exceeded { index: 0, current: 10 },
+        "{name}"
+    );
+    // After the window ends, counters start from zero.
+    assert_eq!(
+        store.check_and_charge(&[charge("a", 2, 2, 200)], 100).unwrap(),
+        ChargeOutcome::Charged,
+        "{name}"
+    );
+    // The same key twice in one call counts both.
+    assert_eq!(
+        store
+            .check_and_charge(&[charge("d", 2, 3, 100), charge("d", 2, 3, 100)], 0)
+            .unwrap(),
+        ChargeOutcome::Exceeded { index: 1, current: 2 },
+        "{name}"
+    );
+
+    // Loop observation counts consecutive identical calls per session.
+    let f1 = [1u8; 32];
+    let f2 = [2u8; 32];
+    assert_eq!(store.observe_call("s1", f1, 0, 60).unwrap(), 1, "{name}");
+    assert_eq!(store.observe_call("s1", f1, 1, 60).unwrap(), 2, "{name}");
+    assert_eq!(store.observe_call("s2", f1, 1, 60).unwrap(), 1, "{name}");
+    assert_eq!(store.observe_call("s1", f1, 2, 60).unwrap(), 3, "{name}");
+    assert_eq!(store.observe_call("s1", f2, 3, 60).unwrap(), 1, "{name}");
+    assert_eq!(store.observe_call("s1", f2, 100, 60).unwrap(), 1, "{name}: expired history");
+
+    // Holds.
+    let hold = Hold {
+        scope: HoldScope::Tenant("acme".into()),
+        kind: HoldKind::Kill,
+        reason: "incident 7".into(),
+        since: 5,
+    };
+    store.set_hold(hold.clone()).unwrap();
+    let found = store
+        .holds(&[HoldScope::Global, HoldScope::Tenant("acme".into())])
+        .unwrap();
+    assert_eq!(found, vec![hold.clone()], "{name}");
+    assert!(store.holds(&[HoldScope::Tenant("other".into())]).unwrap().is_empty(), "{name}");
+    assert!(store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(), "{name}");
+    assert!(!store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(), "{name}");
+    assert!(store.all_holds().unwrap().is_empty(), "{name}");
+}
+
+#[test]
+fn memory_store_passes_the_suite() {
+    suite("memory", &MemoryState::new());
+}
+
+#[test]
+fn file_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileState::open(dir.path(), 0).unwrap();
+    suite("file", &store);
+}
+
+fn concurrent_limit(store: Arc<dyn StateStore>) {
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut ok = 0u32;
+                for _ in 0..200 {
+                    let c = [charge("shared", 1, 500, 1000), charge("other", 1, 10_000, 1000)];
+                    if store.check_and_charge(&c, 0).unwrap() == ChargeOutcome::Charged {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(total, 500, "exactly the limit is granted, never more");
+    assert_eq!(
+        store
+            .check_and_charge(&[charge("other", 9_500, 10_000, 1000)], 0)
+            .unwrap(),
+        ChargeOutcome::Charged,
+        "refused charges consumed nothing on the second counter"
+    );
+    assert!(matches!(
+        store.check_and_charge(&[charge("other", 1, 10_000, 1000)], 0).unwrap(),
+        ChargeOutcome::Exceeded { .. }
+    ));
+}
+
+#[test]
+fn memory_store_never_passes_a_limit_under_contention() {
+    concurrent_limit(Arc::new(MemoryState::new()));
+}
+
+#[test]
+fn file_store_never_passes_a_limit_under_contention() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_limit(Arc::new(FileState::open(dir.path(), 0).unwrap()));
+}
+
+#[test]
+fn file_store_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FileState::open(dir.path(), 0).unwrap();
+        store.check_and_charge(&[charge("k", 3, 5, 1000)], 0).unwrap();
+        store.observe_call("s", [7; 32], 0, 600).unwrap();
+        store
+            .set_hold(Hold {
+                scope: HoldScope::Global,
+                kind: HoldKind::Kill,
+                reason: "stop".into(),
+                since: 1,
+            })
+            .unwrap();
+    }
+    let store = FileState::open(dir.path(), 10).unwrap();
+    assert_eq!(
+        store.check_and_charge(&[charge("k", 3, 5, 1000)], 10).unwrap(),
+        ChargeOutcome::Exceeded { index: 0, current: 3 }
+    );
+    assert_eq!(store.observe_call("s", [7; 32], 10, 600).unwrap(), 2);
+    assert_eq!(store.holds(&[HoldScope::Global]).unwrap().len(), 1);
+    drop(store);
+    // Expired counters are dropped at reopen.
+    let store = FileState::open(dir.path(), 5000).unwrap();
+    assert_eq!(
+        store.check_and_charge(&[charge("k", 5, 5, 9000)], 5000).unwrap(),
+        ChargeOutcome::Charged
+    );
+}
+
+#[test]
+fn file_store_cuts_a_torn_tail_and_refuses_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FileState::open(dir.path(), 0).unwrap();
+        store.check_and_charge(&[charge("k", 1, 5, 1000)], 0).unwrap();
+        store.check_and_charge(&[charge("k", 1, 5, 1000)], 0).unwrap();
+    }
+    let journal = dir.path().join("state.journal");
+    // A torn tail (half a line, no newline) is cut.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(b"0000abcd {\"op\":\"cha");
+    std::fs::write(&journal, &bytes).unwrap();
+    {
+        let store = FileState::open(dir.path(), 1).unwrap();
+        assert_eq!(
+            store.check_and_charge(&[charge("k", 4, 5, 1000)], 1).unwrap(),
+            ChargeOutcome::Exceeded { index: 0, current: 2 }
+        );
+    }
+    // A damaged complete line is refused, naming the line.
+    let mut text = std::fs::read_to_string(&journal).unwrap();
+    text = text.replacen("\"k\"", "\"K\"", 1);
+    std::fs::write(&journal, text).unwrap();
+    match FileState::open(dir.path(), 2) {
+        Err(OpenError::Corrupted { line, problem, .. }) => {
+            assert_eq!(line, 1);
+            assert!(problem.contains("checksum mismatch"), "{problem}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn file_store_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = FileState::open(dir.path(), 0).unwrap();
+    match FileState::open(dir.path(), 0) {
+        Err(OpenError::Locked(_)) => {}
+        other => panic!("expected a lock error, got {other:?}"),
+    }
+}
+
