@@ -1,5 +1,13 @@
 //! The `warden` binary, end to end: what a newcomer types, what they see, which exit code.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -9,7 +17,10 @@ const DAY_TIME: &str = "1795341600";
 const NIGHT_TIME: &str = "1795388400";
 
 fn warden(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_warden")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn warden_stdin(args: &[&str], input: &[u8]) -> Output {
@@ -46,8 +57,13 @@ fn check(manifest: &str, extra: &[&str], proposal: &str) -> (i32, serde_json::Va
     args.push("-");
     let out = warden_stdin(&args, proposal.as_bytes());
     let code = out.status.code().unwrap();
-    let json = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: stdout {} stderr {}", text(&out.stdout), text(&out.stderr)));
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
     (code, json)
 }
 
@@ -68,13 +84,27 @@ fn init_writes_a_manifest_that_validates() {
 fn check_exit_codes_follow_the_decision() {
     let dir = tempfile::tempdir().unwrap();
     let m = init(dir.path());
-    let (code, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#);
+    let (code, d) = check(
+        &m,
+        &[],
+        r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#,
+    );
     assert_eq!(code, 0);
-    for key in ["decision", "rules", "reason", "manifest_version", "policy_hash"] {
+    for key in [
+        "decision",
+        "rules",
+        "reason",
+        "manifest_version",
+        "policy_hash",
+    ] {
         assert!(d.get(key).is_some(), "missing {key}: {d}");
     }
     assert_eq!(d["decision"], "allow");
-    let (code, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"rm.rf","arguments":{}}"#);
+    let (code, d) = check(
+        &m,
+        &[],
+        r#"{"agent":"coder-1","session":"s","tool":"rm.rf","arguments":{}}"#,
+    );
     assert_eq!((code, d["rules"][0].as_str()), (1, Some("tool.unknown")));
     let (code, d) = check(
         &m,
@@ -93,7 +123,10 @@ fn check_refuses_bad_proposals_with_exit_2() {
     for (input, needle) in [
         (&b"{\"agent\":\"coder-1\""[..], "EOF"),
         (&b"[]"[..], "expected a JSON object"),
-        (&b"{\"agent\":\"a\",\"session\":\"s\",\"tool\":\"t\",\"grant\":1}"[..], "unknown field `grant`"),
+        (
+            &b"{\"agent\":\"a\",\"session\":\"s\",\"tool\":\"t\",\"grant\":1}"[..],
+            "unknown field `grant`",
+        ),
     ] {
         let out = warden_stdin(&["check", "--manifest", &m, "-"], input);
         assert_eq!(out.status.code(), Some(2));
@@ -127,7 +160,11 @@ fn a_broken_bundle_allows_nothing_and_says_why() {
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["decision"], "deny");
     assert_eq!(d["rules"][0], "manifest.not_loaded");
-    assert!(text(&out.stderr).contains("base.cedar:1"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("base.cedar:1"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(text(&out.stderr).contains("no.such_tool"));
 }
 
@@ -145,15 +182,41 @@ fn validate_prints_every_error_with_file_line_and_key_path() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
-    assert!(err.contains(&format!("{m}:{}: risk_tiers.high.rate:", line_of("ten per hour"))), "{err}");
-    assert!(err.contains(&format!("{m}:{}: agents[1].zone: unknown zone `moon`", line_of("zone: moon"))), "{err}");
-    assert!(err.contains(&format!("{m}:{}: tools[3].tier: unknown tier `apocalyptic`", line_of("apocalyptic"))), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{m}:{}: risk_tiers.high.rate:",
+            line_of("ten per hour")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{m}:{}: agents[1].zone: unknown zone `moon`",
+            line_of("zone: moon")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{m}:{}: tools[3].tier: unknown tier `apocalyptic`",
+            line_of("apocalyptic")
+        )),
+        "{err}"
+    );
     assert!(err.contains("3 error(s)"), "{err}");
     // Unknown keys are refused, naming the key.
-    std::fs::write(&m, original.replace("  - id: acme\n", "  - id: acme\n    region: eu\n")).unwrap();
+    std::fs::write(
+        &m,
+        original.replace("  - id: acme\n", "  - id: acme\n    region: eu\n"),
+    )
+    .unwrap();
     let out = warden(&["manifest", "validate", &m]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("tenants[0]: unknown field `region`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("tenants[0]: unknown field `region`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -164,7 +227,11 @@ fn hash_is_stable_and_covers_policies() {
     let h2 = text(&warden(&["manifest", "hash", &m]).stdout);
     assert_eq!(h1, h2);
     assert!(h1.starts_with("sha256:"));
-    let (_, d) = check(&m, &[], r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#);
+    let (_, d) = check(
+        &m,
+        &[],
+        r#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#,
+    );
     assert_eq!(d["policy_hash"].as_str().unwrap(), h1.trim());
     let p = dir.path().join("policies/base.cedar");
     let mut policy = std::fs::read_to_string(&p).unwrap();
@@ -185,19 +252,34 @@ fn diff_calls_out_downgrades_and_loosened_approvals() {
         text_old
             .replace("version: 1", "version: 2")
             .replace("    tier: critical", "    tier: high")
-            .replace("{ mode: role, approvers: 1, role: planner }", "{ mode: auto }")
+            .replace(
+                "{ mode: role, approvers: 1, role: planner }",
+                "{ mode: auto }",
+            )
             .replace("rate: 2/h", "rate: 20/h"),
     )
     .unwrap();
     let out = warden(&["manifest", "diff", &old, new.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let s = text(&out.stdout);
-    assert!(s.contains("! LOOSENED  tools[db.drop_table].tier: tier `critical` -> `high` (tier downgrade)"), "{s}");
+    assert!(
+        s.contains(
+            "! LOOSENED  tools[db.drop_table].tier: tier `critical` -> `high` (tier downgrade)"
+        ),
+        "{s}"
+    );
     assert!(s.contains("! LOOSENED  risk_tiers.high.approval"), "{s}");
-    assert!(s.contains("! LOOSENED  risk_tiers.critical.rate: rate 2/h -> 20/h"), "{s}");
+    assert!(
+        s.contains("! LOOSENED  risk_tiers.critical.rate: rate 2/h -> 20/h"),
+        "{s}"
+    );
     let out = warden(&["manifest", "diff", "--json", &old, new.to_str().unwrap()]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(j["changes"].as_array().unwrap().iter().any(|c| c["impact"] == "loosened"));
+    assert!(j["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["impact"] == "loosened"));
 }
 
 #[test]
@@ -205,12 +287,29 @@ fn schema_is_json_and_matches_the_checked_in_copy() {
     let out = warden(&["manifest", "schema"]);
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["version", "risk_tiers", "tenants", "agents", "tools", "budgets", "invariants", "breakers", "policies"] {
-        assert!(schema["properties"].get(key).is_some(), "schema lacks {key}");
+    for key in [
+        "version",
+        "risk_tiers",
+        "tenants",
+        "agents",
+        "tools",
+        "budgets",
+        "invariants",
+        "breakers",
+        "policies",
+    ] {
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "schema lacks {key}"
+        );
     }
     let checked_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/manifest.schema.json");
-    let checked_in: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checked_in).unwrap()).unwrap();
-    assert_eq!(schema, checked_in, "regenerate docs/manifest.schema.json with `warden manifest schema`");
+    let checked_in: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checked_in).unwrap()).unwrap();
+    assert_eq!(
+        schema, checked_in,
+        "regenerate docs/manifest.schema.json with `warden manifest schema`"
+    );
 }
 
 #[test]
@@ -223,7 +322,10 @@ fn state_directory_carries_counters_and_pauses_across_runs() {
     assert_eq!(check(&m, &["--state", state], p).0, 0);
     assert_eq!(check(&m, &["--state", state], p).0, 0);
     let (code, d) = check(&m, &["--state", state], p);
-    assert_eq!((code, d["rules"][0].as_str()), (3, Some("loop.repeat_pattern")));
+    assert_eq!(
+        (code, d["rules"][0].as_str()),
+        (3, Some("loop.repeat_pattern"))
+    );
     let (code, d) = check(&m, &["--state", state], &p.replace("/same", "/other"));
     assert_eq!((code, d["rules"][0].as_str()), (3, Some("session.paused")));
     // Without --state each run starts afresh.
@@ -235,7 +337,11 @@ fn queued_outside_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let m = init(dir.path());
     let text_m = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(&m, text_m.replace("zone: prod, trust: senior", "zone: dev, trust: senior")).unwrap();
+    std::fs::write(
+        &m,
+        text_m.replace("zone: prod, trust: senior", "zone: dev, trust: senior"),
+    )
+    .unwrap();
     let out = warden_stdin(
         &["check", "--manifest", &m, "--now", NIGHT_TIME, "-"],
         br#"{"agent":"ops-1","session":"s","tool":"github.create_issue","arguments":{"repo":"acme/a","title":"t"}}"#,

@@ -140,14 +140,22 @@ mod tests {
         let e = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t","grant":"x"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `grant`"), "{e}");
-        let e = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t","arguments":[1]}"#)
-            .unwrap_err();
-        assert_eq!(e.to_string(), "proposal field `arguments` must be a JSON object");
+        let e =
+            Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t","arguments":[1]}"#)
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "proposal field `arguments` must be a JSON object"
+        );
         let e = Proposal::from_json_slice(br#"{"agent":"","session":"s","tool":"t"}"#).unwrap_err();
         assert_eq!(e.to_string(), "proposal field `agent` is empty");
-        let e = Proposal::from_json_slice(b"{\"agent\":\"a\\u0000\",\"session\":\"s\",\"tool\":\"t\"}")
-            .unwrap_err();
-        assert_eq!(e.to_string(), "proposal field `agent` contains control characters");
+        let e =
+            Proposal::from_json_slice(b"{\"agent\":\"a\\u0000\",\"session\":\"s\",\"tool\":\"t\"}")
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "proposal field `agent` contains control characters"
+        );
     }
 
     #[test]
@@ -166,7 +174,10 @@ mod tests {
     #[test]
     fn refuses_arrays_and_empty_input() {
         let e = Proposal::from_json_slice(br#"["a","s","t",{},null]"#).unwrap_err();
-        assert_eq!(e.to_string(), "proposal is not valid: expected a JSON object");
+        assert_eq!(
+            e.to_string(),
+            "proposal is not valid: expected a JSON object"
+        );
         let e = Proposal::from_json_slice(b"  ").unwrap_err();
         assert_eq!(e.to_string(), "proposal is not valid: empty input");
     }

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use warden_policy::lines::LineIndex;
 use warden_policy::manifest::MAX_MANIFEST_BYTES;
-use warden_policy::{bundle_hash, parse_manifest, Diagnostic, Governor, LoadError, Manifest, PolicySource};
+use warden_policy::{
+    bundle_hash, parse_manifest, Diagnostic, Governor, LoadError, Manifest, PolicySource,
+};
 
 /// Largest policy file Warden reads, in bytes.
 pub const MAX_POLICY_BYTES: u64 = 4 << 20;
@@ -25,10 +27,14 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
         return Err("not a regular file".into());
     }
     if meta.len() > limit {
-        return Err(format!("{} bytes, more than the {limit}-byte limit", meta.len()));
+        return Err(format!(
+            "{} bytes, more than the {limit}-byte limit",
+            meta.len()
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
 }
 
 /// Reads and validates the manifest at `path` (without its policies).
@@ -36,7 +42,8 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
 /// # Errors
 /// [`LoadError`] naming the file, line and key of every problem.
 pub fn load_manifest(path: &Path) -> Result<Manifest, LoadError> {
-    let text = read_limited(path, MAX_MANIFEST_BYTES as u64).map_err(|e| single(path, None, "", e))?;
+    let text =
+        read_limited(path, MAX_MANIFEST_BYTES as u64).map_err(|e| single(path, None, "", e))?;
     parse_manifest(&path.display().to_string(), &text)
 }
 
@@ -44,7 +51,10 @@ pub fn load_manifest(path: &Path) -> Result<Manifest, LoadError> {
 ///
 /// # Errors
 /// [`LoadError`] for a missing file, an unreadable one, or a pattern that matches nothing.
-pub fn load_policies(manifest_path: &Path, manifest: &Manifest) -> Result<Vec<PolicySource>, LoadError> {
+pub fn load_policies(
+    manifest_path: &Path,
+    manifest: &Manifest,
+) -> Result<Vec<PolicySource>, LoadError> {
     let base = manifest_path.parent().unwrap_or(Path::new("."));
     let lines = LineIndex::new(&manifest.text);
     let mut out = Vec::new();
@@ -60,14 +70,20 @@ pub fn load_policies(manifest_path: &Path, manifest: &Manifest) -> Result<Vec<Po
                 message,
             });
         };
-        let paths: Vec<(String, PathBuf)> = match pattern.rsplit_once('/').map_or(("", pattern.as_str()), |(d, f)| (d, f)) {
+        let paths: Vec<(String, PathBuf)> = match pattern
+            .rsplit_once('/')
+            .map_or(("", pattern.as_str()), |(d, f)| (d, f))
+        {
             (dir, name) if name.contains('*') => {
                 let (prefix, suffix) = name.split_once('*').unwrap_or((name, ""));
                 let dir_path = base.join(dir);
                 let entries = match std::fs::read_dir(&dir_path) {
                     Ok(e) => e,
                     Err(e) => {
-                        err(format!("`{pattern}`: cannot list `{}`: {e}", dir_path.display()));
+                        err(format!(
+                            "`{pattern}`: cannot list `{}`: {e}",
+                            dir_path.display()
+                        ));
                         continue;
                     }
                 };
@@ -75,11 +91,17 @@ pub fn load_policies(manifest_path: &Path, manifest: &Manifest) -> Result<Vec<Po
                     .filter_map(Result::ok)
                     .filter_map(|e| {
                         let n = e.file_name().to_string_lossy().into_owned();
-                        (n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len())
-                            .then(|| {
-                                let shown = if dir.is_empty() { n.clone() } else { format!("{dir}/{n}") };
-                                (shown, e.path())
-                            })
+                        (n.starts_with(prefix)
+                            && n.ends_with(suffix)
+                            && n.len() >= prefix.len() + suffix.len())
+                        .then(|| {
+                            let shown = if dir.is_empty() {
+                                n.clone()
+                            } else {
+                                format!("{dir}/{n}")
+                            };
+                            (shown, e.path())
+                        })
                     })
                     .collect();
                 found.sort();

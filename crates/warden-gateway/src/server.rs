@@ -60,10 +60,16 @@ async fn decide(State(app): State<AppState>, body: Bytes) -> Response {
     let proposal = match Proposal::from_json_slice(&body) {
         Ok(p) => p,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
         }
     };
-    let decision = app.governor.decide(&proposal, app.state.as_ref(), crate::now_unix());
+    let decision = app
+        .governor
+        .decide(&proposal, app.state.as_ref(), crate::now_unix());
     tracing::info!(
         agent = %decision.agent,
         tool = %decision.tool,
@@ -88,5 +94,7 @@ pub async fn serve(
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

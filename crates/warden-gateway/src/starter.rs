@@ -14,14 +14,20 @@ pub const POLICY_BASE: &str = include_str!("../../../examples/starter/policies/b
 pub fn write(dir: &Path) -> Result<std::path::PathBuf, String> {
     let manifest = dir.join("manifest.yaml");
     if manifest.exists() {
-        return Err(format!("`{}` already exists; not overwriting it", manifest.display()));
+        return Err(format!(
+            "`{}` already exists; not overwriting it",
+            manifest.display()
+        ));
     }
     let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).map_err(|e| format!("cannot create `{}`: {e}", policies.display()))?;
+    std::fs::create_dir_all(&policies)
+        .map_err(|e| format!("cannot create `{}`: {e}", policies.display()))?;
     let base = policies.join("base.cedar");
     if !base.exists() {
-        std::fs::write(&base, POLICY_BASE).map_err(|e| format!("cannot write `{}`: {e}", base.display()))?;
+        std::fs::write(&base, POLICY_BASE)
+            .map_err(|e| format!("cannot write `{}`: {e}", base.display()))?;
     }
-    std::fs::write(&manifest, MANIFEST).map_err(|e| format!("cannot write `{}`: {e}", manifest.display()))?;
+    std::fs::write(&manifest, MANIFEST)
+        .map_err(|e| format!("cannot write `{}`: {e}", manifest.display()))?;
     Ok(manifest)
 }

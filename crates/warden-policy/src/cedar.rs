@@ -17,8 +17,8 @@
 use crate::manifest::{Diagnostic, Manifest};
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
-    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -113,7 +113,10 @@ impl ArgType {
                     n.as_f64()
                         .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
                         .map(|f| {
-                            #[expect(clippy::cast_possible_truncation, reason = "checked integral and in range above")]
+                            #[expect(
+                                clippy::cast_possible_truncation,
+                                reason = "checked integral and in range above"
+                            )]
                             let i = f as i64;
                             i
                         })
@@ -133,14 +136,19 @@ impl ArgType {
                 let mut pairs = Vec::with_capacity(attrs.len());
                 for (name, t, required) in attrs {
                     match obj.get(name) {
-                        Some(v) => pairs.push((name.clone(), t.project(v, &format!("{at}/{name}"))?)),
+                        Some(v) => {
+                            pairs.push((name.clone(), t.project(v, &format!("{at}/{name}"))?))
+                        }
                         None if *required => return Err(format!("`{at}/{name}` is required")),
                         None => {}
                     }
                 }
                 RestrictedExpression::new_record(pairs).map_err(|e| format!("`{at}`: {e}"))
             }
-            _ => Err(format!("`{}` has an unexpected type", if at.is_empty() { "/" } else { at })),
+            _ => Err(format!(
+                "`{}` has an unexpected type",
+                if at.is_empty() { "/" } else { at }
+            )),
         }
     }
 }
@@ -169,8 +177,14 @@ pub fn schema_json(m: &Manifest, arg_types: &BTreeMap<String, ArgType>) -> Value
     let mut names: Vec<&String> = m.tools.keys().collect();
     names.sort();
     for name in names {
-        let Some(tool) = m.tools.get(name) else { continue };
-        let tier = m.tiers.get(tool.tier).map(|t| t.name.as_str()).unwrap_or_default();
+        let Some(tool) = m.tools.get(name) else {
+            continue;
+        };
+        let tier = m
+            .tiers
+            .get(tool.tier)
+            .map(|t| t.name.as_str())
+            .unwrap_or_default();
         let args = arg_types
             .get(name)
             .map_or_else(|| ArgType::Record(vec![]).cedar_json(), ArgType::cedar_json);
@@ -263,7 +277,12 @@ impl CedarIndex {
         let schema = match Schema::from_json_value(schema_json(m, arg_types)) {
             Ok(s) => s,
             Err(e) => {
-                return Err(vec![diag(&m.file, None, "", format!("cannot build the Cedar schema: {e}"))]);
+                return Err(vec![diag(
+                    &m.file,
+                    None,
+                    "",
+                    format!("cannot build the Cedar schema: {e}"),
+                )]);
             }
         };
         let mut all = PolicySet::new();
@@ -273,12 +292,22 @@ impl CedarIndex {
                 Ok(p) => p,
                 Err(e) => {
                     let line = first_offset(&e).map(|o| line_at(&src.text, o));
-                    diags.push(diag(&src.name, line, "", format!("Cedar syntax error: {e}")));
+                    diags.push(diag(
+                        &src.name,
+                        line,
+                        "",
+                        format!("Cedar syntax error: {e}"),
+                    ));
                     continue;
                 }
             };
             if parsed.templates().next().is_some() {
-                diags.push(diag(&src.name, None, "", "policy templates are not supported".into()));
+                diags.push(diag(
+                    &src.name,
+                    None,
+                    "",
+                    "policy templates are not supported".into(),
+                ));
                 continue;
             }
             let mut policies: Vec<&Policy> = parsed.policies().collect();
@@ -319,7 +348,10 @@ impl CedarIndex {
             let id = e.policy_id().to_string();
             let (file, line) = match origin.get(&id) {
                 Some((file, _)) => {
-                    let text = sources.iter().find(|s| &s.name == file).map(|s| s.text.as_str());
+                    let text = sources
+                        .iter()
+                        .find(|s| &s.name == file)
+                        .map(|s| s.text.as_str());
                     let line = match (first_offset(e), text) {
                         (Some(o), Some(t)) => Some(line_at(t, o)),
                         _ => origin.get(&id).map(|(_, l)| *l),
@@ -336,7 +368,14 @@ impl CedarIndex {
 
         let entities = match build_entities(m, &schema) {
             Ok(e) => e,
-            Err(e) => return Err(vec![diag(&m.file, None, "", format!("cannot build Cedar entities: {e}"))]),
+            Err(e) => {
+                return Err(vec![diag(
+                    &m.file,
+                    None,
+                    "",
+                    format!("cannot build Cedar entities: {e}"),
+                )])
+            }
         };
 
         // Index. Expand action groups (`tier:<name>`) to their tools.
@@ -344,7 +383,9 @@ impl CedarIndex {
             let mut map: HashMap<String, Vec<String>> = HashMap::new();
             for (name, tool) in &m.tools {
                 if let Some(t) = m.tiers.get(tool.tier) {
-                    map.entry(format!("tier:{}", t.name)).or_default().push(name.clone());
+                    map.entry(format!("tier:{}", t.name))
+                        .or_default()
+                        .push(name.clone());
                 }
             }
             map
@@ -353,8 +394,11 @@ impl CedarIndex {
             let id = u.id().unescaped().to_string();
             tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
         };
-        let mut per_action: HashMap<String, PolicySet> =
-            m.tools.keys().map(|k| (k.clone(), PolicySet::new())).collect();
+        let mut per_action: HashMap<String, PolicySet> = m
+            .tools
+            .keys()
+            .map(|k| (k.clone(), PolicySet::new()))
+            .collect();
         let mut per_agent: HashMap<String, PolicySet> = HashMap::new();
         let mut effects = HashMap::new();
         let add = |set: &mut PolicySet, p: &Policy| -> Result<(), String> {
@@ -388,7 +432,7 @@ impl CedarIndex {
                 r
             };
             if let Err(e) = result {
-                return Err(vec![diag(&m.file, None, &p.id().to_string(), e)]);
+                return Err(vec![diag(&m.file, None, p.id().as_ref(), e)]);
             }
         }
         let policy_count = all.policies().count();
@@ -444,7 +488,10 @@ impl CedarIndex {
     /// Evaluates the whole policy set, unindexed (the benchmark baseline).
     #[must_use]
     pub fn evaluate_unindexed(&self, request: &Request) -> bool {
-        self.authorizer.is_authorized(request, &self.all, &self.entities).decision() == CedarDecision::Allow
+        self.authorizer
+            .is_authorized(request, &self.all, &self.entities)
+            .decision()
+            == CedarDecision::Allow
     }
 }
 
@@ -461,22 +508,50 @@ fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
     }
     for a in m.agents.values() {
         let attrs = HashMap::from([
-            ("id".to_string(), RestrictedExpression::new_string(a.id.clone())),
-            ("tenant".to_string(), RestrictedExpression::new_string(a.tenant.clone())),
-            ("zone".to_string(), RestrictedExpression::new_string(a.zone.clone())),
-            ("trust".to_string(), RestrictedExpression::new_string(a.trust.as_str().into())),
-            ("trust_rank".to_string(), RestrictedExpression::new_long(a.trust.rank())),
-            ("owner".to_string(), RestrictedExpression::new_string(a.owner.clone())),
+            (
+                "id".to_string(),
+                RestrictedExpression::new_string(a.id.clone()),
+            ),
+            (
+                "tenant".to_string(),
+                RestrictedExpression::new_string(a.tenant.clone()),
+            ),
+            (
+                "zone".to_string(),
+                RestrictedExpression::new_string(a.zone.clone()),
+            ),
+            (
+                "trust".to_string(),
+                RestrictedExpression::new_string(a.trust.as_str().into()),
+            ),
+            (
+                "trust_rank".to_string(),
+                RestrictedExpression::new_long(a.trust.rank()),
+            ),
+            (
+                "owner".to_string(),
+                RestrictedExpression::new_string(a.owner.clone()),
+            ),
         ]);
         let parents = HashSet::from([uid("Tenant", &a.tenant)?, uid("Zone", &a.zone)?]);
         out.push(Entity::new(uid("Agent", &a.id)?, attrs, parents).map_err(|e| e.to_string())?);
     }
     for t in m.tools.values() {
-        let tier = m.tiers.get(t.tier).map(|t| t.name.clone()).unwrap_or_default();
+        let tier = m
+            .tiers
+            .get(t.tier)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
         let cost = i64::try_from(t.cost).unwrap_or(i64::MAX);
         let attrs = HashMap::from([
-            ("name".to_string(), RestrictedExpression::new_string(t.name.clone())),
-            ("tier".to_string(), RestrictedExpression::new_string(tier.clone())),
+            (
+                "name".to_string(),
+                RestrictedExpression::new_string(t.name.clone()),
+            ),
+            (
+                "tier".to_string(),
+                RestrictedExpression::new_string(tier.clone()),
+            ),
             (
                 "classification".to_string(),
                 RestrictedExpression::new_string(t.classification.as_str().into()),
@@ -485,7 +560,10 @@ fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
                 "output_trust".to_string(),
                 RestrictedExpression::new_string(t.output_trust.as_str().into()),
             ),
-            ("preview".to_string(), RestrictedExpression::new_bool(t.preview)),
+            (
+                "preview".to_string(),
+                RestrictedExpression::new_bool(t.preview),
+            ),
             ("cost".to_string(), RestrictedExpression::new_long(cost)),
         ]);
         let parents = HashSet::from([uid("Tier", &tier)?]);
@@ -513,7 +591,10 @@ pub fn request(
     };
     let context = Context::from_pairs([
         ("arguments".to_string(), args),
-        ("session".to_string(), RestrictedExpression::new_string(session.to_string())),
+        (
+            "session".to_string(),
+            RestrictedExpression::new_string(session.to_string()),
+        ),
         ("hour".to_string(), RestrictedExpression::new_long(hour)),
     ])
     .map_err(|e| e.to_string())?;

@@ -15,7 +15,10 @@ use warden_core::{Decision, Escalation, Proposal, Verdict};
 /// (sorted by name), each length-prefixed, under a domain tag.
 #[must_use]
 pub fn bundle_hash(manifest_text: &str, policies: &[PolicySource]) -> String {
-    let mut parts: Vec<(&str, &str)> = policies.iter().map(|p| (p.name.as_str(), p.text.as_str())).collect();
+    let mut parts: Vec<(&str, &str)> = policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.text.as_str()))
+        .collect();
     parts.sort_unstable();
     let mut bytes = Vec::with_capacity(manifest_text.len() + 64);
     bytes.extend_from_slice(b"warden-bundle-v1\n");
@@ -98,7 +101,10 @@ impl Governor {
     /// why (INV-003). Side-effect free except for the state store (counters for allowed calls,
     /// session history, and a pause when a loop is detected).
     #[must_use]
-    #[expect(clippy::too_many_lines, reason = "the governed checks, in order, in one place")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the governed checks, in order, in one place"
+    )]
     pub fn decide(&self, p: &Proposal, state: &dyn StateStore, now: UnixSeconds) -> Decision {
         let m = &self.manifest;
         let canonical_args = to_canonical_string(&p.arguments);
@@ -132,7 +138,11 @@ impl Governor {
 
         // Who is asking.
         let Some(agent) = m.agents.get(&p.agent) else {
-            return deny(d, "agent.unknown", format!("agent `{}` is not in the manifest", p.agent));
+            return deny(
+                d,
+                "agent.unknown",
+                format!("agent `{}` is not in the manifest", p.agent),
+            );
         };
         d.owner = agent.owner.clone();
         d.tenant = agent.tenant.clone();
@@ -186,18 +196,28 @@ impl Governor {
             return deny(
                 d,
                 "tool.unknown",
-                format!("tool `{}` is not in the manifest; only listed tools can be called", p.tool),
+                format!(
+                    "tool `{}` is not in the manifest; only listed tools can be called",
+                    p.tool
+                ),
             );
         };
         let Some(tier) = m.tiers.get(tool.tier) else {
-            return deny(d, "manifest.inconsistent", format!("tool `{}` has no tier", tool.name));
+            return deny(
+                d,
+                "manifest.inconsistent",
+                format!("tool `{}` has no tier", tool.name),
+            );
         };
         if let Some(tenants) = &tool.tenants {
             if !tenants.contains(&agent.tenant) {
                 return deny(
                     d,
                     "tenant.tool_not_available",
-                    format!("tool `{}` is not available to tenant `{}`", tool.name, agent.tenant),
+                    format!(
+                        "tool `{}` is not available to tenant `{}`",
+                        tool.name, agent.tenant
+                    ),
                 );
             }
         }
@@ -221,7 +241,10 @@ impl Governor {
             return deny(
                 d,
                 "arguments.invalid",
-                format!("arguments of `{}` do not match its schema at `{at}`: {err}", tool.name),
+                format!(
+                    "arguments of `{}` do not match its schema at `{at}`: {err}",
+                    tool.name
+                ),
             );
         }
 
@@ -256,7 +279,11 @@ impl Governor {
         ) {
             Ok(r) => r,
             Err(e) => {
-                return deny(d, "cedar.context_error", format!("arguments cannot be given to Cedar: {e}"))
+                return deny(
+                    d,
+                    "cedar.context_error",
+                    format!("arguments cannot be given to Cedar: {e}"),
+                )
             }
         };
         match self.cedar.evaluate(&agent.id, &tool.name, &request) {
@@ -273,14 +300,20 @@ impl Governor {
                 return deny(
                     d,
                     "cedar.evaluation_error",
-                    format!("forbid policy {} could not be evaluated; denying", quote_list(&ids)),
+                    format!(
+                        "forbid policy {} could not be evaluated; denying",
+                        quote_list(&ids)
+                    ),
                 );
             }
             CedarOutcome::NoPermit => {
                 return deny(
                     d,
                     "cedar.no_permit",
-                    format!("no Cedar policy permits agent `{}` to call `{}`", agent.id, tool.name),
+                    format!(
+                        "no Cedar policy permits agent `{}` to call `{}`",
+                        agent.id, tool.name
+                    ),
                 );
             }
             CedarOutcome::Permit(ids) => {
@@ -308,10 +341,17 @@ impl Governor {
             h.update(canonical_args.as_bytes());
             h.finalize().into()
         };
-        let repeats = match state.observe_call(&p.session, fingerprint, now, m.breakers.session_ttl_secs) {
-            Ok(n) => n,
-            Err(e) => return deny(d, "state.unavailable", format!("cannot record session history: {e}")),
-        };
+        let repeats =
+            match state.observe_call(&p.session, fingerprint, now, m.breakers.session_ttl_secs) {
+                Ok(n) => n,
+                Err(e) => {
+                    return deny(
+                        d,
+                        "state.unavailable",
+                        format!("cannot record session history: {e}"),
+                    )
+                }
+            };
         if repeats >= m.breakers.repeat_pattern {
             let reason = format!(
                 "`{}` proposed {repeats} times in a row with the same arguments in session `{}`; session paused",
@@ -401,7 +441,10 @@ impl Governor {
             d.rules.push(format!("trust.{level}.with_approval"));
             // A tier that already needs approvers keeps its (stricter) requirement; otherwise the
             // agent's owner must approve, which also overrides a closed window.
-            if !matches!(escalation, Some(Escalation::Approvers { .. } | Escalation::Humans { .. })) {
+            if !matches!(
+                escalation,
+                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
+            ) {
                 reason = format!(
                     "a `{level}` agent needs its owner `{}` to approve `{}`-tier calls",
                     agent.owner, tier.name
@@ -427,13 +470,23 @@ impl Governor {
         match state.check_and_charge(&charges, now) {
             Ok(ChargeOutcome::Charged) => {}
             Ok(ChargeOutcome::Exceeded { index, current }) => {
-                let (rule, what) = planned
-                    .get(index)
-                    .map_or(("budget.unknown", ""), |c| (c.rule.as_str(), c.what.as_str()));
+                let (rule, what) = planned.get(index).map_or(("budget.unknown", ""), |c| {
+                    (c.rule.as_str(), c.what.as_str())
+                });
                 let limit = planned.get(index).map_or(0, |c| c.charge.limit);
-                return deny(d, rule, format!("{what} exhausted ({current} of {limit} used)"));
+                return deny(
+                    d,
+                    rule,
+                    format!("{what} exhausted ({current} of {limit} used)"),
+                );
             }
-            Err(e) => return deny(d, "state.unavailable", format!("cannot charge budgets: {e}")),
+            Err(e) => {
+                return deny(
+                    d,
+                    "state.unavailable",
+                    format!("cannot charge budgets: {e}"),
+                )
+            }
         }
         d.decision = Verdict::Allow;
         d.reason = format!(
@@ -456,25 +509,26 @@ impl Governor {
     ) -> Vec<Planned> {
         let m = &self.manifest;
         let mut out = Vec::with_capacity(8);
-        let mut push = |scope: String, rate: Option<Rate>, amount: u64, rule: String, what: String| {
-            let Some(rate) = rate else { return };
-            if amount == 0 {
-                return;
-            }
-            let window = now.div_euclid(rate.window_secs);
-            let mut key = scope;
-            let _ = write!(key, ":{}:{window}", rate.window_secs);
-            out.push(Planned {
-                charge: Charge {
-                    key,
-                    amount,
-                    limit: rate.limit,
-                    expires_at: window.saturating_add(1).saturating_mul(rate.window_secs),
-                },
-                rule,
-                what: format!("{what} ({rate})"),
-            });
-        };
+        let mut push =
+            |scope: String, rate: Option<Rate>, amount: u64, rule: String, what: String| {
+                let Some(rate) = rate else { return };
+                if amount == 0 {
+                    return;
+                }
+                let window = now.div_euclid(rate.window_secs);
+                let mut key = scope;
+                let _ = write!(key, ":{}:{window}", rate.window_secs);
+                out.push(Planned {
+                    charge: Charge {
+                        key,
+                        amount,
+                        limit: rate.limit,
+                        expires_at: window.saturating_add(1).saturating_mul(rate.window_secs),
+                    },
+                    rule,
+                    what: format!("{what} ({rate})"),
+                });
+            };
         push(
             format!("rate:{}:{}", tier.name, agent.id),
             tier.rate,
@@ -560,5 +614,8 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
 }
 
 fn quote_list(ids: &[String]) -> String {
-    ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

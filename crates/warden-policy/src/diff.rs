@@ -54,10 +54,17 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         out.push(change(
             Impact::Changed,
             "version",
-            format!("version did not increase ({} -> {}); grants in flight will not be re-checked", old.version, new.version),
+            format!(
+                "version did not increase ({} -> {}); grants in flight will not be re-checked",
+                old.version, new.version
+            ),
         ));
     } else {
-        out.push(change(Impact::Changed, "version", format!("{} -> {}", old.version, new.version)));
+        out.push(change(
+            Impact::Changed,
+            "version",
+            format!("{} -> {}", old.version, new.version),
+        ));
     }
 
     // Tiers.
@@ -71,7 +78,12 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                     out.push(change(
                         rank(b < a, b > a),
                         format!("{path}.approval"),
-                        format!("approval {} -> {}{}", t.approval, n.approval, if b < a { " (loosened approval)" } else { "" }),
+                        format!(
+                            "approval {} -> {}{}",
+                            t.approval,
+                            n.approval,
+                            if b < a { " (loosened approval)" } else { "" }
+                        ),
                     ));
                 }
                 if t.rate != n.rate {
@@ -96,7 +108,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     }
     for n in &new.tiers {
         if !old.tiers.iter().any(|t| t.name == n.name) {
-            out.push(change(Impact::Changed, format!("risk_tiers.{}", n.name), format!("tier added ({})", n.approval)));
+            out.push(change(
+                Impact::Changed,
+                format!("risk_tiers.{}", n.name),
+                format!("tier added ({})", n.approval),
+            ));
         }
     }
 
@@ -119,7 +135,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                     out.push(change(
                         rank(score(a) > score(b), score(a) < score(b)),
                         format!("trust.{}", level.as_str()),
-                        format!("`{}` tier for `{}` agents: {b:?} -> {a:?}", t.name, level.as_str()),
+                        format!(
+                            "`{}` tier for `{}` agents: {b:?} -> {a:?}",
+                            t.name,
+                            level.as_str()
+                        ),
                     ));
                 }
             }
@@ -137,7 +157,12 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
             (None, Some(a)) => out.push(change(
                 Impact::Loosened,
                 path,
-                format!("agent added (tenant `{}`, zone `{}`, trust `{}`)", a.tenant, a.zone, a.trust.as_str()),
+                format!(
+                    "agent added (tenant `{}`, zone `{}`, trust `{}`)",
+                    a.tenant,
+                    a.zone,
+                    a.trust.as_str()
+                ),
             )),
             (Some(a), Some(b)) => {
                 if a.trust != b.trust {
@@ -147,9 +172,17 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                         format!("trust {} -> {}", a.trust.as_str(), b.trust.as_str()),
                     ));
                 }
-                for (key, x, y) in [("tenant", &a.tenant, &b.tenant), ("zone", &a.zone, &b.zone), ("owner", &a.owner, &b.owner)] {
+                for (key, x, y) in [
+                    ("tenant", &a.tenant, &b.tenant),
+                    ("zone", &a.zone, &b.zone),
+                    ("owner", &a.owner, &b.owner),
+                ] {
                     if x != y {
-                        out.push(change(Impact::Changed, format!("{path}.{key}"), format!("{key} `{x}` -> `{y}`")));
+                        out.push(change(
+                            Impact::Changed,
+                            format!("{path}.{key}"),
+                            format!("{key} `{x}` -> `{y}`"),
+                        ));
                     }
                 }
             }
@@ -166,8 +199,16 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         match (old.tools.get(name), new.tools.get(name)) {
             (Some(_), None) => out.push(change(Impact::Tightened, path, "tool removed")),
             (None, Some(t)) => {
-                let tier = new.tiers.get(t.tier).map(|t| t.name.as_str()).unwrap_or_default();
-                out.push(change(Impact::Loosened, path, format!("tool added (tier `{tier}`)")));
+                let tier = new
+                    .tiers
+                    .get(t.tier)
+                    .map(|t| t.name.as_str())
+                    .unwrap_or_default();
+                out.push(change(
+                    Impact::Loosened,
+                    path,
+                    format!("tool added (tier `{tier}`)"),
+                ));
             }
             (Some(a), Some(b)) => {
                 let (ta, tb) = (old.tiers.get(a.tier), new.tiers.get(b.tier));
@@ -186,11 +227,15 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                         ));
                     }
                 }
-                let widened = |x: &Option<std::collections::BTreeSet<String>>, y: &Option<std::collections::BTreeSet<String>>| match (x, y) {
-                    (Some(_), None) => true,
-                    (Some(x), Some(y)) => !y.is_subset(x),
-                    _ => false,
-                };
+                let widened =
+                    |x: &Option<std::collections::BTreeSet<String>>,
+                     y: &Option<std::collections::BTreeSet<String>>| match (
+                        x, y,
+                    ) {
+                        (Some(_), None) => true,
+                        (Some(x), Some(y)) => !y.is_subset(x),
+                        _ => false,
+                    };
                 if a.zones != b.zones {
                     out.push(change(
                         rank(widened(&a.zones, &b.zones), widened(&b.zones, &a.zones)),
@@ -200,13 +245,20 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                 }
                 if a.tenants != b.tenants {
                     out.push(change(
-                        rank(widened(&a.tenants, &b.tenants), widened(&b.tenants, &a.tenants)),
+                        rank(
+                            widened(&a.tenants, &b.tenants),
+                            widened(&b.tenants, &a.tenants),
+                        ),
                         format!("{path}.tenants"),
                         format!("tenants {} -> {}", set(&a.tenants), set(&b.tenants)),
                     ));
                 }
                 if a.arguments != b.arguments {
-                    out.push(change(Impact::Changed, format!("{path}.arguments"), "argument schema changed"));
+                    out.push(change(
+                        Impact::Changed,
+                        format!("{path}.arguments"),
+                        "argument schema changed",
+                    ));
                 }
                 let ea: std::collections::BTreeSet<_> = a.egress.iter().collect();
                 let eb: std::collections::BTreeSet<_> = b.egress.iter().collect();
@@ -227,10 +279,18 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                     ));
                 }
                 if a.preview != b.preview {
-                    out.push(change(rank(!b.preview, b.preview), format!("{path}.preview"), format!("preview {} -> {}", a.preview, b.preview)));
+                    out.push(change(
+                        rank(!b.preview, b.preview),
+                        format!("{path}.preview"),
+                        format!("preview {} -> {}", a.preview, b.preview),
+                    ));
                 }
                 if a.cost != b.cost {
-                    out.push(change(rank(b.cost < a.cost, b.cost > a.cost), format!("{path}.cost"), format!("cost {} -> {}", a.cost, b.cost)));
+                    out.push(change(
+                        rank(b.cost < a.cost, b.cost > a.cost),
+                        format!("{path}.cost"),
+                        format!("cost {} -> {}", a.cost, b.cost),
+                    ));
                 }
                 if a.classification != b.classification || a.output_trust != b.output_trust {
                     out.push(change(
@@ -268,23 +328,42 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                     (None, Some(_)) => true,
                     _ => false,
                 };
-                out.push(change(rank(looser, tighter), format!("{key}.{field}"), format!("{} -> {}", show(x), show(y))));
+                out.push(change(
+                    rank(looser, tighter),
+                    format!("{key}.{field}"),
+                    format!("{} -> {}", show(x), show(y)),
+                ));
             }
         }
     }
     for inv in &old.invariants {
         if !new.invariants.iter().any(|n| n.name == inv.name) {
-            out.push(change(Impact::Loosened, format!("invariants[{}]", inv.name), "invariant removed"));
+            out.push(change(
+                Impact::Loosened,
+                format!("invariants[{}]", inv.name),
+                "invariant removed",
+            ));
         }
     }
     for inv in &new.invariants {
         match old.invariants.iter().find(|o| o.name == inv.name) {
-            None => out.push(change(Impact::Tightened, format!("invariants[{}]", inv.name), "invariant added")),
-            Some(o) if o.calls != inv.calls || o.cost != inv.cost || o.tools != inv.tools => out.push(change(
-                Impact::Changed,
+            None => out.push(change(
+                Impact::Tightened,
                 format!("invariants[{}]", inv.name),
-                format!("calls {} -> {}, cost {} -> {}", show(o.calls), show(inv.calls), show(o.cost), show(inv.cost)),
+                "invariant added",
             )),
+            Some(o) if o.calls != inv.calls || o.cost != inv.cost || o.tools != inv.tools => out
+                .push(change(
+                    Impact::Changed,
+                    format!("invariants[{}]", inv.name),
+                    format!(
+                        "calls {} -> {}, cost {} -> {}",
+                        show(o.calls),
+                        show(inv.calls),
+                        show(o.cost),
+                        show(inv.cost)
+                    ),
+                )),
             Some(_) => {}
         }
     }
@@ -298,7 +377,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         ));
     }
     if old.policies != new.policies {
-        out.push(change(Impact::Changed, "policies", format!("{:?} -> {:?}", old.policies, new.policies)));
+        out.push(change(
+            Impact::Changed,
+            "policies",
+            format!("{:?} -> {:?}", old.policies, new.policies),
+        ));
     }
     out
 }

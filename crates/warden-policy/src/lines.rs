@@ -32,7 +32,10 @@ impl LineIndex {
         let mut walker = Walker::default();
         let mut parser = Parser::new_from_str(text);
         if let Err(e) = parser.load(&mut walker, false) {
-            return Err((Some(e.marker().line().max(1)), format!("YAML syntax error: {}", e.info())));
+            return Err((
+                Some(e.marker().line().max(1)),
+                format!("YAML syntax error: {}", e.info()),
+            ));
         }
         if let Some(line) = walker.too_deep {
             return Err((

@@ -109,7 +109,9 @@ impl fmt::Display for Approval {
         match self {
             Approval::Auto => f.write_str("automatic"),
             Approval::Window { text, .. } => write!(f, "automatic {text}, queued outside"),
-            Approval::Role { approvers, role } => write!(f, "{approvers} approver(s) of role `{role}`"),
+            Approval::Role { approvers, role } => {
+                write!(f, "{approvers} approver(s) of role `{role}`")
+            }
             Approval::Humans { approvers } => write!(f, "{approvers} distinct human(s)"),
         }
     }
@@ -282,8 +284,7 @@ impl Collector<'_> {
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
 }
 
@@ -345,7 +346,10 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, LoadError> {
 ///
 /// # Errors
 /// [`LoadError`] with every problem found.
-#[expect(clippy::too_many_lines, reason = "one linear pass over the manifest's sections")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one linear pass over the manifest's sections"
+)]
 pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, LoadError> {
     let mut c = Collector {
         file,
@@ -392,10 +396,16 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             }
             RawApproval::Role { approvers, role } => {
                 if *approvers == 0 || *approvers > 100 {
-                    c.err(format!("{path}.approval.approvers"), "must be between 1 and 100");
+                    c.err(
+                        format!("{path}.approval.approvers"),
+                        "must be between 1 and 100",
+                    );
                 }
                 if !valid_id(role) {
-                    c.err(format!("{path}.approval.role"), format!("role `{role}` {ID_RULE}"));
+                    c.err(
+                        format!("{path}.approval.role"),
+                        format!("role `{role}` {ID_RULE}"),
+                    );
                 }
                 Approval::Role {
                     approvers: *approvers,
@@ -404,7 +414,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             }
             RawApproval::Humans { approvers } => {
                 if *approvers == 0 || *approvers > 100 {
-                    c.err(format!("{path}.approval.approvers"), "must be between 1 and 100");
+                    c.err(
+                        format!("{path}.approval.approvers"),
+                        "must be between 1 and 100",
+                    );
                 }
                 Approval::Humans {
                     approvers: *approvers,
@@ -437,14 +450,21 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         let Some(rule) = raw.trust.get(&level) else {
             c.err(
                 "trust",
-                format!("level `{}` is missing; list the tiers it may run (possibly none)", level.as_str()),
+                format!(
+                    "level `{}` is missing; list the tiers it may run (possibly none)",
+                    level.as_str()
+                ),
             );
             continue;
         };
         let mut modes = vec![TrustMode::Forbidden; tiers.len()];
         for (list, mode, key) in [
             (&rule.autonomous, TrustMode::Autonomous, "autonomous"),
-            (&rule.with_approval, TrustMode::WithApproval, "with_approval"),
+            (
+                &rule.with_approval,
+                TrustMode::WithApproval,
+                "with_approval",
+            ),
         ] {
             for (i, name) in list.iter().enumerate() {
                 match tier_names.get(name.as_str()) {
@@ -470,19 +490,31 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
     let mut tenants = BTreeSet::new();
     for (i, t) in raw.tenants.iter().enumerate() {
         if !valid_id(&t.id) {
-            c.err(format!("tenants[{i}].id"), format!("tenant id `{}` {ID_RULE}", t.id));
+            c.err(
+                format!("tenants[{i}].id"),
+                format!("tenant id `{}` {ID_RULE}", t.id),
+            );
         }
         if !tenants.insert(t.id.clone()) {
-            c.err(format!("tenants[{i}].id"), format!("duplicate tenant `{}`", t.id));
+            c.err(
+                format!("tenants[{i}].id"),
+                format!("duplicate tenant `{}`", t.id),
+            );
         }
     }
     let mut zones = BTreeSet::new();
     for (i, z) in raw.zones.iter().enumerate() {
         if !valid_id(&z.id) || z.id == "*" {
-            c.err(format!("zones[{i}].id"), format!("zone id `{}` {ID_RULE}", z.id));
+            c.err(
+                format!("zones[{i}].id"),
+                format!("zone id `{}` {ID_RULE}", z.id),
+            );
         }
         if !zones.insert(z.id.clone()) {
-            c.err(format!("zones[{i}].id"), format!("duplicate zone `{}`", z.id));
+            c.err(
+                format!("zones[{i}].id"),
+                format!("duplicate zone `{}`", z.id),
+            );
         }
     }
 
@@ -491,7 +523,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
     for (i, a) in raw.agents.iter().enumerate() {
         let path = format!("agents[{i}]");
         if !valid_id(&a.id) {
-            c.err(format!("{path}.id"), format!("agent id `{}` {ID_RULE}", a.id));
+            c.err(
+                format!("{path}.id"),
+                format!("agent id `{}` {ID_RULE}", a.id),
+            );
         }
         if !tenants.contains(&a.tenant) {
             c.err(
@@ -506,7 +541,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
         if a.owner.trim().is_empty() || a.owner.chars().any(char::is_control) {
-            c.err(format!("{path}.owner"), "must name the human this agent is paired with");
+            c.err(
+                format!("{path}.owner"),
+                "must name the human this agent is paired with",
+            );
         }
         let agent = Agent {
             id: a.id.clone(),
@@ -526,7 +564,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         let path = format!("tools[{i}]");
         if let Some(tool) = validate_tool(&mut c, &path, t, &tier_names, &zones, &tenants) {
             if tools.insert(t.name.clone(), tool).is_some() {
-                c.err(format!("{path}.name"), format!("duplicate tool `{}`", t.name));
+                c.err(
+                    format!("{path}.name"),
+                    format!("duplicate tool `{}`", t.name),
+                );
             }
         }
     }
@@ -536,13 +577,14 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         let Some(b) = b else {
             return Budget::default();
         };
-        let mut parse = |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
-            Ok(r) => r,
-            Err(e) => {
-                c.err(format!("budgets.{key}.{field}"), e);
-                None
-            }
-        };
+        let mut parse =
+            |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    c.err(format!("budgets.{key}.{field}"), e);
+                    None
+                }
+            };
         Budget {
             calls: parse("calls", &b.calls),
             cost: parse("cost", &b.cost),
@@ -558,10 +600,16 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
     for (i, inv) in raw.invariants.iter().enumerate() {
         let path = format!("invariants[{i}]");
         if !valid_id(&inv.name) {
-            c.err(format!("{path}.name"), format!("invariant name `{}` {ID_RULE}", inv.name));
+            c.err(
+                format!("{path}.name"),
+                format!("invariant name `{}` {ID_RULE}", inv.name),
+            );
         }
         if !invariant_names.insert(inv.name.clone()) {
-            c.err(format!("{path}.name"), format!("duplicate invariant `{}`", inv.name));
+            c.err(
+                format!("{path}.name"),
+                format!("duplicate invariant `{}`", inv.name),
+            );
         }
         let mut selected = BTreeSet::new();
         for (j, tier) in inv.tiers.iter().enumerate() {
@@ -582,7 +630,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             if tools.contains_key(tool) {
                 selected.insert(tool.clone());
             } else {
-                c.err(format!("{path}.tools[{j}]"), format!("unknown tool `{tool}`"));
+                c.err(
+                    format!("{path}.tools[{j}]"),
+                    format!("unknown tool `{tool}`"),
+                );
             }
         }
         for class in &inv.classifications {
@@ -594,15 +645,19 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
         if inv.tiers.is_empty() && inv.tools.is_empty() && inv.classifications.is_empty() {
-            c.err(&path, "select tools with at least one of `tiers`, `tools`, `classifications`");
+            c.err(
+                &path,
+                "select tools with at least one of `tiers`, `tools`, `classifications`",
+            );
         }
-        let mut parse = |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
-            Ok(r) => r,
-            Err(e) => {
-                c.err(format!("{path}.{field}"), e);
-                None
-            }
-        };
+        let mut parse =
+            |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    c.err(format!("{path}.{field}"), e);
+                    None
+                }
+            };
         let calls = parse("calls", &inv.calls);
         let cost = parse("cost", &inv.cost);
         if inv.calls.is_none() && inv.cost.is_none() {
@@ -648,7 +703,10 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
         if p.rsplit('/').skip(1).any(|part| part.contains('*')) || p.matches('*').count() > 1 {
-            c.err(format!("policies[{i}]"), format!("`{p}`: only one `*`, in the file name, is supported"));
+            c.err(
+                format!("policies[{i}]"),
+                format!("`{p}`: only one `*`, in the file name, is supported"),
+            );
         }
     }
 
@@ -695,7 +753,10 @@ fn validate_tool(
     if !valid_tool_name(&t.name) {
         c.err(
             format!("{path}.name"),
-            format!("tool name `{}` must be 1-128 characters of letters, digits, `.`, `_`, `-` or `:`", t.name),
+            format!(
+                "tool name `{}` must be 1-128 characters of letters, digits, `.`, `_`, `-` or `:`",
+                t.name
+            ),
         );
         ok = false;
     }
@@ -711,7 +772,10 @@ fn validate_tool(
         }
     };
     if t.zones.is_empty() {
-        c.err(format!("{path}.zones"), "list the zones it may be called from, or `\"*\"` for all");
+        c.err(
+            format!("{path}.zones"),
+            "list the zones it may be called from, or `\"*\"` for all",
+        );
         ok = false;
     }
     let zone_set = if t.zones.iter().any(|z| z == "*") {
@@ -743,11 +807,15 @@ fn validate_tool(
             Some(list.iter().cloned().collect())
         }
     };
-    let arguments = t.arguments.clone().unwrap_or_else(
-        || serde_json::json!({"type": "object", "additionalProperties": false}),
-    );
+    let arguments = t
+        .arguments
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({"type": "object", "additionalProperties": false}));
     if arguments.get("type").and_then(Value::as_str) != Some("object") {
-        c.err(format!("{path}.arguments"), "the argument schema's root must have `type: object`");
+        c.err(
+            format!("{path}.arguments"),
+            "the argument schema's root must have `type: object`",
+        );
         ok = false;
     }
     let validator = match jsonschema::options()
@@ -759,7 +827,14 @@ fn validate_tool(
             let at = e.schema_path().to_string();
             c.err(
                 format!("{path}.arguments"),
-                format!("not a usable JSON Schema ({e}{})", if at.is_empty() { String::new() } else { format!(" at `{at}`") }),
+                format!(
+                    "not a usable JSON Schema ({e}{})",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at `{at}`")
+                    }
+                ),
             );
             None
         }
@@ -767,7 +842,8 @@ fn validate_tool(
     for (j, s) in t.secrets.iter().enumerate() {
         let valid = !s.is_empty()
             && s.len() <= 128
-            && s.chars().all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+            && s.chars()
+                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
             && !s.starts_with(|ch: char| ch.is_ascii_digit());
         if !valid {
             c.err(
@@ -781,14 +857,16 @@ fn validate_tool(
         let host = h.strip_prefix("*.").unwrap_or(h);
         let valid = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split(':')
-                .next()
-                .is_some_and(|n| n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.'));
+            && host.split(':').next().is_some_and(|n| {
+                n.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+            });
         if !valid {
             c.err(
                 format!("{path}.egress[{j}]"),
-                format!("`{h}` is not a host name (`api.example.com`, `*.example.com`, `host:443`)"),
+                format!(
+                    "`{h}` is not a host name (`api.example.com`, `*.example.com`, `host:443`)"
+                ),
             );
             ok = false;
         }
@@ -816,8 +894,7 @@ fn validate_tool(
 fn valid_tool_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
@@ -840,8 +917,10 @@ fn parse_window(text: &str) -> Result<(u32, u32), String> {
     let (a, b) = text
         .split_once('-')
         .ok_or_else(|| format!("`{text}` is not a window; write it like `08:00-22:00`"))?;
-    let start = parse_hhmm(a.trim()).ok_or_else(|| format!("`{a}` in `{text}` is not a time `HH:MM`"))?;
-    let end = parse_hhmm(b.trim()).ok_or_else(|| format!("`{b}` in `{text}` is not a time `HH:MM`"))?;
+    let start =
+        parse_hhmm(a.trim()).ok_or_else(|| format!("`{a}` in `{text}` is not a time `HH:MM`"))?;
+    let end =
+        parse_hhmm(b.trim()).ok_or_else(|| format!("`{b}` in `{text}` is not a time `HH:MM`"))?;
     if start == end {
         return Err(format!("`{text}` is empty; use `mode: auto` for always"));
     }

@@ -69,7 +69,11 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("unknown unit `{other}` in `{text}`; use s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`; use s, m, h or d"
+            ))
+        }
     };
     let secs = n
         .checked_mul(scale)
@@ -111,9 +115,27 @@ mod tests {
 
     #[test]
     fn parses_rates() {
-        assert_eq!(parse_rate("100/h").unwrap(), Rate { limit: 100, window_secs: 3600 });
-        assert_eq!(parse_rate("2 / d").unwrap(), Rate { limit: 2, window_secs: 86_400 });
-        assert_eq!(parse_rate("500/6h").unwrap(), Rate { limit: 500, window_secs: 21_600 });
+        assert_eq!(
+            parse_rate("100/h").unwrap(),
+            Rate {
+                limit: 100,
+                window_secs: 3600
+            }
+        );
+        assert_eq!(
+            parse_rate("2 / d").unwrap(),
+            Rate {
+                limit: 2,
+                window_secs: 86_400
+            }
+        );
+        assert_eq!(
+            parse_rate("500/6h").unwrap(),
+            Rate {
+                limit: 500,
+                window_secs: 21_600
+            }
+        );
         assert_eq!(parse_rate("0/m").unwrap().limit, 0);
         assert_eq!(parse_rate("500/6h").unwrap().to_string(), "500/6h");
         assert_eq!(parse_rate("10/h").unwrap().to_string(), "10/h");
@@ -122,10 +144,16 @@ mod tests {
     #[test]
     fn rejects_bad_rates_with_reasons() {
         assert!(parse_rate("100").unwrap_err().contains("like `100/h`"));
-        assert!(parse_rate("x/h").unwrap_err().contains("not a whole number"));
-        assert!(parse_rate("1/w").unwrap_err().contains("window `w` of `1/w`: unknown unit `w`"));
+        assert!(parse_rate("x/h")
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(parse_rate("1/w")
+            .unwrap_err()
+            .contains("window `w` of `1/w`: unknown unit `w`"));
         assert!(parse_rate("1/0h").unwrap_err().contains("longer than zero"));
-        assert!(parse_rate("1/99999999999999999d").unwrap_err().contains("too long"));
+        assert!(parse_rate("1/99999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
         assert!(parse_duration("400d").unwrap_err().contains("year"));
     }
 }

@@ -1,5 +1,13 @@
 //! The Governor's decisions, end to end, on real manifests and real Cedar policies.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
 use proptest::prelude::*;
 use serde_json::json;
 use std::path::Path;
@@ -72,21 +80,36 @@ fn assert_cites_bundle(g: &Governor, d: &Decision) {
 fn low_tier_call_is_allowed_with_its_rules() {
     let g = starter();
     let s = MemoryState::new();
-    let d = g.decide(&proposal("coder-1", "s1", "fs.read_file", read("/etc/hosts")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s1", "fs.read_file", read("/etc/hosts")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow, "{d:?}");
     assert_cites_bundle(&g, &d);
-    assert!(d.rules.contains(&"tier.low.auto".to_string()), "{:?}", d.rules);
+    assert!(
+        d.rules.contains(&"tier.low.auto".to_string()),
+        "{:?}",
+        d.rules
+    );
     assert!(d.rules.contains(&"trust.junior.autonomous".to_string()));
     assert_eq!(d.policies, vec!["permit-manifest-tools".to_string()]);
     assert_eq!(d.owner, "alice@acme.example");
     assert_eq!(d.tenant, "acme");
-    assert_eq!(d.arguments_hash, warden_core::canonical::json_digest(&read("/etc/hosts")));
+    assert_eq!(
+        d.arguments_hash,
+        warden_core::canonical::json_digest(&read("/etc/hosts"))
+    );
 }
 
 #[test]
 fn unknown_tool_is_denied() {
     let g = starter();
-    let d = g.decide(&proposal("coder-1", "s", "shell.exec", json!({})), &MemoryState::new(), DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s", "shell.exec", json!({})),
+        &MemoryState::new(),
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Deny);
     assert_eq!(d.rules, vec!["tool.unknown"]);
     assert!(d.reason.contains("`shell.exec`"));
@@ -97,12 +120,22 @@ fn unknown_tool_is_denied() {
 fn unknown_agent_and_foreign_tenant_are_denied() {
     let g = starter();
     let s = MemoryState::new();
-    let d = g.decide(&proposal("mallory", "s", "fs.read_file", read("/x")), &s, DAY_TIME);
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "agent.unknown"));
+    let d = g.decide(
+        &proposal("mallory", "s", "fs.read_file", read("/x")),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "agent.unknown")
+    );
     let mut p = proposal("coder-1", "s", "fs.read_file", read("/x"));
     p.tenant = Some("globex".into());
     let d = g.decide(&p, &s, DAY_TIME);
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "tenant.mismatch"));
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "tenant.mismatch")
+    );
     assert!(d.reason.contains("`globex`"));
 }
 
@@ -111,7 +144,12 @@ fn schema_violations_are_denied_naming_the_json_path() {
     let g = starter();
     let s = MemoryState::new();
     let d = g.decide(
-        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "acme/x", "title": 7})),
+        &proposal(
+            "coder-1",
+            "s",
+            "github.create_issue",
+            json!({"repo": "acme/x", "title": 7}),
+        ),
         &s,
         DAY_TIME,
     );
@@ -119,13 +157,23 @@ fn schema_violations_are_denied_naming_the_json_path() {
     assert_eq!(d.rules[0], "arguments.invalid");
     assert!(d.reason.contains("`/title`"), "{}", d.reason);
     let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", json!({"path": "/x", "mode": "w"})),
+        &proposal(
+            "coder-1",
+            "s",
+            "fs.read_file",
+            json!({"path": "/x", "mode": "w"}),
+        ),
         &s,
         DAY_TIME,
     );
     assert_eq!(d.rules[0], "arguments.invalid");
     let d = g.decide(
-        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "not a repo", "title": "t"})),
+        &proposal(
+            "coder-1",
+            "s",
+            "github.create_issue",
+            json!({"repo": "not a repo", "title": "t"}),
+        ),
         &s,
         DAY_TIME,
     );
@@ -137,11 +185,19 @@ fn zones_restrict_where_a_tool_may_be_called_from() {
     let g = starter();
     // db.drop_table is prod-only; coder-1 lives in dev.
     let d = g.decide(
-        &proposal("coder-1", "s", "db.drop_table", json!({"database": "app", "table": "t"})),
+        &proposal(
+            "coder-1",
+            "s",
+            "db.drop_table",
+            json!({"database": "app", "table": "t"}),
+        ),
         &MemoryState::new(),
         DAY_TIME,
     );
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "zone.not_allowed"));
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "zone.not_allowed")
+    );
     assert!(d.reason.contains("zone `dev`"));
 }
 
@@ -151,23 +207,40 @@ fn approval_modes_escalate_with_their_requirement() {
     let s = MemoryState::new();
     // high tier, senior agent: 1 planner.
     let d = g.decide(
-        &proposal("ops-1", "s", "deploy.staging", json!({"service": "api", "version": "1.2"})),
+        &proposal(
+            "ops-1",
+            "s",
+            "deploy.staging",
+            json!({"service": "api", "version": "1.2"}),
+        ),
         &s,
         DAY_TIME,
     );
     assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
     assert_eq!(
         d.escalation,
-        Some(Escalation::Approvers { approvers: 1, role: "planner".into() })
+        Some(Escalation::Approvers {
+            approvers: 1,
+            role: "planner".into()
+        })
     );
     assert!(d.rules.contains(&"tier.high.approvers".to_string()));
     // critical tier: 2 distinct humans.
     let d = g.decide(
-        &proposal("ops-1", "s", "db.drop_table", json!({"database": "app", "table": "t"})),
+        &proposal(
+            "ops-1",
+            "s",
+            "db.drop_table",
+            json!({"database": "app", "table": "t"}),
+        ),
         &s,
         DAY_TIME,
     );
-    assert_eq!(d.escalation, Some(Escalation::Humans { approvers: 2 }), "{d:?}");
+    assert_eq!(
+        d.escalation,
+        Some(Escalation::Humans { approvers: 2 }),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -182,10 +255,18 @@ fn time_window_allows_inside_and_queues_outside() {
         "{ id: ops-1, tenant: acme, owner: bob@acme.example, zone: dev, trust: senior }",
     );
     let g2 = governor_from(&text, &starter_policies());
-    let d = g2.decide(&proposal("ops-1", "a", "github.create_issue", issue.clone()), &s, DAY_TIME);
+    let d = g2.decide(
+        &proposal("ops-1", "a", "github.create_issue", issue.clone()),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow, "{d:?}");
     assert!(d.rules.contains(&"tier.medium.window_open".to_string()));
-    let d = g2.decide(&proposal("ops-1", "b", "github.create_issue", issue.clone()), &s, NIGHT_TIME);
+    let d = g2.decide(
+        &proposal("ops-1", "b", "github.create_issue", issue.clone()),
+        &s,
+        NIGHT_TIME,
+    );
     assert_eq!(d.decision, Verdict::Escalate);
     assert_eq!(
         d.escalation,
@@ -195,9 +276,18 @@ fn time_window_allows_inside_and_queues_outside() {
         })
     );
     // coder-1 is junior: medium needs its owner even inside the window.
-    let d = g.decide(&proposal("coder-1", "c", "github.create_issue", issue), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "c", "github.create_issue", issue),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Escalate);
-    assert_eq!(d.escalation, Some(Escalation::Owner { owner: "alice@acme.example".into() }));
+    assert_eq!(
+        d.escalation,
+        Some(Escalation::Owner {
+            owner: "alice@acme.example".into()
+        })
+    );
     assert!(d.rules.contains(&"trust.junior.with_approval".to_string()));
 }
 
@@ -206,12 +296,24 @@ fn progressive_trust_forbids_tiers_outside_the_level() {
     let text = starter_text().replace("trust: junior }", "trust: intern }");
     let g = governor_from(&text, &starter_policies());
     let d = g.decide(
-        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "acme/a", "title": "t"})),
+        &proposal(
+            "coder-1",
+            "s",
+            "github.create_issue",
+            json!({"repo": "acme/a", "title": "t"}),
+        ),
         &MemoryState::new(),
         DAY_TIME,
     );
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "trust.intern.forbidden"));
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &MemoryState::new(), DAY_TIME);
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "trust.intern.forbidden")
+    );
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &MemoryState::new(),
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -220,7 +322,12 @@ fn cedar_forbid_wins_over_permit_and_approvals() {
     let g = starter();
     let s = MemoryState::new();
     let d = g.decide(
-        &proposal("ops-1", "s", "db.drop_table", json!({"database": "audit", "table": "log"})),
+        &proposal(
+            "ops-1",
+            "s",
+            "db.drop_table",
+            json!({"database": "audit", "table": "log"}),
+        ),
         &s,
         DAY_TIME,
     );
@@ -229,7 +336,12 @@ fn cedar_forbid_wins_over_permit_and_approvals() {
     assert_eq!(d.policies, vec!["forbid-drop-audit"]);
     // An argument-aware forbid: issues only in acme's repositories.
     let d = g.decide(
-        &proposal("coder-1", "s", "github.create_issue", json!({"repo": "evil/x", "title": "t"})),
+        &proposal(
+            "coder-1",
+            "s",
+            "github.create_issue",
+            json!({"repo": "evil/x", "title": "t"}),
+        ),
         &s,
         DAY_TIME,
     );
@@ -243,8 +355,15 @@ fn without_a_permit_nothing_is_allowed() {
         text: "forbid (principal, action, resource) when { false };".into(),
     }];
     let g = governor_from(&starter_text(), &policies);
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &MemoryState::new(), DAY_TIME);
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "cedar.no_permit"));
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &MemoryState::new(),
+        DAY_TIME,
+    );
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "cedar.no_permit")
+    );
 }
 
 #[test]
@@ -260,14 +379,23 @@ fn policies_naming_unknown_tools_or_attributes_do_not_load() {
         ("permit (principal, action, resource is Tool) when { resource.tier == 3 };", "not compatible"),
     ];
     for (text, needle) in bad {
-        let policies = vec![PolicySource { name: "bad.cedar".into(), text: text.into() }];
+        let policies = vec![PolicySource {
+            name: "bad.cedar".into(),
+            text: text.into(),
+        }];
         let err = Governor::new(m(), &policies).unwrap_err().to_string();
         assert!(err.contains("bad.cedar:1"), "{err}");
         assert!(err.contains(needle), "{needle}: {err}");
     }
-    let policies = vec![PolicySource { name: "syntax.cedar".into(), text: "\n\npermit (principal action, resource);".into() }];
+    let policies = vec![PolicySource {
+        name: "syntax.cedar".into(),
+        text: "\n\npermit (principal action, resource);".into(),
+    }];
     let err = Governor::new(m(), &policies).unwrap_err().to_string();
-    assert!(err.starts_with("syntax.cedar:3: Cedar syntax error"), "{err}");
+    assert!(
+        err.starts_with("syntax.cedar:3: Cedar syntax error"),
+        "{err}"
+    );
     let dup = vec![PolicySource {
         name: "dup.cedar".into(),
         text: "@id(\"a\")\npermit (principal, action, resource);\n@id(\"a\")\nforbid (principal, action, resource);".into(),
@@ -285,9 +413,17 @@ fn policies_pinned_to_an_agent_apply_only_to_it() {
     });
     let g = governor_from(&starter_text(), &policies);
     let s = MemoryState::new();
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.rules, vec!["policy:no-reads-for-coder"]);
-    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("ops-1", "s", "fs.read_file", read("/a")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -300,9 +436,17 @@ fn tier_action_groups_select_every_tool_of_the_tier() {
     });
     let g = governor_from(&starter_text(), &policies);
     let s = MemoryState::new();
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, NIGHT_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &s,
+        NIGHT_TIME,
+    );
     assert_eq!(d.rules, vec!["policy:no-low-at-night"]);
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -312,44 +456,115 @@ fn tier_rate_limit_denies_and_denied_calls_consume_nothing() {
     let g = governor_from(&text, &starter_policies());
     let s = MemoryState::new();
     for i in 0..3 {
-        let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read(&format!("/{i}"))), &s, DAY_TIME);
+        let d = g.decide(
+            &proposal("coder-1", "s", "fs.read_file", read(&format!("/{i}"))),
+            &s,
+            DAY_TIME,
+        );
         assert_eq!(d.decision, Verdict::Allow, "call {i}: {d:?}");
     }
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/4")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/4")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Deny);
     assert_eq!(d.rules[0], "rate.tier.low");
     assert!(d.reason.contains("3 of 3"), "{}", d.reason);
     // Other agents have their own tier counter.
-    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/5")), &s, DAY_TIME);
+    let d = g.decide(
+        &proposal("ops-1", "s", "fs.read_file", read("/5")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.decision, Verdict::Allow);
     // The next hour window starts afresh.
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/6")), &s, DAY_TIME + 3600);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/6")),
+        &s,
+        DAY_TIME + 3600,
+    );
     assert_eq!(d.decision, Verdict::Allow);
 }
 
 #[test]
 fn agent_tenant_and_global_budgets_apply() {
     let s = MemoryState::new();
-    let text = starter_text().replace("agent:  { calls: 1000/h, cost: 500/d }", "agent:  { calls: 1000/h, cost: 2/d }");
+    let text = starter_text().replace(
+        "agent:  { calls: 1000/h, cost: 500/d }",
+        "agent:  { calls: 1000/h, cost: 2/d }",
+    );
     let g = governor_from(&text, &starter_policies());
-    assert_eq!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).decision, Verdict::Allow);
-    assert_eq!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME).decision, Verdict::Allow);
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert_eq!(
+        g.decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/1")),
+            &s,
+            DAY_TIME
+        )
+        .decision,
+        Verdict::Allow
+    );
+    assert_eq!(
+        g.decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/2")),
+            &s,
+            DAY_TIME
+        )
+        .decision,
+        Verdict::Allow
+    );
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/3")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.rules[0], "budget.agent.cost", "{d:?}");
 
     let s = MemoryState::new();
-    let text = starter_text().replace("tenant: { calls: 10000/h, cost: 5000/d }", "tenant: { calls: 2/h }");
+    let text = starter_text().replace(
+        "tenant: { calls: 10000/h, cost: 5000/d }",
+        "tenant: { calls: 2/h }",
+    );
     let g = governor_from(&text, &starter_policies());
-    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
-    assert!(g.decide(&proposal("ops-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME).is_allow());
-    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert!(g
+        .decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/1")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
+    assert!(g
+        .decide(
+            &proposal("ops-1", "s", "fs.read_file", read("/2")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
+    let d = g.decide(
+        &proposal("ops-1", "s", "fs.read_file", read("/3")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.rules[0], "budget.tenant.calls");
 
     let s = MemoryState::new();
-    let text = starter_text().replace("global: { calls: 100000/h, cost: 50000/d }", "global: { calls: 1/h }");
+    let text = starter_text().replace(
+        "global: { calls: 100000/h, cost: 50000/d }",
+        "global: { calls: 1/h }",
+    );
     let g = governor_from(&text, &starter_policies());
-    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
-    let d = g.decide(&proposal("ops-1", "s", "fs.read_file", read("/2")), &s, DAY_TIME);
+    assert!(g
+        .decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/1")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
+    let d = g.decide(
+        &proposal("ops-1", "s", "fs.read_file", read("/2")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.rules[0], "budget.global.calls");
 }
 
@@ -361,26 +576,56 @@ fn system_invariant_caps_the_aggregate() {
     );
     let g = governor_from(&text, &starter_policies());
     let s = MemoryState::new();
-    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
-    assert!(g.decide(&proposal("ops-1", "t", "fs.read_file", read("/2")), &s, DAY_TIME).is_allow());
-    let d = g.decide(&proposal("ops-1", "t", "fs.read_file", read("/3")), &s, DAY_TIME);
+    assert!(g
+        .decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/1")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
+    assert!(g
+        .decide(
+            &proposal("ops-1", "t", "fs.read_file", read("/2")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
+    let d = g.decide(
+        &proposal("ops-1", "t", "fs.read_file", read("/3")),
+        &s,
+        DAY_TIME,
+    );
     assert_eq!(d.rules[0], "invariant:reads");
 }
 
 #[test]
 fn escalated_calls_consume_no_budget() {
-    let text = starter_text().replace("agent:  { calls: 1000/h, cost: 500/d }", "agent:  { calls: 1/h }");
+    let text = starter_text().replace(
+        "agent:  { calls: 1000/h, cost: 500/d }",
+        "agent:  { calls: 1/h }",
+    );
     let g = governor_from(&text, &starter_policies());
     let s = MemoryState::new();
     for i in 0..5 {
         let d = g.decide(
-            &proposal("ops-1", "s", "deploy.staging", json!({"service": "api", "version": format!("{i}")})),
+            &proposal(
+                "ops-1",
+                "s",
+                "deploy.staging",
+                json!({"service": "api", "version": format!("{i}")}),
+            ),
             &s,
             DAY_TIME,
         );
         assert_eq!(d.decision, Verdict::Escalate);
     }
-    assert!(g.decide(&proposal("ops-1", "s", "fs.read_file", read("/1")), &s, DAY_TIME).is_allow());
+    assert!(g
+        .decide(
+            &proposal("ops-1", "s", "fs.read_file", read("/1")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
 }
 
 #[test]
@@ -393,19 +638,44 @@ fn the_third_identical_call_pauses_the_session() {
     let d = g.decide(&p, &s, DAY_TIME + 2);
     assert_eq!(d.decision, Verdict::Escalate);
     assert_eq!(d.rules[0], "loop.repeat_pattern");
-    assert_eq!(d.escalation, Some(Escalation::SessionPaused { session: "loop".into() }));
+    assert_eq!(
+        d.escalation,
+        Some(Escalation::SessionPaused {
+            session: "loop".into()
+        })
+    );
     // The session stays paused for any call until resumed.
-    let d = g.decide(&proposal("coder-1", "loop", "fs.read_file", read("/other")), &s, DAY_TIME + 3);
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Escalate, "session.paused"));
+    let d = g.decide(
+        &proposal("coder-1", "loop", "fs.read_file", read("/other")),
+        &s,
+        DAY_TIME + 3,
+    );
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Escalate, "session.paused")
+    );
     // Other sessions are unaffected; a different argument in between resets the count.
     let q = proposal("coder-1", "other", "fs.read_file", read("/same"));
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
-    assert!(g.decide(&proposal("coder-1", "other", "fs.read_file", read("/x")), &s, DAY_TIME).is_allow());
+    assert!(g
+        .decide(
+            &proposal("coder-1", "other", "fs.read_file", read("/x")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
     // Resumed by a human: calls flow again.
-    s.clear_hold(&HoldScope::Session("loop".into()), HoldKind::Pause).unwrap();
-    assert!(g.decide(&proposal("coder-1", "loop", "fs.read_file", read("/new")), &s, DAY_TIME + 4).is_allow());
+    s.clear_hold(&HoldScope::Session("loop".into()), HoldKind::Pause)
+        .unwrap();
+    assert!(g
+        .decide(
+            &proposal("coder-1", "loop", "fs.read_file", read("/new")),
+            &s,
+            DAY_TIME + 4
+        )
+        .is_allow());
 }
 
 #[test]
@@ -413,27 +683,65 @@ fn kill_switch_and_quarantine_deny_at_every_scope() {
     let g = starter();
     let cases = [
         (HoldScope::Global, HoldKind::Kill, "kill.global"),
-        (HoldScope::Tenant("acme".into()), HoldKind::Kill, "kill.tenant"),
-        (HoldScope::Agent("coder-1".into()), HoldKind::Quarantine, "quarantine.agent"),
-        (HoldScope::Tenant("acme".into()), HoldKind::Quarantine, "quarantine.tenant"),
+        (
+            HoldScope::Tenant("acme".into()),
+            HoldKind::Kill,
+            "kill.tenant",
+        ),
+        (
+            HoldScope::Agent("coder-1".into()),
+            HoldKind::Quarantine,
+            "quarantine.agent",
+        ),
+        (
+            HoldScope::Tenant("acme".into()),
+            HoldKind::Quarantine,
+            "quarantine.tenant",
+        ),
     ];
     for (scope, kind, rule) in cases {
         let s = MemoryState::new();
-        s.set_hold(Hold { scope: scope.clone(), kind, reason: "incident 42".into(), since: 0 }).unwrap();
-        let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME);
+        s.set_hold(Hold {
+            scope: scope.clone(),
+            kind,
+            reason: "incident 42".into(),
+            since: 0,
+        })
+        .unwrap();
+        let d = g.decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/a")),
+            &s,
+            DAY_TIME,
+        );
         assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, rule));
         assert!(d.reason.contains("incident 42"));
     }
     // A hold on another agent does not touch this one.
     let s = MemoryState::new();
-    s.set_hold(Hold { scope: HoldScope::Agent("ops-1".into()), kind: HoldKind::Kill, reason: "x".into(), since: 0 }).unwrap();
-    assert!(g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &s, DAY_TIME).is_allow());
+    s.set_hold(Hold {
+        scope: HoldScope::Agent("ops-1".into()),
+        kind: HoldKind::Kill,
+        reason: "x".into(),
+        since: 0,
+    })
+    .unwrap();
+    assert!(g
+        .decide(
+            &proposal("coder-1", "s", "fs.read_file", read("/a")),
+            &s,
+            DAY_TIME
+        )
+        .is_allow());
 }
 
 /// A store that cannot answer, like an unreachable Redis.
 struct DownStore;
 impl StateStore for DownStore {
-    fn check_and_charge(&self, _: &[warden_core::state::Charge], _: i64) -> Result<warden_core::state::ChargeOutcome, StateError> {
+    fn check_and_charge(
+        &self,
+        _: &[warden_core::state::Charge],
+        _: i64,
+    ) -> Result<warden_core::state::ChargeOutcome, StateError> {
         Err(StateError::Unavailable("connection refused".into()))
     }
     fn observe_call(&self, _: &str, _: [u8; 32], _: i64, _: i64) -> Result<u32, StateError> {
@@ -456,8 +764,15 @@ impl StateStore for DownStore {
 #[test]
 fn an_unavailable_state_store_denies() {
     let g = starter();
-    let d = g.decide(&proposal("coder-1", "s", "fs.read_file", read("/a")), &DownStore, DAY_TIME);
-    assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, "state.unavailable"));
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/a")),
+        &DownStore,
+        DAY_TIME,
+    );
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "state.unavailable")
+    );
     assert!(d.reason.contains("connection refused"));
 }
 
@@ -481,7 +796,12 @@ fn counters_never_pass_their_limit_when_threads_decide_at_once() {
             std::thread::spawn(move || {
                 (0..20)
                     .filter(|i| {
-                        let p = proposal("coder-1", &format!("t{t}"), "fs.read_file", read(&format!("/{t}/{i}")));
+                        let p = proposal(
+                            "coder-1",
+                            &format!("t{t}"),
+                            "fs.read_file",
+                            read(&format!("/{t}/{i}")),
+                        );
                         g.decide(&p, s.as_ref(), DAY_TIME).is_allow()
                     })
                     .count()
@@ -503,11 +823,15 @@ fn every_example_manifest_loads() {
             continue;
         }
         let text = std::fs::read_to_string(&manifest).unwrap();
-        let m = parse_manifest("manifest.yaml", &text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let m = parse_manifest("manifest.yaml", &text)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut policies = Vec::new();
         for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
             let p = entry.unwrap().path();
-            policies.push(PolicySource { name: p.display().to_string(), text: std::fs::read_to_string(&p).unwrap() });
+            policies.push(PolicySource {
+                name: p.display().to_string(),
+                text: std::fs::read_to_string(&p).unwrap(),
+            });
         }
         Governor::new(m, &policies).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         count += 1;

@@ -1,10 +1,20 @@
 //! Replays the fuzz seed corpus (`fuzz/seeds/`) through the fuzz entry points, plus generated
 //! hostile inputs: none may panic or hang.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
 use std::path::Path;
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
@@ -25,13 +35,20 @@ fn manifest_seeds_never_panic() {
         warden_policy::fuzz::manifest(&s);
     }
     // Deep nesting and an alias bomb.
-    warden_policy::fuzz::manifest("a: ".repeat(1).as_bytes());
+    warden_policy::fuzz::manifest(b"a: ");
     let deep = format!("version: {}1{}", "[".repeat(50_000), "]".repeat(50_000));
     warden_policy::fuzz::manifest(deep.as_bytes());
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 0..12 {
-        let prev = if i == 0 { "a".to_string() } else { format!("a{}", i - 1) };
-        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        let prev = if i == 0 {
+            "a".to_string()
+        } else {
+            format!("a{}", i - 1)
+        };
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
     }
     warden_policy::fuzz::manifest(bomb.as_bytes());
 }
@@ -46,12 +63,21 @@ fn proposal_seeds_never_panic() {
 #[test]
 fn broken_manifests_get_errors_that_name_the_problem() {
     let deep = format!("version: {}1{}", "[".repeat(50_000), "]".repeat(50_000));
-    let e = warden_policy::parse_manifest("m.yaml", &deep).unwrap_err().to_string();
+    let e = warden_policy::parse_manifest("m.yaml", &deep)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("m.yaml:"), "{e}");
-    assert!(e.contains("deeper than 64 levels") || e.contains("recursion limit"), "{e}");
-    let e = warden_policy::parse_manifest("m.yaml", "version: 1\nrisk_tiers: [").unwrap_err().to_string();
+    assert!(
+        e.contains("deeper than 64 levels") || e.contains("recursion limit"),
+        "{e}"
+    );
+    let e = warden_policy::parse_manifest("m.yaml", "version: 1\nrisk_tiers: [")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("m.yaml:"), "{e}");
     let big = "#".repeat(5 << 20);
-    let e = warden_policy::parse_manifest("m.yaml", &big).unwrap_err().to_string();
+    let e = warden_policy::parse_manifest("m.yaml", &big)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("limit"), "{e}");
 }

@@ -62,7 +62,9 @@ impl Engine {
                 .filter(|c| c.key == charge.key)
                 .map(|c| c.amount)
                 .fold(0u64, u64::saturating_add);
-            let after = current.saturating_add(earlier).saturating_add(charge.amount);
+            let after = current
+                .saturating_add(earlier)
+                .saturating_add(charge.amount);
             if after > charge.limit {
                 return (
                     ChargeOutcome::Exceeded {
@@ -222,7 +224,9 @@ mod hex32 {
         let s = String::deserialize(d)?;
         let bytes = s.as_bytes();
         if bytes.len() != 64 {
-            return Err(serde::de::Error::custom("fingerprint must be 64 hex digits"));
+            return Err(serde::de::Error::custom(
+                "fingerprint must be 64 hex digits",
+            ));
         }
         let mut out = [0u8; 32];
         for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {

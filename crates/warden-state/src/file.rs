@@ -19,7 +19,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore};
+use warden_core::state::{
+    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore,
+};
 use warden_core::time::UnixSeconds;
 
 /// Journal size that triggers a compaction while running.
@@ -128,7 +130,13 @@ impl FileState {
     }
 
     /// Appends `op` to the journal (and syncs it when `sync`), then applies it.
-    fn commit(&self, inner: &mut Inner, op: Op, now: UnixSeconds, sync: bool) -> Result<(), StateError> {
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        op: Op,
+        now: UnixSeconds,
+        sync: bool,
+    ) -> Result<(), StateError> {
         let line = encode_line(&op)?;
         // INVARIANT (write-ahead): the journal write happens first; if it fails, memory is
         // unchanged and the caller gets an error (and denies).
@@ -145,8 +153,9 @@ impl FileState {
         inner.journal_bytes = inner.journal_bytes.saturating_add(line.len() as u64);
         inner.engine.apply(op, now);
         if inner.journal_bytes > COMPACT_AT_BYTES {
-            let (journal, bytes) = compact(&self.dir, &inner.engine, now)
-                .map_err(|e| StateError::Unavailable(format!("cannot compact state journal: {e}")))?;
+            let (journal, bytes) = compact(&self.dir, &inner.engine, now).map_err(|e| {
+                StateError::Unavailable(format!("cannot compact state journal: {e}"))
+            })?;
             inner.journal = journal;
             inner.journal_bytes = bytes;
         }
@@ -165,10 +174,13 @@ fn decode_line(line: &str) -> Result<Op, String> {
     let (crc_hex, json) = line
         .split_once(' ')
         .ok_or_else(|| "missing checksum separator".to_string())?;
-    let expected = u32::from_str_radix(crc_hex, 16).map_err(|_| format!("bad checksum `{crc_hex}`"))?;
+    let expected =
+        u32::from_str_radix(crc_hex, 16).map_err(|_| format!("bad checksum `{crc_hex}`"))?;
     let actual = crc32fast::hash(json.as_bytes());
     if expected != actual {
-        return Err(format!("checksum mismatch (stored {expected:08x}, computed {actual:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {expected:08x}, computed {actual:08x})"
+        ));
     }
     serde_json::from_str(json).map_err(|e| format!("undecodable change: {e}"))
 }

@@ -2,7 +2,9 @@
 
 use crate::engine::Engine;
 use std::sync::Mutex;
-use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore};
+use warden_core::state::{
+    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore,
+};
 use warden_core::time::UnixSeconds;
 
 /// State kept in this process only. Every operation takes one lock, so check-and-charge is
@@ -63,7 +65,8 @@ impl StateStore for MemoryState {
 
     fn set_hold(&self, hold: Hold) -> Result<(), StateError> {
         let now = hold.since;
-        self.engine()?.apply(crate::engine::Op::SetHold { hold }, now);
+        self.engine()?
+            .apply(crate::engine::Op::SetHold { hold }, now);
         Ok(())
     }
 

@@ -1,5 +1,13 @@
 //! One test suite, run against every state backend.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
 use std::sync::Arc;
 use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateStore};
 use warden_state::{FileState, MemoryState, OpenError};
@@ -16,23 +24,41 @@ fn charge(key: &str, amount: u64, limit: u64, expires_at: i64) -> Charge {
 fn suite(name: &str, store: &dyn StateStore) {
     // A charge that fits is applied to every counter.
     let c = [charge("a", 1, 2, 100), charge("b", 5, 10, 100)];
-    assert_eq!(store.check_and_charge(&c, 0).unwrap(), ChargeOutcome::Charged, "{name}");
-    assert_eq!(store.check_and_charge(&c, 1).unwrap(), ChargeOutcome::Charged, "{name}");
+    assert_eq!(
+        store.check_and_charge(&c, 0).unwrap(),
+        ChargeOutcome::Charged,
+        "{name}"
+    );
+    assert_eq!(
+        store.check_and_charge(&c, 1).unwrap(),
+        ChargeOutcome::Charged,
+        "{name}"
+    );
     // The third passes `a`'s limit: nothing is charged, `b` included.
     assert_eq!(
         store.check_and_charge(&c, 2).unwrap(),
-        ChargeOutcome::Exceeded { index: 0, current: 2 },
+        ChargeOutcome::Exceeded {
+            index: 0,
+            current: 2
+        },
         "{name}"
     );
     // `b` holds 10 after two charges of 5: one more does not fit.
     assert_eq!(
-        store.check_and_charge(&[charge("b", 1, 10, 100)], 3).unwrap(),
-        ChargeOutcome::Exceeded { index: 0, current: 10 },
+        store
+            .check_and_charge(&[charge("b", 1, 10, 100)], 3)
+            .unwrap(),
+        ChargeOutcome::Exceeded {
+            index: 0,
+            current: 10
+        },
         "{name}"
     );
     // After the window ends, counters start from zero.
     assert_eq!(
-        store.check_and_charge(&[charge("a", 2, 2, 200)], 100).unwrap(),
+        store
+            .check_and_charge(&[charge("a", 2, 2, 200)], 100)
+            .unwrap(),
         ChargeOutcome::Charged,
         "{name}"
     );
@@ -41,7 +67,10 @@ fn suite(name: &str, store: &dyn StateStore) {
         store
             .check_and_charge(&[charge("d", 2, 3, 100), charge("d", 2, 3, 100)], 0)
             .unwrap(),
-        ChargeOutcome::Exceeded { index: 1, current: 2 },
+        ChargeOutcome::Exceeded {
+            index: 1,
+            current: 2
+        },
         "{name}"
     );
 
@@ -53,7 +82,11 @@ fn suite(name: &str, store: &dyn StateStore) {
     assert_eq!(store.observe_call("s2", f1, 1, 60).unwrap(), 1, "{name}");
     assert_eq!(store.observe_call("s1", f1, 2, 60).unwrap(), 3, "{name}");
     assert_eq!(store.observe_call("s1", f2, 3, 60).unwrap(), 1, "{name}");
-    assert_eq!(store.observe_call("s1", f2, 100, 60).unwrap(), 1, "{name}: expired history");
+    assert_eq!(
+        store.observe_call("s1", f2, 100, 60).unwrap(),
+        1,
+        "{name}: expired history"
+    );
 
     // Holds.
     let hold = Hold {
@@ -67,9 +100,21 @@ fn suite(name: &str, store: &dyn StateStore) {
         .holds(&[HoldScope::Global, HoldScope::Tenant("acme".into())])
         .unwrap();
     assert_eq!(found, vec![hold.clone()], "{name}");
-    assert!(store.holds(&[HoldScope::Tenant("other".into())]).unwrap().is_empty(), "{name}");
-    assert!(store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(), "{name}");
-    assert!(!store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(), "{name}");
+    assert!(
+        store
+            .holds(&[HoldScope::Tenant("other".into())])
+            .unwrap()
+            .is_empty(),
+        "{name}"
+    );
+    assert!(
+        store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(),
+        "{name}"
+    );
+    assert!(
+        !store.clear_hold(&hold.scope, HoldKind::Kill).unwrap(),
+        "{name}"
+    );
     assert!(store.all_holds().unwrap().is_empty(), "{name}");
 }
 
@@ -92,7 +137,10 @@ fn concurrent_limit(store: Arc<dyn StateStore>) {
             std::thread::spawn(move || {
                 let mut ok = 0u32;
                 for _ in 0..200 {
-                    let c = [charge("shared", 1, 500, 1000), charge("other", 1, 10_000, 1000)];
+                    let c = [
+                        charge("shared", 1, 500, 1000),
+                        charge("other", 1, 10_000, 1000),
+                    ];
                     if store.check_and_charge(&c, 0).unwrap() == ChargeOutcome::Charged {
                         ok += 1;
                     }
@@ -111,7 +159,9 @@ fn concurrent_limit(store: Arc<dyn StateStore>) {
         "refused charges consumed nothing on the second counter"
     );
     assert!(matches!(
-        store.check_and_charge(&[charge("other", 1, 10_000, 1000)], 0).unwrap(),
+        store
+            .check_and_charge(&[charge("other", 1, 10_000, 1000)], 0)
+            .unwrap(),
         ChargeOutcome::Exceeded { .. }
     ));
 }
@@ -132,7 +182,9 @@ fn file_store_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = FileState::open(dir.path(), 0).unwrap();
-        store.check_and_charge(&[charge("k", 3, 5, 1000)], 0).unwrap();
+        store
+            .check_and_charge(&[charge("k", 3, 5, 1000)], 0)
+            .unwrap();
         store.observe_call("s", [7; 32], 0, 600).unwrap();
         store
             .set_hold(Hold {
@@ -145,8 +197,13 @@ fn file_store_survives_a_restart() {
     }
     let store = FileState::open(dir.path(), 10).unwrap();
     assert_eq!(
-        store.check_and_charge(&[charge("k", 3, 5, 1000)], 10).unwrap(),
-        ChargeOutcome::Exceeded { index: 0, current: 3 }
+        store
+            .check_and_charge(&[charge("k", 3, 5, 1000)], 10)
+            .unwrap(),
+        ChargeOutcome::Exceeded {
+            index: 0,
+            current: 3
+        }
     );
     assert_eq!(store.observe_call("s", [7; 32], 10, 600).unwrap(), 2);
     assert_eq!(store.holds(&[HoldScope::Global]).unwrap().len(), 1);
@@ -154,7 +211,9 @@ fn file_store_survives_a_restart() {
     // Expired counters are dropped at reopen.
     let store = FileState::open(dir.path(), 5000).unwrap();
     assert_eq!(
-        store.check_and_charge(&[charge("k", 5, 5, 9000)], 5000).unwrap(),
+        store
+            .check_and_charge(&[charge("k", 5, 5, 9000)], 5000)
+            .unwrap(),
         ChargeOutcome::Charged
     );
 }
@@ -164,8 +223,12 @@ fn file_store_cuts_a_torn_tail_and_refuses_damage() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = FileState::open(dir.path(), 0).unwrap();
-        store.check_and_charge(&[charge("k", 1, 5, 1000)], 0).unwrap();
-        store.check_and_charge(&[charge("k", 1, 5, 1000)], 0).unwrap();
+        store
+            .check_and_charge(&[charge("k", 1, 5, 1000)], 0)
+            .unwrap();
+        store
+            .check_and_charge(&[charge("k", 1, 5, 1000)], 0)
+            .unwrap();
     }
     let journal = dir.path().join("state.journal");
     // A torn tail (half a line, no newline) is cut.
@@ -175,8 +238,13 @@ fn file_store_cuts_a_torn_tail_and_refuses_damage() {
     {
         let store = FileState::open(dir.path(), 1).unwrap();
         assert_eq!(
-            store.check_and_charge(&[charge("k", 4, 5, 1000)], 1).unwrap(),
-            ChargeOutcome::Exceeded { index: 0, current: 2 }
+            store
+                .check_and_charge(&[charge("k", 4, 5, 1000)], 1)
+                .unwrap(),
+            ChargeOutcome::Exceeded {
+                index: 0,
+                current: 2
+            }
         );
     }
     // A damaged complete line is refused, naming the line.
@@ -201,4 +269,3 @@ fn file_store_is_exclusive() {
         other => panic!("expected a lock error, got {other:?}"),
     }
 }
-

@@ -34,7 +34,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => {
             // INVARIANT (fail-closed): a bundle that does not load allows nothing, and says why.
             super::print_load_error(&e);
-            let first = e.diagnostics.first().map(ToString::to_string).unwrap_or_default();
+            let first = e
+                .diagnostics
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             let d = warden_policy::deny_unloaded(&proposal, &first, now);
             println!("{}", serde_json::to_string_pretty(&d)?);
             return Ok(ExitCode::from(super::EXIT_INPUT));

@@ -84,7 +84,10 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 println!("bundle {ha} -> {hb}");
-                let loosened = changes.iter().filter(|c| c.impact == Impact::Loosened).count();
+                let loosened = changes
+                    .iter()
+                    .filter(|c| c.impact == Impact::Loosened)
+                    .count();
                 for c in &changes {
                     let mark = match c.impact {
                         Impact::Loosened => "! LOOSENED ",
@@ -100,7 +103,10 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&warden_policy::raw::manifest_json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&warden_policy::raw::manifest_json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -43,7 +43,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => {
             // INVARIANT (fail-closed): without a loaded bundle the gateway does not start.
             super::print_load_error(&e);
-            eprintln!("error: manifest `{}` does not load; refusing to start", manifest.display());
+            eprintln!(
+                "error: manifest `{}` does not load; refusing to start",
+                manifest.display()
+            );
             return Ok(ExitCode::from(super::EXIT_INPUT));
         }
     };
