@@ -98,10 +98,18 @@ pub fn sha256_tagged(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
+    push_hex(&mut out, &digest);
     out
+}
+
+/// Appends `bytes` as lowercase hex.
+#[expect(clippy::indexing_slicing, reason = "a nibble is always below 16")]
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
 }
 
 /// The digest Warden cites for a JSON value: SHA-256 over its canonical form.

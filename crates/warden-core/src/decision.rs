@@ -66,7 +66,10 @@ pub enum Escalation {
 pub struct Decision {
     /// `allow`, `deny` or `escalate`.
     pub decision: Verdict,
-    /// The rules that fired, most decisive first (e.g. `tool.unknown`, `tier.low.auto`).
+    /// The rules that fired (e.g. `tool.unknown`, `policy:permit-reads`, `tier.low.auto`). For a
+    /// deny, and for an escalation caused by a paused session or a loop, the deciding rule is
+    /// first; otherwise they are in the order they were evaluated: permitting policies, then the
+    /// tier rule, then the trust rule.
     pub rules: Vec<String>,
     /// Cedar policy ids that determined the outcome.
     pub policies: Vec<String>,

@@ -91,7 +91,9 @@ pub fn load_policies(
                     .filter_map(Result::ok)
                     .filter_map(|e| {
                         let n = e.file_name().to_string_lossy().into_owned();
-                        (n.starts_with(prefix)
+                        // Hidden files (editor swap and lock files) never count as policies.
+                        (!n.starts_with('.')
+                            && n.starts_with(prefix)
                             && n.ends_with(suffix)
                             && n.len() >= prefix.len() + suffix.len())
                         .then(|| {

@@ -59,14 +59,27 @@ fn measure(n: usize, mut f: impl FnMut(usize)) -> Stats {
     }
 }
 
-fn starter() -> (Governor, Vec<Proposal>) {
+/// Makes the i-th proposal of a scenario; every one is distinct, so no session ever sees the
+/// same call twice in a row (which would pause it and measure escalations instead).
+type Gen = Box<dyn Fn(usize) -> Proposal>;
+
+fn starter() -> (Governor, Gen) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter");
     let text = std::fs::read_to_string(dir.join("manifest.yaml"))
         .unwrap()
         .replace("rate: 100/h", "rate: 1000000000/h")
-        .replace("agent:  { calls: 1000/h, cost: 500/d }", "agent:  { calls: 1000000000/h, cost: 1000000000/d }")
-        .replace("tenant: { calls: 10000/h, cost: 5000/d }", "tenant: { calls: 1000000000/h, cost: 1000000000/d }")
-        .replace("global: { calls: 100000/h, cost: 50000/d }", "global: { calls: 1000000000/h, cost: 1000000000/d }");
+        .replace(
+            "agent:  { calls: 1000/h, cost: 500/d }",
+            "agent:  { calls: 1000000000/h, cost: 1000000000/d }",
+        )
+        .replace(
+            "tenant: { calls: 10000/h, cost: 5000/d }",
+            "tenant: { calls: 1000000000/h, cost: 1000000000/d }",
+        )
+        .replace(
+            "global: { calls: 100000/h, cost: 50000/d }",
+            "global: { calls: 1000000000/h, cost: 1000000000/d }",
+        );
     let mut policies = vec![PolicySource {
         name: "policies/base.cedar".into(),
         text: std::fs::read_to_string(dir.join("policies/base.cedar")).unwrap(),
@@ -86,21 +99,24 @@ fn starter() -> (Governor, Vec<Proposal>) {
     });
     let g = Governor::new(parse_manifest("manifest.yaml", &text).unwrap(), &policies).unwrap();
     assert_eq!(g.cedar().policy_count, 10);
-    let proposals = (0..4096)
-        .map(|i| Proposal {
-            agent: if i % 2 == 0 { "coder-1" } else { "ops-1" }.into(),
-            session: format!("s{}", i % 64),
-            tool: "fs.read_file".into(),
-            arguments: json!({ "path": format!("/srv/data/{i}.txt") }),
-            tenant: None,
-        })
-        .collect();
+    let proposals = Box::new(|i: usize| Proposal {
+        agent: if i.is_multiple_of(2) {
+            "coder-1"
+        } else {
+            "ops-1"
+        }
+        .into(),
+        session: format!("s{}", i % 64),
+        tool: "fs.read_file".into(),
+        arguments: json!({ "path": format!("/srv/data/{i}.txt") }),
+        tenant: None,
+    });
     (g, proposals)
 }
 
 /// A fleet manifest: `agents` agents, 100 tools, 1,000 policies (10 generic, 490 per action,
 /// 500 pinned to agents 0..499).
-fn fleet(agents: usize) -> (Governor, Vec<Proposal>) {
+fn fleet(agents: usize) -> (Governor, Gen) {
     let mut y = String::from(
         "version: 7\nrisk_tiers:\n  low: { approval: { mode: auto }, rate: 1000000000/h }\n  high: { approval: { mode: role, approvers: 1, role: planner } }\n\
          trust:\n  intern: { autonomous: [low] }\n  junior: { autonomous: [low] }\n  senior: { autonomous: [low], with_approval: [high] }\n  principal: { autonomous: [low, high] }\n\
@@ -129,7 +145,10 @@ fn fleet(agents: usize) -> (Governor, Vec<Proposal>) {
          invariants:\n  - { name: all-low, tiers: [low], calls: 1000000000/h }\npolicies: [p.cedar]\n",
     );
     let mut p = String::new();
-    let _ = writeln!(p, "@id(\"g0\") permit (principal is Agent, action, resource is Tool);");
+    let _ = writeln!(
+        p,
+        "@id(\"g0\") permit (principal is Agent, action, resource is Tool);"
+    );
     for k in 1..10 {
         let _ = writeln!(
             p,
@@ -151,73 +170,143 @@ fn fleet(agents: usize) -> (Governor, Vec<Proposal>) {
             k % 100
         );
     }
-    let policies = vec![PolicySource { name: "p.cedar".into(), text: p }];
+    let policies = vec![PolicySource {
+        name: "p.cedar".into(),
+        text: p,
+    }];
     let g = Governor::new(parse_manifest("fleet.yaml", &y).unwrap(), &policies).unwrap();
     assert_eq!(g.cedar().policy_count, 1000);
-    let proposals = (0..4096usize)
-        .map(|i| Proposal {
-            agent: format!("agent-{}", (i * 7919) % agents),
-            session: format!("s{}", i % 128),
-            tool: format!("tool-{}", i % 100),
-            arguments: json!({ "n": i, "s": "x" }),
-            tenant: None,
-        })
-        .collect();
+    let proposals = Box::new(move |i: usize| Proposal {
+        agent: format!("agent-{}", (i * 7919) % agents),
+        session: format!("s{}", i % 128),
+        tool: format!("tool-{}", i % 100),
+        arguments: json!({ "n": i, "s": "x" }),
+        tenant: None,
+    });
     (g, proposals)
 }
 
-fn run(g: &Governor, proposals: &[Proposal], n: usize) -> Stats {
+fn run(g: &Governor, gen: &Gen, n: usize) -> Stats {
     let state = MemoryState::new();
-    // Sanity: the path measured is the allow path.
-    let d = g.decide(&proposals[0], &state, NOW);
-    assert!(d.is_allow(), "{d:?}");
-    measure(n, |i| {
-        let p = &proposals[i % proposals.len()];
-        // Vary time by call so the same proposal is never three-in-a-row within a session.
-        black_box(g.decide(p, &state, NOW + (i / proposals.len()) as i64));
-    })
+    let proposals: Vec<Proposal> = (0..n + n / 10).map(gen).collect();
+    let mut allowed = 0usize;
+    let stats = measure(n, |i| {
+        let d = g.decide(&proposals[i], &state, NOW);
+        allowed += usize::from(d.is_allow());
+        black_box(d);
+    });
+    // The path measured is the full allow path.
+    assert_eq!(
+        allowed,
+        proposals.len(),
+        "every measured decision must be an allow"
+    );
+    stats
 }
 
 /// Where the time of one starter decision goes (diagnostics, not a target).
-fn phases(g: &Governor, ps: &[Proposal], n: usize) {
+fn phases(g: &Governor, gen: &Gen, n: usize) {
+    let ps: Vec<Proposal> = (0..4096).map(gen).collect();
     use warden_core::state::{HoldScope, StateStore as _};
     let tool = g.manifest().tools.get("fs.read_file").unwrap();
     let s = measure(n, |i| {
         black_box(tool.validator.is_valid(&ps[i % ps.len()].arguments));
     });
-    println!("| phase: argument schema | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
+    println!(
+        "| phase: argument schema | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
     let s = measure(n, |i| {
         let p = &ps[i % ps.len()];
-        black_box(warden_policy::cedar::request(&p.agent, &p.tool, g.arg_type(&p.tool), &p.arguments, &p.session, 10).unwrap());
+        black_box(
+            g.cedar()
+                .request(
+                    &p.agent,
+                    &p.tool,
+                    g.arg_type(&p.tool),
+                    &p.arguments,
+                    &p.session,
+                    10,
+                )
+                .unwrap(),
+        );
     });
-    println!("| phase: cedar request | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
-    let reqs: Vec<_> = ps.iter().take(256).map(|p| warden_policy::cedar::request(&p.agent, &p.tool, g.arg_type(&p.tool), &p.arguments, &p.session, 10).unwrap()).collect();
+    println!(
+        "| phase: cedar request | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
+    let reqs: Vec<_> = ps
+        .iter()
+        .take(256)
+        .map(|p| {
+            g.cedar()
+                .request(
+                    &p.agent,
+                    &p.tool,
+                    g.arg_type(&p.tool),
+                    &p.arguments,
+                    &p.session,
+                    10,
+                )
+                .unwrap()
+        })
+        .collect();
     let s = measure(n, |i| {
         let p = &ps[i % 256];
         black_box(g.cedar().evaluate(&p.agent, &p.tool, &reqs[i % 256]));
     });
-    println!("| phase: cedar evaluate | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
+    println!(
+        "| phase: cedar evaluate | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
     let state = MemoryState::new();
     let s = measure(n, |i| {
         let p = &ps[i % ps.len()];
-        let scopes = [HoldScope::Global, HoldScope::Tenant("acme".into()), HoldScope::Agent(p.agent.clone()), HoldScope::Session(p.session.clone())];
+        let scopes = [
+            HoldScope::Global,
+            HoldScope::Tenant("acme".into()),
+            HoldScope::Agent(p.agent.clone()),
+            HoldScope::Session(p.session.clone()),
+        ];
         black_box(state.holds(&scopes).unwrap());
-        black_box(state.observe_call(&p.session, [i as u8; 32], NOW, 3600).unwrap());
+        black_box(
+            state
+                .observe_call(&p.session, [i as u8; 32], NOW, 3600)
+                .unwrap(),
+        );
     });
-    println!("| phase: holds + observe | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
+    println!(
+        "| phase: holds + observe | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
     let s = measure(n, |i| {
-        black_box(warden_core::canonical::json_digest(&ps[i % ps.len()].arguments));
+        black_box(warden_core::canonical::json_digest(
+            &ps[i % ps.len()].arguments,
+        ));
     });
-    println!("| phase: canonical + sha256 | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
+    println!(
+        "| phase: canonical + sha256 | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
 }
 
 fn main() {
-    let n: usize = std::env::var("WARDEN_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("WARDEN_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
     println!("decide benchmark, {n} samples per scenario, one thread");
     println!("| scenario | p50 µs | p99 µs | mean µs |");
     println!("|---|---|---|---|");
-    let row = |name: &str, s: &Stats| println!("| {name} | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean);
+    let row = |name: &str, s: &Stats| {
+        println!("| {name} | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean)
+    };
 
+    if std::env::var("WARDEN_BENCH_ONLY_FLEET").is_ok() {
+        let (g10k, ps10k) = fleet(10_000);
+        row("1,000 policies, 10,000 agents", &run(&g10k, &ps10k, n));
+        return;
+    }
     let (g, ps) = starter();
     let starter_stats = run(&g, &ps, n);
     row("starter manifest, 10 policies", &starter_stats);
@@ -238,11 +327,19 @@ fn main() {
 
     // Baseline: Cedar's is_authorized over all 1,000 policies, per call (request building
     // included, as in decide).
-    let reqs: Vec<_> = ps10k
-        .iter()
-        .take(1024)
+    let reqs: Vec<_> = (0..1024)
+        .map(&ps10k)
         .map(|p| {
-            warden_policy::cedar::request(&p.agent, &p.tool, g10k.arg_type(&p.tool), &p.arguments, &p.session, 10).unwrap()
+            g10k.cedar()
+                .request(
+                    &p.agent,
+                    &p.tool,
+                    g10k.arg_type(&p.tool),
+                    &p.arguments,
+                    &p.session,
+                    10,
+                )
+                .unwrap()
         })
         .collect();
     let cedar = g10k.cedar();
@@ -252,8 +349,20 @@ fn main() {
     row("baseline: cedar is_authorized, all 1,000 policies", &base);
 
     println!();
-    println!("ratio 10,000 agents / 10 agents (p50): {:.2}", big.p50 / small.p50);
-    println!("ratio 10,000 agents / 10 agents (mean): {:.2}", big.mean / small.mean);
-    println!("ratio decide (1,000 policies) / unindexed cedar (p50): {:.3}", big.p50 / base.p50);
-    println!("ratio decide (1,000 policies) / unindexed cedar (p99): {:.3}", big.p99 / base.p99);
+    println!(
+        "ratio 10,000 agents / 10 agents (p50): {:.2}",
+        big.p50 / small.p50
+    );
+    println!(
+        "ratio 10,000 agents / 10 agents (mean): {:.2}",
+        big.mean / small.mean
+    );
+    println!(
+        "ratio decide (1,000 policies) / unindexed cedar (p50): {:.3}",
+        big.p50 / base.p50
+    );
+    println!(
+        "ratio decide (1,000 policies) / unindexed cedar (p99): {:.3}",
+        big.p99 / base.p99
+    );
 }

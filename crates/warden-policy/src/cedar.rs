@@ -232,7 +232,7 @@ pub struct CedarIndex {
     /// Every entity (agents, tools, tenants, zones, tiers), built once.
     pub entities: Entities,
     /// For each tool: the policies that can apply to it, minus those pinned to one agent.
-    per_action: HashMap<String, PolicySet>,
+    per_action: HashMap<String, ActionPolicies>,
     /// For each agent with policies pinned to it (`principal == Agent::"x"`): those policies.
     per_agent: HashMap<String, PolicySet>,
     /// Effect of every policy, by id.
@@ -241,7 +241,50 @@ pub struct CedarIndex {
     pub all: PolicySet,
     /// How many policies.
     pub policy_count: usize,
+    /// `Agent::"<id>"` for every agent, built once (parsing a uid costs a Cedar parse).
+    agent_uids: HashMap<String, EntityUid>,
+    /// (`Action::"<tool>"`, `Tool::"<tool>"`) for every tool.
+    tool_uids: HashMap<String, (EntityUid, EntityUid)>,
     authorizer: Authorizer,
+}
+
+/// The policies indexed under one action.
+#[derive(Debug, Default)]
+struct ActionPolicies {
+    /// Every policy that can apply to the action (not pinned to one agent).
+    all: PolicySet,
+    /// Only the forbids among them.
+    forbids: PolicySet,
+    /// Permits among them that hold for every request to this action: no `when`/`unless`,
+    /// principal unconstrained or `is Agent`, resource unconstrained or `is Tool`.
+    unconditional_permits: Vec<String>,
+}
+
+/// Whether `p` is a permit that every request to an action it is indexed under satisfies.
+fn is_unconditional_permit(p: &Policy) -> bool {
+    if p.effect() != Effect::Permit {
+        return false;
+    }
+    let principal_ok = match p.principal_constraint() {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Is(t) => t.to_string() == "Agent",
+        _ => false,
+    };
+    let resource_ok = match p.resource_constraint() {
+        cedar_policy::ResourceConstraint::Any => true,
+        cedar_policy::ResourceConstraint::Is(t) => t.to_string() == "Tool",
+        _ => false,
+    };
+    let no_conditions = p
+        .to_json()
+        .ok()
+        .and_then(|v| {
+            v.get("conditions")
+                .and_then(Value::as_array)
+                .map(Vec::is_empty)
+        })
+        .unwrap_or(false);
+    principal_ok && resource_ok && no_conditions
 }
 
 /// What Cedar concluded for one request.
@@ -394,10 +437,10 @@ impl CedarIndex {
             let id = u.id().unescaped().to_string();
             tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
         };
-        let mut per_action: HashMap<String, PolicySet> = m
+        let mut per_action: HashMap<String, ActionPolicies> = m
             .tools
             .keys()
-            .map(|k| (k.clone(), PolicySet::new()))
+            .map(|k| (k.clone(), ActionPolicies::default()))
             .collect();
         let mut per_agent: HashMap<String, PolicySet> = HashMap::new();
         let mut effects = HashMap::new();
@@ -423,10 +466,18 @@ impl CedarIndex {
                     ActionConstraint::Eq(u) => expand(&u),
                     ActionConstraint::In(us) => us.iter().flat_map(expand).collect(),
                 };
+                let unconditional = is_unconditional_permit(p);
                 let mut r = Ok(());
                 for t in targets {
-                    if let Some(set) = per_action.get_mut(&t) {
-                        r = r.and(add(set, p));
+                    if let Some(entry) = per_action.get_mut(&t) {
+                        r = r.and(add(&mut entry.all, p));
+                        if p.effect() == Effect::Forbid {
+                            r = r.and(add(&mut entry.forbids, p));
+                        }
+                        let id = p.id().to_string();
+                        if unconditional && !entry.unconditional_permits.contains(&id) {
+                            entry.unconditional_permits.push(id);
+                        }
                     }
                 }
                 r
@@ -436,6 +487,26 @@ impl CedarIndex {
             }
         }
         let policy_count = all.policies().count();
+        let mut agent_uids = HashMap::with_capacity(m.agents.len());
+        for id in m.agents.keys() {
+            match uid("Agent", id) {
+                Ok(u) => {
+                    agent_uids.insert(id.clone(), u);
+                }
+                Err(e) => return Err(vec![diag(&m.file, None, "", format!("agent `{id}`: {e}"))]),
+            }
+        }
+        let mut tool_uids = HashMap::with_capacity(m.tools.len());
+        for name in m.tools.keys() {
+            match (uid("Action", name), uid("Tool", name)) {
+                (Ok(a), Ok(r)) => {
+                    tool_uids.insert(name.clone(), (a, r));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(vec![diag(&m.file, None, "", format!("tool `{name}`: {e}"))])
+                }
+            }
+        }
         Ok(Self {
             schema,
             entities,
@@ -444,6 +515,8 @@ impl CedarIndex {
             effects,
             all,
             policy_count,
+            agent_uids,
+            tool_uids,
             authorizer: Authorizer::new(),
         })
     }
@@ -454,7 +527,17 @@ impl CedarIndex {
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
         let mut errored = Vec::new();
-        let sets = [self.per_action.get(tool), self.per_agent.get(agent)];
+        // When a permit is known to hold for every request to this action, only the forbids
+        // can change the outcome: evaluate just those (the permit is reported as the reason).
+        let action_set = self.per_action.get(tool).map(|a| {
+            if a.unconditional_permits.is_empty() {
+                &a.all
+            } else {
+                permits.extend(a.unconditional_permits.iter().cloned());
+                &a.forbids
+            }
+        });
+        let sets = [action_set, self.per_agent.get(agent)];
         for set in sets.into_iter().flatten() {
             let response = self.authorizer.is_authorized(request, set, &self.entities);
             let ids = response.diagnostics().reason().map(ToString::to_string);
@@ -479,10 +562,57 @@ impl CedarIndex {
             CedarOutcome::ForbidErrored(errored)
         } else if !permits.is_empty() {
             permits.sort();
+            permits.dedup();
             CedarOutcome::Permit(permits)
         } else {
             CedarOutcome::NoPermit
         }
+    }
+
+    /// Builds the Cedar request for one call.
+    ///
+    /// # Errors
+    /// A message when the agent or tool is unknown or the arguments cannot be represented (the
+    /// caller denies).
+    pub fn request(
+        &self,
+        agent: &str,
+        tool: &str,
+        arg_type: Option<&ArgType>,
+        arguments: &Value,
+        session: &str,
+        hour: i64,
+    ) -> Result<Request, String> {
+        let principal = self
+            .agent_uids
+            .get(agent)
+            .ok_or_else(|| format!("unknown agent `{agent}`"))?;
+        let (action, resource) = self
+            .tool_uids
+            .get(tool)
+            .ok_or_else(|| format!("unknown tool `{tool}`"))?;
+        let args = match arg_type {
+            Some(t) => t.project(arguments, "")?,
+            None => RestrictedExpression::new_record(Vec::<(String, RestrictedExpression)>::new())
+                .map_err(|e| e.to_string())?,
+        };
+        let context = Context::from_pairs([
+            ("arguments".to_string(), args),
+            (
+                "session".to_string(),
+                RestrictedExpression::new_string(session.to_string()),
+            ),
+            ("hour".to_string(), RestrictedExpression::new_long(hour)),
+        ])
+        .map_err(|e| e.to_string())?;
+        Request::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Evaluates the whole policy set, unindexed (the benchmark baseline).
@@ -570,40 +700,4 @@ fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
         out.push(Entity::new(uid("Tool", &t.name)?, attrs, parents).map_err(|e| e.to_string())?);
     }
     Entities::from_entities(out, Some(schema)).map_err(|e| e.to_string())
-}
-
-/// Builds the Cedar request for one call.
-///
-/// # Errors
-/// A message when the arguments cannot be represented (the caller denies).
-pub fn request(
-    agent: &str,
-    tool: &str,
-    arg_type: Option<&ArgType>,
-    arguments: &Value,
-    session: &str,
-    hour: i64,
-) -> Result<Request, String> {
-    let args = match arg_type {
-        Some(t) => t.project(arguments, "")?,
-        None => RestrictedExpression::new_record(Vec::<(String, RestrictedExpression)>::new())
-            .map_err(|e| e.to_string())?,
-    };
-    let context = Context::from_pairs([
-        ("arguments".to_string(), args),
-        (
-            "session".to_string(),
-            RestrictedExpression::new_string(session.to_string()),
-        ),
-        ("hour".to_string(), RestrictedExpression::new_long(hour)),
-    ])
-    .map_err(|e| e.to_string())?;
-    Request::new(
-        uid("Agent", agent)?,
-        uid("Action", tool)?,
-        uid("Tool", tool)?,
-        context,
-        None,
-    )
-    .map_err(|e| e.to_string())
 }

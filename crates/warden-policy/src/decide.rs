@@ -1,6 +1,6 @@
 //! The Governor and its `decide`.
 
-use crate::cedar::{self, ArgType, CedarIndex, CedarOutcome, PolicySource};
+use crate::cedar::{ArgType, CedarIndex, CedarOutcome, PolicySource};
 use crate::manifest::{Approval, LoadError, Manifest, TrustMode};
 use crate::rate::Rate;
 use sha2::{Digest, Sha256};
@@ -44,11 +44,10 @@ pub struct Governor {
     cedar: CedarIndex,
 }
 
-/// One counter a decision charges, with the rule it enforces.
+/// The rule a charge enforces, for messages when it is exhausted.
 struct Planned {
-    charge: Charge,
-    rule: String,
-    what: String,
+    rule: ChargeRule,
+    rate: Rate,
 }
 
 impl Governor {
@@ -160,11 +159,15 @@ impl Governor {
         }
 
         // Holds: kill switch and quarantine deny; a paused session escalates (below).
+        // INVARIANT (session isolation): sessions are keyed by agent, so one agent can neither
+        // pause nor feed the loop detector of another agent's session of the same name. `/` is
+        // not allowed in agent ids, so the key is unambiguous.
+        let session_key = session_key(&agent.id, &p.session);
         let scopes = [
             HoldScope::Global,
             HoldScope::Tenant(agent.tenant.clone()),
             HoldScope::Agent(agent.id.clone()),
-            HoldScope::Session(p.session.clone()),
+            HoldScope::Session(session_key.clone()),
         ];
         let holds = match state.holds(&scopes) {
             Ok(h) => h,
@@ -269,7 +272,7 @@ impl Governor {
 
         // Cedar.
         let hour = now.rem_euclid(DAY) / 3600;
-        let request = match cedar::request(
+        let request = match self.cedar.request(
             &agent.id,
             &tool.name,
             self.arg_types.get(&tool.name),
@@ -342,7 +345,7 @@ impl Governor {
             h.finalize().into()
         };
         let repeats =
-            match state.observe_call(&p.session, fingerprint, now, m.breakers.session_ttl_secs) {
+            match state.observe_call(&session_key, fingerprint, now, m.breakers.session_ttl_secs) {
                 Ok(n) => n,
                 Err(e) => {
                     return deny(
@@ -358,7 +361,7 @@ impl Governor {
                 tool.name, p.session
             );
             let hold = warden_core::state::Hold {
-                scope: HoldScope::Session(p.session.clone()),
+                scope: HoldScope::Session(session_key.clone()),
                 kind: HoldKind::Pause,
                 reason: reason.clone(),
                 since: now,
@@ -465,18 +468,22 @@ impl Governor {
         }
 
         // Rate limits, budgets and system-level invariants: one atomic charge.
-        let planned = self.plan_charges(agent, tool, tier, now);
-        let charges: Vec<Charge> = planned.iter().map(|c| c.charge.clone()).collect();
+        let (charges, planned) = self.plan_charges(agent, tool, tier, now);
         match state.check_and_charge(&charges, now) {
             Ok(ChargeOutcome::Charged) => {}
             Ok(ChargeOutcome::Exceeded { index, current }) => {
-                let (rule, what) = planned.get(index).map_or(("budget.unknown", ""), |c| {
-                    (c.rule.as_str(), c.what.as_str())
-                });
-                let limit = planned.get(index).map_or(0, |c| c.charge.limit);
+                let (Some(c), Some(p)) = (charges.get(index), planned.get(index)) else {
+                    return deny(
+                        d,
+                        "state.unavailable",
+                        "state store named an unknown counter".into(),
+                    );
+                };
+                let (rule, what) = self.describe(p, agent, tier);
+                let limit = c.limit;
                 return deny(
                     d,
-                    rule,
+                    &rule,
                     format!("{what} exhausted ({current} of {limit} used)"),
                 );
             }
@@ -506,90 +513,154 @@ impl Governor {
         tool: &crate::manifest::Tool,
         tier: &crate::manifest::Tier,
         now: UnixSeconds,
-    ) -> Vec<Planned> {
+    ) -> (Vec<Charge>, Vec<Planned>) {
         let m = &self.manifest;
+        let mut charges = Vec::with_capacity(8);
         let mut out = Vec::with_capacity(8);
-        let mut push =
-            |scope: String, rate: Option<Rate>, amount: u64, rule: String, what: String| {
-                let Some(rate) = rate else { return };
-                if amount == 0 {
-                    return;
-                }
-                let window = now.div_euclid(rate.window_secs);
-                let mut key = scope;
-                let _ = write!(key, ":{}:{window}", rate.window_secs);
-                out.push(Planned {
-                    charge: Charge {
-                        key,
-                        amount,
-                        limit: rate.limit,
-                        expires_at: window.saturating_add(1).saturating_mul(rate.window_secs),
-                    },
-                    rule,
-                    what: format!("{what} ({rate})"),
-                });
-            };
+        let mut push = |parts: &[&str], rate: Option<Rate>, amount: u64, rule: ChargeRule| {
+            let Some(rate) = rate else { return };
+            if amount == 0 {
+                return;
+            }
+            let window = now.div_euclid(rate.window_secs);
+            // INVARIANT (distinct counters): parts are joined with `/`, which no manifest id may
+            // contain, so two different counters never share a key.
+            let mut key = String::with_capacity(64);
+            for part in parts {
+                key.push_str(part);
+                key.push('/');
+            }
+            push_int(&mut key, rate.window_secs);
+            key.push('/');
+            push_int(&mut key, window);
+            charges.push(Charge {
+                key,
+                amount,
+                limit: rate.limit,
+                expires_at: window.saturating_add(1).saturating_mul(rate.window_secs),
+            });
+            out.push(Planned { rule, rate });
+        };
         push(
-            format!("rate:{}:{}", tier.name, agent.id),
+            &["rate", &tier.name, &agent.id],
             tier.rate,
             1,
-            format!("rate.tier.{}", tier.name),
-            format!("`{}`-tier rate limit of agent `{}`", tier.name, agent.id),
+            ChargeRule::TierRate,
         );
-        let budgets = [
-            ("agent", &agent.id, &m.agent_budget),
-            ("tenant", &agent.tenant, &m.tenant_budget),
-        ];
-        for (level, id, b) in budgets {
-            push(
-                format!("budget:{level}:{id}:calls"),
-                b.calls,
-                1,
-                format!("budget.{level}.calls"),
-                format!("call budget of {level} `{id}`"),
-            );
-            push(
-                format!("budget:{level}:{id}:cost"),
-                b.cost,
-                tool.cost,
-                format!("budget.{level}.cost"),
-                format!("cost budget of {level} `{id}`"),
-            );
-        }
+        let b = &m.agent_budget;
         push(
-            "budget:global:calls".into(),
-            m.global_budget.calls,
+            &["agent", &agent.id, "calls"],
+            b.calls,
             1,
-            "budget.global.calls".into(),
-            "global call budget".into(),
+            ChargeRule::AgentCalls,
         );
         push(
-            "budget:global:cost".into(),
-            m.global_budget.cost,
+            &["agent", &agent.id, "cost"],
+            b.cost,
             tool.cost,
-            "budget.global.cost".into(),
-            "global cost budget".into(),
+            ChargeRule::AgentCost,
         );
-        for inv in &m.invariants {
+        let b = &m.tenant_budget;
+        push(
+            &["tenant", &agent.tenant, "calls"],
+            b.calls,
+            1,
+            ChargeRule::TenantCalls,
+        );
+        push(
+            &["tenant", &agent.tenant, "cost"],
+            b.cost,
+            tool.cost,
+            ChargeRule::TenantCost,
+        );
+        let b = &m.global_budget;
+        push(&["global", "calls"], b.calls, 1, ChargeRule::GlobalCalls);
+        push(
+            &["global", "cost"],
+            b.cost,
+            tool.cost,
+            ChargeRule::GlobalCost,
+        );
+        for (i, inv) in m.invariants.iter().enumerate() {
             if inv.tools.contains(&tool.name) {
                 push(
-                    format!("invariant:{}:calls", inv.name),
+                    &["invariant", &inv.name, "calls"],
                     inv.calls,
                     1,
-                    format!("invariant:{}", inv.name),
-                    format!("system invariant `{}` (calls)", inv.name),
+                    ChargeRule::Invariant(i),
                 );
                 push(
-                    format!("invariant:{}:cost", inv.name),
+                    &["invariant", &inv.name, "cost"],
                     inv.cost,
                     tool.cost,
-                    format!("invariant:{}", inv.name),
-                    format!("system invariant `{}` (cost)", inv.name),
+                    ChargeRule::Invariant(i),
                 );
             }
         }
-        out
+        (charges, out)
     }
+
+    /// The rule id and a description of an exhausted counter.
+    fn describe(
+        &self,
+        c: &Planned,
+        agent: &crate::manifest::Agent,
+        tier: &crate::manifest::Tier,
+    ) -> (String, String) {
+        let (rule, what) = match c.rule {
+            ChargeRule::TierRate => (
+                format!("rate.tier.{}", tier.name),
+                format!("`{}`-tier rate limit of agent `{}`", tier.name, agent.id),
+            ),
+            ChargeRule::AgentCalls => (
+                "budget.agent.calls".into(),
+                format!("call budget of agent `{}`", agent.id),
+            ),
+            ChargeRule::AgentCost => (
+                "budget.agent.cost".into(),
+                format!("cost budget of agent `{}`", agent.id),
+            ),
+            ChargeRule::TenantCalls => (
+                "budget.tenant.calls".into(),
+                format!("call budget of tenant `{}`", agent.tenant),
+            ),
+            ChargeRule::TenantCost => (
+                "budget.tenant.cost".into(),
+                format!("cost budget of tenant `{}`", agent.tenant),
+            ),
+            ChargeRule::GlobalCalls => ("budget.global.calls".into(), "global call budget".into()),
+            ChargeRule::GlobalCost => ("budget.global.cost".into(), "global cost budget".into()),
+            ChargeRule::Invariant(i) => {
+                let name = self
+                    .manifest
+                    .invariants
+                    .get(i)
+                    .map_or("?", |v| v.name.as_str());
+                (
+                    format!("invariant:{name}"),
+                    format!("system invariant `{name}`"),
+                )
+            }
+        };
+        (rule, format!("{what} ({})", c.rate))
+    }
+}
+
+/// Which limit a planned charge enforces.
+#[derive(Debug, Clone, Copy)]
+enum ChargeRule {
+    TierRate,
+    AgentCalls,
+    AgentCost,
+    TenantCalls,
+    TenantCost,
+    GlobalCalls,
+    GlobalCost,
+    Invariant(usize),
+}
+
+fn push_int(out: &mut String, v: i64) {
+    let _ = write!(out, "{v}");
 }
 
 /// The decision when no Governor could be loaded: deny, saying why (INV-003).
@@ -611,6 +682,16 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         arguments_hash: warden_core::canonical::json_digest(&p.arguments),
         decided_at: now,
     }
+}
+
+/// The state-store key of an agent's session: `<agent>/<session>`.
+#[must_use]
+pub fn session_key(agent: &str, session: &str) -> String {
+    let mut k = String::with_capacity(agent.len() + session.len() + 1);
+    k.push_str(agent);
+    k.push('/');
+    k.push_str(session);
+    k
 }
 
 fn quote_list(ids: &[String]) -> String {

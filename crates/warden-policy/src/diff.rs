@@ -354,7 +354,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
             )),
             Some(o) if o.calls != inv.calls || o.cost != inv.cost || o.tools != inv.tools => out
                 .push(change(
-                    Impact::Changed,
+                    invariant_impact(o, inv),
                     format!("invariants[{}]", inv.name),
                     format!(
                         "calls {} -> {}, cost {} -> {}",
@@ -367,14 +367,42 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
             Some(_) => {}
         }
     }
-    if old.breakers != new.breakers {
-        let looser = new.breakers.repeat_pattern > old.breakers.repeat_pattern
-            || new.breakers.consecutive_failures > old.breakers.consecutive_failures;
-        out.push(change(
-            rank(looser, !looser),
-            "breakers",
-            format!("{:?} -> {:?}", old.breakers, new.breakers),
-        ));
+    let (ob, nb) = (&old.breakers, &new.breakers);
+    for (key, before, after, looser_when_higher) in [
+        (
+            "repeat_pattern",
+            i64::from(ob.repeat_pattern),
+            i64::from(nb.repeat_pattern),
+            true,
+        ),
+        (
+            "consecutive_failures",
+            i64::from(ob.consecutive_failures),
+            i64::from(nb.consecutive_failures),
+            true,
+        ),
+        // A shorter cooldown reopens a tripped breaker sooner; a shorter session history
+        // forgets repeats sooner: both loosen.
+        ("cooldown", ob.cooldown_secs, nb.cooldown_secs, false),
+        (
+            "session_ttl",
+            ob.session_ttl_secs,
+            nb.session_ttl_secs,
+            false,
+        ),
+    ] {
+        if before != after {
+            let looser = if looser_when_higher {
+                after > before
+            } else {
+                after < before
+            };
+            out.push(change(
+                rank(looser, !looser),
+                format!("breakers.{key}"),
+                format!("{before} -> {after}"),
+            ));
+        }
     }
     if old.policies != new.policies {
         out.push(change(
@@ -384,6 +412,24 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         ));
     }
     out
+}
+
+/// A cap raised or dropped, or fewer tools counted, loosens; the reverse tightens.
+fn invariant_impact(old: &crate::manifest::Invariant, new: &crate::manifest::Invariant) -> Impact {
+    let cap = |a: Option<crate::rate::Rate>, b: Option<crate::rate::Rate>| match (a, b) {
+        (Some(x), Some(y)) => (
+            y.per_second() > x.per_second(),
+            y.per_second() < x.per_second(),
+        ),
+        (Some(_), None) => (true, false),
+        (None, Some(_)) => (false, true),
+        (None, None) => (false, false),
+    };
+    let (l1, t1) = cap(old.calls, new.calls);
+    let (l2, t2) = cap(old.cost, new.cost);
+    let l3 = !new.tools.is_superset(&old.tools);
+    let t3 = !old.tools.is_superset(&new.tools);
+    rank(l1 || l2 || l3, t1 || t2 || t3)
 }
 
 fn show(r: Option<crate::rate::Rate>) -> String {

@@ -754,7 +754,7 @@ fn validate_tool(
         c.err(
             format!("{path}.name"),
             format!(
-                "tool name `{}` must be 1-128 characters of letters, digits, `.`, `_`, `-` or `:`",
+                "tool name `{}` must be 1-128 characters of letters, digits, `.`, `_`, `-` or `:`, not starting with `tier:`",
                 t.name
             ),
         );
@@ -779,6 +779,13 @@ fn validate_tool(
         ok = false;
     }
     let zone_set = if t.zones.iter().any(|z| z == "*") {
+        if t.zones.len() > 1 {
+            c.err(
+                format!("{path}.zones"),
+                "`\"*\"` already means every zone; list it alone",
+            );
+            ok = false;
+        }
         None
     } else {
         for (j, z) in t.zones.iter().enumerate() {
@@ -794,6 +801,14 @@ fn validate_tool(
     };
     let tenant_set = match &t.tenants {
         None => None,
+        Some(list) if list.is_empty() => {
+            c.err(
+                format!("{path}.tenants"),
+                "an empty list makes the tool unusable; omit `tenants` to allow every tenant",
+            );
+            ok = false;
+            None
+        }
         Some(list) => {
             for (j, tn) in list.iter().enumerate() {
                 if !tenants.contains(tn) {
@@ -855,12 +870,16 @@ fn validate_tool(
     }
     for (j, h) in t.egress.iter().enumerate() {
         let host = h.strip_prefix("*.").unwrap_or(h);
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host.split(':').next().is_some_and(|n| {
-                n.chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
-            });
+        let (name, port) = match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+            && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
         if !valid {
             c.err(
                 format!("{path}.egress[{j}]"),
@@ -892,7 +911,10 @@ fn validate_tool(
 }
 
 fn valid_tool_name(s: &str) -> bool {
-    !s.is_empty()
+    // INVARIANT (no action aliasing): `tier:` names Cedar's tier action groups; a tool of that
+    // name would be confused with a group in the policy index.
+    !s.starts_with("tier:")
+        && !s.is_empty()
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))

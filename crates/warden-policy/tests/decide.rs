@@ -667,7 +667,7 @@ fn the_third_identical_call_pauses_the_session() {
         .is_allow());
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
     // Resumed by a human: calls flow again.
-    s.clear_hold(&HoldScope::Session("loop".into()), HoldKind::Pause)
+    s.clear_hold(&HoldScope::Session("coder-1/loop".into()), HoldKind::Pause)
         .unwrap();
     assert!(g
         .decide(
@@ -676,6 +676,22 @@ fn the_third_identical_call_pauses_the_session() {
             DAY_TIME + 4
         )
         .is_allow());
+}
+
+#[test]
+fn sessions_are_per_agent() {
+    let g = starter();
+    let s = MemoryState::new();
+    let p = proposal("ops-1", "shared", "fs.read_file", read("/same"));
+    for _ in 0..3 {
+        let _ = g.decide(&p, &s, DAY_TIME);
+    }
+    assert_eq!(g.decide(&p, &s, DAY_TIME).rules[0], "session.paused");
+    // Another agent using the same session name is neither paused nor counted.
+    let q = proposal("coder-1", "shared", "fs.read_file", read("/same"));
+    let d = g.decide(&q, &s, DAY_TIME);
+    assert!(d.is_allow(), "{d:?}");
+    assert!(g.decide(&q, &s, DAY_TIME).is_allow());
 }
 
 #[test]
@@ -872,5 +888,46 @@ proptest! {
         let d = g.decide(&proposal(agent, "s", "fs.read_file", read(&path)), &MemoryState::new(), now);
         prop_assert_eq!(d.decision, Verdict::Deny);
         prop_assert_eq!(d.rules, vec!["policy:forbid-reads".to_string()]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Skipping the evaluation of unconditional permits (an optimisation of the index) never
+    /// changes a verdict: the same policies with `when { true }` on the permit, which forces the
+    /// full evaluation, decide the same.
+    #[test]
+    fn unconditional_permit_shortcut_changes_no_verdict(
+        agent in prop::sample::select(vec!["coder-1", "ops-1", "nobody"]),
+        tool in prop::sample::select(vec!["fs.read_file", "github.create_issue", "deploy.staging", "db.drop_table"]),
+        repo in prop::sample::select(vec!["acme/app", "evil/app"]),
+        db in prop::sample::select(vec!["audit", "app"]),
+        hour in 0i64..24,
+    ) {
+        let args = match tool {
+            "fs.read_file" => read("/x"),
+            "github.create_issue" => json!({"repo": repo, "title": "t"}),
+            "deploy.staging" => json!({"service": "s", "version": "1"}),
+            _ => json!({"database": db, "table": "t"}),
+        };
+        let p = proposal(agent, "s", tool, args);
+        let fast = starter();
+        let slow_policies: Vec<PolicySource> = starter_policies()
+            .into_iter()
+            .map(|mut s| {
+                s.text = s.text.replace(
+                    "permit (principal is Agent, action, resource is Tool);",
+                    "permit (principal is Agent, action, resource is Tool) when { true };",
+                );
+                s
+            })
+            .collect();
+        let slow = governor_from(&starter_text(), &slow_policies);
+        let now = DAY_TIME - 10 * 3600 + hour * 3600;
+        let a = fast.decide(&p, &MemoryState::new(), now);
+        let b = slow.decide(&p, &MemoryState::new(), now);
+        prop_assert_eq!(a.decision, b.decision);
+        prop_assert_eq!(a.rules, b.rules);
     }
 }

@@ -46,7 +46,9 @@ pub(crate) enum Op {
 pub(crate) struct Engine {
     counters: HashMap<String, Counter>,
     sessions: HashMap<String, SessionHistory>,
-    holds: BTreeMap<(HoldScope, HoldKind), Hold>,
+    // INVARIANT (O(1) hold lookup): holds are indexed by scope, so a decision's lookup costs
+    // the same whatever the number of paused sessions or quarantined agents.
+    holds: HashMap<HoldScope, BTreeMap<HoldKind, Hold>>,
     ops_since_sweep: u32,
 }
 
@@ -139,10 +141,18 @@ impl Engine {
                 self.sessions.insert(session, history);
             }
             Op::SetHold { hold } => {
-                self.holds.insert((hold.scope.clone(), hold.kind), hold);
+                self.holds
+                    .entry(hold.scope.clone())
+                    .or_default()
+                    .insert(hold.kind, hold);
             }
             Op::ClearHold { scope, kind } => {
-                self.holds.remove(&(scope, kind));
+                if let Some(kinds) = self.holds.get_mut(&scope) {
+                    kinds.remove(&kind);
+                    if kinds.is_empty() {
+                        self.holds.remove(&scope);
+                    }
+                }
             }
         }
         self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
@@ -159,19 +169,25 @@ impl Engine {
     }
 
     pub fn has_hold(&self, scope: &HoldScope, kind: HoldKind) -> bool {
-        self.holds.contains_key(&(scope.clone(), kind))
+        self.holds.get(scope).is_some_and(|k| k.contains_key(&kind))
     }
 
     pub fn holds_for(&self, scopes: &[HoldScope]) -> Vec<Hold> {
-        self.holds
-            .values()
-            .filter(|h| scopes.contains(&h.scope))
-            .cloned()
+        scopes
+            .iter()
+            .filter_map(|scope| self.holds.get(scope))
+            .flat_map(|kinds| kinds.values().cloned())
             .collect()
     }
 
     pub fn all_holds(&self) -> Vec<Hold> {
-        self.holds.values().cloned().collect()
+        let mut all: Vec<Hold> = self
+            .holds
+            .values()
+            .flat_map(|kinds| kinds.values().cloned())
+            .collect();
+        all.sort_by(|a, b| (&a.scope, a.kind).cmp(&(&b.scope, b.kind)));
+        all
     }
 
     /// The smallest sequence of ops that rebuilds this engine (for journal compaction).
@@ -201,8 +217,8 @@ impl Engine {
                 });
             }
         }
-        for hold in self.holds.values() {
-            ops.push(Op::SetHold { hold: hold.clone() });
+        for hold in self.all_holds() {
+            ops.push(Op::SetHold { hold });
         }
         ops
     }

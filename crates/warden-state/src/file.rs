@@ -59,6 +59,12 @@ struct Inner {
     engine: Engine,
     journal: File,
     journal_bytes: u64,
+    /// Journal size at which the next compaction is attempted.
+    compact_at: u64,
+    // INVARIANT (fail-closed): once set, the journal's state is unknown (a failed sync, or a
+    // partial write that could not be cut back), and every operation errors until the store
+    // is reopened, which replays what actually reached the disk.
+    failed: Option<String>,
 }
 
 /// The embedded store. See the module documentation for its durability guarantees.
@@ -93,10 +99,21 @@ impl FileState {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        // A child process forked by another thread holds a copy of the lock until it execs;
+        // retry briefly before concluding that another process owns the directory.
+        let mut attempts = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(OpenError::Locked(dir.to_path_buf()))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+            }
         }
         let journal_path = dir.join("state.journal");
         let mut engine = Engine::default();
@@ -111,6 +128,8 @@ impl FileState {
                 engine,
                 journal,
                 journal_bytes,
+                compact_at: COMPACT_AT_BYTES.max(journal_bytes.saturating_mul(2)),
+                failed: None,
             }),
             _lock: lock,
         })
@@ -137,27 +156,49 @@ impl FileState {
         now: UnixSeconds,
         sync: bool,
     ) -> Result<(), StateError> {
+        if let Some(why) = &inner.failed {
+            return Err(StateError::Unavailable(format!(
+                "state journal failed earlier ({why}); reopen the store"
+            )));
+        }
         let line = encode_line(&op)?;
         // INVARIANT (write-ahead): the journal write happens first; if it fails, memory is
         // unchanged and the caller gets an error (and denies).
-        inner
-            .journal
-            .write_all(line.as_bytes())
-            .map_err(|e| StateError::Unavailable(format!("cannot append to state journal: {e}")))?;
-        if sync {
-            inner
-                .journal
-                .sync_data()
-                .map_err(|e| StateError::Unavailable(format!("cannot sync state journal: {e}")))?;
+        if let Err(e) = inner.journal.write_all(line.as_bytes()) {
+            // Cut any partial line so that the journal stays replayable; if even that fails,
+            // stop using the journal.
+            if let Err(cut) = inner.journal.set_len(inner.journal_bytes) {
+                inner.failed = Some(format!(
+                    "append failed ({e}) and could not be cut back ({cut})"
+                ));
+            }
+            return Err(StateError::Unavailable(format!(
+                "cannot append to state journal: {e}"
+            )));
         }
         inner.journal_bytes = inner.journal_bytes.saturating_add(line.len() as u64);
+        if sync {
+            if let Err(e) = inner.journal.sync_data() {
+                // The change may or may not be on disk: memory can no longer be trusted to
+                // match the journal.
+                inner.failed = Some(format!("sync failed: {e}"));
+                return Err(StateError::Unavailable(format!(
+                    "cannot sync state journal: {e}"
+                )));
+            }
+        }
         inner.engine.apply(op, now);
-        if inner.journal_bytes > COMPACT_AT_BYTES {
-            let (journal, bytes) = compact(&self.dir, &inner.engine, now).map_err(|e| {
-                StateError::Unavailable(format!("cannot compact state journal: {e}"))
-            })?;
-            inner.journal = journal;
-            inner.journal_bytes = bytes;
+        if inner.journal_bytes > inner.compact_at {
+            // Compaction is an optimisation: the appended journal is already complete, so a
+            // failure here is not the caller's failure. Try again when the journal has doubled.
+            match compact(&self.dir, &inner.engine, now) {
+                Ok((journal, bytes)) => {
+                    inner.journal = journal;
+                    inner.journal_bytes = bytes;
+                    inner.compact_at = COMPACT_AT_BYTES.max(bytes.saturating_mul(2));
+                }
+                Err(_) => inner.compact_at = inner.journal_bytes.saturating_mul(2),
+            }
         }
         Ok(())
     }

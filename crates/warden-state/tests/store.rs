@@ -269,3 +269,95 @@ fn file_store_is_exclusive() {
         other => panic!("expected a lock error, got {other:?}"),
     }
 }
+
+/// Mounts a tiny tmpfs (needs root); `None`, with a printed notice, where that is not allowed.
+struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        if status.success() {
+            Some(Self { dir })
+        } else {
+            eprintln!("notice: cannot mount a tmpfs here (not root?); skipping the disk-full test");
+            None
+        }
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn file_store_fails_closed_on_a_full_disk_and_loses_nothing_acknowledged() {
+    let Some(fs) = TinyFs::mount(64 * 1024) else {
+        return;
+    };
+    let root = fs.dir.path();
+    let state_dir = root.join("state");
+    let store = FileState::open(&state_dir, 0).unwrap();
+    // Fill the rest of the filesystem.
+    let filler = vec![0u8; 4096];
+    let mut f = std::fs::File::create(root.join("filler")).unwrap();
+    use std::io::Write as _;
+    while f.write_all(&filler).is_ok() {}
+    drop(f);
+    let mut acknowledged = 0u64;
+    let mut refused = false;
+    for i in 0..10_000u64 {
+        let key = format!("counter-{i}");
+        match store.check_and_charge(&[charge(&key, 1, 10, 1000)], 0) {
+            Ok(ChargeOutcome::Charged) => acknowledged += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("cannot append to state journal"),
+                    "{e}"
+                );
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "a full disk must refuse the change");
+    // Holds cannot be set either: the caller is told, not silently ignored.
+    assert!(store
+        .set_hold(Hold {
+            scope: HoldScope::Global,
+            kind: HoldKind::Kill,
+            reason: "x".into(),
+            since: 0
+        })
+        .is_err());
+    drop(store);
+    // Free space: the journal reopens (no torn fragment left behind) with every acknowledged
+    // change present.
+    std::fs::remove_file(root.join("filler")).unwrap();
+    let store = FileState::open(&state_dir, 1).unwrap();
+    for i in 0..acknowledged {
+        let key = format!("counter-{i}");
+        assert_eq!(
+            store
+                .check_and_charge(&[charge(&key, 10, 10, 1000)], 1)
+                .unwrap(),
+            ChargeOutcome::Exceeded {
+                index: 0,
+                current: 1
+            },
+            "counter {i} lost"
+        );
+    }
+}

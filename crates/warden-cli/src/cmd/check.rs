@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .map(ToString::to_string)
                 .unwrap_or_default();
             let d = warden_policy::deny_unloaded(&proposal, &first, now);
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            out!("{}", serde_json::to_string_pretty(&d)?);
             return Ok(ExitCode::from(super::EXIT_INPUT));
         }
     };
@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => Arc::new(warden_state::MemoryState::new()),
     };
     let d = governor.decide(&proposal, state.as_ref(), now);
-    println!("{}", serde_json::to_string_pretty(&d)?);
+    out!("{}", serde_json::to_string_pretty(&d)?);
     Ok(ExitCode::from(match d.decision {
         Verdict::Allow => 0,
         Verdict::Deny => 1,

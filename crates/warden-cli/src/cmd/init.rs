@@ -12,7 +12,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let path = warden_gateway::starter::write(&a.dir).map_err(anyhow::Error::msg)?;
-    println!("wrote {}", path.display());
-    println!("next: warden manifest validate {}", path.display());
+    out!("wrote {}", path.display());
+    out!("next: warden manifest validate {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

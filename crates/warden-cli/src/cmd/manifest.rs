@@ -35,7 +35,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
             Ok(g) => {
                 let m = g.manifest();
-                println!(
+                out!(
                     "ok: {} (version {}, {} tiers, {} agents, {} tools, {} policies, {})",
                     file.display(),
                     m.version,
@@ -55,7 +55,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Hash { file } => match warden_gateway::bundle::hash_bundle(&file) {
             Ok(h) => {
-                println!("{h}");
+                out!("{h}");
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -71,19 +71,16 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(super::EXIT_INPUT));
             };
             let changes = warden_policy::diff::diff(&a, &b);
-            let (ha, hb) = (
-                warden_gateway::bundle::hash_bundle(&old).unwrap_or_default(),
-                warden_gateway::bundle::hash_bundle(&new).unwrap_or_default(),
-            );
+            let (ha, hb) = (hash_or_reason(&old), hash_or_reason(&new));
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "old_hash": ha, "new_hash": hb, "changes": changes,
                     }))?
                 );
             } else {
-                println!("bundle {ha} -> {hb}");
+                out!("bundle {ha} -> {hb}");
                 let loosened = changes
                     .iter()
                     .filter(|c| c.impact == Impact::Loosened)
@@ -94,20 +91,31 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                         Impact::Tightened => "  tightened",
                         Impact::Changed => "  changed  ",
                     };
-                    println!("{mark} {}: {}", c.path, c.message);
+                    out!("{mark} {}: {}", c.path, c.message);
                 }
                 if loosened > 0 {
-                    println!("{loosened} change(s) loosen what agents may do: review them before deploying");
+                    out!("{loosened} change(s) loosen what agents may do: review them before deploying");
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&warden_policy::raw::manifest_json_schema())?
             );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn hash_or_reason(path: &std::path::Path) -> String {
+    warden_gateway::bundle::hash_bundle(path).unwrap_or_else(|e| {
+        let first = e
+            .diagnostics
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        format!("(no bundle hash: {first})")
+    })
 }

@@ -1,5 +1,13 @@
 //! Subcommands.
 
+/// `println!` that does not panic when stdout is closed early (`warden check ... | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod check;
 mod init;
 mod manifest;

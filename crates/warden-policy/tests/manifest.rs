@@ -1,0 +1,163 @@
+//! Manifest validation: every problem reported, each with file, line and key path.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use warden_policy::parse_manifest;
+
+fn starter() -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/starter/manifest.yaml");
+    std::fs::read_to_string(p).unwrap()
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse_manifest("m.yaml", text)
+        .unwrap_err()
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn the_starter_is_valid() {
+    let m = parse_manifest("m.yaml", &starter()).unwrap();
+    assert_eq!(m.version, 1);
+    assert_eq!(m.tools.len(), 4);
+    assert_eq!(m.agents.len(), 2);
+}
+
+#[test]
+fn tool_names_cannot_alias_tier_groups() {
+    let text = starter().replace("name: fs.read_file", "name: \"tier:low\"");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(&format!(
+            "m.yaml:{}: tools[0].name",
+            line_of(&text, "tier:low\"")
+        )),
+        "{e:?}"
+    );
+    assert!(e[0].contains("not starting with `tier:`"), "{e:?}");
+}
+
+#[test]
+fn zone_and_tenant_lists_are_checked() {
+    let text = starter().replace("zones: [dev]\n", "zones: [\"*\", moon]\n");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("tools[1].zones: `\"*\"` already means every zone")),
+        "{e:?}"
+    );
+    let text = starter().replace("    zones: [dev]\n", "    zones: [dev]\n    tenants: []\n");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("tools[1].tenants: an empty list makes the tool unusable")),
+        "{e:?}"
+    );
+    let text = starter().replace(
+        "    zones: [dev]\n",
+        "    zones: [dev]\n    tenants: [globex]\n",
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("tools[1].tenants[0]: unknown tenant `globex` (known: `acme`)")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = starter()
+        .replace("version: 1", "version: 0")
+        .replace("secrets: [GITHUB_TOKEN]", "secrets: [ghp_secret_value]")
+        .replace(
+            "egress: [api.github.com]",
+            "egress: [\"https://api.github.com/x\"]",
+        )
+        .replace("repeat_pattern: 3", "repeat_pattern: 1")
+        .replace("cooldown: 5m", "cooldown: soon")
+        .replace(
+            "{ name: critical-actions, tiers: [critical], calls: 5/h }",
+            "{ name: critical-actions, tiers: [critcal] }",
+        )
+        .replace(
+            "with_approval: [medium, high, critical] }",
+            "with_approval: [low] }",
+        );
+    let e = errors(&text);
+    let expect = [
+        ("version: 0", "version: must be 1 or more"),
+        (
+            "ghp_secret_value",
+            "tools[1].secrets[0]: secret name `ghp_secret_value` must be UPPER_SNAKE_CASE",
+        ),
+        (
+            "https://api.github.com/x",
+            "tools[1].egress[0]: `https://api.github.com/x` is not a host name",
+        ),
+        (
+            "repeat_pattern: 1",
+            "breakers.repeat_pattern: must be 2 or more",
+        ),
+        ("cooldown: soon", "breakers.cooldown:"),
+        (
+            "tiers: [critcal]",
+            "invariants[0].tiers[0]: unknown tier `critcal`",
+        ),
+        ("tiers: [critcal]", "invariants[0]: give a cap"),
+        (
+            "with_approval: [low]",
+            "trust.junior.with_approval[0]: tier `low` is listed twice",
+        ),
+    ];
+    for (needle, message) in expect {
+        let want = format!("m.yaml:{}: {message}", line_of(&text, needle));
+        assert!(
+            e.iter().any(|x| x.starts_with(&want)),
+            "missing `{want}` in {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+}
+
+#[test]
+fn argument_schemas_must_compile_and_be_objects() {
+    let text = starter().replace(
+        "        path: { type: string, maxLength: 4096 }",
+        "        path: { type: strang }",
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|x| x.contains("tools[0].arguments: not a usable JSON Schema")),
+        "{e:?}"
+    );
+    let text = starter().replacen("      type: object\n", "      type: array\n", 1);
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|x| x
+            .contains("tools[0].arguments: the argument schema's root must have `type: object`")),
+        "{e:?}"
+    );
+    // A remote `$ref` is never fetched: it does not load.
+    let text = starter().replace(
+        "        path: { type: string, maxLength: 4096 }",
+        "        path: { $ref: \"https://example.com/schema.json\" }",
+    );
+    assert!(parse_manifest("m.yaml", &text).is_err());
+}
