@@ -22,6 +22,10 @@ use cedar_policy::{
 };
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+/// Most cached results of context-free policy parts; past it, they are evaluated every time.
+const STATIC_CACHE_ENTRIES: usize = 1 << 20;
 use std::str::FromStr as _;
 
 /// A Cedar policy file's name and text.
@@ -243,21 +247,160 @@ pub struct CedarIndex {
     pub policy_count: usize,
     /// `Agent::"<id>"` for every agent, built once (parsing a uid costs a Cedar parse).
     agent_uids: HashMap<String, EntityUid>,
+    /// For every agent: its index, and the index of its class (tenant, zone, trust).
+    agent_class: HashMap<String, (u32, u32)>,
+    /// Results of context-free policy parts, by (tool index, class or agent index, by agent).
+    // INVARIANT (static cache soundness): only policies whose outcome depends on nothing but
+    // the tool and the agent's class (or the agent itself, for `by_agent`) are cached, and the
+    // cache lives and dies with this index, i.e. with one manifest version.
+    static_cache: RwLock<HashMap<(u32, u32, bool), Arc<Part>>>,
     /// (`Action::"<tool>"`, `Tool::"<tool>"`) for every tool.
     tool_uids: HashMap<String, (EntityUid, EntityUid)>,
     authorizer: Authorizer,
 }
 
-/// The policies indexed under one action.
+/// The policies indexed under one action, split by what their outcome depends on.
 #[derive(Debug, Default)]
 struct ActionPolicies {
-    /// Every policy that can apply to the action (not pinned to one agent).
-    all: PolicySet,
-    /// Only the forbids among them.
-    forbids: PolicySet,
-    /// Permits among them that hold for every request to this action: no `when`/`unless`,
-    /// principal unconstrained or `is Agent`, resource unconstrained or `is Tool`.
+    /// Index of the tool (cache key).
+    idx: u32,
+    /// Policies that read `context` (or that the analysis cannot classify): evaluated on every
+    /// call.
+    dynamic: PolicySet,
+    /// Only the forbids among `dynamic`.
+    dynamic_forbids: PolicySet,
+    /// Context-free policies that see only the agent's tenant, zone and trust: evaluated once
+    /// per (tool, class) and cached.
+    by_class: PolicySet,
+    /// Context-free policies that see the agent's identity (id, owner): cached per (tool,
+    /// agent).
+    by_agent: PolicySet,
+    /// Permits that hold for every request to this action: no `when`/`unless`, principal
+    /// unconstrained or `is Agent`, resource unconstrained or `is Tool`.
     unconditional_permits: Vec<String>,
+}
+
+/// A Cedar request built on first use.
+struct LazyRequest<F> {
+    make: Option<F>,
+    request: Option<Request>,
+}
+
+impl<F: FnOnce() -> Result<Request, String>> LazyRequest<F> {
+    fn get(&mut self) -> Result<&Request, String> {
+        if self.request.is_none() {
+            let make = self
+                .make
+                .take()
+                .ok_or("the Cedar request could not be built")?;
+            self.request = Some(make()?);
+        }
+        self.request
+            .as_ref()
+            .ok_or_else(|| "the Cedar request could not be built".to_string())
+    }
+
+    /// Evaluates `set`, building the request only if the set is not empty.
+    fn evaluate(&mut self, index: &CedarIndex, set: &PolicySet) -> Result<Part, String> {
+        if set.policies().next().is_none() {
+            return Ok(Part::default());
+        }
+        Ok(index.evaluate_part(self.get()?, set))
+    }
+}
+
+/// The outcome of one evaluated part of the policies.
+#[derive(Debug, Default, Clone)]
+struct Part {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+    errored_forbids: Vec<String>,
+}
+
+/// What a policy's outcome depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dependence {
+    /// The call's context (arguments, session, hour).
+    Context,
+    /// The agent's identity.
+    Agent,
+    /// Only the agent's tenant, zone and trust (and the tool).
+    Class,
+}
+
+/// Principal attributes that are part of an agent's class.
+const CLASS_ATTRS: [&str; 4] = ["tenant", "zone", "trust", "trust_rank"];
+
+fn dependence(p: &Policy) -> Dependence {
+    let scope_by_class = match p.principal_constraint() {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Is(t) => t.to_string() == "Agent",
+        PrincipalConstraint::In(u) | PrincipalConstraint::IsIn(_, u) => {
+            matches!(u.type_name().to_string().as_str(), "Tenant" | "Zone")
+        }
+        PrincipalConstraint::Eq(_) => false,
+    };
+    let Ok(json) = p.to_json() else {
+        return Dependence::Context;
+    };
+    let mut flags = (false, !scope_by_class);
+    if let Some(conditions) = json.get("conditions") {
+        scan_condition(conditions, &mut flags);
+    }
+    match flags {
+        (true, _) => Dependence::Context,
+        (false, true) => Dependence::Agent,
+        (false, false) => Dependence::Class,
+    }
+}
+
+/// Sets `flags.0` when the expression reads `context` (or holds a form this analysis does not
+/// know), `flags.1` when it reads the principal beyond its class attributes.
+fn scan_condition(v: &Value, flags: &mut (bool, bool)) {
+    match v {
+        Value::Object(o) => {
+            if let Some(var) = o.get("Var") {
+                match var.as_str() {
+                    Some("principal") => flags.1 = true,
+                    Some("action" | "resource") => {}
+                    _ => flags.0 = true,
+                }
+                return;
+            }
+            if o.contains_key("Slot") || o.contains_key("Unknown") {
+                flags.0 = true;
+                return;
+            }
+            for key in [".", "has"] {
+                if let Some(Value::Object(inner)) = o.get(key) {
+                    let on_principal = inner
+                        .get("left")
+                        .and_then(|l| l.get("Var"))
+                        .and_then(Value::as_str)
+                        == Some("principal");
+                    if on_principal {
+                        let attr = inner
+                            .get("attr")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        if !CLASS_ATTRS.contains(&attr) {
+                            flags.1 = true;
+                        }
+                        return;
+                    }
+                }
+            }
+            for x in o.values() {
+                scan_condition(x, flags);
+            }
+        }
+        Value::Array(items) => {
+            for x in items {
+                scan_condition(x, flags);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `p` is a permit that every request to an action it is indexed under satisfies.
@@ -437,10 +580,21 @@ impl CedarIndex {
             let id = u.id().unescaped().to_string();
             tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
         };
-        let mut per_action: HashMap<String, ActionPolicies> = m
-            .tools
-            .keys()
-            .map(|k| (k.clone(), ActionPolicies::default()))
+        let mut names: Vec<&String> = m.tools.keys().collect();
+        names.sort();
+        let mut per_action: HashMap<String, ActionPolicies> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let idx = u32::try_from(i).unwrap_or(u32::MAX);
+                (
+                    k.clone(),
+                    ActionPolicies {
+                        idx,
+                        ..ActionPolicies::default()
+                    },
+                )
+            })
             .collect();
         let mut per_agent: HashMap<String, PolicySet> = HashMap::new();
         let mut effects = HashMap::new();
@@ -467,12 +621,19 @@ impl CedarIndex {
                     ActionConstraint::In(us) => us.iter().flat_map(expand).collect(),
                 };
                 let unconditional = is_unconditional_permit(p);
+                let dep = dependence(p);
                 let mut r = Ok(());
                 for t in targets {
                     if let Some(entry) = per_action.get_mut(&t) {
-                        r = r.and(add(&mut entry.all, p));
-                        if p.effect() == Effect::Forbid {
-                            r = r.and(add(&mut entry.forbids, p));
+                        match dep {
+                            Dependence::Context => {
+                                r = r.and(add(&mut entry.dynamic, p));
+                                if p.effect() == Effect::Forbid {
+                                    r = r.and(add(&mut entry.dynamic_forbids, p));
+                                }
+                            }
+                            Dependence::Agent => r = r.and(add(&mut entry.by_agent, p)),
+                            Dependence::Class => r = r.and(add(&mut entry.by_class, p)),
                         }
                         let id = p.id().to_string();
                         if unconditional && !entry.unconditional_permits.contains(&id) {
@@ -496,6 +657,18 @@ impl CedarIndex {
                 Err(e) => return Err(vec![diag(&m.file, None, "", format!("agent `{id}`: {e}"))]),
             }
         }
+        let mut classes: HashMap<(&str, &str, &str), u32> = HashMap::new();
+        let mut agent_class = HashMap::with_capacity(m.agents.len());
+        let mut ids: Vec<&String> = m.agents.keys().collect();
+        ids.sort();
+        for (i, id) in ids.into_iter().enumerate() {
+            let Some(a) = m.agents.get(id) else { continue };
+            let next = u32::try_from(classes.len()).unwrap_or(u32::MAX);
+            let class = *classes
+                .entry((a.tenant.as_str(), a.zone.as_str(), a.trust.as_str()))
+                .or_insert(next);
+            agent_class.insert(id.clone(), (u32::try_from(i).unwrap_or(u32::MAX), class));
+        }
         let mut tool_uids = HashMap::with_capacity(m.tools.len());
         for name in m.tools.keys() {
             match (uid("Action", name), uid("Tool", name)) {
@@ -516,49 +689,123 @@ impl CedarIndex {
             all,
             policy_count,
             agent_uids,
+            agent_class,
+            static_cache: RwLock::new(HashMap::new()),
             tool_uids,
             authorizer: Authorizer::new(),
         })
     }
 
-    /// Evaluates the policies that can apply to (`agent`, `tool`).
-    #[must_use]
-    pub fn evaluate(&self, agent: &str, tool: &str, request: &Request) -> CedarOutcome {
-        let mut permits = Vec::new();
-        let mut forbids = Vec::new();
-        let mut errored = Vec::new();
-        // When a permit is known to hold for every request to this action, only the forbids
-        // can change the outcome: evaluate just those (the permit is reported as the reason).
-        let action_set = self.per_action.get(tool).map(|a| {
-            if a.unconditional_permits.is_empty() {
-                &a.all
-            } else {
-                permits.extend(a.unconditional_permits.iter().cloned());
-                &a.forbids
-            }
-        });
-        let sets = [action_set, self.per_agent.get(agent)];
-        for set in sets.into_iter().flatten() {
-            let response = self.authorizer.is_authorized(request, set, &self.entities);
-            let ids = response.diagnostics().reason().map(ToString::to_string);
-            match response.decision() {
-                CedarDecision::Allow => permits.extend(ids),
-                CedarDecision::Deny => forbids.extend(ids),
-            }
-            for e in response.diagnostics().errors() {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-                let id = e.policy_id().to_string();
-                // INVARIANT (fail-closed): a forbid that cannot be evaluated counts as matching.
-                if self.effects.get(&id) != Some(&Effect::Permit) {
-                    errored.push(id);
-                }
+    /// Evaluates one part of the policies.
+    fn evaluate_part(&self, request: &Request, set: &PolicySet) -> Part {
+        let mut part = Part::default();
+        if set.policies().next().is_none() {
+            return part;
+        }
+        let response = self.authorizer.is_authorized(request, set, &self.entities);
+        let ids = response.diagnostics().reason().map(ToString::to_string);
+        match response.decision() {
+            CedarDecision::Allow => part.permits.extend(ids),
+            CedarDecision::Deny => part.forbids.extend(ids),
+        }
+        for e in response.diagnostics().errors() {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+            let id = e.policy_id().to_string();
+            // INVARIANT (fail-closed): a forbid that cannot be evaluated counts as matching.
+            if self.effects.get(&id) != Some(&Effect::Permit) {
+                part.errored_forbids.push(id);
             }
         }
-        if !forbids.is_empty() {
+        part
+    }
+
+    /// A context-free part, from the cache or evaluated and cached.
+    fn cached_part<F>(
+        &self,
+        key: (u32, u32, bool),
+        request: &mut LazyRequest<F>,
+        set: &PolicySet,
+    ) -> Result<Arc<Part>, String>
+    where
+        F: FnOnce() -> Result<Request, String>,
+    {
+        if set.policies().next().is_none() {
+            return Ok(Arc::new(Part::default()));
+        }
+        if let Ok(cache) = self.static_cache.read() {
+            if let Some(part) = cache.get(&key) {
+                return Ok(Arc::clone(part));
+            }
+        }
+        let part = Arc::new(self.evaluate_part(request.get()?, set));
+        if let Ok(mut cache) = self.static_cache.write() {
+            if cache.len() < STATIC_CACHE_ENTRIES {
+                cache.insert(key, Arc::clone(&part));
+            }
+        }
+        Ok(part)
+    }
+
+    /// Evaluates the policies that can apply to (`agent`, `tool`) for `request`.
+    #[must_use]
+    pub fn evaluate(&self, agent: &str, tool: &str, request: &Request) -> CedarOutcome {
+        self.evaluate_with(agent, tool, || Ok(request.clone()))
+            .unwrap_or(CedarOutcome::NoPermit)
+    }
+
+    /// Evaluates the policies that can apply to (`agent`, `tool`), building the Cedar request
+    /// with `make` only if some policy must actually be evaluated (context-free results are
+    /// cached per tool and agent class).
+    ///
+    /// # Errors
+    /// The message of `make`, when the request was needed and could not be built.
+    pub fn evaluate_with<F>(&self, agent: &str, tool: &str, make: F) -> Result<CedarOutcome, String>
+    where
+        F: FnOnce() -> Result<Request, String>,
+    {
+        let mut request = LazyRequest {
+            make: Some(make),
+            request: None,
+        };
+        let mut permits: Vec<String> = Vec::new();
+        let mut forbids: Vec<String> = Vec::new();
+        let mut errored: Vec<String> = Vec::new();
+        let mut merge = |part: &Part| {
+            permits.extend(part.permits.iter().cloned());
+            forbids.extend(part.forbids.iter().cloned());
+            errored.extend(part.errored_forbids.iter().cloned());
+        };
+        if let Some(a) = self.per_action.get(tool) {
+            let (agent_idx, class) = self
+                .agent_class
+                .get(agent)
+                .copied()
+                .unwrap_or((u32::MAX, u32::MAX));
+            if class != u32::MAX {
+                merge(&*self.cached_part((a.idx, class, false), &mut request, &a.by_class)?);
+                merge(&*self.cached_part((a.idx, agent_idx, true), &mut request, &a.by_agent)?);
+            } else {
+                merge(&request.evaluate(self, &a.by_class)?);
+                merge(&request.evaluate(self, &a.by_agent)?);
+            }
+            // When a permit is known to hold for every request to this action, only the
+            // forbids can change the outcome: evaluate just those.
+            if a.unconditional_permits.is_empty() {
+                merge(&request.evaluate(self, &a.dynamic)?);
+            } else {
+                merge(&request.evaluate(self, &a.dynamic_forbids)?);
+            }
+        }
+        if let Some(set) = self.per_agent.get(agent) {
+            merge(&request.evaluate(self, set)?);
+        }
+        Ok(if !forbids.is_empty() {
             forbids.sort();
+            forbids.dedup();
             CedarOutcome::Forbid(forbids)
         } else if !errored.is_empty() {
             errored.sort();
+            errored.dedup();
             CedarOutcome::ForbidErrored(errored)
         } else if !permits.is_empty() {
             permits.sort();
@@ -566,7 +813,7 @@ impl CedarIndex {
             CedarOutcome::Permit(permits)
         } else {
             CedarOutcome::NoPermit
-        }
+        })
     }
 
     /// Builds the Cedar request for one call.
@@ -613,6 +860,26 @@ impl CedarIndex {
             None,
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// Evaluates the whole policy set, unindexed, in one call: the reference the index must
+    /// agree with (differential tests) and the benchmark baseline.
+    #[must_use]
+    pub fn evaluate_reference(&self, request: &Request) -> CedarOutcome {
+        let part = self.evaluate_part(request, &self.all);
+        let mut p = part;
+        if !p.forbids.is_empty() {
+            p.forbids.sort();
+            CedarOutcome::Forbid(p.forbids)
+        } else if !p.errored_forbids.is_empty() {
+            p.errored_forbids.sort();
+            CedarOutcome::ForbidErrored(p.errored_forbids)
+        } else if !p.permits.is_empty() {
+            p.permits.sort();
+            CedarOutcome::Permit(p.permits)
+        } else {
+            CedarOutcome::NoPermit
+        }
     }
 
     /// Evaluates the whole policy set, unindexed (the benchmark baseline).

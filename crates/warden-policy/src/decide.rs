@@ -5,7 +5,6 @@ use crate::manifest::{Approval, LoadError, Manifest, TrustMode};
 use crate::rate::Rate;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use warden_core::canonical::{sha256_tagged, to_canonical_string};
 use warden_core::state::{Charge, ChargeOutcome, HoldKind, HoldScope, StateStore};
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
@@ -272,15 +271,18 @@ impl Governor {
 
         // Cedar.
         let hour = now.rem_euclid(DAY) / 3600;
-        let request = match self.cedar.request(
-            &agent.id,
-            &tool.name,
-            self.arg_types.get(&tool.name),
-            &p.arguments,
-            &p.session,
-            hour,
-        ) {
-            Ok(r) => r,
+        let outcome = self.cedar.evaluate_with(&agent.id, &tool.name, || {
+            self.cedar.request(
+                &agent.id,
+                &tool.name,
+                self.arg_types.get(&tool.name),
+                &p.arguments,
+                &p.session,
+                hour,
+            )
+        });
+        let outcome = match outcome {
+            Ok(o) => o,
             Err(e) => {
                 return deny(
                     d,
@@ -289,11 +291,11 @@ impl Governor {
                 )
             }
         };
-        match self.cedar.evaluate(&agent.id, &tool.name, &request) {
+        match outcome {
             CedarOutcome::Forbid(ids) => {
                 let reason = format!("forbidden by policy {}", quote_list(&ids));
                 d.policies.clone_from(&ids);
-                d.rules = ids.iter().map(|i| format!("policy:{i}")).collect();
+                d.rules = ids.iter().map(|i| join(&["policy:", i])).collect();
                 d.reason = reason;
                 d.decision = Verdict::Deny;
                 return d;
@@ -320,7 +322,7 @@ impl Governor {
                 );
             }
             CedarOutcome::Permit(ids) => {
-                d.rules.extend(ids.iter().map(|i| format!("policy:{i}")));
+                d.rules.extend(ids.iter().map(|i| join(&["policy:", i])));
                 d.policies = ids;
             }
         }
@@ -383,7 +385,7 @@ impl Governor {
         let mut escalation = None;
         let mut reason = String::new();
         match &tier.approval {
-            Approval::Auto => d.rules.push(format!("tier.{}.auto", tier.name)),
+            Approval::Auto => d.rules.push(join(&["tier.", &tier.name, ".auto"])),
             Approval::Window {
                 start,
                 end,
@@ -398,7 +400,7 @@ impl Governor {
                     minute >= *start || minute < *end
                 };
                 if inside {
-                    d.rules.push(format!("tier.{}.window_open", tier.name));
+                    d.rules.push(join(&["tier.", &tier.name, ".window_open"]));
                 } else {
                     let day_start = local - local.rem_euclid(DAY);
                     let mut open = day_start + i64::from(*start) * 60;
@@ -406,7 +408,7 @@ impl Governor {
                         open += DAY;
                     }
                     let until_unix = open - i64::from(*utc_offset);
-                    d.rules.push(format!("tier.{}.window_closed", tier.name));
+                    d.rules.push(join(&["tier.", &tier.name, ".window_closed"]));
                     reason = format!(
                         "`{}`-tier calls run automatically only {text}; queued until {}",
                         tier.name,
@@ -419,7 +421,7 @@ impl Governor {
                 }
             }
             Approval::Role { approvers, role } => {
-                d.rules.push(format!("tier.{}.approvers", tier.name));
+                d.rules.push(join(&["tier.", &tier.name, ".approvers"]));
                 reason = format!(
                     "`{}`-tier calls need {approvers} approval(s) from role `{role}`",
                     tier.name
@@ -430,7 +432,7 @@ impl Governor {
                 });
             }
             Approval::Humans { approvers } => {
-                d.rules.push(format!("tier.{}.humans", tier.name));
+                d.rules.push(join(&["tier.", &tier.name, ".humans"]));
                 reason = format!(
                     "`{}`-tier calls need {approvers} distinct human approver(s)",
                     tier.name
@@ -441,7 +443,7 @@ impl Governor {
             }
         }
         if trust_mode == TrustMode::WithApproval {
-            d.rules.push(format!("trust.{level}.with_approval"));
+            d.rules.push(join(&["trust.", level, ".with_approval"]));
             // A tier that already needs approvers keeps its (stricter) requirement; otherwise the
             // agent's owner must approve, which also overrides a closed window.
             if !matches!(
@@ -457,7 +459,7 @@ impl Governor {
                 });
             }
         } else {
-            d.rules.push(format!("trust.{level}.autonomous"));
+            d.rules.push(join(&["trust.", level, ".autonomous"]));
         }
         if let Some(e) = escalation {
             // INVARIANT (budgets): an escalated call consumes no counter.
@@ -659,8 +661,37 @@ enum ChargeRule {
     Invariant(usize),
 }
 
+/// Concatenates `parts` (cheaper than `format!` on the hot path).
+fn join(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
+/// Appends the decimal form of `v` (without the formatting machinery: this is on the hot path).
 fn push_int(out: &mut String, v: i64) {
-    let _ = write!(out, "{v}");
+    if v < 0 {
+        out.push('-');
+    }
+    let mut n = v.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        if let Some(slot) = digits.get_mut(len) {
+            // `n % 10` is below 10, so the cast cannot truncate.
+            *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        }
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in digits.iter().take(len).rev() {
+        out.push(char::from(*d));
+    }
 }
 
 /// The decision when no Governor could be loaded: deny, saying why (INV-003).
@@ -699,4 +730,16 @@ fn quote_list(ids: &[String]) -> String {
         .map(|i| format!("`{i}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn push_int_writes_decimal() {
+        for v in [0i64, 7, -7, 10, 3600, 498_706, i64::MAX, i64::MIN] {
+            let mut s = String::new();
+            super::push_int(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+    }
 }

@@ -55,6 +55,19 @@ pub(crate) struct Engine {
 impl Engine {
     /// Decides a charge without changing anything; returns the op to apply if it fits.
     pub fn plan_charge(&self, charges: &[Charge], now: UnixSeconds) -> (ChargeOutcome, Option<Op>) {
+        let outcome = self.check_only(charges, now);
+        if outcome != ChargeOutcome::Charged {
+            return (outcome, None);
+        }
+        let entries = charges
+            .iter()
+            .map(|c| (c.key.clone(), c.amount, c.expires_at))
+            .collect();
+        (ChargeOutcome::Charged, Some(Op::Charge { entries }))
+    }
+
+    /// Whether every charge fits (nothing is changed).
+    fn check_only(&self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
         for (index, charge) in charges.iter().enumerate() {
             let current = self.counter_value(&charge.key, now);
             // Several charges may name the same key; count them together.
@@ -68,20 +81,46 @@ impl Engine {
                 .saturating_add(earlier)
                 .saturating_add(charge.amount);
             if after > charge.limit {
-                return (
-                    ChargeOutcome::Exceeded {
-                        index,
-                        current: current.saturating_add(earlier),
-                    },
-                    None,
-                );
+                return ChargeOutcome::Exceeded {
+                    index,
+                    current: current.saturating_add(earlier),
+                };
             }
         }
-        let entries = charges
-            .iter()
-            .map(|c| (c.key.clone(), c.amount, c.expires_at))
-            .collect();
-        (ChargeOutcome::Charged, Some(Op::Charge { entries }))
+        ChargeOutcome::Charged
+    }
+
+    /// Checks and, if every charge fits, applies them in place (no journal op is built).
+    pub fn charge_in_place(&mut self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
+        let outcome = self.check_only(charges, now);
+        if outcome != ChargeOutcome::Charged {
+            return outcome;
+        }
+        for c in charges {
+            match self.counters.get_mut(c.key.as_str()) {
+                Some(slot) => {
+                    if slot.expires_at <= now {
+                        *slot = Counter {
+                            value: 0,
+                            expires_at: c.expires_at,
+                        };
+                    }
+                    slot.value = slot.value.saturating_add(c.amount);
+                    slot.expires_at = slot.expires_at.max(c.expires_at);
+                }
+                None => {
+                    self.counters.insert(
+                        c.key.clone(),
+                        Counter {
+                            value: c.amount,
+                            expires_at: c.expires_at,
+                        },
+                    );
+                }
+            }
+        }
+        self.tick(now);
+        outcome
     }
 
     fn counter_value(&self, key: &str, now: UnixSeconds) -> u64 {
@@ -155,6 +194,11 @@ impl Engine {
                 }
             }
         }
+        self.tick(now);
+    }
+
+    /// Counts one mutation; sweeps expired entries every [`SWEEP_EVERY`].
+    fn tick(&mut self, now: UnixSeconds) {
         self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
         if self.ops_since_sweep >= SWEEP_EVERY {
             self.sweep(now);

@@ -38,12 +38,7 @@ impl StateStore for MemoryState {
         charges: &[Charge],
         now: UnixSeconds,
     ) -> Result<ChargeOutcome, StateError> {
-        let mut engine = self.engine()?;
-        let (outcome, op) = engine.plan_charge(charges, now);
-        if let Some(op) = op {
-            engine.apply(op, now);
-        }
-        Ok(outcome)
+        Ok(self.engine()?.charge_in_place(charges, now))
     }
 
     fn observe_call(
