@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// One counter to charge in a [`StateStore::check_and_charge`] call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
-    /// Counter identity, including its window (e.g. `agent:coder-1:calls:3600:493148`).
+    /// Counter identity, including its window (e.g. `agent/coder-1/calls/3600/498706`).
     pub key: String,
     /// How much this call adds.
     pub amount: u64,

@@ -105,6 +105,46 @@ impl ArgType {
         }
     }
 
+    /// Checks, without building anything, that a (schema-valid) value can be projected onto
+    /// this type. `decide` runs it on every call, so that whether a call's arguments can be
+    /// given to Cedar never depends on whether Cedar happened to need them (cached results).
+    ///
+    /// # Errors
+    /// A message naming the JSON path that does not fit.
+    pub fn check(&self, value: &Value, at: &str) -> Result<(), String> {
+        match (self, value) {
+            (ArgType::String, Value::String(_)) | (ArgType::Bool, Value::Bool(_)) => Ok(()),
+            (ArgType::Long, Value::Number(n)) => {
+                let fits = n.as_i64().is_some()
+                    || n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15);
+                if fits {
+                    Ok(())
+                } else {
+                    Err(format!("`{at}` does not fit a 64-bit integer"))
+                }
+            }
+            (ArgType::Set(t), Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, item)| t.check(item, &format!("{at}/{i}"))),
+            (ArgType::Record(attrs), Value::Object(obj)) => {
+                for (name, t, required) in attrs {
+                    match obj.get(name) {
+                        Some(v) => t.check(v, &format!("{at}/{name}"))?,
+                        None if *required => return Err(format!("`{at}/{name}` is required")),
+                        None => {}
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "`{}` has an unexpected type",
+                if at.is_empty() { "/" } else { at }
+            )),
+        }
+    }
+
     /// Projects a (schema-valid) argument value onto this type.
     ///
     /// # Errors

@@ -271,6 +271,17 @@ impl Governor {
 
         // Cedar.
         let hour = now.rem_euclid(DAY) / 3600;
+        // INVARIANT (consistent verdicts): representability is checked on every call, not only
+        // when Cedar needs the request (context-free results may be cached).
+        if let Some(t) = self.arg_types.get(&tool.name) {
+            if let Err(e) = t.check(&p.arguments, "") {
+                return deny(
+                    d,
+                    "cedar.context_error",
+                    format!("arguments cannot be given to Cedar: {e}"),
+                );
+            }
+        }
         let outcome = self.cedar.evaluate_with(&agent.id, &tool.name, || {
             self.cedar.request(
                 &agent.id,

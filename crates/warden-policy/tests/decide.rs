@@ -679,6 +679,69 @@ fn the_third_identical_call_pauses_the_session() {
 }
 
 #[test]
+fn unrepresentable_arguments_are_denied_consistently() {
+    // A tool with an integer argument and only context-free policies: Cedar never needs the
+    // arguments, and its results are cached; the verdict must not depend on that.
+    let text = starter_text().replace(
+        "        path: { type: string, maxLength: 4096 }",
+        "        path: { type: string, maxLength: 4096 }\n        offset: { type: integer }",
+    );
+    let g = governor_from(&text, &starter_policies());
+    let s = MemoryState::new();
+    let huge = proposal(
+        "coder-1",
+        "s",
+        "fs.read_file",
+        json!({"path": "/a", "offset": 18_446_744_073_709_551_615u64}),
+    );
+    let ok = proposal(
+        "coder-1",
+        "s",
+        "fs.read_file",
+        json!({"path": "/a", "offset": 1}),
+    );
+    let d = g.decide(&huge, &s, DAY_TIME);
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "cedar.context_error"),
+        "{d:?}"
+    );
+    assert!(
+        d.reason.contains("`/offset` does not fit a 64-bit integer"),
+        "{}",
+        d.reason
+    );
+    assert!(g.decide(&ok, &s, DAY_TIME).is_allow());
+    let d = g.decide(&huge, &s, DAY_TIME + 1);
+    assert_eq!(d.rules[0], "cedar.context_error", "{d:?}");
+}
+
+#[test]
+fn an_unconditional_permit_makes_conditional_permits_irrelevant_but_not_forbids() {
+    // The only other permit reads the arguments and never holds; the forbid reads them too.
+    let mut policies = starter_policies();
+    policies.push(PolicySource {
+        name: "more.cedar".into(),
+        text: "@id(\"never\")\npermit (principal, action == Action::\"fs.read_file\", resource) when { context.arguments.path == \"/never\" };\n@id(\"no-tmp\")\nforbid (principal, action == Action::\"fs.read_file\", resource) when { context.arguments.path like \"/tmp/*\" };".into(),
+    });
+    let g = governor_from(&starter_text(), &policies);
+    let s = MemoryState::new();
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/srv/a")),
+        &s,
+        DAY_TIME,
+    );
+    assert!(d.is_allow(), "{d:?}");
+    assert_eq!(d.policies, vec!["permit-manifest-tools"]);
+    let d = g.decide(
+        &proposal("coder-1", "s", "fs.read_file", read("/tmp/a")),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules, vec!["policy:no-tmp"]);
+}
+
+#[test]
 fn sessions_are_per_agent() {
     let g = starter();
     let s = MemoryState::new();

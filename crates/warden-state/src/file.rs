@@ -121,7 +121,8 @@ impl FileState {
             replay(&journal_path, &mut engine, now)?;
         }
         engine.sweep(now);
-        let (journal, journal_bytes) = compact(dir, &engine, now).map_err(io_err(&journal_path))?;
+        let (journal, journal_bytes) =
+            compact(dir, &engine, now).map_err(|e| io_err(&journal_path)(e.source))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner {
@@ -139,6 +140,17 @@ impl FileState {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The inner state for a read: refused, like writes, once the journal has failed.
+    fn readable(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StateError> {
+        let inner = self.inner()?;
+        if let Some(why) = &inner.failed {
+            return Err(StateError::Unavailable(format!(
+                "state journal failed earlier ({why}); reopen the store"
+            )));
+        }
+        Ok(inner)
     }
 
     fn inner(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StateError> {
@@ -196,6 +208,14 @@ impl FileState {
                     inner.journal = journal;
                     inner.journal_bytes = bytes;
                     inner.compact_at = COMPACT_AT_BYTES.max(bytes.saturating_mul(2));
+                }
+                // INVARIANT (fail-closed): once the new journal has replaced the old one, the
+                // old handle writes to an unlinked file; stop rather than lose changes.
+                Err(e) if e.replaced => {
+                    inner.failed = Some(format!("compaction replaced the journal but failed: {e}"));
+                    return Err(StateError::Unavailable(format!(
+                        "cannot reopen compacted state journal: {e}"
+                    )));
                 }
                 Err(_) => inner.compact_at = inner.journal_bytes.saturating_mul(2),
             }
@@ -264,24 +284,51 @@ fn replay(path: &Path, engine: &mut Engine, now: UnixSeconds) -> Result<(), Open
     Ok(())
 }
 
+/// Why a compaction failed, and whether the old journal is still the live one.
+#[derive(Debug)]
+struct CompactError {
+    /// The new journal replaced the old one: handles to the old file are stale.
+    replaced: bool,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for CompactError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
 /// Writes the engine's state as a fresh journal and returns it opened for appending.
-fn compact(dir: &Path, engine: &Engine, now: UnixSeconds) -> std::io::Result<(File, u64)> {
-    let tmp = dir.join("state.journal.tmp");
+fn compact(dir: &Path, engine: &Engine, now: UnixSeconds) -> Result<(File, u64), CompactError> {
+    let before = |source| CompactError {
+        replaced: false,
+        source,
+    };
+    let after = |source| CompactError {
+        replaced: true,
+        source,
+    };
+    let (journal, len) = write_snapshot(dir, engine, now).map_err(before)?;
     let path = dir.join("state.journal");
+    fs::rename(dir.join("state.journal.tmp"), &path).map_err(before)?;
+    drop(journal);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(after)?;
+    let journal = OpenOptions::new().append(true).open(&path).map_err(after)?;
+    Ok((journal, len))
+}
+
+/// Writes and syncs `state.journal.tmp`.
+fn write_snapshot(dir: &Path, engine: &Engine, now: UnixSeconds) -> std::io::Result<(File, u64)> {
+    let tmp = dir.join("state.journal.tmp");
     let mut out = String::new();
     for op in engine.snapshot_ops(now) {
         let line = encode_line(&op).map_err(|e| std::io::Error::other(e.to_string()))?;
         out.push_str(&line);
     }
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(out.as_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    let journal = OpenOptions::new().append(true).open(&path)?;
-    Ok((journal, out.len() as u64))
+    let mut f = File::create(&tmp)?;
+    f.write_all(out.as_bytes())?;
+    f.sync_all()?;
+    Ok((f, out.len() as u64))
 }
 
 impl StateStore for FileState {
@@ -312,13 +359,13 @@ impl StateStore for FileState {
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
-        Ok(self.inner()?.engine.holds_for(scopes))
+        Ok(self.readable()?.engine.holds_for(scopes))
     }
 
     fn set_hold(&self, hold: Hold) -> Result<(), StateError> {
         let mut inner = self.inner()?;
-        let now = hold.since;
-        self.commit(&mut inner, Op::SetHold { hold }, now, true)
+        // Hold changes carry no clock: `i64::MIN` as "now" expires nothing.
+        self.commit(&mut inner, Op::SetHold { hold }, i64::MIN, true)
     }
 
     fn clear_hold(&self, scope: &HoldScope, kind: HoldKind) -> Result<bool, StateError> {
@@ -329,12 +376,12 @@ impl StateStore for FileState {
                 scope: scope.clone(),
                 kind,
             };
-            self.commit(&mut inner, op, 0, true)?;
+            self.commit(&mut inner, op, i64::MIN, true)?;
         }
         Ok(was)
     }
 
     fn all_holds(&self) -> Result<Vec<Hold>, StateError> {
-        Ok(self.inner()?.engine.all_holds())
+        Ok(self.readable()?.engine.all_holds())
     }
 }

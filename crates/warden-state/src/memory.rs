@@ -59,9 +59,9 @@ impl StateStore for MemoryState {
     }
 
     fn set_hold(&self, hold: Hold) -> Result<(), StateError> {
-        let now = hold.since;
+        // Hold changes carry no clock: `i64::MIN` as "now" expires nothing.
         self.engine()?
-            .apply(crate::engine::Op::SetHold { hold }, now);
+            .apply(crate::engine::Op::SetHold { hold }, i64::MIN);
         Ok(())
     }
 
@@ -73,7 +73,7 @@ impl StateStore for MemoryState {
                 scope: scope.clone(),
                 kind,
             },
-            0,
+            i64::MIN,
         );
         Ok(was)
     }

@@ -71,16 +71,21 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(super::EXIT_INPUT));
             };
             let changes = warden_policy::diff::diff(&a, &b);
-            let (ha, hb) = (hash_or_reason(&old), hash_or_reason(&new));
+            let (ha, hb) = (
+                warden_gateway::bundle::hash_bundle(&old),
+                warden_gateway::bundle::hash_bundle(&new),
+            );
             if json {
                 out!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "old_hash": ha, "new_hash": hb, "changes": changes,
+                        "old_hash": json_hash(&ha).0, "old_hash_error": json_hash(&ha).1,
+                        "new_hash": json_hash(&hb).0, "new_hash_error": json_hash(&hb).1,
+                        "changes": changes,
                     }))?
                 );
             } else {
-                out!("bundle {ha} -> {hb}");
+                out!("bundle {} -> {}", shown(&ha), shown(&hb));
                 let loosened = changes
                     .iter()
                     .filter(|c| c.impact == Impact::Loosened)
@@ -109,13 +114,33 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn hash_or_reason(path: &std::path::Path) -> String {
-    warden_gateway::bundle::hash_bundle(path).unwrap_or_else(|e| {
-        let first = e
-            .diagnostics
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        format!("(no bundle hash: {first})")
-    })
+/// The hash as text, or why there is none.
+fn shown(h: &Result<String, warden_policy::LoadError>) -> String {
+    match h {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            let first = e
+                .diagnostics
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            format!("(no bundle hash: {first})")
+        }
+    }
+}
+
+/// The hash for JSON: the hash or `null`, and the reason or `null`.
+fn json_hash(
+    h: &Result<String, warden_policy::LoadError>,
+) -> (serde_json::Value, serde_json::Value) {
+    match h {
+        Ok(h) => (
+            serde_json::Value::String(h.clone()),
+            serde_json::Value::Null,
+        ),
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::Value::String(e.to_string()),
+        ),
+    }
 }
