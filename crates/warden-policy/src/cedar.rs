@@ -357,6 +357,27 @@ struct Part {
     errored_forbids: Vec<String>,
 }
 
+impl Part {
+    /// The combined outcome: a matching forbid wins, then a forbid that errored (fail closed),
+    /// then a matching permit; otherwise no permit. Ids are sorted and deduplicated.
+    fn into_outcome(self) -> CedarOutcome {
+        let tidy = |mut ids: Vec<String>| {
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        if !self.forbids.is_empty() {
+            CedarOutcome::Forbid(tidy(self.forbids))
+        } else if !self.errored_forbids.is_empty() {
+            CedarOutcome::ForbidErrored(tidy(self.errored_forbids))
+        } else if !self.permits.is_empty() {
+            CedarOutcome::Permit(tidy(self.permits))
+        } else {
+            CedarOutcome::NoPermit
+        }
+    }
+}
+
 /// What a policy's outcome depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dependence {
@@ -839,21 +860,12 @@ impl CedarIndex {
         if let Some(set) = self.per_agent.get(agent) {
             merge(&request.evaluate(self, set)?);
         }
-        Ok(if !forbids.is_empty() {
-            forbids.sort();
-            forbids.dedup();
-            CedarOutcome::Forbid(forbids)
-        } else if !errored.is_empty() {
-            errored.sort();
-            errored.dedup();
-            CedarOutcome::ForbidErrored(errored)
-        } else if !permits.is_empty() {
-            permits.sort();
-            permits.dedup();
-            CedarOutcome::Permit(permits)
-        } else {
-            CedarOutcome::NoPermit
-        })
+        Ok(Part {
+            permits,
+            forbids,
+            errored_forbids: errored,
+        }
+        .into_outcome())
     }
 
     /// Builds the Cedar request for one call.
@@ -906,20 +918,7 @@ impl CedarIndex {
     /// agree with (differential tests) and the benchmark baseline.
     #[must_use]
     pub fn evaluate_reference(&self, request: &Request) -> CedarOutcome {
-        let part = self.evaluate_part(request, &self.all);
-        let mut p = part;
-        if !p.forbids.is_empty() {
-            p.forbids.sort();
-            CedarOutcome::Forbid(p.forbids)
-        } else if !p.errored_forbids.is_empty() {
-            p.errored_forbids.sort();
-            CedarOutcome::ForbidErrored(p.errored_forbids)
-        } else if !p.permits.is_empty() {
-            p.permits.sort();
-            CedarOutcome::Permit(p.permits)
-        } else {
-            CedarOutcome::NoPermit
-        }
+        self.evaluate_part(request, &self.all).into_outcome()
     }
 
     /// Evaluates the whole policy set, unindexed (the benchmark baseline).

@@ -554,46 +554,49 @@ impl Governor {
             });
             out.push(Planned { rule, rate });
         };
-        push(
-            &["rate", &tier.name, &agent.id],
-            tier.rate,
-            1,
-            ChargeRule::TierRate,
-        );
-        let b = &m.agent_budget;
-        push(
-            &["agent", &agent.id, "calls"],
-            b.calls,
-            1,
-            ChargeRule::AgentCalls,
-        );
-        push(
-            &["agent", &agent.id, "cost"],
-            b.cost,
-            tool.cost,
-            ChargeRule::AgentCost,
-        );
-        let b = &m.tenant_budget;
-        push(
-            &["tenant", &agent.tenant, "calls"],
-            b.calls,
-            1,
-            ChargeRule::TenantCalls,
-        );
-        push(
-            &["tenant", &agent.tenant, "cost"],
-            b.cost,
-            tool.cost,
-            ChargeRule::TenantCost,
-        );
-        let b = &m.global_budget;
-        push(&["global", "calls"], b.calls, 1, ChargeRule::GlobalCalls);
-        push(
-            &["global", "cost"],
-            b.cost,
-            tool.cost,
-            ChargeRule::GlobalCost,
-        );
+        let (ab, tb, gb) = (&m.agent_budget, &m.tenant_budget, &m.global_budget);
+        let fixed: [(&[&str], Option<Rate>, u64, ChargeRule); 7] = [
+            (
+                &["rate", &tier.name, &agent.id],
+                tier.rate,
+                1,
+                ChargeRule::TierRate,
+            ),
+            (
+                &["agent", &agent.id, "calls"],
+                ab.calls,
+                1,
+                ChargeRule::AgentCalls,
+            ),
+            (
+                &["agent", &agent.id, "cost"],
+                ab.cost,
+                tool.cost,
+                ChargeRule::AgentCost,
+            ),
+            (
+                &["tenant", &agent.tenant, "calls"],
+                tb.calls,
+                1,
+                ChargeRule::TenantCalls,
+            ),
+            (
+                &["tenant", &agent.tenant, "cost"],
+                tb.cost,
+                tool.cost,
+                ChargeRule::TenantCost,
+            ),
+            (&["global", "calls"], gb.calls, 1, ChargeRule::GlobalCalls),
+            (
+                &["global", "cost"],
+                gb.cost,
+                tool.cost,
+                ChargeRule::GlobalCost,
+            ),
+        ];
+        for (parts, rate, amount, rule) in fixed {
+            push(parts, rate, amount, rule);
+        }
         for (i, inv) in m.invariants.iter().enumerate() {
             if inv.tools.contains(&tool.name) {
                 push(
