@@ -780,22 +780,22 @@ impl CedarIndex {
         part
     }
 
-    /// A context-free part, from the cache or evaluated and cached.
+    /// A context-free part, from the cache or evaluated and cached; `None` for an empty set.
     fn cached_part<F>(
         &self,
         key: (u32, u32, bool),
         request: &mut LazyRequest<F>,
         set: &PolicySet,
-    ) -> Result<Arc<Part>, String>
+    ) -> Result<Option<Arc<Part>>, String>
     where
         F: FnOnce() -> Result<Request, String>,
     {
         if set.policies().next().is_none() {
-            return Ok(Arc::new(Part::default()));
+            return Ok(None);
         }
         if let Ok(cache) = self.static_cache.read() {
             if let Some(part) = cache.get(&key) {
-                return Ok(Arc::clone(part));
+                return Ok(Some(Arc::clone(part)));
             }
         }
         let part = Arc::new(self.evaluate_part(request.get()?, set));
@@ -804,7 +804,7 @@ impl CedarIndex {
                 cache.insert(key, Arc::clone(&part));
             }
         }
-        Ok(part)
+        Ok(Some(part))
     }
 
     /// Evaluates the policies that can apply to (`agent`, `tool`) for `request`.
@@ -843,8 +843,13 @@ impl CedarIndex {
                 .copied()
                 .unwrap_or((u32::MAX, u32::MAX));
             if class != u32::MAX {
-                merge(&*self.cached_part((a.idx, class, false), &mut request, &a.by_class)?);
-                merge(&*self.cached_part((a.idx, agent_idx, true), &mut request, &a.by_agent)?);
+                let parts = [
+                    self.cached_part((a.idx, class, false), &mut request, &a.by_class)?,
+                    self.cached_part((a.idx, agent_idx, true), &mut request, &a.by_agent)?,
+                ];
+                for part in parts.iter().flatten() {
+                    merge(part);
+                }
             } else {
                 merge(&request.evaluate(self, &a.by_class)?);
                 merge(&request.evaluate(self, &a.by_agent)?);

@@ -68,6 +68,22 @@ fn read(path: &str) -> serde_json::Value {
     json!({ "path": path })
 }
 
+/// Decides `fs.read_file` of `path` for `agent` in `session`.
+fn read_call(
+    g: &Governor,
+    s: &MemoryState,
+    agent: &str,
+    session: &str,
+    path: &str,
+    now: i64,
+) -> Decision {
+    g.decide(
+        &proposal(agent, session, "fs.read_file", read(path)),
+        s,
+        now,
+    )
+}
+
 fn assert_cites_bundle(g: &Governor, d: &Decision) {
     assert_eq!(d.manifest_version, 1);
     assert_eq!(d.policy_hash, g.policy_hash());
@@ -80,11 +96,7 @@ fn assert_cites_bundle(g: &Governor, d: &Decision) {
 fn low_tier_call_is_allowed_with_its_rules() {
     let g = starter();
     let s = MemoryState::new();
-    let d = g.decide(
-        &proposal("coder-1", "s1", "fs.read_file", read("/etc/hosts")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s1", "/etc/hosts", DAY_TIME);
     assert_eq!(d.decision, Verdict::Allow, "{d:?}");
     assert_cites_bundle(&g, &d);
     assert!(
@@ -120,11 +132,7 @@ fn unknown_tool_is_denied() {
 fn unknown_agent_and_foreign_tenant_are_denied() {
     let g = starter();
     let s = MemoryState::new();
-    let d = g.decide(
-        &proposal("mallory", "s", "fs.read_file", read("/x")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "mallory", "s", "/x", DAY_TIME);
     assert_eq!(
         (d.decision, d.rules[0].as_str()),
         (Verdict::Deny, "agent.unknown")
@@ -413,17 +421,9 @@ fn policies_pinned_to_an_agent_apply_only_to_it() {
     });
     let g = governor_from(&starter_text(), &policies);
     let s = MemoryState::new();
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/a")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/a", DAY_TIME);
     assert_eq!(d.rules, vec!["policy:no-reads-for-coder"]);
-    let d = g.decide(
-        &proposal("ops-1", "s", "fs.read_file", read("/a")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "ops-1", "s", "/a", DAY_TIME);
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -436,17 +436,9 @@ fn tier_action_groups_select_every_tool_of_the_tier() {
     });
     let g = governor_from(&starter_text(), &policies);
     let s = MemoryState::new();
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/a")),
-        &s,
-        NIGHT_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/a", NIGHT_TIME);
     assert_eq!(d.rules, vec!["policy:no-low-at-night"]);
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/a")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/a", DAY_TIME);
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -456,34 +448,18 @@ fn tier_rate_limit_denies_and_denied_calls_consume_nothing() {
     let g = governor_from(&text, &starter_policies());
     let s = MemoryState::new();
     for i in 0..3 {
-        let d = g.decide(
-            &proposal("coder-1", "s", "fs.read_file", read(&format!("/{i}"))),
-            &s,
-            DAY_TIME,
-        );
+        let d = read_call(&g, &s, "coder-1", "s", &format!("/{i}"), DAY_TIME);
         assert_eq!(d.decision, Verdict::Allow, "call {i}: {d:?}");
     }
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/4")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/4", DAY_TIME);
     assert_eq!(d.decision, Verdict::Deny);
     assert_eq!(d.rules[0], "rate.tier.low");
     assert!(d.reason.contains("3 of 3"), "{}", d.reason);
     // Other agents have their own tier counter.
-    let d = g.decide(
-        &proposal("ops-1", "s", "fs.read_file", read("/5")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "ops-1", "s", "/5", DAY_TIME);
     assert_eq!(d.decision, Verdict::Allow);
     // The next hour window starts afresh.
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/6")),
-        &s,
-        DAY_TIME + 3600,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/6", DAY_TIME + 3600);
     assert_eq!(d.decision, Verdict::Allow);
 }
 
@@ -496,28 +472,14 @@ fn agent_tenant_and_global_budgets_apply() {
     );
     let g = governor_from(&text, &starter_policies());
     assert_eq!(
-        g.decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/1")),
-            &s,
-            DAY_TIME
-        )
-        .decision,
+        read_call(&g, &s, "coder-1", "s", "/1", DAY_TIME).decision,
         Verdict::Allow
     );
     assert_eq!(
-        g.decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/2")),
-            &s,
-            DAY_TIME
-        )
-        .decision,
+        read_call(&g, &s, "coder-1", "s", "/2", DAY_TIME).decision,
         Verdict::Allow
     );
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/3")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/3", DAY_TIME);
     assert_eq!(d.rules[0], "budget.agent.cost", "{d:?}");
 
     let s = MemoryState::new();
@@ -526,25 +488,9 @@ fn agent_tenant_and_global_budgets_apply() {
         "tenant: { calls: 2/h }",
     );
     let g = governor_from(&text, &starter_policies());
-    assert!(g
-        .decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/1")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
-    assert!(g
-        .decide(
-            &proposal("ops-1", "s", "fs.read_file", read("/2")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
-    let d = g.decide(
-        &proposal("ops-1", "s", "fs.read_file", read("/3")),
-        &s,
-        DAY_TIME,
-    );
+    assert!(read_call(&g, &s, "coder-1", "s", "/1", DAY_TIME).is_allow());
+    assert!(read_call(&g, &s, "ops-1", "s", "/2", DAY_TIME).is_allow());
+    let d = read_call(&g, &s, "ops-1", "s", "/3", DAY_TIME);
     assert_eq!(d.rules[0], "budget.tenant.calls");
 
     let s = MemoryState::new();
@@ -553,18 +499,8 @@ fn agent_tenant_and_global_budgets_apply() {
         "global: { calls: 1/h }",
     );
     let g = governor_from(&text, &starter_policies());
-    assert!(g
-        .decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/1")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
-    let d = g.decide(
-        &proposal("ops-1", "s", "fs.read_file", read("/2")),
-        &s,
-        DAY_TIME,
-    );
+    assert!(read_call(&g, &s, "coder-1", "s", "/1", DAY_TIME).is_allow());
+    let d = read_call(&g, &s, "ops-1", "s", "/2", DAY_TIME);
     assert_eq!(d.rules[0], "budget.global.calls");
 }
 
@@ -576,25 +512,9 @@ fn system_invariant_caps_the_aggregate() {
     );
     let g = governor_from(&text, &starter_policies());
     let s = MemoryState::new();
-    assert!(g
-        .decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/1")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
-    assert!(g
-        .decide(
-            &proposal("ops-1", "t", "fs.read_file", read("/2")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
-    let d = g.decide(
-        &proposal("ops-1", "t", "fs.read_file", read("/3")),
-        &s,
-        DAY_TIME,
-    );
+    assert!(read_call(&g, &s, "coder-1", "s", "/1", DAY_TIME).is_allow());
+    assert!(read_call(&g, &s, "ops-1", "t", "/2", DAY_TIME).is_allow());
+    let d = read_call(&g, &s, "ops-1", "t", "/3", DAY_TIME);
     assert_eq!(d.rules[0], "invariant:reads");
 }
 
@@ -619,13 +539,7 @@ fn escalated_calls_consume_no_budget() {
         );
         assert_eq!(d.decision, Verdict::Escalate);
     }
-    assert!(g
-        .decide(
-            &proposal("ops-1", "s", "fs.read_file", read("/1")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
+    assert!(read_call(&g, &s, "ops-1", "s", "/1", DAY_TIME).is_allow());
 }
 
 #[test]
@@ -645,11 +559,7 @@ fn the_third_identical_call_pauses_the_session() {
         })
     );
     // The session stays paused for any call until resumed.
-    let d = g.decide(
-        &proposal("coder-1", "loop", "fs.read_file", read("/other")),
-        &s,
-        DAY_TIME + 3,
-    );
+    let d = read_call(&g, &s, "coder-1", "loop", "/other", DAY_TIME + 3);
     assert_eq!(
         (d.decision, d.rules[0].as_str()),
         (Verdict::Escalate, "session.paused")
@@ -658,24 +568,12 @@ fn the_third_identical_call_pauses_the_session() {
     let q = proposal("coder-1", "other", "fs.read_file", read("/same"));
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
-    assert!(g
-        .decide(
-            &proposal("coder-1", "other", "fs.read_file", read("/x")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
+    assert!(read_call(&g, &s, "coder-1", "other", "/x", DAY_TIME).is_allow());
     assert!(g.decide(&q, &s, DAY_TIME).is_allow());
     // Resumed by a human: calls flow again.
     s.clear_hold(&HoldScope::Session("coder-1/loop".into()), HoldKind::Pause)
         .unwrap();
-    assert!(g
-        .decide(
-            &proposal("coder-1", "loop", "fs.read_file", read("/new")),
-            &s,
-            DAY_TIME + 4
-        )
-        .is_allow());
+    assert!(read_call(&g, &s, "coder-1", "loop", "/new", DAY_TIME + 4).is_allow());
 }
 
 #[test]
@@ -726,18 +624,10 @@ fn an_unconditional_permit_makes_conditional_permits_irrelevant_but_not_forbids(
     });
     let g = governor_from(&starter_text(), &policies);
     let s = MemoryState::new();
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/srv/a")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/srv/a", DAY_TIME);
     assert!(d.is_allow(), "{d:?}");
     assert_eq!(d.policies, vec!["permit-manifest-tools"]);
-    let d = g.decide(
-        &proposal("coder-1", "s", "fs.read_file", read("/tmp/a")),
-        &s,
-        DAY_TIME,
-    );
+    let d = read_call(&g, &s, "coder-1", "s", "/tmp/a", DAY_TIME);
     assert_eq!(d.rules, vec!["policy:no-tmp"]);
 }
 
@@ -787,11 +677,7 @@ fn kill_switch_and_quarantine_deny_at_every_scope() {
             since: 0,
         })
         .unwrap();
-        let d = g.decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/a")),
-            &s,
-            DAY_TIME,
-        );
+        let d = read_call(&g, &s, "coder-1", "s", "/a", DAY_TIME);
         assert_eq!((d.decision, d.rules[0].as_str()), (Verdict::Deny, rule));
         assert!(d.reason.contains("incident 42"));
     }
@@ -804,13 +690,7 @@ fn kill_switch_and_quarantine_deny_at_every_scope() {
         since: 0,
     })
     .unwrap();
-    assert!(g
-        .decide(
-            &proposal("coder-1", "s", "fs.read_file", read("/a")),
-            &s,
-            DAY_TIME
-        )
-        .is_allow());
+    assert!(read_call(&g, &s, "coder-1", "s", "/a", DAY_TIME).is_allow());
 }
 
 /// A store that cannot answer, like an unreachable Redis.
