@@ -243,9 +243,12 @@ impl Governor {
             return deny(
                 d,
                 "arguments.invalid",
+                // INVARIANT (no secret in records, INV-009): the message is masked, so the
+                // argument values themselves never reach the rationale (or the ledger).
                 format!(
-                    "arguments of `{}` do not match its schema at `{at}`: {err}",
-                    tool.name
+                    "arguments of `{}` do not match its schema at `{at}`: {}",
+                    tool.name,
+                    err.masked_with("the value")
                 ),
             );
         }

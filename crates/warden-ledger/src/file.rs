@@ -1,0 +1,870 @@
+//! Embedded storage: append-only segment files in the data directory.
+//!
+//! Layout of `DIR`:
+//!
+//! - `NNNNNNNNNNNNNNNNNNNN.seg` — segments, named by the index of their first entry. Each starts
+//!   with an 8-byte magic; then frames `len: u32 LE | crc32: u32 LE | index: u64 LE | entry`,
+//!   the CRC covering index and entry. A segment is closed once it passes the size limit; only
+//!   the last one is ever written.
+//! - `index.bin` — the byte offset of every entry in its segment (`u64 LE`), derived.
+//! - `tree.bin` — the hash of every perfect subtree in post-order (32 bytes each), derived.
+//! - `checkpoint` — the latest signed checkpoint; `ledger.lock` — held by the writer.
+//!
+//! Durability: an append writes its frames and `fdatasync`s the segment before it returns (one
+//! sync per batch: group commit). The derived files are written without a sync and made durable
+//! just before a checkpoint is written, so on open everything up to the checkpoint's size is
+//! trusted (after checking the stored tree against the checkpoint's root) and everything after
+//! it is re-derived from the segments, whose frames are checked one by one. A torn frame at the
+//! end of the last segment (a crash mid-write) is cut; damage anywhere else is refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::merkle::{leaf_hash, nodes_for_size, Frontier, Hash, NodeId, ProofPlan};
+use crate::note::Checkpoint;
+use crate::record::MAX_ENTRY_BYTES;
+use crate::store::{io_err, Appended, LedgerStore, StoreError, Visit};
+
+const MAGIC: &[u8; 8] = b"WLSEG\x00\x00\x01";
+const HEADER: u64 = 16;
+/// Default segment size limit.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug)]
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The one writer: takes the lock, repairs a torn tail, appends.
+    Write,
+    /// A reader (CLI, auditor) beside a running writer: no lock, no repair, a snapshot of what
+    /// was complete when it opened.
+    ReadOnly,
+}
+
+/// The embedded ledger store. See the module documentation.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    mode: Mode,
+    segments: Vec<Segment>,
+    index: File,
+    tree: File,
+    /// Entries whose offsets and nodes are in the files (the rest, in read-only mode, are in
+    /// `tail_offsets` / `tail_nodes`).
+    on_disk: u64,
+    tail_offsets: Vec<u64>,
+    tail_nodes: Vec<Hash>,
+    size: u64,
+    frontier: Frontier,
+    segment_limit: u64,
+    // INVARIANT (fail-closed): set on the first failed write; every later call is refused.
+    failed: Option<String>,
+    _lock: Option<File>,
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+fn frame_crc(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
+
+/// Reads a checkpoint file's note text (no signature check: the ledger does that).
+fn read_checkpoint_file(path: &Path) -> Result<Option<(String, Checkpoint)>, StoreError> {
+    let note = match fs::read_to_string(path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let text = note
+        .split_once("\n\n")
+        .map(|(t, _)| format!("{t}\n"))
+        .ok_or_else(|| StoreError::Corrupt(format!("{} is not a signed note", path.display())))?;
+    let cp = Checkpoint::parse_text(&text)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok(Some((note, cp)))
+}
+
+/// What a frame at some position turned out to be.
+enum Frame {
+    Ok {
+        index: u64,
+        payload: Vec<u8>,
+        next: u64,
+    },
+    End,
+    Bad(String),
+}
+
+fn read_frame_at(file: &File, pos: u64, file_len: u64) -> Frame {
+    if pos == file_len {
+        return Frame::End;
+    }
+    if pos + HEADER > file_len {
+        return Frame::Bad(format!("a frame header at byte {pos} is cut short"));
+    }
+    let mut header = [0u8; 16];
+    if let Err(e) = file.read_exact_at(&mut header, pos) {
+        return Frame::Bad(format!("reading byte {pos}: {e}"));
+    }
+    let (len, crc, index) = split_header(&header);
+    if len as usize > MAX_ENTRY_BYTES {
+        return Frame::Bad(format!("the frame at byte {pos} claims {len} bytes"));
+    }
+    let next = pos + HEADER + u64::from(len);
+    if next > file_len {
+        return Frame::Bad(format!("the frame at byte {pos} is cut short"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    if let Err(e) = file.read_exact_at(&mut payload, pos + HEADER) {
+        return Frame::Bad(format!("reading byte {pos}: {e}"));
+    }
+    if frame_crc(index, &payload) != crc {
+        return Frame::Bad(format!(
+            "the frame at byte {pos} (entry {index}) fails its checksum"
+        ));
+    }
+    Frame::Ok {
+        index,
+        payload,
+        next,
+    }
+}
+
+fn split_header(h: &[u8; 16]) -> (u32, u32, u64) {
+    let [a, b, c, d, e, f, g, hh, i0, i1, i2, i3, i4, i5, i6, i7] = *h;
+    (
+        u32::from_le_bytes([a, b, c, d]),
+        u32::from_le_bytes([e, f, g, hh]),
+        u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]),
+    )
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the directory cannot be used, another writer holds it, or stored data
+    /// is damaged beyond a torn tail.
+    pub fn open(dir: &Path, mode: Mode) -> Result<Self, StoreError> {
+        Self::open_with(dir, mode, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// [`FileStore::open`] with a segment size limit (tests use small ones).
+    ///
+    /// # Errors
+    /// As [`FileStore::open`].
+    pub fn open_with(dir: &Path, mode: Mode, segment_limit: u64) -> Result<Self, StoreError> {
+        if mode == Mode::Write {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        } else if !dir.is_dir() {
+            return Err(StoreError::Io {
+                op: "open ledger directory",
+                path: dir.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let lock = if mode == Mode::Write {
+            let path = dir.join("ledger.lock");
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(format!(
+                        "{} is in use by another Warden process",
+                        dir.display()
+                    )))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+            }
+        } else {
+            None
+        };
+
+        let mut segments = Vec::new();
+        let listing = fs::read_dir(dir).map_err(io_err("list", dir))?;
+        for item in listing {
+            let item = item.map_err(io_err("list", dir))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name.strip_suffix(".seg") else {
+                continue;
+            };
+            if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let first: u64 = stem
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("segment name {name} is not an index")))?;
+            let path = item.path();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(mode == Mode::Write)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            let len = file.metadata().map_err(io_err("stat", &path))?.len();
+            segments.push(Segment {
+                first,
+                path,
+                file,
+                len,
+            });
+        }
+        segments.sort_by_key(|s| s.first);
+
+        let open_derived = |name: &str| -> Result<File, StoreError> {
+            let path = dir.join(name);
+            if mode == Mode::Write {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(io_err("open", &path))
+            } else {
+                match File::open(&path) {
+                    Ok(f) => Ok(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // A ledger that never wrote a checkpoint may lack these; read from
+                        // an empty stand-in.
+                        File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))
+                    }
+                    Err(e) => Err(io_err("open", &path)(e)),
+                }
+            }
+        };
+        let index = open_derived("index.bin")?;
+        let tree = open_derived("tree.bin")?;
+
+        let mut store = FileStore {
+            dir: dir.to_path_buf(),
+            mode,
+            segments,
+            index,
+            tree,
+            on_disk: 0,
+            tail_offsets: Vec::new(),
+            tail_nodes: Vec::new(),
+            size: 0,
+            frontier: Frontier::new(),
+            segment_limit: segment_limit.max(HEADER + 8),
+            failed: None,
+            _lock: lock,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let checkpoint = read_checkpoint_file(&self.dir.join("checkpoint"))?.map(|(_, cp)| cp);
+        let index_len = self
+            .index
+            .metadata()
+            .map_err(io_err("stat", &self.dir.join("index.bin")))?
+            .len()
+            / 8;
+        let tree_len = self
+            .tree
+            .metadata()
+            .map_err(io_err("stat", &self.dir.join("tree.bin")))?
+            .len()
+            / 32;
+
+        // What the derived files may be trusted for: up to the last checkpoint, if they reach it
+        // and agree with its root.
+        let mut trusted = 0u64;
+        if let Some(cp) = &checkpoint {
+            if cp.size <= index_len && nodes_for_size(cp.size) <= tree_len {
+                self.on_disk = cp.size;
+                self.size = cp.size;
+                let plan = ProofPlan::root(cp.size);
+                let root = self
+                    .nodes(&plan.nodes)
+                    .ok()
+                    .and_then(|h| plan.assemble(&h))
+                    .and_then(|r| r.first().copied())
+                    .unwrap_or(crate::merkle::EMPTY_ROOT);
+                if root == cp.root || cp.size == 0 {
+                    trusted = cp.size;
+                }
+            }
+        }
+        // Where to resume reading frames: right after the last trusted entry. If the derived
+        // offsets do not lead to that entry, trust nothing and re-derive from the first frame.
+        let mut resume = (0usize, MAGIC.len() as u64);
+        if trusted > 0 {
+            self.on_disk = trusted;
+            self.size = trusted;
+            match self.resume_after(trusted - 1) {
+                Some(r) => resume = r,
+                None => trusted = 0,
+            }
+        }
+        self.on_disk = trusted;
+        self.size = trusted;
+        let ids = Frontier::nodes_needed(trusted);
+        let hashes = self.nodes(&ids)?;
+        self.frontier = Frontier::from_nodes(trusted, &hashes)
+            .ok_or_else(|| StoreError::Corrupt("cannot rebuild the tree frontier".into()))?;
+        // Leaves stored beyond `trusted` are compared as the frames are re-read, so an entry
+        // altered after its leaf was stored is named.
+        let stored_leaves = if checkpoint.is_some() { tree_len } else { 0 };
+        let mut first_mismatch: Option<u64> = None;
+        let (mut seg_no, mut pos) = resume;
+        let mut offsets = Vec::new();
+        let mut nodes = Vec::new();
+        let count = self.segments.len();
+        while seg_no < count {
+            let is_last = seg_no + 1 == count;
+            let Some(seg) = self.segments.get_mut(seg_no) else {
+                break;
+            };
+            if pos == MAGIC.len() as u64 {
+                // A new segment: check its magic and that it starts where the previous ended.
+                let mut magic = [0u8; 8];
+                let has_magic = seg.len >= 8
+                    && seg.file.read_exact_at(&mut magic, 0).is_ok()
+                    && &magic == MAGIC;
+                if !has_magic {
+                    if is_last && seg.len < 8 && self.mode == Mode::Write {
+                        // Created just before a crash: finish writing its header.
+                        seg.file.set_len(0).map_err(io_err("truncate", &seg.path))?;
+                        seg.file
+                            .write_all_at(MAGIC, 0)
+                            .map_err(io_err("write", &seg.path))?;
+                        seg.file.sync_data().map_err(io_err("sync", &seg.path))?;
+                        seg.len = 8;
+                    } else if is_last && seg.len < 8 {
+                        break;
+                    } else {
+                        return Err(StoreError::Corrupt(format!(
+                            "{} does not start with the segment magic",
+                            seg.path.display()
+                        )));
+                    }
+                }
+                if seg.first != self.size {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} should start at entry {} but is named for entry {}",
+                        seg.path.display(),
+                        self.size,
+                        seg.first
+                    )));
+                }
+            }
+            loop {
+                match read_frame_at(&seg.file, pos, seg.len) {
+                    Frame::Ok {
+                        index,
+                        payload,
+                        next,
+                    } => {
+                        if index != self.size {
+                            return Err(StoreError::Corrupt(format!(
+                                "{}: at byte {pos} expected entry {} but found entry {index}",
+                                seg.path.display(),
+                                self.size
+                            )));
+                        }
+                        offsets.push(pos);
+                        let leaf = leaf_hash(&payload);
+                        let slot = NodeId { level: 0, index }.post_order_position();
+                        if first_mismatch.is_none() && slot < stored_leaves {
+                            let mut stored = [0u8; 32];
+                            if self.tree.read_exact_at(&mut stored, slot * 32).is_ok()
+                                && stored != leaf
+                            {
+                                first_mismatch = Some(index);
+                            }
+                        }
+                        self.frontier.push(leaf, &mut nodes);
+                        self.size += 1;
+                        pos = next;
+                    }
+                    Frame::End => break,
+                    Frame::Bad(why) => {
+                        if !is_last {
+                            return Err(StoreError::Corrupt(format!(
+                                "{}: {why}, and later segments follow: this is damage, not a torn write",
+                                seg.path.display()
+                            )));
+                        }
+                        if self.mode == Mode::Write {
+                            // A torn tail: the write that made it was never acknowledged.
+                            seg.file
+                                .set_len(pos)
+                                .map_err(io_err("truncate", &seg.path))?;
+                            seg.file.sync_data().map_err(io_err("sync", &seg.path))?;
+                        }
+                        seg.len = pos;
+                        break;
+                    }
+                }
+            }
+            seg_no += 1;
+            pos = MAGIC.len() as u64;
+        }
+        if let Some(cp) = &checkpoint {
+            if cp.size > self.size {
+                return Err(StoreError::Corrupt(format!(
+                    "the checkpoint covers {} entries but only {} are present: acknowledged entries are missing",
+                    cp.size, self.size
+                )));
+            }
+        }
+        if self.mode == Mode::Write {
+            let path = self.dir.join("index.bin");
+            self.index
+                .set_len(trusted * 8)
+                .map_err(io_err("truncate", &path))?;
+            let path = self.dir.join("tree.bin");
+            self.tree
+                .set_len(nodes_for_size(trusted) * 32)
+                .map_err(io_err("truncate", &path))?;
+            self.on_disk = trusted;
+            self.write_derived(&offsets, &nodes)?;
+            self.on_disk = self.size;
+        } else {
+            self.tail_offsets = offsets;
+            self.tail_nodes = nodes;
+        }
+        if let Some(cp) = &checkpoint {
+            // The segments themselves must still hash to the signed root. (When the derived
+            // files disagreed with it, `trusted` was 0 and everything was re-derived from the
+            // segments, so a mismatch here means the entries were altered.)
+            let plan = ProofPlan::root(cp.size);
+            let fetched = self.nodes(&plan.nodes)?;
+            let root = plan
+                .assemble(&fetched)
+                .and_then(|r| r.first().copied())
+                .unwrap_or(crate::merkle::EMPTY_ROOT);
+            if root != cp.root {
+                let named = first_mismatch
+                    .map(|i| format!("entry {i} does not hash to its stored leaf hash; "))
+                    .unwrap_or_default();
+                return Err(StoreError::Corrupt(format!(
+                    "{named}the entries do not hash to the root of the checkpoint at size {}: the log was altered",
+                    cp.size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The segment and byte just after entry `last`, if the derived offset really leads to it.
+    fn resume_after(&self, last: u64) -> Option<(usize, u64)> {
+        let seg_no = self.segment_of(last).ok()?;
+        let off = self.offset_of(last).ok()?;
+        let seg = self.segments.get(seg_no)?;
+        match read_frame_at(&seg.file, off, seg.len) {
+            Frame::Ok { index, next, .. } if index == last => Some((seg_no, next)),
+            _ => None,
+        }
+    }
+
+    fn write_derived(&mut self, offsets: &[u64], nodes: &[Hash]) -> Result<(), StoreError> {
+        let mut buf = Vec::with_capacity(offsets.len() * 8);
+        for o in offsets {
+            buf.extend_from_slice(&o.to_le_bytes());
+        }
+        let at = self.on_disk * 8;
+        let path = self.dir.join("index.bin");
+        self.index
+            .write_all_at(&buf, at)
+            .map_err(io_err("write", &path))?;
+        let mut buf = Vec::with_capacity(nodes.len() * 32);
+        for n in nodes {
+            buf.extend_from_slice(n);
+        }
+        let at = nodes_for_size(self.on_disk) * 32;
+        let path = self.dir.join("tree.bin");
+        self.tree
+            .write_all_at(&buf, at)
+            .map_err(io_err("write", &path))?;
+        Ok(())
+    }
+
+    /// Which segment holds `index`.
+    fn segment_of(&self, index: u64) -> Result<usize, StoreError> {
+        let n = self.segments.partition_point(|s| s.first <= index);
+        n.checked_sub(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("no segment holds entry {index}")))
+    }
+
+    fn offset_of(&self, index: u64) -> Result<u64, StoreError> {
+        if index >= self.on_disk {
+            let i = usize::try_from(index - self.on_disk).unwrap_or(usize::MAX);
+            return self
+                .tail_offsets
+                .get(i)
+                .copied()
+                .ok_or(StoreError::OutOfRange {
+                    index,
+                    size: self.size,
+                });
+        }
+        let mut b = [0u8; 8];
+        self.index
+            .read_exact_at(&mut b, index * 8)
+            .map_err(io_err("read", &self.dir.join("index.bin")))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(why) => Err(StoreError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: StoreError) -> StoreError {
+        // INVARIANT (fail-closed): remember the failure so nothing later is acknowledged.
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    fn roll_segment(&mut self) -> Result<(), StoreError> {
+        let path = self.dir.join(segment_name(self.size));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        file.write_all_at(MAGIC, 0)
+            .map_err(io_err("write", &path))?;
+        file.sync_data().map_err(io_err("sync", &path))?;
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment {
+            first: self.size,
+            path,
+            file,
+            len: MAGIC.len() as u64,
+        });
+        Ok(())
+    }
+
+    fn append_inner(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+        let mut frames = Vec::with_capacity(entries.iter().map(|e| e.len() + 16).sum());
+        for (i, e) in entries.iter().enumerate() {
+            let len = u32::try_from(e.len())
+                .ok()
+                .filter(|&l| l as usize <= MAX_ENTRY_BYTES)
+                .ok_or_else(|| {
+                    StoreError::Rejected(format!("entry of {} bytes is too long", e.len()))
+                })?;
+            push_frame(&mut frames, self.size + i as u64, len, e);
+        }
+        let needs_roll = match self.segments.last() {
+            None => true,
+            Some(s) => {
+                s.len > MAGIC.len() as u64 && s.len + frames.len() as u64 > self.segment_limit
+            }
+        };
+        if needs_roll {
+            self.roll_segment().map_err(|e| self.fail(e))?;
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Err(StoreError::Corrupt("no segment to write".into()));
+        };
+        let start = seg.len;
+        let res = seg
+            .file
+            .write_all_at(&frames, start)
+            .map_err(io_err("write", &seg.path))
+            .and_then(|()| seg.file.sync_data().map_err(io_err("fdatasync", &seg.path)));
+        if let Err(e) = res {
+            return Err(self.fail(e));
+        }
+        seg.len = start + frames.len() as u64;
+
+        let first = self.size;
+        let mut offsets = Vec::with_capacity(entries.len());
+        let mut nodes = Vec::with_capacity(entries.len() * 2 + 1);
+        let mut pos = start;
+        for e in entries {
+            offsets.push(pos);
+            pos += HEADER + e.len() as u64;
+            self.frontier.push(leaf_hash(e), &mut nodes);
+        }
+        self.write_derived(&offsets, &nodes)
+            .map_err(|e| self.fail(e))?;
+        self.size += entries.len() as u64;
+        self.on_disk = self.size;
+        Ok(Appended {
+            first,
+            size: self.size,
+            root: self.frontier.root(),
+        })
+    }
+}
+
+impl LedgerStore for FileStore {
+    fn append(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+        self.check_usable()?;
+        if self.mode == Mode::ReadOnly {
+            return Err(StoreError::Rejected(
+                "the ledger was opened read-only".into(),
+            ));
+        }
+        if entries.is_empty() {
+            return Ok(Appended {
+                first: self.size,
+                size: self.size,
+                root: self.frontier.root(),
+            });
+        }
+        self.append_inner(entries)
+    }
+
+    fn size(&mut self) -> Result<u64, StoreError> {
+        self.check_usable()?;
+        Ok(self.size)
+    }
+
+    fn scan(&mut self, from: u64, to: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let to = to.min(self.size);
+        if from >= to {
+            return Ok(());
+        }
+        let mut seg_no = self.segment_of(from)?;
+        let mut pos = self.offset_of(from)?;
+        let mut index = from;
+        while index < to {
+            let seg = self
+                .segments
+                .get(seg_no)
+                .ok_or_else(|| StoreError::Corrupt(format!("entry {index} has no segment")))?;
+            let mut reader = BufReader::with_capacity(1 << 20, &seg.file);
+            std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(pos))
+                .map_err(io_err("seek", &seg.path))?;
+            let mut payload = Vec::new();
+            while index < to && pos < seg.len {
+                let mut header = [0u8; 16];
+                reader
+                    .read_exact(&mut header)
+                    .map_err(io_err("read", &seg.path))?;
+                let (len, crc, stored_index) = split_header(&header);
+                if len as usize > MAX_ENTRY_BYTES || pos + HEADER + u64::from(len) > seg.len {
+                    return Err(StoreError::Corrupt(format!(
+                        "entry {index}: the frame at byte {pos} of {} has a bad length",
+                        seg.path.display()
+                    )));
+                }
+                payload.resize(len as usize, 0);
+                reader
+                    .read_exact(&mut payload)
+                    .map_err(io_err("read", &seg.path))?;
+                if stored_index != index {
+                    return Err(StoreError::Corrupt(format!(
+                        "entry {index}: the frame at byte {pos} of {} says it is entry {stored_index}",
+                        seg.path.display()
+                    )));
+                }
+                if frame_crc(index, &payload) != crc {
+                    return Err(StoreError::Corrupt(format!(
+                        "entry {index}: the frame at byte {pos} of {} fails its checksum",
+                        seg.path.display()
+                    )));
+                }
+                visit(index, &payload)?;
+                index += 1;
+                pos += HEADER + u64::from(len);
+            }
+            seg_no += 1;
+            pos = MAGIC.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+        let disk_nodes = nodes_for_size(self.on_disk);
+        let total = nodes_for_size(self.size);
+        let mut out = Vec::with_capacity(ids.len());
+        let mut i = 0usize;
+        while let Some(first) = ids.get(i) {
+            let p = first.post_order_position();
+            if p >= total {
+                return Err(StoreError::OutOfRange {
+                    index: (first.index + 1) << first.level,
+                    size: self.size,
+                });
+            }
+            if p >= disk_nodes {
+                let k = usize::try_from(p - disk_nodes).unwrap_or(usize::MAX);
+                out.push(*self.tail_nodes.get(k).ok_or(StoreError::OutOfRange {
+                    index: p,
+                    size: self.size,
+                })?);
+                i += 1;
+                continue;
+            }
+            // Coalesce a run of consecutive on-disk positions into one read.
+            let mut run = 1usize;
+            while let Some(next) = ids.get(i + run) {
+                let q = next.post_order_position();
+                if q != p + run as u64 || q >= disk_nodes {
+                    break;
+                }
+                run += 1;
+            }
+            let mut buf = vec![0u8; run * 32];
+            self.tree
+                .read_exact_at(&mut buf, p * 32)
+                .map_err(io_err("read", &self.dir.join("tree.bin")))?;
+            for chunk in buf.chunks_exact(32) {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(chunk);
+                out.push(h);
+            }
+            i += run;
+        }
+        Ok(out)
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.check_usable()?;
+        if self.mode == Mode::ReadOnly {
+            return Err(StoreError::Rejected(
+                "the ledger was opened read-only".into(),
+            ));
+        }
+        if size > self.size {
+            return Err(StoreError::OutOfRange {
+                index: size,
+                size: self.size,
+            });
+        }
+        let res = (|| {
+            // The derived files must be durable up to `size` before a checkpoint vouches for them.
+            let p = self.dir.join("index.bin");
+            self.index.sync_data().map_err(io_err("fdatasync", &p))?;
+            let p = self.dir.join("tree.bin");
+            self.tree.sync_data().map_err(io_err("fdatasync", &p))?;
+            let tmp = self.dir.join("checkpoint.tmp");
+            fs::write(&tmp, note).map_err(io_err("write", &tmp))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("sync", &tmp))?;
+            let dst = self.dir.join("checkpoint");
+            fs::rename(&tmp, &dst).map_err(io_err("rename", &tmp))?;
+            sync_dir(&self.dir)
+        })();
+        res.map_err(|e| self.fail(e))
+    }
+
+    fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(read_checkpoint_file(&self.dir.join("checkpoint"))?.map(|(note, _)| note))
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded ledger in {}", self.dir.display())
+    }
+}
+
+/// What [`decode_segment`] found in a segment's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Entries read, with the index each frame carries.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Bytes that hold the magic and whole, valid frames.
+    pub valid_len: usize,
+    /// Why reading stopped before the end, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Decodes a whole segment held in memory, the way recovery reads one from disk: the magic,
+/// then frames until the end or the first frame that is cut short or fails its checksum. Used
+/// by fuzzing and by tools; never panics on any input.
+#[must_use]
+pub fn decode_segment(bytes: &[u8]) -> SegmentScan {
+    let mut scan = SegmentScan {
+        entries: Vec::new(),
+        valid_len: 0,
+        stopped: None,
+    };
+    let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
+        scan.stopped = Some("the segment does not start with the magic".into());
+        return scan;
+    };
+    scan.valid_len = MAGIC.len();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        let Some((header, body)) = rest.split_first_chunk::<16>() else {
+            scan.stopped = Some(format!(
+                "a frame header at byte {} is cut short",
+                scan.valid_len
+            ));
+            return scan;
+        };
+        let (len, crc, index) = split_header(header);
+        let len = len as usize;
+        if len > MAX_ENTRY_BYTES {
+            scan.stopped = Some(format!(
+                "the frame at byte {} claims {len} bytes",
+                scan.valid_len
+            ));
+            return scan;
+        }
+        let Some((payload, after)) = body.split_at_checked(len) else {
+            scan.stopped = Some(format!("the frame at byte {} is cut short", scan.valid_len));
+            return scan;
+        };
+        if frame_crc(index, payload) != crc {
+            scan.stopped = Some(format!(
+                "the frame at byte {} (entry {index}) fails its checksum",
+                scan.valid_len
+            ));
+            return scan;
+        }
+        scan.entries.push((index, payload.to_vec()));
+        scan.valid_len += 16 + len;
+        rest = after;
+    }
+    scan
+}
+
+/// Encodes one frame (for tests and tools that build segments).
+#[must_use]
+pub fn encode_frame(index: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + payload.len());
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    push_frame(&mut out, index, len, payload);
+    out
+}
+
+fn push_frame(out: &mut Vec<u8>, index: u64, len: u32, payload: &[u8]) {
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&frame_crc(index, payload).to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The 8 bytes every segment starts with.
+pub const SEGMENT_MAGIC: &[u8; 8] = MAGIC;

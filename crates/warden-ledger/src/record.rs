@@ -1,0 +1,195 @@
+//! What the ledger records: decision records and execution receipts, in canonical JSON.
+//!
+//! An entry's bytes are the RFC 8785 canonical JSON of the [`Entry`]; the leaf hash is taken over
+//! exactly those bytes, so an independent verifier that re-canonicalizes an exported entry gets
+//! the same hash. Records carry hashes of arguments and results, never the values (INV-009).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use warden_core::{Decision, Escalation, Verdict};
+
+/// Longest entry accepted, encoded.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// One leaf of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Entry {
+    /// A Governor decision.
+    Decision(DecisionRecord),
+    /// An Executor receipt.
+    Receipt(Receipt),
+}
+
+/// What the Governor decided about one proposal (INV-014).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRecord {
+    /// `allow`, `deny` or `escalate`.
+    pub decision: Verdict,
+    /// Rules that fired.
+    pub rules: Vec<String>,
+    /// Cedar policy ids that determined the outcome.
+    pub policies: Vec<String>,
+    /// The rationale.
+    pub rationale: String,
+    /// What an escalation waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+    /// The manifest's logical clock.
+    pub manifest_version: u64,
+    /// Hash of the policy bundle.
+    pub policy_hash: String,
+    /// The proposing agent.
+    pub agent: String,
+    /// The agent's lineage: its owner, the human at the root.
+    pub lineage: Vec<String>,
+    /// The tenant.
+    pub tenant: String,
+    /// The session.
+    pub session: String,
+    /// Trace id (W3C trace context or the caller's), empty if none.
+    pub trace_id: String,
+    /// Request id, unique per proposal.
+    pub request_id: String,
+    /// The tool.
+    pub tool: String,
+    /// SHA-256 of the canonical arguments.
+    pub arguments_hash: String,
+    /// When the decision was made, Unix seconds.
+    pub time: i64,
+}
+
+impl DecisionRecord {
+    /// The record of `decision`, made for the request `request_id` in trace `trace_id`.
+    #[must_use]
+    pub fn from_decision(decision: &Decision, trace_id: &str, request_id: &str) -> Self {
+        let lineage = if decision.owner.is_empty() {
+            Vec::new()
+        } else {
+            vec![decision.owner.clone()]
+        };
+        DecisionRecord {
+            decision: decision.decision,
+            rules: decision.rules.clone(),
+            policies: decision.policies.clone(),
+            rationale: decision.reason.clone(),
+            escalation: decision.escalation.clone(),
+            manifest_version: decision.manifest_version,
+            policy_hash: decision.policy_hash.clone(),
+            agent: decision.agent.clone(),
+            lineage,
+            tenant: decision.tenant.clone(),
+            session: decision.session.clone(),
+            trace_id: trace_id.to_owned(),
+            request_id: request_id.to_owned(),
+            tool: decision.tool.clone(),
+            arguments_hash: decision.arguments_hash.clone(),
+            time: decision.decided_at,
+        }
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// The tool ran and returned a result.
+    Ok,
+    /// The tool ran and reported an error.
+    Error,
+    /// The tool did not finish in time.
+    Timeout,
+    /// The Executor refused the call (grant invalid, guarantee absent).
+    Refused,
+    /// The call was cancelled or killed.
+    Killed,
+}
+
+/// What the Executor did with one granted call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Trace id.
+    pub trace_id: String,
+    /// Request id of the decision this execution follows.
+    pub request_id: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The agent.
+    pub agent: String,
+    /// The action (tool) that ran.
+    pub action: String,
+    /// SHA-256 of the canonical arguments that ran.
+    pub arguments_hash: String,
+    /// The grant it ran under.
+    pub grant: String,
+    /// The approval it ran under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// Start, Unix milliseconds.
+    pub started_at_ms: i64,
+    /// End, Unix milliseconds.
+    pub ended_at_ms: i64,
+    /// How it ended.
+    pub status: ReceiptStatus,
+    /// SHA-256 of the canonical result (after redaction), empty if none.
+    pub result_hash: String,
+    /// Which executor ran it.
+    pub executor: String,
+    /// The sandbox profile it ran under.
+    pub sandbox_profile: String,
+}
+
+/// Why bytes are not a valid entry.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Too long.
+    #[error("entry is {0} bytes, over the {MAX_ENTRY_BYTES}-byte limit")]
+    TooLong(usize),
+    /// Not JSON, or not an entry.
+    #[error("entry is not a valid record: {0}")]
+    Invalid(#[from] serde_json::Error),
+    /// Valid, but not in canonical form, so its hash would not be reproducible.
+    #[error("entry is not in canonical JSON form")]
+    NotCanonical,
+}
+
+impl Entry {
+    /// The canonical bytes that are hashed and stored.
+    ///
+    /// # Errors
+    /// [`RecordError::TooLong`] over [`MAX_ENTRY_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        let value = serde_json::to_value(self)?;
+        let bytes = warden_core::canonical::to_canonical_string(&value).into_bytes();
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Err(RecordError::TooLong(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes stored or exported bytes, requiring canonical form.
+    ///
+    /// # Errors
+    /// [`RecordError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Err(RecordError::TooLong(bytes.len()));
+        }
+        let value: Value = serde_json::from_slice(bytes)?;
+        if warden_core::canonical::to_canonical_string(&value).as_bytes() != bytes {
+            return Err(RecordError::NotCanonical);
+        }
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// The request id the entry belongs to.
+    #[must_use]
+    pub fn request_id(&self) -> &str {
+        match self {
+            Entry::Decision(d) => &d.request_id,
+            Entry::Receipt(r) => &r.request_id,
+        }
+    }
+}

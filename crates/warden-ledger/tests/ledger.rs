@@ -1,0 +1,816 @@
+//! The Witness ledger end to end: RFC 6962 vectors, proofs, tampering, crash recovery, fail
+//! closed, and one shared suite run against the embedded store and PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use warden_ledger::file::{decode_segment, FileStore, Mode};
+use warden_ledger::merkle::{self, from_hex, leaf_hash, root_of_leaves, Hash};
+use warden_ledger::note::{Checkpoint, NoteSigner};
+use warden_ledger::postgres::PgStore;
+use warden_ledger::record::{DecisionRecord, Entry, Receipt, ReceiptStatus};
+use warden_ledger::store::LedgerStore;
+use warden_ledger::{proof, verify, Ledger, LedgerConfig};
+
+fn h(s: &str) -> Hash {
+    from_hex(s).unwrap()
+}
+
+fn file_store(dir: &Path) -> Box<dyn LedgerStore> {
+    Box::new(FileStore::open(dir, Mode::Write).unwrap())
+}
+
+fn raw_entries(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("entry-{i}").into_bytes()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 6962 test vectors (the Certificate Transparency reference leaves, roots and proofs).
+
+const CT_LEAVES: [&[u8]; 8] = [
+    b"",
+    b"\x00",
+    b"\x10",
+    b"\x20\x21",
+    b"\x30\x31",
+    b"\x40\x41\x42\x43",
+    b"\x50\x51\x52\x53\x54\x55\x56\x57",
+    b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+];
+
+const CT_ROOTS: [&str; 9] = [
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+];
+
+fn ct_store(dir: &Path) -> Box<dyn LedgerStore> {
+    let mut s = file_store(dir);
+    let entries: Vec<Vec<u8>> = CT_LEAVES.iter().map(|l| l.to_vec()).collect();
+    s.append(&entries).unwrap();
+    s
+}
+
+#[test]
+fn rfc6962_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ct_store(dir.path());
+    let leaves: Vec<Hash> = CT_LEAVES.iter().map(|l| leaf_hash(l)).collect();
+    for (size, want) in CT_ROOTS.iter().enumerate() {
+        assert_eq!(
+            proof::root(&mut *s, size as u64).unwrap(),
+            h(want),
+            "size {size}"
+        );
+        assert_eq!(root_of_leaves(&leaves[..size]), h(want), "size {size}");
+    }
+}
+
+#[test]
+fn rfc6962_inclusion_and_consistency_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ct_store(dir.path());
+    let cases: [(u64, u64, &[&str]); 2] = [
+        (
+            0,
+            8,
+            &[
+                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+            ],
+        ),
+        (
+            5,
+            8,
+            &[
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            ],
+        ),
+    ];
+    for (index, size, want) in cases {
+        let p = proof::inclusion(&mut *s, index, size).unwrap();
+        assert_eq!(
+            p.proof,
+            want.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+        );
+        p.verify().unwrap();
+    }
+    let cons: [(u64, u64, &[&str]); 3] = [
+        (
+            1,
+            8,
+            &[
+                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+            ],
+        ),
+        (
+            6,
+            8,
+            &[
+                "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            ],
+        ),
+        (
+            2,
+            5,
+            &[
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            ],
+        ),
+    ];
+    for (old, new, want) in cons {
+        let p = proof::consistency(&mut *s, old, new).unwrap();
+        assert_eq!(
+            p.proof,
+            want.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            "{old}->{new}"
+        );
+        p.verify().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests.
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any sequence of appends, in any batching, gives the RFC's roots, and every inclusion and
+    /// consistency proof verifies against independently computed roots; wrong ones do not.
+    #[test]
+    fn any_appends_verify(batches in prop::collection::vec(1usize..9, 1..10), seed in any::<u8>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileStore::open_with(dir.path(), Mode::Write, 256).unwrap();
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for (b, n) in batches.iter().enumerate() {
+            let batch: Vec<Vec<u8>> = (0..*n).map(|i| vec![seed, b as u8, i as u8]).collect();
+            s.append(&batch).unwrap();
+            all.extend(batch);
+        }
+        let leaves: Vec<Hash> = all.iter().map(|e| leaf_hash(e)).collect();
+        let n = leaves.len() as u64;
+        for size in 0..=n {
+            prop_assert_eq!(proof::root(&mut s, size).unwrap(), root_of_leaves(&leaves[..size as usize]));
+        }
+        for size in 1..=n {
+            let root = root_of_leaves(&leaves[..size as usize]);
+            for index in 0..size {
+                let p = proof::inclusion(&mut s, index, size).unwrap();
+                let path: Vec<Hash> = p.proof.iter().map(|x| h(x)).collect();
+                prop_assert!(merkle::verify_inclusion(index, size, &leaves[index as usize], &path, &root).is_ok());
+                let other = (index + 1) % size;
+                if other != index {
+                    prop_assert!(merkle::verify_inclusion(other, size, &leaves[index as usize], &path, &root).is_err());
+                }
+                prop_assert!(merkle::verify_inclusion(index, size, &leaf_hash(b"forged"), &path, &root).is_err());
+            }
+            for old in 0..=size {
+                let p = proof::consistency(&mut s, old, size).unwrap();
+                let path: Vec<Hash> = p.proof.iter().map(|x| h(x)).collect();
+                let old_root = root_of_leaves(&leaves[..old as usize]);
+                prop_assert!(merkle::verify_consistency(old, size, &old_root, &root, &path).is_ok());
+                if old > 0 && old < size {
+                    prop_assert!(merkle::verify_consistency(old, size, &leaf_hash(b"x"), &root, &path).is_err());
+                    prop_assert!(merkle::verify_consistency(old, size, &old_root, &leaf_hash(b"x"), &path).is_err());
+                }
+            }
+        }
+        // The store reopens to the same tree.
+        drop(s);
+        let mut s = FileStore::open_with(dir.path(), Mode::Write, 256).unwrap();
+        prop_assert_eq!(proof::root(&mut s, n).unwrap(), root_of_leaves(&leaves));
+    }
+
+    /// Flipping any bit of any stored byte (segments, derived files, checkpoint) is detected:
+    /// the ledger either refuses to open or verification fails.
+    #[test]
+    fn any_flipped_byte_is_detected(which in 0usize..4, pos_seed in any::<u64>(), bit in 0u8..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = NoteSigner::generate("warden.test/flip").unwrap();
+        let verifier = signer.verifier();
+        {
+            let ledger = Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap();
+            for i in 0..20 {
+                ledger.append(&decision(i)).unwrap();
+            }
+            ledger.checkpoint().unwrap();
+        }
+        let files = ["00000000000000000000.seg", "index.bin", "tree.bin", "checkpoint"];
+        let path = dir.path().join(files[which]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let pos = (pos_seed % bytes.len() as u64) as usize;
+        bytes[pos] ^= 1 << bit;
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = FileStore::open(dir.path(), Mode::ReadOnly)
+            .map_err(|e| e.to_string())
+            .and_then(|mut s| verify::verify_store(&mut s, &verifier, None).map_err(|e| e.to_string()));
+        // Derived files are re-derived from the segments when they disagree with the signed
+        // checkpoint, so flipping one of them is healed rather than fatal; everything else fails.
+        if which == 1 || which == 2 {
+            if let Ok(report) = &outcome {
+                prop_assert_eq!(report.entries, 20);
+            }
+        } else {
+            prop_assert!(outcome.is_err(), "flip in {} at {pos} went unnoticed", files[which]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records.
+
+fn decision(i: u64) -> Entry {
+    Entry::Decision(DecisionRecord {
+        decision: warden_core::Verdict::Allow,
+        rules: vec!["tier.low.auto".into()],
+        policies: vec!["policy:permit-reads".into()],
+        rationale: "allowed".into(),
+        escalation: None,
+        manifest_version: 3,
+        policy_hash: "sha256:00".into(),
+        agent: "coder-1".into(),
+        lineage: vec!["alice@acme.example".into()],
+        tenant: "acme".into(),
+        session: "s1".into(),
+        trace_id: format!("trace-{i}"),
+        request_id: format!("req-{i}"),
+        tool: "fs.read_file".into(),
+        arguments_hash: format!("sha256:{i:064x}"),
+        time: 1_795_341_600 + i as i64,
+    })
+}
+
+fn receipt(i: u64) -> Entry {
+    Entry::Receipt(Receipt {
+        trace_id: format!("trace-{i}"),
+        request_id: format!("req-{i}"),
+        tenant: "acme".into(),
+        agent: "coder-1".into(),
+        action: "fs.read_file".into(),
+        arguments_hash: format!("sha256:{i:064x}"),
+        grant: format!("grant-{i}"),
+        approval: None,
+        started_at_ms: 1_795_341_600_000,
+        ended_at_ms: 1_795_341_600_020,
+        status: ReceiptStatus::Ok,
+        result_hash: "sha256:11".into(),
+        executor: "process".into(),
+        sandbox_profile: "none".into(),
+    })
+}
+
+#[test]
+fn records_are_canonical_and_round_trip() {
+    for e in [decision(7), receipt(7)] {
+        let bytes = e.to_bytes().unwrap();
+        assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+        // Same value, other key order and whitespace: rejected as non-canonical.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let pretty = serde_json::to_vec_pretty(&v).unwrap();
+        assert!(Entry::from_bytes(&pretty).is_err());
+    }
+    // Unknown fields are refused.
+    let mut v: serde_json::Value = serde_json::from_slice(&receipt(1).to_bytes().unwrap()).unwrap();
+    v["secret"] = "x".into();
+    let bytes = warden_core::canonical::to_canonical_string(&v).into_bytes();
+    assert!(Entry::from_bytes(&bytes).is_err());
+}
+
+/// INV-009: argument values — including secrets an agent put in them — never reach a record;
+/// only their hash does. Shown for an allowed call and for a call denied because an argument
+/// did not match its schema (whose rationale must not quote the value either).
+#[test]
+fn no_secret_value_reaches_a_record() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter");
+    let text = std::fs::read_to_string(root.join("manifest.yaml")).unwrap();
+    let mut policies = Vec::new();
+    for e in std::fs::read_dir(root.join("policies")).unwrap() {
+        let p = e.unwrap().path();
+        policies.push(warden_policy::PolicySource {
+            name: p.file_name().unwrap().to_string_lossy().into_owned(),
+            text: std::fs::read_to_string(&p).unwrap(),
+        });
+    }
+    let m = warden_policy::parse_manifest("manifest.yaml", &text).unwrap();
+    let g = warden_policy::Governor::new(m, &policies).unwrap();
+    let state = warden_state::MemoryState::new();
+    let secret = "ghp_S3cr3tT0k3nValue";
+    let cases = [
+        (
+            "fs.read_file",
+            serde_json::json!({ "path": format!("/home/{secret}") }),
+        ),
+        (
+            "github.create_issue",
+            serde_json::json!({ "repo": format!("{secret} not a repo"), "title": secret }),
+        ),
+    ];
+    let mut verdicts = Vec::new();
+    for (tool, args) in cases {
+        let p = warden_core::Proposal {
+            agent: "coder-1".into(),
+            session: "s".into(),
+            tool: tool.into(),
+            arguments: args,
+            tenant: None,
+        };
+        let d = g.decide(&p, &state, 1_795_341_600);
+        verdicts.push(d.decision);
+        let bytes = Entry::Decision(DecisionRecord::from_decision(&d, "t", "r"))
+            .to_bytes()
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains(secret), "secret leaked into {text}");
+        assert!(!text.contains("S3cr3t"), "secret leaked into {text}");
+    }
+    assert_eq!(verdicts[0], warden_core::Verdict::Allow);
+    assert_eq!(verdicts[1], warden_core::Verdict::Deny);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared suite: the same checks against every backend.
+
+fn shared_suite(make: &dyn Fn() -> Box<dyn LedgerStore>, origin: &str) {
+    let signer = NoteSigner::generate(origin).unwrap();
+    let private = signer.to_private_string();
+    let verifier = signer.verifier();
+    {
+        let ledger = Ledger::open(make(), signer, LedgerConfig::default()).unwrap();
+        // Concurrent submitters share group commits; every index is distinct and dense.
+        let ledger = Arc::new(ledger);
+        let mut handles = Vec::new();
+        for t in 0..4u64 {
+            let l = Arc::clone(&ledger);
+            handles.push(std::thread::spawn(move || {
+                (0..50u64)
+                    .map(|i| l.append(&decision(t * 1000 + i)).unwrap())
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut got: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        ledger.append(&receipt(1)).unwrap();
+        let note = ledger.checkpoint().unwrap();
+        let cp = Checkpoint::open(&note, &verifier, origin).unwrap();
+        assert_eq!(cp.size, 201);
+        assert_eq!(ledger.root(201).unwrap(), cp.root);
+        let p = ledger.prove(17, 201).unwrap();
+        p.verify().unwrap();
+        assert_eq!(h(&p.root), cp.root);
+        let c = ledger
+            .with_store(|s| Ok(proof::consistency(s, 100, 201)?))
+            .unwrap();
+        c.verify().unwrap();
+        // Out of range is an error, not a panic.
+        assert!(ledger.prove(201, 201).is_err());
+        assert!(ledger.prove(0, 202).is_err());
+    }
+    // Reopen: same log, and it keeps growing.
+    let signer = NoteSigner::parse(&private).unwrap();
+    let ledger = Ledger::open(make(), signer, LedgerConfig::default()).unwrap();
+    assert_eq!(ledger.size().unwrap(), 201);
+    ledger.append(&decision(9999)).unwrap();
+    let note = ledger.checkpoint().unwrap();
+    drop(ledger);
+
+    let mut s = make();
+    let report = verify::verify_store(&mut *s, &verifier, Some(&note)).unwrap();
+    assert_eq!(report.entries, 202);
+    assert_eq!(report.checkpoint_size, 202);
+    let bytes = proof::entry_checked(&mut *s, 200).unwrap();
+    assert_eq!(Entry::from_bytes(&bytes).unwrap(), receipt(1));
+
+    // An export verifies with nothing but the public key.
+    let mut out = Vec::new();
+    assert_eq!(verify::export(&mut *s, &mut out).unwrap(), 202);
+    let r = verify::verify_export(&mut out.as_slice(), &verifier).unwrap();
+    assert_eq!(r.entries, 202);
+    // ... and not with another key.
+    let other = NoteSigner::generate(origin).unwrap().verifier();
+    assert!(verify::verify_export(&mut out.as_slice(), &other).is_err());
+    // An altered entry in the export is named.
+    let text = String::from_utf8(out).unwrap();
+    let altered = text.replacen("\"req-5\"", "\"req-X\"", 1);
+    assert_ne!(altered, text);
+    let err = verify::verify_export(&mut altered.as_bytes(), &verifier).unwrap_err();
+    assert!(err.index.is_some(), "{err}");
+}
+
+#[test]
+fn shared_suite_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    shared_suite(&|| file_store(&path), "warden.test/embedded");
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("WARDEN_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!(
+                "notice: WARDEN_TEST_POSTGRES_URL is unset; skipping the PostgreSQL ledger test"
+            );
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    getrandom_fill(&mut b);
+    let mut s = prefix.to_owned();
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+fn getrandom_fill(b: &mut [u8]) {
+    // Distinct per test run; tests need uniqueness, not secrecy.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let pid = std::process::id() as u128;
+    let v = (t ^ (pid << 64)).to_le_bytes();
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = v[i % 16] ^ v[(i + 7) % 16];
+    }
+}
+
+#[test]
+fn shared_suite_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let name = unique("warden.test/pg-");
+    shared_suite(&|| Box::new(PgStore::connect(&url, &name).unwrap()), &name);
+}
+
+/// Several instances write one PostgreSQL ledger: one global order, one verifying tree.
+#[test]
+fn postgres_several_instances_one_order() {
+    let Some(url) = postgres_url() else { return };
+    let name = unique("warden.test/multi-");
+    let signer = NoteSigner::generate(&name).unwrap();
+    let private = signer.to_private_string();
+    let verifier = signer.verifier();
+    let mut handles = Vec::new();
+    for inst in 0..3u64 {
+        let url = url.clone();
+        let name = name.clone();
+        let private = private.clone();
+        handles.push(std::thread::spawn(move || {
+            let store = Box::new(PgStore::connect(&url, &name).unwrap());
+            let ledger = Ledger::open(
+                store,
+                NoteSigner::parse(&private).unwrap(),
+                LedgerConfig::default(),
+            )
+            .unwrap();
+            let l = Arc::new(ledger);
+            let mut got = Vec::new();
+            for i in 0..40u64 {
+                got.push(l.append(&decision(inst * 1000 + i)).unwrap());
+            }
+            l.checkpoint().unwrap();
+            got
+        }));
+    }
+    let mut got: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..120).collect::<Vec<_>>(),
+        "indices are dense and distinct across instances"
+    );
+    let mut s = PgStore::connect(&url, &name).unwrap();
+    let report = verify::verify_store(&mut s, &verifier, None).unwrap();
+    assert_eq!(report.entries, 120);
+    assert_eq!(report.checkpoint_size, 120);
+}
+
+/// With PostgreSQL unreachable, appends fail (fail closed) instead of being acknowledged.
+#[test]
+fn postgres_down_fails_closed() {
+    // A port nothing listens on stands in for a database that went away.
+    let err = PgStore::connect("postgres://root@127.0.0.1:1/test", "warden.test/down").unwrap_err();
+    assert!(err.to_string().contains("postgres"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering with the embedded store.
+
+/// Rewrites entry 12 of a 30-entry ledger with a valid frame (correct checksum), replacing
+/// `from` by `to`; only the Merkle tree can catch it.
+fn tamper_entry_12(from: &str, to: &str) -> (tempfile::TempDir, warden_ledger::NoteVerifier) {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden.test/tamper").unwrap();
+    let verifier = signer.verifier();
+    {
+        let ledger = Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap();
+        for i in 0..30 {
+            ledger.append(&decision(i)).unwrap();
+        }
+        ledger.checkpoint().unwrap();
+    }
+    let seg = dir.path().join("00000000000000000000.seg");
+    let scan = decode_segment(&std::fs::read(&seg).unwrap());
+    assert_eq!(scan.entries.len(), 30);
+    let mut rebuilt = warden_ledger::file::SEGMENT_MAGIC.to_vec();
+    for (i, payload) in &scan.entries {
+        let mut p = payload.clone();
+        if *i == 12 {
+            let text = String::from_utf8(p).unwrap();
+            assert!(text.contains(from));
+            p = text.replacen(from, to, 1).into_bytes();
+        }
+        rebuilt.extend(warden_ledger::file::encode_frame(*i, &p));
+    }
+    std::fs::write(&seg, &rebuilt).unwrap();
+    (dir, verifier)
+}
+
+#[test]
+fn tampered_entry_is_named_by_index() {
+    // Same length: the derived offsets still line up; verification names the entry.
+    let (dir, verifier) = tamper_entry_12("\"coder-1\"", "\"coder-9\"");
+    let mut s = FileStore::open(dir.path(), Mode::ReadOnly).unwrap();
+    let err = verify::verify_store(&mut s, &verifier, None).unwrap_err();
+    assert_eq!(err.index, Some(12), "{err}");
+    assert!(err.to_string().contains("stored leaf hash"), "{err}");
+
+    // Another length: the offsets no longer line up, the store re-derives from the frames and
+    // refuses to open, naming the entry, for readers and the writer alike.
+    let (dir, _) = tamper_entry_12("\"allow\"", "\"deny\"");
+    for mode in [Mode::ReadOnly, Mode::Write] {
+        let err = FileStore::open(dir.path(), mode).unwrap_err().to_string();
+        assert!(err.contains("entry 12") && err.contains("altered"), "{err}");
+    }
+}
+
+#[test]
+fn torn_tail_is_cut_and_damage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = file_store(dir.path());
+        s.append(&raw_entries(10)).unwrap();
+    }
+    let seg = dir.path().join("00000000000000000000.seg");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&warden_ledger::file::encode_frame(10, b"half")[..9])
+        .unwrap();
+    drop(f);
+    let mut s = file_store(dir.path());
+    assert_eq!(s.size().unwrap(), 10);
+    s.append(&raw_entries(1)).unwrap();
+    assert_eq!(s.size().unwrap(), 11);
+    drop(s);
+    // Damage in the middle of a segment that is not the last is refused, naming the file.
+    let mut s = FileStore::open_with(dir.path(), Mode::Write, 64).unwrap();
+    s.append(&raw_entries(3)).unwrap(); // rolls a new segment
+    drop(s);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let len = bytes.len();
+    bytes[len - 3] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = FileStore::open(dir.path(), Mode::Write)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("00000000000000000000.seg") && err.contains("damage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn segments_roll_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = FileStore::open_with(dir.path(), Mode::Write, 200).unwrap();
+    for _ in 0..10 {
+        s.append(&raw_entries(7)).unwrap();
+    }
+    let segs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count();
+    assert!(segs > 3, "only {segs} segments");
+    let mut seen = Vec::new();
+    s.scan(0, 70, &mut |i, b| {
+        seen.push((i, b.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 70);
+    assert_eq!(seen[69].1, b"entry-6".to_vec());
+    drop(s);
+    let mut r = FileStore::open(dir.path(), Mode::ReadOnly).unwrap();
+    assert_eq!(r.size().unwrap(), 70);
+    assert_eq!(
+        proof::entry_checked(&mut r, 35).unwrap(),
+        b"entry-0".to_vec()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash recovery: a child process appends and reports each acknowledged index; it is killed
+// with SIGKILL at random moments; every acknowledged entry must be there and the log verify.
+
+const CRASH_DIR: &str = "WARDEN_LEDGER_CRASH_DIR";
+
+/// The child side (does nothing unless the parent set the variable).
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CRASH_DIR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let key = std::fs::read_to_string(dir.join("key")).unwrap();
+    let signer = NoteSigner::parse(&key).unwrap();
+    let config = LedgerConfig {
+        checkpoint_interval: Duration::from_millis(5),
+        ..LedgerConfig::default()
+    };
+    let store = Box::new(FileStore::open_with(&dir.join("ledger"), Mode::Write, 4096).unwrap());
+    let ledger = Arc::new(Ledger::open(store, signer, config).unwrap());
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut handles = Vec::new();
+    for t in 0..4u64 {
+        let l = Arc::clone(&ledger);
+        let out = Arc::clone(&out);
+        handles.push(std::thread::spawn(move || {
+            for i in 0.. {
+                let e = decision(t * 1_000_000 + i);
+                let idx = l.append(&e).unwrap();
+                let mut o = out.lock().unwrap();
+                writeln!(o, "ack {idx} {}", e.request_id()).unwrap();
+                o.flush().unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+#[test]
+fn crash_kill9_keeps_every_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden.test/crash").unwrap();
+    std::fs::write(dir.path().join("key"), &*signer.to_private_string()).unwrap();
+    let verifier = signer.verifier();
+    let exe = std::env::current_exe().unwrap();
+    let mut acked: std::collections::BTreeMap<u64, String> = Default::default();
+    let rounds = 12;
+    for round in 0..rounds {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(CRASH_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.push(line);
+            }
+            lines
+        });
+        // Kill at a different moment each round: 20..~140 ms after start.
+        std::thread::sleep(Duration::from_millis(20 + (round * 37 % 120)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for line in reader.join().unwrap() {
+            let mut parts = line.split_whitespace();
+            if parts.next() != Some("ack") {
+                continue;
+            }
+            let (Some(idx), Some(req)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            acked.insert(idx.parse().unwrap(), req.to_owned());
+        }
+        // Reopen as the writer would (repairing a torn tail) and check.
+        let mut s = FileStore::open_with(&dir.path().join("ledger"), Mode::Write, 4096).unwrap();
+        let size = s.size().unwrap();
+        for (idx, req) in &acked {
+            assert!(
+                *idx < size,
+                "round {round}: acknowledged entry {idx} lost (size {size})"
+            );
+            let bytes = proof::entry_checked(&mut s, *idx).unwrap();
+            assert_eq!(Entry::from_bytes(&bytes).unwrap().request_id(), req);
+        }
+        if s.latest_checkpoint().unwrap().is_some() {
+            verify::verify_store(&mut s, &verifier, None).unwrap();
+        }
+    }
+    assert!(
+        acked.len() > 100,
+        "the child acknowledged only {} entries",
+        acked.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail closed (INV-003): a full disk makes appends fail, and nothing after is acknowledged.
+
+#[test]
+fn full_disk_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("notice: cannot mount a small tmpfs here (needs root); skipping the full-disk ledger test");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let signer = NoteSigner::generate("warden.test/full").unwrap();
+    let verifier = signer.verifier();
+    let ledger = Ledger::open(file_store(&mnt), signer, LedgerConfig::default()).unwrap();
+    let mut acked = 0u64;
+    let mut failed = None;
+    for i in 0..100_000u64 {
+        match ledger.append(&decision(i)) {
+            Ok(idx) => {
+                assert_eq!(idx, acked);
+                acked += 1;
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let failed = failed.expect("a 256 KiB filesystem must fill up");
+    assert!(failed.contains("do not execute"), "{failed}");
+    // Every later append is refused too, even if space came back.
+    assert!(ledger.append(&decision(0)).is_err());
+    drop(ledger);
+    // After the disk is freed, reopening recovers exactly the acknowledged entries.
+    for e in std::fs::read_dir(&mnt).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "bin") {
+            // Derived files can be rebuilt; removing them frees space for recovery.
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let mut s = FileStore::open(&mnt, Mode::Write).unwrap();
+    assert!(s.size().unwrap() >= acked);
+    if s.latest_checkpoint().unwrap().is_some() {
+        verify::verify_store(&mut s, &verifier, None).unwrap();
+    }
+}
