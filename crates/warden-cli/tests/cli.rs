@@ -351,3 +351,170 @@ fn queued_outside_the_window() {
     assert_eq!(d["escalation"]["kind"], "queued");
     assert_eq!(d["escalation"]["until"], "2026-11-23T08:00:00Z");
 }
+
+/// Writes a ledger of `n` decision records into DATA the way `serve` does, with a signed
+/// checkpoint, and returns the checkpoint note.
+fn make_ledger(data: &Path, n: u64) -> String {
+    let ledger = warden_gateway::witness::open_ledger(data, None).unwrap();
+    for i in 0..n {
+        let d = warden_core::Decision {
+            decision: warden_core::Verdict::Allow,
+            rules: vec!["tier.low.auto".into()],
+            policies: vec![],
+            reason: "allowed".into(),
+            manifest_version: 1,
+            policy_hash: "sha256:00".into(),
+            escalation: None,
+            agent: "coder-1".into(),
+            owner: "alice@acme.example".into(),
+            tenant: "acme".into(),
+            session: "s".into(),
+            tool: "fs.read_file".into(),
+            arguments_hash: format!("sha256:{i:064x}"),
+            decided_at: 1_795_341_600,
+        };
+        let e = warden_ledger::Entry::Decision(warden_ledger::DecisionRecord::from_decision(
+            &d,
+            "",
+            &format!("req-{i:04}"),
+        ));
+        ledger.append(&e).unwrap();
+    }
+    ledger.checkpoint().unwrap()
+}
+
+#[test]
+fn ledger_commands_prove_export_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let d = data.to_str().unwrap();
+    let early = make_ledger(data, 6);
+    let early_path = data.join("early.checkpoint");
+    std::fs::write(&early_path, &early).unwrap();
+    make_ledger(data, 10);
+
+    let out = warden(&["ledger", "verify", "--data", d]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("16 entries verified"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = warden(&[
+        "ledger",
+        "verify",
+        "--data",
+        d,
+        "--from-checkpoint",
+        early_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("extends the checkpoint at size 6"));
+
+    let out = warden(&["ledger", "show", "3", "--data", d]);
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["entry"]["request_id"], "req-0003");
+    assert_eq!(j["entry"]["type"], "decision");
+
+    let out = warden(&["ledger", "tail", "-n", "2", "--data", d]);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["index"], 15);
+
+    let out = warden(&["ledger", "prove", "3", "--data", d]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["size"], 16);
+    assert!(p["checkpoint"].as_str().unwrap().contains("\n16\n"));
+    let proven: warden_ledger::proof::Proven = serde_json::from_value(p.clone()).unwrap();
+    proven.verify().unwrap();
+
+    let out = warden(&["ledger", "consistency", "6", "16", "--data", d]);
+    let c: warden_ledger::proof::Consistent = serde_json::from_slice(&out.stdout).unwrap();
+    c.verify().unwrap();
+    assert!(
+        warden(&["ledger", "consistency", "17", "16", "--data", d])
+            .status
+            .code()
+            != Some(0)
+    );
+    let out = warden(&["ledger", "show", "99", "--data", d]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("outside the log"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An export verifies elsewhere with nothing but the export and the public key.
+    let export = data.join("export.jsonl");
+    let out = warden(&[
+        "ledger",
+        "export",
+        "--data",
+        d,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let key = elsewhere.path().join("ledger.pub");
+    std::fs::copy(data.join("keys/ledger.pub"), &key).unwrap();
+    let args = |f: &str| {
+        vec![
+            "ledger".to_string(),
+            "verify".into(),
+            "--data".into(),
+            elsewhere.path().to_str().unwrap().into(),
+            "--key".into(),
+            key.to_str().unwrap().into(),
+            "--export".into(),
+            f.into(),
+        ]
+    };
+    let run = |f: &str| {
+        let a = args(f);
+        warden(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run(export.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tampered = elsewhere.path().join("tampered.jsonl");
+    let body = std::fs::read_to_string(&export).unwrap();
+    std::fs::write(&tampered, body.replacen("req-0003", "req-9999", 1)).unwrap();
+    let out = run(tampered.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("entry 3:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Tampering with the stored ledger is found and named.
+    let seg = data.join("ledger/00000000000000000000.seg");
+    let bytes = std::fs::read(&seg).unwrap();
+    let scan = warden_ledger::file::decode_segment(&bytes);
+    let mut rebuilt = warden_ledger::file::SEGMENT_MAGIC.to_vec();
+    for (i, p) in &scan.entries {
+        let p = if *i == 9 {
+            String::from_utf8(p.clone())
+                .unwrap()
+                .replace("coder-1", "coder-2")
+                .into_bytes()
+        } else {
+            p.clone()
+        };
+        rebuilt.extend(warden_ledger::file::encode_frame(*i, &p));
+    }
+    std::fs::write(&seg, rebuilt).unwrap();
+    let out = warden(&["ledger", "verify", "--data", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("entry 9"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -7,11 +7,14 @@
 //! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
 //!   [`warden_policy::Governor`];
 //! - [`starter`]: the starter manifest `warden init` writes;
-//! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor and a state store.
+//! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
+//!   the ledger;
+//! - [`witness`]: opens the Witness ledger (key and store) from the data directory.
 
 pub mod bundle;
 pub mod server;
 pub mod starter;
+pub mod witness;
 
 /// Current Unix time in seconds (the only clock the decision path uses).
 #[must_use]

@@ -1,12 +1,15 @@
 //! The HTTP API: `GET /healthz`, `GET /v1/manifest`, `POST /v1/decide`.
 //!
 //! `/v1/decide` takes a proposal and answers the Governor's decision. It is decision-only: it
-//! executes nothing and mints no grant (those come with the Executor). Bodies over
+//! executes nothing and mints no grant (those come with the Executor). Every decision is
+//! appended to the Witness ledger before it is answered; if the ledger cannot record it, the
+//! answer is a 503 deny (INV-003: nothing unrecorded may run). Bodies over
 //! [`warden_core::proposal::MAX_PROPOSAL_BYTES`] are refused before parsing; malformed bodies get
 //! a 400 whose `error` names what was wrong; the server keeps serving.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use warden_core::proposal::MAX_PROPOSAL_BYTES;
 use warden_core::state::StateStore;
 use warden_core::{Proposal, Verdict};
+use warden_ledger::{DecisionRecord, Entry, Ledger};
 use warden_policy::Governor;
 
 /// What the handlers share.
@@ -25,6 +29,8 @@ pub struct AppState {
     pub governor: Arc<Governor>,
     /// Counters, session history and holds.
     pub state: Arc<dyn StateStore>,
+    /// The Witness ledger every decision is recorded in.
+    pub ledger: Arc<Ledger>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -56,7 +62,34 @@ async fn manifest(State(app): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn decide(State(app): State<AppState>, body: Bytes) -> Response {
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), if valid.
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default()
+}
+
+/// A fresh request id: 16 random bytes in hex.
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness the id still must be unique per process: fall back to time and a
+    // counter (uniqueness, not secrecy, is what the id needs).
+    if getrandom::fill(&mut b).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = crate::now_unix().unsigned_abs();
+        b = ((u128::from(t) << 64) | u128::from(n)).to_le_bytes();
+    }
+    let mut s = String::with_capacity(32);
+    warden_core::canonical::push_hex(&mut s, &b);
+    s
+}
+
+async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let proposal = match Proposal::from_json_slice(&body) {
         Ok(p) => p,
         Err(e) => {
@@ -77,12 +110,45 @@ async fn decide(State(app): State<AppState>, body: Bytes) -> Response {
         rules = ?decision.rules,
         "decision"
     );
+    let request_id = request_id();
+    let record = Entry::Decision(DecisionRecord::from_decision(
+        &decision,
+        &trace_id(&headers),
+        &request_id,
+    ));
+    // INVARIANT (fail-closed, INV-003): a decision the ledger did not durably record is
+    // answered as a deny, whatever the Governor said.
+    let recorded = match app.ledger.submit(&record) {
+        Ok(ticket) => ticket.recorded().await,
+        Err(e) => Err(e),
+    };
+    let index = match recorded {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger append failed; answering deny");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "decision": "deny",
+                    "rules": ["ledger.unavailable"],
+                    "reason": e.to_string(),
+                    "request_id": request_id,
+                })),
+            )
+                .into_response();
+        }
+    };
     let status = match decision.decision {
         Verdict::Allow => StatusCode::OK,
         Verdict::Deny => StatusCode::FORBIDDEN,
         Verdict::Escalate => StatusCode::ACCEPTED,
     };
-    (status, Json(decision)).into_response()
+    let mut body = serde_json::to_value(&decision).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("request_id".into(), request_id.into());
+        obj.insert("ledger_index".into(), index.into());
+    }
+    (status, Json(body)).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -16,6 +16,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warden_gateway::server::{serve, AppState};
 
 async fn start(dir: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let ledger = warden_gateway::witness::open_ledger(dir, None).unwrap();
+    start_with(dir, ledger).await
+}
+
+async fn start_with(
+    dir: &Path,
+    ledger: warden_ledger::Ledger,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let manifest = warden_gateway::starter::write(dir).unwrap();
     let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
     let state =
@@ -23,6 +31,7 @@ async fn start(dir: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let app = AppState {
         governor: Arc::new(governor),
         state: Arc::new(state),
+        ledger: Arc::new(ledger),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -69,6 +78,9 @@ async fn decides_over_http_and_survives_bad_input() {
     assert_eq!(status, 200, "{body}");
     let d: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(d["decision"], "allow");
+    // Recorded in the ledger before it was answered.
+    assert_eq!(d["ledger_index"], 0, "{body}");
+    assert_eq!(d["request_id"].as_str().unwrap().len(), 32, "{body}");
 
     let (status, body) = request(
         addr,
@@ -96,7 +108,135 @@ async fn decides_over_http_and_survives_bad_input() {
     assert_eq!(status, 413);
 
     // Still serving.
-    let (status, _) = request(addr, "POST", "/v1/decide", allow).await;
+    let (status, body) = request(addr, "POST", "/v1/decide", allow).await;
     assert_eq!(status, 200);
+    assert!(body.contains("\"ledger_index\":2"), "{body}");
+    let _ = stop.send(());
+}
+
+/// Every decision lands in the ledger, which verifies with the public key alone.
+#[tokio::test]
+async fn decisions_are_recorded_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let state =
+        warden_state::FileState::open(&dir.path().join("state"), warden_gateway::now_unix())
+            .unwrap();
+    let app = AppState {
+        governor: Arc::new(governor),
+        state: Arc::new(state),
+        ledger: Arc::clone(&ledger),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, app, std::future::pending()));
+    let secret = "sk-live-0123456789abcdef";
+    for i in 0..5 {
+        // Distinct paths: identical calls would trip the loop breaker.
+        let call = format!(
+            r#"{{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{{"path":"/{secret}/{i}"}}}}"#
+        );
+        assert_eq!(
+            request(addr, "POST", "/v1/decide", call.as_bytes()).await.0,
+            200
+        );
+    }
+    let l = Arc::clone(&ledger);
+    tokio::task::spawn_blocking(move || l.checkpoint().unwrap())
+        .await
+        .unwrap();
+    let verifier =
+        warden_gateway::witness::load_verifier(&warden_gateway::witness::pub_path(dir.path()))
+            .unwrap();
+    let mut store =
+        warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
+            .unwrap();
+    let report = warden_ledger::verify::verify_store(&mut store, &verifier, None).unwrap();
+    assert_eq!(report.entries, 5);
+    let text = String::from_utf8(warden_ledger::store::read_entry(&mut store, 4).unwrap()).unwrap();
+    assert!(
+        text.contains("\"decision\":\"allow\"")
+            && text.contains("\"lineage\":[\"alice@acme.example\"]"),
+        "{text}"
+    );
+    assert!(!text.contains(secret), "{text}");
+    // The key file is private.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(warden_gateway::witness::key_path(dir.path()))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A storage that always fails, standing in for a ledger whose disk or database is gone.
+struct BrokenStore;
+
+impl warden_ledger::LedgerStore for BrokenStore {
+    fn append(
+        &mut self,
+        _: &[Vec<u8>],
+    ) -> Result<warden_ledger::store::Appended, warden_ledger::StoreError> {
+        Err(warden_ledger::StoreError::Postgres(
+            "connection refused".into(),
+        ))
+    }
+    fn size(&mut self) -> Result<u64, warden_ledger::StoreError> {
+        Ok(0)
+    }
+    fn scan(
+        &mut self,
+        _: u64,
+        _: u64,
+        _: &mut warden_ledger::store::Visit<'_>,
+    ) -> Result<(), warden_ledger::StoreError> {
+        Ok(())
+    }
+    fn nodes(
+        &mut self,
+        ids: &[warden_ledger::merkle::NodeId],
+    ) -> Result<Vec<warden_ledger::merkle::Hash>, warden_ledger::StoreError> {
+        if ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(warden_ledger::StoreError::Postgres(
+                "connection refused".into(),
+            ))
+        }
+    }
+    fn put_checkpoint(&mut self, _: u64, _: &str) -> Result<(), warden_ledger::StoreError> {
+        Err(warden_ledger::StoreError::Postgres(
+            "connection refused".into(),
+        ))
+    }
+    fn latest_checkpoint(&mut self) -> Result<Option<String>, warden_ledger::StoreError> {
+        Ok(None)
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+/// INV-003: when the ledger cannot record, an allowed call is answered as a deny (503).
+#[tokio::test]
+async fn unrecordable_decision_is_a_deny() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = warden_ledger::NoteSigner::generate("warden.test/broken").unwrap();
+    let ledger =
+        warden_ledger::Ledger::open(Box::new(BrokenStore), signer, Default::default()).unwrap();
+    let (addr, stop) = start_with(dir.path(), ledger).await;
+    let allow =
+        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let (status, body) = request(addr, "POST", "/v1/decide", allow).await;
+    assert_eq!(status, 503, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["rules"][0], "ledger.unavailable");
+    assert!(
+        d["reason"].as_str().unwrap().contains("do not execute"),
+        "{body}"
+    );
     let _ = stop.send(());
 }

@@ -10,6 +10,7 @@ macro_rules! out {
 
 mod check;
 mod init;
+mod ledger;
 mod manifest;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Validate, hash, compare and describe manifests.
     #[command(subcommand)]
     Manifest(manifest::Command),
+    /// Read, prove and verify the Witness ledger (verify, tail, show, export, prove,
+    /// consistency, checkpoint).
+    Ledger(ledger::Args),
 }
 
 /// Runs the parsed command line.
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Check(a) => check::run(a),
         Command::Manifest(c) => manifest::run(c),
+        Command::Ledger(a) => ledger::run(a),
     }
 }
 

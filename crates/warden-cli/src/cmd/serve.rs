@@ -17,6 +17,10 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
+    /// Keep the Witness ledger in PostgreSQL (shared by several instances) instead of
+    /// DATA/ledger.
+    #[arg(long, value_name = "URL", env = "WARDEN_LEDGER_POSTGRES")]
+    ledger_postgres: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -53,6 +57,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let state_dir = a.data.join("state");
     let state = warden_state::FileState::open(&state_dir, warden_gateway::now_unix())
         .with_context(|| format!("opening state in `{}`", state_dir.display()))?;
+    // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
+    let ledger = warden_gateway::witness::open_ledger(&a.data, a.ledger_postgres.as_deref())
+        .context("opening the Witness ledger")?;
+    tracing::info!(
+        origin = ledger.origin(),
+        verifier = %warden_gateway::witness::pub_path(&a.data).display(),
+        "ledger open"
+    );
     tracing::info!(
         manifest = %manifest.display(),
         version = governor.manifest().version,
@@ -63,6 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let app = warden_gateway::server::AppState {
         governor: Arc::new(governor),
         state: Arc::new(state),
+        ledger: Arc::new(ledger),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
