@@ -153,7 +153,7 @@ async fn decisions_are_recorded_and_verify() {
     let mut store =
         warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
             .unwrap();
-    let report = warden_ledger::verify::verify_store(&mut store, &verifier, None).unwrap();
+    let report = warden_ledger::verify::verify_store(&mut store, &verifier, None, true).unwrap();
     assert_eq!(report.entries, 5);
     let text = String::from_utf8(warden_ledger::store::read_entry(&mut store, 4).unwrap()).unwrap();
     assert!(
@@ -206,16 +206,24 @@ impl warden_ledger::LedgerStore for BrokenStore {
             ))
         }
     }
-    fn put_checkpoint(&mut self, _: u64, _: &str) -> Result<(), warden_ledger::StoreError> {
-        Err(warden_ledger::StoreError::Postgres(
-            "connection refused".into(),
-        ))
+    fn checkpointer(
+        &mut self,
+    ) -> Result<Box<dyn warden_ledger::store::Checkpointer>, warden_ledger::StoreError> {
+        Ok(Box::new(BrokenStore))
     }
     fn latest_checkpoint(&mut self) -> Result<Option<String>, warden_ledger::StoreError> {
         Ok(None)
     }
     fn describe(&self) -> String {
         "broken".into()
+    }
+}
+
+impl warden_ledger::store::Checkpointer for BrokenStore {
+    fn put(&mut self, _: u64, _: &str) -> Result<(), warden_ledger::StoreError> {
+        Err(warden_ledger::StoreError::Postgres(
+            "connection refused".into(),
+        ))
     }
 }
 

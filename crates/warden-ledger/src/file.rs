@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use crate::merkle::{leaf_hash, nodes_for_size, Frontier, Hash, NodeId, ProofPlan};
 use crate::note::Checkpoint;
 use crate::record::MAX_ENTRY_BYTES;
-use crate::store::{io_err, Appended, LedgerStore, StoreError, Visit};
+use crate::store::{io_err, Appended, Checkpointer, LedgerStore, StoreError, Visit};
 
 const MAGIC: &[u8; 8] = b"WLSEG\x00\x00\x01";
 const HEADER: u64 = 16;
@@ -748,35 +748,22 @@ impl LedgerStore for FileStore {
         Ok(out)
     }
 
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+    fn checkpointer(&mut self) -> Result<Box<dyn Checkpointer>, StoreError> {
         self.check_usable()?;
         if self.mode == Mode::ReadOnly {
             return Err(StoreError::Rejected(
                 "the ledger was opened read-only".into(),
             ));
         }
-        if size > self.size {
-            return Err(StoreError::OutOfRange {
-                index: size,
-                size: self.size,
-            });
-        }
-        let res = (|| {
-            // The derived files must be durable up to `size` before a checkpoint vouches for them.
-            let p = self.dir.join("index.bin");
-            self.index.sync_data().map_err(io_err("fdatasync", &p))?;
-            let p = self.dir.join("tree.bin");
-            self.tree.sync_data().map_err(io_err("fdatasync", &p))?;
-            let tmp = self.dir.join("checkpoint.tmp");
-            fs::write(&tmp, note).map_err(io_err("write", &tmp))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("sync", &tmp))?;
-            let dst = self.dir.join("checkpoint");
-            fs::rename(&tmp, &dst).map_err(io_err("rename", &tmp))?;
-            sync_dir(&self.dir)
-        })();
-        res.map_err(|e| self.fail(e))
+        let clone = |f: &File, name: &str| {
+            f.try_clone()
+                .map_err(io_err("duplicate handle", &self.dir.join(name)))
+        };
+        Ok(Box::new(FileCheckpointer {
+            dir: self.dir.clone(),
+            index: clone(&self.index, "index.bin")?,
+            tree: clone(&self.tree, "tree.bin")?,
+        }))
     }
 
     fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {
@@ -785,6 +772,34 @@ impl LedgerStore for FileStore {
 
     fn describe(&self) -> String {
         format!("embedded ledger in {}", self.dir.display())
+    }
+}
+
+/// Writes checkpoints for a [`FileStore`] from the ledger's checkpoint thread.
+#[derive(Debug)]
+struct FileCheckpointer {
+    dir: PathBuf,
+    index: File,
+    tree: File,
+}
+
+impl Checkpointer for FileCheckpointer {
+    fn put(&mut self, _size: u64, note: &str) -> Result<(), StoreError> {
+        // INVARIANT (recovery trusts checkpoints): the derived files must be durable up to the
+        // checkpoint's size before it vouches for them. The writer wrote them before asking for
+        // this checkpoint, so syncing now covers them.
+        let p = self.dir.join("index.bin");
+        self.index.sync_data().map_err(io_err("fdatasync", &p))?;
+        let p = self.dir.join("tree.bin");
+        self.tree.sync_data().map_err(io_err("fdatasync", &p))?;
+        let tmp = self.dir.join("checkpoint.tmp");
+        fs::write(&tmp, note).map_err(io_err("write", &tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync", &tmp))?;
+        let dst = self.dir.join("checkpoint");
+        fs::rename(&tmp, &dst).map_err(io_err("rename", &tmp))?;
+        sync_dir(&self.dir)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::merkle::Hash;
 use crate::note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
 use crate::proof::{self, Proven};
 use crate::record::{Entry, RecordError};
-use crate::store::{LedgerStore, StoreError};
+use crate::store::{Checkpointer, LedgerStore, StoreError};
 
 /// Tuning.
 #[derive(Debug, Clone)]
@@ -67,7 +67,8 @@ enum Cmd {
 
 struct Shared {
     store: Mutex<Box<dyn LedgerStore>>,
-    signer: NoteSigner,
+    verifier: NoteVerifier,
+    origin: String,
 }
 
 impl Shared {
@@ -77,20 +78,57 @@ impl Shared {
             .lock()
             .map_err(|_| LedgerError::AppendFailed("ledger store lock poisoned".into()))
     }
+}
 
-    fn checkpoint(&self, now: i64) -> Result<String, LedgerError> {
-        let mut store = self.store()?;
-        let size = store.size()?;
-        let root = proof::root(&mut **store, size)?;
-        let cp = Checkpoint {
-            origin: self.signer.name().to_owned(),
-            size,
-            root,
-            time: now,
-        };
-        let note = cp.sign(&self.signer)?;
-        store.put_checkpoint(size, &note)?;
-        Ok(note)
+type NoteReply = oneshot::Sender<Result<String, LedgerError>>;
+
+/// A request to the checkpoint thread: sign and store a checkpoint of this tree head.
+struct Sign {
+    size: u64,
+    root: Hash,
+    reply: Option<NoteReply>,
+}
+
+/// The checkpoint thread: signs tree heads the writer hands it and stores them, off the append
+/// path (a checkpoint costs a signature and several fsyncs).
+fn checkpoint_loop(
+    signer: &NoteSigner,
+    mut sink: Box<dyn Checkpointer>,
+    rx: &mpsc::Receiver<Sign>,
+) {
+    let mut last_size = None;
+    while let Ok(first) = rx.recv() {
+        // Only the newest head matters; everyone waiting gets its note.
+        let mut head = (first.size, first.root);
+        let mut waiters: Vec<NoteReply> = first.reply.into_iter().collect();
+        while let Ok(more) = rx.try_recv() {
+            if more.size >= head.0 {
+                head = (more.size, more.root);
+            }
+            waiters.extend(more.reply);
+        }
+        let result = (|| {
+            let cp = Checkpoint {
+                origin: signer.name().to_owned(),
+                size: head.0,
+                root: head.1,
+                time: now_unix(),
+            };
+            let note = cp.sign(signer)?;
+            if last_size != Some(head.0) {
+                sink.put(head.0, &note)?;
+            }
+            Ok::<_, LedgerError>(note)
+        })();
+        if result.is_ok() {
+            last_size = Some(head.0);
+        }
+        for w in waiters {
+            let _ = w.send(match &result {
+                Ok(n) => Ok(n.clone()),
+                Err(e) => Err(LedgerError::AppendFailed(format!("checkpoint: {e}"))),
+            });
+        }
     }
 }
 
@@ -122,12 +160,13 @@ pub struct Ledger {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Cmd>>,
     writer: Option<JoinHandle<()>>,
+    signer_thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("origin", &self.shared.signer.name())
+            .field("origin", &self.shared.origin)
             .finish_non_exhaustive()
     }
 }
@@ -158,15 +197,27 @@ impl Ledger {
                 return Err(LedgerError::CheckpointMismatch { size: cp.size });
             }
         }
+        let size = store.size()?;
+        let head = (size, proof::root(&mut *store, size)?);
+        let sink = store.checkpointer()?;
+        let origin = signer.name().to_owned();
+        let (sign_tx, sign_rx) = mpsc::channel::<Sign>();
+        let signer_thread = std::thread::Builder::new()
+            .name("warden-ledger-checkpoint".into())
+            .spawn(move || checkpoint_loop(&signer, sink, &sign_rx))
+            .map_err(|e| {
+                LedgerError::AppendFailed(format!("cannot start the ledger checkpointer: {e}"))
+            })?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
-            signer,
+            verifier,
+            origin,
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("warden-ledger".into())
-            .spawn(move || writer_loop(&writer_shared, &rx, &config))
+            .spawn(move || writer_loop(&writer_shared, &rx, &sign_tx, head, &config))
             .map_err(|e| {
                 LedgerError::AppendFailed(format!("cannot start the ledger writer: {e}"))
             })?;
@@ -174,19 +225,20 @@ impl Ledger {
             shared,
             tx: Some(tx),
             writer: Some(writer),
+            signer_thread: Some(signer_thread),
         })
     }
 
     /// The key that verifies this ledger's checkpoints.
     #[must_use]
     pub fn verifier(&self) -> NoteVerifier {
-        self.shared.signer.verifier()
+        self.shared.verifier.clone()
     }
 
     /// The log's origin (its checkpoints' first line).
     #[must_use]
     pub fn origin(&self) -> &str {
-        self.shared.signer.name()
+        &self.shared.origin
     }
 
     /// Queues an entry; the ticket resolves once it is durable.
@@ -275,19 +327,37 @@ impl Drop for Ledger {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // The writer's exit closed the checkpoint channel after its final request.
+        if let Some(c) = self.signer_thread.take() {
+            let _ = c.join();
+        }
     }
 }
 
-fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, config: &LedgerConfig) {
+fn writer_loop(
+    shared: &Shared,
+    rx: &mpsc::Receiver<Cmd>,
+    sign: &mpsc::Sender<Sign>,
+    mut head: (u64, Hash),
+    config: &LedgerConfig,
+) {
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
+    let request = |head: (u64, Hash), reply: Option<NoteReply>| {
+        let _ = sign.send(Sign {
+            size: head.0,
+            root: head.1,
+            reply,
+        });
+    };
     loop {
         let first = match rx.recv_timeout(config.checkpoint_interval) {
             Ok(cmd) => cmd,
             Err(RecvTimeoutError::Timeout) => {
-                if dirty && shared.checkpoint(now_unix()).is_ok() {
+                if dirty {
+                    request(head, None);
                     dirty = false;
                     last_checkpoint = Instant::now();
                 }
@@ -314,6 +384,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, config: &LedgerConfig)
             match result {
                 Ok(done) => {
                     dirty = true;
+                    head = (done.size, done.root);
                     for (i, reply) in replies.drain(..).enumerate() {
                         let _ = reply.send(Ok(done.first + i as u64));
                     }
@@ -328,21 +399,17 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, config: &LedgerConfig)
             batch.clear();
         }
         for w in checkpoint_waiters {
-            let r = shared.checkpoint(now_unix());
-            if r.is_ok() {
-                dirty = false;
-                last_checkpoint = Instant::now();
-            }
-            let _ = w.send(r);
+            request(head, Some(w));
+            dirty = false;
+            last_checkpoint = Instant::now();
         }
         if dirty && last_checkpoint.elapsed() >= config.checkpoint_interval {
-            if shared.checkpoint(now_unix()).is_ok() {
-                dirty = false;
-            }
+            request(head, None);
+            dirty = false;
             last_checkpoint = Instant::now();
         }
     }
     if dirty {
-        let _ = shared.checkpoint(now_unix());
+        request(head, None);
     }
 }

@@ -26,3 +26,46 @@ pub use ledger::{Ledger, LedgerConfig, LedgerError, Ticket};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use record::{DecisionRecord, Entry, Receipt, ReceiptStatus};
 pub use store::{LedgerStore, StoreError};
+
+/// Entry points for fuzz targets (`fuzz/`): each must never panic or hang, whatever the input.
+pub mod fuzz {
+    use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
+
+    /// The fixed key the export seeds are signed with.
+    #[must_use]
+    pub fn export_signer() -> NoteSigner {
+        NoteSigner::from_seed("warden.fuzz/ledger", &[7u8; 32])
+    }
+
+    /// Decodes arbitrary bytes as a ledger entry.
+    pub fn record(data: &[u8]) {
+        if let Ok(e) = crate::record::Entry::from_bytes(data) {
+            let _ = e.to_bytes();
+        }
+    }
+
+    /// Decodes arbitrary bytes as a segment.
+    pub fn segment(data: &[u8]) {
+        let scan = crate::file::decode_segment(data);
+        debug_assert!(scan.valid_len <= data.len());
+    }
+
+    /// Parses arbitrary bytes as a signed checkpoint, a verifier key and a private key.
+    pub fn checkpoint(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let v = export_signer().verifier();
+        let _ = Checkpoint::open(text, &v, v.name());
+        let _ = Checkpoint::parse_text(text);
+        let _ = NoteVerifier::parse(text);
+        let _ = NoteSigner::parse(text);
+    }
+
+    /// Verifies arbitrary bytes as an export signed by [`export_signer`].
+    pub fn export(data: &[u8]) {
+        let v = export_signer().verifier();
+        let mut input = data;
+        let _ = crate::verify::verify_export(&mut input, &v);
+    }
+}

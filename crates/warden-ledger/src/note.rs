@@ -122,7 +122,11 @@ impl NoteSigner {
         Ok(Self::from_seed(name, &seed))
     }
 
-    fn from_seed(name: &str, seed: &[u8; 32]) -> Self {
+    /// The key whose 32-byte Ed25519 seed is `seed` (deterministic; for keys derived or stored
+    /// elsewhere, and for fixed test keys). The name is not checked: use [`NoteSigner::parse`]
+    /// or [`NoteSigner::generate`] for names from outside.
+    #[must_use]
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Self {
         let key = SigningKey::from_bytes(seed);
         let id = key_id(name, key.verifying_key().as_bytes());
         NoteSigner {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 
 use crate::merkle::{leaf_hash, Frontier, Hash, NodeId};
-use crate::store::{Appended, LedgerStore, StoreError, Visit};
+use crate::store::{Appended, Checkpointer, LedgerStore, StoreError, Visit};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS warden_ledger_head (
@@ -190,6 +190,20 @@ impl PgStore {
     }
 }
 
+impl Checkpointer for PgStore {
+    fn put(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        let ledger = self.ledger.clone();
+        self.client()?
+            .execute(
+                "INSERT INTO warden_ledger_checkpoints (ledger, size, note) VALUES ($1, $2, $3) \
+                 ON CONFLICT (ledger, size) DO NOTHING",
+                &[&ledger, &to_i64(size)?, &note],
+            )
+            .map_err(|e| pg(&e))?;
+        Ok(())
+    }
+}
+
 impl LedgerStore for PgStore {
     fn append(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
         if entries.is_empty() {
@@ -294,16 +308,9 @@ impl LedgerStore for PgStore {
         Ok(out)
     }
 
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
-        let ledger = self.ledger.clone();
-        self.client()?
-            .execute(
-                "INSERT INTO warden_ledger_checkpoints (ledger, size, note) VALUES ($1, $2, $3) \
-                 ON CONFLICT (ledger, size) DO NOTHING",
-                &[&ledger, &to_i64(size)?, &note],
-            )
-            .map_err(|e| pg(&e))?;
-        Ok(())
+    fn checkpointer(&mut self) -> Result<Box<dyn Checkpointer>, StoreError> {
+        // Its own connection, so checkpoints never wait for (or hold up) appends.
+        Ok(Box::new(PgStore::connect(&self.url, &self.ledger)?))
     }
 
     fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {

@@ -93,11 +93,12 @@ pub trait LedgerStore: Send {
     /// [`StoreError::OutOfRange`] for a node the log does not have yet.
     fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
 
-    /// Records a signed checkpoint for `size`.
+    /// A handle that records signed checkpoints from another thread, so that the fsyncs a
+    /// checkpoint needs never hold up appends.
     ///
     /// # Errors
-    /// [`StoreError`] if it cannot be made durable.
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// [`StoreError`] if the store is read-only or cannot provide one.
+    fn checkpointer(&mut self) -> Result<Box<dyn Checkpointer>, StoreError>;
 
     /// The signed checkpoint of the largest size recorded so far.
     ///
@@ -122,8 +123,8 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
         (**self).nodes(ids)
     }
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
-        (**self).put_checkpoint(size, note)
+    fn checkpointer(&mut self) -> Result<Box<dyn Checkpointer>, StoreError> {
+        (**self).checkpointer()
     }
     fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {
         (**self).latest_checkpoint()
@@ -131,6 +132,16 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+}
+
+/// Records signed checkpoints (see [`LedgerStore::checkpointer`]).
+pub trait Checkpointer: Send {
+    /// Makes `note`, a signed checkpoint for the first `size` entries, the latest checkpoint.
+    /// The entries must already be durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] if it cannot be made durable.
+    fn put(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
 }
 
 /// Reads one entry.

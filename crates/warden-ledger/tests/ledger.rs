@@ -229,7 +229,7 @@ proptest! {
         std::fs::write(&path, &bytes).unwrap();
         let outcome = FileStore::open(dir.path(), Mode::ReadOnly)
             .map_err(|e| e.to_string())
-            .and_then(|mut s| verify::verify_store(&mut s, &verifier, None).map_err(|e| e.to_string()));
+            .and_then(|mut s| verify::verify_store(&mut s, &verifier, None, true).map_err(|e| e.to_string()));
         // Derived files are re-derived from the segments when they disagree with the signed
         // checkpoint, so flipping one of them is healed rather than fatal; everything else fails.
         if which == 1 || which == 2 {
@@ -404,7 +404,7 @@ fn shared_suite(make: &dyn Fn() -> Box<dyn LedgerStore>, origin: &str) {
     drop(ledger);
 
     let mut s = make();
-    let report = verify::verify_store(&mut *s, &verifier, Some(&note)).unwrap();
+    let report = verify::verify_store(&mut *s, &verifier, Some(&note), true).unwrap();
     assert_eq!(report.entries, 202);
     assert_eq!(report.checkpoint_size, 202);
     let bytes = proof::entry_checked(&mut *s, 200).unwrap();
@@ -516,7 +516,7 @@ fn postgres_several_instances_one_order() {
         "indices are dense and distinct across instances"
     );
     let mut s = PgStore::connect(&url, &name).unwrap();
-    let report = verify::verify_store(&mut s, &verifier, None).unwrap();
+    let report = verify::verify_store(&mut s, &verifier, None, true).unwrap();
     assert_eq!(report.entries, 120);
     assert_eq!(report.checkpoint_size, 120);
 }
@@ -566,10 +566,12 @@ fn tamper_entry_12(from: &str, to: &str) -> (tempfile::TempDir, warden_ledger::N
 fn tampered_entry_is_named_by_index() {
     // Same length: the derived offsets still line up; verification names the entry.
     let (dir, verifier) = tamper_entry_12("\"coder-1\"", "\"coder-9\"");
-    let mut s = FileStore::open(dir.path(), Mode::ReadOnly).unwrap();
-    let err = verify::verify_store(&mut s, &verifier, None).unwrap_err();
-    assert_eq!(err.index, Some(12), "{err}");
-    assert!(err.to_string().contains("stored leaf hash"), "{err}");
+    for records in [false, true] {
+        let mut s = FileStore::open(dir.path(), Mode::ReadOnly).unwrap();
+        let err = verify::verify_store(&mut s, &verifier, None, records).unwrap_err();
+        assert_eq!(err.index, Some(12), "{err}");
+        assert!(err.to_string().contains("stored leaf hash"), "{err}");
+    }
 
     // Another length: the offsets no longer line up, the store re-derives from the frames and
     // refuses to open, naming the entry, for readers and the writer alike.
@@ -742,7 +744,7 @@ fn crash_kill9_keeps_every_acknowledged_entry() {
             assert_eq!(Entry::from_bytes(&bytes).unwrap().request_id(), req);
         }
         if s.latest_checkpoint().unwrap().is_some() {
-            verify::verify_store(&mut s, &verifier, None).unwrap();
+            verify::verify_store(&mut s, &verifier, None, true).unwrap();
         }
     }
     assert!(
@@ -811,6 +813,112 @@ fn full_disk_fails_closed() {
     let mut s = FileStore::open(&mnt, Mode::Write).unwrap();
     assert!(s.size().unwrap() >= acked);
     if s.latest_checkpoint().unwrap().is_some() {
-        verify::verify_store(&mut s, &verifier, None).unwrap();
+        verify::verify_store(&mut s, &verifier, None, true).unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz seeds: the corpus in `fuzz/seeds/ledger_*` is replayed (with every truncation) through
+// the fuzz entry points. `WARDEN_WRITE_FUZZ_SEEDS=1` regenerates it.
+
+fn seed_dir(target: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target)
+}
+
+fn write_seeds() {
+    let w = |target: &str, name: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(seed_dir(target)).unwrap();
+        std::fs::write(seed_dir(target).join(name), bytes).unwrap();
+    };
+    w(
+        "ledger_record",
+        "decision.json",
+        &decision(1).to_bytes().unwrap(),
+    );
+    w(
+        "ledger_record",
+        "receipt.json",
+        &receipt(2).to_bytes().unwrap(),
+    );
+    let mut seg = warden_ledger::file::SEGMENT_MAGIC.to_vec();
+    for i in 0..3u64 {
+        seg.extend(warden_ledger::file::encode_frame(
+            i,
+            &decision(i).to_bytes().unwrap(),
+        ));
+    }
+    w("ledger_segment", "three.seg", &seg);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(
+        file_store(dir.path()),
+        warden_ledger::fuzz::export_signer(),
+        LedgerConfig::default(),
+    )
+    .unwrap();
+    for i in 0..5 {
+        ledger.append(&decision(i)).unwrap();
+    }
+    let note = ledger.checkpoint().unwrap();
+    w("ledger_checkpoint", "checkpoint.note", note.as_bytes());
+    w(
+        "ledger_checkpoint",
+        "verifier.key",
+        warden_ledger::fuzz::export_signer()
+            .verifier()
+            .to_string()
+            .as_bytes(),
+    );
+    let mut out = Vec::new();
+    ledger
+        .with_store(|s| Ok(verify::export(s, &mut out)?))
+        .unwrap();
+    w("ledger_export", "five.jsonl", &out);
+}
+
+#[test]
+fn fuzz_seeds_replay() {
+    if std::env::var_os("WARDEN_WRITE_FUZZ_SEEDS").is_some() {
+        write_seeds();
+    }
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("ledger_record", warden_ledger::fuzz::record),
+        ("ledger_segment", warden_ledger::fuzz::segment),
+        ("ledger_checkpoint", warden_ledger::fuzz::checkpoint),
+        ("ledger_export", warden_ledger::fuzz::export),
+    ];
+    for (target, run) in targets {
+        let mut n = 0;
+        for e in std::fs::read_dir(seed_dir(target)).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            for cut in (0..=bytes.len()).step_by(5) {
+                run(&bytes[..cut]);
+            }
+            let mut flipped = bytes.clone();
+            for i in (0..flipped.len()).step_by(11) {
+                flipped[i] ^= 0x20;
+                run(&flipped);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no seeds for {target}");
+    }
+    // The valid export seed verifies; the seeds are not dead weight.
+    let export = std::fs::read(seed_dir("ledger_export").join("five.jsonl")).unwrap();
+    let v = warden_ledger::fuzz::export_signer().verifier();
+    assert_eq!(
+        verify::verify_export(&mut export.as_slice(), &v)
+            .unwrap()
+            .entries,
+        5
+    );
+    // Hostile shapes: deep nesting, a huge length prefix.
+    warden_ledger::fuzz::record(
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).as_bytes(),
+    );
+    let mut seg = warden_ledger::file::SEGMENT_MAGIC.to_vec();
+    seg.extend_from_slice(&u32::MAX.to_le_bytes());
+    seg.extend_from_slice(&[0u8; 12]);
+    assert!(decode_segment(&seg).stopped.is_some());
 }

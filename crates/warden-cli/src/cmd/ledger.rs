@@ -51,6 +51,9 @@ enum Command {
         /// Verify an export file instead of the stored ledger (needs only the public key).
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
+        /// Also decode every record and check its canonical form (slower; exports always are).
+        #[arg(long)]
+        records: bool,
     },
     /// Print the last entries as JSON Lines.
     Tail {
@@ -137,6 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Command::Verify {
             from_checkpoint,
             export,
+            records,
         } => {
             let older = from_checkpoint
                 .map(|p| {
@@ -159,7 +163,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::from(1));
                     }
                 };
-                verify::verify_store(&mut *s, &v, older.as_deref())
+                verify::verify_store(&mut *s, &v, older.as_deref(), records)
             };
             match result {
                 Ok(report) => {
