@@ -882,7 +882,8 @@ fn fuzz_seeds_replay() {
     if std::env::var_os("WARDEN_WRITE_FUZZ_SEEDS").is_some() {
         write_seeds();
     }
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 4] = [
         ("ledger_record", warden_ledger::fuzz::record),
         ("ledger_segment", warden_ledger::fuzz::segment),
         ("ledger_checkpoint", warden_ledger::fuzz::checkpoint),
