@@ -8,7 +8,7 @@
 //!   the last one is ever written.
 //! - `index.bin` — the byte offset of every entry in its segment (`u64 LE`), derived.
 //! - `tree.bin` — the hash of every perfect subtree in post-order (32 bytes each), derived.
-//! - `checkpoint` — the latest signed checkpoint; `ledger.lock` — held by the writer.
+//! - `checkpoints.log` — every signed checkpoint, appended; `ledger.lock` — held by the writer.
 //!
 //! Durability: an append writes its frames and `fdatasync`s the segment before it returns (one
 //! sync per batch: group commit). The derived files are written without a sync and made durable
@@ -18,7 +18,7 @@
 //! end of the last segment (a crash mid-write) is cut; damage anywhere else is refused.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -88,19 +88,119 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_err("sync directory", dir))
 }
 
-/// Reads a checkpoint file's note text (no signature check: the ledger does that).
-fn read_checkpoint_file(path: &Path) -> Result<Option<(String, Checkpoint)>, StoreError> {
-    let note = match fs::read_to_string(path) {
-        Ok(n) => n,
+/// The append-only log of signed checkpoints.
+const CHECKPOINT_LOG: &str = "checkpoints.log";
+/// Longest checkpoint note stored.
+const MAX_NOTE: u32 = 64 * 1024;
+
+/// Encodes one checkpoint frame: `len u32 | note | size u64 | len u32 | crc32 u32`, the CRC
+/// covering note and size. The length at both ends lets the newest frame be read from the end.
+fn checkpoint_frame(size: u64, note: &str) -> Vec<u8> {
+    let len = u32::try_from(note.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(note.len() + 20);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(note.as_bytes());
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(note.as_bytes());
+    h.update(&size.to_le_bytes());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out
+}
+
+/// Reads the checkpoint frame ending at `end`, if it is whole and intact.
+fn checkpoint_frame_ending_at(file: &File, end: u64) -> Option<(u64, String)> {
+    let mut trailer = [0u8; 16];
+    file.read_exact_at(&mut trailer, end.checked_sub(16)?)
+        .ok()?;
+    let (size_b, rest) = trailer.split_first_chunk::<8>()?;
+    let (len_b, crc_b) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len_b);
+    if len > MAX_NOTE {
+        return None;
+    }
+    let start = end.checked_sub(16 + u64::from(len) + 4)?;
+    let mut buf = vec![0u8; len as usize + 4];
+    file.read_exact_at(&mut buf, start).ok()?;
+    let (head, note) = buf.split_first_chunk::<4>()?;
+    if *head != len.to_le_bytes() {
+        return None;
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(note);
+    h.update(size_b);
+    if h.finalize().to_le_bytes() != *crc_b {
+        return None;
+    }
+    Some((
+        u64::from_le_bytes(*size_b),
+        String::from_utf8(note.to_vec()).ok()?,
+    ))
+}
+
+/// The newest checkpoint in the log (no signature check: the ledger does that). A torn last
+/// frame (a crash mid-append) is skipped and, when `repair`, cut off.
+fn read_latest_checkpoint(
+    dir: &Path,
+    repair: bool,
+) -> Result<Option<(String, Checkpoint)>, StoreError> {
+    let path = dir.join(CHECKPOINT_LOG);
+    let file = match OpenOptions::new().read(true).write(repair).open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("read", path)(e)),
+        Err(e) => return Err(io_err("open", &path)(e)),
+    };
+    let len = file.metadata().map_err(io_err("stat", &path))?.len();
+    let found = match checkpoint_frame_ending_at(&file, len) {
+        Some(f) => Some(f),
+        None if len == 0 => None,
+        None => {
+            // Walk forward to the last whole frame.
+            let mut pos = 0u64;
+            let mut last = None;
+            loop {
+                let mut lb = [0u8; 4];
+                if file.read_exact_at(&mut lb, pos).is_err() {
+                    break;
+                }
+                let end = pos + 4 + u64::from(u32::from_le_bytes(lb)) + 16;
+                match checkpoint_frame_ending_at(&file, end) {
+                    Some(f) if end <= len => {
+                        last = Some(f);
+                        pos = end;
+                    }
+                    _ => break,
+                }
+            }
+            if repair {
+                file.set_len(pos).map_err(io_err("truncate", &path))?;
+                file.sync_data().map_err(io_err("fdatasync", &path))?;
+            }
+            last
+        }
+    };
+    let Some((size, note)) = found else {
+        return Ok(None);
     };
     let text = note
         .split_once("\n\n")
         .map(|(t, _)| format!("{t}\n"))
-        .ok_or_else(|| StoreError::Corrupt(format!("{} is not a signed note", path.display())))?;
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{}: the newest entry is not a signed note",
+                path.display()
+            ))
+        })?;
     let cp = Checkpoint::parse_text(&text)
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    if cp.size != size {
+        return Err(StoreError::Corrupt(format!(
+            "{}: a checkpoint for size {} is filed under size {size}",
+            path.display(),
+            cp.size
+        )));
+    }
     Ok(Some((note, cp)))
 }
 
@@ -281,7 +381,8 @@ impl FileStore {
     }
 
     fn recover(&mut self) -> Result<(), StoreError> {
-        let checkpoint = read_checkpoint_file(&self.dir.join("checkpoint"))?.map(|(_, cp)| cp);
+        let checkpoint =
+            read_latest_checkpoint(&self.dir, self.mode == Mode::Write)?.map(|(_, cp)| cp);
         let index_len = self
             .index
             .metadata()
@@ -759,15 +860,23 @@ impl LedgerStore for FileStore {
             f.try_clone()
                 .map_err(io_err("duplicate handle", &self.dir.join(name)))
         };
+        let path = self.dir.join(CHECKPOINT_LOG);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        sync_dir(&self.dir)?;
         Ok(Box::new(FileCheckpointer {
             dir: self.dir.clone(),
             index: clone(&self.index, "index.bin")?,
             tree: clone(&self.tree, "tree.bin")?,
+            log,
         }))
     }
 
     fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {
-        Ok(read_checkpoint_file(&self.dir.join("checkpoint"))?.map(|(note, _)| note))
+        Ok(read_latest_checkpoint(&self.dir, false)?.map(|(note, _)| note))
     }
 
     fn describe(&self) -> String {
@@ -781,10 +890,14 @@ struct FileCheckpointer {
     dir: PathBuf,
     index: File,
     tree: File,
+    log: File,
 }
 
 impl Checkpointer for FileCheckpointer {
-    fn put(&mut self, _size: u64, note: &str) -> Result<(), StoreError> {
+    fn put(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        if note.len() > MAX_NOTE as usize {
+            return Err(StoreError::Rejected("checkpoint note too long".into()));
+        }
         // INVARIANT (recovery trusts checkpoints): the derived files must be durable up to the
         // checkpoint's size before it vouches for them. The writer wrote them before asking for
         // this checkpoint, so syncing now covers them.
@@ -792,14 +905,13 @@ impl Checkpointer for FileCheckpointer {
         self.index.sync_data().map_err(io_err("fdatasync", &p))?;
         let p = self.dir.join("tree.bin");
         self.tree.sync_data().map_err(io_err("fdatasync", &p))?;
-        let tmp = self.dir.join("checkpoint.tmp");
-        fs::write(&tmp, note).map_err(io_err("write", &tmp))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("sync", &tmp))?;
-        let dst = self.dir.join("checkpoint");
-        fs::rename(&tmp, &dst).map_err(io_err("rename", &tmp))?;
-        sync_dir(&self.dir)
+        // One append and one sync: cheaper than replacing a file (no rename, no directory sync),
+        // and it keeps every checkpoint for auditors.
+        let p = self.dir.join(CHECKPOINT_LOG);
+        self.log
+            .write_all(&checkpoint_frame(size, note))
+            .map_err(io_err("write", &p))?;
+        self.log.sync_data().map_err(io_err("fdatasync", &p))
     }
 }
 
