@@ -77,6 +77,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Lets the disk settle between phases: the previous phase's dirty pages (hundreds of MB) would
+/// otherwise be written back during the next one and show up in its fdatasync latencies.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 fn open_ledger(dir: &std::path::Path, config: LedgerConfig) -> Ledger {
     let store = Box::new(FileStore::open(dir, Mode::Write).unwrap());
     Ledger::open(
@@ -134,6 +141,7 @@ fn main() {
 
     // 1a. Baseline: one fdatasync per record (a batch of one).
     if run("append") {
+        settle();
         let dir = bench_dir();
         let ledger = Arc::new(open_ledger(
             dir.path(),
@@ -158,6 +166,7 @@ fn main() {
 
     // 2. Acknowledgment latency at 50,000 records/s offered.
     if run("latency") {
+        settle();
         let dir = bench_dir();
         let interval = env_n("WARDEN_BENCH_CHECKPOINT_MS", 1000);
         let ledger = Arc::new(open_ledger(
@@ -201,6 +210,7 @@ fn main() {
 
     // 3. verify throughput.
     if run("verify") {
+        settle();
         let dir = bench_dir();
         let signer = NoteSigner::generate("warden.bench/verify").unwrap();
         let verifier = signer.verifier();
@@ -232,6 +242,7 @@ fn main() {
 
     // 4. Inclusion proofs in a log of `proof_n` entries.
     if run("proof") {
+        settle();
         let dir = bench_dir();
         let mut store = FileStore::open(dir.path(), Mode::Write).unwrap();
         let build = Instant::now();
