@@ -336,6 +336,13 @@ fn no_secret_value_reaches_a_record() {
             "github.create_issue",
             serde_json::json!({ "repo": format!("{secret} not a repo"), "title": secret }),
         ),
+        // A secret smuggled in as a property *name* the schema does not allow.
+        (
+            "fs.read_file",
+            serde_json::json!({ "path": "/a", secret: 1 }),
+        ),
+        // ... or as a value of the wrong type deep inside.
+        ("fs.read_file", serde_json::json!({ "path": [secret] })),
     ];
     let mut verdicts = Vec::new();
     for (tool, args) in cases {
@@ -356,7 +363,7 @@ fn no_secret_value_reaches_a_record() {
         assert!(!text.contains("S3cr3t"), "secret leaked into {text}");
     }
     assert_eq!(verdicts[0], warden_core::Verdict::Allow);
-    assert_eq!(verdicts[1], warden_core::Verdict::Deny);
+    assert_eq!(&verdicts[1..], &[warden_core::Verdict::Deny; 3]);
 }
 
 // ---------------------------------------------------------------------------------------------

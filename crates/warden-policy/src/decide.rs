@@ -238,17 +238,28 @@ impl Governor {
             }
         }
         if let Some(err) = tool.validator.iter_errors(&p.arguments).next() {
+            // INVARIANT (no secret in records, INV-009): the rationale names the schema's
+            // constraint, never the argument's value or a property name the schema does not
+            // declare (an agent can put a secret in either, and the rationale is recorded).
+            let constraint = err.schema_path().to_string();
             let at = err.instance_path().to_string();
-            let at = if at.is_empty() { "/".to_string() } else { at };
+            let declared = at.split('/').filter(|seg| !seg.is_empty()).all(|seg| {
+                seg.bytes().all(|b| b.is_ascii_digit()) || constraint.split('/').any(|t| t == seg)
+            });
+            let at = if at.is_empty() {
+                "/".to_string()
+            } else if declared {
+                at
+            } else {
+                "an argument the schema does not declare".to_string()
+            };
             return deny(
                 d,
                 "arguments.invalid",
-                // INVARIANT (no secret in records, INV-009): the message is masked, so the
-                // argument values themselves never reach the rationale (or the ledger).
                 format!(
-                    "arguments of `{}` do not match its schema at `{at}`: {}",
-                    tool.name,
-                    err.masked_with("the value")
+                    "arguments of `{}` do not match its schema at `{at}`: the constraint \
+                     `{constraint}` is not met",
+                    tool.name
                 ),
             );
         }
