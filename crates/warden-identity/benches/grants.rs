@@ -1,0 +1,68 @@
+//! Grant mint + redeem latency (run in release: `cargo bench -p warden-identity --bench grants`),
+//! against the Ed25519 sign + verify the issue names as the alternative, in the same run.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "benchmark harness"
+)]
+
+use std::time::{Duration, Instant};
+use warden_identity::{Call, GrantKeys, MemoryReplayGuard};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 1_000 } else { 200_000 };
+    let keys = GrantKeys::generate().unwrap();
+    let guard = MemoryReplayGuard::new();
+    let args = format!("sha256:{}", "ab".repeat(32));
+    let call = Call {
+        session: "session-0123456789",
+        agent: "coder-1",
+        tool: "fs.read_file",
+        arguments_hash: &args,
+    };
+    let mut lat = Vec::with_capacity(n);
+    let now = 1_795_341_600_000i64;
+    for i in 0..n {
+        let t = Instant::now();
+        let token = keys.mint(&call, 12, now, 30_000).unwrap();
+        let claims = keys
+            .redeem(&token, &call, 12, now + 1 + i as i64 / 1000, &guard)
+            .unwrap();
+        lat.push(t.elapsed());
+        std::hint::black_box(claims);
+    }
+    lat.sort_unstable();
+    println!(
+        "grant mint + redeem (HMAC-SHA256, replay guard): p50 {:?} p99 {:?} ({n} samples)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    // Baseline: the same payload signed and verified with Ed25519.
+    use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
+    let sk = SigningKey::from_bytes(&[7u8; 32]);
+    let vk = sk.verifying_key();
+    let payload = keys.mint(&call, 12, now, 30_000).unwrap();
+    let m = n.min(20_000);
+    let mut base = Vec::with_capacity(m);
+    for _ in 0..m {
+        let t = Instant::now();
+        let sig = sk.sign(payload.as_bytes());
+        vk.verify(payload.as_bytes(), &sig).unwrap();
+        base.push(t.elapsed());
+    }
+    base.sort_unstable();
+    let (g, b) = (percentile(&lat, 0.5), percentile(&base, 0.5));
+    println!(
+        "baseline Ed25519 sign + verify: p50 {:?} p99 {:?} ({m} samples); grant p50 = {:.3}x of it",
+        b,
+        percentile(&base, 0.99),
+        g.as_secs_f64() / b.as_secs_f64()
+    );
+}
