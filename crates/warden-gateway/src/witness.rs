@@ -69,19 +69,24 @@ pub fn load_or_create_key(data: &Path) -> Result<NoteSigner, WitnessError> {
         warden_core::canonical::push_hex(&mut name, &suffix);
         let signer = NoteSigner::generate(&name).map_err(|e| key_err(&path, e.to_string()))?;
         // INVARIANT (keys never exposed): created 0600 in one step, never world-readable.
+        // Written beside and renamed into place, so a crash never leaves an empty key file.
+        let tmp = dir.join("ledger.key.tmp");
+        let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(|e| key_err(&path, e.to_string()))?;
+            .open(&tmp)
+            .map_err(|e| key_err(&tmp, e.to_string()))?;
         f.write_all(signer.to_private_string().as_bytes())
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
-            .map_err(|e| key_err(&path, e.to_string()))?;
-        let public = pub_path(data);
-        fs::write(&public, format!("{}\n", signer.verifier()))
-            .map_err(|e| key_err(&public, e.to_string()))?;
+            .map_err(|e| key_err(&tmp, e.to_string()))?;
+        fs::rename(&tmp, &path).map_err(|e| key_err(&path, e.to_string()))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| key_err(&dir, e.to_string()))?;
+        let public = write_public(data, &signer)?;
         tracing::info!(key = %public.display(), origin = %name, "created the ledger key");
         return Ok(signer);
     }
@@ -98,7 +103,22 @@ pub fn load_or_create_key(data: &Path) -> Result<NoteSigner, WitnessError> {
     let text = zeroize::Zeroizing::new(
         fs::read_to_string(&path).map_err(|e| key_err(&path, e.to_string()))?,
     );
-    NoteSigner::parse(&text).map_err(|e| key_err(&path, e.to_string()))
+    let signer = NoteSigner::parse(&text).map_err(|e| key_err(&path, e.to_string()))?;
+    if !pub_path(data).exists() {
+        write_public(data, &signer)?;
+    }
+    Ok(signer)
+}
+
+/// Writes (or rewrites) `ledger.pub` from the private key, durably.
+fn write_public(data: &Path, signer: &NoteSigner) -> Result<PathBuf, WitnessError> {
+    let public = pub_path(data);
+    let tmp = data.join("keys").join("ledger.pub.tmp");
+    fs::write(&tmp, format!("{}\n", signer.verifier()))
+        .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, &public))
+        .map_err(|e| key_err(&public, e.to_string()))?;
+    Ok(public)
 }
 
 /// Reads a verifier key from a file or, if `spec` is not a file, from the string itself.
@@ -106,9 +126,11 @@ pub fn load_or_create_key(data: &Path) -> Result<NoteSigner, WitnessError> {
 /// # Errors
 /// [`WitnessError::Key`] if neither parses.
 pub fn load_verifier(spec: &Path) -> Result<NoteVerifier, WitnessError> {
-    let text = match fs::read_to_string(spec) {
-        Ok(t) => t,
-        Err(_) => spec.to_string_lossy().into_owned(),
+    // A path that exists must be readable; anything else is taken as the key itself.
+    let text = if spec.exists() {
+        fs::read_to_string(spec).map_err(|e| key_err(spec, e.to_string()))?
+    } else {
+        spec.to_string_lossy().into_owned()
     };
     NoteVerifier::parse(text.trim()).map_err(|e| key_err(spec, e.to_string()))
 }

@@ -68,6 +68,8 @@ pub struct FileStore {
     segment_limit: u64,
     // INVARIANT (fail-closed): set on the first failed write; every later call is refused.
     failed: Option<String>,
+    /// The checkpoint read at open (what a read-only snapshot reports as latest).
+    snapshot: Option<String>,
     _lock: Option<File>,
 }
 
@@ -156,21 +158,18 @@ fn read_latest_checkpoint(
         Some(f) => Some(f),
         None if len == 0 => None,
         None => {
-            // Walk forward to the last whole frame.
+            // A torn last frame: the previous frame ends within one frame's length of the end
+            // (a failed write is cut back by the checkpointer, so only the last can be torn).
+            let window = u64::from(MAX_NOTE) + 20;
             let mut pos = 0u64;
             let mut last = None;
-            loop {
-                let mut lb = [0u8; 4];
-                if file.read_exact_at(&mut lb, pos).is_err() {
+            let mut end = len;
+            while end > 0 && len - end <= window {
+                end -= 1;
+                if let Some(f) = checkpoint_frame_ending_at(&file, end) {
+                    last = Some(f);
+                    pos = end;
                     break;
-                }
-                let end = pos + 4 + u64::from(u32::from_le_bytes(lb)) + 16;
-                match checkpoint_frame_ending_at(&file, end) {
-                    Some(f) if end <= len => {
-                        last = Some(f);
-                        pos = end;
-                    }
-                    _ => break,
                 }
             }
             if repair {
@@ -215,11 +214,25 @@ enum Frame {
     Bad(String),
 }
 
+/// Whether a whole, valid frame for entry `index` starts right after the (bad) frame at `pos`.
+fn frame_follows(file: &File, pos: u64, file_len: u64, index: u64) -> bool {
+    let mut header = [0u8; 16];
+    if pos.saturating_add(HEADER) > file_len || file.read_exact_at(&mut header, pos).is_err() {
+        return false;
+    }
+    let (len, _, _) = split_header(&header);
+    if len as usize > MAX_ENTRY_BYTES {
+        return false;
+    }
+    let next = pos.saturating_add(HEADER).saturating_add(u64::from(len));
+    matches!(read_frame_at(file, next, file_len), Frame::Ok { index: i, .. } if i == index)
+}
+
 fn read_frame_at(file: &File, pos: u64, file_len: u64) -> Frame {
     if pos == file_len {
         return Frame::End;
     }
-    if pos + HEADER > file_len {
+    if pos.saturating_add(HEADER) > file_len {
         return Frame::Bad(format!("a frame header at byte {pos} is cut short"));
     }
     let mut header = [0u8; 16];
@@ -230,7 +243,7 @@ fn read_frame_at(file: &File, pos: u64, file_len: u64) -> Frame {
     if len as usize > MAX_ENTRY_BYTES {
         return Frame::Bad(format!("the frame at byte {pos} claims {len} bytes"));
     }
-    let next = pos + HEADER + u64::from(len);
+    let next = pos.saturating_add(HEADER).saturating_add(u64::from(len));
     if next > file_len {
         return Frame::Bad(format!("the frame at byte {pos} is cut short"));
     }
@@ -305,6 +318,9 @@ impl FileStore {
             None
         };
 
+        // INVARIANT (consistent snapshot): the checkpoint is read before the segments are listed,
+        // so every entry it covers is in what is listed, even with a writer running beside.
+        let latest = read_latest_checkpoint(dir, mode == Mode::Write)?;
         let mut segments = Vec::new();
         let listing = fs::read_dir(dir).map_err(io_err("list", dir))?;
         for item in listing {
@@ -374,15 +390,14 @@ impl FileStore {
             frontier: Frontier::new(),
             segment_limit: segment_limit.max(HEADER + 8),
             failed: None,
+            snapshot: latest.as_ref().map(|(note, _)| note.clone()),
             _lock: lock,
         };
-        store.recover()?;
+        store.recover(latest.map(|(_, cp)| cp))?;
         Ok(store)
     }
 
-    fn recover(&mut self) -> Result<(), StoreError> {
-        let checkpoint =
-            read_latest_checkpoint(&self.dir, self.mode == Mode::Write)?.map(|(_, cp)| cp);
+    fn recover(&mut self, checkpoint: Option<Checkpoint>) -> Result<(), StoreError> {
         let index_len = self
             .index
             .metadata()
@@ -439,6 +454,7 @@ impl FileStore {
         let (mut seg_no, mut pos) = resume;
         let mut offsets = Vec::new();
         let mut nodes = Vec::new();
+        let mut torn: Option<(usize, u64)> = None;
         let count = self.segments.len();
         while seg_no < count {
             let is_last = seg_no + 1 == count;
@@ -515,13 +531,18 @@ impl FileStore {
                                 seg.path.display()
                             )));
                         }
-                        if self.mode == Mode::Write {
-                            // A torn tail: the write that made it was never acknowledged.
-                            seg.file
-                                .set_len(pos)
-                                .map_err(io_err("truncate", &seg.path))?;
-                            seg.file.sync_data().map_err(io_err("sync", &seg.path))?;
+                        if frame_follows(&seg.file, pos, seg.len, self.size + 1) {
+                            // A whole frame with the next index follows the bad one: the bad
+                            // one was written and synced before it, so this is damage.
+                            return Err(StoreError::Corrupt(format!(
+                                "{}: {why}, and entry {} follows it: this is damage, not a torn write",
+                                seg.path.display(),
+                                self.size + 1
+                            )));
                         }
+                        // A torn tail: the write that made it was never acknowledged. It is cut
+                        // only after every check below has passed.
+                        torn = Some((seg_no, pos));
                         seg.len = pos;
                         break;
                     }
@@ -538,22 +559,10 @@ impl FileStore {
                 )));
             }
         }
-        if self.mode == Mode::Write {
-            let path = self.dir.join("index.bin");
-            self.index
-                .set_len(trusted * 8)
-                .map_err(io_err("truncate", &path))?;
-            let path = self.dir.join("tree.bin");
-            self.tree
-                .set_len(nodes_for_size(trusted) * 32)
-                .map_err(io_err("truncate", &path))?;
-            self.on_disk = trusted;
-            self.write_derived(&offsets, &nodes)?;
-            self.on_disk = self.size;
-        } else {
-            self.tail_offsets = offsets;
-            self.tail_nodes = nodes;
-        }
+        // Re-derived offsets and nodes are held in memory until every check has passed, so a
+        // failed open changes nothing on disk (the evidence stays as it was found).
+        self.tail_offsets = offsets;
+        self.tail_nodes = nodes;
         if let Some(cp) = &checkpoint {
             // The segments themselves must still hash to the signed root. (When the derived
             // files disagreed with it, `trusted` was 0 and everything was re-derived from the
@@ -573,6 +582,29 @@ impl FileStore {
                     cp.size
                 )));
             }
+        }
+        if self.mode == Mode::Write {
+            if let Some((seg_no, pos)) = torn {
+                if let Some(seg) = self.segments.get(seg_no) {
+                    seg.file
+                        .set_len(pos)
+                        .map_err(io_err("truncate", &seg.path))?;
+                    seg.file.sync_data().map_err(io_err("sync", &seg.path))?;
+                }
+            }
+            let path = self.dir.join("index.bin");
+            self.index
+                .set_len(trusted * 8)
+                .map_err(io_err("truncate", &path))?;
+            let path = self.dir.join("tree.bin");
+            self.tree
+                .set_len(nodes_for_size(trusted) * 32)
+                .map_err(io_err("truncate", &path))?;
+            self.on_disk = trusted;
+            let offsets = std::mem::take(&mut self.tail_offsets);
+            let nodes = std::mem::take(&mut self.tail_nodes);
+            self.write_derived(&offsets, &nodes)?;
+            self.on_disk = self.size;
         }
         Ok(())
     }
@@ -872,10 +904,15 @@ impl LedgerStore for FileStore {
             index: clone(&self.index, "index.bin")?,
             tree: clone(&self.tree, "tree.bin")?,
             log,
+            failed: None,
         }))
     }
 
     fn latest_checkpoint(&mut self) -> Result<Option<String>, StoreError> {
+        if self.mode == Mode::ReadOnly {
+            // A snapshot: the checkpoint that matches the entries read at open.
+            return Ok(self.snapshot.clone());
+        }
         Ok(read_latest_checkpoint(&self.dir, false)?.map(|(note, _)| note))
     }
 
@@ -891,6 +928,9 @@ struct FileCheckpointer {
     index: File,
     tree: File,
     log: File,
+    // INVARIANT (fail-closed): after a failed sync the page cache may have dropped derived
+    // pages; no later checkpoint may vouch for them ("fsyncgate"), so the first failure sticks.
+    failed: Option<String>,
 }
 
 impl Checkpointer for FileCheckpointer {
@@ -901,6 +941,19 @@ impl Checkpointer for FileCheckpointer {
         // INVARIANT (recovery trusts checkpoints): the derived files must be durable up to the
         // checkpoint's size before it vouches for them. The writer wrote them before asking for
         // this checkpoint, so syncing now covers them.
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        let res = self.put_inner(size, note);
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+}
+
+impl FileCheckpointer {
+    fn put_inner(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
         let p = self.dir.join("index.bin");
         self.index.sync_data().map_err(io_err("fdatasync", &p))?;
         let p = self.dir.join("tree.bin");
@@ -908,10 +961,17 @@ impl Checkpointer for FileCheckpointer {
         // One append and one sync: cheaper than replacing a file (no rename, no directory sync),
         // and it keeps every checkpoint for auditors.
         let p = self.dir.join(CHECKPOINT_LOG);
-        self.log
+        let before = self.log.metadata().map_err(io_err("stat", &p))?.len();
+        let res = self
+            .log
             .write_all(&checkpoint_frame(size, note))
-            .map_err(io_err("write", &p))?;
-        self.log.sync_data().map_err(io_err("fdatasync", &p))
+            .map_err(io_err("write", &p))
+            .and_then(|()| self.log.sync_data().map_err(io_err("fdatasync", &p)));
+        if res.is_err() {
+            // Leave no partial frame for later frames to be appended after.
+            let _ = self.log.set_len(before);
+        }
+        res
     }
 }
 

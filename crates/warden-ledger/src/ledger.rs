@@ -191,13 +191,17 @@ impl Ledger {
         config: LedgerConfig,
     ) -> Result<Self, LedgerError> {
         let verifier = signer.verifier();
+        let mut signed_size = None;
         if let Some(note) = store.latest_checkpoint()? {
             let cp = Checkpoint::open(&note, &verifier, signer.name())?;
             if proof::root(&mut *store, cp.size)? != cp.root {
                 return Err(LedgerError::CheckpointMismatch { size: cp.size });
             }
+            signed_size = Some(cp.size);
         }
         let size = store.size()?;
+        // Entries recovered after a crash that no checkpoint covers yet get one promptly.
+        let dirty = signed_size != Some(size) && size > 0;
         let head = (size, proof::root(&mut *store, size)?);
         let sink = store.checkpointer()?;
         let origin = signer.name().to_owned();
@@ -217,7 +221,7 @@ impl Ledger {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("warden-ledger".into())
-            .spawn(move || writer_loop(&writer_shared, &rx, &sign_tx, head, &config))
+            .spawn(move || writer_loop(&writer_shared, &rx, &sign_tx, head, dirty, &config))
             .map_err(|e| {
                 LedgerError::AppendFailed(format!("cannot start the ledger writer: {e}"))
             })?;
@@ -269,7 +273,9 @@ impl Ledger {
         self.submit(entry)?.wait()
     }
 
-    /// Signs and stores a checkpoint of the current size now; returns the signed note.
+    /// Signs and stores a checkpoint covering every append acknowledged before this call;
+    /// returns the signed note. Blocks: from async code, call it in `spawn_blocking` (like
+    /// [`Ticket::wait`], it panics if called on an async runtime thread).
     ///
     /// # Errors
     /// [`LedgerError`] if it cannot be stored.
@@ -339,10 +345,10 @@ fn writer_loop(
     rx: &mpsc::Receiver<Cmd>,
     sign: &mpsc::Sender<Sign>,
     mut head: (u64, Hash),
+    mut dirty: bool,
     config: &LedgerConfig,
 ) {
     let mut last_checkpoint = Instant::now();
-    let mut dirty = false;
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let request = |head: (u64, Hash), reply: Option<NoteReply>| {

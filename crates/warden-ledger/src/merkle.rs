@@ -57,15 +57,21 @@ impl NodeId {
     pub fn post_order_position(self) -> u64 {
         // The node is completed by leaf `m - 1`, `m = (index + 1) << level`; that leaf lands at
         // slot `nodes_for_size(m - 1)` and its parents follow it, one level at a time.
-        let m = (self.index + 1) << self.level;
-        nodes_for_size(m - 1) + u64::from(self.level)
+        // Saturating: ids outside any storable tree map past every stored node (callers bound
+        // them by the tree size first; this only keeps hostile values from panicking).
+        let m = self
+            .index
+            .checked_add(1)
+            .filter(|i| self.level < 64 && *i <= (u64::MAX >> self.level))
+            .map_or(u64::MAX, |i| i << self.level);
+        nodes_for_size(m.saturating_sub(1)).saturating_add(u64::from(self.level))
     }
 }
 
 /// How many perfect-subtree nodes a tree of `size` leaves has: `2·size − popcount(size)`.
 #[must_use]
 pub fn nodes_for_size(size: u64) -> u64 {
-    2 * size - u64::from(size.count_ones())
+    size.saturating_mul(2) - u64::from(size.count_ones())
 }
 
 /// The largest power of two strictly smaller than `n` (`n ≥ 2`).

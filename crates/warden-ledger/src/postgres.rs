@@ -138,6 +138,12 @@ impl PgStore {
             .map_err(|e| pg(&e))?;
         let size = to_u64(row.get::<_, i64>(0), "stored size")?;
         let frontier_bytes: Vec<u8> = row.get(1);
+        if !frontier_bytes.len().is_multiple_of(32) {
+            return Err(StoreError::Corrupt(format!(
+                "stored frontier is {} bytes, not a multiple of 32",
+                frontier_bytes.len()
+            )));
+        }
         let hashes = frontier_bytes
             .chunks_exact(32)
             .map(|c| hash_from(c, "frontier hash"))

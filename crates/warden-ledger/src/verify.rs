@@ -140,10 +140,10 @@ pub fn verify_store(
         targets.push((o, "older checkpoint you trusted"));
     }
     let mut rebuild = Rebuild::new(targets);
-    if cp.size == 0 && cp.root != merkle::EMPTY_ROOT {
-        return Err(whole(
-            "the checkpoint of the empty log has a non-empty root",
-        ));
+    for c in std::iter::once(&cp).chain(old.as_ref()) {
+        if c.size == 0 && c.root != merkle::EMPTY_ROOT {
+            return Err(whole("a checkpoint of the empty log has a non-empty root"));
+        }
     }
     // Stored nodes are compared in chunks, so the store is read sequentially.
     const CHUNK: usize = 8192;
@@ -272,7 +272,9 @@ pub fn export(store: &mut dyn LedgerStore, out: &mut dyn Write) -> Result<u64, S
     };
     serde_json::to_writer(&mut *out, &header).map_err(|e| w(e.into()))?;
     out.write_all(b"\n").map_err(w)?;
+    let mut written = 0u64;
     store.scan(0, cp.size, &mut |index, bytes| {
+        written += 1;
         let entry: Value = serde_json::from_slice(bytes)
             .map_err(|e| StoreError::Corrupt(format!("entry {index} is not JSON: {e}")))?;
         let line = ExportLine {
@@ -283,6 +285,13 @@ pub fn export(store: &mut dyn LedgerStore, out: &mut dyn Write) -> Result<u64, S
         serde_json::to_writer(&mut *out, &line).map_err(|e| w(e.into()))?;
         out.write_all(b"\n").map_err(w)
     })?;
+    // INVARIANT (no unverifiable export): exactly the entries the checkpoint covers.
+    if written != cp.size {
+        return Err(StoreError::Corrupt(format!(
+            "the checkpoint covers {} entries but only {written} could be exported",
+            cp.size
+        )));
+    }
     Ok(cp.size)
 }
 

@@ -589,10 +589,20 @@ fn tampered_entry_is_named_by_index() {
     // Another length: the offsets no longer line up, the store re-derives from the frames and
     // refuses to open, naming the entry, for readers and the writer alike.
     let (dir, _) = tamper_entry_12("\"allow\"", "\"deny\"");
-    for mode in [Mode::ReadOnly, Mode::Write] {
+    // The writer goes first: a failed open must leave the evidence as it found it.
+    let before: Vec<_> = ["index.bin", "tree.bin", "00000000000000000000.seg"]
+        .iter()
+        .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+        .collect();
+    for mode in [Mode::Write, Mode::ReadOnly, Mode::Write] {
         let err = FileStore::open(dir.path(), mode).unwrap_err().to_string();
         assert!(err.contains("entry 12") && err.contains("altered"), "{err}");
     }
+    let after: Vec<_> = ["index.bin", "tree.bin", "00000000000000000000.seg"]
+        .iter()
+        .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+        .collect();
+    assert!(before == after, "a refused open changed the files");
 }
 
 #[test]
@@ -612,6 +622,25 @@ fn torn_tail_is_cut_and_damage_is_refused() {
     s.append(&raw_entries(1)).unwrap();
     assert_eq!(s.size().unwrap(), 11);
     drop(s);
+    // A damaged frame with whole frames after it, in the last segment, is damage: refused, and
+    // nothing is cut.
+    let good = std::fs::read(&seg).unwrap();
+    let mut bad = good.clone();
+    bad[8 + 16 + 2] ^= 0x01; // inside entry 0's payload
+    std::fs::write(&seg, &bad).unwrap();
+    let err = FileStore::open(dir.path(), Mode::Write)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("damage") && err.contains("entry 1 follows"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bad,
+        "a refused open cut the segment"
+    );
+    std::fs::write(&seg, &good).unwrap();
     // Damage in the middle of a segment that is not the last is refused, naming the file.
     let mut s = FileStore::open_with(dir.path(), Mode::Write, 64).unwrap();
     s.append(&raw_entries(3)).unwrap(); // rolls a new segment
