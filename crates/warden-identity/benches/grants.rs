@@ -44,6 +44,58 @@ fn main() {
         percentile(&lat, 0.99)
     );
 
+    // Credential verification: first call (whole chain, two Ed25519 verifies for a delegated
+    // credential), then cached per token.
+    {
+        use std::collections::{BTreeSet, HashMap};
+        use warden_identity::credential::{encode_key, random_id};
+        use warden_identity::{Credential, CredentialBody, Revocations, Verifier};
+        let g = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+        let agent = ed25519_dalek::SigningKey::from_bytes(&[2u8; 32]);
+        let sub = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let mk = |name: &str, trust: &str, k: &ed25519_dalek::SigningKey| CredentialBody {
+            id: random_id().unwrap(),
+            agent: name.into(),
+            tenant: "acme".into(),
+            owner: "alice@acme.example".into(),
+            zone: "dev".into(),
+            trust: trust.into(),
+            tools: Some(
+                ["fs.read_file".to_string()]
+                    .into_iter()
+                    .collect::<BTreeSet<_>>(),
+            ),
+            expires_at: 1_795_345_200,
+            manifest_version: 1,
+            subject_key: encode_key(&k.verifying_key()),
+            issuer: String::new(),
+        };
+        let root = Credential::issue(&g, "g1", mk("coder-1", "senior", &agent)).unwrap();
+        let child = root
+            .derive(&agent, mk("coder-1.sub", "junior", &sub))
+            .unwrap();
+        let token = child.to_token().unwrap();
+        let keys: HashMap<String, _> = [("g1".to_string(), g.verifying_key())].into();
+        let v = Verifier::new(keys, std::sync::Arc::new(Revocations::new()));
+        let t = Instant::now();
+        v.verify_token(&token, 1_795_341_600).unwrap();
+        let first = t.elapsed();
+        let mut cached = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            std::hint::black_box(v.verify_token(&token, 1_795_341_600).unwrap());
+            cached.push(t.elapsed());
+        }
+        cached.sort_unstable();
+        println!(
+            "credential ({} byte token, chain of 2): first verification {:?}; cached p50 {:?} p99 {:?}",
+            token.len(),
+            first,
+            percentile(&cached, 0.5),
+            percentile(&cached, 0.99)
+        );
+    }
+
     // Baseline: the same payload signed and verified with Ed25519.
     use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
     let sk = SigningKey::from_bytes(&[7u8; 32]);

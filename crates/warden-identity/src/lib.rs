@@ -3,17 +3,34 @@
 //! - [`grant`]: single-use grants the Governor mints for one exact allowed call and the Executor
 //!   redeems before running it (HMAC-SHA256; see `docs/grants.md` for why not Ed25519).
 //! - [`replay`]: remembers used ids so a grant is accepted once.
+//! - [`credential`]: agent credentials signed by the Governor, delegation to narrower
+//!   sub-agent credentials, revocation that reaches everything derived, cached verification.
 //!
 //! No I/O: keys are handed in by the composition root.
 
+pub mod credential;
 pub mod grant;
 pub mod replay;
 
+pub use credential::{
+    Credential, CredentialBody, CredentialError, Identity, Revocations, Verifier,
+};
 pub use grant::{Call, GrantClaims, GrantError, GrantKeys};
 pub use replay::{MemoryReplayGuard, ReplayError, ReplayGuard};
 
 /// Entry points for fuzz targets: never panic, whatever the input.
 pub mod fuzz {
+    /// Parses and verifies arbitrary text as a credential token.
+    pub fn credential(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        let keys = std::iter::once(("g1".to_owned(), key)).collect();
+        let v = crate::Verifier::new(keys, std::sync::Arc::new(crate::Revocations::new()));
+        let _ = v.verify_token(text, 1_795_341_600);
+    }
+
     /// Opens arbitrary text as a grant token under a fixed key.
     pub fn grant(data: &[u8]) {
         let Ok(text) = std::str::from_utf8(data) else {

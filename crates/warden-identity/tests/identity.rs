@@ -1,0 +1,492 @@
+//! Grants and credentials end to end. Grants: forged, expired, replayed, cross-session and stale grants are refused;
+//! a grant in flight across a manifest change is not honored without a new decision.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use proptest::prelude::*;
+use std::sync::{Arc, RwLock};
+use warden_identity::{Call, GrantError, GrantKeys, MemoryReplayGuard};
+use zeroize::Zeroizing;
+
+const NOW: i64 = 1_795_341_600_000;
+
+fn call<'a>(session: &'a str, args: &'a str) -> Call<'a> {
+    Call {
+        session,
+        agent: "coder-1",
+        tool: "fs.read_file",
+        arguments_hash: args,
+    }
+}
+
+fn keys(byte: u8) -> GrantKeys {
+    GrantKeys::new(1, vec![(1, Zeroizing::new([byte; 32]))]).unwrap()
+}
+
+#[test]
+fn a_grant_runs_exactly_its_call_once() {
+    let k = keys(1);
+    let guard = MemoryReplayGuard::new();
+    let c = call("s1", "sha256:aa");
+    let t = k.mint(&c, 3, NOW, 30_000).unwrap();
+    let claims = k.redeem(&t, &c, 3, NOW + 10, &guard).unwrap();
+    assert_eq!(claims.session, "s1");
+    assert_eq!(claims.id_hex().len(), 32);
+    // Replayed.
+    assert_eq!(
+        k.redeem(&t, &c, 3, NOW + 20, &guard),
+        Err(GrantError::Replayed)
+    );
+}
+
+#[test]
+fn wrong_call_expired_forged_and_stale_grants_are_refused() {
+    let k = keys(1);
+    let guard = MemoryReplayGuard::new();
+    let c = call("s1", "sha256:aa");
+    let t = k.mint(&c, 3, NOW, 30_000).unwrap();
+    // Another session, other arguments, another agent or tool.
+    assert_eq!(
+        k.redeem(&t, &call("s2", "sha256:aa"), 3, NOW, &guard),
+        Err(GrantError::WrongCall { field: "session" })
+    );
+    assert_eq!(
+        k.redeem(&t, &call("s1", "sha256:bb"), 3, NOW, &guard),
+        Err(GrantError::WrongCall { field: "arguments" })
+    );
+    let other_tool = Call {
+        tool: "db.drop_table",
+        ..c.clone()
+    };
+    assert_eq!(
+        k.redeem(&t, &other_tool, 3, NOW, &guard),
+        Err(GrantError::WrongCall { field: "tool" })
+    );
+    // Expired.
+    assert!(matches!(
+        k.redeem(&t, &c, 3, NOW + 30_000, &guard),
+        Err(GrantError::Expired { .. })
+    ));
+    // Made under another key (forged).
+    assert_eq!(
+        keys(2).redeem(&t, &c, 3, NOW, &guard),
+        Err(GrantError::BadMac)
+    );
+    // The manifest moved on: decide again.
+    assert_eq!(
+        k.redeem(&t, &c, 4, NOW, &guard),
+        Err(GrantError::ManifestChanged {
+            granted: 3,
+            current: 4
+        })
+    );
+    // None of the refusals consumed it: the right call still redeems once.
+    assert!(k.redeem(&t, &c, 3, NOW, &guard).is_ok());
+    // Garbage.
+    for junk in ["", "x", "!!!", &"A".repeat(5000)] {
+        assert!(
+            matches!(k.open(junk), Err(GrantError::Malformed(_))),
+            "{junk}"
+        );
+    }
+}
+
+#[test]
+fn rotated_keys_still_verify_old_grants() {
+    let old = Zeroizing::new([1u8; 32]);
+    let new = Zeroizing::new([2u8; 32]);
+    let before = GrantKeys::new(1, vec![(1, old.clone())]).unwrap();
+    let after = GrantKeys::new(2, vec![(1, old), (2, new)]).unwrap();
+    let c = call("s", "sha256:aa");
+    let t_old = before.mint(&c, 1, NOW, 30_000).unwrap();
+    let t_new = after.mint(&c, 1, NOW, 30_000).unwrap();
+    assert_eq!(after.open(&t_old).unwrap().key_id, 1);
+    assert_eq!(after.open(&t_new).unwrap().key_id, 2);
+    assert_eq!(before.open(&t_new), Err(GrantError::UnknownKey(2)));
+    // Key bytes are never printed.
+    assert!(!format!("{after:?}").contains("2, 2, 2"));
+}
+
+proptest! {
+    /// Changing any byte of a token makes it refused: nothing in it is believed before the MAC.
+    #[test]
+    fn any_altered_byte_is_refused(pos in any::<usize>(), flip in 1u8..=255) {
+        let k = keys(1);
+        let c = call("session-1", "sha256:0123");
+        let t = k.mint(&c, 9, NOW, 30_000).unwrap();
+        let mut raw = B64.decode(&t).unwrap();
+        let i = pos % raw.len();
+        raw[i] ^= flip;
+        let altered = B64.encode(&raw);
+        prop_assert!(k.open(&altered).is_err());
+    }
+}
+
+/// A tool's tier is raised while a grant for it is in flight. The Executor reads the manifest
+/// version current at redemption (swapped atomically on another thread); the old grant is not
+/// honored, and the call must be decided again under the new version.
+#[test]
+fn manifest_change_races_a_grant_in_flight() {
+    for round in 0..200u32 {
+        let manifest = Arc::new(RwLock::new(1u64));
+        let k = Arc::new(keys(3));
+        let guard = Arc::new(MemoryReplayGuard::new());
+        let args = format!("sha256:{round:08x}");
+        // Governor: decided under v1 (low tier, allowed) and minted.
+        let token = k.mint(&call("s", &args), 1, NOW, 30_000).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let (m2, b2) = (Arc::clone(&manifest), Arc::clone(&barrier));
+        let swapper = std::thread::spawn(move || {
+            b2.wait();
+            // The new manifest (tool raised to critical) is swapped in whole.
+            *m2.write().unwrap() = 2;
+        });
+        let (m3, k3, g3, b3) = (
+            Arc::clone(&manifest),
+            Arc::clone(&k),
+            Arc::clone(&guard),
+            Arc::clone(&barrier),
+        );
+        let executor = std::thread::spawn(move || {
+            b3.wait();
+            let current = *m3.read().unwrap();
+            (
+                current,
+                k3.redeem(&token, &call("s", &args), current, NOW + 1, &*g3),
+            )
+        });
+        swapper.join().unwrap();
+        let (seen, outcome) = executor.join().unwrap();
+        match seen {
+            // The executor read the version before the swap: the grant was still current then.
+            1 => assert!(outcome.is_ok(), "round {round}: {outcome:?}"),
+            // After the swap: never honored without re-decision.
+            _ => assert_eq!(
+                outcome,
+                Err(GrantError::ManifestChanged {
+                    granted: 1,
+                    current: 2
+                }),
+                "round {round}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn replay_guard_forgets_only_expired_ids() {
+    use warden_identity::ReplayGuard as _;
+    let g = MemoryReplayGuard::new();
+    g.consume(&[1; 16], NOW + 100, NOW).unwrap();
+    assert!(g.consume(&[1; 16], NOW + 100, NOW + 50).is_err());
+    // Well after expiry the id is swept (and a token carrying it is refused as expired anyway).
+    let mut other = [1u8; 16];
+    other[1] = 2; // same shard
+    g.consume(&other, NOW + 5_000, NOW + 2_000).unwrap();
+    assert_eq!(g.len(), 1);
+}
+
+#[test]
+fn fuzz_entry_never_panics() {
+    let k = GrantKeys::new(1, vec![(1, Zeroizing::new([7u8; 32]))]).unwrap();
+    let t = k.mint(&call("s", "sha256:aa"), 1, NOW, 1).unwrap();
+    for cut in 0..=t.len() {
+        warden_identity::fuzz::grant(&t.as_bytes()[..cut]);
+    }
+    warden_identity::fuzz::grant(&[0xff, 0xfe]);
+    warden_identity::fuzz::grant("A".repeat(100_000).as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials and delegation.
+
+use ed25519_dalek::SigningKey;
+use std::collections::{BTreeSet, HashMap};
+use warden_identity::credential::{encode_key, random_id};
+use warden_identity::{Credential, CredentialBody, CredentialError, Revocations, Verifier};
+
+const T: i64 = 1_795_341_600;
+
+fn key(b: u8) -> SigningKey {
+    SigningKey::from_bytes(&[b; 32])
+}
+
+fn body(
+    agent: &str,
+    trust: &str,
+    tools: Option<&[&str]>,
+    expires_at: i64,
+    subject: &SigningKey,
+) -> CredentialBody {
+    CredentialBody {
+        id: random_id().unwrap(),
+        agent: agent.into(),
+        tenant: "acme".into(),
+        owner: "alice@acme.example".into(),
+        zone: "dev".into(),
+        trust: trust.into(),
+        tools: tools.map(|t| t.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>()),
+        expires_at,
+        manifest_version: 1,
+        subject_key: encode_key(&subject.verifying_key()),
+        issuer: String::new(),
+    }
+}
+
+struct Setup {
+    governor: SigningKey,
+    verifier: Verifier,
+    revocations: Arc<Revocations>,
+    root: Credential,
+    root_key: SigningKey,
+}
+
+fn setup() -> Setup {
+    let governor = key(1);
+    let revocations = Arc::new(Revocations::new());
+    let keys: HashMap<String, _> = [("g1".to_string(), governor.verifying_key())].into();
+    let verifier = Verifier::new(keys, Arc::clone(&revocations));
+    let root_key = key(2);
+    let root = Credential::issue(
+        &governor,
+        "g1",
+        body(
+            "coder-1",
+            "senior",
+            Some(&["fs.read_file", "github.create_issue"]),
+            T + 3600,
+            &root_key,
+        ),
+    )
+    .unwrap();
+    Setup {
+        governor,
+        verifier,
+        revocations,
+        root,
+        root_key,
+    }
+}
+
+#[test]
+fn enrolled_and_delegated_credentials_trace_back_to_one_human() {
+    let s = setup();
+    let id = s
+        .verifier
+        .verify_token(&s.root.to_token().unwrap(), T)
+        .unwrap();
+    assert_eq!(
+        (id.agent.as_str(), id.owner.as_str()),
+        ("coder-1", "alice@acme.example")
+    );
+    assert_eq!(id.chain, vec!["coder-1"]);
+    let sub_key = key(3);
+    let sub = s
+        .root
+        .derive(
+            &s.root_key,
+            body(
+                "coder-1.sub",
+                "junior",
+                Some(&["fs.read_file"]),
+                T + 600,
+                &sub_key,
+            ),
+        )
+        .unwrap();
+    let id = s
+        .verifier
+        .verify_token(&sub.to_token().unwrap(), T)
+        .unwrap();
+    assert_eq!(id.chain, vec!["coder-1", "coder-1.sub"]);
+    assert_eq!(id.owner, "alice@acme.example");
+    assert_eq!(id.trust, "junior");
+    // A third level, narrower still.
+    let leaf = sub
+        .derive(
+            &sub_key,
+            body(
+                "coder-1.sub.leaf",
+                "intern",
+                Some(&["fs.read_file"]),
+                T + 60,
+                &key(4),
+            ),
+        )
+        .unwrap();
+    let id = s
+        .verifier
+        .verify_token(&leaf.to_token().unwrap(), T)
+        .unwrap();
+    assert_eq!(id.chain.len(), 3);
+    assert_eq!(id.expires_at, T + 60);
+}
+
+#[test]
+fn delegation_that_widens_rights_is_rejected() {
+    let s = setup();
+    let k = key(3);
+    let cases: Vec<(CredentialBody, &str)> = vec![
+        (
+            body("sub", "principal", Some(&["fs.read_file"]), T + 60, &k),
+            "trust",
+        ),
+        (
+            body("sub", "junior", Some(&["db.drop_table"]), T + 60, &k),
+            "db.drop_table",
+        ),
+        (body("sub", "junior", None, T + 60, &k), "every tool"),
+        (
+            body("sub", "junior", Some(&["fs.read_file"]), T + 7200, &k),
+            "expires after",
+        ),
+        (
+            CredentialBody {
+                owner: "mallory@evil.example".into(),
+                ..body("sub", "junior", Some(&["fs.read_file"]), T + 60, &k)
+            },
+            "owner",
+        ),
+    ];
+    for (b, what) in cases {
+        let err = s.root.derive(&s.root_key, b.clone()).unwrap_err();
+        assert!(
+            matches!(err, CredentialError::Widens { .. }) && err.to_string().contains(what),
+            "{err}"
+        );
+        // Hand-built (bypassing `derive`), the chain is still refused at verification.
+        let mut forged = s
+            .root
+            .derive(
+                &s.root_key,
+                body("sub", "intern", Some(&["fs.read_file"]), T + 60, &k),
+            )
+            .unwrap();
+        forged.body = CredentialBody {
+            issuer: s.root.body.id.clone(),
+            ..b
+        };
+        let err = s.verifier.verify(&forged, T).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CredentialError::Widens { .. } | CredentialError::BadSignature { .. }
+            ),
+            "{err}"
+        );
+    }
+    // Only the holder of the parent's key can delegate.
+    assert!(s
+        .root
+        .derive(&key(9), body("sub", "intern", None, T + 60, &k))
+        .is_err());
+}
+
+#[test]
+fn forged_expired_and_unknown_issuer_credentials_are_refused() {
+    let s = setup();
+    // Altered after signing.
+    let mut altered = s.root.clone();
+    altered.body.trust = "principal".into();
+    assert!(matches!(
+        s.verifier.verify(&altered, T),
+        Err(CredentialError::BadSignature { .. })
+    ));
+    // Signed by a key that is not the Governor's.
+    let rogue = Credential::issue(
+        &key(8),
+        "g1",
+        body("coder-1", "senior", None, T + 60, &key(2)),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.verifier.verify(&rogue, T),
+        Err(CredentialError::BadSignature { .. })
+    ));
+    let unknown = Credential::issue(
+        &s.governor,
+        "g9",
+        body("coder-1", "senior", None, T + 60, &key(2)),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.verifier.verify(&unknown, T),
+        Err(CredentialError::UnknownIssuer { .. })
+    ));
+    // Expired.
+    assert!(matches!(
+        s.verifier.verify(&s.root, T + 3600),
+        Err(CredentialError::Expired { .. })
+    ));
+    // Garbage tokens.
+    for junk in ["", "e30", "!!", &"A".repeat(20_000)] {
+        assert!(s.verifier.verify_token(junk, T).is_err(), "{junk}");
+    }
+}
+
+#[test]
+fn revocation_reaches_derived_credentials_even_when_cached() {
+    let s = setup();
+    let sub_key = key(3);
+    let sub = s
+        .root
+        .derive(
+            &s.root_key,
+            body(
+                "coder-1.sub",
+                "junior",
+                Some(&["fs.read_file"]),
+                T + 600,
+                &sub_key,
+            ),
+        )
+        .unwrap();
+    let token = sub.to_token().unwrap();
+    s.verifier.verify_token(&token, T).unwrap(); // now cached
+    s.revocations.revoke_agent("coder-1");
+    let err = s.verifier.verify_token(&token, T).unwrap_err();
+    assert!(
+        matches!(err, CredentialError::Revoked { .. }) && err.to_string().contains("coder-1"),
+        "{err}"
+    );
+    // Revoking one credential id also reaches its descendants.
+    let s = setup();
+    let sub = s
+        .root
+        .derive(
+            &s.root_key,
+            body(
+                "coder-1.sub",
+                "junior",
+                Some(&["fs.read_file"]),
+                T + 600,
+                &sub_key,
+            ),
+        )
+        .unwrap();
+    s.revocations.revoke_credential(&s.root.body.id);
+    assert!(matches!(
+        s.verifier.verify(&sub, T),
+        Err(CredentialError::Revoked { .. })
+    ));
+}
+
+#[test]
+fn credential_fuzz_entry_never_panics() {
+    let s = setup();
+    let t = s.root.to_token().unwrap();
+    for cut in (0..=t.len()).step_by(3) {
+        warden_identity::fuzz::credential(&t.as_bytes()[..cut]);
+    }
+    // Deep nesting of parents.
+    let deep = format!("{}{}", "{\"parent\":".repeat(5000), "}".repeat(5000));
+    warden_identity::fuzz::credential(B64.encode(deep).as_bytes());
+}
