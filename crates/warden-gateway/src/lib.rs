@@ -9,8 +9,11 @@
 //! - [`starter`]: the starter manifest `warden init` writes;
 //! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
 //!   the ledger;
-//! - [`witness`]: opens the Witness ledger (key and store) from the data directory.
+//! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
+//! - [`agents`]: the Governor key, agent enrolment and revocation, the identity state of the
+//!   signed-proposal API.
 
+pub mod agents;
 pub mod bundle;
 pub mod server;
 pub mod starter;

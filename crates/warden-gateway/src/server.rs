@@ -31,6 +31,8 @@ pub struct AppState {
     pub state: Arc<dyn StateStore>,
     /// The Witness ledger every decision is recorded in.
     pub ledger: Arc<Ledger>,
+    /// Credentials, revocations and request nonces for `/v1/proposals`.
+    pub identity: Arc<crate::agents::IdentityState>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -47,6 +49,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/manifest", get(manifest))
         .route("/v1/decide", post(decide))
+        .route("/v1/proposals", post(proposals))
         .layer(DefaultBodyLimit::max(MAX_PROPOSAL_BYTES))
         .with_state(app)
 }
@@ -100,9 +103,108 @@ async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
                 .into_response();
         }
     };
-    let decision = app
+    decide_and_record(&app, &proposal, &trace_id(&headers), Vec::new(), None).await
+}
+
+fn error(status: StatusCode, rule: &str, why: String) -> Response {
+    (
+        status,
+        Json(json!({ "decision": "deny", "rules": [rule], "reason": why })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/proposals`: a proposal signed by an enrolled agent (credential in
+/// `Warden-Credential`, RFC 9421 signature over method, path and `Content-Digest`).
+async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let now = crate::now_unix();
+    // INVARIANT (fail-closed): if the revocation list cannot be read, nobody is authenticated.
+    if let Err(e) = app.identity.refresh() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "identity.unavailable",
+            e.to_string(),
+        );
+    }
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(token) = h("warden-credential") else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "identity.missing",
+            "no Warden-Credential header: enrol the agent with `warden agents enroll`".into(),
+        );
+    };
+    let identity = match app.identity.verifier.verify_token(token, now) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, "identity.invalid", e.to_string()),
+    };
+    let credential_id = match warden_identity::Credential::from_token(token) {
+        Ok(c) => c.body.id,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, "identity.invalid", e.to_string()),
+    };
+    if let Err(e) = warden_identity::request::verify(
+        &identity.subject_key,
+        &credential_id,
+        "POST",
+        "/v1/proposals",
+        &body,
+        h("content-digest"),
+        h("signature-input"),
+        h("signature"),
+        now,
+        &app.identity.nonces,
+    ) {
+        return error(StatusCode::UNAUTHORIZED, "request.signature", e.to_string());
+    }
+    let proposal = match Proposal::from_json_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "proposal.invalid", e.to_string()),
+    };
+    if proposal.agent != identity.agent {
+        return error(
+            StatusCode::FORBIDDEN,
+            "identity.mismatch",
+            format!(
+                "the credential is for agent `{}`, the proposal names `{}`",
+                identity.agent, proposal.agent
+            ),
+        );
+    }
+    let narrowed = identity
+        .tools
+        .as_ref()
+        .is_some_and(|t| !t.contains(&proposal.tool))
+        .then(|| format!("the credential does not grant tool `{}`", proposal.tool));
+    decide_and_record(
+        &app,
+        &proposal,
+        &trace_id(&headers),
+        identity.chain.clone(),
+        narrowed,
+    )
+    .await
+}
+
+/// Decides, records the decision in the ledger (with the delegation chain), and answers.
+/// `refuse` turns the decision into a deny (a credential narrower than the manifest).
+async fn decide_and_record(
+    app: &AppState,
+    proposal: &Proposal,
+    trace: &str,
+    chain: Vec<String>,
+    refuse: Option<String>,
+) -> Response {
+    let mut decision = app
         .governor
-        .decide(&proposal, app.state.as_ref(), crate::now_unix());
+        .decide(proposal, app.state.as_ref(), crate::now_unix());
+    if let Some(why) = refuse {
+        decision.decision = Verdict::Deny;
+        decision
+            .rules
+            .insert(0, "credential.tool_not_granted".into());
+        decision.reason = why;
+        decision.escalation = None;
+    }
     tracing::info!(
         agent = %decision.agent,
         tool = %decision.tool,
@@ -111,11 +213,10 @@ async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         "decision"
     );
     let request_id = request_id();
-    let record = Entry::Decision(DecisionRecord::from_decision(
-        &decision,
-        &trace_id(&headers),
-        &request_id,
-    ));
+    let mut record = DecisionRecord::from_decision(&decision, trace, &request_id);
+    // The lineage: the owner, then the delegation chain down to the caller.
+    record.lineage.extend(chain);
+    let record = Entry::Decision(record);
     // INVARIANT (fail-closed, INV-003): a decision the ledger did not durably record is
     // answered as a deny, whatever the Governor said.
     let recorded = match app.ledger.submit(&record) {

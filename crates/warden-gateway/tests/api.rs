@@ -32,6 +32,7 @@ async fn start_with(
         governor: Arc::new(governor),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
+        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -128,6 +129,7 @@ async fn decisions_are_recorded_and_verify() {
         governor: Arc::new(governor),
         state: Arc::new(state),
         ledger: Arc::clone(&ledger),
+        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -246,5 +248,155 @@ async fn unrecordable_decision_is_a_deny() {
         d["reason"].as_str().unwrap().contains("do not execute"),
         "{body}"
     );
+    let _ = stop.send(());
+}
+
+/// Sends a request with extra headers; returns (status, body).
+async fn request_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn signed(
+    key: &ed25519_dalek::SigningKey,
+    token: &str,
+    body: &[u8],
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    let cred = warden_identity::Credential::from_token(token).unwrap();
+    let (digest, input, sig) = warden_identity::request::sign(
+        key,
+        &cred.body.id,
+        "POST",
+        "/v1/proposals",
+        body,
+        warden_gateway::now_unix(),
+        nonce,
+    );
+    vec![
+        ("warden-credential", token.to_string()),
+        ("content-digest", digest),
+        ("signature-input", input),
+        ("signature", sig),
+    ]
+}
+
+/// The native API: an enrolled agent's signed proposal is decided and recorded with its
+/// lineage; replayed, forged, mismatched and revoked requests are refused.
+#[tokio::test]
+async fn signed_proposals_from_enrolled_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = start(dir.path()).await;
+    let manifest =
+        warden_gateway::bundle::load_manifest(&dir.path().join("manifest.yaml")).unwrap();
+    let now = warden_gateway::now_unix();
+    let cred_path =
+        warden_gateway::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
+    let token = std::fs::read_to_string(&cred_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    let key = warden_gateway::agents::agent_key(&cred_path.with_extension("key")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(cred_path.with_extension("key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let body =
+        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let h = signed(&key, &token, body, "n-1");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
+    // Recorded with the lineage: the owner, then the chain down to the caller.
+    let mut store =
+        warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
+            .unwrap();
+    let entry =
+        String::from_utf8(warden_ledger::store::read_entry(&mut store, 0).unwrap()).unwrap();
+    assert!(
+        entry.contains(r#""lineage":["alice@acme.example","coder-1"]"#),
+        "{entry}"
+    );
+    // Replayed: refused.
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("replayed"), "{resp}");
+    // Body altered after signing.
+    let other = br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/etc/shadow"}}"#;
+    let (status, resp) = request_with(
+        addr,
+        "/v1/proposals",
+        &signed(&key, &token, body, "n-2"),
+        other,
+    )
+    .await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("content-digest"), "{resp}");
+    // Signed with another key.
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let (status, resp) = request_with(
+        addr,
+        "/v1/proposals",
+        &signed(&rogue, &token, body, "n-3"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("does not verify"), "{resp}");
+    // No credential.
+    let (status, _) = request_with(addr, "/v1/proposals", &[], body).await;
+    assert_eq!(status, 401);
+    // Speaking for another agent.
+    let as_ops =
+        br#"{"agent":"ops-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let (status, resp) = request_with(
+        addr,
+        "/v1/proposals",
+        &signed(&key, &token, as_ops, "n-4"),
+        as_ops,
+    )
+    .await;
+    assert_eq!(status, 403, "{resp}");
+    assert!(resp.contains("identity.mismatch"), "{resp}");
+    // Revoked: refused from the next request on.
+    warden_gateway::agents::revoke(dir.path(), "agent", "coder-1").unwrap();
+    let (status, resp) = request_with(
+        addr,
+        "/v1/proposals",
+        &signed(&key, &token, body, "n-5"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("revoked"), "{resp}");
     let _ = stop.send(());
 }

@@ -5,12 +5,15 @@
 //! - [`replay`]: remembers used ids so a grant is accepted once.
 //! - [`credential`]: agent credentials signed by the Governor, delegation to narrower
 //!   sub-agent credentials, revocation that reaches everything derived, cached verification.
+//! - [`request`]: RFC 9421 HTTP message signatures (Ed25519) over method, path and body digest,
+//!   with a time window and single-use nonces.
 //!
 //! No I/O: keys are handed in by the composition root.
 
 pub mod credential;
 pub mod grant;
 pub mod replay;
+pub mod request;
 
 pub use credential::{
     Credential, CredentialBody, CredentialError, Identity, Revocations, Verifier,

@@ -490,3 +490,82 @@ fn credential_fuzz_entry_never_panics() {
     let deep = format!("{}{}", "{\"parent\":".repeat(5000), "}".repeat(5000));
     warden_identity::fuzz::credential(B64.encode(deep).as_bytes());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed requests (RFC 9421).
+
+#[test]
+fn signed_requests_verify_once_within_the_window() {
+    use warden_identity::request::{sign, verify, RequestError};
+    let k = key(5);
+    let vk = k.verifying_key();
+    let guard = MemoryReplayGuard::new();
+    let body = br#"{"agent":"a"}"#;
+    let (d, i, s) = sign(&k, "cred-1", "POST", "/v1/proposals", body, T, "nonce-1");
+    let check = |d: &str, i: &str, s: &str, body: &[u8], now: i64, kid: &str| {
+        verify(
+            &vk,
+            kid,
+            "POST",
+            "/v1/proposals",
+            body,
+            Some(d),
+            Some(i),
+            Some(s),
+            now,
+            &guard,
+        )
+    };
+    assert!(check(&d, &i, &s, body, T + 10, "cred-1").is_ok());
+    assert_eq!(
+        check(&d, &i, &s, body, T + 10, "cred-1"),
+        Err(RequestError::Replayed)
+    );
+    let (d, i, s) = sign(&k, "cred-1", "POST", "/v1/proposals", body, T, "nonce-2");
+    assert_eq!(
+        check(&d, &i, &s, b"{}", T, "cred-1"),
+        Err(RequestError::DigestMismatch)
+    );
+    assert!(matches!(
+        check(&d, &i, &s, body, T + 301, "cred-1"),
+        Err(RequestError::Stale { .. })
+    ));
+    assert_eq!(
+        check(&d, &i, &s, body, T, "cred-2"),
+        Err(RequestError::WrongKey)
+    );
+    // Another path or method was not what was signed.
+    assert_eq!(
+        verify(
+            &vk,
+            "cred-1",
+            "POST",
+            "/v1/decide",
+            body,
+            Some(&d),
+            Some(&i),
+            Some(&s),
+            T,
+            &guard
+        ),
+        Err(RequestError::BadSignature)
+    );
+    // Malformed headers are named, never a panic.
+    for bad in [
+        "",
+        "sig1=",
+        "sig1=(\"@method\")",
+        "sig2=(\"@method\" \"@path\" \"content-digest\");created=1",
+    ] {
+        assert!(
+            matches!(
+                check(&d, bad, &s, body, T, "cred-1"),
+                Err(RequestError::Header { .. })
+            ),
+            "{bad}"
+        );
+    }
+    assert!(check(&d, &i, "sig1=:AAAA:", body, T, "cred-1").is_err());
+    // Nothing refused above consumed nonce-2: it still verifies once.
+    assert!(check(&d, &i, &s, body, T, "cred-1").is_ok());
+}

@@ -8,6 +8,7 @@ macro_rules! out {
     }};
 }
 
+mod agents;
 mod check;
 mod init;
 mod ledger;
@@ -44,6 +45,9 @@ enum Command {
     /// Read, prove and verify the Witness ledger (verify, tail, show, export, prove,
     /// consistency, checkpoint).
     Ledger(ledger::Args),
+    /// Enrol and revoke agents (credentials for the signed-proposal API).
+    #[command(subcommand)]
+    Agents(agents::Command),
 }
 
 /// Runs the parsed command line.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),
+        Command::Agents(c) => agents::run(c),
     }
 }
 

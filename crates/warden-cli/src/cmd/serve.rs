@@ -76,6 +76,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         governor: Arc::new(governor),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
+        identity: Arc::new(
+            warden_gateway::agents::IdentityState::open(&a.data)
+                .context("opening the agent identity state")?,
+        ),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

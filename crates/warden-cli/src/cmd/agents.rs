@@ -1,0 +1,77 @@
+//! `warden agents enroll|revoke`: agent credentials issued and revoked from the data directory.
+
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Issue a credential for an agent listed in the manifest (and a new key for it).
+    ///
+    /// Writes DATA/agents/ID.credential and DATA/agents/ID.key (both 0600).
+    Enroll {
+        /// The agent's id in the manifest.
+        id: String,
+        /// Data directory.
+        #[arg(long, default_value = ".warden")]
+        data: PathBuf,
+        /// The manifest; defaults to DATA/manifest.yaml.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// How long the credential is valid, in hours.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: i64,
+    },
+    /// Revoke an agent and every credential derived from it (or one credential, by id).
+    Revoke {
+        /// The agent's id (or, with --credential, a credential id).
+        id: String,
+        /// Data directory.
+        #[arg(long, default_value = ".warden")]
+        data: PathBuf,
+        /// ID is a credential id, not an agent id.
+        #[arg(long)]
+        credential: bool,
+    },
+}
+
+pub fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Enroll {
+            id,
+            data,
+            manifest,
+            ttl_hours,
+        } => {
+            let manifest = manifest.unwrap_or_else(|| data.join("manifest.yaml"));
+            let m = match warden_gateway::bundle::load_manifest(&manifest) {
+                Ok(m) => m,
+                Err(e) => {
+                    super::print_load_error(&e);
+                    return Ok(ExitCode::from(super::EXIT_INPUT));
+                }
+            };
+            let ttl = ttl_hours
+                .checked_mul(3600)
+                .filter(|t| *t > 0)
+                .context("--ttl-hours must be positive")?;
+            let path =
+                warden_gateway::agents::enroll(&data, &m, &id, warden_gateway::now_unix(), ttl)?;
+            out!(
+                "enrolled `{id}`: credential {} (key beside it)",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke {
+            id,
+            data,
+            credential,
+        } => {
+            let kind = if credential { "credential" } else { "agent" };
+            warden_gateway::agents::revoke(&data, kind, &id)?;
+            out!("revoked {kind} `{id}` (a running gateway applies it on the next request)");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

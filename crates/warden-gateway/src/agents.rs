@@ -1,0 +1,279 @@
+//! Agent identity from the data directory: the Governor key, enrolment, revocation.
+//!
+//! Layout: `DATA/keys/governor.key` (Ed25519 seed, hex, mode 0600, created on first use),
+//! `DATA/keys/governor.pub`; `DATA/agents/<id>.credential` (the token) and
+//! `DATA/agents/<id>.key` (the agent's private key, 0600) written by `warden agents enroll`;
+//! `DATA/revoked` (one `agent <id>` or `credential <id>` per line, appended by
+//! `warden agents revoke`, re-read by the gateway when it changes).
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+use warden_identity::credential::{encode_key, random_id};
+use warden_identity::{Credential, CredentialBody, Revocations, Verifier};
+use warden_policy::Manifest;
+use zeroize::Zeroizing;
+
+/// Why identity material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    /// A file problem.
+    #[error("{path}: {what}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The agent is not in the manifest.
+    #[error("agent `{0}` is not in the manifest")]
+    UnknownAgent(String),
+    /// Issuing failed.
+    #[error("{0}")]
+    Credential(#[from] warden_identity::CredentialError),
+}
+
+fn file_err(path: &Path, what: impl ToString) -> AgentsError {
+    AgentsError::File {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    }
+}
+
+/// Writes a secret file: 0600, beside then renamed into place, synced.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), AgentsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| file_err(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    // INVARIANT (keys never exposed): created 0600 in one step.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| file_err(&tmp, e))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_err(dir, e))
+}
+
+fn read_secret(path: &Path) -> Result<Zeroizing<String>, AgentsError> {
+    let meta = fs::metadata(path).map_err(|e| file_err(path, e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(file_err(
+            path,
+            "is readable by others; run `chmod 600` on it",
+        ));
+    }
+    Ok(Zeroizing::new(
+        fs::read_to_string(path).map_err(|e| file_err(path, e))?,
+    ))
+}
+
+fn parse_seed(text: &str, path: &Path) -> Result<SigningKey, AgentsError> {
+    let text = text.trim();
+    let mut seed = Zeroizing::new([0u8; 32]);
+    if text.len() != 64 {
+        return Err(file_err(path, "must hold 64 hex digits"));
+    }
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = text
+            .get(2 * i..2 * i + 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| file_err(path, "must hold 64 hex digits"))?;
+    }
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn hex_seed(key: &SigningKey) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::with_capacity(65));
+    warden_core::canonical::push_hex(&mut s, key.as_bytes());
+    s.push('\n');
+    s
+}
+
+fn new_key() -> Result<SigningKey, AgentsError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice()).map_err(|e| file_err(Path::new("/dev/urandom"), e))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A Governor key id: the first 8 hex digits of the SHA-256 of the public key.
+#[must_use]
+pub fn key_id(key: &SigningKey) -> String {
+    let d = Sha256::digest(key.verifying_key().as_bytes());
+    let mut s = String::new();
+    warden_core::canonical::push_hex(&mut s, d.get(..4).unwrap_or(&[]));
+    s
+}
+
+/// Loads the Governor key, creating it on first use.
+///
+/// # Errors
+/// [`AgentsError::File`] if it cannot be created or read, or is readable by others.
+pub fn governor_key(data: &Path) -> Result<SigningKey, AgentsError> {
+    let path = data.join("keys").join("governor.key");
+    if !path.exists() {
+        let key = new_key()?;
+        write_secret(&path, hex_seed(&key).as_bytes())?;
+        let public = data.join("keys").join("governor.pub");
+        fs::write(
+            &public,
+            format!("{} {}\n", key_id(&key), encode_key(&key.verifying_key())),
+        )
+        .map_err(|e| file_err(&public, e))?;
+        return Ok(key);
+    }
+    parse_seed(&read_secret(&path)?, &path)
+}
+
+/// Enrols `agent` from the manifest: a new agent key and a Governor-signed credential valid for
+/// `ttl_secs`, written to `DATA/agents/`. Returns the credential's path.
+///
+/// # Errors
+/// [`AgentsError`] if the agent is unknown or the files cannot be written.
+pub fn enroll(
+    data: &Path,
+    manifest: &Manifest,
+    agent: &str,
+    now: i64,
+    ttl_secs: i64,
+) -> Result<PathBuf, AgentsError> {
+    let a = manifest
+        .agents
+        .get(agent)
+        .ok_or_else(|| AgentsError::UnknownAgent(agent.to_owned()))?;
+    let governor = governor_key(data)?;
+    let agent_key = new_key()?;
+    let body = CredentialBody {
+        id: random_id()?,
+        agent: a.id.clone(),
+        tenant: a.tenant.clone(),
+        owner: a.owner.clone(),
+        zone: a.zone.clone(),
+        trust: a.trust.as_str().to_owned(),
+        tools: None,
+        expires_at: now.saturating_add(ttl_secs),
+        manifest_version: manifest.version,
+        subject_key: encode_key(&agent_key.verifying_key()),
+        issuer: String::new(),
+    };
+    let cred = Credential::issue(&governor, &key_id(&governor), body)?;
+    let dir = data.join("agents");
+    write_secret(
+        &dir.join(format!("{agent}.key")),
+        hex_seed(&agent_key).as_bytes(),
+    )?;
+    let path = dir.join(format!("{agent}.credential"));
+    write_secret(&path, format!("{}\n", cred.to_token()?).as_bytes())?;
+    Ok(path)
+}
+
+/// Loads an agent's private key written by [`enroll`].
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn agent_key(path: &Path) -> Result<SigningKey, AgentsError> {
+    parse_seed(&read_secret(path)?, path)
+}
+
+/// Appends a revocation (`agent <id>` or `credential <id>`) to `DATA/revoked`.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
+    let path = data.join("revoked");
+    if id.is_empty() || id.contains(char::is_whitespace) {
+        return Err(file_err(&path, format!("cannot revoke {id:?}")));
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| file_err(&path, e))?;
+    writeln!(f, "{kind} {id}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&path, e))
+}
+
+/// The gateway's identity state: the credential verifier and revocations kept in step with
+/// `DATA/revoked`.
+#[derive(Debug)]
+pub struct IdentityState {
+    /// Verifies credentials (cached).
+    pub verifier: Verifier,
+    /// Signed-request nonces.
+    pub nonces: warden_identity::MemoryReplayGuard,
+    revocations: Arc<Revocations>,
+    revoked_path: PathBuf,
+    seen: Mutex<(Option<SystemTime>, usize)>,
+}
+
+impl IdentityState {
+    /// Loads the Governor key (creating it) and the revocation list.
+    ///
+    /// # Errors
+    /// [`AgentsError`] if the key or the list cannot be read.
+    pub fn open(data: &Path) -> Result<Self, AgentsError> {
+        let governor = governor_key(data)?;
+        let revocations = Arc::new(Revocations::new());
+        let keys: HashMap<String, _> = [(key_id(&governor), governor.verifying_key())].into();
+        let state = IdentityState {
+            verifier: Verifier::new(keys, Arc::clone(&revocations)),
+            nonces: warden_identity::MemoryReplayGuard::new(),
+            revocations,
+            revoked_path: data.join("revoked"),
+            seen: Mutex::new((None, 0)),
+        };
+        state.refresh()?;
+        Ok(state)
+    }
+
+    /// Applies lines appended to `DATA/revoked` since the last look (cheap when unchanged).
+    ///
+    /// # Errors
+    /// [`AgentsError::File`] if the list exists but cannot be read; callers refuse requests
+    /// then (fail closed).
+    pub fn refresh(&self) -> Result<(), AgentsError> {
+        let path = &self.revoked_path;
+        let modified = match fs::metadata(path) {
+            Ok(m) => m.modified().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(file_err(path, e)),
+        };
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| file_err(path, "revocation state poisoned"))?;
+        if seen.0.is_some() && seen.0 == modified {
+            return Ok(());
+        }
+        let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let lines: Vec<&str> = text.lines().collect();
+        for line in lines.iter().skip(seen.1) {
+            match line.split_once(' ') {
+                Some(("agent", id)) => self.revocations.revoke_agent(id),
+                Some(("credential", id)) => self.revocations.revoke_credential(id),
+                _ => return Err(file_err(path, format!("bad line {line:?}"))),
+            }
+        }
+        *seen = (modified, lines.len());
+        Ok(())
+    }
+}
