@@ -518,3 +518,44 @@ fn ledger_commands_prove_export_and_verify() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn agents_enroll_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let d = data.to_str().unwrap();
+    warden_gateway::starter::write(data).unwrap();
+    let out = warden(&["agents", "enroll", "coder-1", "--data", d]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("coder-1.credential"));
+    use std::os::unix::fs::PermissionsExt as _;
+    for f in [
+        "agents/coder-1.credential",
+        "agents/coder-1.key",
+        "keys/governor.key",
+    ] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let token = std::fs::read_to_string(data.join("agents/coder-1.credential")).unwrap();
+    let cred = warden_identity::Credential::from_token(&token).unwrap();
+    assert_eq!(cred.body.owner, "alice@acme.example");
+    assert_eq!(cred.body.trust, "junior");
+    // Unknown agents are refused with a clear message.
+    let out = warden(&["agents", "enroll", "nobody", "--data", d]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("`nobody` is not in the manifest"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = warden(&["agents", "revoke", "coder-1", "--data", d]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(data.join("revoked")).unwrap(),
+        "agent coder-1\n"
+    );
+}
