@@ -213,16 +213,28 @@ pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
 }
 
 /// The gateway's identity state: the credential verifier and revocations kept in step with
-/// `DATA/revoked`.
-#[derive(Debug)]
+/// `DATA/revoked`, and the Governor key that signs session lineages.
 pub struct IdentityState {
     /// Verifies credentials (cached).
     pub verifier: Verifier,
     /// Signed-request nonces.
     pub nonces: warden_identity::MemoryReplayGuard,
+    /// Verifies session lineages (cached).
+    pub lineage: warden_identity::lineage::LineageVerifier,
+    governor: SigningKey,
     revocations: Arc<Revocations>,
+    data: PathBuf,
     revoked_path: PathBuf,
     seen: Mutex<(Option<SystemTime>, usize)>,
+}
+
+impl std::fmt::Debug for IdentityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // INVARIANT (keys never logged): only the key id is shown.
+        f.debug_struct("IdentityState")
+            .field("governor_key_id", &key_id(&self.governor))
+            .finish_non_exhaustive()
+    }
 }
 
 impl IdentityState {
@@ -237,12 +249,48 @@ impl IdentityState {
         let state = IdentityState {
             verifier: Verifier::new(keys, Arc::clone(&revocations)),
             nonces: warden_identity::MemoryReplayGuard::new(),
+            lineage: warden_identity::lineage::LineageVerifier::new(governor.verifying_key()),
+            governor,
             revocations,
+            data: data.to_path_buf(),
             revoked_path: data.join("revoked"),
             seen: Mutex::new((None, 0)),
         };
         state.refresh()?;
         Ok(state)
+    }
+
+    /// Signs the lineage of a new session for a verified identity.
+    ///
+    /// # Errors
+    /// [`AgentsError::Credential`] if it cannot be encoded.
+    pub fn open_session(
+        &self,
+        who: &warden_identity::Identity,
+        credential: &str,
+        session: &str,
+        expires_at: i64,
+    ) -> Result<String, AgentsError> {
+        let claims = warden_identity::lineage::LineageClaims {
+            session: session.to_owned(),
+            agent: who.agent.clone(),
+            owner: who.owner.clone(),
+            chain: who.chain.clone(),
+            credential: credential.to_owned(),
+            expires_at,
+        };
+        warden_identity::lineage::issue(&self.governor, &claims).map_err(|e| {
+            AgentsError::Credential(warden_identity::CredentialError::Issue(e.to_string()))
+        })
+    }
+
+    /// Revokes `agent` at once (in memory and in `DATA/revoked`).
+    ///
+    /// # Errors
+    /// [`AgentsError::File`] if the list cannot be written (the in-memory revocation holds).
+    pub fn revoke_agent_now(&self, agent: &str) -> Result<(), AgentsError> {
+        self.revocations.revoke_agent(agent);
+        revoke(&self.data, "agent", agent)
     }
 
     /// Applies lines appended to `DATA/revoked` since the last look (cheap when unchanged).

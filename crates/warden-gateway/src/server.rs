@@ -49,6 +49,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/manifest", get(manifest))
         .route("/v1/decide", post(decide))
+        .route("/v1/sessions", post(sessions))
         .route("/v1/proposals", post(proposals))
         .layer(DefaultBodyLimit::max(MAX_PROPOSAL_BYTES))
         .with_state(app)
@@ -114,48 +115,180 @@ fn error(status: StatusCode, rule: &str, why: String) -> Response {
         .into_response()
 }
 
-/// `POST /v1/proposals`: a proposal signed by an enrolled agent (credential in
-/// `Warden-Credential`, RFC 9421 signature over method, path and `Content-Digest`).
-async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// Who sent a signed request.
+struct Caller {
+    identity: warden_identity::Identity,
+    credential: String,
+}
+
+/// Authenticates a signed request to `path`: credential, then RFC 9421 signature, nonce and
+/// time window. Refusals by an authenticated agent are recorded in the ledger.
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+) -> Result<Caller, Response> {
     let now = crate::now_unix();
     // INVARIANT (fail-closed): if the revocation list cannot be read, nobody is authenticated.
     if let Err(e) = app.identity.refresh() {
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "identity.unavailable",
             e.to_string(),
-        );
+        ));
     }
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(token) = h("warden-credential") else {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "identity.missing",
             "no Warden-Credential header: enrol the agent with `warden agents enroll`".into(),
-        );
+        ));
     };
     let identity = match app.identity.verifier.verify_token(token, now) {
         Ok(i) => i,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, "identity.invalid", e.to_string()),
+        Err(e) => {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "identity.invalid",
+                e.to_string(),
+            ))
+        }
     };
-    let credential_id = match warden_identity::Credential::from_token(token) {
+    let credential = match warden_identity::Credential::from_token(token) {
         Ok(c) => c.body.id,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, "identity.invalid", e.to_string()),
+        Err(e) => {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "identity.invalid",
+                e.to_string(),
+            ))
+        }
     };
     if let Err(e) = warden_identity::request::verify(
         &identity.subject_key,
-        &credential_id,
+        &credential,
         "POST",
-        "/v1/proposals",
-        &body,
+        path,
+        body,
         h("content-digest"),
         h("signature-input"),
         h("signature"),
         now,
         &app.identity.nonces,
     ) {
-        return error(StatusCode::UNAUTHORIZED, "request.signature", e.to_string());
+        // An enrolled agent's refused request (replayed, stale, altered) is evidence: record it.
+        record_event(
+            app,
+            "request.refused",
+            &identity,
+            "",
+            &e.to_string(),
+            headers,
+        )
+        .await;
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "request.signature",
+            e.to_string(),
+        ));
     }
+    Ok(Caller {
+        identity,
+        credential,
+    })
+}
+
+/// Appends a security event (best effort: the request is refused whether or not it lands).
+async fn record_event(
+    app: &AppState,
+    kind: &str,
+    who: &warden_identity::Identity,
+    session: &str,
+    reason: &str,
+    headers: &HeaderMap,
+) {
+    let event = Entry::Event(warden_ledger::EventRecord {
+        kind: kind.to_owned(),
+        agent: who.agent.clone(),
+        tenant: who.tenant.clone(),
+        session: session.to_owned(),
+        reason: reason.to_owned(),
+        trace_id: trace_id(headers),
+        request_id: request_id(),
+        time: crate::now_unix(),
+    });
+    let recorded = match app.ledger.submit(&event) {
+        Ok(t) => t.recorded().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, kind, "could not record a security event");
+    }
+}
+
+/// Session lifetime granted by `/v1/sessions` (bounded by the credential's expiry).
+const SESSION_SECS: i64 = 8 * 3600;
+
+/// `POST /v1/sessions` (signed, body `{"session": "<id>"}`): the Governor-signed lineage the
+/// agent must present with every proposal in that session.
+async fn sessions(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match authenticate(&app, &headers, "/v1/sessions", &body).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Open {
+        session: String,
+    }
+    let open: Open = match serde_json::from_slice(&body) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "session.invalid", e.to_string()),
+    };
+    if open.session.is_empty()
+        || open.session.len() > warden_core::proposal::MAX_ID_BYTES
+        || open.session.chars().any(char::is_control)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "session.invalid",
+            "session must be 1 to 256 characters without control characters".into(),
+        );
+    }
+    let expires_at = (crate::now_unix() + SESSION_SECS).min(caller.identity.expires_at);
+    match app.identity.open_session(
+        &caller.identity,
+        &caller.credential,
+        &open.session,
+        expires_at,
+    ) {
+        Ok(lineage) => Json(json!({
+            "session": open.session,
+            "lineage": lineage,
+            "expires_at": expires_at,
+        }))
+        .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "session.error",
+            e.to_string(),
+        ),
+    }
+}
+
+/// `POST /v1/proposals`: a proposal signed by an enrolled agent (credential in
+/// `Warden-Credential`, RFC 9421 signature over method, path and `Content-Digest`), carrying its
+/// session's lineage in `Warden-Lineage`.
+async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Caller {
+        identity,
+        credential,
+    } = match authenticate(&app, &headers, "/v1/proposals", &body).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let proposal = match Proposal::from_json_slice(&body) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "proposal.invalid", e.to_string()),
@@ -169,6 +302,55 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
                 identity.agent, proposal.agent
             ),
         );
+    }
+    let Some(lineage) = headers.get("warden-lineage").and_then(|v| v.to_str().ok()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "lineage.missing",
+            "no Warden-Lineage header: open the session with POST /v1/sessions".into(),
+        );
+    };
+    let mismatch = match app.identity.lineage.verify(lineage, crate::now_unix()) {
+        Err(warden_identity::lineage::LineageError::Expired) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "lineage.expired",
+                "the session's lineage expired: open the session again".into(),
+            );
+        }
+        Err(e) => Some(e.to_string()),
+        Ok(c) if c.session != proposal.session => Some(format!(
+            "the lineage is for another session than `{}`",
+            proposal.session
+        )),
+        Ok(c)
+            if c.agent != identity.agent
+                || c.owner != identity.owner
+                || c.chain != identity.chain
+                || c.credential != credential =>
+        {
+            Some("the lineage names another agent, owner, chain or credential".into())
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = mismatch {
+        // INVARIANT (global revocation, seed 000): a lineage that does not match its session
+        // revokes the agent and everything derived from it, and is recorded.
+        let revoked = app.identity.revoke_agent_now(&identity.agent);
+        let reason = format!("{why}; agent `{}` revoked", identity.agent);
+        record_event(
+            &app,
+            "lineage.mismatch",
+            &identity,
+            &proposal.session,
+            &reason,
+            &headers,
+        )
+        .await;
+        if let Err(e) = revoked {
+            tracing::error!(error = %e, "could not persist a revocation");
+        }
+        return error(StatusCode::FORBIDDEN, "lineage.mismatch", reason);
     }
     let narrowed = identity
         .tools

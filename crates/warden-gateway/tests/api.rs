@@ -280,7 +280,8 @@ async fn request_with(
     (status, body)
 }
 
-fn signed(
+fn signed_to(
+    path: &str,
     key: &ed25519_dalek::SigningKey,
     token: &str,
     body: &[u8],
@@ -291,7 +292,7 @@ fn signed(
         key,
         &cred.body.id,
         "POST",
-        "/v1/proposals",
+        path,
         body,
         warden_gateway::now_unix(),
         nonce,
@@ -302,6 +303,35 @@ fn signed(
         ("signature-input", input),
         ("signature", sig),
     ]
+}
+
+/// Opens `session` and returns its lineage token.
+async fn open_session(
+    addr: SocketAddr,
+    key: &ed25519_dalek::SigningKey,
+    token: &str,
+    session: &str,
+    nonce: &str,
+) -> String {
+    let body = format!(r#"{{"session":"{session}"}}"#);
+    let h = signed_to("/v1/sessions", key, token, body.as_bytes(), nonce);
+    let (status, resp) = request_with(addr, "/v1/sessions", &h, body.as_bytes()).await;
+    assert_eq!(status, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    v["lineage"].as_str().unwrap().to_string()
+}
+
+/// Headers of a signed proposal carrying `lineage`.
+fn signed(
+    key: &ed25519_dalek::SigningKey,
+    token: &str,
+    lineage: &str,
+    body: &[u8],
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    let mut h = signed_to("/v1/proposals", key, token, body, nonce);
+    h.push(("warden-lineage", lineage.to_string()));
+    h
 }
 
 /// The native API: an enrolled agent's signed proposal is decided and recorded with its
@@ -330,9 +360,10 @@ async fn signed_proposals_from_enrolled_agents() {
         0o600
     );
 
+    let lineage = open_session(addr, &key, &token, "s", "n-0").await;
     let body =
         br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
-    let h = signed(&key, &token, body, "n-1");
+    let h = signed(&key, &token, &lineage, body, "n-1");
     let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
@@ -355,7 +386,7 @@ async fn signed_proposals_from_enrolled_agents() {
     let (status, resp) = request_with(
         addr,
         "/v1/proposals",
-        &signed(&key, &token, body, "n-2"),
+        &signed(&key, &token, &lineage, body, "n-2"),
         other,
     )
     .await;
@@ -366,7 +397,7 @@ async fn signed_proposals_from_enrolled_agents() {
     let (status, resp) = request_with(
         addr,
         "/v1/proposals",
-        &signed(&rogue, &token, body, "n-3"),
+        &signed(&rogue, &token, &lineage, body, "n-3"),
         body,
     )
     .await;
@@ -381,21 +412,65 @@ async fn signed_proposals_from_enrolled_agents() {
     let (status, resp) = request_with(
         addr,
         "/v1/proposals",
-        &signed(&key, &token, as_ops, "n-4"),
+        &signed(&key, &token, &lineage, as_ops, "n-4"),
         as_ops,
     )
     .await;
     assert_eq!(status, 403, "{resp}");
     assert!(resp.contains("identity.mismatch"), "{resp}");
-    // Revoked: refused from the next request on.
-    warden_gateway::agents::revoke(dir.path(), "agent", "coder-1").unwrap();
-    let (status, resp) = request_with(
-        addr,
-        "/v1/proposals",
-        &signed(&key, &token, body, "n-5"),
-        body,
-    )
-    .await;
+    // No lineage: refused (and nothing revoked).
+    let h = signed_to("/v1/proposals", &key, &token, body, "n-6");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("lineage.missing"), "{resp}");
+    // A lineage presented for another session: denied, the agent revoked, the event recorded.
+    let elsewhere =
+        br#"{"agent":"coder-1","session":"other","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let h = signed(&key, &token, &lineage, elsewhere, "n-7");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, elsewhere).await;
+    assert_eq!(status, 403, "{resp}");
+    assert!(
+        resp.contains("lineage.mismatch") && resp.contains("revoked"),
+        "{resp}"
+    );
+    // From now on every request of that agent is refused.
+    let h = signed(&key, &token, &lineage, body, "n-5");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(resp.contains("revoked"), "{resp}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("revoked")).unwrap(),
+        "agent coder-1\n"
+    );
+    let mut store =
+        warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
+            .unwrap();
+    let mut kinds = Vec::new();
+    warden_ledger::LedgerStore::scan(&mut store, 0, u64::MAX, &mut |_, b| {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        kinds.push(format!("{}:{}", v["type"], v["kind"]));
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        kinds.iter().any(|k| k.contains("lineage.mismatch")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| k.contains("request.refused")),
+        "{kinds:?}"
+    );
+
+    // Revocation through `warden agents revoke` (the file) reaches a running gateway.
+    let ops = warden_gateway::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
+    let ops_token = std::fs::read_to_string(&ops).unwrap().trim().to_string();
+    let ops_key = warden_gateway::agents::agent_key(&ops.with_extension("key")).unwrap();
+    let ops_lineage = open_session(addr, &ops_key, &ops_token, "o", "o-0").await;
+    warden_gateway::agents::revoke(dir.path(), "agent", "ops-1").unwrap();
+    let ops_body =
+        br#"{"agent":"ops-1","session":"o","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let h = signed(&ops_key, &ops_token, &ops_lineage, ops_body, "o-1");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, ops_body).await;
     assert_eq!(status, 401, "{resp}");
     assert!(resp.contains("revoked"), "{resp}");
     let _ = stop.send(());

@@ -5,6 +5,7 @@
 //! - [`replay`]: remembers used ids so a grant is accepted once.
 //! - [`credential`]: agent credentials signed by the Governor, delegation to narrower
 //!   sub-agent credentials, revocation that reaches everything derived, cached verification.
+//! - [`lineage`]: the Governor-signed binding of a session to its agent, chain and owner.
 //! - [`request`]: RFC 9421 HTTP message signatures (Ed25519) over method, path and body digest,
 //!   with a time window and single-use nonces.
 //!
@@ -12,6 +13,7 @@
 
 pub mod credential;
 pub mod grant;
+pub mod lineage;
 pub mod replay;
 pub mod request;
 

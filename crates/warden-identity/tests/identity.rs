@@ -569,3 +569,38 @@ fn signed_requests_verify_once_within_the_window() {
     // Nothing refused above consumed nonce-2: it still verifies once.
     assert!(check(&d, &i, &s, body, T, "cred-1").is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Session lineage.
+
+#[test]
+fn lineage_binds_session_agent_chain_and_owner() {
+    use warden_identity::lineage::{issue, LineageClaims, LineageError, LineageVerifier};
+    let g = key(1);
+    let v = LineageVerifier::new(g.verifying_key());
+    let claims = LineageClaims {
+        session: "s".into(),
+        agent: "coder-1.sub".into(),
+        owner: "alice@acme.example".into(),
+        chain: vec!["coder-1".into(), "coder-1.sub".into()],
+        credential: "c1".into(),
+        expires_at: T + 60,
+    };
+    let token = issue(&g, &claims).unwrap();
+    assert_eq!(v.verify(&token, T).unwrap(), claims);
+    assert_eq!(v.verify(&token, T).unwrap(), claims); // cached
+    assert_eq!(v.verify(&token, T + 60), Err(LineageError::Expired));
+    assert!(claims.hash().unwrap().starts_with("sha256:"));
+    // Not the Governor's key, or altered claims: refused.
+    let rogue = issue(&key(2), &claims).unwrap();
+    assert_eq!(v.verify(&rogue, T), Err(LineageError::BadSignature));
+    let (body, sig) = token.split_once('.').unwrap();
+    let mut raw = B64.decode(body).unwrap();
+    let pos = raw.iter().position(|b| *b == b's').unwrap();
+    raw[pos] = b't';
+    let altered = format!("{}.{sig}", B64.encode(raw));
+    assert_eq!(v.verify(&altered, T), Err(LineageError::BadSignature));
+    for junk in ["", ".", "a.b", &"x".repeat(10_000)] {
+        assert!(v.verify(junk, T).is_err(), "{junk}");
+    }
+}

@@ -24,7 +24,7 @@ pub mod verify;
 pub use file::{FileStore, Mode};
 pub use ledger::{Ledger, LedgerConfig, LedgerError, Ticket};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
-pub use record::{DecisionRecord, Entry, Receipt, ReceiptStatus};
+pub use record::{DecisionRecord, Entry, EventRecord, Receipt, ReceiptStatus};
 pub use store::{LedgerStore, StoreError};
 
 /// Entry points for fuzz targets (`fuzz/`): each must never panic or hang, whatever the input.

@@ -19,6 +19,30 @@ pub enum Entry {
     Decision(DecisionRecord),
     /// An Executor receipt.
     Receipt(Receipt),
+    /// A security event: a refused request, a revocation.
+    Event(EventRecord),
+}
+
+/// A security event (INV-017: refusals and revocations are recorded, not only decisions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRecord {
+    /// What happened: `request.refused`, `lineage.mismatch`, `agent.revoked`.
+    pub kind: String,
+    /// The agent concerned.
+    pub agent: String,
+    /// Its tenant, if known.
+    pub tenant: String,
+    /// The session, if any.
+    pub session: String,
+    /// Why, readable (never a secret or an argument value).
+    pub reason: String,
+    /// Trace id, empty if none.
+    pub trace_id: String,
+    /// Request id.
+    pub request_id: String,
+    /// When, Unix seconds.
+    pub time: i64,
 }
 
 /// What the Governor decided about one proposal (INV-014).
@@ -190,6 +214,7 @@ impl Entry {
         match self {
             Entry::Decision(d) => &d.request_id,
             Entry::Receipt(r) => &r.request_id,
+            Entry::Event(e) => &e.request_id,
         }
     }
 }
