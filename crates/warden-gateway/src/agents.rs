@@ -143,6 +143,150 @@ pub fn governor_key(data: &Path) -> Result<SigningKey, AgentsError> {
     parse_seed(&read_secret(&path)?, &path)
 }
 
+/// Rotates the Governor key: the current public key is appended to `keys/governor.retired`
+/// (so credentials it signed keep verifying), and a new key replaces it; the old private key is
+/// destroyed. Returns `(old key id, new key id)`. A running gateway uses the new key after a
+/// restart, and records the rotation in the ledger when it starts.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn rotate_governor(data: &Path) -> Result<(String, String), AgentsError> {
+    let old = governor_key(data)?;
+    let retired = data.join("keys").join("governor.retired");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&retired)
+        .map_err(|e| file_err(&retired, e))?;
+    writeln!(f, "{} {}", key_id(&old), encode_key(&old.verifying_key()))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&retired, e))?;
+    let new = new_key()?;
+    write_secret(
+        &data.join("keys").join("governor.key"),
+        hex_seed(&new).as_bytes(),
+    )?;
+    let public = data.join("keys").join("governor.pub");
+    fs::write(
+        &public,
+        format!("{} {}\n", key_id(&new), encode_key(&new.verifying_key())),
+    )
+    .map_err(|e| file_err(&public, e))?;
+    Ok((key_id(&old), key_id(&new)))
+}
+
+/// Retired Governor public keys (`key id` → key).
+fn retired_governor_keys(
+    data: &Path,
+) -> Result<Vec<(String, ed25519_dalek::VerifyingKey)>, AgentsError> {
+    let path = data.join("keys").join("governor.retired");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(file_err(&path, e)),
+    };
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = || file_err(&path, format!("bad line {line:?}"));
+        let (kid, b64) = line.split_once(' ').ok_or_else(bad)?;
+        let bytes: [u8; 32] =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b64)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(bad)?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| bad())?;
+        out.push((kid.to_owned(), key));
+    }
+    Ok(out)
+}
+
+/// The grant MAC key (`keys/grant.key`, 32 bytes hex, 0600), created on first use.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn grant_keys(data: &Path) -> Result<warden_identity::GrantKeys, AgentsError> {
+    let path = data.join("keys").join("grant.key");
+    if !path.exists() {
+        let k = new_key()?;
+        write_secret(&path, hex_seed(&k).as_bytes())?;
+    }
+    // The file holds 32 random bytes in the same hex form as a seed.
+    let text = read_secret(&path)?;
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    let t = text.trim();
+    if t.len() != 64 {
+        return Err(file_err(&path, "must hold 64 hex digits"));
+    }
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = t
+            .get(2 * i..2 * i + 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| file_err(&path, "must hold 64 hex digits"))?;
+    }
+    warden_identity::GrantKeys::new(1, vec![(1, bytes)]).map_err(|e| file_err(&path, e))
+}
+
+/// Key changes not yet recorded in the ledger: compares the Governor key id with
+/// `keys/recorded` and returns the event text to record (and marks it recorded with
+/// [`mark_keys_recorded`]).
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn unrecorded_key_change(data: &Path) -> Result<Option<(String, String)>, AgentsError> {
+    let current = key_id(&governor_key(data)?);
+    let marker = data.join("keys").join("recorded");
+    let last = fs::read_to_string(&marker).unwrap_or_default();
+    let last = last.trim();
+    if last == current {
+        return Ok(None);
+    }
+    let (kind, reason) = if last.is_empty() {
+        ("key.created", format!("governor key {current} in use"))
+    } else {
+        ("key.rotated", format!("governor key rotated from {last} to {current}; {last} still verifies what it signed"))
+    };
+    Ok(Some((kind.to_owned(), reason)))
+}
+
+/// Records an unrecorded Governor key creation or rotation in the ledger (blocking; call it
+/// before serving). The marker is written only once the event is durable.
+///
+/// # Errors
+/// [`AgentsError::File`] if the ledger refuses the event or the marker cannot be written.
+pub fn record_key_changes(
+    data: &Path,
+    ledger: &warden_ledger::Ledger,
+    now: i64,
+) -> Result<(), AgentsError> {
+    let Some((kind, reason)) = unrecorded_key_change(data)? else {
+        return Ok(());
+    };
+    let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
+        kind,
+        agent: String::new(),
+        tenant: String::new(),
+        session: String::new(),
+        reason,
+        trace_id: String::new(),
+        request_id: random_id()?,
+        time: now,
+    });
+    ledger
+        .append(&event)
+        .map_err(|e| file_err(&data.join("keys").join("recorded"), e))?;
+    mark_keys_recorded(data)
+}
+
+/// Marks the current Governor key id as recorded in the ledger.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn mark_keys_recorded(data: &Path) -> Result<(), AgentsError> {
+    let current = key_id(&governor_key(data)?);
+    let marker = data.join("keys").join("recorded");
+    fs::write(&marker, format!("{current}\n")).map_err(|e| file_err(&marker, e))
+}
+
 /// Enrols `agent` from the manifest: a new agent key and a Governor-signed credential valid for
 /// `ttl_secs`, written to `DATA/agents/`. Returns the credential's path.
 ///
@@ -221,6 +365,8 @@ pub struct IdentityState {
     pub nonces: warden_identity::MemoryReplayGuard,
     /// Verifies session lineages (cached).
     pub lineage: warden_identity::lineage::LineageVerifier,
+    /// Mints grants for allowed calls.
+    pub grants: warden_identity::GrantKeys,
     governor: SigningKey,
     revocations: Arc<Revocations>,
     data: PathBuf,
@@ -245,11 +391,14 @@ impl IdentityState {
     pub fn open(data: &Path) -> Result<Self, AgentsError> {
         let governor = governor_key(data)?;
         let revocations = Arc::new(Revocations::new());
-        let keys: HashMap<String, _> = [(key_id(&governor), governor.verifying_key())].into();
+        // Retired keys keep verifying the credentials they signed.
+        let mut keys: HashMap<String, _> = retired_governor_keys(data)?.into_iter().collect();
+        keys.insert(key_id(&governor), governor.verifying_key());
         let state = IdentityState {
             verifier: Verifier::new(keys, Arc::clone(&revocations)),
             nonces: warden_identity::MemoryReplayGuard::new(),
             lineage: warden_identity::lineage::LineageVerifier::new(governor.verifying_key()),
+            grants: grant_keys(data)?,
             governor,
             revocations,
             data: data.to_path_buf(),

@@ -104,7 +104,15 @@ async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
                 .into_response();
         }
     };
-    decide_and_record(&app, &proposal, &trace_id(&headers), Vec::new(), None).await
+    decide_and_record(
+        &app,
+        &proposal,
+        &trace_id(&headers),
+        Vec::new(),
+        None,
+        false,
+    )
+    .await
 }
 
 fn error(status: StatusCode, rule: &str, why: String) -> Response {
@@ -363,6 +371,7 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         &trace_id(&headers),
         identity.chain.clone(),
         narrowed,
+        true,
     )
     .await
 }
@@ -375,6 +384,7 @@ async fn decide_and_record(
     trace: &str,
     chain: Vec<String>,
     refuse: Option<String>,
+    mint_grant: bool,
 ) -> Response {
     let mut decision = app
         .governor
@@ -430,6 +440,34 @@ async fn decide_and_record(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("request_id".into(), request_id.into());
         obj.insert("ledger_index".into(), index.into());
+        // An allowed, recorded call gets its single-use grant (docs/grants.md).
+        if mint_grant && decision.is_allow() {
+            let call = warden_identity::Call {
+                session: &proposal.session,
+                agent: &proposal.agent,
+                tool: &proposal.tool,
+                arguments_hash: &decision.arguments_hash,
+            };
+            let now_ms = crate::now_unix().saturating_mul(1000);
+            match app.identity.grants.mint(
+                &call,
+                decision.manifest_version,
+                now_ms,
+                warden_identity::grant::DEFAULT_TTL_MS,
+            ) {
+                Ok(g) => {
+                    obj.insert("grant".into(), g.into());
+                }
+                Err(e) => {
+                    // INVARIANT (fail-closed): without a grant nothing can run; say so.
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "grant.unavailable",
+                        e.to_string(),
+                    );
+                }
+            }
+        }
     }
     (status, Json(body)).into_response()
 }

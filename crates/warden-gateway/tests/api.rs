@@ -367,6 +367,20 @@ async fn signed_proposals_from_enrolled_agents() {
     let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
+    // The allowed call came with its grant, for exactly this call, once.
+    let d: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    let grants = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    let call = warden_identity::Call {
+        session: "s",
+        agent: "coder-1",
+        tool: "fs.read_file",
+        arguments_hash: d["arguments_hash"].as_str().unwrap(),
+    };
+    let replay = warden_identity::MemoryReplayGuard::new();
+    let g = d["grant"].as_str().unwrap();
+    let now_ms = now * 1000;
+    grants.redeem(g, &call, 1, now_ms, &replay).unwrap();
+    assert!(grants.redeem(g, &call, 1, now_ms, &replay).is_err());
     // Recorded with the lineage: the owner, then the chain down to the caller.
     let mut store =
         warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
@@ -474,4 +488,42 @@ async fn signed_proposals_from_enrolled_agents() {
     assert_eq!(status, 401, "{resp}");
     assert!(resp.contains("revoked"), "{resp}");
     let _ = stop.send(());
+}
+
+/// Rotating the Governor key: old credentials keep verifying, new ones use the new key, and the
+/// rotation lands in the ledger.
+#[test]
+fn governor_key_rotation_is_verifiable_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = warden_gateway::starter::write(dir.path()).unwrap();
+    let manifest = warden_gateway::bundle::load_manifest(&manifest_path).unwrap();
+    let now = warden_gateway::now_unix();
+    let ledger = warden_gateway::witness::open_ledger(dir.path(), None).unwrap();
+    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    let old = warden_gateway::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
+    let old_token = std::fs::read_to_string(&old).unwrap().trim().to_string();
+    let (old_kid, new_kid) = warden_gateway::agents::rotate_governor(dir.path()).unwrap();
+    assert_ne!(old_kid, new_kid);
+    let state = warden_gateway::agents::IdentityState::open(dir.path()).unwrap();
+    state.verifier.verify_token(&old_token, now).unwrap();
+    let new = warden_gateway::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
+    let new_token = std::fs::read_to_string(&new).unwrap().trim().to_string();
+    let cred = warden_identity::Credential::from_token(&new_token).unwrap();
+    assert_eq!(cred.body.issuer, format!("governor:{new_kid}"));
+    state.verifier.verify_token(&new_token, now).unwrap();
+    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    // Recorded once: a second start records nothing new.
+    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    assert_eq!(ledger.size().unwrap(), 2);
+    let text = ledger
+        .with_store(|s| Ok(warden_ledger::store::read_entry(s, 1)?))
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("key.rotated") && text.contains(&old_kid) && text.contains(&new_kid),
+        "{text}"
+    );
+    // The old private key is gone: only its public half is kept.
+    let retired = std::fs::read_to_string(dir.path().join("keys/governor.retired")).unwrap();
+    assert!(retired.starts_with(&old_kid));
 }

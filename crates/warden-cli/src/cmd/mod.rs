@@ -11,6 +11,7 @@ macro_rules! out {
 mod agents;
 mod check;
 mod init;
+mod keys;
 mod ledger;
 mod manifest;
 mod serve;
@@ -48,6 +49,9 @@ enum Command {
     /// Enrol and revoke agents (credentials for the signed-proposal API).
     #[command(subcommand)]
     Agents(agents::Command),
+    /// Manage keys (rotation).
+    #[command(subcommand)]
+    Keys(keys::Command),
 }
 
 /// Runs the parsed command line.
@@ -59,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),
         Command::Agents(c) => agents::run(c),
+        Command::Keys(c) => keys::run(c),
     }
 }
 

@@ -60,6 +60,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
     let ledger = warden_gateway::witness::open_ledger(&a.data, a.ledger_postgres.as_deref())
         .context("opening the Witness ledger")?;
+    warden_gateway::agents::record_key_changes(&a.data, &ledger, warden_gateway::now_unix())
+        .context("recording key changes in the ledger")?;
     tracing::info!(
         origin = ledger.origin(),
         verifier = %warden_gateway::witness::pub_path(&a.data).display(),

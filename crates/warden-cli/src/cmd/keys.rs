@@ -1,0 +1,38 @@
+//! `warden keys rotate ROLE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Replace a key; what the old one signed keeps verifying.
+    ///
+    /// Roles: `governor` (signs agent credentials and session lineages). The gateway picks the
+    /// new key up when it restarts and records the rotation in the ledger then.
+    Rotate {
+        /// Which key.
+        role: String,
+        /// Data directory.
+        #[arg(long, default_value = ".warden")]
+        data: PathBuf,
+    },
+}
+
+pub fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Rotate { role, data } => match role.as_str() {
+            "governor" => {
+                let (old, new) = warden_gateway::agents::rotate_governor(&data)?;
+                out!("governor key rotated: {old} -> {new}; credentials signed by {old} keep verifying");
+                out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
+                Ok(ExitCode::SUCCESS)
+            }
+            other => {
+                eprintln!(
+                    "error: rotating the `{other}` key is not supported (supported: governor; ledger and grant key rotation are not built yet)"
+                );
+                Ok(ExitCode::from(super::EXIT_INPUT))
+            }
+        },
+    }
+}
