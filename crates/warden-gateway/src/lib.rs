@@ -4,6 +4,7 @@
 //! Governor's behalf and wires the pieces together. The binary (`warden-cli`) and the
 //! integration tests both use it.
 //!
+//! - [`current`]: the current Governor, swapped whole on a new manifest version;
 //! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
 //!   [`warden_policy::Governor`];
 //! - [`starter`]: the starter manifest `warden init` writes;
@@ -15,6 +16,7 @@
 
 pub mod agents;
 pub mod bundle;
+pub mod current;
 pub mod server;
 pub mod starter;
 pub mod witness;

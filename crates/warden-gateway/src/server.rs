@@ -20,13 +20,12 @@ use warden_core::proposal::MAX_PROPOSAL_BYTES;
 use warden_core::state::StateStore;
 use warden_core::{Proposal, Verdict};
 use warden_ledger::{DecisionRecord, Entry, Ledger};
-use warden_policy::Governor;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The Governor for the current manifest version.
-    pub governor: Arc<Governor>,
+    pub governor: Arc<crate::current::CurrentGovernor>,
     /// Counters, session history and holds.
     pub state: Arc<dyn StateStore>,
     /// The Witness ledger every decision is recorded in.
@@ -38,7 +37,7 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("manifest_version", &self.governor.manifest().version)
+            .field("manifest_version", &self.governor.get().manifest().version)
             .finish_non_exhaustive()
     }
 }
@@ -56,13 +55,14 @@ pub fn router(app: AppState) -> Router {
 }
 
 async fn manifest(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let m = app.governor.manifest();
+    let g = app.governor.get();
+    let m = g.manifest();
     Json(json!({
         "manifest_version": m.version,
-        "policy_hash": app.governor.policy_hash(),
+        "policy_hash": g.policy_hash(),
         "agents": m.agents.len(),
         "tools": m.tools.len(),
-        "policies": app.governor.cedar().policy_count,
+        "policies": g.cedar().policy_count,
     }))
 }
 
@@ -386,9 +386,9 @@ async fn decide_and_record(
     refuse: Option<String>,
     mint_grant: bool,
 ) -> Response {
-    let mut decision = app
-        .governor
-        .decide(proposal, app.state.as_ref(), crate::now_unix());
+    // The whole decision runs under the Governor current when it starts.
+    let governor = app.governor.get();
+    let mut decision = governor.decide(proposal, app.state.as_ref(), crate::now_unix());
     if let Some(why) = refuse {
         decision.decision = Verdict::Deny;
         decision

@@ -29,7 +29,7 @@ async fn start_with(
     let state =
         warden_state::FileState::open(&dir.join("state"), warden_gateway::now_unix()).unwrap();
     let app = AppState {
-        governor: Arc::new(governor),
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
@@ -126,7 +126,7 @@ async fn decisions_are_recorded_and_verify() {
         warden_state::FileState::open(&dir.path().join("state"), warden_gateway::now_unix())
             .unwrap();
     let app = AppState {
-        governor: Arc::new(governor),
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
@@ -526,4 +526,126 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
     // The old private key is gone: only its public half is kept.
     let retired = std::fs::read_to_string(dir.path().join("keys/governor.retired")).unwrap();
     assert!(retired.starts_with(&old_kid));
+}
+
+/// A new manifest version is swapped in whole while decisions run on other threads: each
+/// decision cites the version it ran under and behaves accordingly; after the swap, the tool
+/// raised to `critical` is no longer allowed automatically, and a grant from before is not
+/// honored without a new decision. Older versions and broken manifests are refused.
+#[test]
+fn manifest_swaps_are_atomic_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = warden_gateway::starter::write(dir.path()).unwrap();
+    let v1 = warden_gateway::bundle::load_governor(&path).unwrap();
+    let current = Arc::new(warden_gateway::current::CurrentGovernor::new(v1));
+    let state: Arc<dyn warden_core::state::StateStore> = Arc::new(warden_state::MemoryState::new());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let raised = text.replacen("version: 1", "version: 2", 1).replacen(
+        "  - name: fs.read_file\n    tier: low",
+        "  - name: fs.read_file\n    tier: critical",
+        1,
+    );
+    assert_ne!(raised, text);
+    let grants = warden_identity::GrantKeys::generate().unwrap();
+    let replay = warden_identity::MemoryReplayGuard::new();
+    // A grant decided under version 1.
+    let g1 = current.get();
+    let p0 = warden_core::Proposal {
+        agent: "coder-1".into(),
+        session: "s0".into(),
+        tool: "fs.read_file".into(),
+        arguments: serde_json::json!({"path": "/a"}),
+        tenant: None,
+    };
+    let d0 = g1.decide(&p0, state.as_ref(), 1_795_341_600);
+    assert!(d0.is_allow());
+    let call = warden_identity::Call {
+        session: "s0",
+        agent: "coder-1",
+        tool: "fs.read_file",
+        arguments_hash: &d0.arguments_hash,
+    };
+    let grant = grants.mint(&call, d0.manifest_version, 0, 30_000).unwrap();
+    drop(g1);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (current, state, stop) =
+                (Arc::clone(&current), Arc::clone(&state), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || i < 50 {
+                    let p = warden_core::Proposal {
+                        agent: "coder-1".into(),
+                        session: format!("w{w}-{i}"),
+                        tool: "fs.read_file".into(),
+                        arguments: serde_json::json!({ "path": format!("/{i}") }),
+                        tenant: None,
+                    };
+                    let d = current.get().decide(&p, state.as_ref(), 1_795_341_600);
+                    seen.push((
+                        d.manifest_version,
+                        d.decision,
+                        d.rules.first().cloned().unwrap_or_default(),
+                    ));
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let m2 = warden_policy::parse_manifest("manifest.yaml", &raised).unwrap();
+    let policies = warden_gateway::bundle::load_policies(&path, &m2).unwrap();
+    let v2 = warden_policy::Governor::new(m2, &policies).unwrap();
+    assert_eq!(current.swap(v2).unwrap(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut versions = std::collections::BTreeSet::new();
+    for w in workers {
+        for (version, verdict, rule) in w.join().unwrap() {
+            versions.insert(version);
+            match version {
+                // Allowed, unless this fast loop ran into the starter's rate limits and budgets.
+                1 => assert!(
+                    verdict == warden_core::Verdict::Allow
+                        || ["rate.", "budget", "invariant"]
+                            .iter()
+                            .any(|r| rule.starts_with(r)),
+                    "{verdict:?} {rule}"
+                ),
+                2 => assert_ne!(
+                    verdict,
+                    warden_core::Verdict::Allow,
+                    "critical tool allowed under v2"
+                ),
+                v => panic!("unexpected version {v}"),
+            }
+        }
+    }
+    assert_eq!(
+        versions.len(),
+        2,
+        "the swap did not happen while decisions ran"
+    );
+    // The grant from version 1 is not honored under version 2: decide again.
+    assert!(matches!(
+        grants.redeem(&grant, &call, current.get().manifest().version, 1, &replay),
+        Err(warden_identity::GrantError::ManifestChanged {
+            granted: 1,
+            current: 2
+        })
+    ));
+    // Rollbacks and broken manifests are refused; version 2 stays in force.
+    let again = warden_policy::parse_manifest("manifest.yaml", &text).unwrap();
+    let policies = warden_gateway::bundle::load_policies(&path, &again).unwrap();
+    let err = current
+        .swap(warden_policy::Governor::new(again, &policies).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("not newer"), "{err}");
+    std::fs::write(&path, "version: [").unwrap();
+    assert!(current.reload(&path).is_err());
+    assert_eq!(current.get().manifest().version, 2);
 }

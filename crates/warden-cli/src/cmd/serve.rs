@@ -75,7 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "warden serving the decision API"
     );
     let app = warden_gateway::server::AppState {
-        governor: Arc::new(governor),
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
         identity: Arc::new(
@@ -91,6 +91,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
+        // SIGHUP: load the manifest again and swap it in whole if it loads and its version is
+        // newer; otherwise the current one stays in force.
+        let current = Arc::clone(&app.governor);
+        let manifest_path = manifest.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let (c, m) = (Arc::clone(&current), manifest_path.clone());
+                match tokio::task::spawn_blocking(move || c.reload(&m)).await {
+                    Ok(Ok(v)) => tracing::info!(version = v, "manifest reloaded"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "manifest reload refused"),
+                    Err(e) => tracing::error!(error = %e, "manifest reload failed"),
+                }
+            }
+        });
         warden_gateway::server::serve(listener, app, shutdown).await?;
         anyhow::Ok(())
     })?;
