@@ -25,6 +25,31 @@ pub use replay::{MemoryReplayGuard, ReplayError, ReplayGuard};
 
 /// Entry points for fuzz targets: never panic, whatever the input.
 pub mod fuzz {
+    /// Verifies arbitrary text as a session lineage token, and as signed-request headers
+    /// (`Signature-Input` / `Signature`, split at the first newline).
+    pub fn lineage_and_request(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        let _ = crate::lineage::LineageVerifier::new(key).verify(text, 1_795_341_600);
+        let (input, sig) = text.split_once('\n').unwrap_or((text, ""));
+        let guard = crate::MemoryReplayGuard::new();
+        let body = b"{}";
+        let _ = crate::request::verify(
+            &key,
+            "cred",
+            "POST",
+            "/v1/proposals",
+            body,
+            Some(&crate::request::content_digest(body)),
+            Some(input),
+            Some(sig),
+            1_795_341_600,
+            &guard,
+        );
+    }
+
     /// Parses and verifies arbitrary text as a credential token.
     pub fn credential(data: &[u8]) {
         let Ok(text) = std::str::from_utf8(data) else {

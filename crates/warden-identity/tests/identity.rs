@@ -603,4 +603,13 @@ fn lineage_binds_session_agent_chain_and_owner() {
     for junk in ["", ".", "a.b", &"x".repeat(10_000)] {
         assert!(v.verify(junk, T).is_err(), "{junk}");
     }
+    // The fuzz entry point over truncations of a real token and real headers.
+    let (_, input, sig) =
+        warden_identity::request::sign(&g, "cred", "POST", "/v1/proposals", b"{}", T, "n");
+    let headers = format!("{input}\n{sig}");
+    for text in [token.as_str(), headers.as_str()] {
+        for cut in 0..=text.len() {
+            warden_identity::fuzz::lineage_and_request(&text.as_bytes()[..cut]);
+        }
+    }
 }
