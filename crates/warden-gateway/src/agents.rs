@@ -12,7 +12,6 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
@@ -351,7 +350,8 @@ pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
         .append(true)
         .open(&path)
         .map_err(|e| file_err(&path, e))?;
-    writeln!(f, "{kind} {id}")
+    // One write per record, so a reader never sees half a line as a whole one.
+    f.write_all(format!("{kind} {id}\n").as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| file_err(&path, e))
 }
@@ -371,7 +371,8 @@ pub struct IdentityState {
     revocations: Arc<Revocations>,
     data: PathBuf,
     revoked_path: PathBuf,
-    seen: Mutex<(Option<SystemTime>, usize)>,
+    /// Bytes of `DATA/revoked` applied so far.
+    seen: Mutex<u64>,
 }
 
 impl std::fmt::Debug for IdentityState {
@@ -391,19 +392,23 @@ impl IdentityState {
     pub fn open(data: &Path) -> Result<Self, AgentsError> {
         let governor = governor_key(data)?;
         let revocations = Arc::new(Revocations::new());
-        // Retired keys keep verifying the credentials they signed.
-        let mut keys: HashMap<String, _> = retired_governor_keys(data)?.into_iter().collect();
+        // Retired keys keep verifying the credentials and lineages they signed.
+        let retired = retired_governor_keys(data)?;
+        let mut keys: HashMap<String, _> = retired.iter().cloned().collect();
         keys.insert(key_id(&governor), governor.verifying_key());
         let state = IdentityState {
             verifier: Verifier::new(keys, Arc::clone(&revocations)),
             nonces: warden_identity::MemoryReplayGuard::new(),
-            lineage: warden_identity::lineage::LineageVerifier::new(governor.verifying_key()),
+            lineage: warden_identity::lineage::LineageVerifier::with_retired(
+                governor.verifying_key(),
+                retired.iter().map(|(_, k)| *k).collect(),
+            ),
             grants: grant_keys(data)?,
             governor,
             revocations,
             data: data.to_path_buf(),
             revoked_path: data.join("revoked"),
-            seen: Mutex::new((None, 0)),
+            seen: Mutex::new(0),
         };
         state.refresh()?;
         Ok(state)
@@ -433,13 +438,16 @@ impl IdentityState {
         })
     }
 
-    /// Revokes `agent` at once (in memory and in `DATA/revoked`).
+    /// Revokes `agent` and the credential it presented, at once (in memory and in
+    /// `DATA/revoked`).
     ///
     /// # Errors
     /// [`AgentsError::File`] if the list cannot be written (the in-memory revocation holds).
-    pub fn revoke_agent_now(&self, agent: &str) -> Result<(), AgentsError> {
+    pub fn revoke_now(&self, agent: &str, credential: &str) -> Result<(), AgentsError> {
         self.revocations.revoke_agent(agent);
-        revoke(&self.data, "agent", agent)
+        self.revocations.revoke_credential(credential);
+        revoke(&self.data, "agent", agent)?;
+        revoke(&self.data, "credential", credential)
     }
 
     /// Applies lines appended to `DATA/revoked` since the last look (cheap when unchanged).
@@ -449,8 +457,8 @@ impl IdentityState {
     /// then (fail closed).
     pub fn refresh(&self) -> Result<(), AgentsError> {
         let path = &self.revoked_path;
-        let modified = match fs::metadata(path) {
-            Ok(m) => m.modified().ok(),
+        let len = match fs::metadata(path) {
+            Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(file_err(path, e)),
         };
@@ -458,19 +466,28 @@ impl IdentityState {
             .seen
             .lock()
             .map_err(|_| file_err(path, "revocation state poisoned"))?;
-        if seen.0.is_some() && seen.0 == modified {
+        if len == *seen {
             return Ok(());
         }
-        let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-        let lines: Vec<&str> = text.lines().collect();
-        for line in lines.iter().skip(seen.1) {
+        if len < *seen {
+            // Replaced or truncated: apply it all again (revoking twice is harmless).
+            *seen = 0;
+        }
+        let bytes = fs::read(path).map_err(|e| file_err(path, e))?;
+        let start = usize::try_from(*seen).unwrap_or(usize::MAX);
+        let new = bytes.get(start..).unwrap_or_default();
+        // Only whole lines: a line still being written is applied on a later look.
+        let complete = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let text = std::str::from_utf8(new.get(..complete).unwrap_or_default())
+            .map_err(|_| file_err(path, "is not UTF-8"))?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
             match line.split_once(' ') {
                 Some(("agent", id)) => self.revocations.revoke_agent(id),
                 Some(("credential", id)) => self.revocations.revoke_credential(id),
                 _ => return Err(file_err(path, format!("bad line {line:?}"))),
             }
         }
-        *seen = (modified, lines.len());
+        *seen += complete as u64;
         Ok(())
     }
 }

@@ -186,20 +186,48 @@ async fn authenticate(
         now,
         &app.identity.nonces,
     ) {
-        // An enrolled agent's refused request (replayed, stale, altered) is evidence: record it.
-        record_event(
-            app,
-            "request.refused",
-            &identity,
-            "",
-            &e.to_string(),
-            headers,
-        )
-        .await;
+        // A request the key holder really signed but that is refused (replayed, stale) is
+        // evidence: record it. Anything else could be anyone's, and is not written.
+        if e.is_authentic() {
+            record_event(
+                app,
+                "request.refused",
+                &identity,
+                "",
+                &e.to_string(),
+                headers,
+            )
+            .await;
+        }
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "request.signature",
             e.to_string(),
+        ));
+    }
+    // INVARIANT (no impersonation): the credential's agent must be in the current manifest with
+    // the same tenant, owner and zone, and no more trust than the credential carries — the
+    // Governor decides by the manifest's entry for that name.
+    let governor = app.governor.get();
+    let listed = governor
+        .manifest()
+        .agents
+        .get(&identity.agent)
+        .is_some_and(|a| {
+            a.tenant == identity.tenant
+                && a.owner == identity.owner
+                && a.zone == identity.zone
+                && warden_identity::credential::trust_rank(a.trust.as_str())
+                    <= warden_identity::credential::trust_rank(&identity.trust)
+        });
+    if !listed {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "identity.not_in_manifest",
+            format!(
+                "agent `{}` is not in the manifest with this credential's tenant, owner, zone and trust",
+                identity.agent
+            ),
         ));
     }
     Ok(Caller {
@@ -344,7 +372,7 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
     if let Some(why) = mismatch {
         // INVARIANT (global revocation, seed 000): a lineage that does not match its session
         // revokes the agent and everything derived from it, and is recorded.
-        let revoked = app.identity.revoke_agent_now(&identity.agent);
+        let revoked = app.identity.revoke_now(&identity.agent, &credential);
         let reason = format!("{why}; agent `{}` revoked", identity.agent);
         record_event(
             &app,

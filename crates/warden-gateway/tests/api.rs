@@ -432,6 +432,29 @@ async fn signed_proposals_from_enrolled_agents() {
     .await;
     assert_eq!(status, 403, "{resp}");
     assert!(resp.contains("identity.mismatch"), "{resp}");
+    // A delegated credential for a sub-agent the manifest does not list: refused before
+    // anything is decided (the Governor decides by the manifest's entry for that name).
+    let helper_key = ed25519_dalek::SigningKey::from_bytes(&[11u8; 32]);
+    let parent = warden_identity::Credential::from_token(&token).unwrap();
+    let child = parent
+        .derive(
+            &key,
+            warden_identity::CredentialBody {
+                id: String::new(),
+                agent: "coder-1.helper".into(),
+                tools: Some(["fs.read_file".to_string()].into_iter().collect()),
+                expires_at: now + 60,
+                subject_key: warden_identity::credential::encode_key(&helper_key.verifying_key()),
+                ..parent.body.clone()
+            },
+        )
+        .unwrap();
+    let child_token = child.to_token().unwrap();
+    let open = br#"{"session":"h"}"#;
+    let h = signed_to("/v1/sessions", &helper_key, &child_token, open, "h-0");
+    let (status, resp) = request_with(addr, "/v1/sessions", &h, open).await;
+    assert_eq!(status, 403, "{resp}");
+    assert!(resp.contains("identity.not_in_manifest"), "{resp}");
     // No lineage: refused (and nothing revoked).
     let h = signed_to("/v1/proposals", &key, &token, body, "n-6");
     let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
@@ -452,10 +475,12 @@ async fn signed_proposals_from_enrolled_agents() {
     let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
     assert_eq!(status, 401, "{resp}");
     assert!(resp.contains("revoked"), "{resp}");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("revoked")).unwrap(),
-        "agent coder-1\n"
-    );
+    let revoked = std::fs::read_to_string(dir.path().join("revoked")).unwrap();
+    let cred_id = warden_identity::Credential::from_token(&token)
+        .unwrap()
+        .body
+        .id;
+    assert_eq!(revoked, format!("agent coder-1\ncredential {cred_id}\n"));
     let mut store =
         warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
             .unwrap();

@@ -29,7 +29,9 @@ pub const MAX_DEPTH: usize = 8;
 /// Trust levels, lowest first (the manifest's `trust` keys).
 pub const TRUST_LEVELS: [&str; 4] = ["intern", "junior", "senior", "principal"];
 
-fn trust_rank(level: &str) -> Option<usize> {
+/// The rank of a trust level (0 = `intern`), `None` for an unknown level.
+#[must_use]
+pub fn trust_rank(level: &str) -> Option<usize> {
     TRUST_LEVELS.iter().position(|l| *l == level)
 }
 
@@ -201,6 +203,7 @@ impl Credential {
             ));
         }
         child.issuer = self.body.id.clone();
+        child.id = derived_id(&self.body.id, &child.agent, &child.subject_key);
         check_narrowing(&self.body, &child)?;
         let sig = own_key.sign(&signing_bytes(&child)?);
         let out = Credential {
@@ -285,10 +288,44 @@ fn check_narrowing(parent: &CredentialBody, child: &CredentialBody) -> Result<()
             }
         }
     }
-    if child.agent == parent.agent {
-        return Err(widen("a delegation must name another agent".into()));
+    // INVARIANT (no impersonation): a sub-agent lives in its parent's namespace, so a
+    // delegation can never name an agent the parent does not own (the gateway also requires the
+    // name in the manifest with the same tenant, owner and zone).
+    let prefix = format!("{}.", parent.agent);
+    if !child.agent.starts_with(&prefix)
+        || child.agent.len() == prefix.len()
+        || child
+            .agent
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(widen(format!(
+            "a sub-agent must be named `{}<name>`, not {:?}",
+            prefix, child.agent
+        )));
+    }
+    // INVARIANT (revocation by id hits only what it names): a delegated credential's id is
+    // derived from its parent, its agent and its key, never chosen by the delegating agent.
+    if child.id != derived_id(&parent.id, &child.agent, &child.subject_key) {
+        return Err(widen(
+            "its id is not derived from its parent, agent and key".into(),
+        ));
     }
     Ok(())
+}
+
+/// The id of a delegated credential: the first 16 bytes (hex) of
+/// `SHA-256(parent id "\n" agent "\n" subject key)`.
+#[must_use]
+pub fn derived_id(parent: &str, agent: &str, subject_key: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [parent, "\n", agent, "\n", subject_key] {
+        h.update(part.as_bytes());
+    }
+    let d = h.finalize();
+    let mut s = String::with_capacity(32);
+    warden_core::canonical::push_hex(&mut s, d.get(..16).unwrap_or(&[]));
+    s
 }
 
 /// Who is calling, established by a verified credential.

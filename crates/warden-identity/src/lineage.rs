@@ -88,16 +88,25 @@ pub fn issue(governor: &SigningKey, claims: &LineageClaims) -> Result<String, Li
 /// Verifies lineage tokens (cached).
 #[derive(Debug)]
 pub struct LineageVerifier {
-    key: VerifyingKey,
+    keys: Vec<VerifyingKey>,
     cache: Mutex<HashMap<[u8; 32], LineageClaims>>,
 }
 
 impl LineageVerifier {
-    /// A verifier for the Governor key `key`.
+    /// A verifier for the Governor key `key` (and, after rotations, the retired keys in
+    /// `retired`, so open sessions survive a rotation).
     #[must_use]
     pub fn new(key: VerifyingKey) -> Self {
+        Self::with_retired(key, Vec::new())
+    }
+
+    /// See [`LineageVerifier::new`].
+    #[must_use]
+    pub fn with_retired(key: VerifyingKey, retired: Vec<VerifyingKey>) -> Self {
+        let mut keys = vec![key];
+        keys.extend(retired);
         LineageVerifier {
-            key,
+            keys,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -129,9 +138,9 @@ impl LineageVerifier {
                 let mut msg = DOMAIN.to_vec();
                 msg.extend_from_slice(&body);
                 // INVARIANT (fail-closed): claims are parsed only after the signature verifies.
-                self.key
-                    .verify(&msg, &sig)
-                    .map_err(|_| LineageError::BadSignature)?;
+                if !self.keys.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
+                    return Err(LineageError::BadSignature);
+                }
                 let claims: LineageClaims = serde_json::from_slice(&body)
                     .map_err(|e| LineageError::Malformed(e.to_string()))?;
                 if let Ok(mut c) = self.cache.lock() {

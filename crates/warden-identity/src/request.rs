@@ -30,6 +30,15 @@ use crate::replay::{ReplayError, ReplayGuard};
 pub const WINDOW_SECS: i64 = 300;
 const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
 
+impl RequestError {
+    /// True when the key holder really signed the request (it was refused as stale or replayed):
+    /// evidence worth recording against the agent.
+    #[must_use]
+    pub fn is_authentic(&self) -> bool {
+        matches!(self, RequestError::Stale { .. } | RequestError::Replayed)
+    }
+}
+
 /// Why a signed request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -201,10 +210,6 @@ pub fn verify(
     if keyid != credential_id {
         return Err(RequestError::WrongKey);
     }
-    let skew = now.saturating_sub(created);
-    if skew.abs() > WINDOW_SECS {
-        return Err(RequestError::Stale { skew });
-    }
     let sig_header = signature_header.ok_or_else(|| header("signature", "missing"))?;
     let sig = sig_header
         .strip_prefix("sig1=:")
@@ -215,6 +220,12 @@ pub fn verify(
     subject
         .verify(base(method, path, digest, params).as_bytes(), &sig)
         .map_err(|_| RequestError::BadSignature)?;
+    // Checked after the signature, so `Stale` and `Replayed` are only ever said of requests the
+    // key holder really made (and only those are worth recording).
+    let skew = now.saturating_sub(created);
+    if skew.saturating_abs() > WINDOW_SECS {
+        return Err(RequestError::Stale { skew });
+    }
     // Single use: the nonce, scoped to the credential, is remembered past the window.
     let mut h = Sha256::new();
     h.update(keyid.as_bytes());

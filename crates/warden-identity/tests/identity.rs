@@ -334,26 +334,31 @@ fn enrolled_and_delegated_credentials_trace_back_to_one_human() {
 fn delegation_that_widens_rights_is_rejected() {
     let s = setup();
     let k = key(3);
+    let sub = "coder-1.sub";
+    let tools = Some(&["fs.read_file"][..]);
     let cases: Vec<(CredentialBody, &str)> = vec![
+        (body(sub, "principal", tools, T + 60, &k), "trust"),
         (
-            body("sub", "principal", Some(&["fs.read_file"]), T + 60, &k),
-            "trust",
-        ),
-        (
-            body("sub", "junior", Some(&["db.drop_table"]), T + 60, &k),
+            body(sub, "junior", Some(&["db.drop_table"]), T + 60, &k),
             "db.drop_table",
         ),
-        (body("sub", "junior", None, T + 60, &k), "every tool"),
-        (
-            body("sub", "junior", Some(&["fs.read_file"]), T + 7200, &k),
-            "expires after",
-        ),
+        (body(sub, "junior", None, T + 60, &k), "every tool"),
+        (body(sub, "junior", tools, T + 7200, &k), "expires after"),
         (
             CredentialBody {
                 owner: "mallory@evil.example".into(),
-                ..body("sub", "junior", Some(&["fs.read_file"]), T + 60, &k)
+                ..body(sub, "junior", tools, T + 60, &k)
             },
             "owner",
+        ),
+        // Naming an agent outside its own namespace (impersonation).
+        (
+            body("ops-1", "intern", tools, T + 60, &k),
+            "sub-agent must be named",
+        ),
+        (
+            body("coder-1", "intern", tools, T + 60, &k),
+            "sub-agent must be named",
         ),
     ];
     for (b, what) in cases {
@@ -365,10 +370,7 @@ fn delegation_that_widens_rights_is_rejected() {
         // Hand-built (bypassing `derive`), the chain is still refused at verification.
         let mut forged = s
             .root
-            .derive(
-                &s.root_key,
-                body("sub", "intern", Some(&["fs.read_file"]), T + 60, &k),
-            )
+            .derive(&s.root_key, body(sub, "intern", tools, T + 60, &k))
             .unwrap();
         forged.body = CredentialBody {
             issuer: s.root.body.id.clone(),
@@ -386,8 +388,16 @@ fn delegation_that_widens_rights_is_rejected() {
     // Only the holder of the parent's key can delegate.
     assert!(s
         .root
-        .derive(&key(9), body("sub", "intern", None, T + 60, &k))
+        .derive(&key(9), body(sub, "intern", None, T + 60, &k))
         .is_err());
+    // A hand-built delegation reusing someone else's credential id is refused, so revoking an
+    // id only ever hits the credential (and descendants) it was derived for.
+    let mut reused = s
+        .root
+        .derive(&s.root_key, body(sub, "intern", tools, T + 60, &k))
+        .unwrap();
+    reused.body.id = s.root.body.id.clone();
+    assert!(s.verifier.verify(&reused, T).is_err());
 }
 
 #[test]
