@@ -361,8 +361,8 @@ pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
 pub struct IdentityState {
     /// Verifies credentials (cached).
     pub verifier: Verifier,
-    /// Signed-request nonces.
-    pub nonces: warden_identity::MemoryReplayGuard,
+    /// Signed-request nonces (in process, or shared through Redis by several instances).
+    pub nonces: Box<dyn warden_identity::ReplayGuard>,
     /// Verifies session lineages (cached).
     pub lineage: warden_identity::lineage::LineageVerifier,
     /// Mints grants for allowed calls.
@@ -390,6 +390,18 @@ impl IdentityState {
     /// # Errors
     /// [`AgentsError`] if the key or the list cannot be read.
     pub fn open(data: &Path) -> Result<Self, AgentsError> {
+        Self::open_with(data, Box::new(warden_identity::MemoryReplayGuard::new()))
+    }
+
+    /// [`IdentityState::open`] with a given nonce guard (e.g. a
+    /// [`warden_identity::RedisReplayGuard`] shared by several instances).
+    ///
+    /// # Errors
+    /// As [`IdentityState::open`].
+    pub fn open_with(
+        data: &Path,
+        nonces: Box<dyn warden_identity::ReplayGuard>,
+    ) -> Result<Self, AgentsError> {
         let governor = governor_key(data)?;
         let revocations = Arc::new(Revocations::new());
         // Retired keys keep verifying the credentials and lineages they signed.
@@ -398,7 +410,7 @@ impl IdentityState {
         keys.insert(key_id(&governor), governor.verifying_key());
         let state = IdentityState {
             verifier: Verifier::new(keys, Arc::clone(&revocations)),
-            nonces: warden_identity::MemoryReplayGuard::new(),
+            nonces,
             lineage: warden_identity::lineage::LineageVerifier::with_retired(
                 governor.verifying_key(),
                 retired.iter().map(|(_, k)| *k).collect(),

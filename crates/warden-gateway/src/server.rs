@@ -184,7 +184,7 @@ async fn authenticate(
         h("signature-input"),
         h("signature"),
         now,
-        &app.identity.nonces,
+        app.identity.nonces.as_ref(),
     ) {
         // A request the key holder really signed but that is refused (replayed, stale) is
         // evidence: record it. Anything else could be anyone's, and is not written.

@@ -21,7 +21,7 @@ pub use credential::{
     Credential, CredentialBody, CredentialError, Identity, Revocations, Verifier,
 };
 pub use grant::{Call, GrantClaims, GrantError, GrantKeys};
-pub use replay::{MemoryReplayGuard, ReplayError, ReplayGuard};
+pub use replay::{MemoryReplayGuard, RedisReplayGuard, ReplayError, ReplayGuard};
 
 /// Entry points for fuzz targets: never panic, whatever the input.
 pub mod fuzz {

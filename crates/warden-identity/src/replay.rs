@@ -83,3 +83,82 @@ impl ReplayGuard for MemoryReplayGuard {
         Ok(())
     }
 }
+
+/// A guard shared by several Warden instances through Redis: `SET key 1 NX PX ttl`, so an id is
+/// accepted by exactly one instance. Any Redis error refuses (fail closed).
+pub struct RedisReplayGuard {
+    client: redis::Client,
+    prefix: String,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl std::fmt::Debug for RedisReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only the key prefix is shown.
+        f.debug_struct("RedisReplayGuard")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisReplayGuard {
+    /// A guard on the Redis at `url`, keys under `prefix` (e.g. `warden:replay:`).
+    ///
+    /// # Errors
+    /// [`ReplayError::Unavailable`] for a malformed URL (connecting happens on first use).
+    pub fn new(url: &str, prefix: &str) -> Result<Self, ReplayError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| ReplayError::Unavailable(format!("redis URL: {e}")))?;
+        Ok(RedisReplayGuard {
+            client,
+            prefix: prefix.to_owned(),
+            conn: Mutex::new(None),
+        })
+    }
+}
+
+impl ReplayGuard for RedisReplayGuard {
+    fn consume(&self, id: &[u8; 16], expires_ms: i64, now_ms: i64) -> Result<(), ReplayError> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| ReplayError::Unavailable(format!("redis: {e}"));
+        let mut key = self.prefix.clone();
+        warden_core::canonical::push_hex(&mut key, id);
+        // Remembered until expiry (at least 1 ms; an expired token is refused before this).
+        let ttl = expires_ms.saturating_sub(now_ms).max(1);
+        // INVARIANT (fail-closed): a poisoned lock or any Redis error refuses the id.
+        let mut slot = self
+            .conn
+            .lock()
+            .map_err(|_| ReplayError::Unavailable("replay guard lock poisoned".into()))?;
+        if slot.is_none() {
+            let c = self
+                .client
+                .get_connection_with_timeout(std::time::Duration::from_secs(2))
+                .map_err(|e| unavailable(&e))?;
+            c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .map_err(|e| unavailable(&e))?;
+            c.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+                .map_err(|e| unavailable(&e))?;
+            *slot = Some(c);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(ReplayError::Unavailable("no redis connection".into()));
+        };
+        let set: Result<Option<String>, redis::RedisError> = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl)
+            .query(conn);
+        match set {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ReplayError::Seen),
+            Err(e) => {
+                // Drop the connection; the next call reconnects.
+                *slot = None;
+                Err(unavailable(&e))
+            }
+        }
+    }
+}

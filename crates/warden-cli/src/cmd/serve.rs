@@ -21,6 +21,9 @@ pub struct Args {
     /// DATA/ledger.
     #[arg(long, value_name = "URL", env = "WARDEN_LEDGER_POSTGRES")]
     ledger_postgres: Option<String>,
+    /// Remember signed-request nonces in Redis, so several instances accept each request once.
+    #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
+    replay_redis: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -78,10 +81,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
-        identity: Arc::new(
-            warden_gateway::agents::IdentityState::open(&a.data)
-                .context("opening the agent identity state")?,
-        ),
+        identity: Arc::new({
+            let nonces: Box<dyn warden_identity::ReplayGuard> = match &a.replay_redis {
+                Some(url) => Box::new(
+                    warden_identity::RedisReplayGuard::new(url, "warden:nonce:")
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                None => Box::new(warden_identity::MemoryReplayGuard::new()),
+            };
+            warden_gateway::agents::IdentityState::open_with(&a.data, nonces)
+                .context("opening the agent identity state")?
+        }),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
