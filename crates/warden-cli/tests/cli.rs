@@ -552,6 +552,43 @@ fn agents_enroll_and_revoke() {
         "{}",
         text(&out.stderr)
     );
+    // A narrower sub-agent credential, and a widening one refused.
+    let out = warden(&[
+        "agents",
+        "derive",
+        "coder-1",
+        "--name",
+        "helper",
+        "--tools",
+        "fs.read_file",
+        "--trust",
+        "intern",
+        "--data",
+        d,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sub = std::fs::read_to_string(data.join("agents/coder-1.helper.credential")).unwrap();
+    let sub = warden_identity::Credential::from_token(&sub).unwrap();
+    assert_eq!(sub.body.agent, "coder-1.helper");
+    assert_eq!(sub.body.trust, "intern");
+    assert_eq!(sub.parent.unwrap().body.agent, "coder-1");
+    let out = warden(&[
+        "agents",
+        "derive",
+        "coder-1",
+        "--name",
+        "boss",
+        "--trust",
+        "principal",
+        "--data",
+        d,
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("widens"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = warden(&["agents", "revoke", "coder-1", "--data", d]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(

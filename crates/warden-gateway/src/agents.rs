@@ -328,6 +328,49 @@ pub fn enroll(
     Ok(path)
 }
 
+/// Derives a narrower credential for the sub-agent `<parent>.<name>` from the parent's
+/// credential and key in `DATA/agents/`, signed with the parent's key. `tools` and `trust`
+/// default to the parent's; the expiry is `now + ttl_secs` or the parent's, whichever is sooner.
+/// Widening is refused. Returns the new credential's path.
+///
+/// # Errors
+/// [`AgentsError`] if the parent's files cannot be read or the delegation would widen rights.
+pub fn derive(
+    data: &Path,
+    parent: &str,
+    name: &str,
+    tools: Option<std::collections::BTreeSet<String>>,
+    trust: Option<String>,
+    now: i64,
+    ttl_secs: i64,
+) -> Result<PathBuf, AgentsError> {
+    let dir = data.join("agents");
+    let cred_path = dir.join(format!("{parent}.credential"));
+    let token = fs::read_to_string(&cred_path).map_err(|e| file_err(&cred_path, e))?;
+    let cred = Credential::from_token(&token)?;
+    let parent_key = agent_key(&dir.join(format!("{parent}.key")))?;
+    let child_key = new_key()?;
+    let agent = format!("{parent}.{name}");
+    let body = CredentialBody {
+        id: String::new(),
+        agent: agent.clone(),
+        tools: tools.or_else(|| cred.body.tools.clone()),
+        trust: trust.unwrap_or_else(|| cred.body.trust.clone()),
+        expires_at: now.saturating_add(ttl_secs).min(cred.body.expires_at),
+        subject_key: encode_key(&child_key.verifying_key()),
+        issuer: String::new(),
+        ..cred.body.clone()
+    };
+    let child = cred.derive(&parent_key, body)?;
+    write_secret(
+        &dir.join(format!("{agent}.key")),
+        hex_seed(&child_key).as_bytes(),
+    )?;
+    let path = dir.join(format!("{agent}.credential"));
+    write_secret(&path, format!("{}\n", child.to_token()?).as_bytes())?;
+    Ok(path)
+}
+
 /// Loads an agent's private key written by [`enroll`].
 ///
 /// # Errors

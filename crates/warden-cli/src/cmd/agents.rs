@@ -22,6 +22,28 @@ pub enum Command {
         #[arg(long, default_value_t = 24)]
         ttl_hours: i64,
     },
+    /// Derive a narrower credential for a sub-agent `PARENT.NAME` from PARENT's credential and
+    /// key (never more tools, trust or time than PARENT holds). The sub-agent must also be
+    /// listed in the manifest to act.
+    Derive {
+        /// The parent agent (its credential and key are in DATA/agents/).
+        parent: String,
+        /// The sub-agent's name inside the parent's namespace.
+        #[arg(long)]
+        name: String,
+        /// Tools the sub-agent may call (comma-separated); default: the parent's.
+        #[arg(long, value_delimiter = ',')]
+        tools: Option<Vec<String>>,
+        /// Trust level (intern, junior, senior, principal); default: the parent's.
+        #[arg(long)]
+        trust: Option<String>,
+        /// How long it is valid, in hours (never beyond the parent's expiry).
+        #[arg(long, default_value_t = 1)]
+        ttl_hours: i64,
+        /// Data directory.
+        #[arg(long, default_value = ".warden")]
+        data: PathBuf,
+    },
     /// Revoke an agent and every credential derived from it (or one credential, by id).
     Revoke {
         /// The agent's id (or, with --credential, a credential id).
@@ -59,6 +81,33 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 warden_gateway::agents::enroll(&data, &m, &id, warden_gateway::now_unix(), ttl)?;
             out!(
                 "enrolled `{id}`: credential {} (key beside it)",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Derive {
+            parent,
+            name,
+            tools,
+            trust,
+            ttl_hours,
+            data,
+        } => {
+            let ttl = ttl_hours
+                .checked_mul(3600)
+                .filter(|t| *t > 0)
+                .context("--ttl-hours must be positive")?;
+            let path = warden_gateway::agents::derive(
+                &data,
+                &parent,
+                &name,
+                tools.map(|t| t.into_iter().collect()),
+                trust,
+                warden_gateway::now_unix(),
+                ttl,
+            )?;
+            out!(
+                "derived `{parent}.{name}`: credential {} (key beside it)",
                 path.display()
             );
             Ok(ExitCode::SUCCESS)
