@@ -199,40 +199,106 @@ fn retired_governor_keys(
     Ok(out)
 }
 
-/// The grant MAC key (`keys/grant.key`, 32 bytes hex, 0600), created on first use.
-///
-/// # Errors
-/// [`AgentsError::File`].
-pub fn grant_keys(data: &Path) -> Result<warden_identity::GrantKeys, AgentsError> {
-    let path = data.join("keys").join("grant.key");
-    if !path.exists() {
-        let k = new_key()?;
-        write_secret(&path, hex_seed(&k).as_bytes())?;
-    }
-    // The file holds 32 random bytes in the same hex form as a seed.
-    let text = read_secret(&path)?;
+fn parse_mac_key(text: &str, path: &Path) -> Result<Zeroizing<[u8; 32]>, AgentsError> {
     let mut bytes = Zeroizing::new([0u8; 32]);
     let t = text.trim();
     if t.len() != 64 {
-        return Err(file_err(&path, "must hold 64 hex digits"));
+        return Err(file_err(path, "must hold 64 hex digits"));
     }
     for (i, b) in bytes.iter_mut().enumerate() {
         *b = t
             .get(2 * i..2 * i + 2)
             .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| file_err(&path, "must hold 64 hex digits"))?;
+            .ok_or_else(|| file_err(path, "must hold 64 hex digits"))?;
     }
-    warden_identity::GrantKeys::new(1, vec![(1, bytes)]).map_err(|e| file_err(&path, e))
+    Ok(bytes)
 }
 
-/// Key changes not yet recorded in the ledger: compares the Governor key id with
-/// `keys/recorded` and returns the event text to record (and marks it recorded with
-/// [`mark_keys_recorded`]).
+/// The ids of the grant MAC keys in `keys/` (`grant-<id>.key`), ascending.
+fn grant_key_ids(data: &Path) -> Result<Vec<u32>, AgentsError> {
+    let dir = data.join("keys");
+    let mut ids = Vec::new();
+    let listing = match fs::read_dir(&dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(file_err(&dir, e)),
+    };
+    for item in listing {
+        let name = item.map_err(|e| file_err(&dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_prefix("grant-")
+            .and_then(|r| r.strip_suffix(".key"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The grant MAC key ring (`keys/grant-<id>.key`, 32 random bytes in hex, 0600): the highest id
+/// mints, the others still verify. Created (id 1) on first use.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn grant_keys(data: &Path) -> Result<warden_identity::GrantKeys, AgentsError> {
+    let mut ids = grant_key_ids(data)?;
+    if ids.is_empty() {
+        let k = new_key()?;
+        write_secret(
+            &data.join("keys").join("grant-1.key"),
+            hex_seed(&k).as_bytes(),
+        )?;
+        ids.push(1);
+    }
+    let mut ring = Vec::new();
+    for id in &ids {
+        let path = data.join("keys").join(format!("grant-{id}.key"));
+        ring.push((*id, parse_mac_key(&read_secret(&path)?, &path)?));
+    }
+    let current = ids.last().copied().unwrap_or(1);
+    warden_identity::GrantKeys::new(current, ring).map_err(|e| file_err(&data.join("keys"), e))
+}
+
+/// Rotates the grant MAC key: a new key mints from the next start; the previous one keeps
+/// verifying grants already in flight (they live seconds); older ones are deleted. Returns
+/// `(old id, new id)`.
+///
+/// # Errors
+/// [`AgentsError::File`].
+pub fn rotate_grant(data: &Path) -> Result<(u32, u32), AgentsError> {
+    let _ = grant_keys(data)?; // make sure one exists
+    let ids = grant_key_ids(data)?;
+    let old = ids.last().copied().unwrap_or(1);
+    let new = old.saturating_add(1);
+    let k = new_key()?;
+    write_secret(
+        &data.join("keys").join(format!("grant-{new}.key")),
+        hex_seed(&k).as_bytes(),
+    )?;
+    for id in ids.iter().filter(|id| **id < old) {
+        let path = data.join("keys").join(format!("grant-{id}.key"));
+        fs::remove_file(&path).map_err(|e| file_err(&path, e))?;
+    }
+    Ok((old, new))
+}
+
+/// The key ids in use, as recorded: `governor <id>, grant <id>`.
+fn key_summary(data: &Path) -> Result<String, AgentsError> {
+    let governor = key_id(&governor_key(data)?);
+    let _ = grant_keys(data)?;
+    let grant = grant_key_ids(data)?.last().copied().unwrap_or(1);
+    Ok(format!("governor {governor}, grant {grant}"))
+}
+
+/// Key changes not yet recorded in the ledger: compares the keys in use with `keys/recorded`.
 ///
 /// # Errors
 /// [`AgentsError::File`].
 pub fn unrecorded_key_change(data: &Path) -> Result<Option<(String, String)>, AgentsError> {
-    let current = key_id(&governor_key(data)?);
+    let current = key_summary(data)?;
     let marker = data.join("keys").join("recorded");
     let last = fs::read_to_string(&marker).unwrap_or_default();
     let last = last.trim();
@@ -240,9 +306,12 @@ pub fn unrecorded_key_change(data: &Path) -> Result<Option<(String, String)>, Ag
         return Ok(None);
     }
     let (kind, reason) = if last.is_empty() {
-        ("key.created", format!("governor key {current} in use"))
+        ("key.created", format!("keys in use: {current}"))
     } else {
-        ("key.rotated", format!("governor key rotated from {last} to {current}; {last} still verifies what it signed"))
+        (
+            "key.rotated",
+            format!("keys rotated from [{last}] to [{current}]; retired keys still verify what they signed"),
+        )
     };
     Ok(Some((kind.to_owned(), reason)))
 }
@@ -276,12 +345,12 @@ pub fn record_key_changes(
     mark_keys_recorded(data)
 }
 
-/// Marks the current Governor key id as recorded in the ledger.
+/// Marks the keys in use as recorded in the ledger.
 ///
 /// # Errors
 /// [`AgentsError::File`].
 pub fn mark_keys_recorded(data: &Path) -> Result<(), AgentsError> {
-    let current = key_id(&governor_key(data)?);
+    let current = key_summary(data)?;
     let marker = data.join("keys").join("recorded");
     fs::write(&marker, format!("{current}\n")).map_err(|e| file_err(&marker, e))
 }

@@ -551,6 +551,37 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
     // The old private key is gone: only its public half is kept.
     let retired = std::fs::read_to_string(dir.path().join("keys/governor.retired")).unwrap();
     assert!(retired.starts_with(&old_kid));
+
+    // The grant key: a grant made before the rotation still verifies; new grants use the new
+    // key; a second rotation drops the oldest key; each rotation is recorded.
+    let call = warden_identity::Call {
+        session: "s",
+        agent: "coder-1",
+        tool: "fs.read_file",
+        arguments_hash: "sha256:aa",
+    };
+    let before = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    let g1 = before.mint(&call, 1, 0, 30_000).unwrap();
+    assert_eq!(
+        warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
+        (1, 2)
+    );
+    let after = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    assert_eq!(after.open(&g1).unwrap().key_id, 1);
+    let g2 = after.mint(&call, 1, 0, 30_000).unwrap();
+    assert_eq!(after.open(&g2).unwrap().key_id, 2);
+    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    assert_eq!(ledger.size().unwrap(), 3);
+    assert_eq!(
+        warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
+        (2, 3)
+    );
+    let latest = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    assert!(
+        latest.open(&g1).is_err(),
+        "the oldest grant key should be gone"
+    );
+    assert!(latest.open(&g2).is_ok());
 }
 
 /// A new manifest version is swapped in whole while decisions run on other threads: each

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 pub enum Command {
     /// Replace a key; what the old one signed keeps verifying.
     ///
-    /// Roles: `governor` (signs agent credentials and session lineages). The gateway picks the
+    /// Roles: `governor` (signs agent credentials and session lineages), `grant` (the MAC key of
+    /// grants). The gateway picks the
     /// new key up when it restarts and records the rotation in the ledger then.
     Rotate {
         /// Which key.
@@ -27,9 +28,15 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
                 Ok(ExitCode::SUCCESS)
             }
+            "grant" => {
+                let (old, new) = warden_gateway::agents::rotate_grant(&data)?;
+                out!("grant key rotated: {old} -> {new}; grants made with {old} keep verifying until they expire");
+                out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
+                Ok(ExitCode::SUCCESS)
+            }
             other => {
                 eprintln!(
-                    "error: rotating the `{other}` key is not supported (supported: governor; ledger and grant key rotation are not built yet)"
+                    "error: rotating the `{other}` key is not supported (supported: governor, grant; ledger key rotation is not built yet)"
                 );
                 Ok(ExitCode::from(super::EXIT_INPUT))
             }
