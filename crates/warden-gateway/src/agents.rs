@@ -290,7 +290,14 @@ fn key_summary(data: &Path) -> Result<String, AgentsError> {
     let governor = key_id(&governor_key(data)?);
     let _ = grant_keys(data)?;
     let grant = grant_key_ids(data)?.last().copied().unwrap_or(1);
-    Ok(format!("governor {governor}, grant {grant}"))
+    let ledger = crate::witness::load_or_create_key(data)
+        .map_err(|e| file_err(&crate::witness::key_path(data), e))?
+        .verifier()
+        .key_ids()
+        .join(",");
+    Ok(format!(
+        "governor {governor}, grant {grant}, ledger {ledger}"
+    ))
 }
 
 /// Key changes not yet recorded in the ledger: compares the keys in use with `keys/recorded`.

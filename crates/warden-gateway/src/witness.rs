@@ -158,6 +158,53 @@ pub fn open_store(
 /// [`WitnessError`] if the key or the store cannot be used.
 pub fn open_ledger(data: &Path, postgres: Option<&str>) -> Result<Ledger, WitnessError> {
     let signer = load_or_create_key(data)?;
+    // Retired keys listed in ledger.pub keep verifying checkpoints signed before a rotation.
+    let trusted = load_verifier(&pub_path(data))?;
     let store = open_store(data, postgres, signer.name(), Mode::Write)?;
-    Ok(Ledger::open(store, signer, LedgerConfig::default())?)
+    let config = LedgerConfig {
+        also_trusted: Some(trusted),
+        ..LedgerConfig::default()
+    };
+    Ok(Ledger::open(store, signer, config)?)
+}
+
+/// Rotates the ledger key: a new key under the same name (so the log's origin stays), its
+/// verifier line appended to `ledger.pub` beside the old ones (which keep verifying old
+/// checkpoints), the old private key destroyed. Returns `(old key id, new key id)`; a running
+/// gateway uses the new key after a restart.
+///
+/// # Errors
+/// [`WitnessError::Key`].
+pub fn rotate_ledger_key(data: &Path) -> Result<(String, String), WitnessError> {
+    let old = load_or_create_key(data)?;
+    let old_id = old.verifier().key_ids().join(",");
+    let trusted = load_verifier(&pub_path(data))?;
+    let new =
+        NoteSigner::generate(old.name()).map_err(|e| key_err(&key_path(data), e.to_string()))?;
+    let new_id = new.verifier().key_ids().join(",");
+    let all = trusted
+        .merged(&new.verifier())
+        .map_err(|e| key_err(&pub_path(data), e.to_string()))?;
+    // The public list first, so the new key is trusted before it signs anything.
+    let public = pub_path(data);
+    let tmp = data.join("keys").join("ledger.pub.tmp");
+    fs::write(&tmp, format!("{all}\n"))
+        .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, &public))
+        .map_err(|e| key_err(&public, e.to_string()))?;
+    let path = key_path(data);
+    let tmp = data.join("keys").join("ledger.key.tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| key_err(&tmp, e.to_string()))?;
+    f.write_all(new.to_private_string().as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| key_err(&tmp, e.to_string()))?;
+    fs::rename(&tmp, &path).map_err(|e| key_err(&path, e.to_string()))?;
+    Ok((old_id, new_id))
 }

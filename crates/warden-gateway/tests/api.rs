@@ -705,3 +705,55 @@ fn manifest_swaps_are_atomic_under_load() {
     assert!(current.reload(&path).is_err());
     assert_eq!(current.get().manifest().version, 2);
 }
+
+/// Rotating the ledger key: the origin stays, old checkpoints keep verifying with the key list in
+/// `ledger.pub`, new ones are signed by the new key, and the rotation is recorded.
+#[test]
+fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    warden_gateway::starter::write(d).unwrap();
+    let e = |i: u64| {
+        warden_ledger::Entry::Event(warden_ledger::EventRecord {
+            kind: "test".into(),
+            agent: String::new(),
+            tenant: String::new(),
+            session: String::new(),
+            reason: format!("event {i}"),
+            trace_id: String::new(),
+            request_id: format!("r{i}"),
+            time: 0,
+        })
+    };
+    let old_note = {
+        let ledger = warden_gateway::witness::open_ledger(d, None).unwrap();
+        warden_gateway::agents::record_key_changes(d, &ledger, 0).unwrap();
+        ledger.append(&e(1)).unwrap();
+        ledger.checkpoint().unwrap()
+    };
+    let (old_id, new_id) = warden_gateway::witness::rotate_ledger_key(d).unwrap();
+    assert_ne!(old_id, new_id);
+    let new_note = {
+        let ledger = warden_gateway::witness::open_ledger(d, None).unwrap();
+        warden_gateway::agents::record_key_changes(d, &ledger, 0).unwrap();
+        ledger.append(&e(2)).unwrap();
+        ledger.checkpoint().unwrap()
+    };
+    // Same origin, another key.
+    assert_eq!(old_note.lines().next(), new_note.lines().next());
+    assert!(!new_note.contains(old_note.lines().last().unwrap()));
+    let all =
+        warden_gateway::witness::load_verifier(&warden_gateway::witness::pub_path(d)).unwrap();
+    assert_eq!(all.key_ids().len(), 2);
+    let mut store =
+        warden_ledger::FileStore::open(&d.join("ledger"), warden_ledger::Mode::ReadOnly).unwrap();
+    let report =
+        warden_ledger::verify::verify_store(&mut store, &all, Some(&old_note), true).unwrap();
+    assert_eq!(report.entries, 4); // key.created, event 1, key.rotated, event 2
+    assert_eq!(report.extends_checkpoint, Some(2));
+    let text = String::from_utf8(warden_ledger::store::read_entry(&mut store, 2).unwrap()).unwrap();
+    assert!(
+        text.contains("key.rotated") && text.contains(&new_id),
+        "{text}"
+    );
+}

@@ -21,6 +21,8 @@ pub struct LedgerConfig {
     /// A checkpoint is signed once this much time passed since the last one (and the log
     /// grew), and whenever the log falls idle for this long.
     pub checkpoint_interval: Duration,
+    /// Retired keys of the same signer, trusted for checkpoints signed before a rotation.
+    pub also_trusted: Option<NoteVerifier>,
 }
 
 impl Default for LedgerConfig {
@@ -28,6 +30,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             max_batch: 16_384,
             checkpoint_interval: Duration::from_secs(1),
+            also_trusted: None,
         }
     }
 }
@@ -190,7 +193,10 @@ impl Ledger {
         signer: NoteSigner,
         config: LedgerConfig,
     ) -> Result<Self, LedgerError> {
-        let verifier = signer.verifier();
+        let verifier = match &config.also_trusted {
+            Some(old) => signer.verifier().merged(old)?,
+            None => signer.verifier(),
+        };
         let mut signed_size = None;
         if let Some(note) = store.latest_checkpoint()? {
             let cp = Checkpoint::open(&note, &verifier, signer.name())?;

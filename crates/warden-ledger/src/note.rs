@@ -195,8 +195,7 @@ impl NoteSigner {
     pub fn verifier(&self) -> NoteVerifier {
         NoteVerifier {
             name: self.name.clone(),
-            key: self.key.verifying_key(),
-            id: self.id,
+            keys: vec![(self.key.verifying_key(), self.id)],
         }
     }
 
@@ -243,12 +242,13 @@ fn check_text(text: &str) -> Result<(), NoteError> {
     Ok(())
 }
 
-/// A public key that verifies notes.
+/// The public keys that verify one signer's notes: the current key and, after rotations, the
+/// retired ones (all under the same name), so what an old key signed keeps verifying.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
     name: String,
-    key: VerifyingKey,
-    id: [u8; 4],
+    // INVARIANT (never empty): constructed from at least one key.
+    keys: Vec<(VerifyingKey, [u8; 4])>,
 }
 
 impl fmt::Debug for NoteVerifier {
@@ -258,21 +258,23 @@ impl fmt::Debug for NoteVerifier {
 }
 
 impl fmt::Display for NoteVerifier {
+    /// One `<name>+<id>+<key>` line per key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut raw = Vec::with_capacity(33);
-        raw.push(ED25519_TYPE);
-        raw.extend_from_slice(self.key.as_bytes());
-        write!(f, "{}+{}+{}", self.name, hex4(&self.id), B64.encode(raw))
+        for (i, (key, id)) in self.keys.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            let mut raw = Vec::with_capacity(33);
+            raw.push(ED25519_TYPE);
+            raw.extend_from_slice(key.as_bytes());
+            write!(f, "{}+{}+{}", self.name, hex4(id), B64.encode(raw))?;
+        }
+        Ok(())
     }
 }
 
 impl NoteVerifier {
-    /// Parses `<name>+<hex id>+<base64(0x01 || public key)>`.
-    ///
-    /// # Errors
-    /// [`NoteError::Key`] naming what is wrong.
-    pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let text = text.trim();
+    fn parse_one(text: &str) -> Result<(String, VerifyingKey, [u8; 4]), NoteError> {
         let Some((name, (id_hex, b64))) = text
             .split_once('+')
             .and_then(|(n, r)| Some((n, r.split_once('+')?)))
@@ -300,11 +302,54 @@ impl NoteVerifier {
                 hex4(&id)
             )));
         }
-        Ok(NoteVerifier {
-            name: name.to_owned(),
-            key,
-            id,
-        })
+        Ok((name.to_owned(), key, id))
+    }
+
+    /// Parses one `<name>+<hex id>+<base64(0x01 || public key)>` per line (blank lines
+    /// ignored); every line must name the same signer.
+    ///
+    /// # Errors
+    /// [`NoteError::Key`] naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let mut name: Option<String> = None;
+        let mut keys = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (n, key, id) = Self::parse_one(line)?;
+            match &name {
+                Some(existing) if *existing != n => {
+                    return Err(NoteError::Key(format!(
+                        "verifier keys name different signers ({existing:?} and {n:?})"
+                    )));
+                }
+                _ => name = Some(n),
+            }
+            if !keys.iter().any(|(_, i)| *i == id) {
+                keys.push((key, id));
+            }
+        }
+        match name {
+            Some(name) => Ok(NoteVerifier { name, keys }),
+            None => Err(NoteError::Key("no verifier key given".into())),
+        }
+    }
+
+    /// This verifier and `other`'s keys together (same signer name required).
+    ///
+    /// # Errors
+    /// [`NoteError::Key`] if the names differ.
+    pub fn merged(mut self, other: &NoteVerifier) -> Result<Self, NoteError> {
+        if other.name != self.name {
+            return Err(NoteError::Key(format!(
+                "verifier keys name different signers ({:?} and {:?})",
+                self.name, other.name
+            )));
+        }
+        for (k, id) in &other.keys {
+            if !self.keys.iter().any(|(_, i)| i == id) {
+                self.keys.push((*k, *id));
+            }
+        }
+        Ok(self)
     }
 
     /// The key name.
@@ -313,10 +358,17 @@ impl NoteVerifier {
         &self.name
     }
 
-    /// Verifies a signed note and returns its text.
+    /// The key ids (hex), in the order given.
+    #[must_use]
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.iter().map(|(_, id)| hex4(id)).collect()
+    }
+
+    /// Verifies a signed note and returns its text: some signature line must be by one of
+    /// these keys and verify.
     ///
     /// # Errors
-    /// [`NoteError`] if the note is malformed or carries no valid signature by this key.
+    /// [`NoteError`] if the note is malformed or carries no valid signature by these keys.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
         if note.len() > MAX_NOTE_BYTES {
             return Err(NoteError::Malformed(format!(
@@ -352,17 +404,20 @@ impl NoteVerifier {
                     "signature by {name} is not base64"
                 )));
             };
-            if blob.get(..4) != Some(&self.id[..]) {
+            let Some((key, _)) = self
+                .keys
+                .iter()
+                .find(|(_, id)| blob.get(..4) == Some(&id[..]))
+            else {
                 continue;
-            }
+            };
             let sig = blob
                 .get(4..)
                 .and_then(|s| Signature::from_slice(s).ok())
                 .ok_or_else(|| NoteError::BadSignature {
                     name: name.to_owned(),
                 })?;
-            return self
-                .key
+            return key
                 .verify(text.as_bytes(), &sig)
                 .map(|()| text)
                 .map_err(|_| NoteError::BadSignature {
@@ -371,7 +426,7 @@ impl NoteVerifier {
         }
         Err(NoteError::NoSignature {
             name: self.name.clone(),
-            key_id: hex4(&self.id),
+            key_id: self.key_ids().join(","),
         })
     }
 }

@@ -8,7 +8,7 @@ pub enum Command {
     /// Replace a key; what the old one signed keeps verifying.
     ///
     /// Roles: `governor` (signs agent credentials and session lineages), `grant` (the MAC key of
-    /// grants). The gateway picks the
+    /// grants), `ledger` (signs checkpoints). The gateway picks the
     /// new key up when it restarts and records the rotation in the ledger then.
     Rotate {
         /// Which key.
@@ -28,6 +28,12 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
                 Ok(ExitCode::SUCCESS)
             }
+            "ledger" => {
+                let (old, new) = warden_gateway::witness::rotate_ledger_key(&data)?;
+                out!("ledger key rotated: {old} -> {new}; DATA/keys/ledger.pub lists both, so checkpoints signed by {old} keep verifying");
+                out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
+                Ok(ExitCode::SUCCESS)
+            }
             "grant" => {
                 let (old, new) = warden_gateway::agents::rotate_grant(&data)?;
                 out!("grant key rotated: {old} -> {new}; grants made with {old} keep verifying until they expire");
@@ -36,7 +42,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             }
             other => {
                 eprintln!(
-                    "error: rotating the `{other}` key is not supported (supported: governor, grant; ledger key rotation is not built yet)"
+                    "error: rotating the `{other}` key is not supported (supported: governor, grant, ledger)"
                 );
                 Ok(ExitCode::from(super::EXIT_INPUT))
             }
