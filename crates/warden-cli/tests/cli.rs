@@ -596,3 +596,96 @@ fn agents_enroll_and_revoke() {
         "agent coder-1\n"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// `warden kill` / `warden resume` against a real `warden serve`: the next call is stopped at
+/// once, and resumed.
+#[test]
+fn kill_and_resume_through_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (api, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Child(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "serve",
+                "--data",
+                d,
+                "--listen",
+                &api,
+                "--admin-listen",
+                &admin,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&admin).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let call = |i: u32| {
+        format!(
+            r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
+        )
+    };
+    assert_eq!(post(&api, "/v1/decide", &call(1)).0, 200);
+    let out = warden(&[
+        "kill", "--agent", "coder-1", "--reason", "drill", "--data", d, "--admin", &admin,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (status, body) = post(&api, "/v1/decide", &call(2));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("drill"), "{body}");
+    let out = warden(&[
+        "resume", "--agent", "coder-1", "--data", d, "--admin", &admin,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(post(&api, "/v1/decide", &call(3)).0, 200);
+    // A wrong token is refused.
+    std::fs::write(dir.path().join("keys/admin.token"), "0000\n").unwrap();
+    let out = warden(&["kill", "--data", d, "--admin", &admin]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+}

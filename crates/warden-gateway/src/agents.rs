@@ -113,6 +113,12 @@ fn new_key() -> Result<SigningKey, AgentsError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// A fresh request id for records the gateway writes on its own behalf.
+#[must_use]
+pub fn random_request_id() -> String {
+    random_id().unwrap_or_else(|_| format!("t{}", crate::now_unix()))
+}
+
 /// A Governor key id: the first 8 hex digits of the SHA-256 of the public key.
 #[must_use]
 pub fn key_id(key: &SigningKey) -> String {

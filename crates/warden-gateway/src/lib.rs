@@ -11,9 +11,11 @@
 //! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
 //!   the ledger;
 //! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
+//! - [`admin`]: the admin listener (kill switch, quarantine, lockdown, resume);
 //! - [`agents`]: the Governor key, agent enrolment and revocation, the identity state of the
 //!   signed-proposal API.
 
+pub mod admin;
 pub mod agents;
 pub mod bundle;
 pub mod current;

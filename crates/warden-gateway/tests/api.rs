@@ -757,3 +757,131 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
         "{text}"
     );
 }
+
+/// The admin listener: only the admin token opens it (never an agent credential); a kill on an
+/// agent stops its very next call, resume lifts it, and both are recorded.
+#[tokio::test]
+async fn admin_brakes_take_effect_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let state: Arc<dyn warden_core::state::StateStore> = Arc::new(
+        warden_state::FileState::open(&dir.path().join("state"), warden_gateway::now_unix())
+            .unwrap(),
+    );
+    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
+    let app = AppState {
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+        state: Arc::clone(&state),
+        ledger: Arc::clone(&ledger),
+        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+    };
+    let admin = warden_gateway::admin::AdminState {
+        state: Arc::clone(&state),
+        ledger: Arc::clone(&ledger),
+        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
+    };
+    let token = warden_gateway::admin::read_token(dir.path())
+        .unwrap()
+        .trim()
+        .to_string();
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (api, adm) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    tokio::spawn(serve(l1, app, std::future::pending()));
+    tokio::spawn(warden_gateway::admin::serve(
+        l2,
+        admin,
+        std::future::pending(),
+    ));
+
+    let call = |i: u32| {
+        format!(
+            r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
+        )
+    };
+    assert_eq!(
+        request(api, "POST", "/v1/decide", call(1).as_bytes())
+            .await
+            .0,
+        200
+    );
+    let kill =
+        br#"{"action":"kill","scope":{"scope":"agent","id":"coder-1"},"reason":"incident 42"}"#;
+    // Without the token, or with an agent's credential: refused.
+    assert_eq!(request_with(adm, "/admin/v1/holds", &[], kill).await.0, 401);
+    let agent_cred = [
+        ("warden-credential", "x".to_string()),
+        ("authorization", "Bearer x".to_string()),
+    ];
+    assert_eq!(
+        request_with(adm, "/admin/v1/holds", &agent_cred, kill)
+            .await
+            .0,
+        401
+    );
+    // The agent API does not serve admin routes at all.
+    assert_eq!(
+        request_with(
+            api,
+            "/admin/v1/holds",
+            &[("authorization", format!("Bearer {token}"))],
+            kill
+        )
+        .await
+        .0,
+        404
+    );
+    let auth = [("authorization", format!("Bearer {token}"))];
+    let (status, resp) = request_with(adm, "/admin/v1/holds", &auth, kill).await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("\"recorded\":true"), "{resp}");
+    // The very next call is stopped, and says why.
+    let (status, resp) = request(api, "POST", "/v1/decide", call(2).as_bytes()).await;
+    assert_eq!(status, 403, "{resp}");
+    assert!(
+        resp.contains("kill") && resp.contains("incident 42"),
+        "{resp}"
+    );
+    // Other agents are untouched.
+    let ops = br#"{"agent":"ops-1","session":"o","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    assert_eq!(request(api, "POST", "/v1/decide", ops).await.0, 200);
+    // Lockdown applies to tenants only; a mismatched scope is a clear 400.
+    let bad = br#"{"action":"lockdown","scope":{"scope":"agent","id":"coder-1"}}"#;
+    assert_eq!(
+        request_with(adm, "/admin/v1/holds", &auth, bad).await.0,
+        400
+    );
+    let resume = br#"{"action":"resume","scope":{"scope":"agent","id":"coder-1"}}"#;
+    let (status, resp) = request_with(adm, "/admin/v1/holds", &auth, resume).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        request(api, "POST", "/v1/decide", call(3).as_bytes())
+            .await
+            .0,
+        200
+    );
+    let l = Arc::clone(&ledger);
+    let kinds = tokio::task::spawn_blocking(move || {
+        let size = l.size().unwrap();
+        (0..size)
+            .map(|i| {
+                String::from_utf8(
+                    l.with_store(|s| Ok(warden_ledger::store::read_entry(s, i)?))
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .filter(|t| t.contains("\"type\":\"event\""))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k.contains("hold.kill") && k.contains("incident 42")),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k.contains("hold.resume")), "{kinds:?}");
+}

@@ -9,6 +9,7 @@ macro_rules! out {
 }
 
 mod agents;
+mod brakes;
 mod check;
 mod init;
 mod keys;
@@ -52,6 +53,34 @@ enum Command {
     /// Manage keys (rotation).
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Kill switch: stop every new call (or a tenant's, or an agent's) at once.
+    Kill {
+        #[command(flatten)]
+        scope: brakes::Scope,
+        #[command(flatten)]
+        target: brakes::Target,
+    },
+    /// Freeze an agent's sessions for inspection.
+    Quarantine {
+        /// The agent.
+        agent: String,
+        #[command(flatten)]
+        target: brakes::Target,
+    },
+    /// Freeze a whole tenant.
+    Lockdown {
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        target: brakes::Target,
+    },
+    /// Lift the holds on a scope (global without --tenant/--agent).
+    Resume {
+        #[command(flatten)]
+        scope: brakes::Scope,
+        #[command(flatten)]
+        target: brakes::Target,
+    },
 }
 
 /// Runs the parsed command line.
@@ -64,7 +93,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger(a) => ledger::run(a),
         Command::Agents(c) => agents::run(c),
         Command::Keys(c) => keys::run(c),
+        Command::Kill { scope, target } => brakes::send(&target, "kill", scope_json(&scope)),
+        Command::Quarantine { agent, target } => brakes::send(
+            &target,
+            "quarantine",
+            serde_json::json!({ "scope": "agent", "id": agent }),
+        ),
+        Command::Lockdown { tenant, target } => brakes::send(
+            &target,
+            "lockdown",
+            serde_json::json!({ "scope": "tenant", "id": tenant }),
+        ),
+        Command::Resume { scope, target } => brakes::send(&target, "resume", scope_json(&scope)),
     }
+}
+
+fn scope_json(s: &brakes::Scope) -> serde_json::Value {
+    s.json()
 }
 
 /// Prints every diagnostic of a load error to stderr.

@@ -21,6 +21,10 @@ pub struct Args {
     /// DATA/ledger.
     #[arg(long, value_name = "URL", env = "WARDEN_LEDGER_POSTGRES")]
     ledger_postgres: Option<String>,
+    /// Address of the admin listener (kill switch, quarantine, lockdown, resume), which takes
+    /// only the admin token in DATA/keys/admin.token.
+    #[arg(long, default_value = "127.0.0.1:8701")]
+    admin_listen: SocketAddr,
     /// Remember signed-request nonces in Redis, so several instances accept each request once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
     replay_redis: Option<String>,
@@ -93,6 +97,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .context("opening the agent identity state")?
         }),
     };
+    let admin = warden_gateway::admin::AdminState {
+        state: Arc::clone(&app.state),
+        ledger: Arc::clone(&app.ledger),
+        token_hash: warden_gateway::admin::load_token_hash(&a.data)
+            .context("loading the admin token")?,
+    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -117,6 +127,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         });
+        let admin_listener = tokio::net::TcpListener::bind(a.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", a.admin_listen))?;
+        tracing::info!(admin = %a.admin_listen, "admin listener (kill, quarantine, lockdown, resume)");
+        tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }));
         warden_gateway::server::serve(listener, app, shutdown).await?;
         anyhow::Ok(())
     })?;

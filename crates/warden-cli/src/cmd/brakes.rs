@@ -1,0 +1,72 @@
+//! `warden kill|quarantine|lockdown|resume`: the brakes, through the gateway's admin listener
+//! (authenticated with `DATA/keys/admin.token`).
+
+use anyhow::{bail, Context as _};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Data directory (holds the admin token).
+    #[arg(long, default_value = ".warden")]
+    data: PathBuf,
+    /// The gateway's admin listener.
+    #[arg(long, default_value = "127.0.0.1:8701")]
+    admin: SocketAddr,
+    /// Why (recorded in the ledger and shown in every decision the hold causes).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Scope {
+    /// Only this tenant.
+    #[arg(long, conflicts_with = "agent")]
+    tenant: Option<String>,
+    /// Only this agent.
+    #[arg(long)]
+    agent: Option<String>,
+}
+
+impl Scope {
+    pub fn json(&self) -> serde_json::Value {
+        match (&self.tenant, &self.agent) {
+            (Some(t), _) => serde_json::json!({ "scope": "tenant", "id": t }),
+            (_, Some(a)) => serde_json::json!({ "scope": "agent", "id": a }),
+            _ => serde_json::json!({ "scope": "global" }),
+        }
+    }
+}
+
+/// Sends one hold change; prints the gateway's answer.
+pub fn send(t: &Target, action: &str, scope: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let token = warden_gateway::admin::read_token(&t.data)?;
+    let body =
+        serde_json::json!({ "action": action, "scope": scope, "reason": t.reason }).to_string();
+    let mut s = TcpStream::connect_timeout(&t.admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin listener at {}", t.admin))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let request = format!(
+        "POST /admin/v1/holds HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        t.admin,
+        token.trim(),
+        body.len()
+    );
+    s.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, answer) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let ok = head.starts_with("HTTP/1.1 200");
+    if !ok {
+        bail!(
+            "the gateway refused: {} {}",
+            head.lines().next().unwrap_or(""),
+            answer.trim()
+        );
+    }
+    out!("{}", answer.trim());
+    Ok(ExitCode::SUCCESS)
+}

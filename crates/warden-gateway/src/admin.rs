@@ -1,0 +1,228 @@
+//! The admin listener: the brakes (kill switch, quarantine, lockdown, resume), on its own
+//! address with its own credential (`DATA/keys/admin.token`, 0600), never reachable with an
+//! agent credential (INV-025).
+//!
+//! `POST /admin/v1/holds` with `{"action": "kill"|"quarantine"|"lockdown"|"resume", "scope":
+//! {"scope": "global"|"tenant"|"agent"|"session", "id": "..."}, "reason": "..."}`; `GET
+//! /admin/v1/holds` lists them. A hold is written to the state store, which every decision
+//! consults, so it takes effect with the next decision; it is recorded in the ledger.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use warden_core::state::{Hold, HoldKind, HoldScope, StateStore};
+use warden_ledger::{Entry, EventRecord, Ledger};
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The state store decisions consult.
+    pub state: Arc<dyn StateStore>,
+    /// Where holds are recorded.
+    pub ledger: Arc<Ledger>,
+    /// SHA-256 of the admin token.
+    // INVARIANT (separate credential): only this token opens the admin API.
+    pub token_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+/// Where the admin token lives.
+#[must_use]
+pub fn token_path(data: &Path) -> std::path::PathBuf {
+    data.join("keys").join("admin.token")
+}
+
+/// Loads the admin token's hash, creating the token (0600) on first use.
+///
+/// # Errors
+/// [`crate::agents::AgentsError`] if it cannot be created or read, or is readable by others.
+pub fn load_token_hash(data: &Path) -> Result<[u8; 32], crate::agents::AgentsError> {
+    let path = token_path(data);
+    if !path.exists() {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(raw.as_mut_slice()).map_err(|e| crate::agents::AgentsError::File {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+        let mut hex = zeroize::Zeroizing::new(String::with_capacity(65));
+        warden_core::canonical::push_hex(&mut hex, raw.as_slice());
+        hex.push('\n');
+        crate::agents::write_secret(&path, hex.as_bytes())?;
+    }
+    let token = read_token(data)?;
+    Ok(Sha256::digest(token.trim().as_bytes()).into())
+}
+
+/// Reads the admin token (for the CLI).
+///
+/// # Errors
+/// [`crate::agents::AgentsError`] if it cannot be read or is readable by others.
+pub fn read_token(data: &Path) -> Result<zeroize::Zeroizing<String>, crate::agents::AgentsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = token_path(data);
+    let err = |what: String| crate::agents::AgentsError::File {
+        path: path.clone(),
+        what,
+    };
+    let meta = fs::metadata(&path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err("is readable by others; run `chmod 600` on it".into()));
+    }
+    Ok(zeroize::Zeroizing::new(
+        fs::read_to_string(&path).map_err(|e| err(e.to_string()))?,
+    ))
+}
+
+/// The admin routes.
+pub fn router(app: AdminState) -> Router {
+    Router::new()
+        .route("/admin/v1/holds", get(list).post(change))
+        .with_state(app)
+}
+
+fn authorized(app: &AdminState, headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| {
+            let h: [u8; 32] = Sha256::digest(t.trim().as_bytes()).into();
+            h == app.token_hash
+        })
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
+}
+
+async fn list(State(app): State<AdminState>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    match app.state.all_holds() {
+        Ok(h) => Json(json!({ "holds": h })).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    action: String,
+    scope: HoldScope,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    let c: Change = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let now = crate::now_unix();
+    let reason = if c.reason.is_empty() {
+        format!("{} by an operator", c.action)
+    } else {
+        c.reason.chars().take(512).collect()
+    };
+    let set = |kind| Hold {
+        scope: c.scope.clone(),
+        kind,
+        reason: reason.clone(),
+        since: now,
+    };
+    // The brake is applied first (safety before bookkeeping), then recorded.
+    let applied = match (c.action.as_str(), &c.scope) {
+        ("kill", _) => app.state.set_hold(set(HoldKind::Kill)).map(|()| 1),
+        ("quarantine", HoldScope::Agent(_) | HoldScope::Session(_)) => {
+            app.state.set_hold(set(HoldKind::Quarantine)).map(|()| 1)
+        }
+        ("lockdown", HoldScope::Tenant(_)) => {
+            app.state.set_hold(set(HoldKind::Quarantine)).map(|()| 1)
+        }
+        ("resume", _) => {
+            let mut n = 0;
+            let mut res = Ok(0);
+            for kind in [HoldKind::Kill, HoldKind::Quarantine, HoldKind::Pause] {
+                match app.state.clear_hold(&c.scope, kind) {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+            }
+            res.map(|_: i32| n)
+        }
+        (a, s) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("`{a}` does not apply to {s} (kill: any scope; quarantine: agent or session; lockdown: tenant; resume: any)"),
+            )
+        }
+    };
+    let changed = match applied {
+        Ok(n) => n,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let (agent, tenant, session) = match &c.scope {
+        HoldScope::Agent(a) => (a.clone(), String::new(), String::new()),
+        HoldScope::Tenant(t) => (String::new(), t.clone(), String::new()),
+        HoldScope::Session(s) => (String::new(), String::new(), s.clone()),
+        HoldScope::Global => (String::new(), String::new(), String::new()),
+    };
+    let event = Entry::Event(EventRecord {
+        kind: format!("hold.{}", c.action),
+        agent,
+        tenant,
+        session,
+        reason: format!("{} ({}): {reason}", c.action, c.scope),
+        trace_id: String::new(),
+        request_id: crate::agents::random_request_id(),
+        time: now,
+    });
+    let recorded = match app.ledger.submit(&event) {
+        Ok(t) => t.recorded().await.is_ok(),
+        Err(_) => false,
+    };
+    Json(json!({
+        "action": c.action,
+        "scope": c.scope,
+        "changed": changed,
+        "recorded": recorded,
+    }))
+    .into_response()
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
