@@ -44,13 +44,21 @@ impl std::fmt::Debug for AppState {
 
 /// The API's routes.
 pub fn router(app: AppState) -> Router {
-    Router::new()
+    router_with(app, true)
+}
+
+/// The routes; the unauthenticated `/v1/decide` only when `unauthenticated_decide` (the gateway
+/// serves it on loopback only: anyone who can reach it could speak for any agent).
+pub fn router_with(app: AppState, unauthenticated_decide: bool) -> Router {
+    let mut r = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/manifest", get(manifest))
-        .route("/v1/decide", post(decide))
         .route("/v1/sessions", post(sessions))
-        .route("/v1/proposals", post(proposals))
-        .layer(DefaultBodyLimit::max(MAX_PROPOSAL_BYTES))
+        .route("/v1/proposals", post(proposals));
+    if unauthenticated_decide {
+        r = r.route("/v1/decide", post(decide));
+    }
+    r.layer(DefaultBodyLimit::max(MAX_PROPOSAL_BYTES))
         .with_state(app)
 }
 
@@ -509,7 +517,13 @@ pub async fn serve(
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
+    // INVARIANT (no anonymous agents off the host): `/v1/decide` names its agent without proof,
+    // so it is served only when the listener is on loopback.
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        tracing::warn!("not on loopback: /v1/decide is disabled; agents use /v1/proposals");
+    }
+    axum::serve(listener, router_with(app, loopback))
         .with_graceful_shutdown(shutdown)
         .await
 }

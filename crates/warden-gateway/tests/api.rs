@@ -885,3 +885,25 @@ async fn admin_brakes_take_effect_at_once() {
     );
     assert!(kinds.iter().any(|k| k.contains("hold.resume")), "{kinds:?}");
 }
+
+/// Off loopback the unauthenticated `/v1/decide` is not served; signed proposals still are.
+#[tokio::test]
+async fn unauthenticated_decide_is_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let app = AppState {
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+        state: Arc::new(warden_state::MemoryState::new()),
+        ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
+        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = warden_gateway::server::router_with(app, false);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let allow =
+        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    assert_eq!(request(addr, "POST", "/v1/decide", allow).await.0, 404);
+    assert_eq!(request(addr, "POST", "/v1/proposals", allow).await.0, 401);
+}
