@@ -696,3 +696,109 @@ fn replay_guard_suite_redis() {
         Err(warden_identity::ReplayError::Unavailable(_))
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz seeds (`fuzz/seeds/{grant,credential,lineage_request}`), replayed with truncations;
+// `WARDEN_WRITE_FUZZ_SEEDS=1` regenerates them with the fixed keys the fuzz entry points use.
+
+fn seed_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target)
+}
+
+#[test]
+fn identity_fuzz_seeds_replay() {
+    if std::env::var_os("WARDEN_WRITE_FUZZ_SEEDS").is_some() {
+        let w = |t: &str, n: &str, b: &[u8]| {
+            std::fs::create_dir_all(seed_dir(t)).unwrap();
+            std::fs::write(seed_dir(t).join(n), b).unwrap();
+        };
+        let gk = GrantKeys::new(1, vec![(1, Zeroizing::new([7u8; 32]))]).unwrap();
+        w(
+            "grant",
+            "grant.txt",
+            gk.mint(&call("s", "sha256:aa"), 1, NOW, 30_000)
+                .unwrap()
+                .as_bytes(),
+        );
+        let g = key(7);
+        let root_key = key(2);
+        let root = Credential::issue(
+            &g,
+            "g1",
+            body(
+                "coder-1",
+                "senior",
+                Some(&["fs.read_file"]),
+                T + 3600,
+                &root_key,
+            ),
+        )
+        .unwrap();
+        w(
+            "credential",
+            "root.txt",
+            root.to_token().unwrap().as_bytes(),
+        );
+        let sub = root
+            .derive(
+                &root_key,
+                body(
+                    "coder-1.sub",
+                    "junior",
+                    Some(&["fs.read_file"]),
+                    T + 60,
+                    &key(3),
+                ),
+            )
+            .unwrap();
+        w(
+            "credential",
+            "delegated.txt",
+            sub.to_token().unwrap().as_bytes(),
+        );
+        let claims = warden_identity::lineage::LineageClaims {
+            session: "s".into(),
+            agent: "coder-1".into(),
+            owner: "alice@acme.example".into(),
+            chain: vec!["coder-1".into()],
+            credential: "c".into(),
+            expires_at: T + 60,
+        };
+        w(
+            "lineage_request",
+            "lineage.txt",
+            warden_identity::lineage::issue(&g, &claims)
+                .unwrap()
+                .as_bytes(),
+        );
+        let (_, input, sig) =
+            warden_identity::request::sign(&g, "cred", "POST", "/v1/proposals", b"{}", T, "n");
+        w(
+            "lineage_request",
+            "headers.txt",
+            format!("{input}\n{sig}").as_bytes(),
+        );
+    }
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 3] = [
+        ("grant", warden_identity::fuzz::grant),
+        ("credential", warden_identity::fuzz::credential),
+        (
+            "lineage_request",
+            warden_identity::fuzz::lineage_and_request,
+        ),
+    ];
+    for (t, run) in targets {
+        let mut n = 0;
+        for e in std::fs::read_dir(seed_dir(t)).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            for cut in (0..=bytes.len()).step_by(3) {
+                run(&bytes[..cut]);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no seeds for {t}");
+    }
+}
