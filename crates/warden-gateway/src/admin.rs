@@ -7,7 +7,6 @@
 //! /admin/v1/holds` lists them. A hold is written to the state store, which every decision
 //! consults, so it takes effect with the next decision; it is recorded in the ledger.
 
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +19,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+use crate::keyfile;
 use warden_core::state::{Hold, HoldKind, HoldScope, StateStore};
 use warden_ledger::{Entry, EventRecord, Ledger};
 
@@ -54,15 +55,8 @@ pub fn token_path(data: &Path) -> std::path::PathBuf {
 pub fn load_token_hash(data: &Path) -> Result<[u8; 32], crate::agents::AgentsError> {
     let path = token_path(data);
     if !path.exists() {
-        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(raw.as_mut_slice()).map_err(|e| crate::agents::AgentsError::File {
-            path: path.clone(),
-            what: e.to_string(),
-        })?;
-        let mut hex = zeroize::Zeroizing::new(String::with_capacity(65));
-        warden_core::canonical::push_hex(&mut hex, raw.as_slice());
-        hex.push('\n');
-        crate::agents::write_secret(&path, hex.as_bytes())?;
+        let raw = keyfile::random32(&path)?;
+        keyfile::write_secret(&path, keyfile::hex32(&raw).as_bytes())?;
     }
     let token = read_token(data)?;
     Ok(Sha256::digest(token.trim().as_bytes()).into())
@@ -73,19 +67,7 @@ pub fn load_token_hash(data: &Path) -> Result<[u8; 32], crate::agents::AgentsErr
 /// # Errors
 /// [`crate::agents::AgentsError`] if it cannot be read or is readable by others.
 pub fn read_token(data: &Path) -> Result<zeroize::Zeroizing<String>, crate::agents::AgentsError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = token_path(data);
-    let err = |what: String| crate::agents::AgentsError::File {
-        path: path.clone(),
-        what,
-    };
-    let meta = fs::metadata(&path).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err("is readable by others; run `chmod 600` on it".into()));
-    }
-    Ok(zeroize::Zeroizing::new(
-        fs::read_to_string(&path).map_err(|e| err(e.to_string()))?,
-    ))
+    Ok(keyfile::read_secret(&token_path(data))?)
 }
 
 /// The admin routes.

@@ -9,16 +9,15 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::keyfile;
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 use warden_identity::credential::{encode_key, random_id};
 use warden_identity::{Credential, CredentialBody, Revocations, Verifier};
 use warden_policy::Manifest;
-use zeroize::Zeroizing;
 
 /// Why identity material could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,71 +45,37 @@ fn file_err(path: &Path, what: impl ToString) -> AgentsError {
     }
 }
 
-/// Writes a secret file: 0600, beside then renamed into place, synced.
-///
-/// # Errors
-/// [`AgentsError::File`].
-pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), AgentsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| file_err(dir, e))?;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    // INVARIANT (keys never exposed): created 0600 in one step.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(contents)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| file_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| file_err(dir, e))
-}
-
-fn read_secret(path: &Path) -> Result<Zeroizing<String>, AgentsError> {
-    let meta = fs::metadata(path).map_err(|e| file_err(path, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(file_err(
-            path,
-            "is readable by others; run `chmod 600` on it",
-        ));
+impl From<crate::keyfile::KeyFileError> for AgentsError {
+    fn from(e: crate::keyfile::KeyFileError) -> Self {
+        AgentsError::File {
+            path: e.path,
+            what: e.what,
+        }
     }
-    Ok(Zeroizing::new(
-        fs::read_to_string(path).map_err(|e| file_err(path, e))?,
-    ))
 }
 
-fn parse_seed(text: &str, path: &Path) -> Result<SigningKey, AgentsError> {
-    let text = text.trim();
-    let mut seed = Zeroizing::new([0u8; 32]);
-    if text.len() != 64 {
-        return Err(file_err(path, "must hold 64 hex digits"));
-    }
-    for (i, b) in seed.iter_mut().enumerate() {
-        *b = text
-            .get(2 * i..2 * i + 2)
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| file_err(path, "must hold 64 hex digits"))?;
-    }
-    Ok(SigningKey::from_bytes(&seed))
+fn read_seed(path: &Path) -> Result<SigningKey, AgentsError> {
+    let text = keyfile::read_secret(path)?;
+    Ok(SigningKey::from_bytes(&*keyfile::parse_hex32(&text, path)?))
 }
 
-fn hex_seed(key: &SigningKey) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(String::with_capacity(65));
-    warden_core::canonical::push_hex(&mut s, key.as_bytes());
-    s.push('\n');
-    s
+fn new_key(for_path: &Path) -> Result<SigningKey, AgentsError> {
+    Ok(SigningKey::from_bytes(&*keyfile::random32(for_path)?))
 }
 
-fn new_key() -> Result<SigningKey, AgentsError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    getrandom::fill(seed.as_mut_slice()).map_err(|e| file_err(Path::new("/dev/urandom"), e))?;
-    Ok(SigningKey::from_bytes(&seed))
+fn write_seed(path: &Path, key: &SigningKey) -> Result<(), AgentsError> {
+    Ok(keyfile::write_secret(
+        path,
+        keyfile::hex32(key.as_bytes()).as_bytes(),
+    )?)
+}
+
+fn write_governor_pub(data: &Path, key: &SigningKey) -> Result<(), AgentsError> {
+    let line = format!("{} {}\n", key_id(key), encode_key(&key.verifying_key()));
+    Ok(keyfile::write_public(
+        &data.join("keys").join("governor.pub"),
+        line.as_bytes(),
+    )?)
 }
 
 /// A fresh request id for records the gateway writes on its own behalf.
@@ -135,17 +100,12 @@ pub fn key_id(key: &SigningKey) -> String {
 pub fn governor_key(data: &Path) -> Result<SigningKey, AgentsError> {
     let path = data.join("keys").join("governor.key");
     if !path.exists() {
-        let key = new_key()?;
-        write_secret(&path, hex_seed(&key).as_bytes())?;
-        let public = data.join("keys").join("governor.pub");
-        fs::write(
-            &public,
-            format!("{} {}\n", key_id(&key), encode_key(&key.verifying_key())),
-        )
-        .map_err(|e| file_err(&public, e))?;
+        let key = new_key(&path)?;
+        write_seed(&path, &key)?;
+        write_governor_pub(data, &key)?;
         return Ok(key);
     }
-    parse_seed(&read_secret(&path)?, &path)
+    read_seed(&path)
 }
 
 /// Rotates the Governor key: the current public key is appended to `keys/governor.retired`
@@ -166,17 +126,10 @@ pub fn rotate_governor(data: &Path) -> Result<(String, String), AgentsError> {
     writeln!(f, "{} {}", key_id(&old), encode_key(&old.verifying_key()))
         .and_then(|()| f.sync_all())
         .map_err(|e| file_err(&retired, e))?;
-    let new = new_key()?;
-    write_secret(
-        &data.join("keys").join("governor.key"),
-        hex_seed(&new).as_bytes(),
-    )?;
-    let public = data.join("keys").join("governor.pub");
-    fs::write(
-        &public,
-        format!("{} {}\n", key_id(&new), encode_key(&new.verifying_key())),
-    )
-    .map_err(|e| file_err(&public, e))?;
+    let path = data.join("keys").join("governor.key");
+    let new = new_key(&path)?;
+    write_seed(&path, &new)?;
+    write_governor_pub(data, &new)?;
     Ok((key_id(&old), key_id(&new)))
 }
 
@@ -203,21 +156,6 @@ fn retired_governor_keys(
         out.push((kid.to_owned(), key));
     }
     Ok(out)
-}
-
-fn parse_mac_key(text: &str, path: &Path) -> Result<Zeroizing<[u8; 32]>, AgentsError> {
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    let t = text.trim();
-    if t.len() != 64 {
-        return Err(file_err(path, "must hold 64 hex digits"));
-    }
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = t
-            .get(2 * i..2 * i + 2)
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| file_err(path, "must hold 64 hex digits"))?;
-    }
-    Ok(bytes)
 }
 
 /// The ids of the grant MAC keys in `keys/` (`grant-<id>.key`), ascending.
@@ -252,17 +190,20 @@ fn grant_key_ids(data: &Path) -> Result<Vec<u32>, AgentsError> {
 pub fn grant_keys(data: &Path) -> Result<warden_identity::GrantKeys, AgentsError> {
     let mut ids = grant_key_ids(data)?;
     if ids.is_empty() {
-        let k = new_key()?;
-        write_secret(
-            &data.join("keys").join("grant-1.key"),
-            hex_seed(&k).as_bytes(),
+        let path = data.join("keys").join("grant-1.key");
+        keyfile::write_secret(
+            &path,
+            keyfile::hex32(&*keyfile::random32(&path)?).as_bytes(),
         )?;
         ids.push(1);
     }
     let mut ring = Vec::new();
     for id in &ids {
         let path = data.join("keys").join(format!("grant-{id}.key"));
-        ring.push((*id, parse_mac_key(&read_secret(&path)?, &path)?));
+        ring.push((
+            *id,
+            keyfile::parse_hex32(&keyfile::read_secret(&path)?, &path)?,
+        ));
     }
     let current = ids.last().copied().unwrap_or(1);
     warden_identity::GrantKeys::new(current, ring).map_err(|e| file_err(&data.join("keys"), e))
@@ -279,10 +220,10 @@ pub fn rotate_grant(data: &Path) -> Result<(u32, u32), AgentsError> {
     let ids = grant_key_ids(data)?;
     let old = ids.last().copied().unwrap_or(1);
     let new = old.saturating_add(1);
-    let k = new_key()?;
-    write_secret(
-        &data.join("keys").join(format!("grant-{new}.key")),
-        hex_seed(&k).as_bytes(),
+    let path = data.join("keys").join(format!("grant-{new}.key"));
+    keyfile::write_secret(
+        &path,
+        keyfile::hex32(&*keyfile::random32(&path)?).as_bytes(),
     )?;
     for id in ids.iter().filter(|id| **id < old) {
         let path = data.join("keys").join(format!("grant-{id}.key"));
@@ -385,7 +326,7 @@ pub fn enroll(
         .get(agent)
         .ok_or_else(|| AgentsError::UnknownAgent(agent.to_owned()))?;
     let governor = governor_key(data)?;
-    let agent_key = new_key()?;
+    let agent_key = new_key(&data.join("agents"))?;
     let body = CredentialBody {
         id: random_id()?,
         agent: a.id.clone(),
@@ -400,13 +341,21 @@ pub fn enroll(
         issuer: String::new(),
     };
     let cred = Credential::issue(&governor, &key_id(&governor), body)?;
+    write_agent(data, agent, &agent_key, &cred)
+}
+
+/// Writes an agent's key and credential into `DATA/agents/` (both 0600); returns the
+/// credential's path.
+fn write_agent(
+    data: &Path,
+    agent: &str,
+    key: &SigningKey,
+    cred: &Credential,
+) -> Result<PathBuf, AgentsError> {
     let dir = data.join("agents");
-    write_secret(
-        &dir.join(format!("{agent}.key")),
-        hex_seed(&agent_key).as_bytes(),
-    )?;
+    write_seed(&dir.join(format!("{agent}.key")), key)?;
     let path = dir.join(format!("{agent}.credential"));
-    write_secret(&path, format!("{}\n", cred.to_token()?).as_bytes())?;
+    keyfile::write_secret(&path, format!("{}\n", cred.to_token()?).as_bytes())?;
     Ok(path)
 }
 
@@ -431,7 +380,7 @@ pub fn derive(
     let token = fs::read_to_string(&cred_path).map_err(|e| file_err(&cred_path, e))?;
     let cred = Credential::from_token(&token)?;
     let parent_key = agent_key(&dir.join(format!("{parent}.key")))?;
-    let child_key = new_key()?;
+    let child_key = new_key(&dir)?;
     let agent = format!("{parent}.{name}");
     let body = CredentialBody {
         id: String::new(),
@@ -444,13 +393,7 @@ pub fn derive(
         ..cred.body.clone()
     };
     let child = cred.derive(&parent_key, body)?;
-    write_secret(
-        &dir.join(format!("{agent}.key")),
-        hex_seed(&child_key).as_bytes(),
-    )?;
-    let path = dir.join(format!("{agent}.credential"));
-    write_secret(&path, format!("{}\n", child.to_token()?).as_bytes())?;
-    Ok(path)
+    write_agent(data, &agent, &child_key, &child)
 }
 
 /// Loads an agent's private key written by [`enroll`].
@@ -458,7 +401,7 @@ pub fn derive(
 /// # Errors
 /// [`AgentsError::File`].
 pub fn agent_key(path: &Path) -> Result<SigningKey, AgentsError> {
-    parse_seed(&read_secret(path)?, path)
+    read_seed(path)
 }
 
 /// Appends a revocation (`agent <id>` or `credential <id>`) to `DATA/revoked`.

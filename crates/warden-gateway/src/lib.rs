@@ -4,6 +4,7 @@
 //! Governor's behalf and wires the pieces together. The binary (`warden-cli`) and the
 //! integration tests both use it.
 //!
+//! - [`keyfile`]: how secrets and public keys are written and read in the data directory;
 //! - [`current`]: the current Governor, swapped whole on a new manifest version;
 //! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
 //!   [`warden_policy::Governor`];
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod agents;
 pub mod bundle;
 pub mod current;
+pub mod keyfile;
 pub mod server;
 pub mod starter;
 pub mod witness;

@@ -172,16 +172,8 @@ async fn authenticate(
             ))
         }
     };
-    let credential = match warden_identity::Credential::from_token(token) {
-        Ok(c) => c.body.id,
-        Err(e) => {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "identity.invalid",
-                e.to_string(),
-            ))
-        }
-    };
+    // The verified (and cached) identity names its credential: no second parse per request.
+    let credential = identity.credential.clone();
     if let Err(e) = warden_identity::request::verify(
         &identity.subject_key,
         &credential,

@@ -4,14 +4,23 @@
 //! use), `DATA/keys/ledger.pub` (the verifier key to hand to auditors), `DATA/ledger/` (the
 //! embedded store) — or a PostgreSQL URL instead of the embedded store.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::fs;
+
+use crate::keyfile;
 use std::path::{Path, PathBuf};
 
 use warden_ledger::file::{FileStore, Mode};
 use warden_ledger::postgres::PgStore;
 use warden_ledger::{Ledger, LedgerConfig, LedgerStore, NoteSigner, NoteVerifier};
+
+impl From<crate::keyfile::KeyFileError> for WitnessError {
+    fn from(e: crate::keyfile::KeyFileError) -> Self {
+        WitnessError::Key {
+            path: e.path,
+            what: e.what,
+        }
+    }
+}
 
 /// Why the ledger could not be opened. The gateway does not start without it (INV-003).
 #[derive(Debug, thiserror::Error)]
@@ -58,67 +67,37 @@ fn key_err(path: &Path, what: impl Into<String>) -> WitnessError {
 /// anyone but its owner.
 pub fn load_or_create_key(data: &Path) -> Result<NoteSigner, WitnessError> {
     let path = key_path(data);
-    let dir = data.join("keys");
     if !path.exists() {
-        fs::create_dir_all(&dir).map_err(|e| key_err(&dir, e.to_string()))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| key_err(&dir, e.to_string()))?;
         let mut suffix = [0u8; 4];
         getrandom::fill(&mut suffix).map_err(|e| key_err(&path, e.to_string()))?;
         let mut name = String::from("warden/ledger-");
         warden_core::canonical::push_hex(&mut name, &suffix);
         let signer = NoteSigner::generate(&name).map_err(|e| key_err(&path, e.to_string()))?;
-        // INVARIANT (keys never exposed): created 0600 in one step, never world-readable.
-        // Written beside and renamed into place, so a crash never leaves an empty key file.
-        let tmp = dir.join("ledger.key.tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| key_err(&tmp, e.to_string()))?;
-        f.write_all(signer.to_private_string().as_bytes())
-            .and_then(|()| f.write_all(b"\n"))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| key_err(&tmp, e.to_string()))?;
-        fs::rename(&tmp, &path).map_err(|e| key_err(&path, e.to_string()))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| key_err(&dir, e.to_string()))?;
-        let public = write_public(data, &signer)?;
-        tracing::info!(key = %public.display(), origin = %name, "created the ledger key");
+        write_private(data, &signer)?;
+        write_public(data, &signer.verifier())?;
+        tracing::info!(key = %pub_path(data).display(), origin = %name, "created the ledger key");
         return Ok(signer);
     }
-    let meta = fs::metadata(&path).map_err(|e| key_err(&path, e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(key_err(
-            &path,
-            format!(
-                "is readable by others (mode {:o}); run `chmod 600` on it",
-                meta.permissions().mode() & 0o777
-            ),
-        ));
-    }
-    let text = zeroize::Zeroizing::new(
-        fs::read_to_string(&path).map_err(|e| key_err(&path, e.to_string()))?,
-    );
+    let text = keyfile::read_secret(&path)?;
     let signer = NoteSigner::parse(&text).map_err(|e| key_err(&path, e.to_string()))?;
     if !pub_path(data).exists() {
-        write_public(data, &signer)?;
+        write_public(data, &signer.verifier())?;
     }
     Ok(signer)
 }
 
-/// Writes (or rewrites) `ledger.pub` from the private key, durably.
-fn write_public(data: &Path, signer: &NoteSigner) -> Result<PathBuf, WitnessError> {
-    let public = pub_path(data);
-    let tmp = data.join("keys").join("ledger.pub.tmp");
-    fs::write(&tmp, format!("{}\n", signer.verifier()))
-        .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, &public))
-        .map_err(|e| key_err(&public, e.to_string()))?;
-    Ok(public)
+fn write_private(data: &Path, signer: &NoteSigner) -> Result<(), WitnessError> {
+    let mut text = signer.to_private_string();
+    text.push('\n');
+    Ok(keyfile::write_secret(&key_path(data), text.as_bytes())?)
+}
+
+/// Writes `ledger.pub` (every key of the verifier, one per line), durably.
+fn write_public(data: &Path, verifier: &NoteVerifier) -> Result<(), WitnessError> {
+    Ok(keyfile::write_public(
+        &pub_path(data),
+        format!("{verifier}\n").as_bytes(),
+    )?)
 }
 
 /// Reads a verifier key from a file or, if `spec` is not a file, from the string itself.
@@ -186,25 +165,7 @@ pub fn rotate_ledger_key(data: &Path) -> Result<(String, String), WitnessError> 
         .merged(&new.verifier())
         .map_err(|e| key_err(&pub_path(data), e.to_string()))?;
     // The public list first, so the new key is trusted before it signs anything.
-    let public = pub_path(data);
-    let tmp = data.join("keys").join("ledger.pub.tmp");
-    fs::write(&tmp, format!("{all}\n"))
-        .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, &public))
-        .map_err(|e| key_err(&public, e.to_string()))?;
-    let path = key_path(data);
-    let tmp = data.join("keys").join("ledger.key.tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| key_err(&tmp, e.to_string()))?;
-    f.write_all(new.to_private_string().as_bytes())
-        .and_then(|()| f.write_all(b"\n"))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| key_err(&tmp, e.to_string()))?;
-    fs::rename(&tmp, &path).map_err(|e| key_err(&path, e.to_string()))?;
+    write_public(data, &all)?;
+    write_private(data, &new)?;
     Ok((old_id, new_id))
 }

@@ -333,6 +333,8 @@ pub fn derived_id(parent: &str, agent: &str, subject_key: &str) -> String {
 pub struct Identity {
     /// The calling agent.
     pub agent: String,
+    /// The id of the credential presented (the leaf of the chain).
+    pub credential: String,
     /// Tenant.
     pub tenant: String,
     /// The human at the root.
@@ -534,6 +536,7 @@ impl Verifier {
         let leaf = &cred.body;
         Ok(Identity {
             agent: leaf.agent.clone(),
+            credential: leaf.id.clone(),
             tenant: leaf.tenant.clone(),
             owner: leaf.owner.clone(),
             zone: leaf.zone.clone(),

@@ -276,6 +276,22 @@ fn setup() -> Setup {
     }
 }
 
+/// `coder-1.sub`, a junior sub-agent of the root credential limited to `fs.read_file`.
+fn junior_sub(s: &Setup, sub_key: &SigningKey) -> Credential {
+    s.root
+        .derive(
+            &s.root_key,
+            body(
+                "coder-1.sub",
+                "junior",
+                Some(&["fs.read_file"]),
+                T + 600,
+                sub_key,
+            ),
+        )
+        .unwrap()
+}
+
 #[test]
 fn enrolled_and_delegated_credentials_trace_back_to_one_human() {
     let s = setup();
@@ -289,19 +305,7 @@ fn enrolled_and_delegated_credentials_trace_back_to_one_human() {
     );
     assert_eq!(id.chain, vec!["coder-1"]);
     let sub_key = key(3);
-    let sub = s
-        .root
-        .derive(
-            &s.root_key,
-            body(
-                "coder-1.sub",
-                "junior",
-                Some(&["fs.read_file"]),
-                T + 600,
-                &sub_key,
-            ),
-        )
-        .unwrap();
+    let sub = junior_sub(&s, &sub_key);
     let id = s
         .verifier
         .verify_token(&sub.to_token().unwrap(), T)
@@ -446,19 +450,7 @@ fn forged_expired_and_unknown_issuer_credentials_are_refused() {
 fn revocation_reaches_derived_credentials_even_when_cached() {
     let s = setup();
     let sub_key = key(3);
-    let sub = s
-        .root
-        .derive(
-            &s.root_key,
-            body(
-                "coder-1.sub",
-                "junior",
-                Some(&["fs.read_file"]),
-                T + 600,
-                &sub_key,
-            ),
-        )
-        .unwrap();
+    let sub = junior_sub(&s, &sub_key);
     let token = sub.to_token().unwrap();
     s.verifier.verify_token(&token, T).unwrap(); // now cached
     s.revocations.revoke_agent("coder-1");
@@ -469,19 +461,7 @@ fn revocation_reaches_derived_credentials_even_when_cached() {
     );
     // Revoking one credential id also reaches its descendants.
     let s = setup();
-    let sub = s
-        .root
-        .derive(
-            &s.root_key,
-            body(
-                "coder-1.sub",
-                "junior",
-                Some(&["fs.read_file"]),
-                T + 600,
-                &sub_key,
-            ),
-        )
-        .unwrap();
+    let sub = junior_sub(&s, &sub_key);
     s.revocations.revoke_credential(&s.root.body.id);
     assert!(matches!(
         s.verifier.verify(&sub, T),
