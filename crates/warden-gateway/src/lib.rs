@@ -12,6 +12,9 @@
 //! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
 //!   the ledger;
 //! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
+//! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
+//! - [`mcp`]: the MCP front-end (Streamable HTTP at `/mcp`, and stdio), which turns `tools/call`
+//!   into proposals and runs allowed calls through the Executor;
 //! - [`admin`]: the admin listener (kill switch, quarantine, lockdown, resume);
 //! - [`agents`]: the Governor key, agent enrolment and revocation, the identity state of the
 //!   signed-proposal API.
@@ -20,7 +23,9 @@ pub mod admin;
 pub mod agents;
 pub mod bundle;
 pub mod current;
+pub mod execution;
 pub mod keyfile;
+pub mod mcp;
 pub mod server;
 pub mod starter;
 pub mod witness;

@@ -75,7 +75,7 @@ async fn manifest(State(app): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), if valid.
-fn trace_id(headers: &HeaderMap) -> String {
+pub(crate) fn trace_id(headers: &HeaderMap) -> String {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -146,32 +146,21 @@ async fn authenticate(
     body: &[u8],
 ) -> Result<Caller, Response> {
     let now = crate::now_unix();
-    // INVARIANT (fail-closed): if the revocation list cannot be read, nobody is authenticated.
-    if let Err(e) = app.identity.refresh() {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "identity.unavailable",
-            e.to_string(),
-        ));
-    }
-    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(token) = h("warden-credential") else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "identity.missing",
-            "no Warden-Credential header: enrol the agent with `warden agents enroll`".into(),
-        ));
-    };
-    let identity = match app.identity.verifier.verify_token(token, now) {
+    let token = headers
+        .get("warden-credential")
+        .and_then(|v| v.to_str().ok());
+    let identity = match verify_credential(app, token) {
         Ok(i) => i,
-        Err(e) => {
+        Err((status, rule, _)) if token.is_none() => {
             return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "identity.invalid",
-                e.to_string(),
+                status,
+                rule,
+                "no Warden-Credential header: enrol the agent with `warden agents enroll`".into(),
             ))
         }
+        Err((status, rule, why)) => return Err(error(status, rule, why)),
     };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // The verified (and cached) identity names its credential: no second parse per request.
     let credential = identity.credential.clone();
     if let Err(e) = warden_identity::request::verify(
@@ -205,6 +194,39 @@ async fn authenticate(
             e.to_string(),
         ));
     }
+    Ok(Caller {
+        identity,
+        credential,
+    })
+}
+
+/// Verifies a credential token: the revocation list is current, the Governor signed it, it is
+/// unexpired and unrevoked, and the current manifest lists its agent as the credential says.
+pub(crate) fn verify_credential(
+    app: &AppState,
+    token: Option<&str>,
+) -> Result<warden_identity::Identity, (StatusCode, &'static str, String)> {
+    // INVARIANT (fail-closed): if the revocation list cannot be read, nobody is authenticated.
+    if let Err(e) = app.identity.refresh() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "identity.unavailable",
+            e.to_string(),
+        ));
+    }
+    let Some(token) = token else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "identity.missing",
+            "no credential: enrol the agent with `warden agents enroll` and present its credential"
+                .into(),
+        ));
+    };
+    let identity = app
+        .identity
+        .verifier
+        .verify_token(token, crate::now_unix())
+        .map_err(|e| (StatusCode::UNAUTHORIZED, "identity.invalid", e.to_string()))?;
     // INVARIANT (no impersonation): the credential's agent must be in the current manifest with
     // the same tenant, owner and zone, and no more trust than the credential carries — the
     // Governor decides by the manifest's entry for that name.
@@ -221,7 +243,7 @@ async fn authenticate(
                     <= warden_identity::credential::trust_rank(&identity.trust)
         });
     if !listed {
-        return Err(error(
+        return Err((
             StatusCode::FORBIDDEN,
             "identity.not_in_manifest",
             format!(
@@ -230,10 +252,7 @@ async fn authenticate(
             ),
         ));
     }
-    Ok(Caller {
-        identity,
-        credential,
-    })
+    Ok(identity)
 }
 
 /// Appends a security event (best effort: the request is refused whether or not it lands).
@@ -404,16 +423,45 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
     .await
 }
 
-/// Decides, records the decision in the ledger (with the delegation chain), and answers.
-/// `refuse` turns the decision into a deny (a credential narrower than the manifest).
-async fn decide_and_record(
+/// What the governed path made of one proposal.
+#[derive(Debug)]
+pub(crate) enum Governed {
+    /// The ledger could not record the decision: deny (INV-003).
+    LedgerDown {
+        /// Request id.
+        request_id: String,
+        /// Why.
+        why: String,
+    },
+    /// Decided and recorded.
+    Decided {
+        /// The decision.
+        decision: Box<warden_core::Decision>,
+        /// Request id.
+        request_id: String,
+        /// Ledger index of the decision record.
+        index: u64,
+        /// The grant, when asked for and the decision allows.
+        grant: Option<String>,
+    },
+    /// Allowed and recorded, but no grant could be minted: nothing may run.
+    GrantDown {
+        /// Why.
+        why: String,
+    },
+}
+
+/// Decides, records the decision in the ledger (with the delegation chain) and, if asked and
+/// allowed, mints the grant. `refuse` turns the decision into a deny (a credential narrower than
+/// the manifest).
+pub(crate) async fn govern(
     app: &AppState,
     proposal: &Proposal,
     trace: &str,
     chain: Vec<String>,
     refuse: Option<String>,
     mint_grant: bool,
-) -> Response {
+) -> Governed {
     // The whole decision runs under the Governor current when it starts.
     let governor = app.governor.get();
     let mut decision = governor.decide(proposal, app.state.as_ref(), crate::now_unix());
@@ -447,57 +495,86 @@ async fn decide_and_record(
         Ok(i) => i,
         Err(e) => {
             tracing::error!(error = %e, "ledger append failed; answering deny");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "decision": "deny",
-                    "rules": ["ledger.unavailable"],
-                    "reason": e.to_string(),
-                    "request_id": request_id,
-                })),
-            )
-                .into_response();
+            return Governed::LedgerDown {
+                request_id,
+                why: e.to_string(),
+            };
         }
     };
-    let status = match decision.decision {
-        Verdict::Allow => StatusCode::OK,
-        Verdict::Deny => StatusCode::FORBIDDEN,
-        Verdict::Escalate => StatusCode::ACCEPTED,
-    };
-    let mut body = serde_json::to_value(&decision).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("request_id".into(), request_id.into());
-        obj.insert("ledger_index".into(), index.into());
-        // An allowed, recorded call gets its single-use grant (docs/grants.md).
-        if mint_grant && decision.is_allow() {
-            let call = warden_identity::Call {
-                session: &proposal.session,
-                agent: &proposal.agent,
-                tool: &proposal.tool,
-                arguments_hash: &decision.arguments_hash,
-            };
-            let now_ms = crate::now_unix().saturating_mul(1000);
-            match app.identity.grants.mint(
-                &call,
-                decision.manifest_version,
-                now_ms,
-                warden_identity::grant::DEFAULT_TTL_MS,
-            ) {
-                Ok(g) => {
-                    obj.insert("grant".into(), g.into());
-                }
-                Err(e) => {
-                    // INVARIANT (fail-closed): without a grant nothing can run; say so.
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "grant.unavailable",
-                        e.to_string(),
-                    );
-                }
-            }
+    let mut grant = None;
+    // An allowed, recorded call gets its single-use grant (docs/grants.md).
+    if mint_grant && decision.is_allow() {
+        let call = warden_identity::Call {
+            session: &proposal.session,
+            agent: &proposal.agent,
+            tool: &proposal.tool,
+            arguments_hash: &decision.arguments_hash,
+        };
+        let now_ms = crate::now_unix().saturating_mul(1000);
+        match app.identity.grants.mint(
+            &call,
+            decision.manifest_version,
+            now_ms,
+            warden_identity::grant::DEFAULT_TTL_MS,
+        ) {
+            Ok(g) => grant = Some(g),
+            // INVARIANT (fail-closed): without a grant nothing can run; say so.
+            Err(e) => return Governed::GrantDown { why: e.to_string() },
         }
     }
-    (status, Json(body)).into_response()
+    Governed::Decided {
+        decision: Box::new(decision),
+        request_id,
+        index,
+        grant,
+    }
+}
+
+/// Decides, records and answers over HTTP.
+async fn decide_and_record(
+    app: &AppState,
+    proposal: &Proposal,
+    trace: &str,
+    chain: Vec<String>,
+    refuse: Option<String>,
+    mint_grant: bool,
+) -> Response {
+    match govern(app, proposal, trace, chain, refuse, mint_grant).await {
+        Governed::LedgerDown { request_id, why } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "decision": "deny",
+                "rules": ["ledger.unavailable"],
+                "reason": why,
+                "request_id": request_id,
+            })),
+        )
+            .into_response(),
+        Governed::GrantDown { why } => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "grant.unavailable", why)
+        }
+        Governed::Decided {
+            decision,
+            request_id,
+            index,
+            grant,
+        } => {
+            let status = match decision.decision {
+                Verdict::Allow => StatusCode::OK,
+                Verdict::Deny => StatusCode::FORBIDDEN,
+                Verdict::Escalate => StatusCode::ACCEPTED,
+            };
+            let mut body = serde_json::to_value(&*decision).unwrap_or_else(|_| json!({}));
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("request_id".into(), request_id.into());
+                obj.insert("ledger_index".into(), index.into());
+                if let Some(g) = grant {
+                    obj.insert("grant".into(), g.into());
+                }
+            }
+            (status, Json(body)).into_response()
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -509,13 +586,30 @@ pub async fn serve(
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, None, shutdown).await
+}
+
+/// [`serve`], with more routes (the MCP front-end) merged in.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: AppState,
+    more: Option<Router>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // INVARIANT (no anonymous agents off the host): `/v1/decide` names its agent without proof,
     // so it is served only when the listener is on loopback.
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     if !loopback {
         tracing::warn!("not on loopback: /v1/decide is disabled; agents use /v1/proposals");
     }
-    axum::serve(listener, router_with(app, loopback))
+    let mut routes = router_with(app, loopback);
+    if let Some(more) = more {
+        routes = routes.merge(more);
+    }
+    axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -304,15 +304,25 @@ impl FileStore {
                 .write(true)
                 .open(&path)
                 .map_err(io_err("open", &path))?;
-            match f.try_lock() {
-                Ok(()) => Some(f),
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(StoreError::Locked(format!(
-                        "{} is in use by another Warden process",
-                        dir.display()
-                    )))
+            // A lock can be held for a moment by a process this one forks (between fork and
+            // exec the child shares the lock), so a busy lock is retried for up to a second
+            // before it is reported as another Warden's.
+            let mut tries = 0;
+            loop {
+                match f.try_lock() {
+                    Ok(()) => break Some(f),
+                    Err(fs::TryLockError::WouldBlock) if tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(fs::TryLockError::WouldBlock) => {
+                        return Err(StoreError::Locked(format!(
+                            "{} is in use by another Warden process",
+                            dir.display()
+                        )))
+                    }
+                    Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
                 }
-                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
             }
         } else {
             None

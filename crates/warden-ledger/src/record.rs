@@ -163,6 +163,14 @@ pub struct Receipt {
     pub executor: String,
     /// The sandbox profile it ran under.
     pub sandbox_profile: String,
+    /// How many values were redacted from the result before anyone saw it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redactions: u64,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why bytes are not a valid entry.

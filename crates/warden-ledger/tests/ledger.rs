@@ -288,6 +288,7 @@ fn receipt(i: u64) -> Entry {
         result_hash: "sha256:11".into(),
         executor: "process".into(),
         sandbox_profile: "none".into(),
+        redactions: 0,
     })
 }
 

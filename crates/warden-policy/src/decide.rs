@@ -95,6 +95,26 @@ impl Governor {
         self.arg_types.get(name)
     }
 
+    /// Whether `agent` may see `tool` in its tool list (seed 003: an agent never sees tools it
+    /// could not call): both are in the manifest, the tool is available to the agent's tenant
+    /// and zone, and the agent's trust level is not forbidden the tool's tier. Cedar and the
+    /// arguments are still checked by [`Governor::decide`] on every call.
+    #[must_use]
+    pub fn may_see(&self, agent: &str, tool: &str) -> bool {
+        let m = &self.manifest;
+        let (Some(agent), Some(tool)) = (m.agents.get(agent), m.tools.get(tool)) else {
+            return false;
+        };
+        tool.tenants
+            .as_ref()
+            .is_none_or(|t| t.contains(&agent.tenant))
+            && tool.zones.as_ref().is_none_or(|z| z.contains(&agent.zone))
+            && m.trust
+                .get(&agent.trust)
+                .and_then(|modes| modes.get(tool.tier))
+                .is_some_and(|mode| *mode != TrustMode::Forbidden)
+    }
+
     /// Decides one proposal. Never fails: anything that cannot be evaluated is a deny that says
     /// why (INV-003). Side-effect free except for the state store (counters for allowed calls,
     /// session history, and a pause when a loop is detected).

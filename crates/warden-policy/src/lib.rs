@@ -36,6 +36,7 @@ pub mod lines;
 pub mod manifest;
 pub mod rate;
 pub mod raw;
+pub mod upstream;
 
 pub use cedar::PolicySource;
 pub use decide::{bundle_hash, deny_unloaded, Governor};

@@ -181,6 +181,8 @@ pub struct Tool {
     pub preview: bool,
     /// Cost units per call.
     pub cost: u64,
+    /// Redaction detectors turned on for it (groups expanded).
+    pub redact: BTreeSet<String>,
 }
 
 /// A budget (calls and cost per window).
@@ -251,6 +253,10 @@ pub struct Manifest {
     pub breakers: Breakers,
     /// Policy file patterns, as written.
     pub policies: Vec<String>,
+    /// Upstream MCP servers.
+    pub upstreams: Vec<crate::upstream::Upstream>,
+    /// Where each secret comes from.
+    pub secrets: std::collections::BTreeMap<String, crate::upstream::SecretSource>,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -263,14 +269,14 @@ impl Manifest {
     }
 }
 
-struct Collector<'a> {
+pub(crate) struct Collector<'a> {
     file: &'a str,
     lines: LineIndex,
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Collector<'_> {
-    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         self.diagnostics.push(Diagnostic {
             file: self.file.to_string(),
@@ -710,6 +716,9 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         }
     }
 
+    let (upstreams, secrets) =
+        crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets);
+
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
         return Err(LoadError {
@@ -737,6 +746,8 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             session_ttl_secs,
         },
         policies: raw.policies.clone(),
+        upstreams,
+        secrets,
         raw,
     })
 }
@@ -890,6 +901,7 @@ fn validate_tool(
             ok = false;
         }
     }
+    let redact = crate::upstream::validate_detectors(c, path, &t.redact);
     let validator = validator?;
     if !ok {
         return None;
@@ -907,6 +919,7 @@ fn validate_tool(
         secrets: t.secrets.clone(),
         preview: t.preview,
         cost: t.cost,
+        redact,
     })
 }
 

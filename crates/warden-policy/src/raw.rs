@@ -37,6 +37,48 @@ pub struct RawManifest {
     pub breakers: RawBreakers,
     /// Cedar policy files, relative to the manifest; the last path component may hold one `*`.
     pub policies: Vec<String>,
+    /// Upstream MCP servers; their tools are served as `<upstream>.<tool>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<RawUpstream>,
+    /// Where each secret comes from, by secret name. Values never appear in the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, RawSecretSource>,
+}
+
+/// An upstream MCP server the Executor runs tools on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name (letters, digits, `-`, `_`): the prefix of its tools' names.
+    pub name: String,
+    /// Stdio: the program and its arguments; Warden starts, restarts and stops it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Streamable HTTP: the server's MCP endpoint (`http://` or `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Environment of a stdio server (it inherits nothing else but `PATH`, `HOME`, `LANG`).
+    /// Values may hold `${secret:NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// HTTP headers sent to an HTTP server. Values may hold `${secret:NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// How long one call may take (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Where a secret's value comes from: exactly one of `env` and `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretSource {
+    /// An environment variable of the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file (absolute, or relative to the manifest); one trailing newline is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// One risk tier.
@@ -208,6 +250,10 @@ pub struct RawTool {
     /// Cost units one call consumes from cost budgets.
     #[serde(default)]
     pub cost: u64,
+    /// Detectors the Executor runs over this tool's results (and, for egress tools, its
+    /// arguments): `credentials`, `pii`, or single detectors (`docs/redaction.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

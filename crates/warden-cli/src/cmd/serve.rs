@@ -25,9 +25,29 @@ pub struct Args {
     /// only the admin token in DATA/keys/admin.token.
     #[arg(long, default_value = "127.0.0.1:8701")]
     admin_listen: SocketAddr,
-    /// Remember signed-request nonces in Redis, so several instances accept each request once.
+    /// Remember signed-request nonces and redeemed grants in Redis, so several instances accept
+    /// each request and each grant once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
     replay_redis: Option<String>,
+    /// Largest MCP request body accepted on /mcp, in bytes.
+    #[arg(long, default_value_t = warden_gateway::mcp::DEFAULT_MAX_BODY)]
+    mcp_max_body: usize,
+}
+
+/// Lifetime of the credential written for the starter agent.
+const STARTER_CREDENTIAL_SECS: i64 = 30 * 24 * 3600;
+
+/// A replay guard: Redis (shared by instances) when a URL is given, else in process.
+fn replay_guard(
+    redis: Option<&str>,
+    prefix: &str,
+) -> anyhow::Result<Box<dyn warden_identity::ReplayGuard>> {
+    Ok(match redis {
+        Some(url) => Box::new(
+            warden_identity::RedisReplayGuard::new(url, prefix).map_err(anyhow::Error::msg)?,
+        ),
+        None => Box::new(warden_identity::MemoryReplayGuard::new()),
+    })
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -38,6 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let starter = a.manifest.is_none();
     let manifest = match a.manifest {
         Some(m) => m,
         None => {
@@ -85,18 +106,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
         ledger: Arc::new(ledger),
-        identity: Arc::new({
-            let nonces: Box<dyn warden_identity::ReplayGuard> = match &a.replay_redis {
-                Some(url) => Box::new(
-                    warden_identity::RedisReplayGuard::new(url, "warden:nonce:")
-                        .map_err(anyhow::Error::msg)?,
-                ),
-                None => Box::new(warden_identity::MemoryReplayGuard::new()),
-            };
-            warden_gateway::agents::IdentityState::open_with(&a.data, nonces)
-                .context("opening the agent identity state")?
-        }),
+        identity: Arc::new(
+            warden_gateway::agents::IdentityState::open_with(
+                &a.data,
+                replay_guard(a.replay_redis.as_deref(), "warden:nonce:")?,
+            )
+            .context("opening the agent identity state")?,
+        ),
     };
+    let clock = Arc::new(warden_executor::ManifestClock::new(
+        app.governor.get().manifest().version,
+    ));
+    let executor = Arc::new(
+        warden_gateway::execution::build(
+            &a.data,
+            &manifest,
+            app.governor.get().manifest(),
+            Arc::clone(&app.ledger),
+            replay_guard(a.replay_redis.as_deref(), "warden:grant:")?,
+            Arc::clone(&clock),
+        )
+        .context("setting up the Executor")?,
+    );
+    if starter {
+        starter_credential(&a.data, app.governor.get().manifest())?;
+    }
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&app.state),
         ledger: Arc::clone(&app.ledger),
@@ -121,7 +155,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             while hup.recv().await.is_some() {
                 let (c, m) = (Arc::clone(&current), manifest_path.clone());
                 match tokio::task::spawn_blocking(move || c.reload(&m)).await {
-                    Ok(Ok(v)) => tracing::info!(version = v, "manifest reloaded"),
+                    Ok(Ok(v)) => {
+                        // Grants minted under the old version stop redeeming.
+                        clock.set(v);
+                        tracing::info!(version = v, "manifest reloaded (upstreams keep running as started)");
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "manifest reload refused"),
                     Err(e) => tracing::error!(error = %e, "manifest reload failed"),
                 }
@@ -134,8 +172,45 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
-        warden_gateway::server::serve(listener, app, shutdown).await?;
+        for (name, why) in executor.start().await {
+            tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
+        }
+        let mcp = warden_gateway::mcp::router(
+            app.clone(),
+            Arc::clone(&executor),
+            a.mcp_max_body,
+            (!a.listen.ip().is_loopback()).then(Vec::new),
+        );
+        tracing::info!(url = %format!("http://{}/mcp", a.listen), "MCP endpoint (Streamable HTTP, bearer credential)");
+        warden_gateway::server::serve_with(listener, app, Some(mcp), shutdown).await?;
+        executor.shutdown().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a credential for the starter manifest's first agent if it has none, and says where.
+fn starter_credential(
+    data: &std::path::Path,
+    m: &warden_policy::manifest::Manifest,
+) -> anyhow::Result<()> {
+    let Some(agent) = m.raw.agents.first().map(|a| a.id.clone()) else {
+        return Ok(());
+    };
+    let path = data.join("agents").join(format!("{agent}.credential"));
+    if !path.exists() {
+        warden_gateway::agents::enroll(
+            data,
+            m,
+            &agent,
+            warden_gateway::now_unix(),
+            STARTER_CREDENTIAL_SECS,
+        )
+        .with_context(|| format!("enrolling the starter agent `{agent}`"))?;
+    }
+    eprintln!(
+        "starter agent `{agent}`: credential in {} (send it as `Authorization: Bearer <credential>` to /mcp)",
+        path.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,49 @@
+"""Drives Warden's MCP endpoint with the official MCP Python SDK client (PyPI `mcp`).
+
+Usage: client.py URL CREDENTIAL_FILE SCENARIO [ARG...]
+Prints one JSON document on stdout describing what the server answered; the Rust test
+(`tests/mcp/mod.rs`) asserts on it.
+"""
+
+import asyncio
+import json
+import sys
+
+from mcp import ClientSession
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
+
+def result_json(r):
+    return json.loads(r.model_dump_json(by_alias=True, exclude_none=True))
+
+
+async def main():
+    url, cred_file, scenario, *args = sys.argv[1:]
+    token = open(cred_file).read().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    out = {}
+    async with create_mcp_http_client(headers=headers) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write) as session:
+                init = await session.initialize()
+                out["server"] = init.server_info.name
+                out["protocol"] = str(init.protocol_version)
+                if scenario == "list":
+                    tools = await session.list_tools()
+                    out["tools"] = sorted(t.name for t in tools.tools)
+                elif scenario == "call":
+                    name, arguments = args[0], json.loads(args[1])
+                    out["result"] = result_json(await session.call_tool(name, arguments))
+                elif scenario == "concurrent":
+                    name, arguments, n = args[0], json.loads(args[1]), int(args[2])
+                    results = await asyncio.gather(
+                        *(session.call_tool(name, arguments) for _ in range(n))
+                    )
+                    out["results"] = [result_json(r) for r in results]
+                else:
+                    raise SystemExit(f"unknown scenario {scenario}")
+    print(json.dumps(out))
+
+
+asyncio.run(main())

@@ -1,0 +1,423 @@
+//! # warden-executor
+//!
+//! The Executor runs only granted calls. Its one way in is [`Executor::execute`], which takes a
+//! grant token and the exact call, and **redeems the grant itself** (MAC, expiry, the call it is
+//! bound to, the current manifest version, single use) before anything reaches an upstream
+//! (INV-002). The connections to upstream servers are private to this crate: the front-end
+//! (`warden-gateway`) can list tools, but cannot call one without a grant that verifies.
+//!
+//! ```text
+//! execute(grant, call) ── redeem ──▶ upstream `tools/call` (timeout, cancellation)
+//!                                        │
+//!                     redact (secrets, detectors) ◀─┘
+//!                                        │
+//!                     receipt ──▶ Witness ledger ──▶ result to the caller
+//! ```
+//!
+//! - [`secrets`]: secret values, injected into upstream environments and headers only;
+//! - [`redact`]: exact-secret and detector redaction of results (and scans of arguments);
+//! - `upstream` (private): stdio children and their MCP client sessions.
+
+pub mod redact;
+pub mod secrets;
+mod upstream;
+
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, Tool};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use warden_identity::{GrantError, GrantKeys, ReplayGuard};
+use warden_ledger::{Entry, Ledger, Receipt, ReceiptStatus};
+
+pub use redact::Redactor;
+pub use secrets::Secrets;
+
+/// Why a call did not run, or ran but cannot be returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The grant did not redeem: nothing ran.
+    #[error("grant refused: {0}")]
+    Grant(#[from] GrantError),
+    /// No upstream serves this tool name.
+    #[error("no upstream serves tool `{0}`")]
+    UnknownTool(String),
+    /// The upstream is down or cannot start.
+    #[error("upstream `{upstream}` is unavailable: {why}")]
+    Unavailable {
+        /// The upstream.
+        upstream: String,
+        /// Why.
+        why: String,
+    },
+    /// The upstream did not answer in time (a receipt was recorded).
+    #[error("upstream `{upstream}` did not answer within {ms} ms")]
+    Timeout {
+        /// The upstream.
+        upstream: String,
+        /// The limit.
+        ms: u64,
+    },
+    /// The caller cancelled the call (a receipt was recorded).
+    #[error("the call was cancelled")]
+    Cancelled,
+    /// The upstream answered with a protocol error (a receipt was recorded).
+    #[error("upstream `{upstream}` failed: {why}")]
+    Upstream {
+        /// The upstream.
+        upstream: String,
+        /// Its error.
+        why: String,
+    },
+    /// The receipt could not be recorded: the result is withheld (INV-003).
+    #[error("the receipt could not be recorded, so the result is withheld: {0}")]
+    Receipt(String),
+}
+
+/// The manifest version grants must have been minted under; the composition root moves it
+/// when a newer manifest is swapped in.
+#[derive(Debug, Default)]
+pub struct ManifestClock(AtomicU64);
+
+impl ManifestClock {
+    /// A clock at `version`.
+    #[must_use]
+    pub fn new(version: u64) -> Self {
+        ManifestClock(AtomicU64::new(version))
+    }
+    /// The current version.
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    /// Moves to `version`.
+    pub fn set(&self, version: u64) {
+        self.0.store(version, Ordering::Release);
+    }
+}
+
+/// One call to execute, exactly as it was decided.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The grant token minted for this call.
+    pub grant: &'a str,
+    /// Session.
+    pub session: &'a str,
+    /// Agent.
+    pub agent: &'a str,
+    /// Tenant (for the receipt).
+    pub tenant: &'a str,
+    /// The federated tool name, `<upstream>.<tool>`.
+    pub tool: &'a str,
+    /// The arguments that run (their hash must be the granted one).
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    /// Trace id (receipt).
+    pub trace_id: &'a str,
+    /// Request id of the decision (receipt).
+    pub request_id: &'a str,
+    /// Detectors the manifest turns on for this tool.
+    pub redact: &'a BTreeSet<String>,
+    /// Fires when the caller cancels.
+    pub cancel: CancellationToken,
+}
+
+/// A call that ran.
+#[derive(Debug)]
+pub struct Executed {
+    /// The redacted result, as the agent may see it.
+    pub result: CallToolResult,
+    /// Where its receipt is in the ledger.
+    pub receipt_index: u64,
+    /// How many values were redacted.
+    pub redactions: u64,
+}
+
+/// What the Executor needs.
+#[expect(
+    missing_debug_implementations,
+    reason = "holds grant keys and secrets, which are never printed"
+)]
+pub struct Config {
+    /// The upstreams of the manifest.
+    pub upstreams: Vec<warden_policy::upstream::Upstream>,
+    /// Secret values.
+    pub secrets: Secrets,
+    /// Grant keys (verify only the grants the Governor minted).
+    pub grants: GrantKeys,
+    /// Remembers redeemed grants (in process, or in Redis for several instances).
+    pub replay: Box<dyn ReplayGuard>,
+    /// The current manifest version.
+    pub manifest: Arc<ManifestClock>,
+    /// Where receipts go.
+    pub ledger: Arc<Ledger>,
+}
+
+/// The Executor.
+pub struct Executor {
+    upstreams: BTreeMap<String, Arc<upstream::Upstream>>,
+    redactor: Arc<Redactor>,
+    grants: GrantKeys,
+    replay: Box<dyn ReplayGuard>,
+    manifest: Arc<ManifestClock>,
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("upstreams", &self.upstreams.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Executor {
+    /// An Executor over these upstreams (started on first use, or by [`Executor::start`]).
+    ///
+    /// # Errors
+    /// [`redact::RedactError`] if the redaction patterns cannot be built.
+    pub fn new(config: Config) -> Result<Self, redact::RedactError> {
+        let redactor = Arc::new(Redactor::new(config.secrets.values())?);
+        let secrets = Arc::new(config.secrets);
+        let upstreams = config
+            .upstreams
+            .into_iter()
+            .map(|spec| {
+                (
+                    spec.name.clone(),
+                    Arc::new(upstream::Upstream::new(
+                        spec,
+                        Arc::clone(&secrets),
+                        Arc::clone(&redactor),
+                    )),
+                )
+            })
+            .collect();
+        Ok(Executor {
+            upstreams,
+            redactor,
+            grants: config.grants,
+            replay: config.replay,
+            manifest: config.manifest,
+            ledger: config.ledger,
+        })
+    }
+
+    /// The redactor (the gateway scans egress arguments and its own logs with it).
+    #[must_use]
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Starts every upstream; returns those that failed, with why (their tools stay withdrawn
+    /// until a later start succeeds).
+    pub async fn start(&self) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for (name, u) in &self.upstreams {
+            if let Err(e) = u.client().await {
+                tracing::error!(upstream = %name, error = %e, "upstream did not start");
+                failed.push((name.clone(), e.to_string()));
+            }
+        }
+        failed
+    }
+
+    /// Every tool of every upstream that is up, under its federated name `<upstream>.<tool>`.
+    pub async fn tools(&self) -> Vec<Tool> {
+        let mut out = Vec::new();
+        for (name, u) in &self.upstreams {
+            match u.tools().await {
+                Ok(tools) => out.extend(tools.into_iter().map(|mut t| {
+                    t.name = format!("{name}.{}", t.name).into();
+                    t
+                })),
+                Err(e) => tracing::debug!(upstream = %name, error = %e, "tools withheld"),
+            }
+        }
+        out
+    }
+
+    /// Stops every upstream.
+    pub async fn shutdown(&self) {
+        for u in self.upstreams.values() {
+            u.stop().await;
+        }
+    }
+
+    /// Runs one granted call.
+    ///
+    /// Order: the grant is redeemed against exactly this call (its arguments hashed here, from
+    /// what will be sent) and the current manifest version; only then is the upstream
+    /// reached. Whatever the upstream does after that — a result, an error, a timeout, a
+    /// cancellation — a receipt is appended to the ledger; a result is returned only once its
+    /// receipt is recorded.
+    ///
+    /// # Errors
+    /// [`ExecError`] naming what stopped the call.
+    pub async fn execute(&self, call: Call<'_>) -> Result<Executed, ExecError> {
+        let arguments = serde_json::Value::Object(call.arguments);
+        let arguments_hash = warden_core::canonical::json_digest(&arguments);
+        let started = now_ms();
+        // INVARIANT (fail-closed, INV-002): nothing below runs unless this grant verifies for
+        // exactly this call under the current manifest, and has not been used.
+        let claims = self.grants.redeem(
+            call.grant,
+            &warden_identity::Call {
+                session: call.session,
+                agent: call.agent,
+                tool: call.tool,
+                arguments_hash: &arguments_hash,
+            },
+            self.manifest.get(),
+            started,
+            self.replay.as_ref(),
+        )?;
+        let (up_name, tool_name) = call
+            .tool
+            .split_once('.')
+            .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
+        let up = self
+            .upstreams
+            .get(up_name)
+            .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
+        let receipt = |status: ReceiptStatus, result_hash: String, redactions: u64| {
+            Entry::Receipt(Receipt {
+                trace_id: call.trace_id.to_owned(),
+                request_id: call.request_id.to_owned(),
+                tenant: call.tenant.to_owned(),
+                agent: call.agent.to_owned(),
+                action: call.tool.to_owned(),
+                arguments_hash: arguments_hash.clone(),
+                grant: claims.id_hex(),
+                approval: None,
+                started_at_ms: started,
+                ended_at_ms: now_ms(),
+                status,
+                result_hash,
+                executor: format!("mcp:{up_name}"),
+                sandbox_profile: "none".into(),
+                redactions,
+            })
+        };
+        let (client, _) = match up.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(e);
+            }
+        };
+        let mut params = CallToolRequestParams::new(tool_name.to_owned());
+        if let serde_json::Value::Object(m) = arguments {
+            params.arguments = Some(m);
+        }
+        let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, client.peer().call_tool_once(params)) => Some(r),
+            () = call.cancel.cancelled() => None,
+        };
+        let mut result = match outcome {
+            None => {
+                self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(ExecError::Cancelled);
+            }
+            Some(Err(_)) => {
+                self.record(&receipt(ReceiptStatus::Timeout, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(ExecError::Timeout {
+                    upstream: up_name.to_owned(),
+                    ms: up.spec.timeout_ms,
+                });
+            }
+            Some(Ok(Ok(CallToolResponse::Complete(r)))) => r,
+            Some(Ok(Ok(_))) => {
+                let why =
+                    "answered with an input request or a task, which Warden does not relay yet"
+                        .to_owned();
+                self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(ExecError::Upstream {
+                    upstream: up_name.to_owned(),
+                    why,
+                });
+            }
+            Some(Ok(Err(e))) => {
+                // The upstream's own message may quote a secret: redact it too.
+                let why = e.to_string();
+                let why = self
+                    .redactor
+                    .redact_str(&why, call.redact)
+                    .map_or(why, |(r, _)| r);
+                self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(ExecError::Upstream {
+                    upstream: up_name.to_owned(),
+                    why,
+                });
+            }
+        };
+        // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
+        // anyone sees it.
+        let redactions = self.redact_result(&mut result, call.redact);
+        let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
+        let status = if result.is_error == Some(true) {
+            ReceiptStatus::Error
+        } else {
+            ReceiptStatus::Ok
+        };
+        let index = self
+            .record(&receipt(
+                status,
+                warden_core::canonical::json_digest(&value),
+                redactions,
+            ))
+            .await
+            .map_err(ExecError::Receipt)?;
+        Ok(Executed {
+            result,
+            receipt_index: index,
+            redactions,
+        })
+    }
+
+    fn redact_result(&self, result: &mut CallToolResult, on: &BTreeSet<String>) -> u64 {
+        // Redact the whole result as JSON (every content block type, structured content,
+        // metadata) and read it back: nothing is skipped because of its type.
+        let Ok(mut value) = serde_json::to_value(&*result) else {
+            return 0;
+        };
+        let n = self.redactor.redact_json(&mut value, on);
+        if n > 0 {
+            match serde_json::from_value::<CallToolResult>(value) {
+                Ok(r) => *result = r,
+                Err(_) => {
+                    // A redaction broke a typed field (e.g. base64 data): withhold everything.
+                    *result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(
+                        "[REDACTED: the result held secrets in a field that cannot be redacted in place]",
+                    )]);
+                }
+            }
+        }
+        n
+    }
+
+    async fn record(&self, entry: &Entry) -> Result<u64, String> {
+        let ticket = self.ledger.submit(entry).map_err(|e| e.to_string())?;
+        ticket.recorded().await.map_err(|e| {
+            tracing::error!(error = %e, "receipt not recorded");
+            e.to_string()
+        })
+    }
+}

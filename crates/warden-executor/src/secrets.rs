@@ -1,0 +1,184 @@
+//! Secret values: read once from where the manifest says, held zeroized, injected into an
+//! upstream's environment or headers, and never handed to the front-end (INV-009).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use warden_policy::upstream::{Part, SecretSource, Template};
+use zeroize::Zeroizing;
+
+/// Largest secret file read.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Why a secret has no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set (or not UTF-8).
+    #[error("secret `{name}`: environment variable `{var}` is not set")]
+    EnvMissing {
+        /// Secret name.
+        name: String,
+        /// Variable.
+        var: String,
+    },
+    /// The file cannot be read.
+    #[error("secret `{name}`: cannot read `{path}`: {why}")]
+    File {
+        /// Secret name.
+        name: String,
+        /// Path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// A value is empty (an empty secret would redact nothing and match everything).
+    #[error("secret `{name}` is empty")]
+    Empty {
+        /// Secret name.
+        name: String,
+    },
+    /// A template names a secret that did not load.
+    #[error("secret `{0}` is not available")]
+    Unavailable(String),
+}
+
+/// The secrets that loaded, by name.
+#[derive(Default)]
+pub struct Secrets {
+    values: BTreeMap<String, Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // INVARIANT (secrets never logged): only the names are shown.
+        f.debug_struct("Secrets")
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Reads every secret; those that fail are returned beside the ones that loaded, so the
+    /// upstreams that need them stay down and the others run.
+    #[must_use]
+    pub fn load(
+        sources: &BTreeMap<String, SecretSource>,
+        manifest_dir: &Path,
+    ) -> (Self, Vec<SecretError>) {
+        let mut values = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, source) in sources {
+            match read(name, source, manifest_dir) {
+                Ok(v) => {
+                    values.insert(name.clone(), v);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (Secrets { values }, errors)
+    }
+
+    /// Secrets given directly (tests, embedding).
+    #[must_use]
+    pub fn from_values(values: BTreeMap<String, Zeroizing<String>>) -> Self {
+        Secrets { values }
+    }
+
+    /// Fills in a template.
+    ///
+    /// # Errors
+    /// [`SecretError::Unavailable`] if it names a secret that did not load.
+    pub fn expand(&self, t: &Template) -> Result<Zeroizing<String>, SecretError> {
+        let mut out = Zeroizing::new(String::new());
+        for p in &t.0 {
+            match p {
+                Part::Literal(s) => out.push_str(s),
+                Part::Secret(n) => out.push_str(
+                    self.values
+                        .get(n)
+                        .ok_or_else(|| SecretError::Unavailable(n.clone()))?,
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every value (what the redactor must never let through).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.values.values().map(|v| v.as_str())
+    }
+}
+
+fn read(
+    name: &str,
+    source: &SecretSource,
+    manifest_dir: &Path,
+) -> Result<Zeroizing<String>, SecretError> {
+    let value = match source {
+        SecretSource::Env(var) => match std::env::var(var) {
+            Ok(v) => Zeroizing::new(v),
+            Err(_) => {
+                return Err(SecretError::EnvMissing {
+                    name: name.to_owned(),
+                    var: var.clone(),
+                })
+            }
+        },
+        SecretSource::File(p) => {
+            let path = manifest_dir.join(p);
+            let err = |why: String| SecretError::File {
+                name: name.to_owned(),
+                path: path.display().to_string(),
+                why,
+            };
+            let meta = std::fs::metadata(&path).map_err(|e| err(e.to_string()))?;
+            if meta.len() > MAX_SECRET_BYTES {
+                return Err(err(format!("larger than {MAX_SECRET_BYTES} bytes")));
+            }
+            let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| err(e.to_string()))?);
+            let text = std::str::from_utf8(&bytes).map_err(|_| err("not UTF-8".into()))?;
+            let text = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(text);
+            Zeroizing::new(text.to_owned())
+        }
+    };
+    if value.is_empty() {
+        return Err(SecretError::Empty {
+            name: name.to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_secrets_drop_one_newline_and_missing_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "s3cret-value\n").unwrap();
+        let mut sources = BTreeMap::new();
+        sources.insert("TOK".to_owned(), SecretSource::File("tok".into()));
+        sources.insert(
+            "GONE".to_owned(),
+            SecretSource::Env("WARDEN_TEST_UNSET_VARIABLE_XYZ".into()),
+        );
+        let (s, errors) = Secrets::load(&sources, dir.path());
+        assert_eq!(s.values().collect::<Vec<_>>(), vec!["s3cret-value"]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0]
+            .to_string()
+            .contains("WARDEN_TEST_UNSET_VARIABLE_XYZ"));
+        let t = warden_policy::upstream::parse_template("Bearer ${secret:TOK}").unwrap();
+        assert_eq!(s.expand(&t).unwrap().as_str(), "Bearer s3cret-value");
+        let t = warden_policy::upstream::parse_template("${secret:GONE}").unwrap();
+        assert_eq!(
+            s.expand(&t).unwrap_err(),
+            SecretError::Unavailable("GONE".into())
+        );
+        // Debug output names secrets, never values.
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+}

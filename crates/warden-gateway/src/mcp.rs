@@ -1,0 +1,319 @@
+//! The MCP front-end (Interceptor): Streamable HTTP at `/mcp`, and stdio for one agent.
+//!
+//! An agent connected here can only *propose*: `tools/call` becomes a [`Proposal`], the Governor
+//! decides, the decision is recorded, and only an allowed call gets a grant, which the Executor
+//! redeems itself before anything reaches an upstream. `tools/list` shows each agent only the
+//! tools it may call. Denials and escalations are tool results with `isError: true` that say
+//! why — never a "tool not found" for a tool that exists.
+
+use crate::server::{govern, AppState, Governed};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use std::sync::Arc;
+use warden_core::{Proposal, Verdict};
+use warden_executor::Executor;
+use warden_identity::Identity;
+
+/// Largest MCP request body accepted on `/mcp` by default.
+pub const DEFAULT_MAX_BODY: usize = 4 << 20;
+
+/// Who a connection speaks for: set by [`bearer`] per HTTP request, fixed for stdio.
+#[derive(Debug, Clone)]
+pub struct McpCaller {
+    /// The verified identity.
+    pub identity: Identity,
+    /// The session used when the transport gives none.
+    pub session: String,
+}
+
+/// The MCP server handler: one per MCP session.
+#[derive(Clone)]
+pub struct McpFront {
+    app: AppState,
+    executor: Arc<Executor>,
+    fixed: Option<Arc<McpCaller>>,
+}
+
+impl std::fmt::Debug for McpFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpFront")
+            .field("fixed", &self.fixed.as_ref().map(|c| &c.identity.agent))
+            .finish_non_exhaustive()
+    }
+}
+
+impl McpFront {
+    /// A handler for HTTP, where each request carries its caller (see [`bearer`]).
+    #[must_use]
+    pub fn http(app: AppState, executor: Arc<Executor>) -> Self {
+        McpFront {
+            app,
+            executor,
+            fixed: None,
+        }
+    }
+
+    /// A handler for stdio, speaking for one verified agent.
+    #[must_use]
+    pub fn stdio(app: AppState, executor: Arc<Executor>, caller: McpCaller) -> Self {
+        McpFront {
+            app,
+            executor,
+            fixed: Some(Arc::new(caller)),
+        }
+    }
+
+    /// The caller, session and trace id of a request.
+    fn caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(Identity, String, String), McpError> {
+        if let Some(c) = &self.fixed {
+            return Ok((c.identity.clone(), c.session.clone(), String::new()));
+        }
+        let parts = ctx.extensions.get::<axum::http::request::Parts>();
+        // INVARIANT (no anonymous agents): the bearer middleware put the verified caller here;
+        // a request without one is refused, never served as somebody.
+        let Some(caller) = parts.and_then(|p| p.extensions.get::<Arc<McpCaller>>()) else {
+            return Err(McpError::invalid_request("not authenticated", None));
+        };
+        let headers = parts.map(|p| &p.headers);
+        let session = headers
+            .and_then(|h| h.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= warden_core::proposal::MAX_ID_BYTES)
+            .map_or_else(|| caller.session.clone(), str::to_owned);
+        let trace = headers.map(crate::server::trace_id).unwrap_or_default();
+        Ok((caller.identity.clone(), session, trace))
+    }
+}
+
+fn refusal(text: String) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(text)]).into()
+}
+
+impl ServerHandler for McpFront {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
+        info.instructions = Some(
+            "Warden governs these tools: every call is decided by policy and recorded. A denied \
+             call is final; an escalated call needs the approval it names."
+                .into(),
+        );
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let (identity, _, _) = self.caller(&ctx)?;
+        let governor = self.app.governor.get();
+        // Seed 003: an agent sees only what it may call (its tenant, zone and trust level, and
+        // its credential's tool list).
+        let tools = self
+            .executor
+            .tools()
+            .await
+            .into_iter()
+            .filter(|t| {
+                governor.may_see(&identity.agent, &t.name)
+                    && identity
+                        .tools
+                        .as_ref()
+                        .is_none_or(|allowed| allowed.contains(t.name.as_ref()))
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let (identity, session, trace) = self.caller(&ctx)?;
+        let arguments = request.arguments.unwrap_or_default();
+        let proposal = Proposal {
+            agent: identity.agent.clone(),
+            session,
+            tool: request.name.to_string(),
+            arguments: serde_json::Value::Object(arguments.clone()),
+            tenant: Some(identity.tenant.clone()),
+        };
+        if let Err(e) = proposal.check() {
+            return Ok(refusal(format!("Warden refused the call: {e}")));
+        }
+        let narrowed = identity
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.contains(&proposal.tool))
+            .then(|| format!("the credential does not grant tool `{}`", proposal.tool));
+        let governed = govern(
+            &self.app,
+            &proposal,
+            &trace,
+            identity.chain.clone(),
+            narrowed,
+            true,
+        )
+        .await;
+        let (decision, request_id, grant) = match governed {
+            Governed::LedgerDown { request_id, why } => {
+                return Ok(refusal(format!(
+                    "Warden could not record the decision, so the call did not run \
+                     (rule ledger.unavailable; request {request_id}): {why}"
+                )))
+            }
+            Governed::GrantDown { why } => {
+                return Ok(refusal(format!(
+                    "Warden could not mint a grant, so the call did not run (rule \
+                     grant.unavailable): {why}"
+                )))
+            }
+            Governed::Decided {
+                decision,
+                request_id,
+                grant,
+                ..
+            } => (decision, request_id, grant),
+        };
+        match decision.decision {
+            Verdict::Deny => Ok(refusal(format!(
+                "Denied by Warden policy (rules: {}; request {request_id}): {}. Retrying the \
+                 same call will not help.",
+                decision.rules.join(", "),
+                decision.reason
+            ))),
+            Verdict::Escalate => Ok(refusal(format!(
+                "This call needs approval before it can run: {} (rules: {}). Approval id: \
+                 {request_id}. It was not run.",
+                escalation_text(decision.escalation.as_ref(), &decision.reason),
+                decision.rules.join(", ")
+            ))),
+            Verdict::Allow => {
+                let Some(grant) = grant else {
+                    return Ok(refusal(
+                        "Warden allowed the call but holds no grant for it; it did not run".into(),
+                    ));
+                };
+                let redact = self
+                    .app
+                    .governor
+                    .get()
+                    .manifest()
+                    .tools
+                    .get(&proposal.tool)
+                    .map(|t| t.redact.clone())
+                    .unwrap_or_default();
+                let call = warden_executor::Call {
+                    grant: &grant,
+                    session: &proposal.session,
+                    agent: &proposal.agent,
+                    tenant: &identity.tenant,
+                    tool: &proposal.tool,
+                    arguments,
+                    trace_id: &trace,
+                    request_id: &request_id,
+                    redact: &redact,
+                    cancel: ctx.ct.clone(),
+                };
+                match self.executor.execute(call).await {
+                    Ok(done) => Ok(done.result.into()),
+                    Err(e) => Ok(refusal(format!(
+                        "Warden allowed the call (request {request_id}) but it did not complete: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String {
+    use warden_core::Escalation as E;
+    match e {
+        Some(E::Approvers { approvers, role }) => {
+            format!("{approvers} approver(s) with role `{role}` must approve")
+        }
+        Some(E::Humans { approvers }) => format!("{approvers} distinct human(s) must approve"),
+        Some(E::Owner { owner }) => format!("the agent's owner `{owner}` must approve"),
+        Some(E::Queued { until, .. }) => format!("queued until the tier's window opens at {until}"),
+        Some(E::SessionPaused { session }) => {
+            format!("session `{session}` is paused; a human must resume it")
+        }
+        None => reason.to_owned(),
+    }
+}
+
+/// Authenticates a `/mcp` request by its bearer credential (from `warden agents enroll`) and
+/// attaches the caller; anything else is a 401 that says what was wrong.
+pub async fn bearer(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match crate::server::verify_credential(&app, token) {
+        Ok(identity) => {
+            let session = format!("mcp:{}", identity.credential);
+            req.extensions_mut()
+                .insert(Arc::new(McpCaller { identity, session }));
+            next.run(req).await
+        }
+        Err((status, rule, why)) => {
+            let mut r = (
+                status,
+                axum::Json(serde_json::json!({ "error": why, "rule": rule })),
+            )
+                .into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"warden\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+/// The `/mcp` routes: Streamable HTTP behind the bearer check.
+pub fn router(
+    app: AppState,
+    executor: Arc<Executor>,
+    max_body: usize,
+    allowed_hosts: Option<Vec<String>>,
+) -> axum::Router {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let mut config = StreamableHttpServerConfig::default();
+    config.max_request_body_bytes = max_body;
+    if let Some(hosts) = allowed_hosts {
+        config = config.with_allowed_hosts(hosts);
+    }
+    let front = McpFront::http(app.clone(), executor);
+    let service = StreamableHttpService::new(
+        move || Ok(front.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    axum::Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(app, bearer))
+}

@@ -1,0 +1,353 @@
+//! Upstream MCP servers, secret sources and redaction detectors, as the manifest names them.
+//!
+//! Only names and references live here: the Executor (`warden-executor`) starts the servers,
+//! reads the secrets and runs the detectors. Validating them with the rest of the manifest means
+//! a typo is a load error that names its key, not a tool that silently never works.
+
+use crate::manifest::Collector;
+use crate::raw::{RawSecretSource, RawUpstream};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Credential detectors, turned on together by `credentials`.
+pub const CREDENTIAL_DETECTORS: &[&str] = &[
+    "aws_access_key",
+    "github_token",
+    "slack_token",
+    "google_api_key",
+    "private_key",
+    "jwt",
+    "bearer_token",
+];
+
+/// Personal-data detectors, turned on together by `pii`.
+pub const PII_DETECTORS: &[&str] = &["email", "phone", "card", "iban"];
+
+/// Default time one upstream call may take.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// One piece of a value that may reference secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text as written.
+    Literal(String),
+    /// The value of the named secret.
+    Secret(String),
+}
+
+/// A value with `${secret:NAME}` references, split into parts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Template(pub Vec<Part>);
+
+impl Template {
+    /// Names of the secrets it references.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Part::Secret(s) => Some(s.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+}
+
+/// How Warden reaches an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        /// The program.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// An MCP Streamable HTTP endpoint.
+    Http {
+        /// The endpoint.
+        url: String,
+    },
+}
+
+/// A validated upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Name: the prefix of its tools.
+    pub name: String,
+    /// How to reach it.
+    pub transport: Transport,
+    /// Environment of a stdio server.
+    pub env: BTreeMap<String, Template>,
+    /// Headers for an HTTP server.
+    pub headers: BTreeMap<String, Template>,
+    /// Longest a call may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Where a secret comes from (file paths as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the gateway.
+    Env(String),
+    /// A file, relative to the manifest unless absolute.
+    File(String),
+}
+
+fn valid_upstream_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether `s` is a secret name (UPPER_SNAKE_CASE).
+#[must_use]
+pub fn valid_secret_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+        && !s.starts_with(|ch: char| ch.is_ascii_digit())
+}
+
+/// Splits `text` at `${secret:NAME}` references.
+///
+/// # Errors
+/// What is wrong with a reference.
+pub fn parse_template(text: &str) -> Result<Template, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let (lit, tail) = rest.split_at(at);
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit.to_owned()));
+        }
+        let body = tail.get(2..).unwrap_or_default();
+        let Some(end) = body.find('}') else {
+            return Err("`${` without a closing `}`".into());
+        };
+        let inner = body.get(..end).unwrap_or_default();
+        let Some(name) = inner.strip_prefix("secret:") else {
+            return Err(format!(
+                "`${{{inner}}}`: only `${{secret:NAME}}` references are supported"
+            ));
+        };
+        if !valid_secret_name(name) {
+            return Err(format!("secret name `{name}` must be UPPER_SNAKE_CASE"));
+        }
+        parts.push(Part::Secret(name.to_owned()));
+        rest = body.get(end + 1..).unwrap_or_default();
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.to_owned()));
+    }
+    Ok(Template(parts))
+}
+
+/// Expands `credentials` and `pii` and checks every name.
+pub(crate) fn validate_detectors(
+    c: &mut Collector<'_>,
+    path: &str,
+    names: &[String],
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (j, n) in names.iter().enumerate() {
+        match n.as_str() {
+            "credentials" => out.extend(CREDENTIAL_DETECTORS.iter().map(|s| (*s).to_owned())),
+            "pii" => out.extend(PII_DETECTORS.iter().map(|s| (*s).to_owned())),
+            d if CREDENTIAL_DETECTORS.contains(&d) || PII_DETECTORS.contains(&d) => {
+                out.insert(d.to_owned());
+            }
+            other => c.err(
+                format!("{path}.redact[{j}]"),
+                format!(
+                    "unknown detector `{other}` (known: `credentials`, `pii`, {})",
+                    CREDENTIAL_DETECTORS
+                        .iter()
+                        .chain(PII_DETECTORS)
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// Validates `upstreams` and `secrets`.
+pub(crate) fn validate_upstreams(
+    c: &mut Collector<'_>,
+    raw: &[RawUpstream],
+    raw_secrets: &BTreeMap<String, RawSecretSource>,
+) -> (Vec<Upstream>, BTreeMap<String, SecretSource>) {
+    let mut secrets = BTreeMap::new();
+    for (name, source) in raw_secrets {
+        let path = format!("secrets.{name}");
+        if !valid_secret_name(name) {
+            c.err(
+                &path,
+                format!("secret name `{name}` must be UPPER_SNAKE_CASE"),
+            );
+        }
+        let (key, value, source) = match (&source.env, &source.file) {
+            (Some(v), None) => ("env", v, SecretSource::Env(v.clone())),
+            (None, Some(v)) => ("file", v, SecretSource::File(v.clone())),
+            _ => {
+                c.err(&path, "give exactly one of `env` and `file`");
+                continue;
+            }
+        };
+        if value.is_empty() || value.chars().any(char::is_control) {
+            c.err(
+                format!("{path}.{key}"),
+                "must be non-empty, without control characters",
+            );
+            continue;
+        }
+        secrets.insert(name.clone(), source);
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, u) in raw.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        let mut ok = true;
+        if !valid_upstream_name(&u.name) {
+            c.err(
+                format!("{path}.name"),
+                format!(
+                    "upstream name `{}` must be 1-64 letters, digits, `-` or `_` (it prefixes its tools' names)",
+                    u.name
+                ),
+            );
+            ok = false;
+        } else if !names.insert(u.name.clone()) {
+            c.err(
+                format!("{path}.name"),
+                format!("duplicate upstream `{}`", u.name),
+            );
+            ok = false;
+        }
+        let transport = match (u.command.split_first(), &u.url) {
+            (Some((program, args)), None) => {
+                if program.is_empty() {
+                    c.err(
+                        format!("{path}.command[0]"),
+                        "the program must not be empty",
+                    );
+                    ok = false;
+                }
+                if !u.headers.is_empty() {
+                    c.err(
+                        format!("{path}.headers"),
+                        "headers apply to `url` upstreams; a `command` upstream takes `env`",
+                    );
+                    ok = false;
+                }
+                Transport::Stdio {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                }
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+                {
+                    c.err(
+                        format!("{path}.url"),
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    );
+                    ok = false;
+                }
+                if !u.env.is_empty() {
+                    c.err(
+                        format!("{path}.env"),
+                        "env applies to `command` upstreams; a `url` upstream takes `headers`",
+                    );
+                    ok = false;
+                }
+                Transport::Http { url: url.clone() }
+            }
+            _ => {
+                c.err(
+                    path.clone(),
+                    "give exactly one of `command` (stdio) and `url` (Streamable HTTP)",
+                );
+                continue;
+            }
+        };
+        let mut templates = |key: &str, map: &BTreeMap<String, String>| {
+            let mut out = BTreeMap::new();
+            for (k, v) in map {
+                let kpath = format!("{path}.{key}.{k}");
+                match parse_template(v) {
+                    Ok(t) => {
+                        for s in t.secrets() {
+                            if !raw_secrets.contains_key(s) {
+                                c.err(
+                                    &kpath,
+                                    format!("secret `{s}` is not defined under `secrets`"),
+                                );
+                                ok = false;
+                            }
+                        }
+                        out.insert(k.clone(), t);
+                    }
+                    Err(e) => {
+                        c.err(&kpath, e);
+                        ok = false;
+                    }
+                }
+            }
+            out
+        };
+        let env = templates("env", &u.env);
+        let headers = templates("headers", &u.headers);
+        let timeout_ms = match u.timeout.as_deref().map(crate::rate::parse_duration) {
+            None => DEFAULT_TIMEOUT_MS,
+            Some(Ok(s)) => u64::try_from(s).unwrap_or(u64::MAX).saturating_mul(1000),
+            Some(Err(e)) => {
+                c.err(format!("{path}.timeout"), e);
+                ok = false;
+                DEFAULT_TIMEOUT_MS
+            }
+        };
+        if ok {
+            out.push(Upstream {
+                name: u.name.clone(),
+                transport,
+                env,
+                headers,
+                timeout_ms,
+            });
+        }
+    }
+    (out, secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_split_at_secret_references() {
+        let t = parse_template("Bearer ${secret:API_TOKEN}!").unwrap();
+        assert_eq!(
+            t.0,
+            vec![
+                Part::Literal("Bearer ".into()),
+                Part::Secret("API_TOKEN".into()),
+                Part::Literal("!".into())
+            ]
+        );
+        assert_eq!(
+            parse_template("plain").unwrap().0,
+            vec![Part::Literal("plain".into())]
+        );
+        assert!(parse_template("${secret:API_TOKEN")
+            .unwrap_err()
+            .contains("closing"));
+        assert!(parse_template("${env:HOME}")
+            .unwrap_err()
+            .contains("only `${secret:NAME}`"));
+        assert!(parse_template("${secret:lower}")
+            .unwrap_err()
+            .contains("UPPER_SNAKE_CASE"));
+    }
+}
