@@ -12,6 +12,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod mcp;
+
 /// 2026-11-22T10:00:00Z, inside the starter's 08:00-22:00 window.
 const DAY_TIME: &str = "1795341600";
 const NIGHT_TIME: &str = "1795388400";

@@ -36,9 +36,14 @@ async def main():
                     name, arguments = args[0], json.loads(args[1])
                     out["result"] = result_json(await session.call_tool(name, arguments))
                 elif scenario == "concurrent":
-                    name, arguments, n = args[0], json.loads(args[1]), int(args[2])
+                    # `{i}` in the arguments becomes the call's number: identical calls in a
+                    # row would (rightly) trip loop detection.
+                    name, template, n = args[0], args[1], int(args[2])
                     results = await asyncio.gather(
-                        *(session.call_tool(name, arguments) for _ in range(n))
+                        *(
+                            session.call_tool(name, json.loads(template.replace("{i}", str(i))))
+                            for i in range(n)
+                        )
                     )
                     out["results"] = [result_json(r) for r in results]
                 else:

@@ -1,0 +1,347 @@
+//! End to end through `/mcp` with software nobody here wrote: the official MCP Python SDK client
+//! (PyPI `mcp`) drives `warden serve`, whose upstreams are the reference servers
+//! `mcp-server-time` (PyPI) and `@modelcontextprotocol/server-everything` (npm), over stdio.
+//!
+//! `.ci/run` installs them (pinned) and sets `WARDEN_E2E_VENV` and `WARDEN_E2E_NPM`; without
+//! those variables (a laptop) the test prints a notice and is skipped.
+
+use super::{free_port, text, warden};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The secret the `everything` upstream gets in its environment; `get-env` prints it back.
+const DEMO_KEY: &str = "e2e-Secret-7f3a9c1d5b";
+
+struct Env {
+    python: PathBuf,
+    venv: PathBuf,
+    npm: PathBuf,
+}
+
+fn env() -> Option<Env> {
+    let (Ok(venv), Ok(npm)) = (
+        std::env::var("WARDEN_E2E_VENV"),
+        std::env::var("WARDEN_E2E_NPM"),
+    ) else {
+        eprintln!(
+            "notice: WARDEN_E2E_VENV / WARDEN_E2E_NPM not set: skipping the MCP end-to-end test \
+             (.ci/run installs the MCP SDK and reference servers and sets them)"
+        );
+        return None;
+    };
+    let venv = PathBuf::from(venv);
+    Some(Env {
+        python: venv.join("bin/python"),
+        venv,
+        npm: PathBuf::from(npm),
+    })
+}
+
+struct Server {
+    child: std::process::Child,
+    url: String,
+    addr: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, e: &Env) -> Server {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
+    let manifest = std::fs::read_to_string(here.join("manifest.yaml"))
+        .unwrap()
+        .replace("@VENV@", e.venv.to_str().unwrap())
+        .replace("@NPM@", e.npm.to_str().unwrap());
+    std::fs::write(dir.join("manifest.yaml"), manifest).unwrap();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::copy(
+        here.join("policies/base.cedar"),
+        dir.join("policies/base.cedar"),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let m = dir.join("manifest.yaml");
+    for agent in ["coder-1", "intern-1"] {
+        let out = warden(&[
+            "agents",
+            "enroll",
+            agent,
+            "--data",
+            data.to_str().unwrap(),
+            "--manifest",
+            m.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let (addr, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--manifest",
+            m.to_str().unwrap(),
+            "--listen",
+            &addr,
+            "--admin-listen",
+            &admin,
+        ])
+        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
+        .env("RUST_LOG", "info,warden_executor=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        url: format!("http://{addr}/mcp"),
+        addr,
+        data,
+    };
+    // Serving starts once the upstreams are up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while std::net::TcpStream::connect(&server.addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start: {}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server
+}
+
+/// Runs the SDK client; returns its JSON answer.
+fn client(e: &Env, s: &Server, agent: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let cred = s.data.join(format!("agents/{agent}.credential"));
+    let out = Command::new(&e.python)
+        .arg(script)
+        .arg(&s.url)
+        .arg(cred)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}", text(&out.stdout)))
+}
+
+fn call(e: &Env, s: &Server, agent: &str, tool: &str, args: &str) -> Value {
+    client(e, s, agent, &["call", tool, args])["result"].clone()
+}
+
+fn first_text(result: &Value) -> String {
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A raw HTTP request to the gateway; returns status and body.
+fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &e);
+
+    // Handshake, and tools/list filtered per agent: only manifest tools (server-everything's
+    // other tools are hidden), and an intern does not see the high tier it may never run.
+    let listed = client(&e, &s, "coder-1", &["list"]);
+    assert_eq!(listed["server"], "warden");
+    let tools: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"time.get_current_time"), "{tools:?}");
+    assert!(tools.contains(&"time.convert_time"), "{tools:?}");
+    assert!(tools.contains(&"everything.echo"), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.contains("gzip")), "{tools:?}");
+    let intern = client(&e, &s, "intern-1", &["list"]);
+    let intern_tools = intern["tools"].as_array().unwrap();
+    assert!(!intern_tools.iter().any(|t| t == "time.convert_time"));
+    assert!(intern_tools.iter().any(|t| t == "time.get_current_time"));
+
+    // An allowed call runs on the real server; its structured content passes through.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "time.get_current_time",
+        r#"{"timezone":"UTC"}"#,
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["timezone"], "UTC", "{r}");
+
+    // Denied by a Cedar forbid: a tool error that names the rule and says retrying won't help.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "everything.echo",
+        r#"{"message":"this is forbidden"}"#,
+    );
+    assert_eq!(r["isError"], true);
+    let t = first_text(&r);
+    assert!(t.contains("Denied by Warden policy"), "{t}");
+    assert!(t.contains("policy:forbid-forbidden-echo"), "{t}");
+    assert!(t.contains("will not help"), "{t}");
+
+    // Escalated: the approval id and what approval is needed; never "tool not found".
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "time.convert_time",
+        r#"{"source_timezone":"UTC","time":"12:00","target_timezone":"Europe/Paris"}"#,
+    );
+    assert_eq!(r["isError"], true);
+    let t = first_text(&r);
+    assert!(t.contains("needs approval"), "{t}");
+    assert!(t.contains("role `planner`"), "{t}");
+    assert!(t.contains("Approval id: "), "{t}");
+
+    // The secret injected into the upstream's environment comes back from `get-env`, and is
+    // redacted before the agent sees it.
+    let r = call(&e, &s, "coder-1", "everything.get-env", "{}");
+    let body = r.to_string();
+    assert!(body.contains("DEMO_API_KEY"), "{body}");
+    assert!(
+        !body.contains(DEMO_KEY),
+        "the secret reached the agent: {body}"
+    );
+    assert!(body.contains("[REDACTED:secret]"), "{body}");
+
+    // PII the manifest turns on for `echo` is redacted.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "everything.echo",
+        r#"{"message":"write to carol@example.org"}"#,
+    );
+    let t = first_text(&r);
+    assert!(
+        t.contains("[REDACTED:email]") && !t.contains("carol@"),
+        "{t}"
+    );
+
+    // Other content types pass through faithfully.
+    let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
+    let blocks = r["content"].as_array().unwrap();
+    let image = blocks
+        .iter()
+        .find(|b| b["type"] == "image")
+        .expect("an image block");
+    assert!(image["data"].as_str().unwrap().len() > 100, "{image}");
+    assert_eq!(image["mimeType"], "image/png");
+
+    // 50 concurrent calls in one session all run.
+    let r = client(
+        &e,
+        &s,
+        "coder-1",
+        &[
+            "concurrent",
+            "everything.echo",
+            r#"{"message":"n{i}"}"#,
+            "50",
+        ],
+    );
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["isError"], false, "{r}");
+        assert!(first_text(r).contains(&format!("n{i}")), "{r}");
+    }
+
+    // Without a credential: 401 naming what is missing; a forged one: 401 too.
+    let (status, body) = raw(&s.addr, "", r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("identity.missing"), "{body}");
+    let (status, body) = raw(
+        &s.addr,
+        "authorization: Bearer not-a-credential\r\n",
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+
+    // Malformed JSON-RPC gets an error, and the gateway keeps serving.
+    let cred = std::fs::read_to_string(s.data.join("agents/coder-1.credential")).unwrap();
+    let auth = format!("authorization: Bearer {}\r\n", cred.trim());
+    let (status, body) = raw(&s.addr, &auth, "{not json");
+    assert!((400..500).contains(&status), "{status} {body}");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, _) = raw(&s.addr, &auth, &deep);
+    assert!((400..500).contains(&status), "{status}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "time.get_current_time",
+        r#"{"timezone":"Europe/Paris"}"#,
+    );
+    assert_eq!(r["isError"], false, "{r}");
+
+    // Every execution left a receipt; the secret is nowhere in the ledger; it verifies.
+    let out = warden(&[
+        "ledger",
+        "tail",
+        "--data",
+        s.data.to_str().unwrap(),
+        "-n",
+        "500",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ledger = text(&out.stdout);
+    assert!(!ledger.contains(DEMO_KEY));
+    let receipts: Vec<Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["entry"]["action"].is_string())
+        .collect();
+    // One per call that ran: 1 + get-env + echo + image + 50 + 1; none for the denied and
+    // escalated calls.
+    assert_eq!(receipts.len(), 55);
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r["entry"]["action"] == "everything.get-env"
+                && r["entry"]["redactions"].as_u64().unwrap_or(0) >= 1),
+        "the get-env receipt counts its redaction"
+    );
+    let out = warden(&["ledger", "verify", "--data", s.data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Nor is the secret in the gateway's log.
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(!log.contains(DEMO_KEY), "the secret reached the log");
+}
