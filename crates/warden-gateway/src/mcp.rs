@@ -34,18 +34,26 @@ pub struct McpCaller {
     pub session: String,
 }
 
+/// The one agent a stdio connection speaks for.
+#[derive(Debug)]
+struct Fixed {
+    /// Its credential, verified again on every request (a revocation applies mid-session).
+    token: String,
+    session: String,
+}
+
 /// The MCP server handler: one per MCP session.
 #[derive(Clone)]
 pub struct McpFront {
     app: AppState,
     executor: Arc<Executor>,
-    fixed: Option<Arc<McpCaller>>,
+    fixed: Option<Arc<Fixed>>,
 }
 
 impl std::fmt::Debug for McpFront {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpFront")
-            .field("fixed", &self.fixed.as_ref().map(|c| &c.identity.agent))
+            .field("stdio", &self.fixed.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -61,14 +69,27 @@ impl McpFront {
         }
     }
 
-    /// A handler for stdio, speaking for one verified agent.
-    #[must_use]
-    pub fn stdio(app: AppState, executor: Arc<Executor>, caller: McpCaller) -> Self {
-        McpFront {
+    /// A handler for stdio, speaking for the agent of `credential` (verified now, and again on
+    /// every request). The session is fresh for each connection.
+    ///
+    /// # Errors
+    /// Why the credential is refused.
+    pub fn stdio(app: AppState, executor: Arc<Executor>, credential: &str) -> Result<Self, String> {
+        let identity = crate::server::verify_credential(&app, Some(credential))
+            .map_err(|(_, rule, why)| format!("{rule}: {why}"))?;
+        let session = format!(
+            "stdio:{}:{}",
+            identity.credential,
+            crate::agents::random_request_id()
+        );
+        Ok(McpFront {
             app,
             executor,
-            fixed: Some(Arc::new(caller)),
-        }
+            fixed: Some(Arc::new(Fixed {
+                token: credential.to_owned(),
+                session,
+            })),
+        })
     }
 
     /// The caller, session and trace id of a request.
@@ -76,8 +97,12 @@ impl McpFront {
         &self,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<(Identity, String, String), McpError> {
-        if let Some(c) = &self.fixed {
-            return Ok((c.identity.clone(), c.session.clone(), String::new()));
+        if let Some(f) = &self.fixed {
+            // INVARIANT (revocation is immediate): the stdio credential is checked per request.
+            let identity = crate::server::verify_credential(&self.app, Some(&f.token)).map_err(
+                |(_, rule, why)| McpError::invalid_request(format!("{rule}: {why}"), None),
+            )?;
+            return Ok((identity, f.session.clone(), String::new()));
         }
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
         // INVARIANT (no anonymous agents): the bearer middleware put the verified caller here;

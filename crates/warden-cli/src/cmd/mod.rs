@@ -35,8 +35,10 @@ pub struct Cli {
 enum Command {
     /// Write a working starter manifest and Cedar policy into DIR.
     Init(init::Args),
-    /// Run the gateway (decision API) on its embedded defaults.
+    /// Run the gateway (HTTP API, MCP at /mcp) on its embedded defaults.
     Serve(serve::Args),
+    /// Serve one agent over MCP stdio (for desktop clients that launch their servers).
+    Stdio(serve::StdioArgs),
     /// Decide one proposal offline and print the decision as JSON.
     ///
     /// Exit status: 0 allow, 1 deny, 3 escalate, 2 usage or input error.
@@ -88,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Stdio(a) => serve::stdio(a),
         Command::Check(a) => check::run(a),
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),

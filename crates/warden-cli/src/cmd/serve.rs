@@ -6,32 +6,48 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// What `serve` and `stdio` share: where the data, manifest, ledger and replay state are.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Data directory (state; the starter manifest if none is given).
+pub struct Common {
+    /// Data directory (state, keys, ledger; the starter manifest if none is given).
     #[arg(long, default_value = ".warden")]
     data: PathBuf,
     /// The manifest; defaults to DATA/manifest.yaml, written from the starter if missing.
-    #[arg(long)]
+    #[arg(long, alias = "config")]
     manifest: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8700")]
-    listen: SocketAddr,
     /// Keep the Witness ledger in PostgreSQL (shared by several instances) instead of
     /// DATA/ledger.
     #[arg(long, value_name = "URL", env = "WARDEN_LEDGER_POSTGRES")]
     ledger_postgres: Option<String>,
-    /// Address of the admin listener (kill switch, quarantine, lockdown, resume), which takes
-    /// only the admin token in DATA/keys/admin.token.
-    #[arg(long, default_value = "127.0.0.1:8701")]
-    admin_listen: SocketAddr,
     /// Remember signed-request nonces and redeemed grants in Redis, so several instances accept
     /// each request and each grant once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
     replay_redis: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on (HTTP API and MCP at /mcp).
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// Address of the admin listener (kill switch, quarantine, lockdown, resume), which takes
+    /// only the admin token in DATA/keys/admin.token.
+    #[arg(long, default_value = "127.0.0.1:8701")]
+    admin_listen: SocketAddr,
     /// Largest MCP request body accepted on /mcp, in bytes.
     #[arg(long, default_value_t = warden_gateway::mcp::DEFAULT_MAX_BODY)]
     mcp_max_body: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StdioArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The agent's credential file (from `warden agents enroll`).
+    #[arg(long)]
+    credential: PathBuf,
 }
 
 /// Lifetime of the credential written for the starter agent.
@@ -50,7 +66,15 @@ fn replay_guard(
     })
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+/// The gateway's parts, opened.
+struct Opened {
+    app: warden_gateway::server::AppState,
+    executor: Arc<warden_executor::Executor>,
+    clock: Arc<warden_executor::ManifestClock>,
+    manifest: PathBuf,
+}
+
+fn logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -58,8 +82,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Opens the bundle, state, ledger, identity and Executor; `Err(code)` when the manifest does
+/// not load (already reported).
+fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
     let starter = a.manifest.is_none();
-    let manifest = match a.manifest {
+    let manifest = match a.manifest.clone() {
         Some(m) => m,
         None => {
             let m = a.data.join("manifest.yaml");
@@ -79,7 +108,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "error: manifest `{}` does not load; refusing to start",
                 manifest.display()
             );
-            return Ok(ExitCode::from(super::EXIT_INPUT));
+            return Ok(Err(ExitCode::from(super::EXIT_INPUT)));
         }
     };
     let state_dir = a.data.join("state");
@@ -99,8 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         manifest = %manifest.display(),
         version = governor.manifest().version,
         policy_hash = governor.policy_hash(),
-        listen = %a.listen,
-        "warden serving the decision API"
+        "manifest loaded"
     );
     let app = warden_gateway::server::AppState {
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
@@ -131,10 +159,30 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if starter {
         starter_credential(&a.data, app.governor.get().manifest())?;
     }
+    Ok(Ok(Opened {
+        app,
+        executor,
+        clock,
+        manifest,
+    }))
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    logging();
+    let Opened {
+        app,
+        executor,
+        clock,
+        manifest,
+    } = match open(&a.common)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
+    };
+    let data = &a.common.data;
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&app.state),
         ledger: Arc::clone(&app.ledger),
-        token_hash: warden_gateway::admin::load_token_hash(&a.data)
+        token_hash: warden_gateway::admin::load_token_hash(data)
             .context("loading the admin token")?,
     };
     let rt = tokio::runtime::Runtime::new()?;
@@ -182,6 +230,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (!a.listen.ip().is_loopback()).then(Vec::new),
         );
         tracing::info!(url = %format!("http://{}/mcp", a.listen), "MCP endpoint (Streamable HTTP, bearer credential)");
+        tracing::info!(listen = %a.listen, "warden serving the HTTP API");
         warden_gateway::server::serve_with(listener, app, Some(mcp), shutdown).await?;
         executor.shutdown().await;
         anyhow::Ok(())
@@ -213,4 +262,31 @@ fn starter_credential(
         path.display()
     );
     Ok(())
+}
+
+/// `warden stdio`: one agent over stdin/stdout, for desktop clients that launch their servers.
+pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
+    logging();
+    let token = std::fs::read_to_string(&a.credential)
+        .with_context(|| format!("reading the credential `{}`", a.credential.display()))?;
+    let Opened { app, executor, .. } = match open(&a.common)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let front = warden_gateway::mcp::McpFront::stdio(app, Arc::clone(&executor), token.trim())
+            .map_err(|e| anyhow::anyhow!("credential `{}` refused: {e}", a.credential.display()))?;
+        for (name, why) in executor.start().await {
+            tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
+        }
+        tracing::info!("serving MCP on stdio");
+        let service = rmcp::ServiceExt::serve(front, rmcp::transport::io::stdio())
+            .await
+            .context("MCP handshake on stdio")?;
+        let _ = service.waiting().await;
+        executor.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,8 @@ import asyncio
 import json
 import sys
 
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 
@@ -19,35 +20,45 @@ def result_json(r):
 
 async def main():
     url, cred_file, scenario, *args = sys.argv[1:]
+    if url.startswith("stdio:"):
+        # `stdio:["warden", "stdio", ...]`: launch the server as a desktop client would.
+        command = json.loads(url[len("stdio:"):])
+        params = StdioServerParameters(command=command[0], args=command[1:])
+        async with stdio_client(params) as (read, write):
+            await run(read, write, scenario, args)
+        return
     token = open(cred_file).read().strip()
     headers = {"Authorization": f"Bearer {token}"}
-    out = {}
     async with create_mcp_http_client(headers=headers) as http:
         async with streamable_http_client(url, http_client=http) as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(read, write) as session:
-                init = await session.initialize()
-                out["server"] = init.server_info.name
-                out["protocol"] = str(init.protocol_version)
-                if scenario == "list":
-                    tools = await session.list_tools()
-                    out["tools"] = sorted(t.name for t in tools.tools)
-                elif scenario == "call":
-                    name, arguments = args[0], json.loads(args[1])
-                    out["result"] = result_json(await session.call_tool(name, arguments))
-                elif scenario == "concurrent":
-                    # `{i}` in the arguments becomes the call's number: identical calls in a
-                    # row would (rightly) trip loop detection.
-                    name, template, n = args[0], args[1], int(args[2])
-                    results = await asyncio.gather(
-                        *(
-                            session.call_tool(name, json.loads(template.replace("{i}", str(i))))
-                            for i in range(n)
-                        )
-                    )
-                    out["results"] = [result_json(r) for r in results]
-                else:
-                    raise SystemExit(f"unknown scenario {scenario}")
+            await run(streams[0], streams[1], scenario, args)
+
+
+async def run(read, write, scenario, args):
+    out = {}
+    async with ClientSession(read, write) as session:
+        init = await session.initialize()
+        out["server"] = init.server_info.name
+        out["protocol"] = str(init.protocol_version)
+        if scenario == "list":
+            tools = await session.list_tools()
+            out["tools"] = sorted(t.name for t in tools.tools)
+        elif scenario == "call":
+            name, arguments = args[0], json.loads(args[1])
+            out["result"] = result_json(await session.call_tool(name, arguments))
+        elif scenario == "concurrent":
+            # `{i}` in the arguments becomes the call's number: identical calls in a
+            # row would (rightly) trip loop detection.
+            name, template, n = args[0], args[1], int(args[2])
+            results = await asyncio.gather(
+                *(
+                    session.call_tool(name, json.loads(template.replace("{i}", str(i))))
+                    for i in range(n)
+                )
+            )
+            out["results"] = [result_json(r) for r in results]
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
     print(json.dumps(out))
 
 

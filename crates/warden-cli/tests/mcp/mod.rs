@@ -52,7 +52,8 @@ impl Drop for Server {
     }
 }
 
-fn start(dir: &Path, e: &Env) -> Server {
+/// Writes the manifest and policies into `dir` and enrols the agents; returns (data, manifest).
+fn setup(dir: &Path, e: &Env) -> (PathBuf, PathBuf) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
     let manifest = std::fs::read_to_string(here.join("manifest.yaml"))
         .unwrap()
@@ -79,6 +80,11 @@ fn start(dir: &Path, e: &Env) -> Server {
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
+    (data, m)
+}
+
+fn start(dir: &Path, e: &Env) -> Server {
+    let (data, m) = setup(dir, e);
     let (addr, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -344,4 +350,55 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Nor is the secret in the gateway's log.
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(!log.contains(DEMO_KEY), "the secret reached the log");
+}
+
+/// `warden stdio`, launched by the SDK's stdio client the way a desktop client launches its
+/// servers, serves the credential's agent.
+#[test]
+fn stdio_serves_one_agent_launched_by_a_client() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e);
+    let command = serde_json::json!([
+        env!("CARGO_BIN_EXE_warden"),
+        "stdio",
+        "--data",
+        data,
+        "--config",
+        m,
+        "--credential",
+        data.join("agents/intern-1.credential"),
+    ]);
+    let stdio = format!("stdio:{command}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let run = |args: &[&str]| -> Value {
+        let out = Command::new(&e.python)
+            .arg(&script)
+            .arg(&stdio)
+            .arg("-")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listed = run(&["list"]);
+    assert_eq!(listed["server"], "warden");
+    let tools = listed["tools"].as_array().unwrap();
+    assert!(
+        tools.iter().any(|t| t == "time.get_current_time"),
+        "{tools:?}"
+    );
+    assert!(!tools.iter().any(|t| t == "time.convert_time"), "{tools:?}");
+    let r = run(&["call", "time.get_current_time", r#"{"timezone":"UTC"}"#])["result"].clone();
+    assert_eq!(r["isError"], false, "{r}");
+    let r = run(&["call", "time.convert_time", "{}"])["result"].clone();
+    assert!(first_text(&r).contains("Denied by Warden policy"), "{r}");
+    // Both calls were decided and recorded under the intern's name.
+    let out = warden(&["ledger", "tail", "--data", data.to_str().unwrap()]);
+    let ledger = text(&out.stdout);
+    assert!(
+        ledger.contains("intern-1") && ledger.contains("trust.intern.forbidden"),
+        "{ledger}"
+    );
 }

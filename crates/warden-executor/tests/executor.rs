@@ -1,0 +1,256 @@
+//! The Executor: nothing reaches an upstream without a grant that redeems for exactly that call.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use warden_executor::{Call, Config, ExecError, Executor, ManifestClock, Secrets};
+use warden_identity::{GrantError, GrantKeys, MemoryReplayGuard};
+use warden_ledger::{FileStore, Ledger, LedgerConfig, Mode, NoteSigner};
+use warden_policy::upstream::{Transport, Upstream};
+use zeroize::Zeroizing;
+
+const KEY: [u8; 32] = [7; 32];
+
+fn keys() -> GrantKeys {
+    GrantKeys::new(1, vec![(1, Zeroizing::new(KEY))]).unwrap()
+}
+
+fn ledger(dir: &Path) -> Arc<Ledger> {
+    let store = FileStore::open(&dir.join("ledger"), Mode::Write).unwrap();
+    let signer = NoteSigner::generate("warden.test/executor").unwrap();
+    Arc::new(Ledger::open(Box::new(store), signer, LedgerConfig::default()).unwrap())
+}
+
+fn executor(dir: &Path, upstream: Upstream, clock: Arc<ManifestClock>) -> (Executor, Arc<Ledger>) {
+    let ledger = ledger(dir);
+    let ex = Executor::new(Config {
+        upstreams: vec![upstream],
+        secrets: Secrets::default(),
+        grants: keys(),
+        replay: Box::new(MemoryReplayGuard::new()),
+        manifest: clock,
+        ledger: Arc::clone(&ledger),
+    })
+    .unwrap();
+    (ex, ledger)
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn mint(tool: &str, args: &serde_json::Value, version: u64, now: i64, ttl: i64) -> String {
+    let hash = warden_core::canonical::json_digest(args);
+    keys()
+        .mint(
+            &warden_identity::Call {
+                session: "s1",
+                agent: "a1",
+                tool,
+                arguments_hash: &hash,
+            },
+            version,
+            now,
+            ttl,
+        )
+        .unwrap()
+}
+
+fn call<'a>(
+    grant: &'a str,
+    tool: &'a str,
+    args: &serde_json::Value,
+    redact: &'a BTreeSet<String>,
+) -> Call<'a> {
+    Call {
+        grant,
+        session: "s1",
+        agent: "a1",
+        tenant: "t1",
+        tool,
+        arguments: args.as_object().unwrap().clone(),
+        trace_id: "",
+        request_id: "r1",
+        redact,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// An upstream that, if it were ever started, would leave a marker file.
+fn tripwire(dir: &Path) -> Upstream {
+    Upstream {
+        name: "trip".into(),
+        transport: Transport::Stdio {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("touch {}; exec sleep 30", dir.join("started").display()),
+            ],
+        },
+        env: Default::default(),
+        headers: Default::default(),
+        timeout_ms: 5_000,
+    }
+}
+
+#[tokio::test]
+async fn no_grant_that_fails_to_redeem_reaches_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManifestClock::new(3));
+    let (ex, ledger) = executor(dir.path(), tripwire(dir.path()), Arc::clone(&clock));
+    let none = BTreeSet::new();
+    let args = serde_json::json!({"path": "/etc/hosts"});
+    let now = now_ms();
+
+    // Not a grant at all.
+    let e = ex
+        .execute(call("forged", "trip.read", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ExecError::Grant(GrantError::Malformed(_))),
+        "{e}"
+    );
+
+    // A grant made with another key.
+    let other = GrantKeys::new(1, vec![(1, Zeroizing::new([8; 32]))])
+        .unwrap()
+        .mint(
+            &warden_identity::Call {
+                session: "s1",
+                agent: "a1",
+                tool: "trip.read",
+                arguments_hash: &warden_core::canonical::json_digest(&args),
+            },
+            3,
+            now,
+            30_000,
+        )
+        .unwrap();
+    let e = ex
+        .execute(call(&other, "trip.read", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ExecError::Grant(GrantError::BadMac)), "{e}");
+
+    // A real grant, presented for other arguments or another tool.
+    let g = mint("trip.read", &args, 3, now, 30_000);
+    let changed = serde_json::json!({"path": "/etc/shadow"});
+    let e = ex
+        .execute(call(&g, "trip.read", &changed, &none))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ExecError::Grant(GrantError::WrongCall { field: "arguments" })
+        ),
+        "{e}"
+    );
+    let e = ex
+        .execute(call(&g, "trip.write", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ExecError::Grant(GrantError::WrongCall { field: "tool" })),
+        "{e}"
+    );
+
+    // Expired, and minted under an older manifest.
+    let old = mint("trip.read", &args, 3, now - 60_000, 30_000);
+    let e = ex
+        .execute(call(&old, "trip.read", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ExecError::Grant(GrantError::Expired { .. })),
+        "{e}"
+    );
+    clock.set(4);
+    let e = ex
+        .execute(call(&g, "trip.read", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ExecError::Grant(GrantError::ManifestChanged {
+                granted: 3,
+                current: 4
+            })
+        ),
+        "{e}"
+    );
+
+    // Listing tools starts nothing either until asked; executing never did.
+    assert!(
+        !dir.path().join("started").exists(),
+        "an upstream ran without a grant"
+    );
+    assert_eq!(
+        ledger.size().unwrap(),
+        0,
+        "refused grants write no receipts"
+    );
+}
+
+#[tokio::test]
+async fn a_granted_call_runs_once_with_a_receipt() {
+    let Ok(venv) = std::env::var("WARDEN_E2E_VENV") else {
+        eprintln!("notice: WARDEN_E2E_VENV not set: skipping the real-upstream executor test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManifestClock::new(1));
+    let time = Upstream {
+        name: "time".into(),
+        transport: Transport::Stdio {
+            program: format!("{venv}/bin/mcp-server-time"),
+            args: vec!["--local-timezone".into(), "UTC".into()],
+        },
+        env: Default::default(),
+        headers: Default::default(),
+        timeout_ms: 20_000,
+    };
+    let (ex, ledger) = executor(dir.path(), time, clock);
+    let tools: Vec<String> = ex
+        .tools()
+        .await
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(
+        tools.contains(&"time.get_current_time".to_owned()),
+        "{tools:?}"
+    );
+    let none = BTreeSet::new();
+    let args = serde_json::json!({"timezone": "UTC"});
+    let g = mint("time.get_current_time", &args, 1, now_ms(), 30_000);
+    let done = ex
+        .execute(call(&g, "time.get_current_time", &args, &none))
+        .await
+        .unwrap();
+    assert_eq!(done.result.is_error, Some(false));
+    assert_eq!(ledger.size().unwrap(), 1);
+    let e = ex
+        .execute(call(&g, "time.get_current_time", &args, &none))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ExecError::Grant(GrantError::Replayed)), "{e}");
+    assert_eq!(ledger.size().unwrap(), 1, "a replay runs nothing");
+    ex.shutdown().await;
+}
