@@ -102,7 +102,14 @@ impl Upstream {
     async fn connect(&self) -> Result<(Client, Vec<Tool>), String> {
         let client = match &self.spec.transport {
             Transport::Stdio { program, args } => {
-                let mut cmd = tokio::process::Command::new(program);
+                // `warden` names this Warden binary (the starter's built-in demo server).
+                let exe = if program == "warden" {
+                    std::env::current_exe()
+                        .map_err(|e| format!("cannot find the running Warden binary: {e}"))?
+                } else {
+                    std::path::PathBuf::from(program)
+                };
+                let mut cmd = tokio::process::Command::new(exe);
                 cmd.args(args).env_clear().kill_on_drop(true);
                 for var in INHERITED_ENV {
                     if let Ok(v) = std::env::var(var) {

@@ -12,6 +12,7 @@
 //! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
 //!   the ledger;
 //! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
+//! - [`demo`]: `warden demo-server`, the starter manifest's harmless upstream;
 //! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
 //! - [`mcp`]: the MCP front-end (Streamable HTTP at `/mcp`, and stdio), which turns `tools/call`
 //!   into proposals and runs allowed calls through the Executor;
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod agents;
 pub mod bundle;
 pub mod current;
+pub mod demo;
 pub mod execution;
 pub mod keyfile;
 pub mod mcp;

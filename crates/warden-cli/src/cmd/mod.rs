@@ -39,6 +39,8 @@ enum Command {
     Serve(serve::Args),
     /// Serve one agent over MCP stdio (for desktop clients that launch their servers).
     Stdio(serve::StdioArgs),
+    /// Run the built-in demo MCP server on stdio (the starter manifest's upstream).
+    DemoServer,
     /// Decide one proposal offline and print the decision as JSON.
     ///
     /// Exit status: 0 allow, 1 deny, 3 escalate, 2 usage or input error.
@@ -91,6 +93,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Stdio(a) => serve::stdio(a),
+        Command::DemoServer => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(warden_gateway::demo::serve_stdio())
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check(a) => check::run(a),
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),

@@ -1,0 +1,121 @@
+//! `warden demo-server`: a small MCP server over stdio with harmless tools, the starter
+//! manifest's upstream, so that a newcomer's first `warden serve` has something to govern.
+//!
+//! Tools: `echo` (returns its text), `now` (the current UTC time), `add` (two integers). The
+//! Executor starts it like any other stdio upstream (the program name `warden` means the
+//! running Warden binary).
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+/// The demo server.
+#[derive(Debug, Clone, Default)]
+pub struct Demo;
+
+fn schema(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new(
+            "echo",
+            "Returns the text it is given.",
+            schema(json!({
+                "type": "object",
+                "properties": { "text": { "type": "string" } },
+                "required": ["text"]
+            })),
+        ),
+        Tool::new(
+            "now",
+            "The current time, UTC, RFC 3339.",
+            schema(json!({ "type": "object", "properties": {} })),
+        ),
+        Tool::new(
+            "add",
+            "Adds two integers.",
+            schema(json!({
+                "type": "object",
+                "properties": { "a": { "type": "integer" }, "b": { "type": "integer" } },
+                "required": ["a", "b"]
+            })),
+        ),
+    ]
+}
+
+fn text(t: impl Into<String>) -> CallToolResponse {
+    CallToolResult::success(vec![ContentBlock::text(t)]).into()
+}
+
+fn fail(t: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(t)]).into()
+}
+
+impl ServerHandler for Demo {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        info.server_info =
+            rmcp::model::Implementation::new("warden-demo", env!("CARGO_PKG_VERSION"));
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        Ok(match request.name.as_ref() {
+            "echo" => match args.get("text").and_then(Value::as_str) {
+                Some(t) => text(t),
+                None => fail("`text` must be a string"),
+            },
+            "now" => text(warden_core::time::rfc3339(crate::now_unix(), 0)),
+            "add" => match (
+                args.get("a").and_then(Value::as_i64),
+                args.get("b").and_then(Value::as_i64),
+            ) {
+                (Some(a), Some(b)) => match a.checked_add(b) {
+                    Some(sum) => text(sum.to_string()),
+                    None => fail("the sum overflows"),
+                },
+                _ => fail("`a` and `b` must be integers"),
+            },
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool `{other}`"),
+                    None,
+                ))
+            }
+        })
+    }
+}
+
+/// Serves the demo over stdin/stdout until the client closes.
+///
+/// # Errors
+/// The handshake's error.
+pub async fn serve_stdio() -> Result<(), String> {
+    let service = rmcp::ServiceExt::serve(Demo, rmcp::transport::io::stdio())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = service.waiting().await;
+    Ok(())
+}
