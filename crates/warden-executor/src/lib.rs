@@ -32,6 +32,7 @@ use warden_ledger::{Entry, Ledger, Receipt, ReceiptStatus};
 
 pub use redact::Redactor;
 pub use secrets::Secrets;
+pub use upstream::{hash_file, Observed};
 
 /// Why a call did not run, or ran but cannot be returned.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,15 @@ pub enum ExecError {
         upstream: String,
         /// The limit.
         ms: u64,
+    },
+    /// The upstream does not list the tool, or it was withdrawn because its pin no longer
+    /// holds (a receipt was recorded).
+    #[error("upstream `{upstream}` offers no tool `{tool}` (not listed, or withdrawn because its description or schema no longer matches its pin)")]
+    Withdrawn {
+        /// The upstream.
+        upstream: String,
+        /// The upstream's tool name.
+        tool: String,
     },
     /// The caller cancelled the call (a receipt was recorded).
     #[error("the call was cancelled")]
@@ -170,6 +180,26 @@ impl std::fmt::Debug for Executor {
     }
 }
 
+/// Starts each upstream without enforcing its pins, observes what it is (executable hash, each
+/// tool's pin) and stops it: what `warden upstreams pin` writes. Runs nothing else.
+///
+/// # Errors
+/// [`redact::RedactError`] if the redactor for upstream stderr cannot be built.
+pub async fn observe(
+    upstreams: Vec<warden_policy::upstream::Upstream>,
+    secrets: Secrets,
+) -> Result<Vec<(String, Result<Observed, String>)>, redact::RedactError> {
+    let redactor = Arc::new(Redactor::new(secrets.values())?);
+    let secrets = Arc::new(secrets);
+    let mut out = Vec::new();
+    for spec in upstreams {
+        let name = spec.name.clone();
+        let u = upstream::Upstream::new(spec, Arc::clone(&secrets), Arc::clone(&redactor), None);
+        out.push((name, u.observe().await));
+    }
+    Ok(out)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,6 +225,7 @@ impl Executor {
                         spec,
                         Arc::clone(&secrets),
                         Arc::clone(&redactor),
+                        Some(Arc::clone(&config.ledger)),
                     )),
                 )
             })
@@ -305,7 +336,7 @@ impl Executor {
                 redactions,
             })
         };
-        let (client, _) = match up.client().await {
+        let (client, tools) = match up.client().await {
             Ok(c) => c,
             Err(e) => {
                 self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
@@ -314,6 +345,16 @@ impl Executor {
                 return Err(e);
             }
         };
+        // INVARIANT (INV-023): only a tool the upstream lists and whose pin holds is called.
+        if !tools.iter().any(|t| t.name == tool_name) {
+            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
+                .await
+                .ok();
+            return Err(ExecError::Withdrawn {
+                upstream: up_name.to_owned(),
+                tool: tool_name.to_owned(),
+            });
+        }
         let mut params = CallToolRequestParams::new(tool_name.to_owned());
         if let serde_json::Value::Object(m) = arguments {
             params.arguments = Some(m);

@@ -8,10 +8,12 @@ use crate::ExecError;
 use rmcp::model::Tool;
 use rmcp::service::RunningService;
 use rmcp::{RoleClient, ServiceExt as _};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
+use warden_ledger::{Entry, EventRecord, Ledger};
 use warden_policy::upstream::{Transport, Upstream as Spec};
 
 /// Variables a stdio upstream inherits from the gateway; everything else it gets from `env`.
@@ -28,9 +30,21 @@ pub(crate) type Client = RunningService<RoleClient, ()>;
 #[derive(Default)]
 struct Conn {
     client: Option<Arc<Client>>,
+    /// The tools that passed their pins (what may be listed and called).
     tools: Vec<Tool>,
     last_attempt: Option<Instant>,
     last_error: Option<String>,
+    /// Unpinned upstreams: the tool pins seen at the first connection of this run.
+    first_seen: Option<BTreeMap<String, String>>,
+}
+
+/// What an upstream is, as observed (for `warden upstreams pin`).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The executable and its hash (stdio upstreams).
+    pub executable: Option<(PathBuf, String)>,
+    /// Each tool's pin, by upstream tool name.
+    pub tools: BTreeMap<String, String>,
 }
 
 /// One upstream and its current connection.
@@ -38,17 +52,159 @@ pub(crate) struct Upstream {
     pub(crate) spec: Spec,
     secrets: Arc<Secrets>,
     redactor: Arc<Redactor>,
+    /// Where pin violations are recorded (`None` only when observing for `upstreams pin`).
+    ledger: Option<Arc<Ledger>>,
     conn: tokio::sync::Mutex<Conn>,
 }
 
+/// The pin of a tool as listed.
+pub(crate) fn pin_of(t: &Tool) -> String {
+    let input = serde_json::Value::Object((*t.input_schema).clone());
+    let output = t
+        .output_schema
+        .as_ref()
+        .map(|o| serde_json::Value::Object((**o).clone()));
+    warden_policy::upstream::tool_pin(&t.name, t.description.as_deref(), &input, output.as_ref())
+}
+
+/// SHA-256 of a file, `sha256:<hex>`.
+///
+/// # Errors
+/// Why the file cannot be read.
+pub async fn hash_file(path: &Path) -> Result<String, String> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let mut f =
+            std::fs::File::open(&p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(buf.get(..n).unwrap_or_default());
+        }
+        let mut out = String::from("sha256:");
+        warden_core::canonical::push_hex(&mut out, &h.finalize());
+        Ok(out)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The file `program` runs: `warden` is this binary; a name without `/` is looked up on `PATH`.
+fn resolve(program: &str) -> Result<PathBuf, String> {
+    if program == "warden" {
+        return std::env::current_exe()
+            .map_err(|e| format!("cannot find the running Warden binary: {e}"));
+    }
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("`{program}` is not on PATH"))
+}
+
 impl Upstream {
-    pub(crate) fn new(spec: Spec, secrets: Arc<Secrets>, redactor: Arc<Redactor>) -> Self {
+    pub(crate) fn new(
+        spec: Spec,
+        secrets: Arc<Secrets>,
+        redactor: Arc<Redactor>,
+        ledger: Option<Arc<Ledger>>,
+    ) -> Self {
         Upstream {
             spec,
             secrets,
             redactor,
+            ledger,
             conn: tokio::sync::Mutex::new(Conn::default()),
         }
+    }
+
+    /// Records a pin violation in the ledger (best effort: the tool is withheld either way).
+    async fn record(&self, kind: &str, reason: String) {
+        tracing::error!(upstream = %self.spec.name, kind, "{reason}");
+        let event = Entry::Event(EventRecord {
+            kind: kind.to_owned(),
+            agent: String::new(),
+            tenant: String::new(),
+            session: String::new(),
+            reason,
+            trace_id: String::new(),
+            request_id: String::new(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        });
+        let Some(ledger) = &self.ledger else { return };
+        match ledger.submit(&event) {
+            Ok(t) => {
+                if let Err(e) = t.recorded().await {
+                    tracing::error!(error = %e, "could not record a pin violation");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not record a pin violation"),
+        }
+    }
+
+    /// Keeps the tools whose pins hold; records and withholds the others (INV-023).
+    async fn admit(&self, conn: &mut Conn, listed: Vec<Tool>) -> Vec<Tool> {
+        let seen: BTreeMap<String, String> = listed
+            .iter()
+            .map(|t| (t.name.to_string(), pin_of(t)))
+            .collect();
+        let (expected, how) = match &self.spec.pins {
+            Some(p) => (p.tools.clone(), "pinned"),
+            None => match &conn.first_seen {
+                Some(first) => (first.clone(), "first seen"),
+                None => {
+                    tracing::warn!(
+                        upstream = %self.spec.name,
+                        "unpinned upstream: its tools are trusted as first listed in this run (`warden upstreams pin`)"
+                    );
+                    conn.first_seen = Some(seen.clone());
+                    return listed;
+                }
+            },
+        };
+        let mut admitted = Vec::new();
+        for t in listed {
+            let name = t.name.to_string();
+            let got = seen.get(&name).cloned().unwrap_or_default();
+            match expected.get(&name) {
+                Some(want) if *want == got => admitted.push(t),
+                Some(want) => {
+                    self.record(
+                        "upstream.tool_changed",
+                        format!(
+                            "upstream `{}` tool `{name}` changed its description or schema ({how} {want}, now {got}): withdrawn until re-pinned",
+                            self.spec.name
+                        ),
+                    )
+                    .await;
+                }
+                None => {
+                    self.record(
+                        "upstream.tool_unpinned",
+                        format!(
+                            "upstream `{}` lists tool `{name}` ({got}), which is not {how}: withheld until pinned",
+                            self.spec.name
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        admitted
     }
 
     fn unavailable(&self, why: impl Into<String>) -> ExecError {
@@ -79,7 +235,8 @@ impl Upstream {
         }
         conn.last_attempt = Some(Instant::now());
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-            Ok(Ok((client, tools))) => {
+            Ok(Ok((client, listed, _))) => {
+                let tools = self.admit(&mut conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
                 let client = Arc::new(client);
                 conn.client = Some(Arc::clone(&client));
@@ -99,16 +256,62 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<(Client, Vec<Tool>), String> {
+    /// Observes the upstream as it is now (no pins enforced), then stops it.
+    pub(crate) async fn observe(&self) -> Result<Observed, String> {
+        let (client, tools, executable) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.connect_with(false))
+                .await
+                .map_err(|_| format!("did not start within {}s", CONNECT_TIMEOUT.as_secs()))??;
+        let _ = client.cancel().await;
+        Ok(Observed {
+            executable,
+            tools: tools
+                .iter()
+                .map(|t| (t.name.to_string(), pin_of(t)))
+                .collect(),
+        })
+    }
+
+    async fn connect(&self) -> Result<(Client, Vec<Tool>, Option<(PathBuf, String)>), String> {
+        self.connect_with(true).await
+    }
+
+    /// Starts (stdio) or reaches the server, checking the executable and file pins first when
+    /// `enforce`, and lists its tools.
+    async fn connect_with(
+        &self,
+        enforce: bool,
+    ) -> Result<(Client, Vec<Tool>, Option<(PathBuf, String)>), String> {
+        let mut executable = None;
         let client = match &self.spec.transport {
             Transport::Stdio { program, args } => {
-                // `warden` names this Warden binary (the starter's built-in demo server).
-                let exe = if program == "warden" {
-                    std::env::current_exe()
-                        .map_err(|e| format!("cannot find the running Warden binary: {e}"))?
-                } else {
-                    std::path::PathBuf::from(program)
-                };
+                let exe = resolve(program)?;
+                let pins = self.spec.pins.as_ref().filter(|_| enforce);
+                if pins.is_some_and(|p| p.executable.is_some()) || !enforce {
+                    executable = Some((exe.clone(), hash_file(&exe).await?));
+                }
+                if let Some(p) = pins {
+                    // INVARIANT (INV-023): a pinned server whose files changed does not start.
+                    let mut checks: Vec<(PathBuf, &String)> =
+                        p.files.iter().map(|(f, h)| (PathBuf::from(f), h)).collect();
+                    if let (Some(want), Some((path, _))) = (&p.executable, &executable) {
+                        checks.insert(0, (path.clone(), want));
+                    }
+                    for (path, want) in checks {
+                        let got = match &executable {
+                            Some((e, h)) if *e == path => h.clone(),
+                            _ => hash_file(&path).await?,
+                        };
+                        if got != *want {
+                            let why = format!(
+                                "`{}` is {got}, pinned {want}: the upstream does not start until re-pinned",
+                                path.display()
+                            );
+                            self.record("upstream.binary_changed", why.clone()).await;
+                            return Err(why);
+                        }
+                    }
+                }
                 let mut cmd = tokio::process::Command::new(exe);
                 cmd.args(args).env_clear().kill_on_drop(true);
                 for var in INHERITED_ENV {
@@ -142,7 +345,7 @@ impl Upstream {
             .list_all_tools()
             .await
             .map_err(|e| format!("tools/list failed: {e}"))?;
-        Ok((client, tools))
+        Ok((client, tools, executable))
     }
 
     /// Forwards the child's stderr to the log, redacted (a server may print its own secrets).

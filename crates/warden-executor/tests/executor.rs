@@ -104,6 +104,7 @@ fn tripwire(dir: &Path) -> Upstream {
         env: Default::default(),
         headers: Default::default(),
         timeout_ms: 5_000,
+        pins: None,
     }
 }
 
@@ -225,6 +226,7 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         env: Default::default(),
         headers: Default::default(),
         timeout_ms: 20_000,
+        pins: None,
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
     let tools: Vec<String> = ex

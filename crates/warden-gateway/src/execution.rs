@@ -45,3 +45,129 @@ pub fn build(
         ledger,
     })?)
 }
+
+/// The pins of one upstream, as `warden upstreams pin` writes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamPins {
+    /// Upstream name.
+    pub name: String,
+    /// Executable hash.
+    pub executable: Option<String>,
+    /// Other files' hashes, by path.
+    pub files: std::collections::BTreeMap<String, String>,
+    /// Tool pins, by upstream tool name.
+    pub tools: std::collections::BTreeMap<String, String>,
+}
+
+/// The `pins:` block for these upstreams, as YAML.
+#[must_use]
+pub fn pins_yaml(pins: &[UpstreamPins]) -> String {
+    // JSON strings are YAML strings: names and paths are quoted that way.
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    if pins.is_empty() {
+        return "pins: {}\n".into();
+    }
+    let mut out = String::from("pins:\n");
+    for p in pins {
+        out.push_str(&format!("  {}:\n", q(&p.name)));
+        if let Some(e) = &p.executable {
+            out.push_str(&format!("    executable: {e}\n"));
+        }
+        if !p.files.is_empty() {
+            out.push_str("    files:\n");
+            for (f, h) in &p.files {
+                out.push_str(&format!("      {}: {h}\n", q(f)));
+            }
+        }
+        if p.tools.is_empty() {
+            out.push_str("    tools: {}\n");
+        } else {
+            out.push_str("    tools:\n");
+            for (t, h) in &p.tools {
+                out.push_str(&format!("      {}: {h}\n", q(t)));
+            }
+        }
+    }
+    out
+}
+
+/// `text` with its top-level `pins:` block replaced by `block` (or `block` appended) and its
+/// `version` raised by one, so that a running gateway takes the new pins on reload.
+///
+/// # Errors
+/// If the manifest has no top-level `version: N` line.
+pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let top_level = |l: &str| !l.is_empty() && !l.starts_with([' ', '\t']);
+    let mut out: Vec<String> = Vec::with_capacity(lines.len() + 8);
+    let mut version_seen = false;
+    let mut replaced = false;
+    let mut i = 0;
+    while let Some(line) = lines.get(i) {
+        if let Some(rest) = line.strip_prefix("version:") {
+            let n: u64 = rest
+                .split('#')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{line}`: the version is not a number"))?;
+            out.push(format!("version: {}", n.saturating_add(1)));
+            version_seen = true;
+            i += 1;
+            continue;
+        }
+        if line.starts_with("pins:") {
+            // Drop the old block: this line and every following one that is not top level.
+            i += 1;
+            while lines.get(i).is_some_and(|l| !top_level(l)) {
+                i += 1;
+            }
+            out.extend(block.lines().map(str::to_owned));
+            replaced = true;
+            continue;
+        }
+        out.push((*line).to_owned());
+        i += 1;
+    }
+    if !version_seen {
+        return Err("the manifest has no top-level `version: N` line to raise".into());
+    }
+    if !replaced {
+        if out.last().is_some_and(|l| !l.is_empty()) {
+            out.push(String::new());
+        }
+        out.push("# Written by `warden upstreams pin`.".into());
+        out.extend(block.lines().map(str::to_owned));
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_appended_then_replaced_and_the_version_raised() {
+        let text = "version: 4 # bump me\nupstreams:\n  - name: t\n    command: [x]\n";
+        let block = pins_yaml(&[UpstreamPins {
+            name: "t".into(),
+            executable: Some(format!("sha256:{}", "a".repeat(64))),
+            files: Default::default(),
+            tools: [("get".to_owned(), format!("sha256:{}", "b".repeat(64)))].into(),
+        }]);
+        let once = write_pins(text, &block).unwrap();
+        assert!(once.starts_with("version: 5\n"), "{once}");
+        assert!(
+            once.contains("pins:\n  \"t\":\n    executable: sha256:aaaa"),
+            "{once}"
+        );
+        let again = write_pins(&format!("{once}policies: [p.cedar]\n"), &pins_yaml(&[])).unwrap();
+        assert!(again.starts_with("version: 6\n"), "{again}");
+        assert!(!again.contains("executable"), "{again}");
+        assert!(again.contains("pins: {}\npolicies: [p.cedar]\n"), "{again}");
+        assert!(write_pins("upstreams: []\n", &block).is_err());
+    }
+}

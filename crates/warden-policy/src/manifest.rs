@@ -717,7 +717,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
     }
 
     let (upstreams, secrets) =
-        crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets);
+        crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets, &raw.pins);
 
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));

@@ -43,6 +43,25 @@ pub struct RawManifest {
     /// Where each secret comes from, by secret name. Values never appear in the manifest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, RawSecretSource>,
+    /// Pins of each upstream, by upstream name (`warden upstreams pin --write` writes them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, RawPins>,
+}
+
+/// What an upstream is pinned to: SHA-256 hashes (`sha256:<hex>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPins {
+    /// The stdio server's executable (the file `command[0]` resolves to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// Other files it runs from (a package runner's lockfile), by path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Each tool's name, description and schemas, by upstream tool name. Tools not listed here
+    /// are withheld.
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
 }
 
 /// An upstream MCP server the Executor runs tools on.

@@ -5,7 +5,7 @@
 //! a typo is a load error that names its key, not a tool that silently never works.
 
 use crate::manifest::Collector;
-use crate::raw::{RawSecretSource, RawUpstream};
+use crate::raw::{RawPins, RawSecretSource, RawUpstream};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Credential detectors, turned on together by `credentials`.
@@ -78,6 +78,48 @@ pub struct Upstream {
     pub headers: BTreeMap<String, Template>,
     /// Longest a call may take, in milliseconds.
     pub timeout_ms: u64,
+    /// What it is pinned to; `None`: trusted on first use (for this run only).
+    pub pins: Option<Pins>,
+}
+
+/// An upstream's pins (INV-023): hashes are `sha256:<64 hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pins {
+    /// The executable's hash.
+    pub executable: Option<String>,
+    /// Other files' hashes, by path.
+    pub files: BTreeMap<String, String>,
+    /// Each tool's hash ([`tool_pin`]), by upstream tool name.
+    pub tools: BTreeMap<String, String>,
+}
+
+/// Whether `s` is `sha256:` and 64 lower-case hex digits.
+#[must_use]
+pub fn valid_hash(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The pin of a tool as an upstream lists it: the SHA-256 of the canonical JSON (RFC 8785) of
+/// `{"description", "inputSchema", "name", "outputSchema"}` (absent ones as `null`). A change to
+/// any of them (a rug-pull, tool poisoning) changes the pin.
+#[must_use]
+pub fn tool_pin(
+    name: &str,
+    description: Option<&str>,
+    input_schema: &serde_json::Value,
+    output_schema: Option<&serde_json::Value>,
+) -> String {
+    let v = serde_json::json!({
+        "name": name,
+        "description": description,
+        "inputSchema": input_schema,
+        "outputSchema": output_schema,
+    });
+    warden_core::canonical::json_digest(&v)
 }
 
 /// Where a secret comes from (file paths as written).
@@ -171,12 +213,55 @@ pub(crate) fn validate_detectors(
     out
 }
 
-/// Validates `upstreams` and `secrets`.
+fn validate_pins(c: &mut Collector<'_>, name: &str, p: &RawPins, stdio: bool) -> Option<Pins> {
+    let path = format!("pins.{name}");
+    let mut ok = true;
+    let mut check = |c: &mut Collector<'_>, key: String, h: &str| {
+        if !valid_hash(h) {
+            c.err(
+                key,
+                format!("`{h}` is not `sha256:` and 64 lower-case hex digits"),
+            );
+            ok = false;
+        }
+    };
+    if let Some(h) = &p.executable {
+        if !stdio {
+            c.err(
+                format!("{path}.executable"),
+                "only a `command` upstream has an executable to pin",
+            );
+        }
+        check(c, format!("{path}.executable"), h);
+    }
+    for (f, h) in &p.files {
+        check(c, format!("{path}.files.{f}"), h);
+    }
+    for (t, h) in &p.tools {
+        check(c, format!("{path}.tools.{t}"), h);
+    }
+    ok.then(|| Pins {
+        executable: p.executable.clone(),
+        files: p.files.clone(),
+        tools: p.tools.clone(),
+    })
+}
+
+/// Validates `upstreams`, `secrets` and `pins`.
 pub(crate) fn validate_upstreams(
     c: &mut Collector<'_>,
     raw: &[RawUpstream],
     raw_secrets: &BTreeMap<String, RawSecretSource>,
+    raw_pins: &BTreeMap<String, RawPins>,
 ) -> (Vec<Upstream>, BTreeMap<String, SecretSource>) {
+    for name in raw_pins.keys() {
+        if !raw.iter().any(|u| &u.name == name) {
+            c.err(
+                format!("pins.{name}"),
+                format!("no upstream is called `{name}`"),
+            );
+        }
+    }
     let mut secrets = BTreeMap::new();
     for (name, source) in raw_secrets {
         let path = format!("secrets.{name}");
@@ -308,6 +393,17 @@ pub(crate) fn validate_upstreams(
                 DEFAULT_TIMEOUT_MS
             }
         };
+        let stdio = matches!(transport, Transport::Stdio { .. });
+        let pins = match raw_pins.get(&u.name) {
+            None => None,
+            Some(p) => match validate_pins(c, &u.name, p, stdio) {
+                Some(p) => Some(p),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
         if ok {
             out.push(Upstream {
                 name: u.name.clone(),
@@ -315,6 +411,7 @@ pub(crate) fn validate_upstreams(
                 env,
                 headers,
                 timeout_ms,
+                pins,
             });
         }
     }

@@ -16,6 +16,7 @@ mod keys;
 mod ledger;
 mod manifest;
 mod serve;
+mod upstreams;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     Stdio(serve::StdioArgs),
     /// Run the built-in demo MCP server on stdio (the starter manifest's upstream).
     DemoServer,
+    /// Pin upstream executables and tool descriptions (INV-023).
+    #[command(subcommand)]
+    Upstreams(upstreams::Command),
     /// Decide one proposal offline and print the decision as JSON.
     ///
     /// Exit status: 0 allow, 1 deny, 3 escalate, 2 usage or input error.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Stdio(a) => serve::stdio(a),
+        Command::Upstreams(c) => upstreams::run(c),
         Command::DemoServer => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(warden_gateway::demo::serve_stdio())

@@ -85,6 +85,12 @@ fn setup(dir: &Path, e: &Env) -> (PathBuf, PathBuf) {
 
 fn start(dir: &Path, e: &Env) -> Server {
     let (data, m) = setup(dir, e);
+    start_existing(dir, &data, &m)
+}
+
+/// Starts `warden serve` on an existing data directory and manifest.
+fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
+    let data = data.to_path_buf();
     let (addr, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -401,4 +407,124 @@ fn stdio_serves_one_agent_launched_by_a_client() {
         ledger.contains("intern-1") && ledger.contains("trust.intern.forbidden"),
         "{ledger}"
     );
+}
+
+/// `warden upstreams pin --write` pins the real servers; a tool whose listing no longer matches
+/// its pin, or that has none, is withdrawn and refused, and a changed executable does not start.
+#[test]
+fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e);
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["upstreams", "pin", "--write", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&m)
+        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pinned = std::fs::read_to_string(&m).unwrap();
+    assert!(pinned.contains("\nversion: 2\n"), "{pinned}");
+    let pin_line = |tool: &str| {
+        pinned
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("\"{tool}\":")))
+            .unwrap_or_else(|| panic!("no pin for {tool}: {pinned}"))
+            .to_owned()
+    };
+    // What a changed description looks like to the gateway: the listing no longer hashes to the
+    // pin. And a tool that appears unpinned.
+    let convert = pin_line("get_current_time");
+    let tampered = pinned
+        .replace(
+            &convert,
+            &format!("      \"get_current_time\": sha256:{}", "0".repeat(64)),
+        )
+        .replace(&format!("{}\n", pin_line("get-tiny-image")), "");
+    std::fs::write(&m, &tampered).unwrap();
+
+    let s = start_existing(dir.path(), &data, &m);
+    let listed = client(&e, &s, "coder-1", &["list"]);
+    let tools = listed["tools"].as_array().unwrap();
+    assert!(
+        !tools.iter().any(|t| t == "time.get_current_time"),
+        "{tools:?}"
+    );
+    assert!(
+        !tools.iter().any(|t| t == "everything.get-tiny-image"),
+        "{tools:?}"
+    );
+    assert!(tools.iter().any(|t| t == "everything.echo"), "{tools:?}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "time.get_current_time",
+        r#"{"timezone":"UTC"}"#,
+    );
+    assert_eq!(r["isError"], true);
+    assert!(first_text(&r).contains("withdrawn"), "{r}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "everything.echo",
+        r#"{"message":"still fine"}"#,
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    drop(s);
+    let ledger = text(
+        &warden(&[
+            "ledger",
+            "tail",
+            "--data",
+            data.to_str().unwrap(),
+            "-n",
+            "100",
+        ])
+        .stdout,
+    );
+    assert!(ledger.contains("upstream.tool_changed"), "{ledger}");
+    assert!(ledger.contains("upstream.tool_unpinned"), "{ledger}");
+
+    // A changed executable: the upstream does not start, and that is recorded.
+    let exe = pinned
+        .lines()
+        .skip_while(|l| *l != "  \"time\":")
+        .find(|l| l.starts_with("    executable: "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &m,
+        pinned.replacen(
+            &exe,
+            &format!("    executable: sha256:{}", "1".repeat(64)),
+            1,
+        ),
+    )
+    .unwrap();
+    let s = start_existing(dir.path(), &data, &m);
+    let listed = client(&e, &s, "coder-1", &["list"]);
+    let tools = listed["tools"].as_array().unwrap();
+    assert!(
+        !tools
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("time.")),
+        "{tools:?}"
+    );
+    drop(s);
+    let ledger = text(
+        &warden(&[
+            "ledger",
+            "tail",
+            "--data",
+            data.to_str().unwrap(),
+            "-n",
+            "100",
+        ])
+        .stdout,
+    );
+    assert!(ledger.contains("upstream.binary_changed"), "{ledger}");
 }
