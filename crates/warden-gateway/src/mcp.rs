@@ -184,6 +184,25 @@ impl ServerHandler for McpFront {
             .as_ref()
             .is_some_and(|t| !t.contains(&proposal.tool))
             .then(|| format!("the credential does not grant tool `{}`", proposal.tool));
+        // INVARIANT (INV-011): the arguments of an egress tool are scanned with the Executor's
+        // detectors (exact secrets, and the tool's `redact` set); the Governor decides on what
+        // was found.
+        let found: Vec<&str> = self
+            .app
+            .governor
+            .get()
+            .manifest()
+            .tools
+            .get(&proposal.tool)
+            .filter(|t| !t.egress.is_empty())
+            .map(|t| {
+                self.executor
+                    .redactor()
+                    .scan(&proposal.arguments, &t.redact)
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default();
         let governed = govern(
             &self.app,
             &proposal,
@@ -191,6 +210,7 @@ impl ServerHandler for McpFront {
             identity.chain.clone(),
             narrowed,
             true,
+            &found,
         )
         .await;
         let (decision, request_id, grant) = match governed {

@@ -461,10 +461,12 @@ pub(crate) async fn govern(
     chain: Vec<String>,
     refuse: Option<String>,
     mint_grant: bool,
+    found: &[&str],
 ) -> Governed {
     // The whole decision runs under the Governor current when it starts.
     let governor = app.governor.get();
-    let mut decision = governor.decide(proposal, app.state.as_ref(), crate::now_unix());
+    let mut decision =
+        governor.decide_scanned(proposal, app.state.as_ref(), crate::now_unix(), found);
     if let Some(why) = refuse {
         decision.decision = Verdict::Deny;
         decision
@@ -539,7 +541,8 @@ async fn decide_and_record(
     refuse: Option<String>,
     mint_grant: bool,
 ) -> Response {
-    match govern(app, proposal, trace, chain, refuse, mint_grant).await {
+    // No execution follows this API, so there is nothing to scan arguments against.
+    match govern(app, proposal, trace, chain, refuse, mint_grant, &[]).await {
         Governed::LedgerDown { request_id, why } => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

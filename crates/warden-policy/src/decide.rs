@@ -119,11 +119,26 @@ impl Governor {
     /// why (INV-003). Side-effect free except for the state store (counters for allowed calls,
     /// session history, and a pause when a loop is detected).
     #[must_use]
+    pub fn decide(&self, p: &Proposal, state: &dyn StateStore, now: UnixSeconds) -> Decision {
+        self.decide_scanned(p, state, now, &[])
+    }
+
+    /// [`Governor::decide`], given what a scan of the arguments found (`secret` and detector
+    /// names, from the Executor's redactor): for a tool with `egress` hosts, a finding classified
+    /// above the tool's `egress_level` is denied or escalated as its `on_leak` says (INV-011).
+    /// The rationale names the detector, never the value.
+    #[must_use]
     #[expect(
         clippy::too_many_lines,
         reason = "the governed checks, in order, in one place"
     )]
-    pub fn decide(&self, p: &Proposal, state: &dyn StateStore, now: UnixSeconds) -> Decision {
+    pub fn decide_scanned(
+        &self,
+        p: &Proposal,
+        state: &dyn StateStore,
+        now: UnixSeconds,
+        found: &[&str],
+    ) -> Decision {
         let m = &self.manifest;
         let canonical_args = to_canonical_string(&p.arguments);
         let mut d = Decision {
@@ -282,6 +297,29 @@ impl Governor {
                     tool.name
                 ),
             );
+        }
+
+        // Egress (INV-011): nothing classified above the destination leaves through arguments.
+        let mut leak = None;
+        if !tool.egress.is_empty() {
+            if let Some((what, level)) = found
+                .iter()
+                .map(|w| (*w, crate::upstream::leak_level(w)))
+                .filter(|(_, l)| *l > tool.egress_level)
+                .max_by_key(|(_, l)| *l)
+            {
+                let why = format!(
+                    "the arguments of `{}` carry {} (classified `{}`) to an egress destination cleared for `{}`",
+                    tool.name,
+                    if what == "secret" { "a secret value".to_owned() } else { format!("a `{what}` match") },
+                    level.as_str(),
+                    tool.egress_level.as_str()
+                );
+                match tool.on_leak {
+                    crate::raw::LeakAction::Deny => return deny(d, "egress.leak", why),
+                    crate::raw::LeakAction::Escalate => leak = Some(why),
+                }
+            }
         }
 
         // Progressive trust.
@@ -505,6 +543,22 @@ impl Governor {
             }
         } else {
             d.rules.push(join(&["trust.", level, ".autonomous"]));
+        }
+        if let Some(why) = leak {
+            d.rules.push("egress.leak".into());
+            if !matches!(
+                escalation,
+                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
+            ) {
+                escalation = Some(Escalation::Owner {
+                    owner: agent.owner.clone(),
+                });
+            }
+            reason = if reason.is_empty() {
+                format!("{why}; its owner must approve")
+            } else {
+                format!("{reason}; and {why}")
+            };
         }
         if let Some(e) = escalation {
             // INVARIANT (budgets): an escalated call consumes no counter.

@@ -183,6 +183,10 @@ pub struct Tool {
     pub cost: u64,
     /// Redaction detectors turned on for it (groups expanded).
     pub redact: BTreeSet<String>,
+    /// The most sensitive data its arguments may carry to its egress hosts.
+    pub egress_level: Classification,
+    /// What a leak leads to.
+    pub on_leak: crate::raw::LeakAction,
 }
 
 /// A budget (calls and cost per window).
@@ -920,6 +924,8 @@ fn validate_tool(
         preview: t.preview,
         cost: t.cost,
         redact,
+        egress_level: t.egress_level.unwrap_or(Classification::Public),
+        on_leak: t.on_leak.unwrap_or_default(),
     })
 }
 

@@ -273,6 +273,15 @@ pub struct RawTool {
     /// arguments): `credentials`, `pii`, or single detectors (`docs/redaction.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// For a tool with `egress` hosts: the most sensitive data its arguments may carry out
+    /// (default `public`). Secrets and credentials are `restricted`, personal data
+    /// `confidential`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_level: Option<Classification>,
+    /// What happens when its arguments carry more than `egress_level`: `deny` (default) or
+    /// `escalate` (the owner, or the tier's approvers, must approve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_leak: Option<LeakAction>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -312,6 +321,17 @@ pub enum OutputTrust {
     /// May carry outside text (INV-013); the default.
     #[default]
     Untrusted,
+}
+
+/// What a leak through an egress tool's arguments leads to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakAction {
+    /// Deny the call.
+    #[default]
+    Deny,
+    /// Escalate it for approval.
+    Escalate,
 }
 
 /// Data classification, lowest first.

@@ -22,6 +22,20 @@ pub const CREDENTIAL_DETECTORS: &[&str] = &[
 /// Personal-data detectors, turned on together by `pii`.
 pub const PII_DETECTORS: &[&str] = &["email", "phone", "card", "iban"];
 
+/// How sensitive a finding of the detector `what` (or `secret`, an exact secret value) is.
+#[must_use]
+pub fn leak_level(what: &str) -> crate::raw::Classification {
+    use crate::raw::Classification as C;
+    if what == "secret" || CREDENTIAL_DETECTORS.contains(&what) {
+        C::Restricted
+    } else if PII_DETECTORS.contains(&what) {
+        C::Confidential
+    } else {
+        // An unknown finding is treated as the most sensitive (fail closed).
+        C::Restricted
+    }
+}
+
 /// Default time one upstream call may take.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 

@@ -874,3 +874,72 @@ proptest! {
         prop_assert_eq!(a.rules, b.rules);
     }
 }
+
+/// INV-011: what a scan of an egress tool's arguments found decides whether it may leave.
+#[test]
+fn egress_arguments_carrying_more_than_the_destination_allows_are_denied_or_escalated() {
+    let mail = |extra: &str| {
+        starter_text().replace(
+            "tools:\n",
+            &format!(
+                "tools:\n  - name: mail.send\n    tier: low\n    zones: [\"*\"]\n    arguments: {{ type: object }}\n    egress: [smtp.example.com]\n{extra}"
+            ),
+        )
+    };
+    let call = |g: &Governor, session: &str, found: &[&str]| {
+        let s = MemoryState::new();
+        let p = proposal(
+            "coder-1",
+            session,
+            "mail.send",
+            serde_json::json!({"to": "x"}),
+        );
+        g.decide_scanned(&p, &s, DAY_TIME, found)
+    };
+    // Default: nothing above `public` leaves; a leak is denied, naming the detector only.
+    let g = governor_from(&mail(""), &starter_policies());
+    assert_eq!(call(&g, "a", &[]).decision, Verdict::Allow);
+    let d = call(&g, "b", &["email"]);
+    assert_eq!(d.decision, Verdict::Deny, "{d:?}");
+    assert_eq!(d.rules, vec!["egress.leak".to_string()]);
+    assert!(
+        d.reason.contains("`email` match") && d.reason.contains("`public`"),
+        "{}",
+        d.reason
+    );
+    // Cleared for confidential: personal data may go, a secret may not.
+    let g = governor_from(
+        &mail("    egress_level: confidential\n"),
+        &starter_policies(),
+    );
+    assert_eq!(call(&g, "c", &["email", "phone"]).decision, Verdict::Allow);
+    let d = call(&g, "d", &["email", "secret"]);
+    assert_eq!(d.decision, Verdict::Deny);
+    assert!(
+        d.reason.contains("a secret value") && d.reason.contains("`restricted`"),
+        "{}",
+        d.reason
+    );
+    // `on_leak: escalate`: the owner must approve, and nothing is charged.
+    let g = governor_from(&mail("    on_leak: escalate\n"), &starter_policies());
+    let d = call(&g, "e", &["jwt"]);
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    assert!(
+        d.rules.contains(&"egress.leak".to_string()),
+        "{:?}",
+        d.rules
+    );
+    assert_eq!(
+        d.escalation,
+        Some(warden_core::Escalation::Owner {
+            owner: "alice@acme.example".into()
+        })
+    );
+    // A tool without egress hosts is not an egress tool: findings do not matter to it.
+    let s = MemoryState::new();
+    let p = proposal("coder-1", "f", "fs.read_file", read("/etc/hosts"));
+    assert_eq!(
+        g.decide_scanned(&p, &s, DAY_TIME, &["secret"]).decision,
+        Verdict::Allow
+    );
+}

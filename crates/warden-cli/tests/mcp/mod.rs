@@ -267,6 +267,32 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         "{t}"
     );
 
+    // Egress (INV-011): a secret or personal data on its way out through an egress tool's
+    // arguments is denied, naming the detector and never the value; plain text goes.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "outbox.echo",
+        &format!(r#"{{"message":"the key is {DEMO_KEY}"}}"#),
+    );
+    let t = first_text(&r);
+    assert!(
+        t.contains("egress.leak") && t.contains("a secret value"),
+        "{t}"
+    );
+    assert!(!t.contains(DEMO_KEY), "{t}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "outbox.echo",
+        r#"{"message":"reach me at dave@example.net"}"#,
+    );
+    assert!(first_text(&r).contains("`email` match"), "{r}");
+    let r = call(&e, &s, "coder-1", "outbox.echo", r#"{"message":"hello"}"#);
+    assert_eq!(r["isError"], false, "{r}");
+
     // Other content types pass through faithfully.
     let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
     let blocks = r["content"].as_array().unwrap();
@@ -341,9 +367,9 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
-    // One per call that ran: 1 + get-env + echo + image + 50 + 1; none for the denied and
-    // escalated calls.
-    assert_eq!(receipts.len(), 55);
+    // One per call that ran: 1 + get-env + echo + outbox + image + 50 + 1; none for the
+    // denied and escalated calls.
+    assert_eq!(receipts.len(), 56);
     assert!(
         receipts
             .iter()
