@@ -191,13 +191,22 @@ pub async fn observe(
 ) -> Result<Vec<(String, Result<Observed, String>)>, redact::RedactError> {
     let redactor = Arc::new(Redactor::new(secrets.values())?);
     let secrets = Arc::new(secrets);
-    let mut out = Vec::new();
-    for spec in upstreams {
+    // All at once: observing is starting each server, which takes a while.
+    let mut set = tokio::task::JoinSet::new();
+    for (i, spec) in upstreams.into_iter().enumerate() {
         let name = spec.name.clone();
         let u = upstream::Upstream::new(spec, Arc::clone(&secrets), Arc::clone(&redactor), None);
-        out.push((name, u.observe().await));
+        set.spawn(async move { (i, name, u.observe().await) });
     }
-    Ok(out)
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(r) = r {
+            out.push(r);
+        }
+    }
+    // In manifest order.
+    out.sort_by_key(|(i, _, _)| *i);
+    Ok(out.into_iter().map(|(_, n, r)| (n, r)).collect())
 }
 
 fn now_ms() -> i64 {
@@ -246,29 +255,53 @@ impl Executor {
         &self.redactor
     }
 
-    /// Starts every upstream; returns those that failed, with why (their tools stay withdrawn
-    /// until a later start succeeds).
-    pub async fn start(&self) -> Vec<(String, String)> {
-        let mut failed = Vec::new();
+    /// Starts every upstream at once and waits up to `wait` for them; returns those that failed
+    /// or are still starting, with why. Those keep starting in the background; their tools are
+    /// withheld until they are up.
+    pub async fn start(&self, wait: std::time::Duration) -> Vec<(String, String)> {
+        let mut set = tokio::task::JoinSet::new();
         for (name, u) in &self.upstreams {
-            if let Err(e) = u.client().await {
-                tracing::error!(upstream = %name, error = %e, "upstream did not start");
-                failed.push((name.clone(), e.to_string()));
+            let (name, u) = (name.clone(), Arc::clone(u));
+            set.spawn(async move { (name, u.client().await.err().map(|e| e.to_string())) });
+        }
+        let mut failed = Vec::new();
+        let mut pending: BTreeSet<String> = self.upstreams.keys().cloned().collect();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = set.join_next() => match next {
+                    Some(Ok((name, err))) => {
+                        pending.remove(&name);
+                        if let Some(e) = err {
+                            tracing::error!(upstream = %name, error = %e, "upstream did not start");
+                            failed.push((name, e));
+                        }
+                    }
+                    Some(Err(e)) => tracing::error!(error = %e, "an upstream start panicked"),
+                    None => break,
+                },
+                () = &mut deadline => {
+                    set.detach_all();
+                    failed.extend(pending.into_iter().map(|n| (n, "still starting".to_owned())));
+                    break;
+                }
             }
         }
         failed
     }
 
     /// Every tool of every upstream that is up, under its federated name `<upstream>.<tool>`.
-    pub async fn tools(&self) -> Vec<Tool> {
+    /// Never waits for an upstream: one that is down is (re)started in the background.
+    #[must_use]
+    pub fn tools(&self) -> Vec<Tool> {
         let mut out = Vec::new();
         for (name, u) in &self.upstreams {
-            match u.tools().await {
-                Ok(tools) => out.extend(tools.into_iter().map(|mut t| {
+            if let Some(tools) = u.tools_now() {
+                out.extend(tools.into_iter().map(|mut t| {
                     t.name = format!("{name}.{}", t.name).into();
                     t
-                })),
-                Err(e) => tracing::debug!(upstream = %name, error = %e, "tools withheld"),
+                }));
             }
         }
         out

@@ -214,9 +214,34 @@ impl Upstream {
         }
     }
 
-    /// The live client, starting (or restarting) the server if needed.
+    /// The live client, starting (or restarting) the server if needed (waiting for a start
+    /// already under way).
     pub(crate) async fn client(&self) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
         let mut conn = self.conn.lock().await;
+        self.connect_locked(&mut conn).await
+    }
+
+    /// The tools now, without waiting: `None` if the server is not up (a start is then begun in
+    /// the background, unless one is under way). A slow or hung upstream never delays the tool
+    /// lists of the others.
+    pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Vec<Tool>> {
+        if let Ok(conn) = self.conn.try_lock() {
+            if conn.client.as_ref().is_some_and(|c| !c.is_closed()) {
+                return Some(conn.tools.clone());
+            }
+            drop(conn);
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                // Only one start at a time; a busy lock means one is under way.
+                if let Ok(mut conn) = me.conn.try_lock() {
+                    let _ = me.connect_locked(&mut conn).await;
+                }
+            });
+        }
+        None
+    }
+
+    async fn connect_locked(&self, conn: &mut Conn) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
         if let Some(c) = &conn.client {
             if !c.is_closed() {
                 return Ok((Arc::clone(c), conn.tools.clone()));
@@ -236,7 +261,7 @@ impl Upstream {
         conn.last_attempt = Some(Instant::now());
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(Ok((client, listed, _))) => {
-                let tools = self.admit(&mut conn, listed).await;
+                let tools = self.admit(conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
                 let client = Arc::new(client);
                 conn.client = Some(Arc::clone(&client));
@@ -362,11 +387,6 @@ impl Upstream {
                 tracing::debug!(upstream = %name, "{line}");
             }
         });
-    }
-
-    /// Tools the server lists, if it is up (starting it if needed).
-    pub(crate) async fn tools(&self) -> Result<Vec<Tool>, ExecError> {
-        self.client().await.map(|(_, t)| t)
     }
 
     /// Stops the server.

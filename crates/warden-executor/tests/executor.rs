@@ -229,9 +229,9 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         pins: None,
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
+    assert!(ex.start(std::time::Duration::from_secs(30)).await.is_empty());
     let tools: Vec<String> = ex
         .tools()
-        .await
         .iter()
         .map(|t| t.name.to_string())
         .collect();

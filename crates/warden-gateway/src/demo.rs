@@ -1,7 +1,8 @@
 //! `warden demo-server`: a small MCP server over stdio with harmless tools, the starter
 //! manifest's upstream, so that a newcomer's first `warden serve` has something to govern.
 //!
-//! Tools: `echo` (returns its text), `now` (the current UTC time), `add` (two integers). The
+//! Tools: `echo` (returns its text), `now` (the current UTC time), `add` (two integers),
+//! `repeat` (a text repeated, up to 16 MiB: large results). The
 //! Executor starts it like any other stdio upstream (the program name `warden` means the
 //! running Warden binary).
 
@@ -12,6 +13,9 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
+
+/// Largest `repeat` result.
+const MAX_REPEAT_BYTES: u64 = 16 << 20;
 
 /// The demo server.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +43,18 @@ fn tools() -> Vec<Tool> {
             "now",
             "The current time, UTC, RFC 3339.",
             schema(json!({ "type": "object", "properties": {} })),
+        ),
+        Tool::new(
+            "repeat",
+            "Returns `text` repeated `times` times (at most 16 MiB in all).",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "text": { "type": "string" },
+                    "times": { "type": "integer", "minimum": 0 }
+                },
+                "required": ["text", "times"]
+            })),
         ),
         Tool::new(
             "add",
@@ -86,6 +102,16 @@ impl ServerHandler for Demo {
             "echo" => match args.get("text").and_then(Value::as_str) {
                 Some(t) => text(t),
                 None => fail("`text` must be a string"),
+            },
+            "repeat" => match (
+                args.get("text").and_then(Value::as_str),
+                args.get("times").and_then(Value::as_u64),
+            ) {
+                (Some(t), Some(n)) if (t.len() as u64).saturating_mul(n) <= MAX_REPEAT_BYTES => {
+                    text(t.repeat(usize::try_from(n).unwrap_or(0)))
+                }
+                (Some(_), Some(_)) => fail("the result would exceed 16 MiB"),
+                _ => fail("`text` must be a string and `times` a non-negative integer"),
             },
             "now" => text(warden_core::time::rfc3339(crate::now_unix(), 0)),
             "add" => match (

@@ -149,7 +149,6 @@ impl ServerHandler for McpFront {
         let tools = self
             .executor
             .tools()
-            .await
             .into_iter()
             .filter(|t| {
                 governor.may_see(&identity.agent, &t.name)

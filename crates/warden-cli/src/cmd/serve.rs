@@ -50,6 +50,10 @@ pub struct StdioArgs {
     credential: PathBuf,
 }
 
+/// How long `serve` and `stdio` wait for upstreams to start before serving (the rest keep
+/// starting in the background).
+const UPSTREAM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Lifetime of the credential written for the starter agent.
 const STARTER_CREDENTIAL_SECS: i64 = 30 * 24 * 3600;
 
@@ -220,7 +224,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
-        for (name, why) in executor.start().await {
+        for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
         let mcp = warden_gateway::mcp::router(
@@ -277,7 +281,7 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let front = warden_gateway::mcp::McpFront::stdio(app, Arc::clone(&executor), token.trim())
             .map_err(|e| anyhow::anyhow!("credential `{}` refused: {e}", a.credential.display()))?;
-        for (name, why) in executor.start().await {
+        for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
         tracing::info!("serving MCP on stdio");

@@ -30,7 +30,10 @@ async def main():
     token = open(cred_file).read().strip()
     headers = {"Authorization": f"Bearer {token}"}
     async with create_mcp_http_client(headers=headers) as http:
-        async with streamable_http_client(url, http_client=http) as streams:
+        # Results of several MiB arrive as one SSE event: lift the client's 1 MiB default.
+        async with streamable_http_client(
+            url, http_client=http, max_sse_event_size=None
+        ) as streams:
             await run(streams[0], streams[1], scenario, args)
 
 

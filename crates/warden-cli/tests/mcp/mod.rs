@@ -293,6 +293,40 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     let r = call(&e, &s, "coder-1", "outbox.echo", r#"{"message":"hello"}"#);
     assert_eq!(r["isError"], false, "{r}");
 
+    // An 8 MiB result arrives whole and unchanged.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "demo.repeat",
+        r#"{"text":"0123456789abcdef","times":524288}"#,
+    );
+    let big = first_text(&r);
+    assert_eq!(big.len(), 8 << 20);
+    assert!(big.as_bytes().chunks(16).all(|c| c == b"0123456789abcdef"));
+
+    // An upstream that speaks garbage and dies: a tool error naming it, nothing hangs.
+    let r = call(&e, &s, "coder-1", "dead.anything", "{}");
+    assert_eq!(r["isError"], true);
+    assert!(
+        first_text(&r).contains("upstream `dead` is unavailable"),
+        "{r}"
+    );
+    // A slow one: the call times out after the upstream's 2 s.
+    let started = std::time::Instant::now();
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "slow.trigger-long-running-operation",
+        r#"{"duration":30,"steps":3}"#,
+    );
+    assert!(
+        first_text(&r).contains("did not answer within 2000 ms"),
+        "{r}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
     // Other content types pass through faithfully.
     let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
     let blocks = r["content"].as_array().unwrap();
@@ -367,9 +401,11 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
-    // One per call that ran: 1 + get-env + echo + outbox + image + 50 + 1; none for the
-    // denied and escalated calls.
-    assert_eq!(receipts.len(), 56);
+    // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
+    // (refused) + slow (timeout) + image + 50 + 1; none for the denied and escalated calls.
+    assert_eq!(receipts.len(), 59);
+    assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
+    assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
     assert!(
         receipts
             .iter()
@@ -442,14 +478,38 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = setup(dir.path(), &e);
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["upstreams", "pin", "--write", "--data"])
-        .arg(&data)
-        .arg("--config")
-        .arg(&m)
-        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
-        .output()
-        .unwrap();
+    let pin = || {
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["upstreams", "pin", "--write", "--data"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&m)
+            .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
+            .output()
+            .unwrap()
+    };
+    // An upstream that cannot be observed: nothing is written.
+    let before = std::fs::read_to_string(&m).unwrap();
+    let out = pin();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("upstream `dead`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&m).unwrap(), before);
+    let without_dead = before
+        .replace(
+            "  - name: dead\n    command: [/bin/sh, -c, \"echo this-is-not-json-rpc; exit 3\"]\n",
+            "",
+        )
+        .replace(
+            "  - name: dead.anything\n    tier: low\n    zones: [\"*\"]\n",
+            "",
+        );
+    assert!(!without_dead.contains("dead"), "{without_dead}");
+    std::fs::write(&m, without_dead).unwrap();
+    let out = pin();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pinned = std::fs::read_to_string(&m).unwrap();
     assert!(pinned.contains("\nversion: 2\n"), "{pinned}");
