@@ -22,7 +22,7 @@ pub mod redact;
 pub mod secrets;
 mod upstream;
 
-use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, Tool};
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use warden_ledger::{Entry, Ledger, Receipt, ReceiptStatus};
 
 pub use redact::Redactor;
 pub use secrets::Secrets;
-pub use upstream::{hash_file, Observed};
+pub use upstream::{hash_file, Observed, ProgressSink};
 
 /// Why a call did not run, or ran but cannot be returned.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,6 @@ impl ManifestClock {
 }
 
 /// One call to execute, exactly as it was decided.
-#[derive(Debug)]
 pub struct Call<'a> {
     /// The grant token minted for this call.
     pub grant: &'a str,
@@ -129,6 +128,20 @@ pub struct Call<'a> {
     pub redact: &'a BTreeSet<String>,
     /// Fires when the caller cancels.
     pub cancel: CancellationToken,
+    /// Where the upstream's progress notifications go (the caller asked for progress).
+    pub progress: Option<ProgressSink>,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // INVARIANT (no bearer material in logs): the grant token and arguments are not shown.
+        f.debug_struct("Call")
+            .field("session", &self.session)
+            .field("agent", &self.agent)
+            .field("tool", &self.tool)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A call that ran.
@@ -393,10 +406,55 @@ impl Executor {
             params.arguments = Some(m);
         }
         let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
+        let request =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let handle = match client
+            .peer()
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
+                    .await
+                    .ok();
+                return Err(ExecError::Upstream {
+                    upstream: up_name.to_owned(),
+                    why: e.to_string(),
+                });
+            }
+        };
+        // Progress: the upstream's notifications carry the token Warden's client gave this
+        // request (an agent's token is never passed through, so agents cannot see or steer
+        // each other's calls); they are redacted and relayed under the caller's own token.
+        let _relay = call.progress.map(|sink| {
+            let redactor = Arc::clone(&self.redactor);
+            let on = call.redact.clone();
+            let relayed: ProgressSink = Arc::new(move |p, t, m: Option<String>| {
+                let m = m.map(|m| redactor.redact_str(&m, &on).map_or(m, |(r, _)| r));
+                sink(p, t, m);
+            });
+            up.relay.register(handle.progress_token.clone(), relayed)
+        });
+        let (request_id, peer) = (handle.id.clone(), handle.peer.clone());
         let outcome = tokio::select! {
-            r = tokio::time::timeout(timeout, client.peer().call_tool_once(params)) => Some(r),
+            r = tokio::time::timeout(timeout, handle.await_response()) => Some(r),
             () = call.cancel.cancelled() => None,
         };
+        if !matches!(outcome, Some(Ok(_))) {
+            // Cancelled or timed out: tell the upstream to stop.
+            let why = if outcome.is_none() {
+                "cancelled by the caller"
+            } else {
+                "timed out"
+            };
+            let _ = peer
+                .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                    Some(request_id),
+                    Some(why.to_owned()),
+                ))
+                .await;
+        }
         let mut result = match outcome {
             None => {
                 self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
@@ -413,7 +471,7 @@ impl Executor {
                     ms: up.spec.timeout_ms,
                 });
             }
-            Some(Ok(Ok(CallToolResponse::Complete(r)))) => r,
+            Some(Ok(Ok(rmcp::model::ServerResult::CallToolResult(r)))) => r,
             Some(Ok(Ok(_))) => {
                 let why =
                     "answered with an input request or a task, which Warden does not relay yet"

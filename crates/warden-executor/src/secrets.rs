@@ -6,6 +6,9 @@ use std::path::Path;
 use warden_policy::upstream::{Part, SecretSource, Template};
 use zeroize::Zeroizing;
 
+/// Shortest secret accepted.
+pub const MIN_SECRET_LEN: usize = 8;
+
 /// Largest secret file read.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
@@ -30,9 +33,12 @@ pub enum SecretError {
         /// Why.
         why: String,
     },
-    /// A value is empty (an empty secret would redact nothing and match everything).
-    #[error("secret `{name}` is empty")]
-    Empty {
+    /// A value is shorter than [`MIN_SECRET_LEN`]: it could not be redacted without also
+    /// mangling ordinary text, so it is refused (the upstreams that need it stay down).
+    #[error(
+        "secret `{name}` is shorter than {MIN_SECRET_LEN} characters, too short to redact reliably"
+    )]
+    TooShort {
         /// Secret name.
         name: String,
     },
@@ -143,8 +149,9 @@ fn read(
             Zeroizing::new(text.to_owned())
         }
     };
-    if value.is_empty() {
-        return Err(SecretError::Empty {
+    // INVARIANT (INV-010): every secret that loads can be redacted.
+    if value.chars().count() < MIN_SECRET_LEN {
+        return Err(SecretError::TooShort {
             name: name.to_owned(),
         });
     }
@@ -159,18 +166,21 @@ mod tests {
     fn file_secrets_drop_one_newline_and_missing_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tok"), "s3cret-value\n").unwrap();
+        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
         let mut sources = BTreeMap::new();
         sources.insert("TOK".to_owned(), SecretSource::File("tok".into()));
+        sources.insert("SHORT".to_owned(), SecretSource::File("short".into()));
         sources.insert(
             "GONE".to_owned(),
             SecretSource::Env("WARDEN_TEST_UNSET_VARIABLE_XYZ".into()),
         );
         let (s, errors) = Secrets::load(&sources, dir.path());
         assert_eq!(s.values().collect::<Vec<_>>(), vec!["s3cret-value"]);
-        assert_eq!(errors.len(), 1);
+        assert_eq!(errors.len(), 2);
         assert!(errors[0]
             .to_string()
             .contains("WARDEN_TEST_UNSET_VARIABLE_XYZ"));
+        assert!(errors[1].to_string().contains("too short"), "{}", errors[1]);
         let t = warden_policy::upstream::parse_template("Bearer ${secret:TOK}").unwrap();
         assert_eq!(s.expand(&t).unwrap().as_str(), "Bearer s3cret-value");
         let t = warden_policy::upstream::parse_template("${secret:GONE}").unwrap();

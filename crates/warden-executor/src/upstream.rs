@@ -25,7 +25,66 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Least time between two restarts of a server that died.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
-pub(crate) type Client = RunningService<RoleClient, ()>;
+pub(crate) type Client = RunningService<RoleClient, Relay>;
+
+/// Where progress of one call goes: `(progress, total, message)`, the message already redacted.
+pub type ProgressSink = Arc<dyn Fn(f64, Option<f64>, Option<String>) + Send + Sync>;
+
+/// The client side of an upstream connection: relays the upstream's progress notifications for
+/// a call to whoever registered the token Warden gave that call (and drops any other).
+#[derive(Clone, Default)]
+pub(crate) struct Relay {
+    sinks:
+        Arc<std::sync::Mutex<std::collections::HashMap<rmcp::model::ProgressToken, ProgressSink>>>,
+}
+
+impl Relay {
+    /// Registers `sink` for `token` until the guard is dropped.
+    pub(crate) fn register(
+        &self,
+        token: rmcp::model::ProgressToken,
+        sink: ProgressSink,
+    ) -> RelayGuard {
+        if let Ok(mut m) = self.sinks.lock() {
+            m.insert(token.clone(), sink);
+        }
+        RelayGuard {
+            relay: self.clone(),
+            token,
+        }
+    }
+}
+
+/// Unregisters a progress token when the call ends, however it ends.
+pub(crate) struct RelayGuard {
+    relay: Relay,
+    token: rmcp::model::ProgressToken,
+}
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.relay.sinks.lock() {
+            m.remove(&self.token);
+        }
+    }
+}
+
+impl rmcp::ClientHandler for Relay {
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        let sink = self
+            .sinks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&params.progress_token).cloned());
+        if let Some(sink) = sink {
+            sink(params.progress, params.total, params.message);
+        }
+    }
+}
 
 #[derive(Default)]
 struct Conn {
@@ -54,6 +113,8 @@ pub(crate) struct Upstream {
     redactor: Arc<Redactor>,
     /// Where pin violations are recorded (`None` only when observing for `upstreams pin`).
     ledger: Option<Arc<Ledger>>,
+    /// Progress relay shared by every connection of this upstream.
+    pub(crate) relay: Relay,
     conn: tokio::sync::Mutex<Conn>,
 }
 
@@ -125,6 +186,7 @@ impl Upstream {
             secrets,
             redactor,
             ledger,
+            relay: Relay::default(),
             conn: tokio::sync::Mutex::new(Conn::default()),
         }
     }
@@ -356,7 +418,8 @@ impl Upstream {
                 if let Some(stderr) = stderr {
                     self.log_stderr(stderr);
                 }
-                ().serve(transport)
+                Relay::clone(&self.relay)
+                    .serve(transport)
                     .await
                     .map_err(|e| format!("MCP handshake with `{program}` failed: {e}"))?
             }

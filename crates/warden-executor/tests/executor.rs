@@ -87,6 +87,7 @@ fn call<'a>(
         request_id: "r1",
         redact,
         cancel: tokio_util::sync::CancellationToken::new(),
+        progress: None,
     }
 }
 
@@ -229,12 +230,11 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         pins: None,
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
-    assert!(ex.start(std::time::Duration::from_secs(30)).await.is_empty());
-    let tools: Vec<String> = ex
-        .tools()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    assert!(ex
+        .start(std::time::Duration::from_secs(30))
+        .await
+        .is_empty());
+    let tools: Vec<String> = ex.tools().iter().map(|t| t.name.to_string()).collect();
     assert!(
         tools.contains(&"time.get_current_time".to_owned()),
         "{tools:?}"

@@ -167,6 +167,11 @@ impl ServerHandler for McpFront {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let (identity, session, trace) = self.caller(&ctx)?;
+        let progress_token = request
+            .meta
+            .as_ref()
+            .and_then(rmcp::model::RequestMetaObject::get_progress_token)
+            .or_else(|| ctx.meta.get_progress_token());
         let arguments = request.arguments.unwrap_or_default();
         let proposal = Proposal {
             agent: identity.agent.clone(),
@@ -271,6 +276,7 @@ impl ServerHandler for McpFront {
                     request_id: &request_id,
                     redact: &redact,
                     cancel: ctx.ct.clone(),
+                    progress: progress_token.map(|t| progress_sink(&ctx, t)),
                 };
                 match self.executor.execute(call).await {
                     Ok(done) => Ok(done.result.into()),
@@ -281,6 +287,29 @@ impl ServerHandler for McpFront {
             }
         }
     }
+}
+
+/// A sink that forwards progress to the agent, in order, under the agent's own token.
+fn progress_sink(
+    ctx: &RequestContext<RoleServer>,
+    token: rmcp::model::ProgressToken,
+) -> warden_executor::ProgressSink {
+    let peer = ctx.peer.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, Option<f64>, Option<String>)>();
+    tokio::spawn(async move {
+        // Ends when the sink (and so the sender) is dropped at the end of the call.
+        while let Some((progress, total, message)) = rx.recv().await {
+            let mut n = rmcp::model::ProgressNotificationParam::new(token.clone(), progress);
+            n.total = total;
+            n.message = message;
+            if peer.notify_progress(n).await.is_err() {
+                break;
+            }
+        }
+    });
+    Arc::new(move |p, t, m| {
+        let _ = tx.send((p, t, m));
+    })
 }
 
 fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String {

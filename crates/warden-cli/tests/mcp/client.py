@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 
+import anyio
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
@@ -60,6 +61,35 @@ async def run(read, write, scenario, args):
                 )
             )
             out["results"] = [result_json(r) for r in results]
+        elif scenario == "progress":
+            name, arguments = args[0], json.loads(args[1])
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append([progress, total, message])
+
+            r = await session.call_tool(name, arguments, progress_callback=on_progress)
+            out["result"] = result_json(r)
+            out["progress"] = seen
+        elif scenario == "cancel":
+            # Cancel the call once it has reported progress; the SDK tells the server.
+            name, arguments = args[0], json.loads(args[1])
+            first = anyio.Event()
+
+            async def on_progress(progress, total, message):
+                first.set()
+
+            async def run_call():
+                await session.call_tool(name, arguments, progress_callback=on_progress)
+                out["completed"] = True
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_call)
+                with anyio.fail_after(30):
+                    await first.wait()
+                tg.cancel_scope.cancel()
+            out["cancelled"] = not out.get("completed", False)
+            await anyio.sleep(1)  # let the cancellation reach the server before closing
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     print(json.dumps(out))

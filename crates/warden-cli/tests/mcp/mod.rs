@@ -327,6 +327,34 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 
+    // Progress notifications of the upstream reach the agent, under the agent's own token.
+    let r = client(
+        &e,
+        &s,
+        "coder-1",
+        &[
+            "progress",
+            "everything.trigger-long-running-operation",
+            r#"{"duration":2,"steps":4}"#,
+        ],
+    );
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    let progress = r["progress"].as_array().unwrap();
+    assert!(progress.len() >= 3, "{r}");
+    assert_eq!(progress.last().unwrap()[1], 4.0, "{r}");
+    // Cancelling mid-call: the upstream call is cancelled and its receipt says `killed`.
+    let r = client(
+        &e,
+        &s,
+        "coder-1",
+        &[
+            "cancel",
+            "everything.trigger-long-running-operation",
+            r#"{"duration":10,"steps":10}"#,
+        ],
+    );
+    assert_eq!(r["cancelled"], true, "{r}");
+
     // Other content types pass through faithfully.
     let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
     let blocks = r["content"].as_array().unwrap();
@@ -402,8 +430,10 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
-    // (refused) + slow (timeout) + image + 50 + 1; none for the denied and escalated calls.
-    assert_eq!(receipts.len(), 59);
+    // (refused) + slow (timeout) + progress + cancelled + image + 50 + 1; none for the denied
+    // and escalated calls.
+    assert_eq!(receipts.len(), 61);
+    assert!(receipts.iter().any(|r| r["entry"]["status"] == "killed"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
     assert!(
