@@ -270,9 +270,16 @@ impl Upstream {
     }
 
     fn unavailable(&self, why: impl Into<String>) -> ExecError {
+        // The reason reaches the agent: an upstream's or transport's message may quote a
+        // secret (a header, an environment value), so it is redacted first.
+        let why = why.into();
+        let why = self
+            .redactor
+            .redact_str(&why, &BTreeSet::new())
+            .map_or(why, |(r, _)| r);
         ExecError::Unavailable {
             upstream: self.spec.name.clone(),
-            why: why.into(),
+            why,
         }
     }
 
@@ -424,9 +431,38 @@ impl Upstream {
                     .map_err(|e| format!("MCP handshake with `{program}` failed: {e}"))?
             }
             Transport::Http { url } => {
-                return Err(format!(
-                    "Streamable HTTP upstreams (`{url}`) are not supported by this build yet"
-                ))
+                if url.starts_with("https://") {
+                    // No TLS stack is built in yet (one crypto stack: choosing rustls's
+                    // provider is a decision of its own).
+                    return Err(format!(
+                        "`{url}`: https upstreams are not supported by this build; use http:// on a trusted network or a local TLS-terminating proxy"
+                    ));
+                }
+                let mut config =
+                    rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                        url.clone(),
+                    );
+                for (k, t) in &self.spec.headers {
+                    // INVARIANT (INV-009): secrets go into the upstream's headers, nowhere else.
+                    let v = self.secrets.expand(t).map_err(|e| e.to_string())?;
+                    if k.eq_ignore_ascii_case("authorization") {
+                        if let Some(token) = v.strip_prefix("Bearer ") {
+                            config.auth_header = Some(token.to_owned());
+                            continue;
+                        }
+                    }
+                    let name = http::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| format!("header `{k}` is not a valid header name"))?;
+                    let value = http::HeaderValue::from_str(&v).map_err(|_| {
+                        format!("the value of header `{k}` is not a valid header value")
+                    })?;
+                    config.custom_headers.insert(name, value);
+                }
+                let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
+                Relay::clone(&self.relay)
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("MCP handshake with `{url}` failed: {e}"))?
             }
         };
         let tools = client

@@ -19,6 +19,39 @@ struct Env {
     npm: PathBuf,
 }
 
+/// `server-everything` in its Streamable HTTP mode, on its own port (the `remote` upstream).
+struct Remote {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn remote(e: &Env) -> Remote {
+    let port = free_port();
+    let child = Command::new(e.npm.join("node_modules/.bin/mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server-everything (HTTP) did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Remote { child, port }
+}
+
 fn env() -> Option<Env> {
     let (Ok(venv), Ok(npm)) = (
         std::env::var("WARDEN_E2E_VENV"),
@@ -53,12 +86,14 @@ impl Drop for Server {
 }
 
 /// Writes the manifest and policies into `dir` and enrols the agents; returns (data, manifest).
-fn setup(dir: &Path, e: &Env) -> (PathBuf, PathBuf) {
+/// The `remote` upstream points at `remote_port`.
+fn setup(dir: &Path, e: &Env, remote_port: u16) -> (PathBuf, PathBuf) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
     let manifest = std::fs::read_to_string(here.join("manifest.yaml"))
         .unwrap()
         .replace("@VENV@", e.venv.to_str().unwrap())
-        .replace("@NPM@", e.npm.to_str().unwrap());
+        .replace("@NPM@", e.npm.to_str().unwrap())
+        .replace("@REMOTE_PORT@", &remote_port.to_string());
     std::fs::write(dir.join("manifest.yaml"), manifest).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::copy(
@@ -83,8 +118,8 @@ fn setup(dir: &Path, e: &Env) -> (PathBuf, PathBuf) {
     (data, m)
 }
 
-fn start(dir: &Path, e: &Env) -> Server {
-    let (data, m) = setup(dir, e);
+fn start(dir: &Path, e: &Env, remote_port: u16) -> Server {
+    let (data, m) = setup(dir, e, remote_port);
     start_existing(dir, &data, &m)
 }
 
@@ -182,7 +217,8 @@ fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
 fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), &e);
+    let http_upstream = remote(&e);
+    let s = start(dir.path(), &e, http_upstream.port);
 
     // Handshake, and tools/list filtered per agent: only manifest tools (server-everything's
     // other tools are hidden), and an intern does not see the high tier it may never run.
@@ -355,6 +391,17 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     );
     assert_eq!(r["cancelled"], true, "{r}");
 
+    // A Streamable HTTP upstream, reached with a secret in its Authorization header.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "remote.echo",
+        r#"{"message":"over http"}"#,
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(first_text(&r).contains("over http"), "{r}");
+
     // Other content types pass through faithfully.
     let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
     let blocks = r["content"].as_array().unwrap();
@@ -430,9 +477,9 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
-    // (refused) + slow (timeout) + progress + cancelled + image + 50 + 1; none for the denied
-    // and escalated calls.
-    assert_eq!(receipts.len(), 61);
+    // (refused) + slow (timeout) + progress + cancelled + remote + image + 50 + 1; none for the
+    // denied and escalated calls.
+    assert_eq!(receipts.len(), 62);
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "killed"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
@@ -456,7 +503,8 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
 fn stdio_serves_one_agent_launched_by_a_client() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (data, m) = setup(dir.path(), &e);
+    // The `remote` upstream is not started here: its tools are simply withheld.
+    let (data, m) = setup(dir.path(), &e, free_port());
     let command = serde_json::json!([
         env!("CARGO_BIN_EXE_warden"),
         "stdio",
@@ -507,7 +555,8 @@ fn stdio_serves_one_agent_launched_by_a_client() {
 fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (data, m) = setup(dir.path(), &e);
+    let http_upstream = remote(&e);
+    let (data, m) = setup(dir.path(), &e, http_upstream.port);
     let pin = || {
         Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["upstreams", "pin", "--write", "--data"])
