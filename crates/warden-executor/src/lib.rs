@@ -343,7 +343,7 @@ impl Executor {
         let started = now_ms();
         // INVARIANT (fail-closed, INV-002): nothing below runs unless this grant verifies for
         // exactly this call under the current manifest, and has not been used.
-        let claims = self.grants.redeem(
+        let claims = match self.grants.redeem(
             call.grant,
             &warden_identity::Call {
                 session: call.session,
@@ -354,7 +354,25 @@ impl Executor {
             self.manifest.get(),
             started,
             self.replay.as_ref(),
-        )?;
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                // A refused grant is evidence (a replay, a forgery, a stale decision): recorded,
+                // best effort — the call is refused whether or not the record lands.
+                let event = Entry::Event(warden_ledger::EventRecord {
+                    kind: "grant.refused".into(),
+                    agent: call.agent.to_owned(),
+                    tenant: call.tenant.to_owned(),
+                    session: call.session.to_owned(),
+                    reason: format!("tool `{}`: {e}", call.tool),
+                    trace_id: call.trace_id.to_owned(),
+                    request_id: call.request_id.to_owned(),
+                    time: started.div_euclid(1000),
+                });
+                let _ = self.record(&event).await;
+                return Err(ExecError::Grant(e));
+            }
+        };
         let (up_name, tool_name) = call
             .tool
             .split_once('.')

@@ -22,6 +22,12 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR", "USER"];
 /// Time to start a server and finish its `initialize` and `tools/list`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Calls in flight at once on one HTTP upstream connection.
+const HTTP_CONCURRENCY: usize = 256;
+
+/// Largest single message accepted from an HTTP upstream.
+const MAX_RESULT_BYTES: usize = 64 << 20;
+
 /// Least time between two restarts of a server that died.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -441,7 +447,11 @@ impl Upstream {
                 let mut config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                         url.clone(),
-                    );
+                    )
+                    // One connection carries every agent's calls: do not serialise them.
+                    .max_concurrent_requests(HTTP_CONCURRENCY);
+                config.channel_buffer_capacity = HTTP_CONCURRENCY;
+                config.max_sse_event_size = MAX_RESULT_BYTES;
                 for (k, t) in &self.spec.headers {
                     // INVARIANT (INV-009): secrets go into the upstream's headers, nowhere else.
                     let v = self.secrets.expand(t).map_err(|e| e.to_string())?;

@@ -198,16 +198,27 @@ async fn no_grant_that_fails_to_redeem_reaches_the_upstream() {
         "{e}"
     );
 
-    // Listing tools starts nothing either until asked; executing never did.
+    // No upstream was started by any of it.
     assert!(
         !dir.path().join("started").exists(),
         "an upstream ran without a grant"
     );
-    assert_eq!(
-        ledger.size().unwrap(),
-        0,
-        "refused grants write no receipts"
-    );
+    // Each refusal is recorded as a `grant.refused` event, and nothing else is written.
+    let mut kinds = Vec::new();
+    ledger
+        .with_store(|s| {
+            s.scan(0, 6, &mut |_, bytes| {
+                match warden_ledger::Entry::from_bytes(bytes).unwrap() {
+                    warden_ledger::Entry::Event(e) => kinds.push(e.kind),
+                    other => panic!("unexpected entry {other:?}"),
+                }
+                Ok(())
+            })
+            .map_err(Into::into)
+        })
+        .unwrap();
+    assert_eq!(ledger.size().unwrap(), 6);
+    assert!(kinds.iter().all(|k| k == "grant.refused"), "{kinds:?}");
 }
 
 #[tokio::test]
@@ -253,6 +264,10 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         .await
         .unwrap_err();
     assert!(matches!(e, ExecError::Grant(GrantError::Replayed)), "{e}");
-    assert_eq!(ledger.size().unwrap(), 1, "a replay runs nothing");
+    assert_eq!(
+        ledger.size().unwrap(),
+        2,
+        "a replay runs nothing: one receipt, then one refusal"
+    );
     ex.shutdown().await;
 }

@@ -14,6 +14,8 @@
 //! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
 //! - [`demo`]: `warden demo-server`, the starter manifest's harmless upstream;
 //! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
+//! - [`path`]: the governed path shared by every front-end (decide, record, grant, execute,
+//!   re-decide once if the manifest moved on);
 //! - [`mcp`]: the MCP front-end (Streamable HTTP at `/mcp`, and stdio), which turns `tools/call`
 //!   into proposals and runs allowed calls through the Executor;
 //! - [`admin`]: the admin listener (kill switch, quarantine, lockdown, resume);
@@ -28,6 +30,7 @@ pub mod demo;
 pub mod execution;
 pub mod keyfile;
 pub mod mcp;
+pub mod path;
 pub mod server;
 pub mod starter;
 pub mod witness;

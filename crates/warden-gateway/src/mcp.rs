@@ -6,7 +6,8 @@
 //! tools it may call. Denials and escalations are tool results with `isError: true` that say
 //! why — never a "tool not found" for a tool that exists.
 
-use crate::server::{govern, AppState, Governed};
+use crate::path::Outcome;
+use crate::server::AppState;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -177,115 +178,57 @@ impl ServerHandler for McpFront {
             agent: identity.agent.clone(),
             session,
             tool: request.name.to_string(),
-            arguments: serde_json::Value::Object(arguments.clone()),
+            arguments: serde_json::Value::Object(arguments),
             tenant: Some(identity.tenant.clone()),
         };
         if let Err(e) = proposal.check() {
             return Ok(refusal(format!("Warden refused the call: {e}")));
         }
-        let narrowed = identity
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.contains(&proposal.tool))
-            .then(|| format!("the credential does not grant tool `{}`", proposal.tool));
-        // INVARIANT (INV-011): the arguments of an egress tool are scanned with the Executor's
-        // detectors (exact secrets, and the tool's `redact` set); the Governor decides on what
-        // was found.
-        let found: Vec<&str> = self
-            .app
-            .governor
-            .get()
-            .manifest()
-            .tools
-            .get(&proposal.tool)
-            .filter(|t| !t.egress.is_empty())
-            .map(|t| {
-                self.executor
-                    .redactor()
-                    .scan(&proposal.arguments, &t.redact)
-                    .into_iter()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let governed = govern(
-            &self.app,
-            &proposal,
-            &trace,
-            identity.chain.clone(),
-            narrowed,
-            true,
-            &found,
-        )
-        .await;
-        let (decision, request_id, grant) = match governed {
-            Governed::LedgerDown { request_id, why } => {
-                return Ok(refusal(format!(
-                    "Warden could not record the decision, so the call did not run \
-                     (rule ledger.unavailable; request {request_id}): {why}"
-                )))
-            }
-            Governed::GrantDown { why } => {
-                return Ok(refusal(format!(
-                    "Warden could not mint a grant, so the call did not run (rule \
-                     grant.unavailable): {why}"
-                )))
-            }
-            Governed::Decided {
+        let run = crate::path::Run {
+            identity: &identity,
+            proposal: &proposal,
+            trace: &trace,
+            cancel: ctx.ct.clone(),
+        };
+        let progress = progress_token.map(|t| progress_sink(&ctx, t));
+        let outcome = crate::path::propose_and_run(&self.app, &self.executor, run, progress).await;
+        Ok(match outcome {
+            Outcome::NotDecided {
+                rule,
+                why,
+                request_id,
+            } => refusal(format!(
+                "Warden could not record or grant the decision, so the call did not run (rule \
+                 {rule}{}): {why}",
+                request_id.map_or(String::new(), |r| format!("; request {r}"))
+            )),
+            Outcome::Decided {
                 decision,
                 request_id,
-                grant,
                 ..
-            } => (decision, request_id, grant),
-        };
-        match decision.decision {
-            Verdict::Deny => Ok(refusal(format!(
-                "Denied by Warden policy (rules: {}; request {request_id}): {}. Retrying the \
-                 same call will not help.",
-                decision.rules.join(", "),
-                decision.reason
-            ))),
-            Verdict::Escalate => Ok(refusal(format!(
+            } if decision.decision == Verdict::Escalate => refusal(format!(
                 "This call needs approval before it can run: {} (rules: {}). Approval id: \
                  {request_id}. It was not run.",
                 escalation_text(decision.escalation.as_ref(), &decision.reason),
                 decision.rules.join(", ")
-            ))),
-            Verdict::Allow => {
-                let Some(grant) = grant else {
-                    return Ok(refusal(
-                        "Warden allowed the call but holds no grant for it; it did not run".into(),
-                    ));
-                };
-                let redact = self
-                    .app
-                    .governor
-                    .get()
-                    .manifest()
-                    .tools
-                    .get(&proposal.tool)
-                    .map(|t| t.redact.clone())
-                    .unwrap_or_default();
-                let call = warden_executor::Call {
-                    grant: &grant,
-                    session: &proposal.session,
-                    agent: &proposal.agent,
-                    tenant: &identity.tenant,
-                    tool: &proposal.tool,
-                    arguments,
-                    trace_id: &trace,
-                    request_id: &request_id,
-                    redact: &redact,
-                    cancel: ctx.ct.clone(),
-                    progress: progress_token.map(|t| progress_sink(&ctx, t)),
-                };
-                match self.executor.execute(call).await {
-                    Ok(done) => Ok(done.result.into()),
-                    Err(e) => Ok(refusal(format!(
-                        "Warden allowed the call (request {request_id}) but it did not complete: {e}"
-                    ))),
-                }
-            }
-        }
+            )),
+            Outcome::Decided {
+                decision,
+                request_id,
+                ..
+            } => refusal(format!(
+                "Denied by Warden policy (rules: {}; request {request_id}): {}. Retrying the \
+                 same call will not help.",
+                decision.rules.join(", "),
+                decision.reason
+            )),
+            Outcome::Ran { executed, .. } => executed.result.into(),
+            Outcome::Failed {
+                request_id, error, ..
+            } => refusal(format!(
+                "Warden allowed the call (request {request_id}) but it did not complete: {error}"
+            )),
+        })
     }
 }
 

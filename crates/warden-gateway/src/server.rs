@@ -32,6 +32,9 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Credentials, revocations and request nonces for `/v1/proposals`.
     pub identity: Arc<crate::agents::IdentityState>,
+    /// The Executor: with one, an allowed signed proposal is run (and its result returned)
+    /// instead of its grant being handed out.
+    pub executor: Option<Arc<warden_executor::Executor>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -407,6 +410,18 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         }
         return error(StatusCode::FORBIDDEN, "lineage.mismatch", reason);
     }
+    if let Some(executor) = &app.executor {
+        // The same path as MCP calls: decide, record, grant, execute, receipt.
+        let trace = trace_id(&headers);
+        let run = crate::path::Run {
+            identity: &identity,
+            proposal: &proposal,
+            trace: &trace,
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let outcome = crate::path::propose_and_run(&app, executor, run, None).await;
+        return outcome_response(outcome);
+    }
     let narrowed = identity
         .tools
         .as_ref()
@@ -421,6 +436,76 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         true,
     )
     .await
+}
+
+/// The native API's answer for a proposal that went down the whole governed path: the
+/// decision, and for an allowed call the (redacted) MCP result and its receipt's ledger index.
+fn outcome_response(outcome: crate::path::Outcome) -> Response {
+    use crate::path::Outcome;
+    let decided = |decision: &warden_core::Decision, request_id: String, index: u64| {
+        let mut body = serde_json::to_value(decision).unwrap_or_else(|_| json!({}));
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("request_id".into(), request_id.into());
+            obj.insert("ledger_index".into(), index.into());
+        }
+        body
+    };
+    match outcome {
+        Outcome::NotDecided {
+            rule,
+            why,
+            request_id,
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "decision": "deny",
+                "rules": [rule],
+                "reason": why,
+                "request_id": request_id,
+            })),
+        )
+            .into_response(),
+        Outcome::Decided {
+            decision,
+            request_id,
+            index,
+        } => {
+            let status = if decision.decision == Verdict::Escalate {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            (status, Json(decided(&decision, request_id, index))).into_response()
+        }
+        Outcome::Ran {
+            decision,
+            request_id,
+            index,
+            executed,
+        } => {
+            let mut body = decided(&decision, request_id, index);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(
+                    "result".into(),
+                    serde_json::to_value(&executed.result).unwrap_or_default(),
+                );
+                obj.insert("receipt_index".into(), executed.receipt_index.into());
+            }
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Outcome::Failed {
+            decision,
+            request_id,
+            index,
+            error,
+        } => {
+            let mut body = decided(&decision, request_id, index);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("error".into(), error.to_string().into());
+            }
+            (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+        }
+    }
 }
 
 /// What the governed path made of one proposal.

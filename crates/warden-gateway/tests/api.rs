@@ -33,6 +33,7 @@ async fn start_with(
         state: Arc::new(state),
         ledger: Arc::new(ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
+        executor: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -145,6 +146,7 @@ async fn decisions_are_recorded_and_verify() {
         state: Arc::new(state),
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+        executor: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -771,6 +773,7 @@ async fn admin_brakes_take_effect_at_once() {
         state: Arc::clone(&state),
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+        executor: None,
     };
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&state),
@@ -893,6 +896,7 @@ async fn unauthenticated_decide_is_loopback_only() {
         state: Arc::new(warden_state::MemoryState::new()),
         ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+        executor: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -902,4 +906,189 @@ async fn unauthenticated_decide_is_loopback_only() {
         br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
     assert_eq!(request(addr, "POST", "/v1/decide", allow).await.0, 404);
     assert_eq!(request(addr, "POST", "/v1/proposals", allow).await.0, 401);
+}
+
+/// The governed path with a real upstream (`mcp-server-time`, installed by `.ci/run`): the
+/// native API executes an allowed signed proposal; a grant minted under a manifest version that
+/// is no longer current is not honored; the call is decided again under the current one, and
+/// runs only if that decision allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_from_an_older_manifest_is_decided_again() {
+    let Ok(venv) = std::env::var("WARDEN_E2E_VENV") else {
+        eprintln!("notice: WARDEN_E2E_VENV not set: skipping the re-decision test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = warden_gateway::starter::write(dir.path()).unwrap();
+    let v1 = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "tools:\n",
+            "tools:\n  - name: time.get_current_time\n    tier: low\n    zones: [\"*\"]\n    arguments: { type: object }\n",
+        )
+        .replace(
+            "  - name: demo\n    command: [warden, demo-server]\n",
+            &format!("  - name: time\n    command: [\"{venv}/bin/mcp-server-time\"]\n"),
+        );
+    std::fs::write(&path, &v1).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&path).unwrap();
+    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
+    let clock = Arc::new(warden_executor::ManifestClock::new(1));
+    let executor = Arc::new(
+        warden_gateway::execution::build(
+            dir.path(),
+            &path,
+            governor.manifest(),
+            Arc::clone(&ledger),
+            Box::new(warden_identity::MemoryReplayGuard::new()),
+            Arc::clone(&clock),
+        )
+        .unwrap(),
+    );
+    assert!(executor
+        .start(std::time::Duration::from_secs(30))
+        .await
+        .is_empty());
+    let cred = warden_gateway::agents::enroll(
+        dir.path(),
+        governor.manifest(),
+        "coder-1",
+        warden_gateway::now_unix(),
+        3600,
+    )
+    .unwrap();
+    let app = AppState {
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+        state: Arc::new(warden_state::MemoryState::new()),
+        ledger: Arc::clone(&ledger),
+        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
+        executor: Some(Arc::clone(&executor)),
+    };
+    let token = std::fs::read_to_string(&cred).unwrap();
+    let identity = app
+        .identity
+        .verifier
+        .verify_token(token.trim(), warden_gateway::now_unix())
+        .unwrap();
+    // The native API runs an allowed signed proposal down the same path, and answers the
+    // (redacted) result and its receipt — never the grant.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, app.clone(), async {
+        let _ = stopped.await;
+    }));
+    let key = warden_gateway::agents::agent_key(&cred.with_extension("key")).unwrap();
+    let lineage = open_session(addr, &key, token.trim(), "native", "n-0").await;
+    let body = br#"{"agent":"coder-1","session":"native","tool":"time.get_current_time","arguments":{"timezone":"UTC"}}"#;
+    let h = signed(&key, token.trim(), &lineage, body, "n-1");
+    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
+    assert_eq!(status, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["result"]["structuredContent"]["timezone"], "UTC", "{v}");
+    assert!(
+        v["receipt_index"].is_u64() && v.get("grant").is_none(),
+        "{v}"
+    );
+    drop(stop);
+
+    let proposal = |session: &str| warden_core::Proposal {
+        agent: "coder-1".into(),
+        session: session.into(),
+        tool: "time.get_current_time".into(),
+        arguments: serde_json::json!({"timezone": "UTC"}),
+        tenant: None,
+    };
+    let run = |p: &warden_core::Proposal| {
+        let (app, executor, identity, p) = (&app, &executor, &identity, p.clone());
+        async move {
+            warden_gateway::path::propose_and_run(
+                app,
+                executor,
+                warden_gateway::path::Run {
+                    identity,
+                    proposal: &p,
+                    trace: "",
+                    cancel: tokio_util::sync::CancellationToken::new(),
+                },
+                None,
+            )
+            .await
+        }
+    };
+    let kinds = || {
+        let mut out = Vec::new();
+        let n = ledger.size().unwrap();
+        ledger
+            .with_store(|s| {
+                s.scan(0, n, &mut |_, b| {
+                    out.push(match warden_ledger::Entry::from_bytes(b).unwrap() {
+                        warden_ledger::Entry::Decision(d) => {
+                            format!("decision:{}", d.decision.as_str())
+                        }
+                        warden_ledger::Entry::Receipt(_) => "receipt".to_owned(),
+                        warden_ledger::Entry::Event(e) => e.kind,
+                    });
+                    Ok(())
+                })
+                .map_err(Into::into)
+            })
+            .unwrap();
+        out
+    };
+
+    // Under the version it was decided in, the call runs: decision, then receipt.
+    let out = run(&proposal("s1")).await;
+    assert!(
+        matches!(out, warden_gateway::path::Outcome::Ran { .. }),
+        "{out:?}"
+    );
+    let before = kinds().len();
+
+    // The Executor's manifest moved on: the grant is refused, the call decided again, and (the
+    // Governor here still deciding under the old version) refused again. Nothing runs.
+    clock.set(2);
+    let out = run(&proposal("s2")).await;
+    assert!(
+        matches!(
+            out,
+            warden_gateway::path::Outcome::Failed {
+                error: warden_executor::ExecError::Grant(
+                    warden_identity::GrantError::ManifestChanged {
+                        granted: 1,
+                        current: 2
+                    }
+                ),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        kinds()[before..],
+        [
+            "decision:allow",
+            "grant.refused",
+            "decision:allow",
+            "grant.refused"
+        ]
+    );
+
+    // The new version (the tool raised to critical) is swapped in: decided under it, the call
+    // escalates and does not run.
+    let v2 = v1.replace("version: 1", "version: 2").replace(
+        "  - name: time.get_current_time\n    tier: low",
+        "  - name: time.get_current_time\n    tier: critical",
+    );
+    std::fs::write(&path, v2).unwrap();
+    app.governor.reload(&path).unwrap();
+    let out = run(&proposal("s3")).await;
+    match out {
+        warden_gateway::path::Outcome::Decided { decision, .. } => {
+            assert_eq!(decision.decision, warden_core::Verdict::Escalate);
+            assert_eq!(decision.manifest_version, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    executor.shutdown().await;
 }

@@ -145,6 +145,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
             )
             .context("opening the agent identity state")?,
         ),
+        executor: None,
     };
     let clock = Arc::new(warden_executor::ManifestClock::new(
         app.governor.get().manifest().version,
@@ -160,6 +161,11 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
         )
         .context("setting up the Executor")?,
     );
+    // The native API runs allowed signed proposals through the same Executor.
+    let app = warden_gateway::server::AppState {
+        executor: Some(Arc::clone(&executor)),
+        ..app
+    };
     if starter {
         starter_credential(&a.data, app.governor.get().manifest())?;
     }

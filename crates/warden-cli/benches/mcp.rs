@@ -1,0 +1,313 @@
+//! Warden's cost on the MCP path, measured side by side in one run: the same Rust MCP client
+//! (rmcp) calls `echo` on the same `@modelcontextprotocol/server-everything` process (its
+//! Streamable HTTP mode) directly, and through `warden serve` (whose upstream is that process).
+//!
+//! Run (release; needs the npm package, which `.ci/run` installs):
+//!
+//! ```sh
+//! WARDEN_E2E_NPM=$HOME/.cache/warden-e2e/npm cargo bench -p warden-cli --bench mcp
+//! ```
+//!
+//! Optional: `WARDEN_BENCH_DATA=/dev/shm/x` puts Warden's data directory (and so its ledger)
+//! there instead of a temporary directory; `WARDEN_BENCH_CALLS` (default 2000) sequential calls.
+//! Prints the table recorded in `docs/benchmarks.md`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark fails loudly on purpose"
+)]
+
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn manifest(port: u16) -> String {
+    format!(
+        r#"version: 1
+risk_tiers:
+  low: {{ approval: {{ mode: auto }} }}
+trust:
+  intern: {{ autonomous: [low] }}
+  junior: {{ autonomous: [low] }}
+  senior: {{ autonomous: [low] }}
+  principal: {{ autonomous: [low] }}
+tenants: [{{ id: bench }}]
+zones: [{{ id: z }}]
+agents:
+  - {{ id: bench-agent, tenant: bench, owner: bench@example.org, zone: z, trust: senior }}
+tools:
+  - name: everything.echo
+    tier: low
+    zones: ["*"]
+    arguments:
+      type: object
+      properties: {{ message: {{ type: string }} }}
+      required: [message]
+      additionalProperties: false
+policies: [policies/base.cedar]
+upstreams:
+  - name: everything
+    url: "http://127.0.0.1:{port}/mcp"
+"#
+    )
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(url: &str, bearer: Option<&str>) -> Client {
+    let mut config =
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).max_concurrent_requests(256);
+    if let Some(b) = bearer {
+        config = config.auth_header(b.to_owned());
+    }
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap()
+}
+
+async fn echo(c: &Client, tool: &str, i: usize) -> Duration {
+    let mut p = CallToolRequestParams::new(tool.to_owned());
+    p.arguments = Some(
+        serde_json::json!({ "message": format!("m{i}") })
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let t = Instant::now();
+    let r = c.peer().call_tool(p).await.unwrap();
+    let d = t.elapsed();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    d
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn sequential(c: &Client, tool: &str, n: usize, offset: usize) -> (Duration, Duration) {
+    for i in 0..50 {
+        echo(c, tool, offset + n + i).await; // warm-up
+    }
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        v.push(echo(c, tool, offset + i).await);
+    }
+    v.sort();
+    (pct(&v, 0.5), pct(&v, 0.99))
+}
+
+/// Calls per second with 50 calls always in flight, for `secs`.
+async fn concurrent(c: Arc<Client>, tool: &'static str, secs: u64, offset: usize) -> f64 {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..50 {
+        let c = Arc::clone(&c);
+        set.spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < stop {
+                echo(&c, tool, offset + w * 1_000_000 + n).await;
+                n += 1;
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = set.join_next().await {
+        total += n.unwrap();
+    }
+    total as f64 / secs as f64
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Opens an MCP session with a raw `initialize` (and `notifications/initialized`) and leaves
+/// it idle.
+fn open_session(addr: &str, bearer: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let post = |body: &str, session: Option<&str>| -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let extra = session.map_or(String::new(), |id| format!("mcp-session-id: {id}\r\n"));
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {bearer}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2025-06-18\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    let resp = post(init, None);
+    let id = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id: {resp}"));
+    post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(&id),
+    );
+    id
+}
+
+fn main() {
+    let Ok(npm) = std::env::var("WARDEN_E2E_NPM") else {
+        eprintln!("notice: WARDEN_E2E_NPM not set (the server-everything install): skipping");
+        return;
+    };
+    let calls: usize = std::env::var("WARDEN_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let warden = env!("CARGO_BIN_EXE_warden");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = std::env::var("WARDEN_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().to_path_buf());
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+
+    let up_port = free_port();
+    let _upstream = Proc(
+        Command::new(Path::new(&npm).join("node_modules/.bin/mcp-server-everything"))
+            .arg("streamableHttp")
+            .env("PORT", up_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(up_port);
+
+    std::fs::write(dir.join("manifest.yaml"), manifest(up_port)).unwrap();
+    std::fs::write(
+        dir.join("policies/base.cedar"),
+        "@id(\"all\")\npermit (principal, action, resource);\n",
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let m = dir.join("manifest.yaml");
+    let out = Command::new(warden)
+        .args(["agents", "enroll", "bench-agent", "--data"])
+        .arg(&data)
+        .arg("--manifest")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bearer = std::fs::read_to_string(data.join("agents/bench-agent.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (port, admin) = (free_port(), free_port());
+    let gateway = Proc(
+        Command::new(warden)
+            .args(["serve", "--data"])
+            .arg(&data)
+            .arg("--manifest")
+            .arg(&m)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let pid = gateway.0.id();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let direct = connect(&format!("http://127.0.0.1:{up_port}/mcp"), None).await;
+        let via = connect(&format!("http://127.0.0.1:{port}/mcp"), Some(&bearer)).await;
+        // Interleave the two so that machine noise hits both alike.
+        let (d50, d99) = sequential(&direct, "echo", calls, 0).await;
+        let (w50, w99) = sequential(&via, "everything.echo", calls, 10_000_000).await;
+        let (d50b, d99b) = sequential(&direct, "echo", calls, 20_000_000).await;
+        let (w50b, w99b) = sequential(&via, "everything.echo", calls, 30_000_000).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (d50, d99) = (ms(d50.min(d50b)), ms(d99.min(d99b)));
+        let (w50, w99) = (ms(w50.min(w50b)), ms(w99.min(w99b)));
+        println!("sequential echo, {calls} calls each (best of two rounds):");
+        println!("  direct        p50 {d50:.3} ms  p99 {d99:.3} ms");
+        println!("  via Warden    p50 {w50:.3} ms  p99 {w99:.3} ms");
+        println!(
+            "  added         p50 {:.3} ms (target <= 0.3)  p99 {:.3} ms (target <= 1)",
+            w50 - d50,
+            w99 - d99
+        );
+        let direct = Arc::new(direct);
+        let via = Arc::new(via);
+        let td = concurrent(Arc::clone(&direct), "echo", 10, 40_000_000).await;
+        let tw = concurrent(Arc::clone(&via), "everything.echo", 10, 50_000_000).await;
+        println!("50 concurrent calls, 10 s each:");
+        println!("  direct        {td:.0} calls/s");
+        println!("  via Warden    {tw:.0} calls/s");
+        println!("  ratio         {:.2} (target >= 0.90)", tw / td);
+    });
+
+    // Memory with 1,000 idle sessions.
+    let before = rss_kib(pid);
+    let addr = format!("127.0.0.1:{port}");
+    let sessions: Vec<String> = (0..1000).map(|_| open_session(&addr, &bearer)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid);
+    println!("memory: {} sessions open", sessions.len());
+    println!(
+        "  RSS before {:.1} MiB, with 1,000 idle sessions {:.1} MiB (target <= 50 MiB)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+}

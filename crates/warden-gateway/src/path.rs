@@ -1,0 +1,200 @@
+//! The governed path, once, for every front-end (MCP and the native HTTP API):
+//! Proposal → Decision (recorded) → Grant → Execution (the Executor redeems the grant) →
+//! Receipt.
+//!
+//! If the manifest moves on between the decision and the execution, the Executor refuses the
+//! grant (`ManifestChanged`); the call is then decided again under the new version and runs
+//! only if that decision allows it, with a new grant (issue 4, seed 000 §4).
+
+use crate::server::{govern, AppState, Governed};
+use std::sync::Arc;
+use warden_core::{Decision, Proposal, Verdict};
+use warden_executor::{ExecError, Executed, Executor, ProgressSink};
+use warden_identity::{GrantError, Identity};
+
+/// What became of one proposal.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing was decided: the ledger or the grant keys failed (fail closed).
+    NotDecided {
+        /// The rule (`ledger.unavailable`, `grant.unavailable`).
+        rule: &'static str,
+        /// Why.
+        why: String,
+        /// Request id, when a decision was attempted.
+        request_id: Option<String>,
+    },
+    /// Decided deny or escalate (recorded); nothing ran.
+    Decided {
+        /// The decision.
+        decision: Box<Decision>,
+        /// Its request id.
+        request_id: String,
+        /// Its ledger index.
+        index: u64,
+    },
+    /// Allowed and run (decision and receipt recorded).
+    Ran {
+        /// The decision.
+        decision: Box<Decision>,
+        /// Its request id.
+        request_id: String,
+        /// Its ledger index.
+        index: u64,
+        /// The redacted result and receipt.
+        executed: Box<Executed>,
+    },
+    /// Allowed, but the execution did not complete.
+    Failed {
+        /// The decision.
+        decision: Box<Decision>,
+        /// Its request id.
+        request_id: String,
+        /// Its ledger index.
+        index: u64,
+        /// Why.
+        error: ExecError,
+    },
+}
+
+/// How a call is to be run.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// The caller.
+    pub identity: &'a Identity,
+    /// The proposal (its agent is the caller's).
+    pub proposal: &'a Proposal,
+    /// Trace id.
+    pub trace: &'a str,
+    /// Fires when the caller cancels.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Decides `run.proposal` and, if allowed, executes it; re-decides once if the manifest moved
+/// on in between.
+pub async fn propose_and_run(
+    app: &AppState,
+    executor: &Arc<Executor>,
+    run: Run<'_>,
+    progress: Option<ProgressSink>,
+) -> Outcome {
+    let Run {
+        identity,
+        proposal,
+        trace,
+        cancel,
+    } = run;
+    let arguments = match &proposal.arguments {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    // A credential narrower than the manifest turns the decision into a deny.
+    let narrowed = || {
+        identity
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.contains(&proposal.tool))
+            .then(|| format!("the credential does not grant tool `{}`", proposal.tool))
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // INVARIANT (INV-011): the arguments of an egress tool are scanned with the Executor's
+        // detectors (exact secrets, and the tool's `redact` set); the Governor decides on what
+        // was found.
+        let governor = app.governor.get();
+        let tool = governor.manifest().tools.get(&proposal.tool);
+        let found: Vec<&str> = tool
+            .filter(|t| !t.egress.is_empty())
+            .map(|t| {
+                executor
+                    .redactor()
+                    .scan(&proposal.arguments, &t.redact)
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let redact = tool.map(|t| t.redact.clone()).unwrap_or_default();
+        let governed = govern(
+            app,
+            proposal,
+            trace,
+            identity.chain.clone(),
+            narrowed(),
+            true,
+            &found,
+        )
+        .await;
+        let (decision, request_id, index, grant) = match governed {
+            Governed::LedgerDown { request_id, why } => {
+                return Outcome::NotDecided {
+                    rule: "ledger.unavailable",
+                    why,
+                    request_id: Some(request_id),
+                }
+            }
+            Governed::GrantDown { why } => {
+                return Outcome::NotDecided {
+                    rule: "grant.unavailable",
+                    why,
+                    request_id: None,
+                }
+            }
+            Governed::Decided {
+                decision,
+                request_id,
+                index,
+                grant,
+            } => (decision, request_id, index, grant),
+        };
+        let (Verdict::Allow, Some(grant)) = (decision.decision, grant) else {
+            return Outcome::Decided {
+                decision,
+                request_id,
+                index,
+            };
+        };
+        let call = warden_executor::Call {
+            grant: &grant,
+            session: &proposal.session,
+            agent: &proposal.agent,
+            tenant: &identity.tenant,
+            tool: &proposal.tool,
+            arguments: arguments.clone(),
+            trace_id: trace,
+            request_id: &request_id,
+            redact: &redact,
+            cancel: cancel.clone(),
+            progress: progress.clone(),
+        };
+        match executor.execute(call).await {
+            Ok(executed) => {
+                return Outcome::Ran {
+                    decision,
+                    request_id,
+                    index,
+                    executed: Box::new(executed),
+                }
+            }
+            // The manifest moved on between decision and execution: decide again, once.
+            Err(ExecError::Grant(GrantError::ManifestChanged { granted, current }))
+                if attempt == 1 =>
+            {
+                tracing::info!(
+                    granted,
+                    current,
+                    tool = %proposal.tool,
+                    "manifest changed in flight; deciding again"
+                );
+            }
+            Err(error) => {
+                return Outcome::Failed {
+                    decision,
+                    request_id,
+                    index,
+                    error,
+                }
+            }
+        }
+    }
+}
