@@ -89,10 +89,44 @@ impl Drop for Server {
 /// The `remote` upstream points at `remote_port`.
 fn setup(dir: &Path, e: &Env, remote_port: u16) -> (PathBuf, PathBuf) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
+    // A directory for the filesystem server (a note holding the secret and an email), and a
+    // git repository with one commit for the git server.
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("notes.txt"),
+        format!("deploy key: {DEMO_KEY}\nowner: erin@example.com\n"),
+    )
+    .unwrap();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.org",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "first commit",
+        ][..],
+    ] {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
     let manifest = std::fs::read_to_string(here.join("manifest.yaml"))
         .unwrap()
         .replace("@VENV@", e.venv.to_str().unwrap())
         .replace("@NPM@", e.npm.to_str().unwrap())
+        .replace("@FILES@", files.to_str().unwrap())
+        .replace("@REPO@", repo.to_str().unwrap())
         .replace("@REMOTE_PORT@", &remote_port.to_string());
     std::fs::write(dir.join("manifest.yaml"), manifest).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
@@ -200,15 +234,22 @@ fn first_text(result: &Value) -> String {
 
 /// A raw HTTP request to the gateway; returns status and body.
 fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
+    raw_bytes(addr, headers, body.as_bytes())
+}
+
+/// [`raw`] with a body of any bytes.
+fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, out)
 }
@@ -391,6 +432,43 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     );
     assert_eq!(r["cancelled"], true, "{r}");
 
+    // The reference filesystem server: a file holding the secret comes back redacted; a write
+    // (high tier, junior agent) escalates and does not happen.
+    let notes = dir.path().join("files/notes.txt");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "files.read_text_file",
+        &serde_json::json!({ "path": notes }).to_string(),
+    );
+    let body = r.to_string();
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(body.contains("deploy key: [REDACTED:secret]"), "{body}");
+    assert!(!body.contains(DEMO_KEY), "{body}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "files.write_file",
+        &serde_json::json!({ "path": notes, "content": "overwritten" }).to_string(),
+    );
+    assert!(first_text(&r).contains("needs approval"), "{r}");
+    assert!(std::fs::read_to_string(&notes)
+        .unwrap()
+        .contains("deploy key"));
+    // The reference git server.
+    let repo = dir.path().join("repo");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "git.git_log",
+        &serde_json::json!({ "repo_path": repo }).to_string(),
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(first_text(&r).contains("first commit"), "{r}");
+
     // A Streamable HTTP upstream, reached with a secret in its Authorization header.
     let r = call(
         &e,
@@ -447,6 +525,12 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     let auth = format!("authorization: Bearer {}\r\n", cred.trim());
     let (status, body) = raw(&s.addr, &auth, "{not json");
     assert!((400..500).contains(&status), "{status} {body}");
+    let (status, _) = raw_bytes(
+        &s.addr,
+        &auth,
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
+    );
+    assert!((400..500).contains(&status), "{status}");
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let (status, _) = raw(&s.addr, &auth, &deep);
     assert!((400..500).contains(&status), "{status}");
@@ -477,9 +561,9 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
-    // (refused) + slow (timeout) + progress + cancelled + remote + image + 50 + 1; none for the
-    // denied and escalated calls.
-    assert_eq!(receipts.len(), 62);
+    // (refused) + slow (timeout) + progress + cancelled + files + git + remote + image + 50 + 1;
+    // none for the denied and escalated calls.
+    assert_eq!(receipts.len(), 64);
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "killed"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
