@@ -68,7 +68,18 @@ pub enum ExecError {
         /// The upstream's tool name.
         tool: String,
     },
-    /// The caller cancelled the call (a receipt was recorded).
+    /// A kill switch, quarantine or pause holds the call's scope (a receipt was recorded).
+    #[error("{scope} is held ({kind}): {reason}")]
+    Held {
+        /// The scope held.
+        scope: String,
+        /// `kill`, `quarantine` or `pause`.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The caller cancelled the call, or an operator's kill stopped it (a receipt was
+    /// recorded).
     #[error("the call was cancelled")]
     Cancelled,
     /// The upstream answered with a protocol error (a receipt was recorded).
@@ -173,6 +184,17 @@ pub struct Config {
     pub manifest: Arc<ManifestClock>,
     /// Where receipts go.
     pub ledger: Arc<Ledger>,
+    /// Holds (kill switch, quarantine, pause), checked again right before each call runs:
+    /// a grant minted before a kill is not honored after it. `None` only in tests.
+    pub holds: Option<Arc<dyn warden_core::state::StateStore>>,
+}
+
+/// A call in flight, as the kill switch sees it.
+struct InFlight {
+    tenant: String,
+    agent: String,
+    session_key: String,
+    stop: CancellationToken,
 }
 
 /// The Executor.
@@ -183,6 +205,23 @@ pub struct Executor {
     replay: Box<dyn ReplayGuard>,
     manifest: Arc<ManifestClock>,
     ledger: Arc<Ledger>,
+    holds: Option<Arc<dyn warden_core::state::StateStore>>,
+    inflight: std::sync::Mutex<std::collections::HashMap<u64, InFlight>>,
+    next_call: AtomicU64,
+}
+
+/// Takes a call out of the in-flight registry when it ends, however it ends.
+struct Registered<'a> {
+    executor: &'a Executor,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.executor.inflight.lock() {
+            m.remove(&self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Executor {
@@ -259,6 +298,9 @@ impl Executor {
             replay: config.replay,
             manifest: config.manifest,
             ledger: config.ledger,
+            holds: config.holds,
+            inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_call: AtomicU64::new(0),
         })
     }
 
@@ -320,6 +362,56 @@ impl Executor {
         out
     }
 
+    /// Stops every call in flight within `scope` (the kill switch, quarantine, lockdown): each
+    /// is cancelled at its upstream and receipted `killed`. Returns how many were stopped.
+    /// Together with the hold check each call makes after registering, no call in `scope` runs
+    /// after this returns, provided the hold was set before it was called.
+    pub fn stop(&self, scope: &warden_core::state::HoldScope) -> usize {
+        use warden_core::state::HoldScope as S;
+        let Ok(m) = self.inflight.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in m.values() {
+            let hit = match scope {
+                S::Global => true,
+                S::Tenant(t) => c.tenant == *t,
+                S::Agent(a) => c.agent == *a,
+                S::Session(s) => c.session_key == *s,
+            };
+            if hit && !c.stop.is_cancelled() {
+                c.stop.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The first hold over this call, if any; a store that cannot answer holds everything
+    /// (fail closed).
+    fn held(
+        &self,
+        tenant: &str,
+        agent: &str,
+        session_key: &str,
+    ) -> Option<(String, &'static str, String)> {
+        use warden_core::state::HoldScope as S;
+        let holds = self.holds.as_ref()?;
+        let scopes = [
+            S::Global,
+            S::Tenant(tenant.to_owned()),
+            S::Agent(agent.to_owned()),
+            S::Session(session_key.to_owned()),
+        ];
+        match holds.holds(&scopes) {
+            Ok(h) => h
+                .into_iter()
+                .next()
+                .map(|h| (h.scope.to_string(), h.kind.as_str(), h.reason)),
+            Err(e) => Some(("everything".into(), "unavailable", e.to_string())),
+        }
+    }
+
     /// Stops every upstream.
     pub async fn shutdown(&self) {
         for u in self.upstreams.values() {
@@ -373,6 +465,24 @@ impl Executor {
                 return Err(ExecError::Grant(e));
             }
         };
+        // INVARIANT (kill switch, INV-025): register first, then check holds. An operator's
+        // kill sets the hold, then stops what is registered: a call is either stopped, or sees
+        // the hold and does not start.
+        let session_key = warden_policy::decide::session_key(call.agent, call.session);
+        let stop = call.cancel.child_token();
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.inflight.lock() {
+            m.insert(
+                id,
+                InFlight {
+                    tenant: call.tenant.to_owned(),
+                    agent: call.agent.to_owned(),
+                    session_key: session_key.clone(),
+                    stop: stop.clone(),
+                },
+            );
+        }
+        let _registered = Registered { executor: self, id };
         let (up_name, tool_name) = call
             .tool
             .split_once('.')
@@ -400,6 +510,16 @@ impl Executor {
                 redactions,
             })
         };
+        if let Some((scope, kind, reason)) = self.held(call.tenant, call.agent, &session_key) {
+            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
+                .await
+                .ok();
+            return Err(ExecError::Held {
+                scope,
+                kind,
+                reason,
+            });
+        }
         let (client, tools) = match up.client().await {
             Ok(c) => c,
             Err(e) => {
@@ -457,7 +577,7 @@ impl Executor {
         let (request_id, peer) = (handle.id.clone(), handle.peer.clone());
         let outcome = tokio::select! {
             r = tokio::time::timeout(timeout, handle.await_response()) => Some(r),
-            () = call.cancel.cancelled() => None,
+            () = stop.cancelled() => None,
         };
         if !matches!(outcome, Some(Ok(_))) {
             // Cancelled or timed out: tell the upstream to stop.

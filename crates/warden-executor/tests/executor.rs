@@ -38,6 +38,7 @@ fn executor(dir: &Path, upstream: Upstream, clock: Arc<ManifestClock>) -> (Execu
         replay: Box::new(MemoryReplayGuard::new()),
         manifest: clock,
         ledger: Arc::clone(&ledger),
+        holds: None,
     })
     .unwrap();
     (ex, ledger)

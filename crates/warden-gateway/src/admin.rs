@@ -34,6 +34,8 @@ pub struct AdminState {
     /// SHA-256 of the admin token.
     // INVARIANT (separate credential): only this token opens the admin API.
     pub token_hash: [u8; 32],
+    /// The Executor, whose calls in flight a kill, quarantine or lockdown stops.
+    pub executor: Option<Arc<warden_executor::Executor>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -166,6 +168,13 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
         Ok(n) => n,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    // INVARIANT (INV-025): the hold is set first; then what is already running in scope is
+    // stopped. Calls that register after this see the hold (the Executor checks it after
+    // registering), so nothing in scope runs once this answers.
+    let stopped = match (c.action.as_str(), &app.executor) {
+        ("kill" | "quarantine" | "lockdown", Some(ex)) => ex.stop(&c.scope),
+        _ => 0,
+    };
     let (agent, tenant, session) = match &c.scope {
         HoldScope::Agent(a) => (a.clone(), String::new(), String::new()),
         HoldScope::Tenant(t) => (String::new(), t.clone(), String::new()),
@@ -190,6 +199,7 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
         "action": c.action,
         "scope": c.scope,
         "changed": changed,
+        "stopped": stopped,
         "recorded": recorded,
     }))
     .into_response()

@@ -30,6 +30,7 @@ pub fn build(
     ledger: Arc<Ledger>,
     replay: Box<dyn warden_identity::ReplayGuard>,
     clock: Arc<ManifestClock>,
+    holds: Arc<dyn warden_core::state::StateStore>,
 ) -> Result<Executor, ExecutionError> {
     let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
     let (secrets, errors) = Secrets::load(&manifest.secrets, dir);
@@ -43,6 +44,7 @@ pub fn build(
         replay,
         manifest: clock,
         ledger,
+        holds: Some(holds),
     })?)
 }
 

@@ -779,6 +779,7 @@ async fn admin_brakes_take_effect_at_once() {
         state: Arc::clone(&state),
         ledger: Arc::clone(&ledger),
         token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
+        executor: None,
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -934,6 +935,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
     let governor = warden_gateway::bundle::load_governor(&path).unwrap();
     let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
     let clock = Arc::new(warden_executor::ManifestClock::new(1));
+    let state: Arc<dyn warden_core::state::StateStore> = Arc::new(warden_state::MemoryState::new());
     let executor = Arc::new(
         warden_gateway::execution::build(
             dir.path(),
@@ -942,6 +944,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
             Arc::clone(&ledger),
             Box::new(warden_identity::MemoryReplayGuard::new()),
             Arc::clone(&clock),
+            Arc::clone(&state),
         )
         .unwrap(),
     );
@@ -959,7 +962,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
     .unwrap();
     let app = AppState {
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(warden_state::MemoryState::new()),
+        state: Arc::clone(&state),
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: Some(Arc::clone(&executor)),

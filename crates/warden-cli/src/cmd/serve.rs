@@ -158,6 +158,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
             Arc::clone(&app.ledger),
             replay_guard(a.replay_redis.as_deref(), "warden:grant:")?,
             Arc::clone(&clock),
+            Arc::clone(&app.state),
         )
         .context("setting up the Executor")?,
     );
@@ -194,6 +195,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ledger: Arc::clone(&app.ledger),
         token_hash: warden_gateway::admin::load_token_hash(data)
             .context("loading the admin token")?,
+        executor: Some(Arc::clone(&executor)),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

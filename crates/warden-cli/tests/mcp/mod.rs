@@ -75,6 +75,7 @@ struct Server {
     child: std::process::Child,
     url: String,
     addr: String,
+    admin: String,
     data: PathBuf,
 }
 
@@ -187,6 +188,7 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
         child,
         url: format!("http://{addr}/mcp"),
         addr,
+        admin,
         data,
     };
     // Serving starts once the upstreams are up.
@@ -579,6 +581,84 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Nor is the secret in the gateway's log.
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(!log.contains(DEMO_KEY), "the secret reached the log");
+
+    // The kill switch during 50 calls in flight: every one is stopped (cancelled upstream,
+    // receipted `killed`), none completes, and the next call is refused.
+    let started = std::time::Instant::now();
+    let in_flight = {
+        let (e, url, data) = (
+            Env {
+                python: e.python.clone(),
+                venv: e.venv.clone(),
+                npm: e.npm.clone(),
+            },
+            s.url.clone(),
+            s.data.clone(),
+        );
+        std::thread::spawn(move || {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+            let out = Command::new(&e.python)
+                .arg(script)
+                .arg(url)
+                .arg(data.join("agents/coder-1.credential"))
+                .args([
+                    "concurrent",
+                    "everything.trigger-long-running-operation",
+                    r#"{"duration":15,"steps":15,"n":{i}}"#,
+                    "50",
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = warden(&[
+        "kill",
+        "--agent",
+        "coder-1",
+        "--reason",
+        "incident drill",
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = in_flight.join().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(14),
+        "calls ran to completion"
+    );
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    for r in results {
+        assert_eq!(r["isError"], true, "{r}");
+        let t = first_text(r);
+        assert!(t.contains("cancelled") || t.contains("held (kill)"), "{t}");
+    }
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "time.get_current_time",
+        r#"{"timezone":"UTC"}"#,
+    );
+    assert!(first_text(&r).contains("incident drill"), "{r}");
+    let out = warden(&[
+        "ledger",
+        "tail",
+        "--data",
+        s.data.to_str().unwrap(),
+        "-n",
+        "500",
+    ]);
+    let killed = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"status\":\"killed\""))
+        .count();
+    assert!(killed >= 50, "{killed} killed receipts");
 }
 
 /// `warden stdio`, launched by the SDK's stdio client the way a desktop client launches its
