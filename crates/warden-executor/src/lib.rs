@@ -31,6 +31,44 @@ use warden_identity::{GrantError, GrantKeys, ReplayGuard};
 use warden_ledger::{Entry, Ledger, Receipt, ReceiptStatus};
 
 pub use redact::Redactor;
+
+/// Entry points for `cargo fuzz` (`fuzz/fuzz_targets/redact.rs`); also run by the tests.
+pub mod fuzz {
+    use std::collections::BTreeSet;
+
+    /// The secret the fuzz redactor holds.
+    pub const SECRET: &str = "fuzz-Secret-value/42+";
+
+    /// Redacts arbitrary upstream output, as JSON when it parses and as text otherwise, with
+    /// every detector on. Returns what came out (the caller checks that the secret did not).
+    #[must_use]
+    pub fn redact(data: &[u8]) -> String {
+        // Built once: compiling the patterns costs far more than one redaction.
+        static REDACTOR: std::sync::OnceLock<Option<crate::Redactor>> = std::sync::OnceLock::new();
+        let Some(r) = REDACTOR
+            .get_or_init(|| crate::Redactor::new([SECRET].into_iter()).ok())
+            .as_ref()
+        else {
+            return String::new();
+        };
+        let on: BTreeSet<String> = warden_policy::upstream::CREDENTIAL_DETECTORS
+            .iter()
+            .chain(warden_policy::upstream::PII_DETECTORS)
+            .map(|s| (*s).to_owned())
+            .collect();
+        let text = String::from_utf8_lossy(data);
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(mut v) => {
+                let _ = r.redact_json(&mut v, &on);
+                let _ = r.scan(&v, &on);
+                v.to_string()
+            }
+            Err(_) => r
+                .redact_str(&text, &on)
+                .map_or(text.into_owned(), |(t, _)| t),
+        }
+    }
+}
 pub use secrets::Secrets;
 pub use upstream::{hash_file, Observed, ProgressSink};
 

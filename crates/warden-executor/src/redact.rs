@@ -4,7 +4,8 @@
 //! Two layers:
 //!
 //! - **exact secrets**, always on: every loaded secret value and its common encodings (standard
-//!   and URL-safe base64, with and without padding; percent-encoding; lower and upper hex);
+//!   and URL-safe base64, with and without padding; percent-encoding; lower and upper hex; JSON
+//!   string escaping, also with `\/`);
 //! - **detectors** the manifest turns on per tool (`redact:`): credentials (cloud keys, tokens,
 //!   private keys, JWTs, bearer tokens) and personal data (emails, phone numbers, card numbers
 //!   that pass the Luhn check, IBANs that pass the mod-97 check).
@@ -81,6 +82,16 @@ fn encodings(secret: &str) -> Vec<String> {
     }
     out.push(pct);
     out.push(pct_lower);
+    // As it appears inside JSON text that a tool returns as a string: escaped, and with `/`
+    // escaped as `\/` (PHP's `json_encode` and others).
+    let json = serde_json::Value::from(secret).to_string();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(&json)
+        .to_owned();
+    out.push(json.replace('/', "\\/"));
+    out.push(json);
     out.push(hex.to_ascii_uppercase());
     out.push(hex);
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));

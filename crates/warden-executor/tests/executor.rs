@@ -272,3 +272,25 @@ async fn a_granted_call_runs_once_with_a_receipt() {
     );
     ex.shutdown().await;
 }
+
+/// The `redact` fuzz target's seeds (and some hostile inputs) replay here: no panic, and the
+/// secret never survives.
+#[test]
+fn redaction_of_hostile_output_never_panics_nor_lets_the_secret_through() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/redact");
+    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(seeds)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!inputs.is_empty());
+    let secret = warden_executor::fuzz::SECRET;
+    inputs.push(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+    inputs.push(format!("\"{}\"", secret.replace('/', "\\u002f")).into_bytes());
+    inputs.push(format!("{{\"{secret}\": [\"{secret}{secret}\"]}}").into_bytes());
+    inputs.push(vec![0xff, 0xfe, b'{']);
+    inputs.push(secret.repeat(10_000).into_bytes());
+    for input in inputs {
+        let out = warden_executor::fuzz::redact(&input);
+        assert!(!out.contains(secret), "{out}");
+    }
+}
