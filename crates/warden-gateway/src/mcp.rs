@@ -271,9 +271,51 @@ fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String 
     }
 }
 
+/// Which credential opened each MCP session: a session is usable only with the credential that
+/// opened it.
+#[derive(Debug, Default)]
+pub struct SessionOwners {
+    owners: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+/// Sessions idle this long are forgotten here (rmcp closes them after 5 minutes).
+const SESSION_OWNER_IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+impl SessionOwners {
+    /// `Err(())` if `session` belongs to another credential; refreshes it otherwise.
+    fn check(&self, session: &str, credential: &str) -> Result<(), ()> {
+        let Ok(mut m) = self.owners.lock() else {
+            return Err(()); // fail closed
+        };
+        match m.get_mut(session) {
+            Some((owner, _)) if owner != credential => Err(()),
+            Some((_, seen)) => {
+                *seen = std::time::Instant::now();
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn bind(&self, session: &str, credential: &str) {
+        if let Ok(mut m) = self.owners.lock() {
+            m.retain(|_, (_, seen)| seen.elapsed() < SESSION_OWNER_IDLE);
+            m.insert(
+                session.to_owned(),
+                (credential.to_owned(), std::time::Instant::now()),
+            );
+        }
+    }
+}
+
 /// Authenticates a `/mcp` request by its bearer credential (from `warden agents enroll`) and
-/// attaches the caller; anything else is a 401 that says what was wrong.
-pub async fn bearer(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+/// attaches the caller; anything else is a 401 that says what was wrong. A session opened with
+/// one credential answers only to that credential (403 `session.not_yours`).
+pub async fn bearer(
+    State((app, owners)): State<(AppState, Arc<SessionOwners>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -285,10 +327,39 @@ pub async fn bearer(State(app): State<AppState>, mut req: Request, next: Next) -
         .map(str::trim);
     match crate::server::verify_credential(&app, token) {
         Ok(identity) => {
-            let session = format!("mcp:{}", identity.credential);
+            let credential = identity.credential.clone();
+            let asked = req
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // INVARIANT (no session hijack): another credential's session is refused.
+            if let Some(sid) = &asked {
+                if owners.check(sid, &credential).is_err() {
+                    return (
+                        StatusCode::FORBIDDEN,
+                        axum::Json(serde_json::json!({
+                            "error": "this MCP session was opened with another credential",
+                            "rule": "session.not_yours",
+                        })),
+                    )
+                        .into_response();
+                }
+            }
+            let session = format!("mcp:{credential}");
             req.extensions_mut()
                 .insert(Arc::new(McpCaller { identity, session }));
-            next.run(req).await
+            let response = next.run(req).await;
+            if asked.is_none() {
+                if let Some(sid) = response
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    owners.bind(sid, &credential);
+                }
+            }
+            response
         }
         Err((status, rule, why)) => {
             let mut r = (
@@ -331,5 +402,8 @@ pub fn router(
     );
     axum::Router::new()
         .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(app, bearer))
+        .layer(axum::middleware::from_fn_with_state(
+            (app, Arc::new(SessionOwners::default())),
+            bearer,
+        ))
 }

@@ -522,6 +522,34 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     );
     assert_eq!(status, 401, "{body}");
 
+    // A session answers only to the credential that opened it.
+    let coder = std::fs::read_to_string(s.data.join("agents/coder-1.credential")).unwrap();
+    let intern = std::fs::read_to_string(s.data.join("agents/intern-1.credential")).unwrap();
+    let (status, resp) = raw(
+        &s.addr,
+        &format!("authorization: Bearer {}\r\n", coder.trim()),
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(status, 200, "{resp}");
+    let sid = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id: {resp}"));
+    let (status, resp) = raw(
+        &s.addr,
+        &format!(
+            "authorization: Bearer {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n",
+            intern.trim()
+        ),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert_eq!(status, 403, "{resp}");
+    assert!(resp.contains("session.not_yours"), "{resp}");
+
     // Malformed JSON-RPC gets an error, and the gateway keeps serving.
     let cred = std::fs::read_to_string(s.data.join("agents/coder-1.credential")).unwrap();
     let auth = format!("authorization: Bearer {}\r\n", cred.trim());
