@@ -558,7 +558,18 @@ impl Executor {
                 reason,
             });
         }
-        let (client, tools) = match up.client().await {
+        // Starting the upstream may take a while: a kill meanwhile stops the call here.
+        let connected = tokio::select! {
+            c = up.client() => Some(c),
+            () = stop.cancelled() => None,
+        };
+        let Some(connected) = connected else {
+            self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
+                .await
+                .ok();
+            return Err(ExecError::Cancelled);
+        };
+        let (client, tools) = match connected {
             Ok(c) => c,
             Err(e) => {
                 self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
@@ -581,6 +592,23 @@ impl Executor {
         if let serde_json::Value::Object(m) = arguments {
             params.arguments = Some(m);
         }
+        // INVARIANT (kill switch, INV-025): last look before anything leaves for the upstream.
+        if stop.is_cancelled() {
+            self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
+                .await
+                .ok();
+            return Err(ExecError::Cancelled);
+        }
+        if let Some((scope, kind, reason)) = self.held(call.tenant, call.agent, &session_key) {
+            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
+                .await
+                .ok();
+            return Err(ExecError::Held {
+                scope,
+                kind,
+                reason,
+            });
+        }
         let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
         let request =
             rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
@@ -594,9 +622,14 @@ impl Executor {
                 self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
                     .await
                     .ok();
+                let why = e.to_string();
+                let why = self
+                    .redactor
+                    .redact_str(&why, call.redact)
+                    .map_or(why, |(r, _)| r);
                 return Err(ExecError::Upstream {
                     upstream: up_name.to_owned(),
-                    why: e.to_string(),
+                    why,
                 });
             }
         };
@@ -704,7 +737,11 @@ impl Executor {
         // Redact the whole result as JSON (every content block type, structured content,
         // metadata) and read it back: nothing is skipped because of its type.
         let Ok(mut value) = serde_json::to_value(&*result) else {
-            return 0;
+            // INVARIANT (INV-010, fail closed): what cannot be inspected is not passed on.
+            *result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(
+                "[REDACTED: the result could not be inspected for secrets]",
+            )]);
+            return 1;
         };
         let n = self.redactor.redact_json(&mut value, on);
         if n > 0 {

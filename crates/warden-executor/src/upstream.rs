@@ -226,6 +226,28 @@ impl Upstream {
 
     /// Keeps the tools whose pins hold; records and withholds the others (INV-023).
     async fn admit(&self, conn: &mut Conn, listed: Vec<Tool>) -> Vec<Tool> {
+        // INVARIANT (INV-023): a name listed twice is ambiguous (which one would run?): every
+        // copy is withheld, whatever the pins say.
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &listed {
+            *counts.entry(t.name.to_string()).or_default() += 1;
+        }
+        let mut unique = Vec::with_capacity(listed.len());
+        for t in listed {
+            if counts.get(t.name.as_ref()).copied().unwrap_or(0) > 1 {
+                self.record(
+                    "upstream.tool_duplicated",
+                    format!(
+                        "upstream `{}` lists tool `{}` more than once: withheld",
+                        self.spec.name, t.name
+                    ),
+                )
+                .await;
+            } else {
+                unique.push(t);
+            }
+        }
+        let listed = unique;
         let seen: BTreeMap<String, String> = listed
             .iter()
             .map(|t| (t.name.to_string(), pin_of(t)))

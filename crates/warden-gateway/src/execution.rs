@@ -147,6 +147,41 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
     Ok(s)
 }
 
+/// Reloads the manifest at `path` into `current` (see [`crate::current::CurrentGovernor`]) and
+/// moves the Executor's manifest clock with it.
+///
+/// INVARIANT (fail-closed): the running Executor keeps the upstreams, pins and secrets it was
+/// started with, so a manifest that changes any of them is refused here (restart to apply it)
+/// rather than swapped in half-applied. The clock moves before the swap: in between, grants of
+/// the old version are refused (and re-decided), never honored under the new one.
+///
+/// # Errors
+/// Why the new manifest was not swapped in.
+pub fn reload(
+    current: &crate::current::CurrentGovernor,
+    clock: &ManifestClock,
+    path: &Path,
+) -> Result<u64, String> {
+    let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
+    let old = current.get();
+    let (o, n) = (&old.manifest().raw, &new.manifest().raw);
+    if o.upstreams != n.upstreams || o.pins != n.pins || o.secrets != n.secrets {
+        return Err(
+            "the new manifest changes upstreams, pins or secrets, which the running Executor cannot take over: restart `warden serve` to apply it"
+                .into(),
+        );
+    }
+    let (from, to) = (old.manifest().version, new.manifest().version);
+    if to <= from {
+        return Err(format!("version {to} is not newer than the current {from}"));
+    }
+    clock.set(to);
+    current.swap(new).map_err(|e| {
+        clock.set(from);
+        e.to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

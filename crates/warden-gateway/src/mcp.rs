@@ -35,8 +35,7 @@ pub struct McpCaller {
     pub session: String,
 }
 
-/// The one agent a stdio connection speaks for.
-#[derive(Debug)]
+/// The one agent a stdio connection speaks for (no `Debug`: it holds the bearer token).
 struct Fixed {
     /// Its credential, verified again on every request (a revocation applies mid-session).
     token: String,

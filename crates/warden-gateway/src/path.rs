@@ -117,6 +117,7 @@ pub async fn propose_and_run(
         let redact = tool.map(|t| t.redact.clone()).unwrap_or_default();
         let governed = govern(
             app,
+            &governor,
             proposal,
             trace,
             identity.chain.clone(),

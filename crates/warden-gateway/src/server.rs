@@ -539,8 +539,13 @@ pub(crate) enum Governed {
 /// Decides, records the decision in the ledger (with the delegation chain) and, if asked and
 /// allowed, mints the grant. `refuse` turns the decision into a deny (a credential narrower than
 /// the manifest).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the governed path's inputs, each from a different source"
+)]
 pub(crate) async fn govern(
     app: &AppState,
+    governor: &warden_policy::Governor,
     proposal: &Proposal,
     trace: &str,
     chain: Vec<String>,
@@ -548,8 +553,8 @@ pub(crate) async fn govern(
     mint_grant: bool,
     found: &[&str],
 ) -> Governed {
-    // The whole decision runs under the Governor current when it starts.
-    let governor = app.governor.get();
+    // The whole decision runs under the one Governor snapshot the caller took (the same one its
+    // argument scan used).
     let mut decision =
         governor.decide_scanned(proposal, app.state.as_ref(), crate::now_unix(), found);
     if let Some(why) = refuse {
@@ -627,7 +632,19 @@ async fn decide_and_record(
     mint_grant: bool,
 ) -> Response {
     // No execution follows this API, so there is nothing to scan arguments against.
-    match govern(app, proposal, trace, chain, refuse, mint_grant, &[]).await {
+    let governor = app.governor.get();
+    match govern(
+        app,
+        &governor,
+        proposal,
+        trace,
+        chain,
+        refuse,
+        mint_grant,
+        &[],
+    )
+    .await
+    {
         Governed::LedgerDown { request_id, why } => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

@@ -1095,3 +1095,34 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
     }
     executor.shutdown().await;
 }
+
+/// A reload that would change upstreams or pins is refused (the running Executor keeps its
+/// own); one that does not is swapped in and moves the Executor's manifest clock.
+#[test]
+fn reloads_that_change_upstreams_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = warden_gateway::starter::write(dir.path()).unwrap();
+    let v1 = std::fs::read_to_string(&path).unwrap();
+    let current = warden_gateway::current::CurrentGovernor::new(
+        warden_gateway::bundle::load_governor(&path).unwrap(),
+    );
+    let clock = warden_executor::ManifestClock::new(1);
+    std::fs::write(
+        &path,
+        v1.replace("version: 1", "version: 2")
+            .replace("command: [warden, demo-server]", "command: [/bin/true]"),
+    )
+    .unwrap();
+    let e = warden_gateway::execution::reload(&current, &clock, &path).unwrap_err();
+    assert!(e.contains("restart"), "{e}");
+    assert_eq!((current.get().manifest().version, clock.get()), (1, 1));
+    std::fs::write(&path, v1.replace("version: 1", "version: 2")).unwrap();
+    assert_eq!(
+        warden_gateway::execution::reload(&current, &clock, &path).unwrap(),
+        2
+    );
+    assert_eq!((current.get().manifest().version, clock.get()), (2, 2));
+    // Not newer: refused, clock unchanged.
+    assert!(warden_gateway::execution::reload(&current, &clock, &path).is_err());
+    assert_eq!(clock.get(), 2);
+}

@@ -81,8 +81,16 @@ struct Opened {
 fn logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
+            // lines) before Warden redacts them, so it never logs below `warn`, whatever
+            // RUST_LOG says.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                .add_directive(
+                    "rmcp=warn"
+                        .parse()
+                        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::WARN.into()),
+                ),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -213,13 +221,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let (c, m) = (Arc::clone(&current), manifest_path.clone());
-                match tokio::task::spawn_blocking(move || c.reload(&m)).await {
-                    Ok(Ok(v)) => {
-                        // Grants minted under the old version stop redeeming.
-                        clock.set(v);
-                        tracing::info!(version = v, "manifest reloaded (upstreams keep running as started)");
-                    }
+                let (c, m, k) = (Arc::clone(&current), manifest_path.clone(), Arc::clone(&clock));
+                match tokio::task::spawn_blocking(move || {
+                    warden_gateway::execution::reload(&c, &k, &m)
+                })
+                .await
+                {
+                    Ok(Ok(v)) => tracing::info!(version = v, "manifest reloaded"),
                     Ok(Err(e)) => tracing::error!(error = %e, "manifest reload refused"),
                     Err(e) => tracing::error!(error = %e, "manifest reload failed"),
                 }
