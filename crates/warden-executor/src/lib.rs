@@ -425,14 +425,9 @@ impl Executor {
         n
     }
 
-    /// The first hold over this call, if any; a store that cannot answer holds everything
-    /// (fail closed).
-    fn held(
-        &self,
-        tenant: &str,
-        agent: &str,
-        session_key: &str,
-    ) -> Option<(String, &'static str, String)> {
+    /// The first hold over this call as the error that refuses it, if any; a store that cannot
+    /// answer holds everything (fail closed).
+    fn hold_error(&self, tenant: &str, agent: &str, session_key: &str) -> Option<ExecError> {
         use warden_core::state::HoldScope as S;
         let holds = self.holds.as_ref()?;
         let scopes = [
@@ -441,13 +436,25 @@ impl Executor {
             S::Agent(agent.to_owned()),
             S::Session(session_key.to_owned()),
         ];
-        match holds.holds(&scopes) {
-            Ok(h) => h
-                .into_iter()
-                .next()
-                .map(|h| (h.scope.to_string(), h.kind.as_str(), h.reason)),
-            Err(e) => Some(("everything".into(), "unavailable", e.to_string())),
-        }
+        let (scope, kind, reason) = match holds.holds(&scopes) {
+            Ok(h) => {
+                let h = h.into_iter().next()?;
+                (h.scope.to_string(), h.kind.as_str(), h.reason)
+            }
+            Err(e) => ("everything".into(), "unavailable", e.to_string()),
+        };
+        Some(ExecError::Held {
+            scope,
+            kind,
+            reason,
+        })
+    }
+
+    /// Records the receipt of a call that ended without a result, and returns `error`.
+    async fn fail(&self, receipt: Entry, error: ExecError) -> Result<Executed, ExecError> {
+        // Best effort: the call is refused (or was stopped) whether or not the receipt lands.
+        self.record(&receipt).await.ok();
+        Err(error)
     }
 
     /// Stops every upstream.
@@ -548,15 +555,10 @@ impl Executor {
                 redactions,
             })
         };
-        if let Some((scope, kind, reason)) = self.held(call.tenant, call.agent, &session_key) {
-            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
-                .await
-                .ok();
-            return Err(ExecError::Held {
-                scope,
-                kind,
-                reason,
-            });
+        if let Some(e) = self.hold_error(call.tenant, call.agent, &session_key) {
+            return self
+                .fail(receipt(ReceiptStatus::Refused, String::new(), 0), e)
+                .await;
         }
         // Starting the upstream may take a while: a kill meanwhile stops the call here.
         let connected = tokio::select! {
@@ -564,29 +566,32 @@ impl Executor {
             () = stop.cancelled() => None,
         };
         let Some(connected) = connected else {
-            self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
-                .await
-                .ok();
-            return Err(ExecError::Cancelled);
+            return self
+                .fail(
+                    receipt(ReceiptStatus::Killed, String::new(), 0),
+                    ExecError::Cancelled,
+                )
+                .await;
         };
         let (client, tools) = match connected {
             Ok(c) => c,
             Err(e) => {
-                self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
-                    .await
-                    .ok();
-                return Err(e);
+                return self
+                    .fail(receipt(ReceiptStatus::Refused, String::new(), 0), e)
+                    .await;
             }
         };
         // INVARIANT (INV-023): only a tool the upstream lists and whose pin holds is called.
         if !tools.iter().any(|t| t.name == tool_name) {
-            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
-                .await
-                .ok();
-            return Err(ExecError::Withdrawn {
-                upstream: up_name.to_owned(),
-                tool: tool_name.to_owned(),
-            });
+            return self
+                .fail(
+                    receipt(ReceiptStatus::Refused, String::new(), 0),
+                    ExecError::Withdrawn {
+                        upstream: up_name.to_owned(),
+                        tool: tool_name.to_owned(),
+                    },
+                )
+                .await;
         }
         let mut params = CallToolRequestParams::new(tool_name.to_owned());
         if let serde_json::Value::Object(m) = arguments {
@@ -594,20 +599,17 @@ impl Executor {
         }
         // INVARIANT (kill switch, INV-025): last look before anything leaves for the upstream.
         if stop.is_cancelled() {
-            self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
-                .await
-                .ok();
-            return Err(ExecError::Cancelled);
+            return self
+                .fail(
+                    receipt(ReceiptStatus::Killed, String::new(), 0),
+                    ExecError::Cancelled,
+                )
+                .await;
         }
-        if let Some((scope, kind, reason)) = self.held(call.tenant, call.agent, &session_key) {
-            self.record(&receipt(ReceiptStatus::Refused, String::new(), 0))
-                .await
-                .ok();
-            return Err(ExecError::Held {
-                scope,
-                kind,
-                reason,
-            });
+        if let Some(e) = self.hold_error(call.tenant, call.agent, &session_key) {
+            return self
+                .fail(receipt(ReceiptStatus::Refused, String::new(), 0), e)
+                .await;
         }
         let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
         let request =
@@ -666,32 +668,38 @@ impl Executor {
         }
         let mut result = match outcome {
             None => {
-                self.record(&receipt(ReceiptStatus::Killed, String::new(), 0))
-                    .await
-                    .ok();
-                return Err(ExecError::Cancelled);
+                return self
+                    .fail(
+                        receipt(ReceiptStatus::Killed, String::new(), 0),
+                        ExecError::Cancelled,
+                    )
+                    .await;
             }
             Some(Err(_)) => {
-                self.record(&receipt(ReceiptStatus::Timeout, String::new(), 0))
-                    .await
-                    .ok();
-                return Err(ExecError::Timeout {
-                    upstream: up_name.to_owned(),
-                    ms: up.spec.timeout_ms,
-                });
+                return self
+                    .fail(
+                        receipt(ReceiptStatus::Timeout, String::new(), 0),
+                        ExecError::Timeout {
+                            upstream: up_name.to_owned(),
+                            ms: up.spec.timeout_ms,
+                        },
+                    )
+                    .await;
             }
             Some(Ok(Ok(rmcp::model::ServerResult::CallToolResult(r)))) => r,
             Some(Ok(Ok(_))) => {
                 let why =
                     "answered with an input request or a task, which Warden does not relay yet"
                         .to_owned();
-                self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
-                    .await
-                    .ok();
-                return Err(ExecError::Upstream {
-                    upstream: up_name.to_owned(),
-                    why,
-                });
+                return self
+                    .fail(
+                        receipt(ReceiptStatus::Error, String::new(), 0),
+                        ExecError::Upstream {
+                            upstream: up_name.to_owned(),
+                            why,
+                        },
+                    )
+                    .await;
             }
             Some(Ok(Err(e))) => {
                 // The upstream's own message may quote a secret: redact it too.
@@ -700,13 +708,15 @@ impl Executor {
                     .redactor
                     .redact_str(&why, call.redact)
                     .map_or(why, |(r, _)| r);
-                self.record(&receipt(ReceiptStatus::Error, String::new(), 0))
-                    .await
-                    .ok();
-                return Err(ExecError::Upstream {
-                    upstream: up_name.to_owned(),
-                    why,
-                });
+                return self
+                    .fail(
+                        receipt(ReceiptStatus::Error, String::new(), 0),
+                        ExecError::Upstream {
+                            upstream: up_name.to_owned(),
+                            why,
+                        },
+                    )
+                    .await;
             }
         };
         // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before

@@ -234,6 +234,20 @@ fn first_text(result: &Value) -> String {
         .to_owned()
 }
 
+/// The last `n` ledger entries of a data directory, as `warden ledger tail` prints them.
+fn ledger_tail(data: &Path, n: u32) -> String {
+    let out = warden(&[
+        "ledger",
+        "tail",
+        "--data",
+        data.to_str().unwrap(),
+        "-n",
+        &n.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 /// A raw HTTP request to the gateway; returns status and body.
 fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
     raw_bytes(addr, headers, body.as_bytes())
@@ -574,16 +588,7 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert_eq!(r["isError"], false, "{r}");
 
     // Every execution left a receipt; the secret is nowhere in the ledger; it verifies.
-    let out = warden(&[
-        "ledger",
-        "tail",
-        "--data",
-        s.data.to_str().unwrap(),
-        "-n",
-        "500",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = text(&out.stdout);
+    let ledger = ledger_tail(&s.data, 500);
     assert!(!ledger.contains(DEMO_KEY));
     let receipts: Vec<Value> = ledger
         .lines()
@@ -674,15 +679,7 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         r#"{"timezone":"UTC"}"#,
     );
     assert!(first_text(&r).contains("incident drill"), "{r}");
-    let out = warden(&[
-        "ledger",
-        "tail",
-        "--data",
-        s.data.to_str().unwrap(),
-        "-n",
-        "500",
-    ]);
-    let killed = text(&out.stdout)
+    let killed = ledger_tail(&s.data, 500)
         .lines()
         .filter(|l| l.contains("\"status\":\"killed\""))
         .count();
@@ -832,17 +829,7 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     );
     assert_eq!(r["isError"], false, "{r}");
     drop(s);
-    let ledger = text(
-        &warden(&[
-            "ledger",
-            "tail",
-            "--data",
-            data.to_str().unwrap(),
-            "-n",
-            "100",
-        ])
-        .stdout,
-    );
+    let ledger = ledger_tail(&data, 100);
     assert!(ledger.contains("upstream.tool_changed"), "{ledger}");
     assert!(ledger.contains("upstream.tool_unpinned"), "{ledger}");
 
@@ -872,16 +859,6 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
         "{tools:?}"
     );
     drop(s);
-    let ledger = text(
-        &warden(&[
-            "ledger",
-            "tail",
-            "--data",
-            data.to_str().unwrap(),
-            "-n",
-            "100",
-        ])
-        .stdout,
-    );
+    let ledger = ledger_tail(&data, 100);
     assert!(ledger.contains("upstream.binary_changed"), "{ledger}");
 }
