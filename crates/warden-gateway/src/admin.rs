@@ -6,15 +6,20 @@
 //! {"scope": "global"|"tenant"|"agent"|"session", "id": "..."}, "reason": "..."}`; `GET
 //! /admin/v1/holds` lists them. A hold is written to the state store, which every decision
 //! consults, so it takes effect with the next decision; it is recorded in the ledger.
+//!
+//! Approvals: `GET /admin/v1/approvals`, `GET /admin/v1/approvals/{id}`, and `POST
+//! /admin/v1/approvals/{id}/votes` with a vote signed by an approver's own key (the admin token
+//! opens the door; only the approver's signature counts as a vote).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::Path as UrlPath;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +41,10 @@ pub struct AdminState {
     pub token_hash: [u8; 32],
     /// The Executor, whose calls in flight a kill, quarantine or lockdown stops.
     pub executor: Option<Arc<warden_executor::Executor>>,
+    /// Approval requests, voted on here.
+    pub approvals: Arc<warden_identity::approval::Book>,
+    /// The current manifest (its approvers verify votes).
+    pub governor: Arc<crate::current::CurrentGovernor>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -76,6 +85,9 @@ pub fn read_token(data: &Path) -> Result<zeroize::Zeroizing<String>, crate::agen
 pub fn router(app: AdminState) -> Router {
     Router::new()
         .route("/admin/v1/holds", get(list).post(change))
+        .route("/admin/v1/approvals", get(approvals_list))
+        .route("/admin/v1/approvals/{id}", get(approvals_show))
+        .route("/admin/v1/approvals/{id}/votes", post(approvals_vote))
         .with_state(app)
 }
 
@@ -203,6 +215,127 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
         "recorded": recorded,
     }))
     .into_response()
+}
+
+fn now_ms() -> i64 {
+    crate::now_unix().saturating_mul(1000)
+}
+
+/// `GET /admin/v1/approvals`: every request kept, newest first (pending, then recent ones).
+async fn approvals_list(State(app): State<AdminState>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    Json(json!({ "approvals": app.approvals.list(now_ms()) })).into_response()
+}
+
+/// `GET /admin/v1/approvals/{id}`: one request, with the exact call it is bound to and the
+/// preview approvers sign against.
+async fn approvals_show(
+    State(app): State<AdminState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    match app.approvals.get(&id, now_ms()) {
+        Some(r) => Json(r).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            &format!("no approval request `{id}`"),
+        ),
+    }
+}
+
+/// `POST /admin/v1/approvals/{id}/votes` with a [`warden_identity::approval::SignedVote`]:
+/// counts an approver's signed vote; a refused one is recorded and answered with its rule.
+async fn approvals_vote(
+    State(app): State<AdminState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    use warden_identity::approval::{ApprovalError, SignedVote};
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    let vote: SignedVote = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a signed vote: {e}")),
+    };
+    if vote.request != id {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("the vote is for `{}`, not `{id}`", vote.request),
+        );
+    }
+    let governor = app.governor.get();
+    let manifest = governor.manifest();
+    let approvers = crate::approvals::approvers(manifest);
+    let now = now_ms();
+    let voted = app.approvals.vote(
+        &vote,
+        &approvers,
+        |who| manifest.agents.contains_key(who),
+        now,
+    );
+    match voted {
+        Ok(v) => {
+            let r = &v.request;
+            let kind = match (v.decided, r.status) {
+                (true, warden_identity::approval::Status::Approved) => "approval.approved",
+                (true, _) => "approval.denied",
+                (false, _) => "approval.vote",
+            };
+            let reason = format!(
+                "`{}` voted {} on approval {} for `{}` ({} of {} needed)",
+                vote.approver,
+                vote.verdict.as_str(),
+                r.id,
+                r.binding.tool,
+                r.approved_by().len(),
+                r.requirement.needed()
+            );
+            // INVARIANT (fail-closed): a vote the ledger did not record authorizes nothing.
+            if !crate::approvals::record(&app.ledger, kind, &r.binding, reason, &r.id).await {
+                app.approvals.withdraw(&r.id);
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the vote could not be recorded in the ledger; the request is withdrawn",
+                );
+            }
+            Json(json!({
+                "id": r.id,
+                "status": r.status.as_str(),
+                "approved_by": r.approved_by(),
+                "needed": r.requirement.needed(),
+            }))
+            .into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                ApprovalError::Unknown(_) => StatusCode::NOT_FOUND,
+                ApprovalError::BadSignature(_) | ApprovalError::UnknownApprover(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                _ => StatusCode::FORBIDDEN,
+            };
+            if let Some(r) = app.approvals.get(&id, now) {
+                let reason = format!(
+                    "vote by `{}` on approval {id} refused: {e}",
+                    vote.approver.chars().take(128).collect::<String>()
+                );
+                crate::approvals::record(&app.ledger, "approval.refused", &r.binding, reason, &id)
+                    .await;
+            }
+            (
+                status,
+                Json(json!({ "error": e.to_string(), "rule": e.rule() })),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.

@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod approvals;
 pub mod bundle;
 pub mod current;
 pub mod demo;

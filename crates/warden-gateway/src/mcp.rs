@@ -21,6 +21,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
 use warden_core::{Proposal, Verdict};
 use warden_executor::Executor;
+use warden_identity::approval::Status;
 use warden_identity::Identity;
 
 /// Largest MCP request body accepted on `/mcp` by default.
@@ -183,15 +184,121 @@ impl ServerHandler for McpFront {
         if let Err(e) = proposal.check() {
             return Ok(refusal(format!("Warden refused the call: {e}")));
         }
-        let run = crate::path::Run {
+        // `_meta`: `warden/approval` names the approval this call redeems; `warden/wait`
+        // (`false` or seconds) shortens the manifest's wait for an approval.
+        // rmcp moves a request's `_meta` into the context; read both.
+        let meta = |key: &str| {
+            request
+                .meta
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .or_else(|| ctx.meta.get(key))
+                .cloned()
+        };
+        let approval = meta("warden/approval").and_then(|v| v.as_str().map(str::to_owned));
+        let max_wait = self.app.governor.get().manifest().approvals.wait_secs;
+        let wait = match meta("warden/wait") {
+            Some(serde_json::Value::Bool(false)) => 0,
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0).min(max_wait),
+            _ => max_wait,
+        };
+        let progress = progress_token.map(|t| progress_sink(&ctx, t));
+        let run = |approval| crate::path::Run {
             identity: &identity,
             proposal: &proposal,
             trace: &trace,
             cancel: ctx.ct.clone(),
+            approval,
         };
-        let progress = progress_token.map(|t| progress_sink(&ctx, t));
-        let outcome = crate::path::propose_and_run(&self.app, &self.executor, run, progress).await;
-        Ok(match outcome {
+        let mut outcome = crate::path::propose_and_run(
+            &self.app,
+            &self.executor,
+            run(approval.as_deref()),
+            progress.clone(),
+        )
+        .await;
+        // Wait for the approval (with progress), then run the call on it.
+        let pending = match &outcome {
+            Outcome::Decided {
+                approval: Some(r), ..
+            } if wait > 0 && r.status == Status::Pending => Some(r.id.clone()),
+            _ => None,
+        };
+        if let Some(id) = pending {
+            let waited = self
+                .wait_for_approval(&id, wait, progress.as_ref(), &ctx.ct)
+                .await;
+            if waited == Some(Status::Approved) {
+                outcome = crate::path::propose_and_run(
+                    &self.app,
+                    &self.executor,
+                    run(Some(&id)),
+                    progress.clone(),
+                )
+                .await;
+            }
+        }
+        Ok(self.answer(outcome))
+    }
+}
+
+impl McpFront {
+    /// Waits up to `secs` for approval `id` to leave `pending`, telling the agent every five
+    /// seconds; `None` if it did not (timeout or the agent cancelled).
+    async fn wait_for_approval(
+        &self,
+        id: &str,
+        secs: u64,
+        progress: Option<&warden_executor::ProgressSink>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Option<Status> {
+        let mut rx = self.app.approvals.subscribe(id)?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + std::time::Duration::from_secs(secs);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            let now = *rx.borrow_and_update();
+            if now != Status::Pending {
+                return Some(now);
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(p) = progress {
+                        let votes = self
+                            .app
+                            .approvals
+                            .get(id, crate::now_unix().saturating_mul(1000))
+                            .map_or(0, |r| r.approved_by().len());
+                        #[expect(
+                            clippy::cast_precision_loss,
+                            reason = "seconds waited, far below 2^52"
+                        )]
+                        let elapsed = started.elapsed().as_secs() as f64;
+                        #[expect(clippy::cast_precision_loss, reason = "at most 3600")]
+                        let total = secs as f64;
+                        p(
+                            elapsed,
+                            Some(total),
+                            Some(format!(
+                                "waiting for approval {id} ({votes} approval(s) so far)"
+                            )),
+                        );
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return None,
+                () = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    /// The MCP result for an outcome.
+    fn answer(&self, outcome: Outcome) -> CallToolResponse {
+        match outcome {
             Outcome::NotDecided {
                 rule,
                 why,
@@ -204,10 +311,40 @@ impl ServerHandler for McpFront {
             Outcome::Decided {
                 decision,
                 request_id,
+                approval: Some(r),
+                ..
+            } if decision.decision == Verdict::Escalate => {
+                let now_ms = crate::now_unix().saturating_mul(1000);
+                let status = self
+                    .app
+                    .approvals
+                    .get(&r.id, now_ms)
+                    .map_or(r.status, |r| r.status);
+                let what = escalation_text(decision.escalation.as_ref(), &decision.reason);
+                let retry = match status {
+                    Status::Pending | Status::Approved => format!(
+                        "Call again with the same arguments once it is approved (optionally \
+                         with `_meta` {{\"warden/approval\": \"{}\"}}).",
+                        r.id
+                    ),
+                    other => format!("The approval is {}: propose again.", other.as_str()),
+                };
+                refusal(format!(
+                    "This call needs approval before it can run: {what} (rules: {}; request \
+                     {request_id}). Approval id: {} ({}, needs {}). It was not run. {retry}",
+                    decision.rules.join(", "),
+                    r.id,
+                    status.as_str(),
+                    crate::approvals::requirement_text(&r.requirement, r.critical),
+                ))
+            }
+            Outcome::Decided {
+                decision,
+                request_id,
                 ..
             } if decision.decision == Verdict::Escalate => refusal(format!(
-                "This call needs approval before it can run: {} (rules: {}). Approval id: \
-                 {request_id}. It was not run.",
+                "This call needs a human before it can run: {} (rules: {}; request \
+                 {request_id}). It was not run.",
                 escalation_text(decision.escalation.as_ref(), &decision.reason),
                 decision.rules.join(", ")
             )),
@@ -227,7 +364,7 @@ impl ServerHandler for McpFront {
             } => refusal(format!(
                 "Warden allowed the call (request {request_id}) but it did not complete: {error}"
             )),
-        })
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Outcome {
         request_id: String,
         /// Its ledger index.
         index: u64,
+        /// The approval request an escalated call waits on.
+        approval: Option<Box<warden_identity::approval::Request>>,
     },
     /// Allowed and run (decision and receipt recorded).
     Ran {
@@ -68,6 +70,8 @@ pub struct Run<'a> {
     pub trace: &'a str,
     /// Fires when the caller cancels.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The approval the caller says authorizes this call (it must be for this exact call).
+    pub approval: Option<&'a str>,
 }
 
 /// Decides `run.proposal` and, if allowed, executes it; re-decides once if the manifest moved
@@ -83,6 +87,7 @@ pub async fn propose_and_run(
         proposal,
         trace,
         cancel,
+        approval,
     } = run;
     let arguments = match &proposal.arguments {
         serde_json::Value::Object(m) => m.clone(),
@@ -124,9 +129,10 @@ pub async fn propose_and_run(
             narrowed(),
             true,
             &found,
+            approval.filter(|_| attempt == 1),
         )
         .await;
-        let (decision, request_id, index, grant) = match governed {
+        let governed = match governed {
             Governed::LedgerDown { request_id, why } => {
                 return Outcome::NotDecided {
                     rule: "ledger.unavailable",
@@ -146,13 +152,16 @@ pub async fn propose_and_run(
                 request_id,
                 index,
                 grant,
-            } => (decision, request_id, index, grant),
+                approval,
+            } => (decision, request_id, index, grant, approval),
         };
+        let (decision, request_id, index, grant, approval) = governed;
         let (Verdict::Allow, Some(grant)) = (decision.decision, grant) else {
             return Outcome::Decided {
                 decision,
                 request_id,
                 index,
+                approval,
             };
         };
         let call = warden_executor::Call {

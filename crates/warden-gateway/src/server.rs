@@ -35,6 +35,8 @@ pub struct AppState {
     /// The Executor: with one, an allowed signed proposal is run (and its result returned)
     /// instead of its grant being handed out.
     pub executor: Option<Arc<warden_executor::Executor>>,
+    /// Approval requests of escalated calls (issue 7).
+    pub approvals: Arc<warden_identity::approval::Book>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -418,6 +420,9 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             proposal: &proposal,
             trace: &trace,
             cancel: tokio_util::sync::CancellationToken::new(),
+            // `Warden-Approval: apr_…` names the approval this call redeems (it must be for
+            // this exact call; without it, an approved request for the same call is used).
+            approval: headers.get("warden-approval").and_then(|v| v.to_str().ok()),
         };
         let outcome = crate::path::propose_and_run(&app, executor, run, None).await;
         return outcome_response(outcome);
@@ -469,13 +474,18 @@ fn outcome_response(outcome: crate::path::Outcome) -> Response {
             decision,
             request_id,
             index,
+            approval,
         } => {
             let status = if decision.decision == Verdict::Escalate {
                 StatusCode::ACCEPTED
             } else {
                 StatusCode::FORBIDDEN
             };
-            (status, Json(decided(&decision, request_id, index))).into_response()
+            let mut body = decided(&decision, request_id, index);
+            if let (Some(a), Some(obj)) = (approval, body.as_object_mut()) {
+                obj.insert("approval".into(), approval_json(&a));
+            }
+            (status, Json(body)).into_response()
         }
         Outcome::Ran {
             decision,
@@ -528,6 +538,8 @@ pub(crate) enum Governed {
         index: u64,
         /// The grant, when asked for and the decision allows.
         grant: Option<String>,
+        /// The approval request an escalated call waits on.
+        approval: Option<Box<warden_identity::approval::Request>>,
     },
     /// Allowed and recorded, but no grant could be minted: nothing may run.
     GrantDown {
@@ -538,7 +550,8 @@ pub(crate) enum Governed {
 
 /// Decides, records the decision in the ledger (with the delegation chain) and, if asked and
 /// allowed, mints the grant. `refuse` turns the decision into a deny (a credential narrower than
-/// the manifest).
+/// the manifest). An escalated call redeems its approval (`approval_id`, or the approved request
+/// for the same call) or opens one ([`crate::approvals`]).
 #[expect(
     clippy::too_many_arguments,
     reason = "the governed path's inputs, each from a different source"
@@ -552,6 +565,7 @@ pub(crate) async fn govern(
     refuse: Option<String>,
     mint_grant: bool,
     found: &[&str],
+    approval_id: Option<&str>,
 ) -> Governed {
     // The whole decision runs under the one Governor snapshot the caller took (the same one its
     // argument scan used).
@@ -565,6 +579,22 @@ pub(crate) async fn govern(
         decision.reason = why;
         decision.escalation = None;
     }
+    let redact = |s: &str| match &app.executor {
+        Some(x) => x
+            .redactor()
+            .redact_str(s, &std::collections::BTreeSet::new())
+            .map_or_else(|| s.to_owned(), |(r, _)| r),
+        None => s.to_owned(),
+    };
+    let settled = crate::approvals::settle(
+        &app.approvals,
+        governor.manifest(),
+        proposal,
+        &mut decision,
+        approval_id,
+        &redact,
+        crate::now_unix().saturating_mul(1000),
+    );
     tracing::info!(
         agent = %decision.agent,
         tool = %decision.tool,
@@ -587,12 +617,28 @@ pub(crate) async fn govern(
         Ok(i) => i,
         Err(e) => {
             tracing::error!(error = %e, "ledger append failed; answering deny");
+            // The approval a redeeming call used stays used: the call did not run and must be
+            // approved again (fail closed).
             return Governed::LedgerDown {
                 request_id,
                 why: e.to_string(),
             };
         }
     };
+    if let Some((r, true)) = &settled.pending {
+        let text = crate::approvals::requirement_text(&r.requirement, r.critical);
+        crate::approvals::record(
+            &app.ledger,
+            "approval.requested",
+            &r.binding,
+            format!(
+                "approval {} for `{}` (decision {index}) needs {text}",
+                r.id, r.binding.tool
+            ),
+            &r.id,
+        )
+        .await;
+    }
     let mut grant = None;
     // An allowed, recorded call gets its single-use grant (docs/grants.md).
     if mint_grant && decision.is_allow() {
@@ -619,6 +665,7 @@ pub(crate) async fn govern(
         request_id,
         index,
         grant,
+        approval: settled.pending.map(|(r, _)| Box::new(r)),
     }
 }
 
@@ -642,6 +689,7 @@ async fn decide_and_record(
         refuse,
         mint_grant,
         &[],
+        None,
     )
     .await
     {
@@ -663,6 +711,7 @@ async fn decide_and_record(
             request_id,
             index,
             grant,
+            approval,
         } => {
             let status = match decision.decision {
                 Verdict::Allow => StatusCode::OK,
@@ -675,6 +724,9 @@ async fn decide_and_record(
                 obj.insert("ledger_index".into(), index.into());
                 if let Some(g) = grant {
                     obj.insert("grant".into(), g.into());
+                }
+                if let Some(a) = approval {
+                    obj.insert("approval".into(), approval_json(&a));
                 }
             }
             (status, Json(body)).into_response()
@@ -717,4 +769,15 @@ pub async fn serve_with(
     axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// What an agent is told of the approval its call waits on (never the votes' signatures).
+pub(crate) fn approval_json(r: &warden_identity::approval::Request) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "status": r.status.as_str(),
+        "requires": crate::approvals::requirement_text(&r.requirement, r.critical),
+        "approvals": r.approved_by().len(),
+        "expires_ms": r.expires_ms,
+    })
 }

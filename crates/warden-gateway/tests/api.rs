@@ -34,6 +34,7 @@ async fn start_with(
         ledger: Arc::new(ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
         executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -147,6 +148,7 @@ async fn decisions_are_recorded_and_verify() {
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -774,12 +776,15 @@ async fn admin_brakes_take_effect_at_once() {
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
     };
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&state),
         ledger: Arc::clone(&ledger),
         token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
         executor: None,
+        approvals: Arc::clone(&app.approvals),
+        governor: Arc::clone(&app.governor),
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -898,6 +903,7 @@ async fn unauthenticated_decide_is_loopback_only() {
         ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -966,6 +972,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
         ledger: Arc::clone(&ledger),
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: Some(Arc::clone(&executor)),
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
     };
     let token = std::fs::read_to_string(&cred).unwrap();
     let identity = app
@@ -1013,6 +1020,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
                     proposal: &p,
                     trace: "",
                     cancel: tokio_util::sync::CancellationToken::new(),
+                    approval: None,
                 },
                 None,
             )

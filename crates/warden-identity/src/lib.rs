@@ -9,8 +9,12 @@
 //! - [`request`]: RFC 9421 HTTP message signatures (Ed25519) over method, path and body digest,
 //!   with a time window and single-use nonces.
 //!
+//! - [`approval`]: approval requests bound to one exact call, votes signed by approvers'
+//!   Ed25519 keys, single use.
+//!
 //! No I/O: keys are handed in by the composition root.
 
+pub mod approval;
 pub mod credential;
 pub mod grant;
 pub mod lineage;

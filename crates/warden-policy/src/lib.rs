@@ -29,6 +29,7 @@
 //! This crate performs no I/O: the caller reads files and passes their text in, and passes the
 //! state store and the current time.
 
+pub mod approvers;
 pub mod cedar;
 pub mod decide;
 pub mod diff;

@@ -126,6 +126,8 @@ pub struct Tier {
     pub approval: Approval,
     /// Calls per agent per window.
     pub rate: Option<Rate>,
+    /// The owner is never the only approver of its calls.
+    pub critical: bool,
 }
 
 /// What a trust level may do with a tier.
@@ -179,6 +181,8 @@ pub struct Tool {
     pub secrets: Vec<String>,
     /// Preview flag.
     pub preview: bool,
+    /// What approvers are shown of a call.
+    pub preview_template: Option<crate::raw::RawPreview>,
     /// Cost units per call.
     pub cost: u64,
     /// Redaction detectors turned on for it (groups expanded).
@@ -261,6 +265,10 @@ pub struct Manifest {
     pub upstreams: Vec<crate::upstream::Upstream>,
     /// Where each secret comes from.
     pub secrets: std::collections::BTreeMap<String, crate::upstream::SecretSource>,
+    /// Approvers by id.
+    pub approvers: std::collections::BTreeMap<String, crate::approvers::ApproverSpec>,
+    /// How approval requests behave.
+    pub approvals: crate::approvers::ApprovalSettings,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -291,14 +299,15 @@ impl Collector<'_> {
     }
 }
 
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
 }
 
-const ID_RULE: &str = "must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`";
+pub(crate) const ID_RULE: &str =
+    "must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`";
 
 /// Parses and validates a manifest.
 ///
@@ -445,6 +454,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             name: name.clone(),
             approval,
             rate,
+            critical: t.critical,
         });
     }
     let tier_names: HashMap<&str, usize> = tiers
@@ -722,6 +732,8 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
 
     let (upstreams, secrets) =
         crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets, &raw.pins);
+    let (approvers, approvals) =
+        crate::approvers::validate(&mut c, &raw.approvers, &raw.approvals, &agents);
 
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
@@ -752,6 +764,8 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         policies: raw.policies.clone(),
         upstreams,
         secrets,
+        approvers,
+        approvals,
         raw,
     })
 }
@@ -922,6 +936,7 @@ fn validate_tool(
         egress: t.egress.clone(),
         secrets: t.secrets.clone(),
         preview: t.preview,
+        preview_template: t.preview_template.clone(),
         cost: t.cost,
         redact,
         egress_level: t.egress_level.unwrap_or(Classification::Public),

@@ -46,6 +46,84 @@ pub struct RawManifest {
     /// Pins of each upstream, by upstream name (`warden upstreams pin --write` writes them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<String, RawPins>,
+    /// The people who approve escalated calls, each with their roles and Ed25519 public key.
+    /// Never an agent (INV-002).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<RawApprover>,
+    /// How approval requests behave: expiry, waiting, caps.
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+/// One approver: a person, never an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprover {
+    /// Id (an agent's `owner` names the approver with the same id).
+    pub id: String,
+    /// Roles held (tiers with `mode: role` require one).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Ed25519 public key: `ed25519:` and 32 bytes in base64 (`warden approvers keygen`
+    /// prints it).
+    pub key: String,
+}
+
+/// How approval requests behave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// A pending request expires after this many seconds (default 900).
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl_seconds: u64,
+    /// An approved call must run within this many seconds of its approval (default 300).
+    #[serde(default = "default_redeem_ttl")]
+    pub redeem_ttl_seconds: u64,
+    /// An MCP call that needs approval waits this many seconds for it (with progress
+    /// notifications) before answering with the approval id; 0 answers at once (default 0).
+    #[serde(default)]
+    pub wait_seconds: u64,
+    /// Open approval requests per agent (default 10); more are denied.
+    #[serde(default = "default_max_open")]
+    pub max_open_per_agent: u32,
+}
+
+impl Default for RawApprovals {
+    fn default() -> Self {
+        RawApprovals {
+            request_ttl_seconds: default_request_ttl(),
+            redeem_ttl_seconds: default_redeem_ttl(),
+            wait_seconds: 0,
+            max_open_per_agent: default_max_open(),
+        }
+    }
+}
+
+fn default_request_ttl() -> u64 {
+    900
+}
+
+fn default_redeem_ttl() -> u64 {
+    300
+}
+
+fn default_max_open() -> u32 {
+    10
+}
+
+/// What approvers are shown of a call, written with `${argument}` placeholders for the call's
+/// top-level arguments (INV-018).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    /// What will change, e.g. `deploy ${service} ${version} to staging`.
+    pub summary: String,
+    /// How many objects it touches, e.g. `${count}` or `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<String>,
+    /// Whether the change cannot be undone.
+    #[serde(default)]
+    pub irreversible: bool,
 }
 
 /// What an upstream is pinned to: SHA-256 hashes (`sha256:<hex>`).
@@ -112,6 +190,9 @@ pub struct RawTier {
     /// Free text shown to approvers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Critical: the agent's own owner is never the only approver of its calls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
 }
 
 /// How calls of a tier are approved.
@@ -266,6 +347,9 @@ pub struct RawTool {
     /// Whether a preview of its effect is produced before approval (INV-018).
     #[serde(default)]
     pub preview: bool,
+    /// What approvers are shown of a call that needs approval (INV-018).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_template: Option<RawPreview>,
     /// Cost units one call consumes from cost budgets.
     #[serde(default)]
     pub cost: u64,

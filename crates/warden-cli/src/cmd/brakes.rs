@@ -41,17 +41,21 @@ impl Scope {
     }
 }
 
-/// Sends one hold change; prints the gateway's answer.
-pub fn send(t: &Target, action: &str, scope: serde_json::Value) -> anyhow::Result<ExitCode> {
-    let token = warden_gateway::admin::read_token(&t.data)?;
-    let body =
-        serde_json::json!({ "action": action, "scope": scope, "reason": t.reason }).to_string();
-    let mut s = TcpStream::connect_timeout(&t.admin, Duration::from_secs(3))
-        .with_context(|| format!("cannot reach the admin listener at {}", t.admin))?;
+/// Sends one request to the admin listener with the admin token; the status and body.
+pub fn admin_call(
+    data: &std::path::Path,
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let token = warden_gateway::admin::read_token(data)?;
+    let body = body.unwrap_or("");
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let request = format!(
-        "POST /admin/v1/holds HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        t.admin,
+        "{method} {path} HTTP/1.1\r\nhost: {admin}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         token.trim(),
         body.len()
     );
@@ -59,14 +63,22 @@ pub fn send(t: &Target, action: &str, scope: serde_json::Value) -> anyhow::Resul
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     let (head, answer) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let ok = head.starts_with("HTTP/1.1 200");
-    if !ok {
-        bail!(
-            "the gateway refused: {} {}",
-            head.lines().next().unwrap_or(""),
-            answer.trim()
-        );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("not an HTTP answer from {admin}"))?;
+    Ok((status, answer.trim().to_owned()))
+}
+
+/// Sends one hold change; prints the gateway's answer.
+pub fn send(t: &Target, action: &str, scope: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let body =
+        serde_json::json!({ "action": action, "scope": scope, "reason": t.reason }).to_string();
+    let (status, answer) = admin_call(&t.data, t.admin, "POST", "/admin/v1/holds", Some(&body))?;
+    if status != 200 {
+        bail!("the gateway refused: {status} {answer}");
     }
-    out!("{}", answer.trim());
+    out!("{answer}");
     Ok(ExitCode::SUCCESS)
 }

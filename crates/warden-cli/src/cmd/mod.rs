@@ -9,6 +9,7 @@ macro_rules! out {
 }
 
 mod agents;
+mod approvals;
 mod brakes;
 mod check;
 mod init;
@@ -58,6 +59,12 @@ enum Command {
     /// Enrol and revoke agents (credentials for the signed-proposal API).
     #[command(subcommand)]
     Agents(agents::Command),
+    /// Approval requests of escalated calls: list, show, approve, deny (signed by the approver).
+    #[command(subcommand)]
+    Approvals(approvals::Command),
+    /// Approvers' keys.
+    #[command(subcommand)]
+    Approvers(approvals::Approvers),
     /// Manage keys (rotation).
     #[command(subcommand)]
     Keys(keys::Command),
@@ -108,6 +115,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),
         Command::Agents(c) => agents::run(c),
+        Command::Approvals(c) => approvals::run(c),
+        Command::Approvers(c) => approvals::run_approvers(c),
         Command::Keys(c) => keys::run(c),
         Command::Kill { scope, target } => brakes::send(&target, "kill", scope_json(&scope)),
         Command::Quarantine { agent, target } => brakes::send(

@@ -142,6 +142,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
         policy_hash = governor.policy_hash(),
         "manifest loaded"
     );
+    let approval_settings = warden_gateway::approvals::settings(governor.manifest());
     let app = warden_gateway::server::AppState {
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         state: Arc::new(state),
@@ -154,6 +155,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
             .context("opening the agent identity state")?,
         ),
         executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(approval_settings)),
     };
     let clock = Arc::new(warden_executor::ManifestClock::new(
         app.governor.get().manifest().version,
@@ -204,6 +206,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         token_hash: warden_gateway::admin::load_token_hash(data)
             .context("loading the admin token")?,
         executor: Some(Arc::clone(&executor)),
+        approvals: Arc::clone(&app.approvals),
+        governor: Arc::clone(&app.governor),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -240,6 +244,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
+        // Expired approval requests are recorded within a second.
+        let (book, ledger) = (Arc::clone(&app.approvals), Arc::clone(&app.ledger));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                warden_gateway::approvals::record_expired(&book, &ledger).await;
+            }
+        });
         for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }

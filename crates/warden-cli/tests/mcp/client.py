@@ -7,6 +7,7 @@ Prints one JSON document on stdout describing what the server answered; the Rust
 
 import asyncio
 import json
+import os
 import sys
 
 import anyio
@@ -71,6 +72,47 @@ async def run(read, write, scenario, args):
             r = await session.call_tool(name, arguments, progress_callback=on_progress)
             out["result"] = result_json(r)
             out["progress"] = seen
+        elif scenario == "call-meta":
+            # A call with `_meta` (Warden's `warden/approval` and `warden/wait`), recording
+            # any progress notifications.
+            name, arguments, meta = args[0], json.loads(args[1]), json.loads(args[2])
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append([progress, total, message])
+
+            r = await session.call_tool(
+                name, arguments, progress_callback=on_progress, meta=meta
+            )
+            out["result"] = result_json(r)
+            out["progress"] = seen
+        elif scenario == "steps":
+            # Several calls in one MCP session, paced by the test: step i is the file
+            # DIR/step-i.json ([name, arguments, meta], or null to stop), its answer
+            # DIR/result-i.json.
+            directory, i = args[0], 0
+            while True:
+                with anyio.fail_after(120):
+                    while not os.path.exists(f"{directory}/step-{i}.json"):
+                        await anyio.sleep(0.05)
+                step = json.load(open(f"{directory}/step-{i}.json"))
+                if step is None:
+                    break
+                name, arguments, meta = step
+                seen = []
+
+                async def on_progress(progress, total, message):
+                    seen.append([progress, total, message])
+
+                r = await session.call_tool(
+                    name, arguments, progress_callback=on_progress, meta=meta
+                )
+                answer = {"result": result_json(r), "progress": seen}
+                with open(f"{directory}/result-{i}.tmp", "w") as f:
+                    json.dump(answer, f)
+                os.rename(f"{directory}/result-{i}.tmp", f"{directory}/result-{i}.json")
+                i += 1
+            out["steps"] = i
         elif scenario == "cancel":
             # Cancel the call once it has reported progress; the SDK tells the server.
             name, arguments = args[0], json.loads(args[1])

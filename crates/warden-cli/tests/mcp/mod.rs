@@ -5,6 +5,8 @@
 //! `.ci/run` installs them (pinned) and sets `WARDEN_E2E_VENV` and `WARDEN_E2E_NPM`; without
 //! those variables (a laptop) the test prints a notice and is skipped.
 
+mod approvals;
+
 use super::{free_port, text, warden};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,310 @@
+//! Approvals on the governed path (issue 7): an escalated call opens (or joins) an approval
+//! request bound to that exact call; once approvers have signed enough votes, the same call —
+//! decided again under the current manifest — redeems the approval once and runs.
+//!
+//! Votes arrive on the admin listener (`POST /admin/v1/approvals/{id}/votes`, see
+//! [`crate::admin`]); the agent sees only the request's id and status. Every request, vote,
+//! refusal and expiry is recorded in the ledger; the redeeming decision names the approvers.
+//!
+//! Requests live in this gateway's memory: a restart forgets them (fail closed — the call must
+//! be proposed and approved again).
+
+use std::collections::HashMap;
+
+use warden_core::{Decision, Proposal, Verdict};
+use warden_identity::approval::{ApprovalError, Approver, Binding, Request, Requirement, Settings};
+use warden_ledger::{Entry, EventRecord, Ledger};
+use warden_policy::manifest::Manifest;
+
+/// The call an escalated decision is about.
+#[must_use]
+pub fn binding(d: &Decision) -> Binding {
+    Binding {
+        agent: d.agent.clone(),
+        tenant: d.tenant.clone(),
+        owner: d.owner.clone(),
+        session: d.session.clone(),
+        tool: d.tool.clone(),
+        arguments_hash: d.arguments_hash.clone(),
+        manifest_version: d.manifest_version,
+    }
+}
+
+/// The manifest's approvers, with keys ready to verify.
+#[must_use]
+pub fn approvers(m: &Manifest) -> HashMap<String, Approver> {
+    m.approvers
+        .iter()
+        .filter_map(|(id, a)| {
+            // Keys were checked when the manifest was loaded; a bad one is left out.
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&a.key).ok()?;
+            Some((
+                id.clone(),
+                Approver {
+                    roles: a.roles.clone(),
+                    key,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The book's settings from the manifest.
+#[must_use]
+pub fn settings(m: &Manifest) -> Settings {
+    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Settings {
+        request_ttl_ms: ms(m.approvals.request_ttl_secs),
+        redeem_ttl_ms: ms(m.approvals.redeem_ttl_secs),
+        max_open_per_agent: usize::try_from(m.approvals.max_open_per_agent).unwrap_or(10),
+        ..Settings::default()
+    }
+}
+
+/// What approvers are shown of the call (INV-018): the tool's preview template filled in with
+/// the arguments (after `redact`, which removes secrets), the estimated cost, and whether the
+/// change is irreversible.
+fn preview(m: &Manifest, p: &Proposal, redact: &dyn Fn(&str) -> String) -> serde_json::Value {
+    let Some(tool) = m.tools.get(&p.tool) else {
+        return serde_json::Value::Null;
+    };
+    let tier = m.tiers.get(tool.tier);
+    let mut v = serde_json::json!({
+        "tool": p.tool,
+        "tier": tier.map(|t| t.name.as_str()).unwrap_or(""),
+        "estimated_cost": tool.cost,
+    });
+    if let (Some(t), Some(obj)) = (&tool.preview_template, v.as_object_mut()) {
+        let fill = |s: &str| redact(&warden_policy::approvers::render(s, &p.arguments));
+        obj.insert("summary".into(), fill(&t.summary).into());
+        if let Some(objects) = &t.objects {
+            obj.insert("objects".into(), fill(objects).into());
+        }
+        obj.insert("irreversible".into(), t.irreversible.into());
+    }
+    v
+}
+
+/// What became of the approval side of one decision.
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    /// The request the call waits on (pending), with whether it is new.
+    pub pending: Option<(Request, bool)>,
+    /// The approval the call redeemed.
+    pub redeemed: Option<Request>,
+}
+
+/// Settles the approval side of `decision` before it is recorded: an escalated call redeems
+/// the approval for exactly this call (turning the decision into an allow), or opens / joins
+/// its request; an approval id that does not fit turns it into a deny.
+pub(crate) fn settle(
+    book: &warden_identity::approval::Book,
+    manifest: &Manifest,
+    proposal: &Proposal,
+    decision: &mut Decision,
+    approval_id: Option<&str>,
+    redact: &dyn Fn(&str) -> String,
+    now_ms: i64,
+) -> Settled {
+    let mut out = Settled::default();
+    if decision.decision != Verdict::Escalate {
+        return out;
+    }
+    let Some(requirement) = decision
+        .escalation
+        .as_ref()
+        .and_then(Requirement::from_escalation)
+    else {
+        return out;
+    };
+    book.set_settings(settings(manifest));
+    let binding = binding(decision);
+    let refuse = |decision: &mut Decision, e: &ApprovalError| {
+        decision.decision = Verdict::Deny;
+        decision.rules.insert(0, e.rule().to_owned());
+        decision.reason = format!("{e}; {}", decision.reason);
+        decision.escalation = None;
+    };
+    match book.redeem(&binding, approval_id, now_ms) {
+        Ok(Some(r)) => {
+            // INVARIANT (INV-020): the call runs on an approval that met its requirement,
+            // bound to this exact call and manifest version, redeemed once.
+            decision.decision = Verdict::Allow;
+            decision.rules.push("approval.redeemed".into());
+            decision.reason = format!(
+                "{}; approved by {} (approval {})",
+                decision.reason,
+                r.approved_by().join(", "),
+                r.id
+            );
+            decision.escalation = None;
+            out.redeemed = Some(r);
+        }
+        Ok(None) => {
+            let critical = manifest
+                .tools
+                .get(&decision.tool)
+                .and_then(|t| manifest.tiers.get(t.tier))
+                .is_some_and(|t| t.critical);
+            let preview = preview(manifest, proposal, redact);
+            match book.open(&binding, requirement, critical, preview, now_ms) {
+                Ok((r, new)) => {
+                    decision.rules.push("approval.pending".into());
+                    decision.reason = format!(
+                        "{}; approval {} is {}",
+                        decision.reason,
+                        r.id,
+                        r.status.as_str()
+                    );
+                    out.pending = Some((r, new));
+                }
+                Err(e) => refuse(decision, &e),
+            }
+        }
+        Err(e) => refuse(decision, &e),
+    }
+    out
+}
+
+/// Records an approval event; false if the ledger did not take it.
+pub(crate) async fn record(
+    ledger: &Ledger,
+    kind: &str,
+    binding: &Binding,
+    reason: String,
+    request_id: &str,
+) -> bool {
+    let event = Entry::Event(EventRecord {
+        kind: kind.to_owned(),
+        agent: binding.agent.clone(),
+        tenant: binding.tenant.clone(),
+        session: binding.session.clone(),
+        reason,
+        trace_id: String::new(),
+        request_id: request_id.to_owned(),
+        time: crate::now_unix(),
+    });
+    let recorded = match ledger.submit(&event) {
+        Ok(t) => t.recorded().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match recorded {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, kind, "could not record an approval event");
+            false
+        }
+    }
+}
+
+/// Readable requirement, for records and agents.
+#[must_use]
+pub fn requirement_text(r: &Requirement, critical: bool) -> String {
+    let base = match r {
+        Requirement::Approvers { approvers, role } => {
+            format!("{approvers} approver(s) of role `{role}`")
+        }
+        Requirement::Humans { approvers } => format!("{approvers} distinct human approver(s)"),
+        Requirement::Owner { owner } => format!("the agent's owner `{owner}`"),
+        Requirement::Queued { until_unix } => {
+            format!("the window opening at {until_unix} (Unix), or one approver")
+        }
+    };
+    if critical {
+        format!("{base}, not the owner alone (critical)")
+    } else {
+        base
+    }
+}
+
+/// Records the approvals that expired since the last sweep; run every second by `serve`.
+pub async fn record_expired(book: &warden_identity::approval::Book, ledger: &Ledger) {
+    let now_ms = crate::now_unix().saturating_mul(1000);
+    for r in book.take_expired(now_ms) {
+        record(
+            ledger,
+            "approval.expired",
+            &r.binding,
+            format!(
+                "approval {} for `{}` expired ({} vote(s))",
+                r.id,
+                r.binding.tool,
+                r.votes.len()
+            ),
+            &r.id,
+        )
+        .await;
+    }
+}
+
+/// Where approver `id`'s private key lives: `DATA/keys/approvers/<id>.key` (0600).
+#[must_use]
+pub fn approver_key_path(data: &std::path::Path, id: &str) -> std::path::PathBuf {
+    data.join("keys")
+        .join("approvers")
+        .join(format!("{id}.key"))
+}
+
+/// Creates approver `id`'s key (refusing to replace one unless `rotate`, which keeps the old
+/// one beside it as `<id>.key.old`); returns the public key as the manifest writes it.
+///
+/// # Errors
+/// The id is not a valid approver id, the key exists, or it cannot be written.
+pub fn create_approver_key(
+    data: &std::path::Path,
+    id: &str,
+    rotate: bool,
+) -> Result<String, crate::keyfile::KeyFileError> {
+    let path = approver_key_path(data, id);
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+    {
+        return Err(crate::keyfile::err(
+            &path,
+            "an approver id is 1-128 letters, digits, `-`, `_`, `.`, `:` or `@`",
+        ));
+    }
+    if path.exists() {
+        if !rotate {
+            return Err(crate::keyfile::err(
+                &path,
+                "exists already; pass --rotate to replace it (the old key is kept as .old)",
+            ));
+        }
+        std::fs::rename(&path, path.with_extension("key.old"))
+            .map_err(|e| crate::keyfile::err(&path, e))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| crate::keyfile::err(dir, e))?;
+    }
+    let seed = crate::keyfile::random32(&path)?;
+    crate::keyfile::write_secret(&path, crate::keyfile::hex32(&seed).as_bytes())?;
+    Ok(public_key_text(&ed25519_dalek::SigningKey::from_bytes(
+        &seed,
+    )))
+}
+
+/// Reads approver `id`'s private key from `path`.
+///
+/// # Errors
+/// It cannot be read, is readable by others, or is not 32 hex bytes.
+pub fn load_approver_key(
+    path: &std::path::Path,
+) -> Result<ed25519_dalek::SigningKey, crate::keyfile::KeyFileError> {
+    let text = crate::keyfile::read_secret(path)?;
+    let seed = crate::keyfile::parse_hex32(text.trim(), path)?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// `ed25519:<base64>` of a key's public half.
+#[must_use]
+pub fn public_key_text(key: &ed25519_dalek::SigningKey) -> String {
+    use base64::Engine as _;
+    format!(
+        "ed25519:{}",
+        base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
+    )
+}
