@@ -249,10 +249,23 @@ fn diff_calls_out_downgrades_and_loosened_approvals() {
     let old = init(dir.path());
     let new = dir.path().join("new.yaml");
     let text_old = std::fs::read_to_string(&old).unwrap();
+    let keygen = warden(&[
+        "approvers",
+        "keygen",
+        "zed",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert!(keygen.status.success(), "{}", text(&keygen.stderr));
     std::fs::write(
         &new,
         text_old
             .replace("version: 1", "version: 2")
+            .replace("    critical: true", "    critical: false")
+            .replace(
+                "\napprovals:\n",
+                &format!("\napprovers:\n{}approvals:\n", text(&keygen.stdout)),
+            )
             .replace("    tier: critical", "    tier: high")
             .replace(
                 "{ mode: role, approvers: 1, role: planner }",
@@ -271,6 +284,14 @@ fn diff_calls_out_downgrades_and_loosened_approvals() {
         "{s}"
     );
     assert!(s.contains("! LOOSENED  risk_tiers.high.approval"), "{s}");
+    assert!(
+        s.contains("! LOOSENED  risk_tiers.critical.critical: critical true -> false"),
+        "{s}"
+    );
+    assert!(
+        s.contains("! LOOSENED  approvers.zed: approver added"),
+        "{s}"
+    );
     assert!(
         s.contains("! LOOSENED  risk_tiers.critical.rate: rate 2/h -> 20/h"),
         "{s}"

@@ -86,6 +86,22 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                         ),
                     ));
                 }
+                if t.critical != n.critical {
+                    out.push(change(
+                        rank(t.critical, n.critical),
+                        format!("{path}.critical"),
+                        format!(
+                            "critical {} -> {}{}",
+                            t.critical,
+                            n.critical,
+                            if t.critical {
+                                " (the owner alone may now approve)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
                 if t.rate != n.rate {
                     let looser = match (t.rate, n.rate) {
                         (Some(x), Some(y)) => y.per_second() > x.per_second(),
@@ -404,6 +420,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
             ));
         }
     }
+    approver_changes(old, new, &mut out);
     if old.policies != new.policies {
         out.push(change(
             Impact::Changed,
@@ -412,6 +429,74 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         ));
     }
     out
+}
+
+/// Approvers: one added, a role gained or a key replaced loosens (more people, or another key,
+/// can approve); one removed or a role dropped tightens. Approval settings: longer lifetimes,
+/// more open requests loosen.
+fn approver_changes(old: &Manifest, new: &Manifest, out: &mut Vec<Change>) {
+    for (id, a) in &old.approvers {
+        let path = format!("approvers.{id}");
+        match new.approvers.get(id) {
+            None => out.push(change(Impact::Tightened, path, "approver removed")),
+            Some(b) => {
+                if a.key != b.key {
+                    out.push(change(
+                        Impact::Loosened,
+                        format!("{path}.key"),
+                        "key replaced (votes signed by the new key count)",
+                    ));
+                }
+                if a.roles != b.roles {
+                    let gained = b.roles.difference(&a.roles).count() > 0;
+                    let lost = a.roles.difference(&b.roles).count() > 0;
+                    out.push(change(
+                        rank(gained, lost),
+                        format!("{path}.roles"),
+                        format!("roles {:?} -> {:?}", a.roles, b.roles),
+                    ));
+                }
+            }
+        }
+    }
+    for id in new.approvers.keys() {
+        if !old.approvers.contains_key(id) {
+            out.push(change(
+                Impact::Loosened,
+                format!("approvers.{id}"),
+                "approver added",
+            ));
+        }
+    }
+    let (a, b) = (&old.approvals, &new.approvals);
+    for (key, before, after) in [
+        (
+            "request_ttl_seconds",
+            a.request_ttl_secs,
+            b.request_ttl_secs,
+        ),
+        ("redeem_ttl_seconds", a.redeem_ttl_secs, b.redeem_ttl_secs),
+        (
+            "max_open_per_agent",
+            u64::from(a.max_open_per_agent),
+            u64::from(b.max_open_per_agent),
+        ),
+    ] {
+        if before != after {
+            out.push(change(
+                rank(after > before, after < before),
+                format!("approvals.{key}"),
+                format!("{before} -> {after}"),
+            ));
+        }
+    }
+    if a.wait_secs != b.wait_secs {
+        out.push(change(
+            Impact::Changed,
+            "approvals.wait_seconds",
+            format!("{} -> {}", a.wait_secs, b.wait_secs),
+        ));
+    }
 }
 
 /// A cap raised or dropped, or fewer tools counted, loosens; the reverse tightens.

@@ -162,3 +162,68 @@ fn argument_schemas_must_compile_and_be_objects() {
     );
     assert!(parse_manifest("m.yaml", &text).is_err());
 }
+
+#[test]
+fn approvers_are_people_with_their_own_valid_keys() {
+    use base64::Engine as _;
+    let key = |b: u8| {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[b; 32]).verifying_key();
+        format!(
+            "ed25519:{}",
+            base64::engine::general_purpose::STANDARD.encode(k.to_bytes())
+        )
+    };
+    let with = |approvers: &str, approvals: &str| {
+        starter().replace(
+            "approvals:\n  request_ttl_seconds: 900",
+            &format!("{approvers}\napprovals:\n  request_ttl_seconds: {approvals}"),
+        )
+    };
+    // A valid pair loads, with roles and keys.
+    let ok = with(
+        &format!(
+            "approvers:\n  - {{ id: alice@acme.example, roles: [planner], key: \"{}\" }}\n  - {{ id: bob@acme.example, key: \"{}\" }}",
+            key(1),
+            key(2)
+        ),
+        "900",
+    );
+    let m = parse_manifest("m.yaml", &ok).unwrap();
+    assert_eq!(m.approvers.len(), 2);
+    assert!(m.approvers["alice@acme.example"].roles.contains("planner"));
+    assert_eq!(m.approvals.request_ttl_secs, 900);
+    assert!(m.tiers.iter().any(|t| t.name == "critical" && t.critical));
+
+    // An agent as approver, a shared key, a bad key, a duplicate id, an out-of-range TTL.
+    let bad = with(
+        &format!(
+            "approvers:\n  - {{ id: coder-1, key: \"{}\" }}\n  - {{ id: bob@acme.example, key: \"{}\" }}\n  - {{ id: carol, key: \"{}\" }}\n  - {{ id: dave, key: \"ed25519:AAAA\" }}\n  - {{ id: carol, key: \"{}\" }}",
+            key(1),
+            key(2),
+            key(2),
+            key(4)
+        ),
+        "0",
+    );
+    let e = errors(&bad).join("\n");
+    assert!(
+        e.contains("approvers[0].id: `coder-1` is an agent; agents never approve"),
+        "{e}"
+    );
+    assert!(
+        e.contains("approvers[2].key: the same key as approver `bob@acme.example`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("approvers[3].key: the key is 3 bytes; an Ed25519 public key is 32"),
+        "{e}"
+    );
+    assert!(
+        e.contains("approvers[4].id: duplicate approver `carol`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("approvals.request_ttl_seconds: 0 is out of range"),
+        "{e}"
+    );
+}
