@@ -264,6 +264,12 @@ async fn approvals_vote(
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a signed vote: {e}")),
     };
+    if !warden_identity::approval::valid_id(&id) || vote.approver.len() > 128 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "not an approval id (apr_ and 24 hex digits), or an approver id over 128 bytes",
+        );
+    }
     if vote.request != id {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -297,14 +303,19 @@ async fn approvals_vote(
                 r.approved_by().len(),
                 r.requirement.needed()
             );
-            // INVARIANT (fail-closed): a vote the ledger did not record authorizes nothing.
+            // INVARIANT (fail-closed): a vote takes effect only once the ledger recorded it;
+            // one it did not record is taken back and authorizes nothing.
             if !crate::approvals::record(&app.ledger, kind, &r.binding, reason, &r.id).await {
                 app.approvals.withdraw(&r.id);
                 return refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the vote could not be recorded in the ledger; the request is withdrawn",
+                    "the vote could not be recorded in the ledger, so it was not counted; send it again",
                 );
             }
+            let r = &app
+                .approvals
+                .commit(&r.id, now_ms())
+                .unwrap_or_else(|| r.clone());
             Json(json!({
                 "id": r.id,
                 "status": r.status.as_str(),
@@ -319,6 +330,10 @@ async fn approvals_vote(
                 ApprovalError::BadSignature(_) | ApprovalError::UnknownApprover(_) => {
                     StatusCode::UNAUTHORIZED
                 }
+                ApprovalError::NotPending { .. }
+                | ApprovalError::AlreadyVoted { .. }
+                | ApprovalError::Replayed(_)
+                | ApprovalError::Busy(_) => StatusCode::CONFLICT,
                 _ => StatusCode::FORBIDDEN,
             };
             if let Some(r) = app.approvals.get(&id, now) {

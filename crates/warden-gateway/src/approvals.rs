@@ -97,9 +97,14 @@ pub(crate) struct Settled {
 /// Settles the approval side of `decision` before it is recorded: an escalated call redeems
 /// the approval for exactly this call (turning the decision into an allow), or opens / joins
 /// its request; an approval id that does not fit turns it into a deny.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the decision, its inputs and the approval book"
+)]
 pub(crate) fn settle(
-    book: &warden_identity::approval::Book,
-    manifest: &Manifest,
+    book: Option<&warden_identity::approval::Book>,
+    governor: &warden_policy::Governor,
+    state: &dyn warden_core::state::StateStore,
     proposal: &Proposal,
     decision: &mut Decision,
     approval_id: Option<&str>,
@@ -107,9 +112,9 @@ pub(crate) fn settle(
     now_ms: i64,
 ) -> Settled {
     let mut out = Settled::default();
-    if decision.decision != Verdict::Escalate {
+    let Some(book) = book.filter(|_| decision.decision == Verdict::Escalate) else {
         return out;
-    }
+    };
     let Some(requirement) = decision
         .escalation
         .as_ref()
@@ -117,16 +122,33 @@ pub(crate) fn settle(
     else {
         return out;
     };
+    let manifest = governor.manifest();
     book.set_settings(settings(manifest));
     let binding = binding(decision);
+    let critical = manifest
+        .tools
+        .get(&decision.tool)
+        .and_then(|t| manifest.tiers.get(t.tier))
+        .is_some_and(|t| t.critical);
     let refuse = |decision: &mut Decision, e: &ApprovalError| {
         decision.decision = Verdict::Deny;
         decision.rules.insert(0, e.rule().to_owned());
         decision.reason = format!("{e}; {}", decision.reason);
         decision.escalation = None;
     };
-    match book.redeem(&binding, approval_id, now_ms) {
+    match book.redeem(&binding, approval_id, &requirement, critical, now_ms) {
         Ok(Some(r)) => {
+            // An escalation charged nothing: the approved call is charged now, like any
+            // allowed call; over a limit it does not run (its approval is spent).
+            if let Err((rule, why)) =
+                governor.charge_approved(decision, state, now_ms.div_euclid(1000))
+            {
+                decision.decision = Verdict::Deny;
+                decision.rules.insert(0, rule);
+                decision.reason = format!("approval {} was redeemed, but {why}", r.id);
+                decision.escalation = None;
+                return out;
+            }
             // INVARIANT (INV-020): the call runs on an approval that met its requirement,
             // bound to this exact call and manifest version, redeemed once.
             decision.decision = Verdict::Allow;
@@ -141,11 +163,6 @@ pub(crate) fn settle(
             out.redeemed = Some(r);
         }
         Ok(None) => {
-            let critical = manifest
-                .tools
-                .get(&decision.tool)
-                .and_then(|t| manifest.tiers.get(t.tier))
-                .is_some_and(|t| t.critical);
             let preview = preview(manifest, proposal, redact);
             match book.open(&binding, requirement, critical, preview, now_ms) {
                 Ok((r, new)) => {

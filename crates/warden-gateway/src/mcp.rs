@@ -352,12 +352,18 @@ impl McpFront {
                 decision,
                 request_id,
                 ..
-            } => refusal(format!(
-                "Denied by Warden policy (rules: {}; request {request_id}): {}. Retrying the \
-                 same call will not help.",
-                decision.rules.join(", "),
-                decision.reason
-            )),
+            } => {
+                let retry = if decision.rules.iter().any(|r| r == "approval.too_many_open") {
+                    "Retry once some of this agent's approval requests are decided or expire."
+                } else {
+                    "Retrying the same call will not help."
+                };
+                refusal(format!(
+                    "Denied by Warden policy (rules: {}; request {request_id}): {}. {retry}",
+                    decision.rules.join(", "),
+                    decision.reason
+                ))
+            }
             Outcome::Ran { executed, .. } => executed.result.into(),
             Outcome::Failed {
                 request_id, error, ..

@@ -586,9 +586,13 @@ pub(crate) async fn govern(
             .map_or_else(|| s.to_owned(), |(r, _)| r),
         None => s.to_owned(),
     };
+    // Approvals only on the authenticated paths that may run the call (not the loopback
+    // `/v1/decide`, which anyone on the host can reach).
+    let approvals = mint_grant.then_some(app.approvals.as_ref());
     let settled = crate::approvals::settle(
-        &app.approvals,
-        governor.manifest(),
+        approvals,
+        governor,
+        app.state.as_ref(),
         proposal,
         &mut decision,
         approval_id,

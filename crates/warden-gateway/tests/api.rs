@@ -1095,9 +1095,25 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
     app.governor.reload(&path).unwrap();
     let out = run(&proposal("s3")).await;
     match out {
-        warden_gateway::path::Outcome::Decided { decision, .. } => {
+        warden_gateway::path::Outcome::Decided {
+            decision, approval, ..
+        } => {
             assert_eq!(decision.decision, warden_core::Verdict::Escalate);
             assert_eq!(decision.manifest_version, 2);
+            // It waits on an approval request bound to this call under version 2, which two
+            // distinct humans (never the owner alone: the tier is critical) must approve.
+            let a = approval.expect("an approval request");
+            assert_eq!(
+                a.requirement,
+                warden_identity::approval::Requirement::Humans { approvers: 2 }
+            );
+            assert!(a.critical);
+            assert_eq!(
+                (a.binding.session.as_str(), a.binding.manifest_version),
+                ("s3", 2)
+            );
+            assert_eq!(a.binding.arguments_hash, decision.arguments_hash);
+            assert!(decision.rules.iter().any(|r| r == "approval.pending"));
         }
         other => panic!("{other:?}"),
     }

@@ -418,6 +418,9 @@ pub enum ApprovalError {
         /// How many.
         open: usize,
     },
+    /// Another vote on the request is being recorded.
+    #[error("a vote on `{0}` is being recorded; send yours again")]
+    Busy(String),
     /// No randomness for an id or nonce.
     #[error("no randomness available")]
     NoRandomness,
@@ -448,6 +451,7 @@ impl ApprovalError {
             ApprovalError::MissingRole { .. } => "approval.missing_role",
             ApprovalError::NotOwner { .. } => "approval.not_owner",
             ApprovalError::TooManyOpen { .. } => "approval.too_many_open",
+            ApprovalError::Busy(_) => "approval.busy",
             ApprovalError::NoRandomness => "approval.unavailable",
         }
     }
@@ -489,6 +493,34 @@ pub struct Voted {
 struct Entry {
     request: Request,
     tx: tokio::sync::watch::Sender<Status>,
+    /// A counted vote whose ledger record is not yet confirmed: (approver, the status it
+    /// leads to). Nothing changes status until [`Book::commit`].
+    uncommitted: Option<(String, Status)>,
+}
+
+/// Most expired requests kept for [`Book::take_expired`] (the oldest are dropped beyond it).
+const MAX_EXPIRED_KEPT: usize = 10_000;
+
+/// Whether `id` has the form of an approval id (`apr_` and 24 lowercase hex digits).
+#[must_use]
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 28
+        && id.starts_with("apr_")
+        && id
+            .bytes()
+            .skip(4)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An id as shown in errors: whole if well formed, else cut.
+fn shown(id: &str) -> String {
+    if valid_id(id) {
+        id.to_owned()
+    } else {
+        let mut s: String = id.chars().take(32).collect();
+        s.push_str("…(not an approval id)");
+        s
+    }
 }
 
 #[derive(Default)]
@@ -542,26 +574,42 @@ impl Book {
         self.lock().settings = settings;
     }
 
-    /// Withdraws an open request (its vote could not be recorded): it authorizes nothing.
-    pub fn withdraw(&self, id: &str) {
-        let mut inner = self.lock();
-        let Some(e) = inner.requests.get_mut(id) else {
-            return;
-        };
-        if matches!(e.request.status, Status::Pending | Status::Approved) {
-            e.request.status = Status::Denied;
-            e.tx.send_replace(Status::Denied);
-            let binding = e.request.binding.clone();
-            inner.by_binding.remove(&binding);
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a request half-updated in a way that
         // grants more: every update sets status last. Recover the guard.
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Confirms the vote counted by [`Book::vote`] once its ledger record is durable: only now
+    /// does the request become approved (or denied) and a waiting call learn of it.
+    pub fn commit(&self, id: &str, now_ms: i64) -> Option<Request> {
+        let mut inner = self.lock();
+        let redeem = inner.settings.redeem_ttl_ms;
+        let e = inner.requests.get_mut(id)?;
+        if let Some((_, to)) = e.uncommitted.take() {
+            if e.request.status == Status::Pending && to != Status::Pending {
+                e.request.status = to;
+                if to == Status::Approved {
+                    e.request.expires_ms = now_ms.saturating_add(redeem);
+                }
+                e.tx.send_replace(to);
+            }
+        }
+        Some(e.request.clone())
+    }
+
+    /// Takes back the vote counted by [`Book::vote`] whose ledger record failed: the request
+    /// stays as it was (INVARIANT (fail-closed): an unrecorded vote authorizes nothing).
+    pub fn withdraw(&self, id: &str) {
+        let mut inner = self.lock();
+        let Some(e) = inner.requests.get_mut(id) else {
+            return;
+        };
+        if let Some((approver, _)) = e.uncommitted.take() {
+            e.request.votes.retain(|v| v.approver != approver);
+        }
     }
 
     /// Expires what is due; forgets old nonces and finished requests.
@@ -575,12 +623,23 @@ impl Book {
                 newly.push(e.request.clone());
             }
         }
-        for r in &newly {
-            if inner.by_binding.get(&r.binding) == Some(&r.id) {
-                inner.by_binding.remove(&r.binding);
+        // A denial holds for the same call until the request's own expiry (INVARIANT: a denial
+        // is final; asking again does not open a fresh request).
+        let done: Vec<(Binding, String)> = inner
+            .requests
+            .values()
+            .filter(|e| e.request.status == Status::Denied && now_ms >= e.request.expires_ms)
+            .map(|e| (e.request.binding.clone(), e.request.id.clone()))
+            .chain(newly.iter().map(|r| (r.binding.clone(), r.id.clone())))
+            .collect();
+        for (binding, id) in done {
+            if inner.by_binding.get(&binding) == Some(&id) {
+                inner.by_binding.remove(&binding);
             }
         }
         inner.expired.extend(newly);
+        let over = inner.expired.len().saturating_sub(MAX_EXPIRED_KEPT);
+        inner.expired.drain(..over);
         inner.requests.retain(|_, e| {
             matches!(e.request.status, Status::Pending | Status::Approved)
                 || now_ms < e.request.expires_ms.saturating_add(KEEP_FINISHED_MS)
@@ -604,18 +663,31 @@ impl Book {
     ) -> Result<(Request, bool), ApprovalError> {
         let mut inner = self.lock();
         Self::sweep(&mut inner, now_ms);
-        if let Some(e) = inner
-            .by_binding
-            .get(binding)
-            .and_then(|id| inner.requests.get(id))
-        {
-            return Ok((e.request.clone(), false));
+        if let Some(id) = inner.by_binding.get(binding).cloned() {
+            if let Some(e) = inner.requests.get_mut(&id) {
+                match e.request.status {
+                    Status::Denied => {
+                        return Err(ApprovalError::NotApproved {
+                            id,
+                            status: Status::Denied,
+                        })
+                    }
+                    // The same call under the same requirement joins the open request.
+                    _ if e.request.requirement == requirement && e.request.critical == critical => {
+                        return Ok((e.request.clone(), false));
+                    }
+                    // The requirement changed (a leak found, a window closed): the old request
+                    // cannot satisfy it; it is superseded.
+                    _ => Self::supersede(&mut inner, &id),
+                }
+            }
         }
         let open = inner
             .requests
             .values()
             .filter(|e| {
                 e.request.binding.agent == binding.agent
+                    && e.request.binding.manifest_version == binding.manifest_version
                     && matches!(e.request.status, Status::Pending | Status::Approved)
             })
             .count();
@@ -646,6 +718,7 @@ impl Book {
             Entry {
                 request: request.clone(),
                 tx,
+                uncommitted: None,
             },
         );
         Ok((request, true))
@@ -720,6 +793,9 @@ impl Book {
                 status: request.status,
             });
         }
+        if entry.uncommitted.is_some() {
+            return Err(ApprovalError::Busy(request.id.clone()));
+        }
         if request.votes.iter().any(|v| v.approver == vote.approver) {
             return Err(ApprovalError::AlreadyVoted {
                 id: request.id.clone(),
@@ -748,7 +824,6 @@ impl Book {
             .saturating_add(window)
             .saturating_add(1000);
         inner.nonces.insert(vote.nonce.clone(), forget_at);
-        let redeem = inner.settings.redeem_ttl_ms;
         let Some(entry) = inner.requests.get_mut(&vote.request) else {
             return Err(ApprovalError::Unknown(vote.request.clone()));
         };
@@ -757,39 +832,54 @@ impl Book {
             verdict: vote.verdict,
             at_ms: now_ms,
         });
-        let before = entry.request.status;
-        if vote.verdict == Verdict::Deny {
-            entry.request.status = Status::Denied;
+        let to = if vote.verdict == Verdict::Deny {
+            Status::Denied
         } else if entry.request.satisfied() {
-            entry.request.status = Status::Approved;
-            entry.request.expires_ms = now_ms.saturating_add(redeem);
-        }
-        let request = entry.request.clone();
-        if request.status != before {
-            entry.tx.send_replace(request.status);
-        }
-        if request.status == Status::Denied {
-            let binding = request.binding.clone();
-            if inner.by_binding.get(&binding) == Some(&request.id) {
-                inner.by_binding.remove(&binding);
-            }
-        }
+            Status::Approved
+        } else {
+            Status::Pending
+        };
+        // Counted, but nothing changes until the vote's record is durable (commit).
+        entry.uncommitted = Some((vote.approver.clone(), to));
+        let mut request = entry.request.clone();
+        request.status = to;
         Ok(Voted {
-            decided: request.status != before,
+            decided: to != Status::Pending,
             request,
         })
     }
 
-    /// Redeems the approval for `binding`: the one named `id`, or else the approved request
-    /// for the same call. `Ok(None)`: nothing approved yet (still pending, or none).
+    /// Marks a request expired because the call now needs something else.
+    fn supersede(inner: &mut Inner, id: &str) {
+        let Some(e) = inner.requests.get_mut(id) else {
+            return;
+        };
+        if matches!(e.request.status, Status::Pending | Status::Approved) {
+            e.request.status = Status::Expired;
+            e.tx.send_replace(Status::Expired);
+            let r = e.request.clone();
+            if inner.by_binding.get(&r.binding).map(String::as_str) == Some(id) {
+                inner.by_binding.remove(&r.binding);
+            }
+            inner.expired.push(r);
+        }
+    }
+
+    /// Redeems the approval for `binding` under `requirement`: the one named `id`, or else
+    /// the approved request for the same call. `Ok(None)`: nothing approved for it (still
+    /// pending, none, or one given for an older manifest version or a different requirement —
+    /// a new request is then needed).
     ///
     /// # Errors
-    /// With an `id`: [`ApprovalError::Unknown`], [`ApprovalError::OtherCall`] when it was given
-    /// for another call, [`ApprovalError::NotApproved`] when it was denied, expired or used.
+    /// [`ApprovalError::Unknown`]; [`ApprovalError::OtherCall`] when the named approval was
+    /// given for another call; [`ApprovalError::NotApproved`] when it (or the request for this
+    /// call) was denied, expired or used.
     pub fn redeem(
         &self,
         binding: &Binding,
         id: Option<&str>,
+        requirement: &Requirement,
+        critical: bool,
         now_ms: i64,
     ) -> Result<Option<Request>, ApprovalError> {
         let mut inner = self.lock();
@@ -797,26 +887,22 @@ impl Book {
         let id = match id {
             Some(id) => {
                 let Some(e) = inner.requests.get(id) else {
-                    return Err(ApprovalError::Unknown(id.to_owned()));
+                    return Err(ApprovalError::Unknown(shown(id)));
                 };
                 // INVARIANT (bound approvals): an approval authorizes only the exact call it
                 // was given for.
-                if let Some(field) = e.request.binding.first_difference(binding) {
-                    return Err(ApprovalError::OtherCall {
-                        id: id.to_owned(),
-                        field,
-                    });
-                }
-                match e.request.status {
-                    Status::Pending => return Ok(None),
-                    Status::Approved => id.to_owned(),
-                    status => {
-                        return Err(ApprovalError::NotApproved {
+                match e.request.binding.first_difference(binding) {
+                    None => {}
+                    // Given under an older manifest: it no longer fits; ask again.
+                    Some("manifest version") => return Ok(None),
+                    Some(field) => {
+                        return Err(ApprovalError::OtherCall {
                             id: id.to_owned(),
-                            status,
+                            field,
                         })
                     }
                 }
+                id.to_owned()
             }
             None => match inner.by_binding.get(binding) {
                 Some(id) => id.clone(),
@@ -826,7 +912,15 @@ impl Book {
         let Some(e) = inner.requests.get_mut(&id) else {
             return Ok(None);
         };
-        if e.request.status != Status::Approved {
+        match e.request.status {
+            Status::Pending => return Ok(None),
+            Status::Approved => {}
+            status => return Err(ApprovalError::NotApproved { id, status }),
+        }
+        // INVARIANT (bound approvals): approved for what the call needs now, not for a lesser
+        // requirement it needed before.
+        if e.request.requirement != *requirement || e.request.critical != critical {
+            Self::supersede(&mut inner, &id);
             return Ok(None);
         }
         // INVARIANT (single use): an approval authorizes one execution.

@@ -857,11 +857,15 @@ mod approvals {
             .0
     }
 
+    /// Votes and, as the gateway does once the vote is recorded, commits it.
     fn cast(b: &Book, r: &Request, who: &str, v: Verdict) -> Result<Status, ApprovalError> {
         let vote = sign(&key(who), r, v, who, T).unwrap();
-        b.vote(&vote, &approvers(), is_agent, T)
-            .map(|v| v.request.status)
+        b.vote(&vote, &approvers(), is_agent, T)?;
+        Ok(b.commit(&r.id, T).unwrap().status)
     }
+
+    const HUMANS1: Requirement = Requirement::Humans { approvers: 1 };
+    const HUMANS2: Requirement = Requirement::Humans { approvers: 2 };
 
     #[test]
     fn two_distinct_approvers_approve_exactly_that_call_once() {
@@ -874,7 +878,7 @@ mod approvals {
             Err(ApprovalError::AlreadyVoted { .. })
         ));
         assert_eq!(
-            b.redeem(&binding("h1"), None, T),
+            b.redeem(&binding("h1"), None, &HUMANS2, false, T),
             Ok(None),
             "not approved yet"
         );
@@ -884,19 +888,22 @@ mod approvals {
         );
         // Another call (other arguments) cannot use it, named or not.
         assert!(matches!(
-            b.redeem(&binding("h2"), Some(&r.id), T),
+            b.redeem(&binding("h2"), Some(&r.id), &HUMANS2, false, T),
             Err(ApprovalError::OtherCall {
                 field: "arguments",
                 ..
             })
         ));
-        assert_eq!(b.redeem(&binding("h2"), None, T), Ok(None));
-        let used = b.redeem(&binding("h1"), Some(&r.id), T).unwrap().unwrap();
+        assert_eq!(b.redeem(&binding("h2"), None, &HUMANS2, false, T), Ok(None));
+        let used = b
+            .redeem(&binding("h1"), Some(&r.id), &HUMANS2, false, T)
+            .unwrap()
+            .unwrap();
         assert_eq!(used.approved_by(), vec!["bob", "carol"]);
         // Once.
-        assert_eq!(b.redeem(&binding("h1"), None, T), Ok(None));
+        assert_eq!(b.redeem(&binding("h1"), None, &HUMANS2, false, T), Ok(None));
         assert!(matches!(
-            b.redeem(&binding("h1"), Some(&r.id), T),
+            b.redeem(&binding("h1"), Some(&r.id), &HUMANS2, false, T),
             Err(ApprovalError::NotApproved {
                 status: Status::Used,
                 ..
@@ -1007,7 +1014,7 @@ mod approvals {
         let r = open(&b, Requirement::Humans { approvers: 1 }, false);
         assert_eq!(cast(&b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
         assert!(matches!(
-            b.redeem(&binding("h1"), Some(&r.id), T + 10_001),
+            b.redeem(&binding("h1"), Some(&r.id), &HUMANS1, false, T + 10_001),
             Err(ApprovalError::NotApproved {
                 status: Status::Expired,
                 ..
@@ -1056,10 +1063,14 @@ mod approvals {
             Err(ApprovalError::MissingRole { .. })
         ));
         // The same call again joins the open request.
+        let ops = Requirement::Approvers {
+            approvers: 1,
+            role: "ops".into(),
+        };
         let (same, new) = b
             .open(
                 &binding("h1"),
-                Requirement::Humans { approvers: 1 },
+                ops.clone(),
                 false,
                 serde_json::Value::Null,
                 T,
@@ -1068,7 +1079,15 @@ mod approvals {
         assert_eq!((same.id.as_str(), new), (r.id.as_str(), false));
         assert_eq!(cast(&b, &r, "bob", Verdict::Deny), Ok(Status::Denied));
         assert!(matches!(
-            b.redeem(&binding("h1"), Some(&r.id), T),
+            b.redeem(&binding("h1"), Some(&r.id), &ops, false, T),
+            Err(ApprovalError::NotApproved {
+                status: Status::Denied,
+                ..
+            })
+        ));
+        // A denial is final for that call: asking again does not open a fresh request.
+        assert!(matches!(
+            b.open(&binding("h1"), ops, false, serde_json::Value::Null, T),
             Err(ApprovalError::NotApproved {
                 status: Status::Denied,
                 ..
@@ -1094,6 +1113,47 @@ mod approvals {
                 T
             ),
             Err(ApprovalError::TooManyOpen { open: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_vote_counts_only_once_recorded_and_only_for_the_requirement_it_was_given_for() {
+        let b = book();
+        let r = open(&b, HUMANS1, false);
+        let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", T).unwrap();
+        let voted = b.vote(&vote, &approvers(), is_agent, T).unwrap();
+        assert!(voted.decided);
+        // Not yet recorded: nothing changed, and another vote waits.
+        assert_eq!(b.get(&r.id, T).unwrap().status, Status::Pending);
+        assert_eq!(b.redeem(&binding("h1"), None, &HUMANS1, false, T), Ok(None));
+        assert!(matches!(
+            cast(&b, &r, "carol", Verdict::Approve),
+            Err(ApprovalError::Busy(_))
+        ));
+        // The record failed: the vote is taken back.
+        b.withdraw(&r.id);
+        let after = b.get(&r.id, T).unwrap();
+        assert_eq!((after.status, after.votes.len()), (Status::Pending, 0));
+        // Recorded this time.
+        assert_eq!(
+            cast(&b, &r, "carol", Verdict::Approve),
+            Ok(Status::Approved)
+        );
+        // The call now needs more (two people, not the owner alone): the approval given for
+        // one approver does not do; the request is superseded and a new one is needed.
+        assert_eq!(b.redeem(&binding("h1"), None, &HUMANS2, true, T), Ok(None));
+        assert_eq!(b.get(&r.id, T).unwrap().status, Status::Expired);
+        let (fresh, new) = b
+            .open(&binding("h1"), HUMANS2, true, serde_json::Value::Null, T)
+            .unwrap();
+        assert!(new && fresh.id != r.id);
+        // Under a newer manifest, a named approval from the old one no longer fits.
+        let mut v4 = binding("h1");
+        v4.manifest_version = 4;
+        assert_eq!(b.redeem(&v4, Some(&fresh.id), &HUMANS2, true, T), Ok(None));
+        assert!(matches!(
+            b.redeem(&v4, Some("apr_not-an-id"), &HUMANS2, true, T),
+            Err(ApprovalError::Unknown(shown)) if shown.contains("not an approval id")
         ));
     }
 

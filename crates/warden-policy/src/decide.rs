@@ -569,32 +569,8 @@ impl Governor {
         }
 
         // Rate limits, budgets and system-level invariants: one atomic charge.
-        let (charges, planned) = self.plan_charges(agent, tool, tier, now);
-        match state.check_and_charge(&charges, now) {
-            Ok(ChargeOutcome::Charged) => {}
-            Ok(ChargeOutcome::Exceeded { index, current }) => {
-                let (Some(c), Some(p)) = (charges.get(index), planned.get(index)) else {
-                    return deny(
-                        d,
-                        "state.unavailable",
-                        "state store named an unknown counter".into(),
-                    );
-                };
-                let (rule, what) = self.describe(p, agent, tier);
-                let limit = c.limit;
-                return deny(
-                    d,
-                    &rule,
-                    format!("{what} exhausted ({current} of {limit} used)"),
-                );
-            }
-            Err(e) => {
-                return deny(
-                    d,
-                    "state.unavailable",
-                    format!("cannot charge budgets: {e}"),
-                )
-            }
+        if let Err((rule, why)) = self.charge(agent, tool, tier, state, now) {
+            return deny(d, &rule, why);
         }
         d.decision = Verdict::Allow;
         d.reason = format!(
@@ -606,6 +582,65 @@ impl Governor {
             quote_list(&d.policies)
         );
         d
+    }
+
+    /// Charges the rate limits, budgets and system-level invariants of one call, atomically;
+    /// the rule and reason of the first one exceeded.
+    fn charge(
+        &self,
+        agent: &crate::manifest::Agent,
+        tool: &crate::manifest::Tool,
+        tier: &crate::manifest::Tier,
+        state: &dyn StateStore,
+        now: UnixSeconds,
+    ) -> Result<(), (String, String)> {
+        let (charges, planned) = self.plan_charges(agent, tool, tier, now);
+        match state.check_and_charge(&charges, now) {
+            Ok(ChargeOutcome::Charged) => Ok(()),
+            Ok(ChargeOutcome::Exceeded { index, current }) => {
+                let (Some(c), Some(p)) = (charges.get(index), planned.get(index)) else {
+                    return Err((
+                        "state.unavailable".into(),
+                        "state store named an unknown counter".into(),
+                    ));
+                };
+                let (rule, what) = self.describe(p, agent, tier);
+                let limit = c.limit;
+                Err((
+                    rule,
+                    format!("{what} exhausted ({current} of {limit} used)"),
+                ))
+            }
+            Err(e) => Err((
+                "state.unavailable".into(),
+                format!("cannot charge budgets: {e}"),
+            )),
+        }
+    }
+
+    /// Charges an escalated call that its approvers approved: an escalation consumes no
+    /// counter, so the approved call is charged now, like any allowed call. `Err` with the rule
+    /// and reason when a limit is exhausted (the call must then not run).
+    ///
+    /// # Errors
+    /// The rule and reason of the exhausted limit, or of an unknown agent or tool.
+    pub fn charge_approved(
+        &self,
+        d: &Decision,
+        state: &dyn StateStore,
+        now: UnixSeconds,
+    ) -> Result<(), (String, String)> {
+        let m = &self.manifest;
+        let found = m.agents.get(&d.agent).zip(m.tools.get(&d.tool));
+        let Some((agent, tool, tier)) =
+            found.and_then(|(a, t)| m.tiers.get(t.tier).map(|tier| (a, t, tier)))
+        else {
+            return Err((
+                "approval.unknown_call".into(),
+                format!("`{}` or `{}` is not in the manifest", d.agent, d.tool),
+            ));
+        };
+        self.charge(agent, tool, tier, state, now)
     }
 
     fn plan_charges(

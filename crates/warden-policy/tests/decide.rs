@@ -943,3 +943,30 @@ fn egress_arguments_carrying_more_than_the_destination_allows_are_denied_or_esca
         Verdict::Allow
     );
 }
+
+#[test]
+fn an_approved_call_is_charged_like_an_allowed_one() {
+    // coder-1 (junior) needs its owner for medium-tier `demo.add`; the tier allows 50/h.
+    let g = starter();
+    let s = MemoryState::new();
+    let mut charged = 0;
+    for i in 0..60 {
+        let p = proposal(
+            "coder-1",
+            &format!("s{i}"),
+            "demo.add",
+            json!({"a": i, "b": 1}),
+        );
+        let d = g.decide(&p, &s, DAY_TIME);
+        assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+        match g.charge_approved(&d, &s, DAY_TIME) {
+            Ok(()) => charged += 1,
+            Err((rule, why)) => {
+                assert_eq!(rule, "rate.tier.medium", "{why}");
+                assert!(why.contains("exhausted (50 of 50 used)"), "{why}");
+                break;
+            }
+        }
+    }
+    assert_eq!(charged, 50);
+}

@@ -244,15 +244,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
-        // Expired approval requests are recorded within a second.
-        let (book, ledger) = (Arc::clone(&app.approvals), Arc::clone(&app.ledger));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                warden_gateway::approvals::record_expired(&book, &ledger).await;
-            }
-        });
+        spawn_expiry_recorder(&app);
         for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
@@ -298,6 +290,18 @@ fn starter_credential(
 }
 
 /// `warden stdio`: one agent over stdin/stdout, for desktop clients that launch their servers.
+/// Records expired approval requests within a second (on the current runtime).
+fn spawn_expiry_recorder(app: &warden_gateway::server::AppState) {
+    let (book, ledger) = (Arc::clone(&app.approvals), Arc::clone(&app.ledger));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            warden_gateway::approvals::record_expired(&book, &ledger).await;
+        }
+    });
+}
+
 pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     logging();
     let token = std::fs::read_to_string(&a.credential)
@@ -308,6 +312,7 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        spawn_expiry_recorder(&app);
         let front = warden_gateway::mcp::McpFront::stdio(app, Arc::clone(&executor), token.trim())
             .map_err(|e| anyhow::anyhow!("credential `{}` refused: {e}", a.credential.display()))?;
         for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
