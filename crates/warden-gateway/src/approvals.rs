@@ -325,3 +325,44 @@ pub fn public_key_text(key: &ed25519_dalek::SigningKey) -> String {
         base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
     )
 }
+
+/// The manifest's approvers as recorded in the ledger: `id=<key id>[roles]`, key id being the
+/// first 16 hex digits of the SHA-256 of the public key (never the key itself).
+#[must_use]
+pub fn approver_summary(m: &Manifest) -> String {
+    use sha2::Digest as _;
+    m.approvers
+        .iter()
+        .map(|(id, a)| {
+            let digest = sha2::Sha256::digest(a.key);
+            let mut key_id = String::new();
+            warden_core::canonical::push_hex(&mut key_id, digest.get(..8).unwrap_or_default());
+            let roles: Vec<&str> = a.roles.iter().map(String::as_str).collect();
+            format!("{id}={key_id}[{}]", roles.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Records the approvers and their key ids (`approver.keys`): at start, and whenever a new
+/// manifest changes them (a rotation, an approver added or removed).
+pub async fn record_approvers(ledger: &Ledger, m: &Manifest, why: &str) -> bool {
+    let event = Entry::Event(EventRecord {
+        kind: "approver.keys".into(),
+        agent: String::new(),
+        tenant: String::new(),
+        session: String::new(),
+        reason: format!(
+            "{why} (manifest version {}): {}",
+            m.version,
+            approver_summary(m)
+        ),
+        trace_id: String::new(),
+        request_id: crate::agents::random_request_id(),
+        time: crate::now_unix(),
+    });
+    match ledger.submit(&event) {
+        Ok(t) => t.recorded().await.is_ok(),
+        Err(_) => false,
+    }
+}

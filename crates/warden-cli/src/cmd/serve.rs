@@ -219,19 +219,40 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         // SIGHUP: load the manifest again and swap it in whole if it loads and its version is
         // newer; otherwise the current one stays in force.
+        warden_gateway::approvals::record_approvers(
+            &app.ledger,
+            app.governor.get().manifest(),
+            "approvers at start",
+        )
+        .await;
         let current = Arc::clone(&app.governor);
+        let ledger = Arc::clone(&app.ledger);
         let manifest_path = manifest.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                let before =
+                    warden_gateway::approvals::approver_summary(current.get().manifest());
                 let (c, m, k) = (Arc::clone(&current), manifest_path.clone(), Arc::clone(&clock));
                 match tokio::task::spawn_blocking(move || {
                     warden_gateway::execution::reload(&c, &k, &m)
                 })
                 .await
                 {
-                    Ok(Ok(v)) => tracing::info!(version = v, "manifest reloaded"),
+                    Ok(Ok(v)) => {
+                        tracing::info!(version = v, "manifest reloaded");
+                        let now = current.get();
+                        // An approver's key rotated, or approvers changed: recorded.
+                        if warden_gateway::approvals::approver_summary(now.manifest()) != before {
+                            warden_gateway::approvals::record_approvers(
+                                &ledger,
+                                now.manifest(),
+                                "approvers changed by a manifest reload",
+                            )
+                            .await;
+                        }
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "manifest reload refused"),
                     Err(e) => tracing::error!(error = %e, "manifest reload failed"),
                 }

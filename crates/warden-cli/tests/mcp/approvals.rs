@@ -241,6 +241,8 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
         "approval.redeemed",
         "approval.used",
         "approval.other_call",
+        "approver.keys",
+        "alice@acme.example=",
     ] {
         assert!(
             tail.contains(needle),
