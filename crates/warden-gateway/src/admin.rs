@@ -217,16 +217,12 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
     .into_response()
 }
 
-fn now_ms() -> i64 {
-    crate::now_unix().saturating_mul(1000)
-}
-
 /// `GET /admin/v1/approvals`: every request kept, newest first (pending, then recent ones).
 async fn approvals_list(State(app): State<AdminState>, headers: HeaderMap) -> Response {
     if !authorized(&app, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "admin token required");
     }
-    Json(json!({ "approvals": app.approvals.list(now_ms()) })).into_response()
+    Json(json!({ "approvals": app.approvals.list(crate::now_unix_ms()) })).into_response()
 }
 
 /// `GET /admin/v1/approvals/{id}`: one request, with the exact call it is bound to and the
@@ -239,7 +235,7 @@ async fn approvals_show(
     if !authorized(&app, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "admin token required");
     }
-    match app.approvals.get(&id, now_ms()) {
+    match app.approvals.get(&id, crate::now_unix_ms()) {
         Some(r) => Json(r).into_response(),
         None => refuse(
             StatusCode::NOT_FOUND,
@@ -279,7 +275,7 @@ async fn approvals_vote(
     let governor = app.governor.get();
     let manifest = governor.manifest();
     let approvers = crate::approvals::approvers(manifest);
-    let now = now_ms();
+    let now = crate::now_unix_ms();
     let voted = app.approvals.vote(
         &vote,
         &approvers,
@@ -314,7 +310,7 @@ async fn approvals_vote(
             }
             let r = &app
                 .approvals
-                .commit(&r.id, now_ms())
+                .commit(&r.id, crate::now_unix_ms())
                 .unwrap_or_else(|| r.clone());
             Json(json!({
                 "id": r.id,

@@ -236,7 +236,7 @@ pub fn requirement_text(r: &Requirement, critical: bool) -> String {
 
 /// Records the approvals that expired since the last sweep; run every second by `serve`.
 pub async fn record_expired(book: &warden_identity::approval::Book, ledger: &Ledger) {
-    let now_ms = crate::now_unix().saturating_mul(1000);
+    let now_ms = crate::now_unix_ms();
     for r in book.take_expired(now_ms) {
         record(
             ledger,
@@ -273,15 +273,10 @@ pub fn create_approver_key(
     rotate: bool,
 ) -> Result<String, crate::keyfile::KeyFileError> {
     let path = approver_key_path(data, id);
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
-    {
+    if !warden_policy::manifest::valid_id(id) {
         return Err(crate::keyfile::err(
             &path,
-            "an approver id is 1-128 letters, digits, `-`, `_`, `.`, `:` or `@`",
+            format!("approver id `{id}` {}", warden_policy::manifest::ID_RULE),
         ));
     }
     if path.exists() {

@@ -36,6 +36,12 @@ pub mod server;
 pub mod starter;
 pub mod witness;
 
+/// Current Unix time in milliseconds (approvals and grants).
+#[must_use]
+pub fn now_unix_ms() -> i64 {
+    now_unix().saturating_mul(1000)
+}
+
 /// Current Unix time in seconds (the only clock the decision path uses).
 #[must_use]
 pub fn now_unix() -> i64 {

@@ -272,7 +272,7 @@ impl McpFront {
                         let votes = self
                             .app
                             .approvals
-                            .get(id, crate::now_unix().saturating_mul(1000))
+                            .get(id, crate::now_unix_ms())
                             .map_or(0, |r| r.approved_by().len());
                         #[expect(
                             clippy::cast_precision_loss,
@@ -314,7 +314,7 @@ impl McpFront {
                 approval: Some(r),
                 ..
             } if decision.decision == Verdict::Escalate => {
-                let now_ms = crate::now_unix().saturating_mul(1000);
+                let now_ms = crate::now_unix_ms();
                 let status = self
                     .app
                     .approvals

@@ -597,7 +597,7 @@ pub(crate) async fn govern(
         &mut decision,
         approval_id,
         &redact,
-        crate::now_unix().saturating_mul(1000),
+        crate::now_unix_ms(),
     );
     tracing::info!(
         agent = %decision.agent,
@@ -652,7 +652,7 @@ pub(crate) async fn govern(
             tool: &proposal.tool,
             arguments_hash: &decision.arguments_hash,
         };
-        let now_ms = crate::now_unix().saturating_mul(1000);
+        let now_ms = crate::now_unix_ms();
         match app.identity.grants.mint(
             &call,
             decision.manifest_version,

@@ -318,11 +318,9 @@ pub fn sign(
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    let mut s = String::with_capacity(bytes.len() * 2);
+    warden_core::canonical::push_hex(&mut s, bytes);
+    s
 }
 
 /// Why an approval step was refused.

@@ -299,15 +299,17 @@ impl Collector<'_> {
     }
 }
 
-pub(crate) fn valid_id(s: &str) -> bool {
+/// Whether `s` is a valid manifest id (agents, tenants, zones, tiers, roles, approvers).
+#[must_use]
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
 }
 
-pub(crate) const ID_RULE: &str =
-    "must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`";
+/// What [`valid_id`] requires, for messages.
+pub const ID_RULE: &str = "must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`";
 
 /// Parses and validates a manifest.
 ///

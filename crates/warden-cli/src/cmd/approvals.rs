@@ -153,7 +153,7 @@ fn vote(admin: &Admin, signer: &Signer, id: &str, verdict: Verdict) -> anyhow::R
         &request,
         verdict,
         &signer.approver,
-        warden_gateway::now_unix().saturating_mul(1000),
+        warden_gateway::now_unix_ms(),
     )?;
     let body = serde_json::to_string(&signed)?;
     let (status, answer) = super::brakes::admin_call(

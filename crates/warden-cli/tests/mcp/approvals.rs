@@ -5,7 +5,7 @@
 //! progress notifications) and runs when the approval arrives.
 
 use super::super::{text, warden};
-use super::{env, first_text, ledger_tail, start_existing, Env, Server};
+use super::{enroll, env, first_text, ledger_tail, start_existing, Env, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -35,16 +35,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         dir.join("policies/base.cedar"),
     )
     .unwrap();
-    let out = warden(&[
-        "agents",
-        "enroll",
-        "coder-1",
-        "--data",
-        data.to_str().unwrap(),
-        "--manifest",
-        m.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    enroll(&data, &m, "coder-1");
     (data, m)
 }
 

@@ -141,18 +141,23 @@ fn setup(dir: &Path, e: &Env, remote_port: u16) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     let m = dir.join("manifest.yaml");
     for agent in ["coder-1", "intern-1"] {
-        let out = warden(&[
-            "agents",
-            "enroll",
-            agent,
-            "--data",
-            data.to_str().unwrap(),
-            "--manifest",
-            m.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        enroll(&data, &m, agent);
     }
     (data, m)
+}
+
+/// `warden agents enroll AGENT` into `data` under manifest `m`.
+fn enroll(data: &Path, m: &Path, agent: &str) {
+    let out = warden(&[
+        "agents",
+        "enroll",
+        agent,
+        "--data",
+        data.to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 fn start(dir: &Path, e: &Env, remote_port: u16) -> Server {
