@@ -1150,3 +1150,161 @@ fn reloads_that_change_upstreams_are_refused() {
     assert!(warden_gateway::execution::reload(&current, &clock, &path).is_err());
     assert_eq!(clock.get(), 2);
 }
+
+/// The admin vote endpoint on bad input: no token, not JSON, unknown fields, a huge body, a
+/// malformed or misdirected id, a forged signature, an unknown approver — each a clear error,
+/// nothing counted, and the listener keeps serving; then a good vote counts.
+#[tokio::test]
+async fn approval_votes_refuse_bad_input_and_keep_serving() {
+    use warden_identity::approval::{sign, Binding, Requirement, Status, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let public =
+        warden_gateway::approvals::create_approver_key(dir.path(), "alice@acme.example", false)
+            .unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "\napprovals:\n",
+        &format!("\napprovers:\n  - {{ id: alice@acme.example, key: \"{public}\" }}\napprovals:\n"),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
+    let book = Arc::new(warden_identity::approval::Book::new(Default::default()));
+    let admin = warden_gateway::admin::AdminState {
+        state: Arc::new(warden_state::MemoryState::new()),
+        ledger: Arc::clone(&ledger),
+        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
+        executor: None,
+        approvals: Arc::clone(&book),
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+    };
+    let token = warden_gateway::admin::read_token(dir.path())
+        .unwrap()
+        .trim()
+        .to_string();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let adm = l.local_addr().unwrap();
+    tokio::spawn(warden_gateway::admin::serve(
+        l,
+        admin,
+        std::future::pending(),
+    ));
+    let now = warden_gateway::now_unix_ms();
+    let binding = Binding {
+        agent: "coder-1".into(),
+        tenant: "acme".into(),
+        owner: "alice@acme.example".into(),
+        session: "s1".into(),
+        tool: "demo.add".into(),
+        arguments_hash: "sha256:00".into(),
+        manifest_version: 1,
+    };
+    let owner = Requirement::Owner {
+        owner: "alice@acme.example".into(),
+    };
+    let (r, _) = book
+        .open(&binding, owner, false, serde_json::Value::Null, now)
+        .unwrap();
+    let auth = vec![("authorization", format!("Bearer {token}"))];
+    let path = format!("/admin/v1/approvals/{}/votes", r.id);
+    let key = warden_gateway::approvals::load_approver_key(
+        &warden_gateway::approvals::approver_key_path(dir.path(), "alice@acme.example"),
+    )
+    .unwrap();
+    let good = sign(&key, &r, Verdict::Approve, "alice@acme.example", now).unwrap();
+    let good_body = serde_json::to_vec(&good).unwrap();
+
+    let (status, body) = send(adm, "POST", &path, &[], &good_body).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = send(adm, "POST", &path, &auth, b"{not json").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a signed vote"), "{body}");
+    let mut extra: serde_json::Value = serde_json::from_slice(&good_body).unwrap();
+    extra["grant_everything"] = true.into();
+    let (status, body) = send(adm, "POST", &path, &auth, extra.to_string().as_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field"), "{body}");
+    let huge = vec![b'['; 4 << 20];
+    let (status, _) = send(adm, "POST", &path, &auth, &huge).await;
+    assert_eq!(status, 413);
+    let (status, body) = send(
+        adm,
+        "POST",
+        "/admin/v1/approvals/apr_x%0a/votes",
+        &auth,
+        &good_body,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let other = "apr_000000000000000000000000";
+    let (status, body) = send(
+        adm,
+        "POST",
+        &format!("/admin/v1/approvals/{other}/votes"),
+        &auth,
+        &good_body,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("not `apr_000000000000000000000000`"),
+        "{body}"
+    );
+    // Forged: signed by another key; and an approver the manifest does not list.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let forged = sign(&forger, &r, Verdict::Approve, "alice@acme.example", now).unwrap();
+    let (status, body) = send(
+        adm,
+        "POST",
+        &path,
+        &auth,
+        &serde_json::to_vec(&forged).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("approval.bad_signature"), "{body}");
+    let stranger = sign(&forger, &r, Verdict::Approve, "mallory", now).unwrap();
+    let (status, body) = send(
+        adm,
+        "POST",
+        &path,
+        &auth,
+        &serde_json::to_vec(&stranger).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("approval.unknown_approver"), "{body}");
+    assert_eq!(book.get(&r.id, now).unwrap().status, Status::Pending);
+
+    // Still serving: the good vote counts, and its replay is a conflict.
+    let (status, body) = send(adm, "POST", &path, &auth, &good_body).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"approved\""), "{body}");
+    let (status, body) = send(adm, "POST", &path, &auth, &good_body).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("approval.replayed"), "{body}");
+    let kinds: Vec<String> = {
+        let n = ledger.size().unwrap();
+        let mut out = Vec::new();
+        ledger
+            .with_store(|s| {
+                s.scan(0, n, &mut |_, b| {
+                    if let warden_ledger::Entry::Event(e) =
+                        warden_ledger::Entry::from_bytes(b).unwrap()
+                    {
+                        out.push(e.kind);
+                    }
+                    Ok(())
+                })
+                .map_err(Into::into)
+            })
+            .unwrap();
+        out
+    };
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "approval.refused").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "approval.approved"), "{kinds:?}");
+}
