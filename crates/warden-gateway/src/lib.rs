@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod agents;
 pub mod approvals;
+pub mod breakers;
 pub mod bundle;
 pub mod current;
 pub mod demo;

@@ -406,10 +406,8 @@ fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String 
         Some(E::Humans { approvers }) => format!("{approvers} distinct human(s) must approve"),
         Some(E::Owner { owner }) => format!("the agent's owner `{owner}` must approve"),
         Some(E::Queued { until, .. }) => format!("queued until the tier's window opens at {until}"),
-        Some(E::SessionPaused { session }) => {
-            format!("session `{session}` is paused; a human must resume it")
-        }
-        None => reason.to_owned(),
+        // The Governor's reason says what is paused (the session or the agent) and why.
+        Some(E::SessionPaused { .. }) | None => reason.to_owned(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! grant (`ManifestChanged`); the call is then decided again under the new version and runs
 //! only if that decision allows it, with a new grant (issue 4, seed 000 §4).
 
+use crate::breakers::Observed;
 use crate::server::{govern, AppState, Governed};
 use std::sync::Arc;
 use warden_core::{Decision, Proposal, Verdict};
@@ -157,6 +158,15 @@ pub async fn propose_and_run(
         };
         let (decision, request_id, index, grant, approval) = governed;
         let (Verdict::Allow, Some(grant)) = (decision.decision, grant) else {
+            // Spend over a cost budget trips the agent's breaker.
+            if let Some(rule) = decision
+                .rules
+                .first()
+                .filter(|r| r.starts_with("budget.") && r.ends_with(".cost"))
+            {
+                let seen = Observed::OverBudget(format!("{rule}: {}", decision.reason));
+                breaker(app, &decision, seen).await;
+            }
             return Outcome::Decided {
                 decision,
                 request_id,
@@ -177,7 +187,22 @@ pub async fn propose_and_run(
             cancel: cancel.clone(),
             progress: progress.clone(),
         };
-        match executor.execute(call).await {
+        let result = executor.execute(call).await;
+        let seen = match &result {
+            Ok(x) if x.result.is_error == Some(true) => {
+                Observed::Failure(format!("`{}` returned an error result", proposal.tool))
+            }
+            Ok(_) => Observed::Success,
+            Err(
+                e @ (ExecError::Timeout { .. }
+                | ExecError::Upstream { .. }
+                | ExecError::Unavailable { .. }
+                | ExecError::Withdrawn { .. }),
+            ) => Observed::Failure(e.to_string()),
+            Err(_) => Observed::Neutral,
+        };
+        breaker(app, &decision, seen).await;
+        match result {
             Ok(executed) => {
                 return Outcome::Ran {
                     decision,
@@ -206,5 +231,13 @@ pub async fn propose_and_run(
                 }
             }
         }
+    }
+}
+
+/// Tells the agent's breaker what became of a call; trips it when that was one failure too many.
+async fn breaker(app: &AppState, decision: &Decision, seen: Observed) {
+    let limit = app.governor.get().manifest().breakers.consecutive_failures;
+    if let Some(why) = app.breakers.observe(&decision.agent, seen, limit) {
+        crate::breakers::trip(app, &decision.agent, &decision.tenant, &why).await;
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub executor: Option<Arc<warden_executor::Executor>>,
     /// Approval requests of escalated calls (issue 7).
     pub approvals: Arc<warden_identity::approval::Book>,
+    /// Consecutive failures per agent (circuit breakers).
+    pub breakers: Arc<crate::breakers::Breakers>,
 }
 
 impl std::fmt::Debug for AppState {

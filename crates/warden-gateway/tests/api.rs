@@ -35,6 +35,7 @@ async fn start_with(
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        breakers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -149,6 +150,7 @@ async fn decisions_are_recorded_and_verify() {
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        breakers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -777,6 +779,7 @@ async fn admin_brakes_take_effect_at_once() {
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        breakers: Default::default(),
     };
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&state),
@@ -904,6 +907,7 @@ async fn unauthenticated_decide_is_loopback_only() {
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        breakers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -973,6 +977,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
         identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
         executor: Some(Arc::clone(&executor)),
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        breakers: Default::default(),
     };
     let token = std::fs::read_to_string(&cred).unwrap();
     let identity = app

@@ -208,7 +208,7 @@ impl Governor {
             // INVARIANT (fail-closed): no answer from the state store is a deny.
             Err(e) => return deny(d, "state.unavailable", format!("cannot read holds: {e}")),
         };
-        let mut paused = false;
+        let mut paused = None;
         for h in &holds {
             match h.kind {
                 HoldKind::Kill | HoldKind::Quarantine => {
@@ -224,7 +224,7 @@ impl Governor {
                         format!("{} in force for {}: {}", h.kind.as_str(), h.scope, h.reason),
                     );
                 }
-                HoldKind::Pause => paused = true,
+                HoldKind::Pause => paused = paused.or(Some(h)),
             }
         }
 
@@ -410,11 +410,26 @@ impl Governor {
             }
         }
 
-        // A paused session escalates until a human resumes it.
-        if paused {
+        // A paused session (loop detection) or agent (a tripped breaker) escalates until a
+        // human resumes it.
+        if let Some(h) = paused {
             d.decision = Verdict::Escalate;
-            d.rules.insert(0, "session.paused".into());
-            d.reason = format!("session `{}` is paused; a human must resume it", p.session);
+            let (rule, reason) = match &h.scope {
+                HoldScope::Session(_) => (
+                    "session.paused",
+                    format!("session `{}` is paused; a human must resume it", p.session),
+                ),
+                scope => (
+                    match scope {
+                        HoldScope::Agent(_) => "agent.paused",
+                        HoldScope::Tenant(_) => "tenant.paused",
+                        _ => "global.paused",
+                    },
+                    format!("{scope} is paused ({}); a human must resume it", h.reason),
+                ),
+            };
+            d.rules.insert(0, rule.into());
+            d.reason = reason;
             d.escalation = Some(Escalation::SessionPaused {
                 session: p.session.clone(),
             });

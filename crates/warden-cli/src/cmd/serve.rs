@@ -156,6 +156,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
         ),
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(approval_settings)),
+        breakers: Default::default(),
     };
     let clock = Arc::new(warden_executor::ManifestClock::new(
         app.governor.get().manifest().version,

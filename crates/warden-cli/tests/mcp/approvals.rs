@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The starter manifest (its `demo` upstream is this binary's demo server), with approvers
 /// whose keys are made here and calls that wait up to 20 s for their approval.
-fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+pub(super) fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter");
     let data = dir.join("data");
     let mut approvers = String::from("\napprovers:\n");

@@ -6,6 +6,7 @@
 //! those variables (a laptop) the test prints a notice and is skipped.
 
 mod approvals;
+mod breakers;
 
 use super::{free_port, text, warden};
 use serde_json::Value;

@@ -1,0 +1,60 @@
+//! Circuit breakers end to end (issue 7): an agent whose calls fail three times in a row is
+//! paused until an operator resumes it; the trip is recorded.
+
+use super::super::{text, warden};
+use super::{call, enroll, env, first_text, ledger_tail, start_existing};
+
+#[test]
+fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    // ops-1 (senior) runs medium-tier `demo.add` itself; the window is lifted so the test does
+    // not depend on the time of day.
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let lifted = text_m.replace(
+        r#"{ mode: window, window: "08:00-22:00", utc_offset: "+00:00" }"#,
+        "{ mode: auto }",
+    );
+    assert_ne!(lifted, text_m);
+    std::fs::write(&m, lifted).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+
+    // A success, then three failures in a row (the sum overflows: an error result).
+    assert_eq!(
+        first_text(&call(&e, &s, "ops-1", "demo.add", r#"{"a": 1, "b": 1}"#)),
+        "2"
+    );
+    for b in 1..=3 {
+        let r = call(
+            &e,
+            &s,
+            "ops-1",
+            "demo.add",
+            &format!(r#"{{"a": 9223372036854775807, "b": {b}}}"#),
+        );
+        assert_eq!(r["isError"], true, "{r}");
+        assert!(first_text(&r).contains("overflows"), "{r}");
+    }
+    // Tripped: every call of the agent now waits for a human.
+    let r = call(&e, &s, "ops-1", "demo.echo", r#"{"text": "hi"}"#);
+    let answer = first_text(&r);
+    assert!(answer.contains("agent.paused"), "{answer}");
+    assert!(answer.contains("3 consecutive failures"), "{answer}");
+    assert!(ledger_tail(&s.data, 10).contains("breaker.tripped"));
+
+    // Resetting is an operator action.
+    let out = warden(&[
+        "resume",
+        "--agent",
+        "ops-1",
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = call(&e, &s, "ops-1", "demo.echo", r#"{"text": "hi"}"#);
+    assert_eq!(first_text(&r), "hi", "{r}");
+}

@@ -1,0 +1,119 @@
+//! Circuit breakers (INV-021, issue 7): an agent whose calls fail `breakers.consecutive_failures`
+//! times in a row (timeouts, upstream errors, an unavailable upstream, a withdrawn tool, or a
+//! tool result marked as an error), or whose decision is denied for exhausting a cost budget,
+//! trips its breaker: the agent is paused (every call escalates with `agent.paused`) until an
+//! operator resumes it (`warden resume --agent A`). The trip is recorded (`breaker.tripped`).
+//!
+//! Consecutive-failure counts live in this gateway's memory; a success resets an agent's count.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use warden_core::state::{Hold, HoldKind, HoldScope};
+use warden_ledger::{Entry, EventRecord};
+
+/// Consecutive failures per agent.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What a call's outcome means to the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// It ran and succeeded: the count resets.
+    Success,
+    /// It failed (the reason, for the record).
+    Failure(String),
+    /// Spend over a cost budget: trips at once.
+    OverBudget(String),
+    /// Says nothing about the agent's health (refused, cancelled, held).
+    Neutral,
+}
+
+impl Breakers {
+    /// Counts one outcome; the reason to trip, if this one trips the agent's breaker.
+    pub fn observe(&self, agent: &str, what: Observed, limit: u32) -> Option<String> {
+        let mut m = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match what {
+            Observed::Neutral => None,
+            Observed::Success => {
+                m.remove(agent);
+                None
+            }
+            Observed::OverBudget(why) => {
+                m.remove(agent);
+                Some(format!("spend over budget: {why}"))
+            }
+            Observed::Failure(why) => {
+                let n = m.entry(agent.to_owned()).or_insert(0);
+                *n = n.saturating_add(1);
+                if *n >= limit.max(1) {
+                    let n = *n;
+                    m.remove(agent);
+                    Some(format!("{n} consecutive failures, the last: {why}"))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Trips `agent`'s breaker: pauses the agent and records why.
+pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &str, why: &str) {
+    let reason = format!("breaker tripped: {why}");
+    let hold = Hold {
+        scope: HoldScope::Agent(agent.to_owned()),
+        kind: HoldKind::Pause,
+        reason: reason.chars().take(512).collect(),
+        since: crate::now_unix(),
+    };
+    if let Err(e) = app.state.set_hold(hold) {
+        tracing::error!(error = %e, agent, "could not pause an agent whose breaker tripped");
+    }
+    tracing::warn!(agent, "{reason}");
+    let event = Entry::Event(EventRecord {
+        kind: "breaker.tripped".into(),
+        agent: agent.to_owned(),
+        tenant: tenant.to_owned(),
+        session: String::new(),
+        reason,
+        trace_id: String::new(),
+        request_id: crate::agents::random_request_id(),
+        time: crate::now_unix(),
+    });
+    let recorded = match app.ledger.submit(&event) {
+        Ok(t) => t.recorded().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "could not record a tripped breaker");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_on_the_nth_failure_in_a_row_and_resets_on_success() {
+        let b = Breakers::default();
+        let fail = || Observed::Failure("timeout".into());
+        assert_eq!(b.observe("a", fail(), 3), None);
+        assert_eq!(b.observe("a", fail(), 3), None);
+        assert_eq!(b.observe("a", Observed::Success, 3), None);
+        assert_eq!(b.observe("a", fail(), 3), None);
+        assert_eq!(b.observe("b", fail(), 3), None, "counted per agent");
+        assert_eq!(b.observe("a", Observed::Neutral, 3), None);
+        assert_eq!(b.observe("a", fail(), 3), None);
+        let tripped = b.observe("a", fail(), 3).unwrap();
+        assert!(tripped.starts_with("3 consecutive failures"), "{tripped}");
+        assert!(b
+            .observe("c", Observed::OverBudget("cost".into()), 3)
+            .is_some());
+    }
+}
