@@ -12,6 +12,7 @@
 //! entry is not recorded and the caller must not execute.
 
 pub mod file;
+pub mod incident;
 pub mod ledger;
 pub mod merkle;
 pub mod note;

@@ -1001,3 +1001,89 @@ fn torn_checkpoint_frame_falls_back_to_the_previous_one() {
     assert_eq!(std::fs::metadata(&log).unwrap().len() as usize, first_len);
     assert_eq!(w.size().unwrap(), 2);
 }
+
+/// Incident bundles: one agent's entries since a time, each proven against one signed
+/// checkpoint; verified with only the public key; any alteration is named.
+#[test]
+fn incident_bundles_prove_one_agents_entries_offline() {
+    use warden_ledger::incident::{self, IncidentError};
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden-test").unwrap();
+    let verifier = signer.verifier();
+    {
+        let ledger = Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap();
+        for i in 0..30u64 {
+            let mut e = decision(i);
+            if let Entry::Decision(d) = &mut e {
+                if i % 3 == 0 {
+                    d.agent = "ops-1".into();
+                }
+            }
+            ledger.append(&e).unwrap();
+        }
+        ledger.append(&receipt(1)).unwrap();
+        ledger.checkpoint().unwrap();
+    }
+    let mut store: Box<dyn LedgerStore> =
+        Box::new(FileStore::open(dir.path(), Mode::ReadOnly).unwrap());
+    // coder-1's entries from decision 10's time on: decisions 10..30 not divisible by 3 (the
+    // receipt's time is decision 0's, before `since`).
+    let since = 1_795_341_600 + 10;
+    let bundle = incident::build(&mut *store, &verifier, "coder-1", since).unwrap();
+    let want: Vec<u64> = (10..30).filter(|i| i % 3 != 0).collect();
+    assert_eq!(
+        bundle.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        want
+    );
+    let ok = incident::verify(&bundle, &verifier).unwrap();
+    assert_eq!((ok.size, ok.counts), (31, (want.len(), 0, 0)));
+    // The whole history includes the receipt.
+    let all = incident::build(&mut *store, &verifier, "coder-1", 0).unwrap();
+    assert_eq!(incident::verify(&all, &verifier).unwrap().counts.1, 1);
+
+    // Through JSON and back, unchanged.
+    let text = serde_json::to_string(&bundle).unwrap();
+    let back: incident::Bundle = serde_json::from_str(&text).unwrap();
+    assert!(incident::verify(&back, &verifier).is_ok());
+
+    // An entry altered (one rule changed): its proof no longer leads to the root.
+    let mut altered = bundle.clone();
+    altered.entries[2].entry = altered.entries[2]
+        .entry
+        .replace("tier.low.auto", "tier.low.autX");
+    assert!(matches!(
+        incident::verify(&altered, &verifier),
+        Err(IncidentError::Proof { index: 13, .. })
+    ));
+    // Another agent's entry slipped in, with its genuine proof: named.
+    let foreign = incident::build(&mut *store, &verifier, "ops-1", since).unwrap();
+    let mut mixed = bundle.clone();
+    mixed.entries.push(foreign.entries.last().unwrap().clone());
+    mixed.entries.sort_by_key(|e| e.index);
+    let err = incident::verify(&mixed, &verifier).unwrap_err().to_string();
+    assert!(err.contains("is agent `ops-1`'s"), "{err}");
+    // Reordered, a bad hash, another key, another format.
+    let mut reordered = bundle.clone();
+    reordered.entries.swap(0, 1);
+    assert!(matches!(
+        incident::verify(&reordered, &verifier),
+        Err(IncidentError::Entry { .. })
+    ));
+    let mut bad = bundle.clone();
+    bad.entries[0].proof[0] = "zz".into();
+    assert!(incident::verify(&bad, &verifier)
+        .unwrap_err()
+        .to_string()
+        .contains("not 64 hex digits"));
+    let other = NoteSigner::generate("warden-test").unwrap().verifier();
+    assert!(matches!(
+        incident::verify(&bundle, &other),
+        Err(IncidentError::Checkpoint(_))
+    ));
+    let mut v2 = bundle;
+    v2.format = "v2".into();
+    assert!(matches!(
+        incident::verify(&v2, &verifier),
+        Err(IncidentError::Format(_))
+    ));
+}

@@ -91,7 +91,7 @@ enum Command {
     Checkpoint,
 }
 
-fn verifier(place: &Where) -> anyhow::Result<NoteVerifier> {
+pub(super) fn verifier(place: &Where) -> anyhow::Result<NoteVerifier> {
     let path = place
         .key
         .clone()
@@ -99,7 +99,7 @@ fn verifier(place: &Where) -> anyhow::Result<NoteVerifier> {
     Ok(witness::load_verifier(&path)?)
 }
 
-fn open(place: &Where, v: &NoteVerifier) -> anyhow::Result<Box<dyn LedgerStore>> {
+pub(super) fn open(place: &Where, v: &NoteVerifier) -> anyhow::Result<Box<dyn LedgerStore>> {
     witness::open_store(
         &place.data,
         place.postgres.as_deref(),

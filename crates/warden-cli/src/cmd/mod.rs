@@ -12,6 +12,7 @@ mod agents;
 mod approvals;
 mod brakes;
 mod check;
+mod incident;
 mod init;
 mod keys;
 mod ledger;
@@ -65,6 +66,9 @@ enum Command {
     /// Approvers' keys.
     #[command(subcommand)]
     Approvers(approvals::Approvers),
+    /// Incident bundles: an agent's decisions, receipts and events with their ledger proofs
+    /// (export, verify offline).
+    Incident(incident::Args),
     /// Manage keys (rotation).
     #[command(subcommand)]
     Keys(keys::Command),
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents(c) => agents::run(c),
         Command::Approvals(c) => approvals::run(c),
         Command::Approvers(c) => approvals::run_approvers(c),
+        Command::Incident(a) => incident::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Kill { scope, target } => brakes::send(&target, "kill", scope_json(&scope)),
         Command::Quarantine { agent, target } => brakes::send(

@@ -240,4 +240,67 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
             "{needle} missing from the ledger:\n{tail}"
         );
     }
+
+    // The incident bundle: coder-1's decisions, receipts and approval events with their
+    // proofs, verified offline with the ledger's public key; an altered one is refused.
+    let bundle = dir.path().join("incident.json");
+    let d = s.data.to_str().unwrap();
+    let out = warden(&[
+        "incident",
+        "export",
+        "--agent",
+        "coder-1",
+        "--since",
+        "1h",
+        "--data",
+        d,
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verify = |file: &Path| {
+        let out = warden(&[
+            "incident",
+            "verify",
+            file.to_str().unwrap(),
+            "--key",
+            d_key(&s.data).to_str().unwrap(),
+        ]);
+        (
+            out.status.code(),
+            format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        )
+    };
+    let (code, said) = verify(&bundle);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("receipts") && said.contains("of agent `coder-1`"),
+        "{said}"
+    );
+    let whole: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let events = whole["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entry"].as_str().unwrap().contains("approval.approved"))
+        .count();
+    assert!(events >= 1, "{whole}");
+    let altered = dir.path().join("altered.json");
+    std::fs::write(
+        &altered,
+        std::fs::read_to_string(&bundle).unwrap().replacen(
+            "approval.approved",
+            "approval.approvex",
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, said) = verify(&altered);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("is not in the log as shown"), "{said}");
+}
+
+/// The ledger's public key of a data directory.
+fn d_key(data: &Path) -> PathBuf {
+    data.join("keys/ledger.pub")
 }
