@@ -63,6 +63,14 @@ pub mod fuzz {
         let _ = NoteSigner::parse(text);
     }
 
+    /// Reads arbitrary bytes as an incident bundle and verifies it under [`export_signer`].
+    pub fn incident(data: &[u8]) {
+        let v = export_signer().verifier();
+        if let Ok(b) = serde_json::from_slice::<crate::incident::Bundle>(data) {
+            let _ = crate::incident::verify(&b, &v);
+        }
+    }
+
     /// Verifies arbitrary bytes as an export signed by [`export_signer`].
     pub fn export(data: &[u8]) {
         let v = export_signer().verifier();

@@ -918,6 +918,22 @@ fn write_seeds() {
         .with_store(|s| Ok(verify::export(s, &mut out)?))
         .unwrap();
     w("ledger_export", "five.jsonl", &out);
+    let bundle = ledger
+        .with_store(|s| {
+            Ok(warden_ledger::incident::build(
+                s,
+                &warden_ledger::fuzz::export_signer().verifier(),
+                "coder-1",
+                0,
+            )
+            .unwrap())
+        })
+        .unwrap();
+    w(
+        "ledger_incident",
+        "five.json",
+        serde_json::to_string(&bundle).unwrap().as_bytes(),
+    );
 }
 
 #[test]
@@ -926,11 +942,12 @@ fn fuzz_seeds_replay() {
         write_seeds();
     }
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
         ("ledger_record", warden_ledger::fuzz::record),
         ("ledger_segment", warden_ledger::fuzz::segment),
         ("ledger_checkpoint", warden_ledger::fuzz::checkpoint),
         ("ledger_export", warden_ledger::fuzz::export),
+        ("ledger_incident", warden_ledger::fuzz::incident),
     ];
     for (target, run) in targets {
         let mut n = 0;
@@ -956,6 +973,14 @@ fn fuzz_seeds_replay() {
             .unwrap()
             .entries,
         5
+    );
+    let bundle: warden_ledger::incident::Bundle = serde_json::from_slice(
+        &std::fs::read(seed_dir("ledger_incident").join("five.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        warden_ledger::incident::verify(&bundle, &v).unwrap().counts,
+        (5, 0, 0)
     );
     // Hostile shapes: deep nesting, a huge length prefix.
     warden_ledger::fuzz::record(
