@@ -44,6 +44,15 @@ pub enum Command {
         #[arg(long, default_value = ".warden")]
         data: PathBuf,
     },
+    /// Print what DATA/agents/ID.credential says (its id, for revoking that one credential;
+    /// tenant, owner, trust, tools, expiry). Reads only; verifies nothing.
+    Show {
+        /// The agent's id.
+        id: String,
+        /// Data directory.
+        #[arg(long, default_value = ".warden")]
+        data: PathBuf,
+    },
     /// Revoke an agent and every credential derived from it (or one credential, by id).
     Revoke {
         /// The agent's id (or, with --credential, a credential id).
@@ -110,6 +119,15 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 "derived `{parent}.{name}`: credential {} (key beside it)",
                 path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { id, data } => {
+            let path = data.join("agents").join(format!("{id}.credential"));
+            let token = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading `{}`", path.display()))?;
+            let cred = warden_identity::Credential::from_token(&token)
+                .with_context(|| format!("`{}` is not a credential", path.display()))?;
+            out!("{}", serde_json::to_string_pretty(&cred.body)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Revoke {

@@ -70,6 +70,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         } => {
             let from = since(&from, warden_gateway::now_unix())?;
             let mut s = super::ledger::open(&a.place, &v)?;
+            // A running gateway signs a checkpoint within a second of its last append: wait up
+            // to 3 s for one that covers everything recorded, so the bundle holds what was
+            // just recorded (a hold set a moment ago).
+            for _ in 0..30 {
+                let covered = match s.latest_checkpoint()? {
+                    Some(note) => warden_ledger::Checkpoint::open(&note, &v, v.name())
+                        .is_ok_and(|cp| s.size().is_ok_and(|n| cp.size >= n)),
+                    None => false,
+                };
+                if covered {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                s = super::ledger::open(&a.place, &v)?;
+            }
             let bundle = incident::build(&mut *s, &v, &agent, from)?;
             let text = serde_json::to_string_pretty(&bundle)?;
             match out {
