@@ -45,6 +45,8 @@ pub struct AdminState {
     pub approvals: Arc<warden_identity::approval::Book>,
     /// The current manifest (its approvers verify votes).
     pub governor: Arc<crate::current::CurrentGovernor>,
+    /// The manifest file the gateway serves (governance proposals read it).
+    pub manifest_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -88,6 +90,7 @@ pub fn router(app: AdminState) -> Router {
         .route("/admin/v1/approvals", get(approvals_list))
         .route("/admin/v1/approvals/{id}", get(approvals_show))
         .route("/admin/v1/approvals/{id}/votes", post(approvals_vote))
+        .route("/admin/v1/governance/proposals", post(governance_propose))
         .with_state(app)
 }
 
@@ -346,6 +349,43 @@ async fn approvals_vote(
             )
                 .into_response()
         }
+    }
+}
+
+/// `POST /admin/v1/governance/proposals`: proposes the manifest and policies now on disk at the
+/// served path as the next version; answers the approval request (its preview is the diff).
+async fn governance_propose(State(app): State<AdminState>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    let Some(path) = app.manifest_path.clone() else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this gateway serves no manifest file",
+        );
+    };
+    let (book, current) = (Arc::clone(&app.approvals), app.governor.get());
+    let proposed =
+        tokio::task::spawn_blocking(move || crate::governance::propose(&book, &current, &path))
+            .await;
+    match proposed {
+        Ok(Ok((r, new))) => {
+            if new {
+                let reason = format!(
+                    "approval {} proposes bundle {} to replace manifest version {}",
+                    r.id, r.binding.arguments_hash, r.binding.manifest_version
+                );
+                if !crate::governance::record(&app.ledger, "governance.proposed", reason).await {
+                    return refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the proposal could not be recorded in the ledger",
+                    );
+                }
+            }
+            Json(r).into_response()
+        }
+        Ok(Err(why)) => refuse(StatusCode::UNPROCESSABLE_ENTITY, &why),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

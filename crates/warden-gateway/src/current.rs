@@ -68,7 +68,8 @@ impl CurrentGovernor {
         Ok(new)
     }
 
-    /// Loads the bundle at `manifest` and swaps it in.
+    /// Loads the bundle at `manifest` and swaps it in. Ungoverned: the serving path reloads
+    /// through [`crate::execution::reload`], which enforces the manifest's `governance`.
     ///
     /// # Errors
     /// [`SwapError`]; the current Governor stays.

@@ -155,13 +155,18 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
 /// rather than swapped in half-applied. The clock moves before the swap: in between, grants of
 /// the old version are refused (and re-decided), never honored under the new one.
 ///
+/// INVARIANT (INV-020): when the running manifest has `governance`, the new bundle must carry
+/// an approval for exactly its hash replacing this version ([`crate::governance::admit`]); it is
+/// used once. Returns the new version and that approval.
+///
 /// # Errors
 /// Why the new manifest was not swapped in.
 pub fn reload(
     current: &crate::current::CurrentGovernor,
     clock: &ManifestClock,
     path: &Path,
-) -> Result<u64, String> {
+    book: &warden_identity::approval::Book,
+) -> Result<(u64, Option<warden_identity::approval::Request>), String> {
     let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
     let old = current.get();
     let (o, n) = (&old.manifest().raw, &new.manifest().raw);
@@ -175,11 +180,13 @@ pub fn reload(
     if to <= from {
         return Err(format!("version {to} is not newer than the current {from}"));
     }
+    let approval = crate::governance::admit(book, &old, &new)?;
     clock.set(to);
-    current.swap(new).map_err(|e| {
+    let version = current.swap(new).map_err(|e| {
         clock.set(from);
         e.to_string()
-    })
+    })?;
+    Ok((version, approval))
 }
 
 #[cfg(test)]

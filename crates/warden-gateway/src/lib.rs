@@ -30,6 +30,7 @@ pub mod bundle;
 pub mod current;
 pub mod demo;
 pub mod execution;
+pub mod governance;
 pub mod keyfile;
 pub mod mcp;
 pub mod path;

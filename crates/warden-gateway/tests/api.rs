@@ -788,6 +788,7 @@ async fn admin_brakes_take_effect_at_once() {
         executor: None,
         approvals: Arc::clone(&app.approvals),
         governor: Arc::clone(&app.governor),
+        manifest_path: None,
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -1142,17 +1143,20 @@ fn reloads_that_change_upstreams_are_refused() {
             .replace("command: [warden, demo-server]", "command: [/bin/true]"),
     )
     .unwrap();
-    let e = warden_gateway::execution::reload(&current, &clock, &path).unwrap_err();
+    let book = warden_identity::approval::Book::new(Default::default());
+    let e = warden_gateway::execution::reload(&current, &clock, &path, &book).unwrap_err();
     assert!(e.contains("restart"), "{e}");
     assert_eq!((current.get().manifest().version, clock.get()), (1, 1));
     std::fs::write(&path, v1.replace("version: 1", "version: 2")).unwrap();
     assert_eq!(
-        warden_gateway::execution::reload(&current, &clock, &path).unwrap(),
+        warden_gateway::execution::reload(&current, &clock, &path, &book)
+            .unwrap()
+            .0,
         2
     );
     assert_eq!((current.get().manifest().version, clock.get()), (2, 2));
     // Not newer: refused, clock unchanged.
-    assert!(warden_gateway::execution::reload(&current, &clock, &path).is_err());
+    assert!(warden_gateway::execution::reload(&current, &clock, &path, &book).is_err());
     assert_eq!(clock.get(), 2);
 }
 
@@ -1182,6 +1186,7 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
         executor: None,
         approvals: Arc::clone(&book),
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+        manifest_path: Some(manifest.clone()),
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -1312,4 +1317,120 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
         "{kinds:?}"
     );
     assert!(kinds.iter().any(|k| k == "approval.approved"), "{kinds:?}");
+}
+
+/// Governance (INV-020): with `governance` in the running manifest, a new bundle is swapped in
+/// only after its approvers approved exactly that bundle; a reload without the approval, or of
+/// files changed after it, is refused; the approval is used once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
+    use warden_identity::approval::{sign, Request, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let mut approvers = String::from("\napprovers:\n");
+    for id in ["alice@acme.example", "carol"] {
+        let public = warden_gateway::approvals::create_approver_key(dir.path(), id, false).unwrap();
+        approvers.push_str(&format!("  - {{ id: {id}, key: \"{public}\" }}\n"));
+    }
+    let v1 = std::fs::read_to_string(&manifest).unwrap().replace(
+        "\napprovals:\n",
+        &format!("{approvers}governance: {{ approvers: 2 }}\napprovals:\n"),
+    );
+    std::fs::write(&manifest, &v1).unwrap();
+    // Three approvers required but two listed: the manifest could never change; refused.
+    let locked = v1.replace(
+        "governance: { approvers: 2 }",
+        "governance: { approvers: 3 }",
+    );
+    let e = warden_policy::parse_manifest("m.yaml", &locked)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("could never be changed"), "{e}");
+
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let current = Arc::new(warden_gateway::current::CurrentGovernor::new(governor));
+    let clock = warden_executor::ManifestClock::new(1);
+    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
+    let book = Arc::new(warden_identity::approval::Book::new(Default::default()));
+    let admin = warden_gateway::admin::AdminState {
+        state: Arc::new(warden_state::MemoryState::new()),
+        ledger: Arc::clone(&ledger),
+        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
+        executor: None,
+        approvals: Arc::clone(&book),
+        governor: Arc::clone(&current),
+        manifest_path: Some(manifest.clone()),
+    };
+    let auth = vec![(
+        "authorization",
+        format!(
+            "Bearer {}",
+            warden_gateway::admin::read_token(dir.path())
+                .unwrap()
+                .trim()
+        ),
+    )];
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let adm = l.local_addr().unwrap();
+    tokio::spawn(warden_gateway::admin::serve(
+        l,
+        admin,
+        std::future::pending(),
+    ));
+    let reload = || warden_gateway::execution::reload(&current, &clock, &manifest, &book);
+
+    // Version 2 loosens a rate. Without an approval, the reload is refused.
+    let v2 = v1
+        .replace("version: 1", "version: 2")
+        .replace("rate: 100/h", "rate: 200/h");
+    std::fs::write(&manifest, &v2).unwrap();
+    let e = reload().unwrap_err();
+    assert!(
+        e.contains("needs the approval of 2 distinct human approver(s)"),
+        "{e}"
+    );
+    assert_eq!(current.get().manifest().version, 1);
+
+    // Proposed: the preview is the diff.
+    let (status, body) = send(adm, "POST", "/admin/v1/governance/proposals", &auth, b"").await;
+    assert_eq!(status, 200, "{body}");
+    let request: Request = serde_json::from_str(&body).unwrap();
+    assert_eq!(request.binding.agent, "(governance)");
+    assert_eq!(request.preview["loosened"], 1, "{}", request.preview);
+    assert!(body.contains("rate 100/h -> 200/h"), "{body}");
+    let vote = |who: &str| {
+        let key = warden_gateway::approvals::load_approver_key(
+            &warden_gateway::approvals::approver_key_path(dir.path(), who),
+        )
+        .unwrap();
+        let v = sign(
+            &key,
+            &request,
+            Verdict::Approve,
+            who,
+            warden_gateway::now_unix_ms(),
+        )
+        .unwrap();
+        serde_json::to_vec(&v).unwrap()
+    };
+    let path = format!("/admin/v1/approvals/{}/votes", request.id);
+    let (status, body) = send(adm, "POST", &path, &auth, &vote("alice@acme.example")).await;
+    assert_eq!(status, 200, "{body}");
+    // One of two: still refused.
+    assert!(reload().is_err());
+    let (status, body) = send(adm, "POST", &path, &auth, &vote("carol")).await;
+    assert!(status == 200 && body.contains("\"approved\""), "{body}");
+
+    // The files changed after the approval: a different bundle, refused.
+    std::fs::write(&manifest, v2.replace("rate: 200/h", "rate: 900/h")).unwrap();
+    assert!(reload().unwrap_err().contains("needs the approval"));
+    // The approved bundle goes in, once, naming its approvers.
+    std::fs::write(&manifest, &v2).unwrap();
+    let (version, approval) = reload().unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(
+        approval.unwrap().approved_by(),
+        vec!["alice@acme.example", "carol"]
+    );
+    assert_eq!(current.get().manifest().version, 2);
 }

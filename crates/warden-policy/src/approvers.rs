@@ -29,6 +29,58 @@ pub struct ApprovalSettings {
     pub max_open_per_agent: u32,
 }
 
+/// Who must approve a manifest change (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Governance {
+    /// How many distinct approvers.
+    pub approvers: u32,
+    /// The role they must hold, if any.
+    pub role: Option<String>,
+}
+
+/// Validates `governance`: the count is 1-100, the role well formed, and the manifest lists
+/// enough approvers (with the role) to ever approve a change — otherwise it could never be
+/// replaced.
+pub(crate) fn validate_governance(
+    c: &mut Collector<'_>,
+    raw: Option<&crate::raw::RawGovernance>,
+    approvers: &BTreeMap<String, ApproverSpec>,
+) -> Option<Governance> {
+    let g = raw?;
+    if g.approvers == 0 || g.approvers > 100 {
+        c.err(
+            "governance.approvers",
+            format!("{} is out of range: 1 to 100", g.approvers),
+        );
+    }
+    if let Some(r) = &g.role {
+        if !crate::manifest::valid_id(r) {
+            c.err(
+                "governance.role",
+                format!("role `{r}` {}", crate::manifest::ID_RULE),
+            );
+        }
+    }
+    let eligible = approvers
+        .values()
+        .filter(|a| g.role.as_ref().is_none_or(|r| a.roles.contains(r)))
+        .count();
+    if u32::try_from(eligible).unwrap_or(u32::MAX) < g.approvers {
+        c.err(
+            "governance.approvers",
+            format!(
+                "{} approver(s){} must approve a manifest change, but the manifest lists {eligible}: it could never be changed",
+                g.approvers,
+                g.role.as_ref().map_or(String::new(), |r| format!(" of role `{r}`"))
+            ),
+        );
+    }
+    Some(Governance {
+        approvers: g.approvers,
+        role: g.role.clone(),
+    })
+}
+
 /// The longest a request may stay open, a call may wait, or an approval stay redeemable.
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 /// The longest an MCP call may wait for its approval.

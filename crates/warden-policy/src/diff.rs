@@ -490,6 +490,40 @@ fn approver_changes(old: &Manifest, new: &Manifest, out: &mut Vec<Change>) {
             ));
         }
     }
+    match (&old.governance, &new.governance) {
+        (Some(o), None) => out.push(change(
+            Impact::Loosened,
+            "governance",
+            format!(
+                "governance removed (was {} approver(s)): manifest changes need no approval",
+                o.approvers
+            ),
+        )),
+        (None, Some(n)) => out.push(change(
+            Impact::Tightened,
+            "governance",
+            format!("governance added: {} approver(s)", n.approvers),
+        )),
+        (Some(o), Some(n)) if o != n => out.push(change(
+            rank(
+                n.approvers < o.approvers || (o.role.is_some() && n.role.is_none()),
+                n.approvers > o.approvers || (o.role.is_none() && n.role.is_some()),
+            ),
+            "governance",
+            format!(
+                "{} approver(s){} -> {} approver(s){}",
+                o.approvers,
+                o.role
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" of `{r}`")),
+                n.approvers,
+                n.role
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" of `{r}`"))
+            ),
+        )),
+        _ => {}
+    }
     if a.wait_secs != b.wait_secs {
         out.push(change(
             Impact::Changed,

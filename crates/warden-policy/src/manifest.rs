@@ -269,6 +269,8 @@ pub struct Manifest {
     pub approvers: std::collections::BTreeMap<String, crate::approvers::ApproverSpec>,
     /// How approval requests behave.
     pub approvals: crate::approvers::ApprovalSettings,
+    /// Who must approve replacing this manifest, if anyone.
+    pub governance: Option<crate::approvers::Governance>,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -736,6 +738,8 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets, &raw.pins);
     let (approvers, approvals) =
         crate::approvers::validate(&mut c, &raw.approvers, &raw.approvals, &agents);
+    let governance =
+        crate::approvers::validate_governance(&mut c, raw.governance.as_ref(), &approvers);
 
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
@@ -768,6 +772,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         secrets,
         approvers,
         approvals,
+        governance,
         raw,
     })
 }

@@ -53,6 +53,21 @@ pub struct RawManifest {
     /// How approval requests behave: expiry, waiting, caps.
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// Who must approve replacing this manifest or its policies in a running Warden (INV-020).
+    /// Omitted, a reload needs no approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<RawGovernance>,
+}
+
+/// Multi-party approval of manifest changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGovernance {
+    /// How many distinct approvers (1-100).
+    pub approvers: u32,
+    /// The role they must hold; omit for any approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// One approver: a person, never an agent.

@@ -10,10 +10,10 @@ use warden_identity::approval::{Request, Verdict};
 pub struct Admin {
     /// Data directory (holds the admin token).
     #[arg(long, default_value = ".warden")]
-    data: PathBuf,
+    pub(super) data: PathBuf,
     /// The gateway's admin listener.
     #[arg(long, default_value = "127.0.0.1:8701")]
-    admin: std::net::SocketAddr,
+    pub(super) admin: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]

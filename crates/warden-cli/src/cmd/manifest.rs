@@ -28,10 +28,32 @@ pub enum Command {
     },
     /// Print the manifest's JSON Schema (generated from its types).
     Schema,
+    /// Propose the manifest and policies now on disk (at the path the gateway serves) as its
+    /// next version: opens the governance approval request, whose preview is the diff. Once
+    /// approved (`warden approvals approve ID`), reload the gateway (SIGHUP) to swap it in.
+    Propose {
+        #[command(flatten)]
+        admin: super::approvals::Admin,
+    },
 }
 
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
+        Command::Propose { admin } => {
+            let (status, body) = super::brakes::admin_call(
+                &admin.data,
+                admin.admin,
+                "POST",
+                "/admin/v1/governance/proposals",
+                None,
+            )?;
+            if status != 200 {
+                eprintln!("refused ({status}): {body}");
+                return Ok(ExitCode::from(1));
+            }
+            out!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
             Ok(g) => {
                 let m = g.manifest();

@@ -209,6 +209,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         executor: Some(Arc::clone(&executor)),
         approvals: Arc::clone(&app.approvals),
         governor: Arc::clone(&app.governor),
+        manifest_path: Some(manifest.clone()),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -228,6 +229,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .await;
         let current = Arc::clone(&app.governor);
         let ledger = Arc::clone(&app.ledger);
+        let book = Arc::clone(&app.approvals);
         let manifest_path = manifest.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
@@ -236,13 +238,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let before =
                     warden_gateway::approvals::approver_summary(current.get().manifest());
                 let (c, m, k) = (Arc::clone(&current), manifest_path.clone(), Arc::clone(&clock));
+                let b = Arc::clone(&book);
                 match tokio::task::spawn_blocking(move || {
-                    warden_gateway::execution::reload(&c, &k, &m)
+                    warden_gateway::execution::reload(&c, &k, &m, &b)
                 })
                 .await
                 {
-                    Ok(Ok(v)) => {
+                    Ok(Ok((v, approval))) => {
                         tracing::info!(version = v, "manifest reloaded");
+                        if let Some(r) = approval {
+                            warden_gateway::governance::record(
+                                &ledger,
+                                "governance.applied",
+                                format!(
+                                    "manifest version {v} (bundle {}) swapped in, approved by {} (approval {})",
+                                    r.binding.arguments_hash,
+                                    r.approved_by().join(", "),
+                                    r.id
+                                ),
+                            )
+                            .await;
+                        }
                         let now = current.get();
                         // An approver's key rotated, or approvers changed: recorded.
                         if warden_gateway::approvals::approver_summary(now.manifest()) != before {
@@ -254,7 +270,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                             .await;
                         }
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "manifest reload refused"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "manifest reload refused");
+                        warden_gateway::governance::record(&ledger, "manifest.reload_refused", e)
+                            .await;
+                    }
                     Err(e) => tracing::error!(error = %e, "manifest reload failed"),
                 }
             }

@@ -26,6 +26,12 @@ until warden approvals list --data "$DATA" --admin "$ADMIN" >/dev/null 2>&1; do
 done
 "#;
 
+const RELOAD: &str = r#"#!/bin/sh
+# The test's reload: SIGHUP, then a moment for the swap.
+kill -HUP "$(cat "$DATA/serve.pid")"
+sleep 1
+"#;
+
 struct Site {
     dir: tempfile::TempDir,
     data: PathBuf,
@@ -51,11 +57,30 @@ impl Site {
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_warden"), bin.join("warden")).unwrap();
-        std::fs::write(bin.join("restart_gateway"), RESTART).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(
-            bin.join("restart_gateway"),
-            std::fs::Permissions::from_mode(0o755),
+        for (name, script) in [("restart_gateway", RESTART), ("reload_gateway", RELOAD)] {
+            std::fs::write(bin.join(name), script).unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        // Two approvers with their keys, and governance: manifest changes need both.
+        let mut approvers = String::from("\napprovers:\n");
+        for id in ["alice@acme.example", "bob@acme.example"] {
+            let out = warden(&["approvers", "keygen", id, "--data", data.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            approvers.push_str(&text(&out.stdout));
+        }
+        let running = std::fs::read_to_string(&manifest).unwrap().replace(
+            "\napprovals:\n",
+            &format!("{approvers}governance: {{ approvers: 2 }}\napprovals:\n"),
+        );
+        std::fs::write(&manifest, &running).unwrap();
+        let new_manifest = dir.path().join("manifest-v2.yaml");
+        std::fs::write(
+            &new_manifest,
+            running
+                .replace("version: 1", "version: 2")
+                .replace("rate: 100/h", "rate: 150/h"),
         )
         .unwrap();
         let (listen, admin) = (
@@ -74,6 +99,9 @@ impl Site {
             ("LISTEN", listen.clone()),
             ("ADMIN", admin.clone()),
             ("AGENT", "coder-1".into()),
+            ("NEW_MANIFEST", new_manifest.display().to_string()),
+            ("APPROVER_1", "alice@acme.example".into()),
+            ("APPROVER_2", "bob@acme.example".into()),
         ];
         let site = Site {
             dir,
@@ -230,4 +258,16 @@ fn runbooks_run_as_written() {
         "{said}"
     );
     assert!(!site.holds().contains("quarantine"), "{}", site.holds());
+
+    // A governed manifest change: proposed, approved by both approvers, swapped in on SIGHUP.
+    let said = site.runbook("manifest-change");
+    assert!(
+        said.contains("LOOSENED") && said.contains("rate 100/h -> 150/h"),
+        "{said}"
+    );
+    assert!(said.contains("governance.applied"), "{said}");
+    assert!(
+        said.contains("alice@acme.example, bob@acme.example"),
+        "{said}"
+    );
 }

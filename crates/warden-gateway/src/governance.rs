@@ -1,0 +1,131 @@
+//! Governance changes are governed (INV-020, issue 7): when the running manifest has a
+//! `governance` key, a new manifest (or new policies) is swapped in only after the approvers it
+//! names have approved that exact bundle — its hash, replacing this version.
+//!
+//! 1. `warden manifest propose` (admin API) validates the files on disk, diffs them against the
+//!    running bundle, and opens an approval request whose preview is the diff;
+//! 2. approvers vote with `warden approvals approve ID` (their own keys, as for calls);
+//! 3. a reload (`SIGHUP`) swaps the new bundle in only if the files on disk still hash to the
+//!    approved bundle; the approval is used once. A change to the files after the approval, or a
+//!    reload without one, is refused and recorded.
+//!
+//! The requests are ordinary approval requests ([`crate::approvals`]) whose "agent" is
+//! [`GOVERNANCE`], a name no agent can have (manifest ids cannot hold parentheses).
+
+use std::path::Path;
+
+use warden_identity::approval::{Binding, Book, Request, Requirement};
+use warden_policy::approvers::Governance;
+use warden_policy::Governor;
+
+/// The "agent" of governance requests.
+pub const GOVERNANCE: &str = "(governance)";
+
+/// The call a manifest replacement is: the new bundle hash replacing `current`'s version.
+#[must_use]
+pub fn binding(current: &Governor, new_bundle: &str) -> Binding {
+    Binding {
+        agent: GOVERNANCE.into(),
+        tenant: String::new(),
+        owner: String::new(),
+        session: "manifest".into(),
+        tool: "manifest.replace".into(),
+        arguments_hash: new_bundle.into(),
+        manifest_version: current.manifest().version,
+    }
+}
+
+fn requirement(g: &Governance) -> Requirement {
+    match &g.role {
+        Some(role) => Requirement::Approvers {
+            approvers: g.approvers,
+            role: role.clone(),
+        },
+        None => Requirement::Humans {
+            approvers: g.approvers,
+        },
+    }
+}
+
+/// Opens (or joins) the request to replace `current` with the bundle at `path`.
+///
+/// # Errors
+/// Why not: governance is off, the files do not load, the version is not newer, or the book
+/// refuses (a denied proposal stays denied).
+pub fn propose(book: &Book, current: &Governor, path: &Path) -> Result<(Request, bool), String> {
+    let Some(g) = &current.manifest().governance else {
+        return Err(
+            "the running manifest has no `governance`: a reload (SIGHUP) needs no approval".into(),
+        );
+    };
+    let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
+    let (from, to) = (current.manifest().version, new.manifest().version);
+    if to <= from {
+        return Err(format!("version {to} is not newer than the running {from}"));
+    }
+    let changes = warden_policy::diff::diff(current.manifest(), new.manifest());
+    let loosened = changes
+        .iter()
+        .filter(|c| c.impact == warden_policy::diff::Impact::Loosened)
+        .count();
+    let policies_changed = current.policy_hash() != new.policy_hash()
+        && current.manifest().text == new.manifest().text;
+    let preview = serde_json::json!({
+        "summary": format!("replace manifest version {from} with {to}"),
+        "from_bundle": current.policy_hash(),
+        "to_bundle": new.policy_hash(),
+        "loosened": loosened,
+        "policies_changed_only": policies_changed,
+        "changes": changes,
+    });
+    book.open(
+        &binding(current, new.policy_hash()),
+        requirement(g),
+        true,
+        preview,
+        crate::now_unix_ms(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Before `new` replaces `current`: `Ok(None)` if the running manifest has no governance,
+/// `Ok(Some(request))` with the approval it redeemed, or why the swap is refused.
+///
+/// # Errors
+/// The replacement has no approval (or a denied, expired or used one).
+pub fn admit(book: &Book, current: &Governor, new: &Governor) -> Result<Option<Request>, String> {
+    let Some(g) = &current.manifest().governance else {
+        return Ok(None);
+    };
+    let binding = binding(current, new.policy_hash());
+    match book.redeem(&binding, None, &requirement(g), true, crate::now_unix_ms()) {
+        Ok(Some(r)) => Ok(Some(r)),
+        Ok(None) => Err(format!(
+            "replacing manifest version {} with bundle {} needs the approval of {} (governance): \
+             run `warden manifest propose`, have it approved, then reload",
+            current.manifest().version,
+            new.policy_hash(),
+            crate::approvals::requirement_text(&requirement(g), false)
+        )),
+        Err(e) => Err(format!("the manifest change is not approved: {e}")),
+    }
+}
+
+/// Records a governance event (`governance.proposed`, `governance.applied`,
+/// `manifest.reload_refused`); false if the ledger did not take it.
+pub async fn record(ledger: &warden_ledger::Ledger, kind: &str, reason: String) -> bool {
+    let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
+        kind: kind.to_owned(),
+        agent: GOVERNANCE.into(),
+        tenant: String::new(),
+        session: String::new(),
+        reason,
+        trace_id: String::new(),
+        request_id: crate::agents::random_request_id(),
+        time: crate::now_unix(),
+    });
+    match ledger.submit(&event) {
+        Ok(t) => t.recorded().await.is_ok(),
+        Err(_) => false,
+    }
+}
