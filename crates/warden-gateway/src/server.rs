@@ -522,7 +522,7 @@ fn outcome_response(outcome: crate::path::Outcome) -> Response {
 
 /// What the governed path made of one proposal.
 #[derive(Debug)]
-pub(crate) enum Governed {
+pub enum Governed {
     /// The ledger could not record the decision: deny (INV-003).
     LedgerDown {
         /// Request id.
@@ -558,7 +558,7 @@ pub(crate) enum Governed {
     clippy::too_many_arguments,
     reason = "the governed path's inputs, each from a different source"
 )]
-pub(crate) async fn govern(
+pub async fn govern(
     app: &AppState,
     governor: &warden_policy::Governor,
     proposal: &Proposal,
