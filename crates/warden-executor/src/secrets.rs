@@ -108,6 +108,12 @@ impl Secrets {
         Ok(out)
     }
 
+    /// One secret's value, if it loaded.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<Zeroizing<String>> {
+        self.values.get(name).cloned()
+    }
+
     /// Every value (what the redactor must never let through).
     pub fn values(&self) -> impl Iterator<Item = &str> {
         self.values.values().map(|v| v.as_str())

@@ -71,6 +71,7 @@ fn app(dir: &std::path::Path) -> (AppState, ed25519_dalek::SigningKey) {
         executor: None,
         approvals: Arc::new(Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let key = warden_gateway::approvals::load_approver_key(
         &warden_gateway::approvals::approver_key_path(dir, "alice@acme.example"),

@@ -47,6 +47,8 @@ pub struct AdminState {
     pub governor: Arc<crate::current::CurrentGovernor>,
     /// The manifest file the gateway serves (governance proposals read it).
     pub manifest_path: Option<std::path::PathBuf>,
+    /// Webhooks (brake changes, governance proposals).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -210,6 +212,11 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
         Ok(t) => t.recorded().await.is_ok(),
         Err(_) => false,
     };
+    app.notifier.notify(
+        "hold.changed",
+        format!("{} ({}): {reason}", c.action, c.scope),
+        json!({ "action": c.action, "scope": c.scope, "stopped": stopped }),
+    );
     Json(json!({
         "action": c.action,
         "scope": c.scope,
@@ -375,12 +382,16 @@ async fn governance_propose(State(app): State<AdminState>, headers: HeaderMap) -
                     "approval {} proposes bundle {} to replace manifest version {}",
                     r.id, r.binding.arguments_hash, r.binding.manifest_version
                 );
-                if !crate::governance::record(&app.ledger, "governance.proposed", reason).await {
+                if !crate::governance::record(&app.ledger, "governance.proposed", reason.clone())
+                    .await
+                {
                     return refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the proposal could not be recorded in the ledger",
                     );
                 }
+                app.notifier
+                    .notify("governance.proposed", reason, json!({ "id": r.id }));
             }
             Json(r).into_response()
         }

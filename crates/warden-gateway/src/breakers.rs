@@ -93,6 +93,11 @@ pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &st
     if let Err(e) = recorded {
         tracing::error!(error = %e, "could not record a tripped breaker");
     }
+    app.notifier.notify(
+        "breaker.tripped",
+        format!("agent `{agent}` paused: {why}"),
+        serde_json::json!({ "agent": agent, "tenant": tenant }),
+    );
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod execution;
 pub mod governance;
 pub mod keyfile;
 pub mod mcp;
+pub mod notify;
 pub mod path;
 pub mod server;
 pub mod starter;

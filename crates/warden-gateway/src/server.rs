@@ -39,6 +39,8 @@ pub struct AppState {
     pub approvals: Arc<warden_identity::approval::Book>,
     /// Consecutive failures per agent (circuit breakers).
     pub breakers: Arc<crate::breakers::Breakers>,
+    /// Webhooks (approval requests, tripped breakers).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl std::fmt::Debug for AppState {
@@ -644,6 +646,22 @@ pub async fn govern(
             &r.id,
         )
         .await;
+        app.notifier.notify(
+            "approval.requested",
+            format!(
+                "agent `{}` asks to call `{}`: needs {text} (approval {})",
+                r.binding.agent, r.binding.tool, r.id
+            ),
+            json!({
+                "id": r.id,
+                "agent": r.binding.agent,
+                "tenant": r.binding.tenant,
+                "tool": r.binding.tool,
+                "requires": text,
+                "preview": r.preview,
+                "expires_ms": r.expires_ms,
+            }),
+        );
     }
     let mut grant = None;
     // An allowed, recorded call gets its single-use grant (docs/grants.md).

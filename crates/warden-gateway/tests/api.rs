@@ -36,6 +36,7 @@ async fn start_with(
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -151,6 +152,7 @@ async fn decisions_are_recorded_and_verify() {
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -780,6 +782,7 @@ async fn admin_brakes_take_effect_at_once() {
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&state),
@@ -789,6 +792,7 @@ async fn admin_brakes_take_effect_at_once() {
         approvals: Arc::clone(&app.approvals),
         governor: Arc::clone(&app.governor),
         manifest_path: None,
+        notifier: Default::default(),
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -909,6 +913,7 @@ async fn unauthenticated_decide_is_loopback_only() {
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -979,6 +984,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
         executor: Some(Arc::clone(&executor)),
         approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let token = std::fs::read_to_string(&cred).unwrap();
     let identity = app
@@ -1187,6 +1193,7 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
         approvals: Arc::clone(&book),
         governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
         manifest_path: Some(manifest.clone()),
+        notifier: Default::default(),
     };
     let token = warden_gateway::admin::read_token(dir.path())
         .unwrap()
@@ -1360,6 +1367,7 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
         approvals: Arc::clone(&book),
         governor: Arc::clone(&current),
         manifest_path: Some(manifest.clone()),
+        notifier: Default::default(),
     };
     let auth = vec![(
         "authorization",
@@ -1433,4 +1441,147 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
         vec!["alice@acme.example", "carol"]
     );
     assert_eq!(current.get().manifest().version, 2);
+}
+
+/// Webhooks: a brake change and a tripped breaker reach the receivers, in the shapes asked for,
+/// signed so the receiver can verify them (checked here with an independent HMAC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_shaped_for_their_receivers() {
+    use hmac::{Hmac, Mac};
+    use tokio::io::AsyncReadExt as _;
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = receiver.accept().await.unwrap();
+            let got_tx = got_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        if body.len() >= len {
+                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await
+                                .unwrap();
+                            got_tx.send((head.to_owned(), body.to_owned())).unwrap();
+                            return;
+                        }
+                    }
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    std::fs::write(dir.path().join("hook.key"), "webhook-key-0123456789").unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap()
+        + &format!(
+            "\nsecrets:\n  HOOK_KEY: {{ file: hook.key }}\nnotifications:\n  webhooks:\n    - {{ url: \"http://127.0.0.1:{port}/slack\", secret: HOOK_KEY, format: slack }}\n    - {{ url: \"http://127.0.0.1:{port}/tg\", secret: HOOK_KEY, format: telegram, chat_id: \"-1001\", events: [breaker.tripped] }}\n"
+        );
+    std::fs::write(&manifest, text).unwrap();
+    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let (notifier, errors) =
+        warden_gateway::notify::Notifier::start(&governor.manifest().webhooks, |name| {
+            (name == "HOOK_KEY").then(|| zeroize::Zeroizing::new("webhook-key-0123456789".into()))
+        });
+    assert!(errors.is_empty(), "{errors:?}");
+    let admin = warden_gateway::admin::AdminState {
+        state: Arc::new(warden_state::MemoryState::new()),
+        ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
+        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
+        executor: None,
+        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
+        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
+        manifest_path: None,
+        notifier: notifier.clone(),
+    };
+    let token = warden_gateway::admin::read_token(dir.path()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let adm = l.local_addr().unwrap();
+    tokio::spawn(warden_gateway::admin::serve(
+        l,
+        admin,
+        std::future::pending(),
+    ));
+    let verify = |head: &str, body: &str| {
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap()
+                .to_owned()
+        };
+        let ts = header("x-warden-timestamp");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"webhook-key-0123456789").unwrap();
+        mac.update(format!("{ts}.{body}").as_bytes());
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(header("x-warden-signature"), format!("v1={want}"));
+        assert!((ts.parse::<i64>().unwrap() - warden_gateway::now_unix()).abs() < 60);
+    };
+
+    // A kill: only the Slack hook carries hold changes.
+    let body =
+        br#"{"action":"kill","scope":{"scope":"agent","id":"coder-1"},"reason":"webhook test"}"#;
+    let auth = vec![("authorization", format!("Bearer {}", token.trim()))];
+    let (status, answer) = send(adm, "POST", "/admin/v1/holds", &auth, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let (head, body) = tokio::time::timeout(std::time::Duration::from_secs(10), got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.starts_with("POST /slack "), "{head}");
+    verify(&head, &body);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .contains("hold.changed: kill (agent `coder-1`): webhook test"),
+        "{v}"
+    );
+
+    // A tripped breaker: both hooks, the Telegram one as sendMessage.
+    notifier.notify(
+        "breaker.tripped",
+        "agent `coder-1` paused: 3 consecutive failures".into(),
+        serde_json::json!({"agent": "coder-1"}),
+    );
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let (head, body) = tokio::time::timeout(std::time::Duration::from_secs(10), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        verify(&head, &body);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if head.starts_with("POST /tg ") {
+            assert_eq!(v["chat_id"], "-1001", "{v}");
+        }
+        assert!(
+            v["text"].as_str().unwrap().contains("breaker.tripped"),
+            "{v}"
+        );
+        paths.push(head.lines().next().unwrap().to_owned());
+    }
+    paths.sort();
+    assert_eq!(paths, ["POST /slack HTTP/1.1", "POST /tg HTTP/1.1"]);
 }

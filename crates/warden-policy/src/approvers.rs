@@ -281,3 +281,115 @@ mod tests {
             .contains("ed25519:"));
     }
 }
+
+/// The events webhooks can carry.
+pub const NOTIFY_EVENTS: [&str; 4] = [
+    "approval.requested",
+    "hold.changed",
+    "breaker.tripped",
+    "governance.proposed",
+];
+
+/// A webhook (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Host and port to connect to.
+    pub authority: String,
+    /// The request path (with query).
+    pub path: String,
+    /// The URL as written (for messages).
+    pub url: String,
+    /// The secret's name.
+    pub secret: String,
+    /// Payload shape.
+    pub format: crate::raw::WebhookFormat,
+    /// Telegram chat.
+    pub chat_id: Option<String>,
+    /// Events it carries.
+    pub events: BTreeSet<String>,
+}
+
+/// Validates the webhooks: `http://` URLs (https needs a TLS stack this build does not have),
+/// secrets that the manifest's `secrets` name, known events, a `chat_id` for Telegram.
+pub(crate) fn validate_notifications(
+    c: &mut Collector<'_>,
+    raw: Option<&crate::raw::RawNotifications>,
+    secrets: &BTreeMap<String, crate::upstream::SecretSource>,
+) -> Vec<Webhook> {
+    let mut out = Vec::new();
+    for (i, w) in raw
+        .map(|n| n.webhooks.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let path = format!("notifications.webhooks[{i}]");
+        let Some(rest) = w.url.strip_prefix("http://") else {
+            let why = if w.url.starts_with("https://") {
+                "https is not supported (no TLS stack in this build): point it at a local relay over http://"
+            } else {
+                "must be an http:// URL"
+            };
+            c.err(format!("{path}.url"), format!("`{}` {why}", w.url));
+            continue;
+        };
+        let (authority, rest_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty()
+            || authority.contains('@')
+            || !authority
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':' | '[' | ']'))
+        {
+            c.err(
+                format!("{path}.url"),
+                format!("`{}` has no valid host", w.url),
+            );
+            continue;
+        }
+        if rest_path
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            c.err(format!("{path}.url"), "the path holds whitespace");
+            continue;
+        }
+        if !secrets.contains_key(&w.secret) {
+            c.err(
+                format!("{path}.secret"),
+                format!("`{}` is not in `secrets`", w.secret),
+            );
+        }
+        let events: BTreeSet<String> = match &w.events {
+            Some(list) => list.iter().cloned().collect(),
+            None => NOTIFY_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        };
+        for e in &events {
+            if !NOTIFY_EVENTS.contains(&e.as_str()) {
+                c.err(
+                    format!("{path}.events"),
+                    format!("unknown event `{e}`; known: {}", NOTIFY_EVENTS.join(", ")),
+                );
+            }
+        }
+        if w.format == crate::raw::WebhookFormat::Telegram && w.chat_id.is_none() {
+            c.err(
+                format!("{path}.chat_id"),
+                "a telegram webhook needs `chat_id`",
+            );
+        }
+        out.push(Webhook {
+            authority: authority.to_owned(),
+            path: if rest_path.is_empty() {
+                "/".into()
+            } else {
+                rest_path.to_owned()
+            },
+            url: w.url.clone(),
+            secret: w.secret.clone(),
+            format: w.format,
+            chat_id: w.chat_id.clone(),
+            events,
+        });
+    }
+    out
+}

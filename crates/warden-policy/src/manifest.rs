@@ -271,6 +271,8 @@ pub struct Manifest {
     pub approvals: crate::approvers::ApprovalSettings,
     /// Who must approve replacing this manifest, if anyone.
     pub governance: Option<crate::approvers::Governance>,
+    /// Webhooks.
+    pub webhooks: Vec<crate::approvers::Webhook>,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -740,6 +742,8 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         crate::approvers::validate(&mut c, &raw.approvers, &raw.approvals, &agents);
     let governance =
         crate::approvers::validate_governance(&mut c, raw.governance.as_ref(), &approvers);
+    let webhooks =
+        crate::approvers::validate_notifications(&mut c, raw.notifications.as_ref(), &secrets);
 
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
@@ -773,6 +777,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         approvers,
         approvals,
         governance,
+        webhooks,
         raw,
     })
 }

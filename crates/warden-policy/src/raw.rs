@@ -57,6 +57,53 @@ pub struct RawManifest {
     /// Omitted, a reload needs no approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governance: Option<RawGovernance>,
+    /// Who is told when approvals are requested, brakes change or breakers trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<RawNotifications>,
+}
+
+/// Notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifications {
+    /// Webhooks, each signed with HMAC-SHA256.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// One webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://host[:port]/path` (this build has no TLS stack: for an https receiver, point it
+    /// at a local relay).
+    pub url: String,
+    /// The name of the secret (in `secrets`) that keys the HMAC-SHA256 signature.
+    pub secret: String,
+    /// Payload shape: `generic` (default), `slack` (incoming-webhook `text`), `telegram`
+    /// (`sendMessage`: `chat_id`, `text`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// For `telegram`: the chat to post to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
+    /// Which events: `approval.requested`, `hold.changed`, `breaker.tripped`,
+    /// `governance.proposed`; omit for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+/// A webhook's payload shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event", "text", "details", "time"}`.
+    #[default]
+    Generic,
+    /// `{"text"}`, as Slack incoming webhooks take it.
+    Slack,
+    /// `{"chat_id", "text"}`, as Telegram's `sendMessage` takes it.
+    Telegram,
 }
 
 /// Multi-party approval of manifest changes.

@@ -227,3 +227,27 @@ fn approvers_are_people_with_their_own_valid_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn webhooks_are_checked_at_load() {
+    let text = starter()
+        + "\nsecrets:\n  HOOK_KEY: { env: HOOK_KEY }\nnotifications:\n  webhooks:\n    - { url: \"https://hooks.slack.com/x\", secret: HOOK_KEY }\n    - { url: \"http://relay:8080/x\", secret: NOPE }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, format: telegram }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, events: [everything] }\n    - { url: \"http://relay:8080/ok\", secret: HOOK_KEY, format: slack }\n";
+    let e = errors(&text).join("\n");
+    assert!(
+        e.contains("webhooks[0].url: `https://hooks.slack.com/x` https is not supported"),
+        "{e}"
+    );
+    assert!(
+        e.contains("webhooks[1].secret: `NOPE` is not in `secrets`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("webhooks[2].chat_id: a telegram webhook needs `chat_id`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("webhooks[3].events: unknown event `everything`"),
+        "{e}"
+    );
+    assert!(!e.contains("webhooks[4]"), "{e}");
+}

@@ -157,6 +157,7 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
         executor: None,
         approvals: Arc::new(warden_identity::approval::Book::new(approval_settings)),
         breakers: Default::default(),
+        notifier: Default::default(),
     };
     let clock = Arc::new(warden_executor::ManifestClock::new(
         app.governor.get().manifest().version,
@@ -201,6 +202,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let data = &a.common.data;
+    let rt = tokio::runtime::Runtime::new()?;
+    let notifier = notifier(&rt, &app, &manifest);
+    let app = warden_gateway::server::AppState {
+        notifier: notifier.clone(),
+        ..app
+    };
     let admin = warden_gateway::admin::AdminState {
         state: Arc::clone(&app.state),
         ledger: Arc::clone(&app.ledger),
@@ -210,8 +217,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         approvals: Arc::clone(&app.approvals),
         governor: Arc::clone(&app.governor),
         manifest_path: Some(manifest.clone()),
+        notifier,
     };
-    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -332,6 +339,28 @@ fn starter_credential(
 }
 
 /// `warden stdio`: one agent over stdin/stdout, for desktop clients that launch their servers.
+/// Starts the manifest's webhooks (their HMAC keys are secrets from the manifest's `secrets`).
+fn notifier(
+    rt: &tokio::runtime::Runtime,
+    app: &warden_gateway::server::AppState,
+    manifest: &std::path::Path,
+) -> warden_gateway::notify::Notifier {
+    let governor = app.governor.get();
+    let m = governor.manifest();
+    let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
+    let (secrets, _) = warden_executor::Secrets::load(&m.secrets, dir);
+    let _entered = rt.enter();
+    let (notifier, errors) =
+        warden_gateway::notify::Notifier::start(&m.webhooks, |name| secrets.get(name));
+    for e in errors {
+        tracing::error!("{e}");
+    }
+    if !m.webhooks.is_empty() {
+        tracing::info!(webhooks = m.webhooks.len(), "notifications on");
+    }
+    notifier
+}
+
 /// Records expired approval requests within a second (on the current runtime).
 fn spawn_expiry_recorder(app: &warden_gateway::server::AppState) {
     let (book, ledger) = (Arc::clone(&app.approvals), Arc::clone(&app.ledger));

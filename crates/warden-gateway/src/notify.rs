@@ -1,0 +1,184 @@
+//! Webhook notifications (issue 7): approval requests, brake changes (kill, quarantine,
+//! lockdown, resume), tripped breakers and governance proposals are posted to the manifest's
+//! webhooks, each body signed with HMAC-SHA256 so the receiver can check it came from this
+//! gateway and was not replayed late:
+//!
+//! - `X-Warden-Timestamp: <unix seconds>`
+//! - `X-Warden-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`
+//!
+//! Payloads come in three shapes (`format`): `generic` (`{"event","text","details","time"}`),
+//! `slack` (`{"text"}`, an incoming webhook) and `telegram` (`{"chat_id","text"}`,
+//! `sendMessage`). Delivery is off the governed path: a bounded queue (a full queue drops the
+//! notification and logs it), a 5 s timeout, three attempts. Only `http://` (no TLS stack in this
+//! build; point an https receiver at a local relay). Notifications never carry secrets or
+//! argument values: the texts are the ledger's reasons.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use warden_policy::approvers::Webhook;
+use warden_policy::raw::WebhookFormat;
+use zeroize::Zeroizing;
+
+/// Notifications waiting for delivery, at most.
+const QUEUE: usize = 1024;
+
+/// One notification.
+#[derive(Debug, Clone)]
+struct Note {
+    event: String,
+    text: String,
+    details: serde_json::Value,
+    time: i64,
+}
+
+/// A webhook with its key.
+struct Hook {
+    spec: Webhook,
+    key: Zeroizing<Vec<u8>>,
+}
+
+/// Sends notifications to the manifest's webhooks (none: a no-op).
+#[derive(Debug, Default, Clone)]
+pub struct Notifier {
+    tx: Option<tokio::sync::mpsc::Sender<Note>>,
+}
+
+impl Notifier {
+    /// Starts delivery to `hooks`, keyed by the secrets they name (on the current runtime).
+    /// Hooks whose secret did not load are left out, and named in the returned errors.
+    #[must_use]
+    pub fn start(
+        hooks: &[Webhook],
+        secret: impl Fn(&str) -> Option<Zeroizing<String>>,
+    ) -> (Self, Vec<String>) {
+        let mut errors = Vec::new();
+        let hooks: Vec<Hook> = hooks
+            .iter()
+            .filter_map(|h| match secret(&h.secret) {
+                Some(v) => Some(Hook {
+                    spec: h.clone(),
+                    key: Zeroizing::new(v.as_bytes().to_vec()),
+                }),
+                None => {
+                    errors.push(format!(
+                        "webhook {} is off: its secret `{}` did not load",
+                        h.url, h.secret
+                    ));
+                    None
+                }
+            })
+            .collect();
+        if hooks.is_empty() {
+            return (Notifier::default(), errors);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(note) = rx.recv().await {
+                for hook in hooks.iter().filter(|h| h.spec.events.contains(&note.event)) {
+                    deliver(hook, &note).await;
+                }
+            }
+        });
+        (Notifier { tx: Some(tx) }, errors)
+    }
+
+    /// Queues a notification; never blocks the caller.
+    pub fn notify(&self, event: &str, text: String, details: serde_json::Value) {
+        let Some(tx) = &self.tx else { return };
+        let note = Note {
+            event: event.to_owned(),
+            text,
+            details,
+            time: crate::now_unix(),
+        };
+        if tx.try_send(note).is_err() {
+            tracing::warn!(event, "notification queue full: notification dropped");
+        }
+    }
+}
+
+/// The body for `hook`'s format.
+fn body(hook: &Webhook, note: &Note) -> String {
+    let text = format!("[warden] {}: {}", note.event, note.text);
+    let v = match hook.format {
+        WebhookFormat::Generic => serde_json::json!({
+            "event": note.event,
+            "text": note.text,
+            "details": note.details,
+            "time": note.time,
+        }),
+        WebhookFormat::Slack => serde_json::json!({ "text": text }),
+        WebhookFormat::Telegram => serde_json::json!({
+            "chat_id": hook.chat_id,
+            "text": text,
+        }),
+    };
+    v.to_string()
+}
+
+/// `v1=<hex>` over `"<timestamp>.<body>"`.
+#[must_use]
+pub fn signature(key: &[u8], timestamp: i64, body: &str) -> String {
+    let mut out = String::from("v1=");
+    // HMAC takes keys of any length.
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) {
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body.as_bytes());
+        warden_core::canonical::push_hex(&mut out, &mac.finalize().into_bytes());
+    }
+    out
+}
+
+async fn deliver(hook: &Hook, note: &Note) {
+    let body = body(&hook.spec, note);
+    let sig = signature(&hook.key, note.time, &body);
+    for attempt in 1..=3u32 {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            post(&hook.spec, note.time, &sig, &body),
+        )
+        .await
+        {
+            Ok(Ok(status)) if (200..300).contains(&status) => return,
+            Ok(Ok(status)) => {
+                tracing::warn!(url = %hook.spec.url, status, attempt, "webhook refused");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(url = %hook.spec.url, error = %e, attempt, "webhook failed")
+            }
+            Err(_) => tracing::warn!(url = %hook.spec.url, attempt, "webhook timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(
+            200u64.saturating_mul(u64::from(attempt)),
+        ))
+        .await;
+    }
+    tracing::error!(url = %hook.spec.url, event = %note.event, "webhook undelivered after 3 attempts");
+}
+
+/// One HTTP/1.1 POST; the status code.
+async fn post(hook: &Webhook, timestamp: i64, sig: &str, body: &str) -> std::io::Result<u16> {
+    let authority = if hook.authority.contains(':') && !hook.authority.ends_with(']') {
+        hook.authority.clone()
+    } else {
+        format!("{}:80", hook.authority)
+    };
+    let mut s = tokio::net::TcpStream::connect(&authority).await?;
+    let request = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\nx-warden-timestamp: {timestamp}\r\nx-warden-signature: {sig}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        hook.path,
+        hook.authority,
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await?;
+    std::str::from_utf8(head.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
