@@ -73,6 +73,10 @@ pub enum HoldKind {
     Quarantine,
     /// Pause: calls in scope escalate to a human until resumed (loop detection).
     Pause,
+    /// Demotion (on an agent, after a violation): the agent loses its autonomy — every tier it
+    /// could run on its own now needs its owner's approval — until it is promoted again
+    /// (`warden agents promote`, criteria and an approval). `warden resume` does not lift it.
+    Demote,
 }
 
 impl HoldKind {
@@ -83,6 +87,7 @@ impl HoldKind {
             HoldKind::Kill => "kill",
             HoldKind::Quarantine => "quarantine",
             HoldKind::Pause => "pause",
+            HoldKind::Demote => "demote",
         }
     }
 }

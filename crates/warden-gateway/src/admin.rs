@@ -93,6 +93,7 @@ pub fn router(app: AdminState) -> Router {
         .route("/admin/v1/approvals/{id}", get(approvals_show))
         .route("/admin/v1/approvals/{id}/votes", post(approvals_vote))
         .route("/admin/v1/governance/proposals", post(governance_propose))
+        .route("/admin/v1/agents/{id}/promote", post(agents_promote))
         .with_state(app)
 }
 
@@ -397,6 +398,50 @@ async fn governance_propose(State(app): State<AdminState>, headers: HeaderMap) -
         }
         Ok(Err(why)) => refuse(StatusCode::UNPROCESSABLE_ENTITY, &why),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `POST /admin/v1/agents/{id}/promote`: restores a demoted agent, or proposes its promotion
+/// one trust level up, as [`crate::promotion::promote`] says; call again once approved.
+async fn agents_promote(
+    State(app): State<AdminState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    use crate::promotion::Promoted;
+    if !authorized(&app, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    let Some(path) = app.manifest_path.clone() else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this gateway serves no manifest file",
+        );
+    };
+    match crate::promotion::promote(&app, &path, &id).await {
+        Ok(Promoted::Restored(r)) => Json(json!({
+            "status": "restored",
+            "agent": id,
+            "approved_by": r.approved_by(),
+        }))
+        .into_response(),
+        Ok(Promoted::RestorePending(r)) => Json(json!({
+            "status": "pending",
+            "agent": id,
+            "approval": r,
+            "next": "have it approved (warden approvals approve ID), then run warden agents promote again",
+        }))
+        .into_response(),
+        Ok(Promoted::Proposed { request, file, to }) => Json(json!({
+            "status": "proposed",
+            "agent": id,
+            "to": to.as_str(),
+            "file": file.display().to_string(),
+            "approval": request,
+            "next": "have it approved (warden approvals approve ID), install the file as the manifest, then reload (SIGHUP)",
+        }))
+        .into_response(),
+        Err(why) => refuse(StatusCode::CONFLICT, &why),
     }
 }
 

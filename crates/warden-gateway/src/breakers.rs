@@ -93,6 +93,8 @@ pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &st
     if let Err(e) = recorded {
         tracing::error!(error = %e, "could not record a tripped breaker");
     }
+    // A tripped breaker is a violation: the agent is demoted too (seed 002).
+    crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
     app.notifier.notify(
         "breaker.tripped",
         format!("agent `{agent}` paused: {why}"),

@@ -414,6 +414,13 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         if let Err(e) = revoked {
             tracing::error!(error = %e, "could not persist a revocation");
         }
+        crate::promotion::demote(
+            &app,
+            &identity.agent,
+            &identity.tenant,
+            "a lineage mismatch",
+        )
+        .await;
         return error(StatusCode::FORBIDDEN, "lineage.mismatch", reason);
     }
     if let Some(executor) = &app.executor {
@@ -633,6 +640,27 @@ pub async fn govern(
             };
         }
     };
+    // A call a Cedar policy forbids is a violation: the agent is demoted (seed 002). Only on the
+    // authenticated paths (anyone on the host can name any agent to `/v1/decide`).
+    if mint_grant
+        && decision.decision == Verdict::Deny
+        && decision
+            .rules
+            .first()
+            .is_some_and(|r| r.starts_with("policy:"))
+    {
+        crate::promotion::demote(
+            app,
+            &decision.agent,
+            &decision.tenant,
+            &format!(
+                "a call to `{}` forbidden by {}",
+                decision.tool,
+                decision.rules.first().map_or("", String::as_str)
+            ),
+        )
+        .await;
+    }
     if let Some((r, true)) = &settled.pending {
         let text = crate::approvals::requirement_text(&r.requirement, r.critical);
         crate::approvals::record(

@@ -209,6 +209,7 @@ impl Governor {
             Err(e) => return deny(d, "state.unavailable", format!("cannot read holds: {e}")),
         };
         let mut paused = None;
+        let mut demoted = None;
         for h in &holds {
             match h.kind {
                 HoldKind::Kill | HoldKind::Quarantine => {
@@ -225,6 +226,11 @@ impl Governor {
                     );
                 }
                 HoldKind::Pause => paused = paused.or(Some(h)),
+                HoldKind::Demote => {
+                    if matches!(h.scope, HoldScope::Agent(_)) {
+                        demoted = demoted.or(Some(h));
+                    }
+                }
             }
         }
 
@@ -551,6 +557,22 @@ impl Governor {
                 reason = format!(
                     "a `{level}` agent needs its owner `{}` to approve `{}`-tier calls",
                     agent.owner, tier.name
+                );
+                escalation = Some(Escalation::Owner {
+                    owner: agent.owner.clone(),
+                });
+            }
+        } else if let Some(h) = demoted {
+            // INVARIANT (seed 002): a demoted agent runs nothing on its own; its owner approves
+            // what its level would have let it run (the tier's own approvers still apply).
+            d.rules.push("trust.demoted".into());
+            if !matches!(
+                escalation,
+                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
+            ) {
+                reason = format!(
+                    "agent `{}` is demoted ({}); its owner `{}` must approve its calls until it is promoted again",
+                    agent.id, h.reason, agent.owner
                 );
                 escalation = Some(Escalation::Owner {
                     owner: agent.owner.clone(),

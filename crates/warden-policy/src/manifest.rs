@@ -273,6 +273,8 @@ pub struct Manifest {
     pub governance: Option<crate::approvers::Governance>,
     /// Webhooks.
     pub webhooks: Vec<crate::approvers::Webhook>,
+    /// Promotion criteria.
+    pub promotion: crate::raw::RawPromotion,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -778,6 +780,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         approvals,
         governance,
         webhooks,
+        promotion: raw.promotion.clone(),
         raw,
     })
 }

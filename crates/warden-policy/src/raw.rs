@@ -60,6 +60,39 @@ pub struct RawManifest {
     /// Who is told when approvals are requested, brakes change or breakers trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<RawNotifications>,
+    /// What an agent must show before `warden agents promote` raises (or restores) its trust.
+    #[serde(default)]
+    pub promotion: RawPromotion,
+}
+
+/// Promotion criteria (seed 002, progressive trust over time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromotion {
+    /// Days since the agent's first recorded call, its last promotion and its last violation
+    /// (default 7).
+    #[serde(default = "default_min_days")]
+    pub min_days: u32,
+    /// Allowed calls since its last violation (default 100).
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u64,
+}
+
+impl Default for RawPromotion {
+    fn default() -> Self {
+        RawPromotion {
+            min_days: default_min_days(),
+            min_calls: default_min_calls(),
+        }
+    }
+}
+
+fn default_min_days() -> u32 {
+    7
+}
+
+fn default_min_calls() -> u64 {
+    100
 }
 
 /// Notifications.

@@ -970,3 +970,46 @@ fn an_approved_call_is_charged_like_an_allowed_one() {
     }
     assert_eq!(charged, 50);
 }
+
+#[test]
+fn a_demoted_agent_runs_nothing_on_its_own() {
+    use warden_core::state::{Hold, HoldKind, HoldScope, StateStore as _};
+    let g = starter();
+    let s = MemoryState::new();
+    let read = |agent: &str, i: u32| {
+        let p = proposal(
+            agent,
+            &format!("d{i}"),
+            "fs.read_file",
+            json!({"path": format!("/x/{i}")}),
+        );
+        g.decide(&p, &s, DAY_TIME)
+    };
+    assert_eq!(read("ops-1", 0).decision, Verdict::Allow);
+    s.set_hold(Hold {
+        scope: HoldScope::Agent("ops-1".into()),
+        kind: HoldKind::Demote,
+        reason: "a forbidden call".into(),
+        since: DAY_TIME,
+    })
+    .unwrap();
+    let d = read("ops-1", 1);
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    assert!(
+        d.rules.iter().any(|r| r == "trust.demoted"),
+        "{:?}",
+        d.rules
+    );
+    assert_eq!(
+        d.escalation,
+        Some(warden_core::Escalation::Owner {
+            owner: "bob@acme.example".into()
+        })
+    );
+    assert!(d.reason.contains("a forbidden call"), "{}", d.reason);
+    // Other agents are unaffected; lifting the demotion restores the agent.
+    assert_eq!(read("coder-1", 2).decision, Verdict::Allow);
+    s.clear_hold(&HoldScope::Agent("ops-1".into()), HoldKind::Demote)
+        .unwrap();
+    assert_eq!(read("ops-1", 3).decision, Verdict::Allow);
+}

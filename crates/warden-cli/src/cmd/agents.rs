@@ -53,6 +53,15 @@ pub enum Command {
         #[arg(long, default_value = ".warden")]
         data: PathBuf,
     },
+    /// Promote an agent one trust level (criteria from the manifest's `promotion`, and the
+    /// `governance` approvers' approval), or restore a demoted one (the approval alone). Run it,
+    /// have the approval it names approved, run it again.
+    Promote {
+        /// The agent's id.
+        id: String,
+        #[command(flatten)]
+        admin: super::approvals::Admin,
+    },
     /// Revoke an agent and every credential derived from it (or one credential, by id).
     Revoke {
         /// The agent's id (or, with --credential, a credential id).
@@ -119,6 +128,27 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 "derived `{parent}.{name}`: credential {} (key beside it)",
                 path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote { id, admin } => {
+            if !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+            {
+                anyhow::bail!("`{id}` is not an agent id");
+            }
+            let (status, body) = super::brakes::admin_call(
+                &admin.data,
+                admin.admin,
+                "POST",
+                &format!("/admin/v1/agents/{id}/promote"),
+                None,
+            )?;
+            if status != 200 {
+                eprintln!("refused ({status}): {body}");
+                return Ok(ExitCode::from(1));
+            }
+            out!("{body}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id, data } => {

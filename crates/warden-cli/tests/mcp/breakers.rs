@@ -1,5 +1,5 @@
 //! Circuit breakers end to end (issue 7): an agent whose calls fail three times in a row is
-//! paused until an operator resumes it; the trip is recorded.
+//! paused until an operator resumes it, and demoted; the trip is recorded.
 
 use super::super::{text, warden};
 use super::{call, enroll, env, first_text, ledger_tail, start_existing};
@@ -44,7 +44,9 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     assert!(answer.contains("3 consecutive failures"), "{answer}");
     assert!(ledger_tail(&s.data, 10).contains("breaker.tripped"));
 
-    // Resetting is an operator action.
+    // Resetting is an operator action; the trip also demoted the agent (a violation), so its
+    // calls need its owner until it is promoted again (tests/mcp/promotion.rs).
+    assert!(ledger_tail(&s.data, 10).contains("agent.demoted"));
     let out = warden(&[
         "resume",
         "--agent",
@@ -56,5 +58,7 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = call(&e, &s, "ops-1", "demo.echo", r#"{"text": "hi"}"#);
-    assert_eq!(first_text(&r), "hi", "{r}");
+    let answer = first_text(&r);
+    assert!(!answer.contains("agent.paused"), "{answer}");
+    assert!(answer.contains("trust.demoted"), "{answer}");
 }

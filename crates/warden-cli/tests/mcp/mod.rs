@@ -7,6 +7,7 @@
 
 mod approvals;
 mod breakers;
+mod promotion;
 
 use super::{free_port, text, warden};
 use serde_json::Value;
@@ -316,10 +317,12 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert_eq!(r["structuredContent"]["timezone"], "UTC", "{r}");
 
     // Denied by a Cedar forbid: a tool error that names the rule and says retrying won't help.
+    // A forbidden call is a violation: the agent is demoted at once (its next call, which it
+    // could run on its own before, now needs its owner).
     let r = call(
         &e,
         &s,
-        "coder-1",
+        "intern-1",
         "everything.echo",
         r#"{"message":"this is forbidden"}"#,
     );
@@ -328,6 +331,14 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert!(t.contains("Denied by Warden policy"), "{t}");
     assert!(t.contains("policy:forbid-forbidden-echo"), "{t}");
     assert!(t.contains("will not help"), "{t}");
+    let r = call(
+        &e,
+        &s,
+        "intern-1",
+        "time.get_current_time",
+        r#"{"timezone":"UTC"}"#,
+    );
+    assert!(first_text(&r).contains("trust.demoted"), "{r}");
 
     // Escalated: the approval id and what approval is needed; never "tool not found".
     let r = call(

@@ -1,0 +1,385 @@
+//! Progressive trust over time (issue 7, seed 002).
+//!
+//! - **Demotion is automatic**: a violation — a call a Cedar policy forbids, a tripped breaker,
+//!   a lineage mismatch — sets a `demote` hold on the agent: it runs nothing on its own any more
+//!   (its owner approves what its level would have let it run), recorded as `agent.demoted`.
+//!   `warden resume` does not lift it.
+//! - **Promotion is earned and approved**: `warden agents promote ID` checks the manifest's
+//!   `promotion` criteria against the ledger (days since the agent's first call, last promotion
+//!   and last violation; allowed calls since then) and asks the manifest's `governance`
+//!   approvers. A demoted agent is restored to its manifest level on the approval alone (the
+//!   demotion was automatic; the approvers judge whether it was a false positive); otherwise the
+//!   promotion must meet the criteria and is a manifest change (its `trust` one level up, the
+//!   version raised) written beside the manifest and proposed for approval like any other
+//!   ([`crate::governance`]). Recorded as `agent.promoted`.
+
+use std::path::{Path, PathBuf};
+
+use warden_core::state::{Hold, HoldKind, HoldScope};
+use warden_identity::approval::{Binding, Request, Requirement};
+use warden_ledger::{Entry, EventRecord};
+use warden_policy::raw::TrustLevel;
+
+use crate::server::AppState;
+
+/// Demotes `agent` (once: an agent already demoted stays as it is) and records why.
+pub(crate) async fn demote(app: &AppState, agent: &str, tenant: &str, why: &str) {
+    let scope = HoldScope::Agent(agent.to_owned());
+    let already = app
+        .state
+        .holds(std::slice::from_ref(&scope))
+        .is_ok_and(|h| h.iter().any(|h| h.kind == HoldKind::Demote));
+    if already {
+        return;
+    }
+    let reason: String = why.chars().take(512).collect();
+    if let Err(e) = app.state.set_hold(Hold {
+        scope,
+        kind: HoldKind::Demote,
+        reason: reason.clone(),
+        since: crate::now_unix(),
+    }) {
+        tracing::error!(error = %e, agent, "could not demote an agent after a violation");
+        return;
+    }
+    tracing::warn!(agent, "agent demoted: {reason}");
+    record(
+        &app.ledger,
+        "agent.demoted",
+        agent,
+        tenant,
+        format!("demoted: {reason}"),
+    )
+    .await;
+    app.notifier.notify(
+        "hold.changed",
+        format!("agent `{agent}` demoted: {reason}"),
+        serde_json::json!({ "action": "demote", "agent": agent }),
+    );
+}
+
+async fn record(
+    ledger: &warden_ledger::Ledger,
+    kind: &str,
+    agent: &str,
+    tenant: &str,
+    reason: String,
+) {
+    let event = Entry::Event(EventRecord {
+        kind: kind.to_owned(),
+        agent: agent.to_owned(),
+        tenant: tenant.to_owned(),
+        session: String::new(),
+        reason,
+        trace_id: String::new(),
+        request_id: crate::agents::random_request_id(),
+        time: crate::now_unix(),
+    });
+    let recorded = match ledger.submit(&event) {
+        Ok(t) => t.recorded().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, kind, "could not record a trust change");
+    }
+}
+
+/// An agent's record since its last violation or promotion, from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Standing {
+    /// The later of its first recorded call, its last promotion and its last violation.
+    pub since: i64,
+    /// Whole days since then.
+    pub days: i64,
+    /// Allowed calls since then.
+    pub calls: u64,
+    /// Its last violation, if any: when, and what.
+    pub last_violation: Option<(i64, String)>,
+}
+
+/// Reads the agent's standing from the ledger (a full scan: an operator action, not the hot
+/// path).
+///
+/// # Errors
+/// The ledger cannot be read.
+pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result<Standing, String> {
+    let size = ledger.size().map_err(|e| e.to_string())?;
+    /// Since when, allowed calls since then, the last violation.
+    #[derive(Default)]
+    struct Tally {
+        since: Option<i64>,
+        calls: u64,
+        last_violation: Option<(i64, String)>,
+    }
+    impl Tally {
+        fn reset(&mut self, t: i64, violation: Option<String>) {
+            self.since = Some(self.since.map_or(t, |s| s.max(t)));
+            self.calls = 0;
+            if let Some(w) = violation {
+                self.last_violation = Some((t, w));
+            }
+        }
+    }
+    let mut tally = Tally::default();
+    ledger
+        .with_store(|s| {
+            s.scan(0, size, &mut |_, bytes| {
+                let Ok(e) = Entry::from_bytes(bytes) else {
+                    return Ok(());
+                };
+                match e {
+                    Entry::Decision(d) if d.agent == agent => {
+                        tally.since.get_or_insert(d.time);
+                        let forbidden = d.decision == warden_core::Verdict::Deny
+                            && d.rules.first().is_some_and(|r| r.starts_with("policy:"));
+                        if forbidden {
+                            tally.reset(d.time, Some(format!("forbidden call to `{}`", d.tool)));
+                        } else if d.decision == warden_core::Verdict::Allow {
+                            tally.calls = tally.calls.saturating_add(1);
+                        }
+                    }
+                    Entry::Event(v) if v.agent == agent => match v.kind.as_str() {
+                        "agent.demoted" | "breaker.tripped" | "lineage.mismatch" => {
+                            tally.reset(v.time, Some(v.kind.clone()));
+                        }
+                        "agent.promoted" => tally.reset(v.time, None),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(Into::into)
+        })
+        .map_err(|e| e.to_string())?;
+    let Tally {
+        since,
+        calls,
+        last_violation,
+    } = tally;
+    let since = since.unwrap_or(now);
+    Ok(Standing {
+        since,
+        days: now.saturating_sub(since).div_euclid(86_400),
+        calls,
+        last_violation,
+    })
+}
+
+/// What a promotion request came to.
+#[derive(Debug)]
+pub enum Promoted {
+    /// A demoted agent was restored to its manifest level.
+    Restored(Box<Request>),
+    /// The restoration awaits its approval.
+    RestorePending(Box<Request>),
+    /// The promotion is a manifest change written to `file`, awaiting its approval; once
+    /// approved, install the file as the manifest and reload.
+    Proposed {
+        /// The governance request.
+        request: Box<Request>,
+        /// The proposed manifest.
+        file: PathBuf,
+        /// The level it raises the agent to.
+        to: TrustLevel,
+    },
+}
+
+/// Promotes (or restores) `agent`, if the criteria hold and with the governance approval.
+///
+/// # Errors
+/// Why not, readable: unknown agent, criteria not met, no governance, already principal.
+pub async fn promote(
+    app: &crate::admin::AdminState,
+    manifest_path: &Path,
+    agent: &str,
+) -> Result<Promoted, String> {
+    let governor = app.governor.get();
+    let m = governor.manifest();
+    let Some(a) = m.agents.get(agent) else {
+        return Err(format!("`{agent}` is not an agent in the manifest"));
+    };
+    let Some(g) = &m.governance else {
+        return Err(
+            "promotions need the manifest's `governance` (who approves them): none is set".into(),
+        );
+    };
+    let st = standing(&app.ledger, agent, crate::now_unix())?;
+    let requirement = match &g.role {
+        Some(role) => Requirement::Approvers {
+            approvers: g.approvers,
+            role: role.clone(),
+        },
+        None => Requirement::Humans {
+            approvers: g.approvers,
+        },
+    };
+    let scope = HoldScope::Agent(agent.to_owned());
+    let demoted = app
+        .state
+        .holds(std::slice::from_ref(&scope))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|h| h.kind == HoldKind::Demote);
+    if let Some(hold) = demoted {
+        let binding = Binding {
+            agent: crate::governance::GOVERNANCE.into(),
+            tenant: a.tenant.clone(),
+            owner: String::new(),
+            session: "promotion".into(),
+            tool: "agent.restore".into(),
+            arguments_hash: format!("{agent}@{}", hold.since),
+            manifest_version: m.version,
+        };
+        let now_ms = crate::now_unix_ms();
+        if let Some(r) = app
+            .approvals
+            .redeem(&binding, None, &requirement, true, now_ms)
+            .map_err(|e| e.to_string())?
+        {
+            app.state
+                .clear_hold(&scope, HoldKind::Demote)
+                .map_err(|e| e.to_string())?;
+            record(
+                &app.ledger,
+                "agent.promoted",
+                agent,
+                &a.tenant,
+                format!(
+                    "restored to `{}` after its demotion ({}), approved by {} (approval {})",
+                    a.trust.as_str(),
+                    hold.reason,
+                    r.approved_by().join(", "),
+                    r.id
+                ),
+            )
+            .await;
+            return Ok(Promoted::Restored(Box::new(r)));
+        }
+        let preview = serde_json::json!({
+            "summary": format!("restore agent `{agent}` to `{}` (demoted: {})", a.trust.as_str(), hold.reason),
+            "standing": st,
+        });
+        let (r, _) = app
+            .approvals
+            .open(&binding, requirement, true, preview, now_ms)
+            .map_err(|e| e.to_string())?;
+        return Ok(Promoted::RestorePending(Box::new(r)));
+    }
+    // A promotion above the manifest level must be earned.
+    let (min_days, min_calls) = (i64::from(m.promotion.min_days), m.promotion.min_calls);
+    if st.days < min_days || st.calls < min_calls {
+        return Err(format!(
+            "criteria not met for `{agent}`: {} day(s) of {min_days} and {} allowed call(s) of {min_calls} since {}{}",
+            st.days,
+            st.calls,
+            st.since,
+            st.last_violation
+                .as_ref()
+                .map_or(String::new(), |(t, w)| format!(" (last violation at {t}: {w})"))
+        ));
+    }
+    let Some(to) = next_level(a.trust) else {
+        return Err(format!("`{agent}` is already `principal`"));
+    };
+    let text = std::fs::read_to_string(manifest_path)
+        .map_err(|e| format!("reading `{}`: {e}", manifest_path.display()))?;
+    let index = m
+        .raw
+        .agents
+        .iter()
+        .position(|x| x.id == agent)
+        .ok_or_else(|| format!("`{agent}` is not in the manifest as written"))?;
+    let new_text = raise_trust(&text, index, a.trust, to)?;
+    let file = manifest_path.with_file_name(format!(
+        "{}.promote-{agent}.yaml",
+        manifest_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("manifest")
+    ));
+    std::fs::write(&file, new_text).map_err(|e| format!("writing `{}`: {e}", file.display()))?;
+    let (request, _) = crate::governance::propose(&app.approvals, &governor, &file)?;
+    Ok(Promoted::Proposed {
+        request: Box::new(request),
+        file,
+        to,
+    })
+}
+
+fn next_level(t: TrustLevel) -> Option<TrustLevel> {
+    let all = TrustLevel::ALL;
+    let i = all.iter().position(|l| *l == t)?;
+    all.get(i.saturating_add(1)).copied()
+}
+
+/// The manifest text with agent `index`'s `trust` raised from `from` to `to` and `version`
+/// raised by one; every other byte as written.
+fn raise_trust(
+    text: &str,
+    index: usize,
+    from: TrustLevel,
+    to: TrustLevel,
+) -> Result<String, String> {
+    let lines = warden_policy::lines::LineIndex::new(text);
+    let at = lines
+        .line_of(&format!("agents[{index}].trust"))
+        .ok_or("the agent's `trust` cannot be found in the manifest text")?;
+    let mut out = Vec::new();
+    let mut raised = (false, false);
+    for (n, line) in text.lines().enumerate() {
+        if n.saturating_add(1) == at && !raised.0 {
+            let key = format!("trust: {}", from.as_str());
+            if let Some(p) = line.find(&key) {
+                let (head, tail) = line.split_at(p);
+                let tail = tail.get(key.len()..).unwrap_or("");
+                out.push(format!("{head}trust: {}{tail}", to.as_str()));
+                raised.0 = true;
+                continue;
+            }
+        }
+        if !raised.1 {
+            if let Some(rest) = line.strip_prefix("version:") {
+                let v: u64 = rest
+                    .split('#')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{line}`: the version is not a number"))?;
+                out.push(format!("version: {}", v.saturating_add(1)));
+                raised.1 = true;
+                continue;
+            }
+        }
+        out.push(line.to_owned());
+    }
+    if raised != (true, true) {
+        return Err(format!(
+            "cannot edit the manifest text (`trust: {}` on line {at}, and a top-level `version:`): raise it by hand and propose it with `warden manifest propose`",
+            from.as_str()
+        ));
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raising_trust_edits_two_lines_and_keeps_the_rest() {
+        let text = "# comment\nversion: 4 # bump\nagents:\n  - { id: a, tenant: t, owner: o, zone: z, trust: junior }\n  - id: b\n    trust: junior\n";
+        let out = raise_trust(text, 1, TrustLevel::Junior, TrustLevel::Senior).unwrap();
+        assert_eq!(
+            out,
+            "# comment\nversion: 5\nagents:\n  - { id: a, tenant: t, owner: o, zone: z, trust: junior }\n  - id: b\n    trust: senior\n"
+        );
+        let out = raise_trust(text, 0, TrustLevel::Junior, TrustLevel::Senior).unwrap();
+        assert!(out.contains("zone: z, trust: senior }"), "{out}");
+        assert!(raise_trust(text, 0, TrustLevel::Intern, TrustLevel::Junior).is_err());
+        assert_eq!(next_level(TrustLevel::Principal), None);
+    }
+}
