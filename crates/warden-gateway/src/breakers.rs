@@ -1,7 +1,8 @@
 //! Circuit breakers (INV-021, issue 7): an agent whose calls fail `breakers.consecutive_failures`
-//! times in a row (timeouts, upstream errors, an unavailable upstream, a withdrawn tool, or a
-//! tool result marked as an error), or whose decision is denied for exhausting a cost budget,
-//! trips its breaker: the agent is paused (every call escalates with `agent.paused`) until an
+//! times in a row (timeouts, an unavailable upstream, a withdrawn tool, or a tool result marked
+//! as an error), whose call meets an error of a kind tools do not report (a protocol-level error
+//! from the upstream), or whose decision is denied for exhausting a cost budget, trips its
+//! breaker: the agent is paused (every call escalates with `agent.paused`) until an
 //! operator resumes it (`warden resume --agent A`). The trip is recorded (`breaker.tripped`).
 //!
 //! Consecutive-failure counts live in this gateway's memory; a success resets an agent's count.
@@ -27,6 +28,9 @@ pub enum Observed {
     Failure(String),
     /// Spend over a cost budget: trips at once.
     OverBudget(String),
+    /// An error of a kind tools do not report (a protocol-level error from the upstream instead
+    /// of an error result): trips at once.
+    Unknown(String),
     /// Says nothing about the agent's health (refused, cancelled, held).
     Neutral,
 }
@@ -47,6 +51,10 @@ impl Breakers {
             Observed::OverBudget(why) => {
                 m.remove(agent);
                 Some(format!("spend over budget: {why}"))
+            }
+            Observed::Unknown(why) => {
+                m.remove(agent);
+                Some(format!("an unknown error type: {why}"))
             }
             Observed::Failure(why) => {
                 let n = m.entry(agent.to_owned()).or_insert(0);
@@ -122,5 +130,9 @@ mod tests {
         assert!(b
             .observe("c", Observed::OverBudget("cost".into()), 3)
             .is_some());
+        assert!(b
+            .observe("d", Observed::Unknown("protocol error".into()), 3)
+            .unwrap()
+            .starts_with("an unknown error type"));
     }
 }

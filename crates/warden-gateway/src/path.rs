@@ -195,10 +195,11 @@ pub async fn propose_and_run(
             Ok(_) => Observed::Success,
             Err(
                 e @ (ExecError::Timeout { .. }
-                | ExecError::Upstream { .. }
                 | ExecError::Unavailable { .. }
                 | ExecError::Withdrawn { .. }),
             ) => Observed::Failure(e.to_string()),
+            // Tools report failures as error results; a protocol-level error is unexpected.
+            Err(e @ ExecError::Upstream { .. }) => Observed::Unknown(e.to_string()),
             Err(_) => Observed::Neutral,
         };
         breaker(app, &decision, seen).await;
