@@ -62,3 +62,44 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     assert!(!answer.contains("agent.paused"), "{answer}");
     assert!(answer.contains("trust.demoted"), "{answer}");
 }
+
+#[test]
+fn spend_over_a_cost_budget_trips_the_breaker() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    // `demo.echo` costs 1; the agent may spend 2 a day.
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let tight = text_m
+        .replace(
+            "    description: returns its text",
+            "    cost: 1\n    description: returns its text",
+        )
+        .replace(
+            "agent:  { calls: 1000/h, cost: 500/d }",
+            "agent:  { calls: 1000/h, cost: 2/d }",
+        );
+    assert_eq!(tight.matches("cost: 2/d").count(), 1);
+    std::fs::write(&m, tight).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+    let echo = |n: u32| {
+        call(
+            &e,
+            &s,
+            "ops-1",
+            "demo.echo",
+            &format!(r#"{{"text": "{n}"}}"#),
+        )
+    };
+    assert_eq!(first_text(&echo(1)), "1");
+    assert_eq!(first_text(&echo(2)), "2");
+    let over = first_text(&echo(3));
+    assert!(over.contains("budget.agent.cost"), "{over}");
+    let paused = first_text(&echo(4));
+    assert!(
+        paused.contains("agent.paused") && paused.contains("spend over budget"),
+        "{paused}"
+    );
+    assert!(ledger_tail(&s.data, 10).contains("breaker.tripped"));
+}
