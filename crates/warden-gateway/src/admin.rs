@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keyfile;
 use warden_core::state::{Hold, HoldKind, HoldScope, StateStore};
-use warden_ledger::{Entry, EventRecord, Ledger};
+use warden_ledger::Ledger;
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -199,20 +199,20 @@ async fn change(State(app): State<AdminState>, headers: HeaderMap, body: Bytes) 
         HoldScope::Session(s) => (String::new(), String::new(), s.clone()),
         HoldScope::Global => (String::new(), String::new(), String::new()),
     };
-    let event = Entry::Event(EventRecord {
-        kind: format!("hold.{}", c.action),
-        agent,
-        tenant,
-        session,
-        reason: format!("{} ({}): {reason}", c.action, c.scope),
-        trace_id: String::new(),
-        request_id: crate::agents::random_request_id(),
-        time: now,
-    });
-    let recorded = match app.ledger.submit(&event) {
-        Ok(t) => t.recorded().await.is_ok(),
-        Err(_) => false,
+    let about = crate::witness::About {
+        agent: &agent,
+        tenant: &tenant,
+        session: &session,
+        ..Default::default()
     };
+    let reason_text = format!("{} ({}): {reason}", c.action, c.scope);
+    let recorded = crate::witness::record_event(
+        &app.ledger,
+        &format!("hold.{}", c.action),
+        about,
+        reason_text,
+    )
+    .await;
     app.notifier.notify(
         "hold.changed",
         format!("{} ({}): {reason}", c.action, c.scope),

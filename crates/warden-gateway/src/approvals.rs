@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use warden_core::{Decision, Proposal, Verdict};
 use warden_identity::approval::{ApprovalError, Approver, Binding, Request, Requirement, Settings};
-use warden_ledger::{Entry, EventRecord, Ledger};
+use warden_ledger::Ledger;
 use warden_policy::manifest::Manifest;
 
 /// The call an escalated decision is about.
@@ -191,27 +191,14 @@ pub(crate) async fn record(
     reason: String,
     request_id: &str,
 ) -> bool {
-    let event = Entry::Event(EventRecord {
-        kind: kind.to_owned(),
-        agent: binding.agent.clone(),
-        tenant: binding.tenant.clone(),
-        session: binding.session.clone(),
-        reason,
-        trace_id: String::new(),
-        request_id: request_id.to_owned(),
-        time: crate::now_unix(),
-    });
-    let recorded = match ledger.submit(&event) {
-        Ok(t) => t.recorded().await.map(|_| ()),
-        Err(e) => Err(e),
+    let about = crate::witness::About {
+        agent: &binding.agent,
+        tenant: &binding.tenant,
+        session: &binding.session,
+        request_id: Some(request_id),
+        ..Default::default()
     };
-    match recorded {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(error = %e, kind, "could not record an approval event");
-            false
-        }
-    }
+    crate::witness::record_event(ledger, kind, about, reason).await
 }
 
 /// Readable requirement, for records and agents.
@@ -342,22 +329,10 @@ pub fn approver_summary(m: &Manifest) -> String {
 /// Records the approvers and their key ids (`approver.keys`): at start, and whenever a new
 /// manifest changes them (a rotation, an approver added or removed).
 pub async fn record_approvers(ledger: &Ledger, m: &Manifest, why: &str) -> bool {
-    let event = Entry::Event(EventRecord {
-        kind: "approver.keys".into(),
-        agent: String::new(),
-        tenant: String::new(),
-        session: String::new(),
-        reason: format!(
-            "{why} (manifest version {}): {}",
-            m.version,
-            approver_summary(m)
-        ),
-        trace_id: String::new(),
-        request_id: crate::agents::random_request_id(),
-        time: crate::now_unix(),
-    });
-    match ledger.submit(&event) {
-        Ok(t) => t.recorded().await.is_ok(),
-        Err(_) => false,
-    }
+    let reason = format!(
+        "{why} (manifest version {}): {}",
+        m.version,
+        approver_summary(m)
+    );
+    crate::witness::record_event(ledger, "approver.keys", Default::default(), reason).await
 }

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use warden_core::state::{Hold, HoldKind, HoldScope};
-use warden_ledger::{Entry, EventRecord};
 
 /// Consecutive failures per agent.
 #[derive(Debug, Default)]
@@ -84,23 +83,12 @@ pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &st
         tracing::error!(error = %e, agent, "could not pause an agent whose breaker tripped");
     }
     tracing::warn!(agent, "{reason}");
-    let event = Entry::Event(EventRecord {
-        kind: "breaker.tripped".into(),
-        agent: agent.to_owned(),
-        tenant: tenant.to_owned(),
-        session: String::new(),
-        reason,
-        trace_id: String::new(),
-        request_id: crate::agents::random_request_id(),
-        time: crate::now_unix(),
-    });
-    let recorded = match app.ledger.submit(&event) {
-        Ok(t) => t.recorded().await.map(|_| ()),
-        Err(e) => Err(e),
+    let about = crate::witness::About {
+        agent,
+        tenant,
+        ..Default::default()
     };
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, "could not record a tripped breaker");
-    }
+    crate::witness::record_event(&app.ledger, "breaker.tripped", about, reason).await;
     // A tripped breaker is a violation: the agent is demoted too (seed 002).
     crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
     app.notifier.notify(

@@ -35,7 +35,8 @@ pub fn binding(current: &Governor, new_bundle: &str) -> Binding {
     }
 }
 
-fn requirement(g: &Governance) -> Requirement {
+/// What the manifest's `governance` asks of an approval.
+pub(crate) fn requirement(g: &Governance) -> Requirement {
     match &g.role {
         Some(role) => Requirement::Approvers {
             approvers: g.approvers,
@@ -114,18 +115,9 @@ pub fn admit(book: &Book, current: &Governor, new: &Governor) -> Result<Option<R
 /// Records a governance event (`governance.proposed`, `governance.applied`,
 /// `manifest.reload_refused`); false if the ledger did not take it.
 pub async fn record(ledger: &warden_ledger::Ledger, kind: &str, reason: String) -> bool {
-    let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
-        kind: kind.to_owned(),
-        agent: GOVERNANCE.into(),
-        tenant: String::new(),
-        session: String::new(),
-        reason,
-        trace_id: String::new(),
-        request_id: crate::agents::random_request_id(),
-        time: crate::now_unix(),
-    });
-    match ledger.submit(&event) {
-        Ok(t) => t.recorded().await.is_ok(),
-        Err(_) => false,
-    }
+    let about = crate::witness::About {
+        agent: GOVERNANCE,
+        ..Default::default()
+    };
+    crate::witness::record_event(ledger, kind, about, reason).await
 }

@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use warden_core::state::{Hold, HoldKind, HoldScope};
-use warden_identity::approval::{Binding, Request, Requirement};
-use warden_ledger::{Entry, EventRecord};
+use warden_identity::approval::{Binding, Request};
+use warden_ledger::Entry;
 use warden_policy::raw::TrustLevel;
 
 use crate::server::AppState;
@@ -65,23 +65,12 @@ async fn record(
     tenant: &str,
     reason: String,
 ) {
-    let event = Entry::Event(EventRecord {
-        kind: kind.to_owned(),
-        agent: agent.to_owned(),
-        tenant: tenant.to_owned(),
-        session: String::new(),
-        reason,
-        trace_id: String::new(),
-        request_id: crate::agents::random_request_id(),
-        time: crate::now_unix(),
-    });
-    let recorded = match ledger.submit(&event) {
-        Ok(t) => t.recorded().await.map(|_| ()),
-        Err(e) => Err(e),
+    let about = crate::witness::About {
+        agent,
+        tenant,
+        ..Default::default()
     };
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, kind, "could not record a trust change");
-    }
+    crate::witness::record_event(ledger, kind, about, reason).await;
 }
 
 /// An agent's record since its last violation or promotion, from the ledger.
@@ -205,15 +194,7 @@ pub async fn promote(
         );
     };
     let st = standing(&app.ledger, agent, crate::now_unix())?;
-    let requirement = match &g.role {
-        Some(role) => Requirement::Approvers {
-            approvers: g.approvers,
-            role: role.clone(),
-        },
-        None => Requirement::Humans {
-            approvers: g.approvers,
-        },
-    };
+    let requirement = crate::governance::requirement(g);
     let scope = HoldScope::Agent(agent.to_owned());
     let demoted = app
         .state

@@ -273,23 +273,15 @@ async fn record_event(
     reason: &str,
     headers: &HeaderMap,
 ) {
-    let event = Entry::Event(warden_ledger::EventRecord {
-        kind: kind.to_owned(),
-        agent: who.agent.clone(),
-        tenant: who.tenant.clone(),
-        session: session.to_owned(),
-        reason: reason.to_owned(),
-        trace_id: trace_id(headers),
-        request_id: request_id(),
-        time: crate::now_unix(),
-    });
-    let recorded = match app.ledger.submit(&event) {
-        Ok(t) => t.recorded().await.map(|_| ()),
-        Err(e) => Err(e),
+    let trace = trace_id(headers);
+    let about = crate::witness::About {
+        agent: &who.agent,
+        tenant: &who.tenant,
+        session,
+        trace_id: &trace,
+        request_id: None,
     };
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, kind, "could not record a security event");
-    }
+    crate::witness::record_event(&app.ledger, kind, about, reason.to_owned()).await;
 }
 
 /// Session lifetime granted by `/v1/sessions` (bounded by the credential's expiry).

@@ -169,3 +169,47 @@ pub fn rotate_ledger_key(data: &Path) -> Result<(String, String), WitnessError> 
     write_private(data, &new)?;
     Ok((old_id, new_id))
 }
+
+/// What a security event concerns (the [`warden_ledger::EventRecord`] fields besides its kind,
+/// reason and time); empty where it concerns no agent, tenant or session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct About<'a> {
+    /// The agent.
+    pub agent: &'a str,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// The session.
+    pub session: &'a str,
+    /// The trace id.
+    pub trace_id: &'a str,
+    /// The request id; a fresh one if `None`.
+    pub request_id: Option<&'a str>,
+}
+
+/// Records a security event and waits until it is durable; false (and logged) if the ledger
+/// did not take it.
+pub async fn record_event(ledger: &Ledger, kind: &str, about: About<'_>, reason: String) -> bool {
+    let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
+        kind: kind.to_owned(),
+        agent: about.agent.to_owned(),
+        tenant: about.tenant.to_owned(),
+        session: about.session.to_owned(),
+        reason,
+        trace_id: about.trace_id.to_owned(),
+        request_id: about
+            .request_id
+            .map_or_else(crate::agents::random_request_id, str::to_owned),
+        time: crate::now_unix(),
+    });
+    let recorded = match ledger.submit(&event) {
+        Ok(t) => t.recorded().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match recorded {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, kind, "could not record a security event");
+            false
+        }
+    }
+}

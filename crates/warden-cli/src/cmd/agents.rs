@@ -137,19 +137,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("`{id}` is not an agent id");
             }
-            let (status, body) = super::brakes::admin_call(
-                &admin.data,
-                admin.admin,
-                "POST",
-                &format!("/admin/v1/agents/{id}/promote"),
-                None,
-            )?;
-            if status != 200 {
-                eprintln!("refused ({status}): {body}");
-                return Ok(ExitCode::from(1));
-            }
-            out!("{body}");
-            Ok(ExitCode::SUCCESS)
+            super::approvals::post(&admin, &format!("/admin/v1/agents/{id}/promote"), None)
         }
         Command::Show { id, data } => {
             let path = data.join("agents").join(format!("{id}.credential"));

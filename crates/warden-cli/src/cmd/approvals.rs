@@ -115,6 +115,18 @@ fn path_id(id: &str) -> anyhow::Result<&str> {
     Ok(id)
 }
 
+/// POSTs `body` to the admin listener and prints its answer: exit 0 on 200, else 1 with the
+/// refusal on stderr.
+pub(super) fn post(admin: &Admin, path: &str, body: Option<&str>) -> anyhow::Result<ExitCode> {
+    let (status, answer) = super::brakes::admin_call(&admin.data, admin.admin, "POST", path, body)?;
+    if status != 200 {
+        eprintln!("refused ({status}): {answer}");
+        return Ok(ExitCode::from(1));
+    }
+    out!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn get(admin: &Admin, path: &str) -> anyhow::Result<String> {
     let (status, body) = super::brakes::admin_call(&admin.data, admin.admin, "GET", path, None)?;
     if status != 200 {
@@ -156,17 +168,5 @@ fn vote(admin: &Admin, signer: &Signer, id: &str, verdict: Verdict) -> anyhow::R
         warden_gateway::now_unix_ms(),
     )?;
     let body = serde_json::to_string(&signed)?;
-    let (status, answer) = super::brakes::admin_call(
-        &admin.data,
-        admin.admin,
-        "POST",
-        &format!("{path}/votes"),
-        Some(&body),
-    )?;
-    if status != 200 {
-        eprintln!("refused ({status}): {answer}");
-        return Ok(ExitCode::from(1));
-    }
-    out!("{answer}");
-    Ok(ExitCode::SUCCESS)
+    post(admin, &format!("{path}/votes"), Some(&body))
 }

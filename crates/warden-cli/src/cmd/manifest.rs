@@ -40,19 +40,7 @@ pub enum Command {
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Propose { admin } => {
-            let (status, body) = super::brakes::admin_call(
-                &admin.data,
-                admin.admin,
-                "POST",
-                "/admin/v1/governance/proposals",
-                None,
-            )?;
-            if status != 200 {
-                eprintln!("refused ({status}): {body}");
-                return Ok(ExitCode::from(1));
-            }
-            out!("{body}");
-            Ok(ExitCode::SUCCESS)
+            super::approvals::post(&admin, "/admin/v1/governance/proposals", None)
         }
         Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
             Ok(g) => {
