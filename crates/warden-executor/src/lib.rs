@@ -438,7 +438,11 @@ impl Executor {
         ];
         let (scope, kind, reason) = match holds.holds(&scopes) {
             Ok(h) => {
-                let h = h.into_iter().next()?;
+                // A demotion is settled by the decision (its owner approves each call); it
+                // does not hold an approved, granted call.
+                let h = h
+                    .into_iter()
+                    .find(|h| h.kind != warden_core::state::HoldKind::Demote)?;
                 (h.scope.to_string(), h.kind.as_str(), h.reason)
             }
             Err(e) => ("everything".into(), "unavailable", e.to_string()),

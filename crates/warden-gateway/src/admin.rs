@@ -360,17 +360,51 @@ async fn approvals_vote(
     }
 }
 
-/// `POST /admin/v1/governance/proposals`: proposes the manifest and policies now on disk at the
-/// served path as the next version; answers the approval request (its preview is the diff).
-async fn governance_propose(State(app): State<AdminState>, headers: HeaderMap) -> Response {
+/// `POST /admin/v1/governance/proposals` (body empty, or `{"file": "NAME"}`): proposes the
+/// manifest at the served path — or the staged file NAME beside it, to be installed once
+/// approved — as the next version; answers the approval request (its preview is the diff).
+async fn governance_propose(
+    State(app): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Staged {
+        file: String,
+    }
     if !authorized(&app, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "admin token required");
     }
-    let Some(path) = app.manifest_path.clone() else {
+    let Some(served) = app.manifest_path.clone() else {
         return refuse(
             StatusCode::NOT_FOUND,
             "this gateway serves no manifest file",
         );
+    };
+    let path = if body.iter().all(u8::is_ascii_whitespace) {
+        served
+    } else {
+        match serde_json::from_slice::<Staged>(&body) {
+            // A bare file name beside the served manifest (its policies resolve the same way):
+            // the admin API reads no other file.
+            Ok(s)
+                if !s.file.is_empty()
+                    && s.file.len() <= 255
+                    && !s.file.contains(['/', '\\'])
+                    && s.file != ".."
+                    && s.file != "." =>
+            {
+                served.with_file_name(&s.file)
+            }
+            Ok(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "`file` must be a file name in the served manifest's directory",
+                )
+            }
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a proposal: {e}")),
+        }
     };
     let (book, current) = (Arc::clone(&app.approvals), app.governor.get());
     let proposed =

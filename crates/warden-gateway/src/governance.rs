@@ -69,15 +69,28 @@ pub fn propose(book: &Book, current: &Governor, path: &Path) -> Result<(Request,
         .iter()
         .filter(|c| c.impact == warden_policy::diff::Impact::Loosened)
         .count();
-    let policies_changed = current.policy_hash() != new.policy_hash()
-        && current.manifest().text == new.manifest().text;
+    // Policy text is not diffed semantically: every policy file added, removed or changed is
+    // listed with its hashes, for the approvers to read.
+    let (old_files, new_files) = (current.policy_files(), new.policy_files());
+    let policy_changes: Vec<serde_json::Value> = old_files
+        .keys()
+        .chain(new_files.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|f| old_files.get(*f) != new_files.get(*f))
+        .map(|f| serde_json::json!({ "file": f, "from": old_files.get(f), "to": new_files.get(f) }))
+        .collect();
     let preview = serde_json::json!({
-        "summary": format!("replace manifest version {from} with {to}"),
+        "summary": format!(
+            "replace manifest version {from} with {to}: {} change(s), {loosened} loosening, {} policy file(s) changed",
+            changes.len(),
+            policy_changes.len()
+        ),
         "from_bundle": current.policy_hash(),
         "to_bundle": new.policy_hash(),
         "loosened": loosened,
-        "policies_changed_only": policies_changed,
         "changes": changes,
+        "policy_files_changed": policy_changes,
     });
     book.open(
         &binding(current, new.policy_hash()),

@@ -8,10 +8,11 @@
 //!
 //! Payloads come in three shapes (`format`): `generic` (`{"event","text","details","time"}`),
 //! `slack` (`{"text"}`, an incoming webhook) and `telegram` (`{"chat_id","text"}`,
-//! `sendMessage`). Delivery is off the governed path: a bounded queue (a full queue drops the
-//! notification and logs it), a 5 s timeout, three attempts. Only `http://` (no TLS stack in this
-//! build; point an https receiver at a local relay). Notifications never carry secrets or
-//! argument values: the texts are the ledger's reasons.
+//! `sendMessage`). Delivery is off the governed path: a bounded queue per webhook (a full queue
+//! drops the notification and logs it), a 5 s timeout, three attempts, each signed when sent.
+//! Only `http://` (no TLS stack in this build; point an https receiver at a local relay).
+//! Notifications carry no secrets: texts are the ledger's reasons; an approval request carries
+//! its preview (filled from the call's arguments, with known secrets redacted).
 
 use std::time::Duration;
 
@@ -40,10 +41,14 @@ struct Hook {
     key: Zeroizing<Vec<u8>>,
 }
 
-/// Sends notifications to the manifest's webhooks (none: a no-op).
+/// Sends notifications to the manifest's webhooks (none: a no-op). Each webhook has its own
+/// queue and delivery task, so a slow or dead receiver delays no other.
 #[derive(Debug, Default, Clone)]
 pub struct Notifier {
-    tx: Option<tokio::sync::mpsc::Sender<Note>>,
+    hooks: Vec<(
+        std::collections::BTreeSet<String>,
+        tokio::sync::mpsc::Sender<Note>,
+    )>,
 }
 
 impl Notifier {
@@ -71,31 +76,34 @@ impl Notifier {
                 }
             })
             .collect();
-        if hooks.is_empty() {
-            return (Notifier::default(), errors);
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(note) = rx.recv().await {
-                for hook in hooks.iter().filter(|h| h.spec.events.contains(&note.event)) {
-                    deliver(hook, &note).await;
-                }
-            }
-        });
-        (Notifier { tx: Some(tx) }, errors)
+        let hooks = hooks
+            .into_iter()
+            .map(|hook| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
+                let events = hook.spec.events.clone();
+                tokio::spawn(async move {
+                    while let Some(note) = rx.recv().await {
+                        deliver(&hook, &note).await;
+                    }
+                });
+                (events, tx)
+            })
+            .collect();
+        (Notifier { hooks }, errors)
     }
 
-    /// Queues a notification; never blocks the caller.
+    /// Queues a notification for each webhook that carries `event`; never blocks the caller.
     pub fn notify(&self, event: &str, text: String, details: serde_json::Value) {
-        let Some(tx) = &self.tx else { return };
         let note = Note {
             event: event.to_owned(),
             text,
             details,
             time: crate::now_unix(),
         };
-        if tx.try_send(note).is_err() {
-            tracing::warn!(event, "notification queue full: notification dropped");
+        for (events, tx) in &self.hooks {
+            if events.contains(event) && tx.try_send(note.clone()).is_err() {
+                tracing::warn!(event, "a webhook's queue is full: notification dropped");
+            }
         }
     }
 }
@@ -135,13 +143,12 @@ pub fn signature(key: &[u8], timestamp: i64, body: &str) -> String {
 
 async fn deliver(hook: &Hook, note: &Note) {
     let body = body(&hook.spec, note);
-    let sig = signature(&hook.key, note.time, &body);
     for attempt in 1..=3u32 {
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            post(&hook.spec, note.time, &sig, &body),
-        )
-        .await
+        // Signed at each attempt: a receiver's freshness check sees when it was sent.
+        let sent = crate::now_unix();
+        let sig = signature(&hook.key, sent, &body);
+        match tokio::time::timeout(Duration::from_secs(5), post(&hook.spec, sent, &sig, &body))
+            .await
         {
             Ok(Ok(status)) if (200..300).contains(&status) => return,
             Ok(Ok(status)) => {
@@ -177,6 +184,9 @@ async fn post(hook: &Webhook, timestamp: i64, sig: &str, body: &str) -> std::io:
     s.write_all(request.as_bytes()).await?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head).await?;
+    if !head.starts_with(b"HTTP/1.") || head.get(8) != Some(&b' ') {
+        return Err(std::io::Error::other("not an HTTP/1.x answer"));
+    }
     std::str::from_utf8(head.get(9..12).unwrap_or_default())
         .ok()
         .and_then(|c| c.parse().ok())

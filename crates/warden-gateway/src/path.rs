@@ -158,12 +158,9 @@ pub async fn propose_and_run(
         };
         let (decision, request_id, index, grant, approval) = governed;
         let (Verdict::Allow, Some(grant)) = (decision.decision, grant) else {
-            // Spend over a cost budget trips the agent's breaker.
-            if let Some(rule) = decision
-                .rules
-                .first()
-                .filter(|r| r.starts_with("budget.") && r.ends_with(".cost"))
-            {
+            // Spend over its own cost budget trips the agent's breaker (not a tenant's or the
+            // global one: other agents' spending must not pause this one).
+            if let Some(rule) = decision.rules.first().filter(|r| *r == "budget.agent.cost") {
                 let seen = Observed::OverBudget(format!("{rule}: {}", decision.reason));
                 breaker(app, &decision, seen).await;
             }

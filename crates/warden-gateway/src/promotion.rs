@@ -76,24 +76,28 @@ async fn record(
 /// An agent's record since its last violation or promotion, from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Standing {
-    /// The later of its first recorded call, its last promotion and its last violation.
+    /// The later of its first executed call, its last promotion and its last violation.
     pub since: i64,
     /// Whole days since then.
     pub days: i64,
-    /// Allowed calls since then.
+    /// Calls executed successfully since then.
     pub calls: u64,
     /// Its last violation, if any: when, and what.
     pub last_violation: Option<(i64, String)>,
 }
 
-/// Reads the agent's standing from the ledger (a full scan: an operator action, not the hot
-/// path).
+/// Entries read per hold of the ledger's store lock (appends wait no longer than one chunk).
+const SCAN_CHUNK: u64 = 4096;
+
+/// Reads the agent's standing from the ledger: its executed calls (receipts, which only the
+/// authenticated, executing paths write) and its violations and promotions (events the gateway
+/// records: `agent.demoted`, `breaker.tripped`, `lineage.mismatch`, `agent.promoted`).
+/// Decisions are not counted: the loopback `/v1/decide` records decisions for any agent it is
+/// told to. A full scan, in chunks: an operator action, not the hot path.
 ///
 /// # Errors
 /// The ledger cannot be read.
 pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result<Standing, String> {
-    let size = ledger.size().map_err(|e| e.to_string())?;
-    /// Since when, allowed calls since then, the last violation.
     #[derive(Default)]
     struct Tally {
         since: Option<i64>,
@@ -109,38 +113,37 @@ pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result
             }
         }
     }
+    let size = ledger.size().map_err(|e| e.to_string())?;
     let mut tally = Tally::default();
-    ledger
-        .with_store(|s| {
-            s.scan(0, size, &mut |_, bytes| {
-                let Ok(e) = Entry::from_bytes(bytes) else {
-                    return Ok(());
-                };
-                match e {
-                    Entry::Decision(d) if d.agent == agent => {
-                        tally.since.get_or_insert(d.time);
-                        let forbidden = d.decision == warden_core::Verdict::Deny
-                            && d.rules.first().is_some_and(|r| r.starts_with("policy:"));
-                        if forbidden {
-                            tally.reset(d.time, Some(format!("forbidden call to `{}`", d.tool)));
-                        } else if d.decision == warden_core::Verdict::Allow {
+    let mut from = 0;
+    while from < size {
+        let to = from.saturating_add(SCAN_CHUNK).min(size);
+        ledger
+            .with_store(|s| {
+                s.scan(from, to, &mut |_, bytes| {
+                    match Entry::from_bytes(bytes) {
+                        Ok(Entry::Receipt(r))
+                            if r.agent == agent && r.status == warden_ledger::ReceiptStatus::Ok =>
+                        {
+                            tally.since.get_or_insert(r.started_at_ms.div_euclid(1000));
                             tally.calls = tally.calls.saturating_add(1);
                         }
-                    }
-                    Entry::Event(v) if v.agent == agent => match v.kind.as_str() {
-                        "agent.demoted" | "breaker.tripped" | "lineage.mismatch" => {
-                            tally.reset(v.time, Some(v.kind.clone()));
-                        }
-                        "agent.promoted" => tally.reset(v.time, None),
+                        Ok(Entry::Event(v)) if v.agent == agent => match v.kind.as_str() {
+                            "agent.demoted" | "breaker.tripped" | "lineage.mismatch" => {
+                                tally.reset(v.time, Some(v.kind.clone()));
+                            }
+                            "agent.promoted" => tally.reset(v.time, None),
+                            _ => {}
+                        },
                         _ => {}
-                    },
-                    _ => {}
-                }
-                Ok(())
+                    }
+                    Ok(())
+                })
+                .map_err(Into::into)
             })
-            .map_err(Into::into)
-        })
-        .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?;
+        from = to;
+    }
     let Tally {
         since,
         calls,
@@ -153,6 +156,29 @@ pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result
         calls,
         last_violation,
     })
+}
+
+/// Records `agent.promoted` for every agent whose trust level a new manifest raised (a
+/// promotion applied through governance), so that its standing starts again from there.
+pub async fn record_raised(
+    ledger: &warden_ledger::Ledger,
+    old: &warden_policy::manifest::Manifest,
+    new: &warden_policy::manifest::Manifest,
+) {
+    for (id, a) in &new.agents {
+        let Some(before) = old.agents.get(id) else {
+            continue;
+        };
+        if a.trust.rank() > before.trust.rank() {
+            let reason = format!(
+                "promoted from `{}` to `{}` by manifest version {}",
+                before.trust.as_str(),
+                a.trust.as_str(),
+                new.version
+            );
+            record(ledger, "agent.promoted", id, &a.tenant, reason).await;
+        }
+    }
 }
 
 /// What a promotion request came to.
@@ -193,7 +219,12 @@ pub async fn promote(
             "promotions need the manifest's `governance` (who approves them): none is set".into(),
         );
     };
-    let st = standing(&app.ledger, agent, crate::now_unix())?;
+    let st = {
+        let (ledger, who) = (std::sync::Arc::clone(&app.ledger), agent.to_owned());
+        tokio::task::spawn_blocking(move || standing(&ledger, &who, crate::now_unix()))
+            .await
+            .map_err(|e| e.to_string())??
+    };
     let requirement = crate::governance::requirement(g);
     let scope = HoldScope::Agent(agent.to_owned());
     let demoted = app
@@ -206,7 +237,8 @@ pub async fn promote(
         let binding = Binding {
             agent: crate::governance::GOVERNANCE.into(),
             tenant: a.tenant.clone(),
-            owner: String::new(),
+            // The agent's owner is never the only approver of its restoration (critical).
+            owner: a.owner.clone(),
             session: "promotion".into(),
             tool: "agent.restore".into(),
             arguments_hash: format!("{agent}@{}", hold.since),
@@ -263,15 +295,15 @@ pub async fn promote(
     let Some(to) = next_level(a.trust) else {
         return Err(format!("`{agent}` is already `principal`"));
     };
-    let text = std::fs::read_to_string(manifest_path)
-        .map_err(|e| format!("reading `{}`: {e}", manifest_path.display()))?;
+    // The running manifest's text (not the file, which may hold edits not yet approved).
+    let text = &m.text;
     let index = m
         .raw
         .agents
         .iter()
         .position(|x| x.id == agent)
         .ok_or_else(|| format!("`{agent}` is not in the manifest as written"))?;
-    let new_text = raise_trust(&text, index, a.trust, to)?;
+    let new_text = raise_trust(text, index, agent, a.trust, to)?;
     let file = manifest_path.with_file_name(format!(
         "{}.promote-{agent}.yaml",
         manifest_path
@@ -294,11 +326,14 @@ fn next_level(t: TrustLevel) -> Option<TrustLevel> {
     all.get(i.saturating_add(1)).copied()
 }
 
-/// The manifest text with agent `index`'s `trust` raised from `from` to `to` and `version`
-/// raised by one; every other byte as written.
+/// The manifest text with agent `index` (`agent`)'s `trust` raised from `from` to `to` and
+/// `version` raised by one; every other byte as written. The edit must be unambiguous: a flow
+/// entry (`{ id: a, ..., trust: junior }`) on one line naming the agent, or a block entry's own
+/// `trust:` line.
 fn raise_trust(
     text: &str,
     index: usize,
+    agent: &str,
     from: TrustLevel,
     to: TrustLevel,
 ) -> Result<String, String> {
@@ -306,20 +341,44 @@ fn raise_trust(
     let at = lines
         .line_of(&format!("agents[{index}].trust"))
         .ok_or("the agent's `trust` cannot be found in the manifest text")?;
+    let cannot = || {
+        format!(
+            "cannot edit `trust: {}` of `{agent}` on line {at} unambiguously: raise it by hand and propose it with `warden manifest propose`",
+            from.as_str()
+        )
+    };
+    let key = format!("trust: {}", from.as_str());
     let mut out = Vec::new();
-    let mut raised = (false, false);
+    let mut version_raised = false;
     for (n, line) in text.lines().enumerate() {
-        if n.saturating_add(1) == at && !raised.0 {
-            let key = format!("trust: {}", from.as_str());
-            if let Some(p) = line.find(&key) {
-                let (head, tail) = line.split_at(p);
-                let tail = tail.get(key.len()..).unwrap_or("");
-                out.push(format!("{head}trust: {}{tail}", to.as_str()));
-                raised.0 = true;
-                continue;
-            }
+        if n.saturating_add(1) == at {
+            let code = line.split('#').next().unwrap_or("");
+            let edited = if code.trim() == key {
+                // Block style: the line is the agent's own `trust:`.
+                line.replacen(&key, &format!("trust: {}", to.as_str()), 1)
+            } else {
+                // Flow style: one entry on the line, naming this agent, holding the key once.
+                let id_at = [
+                    format!("id: {agent},"),
+                    format!("id: {agent} "),
+                    format!("id: \"{agent}\""),
+                ]
+                .iter()
+                .find_map(|id| code.find(id.as_str()))
+                .ok_or_else(cannot)?;
+                if code.matches("id:").count() != 1 || code.matches(key.as_str()).count() != 1 {
+                    return Err(cannot());
+                }
+                let k = code.find(key.as_str()).ok_or_else(cannot)?;
+                if k < id_at {
+                    return Err(cannot());
+                }
+                line.replacen(&key, &format!("trust: {}", to.as_str()), 1)
+            };
+            out.push(edited);
+            continue;
         }
-        if !raised.1 {
+        if !version_raised {
             if let Some(rest) = line.strip_prefix("version:") {
                 let v: u64 = rest
                     .split('#')
@@ -329,17 +388,14 @@ fn raise_trust(
                     .parse()
                     .map_err(|_| format!("`{line}`: the version is not a number"))?;
                 out.push(format!("version: {}", v.saturating_add(1)));
-                raised.1 = true;
+                version_raised = true;
                 continue;
             }
         }
         out.push(line.to_owned());
     }
-    if raised != (true, true) {
-        return Err(format!(
-            "cannot edit the manifest text (`trust: {}` on line {at}, and a top-level `version:`): raise it by hand and propose it with `warden manifest propose`",
-            from.as_str()
-        ));
+    if !version_raised {
+        return Err("the manifest has no top-level `version:` line to raise".into());
     }
     let mut s = out.join("\n");
     s.push('\n');
@@ -353,14 +409,17 @@ mod tests {
     #[test]
     fn raising_trust_edits_two_lines_and_keeps_the_rest() {
         let text = "# comment\nversion: 4 # bump\nagents:\n  - { id: a, tenant: t, owner: o, zone: z, trust: junior }\n  - id: b\n    trust: junior\n";
-        let out = raise_trust(text, 1, TrustLevel::Junior, TrustLevel::Senior).unwrap();
+        let out = raise_trust(text, 1, "b", TrustLevel::Junior, TrustLevel::Senior).unwrap();
         assert_eq!(
             out,
             "# comment\nversion: 5\nagents:\n  - { id: a, tenant: t, owner: o, zone: z, trust: junior }\n  - id: b\n    trust: senior\n"
         );
-        let out = raise_trust(text, 0, TrustLevel::Junior, TrustLevel::Senior).unwrap();
+        let out = raise_trust(text, 0, "a", TrustLevel::Junior, TrustLevel::Senior).unwrap();
         assert!(out.contains("zone: z, trust: senior }"), "{out}");
-        assert!(raise_trust(text, 0, TrustLevel::Intern, TrustLevel::Junior).is_err());
+        assert!(raise_trust(text, 0, "a", TrustLevel::Intern, TrustLevel::Junior).is_err());
+        // Two agents on one line: ambiguous, refused rather than raising the wrong one.
+        let two = "version: 1\nagents: [{ id: a, trust: junior }, { id: b, trust: junior }]\n";
+        assert!(raise_trust(two, 1, "b", TrustLevel::Junior, TrustLevel::Senior).is_err());
         assert_eq!(next_level(TrustLevel::Principal), None);
     }
 }

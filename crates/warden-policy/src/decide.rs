@@ -39,6 +39,8 @@ pub fn bundle_hash(manifest_text: &str, policies: &[PolicySource]) -> String {
 pub struct Governor {
     manifest: Manifest,
     policy_hash: String,
+    /// Each policy file's name and SHA-256 (what a governance preview compares).
+    policy_files: BTreeMap<String, String>,
     arg_types: BTreeMap<String, ArgType>,
     cedar: CedarIndex,
 }
@@ -63,9 +65,14 @@ impl Governor {
         let cedar = CedarIndex::build(&manifest, &arg_types, policies)
             .map_err(|diagnostics| LoadError { diagnostics })?;
         let policy_hash = bundle_hash(&manifest.text, policies);
+        let policy_files = policies
+            .iter()
+            .map(|p| (p.name.clone(), sha256_tagged(p.text.as_bytes())))
+            .collect();
         Ok(Self {
             manifest,
             policy_hash,
+            policy_files,
             arg_types,
             cedar,
         })
@@ -81,6 +88,12 @@ impl Governor {
     #[must_use]
     pub fn policy_hash(&self) -> &str {
         &self.policy_hash
+    }
+
+    /// Each policy file's name and `sha256:` hash.
+    #[must_use]
+    pub fn policy_files(&self) -> &BTreeMap<String, String> {
+        &self.policy_files
     }
 
     /// The compiled Cedar side (schema, entities, index).

@@ -490,6 +490,34 @@ fn approver_changes(old: &Manifest, new: &Manifest, out: &mut Vec<Change>) {
             ));
         }
     }
+    let (op, np) = (&old.promotion, &new.promotion);
+    for (key, before, after) in [
+        ("min_days", u64::from(op.min_days), u64::from(np.min_days)),
+        ("min_calls", op.min_calls, np.min_calls),
+    ] {
+        if before != after {
+            out.push(change(
+                rank(after < before, after > before),
+                format!("promotion.{key}"),
+                format!("{before} -> {after}"),
+            ));
+        }
+    }
+    // Where notifications go: a moved or removed webhook is for the reviewers to read.
+    if old.raw.notifications != new.raw.notifications {
+        let urls = |m: &Manifest| {
+            m.webhooks
+                .iter()
+                .map(|w| w.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(change(
+            Impact::Changed,
+            "notifications",
+            format!("webhooks [{}] -> [{}]", urls(old), urls(new)),
+        ));
+    }
     match (&old.governance, &new.governance) {
         (Some(o), None) => out.push(change(
             Impact::Loosened,

@@ -28,10 +28,14 @@ pub enum Command {
     },
     /// Print the manifest's JSON Schema (generated from its types).
     Schema,
-    /// Propose the manifest and policies now on disk (at the path the gateway serves) as its
-    /// next version: opens the governance approval request, whose preview is the diff. Once
-    /// approved (`warden approvals approve ID`), reload the gateway (SIGHUP) to swap it in.
+    /// Propose the next manifest version: a staged FILE beside the served manifest (its file
+    /// name is sent; the gateway reads it from its manifest's directory), or without FILE the
+    /// served manifest as it is now on disk. Opens the governance approval request, whose
+    /// preview is the diff. Once approved (`warden approvals approve ID`), install the staged
+    /// file as the manifest and reload the gateway (SIGHUP).
     Propose {
+        /// The staged manifest (in the served manifest's directory).
+        file: Option<PathBuf>,
         #[command(flatten)]
         admin: super::approvals::Admin,
     },
@@ -39,8 +43,18 @@ pub enum Command {
 
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
-        Command::Propose { admin } => {
-            super::approvals::post(&admin, "/admin/v1/governance/proposals", None)
+        Command::Propose { file, admin } => {
+            let body = match &file {
+                Some(f) => {
+                    let name = f
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .ok_or_else(|| anyhow::anyhow!("`{}` has no file name", f.display()))?;
+                    Some(serde_json::json!({ "file": name }).to_string())
+                }
+                None => None,
+            };
+            super::approvals::post(&admin, "/admin/v1/governance/proposals", body.as_deref())
         }
         Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
             Ok(g) => {

@@ -242,8 +242,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let before =
-                    warden_gateway::approvals::approver_summary(current.get().manifest());
+                let old = current.get();
+                let before = warden_gateway::approvals::approver_summary(old.manifest());
                 let (c, m, k) = (Arc::clone(&current), manifest_path.clone(), Arc::clone(&clock));
                 let b = Arc::clone(&book);
                 match tokio::task::spawn_blocking(move || {
@@ -253,6 +253,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 {
                     Ok(Ok((v, approval))) => {
                         tracing::info!(version = v, "manifest reloaded");
+                        warden_gateway::promotion::record_raised(
+                            &ledger,
+                            old.manifest(),
+                            current.get().manifest(),
+                        )
+                        .await;
                         if let Some(r) = approval {
                             warden_gateway::governance::record(
                                 &ledger,

@@ -41,18 +41,19 @@ pub(super) fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A client holding one MCP session through several calls, paced by the test (an approval is
 /// bound to its session, so the retry must come from the same one).
-struct Session {
+pub(super) struct Session {
     dir: PathBuf,
     next: usize,
     client: Option<std::thread::JoinHandle<std::process::Output>>,
 }
 
 impl Session {
-    fn open(e: &Env, s: &Server, dir: &Path) -> Session {
-        let dir = dir.join("steps");
+    /// One MCP session of `agent`, its steps exchanged through files in `dir/steps-AGENT`.
+    pub(super) fn open(e: &Env, s: &Server, dir: &Path, agent: &str) -> Session {
+        let dir = dir.join(format!("steps-{agent}"));
         std::fs::create_dir_all(&dir).unwrap();
         let (python, url, d) = (e.python.clone(), s.url.clone(), dir.clone());
-        let cred = s.data.join("agents/coder-1.credential");
+        let cred = s.data.join(format!("agents/{agent}.credential"));
         let client = std::thread::spawn(move || {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
             std::process::Command::new(python)
@@ -73,9 +74,14 @@ impl Session {
 
     /// Sends `demo.add` with `a`, `b` and `meta`; returns the step's number.
     fn send(&mut self, a: i64, b: i64, meta: &Value) -> usize {
+        self.send_call("demo.add", &json!({ "a": a, "b": b }), meta)
+    }
+
+    /// Sends `tool` with `arguments` and `meta`; returns the step's number.
+    pub(super) fn send_call(&mut self, tool: &str, arguments: &Value, meta: &Value) -> usize {
         let i = self.next;
         self.next += 1;
-        let step = json!(["demo.add", { "a": a, "b": b }, meta]);
+        let step = json!([tool, arguments, meta]);
         std::fs::write(self.dir.join(format!("step-{i}.tmp")), step.to_string()).unwrap();
         std::fs::rename(
             self.dir.join(format!("step-{i}.tmp")),
@@ -86,7 +92,7 @@ impl Session {
     }
 
     /// Step `i`'s answer (waits for it): the result's text, and the whole answer.
-    fn answer(&mut self, i: usize) -> (String, Value) {
+    pub(super) fn answer(&mut self, i: usize) -> (String, Value) {
         let path = self.dir.join(format!("result-{i}.json"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !path.exists() {
@@ -109,7 +115,7 @@ impl Session {
         self.answer(i).0
     }
 
-    fn close(mut self) {
+    pub(super) fn close(mut self) {
         std::fs::write(self.dir.join(format!("step-{}.json", self.next)), "null").unwrap();
         let out = self.client.take().unwrap().join().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -168,7 +174,7 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
     let s = start_existing(dir.path(), &data, &m);
     let at_once = json!({ "warden/wait": false });
     let with = |id: &str| json!({ "warden/approval": id, "warden/wait": false });
-    let mut session = Session::open(&e, &s, dir.path());
+    let mut session = Session::open(&e, &s, dir.path(), "coder-1");
 
     // coder-1 is junior: medium-tier `demo.add` needs its owner's approval. Answer at once.
     let answer = session.call(2, 3, &at_once);

@@ -23,13 +23,16 @@ fn promote(s: &Server) -> (bool, String) {
 
 fn approve(s: &Server, answer: &str) {
     let at = answer.find("\"id\":\"apr_").expect(answer) + "\"id\":\"".len();
-    let id = &answer[at..at + 28];
+    approve_as(s, &answer[at..at + 28], "alice@acme.example");
+}
+
+fn approve_as(s: &Server, id: &str, who: &str) {
     let out = warden(&[
         "approvals",
         "approve",
         id,
         "--approver",
-        "alice@acme.example",
+        who,
         "--data",
         s.data.to_str().unwrap(),
         "--admin",
@@ -68,9 +71,19 @@ fn a_violation_demotes_and_promotion_is_earned_and_approved() {
         r#"{"database": "audit", "table": "t"}"#,
     );
     assert!(first_text(&r).contains("policy:forbid-drop-audit"), "{r}");
-    let r = echo(1);
-    assert!(first_text(&r).contains("trust.demoted"), "{r}");
     assert!(ledger_tail(&s.data, 10).contains("agent.demoted"));
+    // Demoted, its calls need its owner (bob); once bob approves, the call runs.
+    let mut session = super::approvals::Session::open(&e, &s, dir.path(), "ops-1");
+    let meta = serde_json::json!({ "warden/wait": false });
+    let args = serde_json::json!({ "text": "owner-approved" });
+    let step = session.send_call("demo.echo", &args, &meta);
+    let (answer, _) = session.answer(step);
+    assert!(answer.contains("trust.demoted"), "{answer}");
+    let at = answer.find("Approval id: ").unwrap() + "Approval id: ".len();
+    approve_as(&s, &answer[at..at + 28], "bob@acme.example");
+    let step = session.send_call("demo.echo", &args, &meta);
+    assert_eq!(session.answer(step).0, "owner-approved");
+    session.close();
 
     // Restored on the governance approval.
     let (ok, answer) = promote(&s);
