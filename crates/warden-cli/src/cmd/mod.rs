@@ -17,6 +17,7 @@ mod init;
 mod keys;
 mod ledger;
 mod manifest;
+mod sandbox;
 mod serve;
 mod upstreams;
 
@@ -72,6 +73,9 @@ enum Command {
     /// Manage keys (rotation).
     #[command(subcommand)]
     Keys(keys::Command),
+    /// The sandbox of everything the Executor runs: `doctor` says what this host enforces.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
     /// Kill switch: stop every new call (or a tenant's, or an agent's) at once.
     Kill {
         #[command(flatten)]
@@ -123,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approvers(c) => approvals::run_approvers(c),
         Command::Incident(a) => incident::run(a),
         Command::Keys(c) => keys::run(c),
+        Command::Sandbox(c) => sandbox::run(c),
         Command::Kill { scope, target } => brakes::send(&target, "kill", scope_json(&scope)),
         Command::Quarantine { agent, target } => brakes::send(
             &target,

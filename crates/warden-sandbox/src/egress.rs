@@ -1,0 +1,729 @@
+//! The egress guard: the only way out of a sandbox's network namespace (INV-011).
+//!
+//! An HTTP proxy on a Unix socket (bound into the sandbox, reached through the forwarder). It
+//! takes `CONNECT host:port` and absolute-form `http://` requests, allows only hosts on the
+//! tool's allowlist, resolves the name itself, refuses any answer that holds a non-public
+//! address (loopback, RFC 1918, link-local and the metadata services, CGNAT, ULA, ...) unless
+//! the operator listed that network, connects to the address it checked (never resolving
+//! again), caps the bytes each way and the connection rate, and reports every allowed and
+//! refused connection.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+
+/// Longest request head the proxy reads.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to resolve a name, and to connect.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An allowed destination: `host` exactly, or `*.suffix` for its subdomains; any port when
+/// `port` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    /// The host (lower case) or `*.suffix`.
+    pub host: String,
+    /// The port.
+    pub port: Option<u16>,
+}
+
+impl HostRule {
+    /// Parses `host`, `host:port`, `*.suffix` or `*.suffix:port`.
+    ///
+    /// # Errors
+    /// Anything else, with the reason.
+    pub fn parse(s: &str) -> Result<HostRule, String> {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                Some(
+                    p.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("`{s}`: `{p}` is not a port"))?,
+                ),
+            ),
+            None => (s, None),
+        };
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        if !valid_host(name) {
+            return Err(format!(
+                "`{s}`: a host is letters, digits, `-` and `.` (or an IP address), optionally `*.` first"
+            ));
+        }
+        Ok(HostRule {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    fn matches(&self, host: &str, port: u16) -> bool {
+        if self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+            None => self.host == host,
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !h.starts_with('.')
+        && !h.ends_with('.')
+}
+
+/// A network the operator allows despite being non-public (an internal API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Net {
+    /// Parses `addr/prefix`.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<Net, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not addr/prefix"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("`{p}` is not a prefix length for {a}"))?;
+        Ok(Net { addr, prefix })
+    }
+
+    /// Whether `ip` is in it.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why `ip` is not a public address, or `None` if it is.
+#[must_use]
+pub fn non_public(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => non_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return non_public_v4(v4);
+            }
+            let s = v6.segments();
+            let first = s.first().copied().unwrap_or(0);
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7, incl. fd00:ec2::254)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if first & 0xff00 == 0xff00 {
+                Some("multicast")
+            } else if first == 0x2001 && s.get(1) == Some(&0x0db8) {
+                Some("documentation")
+            } else if first == 0x0064 && s.get(1) == Some(&0xff9b) {
+                // NAT64: judge the embedded IPv4 address.
+                let low = u32::try_from(u128::from(v6) & u128::from(u32::MAX)).unwrap_or(0);
+                non_public_v4(Ipv4Addr::from(low))
+            } else if s.iter().take(6).all(|x| *x == 0) {
+                Some("IPv4-compatible")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn non_public_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private (RFC 1918)")
+    } else if ip.is_link_local() {
+        Some("link-local (169.254.0.0/16, the metadata service)")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("carrier-grade NAT (100.64.0.0/10)")
+    } else if a == 0 || ip.is_broadcast() || a >= 224 {
+        Some("reserved, broadcast or multicast")
+    } else if (a == 192 && b == 0 && c == 0) || (a == 198 && (18..20).contains(&b)) {
+        Some("reserved (192.0.0.0/24, 198.18.0.0/15)")
+    } else if ip.is_documentation() {
+        Some("documentation")
+    } else {
+        None
+    }
+}
+
+/// What the proxy allows for one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Allowed destinations; empty: nothing.
+    pub allow: Vec<HostRule>,
+    /// Non-public networks the operator allows.
+    pub private_allow: Vec<Net>,
+    /// Bytes a connection may send out.
+    pub max_bytes_out: u64,
+    /// Bytes a connection may bring in.
+    pub max_bytes_in: u64,
+    /// Connections per minute.
+    pub connections_per_minute: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allow: Vec::new(),
+            private_allow: Vec::new(),
+            max_bytes_out: 10 << 20,
+            max_bytes_in: 100 << 20,
+            connections_per_minute: 60,
+        }
+    }
+}
+
+/// One connection the proxy allowed or refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The host asked for.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Allowed or refused.
+    pub allowed: bool,
+    /// The address connected to (allowed) or refused.
+    pub address: Option<SocketAddr>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Resolves names (the system resolver in production; a fixed table in tests).
+pub trait Resolve: Send + Sync {
+    /// The addresses of `host`.
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+}
+
+/// The system resolver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
+/// Where events go (the ledger, in Warden).
+pub type Recorder = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// One sandbox's egress proxy.
+pub struct Proxy {
+    policy: Policy,
+    resolver: Arc<dyn Resolve>,
+    record: Recorder,
+    recent: Mutex<Vec<Instant>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal: the status line and the reason.
+struct Refusal(&'static str, String);
+
+impl Proxy {
+    /// A proxy.
+    #[must_use]
+    pub fn new(policy: Policy, resolver: Arc<dyn Resolve>, record: Recorder) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            policy,
+            resolver,
+            record,
+            recent: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Serves connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let me = Arc::clone(&self);
+            tokio::spawn(async move { me.handle(conn).await });
+        }
+    }
+
+    fn rate_ok(&self) -> bool {
+        let now = Instant::now();
+        let Ok(mut recent) = self.recent.lock() else {
+            return false;
+        };
+        recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if recent.len() >= self.policy.connections_per_minute as usize {
+            return false;
+        }
+        recent.push(now);
+        true
+    }
+
+    async fn handle(&self, mut client: UnixStream) {
+        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(why)) => {
+                let _ = refuse(&mut client, "400 Bad Request", &why).await;
+                (self.record)(Event {
+                    host: String::new(),
+                    port: 0,
+                    allowed: false,
+                    address: None,
+                    reason: why,
+                });
+                return;
+            }
+            Err(_) => return,
+        };
+        let target = match parse_target(&head) {
+            Ok(t) => t,
+            Err(why) => {
+                let _ = refuse(&mut client, "400 Bad Request", &why).await;
+                (self.record)(Event {
+                    host: String::new(),
+                    port: 0,
+                    allowed: false,
+                    address: None,
+                    reason: why,
+                });
+                return;
+            }
+        };
+        let (host, port) = (target.host.clone(), target.port);
+        match self.open(&target).await {
+            Err(Refusal(status, why)) => {
+                let _ = refuse(&mut client, status, &why).await;
+                (self.record)(Event {
+                    host,
+                    port,
+                    allowed: false,
+                    address: None,
+                    reason: why,
+                });
+            }
+            Ok((upstream, addr)) => {
+                (self.record)(Event {
+                    host,
+                    port,
+                    allowed: true,
+                    address: Some(addr),
+                    reason: "allowed by the egress allowlist".into(),
+                });
+                self.splice(client, upstream, target, head).await;
+            }
+        }
+    }
+
+    /// Checks, resolves and connects.
+    async fn open(&self, t: &Target) -> Result<(TcpStream, SocketAddr), Refusal> {
+        // INVARIANT (fail-closed): only hosts on the allowlist, only public addresses (or the
+        // operator's listed networks), connected to exactly the address that was checked.
+        if !self.policy.allow.iter().any(|r| r.matches(&t.host, t.port)) {
+            return Err(Refusal(
+                "403 Forbidden",
+                format!("`{}:{}` is not on the egress allowlist", t.host, t.port),
+            ));
+        }
+        if !self.rate_ok() {
+            return Err(Refusal(
+                "429 Too Many Requests",
+                format!(
+                    "more than {} connections in a minute",
+                    self.policy.connections_per_minute
+                ),
+            ));
+        }
+        let addrs = match t.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, t.port)],
+            Err(_) => tokio::time::timeout(STEP_TIMEOUT, self.resolver.resolve(&t.host, t.port))
+                .await
+                .map_err(|_| {
+                    Refusal(
+                        "502 Bad Gateway",
+                        format!("resolving `{}` timed out", t.host),
+                    )
+                })?
+                .map_err(|e| {
+                    Refusal(
+                        "502 Bad Gateway",
+                        format!("cannot resolve `{}`: {e}", t.host),
+                    )
+                })?,
+        };
+        if addrs.is_empty() {
+            return Err(Refusal(
+                "502 Bad Gateway",
+                format!("`{}` has no address", t.host),
+            ));
+        }
+        for a in &addrs {
+            if let Some(why) = non_public(a.ip()) {
+                if !self.policy.private_allow.iter().any(|n| n.contains(a.ip())) {
+                    return Err(Refusal(
+                        "403 Forbidden",
+                        format!("`{}` resolves to {} ({why})", t.host, a.ip()),
+                    ));
+                }
+            }
+        }
+        let mut last = String::new();
+        for a in addrs {
+            match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(a)).await {
+                Ok(Ok(s)) => return Ok((s, a)),
+                Ok(Err(e)) => last = format!("{a}: {e}"),
+                Err(_) => last = format!("{a}: timed out"),
+            }
+        }
+        Err(Refusal(
+            "502 Bad Gateway",
+            format!("cannot connect to `{}`: {last}", t.host),
+        ))
+    }
+
+    async fn splice(
+        &self,
+        mut client: UnixStream,
+        mut upstream: TcpStream,
+        t: Target,
+        head: Vec<u8>,
+    ) {
+        if t.connect {
+            if client
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if let Some(rest) = head.get(t.head_len..) {
+                if upstream.write_all(rest).await.is_err() {
+                    return;
+                }
+            }
+        } else {
+            // Absolute form: the request line goes on in origin form, the rest as sent.
+            let line = format!("{} {} {}\r\n", t.method, t.path, t.version);
+            let rest = head.get(t.line_len..).unwrap_or_default();
+            if upstream.write_all(line.as_bytes()).await.is_err()
+                || upstream.write_all(rest).await.is_err()
+            {
+                return;
+            }
+        }
+        let (cr, cw) = client.into_split();
+        let (ur, uw) = upstream.into_split();
+        let out = copy_capped(cr, uw, self.policy.max_bytes_out);
+        let back = copy_capped(ur, cw, self.policy.max_bytes_in);
+        let (out, back) = tokio::join!(out, back);
+        for (over, dir) in [(out, "out"), (back, "in")] {
+            if over {
+                (self.record)(Event {
+                    host: t.host.clone(),
+                    port: t.port,
+                    allowed: false,
+                    address: None,
+                    reason: format!("payload cap exceeded ({dir}): connection cut"),
+                });
+            }
+        }
+    }
+}
+
+/// Copies until EOF or `cap` bytes; returns whether the cap was exceeded.
+async fn copy_capped<R, W>(mut r: R, mut w: W, cap: u64) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total = total.saturating_add(n as u64);
+        if total > cap {
+            let _ = w.shutdown().await;
+            return true;
+        }
+        let Some(chunk) = buf.get(..n) else { break };
+        if w.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+    false
+}
+
+async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> std::io::Result<()> {
+    let body = format!("warden egress: {why}\n");
+    let msg = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(msg.as_bytes()).await?;
+    client.shutdown().await
+}
+
+/// Reads up to the end of the request head (`\r\n\r\n`).
+async fn read_head(c: &mut UnixStream) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = c
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the request: {e}"))?;
+        if n == 0 {
+            return Err("the client closed before a full request head".into());
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(buf);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(format!("request head over {MAX_HEAD} bytes"));
+        }
+    }
+}
+
+/// Where a request wants to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    connect: bool,
+    host: String,
+    port: u16,
+    method: String,
+    path: String,
+    version: String,
+    /// Bytes of the request line, CRLF included.
+    line_len: usize,
+    /// Bytes of the whole head.
+    head_len: usize,
+}
+
+/// Parses the request line of `head`.
+fn parse_target(head: &[u8]) -> Result<Target, String> {
+    let end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or("no request line")?;
+    let head_len = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let line = std::str::from_utf8(head.get(..end).unwrap_or_default())
+        .map_err(|_| "the request line is not UTF-8".to_owned())?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("malformed request line `{}`", line.escape_debug()));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("unsupported protocol `{}`", version.escape_debug()));
+    }
+    let (connect, authority, path) = if method == "CONNECT" {
+        (true, uri, "")
+    } else if let Some(rest) = uri.strip_prefix("http://") {
+        let slash = rest.find('/').unwrap_or(rest.len());
+        let (auth, p) = rest.split_at(slash);
+        (false, auth, if p.is_empty() { "/" } else { p })
+    } else {
+        return Err(format!(
+            "`{}`: only CONNECT and absolute http:// requests go through the egress proxy",
+            uri.escape_debug()
+        ));
+    };
+    let default_port = if connect { None } else { Some(80) };
+    let (host, port) = split_authority(authority, default_port)?;
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
+        return Err(format!("bad method `{}`", method.escape_debug()));
+    }
+    Ok(Target {
+        connect,
+        host,
+        port,
+        method: method.to_owned(),
+        path: path.to_owned(),
+        version: version.to_owned(),
+        line_len: end + 2,
+        head_len,
+    })
+}
+
+fn split_authority(a: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+    if a.contains('@') {
+        return Err("credentials in the authority are refused".into());
+    }
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        let (h, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{}`: unclosed [", a.escape_debug()))?;
+        h.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{h}` is not an IPv6 address"))?;
+        (h, tail.strip_prefix(':'))
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{}` is not a port", p.escape_debug()))?,
+        None => default_port.ok_or_else(|| format!("`{}` has no port", a.escape_debug()))?,
+    };
+    let host = host.to_ascii_lowercase();
+    if !(valid_host(&host) || host.parse::<IpAddr>().is_ok()) {
+        return Err(format!("`{}` is not a host name", host.escape_debug()));
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_private_and_ula_addresses_are_not_public() {
+        for ip in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(non_public(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(non_public(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn host_rules_match_exact_hosts_subdomains_and_ports() {
+        let r = HostRule::parse("*.example.com:443").unwrap();
+        assert!(r.matches("api.example.com", 443));
+        assert!(!r.matches("example.com", 443));
+        assert!(!r.matches("evilexample.com", 443));
+        assert!(!r.matches("api.example.com", 80));
+        let e = HostRule::parse("api.github.com").unwrap();
+        assert!(e.matches("api.github.com", 8443));
+        assert!(HostRule::parse("a b").is_err());
+        assert!(HostRule::parse("host:0").is_err());
+        assert!(HostRule::parse("host:http").is_err());
+    }
+
+    #[test]
+    fn request_lines_are_parsed_or_refused_with_the_reason() {
+        let t = parse_target(b"CONNECT API.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(t.connect);
+        assert_eq!((t.host.as_str(), t.port), ("api.example.com", 443));
+        let g = parse_target(b"GET http://h.test/a?b HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            (g.host.as_str(), g.port, g.path.as_str()),
+            ("h.test", 80, "/a?b")
+        );
+        let v6 = parse_target(b"CONNECT [2606:4700::1]:443 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(v6.host, "2606:4700::1");
+        for (bad, says) in [
+            (&b"GET /local HTTP/1.1\r\n\r\n"[..], "only CONNECT"),
+            (b"CONNECT host HTTP/1.1\r\n\r\n", "no port"),
+            (b"CONNECT u:p@host:443 HTTP/1.1\r\n\r\n", "credentials"),
+            (b"CONNECT host:443 SPDY/3\r\n\r\n", "unsupported protocol"),
+            (b"CONNECT ho$t:443 HTTP/1.1\r\n\r\n", "not a host name"),
+            (b"\xff\xfe\r\n\r\n", "not UTF-8"),
+        ] {
+            let err = parse_target(bad).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let n = Net::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.9.9.9".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        let one = Net::parse("127.0.0.1/32").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(Net::parse("10.0.0.0/33").is_err());
+        assert!(Net::parse("10.0.0.0").is_err());
+        assert!(Net::parse("::/0").unwrap().contains("::1".parse().unwrap()));
+    }
+}

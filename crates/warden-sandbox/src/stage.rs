@@ -1,0 +1,539 @@
+//! The helper's side: what `warden sandbox exec` does to itself before it becomes the program.
+//!
+//! Two stages. The outer stage runs on the host: it joins the task's cgroups and sets the
+//! rlimits (both inherited by everything it starts), then either executes bubblewrap, which
+//! builds the namespaces and the view and runs the inner stage inside them, or unshares what it
+//! can itself. The inner stage drops to the unprivileged uid, sets no_new_privs, applies Landlock
+//! and the seccomp filter, starts the egress forwarder, checks that every required guarantee is
+//! enforced, and only then executes the program. Each step that fails or is unavailable becomes
+//! a [`Layer`] that says so; a required guarantee that is not enforced stops the launch.
+
+use crate::spec::{
+    summarise, Guarantee, Isolation, Layer, Spec, Status, EGRESS_SOCKET_IN_VIEW, HELPER_IN_VIEW,
+};
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Exit code of a launch the sandbox refused (a required guarantee missing, a bad spec).
+pub const EXIT_REFUSED: u8 = 126;
+
+/// Why a launch stopped before the program ran.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A guarantee the tool requires is not enforced here.
+    #[error("sandbox guarantee `{guarantee}` is required but {status} here: {why}")]
+    Required {
+        /// The guarantee.
+        guarantee: &'static str,
+        /// What it is.
+        status: &'static str,
+        /// The layers that serve it.
+        why: String,
+    },
+    /// A step failed.
+    #[error("sandbox: {0}")]
+    Step(String),
+    /// The final exec failed.
+    #[error("cannot execute `{program}`: {error}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// What a stage ends in when it does not become the program: the report (`report: true`).
+pub type Outcome = Result<Vec<Layer>, StageError>;
+
+/// The outer stage (on the host). Returns only on failure or with the report; on success the
+/// process has become bubblewrap or the program.
+pub fn outer(mut spec: Spec) -> Outcome {
+    // INVARIANT (fail-closed): the process joins its cgroups before it executes anything, so
+    // every descendant is counted and killed with it.
+    let me = std::process::id().to_string();
+    for dir in &spec.cgroups {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, &me)
+            .map_err(|e| StageError::Step(format!("cannot join {}: {e}", procs.display())))?;
+    }
+    spec.layers.push(set_rlimits(&spec));
+    match spec.isolation.clone() {
+        Isolation::Bwrap { path } => {
+            spec.layers.push(Layer::new(
+                Guarantee::Filesystem,
+                "bubblewrap mount namespace",
+                Status::Enforced,
+                "a read-only view of the system, the workspace read-write, a private /tmp",
+            ));
+            spec.layers.push(Layer::new(
+                Guarantee::Egress,
+                "bubblewrap network namespace",
+                Status::Enforced,
+                "no interface but loopback: no route out",
+            ));
+            spec.layers.push(Layer::new(
+                Guarantee::Privilege,
+                "bubblewrap pid, ipc and uts namespaces",
+                Status::Enforced,
+                "cannot see or signal processes outside the sandbox",
+            ));
+            let args = bwrap_args(&spec)?;
+            let error = Command::new(&path).args(args).exec();
+            Err(StageError::Exec {
+                program: path.display().to_string(),
+                error,
+            })
+        }
+        Isolation::Unshare => {
+            use nix::sched::CloneFlags as F;
+            let flags = F::CLONE_NEWNET | F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNS;
+            match nix::sched::unshare(flags) {
+                Ok(()) => {
+                    spec.layers.push(Layer::new(
+                        Guarantee::Egress,
+                        "unshare network namespace",
+                        Status::Enforced,
+                        "no route out",
+                    ));
+                    spec.layers.push(Layer::new(
+                        Guarantee::Privilege,
+                        "unshare ipc and uts namespaces",
+                        Status::Degraded,
+                        "no pid namespace: host processes are visible",
+                    ));
+                    if spec.egress.is_some() {
+                        loopback_up()?;
+                    }
+                }
+                Err(e) => {
+                    spec.layers.push(Layer::new(
+                        Guarantee::Egress,
+                        "unshare network namespace",
+                        Status::Absent,
+                        format!("unshare failed: {e}"),
+                    ));
+                }
+            }
+            spec.layers.push(Layer::new(
+                Guarantee::Filesystem,
+                "mount view",
+                Status::Absent,
+                "no bubblewrap: the host filesystem is guarded by Landlock alone",
+            ));
+            inner(spec)
+        }
+        Isolation::None => {
+            spec.layers.push(Layer::new(
+                Guarantee::Egress,
+                "network namespace",
+                Status::Absent,
+                "no namespaces on this host",
+            ));
+            spec.layers.push(Layer::new(
+                Guarantee::Filesystem,
+                "mount view",
+                Status::Absent,
+                "no namespaces on this host",
+            ));
+            inner(spec)
+        }
+    }
+}
+
+/// Brings up loopback in a fresh network namespace (for the egress forwarder).
+fn loopback_up() -> Result<(), StageError> {
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| StageError::Step(format!("cannot run `ip link set lo up`: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(StageError::Step(format!(
+            "`ip link set lo up` failed: {status}"
+        )))
+    }
+}
+
+/// System paths bound read-only into the view (and readable under Landlock).
+const SYSTEM: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+/// The files of `/etc` a program may need; nothing else of `/etc` (no shadow, no keys).
+const ETC: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/group",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/mime.types",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/resolv.conf",
+    "/etc/ssl",
+];
+
+fn text(p: &Path) -> Result<String, StageError> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StageError::Step(format!("path {} is not UTF-8", p.display())))
+}
+
+/// bubblewrap's arguments: namespaces, the view, then the inner stage.
+fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
+    let mut a: Vec<String> = [
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "warden-sandbox",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if !nix::unistd::geteuid().is_root() {
+        // Without root, bubblewrap needs a user namespace for the others.
+        a.push("--unshare-user".into());
+    }
+    for p in SYSTEM.iter().chain(ETC) {
+        let path = Path::new(p);
+        match std::fs::read_link(path) {
+            Ok(target) => {
+                a.extend(["--symlink".into(), text(&target)?, (*p).to_owned()]);
+            }
+            Err(_) if path.exists() => {
+                a.extend(["--ro-bind".into(), (*p).to_owned(), (*p).to_owned()]);
+            }
+            Err(_) => {}
+        }
+    }
+    for p in &spec.read_only {
+        let p = text(p)?;
+        a.extend(["--ro-bind".into(), p.clone(), p]);
+    }
+    let workspace = text(&spec.workspace)?;
+    a.extend(["--proc".into(), "/proc".into()]);
+    a.extend(["--dev".into(), "/dev".into()]);
+    a.extend(["--tmpfs".into(), "/tmp".into()]);
+    a.extend(["--bind".into(), workspace.clone(), workspace.clone()]);
+    let helper = std::env::current_exe()
+        .map_err(|e| StageError::Step(format!("cannot find the helper binary: {e}")))?;
+    a.extend(["--ro-bind".into(), text(&helper)?, HELPER_IN_VIEW.into()]);
+    let mut inner_spec = spec.clone();
+    if let Some(bridge) = &mut inner_spec.egress {
+        a.extend([
+            "--bind".into(),
+            text(&bridge.socket)?,
+            EGRESS_SOCKET_IN_VIEW.into(),
+        ]);
+        bridge.socket = PathBuf::from(EGRESS_SOCKET_IN_VIEW);
+    }
+    a.extend(["--chdir".into(), workspace]);
+    let json = serde_json::to_string(&inner_spec)
+        .map_err(|e| StageError::Step(format!("cannot encode the spec: {e}")))?;
+    a.extend([
+        "--".into(),
+        HELPER_IN_VIEW.into(),
+        "sandbox".into(),
+        "exec".into(),
+        "--inner".into(),
+        "--spec".into(),
+        json,
+    ]);
+    Ok(a)
+}
+
+fn set_rlimits(spec: &Spec) -> Layer {
+    use nix::sys::resource::{setrlimit, Resource};
+    let l = &spec.limits;
+    let cpu_hard = l.cpu_seconds.saturating_add(1);
+    let steps = [
+        (Resource::RLIMIT_CPU, l.cpu_seconds, cpu_hard, "RLIMIT_CPU"),
+        (
+            Resource::RLIMIT_NOFILE,
+            l.open_files,
+            l.open_files,
+            "RLIMIT_NOFILE",
+        ),
+        (
+            Resource::RLIMIT_FSIZE,
+            l.file_size_bytes,
+            l.file_size_bytes,
+            "RLIMIT_FSIZE",
+        ),
+        (Resource::RLIMIT_CORE, 0, 0, "RLIMIT_CORE"),
+        // Counted per uid, and ignored for root: a backstop behind the cgroup's pids.max once
+        // the uid is dropped.
+        (Resource::RLIMIT_NPROC, l.pids, l.pids, "RLIMIT_NPROC"),
+    ];
+    let mut failed = Vec::new();
+    for (r, soft, hard, name) in steps {
+        if let Err(e) = setrlimit(r, soft, hard) {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
+    if failed.is_empty() {
+        Layer::new(
+            Guarantee::Limits,
+            "rlimits",
+            Status::Enforced,
+            format!(
+                "cpu {}s, {} open files, files up to {} bytes, no core dumps",
+                l.cpu_seconds, l.open_files, l.file_size_bytes
+            ),
+        )
+    } else {
+        Layer::new(
+            Guarantee::Limits,
+            "rlimits",
+            Status::Degraded,
+            failed.join("; "),
+        )
+    }
+}
+
+/// The inner stage (inside the namespaces, or on the host without them).
+pub fn inner(mut spec: Spec) -> Outcome {
+    spec.layers.push(drop_uid(spec.drop_to));
+    if spec.landlock {
+        spec.layers.extend(landlock(&spec));
+    } else {
+        spec.layers.push(Layer::new(
+            Guarantee::Filesystem,
+            "landlock",
+            Status::Absent,
+            "turned off for this tool",
+        ));
+    }
+    match nix::sys::prctl::set_no_new_privs() {
+        Ok(()) => spec.layers.push(Layer::new(
+            Guarantee::Privilege,
+            "no_new_privs",
+            Status::Enforced,
+            "setuid and file capabilities grant nothing",
+        )),
+        Err(e) => spec.layers.push(Layer::new(
+            Guarantee::Privilege,
+            "no_new_privs",
+            Status::Absent,
+            format!("prctl failed: {e}"),
+        )),
+    }
+    if spec.seccomp {
+        spec.layers.push(crate::seccomp::apply());
+    } else {
+        spec.layers.push(Layer::new(
+            Guarantee::Privilege,
+            "seccomp",
+            Status::Absent,
+            "turned off for this tool",
+        ));
+    }
+    check_required(&spec)?;
+    if spec.report {
+        return Ok(spec.layers);
+    }
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).current_dir(&spec.workspace);
+    if let Some(bridge) = &spec.egress {
+        start_forwarder(&bridge.socket, bridge.port)?;
+        let proxy = format!("http://127.0.0.1:{}", bridge.port);
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            cmd.env(var, &proxy);
+        }
+        cmd.env("NO_PROXY", "").env("no_proxy", "");
+    }
+    let error = cmd.exec();
+    Err(StageError::Exec {
+        program: spec.program.display().to_string(),
+        error,
+    })
+}
+
+/// Fails the launch unless every required guarantee is enforced.
+fn check_required(spec: &Spec) -> Result<(), StageError> {
+    // INVARIANT (fail-closed): a tool whose required guarantee is not enforced does not run.
+    for (g, status) in summarise(&spec.layers) {
+        if spec.require.contains(&g) && status != Status::Enforced {
+            let why = spec
+                .layers
+                .iter()
+                .filter(|l| l.guarantee == g && l.status != Status::Enforced)
+                .map(|l| format!("{} {}: {}", l.mechanism, l.status.name(), l.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(StageError::Required {
+                guarantee: g.name(),
+                status: status.name(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn drop_uid(to: Option<u32>) -> Layer {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Layer::new(
+            Guarantee::Privilege,
+            "unprivileged uid",
+            Status::Enforced,
+            format!("runs as uid {euid}"),
+        );
+    }
+    let Some(id) = to else {
+        return Layer::new(
+            Guarantee::Privilege,
+            "unprivileged uid",
+            Status::Absent,
+            "runs as root: no uid to drop to",
+        );
+    };
+    let (uid, gid) = (Uid::from_raw(id), Gid::from_raw(id));
+    let result = setgroups(&[gid])
+        .and_then(|()| setresgid(gid, gid, gid))
+        .and_then(|()| setresuid(uid, uid, uid));
+    match result {
+        Ok(()) if nix::unistd::geteuid() == uid => Layer::new(
+            Guarantee::Privilege,
+            "unprivileged uid",
+            Status::Enforced,
+            format!("Warden runs as root; the sandbox runs as uid {id}"),
+        ),
+        Ok(()) => Layer::new(
+            Guarantee::Privilege,
+            "unprivileged uid",
+            Status::Absent,
+            "setresuid returned but the uid did not change",
+        ),
+        Err(e) => Layer::new(
+            Guarantee::Privilege,
+            "unprivileged uid",
+            Status::Absent,
+            format!("cannot drop to uid {id}: {e}"),
+        ),
+    }
+}
+
+/// Landlock: read and execute the system view and the program's installation, read and write
+/// the workspace and `/tmp` (a private one under bubblewrap), TCP only to the forwarder's port.
+fn landlock(spec: &Spec) -> Vec<Layer> {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, RulesetStatus, ABI,
+    };
+    // The newest ABI this code was tested against; the crate degrades it to the kernel's.
+    let abi = ABI::V5;
+    let bwrap = matches!(spec.isolation, Isolation::Bwrap { .. });
+    let mut read: Vec<PathBuf> = SYSTEM.iter().chain(ETC).map(PathBuf::from).collect();
+    read.extend(spec.read_only.iter().cloned());
+    read.push(PathBuf::from("/proc"));
+    read.push(if bwrap {
+        PathBuf::from(HELPER_IN_VIEW)
+    } else {
+        std::env::current_exe().unwrap_or_default()
+    });
+    let mut write = vec![spec.workspace.clone(), PathBuf::from("/dev")];
+    if bwrap {
+        write.push(PathBuf::from("/tmp"));
+    }
+    let result = (|| -> Result<_, landlock::RulesetError> {
+        let mut ruleset = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))?
+            .handle_access(AccessNet::from_all(abi))?
+            .create()?
+            .add_rules(path_beneath_rules(
+                read.iter().filter(|p| p.exists()),
+                AccessFs::from_read(abi),
+            ))?
+            .add_rules(path_beneath_rules(
+                write.iter().filter(|p| p.exists()),
+                AccessFs::from_all(abi),
+            ))?;
+        if let Some(bridge) = &spec.egress {
+            ruleset = ruleset.add_rule(NetPort::new(bridge.port, AccessNet::from_all(abi)))?;
+        }
+        ruleset.restrict_self()
+    })();
+    match result {
+        Ok(status) => {
+            let (fs, net) = match status.ruleset {
+                RulesetStatus::FullyEnforced => (Status::Enforced, Status::Enforced),
+                RulesetStatus::PartiallyEnforced => (Status::Enforced, Status::Degraded),
+                RulesetStatus::NotEnforced => (Status::Absent, Status::Absent),
+            };
+            let abi = match status.landlock {
+                landlock::LandlockStatus::Available {
+                    effective_abi,
+                    kernel_abi,
+                } => format!("ABI {}", kernel_abi.unwrap_or(effective_abi as i32)),
+                other => format!("{other:?}"),
+            };
+            vec![
+                Layer::new(
+                    Guarantee::Filesystem,
+                    "landlock filesystem",
+                    fs,
+                    format!("{abi}: read-only system, read-write workspace"),
+                ),
+                Layer::new(
+                    Guarantee::Egress,
+                    "landlock TCP ports",
+                    net,
+                    format!("{abi}: TCP bind/connect only to the forwarder's port"),
+                ),
+            ]
+        }
+        Err(e) => vec![Layer::new(
+            Guarantee::Filesystem,
+            "landlock filesystem",
+            Status::Absent,
+            format!("cannot apply: {e}"),
+        )],
+    }
+}
+
+/// Starts the egress forwarder (this binary, `sandbox forward`) and waits until it listens.
+fn start_forwarder(socket: &Path, port: u16) -> Result<(), StageError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| StageError::Step(format!("cannot find the helper binary: {e}")))?;
+    let mut child = Command::new(exe)
+        .args([
+            "sandbox",
+            "forward",
+            "--port",
+            &port.to_string(),
+            "--socket",
+        ])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| StageError::Step(format!("cannot start the egress forwarder: {e}")))?;
+    let mut ready = [0u8; 1];
+    let got = child
+        .stdout
+        .take()
+        .map(|mut out| out.read(&mut ready))
+        .transpose()
+        .map_err(|e| StageError::Step(format!("egress forwarder: {e}")))?;
+    if got != Some(1) {
+        return Err(StageError::Step(
+            "the egress forwarder did not start".into(),
+        ));
+    }
+    Ok(())
+}
