@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 
 mod mcp;
 mod runbooks;
+mod sandbox;
 
 /// 2026-11-22T10:00:00Z, inside the starter's 08:00-22:00 window.
 const DAY_TIME: &str = "1795341600";

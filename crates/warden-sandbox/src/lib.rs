@@ -256,7 +256,9 @@ impl Host {
 /// # Errors
 /// The probe could not run (a temporary directory, the helper, its output).
 pub fn doctor(host: &Host) -> Result<Vec<Layer>, String> {
-    let dir = std::env::temp_dir().join(format!("warden-doctor-{}", std::process::id()));
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("warden-doctor-{}-{run}", std::process::id()));
     let workspace = dir.join("work");
     std::fs::create_dir_all(&workspace).map_err(|e| format!("{}: {e}", workspace.display()))?;
     let socket = dir.join("egress.sock");
@@ -268,7 +270,7 @@ pub fn doctor(host: &Host) -> Result<Vec<Layer>, String> {
         socket,
         port: spec::DEFAULT_PROXY_PORT,
     });
-    let name = format!("doctor-{}", std::process::id());
+    let name = format!("doctor-{}-{run}", std::process::id());
     let result = host.prepare(&name, spec);
     let out = result.and_then(|(cg, mut cmd)| {
         let out = cmd.output();

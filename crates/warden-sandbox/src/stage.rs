@@ -218,17 +218,38 @@ fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
             Err(_) => {}
         }
     }
-    for p in &spec.read_only {
-        let p = text(p)?;
-        a.extend(["--ro-bind".into(), p.clone(), p]);
-    }
     let workspace = text(&spec.workspace)?;
     a.extend(["--proc".into(), "/proc".into()]);
     a.extend(["--dev".into(), "/dev".into()]);
     a.extend(["--tmpfs".into(), "/tmp".into()]);
+    // The directories leading to each mount are made in the view, searchable by anyone
+    // (bubblewrap would otherwise copy the host's modes, and a 0700 parent would lock the
+    // unprivileged uid out of its own workspace). They hold nothing but the mount.
+    let mut made = std::collections::BTreeSet::new();
+    let mut ancestors = |p: &Path, a: &mut Vec<String>| -> Result<(), StageError> {
+        let mut chain: Vec<&Path> = p.ancestors().skip(1).collect();
+        chain.reverse();
+        for d in chain {
+            let under_system = SYSTEM.iter().chain(ETC).any(|s| d.starts_with(s));
+            if d == Path::new("/") || d == Path::new("/tmp") || under_system {
+                continue;
+            }
+            if made.insert(d.to_path_buf()) {
+                a.extend(["--perms".into(), "0755".into(), "--dir".into(), text(d)?]);
+            }
+        }
+        Ok(())
+    };
+    for p in &spec.read_only {
+        ancestors(p, &mut a)?;
+        let p = text(p)?;
+        a.extend(["--ro-bind".into(), p.clone(), p]);
+    }
+    ancestors(&spec.workspace, &mut a)?;
     a.extend(["--bind".into(), workspace.clone(), workspace.clone()]);
     let helper = std::env::current_exe()
         .map_err(|e| StageError::Step(format!("cannot find the helper binary: {e}")))?;
+    ancestors(Path::new(HELPER_IN_VIEW), &mut a)?;
     a.extend(["--ro-bind".into(), text(&helper)?, HELPER_IN_VIEW.into()]);
     let mut inner_spec = spec.clone();
     if let Some(bridge) = &mut inner_spec.egress {
