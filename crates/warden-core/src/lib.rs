@@ -15,6 +15,7 @@
 
 pub mod canonical;
 pub mod decision;
+pub mod net;
 pub mod proposal;
 pub mod state;
 pub mod time;

@@ -19,6 +19,7 @@
 //! - `upstream` (private): stdio children and their MCP client sessions.
 
 pub mod redact;
+mod sandboxed;
 pub mod secrets;
 mod upstream;
 
@@ -69,6 +70,7 @@ pub mod fuzz {
         }
     }
 }
+pub use sandboxed::SandboxConfig;
 pub use secrets::Secrets;
 pub use upstream::{hash_file, Observed, ProgressSink};
 
@@ -225,6 +227,8 @@ pub struct Config {
     /// Holds (kill switch, quarantine, pause), checked again right before each call runs:
     /// a grant minted before a kill is not honored after it. `None` only in tests.
     pub holds: Option<Arc<dyn warden_core::state::StateStore>>,
+    /// How to sandbox stdio servers whose manifest block asks for it; `None`: they do not start.
+    pub sandbox: Option<SandboxConfig>,
 }
 
 /// A call in flight, as the kill switch sees it.
@@ -246,6 +250,7 @@ pub struct Executor {
     holds: Option<Arc<dyn warden_core::state::StateStore>>,
     inflight: std::sync::Mutex<std::collections::HashMap<u64, InFlight>>,
     next_call: AtomicU64,
+    trees: Arc<sandboxed::Trees>,
 }
 
 /// Takes a call out of the in-flight registry when it ends, however it ends.
@@ -278,6 +283,7 @@ impl std::fmt::Debug for Executor {
 pub async fn observe(
     upstreams: Vec<warden_policy::upstream::Upstream>,
     secrets: Secrets,
+    sandbox: Option<SandboxConfig>,
 ) -> Result<Vec<(String, Result<Observed, String>)>, redact::RedactError> {
     let redactor = Arc::new(Redactor::new(secrets.values())?);
     let secrets = Arc::new(secrets);
@@ -285,7 +291,14 @@ pub async fn observe(
     let mut set = tokio::task::JoinSet::new();
     for (i, spec) in upstreams.into_iter().enumerate() {
         let name = spec.name.clone();
-        let u = upstream::Upstream::new(spec, Arc::clone(&secrets), Arc::clone(&redactor), None);
+        let u = upstream::Upstream::new(
+            spec,
+            Arc::clone(&secrets),
+            Arc::clone(&redactor),
+            None,
+            sandbox.clone(),
+            Arc::default(),
+        );
         set.spawn(async move { (i, name, u.observe().await) });
     }
     let mut out = Vec::new();
@@ -297,6 +310,24 @@ pub async fn observe(
     // In manifest order.
     out.sort_by_key(|(i, _, _)| *i);
     Ok(out.into_iter().map(|(_, n, r)| (n, r)).collect())
+}
+
+/// A failed exchange with an upstream: a server that went away (killed, crashed, its
+/// transport closed) is unavailable, like one that cannot start; anything else is an error of
+/// the upstream's protocol.
+fn upstream_error(upstream: &str, e: &rmcp::ServiceError, why: String) -> ExecError {
+    match e {
+        rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_) => {
+            ExecError::Unavailable {
+                upstream: upstream.to_owned(),
+                why: format!("the server went away ({why}); it is started again on the next call"),
+            }
+        }
+        _ => ExecError::Upstream {
+            upstream: upstream.to_owned(),
+            why,
+        },
+    }
 }
 
 fn now_ms() -> i64 {
@@ -314,6 +345,7 @@ impl Executor {
     pub fn new(config: Config) -> Result<Self, redact::RedactError> {
         let redactor = Arc::new(Redactor::new(config.secrets.values())?);
         let secrets = Arc::new(config.secrets);
+        let trees = Arc::new(sandboxed::Trees::default());
         let upstreams = config
             .upstreams
             .into_iter()
@@ -325,6 +357,8 @@ impl Executor {
                         Arc::clone(&secrets),
                         Arc::clone(&redactor),
                         Some(Arc::clone(&config.ledger)),
+                        config.sandbox.clone(),
+                        Arc::clone(&trees),
                     )),
                 )
             })
@@ -339,6 +373,7 @@ impl Executor {
             holds: config.holds,
             inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_call: AtomicU64::new(0),
+            trees,
         })
     }
 
@@ -420,6 +455,20 @@ impl Executor {
             if hit && !c.stop.is_cancelled() {
                 c.stop.cancel();
                 n += 1;
+            }
+        }
+        drop(m);
+        if matches!(scope, S::Global) {
+            // INVARIANT (kill switch, seed 000 "Nuke"): a global kill ends every sandboxed
+            // server's whole process tree, daemons and double forks included; each is started
+            // again, fresh, by the first call after `resume`.
+            for name in self.trees.kill_all() {
+                sandboxed::record(
+                    Some(&self.ledger),
+                    "sandbox.killed",
+                    &name,
+                    "the kill switch ended its whole process tree".into(),
+                );
             }
         }
         n
@@ -555,7 +604,7 @@ impl Executor {
                 status,
                 result_hash,
                 executor: format!("mcp:{up_name}"),
-                sandbox_profile: "none".into(),
+                sandbox_profile: up.profile(),
                 redactions,
             })
         };
@@ -633,10 +682,7 @@ impl Executor {
                     .redactor
                     .redact_str(&why, call.redact)
                     .map_or(why, |(r, _)| r);
-                return Err(ExecError::Upstream {
-                    upstream: up_name.to_owned(),
-                    why,
-                });
+                return Err(upstream_error(up_name, &e, why));
             }
         };
         // Progress: the upstream's notifications carry the token Warden's client gave this
@@ -715,10 +761,7 @@ impl Executor {
                 return self
                     .fail(
                         receipt(ReceiptStatus::Error, String::new(), 0),
-                        ExecError::Upstream {
-                            upstream: up_name.to_owned(),
-                            why,
-                        },
+                        upstream_error(up_name, &e, why),
                     )
                     .await;
             }

@@ -33,6 +33,20 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 pub(crate) type Client = RunningService<RoleClient, Relay>;
 
+/// Whether a connection is over: cancelled, or its transport closed (the server exited or
+/// was killed), even if nobody has called it since.
+pub(crate) fn gone(c: &Client) -> bool {
+    c.is_closed() || c.is_transport_closed()
+}
+
+/// A started server: the client, its tools, its executable and hash, its sandbox.
+type Connected = (
+    Client,
+    Vec<Tool>,
+    Option<(PathBuf, String)>,
+    Option<crate::sandboxed::Running>,
+);
+
 /// Where progress of one call goes: `(progress, total, message)`, the message already redacted.
 pub type ProgressSink = Arc<dyn Fn(f64, Option<f64>, Option<String>) + Send + Sync>;
 
@@ -101,6 +115,8 @@ struct Conn {
     last_error: Option<String>,
     /// Unpinned upstreams: the tool pins seen at the first connection of this run.
     first_seen: Option<BTreeMap<String, String>>,
+    /// The sandboxed server's cgroup and egress proxy (dropping it kills the tree).
+    running: Option<crate::sandboxed::Running>,
 }
 
 /// What an upstream is, as observed (for `warden upstreams pin`).
@@ -122,6 +138,10 @@ pub(crate) struct Upstream {
     /// Progress relay shared by every connection of this upstream.
     pub(crate) relay: Relay,
     conn: tokio::sync::Mutex<Conn>,
+    /// How to sandbox (`None`: a server whose manifest asks for a sandbox does not start).
+    sandbox: Option<crate::sandboxed::SandboxConfig>,
+    /// Running trees, for the kill switch.
+    trees: Arc<crate::sandboxed::Trees>,
 }
 
 /// The pin of a tool as listed.
@@ -186,6 +206,8 @@ impl Upstream {
         secrets: Arc<Secrets>,
         redactor: Arc<Redactor>,
         ledger: Option<Arc<Ledger>>,
+        sandbox: Option<crate::sandboxed::SandboxConfig>,
+        trees: Arc<crate::sandboxed::Trees>,
     ) -> Self {
         Upstream {
             spec,
@@ -194,7 +216,14 @@ impl Upstream {
             ledger,
             relay: Relay::default(),
             conn: tokio::sync::Mutex::new(Conn::default()),
+            sandbox,
+            trees,
         }
+    }
+
+    /// The sandbox profile its receipts name.
+    pub(crate) fn profile(&self) -> String {
+        crate::sandboxed::profile(self.sandbox.as_ref(), self.spec.sandbox.as_ref())
     }
 
     /// Records a pin violation in the ledger (best effort: the tool is withheld either way).
@@ -323,7 +352,7 @@ impl Upstream {
     /// lists of the others.
     pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Vec<Tool>> {
         if let Ok(conn) = self.conn.try_lock() {
-            if conn.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            if conn.client.as_ref().is_some_and(|c| !gone(c)) {
                 return Some(conn.tools.clone());
             }
             drop(conn);
@@ -340,7 +369,7 @@ impl Upstream {
 
     async fn connect_locked(&self, conn: &mut Conn) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
         if let Some(c) = &conn.client {
-            if !c.is_closed() {
+            if !gone(c) {
                 return Ok((Arc::clone(c), conn.tools.clone()));
             }
             tracing::warn!(upstream = %self.spec.name, "upstream connection closed; restarting");
@@ -356,11 +385,26 @@ impl Upstream {
             }
         }
         conn.last_attempt = Some(Instant::now());
+        // INVARIANT (fail-closed): the previous tree, if any, is killed before a new one starts.
+        conn.running = None;
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-            Ok(Ok((client, listed, _))) => {
+            Ok(Ok((client, listed, _, running))) => {
                 let tools = self.admit(conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
                 let client = Arc::new(client);
+                if let (Some(r), Some(sb)) = (&running, &self.spec.sandbox) {
+                    if let Some(cg) = &r.cgroup {
+                        self.trees.add(&self.spec.name, cg);
+                    }
+                    crate::sandboxed::watch(
+                        self.spec.name.clone(),
+                        Arc::downgrade(&client),
+                        r.cgroup.clone(),
+                        Duration::from_millis(sb.heartbeat_ms),
+                        self.ledger.clone(),
+                    );
+                }
+                conn.running = running;
                 conn.client = Some(Arc::clone(&client));
                 conn.tools = tools.clone();
                 conn.last_error = None;
@@ -380,11 +424,12 @@ impl Upstream {
 
     /// Observes the upstream as it is now (no pins enforced), then stops it.
     pub(crate) async fn observe(&self) -> Result<Observed, String> {
-        let (client, tools, executable) =
+        let (client, tools, executable, running) =
             tokio::time::timeout(CONNECT_TIMEOUT, self.connect_with(false))
                 .await
                 .map_err(|_| format!("did not start within {}s", CONNECT_TIMEOUT.as_secs()))??;
         let _ = client.cancel().await;
+        drop(running);
         Ok(Observed {
             executable,
             tools: tools
@@ -394,17 +439,15 @@ impl Upstream {
         })
     }
 
-    async fn connect(&self) -> Result<(Client, Vec<Tool>, Option<(PathBuf, String)>), String> {
+    async fn connect(&self) -> Result<Connected, String> {
         self.connect_with(true).await
     }
 
     /// Starts (stdio) or reaches the server, checking the executable and file pins first when
     /// `enforce`, and lists its tools.
-    async fn connect_with(
-        &self,
-        enforce: bool,
-    ) -> Result<(Client, Vec<Tool>, Option<(PathBuf, String)>), String> {
+    async fn connect_with(&self, enforce: bool) -> Result<Connected, String> {
         let mut executable = None;
+        let mut running = None;
         let client = match &self.spec.transport {
             Transport::Stdio { program, args } => {
                 let exe = resolve(program)?;
@@ -434,12 +477,42 @@ impl Upstream {
                         }
                     }
                 }
-                let mut cmd = tokio::process::Command::new(exe);
-                cmd.args(args).env_clear().kill_on_drop(true);
+                let mut cmd = match &self.spec.sandbox {
+                    None => {
+                        let mut cmd = tokio::process::Command::new(&exe);
+                        cmd.args(args);
+                        cmd
+                    }
+                    Some(sb) => {
+                        // INVARIANT (fail-closed, INV-006): a server the manifest sandboxes
+                        // starts only through the sandbox.
+                        let cfg = self.sandbox.as_ref().ok_or_else(|| {
+                            "the manifest sandboxes this upstream, and this Warden has no sandbox configured".to_owned()
+                        })?;
+                        let (cmd, r) = crate::sandboxed::launch(
+                            cfg,
+                            &self.spec.name,
+                            sb,
+                            &exe,
+                            args,
+                            self.ledger.clone(),
+                        )?;
+                        running = Some(r);
+                        tokio::process::Command::from(cmd)
+                    }
+                };
+                cmd.env_clear().kill_on_drop(true);
                 for var in INHERITED_ENV {
                     if let Ok(v) = std::env::var(var) {
                         cmd.env(var, v);
                     }
+                }
+                if self.spec.sandbox.is_some() {
+                    // The host's home is not in the sandbox's view: its home is its workspace.
+                    if let Some(cfg) = &self.sandbox {
+                        cmd.env("HOME", cfg.dir.join(&self.spec.name).join("work"));
+                    }
+                    cmd.env("TMPDIR", "/tmp");
                 }
                 for (k, t) in &self.spec.env {
                     // INVARIANT (INV-009): secrets go into the child's environment, nowhere else.
@@ -501,7 +574,7 @@ impl Upstream {
             .list_all_tools()
             .await
             .map_err(|e| format!("tools/list failed: {e}"))?;
-        Ok((client, tools, executable))
+        Ok((client, tools, executable, running))
     }
 
     /// Forwards the child's stderr to the log, redacted (a server may print its own secrets).
@@ -528,5 +601,6 @@ impl Upstream {
                 let _ = c.cancel().await;
             }
         }
+        conn.running = None;
     }
 }

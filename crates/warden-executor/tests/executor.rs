@@ -39,6 +39,7 @@ fn executor(dir: &Path, upstream: Upstream, clock: Arc<ManifestClock>) -> (Execu
         manifest: clock,
         ledger: Arc::clone(&ledger),
         holds: None,
+        sandbox: None,
     })
     .unwrap();
     (ex, ledger)
@@ -107,6 +108,7 @@ fn tripwire(dir: &Path) -> Upstream {
         headers: Default::default(),
         timeout_ms: 5_000,
         pins: None,
+        sandbox: None,
     }
 }
 
@@ -240,6 +242,7 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         headers: Default::default(),
         timeout_ms: 20_000,
         pins: None,
+        sandbox: None,
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
     assert!(ex

@@ -23,6 +23,10 @@ pub enum ExecutionError {
 ///
 /// # Errors
 /// [`ExecutionError`].
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the composition root hands the Executor each of its dependencies by name"
+)]
 pub fn build(
     data: &Path,
     manifest_path: &Path,
@@ -31,6 +35,7 @@ pub fn build(
     replay: Box<dyn warden_identity::ReplayGuard>,
     clock: Arc<ManifestClock>,
     holds: Arc<dyn warden_core::state::StateStore>,
+    sandbox: Option<warden_executor::SandboxConfig>,
 ) -> Result<Executor, ExecutionError> {
     let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
     let (secrets, errors) = Secrets::load(&manifest.secrets, dir);
@@ -45,7 +50,31 @@ pub fn build(
         manifest: clock,
         ledger,
         holds: Some(holds),
+        sandbox,
     })?)
+}
+
+/// How this Warden sandboxes: probed only when some upstream asks for a sandbox. `helper` is
+/// the `warden` binary (it runs `warden sandbox exec`); workspaces live under `DATA/sandbox`.
+#[must_use]
+pub fn sandbox_config(
+    data: &Path,
+    manifest: &Manifest,
+    helper: std::path::PathBuf,
+) -> Option<warden_executor::SandboxConfig> {
+    if manifest.upstreams.iter().all(|u| u.sandbox.is_none()) {
+        return None;
+    }
+    let host = warden_sandbox::Host::probe(helper);
+    tracing::info!(
+        isolation = ?host.isolation,
+        cgroups = ?host.layout,
+        "sandbox probed (`warden sandbox doctor` shows each guarantee)"
+    );
+    Some(warden_executor::SandboxConfig {
+        host: Arc::new(host),
+        dir: data.join("sandbox"),
+    })
 }
 
 /// The pins of one upstream, as `warden upstreams pin` writes them.

@@ -961,6 +961,7 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
             Box::new(warden_identity::MemoryReplayGuard::new()),
             Arc::clone(&clock),
             Arc::clone(&state),
+            None,
         )
         .unwrap(),
     );

@@ -259,6 +259,75 @@ pub struct RawUpstream {
     /// How long one call may take (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// The sandbox a stdio server runs in; omitted: it runs unsandboxed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<RawSandbox>,
+}
+
+/// The sandbox a stdio upstream runs in (issue 6; `docs/sandbox.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    /// Guarantees that must be enforced, or the server does not start: any of `filesystem`,
+    /// `egress`, `privilege`, `limits`, `kill` (default: all five).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require: Option<Vec<String>>,
+    /// Absolute host paths the server may read and execute besides the system (its
+    /// installation: a virtualenv, a node_modules directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawSandboxLimits>,
+    /// Where it may connect (through Warden's egress proxy); omitted: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<RawEgress>,
+    /// Longest Warden may lose sight of the server before it kills its whole tree
+    /// (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+}
+
+/// A sandbox's resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandboxLimits {
+    /// Memory, in MiB (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Processes and threads (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU time, in seconds, over the server's life (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Open files (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Largest file it may write, in MiB (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_mb: Option<u64>,
+}
+
+/// A sandbox's egress allowlist and caps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Allowed destinations: `host`, `host:port`, `*.domain` or `*.domain:port`.
+    pub allow: Vec<String>,
+    /// Non-public networks it may reach anyway (`10.0.0.0/8`): loopback, private, link-local
+    /// and metadata addresses are refused unless listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_networks: Vec<String>,
+    /// Bytes one connection may send, in MiB (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_out_mb: Option<u64>,
+    /// Bytes one connection may receive, in MiB (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_mb: Option<u64>,
+    /// Connections per minute (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_minute: Option<u32>,
 }
 
 /// Where a secret's value comes from: exactly one of `env` and `file`.

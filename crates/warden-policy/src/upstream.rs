@@ -5,7 +5,7 @@
 //! a typo is a load error that names its key, not a tool that silently never works.
 
 use crate::manifest::Collector;
-use crate::raw::{RawPins, RawSecretSource, RawUpstream};
+use crate::raw::{RawPins, RawSandbox, RawSecretSource, RawUpstream};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Credential detectors, turned on together by `credentials`.
@@ -94,6 +94,161 @@ pub struct Upstream {
     pub timeout_ms: u64,
     /// What it is pinned to; `None`: trusted on first use (for this run only).
     pub pins: Option<Pins>,
+    /// The sandbox it runs in; `None`: unsandboxed.
+    pub sandbox: Option<Sandbox>,
+}
+
+/// Sandbox guarantees, by name.
+pub const GUARANTEES: &[&str] = &["filesystem", "egress", "privilege", "limits", "kill"];
+
+/// Default longest time Warden may lose sight of a sandboxed server.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 30_000;
+
+/// A validated sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Guarantees required (names from [`GUARANTEES`]).
+    pub require: Vec<String>,
+    /// Absolute host paths it may read and execute.
+    pub read_only: Vec<String>,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub processes: u64,
+    /// CPU seconds.
+    pub cpu_seconds: u64,
+    /// Open files.
+    pub open_files: u64,
+    /// Largest file, in bytes.
+    pub file_size_bytes: u64,
+    /// Allowed destinations; empty: no network.
+    pub egress_allow: Vec<warden_core::net::HostRule>,
+    /// Non-public networks allowed anyway.
+    pub private_networks: Vec<warden_core::net::Net>,
+    /// Bytes one connection may send.
+    pub max_out_bytes: u64,
+    /// Bytes one connection may receive.
+    pub max_in_bytes: u64,
+    /// Connections per minute.
+    pub connections_per_minute: u32,
+    /// Longest Warden may lose sight of it, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+fn mib(v: Option<u64>, default: u64) -> u64 {
+    v.unwrap_or(default).saturating_mul(1 << 20)
+}
+
+/// Validates an upstream's `sandbox` block (`path` is the block's key path).
+fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Option<Sandbox> {
+    let mut ok = true;
+    let require = match &raw.require {
+        None => GUARANTEES.iter().map(|g| (*g).to_owned()).collect(),
+        Some(list) => {
+            for (i, g) in list.iter().enumerate() {
+                if !GUARANTEES.contains(&g.as_str()) {
+                    c.err(
+                        format!("{path}.require[{i}]"),
+                        format!(
+                            "`{g}` is not a guarantee (one of {})",
+                            GUARANTEES.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            list.clone()
+        }
+    };
+    for (i, p) in raw.read_only.iter().enumerate() {
+        if !p.starts_with('/') || p.split('/').any(|s| s == "..") || p.chars().any(char::is_control)
+        {
+            c.err(
+                format!("{path}.read_only[{i}]"),
+                format!("`{p}` must be an absolute path without `..`"),
+            );
+            ok = false;
+        }
+    }
+    let limits = raw.limits.clone().unwrap_or(crate::raw::RawSandboxLimits {
+        memory_mb: None,
+        processes: None,
+        cpu_seconds: None,
+        open_files: None,
+        file_size_mb: None,
+    });
+    for (key, v) in [
+        ("memory_mb", limits.memory_mb),
+        ("processes", limits.processes),
+        ("cpu_seconds", limits.cpu_seconds),
+        ("open_files", limits.open_files),
+        ("file_size_mb", limits.file_size_mb),
+    ] {
+        if v == Some(0) {
+            c.err(format!("{path}.limits.{key}"), "must be at least 1");
+            ok = false;
+        }
+    }
+    let mut egress_allow = Vec::new();
+    let mut private_networks = Vec::new();
+    let (mut max_out, mut max_in, mut per_minute) = (None, None, None);
+    if let Some(e) = &raw.egress {
+        for (i, r) in e.allow.iter().enumerate() {
+            match warden_core::net::HostRule::parse(r) {
+                Ok(rule) => egress_allow.push(rule),
+                Err(why) => {
+                    c.err(format!("{path}.egress.allow[{i}]"), why);
+                    ok = false;
+                }
+            }
+        }
+        for (i, n) in e.private_networks.iter().enumerate() {
+            match warden_core::net::Net::parse(n) {
+                Ok(net) => private_networks.push(net),
+                Err(why) => {
+                    c.err(format!("{path}.egress.private_networks[{i}]"), why);
+                    ok = false;
+                }
+            }
+        }
+        if e.connections_per_minute == Some(0) {
+            c.err(
+                format!("{path}.egress.connections_per_minute"),
+                "must be at least 1",
+            );
+            ok = false;
+        }
+        (max_out, max_in, per_minute) = (e.max_out_mb, e.max_in_mb, e.connections_per_minute);
+    }
+    let heartbeat_ms = match raw.heartbeat.as_deref().map(crate::rate::parse_duration) {
+        None => DEFAULT_HEARTBEAT_MS,
+        Some(Ok(s)) if s > 0 => u64::try_from(s).unwrap_or(u64::MAX).saturating_mul(1000),
+        Some(Ok(_)) => {
+            c.err(format!("{path}.heartbeat"), "must be at least 1s");
+            ok = false;
+            DEFAULT_HEARTBEAT_MS
+        }
+        Some(Err(e)) => {
+            c.err(format!("{path}.heartbeat"), e);
+            ok = false;
+            DEFAULT_HEARTBEAT_MS
+        }
+    };
+    ok.then(|| Sandbox {
+        require,
+        read_only: raw.read_only.clone(),
+        memory_bytes: mib(limits.memory_mb, 512),
+        processes: limits.processes.unwrap_or(128),
+        cpu_seconds: limits.cpu_seconds.unwrap_or(3_600),
+        open_files: limits.open_files.unwrap_or(1_024),
+        file_size_bytes: mib(limits.file_size_mb, 256),
+        egress_allow,
+        private_networks,
+        max_out_bytes: mib(max_out, 10),
+        max_in_bytes: mib(max_in, 100),
+        connections_per_minute: per_minute.unwrap_or(60),
+        heartbeat_ms,
+    })
 }
 
 /// An upstream's pins (INV-023): hashes are `sha256:<64 hex>`.
@@ -418,6 +573,22 @@ pub(crate) fn validate_upstreams(
                 }
             },
         };
+        let sandbox = match &u.sandbox {
+            None => None,
+            Some(_) if !stdio => {
+                c.err(
+                    format!("{path}.sandbox"),
+                    "a sandbox applies to `command` upstreams (Warden does not run a `url` upstream)",
+                );
+                ok = false;
+                None
+            }
+            Some(raw) => {
+                let s = validate_sandbox(c, &format!("{path}.sandbox"), raw);
+                ok &= s.is_some();
+                s
+            }
+        };
         if ok {
             out.push(Upstream {
                 name: u.name.clone(),
@@ -426,6 +597,7 @@ pub(crate) fn validate_upstreams(
                 headers,
                 timeout_ms,
                 pins,
+                sandbox,
             });
         }
     }

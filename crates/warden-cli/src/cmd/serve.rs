@@ -171,6 +171,11 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
             replay_guard(a.replay_redis.as_deref(), "warden:grant:")?,
             Arc::clone(&clock),
             Arc::clone(&app.state),
+            warden_gateway::execution::sandbox_config(
+                &a.data,
+                app.governor.get().manifest(),
+                std::env::current_exe().context("finding the warden binary")?,
+            ),
         )
         .context("setting up the Executor")?,
     );

@@ -42,7 +42,11 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     let observed = rt
-        .block_on(warden_executor::observe(m.upstreams.clone(), secrets))
+        .block_on(warden_executor::observe(
+            m.upstreams.clone(),
+            secrets,
+            warden_gateway::execution::sandbox_config(&data, &m, std::env::current_exe()?),
+        ))
         .map_err(anyhow::Error::msg)?;
     let mut pins = Vec::new();
     let mut failed = false;

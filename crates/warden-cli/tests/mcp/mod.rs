@@ -8,6 +8,7 @@
 mod approvals;
 mod breakers;
 mod promotion;
+mod sandboxed;
 
 use super::{free_port, text, warden};
 use serde_json::Value;

@@ -20,7 +20,7 @@ use warden_sandbox::Host;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The host, or `None` (after a notice) when a layer is missing and not required.
-fn host() -> Option<Host> {
+pub(crate) fn host() -> Option<Host> {
     let host = Host::probe(PathBuf::from(env!("CARGO_BIN_EXE_warden")));
     let layers = warden_sandbox::doctor(&host).unwrap_or_else(|e| panic!("doctor: {e}"));
     let missing: Vec<String> = warden_sandbox::spec::summarise(&layers)

@@ -1,0 +1,109 @@
+//! A sandboxed upstream end to end (issue 6): `warden serve` starts the manifest's stdio server
+//! through the sandbox, the MCP Python SDK calls it through the governed path, the receipt names
+//! the sandbox profile; a server that stops answering its heartbeat has its whole tree killed
+//! (and is started afresh by the next call); the kill switch ends the tree too. Both recorded.
+
+use super::super::{text, warden};
+use super::{call, enroll, env, first_text, ledger_tail, start_existing};
+use std::time::{Duration, Instant};
+
+/// Processes in upstream `name`'s sandbox cgroup.
+fn in_sandbox(name: &str) -> Vec<i32> {
+    let needle = format!("/warden/upstream-{name}\n");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
+    let Some(e) = env() else { return };
+    if super::super::sandbox::host().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let sandboxed = text_m.replace(
+        "    command: [warden, demo-server]\n",
+        "    command: [warden, demo-server]\n    sandbox:\n      limits: { memory_mb: 256, processes: 32 }\n      heartbeat: 2s\n",
+    );
+    assert_ne!(sandboxed, text_m);
+    std::fs::write(&m, sandboxed).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+    let echo = |t: &str| {
+        call(
+            &e,
+            &s,
+            "ops-1",
+            "demo.echo",
+            &format!(r#"{{"text": "{t}"}}"#),
+        )
+    };
+
+    assert_eq!(first_text(&echo("inside")), "inside");
+    let first = in_sandbox("demo");
+    assert!(!first.is_empty(), "the server is not in its sandbox cgroup");
+    let tail = ledger_tail(&s.data, 4);
+    assert!(
+        tail.contains("warden-sandbox/bwrap+landlock+seccomp; required: filesystem,egress,privilege,limits,kill"),
+        "{tail}"
+    );
+
+    // Heartbeat: a server that stops answering (SIGSTOP) is killed, whole tree, and recorded.
+    for pid in &first {
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+    }
+    wait_until("the heartbeat kill", Duration::from_secs(20), || {
+        in_sandbox("demo").is_empty()
+    });
+    assert!(ledger_tail(&s.data, 10).contains("sandbox.lost"));
+    // The next call starts a fresh server in a fresh sandbox.
+    let start = Instant::now();
+    loop {
+        let r = echo("again");
+        if first_text(&r) == "again" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{r}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let second = in_sandbox("demo");
+    assert!(!second.is_empty());
+    assert!(second.iter().all(|p| !first.contains(p)));
+
+    // The kill switch ends the whole tree at once.
+    let out = warden(&[
+        "kill",
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+        "--reason",
+        "sandbox test",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("the kill switch's kill", Duration::from_secs(5), || {
+        in_sandbox("demo").is_empty()
+    });
+    assert!(ledger_tail(&s.data, 10).contains("sandbox.killed"));
+}

@@ -1,0 +1,242 @@
+//! Stdio upstreams inside the sandbox (issue 6): the launch, the egress proxy each one gets,
+//! the heartbeat, and the kill.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warden_ledger::{Entry, EventRecord, Ledger};
+use warden_policy::upstream::Sandbox;
+use warden_sandbox::cgroup::Cgroup;
+use warden_sandbox::egress::{self, Policy, Proxy, SystemResolver};
+use warden_sandbox::spec::{Bridge, Guarantee, Limits, Spec, DEFAULT_PROXY_PORT};
+
+/// What the Executor sandboxes with.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// This host's mechanisms (probed once at start).
+    pub host: Arc<warden_sandbox::Host>,
+    /// Where workspaces and egress sockets live (`DATA/sandbox`).
+    pub dir: PathBuf,
+}
+
+/// A sandboxed server that is running: its cgroup and its egress proxy. Dropping it kills the
+/// whole tree and stops the proxy.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) cgroup: Option<Arc<Cgroup>>,
+    proxy: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(p) = &self.proxy {
+            p.abort();
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The guarantees of a manifest block.
+pub(crate) fn required(sb: &Sandbox) -> Vec<Guarantee> {
+    sb.require
+        .iter()
+        .filter_map(|g| Guarantee::parse(g))
+        .collect()
+}
+
+/// The profile a receipt names.
+pub(crate) fn profile(cfg: Option<&SandboxConfig>, sb: Option<&Sandbox>) -> String {
+    match (cfg, sb) {
+        (Some(cfg), Some(sb)) => cfg.host.profile(&required(sb)),
+        _ => "none".into(),
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Records an event about upstream `name`'s sandbox (best effort, off the caller's path).
+pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reason: String) {
+    tracing::warn!(upstream = %name, kind, "{reason}");
+    let Some(ledger) = ledger else { return };
+    let event = Entry::Event(EventRecord {
+        kind: kind.to_owned(),
+        agent: String::new(),
+        tenant: String::new(),
+        session: String::new(),
+        reason: format!("upstream `{name}`: {reason}"),
+        trace_id: String::new(),
+        request_id: String::new(),
+        time: now_s(),
+    });
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if let Ok(t) = ledger.submit(&event) {
+        handle.spawn(async move {
+            if let Err(e) = t.recorded().await {
+                tracing::error!(error = %e, "could not record a sandbox event");
+            }
+        });
+    }
+}
+
+/// Prepares upstream `name`'s launch in the sandbox: workspace, cgroup, egress proxy.
+pub(crate) fn launch(
+    cfg: &SandboxConfig,
+    name: &str,
+    sb: &Sandbox,
+    exe: &Path,
+    args: &[String],
+    ledger: Option<Arc<Ledger>>,
+) -> Result<(std::process::Command, Running), String> {
+    let base = cfg.dir.join(name);
+    let workspace = base.join("work");
+    let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
+    spec.read_only = sb.read_only.iter().map(PathBuf::from).collect();
+    spec.read_only.push(exe.to_path_buf());
+    spec.limits = Limits {
+        cpu_seconds: sb.cpu_seconds,
+        memory_bytes: sb.memory_bytes,
+        pids: sb.processes,
+        open_files: sb.open_files,
+        file_size_bytes: sb.file_size_bytes,
+    };
+    spec.require = required(sb);
+    let mut proxy = None;
+    if !sb.egress_allow.is_empty() {
+        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        let socket = base.join("egress.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+        // Only this sandbox sees the socket (it is bound into its view); its uid must connect.
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+        let policy = Policy {
+            allow: sb.egress_allow.clone(),
+            private_allow: sb.private_networks.clone(),
+            max_bytes_out: sb.max_out_bytes,
+            max_bytes_in: sb.max_in_bytes,
+            connections_per_minute: sb.connections_per_minute,
+        };
+        let who = name.to_owned();
+        let recorder: egress::Recorder = Arc::new(move |e: egress::Event| {
+            let kind = if e.allowed {
+                "egress.allowed"
+            } else {
+                "egress.refused"
+            };
+            let to = e.address.map(|a| format!(" ({a})")).unwrap_or_default();
+            record(
+                ledger.as_ref(),
+                kind,
+                &who,
+                format!("{}:{}{to}: {}", e.host, e.port, e.reason),
+            );
+        });
+        let p = Proxy::new(policy, Arc::new(SystemResolver), recorder);
+        proxy = Some(tokio::spawn(p.serve(listener)));
+        spec.egress = Some(Bridge {
+            socket,
+            port: DEFAULT_PROXY_PORT,
+        });
+    }
+    let (cgroup, cmd) = cfg
+        .host
+        .prepare(&format!("upstream-{name}"), spec)
+        .map_err(|e| e.to_string())?;
+    Ok((
+        cmd,
+        Running {
+            cgroup: cgroup.map(Arc::new),
+            proxy,
+        },
+    ))
+}
+
+/// Watches a running server: if it stops answering pings for `heartbeat`, its whole tree is
+/// killed and the loss recorded (the next call starts it again).
+pub(crate) fn watch(
+    name: String,
+    client: std::sync::Weak<crate::upstream::Client>,
+    cgroup: Option<Arc<Cgroup>>,
+    heartbeat: Duration,
+    ledger: Option<Arc<Ledger>>,
+) {
+    let interval = (heartbeat / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(c) = client.upgrade() else { return };
+            if crate::upstream::gone(&c) {
+                return;
+            }
+            let ping = rmcp::model::ClientRequest::PingRequest(rmcp::model::PingRequest {
+                method: Default::default(),
+                extensions: Default::default(),
+            });
+            let answered = tokio::time::timeout(heartbeat, c.send_request(ping)).await;
+            drop(c);
+            if matches!(answered, Ok(Ok(_))) {
+                continue;
+            }
+            // The connection is over: the next call starts a fresh server.
+            if let Some(c) = client.upgrade() {
+                c.cancellation_token().cancel();
+            }
+            record(
+                ledger.as_ref(),
+                "sandbox.lost",
+                &name,
+                format!(
+                    "no answer to a heartbeat within {}s: its whole process tree is killed",
+                    heartbeat.as_secs_f64()
+                ),
+            );
+            if let Some(cg) = &cgroup {
+                let cg = Arc::clone(cg);
+                let _ = tokio::task::spawn_blocking(move || cg.kill(Duration::from_secs(5))).await;
+            }
+            return;
+        }
+    });
+}
+
+/// The trees of running sandboxed servers, for the kill switch (which cannot wait for a lock).
+#[derive(Debug, Default)]
+pub(crate) struct Trees(Mutex<Vec<(String, std::sync::Weak<Cgroup>)>>);
+
+impl Trees {
+    pub(crate) fn add(&self, name: &str, cg: &Arc<Cgroup>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.retain(|(_, w)| w.strong_count() > 0);
+            v.push((name.to_owned(), Arc::downgrade(cg)));
+        }
+    }
+
+    /// Kills every running tree; returns the names of the servers killed.
+    pub(crate) fn kill_all(&self) -> Vec<String> {
+        let live: Vec<(String, Arc<Cgroup>)> = match self.0.lock() {
+            Ok(v) => v
+                .iter()
+                .filter_map(|(n, w)| w.upgrade().map(|c| (n.clone(), c)))
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut killed = Vec::new();
+        for (name, cg) in live {
+            if !cg.pids().is_empty() {
+                cg.kill(Duration::from_secs(2));
+                killed.push(name);
+            }
+        }
+        killed
+    }
+}
