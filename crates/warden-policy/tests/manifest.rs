@@ -251,3 +251,58 @@ fn webhooks_are_checked_at_load() {
     );
     assert!(!e.contains("webhooks[4]"), "{e}");
 }
+
+#[test]
+fn sandbox_blocks_are_checked_at_load() {
+    let base = starter();
+    let with = |block: &str| {
+        let t = base.replace(
+            "    command: [warden, demo-server]\n",
+            &format!("    command: [warden, demo-server]\n    sandbox:\n{block}"),
+        );
+        assert_ne!(t, base);
+        t
+    };
+    // A valid block: defaults filled in, every guarantee required unless listed.
+    let m = parse_manifest(
+        "m.yaml",
+        &with("      read_only: [/opt/tool]\n      egress:\n        allow: [\"api.github.com:443\", \"*.example.com\"]\n        private_networks: [10.0.0.0/8]\n      limits: { memory_mb: 64 }\n      heartbeat: 10s\n"),
+    )
+    .unwrap();
+    let sb = m.upstreams[0].sandbox.as_ref().unwrap();
+    assert_eq!(sb.require.len(), 5);
+    assert_eq!(sb.memory_bytes, 64 << 20);
+    assert_eq!(sb.processes, 128);
+    assert_eq!(sb.heartbeat_ms, 10_000);
+    assert_eq!(sb.egress_allow.len(), 2);
+    assert!(sb.egress_allow[1].matches("api.example.com", 443));
+
+    let bad = with("      require: [filesystem, network]\n      read_only: [relative/path, /a/../b]\n      egress:\n        allow: [\"bad host\", \"h:0\"]\n        private_networks: [10.0.0.0]\n        connections_per_minute: 0\n      limits: { processes: 0 }\n      heartbeat: 0s\n      shell: true\n");
+    let e = errors(&bad).join("\n");
+    assert!(e.contains("unknown field `shell`"), "{e}");
+    let bad = bad.replace("      shell: true\n", "");
+    let e = errors(&bad).join("\n");
+    for want in [
+        "upstreams[0].sandbox.require[1]: `network` is not a guarantee",
+        "upstreams[0].sandbox.read_only[0]: `relative/path` must be an absolute path",
+        "upstreams[0].sandbox.read_only[1]: `/a/../b` must be an absolute path",
+        "upstreams[0].sandbox.egress.allow[0]: `bad host`",
+        "upstreams[0].sandbox.egress.allow[1]: `h:0`: `0` is not a port",
+        "upstreams[0].sandbox.egress.private_networks[0]: `10.0.0.0` is not addr/prefix",
+        "upstreams[0].sandbox.egress.connections_per_minute: must be at least 1",
+        "upstreams[0].sandbox.limits.processes: must be at least 1",
+        "upstreams[0].sandbox.heartbeat: `0s` must be longer than zero",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+    // Warden does not run a `url` upstream: nothing to sandbox.
+    let remote = base.replace(
+        "    command: [warden, demo-server]\n",
+        "    url: http://127.0.0.1:9/mcp\n    sandbox: {}\n",
+    );
+    let e = errors(&remote).join("\n");
+    assert!(
+        e.contains("upstreams[0].sandbox: a sandbox applies to `command` upstreams"),
+        "{e}"
+    );
+}

@@ -318,6 +318,15 @@ impl Proxy {
     }
 }
 
+/// Entry point for `cargo fuzz` (`fuzz/fuzz_targets/egress_head.rs`), also replayed by the
+/// tests: parses a request head as the proxy does; returns the destination it names.
+///
+/// # Errors
+/// Why the head is refused.
+pub fn parse_head(head: &[u8]) -> Result<(String, u16), String> {
+    parse_target(head).map(|t| (t.host, t.port))
+}
+
 /// Copies until EOF or `cap` bytes; returns whether the cap was exceeded.
 async fn copy_capped<R, W>(mut r: R, mut w: W, cap: u64) -> bool
 where
