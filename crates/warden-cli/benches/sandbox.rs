@@ -174,6 +174,7 @@ fn main() {
         proxied.push(t.elapsed());
     }
     let _ = forwarder.kill();
+    let _ = forwarder.wait();
 
     println!(
         "\n| what | baseline p50 | baseline p99 | Warden p50 | Warden p99 | target | ratio (p50) |"

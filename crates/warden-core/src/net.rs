@@ -102,6 +102,11 @@ impl Net {
     /// Whether `ip` is in it.
     #[must_use]
     pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4-mapped answer is the IPv4 address it maps.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(i)) => {
                 let mask = u32::MAX
@@ -143,12 +148,27 @@ pub fn non_public(ip: IpAddr) -> Option<&'static str> {
                 Some("multicast")
             } else if first == 0x2001 && s.get(1) == Some(&0x0db8) {
                 Some("documentation")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local (fec0::/10)")
             } else if first == 0x0064 && s.get(1) == Some(&0xff9b) {
-                // NAT64: judge the embedded IPv4 address.
-                let low = u32::try_from(u128::from(v6) & u128::from(u32::MAX)).unwrap_or(0);
-                non_public_v4(Ipv4Addr::from(low))
-            } else if s.iter().take(6).all(|x| *x == 0) {
-                Some("IPv4-compatible")
+                // The well-known NAT64 prefix (64:ff9b::/96): judge the embedded IPv4
+                // address. The rest of 64:ff9b::/32 (local-use 64:ff9b:1::/48) is private.
+                if s.iter().skip(2).take(4).all(|x| *x == 0) {
+                    let low = u32::try_from(u128::from(v6) & u128::from(u32::MAX)).unwrap_or(0);
+                    non_public_v4(Ipv4Addr::from(low))
+                } else {
+                    Some("local-use NAT64 (64:ff9b:1::/48)")
+                }
+            } else if first == 0x2002 {
+                Some("6to4 (2002::/16): tunnels to an embedded IPv4 address")
+            } else if first == 0x2001 && s.get(1) == Some(&0) {
+                Some("Teredo (2001::/32): tunnels to an embedded IPv4 address")
+            } else if first == 0x0100 && s.iter().skip(1).take(3).all(|x| *x == 0) {
+                Some("discard (100::/64)")
+            } else if s.iter().take(6).all(|x| *x == 0)
+                || (s.iter().take(4).all(|x| *x == 0) && s.get(4) == Some(&0xffff))
+            {
+                Some("IPv4-compatible or IPv4-translated")
             } else {
                 None
             }
@@ -196,6 +216,12 @@ mod tests {
             "fe80::1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
+            "::ffff:0:a9fe:a9fe",
         ] {
             assert!(non_public(ip.parse().unwrap()).is_some(), "{ip}");
         }
@@ -234,5 +260,6 @@ mod tests {
         assert!(Net::parse("10.0.0.0/33").is_err());
         assert!(Net::parse("10.0.0.0").is_err());
         assert!(Net::parse("::/0").unwrap().contains("::1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
     }
 }

@@ -462,13 +462,25 @@ impl Executor {
             // INVARIANT (kill switch, seed 000 "Nuke"): a global kill ends every sandboxed
             // server's whole process tree, daemons and double forks included; each is started
             // again, fresh, by the first call after `resume`.
-            for name in self.trees.kill_all() {
-                sandboxed::record(
-                    Some(&self.ledger),
-                    "sandbox.killed",
-                    &name,
-                    "the kill switch ended its whole process tree".into(),
-                );
+            // Off the async threads: killing waits until each tree is empty.
+            let trees = Arc::clone(&self.trees);
+            let ledger = Arc::clone(&self.ledger);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let killed = tokio::task::spawn_blocking(move || trees.kill_all())
+                        .await
+                        .unwrap_or_default();
+                    for name in killed {
+                        sandboxed::record(
+                            Some(&ledger),
+                            "sandbox.killed",
+                            &name,
+                            "the kill switch ended its whole process tree".into(),
+                        );
+                    }
+                });
+            } else {
+                trees.kill_all();
             }
         }
         n

@@ -8,7 +8,7 @@ use warden_ledger::{Entry, EventRecord, Ledger};
 use warden_policy::upstream::Sandbox;
 use warden_sandbox::cgroup::Cgroup;
 use warden_sandbox::egress::{self, Policy, Proxy, SystemResolver};
-use warden_sandbox::spec::{Bridge, Guarantee, Limits, Spec, DEFAULT_PROXY_PORT};
+use warden_sandbox::spec::{Bridge, Guarantee, Limits, Spec, DEFAULT_PROXY_PORT, NOBODY};
 
 /// What the Executor sandboxes with.
 #[derive(Debug, Clone)]
@@ -25,6 +25,18 @@ pub struct SandboxConfig {
 pub(crate) struct Running {
     pub(crate) cgroup: Option<Arc<Cgroup>>,
     proxy: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Kills the tree and stops the proxy; whether the tree is gone.
+    pub(crate) fn stop(mut self) -> bool {
+        if let Some(p) = self.proxy.take() {
+            p.abort();
+        }
+        self.cgroup
+            .take()
+            .is_none_or(|cg| cg.kill(Duration::from_secs(2)))
+    }
 }
 
 impl Drop for Running {
@@ -112,12 +124,23 @@ pub(crate) fn launch(
     let mut proxy = None;
     if !sb.egress_allow.is_empty() {
         std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
-        let socket = base.join("egress.sock");
+        // One socket per launch (another Warden process, `upstreams pin`, never unlinks a
+        // running server's socket).
+        static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = base.join(format!("egress-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
-        // Only this sandbox sees the socket (it is bound into its view); its uid must connect.
-        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        // Only this sandbox's uid may connect (the socket is bound into its view alone).
+        let mode = if warden_sandbox::is_root() {
+            std::os::unix::fs::chown(&socket, Some(NOBODY), Some(NOBODY))
+                .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+            0o600
+        } else {
+            0o666
+        };
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
             .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
         let policy = Policy {
             allow: sb.egress_allow.clone(),
@@ -142,7 +165,7 @@ pub(crate) fn launch(
             );
         });
         let p = Proxy::new(policy, Arc::new(SystemResolver), recorder);
-        proxy = Some(tokio::spawn(p.serve(listener)));
+        proxy = Some((p, listener));
         spec.egress = Some(Bridge {
             socket,
             port: DEFAULT_PROXY_PORT,
@@ -152,6 +175,8 @@ pub(crate) fn launch(
         .host
         .prepare(&format!("upstream-{name}"), spec)
         .map_err(|e| e.to_string())?;
+    // Served only once the launch is prepared: a refused launch leaves no proxy behind.
+    let proxy = proxy.map(|(p, listener)| tokio::spawn(p.serve(listener)));
     Ok((
         cmd,
         Running {
@@ -184,7 +209,8 @@ pub(crate) fn watch(
             });
             let answered = tokio::time::timeout(heartbeat, c.send_request(ping)).await;
             drop(c);
-            if matches!(answered, Ok(Ok(_))) {
+            // Any answer, even an error reply, means the server is there.
+            if matches!(answered, Ok(Ok(_) | Err(rmcp::ServiceError::McpError(_)))) {
                 continue;
             }
             // The connection is over: the next call starts a fresh server.
@@ -221,7 +247,8 @@ impl Trees {
         }
     }
 
-    /// Kills every running tree; returns the names of the servers killed.
+    /// Kills every running tree; returns the names of the servers killed. Blocking: call it
+    /// off the async threads.
     pub(crate) fn kill_all(&self) -> Vec<String> {
         let live: Vec<(String, Arc<Cgroup>)> = match self.0.lock() {
             Ok(v) => v

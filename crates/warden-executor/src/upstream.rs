@@ -385,17 +385,25 @@ impl Upstream {
             }
         }
         conn.last_attempt = Some(Instant::now());
-        // INVARIANT (fail-closed): the previous tree, if any, is killed before a new one starts.
-        conn.running = None;
+        // INVARIANT (fail-closed): the previous tree, if any, is killed before a new one
+        // starts; one that survives its kill blocks the restart.
+        if let Some(old) = conn.running.take() {
+            let gone = tokio::task::spawn_blocking(move || old.stop())
+                .await
+                .unwrap_or(false);
+            if !gone {
+                let e = "the previous server's process tree survived its kill; not restarting"
+                    .to_owned();
+                conn.last_error = Some(e.clone());
+                return Err(self.unavailable(e));
+            }
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(Ok((client, listed, _, running))) => {
                 let tools = self.admit(conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
                 let client = Arc::new(client);
                 if let (Some(r), Some(sb)) = (&running, &self.spec.sandbox) {
-                    if let Some(cg) = &r.cgroup {
-                        self.trees.add(&self.spec.name, cg);
-                    }
                     crate::sandboxed::watch(
                         self.spec.name.clone(),
                         Arc::downgrade(&client),
@@ -497,6 +505,10 @@ impl Upstream {
                             args,
                             self.ledger.clone(),
                         )?;
+                        // Registered before it starts: a kill during the start reaches it.
+                        if let Some(cg) = &r.cgroup {
+                            self.trees.add(&self.spec.name, cg);
+                        }
                         running = Some(r);
                         tokio::process::Command::from(cmd)
                     }

@@ -139,6 +139,24 @@ fn mib(v: Option<u64>, default: u64) -> u64 {
     v.unwrap_or(default).saturating_mul(1 << 20)
 }
 
+/// The host directory a `read_only` path may not be (or be under): the root, kernel
+/// interfaces, runtime sockets (docker, dbus), configuration and whole home directories.
+fn refused_root(p: &str) -> Option<&'static str> {
+    const UNDER: &[&str] = &["/proc", "/sys", "/dev", "/run", "/var/run", "/etc"];
+    let p = p.trim_end_matches('/');
+    if p.is_empty() {
+        return Some("/");
+    }
+    if let Some(r) = UNDER
+        .iter()
+        .find(|r| p == **r || p.starts_with(&format!("{r}/")))
+    {
+        return Some(r);
+    }
+    // A tool installed under a home directory is fine; the home itself is not.
+    ["/root", "/home"].into_iter().find(|r| p == *r)
+}
+
 /// Validates an upstream's `sandbox` block (`path` is the block's key path).
 fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Option<Sandbox> {
     let mut ok = true;
@@ -166,6 +184,12 @@ fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Opti
             c.err(
                 format!("{path}.read_only[{i}]"),
                 format!("`{p}` must be an absolute path without `..`"),
+            );
+            ok = false;
+        } else if let Some(root) = refused_root(p) {
+            c.err(
+                format!("{path}.read_only[{i}]"),
+                format!("`{p}` is under `{root}`: host sockets, kernel interfaces, configuration and homes are not shared into a sandbox (name the tool's own directory)"),
             );
             ok = false;
         }

@@ -277,7 +277,7 @@ fn sandbox_blocks_are_checked_at_load() {
     assert_eq!(sb.egress_allow.len(), 2);
     assert!(sb.egress_allow[1].matches("api.example.com", 443));
 
-    let bad = with("      require: [filesystem, network]\n      read_only: [relative/path, /a/../b]\n      egress:\n        allow: [\"bad host\", \"h:0\"]\n        private_networks: [10.0.0.0]\n        connections_per_minute: 0\n      limits: { processes: 0 }\n      heartbeat: 0s\n      shell: true\n");
+    let bad = with("      require: [filesystem, network]\n      read_only: [relative/path, /a/../b, /run/docker.sock, /]\n      egress:\n        allow: [\"bad host\", \"h:0\"]\n        private_networks: [10.0.0.0]\n        connections_per_minute: 0\n      limits: { processes: 0 }\n      heartbeat: 0s\n      shell: true\n");
     let e = errors(&bad).join("\n");
     assert!(e.contains("unknown field `shell`"), "{e}");
     let bad = bad.replace("      shell: true\n", "");
@@ -286,6 +286,8 @@ fn sandbox_blocks_are_checked_at_load() {
         "upstreams[0].sandbox.require[1]: `network` is not a guarantee",
         "upstreams[0].sandbox.read_only[0]: `relative/path` must be an absolute path",
         "upstreams[0].sandbox.read_only[1]: `/a/../b` must be an absolute path",
+        "upstreams[0].sandbox.read_only[2]: `/run/docker.sock` is under `/run`",
+        "upstreams[0].sandbox.read_only[3]: `/` is under `/`",
         "upstreams[0].sandbox.egress.allow[0]: `bad host`",
         "upstreams[0].sandbox.egress.allow[1]: `h:0`: `0` is not a port",
         "upstreams[0].sandbox.egress.private_networks[0]: `10.0.0.0` is not addr/prefix",

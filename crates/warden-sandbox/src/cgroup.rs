@@ -85,12 +85,21 @@ impl Layout {
                     Status::Enforced,
                     format!("under {}", root.join(PARENT).display()),
                 ),
-                Layer::new(
-                    Guarantee::Kill,
-                    "cgroup v2 cgroup.kill",
-                    Status::Enforced,
-                    "kills every process of the task at once, double forks included",
-                ),
+                if kernel_has_cgroup_kill(root) {
+                    Layer::new(
+                        Guarantee::Kill,
+                        "cgroup v2 cgroup.kill",
+                        Status::Enforced,
+                        "kills every process of the task at once, double forks included",
+                    )
+                } else {
+                    Layer::new(
+                        Guarantee::Kill,
+                        "cgroup v2 cgroup.freeze",
+                        Status::Enforced,
+                        "no cgroup.kill (kernel before 5.14): freeze, kill every member, thaw, until empty",
+                    )
+                },
             ],
             Layout::V1 {
                 memory,
@@ -190,6 +199,19 @@ fn mkdir(path: &Path) -> Result<PathBuf, CgroupError> {
     Ok(path.to_path_buf())
 }
 
+/// Makes a task's own cgroup; one that already exists is refused (it would hold another
+/// task's processes, and its kill would reach them).
+fn leaf(path: &Path) -> Result<PathBuf, CgroupError> {
+    if let Some(parent) = path.parent() {
+        mkdir(parent)?;
+    }
+    std::fs::create_dir(path).map_err(|error| CgroupError {
+        path: path.display().to_string(),
+        error,
+    })?;
+    Ok(path.to_path_buf())
+}
+
 /// One task's cgroups. Dropping it kills whatever is left in them and removes them.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -199,6 +221,8 @@ pub struct Cgroup {
     kill: Option<PathBuf>,
     /// A v1 freezer directory.
     freezer: Option<PathBuf>,
+    /// A v2 directory without `cgroup.kill`, frozen with `cgroup.freeze`.
+    freeze_v2: Option<PathBuf>,
 }
 
 /// Valid cgroup names: what Warden makes itself (runner ids).
@@ -227,6 +251,7 @@ impl Cgroup {
             join: Vec::new(),
             kill: None,
             freezer: None,
+            freeze_v2: None,
         };
         match layout {
             Layout::V2 { root } => {
@@ -238,9 +263,13 @@ impl Cgroup {
                         r?;
                     }
                 }
-                let d = mkdir(&parent.join(name))?;
+                let d = leaf(&parent.join(name))?;
                 cg.join.push(d.clone());
-                cg.kill = Some(d.clone());
+                if d.join("cgroup.kill").exists() {
+                    cg.kill = Some(d.clone());
+                } else {
+                    cg.freeze_v2 = Some(d.clone());
+                }
                 write(&d.join("memory.max"), &limits.memory_bytes.to_string())?;
                 let _ = write(&d.join("memory.swap.max"), "0");
                 write(&d.join("memory.oom.group"), "1")?;
@@ -254,7 +283,7 @@ impl Cgroup {
                 unified,
             } => {
                 if let Some(m) = memory {
-                    let d = mkdir(&m.join(PARENT).join(name))?;
+                    let d = leaf(&m.join(PARENT).join(name))?;
                     write(
                         &d.join("memory.limit_in_bytes"),
                         &limits.memory_bytes.to_string(),
@@ -267,17 +296,17 @@ impl Cgroup {
                     cg.join.push(d);
                 }
                 if let Some(p) = pids {
-                    let d = mkdir(&p.join(PARENT).join(name))?;
+                    let d = leaf(&p.join(PARENT).join(name))?;
                     write(&d.join("pids.max"), &limits.pids.to_string())?;
                     cg.join.push(d);
                 }
                 if let Some(f) = freezer {
-                    let d = mkdir(&f.join(PARENT).join(name))?;
+                    let d = leaf(&f.join(PARENT).join(name))?;
                     cg.join.push(d.clone());
                     cg.freezer = Some(d);
                 }
                 if let Some(u) = unified.as_ref().filter(|u| kernel_has_cgroup_kill(u)) {
-                    let d = mkdir(&u.join(PARENT).join(name))?;
+                    let d = leaf(&u.join(PARENT).join(name))?;
                     cg.join.push(d.clone());
                     cg.kill = Some(d);
                 }
@@ -327,11 +356,17 @@ impl Cgroup {
                 if let Some(f) = &self.freezer {
                     let _ = std::fs::write(f.join("freezer.state"), "FROZEN");
                 }
+                if let Some(f) = &self.freeze_v2 {
+                    let _ = std::fs::write(f.join("cgroup.freeze"), "1");
+                }
                 for pid in self.pids() {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 if let Some(f) = &self.freezer {
                     let _ = std::fs::write(f.join("freezer.state"), "THAWED");
+                }
+                if let Some(f) = &self.freeze_v2 {
+                    let _ = std::fs::write(f.join("cgroup.freeze"), "0");
                 }
             }
             if Instant::now() >= deadline {

@@ -99,7 +99,18 @@ pub struct Proxy {
     resolver: Arc<dyn Resolve>,
     record: Recorder,
     recent: Mutex<Vec<Instant>>,
+    /// Connections open at once (a sandbox cannot exhaust Warden's file descriptors).
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Refusals recorded in the current minute, and those left out.
+    refusals: Mutex<(Instant, u32, u32)>,
 }
+
+/// Connections one sandbox may hold open through the proxy at once.
+const MAX_OPEN: usize = 64;
+/// Refusals recorded per minute; beyond that they are counted and recorded as one summary.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 60;
+/// A spliced connection with no byte either way for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,17 +132,77 @@ impl Proxy {
             resolver,
             record,
             recent: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN)),
+            refusals: Mutex::new((Instant::now(), 0, 0)),
         })
+    }
+
+    /// Records a refusal, at most [`REFUSALS_RECORDED_PER_MINUTE`] a minute (a sandbox cannot
+    /// fill the ledger with them); the ones left out are recorded as a count.
+    fn refused(&self, host: String, port: u16, reason: String) {
+        let summary = {
+            let Ok(mut r) = self.refusals.lock() else {
+                return;
+            };
+            let mut summary = None;
+            if r.0.elapsed() >= Duration::from_secs(60) {
+                if r.2 > 0 {
+                    summary = Some(r.2);
+                }
+                *r = (Instant::now(), 0, 0);
+            }
+            if r.1 >= REFUSALS_RECORDED_PER_MINUTE {
+                r.2 = r.2.saturating_add(1);
+                return;
+            }
+            r.1 += 1;
+            summary
+        };
+        if let Some(n) = summary {
+            (self.record)(Event {
+                host: String::new(),
+                port: 0,
+                allowed: false,
+                address: None,
+                reason: format!(
+                    "{n} further refusals in the last minute were not recorded one by one"
+                ),
+            });
+        }
+        (self.record)(Event {
+            host,
+            port,
+            allowed: false,
+            address: None,
+            reason,
+        });
     }
 
     /// Serves connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: UnixListener) {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(_) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                drop(conn);
+                self.refused(
+                    String::new(),
+                    0,
+                    format!("more than {MAX_OPEN} connections open at once"),
+                );
                 continue;
             };
             let me = Arc::clone(&self);
-            tokio::spawn(async move { me.handle(conn).await });
+            tokio::spawn(async move {
+                me.handle(conn).await;
+                drop(permit);
+            });
         }
     }
 
@@ -153,42 +224,46 @@ impl Proxy {
             Ok(Ok(h)) => h,
             Ok(Err(why)) => {
                 let _ = refuse(&mut client, "400 Bad Request", &why).await;
-                (self.record)(Event {
-                    host: String::new(),
-                    port: 0,
-                    allowed: false,
-                    address: None,
-                    reason: why,
-                });
+                self.refused(String::new(), 0, why);
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                self.refused(
+                    String::new(),
+                    0,
+                    format!(
+                        "no complete request head within {}s",
+                        HEAD_TIMEOUT.as_secs()
+                    ),
+                );
+                return;
+            }
         };
         let target = match parse_target(&head) {
             Ok(t) => t,
             Err(why) => {
                 let _ = refuse(&mut client, "400 Bad Request", &why).await;
-                (self.record)(Event {
-                    host: String::new(),
-                    port: 0,
-                    allowed: false,
-                    address: None,
-                    reason: why,
-                });
+                self.refused(String::new(), 0, why);
                 return;
             }
         };
         let (host, port) = (target.host.clone(), target.port);
-        match self.open(&target).await {
+        // Every request counts against the rate, allowed or not.
+        let opened = if self.rate_ok() {
+            self.open(&target).await
+        } else {
+            Err(Refusal(
+                "429 Too Many Requests",
+                format!(
+                    "more than {} connections in a minute",
+                    self.policy.connections_per_minute
+                ),
+            ))
+        };
+        match opened {
             Err(Refusal(status, why)) => {
                 let _ = refuse(&mut client, status, &why).await;
-                (self.record)(Event {
-                    host,
-                    port,
-                    allowed: false,
-                    address: None,
-                    reason: why,
-                });
+                self.refused(host, port, why);
             }
             Ok((upstream, addr)) => {
                 (self.record)(Event {
@@ -211,15 +286,6 @@ impl Proxy {
             return Err(Refusal(
                 "403 Forbidden",
                 format!("`{}:{}` is not on the egress allowlist", t.host, t.port),
-            ));
-        }
-        if !self.rate_ok() {
-            return Err(Refusal(
-                "429 Too Many Requests",
-                format!(
-                    "more than {} connections in a minute",
-                    self.policy.connections_per_minute
-                ),
             ));
         }
         let addrs = match t.host.parse::<IpAddr>() {
@@ -290,12 +356,18 @@ impl Proxy {
                 }
             }
         } else {
-            // Absolute form: the request line goes on in origin form, the rest as sent.
-            let line = format!("{} {} {}\r\n", t.method, t.path, t.version);
-            let rest = head.get(t.line_len..).unwrap_or_default();
-            if upstream.write_all(line.as_bytes()).await.is_err()
-                || upstream.write_all(rest).await.is_err()
-            {
+            // Absolute form: one request, in origin form, to the host it names (its `Host`
+            // header must agree), and the connection closes after the answer: a second,
+            // pipelined request cannot ride along to another virtual host unchecked.
+            let rewritten = match origin_form(&t, &head) {
+                Ok(r) => r,
+                Err(why) => {
+                    let _ = refuse(&mut client, "400 Bad Request", &why).await;
+                    self.refused(t.host.clone(), t.port, why);
+                    return;
+                }
+            };
+            if upstream.write_all(&rewritten).await.is_err() {
                 return;
             }
         }
@@ -303,17 +375,18 @@ impl Proxy {
         let (ur, uw) = upstream.into_split();
         let out = copy_capped(cr, uw, self.policy.max_bytes_out);
         let back = copy_capped(ur, cw, self.policy.max_bytes_in);
-        let (out, back) = tokio::join!(out, back);
-        for (over, dir) in [(out, "out"), (back, "in")] {
-            if over {
-                (self.record)(Event {
-                    host: t.host.clone(),
-                    port: t.port,
-                    allowed: false,
-                    address: None,
-                    reason: format!("payload cap exceeded ({dir}): connection cut"),
-                });
-            }
+        tokio::pin!(out, back);
+        // INVARIANT (INV-011): a direction over its cap ends the whole connection at once.
+        let capped = tokio::select! {
+            o = &mut out => if o { Some("out") } else if back.await { Some("in") } else { None },
+            b = &mut back => if b { Some("in") } else if out.await { Some("out") } else { None },
+        };
+        if let Some(dir) = capped {
+            self.refused(
+                t.host.clone(),
+                t.port,
+                format!("payload cap exceeded ({dir}): connection cut"),
+            );
         }
     }
 }
@@ -336,9 +409,9 @@ where
     let mut buf = vec![0u8; 16 * 1024];
     let mut total: u64 = 0;
     loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, r.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
         };
         total = total.saturating_add(n as u64);
         if total > cap {
@@ -352,6 +425,54 @@ where
     }
     let _ = w.shutdown().await;
     false
+}
+
+/// The head of an absolute-form request as it goes to the origin: origin-form request line,
+/// the client's headers without hop-by-hop connection headers, `Connection: close`, and any
+/// body bytes that came with the head.
+fn origin_form(t: &Target, head: &[u8]) -> Result<Vec<u8>, String> {
+    let headers = head
+        .get(t.line_len..t.head_len.saturating_sub(2))
+        .ok_or("truncated request head")?;
+    let headers = std::str::from_utf8(headers).map_err(|_| "headers are not UTF-8".to_owned())?;
+    let mut out = format!("{} {} {}\r\n", t.method, t.path, t.version);
+    let mut host_seen = false;
+    for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("malformed header `{}`", line.escape_debug()))?;
+        let name_l = name.trim().to_ascii_lowercase();
+        if name_l == "host" {
+            let v = value.trim().to_ascii_lowercase();
+            let bare = v
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']').map(|(h, _)| h.to_owned()))
+                .unwrap_or_else(|| v.rsplit_once(':').map_or(v.clone(), |(h, _)| h.to_owned()));
+            if bare != t.host || host_seen {
+                return Err(format!(
+                    "the Host header `{}` does not name `{}`",
+                    value.trim().escape_debug(),
+                    t.host
+                ));
+            }
+            host_seen = true;
+        }
+        if matches!(
+            name_l.as_str(),
+            "connection" | "proxy-connection" | "keep-alive" | "proxy-authorization"
+        ) {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if !host_seen {
+        out.push_str(&format!("Host: {}\r\n", t.host));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(head.get(t.head_len..).unwrap_or_default());
+    Ok(bytes)
 }
 
 async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> std::io::Result<()> {
@@ -486,6 +607,26 @@ fn split_authority(a: &str, default_port: Option<u16>) -> Result<(String, u16), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_goes_on_for_its_own_host_and_closes() {
+        let head = b"GET http://h.test/a HTTP/1.1\r\nHost: H.test:80\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\nbody";
+        let t = parse_target(head).unwrap();
+        let out = String::from_utf8(origin_form(&t, head).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "GET /a HTTP/1.1\r\nHost: H.test:80\r\nAccept: */*\r\nConnection: close\r\n\r\nbody"
+        );
+        let other = b"GET http://h.test/a HTTP/1.1\r\nHost: internal.test\r\n\r\n";
+        let t = parse_target(other).unwrap();
+        let err = origin_form(&t, other).unwrap_err();
+        assert!(err.contains("does not name `h.test`"), "{err}");
+        let twice = b"GET http://h.test/ HTTP/1.1\r\nHost: h.test\r\nHost: h.test\r\n\r\n";
+        assert!(origin_form(&parse_target(twice).unwrap(), twice).is_err());
+        let none = b"GET http://h.test/ HTTP/1.1\r\n\r\n";
+        let out = origin_form(&parse_target(none).unwrap(), none).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("Host: h.test\r\n"));
+    }
 
     #[test]
     fn request_lines_are_parsed_or_refused_with_the_reason() {

@@ -19,7 +19,9 @@ pub fn run(port: u16, socket: &Path) -> std::io::Result<()> {
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
         let socket = socket.to_path_buf();
-        std::thread::spawn(move || carry(tcp, &socket));
+        // At the task's process cap a thread cannot start: that connection is dropped, the
+        // forwarder goes on.
+        let _ = std::thread::Builder::new().spawn(move || carry(tcp, &socket));
     }
     Ok(())
 }
@@ -32,10 +34,12 @@ fn carry(tcp: TcpStream, socket: &PathBuf) {
     let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
         return;
     };
-    let up = std::thread::spawn(move || {
+    let Ok(up) = std::thread::Builder::new().spawn(move || {
         let _ = std::io::copy(&mut tcp_r, &mut unix_w);
         let _ = unix_w.shutdown(Shutdown::Write);
-    });
+    }) else {
+        return;
+    };
     let (mut unix_r, mut tcp_w) = (unix, tcp);
     let _ = std::io::copy(&mut unix_r, &mut tcp_w);
     let _ = tcp_w.shutdown(Shutdown::Write);

@@ -28,6 +28,12 @@ use spec::{summarise, Guarantee, Isolation, Layer, Spec, Status};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether this process runs as root (the sandbox then drops to [`spec::NOBODY`]).
+#[must_use]
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Why a sandboxed launch could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -236,13 +242,33 @@ impl Host {
                 })?;
             }
         }
+        // Each launch its own cgroup: a name is never reused, so an old task's kill cannot
+        // reach a new one.
+        static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{name}-{}-{n}", std::process::id());
+        spec.layers = self.base_layers();
         let cg = match &self.layout {
-            Some(layout) => Some(cgroup::Cgroup::create(layout, name, &spec.limits)?),
+            Some(layout) => match cgroup::Cgroup::create(layout, &name, &spec.limits) {
+                Ok(cg) => Some(cg),
+                // Without write access to the hierarchy (Warden not root) a task that does not
+                // require limits or kill runs without a cgroup, and its report says so.
+                Err(e)
+                    if !spec.require.contains(&Guarantee::Limits)
+                        && !spec.require.contains(&Guarantee::Kill) =>
+                {
+                    spec.layers = vec![
+                        Layer::new(Guarantee::Limits, "cgroup", Status::Absent, e.to_string()),
+                        Layer::new(Guarantee::Kill, "cgroup", Status::Absent, e.to_string()),
+                    ];
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => None,
         };
         spec.cgroups = cg.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default();
         spec.isolation = self.isolation.clone();
-        spec.layers = self.base_layers();
         let json = serde_json::to_string(&spec).map_err(|e| SandboxError::Spec(e.to_string()))?;
         let mut cmd = Command::new(&self.helper);
         cmd.args(["sandbox", "exec", "--spec", &json]);

@@ -96,13 +96,23 @@ fn refusals() -> Result<BpfProgram, String> {
         );
     }
     rules.insert(libc::SYS_clone, clone);
-    // Raw and packet sockets: socket(AF_PACKET, ..) and socket(.., SOCK_RAW, ..).
-    let packet = u64::from(libc::AF_PACKET.unsigned_abs());
+    // Sockets: only the Unix, IP and netlink families (no packet sockets, no vsock or other
+    // families that the network namespace does not fence), and no raw sockets.
+    let mut other_family = Vec::new();
+    for family in [
+        libc::AF_UNIX,
+        libc::AF_INET,
+        libc::AF_INET6,
+        libc::AF_NETLINK,
+    ] {
+        let f = u64::from(family.unsigned_abs());
+        other_family.push(cond(0, SeccompCmpOp::Ne, f).map_err(err)?);
+    }
     let raw = u64::from(libc::SOCK_RAW.unsigned_abs());
     rules.insert(
         libc::SYS_socket,
         vec![
-            rule(vec![cond(0, SeccompCmpOp::Eq, packet).map_err(err)?]).map_err(err)?,
+            rule(other_family).map_err(err)?,
             rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xf), raw).map_err(err)?]).map_err(err)?,
         ],
     );
@@ -133,10 +143,44 @@ fn clone3() -> Result<BpfProgram, String> {
         .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
+/// On x86_64, x32 system calls (numbers with bit 30 set) are refused outright: the main filter
+/// matches x86_64 numbers, and the same call through the x32 table would slip past it.
+#[cfg(target_arch = "x86_64")]
+fn x32() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_BIT: u32 = 0x4000_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let eperm = libc::EPERM.unsigned_abs();
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, 0, 0, 4),              // arch
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64), // other arch: allow (the main filter decides)
+        op(LD_W_ABS, 0, 0, 0),              // nr
+        op(JGE_K, 0, 1, X32_BIT),           // x32?
+        op(RET_K, 0, 0, RET_ERRNO | eperm), // refuse
+        op(RET_K, 0, 0, RET_ALLOW),
+    ]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x32() -> BpfProgram {
+    Vec::new()
+}
+
 /// Applies both filters to this thread (the helper is single-threaded) and everything it runs.
 pub(crate) fn apply() -> Layer {
     let result = refusals().and_then(|main| {
         let c3 = clone3()?;
+        let x32 = x32();
+        if !x32.is_empty() {
+            seccompiler::apply_filter(&x32).map_err(|e| e.to_string())?;
+        }
         seccompiler::apply_filter(&main).map_err(|e| e.to_string())?;
         seccompiler::apply_filter(&c3).map_err(|e| e.to_string())
     });
@@ -146,7 +190,7 @@ pub(crate) fn apply() -> Layer {
             "seccomp",
             Status::Enforced,
             format!(
-                "refused: {}, namespace clones, raw and packet sockets",
+                "refused: {}, namespace clones, raw sockets, socket families other than unix, inet, inet6 and netlink, x32 calls",
                 REFUSED
                     .iter()
                     .map(|(_, n)| *n)

@@ -115,6 +115,12 @@ pub fn outer(mut spec: Spec) -> Outcome {
                         Status::Absent,
                         format!("unshare failed: {e}"),
                     ));
+                    spec.layers.push(Layer::new(
+                        Guarantee::Privilege,
+                        "namespaces",
+                        Status::Absent,
+                        format!("unshare failed: {e}: host processes are visible and reachable"),
+                    ));
                 }
             }
             spec.layers.push(Layer::new(
@@ -131,6 +137,12 @@ pub fn outer(mut spec: Spec) -> Outcome {
                 "network namespace",
                 Status::Absent,
                 "no namespaces on this host",
+            ));
+            spec.layers.push(Layer::new(
+                Guarantee::Privilege,
+                "namespaces",
+                Status::Absent,
+                "no namespaces on this host: host processes are visible and reachable",
             ));
             spec.layers.push(Layer::new(
                 Guarantee::Filesystem,
@@ -294,9 +306,9 @@ fn set_rlimits(spec: &Spec) -> Layer {
             "RLIMIT_FSIZE",
         ),
         (Resource::RLIMIT_CORE, 0, 0, "RLIMIT_CORE"),
-        // Counted per uid, and ignored for root: a backstop behind the cgroup's pids.max once
-        // the uid is dropped.
-        (Resource::RLIMIT_NPROC, l.pids, l.pids, "RLIMIT_NPROC"),
+        // Not RLIMIT_NPROC: it counts per uid, and every sandbox shares one, so one task's
+        // processes would stop all the others from forking. The cgroup's pids.max counts
+        // per task.
     ];
     let mut failed = Vec::new();
     for (r, soft, hard, name) in steps {
@@ -326,6 +338,10 @@ fn set_rlimits(spec: &Spec) -> Layer {
 
 /// The inner stage (inside the namespaces, or on the host without them).
 pub fn inner(mut spec: Spec) -> Outcome {
+    if !matches!(spec.isolation, Isolation::Bwrap { .. }) {
+        // Its own session, away from Warden's terminal (bubblewrap's --new-session otherwise).
+        let _ = nix::unistd::setsid();
+    }
     spec.layers.push(drop_uid(spec.drop_to));
     if spec.landlock {
         spec.layers.extend(landlock(&spec));
@@ -411,8 +427,8 @@ fn drop_uid(to: Option<u32>) -> Layer {
         return Layer::new(
             Guarantee::Privilege,
             "unprivileged uid",
-            Status::Enforced,
-            format!("runs as uid {euid}"),
+            Status::Degraded,
+            format!("Warden is not root: the sandbox keeps Warden's own uid {euid}"),
         );
     }
     let Some(id) = to else {
@@ -491,32 +507,35 @@ fn landlock(spec: &Spec) -> Vec<Layer> {
     })();
     match result {
         Ok(status) => {
-            let (fs, net) = match status.ruleset {
-                RulesetStatus::FullyEnforced => (Status::Enforced, Status::Enforced),
-                RulesetStatus::PartiallyEnforced => (Status::Enforced, Status::Degraded),
-                RulesetStatus::NotEnforced => (Status::Absent, Status::Absent),
-            };
-            let abi = match status.landlock {
+            // Every ABI from 1 rules the filesystem (later ones add rights such as truncate
+            // and ioctl on devices: missing ones make the ruleset "partial"); TCP ports need
+            // ABI 4, and without them the network namespace alone fences egress.
+            let kernel = match status.landlock {
                 landlock::LandlockStatus::Available {
                     effective_abi,
                     kernel_abi,
-                } => format!("ABI {}", kernel_abi.unwrap_or(effective_abi as i32)),
-                other => format!("{other:?}"),
+                } => kernel_abi.unwrap_or(effective_abi as i32),
+                _ => 0,
             };
-            vec![
-                Layer::new(
-                    Guarantee::Filesystem,
-                    "landlock filesystem",
-                    fs,
-                    format!("{abi}: read-only system, read-write workspace"),
-                ),
-                Layer::new(
+            let fs = match status.ruleset {
+                RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Status::Enforced,
+                RulesetStatus::NotEnforced => Status::Absent,
+            };
+            let mut layers = vec![Layer::new(
+                Guarantee::Filesystem,
+                "landlock filesystem",
+                fs,
+                format!("ABI {kernel}: read-only system, read-write workspace"),
+            )];
+            if kernel >= 4 && fs == Status::Enforced {
+                layers.push(Layer::new(
                     Guarantee::Egress,
                     "landlock TCP ports",
-                    net,
-                    format!("{abi}: TCP bind/connect only to the forwarder's port"),
-                ),
-            ]
+                    Status::Enforced,
+                    format!("ABI {kernel}: TCP bind/connect only to the forwarder's port"),
+                ));
+            }
+            layers
         }
         Err(e) => vec![Layer::new(
             Guarantee::Filesystem,

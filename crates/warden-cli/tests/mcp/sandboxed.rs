@@ -7,9 +7,9 @@ use super::super::{text, warden};
 use super::{call, enroll, env, first_text, ledger_tail, start_existing};
 use std::time::{Duration, Instant};
 
-/// Processes in upstream `name`'s sandbox cgroup.
+/// Processes in upstream `name`'s sandbox cgroups (`upstream-NAME-PID-N`, one per launch).
 fn in_sandbox(name: &str) -> Vec<i32> {
-    let needle = format!("/warden/upstream-{name}\n");
+    let needle = format!("/warden/upstream-{name}-");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

@@ -383,6 +383,7 @@ print("ptrace", errno_of(libc.ptrace(0, 0, None, None)))
 print("unshare", errno_of(libc.unshare(0x20000 | 0x4000000)))
 os.makedirs("mnt", exist_ok=True)
 print("mount", errno_of(libc.mount(b"none", b"mnt", b"tmpfs", 0, None)))
+print("packet-socket", 0 if libc.socket(17, 3, 0) >= 0 else ctypes.get_errno())
 "#,
         suid = suid.display()
     );
@@ -392,7 +393,7 @@ print("mount", errno_of(libc.mount(b"none", b"mnt", b"tmpfs", 0, None)))
         "libc.unshare(0x20000); libc.mount(None, b\"/\", None, 0x4000 | 0x40000, None)\n#",
     );
     let control = text(&unsandboxed(&control_script, &work).stdout);
-    for line in ["ptrace 0", "unshare 0", "mount 0"] {
+    for line in ["ptrace 0", "unshare 0", "mount 0", "packet-socket 0"] {
         assert!(control.contains(line), "{control}");
     }
     let mut s = spec(&work, &script);
@@ -405,7 +406,7 @@ print("mount", errno_of(libc.mount(b"none", b"mnt", b"tmpfs", 0, None)))
         r.stderr()
     );
     // EPERM (1) from the seccomp filter.
-    for line in ["ptrace 1", "unshare 1", "mount 1"] {
+    for line in ["ptrace 1", "unshare 1", "mount 1", "packet-socket 1"] {
         assert!(out.contains(line), "{out}");
     }
 }
