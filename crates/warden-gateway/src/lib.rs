@@ -35,6 +35,7 @@ pub mod keyfile;
 pub mod mcp;
 pub mod notify;
 pub mod path;
+pub mod process;
 pub mod promotion;
 pub mod server;
 pub mod starter;

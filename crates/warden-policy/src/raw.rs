@@ -249,6 +249,10 @@ pub struct RawUpstream {
     /// Streamable HTTP: the server's MCP endpoint (`http://` or `https://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Parameterized process tools, by tool name: each runs a fixed program with arguments
+    /// filled from the call's arguments (never through a shell), inside the sandbox.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub process: BTreeMap<String, RawProcessTool>,
     /// Environment of a stdio server (it inherits nothing else but `PATH`, `HOME`, `LANG`).
     /// Values may hold `${secret:NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -262,6 +266,21 @@ pub struct RawUpstream {
     /// The sandbox a stdio server runs in; omitted: it runs unsandboxed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<RawSandbox>,
+}
+
+/// One parameterized process tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcessTool {
+    /// The program: an absolute path.
+    pub program: String,
+    /// Its arguments: each is literal text, in which `{name}` is replaced by the call's argument
+    /// `name` (a string, number or boolean). Each element stays one argument.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// What it does (shown to agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// The sandbox a stdio upstream runs in (issue 6; `docs/sandbox.md`).

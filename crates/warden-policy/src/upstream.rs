@@ -139,6 +139,110 @@ fn mib(v: Option<u64>, default: u64) -> u64 {
     v.unwrap_or(default).saturating_mul(1 << 20)
 }
 
+/// One piece of a process tool's argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgPart {
+    /// Text as written.
+    Literal(String),
+    /// The value of the call's argument of this name.
+    Param(String),
+}
+
+/// Parses a process tool's argument template: literal text with `{name}` parameters (`name`:
+/// lower-case letters, digits and `_`, starting with a letter or `_`). Braces are used for
+/// nothing else.
+///
+/// # Errors
+/// What is wrong with `s`.
+pub fn parse_arg_template(s: &str) -> Result<Vec<ArgPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find(['{', '}']) {
+        let (lit, tail) = rest.split_at(open);
+        if tail.starts_with('}') {
+            return Err(format!("`{s}`: a `}}` without its `{{`"));
+        }
+        let close = tail
+            .find('}')
+            .ok_or_else(|| format!("`{s}`: a `{{` without its `}}`"))?;
+        let name = tail.get(1..close).unwrap_or_default();
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(format!(
+                "`{s}`: `{{{name}}}` is not a parameter (lower-case letters, digits, `_`)"
+            ));
+        }
+        if !lit.is_empty() {
+            parts.push(ArgPart::Literal(lit.to_owned()));
+        }
+        parts.push(ArgPart::Param(name.to_owned()));
+        rest = tail.get(close + 1..).unwrap_or_default();
+    }
+    if !rest.is_empty() {
+        parts.push(ArgPart::Literal(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// Validates `process` tools into the stdio server that runs them (`warden process-server`,
+/// inside the upstream's sandbox).
+fn validate_process(
+    c: &mut Collector<'_>,
+    path: &str,
+    tools: &BTreeMap<String, crate::raw::RawProcessTool>,
+) -> Option<Transport> {
+    let mut ok = true;
+    for (name, t) in tools {
+        let tpath = format!("{path}.{name}");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+        if !valid_name {
+            c.err(
+                &tpath,
+                format!("tool name `{name}` must be 1-64 letters, digits, `_` or `-`"),
+            );
+            ok = false;
+        }
+        if !t.program.starts_with('/')
+            || t.program.split('/').any(|p| p == "..")
+            || t.program.chars().any(char::is_control)
+        {
+            c.err(
+                format!("{tpath}.program"),
+                format!("`{}` must be an absolute path (the program runs as written, never through a shell)", t.program),
+            );
+            ok = false;
+        }
+        for (i, a) in t.args.iter().enumerate() {
+            if let Err(e) = parse_arg_template(a) {
+                c.err(format!("{tpath}.args[{i}]"), e);
+                ok = false;
+            }
+            if a.contains('\0') {
+                c.err(format!("{tpath}.args[{i}]"), "must not contain NUL");
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let spec = serde_json::to_string(tools).ok()?;
+    Some(Transport::Stdio {
+        program: "warden".into(),
+        args: vec!["process-server".into(), "--tools".into(), spec],
+    })
+}
+
 /// The host directory a `read_only` path may not be (or be under): the root, kernel
 /// interfaces, runtime sockets (docker, dbus), configuration and whole home directories.
 fn refused_root(p: &str) -> Option<&'static str> {
@@ -498,7 +602,37 @@ pub(crate) fn validate_upstreams(
             );
             ok = false;
         }
+        let is_process = !u.process.is_empty();
+        let process_transport = if is_process {
+            if !u.command.is_empty() || u.url.is_some() {
+                c.err(
+                    path.clone(),
+                    "give exactly one of `command` (stdio), `url` (Streamable HTTP) and `process` (process tools)",
+                );
+                continue;
+            }
+            if u.sandbox.is_none() {
+                c.err(
+                    format!("{path}.process"),
+                    "process tools run only in a sandbox: add a `sandbox` block",
+                );
+                ok = false;
+            }
+            match validate_process(c, &format!("{path}.process"), &u.process) {
+                Some(t) => Some(t),
+                None => {
+                    ok = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let transport = match (u.command.split_first(), &u.url) {
+            _ if is_process => process_transport.unwrap_or(Transport::Stdio {
+                program: String::new(),
+                args: Vec::new(),
+            }),
             (Some((program, args)), None) => {
                 if program.is_empty() {
                     c.err(
@@ -604,8 +738,16 @@ pub(crate) fn validate_upstreams(
                 None
             }
             Some(raw) => {
-                let s = validate_sandbox(c, &format!("{path}.sandbox"), raw);
+                let mut s = validate_sandbox(c, &format!("{path}.sandbox"), raw);
                 ok &= s.is_some();
+                // A process tool's program is part of its installation.
+                if let Some(sb) = &mut s {
+                    for t in u.process.values() {
+                        if !sb.read_only.contains(&t.program) {
+                            sb.read_only.push(t.program.clone());
+                        }
+                    }
+                }
                 s
             }
         };

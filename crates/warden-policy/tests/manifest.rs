@@ -308,3 +308,44 @@ fn sandbox_blocks_are_checked_at_load() {
         "{e}"
     );
 }
+
+#[test]
+fn process_tools_are_checked_at_load() {
+    let base = starter();
+    let with = |block: &str| {
+        let t = base.replacen("\nupstreams:\n", &format!("\nupstreams:\n{block}"), 1);
+        assert_ne!(t, base);
+        t
+    };
+    let good = with("  - name: proc\n    process:\n      wc: { program: /usr/bin/wc, args: [\"-l\", \"{path}\"] }\n    sandbox: { read_only: [/opt/x] }\n");
+    let m = parse_manifest("m.yaml", &good).unwrap();
+    let up = m.upstreams.iter().find(|u| u.name == "proc").unwrap();
+    match &up.transport {
+        warden_policy::upstream::Transport::Stdio { program, args } => {
+            assert_eq!(program, "warden");
+            assert_eq!(args[0], "process-server");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The program is part of the sandbox's read-only view.
+    let sb = up.sandbox.as_ref().unwrap();
+    assert!(sb.read_only.contains(&"/usr/bin/wc".to_owned()));
+
+    let bad = with("  - name: proc\n    process:\n      wc: { program: wc, args: [\"{Path}\", \"{\"] }\n      \"bad name\": { program: /bin/true }\n");
+    let e = errors(&bad).join("\n");
+    for want in [
+        "upstreams[0].process: process tools run only in a sandbox",
+        "upstreams[0].process.wc.program: `wc` must be an absolute path",
+        "upstreams[0].process.wc.args[0]: `{Path}`: `{Path}` is not a parameter",
+        "upstreams[0].process.wc.args[1]: `{`: a `{` without its `}`",
+        "upstreams[0].process.bad name: tool name `bad name`",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+    let both = with("  - name: proc\n    command: [x]\n    process:\n      wc: { program: /usr/bin/wc }\n    sandbox: {}\n");
+    let e = errors(&both).join("\n");
+    assert!(
+        e.contains("give exactly one of `command` (stdio), `url` (Streamable HTTP) and `process`"),
+        "{e}"
+    );
+}

@@ -218,6 +218,14 @@ fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
         // Without root, bubblewrap needs a user namespace for the others.
         a.push("--unshare-user".into());
     }
+    // `/etc` holds only the files listed; made searchable first (bubblewrap would make it
+    // 0700 for the binds below, and the unprivileged uid could not read even those).
+    a.extend([
+        "--perms".into(),
+        "0755".into(),
+        "--dir".into(),
+        "/etc".into(),
+    ]);
     for p in SYSTEM.iter().chain(ETC) {
         let path = Path::new(p);
         match std::fs::read_link(path) {

@@ -45,6 +45,13 @@ enum Command {
     Stdio(serve::StdioArgs),
     /// Run the built-in demo MCP server on stdio (the starter manifest's upstream).
     DemoServer,
+    /// (Internal) The MCP server behind a manifest's `process` tools, run in their sandbox.
+    #[command(hide = true)]
+    ProcessServer {
+        /// The tools (JSON, as the manifest's validation writes it).
+        #[arg(long)]
+        tools: String,
+    },
     /// Pin upstream executables and tool descriptions (INV-023).
     #[command(subcommand)]
     Upstreams(upstreams::Command),
@@ -116,6 +123,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DemoServer => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(warden_gateway::demo::serve_stdio())
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ProcessServer { tools } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(warden_gateway::process::serve_stdio(&tools))
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }

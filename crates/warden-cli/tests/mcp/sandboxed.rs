@@ -107,3 +107,52 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
     });
     assert!(ledger_tail(&s.data, 10).contains("sandbox.killed"));
 }
+
+#[test]
+fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sandbox() {
+    let Some(e) = env() else { return };
+    if super::super::sandbox::host().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let with = text_m
+        .replacen(
+            "\ntools:\n",
+            "\ntools:\n  - { name: proc.echo, tier: low, zones: [\"*\"], arguments: { type: object, properties: { text: { type: string } }, required: [text], additionalProperties: false } }\n  - { name: proc.head, tier: low, zones: [\"*\"], arguments: { type: object, properties: { path: { type: string } }, required: [path], additionalProperties: false } }\n",
+            1,
+        )
+        .replacen(
+            "\nupstreams:\n",
+            "\nupstreams:\n  - name: proc\n    process:\n      echo: { program: /usr/bin/echo, args: [\"{text}\"], description: prints its text }\n      head: { program: /usr/bin/head, args: [\"-c\", \"64\", \"{path}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
+            1,
+        );
+    assert_eq!(with.matches("proc.").count(), 2, "{with}");
+    assert!(with.contains("  - name: proc\n"));
+    std::fs::write(&m, with).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+
+    // The argument is one argv element: shell syntax is just text.
+    let hostile = "a; rm -rf / $(id) `id` | cat";
+    let r = call(
+        &e,
+        &s,
+        "ops-1",
+        "proc.echo",
+        &serde_json::json!({ "text": hostile }).to_string(),
+    );
+    assert_eq!(first_text(&r), format!("{hostile}\n"), "{r}");
+    // The program runs in the sandbox: the host's /etc/shadow is not in its view.
+    let r = call(&e, &s, "ops-1", "proc.head", r#"{"path": "/etc/shadow"}"#);
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(first_text(&r).contains("No such file"), "{r}");
+    // A value standing alone cannot become an option.
+    let r = call(&e, &s, "ops-1", "proc.head", r#"{"path": "--version"}"#);
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(first_text(&r).contains("starts with `-`"), "{r}");
+    let tail = ledger_tail(&s.data, 6);
+    assert!(tail.contains("warden-sandbox/bwrap"), "{tail}");
+    assert!(!in_sandbox("proc").is_empty());
+}

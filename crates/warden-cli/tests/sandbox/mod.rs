@@ -172,6 +172,8 @@ for name, act in [
         assert!(line.contains("denied"), "{line}");
         assert!(line.ends_with(" 2") || line.ends_with(" 13"), "{line}");
     }
+    // /etc in the view holds only what programs need: no shadow at all.
+    assert!(out.contains("shadow denied FileNotFoundError 2"), "{out}");
     assert!(out.contains("workspace ok"), "{out}");
     assert_eq!(
         std::fs::read_to_string(outside.join("target.txt")).unwrap(),
