@@ -251,6 +251,31 @@ pub struct Executor {
     inflight: std::sync::Mutex<std::collections::HashMap<u64, InFlight>>,
     next_call: AtomicU64,
     trees: Arc<sandboxed::Trees>,
+    /// Sandboxed upstreams' runners, one per boundary (tenant, agent or session).
+    runners: std::sync::Mutex<std::collections::HashMap<(String, String), Runner>>,
+    secrets: Arc<Secrets>,
+    sandbox: Option<SandboxConfig>,
+}
+
+/// One runner of a sandboxed upstream, and whom it serves.
+struct Runner {
+    up: Arc<upstream::Upstream>,
+    tenant: String,
+    agent: String,
+    session_key: String,
+    last_used: std::time::Instant,
+}
+
+/// A per-session runner unused this long is destroyed (its session is over).
+const SESSION_RUNNER_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A boundary's key, as a directory name: the kind and a hash of the id (ids from callers
+/// never become paths).
+fn boundary_key(kind: &str, id: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+    let mut out = format!("{kind}-");
+    warden_core::canonical::push_hex(&mut out, digest.get(..8).unwrap_or_default());
+    out
 }
 
 /// Takes a call out of the in-flight registry when it ends, however it ends.
@@ -298,6 +323,7 @@ pub async fn observe(
             None,
             sandbox.clone(),
             Arc::default(),
+            "_pin".into(),
         );
         set.spawn(async move { (i, name, u.observe().await) });
     }
@@ -346,6 +372,7 @@ impl Executor {
         let redactor = Arc::new(Redactor::new(config.secrets.values())?);
         let secrets = Arc::new(config.secrets);
         let trees = Arc::new(sandboxed::Trees::default());
+        let sandbox = config.sandbox.clone();
         let upstreams = config
             .upstreams
             .into_iter()
@@ -359,6 +386,7 @@ impl Executor {
                         Some(Arc::clone(&config.ledger)),
                         config.sandbox.clone(),
                         Arc::clone(&trees),
+                        "_tools".into(),
                     )),
                 )
             })
@@ -374,6 +402,9 @@ impl Executor {
             inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_call: AtomicU64::new(0),
             trees,
+            runners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            secrets,
+            sandbox,
         })
     }
 
@@ -458,6 +489,52 @@ impl Executor {
             }
         }
         drop(m);
+        // The scope's own runners are killed and forgotten: the next call after `resume`
+        // starts fresh ones.
+        let (doomed, removed): (Vec<(String, String)>, Vec<Runner>) = match self.runners.lock() {
+            Ok(mut runners) => {
+                let hit = |r: &Runner| match scope {
+                    S::Global => true,
+                    S::Tenant(t) => r.tenant == *t,
+                    S::Agent(a) => r.agent == *a && !r.up.boundary.starts_with("tenant-"),
+                    S::Session(s) => r.session_key == *s && r.up.boundary.starts_with("session-"),
+                };
+                let keys: Vec<(String, String)> = runners
+                    .iter()
+                    .filter(|(_, r)| hit(r))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let removed = keys.iter().filter_map(|k| runners.remove(k)).collect();
+                (keys, removed)
+            }
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        if !doomed.is_empty() && !matches!(scope, S::Global) {
+            let trees = Arc::clone(&self.trees);
+            let ledger = Arc::clone(&self.ledger);
+            // The runners stay alive until their trees are killed and recorded, then go.
+            let kill = move || {
+                let killed =
+                    trees.kill_where(|n, b| doomed.iter().any(|(dn, db)| dn == n && db == b));
+                drop(removed);
+                killed
+            };
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let killed = tokio::task::spawn_blocking(kill).await.unwrap_or_default();
+                    for name in killed {
+                        sandboxed::record(
+                            Some(&ledger),
+                            "sandbox.killed",
+                            &name,
+                            "a brake on its boundary ended its whole process tree".into(),
+                        );
+                    }
+                });
+            } else {
+                kill();
+            }
+        }
         if matches!(scope, S::Global) {
             // INVARIANT (kill switch, seed 000 "Nuke"): a global kill ends every sandboxed
             // server's whole process tree, daemons and double forks included; each is started
@@ -526,6 +603,71 @@ impl Executor {
     pub async fn shutdown(&self) {
         for u in self.upstreams.values() {
             u.stop().await;
+        }
+        let runners: Vec<Arc<upstream::Upstream>> = match self.runners.lock() {
+            Ok(mut m) => m.drain().map(|(_, r)| r.up).collect(),
+            Err(_) => Vec::new(),
+        };
+        for u in runners {
+            u.stop().await;
+        }
+    }
+
+    /// The runner that serves this caller: for a sandboxed upstream, the one of the caller's
+    /// tenant, agent or session (made on first use); otherwise the upstream itself.
+    fn runner(
+        &self,
+        template: &Arc<upstream::Upstream>,
+        tenant: &str,
+        agent: &str,
+        session_key: &str,
+    ) -> Arc<upstream::Upstream> {
+        use warden_policy::raw::RawRunner;
+        let Some(sb) = &template.spec.sandbox else {
+            return Arc::clone(template);
+        };
+        // INVARIANT (seed 000 §1-2): callers of different boundaries never share a process,
+        // a workspace or a network path.
+        let boundary = match sb.runner {
+            RawRunner::Tenant => boundary_key("tenant", tenant),
+            RawRunner::Agent => boundary_key("agent", agent),
+            RawRunner::Session => boundary_key("session", session_key),
+        };
+        let Ok(mut m) = self.runners.lock() else {
+            // A poisoned map: the template's own sandbox, shared by nobody else's calls.
+            return Arc::clone(template);
+        };
+        let now = std::time::Instant::now();
+        // Sessions end without telling the Executor: an idle session runner is destroyed.
+        m.retain(|(_, b), r| {
+            !(b.starts_with("session-") && now.duration_since(r.last_used) > SESSION_RUNNER_IDLE)
+        });
+        let key = (template.spec.name.clone(), boundary.clone());
+        let r = m.entry(key).or_insert_with(|| Runner {
+            up: Arc::new(upstream::Upstream::new(
+                template.spec.clone(),
+                Arc::clone(&self.secrets),
+                Arc::clone(&self.redactor),
+                Some(Arc::clone(&self.ledger)),
+                self.sandbox.clone(),
+                Arc::clone(&self.trees),
+                boundary,
+            )),
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            session_key: session_key.to_owned(),
+            last_used: now,
+        });
+        r.last_used = now;
+        Arc::clone(&r.up)
+    }
+
+    /// Destroys the runners that serve `session_key` (its session ended).
+    pub fn end_session(&self, session_key: &str) {
+        if let Ok(mut m) = self.runners.lock() {
+            m.retain(|_, r| {
+                !(r.up.boundary.starts_with("session-") && r.session_key == session_key)
+            });
         }
     }
 
@@ -597,10 +739,11 @@ impl Executor {
             .tool
             .split_once('.')
             .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
-        let up = self
+        let template = self
             .upstreams
             .get(up_name)
             .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
+        let up = &self.runner(template, call.tenant, call.agent, &session_key);
         let receipt = |status: ReceiptStatus, result_hash: String, redactions: u64| {
             Entry::Receipt(Receipt {
                 trace_id: call.trace_id.to_owned(),

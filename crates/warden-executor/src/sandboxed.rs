@@ -103,12 +103,13 @@ pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reaso
 pub(crate) fn launch(
     cfg: &SandboxConfig,
     name: &str,
+    base: &Path,
     sb: &Sandbox,
     exe: &Path,
     args: &[String],
     ledger: Option<Arc<Ledger>>,
 ) -> Result<(std::process::Command, Running), String> {
-    let base = cfg.dir.join(name);
+    let base = base.to_path_buf();
     let workspace = base.join("work");
     let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
     spec.read_only = sb.read_only.iter().map(PathBuf::from).collect();
@@ -237,23 +238,32 @@ pub(crate) fn watch(
 
 /// The trees of running sandboxed servers, for the kill switch (which cannot wait for a lock).
 #[derive(Debug, Default)]
-pub(crate) struct Trees(Mutex<Vec<(String, std::sync::Weak<Cgroup>)>>);
+pub(crate) struct Trees(Mutex<Vec<Tree>>);
+
+/// One running tree: its upstream, the boundary its runner serves, its cgroup.
+type Tree = (String, String, std::sync::Weak<Cgroup>);
 
 impl Trees {
-    pub(crate) fn add(&self, name: &str, cg: &Arc<Cgroup>) {
+    pub(crate) fn add(&self, name: &str, boundary: &str, cg: &Arc<Cgroup>) {
         if let Ok(mut v) = self.0.lock() {
-            v.retain(|(_, w)| w.strong_count() > 0);
-            v.push((name.to_owned(), Arc::downgrade(cg)));
+            v.retain(|(_, _, w)| w.strong_count() > 0);
+            v.push((name.to_owned(), boundary.to_owned(), Arc::downgrade(cg)));
         }
     }
 
     /// Kills every running tree; returns the names of the servers killed. Blocking: call it
     /// off the async threads.
     pub(crate) fn kill_all(&self) -> Vec<String> {
+        self.kill_where(|_, _| true)
+    }
+
+    /// Kills the running trees of the runners `pick` chooses (by upstream and boundary).
+    pub(crate) fn kill_where(&self, pick: impl Fn(&str, &str) -> bool) -> Vec<String> {
         let live: Vec<(String, Arc<Cgroup>)> = match self.0.lock() {
             Ok(v) => v
                 .iter()
-                .filter_map(|(n, w)| w.upgrade().map(|c| (n.clone(), c)))
+                .filter(|(n, b, _)| pick(n, b))
+                .filter_map(|(n, b, w)| w.upgrade().map(|c| (format!("{n} ({b})"), c)))
                 .collect(),
             Err(_) => return Vec::new(),
         };

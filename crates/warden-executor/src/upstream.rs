@@ -142,6 +142,9 @@ pub(crate) struct Upstream {
     sandbox: Option<crate::sandboxed::SandboxConfig>,
     /// Running trees, for the kill switch.
     trees: Arc<crate::sandboxed::Trees>,
+    /// The boundary this runner serves (`tenant-…`, `agent-…`, `session-…`; `_tools` for the
+    /// runner that only lists tools).
+    pub(crate) boundary: String,
 }
 
 /// The pin of a tool as listed.
@@ -208,6 +211,7 @@ impl Upstream {
         ledger: Option<Arc<Ledger>>,
         sandbox: Option<crate::sandboxed::SandboxConfig>,
         trees: Arc<crate::sandboxed::Trees>,
+        boundary: String,
     ) -> Self {
         Upstream {
             spec,
@@ -218,7 +222,13 @@ impl Upstream {
             conn: tokio::sync::Mutex::new(Conn::default()),
             sandbox,
             trees,
+            boundary,
         }
+    }
+
+    /// Its sandbox's directory (workspace and egress sockets): one per runner.
+    fn sandbox_dir(&self, cfg: &crate::sandboxed::SandboxConfig) -> PathBuf {
+        cfg.dir.join(&self.spec.name).join(&self.boundary)
     }
 
     /// The sandbox profile its receipts name.
@@ -500,6 +510,7 @@ impl Upstream {
                         let (cmd, r) = crate::sandboxed::launch(
                             cfg,
                             &self.spec.name,
+                            &self.sandbox_dir(cfg),
                             sb,
                             &exe,
                             args,
@@ -507,7 +518,7 @@ impl Upstream {
                         )?;
                         // Registered before it starts: a kill during the start reaches it.
                         if let Some(cg) = &r.cgroup {
-                            self.trees.add(&self.spec.name, cg);
+                            self.trees.add(&self.spec.name, &self.boundary, cg);
                         }
                         running = Some(r);
                         tokio::process::Command::from(cmd)
@@ -522,7 +533,7 @@ impl Upstream {
                 if self.spec.sandbox.is_some() {
                     // The host's home is not in the sandbox's view: its home is its workspace.
                     if let Some(cfg) = &self.sandbox {
-                        cmd.env("HOME", cfg.dir.join(&self.spec.name).join("work"));
+                        cmd.env("HOME", self.sandbox_dir(cfg).join("work"));
                     }
                     cmd.env("TMPDIR", "/tmp");
                 }

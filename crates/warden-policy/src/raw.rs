@@ -305,6 +305,22 @@ pub struct RawSandbox {
     /// (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<String>,
+    /// One sandboxed process per `tenant` (default), per `agent` or per `session`: callers
+    /// of different boundaries never share a process, a workspace or a network path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RawRunner>,
+}
+
+/// The boundary one sandboxed process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRunner {
+    /// One per tenant.
+    Tenant,
+    /// One per agent.
+    Agent,
+    /// One per session (destroyed with it).
+    Session,
 }
 
 /// A sandbox's resource limits.

@@ -133,6 +133,8 @@ pub struct Sandbox {
     pub connections_per_minute: u32,
     /// Longest Warden may lose sight of it, in milliseconds.
     pub heartbeat_ms: u64,
+    /// The boundary one process serves.
+    pub runner: crate::raw::RawRunner,
 }
 
 fn mib(v: Option<u64>, default: u64) -> u64 {
@@ -372,6 +374,7 @@ fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Opti
         max_in_bytes: mib(max_in, 100),
         connections_per_minute: per_minute.unwrap_or(60),
         heartbeat_ms,
+        runner: raw.runner.unwrap_or(crate::raw::RawRunner::Tenant),
     })
 }
 

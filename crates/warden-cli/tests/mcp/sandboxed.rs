@@ -17,6 +17,14 @@ fn in_sandbox(name: &str) -> Vec<i32> {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .is_ok_and(|c| c.contains(&needle))
         })
+        // A zombie has been killed and only waits to be reaped.
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            })
+        })
         .collect()
 }
 
@@ -155,4 +163,115 @@ fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sand
     let tail = ledger_tail(&s.data, 6);
     assert!(tail.contains("warden-sandbox/bwrap"), "{tail}");
     assert!(!in_sandbox("proc").is_empty());
+}
+
+/// Runner directories of upstream `name` under a data directory.
+fn runners(data: &std::path::Path, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("sandbox").join(name))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
+    let Some(e) = env() else { return };
+    if super::super::sandbox::host().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let with = text_m
+        .replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1)
+        .replacen(
+            "\nagents:\n",
+            "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
+            1,
+        )
+        .replacen(
+            "\ntools:\n",
+            "\ntools:\n  - { name: proc.touch, tier: low, zones: [\"*\"], arguments: { type: object, properties: { name: { type: string } }, required: [name], additionalProperties: false } }\n  - { name: proc.ls, tier: low, zones: [\"*\"], arguments: { type: object, properties: { dir: { type: string } }, required: [dir], additionalProperties: false } }\n",
+            1,
+        )
+        .replacen(
+            "\nupstreams:\n",
+            "\nupstreams:\n  - name: proc\n    process:\n      touch: { program: /usr/bin/touch, args: [\"{name}\"] }\n      ls: { program: /usr/bin/ls, args: [\"-1\", \"{dir}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
+            1,
+        );
+    assert!(with.contains("id: globex") && with.contains("id: g-1") && with.contains("proc.ls"));
+    std::fs::write(&m, with).unwrap();
+    enroll(&data, &m, "ops-1");
+    enroll(&data, &m, "g-1");
+    let s = start_existing(dir.path(), &data, &m);
+
+    let r = call(&e, &s, "ops-1", "proc.touch", r#"{"name": "acme-only"}"#);
+    assert_ne!(r["isError"], true, "{r}");
+    let acme = first_text(&call(&e, &s, "ops-1", "proc.ls", r#"{"dir": "."}"#));
+    assert!(acme.contains("acme-only"), "{acme}");
+    // Another tenant: another process, another workspace; the first one's is not in its view.
+    let globex = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "."}"#));
+    assert!(!globex.contains("acme-only"), "{globex}");
+    let dirs = runners(&s.data, "proc");
+    let tenants: Vec<&String> = dirs.iter().filter(|d| d.starts_with("tenant-")).collect();
+    assert_eq!(tenants.len(), 2, "{dirs:?}");
+    for t in &tenants {
+        let path = s.data.join("sandbox/proc").join(t).join("work");
+        let seen = call(
+            &e,
+            &s,
+            "g-1",
+            "proc.ls",
+            &serde_json::json!({ "dir": path.to_str().unwrap() }).to_string(),
+        );
+        let own = std::fs::read_dir(&path).unwrap().count() == 0;
+        if own {
+            // Its own workspace (empty): visible.
+            assert_ne!(seen["isError"], true, "{seen}");
+        } else {
+            assert_eq!(seen["isError"], true, "{seen}");
+            assert!(first_text(&seen).contains("No such file"), "{seen}");
+        }
+    }
+    let cgroups = |name: &str| -> std::collections::BTreeSet<String> {
+        in_sandbox(name)
+            .into_iter()
+            .filter_map(|pid| {
+                let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                c.lines()
+                    .find_map(|l| l.split_once("/warden/").map(|(_, g)| g.to_owned()))
+            })
+            .collect()
+    };
+    let before = cgroups("proc");
+    assert!(before.len() >= 2, "one cgroup per runner: {before:?}");
+
+    // A lockdown of acme ends acme's runner only.
+    let out = warden(&[
+        "lockdown",
+        "acme",
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let start = Instant::now();
+    while !ledger_tail(&s.data, 10).contains("sandbox.killed") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "acme's runner was not killed: {}\n{}",
+            ledger_tail(&s.data, 10),
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = cgroups("proc");
+    assert_eq!(after.len(), before.len() - 1, "{before:?} → {after:?}");
+    let globex = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "."}"#));
+    assert!(!globex.contains("acme-only"), "{globex}");
 }
