@@ -38,6 +38,16 @@ pub fn build(
     sandbox: Option<warden_executor::SandboxConfig>,
 ) -> Result<Executor, ExecutionError> {
     let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
+    for u in &manifest.upstreams {
+        if matches!(u.transport, warden_policy::upstream::Transport::Stdio { .. })
+            && u.sandbox.is_none()
+        {
+            tracing::warn!(
+                upstream = %u.name,
+                "runs unsandboxed: it can reach whatever Warden's user can (add a `sandbox` block; docs/sandbox.md)"
+            );
+        }
+    }
     let (secrets, errors) = Secrets::load(&manifest.secrets, dir);
     for e in errors {
         tracing::error!(error = %e, "secret not loaded; upstreams that need it will not start");
