@@ -269,14 +269,21 @@ struct Runner {
 /// A per-session runner unused this long is destroyed (its session is over).
 const SESSION_RUNNER_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// A boundary's key, as a directory name: the kind and a hash of the id (ids from callers
-/// never become paths).
-fn boundary_key(kind: &str, id: &str) -> String {
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+/// A boundary's key, also its directory name: the kind and the SHA-256 of the ids that
+/// identify it (ids from callers never become paths; an agent's and a session's keys include
+/// their tenant, so a reload that moves an agent never hands it another tenant's runner).
+fn boundary_key(kind: &str, ids: &[&str]) -> String {
+    // Each id length-prefixed: no id can be shifted into its neighbour.
+    let framed: String = ids.iter().map(|i| format!("{}:{i}", i.len())).collect();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(framed.as_bytes());
     let mut out = format!("{kind}-");
-    warden_core::canonical::push_hex(&mut out, digest.get(..8).unwrap_or_default());
+    warden_core::canonical::push_hex(&mut out, &digest);
     out
 }
+
+/// Sandboxed runners one tenant may have of one upstream (agent and session runners): beyond
+/// it, calls are refused (a caller cannot start sandboxes without end).
+const MAX_RUNNERS_PER_TENANT: usize = 64;
 
 /// Takes a call out of the in-flight registry when it ends, however it ends.
 struct Registered<'a> {
@@ -491,8 +498,12 @@ impl Executor {
         drop(m);
         // The scope's own runners are killed and forgotten: the next call after `resume`
         // starts fresh ones.
-        let (doomed, removed): (Vec<(String, String)>, Vec<Runner>) = match self.runners.lock() {
-            Ok(mut runners) => {
+        let (doomed, removed): (Vec<(String, String)>, Vec<Runner>) = {
+            let mut runners = self
+                .runners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            {
                 let hit = |r: &Runner| match scope {
                     S::Global => true,
                     S::Tenant(t) => r.tenant == *t,
@@ -507,9 +518,11 @@ impl Executor {
                 let removed = keys.iter().filter_map(|k| runners.remove(k)).collect();
                 (keys, removed)
             }
-            Err(_) => (Vec::new(), Vec::new()),
         };
-        if !doomed.is_empty() && !matches!(scope, S::Global) {
+        if matches!(scope, S::Global) {
+            // The trees are killed below; the runners go off the async threads.
+            self.dispose(removed);
+        } else if !doomed.is_empty() {
             let trees = Arc::clone(&self.trees);
             let ledger = Arc::clone(&self.ledger);
             // The runners stay alive until their trees are killed and recorded, then go.
@@ -621,28 +634,54 @@ impl Executor {
         tenant: &str,
         agent: &str,
         session_key: &str,
-    ) -> Arc<upstream::Upstream> {
+    ) -> Result<Arc<upstream::Upstream>, ExecError> {
         use warden_policy::raw::RawRunner;
         let Some(sb) = &template.spec.sandbox else {
-            return Arc::clone(template);
+            return Ok(Arc::clone(template));
         };
         // INVARIANT (seed 000 §1-2): callers of different boundaries never share a process,
         // a workspace or a network path.
         let boundary = match sb.runner {
-            RawRunner::Tenant => boundary_key("tenant", tenant),
-            RawRunner::Agent => boundary_key("agent", agent),
-            RawRunner::Session => boundary_key("session", session_key),
+            RawRunner::Tenant => boundary_key("tenant", &[tenant]),
+            RawRunner::Agent => boundary_key("agent", &[tenant, agent]),
+            RawRunner::Session => boundary_key("session", &[tenant, agent, session_key]),
         };
-        let Ok(mut m) = self.runners.lock() else {
-            // A poisoned map: the template's own sandbox, shared by nobody else's calls.
-            return Arc::clone(template);
-        };
+        let name = template.spec.name.clone();
         let now = std::time::Instant::now();
-        // Sessions end without telling the Executor: an idle session runner is destroyed.
-        m.retain(|(_, b), r| {
-            !(b.starts_with("session-") && now.duration_since(r.last_used) > SESSION_RUNNER_IDLE)
-        });
-        let key = (template.spec.name.clone(), boundary.clone());
+        // A poisoned map is still the map: recovering keeps boundaries apart (fail closed).
+        let mut m = self
+            .runners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Sessions end without telling the Executor: an idle session runner (no call in
+        // flight) is destroyed, workspace and all.
+        let idle: Vec<(String, String)> = m
+            .iter()
+            .filter(|((_, b), r)| {
+                b.starts_with("session-")
+                    && Arc::strong_count(&r.up) == 1
+                    && now.duration_since(r.last_used) > SESSION_RUNNER_IDLE
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let reaped: Vec<Runner> = idle.iter().filter_map(|k| m.remove(k)).collect();
+        let key = (name.clone(), boundary.clone());
+        if !m.contains_key(&key) && !boundary.starts_with("tenant-") {
+            let mine = m
+                .iter()
+                .filter(|((n, b), r)| *n == name && !b.starts_with("tenant-") && r.tenant == tenant)
+                .count();
+            if mine >= MAX_RUNNERS_PER_TENANT {
+                drop(m);
+                self.dispose(reaped);
+                return Err(ExecError::Unavailable {
+                    upstream: name,
+                    why: format!(
+                        "tenant `{tenant}` already has {MAX_RUNNERS_PER_TENANT} sandboxed runners of this upstream"
+                    ),
+                });
+            }
+        }
         let r = m.entry(key).or_insert_with(|| Runner {
             up: Arc::new(upstream::Upstream::new(
                 template.spec.clone(),
@@ -659,15 +698,36 @@ impl Executor {
             last_used: now,
         });
         r.last_used = now;
-        Arc::clone(&r.up)
+        let up = Arc::clone(&r.up);
+        drop(m);
+        self.dispose(reaped);
+        Ok(up)
     }
 
-    /// Destroys the runners that serve `session_key` (its session ended).
-    pub fn end_session(&self, session_key: &str) {
-        if let Ok(mut m) = self.runners.lock() {
-            m.retain(|_, r| {
-                !(r.up.boundary.starts_with("session-") && r.session_key == session_key)
-            });
+    /// Destroys removed runners off the async threads (killing a tree waits until it is
+    /// empty); a session runner's directory goes with it.
+    fn dispose(&self, removed: Vec<Runner>) {
+        if removed.is_empty() {
+            return;
+        }
+        let dir = self.sandbox.as_ref().map(|c| c.dir.clone());
+        let work = move || {
+            for r in removed {
+                let ephemeral = r.up.boundary.starts_with("session-");
+                let path = dir
+                    .as_ref()
+                    .map(|d| d.join(&r.up.spec.name).join(&r.up.boundary));
+                drop(r);
+                if let (true, Some(p)) = (ephemeral, path) {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(work);
+            }
+            Err(_) => work(),
         }
     }
 
@@ -743,7 +803,11 @@ impl Executor {
             .upstreams
             .get(up_name)
             .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
-        let up = &self.runner(template, call.tenant, call.agent, &session_key);
+        let runner = self.runner(template, call.tenant, call.agent, &session_key);
+        let up = match &runner {
+            Ok(u) => Arc::clone(u),
+            Err(_) => Arc::clone(template),
+        };
         let receipt = |status: ReceiptStatus, result_hash: String, redactions: u64| {
             Entry::Receipt(Receipt {
                 trace_id: call.trace_id.to_owned(),
@@ -763,6 +827,11 @@ impl Executor {
                 redactions,
             })
         };
+        if let Err(e) = runner {
+            return self
+                .fail(receipt(ReceiptStatus::Refused, String::new(), 0), e)
+                .await;
+        }
         if let Some(e) = self.hold_error(call.tenant, call.agent, &session_key) {
             return self
                 .fail(receipt(ReceiptStatus::Refused, String::new(), 0), e)
@@ -976,5 +1045,28 @@ impl Executor {
             tracing::error!(error = %e, "receipt not recorded");
             e.to_string()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boundary_key;
+
+    #[test]
+    fn boundary_keys_separate_kinds_tenants_and_ids() {
+        let t = boundary_key("tenant", &["acme"]);
+        assert!(t.starts_with("tenant-") && t.len() == "tenant-".len() + 64);
+        // The same agent id under two tenants: two runners.
+        assert_ne!(
+            boundary_key("agent", &["acme", "a"]),
+            boundary_key("agent", &["globex", "a"])
+        );
+        // Ids cannot be shifted between fields.
+        assert_ne!(
+            boundary_key("session", &["a", "b\u{0}c", "d"]),
+            boundary_key("session", &["a", "b", "c\u{0}d"])
+        );
+        // Nothing of the id reaches the directory name.
+        assert!(!boundary_key("session", &["../../etc"]).contains(".."));
     }
 }

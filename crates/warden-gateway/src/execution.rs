@@ -39,8 +39,10 @@ pub fn build(
 ) -> Result<Executor, ExecutionError> {
     let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
     for u in &manifest.upstreams {
-        if matches!(u.transport, warden_policy::upstream::Transport::Stdio { .. })
-            && u.sandbox.is_none()
+        if matches!(
+            u.transport,
+            warden_policy::upstream::Transport::Stdio { .. }
+        ) && u.sandbox.is_none()
         {
             tracing::warn!(
                 upstream = %u.name,

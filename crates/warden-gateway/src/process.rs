@@ -22,6 +22,9 @@ use warden_policy::upstream::{parse_arg_template, ArgPart};
 const MAX_OUTPUT: usize = 1 << 20;
 /// Most of stderr kept for an error result.
 const MAX_STDERR: usize = 4 << 10;
+/// Longest one run may take (the Executor's own call timeout usually ends it first, by
+/// cancelling the call).
+const MAX_RUN: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One tool, parsed.
 #[derive(Debug, Clone)]
@@ -93,15 +96,16 @@ fn argv(t: &[Vec<ArgPart>], args: &Map<String, Value>) -> Result<Vec<String>, St
                     if v.contains('\0') {
                         return Err(format!("argument `{name}` contains NUL"));
                     }
-                    // INVARIANT (INV-012): a value alone in its element cannot become an option.
-                    if parts.len() == 1 && v.starts_with('-') {
-                        return Err(format!(
-                            "argument `{name}` starts with `-`: it could be read as an option"
-                        ));
-                    }
                     s.push_str(&v);
                 }
             }
+        }
+        // INVARIANT (INV-012): an element that starts with a call's value cannot become an
+        // option (`{file}.txt` with `--output=/x` would).
+        if let (Some(ArgPart::Param(name)), true) = (parts.first(), s.starts_with('-')) {
+            return Err(format!(
+                "argument `{name}` starts with `-`: it could be read as an option"
+            ));
         }
         out.push(s);
     }
@@ -161,25 +165,59 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: usize) -> (
     (out, cut)
 }
 
-async fn run(t: &ProcessTool, argv: Vec<String>) -> CallToolResponse {
+/// Kills a run's whole process group (its children and their children too).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+async fn run(
+    t: &ProcessTool,
+    argv: Vec<String>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> CallToolResponse {
     let mut cmd = tokio::process::Command::new(&t.program);
     cmd.args(&argv)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot run `{}`: {e}", t.program)),
     };
+    let pid = child.id();
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_group(pid);
         return fail("no output pipes");
     };
-    let ((stdout, cut), (stderr, _), status) = tokio::join!(
-        read_capped(out, MAX_OUTPUT),
-        read_capped(err, MAX_STDERR),
-        child.wait()
-    );
+    let all = async {
+        tokio::join!(
+            read_capped(out, MAX_OUTPUT),
+            read_capped(err, MAX_STDERR),
+            child.wait()
+        )
+    };
+    // INVARIANT: a run ends when its call is cancelled or runs too long — with everything it
+    // started (a grandchild holding the pipes would otherwise keep the call open).
+    let ((stdout, cut), (stderr, _), status) = tokio::select! {
+        r = all => r,
+        () = cancel.cancelled() => {
+            kill_group(pid);
+            return fail("cancelled: the run and everything it started were killed");
+        }
+        () = tokio::time::sleep(MAX_RUN) => {
+            kill_group(pid);
+            return fail(format!("ran over {}s: killed with everything it started", MAX_RUN.as_secs()));
+        }
+    };
+    // The program is done; anything it left running in its group goes too.
+    kill_group(pid);
     let mut text = String::from_utf8_lossy(&stdout).into_owned();
     if cut {
         text.push_str(&format!("\n[output cut at {MAX_OUTPUT} bytes]"));
@@ -220,7 +258,7 @@ impl ServerHandler for ProcessServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let Some(t) = self.tools.get(request.name.as_ref()) else {
             return Err(McpError::invalid_params(
@@ -230,7 +268,7 @@ impl ServerHandler for ProcessServer {
         };
         let args = request.arguments.unwrap_or_default();
         Ok(match argv(&t.args, &args) {
-            Ok(argv) => run(t, argv).await,
+            Ok(argv) => run(t, argv, ctx.ct.clone()).await,
             Err(e) => fail(e),
         })
     }
@@ -284,6 +322,14 @@ mod tests {
         let t = tpl(&["{path}"]);
         let e = argv(&t, &map(json!({"path": "--output=/etc/passwd"}))).unwrap_err();
         assert!(e.contains("`path` starts with `-`"), "{e}");
+        // Glued to text after it, still the start of the element: refused.
+        let e = argv(&tpl(&["{file}.txt"]), &map(json!({"file": "--output=/x"}))).unwrap_err();
+        assert!(e.contains("`file` starts with `-`"), "{e}");
+        // After a fixed prefix it is only a value.
+        assert_eq!(
+            argv(&tpl(&["--name={v}"]), &map(json!({"v": "-x"}))).unwrap(),
+            vec!["--name=-x"]
+        );
         let e = argv(&t, &map(json!({}))).unwrap_err();
         assert!(e.contains("`path` is missing"), "{e}");
         let e = argv(&t, &map(json!({"path": {"a": 1}}))).unwrap_err();

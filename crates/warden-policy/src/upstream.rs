@@ -224,6 +224,18 @@ fn validate_process(
             );
             ok = false;
         }
+        // The program is bound into the sandbox's view: the same paths are refused as for
+        // `read_only` (a socket, the host root, kernel interfaces).
+        if let Some(root) = refused_root(&t.program) {
+            c.err(
+                format!("{tpath}.program"),
+                format!(
+                    "`{}` is under `{root}`: not a program to bind into a sandbox",
+                    t.program
+                ),
+            );
+            ok = false;
+        }
         for (i, a) in t.args.iter().enumerate() {
             if let Err(e) = parse_arg_template(a) {
                 c.err(format!("{tpath}.args[{i}]"), e);

@@ -331,7 +331,7 @@ fn process_tools_are_checked_at_load() {
     let sb = up.sandbox.as_ref().unwrap();
     assert!(sb.read_only.contains(&"/usr/bin/wc".to_owned()));
 
-    let bad = with("  - name: proc\n    process:\n      wc: { program: wc, args: [\"{Path}\", \"{\"] }\n      \"bad name\": { program: /bin/true }\n");
+    let bad = with("  - name: proc\n    process:\n      wc: { program: wc, args: [\"{Path}\", \"{\"] }\n      \"bad name\": { program: /bin/true }\n      sock: { program: /run/docker.sock }\n");
     let e = errors(&bad).join("\n");
     for want in [
         "upstreams[0].process: process tools run only in a sandbox",
@@ -339,6 +339,7 @@ fn process_tools_are_checked_at_load() {
         "upstreams[0].process.wc.args[0]: `{Path}`: `{Path}` is not a parameter",
         "upstreams[0].process.wc.args[1]: `{`: a `{` without its `}`",
         "upstreams[0].process.bad name: tool name `bad name`",
+        "upstreams[0].process.sock.program: `/run/docker.sock` is under `/run`",
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
