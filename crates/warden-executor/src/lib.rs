@@ -704,6 +704,24 @@ impl Executor {
         Ok(up)
     }
 
+    /// Destroys the per-session runners of `session_key` (its session ended), workspace and
+    /// all.
+    pub fn end_session(&self, session_key: &str) {
+        let removed: Vec<Runner> = {
+            let mut m = self
+                .runners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let keys: Vec<(String, String)> = m
+                .iter()
+                .filter(|((_, b), r)| b.starts_with("session-") && r.session_key == session_key)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| m.remove(k)).collect()
+        };
+        self.dispose(removed);
+    }
+
     /// Destroys removed runners off the async threads (killing a tree waits until it is
     /// empty); a session runner's directory goes with it.
     fn dispose(&self, removed: Vec<Runner>) {

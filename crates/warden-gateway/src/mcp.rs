@@ -49,6 +49,39 @@ pub struct McpFront {
     app: AppState,
     executor: Arc<Executor>,
     fixed: Option<Arc<Fixed>>,
+    /// The session's keys, whose per-session sandbox runners end with it.
+    ended: Arc<SessionEnd>,
+}
+
+/// When the last handle of an MCP session goes (the session closed or expired), its
+/// per-session sandbox runners are destroyed.
+struct SessionEnd {
+    executor: Arc<Executor>,
+    keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl SessionEnd {
+    fn new(executor: &Arc<Executor>) -> Arc<Self> {
+        Arc::new(SessionEnd {
+            executor: Arc::clone(executor),
+            keys: std::sync::Mutex::default(),
+        })
+    }
+
+    fn note(&self, key: String) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(key);
+        }
+    }
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for k in keys {
+            self.executor.end_session(&k);
+        }
+    }
 }
 
 impl std::fmt::Debug for McpFront {
@@ -65,8 +98,17 @@ impl McpFront {
     pub fn http(app: AppState, executor: Arc<Executor>) -> Self {
         McpFront {
             app,
+            ended: SessionEnd::new(&executor),
             executor,
             fixed: None,
+        }
+    }
+
+    /// A handler for a new session: the same front, its own session end.
+    fn fresh(&self) -> Self {
+        McpFront {
+            ended: SessionEnd::new(&self.executor),
+            ..self.clone()
         }
     }
 
@@ -85,6 +127,7 @@ impl McpFront {
         );
         Ok(McpFront {
             app,
+            ended: SessionEnd::new(&executor),
             executor,
             fixed: Some(Arc::new(Fixed {
                 token: credential.to_owned(),
@@ -174,6 +217,10 @@ impl ServerHandler for McpFront {
             .and_then(rmcp::model::RequestMetaObject::get_progress_token)
             .or_else(|| ctx.meta.get_progress_token());
         let arguments = request.arguments.unwrap_or_default();
+        self.ended.note(warden_policy::decide::session_key(
+            &identity.agent,
+            &session,
+        ));
         let proposal = Proposal {
             agent: identity.agent.clone(),
             session,
@@ -536,7 +583,7 @@ pub fn router(
     }
     let front = McpFront::http(app.clone(), executor);
     let service = StreamableHttpService::new(
-        move || Ok(front.clone()),
+        move || Ok(front.fresh()),
         Arc::new(LocalSessionManager::default()),
         config,
     );

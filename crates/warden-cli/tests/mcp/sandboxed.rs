@@ -237,6 +237,22 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
             assert!(first_text(&seen).contains("No such file"), "{seen}");
         }
     }
+    // Its own pid namespace: the host's (and the other tenant's) processes are not there to
+    // see or signal.
+    let numeric = |text: &str| text.lines().filter(|l| l.parse::<u32>().is_ok()).count();
+    let host_procs = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        })
+        .count();
+    let seen = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "/proc"}"#));
+    assert!(host_procs > 20, "{host_procs}");
+    assert!(numeric(&seen) <= 8, "{seen}");
     let cgroups = |name: &str| -> std::collections::BTreeSet<String> {
         in_sandbox(name)
             .into_iter()
@@ -274,4 +290,60 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     assert_eq!(after.len(), before.len() - 1, "{before:?} → {after:?}");
     let globex = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "."}"#));
     assert!(!globex.contains("acme-only"), "{globex}");
+}
+
+#[test]
+fn a_session_runner_ends_with_its_session() {
+    let Some(e) = env() else { return };
+    if super::super::sandbox::host().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let with = text_m
+        .replacen(
+            "\ntools:\n",
+            "\ntools:\n  - { name: proc.pwd, tier: low, zones: [\"*\"], arguments: { type: object, properties: {}, additionalProperties: false } }\n",
+            1,
+        )
+        .replacen(
+            "\nupstreams:\n",
+            "\nupstreams:\n  - name: proc\n    process:\n      pwd: { program: /usr/bin/pwd }\n    sandbox:\n      runner: session\n",
+            1,
+        );
+    std::fs::write(&m, with).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+    let sessions = || {
+        runners(&s.data, "proc")
+            .into_iter()
+            .filter(|d| d.starts_with("session-"))
+            .count()
+    };
+    // The client opens a session, calls, and closes it (DELETE) when it exits.
+    let r = call(&e, &s, "ops-1", "proc.pwd", "{}");
+    assert_ne!(r["isError"], true, "{r}");
+    // It ran in its session's own workspace.
+    let workspace = std::path::PathBuf::from(first_text(&r).trim());
+    assert!(
+        workspace.starts_with(s.data.join("sandbox/proc"))
+            && workspace.to_str().unwrap().contains("/session-"),
+        "{workspace:?}"
+    );
+    // The call ran in a runner of that session; with the session, its runner, tree and
+    // workspace are gone.
+    wait_until("the session runner's end", Duration::from_secs(15), || {
+        sessions() == 0 && !workspace.exists()
+    });
+    let trees: std::collections::BTreeSet<String> = in_sandbox("proc")
+        .into_iter()
+        .filter_map(|pid| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            c.lines()
+                .find_map(|l| l.split_once("/warden/").map(|(_, g)| g.to_owned()))
+        })
+        .collect();
+    // Only the runner that lists tools is left.
+    assert!(trees.len() <= 1, "{trees:?}");
 }
