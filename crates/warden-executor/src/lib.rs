@@ -519,10 +519,9 @@ impl Executor {
                 (keys, removed)
             }
         };
-        if matches!(scope, S::Global) {
-            // The trees are killed below; the runners go off the async threads.
-            self.dispose(removed);
-        } else if !doomed.is_empty() {
+        let mut removed = Some(removed);
+        if !doomed.is_empty() && !matches!(scope, S::Global) {
+            let removed = removed.take().unwrap_or_default();
             let trees = Arc::clone(&self.trees);
             let ledger = Arc::clone(&self.ledger);
             // The runners stay alive until their trees are killed and recorded, then go.
@@ -555,11 +554,17 @@ impl Executor {
             // Off the async threads: killing waits until each tree is empty.
             let trees = Arc::clone(&self.trees);
             let ledger = Arc::clone(&self.ledger);
+            // The runners stay alive until their trees are killed and recorded, then go.
+            let removed = removed.take().unwrap_or_default();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let killed = tokio::task::spawn_blocking(move || trees.kill_all())
-                        .await
-                        .unwrap_or_default();
+                    let killed = tokio::task::spawn_blocking(move || {
+                        let killed = trees.kill_all();
+                        drop(removed);
+                        killed
+                    })
+                    .await
+                    .unwrap_or_default();
                     for name in killed {
                         sandboxed::record(
                             Some(&ledger),
@@ -571,8 +576,12 @@ impl Executor {
                 });
             } else {
                 trees.kill_all();
+                drop(removed);
             }
         }
+        // Nothing of the scope left to kill: the runners (none, or already handed over) go
+        // off the async threads.
+        self.dispose(removed.unwrap_or_default());
         n
     }
 

@@ -109,6 +109,7 @@ fn tripwire(dir: &Path) -> Upstream {
         timeout_ms: 5_000,
         pins: None,
         sandbox: None,
+        unsandboxed: Some("test".into()),
     }
 }
 
@@ -243,6 +244,7 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         timeout_ms: 20_000,
         pins: None,
         sandbox: None,
+        unsandboxed: Some("test".into()),
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
     assert!(ex

@@ -39,14 +39,11 @@ pub fn build(
 ) -> Result<Executor, ExecutionError> {
     let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
     for u in &manifest.upstreams {
-        if matches!(
-            u.transport,
-            warden_policy::upstream::Transport::Stdio { .. }
-        ) && u.sandbox.is_none()
-        {
+        if let Some(why) = &u.unsandboxed {
             tracing::warn!(
                 upstream = %u.name,
-                "runs unsandboxed: it can reach whatever Warden's user can (add a `sandbox` block; docs/sandbox.md)"
+                reason = %why,
+                "runs unsandboxed, as the manifest says: it can reach whatever Warden's user can (docs/sandbox.md)"
             );
         }
     }

@@ -944,8 +944,8 @@ async fn a_grant_from_an_older_manifest_is_decided_again() {
             "tools:\n  - name: time.get_current_time\n    tier: low\n    zones: [\"*\"]\n    arguments: { type: object }\n",
         )
         .replace(
-            "  - name: demo\n    command: [warden, demo-server]\n",
-            &format!("  - name: time\n    command: [\"{venv}/bin/mcp-server-time\"]\n"),
+            "  - name: demo\n    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
+            &format!("  - name: time\n    command: [\"{venv}/bin/mcp-server-time\"]\n    unsandboxed: \"the test cache is outside any sandbox view\"\n"),
         );
     std::fs::write(&path, &v1).unwrap();
     let governor = warden_gateway::bundle::load_governor(&path).unwrap();

@@ -263,9 +263,14 @@ pub struct RawUpstream {
     /// How long one call may take (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// The sandbox a stdio server runs in; omitted: it runs unsandboxed.
+    /// The sandbox a stdio server runs in; omitted: the default sandbox (every guarantee
+    /// required, default limits, no network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<RawSandbox>,
+    /// Run a stdio server without a sandbox, and why (logged at every start). Instead of
+    /// `sandbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsandboxed: Option<String>,
 }
 
 /// One parameterized process tool.

@@ -94,8 +94,10 @@ pub struct Upstream {
     pub timeout_ms: u64,
     /// What it is pinned to; `None`: trusted on first use (for this run only).
     pub pins: Option<Pins>,
-    /// The sandbox it runs in; `None`: unsandboxed.
+    /// The sandbox it runs in; `None`: unsandboxed (a `url` upstream, or `unsandboxed`).
     pub sandbox: Option<Sandbox>,
+    /// Why a stdio server runs unsandboxed (the manifest's `unsandboxed`).
+    pub unsandboxed: Option<String>,
 }
 
 /// Sandbox guarantees, by name.
@@ -742,7 +744,37 @@ pub(crate) fn validate_upstreams(
                 }
             },
         };
-        let sandbox = match &u.sandbox {
+        if let Some(why) = &u.unsandboxed {
+            if !stdio || u.sandbox.is_some() || is_process {
+                c.err(
+                    format!("{path}.unsandboxed"),
+                    "only a `command` upstream without a `sandbox` block may run unsandboxed",
+                );
+                ok = false;
+            } else if why.trim().is_empty() || why.chars().any(char::is_control) {
+                c.err(
+                    format!("{path}.unsandboxed"),
+                    "say why it runs unsandboxed (non-empty text, one line)",
+                );
+                ok = false;
+            }
+        }
+        // INVARIANT (fail-closed, INV-006): a stdio server runs in the sandbox unless the
+        // manifest says, with a reason, that it does not.
+        let default_sandbox = crate::raw::RawSandbox {
+            require: None,
+            read_only: Vec::new(),
+            limits: None,
+            egress: None,
+            heartbeat: None,
+            runner: None,
+        };
+        let raw_sandbox = match (&u.sandbox, &u.unsandboxed) {
+            (Some(s), _) => Some(s),
+            (None, None) if stdio => Some(&default_sandbox),
+            (None, _) => None,
+        };
+        let sandbox = match raw_sandbox {
             None => None,
             Some(_) if !stdio => {
                 c.err(
@@ -775,6 +807,7 @@ pub(crate) fn validate_upstreams(
                 timeout_ms,
                 pins,
                 sandbox,
+                unsandboxed: u.unsandboxed.clone(),
             });
         }
     }

@@ -257,7 +257,7 @@ fn sandbox_blocks_are_checked_at_load() {
     let base = starter();
     let with = |block: &str| {
         let t = base.replace(
-            "    command: [warden, demo-server]\n",
+            "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
             &format!("    command: [warden, demo-server]\n    sandbox:\n{block}"),
         );
         assert_ne!(t, base);
@@ -299,7 +299,7 @@ fn sandbox_blocks_are_checked_at_load() {
     }
     // Warden does not run a `url` upstream: nothing to sandbox.
     let remote = base.replace(
-        "    command: [warden, demo-server]\n",
+        "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
         "    url: http://127.0.0.1:9/mcp\n    sandbox: {}\n",
     );
     let e = errors(&remote).join("\n");
@@ -347,6 +347,43 @@ fn process_tools_are_checked_at_load() {
     let e = errors(&both).join("\n");
     assert!(
         e.contains("give exactly one of `command` (stdio), `url` (Streamable HTTP) and `process`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn command_servers_are_sandboxed_unless_the_manifest_says_why_not() {
+    let base = starter();
+    let plain = base.replace(
+        "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
+        "    command: [warden, demo-server]\n",
+    );
+    assert_ne!(plain, base);
+    // No block: the default sandbox, every guarantee required.
+    let m = parse_manifest("m.yaml", &plain).unwrap();
+    let sb = m.upstreams[0].sandbox.as_ref().unwrap();
+    assert_eq!(sb.require.len(), 5);
+    assert!(sb.egress_allow.is_empty());
+    // Opting out takes a reason.
+    let out = plain.replace(
+        "    command: [warden, demo-server]\n",
+        "    command: [warden, demo-server]\n    unsandboxed: \"vendor binary needs /dev/kvm\"\n",
+    );
+    let m = parse_manifest("m.yaml", &out).unwrap();
+    assert!(m.upstreams[0].sandbox.is_none());
+    assert_eq!(
+        m.upstreams[0].unsandboxed.as_deref(),
+        Some("vendor binary needs /dev/kvm")
+    );
+    let e = errors(&out.replace("\"vendor binary needs /dev/kvm\"", "\"  \"")).join("\n");
+    assert!(e.contains("upstreams[0].unsandboxed: say why"), "{e}");
+    let both = base.replace(
+        "    sandbox: { require: [] }\n",
+        "    sandbox: { require: [] }\n    unsandboxed: why\n",
+    );
+    let e = errors(&both).join("\n");
+    assert!(
+        e.contains("upstreams[0].unsandboxed: only a `command` upstream without a `sandbox` block"),
         "{e}"
     );
 }

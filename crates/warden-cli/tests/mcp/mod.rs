@@ -788,7 +788,7 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     assert_eq!(std::fs::read_to_string(&m).unwrap(), before);
     let without_dead = before
         .replace(
-            "  - name: dead\n    command: [/bin/sh, -c, \"echo this-is-not-json-rpc; exit 3\"]\n",
+            "  - name: dead\n    command: [/bin/sh, -c, \"echo this-is-not-json-rpc; exit 3\"]\n    unsandboxed: \"reference servers from the test cache, outside any sandbox view (the sandbox has its own tests)\"\n",
             "",
         )
         .replace(

@@ -49,7 +49,7 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
     let (data, m) = super::approvals::setup(dir.path());
     let text_m = std::fs::read_to_string(&m).unwrap();
     let sandboxed = text_m.replace(
-        "    command: [warden, demo-server]\n",
+        "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
         "    command: [warden, demo-server]\n    sandbox:\n      limits: { memory_mb: 256, processes: 32 }\n      heartbeat: 2s\n",
     );
     assert_ne!(sandboxed, text_m);
