@@ -72,16 +72,21 @@ fn text(t: impl Into<String>) -> CallToolResponse {
     CallToolResult::success(vec![ContentBlock::text(t)]).into()
 }
 
-fn fail(t: impl Into<String>) -> CallToolResponse {
+/// An error result (a tool that failed, not a protocol error).
+pub(crate) fn fail(t: impl Into<String>) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(t)]).into()
+}
+
+/// What a built-in server (demo, process tools) says of itself: tools only.
+pub(crate) fn server_info(name: &str) -> ServerConfig {
+    let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+    info.server_info = rmcp::model::Implementation::new(name, env!("CARGO_PKG_VERSION"));
+    info
 }
 
 impl ServerHandler for Demo {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
-        info.server_info =
-            rmcp::model::Implementation::new("warden-demo", env!("CARGO_PKG_VERSION"));
-        info
+        server_info("warden-demo")
     }
 
     async fn list_tools(

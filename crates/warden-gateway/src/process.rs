@@ -7,7 +7,7 @@
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -233,16 +233,11 @@ async fn run(
     }
 }
 
-fn fail(t: impl Into<String>) -> CallToolResponse {
-    CallToolResult::error(vec![ContentBlock::text(t)]).into()
-}
+use crate::demo::fail;
 
 impl ServerHandler for ProcessServer {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
-        info.server_info =
-            rmcp::model::Implementation::new("warden-process", env!("CARGO_PKG_VERSION"));
-        info
+        crate::demo::server_info("warden-process")
     }
 
     async fn list_tools(

@@ -39,6 +39,44 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The starter with `tools` and `upstreams` YAML lines added (and `edit` applied), `agents`
+/// enrolled, served. `None` (after a notice) where the end-to-end or sandbox tests skip.
+fn serve_with(
+    dir: &std::path::Path,
+    tools: &str,
+    upstreams: &str,
+    edit: impl Fn(String) -> String,
+    agents: &[&str],
+) -> Option<(super::Env, super::Server)> {
+    let e = env()?;
+    super::super::sandbox::host()?;
+    let (data, m) = super::approvals::setup(dir);
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let with = edit(
+        text_m
+            .replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
+            .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1),
+    );
+    std::fs::write(&m, with).unwrap();
+    for a in agents {
+        enroll(&data, &m, a);
+    }
+    let s = start_existing(dir, &data, &m);
+    Some((e, s))
+}
+
+/// The cgroups (one per runner launch) of upstream `name`'s live processes.
+fn trees(name: &str) -> std::collections::BTreeSet<String> {
+    in_sandbox(name)
+        .into_iter()
+        .filter_map(|pid| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            c.lines()
+                .find_map(|l| l.split_once("/warden/").map(|(_, g)| g.to_owned()))
+        })
+        .collect()
+}
+
 #[test]
 fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
     let Some(e) = env() else { return };
@@ -118,29 +156,16 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
 
 #[test]
 fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sandbox() {
-    let Some(e) = env() else { return };
-    if super::super::sandbox::host().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let (data, m) = super::approvals::setup(dir.path());
-    let text_m = std::fs::read_to_string(&m).unwrap();
-    let with = text_m
-        .replacen(
-            "\ntools:\n",
-            "\ntools:\n  - { name: proc.echo, tier: low, zones: [\"*\"], arguments: { type: object, properties: { text: { type: string } }, required: [text], additionalProperties: false } }\n  - { name: proc.head, tier: low, zones: [\"*\"], arguments: { type: object, properties: { path: { type: string } }, required: [path], additionalProperties: false } }\n",
-            1,
-        )
-        .replacen(
-            "\nupstreams:\n",
-            "\nupstreams:\n  - name: proc\n    process:\n      echo: { program: /usr/bin/echo, args: [\"{text}\"], description: prints its text }\n      head: { program: /usr/bin/head, args: [\"-c\", \"64\", \"{path}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
-            1,
-        );
-    assert_eq!(with.matches("proc.").count(), 2, "{with}");
-    assert!(with.contains("  - name: proc\n"));
-    std::fs::write(&m, with).unwrap();
-    enroll(&data, &m, "ops-1");
-    let s = start_existing(dir.path(), &data, &m);
+    let Some((e, s)) = serve_with(
+        dir.path(),
+        "  - { name: proc.echo, tier: low, zones: [\"*\"], arguments: { type: object, properties: { text: { type: string } }, required: [text], additionalProperties: false } }\n  - { name: proc.head, tier: low, zones: [\"*\"], arguments: { type: object, properties: { path: { type: string } }, required: [path], additionalProperties: false } }\n",
+        "  - name: proc\n    process:\n      echo: { program: /usr/bin/echo, args: [\"{text}\"], description: prints its text }\n      head: { program: /usr/bin/head, args: [\"-c\", \"64\", \"{path}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
+        |m| m,
+        &["ops-1"],
+    ) else {
+        return;
+    };
 
     // The argument is one argv element: shell syntax is just text.
     let hostile = "a; rm -rf / $(id) `id` | cat";
@@ -179,35 +204,22 @@ fn runners(data: &std::path::Path, name: &str) -> Vec<String> {
 
 #[test]
 fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
-    let Some(e) = env() else { return };
-    if super::super::sandbox::host().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let (data, m) = super::approvals::setup(dir.path());
-    let text_m = std::fs::read_to_string(&m).unwrap();
-    let with = text_m
-        .replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1)
-        .replacen(
-            "\nagents:\n",
-            "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
-            1,
-        )
-        .replacen(
-            "\ntools:\n",
-            "\ntools:\n  - { name: proc.touch, tier: low, zones: [\"*\"], arguments: { type: object, properties: { name: { type: string } }, required: [name], additionalProperties: false } }\n  - { name: proc.ls, tier: low, zones: [\"*\"], arguments: { type: object, properties: { dir: { type: string } }, required: [dir], additionalProperties: false } }\n",
-            1,
-        )
-        .replacen(
-            "\nupstreams:\n",
-            "\nupstreams:\n  - name: proc\n    process:\n      touch: { program: /usr/bin/touch, args: [\"{name}\"] }\n      ls: { program: /usr/bin/ls, args: [\"-1\", \"{dir}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
-            1,
-        );
-    assert!(with.contains("id: globex") && with.contains("id: g-1") && with.contains("proc.ls"));
-    std::fs::write(&m, with).unwrap();
-    enroll(&data, &m, "ops-1");
-    enroll(&data, &m, "g-1");
-    let s = start_existing(dir.path(), &data, &m);
+    let Some((e, s)) = serve_with(
+        dir.path(),
+        "  - { name: proc.touch, tier: low, zones: [\"*\"], arguments: { type: object, properties: { name: { type: string } }, required: [name], additionalProperties: false } }\n  - { name: proc.ls, tier: low, zones: [\"*\"], arguments: { type: object, properties: { dir: { type: string } }, required: [dir], additionalProperties: false } }\n",
+        "  - name: proc\n    process:\n      touch: { program: /usr/bin/touch, args: [\"{name}\"] }\n      ls: { program: /usr/bin/ls, args: [\"-1\", \"{dir}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
+        |m| {
+            m.replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1).replacen(
+                "\nagents:\n",
+                "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
+                1,
+            )
+        },
+        &["ops-1", "g-1"],
+    ) else {
+        return;
+    };
 
     let r = call(&e, &s, "ops-1", "proc.touch", r#"{"name": "acme-only"}"#);
     assert_ne!(r["isError"], true, "{r}");
@@ -253,17 +265,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     let seen = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "/proc"}"#));
     assert!(host_procs > 20, "{host_procs}");
     assert!(numeric(&seen) <= 8, "{seen}");
-    let cgroups = |name: &str| -> std::collections::BTreeSet<String> {
-        in_sandbox(name)
-            .into_iter()
-            .filter_map(|pid| {
-                let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-                c.lines()
-                    .find_map(|l| l.split_once("/warden/").map(|(_, g)| g.to_owned()))
-            })
-            .collect()
-    };
-    let before = cgroups("proc");
+    let before = trees("proc");
     assert!(before.len() >= 2, "one cgroup per runner: {before:?}");
 
     // A lockdown of acme ends acme's runner only.
@@ -286,7 +288,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let after = cgroups("proc");
+    let after = trees("proc");
     assert_eq!(after.len(), before.len() - 1, "{before:?} → {after:?}");
     let globex = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "."}"#));
     assert!(!globex.contains("acme-only"), "{globex}");
@@ -294,27 +296,16 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
 
 #[test]
 fn a_session_runner_ends_with_its_session() {
-    let Some(e) = env() else { return };
-    if super::super::sandbox::host().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let (data, m) = super::approvals::setup(dir.path());
-    let text_m = std::fs::read_to_string(&m).unwrap();
-    let with = text_m
-        .replacen(
-            "\ntools:\n",
-            "\ntools:\n  - { name: proc.pwd, tier: low, zones: [\"*\"], arguments: { type: object, properties: {}, additionalProperties: false } }\n",
-            1,
-        )
-        .replacen(
-            "\nupstreams:\n",
-            "\nupstreams:\n  - name: proc\n    process:\n      pwd: { program: /usr/bin/pwd }\n    sandbox:\n      runner: session\n",
-            1,
-        );
-    std::fs::write(&m, with).unwrap();
-    enroll(&data, &m, "ops-1");
-    let s = start_existing(dir.path(), &data, &m);
+    let Some((e, s)) = serve_with(
+        dir.path(),
+        "  - { name: proc.pwd, tier: low, zones: [\"*\"], arguments: { type: object, properties: {}, additionalProperties: false } }\n",
+        "  - name: proc\n    process:\n      pwd: { program: /usr/bin/pwd }\n    sandbox:\n      runner: session\n",
+        |m| m,
+        &["ops-1"],
+    ) else {
+        return;
+    };
     let sessions = || {
         runners(&s.data, "proc")
             .into_iter()
@@ -336,14 +327,7 @@ fn a_session_runner_ends_with_its_session() {
     wait_until("the session runner's end", Duration::from_secs(15), || {
         sessions() == 0 && !workspace.exists()
     });
-    let trees: std::collections::BTreeSet<String> = in_sandbox("proc")
-        .into_iter()
-        .filter_map(|pid| {
-            let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-            c.lines()
-                .find_map(|l| l.split_once("/warden/").map(|(_, g)| g.to_owned()))
-        })
-        .collect();
+    let trees = trees("proc");
     // Only the runner that lists tools is left.
     assert!(trees.len() <= 1, "{trees:?}");
 }
