@@ -90,6 +90,23 @@ impl Resolve for SystemResolver {
     }
 }
 
+/// A fixed table of names: for tests, and for pinning a name to known addresses.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver(pub std::collections::BTreeMap<String, IpAddr>);
+
+impl Resolve for StaticResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        let found = self.0.get(host).map(|ip| vec![SocketAddr::new(*ip, port)]);
+        Box::pin(async move {
+            found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such name"))
+        })
+    }
+}
+
 /// Where events go (the ledger, in Warden).
 pub type Recorder = Arc<dyn Fn(Event) + Send + Sync>;
 

@@ -11,27 +11,12 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use warden_sandbox::egress::{Event, HostRule, Net, Policy, Proxy, Resolve};
-
-struct Table(BTreeMap<String, IpAddr>);
-
-impl Resolve for Table {
-    fn resolve<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
-    > {
-        let found = self.0.get(host).map(|ip| vec![SocketAddr::new(*ip, port)]);
-        Box::pin(async move { found.ok_or_else(|| std::io::Error::other("no such name")) })
-    }
-}
+use warden_sandbox::egress::{Event, HostRule, Net, Policy, Proxy, StaticResolver};
 
 /// An echo server on loopback; returns its port.
 async fn echo_server() -> u16 {
@@ -65,7 +50,7 @@ fn proxy(policy: Policy) -> Fixture {
     let socket = dir.path().join("egress.sock");
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let sink = Arc::clone(&events);
-    let table = Table(BTreeMap::from([
+    let table = StaticResolver(BTreeMap::from([
         ("echo.allowed.test".to_owned(), "127.0.0.1".parse().unwrap()),
         (
             "meta.allowed.test".to_owned(),

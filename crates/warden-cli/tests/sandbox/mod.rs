@@ -7,13 +7,13 @@
 //! `WARDEN_TEST_SANDBOX_REQUIRED=1` (set by `.ci/run`) a missing layer fails them instead.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_sandbox::cgroup::Cgroup;
-use warden_sandbox::egress::{self, HostRule, Net, Policy, Proxy, Resolve};
+use warden_sandbox::egress::{self, HostRule, Net, Policy, Proxy, StaticResolver};
 use warden_sandbox::spec::{Bridge, Guarantee, Spec, Status};
 use warden_sandbox::Host;
 
@@ -227,24 +227,6 @@ except OSError as e:
     assert!(out.contains("tcp 169.254.169.254 101"), "{out}");
 }
 
-/// A fixed table of names (the test's resolver).
-struct Table(BTreeMap<String, IpAddr>);
-
-impl Resolve for Table {
-    fn resolve<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
-    > {
-        let found = self.0.get(host).map(|ip| vec![SocketAddr::new(*ip, port)]);
-        Box::pin(async move {
-            found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such name"))
-        })
-    }
-}
-
 #[test]
 fn the_egress_proxy_allows_listed_public_hosts_only_and_records_each_connection() {
     let Some(host) = host() else { return };
@@ -274,7 +256,7 @@ fn the_egress_proxy_allows_listed_public_hosts_only_and_records_each_connection(
             );
         }
     });
-    let resolver = Table(BTreeMap::from([
+    let resolver = StaticResolver(BTreeMap::from([
         ("api.allowed.test".to_owned(), "127.0.0.1".parse().unwrap()),
         (
             "metadata.allowed.test".to_owned(),
