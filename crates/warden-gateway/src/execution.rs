@@ -82,7 +82,8 @@ pub fn sandbox_config(
     );
     Some(warden_executor::SandboxConfig {
         host: Arc::new(host),
-        dir: data.join("sandbox"),
+        // Absolute: the view mounts it at the same path (the README's `.warden` is relative).
+        dir: std::path::absolute(data.join("sandbox")).unwrap_or_else(|_| data.join("sandbox")),
     })
 }
 

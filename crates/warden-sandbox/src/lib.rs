@@ -228,6 +228,15 @@ impl Host {
         mut spec: Spec,
     ) -> Result<(Option<cgroup::Cgroup>, Command), SandboxError> {
         self.check(&spec.require)?;
+        // Paths are mounted at themselves inside the view: they must be absolute.
+        for p in std::iter::once(&mut spec.workspace).chain(spec.read_only.iter_mut()) {
+            if p.is_relative() {
+                *p = std::path::absolute(&*p).map_err(|error| SandboxError::Workspace {
+                    path: p.display().to_string(),
+                    error,
+                })?;
+            }
+        }
         std::fs::create_dir_all(&spec.workspace).map_err(|error| SandboxError::Workspace {
             path: spec.workspace.display().to_string(),
             error,

@@ -616,3 +616,49 @@ fn doctor_reports_each_guarantee_with_its_mechanism() {
         assert!(all, "{v:#}");
     }
 }
+
+#[test]
+fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
+    let Some(_host) = host() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    // As the README runs it: embedded defaults, `.warden` relative to the working directory.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", port(())))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", port(())))
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let connected = loop {
+        let log = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("upstream connected") && l.contains("demo"))
+        {
+            break true;
+        }
+        if log.contains("upstream did not start") || start.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+    assert!(connected, "{log}");
+    // It ran in the sandbox, in a workspace under the data directory.
+    assert!(tmp.path().join(".warden/sandbox/demo").is_dir(), "{log}");
+}
