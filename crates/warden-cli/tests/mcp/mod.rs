@@ -666,7 +666,26 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
             serde_json::from_slice::<Value>(&out.stdout).unwrap()
         })
     };
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // All 50 decided (and so on their way to the Executor) before the kill, however loaded
+    // the machine is.
+    let decided = || {
+        ledger_tail(&s.data, 500)
+            .lines()
+            .filter(|l| {
+                l.contains("\"type\":\"decision\"")
+                    && l.contains("everything.trigger-long-running-operation")
+            })
+            .count()
+    };
+    while decided() < 50 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "only {} of 50 calls decided",
+            decided()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let out = warden(&[
         "kill",
         "--agent",
@@ -704,11 +723,16 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         r#"{"timezone":"UTC"}"#,
     );
     assert!(first_text(&r).contains("incident drill"), "{r}");
-    let killed = ledger_tail(&s.data, 500)
+    // Each stopped in flight (killed) or, not yet started, held at the Executor (refused).
+    let stopped = ledger_tail(&s.data, 500)
         .lines()
-        .filter(|l| l.contains("\"status\":\"killed\""))
+        .filter(|l| {
+            l.contains("\"type\":\"receipt\"")
+                && l.contains("everything.trigger-long-running-operation")
+                && (l.contains("\"status\":\"killed\"") || l.contains("\"status\":\"refused\""))
+        })
         .count();
-    assert!(killed >= 50, "{killed} killed receipts");
+    assert!(stopped >= 50, "{stopped} killed or refused receipts");
 }
 
 /// `warden stdio`, launched by the SDK's stdio client the way a desktop client launches its
