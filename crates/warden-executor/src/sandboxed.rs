@@ -66,13 +66,6 @@ pub(crate) fn profile(cfg: Option<&SandboxConfig>, sb: Option<&Sandbox>) -> Stri
     }
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Records an event about upstream `name`'s sandbox (best effort, off the caller's path).
 pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reason: String) {
     tracing::warn!(upstream = %name, kind, "{reason}");
@@ -85,7 +78,7 @@ pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reaso
         reason: format!("upstream `{name}`: {reason}"),
         trace_id: String::new(),
         request_id: String::new(),
-        time: now_s(),
+        time: crate::now_ms().div_euclid(1000),
     });
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;

@@ -662,3 +662,23 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
     // It ran in the sandbox, in a workspace under the data directory.
     assert!(tmp.path().join(".warden/sandbox/demo").is_dir(), "{log}");
 }
+
+#[test]
+fn a_bad_spec_is_refused_with_its_reason_and_nothing_runs() {
+    for (spec, says) in [
+        ("{truncated", "the spec is not valid"),
+        (
+            r#"{"program": "/bin/sh", "shell": true}"#,
+            "the spec is not valid",
+        ),
+        ("", "the spec is not valid"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["sandbox", "exec", "--spec", spec])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(126), "{spec}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty());
+    }
+}
