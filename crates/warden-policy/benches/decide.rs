@@ -99,6 +99,8 @@ fn starter() -> (Governor, Gen) {
     });
     let g = Governor::new(parse_manifest("manifest.yaml", &text).unwrap(), &policies).unwrap();
     assert_eq!(g.cedar().policy_count, 10);
+    // Every starter policy runs in the native evaluator (see `native.rs`).
+    assert_eq!(g.cedar().native_count, 10);
     let proposals = Box::new(|i: usize| Proposal {
         agent: if i.is_multiple_of(2) {
             "coder-1"
@@ -176,6 +178,7 @@ fn fleet(agents: usize) -> (Governor, Gen) {
     }];
     let g = Governor::new(parse_manifest("fleet.yaml", &y).unwrap(), &policies).unwrap();
     assert_eq!(g.cedar().policy_count, 1000);
+    assert_eq!(g.cedar().native_count, 1000);
     let proposals = Box::new(move |i: usize| Proposal {
         agent: format!("agent-{}", (i * 7919) % agents),
         session: format!("s{}", i % 128),
@@ -245,6 +248,24 @@ fn phases(g: &Governor, gen: &Gen, n: usize) {
     });
     println!(
         "| phase: cedar evaluate | {:.2} | {:.2} | {:.2} |",
+        s.p50, s.p99, s.mean
+    );
+    // What decide does instead: the same policies, evaluated natively, no request built.
+    let s = measure(n, |i| {
+        let p = &ps[i % ps.len()];
+        let facts = warden_policy::cedar::CallFacts {
+            agent: &g.manifest().agents[&p.agent],
+            arguments: &p.arguments,
+            arg_type: g.arg_type(&p.tool),
+            session: &p.session,
+            hour: 10,
+        };
+        let (outcome, used_cedar) = g.cedar().evaluate_call(&p.agent, &p.tool, facts).unwrap();
+        assert!(!used_cedar);
+        black_box(outcome);
+    });
+    println!(
+        "| phase: native evaluate (replaces the two above) | {:.2} | {:.2} | {:.2} |",
         s.p50, s.p99, s.mean
     );
     let state = MemoryState::new();

@@ -14,7 +14,8 @@
 //! Because every tool is an action and the context is typed per action, Cedar's validator
 //! rejects at load a policy that names an unknown tool, attribute or argument.
 
-use crate::manifest::{Diagnostic, Manifest};
+use crate::manifest::{Agent, Diagnostic, Manifest};
+use crate::native::{Call, Compiled, Stop, ToolFacts};
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
     EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
@@ -278,17 +279,20 @@ pub struct CedarIndex {
     /// For each tool: the policies that can apply to it, minus those pinned to one agent.
     per_action: HashMap<String, ActionPolicies>,
     /// For each agent with policies pinned to it (`principal == Agent::"x"`): those policies.
-    per_agent: HashMap<String, PolicySet>,
+    per_agent: HashMap<String, Policies>,
     /// Effect of every policy, by id.
     effects: HashMap<String, Effect>,
     /// Every policy, for the unindexed baseline (benchmarks).
     pub all: PolicySet,
     /// How many policies.
     pub policy_count: usize,
-    /// `Agent::"<id>"` for every agent, built once (parsing a uid costs a Cedar parse).
-    agent_uids: HashMap<String, EntityUid>,
-    /// For every agent: its index, and the index of its class (tenant, zone, trust).
-    agent_class: HashMap<String, (u32, u32)>,
+    /// Every agent: its uid and cache indices.
+    agents: HashMap<String, AgentEntry>,
+    /// Class index by tenant, zone and trust rank (a few entries: read without touching the
+    /// per-agent map, so a decision costs the same with 10 agents or 10,000).
+    classes: HashMap<String, HashMap<String, [u32; 4]>>,
+    /// How many policies are compiled for native evaluation (the rest always run in Cedar).
+    pub native_count: usize,
     /// Results of context-free policy parts, by (tool index, class or agent index, by agent).
     // INVARIANT (static cache soundness): only policies whose outcome depends on nothing but
     // the tool and the agent's class (or the agent itself, for `by_agent`) are cached, and the
@@ -299,34 +303,121 @@ pub struct CedarIndex {
     authorizer: Authorizer,
 }
 
+/// One agent, as the index knows it.
+#[derive(Debug)]
+struct AgentEntry {
+    /// `Agent::"<id>"`, built once (parsing a uid costs a Cedar parse).
+    uid: EntityUid,
+    /// Its index (cache key).
+    idx: u32,
+    /// The index of its class (tenant, zone, trust).
+    class: u32,
+}
+
+/// A set of policies, in Cedar's form and, where every one of them compiled, in native form.
+#[derive(Debug)]
+struct Policies {
+    cedar: PolicySet,
+    native: Vec<Arc<Compiled>>,
+    /// Some policy of the set did not compile: the set is always evaluated by Cedar.
+    needs_cedar: bool,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            cedar: PolicySet::new(),
+            native: Vec::new(),
+            needs_cedar: false,
+        }
+    }
+}
+
+impl Policies {
+    /// Adds `p` (once), with its compiled form if it has one.
+    fn add(&mut self, p: &Policy, compiled: Option<&Arc<Compiled>>) -> Result<(), String> {
+        if self.cedar.policy(p.id()).is_none() {
+            self.cedar.add(p.clone()).map_err(|e| e.to_string())?;
+            match compiled {
+                Some(c) => self.native.push(Arc::clone(c)),
+                None => self.needs_cedar = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cedar.policies().next().is_none()
+    }
+
+    /// Evaluates the set natively; `None` when Cedar must (a policy did not compile, or a
+    /// value the native evaluator leaves to Cedar).
+    fn evaluate_native(&self, call: &Call<'_>) -> Option<Part> {
+        if self.needs_cedar {
+            return None;
+        }
+        let mut permits = Vec::new();
+        let mut forbids = Vec::new();
+        let mut errored_forbids = Vec::new();
+        for c in &self.native {
+            match c.satisfied(call) {
+                Ok(true) if c.effect == Effect::Permit => permits.push(c.id.clone()),
+                Ok(true) => forbids.push(c.id.clone()),
+                Ok(false) => {}
+                // INVARIANT (fail-closed): a forbid that cannot be evaluated counts as
+                // matching (as in `evaluate_part`).
+                Err(Stop::Error) if c.effect == Effect::Forbid => {
+                    errored_forbids.push(c.id.clone())
+                }
+                Err(Stop::Error) => {}
+                Err(Stop::Unsupported) => return None,
+            }
+        }
+        // As Cedar answers: satisfied forbids deny (and hide the permits); else permits allow.
+        if !forbids.is_empty() {
+            permits.clear();
+        }
+        Some(Part {
+            permits,
+            forbids,
+            errored_forbids,
+        })
+    }
+}
+
 /// The policies indexed under one action, split by what their outcome depends on.
 #[derive(Debug, Default)]
 struct ActionPolicies {
     /// Index of the tool (cache key).
     idx: u32,
+    /// The tool's attributes, as policies see them.
+    facts: ToolFacts,
     /// Policies that read `context` (or that the analysis cannot classify): evaluated on every
     /// call.
-    dynamic: PolicySet,
+    dynamic: Policies,
     /// Only the forbids among `dynamic`.
-    dynamic_forbids: PolicySet,
+    dynamic_forbids: Policies,
     /// Context-free policies that see only the agent's tenant, zone and trust: evaluated once
     /// per (tool, class) and cached.
-    by_class: PolicySet,
+    by_class: Policies,
     /// Context-free policies that see the agent's identity (id, owner): cached per (tool,
     /// agent).
-    by_agent: PolicySet,
+    by_agent: Policies,
     /// Permits that hold for every request to this action: no `when`/`unless`, principal
     /// unconstrained or `is Agent`, resource unconstrained or `is Tool`.
     unconditional_permits: Vec<String>,
 }
 
-/// A Cedar request built on first use.
-struct LazyRequest<F> {
+/// A Cedar request built on first use, and the call's facts for native evaluation.
+struct LazyRequest<'a, F> {
     make: Option<F>,
     request: Option<Request>,
+    call: Option<Call<'a>>,
+    /// Whether Cedar evaluated any part (tests check the native path is taken).
+    used_cedar: bool,
 }
 
-impl<F: FnOnce() -> Result<Request, String>> LazyRequest<F> {
+impl<F: FnOnce() -> Result<Request, String>> LazyRequest<'_, F> {
     fn get(&mut self) -> Result<&Request, String> {
         if self.request.is_none() {
             let make = self
@@ -340,12 +431,17 @@ impl<F: FnOnce() -> Result<Request, String>> LazyRequest<F> {
             .ok_or_else(|| "the Cedar request could not be built".to_string())
     }
 
-    /// Evaluates `set`, building the request only if the set is not empty.
-    fn evaluate(&mut self, index: &CedarIndex, set: &PolicySet) -> Result<Part, String> {
-        if set.policies().next().is_none() {
+    /// Evaluates `set`: natively where it can, else in Cedar, building the request only if
+    /// the set is not empty.
+    fn evaluate(&mut self, index: &CedarIndex, set: &Policies) -> Result<Part, String> {
+        if set.is_empty() {
             return Ok(Part::default());
         }
-        Ok(index.evaluate_part(self.get()?, set))
+        if let Some(part) = self.call.as_ref().and_then(|c| set.evaluate_native(c)) {
+            return Ok(part);
+        }
+        self.used_cedar = true;
+        Ok(index.evaluate_part(self.get()?, &set.cedar))
     }
 }
 
@@ -489,6 +585,21 @@ fn is_unconditional_permit(p: &Policy) -> bool {
         })
         .unwrap_or(false);
     principal_ok && resource_ok && no_conditions
+}
+
+/// The facts of one call that policies may read, given to the native evaluator.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFacts<'a> {
+    /// The calling agent, as the manifest has it.
+    pub agent: &'a Agent,
+    /// The call's arguments (already valid against the tool's schema).
+    pub arguments: &'a Value,
+    /// The Cedar type of the tool's arguments, if it has one.
+    pub arg_type: Option<&'a ArgType>,
+    /// The session id.
+    pub session: &'a str,
+    /// The hour of the day (UTC).
+    pub hour: i64,
 }
 
 /// What Cedar concluded for one request.
@@ -652,21 +763,20 @@ impl CedarIndex {
                     k.clone(),
                     ActionPolicies {
                         idx,
+                        facts: tool_facts(m, k),
                         ..ActionPolicies::default()
                     },
                 )
             })
             .collect();
-        let mut per_agent: HashMap<String, PolicySet> = HashMap::new();
+        let mut per_agent: HashMap<String, Policies> = HashMap::new();
         let mut effects = HashMap::new();
-        let add = |set: &mut PolicySet, p: &Policy| -> Result<(), String> {
-            if set.policy(p.id()).is_none() {
-                set.add(p.clone()).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        };
+        let mut native_count = 0;
         for p in all.policies() {
             effects.insert(p.id().to_string(), p.effect());
+            let compiled = Compiled::compile(p).map(Arc::new);
+            native_count += usize::from(compiled.is_some());
+            let compiled = compiled.as_ref();
             let pinned = match p.principal_constraint() {
                 PrincipalConstraint::Eq(u) if u.type_name().to_string() == "Agent" => {
                     Some(u.id().unescaped().to_string())
@@ -674,7 +784,7 @@ impl CedarIndex {
                 _ => None,
             };
             let result = if let Some(agent) = pinned {
-                add(per_agent.entry(agent).or_default(), p)
+                per_agent.entry(agent).or_default().add(p, compiled)
             } else {
                 let targets: Vec<String> = match p.action_constraint() {
                     ActionConstraint::Any => m.tools.keys().cloned().collect(),
@@ -688,13 +798,13 @@ impl CedarIndex {
                     if let Some(entry) = per_action.get_mut(&t) {
                         match dep {
                             Dependence::Context => {
-                                r = r.and(add(&mut entry.dynamic, p));
+                                r = r.and(entry.dynamic.add(p, compiled));
                                 if p.effect() == Effect::Forbid {
-                                    r = r.and(add(&mut entry.dynamic_forbids, p));
+                                    r = r.and(entry.dynamic_forbids.add(p, compiled));
                                 }
                             }
-                            Dependence::Agent => r = r.and(add(&mut entry.by_agent, p)),
-                            Dependence::Class => r = r.and(add(&mut entry.by_class, p)),
+                            Dependence::Agent => r = r.and(entry.by_agent.add(p, compiled)),
+                            Dependence::Class => r = r.and(entry.by_class.add(p, compiled)),
                         }
                         let id = p.id().to_string();
                         if unconditional && !entry.unconditional_permits.contains(&id) {
@@ -709,26 +819,37 @@ impl CedarIndex {
             }
         }
         let policy_count = all.policies().count();
-        let mut agent_uids = HashMap::with_capacity(m.agents.len());
-        for id in m.agents.keys() {
-            match uid("Agent", id) {
-                Ok(u) => {
-                    agent_uids.insert(id.clone(), u);
-                }
-                Err(e) => return Err(vec![diag(&m.file, None, "", format!("agent `{id}`: {e}"))]),
-            }
-        }
         let mut classes: HashMap<(&str, &str, &str), u32> = HashMap::new();
-        let mut agent_class = HashMap::with_capacity(m.agents.len());
+        let mut agents = HashMap::with_capacity(m.agents.len());
+        let mut class_of: HashMap<String, HashMap<String, [u32; 4]>> = HashMap::new();
         let mut ids: Vec<&String> = m.agents.keys().collect();
         ids.sort();
         for (i, id) in ids.into_iter().enumerate() {
             let Some(a) = m.agents.get(id) else { continue };
+            let uid = match uid("Agent", id) {
+                Ok(u) => u,
+                Err(e) => return Err(vec![diag(&m.file, None, "", format!("agent `{id}`: {e}"))]),
+            };
             let next = u32::try_from(classes.len()).unwrap_or(u32::MAX);
             let class = *classes
                 .entry((a.tenant.as_str(), a.zone.as_str(), a.trust.as_str()))
                 .or_insert(next);
-            agent_class.insert(id.clone(), (u32::try_from(i).unwrap_or(u32::MAX), class));
+            let slot = class_of
+                .entry(a.tenant.clone())
+                .or_default()
+                .entry(a.zone.clone())
+                .or_insert([u32::MAX; 4]);
+            if let Some(s) = trust_slot(a).and_then(|k| slot.get_mut(k)) {
+                *s = class;
+            }
+            agents.insert(
+                id.clone(),
+                AgentEntry {
+                    uid,
+                    idx: u32::try_from(i).unwrap_or(u32::MAX),
+                    class,
+                },
+            );
         }
         let mut tool_uids = HashMap::with_capacity(m.tools.len());
         for name in m.tools.keys() {
@@ -749,8 +870,9 @@ impl CedarIndex {
             effects,
             all,
             policy_count,
-            agent_uids,
-            agent_class,
+            agents,
+            classes: class_of,
+            native_count,
             static_cache: RwLock::new(HashMap::new()),
             tool_uids,
             authorizer: Authorizer::new(),
@@ -784,13 +906,13 @@ impl CedarIndex {
     fn cached_part<F>(
         &self,
         key: (u32, u32, bool),
-        request: &mut LazyRequest<F>,
-        set: &PolicySet,
+        request: &mut LazyRequest<'_, F>,
+        set: &Policies,
     ) -> Result<Option<Arc<Part>>, String>
     where
         F: FnOnce() -> Result<Request, String>,
     {
-        if set.policies().next().is_none() {
+        if set.is_empty() {
             return Ok(None);
         }
         if let Ok(cache) = self.static_cache.read() {
@@ -798,7 +920,7 @@ impl CedarIndex {
                 return Ok(Some(Arc::clone(part)));
             }
         }
-        let part = Arc::new(self.evaluate_part(request.get()?, set));
+        let part = Arc::new(request.evaluate(self, set)?);
         if let Ok(mut cache) = self.static_cache.write() {
             if cache.len() < STATIC_CACHE_ENTRIES {
                 cache.insert(key, Arc::clone(&part));
@@ -807,26 +929,88 @@ impl CedarIndex {
         Ok(Some(part))
     }
 
-    /// Evaluates the policies that can apply to (`agent`, `tool`) for `request`.
+    /// Evaluates the policies that can apply to (`agent`, `tool`) for `request`, in Cedar.
     #[must_use]
     pub fn evaluate(&self, agent: &str, tool: &str, request: &Request) -> CedarOutcome {
-        self.evaluate_with(agent, tool, || Ok(request.clone()))
+        self.evaluate_with(agent, tool, None, || Ok(request.clone()))
             .unwrap_or(CedarOutcome::NoPermit)
     }
 
-    /// Evaluates the policies that can apply to (`agent`, `tool`), building the Cedar request
-    /// with `make` only if some policy must actually be evaluated (context-free results are
-    /// cached per tool and agent class).
+    /// Evaluates the policies that can apply to one call the way `decide` does (natively where
+    /// it can, else in Cedar), and says whether Cedar had to evaluate any part.
+    ///
+    /// # Errors
+    /// The message of [`CedarIndex::request`], when Cedar was needed and the request could not
+    /// be built.
+    pub fn evaluate_call(
+        &self,
+        agent: &str,
+        tool: &str,
+        facts: CallFacts<'_>,
+    ) -> Result<(CedarOutcome, bool), String> {
+        let mut used_cedar = false;
+        let outcome = self.evaluate_traced(agent, tool, Some(facts), &mut used_cedar, || {
+            self.request(
+                agent,
+                tool,
+                facts.arg_type,
+                facts.arguments,
+                facts.session,
+                facts.hour,
+            )
+        })?;
+        Ok((outcome, used_cedar))
+    }
+
+    /// Evaluates the policies that can apply to (`agent`, `tool`). With the call's `facts`,
+    /// policies compiled for native evaluation run without Cedar; the Cedar request is built
+    /// with `make` only if some policy must still be evaluated by Cedar (context-free results
+    /// are cached per tool and agent class).
     ///
     /// # Errors
     /// The message of `make`, when the request was needed and could not be built.
-    pub fn evaluate_with<F>(&self, agent: &str, tool: &str, make: F) -> Result<CedarOutcome, String>
+    pub fn evaluate_with<F>(
+        &self,
+        agent: &str,
+        tool: &str,
+        facts: Option<CallFacts<'_>>,
+        make: F,
+    ) -> Result<CedarOutcome, String>
     where
         F: FnOnce() -> Result<Request, String>,
     {
+        let mut used_cedar = false;
+        self.evaluate_traced(agent, tool, facts, &mut used_cedar, make)
+    }
+
+    fn evaluate_traced<F>(
+        &self,
+        agent: &str,
+        tool: &str,
+        facts: Option<CallFacts<'_>>,
+        used_cedar: &mut bool,
+        make: F,
+    ) -> Result<CedarOutcome, String>
+    where
+        F: FnOnce() -> Result<Request, String>,
+    {
+        let action = self.per_action.get(tool);
+        let call = match (facts, action) {
+            (Some(f), Some(a)) if f.agent.id == agent => Some(Call {
+                agent: f.agent,
+                tool: &a.facts,
+                arguments: f.arguments,
+                arg_type: f.arg_type,
+                session: f.session,
+                hour: f.hour,
+            }),
+            _ => None,
+        };
         let mut request = LazyRequest {
             make: Some(make),
             request: None,
+            call,
+            used_cedar: false,
         };
         let mut permits: Vec<String> = Vec::new();
         let mut forbids: Vec<String> = Vec::new();
@@ -836,23 +1020,37 @@ impl CedarIndex {
             forbids.extend(part.forbids.iter().cloned());
             errored.extend(part.errored_forbids.iter().cloned());
         };
-        if let Some(a) = self.per_action.get(tool) {
-            let (agent_idx, class) = self
-                .agent_class
-                .get(agent)
-                .copied()
-                .unwrap_or((u32::MAX, u32::MAX));
-            if class != u32::MAX {
-                let parts = [
-                    self.cached_part((a.idx, class, false), &mut request, &a.by_class)?,
-                    self.cached_part((a.idx, agent_idx, true), &mut request, &a.by_agent)?,
-                ];
-                for part in parts.iter().flatten() {
-                    merge(part);
-                }
+        if let Some(a) = action {
+            // The class from the agent's attributes when they are at hand (no per-agent
+            // lookup); the agent's own index only when agent-specific parts exist.
+            let class = match facts.filter(|f| f.agent.id == agent) {
+                Some(f) => self.class_of(f.agent),
+                None => self.agents.get(agent).map(|e| e.class),
+            };
+            let by_agent_key = if a.by_agent.is_empty() {
+                None
             } else {
-                merge(&request.evaluate(self, &a.by_class)?);
-                merge(&request.evaluate(self, &a.by_agent)?);
+                self.agents.get(agent).map(|e| e.idx)
+            };
+            match class {
+                Some(class) => {
+                    if let Some(part) =
+                        self.cached_part((a.idx, class, false), &mut request, &a.by_class)?
+                    {
+                        merge(&part);
+                    }
+                }
+                None => merge(&request.evaluate(self, &a.by_class)?),
+            }
+            match by_agent_key {
+                Some(idx) => {
+                    if let Some(part) =
+                        self.cached_part((a.idx, idx, true), &mut request, &a.by_agent)?
+                    {
+                        merge(&part);
+                    }
+                }
+                None => merge(&request.evaluate(self, &a.by_agent)?),
             }
             // When a permit is known to hold for every request to this action, only the
             // forbids can change the outcome: evaluate just those.
@@ -865,12 +1063,21 @@ impl CedarIndex {
         if let Some(set) = self.per_agent.get(agent) {
             merge(&request.evaluate(self, set)?);
         }
+        *used_cedar = request.used_cedar;
         Ok(Part {
             permits,
             forbids,
             errored_forbids: errored,
         }
         .into_outcome())
+    }
+
+    /// The class index of `agent` (tenant, zone, trust), if the manifest has that class.
+    fn class_of(&self, agent: &Agent) -> Option<u32> {
+        let slot = self.classes.get(&agent.tenant)?.get(&agent.zone)?;
+        trust_slot(agent)
+            .and_then(|k| slot.get(k).copied())
+            .filter(|c| *c != u32::MAX)
     }
 
     /// Builds the Cedar request for one call.
@@ -887,10 +1094,11 @@ impl CedarIndex {
         session: &str,
         hour: i64,
     ) -> Result<Request, String> {
-        let principal = self
-            .agent_uids
+        let principal = &self
+            .agents
             .get(agent)
-            .ok_or_else(|| format!("unknown agent `{agent}`"))?;
+            .ok_or_else(|| format!("unknown agent `{agent}`"))?
+            .uid;
         let (action, resource) = self
             .tool_uids
             .get(tool)
@@ -933,6 +1141,32 @@ impl CedarIndex {
             .is_authorized(request, &self.all, &self.entities)
             .decision()
             == CedarDecision::Allow
+    }
+}
+
+/// The agent's trust level as an index into a class slot (0 for intern .. 3 for principal).
+fn trust_slot(a: &Agent) -> Option<usize> {
+    usize::try_from(a.trust.rank() - 1).ok()
+}
+
+/// The attributes of tool `name` as policies see them (the same values as its Cedar entity).
+fn tool_facts(m: &Manifest, name: &str) -> ToolFacts {
+    let Some(t) = m.tools.get(name) else {
+        return ToolFacts::default();
+    };
+    let tier = m
+        .tiers
+        .get(t.tier)
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    ToolFacts {
+        name: t.name.clone(),
+        group: format!("tier:{tier}"),
+        tier,
+        classification: t.classification.as_str().into(),
+        output_trust: t.output_trust.as_str().into(),
+        preview: t.preview,
+        cost: i64::try_from(t.cost).unwrap_or(i64::MAX),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Governor and its `decide`.
 
-use crate::cedar::{ArgType, CedarIndex, CedarOutcome, PolicySource};
+use crate::cedar::{ArgType, CallFacts, CedarIndex, CedarOutcome, PolicySource};
 use crate::manifest::{Approval, LoadError, Manifest, TrustMode};
 use crate::rate::Rate;
 use sha2::{Digest, Sha256};
@@ -373,16 +373,25 @@ impl Governor {
                 );
             }
         }
-        let outcome = self.cedar.evaluate_with(&agent.id, &tool.name, || {
-            self.cedar.request(
-                &agent.id,
-                &tool.name,
-                self.arg_types.get(&tool.name),
-                &p.arguments,
-                &p.session,
-                hour,
-            )
-        });
+        let facts = CallFacts {
+            agent,
+            arguments: &p.arguments,
+            arg_type: self.arg_types.get(&tool.name),
+            session: &p.session,
+            hour,
+        };
+        let outcome = self
+            .cedar
+            .evaluate_with(&agent.id, &tool.name, Some(facts), || {
+                self.cedar.request(
+                    &agent.id,
+                    &tool.name,
+                    self.arg_types.get(&tool.name),
+                    &p.arguments,
+                    &p.session,
+                    hour,
+                )
+            });
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {

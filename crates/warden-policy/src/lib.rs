@@ -35,6 +35,7 @@ pub mod decide;
 pub mod diff;
 pub mod lines;
 pub mod manifest;
+mod native;
 pub mod rate;
 pub mod raw;
 pub mod upstream;

@@ -1,7 +1,9 @@
 //! The state engine shared by every local backend: pure data structures, no I/O.
 
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope};
 use warden_core::time::UnixSeconds;
 
@@ -42,10 +44,53 @@ pub(crate) enum Op {
     },
 }
 
+/// A key's 128-bit fingerprint: two independent SipHash-1-3 of the key under secret random
+/// keys. Maps are keyed by it so that a lookup reads only the table, never the key's own heap
+/// string: with 10,000 agents the per-agent keys are out of cache, and each string compare was
+/// another cache miss. The key itself is kept beside the value, for snapshots.
+// INVARIANT (distinct keys stay distinct): without the secret hash keys, two key strings share
+// a fingerprint with probability 2^-128; an agent choosing session ids cannot aim for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Fp(u64, u64);
+
+/// Hashes an [`Fp`] by taking its bits (they are already uniformly random).
+#[derive(Debug, Default)]
+struct FpHasher(u64);
+
+impl Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type FpMap<V> = HashMap<Fp, V, BuildHasherDefault<FpHasher>>;
+
+#[derive(Debug, Default)]
+struct Fingerprints(RandomState, RandomState);
+
+impl Fingerprints {
+    fn of(&self, key: &str) -> Fp {
+        Fp(self.0.hash_one(key), self.1.hash_one(key))
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Engine {
-    counters: HashMap<String, Counter>,
-    sessions: HashMap<String, SessionHistory>,
+    fingerprints: Fingerprints,
+    /// Counters and their keys, by fingerprint.
+    counters: FpMap<(Counter, Box<str>)>,
+    /// Session histories and their session keys, by fingerprint.
+    sessions: FpMap<(SessionHistory, Box<str>)>,
     // INVARIANT (O(1) hold lookup): holds are indexed by scope, so a decision's lookup costs
     // the same whatever the number of paused sessions or quarantined agents.
     holds: HashMap<HoldScope, BTreeMap<HoldKind, Hold>>,
@@ -68,8 +113,16 @@ impl Engine {
 
     /// Whether every charge fits (nothing is changed).
     fn check_only(&self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
-        for (index, charge) in charges.iter().enumerate() {
-            let current = self.counter_value(&charge.key, now);
+        let fps: Vec<Fp> = charges
+            .iter()
+            .map(|c| self.fingerprints.of(&c.key))
+            .collect();
+        self.check_fps(charges, &fps, now)
+    }
+
+    fn check_fps(&self, charges: &[Charge], fps: &[Fp], now: UnixSeconds) -> ChargeOutcome {
+        for (index, (charge, fp)) in charges.iter().zip(fps).enumerate() {
+            let current = self.counter_value(*fp, now);
             // Several charges may name the same key; count them together.
             let earlier: u64 = charges
                 .iter()
@@ -92,12 +145,16 @@ impl Engine {
 
     /// Checks and, if every charge fits, applies them in place (no journal op is built).
     pub fn charge_in_place(&mut self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
-        let outcome = self.check_only(charges, now);
+        let fps: Vec<Fp> = charges
+            .iter()
+            .map(|c| self.fingerprints.of(&c.key))
+            .collect();
+        let outcome = self.check_fps(charges, &fps, now);
         if outcome != ChargeOutcome::Charged {
             return outcome;
         }
-        for c in charges {
-            match self.counters.get_mut(c.key.as_str()) {
+        for (c, fp) in charges.iter().zip(fps) {
+            match self.counters.get_mut(&fp).map(|(slot, _)| slot) {
                 Some(slot) => {
                     if slot.expires_at <= now {
                         *slot = Counter {
@@ -110,11 +167,14 @@ impl Engine {
                 }
                 None => {
                     self.counters.insert(
-                        c.key.clone(),
-                        Counter {
-                            value: c.amount,
-                            expires_at: c.expires_at,
-                        },
+                        fp,
+                        (
+                            Counter {
+                                value: c.amount,
+                                expires_at: c.expires_at,
+                            },
+                            c.key.as_str().into(),
+                        ),
                     );
                 }
             }
@@ -123,9 +183,9 @@ impl Engine {
         outcome
     }
 
-    fn counter_value(&self, key: &str, now: UnixSeconds) -> u64 {
-        match self.counters.get(key) {
-            Some(c) if c.expires_at > now => c.value,
+    fn counter_value(&self, fp: Fp, now: UnixSeconds) -> u64 {
+        match self.counters.get(&fp) {
+            Some((c, _)) if c.expires_at > now => c.value,
             _ => 0,
         }
     }
@@ -138,8 +198,8 @@ impl Engine {
         now: UnixSeconds,
         ttl: i64,
     ) -> (u32, Op) {
-        let repeats = match self.sessions.get(session) {
-            Some(h) if h.expires_at > now && h.fingerprint == fingerprint => {
+        let repeats = match self.sessions.get(&self.fingerprints.of(session)) {
+            Some((h, _)) if h.expires_at > now && h.fingerprint == fingerprint => {
                 h.repeats.saturating_add(1)
             }
             _ => 1,
@@ -162,9 +222,15 @@ impl Engine {
         match op {
             Op::Charge { entries } => {
                 for (key, amount, expires_at) in entries {
-                    let slot = self.counters.entry(key).or_insert(Counter {
-                        value: 0,
-                        expires_at,
+                    let fp = self.fingerprints.of(&key);
+                    let (slot, _) = self.counters.entry(fp).or_insert_with(|| {
+                        (
+                            Counter {
+                                value: 0,
+                                expires_at,
+                            },
+                            key.into_boxed_str(),
+                        )
                     });
                     if slot.expires_at <= now {
                         *slot = Counter {
@@ -177,7 +243,9 @@ impl Engine {
                 }
             }
             Op::Observe { session, history } => {
-                self.sessions.insert(session, history);
+                let fp = self.fingerprints.of(&session);
+                self.sessions
+                    .insert(fp, (history, session.into_boxed_str()));
             }
             Op::SetHold { hold } => {
                 self.holds
@@ -197,18 +265,24 @@ impl Engine {
         self.tick(now);
     }
 
-    /// Counts one mutation; sweeps expired entries every [`SWEEP_EVERY`].
+    /// Counts one mutation; sweeps expired entries every [`SWEEP_EVERY`] mutations, or every
+    /// as many mutations as there are entries if that is more: a sweep visits every entry, so
+    /// this keeps its cost at most one entry per mutation whatever the number of agents and
+    /// sessions, while expired entries never outnumber the live ones by more than the
+    /// mutations since the last sweep.
     fn tick(&mut self, now: UnixSeconds) {
         self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
-        if self.ops_since_sweep >= SWEEP_EVERY {
+        let entries = self.counters.len().saturating_add(self.sessions.len());
+        let period = u32::try_from(entries).unwrap_or(u32::MAX).max(SWEEP_EVERY);
+        if self.ops_since_sweep >= period {
             self.sweep(now);
         }
     }
 
     /// Forgets counters and session histories whose time is over.
     pub fn sweep(&mut self, now: UnixSeconds) {
-        self.counters.retain(|_, c| c.expires_at > now);
-        self.sessions.retain(|_, h| h.expires_at > now);
+        self.counters.retain(|_, (c, _)| c.expires_at > now);
+        self.sessions.retain(|_, (h, _)| h.expires_at > now);
         self.ops_since_sweep = 0;
     }
 
@@ -237,26 +311,23 @@ impl Engine {
     /// The smallest sequence of ops that rebuilds this engine (for journal compaction).
     pub fn snapshot_ops(&self, now: UnixSeconds) -> Vec<Op> {
         let mut ops = Vec::new();
-        let mut keys: Vec<&String> = self.counters.keys().collect();
-        keys.sort();
-        let entries: Vec<(String, u64, UnixSeconds)> = keys
-            .into_iter()
-            .filter_map(|k| {
-                self.counters
-                    .get(k)
-                    .filter(|c| c.expires_at > now)
-                    .map(|c| (k.clone(), c.value, c.expires_at))
-            })
+        let mut entries: Vec<(String, u64, UnixSeconds)> = self
+            .counters
+            .values()
+            .filter(|(c, _)| c.expires_at > now)
+            .map(|(c, k)| (k.to_string(), c.value, c.expires_at))
             .collect();
+        entries.sort();
         if !entries.is_empty() {
             ops.push(Op::Charge { entries });
         }
-        let mut sessions: Vec<(&String, &SessionHistory)> = self.sessions.iter().collect();
+        let mut sessions: Vec<(&str, &SessionHistory)> =
+            self.sessions.values().map(|(h, k)| (&**k, h)).collect();
         sessions.sort_by(|a, b| a.0.cmp(b.0));
         for (session, history) in sessions {
             if history.expires_at > now {
                 ops.push(Op::Observe {
-                    session: session.clone(),
+                    session: session.to_string(),
                     history: *history,
                 });
             }
@@ -294,5 +365,93 @@ mod hex32 {
             *slot = u8::from_str_radix(text, 16).map_err(serde::de::Error::custom)?;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+
+    use super::*;
+
+    fn charge(key: &str, limit: u64, expires_at: UnixSeconds) -> Charge {
+        Charge {
+            key: key.into(),
+            amount: 1,
+            limit,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn keys_count_apart_and_snapshots_keep_them() {
+        let mut e = Engine::default();
+        for i in 0..1000 {
+            let key = format!("agent/a{}/calls", i % 10);
+            assert_eq!(
+                e.charge_in_place(&[charge(&key, 100, 50)], 1),
+                ChargeOutcome::Charged
+            );
+        }
+        // Each of the ten keys was charged 100 times: the next charge of any of them is refused.
+        for i in 0..10 {
+            let key = format!("agent/a{i}/calls");
+            assert!(matches!(
+                e.charge_in_place(&[charge(&key, 100, 50)], 1),
+                ChargeOutcome::Exceeded { current: 100, .. }
+            ));
+        }
+        e.apply(
+            Op::Observe {
+                session: "a1/s".into(),
+                history: SessionHistory {
+                    fingerprint: [7; 32],
+                    repeats: 2,
+                    expires_at: 50,
+                },
+            },
+            1,
+        );
+        // A snapshot names every key, sorted, and rebuilds the same engine.
+        let ops = e.snapshot_ops(1);
+        let Op::Charge { entries } = &ops[0] else {
+            panic!("{ops:?}")
+        };
+        let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 10);
+        assert!(entries.iter().all(|(_, v, _)| *v == 100));
+        let mut rebuilt = Engine::default();
+        for op in ops.clone() {
+            rebuilt.apply(op, 1);
+        }
+        assert_eq!(rebuilt.snapshot_ops(1), ops);
+        assert_eq!(rebuilt.plan_observe("a1/s", [7; 32], 1, 60).0, 3);
+        assert_eq!(rebuilt.plan_observe("a2/s", [7; 32], 1, 60).0, 1);
+    }
+
+    #[test]
+    fn sweeps_stay_amortised_and_still_forget() {
+        let mut e = Engine::default();
+        // 10,000 live sessions, then 10,000 that expire at t = 10.
+        for i in 0..10_000 {
+            let (repeats, op) = e.plan_observe(&format!("live/{i}"), [0; 32], 1, 1_000);
+            assert_eq!(repeats, 1);
+            e.apply(op, 1);
+        }
+        for i in 0..10_000 {
+            let (_, op) = e.plan_observe(&format!("short/{i}"), [0; 32], 1, 9);
+            e.apply(op, 1);
+        }
+        assert_eq!(e.sessions.len(), 20_000);
+        // After t = 10, as many mutations as there are entries sweep the expired ones away.
+        for i in 0..20_000 {
+            let (_, op) = e.plan_observe(&format!("live/{}", i % 10_000), [1; 32], 20, 1_000);
+            e.apply(op, 20);
+        }
+        assert_eq!(e.sessions.len(), 10_000);
+        assert!(e.sessions.values().all(|(_, k)| k.starts_with("live/")));
     }
 }
