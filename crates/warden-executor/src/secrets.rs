@@ -33,6 +33,16 @@ pub enum SecretError {
         /// Why.
         why: String,
     },
+    /// The OS keyring has no readable key of that description.
+    #[error("secret `{name}`: no key `{description}` in the OS keyring: {why}")]
+    Keyring {
+        /// Secret name.
+        name: String,
+        /// The key's description.
+        description: String,
+        /// Why.
+        why: String,
+    },
     /// A value is shorter than [`MIN_SECRET_LEN`]: it could not be redacted without also
     /// mangling ordinary text, so it is refused (the upstreams that need it stay down).
     #[error(
@@ -120,6 +130,52 @@ impl Secrets {
     }
 }
 
+/// The OS keyring.
+#[cfg(target_os = "linux")]
+mod keyring {
+    use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier};
+    use zeroize::Zeroizing;
+
+    /// Reads the `user` key `description` from the process's session keyring, else from its
+    /// user's keyring (each searched with the keyrings linked into it).
+    pub(super) fn read(description: &str) -> Result<Zeroizing<String>, String> {
+        let mut last = KeyError::KeyDoesNotExist;
+        for id in [KeyRingIdentifier::Session, KeyRingIdentifier::User] {
+            let found = KeyRing::from_special_id(id, false)
+                .and_then(|ring| ring.search(description))
+                .and_then(|key| key.read_to_vec());
+            match found {
+                Ok(bytes) => {
+                    let bytes = Zeroizing::new(bytes);
+                    let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8".to_string())?;
+                    return Ok(Zeroizing::new(text.to_owned()));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(match last {
+            KeyError::KeyDoesNotExist | KeyError::KeyringDoesNotExist => {
+                "not found in the session or user keyring".into()
+            }
+            KeyError::AccessDenied => "the key may not be read by this user".into(),
+            KeyError::OperationNotSupported => {
+                "the kernel keyring is not available here (refused by a seccomp filter?)".into()
+            }
+            other => format!("{other:?}"),
+        })
+    }
+}
+
+/// The OS keyring (only Linux's kernel keyring is supported).
+#[cfg(not(target_os = "linux"))]
+mod keyring {
+    use zeroize::Zeroizing;
+
+    pub(super) fn read(_description: &str) -> Result<Zeroizing<String>, String> {
+        Err("keyring secrets are supported on Linux only".into())
+    }
+}
+
 fn read(
     name: &str,
     source: &SecretSource,
@@ -153,6 +209,13 @@ fn read(
                 .map(|t| t.strip_suffix('\r').unwrap_or(t))
                 .unwrap_or(text);
             Zeroizing::new(text.to_owned())
+        }
+        SecretSource::Keyring(description) => {
+            keyring::read(description).map_err(|why| SecretError::Keyring {
+                name: name.to_owned(),
+                description: description.clone(),
+                why,
+            })?
         }
     };
     // INVARIANT (INV-010): every secret that loads can be redacted.
@@ -196,5 +259,35 @@ mod tests {
         );
         // Debug output names secrets, never values.
         assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn keyring_secrets_are_read_from_the_user_keyring() {
+        use linux_keyutils::{KeyRing, KeyRingIdentifier};
+        let ring = KeyRing::from_special_id(KeyRingIdentifier::User, true).unwrap();
+        let id = std::process::id();
+        let (present, short) = (
+            format!("warden-unit:{id}:present"),
+            format!("warden-unit:{id}:short"),
+        );
+        let k1 = ring.add_key(&present, "keyring-value-123").unwrap();
+        let k2 = ring.add_key(&short, "abc").unwrap();
+        let mut sources = BTreeMap::new();
+        sources.insert("TOK".to_owned(), SecretSource::Keyring(present.clone()));
+        sources.insert("SHORT".to_owned(), SecretSource::Keyring(short.clone()));
+        let absent = format!("warden-unit:{id}:absent");
+        sources.insert("GONE".to_owned(), SecretSource::Keyring(absent.clone()));
+        let (s, errors) = Secrets::load(&sources, Path::new("/"));
+        let _ = (k1.invalidate(), k2.invalidate());
+        assert_eq!(s.values().collect::<Vec<_>>(), vec!["keyring-value-123"]);
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].contains(&absent) && text[0].contains("not found"),
+            "{}",
+            text[0]
+        );
+        assert!(text[1].contains("too short"), "{}", text[1]);
     }
 }

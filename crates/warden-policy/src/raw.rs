@@ -370,7 +370,7 @@ pub struct RawEgress {
     pub connections_per_minute: Option<u32>,
 }
 
-/// Where a secret's value comes from: exactly one of `env` and `file`.
+/// Where a secret's value comes from: exactly one of `env`, `file` and `keyring`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecretSource {
@@ -380,6 +380,11 @@ pub struct RawSecretSource {
     /// A file (absolute, or relative to the manifest); one trailing newline is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The description of a `user` key in the OS keyring: on Linux, the kernel's keyrings of
+    /// the gateway's user (its session keyring, then its user keyring), e.g. put there with
+    /// `keyctl padd user warden:GITHUB_TOKEN @u < token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<String>,
 }
 
 /// One risk tier.

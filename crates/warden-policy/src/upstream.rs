@@ -439,6 +439,8 @@ pub enum SecretSource {
     Env(String),
     /// A file, relative to the manifest unless absolute.
     File(String),
+    /// A `user` key in the OS keyring, by description.
+    Keyring(String),
 }
 
 fn valid_upstream_name(s: &str) -> bool {
@@ -581,11 +583,12 @@ pub(crate) fn validate_upstreams(
                 format!("secret name `{name}` must be UPPER_SNAKE_CASE"),
             );
         }
-        let (key, value, source) = match (&source.env, &source.file) {
-            (Some(v), None) => ("env", v, SecretSource::Env(v.clone())),
-            (None, Some(v)) => ("file", v, SecretSource::File(v.clone())),
+        let (key, value, source) = match (&source.env, &source.file, &source.keyring) {
+            (Some(v), None, None) => ("env", v, SecretSource::Env(v.clone())),
+            (None, Some(v), None) => ("file", v, SecretSource::File(v.clone())),
+            (None, None, Some(v)) => ("keyring", v, SecretSource::Keyring(v.clone())),
             _ => {
-                c.err(&path, "give exactly one of `env` and `file`");
+                c.err(&path, "give exactly one of `env`, `file` and `keyring`");
                 continue;
             }
         };

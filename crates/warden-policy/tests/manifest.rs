@@ -387,3 +387,31 @@ fn command_servers_are_sandboxed_unless_the_manifest_says_why_not() {
         "{e}"
     );
 }
+
+#[test]
+fn secret_sources_name_exactly_one_place() {
+    let ok =
+        starter() + "\nsecrets:\n  A_KEY: { keyring: \"warden:A_KEY\" }\n  B_KEY: { env: B }\n";
+    let m = parse_manifest("m.yaml", &ok).unwrap();
+    assert_eq!(
+        m.secrets.get("A_KEY"),
+        Some(&warden_policy::upstream::SecretSource::Keyring(
+            "warden:A_KEY".into()
+        ))
+    );
+    let bad = starter()
+        + "\nsecrets:\n  A_KEY: { keyring: \"warden:A\", env: A }\n  B_KEY: {}\n  C_KEY: { keyring: \"\" }\n";
+    let e = errors(&bad).join("\n");
+    assert!(
+        e.contains("secrets.A_KEY: give exactly one of `env`, `file` and `keyring`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("secrets.B_KEY: give exactly one of `env`, `file` and `keyring`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("secrets.C_KEY.keyring: must be non-empty"),
+        "{e}"
+    );
+}

@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 
 /// The secret the `everything` upstream gets in its environment; `get-env` prints it back.
 const DEMO_KEY: &str = "e2e-Secret-7f3a9c1d5b";
+/// The secret the `everything` upstream gets from the OS keyring (the user's kernel keyring).
+const KEYRING_KEY: &str = "e2e-Keyring-0c4e8b2a61";
 
 struct Env {
     python: PathBuf,
@@ -95,6 +97,11 @@ impl Drop for Server {
 /// The `remote` upstream points at `remote_port`.
 fn setup(dir: &Path, e: &Env, remote_port: u16) -> (PathBuf, PathBuf) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
+    // The keyring secret: a `user` key in this user's keyring, which the gateway (same user)
+    // searches. Adding it again replaces the payload, so parallel tests agree.
+    linux_keyutils::KeyRing::from_special_id(linux_keyutils::KeyRingIdentifier::User, true)
+        .and_then(|ring| ring.add_key("warden-e2e:demo-keyring", KEYRING_KEY))
+        .expect("the kernel keyring accepts a user key (needed for the keyring secret)");
     // A directory for the filesystem server (a note holding the secret and an email), and a
     // git repository with one commit for the git server.
     let files = dir.join("files");
@@ -365,6 +372,13 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         "the secret reached the agent: {body}"
     );
     assert!(body.contains("[REDACTED:secret]"), "{body}");
+    // The one read from the OS keyring too: injected (named in the upstream's environment),
+    // never shown.
+    assert!(body.contains("DEMO_KEYRING_KEY"), "{body}");
+    assert!(
+        !body.contains(KEYRING_KEY),
+        "the keyring secret reached the agent: {body}"
+    );
 
     // PII the manifest turns on for `echo` is redacted.
     let r = call(
@@ -610,6 +624,7 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Every execution left a receipt; the secret is nowhere in the ledger; it verifies.
     let ledger = ledger_tail(&s.data, 500);
     assert!(!ledger.contains(DEMO_KEY));
+    assert!(!ledger.contains(KEYRING_KEY));
     let receipts: Vec<Value> = ledger
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -634,6 +649,10 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Nor is the secret in the gateway's log.
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(!log.contains(DEMO_KEY), "the secret reached the log");
+    assert!(
+        !log.contains(KEYRING_KEY),
+        "the keyring secret reached the log"
+    );
 
     // The kill switch during 50 calls in flight: every one is stopped (cancelled upstream,
     // receipted `killed`), none completes, and the next call is refused.
