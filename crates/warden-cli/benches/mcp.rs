@@ -195,6 +195,9 @@ fn open_session(addr: &str, bearer: &str) -> String {
 }
 
 fn main() {
+    // rmcp's HTTP client is reqwest built with rustls and no provider of its own: Warden's
+    // (ring), as the gateway installs it.
+    warden_executor::tls::install_provider();
     let Ok(npm) = std::env::var("WARDEN_E2E_NPM") else {
         eprintln!("notice: WARDEN_E2E_NPM not set (the server-everything install): skipping");
         return;

@@ -21,6 +21,7 @@
 pub mod redact;
 mod sandboxed;
 pub mod secrets;
+pub mod tls;
 mod upstream;
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
@@ -376,6 +377,7 @@ impl Executor {
     /// # Errors
     /// [`redact::RedactError`] if the redaction patterns cannot be built.
     pub fn new(config: Config) -> Result<Self, redact::RedactError> {
+        tls::install_provider();
         let redactor = Arc::new(Redactor::new(config.secrets.values())?);
         let secrets = Arc::new(config.secrets);
         let trees = Arc::new(sandboxed::Trees::default());

@@ -203,6 +203,21 @@ fn resolve(program: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("`{program}` is not on PATH"))
 }
 
+/// An error and its causes, outermost first, each once.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 impl Upstream {
     pub(crate) fn new(
         spec: Spec,
@@ -554,14 +569,10 @@ impl Upstream {
                     .await
                     .map_err(|e| format!("MCP handshake with `{program}` failed: {e}"))?
             }
-            Transport::Http { url } => {
-                if url.starts_with("https://") {
-                    // No TLS stack is built in yet (one crypto stack: choosing rustls's
-                    // provider is a decision of its own).
-                    return Err(format!(
-                        "`{url}`: https upstreams are not supported by this build; use http:// on a trusted network or a local TLS-terminating proxy"
-                    ));
-                }
+            Transport::Http { url, ca_file } => {
+                // INVARIANT (verified TLS): an https upstream is reached only after its
+                // certificate verifies against the system's roots or its `ca_file`.
+                let http = crate::tls::http_client(url, ca_file.as_deref().map(Path::new))?;
                 let mut config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                         url.clone(),
@@ -586,11 +597,13 @@ impl Upstream {
                     })?;
                     config.custom_headers.insert(name, value);
                 }
-                let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
+                let transport =
+                    rmcp::transport::StreamableHttpClientTransport::with_client(http, config);
                 Relay::clone(&self.relay)
                     .serve(transport)
                     .await
-                    .map_err(|e| format!("MCP handshake with `{url}` failed: {e}"))?
+                    // The cause chain says why (a TLS refusal names the certificate problem).
+                    .map_err(|e| format!("MCP handshake with `{url}` failed: {}", causes(&e)))?
             }
         };
         let tools = client

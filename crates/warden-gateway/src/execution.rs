@@ -52,7 +52,11 @@ pub fn build(
         tracing::error!(error = %e, "secret not loaded; upstreams that need it will not start");
     }
     Ok(Executor::new(Config {
-        upstreams: manifest.upstreams.clone(),
+        upstreams: manifest
+            .upstreams
+            .iter()
+            .map(|u| u.clone().with_paths_under(dir))
+            .collect(),
         secrets,
         grants: crate::agents::grant_keys(data)?,
         replay,

@@ -10,7 +10,8 @@
 //! `slack` (`{"text"}`, an incoming webhook) and `telegram` (`{"chat_id","text"}`,
 //! `sendMessage`). Delivery is off the governed path: a bounded queue per webhook (a full queue
 //! drops the notification and logs it), a 5 s timeout, three attempts, each signed when sent.
-//! Only `http://` (no TLS stack in this build; point an https receiver at a local relay).
+//! `http://` or `https://`: TLS verifies the receiver's certificate against the system's roots
+//! (the same client as https upstreams, `warden_executor::tls`).
 //! Notifications carry no secrets: texts are the ledger's reasons; an approval request carries
 //! its preview (filled from the call's arguments, with known secrets redacted).
 
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warden_policy::approvers::Webhook;
 use warden_policy::raw::WebhookFormat;
 use zeroize::Zeroizing;
@@ -35,10 +35,11 @@ struct Note {
     time: i64,
 }
 
-/// A webhook with its key.
+/// A webhook with its key and HTTP client.
 struct Hook {
     spec: Webhook,
     key: Zeroizing<Vec<u8>>,
+    client: reqwest::Client,
 }
 
 /// Sends notifications to the manifest's webhooks (none: a no-op). Each webhook has its own
@@ -63,10 +64,17 @@ impl Notifier {
         let hooks: Vec<Hook> = hooks
             .iter()
             .filter_map(|h| match secret(&h.secret) {
-                Some(v) => Some(Hook {
-                    spec: h.clone(),
-                    key: Zeroizing::new(v.as_bytes().to_vec()),
-                }),
+                Some(v) => match warden_executor::tls::http_client(&h.url, None) {
+                    Ok(client) => Some(Hook {
+                        spec: h.clone(),
+                        key: Zeroizing::new(v.as_bytes().to_vec()),
+                        client,
+                    }),
+                    Err(e) => {
+                        errors.push(format!("webhook {} is off: {e}", h.url));
+                        None
+                    }
+                },
                 None => {
                     errors.push(format!(
                         "webhook {} is off: its secret `{}` did not load",
@@ -147,9 +155,7 @@ async fn deliver(hook: &Hook, note: &Note) {
         // Signed at each attempt: a receiver's freshness check sees when it was sent.
         let sent = crate::now_unix();
         let sig = signature(&hook.key, sent, &body);
-        match tokio::time::timeout(Duration::from_secs(5), post(&hook.spec, sent, &sig, &body))
-            .await
-        {
+        match tokio::time::timeout(Duration::from_secs(5), post(hook, sent, &sig, &body)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => return,
             Ok(Ok(status)) => {
                 tracing::warn!(url = %hook.spec.url, status, attempt, "webhook refused");
@@ -167,28 +173,17 @@ async fn deliver(hook: &Hook, note: &Note) {
     tracing::error!(url = %hook.spec.url, event = %note.event, "webhook undelivered after 3 attempts");
 }
 
-/// One HTTP/1.1 POST; the status code.
-async fn post(hook: &Webhook, timestamp: i64, sig: &str, body: &str) -> std::io::Result<u16> {
-    let authority = if hook.authority.contains(':') && !hook.authority.ends_with(']') {
-        hook.authority.clone()
-    } else {
-        format!("{}:80", hook.authority)
-    };
-    let mut s = tokio::net::TcpStream::connect(&authority).await?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\nx-warden-timestamp: {timestamp}\r\nx-warden-signature: {sig}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        hook.path,
-        hook.authority,
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).await?;
-    if !head.starts_with(b"HTTP/1.") || head.get(8) != Some(&b' ') {
-        return Err(std::io::Error::other("not an HTTP/1.x answer"));
-    }
-    std::str::from_utf8(head.get(9..12).unwrap_or_default())
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+/// One POST; the status code.
+async fn post(hook: &Hook, timestamp: i64, sig: &str, body: &str) -> Result<u16, String> {
+    let response = hook
+        .client
+        .post(&hook.spec.url)
+        .header("content-type", "application/json")
+        .header("x-warden-timestamp", timestamp.to_string())
+        .header("x-warden-signature", sig)
+        .body(body.to_owned())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
 }

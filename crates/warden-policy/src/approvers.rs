@@ -309,8 +309,8 @@ pub struct Webhook {
     pub events: BTreeSet<String>,
 }
 
-/// Validates the webhooks: `http://` URLs (https needs a TLS stack this build does not have),
-/// secrets that the manifest's `secrets` name, known events, a `chat_id` for Telegram.
+/// Validates the webhooks: `http://` or `https://` URLs, secrets that the manifest's `secrets`
+/// name, known events, a `chat_id` for Telegram.
 pub(crate) fn validate_notifications(
     c: &mut Collector<'_>,
     raw: Option<&crate::raw::RawNotifications>,
@@ -324,13 +324,15 @@ pub(crate) fn validate_notifications(
         .enumerate()
     {
         let path = format!("notifications.webhooks[{i}]");
-        let Some(rest) = w.url.strip_prefix("http://") else {
-            let why = if w.url.starts_with("https://") {
-                "https is not supported (no TLS stack in this build): point it at a local relay over http://"
-            } else {
-                "must be an http:// URL"
-            };
-            c.err(format!("{path}.url"), format!("`{}` {why}", w.url));
+        let Some(rest) = w
+            .url
+            .strip_prefix("http://")
+            .or_else(|| w.url.strip_prefix("https://"))
+        else {
+            c.err(
+                format!("{path}.url"),
+                format!("`{}` must be an http:// or https:// URL", w.url),
+            );
             continue;
         };
         let (authority, rest_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));

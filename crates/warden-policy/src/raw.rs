@@ -108,8 +108,8 @@ pub struct RawNotifications {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
-    /// `http://host[:port]/path` (this build has no TLS stack: for an https receiver, point it
-    /// at a local relay).
+    /// `http://host[:port]/path` or `https://…` (certificate verified against the system's
+    /// roots).
     pub url: String,
     /// The name of the secret (in `secrets`) that keys the HMAC-SHA256 signature.
     pub secret: String,
@@ -249,6 +249,10 @@ pub struct RawUpstream {
     /// Streamable HTTP: the server's MCP endpoint (`http://` or `https://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// For an `https://` upstream: a PEM file of the CA certificates to trust for it
+    /// (absolute, or relative to the manifest), *instead of* the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Parameterized process tools, by tool name: each runs a fixed program with arguments
     /// filled from the call's arguments (never through a shell), inside the sandbox.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -76,6 +76,9 @@ pub enum Transport {
     Http {
         /// The endpoint.
         url: String,
+        /// For `https://`: the CA certificates (PEM) trusted instead of the system's roots;
+        /// relative paths are under the manifest's directory ([`Upstream::with_paths_under`]).
+        ca_file: Option<String>,
     },
 }
 
@@ -98,6 +101,21 @@ pub struct Upstream {
     pub sandbox: Option<Sandbox>,
     /// Why a stdio server runs unsandboxed (the manifest's `unsandboxed`).
     pub unsandboxed: Option<String>,
+}
+
+impl Upstream {
+    /// The same upstream with its relative file paths (`ca_file`) taken under `dir`, the
+    /// manifest's directory.
+    #[must_use]
+    pub fn with_paths_under(mut self, dir: &std::path::Path) -> Self {
+        if let Transport::Http {
+            ca_file: Some(ca), ..
+        } = &mut self.transport
+        {
+            *ca = dir.join(&*ca).to_string_lossy().into_owned();
+        }
+        self
+    }
 }
 
 /// Sandbox guarantees, by name.
@@ -661,6 +679,13 @@ pub(crate) fn validate_upstreams(
                     );
                     ok = false;
                 }
+                if u.ca_file.is_some() {
+                    c.err(
+                        format!("{path}.ca_file"),
+                        "ca_file applies to https:// upstreams",
+                    );
+                    ok = false;
+                }
                 if !u.headers.is_empty() {
                     c.err(
                         format!("{path}.headers"),
@@ -690,7 +715,25 @@ pub(crate) fn validate_upstreams(
                     );
                     ok = false;
                 }
-                Transport::Http { url: url.clone() }
+                if let Some(ca) = &u.ca_file {
+                    if !url.starts_with("https://") {
+                        c.err(
+                            format!("{path}.ca_file"),
+                            "ca_file applies to https:// upstreams",
+                        );
+                        ok = false;
+                    } else if ca.is_empty() || ca.chars().any(char::is_control) {
+                        c.err(
+                            format!("{path}.ca_file"),
+                            "must be a path, without control characters",
+                        );
+                        ok = false;
+                    }
+                }
+                Transport::Http {
+                    url: url.clone(),
+                    ca_file: u.ca_file.clone(),
+                }
             }
             _ => {
                 c.err(

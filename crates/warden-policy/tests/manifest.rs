@@ -231,10 +231,12 @@ fn approvers_are_people_with_their_own_valid_keys() {
 #[test]
 fn webhooks_are_checked_at_load() {
     let text = starter()
-        + "\nsecrets:\n  HOOK_KEY: { env: HOOK_KEY }\nnotifications:\n  webhooks:\n    - { url: \"https://hooks.slack.com/x\", secret: HOOK_KEY }\n    - { url: \"http://relay:8080/x\", secret: NOPE }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, format: telegram }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, events: [everything] }\n    - { url: \"http://relay:8080/ok\", secret: HOOK_KEY, format: slack }\n";
+        + "\nsecrets:\n  HOOK_KEY: { env: HOOK_KEY }\nnotifications:\n  webhooks:\n    - { url: \"https://hooks.slack.com/x\", secret: HOOK_KEY }\n    - { url: \"http://relay:8080/x\", secret: NOPE }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, format: telegram }\n    - { url: \"http://relay/x\", secret: HOOK_KEY, events: [everything] }\n    - { url: \"http://relay:8080/ok\", secret: HOOK_KEY, format: slack }\n    - { url: \"ftp://relay/x\", secret: HOOK_KEY }\n";
     let e = errors(&text).join("\n");
+    // https is accepted (TLS verifies the receiver); other schemes are not.
+    assert!(!e.contains("webhooks[0]"), "{e}");
     assert!(
-        e.contains("webhooks[0].url: `https://hooks.slack.com/x` https is not supported"),
+        e.contains("webhooks[5].url: `ftp://relay/x` must be an http:// or https:// URL"),
         "{e}"
     );
     assert!(

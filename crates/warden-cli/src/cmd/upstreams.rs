@@ -43,7 +43,10 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     let observed = rt
         .block_on(warden_executor::observe(
-            m.upstreams.clone(),
+            m.upstreams
+                .iter()
+                .map(|u| u.clone().with_paths_under(dir))
+                .collect(),
             secrets,
             warden_gateway::execution::sandbox_config(&data, &m, std::env::current_exe()?),
         ))

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod breakers;
+mod https;
 mod promotion;
 mod sandboxed;
 

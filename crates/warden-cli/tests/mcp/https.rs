@@ -1,0 +1,155 @@
+//! An `https://` upstream end to end: server-everything (HTTP mode) behind a TLS terminator the
+//! test runs with a certificate from its own CA. Through `warden serve`, a call to the upstream
+//! that trusts that CA (`ca_file`) succeeds; the same server reached by an upstream trusting
+//! another CA is refused at the TLS handshake, and the call fails without reaching it.
+
+use super::{call, enroll, env, first_text, remote, start_existing};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A CA and a server certificate it signed for `localhost` and 127.0.0.1.
+struct Pki {
+    ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn pki(name: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        cert: leaf.der().clone(),
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// Terminates TLS on a free port and forwards each connection to `127.0.0.1:to`. Runs for the
+/// life of the test process.
+fn tls_terminator(pki: &Pki, to: u16) -> u16 {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate aborts the handshake.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
+    let Some(e) = env() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = remote(&e);
+    let good = pki("trusted");
+    let other = pki("other");
+    let port = tls_terminator(&good, server.port);
+    std::fs::write(dir.path().join("upstream-ca.pem"), &good.ca_pem).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), &other.ca_pem).unwrap();
+
+    let (data, m) = super::approvals::setup(dir.path());
+    let tools = "  - { name: secure.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: forged.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
+    let upstreams = format!(
+        "  - name: secure\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: upstream-ca.pem\n  - name: forged\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: other-ca.pem\n"
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
+            .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1),
+    )
+    .unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+
+    // Verified TLS: the call goes through and the server's answer comes back.
+    let r = call(&e, &s, "ops-1", "secure.echo", r#"{"message":"over TLS"}"#);
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(first_text(&r).contains("over TLS"), "{r}");
+
+    // Same server, certificate from a CA this upstream does not trust: refused.
+    let r = call(&e, &s, "ops-1", "forged.echo", r#"{"message":"x"}"#);
+    assert_eq!(r["isError"], true, "{r}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    // The upstream is reported down, and the handshake failure is logged with its reason (the
+    // `secure` upstream on the same server verified, so the refusal is `forged`'s).
+    assert!(log.contains("upstream `forged` is unavailable"), "{log}");
+    assert!(
+        log.contains("InvalidCertificate(UnknownIssuer)"),
+        "the TLS refusal is logged with its reason:\n{log}"
+    );
+    drop(s);
+    drop(server);
+}
+
+#[test]
+fn a_bad_ca_file_is_a_clear_error() {
+    // Unit-level checks of the messages an operator sees live in the executor; here: a manifest
+    // whose ca_file is given for a plain http upstream does not load.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.yaml");
+    let starter = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter/manifest.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &m,
+        starter.replacen(
+            "\nupstreams:\n",
+            "\nupstreams:\n  - { name: plain, url: \"http://127.0.0.1:1/mcp\", ca_file: ca.pem }\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = super::super::warden(&["manifest", "validate", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = super::super::text(&out.stderr) + &super::super::text(&out.stdout);
+    assert!(
+        err.contains("ca_file") && err.contains("applies to https:// upstreams"),
+        "{err}"
+    );
+}
