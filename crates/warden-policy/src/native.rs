@@ -238,6 +238,9 @@ fn compile_expr(v: &Value, depth: usize) -> Option<Expr> {
     let sub =
         |k: &str| -> Option<Box<Expr>> { Some(Box::new(compile_expr(body.get(k)?, depth + 1)?)) };
     let pair = || -> Option<(Box<Expr>, Box<Expr>)> { Some((sub("left")?, sub("right")?)) };
+    let binary = |make: fn(Box<Expr>, Box<Expr>) -> Expr| -> Option<Expr> {
+        pair().map(|(l, r)| make(l, r))
+    };
     let attr = || -> Option<(Box<Expr>, String)> {
         Some((sub("left")?, body.get("attr")?.as_str()?.to_string()))
     };
@@ -266,22 +269,10 @@ fn compile_expr(v: &Value, depth: usize) -> Option<Expr> {
                 _ => return None,
             }
         }
-        "&&" => {
-            let (l, r) = pair()?;
-            Expr::And(l, r)
-        }
-        "||" => {
-            let (l, r) = pair()?;
-            Expr::Or(l, r)
-        }
-        "==" => {
-            let (l, r) = pair()?;
-            Expr::Eq(l, r)
-        }
-        "!=" => {
-            let (l, r) = pair()?;
-            Expr::Ne(l, r)
-        }
+        "&&" => binary(Expr::And)?,
+        "||" => binary(Expr::Or)?,
+        "==" => binary(Expr::Eq)?,
+        "!=" => binary(Expr::Ne)?,
         "<" | "<=" | ">" | ">=" => {
             let (l, r) = pair()?;
             let op = match key.as_str() {
@@ -296,22 +287,10 @@ fn compile_expr(v: &Value, depth: usize) -> Option<Expr> {
             sub("left")?,
             Pattern::compile(body.get("pattern")?.as_array()?)?,
         ),
-        "in" => {
-            let (l, r) = pair()?;
-            Expr::In(l, r)
-        }
-        "contains" => {
-            let (l, r) = pair()?;
-            Expr::Contains(l, r)
-        }
-        "containsAll" => {
-            let (l, r) = pair()?;
-            Expr::ContainsAll(l, r)
-        }
-        "containsAny" => {
-            let (l, r) = pair()?;
-            Expr::ContainsAny(l, r)
-        }
+        "in" => binary(Expr::In)?,
+        "contains" => binary(Expr::Contains)?,
+        "containsAll" => binary(Expr::ContainsAll)?,
+        "containsAny" => binary(Expr::ContainsAny)?,
         "isEmpty" => Expr::IsEmpty(sub("arg")?),
         "Set" => Expr::Set(
             body.as_array()?

@@ -122,37 +122,16 @@ proptest! {
     }
 }
 
-/// A manifest whose tool takes optional, set and record arguments, for the native evaluator.
-const RICH: &str = r#"
-version: 1
-risk_tiers:
-  low: { approval: { mode: auto } }
-  high: { approval: { mode: role, approvers: 1, role: lead } }
-trust:
-  intern: { autonomous: [low] }
-  junior: { autonomous: [low], with_approval: [high] }
-  senior: { autonomous: [low, high] }
-  principal: { autonomous: [low, high] }
-tenants: [{ id: acme }, { id: globex }]
-zones: [{ id: dev }, { id: prod }]
-agents:
-  - { id: a1, tenant: acme, owner: alice, zone: dev, trust: intern }
-  - { id: a2, tenant: acme, owner: bob, zone: prod, trust: senior }
-  - { id: a3, tenant: globex, owner: carol, zone: dev, trust: senior }
-  - { id: a4, tenant: globex, owner: alice, zone: prod, trust: principal }
-tools:
-  - { name: t.read, tier: low, zones: ["*"], cost: 2, preview: true, output: { classification: public },
-      arguments: { type: object, required: [n, s], properties: {
-        n: { type: integer }, s: { type: string }, o: { type: string },
-        tags: { type: array, items: { type: string } },
-        r: { type: object, properties: { k: { type: string } } } } } }
-  - { name: t.write, tier: high, zones: ["*"], output: { classification: restricted },
-      arguments: { type: object, required: [n, s], properties: {
-        n: { type: integer }, s: { type: string }, o: { type: string },
-        tags: { type: array, items: { type: string } },
-        r: { type: object, properties: { k: { type: string } } } } } }
-policies: [p.cedar]
-"#;
+/// The manifest above with tools whose arguments are optional, sets and records, for the native
+/// evaluator.
+fn rich_manifest() -> String {
+    let head = MANIFEST.split("tools:\n").next().unwrap();
+    format!(
+        "{head}tools:\n{}{}policies: [p.cedar]\n",
+        "  - { name: t.read, tier: low, zones: [\"*\"], cost: 2, preview: true, output: { classification: public },\n      arguments: { type: object, required: [n, s], properties: {\n        n: { type: integer }, s: { type: string }, o: { type: string },\n        tags: { type: array, items: { type: string } },\n        r: { type: object, properties: { k: { type: string } } } } } }\n",
+        "  - { name: t.write, tier: high, zones: [\"*\"], output: { classification: restricted },\n      arguments: { type: object, required: [n, s], properties: {\n        n: { type: integer }, s: { type: string }, o: { type: string },\n        tags: { type: array, items: { type: string } },\n        r: { type: object, properties: { k: { type: string } } } } } }\n",
+    )
+}
 
 /// Conditions in the grammar the native evaluator compiles; each reads the call's context, so
 /// it runs on every call.
@@ -254,7 +233,7 @@ proptest! {
         ),
     ) {
         let text = policies.join("\n");
-        let m = parse_manifest("m.yaml", RICH).unwrap();
+        let m = parse_manifest("m.yaml", &rich_manifest()).unwrap();
         let g = Governor::new(m, &[PolicySource { name: "p.cedar".into(), text: text.clone() }]).unwrap();
         let cedar = g.cedar();
         prop_assert_eq!(cedar.native_count, cedar.policy_count, "every policy compiles\n{}", text);
@@ -281,7 +260,7 @@ fn outside_the_native_grammar_cedar_decides() {
     // Arithmetic is not compiled: the set holding it is evaluated by Cedar, with the same result.
     let text = "permit (principal, action, resource);\n\
                 forbid (principal, action, resource) when { context.arguments.n + 1 > 5 };";
-    let m = parse_manifest("m.yaml", RICH).unwrap();
+    let m = parse_manifest("m.yaml", &rich_manifest()).unwrap();
     let g = Governor::new(
         m,
         &[PolicySource {
