@@ -136,33 +136,32 @@ mod keyring {
     use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier};
     use zeroize::Zeroizing;
 
-    /// Reads the `user` key `description` from the process's session keyring, else from its
-    /// user's keyring (each searched with the keyrings linked into it).
+    /// Reads the `user` key `description` from the user keyring of Warden's uid (and the
+    /// keyrings linked into it). Not the session keyring: a session keyring can be inherited
+    /// from, and written by, another user (`sudo -u` without pam_keyinit), who could then
+    /// choose the secret's value. One trailing newline is dropped, as for files (`keyctl padd`
+    /// from a file keeps it).
     pub(super) fn read(description: &str) -> Result<Zeroizing<String>, String> {
-        let mut last = KeyError::KeyDoesNotExist;
-        for id in [KeyRingIdentifier::Session, KeyRingIdentifier::User] {
-            let found = KeyRing::from_special_id(id, false)
-                .and_then(|ring| ring.search(description))
-                .and_then(|key| key.read_to_vec());
-            match found {
-                Ok(bytes) => {
-                    let bytes = Zeroizing::new(bytes);
-                    let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8".to_string())?;
-                    return Ok(Zeroizing::new(text.to_owned()));
+        let bytes = KeyRing::from_special_id(KeyRingIdentifier::User, false)
+            .and_then(|ring| ring.search(description))
+            .and_then(|key| key.read_to_vec())
+            .map(Zeroizing::new)
+            .map_err(|e| match e {
+                KeyError::KeyDoesNotExist | KeyError::KeyringDoesNotExist => {
+                    "not found in the user keyring of Warden's user".to_string()
                 }
-                Err(e) => last = e,
-            }
-        }
-        Err(match last {
-            KeyError::KeyDoesNotExist | KeyError::KeyringDoesNotExist => {
-                "not found in the session or user keyring".into()
-            }
-            KeyError::AccessDenied => "the key may not be read by this user".into(),
-            KeyError::OperationNotSupported => {
-                "the kernel keyring is not available here (refused by a seccomp filter?)".into()
-            }
-            other => format!("{other:?}"),
-        })
+                KeyError::AccessDenied => "permission denied (the key is not readable by Warden's user, or a seccomp filter such as Docker's default refuses keyctl)".into(),
+                KeyError::OperationNotSupported | KeyError::Unknown(_) => {
+                    "the kernel keyring is not available here".into()
+                }
+                other => format!("{other:?}"),
+            })?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8".to_string())?;
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text);
+        Ok(Zeroizing::new(text.to_owned()))
     }
 }
 
@@ -271,7 +270,8 @@ mod tests {
             format!("warden-unit:{id}:present"),
             format!("warden-unit:{id}:short"),
         );
-        let k1 = ring.add_key(&present, "keyring-value-123").unwrap();
+        // Stored with a trailing newline (as `keyctl padd` from a file does): dropped on read.
+        let k1 = ring.add_key(&present, "keyring-value-123\n").unwrap();
         let k2 = ring.add_key(&short, "abc").unwrap();
         let mut sources = BTreeMap::new();
         sources.insert("TOK".to_owned(), SecretSource::Keyring(present.clone()));

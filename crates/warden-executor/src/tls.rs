@@ -7,6 +7,12 @@
 //! The server's certificate is verified (chain, expiry, name) against the system's roots, or —
 //! when the upstream names a `ca_file` — against those CA certificates only. There is no
 //! setting that turns verification off.
+//!
+//! Every client Warden builds also: follows no redirect (a redirect could carry the session id,
+//! secret headers and the call's arguments to another host, or from https to http); ignores the
+//! `HTTP(S)_PROXY` environment variables (secrets would otherwise go to whatever proxy the
+//! environment names); for an `https://` URL, refuses any plain-http request; and keeps no idle
+//! connections (rmcp's own client does the same, to avoid delayed-ACK stalls).
 
 use reqwest::Client;
 use rustls::pki_types::pem::PemObject as _;
@@ -52,15 +58,31 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 }
 
 /// The CA certificates in the PEM file `path`.
-fn roots_from(path: &Path) -> Result<Arc<RootCertStore>, String> {
+/// Read once, when the upstream is set up (a file changed later takes effect at the next start,
+/// like the manifest's other files).
+///
+/// # Errors
+/// A message naming the file: unreadable, not a regular file, too large, not PEM, no
+/// certificate, or a certificate that cannot be a root.
+pub fn load_ca(path: &Path) -> Result<Arc<RootCertStore>, String> {
+    use std::io::Read as _;
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("ca_file `{shown}`: {e}"))?;
-    if meta.len() > MAX_CA_BYTES {
+    let file = std::fs::File::open(path).map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("ca_file `{shown}` is not a regular file"));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+    if u64::try_from(pem.len()).unwrap_or(u64::MAX) > MAX_CA_BYTES {
         return Err(format!(
             "ca_file `{shown}` is larger than {MAX_CA_BYTES} bytes"
         ));
     }
-    let pem = std::fs::read(path).map_err(|e| format!("ca_file `{shown}`: {e}"))?;
     let mut store = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| format!("ca_file `{shown}` is not valid PEM: {e}"))?;
@@ -87,26 +109,43 @@ fn config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-/// The HTTP client for the upstream at `url`: for `https://`, TLS as described above. Every
-/// client is built with an explicit configuration, so none depends on a process default.
+/// The HTTP client for `url`: for `https://`, TLS trusting `roots` (the system's when `None`),
+/// as described above. Every client is built with an explicit configuration, so none depends
+/// on a process default.
 ///
 /// # Errors
-/// A message naming what is wrong: an unreadable or invalid `ca_file`, no system roots.
-pub fn http_client(url: &str, ca_file: Option<&Path>) -> Result<Client, String> {
+/// A message naming what is wrong: no system roots, a client that cannot be built.
+pub(crate) fn client_with(url: &str, roots: Option<Arc<RootCertStore>>) -> Result<Client, String> {
     install_provider();
-    let roots = if url.starts_with("https://") {
-        match ca_file {
-            Some(p) => roots_from(p)?,
-            None => system_roots()?,
-        }
-    } else {
+    let https = url.starts_with("https://");
+    let roots = match (https, roots) {
+        (true, Some(r)) => r,
+        (true, None) => system_roots()?,
         // Plain http never uses TLS: no roots to load.
-        Arc::new(RootCertStore::empty())
+        (false, _) => Arc::new(RootCertStore::empty()),
     };
     Client::builder()
         .tls_backend_preconfigured(config(roots)?)
+        // INVARIANT (no detours): no redirect is followed, no environment proxy is used, and an
+        // https client sends nothing in clear.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .https_only(https)
+        .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| format!("cannot build the HTTP client for `{url}`: {e}"))
+}
+
+/// [`client_with`], the roots read from `ca_file` if given (webhooks and tests).
+///
+/// # Errors
+/// As [`load_ca`] and [`client_with`].
+pub fn http_client(url: &str, ca_file: Option<&Path>) -> Result<Client, String> {
+    let roots = match ca_file {
+        Some(p) if url.starts_with("https://") => Some(load_ca(p)?),
+        _ => None,
+    };
+    client_with(url, roots)
 }
 
 #[cfg(test)]
@@ -133,6 +172,9 @@ mod tests {
         assert!(e.contains("broken.pem"), "{e}");
         // Plain http needs no roots at all.
         assert!(http_client("http://127.0.0.1:1/mcp", Some(&missing)).is_ok());
+        // Not a regular file.
+        let e = http_client("https://example.org/mcp", Some(dir.path())).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
@@ -145,5 +187,78 @@ mod tests {
         }
         assert!(!system_roots().unwrap().is_empty());
         assert!(http_client("https://example.org/mcp", None).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod detours {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// A server that answers every request with a redirect to `to` and counts requests.
+    fn redirector(to: String) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        (port, hits)
+    }
+
+    #[test]
+    fn redirects_are_not_followed() {
+        // The target of the redirect: it must never be contacted.
+        let (target, target_hits) = redirector("http://127.0.0.1:1/".into());
+        let (port, hits) = redirector(format!("http://127.0.0.1:{target}/elsewhere"));
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(async {
+            let c = http_client(&url, None).unwrap();
+            c.post(&url)
+                .header("x-api-key", "secret-value")
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert_eq!(status.as_u16(), 307, "the redirect comes back unfollowed");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(target_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_https_client_sends_nothing_in_clear() {
+        let (port, hits) = redirector("http://127.0.0.1:1/".into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Built for an https upstream, asked for an http URL (as a redirect or a bug would).
+        let c = rt.block_on(async { http_client("https://localhost/mcp", None) });
+        let Ok(c) = c else {
+            eprintln!("notice: no system CA bundle here; skipping");
+            return;
+        };
+        let r = rt.block_on(
+            c.post(format!("http://127.0.0.1:{port}/mcp"))
+                .body("{}")
+                .send(),
+        );
+        assert!(r.is_err());
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

@@ -131,6 +131,8 @@ pub struct Observed {
 /// One upstream and its current connection.
 pub(crate) struct Upstream {
     pub(crate) spec: Spec,
+    /// The roots of an https upstream's `ca_file`, read when it was set up.
+    ca: Option<Result<Arc<rustls::RootCertStore>, String>>,
     secrets: Arc<Secrets>,
     redactor: Arc<Redactor>,
     /// Where pin violations are recorded (`None` only when observing for `upstreams pin`).
@@ -228,7 +230,14 @@ impl Upstream {
         trees: Arc<crate::sandboxed::Trees>,
         boundary: String,
     ) -> Self {
+        let ca = match &spec.transport {
+            Transport::Http {
+                ca_file: Some(p), ..
+            } => Some(crate::tls::load_ca(Path::new(p))),
+            _ => None,
+        };
         Upstream {
+            ca,
             spec,
             secrets,
             redactor,
@@ -569,10 +578,16 @@ impl Upstream {
                     .await
                     .map_err(|e| format!("MCP handshake with `{program}` failed: {e}"))?
             }
-            Transport::Http { url, ca_file } => {
+            Transport::Http { url, .. } => {
                 // INVARIANT (verified TLS): an https upstream is reached only after its
-                // certificate verifies against the system's roots or its `ca_file`.
-                let http = crate::tls::http_client(url, ca_file.as_deref().map(Path::new))?;
+                // certificate verifies against the system's roots or its `ca_file` (read once,
+                // when the upstream was set up).
+                let roots = match &self.ca {
+                    Some(Ok(roots)) => Some(Arc::clone(roots)),
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => None,
+                };
+                let http = crate::tls::client_with(url, roots)?;
                 let mut config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                         url.clone(),

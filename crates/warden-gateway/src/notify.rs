@@ -35,7 +35,8 @@ struct Note {
     time: i64,
 }
 
-/// A webhook with its key and HTTP client.
+/// A webhook with its key and HTTP client. Logs name its host only: the URL itself can be a
+/// credential (a Slack incoming webhook, a Telegram bot token).
 struct Hook {
     spec: Webhook,
     key: Zeroizing<Vec<u8>>,
@@ -71,14 +72,14 @@ impl Notifier {
                         client,
                     }),
                     Err(e) => {
-                        errors.push(format!("webhook {} is off: {e}", h.url));
+                        errors.push(format!("webhook to {} is off: {e}", h.authority));
                         None
                     }
                 },
                 None => {
                     errors.push(format!(
-                        "webhook {} is off: its secret `{}` did not load",
-                        h.url, h.secret
+                        "webhook to {} is off: its secret `{}` did not load",
+                        h.authority, h.secret
                     ));
                     None
                 }
@@ -158,19 +159,19 @@ async fn deliver(hook: &Hook, note: &Note) {
         match tokio::time::timeout(Duration::from_secs(5), post(hook, sent, &sig, &body)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => return,
             Ok(Ok(status)) => {
-                tracing::warn!(url = %hook.spec.url, status, attempt, "webhook refused");
+                tracing::warn!(host = %hook.spec.authority, status, attempt, "webhook refused");
             }
             Ok(Err(e)) => {
-                tracing::warn!(url = %hook.spec.url, error = %e, attempt, "webhook failed")
+                tracing::warn!(host = %hook.spec.authority, error = %e, attempt, "webhook failed")
             }
-            Err(_) => tracing::warn!(url = %hook.spec.url, attempt, "webhook timed out"),
+            Err(_) => tracing::warn!(host = %hook.spec.authority, attempt, "webhook timed out"),
         }
         tokio::time::sleep(Duration::from_millis(
             200u64.saturating_mul(u64::from(attempt)),
         ))
         .await;
     }
-    tracing::error!(url = %hook.spec.url, event = %note.event, "webhook undelivered after 3 attempts");
+    tracing::error!(host = %hook.spec.authority, event = %note.event, "webhook undelivered after 3 attempts");
 }
 
 /// One POST; the status code.
@@ -184,6 +185,7 @@ async fn post(hook: &Hook, timestamp: i64, sig: &str, body: &str) -> Result<u16,
         .body(body.to_owned())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        // Without the URL: a webhook URL can be a credential (Slack's, Telegram's bot token).
+        .map_err(|e| e.without_url().to_string())?;
     Ok(response.status().as_u16())
 }

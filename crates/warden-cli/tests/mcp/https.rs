@@ -1,43 +1,58 @@
 //! An `https://` upstream end to end: server-everything (HTTP mode) behind a TLS terminator the
 //! test runs with a certificate from its own CA. Through `warden serve`, a call to the upstream
 //! that trusts that CA (`ca_file`) succeeds; the same server reached by an upstream trusting
-//! another CA is refused at the TLS handshake, and the call fails without reaching it.
+//! another CA, or presenting a certificate of the trusted CA for another name, is refused at the
+//! TLS handshake, and the call fails without reaching it. The gateway runs with `HTTP(S)_PROXY`
+//! pointing at a dead port: proxies from the environment are ignored.
 
 use super::{call, enroll, env, first_text, remote, start_existing};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A CA and a server certificate it signed for `localhost` and 127.0.0.1.
-struct Pki {
-    ca_pem: String,
+/// A test CA.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A server certificate and its key.
+struct Leaf {
     cert: rustls::pki_types::CertificateDer<'static>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
-fn pki(name: &str) -> Pki {
+fn ca(name: &str) -> Ca {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: rcgen::Issuer::new(params, key),
+    }
+}
+
+/// A certificate `ca` signed for `names`.
+fn leaf(ca: &Ca, names: &[&str]) -> Leaf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
-        .signed_by(&key, &issuer)
+        .signed_by(&key, &ca.issuer)
         .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        cert: leaf.der().clone(),
+    Leaf {
+        cert: cert.der().clone(),
         key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     }
 }
 
 /// Terminates TLS on a free port and forwards each connection to `127.0.0.1:to`. Runs for the
 /// life of the test process.
-fn tls_terminator(pki: &Pki, to: u16) -> u16 {
+fn tls_terminator(pki: &Leaf, to: u16) -> u16 {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -85,16 +100,19 @@ fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = remote(&e);
-    let good = pki("trusted");
-    let other = pki("other");
-    let port = tls_terminator(&good, server.port);
-    std::fs::write(dir.path().join("upstream-ca.pem"), &good.ca_pem).unwrap();
-    std::fs::write(dir.path().join("other-ca.pem"), &other.ca_pem).unwrap();
+    let trusted = ca("trusted");
+    let other = ca("other");
+    // The server as itself, and the same server under a certificate for another name (from the
+    // trusted CA: only the name is wrong).
+    let port = tls_terminator(&leaf(&trusted, &["localhost", "127.0.0.1"]), server.port);
+    let misnamed = tls_terminator(&leaf(&trusted, &["other.example"]), server.port);
+    std::fs::write(dir.path().join("upstream-ca.pem"), &trusted.pem).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), &other.pem).unwrap();
 
     let (data, m) = super::approvals::setup(dir.path());
-    let tools = "  - { name: secure.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: forged.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
+    let tools = "  - { name: secure.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: forged.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: misnamed.echo, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
     let upstreams = format!(
-        "  - name: secure\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: upstream-ca.pem\n  - name: forged\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: other-ca.pem\n"
+        "  - name: secure\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: upstream-ca.pem\n  - name: forged\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: other-ca.pem\n  - name: misnamed\n    url: \"https://localhost:{misnamed}/mcp\"\n    ca_file: upstream-ca.pem\n"
     );
     let text = std::fs::read_to_string(&m).unwrap();
     std::fs::write(
@@ -122,6 +140,13 @@ fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
         log.contains("InvalidCertificate(UnknownIssuer)"),
         "the TLS refusal is logged with its reason:\n{log}"
     );
+
+    // A certificate from the trusted CA, but for another name: refused too.
+    let r = call(&e, &s, "ops-1", "misnamed.echo", r#"{"message":"x"}"#);
+    assert_eq!(r["isError"], true, "{r}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("upstream `misnamed` is unavailable"), "{log}");
+    assert!(log.contains("NotValidForName"), "{log}");
     drop(s);
     drop(server);
 }

@@ -198,6 +198,11 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
         ])
         .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
         .env("RUST_LOG", "info,warden_executor=debug")
+        // Proxies named by the environment are ignored (secrets would go to them): were they
+        // used, every HTTP upstream in these tests would be unreachable.
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
