@@ -138,6 +138,40 @@ pub fn load_governor(manifest_path: &Path) -> Result<Governor, LoadError> {
     Governor::new(manifest, &policies)
 }
 
+/// Checks the files the manifest's upstreams name beyond the bundle (each https upstream's
+/// `ca_file`), as the gateway will read them: `warden manifest validate` reports them with the
+/// manifest's other errors, where `serve` would only keep the upstream down.
+///
+/// # Errors
+/// [`LoadError`] with one diagnostic per file that cannot be used, naming its key and line.
+pub fn check_upstream_files(manifest_path: &Path, manifest: &Manifest) -> Result<(), LoadError> {
+    let base = manifest_path.parent().unwrap_or(Path::new("."));
+    let lines = LineIndex::new(&manifest.text);
+    let file = manifest_path.display().to_string();
+    let mut diagnostics = Vec::new();
+    for (i, u) in manifest.upstreams.iter().enumerate() {
+        if let warden_policy::upstream::Transport::Http {
+            ca_file: Some(ca), ..
+        } = &u.transport
+        {
+            if let Err(message) = warden_executor::tls::load_ca(&base.join(ca)) {
+                let key = format!("upstreams[{i}].ca_file");
+                diagnostics.push(Diagnostic {
+                    file: file.clone(),
+                    line: lines.line_of(&key),
+                    path: key,
+                    message,
+                });
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError { diagnostics })
+    }
+}
+
 /// The bundle hash decisions cite, computed from the files on disk.
 ///
 /// # Errors

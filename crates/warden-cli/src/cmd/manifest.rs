@@ -56,27 +56,31 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             };
             super::approvals::post(&admin, "/admin/v1/governance/proposals", body.as_deref())
         }
-        Command::Validate { file } => match warden_gateway::bundle::load_governor(&file) {
-            Ok(g) => {
-                let m = g.manifest();
-                out!(
-                    "ok: {} (version {}, {} tiers, {} agents, {} tools, {} policies, {})",
-                    file.display(),
-                    m.version,
-                    m.tiers.len(),
-                    m.agents.len(),
-                    m.tools.len(),
-                    g.cedar().policy_count,
-                    g.policy_hash()
-                );
-                Ok(ExitCode::SUCCESS)
+        Command::Validate { file } => {
+            match warden_gateway::bundle::load_governor(&file).and_then(|g| {
+                warden_gateway::bundle::check_upstream_files(&file, g.manifest()).map(|()| g)
+            }) {
+                Ok(g) => {
+                    let m = g.manifest();
+                    out!(
+                        "ok: {} (version {}, {} tiers, {} agents, {} tools, {} policies, {})",
+                        file.display(),
+                        m.version,
+                        m.tiers.len(),
+                        m.agents.len(),
+                        m.tools.len(),
+                        g.cedar().policy_count,
+                        g.policy_hash()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    super::print_load_error(&e);
+                    eprintln!("{} error(s)", e.diagnostics.len());
+                    Ok(ExitCode::from(super::EXIT_INPUT))
+                }
             }
-            Err(e) => {
-                super::print_load_error(&e);
-                eprintln!("{} error(s)", e.diagnostics.len());
-                Ok(ExitCode::from(super::EXIT_INPUT))
-            }
-        },
+        }
         Command::Hash { file } => match warden_gateway::bundle::hash_bundle(&file) {
             Ok(h) => {
                 out!("{h}");

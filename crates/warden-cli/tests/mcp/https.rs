@@ -177,4 +177,34 @@ fn a_bad_ca_file_is_a_clear_error() {
         err.contains("ca_file") && err.contains("applies to https:// upstreams"),
         "{err}"
     );
+
+    // An https upstream whose ca_file is missing, or holds no certificate: validate names the
+    // key, its line and the file (serve would keep the upstream down).
+    std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter/policies/base.cedar"),
+        dir.path().join("policies/base.cedar"),
+    )
+    .unwrap();
+    std::fs::write(
+        &m,
+        starter.replacen(
+            "\nupstreams:\n",
+            "\nupstreams:\n  - { name: a, url: \"https://a.example/mcp\", ca_file: gone.pem }\n  - { name: b, url: \"https://b.example/mcp\", ca_file: empty.pem }\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = super::super::warden(&["manifest", "validate", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = super::super::text(&out.stderr) + &super::super::text(&out.stdout);
+    assert!(
+        err.contains("upstreams[0].ca_file") && err.contains("gone.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("upstreams[1].ca_file") && err.contains("holds no certificate"),
+        "{err}"
+    );
 }
