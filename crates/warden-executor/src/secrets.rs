@@ -264,7 +264,11 @@ mod tests {
     #[test]
     fn keyring_secrets_are_read_from_the_user_keyring() {
         use linux_keyutils::{KeyRing, KeyRingIdentifier};
-        let ring = KeyRing::from_special_id(KeyRingIdentifier::User, true).unwrap();
+        // A container whose seccomp profile refuses keyctl (Docker's default) has no keyring.
+        let Ok(ring) = KeyRing::from_special_id(KeyRingIdentifier::User, true) else {
+            eprintln!("notice: the kernel keyring is not available here; skipping");
+            return;
+        };
         let id = std::process::id();
         let (present, short) = (
             format!("warden-unit:{id}:present"),
