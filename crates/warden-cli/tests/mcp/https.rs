@@ -153,26 +153,29 @@ fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
 
 #[test]
 fn a_bad_ca_file_is_a_clear_error() {
-    // Unit-level checks of the messages an operator sees live in the executor; here: a manifest
-    // whose ca_file is given for a plain http upstream does not load.
+    // Unit-level checks of the messages an operator sees live in the executor; here: what
+    // `warden manifest validate` says of the starter with `upstreams` lines added.
     let dir = tempfile::tempdir().unwrap();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter");
+    let starter = std::fs::read_to_string(here.join("manifest.yaml")).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        here.join("policies/base.cedar"),
+        dir.path().join("policies/base.cedar"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").unwrap();
     let m = dir.path().join("m.yaml");
-    let starter = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter/manifest.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        &m,
-        starter.replacen(
-            "\nupstreams:\n",
-            "\nupstreams:\n  - { name: plain, url: \"http://127.0.0.1:1/mcp\", ca_file: ca.pem }\n",
-            1,
-        ),
-    )
-    .unwrap();
-    let out = super::super::warden(&["manifest", "validate", m.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = super::super::text(&out.stderr) + &super::super::text(&out.stdout);
+    let validate = |upstreams: &str| {
+        let text = starter.replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1);
+        std::fs::write(&m, text).unwrap();
+        let out = super::super::warden(&["manifest", "validate", m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        super::super::text(&out.stderr) + &super::super::text(&out.stdout)
+    };
+
+    // A ca_file on a plain http upstream does not load.
+    let err = validate("  - { name: plain, url: \"http://127.0.0.1:1/mcp\", ca_file: ca.pem }\n");
     assert!(
         err.contains("ca_file") && err.contains("applies to https:// upstreams"),
         "{err}"
@@ -180,25 +183,9 @@ fn a_bad_ca_file_is_a_clear_error() {
 
     // An https upstream whose ca_file is missing, or holds no certificate: validate names the
     // key, its line and the file (serve would keep the upstream down).
-    std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starter/policies/base.cedar"),
-        dir.path().join("policies/base.cedar"),
-    )
-    .unwrap();
-    std::fs::write(
-        &m,
-        starter.replacen(
-            "\nupstreams:\n",
-            "\nupstreams:\n  - { name: a, url: \"https://a.example/mcp\", ca_file: gone.pem }\n  - { name: b, url: \"https://b.example/mcp\", ca_file: empty.pem }\n",
-            1,
-        ),
-    )
-    .unwrap();
-    let out = super::super::warden(&["manifest", "validate", m.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = super::super::text(&out.stderr) + &super::super::text(&out.stdout);
+    let err = validate(
+        "  - { name: a, url: \"https://a.example/mcp\", ca_file: gone.pem }\n  - { name: b, url: \"https://b.example/mcp\", ca_file: empty.pem }\n",
+    );
     assert!(
         err.contains("upstreams[0].ca_file") && err.contains("gone.pem"),
         "{err}"
