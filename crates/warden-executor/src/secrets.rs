@@ -147,10 +147,16 @@ mod keyring {
             .and_then(|key| key.read_to_vec())
             .map(Zeroizing::new)
             .map_err(|e| match e {
-                KeyError::KeyDoesNotExist | KeyError::KeyringDoesNotExist => {
+                KeyError::KeyDoesNotExist => {
                     "not found in the user keyring of Warden's user".to_string()
                 }
-                KeyError::AccessDenied => "permission denied (the key is not readable by Warden's user, or a seccomp filter such as Docker's default refuses keyctl)".into(),
+                // EPERM: what a seccomp filter such as Docker's default answers to keyctl.
+                KeyError::PermissionDenied => {
+                    "permission denied (a seccomp filter, such as Docker's default, refuses keyctl)"
+                        .into()
+                }
+                // EACCES: the key exists but Warden's user may not read it.
+                KeyError::AccessDenied => "the key is not readable by Warden's user".into(),
                 KeyError::OperationNotSupported | KeyError::Unknown(_) => {
                     "the kernel keyring is not available here".into()
                 }
@@ -282,16 +288,33 @@ mod tests {
         sources.insert("SHORT".to_owned(), SecretSource::Keyring(short.clone()));
         let absent = format!("warden-unit:{id}:absent");
         sources.insert("GONE".to_owned(), SecretSource::Keyring(absent.clone()));
+        // A key only in the session keyring is not used (another user may own that keyring).
+        // `false`: use the one the process has (its user's session keyring if none), never a
+        // new one, which would stop the process possessing its user keyring's keys.
+        let session_only = format!("warden-unit:{id}:session-only");
+        let k3 = KeyRing::from_special_id(KeyRingIdentifier::Session, false)
+            .and_then(|s| s.add_key(&session_only, "session-value-123"))
+            .ok();
+        sources.insert(
+            "PLANTED".to_owned(),
+            SecretSource::Keyring(session_only.clone()),
+        );
         let (s, errors) = Secrets::load(&sources, Path::new("/"));
-        let _ = (k1.invalidate(), k2.invalidate());
+        let _ = (k1.invalidate(), k2.invalidate(), k3.map(|k| k.invalidate()));
         assert_eq!(s.values().collect::<Vec<_>>(), vec!["keyring-value-123"]);
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 2, "{text:?}");
+        // Sorted by name: GONE, PLANTED, SHORT.
+        assert_eq!(text.len(), 3, "{text:?}");
         assert!(
             text[0].contains(&absent) && text[0].contains("not found"),
             "{}",
             text[0]
         );
-        assert!(text[1].contains("too short"), "{}", text[1]);
+        assert!(
+            text[1].contains(&session_only) && text[1].contains("not found"),
+            "{}",
+            text[1]
+        );
+        assert!(text[2].contains("too short"), "{}", text[2]);
     }
 }
