@@ -25,7 +25,7 @@ pub mod tls;
 mod upstream;
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -253,7 +253,7 @@ pub struct Executor {
     next_call: AtomicU64,
     trees: Arc<sandboxed::Trees>,
     /// Sandboxed upstreams' runners, one per boundary (tenant, agent or session).
-    runners: std::sync::Mutex<std::collections::HashMap<(String, String), Runner>>,
+    runners: std::sync::Mutex<HashMap<RunnerKey, Runner>>,
     secrets: Arc<Secrets>,
     sandbox: Option<SandboxConfig>,
 }
@@ -298,6 +298,24 @@ impl Drop for Registered<'_> {
             m.remove(&self.id);
         }
     }
+}
+
+/// A runner's key: (upstream name, boundary).
+type RunnerKey = (String, String);
+
+/// Removes from `runners` those `pick` selects, with their keys.
+fn take_runners(
+    runners: &mut HashMap<RunnerKey, Runner>,
+    pick: impl Fn(&RunnerKey, &Runner) -> bool,
+) -> Vec<(RunnerKey, Runner)> {
+    let keys: Vec<RunnerKey> = runners
+        .iter()
+        .filter(|(k, r)| pick(k, r))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.into_iter()
+        .filter_map(|k| runners.remove(&k).map(|r| (k, r)))
+        .collect()
 }
 
 impl std::fmt::Debug for Executor {
@@ -500,27 +518,15 @@ impl Executor {
         drop(m);
         // The scope's own runners are killed and forgotten: the next call after `resume`
         // starts fresh ones.
-        let (doomed, removed): (Vec<(String, String)>, Vec<Runner>) = {
-            let mut runners = self
-                .runners
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            {
-                let hit = |r: &Runner| match scope {
-                    S::Global => true,
-                    S::Tenant(t) => r.tenant == *t,
-                    S::Agent(a) => r.agent == *a && !r.up.boundary.starts_with("tenant-"),
-                    S::Session(s) => r.session_key == *s && r.up.boundary.starts_with("session-"),
-                };
-                let keys: Vec<(String, String)> = runners
-                    .iter()
-                    .filter(|(_, r)| hit(r))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                let removed = keys.iter().filter_map(|k| runners.remove(k)).collect();
-                (keys, removed)
-            }
-        };
+        let (doomed, removed): (Vec<(String, String)>, Vec<Runner>) =
+            take_runners(&mut self.runners(), |_, r| match scope {
+                S::Global => true,
+                S::Tenant(t) => r.tenant == *t,
+                S::Agent(a) => r.agent == *a && !r.up.boundary.starts_with("tenant-"),
+                S::Session(s) => r.session_key == *s && r.up.boundary.starts_with("session-"),
+            })
+            .into_iter()
+            .unzip();
         let mut removed = Some(removed);
         if !doomed.is_empty() && !matches!(scope, S::Global) {
             let removed = removed.take().unwrap_or_default();
@@ -628,10 +634,8 @@ impl Executor {
         for u in self.upstreams.values() {
             u.stop().await;
         }
-        let runners: Vec<Arc<upstream::Upstream>> = match self.runners.lock() {
-            Ok(mut m) => m.drain().map(|(_, r)| r.up).collect(),
-            Err(_) => Vec::new(),
-        };
+        let runners: Vec<Arc<upstream::Upstream>> =
+            self.runners().drain().map(|(_, r)| r.up).collect();
         for u in runners {
             u.stop().await;
         }
@@ -659,23 +663,17 @@ impl Executor {
         };
         let name = template.spec.name.clone();
         let now = std::time::Instant::now();
-        // A poisoned map is still the map: recovering keeps boundaries apart (fail closed).
-        let mut m = self
-            .runners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.runners();
         // Sessions end without telling the Executor: an idle session runner (no call in
         // flight) is destroyed, workspace and all.
-        let idle: Vec<(String, String)> = m
-            .iter()
-            .filter(|((_, b), r)| {
-                b.starts_with("session-")
-                    && Arc::strong_count(&r.up) == 1
-                    && now.duration_since(r.last_used) > SESSION_RUNNER_IDLE
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let reaped: Vec<Runner> = idle.iter().filter_map(|k| m.remove(k)).collect();
+        let reaped: Vec<Runner> = take_runners(&mut m, |(_, b), r| {
+            b.starts_with("session-")
+                && Arc::strong_count(&r.up) == 1
+                && now.duration_since(r.last_used) > SESSION_RUNNER_IDLE
+        })
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
         let key = (name.clone(), boundary.clone());
         if !m.contains_key(&key) && !boundary.starts_with("tenant-") {
             let mine = m
@@ -718,19 +716,21 @@ impl Executor {
     /// Destroys the per-session runners of `session_key` (its session ended), workspace and
     /// all.
     pub fn end_session(&self, session_key: &str) {
-        let removed: Vec<Runner> = {
-            let mut m = self
-                .runners
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let keys: Vec<(String, String)> = m
-                .iter()
-                .filter(|((_, b), r)| b.starts_with("session-") && r.session_key == session_key)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| m.remove(k)).collect()
-        };
+        let removed: Vec<Runner> = take_runners(&mut self.runners(), |(_, b), r| {
+            b.starts_with("session-") && r.session_key == session_key
+        })
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
         self.dispose(removed);
+    }
+
+    /// The runners, by (upstream, boundary).
+    fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerKey, Runner>> {
+        // A poisoned map is still the map: recovering keeps boundaries apart (fail closed).
+        self.runners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Destroys removed runners off the async threads (killing a tree waits until it is

@@ -1032,25 +1032,21 @@ impl CedarIndex {
             } else {
                 self.agents.get(agent).map(|e| e.idx)
             };
-            match class {
-                Some(class) => {
-                    if let Some(part) =
-                        self.cached_part((a.idx, class, false), &mut request, &a.by_class)?
-                    {
-                        merge(&part);
+            // Context-free parts: cached under their key when there is one.
+            for (key, by_agent, set) in [
+                (class, false, &a.by_class),
+                (by_agent_key, true, &a.by_agent),
+            ] {
+                match key {
+                    Some(k) => {
+                        if let Some(part) =
+                            self.cached_part((a.idx, k, by_agent), &mut request, set)?
+                        {
+                            merge(&part);
+                        }
                     }
+                    None => merge(&request.evaluate(self, set)?),
                 }
-                None => merge(&request.evaluate(self, &a.by_class)?),
-            }
-            match by_agent_key {
-                Some(idx) => {
-                    if let Some(part) =
-                        self.cached_part((a.idx, idx, true), &mut request, &a.by_agent)?
-                    {
-                        merge(&part);
-                    }
-                }
-                None => merge(&request.evaluate(self, &a.by_agent)?),
             }
             // When a permit is known to hold for every request to this action, only the
             // forbids can change the outcome: evaluate just those.
@@ -1211,13 +1207,9 @@ fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
         let parents = HashSet::from([uid("Tenant", &a.tenant)?, uid("Zone", &a.zone)?]);
         out.push(Entity::new(uid("Agent", &a.id)?, attrs, parents).map_err(|e| e.to_string())?);
     }
-    for t in m.tools.values() {
-        let tier = m
-            .tiers
-            .get(t.tier)
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-        let cost = i64::try_from(t.cost).unwrap_or(i64::MAX);
+    // The same facts the native evaluator reads (`tool_facts`): one derivation for both.
+    for name in m.tools.keys() {
+        let t = tool_facts(m, name);
         let attrs = HashMap::from([
             (
                 "name".to_string(),
@@ -1225,23 +1217,23 @@ fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
             ),
             (
                 "tier".to_string(),
-                RestrictedExpression::new_string(tier.clone()),
+                RestrictedExpression::new_string(t.tier.clone()),
             ),
             (
                 "classification".to_string(),
-                RestrictedExpression::new_string(t.classification.as_str().into()),
+                RestrictedExpression::new_string(t.classification),
             ),
             (
                 "output_trust".to_string(),
-                RestrictedExpression::new_string(t.output_trust.as_str().into()),
+                RestrictedExpression::new_string(t.output_trust),
             ),
             (
                 "preview".to_string(),
                 RestrictedExpression::new_bool(t.preview),
             ),
-            ("cost".to_string(), RestrictedExpression::new_long(cost)),
+            ("cost".to_string(), RestrictedExpression::new_long(t.cost)),
         ]);
-        let parents = HashSet::from([uid("Tier", &tier)?]);
+        let parents = HashSet::from([uid("Tier", &t.tier)?]);
         out.push(Entity::new(uid("Tool", &t.name)?, attrs, parents).map_err(|e| e.to_string())?);
     }
     Entities::from_entities(out, Some(schema)).map_err(|e| e.to_string())
