@@ -38,6 +38,7 @@ pub mod path;
 pub mod process;
 pub mod promotion;
 pub mod server;
+pub mod sessions;
 pub mod starter;
 pub mod witness;
 

@@ -24,15 +24,18 @@ use warden_executor::Executor;
 use warden_identity::approval::Status;
 use warden_identity::Identity;
 
+use crate::sessions::{OpenError, Refused, Sessions, SESSION_IDLE};
+
 /// Largest MCP request body accepted on `/mcp` by default.
 pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 
-/// Who a connection speaks for: set by [`bearer`] per HTTP request, fixed for stdio.
+/// Who a connection speaks for: set by [`gate`] per HTTP request, fixed for stdio.
 #[derive(Debug, Clone)]
 pub struct McpCaller {
     /// The verified identity.
     pub identity: Identity,
-    /// The session used when the transport gives none.
+    /// Its session: the `Mcp-Session-Id` Warden issued, or `mcp:<credential>` for a request
+    /// outside any session.
     pub session: String,
 }
 
@@ -43,18 +46,21 @@ struct Fixed {
     session: String,
 }
 
-/// The MCP server handler: one per MCP session.
+/// The MCP server handler. Over HTTP, rmcp makes one per request (it serves statelessly) and
+/// the sessions are [`Sessions`]; over stdio there is one for the connection.
 #[derive(Clone)]
 pub struct McpFront {
     app: AppState,
     executor: Arc<Executor>,
     fixed: Option<Arc<Fixed>>,
-    /// The session's keys, whose per-session sandbox runners end with it.
-    ended: Arc<SessionEnd>,
+    /// Over HTTP: the open sessions, where calls in flight are registered for cancellation.
+    sessions: Option<Arc<Sessions>>,
+    /// Over stdio: the connection's session keys, whose per-session sandbox runners end with
+    /// it.
+    ended: Option<Arc<SessionEnd>>,
 }
 
-/// When the last handle of an MCP session goes (the session closed or expired), its
-/// per-session sandbox runners are destroyed.
+/// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
 struct SessionEnd {
     executor: Arc<Executor>,
     keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -93,22 +99,15 @@ impl std::fmt::Debug for McpFront {
 }
 
 impl McpFront {
-    /// A handler for HTTP, where each request carries its caller (see [`bearer`]).
+    /// A handler for HTTP, where each request carries its caller and session (see [`gate`]).
     #[must_use]
-    pub fn http(app: AppState, executor: Arc<Executor>) -> Self {
+    pub fn http(app: AppState, executor: Arc<Executor>, sessions: Arc<Sessions>) -> Self {
         McpFront {
             app,
-            ended: SessionEnd::new(&executor),
             executor,
             fixed: None,
-        }
-    }
-
-    /// A handler for a new session: the same front, its own session end.
-    fn fresh(&self) -> Self {
-        McpFront {
-            ended: SessionEnd::new(&self.executor),
-            ..self.clone()
+            sessions: Some(sessions),
+            ended: None,
         }
     }
 
@@ -127,12 +126,13 @@ impl McpFront {
         );
         Ok(McpFront {
             app,
-            ended: SessionEnd::new(&executor),
+            ended: Some(SessionEnd::new(&executor)),
             executor,
             fixed: Some(Arc::new(Fixed {
                 token: credential.to_owned(),
                 session,
             })),
+            sessions: None,
         })
     }
 
@@ -149,19 +149,15 @@ impl McpFront {
             return Ok((identity, f.session.clone(), String::new()));
         }
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
-        // INVARIANT (no anonymous agents): the bearer middleware put the verified caller here;
+        // INVARIANT (no anonymous agents): the gate middleware put the verified caller here;
         // a request without one is refused, never served as somebody.
         let Some(caller) = parts.and_then(|p| p.extensions.get::<Arc<McpCaller>>()) else {
             return Err(McpError::invalid_request("not authenticated", None));
         };
-        let headers = parts.map(|p| &p.headers);
-        let session = headers
-            .and_then(|h| h.get("mcp-session-id"))
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty() && s.len() <= warden_core::proposal::MAX_ID_BYTES)
-            .map_or_else(|| caller.session.clone(), str::to_owned);
-        let trace = headers.map(crate::server::trace_id).unwrap_or_default();
-        Ok((caller.identity.clone(), session, trace))
+        let trace = parts
+            .map(|p| crate::server::trace_id(&p.headers))
+            .unwrap_or_default();
+        Ok((caller.identity.clone(), caller.session.clone(), trace))
     }
 }
 
@@ -217,10 +213,18 @@ impl ServerHandler for McpFront {
             .and_then(rmcp::model::RequestMetaObject::get_progress_token)
             .or_else(|| ctx.meta.get_progress_token());
         let arguments = request.arguments.unwrap_or_default();
-        self.ended.note(warden_policy::decide::session_key(
-            &identity.agent,
-            &session,
-        ));
+        if let Some(ended) = &self.ended {
+            ended.note(warden_policy::decide::session_key(
+                &identity.agent,
+                &session,
+            ));
+        }
+        // Over HTTP, `notifications/cancelled` comes on a request of its own: the call is
+        // registered where that request finds it.
+        let _tracked = self.sessions.as_ref().map(|s| {
+            let id = serde_json::to_string(&ctx.id).unwrap_or_default();
+            s.track(&session, id, ctx.ct.clone())
+        });
         let proposal = Proposal {
             agent: identity.agent.clone(),
             session,
@@ -458,51 +462,109 @@ fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String 
     }
 }
 
-/// Which credential opened each MCP session: a session is usable only with the credential that
-/// opened it.
-#[derive(Debug, Default)]
-pub struct SessionOwners {
-    owners: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+/// What the `/mcp` gate needs: the gateway, the sessions, the body cap.
+#[derive(Clone)]
+struct Gate {
+    app: AppState,
+    sessions: Arc<Sessions>,
+    max_body: usize,
 }
 
-/// Sessions idle this long are forgotten here (rmcp closes them after 5 minutes).
-const SESSION_OWNER_IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+fn refuse(status: StatusCode, rule: &str, why: String) -> Response {
+    let mut r = (
+        status,
+        axum::Json(serde_json::json!({ "error": why, "rule": rule })),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"warden\""),
+        );
+    }
+    r
+}
 
-impl SessionOwners {
-    /// `Err(())` if `session` belongs to another credential; refreshes it otherwise.
-    fn check(&self, session: &str, credential: &str) -> Result<(), ()> {
-        let Ok(mut m) = self.owners.lock() else {
-            return Err(()); // fail closed
-        };
-        match m.get_mut(session) {
-            Some((owner, _)) if owner != credential => Err(()),
-            Some((_, seen)) => {
-                *seen = std::time::Instant::now();
-                Ok(())
+/// Reads a request body of at most `max` bytes.
+async fn read_body(mut body: axum::body::Body, max: usize) -> Result<axum::body::Bytes, Response> {
+    use axum::body::HttpBody as _;
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.too_large",
+            format!("the request body is larger than the gateway's limit of {max} bytes"),
+        )
+    };
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "request.unreadable",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len().saturating_add(data.len()) > max {
+                return Err(too_large());
             }
-            None => Ok(()),
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(buf.into())
+}
 
-    fn bind(&self, session: &str, credential: &str) {
-        if let Ok(mut m) = self.owners.lock() {
-            m.retain(|_, (_, seen)| seen.elapsed() < SESSION_OWNER_IDLE);
-            m.insert(
-                session.to_owned(),
-                (credential.to_owned(), std::time::Instant::now()),
-            );
-        }
+/// The two methods the gate acts on itself, read from a JSON-RPC message.
+#[derive(Debug, PartialEq, Eq)]
+enum Peeked {
+    Initialize,
+    /// `notifications/cancelled`, with the JSON of the id it names.
+    Cancelled(String),
+    Other,
+}
+
+fn peek(body: &[u8]) -> Peeked {
+    #[derive(serde::Deserialize)]
+    struct Method {
+        method: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cancelled {
+        params: CancelledParams,
+    }
+    #[derive(serde::Deserialize)]
+    struct CancelledParams {
+        #[serde(rename = "requestId")]
+        request_id: serde_json::Value,
+    }
+    // Anything unreadable is rmcp's to refuse, with a JSON-RPC error.
+    match serde_json::from_slice::<Method>(body)
+        .ok()
+        .and_then(|m| m.method)
+        .as_deref()
+    {
+        Some("initialize") => Peeked::Initialize,
+        Some("notifications/cancelled") => serde_json::from_slice::<Cancelled>(body)
+            .ok()
+            .map_or(Peeked::Other, |c| {
+                Peeked::Cancelled(c.params.request_id.to_string())
+            }),
+        _ => Peeked::Other,
     }
 }
 
-/// Authenticates a `/mcp` request by its bearer credential (from `warden agents enroll`) and
-/// attaches the caller; anything else is a 401 that says what was wrong. A session opened with
-/// one credential answers only to that credential (403 `session.not_yours`).
-pub async fn bearer(
-    State((app, owners)): State<(AppState, Arc<SessionOwners>)>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Authenticates a `/mcp` request by its bearer credential (from `warden agents enroll`),
+/// attaches the caller and its session, and keeps the sessions (see [`Sessions`]): an
+/// `initialize` opens one (`Mcp-Session-Id` on the answer), `DELETE` ends one,
+/// `notifications/cancelled` cancels the call it names. Anything refused is an HTTP error with
+/// a JSON body naming the rule: 401 (credential), 403 `session.not_yours`, 404
+/// `session.unknown`, 413 (body cap).
+async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -512,85 +574,210 @@ pub async fn bearer(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match crate::server::verify_credential(&app, token) {
-        Ok(identity) => {
-            let credential = identity.credential.clone();
-            let asked = req
-                .headers()
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // INVARIANT (no session hijack): another credential's session is refused.
-            if let Some(sid) = &asked {
-                if owners.check(sid, &credential).is_err() {
-                    return (
-                        StatusCode::FORBIDDEN,
-                        axum::Json(serde_json::json!({
-                            "error": "this MCP session was opened with another credential",
-                            "rule": "session.not_yours",
-                        })),
-                    )
-                        .into_response();
-                }
-            }
-            let session = format!("mcp:{credential}");
-            req.extensions_mut()
-                .insert(Arc::new(McpCaller { identity, session }));
-            let response = next.run(req).await;
-            if asked.is_none() {
-                if let Some(sid) = response
-                    .headers()
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    owners.bind(sid, &credential);
-                }
-            }
-            response
-        }
-        Err((status, rule, why)) => {
-            let mut r = (
-                status,
-                axum::Json(serde_json::json!({ "error": why, "rule": rule })),
+    let identity = match crate::server::verify_credential(&g.app, token) {
+        Ok(identity) => identity,
+        Err((status, rule, why)) => return refuse(status, rule, why),
+    };
+    let credential = identity.credential.clone();
+    let asked = match req.headers().get("mcp-session-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) => Some(id.to_owned()),
+        Some(Err(_)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "session.invalid",
+                "the Mcp-Session-Id header is not visible ASCII".into(),
             )
-                .into_response();
-            if status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"warden\""),
-                );
+        }
+    };
+    if let Some(id) = &asked {
+        let checked = if req.method() == axum::http::Method::DELETE {
+            g.sessions.close(id, &credential)
+        } else {
+            g.sessions.check(id, &credential)
+        };
+        match checked {
+            Err(Refused::NotYours) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "session.not_yours",
+                    "this MCP session was opened with another credential".into(),
+                )
             }
-            r
+            Err(Refused::Unknown) => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    "session.unknown",
+                    "no such MCP session (it ended or expired): initialize a new one".into(),
+                )
+            }
+            Ok(()) if req.method() == axum::http::Method::DELETE => {
+                return StatusCode::NO_CONTENT.into_response()
+            }
+            Ok(()) => {}
         }
     }
+    // A request outside any session (a client that keeps none) is in its credential's.
+    let session = asked.clone().unwrap_or_else(|| format!("mcp:{credential}"));
+    let mut peeked = Peeked::Other;
+    let mut req = if req.method() == axum::http::Method::POST {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, g.max_body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        peeked = peek(&body);
+        Request::from_parts(parts, axum::body::Body::from(body))
+    } else {
+        req
+    };
+    if let Peeked::Cancelled(request) = &peeked {
+        g.sessions.cancel(&session, request);
+    }
+    let agent = identity.agent.clone();
+    req.extensions_mut()
+        .insert(Arc::new(McpCaller { identity, session }));
+    let mut response = next.run(req).await;
+    if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
+        match g.sessions.open(&credential, &agent) {
+            Ok(id) => {
+                if let Ok(v) = header::HeaderValue::from_str(&id) {
+                    response.headers_mut().insert("mcp-session-id", v);
+                }
+            }
+            Err(e) => {
+                let status = match e {
+                    OpenError::NoRandomness => StatusCode::SERVICE_UNAVAILABLE,
+                    OpenError::TooManyForCredential | OpenError::Full => {
+                        StatusCode::TOO_MANY_REQUESTS
+                    }
+                };
+                return refuse(status, "session.refused", e.to_string());
+            }
+        }
+    }
+    response
 }
 
-/// The `/mcp` routes: Streamable HTTP behind the bearer check.
+/// The `/mcp` routes: Streamable HTTP behind the [`gate`]. rmcp serves each request on its own
+/// (no session of its own) and answers with JSON, or with an SSE stream when the call sends
+/// progress first; Warden keeps the sessions. Idle sessions are swept every minute.
 pub fn router(
     app: AppState,
     executor: Arc<Executor>,
     max_body: usize,
     allowed_hosts: Option<Vec<String>>,
 ) -> axum::Router {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let mut config = StreamableHttpServerConfig::default();
-    config.max_request_body_bytes = max_body;
+    let mut config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_max_request_body_bytes(max_body);
     if let Some(hosts) = allowed_hosts {
         config = config.with_allowed_hosts(hosts);
     }
-    let front = McpFront::http(app.clone(), executor);
+    let ender = Arc::clone(&executor);
+    let sessions = Sessions::new(
+        SESSION_IDLE,
+        Box::new(move |key: &str| ender.end_session(key)),
+    );
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let weak = Arc::downgrade(&sessions);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                s.sweep(std::time::Instant::now());
+            }
+        });
+    }
+    let front = McpFront::http(app.clone(), executor, Arc::clone(&sessions));
     let service = StreamableHttpService::new(
-        move || Ok(front.fresh()),
-        Arc::new(LocalSessionManager::default()),
+        move || Ok(front.clone()),
+        Arc::new(NeverSessionManager::default()),
         config,
     );
     axum::Router::new()
         .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(
-            (app, Arc::new(SessionOwners::default())),
-            bearer,
+            Gate {
+                app,
+                sessions,
+                max_body,
+            },
+            gate,
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_reads_initialize_and_cancellations_and_leaves_the_rest_to_rmcp() {
+        let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#;
+        assert_eq!(peek(init), Peeked::Initialize);
+        let cancel = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"x"}}"#;
+        assert_eq!(peek(cancel), Peeked::Cancelled("41".into()));
+        let cancel = br#"{"method":"notifications/cancelled","params":{"requestId":"a\"b"},"jsonrpc":"2.0"}"#;
+        assert_eq!(peek(cancel), Peeked::Cancelled(r#""a\"b""#.into()));
+        for other in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#,
+            br#"{"jsonrpc":"2.0","method":7}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"initialize"}]"#,
+            b"{not json",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert_eq!(
+                peek(other),
+                Peeked::Other,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // Nesting beyond serde_json's limit is an error, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(peek(deep.as_bytes()), Peeked::Other);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_cap_are_refused_whether_declared_or_streamed() {
+        let ok = read_body(axum::body::Body::from("0123456789"), 10).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"0123456789"[..]));
+        // Declared (a known length): refused before reading.
+        let r = read_body(axum::body::Body::from("01234567890"), 10).await;
+        assert_eq!(
+            r.err().map(|r| r.status()),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        // Streamed in chunks of unknown total: refused once the chunks pass the cap.
+        let chunks = (0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("0123")));
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+        let r = read_body(body, 10).await;
+        assert_eq!(
+            r.err().map(|r| r.status()),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("0123")));
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+        assert_eq!(
+            read_body(body, 10).await.ok().as_deref(),
+            Some(&b"01230123"[..])
+        );
+        // A body that breaks off is a 400 naming it.
+        let chunks = [
+            Ok(axum::body::Bytes::from("01")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks.into_iter()));
+        let r = read_body(body, 10).await.err().unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
 }

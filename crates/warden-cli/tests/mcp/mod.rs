@@ -608,6 +608,109 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert_eq!(status, 403, "{resp}");
     assert!(resp.contains("session.not_yours"), "{resp}");
 
+    // `notifications/cancelled`, sent on a request of its own while the call streams its
+    // progress on another, cancels that call: it ends at once, well before its 10 s.
+    let coder_auth = format!(
+        "authorization: Bearer {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n",
+        coder.trim()
+    );
+    let started = std::time::Instant::now();
+    let streaming = {
+        use std::io::{Read as _, Write as _};
+        let body = r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"everything.trigger-long-running-operation","arguments":{"duration":10,"steps":10},"_meta":{"progressToken":"p41"}}}"#;
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            c,
+            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{coder_auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("notifications/progress") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "the call ended before any progress");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (c, seen)
+    };
+    // The same request id in another session cancels nothing here.
+    let (status, resp) = raw(
+        &s.addr,
+        &format!(
+            "authorization: Bearer {}\r\nmcp-protocol-version: 2025-06-18\r\n",
+            coder.trim()
+        ),
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41}}"#,
+    );
+    assert_eq!(status, 202, "{resp}");
+    let (status, resp) = raw(
+        &s.addr,
+        &coder_auth,
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"test"}}"#,
+    );
+    assert_eq!(status, 202, "{resp}");
+    let (mut c, mut seen) = streaming;
+    std::io::Read::read_to_end(&mut c, &mut seen).unwrap();
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(answer.contains("did not complete"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the call was not cancelled: {:?}",
+        started.elapsed()
+    );
+    // DELETE ends the session: then its id is unknown (404), on which a client opens another.
+    let delete = |auth: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "DELETE /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let intern_auth = coder_auth.replace(coder.trim(), intern.trim());
+    assert!(
+        delete(&intern_auth).starts_with("HTTP/1.1 403"),
+        "another credential cannot end it"
+    );
+    let (status, resp) = raw(
+        &s.addr,
+        &coder_auth,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+    );
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("everything.echo"), "{resp}");
+    assert!(delete(&coder_auth).starts_with("HTTP/1.1 204"));
+    let (status, resp) = raw(
+        &s.addr,
+        &coder_auth,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#,
+    );
+    assert_eq!(status, 404, "{resp}");
+    assert!(resp.contains("session.unknown"), "{resp}");
+    // A body declared over the cap (4 MiB) is refused before any of it is read.
+    {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            coder.trim(),
+            5 << 20
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(out.contains("request.too_large"), "{out}");
+    }
+
     // Malformed JSON-RPC gets an error, and the gateway keeps serving.
     let cred = std::fs::read_to_string(s.data.join("agents/coder-1.credential")).unwrap();
     let auth = format!("authorization: Bearer {}\r\n", cred.trim());
@@ -641,9 +744,9 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .filter(|v| v["entry"]["action"].is_string())
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
-    // (refused) + slow (timeout) + progress + cancelled + files + git + remote + image + 50 + 1;
-    // none for the denied and escalated calls.
-    assert_eq!(receipts.len(), 64);
+    // (refused) + slow (timeout) + progress + cancelled + cancelled by a raw notification +
+    // files + git + remote + image + 50 + 1; none for the denied and escalated calls.
+    assert_eq!(receipts.len(), 65);
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "killed"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
