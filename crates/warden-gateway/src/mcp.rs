@@ -24,7 +24,7 @@ use warden_executor::Executor;
 use warden_identity::approval::Status;
 use warden_identity::Identity;
 
-use crate::sessions::{OpenError, Refused, Sessions, SESSION_IDLE};
+use crate::sessions::{Limits, OpenError, Refused, Sessions};
 
 /// Largest MCP request body accepted on `/mcp` by default.
 pub const DEFAULT_MAX_BODY: usize = 4 << 20;
@@ -37,6 +37,8 @@ pub struct McpCaller {
     /// Its session: the `Mcp-Session-Id` Warden issued, or `mcp:<credential>` for a request
     /// outside any session.
     pub session: String,
+    /// Whether `session` is one Warden issued (and keeps in [`Sessions`]).
+    pub issued: bool,
 }
 
 /// The one agent a stdio connection speaks for (no `Debug`: it holds the bearer token).
@@ -136,17 +138,17 @@ impl McpFront {
         })
     }
 
-    /// The caller, session and trace id of a request.
+    /// The caller, session (and whether Warden issued it) and trace id of a request.
     fn caller(
         &self,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(Identity, String, String), McpError> {
+    ) -> Result<(Identity, String, bool, String), McpError> {
         if let Some(f) = &self.fixed {
             // INVARIANT (revocation is immediate): the stdio credential is checked per request.
             let identity = crate::server::verify_credential(&self.app, Some(&f.token)).map_err(
                 |(_, rule, why)| McpError::invalid_request(format!("{rule}: {why}"), None),
             )?;
-            return Ok((identity, f.session.clone(), String::new()));
+            return Ok((identity, f.session.clone(), false, String::new()));
         }
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
         // INVARIANT (no anonymous agents): the gate middleware put the verified caller here;
@@ -157,7 +159,12 @@ impl McpFront {
         let trace = parts
             .map(|p| crate::server::trace_id(&p.headers))
             .unwrap_or_default();
-        Ok((caller.identity.clone(), caller.session.clone(), trace))
+        Ok((
+            caller.identity.clone(),
+            caller.session.clone(),
+            caller.issued,
+            trace,
+        ))
     }
 }
 
@@ -182,7 +189,7 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let (identity, _, _) = self.caller(&ctx)?;
+        let (identity, ..) = self.caller(&ctx)?;
         let governor = self.app.governor.get();
         // Seed 003: an agent sees only what it may call (its tenant, zone and trust level, and
         // its credential's tool list).
@@ -206,7 +213,7 @@ impl ServerHandler for McpFront {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let (identity, session, trace) = self.caller(&ctx)?;
+        let (identity, session, issued, trace) = self.caller(&ctx)?;
         let progress_token = request
             .meta
             .as_ref()
@@ -219,12 +226,25 @@ impl ServerHandler for McpFront {
                 &session,
             ));
         }
-        // Over HTTP, `notifications/cancelled` comes on a request of its own: the call is
-        // registered where that request finds it.
-        let _tracked = self.sessions.as_ref().map(|s| {
-            let id = serde_json::to_string(&ctx.id).unwrap_or_default();
-            s.track(&session, id, ctx.ct.clone())
-        });
+        // Over HTTP, `notifications/cancelled` comes on a request of its own: a call in a
+        // session is registered where that request finds it. Outside a session (clients that
+        // keep none cancel by closing the request) nothing is registered.
+        let _tracked = match (&self.sessions, issued) {
+            (Some(s), true) => {
+                let id = serde_json::to_string(&ctx.id).unwrap_or_default();
+                match s.track(&session, id, ctx.ct.clone()) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        return Ok(refusal(
+                            "Warden refused the call: its MCP session ended before it could \
+                             run. Open a new session and call again."
+                                .into(),
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
         let proposal = Proposal {
             agent: identity.agent.clone(),
             session,
@@ -499,25 +519,42 @@ async fn read_body(mut body: axum::body::Body, max: usize) -> Result<axum::body:
         return Err(too_large());
     }
     let mut buf = Vec::new();
-    while let Some(frame) =
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-    {
-        let frame = frame.map_err(|e| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "request.unreadable",
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len().saturating_add(data.len()) > max {
-                return Err(too_large());
+    let read = async {
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "request.unreadable",
+                    format!("the request body could not be read: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len().saturating_add(data.len()) > max {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
         }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_WAIT, read).await {
+        Ok(Ok(())) => Ok(buf.into()),
+        Ok(Err(r)) => Err(r),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "request.too_slow",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_WAIT.as_secs()
+            ),
+        )),
     }
-    Ok(buf.into())
 }
+
+/// How long a request body may take to arrive.
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The two methods the gate acts on itself, read from a JSON-RPC message.
 #[derive(Debug, PartialEq, Eq)]
@@ -635,8 +672,11 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         g.sessions.cancel(&session, request);
     }
     let agent = identity.agent.clone();
-    req.extensions_mut()
-        .insert(Arc::new(McpCaller { identity, session }));
+    req.extensions_mut().insert(Arc::new(McpCaller {
+        identity,
+        session,
+        issued: asked.is_some(),
+    }));
     let mut response = next.run(req).await;
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
         match g.sessions.open(&credential, &agent) {
@@ -648,9 +688,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             Err(e) => {
                 let status = match e {
                     OpenError::NoRandomness => StatusCode::SERVICE_UNAVAILABLE,
-                    OpenError::TooManyForCredential | OpenError::Full => {
-                        StatusCode::TOO_MANY_REQUESTS
-                    }
+                    OpenError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
                 };
                 return refuse(status, "session.refused", e.to_string());
             }
@@ -660,8 +698,9 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
 }
 
 /// The `/mcp` routes: Streamable HTTP behind the [`gate`]. rmcp serves each request on its own
-/// (no session of its own) and answers with JSON, or with an SSE stream when the call sends
-/// progress first; Warden keeps the sessions. Idle sessions are swept every minute.
+/// (no session of its own) and answers on an SSE stream, which carries progress and a
+/// keep-alive every 15 s while a call runs or waits for approval; Warden keeps the sessions.
+/// Idle sessions are swept every minute.
 pub fn router(
     app: AppState,
     executor: Arc<Executor>,
@@ -674,14 +713,13 @@ pub fn router(
     };
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
-        .with_json_response(true)
         .with_max_request_body_bytes(max_body);
     if let Some(hosts) = allowed_hosts {
         config = config.with_allowed_hosts(hosts);
     }
     let ender = Arc::clone(&executor);
     let sessions = Sessions::new(
-        SESSION_IDLE,
+        Limits::default(),
         Box::new(move |key: &str| ender.end_session(key)),
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -742,9 +780,14 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
-        // Nesting beyond serde_json's limit is an error, not a stack overflow.
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(peek(deep.as_bytes()), Peeked::Other);
+        // Deep nesting in a skipped value is skipped without recursion (no stack overflow);
+        // rmcp, which parses the whole message, refuses it (the e2e test sends one).
+        let deep = format!(
+            r#"{{"method":"initialize","x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(peek(deep.as_bytes()), Peeked::Initialize);
     }
 
     #[tokio::test]

@@ -1,30 +1,51 @@
 //! MCP sessions over Streamable HTTP, kept by Warden itself.
 //!
 //! rmcp serves every `/mcp` request statelessly (a handler per request, nothing kept between
-//! requests), so an idle session costs only its entry here — about two hundred bytes instead of
+//! requests), so an idle session costs only its entry here — a few hundred bytes instead of
 //! the worker task and channels a session of rmcp's own keeps. What a session is for:
 //!
 //! - **Identity of the conversation.** The session id (`Mcp-Session-Id`, 128 random bits)
 //!   is the `session` of every proposal made in it: session budgets, loop detection and
 //!   session pauses count per session, and a `runner: session` sandbox lives as long as it.
 //! - **Ownership.** A session answers only to the credential that opened it (403
-//!   `session.not_yours`); an unknown or expired id is a 404, on which clients open a new one.
+//!   `session.not_yours`); an unknown or ended id is a 404, on which clients open a new one.
 //! - **Cancellation.** `notifications/cancelled` arrives on a request of its own; it cancels
 //!   the call it names in the same session, if that call is still running.
-//! - **End.** `DELETE` ends a session; so does [`SESSION_IDLE`] without a request. Either way
-//!   its session runners are destroyed.
+//! - **End.** `DELETE` ends a session; so does [`Limits::idle`] without a request, and so
+//!   does eviction (below). Its calls in flight are cancelled and its session runners
+//!   destroyed.
+//!
+//! Bounds: an agent holds at most [`Limits::per_agent`] sessions and the gateway
+//! [`Limits::total`]. At either bound a new session ends the least recently used *idle*
+//! session (of that agent, or of all) to make room, so one agent filling its share hurts only
+//! itself; only when every candidate has a call in flight is `initialize` refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// A session without a request for this long ends (its calls in flight keep it open).
-pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Open sessions per credential; an `initialize` beyond it is refused until some end.
-pub const MAX_PER_CREDENTIAL: usize = 4096;
-/// Open sessions in all (about 25 MiB of entries at the limit).
-pub const MAX_SESSIONS: usize = 100_000;
+/// How long sessions live and how many there may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A session without a request for this long ends (calls in flight keep it open).
+    pub idle: Duration,
+    /// Sessions per agent.
+    pub per_agent: usize,
+    /// Sessions in all.
+    pub total: usize,
+}
+
+impl Default for Limits {
+    /// 30 minutes idle; 1,024 sessions per agent; 100,000 in all (a few tens of MiB).
+    fn default() -> Self {
+        Limits {
+            idle: Duration::from_secs(30 * 60),
+            per_agent: 1024,
+            total: 100_000,
+        }
+    }
+}
 
 /// Why a session id was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,15 +59,12 @@ pub enum Refused {
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OpenError {
-    /// This credential holds [`MAX_PER_CREDENTIAL`] sessions.
+    /// Every session that could make room has a call in flight.
     #[error(
-        "this credential already holds {MAX_PER_CREDENTIAL} open MCP sessions: end some \
-         (HTTP DELETE /mcp with their Mcp-Session-Id) or let idle ones expire"
+        "no room for another MCP session: {0} open, each with a call in flight; end some \
+         (HTTP DELETE /mcp with their Mcp-Session-Id) or try again when calls finish"
     )]
-    TooManyForCredential,
-    /// The gateway holds [`MAX_SESSIONS`] sessions.
-    #[error("the gateway holds {MAX_SESSIONS} open MCP sessions: try again later")]
-    Full,
+    Full(usize),
     /// The operating system gave no randomness for the id.
     #[error("no randomness for a session id")]
     NoRandomness,
@@ -54,31 +72,74 @@ pub enum OpenError {
 
 struct Open {
     credential: String,
+    agent: String,
     /// Its runners' key (`session_key(agent, id)`), computed once.
     runner_key: String,
     seen: Instant,
-    /// Calls in flight: a session with any does not expire.
+    /// Calls in flight: a session with any is neither expired nor evicted.
     active: u32,
 }
+
+/// (last seen, id): least recently used first.
+type Lru = BTreeSet<(Instant, String)>;
 
 #[derive(Default)]
 struct Inner {
     open: HashMap<String, Open>,
-    per_credential: HashMap<String, usize>,
-    /// (session, JSON of the request id) → the call's cancellation token.
-    in_flight: HashMap<(String, String), CancellationToken>,
+    /// Every open session by last use.
+    lru: Lru,
+    /// Each agent's open sessions by last use.
+    by_agent: HashMap<String, Lru>,
+    /// (session, JSON of the request id) → (registration number, the call's token).
+    in_flight: HashMap<(String, String), (u64, CancellationToken)>,
+    next_call: u64,
 }
 
 impl Inner {
     fn remove(&mut self, id: &str) -> Option<Open> {
         let open = self.open.remove(id)?;
-        if let Some(n) = self.per_credential.get_mut(&open.credential) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_credential.remove(&open.credential);
+        let key = (open.seen, id.to_owned());
+        self.lru.remove(&key);
+        if let Some(set) = self.by_agent.get_mut(&open.agent) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_agent.remove(&open.agent);
+            }
+        }
+        // INVARIANT (an ended session runs nothing): its calls in flight stop with it.
+        for ((s, _), (_, token)) in &self.in_flight {
+            if s == id {
+                token.cancel();
             }
         }
         Some(open)
+    }
+
+    /// Marks session `id` used at `now` (keeping both orders in step).
+    fn touch(&mut self, id: &str, now: Instant) {
+        let Some(o) = self.open.get_mut(id) else {
+            return;
+        };
+        // Reordering costs two tree updates; a session used again within a second stays put.
+        if now.saturating_duration_since(o.seen) < Duration::from_secs(1) {
+            return;
+        }
+        let old = (o.seen, id.to_owned());
+        o.seen = now;
+        self.lru.remove(&old);
+        self.lru.insert((now, id.to_owned()));
+        if let Some(set) = self.by_agent.get_mut(&o.agent) {
+            set.remove(&old);
+            set.insert((now, id.to_owned()));
+        }
+    }
+
+    /// The least recently used session of `order` without a call in flight.
+    fn idlest(&self, order: Option<&Lru>) -> Option<String> {
+        order?
+            .iter()
+            .find(|(_, id)| self.open.get(id).is_some_and(|o| o.active == 0))
+            .map(|(_, id)| id.clone())
     }
 }
 
@@ -89,26 +150,26 @@ pub type OnEnd = Box<dyn Fn(&str) + Send + Sync>;
 pub struct Sessions {
     inner: Mutex<Inner>,
     on_end: OnEnd,
-    idle: Duration,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
             .field("open", &self.lock().open.len())
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl Sessions {
-    /// Sessions ending after `idle` without a request; `on_end` gets each ended session's
-    /// runner key.
+    /// Sessions within `limits`; `on_end` gets each ended session's runner key.
     #[must_use]
-    pub fn new(idle: Duration, on_end: OnEnd) -> Arc<Self> {
+    pub fn new(limits: Limits, on_end: OnEnd) -> Arc<Self> {
         Arc::new(Sessions {
             inner: Mutex::default(),
             on_end,
-            idle,
+            limits,
         })
     }
 
@@ -117,64 +178,77 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a session for `credential` (whose agent is `agent`); its new id.
+    /// Opens a session for `credential` of `agent`; its new id. At a bound, the least
+    /// recently used idle session (the agent's own first) ends to make room.
     ///
     /// # Errors
-    /// A limit is reached, or there is no randomness.
+    /// No room (every candidate has a call in flight), or no randomness.
     pub fn open(&self, credential: &str, agent: &str) -> Result<String, OpenError> {
         let id = warden_identity::credential::random_id().map_err(|_| OpenError::NoRandomness)?;
-        let runner_key = warden_policy::decide::session_key(agent, &id);
+        let now = Instant::now();
+        let mut ended = Vec::new();
         let mut inner = self.lock();
-        if inner.open.len() >= MAX_SESSIONS
-            || inner.per_credential.get(credential).copied().unwrap_or(0) >= MAX_PER_CREDENTIAL
-        {
-            let ended = self.expire(&mut inner, Instant::now());
-            drop(inner);
-            self.end(ended);
-            inner = self.lock();
+        let mine = inner.by_agent.get(agent).map_or(0, BTreeSet::len);
+        if mine >= self.limits.per_agent {
+            let victim = inner.idlest(inner.by_agent.get(agent));
+            let Some(o) = victim.and_then(|v| inner.remove(&v)) else {
+                return Err(OpenError::Full(mine));
+            };
+            ended.push(o.runner_key);
         }
-        if inner.open.len() >= MAX_SESSIONS {
-            return Err(OpenError::Full);
+        if inner.open.len() >= self.limits.total {
+            let victim = inner.idlest(Some(&inner.lru));
+            let Some(o) = victim.and_then(|v| inner.remove(&v)) else {
+                return Err(OpenError::Full(inner.open.len()));
+            };
+            ended.push(o.runner_key);
         }
-        let n = inner
-            .per_credential
-            .entry(credential.to_owned())
-            .or_insert(0);
-        if *n >= MAX_PER_CREDENTIAL {
-            return Err(OpenError::TooManyForCredential);
-        }
-        *n += 1;
+        inner.lru.insert((now, id.clone()));
+        inner
+            .by_agent
+            .entry(agent.to_owned())
+            .or_default()
+            .insert((now, id.clone()));
         inner.open.insert(
             id.clone(),
             Open {
                 credential: credential.to_owned(),
-                runner_key,
-                seen: Instant::now(),
+                agent: agent.to_owned(),
+                runner_key: warden_policy::decide::session_key(agent, &id),
+                seen: now,
                 active: 0,
             },
         );
+        drop(inner);
+        self.end(ended);
         Ok(id)
     }
 
-    /// Whether `credential` may use session `id` (and if so, it was just seen).
+    /// Whether `credential` may use session `id` (and if so, it was just used).
     ///
     /// # Errors
-    /// Unknown (or expired), or another credential's.
+    /// Unknown (or ended), or another credential's.
     pub fn check(&self, id: &str, credential: &str) -> Result<(), Refused> {
+        self.check_at(id, credential, Instant::now())
+    }
+
+    fn check_at(&self, id: &str, credential: &str, now: Instant) -> Result<(), Refused> {
         let mut inner = self.lock();
-        let idle = self.idle;
-        match inner.open.get_mut(id) {
+        match inner.open.get(id) {
             None => Err(Refused::Unknown),
             // INVARIANT (no session hijack): another credential's session is refused.
             Some(o) if o.credential != credential => Err(Refused::NotYours),
-            Some(o) if o.active == 0 && o.seen.elapsed() >= idle => {
+            Some(o)
+                if o.active == 0 && now.saturating_duration_since(o.seen) >= self.limits.idle =>
+            {
+                // Expired, though not yet swept.
                 let ended = inner.remove(id).map(|o| o.runner_key);
                 drop(inner);
                 self.end(ended);
                 Err(Refused::Unknown)
             }
-            Some(o) => {
-                o.seen = Instant::now();
+            Some(_) => {
+                inner.touch(id, now);
                 Ok(())
             }
         }
@@ -191,12 +265,6 @@ impl Sessions {
             Some(o) if o.credential != credential => Err(Refused::NotYours),
             Some(_) => {
                 let ended = inner.remove(id).map(|o| o.runner_key);
-                // Its calls in flight stop with it.
-                for ((s, _), token) in &inner.in_flight {
-                    if s == id {
-                        token.cancel();
-                    }
-                }
                 drop(inner);
                 self.end(ended);
                 Ok(())
@@ -204,29 +272,25 @@ impl Sessions {
         }
     }
 
-    /// Ends every session idle for longer than the limit, now; how many ended.
+    /// Ends every session idle for at least [`Limits::idle`] at `now`; how many ended.
     pub fn sweep(&self, now: Instant) -> usize {
-        let ended = {
+        let ended: Vec<String> = {
             let mut inner = self.lock();
-            self.expire(&mut inner, now)
+            let stale: Vec<String> = inner
+                .lru
+                .iter()
+                .take_while(|(seen, _)| now.saturating_duration_since(*seen) >= self.limits.idle)
+                .filter(|(_, id)| inner.open.get(id).is_some_and(|o| o.active == 0))
+                .map(|(_, id)| id.clone())
+                .collect();
+            stale
+                .iter()
+                .filter_map(|id| inner.remove(id).map(|o| o.runner_key))
+                .collect()
         };
         let n = ended.len();
         self.end(ended);
         n
-    }
-
-    fn expire(&self, inner: &mut Inner, now: Instant) -> Vec<String> {
-        let idle = self.idle;
-        let stale: Vec<String> = inner
-            .open
-            .iter()
-            .filter(|(_, o)| o.active == 0 && now.saturating_duration_since(o.seen) >= idle)
-            .map(|(id, _)| id.clone())
-            .collect();
-        stale
-            .iter()
-            .filter_map(|id| inner.remove(id).map(|o| o.runner_key))
-            .collect()
     }
 
     fn end(&self, runner_keys: impl IntoIterator<Item = String>) {
@@ -247,37 +311,68 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Registers a call in flight as `request` (the JSON of its JSON-RPC id) of `session`, so
-    /// that a `notifications/cancelled` naming it cancels `token`; the registration (and the
-    /// session's hold against expiry) lasts as long as the returned guard.
-    #[must_use]
+    /// Registers a call in flight in session `session` as `request` (the JSON of its JSON-RPC
+    /// id), so that a `notifications/cancelled` naming it cancels `token`; the registration
+    /// (and the session's hold against expiry and eviction) lasts as long as the guard.
+    ///
+    /// # Errors
+    /// The session is no longer open (it ended after its request was let in): the call must
+    /// not run.
     pub fn track(
         self: &Arc<Self>,
         session: &str,
         request: String,
         token: CancellationToken,
-    ) -> Tracked {
-        let key = (session.to_owned(), request);
+    ) -> Result<Tracked, Refused> {
         let mut inner = self.lock();
-        if let Some(o) = inner.open.get_mut(session) {
-            o.active = o.active.saturating_add(1);
-            o.seen = Instant::now();
-        }
-        inner.in_flight.insert(key.clone(), token);
-        Tracked {
+        let now = Instant::now();
+        let runner_key = match inner.open.get_mut(session) {
+            // INVARIANT (an ended session runs nothing): a call that reaches here after its
+            // session ended is refused, not run in a session nothing will end again.
+            None => return Err(Refused::Unknown),
+            Some(o) => {
+                o.active = o.active.saturating_add(1);
+                o.runner_key.clone()
+            }
+        };
+        inner.touch(session, now);
+        inner.next_call = inner.next_call.wrapping_add(1);
+        let number = inner.next_call;
+        inner
+            .in_flight
+            .insert((session.to_owned(), request.clone()), (number, token));
+        Ok(Tracked {
             sessions: Arc::clone(self),
-            key: Some(key),
-        }
+            session: session.to_owned(),
+            request,
+            number,
+            runner_key,
+        })
     }
 
     /// Cancels call `request` of `session` if it is in flight; whether it was.
     pub fn cancel(&self, session: &str, request: &str) -> bool {
         let inner = self.lock();
         let key = (session.to_owned(), request.to_owned());
-        inner.in_flight.get(&key).is_some_and(|t| {
+        inner.in_flight.get(&key).is_some_and(|(_, t)| {
             t.cancel();
             true
         })
+    }
+
+    #[cfg(test)]
+    fn age(&self, id: &str, by: Duration) {
+        let mut inner = self.lock();
+        let o = inner.open.get_mut(id).unwrap();
+        let old = (o.seen, id.to_owned());
+        o.seen -= by;
+        let new = (o.seen, id.to_owned());
+        let agent = o.agent.clone();
+        inner.lru.remove(&old);
+        inner.lru.insert(new.clone());
+        let set = inner.by_agent.get_mut(&agent).unwrap();
+        set.remove(&old);
+        set.insert(new);
     }
 }
 
@@ -285,17 +380,42 @@ impl Sessions {
 #[derive(Debug)]
 pub struct Tracked {
     sessions: Arc<Sessions>,
-    key: Option<(String, String)>,
+    session: String,
+    request: String,
+    /// Which registration this is: a later call with the same id (which a client must not
+    /// send, but may) replaces the entry, and this guard then leaves it alone.
+    number: u64,
+    runner_key: String,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
+        let key = (
+            std::mem::take(&mut self.session),
+            std::mem::take(&mut self.request),
+        );
         let mut inner = self.sessions.lock();
-        inner.in_flight.remove(&key);
-        if let Some(o) = inner.open.get_mut(&key.0) {
-            o.active = o.active.saturating_sub(1);
-            o.seen = Instant::now();
+        if inner
+            .in_flight
+            .get(&key)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            inner.in_flight.remove(&key);
+        }
+        let open = match inner.open.get_mut(&key.0) {
+            Some(o) => {
+                o.active = o.active.saturating_sub(1);
+                true
+            }
+            None => false,
+        };
+        if open {
+            inner.touch(&key.0, Instant::now());
+        } else {
+            // The session ended while this call ran: whatever runner the call started after
+            // that end goes now.
+            drop(inner);
+            (self.sessions.on_end)(&self.runner_key);
         }
     }
 }
@@ -304,19 +424,26 @@ impl Drop for Tracked {
 mod tests {
     use super::*;
 
-    fn sessions(idle: Duration) -> (Arc<Sessions>, Arc<Mutex<Vec<String>>>) {
+    fn sessions(limits: Limits) -> (Arc<Sessions>, Arc<Mutex<Vec<String>>>) {
         let ended = Arc::new(Mutex::new(Vec::new()));
         let e = Arc::clone(&ended);
         let s = Sessions::new(
-            idle,
+            limits,
             Box::new(move |k: &str| e.lock().unwrap().push(k.to_owned())),
         );
         (s, ended)
     }
 
+    fn idle(secs: u64) -> Limits {
+        Limits {
+            idle: Duration::from_secs(secs),
+            ..Limits::default()
+        }
+    }
+
     #[test]
     fn a_session_answers_only_to_its_credential_and_ends_with_delete() {
-        let (s, ended) = sessions(SESSION_IDLE);
+        let (s, ended) = sessions(Limits::default());
         let id = s.open("cred-a", "agent-a").unwrap();
         assert_eq!(id.len(), 32);
         assert_ne!(s.open("cred-a", "agent-a").unwrap(), id, "ids are fresh");
@@ -334,40 +461,44 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire_but_not_while_a_call_runs() {
-        let (s, ended) = sessions(Duration::from_secs(60));
+        let (s, ended) = sessions(idle(60));
         let busy = s.open("c", "a").unwrap();
-        let idle = s.open("c", "a").unwrap();
-        let call = s.track(&busy, "1".into(), CancellationToken::new());
-        let later = Instant::now() + Duration::from_secs(61);
-        assert_eq!(s.sweep(later), 1);
-        assert_eq!(*ended.lock().unwrap(), vec![format!("a/{idle}")]);
-        assert_eq!(s.check(&idle, "c"), Err(Refused::Unknown));
+        let quiet = s.open("c", "a").unwrap();
+        let call = s
+            .track(&busy, "1".into(), CancellationToken::new())
+            .unwrap();
+        // The call runs two minutes; meanwhile the quiet session expires, the busy one not.
+        s.age(&busy, Duration::from_secs(120));
+        s.age(&quiet, Duration::from_secs(120));
+        assert_eq!(s.sweep(Instant::now()), 1);
+        assert_eq!(*ended.lock().unwrap(), vec![format!("a/{quiet}")]);
+        assert_eq!(s.check(&quiet, "c"), Err(Refused::Unknown));
+        // The call's end counts as use: without it, the busy session would be 2 minutes idle.
         drop(call);
-        assert_eq!(
-            s.check(&busy, "c"),
-            Ok(()),
-            "the call's end counts as activity"
-        );
+        assert_eq!(s.sweep(Instant::now()), 0);
+        assert_eq!(s.check(&busy, "c"), Ok(()));
         assert_eq!(s.sweep(Instant::now() + Duration::from_secs(61)), 1);
         assert!(s.is_empty());
     }
 
     #[test]
     fn an_expired_session_is_refused_even_before_a_sweep() {
-        let (s, ended) = sessions(Duration::ZERO);
+        let (s, ended) = sessions(idle(60));
         let id = s.open("c", "a").unwrap();
+        assert_eq!(s.check(&id, "c"), Ok(()));
+        s.age(&id, Duration::from_secs(60));
         assert_eq!(s.check(&id, "c"), Err(Refused::Unknown));
         assert_eq!(ended.lock().unwrap().len(), 1);
     }
 
     #[test]
     fn cancellation_reaches_only_the_named_call_of_the_same_session() {
-        let (s, _) = sessions(SESSION_IDLE);
+        let (s, _) = sessions(Limits::default());
         let a = s.open("c", "a").unwrap();
         let b = s.open("c", "a").unwrap();
         let (t1, t2) = (CancellationToken::new(), CancellationToken::new());
-        let g1 = s.track(&a, "7".into(), t1.clone());
-        let _g2 = s.track(&b, "7".into(), t2.clone());
+        let g1 = s.track(&a, "7".into(), t1.clone()).unwrap();
+        let _g2 = s.track(&b, "7".into(), t2.clone()).unwrap();
         assert!(!s.cancel(&a, "\"7\""), "a string id is not the number");
         assert!(!s.cancel(&a, "8"));
         assert!(!t1.is_cancelled());
@@ -385,16 +516,78 @@ mod tests {
     }
 
     #[test]
-    fn limits_bound_the_table() {
-        let (s, _) = sessions(SESSION_IDLE);
-        {
-            let mut inner = s.lock();
-            inner.per_credential.insert("c".into(), MAX_PER_CREDENTIAL);
-        }
-        assert_eq!(s.open("c", "a"), Err(OpenError::TooManyForCredential));
+    fn a_reused_request_id_keeps_the_later_call_cancellable() {
+        let (s, _) = sessions(Limits::default());
+        let a = s.open("c", "a").unwrap();
+        let (t1, t2) = (CancellationToken::new(), CancellationToken::new());
+        let first = s.track(&a, "1".into(), t1.clone()).unwrap();
+        let _second = s.track(&a, "1".into(), t2.clone()).unwrap();
+        drop(first);
         assert!(
-            s.open("d", "a").is_ok(),
-            "another credential is not limited by it"
+            s.cancel(&a, "1"),
+            "the first call's end did not forget the second"
         );
+        assert!(t2.is_cancelled());
+        assert!(!t1.is_cancelled());
+    }
+
+    #[test]
+    fn a_call_let_in_after_its_session_ended_does_not_run_and_late_runners_end() {
+        let (s, ended) = sessions(Limits::default());
+        let id = s.open("c", "a").unwrap();
+        s.close(&id, "c").unwrap();
+        assert_eq!(
+            s.track(&id, "1".into(), CancellationToken::new()).err(),
+            Some(Refused::Unknown)
+        );
+        assert!(
+            s.track("mcp:c", "1".into(), CancellationToken::new())
+                .is_err(),
+            "outside a session nothing is registered"
+        );
+        // A call in flight when its session ends: cancelled, and the runner key is ended
+        // again when it finishes (a runner it started meanwhile goes too).
+        let id = s.open("c", "a").unwrap();
+        let token = CancellationToken::new();
+        let call = s.track(&id, "2".into(), token.clone()).unwrap();
+        s.close(&id, "c").unwrap();
+        assert!(token.is_cancelled());
+        ended.lock().unwrap().clear();
+        drop(call);
+        assert_eq!(*ended.lock().unwrap(), vec![format!("a/{id}")]);
+    }
+
+    #[test]
+    fn at_a_bound_the_idlest_session_makes_room() {
+        let limits = Limits {
+            per_agent: 3,
+            total: 5,
+            ..Limits::default()
+        };
+        let (s, ended) = sessions(limits);
+        let a: Vec<String> = (0..3).map(|_| s.open("ca", "a").unwrap()).collect();
+        // a[0] is used, so a[1] is now the agent's least recently used.
+        s.age(&a[1], Duration::from_secs(10));
+        s.age(&a[2], Duration::from_secs(5));
+        s.age(&a[0], Duration::from_secs(20));
+        assert_eq!(s.check(&a[0], "ca"), Ok(()));
+        let a3 = s.open("ca", "a").unwrap();
+        assert_eq!(*ended.lock().unwrap(), vec![format!("a/{}", a[1])]);
+        assert_eq!(s.check(&a[1], "ca"), Err(Refused::Unknown));
+        // A session with a call in flight is never the one to go.
+        let _busy = [&a[0], &a[2], &a3]
+            .map(|id| s.track(id, "1".into(), CancellationToken::new()).unwrap());
+        assert_eq!(s.open("ca", "a"), Err(OpenError::Full(3)));
+        // Another agent is not limited by a's share; at the total, the idlest idle goes.
+        let b: Vec<String> = (0..2).map(|_| s.open("cb", "b").unwrap()).collect();
+        assert_eq!(s.len(), 5);
+        s.age(&b[0], Duration::from_secs(30));
+        ended.lock().unwrap().clear();
+        let b2 = s.open("cb", "b").unwrap();
+        assert_eq!(*ended.lock().unwrap(), vec![format!("b/{}", b[0])]);
+        assert_eq!(s.len(), 5);
+        let _b_busy =
+            [&b[1], &b2].map(|id| s.track(id, "1".into(), CancellationToken::new()).unwrap());
+        assert_eq!(s.open("cc", "c"), Err(OpenError::Full(5)));
     }
 }

@@ -646,13 +646,27 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41}}"#,
     );
     assert_eq!(status, 202, "{resp}");
+    // ...the call goes on reporting progress.
+    let (mut c, mut seen) = streaming;
+    let progressed = |seen: &[u8]| {
+        String::from_utf8_lossy(seen)
+            .matches("notifications/progress")
+            .count()
+    };
+    let before = progressed(&seen);
+    let mut buf = [0u8; 4096];
+    while progressed(&seen) == before {
+        let n = std::io::Read::read(&mut c, &mut buf).unwrap();
+        assert!(n > 0, "the call ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("did not complete"));
     let (status, resp) = raw(
         &s.addr,
         &coder_auth,
         r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"test"}}"#,
     );
     assert_eq!(status, 202, "{resp}");
-    let (mut c, mut seen) = streaming;
     std::io::Read::read_to_end(&mut c, &mut seen).unwrap();
     let answer = String::from_utf8_lossy(&seen);
     assert!(answer.contains("did not complete"), "{answer}");
