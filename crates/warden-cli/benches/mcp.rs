@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Optional: `WARDEN_BENCH_DATA=/dev/shm/x` puts Warden's data directory (and so its ledger)
-//! there instead of a temporary directory; `WARDEN_BENCH_CALLS` (default 2000) sequential calls.
+//! there instead of a temporary directory; `WARDEN_BENCH_CALLS` (default 2000) sequential calls;
+//! `WARDEN_BENCH_CONNECTIONS=fresh` gives the client a new connection per call (rmcp's default
+//! client) instead of keeping idle ones (what MCP clients' HTTP stacks do, and the default here).
 //! Prints the table recorded in `docs/benchmarks.md`.
 
 #![allow(
@@ -93,9 +95,20 @@ async fn connect(url: &str, bearer: Option<&str>) -> Client {
     if let Some(b) = bearer {
         config = config.auth_header(b.to_owned());
     }
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .unwrap()
+    let transport = if fresh_connections() {
+        StreamableHttpClientTransport::from_config(config)
+    } else {
+        // Idle connections kept for the next call, as MCP clients' HTTP stacks do (the Python
+        // SDK's httpx, for one).
+        StreamableHttpClientTransport::with_client(reqwest::Client::new(), config)
+    };
+    ().serve(transport).await.unwrap()
+}
+
+/// `WARDEN_BENCH_CONNECTIONS=fresh`: a new connection for every call (rmcp's default client,
+/// which keeps no idle connection).
+fn fresh_connections() -> bool {
+    std::env::var("WARDEN_BENCH_CONNECTIONS").is_ok_and(|v| v == "fresh")
 }
 
 async fn echo(c: &Client, tool: &str, i: usize) -> Duration {
@@ -283,6 +296,14 @@ fn main() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (d50, d99) = (ms(d50.min(d50b)), ms(d99.min(d99b)));
         let (w50, w99) = (ms(w50.min(w50b)), ms(w99.min(w99b)));
+        println!(
+            "client connections: {}",
+            if fresh_connections() {
+                "a new one per call"
+            } else {
+                "kept alive"
+            }
+        );
         println!("sequential echo, {calls} calls each (best of two rounds):");
         println!("  direct        p50 {d50:.3} ms  p99 {d99:.3} ms");
         println!("  via Warden    p50 {w50:.3} ms  p99 {w99:.3} ms");

@@ -488,7 +488,7 @@ pub async fn serve(
     app: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
+    axum::serve(crate::server::no_delay(listener), router(app))
         .with_graceful_shutdown(shutdown)
         .await
 }

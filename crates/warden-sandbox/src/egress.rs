@@ -341,7 +341,11 @@ impl Proxy {
         let mut last = String::new();
         for a in addrs {
             match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(a)).await {
-                Ok(Ok(s)) => return Ok((s, a)),
+                Ok(Ok(s)) => {
+                    // A relay adds no Nagle wait to what it carries.
+                    let _ = s.set_nodelay(true);
+                    return Ok((s, a));
+                }
                 Ok(Err(e)) => last = format!("{a}: {e}"),
                 Err(_) => last = format!("{a}: timed out"),
             }

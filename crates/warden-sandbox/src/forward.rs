@@ -27,6 +27,8 @@ pub fn run(port: u16, socket: &Path) -> std::io::Result<()> {
 }
 
 fn carry(tcp: TcpStream, socket: &PathBuf) {
+    // A relay adds no Nagle wait to what it carries.
+    let _ = tcp.set_nodelay(true);
     let Ok(unix) = UnixStream::connect(socket) else {
         let _ = tcp.shutdown(Shutdown::Both);
         return;
