@@ -165,6 +165,17 @@ async fn concurrent(c: Arc<Client>, tool: &'static str, secs: u64, offset: usize
     total as f64 / secs as f64
 }
 
+/// CPU time (user + system) a process has used, in milliseconds (`/proc/PID/stat`, in clock
+/// ticks of 10 ms).
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks * 10.0
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -227,7 +238,7 @@ fn main() {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
 
     let up_port = free_port();
-    let _upstream = Proc(
+    let upstream = Proc(
         Command::new(Path::new(&npm).join("node_modules/.bin/mcp-server-everything"))
             .arg("streamableHttp")
             .env("PORT", up_port.to_string())
@@ -237,6 +248,7 @@ fn main() {
             .unwrap(),
     );
     wait_port(up_port);
+    let up_pid = upstream.0.id();
 
     std::fs::write(dir.join("manifest.yaml"), manifest(up_port)).unwrap();
     std::fs::write(
@@ -314,12 +326,30 @@ fn main() {
         );
         let direct = Arc::new(direct);
         let via = Arc::new(via);
+        // Where the CPU goes: the bench client, the upstream, Warden (all on this machine).
+        let procs = ["self".to_owned(), up_pid.to_string(), pid.to_string()];
+        let cpu = || procs.iter().map(|p| cpu_ms(p)).collect::<Vec<f64>>();
+        let c0 = cpu();
         let td = concurrent(Arc::clone(&direct), "echo", 10, 40_000_000).await;
+        let c1 = cpu();
         let tw = concurrent(Arc::clone(&via), "everything.echo", 10, 50_000_000).await;
+        let c2 = cpu();
         println!("50 concurrent calls, 10 s each:");
         println!("  direct        {td:.0} calls/s");
         println!("  via Warden    {tw:.0} calls/s");
         println!("  ratio         {:.2} (target >= 0.90)", tw / td);
+        let per_call = |a: &[f64], b: &[f64], rate: f64, i: usize| (b[i] - a[i]) / (rate * 10.0);
+        println!(
+            "  CPU ms per call, direct:     client {:.3}  upstream {:.3}",
+            per_call(&c0, &c1, td, 0),
+            per_call(&c0, &c1, td, 1)
+        );
+        println!(
+            "  CPU ms per call, via Warden: client {:.3}  upstream {:.3}  Warden {:.3}",
+            per_call(&c1, &c2, tw, 0),
+            per_call(&c1, &c2, tw, 1),
+            per_call(&c1, &c2, tw, 2)
+        );
     });
 
     // Memory with 1,000 idle sessions.

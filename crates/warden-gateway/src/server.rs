@@ -839,3 +839,24 @@ pub(crate) fn approval_json(r: &warden_identity::approval::Request) -> serde_jso
         "expires_ms": r.expires_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acks() {
+        use axum::serve::Listener as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let mut listener = super::no_delay(listener);
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is set");
+        // The control: a plain accept does not set it.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (raw, _) = plain.accept().await.unwrap();
+        assert!(!raw.nodelay().unwrap());
+        drop(client.await.unwrap().unwrap());
+    }
+}
