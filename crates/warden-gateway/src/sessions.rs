@@ -16,9 +16,10 @@
 //!   destroyed.
 //!
 //! Bounds: an agent holds at most [`Limits::per_agent`] sessions and the gateway
-//! [`Limits::total`]. At either bound a new session ends the least recently used *idle*
-//! session (of that agent, or of all) to make room, so one agent filling its share hurts only
-//! itself; only when every candidate has a call in flight is `initialize` refused.
+//! [`Limits::total`]. At an agent's bound, its new session ends its own least recently used
+//! *idle* session, so one agent filling its share hurts only itself; at the total bound, the
+//! least recently used idle session of any agent ends. Only when every candidate has a call in
+//! flight is `initialize` refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -76,8 +77,9 @@ struct Open {
     /// Its runners' key (`session_key(agent, id)`), computed once.
     runner_key: String,
     seen: Instant,
-    /// Calls in flight: a session with any is neither expired nor evicted.
-    active: u32,
+    /// Its calls in flight: (JSON of the request id, registration number, the call's token).
+    /// A session with any is neither expired nor evicted.
+    calls: Vec<(String, u64, CancellationToken)>,
 }
 
 /// (last seen, id): least recently used first.
@@ -90,8 +92,6 @@ struct Inner {
     lru: Lru,
     /// Each agent's open sessions by last use.
     by_agent: HashMap<String, Lru>,
-    /// (session, JSON of the request id) → (registration number, the call's token).
-    in_flight: HashMap<(String, String), (u64, CancellationToken)>,
     next_call: u64,
 }
 
@@ -107,10 +107,8 @@ impl Inner {
             }
         }
         // INVARIANT (an ended session runs nothing): its calls in flight stop with it.
-        for ((s, _), (_, token)) in &self.in_flight {
-            if s == id {
-                token.cancel();
-            }
+        for (_, _, token) in &open.calls {
+            token.cancel();
         }
         Some(open)
     }
@@ -138,7 +136,7 @@ impl Inner {
     fn idlest(&self, order: Option<&Lru>) -> Option<String> {
         order?
             .iter()
-            .find(|(_, id)| self.open.get(id).is_some_and(|o| o.active == 0))
+            .find(|(_, id)| self.open.get(id).is_some_and(|o| o.calls.is_empty()))
             .map(|(_, id)| id.clone())
     }
 }
@@ -216,7 +214,7 @@ impl Sessions {
                 agent: agent.to_owned(),
                 runner_key: warden_policy::decide::session_key(agent, &id),
                 seen: now,
-                active: 0,
+                calls: Vec::new(),
             },
         );
         drop(inner);
@@ -239,7 +237,8 @@ impl Sessions {
             // INVARIANT (no session hijack): another credential's session is refused.
             Some(o) if o.credential != credential => Err(Refused::NotYours),
             Some(o)
-                if o.active == 0 && now.saturating_duration_since(o.seen) >= self.limits.idle =>
+                if o.calls.is_empty()
+                    && now.saturating_duration_since(o.seen) >= self.limits.idle =>
             {
                 // Expired, though not yet swept.
                 let ended = inner.remove(id).map(|o| o.runner_key);
@@ -280,7 +279,7 @@ impl Sessions {
                 .lru
                 .iter()
                 .take_while(|(seen, _)| now.saturating_duration_since(*seen) >= self.limits.idle)
-                .filter(|(_, id)| inner.open.get(id).is_some_and(|o| o.active == 0))
+                .filter(|(_, id)| inner.open.get(id).is_some_and(|o| o.calls.is_empty()))
                 .map(|(_, id)| id.clone())
                 .collect();
             stale
@@ -326,25 +325,21 @@ impl Sessions {
     ) -> Result<Tracked, Refused> {
         let mut inner = self.lock();
         let now = Instant::now();
+        inner.next_call = inner.next_call.wrapping_add(1);
+        let number = inner.next_call;
         let runner_key = match inner.open.get_mut(session) {
             // INVARIANT (an ended session runs nothing): a call that reaches here after its
             // session ended is refused, not run in a session nothing will end again.
             None => return Err(Refused::Unknown),
             Some(o) => {
-                o.active = o.active.saturating_add(1);
+                o.calls.push((request, number, token));
                 o.runner_key.clone()
             }
         };
         inner.touch(session, now);
-        inner.next_call = inner.next_call.wrapping_add(1);
-        let number = inner.next_call;
-        inner
-            .in_flight
-            .insert((session.to_owned(), request.clone()), (number, token));
         Ok(Tracked {
             sessions: Arc::clone(self),
             session: session.to_owned(),
-            request,
             number,
             runner_key,
         })
@@ -353,11 +348,15 @@ impl Sessions {
     /// Cancels call `request` of `session` if it is in flight; whether it was.
     pub fn cancel(&self, session: &str, request: &str) -> bool {
         let inner = self.lock();
-        let key = (session.to_owned(), request.to_owned());
-        inner.in_flight.get(&key).is_some_and(|(_, t)| {
-            t.cancel();
-            true
-        })
+        let Some(o) = inner.open.get(session) else {
+            return false;
+        };
+        let mut found = false;
+        for (_, _, token) in o.calls.iter().filter(|(r, _, _)| r == request) {
+            token.cancel();
+            found = true;
+        }
+        found
     }
 
     #[cfg(test)]
@@ -381,36 +380,25 @@ impl Sessions {
 pub struct Tracked {
     sessions: Arc<Sessions>,
     session: String,
-    request: String,
-    /// Which registration this is: a later call with the same id (which a client must not
-    /// send, but may) replaces the entry, and this guard then leaves it alone.
+    /// Which registration this is: another call with the same id (which a client must not
+    /// send, but may) has its own, which this guard leaves alone.
     number: u64,
     runner_key: String,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let key = (
-            std::mem::take(&mut self.session),
-            std::mem::take(&mut self.request),
-        );
+        let session = std::mem::take(&mut self.session);
         let mut inner = self.sessions.lock();
-        if inner
-            .in_flight
-            .get(&key)
-            .is_some_and(|(n, _)| *n == self.number)
-        {
-            inner.in_flight.remove(&key);
-        }
-        let open = match inner.open.get_mut(&key.0) {
+        let open = match inner.open.get_mut(&session) {
             Some(o) => {
-                o.active = o.active.saturating_sub(1);
+                o.calls.retain(|(_, n, _)| *n != self.number);
                 true
             }
             None => false,
         };
         if open {
-            inner.touch(&key.0, Instant::now());
+            inner.touch(&session, Instant::now());
         } else {
             // The session ended while this call ran: whatever runner the call started after
             // that end goes now.
