@@ -693,19 +693,18 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         delete(&intern_auth).starts_with("HTTP/1.1 403"),
         "another credential cannot end it"
     );
-    let (status, resp) = raw(
-        &s.addr,
-        &coder_auth,
-        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
-    );
+    let list = || {
+        raw(
+            &s.addr,
+            &coder_auth,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+        )
+    };
+    let (status, resp) = list();
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("everything.echo"), "{resp}");
     assert!(delete(&coder_auth).starts_with("HTTP/1.1 204"));
-    let (status, resp) = raw(
-        &s.addr,
-        &coder_auth,
-        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#,
-    );
+    let (status, resp) = list();
     assert_eq!(status, 404, "{resp}");
     assert!(resp.contains("session.unknown"), "{resp}");
     // A body declared over the cap (4 MiB) is refused before any of it is read.
