@@ -505,8 +505,12 @@ fn refuse(status: StatusCode, rule: &str, why: String) -> Response {
     r
 }
 
-/// Reads a request body of at most `max` bytes.
-async fn read_body(mut body: axum::body::Body, max: usize) -> Result<axum::body::Bytes, Response> {
+/// Reads a request body of at most `max` bytes that arrives within `wait`.
+async fn read_body(
+    mut body: axum::body::Body,
+    max: usize,
+    wait: std::time::Duration,
+) -> Result<axum::body::Bytes, Response> {
     use axum::body::HttpBody as _;
     let too_large = || {
         refuse(
@@ -539,15 +543,15 @@ async fn read_body(mut body: axum::body::Body, max: usize) -> Result<axum::body:
         }
         Ok(())
     };
-    match tokio::time::timeout(BODY_WAIT, read).await {
+    match tokio::time::timeout(wait, read).await {
         Ok(Ok(())) => Ok(buf.into()),
         Ok(Err(r)) => Err(r),
         Err(_) => Err(refuse(
             StatusCode::REQUEST_TIMEOUT,
             "request.too_slow",
             format!(
-                "the request body did not arrive within {} s",
-                BODY_WAIT.as_secs()
+                "the request body did not arrive within {} ms",
+                wait.as_millis()
             ),
         )),
     }
@@ -659,7 +663,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     let mut peeked = Peeked::Other;
     let mut req = if req.method() == axum::http::Method::POST {
         let (parts, body) = req.into_parts();
-        let body = match read_body(body, g.max_body).await {
+        let body = match read_body(body, g.max_body, BODY_WAIT).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -754,6 +758,7 @@ pub fn router(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt as _;
 
     #[test]
     fn the_gate_reads_initialize_and_cancellations_and_leaves_the_rest_to_rmcp() {
@@ -790,12 +795,33 @@ mod tests {
         assert_eq!(peek(deep.as_bytes()), Peeked::Initialize);
     }
 
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_refused_when_its_time_is_up() {
+        // Two bytes, then nothing: the body never ends.
+        let stalled =
+            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from("01"))])
+                .chain(futures::stream::pending());
+        let body = axum::body::Body::from_stream(stalled);
+        let wait = std::time::Duration::from_millis(50);
+        let r = read_body(body, 10, wait).await.err().unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        // The control: the same bytes, ended, arrive in time.
+        let ended = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from("01"))]);
+        let body = axum::body::Body::from_stream(ended);
+        assert_eq!(
+            read_body(body, 10, wait).await.ok().as_deref(),
+            Some(&b"01"[..])
+        );
+    }
+
     #[tokio::test]
     async fn bodies_over_the_cap_are_refused_whether_declared_or_streamed() {
-        let ok = read_body(axum::body::Body::from("0123456789"), 10).await;
+        let ok = read_body(axum::body::Body::from("0123456789"), 10, WAIT).await;
         assert_eq!(ok.ok().as_deref(), Some(&b"0123456789"[..]));
         // Declared (a known length): refused before reading.
-        let r = read_body(axum::body::Body::from("01234567890"), 10).await;
+        let r = read_body(axum::body::Body::from("01234567890"), 10, WAIT).await;
         assert_eq!(
             r.err().map(|r| r.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
@@ -803,7 +829,7 @@ mod tests {
         // Streamed in chunks of unknown total: refused once the chunks pass the cap.
         let chunks = (0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("0123")));
         let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
-        let r = read_body(body, 10).await;
+        let r = read_body(body, 10, WAIT).await;
         assert_eq!(
             r.err().map(|r| r.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
@@ -811,7 +837,7 @@ mod tests {
         let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("0123")));
         let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
         assert_eq!(
-            read_body(body, 10).await.ok().as_deref(),
+            read_body(body, 10, WAIT).await.ok().as_deref(),
             Some(&b"01230123"[..])
         );
         // A body that breaks off is a 400 naming it.
@@ -820,7 +846,7 @@ mod tests {
             Err(std::io::Error::other("connection reset")),
         ];
         let body = axum::body::Body::from_stream(futures::stream::iter(chunks.into_iter()));
-        let r = read_body(body, 10).await.err().unwrap();
+        let r = read_body(body, 10, WAIT).await.err().unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }
