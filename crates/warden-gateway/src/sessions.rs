@@ -231,24 +231,32 @@ impl Sessions {
     }
 
     fn check_at(&self, id: &str, credential: &str, now: Instant) -> Result<(), Refused> {
+        self.find(id, credential, now, false)
+    }
+
+    /// Finds session `id` of `credential` at `now` and uses it, or (`close`) ends it.
+    fn find(&self, id: &str, credential: &str, now: Instant, close: bool) -> Result<(), Refused> {
         let mut inner = self.lock();
         match inner.open.get(id) {
             None => Err(Refused::Unknown),
             // INVARIANT (no session hijack): another credential's session is refused.
             Some(o) if o.credential != credential => Err(Refused::NotYours),
-            Some(o)
-                if o.calls.is_empty()
-                    && now.saturating_duration_since(o.seen) >= self.limits.idle =>
-            {
-                // Expired, though not yet swept.
+            Some(o) => {
+                // Expired, though not yet swept: ended, and unknown to the caller.
+                let expired =
+                    o.calls.is_empty() && now.saturating_duration_since(o.seen) >= self.limits.idle;
+                if !expired && !close {
+                    inner.touch(id, now);
+                    return Ok(());
+                }
                 let ended = inner.remove(id).map(|o| o.runner_key);
                 drop(inner);
                 self.end(ended);
-                Err(Refused::Unknown)
-            }
-            Some(_) => {
-                inner.touch(id, now);
-                Ok(())
+                if expired {
+                    Err(Refused::Unknown)
+                } else {
+                    Ok(())
+                }
             }
         }
     }
@@ -256,19 +264,10 @@ impl Sessions {
     /// Ends session `id` of `credential` (an HTTP `DELETE`).
     ///
     /// # Errors
-    /// As [`Sessions::check`]; nothing ends then.
+    /// As [`Sessions::check`]: nothing ends then, but for an expired session not yet swept,
+    /// which ends and is unknown (as it is to a request).
     pub fn close(&self, id: &str, credential: &str) -> Result<(), Refused> {
-        let mut inner = self.lock();
-        match inner.open.get(id) {
-            None => Err(Refused::Unknown),
-            Some(o) if o.credential != credential => Err(Refused::NotYours),
-            Some(_) => {
-                let ended = inner.remove(id).map(|o| o.runner_key);
-                drop(inner);
-                self.end(ended);
-                Ok(())
-            }
-        }
+        self.find(id, credential, Instant::now(), true)
     }
 
     /// Ends every session idle for at least [`Limits::idle`] at `now`; how many ended.
@@ -477,6 +476,14 @@ mod tests {
         s.age(&id, Duration::from_secs(60));
         assert_eq!(s.check(&id, "c"), Err(Refused::Unknown));
         assert_eq!(ended.lock().unwrap().len(), 1);
+        // A DELETE of an expired session is answered as for any unknown one (404), and ends it
+        // (its runners go); another credential's expired session is still not theirs to probe.
+        let id = s.open("c", "a").unwrap();
+        s.age(&id, Duration::from_secs(60));
+        assert_eq!(s.close(&id, "other"), Err(Refused::NotYours));
+        assert_eq!(s.close(&id, "c"), Err(Refused::Unknown));
+        assert_eq!(ended.lock().unwrap().len(), 2);
+        assert!(s.is_empty());
     }
 
     #[test]
