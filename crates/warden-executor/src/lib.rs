@@ -979,6 +979,8 @@ impl Executor {
                     .await;
             }
             Some(Err(_)) => {
+                // The connection itself may be what failed: check it (in the background).
+                up.probe(&client);
                 return self
                     .fail(
                         receipt(ReceiptStatus::Timeout, String::new(), 0),

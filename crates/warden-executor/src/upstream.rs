@@ -31,6 +31,9 @@ const MAX_RESULT_BYTES: usize = 64 << 20;
 /// Least time between two restarts of a server that died.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Longest wait for the ping that checks a connection after a call on it timed out.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) type Client = RunningService<RoleClient, Relay>;
 
 /// Whether a connection is over: cancelled, or its transport closed (the server exited or
@@ -379,6 +382,41 @@ impl Upstream {
     pub(crate) async fn client(&self) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
         let mut conn = self.conn.lock().await;
         self.connect_locked(&mut conn).await
+    }
+
+    /// Checks, after a call on `client` timed out, that the connection still works: a ping
+    /// that fails or is not answered within the upstream's timeout (at most
+    /// [`PROBE_TIMEOUT`]) ends the connection, and the next call makes a new one.
+    ///
+    /// A connection can stop working without closing: a Streamable HTTP server that restarted
+    /// has forgotten Warden's MCP session, and one that answers that with an error carrying no
+    /// request id (as server-everything does, with a 400) leaves every later call unanswered
+    /// until it times out. A slow tool on a working connection passes the ping and is kept.
+    pub(crate) fn probe(self: &Arc<Self>, client: &Arc<Client>) {
+        let me = Arc::clone(self);
+        let client = Arc::downgrade(client);
+        tokio::spawn(async move {
+            let Some(c) = client.upgrade() else { return };
+            let wait = Duration::from_millis(me.spec.timeout_ms).min(PROBE_TIMEOUT);
+            let ping = rmcp::model::ClientRequest::PingRequest(rmcp::model::PingRequest::default());
+            let answered = matches!(
+                tokio::time::timeout(wait, c.peer().send_request(ping)).await,
+                Ok(Ok(_))
+            );
+            if answered {
+                return;
+            }
+            let mut conn = me.conn.lock().await;
+            // Only the connection that failed: a newer one is left alone.
+            if conn.client.as_ref().is_some_and(|now| Arc::ptr_eq(now, &c)) {
+                tracing::warn!(
+                    upstream = %me.spec.name,
+                    "a call timed out and the connection did not answer a ping: reconnecting"
+                );
+                conn.client = None;
+                c.cancellation_token().cancel();
+            }
+        });
     }
 
     /// The tools now, without waiting: `None` if the server is not up (a start is then begun in

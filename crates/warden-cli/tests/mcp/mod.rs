@@ -1,6 +1,8 @@
 //! End to end through `/mcp` with software nobody here wrote: the official MCP Python SDK client
 //! (PyPI `mcp`) drives `warden serve`, whose upstreams are the reference servers
-//! `mcp-server-time` (PyPI) and `@modelcontextprotocol/server-everything` (npm), over stdio.
+//! `mcp-server-time` and `mcp-server-git` (PyPI), `@modelcontextprotocol/server-everything` and
+//! `@modelcontextprotocol/server-filesystem` (npm): over stdio, and server-everything over
+//! Streamable HTTP too (the `remote` upstream).
 //!
 //! `.ci/run` installs them (pinned) and sets `WARDEN_E2E_VENV` and `WARDEN_E2E_NPM`; without
 //! those variables (a laptop) the test prints a notice and is skipped.
@@ -41,7 +43,20 @@ impl Drop for Remote {
 }
 
 fn remote(e: &Env) -> Remote {
-    let port = free_port();
+    remote_on(e, free_port())
+}
+
+impl Remote {
+    /// Stops the server and starts a new one on the same port: it has forgotten every MCP
+    /// session.
+    fn restart(&mut self, e: &Env) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = remote_on(e, self.port);
+    }
+}
+
+fn remote_on(e: &Env, port: u16) -> Remote {
     let child = Command::new(e.npm.join("node_modules/.bin/mcp-server-everything"))
         .arg("streamableHttp")
         .env("PORT", port.to_string())
@@ -301,7 +316,7 @@ fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
 fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let http_upstream = remote(&e);
+    let mut http_upstream = remote(&e);
     let s = start(dir.path(), &e, http_upstream.port);
 
     // Handshake, and tools/list filtered per agent: only manifest tools (server-everything's
@@ -540,6 +555,24 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert_eq!(r["isError"], false, "{r}");
     assert!(first_text(&r).contains("over http"), "{r}");
 
+    // The HTTP upstream restarts and forgets Warden's MCP session; it answers Warden's next
+    // request with an error that names no request, so that call goes unanswered and times
+    // out (2 s here). The connection then fails a ping and is dropped, and the next call
+    // reconnects: without that, every later call would time out the same way.
+    http_upstream.restart(&e);
+    let r = call(&e, &s, "coder-1", "remote.echo", r#"{"message":"lost"}"#);
+    assert_eq!(r["isError"], true, "{r}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "remote.echo",
+        r#"{"message":"reconnected"}"#,
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(first_text(&r).contains("reconnected"), "{r}");
+
     // Other content types pass through faithfully.
     let r = call(&e, &s, "coder-1", "everything.get-tiny-image", "{}");
     let blocks = r["content"].as_array().unwrap();
@@ -607,6 +640,33 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     );
     assert_eq!(status, 403, "{resp}");
     assert!(resp.contains("session.not_yours"), "{resp}");
+
+    // Every revision the official SDKs negotiate is served as asked; an unknown method gets
+    // JSON-RPC's "method not found" at once, not a hang.
+    for version in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
+        let (status, resp) = raw(
+            &s.addr,
+            &format!("authorization: Bearer {}\r\n", coder.trim()),
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+            ),
+        );
+        assert_eq!(status, 200, "{resp}");
+        assert!(
+            resp.contains(&format!(r#""protocolVersion":"{version}""#)),
+            "{version}: {resp}"
+        );
+    }
+    let (status, resp) = raw(
+        &s.addr,
+        &format!(
+            "authorization: Bearer {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n",
+            coder.trim()
+        ),
+        r#"{"jsonrpc":"2.0","id":3,"method":"warden/no-such-method","params":{}}"#,
+    );
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains(r#""code":-32601"#), "{resp}");
 
     // `notifications/cancelled`, sent on a request of its own while the call streams its
     // progress on another, cancels that call: it ends at once, well before its 10 s.
@@ -758,9 +818,18 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
     // (refused) + slow (timeout) + progress + cancelled + cancelled by a raw notification +
-    // files + git + remote + image + 50 + 1; none for the denied and escalated calls.
-    assert_eq!(receipts.len(), 65);
-    assert!(receipts.iter().any(|r| r["entry"]["status"] == "killed"));
+    // files + git + remote (3: before, across and after its restart) + image + 50 + 1; none
+    // for the denied and escalated calls.
+    assert_eq!(receipts.len(), 67);
+    // Both cancellations reached the Executor: the official client's and the raw one.
+    let killed: Vec<&Value> = receipts
+        .iter()
+        .filter(|r| r["entry"]["status"] == "killed")
+        .collect();
+    assert_eq!(killed.len(), 2, "{killed:?}");
+    assert!(killed
+        .iter()
+        .all(|r| r["entry"]["action"] == "everything.trigger-long-running-operation"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "timeout"));
     assert!(receipts.iter().any(|r| r["entry"]["status"] == "refused"));
     assert!(

@@ -629,10 +629,11 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
             .port()
     };
     let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let listen = format!("127.0.0.1:{}", port(()));
     // As the README runs it: embedded defaults, `.warden` relative to the working directory.
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["serve", "--listen"])
-        .arg(format!("127.0.0.1:{}", port(())))
+        .arg(&listen)
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{}", port(())))
         .current_dir(tmp.path())
@@ -655,12 +656,68 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // It says where the starter agent's credential is, and an MCP client connects with it at
+    // once: the demo's tools are listed, and a call runs.
+    let log = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+    let said = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("credential in ")
+                .map(|(_, rest)| rest.to_owned())
+        })
+        .and_then(|rest| rest.split(" (send").next().map(str::to_owned));
+    let mcp = said.map(|path| {
+        let credential = std::fs::read_to_string(tmp.path().join(path)).unwrap();
+        let auth = format!("authorization: Bearer {}\r\n", credential.trim());
+        let init = post(
+            &listen,
+            &auth,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        );
+        let session = init
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("mcp-session-id:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let auth = format!("{auth}mcp-session-id: {session}\r\nmcp-protocol-version: 2025-06-18\r\n");
+        let list = post(&listen, &auth, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
+        let call = post(
+            &listen,
+            &auth,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"demo.echo","arguments":{"text":"hello from the README"}}}"#,
+        );
+        (init, list, call)
+    });
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
     assert!(connected, "{log}");
     // It ran in the sandbox, in a workspace under the data directory.
     assert!(tmp.path().join(".warden/sandbox/demo").is_dir(), "{log}");
+    let (init, list, call) = mcp.unwrap_or_else(|| panic!("no credential path said: {log}"));
+    assert!(init.starts_with("HTTP/1.1 200"), "{init}");
+    assert!(list.contains(r#""name":"demo.echo""#), "{list}");
+    assert!(call.contains("hello from the README"), "{call}");
+    assert!(call.contains(r#""isError":false"#), "{call}");
+}
+
+/// POSTs a JSON-RPC message to `/mcp` at `addr` with extra `headers`; the whole answer.
+fn post(addr: &str, headers: &str, body: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 #[test]
