@@ -9,6 +9,7 @@
 
 mod approvals;
 mod breakers;
+mod headers;
 mod https;
 mod promotion;
 mod sandboxed;

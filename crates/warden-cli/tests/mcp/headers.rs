@@ -1,0 +1,75 @@
+//! A secret in an HTTP upstream's headers, end to end, with a server built on the official MCP
+//! Python SDK (`header_server.py`, its `MCPServer` over Streamable HTTP): the manifest names the
+//! secret in the upstream's `Authorization` header; the server says whether it received the key
+//! it expects, and repeats the header. The call succeeds only if the header arrived with the
+//! secret, and the agent, the ledger and the log never see the secret.
+
+use super::{call, enroll, env, first_text, ledger_tail, start_existing, DEMO_KEY};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_secret_goes_into_an_http_upstreams_headers_and_never_back_to_the_agent() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = super::super::free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/header_server.py");
+    let _server = Kill(
+        Command::new(e.venv.join("bin/python"))
+            .arg(script)
+            .arg(port.to_string())
+            .env("EXPECTED_KEY", DEMO_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "header_server.py did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let (data, m) = super::approvals::setup(dir.path());
+    let tools =
+        "  - { name: hdr.whoami, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
+    let upstreams = format!(
+        "  - name: hdr\n    url: \"http://127.0.0.1:{port}/mcp\"\n    headers:\n      Authorization: \"Bearer ${{secret:HDR_KEY}}\"\n"
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
+            .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1)
+            // `start_existing` gives the gateway DEMO_KEY in this variable.
+            + "\nsecrets:\n  HDR_KEY: { env: WARDEN_E2E_DEMO_KEY }\n",
+    )
+    .unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+
+    let r = call(&e, &s, "ops-1", "hdr.whoami", "{}");
+    assert_eq!(r["isError"], false, "{r}");
+    // The server received the secret in its Authorization header...
+    assert!(first_text(&r).starts_with("authorized; "), "{r}");
+    // ...and repeated it, which Warden redacted, in the text and in the structured content.
+    assert!(!r.to_string().contains(DEMO_KEY), "{r}");
+    assert!(first_text(&r).contains("Bearer "), "{r}");
+    // Nor is it in the ledger or the log.
+    assert!(!ledger_tail(&data, 50).contains(DEMO_KEY));
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("hdr"), "{log}");
+    assert!(!log.contains(DEMO_KEY), "{log}");
+    drop(s);
+}
