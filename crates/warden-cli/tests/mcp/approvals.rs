@@ -226,6 +226,18 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
     assert_eq!(answer, "15", "{whole}");
     let progress = whole["progress"].to_string();
     assert!(progress.contains("waiting for approval apr_"), "{progress}");
+
+    // A wait the call shortens (`warden/wait` in seconds) that ends with nobody deciding: the
+    // call answers with the escalation and its approval id, and did not run.
+    let started = std::time::Instant::now();
+    let answer = session.call(9, 9, &json!({ "warden/wait": 1 }));
+    let waited = started.elapsed();
+    assert!(answer.contains("needs approval"), "{answer}");
+    approval_id(&answer);
+    assert!(
+        waited >= std::time::Duration::from_secs(1) && waited < std::time::Duration::from_secs(10),
+        "waited {waited:?} (asked for 1 s; the manifest allows 20)"
+    );
     session.close();
 
     // The ledger holds every step: requests, refusals, votes, the redeeming decisions.
