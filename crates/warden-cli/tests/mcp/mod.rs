@@ -583,6 +583,50 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .expect("an image block");
     assert!(image["data"].as_str().unwrap().len() > 100, "{image}");
     assert_eq!(image["mimeType"], "image/png");
+    // Resource links, an embedded resource and annotations, as the server sent them.
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "everything.get-resource-links",
+        r#"{"count":2}"#,
+    );
+    let links: Vec<&Value> = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "resource_link")
+        .collect();
+    assert_eq!(links.len(), 2, "{r}");
+    assert!(
+        links
+            .iter()
+            .all(|l| l["uri"].as_str().is_some_and(|u| u.contains("://")) && l["name"].is_string()),
+        "{r}"
+    );
+    let r = call(&e, &s, "coder-1", "everything.get-resource-reference", "{}");
+    let embedded = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "resource")
+        .unwrap_or_else(|| panic!("no embedded resource: {r}"));
+    assert!(embedded["resource"]["uri"].is_string(), "{r}");
+    assert!(embedded["resource"]["text"].is_string(), "{r}");
+    let r = call(
+        &e,
+        &s,
+        "coder-1",
+        "everything.get-annotated-message",
+        r#"{"messageType":"error"}"#,
+    );
+    let annotations = &r["content"][0]["annotations"];
+    assert_eq!(annotations["priority"], 1.0, "{r}");
+    assert_eq!(
+        annotations["audience"],
+        serde_json::json!(["user", "assistant"]),
+        "{r}"
+    );
 
     // 50 concurrent calls in one session all run.
     let r = client(
@@ -819,9 +863,9 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         .collect();
     // One per call that ran or was attempted: 1 + get-env + echo + outbox + repeat + dead
     // (refused) + slow (timeout) + progress + cancelled + cancelled by a raw notification +
-    // files + git + remote (3: before, across and after its restart) + image + 50 + 1; none
-    // for the denied and escalated calls.
-    assert_eq!(receipts.len(), 67);
+    // files + git + remote (3: before, across and after its restart) + image + resource links
+    // + embedded resource + annotated message + 50 + 1; none for the denied and escalated calls.
+    assert_eq!(receipts.len(), 70);
     // Both cancellations reached the Executor: the official client's and the raw one.
     let killed: Vec<&Value> = receipts
         .iter()
