@@ -54,11 +54,15 @@ type Connected = (
 pub type ProgressSink = Arc<dyn Fn(f64, Option<f64>, Option<String>) + Send + Sync>;
 
 /// The client side of an upstream connection: relays the upstream's progress notifications for
-/// a call to whoever registered the token Warden gave that call (and drops any other).
+/// a call to whoever registered the token Warden gave that call (and drops any other), and
+/// notes when the upstream says its tools changed.
 #[derive(Clone, Default)]
 pub(crate) struct Relay {
     sinks:
         Arc<std::sync::Mutex<std::collections::HashMap<rmcp::model::ProgressToken, ProgressSink>>>,
+    // INVARIANT (INV-023): set by `notifications/tools/list_changed`; the tools are listed and
+    // their pins checked again before the next call runs or the next tool list is served.
+    tools_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -106,6 +110,11 @@ impl rmcp::ClientHandler for Relay {
         if let Some(sink) = sink {
             sink(params.progress, params.total, params.message);
         }
+    }
+
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.tools_changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -424,7 +433,11 @@ impl Upstream {
     /// lists of the others.
     pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Vec<Tool>> {
         if let Ok(conn) = self.conn.try_lock() {
-            if conn.client.as_ref().is_some_and(|c| !gone(c)) {
+            let changed = self
+                .relay
+                .tools_changed
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if !changed && conn.client.as_ref().is_some_and(|c| !gone(c)) {
                 return Some(conn.tools.clone());
             }
             drop(conn);
@@ -440,12 +453,33 @@ impl Upstream {
     }
 
     async fn connect_locked(&self, conn: &mut Conn) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
-        if let Some(c) = &conn.client {
-            if !gone(c) {
-                return Ok((Arc::clone(c), conn.tools.clone()));
+        if let Some(c) = conn.client.clone() {
+            if !gone(&c) {
+                // INVARIANT (INV-023): tools the upstream says changed are listed again and
+                // admitted by their pins before anything is called or listed.
+                if !self
+                    .relay
+                    .tools_changed
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Ok((c, conn.tools.clone()));
+                }
+                match tokio::time::timeout(CONNECT_TIMEOUT, c.list_all_tools()).await {
+                    Ok(Ok(listed)) => {
+                        conn.tools = self.admit(conn, listed).await;
+                        tracing::info!(upstream = %self.spec.name, tools = conn.tools.len(), "upstream tools listed again after it said they changed");
+                        return Ok((c, conn.tools.clone()));
+                    }
+                    // Not listed: start afresh (a new connection lists them).
+                    _ => {
+                        tracing::warn!(upstream = %self.spec.name, "upstream said its tools changed but did not list them; reconnecting")
+                    }
+                }
+            } else {
+                tracing::warn!(upstream = %self.spec.name, "upstream connection closed; restarting");
             }
-            tracing::warn!(upstream = %self.spec.name, "upstream connection closed; restarting");
             conn.client = None;
+            c.cancellation_token().cancel();
         }
         if let Some(t) = conn.last_attempt {
             if t.elapsed() < RESTART_BACKOFF {

@@ -9,10 +9,10 @@
 
 mod approvals;
 mod breakers;
-mod headers;
 mod https;
 mod promotion;
 mod sandboxed;
+mod sdk;
 
 use super::{free_port, text, warden};
 use serde_json::Value;

@@ -1,8 +1,11 @@
-//! A secret in an HTTP upstream's headers, end to end, with a server built on the official MCP
-//! Python SDK (`header_server.py`, its `MCPServer` over Streamable HTTP): the manifest names the
-//! secret in the upstream's `Authorization` header; the server says whether it received the key
-//! it expects, and repeats the header. The call succeeds only if the header arrived with the
-//! secret, and the agent, the ledger and the log never see the secret.
+//! End to end with an HTTP upstream built on the official MCP Python SDK (`sdk_server.py`, its
+//! `MCPServer` over Streamable HTTP), for what the reference servers do not exercise:
+//!
+//! - a secret in the upstream's `Authorization` header: the server says whether it received the
+//!   key it expects, and repeats the header. The call succeeds only if the header arrived with
+//!   the secret, and the agent, the ledger and the log never see the secret;
+//! - a rug-pull at run time: the server changes a tool's description and sends
+//!   `notifications/tools/list_changed`; the tool is withdrawn before anything calls it again.
 
 use super::{call, enroll, env, first_text, ledger_tail, start_existing, DEMO_KEY};
 use std::path::Path;
@@ -17,11 +20,11 @@ impl Drop for Kill {
 }
 
 #[test]
-fn a_secret_goes_into_an_http_upstreams_headers_and_never_back_to_the_agent() {
+fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let port = super::super::free_port();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/header_server.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/sdk_server.py");
     let _server = Kill(
         Command::new(e.venv.join("bin/python"))
             .arg(script)
@@ -36,14 +39,13 @@ fn a_secret_goes_into_an_http_upstreams_headers_and_never_back_to_the_agent() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             std::time::Instant::now() < deadline,
-            "header_server.py did not start"
+            "sdk_server.py did not start"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
     let (data, m) = super::approvals::setup(dir.path());
-    let tools =
-        "  - { name: hdr.whoami, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
+    let tools = "  - { name: hdr.whoami, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: hdr.rugpull, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
     let upstreams = format!(
         "  - name: hdr\n    url: \"http://127.0.0.1:{port}/mcp\"\n    headers:\n      Authorization: \"Bearer ${{secret:HDR_KEY}}\"\n"
     );
@@ -71,5 +73,24 @@ fn a_secret_goes_into_an_http_upstreams_headers_and_never_back_to_the_agent() {
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(log.contains("hdr"), "{log}");
     assert!(!log.contains(DEMO_KEY), "{log}");
+
+    // The rug-pull: `whoami` gets a new description that tries to steer the agent, and the
+    // server says its tools changed. The next call of `whoami` is refused as withdrawn, the
+    // change is in the ledger, and the tool is gone from the agent's list.
+    let r = call(&e, &s, "ops-1", "hdr.rugpull", "{}");
+    assert_eq!(r["isError"], false, "{r}");
+    let r = call(&e, &s, "ops-1", "hdr.whoami", "{}");
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(first_text(&r).contains("withdrawn"), "{r}");
+    let ledger = ledger_tail(&data, 50);
+    assert!(
+        ledger.contains("upstream.tool_changed") && ledger.contains("tool `whoami` changed"),
+        "{ledger}"
+    );
+    let listed = super::client(&e, &s, "ops-1", &["list"]);
+    let names = listed["tools"].to_string();
+    assert!(names.contains("hdr.rugpull"), "{listed}");
+    assert!(!names.contains("hdr.whoami"), "{listed}");
+    assert!(!listed.to_string().contains("evil.example"), "{listed}");
     drop(s);
 }
