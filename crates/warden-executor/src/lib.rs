@@ -955,6 +955,9 @@ impl Executor {
             r = tokio::time::timeout(timeout, handle.await_response()) => Some(r),
             () = stop.cancelled() => None,
         };
+        if matches!(outcome, Some(Ok(Ok(_)))) {
+            up.answered();
+        }
         if !matches!(outcome, Some(Ok(_))) {
             // Cancelled or timed out: tell the upstream to stop.
             let why = if outcome.is_none() {

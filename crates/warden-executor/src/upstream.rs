@@ -31,8 +31,16 @@ const MAX_RESULT_BYTES: usize = 64 << 20;
 /// Least time between two restarts of a server that died.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Longest wait for the ping that checks a connection after a call on it timed out.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait for the ping that checks a connection after a call on it timed out: the
+/// upstream's timeout, but at least the first and at most the second.
+const PROBE_WAIT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
+
+/// Milliseconds since the first call of this function in the process (a monotonic clock).
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 pub(crate) type Client = RunningService<RoleClient, Relay>;
 
@@ -152,6 +160,8 @@ pub(crate) struct Upstream {
     /// Progress relay shared by every connection of this upstream.
     pub(crate) relay: Relay,
     conn: tokio::sync::Mutex<Conn>,
+    /// When a call was last answered ([`now_ms`]); read by [`Upstream::probe`].
+    last_answer: std::sync::atomic::AtomicU64,
     /// How to sandbox (`None`: a server whose manifest asks for a sandbox does not start).
     sandbox: Option<crate::sandboxed::SandboxConfig>,
     /// Running trees, for the kill switch.
@@ -256,6 +266,7 @@ impl Upstream {
             ledger,
             relay: Relay::default(),
             conn: tokio::sync::Mutex::new(Conn::default()),
+            last_answer: std::sync::atomic::AtomicU64::new(0),
             sandbox,
             trees,
             boundary,
@@ -393,26 +404,40 @@ impl Upstream {
         self.connect_locked(&mut conn).await
     }
 
-    /// Checks, after a call on `client` timed out, that the connection still works: a ping
-    /// that fails or is not answered within the upstream's timeout (at most
-    /// [`PROBE_TIMEOUT`]) ends the connection, and the next call makes a new one.
+    /// A call on this upstream was answered: its connection works.
+    pub(crate) fn answered(&self) {
+        self.last_answer
+            .fetch_max(now_ms(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Checks, after a call on `client` timed out, that the connection still works: when a
+    /// ping is not answered within the upstream's timeout (bounded by [`PROBE_WAIT`]) and no
+    /// other call was answered meanwhile, the connection ends and the next call makes a new
+    /// one (a stdio server is restarted). Calls still in flight on it then fail as "went away".
     ///
     /// A connection can stop working without closing: a Streamable HTTP server that restarted
     /// has forgotten Warden's MCP session, and one that answers that with an error carrying no
     /// request id (as server-everything does, with a 400) leaves every later call unanswered
-    /// until it times out. A slow tool on a working connection passes the ping and is kept.
+    /// until it times out. A slow tool on a working connection passes the ping and is kept, and
+    /// so is a busy one whose other calls come back; a server that serves one request at a
+    /// time and is still busy with the call that timed out fails the ping and is restarted.
     pub(crate) fn probe(self: &Arc<Self>, client: &Arc<Client>) {
-        let me = Arc::clone(self);
+        let me = Arc::downgrade(self);
         let client = Arc::downgrade(client);
+        let (least, most) = PROBE_WAIT;
+        let wait = Duration::from_millis(self.spec.timeout_ms).clamp(least, most);
         tokio::spawn(async move {
             let Some(c) = client.upgrade() else { return };
-            let wait = Duration::from_millis(me.spec.timeout_ms).min(PROBE_TIMEOUT);
+            let started = now_ms();
             let ping = rmcp::model::ClientRequest::PingRequest(rmcp::model::PingRequest::default());
             let answered = matches!(
                 tokio::time::timeout(wait, c.peer().send_request(ping)).await,
                 Ok(Ok(_))
             );
-            if answered {
+            // A runner ended meanwhile is not kept alive by its probe.
+            let Some(me) = me.upgrade() else { return };
+            let other_answer = me.last_answer.load(std::sync::atomic::Ordering::SeqCst) >= started;
+            if answered || other_answer {
                 return;
             }
             let mut conn = me.conn.lock().await;
@@ -430,17 +455,19 @@ impl Upstream {
 
     /// The tools now, without waiting: `None` if the server is not up (a start is then begun in
     /// the background, unless one is under way). A slow or hung upstream never delays the tool
-    /// lists of the others.
+    /// lists of the others. When the upstream said its tools changed, they are listed again in
+    /// the background, and meanwhile the tools as last checked are given (with the descriptions
+    /// their pins vouch for): no call runs before the new listing is checked.
     pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Vec<Tool>> {
-        if let Ok(conn) = self.conn.try_lock() {
-            let changed = self
-                .relay
-                .tools_changed
-                .load(std::sync::atomic::Ordering::SeqCst);
-            if !changed && conn.client.as_ref().is_some_and(|c| !gone(c)) {
-                return Some(conn.tools.clone());
-            }
-            drop(conn);
+        let conn = self.conn.try_lock().ok()?;
+        let up = conn.client.as_ref().is_some_and(|c| !gone(c));
+        let changed = self
+            .relay
+            .tools_changed
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let tools = up.then(|| conn.tools.clone());
+        drop(conn);
+        if !up || changed {
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 // Only one start at a time; a busy lock means one is under way.
@@ -449,11 +476,11 @@ impl Upstream {
                 }
             });
         }
-        None
+        tools
     }
 
     async fn connect_locked(&self, conn: &mut Conn) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
-        if let Some(c) = conn.client.clone() {
+        if let Some(c) = conn.client.take() {
             if !gone(&c) {
                 // INVARIANT (INV-023): tools the upstream says changed are listed again and
                 // admitted by their pins before anything is called or listed.
@@ -462,11 +489,16 @@ impl Upstream {
                     .tools_changed
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
                 {
+                    conn.client = Some(Arc::clone(&c));
                     return Ok((c, conn.tools.clone()));
                 }
+                // INVARIANT (fail-closed): the client stays out of `conn` until its new listing
+                // is admitted. Should this future be dropped meanwhile (its call cancelled), the
+                // next call starts a new connection, which lists and checks the tools anew.
                 match tokio::time::timeout(CONNECT_TIMEOUT, c.list_all_tools()).await {
                     Ok(Ok(listed)) => {
                         conn.tools = self.admit(conn, listed).await;
+                        conn.client = Some(Arc::clone(&c));
                         tracing::info!(upstream = %self.spec.name, tools = conn.tools.len(), "upstream tools listed again after it said they changed");
                         return Ok((c, conn.tools.clone()));
                     }
@@ -478,7 +510,6 @@ impl Upstream {
             } else {
                 tracing::warn!(upstream = %self.spec.name, "upstream connection closed; restarting");
             }
-            conn.client = None;
             c.cancellation_token().cancel();
         }
         if let Some(t) = conn.last_attempt {

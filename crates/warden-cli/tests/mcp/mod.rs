@@ -563,7 +563,21 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     http_upstream.restart(&e);
     let r = call(&e, &s, "coder-1", "remote.echo", r#"{"message":"lost"}"#);
     assert_eq!(r["isError"], true, "{r}");
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        first_text(&r).contains("did not answer within 2000 ms"),
+        "{r}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(dir.path().join("serve.log"))
+        .unwrap()
+        .contains("did not answer a ping: reconnecting")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection was not dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let r = call(
         &e,
         &s,
