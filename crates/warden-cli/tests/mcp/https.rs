@@ -114,13 +114,7 @@ fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
     let upstreams = format!(
         "  - name: secure\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: upstream-ca.pem\n  - name: forged\n    url: \"https://localhost:{port}/mcp\"\n    ca_file: other-ca.pem\n  - name: misnamed\n    url: \"https://localhost:{misnamed}/mcp\"\n    ca_file: upstream-ca.pem\n"
     );
-    let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(
-        &m,
-        text.replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
-            .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1),
-    )
-    .unwrap();
+    super::add_to_manifest(&m, tools, &upstreams, "");
     enroll(&data, &m, "ops-1");
     let s = start_existing(dir.path(), &data, &m);
 

@@ -65,15 +65,26 @@ fn remote_on(e: &Env, port: u16) -> Remote {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_for_port(port, "server-everything (HTTP)");
+    Remote { child, port }
+}
+
+/// Waits up to 30 s for a server (`what`) to listen on `port`.
+fn wait_for_port(port: u16, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server-everything (HTTP) did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Remote { child, port }
+}
+
+/// Adds `tools` and `upstreams` (YAML list items) to the manifest at `m`, and `tail` at its end.
+fn add_to_manifest(m: &Path, tools: &str, upstreams: &str, tail: &str) {
+    let text = std::fs::read_to_string(m).unwrap();
+    let text = text
+        .replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
+        .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1);
+    std::fs::write(m, text + tail).unwrap();
 }
 
 fn env() -> Option<Env> {

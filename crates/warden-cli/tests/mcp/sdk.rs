@@ -11,22 +11,15 @@ use super::{call, enroll, env, first_text, ledger_tail, start_existing, DEMO_KEY
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let port = super::super::free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/sdk_server.py");
-    let _server = Kill(
-        Command::new(e.venv.join("bin/python"))
+    // Stopped when dropped, like the `remote` server.
+    let _server = super::Remote {
+        child: Command::new(e.venv.join("bin/python"))
             .arg(script)
             .arg(port.to_string())
             .env("EXPECTED_KEY", DEMO_KEY)
@@ -34,30 +27,18 @@ fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sdk_server.py did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        port,
+    };
+    super::wait_for_port(port, "sdk_server.py");
 
     let (data, m) = super::approvals::setup(dir.path());
     let tools = "  - { name: hdr.whoami, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: hdr.rugpull, tier: low, zones: [\"*\"], arguments: { type: object } }\n";
     let upstreams = format!(
         "  - name: hdr\n    url: \"http://127.0.0.1:{port}/mcp\"\n    headers:\n      Authorization: \"Bearer ${{secret:HDR_KEY}}\"\n"
     );
-    let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(
-        &m,
-        text.replacen("\ntools:\n", &format!("\ntools:\n{tools}"), 1)
-            .replacen("\nupstreams:\n", &format!("\nupstreams:\n{upstreams}"), 1)
-            // `start_existing` gives the gateway DEMO_KEY in this variable.
-            + "\nsecrets:\n  HDR_KEY: { env: WARDEN_E2E_DEMO_KEY }\n",
-    )
-    .unwrap();
+    // `start_existing` gives the gateway DEMO_KEY in this variable.
+    let secrets = "\nsecrets:\n  HDR_KEY: { env: WARDEN_E2E_DEMO_KEY }\n";
+    super::add_to_manifest(&m, tools, &upstreams, secrets);
     enroll(&data, &m, "ops-1");
     let s = start_existing(dir.path(), &data, &m);
 
