@@ -1194,4 +1194,54 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     drop(s);
     let ledger = ledger_tail(&data, 100);
     assert!(ledger.contains("upstream.binary_changed"), "{ledger}");
+
+    // A pinned file (a package runner's lockfile): `upstreams pin` hashes the files listed
+    // under `files`; while the file is unchanged the server starts, and once it changes the
+    // server does not start, and that is recorded naming the file.
+    let lock = dir.path().join("time.lock");
+    std::fs::write(&lock, "mcp-server-time==2026.10.19\n").unwrap();
+    let with_files = pinned.replacen(
+        "  \"time\":\n",
+        &format!(
+            "  \"time\":\n    files: {{ \"{}\": sha256:{} }}\n",
+            lock.display(),
+            "0".repeat(64)
+        ),
+        1,
+    );
+    assert_ne!(with_files, pinned);
+    std::fs::write(&m, with_files).unwrap();
+    let out = pin();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let repinned = std::fs::read_to_string(&m).unwrap();
+    assert!(repinned.contains(&lock.display().to_string()), "{repinned}");
+    assert!(
+        !repinned.contains(&"0".repeat(64)),
+        "the file was not hashed"
+    );
+    let time_listed = |s: &Server| {
+        client(&e, s, "coder-1", &["list"])["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("time."))
+    };
+    let s = start_existing(dir.path(), &data, &m);
+    assert!(
+        time_listed(&s),
+        "the pinned file is unchanged: the server starts"
+    );
+    drop(s);
+    std::fs::write(&lock, "mcp-server-time==6.6.6\n").unwrap();
+    let s = start_existing(dir.path(), &data, &m);
+    assert!(
+        !time_listed(&s),
+        "the pinned file changed: the server must not start"
+    );
+    drop(s);
+    let ledger = ledger_tail(&data, 100);
+    assert!(
+        ledger.contains("upstream.binary_changed") && ledger.contains("time.lock"),
+        "{ledger}"
+    );
 }
