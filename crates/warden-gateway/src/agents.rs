@@ -530,6 +530,13 @@ impl IdentityState {
         revoke(&self.data, "credential", credential)
     }
 
+    /// Whether a chain of `credentials` and `agents` (an identity's) is revoked now, as far as
+    /// this process knows (call [`IdentityState::refresh`] first to read `DATA/revoked`).
+    #[must_use]
+    pub fn revoked(&self, credentials: &[String], agents: &[String]) -> bool {
+        self.revocations.revokes(credentials, agents)
+    }
+
     /// Applies lines appended to `DATA/revoked` since the last look (cheap when unchanged).
     ///
     /// # Errors

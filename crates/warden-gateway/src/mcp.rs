@@ -676,6 +676,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         g.sessions.cancel(&session, request);
     }
     let agent = identity.agent.clone();
+    let chain = (identity.credentials.clone(), identity.chain.clone());
     req.extensions_mut().insert(Arc::new(McpCaller {
         identity,
         session,
@@ -683,7 +684,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     }));
     let mut response = next.run(req).await;
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
-        match g.sessions.open(&credential, &agent) {
+        match g.sessions.open_with_chain(&credential, &agent, chain) {
             Ok(id) => {
                 if let Ok(v) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert("mcp-session-id", v);
@@ -728,12 +729,19 @@ pub fn router(
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&sessions);
+        let identity = Arc::clone(&app.identity);
         rt.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
                 s.sweep(std::time::Instant::now());
+                // Sessions of a revoked credential or agent end (their requests were refused
+                // from the moment of revocation). If `DATA/revoked` cannot be read, every
+                // request is refused already; the sessions wait for the next sweep.
+                if identity.refresh().is_ok() {
+                    s.end_revoked(|credentials, agents| identity.revoked(credentials, agents));
+                }
             }
         });
     }

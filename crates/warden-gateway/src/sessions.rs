@@ -74,6 +74,9 @@ pub enum OpenError {
 struct Open {
     credential: String,
     agent: String,
+    /// The credential ids and agents of its credential's chain, root first: revoking any of
+    /// them ends the session at the next sweep.
+    chain: (Vec<String>, Vec<String>),
     /// Its runners' key (`session_key(agent, id)`), computed once.
     runner_key: String,
     seen: Instant,
@@ -182,6 +185,24 @@ impl Sessions {
     /// # Errors
     /// No room (every candidate has a call in flight), or no randomness.
     pub fn open(&self, credential: &str, agent: &str) -> Result<String, OpenError> {
+        self.open_with_chain(
+            credential,
+            agent,
+            (vec![credential.to_owned()], vec![agent.to_owned()]),
+        )
+    }
+
+    /// [`Sessions::open`] for a credential whose chain (credential ids and agents, root first)
+    /// is `chain`, as [`Sessions::end_revoked`] checks it.
+    ///
+    /// # Errors
+    /// As [`Sessions::open`].
+    pub fn open_with_chain(
+        &self,
+        credential: &str,
+        agent: &str,
+        chain: (Vec<String>, Vec<String>),
+    ) -> Result<String, OpenError> {
         let id = warden_identity::credential::random_id().map_err(|_| OpenError::NoRandomness)?;
         let now = Instant::now();
         let mut ended = Vec::new();
@@ -212,6 +233,7 @@ impl Sessions {
             Open {
                 credential: credential.to_owned(),
                 agent: agent.to_owned(),
+                chain,
                 runner_key: warden_policy::decide::session_key(agent, &id),
                 seen: now,
                 calls: Vec::new(),
@@ -283,6 +305,27 @@ impl Sessions {
                 .collect();
             stale
                 .iter()
+                .filter_map(|id| inner.remove(id).map(|o| o.runner_key))
+                .collect()
+        };
+        let n = ended.len();
+        self.end(ended);
+        n
+    }
+
+    /// Ends every session whose credential chain `revoked` says is revoked (calls in flight
+    /// included: they are cancelled); how many ended. Requests were refused from the moment of
+    /// revocation; this frees what the sessions held (their runners).
+    pub fn end_revoked(&self, revoked: impl Fn(&[String], &[String]) -> bool) -> usize {
+        let ended: Vec<String> = {
+            let mut inner = self.lock();
+            let gone: Vec<String> = inner
+                .open
+                .iter()
+                .filter(|(_, o)| revoked(&o.chain.0, &o.chain.1))
+                .map(|(id, _)| id.clone())
+                .collect();
+            gone.iter()
                 .filter_map(|id| inner.remove(id).map(|o| o.runner_key))
                 .collect()
         };
@@ -465,6 +508,44 @@ mod tests {
         assert_eq!(s.sweep(Instant::now()), 0);
         assert_eq!(s.check(&busy, "c"), Ok(()));
         assert_eq!(s.sweep(Instant::now() + Duration::from_secs(61)), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn revoking_anything_on_a_credentials_chain_ends_its_sessions_and_calls() {
+        let (s, ended) = sessions(Limits::default());
+        let chain = |c: &[&str], a: &[&str]| {
+            (
+                c.iter().map(|x| (*x).to_owned()).collect(),
+                a.iter().map(|x| (*x).to_owned()).collect(),
+            )
+        };
+        let child = s
+            .open_with_chain(
+                "cred-child",
+                "sub",
+                chain(&["cred-root", "cred-child"], &["root", "sub"]),
+            )
+            .unwrap();
+        let other = s
+            .open_with_chain("cred-x", "x", chain(&["cred-x"], &["x"]))
+            .unwrap();
+        let call = CancellationToken::new();
+        let _tracked = s.track(&child, "1".into(), call.clone()).unwrap();
+        let revoked = |creds: &[String], agents: &[String]| {
+            creds.iter().any(|c| c == "cred-root") || agents.iter().any(|a| a == "nobody")
+        };
+        // The root credential is revoked: the child's session ends, with its call in flight.
+        assert_eq!(s.end_revoked(revoked), 1);
+        assert!(call.is_cancelled());
+        assert_eq!(s.check(&child, "cred-child"), Err(Refused::Unknown));
+        assert_eq!(*ended.lock().unwrap(), vec![format!("sub/{child}")]);
+        assert_eq!(s.check(&other, "cred-x"), Ok(()));
+        // By agent too.
+        assert_eq!(
+            s.end_revoked(|_, agents| agents.iter().any(|a| a == "x")),
+            1
+        );
         assert!(s.is_empty());
     }
 

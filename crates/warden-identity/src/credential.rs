@@ -347,6 +347,8 @@ pub struct Identity {
     pub tools: Option<BTreeSet<String>>,
     /// The chain, root first: `agent` ids from the owner's agent down to the caller.
     pub chain: Vec<String>,
+    /// The ids of the credentials on the chain, root first (the last is `credential`).
+    pub credentials: Vec<String>,
     /// Earliest expiry on the chain.
     pub expires_at: i64,
     /// The agent's public key (for request signatures).
@@ -382,6 +384,17 @@ impl Revocations {
             g.0.insert(id.to_owned());
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether anything on a chain is revoked now: one of its `credentials` or one of its
+    /// `agents` (an [`Identity`]'s `credentials` and `chain`). A poisoned list counts as
+    /// revoked.
+    #[must_use]
+    pub fn revokes(&self, credentials: &[String], agents: &[String]) -> bool {
+        let Ok(g) = self.inner.read() else {
+            return true;
+        };
+        credentials.iter().any(|c| g.0.contains(c)) || agents.iter().any(|a| g.1.contains(a))
     }
 
     fn check(&self, body: &CredentialBody) -> Result<(), CredentialError> {
@@ -543,6 +556,7 @@ impl Verifier {
             trust: leaf.trust.clone(),
             tools: leaf.tools.clone(),
             chain: chain.iter().map(|c| c.body.agent.clone()).collect(),
+            credentials: chain.iter().map(|c| c.body.id.clone()).collect(),
             expires_at,
             subject_key: decode_key(&leaf.subject_key, &leaf.id)?,
         })

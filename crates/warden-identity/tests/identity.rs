@@ -462,11 +462,25 @@ fn revocation_reaches_derived_credentials_even_when_cached() {
     // Revoking one credential id also reaches its descendants.
     let s = setup();
     let sub = junior_sub(&s, &sub_key);
+    // A verified identity names its whole chain, which is what a session held open on it is
+    // checked against later (`Revocations::revokes`).
+    let who = s.verifier.verify(&sub, T).unwrap();
+    assert_eq!(
+        who.credentials,
+        vec![s.root.body.id.clone(), sub.body.id.clone()]
+    );
+    assert_eq!(who.credentials.len(), who.chain.len());
+    assert!(!s.revocations.revokes(&who.credentials, &who.chain));
     s.revocations.revoke_credential(&s.root.body.id);
     assert!(matches!(
         s.verifier.verify(&sub, T),
         Err(CredentialError::Revoked { .. })
     ));
+    assert!(s.revocations.revokes(&who.credentials, &who.chain));
+    let fresh = Revocations::new();
+    fresh.revoke_agent(&who.chain[0]);
+    assert!(fresh.revokes(&who.credentials, &who.chain));
+    assert!(!fresh.revokes(&[], &[]));
 }
 
 #[test]
