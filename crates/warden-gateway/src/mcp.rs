@@ -684,7 +684,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     }));
     let mut response = next.run(req).await;
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
-        match g.sessions.open_with_chain(&credential, &agent, chain) {
+        match g.sessions.open(&credential, &agent, chain) {
             Ok(id) => {
                 if let Ok(v) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert("mcp-session-id", v);

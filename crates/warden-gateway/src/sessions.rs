@@ -179,25 +179,13 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a session for `credential` of `agent`; its new id. At a bound, the least
-    /// recently used idle session (the agent's own first) ends to make room.
+    /// Opens a session for `credential` of `agent`, whose chain (credential ids and agents,
+    /// root first, as [`Sessions::end_revoked`] checks them) is `chain`; its new id. At a
+    /// bound, the least recently used idle session (the agent's own first) ends to make room.
     ///
     /// # Errors
     /// No room (every candidate has a call in flight), or no randomness.
-    pub fn open(&self, credential: &str, agent: &str) -> Result<String, OpenError> {
-        self.open_with_chain(
-            credential,
-            agent,
-            (vec![credential.to_owned()], vec![agent.to_owned()]),
-        )
-    }
-
-    /// [`Sessions::open`] for a credential whose chain (credential ids and agents, root first)
-    /// is `chain`, as [`Sessions::end_revoked`] checks it.
-    ///
-    /// # Errors
-    /// As [`Sessions::open`].
-    pub fn open_with_chain(
+    pub fn open(
         &self,
         credential: &str,
         agent: &str,
@@ -454,6 +442,17 @@ impl Drop for Tracked {
 mod tests {
     use super::*;
 
+    impl Sessions {
+        /// A session of a credential that is its own chain (no delegation).
+        fn open_alone(&self, credential: &str, agent: &str) -> Result<String, OpenError> {
+            self.open(
+                credential,
+                agent,
+                (vec![credential.to_owned()], vec![agent.to_owned()]),
+            )
+        }
+    }
+
     fn sessions(limits: Limits) -> (Arc<Sessions>, Arc<Mutex<Vec<String>>>) {
         let ended = Arc::new(Mutex::new(Vec::new()));
         let e = Arc::clone(&ended);
@@ -474,9 +473,13 @@ mod tests {
     #[test]
     fn a_session_answers_only_to_its_credential_and_ends_with_delete() {
         let (s, ended) = sessions(Limits::default());
-        let id = s.open("cred-a", "agent-a").unwrap();
+        let id = s.open_alone("cred-a", "agent-a").unwrap();
         assert_eq!(id.len(), 32);
-        assert_ne!(s.open("cred-a", "agent-a").unwrap(), id, "ids are fresh");
+        assert_ne!(
+            s.open_alone("cred-a", "agent-a").unwrap(),
+            id,
+            "ids are fresh"
+        );
         assert_eq!(s.check(&id, "cred-a"), Ok(()));
         assert_eq!(s.check(&id, "cred-b"), Err(Refused::NotYours));
         assert_eq!(s.close(&id, "cred-b"), Err(Refused::NotYours));
@@ -492,8 +495,8 @@ mod tests {
     #[test]
     fn idle_sessions_expire_but_not_while_a_call_runs() {
         let (s, ended) = sessions(idle(60));
-        let busy = s.open("c", "a").unwrap();
-        let quiet = s.open("c", "a").unwrap();
+        let busy = s.open_alone("c", "a").unwrap();
+        let quiet = s.open_alone("c", "a").unwrap();
         let call = s
             .track(&busy, "1".into(), CancellationToken::new())
             .unwrap();
@@ -521,15 +524,13 @@ mod tests {
             )
         };
         let child = s
-            .open_with_chain(
+            .open(
                 "cred-child",
                 "sub",
                 chain(&["cred-root", "cred-child"], &["root", "sub"]),
             )
             .unwrap();
-        let other = s
-            .open_with_chain("cred-x", "x", chain(&["cred-x"], &["x"]))
-            .unwrap();
+        let other = s.open("cred-x", "x", chain(&["cred-x"], &["x"])).unwrap();
         let call = CancellationToken::new();
         let _tracked = s.track(&child, "1".into(), call.clone()).unwrap();
         let revoked = |creds: &[String], agents: &[String]| {
@@ -552,14 +553,14 @@ mod tests {
     #[test]
     fn an_expired_session_is_refused_even_before_a_sweep() {
         let (s, ended) = sessions(idle(60));
-        let id = s.open("c", "a").unwrap();
+        let id = s.open_alone("c", "a").unwrap();
         assert_eq!(s.check(&id, "c"), Ok(()));
         s.age(&id, Duration::from_secs(60));
         assert_eq!(s.check(&id, "c"), Err(Refused::Unknown));
         assert_eq!(ended.lock().unwrap().len(), 1);
         // A DELETE of an expired session is answered as for any unknown one (404), and ends it
         // (its runners go); another credential's expired session is still not theirs to probe.
-        let id = s.open("c", "a").unwrap();
+        let id = s.open_alone("c", "a").unwrap();
         s.age(&id, Duration::from_secs(60));
         assert_eq!(s.close(&id, "other"), Err(Refused::NotYours));
         assert_eq!(s.close(&id, "c"), Err(Refused::Unknown));
@@ -570,8 +571,8 @@ mod tests {
     #[test]
     fn cancellation_reaches_only_the_named_call_of_the_same_session() {
         let (s, _) = sessions(Limits::default());
-        let a = s.open("c", "a").unwrap();
-        let b = s.open("c", "a").unwrap();
+        let a = s.open_alone("c", "a").unwrap();
+        let b = s.open_alone("c", "a").unwrap();
         let (t1, t2) = (CancellationToken::new(), CancellationToken::new());
         let g1 = s.track(&a, "7".into(), t1.clone()).unwrap();
         let _g2 = s.track(&b, "7".into(), t2.clone()).unwrap();
@@ -594,7 +595,7 @@ mod tests {
     #[test]
     fn a_reused_request_id_keeps_the_later_call_cancellable() {
         let (s, _) = sessions(Limits::default());
-        let a = s.open("c", "a").unwrap();
+        let a = s.open_alone("c", "a").unwrap();
         let (t1, t2) = (CancellationToken::new(), CancellationToken::new());
         let first = s.track(&a, "1".into(), t1.clone()).unwrap();
         let _second = s.track(&a, "1".into(), t2.clone()).unwrap();
@@ -610,7 +611,7 @@ mod tests {
     #[test]
     fn a_call_let_in_after_its_session_ended_does_not_run_and_late_runners_end() {
         let (s, ended) = sessions(Limits::default());
-        let id = s.open("c", "a").unwrap();
+        let id = s.open_alone("c", "a").unwrap();
         s.close(&id, "c").unwrap();
         assert_eq!(
             s.track(&id, "1".into(), CancellationToken::new()).err(),
@@ -623,7 +624,7 @@ mod tests {
         );
         // A call in flight when its session ends: cancelled, and the runner key is ended
         // again when it finishes (a runner it started meanwhile goes too).
-        let id = s.open("c", "a").unwrap();
+        let id = s.open_alone("c", "a").unwrap();
         let token = CancellationToken::new();
         let call = s.track(&id, "2".into(), token.clone()).unwrap();
         s.close(&id, "c").unwrap();
@@ -641,29 +642,29 @@ mod tests {
             ..Limits::default()
         };
         let (s, ended) = sessions(limits);
-        let a: Vec<String> = (0..3).map(|_| s.open("ca", "a").unwrap()).collect();
+        let a: Vec<String> = (0..3).map(|_| s.open_alone("ca", "a").unwrap()).collect();
         // a[0] is used, so a[1] is now the agent's least recently used.
         s.age(&a[1], Duration::from_secs(10));
         s.age(&a[2], Duration::from_secs(5));
         s.age(&a[0], Duration::from_secs(20));
         assert_eq!(s.check(&a[0], "ca"), Ok(()));
-        let a3 = s.open("ca", "a").unwrap();
+        let a3 = s.open_alone("ca", "a").unwrap();
         assert_eq!(*ended.lock().unwrap(), vec![format!("a/{}", a[1])]);
         assert_eq!(s.check(&a[1], "ca"), Err(Refused::Unknown));
         // A session with a call in flight is never the one to go.
         let _busy = [&a[0], &a[2], &a3]
             .map(|id| s.track(id, "1".into(), CancellationToken::new()).unwrap());
-        assert_eq!(s.open("ca", "a"), Err(OpenError::Full(3)));
+        assert_eq!(s.open_alone("ca", "a"), Err(OpenError::Full(3)));
         // Another agent is not limited by a's share; at the total, the idlest idle goes.
-        let b: Vec<String> = (0..2).map(|_| s.open("cb", "b").unwrap()).collect();
+        let b: Vec<String> = (0..2).map(|_| s.open_alone("cb", "b").unwrap()).collect();
         assert_eq!(s.len(), 5);
         s.age(&b[0], Duration::from_secs(30));
         ended.lock().unwrap().clear();
-        let b2 = s.open("cb", "b").unwrap();
+        let b2 = s.open_alone("cb", "b").unwrap();
         assert_eq!(*ended.lock().unwrap(), vec![format!("b/{}", b[0])]);
         assert_eq!(s.len(), 5);
         let _b_busy =
             [&b[1], &b2].map(|id| s.track(id, "1".into(), CancellationToken::new()).unwrap());
-        assert_eq!(s.open("cc", "c"), Err(OpenError::Full(5)));
+        assert_eq!(s.open_alone("cc", "c"), Err(OpenError::Full(5)));
     }
 }

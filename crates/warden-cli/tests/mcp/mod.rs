@@ -303,7 +303,7 @@ fn ledger_tail(data: &Path, n: u32) -> String {
 }
 
 /// A raw HTTP request to the gateway; returns status and body.
-fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
+pub(super) fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
     raw_bytes(addr, headers, body.as_bytes())
 }
 

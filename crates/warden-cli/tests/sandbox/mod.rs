@@ -669,7 +669,7 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
     let mcp = said.map(|path| {
         let credential = std::fs::read_to_string(tmp.path().join(path)).unwrap();
         let auth = format!("authorization: Bearer {}\r\n", credential.trim());
-        let init = post(
+        let (_, init) = crate::mcp::raw(
             &listen,
             &auth,
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
@@ -683,8 +683,8 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
             })
             .unwrap_or_default();
         let auth = format!("{auth}mcp-session-id: {session}\r\nmcp-protocol-version: 2025-06-18\r\n");
-        let list = post(&listen, &auth, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
-        let call = post(
+        let (_, list) = crate::mcp::raw(&listen, &auth, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
+        let (_, call) = crate::mcp::raw(
             &listen,
             &auth,
             r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"demo.echo","arguments":{"text":"hello from the README"}}}"#,
@@ -702,22 +702,6 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
     assert!(list.contains(r#""name":"demo.echo""#), "{list}");
     assert!(call.contains("hello from the README"), "{call}");
     assert!(call.contains(r#""isError":false"#), "{call}");
-}
-
-/// POSTs a JSON-RPC message to `/mcp` at `addr` with extra `headers`; the whole answer.
-fn post(addr: &str, headers: &str, body: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]
