@@ -61,6 +61,15 @@ pub enum LedgerError {
     AppendFailed(String),
 }
 
+/// What went wrong, without the "ledger unavailable" preamble an error that wraps it adds again.
+fn cause(e: &LedgerError) -> String {
+    match e {
+        LedgerError::Store(e) => e.to_string(),
+        LedgerError::AppendFailed(what) => what.clone(),
+        other => other.to_string(),
+    }
+}
+
 type Reply = oneshot::Sender<Result<u64, LedgerError>>;
 
 enum Cmd {
@@ -129,7 +138,10 @@ fn checkpoint_loop(
         for w in waiters {
             let _ = w.send(match &result {
                 Ok(n) => Ok(n.clone()),
-                Err(e) => Err(LedgerError::AppendFailed(format!("checkpoint: {e}"))),
+                Err(e) => Err(LedgerError::AppendFailed(format!(
+                    "checkpoint: {}",
+                    cause(e)
+                ))),
             });
         }
     }
@@ -402,7 +414,7 @@ fn writer_loop(
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
+                    let msg = cause(&e);
                     for reply in replies.drain(..) {
                         let _ = reply.send(Err(LedgerError::AppendFailed(msg.clone())));
                     }

@@ -39,10 +39,17 @@ fn whole(what: impl Into<String>) -> VerifyError {
 pub struct Report {
     /// Entries checked.
     pub entries: u64,
-    /// The signed checkpoint's size.
+    /// Whether the log has a signed checkpoint at all (a new ledger stopped before its first
+    /// one has none).
+    pub signed: bool,
+    /// The signed checkpoint's size (0 without one): the entries the signature vouches for.
     pub checkpoint_size: u64,
-    /// The signed checkpoint's root, hex.
+    /// The signed checkpoint's root, hex (the empty tree's without one).
     pub checkpoint_root: String,
+    /// Entries after the signed checkpoint. Their frames and stored tree nodes were checked,
+    /// but no signature covers them: they are what a crash leaves before the next checkpoint,
+    /// and also what someone able to write the data directory could have appended.
+    pub unsigned: u64,
     /// The size of the older checkpoint the log was shown to extend, if one was given.
     pub extends_checkpoint: Option<u64>,
 }
@@ -112,10 +119,20 @@ pub fn verify_store(
     let origin = verifier.name().to_owned();
     let note = store
         .latest_checkpoint()
-        .map_err(|e| whole(e.to_string()))?
-        .ok_or_else(|| whole("the ledger has no signed checkpoint yet"))?;
-    let cp = Checkpoint::open(&note, verifier, &origin)
-        .map_err(|e| whole(format!("latest checkpoint: {e}")))?;
+        .map_err(|e| whole(e.to_string()))?;
+    let signed = note.is_some();
+    // Without a checkpoint, the frames and tree are still checked; the signature vouches for
+    // none of the entries (all of them are reported unsigned).
+    let cp = match note {
+        Some(note) => Checkpoint::open(&note, verifier, &origin)
+            .map_err(|e| whole(format!("latest checkpoint: {e}")))?,
+        None => Checkpoint {
+            origin: origin.clone(),
+            size: 0,
+            root: merkle::EMPTY_ROOT,
+            time: 0,
+        },
+    };
     let old = older
         .map(|n| Checkpoint::open(n, verifier, &origin))
         .transpose()
@@ -222,8 +239,10 @@ pub fn verify_store(
     }
     Ok(Report {
         entries: size,
+        signed,
         checkpoint_size: cp.size,
         checkpoint_root: merkle::to_hex(&cp.root),
+        unsigned: size.saturating_sub(cp.size),
         extends_checkpoint: old.map(|o| o.size),
     })
 }
@@ -372,8 +391,10 @@ pub fn verify_export(
     }
     Ok(Report {
         entries: expected,
+        signed: true,
         checkpoint_size: cp.size,
         checkpoint_root: merkle::to_hex(&cp.root),
+        unsigned: 0,
         extends_checkpoint: None,
     })
 }

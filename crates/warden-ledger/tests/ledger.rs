@@ -842,6 +842,8 @@ fn full_disk_fails_closed() {
     }
     let failed = failed.expect("a 256 KiB filesystem must fill up");
     assert!(failed.contains("do not execute"), "{failed}");
+    // Said once, not once per layer the error passed through.
+    assert_eq!(failed.matches("ledger unavailable").count(), 1, "{failed}");
     // Every later append is refused too, even if space came back.
     assert!(ledger.append(&decision(0)).is_err());
     drop(ledger);

@@ -43,7 +43,8 @@ enum Command {
     /// Recompute everything and check it against the signed checkpoint.
     ///
     /// Exit status 0 if the log verifies; 1 naming the first bad entry (or the checkpoint)
-    /// and what is wrong.
+    /// and what is wrong; 3 if every entry checks out but the newest come after the latest
+    /// signed checkpoint (an unsigned tail: no signature vouches for them).
     Verify {
         /// Also prove the log extends this older checkpoint (a signed note you kept).
         #[arg(long, value_name = "FILE")]
@@ -90,6 +91,10 @@ enum Command {
     /// Print the latest signed checkpoint.
     Checkpoint,
 }
+
+/// `ledger verify`'s exit code when every entry checks out but some come after the latest
+/// signed checkpoint (0: all verified; 1: verification failed).
+pub const VERIFY_UNSIGNED_TAIL: u8 = 3;
 
 pub(super) fn verifier(place: &Where) -> anyhow::Result<NoteVerifier> {
     let path = place
@@ -166,6 +171,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 verify::verify_store(&mut *s, &v, older.as_deref(), records)
             };
             match result {
+                Ok(report) if report.unsigned > 0 => {
+                    // INVARIANT (verify vouches only for what is signed): entries after the
+                    // signed checkpoint are reported apart, with their own exit code.
+                    let signed = if report.signed {
+                        format!(
+                            "{} entries verified against the signed checkpoint at size {} root {}",
+                            report.checkpoint_size, report.checkpoint_size, report.checkpoint_root
+                        )
+                    } else {
+                        "the ledger has no signed checkpoint yet".to_owned()
+                    };
+                    out!(
+                        "UNSIGNED TAIL: {signed}; the {} entries after it are intact but no \
+                         signature covers them (a gateway stopped before its next checkpoint, \
+                         or entries appended by someone who can write the data directory)",
+                        report.unsigned
+                    );
+                    Ok(ExitCode::from(VERIFY_UNSIGNED_TAIL))
+                }
                 Ok(report) => {
                     out!(
                         "ok: {} entries verified; signed checkpoint at size {} root {}{}",
