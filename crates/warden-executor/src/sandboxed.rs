@@ -122,9 +122,10 @@ pub(crate) fn launch(
         // running server's socket).
         static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let socket = base.join(format!("egress-{}-{n}.sock", std::process::id()));
+        let file = format!("egress-{}-{n}.sock", std::process::id());
+        let socket = base.join(&file);
         let _ = std::fs::remove_file(&socket);
-        let listener = tokio::net::UnixListener::bind(&socket)
+        let listener = bind_short(&base, &file)
             .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
         // Only this sandbox's uid may connect (the socket is bound into its view alone).
         let mode = if warden_sandbox::is_root() {
@@ -178,6 +179,21 @@ pub(crate) fn launch(
             proxy,
         },
     ))
+}
+
+/// Binds a Unix socket named `file` in `dir`, whatever the length of `dir`'s path.
+///
+/// A socket's address holds at most 107 bytes (`sun_path`), and a runner's directory under a
+/// real data directory is longer than that. The socket is bound through `/proc/self/fd/N/`, N a
+/// descriptor of `dir`, so the address stays short while the socket is made in `dir` (where the
+/// sandbox binds it into its view by its full path).
+fn bind_short(dir: &Path, file: &str) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::fd::AsRawFd as _;
+    let handle = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{file}", handle.as_raw_fd()));
+    let listener = tokio::net::UnixListener::bind(&short)?;
+    drop(handle);
+    Ok(listener)
 }
 
 /// Watches a running server: if it stops answering pings for `heartbeat`, its whole tree is

@@ -297,7 +297,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
 #[test]
 fn a_session_runner_ends_with_its_session() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((e, s)) = serve_with(
+    let Some((mut e, s)) = serve_with(
         dir.path(),
         "  - { name: proc.pwd, tier: low, zones: [\"*\"], arguments: { type: object, properties: {}, additionalProperties: false } }\n",
         "  - name: proc\n    process:\n      pwd: { program: /usr/bin/pwd }\n    sandbox:\n      runner: session\n",
@@ -306,6 +306,9 @@ fn a_session_runner_ends_with_its_session() {
     ) else {
         return;
     };
+    // An MCP session is what the `initialize` handshake opens: revision 2026-07-28 has none
+    // (its calls share their credential's runner, reaped when idle; docs/sandbox.md).
+    e.mode = "legacy";
     let sessions = || {
         runners(&s.data, "proc")
             .into_iter()
@@ -330,4 +333,79 @@ fn a_session_runner_ends_with_its_session() {
     let trees = trees("proc");
     // Only the runner that lists tools is left.
     assert!(trees.len() <= 1, "{trees:?}");
+}
+
+/// A one-page HTTP server on loopback, answering every request with `body`; its port.
+fn page_server(body: &'static str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_sandboxed_upstream_reaches_only_its_allowed_hosts_from_a_long_data_directory() {
+    // A data directory as deep as a real one: the runner's egress socket lies beyond the 107
+    // bytes a socket address can hold.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("x".repeat(60)).join("y".repeat(40));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = page_server("hello from the allowed host");
+    let Some((e, s)) = serve_with(
+        &dir,
+        "  - { name: web.fetch, tier: low, zones: [\"*\"], arguments: { type: object, properties: { url: { type: string } }, required: [url], additionalProperties: false } }\n",
+        &format!(
+            "  - name: web\n    process:\n      fetch: {{ program: /usr/bin/curl, args: [\"-sSf\", \"--max-time\", \"10\", \"{{url}}\"] }}\n    sandbox:\n      egress:\n        allow: [\"127.0.0.1:{port}\", \"169.254.169.254\"]\n        private_networks: [127.0.0.1/32]\n"
+        ),
+        |m| m,
+        &["ops-1"],
+    ) else {
+        return;
+    };
+    assert!(s.data.to_str().unwrap().len() > 100);
+    let fetch = |url: &str| {
+        call(
+            &e,
+            &s,
+            "ops-1",
+            "web.fetch",
+            &serde_json::json!({ "url": url }).to_string(),
+        )
+    };
+
+    // The allowed host, through the proxy.
+    let r = fetch(&format!("http://127.0.0.1:{port}/"));
+    assert_eq!(first_text(&r), "hello from the allowed host", "{r}");
+    // A host not on the list.
+    let r = fetch("http://example.com/");
+    assert_eq!(r["isError"], true, "{r}");
+    // The metadata address, although listed: not public, and not among the private networks.
+    let r = fetch("http://169.254.169.254/latest/meta-data/");
+    assert_eq!(r["isError"], true, "{r}");
+    // The loopback server is reachable only through the proxy: another port of it is not.
+    let r = fetch(&format!("http://127.0.0.1:{}/", port ^ 1));
+    assert_eq!(r["isError"], true, "{r}");
+
+    let tail = ledger_tail(&s.data, 30);
+    assert!(
+        tail.contains(&format!("127.0.0.1:{port}")) && tail.contains("egress.allowed"),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("`example.com:80` is not on the egress allowlist"),
+        "{tail}"
+    );
+    assert!(tail.contains("resolves to 169.254.169.254"), "{tail}");
 }
