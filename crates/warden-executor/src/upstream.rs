@@ -25,6 +25,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Calls in flight at once on one HTTP upstream connection.
 const HTTP_CONCURRENCY: usize = 256;
 
+/// Lines of a stdio server's stderr kept to explain a failed start.
+const STDERR_TAIL: usize = 5;
+
+/// How long a failed start waits for the server's stderr to end before saying why it failed.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
 /// Largest single message accepted from an HTTP upstream.
 const MAX_RESULT_BYTES: usize = 64 << 20;
 
@@ -673,13 +679,29 @@ impl Upstream {
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .map_err(|e| format!("cannot start `{program}`: {e}"))?;
-                if let Some(stderr) = stderr {
-                    self.log_stderr(stderr);
+                let last_words = stderr.map(|stderr| self.log_stderr(stderr));
+                match Relay::clone(&self.relay).serve(transport).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        // Why it failed is usually on its stderr (bwrap's or the sandbox
+                        // helper's message, a missing interpreter): say it here, not only at
+                        // debug level.
+                        let said = match last_words {
+                            Some(rx) => tokio::time::timeout(STDERR_GRACE, rx)
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        let said = if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; its stderr ended with: {}", said.join(" | "))
+                        };
+                        return Err(format!("MCP handshake with `{program}` failed: {e}{said}"));
+                    }
                 }
-                Relay::clone(&self.relay)
-                    .serve(transport)
-                    .await
-                    .map_err(|e| format!("MCP handshake with `{program}` failed: {e}"))?
             }
             Transport::Http { url, .. } => {
                 // INVARIANT (verified TLS): an https upstream is reached only after its
@@ -731,20 +753,32 @@ impl Upstream {
         Ok((client, tools, executable, running))
     }
 
-    /// Forwards the child's stderr to the log, redacted (a server may print its own secrets).
-    fn log_stderr(&self, stderr: tokio::process::ChildStderr) {
+    /// Forwards the child's stderr to the log, redacted (a server may print its own secrets);
+    /// once it ends, its last lines (redacted) are sent on the returned channel.
+    fn log_stderr(
+        &self,
+        stderr: tokio::process::ChildStderr,
+    ) -> tokio::sync::oneshot::Receiver<Vec<String>> {
         let name = self.spec.name.clone();
         let redactor = Arc::clone(&self.redactor);
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             let none = BTreeSet::new();
+            let mut last = std::collections::VecDeque::with_capacity(STDERR_TAIL);
             while let Ok(Some(line)) = lines.next_line().await {
                 let line = redactor
                     .redact_str(&line, &none)
                     .map_or(line, |(redacted, _)| redacted);
                 tracing::debug!(upstream = %name, "{line}");
+                if last.len() == STDERR_TAIL {
+                    last.pop_front();
+                }
+                last.push_back(line.chars().take(512).collect::<String>());
             }
+            let _ = tx.send(last.into());
         });
+        rx
     }
 
     /// Stops the server.

@@ -168,6 +168,17 @@ impl McpFront {
     }
 }
 
+/// An upstream's result, in the shape every client revision accepts. An upstream on an older
+/// revision sends no `resultType`; a client on 2026-07-28 requires it (`complete` for a plain
+/// result). rmcp strips it again for clients that negotiated an older revision, so setting it
+/// here is right for both.
+fn as_complete(mut result: CallToolResult) -> CallToolResult {
+    if result.result_type.is_none() {
+        result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+    }
+    result
+}
+
 fn refusal(text: String) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
@@ -435,7 +446,7 @@ impl McpFront {
                     decision.reason
                 ))
             }
-            Outcome::Ran { executed, .. } => executed.result.into(),
+            Outcome::Ran { executed, .. } => as_complete(executed.result).into(),
             Outcome::Failed {
                 request_id, error, ..
             } => refusal(format!(
@@ -560,19 +571,86 @@ async fn read_body(
 /// How long a request body may take to arrive.
 const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The two methods the gate acts on itself, read from a JSON-RPC message.
+/// What the gate acts on itself, read from a JSON-RPC message.
 #[derive(Debug, PartialEq, Eq)]
 enum Peeked {
     Initialize,
     /// `notifications/cancelled`, with the JSON of the id it names.
     Cancelled(String),
+    /// A `tools/call` whose params are of the wrong type: answered `-32602` with its id.
+    BadParams {
+        id: serde_json::Value,
+        why: &'static str,
+    },
     Other,
+}
+
+/// The JSON type of a value, read without keeping it (the contents of an object or array are
+/// skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    String,
+    Null,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Kind;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Kind, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Kind::Object)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Kind, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
+                Ok(Kind::String)
+            }
+            fn visit_unit<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Null)
+            }
+            fn visit_none<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn peek(body: &[u8]) -> Peeked {
     #[derive(serde::Deserialize)]
-    struct Method {
+    struct Message {
         method: Option<String>,
+        id: Option<serde_json::Value>,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: Option<Kind>,
+        arguments: Option<Kind>,
     }
     #[derive(serde::Deserialize)]
     struct Cancelled {
@@ -583,19 +661,72 @@ fn peek(body: &[u8]) -> Peeked {
         #[serde(rename = "requestId")]
         request_id: serde_json::Value,
     }
-    // Anything unreadable is rmcp's to refuse, with a JSON-RPC error.
-    match serde_json::from_slice::<Method>(body)
-        .ok()
-        .and_then(|m| m.method)
-        .as_deref()
-    {
+    // Anything unreadable is rmcp's to refuse (and the gate's to explain, see `explain`).
+    let Ok(m) = serde_json::from_slice::<Message>(body) else {
+        return Peeked::Other;
+    };
+    match m.method.as_deref() {
         Some("initialize") => Peeked::Initialize,
         Some("notifications/cancelled") => serde_json::from_slice::<Cancelled>(body)
             .ok()
             .map_or(Peeked::Other, |c| {
                 Peeked::Cancelled(c.params.request_id.to_string())
             }),
+        Some("tools/call") => {
+            let (name, arguments) = m.params.map_or((None, None), |p| (p.name, p.arguments));
+            let why = if name != Some(Kind::String) {
+                "`params.name` must be the tool's name, a string"
+            } else if !matches!(arguments, None | Some(Kind::Object | Kind::Null)) {
+                "`params.arguments` must be an object"
+            } else {
+                return Peeked::Other;
+            };
+            match m.id {
+                Some(id) => Peeked::BadParams { id, why },
+                None => Peeked::Other,
+            }
+        }
         _ => Peeked::Other,
+    }
+}
+
+/// A JSON-RPC error answer.
+fn rpc_error(status: StatusCode, id: &serde_json::Value, code: i32, message: String) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": { "code": code, "message": message },
+        })),
+    )
+        .into_response()
+}
+
+/// rmcp answers a body it cannot read as a message with a bare 415; say what was wrong instead,
+/// as JSON-RPC: a body that is not JSON (or nests deeper than 128) is a parse error (-32700),
+/// JSON that is not a JSON-RPC message an invalid request (-32600). Only on this error path is
+/// the body parsed whole.
+fn explain(response: Response, request_is_json: bool, body: &[u8]) -> Response {
+    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE || !request_is_json {
+        return response;
+    }
+    let null = serde_json::Value::Null;
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Err(e) => rpc_error(
+            StatusCode::BAD_REQUEST,
+            &null,
+            -32700,
+            format!("parse error: the body is not JSON: {e}"),
+        ),
+        Ok(v) => rpc_error(
+            StatusCode::BAD_REQUEST,
+            v.get("id").unwrap_or(&null),
+            -32600,
+            "invalid request: the body is not a JSON-RPC 2.0 request or notification that MCP \
+             defines (`jsonrpc`, `method`, and `params` of the method's shape)"
+                .into(),
+        ),
     }
 }
 
@@ -661,6 +792,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     // A request outside any session (a client that keeps none) is in its credential's.
     let session = asked.clone().unwrap_or_else(|| format!("mcp:{credential}"));
     let mut peeked = Peeked::Other;
+    let mut posted = None;
     let mut req = if req.method() == axum::http::Method::POST {
         let (parts, body) = req.into_parts();
         let body = match read_body(body, g.max_body, BODY_WAIT).await {
@@ -668,13 +800,29 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             Err(r) => return r,
         };
         peeked = peek(&body);
+        posted = Some(body.clone());
         Request::from_parts(parts, axum::body::Body::from(body))
     } else {
         req
     };
-    if let Peeked::Cancelled(request) = &peeked {
-        g.sessions.cancel(&session, request);
+    match &peeked {
+        Peeked::Cancelled(request) => {
+            g.sessions.cancel(&session, request);
+        }
+        Peeked::BadParams { id, why } => {
+            return rpc_error(StatusCode::OK, id, -32602, format!("invalid params: {why}"))
+        }
+        Peeked::Initialize | Peeked::Other => {}
     }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     let agent = identity.agent.clone();
     let chain = (identity.credentials.clone(), identity.chain.clone());
     req.extensions_mut().insert(Arc::new(McpCaller {
@@ -683,6 +831,9 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         issued: asked.is_some(),
     }));
     let mut response = next.run(req).await;
+    if let Some(body) = &posted {
+        response = explain(response, is_json, body);
+    }
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
         match g.sessions.open(&credential, &agent, chain) {
             Ok(id) => {
@@ -776,8 +927,18 @@ mod tests {
         assert_eq!(peek(cancel), Peeked::Cancelled("41".into()));
         let cancel = br#"{"method":"notifications/cancelled","params":{"requestId":"a\"b"},"jsonrpc":"2.0"}"#;
         assert_eq!(peek(cancel), Peeked::Cancelled(r#""a\"b""#.into()));
+        let bad = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":"a"}}"#;
+        assert!(
+            matches!(peek(bad), Peeked::BadParams { id, why } if id == 7 && why.contains("arguments"))
+        );
+        let bad = br#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":[1],"arguments":{}}}"#;
+        assert!(
+            matches!(peek(bad), Peeked::BadParams { id, why } if id == "q" && why.contains("name"))
+        );
         for other in [
             &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":[{}]}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":null}}"#,
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}"#,
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#,
             br#"{"jsonrpc":"2.0","method":7}"#,

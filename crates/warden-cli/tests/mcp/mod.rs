@@ -24,10 +24,24 @@ const DEMO_KEY: &str = "e2e-Secret-7f3a9c1d5b";
 /// The secret the `everything` upstream gets from the OS keyring (the user's kernel keyring).
 const KEYRING_KEY: &str = "e2e-Keyring-0c4e8b2a61";
 
+#[derive(Clone)]
 struct Env {
     python: PathBuf,
     venv: PathBuf,
     npm: PathBuf,
+    /// The SDK client's mode: `auto` (its default: `server/discover`, revision 2026-07-28) or
+    /// `legacy` (the `initialize` handshake).
+    mode: &'static str,
+}
+
+impl Env {
+    /// The SDK client script (`client.py`), to be given its arguments, in this `Env`'s mode.
+    fn sdk(&self) -> Command {
+        let mut c = Command::new(&self.python);
+        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py"))
+            .env("WARDEN_E2E_MODE", self.mode);
+        c
+    }
 }
 
 /// `server-everything` in its Streamable HTTP mode, on its own port (the `remote` upstream).
@@ -103,6 +117,7 @@ fn env() -> Option<Env> {
         python: venv.join("bin/python"),
         venv,
         npm: PathBuf::from(npm),
+        mode: "auto",
     })
 }
 
@@ -260,15 +275,8 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
 
 /// Runs the SDK client; returns its JSON answer.
 fn client(e: &Env, s: &Server, agent: &str, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
     let cred = s.data.join(format!("agents/{agent}.credential"));
-    let out = Command::new(&e.python)
-        .arg(script)
-        .arg(&s.url)
-        .arg(cred)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = e.sdk().arg(&s.url).arg(cred).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "client {args:?} failed: {}",
@@ -302,6 +310,25 @@ fn ledger_tail(data: &Path, n: u32) -> String {
     text(&out.stdout)
 }
 
+/// `warden ledger verify` on a running gateway's ledger: entries after its latest checkpoint
+/// are reported as an unsigned tail (exit 3), never as verified; once the gateway has signed
+/// its next checkpoint (every second while there is something new), the whole log verifies.
+fn verify_live(data: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = warden(&["ledger", "verify", "--data", data.to_str().unwrap()]);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        match out.status.code() {
+            Some(0) => return,
+            Some(3) if std::time::Instant::now() < deadline => {
+                assert!(said.contains("UNSIGNED TAIL"), "{said}");
+            }
+            _ => panic!("ledger verify: {said}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// A raw HTTP request to the gateway; returns status and body.
 pub(super) fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
     raw_bytes(addr, headers, body.as_bytes())
@@ -324,9 +351,22 @@ fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
     (status, out)
 }
 
+/// The SDK client in its default mode (`auto`): it discovers the server (`server/discover`)
+/// and speaks revision 2026-07-28, whose results must say `resultType`.
 #[test]
 fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
-    let Some(e) = env() else { return };
+    governed_path("auto", "2026-07-28");
+}
+
+/// The same in the SDK's `legacy` mode: the `initialize` handshake, at its newest revision.
+#[test]
+fn legacy_mcp_clients_reach_real_servers_only_through_the_governed_path() {
+    governed_path("legacy", "2025-11-25");
+}
+
+fn governed_path(mode: &'static str, revision: &str) {
+    let Some(mut e) = env() else { return };
+    e.mode = mode;
     let dir = tempfile::tempdir().unwrap();
     let mut http_upstream = remote(&e);
     let s = start(dir.path(), &e, http_upstream.port);
@@ -334,6 +374,7 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Handshake, and tools/list filtered per agent: only manifest tools (server-everything's
     // other tools are hidden), and an intern does not see the high tier it may never run.
     let listed = client(&e, &s, "coder-1", &["list"]);
+    assert_eq!(listed["protocol"], revision, "{listed}");
     assert_eq!(listed["server"], "warden");
     let tools: Vec<&str> = listed["tools"]
         .as_array()
@@ -446,6 +487,20 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
         "{t}"
     );
     assert!(!t.contains(DEMO_KEY), "{t}");
+    // `/v1/decide`, the dry run, scans the same way and answers the same.
+    let (status, body) = super::post(
+        &s.addr,
+        "/v1/decide",
+        &format!(
+            r#"{{"agent":"coder-1","session":"d","tool":"outbox.echo","arguments":{{"message":"the key is {DEMO_KEY}"}}}}"#
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("egress.leak") && body.contains(r#""dry_run":true"#),
+        "{body}"
+    );
+    assert!(!body.contains(DEMO_KEY), "{body}");
     let r = call(
         &e,
         &s,
@@ -475,6 +530,14 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     assert!(
         first_text(&r).contains("upstream `dead` is unavailable"),
         "{r}"
+    );
+    // Why it failed to start is in the gateway's log at warn, not only at debug level: the
+    // end of its stderr.
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("its stderr ended with: dead: no configuration found")),
+        "{log}"
     );
     // A slow one: the call times out after the upstream's 2 s.
     let started = std::time::Instant::now();
@@ -857,17 +920,32 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // Malformed JSON-RPC gets an error, and the gateway keeps serving.
     let cred = std::fs::read_to_string(s.data.join("agents/coder-1.credential")).unwrap();
     let auth = format!("authorization: Bearer {}\r\n", cred.trim());
-    let (status, body) = raw(&s.addr, &auth, "{not json");
-    assert!((400..500).contains(&status), "{status} {body}");
-    let (status, _) = raw_bytes(
+    // Not JSON, invalid UTF-8, nesting 100,000 deep: HTTP 400 with JSON-RPC's parse error.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for body in [
+        &b"{not json"[..],
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
+        deep.as_bytes(),
+    ] {
+        let (status, resp) = raw_bytes(&s.addr, &auth, body);
+        assert_eq!(status, 400, "{resp}");
+        assert!(resp.contains(r#""code":-32700"#), "{resp}");
+    }
+    // JSON that is no JSON-RPC message: invalid request.
+    let (status, resp) = raw(&s.addr, &auth, r#"{"jsonrpc":"2.0","id":4}"#);
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains(r#""code":-32600"#), "{resp}");
+    // A call whose arguments are not an object: invalid params, answered with its id.
+    let (status, resp) = raw(
         &s.addr,
         &auth,
-        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"time.get_current_time","arguments":"UTC"}}"#,
     );
-    assert!((400..500).contains(&status), "{status}");
-    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let (status, _) = raw(&s.addr, &auth, &deep);
-    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(status, 200, "{resp}");
+    assert!(
+        resp.contains(r#""code":-32602"#) && resp.contains(r#""id":5"#),
+        "{resp}"
+    );
     let r = call(
         &e,
         &s,
@@ -909,8 +987,7 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
                 && r["entry"]["redactions"].as_u64().unwrap_or(0) >= 1),
         "the get-env receipt counts its redaction"
     );
-    let out = warden(&["ledger", "verify", "--data", s.data.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    verify_live(&s.data);
     // Nor is the secret in the gateway's log.
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(!log.contains(DEMO_KEY), "the secret reached the log");
@@ -923,19 +1000,10 @@ fn mcp_clients_reach_real_servers_only_through_the_governed_path() {
     // receipted `killed`), none completes, and the next call is refused.
     let started = std::time::Instant::now();
     let in_flight = {
-        let (e, url, data) = (
-            Env {
-                python: e.python.clone(),
-                venv: e.venv.clone(),
-                npm: e.npm.clone(),
-            },
-            s.url.clone(),
-            s.data.clone(),
-        );
+        let (e, url, data) = (e.clone(), s.url.clone(), s.data.clone());
         std::thread::spawn(move || {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
-            let out = Command::new(&e.python)
-                .arg(script)
+            let out = e
+                .sdk()
                 .arg(url)
                 .arg(data.join("agents/coder-1.credential"))
                 .args([
@@ -1038,15 +1106,8 @@ fn stdio_serves_one_agent_launched_by_a_client() {
         data.join("agents/intern-1.credential"),
     ]);
     let stdio = format!("stdio:{command}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
     let run = |args: &[&str]| -> Value {
-        let out = Command::new(&e.python)
-            .arg(&script)
-            .arg(&stdio)
-            .arg("-")
-            .args(args)
-            .output()
-            .unwrap();
+        let out = e.sdk().arg(&stdio).arg("-").args(args).output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -1101,7 +1162,7 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     assert_eq!(std::fs::read_to_string(&m).unwrap(), before);
     let without_dead = before
         .replace(
-            "  - name: dead\n    command: [/bin/sh, -c, \"echo this-is-not-json-rpc; exit 3\"]\n    unsandboxed: \"reference servers from the test cache, outside any sandbox view (the sandbox has its own tests)\"\n",
+            "  - name: dead\n    command: [/bin/sh, -c, \"echo this-is-not-json-rpc; echo 'dead: no configuration found' >&2; exit 3\"]\n    unsandboxed: \"reference servers from the test cache, outside any sandbox view (the sandbox has its own tests)\"\n",
             "",
         )
         .replace(
