@@ -82,7 +82,7 @@ fn app(dir: &std::path::Path) -> (AppState, ed25519_dalek::SigningKey) {
 
 async fn decide(app: &AppState, p: &Proposal, approval: Option<&str>) -> Governed {
     let g = app.governor.get();
-    govern(app, &g, p, "", Vec::new(), None, true, &[], approval).await
+    govern(app, &g, p, "", Vec::new(), None, &[], approval).await
 }
 
 fn verdict(g: &Governed) -> (Option<Verdict>, String) {

@@ -9,8 +9,9 @@
 //! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
 //!   [`warden_policy::Governor`];
 //! - [`starter`]: the starter manifest `warden init` writes;
-//! - [`server`]: the HTTP API (`/healthz`, `/v1/decide`) over a Governor, a state store and
-//!   the ledger;
+//! - [`server`]: the HTTP API (`/healthz`, `/v1/manifest`, `/v1/sessions`, `/v1/proposals`) over
+//!   a Governor, a state store and the ledger;
+//! - [`dry_run`]: `/v1/decide`, the Governor's answer with nothing charged, recorded or run;
 //! - [`witness`]: opens the Witness ledger (key and store) from the data directory;
 //! - [`demo`]: `warden demo-server`, the starter manifest's harmless upstream;
 //! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
@@ -29,6 +30,7 @@ pub mod breakers;
 pub mod bundle;
 pub mod current;
 pub mod demo;
+pub mod dry_run;
 pub mod execution;
 pub mod governance;
 pub mod keyfile;

@@ -75,6 +75,26 @@ pub struct Run<'a> {
     pub approval: Option<&'a str>,
 }
 
+/// What the Executor's detectors find in the arguments of an egress tool (exact secrets, and
+/// the tool's `redact` set): the Governor decides on it (INV-011). Nothing for other tools, or
+/// without an Executor (no secrets are loaded then).
+#[must_use]
+pub fn egress_findings(
+    governor: &warden_policy::Governor,
+    executor: Option<&Executor>,
+    proposal: &Proposal,
+) -> Vec<&'static str> {
+    let tool = governor.manifest().tools.get(&proposal.tool);
+    match (tool, executor) {
+        (Some(t), Some(x)) if !t.egress.is_empty() => x
+            .redactor()
+            .scan(&proposal.arguments, &t.redact)
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Decides `run.proposal` and, if allowed, executes it; re-decides once if the manifest moved
 /// on in between.
 pub async fn propose_and_run(
@@ -110,16 +130,7 @@ pub async fn propose_and_run(
         // was found.
         let governor = app.governor.get();
         let tool = governor.manifest().tools.get(&proposal.tool);
-        let found: Vec<&str> = tool
-            .filter(|t| !t.egress.is_empty())
-            .map(|t| {
-                executor
-                    .redactor()
-                    .scan(&proposal.arguments, &t.redact)
-                    .into_iter()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let found = egress_findings(&governor, Some(executor), proposal);
         let redact = tool.map(|t| t.redact.clone()).unwrap_or_default();
         let governed = govern(
             app,
@@ -128,7 +139,6 @@ pub async fn propose_and_run(
             trace,
             identity.chain.clone(),
             narrowed(),
-            true,
             &found,
             approval.filter(|_| attempt == 1),
         )

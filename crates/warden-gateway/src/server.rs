@@ -1,11 +1,11 @@
-//! The HTTP API: `GET /healthz`, `GET /v1/manifest`, `POST /v1/decide`.
+//! The HTTP API: `GET /healthz`, `GET /v1/manifest`, `POST /v1/decide` (a dry run, see
+//! [`crate::dry_run`]), `POST /v1/sessions` and `POST /v1/proposals` (signed, on the governed
+//! path).
 //!
-//! `/v1/decide` takes a proposal and answers the Governor's decision. It is decision-only: it
-//! executes nothing and mints no grant (those come with the Executor). Every decision is
-//! appended to the Witness ledger before it is answered; if the ledger cannot record it, the
-//! answer is a 503 deny (INV-003: nothing unrecorded may run). Bodies over
-//! [`warden_core::proposal::MAX_PROPOSAL_BYTES`] are refused before parsing; malformed bodies get
-//! a 400 whose `error` names what was wrong; the server keeps serving.
+//! `/v1/decide` takes a proposal and answers what the Governor would decide now; it charges,
+//! records and runs nothing. Bodies over [`warden_core::proposal::MAX_PROPOSAL_BYTES`] are
+//! refused before parsing; malformed bodies get a 400 whose `error` names what was wrong; the
+//! server keeps serving.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -110,7 +110,7 @@ fn request_id() -> String {
     s
 }
 
-async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn decide(State(app): State<AppState>, body: Bytes) -> Response {
     let proposal = match Proposal::from_json_slice(&body) {
         Ok(p) => p,
         Err(e) => {
@@ -121,15 +121,27 @@ async fn decide(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
                 .into_response();
         }
     };
-    decide_and_record(
-        &app,
+    let governor = app.governor.get();
+    let found = crate::path::egress_findings(&governor, app.executor.as_deref(), &proposal);
+    // INVARIANT (a dry run spends nothing): anyone on the host can name any agent here, so the
+    // decision is made over read-only state and is neither recorded nor acted on.
+    let decision = governor.decide_scanned(
         &proposal,
-        &trace_id(&headers),
-        Vec::new(),
-        None,
-        false,
-    )
-    .await
+        &crate::dry_run::ReadOnly(app.state.as_ref()),
+        crate::now_unix(),
+        &found,
+    );
+    let status = match decision.decision {
+        Verdict::Allow => StatusCode::OK,
+        Verdict::Deny => StatusCode::FORBIDDEN,
+        Verdict::Escalate => StatusCode::ACCEPTED,
+    };
+    let mut body = serde_json::to_value(&decision).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("dry_run".into(), true.into());
+        obj.insert("note".into(), crate::dry_run::NOTE.into());
+    }
+    (status, Json(body)).into_response()
 }
 
 fn error(status: StatusCode, rule: &str, why: String) -> Response {
@@ -441,7 +453,6 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         &trace_id(&headers),
         identity.chain.clone(),
         narrowed,
-        true,
     )
     .await
 }
@@ -551,8 +562,8 @@ pub enum Governed {
     },
 }
 
-/// Decides, records the decision in the ledger (with the delegation chain) and, if asked and
-/// allowed, mints the grant. `refuse` turns the decision into a deny (a credential narrower than
+/// Decides, records the decision in the ledger (with the delegation chain) and, if allowed,
+/// mints the grant. Only the authenticated paths (`/mcp`, signed `/v1/proposals`) come here. `refuse` turns the decision into a deny (a credential narrower than
 /// the manifest). An escalated call redeems its approval (`approval_id`, or the approved request
 /// for the same call) or opens one ([`crate::approvals`]).
 #[expect(
@@ -566,14 +577,25 @@ pub async fn govern(
     trace: &str,
     chain: Vec<String>,
     refuse: Option<String>,
-    mint_grant: bool,
     found: &[&str],
     approval_id: Option<&str>,
 ) -> Governed {
     // The whole decision runs under the one Governor snapshot the caller took (the same one its
     // argument scan used).
+    // Evidence: a call whose approval is open is being asked again while it waits.
+    let awaiting_approval = app.approvals.awaits(
+        &proposal.agent,
+        &proposal.tool,
+        governor.manifest().version,
+        || warden_core::canonical::json_digest(&proposal.arguments),
+        crate::now_unix_ms(),
+    );
+    let evidence = warden_policy::Evidence {
+        found,
+        awaiting_approval,
+    };
     let mut decision =
-        governor.decide_scanned(proposal, app.state.as_ref(), crate::now_unix(), found);
+        governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
     if let Some(why) = refuse {
         decision.decision = Verdict::Deny;
         decision
@@ -589,9 +611,7 @@ pub async fn govern(
             .map_or_else(|| s.to_owned(), |(r, _)| r),
         None => s.to_owned(),
     };
-    // Approvals only on the authenticated paths that may run the call (not the loopback
-    // `/v1/decide`, which anyone on the host can reach).
-    let approvals = mint_grant.then_some(app.approvals.as_ref());
+    let approvals = Some(app.approvals.as_ref());
     let settled = crate::approvals::settle(
         approvals,
         governor,
@@ -632,10 +652,8 @@ pub async fn govern(
             };
         }
     };
-    // A call a Cedar policy forbids is a violation: the agent is demoted (seed 002). Only on the
-    // authenticated paths (anyone on the host can name any agent to `/v1/decide`).
-    if mint_grant
-        && decision.decision == Verdict::Deny
+    // A call a Cedar policy forbids is a violation: the agent is demoted (seed 002).
+    if decision.decision == Verdict::Deny
         && decision
             .rules
             .first()
@@ -685,7 +703,7 @@ pub async fn govern(
     }
     let mut grant = None;
     // An allowed, recorded call gets its single-use grant (docs/grants.md).
-    if mint_grant && decision.is_allow() {
+    if decision.is_allow() {
         let call = warden_identity::Call {
             session: &proposal.session,
             agent: &proposal.agent,
@@ -720,23 +738,10 @@ async fn decide_and_record(
     trace: &str,
     chain: Vec<String>,
     refuse: Option<String>,
-    mint_grant: bool,
 ) -> Response {
     // No execution follows this API, so there is nothing to scan arguments against.
     let governor = app.governor.get();
-    match govern(
-        app,
-        &governor,
-        proposal,
-        trace,
-        chain,
-        refuse,
-        mint_grant,
-        &[],
-        None,
-    )
-    .await
-    {
+    match govern(app, &governor, proposal, trace, chain, refuse, &[], None).await {
         Governed::LedgerDown { request_id, why } => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

@@ -1,5 +1,6 @@
 //! Approvals: an escalated call becomes a request bound to that exact call (agent, tenant,
-//! owner, session, tool, arguments hash, manifest version); approvers — people listed in the
+//! owner, tool, arguments hash, manifest version; the session it was asked in is recorded but
+//! any session of the agent may redeem it, once); approvers — people listed in the
 //! manifest with their own Ed25519 keys and roles — sign their votes; once the requirement is met
 //! the request is approved and authorizes that one call, once (INV-002, INV-018, INV-020).
 //!
@@ -32,7 +33,9 @@ pub struct Binding {
     pub tenant: String,
     /// Its owner (the human at the root of its lineage).
     pub owner: String,
-    /// The session.
+    /// The session it was proposed in: shown to approvers and recorded, but not part of what
+    /// the approval authorizes (a client that reconnects redeems it from its new session; see
+    /// [`Binding::call`]).
     pub session: String,
     /// The tool.
     pub tool: String,
@@ -43,15 +46,26 @@ pub struct Binding {
 }
 
 impl Binding {
-    /// Names the first field in which `other` differs from `self` (for refusals).
+    /// What an approval authorizes: this binding without its session. The agent (whose name
+    /// places it in its parent's namespace), its owner and tenant, the tool, the arguments and
+    /// the manifest version identify the call; the session is only where it was asked. An
+    /// approval stays single-use whichever session redeems it.
+    #[must_use]
+    pub fn call(&self) -> Binding {
+        Binding {
+            session: String::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Names the first field of the call in which `other` differs from `self` (for refusals);
+    /// the session is not one (see [`Binding::call`]).
     #[must_use]
     pub fn first_difference(&self, other: &Binding) -> Option<&'static str> {
         if self.agent != other.agent {
             Some("agent")
         } else if self.tenant != other.tenant {
             Some("tenant")
-        } else if self.session != other.session {
-            Some("session")
         } else if self.tool != other.tool {
             Some("tool")
         } else if self.arguments_hash != other.arguments_hash {
@@ -627,8 +641,8 @@ impl Book {
             .requests
             .values()
             .filter(|e| e.request.status == Status::Denied && now_ms >= e.request.expires_ms)
-            .map(|e| (e.request.binding.clone(), e.request.id.clone()))
-            .chain(newly.iter().map(|r| (r.binding.clone(), r.id.clone())))
+            .map(|e| (e.request.binding.call(), e.request.id.clone()))
+            .chain(newly.iter().map(|r| (r.binding.call(), r.id.clone())))
             .collect();
         for (binding, id) in done {
             if inner.by_binding.get(&binding) == Some(&id) {
@@ -661,7 +675,7 @@ impl Book {
     ) -> Result<(Request, bool), ApprovalError> {
         let mut inner = self.lock();
         Self::sweep(&mut inner, now_ms);
-        if let Some(id) = inner.by_binding.get(binding).cloned() {
+        if let Some(id) = inner.by_binding.get(&binding.call()).cloned() {
             if let Some(e) = inner.requests.get_mut(&id) {
                 match e.request.status {
                     Status::Denied => {
@@ -710,7 +724,7 @@ impl Book {
             votes: Vec::new(),
         };
         let (tx, _) = tokio::sync::watch::channel(Status::Pending);
-        inner.by_binding.insert(binding.clone(), request.id.clone());
+        inner.by_binding.insert(binding.call(), request.id.clone());
         inner.requests.insert(
             request.id.clone(),
             Entry {
@@ -749,7 +763,7 @@ impl Book {
             return Err(ApprovalError::UnknownApprover(vote.approver.clone()));
         };
         // The signature covers the request's own call, so a vote signed for other arguments,
-        // another session or another manifest version does not verify here.
+        // another request or another manifest version does not verify here.
         let sig = base64::engine::general_purpose::STANDARD
             .decode(vote.signature.as_bytes())
             .ok()
@@ -856,11 +870,41 @@ impl Book {
             e.request.status = Status::Expired;
             e.tx.send_replace(Status::Expired);
             let r = e.request.clone();
-            if inner.by_binding.get(&r.binding).map(String::as_str) == Some(id) {
-                inner.by_binding.remove(&r.binding);
+            let call = r.binding.call();
+            if inner.by_binding.get(&call).map(String::as_str) == Some(id) {
+                inner.by_binding.remove(&call);
             }
             inner.expired.push(r);
         }
+    }
+
+    /// Whether a request is open (pending, or approved and not yet used) for the call of
+    /// `agent` to `tool` under manifest `version` whose arguments hash to `arguments_hash`
+    /// (computed only if the agent has an open request for that tool at all).
+    #[must_use]
+    pub fn awaits(
+        &self,
+        agent: &str,
+        tool: &str,
+        version: u64,
+        arguments_hash: impl FnOnce() -> String,
+        now_ms: i64,
+    ) -> bool {
+        let mut inner = self.lock();
+        Self::sweep(&mut inner, now_ms);
+        let mut open = inner.requests.values().filter(|e| {
+            let b = &e.request.binding;
+            b.agent == agent
+                && b.tool == tool
+                && b.manifest_version == version
+                && matches!(e.request.status, Status::Pending | Status::Approved)
+        });
+        let Some(first) = open.next() else {
+            return false;
+        };
+        let hash = arguments_hash();
+        first.request.binding.arguments_hash == hash
+            || open.any(|e| e.request.binding.arguments_hash == hash)
     }
 
     /// Redeems the approval for `binding` under `requirement`: the one named `id`, or else
@@ -902,7 +946,7 @@ impl Book {
                 }
                 id.to_owned()
             }
-            None => match inner.by_binding.get(binding) {
+            None => match inner.by_binding.get(&binding.call()) {
                 Some(id) => id.clone(),
                 None => return Ok(None),
             },
@@ -925,7 +969,7 @@ impl Book {
         e.request.status = Status::Used;
         e.tx.send_replace(Status::Used);
         let request = e.request.clone();
-        inner.by_binding.remove(binding);
+        inner.by_binding.remove(&binding.call());
         Ok(Some(request))
     }
 

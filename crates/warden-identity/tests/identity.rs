@@ -925,6 +925,45 @@ mod approvals {
         ));
     }
 
+    /// A client that reconnects (a new MCP session) redeems the approval of its call, once;
+    /// asking again from the new session joins the open request instead of opening another.
+    #[test]
+    fn an_approval_is_redeemed_from_any_session_of_its_agent_once() {
+        let b = book();
+        let r = open(&b, HUMANS1, false);
+        let elsewhere = Binding {
+            session: "s2".into(),
+            ..binding("h1")
+        };
+        let (joined, new) = b
+            .open(&elsewhere, HUMANS1, false, serde_json::Value::Null, T)
+            .unwrap();
+        assert_eq!((joined.id.as_str(), new), (r.id.as_str(), false));
+        assert_eq!(cast(&b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
+        let used = b.redeem(&elsewhere, None, &HUMANS1, false, T).unwrap();
+        assert_eq!(used.map(|u| u.id), Some(r.id.clone()));
+        // Once, whichever session asks.
+        assert_eq!(b.redeem(&binding("h1"), None, &HUMANS1, false, T), Ok(None));
+        assert!(matches!(
+            b.redeem(&binding("h1"), Some(&r.id), &HUMANS1, false, T),
+            Err(ApprovalError::NotApproved {
+                status: Status::Used,
+                ..
+            })
+        ));
+        // Another agent's session cannot: the agent is part of the call.
+        let r = open(&b, HUMANS1, false);
+        assert_eq!(cast(&b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
+        let other_agent = Binding {
+            agent: "coder-3".into(),
+            ..binding("h1")
+        };
+        assert!(matches!(
+            b.redeem(&other_agent, Some(&r.id), &HUMANS1, false, T),
+            Err(ApprovalError::OtherCall { field: "agent", .. })
+        ));
+    }
+
     #[test]
     fn agents_never_approve_not_even_their_own_calls() {
         let b = book();

@@ -141,10 +141,6 @@ impl Governor {
     /// above the tool's `egress_level` is denied or escalated as its `on_leak` says (INV-011).
     /// The rationale names the detector, never the value.
     #[must_use]
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the governed checks, in order, in one place"
-    )]
     pub fn decide_scanned(
         &self,
         p: &Proposal,
@@ -152,6 +148,31 @@ impl Governor {
         now: UnixSeconds,
         found: &[&str],
     ) -> Decision {
+        self.decide_with(
+            p,
+            state,
+            now,
+            &Evidence {
+                found,
+                awaiting_approval: false,
+            },
+        )
+    }
+
+    /// [`Governor::decide`], given the [`Evidence`] the gateway gathered about the proposal.
+    #[must_use]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the governed checks, in order, in one place"
+    )]
+    pub fn decide_with(
+        &self,
+        p: &Proposal,
+        state: &dyn StateStore,
+        now: UnixSeconds,
+        evidence: &Evidence<'_>,
+    ) -> Decision {
+        let found = evidence.found;
         let m = &self.manifest;
         let canonical_args = to_canonical_string(&p.arguments);
         let mut d = Decision {
@@ -210,12 +231,17 @@ impl Governor {
         // pause nor feed the loop detector of another agent's session of the same name. `/` is
         // not allowed in agent ids, so the key is unambiguous.
         let session_key = session_key(&agent.id, &p.session);
-        let scopes = [
+        let mut scopes = Vec::with_capacity(4);
+        scopes.extend([
             HoldScope::Global,
             HoldScope::Tenant(agent.tenant.clone()),
             HoldScope::Agent(agent.id.clone()),
             HoldScope::Session(session_key.clone()),
-        ];
+        ]);
+        // INVARIANT (a credential never exceeds its ancestors' current trust): a sub-agent is
+        // named in its parent's namespace (`<parent>.<name>`, which delegation enforces), so
+        // every ancestor's holds — kill, quarantine, pause, demotion — reach it too.
+        scopes.extend(ancestors(&agent.id).map(|a| HoldScope::Agent(a.to_owned())));
         let holds = match state.holds(&scopes) {
             Ok(h) => h,
             // INVARIANT (fail-closed): no answer from the state store is a deny.
@@ -464,7 +490,9 @@ impl Governor {
             return d;
         }
 
-        // Loop detection: the same call N times in a row pauses the session.
+        // Loop detection: the same call N times in a row pauses the session. A call waiting for
+        // its approval is asked again by design ("call again once it is approved"): those
+        // retries are not a loop and are not counted.
         let fingerprint: [u8; 32] = {
             let mut h = Sha256::new();
             h.update(tool.name.as_bytes());
@@ -472,7 +500,9 @@ impl Governor {
             h.update(canonical_args.as_bytes());
             h.finalize().into()
         };
-        let repeats =
+        let repeats = if evidence.awaiting_approval {
+            0
+        } else {
             match state.observe_call(&session_key, fingerprint, now, m.breakers.session_ttl_secs) {
                 Ok(n) => n,
                 Err(e) => {
@@ -482,7 +512,8 @@ impl Governor {
                         format!("cannot record session history: {e}"),
                     )
                 }
-            };
+            }
+        };
         if repeats >= m.breakers.repeat_pattern {
             let reason = format!(
                 "`{}` proposed {repeats} times in a row with the same arguments in session `{}`; session paused",
@@ -909,6 +940,25 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         arguments_hash: warden_core::canonical::json_digest(&p.arguments),
         decided_at: now,
     }
+}
+
+/// What the gateway found out about a proposal before the Governor decides it; the Governor
+/// weighs it, and nothing downstream edits the decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Evidence<'a> {
+    /// What a scan of an egress tool's arguments found (`secret` and detector names).
+    pub found: &'a [&'a str],
+    /// An approval request for exactly this call is open (pending or approved): proposing it
+    /// again is waiting for that approval, and does not count towards loop detection.
+    pub awaiting_approval: bool,
+}
+
+/// The agents whose namespace `agent` is in, nearest first: `a.b.c` → `a.b`, `a`.
+fn ancestors(agent: &str) -> impl Iterator<Item = &str> {
+    agent
+        .rmatch_indices('.')
+        .filter_map(move |(i, _)| agent.get(..i))
+        .filter(|a| !a.is_empty())
 }
 
 /// The state-store key of an agent's session: `<agent>/<session>`.

@@ -29,13 +29,21 @@ pub struct Scope {
     /// Only this agent.
     #[arg(long)]
     agent: Option<String>,
+    /// Only this session of `--agent` (as the decision that paused it names it; an MCP client
+    /// on revision 2026-07-28 has one per credential, `mcp:<credential id>`).
+    #[arg(long, requires = "agent")]
+    session: Option<String>,
 }
 
 impl Scope {
     pub fn json(&self) -> serde_json::Value {
-        match (&self.tenant, &self.agent) {
-            (Some(t), _) => serde_json::json!({ "scope": "tenant", "id": t }),
-            (_, Some(a)) => serde_json::json!({ "scope": "agent", "id": a }),
+        match (&self.tenant, &self.agent, &self.session) {
+            (Some(t), _, _) => serde_json::json!({ "scope": "tenant", "id": t }),
+            (_, Some(a), Some(s)) => serde_json::json!({
+                "scope": "session",
+                "id": warden_policy::decide::session_key(a, s),
+            }),
+            (_, Some(a), None) => serde_json::json!({ "scope": "agent", "id": a }),
             _ => serde_json::json!({ "scope": "global" }),
         }
     }

@@ -104,7 +104,8 @@ enum Command {
         #[command(flatten)]
         target: brakes::Target,
     },
-    /// Lift the holds on a scope (global without --tenant/--agent).
+    /// Lift the holds on a scope (global without --tenant/--agent; a paused session with
+    /// --agent and --session).
     Resume {
         #[command(flatten)]
         scope: brakes::Scope,

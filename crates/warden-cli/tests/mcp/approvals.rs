@@ -39,8 +39,7 @@ pub(super) fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     (data, m)
 }
 
-/// A client holding one MCP session through several calls, paced by the test (an approval is
-/// bound to its session, so the retry must come from the same one).
+/// A client holding one MCP session through several calls, paced by the test.
 pub(super) struct Session {
     dir: PathBuf,
     next: usize,
@@ -52,18 +51,11 @@ impl Session {
     pub(super) fn open(e: &Env, s: &Server, dir: &Path, agent: &str) -> Session {
         let dir = dir.join(format!("steps-{agent}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (python, url, d) = (e.python.clone(), s.url.clone(), dir.clone());
+        let (sdk, url, d) = (e.sdk(), s.url.clone(), dir.clone());
         let cred = s.data.join(format!("agents/{agent}.credential"));
         let client = std::thread::spawn(move || {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
-            std::process::Command::new(python)
-                .arg(script)
-                .arg(url)
-                .arg(cred)
-                .arg("steps")
-                .arg(d)
-                .output()
-                .unwrap()
+            let mut sdk = sdk;
+            sdk.arg(url).arg(cred).arg("steps").arg(d).output().unwrap()
         });
         Session {
             dir,
@@ -185,6 +177,13 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
     let answer = session.call(2, 3, &with(&id));
     assert_eq!(approval_id(&answer), id, "{answer}");
     assert!(answer.contains("It was not run"), "{answer}");
+    // Asking again while it waits is what the answer says to do: not a loop, however often
+    // (the starter pauses a session at the third identical call).
+    for _ in 0..3 {
+        let answer = session.call(2, 3, &at_once);
+        assert_eq!(approval_id(&answer), id, "{answer}");
+        assert!(!answer.contains("paused"), "{answer}");
+    }
 
     // Only the owner may approve it: bob is refused, and that is recorded.
     let (ok, out) = vote(&s, "approve", &id, "bob@acme.example");
@@ -198,8 +197,14 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
     // Other arguments with that approval id: refused as another call.
     let answer = session.call(2, 4, &with(&id));
     assert!(answer.contains("approval.other_call"), "{answer}");
-    // The approved call runs, once.
-    assert_eq!(session.call(2, 3, &with(&id)), "5");
+    // The approved call runs, once, from whichever session of the agent asks: here a client
+    // that reconnected (a new MCP session, from the `initialize` handshake).
+    let reconnected = Env {
+        mode: "legacy",
+        ..e.clone()
+    };
+    let r = super::call(&reconnected, &s, "coder-1", "demo.add", r#"{"a":2,"b":3}"#);
+    assert_eq!(first_text(&r), "5", "{r}");
     let answer = session.call(2, 3, &with(&id));
     assert!(answer.contains("approval.used"), "{answer}");
 
@@ -239,6 +244,43 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
         "waited {waited:?} (asked for 1 s; the manifest allows 20)"
     );
     session.close();
+
+    // A real loop pauses the session (the third identical call); `warden resume --agent A
+    // --session S`, with the session the answer names, lifts that pause.
+    let echo = |text: &str| {
+        first_text(&super::call(
+            &e,
+            &s,
+            "coder-1",
+            "demo.echo",
+            &json!({ "text": text }).to_string(),
+        ))
+    };
+    assert_eq!(echo("again"), "again");
+    assert_eq!(echo("again"), "again");
+    let paused = echo("again");
+    let at = paused.find("in session `").expect(&paused) + "in session `".len();
+    let sid = paused[at..].split('`').next().unwrap().to_owned();
+    assert!(paused.contains("session paused"), "{paused}");
+    assert!(echo("something else").contains("paused"));
+    let out = warden(&[
+        "resume",
+        "--agent",
+        "coder-1",
+        "--session",
+        &sid,
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#""changed":1"#),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(echo("something else"), "something else");
 
     // The ledger holds every step: requests, refusals, votes, the redeeming decisions.
     let tail = ledger_tail(&s.data, 60);
