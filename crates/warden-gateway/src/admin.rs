@@ -459,6 +459,13 @@ async fn agents_promote(
             "approved_by": r.approved_by(),
         }))
         .into_response(),
+        Ok(Promoted::RestoredByOperator) => Json(json!({
+            "status": "restored",
+            "agent": id,
+            "approved_by": [],
+            "by": "the operator (the manifest names no governance approvers)",
+        }))
+        .into_response(),
         Ok(Promoted::RestorePending(r)) => Json(json!({
             "status": "pending",
             "agent": id,

@@ -4,6 +4,8 @@
 //!   a lineage mismatch — sets a `demote` hold on the agent: it runs nothing on its own any more
 //!   (its owner approves what its level would have let it run), recorded as `agent.demoted`.
 //!   `warden resume` does not lift it.
+//! - **Restoration** of a demoted agent: with `governance` set, once its approvers approve;
+//!   without, by the operator (`warden agents promote ID` with the admin token), recorded.
 //! - **Promotion is earned and approved**: `warden agents promote ID` checks the manifest's
 //!   `promotion` criteria against the ledger (days since the agent's first call, last promotion
 //!   and last violation; allowed calls since then) and asks the manifest's `governance`
@@ -92,8 +94,8 @@ const SCAN_CHUNK: u64 = 4096;
 /// Reads the agent's standing from the ledger: its executed calls (receipts, which only the
 /// authenticated, executing paths write) and its violations and promotions (events the gateway
 /// records: `agent.demoted`, `breaker.tripped`, `lineage.mismatch`, `agent.promoted`).
-/// Decisions are not counted: the loopback `/v1/decide` records decisions for any agent it is
-/// told to. A full scan, in chunks: an operator action, not the hot path.
+/// Decisions are not counted: a decision alone proves no work was done. A full scan, in
+/// chunks: an operator action, not the hot path.
 ///
 /// # Errors
 /// The ledger cannot be read.
@@ -186,6 +188,9 @@ pub async fn record_raised(
 pub enum Promoted {
     /// A demoted agent was restored to its manifest level.
     Restored(Box<Request>),
+    /// A demoted agent was restored by the operator: the manifest names no `governance`
+    /// approvers, so whoever holds the admin token (and can change the manifest) decides.
+    RestoredByOperator,
     /// The restoration awaits its approval.
     RestorePending(Box<Request>),
     /// The promotion is a manifest change written to `file`, awaiting its approval; once
@@ -214,18 +219,12 @@ pub async fn promote(
     let Some(a) = m.agents.get(agent) else {
         return Err(format!("`{agent}` is not an agent in the manifest"));
     };
-    let Some(g) = &m.governance else {
-        return Err(
-            "promotions need the manifest's `governance` (who approves them): none is set".into(),
-        );
-    };
     let st = {
         let (ledger, who) = (std::sync::Arc::clone(&app.ledger), agent.to_owned());
         tokio::task::spawn_blocking(move || standing(&ledger, &who, crate::now_unix()))
             .await
             .map_err(|e| e.to_string())??
     };
-    let requirement = crate::governance::requirement(g);
     let scope = HoldScope::Agent(agent.to_owned());
     let demoted = app
         .state
@@ -233,6 +232,36 @@ pub async fn promote(
         .map_err(|e| e.to_string())?
         .into_iter()
         .find(|h| h.kind == HoldKind::Demote);
+    let Some(g) = &m.governance else {
+        // Without governance approvers the operator is the authority over trust (as over the
+        // manifest itself): a demotion is lifted by the admin token, and recorded, rather than
+        // left for good.
+        if let Some(hold) = demoted {
+            app.state
+                .clear_hold(&scope, HoldKind::Demote)
+                .map_err(|e| e.to_string())?;
+            record(
+                &app.ledger,
+                "agent.promoted",
+                agent,
+                &a.tenant,
+                format!(
+                    "restored to `{}` after its demotion ({}) by the operator (the manifest \
+                     names no governance approvers)",
+                    a.trust.as_str(),
+                    hold.reason
+                ),
+            )
+            .await;
+            return Ok(Promoted::RestoredByOperator);
+        }
+        return Err(
+            "promotions above the manifest's level need the manifest's `governance` (who \
+             approves them): none is set; raise the agent's `trust` in the manifest instead"
+                .into(),
+        );
+    };
+    let requirement = crate::governance::requirement(g);
     if let Some(hold) = demoted {
         let binding = Binding {
             agent: crate::governance::GOVERNANCE.into(),

@@ -106,12 +106,19 @@ fn write_public(data: &Path, verifier: &NoteVerifier) -> Result<(), WitnessError
 /// [`WitnessError::Key`] if neither parses.
 pub fn load_verifier(spec: &Path) -> Result<NoteVerifier, WitnessError> {
     // A path that exists must be readable; anything else is taken as the key itself.
-    let text = if spec.exists() {
-        fs::read_to_string(spec).map_err(|e| key_err(spec, e.to_string()))?
-    } else {
-        spec.to_string_lossy().into_owned()
-    };
-    NoteVerifier::parse(text.trim()).map_err(|e| key_err(spec, e.to_string()))
+    if spec.exists() {
+        let text = fs::read_to_string(spec).map_err(|e| key_err(spec, e.to_string()))?;
+        return NoteVerifier::parse(text.trim()).map_err(|e| key_err(spec, e.to_string()));
+    }
+    let text = spec.to_string_lossy();
+    NoteVerifier::parse(text.trim()).map_err(|e| {
+        // A verifier key is `name+hash+key`: what is neither that nor a file was a path.
+        if text.contains('/') || text.ends_with(".pub") || !text.contains('+') {
+            key_err(spec, "no such file")
+        } else {
+            key_err(spec, e.to_string())
+        }
+    })
 }
 
 /// Opens the store: PostgreSQL when `postgres` is given (ledger named after the key's origin),

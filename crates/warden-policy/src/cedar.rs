@@ -720,6 +720,12 @@ impl CedarIndex {
             };
             diags.push(diag(&file, line, &format!("policy `{id}`"), e.to_string()));
         }
+        for (id, what) in unknown_entities(m, &all) {
+            let (file, line) = origin
+                .get(&id)
+                .map_or((m.file.clone(), None), |(f, l)| (f.clone(), Some(*l)));
+            diags.push(diag(&file, line, &format!("policy `{id}`"), what));
+        }
         if !diags.is_empty() {
             return Err(diags);
         }
@@ -1164,6 +1170,43 @@ fn tool_facts(m: &Manifest, name: &str) -> ToolFacts {
         preview: t.preview,
         cost: i64::try_from(t.cost).unwrap_or(i64::MAX),
     }
+}
+
+/// Entities a policy names that the manifest does not have (`Agent::"codr-1"` for `coder-1`):
+/// such a policy silently never applies, and a `forbid` that never matches protects nothing, so
+/// the bundle is refused. Cedar's validator already refuses unknown actions.
+fn unknown_entities(m: &Manifest, all: &PolicySet) -> Vec<(String, String)> {
+    let known = |ty: &str, id: &str| match ty {
+        "Agent" => m.agents.contains_key(id),
+        "Tenant" => m.tenants.iter().any(|t| t.as_str() == id),
+        "Zone" => m.zones.iter().any(|z| z.as_str() == id),
+        "Tier" => m.tiers.iter().any(|t| t.name == id),
+        "Tool" => m.tools.contains_key(id),
+        _ => true,
+    };
+    let mut out = Vec::new();
+    for p in all.policies() {
+        for u in p.entity_literals() {
+            let ty = u.type_name().to_string();
+            let id = u.id().unescaped();
+            if !known(&ty, id) {
+                let effect = match p.effect() {
+                    Effect::Forbid => "this forbid would protect nothing",
+                    Effect::Permit => "this permit would never apply",
+                };
+                out.push((
+                    p.id().to_string(),
+                    format!(
+                        "`{ty}::\"{}\"` is not in the manifest, so {effect}; name a {} the \
+                         manifest defines",
+                        id.escape_debug(),
+                        ty.to_lowercase()
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {

@@ -372,13 +372,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                 .push(change(
                     invariant_impact(o, inv),
                     format!("invariants[{}]", inv.name),
-                    format!(
-                        "calls {} -> {}, cost {} -> {}",
-                        show(o.calls),
-                        show(inv.calls),
-                        show(o.cost),
-                        show(inv.cost)
-                    ),
+                    invariant_changes(o, inv),
                 )),
             Some(_) => {}
         }
@@ -577,6 +571,28 @@ fn invariant_impact(old: &crate::manifest::Invariant, new: &crate::manifest::Inv
     let l3 = !new.tools.is_superset(&old.tools);
     let t3 = !old.tools.is_superset(&new.tools);
     rank(l1 || l2 || l3, t1 || t2 || t3)
+}
+
+/// What changed in an invariant, naming only what did.
+fn invariant_changes(old: &crate::manifest::Invariant, new: &crate::manifest::Invariant) -> String {
+    let mut parts = Vec::new();
+    if old.calls != new.calls {
+        parts.push(format!("calls {} -> {}", show(old.calls), show(new.calls)));
+    }
+    if old.cost != new.cost {
+        parts.push(format!("cost {} -> {}", show(old.cost), show(new.cost)));
+    }
+    if old.tools != new.tools {
+        let list = |t: &std::collections::BTreeSet<String>| {
+            format!("[{}]", t.iter().cloned().collect::<Vec<_>>().join(", "))
+        };
+        parts.push(format!(
+            "tools counted {} -> {}",
+            list(&old.tools),
+            list(&new.tools)
+        ));
+    }
+    parts.join(", ")
 }
 
 fn show(r: Option<crate::rate::Rate>) -> String {

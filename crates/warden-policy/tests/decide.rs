@@ -412,6 +412,53 @@ fn policies_naming_unknown_tools_or_attributes_do_not_load() {
     assert!(err.contains("duplicate policy id"), "{err}");
 }
 
+/// A policy naming an agent, tenant, zone, tier or tool the manifest does not have would
+/// silently never apply (a misspelt `forbid` protects nothing): the bundle does not load, and
+/// the error names the policy, its line and the entity.
+#[test]
+fn policies_naming_entities_not_in_the_manifest_do_not_load() {
+    let m = || parse_manifest("manifest.yaml", &starter_text()).unwrap();
+    for (text, needle) in [
+        (
+            "\n@id(\"typo\")\nforbid (principal == Agent::\"codr-1\", action, resource);",
+            "`Agent::\"codr-1\"` is not in the manifest, so this forbid would protect nothing",
+        ),
+        (
+            "@id(\"t\")\npermit (principal in Tenant::\"acne\", action, resource);",
+            "`Tenant::\"acne\"` is not in the manifest, so this permit would never apply",
+        ),
+        (
+            "@id(\"z\")\nforbid (principal, action, resource) when { principal in Zone::\"staging\" };",
+            "Zone::\"staging\"",
+        ),
+        (
+            "@id(\"r\")\nforbid (principal, action, resource == Tool::\"fs.read\");",
+            "Tool::\"fs.read\"",
+        ),
+    ] {
+        let policies = vec![PolicySource {
+            name: "bad.cedar".into(),
+            text: text.into(),
+        }];
+        let err = Governor::new(m(), &policies).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(err.contains("bad.cedar:"), "{err}");
+    }
+    // The typo's line: the policy with the annotation on line 2.
+    let policies = vec![PolicySource {
+        name: "bad.cedar".into(),
+        text: "\n@id(\"typo\")\nforbid (principal == Agent::\"codr-1\", action, resource);".into(),
+    }];
+    let err = Governor::new(m(), &policies).unwrap_err().to_string();
+    assert!(err.contains("bad.cedar:2"), "{err}");
+    // The control: the same policy naming an agent that exists loads.
+    let policies = vec![PolicySource {
+        name: "ok.cedar".into(),
+        text: "forbid (principal == Agent::\"coder-1\", action, resource);".into(),
+    }];
+    assert!(Governor::new(m(), &policies).is_ok());
+}
+
 #[test]
 fn policies_pinned_to_an_agent_apply_only_to_it() {
     let mut policies = starter_policies();
@@ -969,6 +1016,63 @@ fn an_approved_call_is_charged_like_an_allowed_one() {
         }
     }
     assert_eq!(charged, 50);
+}
+
+/// A sub-agent (`<parent>.<name>`, the namespace delegation enforces) never keeps autonomy its
+/// parent lost: the parent's demotion, and its kill switch, reach it.
+#[test]
+fn a_parents_demotion_and_kill_reach_its_sub_agents() {
+    use warden_core::state::{Hold, HoldKind, HoldScope, StateStore as _};
+    let text = starter_text().replacen(
+        "\nagents:\n",
+        "\nagents:\n  - { id: ops-1.helper, tenant: acme, owner: bob@acme.example, zone: prod, trust: senior }\n  - { id: ops-10, tenant: acme, owner: bob@acme.example, zone: prod, trust: senior }\n",
+        1,
+    );
+    let g = governor_from(&text, &starter_policies());
+    let s = MemoryState::new();
+    let read = |agent: &str, i: u32| {
+        let p = proposal(
+            agent,
+            &format!("d{i}"),
+            "fs.read_file",
+            json!({"path": format!("/x/{i}")}),
+        );
+        g.decide(&p, &s, DAY_TIME)
+    };
+    assert_eq!(read("ops-1.helper", 0).decision, Verdict::Allow);
+    let hold = |kind| Hold {
+        scope: HoldScope::Agent("ops-1".into()),
+        kind,
+        reason: "a forbidden call".into(),
+        since: DAY_TIME,
+    };
+    s.set_hold(hold(HoldKind::Demote)).unwrap();
+    let d = read("ops-1.helper", 1);
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    assert!(
+        d.rules.iter().any(|r| r == "trust.demoted"),
+        "{:?}",
+        d.rules
+    );
+    // A name that merely starts the same is not in the namespace.
+    assert_eq!(read("ops-10", 2).decision, Verdict::Allow);
+    s.set_hold(hold(HoldKind::Kill)).unwrap();
+    let d = read("ops-1.helper", 3);
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "kill.agent")
+    );
+    // The sub-agent's own demotion does not reach its parent.
+    s.clear_hold(&HoldScope::Agent("ops-1".into()), HoldKind::Kill)
+        .unwrap();
+    s.clear_hold(&HoldScope::Agent("ops-1".into()), HoldKind::Demote)
+        .unwrap();
+    s.set_hold(Hold {
+        scope: HoldScope::Agent("ops-1.helper".into()),
+        ..hold(HoldKind::Demote)
+    })
+    .unwrap();
+    assert_eq!(read("ops-1", 4).decision, Verdict::Allow);
 }
 
 #[test]

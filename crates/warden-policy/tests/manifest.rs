@@ -33,7 +33,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 fn the_starter_is_valid() {
     let m = parse_manifest("m.yaml", &starter()).unwrap();
     assert_eq!(m.version, 1);
-    assert_eq!(m.tools.len(), 7);
+    assert_eq!(m.tools.len(), 8);
     assert_eq!(m.upstreams.len(), 1);
     assert_eq!(m.agents.len(), 2);
 }

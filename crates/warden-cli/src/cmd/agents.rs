@@ -95,12 +95,23 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 .checked_mul(3600)
                 .filter(|t| *t > 0)
                 .context("--ttl-hours must be positive")?;
+            let existing = data.join("agents").join(format!("{id}.credential"));
+            let replaced = existing.exists();
             let path =
                 warden_gateway::agents::enroll(&data, &m, &id, warden_gateway::now_unix(), ttl)?;
             out!(
-                "enrolled `{id}`: credential {} (key beside it)",
+                "enrolled `{id}`: credential {} (key beside it), valid {ttl_hours} h",
                 path.display()
             );
+            if replaced {
+                // The old credential is not revoked: whoever holds it can use it until it
+                // expires. Saying so beats a silent swap.
+                eprintln!(
+                    "note: replaced the credential that was in {}; the old one stays valid until \
+                     it expires unless you revoke it (warden agents revoke ID --credential)",
+                    path.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Derive {

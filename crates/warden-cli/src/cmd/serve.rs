@@ -93,6 +93,8 @@ fn logging() {
                 ),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: a log written to a file or a journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -105,7 +107,8 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
         None => {
             let m = a.data.join("manifest.yaml");
             if !m.exists() {
-                warden_gateway::starter::write(&a.data).map_err(anyhow::Error::msg)?;
+                warden_gateway::starter::write_with_approvers(&a.data, &a.data)
+                    .map_err(anyhow::Error::msg)?;
                 tracing::warn!(path = %m.display(), "no manifest given: wrote the starter manifest");
             }
             m
@@ -225,12 +228,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         notifier,
     };
     rt.block_on(async move {
+        let stop = on_stop()?;
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = stopped(stop.clone());
         // SIGHUP: load the manifest again and swap it in whole if it loads and its version is
         // newer; otherwise the current one stays in force.
         warden_gateway::approvals::record_approvers(
@@ -301,9 +303,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", a.admin_listen))?;
         tracing::info!(admin = %a.admin_listen, "admin listener (kill, quarantine, lockdown, resume)");
-        tokio::spawn(warden_gateway::admin::serve(admin_listener, admin, async {
-            let _ = tokio::signal::ctrl_c().await;
-        }));
+        tokio::spawn(warden_gateway::admin::serve(
+            admin_listener,
+            admin,
+            stopped(stop),
+        ));
         spawn_expiry_recorder(&app);
         for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
@@ -321,6 +325,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Watches for SIGINT (Ctrl-C) and SIGTERM (what systemd, Docker and Kubernetes send): either
+/// stops the gateway cleanly (listeners close, the upstreams are stopped, the ledger signs its
+/// last checkpoint as it closes, exit 0). The handlers are installed before this returns, so a
+/// signal that arrives while the gateway starts is not lost. Call inside the runtime.
+fn on_stop() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::info!("{which}: shutting down");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Resolves once [`on_stop`] saw a signal.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Writes a credential for the starter manifest's first agent if it has none, and says where.
@@ -401,10 +430,20 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
         tracing::info!("serving MCP on stdio");
+        let stop = on_stop()?;
         let service = rmcp::ServiceExt::serve(front, rmcp::transport::io::stdio())
             .await
             .context("MCP handshake on stdio")?;
-        let _ = service.waiting().await;
+        let cancel = service.cancellation_token();
+        let waiting = service.waiting();
+        tokio::pin!(waiting);
+        tokio::select! {
+            _ = &mut waiting => {}
+            () = stopped(stop) => {
+                cancel.cancel();
+                let _ = waiting.await;
+            }
+        }
         executor.shutdown().await;
         anyhow::Ok(())
     })?;

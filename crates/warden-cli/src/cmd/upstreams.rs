@@ -115,7 +115,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     std::fs::write(&tmp, &new).with_context(|| format!("writing `{}`", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("replacing `{}`", path.display()))?;
     out!(
-        "pinned {} upstream(s) in {} (version raised; send SIGHUP to a running gateway)",
+        "pinned {} upstream(s) in {} (version raised; restart a running gateway to apply new pins: a reload does not change upstreams)",
         pins.len(),
         path.display()
     );

@@ -51,9 +51,14 @@ impl Drop for Site {
 impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let out = warden(&["init", dir.path().to_str().unwrap()]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
         let (data, manifest) = (dir.path().join("data"), dir.path().join("manifest.yaml"));
+        let out = warden(&[
+            "init",
+            dir.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_warden"), bin.join("warden")).unwrap();
@@ -63,17 +68,13 @@ impl Site {
             std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
                 .unwrap();
         }
-        // Two approvers with their keys, and governance: manifest changes need both.
-        let mut approvers = String::from("\napprovers:\n");
-        for id in ["alice@acme.example", "bob@acme.example"] {
-            let out = warden(&["approvers", "keygen", id, "--data", data.to_str().unwrap()]);
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            approvers.push_str(&text(&out.stdout));
-        }
+        // The starter's two approvers (their keys made by `init`), and governance: manifest
+        // changes need both.
         let running = std::fs::read_to_string(&manifest).unwrap().replace(
             "\napprovals:\n",
-            &format!("{approvers}governance: {{ approvers: 2 }}\napprovals:\n"),
+            "\ngovernance: { approvers: 2 }\napprovals:\n",
         );
+        assert!(running.contains("id: bob@acme.example"), "{running}");
         std::fs::write(&manifest, &running).unwrap();
         let new_manifest = dir.path().join("manifest-v2.yaml");
         std::fs::write(
