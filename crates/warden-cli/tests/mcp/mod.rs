@@ -1173,6 +1173,13 @@ fn pinned_upstreams_withdraw_changed_tools_and_refuse_changed_binaries() {
     std::fs::write(&m, without_dead).unwrap();
     let out = pin();
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // New pins take a restart: a reload refuses a manifest whose pins changed, so the advice
+    // is not SIGHUP.
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("restart") && !said.contains("SIGHUP"),
+        "{said}"
+    );
     let pinned = std::fs::read_to_string(&m).unwrap();
     assert!(pinned.contains("\nversion: 2\n"), "{pinned}");
     let pin_line = |tool: &str| {

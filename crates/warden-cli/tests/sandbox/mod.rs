@@ -630,12 +630,13 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
     };
     let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
     let listen = format!("127.0.0.1:{}", port(()));
+    let admin = format!("127.0.0.1:{}", port(()));
     // As the README runs it: embedded defaults, `.warden` relative to the working directory.
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["serve", "--listen"])
         .arg(&listen)
         .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{}", port(())))
+        .arg(&admin)
         .current_dir(tmp.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -689,7 +690,22 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
             &auth,
             r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"demo.echo","arguments":{"text":"hello from the README"}}}"#,
         );
-        (init, list, call)
+        // The starter's approval flow works as it stands: `demo.add` needs the owner, whose
+        // key the first run made; approved as the README says, the call runs.
+        let add = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"demo.add","arguments":{"a":2,"b":3}}}"#;
+        let (_, asked) = crate::mcp::raw(&listen, &auth, add);
+        let id = asked
+            .split("Approval id: ")
+            .nth(1)
+            .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
+            .unwrap_or_default();
+        let approved = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["approvals", "approve", &id, "--approver", "alice@acme.example", "--admin", &admin])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let (_, added) = crate::mcp::raw(&listen, &auth, add);
+        (init, list, call, (asked, text(&approved.stderr), added))
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -697,11 +713,24 @@ fn the_readme_serve_starts_the_sandboxed_demo_from_a_relative_data_directory() {
     assert!(connected, "{log}");
     // It ran in the sandbox, in a workspace under the data directory.
     assert!(tmp.path().join(".warden/sandbox/demo").is_dir(), "{log}");
-    let (init, list, call) = mcp.unwrap_or_else(|| panic!("no credential path said: {log}"));
+    let (init, list, call, (asked, approving, added)) =
+        mcp.unwrap_or_else(|| panic!("no credential path said: {log}"));
     assert!(init.starts_with("HTTP/1.1 200"), "{init}");
-    assert!(list.contains(r#""name":"demo.echo""#), "{list}");
+    for tool in ["demo.echo", "demo.now", "demo.add", "demo.repeat"] {
+        assert!(
+            list.contains(&format!(r#""name":"{tool}""#)),
+            "{tool}: {list}"
+        );
+    }
     assert!(call.contains("hello from the README"), "{call}");
     assert!(call.contains(r#""isError":false"#), "{call}");
+    assert!(asked.contains("needs approval"), "{asked}");
+    assert!(
+        added.contains(r#""text":"5""#),
+        "{added}\n{approving}\n{log}"
+    );
+    // A log written to a file carries no terminal colour codes.
+    assert!(!log.contains('\u{1b}'), "{log}");
 }
 
 #[test]
