@@ -55,20 +55,44 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
+/// `tool` with `args` decided allowed under `version` (recorded in a scratch ledger: a grant is
+/// minted only from a recorded allow).
+fn allowed(tool: &str, args: &serde_json::Value, version: u64) -> warden_ledger::Recorded {
+    static SCRATCH: std::sync::OnceLock<(tempfile::TempDir, Arc<Ledger>)> =
+        std::sync::OnceLock::new();
+    let (_, scratch) = SCRATCH.get_or_init(|| {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let l = ledger(dir.path());
+        (dir, l)
+    });
+    let d = warden_core::Decision {
+        decision: warden_core::Verdict::Allow,
+        rules: Vec::new(),
+        policies: Vec::new(),
+        reason: String::new(),
+        manifest_version: version,
+        policy_hash: String::new(),
+        escalation: None,
+        agent: "a1".into(),
+        owner: String::new(),
+        tenant: String::new(),
+        session: "s1".into(),
+        tool: tool.into(),
+        arguments_hash: warden_core::canonical::json_digest(args),
+        decided_at: 0,
+    };
+    // Off the async runtime the tests run on (the blocking wait would stall it).
+    std::thread::scope(|t| {
+        t.spawn(|| scratch.record_decision_blocking(d, "", "test", Vec::new()))
+            .join()
+            .unwrap()
+    })
+    .unwrap()
+}
+
 fn mint(tool: &str, args: &serde_json::Value, version: u64, now: i64, ttl: i64) -> String {
-    let hash = warden_core::canonical::json_digest(args);
     keys()
-        .mint(
-            &warden_identity::Call {
-                session: "s1",
-                agent: "a1",
-                tool,
-                arguments_hash: &hash,
-            },
-            version,
-            now,
-            ttl,
-        )
+        .mint(&allowed(tool, args, version), now, ttl)
         .unwrap()
 }
 
@@ -135,17 +159,7 @@ async fn no_grant_that_fails_to_redeem_reaches_the_upstream() {
     // A grant made with another key.
     let other = GrantKeys::new(1, vec![(1, Zeroizing::new([8; 32]))])
         .unwrap()
-        .mint(
-            &warden_identity::Call {
-                session: "s1",
-                agent: "a1",
-                tool: "trip.read",
-                arguments_hash: &warden_core::canonical::json_digest(&args),
-            },
-            3,
-            now,
-            30_000,
-        )
+        .mint(&allowed("trip.read", &args, 3), now, 30_000)
         .unwrap();
     let e = ex
         .execute(call(&other, "trip.read", &args, &none))

@@ -114,14 +114,6 @@ pub async fn propose_and_run(
         serde_json::Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    // A credential narrower than the manifest turns the decision into a deny.
-    let narrowed = || {
-        identity
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.contains(&proposal.tool))
-            .then(|| format!("the credential does not grant tool `{}`", proposal.tool))
-    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -138,7 +130,7 @@ pub async fn propose_and_run(
             proposal,
             trace,
             identity.chain.clone(),
-            narrowed(),
+            identity.tools.as_ref(),
             &found,
             approval.filter(|_| attempt == 1),
         )

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use warden_core::proposal::MAX_PROPOSAL_BYTES;
 use warden_core::state::StateStore;
 use warden_core::{Proposal, Verdict};
-use warden_ledger::{DecisionRecord, Entry, Ledger};
+use warden_ledger::Ledger;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -442,17 +442,12 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         let outcome = crate::path::propose_and_run(&app, executor, run, None).await;
         return outcome_response(outcome);
     }
-    let narrowed = identity
-        .tools
-        .as_ref()
-        .is_some_and(|t| !t.contains(&proposal.tool))
-        .then(|| format!("the credential does not grant tool `{}`", proposal.tool));
     decide_and_record(
         &app,
         &proposal,
         &trace_id(&headers),
         identity.chain.clone(),
-        narrowed,
+        identity.tools.as_ref(),
     )
     .await
 }
@@ -563,9 +558,11 @@ pub enum Governed {
 }
 
 /// Decides, records the decision in the ledger (with the delegation chain) and, if allowed,
-/// mints the grant. Only the authenticated paths (`/mcp`, signed `/v1/proposals`) come here. `refuse` turns the decision into a deny (a credential narrower than
-/// the manifest). An escalated call redeems its approval (`approval_id`, or the approved request
-/// for the same call) or opens one ([`crate::approvals`]).
+/// mints the grant. Only the authenticated paths (`/mcp`, signed `/v1/proposals`) come here.
+/// The caller's credential's tool list, the argument scan's findings and whether the call
+/// awaits its approval are evidence the Governor decides on. An escalated call redeems its
+/// approval (`approval_id`, or the approved request for the same call) or opens one
+/// ([`crate::approvals`]).
 #[expect(
     clippy::too_many_arguments,
     reason = "the governed path's inputs, each from a different source"
@@ -576,7 +573,7 @@ pub async fn govern(
     proposal: &Proposal,
     trace: &str,
     chain: Vec<String>,
-    refuse: Option<String>,
+    credential_tools: Option<&std::collections::BTreeSet<String>>,
     found: &[&str],
     approval_id: Option<&str>,
 ) -> Governed {
@@ -593,17 +590,10 @@ pub async fn govern(
     let evidence = warden_policy::Evidence {
         found,
         awaiting_approval,
+        credential_tools,
     };
     let mut decision =
         governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
-    if let Some(why) = refuse {
-        decision.decision = Verdict::Deny;
-        decision
-            .rules
-            .insert(0, "credential.tool_not_granted".into());
-        decision.reason = why;
-        decision.escalation = None;
-    }
     let redact = |s: &str| match &app.executor {
         Some(x) => x
             .redactor()
@@ -630,18 +620,15 @@ pub async fn govern(
         "decision"
     );
     let request_id = request_id();
-    let mut record = DecisionRecord::from_decision(&decision, trace, &request_id);
-    // The lineage: the owner, then the delegation chain down to the caller.
-    record.lineage.extend(chain);
-    let record = Entry::Decision(record);
     // INVARIANT (fail-closed, INV-003): a decision the ledger did not durably record is
-    // answered as a deny, whatever the Governor said.
-    let recorded = match app.ledger.submit(&record) {
-        Ok(ticket) => ticket.recorded().await,
-        Err(e) => Err(e),
-    };
-    let index = match recorded {
-        Ok(i) => i,
+    // answered as a deny, whatever the Governor said. The lineage: the owner, then the
+    // delegation chain down to the caller.
+    let recorded = match app
+        .ledger
+        .record_decision(decision, trace, &request_id, chain)
+        .await
+    {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "ledger append failed; answering deny");
             // The approval a redeeming call used stays used: the call did not run and must be
@@ -652,6 +639,7 @@ pub async fn govern(
             };
         }
     };
+    let (index, decision) = (recorded.index(), recorded.decision());
     // A call a Cedar policy forbids is a violation: the agent is demoted (seed 002).
     if decision.decision == Verdict::Deny
         && decision
@@ -704,26 +692,19 @@ pub async fn govern(
     let mut grant = None;
     // An allowed, recorded call gets its single-use grant (docs/grants.md).
     if decision.is_allow() {
-        let call = warden_identity::Call {
-            session: &proposal.session,
-            agent: &proposal.agent,
-            tool: &proposal.tool,
-            arguments_hash: &decision.arguments_hash,
-        };
         let now_ms = crate::now_unix_ms();
-        match app.identity.grants.mint(
-            &call,
-            decision.manifest_version,
-            now_ms,
-            warden_identity::grant::DEFAULT_TTL_MS,
-        ) {
+        match app
+            .identity
+            .grants
+            .mint(&recorded, now_ms, warden_identity::grant::DEFAULT_TTL_MS)
+        {
             Ok(g) => grant = Some(g),
             // INVARIANT (fail-closed): without a grant nothing can run; say so.
             Err(e) => return Governed::GrantDown { why: e.to_string() },
         }
     }
     Governed::Decided {
-        decision: Box::new(decision),
+        decision: Box::new(recorded.into_decision()),
         request_id,
         index,
         grant,
@@ -737,11 +718,22 @@ async fn decide_and_record(
     proposal: &Proposal,
     trace: &str,
     chain: Vec<String>,
-    refuse: Option<String>,
+    credential_tools: Option<&std::collections::BTreeSet<String>>,
 ) -> Response {
     // No execution follows this API, so there is nothing to scan arguments against.
     let governor = app.governor.get();
-    match govern(app, &governor, proposal, trace, chain, refuse, &[], None).await {
+    match govern(
+        app,
+        &governor,
+        proposal,
+        trace,
+        chain,
+        credential_tools,
+        &[],
+        None,
+    )
+    .await
+    {
         Governed::LedgerDown { request_id, why } => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

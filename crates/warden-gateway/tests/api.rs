@@ -662,24 +662,37 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
 
     // The grant key: a grant made before the rotation still verifies; new grants use the new
     // key; a second rotation drops the oldest key; each rotation is recorded.
-    let call = warden_identity::Call {
-        session: "s",
-        agent: "coder-1",
-        tool: "fs.read_file",
-        arguments_hash: "sha256:aa",
+    let allowed = warden_core::Decision {
+        decision: warden_core::Verdict::Allow,
+        rules: Vec::new(),
+        policies: Vec::new(),
+        reason: String::new(),
+        manifest_version: 1,
+        policy_hash: String::new(),
+        escalation: None,
+        agent: "coder-1".into(),
+        owner: String::new(),
+        tenant: String::new(),
+        session: "s".into(),
+        tool: "fs.read_file".into(),
+        arguments_hash: "sha256:aa".into(),
+        decided_at: 0,
     };
+    let recorded = ledger
+        .record_decision_blocking(allowed, "", "test", Vec::new())
+        .unwrap();
     let before = warden_gateway::agents::grant_keys(dir.path()).unwrap();
-    let g1 = before.mint(&call, 1, 0, 30_000).unwrap();
+    let g1 = before.mint(&recorded, 0, 30_000).unwrap();
     assert_eq!(
         warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
         (1, 2)
     );
     let after = warden_gateway::agents::grant_keys(dir.path()).unwrap();
     assert_eq!(after.open(&g1).unwrap().key_id, 1);
-    let g2 = after.mint(&call, 1, 0, 30_000).unwrap();
+    let g2 = after.mint(&recorded, 0, 30_000).unwrap();
     assert_eq!(after.open(&g2).unwrap().key_id, 2);
     warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
-    assert_eq!(ledger.size().unwrap(), 3);
+    assert_eq!(ledger.size().unwrap(), 4);
     assert_eq!(
         warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
         (2, 3)
@@ -729,7 +742,11 @@ fn manifest_swaps_are_atomic_under_load() {
         tool: "fs.read_file",
         arguments_hash: &d0.arguments_hash,
     };
-    let grant = grants.mint(&call, d0.manifest_version, 0, 30_000).unwrap();
+    let ledger = warden_gateway::witness::open_ledger(dir.path(), None).unwrap();
+    let recorded = ledger
+        .record_decision_blocking(d0.clone(), "", "test", Vec::new())
+        .unwrap();
+    let grant = grants.mint(&recorded, 0, 30_000).unwrap();
     drop(g1);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

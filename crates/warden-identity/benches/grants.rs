@@ -26,11 +26,39 @@ fn main() {
         tool: "fs.read_file",
         arguments_hash: &args,
     };
+    // The allow a grant is minted from, recorded once (the ledger's cost is measured in
+    // warden-ledger's benchmark; this one measures the grant).
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = warden_ledger::Ledger::open(
+        Box::new(warden_ledger::FileStore::open(dir.path(), warden_ledger::Mode::Write).unwrap()),
+        warden_ledger::NoteSigner::generate("warden.bench/grants").unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let allowed = warden_core::Decision {
+        decision: warden_core::Verdict::Allow,
+        rules: Vec::new(),
+        policies: Vec::new(),
+        reason: String::new(),
+        manifest_version: 12,
+        policy_hash: String::new(),
+        escalation: None,
+        agent: call.agent.into(),
+        owner: String::new(),
+        tenant: String::new(),
+        session: call.session.into(),
+        tool: call.tool.into(),
+        arguments_hash: call.arguments_hash.into(),
+        decided_at: 0,
+    };
+    let recorded = ledger
+        .record_decision_blocking(allowed, "", "bench", Vec::new())
+        .unwrap();
     let mut lat = Vec::with_capacity(n);
     let now = 1_795_341_600_000i64;
     for i in 0..n {
         let t = Instant::now();
-        let token = keys.mint(&call, 12, now, 30_000).unwrap();
+        let token = keys.mint(&recorded, now, 30_000).unwrap();
         let claims = keys
             .redeem(&token, &call, 12, now + 1 + i as i64 / 1000, &guard)
             .unwrap();
@@ -100,7 +128,7 @@ fn main() {
     use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
     let sk = SigningKey::from_bytes(&[7u8; 32]);
     let vk = sk.verifying_key();
-    let payload = keys.mint(&call, 12, now, 30_000).unwrap();
+    let payload = keys.mint(&recorded, now, 30_000).unwrap();
     let m = n.min(20_000);
     let mut base = Vec::with_capacity(m);
     for _ in 0..m {

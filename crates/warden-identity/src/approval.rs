@@ -890,13 +890,15 @@ impl Book {
         arguments_hash: impl FnOnce() -> String,
         now_ms: i64,
     ) -> bool {
-        let mut inner = self.lock();
-        Self::sweep(&mut inner, now_ms);
+        // On every governed call: a read under the lock, no sweep (an expired request is
+        // simply not open).
+        let inner = self.lock();
         let mut open = inner.requests.values().filter(|e| {
             let b = &e.request.binding;
             b.agent == agent
                 && b.tool == tool
                 && b.manifest_version == version
+                && now_ms < e.request.expires_ms
                 && matches!(e.request.status, Status::Pending | Status::Approved)
         });
         let Some(first) = open.next() else {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use zeroize::Zeroizing;
 
 use crate::replay::{ReplayError, ReplayGuard};
+use warden_ledger::Recorded;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -180,20 +181,34 @@ impl GrantKeys {
         Ok(mac)
     }
 
-    /// Mints a grant for `call` under `manifest_version`, valid until `now_ms + ttl_ms`.
+    /// Mints a grant for the call `recorded` allowed, under the manifest version it was decided
+    /// under, valid until `now_ms + ttl_ms`. Only the ledger makes a [`Recorded`]: a grant
+    /// cannot be minted for a decision that is not in the log.
     ///
     /// # Errors
-    /// [`GrantError::Mint`] if a field is too long or there is no randomness.
+    /// [`GrantError::Mint`] if the recorded decision is not an allow, a field is too long or
+    /// there is no randomness.
     pub fn mint(
         &self,
-        call: &Call<'_>,
-        manifest_version: u64,
+        recorded: &Recorded,
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<String, GrantError> {
+        let d = recorded.decision();
+        // INVARIANT (INV-003): only an allow the ledger recorded becomes a grant, for exactly
+        // the call it decided.
+        if !d.is_allow() {
+            return Err(GrantError::Mint("the recorded decision is not an allow"));
+        }
+        let call = Call {
+            session: &d.session,
+            agent: &d.agent,
+            tool: &d.tool,
+            arguments_hash: &d.arguments_hash,
+        };
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|_| GrantError::Mint("no randomness"))?;
-        self.mint_with_id(call, manifest_version, now_ms.saturating_add(ttl_ms), id)
+        self.mint_with_id(&call, d.manifest_version, now_ms.saturating_add(ttl_ms), id)
     }
 
     fn mint_with_id(

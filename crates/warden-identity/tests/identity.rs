@@ -31,12 +31,82 @@ fn keys(byte: u8) -> GrantKeys {
     GrantKeys::new(1, vec![(1, Zeroizing::new([byte; 32]))]).unwrap()
 }
 
+/// The ledger these tests record their decisions in (one per test run, under the target
+/// directory): a grant is minted only from a recorded allow.
+fn ledger() -> &'static warden_ledger::Ledger {
+    static LEDGER: std::sync::OnceLock<(tempfile::TempDir, warden_ledger::Ledger)> =
+        std::sync::OnceLock::new();
+    &LEDGER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let store =
+                warden_ledger::FileStore::open(dir.path(), warden_ledger::Mode::Write).unwrap();
+            let signer = warden_ledger::NoteSigner::generate("warden.test/grants").unwrap();
+            let ledger =
+                warden_ledger::Ledger::open(Box::new(store), signer, Default::default()).unwrap();
+            (dir, ledger)
+        })
+        .1
+}
+
+/// `c` decided `verdict` under manifest `version`, recorded.
+fn recorded(c: &Call<'_>, version: u64, verdict: warden_core::Verdict) -> warden_ledger::Recorded {
+    let d = warden_core::Decision {
+        decision: verdict,
+        rules: vec!["tier.low.auto".into()],
+        policies: Vec::new(),
+        reason: String::new(),
+        manifest_version: version,
+        policy_hash: String::new(),
+        escalation: None,
+        agent: c.agent.into(),
+        owner: String::new(),
+        tenant: String::new(),
+        session: c.session.into(),
+        tool: c.tool.into(),
+        arguments_hash: c.arguments_hash.into(),
+        decided_at: 0,
+    };
+    ledger()
+        .record_decision_blocking(d, "", "test", Vec::new())
+        .unwrap()
+}
+
+/// A grant for `c`, allowed under `version` and recorded, made with `k`.
+fn mint(
+    k: &GrantKeys,
+    c: &Call<'_>,
+    version: u64,
+    now: i64,
+    ttl: i64,
+) -> Result<String, GrantError> {
+    k.mint(&recorded(c, version, warden_core::Verdict::Allow), now, ttl)
+}
+
+#[test]
+fn only_a_recorded_allow_is_granted() {
+    let k = keys(1);
+    let c = call("s1", "sha256:aa");
+    for verdict in [warden_core::Verdict::Deny, warden_core::Verdict::Escalate] {
+        assert_eq!(
+            k.mint(&recorded(&c, 3, verdict), NOW, 30_000),
+            Err(GrantError::Mint("the recorded decision is not an allow"))
+        );
+    }
+    // The grant is for exactly the call and version recorded.
+    let r = recorded(&c, 3, warden_core::Verdict::Allow);
+    let t = k.mint(&r, NOW, 30_000).unwrap();
+    let guard = MemoryReplayGuard::new();
+    assert!(k.redeem(&t, &c, 3, NOW, &guard).is_ok());
+    assert!(r.index() < ledger().size().unwrap());
+}
+
 #[test]
 fn a_grant_runs_exactly_its_call_once() {
     let k = keys(1);
     let guard = MemoryReplayGuard::new();
     let c = call("s1", "sha256:aa");
-    let t = k.mint(&c, 3, NOW, 30_000).unwrap();
+    let t = mint(&k, &c, 3, NOW, 30_000).unwrap();
     let claims = k.redeem(&t, &c, 3, NOW + 10, &guard).unwrap();
     assert_eq!(claims.session, "s1");
     assert_eq!(claims.id_hex().len(), 32);
@@ -52,7 +122,7 @@ fn wrong_call_expired_forged_and_stale_grants_are_refused() {
     let k = keys(1);
     let guard = MemoryReplayGuard::new();
     let c = call("s1", "sha256:aa");
-    let t = k.mint(&c, 3, NOW, 30_000).unwrap();
+    let t = mint(&k, &c, 3, NOW, 30_000).unwrap();
     // Another session, other arguments, another agent or tool.
     assert_eq!(
         k.redeem(&t, &call("s2", "sha256:aa"), 3, NOW, &guard),
@@ -106,8 +176,8 @@ fn rotated_keys_still_verify_old_grants() {
     let before = GrantKeys::new(1, vec![(1, old.clone())]).unwrap();
     let after = GrantKeys::new(2, vec![(1, old), (2, new)]).unwrap();
     let c = call("s", "sha256:aa");
-    let t_old = before.mint(&c, 1, NOW, 30_000).unwrap();
-    let t_new = after.mint(&c, 1, NOW, 30_000).unwrap();
+    let t_old = mint(&before, &c, 1, NOW, 30_000).unwrap();
+    let t_new = mint(&after, &c, 1, NOW, 30_000).unwrap();
     assert_eq!(after.open(&t_old).unwrap().key_id, 1);
     assert_eq!(after.open(&t_new).unwrap().key_id, 2);
     assert_eq!(before.open(&t_new), Err(GrantError::UnknownKey(2)));
@@ -121,7 +191,7 @@ proptest! {
     fn any_altered_byte_is_refused(pos in any::<usize>(), flip in 1u8..=255) {
         let k = keys(1);
         let c = call("session-1", "sha256:0123");
-        let t = k.mint(&c, 9, NOW, 30_000).unwrap();
+        let t = mint(&k, &c, 9, NOW, 30_000).unwrap();
         let mut raw = B64.decode(&t).unwrap();
         let i = pos % raw.len();
         raw[i] ^= flip;
@@ -141,7 +211,7 @@ fn manifest_change_races_a_grant_in_flight() {
         let guard = Arc::new(MemoryReplayGuard::new());
         let args = format!("sha256:{round:08x}");
         // Governor: decided under v1 (low tier, allowed) and minted.
-        let token = k.mint(&call("s", &args), 1, NOW, 30_000).unwrap();
+        let token = mint(&k, &call("s", &args), 1, NOW, 30_000).unwrap();
         let barrier = Arc::new(std::sync::Barrier::new(2));
         let (m2, b2) = (Arc::clone(&manifest), Arc::clone(&barrier));
         let swapper = std::thread::spawn(move || {
@@ -197,7 +267,7 @@ fn replay_guard_forgets_only_expired_ids() {
 #[test]
 fn fuzz_entry_never_panics() {
     let k = GrantKeys::new(1, vec![(1, Zeroizing::new([7u8; 32]))]).unwrap();
-    let t = k.mint(&call("s", "sha256:aa"), 1, NOW, 1).unwrap();
+    let t = mint(&k, &call("s", "sha256:aa"), 1, NOW, 1).unwrap();
     for cut in 0..=t.len() {
         warden_identity::fuzz::grant(&t.as_bytes()[..cut]);
     }
@@ -712,7 +782,7 @@ fn identity_fuzz_seeds_replay() {
         w(
             "grant",
             "grant.txt",
-            gk.mint(&call("s", "sha256:aa"), 1, NOW, 30_000)
+            mint(&gk, &call("s", "sha256:aa"), 1, NOW, 30_000)
                 .unwrap()
                 .as_bytes(),
         );
@@ -962,6 +1032,27 @@ mod approvals {
             b.redeem(&other_agent, Some(&r.id), &HUMANS1, false, T),
             Err(ApprovalError::OtherCall { field: "agent", .. })
         ));
+    }
+
+    /// `awaits`: whether a call is waiting on its approval (then asking again is no loop).
+    #[test]
+    fn a_call_awaits_its_approval_while_the_request_is_open_and_only_then() {
+        let b = book();
+        let awaits =
+            |args: &str, at: i64| b.awaits("coder-1", "deploy.prod", 3, || args.to_owned(), at);
+        assert!(!awaits("h1", T));
+        let r = open(&b, HUMANS1, false);
+        assert!(awaits("h1", T));
+        assert!(!awaits("h2", T), "other arguments");
+        assert!(
+            !b.awaits("coder-1", "deploy.prod", 4, || "h1".into(), T),
+            "other version"
+        );
+        assert!(!awaits("h1", r.expires_ms), "expired");
+        assert_eq!(cast(&b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
+        assert!(awaits("h1", T), "approved, not yet used");
+        b.redeem(&binding("h1"), None, &HUMANS1, false, T).unwrap();
+        assert!(!awaits("h1", T), "used");
     }
 
     #[test]

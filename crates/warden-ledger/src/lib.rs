@@ -3,7 +3,8 @@
 //!
 //! - [`merkle`]: RFC 6962 / 9162 hashing, inclusion and consistency proofs, their verification.
 //! - [`note`]: Ed25519 keys, C2SP signed notes and `tlog-checkpoint` checkpoints.
-//! - [`record`]: decision records and receipts in canonical JSON.
+//! - [`record`]: decision records and receipts in canonical JSON; [`recorded`]: the proof that
+//!   a decision is in the log, from which alone a grant is minted.
 //! - [`store`]: the storage interface; [`file`] (segment files) and [`postgres`] implement it.
 //! - [`ledger`]: group commit and checkpoint signing over a store.
 //! - [`proof`] and [`verify`]: proofs from a store; full verification of a store or an export.
@@ -19,6 +20,7 @@ pub mod note;
 pub mod postgres;
 pub mod proof;
 pub mod record;
+pub mod recorded;
 pub mod store;
 pub mod verify;
 
@@ -26,6 +28,7 @@ pub use file::{FileStore, Mode};
 pub use ledger::{Ledger, LedgerConfig, LedgerError, Ticket};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use record::{DecisionRecord, Entry, EventRecord, Receipt, ReceiptStatus};
+pub use recorded::Recorded;
 pub use store::{LedgerStore, StoreError};
 
 /// Entry points for fuzz targets (`fuzz/`): each must never panic or hang, whatever the input.

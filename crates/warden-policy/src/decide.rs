@@ -154,7 +154,7 @@ impl Governor {
             now,
             &Evidence {
                 found,
-                awaiting_approval: false,
+                ..Evidence::default()
             },
         )
     }
@@ -270,6 +270,18 @@ impl Governor {
                         demoted = demoted.or(Some(h));
                     }
                 }
+            }
+        }
+
+        // A credential that lists its tools grants no other (delegation narrows what an agent
+        // may call below what the manifest allows it).
+        if let Some(granted) = evidence.credential_tools {
+            if !granted.contains(&p.tool) {
+                return deny(
+                    d,
+                    "credential.tool_not_granted",
+                    format!("the credential does not grant tool `{}`", p.tool),
+                );
             }
         }
 
@@ -951,6 +963,9 @@ pub struct Evidence<'a> {
     /// An approval request for exactly this call is open (pending or approved): proposing it
     /// again is waiting for that approval, and does not count towards loop detection.
     pub awaiting_approval: bool,
+    /// The tools the caller's credential is limited to, if it lists any: any other tool is
+    /// denied (`credential.tool_not_granted`) before anything is charged.
+    pub credential_tools: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 /// The agents whose namespace `agent` is in, nearest first: `a.b.c` → `a.b`, `a`.

@@ -1018,6 +1018,39 @@ fn an_approved_call_is_charged_like_an_allowed_one() {
     assert_eq!(charged, 50);
 }
 
+/// A credential that lists its tools is evidence the Governor decides on: another tool is
+/// denied, first and final, and nothing is charged or observed for it.
+#[test]
+fn a_credential_limited_to_some_tools_is_denied_the_others_before_anything_is_charged() {
+    let g = starter();
+    let s = MemoryState::new();
+    let granted: std::collections::BTreeSet<String> = ["demo.echo".to_owned()].into();
+    let evidence = warden_policy::Evidence {
+        credential_tools: Some(&granted),
+        ..Default::default()
+    };
+    let read = proposal("coder-1", "s", "fs.read_file", read("/a"));
+    for _ in 0..5 {
+        let d = g.decide_with(&read, &s, DAY_TIME, &evidence);
+        assert_eq!(
+            (d.decision, d.rules.as_slice()),
+            (
+                Verdict::Deny,
+                &["credential.tool_not_granted".to_owned()][..]
+            )
+        );
+        assert!(d.reason.contains("`fs.read_file`"), "{}", d.reason);
+    }
+    // Nothing was observed for those: the same call, now granted, is not a loop.
+    let d = g.decide(&read, &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    let echo = proposal("coder-1", "s", "demo.echo", json!({"text": "hi"}));
+    assert_eq!(
+        g.decide_with(&echo, &s, DAY_TIME, &evidence).decision,
+        Verdict::Allow
+    );
+}
+
 /// A sub-agent (`<parent>.<name>`, the namespace delegation enforces) never keeps autonomy its
 /// parent lost: the parent's demotion, and its kill switch, reach it.
 #[test]

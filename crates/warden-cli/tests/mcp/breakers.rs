@@ -1,5 +1,5 @@
 //! Circuit breakers end to end (issue 7): an agent whose calls fail three times in a row is
-//! paused until an operator resumes it, and demoted; the trip is recorded.
+//! paused until an operator resumes it, and demoted until restored; the trip is recorded.
 
 use super::super::{text, warden};
 use super::{call, enroll, env, first_text, ledger_tail, start_existing};
@@ -61,6 +61,28 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     let answer = first_text(&r);
     assert!(!answer.contains("agent.paused"), "{answer}");
     assert!(answer.contains("trust.demoted"), "{answer}");
+    // This manifest names no `governance` approvers: the operator restores the agent, and it
+    // runs on its own again; recorded.
+    let out = warden(&[
+        "agents",
+        "promote",
+        "ops-1",
+        "--data",
+        s.data.to_str().unwrap(),
+        "--admin",
+        &s.admin,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"restored\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        first_text(&call(&e, &s, "ops-1", "demo.echo", r#"{"text": "back"}"#)),
+        "back"
+    );
+    assert!(ledger_tail(&s.data, 10).contains("by the operator"));
 }
 
 #[test]
