@@ -11,10 +11,11 @@
 
 use std::collections::HashMap;
 
-use warden_core::{Decision, Proposal, Verdict};
-use warden_identity::approval::{ApprovalError, Approver, Binding, Request, Requirement, Settings};
+use warden_core::{Decision, Escalation, Proposal, Verdict};
+use warden_identity::approval::{Approver, Binding, Book, Claim, Request, Requirement, Settings};
 use warden_ledger::Ledger;
 use warden_policy::manifest::Manifest;
+use warden_policy::ApprovalEvidence;
 
 /// The call an escalated decision is about.
 #[must_use]
@@ -85,102 +86,147 @@ fn preview(m: &Manifest, p: &Proposal, redact: &dyn Fn(&str) -> String) -> serde
     v
 }
 
-/// What became of the approval side of one decision.
-#[derive(Debug, Default)]
-pub(crate) struct Settled {
-    /// The request the call waits on (pending), with whether it is new.
-    pub pending: Option<(Request, bool)>,
-    /// The approval the call redeemed.
-    pub redeemed: Option<Request>,
+/// What the book holds for a call about to be decided, claimed before the decision (an
+/// approved request is held for the call until [`Claimed::finish`]); the Governor weighs it as
+/// evidence ([`warden_policy::ApprovalEvidence`]) and decides alone.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    claim: Claim,
+    /// The call, when the agent is in the manifest.
+    binding: Option<Binding>,
+    /// For an approved request: who approved, and the escalation it was given for.
+    approved: Option<(String, Escalation)>,
+    /// For a refusal: its rule and why.
+    refused: Option<(&'static str, String)>,
 }
 
-/// Settles the approval side of `decision` before it is recorded: an escalated call redeems
-/// the approval for exactly this call (turning the decision into an allow), or opens / joins
-/// its request; an approval id that does not fit turns it into a deny.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the decision, its inputs and the approval book"
-)]
-pub(crate) fn settle(
-    book: Option<&warden_identity::approval::Book>,
+/// Whether `d` redeemed an approval (the Governor's rule for it).
+pub(crate) fn redeemed(d: &Decision) -> bool {
+    d.rules.iter().any(|r| r == "approval.redeemed")
+}
+
+/// Claims what the book holds for `proposal` (the approval named `approval_id`, or else the
+/// request for the same call). Cheap when the agent has no request at all and names none.
+pub(crate) fn claim(
+    book: &Book,
     governor: &warden_policy::Governor,
-    state: &dyn warden_core::state::StateStore,
     proposal: &Proposal,
-    decision: &mut Decision,
     approval_id: Option<&str>,
-    redact: &dyn Fn(&str) -> String,
     now_ms: i64,
-) -> Settled {
-    let mut out = Settled::default();
-    let Some(book) = book.filter(|_| decision.decision == Verdict::Escalate) else {
-        return out;
-    };
-    let Some(requirement) = decision
-        .escalation
-        .as_ref()
-        .and_then(Requirement::from_escalation)
-    else {
-        return out;
-    };
+) -> Claimed {
     let manifest = governor.manifest();
-    book.set_settings(settings(manifest));
-    let binding = binding(decision);
-    let critical = manifest
-        .tools
-        .get(&decision.tool)
-        .and_then(|t| manifest.tiers.get(t.tier))
-        .is_some_and(|t| t.critical);
-    let refuse = |decision: &mut Decision, e: &ApprovalError| {
-        decision.decision = Verdict::Deny;
-        decision.rules.insert(0, e.rule().to_owned());
-        decision.reason = format!("{e}; {}", decision.reason);
-        decision.escalation = None;
+    let none = Claimed {
+        claim: Claim::None,
+        binding: None,
+        approved: None,
+        refused: None,
     };
-    match book.redeem(&binding, approval_id, &requirement, critical, now_ms) {
-        Ok(Some(r)) => {
-            // An escalation charged nothing: the approved call is charged now, like any
-            // allowed call; over a limit it does not run (its approval is spent).
-            if let Err((rule, why)) =
-                governor.charge_approved(decision, state, now_ms.div_euclid(1000))
-            {
-                decision.decision = Verdict::Deny;
-                decision.rules.insert(0, rule);
-                decision.reason = format!("approval {} was redeemed, but {why}", r.id);
-                decision.escalation = None;
-                return out;
-            }
-            // INVARIANT (INV-020): the call runs on an approval that met its requirement,
-            // bound to this exact call and manifest version, redeemed once.
-            decision.decision = Verdict::Allow;
-            decision.rules.push("approval.redeemed".into());
-            decision.reason = format!(
-                "{}; approved by {} (approval {})",
-                decision.reason,
-                r.approved_by().join(", "),
-                r.id
-            );
-            decision.escalation = None;
-            out.redeemed = Some(r);
-        }
-        Ok(None) => {
-            let preview = preview(manifest, proposal, redact);
-            match book.open(&binding, requirement, critical, preview, now_ms) {
-                Ok((r, new)) => {
-                    decision.rules.push("approval.pending".into());
-                    decision.reason = format!(
-                        "{}; approval {} is {}",
-                        decision.reason,
-                        r.id,
-                        r.status.as_str()
-                    );
-                    out.pending = Some((r, new));
-                }
-                Err(e) => refuse(decision, &e),
-            }
-        }
-        Err(e) => refuse(decision, &e),
+    let Some(agent) = manifest.agents.get(&proposal.agent) else {
+        return none;
+    };
+    if approval_id.is_none() && !book.has_requests_of(&agent.id) {
+        return none;
     }
-    out
+    book.set_settings(settings(manifest));
+    let binding = Binding {
+        agent: agent.id.clone(),
+        tenant: agent.tenant.clone(),
+        owner: agent.owner.clone(),
+        session: proposal.session.clone(),
+        tool: proposal.tool.clone(),
+        arguments_hash: warden_core::canonical::json_digest(&proposal.arguments),
+        manifest_version: manifest.version,
+    };
+    let claim = book.claim(&binding, approval_id, now_ms);
+    let approved = match &claim {
+        Claim::Approved(r) => Some((r.approved_by().join(", "), r.requirement.escalation())),
+        _ => None,
+    };
+    let refused = match &claim {
+        Claim::Refused(e) | Claim::Full(e) => Some((e.rule(), e.to_string())),
+        _ => None,
+    };
+    Claimed {
+        claim,
+        binding: Some(binding),
+        approved,
+        refused,
+    }
+}
+
+impl Claimed {
+    /// Whether the call is asked again while its approval is open (not a loop).
+    pub(crate) fn awaits(&self) -> bool {
+        matches!(self.claim, Claim::Pending(_) | Claim::Approved(_))
+    }
+
+    /// The evidence the Governor weighs.
+    pub(crate) fn evidence(&self) -> Option<ApprovalEvidence<'_>> {
+        match (&self.claim, &self.approved, &self.refused) {
+            (Claim::Approved(r), Some((by, needed)), _) => Some(ApprovalEvidence::Approved {
+                id: &r.id,
+                approved_by: by,
+                needed,
+                critical: r.critical,
+            }),
+            (Claim::Refused(_), _, Some((rule, why))) => {
+                Some(ApprovalEvidence::Refused { rule, reason: why })
+            }
+            (Claim::Full(_), _, Some((_, why))) => Some(ApprovalEvidence::Full { reason: why }),
+            _ => None,
+        }
+    }
+
+    /// After the decision, whether or not it was recorded: a held approval the decision
+    /// redeemed is spent (also when it could not be recorded: fail closed, the call must be
+    /// approved again), one it did not redeem is released. Then, given the recorded
+    /// decision of an escalated call, its request is opened, or the open one joined (a
+    /// different requirement supersedes it): the request, and whether it is new. Nothing here
+    /// changes the decision.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the claim, the book, the decision and what a request's preview needs"
+    )]
+    pub(crate) fn finish(
+        self,
+        book: &Book,
+        governor: &warden_policy::Governor,
+        proposal: &Proposal,
+        redeemed: bool,
+        recorded: Option<&Decision>,
+        redact: &dyn Fn(&str) -> String,
+        now_ms: i64,
+    ) -> Option<(Request, bool)> {
+        if let Claim::Approved(r) = &self.claim {
+            if redeemed {
+                book.spend(&r.id);
+            } else {
+                book.release(&r.id);
+            }
+        }
+        let decision = recorded.filter(|d| d.decision == Verdict::Escalate)?;
+        let requirement = decision
+            .escalation
+            .as_ref()
+            .and_then(Requirement::from_escalation)?;
+        let manifest = governor.manifest();
+        book.set_settings(settings(manifest));
+        let critical = manifest
+            .tools
+            .get(&decision.tool)
+            .and_then(|t| manifest.tiers.get(t.tier))
+            .is_some_and(|t| t.critical);
+        let binding = self.binding.unwrap_or_else(|| binding(decision));
+        let preview = preview(manifest, proposal, redact);
+        match book.open(&binding, requirement, critical, preview, now_ms) {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                // The call was escalated and did not run; it answers without an approval id.
+                tracing::warn!(error = %e, "could not open the approval request of an escalated call");
+                None
+            }
+        }
+    }
 }
 
 /// Records an approval event; false if the ledger did not take it.

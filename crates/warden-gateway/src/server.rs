@@ -578,22 +578,22 @@ pub async fn govern(
     approval_id: Option<&str>,
 ) -> Governed {
     // The whole decision runs under the one Governor snapshot the caller took (the same one its
-    // argument scan used).
-    // Evidence: a call whose approval is open is being asked again while it waits.
-    let awaiting_approval = app.approvals.awaits(
-        &proposal.agent,
-        &proposal.tool,
-        governor.manifest().version,
-        || warden_core::canonical::json_digest(&proposal.arguments),
+    // argument scan used). Evidence: what the approval book holds for this call (claimed: an
+    // approved request is held for it until finished below).
+    let claimed = crate::approvals::claim(
+        &app.approvals,
+        governor,
+        proposal,
+        approval_id,
         crate::now_unix_ms(),
     );
     let evidence = warden_policy::Evidence {
         found,
-        awaiting_approval,
+        awaiting_approval: claimed.awaits(),
         credential_tools,
+        approval: claimed.evidence(),
     };
-    let mut decision =
-        governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
+    let decision = governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
     let redact = |s: &str| match &app.executor {
         Some(x) => x
             .redactor()
@@ -601,17 +601,6 @@ pub async fn govern(
             .map_or_else(|| s.to_owned(), |(r, _)| r),
         None => s.to_owned(),
     };
-    let approvals = Some(app.approvals.as_ref());
-    let settled = crate::approvals::settle(
-        approvals,
-        governor,
-        app.state.as_ref(),
-        proposal,
-        &mut decision,
-        approval_id,
-        &redact,
-        crate::now_unix_ms(),
-    );
     tracing::info!(
         agent = %decision.agent,
         tool = %decision.tool,
@@ -620,6 +609,7 @@ pub async fn govern(
         "decision"
     );
     let request_id = request_id();
+    let redeemed = crate::approvals::redeemed(&decision);
     // INVARIANT (fail-closed, INV-003): a decision the ledger did not durably record is
     // answered as a deny, whatever the Governor said. The lineage: the owner, then the
     // delegation chain down to the caller.
@@ -632,7 +622,17 @@ pub async fn govern(
         Err(e) => {
             tracing::error!(error = %e, "ledger append failed; answering deny");
             // The approval a redeeming call used stays used: the call did not run and must be
-            // approved again (fail closed).
+            // approved again (fail closed). The decision moved into the failed record; what
+            // it redeemed is known from the claim.
+            claimed.finish(
+                &app.approvals,
+                governor,
+                proposal,
+                redeemed,
+                None,
+                &redact,
+                crate::now_unix_ms(),
+            );
             return Governed::LedgerDown {
                 request_id,
                 why: e.to_string(),
@@ -640,6 +640,15 @@ pub async fn govern(
         }
     };
     let (index, decision) = (recorded.index(), recorded.decision());
+    let pending = claimed.finish(
+        &app.approvals,
+        governor,
+        proposal,
+        redeemed,
+        Some(decision),
+        &redact,
+        crate::now_unix_ms(),
+    );
     // A call a Cedar policy forbids is a violation: the agent is demoted (seed 002).
     if decision.decision == Verdict::Deny
         && decision
@@ -659,7 +668,7 @@ pub async fn govern(
         )
         .await;
     }
-    if let Some((r, true)) = &settled.pending {
+    if let Some((r, true)) = &pending {
         let text = crate::approvals::requirement_text(&r.requirement, r.critical);
         crate::approvals::record(
             &app.ledger,
@@ -708,7 +717,7 @@ pub async fn govern(
         request_id,
         index,
         grant,
-        approval: settled.pending.map(|(r, _)| Box::new(r)),
+        approval: pending.map(|(r, _)| Box::new(r)),
     }
 }
 

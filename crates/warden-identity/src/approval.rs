@@ -131,6 +131,27 @@ impl Requirement {
         }
     }
 
+    /// The escalation this requirement answers (a queued call's time as Unix seconds only).
+    #[must_use]
+    pub fn escalation(&self) -> Escalation {
+        match self {
+            Requirement::Approvers { approvers, role } => Escalation::Approvers {
+                approvers: *approvers,
+                role: role.clone(),
+            },
+            Requirement::Humans { approvers } => Escalation::Humans {
+                approvers: *approvers,
+            },
+            Requirement::Owner { owner } => Escalation::Owner {
+                owner: owner.clone(),
+            },
+            Requirement::Queued { until_unix } => Escalation::Queued {
+                until: String::new(),
+                until_unix: *until_unix,
+            },
+        }
+    }
+
     /// How many distinct approving votes it takes.
     #[must_use]
     pub fn needed(&self) -> u32 {
@@ -508,6 +529,25 @@ struct Entry {
     /// A counted vote whose ledger record is not yet confirmed: (approver, the status it
     /// leads to). Nothing changes status until [`Book::commit`].
     uncommitted: Option<(String, Status)>,
+    /// Held by a call being decided ([`Book::claim`]) until [`Book::spend`] or
+    /// [`Book::release`]: no other call may use it meanwhile, and it does not expire.
+    held: bool,
+}
+
+/// What [`Book::claim`] found for a call about to be decided.
+#[derive(Debug)]
+pub enum Claim {
+    /// No request for the call (or one given under an older manifest version: ask again).
+    None,
+    /// Its request is pending (the id).
+    Pending(String),
+    /// Its approved request, held for it: [`Book::spend`] or [`Book::release`] it.
+    Approved(Box<Request>),
+    /// Its approval cannot be used: named for another call, denied, used, expired, unknown.
+    Refused(ApprovalError),
+    /// The agent has as many requests open as it may, none for this call: another cannot be
+    /// opened.
+    Full(ApprovalError),
 }
 
 /// Most expired requests kept for [`Book::take_expired`] (the oldest are dropped beyond it).
@@ -629,7 +669,7 @@ impl Book {
         let mut newly = Vec::new();
         for e in inner.requests.values_mut() {
             let open = matches!(e.request.status, Status::Pending | Status::Approved);
-            if open && now_ms >= e.request.expires_ms {
+            if open && !e.held && now_ms >= e.request.expires_ms {
                 e.request.status = Status::Expired;
                 e.tx.send_replace(Status::Expired);
                 newly.push(e.request.clone());
@@ -731,6 +771,7 @@ impl Book {
                 request: request.clone(),
                 tx,
                 uncommitted: None,
+                held: false,
             },
         );
         Ok((request, true))
@@ -878,35 +919,102 @@ impl Book {
         }
     }
 
-    /// Whether a request is open (pending, or approved and not yet used) for the call of
-    /// `agent` to `tool` under manifest `version` whose arguments hash to `arguments_hash`
-    /// (computed only if the agent has an open request for that tool at all).
+    /// What the book holds for the call `binding` is about to be decided for: the evidence the
+    /// Governor weighs (the approval named `id`, or else the request for the same call). An
+    /// approved request is held for this call until [`Book::spend`] (the decision redeemed it)
+    /// or [`Book::release`] (it did not): a concurrent identical call finds it in use.
     #[must_use]
-    pub fn awaits(
-        &self,
-        agent: &str,
-        tool: &str,
-        version: u64,
-        arguments_hash: impl FnOnce() -> String,
-        now_ms: i64,
-    ) -> bool {
-        // On every governed call: a read under the lock, no sweep (an expired request is
-        // simply not open).
-        let inner = self.lock();
-        let mut open = inner.requests.values().filter(|e| {
-            let b = &e.request.binding;
-            b.agent == agent
-                && b.tool == tool
-                && b.manifest_version == version
-                && now_ms < e.request.expires_ms
-                && matches!(e.request.status, Status::Pending | Status::Approved)
-        });
-        let Some(first) = open.next() else {
-            return false;
+    pub fn claim(&self, binding: &Binding, id: Option<&str>, now_ms: i64) -> Claim {
+        let mut inner = self.lock();
+        Self::sweep(&mut inner, now_ms);
+        let found = match id {
+            Some(id) => {
+                let Some(e) = inner.requests.get(id) else {
+                    return Claim::Refused(ApprovalError::Unknown(shown(id)));
+                };
+                // INVARIANT (bound approvals): an approval authorizes only the exact call it
+                // was given for.
+                match e.request.binding.first_difference(binding) {
+                    None => Some(id.to_owned()),
+                    // Given under an older manifest: it no longer fits; ask again.
+                    Some("manifest version") => None,
+                    Some(field) => {
+                        return Claim::Refused(ApprovalError::OtherCall {
+                            id: id.to_owned(),
+                            field,
+                        })
+                    }
+                }
+            }
+            None => inner.by_binding.get(&binding.call()).cloned(),
         };
-        let hash = arguments_hash();
-        first.request.binding.arguments_hash == hash
-            || open.any(|e| e.request.binding.arguments_hash == hash)
+        if let Some(e) = found.and_then(|id| inner.requests.get_mut(&id)) {
+            let id = e.request.id.clone();
+            return match e.request.status {
+                Status::Pending => Claim::Pending(id),
+                // Held by a concurrent call of the same: as good as used for this one.
+                Status::Approved if e.held => Claim::Refused(ApprovalError::NotApproved {
+                    id,
+                    status: Status::Used,
+                }),
+                Status::Approved => {
+                    e.held = true;
+                    Claim::Approved(Box::new(e.request.clone()))
+                }
+                status => Claim::Refused(ApprovalError::NotApproved { id, status }),
+            };
+        }
+        let open = inner
+            .requests
+            .values()
+            .filter(|e| {
+                e.request.binding.agent == binding.agent
+                    && e.request.binding.manifest_version == binding.manifest_version
+                    && matches!(e.request.status, Status::Pending | Status::Approved)
+            })
+            .count();
+        // INVARIANT (bounded): an agent cannot flood approvers or memory with requests.
+        if open >= inner.settings.max_open_per_agent {
+            return Claim::Full(ApprovalError::TooManyOpen {
+                agent: binding.agent.clone(),
+                open,
+            });
+        }
+        Claim::None
+    }
+
+    /// Whether the book holds any request (of any status) of `agent`: when not, and no
+    /// approval is named, a call has nothing to claim.
+    #[must_use]
+    pub fn has_requests_of(&self, agent: &str) -> bool {
+        self.lock()
+            .requests
+            .values()
+            .any(|e| e.request.binding.agent == agent)
+    }
+
+    /// The held approval `id` was redeemed by the decision it was evidence for: it is used
+    /// (INVARIANT (single use): an approval authorizes one execution).
+    pub fn spend(&self, id: &str) {
+        let mut inner = self.lock();
+        let Some(e) = inner.requests.get_mut(id) else {
+            return;
+        };
+        e.held = false;
+        e.request.status = Status::Used;
+        e.tx.send_replace(Status::Used);
+        let call = e.request.binding.call();
+        if inner.by_binding.get(&call).map(String::as_str) == Some(id) {
+            inner.by_binding.remove(&call);
+        }
+    }
+
+    /// The held approval `id` was not redeemed (the call needs something else now, or was
+    /// refused before the approval step): others may use it again.
+    pub fn release(&self, id: &str) {
+        if let Some(e) = self.lock().requests.get_mut(id) {
+            e.held = false;
+        }
     }
 
     /// Redeems the approval for `binding` under `requirement`: the one named `id`, or else

@@ -1034,25 +1034,59 @@ mod approvals {
         ));
     }
 
-    /// `awaits`: whether a call is waiting on its approval (then asking again is no loop).
+    /// `claim`: what the book holds for a call about to be decided. An approved request is
+    /// held for one call at a time, and spent only when the decision redeemed it.
     #[test]
-    fn a_call_awaits_its_approval_while_the_request_is_open_and_only_then() {
+    fn an_approved_request_is_held_for_one_call_and_spent_only_if_redeemed() {
+        use warden_identity::approval::Claim;
         let b = book();
-        let awaits =
-            |args: &str, at: i64| b.awaits("coder-1", "deploy.prod", 3, || args.to_owned(), at);
-        assert!(!awaits("h1", T));
+        assert!(matches!(b.claim(&binding("h1"), None, T), Claim::None));
         let r = open(&b, HUMANS1, false);
-        assert!(awaits("h1", T));
-        assert!(!awaits("h2", T), "other arguments");
-        assert!(
-            !b.awaits("coder-1", "deploy.prod", 4, || "h1".into(), T),
-            "other version"
-        );
-        assert!(!awaits("h1", r.expires_ms), "expired");
+        assert!(matches!(b.claim(&binding("h1"), None, T), Claim::Pending(id) if id == r.id));
         assert_eq!(cast(&b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
-        assert!(awaits("h1", T), "approved, not yet used");
-        b.redeem(&binding("h1"), None, &HUMANS1, false, T).unwrap();
-        assert!(!awaits("h1", T), "used");
+        let Claim::Approved(held) = b.claim(&binding("h1"), None, T) else {
+            panic!("not approved")
+        };
+        assert_eq!(held.id, r.id);
+        // A concurrent identical call finds it in use.
+        assert!(matches!(
+            b.claim(&binding("h1"), Some(&r.id), T),
+            Claim::Refused(ApprovalError::NotApproved {
+                status: Status::Used,
+                ..
+            })
+        ));
+        // Not redeemed (the call needed something else): released, usable again.
+        b.release(&r.id);
+        assert!(matches!(
+            b.claim(&binding("h1"), None, T),
+            Claim::Approved(_)
+        ));
+        b.spend(&r.id);
+        assert_eq!(b.get(&r.id, T).unwrap().status, Status::Used);
+        assert!(matches!(b.claim(&binding("h1"), None, T), Claim::None));
+        // Named for another call, or unknown: refused with why.
+        assert!(matches!(
+            b.claim(&binding("h2"), Some(&r.id), T),
+            Claim::Refused(ApprovalError::OtherCall {
+                field: "arguments",
+                ..
+            })
+        ));
+        assert!(matches!(
+            b.claim(&binding("h2"), Some("apr_000000000000000000000000"), T),
+            Claim::Refused(ApprovalError::Unknown(_))
+        ));
+        // At the cap of open requests (3 here), another call has no room.
+        for h in ["a", "b", "c"] {
+            b.open(&binding(h), HUMANS1, false, serde_json::Value::Null, T)
+                .unwrap();
+        }
+        assert!(matches!(
+            b.claim(&binding("d"), None, T),
+            Claim::Full(ApprovalError::TooManyOpen { open: 3, .. })
+        ));
+        assert!(matches!(b.claim(&binding("a"), None, T), Claim::Pending(_)));
     }
 
     #[test]

@@ -663,6 +663,32 @@ impl Governor {
             };
         }
         if let Some(e) = escalation {
+            // The approval step: an approval of this very call, given for what it needs now,
+            // lets it run, charged like any allowed call (INV-020); one that cannot be used,
+            // or no room for another request, denies.
+            match evidence.approval {
+                Some(ApprovalEvidence::Approved {
+                    id,
+                    approved_by,
+                    needed,
+                    critical,
+                }) if same_need(needed, &e) && critical == tier.critical => {
+                    if let Err((rule, why)) = self.charge(agent, tool, tier, state, now) {
+                        return deny(d, &rule, format!("approval {id} was redeemed, but {why}"));
+                    }
+                    d.decision = Verdict::Allow;
+                    d.rules.push("approval.redeemed".into());
+                    d.reason = format!("{reason}; approved by {approved_by} (approval {id})");
+                    return d;
+                }
+                Some(ApprovalEvidence::Refused { rule, reason: why }) => {
+                    return deny(d, rule, format!("{why}; {reason}"));
+                }
+                Some(ApprovalEvidence::Full { reason: why }) => {
+                    return deny(d, "approval.too_many_open", format!("{why}; {reason}"));
+                }
+                _ => {}
+            }
             // INVARIANT (budgets): an escalated call consumes no counter.
             d.decision = Verdict::Escalate;
             d.escalation = Some(e);
@@ -718,31 +744,6 @@ impl Governor {
                 format!("cannot charge budgets: {e}"),
             )),
         }
-    }
-
-    /// Charges an escalated call that its approvers approved: an escalation consumes no
-    /// counter, so the approved call is charged now, like any allowed call. `Err` with the rule
-    /// and reason when a limit is exhausted (the call must then not run).
-    ///
-    /// # Errors
-    /// The rule and reason of the exhausted limit, or of an unknown agent or tool.
-    pub fn charge_approved(
-        &self,
-        d: &Decision,
-        state: &dyn StateStore,
-        now: UnixSeconds,
-    ) -> Result<(), (String, String)> {
-        let m = &self.manifest;
-        let found = m.agents.get(&d.agent).zip(m.tools.get(&d.tool));
-        let Some((agent, tool, tier)) =
-            found.and_then(|(a, t)| m.tiers.get(t.tier).map(|tier| (a, t, tier)))
-        else {
-            return Err((
-                "approval.unknown_call".into(),
-                format!("`{}` or `{}` is not in the manifest", d.agent, d.tool),
-            ));
-        };
-        self.charge(agent, tool, tier, state, now)
     }
 
     fn plan_charges(
@@ -966,6 +967,51 @@ pub struct Evidence<'a> {
     /// The tools the caller's credential is limited to, if it lists any: any other tool is
     /// denied (`credential.tool_not_granted`) before anything is charged.
     pub credential_tools: Option<&'a std::collections::BTreeSet<String>>,
+    /// What the approval book holds for this call, weighed at the approval step (when the
+    /// call would escalate); `None`: no approval or request for it.
+    pub approval: Option<ApprovalEvidence<'a>>,
+}
+
+/// What the approval book holds for the call being decided.
+#[derive(Debug, Clone, Copy)]
+pub enum ApprovalEvidence<'a> {
+    /// An approval of this call, held for it while it is decided. It lets the call run if it
+    /// was given for what the call needs now (`needed`, and whether the tier is `critical`).
+    Approved {
+        /// The approval id.
+        id: &'a str,
+        /// Who approved, as the reason names them.
+        approved_by: &'a str,
+        /// The escalation it was given for.
+        needed: &'a Escalation,
+        /// Whether it was given for a critical tier.
+        critical: bool,
+    },
+    /// The approval cannot be used: the rule (`approval.used`, `approval.other_call`, ...) and
+    /// why. An escalated call is then denied.
+    Refused {
+        /// The rule.
+        rule: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+    /// The agent has as many approval requests open as it may: an escalated call is denied
+    /// (`approval.too_many_open`) instead of opening another.
+    Full {
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// Whether two escalations ask for the same thing (a queued call: the same opening, whatever
+/// the text of the time).
+fn same_need(a: &Escalation, b: &Escalation) -> bool {
+    match (a, b) {
+        (Escalation::Queued { until_unix: x, .. }, Escalation::Queued { until_unix: y, .. }) => {
+            x == y
+        }
+        _ => a == b,
+    }
 }
 
 /// The agents whose namespace `agent` is in, nearest first: `a.b.c` → `a.b`, `a`.

@@ -41,7 +41,7 @@ pub mod raw;
 pub mod upstream;
 
 pub use cedar::PolicySource;
-pub use decide::{bundle_hash, deny_unloaded, Evidence, Governor};
+pub use decide::{bundle_hash, deny_unloaded, ApprovalEvidence, Evidence, Governor};
 pub use manifest::{parse_manifest, Diagnostic, LoadError, Manifest};
 
 /// Entry points for fuzz targets: each must never panic, whatever the input.

@@ -991,31 +991,90 @@ fn egress_arguments_carrying_more_than_the_destination_allows_are_denied_or_esca
     );
 }
 
+/// The approval step: an approval of the call, given for what it needs now, lets it run —
+/// charged like any allowed call, so over a limit it is denied; one given for something else
+/// leaves it escalated; one that cannot be used, or no room for a request, denies. The
+/// decision is the Governor's, whole: nothing after it is edited.
 #[test]
-fn an_approved_call_is_charged_like_an_allowed_one() {
+fn an_approved_call_runs_charged_like_an_allowed_one_and_only_for_what_it_needs() {
+    use warden_policy::{ApprovalEvidence, Evidence};
     // coder-1 (junior) needs its owner for medium-tier `demo.add`; the tier allows 50/h.
     let g = starter();
     let s = MemoryState::new();
-    let mut charged = 0;
-    for i in 0..60 {
-        let p = proposal(
+    let owner = Escalation::Owner {
+        owner: "alice@acme.example".into(),
+    };
+    let approved = |needed| Evidence {
+        approval: Some(ApprovalEvidence::Approved {
+            id: "apr_1",
+            approved_by: "alice@acme.example",
+            needed,
+            critical: false,
+        }),
+        ..Default::default()
+    };
+    let add = |i: i64| {
+        proposal(
             "coder-1",
             &format!("s{i}"),
             "demo.add",
             json!({"a": i, "b": 1}),
-        );
-        let d = g.decide(&p, &s, DAY_TIME);
-        assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
-        match g.charge_approved(&d, &s, DAY_TIME) {
-            Ok(()) => charged += 1,
-            Err((rule, why)) => {
-                assert_eq!(rule, "rate.tier.medium", "{why}");
-                assert!(why.contains("exhausted (50 of 50 used)"), "{why}");
-                break;
-            }
+        )
+    };
+    let mut ran = 0;
+    for i in 0..60 {
+        let d = g.decide_with(&add(i), &s, DAY_TIME, &approved(&owner));
+        if d.decision == Verdict::Allow {
+            assert!(d.rules.iter().any(|r| r == "approval.redeemed"), "{d:?}");
+            assert!(d
+                .reason
+                .contains("approved by alice@acme.example (approval apr_1)"));
+            ran += 1;
+        } else {
+            assert_eq!(d.rules[0], "rate.tier.medium", "{d:?}");
+            assert!(d.reason.contains("apr_1 was redeemed, but"), "{}", d.reason);
+            assert!(
+                d.reason.contains("exhausted (50 of 50 used)"),
+                "{}",
+                d.reason
+            );
+            break;
         }
     }
-    assert_eq!(charged, 50);
+    assert_eq!(ran, 50);
+    // Given for something else (two humans): the call still needs its owner.
+    let s = MemoryState::new();
+    let humans = Escalation::Humans { approvers: 2 };
+    let d = g.decide_with(&add(0), &s, DAY_TIME, &approved(&humans));
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    // Unusable, or no room: denied with the rule.
+    let refused = Evidence {
+        approval: Some(ApprovalEvidence::Refused {
+            rule: "approval.used",
+            reason: "approval `apr_1` is used",
+        }),
+        ..Default::default()
+    };
+    let d = g.decide_with(&add(1), &s, DAY_TIME, &refused);
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "approval.used")
+    );
+    let full = Evidence {
+        approval: Some(ApprovalEvidence::Full { reason: "10 open" }),
+        ..Default::default()
+    };
+    let d = g.decide_with(&add(2), &s, DAY_TIME, &full);
+    assert_eq!(
+        (d.decision, d.rules[0].as_str()),
+        (Verdict::Deny, "approval.too_many_open")
+    );
+    // Evidence about approvals changes nothing for a call that needs none.
+    let echo = proposal("coder-1", "e", "demo.echo", json!({"text": "hi"}));
+    assert_eq!(
+        g.decide_with(&echo, &s, DAY_TIME, &refused).decision,
+        Verdict::Allow
+    );
 }
 
 /// A credential that lists its tools is evidence the Governor decides on: another tool is

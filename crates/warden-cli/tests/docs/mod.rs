@@ -86,9 +86,10 @@ fn the_readme_try_it_block_runs_as_written() {
             .spawn()
             .unwrap(),
     );
-    // Started, and its start-up entries under a signed checkpoint (nothing in the block adds
-    // any: `/v1/decide` is a dry run).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Started (it serves once its upstream is up: under a loaded machine that takes a while),
+    // and its start-up entries under a signed checkpoint (nothing in the block adds any:
+    // `/v1/decide` is a dry run).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
         let verified = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["ledger", "verify"])
