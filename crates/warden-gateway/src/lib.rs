@@ -4,6 +4,8 @@
 //! Governor's behalf and wires the pieces together. The binary (`warden-cli`) and the
 //! integration tests both use it.
 //!
+//! - [`runtime`]: [`runtime::Runtime::open`], the one place a gateway is assembled from its
+//!   configuration (`warden serve` and `warden stdio` both start there);
 //! - [`keyfile`]: how secrets and public keys are written and read in the data directory;
 //! - [`current`]: the current Governor, swapped whole on a new manifest version;
 //! - [`bundle`]: reads a manifest and its Cedar policy files from disk and builds a
@@ -39,6 +41,7 @@ pub mod notify;
 pub mod path;
 pub mod process;
 pub mod promotion;
+pub mod runtime;
 pub mod server;
 pub mod sessions;
 pub mod starter;

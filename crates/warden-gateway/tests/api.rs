@@ -1712,3 +1712,53 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
     paths.sort();
     assert_eq!(paths, ["POST /slack HTTP/1.1", "POST /tg HTTP/1.1"]);
 }
+
+/// The composition root assembles what `warden serve` runs: the Executor is part of it, so an
+/// allowed signed proposal goes down the whole governed path and its answer never carries the
+/// grant; a manifest that does not load assembles nothing and says why.
+#[tokio::test]
+async fn the_runtime_assembles_the_gateway_production_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = warden_gateway::starter::write_with_approvers(dir.path(), dir.path()).unwrap();
+    let config = warden_gateway::runtime::Config {
+        data: dir.path().to_path_buf(),
+        manifest: manifest.clone(),
+        ledger_postgres: None,
+        replay_redis: None,
+        // No `warden` binary in this test: the demo upstream cannot start, which is enough.
+        helper: dir.path().join("no-such-warden"),
+    };
+    let open = |c: warden_gateway::runtime::Config| {
+        tokio::task::spawn_blocking(move || warden_gateway::runtime::Runtime::open(c))
+    };
+    let runtime = open(config.clone()).await.unwrap().unwrap();
+    assert!(runtime.app.executor.is_some());
+    assert!(runtime.admin().is_ok());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, runtime.app.clone(), std::future::pending()));
+    let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
+    let body = br#"{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{"text":"hi"}}"#;
+    let (status, resp) = agent.propose(addr, body).await;
+    // Allowed and recorded, then run by the Executor, which could not reach the upstream.
+    assert_eq!(status, 502, "{resp}");
+    assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
+    assert!(!resp.contains("\"grant\""), "{resp}");
+    runtime.executor.shutdown().await;
+    drop(runtime);
+
+    // A manifest that does not load: nothing is assembled, and the error names it.
+    std::fs::write(&manifest, "version: x\n").unwrap();
+    let err = open(warden_gateway::runtime::Config {
+        data: dir.path().join("other"),
+        ..config
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(err, warden_gateway::runtime::RuntimeError::Manifest { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("manifest.yaml"), "{err}");
+}

@@ -57,27 +57,6 @@ const UPSTREAM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// Lifetime of the credential written for the starter agent.
 const STARTER_CREDENTIAL_SECS: i64 = 30 * 24 * 3600;
 
-/// A replay guard: Redis (shared by instances) when a URL is given, else in process.
-fn replay_guard(
-    redis: Option<&str>,
-    prefix: &str,
-) -> anyhow::Result<Box<dyn warden_identity::ReplayGuard>> {
-    Ok(match redis {
-        Some(url) => Box::new(
-            warden_identity::RedisReplayGuard::new(url, prefix).map_err(anyhow::Error::msg)?,
-        ),
-        None => Box::new(warden_identity::MemoryReplayGuard::new()),
-    })
-}
-
-/// The gateway's parts, opened.
-struct Opened {
-    app: warden_gateway::server::AppState,
-    executor: Arc<warden_executor::Executor>,
-    clock: Arc<warden_executor::ManifestClock>,
-    manifest: PathBuf,
-}
-
 fn logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -98,8 +77,18 @@ fn logging() {
         .init();
 }
 
-/// Opens the bundle, state, ledger, identity and Executor; `Err(code)` when the manifest does
-/// not load (already reported).
+/// The gateway's parts, opened.
+struct Opened {
+    app: warden_gateway::server::AppState,
+    executor: Arc<warden_executor::Executor>,
+    clock: Arc<warden_executor::ManifestClock>,
+    manifest: PathBuf,
+    runtime: warden_gateway::runtime::Runtime,
+}
+
+/// Assembles the gateway ([`warden_gateway::runtime::Runtime`], the one composition root),
+/// writing the starter manifest (and the starter agent's credential) on a first run without
+/// one; `Err(code)` when the manifest does not load (already reported).
 fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
@@ -114,87 +103,35 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
             m
         }
     };
-    let governor = match warden_gateway::bundle::load_governor(&manifest) {
-        Ok(g) => g,
-        Err(e) => {
+    let config = warden_gateway::runtime::Config {
+        data: a.data.clone(),
+        manifest: manifest.clone(),
+        ledger_postgres: a.ledger_postgres.clone(),
+        replay_redis: a.replay_redis.clone(),
+        helper: std::env::current_exe().context("finding the warden binary")?,
+    };
+    let runtime = match warden_gateway::runtime::Runtime::open(config) {
+        Ok(r) => r,
+        Err(warden_gateway::runtime::RuntimeError::Manifest { path, error }) => {
             // INVARIANT (fail-closed): without a loaded bundle the gateway does not start.
-            super::print_load_error(&e);
+            super::print_load_error(&error);
             eprintln!(
                 "error: manifest `{}` does not load; refusing to start",
-                manifest.display()
+                path.display()
             );
             return Ok(Err(ExitCode::from(super::EXIT_INPUT)));
         }
-    };
-    let state_dir = a.data.join("state");
-    let state = warden_state::FileState::open(&state_dir, warden_gateway::now_unix())
-        .with_context(|| format!("opening state in `{}`", state_dir.display()))?;
-    // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
-    let ledger = warden_gateway::witness::open_ledger(&a.data, a.ledger_postgres.as_deref())
-        .context("opening the Witness ledger")?;
-    warden_gateway::agents::record_key_changes(&a.data, &ledger, warden_gateway::now_unix())
-        .context("recording key changes in the ledger")?;
-    tracing::info!(
-        origin = ledger.origin(),
-        verifier = %warden_gateway::witness::pub_path(&a.data).display(),
-        "ledger open"
-    );
-    tracing::info!(
-        manifest = %manifest.display(),
-        version = governor.manifest().version,
-        policy_hash = governor.policy_hash(),
-        "manifest loaded"
-    );
-    let approval_settings = warden_gateway::approvals::settings(governor.manifest());
-    let app = warden_gateway::server::AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(state),
-        ledger: Arc::new(ledger),
-        identity: Arc::new(
-            warden_gateway::agents::IdentityState::open_with(
-                &a.data,
-                replay_guard(a.replay_redis.as_deref(), "warden:nonce:")?,
-            )
-            .context("opening the agent identity state")?,
-        ),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(approval_settings)),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let clock = Arc::new(warden_executor::ManifestClock::new(
-        app.governor.get().manifest().version,
-    ));
-    let executor = Arc::new(
-        warden_gateway::execution::build(
-            &a.data,
-            &manifest,
-            app.governor.get().manifest(),
-            Arc::clone(&app.ledger),
-            replay_guard(a.replay_redis.as_deref(), "warden:grant:")?,
-            Arc::clone(&clock),
-            Arc::clone(&app.state),
-            warden_gateway::execution::sandbox_config(
-                &a.data,
-                app.governor.get().manifest(),
-                std::env::current_exe().context("finding the warden binary")?,
-            ),
-        )
-        .context("setting up the Executor")?,
-    );
-    // The native API runs allowed signed proposals through the same Executor.
-    let app = warden_gateway::server::AppState {
-        executor: Some(Arc::clone(&executor)),
-        ..app
+        Err(e) => return Err(e.into()),
     };
     if starter {
-        starter_credential(&a.data, app.governor.get().manifest())?;
+        starter_credential(&a.data, runtime.app.governor.get().manifest())?;
     }
     Ok(Ok(Opened {
-        app,
-        executor,
-        clock,
+        app: runtime.app.clone(),
+        executor: Arc::clone(&runtime.executor),
+        clock: Arc::clone(&runtime.clock),
         manifest,
+        runtime,
     }))
 }
 
@@ -205,11 +142,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         executor,
         clock,
         manifest,
+        runtime,
     } = match open(&a.common)? {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
-    let data = &a.common.data;
     let rt = tokio::runtime::Runtime::new()?;
     let notifier = notifier(&rt, &app, &manifest);
     let app = warden_gateway::server::AppState {
@@ -217,15 +154,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ..app
     };
     let admin = warden_gateway::admin::AdminState {
-        state: Arc::clone(&app.state),
-        ledger: Arc::clone(&app.ledger),
-        token_hash: warden_gateway::admin::load_token_hash(data)
-            .context("loading the admin token")?,
-        executor: Some(Arc::clone(&executor)),
-        approvals: Arc::clone(&app.approvals),
-        governor: Arc::clone(&app.governor),
-        manifest_path: Some(manifest.clone()),
         notifier,
+        ..runtime.admin().context("loading the admin token")?
     };
     rt.block_on(async move {
         let stop = on_stop()?;
