@@ -285,99 +285,20 @@ impl ServerHandler for McpFront {
             _ => max_wait,
         };
         let progress = progress_token.map(|t| progress_sink(&ctx, t));
-        let run = |approval| crate::path::Run {
+        let run = crate::path::Run {
             identity: &identity,
             proposal: &proposal,
             trace: &trace,
             cancel: ctx.ct.clone(),
-            approval,
+            approval: approval.as_deref(),
         };
-        let mut outcome = crate::path::propose_and_run(
-            &self.app,
-            &self.executor,
-            run(approval.as_deref()),
-            progress.clone(),
-        )
-        .await;
-        // Wait for the approval (with progress), then run the call on it.
-        let pending = match &outcome {
-            Outcome::Decided {
-                approval: Some(r), ..
-            } if wait > 0 && r.status == Status::Pending => Some(r.id.clone()),
-            _ => None,
-        };
-        if let Some(id) = pending {
-            let waited = self
-                .wait_for_approval(&id, wait, progress.as_ref(), &ctx.ct)
-                .await;
-            if waited == Some(Status::Approved) {
-                outcome = crate::path::propose_and_run(
-                    &self.app,
-                    &self.executor,
-                    run(Some(&id)),
-                    progress.clone(),
-                )
-                .await;
-            }
-        }
+        let outcome =
+            crate::path::propose_wait_and_run(&self.app, &self.executor, run, wait, progress).await;
         Ok(self.answer(outcome))
     }
 }
 
 impl McpFront {
-    /// Waits up to `secs` for approval `id` to leave `pending`, telling the agent every five
-    /// seconds; `None` if it did not (timeout or the agent cancelled).
-    async fn wait_for_approval(
-        &self,
-        id: &str,
-        secs: u64,
-        progress: Option<&warden_executor::ProgressSink>,
-        cancel: &tokio_util::sync::CancellationToken,
-    ) -> Option<Status> {
-        let mut rx = self.app.approvals.subscribe(id)?;
-        let started = tokio::time::Instant::now();
-        let deadline = started + std::time::Duration::from_secs(secs);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            let now = *rx.borrow_and_update();
-            if now != Status::Pending {
-                return Some(now);
-            }
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Some(p) = progress {
-                        let votes = self
-                            .app
-                            .approvals
-                            .get(id, crate::now_unix_ms())
-                            .map_or(0, |r| r.approved_by().len());
-                        #[expect(
-                            clippy::cast_precision_loss,
-                            reason = "seconds waited, far below 2^52"
-                        )]
-                        let elapsed = started.elapsed().as_secs() as f64;
-                        #[expect(clippy::cast_precision_loss, reason = "at most 3600")]
-                        let total = secs as f64;
-                        p(
-                            elapsed,
-                            Some(total),
-                            Some(format!(
-                                "waiting for approval {id} ({votes} approval(s) so far)"
-                            )),
-                        );
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => return None,
-                () = cancel.cancelled() => return None,
-            }
-        }
-    }
-
     /// The MCP result for an outcome.
     fn answer(&self, outcome: Outcome) -> CallToolResponse {
         match outcome {

@@ -11,6 +11,7 @@ use crate::server::{govern, AppState, Governed};
 use std::sync::Arc;
 use warden_core::{Decision, Proposal, Verdict};
 use warden_executor::{ExecError, Executed, Executor, ProgressSink};
+use warden_identity::approval::Status;
 use warden_identity::{GrantError, Identity};
 
 /// What became of one proposal.
@@ -92,6 +93,99 @@ pub fn egress_findings(
             .into_iter()
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// Governs `run` ([`propose_and_run`]); when the call escalates to an approval that is still
+/// pending and `wait_secs` is not 0, waits up to that long for it to be decided (telling
+/// `progress` every 5 s) and, once approved, proposes the call again on it. What every
+/// front-end calls: the MCP front-end waits as the manifest (or the call's `warden/wait`)
+/// says, the native API as its `Warden-Wait` header says.
+pub async fn propose_wait_and_run(
+    app: &AppState,
+    executor: &Arc<Executor>,
+    run: Run<'_>,
+    wait_secs: u64,
+    progress: Option<ProgressSink>,
+) -> Outcome {
+    let Run {
+        identity,
+        proposal,
+        trace,
+        cancel,
+        approval,
+    } = run;
+    let again = |approval| Run {
+        identity,
+        proposal,
+        trace,
+        cancel: cancel.clone(),
+        approval,
+    };
+    let outcome = propose_and_run(app, executor, again(approval), progress.clone()).await;
+    let pending = match &outcome {
+        Outcome::Decided {
+            approval: Some(r), ..
+        } if wait_secs > 0 && r.status == Status::Pending => r.id.clone(),
+        _ => return outcome,
+    };
+    match wait_for_approval(app, &pending, wait_secs, progress.as_ref(), &cancel).await {
+        Some(Status::Approved) => {
+            propose_and_run(app, executor, again(Some(&pending)), progress).await
+        }
+        _ => outcome,
+    }
+}
+
+/// Waits up to `secs` for approval `id` to leave `pending`, telling the agent every five
+/// seconds; `None` if it did not (timeout or the agent cancelled).
+async fn wait_for_approval(
+    app: &AppState,
+    id: &str,
+    secs: u64,
+    progress: Option<&warden_executor::ProgressSink>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Status> {
+    let mut rx = app.approvals.subscribe(id)?;
+    let started = tokio::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(secs);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let now = *rx.borrow_and_update();
+        if now != Status::Pending {
+            return Some(now);
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(p) = progress {
+                    let votes = app
+                        .approvals
+                        .get(id, crate::now_unix_ms())
+                        .map_or(0, |r| r.approved_by().len());
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "seconds waited, far below 2^52"
+                    )]
+                    let elapsed = started.elapsed().as_secs() as f64;
+                    #[expect(clippy::cast_precision_loss, reason = "at most 3600")]
+                    let total = secs as f64;
+                    p(
+                        elapsed,
+                        Some(total),
+                        Some(format!(
+                            "waiting for approval {id} ({votes} approval(s) so far)"
+                        )),
+                    );
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return None,
+            () = cancel.cancelled() => return None,
+        }
     }
 }
 

@@ -439,7 +439,16 @@ async fn proposals(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             // this exact call; without it, an approved request for the same call is used).
             approval: headers.get("warden-approval").and_then(|v| v.to_str().ok()),
         };
-        let outcome = crate::path::propose_and_run(&app, executor, run, None).await;
+        // `Warden-Wait: N` waits up to N seconds (at most the manifest's `wait_seconds`) for a
+        // pending approval, then runs the call on it; without it the answer is at once (202).
+        let max_wait = app.governor.get().manifest().approvals.wait_secs;
+        let wait = headers
+            .get("warden-wait")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(max_wait);
+        let outcome = crate::path::propose_wait_and_run(&app, executor, run, wait, None).await;
         return outcome_response(outcome);
     }
     decide_and_record(

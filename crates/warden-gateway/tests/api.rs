@@ -428,16 +428,27 @@ impl SignedAgent {
 
     /// Posts the signed proposal `body`; (status, body).
     async fn propose(&self, addr: SocketAddr, body: &[u8]) -> (u16, String) {
+        self.propose_with(addr, body, &[]).await
+    }
+
+    /// [`SignedAgent::propose`] with more headers.
+    async fn propose_with(
+        &self,
+        addr: SocketAddr,
+        body: &[u8],
+        more: &[(&'static str, String)],
+    ) -> (u16, String) {
         let n = self
             .nonce
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let h = signed(
+        let mut h = signed(
             &self.key,
             &self.token,
             &self.lineage,
             body,
             &format!("p-{n}"),
         );
+        h.extend(more.iter().cloned());
         request_with(addr, "/v1/proposals", &h, body).await
     }
 }
@@ -1720,6 +1731,13 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
 async fn the_runtime_assembles_the_gateway_production_runs() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = warden_gateway::starter::write_with_approvers(dir.path(), dir.path()).unwrap();
+    // Calls may wait up to 20 s for their approval (the starter answers at once).
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("wait_seconds: 0 ", "wait_seconds: 20"),
+    )
+    .unwrap();
     let config = warden_gateway::runtime::Config {
         data: dir.path().to_path_buf(),
         manifest: manifest.clone(),
@@ -1744,6 +1762,52 @@ async fn the_runtime_assembles_the_gateway_production_runs() {
     assert_eq!(status, 502, "{resp}");
     assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
     assert!(!resp.contains("\"grant\""), "{resp}");
+
+    // The native API waits for an approval as the MCP front-end does (`Warden-Wait`):
+    // coder-1's `demo.add` needs its owner; alice approves while the call waits, and the
+    // call is then decided again and redeems it (run, too: here the upstream is unreachable).
+    let book = Arc::clone(&runtime.app.approvals);
+    let governor = runtime.app.governor.get();
+    let approvers = warden_gateway::approvals::approvers(governor.manifest());
+    let agents: Vec<String> = governor.manifest().agents.keys().cloned().collect();
+    let key = warden_gateway::approvals::load_approver_key(
+        &warden_gateway::approvals::approver_key_path(dir.path(), "alice@acme.example"),
+    )
+    .unwrap();
+    let voter = tokio::spawn(async move {
+        loop {
+            let now = warden_gateway::now_unix_ms();
+            let pending = book
+                .list(now)
+                .into_iter()
+                .find(|r| r.status == warden_identity::approval::Status::Pending);
+            if let Some(r) = pending {
+                let vote = warden_identity::approval::sign(
+                    &key,
+                    &r,
+                    warden_identity::approval::Verdict::Approve,
+                    "alice@acme.example",
+                    now,
+                )
+                .unwrap();
+                book.vote(&vote, &approvers, |id| agents.iter().any(|a| a == id), now)
+                    .unwrap();
+                book.commit(&r.id, now).unwrap();
+                return r.id;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let add = br#"{"agent":"coder-1","session":"s","tool":"demo.add","arguments":{"a":2,"b":3}}"#;
+    let (status, resp) = agent
+        .propose_with(addr, add, &[("warden-wait", "15".into())])
+        .await;
+    let approved = voter.await.unwrap();
+    assert_eq!(status, 502, "{resp}");
+    assert!(
+        resp.contains("approval.redeemed") && resp.contains(&approved),
+        "{resp}"
+    );
     runtime.executor.shutdown().await;
     drop(runtime);
 
