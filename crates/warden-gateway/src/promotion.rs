@@ -237,22 +237,13 @@ pub async fn promote(
         // manifest itself): a demotion is lifted by the admin token, and recorded, rather than
         // left for good.
         if let Some(hold) = demoted {
-            app.state
-                .clear_hold(&scope, HoldKind::Demote)
-                .map_err(|e| e.to_string())?;
-            record(
-                &app.ledger,
-                "agent.promoted",
-                agent,
-                &a.tenant,
-                format!(
-                    "restored to `{}` after its demotion ({}) by the operator (the manifest \
-                     names no governance approvers)",
-                    a.trust.as_str(),
-                    hold.reason
-                ),
+            restore(
+                app,
+                a,
+                &hold,
+                "by the operator (the manifest names no governance approvers)".into(),
             )
-            .await;
+            .await?;
             return Ok(Promoted::RestoredByOperator);
         }
         return Err(
@@ -279,23 +270,17 @@ pub async fn promote(
             .redeem(&binding, None, &requirement, true, now_ms)
             .map_err(|e| e.to_string())?
         {
-            app.state
-                .clear_hold(&scope, HoldKind::Demote)
-                .map_err(|e| e.to_string())?;
-            record(
-                &app.ledger,
-                "agent.promoted",
-                agent,
-                &a.tenant,
+            restore(
+                app,
+                a,
+                &hold,
                 format!(
-                    "restored to `{}` after its demotion ({}), approved by {} (approval {})",
-                    a.trust.as_str(),
-                    hold.reason,
+                    "approved by {} (approval {})",
                     r.approved_by().join(", "),
                     r.id
                 ),
             )
-            .await;
+            .await?;
             return Ok(Promoted::Restored(Box::new(r)));
         }
         let preview = serde_json::json!({
@@ -347,6 +332,31 @@ pub async fn promote(
         file,
         to,
     })
+}
+
+/// Lifts agent `a`'s demotion (`hold`) and records who restored it (`by`).
+async fn restore(
+    app: &crate::admin::AdminState,
+    a: &warden_policy::manifest::Agent,
+    hold: &Hold,
+    by: String,
+) -> Result<(), String> {
+    app.state
+        .clear_hold(&HoldScope::Agent(a.id.clone()), HoldKind::Demote)
+        .map_err(|e| e.to_string())?;
+    record(
+        &app.ledger,
+        "agent.promoted",
+        &a.id,
+        &a.tenant,
+        format!(
+            "restored to `{}` after its demotion ({}), {by}",
+            a.trust.as_str(),
+            hold.reason
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 fn next_level(t: TrustLevel) -> Option<TrustLevel> {

@@ -24,27 +24,8 @@ async fn start_with(
     dir: &Path,
     ledger: warden_ledger::Ledger,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let manifest = warden_gateway::starter::write(dir).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let state =
-        warden_state::FileState::open(&dir.join("state"), warden_gateway::now_unix()).unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(state),
-        ledger: Arc::new(ledger),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, app, async {
-        let _ = rx.await;
-    }));
-    (addr, tx)
+    warden_gateway::starter::write(dir).unwrap();
+    serve_app(dir, Arc::new(ledger)).await
 }
 
 /// Serves the API over the manifest already in `dir` and `ledger`.

@@ -699,6 +699,20 @@ impl Book {
         inner.nonces.retain(|_, until| now_ms < *until);
     }
 
+    /// How many requests of `binding`'s agent are open (pending or approved) under its
+    /// manifest version.
+    fn open_of(inner: &Inner, binding: &Binding) -> usize {
+        inner
+            .requests
+            .values()
+            .filter(|e| {
+                e.request.binding.agent == binding.agent
+                    && e.request.binding.manifest_version == binding.manifest_version
+                    && matches!(e.request.status, Status::Pending | Status::Approved)
+            })
+            .count()
+    }
+
     /// Opens a request for `binding`, or returns the open one for the same call (merged;
     /// the flag says whether it is new).
     ///
@@ -734,15 +748,7 @@ impl Book {
                 }
             }
         }
-        let open = inner
-            .requests
-            .values()
-            .filter(|e| {
-                e.request.binding.agent == binding.agent
-                    && e.request.binding.manifest_version == binding.manifest_version
-                    && matches!(e.request.status, Status::Pending | Status::Approved)
-            })
-            .count();
+        let open = Self::open_of(&inner, binding);
         // INVARIANT (bounded): an agent cannot flood approvers or memory with requests.
         if open >= inner.settings.max_open_per_agent {
             return Err(ApprovalError::TooManyOpen {
@@ -964,15 +970,7 @@ impl Book {
                 status => Claim::Refused(ApprovalError::NotApproved { id, status }),
             };
         }
-        let open = inner
-            .requests
-            .values()
-            .filter(|e| {
-                e.request.binding.agent == binding.agent
-                    && e.request.binding.manifest_version == binding.manifest_version
-                    && matches!(e.request.status, Status::Pending | Status::Approved)
-            })
-            .count();
+        let open = Self::open_of(&inner, binding);
         // INVARIANT (bounded): an agent cannot flood approvers or memory with requests.
         if open >= inner.settings.max_open_per_agent {
             return Claim::Full(ApprovalError::TooManyOpen {
