@@ -8,7 +8,8 @@
 //! Scenarios:
 //! 1. the starter manifest with 10 Cedar policies;
 //! 2. 1,000 Cedar policies and 10,000 agents (policies indexed by action and principal);
-//! 3. the same 1,000 policies with 10 agents (cost must not grow with agents);
+//! 3. the same 1,000 policies with calls from 10 agents (500 in the manifest, the agents the
+//!    pinned policies name; cost must not grow with agents);
 //! 4. the baseline: `cedar-policy`'s `is_authorized` on the whole 1,000-policy set, per call.
 //!
 //! Every decision in 1-3 takes the full allow path: all checks, Cedar, and the atomic charge of
@@ -116,16 +117,18 @@ fn starter() -> (Governor, Gen) {
     (g, proposals)
 }
 
-/// A fleet manifest: `agents` agents, 100 tools, 1,000 policies (10 generic, 490 per action,
-/// 500 pinned to agents 0..499).
+/// A fleet manifest: 100 tools, 1,000 policies (10 generic, 490 per action, 500 pinned to
+/// agents 0..499), and calls from `agents` agents. The manifest lists at least the 500 agents
+/// the pinned policies name (a policy naming an agent the manifest lacks does not load).
 fn fleet(agents: usize) -> (Governor, Gen) {
+    let listed = agents.max(500);
     let mut y = String::from(
         "version: 7\nrisk_tiers:\n  low: { approval: { mode: auto }, rate: 1000000000/h }\n  high: { approval: { mode: role, approvers: 1, role: planner } }\n\
          trust:\n  intern: { autonomous: [low] }\n  junior: { autonomous: [low] }\n  senior: { autonomous: [low], with_approval: [high] }\n  principal: { autonomous: [low, high] }\n\
          tenants: [{ id: t0 }, { id: t1 }, { id: t2 }, { id: t3 }]\nzones: [{ id: z0 }, { id: z1 }]\nagents:\n",
     );
     let trust = ["intern", "junior", "senior", "principal"];
-    for i in 0..agents {
+    for i in 0..listed {
         let _ = writeln!(
             y,
             "  - {{ id: agent-{i}, tenant: t{}, owner: owner-{}@example.com, zone: z{}, trust: {} }}",
@@ -332,7 +335,7 @@ fn main() {
 
     let (g10, ps10) = fleet(10);
     let small = run(&g10, &ps10, n);
-    row("1,000 policies, 10 agents", &small);
+    row("1,000 policies, 10 agents calling (500 listed)", &small);
 
     // Baseline: Cedar's is_authorized over all 1,000 policies, per call (requests built
     // beforehand, so the baseline is Cedar's evaluation alone).

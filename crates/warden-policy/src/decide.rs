@@ -231,18 +231,27 @@ impl Governor {
         // pause nor feed the loop detector of another agent's session of the same name. `/` is
         // not allowed in agent ids, so the key is unambiguous.
         let session_key = session_key(&agent.id, &p.session);
-        let mut scopes = Vec::with_capacity(4);
-        scopes.extend([
+        let own = [
             HoldScope::Global,
             HoldScope::Tenant(agent.tenant.clone()),
             HoldScope::Agent(agent.id.clone()),
             HoldScope::Session(session_key.clone()),
-        ]);
+        ];
         // INVARIANT (a credential never exceeds its ancestors' current trust): a sub-agent is
         // named in its parent's namespace (`<parent>.<name>`, which delegation enforces), so
         // every ancestor's holds — kill, quarantine, pause, demotion — reach it too.
-        scopes.extend(ancestors(&agent.id).map(|a| HoldScope::Agent(a.to_owned())));
-        let holds = match state.holds(&scopes) {
+        let with_parents: Vec<HoldScope>;
+        let scopes: &[HoldScope] = if agent.id.contains('.') {
+            with_parents = own
+                .iter()
+                .cloned()
+                .chain(ancestors(&agent.id).map(|a| HoldScope::Agent(a.to_owned())))
+                .collect();
+            &with_parents
+        } else {
+            &own
+        };
+        let holds = match state.holds(scopes) {
             Ok(h) => h,
             // INVARIANT (fail-closed): no answer from the state store is a deny.
             Err(e) => return deny(d, "state.unavailable", format!("cannot read holds: {e}")),
