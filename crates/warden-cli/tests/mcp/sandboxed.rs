@@ -7,9 +7,11 @@ use super::super::{text, warden};
 use super::{call, enroll, env, first_text, ledger_tail, start_existing};
 use std::time::{Duration, Instant};
 
-/// Processes in upstream `name`'s sandbox cgroups (`upstream-NAME-PID-N`, one per launch).
-fn in_sandbox(name: &str) -> Vec<i32> {
-    let needle = format!("/warden/upstream-{name}-");
+/// Processes in upstream `name`'s sandbox cgroups of the gateway `s` started
+/// (`upstream-NAME-PID-N`, PID the gateway's, one per launch): never another Warden's, nor
+/// another test's.
+fn in_sandbox(s: &super::Server, name: &str) -> Vec<i32> {
+    let needle = format!("/warden/upstream-{name}-{}-", s.child.id());
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -65,9 +67,9 @@ fn serve_with(
     Some((e, s))
 }
 
-/// The cgroups (one per runner launch) of upstream `name`'s live processes.
-fn trees(name: &str) -> std::collections::BTreeSet<String> {
-    in_sandbox(name)
+/// The cgroups (one per runner launch) of upstream `name`'s live processes under gateway `s`.
+fn trees(s: &super::Server, name: &str) -> std::collections::BTreeSet<String> {
+    in_sandbox(s, name)
         .into_iter()
         .filter_map(|pid| {
             let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -105,7 +107,7 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
     };
 
     assert_eq!(first_text(&echo("inside")), "inside");
-    let first = in_sandbox("demo");
+    let first = in_sandbox(&s, "demo");
     assert!(!first.is_empty(), "the server is not in its sandbox cgroup");
     let tail = ledger_tail(&s.data, 4);
     assert!(
@@ -120,7 +122,7 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
             .status();
     }
     wait_until("the heartbeat kill", Duration::from_secs(20), || {
-        in_sandbox("demo").is_empty()
+        in_sandbox(&s, "demo").is_empty()
     });
     assert!(ledger_tail(&s.data, 10).contains("sandbox.lost"));
     // The next call starts a fresh server in a fresh sandbox.
@@ -133,7 +135,7 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
         assert!(start.elapsed() < Duration::from_secs(20), "{r}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let second = in_sandbox("demo");
+    let second = in_sandbox(&s, "demo");
     assert!(!second.is_empty());
     assert!(second.iter().all(|p| !first.contains(p)));
 
@@ -149,7 +151,7 @@ fn a_sandboxed_upstream_serves_is_watched_and_dies_with_the_kill_switch() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_until("the kill switch's kill", Duration::from_secs(5), || {
-        in_sandbox("demo").is_empty()
+        in_sandbox(&s, "demo").is_empty()
     });
     assert!(ledger_tail(&s.data, 10).contains("sandbox.killed"));
 }
@@ -187,7 +189,7 @@ fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sand
     assert!(first_text(&r).contains("starts with `-`"), "{r}");
     let tail = ledger_tail(&s.data, 6);
     assert!(tail.contains("warden-sandbox/bwrap"), "{tail}");
-    assert!(!in_sandbox("proc").is_empty());
+    assert!(!in_sandbox(&s, "proc").is_empty());
 }
 
 /// Runner directories of upstream `name` under a data directory.
@@ -265,7 +267,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     let seen = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "/proc"}"#));
     assert!(host_procs > 20, "{host_procs}");
     assert!(numeric(&seen) <= 8, "{seen}");
-    let before = trees("proc");
+    let before = trees(&s, "proc");
     assert!(before.len() >= 2, "one cgroup per runner: {before:?}");
 
     // A lockdown of acme ends acme's runner only.
@@ -288,7 +290,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let after = trees("proc");
+    let after = trees(&s, "proc");
     assert_eq!(after.len(), before.len() - 1, "{before:?} → {after:?}");
     let globex = first_text(&call(&e, &s, "g-1", "proc.ls", r#"{"dir": "."}"#));
     assert!(!globex.contains("acme-only"), "{globex}");
@@ -330,7 +332,7 @@ fn a_session_runner_ends_with_its_session() {
     wait_until("the session runner's end", Duration::from_secs(15), || {
         sessions() == 0 && !workspace.exists()
     });
-    let trees = trees("proc");
+    let trees = trees(&s, "proc");
     // Only the runner that lists tools is left.
     assert!(trees.len() <= 1, "{trees:?}");
 }
