@@ -722,32 +722,7 @@ fn verify_reports_entries_after_the_last_checkpoint_as_an_unsigned_tail() {
 fn sigterm_stops_serve_cleanly_with_its_ledger_signed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (api, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args([
-            "serve",
-            "--data",
-            d,
-            "--listen",
-            &api,
-            "--admin-listen",
-            &admin,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&api).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (mut child, _api, _admin) = serve(d, Stdio::piped());
     let pid = child.id().to_string();
     let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(kill.success());
@@ -773,6 +748,40 @@ fn sigterm_stops_serve_cleanly_with_its_ledger_signed() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// `warden serve` on data directory `d` and free loopback ports, its stderr to `stderr`,
+/// once both its API and admin listeners accept: (the process, API address, admin address).
+fn serve(d: &str, stderr: Stdio) -> (std::process::Child, String, String) {
+    let (api, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            &api,
+            "--admin-listen",
+            &admin,
+        ])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&api).is_err()
+        || std::net::TcpStream::connect(&admin).is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, api, admin)
 }
 
 fn free_port() -> u16 {
@@ -808,10 +817,6 @@ fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
 fn kill_and_resume_through_the_admin_listener() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (api, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
     struct Child(std::process::Child);
     impl Drop for Child {
         fn drop(&mut self) {
@@ -819,30 +824,8 @@ fn kill_and_resume_through_the_admin_listener() {
             let _ = self.0.wait();
         }
     }
-    let _server = Child(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args([
-                "serve",
-                "--data",
-                d,
-                "--listen",
-                &api,
-                "--admin-listen",
-                &admin,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&admin).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (child, api, admin) = serve(d, Stdio::null());
+    let _server = Child(child);
     let call = |i: u32| {
         format!(
             r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#

@@ -77,19 +77,10 @@ fn logging() {
         .init();
 }
 
-/// The gateway's parts, opened.
-struct Opened {
-    app: warden_gateway::server::AppState,
-    executor: Arc<warden_executor::Executor>,
-    clock: Arc<warden_executor::ManifestClock>,
-    manifest: PathBuf,
-    runtime: warden_gateway::runtime::Runtime,
-}
-
 /// Assembles the gateway ([`warden_gateway::runtime::Runtime`], the one composition root),
 /// writing the starter manifest (and the starter agent's credential) on a first run without
 /// one; `Err(code)` when the manifest does not load (already reported).
-fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
+fn open(a: &Common) -> anyhow::Result<Result<warden_gateway::runtime::Runtime, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
         Some(m) => m,
@@ -126,27 +117,21 @@ fn open(a: &Common) -> anyhow::Result<Result<Opened, ExitCode>> {
     if starter {
         starter_credential(&a.data, runtime.app.governor.get().manifest())?;
     }
-    Ok(Ok(Opened {
-        app: runtime.app.clone(),
-        executor: Arc::clone(&runtime.executor),
-        clock: Arc::clone(&runtime.clock),
-        manifest,
-        runtime,
-    }))
+    Ok(Ok(runtime))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     logging();
-    let Opened {
-        app,
-        executor,
-        clock,
-        manifest,
-        runtime,
-    } = match open(&a.common)? {
-        Ok(o) => o,
+    let runtime = match open(&a.common)? {
+        Ok(r) => r,
         Err(code) => return Ok(code),
     };
+    let (app, executor, clock) = (
+        runtime.app.clone(),
+        Arc::clone(&runtime.executor),
+        Arc::clone(&runtime.clock),
+    );
+    let manifest = runtime.config.manifest.clone();
     let rt = tokio::runtime::Runtime::new()?;
     let notifier = notifier(&rt, &app, &manifest);
     let app = warden_gateway::server::AppState {
@@ -347,8 +332,8 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     logging();
     let token = std::fs::read_to_string(&a.credential)
         .with_context(|| format!("reading the credential `{}`", a.credential.display()))?;
-    let Opened { app, executor, .. } = match open(&a.common)? {
-        Ok(o) => o,
+    let warden_gateway::runtime::Runtime { app, executor, .. } = match open(&a.common)? {
+        Ok(r) => r,
         Err(code) => return Ok(code),
     };
     let rt = tokio::runtime::Runtime::new()?;
