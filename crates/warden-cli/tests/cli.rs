@@ -399,7 +399,7 @@ fn queued_outside_the_window() {
 /// Writes a ledger of `n` decision records into DATA the way `serve` does, with a signed
 /// checkpoint, and returns the checkpoint note.
 fn make_ledger(data: &Path, n: u64) -> String {
-    let ledger = warden_gateway::witness::open_ledger(data, None).unwrap();
+    let ledger = warden_runtime::witness::open_ledger(data, None).unwrap();
     for i in 0..n {
         let d = warden_core::Decision {
             decision: warden_core::Verdict::Allow,
@@ -585,7 +585,7 @@ fn agents_enroll_and_revoke() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let d = data.to_str().unwrap();
-    warden_gateway::starter::write(data).unwrap();
+    warden_runtime::starter::write(data).unwrap();
     let out = warden(&["agents", "enroll", "coder-1", "--data", d]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("coder-1.credential"));

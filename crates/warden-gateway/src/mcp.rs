@@ -6,8 +6,6 @@
 //! tools it may call. Denials and escalations are tool results with `isError: true` that say
 //! why — never a "tool not found" for a tool that exists.
 
-use crate::path::Outcome;
-use crate::server::AppState;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -19,12 +17,11 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
-use warden_core::{Proposal, Verdict};
-use warden_executor::Executor;
-use warden_identity::approval::Status;
-use warden_identity::Identity;
+use warden_core::Verdict;
+use warden_runtime::governed::ProgressSink;
+use warden_runtime::{Call, Caller, Outcome, Runtime};
 
-use crate::sessions::{Limits, OpenError, Refused, Sessions};
+use crate::mcp_sessions::{Limits, OpenError, Refused, Sessions};
 
 /// Largest MCP request body accepted on `/mcp` by default.
 pub const DEFAULT_MAX_BODY: usize = 4 << 20;
@@ -32,8 +29,8 @@ pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 /// Who a connection speaks for: set by [`gate`] per HTTP request, fixed for stdio.
 #[derive(Debug, Clone)]
 pub struct McpCaller {
-    /// The verified identity.
-    pub identity: Identity,
+    /// The authenticated caller.
+    pub caller: Caller,
     /// Its session: the `Mcp-Session-Id` Warden issued, or `mcp:<credential>` for a request
     /// outside any session.
     pub session: String,
@@ -52,8 +49,7 @@ struct Fixed {
 /// the sessions are [`Sessions`]; over stdio there is one for the connection.
 #[derive(Clone)]
 pub struct McpFront {
-    app: AppState,
-    executor: Arc<Executor>,
+    app: Runtime,
     fixed: Option<Arc<Fixed>>,
     /// Over HTTP: the open sessions, where calls in flight are registered for cancellation.
     sessions: Option<Arc<Sessions>>,
@@ -64,14 +60,14 @@ pub struct McpFront {
 
 /// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
 struct SessionEnd {
-    executor: Arc<Executor>,
+    runtime: Runtime,
     keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl SessionEnd {
-    fn new(executor: &Arc<Executor>) -> Arc<Self> {
+    fn new(runtime: &Runtime) -> Arc<Self> {
         Arc::new(SessionEnd {
-            executor: Arc::clone(executor),
+            runtime: runtime.clone(),
             keys: std::sync::Mutex::default(),
         })
     }
@@ -87,7 +83,7 @@ impl Drop for SessionEnd {
     fn drop(&mut self) {
         let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
         for k in keys {
-            self.executor.end_session(&k);
+            self.runtime.end_session(&k);
         }
     }
 }
@@ -103,10 +99,9 @@ impl std::fmt::Debug for McpFront {
 impl McpFront {
     /// A handler for HTTP, where each request carries its caller and session (see [`gate`]).
     #[must_use]
-    pub fn http(app: AppState, executor: Arc<Executor>, sessions: Arc<Sessions>) -> Self {
+    pub fn http(app: Runtime, sessions: Arc<Sessions>) -> Self {
         McpFront {
             app,
-            executor,
             fixed: None,
             sessions: Some(sessions),
             ended: None,
@@ -118,18 +113,18 @@ impl McpFront {
     ///
     /// # Errors
     /// Why the credential is refused.
-    pub fn stdio(app: AppState, executor: Arc<Executor>, credential: &str) -> Result<Self, String> {
-        let identity = crate::server::verify_credential(&app, Some(credential))
-            .map_err(|(_, rule, why)| format!("{rule}: {why}"))?;
+    pub fn stdio(app: Runtime, credential: &str) -> Result<Self, String> {
+        let caller = app
+            .authenticate(Some(credential))
+            .map_err(|r| r.to_string())?;
         let session = format!(
             "stdio:{}:{}",
-            identity.credential,
-            crate::agents::random_request_id()
+            caller.credential(),
+            warden_runtime::caller::random_id().ok_or("no randomness for a session id")?
         );
         Ok(McpFront {
+            ended: Some(SessionEnd::new(&app)),
             app,
-            ended: Some(SessionEnd::new(&executor)),
-            executor,
             fixed: Some(Arc::new(Fixed {
                 token: credential.to_owned(),
                 session,
@@ -142,13 +137,14 @@ impl McpFront {
     fn caller(
         &self,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(Identity, String, bool, String), McpError> {
+    ) -> Result<(Caller, String, bool, String), McpError> {
         if let Some(f) = &self.fixed {
             // INVARIANT (revocation is immediate): the stdio credential is checked per request.
-            let identity = crate::server::verify_credential(&self.app, Some(&f.token)).map_err(
-                |(_, rule, why)| McpError::invalid_request(format!("{rule}: {why}"), None),
-            )?;
-            return Ok((identity, f.session.clone(), false, String::new()));
+            let caller = self
+                .app
+                .authenticate(Some(&f.token))
+                .map_err(|r| McpError::invalid_request(r.to_string(), None))?;
+            return Ok((caller, f.session.clone(), false, String::new()));
         }
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
         // INVARIANT (no anonymous agents): the gate middleware put the verified caller here;
@@ -157,10 +153,10 @@ impl McpFront {
             return Err(McpError::invalid_request("not authenticated", None));
         };
         let trace = parts
-            .map(|p| crate::server::trace_id(&p.headers))
+            .map(|p| crate::native_api::trace_id(&p.headers))
             .unwrap_or_default();
         Ok((
-            caller.identity.clone(),
+            caller.caller.clone(),
             caller.session.clone(),
             caller.issued,
             trace,
@@ -200,22 +196,9 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let (identity, ..) = self.caller(&ctx)?;
-        let governor = self.app.governor.get();
-        // Seed 003: an agent sees only what it may call (its tenant, zone and trust level, and
-        // its credential's tool list).
-        let tools = self
-            .executor
-            .tools()
-            .into_iter()
-            .filter(|t| {
-                governor.may_see(&identity.agent, &t.name)
-                    && identity
-                        .tools
-                        .as_ref()
-                        .is_none_or(|allowed| allowed.contains(t.name.as_ref()))
-            })
-            .collect();
+        let (caller, ..) = self.caller(&ctx)?;
+        // Seed 003: an agent sees only what it may call.
+        let tools = self.app.visible_tools(&caller);
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -224,7 +207,7 @@ impl ServerHandler for McpFront {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let (identity, session, issued, trace) = self.caller(&ctx)?;
+        let (caller, session, issued, trace) = self.caller(&ctx)?;
         let progress_token = request
             .meta
             .as_ref()
@@ -232,8 +215,8 @@ impl ServerHandler for McpFront {
             .or_else(|| ctx.meta.get_progress_token());
         let arguments = request.arguments.unwrap_or_default();
         if let Some(ended) = &self.ended {
-            ended.note(warden_policy::decide::session_key(
-                &identity.agent,
+            ended.note(warden_runtime::runtime::session_key(
+                caller.agent(),
                 &session,
             ));
         }
@@ -256,16 +239,6 @@ impl ServerHandler for McpFront {
             }
             _ => None,
         };
-        let proposal = Proposal {
-            agent: identity.agent.clone(),
-            session,
-            tool: request.name.to_string(),
-            arguments: serde_json::Value::Object(arguments),
-            tenant: Some(identity.tenant.clone()),
-        };
-        if let Err(e) = proposal.check() {
-            return Ok(refusal(format!("Warden refused the call: {e}")));
-        }
         // `_meta`: `warden/approval` names the approval this call redeems; `warden/wait`
         // (`false` or seconds) shortens the manifest's wait for an approval.
         // rmcp moves a request's `_meta` into the context; read both.
@@ -278,22 +251,22 @@ impl ServerHandler for McpFront {
                 .cloned()
         };
         let approval = meta("warden/approval").and_then(|v| v.as_str().map(str::to_owned));
-        let max_wait = self.app.governor.get().manifest().approvals.wait_secs;
         let wait = match meta("warden/wait") {
-            Some(serde_json::Value::Bool(false)) => 0,
-            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0).min(max_wait),
-            _ => max_wait,
+            Some(serde_json::Value::Bool(false)) => Some(0),
+            Some(serde_json::Value::Number(n)) => Some(n.as_u64().unwrap_or(0)),
+            _ => None,
         };
-        let progress = progress_token.map(|t| progress_sink(&ctx, t));
-        let run = crate::path::Run {
-            identity: &identity,
-            proposal: &proposal,
+        let call = Call {
+            session,
+            tool: request.name.to_string(),
+            arguments: serde_json::Value::Object(arguments),
             trace: &trace,
             cancel: ctx.ct.clone(),
             approval: approval.as_deref(),
+            wait_secs: wait,
+            progress: progress_token.map(|t| progress_sink(&ctx, t)),
         };
-        let outcome =
-            crate::path::propose_wait_and_run(&self.app, &self.executor, run, wait, progress).await;
+        let outcome = self.app.propose(&caller, call).await;
         Ok(self.answer(outcome))
     }
 }
@@ -317,28 +290,24 @@ impl McpFront {
                 approval: Some(r),
                 ..
             } if decision.decision == Verdict::Escalate => {
-                let now_ms = crate::now_unix_ms();
-                let status = self
-                    .app
-                    .approvals
-                    .get(&r.id, now_ms)
-                    .map_or(r.status, |r| r.status);
+                let r = self.app.approval(&r.id).unwrap_or(r);
                 let what = escalation_text(decision.escalation.as_ref(), &decision.reason);
-                let retry = match status {
-                    Status::Pending | Status::Approved => format!(
+                let retry = if r.open() {
+                    format!(
                         "Call again with the same arguments once it is approved (optionally \
                          with `_meta` {{\"warden/approval\": \"{}\"}}).",
                         r.id
-                    ),
-                    other => format!("The approval is {}: propose again.", other.as_str()),
+                    )
+                } else {
+                    format!("The approval is {}: propose again.", r.status)
                 };
                 refusal(format!(
                     "This call needs approval before it can run: {what} (rules: {}; request \
                      {request_id}). Approval id: {} ({}, needs {}). It was not run. {retry}",
                     decision.rules.join(", "),
                     r.id,
-                    status.as_str(),
-                    crate::approvals::requirement_text(&r.requirement, r.critical),
+                    r.status,
+                    r.requires,
                 ))
             }
             Outcome::Decided {
@@ -368,6 +337,7 @@ impl McpFront {
                 ))
             }
             Outcome::Ran { executed, .. } => as_complete(executed.result).into(),
+            Outcome::Invalid { why } => refusal(format!("Warden refused the call: {why}")),
             Outcome::Failed {
                 request_id, error, ..
             } => refusal(format!(
@@ -381,7 +351,7 @@ impl McpFront {
 fn progress_sink(
     ctx: &RequestContext<RoleServer>,
     token: rmcp::model::ProgressToken,
-) -> warden_executor::ProgressSink {
+) -> ProgressSink {
     let peer = ctx.peer.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, Option<f64>, Option<String>)>();
     tokio::spawn(async move {
@@ -417,7 +387,7 @@ fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String 
 /// What the `/mcp` gate needs: the gateway, the sessions, the body cap.
 #[derive(Clone)]
 struct Gate {
-    app: AppState,
+    app: Runtime,
     sessions: Arc<Sessions>,
     max_body: usize,
 }
@@ -667,11 +637,14 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let identity = match crate::server::verify_credential(&g.app, token) {
-        Ok(identity) => identity,
-        Err((status, rule, why)) => return refuse(status, rule, why),
+    let caller = match g.app.authenticate(token) {
+        Ok(c) => c,
+        Err(r) => {
+            let status = crate::native_api::status_of(r.kind);
+            return refuse(status, r.rule, r.why);
+        }
     };
-    let credential = identity.credential.clone();
+    let credential = caller.credential().to_owned();
     let asked = match req.headers().get("mcp-session-id").map(|v| v.to_str()) {
         None => None,
         Some(Ok(id)) => Some(id.to_owned()),
@@ -744,10 +717,10 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
-    let agent = identity.agent.clone();
-    let chain = (identity.credentials.clone(), identity.chain.clone());
+    let agent = caller.agent().to_owned();
+    let chain = caller.lineage();
     req.extensions_mut().insert(Arc::new(McpCaller {
-        identity,
+        caller,
         session,
         issued: asked.is_some(),
     }));
@@ -778,12 +751,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
 /// (no session of its own) and answers on an SSE stream, which carries progress and a
 /// keep-alive every 15 s while a call runs or waits for approval; Warden keeps the sessions.
 /// Idle sessions are swept every minute.
-pub fn router(
-    app: AppState,
-    executor: Arc<Executor>,
-    max_body: usize,
-    allowed_hosts: Option<Vec<String>>,
-) -> axum::Router {
+pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>) -> axum::Router {
     use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
@@ -794,14 +762,14 @@ pub fn router(
     if let Some(hosts) = allowed_hosts {
         config = config.with_allowed_hosts(hosts);
     }
-    let ender = Arc::clone(&executor);
+    let ender = app.clone();
     let sessions = Sessions::new(
         Limits::default(),
         Box::new(move |key: &str| ender.end_session(key)),
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&sessions);
-        let identity = Arc::clone(&app.identity);
+        let runtime = app.clone();
         rt.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
@@ -811,13 +779,13 @@ pub fn router(
                 // Sessions of a revoked credential or agent end (their requests were refused
                 // from the moment of revocation). If `DATA/revoked` cannot be read, every
                 // request is refused already; the sessions wait for the next sweep.
-                if identity.refresh().is_ok() {
-                    s.end_revoked(|credentials, agents| identity.revoked(credentials, agents));
+                if let Some(revoked) = runtime.revocations() {
+                    s.end_revoked(revoked);
                 }
             }
         });
     }
-    let front = McpFront::http(app.clone(), executor, Arc::clone(&sessions));
+    let front = McpFront::http(app.clone(), Arc::clone(&sessions));
     let service = StreamableHttpService::new(
         move || Ok(front.clone()),
         Arc::new(NeverSessionManager::default()),

@@ -84,7 +84,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             ttl_hours,
         } => {
             let manifest = manifest.unwrap_or_else(|| data.join("manifest.yaml"));
-            let m = match warden_gateway::bundle::load_manifest(&manifest) {
+            let m = match warden_runtime::bundle::load_manifest(&manifest) {
                 Ok(m) => m,
                 Err(e) => {
                     super::print_load_error(&e);
@@ -98,7 +98,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             let existing = data.join("agents").join(format!("{id}.credential"));
             let replaced = existing.exists();
             let path =
-                warden_gateway::agents::enroll(&data, &m, &id, warden_gateway::now_unix(), ttl)?;
+                warden_runtime::agents::enroll(&data, &m, &id, warden_runtime::now_unix(), ttl)?;
             out!(
                 "enrolled `{id}`: credential {} (key beside it), valid {ttl_hours} h",
                 path.display()
@@ -126,13 +126,13 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 .checked_mul(3600)
                 .filter(|t| *t > 0)
                 .context("--ttl-hours must be positive")?;
-            let path = warden_gateway::agents::derive(
+            let path = warden_runtime::agents::derive(
                 &data,
                 &parent,
                 &name,
                 tools.map(|t| t.into_iter().collect()),
                 trust,
-                warden_gateway::now_unix(),
+                warden_runtime::now_unix(),
                 ttl,
             )?;
             out!(
@@ -165,7 +165,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             credential,
         } => {
             let kind = if credential { "credential" } else { "agent" };
-            warden_gateway::agents::revoke(&data, kind, &id)?;
+            warden_runtime::agents::revoke(&data, kind, &id)?;
             out!("revoked {kind} `{id}` (a running gateway applies it on the next request)");
             Ok(ExitCode::SUCCESS)
         }

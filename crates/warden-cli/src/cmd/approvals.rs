@@ -96,10 +96,10 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
 pub fn run_approvers(c: Approvers) -> anyhow::Result<ExitCode> {
     match c {
         Approvers::Keygen { id, data, rotate } => {
-            let public = warden_gateway::approvals::create_approver_key(&data, &id, rotate)?;
+            let public = warden_runtime::approvals::create_approver_key(&data, &id, rotate)?;
             eprintln!(
                 "approver key written to {} (0600); add this entry to the manifest's `approvers`:",
-                warden_gateway::approvals::approver_key_path(&data, &id).display()
+                warden_runtime::approvals::approver_key_path(&data, &id).display()
             );
             out!("  - {{ id: {id}, roles: [], key: \"{public}\" }}");
             Ok(ExitCode::SUCCESS)
@@ -142,9 +142,9 @@ fn vote(admin: &Admin, signer: &Signer, id: &str, verdict: Verdict) -> anyhow::R
     let request: Request = serde_json::from_str(&get(admin, &path)?)
         .context("the gateway's answer is not an approval request")?;
     let key_path = signer.key.clone().unwrap_or_else(|| {
-        warden_gateway::approvals::approver_key_path(&admin.data, &signer.approver)
+        warden_runtime::approvals::approver_key_path(&admin.data, &signer.approver)
     });
-    let key = warden_gateway::approvals::load_approver_key(&key_path)?;
+    let key = warden_runtime::approvals::load_approver_key(&key_path)?;
     let b = &request.binding;
     eprintln!(
         "{} {id}: agent `{}` (owner {}, tenant {}) calls `{}` in session `{}`, arguments {}, manifest version {}",
@@ -165,7 +165,7 @@ fn vote(admin: &Admin, signer: &Signer, id: &str, verdict: Verdict) -> anyhow::R
         &request,
         verdict,
         &signer.approver,
-        warden_gateway::now_unix_ms(),
+        warden_runtime::now_unix_ms(),
     )?;
     let body = serde_json::to_string(&signed)?;
     post(admin, &format!("{path}/votes"), Some(&body))

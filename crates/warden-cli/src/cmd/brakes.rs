@@ -57,7 +57,7 @@ pub fn admin_call(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let token = warden_gateway::admin::read_token(data)?;
+    let token = warden_runtime::operator::read_token(data)?;
     let body = body.unwrap_or("");
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the admin listener at {admin}"))?;

@@ -28,8 +28,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bytes = read_proposal(&a.proposal)?;
     let proposal = Proposal::from_json_slice(&bytes)
         .with_context(|| format!("reading proposal `{}`", a.proposal.display()))?;
-    let now = a.now.unwrap_or_else(warden_gateway::now_unix);
-    let governor = match warden_gateway::bundle::load_governor(&a.manifest) {
+    let now = a.now.unwrap_or_else(warden_runtime::now_unix);
+    let governor = match warden_runtime::bundle::load_governor(&a.manifest) {
         Ok(g) => g,
         Err(e) => {
             // INVARIANT (fail-closed): a bundle that does not load allows nothing, and says why.

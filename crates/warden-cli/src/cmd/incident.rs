@@ -68,7 +68,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             since: from,
             out,
         } => {
-            let from = since(&from, warden_gateway::now_unix())?;
+            let from = since(&from, warden_runtime::now_unix())?;
             let mut s = super::ledger::open(&a.place, &v)?;
             // A running gateway signs a checkpoint within a second of its last append: wait up
             // to 3 s for one that covers everything recorded, so the bundle holds what was

@@ -23,19 +23,19 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Rotate { role, data } => match role.as_str() {
             "governor" => {
-                let (old, new) = warden_gateway::agents::rotate_governor(&data)?;
+                let (old, new) = warden_runtime::agents::rotate_governor(&data)?;
                 out!("governor key rotated: {old} -> {new}; credentials signed by {old} keep verifying");
                 out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
                 Ok(ExitCode::SUCCESS)
             }
             "ledger" => {
-                let (old, new) = warden_gateway::witness::rotate_ledger_key(&data)?;
+                let (old, new) = warden_runtime::witness::rotate_ledger_key(&data)?;
                 out!("ledger key rotated: {old} -> {new}; DATA/keys/ledger.pub lists both, so checkpoints signed by {old} keep verifying");
                 out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
                 Ok(ExitCode::SUCCESS)
             }
             "grant" => {
-                let (old, new) = warden_gateway::agents::rotate_grant(&data)?;
+                let (old, new) = warden_runtime::agents::rotate_grant(&data)?;
                 out!("grant key rotated: {old} -> {new}; grants made with {old} keep verifying until they expire");
                 out!("restart the gateway to use it; the rotation is recorded in the ledger at start");
                 Ok(ExitCode::SUCCESS)

@@ -6,11 +6,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use warden_gateway::witness;
 use warden_ledger::file::Mode;
 use warden_ledger::merkle::{leaf_hash, to_hex};
 use warden_ledger::note::Checkpoint;
 use warden_ledger::{proof, verify, LedgerStore, NoteVerifier};
+use warden_runtime::witness;
 
 #[derive(Debug, clap::Args)]
 pub struct Where {

@@ -57,8 +57,8 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             super::approvals::post(&admin, "/admin/v1/governance/proposals", body.as_deref())
         }
         Command::Validate { file } => {
-            match warden_gateway::bundle::load_governor(&file).and_then(|g| {
-                warden_gateway::bundle::check_upstream_files(&file, g.manifest()).map(|()| g)
+            match warden_runtime::bundle::load_governor(&file).and_then(|g| {
+                warden_runtime::bundle::check_upstream_files(&file, g.manifest()).map(|()| g)
             }) {
                 Ok(g) => {
                     let m = g.manifest();
@@ -81,7 +81,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Hash { file } => match warden_gateway::bundle::hash_bundle(&file) {
+        Command::Hash { file } => match warden_runtime::bundle::hash_bundle(&file) {
             Ok(h) => {
                 out!("{h}");
                 Ok(ExitCode::SUCCESS)
@@ -93,15 +93,15 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Diff { old, new, json } => {
             let load = |p: &PathBuf| {
-                warden_gateway::bundle::load_manifest(p).inspect_err(super::print_load_error)
+                warden_runtime::bundle::load_manifest(p).inspect_err(super::print_load_error)
             };
             let (Ok(a), Ok(b)) = (load(&old), load(&new)) else {
                 return Ok(ExitCode::from(super::EXIT_INPUT));
             };
             let changes = warden_policy::diff::diff(&a, &b);
             let (ha, hb) = (
-                warden_gateway::bundle::hash_bundle(&old),
-                warden_gateway::bundle::hash_bundle(&new),
+                warden_runtime::bundle::hash_bundle(&old),
+                warden_runtime::bundle::hash_bundle(&new),
             );
             if json {
                 out!(

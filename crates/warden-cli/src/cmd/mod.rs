@@ -123,13 +123,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upstreams(c) => upstreams::run(c),
         Command::DemoServer => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(warden_gateway::demo::serve_stdio())
+            rt.block_on(warden_upstreams::demo::serve_stdio())
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ProcessServer { tools } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(warden_gateway::process::serve_stdio(&tools))
+            rt.block_on(warden_upstreams::process::serve_stdio(&tools))
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,7 +4,6 @@ use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// What `serve` and `stdio` share: where the data, manifest, ledger and replay state are.
 #[derive(Debug, clap::Args)]
@@ -77,33 +76,33 @@ fn logging() {
         .init();
 }
 
-/// Assembles the gateway ([`warden_gateway::runtime::Runtime`], the one composition root),
+/// Assembles the gateway ([`warden_runtime::runtime::Runtime`], the one composition root),
 /// writing the starter manifest (and the starter agent's credential) on a first run without
 /// one; `Err(code)` when the manifest does not load (already reported).
-fn open(a: &Common) -> anyhow::Result<Result<warden_gateway::runtime::Runtime, ExitCode>> {
+fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
         Some(m) => m,
         None => {
             let m = a.data.join("manifest.yaml");
             if !m.exists() {
-                warden_gateway::starter::write_with_approvers(&a.data, &a.data)
+                warden_runtime::starter::write_with_approvers(&a.data, &a.data)
                     .map_err(anyhow::Error::msg)?;
                 tracing::warn!(path = %m.display(), "no manifest given: wrote the starter manifest");
             }
             m
         }
     };
-    let config = warden_gateway::runtime::Config {
+    let config = warden_runtime::runtime::Config {
         data: a.data.clone(),
         manifest: manifest.clone(),
         ledger_postgres: a.ledger_postgres.clone(),
         replay_redis: a.replay_redis.clone(),
         helper: std::env::current_exe().context("finding the warden binary")?,
     };
-    let runtime = match warden_gateway::runtime::Runtime::open(config) {
+    let runtime = match warden_runtime::runtime::Runtime::open(config) {
         Ok(r) => r,
-        Err(warden_gateway::runtime::RuntimeError::Manifest { path, error }) => {
+        Err(warden_runtime::runtime::RuntimeError::Manifest { path, error }) => {
             // INVARIANT (fail-closed): without a loaded bundle the gateway does not start.
             super::print_load_error(&error);
             eprintln!(
@@ -115,7 +114,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_gateway::runtime::Runtime, E
         Err(e) => return Err(e.into()),
     };
     if starter {
-        starter_credential(&a.data, runtime.app.governor.get().manifest())?;
+        starter_credential(&a.data, runtime.manifest().manifest())?;
     }
     Ok(Ok(runtime))
 }
@@ -126,117 +125,44 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let (app, executor, clock) = (
-        runtime.app.clone(),
-        Arc::clone(&runtime.executor),
-        Arc::clone(&runtime.clock),
-    );
-    let manifest = runtime.config.manifest.clone();
     let rt = tokio::runtime::Runtime::new()?;
-    let notifier = notifier(&rt, &app, &manifest);
-    let app = warden_gateway::server::AppState {
-        notifier: notifier.clone(),
-        ..app
-    };
-    let admin = warden_gateway::admin::AdminState {
-        notifier,
-        ..runtime.admin().context("loading the admin token")?
-    };
     rt.block_on(async move {
         let stop = on_stop()?;
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
-        let shutdown = stopped(stop.clone());
-        // SIGHUP: load the manifest again and swap it in whole if it loads and its version is
-        // newer; otherwise the current one stays in force.
-        warden_gateway::approvals::record_approvers(
-            &app.ledger,
-            app.governor.get().manifest(),
-            "approvers at start",
-        )
-        .await;
-        let current = Arc::clone(&app.governor);
-        let ledger = Arc::clone(&app.ledger);
-        let book = Arc::clone(&app.approvals);
-        let manifest_path = manifest.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler")?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let old = current.get();
-                let before = warden_gateway::approvals::approver_summary(old.manifest());
-                let (c, m, k) = (Arc::clone(&current), manifest_path.clone(), Arc::clone(&clock));
-                let b = Arc::clone(&book);
-                match tokio::task::spawn_blocking(move || {
-                    warden_gateway::execution::reload(&c, &k, &m, &b)
-                })
-                .await
-                {
-                    Ok(Ok((v, approval))) => {
-                        tracing::info!(version = v, "manifest reloaded");
-                        warden_gateway::promotion::record_raised(
-                            &ledger,
-                            old.manifest(),
-                            current.get().manifest(),
-                        )
-                        .await;
-                        if let Some(r) = approval {
-                            warden_gateway::governance::record(
-                                &ledger,
-                                "governance.applied",
-                                format!(
-                                    "manifest version {v} (bundle {}) swapped in, approved by {} (approval {})",
-                                    r.binding.arguments_hash,
-                                    r.approved_by().join(", "),
-                                    r.id
-                                ),
-                            )
-                            .await;
-                        }
-                        let now = current.get();
-                        // An approver's key rotated, or approvers changed: recorded.
-                        if warden_gateway::approvals::approver_summary(now.manifest()) != before {
-                            warden_gateway::approvals::record_approvers(
-                                &ledger,
-                                now.manifest(),
-                                "approvers changed by a manifest reload",
-                            )
-                            .await;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "manifest reload refused");
-                        warden_gateway::governance::record(&ledger, "manifest.reload_refused", e)
-                            .await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "manifest reload failed"),
-                }
-            }
-        });
         let admin_listener = tokio::net::TcpListener::bind(a.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", a.admin_listen))?;
+        // SIGHUP: load the manifest again and swap it in whole if it loads and its version is
+        // newer; otherwise the current one stays in force (the Runtime records either).
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let reloading = runtime.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = reloading.reload().await;
+            }
+        });
         tracing::info!(admin = %a.admin_listen, "admin listener (kill, quarantine, lockdown, resume)");
-        tokio::spawn(warden_gateway::admin::serve(
+        tokio::spawn(warden_gateway::operator_api::serve(
             admin_listener,
-            admin,
-            stopped(stop),
+            runtime.operator(),
+            stopped(stop.clone()),
         ));
-        spawn_expiry_recorder(&app);
-        for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
+        for (name, why) in runtime.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
         let mcp = warden_gateway::mcp::router(
-            app.clone(),
-            Arc::clone(&executor),
+            runtime.clone(),
             a.mcp_max_body,
             (!a.listen.ip().is_loopback()).then(Vec::new),
         );
         tracing::info!(url = %format!("http://{}/mcp", a.listen), "MCP endpoint (Streamable HTTP, bearer credential)");
         tracing::info!(listen = %a.listen, "warden serving the HTTP API");
-        warden_gateway::server::serve_with(listener, app, Some(mcp), shutdown).await?;
-        executor.shutdown().await;
+        warden_gateway::native_api::serve_with(listener, runtime.clone(), Some(mcp), stopped(stop))
+            .await?;
+        runtime.shutdown().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -277,11 +203,11 @@ fn starter_credential(
     };
     let path = data.join("agents").join(format!("{agent}.credential"));
     if !path.exists() {
-        warden_gateway::agents::enroll(
+        warden_runtime::agents::enroll(
             data,
             m,
             &agent,
-            warden_gateway::now_unix(),
+            warden_runtime::now_unix(),
             STARTER_CREDENTIAL_SECS,
         )
         .with_context(|| format!("enrolling the starter agent `{agent}`"))?;
@@ -294,54 +220,19 @@ fn starter_credential(
 }
 
 /// `warden stdio`: one agent over stdin/stdout, for desktop clients that launch their servers.
-/// Starts the manifest's webhooks (their HMAC keys are secrets from the manifest's `secrets`).
-fn notifier(
-    rt: &tokio::runtime::Runtime,
-    app: &warden_gateway::server::AppState,
-    manifest: &std::path::Path,
-) -> warden_gateway::notify::Notifier {
-    let governor = app.governor.get();
-    let m = governor.manifest();
-    let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
-    let (secrets, _) = warden_executor::Secrets::load(&m.secrets, dir);
-    let _entered = rt.enter();
-    let (notifier, errors) =
-        warden_gateway::notify::Notifier::start(&m.webhooks, |name| secrets.get(name));
-    for e in errors {
-        tracing::error!("{e}");
-    }
-    if !m.webhooks.is_empty() {
-        tracing::info!(webhooks = m.webhooks.len(), "notifications on");
-    }
-    notifier
-}
-
-/// Records expired approval requests within a second (on the current runtime).
-fn spawn_expiry_recorder(app: &warden_gateway::server::AppState) {
-    let (book, ledger) = (Arc::clone(&app.approvals), Arc::clone(&app.ledger));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            warden_gateway::approvals::record_expired(&book, &ledger).await;
-        }
-    });
-}
-
 pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     logging();
     let token = std::fs::read_to_string(&a.credential)
         .with_context(|| format!("reading the credential `{}`", a.credential.display()))?;
-    let warden_gateway::runtime::Runtime { app, executor, .. } = match open(&a.common)? {
+    let runtime = match open(&a.common)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        spawn_expiry_recorder(&app);
-        let front = warden_gateway::mcp::McpFront::stdio(app, Arc::clone(&executor), token.trim())
+        let front = warden_gateway::mcp::McpFront::stdio(runtime.clone(), token.trim())
             .map_err(|e| anyhow::anyhow!("credential `{}` refused: {e}", a.credential.display()))?;
-        for (name, why) in executor.start(UPSTREAM_START_WAIT).await {
+        for (name, why) in runtime.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
         tracing::info!("serving MCP on stdio");
@@ -359,7 +250,7 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
                 let _ = waiting.await;
             }
         }
-        executor.shutdown().await;
+        runtime.shutdown().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

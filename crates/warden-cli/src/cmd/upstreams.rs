@@ -28,7 +28,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         write,
     } = c;
     let path = manifest.unwrap_or_else(|| data.join("manifest.yaml"));
-    let m = match warden_gateway::bundle::load_manifest(&path) {
+    let m = match warden_runtime::bundle::load_manifest(&path) {
         Ok(m) => m,
         Err(e) => {
             super::print_load_error(&e);
@@ -48,7 +48,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 .map(|u| u.clone().with_paths_under(dir))
                 .collect(),
             secrets,
-            warden_gateway::execution::sandbox_config(&data, &m, std::env::current_exe()?),
+            warden_runtime::execution::sandbox_config(&data, &m, std::env::current_exe()?),
         ))
         .map_err(anyhow::Error::msg)?;
     let mut pins = Vec::new();
@@ -78,7 +78,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                         .map(|(p, _)| format!(", executable {}", p.display()))
                         .unwrap_or_default()
                 );
-                pins.push(warden_gateway::execution::UpstreamPins {
+                pins.push(warden_runtime::execution::UpstreamPins {
                     name,
                     executable: o.executable.map(|(_, h)| h),
                     files,
@@ -95,14 +95,14 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         eprintln!("error: not every upstream could be observed; nothing written");
         return Ok(ExitCode::from(super::EXIT_INPUT));
     }
-    let block = warden_gateway::execution::pins_yaml(&pins);
+    let block = warden_runtime::execution::pins_yaml(&pins);
     if !write {
         out!("{}", block.trim_end());
         return Ok(ExitCode::SUCCESS);
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
-    let new = warden_gateway::execution::write_pins(&text, &block).map_err(anyhow::Error::msg)?;
+    let new = warden_runtime::execution::write_pins(&text, &block).map_err(anyhow::Error::msg)?;
     // The result must load before it replaces the manifest.
     if let Err(e) = warden_policy::parse_manifest(&path.display().to_string(), &new) {
         super::print_load_error(&e);

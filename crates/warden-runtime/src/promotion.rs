@@ -22,10 +22,10 @@ use warden_identity::approval::{Binding, Request};
 use warden_ledger::Entry;
 use warden_policy::raw::TrustLevel;
 
-use crate::server::AppState;
+use crate::runtime::Shared;
 
 /// Demotes `agent` (once: an agent already demoted stays as it is) and records why.
-pub(crate) async fn demote(app: &AppState, agent: &str, tenant: &str, why: &str) {
+pub(crate) async fn demote(app: &Shared, agent: &str, tenant: &str, why: &str) {
     let scope = HoldScope::Agent(agent.to_owned());
     let already = app
         .state
@@ -53,7 +53,7 @@ pub(crate) async fn demote(app: &AppState, agent: &str, tenant: &str, why: &str)
         format!("demoted: {reason}"),
     )
     .await;
-    app.notifier.notify(
+    app.notifier().notify(
         "hold.changed",
         format!("agent `{agent}` demoted: {reason}"),
         serde_json::json!({ "action": "demote", "agent": agent }),
@@ -209,8 +209,8 @@ pub enum Promoted {
 ///
 /// # Errors
 /// Why not, readable: unknown agent, criteria not met, no governance, already principal.
-pub async fn promote(
-    app: &crate::admin::AdminState,
+pub(crate) async fn promote(
+    app: &Shared,
     manifest_path: &Path,
     agent: &str,
 ) -> Result<Promoted, String> {
@@ -336,7 +336,7 @@ pub async fn promote(
 
 /// Lifts agent `a`'s demotion (`hold`) and records who restored it (`by`).
 async fn restore(
-    app: &crate::admin::AdminState,
+    app: &Shared,
     a: &warden_policy::manifest::Agent,
     hold: &Hold,
     by: String,

@@ -1,5 +1,6 @@
-//! The HTTP API, served for real on a loopback port, over the starter bundle and the embedded
-//! state store.
+//! The HTTP and admin APIs, served for real on loopback ports over a Runtime assembled as
+//! `warden serve` assembles it (the starter bundle, the embedded backends, the Executor with
+//! the starter's demo upstream run by this build's `warden`).
 
 #![allow(
     clippy::unwrap_used,
@@ -13,39 +14,44 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warden_gateway::server::{serve, AppState};
+use warden_gateway::native_api::serve;
+use warden_runtime::{Backends, Config, Runtime};
 
 async fn start(dir: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let ledger = warden_gateway::witness::open_ledger(dir, None).unwrap();
-    start_with(dir, ledger).await
+    warden_runtime::starter::write(dir).unwrap();
+    serve_app(dir, None).await
 }
 
-async fn start_with(
-    dir: &Path,
-    ledger: warden_ledger::Ledger,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    warden_gateway::starter::write(dir).unwrap();
-    serve_app(dir, Arc::new(ledger)).await
+/// The Runtime's configuration over `dir`, its upstreams run by this build's `warden`.
+fn config(dir: &Path) -> Config {
+    Config::embedded(dir, env!("CARGO_BIN_EXE_warden").into())
 }
 
-/// Serves the API over the manifest already in `dir` and `ledger`.
+/// Assembles and starts the Runtime over the manifest already in `dir`, as `warden serve`
+/// does; over `ledger` instead of the embedded one when given.
+async fn runtime(dir: &Path, ledger: Option<warden_ledger::Ledger>) -> Runtime {
+    let config = config(dir);
+    let runtime = tokio::task::spawn_blocking(move || match ledger {
+        None => Runtime::open(config),
+        Some(ledger) => {
+            let backends = Backends::embedded(&config)?;
+            Runtime::assemble(config, Backends { ledger, ..backends })
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let down = runtime.start(std::time::Duration::from_secs(30)).await;
+    assert!(down.is_empty(), "{down:?}");
+    runtime
+}
+
+/// Serves the API over the manifest already in `dir` (and `ledger`, if given).
 async fn serve_app(
     dir: &Path,
-    ledger: Arc<warden_ledger::Ledger>,
+    ledger: Option<warden_ledger::Ledger>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let governor = warden_gateway::bundle::load_governor(&dir.join("manifest.yaml")).unwrap();
-    let state =
-        warden_state::FileState::open(&dir.join("state"), warden_gateway::now_unix()).unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(state),
-        ledger,
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
+    let app = runtime(dir, ledger).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -53,6 +59,35 @@ async fn serve_app(
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// Serves the admin API of `runtime`; its address and the admin token's header.
+async fn serve_admin(runtime: &Runtime, dir: &Path) -> (SocketAddr, Vec<(&'static str, String)>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let adm = l.local_addr().unwrap();
+    tokio::spawn(warden_gateway::operator_api::serve(
+        l,
+        runtime.operator(),
+        std::future::pending(),
+    ));
+    let token = warden_runtime::operator::read_token(dir).unwrap();
+    (
+        adm,
+        vec![("authorization", format!("Bearer {}", token.trim()))],
+    )
+}
+
+/// Every entry of the embedded ledger in `dir`, as JSON text.
+fn ledger_texts(dir: &Path) -> Vec<String> {
+    let mut store =
+        warden_ledger::FileStore::open(&dir.join("ledger"), warden_ledger::Mode::ReadOnly).unwrap();
+    let mut out = Vec::new();
+    warden_ledger::LedgerStore::scan(&mut store, 0, u64::MAX, &mut |_, b| {
+        out.push(String::from_utf8(b.to_vec()).unwrap());
+        Ok(())
+    })
+    .unwrap();
+    out
 }
 
 /// Sends one HTTP/1.1 request and returns (status, body).
@@ -152,14 +187,13 @@ async fn decides_over_http_and_survives_bad_input() {
 #[tokio::test]
 async fn a_dry_run_spends_nothing_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let manifest = warden_runtime::starter::write(dir.path()).unwrap();
     // Agents may make 3 calls of the low tier an hour.
     let text = std::fs::read_to_string(&manifest).unwrap();
     let limited = text.replacen("rate: 100/h", "rate: 3/h", 1);
     assert_ne!(limited, text);
     std::fs::write(&manifest, limited).unwrap();
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let (addr, _stop) = serve_app(dir.path(), Arc::clone(&ledger)).await;
+    let (addr, _stop) = serve_app(dir.path(), None).await;
     let call =
         br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
     // Ten identical dry runs: more than the limit, more than the loop detector's repeats.
@@ -167,131 +201,122 @@ async fn a_dry_run_spends_nothing_and_records_nothing() {
         let (status, body) = request(addr, "POST", "/v1/decide", call).await;
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(ledger.size().unwrap(), 0, "a dry run was recorded");
-    // The agent's own, governed calls still have their whole allowance.
+    let decisions = |dir: &Path| {
+        ledger_texts(dir)
+            .iter()
+            .filter(|t| t.contains("\"type\":\"decision\""))
+            .count()
+    };
+    assert_eq!(decisions(dir.path()), 0, "a dry run was recorded");
+    // The agent's own, governed calls still have their whole allowance, and run.
     let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
     for i in 0..3 {
         let body = format!(
-            r#"{{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
+            r#"{{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{{"text":"{i}"}}}}"#
         );
         let (status, resp) = agent.propose(addr, body.as_bytes()).await;
         assert_eq!(status, 200, "{resp}");
     }
+    assert_eq!(decisions(dir.path()), 3);
 }
 
 /// Every decision lands in the ledger, which verifies with the public key alone.
 #[tokio::test]
 async fn decisions_are_recorded_and_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let state =
-        warden_state::FileState::open(&dir.path().join("state"), warden_gateway::now_unix())
-            .unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(state),
-        ledger: Arc::clone(&ledger),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, app, std::future::pending()));
+    let (addr, _stop) = start(dir.path()).await;
     let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
     let secret = "sk-live-0123456789abcdef";
     for i in 0..5 {
-        // Distinct paths: identical calls would trip the loop breaker.
+        // Distinct texts: identical calls would trip the loop breaker.
         let call = format!(
-            r#"{{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{{"path":"/{secret}/{i}"}}}}"#
+            r#"{{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{{"text":"{secret}/{i}"}}}}"#
         );
-        assert_eq!(agent.propose(addr, call.as_bytes()).await.0, 200);
+        let (status, resp) = agent.propose(addr, call.as_bytes()).await;
+        assert_eq!(status, 200, "{resp}");
+        assert!(resp.contains("receipt_index"), "{resp}");
     }
-    let l = Arc::clone(&ledger);
-    tokio::task::spawn_blocking(move || l.checkpoint().unwrap())
-        .await
-        .unwrap();
+    let texts = ledger_texts(dir.path());
+    let decisions: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("\"type\":\"decision\""))
+        .collect();
+    let receipts = texts
+        .iter()
+        .filter(|t| t.contains("\"type\":\"receipt\""))
+        .count();
+    assert_eq!((decisions.len(), receipts), (5, 5), "{texts:?}");
+    let last = decisions.last().unwrap();
+    assert!(
+        last.contains("\"decision\":\"allow\"")
+            && last.contains("\"lineage\":[\"alice@acme.example\",\"coder-1\"]"),
+        "{last}"
+    );
+    assert!(texts.iter().all(|t| !t.contains(secret)), "{texts:?}");
+    // The whole log verifies with the public key alone.
     let verifier =
-        warden_gateway::witness::load_verifier(&warden_gateway::witness::pub_path(dir.path()))
+        warden_runtime::witness::load_verifier(&warden_runtime::witness::pub_path(dir.path()))
             .unwrap();
     let mut store =
         warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
             .unwrap();
     let report = warden_ledger::verify::verify_store(&mut store, &verifier, None, true).unwrap();
-    assert_eq!(report.entries, 5);
-    let text = String::from_utf8(warden_ledger::store::read_entry(&mut store, 4).unwrap()).unwrap();
-    assert!(
-        text.contains("\"decision\":\"allow\"")
-            && text.contains("\"lineage\":[\"alice@acme.example\",\"coder-1\"]"),
-        "{text}"
-    );
-    assert!(!text.contains(secret), "{text}");
+    assert_eq!(report.entries, texts.len() as u64);
     // The key file is private.
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(warden_gateway::witness::key_path(dir.path()))
+    let mode = std::fs::metadata(warden_runtime::witness::key_path(dir.path()))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
-/// A storage that always fails, standing in for a ledger whose disk or database is gone.
-struct BrokenStore;
+/// A ledger store that works until `broken` is set, then fails every append: a ledger whose
+/// disk or database went away while the gateway runs.
+struct Breakable {
+    inner: warden_ledger::FileStore,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
 
-impl warden_ledger::LedgerStore for BrokenStore {
+impl warden_ledger::LedgerStore for Breakable {
     fn append(
         &mut self,
-        _: &[Vec<u8>],
+        entries: &[Vec<u8>],
     ) -> Result<warden_ledger::store::Appended, warden_ledger::StoreError> {
-        Err(warden_ledger::StoreError::Postgres(
-            "connection refused".into(),
-        ))
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(warden_ledger::StoreError::Postgres(
+                "connection refused".into(),
+            ));
+        }
+        self.inner.append(entries)
     }
     fn size(&mut self) -> Result<u64, warden_ledger::StoreError> {
-        Ok(0)
+        self.inner.size()
     }
     fn scan(
         &mut self,
-        _: u64,
-        _: u64,
-        _: &mut warden_ledger::store::Visit<'_>,
+        from: u64,
+        to: u64,
+        visit: &mut warden_ledger::store::Visit<'_>,
     ) -> Result<(), warden_ledger::StoreError> {
-        Ok(())
+        self.inner.scan(from, to, visit)
     }
     fn nodes(
         &mut self,
         ids: &[warden_ledger::merkle::NodeId],
     ) -> Result<Vec<warden_ledger::merkle::Hash>, warden_ledger::StoreError> {
-        if ids.is_empty() {
-            Ok(Vec::new())
-        } else {
-            Err(warden_ledger::StoreError::Postgres(
-                "connection refused".into(),
-            ))
-        }
+        self.inner.nodes(ids)
     }
     fn checkpointer(
         &mut self,
     ) -> Result<Box<dyn warden_ledger::store::Checkpointer>, warden_ledger::StoreError> {
-        Ok(Box::new(BrokenStore))
+        self.inner.checkpointer()
     }
     fn latest_checkpoint(&mut self) -> Result<Option<String>, warden_ledger::StoreError> {
-        Ok(None)
+        self.inner.latest_checkpoint()
     }
     fn describe(&self) -> String {
-        "broken".into()
-    }
-}
-
-impl warden_ledger::store::Checkpointer for BrokenStore {
-    fn put(&mut self, _: u64, _: &str) -> Result<(), warden_ledger::StoreError> {
-        Err(warden_ledger::StoreError::Postgres(
-            "connection refused".into(),
-        ))
+        "breakable".into()
     }
 }
 
@@ -299,13 +324,26 @@ impl warden_ledger::store::Checkpointer for BrokenStore {
 #[tokio::test]
 async fn unrecordable_decision_is_a_deny() {
     let dir = tempfile::tempdir().unwrap();
-    let signer = warden_ledger::NoteSigner::generate("warden.test/broken").unwrap();
-    let ledger =
-        warden_ledger::Ledger::open(Box::new(BrokenStore), signer, Default::default()).unwrap();
-    let (addr, stop) = start_with(dir.path(), ledger).await;
+    let signer = warden_ledger::NoteSigner::generate("warden.test/breakable").unwrap();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Breakable {
+        inner: warden_ledger::FileStore::open(
+            &dir.path().join("other-ledger"),
+            warden_ledger::Mode::Write,
+        )
+        .unwrap(),
+        broken: Arc::clone(&broken),
+    };
+    let ledger = tokio::task::spawn_blocking(move || {
+        warden_ledger::Ledger::open(Box::new(store), signer, Default::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let (addr, stop) = serve_app(dir.path(), Some(ledger)).await;
     let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
-    let allow =
-        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let allow = br#"{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{"text":"a"}}"#;
     let (status, body) = agent.propose(addr, allow).await;
     assert_eq!(status, 503, "{body}");
     let d: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -342,7 +380,7 @@ fn signed_to(
         "POST",
         path,
         body,
-        warden_gateway::now_unix(),
+        warden_runtime::now_unix(),
         nonce,
     );
     vec![
@@ -393,11 +431,11 @@ struct SignedAgent {
 impl SignedAgent {
     /// Enrols `agent` into the data directory `dir` and opens session `s` at `addr`.
     async fn enroll(addr: SocketAddr, dir: &Path, agent: &str) -> SignedAgent {
-        let manifest = warden_gateway::bundle::load_manifest(&dir.join("manifest.yaml")).unwrap();
-        let now = warden_gateway::now_unix();
-        let cred = warden_gateway::agents::enroll(dir, &manifest, agent, now, 3600).unwrap();
+        let manifest = warden_runtime::bundle::load_manifest(&dir.join("manifest.yaml")).unwrap();
+        let now = warden_runtime::now_unix();
+        let cred = warden_runtime::agents::enroll(dir, &manifest, agent, now, 3600).unwrap();
         let token = std::fs::read_to_string(&cred).unwrap().trim().to_string();
-        let key = warden_gateway::agents::agent_key(&cred.with_extension("key")).unwrap();
+        let key = warden_runtime::agents::agent_key(&cred.with_extension("key")).unwrap();
         let lineage = open_session(addr, &key, &token, "s", "open-s").await;
         SignedAgent {
             key,
@@ -441,15 +479,15 @@ async fn signed_proposals_from_enrolled_agents() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, stop) = start(dir.path()).await;
     let manifest =
-        warden_gateway::bundle::load_manifest(&dir.path().join("manifest.yaml")).unwrap();
-    let now = warden_gateway::now_unix();
+        warden_runtime::bundle::load_manifest(&dir.path().join("manifest.yaml")).unwrap();
+    let now = warden_runtime::now_unix();
     let cred_path =
-        warden_gateway::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
+        warden_runtime::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
     let token = std::fs::read_to_string(&cred_path)
         .unwrap()
         .trim()
         .to_string();
-    let key = warden_gateway::agents::agent_key(&cred_path.with_extension("key")).unwrap();
+    let key = warden_runtime::agents::agent_key(&cred_path.with_extension("key")).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(cred_path.with_extension("key"))
@@ -461,32 +499,25 @@ async fn signed_proposals_from_enrolled_agents() {
     );
 
     let lineage = open_session(addr, &key, &token, "s", "n-0").await;
-    let body =
-        br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
+    let body = br#"{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{"text":"hi"}}"#;
     let h = signed(&key, &token, &lineage, body, "n-1");
     let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
     assert_eq!(status, 200, "{resp}");
-    assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
-    // The allowed call came with its grant, for exactly this call, once.
+    // Allowed and run down the governed path: the answer is the result and its receipt, never
+    // the grant (the agent never holds one).
     let d: serde_json::Value = serde_json::from_str(&resp).unwrap();
-    let grants = warden_gateway::agents::grant_keys(dir.path()).unwrap();
-    let call = warden_identity::Call {
-        session: "s",
-        agent: "coder-1",
-        tool: "fs.read_file",
-        arguments_hash: d["arguments_hash"].as_str().unwrap(),
-    };
-    let replay = warden_identity::MemoryReplayGuard::new();
-    let g = d["grant"].as_str().unwrap();
-    let now_ms = now * 1000;
-    grants.redeem(g, &call, 1, now_ms, &replay).unwrap();
-    assert!(grants.redeem(g, &call, 1, now_ms, &replay).is_err());
+    assert_eq!(d["decision"], "allow", "{d}");
+    assert_eq!(d["result"]["content"][0]["text"], "hi", "{d}");
+    assert!(
+        d["receipt_index"].is_u64() && d.get("grant").is_none(),
+        "{d}"
+    );
     // Recorded with the lineage: the owner, then the chain down to the caller.
-    let mut store =
-        warden_ledger::FileStore::open(&dir.path().join("ledger"), warden_ledger::Mode::ReadOnly)
-            .unwrap();
-    let entry =
-        String::from_utf8(warden_ledger::store::read_entry(&mut store, 0).unwrap()).unwrap();
+    let texts = ledger_texts(dir.path());
+    let entry = texts
+        .iter()
+        .find(|t| t.contains("\"type\":\"decision\""))
+        .unwrap();
     assert!(
         entry.contains(r#""lineage":["alice@acme.example","coder-1"]"#),
         "{entry}"
@@ -601,11 +632,11 @@ async fn signed_proposals_from_enrolled_agents() {
     );
 
     // Revocation through `warden agents revoke` (the file) reaches a running gateway.
-    let ops = warden_gateway::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
+    let ops = warden_runtime::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
     let ops_token = std::fs::read_to_string(&ops).unwrap().trim().to_string();
-    let ops_key = warden_gateway::agents::agent_key(&ops.with_extension("key")).unwrap();
+    let ops_key = warden_runtime::agents::agent_key(&ops.with_extension("key")).unwrap();
     let ops_lineage = open_session(addr, &ops_key, &ops_token, "o", "o-0").await;
-    warden_gateway::agents::revoke(dir.path(), "agent", "ops-1").unwrap();
+    warden_runtime::agents::revoke(dir.path(), "agent", "ops-1").unwrap();
     let ops_body =
         br#"{"agent":"ops-1","session":"o","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
     let h = signed(&ops_key, &ops_token, &ops_lineage, ops_body, "o-1");
@@ -620,25 +651,25 @@ async fn signed_proposals_from_enrolled_agents() {
 #[test]
 fn governor_key_rotation_is_verifiable_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest_path = warden_gateway::starter::write(dir.path()).unwrap();
-    let manifest = warden_gateway::bundle::load_manifest(&manifest_path).unwrap();
-    let now = warden_gateway::now_unix();
-    let ledger = warden_gateway::witness::open_ledger(dir.path(), None).unwrap();
-    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
-    let old = warden_gateway::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
+    let manifest_path = warden_runtime::starter::write(dir.path()).unwrap();
+    let manifest = warden_runtime::bundle::load_manifest(&manifest_path).unwrap();
+    let now = warden_runtime::now_unix();
+    let ledger = warden_runtime::witness::open_ledger(dir.path(), None).unwrap();
+    warden_runtime::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    let old = warden_runtime::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
     let old_token = std::fs::read_to_string(&old).unwrap().trim().to_string();
-    let (old_kid, new_kid) = warden_gateway::agents::rotate_governor(dir.path()).unwrap();
+    let (old_kid, new_kid) = warden_runtime::agents::rotate_governor(dir.path()).unwrap();
     assert_ne!(old_kid, new_kid);
-    let state = warden_gateway::agents::IdentityState::open(dir.path()).unwrap();
+    let state = warden_runtime::agents::IdentityState::open(dir.path()).unwrap();
     state.verifier.verify_token(&old_token, now).unwrap();
-    let new = warden_gateway::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
+    let new = warden_runtime::agents::enroll(dir.path(), &manifest, "ops-1", now, 3600).unwrap();
     let new_token = std::fs::read_to_string(&new).unwrap().trim().to_string();
     let cred = warden_identity::Credential::from_token(&new_token).unwrap();
     assert_eq!(cred.body.issuer, format!("governor:{new_kid}"));
     state.verifier.verify_token(&new_token, now).unwrap();
-    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    warden_runtime::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
     // Recorded once: a second start records nothing new.
-    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    warden_runtime::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
     assert_eq!(ledger.size().unwrap(), 2);
     let text = ledger
         .with_store(|s| Ok(warden_ledger::store::read_entry(s, 1)?))
@@ -673,23 +704,23 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
     let recorded = ledger
         .record_decision_blocking(allowed, "", "test", Vec::new())
         .unwrap();
-    let before = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    let before = warden_runtime::agents::grant_keys(dir.path()).unwrap();
     let g1 = before.mint(&recorded, 0, 30_000).unwrap();
     assert_eq!(
-        warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
+        warden_runtime::agents::rotate_grant(dir.path()).unwrap(),
         (1, 2)
     );
-    let after = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    let after = warden_runtime::agents::grant_keys(dir.path()).unwrap();
     assert_eq!(after.open(&g1).unwrap().key_id, 1);
     let g2 = after.mint(&recorded, 0, 30_000).unwrap();
     assert_eq!(after.open(&g2).unwrap().key_id, 2);
-    warden_gateway::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
+    warden_runtime::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
     assert_eq!(ledger.size().unwrap(), 4);
     assert_eq!(
-        warden_gateway::agents::rotate_grant(dir.path()).unwrap(),
+        warden_runtime::agents::rotate_grant(dir.path()).unwrap(),
         (2, 3)
     );
-    let latest = warden_gateway::agents::grant_keys(dir.path()).unwrap();
+    let latest = warden_runtime::agents::grant_keys(dir.path()).unwrap();
     assert!(
         latest.open(&g1).is_err(),
         "the oldest grant key should be gone"
@@ -704,9 +735,9 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
 #[test]
 fn manifest_swaps_are_atomic_under_load() {
     let dir = tempfile::tempdir().unwrap();
-    let path = warden_gateway::starter::write(dir.path()).unwrap();
-    let v1 = warden_gateway::bundle::load_governor(&path).unwrap();
-    let current = Arc::new(warden_gateway::current::CurrentGovernor::new(v1));
+    let path = warden_runtime::starter::write(dir.path()).unwrap();
+    let v1 = warden_runtime::bundle::load_governor(&path).unwrap();
+    let current = Arc::new(warden_runtime::current::CurrentGovernor::new(v1));
     let state: Arc<dyn warden_core::state::StateStore> = Arc::new(warden_state::MemoryState::new());
     let text = std::fs::read_to_string(&path).unwrap();
     let raised = text.replacen("version: 1", "version: 2", 1).replacen(
@@ -734,7 +765,7 @@ fn manifest_swaps_are_atomic_under_load() {
         tool: "fs.read_file",
         arguments_hash: &d0.arguments_hash,
     };
-    let ledger = warden_gateway::witness::open_ledger(dir.path(), None).unwrap();
+    let ledger = warden_runtime::witness::open_ledger(dir.path(), None).unwrap();
     let recorded = ledger
         .record_decision_blocking(d0.clone(), "", "test", Vec::new())
         .unwrap();
@@ -771,7 +802,7 @@ fn manifest_swaps_are_atomic_under_load() {
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let m2 = warden_policy::parse_manifest("manifest.yaml", &raised).unwrap();
-    let policies = warden_gateway::bundle::load_policies(&path, &m2).unwrap();
+    let policies = warden_runtime::bundle::load_policies(&path, &m2).unwrap();
     let v2 = warden_policy::Governor::new(m2, &policies).unwrap();
     assert_eq!(current.swap(v2).unwrap(), 2);
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -813,7 +844,7 @@ fn manifest_swaps_are_atomic_under_load() {
     ));
     // Rollbacks and broken manifests are refused; version 2 stays in force.
     let again = warden_policy::parse_manifest("manifest.yaml", &text).unwrap();
-    let policies = warden_gateway::bundle::load_policies(&path, &again).unwrap();
+    let policies = warden_runtime::bundle::load_policies(&path, &again).unwrap();
     let err = current
         .swap(warden_policy::Governor::new(again, &policies).unwrap())
         .unwrap_err();
@@ -829,7 +860,7 @@ fn manifest_swaps_are_atomic_under_load() {
 fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    warden_gateway::starter::write(d).unwrap();
+    warden_runtime::starter::write(d).unwrap();
     let e = |i: u64| {
         warden_ledger::Entry::Event(warden_ledger::EventRecord {
             kind: "test".into(),
@@ -843,16 +874,16 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
         })
     };
     let old_note = {
-        let ledger = warden_gateway::witness::open_ledger(d, None).unwrap();
-        warden_gateway::agents::record_key_changes(d, &ledger, 0).unwrap();
+        let ledger = warden_runtime::witness::open_ledger(d, None).unwrap();
+        warden_runtime::agents::record_key_changes(d, &ledger, 0).unwrap();
         ledger.append(&e(1)).unwrap();
         ledger.checkpoint().unwrap()
     };
-    let (old_id, new_id) = warden_gateway::witness::rotate_ledger_key(d).unwrap();
+    let (old_id, new_id) = warden_runtime::witness::rotate_ledger_key(d).unwrap();
     assert_ne!(old_id, new_id);
     let new_note = {
-        let ledger = warden_gateway::witness::open_ledger(d, None).unwrap();
-        warden_gateway::agents::record_key_changes(d, &ledger, 0).unwrap();
+        let ledger = warden_runtime::witness::open_ledger(d, None).unwrap();
+        warden_runtime::agents::record_key_changes(d, &ledger, 0).unwrap();
         ledger.append(&e(2)).unwrap();
         ledger.checkpoint().unwrap()
     };
@@ -860,7 +891,7 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
     assert_eq!(old_note.lines().next(), new_note.lines().next());
     assert!(!new_note.contains(old_note.lines().last().unwrap()));
     let all =
-        warden_gateway::witness::load_verifier(&warden_gateway::witness::pub_path(d)).unwrap();
+        warden_runtime::witness::load_verifier(&warden_runtime::witness::pub_path(d)).unwrap();
     assert_eq!(all.key_ids().len(), 2);
     let mut store =
         warden_ledger::FileStore::open(&d.join("ledger"), warden_ledger::Mode::ReadOnly).unwrap();
@@ -880,46 +911,13 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
 #[tokio::test]
 async fn admin_brakes_take_effect_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let state: Arc<dyn warden_core::state::StateStore> = Arc::new(
-        warden_state::FileState::open(&dir.path().join("state"), warden_gateway::now_unix())
-            .unwrap(),
-    );
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::clone(&state),
-        ledger: Arc::clone(&ledger),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let admin = warden_gateway::admin::AdminState {
-        state: Arc::clone(&state),
-        ledger: Arc::clone(&ledger),
-        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
-        executor: None,
-        approvals: Arc::clone(&app.approvals),
-        governor: Arc::clone(&app.governor),
-        manifest_path: None,
-        notifier: Default::default(),
-    };
-    let token = warden_gateway::admin::read_token(dir.path())
-        .unwrap()
-        .trim()
-        .to_string();
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let app = runtime(dir.path(), None).await;
+    let (adm, auth) = serve_admin(&app, dir.path()).await;
+    let token = auth[0].1.trim_start_matches("Bearer ").to_owned();
     let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (api, adm) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let api = l1.local_addr().unwrap();
     tokio::spawn(serve(l1, app, std::future::pending()));
-    tokio::spawn(warden_gateway::admin::serve(
-        l2,
-        admin,
-        std::future::pending(),
-    ));
 
     let call = |i: u32| {
         format!(
@@ -958,7 +956,6 @@ async fn admin_brakes_take_effect_at_once() {
         .0,
         404
     );
-    let auth = [("authorization", format!("Bearer {token}"))];
     let (status, resp) = request_with(adm, "/admin/v1/holds", &auth, kill).await;
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("\"recorded\":true"), "{resp}");
@@ -987,22 +984,10 @@ async fn admin_brakes_take_effect_at_once() {
             .0,
         200
     );
-    let l = Arc::clone(&ledger);
-    let kinds = tokio::task::spawn_blocking(move || {
-        let size = l.size().unwrap();
-        (0..size)
-            .map(|i| {
-                String::from_utf8(
-                    l.with_store(|s| Ok(warden_ledger::store::read_entry(s, i)?))
-                        .unwrap(),
-                )
-                .unwrap()
-            })
-            .filter(|t| t.contains("\"type\":\"event\""))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let kinds: Vec<String> = ledger_texts(dir.path())
+        .into_iter()
+        .filter(|t| t.contains("\"type\":\"event\""))
+        .collect();
     assert!(
         kinds
             .iter()
@@ -1016,21 +1001,11 @@ async fn admin_brakes_take_effect_at_once() {
 #[tokio::test]
 async fn unauthenticated_decide_is_loopback_only() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(warden_state::MemoryState::new()),
-        ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let app = runtime(dir.path(), None).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = warden_gateway::server::router_with(app, false);
+    let router = warden_gateway::native_api::router_with(app, false);
     tokio::spawn(async move { axum::serve(listener, router).await });
     let allow =
         br#"{"agent":"coder-1","session":"s","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
@@ -1038,228 +1013,15 @@ async fn unauthenticated_decide_is_loopback_only() {
     assert_eq!(request(addr, "POST", "/v1/proposals", allow).await.0, 401);
 }
 
-/// The governed path with a real upstream (`mcp-server-time`, installed by `.ci/run`): the
-/// native API executes an allowed signed proposal; a grant minted under a manifest version that
-/// is no longer current is not honored; the call is decided again under the current one, and
-/// runs only if that decision allows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grant_from_an_older_manifest_is_decided_again() {
-    let Ok(venv) = std::env::var("WARDEN_E2E_VENV") else {
-        eprintln!("notice: WARDEN_E2E_VENV not set: skipping the re-decision test");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = warden_gateway::starter::write(dir.path()).unwrap();
-    let v1 = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "tools:\n",
-            "tools:\n  - name: time.get_current_time\n    tier: low\n    zones: [\"*\"]\n    arguments: { type: object }\n",
-        )
-        .replace(
-            "  - name: demo\n    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
-            &format!("  - name: time\n    command: [\"{venv}/bin/mcp-server-time\"]\n    unsandboxed: \"the test cache is outside any sandbox view\"\n"),
-        );
-    std::fs::write(&path, &v1).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&path).unwrap();
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let clock = Arc::new(warden_executor::ManifestClock::new(1));
-    let state: Arc<dyn warden_core::state::StateStore> = Arc::new(warden_state::MemoryState::new());
-    let executor = Arc::new(
-        warden_gateway::execution::build(
-            dir.path(),
-            &path,
-            governor.manifest(),
-            Arc::clone(&ledger),
-            Box::new(warden_identity::MemoryReplayGuard::new()),
-            Arc::clone(&clock),
-            Arc::clone(&state),
-            None,
-        )
-        .unwrap(),
-    );
-    assert!(executor
-        .start(std::time::Duration::from_secs(30))
-        .await
-        .is_empty());
-    let cred = warden_gateway::agents::enroll(
-        dir.path(),
-        governor.manifest(),
-        "coder-1",
-        warden_gateway::now_unix(),
-        3600,
-    )
-    .unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::clone(&state),
-        ledger: Arc::clone(&ledger),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir.path()).unwrap()),
-        executor: Some(Arc::clone(&executor)),
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let token = std::fs::read_to_string(&cred).unwrap();
-    let identity = app
-        .identity
-        .verifier
-        .verify_token(token.trim(), warden_gateway::now_unix())
-        .unwrap();
-    // The native API runs an allowed signed proposal down the same path, and answers the
-    // (redacted) result and its receipt — never the grant.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, app.clone(), async {
-        let _ = stopped.await;
-    }));
-    let key = warden_gateway::agents::agent_key(&cred.with_extension("key")).unwrap();
-    let lineage = open_session(addr, &key, token.trim(), "native", "n-0").await;
-    let body = br#"{"agent":"coder-1","session":"native","tool":"time.get_current_time","arguments":{"timezone":"UTC"}}"#;
-    let h = signed(&key, token.trim(), &lineage, body, "n-1");
-    let (status, resp) = request_with(addr, "/v1/proposals", &h, body).await;
-    assert_eq!(status, 200, "{resp}");
-    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
-    assert_eq!(v["result"]["structuredContent"]["timezone"], "UTC", "{v}");
-    assert!(
-        v["receipt_index"].is_u64() && v.get("grant").is_none(),
-        "{v}"
-    );
-    drop(stop);
-
-    let proposal = |session: &str| warden_core::Proposal {
-        agent: "coder-1".into(),
-        session: session.into(),
-        tool: "time.get_current_time".into(),
-        arguments: serde_json::json!({"timezone": "UTC"}),
-        tenant: None,
-    };
-    let run = |p: &warden_core::Proposal| {
-        let (app, executor, identity, p) = (&app, &executor, &identity, p.clone());
-        async move {
-            warden_gateway::path::propose_and_run(
-                app,
-                executor,
-                warden_gateway::path::Run {
-                    identity,
-                    proposal: &p,
-                    trace: "",
-                    cancel: tokio_util::sync::CancellationToken::new(),
-                    approval: None,
-                },
-                None,
-            )
-            .await
-        }
-    };
-    let kinds = || {
-        let mut out = Vec::new();
-        let n = ledger.size().unwrap();
-        ledger
-            .with_store(|s| {
-                s.scan(0, n, &mut |_, b| {
-                    out.push(match warden_ledger::Entry::from_bytes(b).unwrap() {
-                        warden_ledger::Entry::Decision(d) => {
-                            format!("decision:{}", d.decision.as_str())
-                        }
-                        warden_ledger::Entry::Receipt(_) => "receipt".to_owned(),
-                        warden_ledger::Entry::Event(e) => e.kind,
-                    });
-                    Ok(())
-                })
-                .map_err(Into::into)
-            })
-            .unwrap();
-        out
-    };
-
-    // Under the version it was decided in, the call runs: decision, then receipt.
-    let out = run(&proposal("s1")).await;
-    assert!(
-        matches!(out, warden_gateway::path::Outcome::Ran { .. }),
-        "{out:?}"
-    );
-    let before = kinds().len();
-
-    // The Executor's manifest moved on: the grant is refused, the call decided again, and (the
-    // Governor here still deciding under the old version) refused again. Nothing runs.
-    clock.set(2);
-    let out = run(&proposal("s2")).await;
-    assert!(
-        matches!(
-            out,
-            warden_gateway::path::Outcome::Failed {
-                error: warden_executor::ExecError::Grant(
-                    warden_identity::GrantError::ManifestChanged {
-                        granted: 1,
-                        current: 2
-                    }
-                ),
-                ..
-            }
-        ),
-        "{out:?}"
-    );
-    assert_eq!(
-        kinds()[before..],
-        [
-            "decision:allow",
-            "grant.refused",
-            "decision:allow",
-            "grant.refused"
-        ]
-    );
-
-    // The new version (the tool raised to critical) is swapped in: decided under it, the call
-    // escalates and does not run.
-    let v2 = v1.replace("version: 1", "version: 2").replace(
-        "  - name: time.get_current_time\n    tier: low",
-        "  - name: time.get_current_time\n    tier: critical",
-    );
-    std::fs::write(&path, v2).unwrap();
-    app.governor.reload(&path).unwrap();
-    let out = run(&proposal("s3")).await;
-    match out {
-        warden_gateway::path::Outcome::Decided {
-            decision, approval, ..
-        } => {
-            assert_eq!(decision.decision, warden_core::Verdict::Escalate);
-            assert_eq!(decision.manifest_version, 2);
-            // It waits on an approval request bound to this call under version 2, which two
-            // distinct humans (never the owner alone: the tier is critical) must approve.
-            let a = approval.expect("an approval request");
-            assert_eq!(
-                a.requirement,
-                warden_identity::approval::Requirement::Humans { approvers: 2 }
-            );
-            assert!(a.critical);
-            assert_eq!(
-                (a.binding.session.as_str(), a.binding.manifest_version),
-                ("s3", 2)
-            );
-            assert_eq!(a.binding.arguments_hash, decision.arguments_hash);
-            // The decision is the Governor's escalation as it made it: opening the request
-            // changed nothing in it (the `approval.requested` event names it by index).
-            assert!(
-                !decision.rules.iter().any(|r| r.starts_with("approval.")),
-                "{decision:?}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-    executor.shutdown().await;
-}
-
 /// A reload that would change upstreams or pins is refused (the running Executor keeps its
 /// own); one that does not is swapped in and moves the Executor's manifest clock.
 #[test]
 fn reloads_that_change_upstreams_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = warden_gateway::starter::write(dir.path()).unwrap();
+    let path = warden_runtime::starter::write(dir.path()).unwrap();
     let v1 = std::fs::read_to_string(&path).unwrap();
-    let current = warden_gateway::current::CurrentGovernor::new(
-        warden_gateway::bundle::load_governor(&path).unwrap(),
+    let current = warden_runtime::current::CurrentGovernor::new(
+        warden_runtime::bundle::load_governor(&path).unwrap(),
     );
     let clock = warden_executor::ManifestClock::new(1);
     std::fs::write(
@@ -1269,19 +1031,19 @@ fn reloads_that_change_upstreams_are_refused() {
     )
     .unwrap();
     let book = warden_identity::approval::Book::new(Default::default());
-    let e = warden_gateway::execution::reload(&current, &clock, &path, &book).unwrap_err();
+    let e = warden_runtime::execution::reload(&current, &clock, &path, &book).unwrap_err();
     assert!(e.contains("restart"), "{e}");
     assert_eq!((current.get().manifest().version, clock.get()), (1, 1));
     std::fs::write(&path, v1.replace("version: 1", "version: 2")).unwrap();
     assert_eq!(
-        warden_gateway::execution::reload(&current, &clock, &path, &book)
+        warden_runtime::execution::reload(&current, &clock, &path, &book)
             .unwrap()
             .0,
         2
     );
     assert_eq!((current.get().manifest().version, clock.get()), (2, 2));
     // Not newer: refused, clock unchanged.
-    assert!(warden_gateway::execution::reload(&current, &clock, &path, &book).is_err());
+    assert!(warden_runtime::execution::reload(&current, &clock, &path, &book).is_err());
     assert_eq!(clock.get(), 2);
 }
 
@@ -1290,61 +1052,36 @@ fn reloads_that_change_upstreams_are_refused() {
 /// nothing counted, and the listener keeps serving; then a good vote counts.
 #[tokio::test]
 async fn approval_votes_refuse_bad_input_and_keep_serving() {
-    use warden_identity::approval::{sign, Binding, Requirement, Status, Verdict};
+    use warden_identity::approval::{sign, Status, Verdict};
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let manifest = warden_runtime::starter::write(dir.path()).unwrap();
     let public =
-        warden_gateway::approvals::create_approver_key(dir.path(), "alice@acme.example", false)
+        warden_runtime::approvals::create_approver_key(dir.path(), "alice@acme.example", false)
             .unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
         "\napprovals:\n",
         &format!("\napprovers:\n  - {{ id: alice@acme.example, key: \"{public}\" }}\napprovals:\n"),
     );
     std::fs::write(&manifest, text).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let book = Arc::new(warden_identity::approval::Book::new(Default::default()));
-    let admin = warden_gateway::admin::AdminState {
-        state: Arc::new(warden_state::MemoryState::new()),
-        ledger: Arc::clone(&ledger),
-        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
-        executor: None,
-        approvals: Arc::clone(&book),
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        manifest_path: Some(manifest.clone()),
-        notifier: Default::default(),
-    };
-    let token = warden_gateway::admin::read_token(dir.path())
-        .unwrap()
-        .trim()
-        .to_string();
+    let app = runtime(dir.path(), None).await;
+    let (adm, auth) = serve_admin(&app, dir.path()).await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let adm = l.local_addr().unwrap();
-    tokio::spawn(warden_gateway::admin::serve(
-        l,
-        admin,
-        std::future::pending(),
-    ));
-    let now = warden_gateway::now_unix_ms();
-    let binding = Binding {
-        agent: "coder-1".into(),
-        tenant: "acme".into(),
-        owner: "alice@acme.example".into(),
-        session: "s1".into(),
-        tool: "demo.add".into(),
-        arguments_hash: "sha256:00".into(),
-        manifest_version: 1,
-    };
-    let owner = Requirement::Owner {
-        owner: "alice@acme.example".into(),
-    };
-    let (r, _) = book
-        .open(&binding, owner, false, serde_json::Value::Null, now)
-        .unwrap();
-    let auth = vec![("authorization", format!("Bearer {token}"))];
+    let api = l.local_addr().unwrap();
+    tokio::spawn(serve(l, app.clone(), std::future::pending()));
+    let now = warden_runtime::now_unix_ms();
+    // coder-1's `demo.add` needs its owner: the call escalates and opens the request.
+    let agent = SignedAgent::enroll(api, dir.path(), "coder-1").await;
+    let add = br#"{"agent":"coder-1","session":"s","tool":"demo.add","arguments":{"a":2,"b":3}}"#;
+    let (status, resp) = agent.propose(api, add).await;
+    assert_eq!(status, 202, "{resp}");
+    let id = serde_json::from_str::<serde_json::Value>(&resp).unwrap()["approval"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app.operator().approval(&id).unwrap();
     let path = format!("/admin/v1/approvals/{}/votes", r.id);
-    let key = warden_gateway::approvals::load_approver_key(
-        &warden_gateway::approvals::approver_key_path(dir.path(), "alice@acme.example"),
+    let key = warden_runtime::approvals::load_approver_key(
+        &warden_runtime::approvals::approver_key_path(dir.path(), "alice@acme.example"),
     )
     .unwrap();
     let good = sign(&key, &r, Verdict::Approve, "alice@acme.example", now).unwrap();
@@ -1410,7 +1147,10 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
     .await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("approval.unknown_approver"), "{body}");
-    assert_eq!(book.get(&r.id, now).unwrap().status, Status::Pending);
+    assert_eq!(
+        app.operator().approval(&r.id).unwrap().status,
+        Status::Pending
+    );
 
     // Still serving: the good vote counts, and its replay is a conflict.
     let (status, body) = send(adm, "POST", &path, &auth, &good_body).await;
@@ -1419,24 +1159,15 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
     let (status, body) = send(adm, "POST", &path, &auth, &good_body).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("approval.replayed"), "{body}");
-    let kinds: Vec<String> = {
-        let n = ledger.size().unwrap();
-        let mut out = Vec::new();
-        ledger
-            .with_store(|s| {
-                s.scan(0, n, &mut |_, b| {
-                    if let warden_ledger::Entry::Event(e) =
-                        warden_ledger::Entry::from_bytes(b).unwrap()
-                    {
-                        out.push(e.kind);
-                    }
-                    Ok(())
-                })
-                .map_err(Into::into)
-            })
-            .unwrap();
-        out
-    };
+    let kinds: Vec<String> = ledger_texts(dir.path())
+        .iter()
+        .filter_map(
+            |t| match warden_ledger::Entry::from_bytes(t.as_bytes()).unwrap() {
+                warden_ledger::Entry::Event(e) => Some(e.kind),
+                _ => None,
+            },
+        )
+        .collect();
     assert_eq!(
         kinds.iter().filter(|k| *k == "approval.refused").count(),
         3,
@@ -1452,10 +1183,10 @@ async fn approval_votes_refuse_bad_input_and_keep_serving() {
 async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
     use warden_identity::approval::{sign, Request, Verdict};
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let manifest = warden_runtime::starter::write(dir.path()).unwrap();
     let mut approvers = String::from("\napprovers:\n");
     for id in ["alice@acme.example", "carol"] {
-        let public = warden_gateway::approvals::create_approver_key(dir.path(), id, false).unwrap();
+        let public = warden_runtime::approvals::create_approver_key(dir.path(), id, false).unwrap();
         approvers.push_str(&format!("  - {{ id: {id}, key: \"{public}\" }}\n"));
     }
     let v1 = std::fs::read_to_string(&manifest).unwrap().replace(
@@ -1473,50 +1204,20 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
         .to_string();
     assert!(e.contains("could never be changed"), "{e}");
 
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
-    let current = Arc::new(warden_gateway::current::CurrentGovernor::new(governor));
-    let clock = warden_executor::ManifestClock::new(1);
-    let ledger = Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap());
-    let book = Arc::new(warden_identity::approval::Book::new(Default::default()));
-    let admin = warden_gateway::admin::AdminState {
-        state: Arc::new(warden_state::MemoryState::new()),
-        ledger: Arc::clone(&ledger),
-        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
-        executor: None,
-        approvals: Arc::clone(&book),
-        governor: Arc::clone(&current),
-        manifest_path: Some(manifest.clone()),
-        notifier: Default::default(),
-    };
-    let auth = vec![(
-        "authorization",
-        format!(
-            "Bearer {}",
-            warden_gateway::admin::read_token(dir.path())
-                .unwrap()
-                .trim()
-        ),
-    )];
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let adm = l.local_addr().unwrap();
-    tokio::spawn(warden_gateway::admin::serve(
-        l,
-        admin,
-        std::future::pending(),
-    ));
-    let reload = || warden_gateway::execution::reload(&current, &clock, &manifest, &book);
+    let app = runtime(dir.path(), None).await;
+    let (adm, auth) = serve_admin(&app, dir.path()).await;
 
     // Version 2 loosens a rate. Without an approval, the reload is refused.
     let v2 = v1
         .replace("version: 1", "version: 2")
         .replace("rate: 100/h", "rate: 200/h");
     std::fs::write(&manifest, &v2).unwrap();
-    let e = reload().unwrap_err();
+    let e = app.reload().await.unwrap_err();
     assert!(
         e.contains("needs the approval of 2 distinct human approver(s)"),
         "{e}"
     );
-    assert_eq!(current.get().manifest().version, 1);
+    assert_eq!(app.summary().manifest_version, 1);
 
     // Proposed: the preview is the diff.
     let (status, body) = send(adm, "POST", "/admin/v1/governance/proposals", &auth, b"").await;
@@ -1526,8 +1227,8 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
     assert_eq!(request.preview["loosened"], 1, "{}", request.preview);
     assert!(body.contains("rate 100/h -> 200/h"), "{body}");
     let vote = |who: &str| {
-        let key = warden_gateway::approvals::load_approver_key(
-            &warden_gateway::approvals::approver_key_path(dir.path(), who),
+        let key = warden_runtime::approvals::load_approver_key(
+            &warden_runtime::approvals::approver_key_path(dir.path(), who),
         )
         .unwrap();
         let v = sign(
@@ -1535,7 +1236,7 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
             &request,
             Verdict::Approve,
             who,
-            warden_gateway::now_unix_ms(),
+            warden_runtime::now_unix_ms(),
         )
         .unwrap();
         serde_json::to_vec(&v).unwrap()
@@ -1544,22 +1245,29 @@ async fn manifest_changes_need_the_governance_approval_of_that_exact_bundle() {
     let (status, body) = send(adm, "POST", &path, &auth, &vote("alice@acme.example")).await;
     assert_eq!(status, 200, "{body}");
     // One of two: still refused.
-    assert!(reload().is_err());
+    assert!(app.reload().await.is_err());
     let (status, body) = send(adm, "POST", &path, &auth, &vote("carol")).await;
     assert!(status == 200 && body.contains("\"approved\""), "{body}");
 
     // The files changed after the approval: a different bundle, refused.
     std::fs::write(&manifest, v2.replace("rate: 200/h", "rate: 900/h")).unwrap();
-    assert!(reload().unwrap_err().contains("needs the approval"));
+    assert!(app
+        .reload()
+        .await
+        .unwrap_err()
+        .contains("needs the approval"));
     // The approved bundle goes in, once, naming its approvers.
     std::fs::write(&manifest, &v2).unwrap();
-    let (version, approval) = reload().unwrap();
-    assert_eq!(version, 2);
-    assert_eq!(
-        approval.unwrap().approved_by(),
-        vec!["alice@acme.example", "carol"]
+    assert_eq!(app.reload().await.unwrap(), 2);
+    assert_eq!(app.summary().manifest_version, 2);
+    let applied: Vec<String> = ledger_texts(dir.path())
+        .into_iter()
+        .filter(|t| t.contains("governance.applied"))
+        .collect();
+    assert!(
+        applied.len() == 1 && applied[0].contains("approved by alice@acme.example, carol"),
+        "{applied:?}"
     );
-    assert_eq!(current.get().manifest().version, 2);
 }
 
 /// Webhooks: a brake change and a tripped breaker reach the receivers, in the shapes asked for,
@@ -1605,37 +1313,22 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write(dir.path()).unwrap();
+    let manifest = warden_runtime::starter::write(dir.path()).unwrap();
     std::fs::write(dir.path().join("hook.key"), "webhook-key-0123456789").unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap()
         + &format!(
             "\nsecrets:\n  HOOK_KEY: {{ file: hook.key }}\nnotifications:\n  webhooks:\n    - {{ url: \"http://127.0.0.1:{port}/slack\", secret: HOOK_KEY, format: slack }}\n    - {{ url: \"http://127.0.0.1:{port}/tg\", secret: HOOK_KEY, format: telegram, chat_id: \"-1001\", events: [breaker.tripped] }}\n"
         );
     std::fs::write(&manifest, text).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&manifest).unwrap();
+    let governor = warden_runtime::bundle::load_governor(&manifest).unwrap();
     let (notifier, errors) =
-        warden_gateway::notify::Notifier::start(&governor.manifest().webhooks, |name| {
+        warden_runtime::notify::Notifier::start(&governor.manifest().webhooks, |name| {
             (name == "HOOK_KEY").then(|| zeroize::Zeroizing::new("webhook-key-0123456789".into()))
         });
     assert!(errors.is_empty(), "{errors:?}");
-    let admin = warden_gateway::admin::AdminState {
-        state: Arc::new(warden_state::MemoryState::new()),
-        ledger: Arc::new(warden_gateway::witness::open_ledger(dir.path(), None).unwrap()),
-        token_hash: warden_gateway::admin::load_token_hash(dir.path()).unwrap(),
-        executor: None,
-        approvals: Arc::new(warden_identity::approval::Book::new(Default::default())),
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        manifest_path: None,
-        notifier: notifier.clone(),
-    };
-    let token = warden_gateway::admin::read_token(dir.path()).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let adm = l.local_addr().unwrap();
-    tokio::spawn(warden_gateway::admin::serve(
-        l,
-        admin,
-        std::future::pending(),
-    ));
+    // The Runtime starts the same webhooks from the manifest (the key from `hook.key`).
+    let app = runtime(dir.path(), None).await;
+    let (adm, auth) = serve_admin(&app, dir.path()).await;
     let verify = |head: &str, body: &str| {
         let header = |name: &str| {
             head.lines()
@@ -1653,13 +1346,12 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(header("x-warden-signature"), format!("v1={want}"));
-        assert!((ts.parse::<i64>().unwrap() - warden_gateway::now_unix()).abs() < 60);
+        assert!((ts.parse::<i64>().unwrap() - warden_runtime::now_unix()).abs() < 60);
     };
 
     // A kill: only the Slack hook carries hold changes.
     let body =
         br#"{"action":"kill","scope":{"scope":"agent","id":"coder-1"},"reason":"webhook test"}"#;
-    let auth = vec![("authorization", format!("Bearer {}", token.trim()))];
     let (status, answer) = send(adm, "POST", "/admin/v1/holds", &auth, body).await;
     assert_eq!(status, 200, "{answer}");
     let (head, body) = tokio::time::timeout(std::time::Duration::from_secs(10), got.recv())
@@ -1678,7 +1370,8 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
         "{v}"
     );
 
-    // A tripped breaker: both hooks, the Telegram one as sendMessage.
+    // A tripped breaker: both hooks, the Telegram one as sendMessage (sent here through a
+    // notifier of the same webhooks; a breaker tripping for real is `tests/mcp`'s).
     notifier.notify(
         "breaker.tripped",
         "agent `coder-1` paused: 3 consecutive failures".into(),
@@ -1707,11 +1400,12 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
 
 /// The composition root assembles what `warden serve` runs: the Executor is part of it, so an
 /// allowed signed proposal goes down the whole governed path and its answer never carries the
-/// grant; a manifest that does not load assembles nothing and says why.
-#[tokio::test]
+/// grant; the native API waits for an approval as the MCP front-end does; a manifest that does
+/// not load assembles nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_assembles_the_gateway_production_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = warden_gateway::starter::write_with_approvers(dir.path(), dir.path()).unwrap();
+    let manifest = warden_runtime::starter::write_with_approvers(dir.path(), dir.path()).unwrap();
     // Calls may wait up to 20 s for their approval (the starter answers at once).
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(
@@ -1719,47 +1413,31 @@ async fn the_runtime_assembles_the_gateway_production_runs() {
         text.replace("wait_seconds: 0 ", "wait_seconds: 20"),
     )
     .unwrap();
-    let config = warden_gateway::runtime::Config {
-        data: dir.path().to_path_buf(),
-        manifest: manifest.clone(),
-        ledger_postgres: None,
-        replay_redis: None,
-        // No `warden` binary in this test: the demo upstream cannot start, which is enough.
-        helper: dir.path().join("no-such-warden"),
-    };
-    let open = |c: warden_gateway::runtime::Config| {
-        tokio::task::spawn_blocking(move || warden_gateway::runtime::Runtime::open(c))
-    };
-    let runtime = open(config.clone()).await.unwrap().unwrap();
-    assert!(runtime.app.executor.is_some());
-    assert!(runtime.admin().is_ok());
+    let runtime = runtime(dir.path(), None).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, runtime.app.clone(), std::future::pending()));
+    tokio::spawn(serve(listener, runtime.clone(), std::future::pending()));
     let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
     let body = br#"{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{"text":"hi"}}"#;
     let (status, resp) = agent.propose(addr, body).await;
-    // Allowed and recorded, then run by the Executor, which could not reach the upstream.
-    assert_eq!(status, 502, "{resp}");
+    // Allowed and recorded, then run by the Executor on the demo upstream.
+    assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("\"decision\":\"allow\""), "{resp}");
     assert!(!resp.contains("\"grant\""), "{resp}");
 
     // The native API waits for an approval as the MCP front-end does (`Warden-Wait`):
     // coder-1's `demo.add` needs its owner; alice approves while the call waits, and the
-    // call is then decided again and redeems it (run, too: here the upstream is unreachable).
-    let book = Arc::clone(&runtime.app.approvals);
-    let governor = runtime.app.governor.get();
-    let approvers = warden_gateway::approvals::approvers(governor.manifest());
-    let agents: Vec<String> = governor.manifest().agents.keys().cloned().collect();
-    let key = warden_gateway::approvals::load_approver_key(
-        &warden_gateway::approvals::approver_key_path(dir.path(), "alice@acme.example"),
+    // call is then decided again, redeems it, and runs.
+    let operator = runtime.operator();
+    let key = warden_runtime::approvals::load_approver_key(
+        &warden_runtime::approvals::approver_key_path(dir.path(), "alice@acme.example"),
     )
     .unwrap();
     let voter = tokio::spawn(async move {
         loop {
-            let now = warden_gateway::now_unix_ms();
-            let pending = book
-                .list(now)
+            let now = warden_runtime::now_unix_ms();
+            let pending = operator
+                .approvals()
                 .into_iter()
                 .find(|r| r.status == warden_identity::approval::Status::Pending);
             if let Some(r) = pending {
@@ -1771,9 +1449,7 @@ async fn the_runtime_assembles_the_gateway_production_runs() {
                     now,
                 )
                 .unwrap();
-                book.vote(&vote, &approvers, |id| agents.iter().any(|a| a == id), now)
-                    .unwrap();
-                book.commit(&r.id, now).unwrap();
+                operator.vote(&r.id, &vote).await.unwrap();
                 return r.id;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -1784,25 +1460,27 @@ async fn the_runtime_assembles_the_gateway_production_runs() {
         .propose_with(addr, add, &[("warden-wait", "15".into())])
         .await;
     let approved = voter.await.unwrap();
-    assert_eq!(status, 502, "{resp}");
+    assert_eq!(status, 200, "{resp}");
     assert!(
         resp.contains("approval.redeemed") && resp.contains(&approved),
         "{resp}"
     );
-    runtime.executor.shutdown().await;
+    assert!(resp.contains("\"text\":\"5\""), "{resp}");
+    runtime.shutdown().await;
     drop(runtime);
 
     // A manifest that does not load: nothing is assembled, and the error names it.
     std::fs::write(&manifest, "version: x\n").unwrap();
-    let err = open(warden_gateway::runtime::Config {
+    let config = Config {
         data: dir.path().join("other"),
-        ..config
-    })
-    .await
-    .unwrap()
-    .unwrap_err();
+        ..config(dir.path())
+    };
+    let err = tokio::task::spawn_blocking(move || Runtime::open(config))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
-        matches!(err, warden_gateway::runtime::RuntimeError::Manifest { .. }),
+        matches!(err, warden_runtime::RuntimeError::Manifest { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("manifest.yaml"), "{err}");

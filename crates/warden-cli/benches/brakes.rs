@@ -1,14 +1,15 @@
-//! Issue 7's speed targets, in release (`cargo bench -p warden-gateway --bench brakes`):
+//! Issue 7's speed targets, in release (`cargo bench -p warden-cli --bench brakes`):
 //!
 //! 1. an approval decision reaches the waiting call within 50 ms: from the approver's vote being
-//!    counted (signature checked, recorded durably in the ledger, committed) to the waiting
-//!    call's new decision recorded and its grant minted;
-//! 2. the kill switch stops new calls within 100 ms under 1,000 calls/s: calls are decided (and
-//!    recorded) at that rate; the kill hold is set; no call is allowed after the hold is
-//!    acknowledged, and the first denial follows within the stated time.
+//!    counted (signature checked, recorded durably in the ledger, committed — what the admin
+//!    endpoint does) to the waiting call decided again, recorded, granted and run on the demo
+//!    upstream;
+//! 2. the kill switch stops new calls within 100 ms under 1,000 calls/s: calls are proposed (and
+//!    recorded) at that rate; the kill is applied as the admin endpoint applies it; no call is
+//!    allowed after it is acknowledged, and the first denial follows within the stated time.
 //!
-//! Both run the gateway's real governed path (`server::govern`: Governor, state store, embedded
-//! ledger with fsync, grant keys) in process, without the HTTP hops.
+//! Both run the Runtime exactly as `warden serve` assembles it (embedded state and ledger with
+//! fsync, grant keys, the Executor over the starter's demo upstream), without the HTTP hops.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,9 +25,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warden_core::{Proposal, Verdict};
-use warden_gateway::server::{govern, AppState, Governed};
-use warden_identity::approval::{sign, Book, Status, Verdict as Vote};
+use warden_core::state::HoldScope;
+use warden_core::Verdict;
+use warden_identity::approval::{sign, Status, Verdict as Vote};
+use warden_runtime::operator::Brake;
+use warden_runtime::{Call, Caller, Config, Outcome, Runtime};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -38,10 +41,10 @@ fn ms(d: Duration) -> f64 {
 
 /// The starter manifest without rate limits or tight budgets (the load would exhaust them),
 /// with alice (coder-1's owner) as an approver.
-fn app(dir: &std::path::Path) -> (AppState, ed25519_dalek::SigningKey) {
-    let path = warden_gateway::starter::write(dir).unwrap();
+fn app(dir: &std::path::Path) -> (Runtime, Caller, ed25519_dalek::SigningKey) {
+    let path = warden_runtime::starter::write(dir).unwrap();
     let public =
-        warden_gateway::approvals::create_approver_key(dir, "alice@acme.example", false).unwrap();
+        warden_runtime::approvals::create_approver_key(dir, "alice@acme.example", false).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text
         .lines()
@@ -61,33 +64,55 @@ fn app(dir: &std::path::Path) -> (AppState, ed25519_dalek::SigningKey) {
                 "\napprovers:\n  - {{ id: alice@acme.example, key: \"{public}\" }}\napprovals:\n"
             ),
         );
+    // Calls wait for their approval (the starter answers at once).
+    let text = text.replace("wait_seconds: 0 ", "wait_seconds: 60");
     std::fs::write(&path, text).unwrap();
-    let governor = warden_gateway::bundle::load_governor(&path).unwrap();
-    let app = AppState {
-        governor: Arc::new(warden_gateway::current::CurrentGovernor::new(governor)),
-        state: Arc::new(warden_state::MemoryState::new()),
-        ledger: Arc::new(warden_gateway::witness::open_ledger(dir, None).unwrap()),
-        identity: Arc::new(warden_gateway::agents::IdentityState::open(dir).unwrap()),
-        executor: None,
-        approvals: Arc::new(Book::new(Default::default())),
-        breakers: Default::default(),
-        notifier: Default::default(),
-    };
-    let key = warden_gateway::approvals::load_approver_key(
-        &warden_gateway::approvals::approver_key_path(dir, "alice@acme.example"),
+    let config = Config::embedded(dir, env!("CARGO_BIN_EXE_warden").into());
+    let runtime = Runtime::open(config).unwrap();
+    let cred = warden_runtime::agents::enroll(
+        dir,
+        runtime.manifest().manifest(),
+        "coder-1",
+        warden_runtime::now_unix(),
+        3600,
     )
     .unwrap();
-    (app, key)
+    let token = std::fs::read_to_string(&cred).unwrap();
+    let caller = runtime.authenticate(Some(token.trim())).unwrap();
+    let key = warden_runtime::approvals::load_approver_key(
+        &warden_runtime::approvals::approver_key_path(dir, "alice@acme.example"),
+    )
+    .unwrap();
+    (runtime, caller, key)
 }
 
-async fn decide(app: &AppState, p: &Proposal, approval: Option<&str>) -> Governed {
-    let g = app.governor.get();
-    govern(app, &g, p, "", Vec::new(), None, &[], approval).await
+/// Proposes one call as `caller`, waiting up to `wait` seconds for its approval.
+async fn propose(
+    app: &Runtime,
+    caller: &Caller,
+    session: String,
+    tool: &str,
+    arguments: serde_json::Value,
+    wait: u64,
+) -> Outcome {
+    let call = Call {
+        session,
+        tool: tool.into(),
+        arguments,
+        trace: "",
+        cancel: tokio_util::sync::CancellationToken::new(),
+        approval: None,
+        wait_secs: Some(wait),
+        progress: None,
+    };
+    app.propose(caller, call).await
 }
 
-fn verdict(g: &Governed) -> (Option<Verdict>, String) {
-    match g {
-        Governed::Decided { decision, .. } => (
+fn verdict(o: &Outcome) -> (Option<Verdict>, String) {
+    match o {
+        Outcome::Decided { decision, .. }
+        | Outcome::Ran { decision, .. }
+        | Outcome::Failed { decision, .. } => (
             Some(decision.decision),
             decision.rules.first().cloned().unwrap_or_default(),
         ),
@@ -96,47 +121,37 @@ fn verdict(g: &Governed) -> (Option<Verdict>, String) {
 }
 
 async fn approval_latency(
-    app: &AppState,
+    app: &Runtime,
+    caller: &Caller,
     key: &ed25519_dalek::SigningKey,
     n: usize,
 ) -> Vec<Duration> {
-    let approvers = warden_gateway::approvals::approvers(app.governor.get().manifest());
+    let operator = app.operator();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        // coder-1 is junior: medium-tier demo.add needs its owner.
-        let p = Proposal {
-            agent: "coder-1".into(),
-            session: format!("bench-{i}"),
-            tool: "demo.add".into(),
-            arguments: serde_json::json!({"a": i, "b": 1}),
-            tenant: None,
-        };
-        let Governed::Decided {
-            approval: Some(request),
-            ..
-        } = decide(app, &p, None).await
-        else {
-            panic!("not escalated");
-        };
-        let mut rx = app.approvals.subscribe(&request.id).unwrap();
+        // coder-1 is junior: medium-tier demo.add needs its owner. The call waits for it.
+        let session = format!("bench-{i}");
         let waiter = {
-            let (app, p, id) = (app.clone(), p.clone(), request.id.clone());
+            let (app, caller, session) = (app.clone(), caller.clone(), session.clone());
             tokio::spawn(async move {
-                while *rx.borrow_and_update() == Status::Pending {
-                    rx.changed().await.unwrap();
-                }
-                let g = decide(&app, &p, Some(&id)).await;
-                let Governed::Decided {
-                    grant: Some(_),
-                    decision,
-                    ..
-                } = g
-                else {
-                    panic!("no grant after the approval: {g:?}");
+                let args = serde_json::json!({"a": i, "b": 1});
+                let out = propose(&app, &caller, session, "demo.add", args, 60).await;
+                let Outcome::Ran { decision, .. } = &out else {
+                    panic!("not run after the approval: {out:?}");
                 };
                 assert_eq!(decision.decision, Verdict::Allow);
                 Instant::now()
             })
+        };
+        let request = loop {
+            let pending = operator
+                .approvals()
+                .into_iter()
+                .find(|r| r.status == Status::Pending && r.binding.session == session);
+            if let Some(r) = pending {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         };
         // The vote as the admin endpoint counts it: verify, record durably, commit.
         let start = Instant::now();
@@ -145,26 +160,10 @@ async fn approval_latency(
             &request,
             Vote::Approve,
             "alice@acme.example",
-            warden_gateway::now_unix_ms(),
+            warden_runtime::now_unix_ms(),
         )
         .unwrap();
-        let voted = app
-            .approvals
-            .vote(&vote, &approvers, |_| false, warden_gateway::now_unix_ms())
-            .unwrap();
-        let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
-            kind: "approval.approved".into(),
-            agent: "coder-1".into(),
-            tenant: "acme".into(),
-            session: p.session.clone(),
-            reason: format!("bench vote on {}", voted.request.id),
-            trace_id: String::new(),
-            request_id: voted.request.id.clone(),
-            time: warden_gateway::now_unix(),
-        });
-        app.ledger.submit(&event).unwrap().recorded().await.unwrap();
-        app.approvals
-            .commit(&request.id, warden_gateway::now_unix_ms());
+        operator.vote(&request.id, &vote).await.unwrap();
         let done = waiter.await.unwrap();
         out.push(done - start);
     }
@@ -173,7 +172,7 @@ async fn approval_latency(
 
 /// One run of the kill measurement.
 struct KillRun {
-    /// Calls decided per second before the kill.
+    /// Calls proposed per second before the kill.
     rate: f64,
     /// Calls that started after the kill was acknowledged and were allowed (must be 0).
     allowed_after_ack: usize,
@@ -183,14 +182,15 @@ struct KillRun {
     first_deny: Duration,
 }
 
-async fn kill_under_load(app: &AppState, rate: u32) -> KillRun {
+async fn kill_under_load(app: &Runtime, caller: &Caller, rate: u32) -> KillRun {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     type Logged = (Instant, Instant, Option<Verdict>, String);
     let log = Arc::new(std::sync::Mutex::new(Vec::<Logged>::new()));
     let workers = 16u32;
     let mut handles = Vec::new();
     for w in 0..workers {
-        let (app, stop, log) = (app.clone(), Arc::clone(&stop), Arc::clone(&log));
+        let (app, caller) = (app.clone(), caller.clone());
+        let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
         handles.push(tokio::spawn(async move {
             let period = Duration::from_secs_f64(f64::from(workers) / f64::from(rate));
             let mut tick = tokio::time::interval(period);
@@ -199,16 +199,12 @@ async fn kill_under_load(app: &AppState, rate: u32) -> KillRun {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
                 i += 1;
-                let p = Proposal {
-                    agent: "coder-1".into(),
-                    session: format!("load-{w}"),
-                    tool: "fs.read_file".into(),
-                    arguments: serde_json::json!({"path": format!("/w{w}/{i}")}),
-                    tenant: None,
-                };
+                // Allowed, recorded and granted; no upstream serves it, so the Executor
+                // answers at once: the load is the governed path itself.
+                let args = serde_json::json!({"path": format!("/w{w}/{i}")});
                 let began = Instant::now();
-                let g = decide(&app, &p, None).await;
-                let (v, rule) = verdict(&g);
+                let o = propose(&app, &caller, format!("load-{w}"), "fs.read_file", args, 0).await;
+                let (v, rule) = verdict(&o);
                 log.lock().unwrap().push((began, Instant::now(), v, rule));
             }
         }));
@@ -216,13 +212,10 @@ async fn kill_under_load(app: &AppState, rate: u32) -> KillRun {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = log.lock().unwrap().len();
     // The kill, as the admin endpoint applies it (then answers).
-    app.state
-        .set_hold(warden_core::state::Hold {
-            scope: warden_core::state::HoldScope::Global,
-            kind: warden_core::state::HoldKind::Kill,
-            reason: "bench".into(),
-            since: warden_gateway::now_unix(),
-        })
+    let operator = app.operator();
+    operator
+        .brake(Brake::Kill, &HoldScope::Global, "bench")
+        .await
         .unwrap();
     let acked = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -230,11 +223,9 @@ async fn kill_under_load(app: &AppState, rate: u32) -> KillRun {
     for h in handles {
         h.await.unwrap();
     }
-    app.state
-        .clear_hold(
-            &warden_core::state::HoldScope::Global,
-            warden_core::state::HoldKind::Kill,
-        )
+    operator
+        .brake(Brake::Resume, &HoldScope::Global, "bench over")
+        .await
         .unwrap();
     let log = log.lock().unwrap();
     let allow = Some(Verdict::Allow);
@@ -261,22 +252,24 @@ async fn kill_under_load(app: &AppState, rate: u32) -> KillRun {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (app, key) = app(dir.path());
+    let (app, caller, key) = app(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        let down = app.start(Duration::from_secs(30)).await;
+        assert!(down.is_empty(), "{down:?}");
         let n = if quick { 20 } else { 300 };
-        let mut lat = approval_latency(&app, &key, n).await;
+        let mut lat = approval_latency(&app, &caller, &key, n).await;
         lat.sort_unstable();
         println!(
-            "approval -> waiting call granted: n={n} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target <= 50 ms)",
+            "approval -> waiting call run: n={n} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target <= 50 ms)",
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
             ms(*lat.last().unwrap())
         );
         let runs = if quick { 1 } else { 5 };
         for r in 0..runs {
-            let k = kill_under_load(&app, 1000).await;
+            let k = kill_under_load(&app, &caller, 1000).await;
             println!(
                 "kill under load, run {r}: {:.0} calls/s before the kill; calls started after the ack and allowed: {} (target 0); last in-flight allow recorded {:.2} ms after the ack; first kill denial recorded {:.2} ms after it (target <= 100 ms)",
                 k.rate,
@@ -285,5 +278,6 @@ fn main() {
                 ms(k.first_deny)
             );
         }
+        app.shutdown().await;
     });
 }

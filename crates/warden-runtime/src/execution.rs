@@ -19,7 +19,8 @@ pub enum ExecutionError {
 }
 
 /// Builds the Executor for `manifest` (read from `manifest_path`). Secrets that do not load
-/// are logged by name; the upstreams that need them stay down (fail closed), the rest run.
+/// are logged by name; the upstreams that need them stay down (fail closed), the rest run. An
+/// upstream whose program is `warden` runs `helper` (this Warden's own binary).
 ///
 /// # Errors
 /// [`ExecutionError`].
@@ -27,8 +28,9 @@ pub enum ExecutionError {
     clippy::too_many_arguments,
     reason = "the composition root hands the Executor each of its dependencies by name"
 )]
-pub fn build(
+pub(crate) fn build(
     data: &Path,
+    helper: &Path,
     manifest_path: &Path,
     manifest: &Manifest,
     ledger: Arc<Ledger>,
@@ -55,7 +57,7 @@ pub fn build(
         upstreams: manifest
             .upstreams
             .iter()
-            .map(|u| u.clone().with_paths_under(dir))
+            .map(|u| with_helper(u.clone().with_paths_under(dir), helper))
             .collect(),
         secrets,
         grants: crate::agents::grant_keys(data)?,
@@ -65,6 +67,20 @@ pub fn build(
         holds: Some(holds),
         sandbox,
     })?)
+}
+
+/// `u`, with the program `warden` (Warden's own servers: `demo-server`, `process-server`) made
+/// the helper binary's path.
+fn with_helper(
+    mut u: warden_policy::upstream::Upstream,
+    helper: &Path,
+) -> warden_policy::upstream::Upstream {
+    if let warden_policy::upstream::Transport::Stdio { program, .. } = &mut u.transport {
+        if program == "warden" {
+            *program = helper.display().to_string();
+        }
+    }
+    u
 }
 
 /// How this Warden sandboxes: probed only when some upstream asks for a sandbox. `helper` is

@@ -191,7 +191,7 @@ impl Sessions {
         agent: &str,
         chain: (Vec<String>, Vec<String>),
     ) -> Result<String, OpenError> {
-        let id = warden_identity::credential::random_id().map_err(|_| OpenError::NoRandomness)?;
+        let id = warden_runtime::caller::random_id().ok_or(OpenError::NoRandomness)?;
         let now = Instant::now();
         let mut ended = Vec::new();
         let mut inner = self.lock();
@@ -222,7 +222,7 @@ impl Sessions {
                 credential: credential.to_owned(),
                 agent: agent.to_owned(),
                 chain,
-                runner_key: warden_policy::decide::session_key(agent, &id),
+                runner_key: warden_runtime::runtime::session_key(agent, &id),
                 seen: now,
                 calls: Vec::new(),
             },

@@ -71,7 +71,7 @@ impl Breakers {
 }
 
 /// Trips `agent`'s breaker: pauses the agent and records why.
-pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &str, why: &str) {
+pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str, why: &str) {
     let reason = format!("breaker tripped: {why}");
     let hold = Hold {
         scope: HoldScope::Agent(agent.to_owned()),
@@ -91,7 +91,7 @@ pub(crate) async fn trip(app: &crate::server::AppState, agent: &str, tenant: &st
     crate::witness::record_event(&app.ledger, "breaker.tripped", about, reason).await;
     // A tripped breaker is a violation: the agent is demoted too (seed 002).
     crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
-    app.notifier.notify(
+    app.notifier().notify(
         "breaker.tripped",
         format!("agent `{agent}` paused: {why}"),
         serde_json::json!({ "agent": agent, "tenant": tenant }),

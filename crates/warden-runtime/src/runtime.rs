@@ -1,0 +1,479 @@
+//! The composition root: one [`Runtime`] assembled from a [`Config`], the same way for
+//! `warden serve`, `warden stdio`, the in-process tests and the benchmarks. It opens, in order
+//! and failing closed at each step: the manifest and its policies (the Governor), the state
+//! store, the Witness ledger (recording key changes since the last start), the identity state,
+//! the approval book, and the Executor over the manifest's upstreams (started by
+//! [`Runtime::start`]).
+//!
+//! A front-end holds a `Runtime` and nothing else. Its fields are private to this crate: a
+//! front-end can authenticate a caller ([`crate::caller`]), propose a call as that caller
+//! ([`crate::governed`]) and ask what the manifest lets it see; it cannot decide, record, mint a
+//! grant or reach an upstream, because it has no handle to the Governor's state, the ledger,
+//! the grant keys or the Executor.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use warden_executor::{Executor, ManifestClock};
+use warden_identity::ReplayGuard;
+
+/// Where a gateway's data and manifest are, and which shared services it uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory: state, keys, the embedded ledger, sandbox workspaces.
+    pub data: PathBuf,
+    /// The manifest file (its policy files are found from it).
+    pub manifest: PathBuf,
+    /// Keep the ledger in this PostgreSQL database instead of `DATA/ledger`.
+    pub ledger_postgres: Option<String>,
+    /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
+    pub replay_redis: Option<String>,
+    /// The `warden` binary, whose `sandbox exec` launches sandboxed upstreams.
+    pub helper: PathBuf,
+}
+
+impl Config {
+    /// The embedded defaults over `data`: the manifest at `data/manifest.yaml`, the ledger in
+    /// `data/ledger`, replay protection in process, and `helper` for sandboxed upstreams.
+    #[must_use]
+    pub fn embedded(data: &std::path::Path, helper: PathBuf) -> Config {
+        Config {
+            data: data.to_path_buf(),
+            manifest: data.join("manifest.yaml"),
+            ledger_postgres: None,
+            replay_redis: None,
+            helper,
+        }
+    }
+}
+
+/// Why a gateway could not be assembled. Each is fail-closed: nothing is served.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The manifest or its policies do not load.
+    #[error("manifest `{path}` does not load")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Every problem, with file, line and key.
+        #[source]
+        error: warden_policy::LoadError,
+    },
+    /// The state store cannot be opened.
+    #[error("opening state: {0}")]
+    State(#[from] warden_state::OpenError),
+    /// The Witness ledger cannot be opened (INV-003: no ledger, no gateway).
+    #[error("opening the Witness ledger: {0}")]
+    Ledger(#[from] crate::witness::WitnessError),
+    /// Keys, credentials or the revocation list cannot be read.
+    #[error("opening the agent identity state: {0}")]
+    Identity(#[from] crate::agents::AgentsError),
+    /// The replay store (Redis) cannot be set up.
+    #[error("replay protection: {0}")]
+    Replay(#[from] warden_identity::ReplayError),
+    /// The Executor cannot be set up over the manifest's upstreams.
+    #[error("setting up the Executor: {0}")]
+    Executor(#[from] crate::execution::ExecutionError),
+}
+
+/// What the governed path, the operator's actions and the lifecycle share. Crate-private: no
+/// front-end sees it.
+pub(crate) struct Shared {
+    /// The Governor for the current manifest version.
+    pub(crate) governor: Arc<crate::current::CurrentGovernor>,
+    /// Counters, session history and holds.
+    pub(crate) state: Arc<dyn warden_core::state::StateStore>,
+    /// The Witness ledger every decision is recorded in.
+    pub(crate) ledger: Arc<warden_ledger::Ledger>,
+    /// Credentials, revocations, request nonces and the grant keys.
+    pub(crate) identity: Arc<crate::agents::IdentityState>,
+    /// The Executor: runs granted calls.
+    pub(crate) executor: Arc<Executor>,
+    /// The manifest version the Executor honours grants for; moved on a reload.
+    pub(crate) clock: Arc<ManifestClock>,
+    /// Approval requests of escalated calls.
+    pub(crate) approvals: Arc<warden_identity::approval::Book>,
+    /// Consecutive failures per agent (circuit breakers).
+    pub(crate) breakers: crate::breakers::Breakers,
+    /// SHA-256 of the admin token (`DATA/keys/admin.token`, made at assembly).
+    // INVARIANT (separate credential, INV-025): only this token opens the admin API.
+    pub(crate) admin_token: [u8; 32],
+    /// Webhooks (approval requests, tripped breakers), started with the gateway.
+    webhooks: OnceLock<crate::notify::Notifier>,
+    /// What it was assembled from.
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    /// The webhooks; none until [`Runtime::start`] started them.
+    pub(crate) fn notifier(&self) -> &crate::notify::Notifier {
+        static NONE: OnceLock<crate::notify::Notifier> = OnceLock::new();
+        self.webhooks
+            .get()
+            .unwrap_or_else(|| NONE.get_or_init(crate::notify::Notifier::default))
+    }
+}
+
+/// An assembled gateway. Cheap to clone (one shared value).
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The manifest and its policies, as the Governor (fail closed: nothing is assembled without).
+fn load(config: &Config) -> Result<warden_policy::Governor, RuntimeError> {
+    crate::bundle::load_governor(&config.manifest).map_err(|error| RuntimeError::Manifest {
+        path: config.manifest.clone(),
+        error,
+    })
+}
+
+/// A replay guard: Redis (shared by instances) when a URL is given, else in process.
+fn replay_guard(
+    redis: Option<&str>,
+    prefix: &str,
+) -> Result<Box<dyn ReplayGuard>, warden_identity::ReplayError> {
+    Ok(match redis {
+        Some(url) => Box::new(warden_identity::RedisReplayGuard::new(url, prefix)?),
+        None => Box::new(warden_identity::MemoryReplayGuard::new()),
+    })
+}
+
+/// What a Runtime keeps its shared state in, each behind its port: counters, session history
+/// and holds ([`warden_core::state::StateStore`]); the Witness ledger (over any
+/// [`warden_ledger::LedgerStore`]); the signed-request nonces and the redeemed grants
+/// ([`ReplayGuard`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
+/// instances share Redis and PostgreSQL through the same ports.
+pub struct Backends {
+    /// Counters, session history and holds.
+    pub state: Arc<dyn warden_core::state::StateStore>,
+    /// The Witness ledger.
+    pub ledger: warden_ledger::Ledger,
+    /// Signed-request nonces (each accepted once).
+    pub nonces: Box<dyn ReplayGuard>,
+    /// Redeemed grants (each honoured once).
+    pub redeemed: Box<dyn ReplayGuard>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("ledger", &self.ledger.origin())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// The backends `config` names: the state store in `DATA/state`; the ledger in
+    /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis.
+    /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] naming the backend that could not be opened.
+    pub fn embedded(config: &Config) -> Result<Backends, RuntimeError> {
+        let state = warden_state::FileState::open(&config.data.join("state"), crate::now_unix())?;
+        // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
+        let ledger = crate::witness::open_ledger(&config.data, config.ledger_postgres.as_deref())?;
+        Ok(Backends {
+            state: Arc::new(state),
+            ledger,
+            nonces: replay_guard(config.replay_redis.as_deref(), "warden:nonce:")?,
+            redeemed: replay_guard(config.replay_redis.as_deref(), "warden:grant:")?,
+        })
+    }
+}
+
+impl Runtime {
+    /// Assembles a gateway from `config` over its [`Backends::embedded`] backends. It waits for
+    /// the ledger (key changes are recorded before anything is served): call it outside an
+    /// async runtime, or on a blocking thread.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] naming the part that could not be opened.
+    pub fn open(config: Config) -> Result<Runtime, RuntimeError> {
+        let governor = load(&config)?;
+        let backends = Backends::embedded(&config)?;
+        Runtime::build(config, governor, backends)
+    }
+
+    /// Assembles a gateway from `config` over `backends` (what [`Runtime::open`] does with the
+    /// embedded ones). Blocks like it.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] naming the part that could not be opened.
+    pub fn assemble(config: Config, backends: Backends) -> Result<Runtime, RuntimeError> {
+        let governor = load(&config)?;
+        Runtime::build(config, governor, backends)
+    }
+
+    /// The steps after the manifest loaded, in order: key changes recorded in the ledger, the
+    /// identity state, the admin token, the approval book, the Executor.
+    fn build(
+        config: Config,
+        governor: warden_policy::Governor,
+        backends: Backends,
+    ) -> Result<Runtime, RuntimeError> {
+        let Backends {
+            state,
+            ledger,
+            nonces,
+            redeemed,
+        } = backends;
+        crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
+        tracing::info!(
+            origin = ledger.origin(),
+            verifier = %crate::witness::pub_path(&config.data).display(),
+            "ledger open"
+        );
+        tracing::info!(
+            manifest = %config.manifest.display(),
+            version = governor.manifest().version,
+            policy_hash = governor.policy_hash(),
+            "manifest loaded"
+        );
+        let approvals = crate::approvals::settings(governor.manifest());
+        let identity = crate::agents::IdentityState::open_with(&config.data, nonces)?;
+        let admin_token = crate::operator::load_token_hash(&config.data)?;
+        let clock = Arc::new(ManifestClock::new(governor.manifest().version));
+        let ledger = Arc::new(ledger);
+        let executor = Arc::new(crate::execution::build(
+            &config.data,
+            &config.helper,
+            &config.manifest,
+            governor.manifest(),
+            Arc::clone(&ledger),
+            redeemed,
+            Arc::clone(&clock),
+            Arc::clone(&state),
+            crate::execution::sandbox_config(
+                &config.data,
+                governor.manifest(),
+                config.helper.clone(),
+            ),
+        )?);
+        Ok(Runtime {
+            shared: Arc::new(Shared {
+                governor: Arc::new(crate::current::CurrentGovernor::new(governor)),
+                state,
+                ledger,
+                identity: Arc::new(identity),
+                executor,
+                clock,
+                approvals: Arc::new(warden_identity::approval::Book::new(approvals)),
+                breakers: crate::breakers::Breakers::default(),
+                admin_token,
+                webhooks: OnceLock::new(),
+                config,
+            }),
+        })
+    }
+
+    /// What it was assembled from.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Brings the gateway up on the current Tokio runtime: starts the manifest's webhooks,
+    /// records the approvers in force, records expired approval requests within a second from
+    /// now on, and starts the upstreams, waiting up to `wait` for them. Answers the upstreams
+    /// still starting (their tools are withheld until they are up).
+    pub async fn start(&self, wait: std::time::Duration) -> Vec<(String, String)> {
+        self.start_webhooks();
+        let governor = self.shared.governor.get();
+        crate::approvals::record_approvers(
+            &self.shared.ledger,
+            governor.manifest(),
+            "approvers at start",
+        )
+        .await;
+        let (book, ledger) = (
+            Arc::clone(&self.shared.approvals),
+            Arc::clone(&self.shared.ledger),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                crate::approvals::record_expired(&book, &ledger).await;
+            }
+        });
+        self.shared.executor.start(wait).await
+    }
+
+    /// Starts the manifest's webhooks (their HMAC keys are secrets from the manifest's
+    /// `secrets`); once only.
+    fn start_webhooks(&self) {
+        let governor = self.shared.governor.get();
+        let m = governor.manifest();
+        let dir = self
+            .shared
+            .config
+            .manifest
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let (secrets, _) = warden_executor::Secrets::load(&m.secrets, dir);
+        let (notifier, errors) =
+            crate::notify::Notifier::start(&m.webhooks, |name| secrets.get(name));
+        for e in errors {
+            tracing::error!("{e}");
+        }
+        if !m.webhooks.is_empty() {
+            tracing::info!(webhooks = m.webhooks.len(), "notifications on");
+        }
+        let _ = self.shared.webhooks.set(notifier);
+    }
+
+    /// Stops the upstreams (the ledger signs its last checkpoint when the last handle goes).
+    pub async fn shutdown(&self) {
+        self.shared.executor.shutdown().await;
+    }
+
+    /// Loads the manifest file again and swaps it in whole if it loads, is newer, and (with
+    /// `governance`) was approved; records what happened either way. Answers the version now in
+    /// force, or why the reload was refused.
+    ///
+    /// # Errors
+    /// Why the new manifest was not swapped in (the current one stays in force).
+    pub async fn reload(&self) -> Result<u64, String> {
+        let s = &self.shared;
+        let old = s.governor.get();
+        let before = crate::approvals::approver_summary(old.manifest());
+        let (c, m, k, b) = (
+            Arc::clone(&s.governor),
+            s.config.manifest.clone(),
+            Arc::clone(&s.clock),
+            Arc::clone(&s.approvals),
+        );
+        let reloaded =
+            tokio::task::spawn_blocking(move || crate::execution::reload(&c, &k, &m, &b)).await;
+        match reloaded {
+            Ok(Ok((v, approval))) => {
+                tracing::info!(version = v, "manifest reloaded");
+                let now = s.governor.get();
+                crate::promotion::record_raised(&s.ledger, old.manifest(), now.manifest()).await;
+                if let Some(r) = approval {
+                    crate::governance::record(
+                        &s.ledger,
+                        "governance.applied",
+                        format!(
+                            "manifest version {v} (bundle {}) swapped in, approved by {} (approval {})",
+                            r.binding.arguments_hash,
+                            r.approved_by().join(", "),
+                            r.id
+                        ),
+                    )
+                    .await;
+                }
+                // An approver's key rotated, or approvers changed: recorded.
+                if crate::approvals::approver_summary(now.manifest()) != before {
+                    crate::approvals::record_approvers(
+                        &s.ledger,
+                        now.manifest(),
+                        "approvers changed by a manifest reload",
+                    )
+                    .await;
+                }
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "manifest reload refused");
+                crate::governance::record(&s.ledger, "manifest.reload_refused", e.clone()).await;
+                Err(e)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "manifest reload failed");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The manifest in force, for what the operator's CLI prints at start (never to agents).
+    #[must_use]
+    pub fn manifest(&self) -> Arc<warden_policy::Governor> {
+        self.shared.governor.get()
+    }
+
+    /// The version, policy hash and sizes of the manifest in force.
+    #[must_use]
+    pub fn summary(&self) -> Summary {
+        let g = self.shared.governor.get();
+        let m = g.manifest();
+        Summary {
+            manifest_version: m.version,
+            policy_hash: g.policy_hash().to_owned(),
+            agents: m.agents.len(),
+            tools: m.tools.len(),
+            policies: g.cedar().policy_count,
+        }
+    }
+
+    /// The longest a call may wait for its approval (the manifest's `approvals.wait_seconds`).
+    #[must_use]
+    pub fn max_wait_secs(&self) -> u64 {
+        self.shared.governor.get().manifest().approvals.wait_secs
+    }
+
+    /// The tools `caller` may see (its tenant, zone and trust level, and its credential's tool
+    /// list: seed 003), as the upstreams describe them.
+    #[must_use]
+    pub fn visible_tools(&self, caller: &crate::caller::Caller) -> Vec<rmcp::model::Tool> {
+        let governor = self.shared.governor.get();
+        let identity = caller.identity();
+        self.shared
+            .executor
+            .tools()
+            .into_iter()
+            .filter(|t| {
+                governor.may_see(&identity.agent, &t.name)
+                    && identity
+                        .tools
+                        .as_ref()
+                        .is_none_or(|allowed| allowed.contains(t.name.as_ref()))
+            })
+            .collect()
+    }
+
+    /// Ends a session's per-session sandbox runners (`key` from [`session_key`]).
+    pub fn end_session(&self, key: &str) {
+        self.shared.executor.end_session(key);
+    }
+
+    /// The operator's powers over this gateway (brakes, approvals, governance, trust), for the
+    /// admin listener.
+    #[must_use]
+    pub fn operator(&self) -> crate::operator::Operator {
+        crate::operator::Operator {
+            runtime: self.clone(),
+        }
+    }
+}
+
+/// The key a session's per-session sandbox runners are kept under.
+#[must_use]
+pub fn session_key(agent: &str, session: &str) -> String {
+    warden_policy::decide::session_key(agent, session)
+}
+
+/// The manifest in force, in numbers (`GET /v1/manifest`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Its version.
+    pub manifest_version: u64,
+    /// The hash of its policies.
+    pub policy_hash: String,
+    /// How many agents it lists.
+    pub agents: usize,
+    /// How many tools it lists.
+    pub tools: usize,
+    /// How many Cedar policies are in force.
+    pub policies: usize,
+}
