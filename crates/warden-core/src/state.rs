@@ -169,3 +169,14 @@ pub trait StateStore: Send + Sync {
     /// [`StateError`] when the store cannot answer.
     fn all_holds(&self) -> Result<Vec<Hold>, StateError>;
 }
+
+/// The state-store key of an agent's session: `<agent>/<session>` (also the key a session's
+/// sandbox runners are kept under).
+#[must_use]
+pub fn session_key(agent: &str, session: &str) -> String {
+    let mut k = String::with_capacity(agent.len() + session.len() + 1);
+    k.push_str(agent);
+    k.push('/');
+    k.push_str(session);
+    k
+}

@@ -359,9 +359,9 @@ mod tests {
     use super::*;
 
     fn all() -> BTreeSet<String> {
-        warden_policy::upstream::CREDENTIAL_DETECTORS
+        warden_manifest::upstream::CREDENTIAL_DETECTORS
             .iter()
-            .chain(warden_policy::upstream::PII_DETECTORS)
+            .chain(warden_manifest::upstream::PII_DETECTORS)
             .map(|s| (*s).to_owned())
             .collect()
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warden_ledger::{Entry, EventRecord, Ledger};
-use warden_policy::upstream::Sandbox;
+use warden_manifest::upstream::Sandbox;
 use warden_sandbox::cgroup::Cgroup;
 use warden_sandbox::egress::{self, Policy, Proxy, SystemResolver};
 use warden_sandbox::spec::{Bridge, Guarantee, Limits, Spec, DEFAULT_PROXY_PORT, NOBODY};
@@ -78,7 +78,7 @@ pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reaso
         reason: format!("upstream `{name}`: {reason}"),
         trace_id: String::new(),
         request_id: String::new(),
-        time: crate::now_ms().div_euclid(1000),
+        time: crate::execution::now_ms().div_euclid(1000),
     });
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use warden_policy::upstream::{Part, SecretSource, Template};
+use warden_manifest::upstream::{Part, SecretSource, Template};
 use zeroize::Zeroizing;
 
 /// Shortest secret accepted.
@@ -255,9 +255,9 @@ mod tests {
             .to_string()
             .contains("WARDEN_TEST_UNSET_VARIABLE_XYZ"));
         assert!(errors[1].to_string().contains("too short"), "{}", errors[1]);
-        let t = warden_policy::upstream::parse_template("Bearer ${secret:TOK}").unwrap();
+        let t = warden_manifest::upstream::parse_template("Bearer ${secret:TOK}").unwrap();
         assert_eq!(s.expand(&t).unwrap().as_str(), "Bearer s3cret-value");
-        let t = warden_policy::upstream::parse_template("${secret:GONE}").unwrap();
+        let t = warden_manifest::upstream::parse_template("${secret:GONE}").unwrap();
         assert_eq!(
             s.expand(&t).unwrap_err(),
             SecretError::Unavailable("GONE".into())

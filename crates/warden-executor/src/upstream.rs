@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
 use warden_ledger::{Entry, EventRecord, Ledger};
-use warden_policy::upstream::{Transport, Upstream as Spec};
+use warden_manifest::upstream::{Transport, Upstream as Spec};
 
 /// Variables a stdio upstream inherits from the gateway; everything else it gets from `env`.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR", "USER"];
@@ -184,7 +184,7 @@ pub(crate) fn pin_of(t: &Tool) -> String {
         .output_schema
         .as_ref()
         .map(|o| serde_json::Value::Object((**o).clone()));
-    warden_policy::upstream::tool_pin(&t.name, t.description.as_deref(), &input, output.as_ref())
+    warden_manifest::upstream::tool_pin(&t.name, t.description.as_deref(), &input, output.as_ref())
 }
 
 /// SHA-256 of a file, `sha256:<hex>`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use warden_executor::{Call, Config, ExecError, Executor, ManifestClock, Secrets};
 use warden_identity::{GrantError, GrantKeys, MemoryReplayGuard};
 use warden_ledger::{FileStore, Ledger, LedgerConfig, Mode, NoteSigner};
-use warden_policy::upstream::{Transport, Upstream};
+use warden_manifest::upstream::{Transport, Upstream};
 use zeroize::Zeroizing;
 
 const KEY: [u8; 32] = [7; 32];

@@ -14,7 +14,6 @@
 //! Because every tool is an action and the context is typed per action, Cedar's validator
 //! rejects at load a policy that names an unknown tool, attribute or argument.
 
-use crate::manifest::{Agent, Diagnostic, Manifest};
 use crate::native::{Call, Compiled, Stop, ToolFacts};
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
@@ -24,6 +23,7 @@ use cedar_policy::{
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use warden_manifest::manifest::{Agent, Diagnostic, Manifest};
 
 /// Most cached results of context-free policy parts; past it, they are evaluated every time.
 const STATIC_CACHE_ENTRIES: usize = 1 << 20;

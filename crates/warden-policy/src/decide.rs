@@ -1,14 +1,14 @@
 //! The Governor and its `decide`.
 
 use crate::cedar::{ArgType, CallFacts, CedarIndex, CedarOutcome, PolicySource};
-use crate::manifest::{Approval, LoadError, Manifest, TrustMode};
-use crate::rate::Rate;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use warden_core::canonical::{sha256_tagged, to_canonical_string};
 use warden_core::state::{Charge, ChargeOutcome, HoldKind, HoldScope, StateStore};
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
 use warden_core::{Decision, Escalation, Proposal, Verdict};
+use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
+use warden_manifest::rate::Rate;
 
 /// The hash decisions cite for a bundle: SHA-256 over the manifest text and every policy file
 /// (sorted by name), each length-prefixed, under a domain tag.
@@ -370,7 +370,7 @@ impl Governor {
         if !tool.egress.is_empty() {
             if let Some((what, level)) = found
                 .iter()
-                .map(|w| (*w, crate::upstream::leak_level(w)))
+                .map(|w| (*w, warden_manifest::upstream::leak_level(w)))
                 .filter(|(_, l)| *l > tool.egress_level)
                 .max_by_key(|(_, l)| *l)
             {
@@ -382,8 +382,8 @@ impl Governor {
                     tool.egress_level.as_str()
                 );
                 match tool.on_leak {
-                    crate::raw::LeakAction::Deny => return deny(d, "egress.leak", why),
-                    crate::raw::LeakAction::Escalate => leak = Some(why),
+                    warden_manifest::raw::LeakAction::Deny => return deny(d, "egress.leak", why),
+                    warden_manifest::raw::LeakAction::Escalate => leak = Some(why),
                 }
             }
         }
@@ -725,9 +725,9 @@ impl Governor {
     /// the rule and reason of the first one exceeded.
     fn charge(
         &self,
-        agent: &crate::manifest::Agent,
-        tool: &crate::manifest::Tool,
-        tier: &crate::manifest::Tier,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        tier: &warden_manifest::manifest::Tier,
         state: &dyn StateStore,
         now: UnixSeconds,
     ) -> Result<(), (String, String)> {
@@ -757,9 +757,9 @@ impl Governor {
 
     fn plan_charges(
         &self,
-        agent: &crate::manifest::Agent,
-        tool: &crate::manifest::Tool,
-        tier: &crate::manifest::Tier,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        tier: &warden_manifest::manifest::Tier,
         now: UnixSeconds,
     ) -> (Vec<Charge>, Vec<Planned>) {
         let m = &self.manifest;
@@ -855,8 +855,8 @@ impl Governor {
     fn describe(
         &self,
         c: &Planned,
-        agent: &crate::manifest::Agent,
-        tier: &crate::manifest::Tier,
+        agent: &warden_manifest::manifest::Agent,
+        tier: &warden_manifest::manifest::Tier,
     ) -> (String, String) {
         let (rule, what) = match c.rule {
             ChargeRule::TierRate => (
@@ -1031,15 +1031,7 @@ fn ancestors(agent: &str) -> impl Iterator<Item = &str> {
         .filter(|a| !a.is_empty())
 }
 
-/// The state-store key of an agent's session: `<agent>/<session>`.
-#[must_use]
-pub fn session_key(agent: &str, session: &str) -> String {
-    let mut k = String::with_capacity(agent.len() + session.len() + 1);
-    k.push_str(agent);
-    k.push('/');
-    k.push_str(session);
-    k
-}
+pub use warden_core::state::session_key;
 
 fn quote_list(ids: &[String]) -> String {
     ids.iter()

@@ -1,7 +1,7 @@
 //! # warden-policy
 //!
-//! The Governor's decision core: the manifest (the single source of truth), the Cedar policies,
-//! and [`Governor::decide`], a pure, synchronous function that always answers `allow`, `deny`
+//! The Governor's decision core: the manifest (the single source of truth, modelled in
+//! `warden-manifest`), the Cedar policies, and [`Governor::decide`], a pure, synchronous function that always answers `allow`, `deny`
 //! or `escalate` with the rules that fired.
 //!
 //! ```text
@@ -29,16 +29,13 @@
 //! This crate performs no I/O: the caller reads files and passes their text in, and passes the
 //! state store and the current time.
 
-pub mod approvers;
 pub mod cedar;
 pub mod decide;
-pub mod diff;
-pub mod lines;
-pub mod manifest;
 mod native;
-pub mod rate;
-pub mod raw;
-pub mod upstream;
+
+// The manifest model lives in `warden-manifest` (the Executor depends on it, not on this crate);
+// its modules are re-exported so the Governor's users name one crate.
+pub use warden_manifest::{approvers, diff, lines, manifest, rate, raw, upstream};
 
 pub use cedar::PolicySource;
 pub use decide::{bundle_hash, deny_unloaded, ApprovalEvidence, Evidence, Governor};

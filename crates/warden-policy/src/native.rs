@@ -22,9 +22,9 @@
 //! calls, and checks that the native path was the one taken.
 
 use crate::cedar::ArgType;
-use crate::manifest::Agent;
 use cedar_policy::{ActionConstraint, Effect, EntityUid, Policy, PrincipalConstraint};
 use serde_json::{Map, Value};
+use warden_manifest::manifest::Agent;
 
 /// Why native evaluation of a policy stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

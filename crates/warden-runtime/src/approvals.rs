@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 
 use warden_core::{Decision, Escalation, Proposal, Verdict};
-use warden_identity::approval::{Approver, Binding, Book, Claim, Request, Requirement, Settings};
+use warden_identity::approval::{
+    ApprovalStore, Approver, Binding, Claim, Request, Requirement, Settings,
+};
 use warden_ledger::Ledger;
 use warden_policy::manifest::Manifest;
 use warden_policy::ApprovalEvidence;
@@ -108,7 +110,7 @@ pub(crate) fn redeemed(d: &Decision) -> bool {
 /// Claims what the book holds for `proposal` (the approval named `approval_id`, or else the
 /// request for the same call). Cheap when the agent has no request at all and names none.
 pub(crate) fn claim(
-    book: &Book,
+    book: &dyn ApprovalStore,
     governor: &warden_policy::Governor,
     proposal: &Proposal,
     approval_id: Option<&str>,
@@ -189,7 +191,7 @@ impl Claimed {
     )]
     pub(crate) fn finish(
         self,
-        book: &Book,
+        book: &dyn ApprovalStore,
         governor: &warden_policy::Governor,
         proposal: &Proposal,
         redeemed: bool,
@@ -229,24 +231,6 @@ impl Claimed {
     }
 }
 
-/// Records an approval event; false if the ledger did not take it.
-pub(crate) async fn record(
-    ledger: &Ledger,
-    kind: &str,
-    binding: &Binding,
-    reason: String,
-    request_id: &str,
-) -> bool {
-    let about = crate::witness::About {
-        agent: &binding.agent,
-        tenant: &binding.tenant,
-        session: &binding.session,
-        request_id: Some(request_id),
-        ..Default::default()
-    };
-    crate::witness::record_event(ledger, kind, about, reason).await
-}
-
 /// Readable requirement, for records and agents.
 #[must_use]
 pub fn requirement_text(r: &Requirement, critical: bool) -> String {
@@ -268,20 +252,19 @@ pub fn requirement_text(r: &Requirement, critical: bool) -> String {
 }
 
 /// Records the approvals that expired since the last sweep; run every second by `serve`.
-pub async fn record_expired(book: &warden_identity::approval::Book, ledger: &Ledger) {
+pub async fn record_expired(book: &dyn ApprovalStore, ledger: &Ledger) {
     let now_ms = crate::now_unix_ms();
     for r in book.take_expired(now_ms) {
-        record(
+        crate::witness::record(
             ledger,
             "approval.expired",
-            &r.binding,
+            crate::witness::About::approval(&r.binding, &r.id),
             format!(
                 "approval {} for `{}` expired ({} vote(s))",
                 r.id,
                 r.binding.tool,
                 r.votes.len()
             ),
-            &r.id,
         )
         .await;
     }
@@ -380,5 +363,5 @@ pub async fn record_approvers(ledger: &Ledger, m: &Manifest, why: &str) -> bool 
         m.version,
         approver_summary(m)
     );
-    crate::witness::record_event(ledger, "approver.keys", Default::default(), reason).await
+    crate::witness::record(ledger, "approver.keys", Default::default(), reason).await
 }

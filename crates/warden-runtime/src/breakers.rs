@@ -83,12 +83,8 @@ pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str
         tracing::error!(error = %e, agent, "could not pause an agent whose breaker tripped");
     }
     tracing::warn!(agent, "{reason}");
-    let about = crate::witness::About {
-        agent,
-        tenant,
-        ..Default::default()
-    };
-    crate::witness::record_event(&app.ledger, "breaker.tripped", about, reason).await;
+    let about = crate::witness::About::agent(agent, tenant);
+    crate::witness::record(&app.ledger, "breaker.tripped", about, reason).await;
     // A tripped breaker is a violation: the agent is demoted too (seed 002).
     crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
     app.notifier().notify(

@@ -77,6 +77,17 @@ pub struct Refusal {
     pub why: String,
 }
 
+/// What a refused request of `who` in `session` is recorded about.
+fn about<'a>(who: &'a Identity, session: &'a str, trace: &'a str) -> crate::witness::About<'a> {
+    crate::witness::About {
+        agent: &who.agent,
+        tenant: &who.tenant,
+        session,
+        trace_id: trace,
+        request_id: None,
+    }
+}
+
 fn refusal(kind: RefusalKind, rule: &'static str, why: impl Into<String>) -> Refusal {
     Refusal {
         kind,
@@ -218,8 +229,14 @@ impl Runtime {
             // A request the key holder really signed but that is refused (replayed, stale) is
             // evidence: record it. Anything else could be anyone's, and is not written.
             if e.is_authentic() {
-                self.record_refusal("request.refused", identity, "", &e.to_string(), req.trace)
-                    .await;
+                let about = about(identity, "", req.trace);
+                crate::witness::record(
+                    &self.shared.ledger,
+                    "request.refused",
+                    about,
+                    e.to_string(),
+                )
+                .await;
             }
             return Err(refusal(
                 RefusalKind::Unauthenticated,
@@ -313,8 +330,14 @@ impl Runtime {
             .identity
             .revoke_now(&identity.agent, &identity.credential);
         let reason = format!("{mismatch}; agent `{}` revoked", identity.agent);
-        self.record_refusal("lineage.mismatch", identity, session, &reason, trace)
-            .await;
+        let about = about(identity, session, trace);
+        crate::witness::record(
+            &self.shared.ledger,
+            "lineage.mismatch",
+            about,
+            reason.clone(),
+        )
+        .await;
         if let Err(e) = revoked {
             tracing::error!(error = %e, "could not persist a revocation");
         }
@@ -337,26 +360,6 @@ impl Runtime {
         identity.refresh().ok().map(|()| {
             |credentials: &[String], agents: &[String]| identity.revoked(credentials, agents)
         })
-    }
-
-    /// Appends a security event about `who` (best effort: the request is refused whether or not
-    /// it lands).
-    async fn record_refusal(
-        &self,
-        kind: &str,
-        who: &Identity,
-        session: &str,
-        reason: &str,
-        trace: &str,
-    ) {
-        let about = crate::witness::About {
-            agent: &who.agent,
-            tenant: &who.tenant,
-            session,
-            trace_id: trace,
-            request_id: None,
-        };
-        crate::witness::record_event(&self.shared.ledger, kind, about, reason.to_owned()).await;
     }
 }
 

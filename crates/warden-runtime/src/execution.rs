@@ -224,7 +224,7 @@ pub fn reload(
     current: &crate::current::CurrentGovernor,
     clock: &ManifestClock,
     path: &Path,
-    book: &warden_identity::approval::Book,
+    book: &dyn warden_identity::approval::ApprovalStore,
 ) -> Result<(u64, Option<warden_identity::approval::Request>), String> {
     let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
     let old = current.get();

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use warden_identity::approval::{Binding, Book, Request, Requirement};
+use warden_identity::approval::{ApprovalStore, Binding, Request, Requirement};
 use warden_policy::approvers::Governance;
 use warden_policy::Governor;
 
@@ -53,7 +53,11 @@ pub(crate) fn requirement(g: &Governance) -> Requirement {
 /// # Errors
 /// Why not: governance is off, the files do not load, the version is not newer, or the book
 /// refuses (a denied proposal stays denied).
-pub fn propose(book: &Book, current: &Governor, path: &Path) -> Result<(Request, bool), String> {
+pub fn propose(
+    book: &dyn ApprovalStore,
+    current: &Governor,
+    path: &Path,
+) -> Result<(Request, bool), String> {
     let Some(g) = &current.manifest().governance else {
         return Err(
             "the running manifest has no `governance`: a reload (SIGHUP) needs no approval".into(),
@@ -107,7 +111,11 @@ pub fn propose(book: &Book, current: &Governor, path: &Path) -> Result<(Request,
 ///
 /// # Errors
 /// The replacement has no approval (or a denied, expired or used one).
-pub fn admit(book: &Book, current: &Governor, new: &Governor) -> Result<Option<Request>, String> {
+pub fn admit(
+    book: &dyn ApprovalStore,
+    current: &Governor,
+    new: &Governor,
+) -> Result<Option<Request>, String> {
     let Some(g) = &current.manifest().governance else {
         return Ok(None);
     };
@@ -123,14 +131,4 @@ pub fn admit(book: &Book, current: &Governor, new: &Governor) -> Result<Option<R
         )),
         Err(e) => Err(format!("the manifest change is not approved: {e}")),
     }
-}
-
-/// Records a governance event (`governance.proposed`, `governance.applied`,
-/// `manifest.reload_refused`); false if the ledger did not take it.
-pub async fn record(ledger: &warden_ledger::Ledger, kind: &str, reason: String) -> bool {
-    let about = crate::witness::About {
-        agent: GOVERNANCE,
-        ..Default::default()
-    };
-    crate::witness::record_event(ledger, kind, about, reason).await
 }

@@ -524,7 +524,7 @@ async fn govern(
     // argument scan used). Evidence: what the approval book holds for this call (claimed: an
     // approved request is held for it until finished below).
     let claimed = crate::approvals::claim(
-        &app.approvals,
+        app.approvals.as_ref(),
         governor,
         proposal,
         approval_id,
@@ -567,7 +567,7 @@ async fn govern(
             // approved again (fail closed). The decision moved into the failed record; what
             // it redeemed is known from the claim.
             claimed.finish(
-                &app.approvals,
+                app.approvals.as_ref(),
                 governor,
                 proposal,
                 redeemed,
@@ -583,7 +583,7 @@ async fn govern(
     };
     let (index, decision) = (recorded.index(), recorded.decision());
     let pending = claimed.finish(
-        &app.approvals,
+        app.approvals.as_ref(),
         governor,
         proposal,
         redeemed,
@@ -612,15 +612,14 @@ async fn govern(
     }
     if let Some((r, true)) = &pending {
         let text = crate::approvals::requirement_text(&r.requirement, r.critical);
-        crate::approvals::record(
+        crate::witness::record(
             &app.ledger,
             "approval.requested",
-            &r.binding,
+            crate::witness::About::approval(&r.binding, &r.id),
             format!(
                 "approval {} for `{}` (decision {index}) needs {text}",
                 r.id, r.binding.tool
             ),
-            &r.id,
         )
         .await;
         app.notifier().notify(

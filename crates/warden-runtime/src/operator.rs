@@ -215,8 +215,7 @@ impl Operator {
         let action = brake.as_str();
         let text = format!("{action} ({scope}): {reason}");
         let recorded =
-            crate::witness::record_event(&s.ledger, &format!("hold.{action}"), about, text.clone())
-                .await;
+            crate::witness::record(&s.ledger, &format!("hold.{action}"), about, text.clone()).await;
         s.notifier().notify(
             "hold.changed",
             text,
@@ -268,7 +267,7 @@ impl Operator {
         let voted = s.approvals.vote(
             vote,
             &approvers,
-            |who| manifest.agents.contains_key(who),
+            &|who| manifest.agents.contains_key(who),
             now,
         );
         let v = match voted {
@@ -280,14 +279,8 @@ impl Operator {
                         vote.approver.chars().take(128).collect::<String>(),
                         r.id
                     );
-                    crate::approvals::record(
-                        &s.ledger,
-                        "approval.refused",
-                        &r.binding,
-                        reason,
-                        &r.id,
-                    )
-                    .await;
+                    let about = crate::witness::About::approval(&r.binding, &r.id);
+                    crate::witness::record(&s.ledger, "approval.refused", about, reason).await;
                 }
                 return Err(e.into());
             }
@@ -309,7 +302,8 @@ impl Operator {
         );
         // INVARIANT (fail-closed): a vote takes effect only once the ledger recorded it; one it
         // did not record is taken back and authorizes nothing.
-        if !crate::approvals::record(&s.ledger, kind, &r.binding, reason, &r.id).await {
+        let about = crate::witness::About::approval(&r.binding, &r.id);
+        if !crate::witness::record(&s.ledger, kind, about, reason).await {
             s.approvals.withdraw(&r.id);
             return Err(OperatorError::NotRecorded(
                 "the vote could not be recorded in the ledger, so it was not counted; send it again",
@@ -349,17 +343,21 @@ impl Operator {
             }
         };
         let (book, current) = (std::sync::Arc::clone(&s.approvals), s.governor.get());
-        let (r, new) =
-            tokio::task::spawn_blocking(move || crate::governance::propose(&book, &current, &path))
-                .await
-                .map_err(|e| OperatorError::Refused(e.to_string()))?
-                .map_err(OperatorError::Refused)?;
+        let (r, new) = tokio::task::spawn_blocking(move || {
+            crate::governance::propose(book.as_ref(), &current, &path)
+        })
+        .await
+        .map_err(|e| OperatorError::Refused(e.to_string()))?
+        .map_err(OperatorError::Refused)?;
         if new {
             let reason = format!(
                 "approval {} proposes bundle {} to replace manifest version {}",
                 r.id, r.binding.arguments_hash, r.binding.manifest_version
             );
-            if !crate::governance::record(&s.ledger, "governance.proposed", reason.clone()).await {
+            let about = crate::witness::About::governance();
+            if !crate::witness::record(&s.ledger, "governance.proposed", about, reason.clone())
+                .await
+            {
                 return Err(OperatorError::NotRecorded(
                     "the proposal could not be recorded in the ledger",
                 ));

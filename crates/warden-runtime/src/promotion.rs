@@ -45,11 +45,10 @@ pub(crate) async fn demote(app: &Shared, agent: &str, tenant: &str, why: &str) {
         return;
     }
     tracing::warn!(agent, "agent demoted: {reason}");
-    record(
+    crate::witness::record(
         &app.ledger,
         "agent.demoted",
-        agent,
-        tenant,
+        crate::witness::About::agent(agent, tenant),
         format!("demoted: {reason}"),
     )
     .await;
@@ -58,21 +57,6 @@ pub(crate) async fn demote(app: &Shared, agent: &str, tenant: &str, why: &str) {
         format!("agent `{agent}` demoted: {reason}"),
         serde_json::json!({ "action": "demote", "agent": agent }),
     );
-}
-
-async fn record(
-    ledger: &warden_ledger::Ledger,
-    kind: &str,
-    agent: &str,
-    tenant: &str,
-    reason: String,
-) {
-    let about = crate::witness::About {
-        agent,
-        tenant,
-        ..Default::default()
-    };
-    crate::witness::record_event(ledger, kind, about, reason).await;
 }
 
 /// An agent's record since its last violation or promotion, from the ledger.
@@ -178,7 +162,8 @@ pub async fn record_raised(
                 a.trust.as_str(),
                 new.version
             );
-            record(ledger, "agent.promoted", id, &a.tenant, reason).await;
+            let about = crate::witness::About::agent(id, &a.tenant);
+            crate::witness::record(ledger, "agent.promoted", about, reason).await;
         }
     }
 }
@@ -326,7 +311,7 @@ pub(crate) async fn promote(
             .unwrap_or("manifest")
     ));
     std::fs::write(&file, new_text).map_err(|e| format!("writing `{}`: {e}", file.display()))?;
-    let (request, _) = crate::governance::propose(&app.approvals, &governor, &file)?;
+    let (request, _) = crate::governance::propose(app.approvals.as_ref(), &governor, &file)?;
     Ok(Promoted::Proposed {
         request: Box::new(request),
         file,
@@ -344,11 +329,10 @@ async fn restore(
     app.state
         .clear_hold(&HoldScope::Agent(a.id.clone()), HoldKind::Demote)
         .map_err(|e| e.to_string())?;
-    record(
+    crate::witness::record(
         &app.ledger,
         "agent.promoted",
-        &a.id,
-        &a.tenant,
+        crate::witness::About::agent(&a.id, &a.tenant),
         format!(
             "restored to `{}` after its demotion ({}), {by}",
             a.trust.as_str(),

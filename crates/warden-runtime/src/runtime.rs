@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use warden_executor::{Executor, ManifestClock};
+use warden_identity::approval::ApprovalStore;
 use warden_identity::ReplayGuard;
 
 /// Where a gateway's data and manifest are, and which shared services it uses.
@@ -92,7 +93,7 @@ pub(crate) struct Shared {
     /// The manifest version the Executor honours grants for; moved on a reload.
     pub(crate) clock: Arc<ManifestClock>,
     /// Approval requests of escalated calls.
-    pub(crate) approvals: Arc<warden_identity::approval::Book>,
+    pub(crate) approvals: Arc<dyn ApprovalStore>,
     /// Consecutive failures per agent (circuit breakers).
     pub(crate) breakers: crate::breakers::Breakers,
     /// SHA-256 of the admin token (`DATA/keys/admin.token`, made at assembly).
@@ -150,7 +151,7 @@ fn replay_guard(
 /// What a Runtime keeps its shared state in, each behind its port: counters, session history
 /// and holds ([`warden_core::state::StateStore`]); the Witness ledger (over any
 /// [`warden_ledger::LedgerStore`]); the signed-request nonces and the redeemed grants
-/// ([`ReplayGuard`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
+/// ([`ReplayGuard`]); the approval requests ([`ApprovalStore`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
 /// instances share Redis and PostgreSQL through the same ports.
 pub struct Backends {
     /// Counters, session history and holds.
@@ -161,6 +162,8 @@ pub struct Backends {
     pub nonces: Box<dyn ReplayGuard>,
     /// Redeemed grants (each honoured once).
     pub redeemed: Box<dyn ReplayGuard>,
+    /// Approval requests and their votes (their durations are set from the manifest).
+    pub approvals: Arc<dyn ApprovalStore>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -187,6 +190,9 @@ impl Backends {
             ledger,
             nonces: replay_guard(config.replay_redis.as_deref(), "warden:nonce:")?,
             redeemed: replay_guard(config.replay_redis.as_deref(), "warden:grant:")?,
+            approvals: Arc::new(warden_identity::approval::Book::new(
+                warden_identity::approval::Settings::default(),
+            )),
         })
     }
 }
@@ -215,7 +221,7 @@ impl Runtime {
     }
 
     /// The steps after the manifest loaded, in order: key changes recorded in the ledger, the
-    /// identity state, the admin token, the approval book, the Executor.
+    /// identity state, the admin token, the approval store's durations, the Executor.
     fn build(
         config: Config,
         governor: warden_policy::Governor,
@@ -226,6 +232,7 @@ impl Runtime {
             ledger,
             nonces,
             redeemed,
+            approvals,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         tracing::info!(
@@ -239,7 +246,7 @@ impl Runtime {
             policy_hash = governor.policy_hash(),
             "manifest loaded"
         );
-        let approvals = crate::approvals::settings(governor.manifest());
+        approvals.set_settings(crate::approvals::settings(governor.manifest()));
         let identity = crate::agents::IdentityState::open_with(&config.data, nonces)?;
         let admin_token = crate::operator::load_token_hash(&config.data)?;
         let clock = Arc::new(ManifestClock::new(governor.manifest().version));
@@ -267,7 +274,7 @@ impl Runtime {
                 identity: Arc::new(identity),
                 executor,
                 clock,
-                approvals: Arc::new(warden_identity::approval::Book::new(approvals)),
+                approvals,
                 breakers: crate::breakers::Breakers::default(),
                 admin_token,
                 webhooks: OnceLock::new(),
@@ -303,7 +310,7 @@ impl Runtime {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                crate::approvals::record_expired(&book, &ledger).await;
+                crate::approvals::record_expired(book.as_ref(), &ledger).await;
             }
         });
         self.shared.executor.start(wait).await
@@ -354,16 +361,18 @@ impl Runtime {
             Arc::clone(&s.approvals),
         );
         let reloaded =
-            tokio::task::spawn_blocking(move || crate::execution::reload(&c, &k, &m, &b)).await;
+            tokio::task::spawn_blocking(move || crate::execution::reload(&c, &k, &m, b.as_ref()))
+                .await;
         match reloaded {
             Ok(Ok((v, approval))) => {
                 tracing::info!(version = v, "manifest reloaded");
                 let now = s.governor.get();
                 crate::promotion::record_raised(&s.ledger, old.manifest(), now.manifest()).await;
                 if let Some(r) = approval {
-                    crate::governance::record(
+                    crate::witness::record(
                         &s.ledger,
                         "governance.applied",
+                        crate::witness::About::governance(),
                         format!(
                             "manifest version {v} (bundle {}) swapped in, approved by {} (approval {})",
                             r.binding.arguments_hash,
@@ -386,7 +395,9 @@ impl Runtime {
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "manifest reload refused");
-                crate::governance::record(&s.ledger, "manifest.reload_refused", e.clone()).await;
+                let about = crate::witness::About::governance();
+                crate::witness::record(&s.ledger, "manifest.reload_refused", about, e.clone())
+                    .await;
                 Err(e)
             }
             Err(e) => {

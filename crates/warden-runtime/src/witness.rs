@@ -193,9 +193,43 @@ pub struct About<'a> {
     pub request_id: Option<&'a str>,
 }
 
+impl<'a> About<'a> {
+    /// An event about `agent` of `tenant`.
+    #[must_use]
+    pub fn agent(agent: &'a str, tenant: &'a str) -> About<'a> {
+        About {
+            agent,
+            tenant,
+            ..About::default()
+        }
+    }
+
+    /// An event about approval request `id`, bound to `binding`'s call.
+    #[must_use]
+    pub fn approval(binding: &'a warden_identity::approval::Binding, id: &'a str) -> About<'a> {
+        About {
+            agent: &binding.agent,
+            tenant: &binding.tenant,
+            session: &binding.session,
+            trace_id: "",
+            request_id: Some(id),
+        }
+    }
+
+    /// An event about the manifest itself (governance): agent `(governance)`.
+    #[must_use]
+    pub fn governance() -> About<'static> {
+        About {
+            agent: crate::governance::GOVERNANCE,
+            ..About::default()
+        }
+    }
+}
+
 /// Records a security event and waits until it is durable; false (and logged) if the ledger
-/// did not take it.
-pub async fn record_event(ledger: &Ledger, kind: &str, about: About<'_>, reason: String) -> bool {
+/// did not take it. The one way the Runtime writes an event: decisions go through
+/// [`warden_ledger::Ledger::record_decision`], receipts through the Executor.
+pub async fn record(ledger: &Ledger, kind: &str, about: About<'_>, reason: String) -> bool {
     let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
         kind: kind.to_owned(),
         agent: about.agent.to_owned(),

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt as _;
-use warden_policy::raw::RawProcessTool;
-use warden_policy::upstream::{parse_arg_template, ArgPart};
+use warden_manifest::raw::RawProcessTool;
+use warden_manifest::upstream::{parse_arg_template, ArgPart};
 
 /// Most output kept from a run (stdout); the rest is cut with a note.
 const MAX_OUTPUT: usize = 1 << 20;

@@ -218,8 +218,20 @@ fn start(dir: &Path, e: &Env, remote_port: u16) -> Server {
     start_existing(dir, &data, &m)
 }
 
-/// Starts `warden serve` on an existing data directory and manifest.
+/// Starts `warden serve` on an existing data directory and manifest. The ports are picked free
+/// just before; should another test take one in between (its listener then fails with "address
+/// already in use"), it starts again on others.
 fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
+    for _ in 0..3 {
+        if let Some(server) = try_start(dir, data, m) {
+            return server;
+        }
+    }
+    panic!("the gateway could not get free ports three times in a row");
+}
+
+/// One attempt of [`start_existing`]; `None` if a port it picked was taken meanwhile.
+fn try_start(dir: &Path, data: &Path, m: &Path) -> Option<Server> {
     let data = data.to_path_buf();
     let (addr, admin) = (
         format!("127.0.0.1:{}", free_port()),
@@ -253,7 +265,7 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
         .stderr(log)
         .spawn()
         .unwrap();
-    let server = Server {
+    let mut server = Server {
         child,
         url: format!("http://{addr}/mcp"),
         addr,
@@ -263,14 +275,20 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
     // Serving starts once the upstreams are up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while std::net::TcpStream::connect(&server.addr).is_err() {
+        let log = || std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        if matches!(server.child.try_wait(), Ok(Some(_)))
+            && log().contains("Address already in use")
+        {
+            return None;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the gateway did not start: {}",
-            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+            log()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    server
+    Some(server)
 }
 
 /// Runs the SDK client; returns its JSON answer.

@@ -8,7 +8,7 @@
     reason = "tests fail loudly on purpose"
 )]
 
-use warden_policy::parse_manifest;
+use warden_manifest::parse_manifest;
 
 fn starter() -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -323,7 +323,7 @@ fn process_tools_are_checked_at_load() {
     let m = parse_manifest("m.yaml", &good).unwrap();
     let up = m.upstreams.iter().find(|u| u.name == "proc").unwrap();
     match &up.transport {
-        warden_policy::upstream::Transport::Stdio { program, args } => {
+        warden_manifest::upstream::Transport::Stdio { program, args } => {
             assert_eq!(program, "warden");
             assert_eq!(args[0], "process-server");
         }
@@ -397,7 +397,7 @@ fn secret_sources_name_exactly_one_place() {
     let m = parse_manifest("m.yaml", &ok).unwrap();
     assert_eq!(
         m.secrets.get("A_KEY"),
-        Some(&warden_policy::upstream::SecretSource::Keyring(
+        Some(&warden_manifest::upstream::SecretSource::Keyring(
             "warden:A_KEY".into()
         ))
     );

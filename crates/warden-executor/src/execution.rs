@@ -1,0 +1,423 @@
+//! One granted call, step by step: redeem the grant for exactly this call, register it where
+//! the kill switch finds it, pick the caller's runner, check the holds, reach the upstream,
+//! call, redact, receipt.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use warden_ledger::{Entry, Receipt, ReceiptStatus};
+
+use crate::in_flight::{InFlight, Registered};
+use crate::{Call, ExecError, Executed, Executor, ProgressSink};
+
+/// A failed exchange with an upstream: a server that went away (killed, crashed, its
+/// transport closed) is unavailable, like one that cannot start; anything else is an error of
+/// the upstream's protocol.
+fn upstream_error(upstream: &str, e: &rmcp::ServiceError, why: String) -> ExecError {
+    match e {
+        rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_) => {
+            ExecError::Unavailable {
+                upstream: upstream.to_owned(),
+                why: format!("the server went away ({why}); it is started again on the next call"),
+            }
+        }
+        _ => ExecError::Upstream {
+            upstream: upstream.to_owned(),
+            why,
+        },
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Executor {
+    /// Runs one granted call.
+    ///
+    /// Order: the grant is redeemed against exactly this call (its arguments hashed here, from
+    /// what will be sent) and the current manifest version; only then is the upstream
+    /// reached. Whatever the upstream does after that — a result, an error, a timeout, a
+    /// cancellation — a receipt is appended to the ledger; a result is returned only once its
+    /// receipt is recorded.
+    ///
+    /// # Errors
+    /// [`ExecError`] naming what stopped the call.
+    pub async fn execute(&self, mut call: Call<'_>) -> Result<Executed, ExecError> {
+        let arguments = serde_json::Value::Object(std::mem::take(&mut call.arguments));
+        let arguments_hash = warden_core::canonical::json_digest(&arguments);
+        let started = now_ms();
+        // INVARIANT (fail-closed, INV-002): nothing below runs unless this grant verifies for
+        // exactly this call under the current manifest, and has not been used.
+        let grant = self.redeem(&call, &arguments_hash, started).await?;
+        let session_key = warden_core::state::session_key(call.agent, call.session);
+        let stop = call.cancel.child_token();
+        let _registered = self.register(&call, &session_key, &stop);
+        let (up_name, tool_name) = call
+            .tool
+            .split_once('.')
+            .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
+        let template = self
+            .upstreams
+            .get(up_name)
+            .ok_or_else(|| ExecError::UnknownTool(call.tool.to_owned()))?;
+        let runner = self.runner(template, call.tenant, call.agent, &session_key);
+        let up = match &runner {
+            Ok(u) => Arc::clone(u),
+            Err(_) => Arc::clone(template),
+        };
+        let draft = Draft {
+            call: &call,
+            arguments_hash: &arguments_hash,
+            grant,
+            started,
+            executor: format!("mcp:{up_name}"),
+            profile: up.profile(),
+        };
+        if let Err(e) = runner {
+            return self.fail(draft.receipt(ReceiptStatus::Refused), e).await;
+        }
+        let to = Target {
+            up: &up,
+            name: up_name,
+            tool: tool_name,
+        };
+        let client = match self.connect(&to, &call, &session_key, &stop).await {
+            Ok(c) => c,
+            Err((status, e)) => return self.fail(draft.receipt(status), e).await,
+        };
+        let result = match self
+            .call_upstream(&to, &client, arguments, &call, &stop)
+            .await
+        {
+            Ok(r) => r,
+            Err((status, e)) => return self.fail(draft.receipt(status), e).await,
+        };
+        self.finish(result, &draft).await
+    }
+
+    /// Step 1: redeems the grant for exactly this call; a refused grant is evidence (a replay,
+    /// a forgery, a stale decision) and is recorded, best effort — the call is refused whether
+    /// or not the record lands. Answers the grant's id.
+    async fn redeem(
+        &self,
+        call: &Call<'_>,
+        arguments_hash: &str,
+        started: i64,
+    ) -> Result<String, ExecError> {
+        let redeemed = self.grants.redeem(
+            call.grant,
+            &warden_identity::Call {
+                session: call.session,
+                agent: call.agent,
+                tool: call.tool,
+                arguments_hash,
+            },
+            self.manifest.get(),
+            started,
+            self.replay.as_ref(),
+        );
+        match redeemed {
+            Ok(claims) => Ok(claims.id_hex()),
+            Err(e) => {
+                let event = Entry::Event(warden_ledger::EventRecord {
+                    kind: "grant.refused".into(),
+                    agent: call.agent.to_owned(),
+                    tenant: call.tenant.to_owned(),
+                    session: call.session.to_owned(),
+                    reason: format!("tool `{}`: {e}", call.tool),
+                    trace_id: call.trace_id.to_owned(),
+                    request_id: call.request_id.to_owned(),
+                    time: started.div_euclid(1000),
+                });
+                let _ = self.record(&event).await;
+                Err(ExecError::Grant(e))
+            }
+        }
+    }
+
+    /// Step 2: registers the call where the kill switch finds it, until the guard goes.
+    // INVARIANT (kill switch, INV-025): register first, then check holds. An operator's kill
+    // sets the hold, then stops what is registered: a call is either stopped, or sees the hold
+    // and does not start.
+    fn register(
+        &self,
+        call: &Call<'_>,
+        session_key: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Registered<'_> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.inflight.lock() {
+            m.insert(
+                id,
+                InFlight {
+                    tenant: call.tenant.to_owned(),
+                    agent: call.agent.to_owned(),
+                    session_key: session_key.to_owned(),
+                    stop: stop.clone(),
+                },
+            );
+        }
+        Registered { executor: self, id }
+    }
+
+    /// Step 3: no hold covers the call; the upstream (started if need be, a kill meanwhile
+    /// stopping the call) lists the tool and its pin holds.
+    async fn connect(
+        &self,
+        to: &Target<'_>,
+        call: &Call<'_>,
+        session_key: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<crate::upstream::Client>, (ReceiptStatus, ExecError)> {
+        if let Some(e) = self.hold_error(call.tenant, call.agent, session_key) {
+            return Err((ReceiptStatus::Refused, e));
+        }
+        // Starting the upstream may take a while: a kill meanwhile stops the call here.
+        let connected = tokio::select! {
+            c = to.up.client() => c,
+            () = stop.cancelled() => return Err((ReceiptStatus::Killed, ExecError::Cancelled)),
+        };
+        let (client, tools) = connected.map_err(|e| (ReceiptStatus::Refused, e))?;
+        // INVARIANT (INV-023): only a tool the upstream lists and whose pin holds is called.
+        if !tools.iter().any(|t| t.name == to.tool) {
+            return Err((
+                ReceiptStatus::Refused,
+                ExecError::Withdrawn {
+                    upstream: to.name.to_owned(),
+                    tool: to.tool.to_owned(),
+                },
+            ));
+        }
+        // INVARIANT (kill switch, INV-025): last look before anything leaves for the upstream.
+        if stop.is_cancelled() {
+            return Err((ReceiptStatus::Killed, ExecError::Cancelled));
+        }
+        if let Some(e) = self.hold_error(call.tenant, call.agent, session_key) {
+            return Err((ReceiptStatus::Refused, e));
+        }
+        Ok(client)
+    }
+
+    /// Step 4: sends `tools/call`, relays the upstream's progress (redacted, under the
+    /// caller's own token) and waits for the answer within the upstream's timeout; a
+    /// cancellation or timeout is passed on to the upstream.
+    async fn call_upstream(
+        &self,
+        to: &Target<'_>,
+        client: &Arc<crate::upstream::Client>,
+        arguments: serde_json::Value,
+        call: &Call<'_>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<CallToolResult, (ReceiptStatus, ExecError)> {
+        let mut params = CallToolRequestParams::new(to.tool.to_owned());
+        if let serde_json::Value::Object(m) = arguments {
+            params.arguments = Some(m);
+        }
+        let timeout = std::time::Duration::from_millis(to.up.spec.timeout_ms);
+        let request =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let handle = client
+            .peer()
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| {
+                let why = self.redacted(&e.to_string(), call.redact);
+                (ReceiptStatus::Error, upstream_error(to.name, &e, why))
+            })?;
+        // Progress: the upstream's notifications carry the token Warden's client gave this
+        // request (an agent's token is never passed through, so agents cannot see or steer
+        // each other's calls); they are redacted and relayed under the caller's own token.
+        let _relay = call.progress.clone().map(|sink| {
+            let redactor = Arc::clone(&self.redactor);
+            let on = call.redact.clone();
+            let relayed: ProgressSink = Arc::new(move |p, t, m: Option<String>| {
+                let m = m.map(|m| redactor.redact_str(&m, &on).map_or(m, |(r, _)| r));
+                sink(p, t, m);
+            });
+            to.up.relay.register(handle.progress_token.clone(), relayed)
+        });
+        let (request_id, peer) = (handle.id.clone(), handle.peer.clone());
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, handle.await_response()) => Some(r),
+            () = stop.cancelled() => None,
+        };
+        if matches!(outcome, Some(Ok(Ok(_)))) {
+            to.up.answered();
+        }
+        if !matches!(outcome, Some(Ok(_))) {
+            // Cancelled or timed out: tell the upstream to stop.
+            let why = if outcome.is_none() {
+                "cancelled by the caller"
+            } else {
+                "timed out"
+            };
+            let _ = peer
+                .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                    Some(request_id),
+                    Some(why.to_owned()),
+                ))
+                .await;
+        }
+        match outcome {
+            None => Err((ReceiptStatus::Killed, ExecError::Cancelled)),
+            Some(Err(_)) => {
+                // The connection itself may be what failed: check it (in the background).
+                to.up.probe(client);
+                Err((
+                    ReceiptStatus::Timeout,
+                    ExecError::Timeout {
+                        upstream: to.name.to_owned(),
+                        ms: to.up.spec.timeout_ms,
+                    },
+                ))
+            }
+            Some(Ok(Ok(rmcp::model::ServerResult::CallToolResult(r)))) => Ok(r),
+            Some(Ok(Ok(_))) => Err((
+                ReceiptStatus::Error,
+                ExecError::Upstream {
+                    upstream: to.name.to_owned(),
+                    why:
+                        "answered with an input request or a task, which Warden does not relay yet"
+                            .to_owned(),
+                },
+            )),
+            // The upstream's own message may quote a secret: redact it too.
+            Some(Ok(Err(e))) => {
+                let why = self.redacted(&e.to_string(), call.redact);
+                Err((ReceiptStatus::Error, upstream_error(to.name, &e, why)))
+            }
+        }
+    }
+
+    /// Step 5: redacts the result, then records its receipt; the result is returned only once
+    /// the receipt is recorded.
+    async fn finish(
+        &self,
+        mut result: CallToolResult,
+        draft: &Draft<'_, '_>,
+    ) -> Result<Executed, ExecError> {
+        // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
+        // anyone sees it.
+        let redactions = self.redact_result(&mut result, draft.call.redact);
+        let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
+        let status = if result.is_error == Some(true) {
+            ReceiptStatus::Error
+        } else {
+            ReceiptStatus::Ok
+        };
+        let receipt = draft.finished(
+            status,
+            warden_core::canonical::json_digest(&value),
+            redactions,
+        );
+        let index = self.record(&receipt).await.map_err(ExecError::Receipt)?;
+        Ok(Executed {
+            result,
+            receipt_index: index,
+            redactions,
+        })
+    }
+
+    /// `text` with its secrets (and the call's detector matches) redacted.
+    fn redacted(&self, text: &str, on: &BTreeSet<String>) -> String {
+        self.redactor
+            .redact_str(text, on)
+            .map_or_else(|| text.to_owned(), |(r, _)| r)
+    }
+
+    fn redact_result(&self, result: &mut CallToolResult, on: &BTreeSet<String>) -> u64 {
+        // Redact the whole result as JSON (every content block type, structured content,
+        // metadata) and read it back: nothing is skipped because of its type.
+        let Ok(mut value) = serde_json::to_value(&*result) else {
+            // INVARIANT (INV-010, fail closed): what cannot be inspected is not passed on.
+            *result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(
+                "[REDACTED: the result could not be inspected for secrets]",
+            )]);
+            return 1;
+        };
+        let n = self.redactor.redact_json(&mut value, on);
+        if n > 0 {
+            match serde_json::from_value::<CallToolResult>(value) {
+                Ok(r) => *result = r,
+                Err(_) => {
+                    // A redaction broke a typed field (e.g. base64 data): withhold everything.
+                    *result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(
+                        "[REDACTED: the result held secrets in a field that cannot be redacted in place]",
+                    )]);
+                }
+            }
+        }
+        n
+    }
+
+    async fn record(&self, entry: &Entry) -> Result<u64, String> {
+        let ticket = self.ledger.submit(entry).map_err(|e| e.to_string())?;
+        ticket.recorded().await.map_err(|e| {
+            tracing::error!(error = %e, "receipt not recorded");
+            e.to_string()
+        })
+    }
+
+    /// Records the receipt of a call that ended without a result, and returns `error`.
+    pub(crate) async fn fail(
+        &self,
+        receipt: Entry,
+        error: ExecError,
+    ) -> Result<Executed, ExecError> {
+        // Best effort: the call is refused (or was stopped) whether or not the receipt lands.
+        self.record(&receipt).await.ok();
+        Err(error)
+    }
+}
+
+/// The upstream a call goes to, and the tool's name there.
+struct Target<'a> {
+    up: &'a Arc<crate::upstream::Upstream>,
+    name: &'a str,
+    tool: &'a str,
+}
+
+/// What every receipt of one call says, whatever became of it.
+struct Draft<'c, 'a> {
+    call: &'c Call<'a>,
+    arguments_hash: &'c str,
+    grant: String,
+    started: i64,
+    executor: String,
+    profile: String,
+}
+
+impl Draft<'_, '_> {
+    /// The receipt of a call that ended without a result.
+    fn receipt(&self, status: ReceiptStatus) -> Entry {
+        self.finished(status, String::new(), 0)
+    }
+
+    /// The receipt of a call that ended as `status`, its result hashing to `result_hash`.
+    fn finished(&self, status: ReceiptStatus, result_hash: String, redactions: u64) -> Entry {
+        let c = self.call;
+        Entry::Receipt(Receipt {
+            trace_id: c.trace_id.to_owned(),
+            request_id: c.request_id.to_owned(),
+            tenant: c.tenant.to_owned(),
+            agent: c.agent.to_owned(),
+            action: c.tool.to_owned(),
+            arguments_hash: self.arguments_hash.to_owned(),
+            grant: self.grant.clone(),
+            approval: None,
+            started_at_ms: self.started,
+            ended_at_ms: now_ms(),
+            status,
+            result_hash,
+            executor: self.executor.clone(),
+            sandbox_profile: self.profile.clone(),
+            redactions,
+        })
+    }
+}
