@@ -20,12 +20,16 @@ pub mod grant;
 pub mod lineage;
 pub mod replay;
 pub mod request;
+pub mod revocation;
 
 pub use credential::{
     Credential, CredentialBody, CredentialError, Identity, Revocations, Verifier,
 };
 pub use grant::{Call, GrantClaims, GrantError, GrantKeys};
 pub use replay::{MemoryReplayGuard, RedisReplayGuard, ReplayError, ReplayGuard};
+pub use revocation::{
+    MemoryRevocations, Revocation, RevocationError, RevocationStore, RevokedKind,
+};
 
 /// Entry points for fuzz targets: never panic, whatever the input.
 pub mod fuzz {

@@ -160,11 +160,9 @@ impl Governor {
     }
 
     /// [`Governor::decide`], given the [`Evidence`] the gateway gathered about the proposal.
+    /// The checks run as the steps below, in the order the crate documentation lists; the first
+    /// that denies (or finishes the decision) wins.
     #[must_use]
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the governed checks, in order, in one place"
-    )]
     pub fn decide_with(
         &self,
         p: &Proposal,
@@ -172,15 +170,13 @@ impl Governor {
         now: UnixSeconds,
         evidence: &Evidence<'_>,
     ) -> Decision {
-        let found = evidence.found;
-        let m = &self.manifest;
         let canonical_args = to_canonical_string(&p.arguments);
         let mut d = Decision {
             decision: Verdict::Deny,
             rules: Vec::new(),
             policies: Vec::new(),
             reason: String::new(),
-            manifest_version: m.version,
+            manifest_version: self.manifest.version,
             policy_hash: self.policy_hash.clone(),
             escalation: None,
             agent: p.agent.clone(),
@@ -191,46 +187,104 @@ impl Governor {
             arguments_hash: sha256_tagged(canonical_args.as_bytes()),
             decided_at: now,
         };
-        let deny = |mut d: Decision, rule: &str, reason: String| {
-            d.decision = Verdict::Deny;
-            d.rules.insert(0, rule.to_string());
-            d.reason = reason;
-            d.escalation = None;
-            d
+        let call = Asked {
+            p,
+            state,
+            now,
+            evidence,
+            canonical_args: &canonical_args,
         };
-
-        if let Err(e) = p.check() {
-            return deny(d, "proposal.invalid", e.to_string());
+        match self.steps(&call, &mut d) {
+            Ok(()) | Err(Stop::Final) => d,
+            Err(Stop::Deny { rule, reason }) => {
+                d.decision = Verdict::Deny;
+                d.rules.insert(0, rule);
+                d.reason = reason;
+                d.escalation = None;
+                d
+            }
         }
+    }
 
-        // Who is asking.
-        let Some(agent) = m.agents.get(&p.agent) else {
-            return deny(
-                d,
+    /// The steps of a decision, in order. `Ok` is an allowed call (charged); `Err` a deny, or a
+    /// decision already made (an escalation, a Cedar forbid).
+    fn steps(&self, c: &Asked<'_>, d: &mut Decision) -> Step<()> {
+        c.p.check()
+            .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?;
+        let agent = self.who(c.p, d)?;
+        let holds = self.holds(agent, c)?;
+        credential_tools(c)?;
+        let (tool, tier) = self.what(c.p, agent)?;
+        let leak = egress(tool, c.evidence.found)?;
+        let trust_mode = self.trust(agent, tool, tier)?;
+        self.cedar_says(agent, tool, c, d)?;
+        paused(holds.paused, c.p, d)?;
+        self.loop_detected(tool, &holds.session_key, c, d)?;
+        let (escalation, reason) = approval_mode(tier, c.now, d);
+        let (escalation, reason) = trust_level(
+            agent,
+            tier,
+            trust_mode,
+            holds.demoted,
+            escalation,
+            reason,
+            d,
+        );
+        let (escalation, reason) = leak_needs(agent, leak, escalation, reason, d);
+        if let Some(e) = escalation {
+            return self.approval_step(agent, tool, tier, e, reason, c, d);
+        }
+        // Rate limits, budgets and system-level invariants: one atomic charge.
+        self.charge(agent, tool, tier, c.state, c.now)
+            .map_err(|(rule, why)| Stop::Deny { rule, reason: why })?;
+        d.decision = Verdict::Allow;
+        d.reason = format!(
+            "`{}` may call `{}` ({}-tier, {}; trust `{}`; permitted by {})",
+            agent.id,
+            tool.name,
+            tier.name,
+            tier.approval,
+            agent.trust.as_str(),
+            quote_list(&d.policies)
+        );
+        Ok(())
+    }
+
+    /// Step 1, who is asking: an agent of the manifest, acting for its own tenant (INV-008).
+    fn who<'m>(
+        &'m self,
+        p: &Proposal,
+        d: &mut Decision,
+    ) -> Step<&'m warden_manifest::manifest::Agent> {
+        let Some(agent) = self.manifest.agents.get(&p.agent) else {
+            return Err(Stop::deny(
                 "agent.unknown",
                 format!("agent `{}` is not in the manifest", p.agent),
-            );
+            ));
         };
         d.owner = agent.owner.clone();
         d.tenant = agent.tenant.clone();
         if let Some(claimed) = &p.tenant {
             if claimed != &agent.tenant {
-                return deny(
-                    d,
+                return Err(Stop::deny(
                     "tenant.mismatch",
                     format!(
                         "agent `{}` belongs to tenant `{}` and may not act for tenant `{claimed}`",
                         agent.id, agent.tenant
                     ),
-                );
+                ));
             }
         }
+        Ok(agent)
+    }
 
-        // Holds: kill switch and quarantine deny; a paused session escalates (below).
+    /// Step 2, holds: a kill switch or quarantine over the agent, its tenant, its session,
+    /// everything, or any of its parents denies; a pause or demotion is kept for later steps.
+    fn holds(&self, agent: &warden_manifest::manifest::Agent, c: &Asked<'_>) -> Step<Held> {
         // INVARIANT (session isolation): sessions are keyed by agent, so one agent can neither
         // pause nor feed the loop detector of another agent's session of the same name. `/` is
         // not allowed in agent ids, so the key is unambiguous.
-        let session_key = session_key(&agent.id, &p.session);
+        let session_key = session_key(&agent.id, &c.p.session);
         let own = [
             HoldScope::Global,
             HoldScope::Tenant(agent.tenant.clone()),
@@ -251,14 +305,17 @@ impl Governor {
         } else {
             &own
         };
-        let holds = match state.holds(scopes) {
-            Ok(h) => h,
-            // INVARIANT (fail-closed): no answer from the state store is a deny.
-            Err(e) => return deny(d, "state.unavailable", format!("cannot read holds: {e}")),
+        // INVARIANT (fail-closed): no answer from the state store is a deny.
+        let holds = c
+            .state
+            .holds(scopes)
+            .map_err(|e| Stop::deny("state.unavailable", format!("cannot read holds: {e}")))?;
+        let mut held = Held {
+            session_key,
+            paused: None,
+            demoted: None,
         };
-        let mut paused = None;
-        let mut demoted = None;
-        for h in &holds {
+        for h in holds {
             match h.kind {
                 HoldKind::Kill | HoldKind::Quarantine => {
                     let scope = match &h.scope {
@@ -267,67 +324,65 @@ impl Governor {
                         HoldScope::Agent(_) => "agent",
                         HoldScope::Session(_) => "session",
                     };
-                    return deny(
-                        d,
-                        &format!("{}.{scope}", h.kind.as_str()),
+                    return Err(Stop::deny(
+                        format!("{}.{scope}", h.kind.as_str()),
                         format!("{} in force for {}: {}", h.kind.as_str(), h.scope, h.reason),
-                    );
+                    ));
                 }
-                HoldKind::Pause => paused = paused.or(Some(h)),
+                HoldKind::Pause => {
+                    if held.paused.is_none() {
+                        held.paused = Some(h);
+                    }
+                }
                 HoldKind::Demote => {
-                    if matches!(h.scope, HoldScope::Agent(_)) {
-                        demoted = demoted.or(Some(h));
+                    if held.demoted.is_none() && matches!(h.scope, HoldScope::Agent(_)) {
+                        held.demoted = Some(h);
                     }
                 }
             }
         }
+        Ok(held)
+    }
 
-        // A credential that lists its tools grants no other (delegation narrows what an agent
-        // may call below what the manifest allows it).
-        if let Some(granted) = evidence.credential_tools {
-            if !granted.contains(&p.tool) {
-                return deny(
-                    d,
-                    "credential.tool_not_granted",
-                    format!("the credential does not grant tool `{}`", p.tool),
-                );
-            }
-        }
-
-        // What is asked.
-        let Some(tool) = m.tools.get(&p.tool) else {
-            return deny(
-                d,
+    /// Step 4, what is asked: a tool of the manifest (INV-005), with a tier, available to the
+    /// agent's tenant and zone, its arguments matching its JSON Schema.
+    fn what(
+        &self,
+        p: &Proposal,
+        agent: &warden_manifest::manifest::Agent,
+    ) -> Step<(
+        &warden_manifest::manifest::Tool,
+        &warden_manifest::manifest::Tier,
+    )> {
+        let Some(tool) = self.manifest.tools.get(&p.tool) else {
+            return Err(Stop::deny(
                 "tool.unknown",
                 format!(
                     "tool `{}` is not in the manifest; only listed tools can be called",
                     p.tool
                 ),
-            );
+            ));
         };
-        let Some(tier) = m.tiers.get(tool.tier) else {
-            return deny(
-                d,
+        let Some(tier) = self.manifest.tiers.get(tool.tier) else {
+            return Err(Stop::deny(
                 "manifest.inconsistent",
                 format!("tool `{}` has no tier", tool.name),
-            );
+            ));
         };
         if let Some(tenants) = &tool.tenants {
             if !tenants.contains(&agent.tenant) {
-                return deny(
-                    d,
+                return Err(Stop::deny(
                     "tenant.tool_not_available",
                     format!(
                         "tool `{}` is not available to tenant `{}`",
                         tool.name, agent.tenant
                     ),
-                );
+                ));
             }
         }
         if let Some(zones) = &tool.zones {
             if !zones.contains(&agent.zone) {
-                return deny(
-                    d,
+                return Err(Stop::deny(
                     "zone.not_allowed",
                     format!(
                         "tool `{}` may not be called from zone `{}` (allowed: {})",
@@ -335,7 +390,7 @@ impl Governor {
                         agent.zone,
                         zones.iter().cloned().collect::<Vec<_>>().join(", ")
                     ),
-                );
+                ));
             }
         }
         if let Some(err) = tool.validator.iter_errors(&p.arguments).next() {
@@ -354,71 +409,67 @@ impl Governor {
             } else {
                 "an argument the schema does not declare".to_string()
             };
-            return deny(
-                d,
+            return Err(Stop::deny(
                 "arguments.invalid",
                 format!(
                     "arguments of `{}` do not match its schema at `{at}`: the constraint \
                      `{constraint}` is not met",
                     tool.name
                 ),
-            );
+            ));
         }
+        Ok((tool, tier))
+    }
 
-        // Egress (INV-011): nothing classified above the destination leaves through arguments.
-        let mut leak = None;
-        if !tool.egress.is_empty() {
-            if let Some((what, level)) = found
-                .iter()
-                .map(|w| (*w, warden_manifest::upstream::leak_level(w)))
-                .filter(|(_, l)| *l > tool.egress_level)
-                .max_by_key(|(_, l)| *l)
-            {
-                let why = format!(
-                    "the arguments of `{}` carry {} (classified `{}`) to an egress destination cleared for `{}`",
-                    tool.name,
-                    if what == "secret" { "a secret value".to_owned() } else { format!("a `{what}` match") },
-                    level.as_str(),
-                    tool.egress_level.as_str()
-                );
-                match tool.on_leak {
-                    warden_manifest::raw::LeakAction::Deny => return deny(d, "egress.leak", why),
-                    warden_manifest::raw::LeakAction::Escalate => leak = Some(why),
-                }
-            }
-        }
-
-        // Progressive trust.
-        let trust_mode = m
+    /// Step 6, progressive trust: the agent's trust level may run the tool's tier at all.
+    fn trust(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        tier: &warden_manifest::manifest::Tier,
+    ) -> Step<TrustMode> {
+        let trust_mode = self
+            .manifest
             .trust
             .get(&agent.trust)
             .and_then(|modes| modes.get(tool.tier))
             .copied()
             .unwrap_or(TrustMode::Forbidden);
         if trust_mode == TrustMode::Forbidden {
-            return deny(
-                d,
-                &format!("trust.{}.forbidden", agent.trust.as_str()),
+            return Err(Stop::deny(
+                format!("trust.{}.forbidden", agent.trust.as_str()),
                 format!(
                     "a `{}` agent may not run `{}`-tier tools",
                     agent.trust.as_str(),
                     tier.name
                 ),
-            );
+            ));
         }
+        Ok(trust_mode)
+    }
 
-        // Cedar.
-        let hour = now.rem_euclid(DAY) / 3600;
+    /// Step 7, Cedar: some policy permits and none forbids (forbid wins). The permitting
+    /// policies become the decision's first rules.
+    fn cedar_says(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        c: &Asked<'_>,
+        d: &mut Decision,
+    ) -> Step<()> {
+        let p = c.p;
+        let hour = c.now.rem_euclid(DAY) / 3600;
+        let context_error = |e: String| {
+            Stop::deny(
+                "cedar.context_error",
+                format!("arguments cannot be given to Cedar: {e}"),
+            )
+        };
         // INVARIANT (consistent verdicts): representability is checked on every call, not only
         // when Cedar needs the request (context-free results may be cached).
         if let Some(t) = self.arg_types.get(&tool.name) {
-            if let Err(e) = t.check(&p.arguments, "") {
-                return deny(
-                    d,
-                    "cedar.context_error",
-                    format!("arguments cannot be given to Cedar: {e}"),
-                );
-            }
+            t.check(&p.arguments, "")
+                .map_err(|e| context_error(e.to_string()))?;
         }
         let facts = CallFacts {
             agent,
@@ -438,17 +489,8 @@ impl Governor {
                     &p.session,
                     hour,
                 )
-            });
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                return deny(
-                    d,
-                    "cedar.context_error",
-                    format!("arguments cannot be given to Cedar: {e}"),
-                )
-            }
-        };
+            })
+            .map_err(|e| context_error(e.to_string()))?;
         match outcome {
             CedarOutcome::Forbid(ids) => {
                 let reason = format!("forbidden by policy {}", quote_list(&ids));
@@ -456,269 +498,137 @@ impl Governor {
                 d.rules = ids.iter().map(|i| join(&["policy:", i])).collect();
                 d.reason = reason;
                 d.decision = Verdict::Deny;
-                return d;
+                Err(Stop::Final)
             }
             CedarOutcome::ForbidErrored(ids) => {
-                d.policies.clone_from(&ids);
-                return deny(
-                    d,
-                    "cedar.evaluation_error",
-                    format!(
-                        "forbid policy {} could not be evaluated; denying",
-                        quote_list(&ids)
-                    ),
+                let why = format!(
+                    "forbid policy {} could not be evaluated; denying",
+                    quote_list(&ids)
                 );
+                d.policies = ids;
+                Err(Stop::deny("cedar.evaluation_error", why))
             }
-            CedarOutcome::NoPermit => {
-                return deny(
-                    d,
-                    "cedar.no_permit",
-                    format!(
-                        "no Cedar policy permits agent `{}` to call `{}`",
-                        agent.id, tool.name
-                    ),
-                );
-            }
+            CedarOutcome::NoPermit => Err(Stop::deny(
+                "cedar.no_permit",
+                format!(
+                    "no Cedar policy permits agent `{}` to call `{}`",
+                    agent.id, tool.name
+                ),
+            )),
             CedarOutcome::Permit(ids) => {
                 d.rules.extend(ids.iter().map(|i| join(&["policy:", i])));
                 d.policies = ids;
+                Ok(())
             }
         }
+    }
 
-        // A paused session (loop detection) or agent (a tripped breaker) escalates until a
-        // human resumes it.
-        if let Some(h) = paused {
-            d.decision = Verdict::Escalate;
-            let (rule, reason) = match &h.scope {
-                HoldScope::Session(_) => (
-                    "session.paused",
-                    format!("session `{}` is paused; a human must resume it", p.session),
-                ),
-                scope => (
-                    match scope {
-                        HoldScope::Agent(_) => "agent.paused",
-                        HoldScope::Tenant(_) => "tenant.paused",
-                        _ => "global.paused",
-                    },
-                    format!("{scope} is paused ({}); a human must resume it", h.reason),
-                ),
-            };
-            d.rules.insert(0, rule.into());
-            d.reason = reason;
-            d.escalation = Some(Escalation::SessionPaused {
-                session: p.session.clone(),
-            });
-            return d;
+    /// Step 9, loop detection: the same call N times in a row pauses the session. A call
+    /// waiting for its approval is asked again by design ("call again once it is approved"):
+    /// those retries are not a loop and are not counted.
+    fn loop_detected(
+        &self,
+        tool: &warden_manifest::manifest::Tool,
+        session_key: &str,
+        c: &Asked<'_>,
+        d: &mut Decision,
+    ) -> Step<()> {
+        if c.evidence.awaiting_approval {
+            return Ok(());
         }
-
-        // Loop detection: the same call N times in a row pauses the session. A call waiting for
-        // its approval is asked again by design ("call again once it is approved"): those
-        // retries are not a loop and are not counted.
+        let breakers = &self.manifest.breakers;
         let fingerprint: [u8; 32] = {
             let mut h = Sha256::new();
             h.update(tool.name.as_bytes());
             h.update([0u8]);
-            h.update(canonical_args.as_bytes());
+            h.update(c.canonical_args.as_bytes());
             h.finalize().into()
         };
-        let repeats = if evidence.awaiting_approval {
-            0
-        } else {
-            match state.observe_call(&session_key, fingerprint, now, m.breakers.session_ttl_secs) {
-                Ok(n) => n,
-                Err(e) => {
-                    return deny(
-                        d,
-                        "state.unavailable",
-                        format!("cannot record session history: {e}"),
-                    )
-                }
-            }
-        };
-        if repeats >= m.breakers.repeat_pattern {
-            let reason = format!(
-                "`{}` proposed {repeats} times in a row with the same arguments in session `{}`; session paused",
-                tool.name, p.session
-            );
-            let hold = warden_core::state::Hold {
-                scope: HoldScope::Session(session_key.clone()),
-                kind: HoldKind::Pause,
-                reason: reason.clone(),
-                since: now,
-            };
-            if let Err(e) = state.set_hold(hold) {
-                return deny(d, "state.unavailable", format!("cannot pause session: {e}"));
-            }
-            d.decision = Verdict::Escalate;
-            d.rules.insert(0, "loop.repeat_pattern".into());
-            d.reason = reason;
-            d.escalation = Some(Escalation::SessionPaused {
-                session: p.session.clone(),
-            });
-            return d;
+        let repeats = c
+            .state
+            .observe_call(session_key, fingerprint, c.now, breakers.session_ttl_secs)
+            .map_err(|e| {
+                Stop::deny(
+                    "state.unavailable",
+                    format!("cannot record session history: {e}"),
+                )
+            })?;
+        if repeats < breakers.repeat_pattern {
+            return Ok(());
         }
-
-        // Approval: the tier's mode, then the trust level's.
-        let level = agent.trust.as_str();
-        let mut escalation = None;
-        let mut reason = String::new();
-        match &tier.approval {
-            Approval::Auto => d.rules.push(join(&["tier.", &tier.name, ".auto"])),
-            Approval::Window {
-                start,
-                end,
-                utc_offset,
-                text,
-            } => {
-                let local = now.saturating_add(i64::from(*utc_offset));
-                let minute = u32::try_from(local.rem_euclid(DAY) / 60).unwrap_or(0);
-                let inside = if start < end {
-                    (*start..*end).contains(&minute)
-                } else {
-                    minute >= *start || minute < *end
-                };
-                if inside {
-                    d.rules.push(join(&["tier.", &tier.name, ".window_open"]));
-                } else {
-                    let day_start = local - local.rem_euclid(DAY);
-                    let mut open = day_start + i64::from(*start) * 60;
-                    if open <= local {
-                        open += DAY;
-                    }
-                    let until_unix = open - i64::from(*utc_offset);
-                    d.rules.push(join(&["tier.", &tier.name, ".window_closed"]));
-                    reason = format!(
-                        "`{}`-tier calls run automatically only {text}; queued until {}",
-                        tier.name,
-                        rfc3339(until_unix, *utc_offset)
-                    );
-                    escalation = Some(Escalation::Queued {
-                        until: rfc3339(until_unix, *utc_offset),
-                        until_unix,
-                    });
-                }
-            }
-            Approval::Role { approvers, role } => {
-                d.rules.push(join(&["tier.", &tier.name, ".approvers"]));
-                reason = format!(
-                    "`{}`-tier calls need {approvers} approval(s) from role `{role}`",
-                    tier.name
-                );
-                escalation = Some(Escalation::Approvers {
-                    approvers: *approvers,
-                    role: role.clone(),
-                });
-            }
-            Approval::Humans { approvers } => {
-                d.rules.push(join(&["tier.", &tier.name, ".humans"]));
-                reason = format!(
-                    "`{}`-tier calls need {approvers} distinct human approver(s)",
-                    tier.name
-                );
-                escalation = Some(Escalation::Humans {
-                    approvers: *approvers,
-                });
-            }
-        }
-        if trust_mode == TrustMode::WithApproval {
-            d.rules.push(join(&["trust.", level, ".with_approval"]));
-            // A tier that already needs approvers keeps its (stricter) requirement; otherwise the
-            // agent's owner must approve, which also overrides a closed window.
-            if !matches!(
-                escalation,
-                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
-            ) {
-                reason = format!(
-                    "a `{level}` agent needs its owner `{}` to approve `{}`-tier calls",
-                    agent.owner, tier.name
-                );
-                escalation = Some(Escalation::Owner {
-                    owner: agent.owner.clone(),
-                });
-            }
-        } else if let Some(h) = demoted {
-            // INVARIANT (seed 002): a demoted agent runs nothing on its own; its owner approves
-            // what its level would have let it run (the tier's own approvers still apply).
-            d.rules.push("trust.demoted".into());
-            if !matches!(
-                escalation,
-                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
-            ) {
-                reason = format!(
-                    "agent `{}` is demoted ({}); its owner `{}` must approve its calls until it is promoted again",
-                    agent.id, h.reason, agent.owner
-                );
-                escalation = Some(Escalation::Owner {
-                    owner: agent.owner.clone(),
-                });
-            }
-        } else {
-            d.rules.push(join(&["trust.", level, ".autonomous"]));
-        }
-        if let Some(why) = leak {
-            d.rules.push("egress.leak".into());
-            if !matches!(
-                escalation,
-                Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
-            ) {
-                escalation = Some(Escalation::Owner {
-                    owner: agent.owner.clone(),
-                });
-            }
-            reason = if reason.is_empty() {
-                format!("{why}; its owner must approve")
-            } else {
-                format!("{reason}; and {why}")
-            };
-        }
-        if let Some(e) = escalation {
-            // The approval step: an approval of this very call, given for what it needs now,
-            // lets it run, charged like any allowed call (INV-020); one that cannot be used,
-            // or no room for another request, denies.
-            match evidence.approval {
-                Some(ApprovalEvidence::Approved {
-                    id,
-                    approved_by,
-                    needed,
-                    critical,
-                }) if same_need(needed, &e) && critical == tier.critical => {
-                    if let Err((rule, why)) = self.charge(agent, tool, tier, state, now) {
-                        return deny(d, &rule, format!("approval {id} was redeemed, but {why}"));
-                    }
-                    d.decision = Verdict::Allow;
-                    d.rules.push("approval.redeemed".into());
-                    d.reason = format!("{reason}; approved by {approved_by} (approval {id})");
-                    return d;
-                }
-                Some(ApprovalEvidence::Refused { rule, reason: why }) => {
-                    return deny(d, rule, format!("{why}; {reason}"));
-                }
-                Some(ApprovalEvidence::Full { reason: why }) => {
-                    return deny(d, "approval.too_many_open", format!("{why}; {reason}"));
-                }
-                _ => {}
-            }
-            // INVARIANT (budgets): an escalated call consumes no counter.
-            d.decision = Verdict::Escalate;
-            d.escalation = Some(e);
-            d.reason = reason;
-            return d;
-        }
-
-        // Rate limits, budgets and system-level invariants: one atomic charge.
-        if let Err((rule, why)) = self.charge(agent, tool, tier, state, now) {
-            return deny(d, &rule, why);
-        }
-        d.decision = Verdict::Allow;
-        d.reason = format!(
-            "`{}` may call `{}` ({}-tier, {}; trust `{level}`; permitted by {})",
-            agent.id,
-            tool.name,
-            tier.name,
-            tier.approval,
-            quote_list(&d.policies)
+        let reason = format!(
+            "`{}` proposed {repeats} times in a row with the same arguments in session `{}`; session paused",
+            tool.name, c.p.session
         );
-        d
+        let hold = warden_core::state::Hold {
+            scope: HoldScope::Session(session_key.to_owned()),
+            kind: HoldKind::Pause,
+            reason: reason.clone(),
+            since: c.now,
+        };
+        c.state
+            .set_hold(hold)
+            .map_err(|e| Stop::deny("state.unavailable", format!("cannot pause session: {e}")))?;
+        d.decision = Verdict::Escalate;
+        d.rules.insert(0, "loop.repeat_pattern".into());
+        d.reason = reason;
+        d.escalation = Some(Escalation::SessionPaused {
+            session: c.p.session.clone(),
+        });
+        Err(Stop::Final)
+    }
+
+    /// Step 11, the approval step of an escalated call: an approval of this very call, given
+    /// for what it needs now, lets it run, charged like any allowed call (INV-020); one that
+    /// cannot be used, or no room for another request, denies; otherwise the call escalates
+    /// and consumes no counter.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the earlier steps established, each by name"
+    )]
+    fn approval_step(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        tier: &warden_manifest::manifest::Tier,
+        e: Escalation,
+        reason: String,
+        c: &Asked<'_>,
+        d: &mut Decision,
+    ) -> Step<()> {
+        match c.evidence.approval {
+            Some(ApprovalEvidence::Approved {
+                id,
+                approved_by,
+                needed,
+                critical,
+            }) if same_need(needed, &e) && critical == tier.critical => {
+                self.charge(agent, tool, tier, c.state, c.now)
+                    .map_err(|(rule, why)| Stop::Deny {
+                        rule,
+                        reason: format!("approval {id} was redeemed, but {why}"),
+                    })?;
+                d.decision = Verdict::Allow;
+                d.rules.push("approval.redeemed".into());
+                d.reason = format!("{reason}; approved by {approved_by} (approval {id})");
+                return Err(Stop::Final);
+            }
+            Some(ApprovalEvidence::Refused { rule, reason: why }) => {
+                return Err(Stop::deny(rule, format!("{why}; {reason}")));
+            }
+            Some(ApprovalEvidence::Full { reason: why }) => {
+                return Err(Stop::deny(
+                    "approval.too_many_open",
+                    format!("{why}; {reason}"),
+                ));
+            }
+            _ => {}
+        }
+        // INVARIANT (budgets): an escalated call consumes no counter.
+        d.decision = Verdict::Escalate;
+        d.escalation = Some(e);
+        d.reason = reason;
+        Err(Stop::Final)
     }
 
     /// Charges the rate limits, budgets and system-level invariants of one call, atomically;
@@ -911,6 +821,274 @@ enum ChargeRule {
 }
 
 /// Concatenates `parts` (cheaper than `format!` on the hot path).
+/// One proposal as it is decided: what every step reads.
+struct Asked<'a> {
+    p: &'a Proposal,
+    state: &'a dyn StateStore,
+    now: UnixSeconds,
+    evidence: &'a Evidence<'a>,
+    canonical_args: &'a str,
+}
+
+/// Why the steps stopped before allowing the call.
+enum Stop {
+    /// A deny: the rule goes first, the reason replaces any other.
+    Deny {
+        /// The rule.
+        rule: String,
+        /// Why.
+        reason: String,
+    },
+    /// The decision is made as it stands (an escalation, an approval redeemed, a forbid).
+    Final,
+}
+
+impl Stop {
+    fn deny(rule: impl Into<String>, reason: String) -> Stop {
+        Stop::Deny {
+            rule: rule.into(),
+            reason,
+        }
+    }
+}
+
+/// A step's answer: its finding, or why the decision stops.
+type Step<T> = Result<T, Stop>;
+
+/// What the holds left for later steps.
+struct Held {
+    /// The agent's session's state-store key.
+    session_key: String,
+    /// A pause over the call (loop detection, a tripped breaker): it escalates.
+    paused: Option<warden_core::state::Hold>,
+    /// A demotion of the agent or a parent: its owner approves its calls.
+    demoted: Option<warden_core::state::Hold>,
+}
+
+/// Step 3, the credential: one that lists its tools grants no other (delegation narrows what
+/// an agent may call below what the manifest allows it).
+fn credential_tools(c: &Asked<'_>) -> Step<()> {
+    match c.evidence.credential_tools {
+        Some(granted) if !granted.contains(&c.p.tool) => Err(Stop::deny(
+            "credential.tool_not_granted",
+            format!("the credential does not grant tool `{}`", c.p.tool),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Step 5, egress (INV-011): nothing classified above the destination leaves through the
+/// arguments of an egress tool: denied, or (the tool's `on_leak: escalate`) the reason its
+/// owner must approve.
+fn egress(tool: &warden_manifest::manifest::Tool, found: &[&str]) -> Step<Option<String>> {
+    if tool.egress.is_empty() {
+        return Ok(None);
+    }
+    let Some((what, level)) = found
+        .iter()
+        .map(|w| (*w, warden_manifest::upstream::leak_level(w)))
+        .filter(|(_, l)| *l > tool.egress_level)
+        .max_by_key(|(_, l)| *l)
+    else {
+        return Ok(None);
+    };
+    let why = format!(
+        "the arguments of `{}` carry {} (classified `{}`) to an egress destination cleared for `{}`",
+        tool.name,
+        if what == "secret" { "a secret value".to_owned() } else { format!("a `{what}` match") },
+        level.as_str(),
+        tool.egress_level.as_str()
+    );
+    match tool.on_leak {
+        warden_manifest::raw::LeakAction::Deny => Err(Stop::deny("egress.leak", why)),
+        warden_manifest::raw::LeakAction::Escalate => Ok(Some(why)),
+    }
+}
+
+/// Step 8: a paused session (loop detection) or agent (a tripped breaker) escalates until a
+/// human resumes it.
+fn paused(h: Option<warden_core::state::Hold>, p: &Proposal, d: &mut Decision) -> Step<()> {
+    let Some(h) = h else {
+        return Ok(());
+    };
+    d.decision = Verdict::Escalate;
+    let (rule, reason) = match &h.scope {
+        HoldScope::Session(_) => (
+            "session.paused",
+            format!("session `{}` is paused; a human must resume it", p.session),
+        ),
+        scope => (
+            match scope {
+                HoldScope::Agent(_) => "agent.paused",
+                HoldScope::Tenant(_) => "tenant.paused",
+                _ => "global.paused",
+            },
+            format!("{scope} is paused ({}); a human must resume it", h.reason),
+        ),
+    };
+    d.rules.insert(0, rule.into());
+    d.reason = reason;
+    d.escalation = Some(Escalation::SessionPaused {
+        session: p.session.clone(),
+    });
+    Err(Stop::Final)
+}
+
+/// Step 10a, the tier's approval mode: automatic, a time window, approvers of a role, or
+/// distinct humans. Its rule is recorded; what it needs, if anything, and why.
+fn approval_mode(
+    tier: &warden_manifest::manifest::Tier,
+    now: UnixSeconds,
+    d: &mut Decision,
+) -> (Option<Escalation>, String) {
+    match &tier.approval {
+        Approval::Auto => {
+            d.rules.push(join(&["tier.", &tier.name, ".auto"]));
+            (None, String::new())
+        }
+        Approval::Window {
+            start,
+            end,
+            utc_offset,
+            text,
+        } => {
+            let local = now.saturating_add(i64::from(*utc_offset));
+            let minute = u32::try_from(local.rem_euclid(DAY) / 60).unwrap_or(0);
+            let inside = if start < end {
+                (*start..*end).contains(&minute)
+            } else {
+                minute >= *start || minute < *end
+            };
+            if inside {
+                d.rules.push(join(&["tier.", &tier.name, ".window_open"]));
+                return (None, String::new());
+            }
+            let day_start = local - local.rem_euclid(DAY);
+            let mut open = day_start + i64::from(*start) * 60;
+            if open <= local {
+                open += DAY;
+            }
+            let until_unix = open - i64::from(*utc_offset);
+            d.rules.push(join(&["tier.", &tier.name, ".window_closed"]));
+            let reason = format!(
+                "`{}`-tier calls run automatically only {text}; queued until {}",
+                tier.name,
+                rfc3339(until_unix, *utc_offset)
+            );
+            let queued = Escalation::Queued {
+                until: rfc3339(until_unix, *utc_offset),
+                until_unix,
+            };
+            (Some(queued), reason)
+        }
+        Approval::Role { approvers, role } => {
+            d.rules.push(join(&["tier.", &tier.name, ".approvers"]));
+            let reason = format!(
+                "`{}`-tier calls need {approvers} approval(s) from role `{role}`",
+                tier.name
+            );
+            let e = Escalation::Approvers {
+                approvers: *approvers,
+                role: role.clone(),
+            };
+            (Some(e), reason)
+        }
+        Approval::Humans { approvers } => {
+            d.rules.push(join(&["tier.", &tier.name, ".humans"]));
+            let reason = format!(
+                "`{}`-tier calls need {approvers} distinct human approver(s)",
+                tier.name
+            );
+            let e = Escalation::Humans {
+                approvers: *approvers,
+            };
+            (Some(e), reason)
+        }
+    }
+}
+
+/// Whether an escalation already needs approvers (stricter than the owner alone).
+fn needs_approvers(e: Option<&Escalation>) -> bool {
+    matches!(
+        e,
+        Some(Escalation::Approvers { .. } | Escalation::Humans { .. })
+    )
+}
+
+/// Step 10b, the trust level: a level that runs the tier only with approval, or a demoted
+/// agent, needs its owner (a tier that already needs approvers keeps its stricter
+/// requirement, and the owner's approval overrides a closed window).
+fn trust_level(
+    agent: &warden_manifest::manifest::Agent,
+    tier: &warden_manifest::manifest::Tier,
+    trust_mode: TrustMode,
+    demoted: Option<warden_core::state::Hold>,
+    escalation: Option<Escalation>,
+    reason: String,
+    d: &mut Decision,
+) -> (Option<Escalation>, String) {
+    let level = agent.trust.as_str();
+    let owner = || {
+        Some(Escalation::Owner {
+            owner: agent.owner.clone(),
+        })
+    };
+    if trust_mode == TrustMode::WithApproval {
+        d.rules.push(join(&["trust.", level, ".with_approval"]));
+        if needs_approvers(escalation.as_ref()) {
+            return (escalation, reason);
+        }
+        let reason = format!(
+            "a `{level}` agent needs its owner `{}` to approve `{}`-tier calls",
+            agent.owner, tier.name
+        );
+        return (owner(), reason);
+    }
+    if let Some(h) = demoted {
+        // INVARIANT (seed 002): a demoted agent runs nothing on its own; its owner approves
+        // what its level would have let it run (the tier's own approvers still apply).
+        d.rules.push("trust.demoted".into());
+        if needs_approvers(escalation.as_ref()) {
+            return (escalation, reason);
+        }
+        let reason = format!(
+            "agent `{}` is demoted ({}); its owner `{}` must approve its calls until it is promoted again",
+            agent.id, h.reason, agent.owner
+        );
+        return (owner(), reason);
+    }
+    d.rules.push(join(&["trust.", level, ".autonomous"]));
+    (escalation, reason)
+}
+
+/// Step 10c: arguments an egress tool may not carry without its owner's approval (step 5)
+/// add that need to whatever the call already needs.
+fn leak_needs(
+    agent: &warden_manifest::manifest::Agent,
+    leak: Option<String>,
+    escalation: Option<Escalation>,
+    reason: String,
+    d: &mut Decision,
+) -> (Option<Escalation>, String) {
+    let Some(why) = leak else {
+        return (escalation, reason);
+    };
+    d.rules.push("egress.leak".into());
+    let escalation = if needs_approvers(escalation.as_ref()) {
+        escalation
+    } else {
+        Some(Escalation::Owner {
+            owner: agent.owner.clone(),
+        })
+    };
+    let reason = if reason.is_empty() {
+        format!("{why}; its owner must approve")
+    } else {
+        format!("{reason}; and {why}")
+    };
+    (escalation, reason)
+}
+
 fn join(parts: &[&str]) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {

@@ -17,6 +17,7 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 use warden_identity::credential::{encode_key, random_id};
 use warden_identity::{Credential, CredentialBody, Revocations, Verifier};
+use warden_identity::{Revocation, RevocationError, RevocationStore, RevokedKind};
 use warden_policy::Manifest;
 
 /// Why identity material could not be used.
@@ -36,6 +37,9 @@ pub enum AgentsError {
     /// Issuing failed.
     #[error("{0}")]
     Credential(#[from] warden_identity::CredentialError),
+    /// The revocation store failed, or a revocation is malformed.
+    #[error("revocations: {0}")]
+    Revocation(#[from] RevocationError),
 }
 
 fn file_err(path: &Path, what: impl ToString) -> AgentsError {
@@ -407,21 +411,12 @@ pub fn agent_key(path: &Path) -> Result<SigningKey, AgentsError> {
 /// Appends a revocation (`agent <id>` or `credential <id>`) to `DATA/revoked`.
 ///
 /// # Errors
-/// [`AgentsError::File`].
+/// [`AgentsError::Revocation`] for an unknown kind, a bad id, or a list that cannot be written.
 pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
-    let path = data.join("revoked");
-    if id.is_empty() || id.contains(char::is_whitespace) {
-        return Err(file_err(&path, format!("cannot revoke {id:?}")));
-    }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| file_err(&path, e))?;
-    // One write per record, so a reader never sees half a line as a whole one.
-    f.write_all(format!("{kind} {id}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| file_err(&path, e))
+    let kind = RevokedKind::parse(kind)
+        .ok_or_else(|| AgentsError::Revocation(RevocationError::BadId(format!("{kind} {id}"))))?;
+    crate::revocations::FileRevocations::new(data).revoke(&Revocation::new(kind, id)?)?;
+    Ok(())
 }
 
 /// The gateway's identity state: the credential verifier and revocations kept in step with
@@ -436,11 +431,12 @@ pub struct IdentityState {
     /// Mints grants for allowed calls.
     pub grants: warden_identity::GrantKeys,
     governor: SigningKey,
+    /// What the verifier consults, kept in step with `store`.
     revocations: Arc<Revocations>,
-    data: PathBuf,
-    revoked_path: PathBuf,
-    /// Bytes of `DATA/revoked` applied so far.
-    seen: Mutex<u64>,
+    /// Where revocations are kept (shared by instances).
+    store: Arc<dyn RevocationStore>,
+    /// How far into `store` this instance has applied.
+    cursor: Mutex<u64>,
 }
 
 impl std::fmt::Debug for IdentityState {
@@ -458,17 +454,23 @@ impl IdentityState {
     /// # Errors
     /// [`AgentsError`] if the key or the list cannot be read.
     pub fn open(data: &Path) -> Result<Self, AgentsError> {
-        Self::open_with(data, Box::new(warden_identity::MemoryReplayGuard::new()))
+        Self::open_with(
+            data,
+            Box::new(warden_identity::MemoryReplayGuard::new()),
+            Arc::new(crate::revocations::FileRevocations::new(data)),
+        )
     }
 
     /// [`IdentityState::open`] with a given nonce guard (e.g. a
-    /// [`warden_identity::RedisReplayGuard`] shared by several instances).
+    /// [`warden_identity::RedisReplayGuard`] shared by several instances) and revocation
+    /// store.
     ///
     /// # Errors
     /// As [`IdentityState::open`].
     pub fn open_with(
         data: &Path,
         nonces: Box<dyn warden_identity::ReplayGuard>,
+        store: Arc<dyn RevocationStore>,
     ) -> Result<Self, AgentsError> {
         let governor = governor_key(data)?;
         let revocations = Arc::new(Revocations::new());
@@ -486,9 +488,8 @@ impl IdentityState {
             grants: grant_keys(data)?,
             governor,
             revocations,
-            data: data.to_path_buf(),
-            revoked_path: data.join("revoked"),
-            seen: Mutex::new(0),
+            store,
+            cursor: Mutex::new(0),
         };
         state.refresh()?;
         Ok(state)
@@ -518,16 +519,18 @@ impl IdentityState {
         })
     }
 
-    /// Revokes `agent` and the credential it presented, at once (in memory and in
-    /// `DATA/revoked`).
+    /// Revokes `agent` and the credential it presented, at once (in memory and in the store).
     ///
     /// # Errors
     /// [`AgentsError::File`] if the list cannot be written (the in-memory revocation holds).
     pub fn revoke_now(&self, agent: &str, credential: &str) -> Result<(), AgentsError> {
         self.revocations.revoke_agent(agent);
         self.revocations.revoke_credential(credential);
-        revoke(&self.data, "agent", agent)?;
-        revoke(&self.data, "credential", credential)
+        self.store
+            .revoke(&Revocation::new(RevokedKind::Agent, agent)?)?;
+        self.store
+            .revoke(&Revocation::new(RevokedKind::Credential, credential)?)?;
+        Ok(())
     }
 
     /// Whether a chain of `credentials` and `agents` (an identity's) is revoked now, as far as
@@ -537,44 +540,23 @@ impl IdentityState {
         self.revocations.revokes(credentials, agents)
     }
 
-    /// Applies lines appended to `DATA/revoked` since the last look (cheap when unchanged).
+    /// Applies what was revoked since the last look, by anyone (cheap when nothing was).
     ///
     /// # Errors
-    /// [`AgentsError::File`] if the list exists but cannot be read; callers refuse requests
-    /// then (fail closed).
+    /// [`AgentsError::Revocation`] if the store cannot be read; callers refuse requests then
+    /// (fail closed).
     pub fn refresh(&self) -> Result<(), AgentsError> {
-        let path = &self.revoked_path;
-        let len = match fs::metadata(path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(file_err(path, e)),
-        };
-        let mut seen = self
-            .seen
-            .lock()
-            .map_err(|_| file_err(path, "revocation state poisoned"))?;
-        if len == *seen {
-            return Ok(());
+        let mut cursor = self.cursor.lock().map_err(|_| {
+            AgentsError::Revocation(RevocationError::Store {
+                store: "cursor".into(),
+                what: "poisoned".into(),
+            })
+        })?;
+        let (new, next) = self.store.since(*cursor)?;
+        for r in &new {
+            r.apply(&self.revocations);
         }
-        if len < *seen {
-            // Replaced or truncated: apply it all again (revoking twice is harmless).
-            *seen = 0;
-        }
-        let bytes = fs::read(path).map_err(|e| file_err(path, e))?;
-        let start = usize::try_from(*seen).unwrap_or(usize::MAX);
-        let new = bytes.get(start..).unwrap_or_default();
-        // Only whole lines: a line still being written is applied on a later look.
-        let complete = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let text = std::str::from_utf8(new.get(..complete).unwrap_or_default())
-            .map_err(|_| file_err(path, "is not UTF-8"))?;
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            match line.split_once(' ') {
-                Some(("agent", id)) => self.revocations.revoke_agent(id),
-                Some(("credential", id)) => self.revocations.revoke_credential(id),
-                _ => return Err(file_err(path, format!("bad line {line:?}"))),
-            }
-        }
-        *seen += complete as u64;
+        *cursor = next;
         Ok(())
     }
 }

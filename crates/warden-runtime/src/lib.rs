@@ -22,6 +22,7 @@
 //! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
 //! - [`witness`]: opens the Witness ledger (key and store) and records events;
 //! - [`agents`]: the Governor key, agent enrolment and revocation;
+//! - [`revocations`]: `DATA/revoked`, the embedded revocation store;
 //! - [`keyfile`]: how secrets and public keys are written and read in the data directory;
 //! - [`notify`]: the webhooks (approval requests, brakes, tripped breakers);
 //! - [`starter`]: the starter manifest `warden init` writes.
@@ -40,6 +41,7 @@ pub mod keyfile;
 pub mod notify;
 pub mod operator;
 pub mod promotion;
+pub mod revocations;
 pub mod runtime;
 pub mod starter;
 pub mod witness;

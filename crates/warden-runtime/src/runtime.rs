@@ -151,7 +151,8 @@ fn replay_guard(
 /// What a Runtime keeps its shared state in, each behind its port: counters, session history
 /// and holds ([`warden_core::state::StateStore`]); the Witness ledger (over any
 /// [`warden_ledger::LedgerStore`]); the signed-request nonces and the redeemed grants
-/// ([`ReplayGuard`]); the approval requests ([`ApprovalStore`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
+/// ([`ReplayGuard`]); the approval requests ([`ApprovalStore`]); the revocations
+/// ([`warden_identity::RevocationStore`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
 /// instances share Redis and PostgreSQL through the same ports.
 pub struct Backends {
     /// Counters, session history and holds.
@@ -164,6 +165,8 @@ pub struct Backends {
     pub redeemed: Box<dyn ReplayGuard>,
     /// Approval requests and their votes (their durations are set from the manifest).
     pub approvals: Arc<dyn ApprovalStore>,
+    /// Revoked agents and credentials.
+    pub revocations: Arc<dyn warden_identity::RevocationStore>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -176,7 +179,8 @@ impl std::fmt::Debug for Backends {
 
 impl Backends {
     /// The backends `config` names: the state store in `DATA/state`; the ledger in
-    /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis.
+    /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
+    /// approval requests in process; revocations in `DATA/revoked`.
     /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
     ///
     /// # Errors
@@ -193,6 +197,7 @@ impl Backends {
             approvals: Arc::new(warden_identity::approval::Book::new(
                 warden_identity::approval::Settings::default(),
             )),
+            revocations: Arc::new(crate::revocations::FileRevocations::new(&config.data)),
         })
     }
 }
@@ -233,6 +238,7 @@ impl Runtime {
             nonces,
             redeemed,
             approvals,
+            revocations,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         tracing::info!(
@@ -247,7 +253,7 @@ impl Runtime {
             "manifest loaded"
         );
         approvals.set_settings(crate::approvals::settings(governor.manifest()));
-        let identity = crate::agents::IdentityState::open_with(&config.data, nonces)?;
+        let identity = crate::agents::IdentityState::open_with(&config.data, nonces, revocations)?;
         let admin_token = crate::operator::load_token_hash(&config.data)?;
         let clock = Arc::new(ManifestClock::new(governor.manifest().version));
         let ledger = Arc::new(ledger);
