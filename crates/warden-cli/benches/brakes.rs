@@ -71,7 +71,7 @@ fn app(dir: &std::path::Path) -> (Runtime, Caller, ed25519_dalek::SigningKey) {
     let runtime = Runtime::open(config).unwrap();
     let cred = warden_runtime::agents::enroll(
         dir,
-        runtime.manifest().manifest(),
+        &runtime.manifest(),
         "coder-1",
         warden_runtime::now_unix(),
         3600,

@@ -745,7 +745,7 @@ mod tests {
         assert!(down.is_empty(), "{down:?}");
         let cred = crate::agents::enroll(
             dir.path(),
-            runtime.manifest().manifest(),
+            &runtime.manifest(),
             "coder-1",
             crate::now_unix(),
             3600,

@@ -413,10 +413,11 @@ impl Runtime {
         }
     }
 
-    /// The manifest in force, for what the operator's CLI prints at start (never to agents).
+    /// The manifest in force, to read (what the operator's CLI prints and enrols at start):
+    /// the manifest alone, never the Governor that decides on it.
     #[must_use]
-    pub fn manifest(&self) -> Arc<warden_policy::Governor> {
-        self.shared.governor.get()
+    pub fn manifest(&self) -> InForce {
+        InForce(self.shared.governor.get())
     }
 
     /// The version, policy hash and sizes of the manifest in force.
@@ -478,6 +479,18 @@ impl Runtime {
 #[must_use]
 pub fn session_key(agent: &str, session: &str) -> String {
     warden_policy::decide::session_key(agent, session)
+}
+
+/// The manifest in force, read-only ([`Runtime::manifest`]).
+#[derive(Debug, Clone)]
+pub struct InForce(Arc<warden_policy::Governor>);
+
+impl std::ops::Deref for InForce {
+    type Target = warden_policy::manifest::Manifest;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.manifest()
+    }
 }
 
 /// The manifest in force, in numbers (`GET /v1/manifest`).

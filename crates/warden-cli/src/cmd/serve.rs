@@ -114,7 +114,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         Err(e) => return Err(e.into()),
     };
     if starter {
-        starter_credential(&a.data, runtime.manifest().manifest())?;
+        starter_credential(&a.data, &runtime.manifest())?;
     }
     Ok(Ok(runtime))
 }
