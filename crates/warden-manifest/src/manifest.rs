@@ -369,26 +369,84 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, LoadError> {
     validate(file, text, raw)
 }
 
-/// Validates an already-deserialized manifest.
+/// Validates an already-deserialized manifest, one step per section, every problem collected
+/// (not only the first).
 ///
 /// # Errors
 /// [`LoadError`] with every problem found.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one linear pass over the manifest's sections"
-)]
 pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, LoadError> {
     let mut c = Collector {
         file,
         lines: LineIndex::new(text),
         diagnostics: Vec::new(),
     };
-
+    // Each step reports into `c`; the diagnostics are sorted by line at the end, so the order
+    // of the steps is the order of the manifest's sections, not a priority.
     if raw.version == 0 {
         c.err("version", "must be 1 or more (it is a logical clock)");
     }
+    let tiers = validate_tiers(&mut c, &raw);
+    let tier_names: HashMap<&str, usize> = tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let trust = validate_trust(&mut c, &raw, &tier_names, tiers.len());
+    let tenants = validate_tenants(&mut c, &raw);
+    let zones = validate_zones(&mut c, &raw);
+    let agents = validate_agents(&mut c, &raw, &tenants, &zones);
+    let tools = validate_tools(&mut c, &raw, &tier_names, &zones, &tenants);
+    let agent_budget = validate_budget(&mut c, "agent", raw.budgets.agent.as_ref());
+    let tenant_budget = validate_budget(&mut c, "tenant", raw.budgets.tenant.as_ref());
+    let global_budget = validate_budget(&mut c, "global", raw.budgets.global.as_ref());
+    let invariants = validate_invariants(&mut c, &raw, &tier_names, &tools);
+    let breakers = validate_breakers(&mut c, &raw);
+    validate_policy_paths(&mut c, &raw);
+    let (upstreams, secrets) =
+        crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets, &raw.pins);
+    let (approvers, approvals) =
+        crate::approvers::validate(&mut c, &raw.approvers, &raw.approvals, &agents);
+    let governance =
+        crate::approvers::validate_governance(&mut c, raw.governance.as_ref(), &approvers);
+    let webhooks =
+        crate::approvers::validate_notifications(&mut c, raw.notifications.as_ref(), &secrets);
 
-    // Tiers.
+    if !c.diagnostics.is_empty() {
+        c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
+        return Err(LoadError {
+            diagnostics: c.diagnostics,
+        });
+    }
+    Ok(Manifest {
+        file: file.to_string(),
+        text: text.to_string(),
+        version: raw.version,
+        tiers,
+        trust,
+        tenants,
+        zones,
+        agents,
+        tools,
+        agent_budget,
+        tenant_budget,
+        global_budget,
+        invariants,
+        breakers,
+        policies: raw.policies.clone(),
+        upstreams,
+        secrets,
+        approvers,
+        approvals,
+        governance,
+        webhooks,
+        promotion: raw.promotion.clone(),
+        raw,
+    })
+}
+
+/// The risk tiers: names, approval modes (a window, approvers of a role, distinct humans),
+/// rates.
+fn validate_tiers(c: &mut Collector<'_>, raw: &RawManifest) -> Vec<Tier> {
     if raw.risk_tiers.is_empty() {
         c.err("risk_tiers", "at least one risk tier is required");
     }
@@ -465,13 +523,16 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             critical: t.critical,
         });
     }
-    let tier_names: HashMap<&str, usize> = tiers
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+    tiers
+}
 
-    // Trust.
+/// The trust levels: each lists the tiers it runs on its own and those it runs with approval.
+fn validate_trust(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+    tier_names: &HashMap<&str, usize>,
+    tier_count: usize,
+) -> HashMap<TrustLevel, Vec<TrustMode>> {
     let mut trust = HashMap::new();
     for level in TrustLevel::ALL {
         let path = format!("trust.{}", level.as_str());
@@ -485,7 +546,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
             continue;
         };
-        let mut modes = vec![TrustMode::Forbidden; tiers.len()];
+        let mut modes = vec![TrustMode::Forbidden; tier_count];
         for (list, mode, key) in [
             (&rule.autonomous, TrustMode::Autonomous, "autonomous"),
             (
@@ -513,8 +574,11 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         }
         trust.insert(level, modes);
     }
+    trust
+}
 
-    // Tenants and zones.
+/// The tenants: valid, distinct ids.
+fn validate_tenants(c: &mut Collector<'_>, raw: &RawManifest) -> BTreeSet<String> {
     let mut tenants = BTreeSet::new();
     for (i, t) in raw.tenants.iter().enumerate() {
         if !valid_id(&t.id) {
@@ -530,6 +594,11 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
     }
+    tenants
+}
+
+/// The zones: valid, distinct ids (`*` is not one).
+fn validate_zones(c: &mut Collector<'_>, raw: &RawManifest) -> BTreeSet<String> {
     let mut zones = BTreeSet::new();
     for (i, z) in raw.zones.iter().enumerate() {
         if !valid_id(&z.id) || z.id == "*" {
@@ -545,8 +614,16 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
     }
+    zones
+}
 
-    // Agents.
+/// The agents: valid, distinct ids, in a listed tenant and zone, each paired with a human.
+fn validate_agents(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+    tenants: &BTreeSet<String>,
+    zones: &BTreeSet<String>,
+) -> HashMap<String, Agent> {
     let mut agents = HashMap::new();
     for (i, a) in raw.agents.iter().enumerate() {
         let path = format!("agents[{i}]");
@@ -585,12 +662,21 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             c.err(format!("{path}.id"), format!("duplicate agent `{}`", a.id));
         }
     }
+    agents
+}
 
-    // Tools.
+/// The tools, each by [`validate_tool`]; names distinct.
+fn validate_tools(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+    tier_names: &HashMap<&str, usize>,
+    zones: &BTreeSet<String>,
+    tenants: &BTreeSet<String>,
+) -> HashMap<String, Tool> {
     let mut tools = HashMap::new();
     for (i, t) in raw.tools.iter().enumerate() {
         let path = format!("tools[{i}]");
-        if let Some(tool) = validate_tool(&mut c, &path, t, &tier_names, &zones, &tenants) {
+        if let Some(tool) = validate_tool(c, &path, t, tier_names, zones, tenants) {
             if tools.insert(t.name.clone(), tool).is_some() {
                 c.err(
                     format!("{path}.name"),
@@ -599,30 +685,36 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             }
         }
     }
+    tools
+}
 
-    // Budgets.
-    let budget = |c: &mut Collector<'_>, key: &str, b: &Option<RawBudget>| -> Budget {
-        let Some(b) = b else {
-            return Budget::default();
-        };
-        let mut parse =
-            |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
-                Ok(r) => r,
-                Err(e) => {
-                    c.err(format!("budgets.{key}.{field}"), e);
-                    None
-                }
-            };
-        Budget {
-            calls: parse("calls", &b.calls),
-            cost: parse("cost", &b.cost),
+/// One budget (`budgets.<key>`): its call and cost rates.
+fn validate_budget(c: &mut Collector<'_>, key: &str, b: Option<&RawBudget>) -> Budget {
+    let Some(b) = b else {
+        return Budget::default();
+    };
+    let mut parse = |field: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            c.err(format!("budgets.{key}.{field}"), e);
+            None
         }
     };
-    let agent_budget = budget(&mut c, "agent", &raw.budgets.agent);
-    let tenant_budget = budget(&mut c, "tenant", &raw.budgets.tenant);
-    let global_budget = budget(&mut c, "global", &raw.budgets.global);
+    Budget {
+        calls: parse("calls", &b.calls),
+        cost: parse("cost", &b.cost),
+    }
+}
 
-    // Invariants.
+/// The system-level invariants: each selects tools (by tier, name or classification) and caps
+/// their calls or cost.
+fn validate_invariants(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+    tier_names: &HashMap<&str, usize>,
+    tools: &HashMap<String, Tool>,
+) -> Vec<Invariant> {
     let mut invariants = Vec::new();
     let mut invariant_names = HashSet::new();
     for (i, inv) in raw.invariants.iter().enumerate() {
@@ -698,8 +790,11 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             cost,
         });
     }
+    invariants
+}
 
-    // Breakers.
+/// The breakers: loop detection, consecutive failures, their durations.
+fn validate_breakers(c: &mut Collector<'_>, raw: &RawManifest) -> Breakers {
     let b = &raw.breakers;
     if b.repeat_pattern < 2 {
         c.err("breakers.repeat_pattern", "must be 2 or more");
@@ -715,8 +810,17 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         c.err("breakers.session_ttl", e);
         1
     });
+    Breakers {
+        repeat_pattern: b.repeat_pattern,
+        consecutive_failures: b.consecutive_failures,
+        cooldown_secs,
+        session_ttl_secs,
+    }
+}
 
-    // Policies.
+/// The policy files: at least one, relative paths inside the manifest's directory, at most
+/// one `*` (in the file name).
+fn validate_policy_paths(c: &mut Collector<'_>, raw: &RawManifest) {
     if raw.policies.is_empty() {
         c.err(
             "policies",
@@ -737,52 +841,6 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
             );
         }
     }
-
-    let (upstreams, secrets) =
-        crate::upstream::validate_upstreams(&mut c, &raw.upstreams, &raw.secrets, &raw.pins);
-    let (approvers, approvals) =
-        crate::approvers::validate(&mut c, &raw.approvers, &raw.approvals, &agents);
-    let governance =
-        crate::approvers::validate_governance(&mut c, raw.governance.as_ref(), &approvers);
-    let webhooks =
-        crate::approvers::validate_notifications(&mut c, raw.notifications.as_ref(), &secrets);
-
-    if !c.diagnostics.is_empty() {
-        c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
-        return Err(LoadError {
-            diagnostics: c.diagnostics,
-        });
-    }
-    Ok(Manifest {
-        file: file.to_string(),
-        text: text.to_string(),
-        version: raw.version,
-        tiers,
-        trust,
-        tenants,
-        zones,
-        agents,
-        tools,
-        agent_budget,
-        tenant_budget,
-        global_budget,
-        invariants,
-        breakers: Breakers {
-            repeat_pattern: b.repeat_pattern,
-            consecutive_failures: b.consecutive_failures,
-            cooldown_secs,
-            session_ttl_secs,
-        },
-        policies: raw.policies.clone(),
-        upstreams,
-        secrets,
-        approvers,
-        approvals,
-        governance,
-        webhooks,
-        promotion: raw.promotion.clone(),
-        raw,
-    })
 }
 
 fn validate_tool(
