@@ -820,7 +820,6 @@ enum ChargeRule {
     Invariant(usize),
 }
 
-/// Concatenates `parts` (cheaper than `format!` on the hot path).
 /// One proposal as it is decided: what every step reads.
 struct Asked<'a> {
     p: &'a Proposal,
@@ -1089,6 +1088,7 @@ fn leak_needs(
     (escalation, reason)
 }
 
+/// Concatenates `parts` (cheaper than `format!` on the hot path).
 fn join(parts: &[&str]) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {
