@@ -215,10 +215,7 @@ impl ServerHandler for McpFront {
             .or_else(|| ctx.meta.get_progress_token());
         let arguments = request.arguments.unwrap_or_default();
         if let Some(ended) = &self.ended {
-            ended.note(warden_runtime::runtime::session_key(
-                caller.agent(),
-                &session,
-            ));
+            ended.note(warden_core::state::session_key(caller.agent(), &session));
         }
         // Over HTTP, `notifications/cancelled` comes on a request of its own: a call in a
         // session is registered where that request finds it. Outside a session (clients that
@@ -299,14 +296,14 @@ impl McpFront {
                         r.id
                     )
                 } else {
-                    format!("The approval is {}: propose again.", r.status)
+                    format!("The approval is {}: propose again.", r.status.as_str())
                 };
                 refusal(format!(
                     "This call needs approval before it can run: {what} (rules: {}; request \
                      {request_id}). Approval id: {} ({}, needs {}). It was not run. {retry}",
                     decision.rules.join(", "),
                     r.id,
-                    r.status,
+                    r.status.as_str(),
                     r.requires,
                 ))
             }

@@ -222,7 +222,7 @@ impl Sessions {
                 credential: credential.to_owned(),
                 agent: agent.to_owned(),
                 chain,
-                runner_key: warden_runtime::runtime::session_key(agent, &id),
+                runner_key: warden_core::state::session_key(agent, &id),
                 seen: now,
                 calls: Vec::new(),
             },

@@ -14,7 +14,7 @@
 use axum::body::Bytes;
 use axum::extract::Path as UrlPath;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -33,26 +33,38 @@ pub fn router(app: Operator) -> Router {
         .route("/admin/v1/approvals/{id}/votes", post(approvals_vote))
         .route("/admin/v1/governance/proposals", post(governance_propose))
         .route("/admin/v1/agents/{id}/promote", post(agents_promote))
+        // Every route, before its handler reads anything of the request.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authorized,
+        ))
         .with_state(app)
 }
 
-fn authorized(app: &Operator, headers: &HeaderMap) -> bool {
-    headers
+/// Lets a request through only with the admin token.
+async fn authorized(
+    State(app): State<Operator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let admitted = req
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         // INVARIANT (separate credential, INV-025): only the admin token opens the admin API.
-        .is_some_and(|t| app.admits(t))
+        .is_some_and(|t| app.admits(t));
+    if !admitted {
+        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    next.run(req).await
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({ "error": why }))).into_response()
 }
 
-async fn list(State(app): State<Operator>, headers: HeaderMap) -> Response {
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
+async fn list(State(app): State<Operator>) -> Response {
     match app.holds() {
         Ok(h) => Json(json!({ "holds": h })).into_response(),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -68,10 +80,7 @@ struct Change {
     reason: String,
 }
 
-async fn change(State(app): State<Operator>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
+async fn change(State(app): State<Operator>, body: Bytes) -> Response {
     let c: Change = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -100,23 +109,13 @@ async fn change(State(app): State<Operator>, headers: HeaderMap, body: Bytes) ->
 }
 
 /// `GET /admin/v1/approvals`: every request kept, newest first (pending, then recent ones).
-async fn approvals_list(State(app): State<Operator>, headers: HeaderMap) -> Response {
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
+async fn approvals_list(State(app): State<Operator>) -> Response {
     Json(json!({ "approvals": app.approvals() })).into_response()
 }
 
 /// `GET /admin/v1/approvals/{id}`: one request, with the exact call it is bound to and the
 /// preview approvers sign against.
-async fn approvals_show(
-    State(app): State<Operator>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
+async fn approvals_show(State(app): State<Operator>, UrlPath(id): UrlPath<String>) -> Response {
     match app.approval(&id) {
         Some(r) => Json(r).into_response(),
         None => refuse(
@@ -130,13 +129,9 @@ async fn approvals_show(
 /// counts an approver's signed vote; a refused one is recorded and answered with its rule.
 async fn approvals_vote(
     State(app): State<Operator>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
     let vote: SignedVote = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a signed vote: {e}")),
@@ -176,18 +171,11 @@ async fn approvals_vote(
 /// `POST /admin/v1/governance/proposals` (body empty, or `{"file": "NAME"}`): proposes the
 /// manifest at the served path — or the staged file NAME beside it, to be installed once
 /// approved — as the next version; answers the approval request (its preview is the diff).
-async fn governance_propose(
-    State(app): State<Operator>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn governance_propose(State(app): State<Operator>, body: Bytes) -> Response {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Staged {
         file: String,
-    }
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
     }
     let staged = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -202,24 +190,15 @@ async fn governance_propose(
         Err(e @ OperatorError::NotRecorded(_)) => {
             refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
-        Err(OperatorError::Refused(why)) if why.starts_with("`file`") => {
-            refuse(StatusCode::BAD_REQUEST, &why)
-        }
+        Err(e @ OperatorError::BadFile) => refuse(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     }
 }
 
 /// `POST /admin/v1/agents/{id}/promote`: restores a demoted agent, or proposes its promotion
 /// one trust level up (see `warden_runtime::promotion`); call again once approved.
-async fn agents_promote(
-    State(app): State<Operator>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
+async fn agents_promote(State(app): State<Operator>, UrlPath(id): UrlPath<String>) -> Response {
     use warden_runtime::promotion::Promoted;
-    if !authorized(&app, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "admin token required");
-    }
     match app.promote(&id).await {
         Ok(Promoted::Restored(r)) => Json(json!({
             "status": "restored",

@@ -20,6 +20,7 @@ use crate::caller::Caller;
 use crate::runtime::{Runtime, Shared};
 use warden_core::{Decision, Proposal, Verdict};
 use warden_executor::{ExecError, Executor};
+pub use warden_identity::approval::Status as ApprovalStatus;
 use warden_identity::approval::Status;
 use warden_identity::GrantError;
 
@@ -31,34 +32,31 @@ pub type ProgressSink = warden_executor::ProgressSink;
 pub struct Approval {
     /// Its id (`apr_...`).
     pub id: String,
-    /// `pending`, `approved`, `denied`, `expired`, `used`.
-    pub status: &'static str,
+    /// Where it stands.
+    pub status: Status,
     /// What it needs, in words.
     pub requires: String,
     /// How many approvals it has.
     pub approvals: usize,
     /// When it expires (Unix milliseconds).
     pub expires_ms: i64,
-    #[serde(skip)]
-    pending: bool,
 }
 
 impl Approval {
     fn of(r: &warden_identity::approval::Request) -> Approval {
         Approval {
             id: r.id.clone(),
-            status: r.status.as_str(),
+            status: r.status,
             requires: crate::approvals::requirement_text(&r.requirement, r.critical),
             approvals: r.approved_by().len(),
             expires_ms: r.expires_ms,
-            pending: r.status == Status::Pending,
         }
     }
 
     /// Whether it still waits for votes (or may be redeemed once approved).
     #[must_use]
     pub fn open(&self) -> bool {
-        self.pending || self.status == Status::Approved.as_str()
+        matches!(self.status, Status::Pending | Status::Approved)
     }
 }
 
@@ -264,7 +262,7 @@ async fn propose_wait_and_run(
     let pending = match &outcome {
         Outcome::Decided {
             approval: Some(r), ..
-        } if wait_secs > 0 && r.pending => r.id.clone(),
+        } if wait_secs > 0 && r.status == Status::Pending => r.id.clone(),
         _ => return outcome,
     };
     match wait_for_approval(app, &pending, wait_secs, progress.as_ref(), &cancel).await {

@@ -122,9 +122,9 @@ pub enum OperatorError {
     /// The vote is refused (its rule in [`ApprovalError::rule`]).
     #[error(transparent)]
     Vote(#[from] ApprovalError),
-    /// The gateway was not started from a manifest file.
-    #[error("this gateway serves no manifest file")]
-    NoManifest,
+    /// A staged manifest named by anything but a file name beside the served one.
+    #[error("`file` must be a file name in the served manifest's directory")]
+    BadFile,
     /// A governance proposal or promotion was refused.
     #[error("{0}")]
     Refused(String),
@@ -336,11 +336,7 @@ impl Operator {
             {
                 served.with_file_name(f)
             }
-            Some(_) => {
-                return Err(OperatorError::Refused(
-                    "`file` must be a file name in the served manifest's directory".into(),
-                ))
-            }
+            Some(_) => return Err(OperatorError::BadFile),
         };
         let (book, current) = (std::sync::Arc::clone(&s.approvals), s.governor.get());
         let (r, new) = tokio::task::spawn_blocking(move || {

@@ -460,7 +460,8 @@ impl Runtime {
             .collect()
     }
 
-    /// Ends a session's per-session sandbox runners (`key` from [`session_key`]).
+    /// Ends a session's per-session sandbox runners (`key` from
+    /// [`warden_core::state::session_key`]).
     pub fn end_session(&self, key: &str) {
         self.shared.executor.end_session(key);
     }
@@ -473,12 +474,6 @@ impl Runtime {
             runtime: self.clone(),
         }
     }
-}
-
-/// The key a session's per-session sandbox runners are kept under.
-#[must_use]
-pub fn session_key(agent: &str, session: &str) -> String {
-    warden_policy::decide::session_key(agent, session)
 }
 
 /// The manifest in force, read-only ([`Runtime::manifest`]).

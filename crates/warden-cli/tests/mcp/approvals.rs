@@ -5,7 +5,7 @@
 //! progress notifications) and runs when the approval arrives.
 
 use super::super::{text, warden};
-use super::{enroll, env, first_text, ledger_tail, start_existing, Env, Server};
+use super::{enroll, env, first_text, ledger_tail, operator, start_existing, Env, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -116,17 +116,7 @@ impl Session {
 
 /// `warden approvals approve|deny ID --approver WHO`: (exit success, stdout + stderr).
 fn vote(s: &Server, verb: &str, id: &str, who: &str) -> (bool, String) {
-    let out = warden(&[
-        "approvals",
-        verb,
-        id,
-        "--approver",
-        who,
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(s, &["approvals", verb, id, "--approver", who]);
     (
         out.status.success(),
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
@@ -139,14 +129,7 @@ fn approval_id(answer: &str) -> String {
 }
 
 fn pending(s: &Server) -> Vec<Value> {
-    let out = warden(&[
-        "approvals",
-        "list",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(s, &["approvals", "list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     all["approvals"]
@@ -263,17 +246,7 @@ fn an_owner_approves_one_exact_call_once_over_mcp() {
     let sid = paused[at..].split('`').next().unwrap().to_owned();
     assert!(paused.contains("session paused"), "{paused}");
     assert!(echo("something else").contains("paused"));
-    let out = warden(&[
-        "resume",
-        "--agent",
-        "coder-1",
-        "--session",
-        &sid,
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(&s, &["resume", "--agent", "coder-1", "--session", &sid]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains(r#""changed":1"#),

@@ -1,8 +1,8 @@
 //! Circuit breakers end to end (issue 7): an agent whose calls fail three times in a row is
 //! paused until an operator resumes it, and demoted until restored; the trip is recorded.
 
-use super::super::{text, warden};
-use super::{call, enroll, env, first_text, ledger_tail, start_existing};
+use super::super::text;
+use super::{call, enroll, env, first_text, ledger_tail, operator, start_existing};
 
 #[test]
 fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
@@ -47,15 +47,7 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     // Resetting is an operator action; the trip also demoted the agent (a violation), so its
     // calls need its owner until it is promoted again (tests/mcp/promotion.rs).
     assert!(ledger_tail(&s.data, 10).contains("agent.demoted"));
-    let out = warden(&[
-        "resume",
-        "--agent",
-        "ops-1",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(&s, &["resume", "--agent", "ops-1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = call(&e, &s, "ops-1", "demo.echo", r#"{"text": "hi"}"#);
     let answer = first_text(&r);
@@ -63,15 +55,7 @@ fn three_failures_in_a_row_pause_the_agent_until_an_operator_resumes_it() {
     assert!(answer.contains("trust.demoted"), "{answer}");
     // This manifest names no `governance` approvers: the operator restores the agent, and it
     // runs on its own again; recorded.
-    let out = warden(&[
-        "agents",
-        "promote",
-        "ops-1",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(&s, &["agents", "promote", "ops-1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("\"restored\""),

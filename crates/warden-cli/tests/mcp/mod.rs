@@ -291,6 +291,15 @@ fn try_start(dir: &Path, data: &Path, m: &Path) -> Option<Server> {
     Some(server)
 }
 
+/// Runs a `warden` operator command (`resume`, `approvals`, `agents promote`, ...) against the
+/// admin listener of `s`.
+fn operator(s: &Server, args: &[&str]) -> std::process::Output {
+    let data = s.data.to_str().unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--data", data, "--admin", &s.admin]);
+    warden(&all)
+}
+
 /// Runs the SDK client; returns its JSON answer.
 fn client(e: &Env, s: &Server, agent: &str, args: &[&str]) -> Value {
     let cred = s.data.join(format!("agents/{agent}.credential"));
@@ -1056,17 +1065,10 @@ fn governed_path(mode: &'static str, revision: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = warden(&[
-        "kill",
-        "--agent",
-        "coder-1",
-        "--reason",
-        "incident drill",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(
+        &s,
+        &["kill", "--agent", "coder-1", "--reason", "incident drill"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = in_flight.join().unwrap();
     assert!(

@@ -2,19 +2,11 @@
 //! `warden agents promote` restores it on the governance approval; a promotion above its
 //! manifest level needs the criteria and becomes an approved manifest change.
 
-use super::super::{text, warden};
-use super::{call, enroll, env, first_text, ledger_tail, start_existing, Server};
+use super::super::text;
+use super::{call, enroll, env, first_text, ledger_tail, operator, start_existing, Server};
 
 fn promote(s: &Server) -> (bool, String) {
-    let out = warden(&[
-        "agents",
-        "promote",
-        "ops-1",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(s, &["agents", "promote", "ops-1"]);
     (
         out.status.success(),
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
@@ -27,17 +19,7 @@ fn approve(s: &Server, answer: &str) {
 }
 
 fn approve_as(s: &Server, id: &str, who: &str) {
-    let out = warden(&[
-        "approvals",
-        "approve",
-        id,
-        "--approver",
-        who,
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(s, &["approvals", "approve", id, "--approver", who]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 

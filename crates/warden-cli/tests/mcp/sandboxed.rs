@@ -4,7 +4,7 @@
 //! (and is started afresh by the next call); the kill switch ends the tree too. Both recorded.
 
 use super::super::{text, warden};
-use super::{call, enroll, env, first_text, ledger_tail, start_existing};
+use super::{call, enroll, env, first_text, ledger_tail, operator, start_existing};
 use std::time::{Duration, Instant};
 
 /// Processes in upstream `name`'s sandbox cgroups of the gateway `s` started
@@ -271,14 +271,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     assert!(before.len() >= 2, "one cgroup per runner: {before:?}");
 
     // A lockdown of acme ends acme's runner only.
-    let out = warden(&[
-        "lockdown",
-        "acme",
-        "--data",
-        s.data.to_str().unwrap(),
-        "--admin",
-        &s.admin,
-    ]);
+    let out = operator(&s, &["lockdown", "acme"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let start = Instant::now();
     while !ledger_tail(&s.data, 10).contains("sandbox.killed") {
