@@ -1372,11 +1372,12 @@ async fn webhooks_are_signed_and_shaped_for_their_receivers() {
 
     // A tripped breaker: both hooks, the Telegram one as sendMessage (sent here through a
     // notifier of the same webhooks; a breaker tripping for real is `tests/mcp`'s).
-    notifier.notify(
-        "breaker.tripped",
-        "agent `coder-1` paused: 3 consecutive failures".into(),
-        serde_json::json!({"agent": "coder-1"}),
-    );
+    notifier.notify(&warden_core::events::Event {
+        kind: "breaker.tripped".into(),
+        text: "agent `coder-1` paused: 3 consecutive failures".into(),
+        details: serde_json::json!({"agent": "coder-1"}),
+        time: warden_runtime::now_unix(),
+    });
     let mut paths = Vec::new();
     for _ in 0..2 {
         let (head, body) = tokio::time::timeout(std::time::Duration::from_secs(10), got.recv())

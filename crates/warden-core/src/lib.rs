@@ -8,6 +8,9 @@
 //! - [`state::StateStore`]: the contract for counters, session history and holds (kill switch,
 //!   quarantine, paused sessions), designed around one atomic check-and-charge with expiry so
 //!   that the embedded store and a shared Redis store behave the same;
+//! - [`events::EventQueue`]: the contract for the queue of what operators are told about
+//!   (approval requests, brakes, breakers), from the instance where it happened to the one
+//!   that delivers it;
 //! - [`canonical`]: canonical JSON (RFC 8785 style) and SHA-256 digests, so that an independent
 //!   verifier can recompute every hash Warden cites.
 //!
@@ -15,6 +18,7 @@
 
 pub mod canonical;
 pub mod decision;
+pub mod events;
 pub mod net;
 pub mod proposal;
 pub mod state;

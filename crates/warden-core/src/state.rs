@@ -38,6 +38,44 @@ pub enum ChargeOutcome {
     },
 }
 
+/// What one decision reads and writes in the state store, asked in one call so that a networked
+/// store serves a decision in one round trip ([`StateStore::settle`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Settle<'a> {
+    /// The holds to read: every scope the call is under.
+    pub scopes: &'a [HoldScope],
+    /// The call to add to its session's history, if the decision counts it.
+    pub observe: Option<Observe<'a>>,
+    /// The counters to charge if nothing above stops the call (`None`: charge nothing).
+    pub charge: Option<&'a [Charge]>,
+    /// Now.
+    pub now: UnixSeconds,
+}
+
+/// One call to add to a session's history ([`StateStore::observe_call`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Observe<'a> {
+    /// The session's key.
+    pub session: &'a str,
+    /// The tool and its canonical arguments, hashed.
+    pub fingerprint: [u8; 32],
+    /// History idle this many seconds is forgotten.
+    pub ttl: i64,
+    /// From this many repeats in a row on, the call is a loop and nothing is charged.
+    pub loop_at: u32,
+}
+
+/// What [`StateStore::settle`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Every hold in force over the scopes asked.
+    pub holds: Vec<Hold>,
+    /// How many times in a row the session has proposed this call, when it was observed.
+    pub repeats: Option<u32>,
+    /// The charge's outcome, when it was attempted.
+    pub charged: Option<ChargeOutcome>,
+}
+
 /// Who a hold applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "scope", content = "id", rename_all = "lowercase")]
@@ -144,6 +182,16 @@ pub trait StateStore: Send + Sync {
         now: UnixSeconds,
         ttl: i64,
     ) -> Result<u32, StateError>;
+
+    /// One decision's reads and writes, atomically and in this order: read the holds over
+    /// `scopes`; if there is any, stop there (nothing observed, nothing charged: the caller
+    /// handles a held call step by step). Otherwise observe the call if asked; if its repeats
+    /// reach `loop_at`, stop (nothing charged). Otherwise charge if asked, exactly as
+    /// [`StateStore::check_and_charge`]. A networked store answers in one round trip.
+    ///
+    /// # Errors
+    /// [`StateError`] when the store cannot answer (callers deny); then nothing was changed.
+    fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError>;
 
     /// Every hold in force for any of `scopes`.
     ///

@@ -4,7 +4,9 @@ use crate::cedar::{ArgType, CallFacts, CedarIndex, CedarOutcome, PolicySource};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use warden_core::canonical::{sha256_tagged, to_canonical_string};
-use warden_core::state::{Charge, ChargeOutcome, HoldKind, HoldScope, StateStore};
+use warden_core::state::{
+    Charge, ChargeOutcome, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
+};
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
 use warden_core::{Decision, Escalation, Proposal, Verdict};
 use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
@@ -208,34 +210,51 @@ impl Governor {
 
     /// The steps of a decision, in order. `Ok` is an allowed call (charged); `Err` a deny, or a
     /// decision already made (an escalation, a Cedar forbid).
+    ///
+    /// The steps that read no state are judged first, so that the state store is asked once
+    /// for everything the call reads and writes ([`StateStore::settle`]: one round trip to a
+    /// networked store); the findings are then applied in the documented order, so the first
+    /// step that stops the call still gives the verdict and its rule. A call under any hold
+    /// takes the same steps with the store asked step by step.
     fn steps(&self, c: &Asked<'_>, d: &mut Decision) -> Step<()> {
         c.p.check()
             .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?;
         let agent = self.who(c.p, d)?;
-        let holds = self.holds(agent, c)?;
-        credential_tools(c)?;
-        let (tool, tier) = self.what(c.p, agent)?;
-        let leak = egress(tool, c.evidence.found)?;
-        let trust_mode = self.trust(agent, tool, tier)?;
-        self.cedar_says(agent, tool, c, d)?;
+        let judged = self.judge(agent, c);
+        let (session_key, scopes) = scopes(agent, c.p);
+        let mut charging = Charging {
+            plan: None,
+            outcome: None,
+        };
+        let settled = self.settle(agent, &judged, &session_key, &scopes, &mut charging, c)?;
+        charging.outcome = settled.charged;
+        let holds = held(settled.holds)?;
+        let ready = judged?;
+        let (tool, tier) = (ready.tool, ready.tier);
+        self.cedar_applies(agent, tool, ready.cedar, d)?;
         paused(holds.paused, c.p, d)?;
-        self.loop_detected(tool, &holds.session_key, c, d)?;
-        let (escalation, reason) = approval_mode(tier, c.now, d);
-        let (escalation, reason) = trust_level(
-            agent,
-            tier,
-            trust_mode,
-            holds.demoted,
+        self.loop_detected(tool, &session_key, settled.repeats, c, d)?;
+        let Needs {
             escalation,
             reason,
-            d,
-        );
-        let (escalation, reason) = leak_needs(agent, leak, escalation, reason, d);
+            rules,
+        } = match holds.demoted {
+            None => ready.needs,
+            demoted => needs(
+                agent,
+                tier,
+                ready.trust_mode,
+                demoted,
+                ready.leak.as_deref(),
+                c.now,
+            ),
+        };
+        d.rules.extend(rules);
         if let Some(e) = escalation {
-            return self.approval_step(agent, tool, tier, e, reason, c, d);
+            return self.approval_step(agent, tool, tier, e, reason, charging, c, d);
         }
         // Rate limits, budgets and system-level invariants: one atomic charge.
-        self.charge(agent, tool, tier, c.state, c.now)
+        self.charge(agent, tool, tier, charging, c)
             .map_err(|(rule, why)| Stop::Deny { rule, reason: why })?;
         d.decision = Verdict::Allow;
         d.reason = format!(
@@ -248,6 +267,73 @@ impl Governor {
             quote_list(&d.policies)
         );
         Ok(())
+    }
+
+    /// Steps 3 to 7, and step 10 as it stands under no demotion: everything that reads no
+    /// state. A step that stops the call is applied only after the holds (step 2).
+    fn judge<'m>(
+        &'m self,
+        agent: &'m warden_manifest::manifest::Agent,
+        c: &Asked<'_>,
+    ) -> Step<Ready<'m>> {
+        credential_tools(c)?;
+        let (tool, tier) = self.what(c.p, agent)?;
+        let leak = egress(tool, c.evidence.found)?;
+        let trust_mode = self.trust(agent, tool, tier)?;
+        let cedar = self.cedar_says(agent, tool, c)?;
+        let needs = needs(agent, tier, trust_mode, None, leak.as_deref(), c.now);
+        Ok(Ready {
+            tool,
+            tier,
+            trust_mode,
+            leak,
+            cedar,
+            needs,
+        })
+    }
+
+    /// The state store's one round trip: the holds over the call; its place in its session's
+    /// history if it could run (step 9); its charge if, under no hold, it would run (step 11).
+    fn settle(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        judged: &Step<Ready<'_>>,
+        session_key: &str,
+        scopes: &[HoldScope],
+        charging: &mut Charging,
+        c: &Asked<'_>,
+    ) -> Step<Settled> {
+        let runs = match judged {
+            Ok(r) if matches!(r.cedar, CedarOutcome::Permit(_)) => Some(r),
+            _ => None,
+        };
+        let breakers = &self.manifest.breakers;
+        let observe = runs
+            .filter(|_| !c.evidence.awaiting_approval)
+            .map(|r| Observe {
+                session: session_key,
+                fingerprint: fingerprint(r.tool, c.canonical_args),
+                ttl: breakers.session_ttl_secs,
+                loop_at: breakers.repeat_pattern,
+            });
+        charging.plan = runs
+            .filter(|r| match &r.needs.escalation {
+                None => true,
+                Some(e) => redeemed(c.evidence, e, r.tier).is_some(),
+            })
+            .map(|r| self.plan_charges(agent, r.tool, r.tier, c.now));
+        // INVARIANT (fail-closed): no answer from the state store is a deny.
+        c.state
+            .settle(&Settle {
+                scopes,
+                observe,
+                charge: charging
+                    .plan
+                    .as_ref()
+                    .map(|(charges, _)| charges.as_slice()),
+                now: c.now,
+            })
+            .map_err(|e| Stop::deny("state.unavailable", format!("cannot read holds: {e}")))
     }
 
     /// Step 1, who is asking: an agent of the manifest, acting for its own tenant (INV-008).
@@ -276,72 +362,6 @@ impl Governor {
             }
         }
         Ok(agent)
-    }
-
-    /// Step 2, holds: a kill switch or quarantine over the agent, its tenant, its session,
-    /// everything, or any of its parents denies; a pause or demotion is kept for later steps.
-    fn holds(&self, agent: &warden_manifest::manifest::Agent, c: &Asked<'_>) -> Step<Held> {
-        // INVARIANT (session isolation): sessions are keyed by agent, so one agent can neither
-        // pause nor feed the loop detector of another agent's session of the same name. `/` is
-        // not allowed in agent ids, so the key is unambiguous.
-        let session_key = session_key(&agent.id, &c.p.session);
-        let own = [
-            HoldScope::Global,
-            HoldScope::Tenant(agent.tenant.clone()),
-            HoldScope::Agent(agent.id.clone()),
-            HoldScope::Session(session_key.clone()),
-        ];
-        // INVARIANT (a credential never exceeds its ancestors' current trust): a sub-agent is
-        // named in its parent's namespace (`<parent>.<name>`, which delegation enforces), so
-        // every ancestor's holds — kill, quarantine, pause, demotion — reach it too.
-        let with_parents: Vec<HoldScope>;
-        let scopes: &[HoldScope] = if agent.id.contains('.') {
-            with_parents = own
-                .iter()
-                .cloned()
-                .chain(ancestors(&agent.id).map(|a| HoldScope::Agent(a.to_owned())))
-                .collect();
-            &with_parents
-        } else {
-            &own
-        };
-        // INVARIANT (fail-closed): no answer from the state store is a deny.
-        let holds = c
-            .state
-            .holds(scopes)
-            .map_err(|e| Stop::deny("state.unavailable", format!("cannot read holds: {e}")))?;
-        let mut held = Held {
-            session_key,
-            paused: None,
-            demoted: None,
-        };
-        for h in holds {
-            match h.kind {
-                HoldKind::Kill | HoldKind::Quarantine => {
-                    let scope = match &h.scope {
-                        HoldScope::Global => "global",
-                        HoldScope::Tenant(_) => "tenant",
-                        HoldScope::Agent(_) => "agent",
-                        HoldScope::Session(_) => "session",
-                    };
-                    return Err(Stop::deny(
-                        format!("{}.{scope}", h.kind.as_str()),
-                        format!("{} in force for {}: {}", h.kind.as_str(), h.scope, h.reason),
-                    ));
-                }
-                HoldKind::Pause => {
-                    if held.paused.is_none() {
-                        held.paused = Some(h);
-                    }
-                }
-                HoldKind::Demote => {
-                    if held.demoted.is_none() && matches!(h.scope, HoldScope::Agent(_)) {
-                        held.demoted = Some(h);
-                    }
-                }
-            }
-        }
-        Ok(held)
     }
 
     /// Step 4, what is asked: a tool of the manifest (INV-005), with a tier, available to the
@@ -448,15 +468,14 @@ impl Governor {
         Ok(trust_mode)
     }
 
-    /// Step 7, Cedar: some policy permits and none forbids (forbid wins). The permitting
-    /// policies become the decision's first rules.
+    /// Step 7, Cedar, evaluated: what the policies say about the call ([`Self::cedar_applies`]
+    /// gives the verdict).
     fn cedar_says(
         &self,
         agent: &warden_manifest::manifest::Agent,
         tool: &warden_manifest::manifest::Tool,
         c: &Asked<'_>,
-        d: &mut Decision,
-    ) -> Step<()> {
+    ) -> Step<CedarOutcome> {
         let p = c.p;
         let hour = c.now.rem_euclid(DAY) / 3600;
         let context_error = |e: String| {
@@ -478,8 +497,7 @@ impl Governor {
             session: &p.session,
             hour,
         };
-        let outcome = self
-            .cedar
+        self.cedar
             .evaluate_with(&agent.id, &tool.name, Some(facts), || {
                 self.cedar.request(
                     &agent.id,
@@ -490,7 +508,18 @@ impl Governor {
                     hour,
                 )
             })
-            .map_err(|e| context_error(e.to_string()))?;
+            .map_err(|e| context_error(e.to_string()))
+    }
+
+    /// Step 7, Cedar: some policy permits and none forbids (forbid wins). The permitting
+    /// policies become the decision's first rules.
+    fn cedar_applies(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        outcome: CedarOutcome,
+        d: &mut Decision,
+    ) -> Step<()> {
         match outcome {
             CedarOutcome::Forbid(ids) => {
                 let reason = format!("forbidden by policy {}", quote_list(&ids));
@@ -530,6 +559,7 @@ impl Governor {
         &self,
         tool: &warden_manifest::manifest::Tool,
         session_key: &str,
+        settled: Option<u32>,
         c: &Asked<'_>,
         d: &mut Decision,
     ) -> Step<()> {
@@ -537,22 +567,23 @@ impl Governor {
             return Ok(());
         }
         let breakers = &self.manifest.breakers;
-        let fingerprint: [u8; 32] = {
-            let mut h = Sha256::new();
-            h.update(tool.name.as_bytes());
-            h.update([0u8]);
-            h.update(c.canonical_args.as_bytes());
-            h.finalize().into()
-        };
-        let repeats = c
-            .state
-            .observe_call(session_key, fingerprint, c.now, breakers.session_ttl_secs)
-            .map_err(|e| {
-                Stop::deny(
-                    "state.unavailable",
-                    format!("cannot record session history: {e}"),
+        let repeats = match settled {
+            Some(repeats) => repeats,
+            None => c
+                .state
+                .observe_call(
+                    session_key,
+                    fingerprint(tool, c.canonical_args),
+                    c.now,
+                    breakers.session_ttl_secs,
                 )
-            })?;
+                .map_err(|e| {
+                    Stop::deny(
+                        "state.unavailable",
+                        format!("cannot record session history: {e}"),
+                    )
+                })?,
+        };
         if repeats < breakers.repeat_pattern {
             return Ok(());
         }
@@ -593,26 +624,22 @@ impl Governor {
         tier: &warden_manifest::manifest::Tier,
         e: Escalation,
         reason: String,
+        charging: Charging,
         c: &Asked<'_>,
         d: &mut Decision,
     ) -> Step<()> {
+        if let Some((id, approved_by)) = redeemed(c.evidence, &e, tier) {
+            self.charge(agent, tool, tier, charging, c)
+                .map_err(|(rule, why)| Stop::Deny {
+                    rule,
+                    reason: format!("approval {id} was redeemed, but {why}"),
+                })?;
+            d.decision = Verdict::Allow;
+            d.rules.push("approval.redeemed".into());
+            d.reason = format!("{reason}; approved by {approved_by} (approval {id})");
+            return Err(Stop::Final);
+        }
         match c.evidence.approval {
-            Some(ApprovalEvidence::Approved {
-                id,
-                approved_by,
-                needed,
-                critical,
-            }) if same_need(needed, &e) && critical == tier.critical => {
-                self.charge(agent, tool, tier, c.state, c.now)
-                    .map_err(|(rule, why)| Stop::Deny {
-                        rule,
-                        reason: format!("approval {id} was redeemed, but {why}"),
-                    })?;
-                d.decision = Verdict::Allow;
-                d.rules.push("approval.redeemed".into());
-                d.reason = format!("{reason}; approved by {approved_by} (approval {id})");
-                return Err(Stop::Final);
-            }
             Some(ApprovalEvidence::Refused { rule, reason: why }) => {
                 return Err(Stop::deny(rule, format!("{why}; {reason}")));
             }
@@ -631,18 +658,26 @@ impl Governor {
         Err(Stop::Final)
     }
 
-    /// Charges the rate limits, budgets and system-level invariants of one call, atomically;
-    /// the rule and reason of the first one exceeded.
+    /// Charges the rate limits, budgets and system-level invariants of one call, atomically
+    /// (or reads the charge the state store's round trip already made); the rule and reason
+    /// of the first one exceeded.
     fn charge(
         &self,
         agent: &warden_manifest::manifest::Agent,
         tool: &warden_manifest::manifest::Tool,
         tier: &warden_manifest::manifest::Tier,
-        state: &dyn StateStore,
-        now: UnixSeconds,
+        charging: Charging,
+        c: &Asked<'_>,
     ) -> Result<(), (String, String)> {
-        let (charges, planned) = self.plan_charges(agent, tool, tier, now);
-        match state.check_and_charge(&charges, now) {
+        let (charges, planned) = match charging.plan {
+            Some(plan) => plan,
+            None => self.plan_charges(agent, tool, tier, c.now),
+        };
+        let outcome = match charging.outcome {
+            Some(outcome) => Ok(outcome),
+            None => c.state.check_and_charge(&charges, c.now),
+        };
+        match outcome {
             Ok(ChargeOutcome::Charged) => Ok(()),
             Ok(ChargeOutcome::Exceeded { index, current }) => {
                 let (Some(c), Some(p)) = (charges.get(index), planned.get(index)) else {
@@ -854,14 +889,99 @@ impl Stop {
 /// A step's answer: its finding, or why the decision stops.
 type Step<T> = Result<T, Stop>;
 
+/// What the steps that read no state found (3 to 7, and 10 under no demotion).
+struct Ready<'m> {
+    tool: &'m warden_manifest::manifest::Tool,
+    tier: &'m warden_manifest::manifest::Tier,
+    trust_mode: TrustMode,
+    /// Why the arguments need approval to leave through an egress tool (step 5).
+    leak: Option<String>,
+    /// Cedar's answer, applied after the holds.
+    cedar: CedarOutcome,
+    /// Step 10 for an agent under no demotion.
+    needs: Needs,
+}
+
+/// Step 10's finding: the approval the call needs (none: it runs on its own), why, and the
+/// rules that say so.
+struct Needs {
+    escalation: Option<Escalation>,
+    reason: String,
+    rules: Vec<String>,
+}
+
+/// An allowed call's charge: planned (the counters, and which limit each enforces) and made by
+/// the state store's round trip, or, for a call under a hold, still to plan and make.
+struct Charging {
+    plan: Option<(Vec<Charge>, Vec<Planned>)>,
+    outcome: Option<ChargeOutcome>,
+}
+
 /// What the holds left for later steps.
 struct Held {
-    /// The agent's session's state-store key.
-    session_key: String,
     /// A pause over the call (loop detection, a tripped breaker): it escalates.
     paused: Option<warden_core::state::Hold>,
     /// A demotion of the agent or a parent: its owner approves its calls.
     demoted: Option<warden_core::state::Hold>,
+}
+
+/// The scopes whose holds reach a call: everything, the agent's tenant, the agent, its session
+/// (the first value: its state-store key) and every parent of a sub-agent.
+fn scopes(agent: &warden_manifest::manifest::Agent, p: &Proposal) -> (String, Vec<HoldScope>) {
+    // INVARIANT (session isolation): sessions are keyed by agent, so one agent can neither
+    // pause nor feed the loop detector of another agent's session of the same name. `/` is
+    // not allowed in agent ids, so the key is unambiguous.
+    let session_key = session_key(&agent.id, &p.session);
+    let mut scopes = Vec::with_capacity(4);
+    scopes.extend([
+        HoldScope::Global,
+        HoldScope::Tenant(agent.tenant.clone()),
+        HoldScope::Agent(agent.id.clone()),
+        HoldScope::Session(session_key.clone()),
+    ]);
+    // INVARIANT (a credential never exceeds its ancestors' current trust): a sub-agent is
+    // named in its parent's namespace (`<parent>.<name>`, which delegation enforces), so
+    // every ancestor's holds — kill, quarantine, pause, demotion — reach it too.
+    if agent.id.contains('.') {
+        scopes.extend(ancestors(&agent.id).map(|a| HoldScope::Agent(a.to_owned())));
+    }
+    (session_key, scopes)
+}
+
+/// Step 2, holds: a kill switch or quarantine over the agent, its tenant, its session,
+/// everything, or any of its parents denies; a pause or demotion is kept for later steps.
+fn held(holds: Vec<warden_core::state::Hold>) -> Step<Held> {
+    let mut held = Held {
+        paused: None,
+        demoted: None,
+    };
+    for h in holds {
+        match h.kind {
+            HoldKind::Kill | HoldKind::Quarantine => {
+                let scope = match &h.scope {
+                    HoldScope::Global => "global",
+                    HoldScope::Tenant(_) => "tenant",
+                    HoldScope::Agent(_) => "agent",
+                    HoldScope::Session(_) => "session",
+                };
+                return Err(Stop::deny(
+                    format!("{}.{scope}", h.kind.as_str()),
+                    format!("{} in force for {}: {}", h.kind.as_str(), h.scope, h.reason),
+                ));
+            }
+            HoldKind::Pause => {
+                if held.paused.is_none() {
+                    held.paused = Some(h);
+                }
+            }
+            HoldKind::Demote => {
+                if held.demoted.is_none() && matches!(h.scope, HoldScope::Agent(_)) {
+                    held.demoted = Some(h);
+                }
+            }
+        }
+    }
+    Ok(held)
 }
 
 /// Step 3, the credential: one that lists its tools grants no other (delegation narrows what
@@ -938,11 +1058,11 @@ fn paused(h: Option<warden_core::state::Hold>, p: &Proposal, d: &mut Decision) -
 fn approval_mode(
     tier: &warden_manifest::manifest::Tier,
     now: UnixSeconds,
-    d: &mut Decision,
+    rules: &mut Vec<String>,
 ) -> (Option<Escalation>, String) {
     match &tier.approval {
         Approval::Auto => {
-            d.rules.push(join(&["tier.", &tier.name, ".auto"]));
+            rules.push(join(&["tier.", &tier.name, ".auto"]));
             (None, String::new())
         }
         Approval::Window {
@@ -959,7 +1079,7 @@ fn approval_mode(
                 minute >= *start || minute < *end
             };
             if inside {
-                d.rules.push(join(&["tier.", &tier.name, ".window_open"]));
+                rules.push(join(&["tier.", &tier.name, ".window_open"]));
                 return (None, String::new());
             }
             let day_start = local - local.rem_euclid(DAY);
@@ -968,7 +1088,7 @@ fn approval_mode(
                 open += DAY;
             }
             let until_unix = open - i64::from(*utc_offset);
-            d.rules.push(join(&["tier.", &tier.name, ".window_closed"]));
+            rules.push(join(&["tier.", &tier.name, ".window_closed"]));
             let reason = format!(
                 "`{}`-tier calls run automatically only {text}; queued until {}",
                 tier.name,
@@ -981,7 +1101,7 @@ fn approval_mode(
             (Some(queued), reason)
         }
         Approval::Role { approvers, role } => {
-            d.rules.push(join(&["tier.", &tier.name, ".approvers"]));
+            rules.push(join(&["tier.", &tier.name, ".approvers"]));
             let reason = format!(
                 "`{}`-tier calls need {approvers} approval(s) from role `{role}`",
                 tier.name
@@ -993,7 +1113,7 @@ fn approval_mode(
             (Some(e), reason)
         }
         Approval::Humans { approvers } => {
-            d.rules.push(join(&["tier.", &tier.name, ".humans"]));
+            rules.push(join(&["tier.", &tier.name, ".humans"]));
             let reason = format!(
                 "`{}`-tier calls need {approvers} distinct human approver(s)",
                 tier.name
@@ -1004,6 +1124,56 @@ fn approval_mode(
             (Some(e), reason)
         }
     }
+}
+
+/// Step 10: what approval the call needs, if any (its tier's mode, the agent's trust level or
+/// demotion, a leak an egress tool may carry only with approval), why, and the rules.
+fn needs(
+    agent: &warden_manifest::manifest::Agent,
+    tier: &warden_manifest::manifest::Tier,
+    trust_mode: TrustMode,
+    demoted: Option<warden_core::state::Hold>,
+    leak: Option<&str>,
+    now: UnixSeconds,
+) -> Needs {
+    let mut rules = Vec::with_capacity(3);
+    let (escalation, reason) = approval_mode(tier, now, &mut rules);
+    let (escalation, reason) = trust_level(
+        agent, tier, trust_mode, demoted, escalation, reason, &mut rules,
+    );
+    let (escalation, reason) = leak_needs(agent, leak, escalation, reason, &mut rules);
+    Needs {
+        escalation,
+        reason,
+        rules,
+    }
+}
+
+/// The approval the evidence brings for this very call, given for what it needs now (`e`) and
+/// at the tier's criticality: its id and who approved it.
+fn redeemed<'e>(
+    evidence: &'e Evidence<'_>,
+    e: &Escalation,
+    tier: &warden_manifest::manifest::Tier,
+) -> Option<(&'e str, &'e str)> {
+    match evidence.approval {
+        Some(ApprovalEvidence::Approved {
+            id,
+            approved_by,
+            needed,
+            critical,
+        }) if same_need(needed, e) && critical == tier.critical => Some((id, approved_by)),
+        _ => None,
+    }
+}
+
+/// A call's identity for loop detection: the tool and its canonical arguments, hashed.
+fn fingerprint(tool: &warden_manifest::manifest::Tool, canonical_args: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(tool.name.as_bytes());
+    h.update([0u8]);
+    h.update(canonical_args.as_bytes());
+    h.finalize().into()
 }
 
 /// Whether an escalation already needs approvers (stricter than the owner alone).
@@ -1024,7 +1194,7 @@ fn trust_level(
     demoted: Option<warden_core::state::Hold>,
     escalation: Option<Escalation>,
     reason: String,
-    d: &mut Decision,
+    rules: &mut Vec<String>,
 ) -> (Option<Escalation>, String) {
     let level = agent.trust.as_str();
     let owner = || {
@@ -1033,7 +1203,7 @@ fn trust_level(
         })
     };
     if trust_mode == TrustMode::WithApproval {
-        d.rules.push(join(&["trust.", level, ".with_approval"]));
+        rules.push(join(&["trust.", level, ".with_approval"]));
         if needs_approvers(escalation.as_ref()) {
             return (escalation, reason);
         }
@@ -1046,7 +1216,7 @@ fn trust_level(
     if let Some(h) = demoted {
         // INVARIANT (seed 002): a demoted agent runs nothing on its own; its owner approves
         // what its level would have let it run (the tier's own approvers still apply).
-        d.rules.push("trust.demoted".into());
+        rules.push("trust.demoted".into());
         if needs_approvers(escalation.as_ref()) {
             return (escalation, reason);
         }
@@ -1056,7 +1226,7 @@ fn trust_level(
         );
         return (owner(), reason);
     }
-    d.rules.push(join(&["trust.", level, ".autonomous"]));
+    rules.push(join(&["trust.", level, ".autonomous"]));
     (escalation, reason)
 }
 
@@ -1064,15 +1234,15 @@ fn trust_level(
 /// add that need to whatever the call already needs.
 fn leak_needs(
     agent: &warden_manifest::manifest::Agent,
-    leak: Option<String>,
+    leak: Option<&str>,
     escalation: Option<Escalation>,
     reason: String,
-    d: &mut Decision,
+    rules: &mut Vec<String>,
 ) -> (Option<Escalation>, String) {
     let Some(why) = leak else {
         return (escalation, reason);
     };
-    d.rules.push("egress.leak".into());
+    rules.push("egress.leak".into());
     let escalation = if needs_approvers(escalation.as_ref()) {
         escalation
     } else {

@@ -71,7 +71,7 @@ fn read(path: &str) -> serde_json::Value {
 /// Decides `fs.read_file` of `path` for `agent` in `session`.
 fn read_call(
     g: &Governor,
-    s: &MemoryState,
+    s: &dyn StateStore,
     agent: &str,
     session: &str,
     path: &str,
@@ -753,6 +753,12 @@ impl StateStore for DownStore {
     fn observe_call(&self, _: &str, _: [u8; 32], _: i64, _: i64) -> Result<u32, StateError> {
         Err(StateError::Unavailable("connection refused".into()))
     }
+    fn settle(
+        &self,
+        _: &warden_core::state::Settle<'_>,
+    ) -> Result<warden_core::state::Settled, StateError> {
+        Err(StateError::Unavailable("connection refused".into()))
+    }
     fn holds(&self, _: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
         Err(StateError::Unavailable("connection refused".into()))
     }
@@ -780,6 +786,129 @@ fn an_unavailable_state_store_denies() {
         (Verdict::Deny, "state.unavailable")
     );
     assert!(d.reason.contains("connection refused"));
+}
+
+/// A store that counts what it is asked, over a real one.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryState,
+    settles: std::sync::atomic::AtomicUsize,
+    others: std::sync::atomic::AtomicUsize,
+}
+impl Counting {
+    /// (settle calls, other calls) since the last look.
+    fn asked(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.settles.swap(0, SeqCst), self.others.swap(0, SeqCst))
+    }
+    fn other(&self) {
+        self.others
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+impl StateStore for Counting {
+    fn settle(
+        &self,
+        s: &warden_core::state::Settle<'_>,
+    ) -> Result<warden_core::state::Settled, StateError> {
+        self.settles
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.settle(s)
+    }
+    fn check_and_charge(
+        &self,
+        c: &[warden_core::state::Charge],
+        now: i64,
+    ) -> Result<warden_core::state::ChargeOutcome, StateError> {
+        self.other();
+        self.inner.check_and_charge(c, now)
+    }
+    fn observe_call(&self, s: &str, f: [u8; 32], now: i64, ttl: i64) -> Result<u32, StateError> {
+        self.other();
+        self.inner.observe_call(s, f, now, ttl)
+    }
+    fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
+        self.other();
+        self.inner.holds(scopes)
+    }
+    fn set_hold(&self, h: Hold) -> Result<(), StateError> {
+        self.other();
+        self.inner.set_hold(h)
+    }
+    fn clear_hold(&self, scope: &HoldScope, kind: HoldKind) -> Result<bool, StateError> {
+        self.other();
+        self.inner.clear_hold(scope, kind)
+    }
+    fn all_holds(&self) -> Result<Vec<Hold>, StateError> {
+        self.other();
+        self.inner.all_holds()
+    }
+}
+
+/// Issue 19: a networked store serves a decision in one round trip. Allowed, escalated and
+/// denied calls under no hold ask the store once; a call under a hold, the rare case, takes
+/// the steps one by one and still decides as before.
+#[test]
+fn a_decision_asks_the_state_store_once() {
+    let text = starter_text().replace(
+        "agent:  { calls: 1000/h, cost: 500/d }",
+        "agent:  { calls: 2/h }",
+    );
+    let g = governor_from(&text, &starter_policies());
+    let s = Counting::default();
+    assert!(read_call(&g, &s, "coder-1", "s", "/a", DAY_TIME).is_allow());
+    assert_eq!(s.asked(), (1, 0), "allowed: one round trip");
+    let deploy = proposal(
+        "ops-1",
+        "s",
+        "deploy.staging",
+        json!({"service": "api", "version": "1"}),
+    );
+    assert_eq!(g.decide(&deploy, &s, DAY_TIME).decision, Verdict::Escalate);
+    assert_eq!(s.asked(), (1, 0), "escalated: one round trip");
+    let d = g.decide(
+        &proposal("coder-1", "s", "no.such_tool", json!({})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules[0], "tool.unknown");
+    assert_eq!(s.asked(), (1, 0), "denied: the holds are still read, once");
+    assert!(read_call(&g, &s, "coder-1", "s", "/b", DAY_TIME).is_allow());
+    let d = read_call(&g, &s, "coder-1", "s", "/c", DAY_TIME);
+    assert_eq!(d.rules[0], "budget.agent.calls", "{d:?}");
+    assert_eq!(
+        s.asked(),
+        (2, 0),
+        "the budget is charged in the same round trip"
+    );
+
+    // Under a demotion the steps ask one by one, and the budget still holds: the escalated
+    // call charged nothing, the loop detector counted it.
+    s.inner
+        .set_hold(Hold {
+            scope: HoldScope::Agent("ops-1".into()),
+            kind: HoldKind::Demote,
+            reason: "drill".into(),
+            since: 0,
+        })
+        .unwrap();
+    let d = read_call(&g, &s, "ops-1", "t", "/a", DAY_TIME);
+    assert_eq!(d.decision, Verdict::Escalate, "{d:?}");
+    assert!(d.rules.contains(&"trust.demoted".to_string()), "{d:?}");
+    assert_eq!(
+        s.asked(),
+        (1, 1),
+        "held: the history is observed on its own"
+    );
+    s.inner
+        .clear_hold(&HoldScope::Agent("ops-1".into()), HoldKind::Demote)
+        .unwrap();
+    assert!(read_call(&g, &s, "ops-1", "t", "/b", DAY_TIME).is_allow());
+    assert!(read_call(&g, &s, "ops-1", "t", "/c", DAY_TIME).is_allow());
+    assert_eq!(
+        read_call(&g, &s, "ops-1", "t", "/d", DAY_TIME).rules[0],
+        "budget.agent.calls"
+    );
 }
 
 #[test]

@@ -87,7 +87,7 @@ pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str
     crate::witness::record(&app.ledger, "breaker.tripped", about, reason).await;
     // A tripped breaker is a violation: the agent is demoted too (seed 002).
     crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
-    app.notifier().notify(
+    app.publish(
         "breaker.tripped",
         format!("agent `{agent}` paused: {why}"),
         serde_json::json!({ "agent": agent, "tenant": tenant }),

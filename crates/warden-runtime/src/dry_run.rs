@@ -9,7 +9,9 @@
 //! history are neither read nor written, so rate limits, budgets and loop detection are not
 //! evaluated, and the answer says so.
 
-use warden_core::state::{Charge, ChargeOutcome, Hold, HoldScope, StateError, StateStore};
+use warden_core::state::{
+    Charge, ChargeOutcome, Hold, HoldScope, Settle, Settled, StateError, StateStore,
+};
 use warden_core::time::UnixSeconds;
 
 /// The answer's note on what a dry run leaves out.
@@ -43,6 +45,22 @@ impl StateStore for ReadOnly<'_> {
         _ttl: i64,
     ) -> Result<u32, StateError> {
         Ok(1)
+    }
+
+    fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
+        let holds = self.0.holds(s.scopes)?;
+        if !holds.is_empty() {
+            return Ok(Settled {
+                holds,
+                repeats: None,
+                charged: None,
+            });
+        }
+        Ok(Settled {
+            holds,
+            repeats: s.observe.map(|_| 1),
+            charged: s.charge.map(|_| ChargeOutcome::Charged),
+        })
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
@@ -96,6 +114,23 @@ mod tests {
                 ChargeOutcome::Charged
             );
             assert_eq!(dry.observe_call("s", [0; 32], 10, 60).unwrap(), 1);
+            let settled = dry
+                .settle(&Settle {
+                    scopes: &[HoldScope::Agent("b".into())],
+                    observe: Some(warden_core::state::Observe {
+                        session: "s",
+                        fingerprint: [0; 32],
+                        ttl: 60,
+                        loop_at: 2,
+                    }),
+                    charge: Some(std::slice::from_ref(&charge)),
+                    now: 10,
+                })
+                .unwrap();
+            assert_eq!(
+                (settled.repeats, settled.charged),
+                (Some(1), Some(ChargeOutcome::Charged))
+            );
         }
         dry.set_hold(Hold {
             scope: HoldScope::Global,

@@ -620,7 +620,7 @@ async fn govern(
             ),
         )
         .await;
-        app.notifier().notify(
+        app.publish(
             "approval.requested",
             format!(
                 "agent `{}` asks to call `{}`: needs {text} (approval {})",

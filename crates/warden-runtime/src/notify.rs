@@ -1,7 +1,9 @@
 //! Webhook notifications (issue 7): approval requests, brake changes (kill, quarantine,
 //! lockdown, resume), tripped breakers and governance proposals are posted to the manifest's
 //! webhooks, each body signed with HMAC-SHA256 so the receiver can check it came from this
-//! gateway and was not replayed late:
+//! gateway and was not replayed late (the Runtime publishes events to its
+//! [`EventQueue`](warden_core::events::EventQueue); a dispatcher thread takes them off it and
+//! hands them here):
 //!
 //! - `X-Warden-Timestamp: <unix seconds>`
 //! - `X-Warden-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`
@@ -19,21 +21,13 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use warden_core::events::{Event, EventQueue};
 use warden_policy::approvers::Webhook;
 use warden_policy::raw::WebhookFormat;
 use zeroize::Zeroizing;
 
 /// Notifications waiting for delivery, at most.
 const QUEUE: usize = 1024;
-
-/// One notification.
-#[derive(Debug, Clone)]
-struct Note {
-    event: String,
-    text: String,
-    details: serde_json::Value,
-    time: i64,
-}
 
 /// A webhook with its key and HTTP client. Logs name its host only: the URL itself can be a
 /// credential (a Slack incoming webhook, a Telegram bot token).
@@ -49,7 +43,7 @@ struct Hook {
 pub struct Notifier {
     hooks: Vec<(
         std::collections::BTreeSet<String>,
-        tokio::sync::mpsc::Sender<Note>,
+        tokio::sync::mpsc::Sender<Event>,
     )>,
 }
 
@@ -88,7 +82,7 @@ impl Notifier {
         let hooks = hooks
             .into_iter()
             .map(|hook| {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(QUEUE);
                 let events = hook.spec.events.clone();
                 tokio::spawn(async move {
                     while let Some(note) = rx.recv().await {
@@ -101,28 +95,43 @@ impl Notifier {
         (Notifier { hooks }, errors)
     }
 
-    /// Queues a notification for each webhook that carries `event`; never blocks the caller.
-    pub fn notify(&self, event: &str, text: String, details: serde_json::Value) {
-        let note = Note {
-            event: event.to_owned(),
-            text,
-            details,
-            time: crate::now_unix(),
-        };
-        for (events, tx) in &self.hooks {
-            if events.contains(event) && tx.try_send(note.clone()).is_err() {
-                tracing::warn!(event, "a webhook's queue is full: notification dropped");
+    /// Queues `event` for each webhook that carries its kind; never blocks the caller.
+    pub fn notify(&self, event: &Event) {
+        for (kinds, tx) in &self.hooks {
+            if kinds.contains(&event.kind) && tx.try_send(event.clone()).is_err() {
+                tracing::warn!(event = %event.kind, "a webhook's queue is full: notification dropped");
             }
+        }
+    }
+
+    /// Delivers what `queue` hands out, on a thread of its own, until `queue` is dropped.
+    pub fn dispatch(self, queue: std::sync::Weak<dyn EventQueue>) {
+        let spawned = std::thread::Builder::new()
+            .name("warden-events".into())
+            .spawn(move || {
+                while let Some(q) = queue.upgrade() {
+                    match q.take(64, Duration::from_millis(500)) {
+                        Ok(batch) => batch.iter().for_each(|e| self.notify(e)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot take events to deliver");
+                            drop(q);
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the event dispatcher: webhooks are off");
         }
     }
 }
 
 /// The body for `hook`'s format.
-fn body(hook: &Webhook, note: &Note) -> String {
-    let text = format!("[warden] {}: {}", note.event, note.text);
+fn body(hook: &Webhook, note: &Event) -> String {
+    let text = format!("[warden] {}: {}", note.kind, note.text);
     let v = match hook.format {
         WebhookFormat::Generic => serde_json::json!({
-            "event": note.event,
+            "event": note.kind,
             "text": note.text,
             "details": note.details,
             "time": note.time,
@@ -150,7 +159,7 @@ pub fn signature(key: &[u8], timestamp: i64, body: &str) -> String {
     out
 }
 
-async fn deliver(hook: &Hook, note: &Note) {
+async fn deliver(hook: &Hook, note: &Event) {
     let body = body(&hook.spec, note);
     for attempt in 1..=3u32 {
         // Signed at each attempt: a receiver's freshness check sees when it was sent.
@@ -171,7 +180,7 @@ async fn deliver(hook: &Hook, note: &Note) {
         ))
         .await;
     }
-    tracing::error!(host = %hook.spec.authority, event = %note.event, "webhook undelivered after 3 attempts");
+    tracing::error!(host = %hook.spec.authority, event = %note.kind, "webhook undelivered after 3 attempts");
 }
 
 /// One POST; the status code.

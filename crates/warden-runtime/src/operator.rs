@@ -216,7 +216,7 @@ impl Operator {
         let text = format!("{action} ({scope}): {reason}");
         let recorded =
             crate::witness::record(&s.ledger, &format!("hold.{action}"), about, text.clone()).await;
-        s.notifier().notify(
+        s.publish(
             "hold.changed",
             text,
             serde_json::json!({ "action": action, "scope": scope, "stopped": stopped }),
@@ -358,7 +358,7 @@ impl Operator {
                     "the proposal could not be recorded in the ledger",
                 ));
             }
-            s.notifier().notify(
+            s.publish(
                 "governance.proposed",
                 reason,
                 serde_json::json!({ "id": r.id }),

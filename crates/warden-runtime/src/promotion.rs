@@ -52,7 +52,7 @@ pub(crate) async fn demote(app: &Shared, agent: &str, tenant: &str, why: &str) {
         format!("demoted: {reason}"),
     )
     .await;
-    app.notifier().notify(
+    app.publish(
         "hold.changed",
         format!("agent `{agent}` demoted: {reason}"),
         serde_json::json!({ "action": "demote", "agent": agent }),

@@ -12,7 +12,8 @@
 //! the grant keys or the Executor.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use warden_core::events::{Event, EventQueue};
 
 use warden_executor::{Executor, ManifestClock};
 use warden_identity::approval::ApprovalStore;
@@ -99,19 +100,25 @@ pub(crate) struct Shared {
     /// SHA-256 of the admin token (`DATA/keys/admin.token`, made at assembly).
     // INVARIANT (separate credential, INV-025): only this token opens the admin API.
     pub(crate) admin_token: [u8; 32],
-    /// Webhooks (approval requests, tripped breakers), started with the gateway.
-    webhooks: OnceLock<crate::notify::Notifier>,
+    /// Events on their way to the webhooks (approval requests, brakes, tripped breakers).
+    pub(crate) events: Arc<dyn EventQueue>,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
 
 impl Shared {
-    /// The webhooks; none until [`Runtime::start`] started them.
-    pub(crate) fn notifier(&self) -> &crate::notify::Notifier {
-        static NONE: OnceLock<crate::notify::Notifier> = OnceLock::new();
-        self.webhooks
-            .get()
-            .unwrap_or_else(|| NONE.get_or_init(crate::notify::Notifier::default))
+    /// Publishes an event for the webhooks; never waits for its delivery. The ledger already
+    /// holds what it announces, so an event the queue refuses is logged and dropped.
+    pub(crate) fn publish(&self, kind: &str, text: String, details: serde_json::Value) {
+        let event = Event {
+            kind: kind.to_owned(),
+            text,
+            details,
+            time: crate::now_unix(),
+        };
+        if let Err(e) = self.events.publish(event) {
+            tracing::warn!(event = kind, error = %e, "notification not queued");
+        }
     }
 }
 
@@ -137,6 +144,9 @@ fn load(config: &Config) -> Result<warden_policy::Governor, RuntimeError> {
     })
 }
 
+/// Events waiting for the webhooks, at most (the embedded queue).
+const EVENTS_QUEUED: usize = 1024;
+
 /// A replay guard: Redis (shared by instances) when a URL is given, else in process.
 fn replay_guard(
     redis: Option<&str>,
@@ -152,8 +162,9 @@ fn replay_guard(
 /// and holds ([`warden_core::state::StateStore`]); the Witness ledger (over any
 /// [`warden_ledger::LedgerStore`]); the signed-request nonces and the redeemed grants
 /// ([`ReplayGuard`]); the approval requests ([`ApprovalStore`]); the revocations
-/// ([`warden_identity::RevocationStore`]). [`Backends::embedded`] is what one Warden on a laptop uses; several
-/// instances share Redis and PostgreSQL through the same ports.
+/// ([`warden_identity::RevocationStore`]); the events for the webhooks ([`EventQueue`]).
+/// [`Backends::embedded`] is what one Warden on a laptop uses; several instances share Redis
+/// and PostgreSQL through the same ports.
 pub struct Backends {
     /// Counters, session history and holds.
     pub state: Arc<dyn warden_core::state::StateStore>,
@@ -167,6 +178,8 @@ pub struct Backends {
     pub approvals: Arc<dyn ApprovalStore>,
     /// Revoked agents and credentials.
     pub revocations: Arc<dyn warden_identity::RevocationStore>,
+    /// What operators are told about, on its way to the webhooks.
+    pub events: Arc<dyn EventQueue>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -180,7 +193,7 @@ impl std::fmt::Debug for Backends {
 impl Backends {
     /// The backends `config` names: the state store in `DATA/state`; the ledger in
     /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
-    /// approval requests in process; revocations in `DATA/revoked`.
+    /// approval requests and events in process; revocations in `DATA/revoked`.
     /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
     ///
     /// # Errors
@@ -198,6 +211,7 @@ impl Backends {
                 warden_identity::approval::Settings::default(),
             )),
             revocations: Arc::new(crate::revocations::FileRevocations::new(&config.data)),
+            events: Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
         })
     }
 }
@@ -239,6 +253,7 @@ impl Runtime {
             redeemed,
             approvals,
             revocations,
+            events,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         tracing::info!(
@@ -283,7 +298,7 @@ impl Runtime {
                 approvals,
                 breakers: crate::breakers::Breakers::default(),
                 admin_token,
-                webhooks: OnceLock::new(),
+                events,
                 config,
             }),
         })
@@ -323,7 +338,7 @@ impl Runtime {
     }
 
     /// Starts the manifest's webhooks (their HMAC keys are secrets from the manifest's
-    /// `secrets`); once only.
+    /// `secrets`) and the dispatcher that hands them the events.
     fn start_webhooks(&self) {
         let governor = self.shared.governor.get();
         let m = governor.manifest();
@@ -342,7 +357,7 @@ impl Runtime {
         if !m.webhooks.is_empty() {
             tracing::info!(webhooks = m.webhooks.len(), "notifications on");
         }
-        let _ = self.shared.webhooks.set(notifier);
+        notifier.dispatch(Arc::downgrade(&self.shared.events));
     }
 
     /// Stops the upstreams (the ledger signs its last checkpoint when the last handle goes).

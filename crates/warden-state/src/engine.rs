@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope};
+use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, Settle, Settled};
 use warden_core::time::UnixSeconds;
 
 /// How many mutating operations between sweeps of expired entries.
@@ -144,6 +144,34 @@ impl Engine {
             }
         }
         ChargeOutcome::Charged
+    }
+
+    /// Plans [`StateStore::settle`](warden_core::state::StateStore::settle) without changing
+    /// anything: what it finds, and the ops (an observation, a charge) to apply, in order.
+    pub fn plan_settle(&self, s: &Settle<'_>) -> (Settled, Vec<Op>) {
+        let mut settled = Settled {
+            holds: self.holds_for(s.scopes),
+            repeats: None,
+            charged: None,
+        };
+        let mut ops = Vec::new();
+        if !settled.holds.is_empty() {
+            return (settled, ops);
+        }
+        if let Some(o) = s.observe {
+            let (repeats, op) = self.plan_observe(o.session, o.fingerprint, s.now, o.ttl);
+            ops.push(op);
+            settled.repeats = Some(repeats);
+            if repeats >= o.loop_at {
+                return (settled, ops);
+            }
+        }
+        if let Some(charges) = s.charge {
+            let (outcome, op) = self.plan_charge(charges, s.now);
+            ops.extend(op);
+            settled.charged = Some(outcome);
+        }
+        (settled, ops)
     }
 
     /// Checks and, if every charge fits, applies them in place (no journal op is built).

@@ -20,7 +20,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use warden_core::state::{
-    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore,
+    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, Settle, Settled, StateError, StateStore,
 };
 use warden_core::time::UnixSeconds;
 
@@ -168,12 +168,30 @@ impl FileState {
         now: UnixSeconds,
         sync: bool,
     ) -> Result<(), StateError> {
+        self.commit_all(inner, vec![op], now, sync)
+    }
+
+    /// Appends `ops` to the journal in one write (and syncs it when `sync`), then applies them
+    /// in order: all of them or, on an error, none.
+    fn commit_all(
+        &self,
+        inner: &mut Inner,
+        ops: Vec<Op>,
+        now: UnixSeconds,
+        sync: bool,
+    ) -> Result<(), StateError> {
         if let Some(why) = &inner.failed {
             return Err(StateError::Unavailable(format!(
                 "state journal failed earlier ({why}); reopen the store"
             )));
         }
-        let line = encode_line(&op)?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut line = String::new();
+        for op in &ops {
+            line.push_str(&encode_line(op)?);
+        }
         // INVARIANT (write-ahead): the journal write happens first; if it fails, memory is
         // unchanged and the caller gets an error (and denies).
         if let Err(e) = inner.journal.write_all(line.as_bytes()) {
@@ -199,7 +217,9 @@ impl FileState {
                 )));
             }
         }
-        inner.engine.apply(op, now);
+        for op in ops {
+            inner.engine.apply(op, now);
+        }
         if inner.journal_bytes > inner.compact_at {
             // Compaction is an optimisation: the appended journal is already complete, so a
             // failure here is not the caller's failure. Try again when the journal has doubled.
@@ -356,6 +376,13 @@ impl StateStore for FileState {
         let (repeats, op) = inner.engine.plan_observe(session, fingerprint, now, ttl);
         self.commit(&mut inner, op, now, false)?;
         Ok(repeats)
+    }
+
+    fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
+        let mut inner = self.readable()?;
+        let (settled, ops) = inner.engine.plan_settle(s);
+        self.commit_all(&mut inner, ops, s.now, false)?;
+        Ok(settled)
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {

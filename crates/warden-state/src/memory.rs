@@ -3,7 +3,7 @@
 use crate::engine::Engine;
 use std::sync::Mutex;
 use warden_core::state::{
-    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateError, StateStore,
+    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, Settle, Settled, StateError, StateStore,
 };
 use warden_core::time::UnixSeconds;
 
@@ -52,6 +52,15 @@ impl StateStore for MemoryState {
         let (repeats, op) = engine.plan_observe(session, fingerprint, now, ttl);
         engine.apply(op, now);
         Ok(repeats)
+    }
+
+    fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
+        let mut engine = self.engine()?;
+        let (settled, ops) = engine.plan_settle(s);
+        for op in ops {
+            engine.apply(op, s.now);
+        }
+        Ok(settled)
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {

@@ -9,7 +9,9 @@
 )]
 
 use std::sync::Arc;
-use warden_core::state::{Charge, ChargeOutcome, Hold, HoldKind, HoldScope, StateStore};
+use warden_core::state::{
+    Charge, ChargeOutcome, Hold, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
+};
 use warden_state::{FileState, MemoryState, OpenError};
 
 fn charge(key: &str, amount: u64, limit: u64, expires_at: i64) -> Charge {
@@ -116,6 +118,133 @@ fn suite(name: &str, store: &dyn StateStore) {
         "{name}"
     );
     assert!(store.all_holds().unwrap().is_empty(), "{name}");
+
+    settle_suite(name, store);
+}
+
+/// `settle`: one decision's reads and writes, in their order, in one call.
+fn settle_suite(name: &str, store: &dyn StateStore) {
+    let scopes = [HoldScope::Global, HoldScope::Agent("ag".into())];
+    let charges = [charge("settle/a", 1, 2, 100), charge("settle/b", 1, 9, 100)];
+    let observe = |fingerprint: u8| Observe {
+        session: "ag/s",
+        fingerprint: [fingerprint; 32],
+        ttl: 60,
+        loop_at: 3,
+    };
+    let settle = |observe: Option<Observe<'static>>, charge: Option<&[Charge]>, now: i64| {
+        store
+            .settle(&Settle {
+                scopes: &scopes,
+                observe,
+                charge,
+                now,
+            })
+            .unwrap()
+    };
+    let settled = |repeats: Option<u32>, charged: Option<ChargeOutcome>| Settled {
+        holds: Vec::new(),
+        repeats,
+        charged,
+    };
+
+    // No hold: the call is observed, then charged.
+    assert_eq!(
+        settle(Some(observe(1)), Some(&charges), 0),
+        settled(Some(1), Some(ChargeOutcome::Charged)),
+        "{name}"
+    );
+    // Neither asked: only the holds are read, and nothing is written.
+    assert_eq!(settle(None, None, 0), settled(None, None), "{name}");
+    // An empty charge charges nothing, and fits.
+    assert_eq!(
+        settle(Some(observe(2)), Some(&[]), 1),
+        settled(Some(1), Some(ChargeOutcome::Charged)),
+        "{name}"
+    );
+    // A charge that does not fit: the observation stays, no counter moves.
+    assert_eq!(
+        settle(Some(observe(2)), Some(&charges), 2),
+        settled(Some(2), Some(ChargeOutcome::Charged)),
+        "{name}"
+    );
+    assert_eq!(
+        settle(Some(observe(5)), Some(&charges), 3),
+        settled(
+            Some(1),
+            Some(ChargeOutcome::Exceeded {
+                index: 0,
+                current: 2
+            })
+        ),
+        "{name}"
+    );
+    assert_eq!(
+        store
+            .check_and_charge(&[charge("settle/b", 7, 9, 100)], 3)
+            .unwrap(),
+        ChargeOutcome::Charged,
+        "{name}: the refused charge left `settle/b` at 2"
+    );
+    // The repeat that reaches `loop_at` is observed but charges nothing.
+    let fresh = [charge("settle/c", 1, 10, 100)];
+    assert_eq!(
+        settle(Some(observe(5)), Some(&fresh), 4),
+        settled(Some(2), Some(ChargeOutcome::Charged)),
+        "{name}"
+    );
+    assert_eq!(
+        settle(Some(observe(5)), Some(&fresh), 5),
+        settled(Some(3), None),
+        "{name}"
+    );
+    assert_eq!(
+        store
+            .check_and_charge(&[charge("settle/c", 9, 10, 100)], 5)
+            .unwrap(),
+        ChargeOutcome::Charged,
+        "{name}: the looping call charged nothing"
+    );
+    // A hold over any scope stops the round trip after the read: nothing observed or charged.
+    let hold = Hold {
+        scope: HoldScope::Agent("ag".into()),
+        kind: HoldKind::Demote,
+        reason: "violation".into(),
+        since: 6,
+    };
+    store.set_hold(hold.clone()).unwrap();
+    assert_eq!(
+        settle(Some(observe(5)), Some(&[charge("settle/d", 1, 1, 100)]), 6),
+        Settled {
+            holds: vec![hold.clone()],
+            repeats: None,
+            charged: None,
+        },
+        "{name}"
+    );
+    assert!(store.clear_hold(&hold.scope, hold.kind).unwrap(), "{name}");
+    assert_eq!(
+        settle(Some(observe(5)), Some(&[charge("settle/d", 1, 1, 100)]), 7),
+        settled(Some(4), None),
+        "{name}: the held call was not observed, so this is the fourth repeat"
+    );
+    assert_eq!(
+        settle(Some(observe(6)), Some(&[charge("settle/d", 1, 1, 100)]), 8),
+        settled(Some(1), Some(ChargeOutcome::Charged)),
+        "{name}: the held call charged nothing"
+    );
+    // A hold out of scope does not stop it.
+    store
+        .set_hold(Hold {
+            scope: HoldScope::Agent("other".into()),
+            ..hold
+        })
+        .unwrap();
+    assert_eq!(
+        settle(Some(observe(7)), None, 9),
+        settled(Some(1), None),
+        "{name}"
+    );
 }
 
 #[test]
@@ -132,7 +261,7 @@ fn file_store_passes_the_suite() {
 
 fn concurrent_limit(store: Arc<dyn StateStore>) {
     let threads: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|t| {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 let mut ok = 0u32;
@@ -141,7 +270,19 @@ fn concurrent_limit(store: Arc<dyn StateStore>) {
                         charge("shared", 1, 500, 1000),
                         charge("other", 1, 10_000, 1000),
                     ];
-                    if store.check_and_charge(&c, 0).unwrap() == ChargeOutcome::Charged {
+                    // Half the threads charge through `settle`, half directly: one limit.
+                    let outcome = if t % 2 == 0 {
+                        store.check_and_charge(&c, 0).unwrap()
+                    } else {
+                        let s = Settle {
+                            scopes: &[HoldScope::Global],
+                            observe: None,
+                            charge: Some(&c),
+                            now: 0,
+                        };
+                        store.settle(&s).unwrap().charged.unwrap()
+                    };
+                    if outcome == ChargeOutcome::Charged {
                         ok += 1;
                     }
                 }

@@ -1,0 +1,127 @@
+//! One test suite, run against every event queue.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warden_core::events::{Event, EventError, EventQueue};
+use warden_state::MemoryEvents;
+
+fn event(n: i64) -> Event {
+    Event {
+        kind: "brake.kill".into(),
+        text: format!("event {n}"),
+        details: serde_json::json!({ "n": n }),
+        time: n,
+    }
+}
+
+/// `queue` must hold at least 8 and at most 64 undelivered events.
+fn suite(name: &str, queue: &dyn EventQueue, capacity: usize) {
+    // Nothing published: `take` waits about as long as asked, then answers empty.
+    let started = Instant::now();
+    assert!(
+        queue
+            .take(10, Duration::from_millis(50))
+            .unwrap()
+            .is_empty(),
+        "{name}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(45) && waited < Duration::from_secs(5),
+        "{name}: waited {waited:?}"
+    );
+
+    // Oldest first, at most `max` at a time, each once.
+    for n in 0..5 {
+        queue.publish(event(n)).unwrap();
+    }
+    let first = queue.take(3, Duration::from_secs(1)).unwrap();
+    assert_eq!(first, vec![event(0), event(1), event(2)], "{name}");
+    let rest = queue.take(10, Duration::from_secs(1)).unwrap();
+    assert_eq!(rest, vec![event(3), event(4)], "{name}");
+    assert!(queue.take(10, Duration::ZERO).unwrap().is_empty(), "{name}");
+
+    // At its bound, the queue refuses and keeps what it holds.
+    for n in 0..capacity {
+        queue.publish(event(n as i64)).unwrap();
+    }
+    assert!(
+        matches!(queue.publish(event(-1)), Err(EventError::Full(_))),
+        "{name}"
+    );
+    let held = queue.take(capacity + 1, Duration::ZERO).unwrap();
+    assert_eq!(held.len(), capacity, "{name}");
+    assert_eq!(held.last(), Some(&event(capacity as i64 - 1)), "{name}");
+    queue.publish(event(7)).unwrap();
+    assert_eq!(
+        queue.take(1, Duration::ZERO).unwrap(),
+        vec![event(7)],
+        "{name}: room again once taken"
+    );
+}
+
+/// Several dispatchers taking at once: every event is delivered exactly once.
+fn competing_takers(queue: Arc<dyn EventQueue>) {
+    let takers: Vec<_> = (0..4)
+        .map(|_| {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let batch = queue.take(7, Duration::from_millis(300)).unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|e| e.time));
+                }
+            })
+        })
+        .collect();
+    for n in 0..400 {
+        // A full queue is the publisher's to handle: wait for room, as a test may.
+        while let Err(EventError::Full(_)) = queue.publish(event(n)) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut all: Vec<i64> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..400).collect::<Vec<_>>());
+}
+
+#[test]
+fn memory_events_pass_the_suite() {
+    suite("memory", &MemoryEvents::new(16), 16);
+}
+
+#[test]
+fn memory_events_are_taken_once_by_competing_takers() {
+    competing_takers(Arc::new(MemoryEvents::new(64)));
+}
+
+#[test]
+fn a_waiting_taker_wakes_when_an_event_arrives() {
+    let queue = Arc::new(MemoryEvents::new(8));
+    let taker = {
+        let queue = Arc::clone(&queue);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            (
+                queue.take(1, Duration::from_secs(30)).unwrap(),
+                started.elapsed(),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    queue.publish(event(1)).unwrap();
+    let (got, waited) = taker.join().unwrap();
+    assert_eq!(got, vec![event(1)]);
+    assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
+}
