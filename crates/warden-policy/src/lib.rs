@@ -37,7 +37,7 @@ mod native;
 // its modules are re-exported so the Governor's users name one crate.
 pub use warden_manifest::{approvers, diff, lines, manifest, rate, raw, upstream};
 
-pub use cedar::PolicySource;
+pub use cedar::{CedarError, PolicySource};
 pub use decide::{bundle_hash, deny_unloaded, ApprovalEvidence, Evidence, Governor};
 pub use manifest::{parse_manifest, Diagnostic, LoadError, Manifest};
 

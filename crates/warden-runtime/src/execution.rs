@@ -1,6 +1,7 @@
 //! Wires the Executor: the manifest's upstreams and secrets, the grant keys (verify side), the
 //! replay guard for grants, the manifest clock and the ledger for receipts.
 
+use crate::governance::ChangeError;
 use std::path::Path;
 use std::sync::Arc;
 use warden_executor::{Config, Executor, ManifestClock, Secrets};
@@ -152,12 +153,41 @@ pub fn pins_yaml(pins: &[UpstreamPins]) -> String {
     out
 }
 
+/// Why a manifest's text could not be given a new version (to pin upstreams, or to promote).
+#[derive(Debug, thiserror::Error)]
+pub enum VersionLineError {
+    /// Its `version` line holds something else than a number.
+    #[error("`{0}`: the version is not a number")]
+    NotANumber(String),
+    /// It has no `version` line.
+    #[error("the manifest has no top-level `version: N` line to raise")]
+    Missing,
+}
+
+/// `line` with its version raised by one, if it is the manifest's top-level `version:` line.
+///
+/// # Errors
+/// [`VersionLineError::NotANumber`] for a `version:` line that holds no number.
+pub(crate) fn raise_version(line: &str) -> Result<Option<String>, VersionLineError> {
+    let Some(rest) = line.strip_prefix("version:") else {
+        return Ok(None);
+    };
+    let n: u64 = rest
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .map_err(|_| VersionLineError::NotANumber(line.to_owned()))?;
+    Ok(Some(format!("version: {}", n.saturating_add(1))))
+}
+
 /// `text` with its top-level `pins:` block replaced by `block` (or `block` appended) and its
 /// `version` raised by one, so that a running gateway takes the new pins on reload.
 ///
 /// # Errors
-/// If the manifest has no top-level `version: N` line.
-pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
+/// [`VersionLineError`] if the manifest has no top-level `version: N` line.
+pub fn write_pins(text: &str, block: &str) -> Result<String, VersionLineError> {
     let lines: Vec<&str> = text.lines().collect();
     let top_level = |l: &str| !l.is_empty() && !l.starts_with([' ', '\t']);
     let mut out: Vec<String> = Vec::with_capacity(lines.len() + 8);
@@ -165,15 +195,8 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
     let mut replaced = false;
     let mut i = 0;
     while let Some(line) = lines.get(i) {
-        if let Some(rest) = line.strip_prefix("version:") {
-            let n: u64 = rest
-                .split('#')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{line}`: the version is not a number"))?;
-            out.push(format!("version: {}", n.saturating_add(1)));
+        if let Some(raised) = raise_version(line)? {
+            out.push(raised);
             version_seen = true;
             i += 1;
             continue;
@@ -192,7 +215,7 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, String> {
         i += 1;
     }
     if !version_seen {
-        return Err("the manifest has no top-level `version: N` line to raise".into());
+        return Err(VersionLineError::Missing);
     }
     if !replaced {
         if out.last().is_some_and(|l| !l.is_empty()) {
@@ -225,26 +248,23 @@ pub fn reload(
     clock: &ManifestClock,
     path: &Path,
     book: &dyn warden_identity::approval::ApprovalStore,
-) -> Result<(u64, Option<warden_identity::approval::Request>), String> {
-    let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
+) -> Result<(u64, Option<warden_identity::approval::Request>), ChangeError> {
+    let new = crate::bundle::load_governor(path)?;
     let old = current.get();
     let (o, n) = (&old.manifest().raw, &new.manifest().raw);
     if o.upstreams != n.upstreams || o.pins != n.pins || o.secrets != n.secrets {
-        return Err(
-            "the new manifest changes upstreams, pins or secrets, which the running Executor cannot take over: restart `warden serve` to apply it"
-                .into(),
-        );
+        return Err(ChangeError::NeedsRestart);
     }
     let (from, to) = (old.manifest().version, new.manifest().version);
     if to <= from {
-        return Err(format!("version {to} is not newer than the current {from}"));
+        return Err(ChangeError::NotNewer {
+            running: from,
+            new: to,
+        });
     }
     let approval = crate::governance::admit(book, &old, &new)?;
     clock.set(to);
-    let version = current.swap(new).map_err(|e| {
-        clock.set(from);
-        e.to_string()
-    })?;
+    let version = current.swap(new).inspect_err(|_| clock.set(from))?;
     Ok((version, approval))
 }
 

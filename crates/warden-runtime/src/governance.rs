@@ -14,9 +14,60 @@
 
 use std::path::Path;
 
-use warden_identity::approval::{ApprovalStore, Binding, Request, Requirement};
+use warden_identity::approval::{ApprovalError, ApprovalStore, Binding, Request, Requirement};
 use warden_policy::approvers::Governance;
 use warden_policy::Governor;
+
+/// Why a manifest change was not proposed or not swapped in. The manifest in force stays.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// A proposal with no `governance` in the running manifest.
+    #[error("the running manifest has no `governance`: a reload (SIGHUP) needs no approval")]
+    Ungoverned,
+    /// The new bundle does not load.
+    #[error("{0}")]
+    Load(#[from] warden_policy::LoadError),
+    /// The new version does not move forward.
+    #[error("version {new} is not newer than the running {running}")]
+    NotNewer {
+        /// The version in force.
+        running: u64,
+        /// The offered one.
+        new: u64,
+    },
+    /// The new manifest changes what the running Executor was started with.
+    #[error(
+        "the new manifest changes upstreams, pins or secrets, which the running Executor \
+         cannot take over: restart `warden serve` to apply it"
+    )]
+    NeedsRestart,
+    /// The replacement has no approval yet.
+    #[error(
+        "replacing manifest version {version} with bundle {bundle} needs the approval of \
+         {needs} (governance): run `warden manifest propose`, have it approved, then reload"
+    )]
+    NotApproved {
+        /// The version in force.
+        version: u64,
+        /// The new bundle's hash.
+        bundle: String,
+        /// Who must approve it.
+        needs: String,
+    },
+    /// The approval store refused (a denied, expired or used approval; a full book).
+    #[error("the manifest change is not approved: {0}")]
+    Refused(#[source] ApprovalError),
+    /// The proposal could not be opened.
+    #[error("{0}")]
+    Open(#[source] ApprovalError),
+    /// The swap itself failed.
+    #[error("{0}")]
+    Swap(#[from] crate::current::SwapError),
+    /// The reload's worker died.
+    #[error("the reload did not finish: {0}")]
+    Interrupted(String),
+}
 
 /// The "agent" of governance requests.
 pub const GOVERNANCE: &str = "(governance)";
@@ -57,16 +108,17 @@ pub fn propose(
     book: &dyn ApprovalStore,
     current: &Governor,
     path: &Path,
-) -> Result<(Request, bool), String> {
+) -> Result<(Request, bool), ChangeError> {
     let Some(g) = &current.manifest().governance else {
-        return Err(
-            "the running manifest has no `governance`: a reload (SIGHUP) needs no approval".into(),
-        );
+        return Err(ChangeError::Ungoverned);
     };
-    let new = crate::bundle::load_governor(path).map_err(|e| e.to_string())?;
+    let new = crate::bundle::load_governor(path)?;
     let (from, to) = (current.manifest().version, new.manifest().version);
     if to <= from {
-        return Err(format!("version {to} is not newer than the running {from}"));
+        return Err(ChangeError::NotNewer {
+            running: from,
+            new: to,
+        });
     }
     let changes = warden_policy::diff::diff(current.manifest(), new.manifest());
     let loosened = changes
@@ -103,7 +155,7 @@ pub fn propose(
         preview,
         crate::now_unix_ms(),
     )
-    .map_err(|e| e.to_string())
+    .map_err(ChangeError::Open)
 }
 
 /// Before `new` replaces `current`: `Ok(None)` if the running manifest has no governance,
@@ -115,20 +167,18 @@ pub fn admit(
     book: &dyn ApprovalStore,
     current: &Governor,
     new: &Governor,
-) -> Result<Option<Request>, String> {
+) -> Result<Option<Request>, ChangeError> {
     let Some(g) = &current.manifest().governance else {
         return Ok(None);
     };
     let binding = binding(current, new.policy_hash());
     match book.redeem(&binding, None, &requirement(g), true, crate::now_unix_ms()) {
         Ok(Some(r)) => Ok(Some(r)),
-        Ok(None) => Err(format!(
-            "replacing manifest version {} with bundle {} needs the approval of {} (governance): \
-             run `warden manifest propose`, have it approved, then reload",
-            current.manifest().version,
-            new.policy_hash(),
-            crate::approvals::requirement_text(&requirement(g), false)
-        )),
-        Err(e) => Err(format!("the manifest change is not approved: {e}")),
+        Ok(None) => Err(ChangeError::NotApproved {
+            version: current.manifest().version,
+            bundle: new.policy_hash().to_owned(),
+            needs: crate::approvals::requirement_text(&requirement(g), false),
+        }),
+        Err(e) => Err(ChangeError::Refused(e)),
     }
 }

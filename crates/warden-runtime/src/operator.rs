@@ -125,9 +125,12 @@ pub enum OperatorError {
     /// A staged manifest named by anything but a file name beside the served one.
     #[error("`file` must be a file name in the served manifest's directory")]
     BadFile,
-    /// A governance proposal or promotion was refused.
-    #[error("{0}")]
-    Refused(String),
+    /// A governance proposal was refused.
+    #[error(transparent)]
+    Change(#[from] crate::governance::ChangeError),
+    /// A promotion was refused.
+    #[error(transparent)]
+    Promotion(#[from] crate::promotion::PromotionError),
 }
 
 impl Operator {
@@ -318,7 +321,7 @@ impl Operator {
     /// version; answers the approval request (its preview is the diff).
     ///
     /// # Errors
-    /// [`OperatorError::Refused`] with why (it does not load, is not newer, no governance);
+    /// [`OperatorError::Change`] with why (it does not load, is not newer, no governance);
     /// [`OperatorError::NotRecorded`] if the ledger did not take the proposal.
     pub async fn propose_manifest(&self, staged: Option<&str>) -> Result<Request, OperatorError> {
         let s = &self.runtime.shared;
@@ -343,8 +346,7 @@ impl Operator {
             crate::governance::propose(book.as_ref(), &current, &path)
         })
         .await
-        .map_err(|e| OperatorError::Refused(e.to_string()))?
-        .map_err(OperatorError::Refused)?;
+        .map_err(|e| crate::governance::ChangeError::Interrupted(e.to_string()))??;
         if new {
             let reason = format!(
                 "approval {} proposes bundle {} to replace manifest version {}",
@@ -371,11 +373,9 @@ impl Operator {
     /// [`crate::promotion::promote`] says; call again once approved.
     ///
     /// # Errors
-    /// [`OperatorError::Refused`] with why not.
+    /// [`OperatorError::Promotion`] with why not.
     pub async fn promote(&self, agent: &str) -> Result<crate::promotion::Promoted, OperatorError> {
         let s = &self.runtime.shared;
-        crate::promotion::promote(s, &s.config.manifest, agent)
-            .await
-            .map_err(OperatorError::Refused)
+        Ok(crate::promotion::promote(s, &s.config.manifest, agent).await?)
     }
 }

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use warden_core::state::{Hold, HoldKind, HoldScope};
-use warden_identity::approval::{Binding, Request};
+use warden_identity::approval::{ApprovalError, Binding, Request};
 use warden_ledger::Entry;
 use warden_policy::raw::TrustLevel;
 
@@ -59,6 +59,88 @@ pub(crate) async fn demote(app: &Shared, agent: &str, tenant: &str, why: &str) {
     );
 }
 
+/// Why an agent was not promoted or restored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PromotionError {
+    /// No such agent in the manifest in force.
+    #[error("`{0}` is not an agent in the manifest")]
+    UnknownAgent(String),
+    /// The ledger, where the agent's standing is read, cannot be read.
+    #[error("reading the agent's standing from the ledger: {0}")]
+    Ledger(#[from] warden_ledger::LedgerError),
+    /// The state store (its demotion) cannot be read or changed.
+    #[error("{0}")]
+    State(#[from] warden_core::state::StateError),
+    /// The approval store refused.
+    #[error("{0}")]
+    Approval(#[from] ApprovalError),
+    /// A promotion asked of a manifest with no governance approvers.
+    #[error(
+        "promotions above the manifest's level need the manifest's `governance` (who \
+         approves them): none is set; raise the agent's `trust` in the manifest instead"
+    )]
+    Ungoverned,
+    /// The agent has not earned it yet.
+    #[error(
+        "criteria not met for `{agent}`: {days} day(s) of {min_days} and {calls} allowed \
+         call(s) of {min_calls} since {since}{last_violation}"
+    )]
+    Criteria {
+        /// The agent.
+        agent: String,
+        /// Whole days of standing.
+        days: i64,
+        /// Days needed.
+        min_days: i64,
+        /// Calls since then.
+        calls: u64,
+        /// Calls needed.
+        min_calls: u64,
+        /// Since when.
+        since: i64,
+        /// ` (last violation at T: what)`, or empty.
+        last_violation: String,
+    },
+    /// There is no level above.
+    #[error("`{0}` is already `principal`")]
+    AtTop(String),
+    /// The agent's `trust` key is not in the manifest text.
+    #[error("the agent's `trust` cannot be found in the manifest text")]
+    TrustNotFound,
+    /// The text cannot be edited without risk of raising the wrong agent.
+    #[error(
+        "cannot edit `trust: {}` of `{agent}` on line {line} unambiguously: raise it by hand \
+         and propose it with `warden manifest propose`", from.as_str()
+    )]
+    Ambiguous {
+        /// The level written.
+        from: TrustLevel,
+        /// The agent.
+        agent: String,
+        /// The line.
+        line: usize,
+    },
+    /// The manifest's version line.
+    #[error(transparent)]
+    Version(#[from] crate::execution::VersionLineError),
+    /// The proposed manifest could not be written.
+    #[error("writing `{}`: {error}", path.display())]
+    Write {
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The governance proposal was refused.
+    #[error(transparent)]
+    Propose(#[from] crate::governance::ChangeError),
+    /// Reading the standing did not finish.
+    #[error("reading the agent's standing did not finish: {0}")]
+    Interrupted(String),
+}
+
 /// An agent's record since its last violation or promotion, from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Standing {
@@ -83,7 +165,11 @@ const SCAN_CHUNK: u64 = 4096;
 ///
 /// # Errors
 /// The ledger cannot be read.
-pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result<Standing, String> {
+pub fn standing(
+    ledger: &warden_ledger::Ledger,
+    agent: &str,
+    now: i64,
+) -> Result<Standing, warden_ledger::LedgerError> {
     #[derive(Default)]
     struct Tally {
         since: Option<i64>,
@@ -99,35 +185,33 @@ pub fn standing(ledger: &warden_ledger::Ledger, agent: &str, now: i64) -> Result
             }
         }
     }
-    let size = ledger.size().map_err(|e| e.to_string())?;
+    let size = ledger.size()?;
     let mut tally = Tally::default();
     let mut from = 0;
     while from < size {
         let to = from.saturating_add(SCAN_CHUNK).min(size);
-        ledger
-            .with_store(|s| {
-                s.scan(from, to, &mut |_, bytes| {
-                    match Entry::from_bytes(bytes) {
-                        Ok(Entry::Receipt(r))
-                            if r.agent == agent && r.status == warden_ledger::ReceiptStatus::Ok =>
-                        {
-                            tally.since.get_or_insert(r.started_at_ms.div_euclid(1000));
-                            tally.calls = tally.calls.saturating_add(1);
-                        }
-                        Ok(Entry::Event(v)) if v.agent == agent => match v.kind.as_str() {
-                            "agent.demoted" | "breaker.tripped" | "lineage.mismatch" => {
-                                tally.reset(v.time, Some(v.kind.clone()));
-                            }
-                            "agent.promoted" => tally.reset(v.time, None),
-                            _ => {}
-                        },
-                        _ => {}
+        ledger.with_store(|s| {
+            s.scan(from, to, &mut |_, bytes| {
+                match Entry::from_bytes(bytes) {
+                    Ok(Entry::Receipt(r))
+                        if r.agent == agent && r.status == warden_ledger::ReceiptStatus::Ok =>
+                    {
+                        tally.since.get_or_insert(r.started_at_ms.div_euclid(1000));
+                        tally.calls = tally.calls.saturating_add(1);
                     }
-                    Ok(())
-                })
-                .map_err(Into::into)
+                    Ok(Entry::Event(v)) if v.agent == agent => match v.kind.as_str() {
+                        "agent.demoted" | "breaker.tripped" | "lineage.mismatch" => {
+                            tally.reset(v.time, Some(v.kind.clone()));
+                        }
+                        "agent.promoted" => tally.reset(v.time, None),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+                Ok(())
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(Into::into)
+        })?;
         from = to;
     }
     let Tally {
@@ -198,23 +282,22 @@ pub(crate) async fn promote(
     app: &Shared,
     manifest_path: &Path,
     agent: &str,
-) -> Result<Promoted, String> {
+) -> Result<Promoted, PromotionError> {
     let governor = app.governor.get();
     let m = governor.manifest();
     let Some(a) = m.agents.get(agent) else {
-        return Err(format!("`{agent}` is not an agent in the manifest"));
+        return Err(PromotionError::UnknownAgent(agent.to_owned()));
     };
     let st = {
         let (ledger, who) = (std::sync::Arc::clone(&app.ledger), agent.to_owned());
         tokio::task::spawn_blocking(move || standing(&ledger, &who, crate::now_unix()))
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(|e| PromotionError::Interrupted(e.to_string()))??
     };
     let scope = HoldScope::Agent(agent.to_owned());
     let demoted = app
         .state
-        .holds(std::slice::from_ref(&scope))
-        .map_err(|e| e.to_string())?
+        .holds(std::slice::from_ref(&scope))?
         .into_iter()
         .find(|h| h.kind == HoldKind::Demote);
     let Some(g) = &m.governance else {
@@ -231,11 +314,7 @@ pub(crate) async fn promote(
             .await?;
             return Ok(Promoted::RestoredByOperator);
         }
-        return Err(
-            "promotions above the manifest's level need the manifest's `governance` (who \
-             approves them): none is set; raise the agent's `trust` in the manifest instead"
-                .into(),
-        );
+        return Err(PromotionError::Ungoverned);
     };
     let requirement = crate::governance::requirement(g);
     if let Some(hold) = demoted {
@@ -252,8 +331,7 @@ pub(crate) async fn promote(
         let now_ms = crate::now_unix_ms();
         if let Some(r) = app
             .approvals
-            .redeem(&binding, None, &requirement, true, now_ms)
-            .map_err(|e| e.to_string())?
+            .redeem(&binding, None, &requirement, true, now_ms)?
         {
             restore(
                 app,
@@ -274,25 +352,26 @@ pub(crate) async fn promote(
         });
         let (r, _) = app
             .approvals
-            .open(&binding, requirement, true, preview, now_ms)
-            .map_err(|e| e.to_string())?;
+            .open(&binding, requirement, true, preview, now_ms)?;
         return Ok(Promoted::RestorePending(Box::new(r)));
     }
     // A promotion above the manifest level must be earned.
     let (min_days, min_calls) = (i64::from(m.promotion.min_days), m.promotion.min_calls);
     if st.days < min_days || st.calls < min_calls {
-        return Err(format!(
-            "criteria not met for `{agent}`: {} day(s) of {min_days} and {} allowed call(s) of {min_calls} since {}{}",
-            st.days,
-            st.calls,
-            st.since,
-            st.last_violation
-                .as_ref()
-                .map_or(String::new(), |(t, w)| format!(" (last violation at {t}: {w})"))
-        ));
+        return Err(PromotionError::Criteria {
+            agent: agent.to_owned(),
+            days: st.days,
+            min_days,
+            calls: st.calls,
+            min_calls,
+            since: st.since,
+            last_violation: st.last_violation.as_ref().map_or(String::new(), |(t, w)| {
+                format!(" (last violation at {t}: {w})")
+            }),
+        });
     }
     let Some(to) = next_level(a.trust) else {
-        return Err(format!("`{agent}` is already `principal`"));
+        return Err(PromotionError::AtTop(agent.to_owned()));
     };
     // The running manifest's text (not the file, which may hold edits not yet approved).
     let text = &m.text;
@@ -301,7 +380,7 @@ pub(crate) async fn promote(
         .agents
         .iter()
         .position(|x| x.id == agent)
-        .ok_or_else(|| format!("`{agent}` is not in the manifest as written"))?;
+        .ok_or_else(|| PromotionError::UnknownAgent(agent.to_owned()))?;
     let new_text = raise_trust(text, index, agent, a.trust, to)?;
     let file = manifest_path.with_file_name(format!(
         "{}.promote-{agent}.yaml",
@@ -310,7 +389,10 @@ pub(crate) async fn promote(
             .and_then(|s| s.to_str())
             .unwrap_or("manifest")
     ));
-    std::fs::write(&file, new_text).map_err(|e| format!("writing `{}`: {e}", file.display()))?;
+    std::fs::write(&file, new_text).map_err(|error| PromotionError::Write {
+        path: file.clone(),
+        error,
+    })?;
     let (request, _) = crate::governance::propose(app.approvals.as_ref(), &governor, &file)?;
     Ok(Promoted::Proposed {
         request: Box::new(request),
@@ -325,10 +407,9 @@ async fn restore(
     a: &warden_policy::manifest::Agent,
     hold: &Hold,
     by: String,
-) -> Result<(), String> {
+) -> Result<(), PromotionError> {
     app.state
-        .clear_hold(&HoldScope::Agent(a.id.clone()), HoldKind::Demote)
-        .map_err(|e| e.to_string())?;
+        .clear_hold(&HoldScope::Agent(a.id.clone()), HoldKind::Demote)?;
     crate::witness::record(
         &app.ledger,
         "agent.promoted",
@@ -359,16 +440,15 @@ fn raise_trust(
     agent: &str,
     from: TrustLevel,
     to: TrustLevel,
-) -> Result<String, String> {
+) -> Result<String, PromotionError> {
     let lines = warden_policy::lines::LineIndex::new(text);
     let at = lines
         .line_of(&format!("agents[{index}].trust"))
-        .ok_or("the agent's `trust` cannot be found in the manifest text")?;
-    let cannot = || {
-        format!(
-            "cannot edit `trust: {}` of `{agent}` on line {at} unambiguously: raise it by hand and propose it with `warden manifest propose`",
-            from.as_str()
-        )
+        .ok_or(PromotionError::TrustNotFound)?;
+    let cannot = || PromotionError::Ambiguous {
+        from,
+        agent: agent.to_owned(),
+        line: at,
     };
     let key = format!("trust: {}", from.as_str());
     let mut out = Vec::new();
@@ -402,15 +482,8 @@ fn raise_trust(
             continue;
         }
         if !version_raised {
-            if let Some(rest) = line.strip_prefix("version:") {
-                let v: u64 = rest
-                    .split('#')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{line}`: the version is not a number"))?;
-                out.push(format!("version: {}", v.saturating_add(1)));
+            if let Some(raised) = crate::execution::raise_version(line)? {
+                out.push(raised);
                 version_raised = true;
                 continue;
             }
@@ -418,7 +491,7 @@ fn raise_trust(
         out.push(line.to_owned());
     }
     if !version_raised {
-        return Err("the manifest has no top-level `version:` line to raise".into());
+        return Err(crate::execution::VersionLineError::Missing.into());
     }
     let mut s = out.join("\n");
     s.push('\n');

@@ -371,7 +371,7 @@ impl Runtime {
     ///
     /// # Errors
     /// Why the new manifest was not swapped in (the current one stays in force).
-    pub async fn reload(&self) -> Result<u64, String> {
+    pub async fn reload(&self) -> Result<u64, crate::governance::ChangeError> {
         let s = &self.shared;
         let old = s.governor.get();
         let before = crate::approvals::approver_summary(old.manifest());
@@ -417,13 +417,13 @@ impl Runtime {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "manifest reload refused");
                 let about = crate::witness::About::governance();
-                crate::witness::record(&s.ledger, "manifest.reload_refused", about, e.clone())
+                crate::witness::record(&s.ledger, "manifest.reload_refused", about, e.to_string())
                     .await;
                 Err(e)
             }
             Err(e) => {
                 tracing::error!(error = %e, "manifest reload failed");
-                Err(e.to_string())
+                Err(crate::governance::ChangeError::Interrupted(e.to_string()))
             }
         }
     }

@@ -102,7 +102,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
-    let new = warden_runtime::execution::write_pins(&text, &block).map_err(anyhow::Error::msg)?;
+    let new = warden_runtime::execution::write_pins(&text, &block)?;
     // The result must load before it replaces the manifest.
     if let Err(e) = warden_policy::parse_manifest(&path.display().to_string(), &new) {
         super::print_load_error(&e);

@@ -14,23 +14,22 @@ pub(super) struct LazyRequest<'a, F> {
     pub(super) used_cedar: bool,
 }
 
-impl<F: FnOnce() -> Result<Request, String>> LazyRequest<'_, F> {
-    pub(super) fn get(&mut self) -> Result<&Request, String> {
+impl<F: FnOnce() -> Result<Request, CedarError>> LazyRequest<'_, F> {
+    pub(super) fn get(&mut self) -> Result<&Request, CedarError> {
         if self.request.is_none() {
-            let make = self
-                .make
-                .take()
-                .ok_or("the Cedar request could not be built")?;
+            let make = self.make.take().ok_or(CedarError::NoRequest)?;
             self.request = Some(make()?);
         }
-        self.request
-            .as_ref()
-            .ok_or_else(|| "the Cedar request could not be built".to_string())
+        self.request.as_ref().ok_or(CedarError::NoRequest)
     }
 
     /// Evaluates `set`: natively where it can, else in Cedar, building the request only if
     /// the set is not empty.
-    pub(super) fn evaluate(&mut self, index: &CedarIndex, set: &Policies) -> Result<Part, String> {
+    pub(super) fn evaluate(
+        &mut self,
+        index: &CedarIndex,
+        set: &Policies,
+    ) -> Result<Part, CedarError> {
         if set.is_empty() {
             return Ok(Part::default());
         }
@@ -71,9 +70,9 @@ impl CedarIndex {
         key: (u32, u32, bool),
         request: &mut LazyRequest<'_, F>,
         set: &Policies,
-    ) -> Result<Option<Arc<Part>>, String>
+    ) -> Result<Option<Arc<Part>>, CedarError>
     where
-        F: FnOnce() -> Result<Request, String>,
+        F: FnOnce() -> Result<Request, CedarError>,
     {
         if set.is_empty() {
             return Ok(None);
@@ -110,7 +109,7 @@ impl CedarIndex {
         agent: &str,
         tool: &str,
         facts: CallFacts<'_>,
-    ) -> Result<(CedarOutcome, bool), String> {
+    ) -> Result<(CedarOutcome, bool), CedarError> {
         let mut used_cedar = false;
         let outcome = self.evaluate_traced(agent, tool, Some(facts), &mut used_cedar, || {
             self.request(
@@ -138,9 +137,9 @@ impl CedarIndex {
         tool: &str,
         facts: Option<CallFacts<'_>>,
         make: F,
-    ) -> Result<CedarOutcome, String>
+    ) -> Result<CedarOutcome, CedarError>
     where
-        F: FnOnce() -> Result<Request, String>,
+        F: FnOnce() -> Result<Request, CedarError>,
     {
         let mut used_cedar = false;
         self.evaluate_traced(agent, tool, facts, &mut used_cedar, make)
@@ -153,9 +152,9 @@ impl CedarIndex {
         facts: Option<CallFacts<'_>>,
         used_cedar: &mut bool,
         make: F,
-    ) -> Result<CedarOutcome, String>
+    ) -> Result<CedarOutcome, CedarError>
     where
-        F: FnOnce() -> Result<Request, String>,
+        F: FnOnce() -> Result<Request, CedarError>,
     {
         let action = self.per_action.get(tool);
         let call = match (facts, action) {
@@ -252,20 +251,20 @@ impl CedarIndex {
         arguments: &Value,
         session: &str,
         hour: i64,
-    ) -> Result<Request, String> {
+    ) -> Result<Request, CedarError> {
         let principal = &self
             .agents
             .get(agent)
-            .ok_or_else(|| format!("unknown agent `{agent}`"))?
+            .ok_or_else(|| CedarError::UnknownAgent(agent.to_owned()))?
             .uid;
         let (action, resource) = self
             .tool_uids
             .get(tool)
-            .ok_or_else(|| format!("unknown tool `{tool}`"))?;
+            .ok_or_else(|| CedarError::UnknownTool(tool.to_owned()))?;
         let args = match arg_type {
             Some(t) => t.project(arguments, "")?,
             None => RestrictedExpression::new_record(Vec::<(String, RestrictedExpression)>::new())
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| cedar_err("")(&e))?,
         };
         let context = Context::from_pairs([
             ("arguments".to_string(), args),
@@ -275,7 +274,7 @@ impl CedarIndex {
             ),
             ("hour".to_string(), RestrictedExpression::new_long(hour)),
         ])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| cedar_err("")(&e))?;
         Request::new(
             principal.clone(),
             action.clone(),
@@ -283,7 +282,7 @@ impl CedarIndex {
             context,
             None,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| cedar_err("")(&e))
     }
 
     /// Evaluates the whole policy set, unindexed, in one call: the reference the index must

@@ -74,9 +74,9 @@ impl Policies {
         &mut self,
         p: &Policy,
         compiled: Option<&Arc<Compiled>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CedarError> {
         if self.cedar.policy(p.id()).is_none() {
-            self.cedar.add(p.clone()).map_err(|e| e.to_string())?;
+            self.cedar.add(p.clone()).map_err(|e| cedar_err("")(&e))?;
             match compiled {
                 Some(c) => self.native.push(Arc::clone(c)),
                 None => self.needs_cedar = true,
@@ -289,7 +289,11 @@ pub(super) fn is_unconditional_permit(p: &Policy) -> bool {
     principal_ok && resource_ok && no_conditions
 }
 impl CedarIndex {
-    /// Parses, validates and indexes the policies against the manifest.
+    /// Parses, validates and indexes the policies against the manifest, in these steps: the
+    /// schema from the manifest; every policy file parsed, each policy named by its `@id`;
+    /// the set validated against the schema (and every entity it names checked against the
+    /// manifest); the entities built; the policies indexed by tool and pinned agent; the agents
+    /// sorted into classes; the tools' uids.
     ///
     /// # Errors
     /// Every parse and validation problem, with file, line and policy id.
@@ -298,142 +302,190 @@ impl CedarIndex {
         arg_types: &BTreeMap<String, ArgType>,
         sources: &[PolicySource],
     ) -> Result<Self, Vec<Diagnostic>> {
+        let one = |message: String| vec![diag(&m.file, None, "", message)];
+        let schema = Schema::from_json_value(schema_json(m, arg_types))
+            .map_err(|e| one(format!("cannot build the Cedar schema: {e}")))?;
         let mut diags = Vec::new();
-        let diag = |file: &str, line: Option<usize>, path: &str, message: String| Diagnostic {
-            file: file.to_string(),
-            line,
-            path: path.to_string(),
-            message,
-        };
-        let schema = match Schema::from_json_value(schema_json(m, arg_types)) {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(vec![diag(
-                    &m.file,
-                    None,
-                    "",
-                    format!("cannot build the Cedar schema: {e}"),
-                )]);
-            }
-        };
-        let mut all = PolicySet::new();
-        let mut origin: HashMap<String, (String, usize)> = HashMap::new();
-        for src in sources {
-            let parsed = match PolicySet::from_str(&src.text) {
-                Ok(p) => p,
-                Err(e) => {
-                    let line = first_offset(&e).map(|o| line_at(&src.text, o));
-                    diags.push(diag(
-                        &src.name,
-                        line,
-                        "",
-                        format!("Cedar syntax error: {e}"),
-                    ));
-                    continue;
-                }
-            };
-            if parsed.templates().next().is_some() {
-                diags.push(diag(
-                    &src.name,
-                    None,
-                    "",
-                    "policy templates are not supported".into(),
-                ));
-                continue;
-            }
-            let mut policies: Vec<&Policy> = parsed.policies().collect();
-            // `from_str` names policies `policy0`, `policy1`, ... in file order.
-            policies.sort_by_key(|p| {
-                p.id()
-                    .to_string()
-                    .trim_start_matches("policy")
-                    .parse::<usize>()
-                    .unwrap_or(usize::MAX)
-            });
-            for (n, p) in policies.into_iter().enumerate() {
-                let id = match p.annotation("id") {
-                    Some(id) => id.to_string(),
-                    None => format!("{}#{n}", src.name),
-                };
-                let line = p
-                    .annotation("id")
-                    .and_then(|a| src.text.find(&format!("\"{a}\"")))
-                    .map(|o| line_at(&src.text, o));
-                if let Some((file, l)) = origin.get(&id) {
-                    diags.push(diag(
-                        &src.name,
-                        line,
-                        &id,
-                        format!("duplicate policy id (also at {file}:{l})"),
-                    ));
-                    continue;
-                }
-                origin.insert(id.clone(), (src.name.clone(), line.unwrap_or(0)));
-                if let Err(e) = all.add(p.new_id(PolicyId::new(&id))) {
-                    diags.push(diag(&src.name, line, &id, e.to_string()));
-                }
-            }
-        }
-        let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
-        for e in validation.validation_errors() {
-            let id = e.policy_id().to_string();
-            let (file, line) = match origin.get(&id) {
-                Some((file, _)) => {
-                    let text = sources
-                        .iter()
-                        .find(|s| &s.name == file)
-                        .map(|s| s.text.as_str());
-                    let line = match (first_offset(e), text) {
-                        (Some(o), Some(t)) => Some(line_at(t, o)),
-                        _ => origin.get(&id).map(|(_, l)| *l),
-                    };
-                    (file.clone(), line)
-                }
-                None => (m.file.clone(), None),
-            };
-            diags.push(diag(&file, line, &format!("policy `{id}`"), e.to_string()));
-        }
-        for (id, what) in unknown_entities(m, &all) {
-            let (file, line) = origin
-                .get(&id)
-                .map_or((m.file.clone(), None), |(f, l)| (f.clone(), Some(*l)));
-            diags.push(diag(&file, line, &format!("policy `{id}`"), what));
-        }
+        let (all, origin) = parse(sources, &mut diags);
+        validate(m, &schema, &all, &origin, sources, &mut diags);
         if !diags.is_empty() {
             return Err(diags);
         }
+        let entities = build_entities(m, &schema)
+            .map_err(|e| one(format!("cannot build Cedar entities: {e}")))?;
+        let indexed = index_policies(m, &all).map_err(|d| vec![d])?;
+        let (agents, classes) = classify_agents(m).map_err(|d| vec![d])?;
+        let mut tool_uids = HashMap::with_capacity(m.tools.len());
+        for name in m.tools.keys() {
+            let both = uid("Action", name).and_then(|a| Ok((a, uid("Tool", name)?)));
+            tool_uids.insert(
+                name.clone(),
+                both.map_err(|e| one(format!("tool `{name}`: {e}")))?,
+            );
+        }
+        Ok(Self {
+            schema,
+            entities,
+            per_action: indexed.per_action,
+            per_agent: indexed.per_agent,
+            effects: indexed.effects,
+            policy_count: all.policies().count(),
+            all,
+            agents,
+            classes,
+            native_count: indexed.native_count,
+            static_cache: RwLock::new(HashMap::new()),
+            tool_uids,
+            authorizer: Authorizer::new(),
+        })
+    }
+}
 
-        let entities = match build_entities(m, &schema) {
-            Ok(e) => e,
+/// A diagnostic at `file`, `line`, `path`.
+fn diag(file: &str, line: Option<usize>, path: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_string(),
+        line,
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// Where each policy id was defined: file and line.
+type Origins = HashMap<String, (String, usize)>;
+
+/// Parses every policy file into one set, each policy named by its `@id` (or `<file>#<n>`);
+/// syntax errors, templates and duplicate ids go to `diags`.
+fn parse(sources: &[PolicySource], diags: &mut Vec<Diagnostic>) -> (PolicySet, Origins) {
+    let mut all = PolicySet::new();
+    let mut origin: Origins = HashMap::new();
+    for src in sources {
+        let parsed = match PolicySet::from_str(&src.text) {
+            Ok(p) => p,
             Err(e) => {
-                return Err(vec![diag(
-                    &m.file,
-                    None,
+                let line = first_offset(&e).map(|o| line_at(&src.text, o));
+                diags.push(diag(
+                    &src.name,
+                    line,
                     "",
-                    format!("cannot build Cedar entities: {e}"),
-                )])
+                    format!("Cedar syntax error: {e}"),
+                ));
+                continue;
             }
         };
+        if parsed.templates().next().is_some() {
+            diags.push(diag(
+                &src.name,
+                None,
+                "",
+                "policy templates are not supported".into(),
+            ));
+            continue;
+        }
+        let mut policies: Vec<&Policy> = parsed.policies().collect();
+        // `from_str` names policies `policy0`, `policy1`, ... in file order.
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        for (n, p) in policies.into_iter().enumerate() {
+            let id = match p.annotation("id") {
+                Some(id) => id.to_string(),
+                None => format!("{}#{n}", src.name),
+            };
+            let line = p
+                .annotation("id")
+                .and_then(|a| src.text.find(&format!("\"{a}\"")))
+                .map(|o| line_at(&src.text, o));
+            if let Some((file, l)) = origin.get(&id) {
+                diags.push(diag(
+                    &src.name,
+                    line,
+                    &id,
+                    format!("duplicate policy id (also at {file}:{l})"),
+                ));
+                continue;
+            }
+            origin.insert(id.clone(), (src.name.clone(), line.unwrap_or(0)));
+            if let Err(e) = all.add(p.new_id(PolicyId::new(&id))) {
+                diags.push(diag(&src.name, line, &id, e.to_string()));
+            }
+        }
+    }
+    (all, origin)
+}
 
-        // Index. Expand action groups (`tier:<name>`) to their tools.
-        let tools_by_tier: HashMap<String, Vec<String>> = {
-            let mut map: HashMap<String, Vec<String>> = HashMap::new();
-            for (name, tool) in &m.tools {
-                if let Some(t) = m.tiers.get(tool.tier) {
-                    map.entry(format!("tier:{}", t.name))
-                        .or_default()
-                        .push(name.clone());
-                }
+/// Validates the set against the schema (strict mode) and checks that every entity it names is
+/// in the manifest; problems go to `diags`, at the policy's file and line.
+fn validate(
+    m: &Manifest,
+    schema: &Schema,
+    all: &PolicySet,
+    origin: &Origins,
+    sources: &[PolicySource],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let validation = Validator::new(schema.clone()).validate(all, ValidationMode::Strict);
+    for e in validation.validation_errors() {
+        let id = e.policy_id().to_string();
+        let (file, line) = match origin.get(&id) {
+            Some((file, _)) => {
+                let text = sources
+                    .iter()
+                    .find(|s| &s.name == file)
+                    .map(|s| s.text.as_str());
+                let line = match (first_offset(e), text) {
+                    (Some(o), Some(t)) => Some(line_at(t, o)),
+                    _ => origin.get(&id).map(|(_, l)| *l),
+                };
+                (file.clone(), line)
             }
-            map
+            None => (m.file.clone(), None),
         };
-        let expand = |u: &EntityUid| -> Vec<String> {
-            let id = u.id().unescaped().to_string();
-            tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
-        };
-        let mut names: Vec<&String> = m.tools.keys().collect();
-        names.sort();
-        let mut per_action: HashMap<String, ActionPolicies> = names
+        diags.push(diag(&file, line, &format!("policy `{id}`"), e.to_string()));
+    }
+    for (id, what) in unknown_entities(m, all) {
+        let (file, line) = origin
+            .get(&id)
+            .map_or((m.file.clone(), None), |(f, l)| (f.clone(), Some(*l)));
+        diags.push(diag(&file, line, &format!("policy `{id}`"), what));
+    }
+}
+
+/// The policies, indexed.
+struct Indexed {
+    per_action: HashMap<String, ActionPolicies>,
+    per_agent: HashMap<String, Policies>,
+    effects: HashMap<String, Effect>,
+    native_count: usize,
+}
+
+/// Indexes every policy: one pinned to an agent under that agent; any other under each tool
+/// its action constraint reaches (action groups `tier:<name>` expanded), in the part its
+/// dependence says (context, agent identity, agent class).
+fn index_policies(m: &Manifest, all: &PolicySet) -> Result<Indexed, Diagnostic> {
+    let tools_by_tier: HashMap<String, Vec<String>> = {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, tool) in &m.tools {
+            if let Some(t) = m.tiers.get(tool.tier) {
+                map.entry(format!("tier:{}", t.name))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        map
+    };
+    let expand = |u: &EntityUid| -> Vec<String> {
+        let id = u.id().unescaped().to_string();
+        tools_by_tier.get(&id).cloned().unwrap_or_else(|| vec![id])
+    };
+    let mut names: Vec<&String> = m.tools.keys().collect();
+    names.sort();
+    let mut indexed = Indexed {
+        per_action: names
             .into_iter()
             .enumerate()
             .map(|(i, k)| {
@@ -447,116 +499,99 @@ impl CedarIndex {
                     },
                 )
             })
-            .collect();
-        let mut per_agent: HashMap<String, Policies> = HashMap::new();
-        let mut effects = HashMap::new();
-        let mut native_count = 0;
-        for p in all.policies() {
-            effects.insert(p.id().to_string(), p.effect());
-            let compiled = Compiled::compile(p).map(Arc::new);
-            native_count += usize::from(compiled.is_some());
-            let compiled = compiled.as_ref();
-            let pinned = match p.principal_constraint() {
-                PrincipalConstraint::Eq(u) if u.type_name().to_string() == "Agent" => {
-                    Some(u.id().unescaped().to_string())
-                }
-                _ => None,
+            .collect(),
+        per_agent: HashMap::new(),
+        effects: HashMap::new(),
+        native_count: 0,
+    };
+    for p in all.policies() {
+        indexed.effects.insert(p.id().to_string(), p.effect());
+        let compiled = Compiled::compile(p).map(Arc::new);
+        indexed.native_count += usize::from(compiled.is_some());
+        let compiled = compiled.as_ref();
+        let pinned = match p.principal_constraint() {
+            PrincipalConstraint::Eq(u) if u.type_name().to_string() == "Agent" => {
+                Some(u.id().unescaped().to_string())
+            }
+            _ => None,
+        };
+        let result = if let Some(agent) = pinned {
+            indexed.per_agent.entry(agent).or_default().add(p, compiled)
+        } else {
+            let targets: Vec<String> = match p.action_constraint() {
+                ActionConstraint::Any => m.tools.keys().cloned().collect(),
+                ActionConstraint::Eq(u) => expand(&u),
+                ActionConstraint::In(us) => us.iter().flat_map(expand).collect(),
             };
-            let result = if let Some(agent) = pinned {
-                per_agent.entry(agent).or_default().add(p, compiled)
-            } else {
-                let targets: Vec<String> = match p.action_constraint() {
-                    ActionConstraint::Any => m.tools.keys().cloned().collect(),
-                    ActionConstraint::Eq(u) => expand(&u),
-                    ActionConstraint::In(us) => us.iter().flat_map(expand).collect(),
-                };
-                let unconditional = is_unconditional_permit(p);
-                let dep = dependence(p);
-                let mut r = Ok(());
-                for t in targets {
-                    if let Some(entry) = per_action.get_mut(&t) {
-                        match dep {
-                            Dependence::Context => {
-                                r = r.and(entry.dynamic.add(p, compiled));
-                                if p.effect() == Effect::Forbid {
-                                    r = r.and(entry.dynamic_forbids.add(p, compiled));
-                                }
+            let unconditional = is_unconditional_permit(p);
+            let dep = dependence(p);
+            let mut r = Ok(());
+            for t in targets {
+                if let Some(entry) = indexed.per_action.get_mut(&t) {
+                    match dep {
+                        Dependence::Context => {
+                            r = r.and(entry.dynamic.add(p, compiled));
+                            if p.effect() == Effect::Forbid {
+                                r = r.and(entry.dynamic_forbids.add(p, compiled));
                             }
-                            Dependence::Agent => r = r.and(entry.by_agent.add(p, compiled)),
-                            Dependence::Class => r = r.and(entry.by_class.add(p, compiled)),
                         }
-                        let id = p.id().to_string();
-                        if unconditional && !entry.unconditional_permits.contains(&id) {
-                            entry.unconditional_permits.push(id);
-                        }
+                        Dependence::Agent => r = r.and(entry.by_agent.add(p, compiled)),
+                        Dependence::Class => r = r.and(entry.by_class.add(p, compiled)),
+                    }
+                    let id = p.id().to_string();
+                    if unconditional && !entry.unconditional_permits.contains(&id) {
+                        entry.unconditional_permits.push(id);
                     }
                 }
-                r
-            };
-            if let Err(e) = result {
-                return Err(vec![diag(&m.file, None, p.id().as_ref(), e)]);
             }
-        }
-        let policy_count = all.policies().count();
-        let mut classes: HashMap<(&str, &str, &str), u32> = HashMap::new();
-        let mut agents = HashMap::with_capacity(m.agents.len());
-        let mut class_of: HashMap<String, HashMap<String, [u32; 4]>> = HashMap::new();
-        let mut ids: Vec<&String> = m.agents.keys().collect();
-        ids.sort();
-        for (i, id) in ids.into_iter().enumerate() {
-            let Some(a) = m.agents.get(id) else { continue };
-            let uid = match uid("Agent", id) {
-                Ok(u) => u,
-                Err(e) => return Err(vec![diag(&m.file, None, "", format!("agent `{id}`: {e}"))]),
-            };
-            let next = u32::try_from(classes.len()).unwrap_or(u32::MAX);
-            let class = *classes
-                .entry((a.tenant.as_str(), a.zone.as_str(), a.trust.as_str()))
-                .or_insert(next);
-            let slot = class_of
-                .entry(a.tenant.clone())
-                .or_default()
-                .entry(a.zone.clone())
-                .or_insert([u32::MAX; 4]);
-            if let Some(s) = trust_slot(a).and_then(|k| slot.get_mut(k)) {
-                *s = class;
-            }
-            agents.insert(
-                id.clone(),
-                AgentEntry {
-                    uid,
-                    idx: u32::try_from(i).unwrap_or(u32::MAX),
-                    class,
-                },
-            );
-        }
-        let mut tool_uids = HashMap::with_capacity(m.tools.len());
-        for name in m.tools.keys() {
-            match (uid("Action", name), uid("Tool", name)) {
-                (Ok(a), Ok(r)) => {
-                    tool_uids.insert(name.clone(), (a, r));
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(vec![diag(&m.file, None, "", format!("tool `{name}`: {e}"))])
-                }
-            }
-        }
-        Ok(Self {
-            schema,
-            entities,
-            per_action,
-            per_agent,
-            effects,
-            all,
-            policy_count,
-            agents,
-            classes: class_of,
-            native_count,
-            static_cache: RwLock::new(HashMap::new()),
-            tool_uids,
-            authorizer: Authorizer::new(),
-        })
+            r
+        };
+        result.map_err(|e| diag(&m.file, None, p.id().as_ref(), e.to_string()))?;
     }
+    Ok(indexed)
+}
+
+/// Agents by id, each with its uid, index and class (tenant, zone, trust); and the class of
+/// each (tenant, zone, trust slot).
+type Classified = (
+    HashMap<String, AgentEntry>,
+    HashMap<String, HashMap<String, [u32; 4]>>,
+);
+
+/// Sorts the agents into classes: agents of one tenant, zone and trust level see the same
+/// context-free policy results.
+fn classify_agents(m: &Manifest) -> Result<Classified, Diagnostic> {
+    let mut classes: HashMap<(&str, &str, &str), u32> = HashMap::new();
+    let mut agents = HashMap::with_capacity(m.agents.len());
+    let mut class_of: HashMap<String, HashMap<String, [u32; 4]>> = HashMap::new();
+    let mut ids: Vec<&String> = m.agents.keys().collect();
+    ids.sort();
+    for (i, id) in ids.into_iter().enumerate() {
+        let Some(a) = m.agents.get(id) else { continue };
+        let uid =
+            uid("Agent", id).map_err(|e| diag(&m.file, None, "", format!("agent `{id}`: {e}")))?;
+        let next = u32::try_from(classes.len()).unwrap_or(u32::MAX);
+        let class = *classes
+            .entry((a.tenant.as_str(), a.zone.as_str(), a.trust.as_str()))
+            .or_insert(next);
+        let slot = class_of
+            .entry(a.tenant.clone())
+            .or_default()
+            .entry(a.zone.clone())
+            .or_insert([u32::MAX; 4]);
+        if let Some(s) = trust_slot(a).and_then(|k| slot.get_mut(k)) {
+            *s = class;
+        }
+        agents.insert(
+            id.clone(),
+            AgentEntry {
+                uid,
+                idx: u32::try_from(i).unwrap_or(u32::MAX),
+                class,
+            },
+        );
+    }
+    Ok((agents, class_of))
 }
 
 /// The agent's trust level as an index into a class slot (0 for intern .. 3 for principal).

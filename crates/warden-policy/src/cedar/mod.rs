@@ -43,6 +43,45 @@ mod index;
 mod schema;
 
 pub use index::CedarIndex;
+
+/// Why a call could not be put to Cedar (the caller denies: `cedar.context_error`), or a
+/// policy or entity could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CedarError {
+    /// A number Cedar cannot hold (it has 64-bit integers only).
+    #[error("`{0}` does not fit a 64-bit integer")]
+    TooLarge(String),
+    /// A property the tool's schema requires is missing.
+    #[error("`{0}` is required")]
+    Required(String),
+    /// A value of another type than the tool's schema gives it.
+    #[error("`{0}` has an unexpected type")]
+    UnexpectedType(String),
+    /// The agent is not one the policies know.
+    #[error("unknown agent `{0}`")]
+    UnknownAgent(String),
+    /// The tool is not one the policies know.
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    /// The request was needed again after it could not be built.
+    #[error("the Cedar request could not be built")]
+    NoRequest,
+    /// Cedar refused a value, context, request, entity or policy: its message.
+    #[error("{0}")]
+    Cedar(String),
+}
+
+/// Cedar's error, as a [`CedarError`] (`at`: the JSON path it concerns, if any).
+fn cedar_err(at: &str) -> impl Fn(&dyn std::fmt::Display) -> CedarError + '_ {
+    move |e| {
+        if at.is_empty() {
+            CedarError::Cedar(e.to_string())
+        } else {
+            CedarError::Cedar(format!("`{at}`: {e}"))
+        }
+    }
+}
 pub use schema::{schema_json, ArgType};
 
 /// The facts of one call that policies may read, given to the native evaluator.

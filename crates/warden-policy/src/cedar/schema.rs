@@ -76,8 +76,8 @@ impl ArgType {
     /// given to Cedar never depends on whether Cedar happened to need them (cached results).
     ///
     /// # Errors
-    /// A message naming the JSON path that does not fit.
-    pub fn check(&self, value: &Value, at: &str) -> Result<(), String> {
+    /// [`CedarError`] naming the JSON path that does not fit.
+    pub fn check(&self, value: &Value, at: &str) -> Result<(), CedarError> {
         match (self, value) {
             (ArgType::String, Value::String(_)) | (ArgType::Bool, Value::Bool(_)) => Ok(()),
             (ArgType::Long, Value::Number(n)) => {
@@ -87,7 +87,7 @@ impl ArgType {
                 if fits {
                     Ok(())
                 } else {
-                    Err(format!("`{at}` does not fit a 64-bit integer"))
+                    Err(CedarError::TooLarge(at.to_owned()))
                 }
             }
             (ArgType::Set(t), Value::Array(items)) => items
@@ -98,15 +98,16 @@ impl ArgType {
                 for (name, t, required) in attrs {
                     match obj.get(name) {
                         Some(v) => t.check(v, &format!("{at}/{name}"))?,
-                        None if *required => return Err(format!("`{at}/{name}` is required")),
+                        None if *required => {
+                            return Err(CedarError::Required(format!("{at}/{name}")))
+                        }
                         None => {}
                     }
                 }
                 Ok(())
             }
-            _ => Err(format!(
-                "`{}` has an unexpected type",
-                if at.is_empty() { "/" } else { at }
+            _ => Err(CedarError::UnexpectedType(
+                if at.is_empty() { "/" } else { at }.to_owned(),
             )),
         }
     }
@@ -114,8 +115,8 @@ impl ArgType {
     /// Projects a (schema-valid) argument value onto this type.
     ///
     /// # Errors
-    /// A message naming the JSON path that does not fit.
-    pub fn project(&self, value: &Value, at: &str) -> Result<RestrictedExpression, String> {
+    /// [`CedarError`] naming the JSON path that does not fit.
+    pub fn project(&self, value: &Value, at: &str) -> Result<RestrictedExpression, CedarError> {
         match (self, value) {
             (ArgType::String, Value::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
             (ArgType::Long, Value::Number(n)) => {
@@ -132,7 +133,7 @@ impl ArgType {
                         })
                 });
                 i.map(RestrictedExpression::new_long)
-                    .ok_or_else(|| format!("`{at}` does not fit a 64-bit integer"))
+                    .ok_or_else(|| CedarError::TooLarge(at.to_owned()))
             }
             (ArgType::Bool, Value::Bool(b)) => Ok(RestrictedExpression::new_bool(*b)),
             (ArgType::Set(t), Value::Array(items)) => {
@@ -149,22 +150,23 @@ impl ArgType {
                         Some(v) => {
                             pairs.push((name.clone(), t.project(v, &format!("{at}/{name}"))?))
                         }
-                        None if *required => return Err(format!("`{at}/{name}` is required")),
+                        None if *required => {
+                            return Err(CedarError::Required(format!("{at}/{name}")))
+                        }
                         None => {}
                     }
                 }
-                RestrictedExpression::new_record(pairs).map_err(|e| format!("`{at}`: {e}"))
+                RestrictedExpression::new_record(pairs).map_err(|e| cedar_err(at)(&e))
             }
-            _ => Err(format!(
-                "`{}` has an unexpected type",
-                if at.is_empty() { "/" } else { at }
+            _ => Err(CedarError::UnexpectedType(
+                if at.is_empty() { "/" } else { at }.to_owned(),
             )),
         }
     }
 }
 
-pub(super) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
-    let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
+pub(super) fn uid(ty: &str, id: &str) -> Result<EntityUid, CedarError> {
+    let ty = EntityTypeName::from_str(ty).map_err(|e| cedar_err("")(&e))?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
@@ -292,7 +294,7 @@ pub(super) fn unknown_entities(m: &Manifest, all: &PolicySet) -> Vec<(String, St
     out
 }
 
-pub(super) fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, String> {
+pub(super) fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, CedarError> {
     let mut out = Vec::with_capacity(m.agents.len() + m.tools.len() + 16);
     for t in &m.tenants {
         out.push(Entity::new_no_attrs(uid("Tenant", t)?, HashSet::new()));
@@ -331,7 +333,7 @@ pub(super) fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, 
             ),
         ]);
         let parents = HashSet::from([uid("Tenant", &a.tenant)?, uid("Zone", &a.zone)?]);
-        out.push(Entity::new(uid("Agent", &a.id)?, attrs, parents).map_err(|e| e.to_string())?);
+        out.push(Entity::new(uid("Agent", &a.id)?, attrs, parents).map_err(|e| cedar_err("")(&e))?);
     }
     // The same facts the native evaluator reads (`tool_facts`): one derivation for both.
     for name in m.tools.keys() {
@@ -360,7 +362,9 @@ pub(super) fn build_entities(m: &Manifest, schema: &Schema) -> Result<Entities, 
             ("cost".to_string(), RestrictedExpression::new_long(t.cost)),
         ]);
         let parents = HashSet::from([uid("Tier", &t.tier)?]);
-        out.push(Entity::new(uid("Tool", &t.name)?, attrs, parents).map_err(|e| e.to_string())?);
+        out.push(
+            Entity::new(uid("Tool", &t.name)?, attrs, parents).map_err(|e| cedar_err("")(&e))?,
+        );
     }
-    Entities::from_entities(out, Some(schema)).map_err(|e| e.to_string())
+    Entities::from_entities(out, Some(schema)).map_err(|e| cedar_err("")(&e))
 }
