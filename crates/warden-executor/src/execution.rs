@@ -316,7 +316,10 @@ impl Executor {
             warden_core::canonical::json_digest(&value),
             redactions,
         );
-        let index = self.record(&receipt).await.map_err(ExecError::Receipt)?;
+        let index = self
+            .record(&receipt)
+            .await
+            .map_err(|e| ExecError::Receipt(e.to_string()))?;
         Ok(Executed {
             result,
             receipt_index: index,
@@ -356,12 +359,12 @@ impl Executor {
         n
     }
 
-    async fn record(&self, entry: &Entry) -> Result<u64, String> {
-        let ticket = self.ledger.submit(entry).map_err(|e| e.to_string())?;
-        ticket.recorded().await.map_err(|e| {
-            tracing::error!(error = %e, "receipt not recorded");
-            e.to_string()
-        })
+    async fn record(&self, entry: &Entry) -> Result<u64, warden_ledger::LedgerError> {
+        let ticket = self.ledger.submit(entry)?;
+        ticket
+            .recorded()
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "receipt not recorded"))
     }
 
     /// Records the receipt of a call that ended without a result, and returns `error`.

@@ -79,7 +79,7 @@ pub mod fuzz {
 }
 pub use sandboxed::SandboxConfig;
 pub use secrets::Secrets;
-pub use upstream::{hash_file, Observed, ProgressSink};
+pub use upstream::{hash_file, ConnectError, Observed, ProgressSink};
 
 /// Why a call did not run, or ran but cannot be returned.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +274,7 @@ pub async fn observe(
     upstreams: Vec<warden_manifest::upstream::Upstream>,
     secrets: Secrets,
     sandbox: Option<SandboxConfig>,
-) -> Result<Vec<(String, Result<Observed, String>)>, redact::RedactError> {
+) -> Result<Vec<(String, Result<Observed, ConnectError>)>, redact::RedactError> {
     let redactor = Arc::new(Redactor::new(secrets.values())?);
     let secrets = Arc::new(secrets);
     // All at once: observing is starting each server, which takes a while.

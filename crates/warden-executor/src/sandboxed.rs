@@ -92,6 +92,24 @@ pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reaso
     }
 }
 
+/// Why a sandboxed upstream could not be prepared to launch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// Its directory or its egress socket could not be set up.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The sandbox refused the launch (a layer it must enforce is missing, ...).
+    #[error(transparent)]
+    Sandbox(#[from] warden_sandbox::SandboxError),
+}
+
 /// Prepares upstream `name`'s launch in the sandbox: workspace, cgroup, egress proxy.
 pub(crate) fn launch(
     cfg: &SandboxConfig,
@@ -101,7 +119,7 @@ pub(crate) fn launch(
     exe: &Path,
     args: &[String],
     ledger: Option<Arc<Ledger>>,
-) -> Result<(std::process::Command, Running), String> {
+) -> Result<(std::process::Command, Running), LaunchError> {
     let base = base.to_path_buf();
     let workspace = base.join("work");
     let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
@@ -117,7 +135,10 @@ pub(crate) fn launch(
     spec.require = required(sb);
     let mut proxy = None;
     if !sb.egress_allow.is_empty() {
-        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        std::fs::create_dir_all(&base).map_err(|error| LaunchError::Io {
+            path: base.clone(),
+            error,
+        })?;
         // One socket per launch (another Warden process, `upstreams pin`, never unlinks a
         // running server's socket).
         static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -125,18 +146,27 @@ pub(crate) fn launch(
         let file = format!("egress-{}-{n}.sock", std::process::id());
         let socket = base.join(&file);
         let _ = std::fs::remove_file(&socket);
-        let listener = bind_short(&base, &file)
-            .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+        let listener = bind_short(&base, &file).map_err(|error| LaunchError::Io {
+            path: socket.clone(),
+            error,
+        })?;
         // Only this sandbox's uid may connect (the socket is bound into its view alone).
         let mode = if warden_sandbox::is_root() {
-            std::os::unix::fs::chown(&socket, Some(NOBODY), Some(NOBODY))
-                .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+            std::os::unix::fs::chown(&socket, Some(NOBODY), Some(NOBODY)).map_err(|error| {
+                LaunchError::Io {
+                    path: socket.clone(),
+                    error,
+                }
+            })?;
             0o600
         } else {
             0o666
         };
         std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| format!("egress socket {}: {e}", socket.display()))?;
+            .map_err(|error| LaunchError::Io {
+                path: socket.clone(),
+                error,
+            })?;
         let policy = Policy {
             allow: sb.egress_allow.clone(),
             private_allow: sb.private_networks.clone(),
@@ -166,10 +196,7 @@ pub(crate) fn launch(
             port: DEFAULT_PROXY_PORT,
         });
     }
-    let (cgroup, cmd) = cfg
-        .host
-        .prepare(&format!("upstream-{name}"), spec)
-        .map_err(|e| e.to_string())?;
+    let (cgroup, cmd) = cfg.host.prepare(&format!("upstream-{name}"), spec)?;
     // Served only once the launch is prepared: a refused launch leaves no proxy behind.
     let proxy = proxy.map(|(p, listener)| tokio::spawn(p.serve(listener)));
     Ok((

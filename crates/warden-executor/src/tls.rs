@@ -20,7 +20,7 @@ use reqwest::Client;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 /// Largest CA file read.
@@ -37,8 +37,58 @@ pub fn install_provider() {
     });
 }
 
+/// Why a TLS client could not be set up. Messages name the `ca_file`, never a URL (a webhook's
+/// URL can be a credential).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// No system root could be loaded, and the upstream has no `ca_file`.
+    #[error("no system CA certificates could be loaded ({0}); give the upstream a `ca_file`")]
+    NoSystemRoots(String),
+    /// The `ca_file` cannot be read.
+    #[error("ca_file `{}`: {error}", path.display())]
+    CaUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The `ca_file` is a directory, FIFO, device, ...
+    #[error("ca_file `{}` is not a regular file", .0.display())]
+    CaNotRegular(PathBuf),
+    /// The `ca_file` is larger than Warden reads.
+    #[error("ca_file `{}` is larger than {MAX_CA_BYTES} bytes", .0.display())]
+    CaTooLarge(PathBuf),
+    /// The `ca_file` is not PEM.
+    #[error("ca_file `{}` is not valid PEM: {why}", path.display())]
+    CaNotPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        why: String,
+    },
+    /// A certificate in the `ca_file` cannot be a trust anchor.
+    #[error("ca_file `{}` holds a certificate that cannot be a root: {why}", path.display())]
+    CaNotRoot {
+        /// The file.
+        path: PathBuf,
+        /// rustls's message.
+        why: String,
+    },
+    /// The `ca_file` holds no certificate.
+    #[error("ca_file `{}` holds no certificate", .0.display())]
+    CaEmpty(PathBuf),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    /// reqwest refused to build the client.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
 /// The system's trusted roots, loaded once.
-fn system_roots() -> Result<Arc<RootCertStore>, String> {
+fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
@@ -50,13 +100,12 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
                     .errors
                     .first()
                     .map_or_else(|| "none found".to_string(), ToString::to_string);
-                return Err(format!(
-                    "no system CA certificates could be loaded ({why}); give the upstream a `ca_file`"
-                ));
+                return Err(why);
             }
             Ok(Arc::new(store))
         })
         .clone()
+        .map_err(TlsError::NoSystemRoots)
 }
 
 /// The CA certificates in the PEM file `path`.
@@ -64,49 +113,53 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 /// like the manifest's other files).
 ///
 /// # Errors
-/// A message naming the file: unreadable, not a regular file, too large, not PEM, no
+/// [`TlsError`] naming the file: unreadable, not a regular file, too large, not PEM, no
 /// certificate, or a certificate that cannot be a root.
-pub fn load_ca(path: &Path) -> Result<Arc<RootCertStore>, String> {
+pub fn load_ca(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     use std::io::Read as _;
-    let shown = path.display();
-    let not_regular = || format!("ca_file `{shown}` is not a regular file");
+    let unreadable = |error| TlsError::CaUnreadable {
+        path: path.to_owned(),
+        error,
+    };
     // Checked before opening: opening a FIFO would block until someone writes to it.
-    let meta = std::fs::metadata(path).map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
-        return Err(not_regular());
+        return Err(TlsError::CaNotRegular(path.to_owned()));
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+    let file = std::fs::File::open(path).map_err(unreadable)?;
     if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(not_regular());
+        return Err(TlsError::CaNotRegular(path.to_owned()));
     }
     let mut pem = Vec::new();
     file.take(MAX_CA_BYTES + 1)
         .read_to_end(&mut pem)
-        .map_err(|e| format!("ca_file `{shown}`: {e}"))?;
+        .map_err(unreadable)?;
     if u64::try_from(pem.len()).unwrap_or(u64::MAX) > MAX_CA_BYTES {
-        return Err(format!(
-            "ca_file `{shown}` is larger than {MAX_CA_BYTES} bytes"
-        ));
+        return Err(TlsError::CaTooLarge(path.to_owned()));
     }
     let mut store = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("ca_file `{shown}` is not valid PEM: {e}"))?;
-        store.add(cert).map_err(|e| {
-            format!("ca_file `{shown}` holds a certificate that cannot be a root: {e}")
+        let cert = cert.map_err(|e| TlsError::CaNotPem {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+        store.add(cert).map_err(|e| TlsError::CaNotRoot {
+            path: path.to_owned(),
+            why: e.to_string(),
         })?;
     }
     if store.is_empty() {
-        return Err(format!("ca_file `{shown}` holds no certificate"));
+        return Err(TlsError::CaEmpty(path.to_owned()));
     }
     Ok(Arc::new(store))
 }
 
 /// The rustls configuration trusting `roots`.
-fn config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, String> {
+fn config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     // Streamable HTTP over HTTP/1.1 (what reqwest speaks here).
@@ -119,8 +172,11 @@ fn config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, String> {
 /// on a process default.
 ///
 /// # Errors
-/// A message naming what is wrong: no system roots, a client that cannot be built.
-pub(crate) fn client_with(url: &str, roots: Option<Arc<RootCertStore>>) -> Result<Client, String> {
+/// [`TlsError`]: no system roots, a client that cannot be built.
+pub(crate) fn client_with(
+    url: &str,
+    roots: Option<Arc<RootCertStore>>,
+) -> Result<Client, TlsError> {
     install_provider();
     let https = url.starts_with("https://");
     let roots = match (https, roots) {
@@ -138,14 +194,14 @@ pub(crate) fn client_with(url: &str, roots: Option<Arc<RootCertStore>>) -> Resul
         .https_only(https)
         .build()
         // Without the URL: a webhook's URL can be a credential.
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(|e| TlsError::Client(e.to_string()))
 }
 
 /// [`client_with`], the roots read from `ca_file` if given (webhooks and tests).
 ///
 /// # Errors
 /// As [`load_ca`] and [`client_with`].
-pub fn http_client(url: &str, ca_file: Option<&Path>) -> Result<Client, String> {
+pub fn http_client(url: &str, ca_file: Option<&Path>) -> Result<Client, TlsError> {
     let roots = match ca_file {
         Some(p) if url.starts_with("https://") => Some(load_ca(p)?),
         _ => None,
@@ -162,11 +218,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = http_client("https://example.org/mcp", Some(&missing)).unwrap_err();
-        assert!(e.contains("missing.pem"), "{e}");
+        assert!(matches!(e, TlsError::CaUnreadable { .. }), "{e}");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = http_client("https://example.org/mcp", Some(&empty)).unwrap_err();
-        assert!(e.contains("holds no certificate"), "{e}");
+        assert!(matches!(e, TlsError::CaEmpty(_)), "{e}");
         let broken = dir.path().join("broken.pem");
         std::fs::write(
             &broken,
@@ -174,12 +231,12 @@ mod tests {
         )
         .unwrap();
         let e = http_client("https://example.org/mcp", Some(&broken)).unwrap_err();
-        assert!(e.contains("broken.pem"), "{e}");
+        assert!(e.to_string().contains("broken.pem"), "{e}");
         // Plain http needs no roots at all.
         assert!(http_client("http://127.0.0.1:1/mcp", Some(&missing)).is_ok());
         // Not a regular file.
         let e = http_client("https://example.org/mcp", Some(dir.path())).unwrap_err();
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(matches!(e, TlsError::CaNotRegular(_)), "{e}");
     }
 
     #[test]

@@ -138,7 +138,7 @@ struct Conn {
     /// The tools that passed their pins (what may be listed and called).
     tools: Vec<Tool>,
     last_attempt: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<ConnectError>,
     /// Unpinned upstreams: the tool pins seen at the first connection of this run.
     first_seen: Option<BTreeMap<String, String>>,
     /// The sandboxed server's cgroup and egress proxy (dropping it kills the tree).
@@ -158,7 +158,7 @@ pub struct Observed {
 pub(crate) struct Upstream {
     pub(crate) spec: Spec,
     /// The roots of an https upstream's `ca_file`, read when it was set up.
-    ca: Option<Result<Arc<rustls::RootCertStore>, String>>,
+    ca: Option<Result<Arc<rustls::RootCertStore>, Arc<crate::tls::TlsError>>>,
     secrets: Arc<Secrets>,
     redactor: Arc<Redactor>,
     /// Where pin violations are recorded (`None` only when observing for `upstreams pin`).
@@ -187,23 +187,111 @@ pub(crate) fn pin_of(t: &Tool) -> String {
     warden_manifest::upstream::tool_pin(&t.name, t.description.as_deref(), &input, output.as_ref())
 }
 
+/// Why an upstream could not be started, reached or listed. Kept as the upstream's last error
+/// (so it is `Clone`: foreign errors are held as their messages) and given to the agent,
+/// redacted, as the reason the upstream is unavailable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// `warden` as a program, and the running binary cannot be found.
+    #[error("cannot find the running Warden binary: {0}")]
+    SelfNotFound(String),
+    /// A program name that is not on `PATH`.
+    #[error("`{0}` is not on PATH")]
+    NotOnPath(String),
+    /// A pinned or hashed file cannot be read.
+    #[error("cannot read `{}`: {why}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A pinned file changed (INV-023).
+    #[error(
+        "`{}` is {got}, pinned {want}: the upstream does not start until re-pinned",
+        path.display()
+    )]
+    PinMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its hash now.
+        got: String,
+        /// Its pin.
+        want: String,
+    },
+    /// The manifest sandboxes the upstream and this Warden has no sandbox (INV-006).
+    #[error("the manifest sandboxes this upstream, and this Warden has no sandbox configured")]
+    NoSandbox,
+    /// The sandbox could not be prepared.
+    #[error("{0}")]
+    Launch(String),
+    /// A secret the upstream's environment or headers need did not expand.
+    #[error("{0}")]
+    Secret(String),
+    /// The process could not be started.
+    #[error("cannot start `{program}`: {why}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        why: String,
+    },
+    /// The MCP handshake failed.
+    #[error("MCP handshake with `{with}` failed: {why}")]
+    Handshake {
+        /// The program or URL.
+        with: String,
+        /// Why (with the server's last stderr lines, redacted later, for stdio).
+        why: String,
+    },
+    /// The https upstream's TLS client could not be set up.
+    #[error("{0}")]
+    Tls(Arc<crate::tls::TlsError>),
+    /// A header name in the manifest is not valid.
+    #[error("header `{0}` is not a valid header name")]
+    HeaderName(String),
+    /// A header's value (after secrets) is not valid.
+    #[error("the value of header `{0}` is not a valid header value")]
+    HeaderValue(String),
+    /// `tools/list` failed.
+    #[error("tools/list failed: {0}")]
+    ListTools(String),
+    /// It did not start in time.
+    #[error("did not start within {0}s")]
+    Timeout(u64),
+    /// The previous process tree survived its kill.
+    #[error("the previous server's process tree survived its kill; not restarting")]
+    Survived,
+    /// A worker task died.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl From<crate::tls::TlsError> for ConnectError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        ConnectError::Tls(Arc::new(e))
+    }
+}
+
 /// SHA-256 of a file, `sha256:<hex>`.
 ///
 /// # Errors
-/// Why the file cannot be read.
-pub async fn hash_file(path: &Path) -> Result<String, String> {
+/// [`ConnectError::Unreadable`] when the file cannot be read.
+pub async fn hash_file(path: &Path) -> Result<String, ConnectError> {
     let p = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use sha2::Digest as _;
         use std::io::Read as _;
-        let mut f =
-            std::fs::File::open(&p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+        let unreadable = |e: std::io::Error| ConnectError::Unreadable {
+            path: p.clone(),
+            why: e.to_string(),
+        };
+        let mut f = std::fs::File::open(&p).map_err(unreadable)?;
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+            let n = f.read(&mut buf).map_err(unreadable)?;
             if n == 0 {
                 break;
             }
@@ -214,14 +302,13 @@ pub async fn hash_file(path: &Path) -> Result<String, String> {
         Ok(out)
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| ConnectError::Interrupted(e.to_string()))?
 }
 
 /// The file `program` runs: `warden` is this binary; a name without `/` is looked up on `PATH`.
-fn resolve(program: &str) -> Result<PathBuf, String> {
+fn resolve(program: &str) -> Result<PathBuf, ConnectError> {
     if program == "warden" {
-        return std::env::current_exe()
-            .map_err(|e| format!("cannot find the running Warden binary: {e}"));
+        return std::env::current_exe().map_err(|e| ConnectError::SelfNotFound(e.to_string()));
     }
     if program.contains('/') {
         return Ok(PathBuf::from(program));
@@ -230,7 +317,7 @@ fn resolve(program: &str) -> Result<PathBuf, String> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("`{program}` is not on PATH"))
+        .ok_or_else(|| ConnectError::NotOnPath(program.to_owned()))
 }
 
 /// An error and its causes, outermost first, each once.
@@ -261,7 +348,7 @@ impl Upstream {
         let ca = match &spec.transport {
             Transport::Http {
                 ca_file: Some(p), ..
-            } => Some(crate::tls::load_ca(Path::new(p))),
+            } => Some(crate::tls::load_ca(Path::new(p)).map_err(Arc::new)),
             _ => None,
         };
         Upstream {
@@ -522,8 +609,8 @@ impl Upstream {
             if t.elapsed() < RESTART_BACKOFF {
                 return Err(self.unavailable(
                     conn.last_error
-                        .clone()
-                        .unwrap_or_else(|| "restarting".into()),
+                        .as_ref()
+                        .map_or_else(|| "restarting".into(), ToString::to_string),
                 ));
             }
         }
@@ -535,10 +622,9 @@ impl Upstream {
                 .await
                 .unwrap_or(false);
             if !gone {
-                let e = "the previous server's process tree survived its kill; not restarting"
-                    .to_owned();
+                let e = ConnectError::Survived;
                 conn.last_error = Some(e.clone());
-                return Err(self.unavailable(e));
+                return Err(self.unavailable(e.to_string()));
             }
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
@@ -563,22 +649,22 @@ impl Upstream {
             }
             Ok(Err(e)) => {
                 conn.last_error = Some(e.clone());
-                Err(self.unavailable(e))
+                Err(self.unavailable(e.to_string()))
             }
             Err(_) => {
-                let e = format!("did not start within {}s", CONNECT_TIMEOUT.as_secs());
+                let e = ConnectError::Timeout(CONNECT_TIMEOUT.as_secs());
                 conn.last_error = Some(e.clone());
-                Err(self.unavailable(e))
+                Err(self.unavailable(e.to_string()))
             }
         }
     }
 
     /// Observes the upstream as it is now (no pins enforced), then stops it.
-    pub(crate) async fn observe(&self) -> Result<Observed, String> {
+    pub(crate) async fn observe(&self) -> Result<Observed, ConnectError> {
         let (client, tools, executable, running) =
             tokio::time::timeout(CONNECT_TIMEOUT, self.connect_with(false))
                 .await
-                .map_err(|_| format!("did not start within {}s", CONNECT_TIMEOUT.as_secs()))??;
+                .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT.as_secs()))??;
         let _ = client.cancel().await;
         drop(running);
         Ok(Observed {
@@ -590,13 +676,13 @@ impl Upstream {
         })
     }
 
-    async fn connect(&self) -> Result<Connected, String> {
+    async fn connect(&self) -> Result<Connected, ConnectError> {
         self.connect_with(true).await
     }
 
     /// Starts (stdio) or reaches the server, checking the executable and file pins first when
     /// `enforce`, and lists its tools.
-    async fn connect_with(&self, enforce: bool) -> Result<Connected, String> {
+    async fn connect_with(&self, enforce: bool) -> Result<Connected, ConnectError> {
         let mut executable = None;
         let mut running = None;
         let client = match &self.spec.transport {
@@ -619,12 +705,13 @@ impl Upstream {
                             _ => hash_file(&path).await?,
                         };
                         if got != *want {
-                            let why = format!(
-                                "`{}` is {got}, pinned {want}: the upstream does not start until re-pinned",
-                                path.display()
-                            );
-                            self.record("upstream.binary_changed", why.clone()).await;
-                            return Err(why);
+                            let e = ConnectError::PinMismatch {
+                                path,
+                                got,
+                                want: want.clone(),
+                            };
+                            self.record("upstream.binary_changed", e.to_string()).await;
+                            return Err(e);
                         }
                     }
                 }
@@ -637,9 +724,7 @@ impl Upstream {
                     Some(sb) => {
                         // INVARIANT (fail-closed, INV-006): a server the manifest sandboxes
                         // starts only through the sandbox.
-                        let cfg = self.sandbox.as_ref().ok_or_else(|| {
-                            "the manifest sandboxes this upstream, and this Warden has no sandbox configured".to_owned()
-                        })?;
+                        let cfg = self.sandbox.as_ref().ok_or(ConnectError::NoSandbox)?;
                         let (cmd, r) = crate::sandboxed::launch(
                             cfg,
                             &self.spec.name,
@@ -648,7 +733,8 @@ impl Upstream {
                             &exe,
                             args,
                             self.ledger.clone(),
-                        )?;
+                        )
+                        .map_err(|e| ConnectError::Launch(e.to_string()))?;
                         // Registered before it starts: a kill during the start reaches it.
                         if let Some(cg) = &r.cgroup {
                             self.trees.add(&self.spec.name, &self.boundary, cg);
@@ -672,13 +758,19 @@ impl Upstream {
                 }
                 for (k, t) in &self.spec.env {
                     // INVARIANT (INV-009): secrets go into the child's environment, nowhere else.
-                    let v = self.secrets.expand(t).map_err(|e| e.to_string())?;
+                    let v = self
+                        .secrets
+                        .expand(t)
+                        .map_err(|e| ConnectError::Secret(e.to_string()))?;
                     cmd.env(k, v.as_str());
                 }
                 let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
                     .stderr(std::process::Stdio::piped())
                     .spawn()
-                    .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+                    .map_err(|e| ConnectError::Spawn {
+                        program: program.clone(),
+                        why: e.to_string(),
+                    })?;
                 let last_words = stderr.map(|stderr| self.log_stderr(stderr));
                 match Relay::clone(&self.relay).serve(transport).await {
                     Ok(client) => client,
@@ -699,7 +791,10 @@ impl Upstream {
                         } else {
                             format!("; its stderr ended with: {}", said.join(" | "))
                         };
-                        return Err(format!("MCP handshake with `{program}` failed: {e}{said}"));
+                        return Err(ConnectError::Handshake {
+                            with: program.clone(),
+                            why: format!("{e}{said}"),
+                        });
                     }
                 }
             }
@@ -709,7 +804,7 @@ impl Upstream {
                 // when the upstream was set up).
                 let roots = match &self.ca {
                     Some(Ok(roots)) => Some(Arc::clone(roots)),
-                    Some(Err(e)) => return Err(e.clone()),
+                    Some(Err(e)) => return Err(ConnectError::Tls(Arc::clone(e))),
                     None => None,
                 };
                 let http = crate::tls::client_with(url, roots)?;
@@ -723,7 +818,10 @@ impl Upstream {
                 config.max_sse_event_size = MAX_RESULT_BYTES;
                 for (k, t) in &self.spec.headers {
                     // INVARIANT (INV-009): secrets go into the upstream's headers, nowhere else.
-                    let v = self.secrets.expand(t).map_err(|e| e.to_string())?;
+                    let v = self
+                        .secrets
+                        .expand(t)
+                        .map_err(|e| ConnectError::Secret(e.to_string()))?;
                     if k.eq_ignore_ascii_case("authorization") {
                         if let Some(token) = v.strip_prefix("Bearer ") {
                             config.auth_header = Some(token.to_owned());
@@ -731,10 +829,9 @@ impl Upstream {
                         }
                     }
                     let name = http::HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|_| format!("header `{k}` is not a valid header name"))?;
-                    let value = http::HeaderValue::from_str(&v).map_err(|_| {
-                        format!("the value of header `{k}` is not a valid header value")
-                    })?;
+                        .map_err(|_| ConnectError::HeaderName(k.clone()))?;
+                    let value = http::HeaderValue::from_str(&v)
+                        .map_err(|_| ConnectError::HeaderValue(k.clone()))?;
                     config.custom_headers.insert(name, value);
                 }
                 let transport =
@@ -743,13 +840,16 @@ impl Upstream {
                     .serve(transport)
                     .await
                     // The cause chain says why (a TLS refusal names the certificate problem).
-                    .map_err(|e| format!("MCP handshake with `{url}` failed: {}", causes(&e)))?
+                    .map_err(|e| ConnectError::Handshake {
+                        with: url.clone(),
+                        why: causes(&e),
+                    })?
             }
         };
         let tools = client
             .list_all_tools()
             .await
-            .map_err(|e| format!("tools/list failed: {e}"))?;
+            .map_err(|e| ConnectError::ListTools(e.to_string()))?;
         Ok((client, tools, executable, running))
     }
 

@@ -112,16 +112,17 @@ impl McpFront {
     /// every request). The session is fresh for each connection.
     ///
     /// # Errors
-    /// Why the credential is refused.
-    pub fn stdio(app: Runtime, credential: &str) -> Result<Self, String> {
-        let caller = app
-            .authenticate(Some(credential))
-            .map_err(|r| r.to_string())?;
-        let session = format!(
-            "stdio:{}:{}",
-            caller.credential(),
-            warden_runtime::caller::random_id().ok_or("no randomness for a session id")?
-        );
+    /// The [`Refusal`](warden_runtime::caller::Refusal) of the credential, or of a session id
+    /// that could not be drawn.
+    pub fn stdio(app: Runtime, credential: &str) -> Result<Self, warden_runtime::caller::Refusal> {
+        let caller = app.authenticate(Some(credential))?;
+        let id =
+            warden_runtime::caller::random_id().ok_or_else(|| warden_runtime::caller::Refusal {
+                kind: warden_runtime::caller::RefusalKind::Internal,
+                rule: "session.no_randomness",
+                why: "no randomness for a session id".into(),
+            })?;
+        let session = format!("stdio:{}:{id}", caller.credential());
         Ok(McpFront {
             ended: Some(SessionEnd::new(&app)),
             app,

@@ -160,7 +160,7 @@ pub fn check_upstream_files(manifest_path: &Path, manifest: &Manifest) -> Result
                     file: file.clone(),
                     line: lines.line_of(&key),
                     path: key,
-                    message,
+                    message: message.to_string(),
                 });
             }
         }

@@ -1,35 +1,67 @@
 //! The starter bundle `warden init` and a first `warden serve` write: the files under
 //! `examples/starter/`, embedded, with approvers whose keys are made for the data directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The starter manifest.
 pub const MANIFEST: &str = include_str!("../../../examples/starter/manifest.yaml");
 /// The starter Cedar policies.
 pub const POLICY_BASE: &str = include_str!("../../../examples/starter/policies/base.cedar");
 
+/// Why the starter bundle was not written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StarterError {
+    /// A manifest is already there.
+    #[error("`{}` already exists; not overwriting it", .0.display())]
+    Exists(PathBuf),
+    /// A file or directory could not be written.
+    #[error("cannot write `{}`: {error}", path.display())]
+    Write {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// A starter approver's key could not be made or read.
+    #[error("approver `{id}`'s key: {error}")]
+    Key {
+        /// The approver.
+        id: &'static str,
+        /// Why.
+        #[source]
+        error: crate::keyfile::KeyFileError,
+    },
+}
+
+/// `std::fs::write`, its error naming the file.
+fn write_file(path: &Path, text: &str) -> Result<(), StarterError> {
+    std::fs::write(path, text).map_err(|error| StarterError::Write {
+        path: path.to_owned(),
+        error,
+    })
+}
+
 /// Writes the starter bundle into `dir`; refuses to overwrite an existing manifest.
 ///
 /// # Errors
-/// A message naming the file that could not be written or already exists.
-pub fn write(dir: &Path) -> Result<std::path::PathBuf, String> {
+/// [`StarterError`] naming the file that could not be written or already exists.
+pub fn write(dir: &Path) -> Result<PathBuf, StarterError> {
     let manifest = dir.join("manifest.yaml");
     if manifest.exists() {
-        return Err(format!(
-            "`{}` already exists; not overwriting it",
-            manifest.display()
-        ));
+        return Err(StarterError::Exists(manifest));
     }
     let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies)
-        .map_err(|e| format!("cannot create `{}`: {e}", policies.display()))?;
+    std::fs::create_dir_all(&policies).map_err(|error| StarterError::Write {
+        path: policies.clone(),
+        error,
+    })?;
     let base = policies.join("base.cedar");
     if !base.exists() {
-        std::fs::write(&base, POLICY_BASE)
-            .map_err(|e| format!("cannot write `{}`: {e}", base.display()))?;
+        write_file(&base, POLICY_BASE)?;
     }
-    std::fs::write(&manifest, MANIFEST)
-        .map_err(|e| format!("cannot write `{}`: {e}", manifest.display()))?;
+    write_file(&manifest, MANIFEST)?;
     Ok(manifest)
 }
 
@@ -46,15 +78,12 @@ const STARTER_APPROVERS: [(&str, &str); 2] = [
 /// --approver alice@acme.example`). A key already there is kept and named.
 ///
 /// # Errors
-/// A message naming the file that could not be written or already exists, or the key that
-/// could not be made or read.
-pub fn write_with_approvers(dir: &Path, data: &Path) -> Result<std::path::PathBuf, String> {
+/// [`StarterError`] naming the file that could not be written or already exists, or the key
+/// that could not be made or read.
+pub fn write_with_approvers(dir: &Path, data: &Path) -> Result<PathBuf, StarterError> {
     let manifest = dir.join("manifest.yaml");
     if manifest.exists() {
-        return Err(format!(
-            "`{}` already exists; not overwriting it",
-            manifest.display()
-        ));
+        return Err(StarterError::Exists(manifest));
     }
     let mut block = String::from(
         "\n# The starter agents' owners, who approve their calls: each signs with a key made for\n\
@@ -70,15 +99,13 @@ pub fn write_with_approvers(dir: &Path, data: &Path) -> Result<std::path::PathBu
         } else {
             crate::approvals::create_approver_key(data, id, false)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| StarterError::Key { id, error })?;
         block.push_str(&format!(
             "  - {{ id: {id}, roles: {roles}, key: \"{public}\" }}\n"
         ));
     }
     let manifest = write(dir)?;
-    let text = MANIFEST.to_owned() + &block;
-    std::fs::write(&manifest, text)
-        .map_err(|e| format!("cannot write `{}`: {e}", manifest.display()))?;
+    write_file(&manifest, &(MANIFEST.to_owned() + &block))?;
     Ok(manifest)
 }
 

@@ -14,8 +14,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let path = warden_runtime::starter::write_with_approvers(&a.dir, &a.data)
-        .map_err(anyhow::Error::msg)?;
+    let path = warden_runtime::starter::write_with_approvers(&a.dir, &a.data)?;
     out!("wrote {}", path.display());
     out!("next: warden manifest validate {}", path.display());
     Ok(ExitCode::SUCCESS)

@@ -86,8 +86,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         None => {
             let m = a.data.join("manifest.yaml");
             if !m.exists() {
-                warden_runtime::starter::write_with_approvers(&a.data, &a.data)
-                    .map_err(anyhow::Error::msg)?;
+                warden_runtime::starter::write_with_approvers(&a.data, &a.data)?;
                 tracing::warn!(path = %m.display(), "no manifest given: wrote the starter manifest");
             }
             m
