@@ -3,6 +3,39 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Why a destination or network as the manifest writes it does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetParseError {
+    /// `host:port` with something else than a port after the colon.
+    #[error("`{rule}`: `{port}` is not a port")]
+    Port {
+        /// The rule as written.
+        rule: String,
+        /// What stood for the port.
+        port: String,
+    },
+    /// A host that is not a host name or an IP address.
+    #[error(
+        "`{0}`: a host is letters, digits, `-` and `.` (or an IP address), optionally `*.` first"
+    )]
+    Host(String),
+    /// A network without `/prefix`.
+    #[error("`{0}` is not addr/prefix")]
+    NotANetwork(String),
+    /// A network whose address is not an IP address.
+    #[error("`{0}` is not an IP address")]
+    Address(String),
+    /// A prefix longer than the address.
+    #[error("`{prefix}` is not a prefix length for {addr}")]
+    Prefix {
+        /// The prefix as written.
+        prefix: String,
+        /// The address.
+        addr: String,
+    },
+}
+
 /// An allowed destination: `host` exactly, or `*.suffix` for its subdomains; any port when
 /// `port` is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,25 +50,23 @@ impl HostRule {
     /// Parses `host`, `host:port`, `*.suffix` or `*.suffix:port`.
     ///
     /// # Errors
-    /// Anything else, with the reason.
-    pub fn parse(s: &str) -> Result<HostRule, String> {
+    /// [`NetParseError`] for anything else, with the reason.
+    pub fn parse(s: &str) -> Result<HostRule, NetParseError> {
         let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => (
                 h,
-                Some(
-                    p.parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("`{s}`: `{p}` is not a port"))?,
-                ),
+                Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    NetParseError::Port {
+                        rule: s.to_owned(),
+                        port: p.to_owned(),
+                    }
+                })?),
             ),
             None => (s, None),
         };
         let name = host.strip_prefix("*.").unwrap_or(host);
         if !valid_host(name) {
-            return Err(format!(
-                "`{s}`: a host is letters, digits, `-` and `.` (or an IP address), optionally `*.` first"
-            ));
+            return Err(NetParseError::Host(s.to_owned()));
         }
         Ok(HostRule {
             host: host.to_ascii_lowercase(),
@@ -82,20 +113,23 @@ impl Net {
     /// Parses `addr/prefix`.
     ///
     /// # Errors
-    /// Anything else.
-    pub fn parse(s: &str) -> Result<Net, String> {
+    /// [`NetParseError`] for anything else.
+    pub fn parse(s: &str) -> Result<Net, NetParseError> {
         let (a, p) = s
             .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not addr/prefix"))?;
+            .ok_or_else(|| NetParseError::NotANetwork(s.to_owned()))?;
         let addr: IpAddr = a
             .parse()
-            .map_err(|_| format!("`{a}` is not an IP address"))?;
+            .map_err(|_| NetParseError::Address(a.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = p
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("`{p}` is not a prefix length for {a}"))?;
+        let prefix =
+            p.parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| NetParseError::Prefix {
+                    prefix: p.to_owned(),
+                    addr: a.to_owned(),
+                })?;
         Ok(Net { addr, prefix })
     }
 

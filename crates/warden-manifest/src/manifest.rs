@@ -294,13 +294,13 @@ pub(crate) struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    pub(crate) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: impl Into<String>, message: impl std::fmt::Display) {
         let path = path.into();
         self.diagnostics.push(Diagnostic {
             file: self.file.to_string(),
             line: self.lines.line_of(&path),
             path,
-            message: message.into(),
+            message: message.to_string(),
         });
     }
 }

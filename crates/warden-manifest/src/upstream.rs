@@ -170,23 +170,53 @@ pub enum ArgPart {
     Param(String),
 }
 
+/// Why an argument template (`{name}` parameters) or a secret template (`${secret:NAME}`)
+/// does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A `}` with no `{` before it.
+    #[error("`{0}`: a `}}` without its `{{`")]
+    UnopenedBrace(String),
+    /// A `{` with no `}` after it.
+    #[error("`{0}`: a `{{` without its `}}`")]
+    UnclosedBrace(String),
+    /// A parameter name that is not lower-case letters, digits and `_`.
+    #[error("`{text}`: `{{{name}}}` is not a parameter (lower-case letters, digits, `_`)")]
+    Parameter {
+        /// The template.
+        text: String,
+        /// The name between the braces.
+        name: String,
+    },
+    /// A `${` with no `}` after it.
+    #[error("`${{` without a closing `}}`")]
+    UnclosedReference,
+    /// A reference to something else than a secret.
+    #[error("`${{{0}}}`: only `${{secret:NAME}}` references are supported")]
+    NotASecret(String),
+    /// A secret name that is not UPPER_SNAKE_CASE.
+    #[error("secret name `{0}` must be UPPER_SNAKE_CASE")]
+    SecretName(String),
+}
+
 /// Parses a process tool's argument template: literal text with `{name}` parameters (`name`:
 /// lower-case letters, digits and `_`, starting with a letter or `_`). Braces are used for
 /// nothing else.
 ///
 /// # Errors
-/// What is wrong with `s`.
-pub fn parse_arg_template(s: &str) -> Result<Vec<ArgPart>, String> {
+/// [`TemplateError`]: what is wrong with `s`.
+pub fn parse_arg_template(s: &str) -> Result<Vec<ArgPart>, TemplateError> {
     let mut parts = Vec::new();
     let mut rest = s;
     while let Some(open) = rest.find(['{', '}']) {
         let (lit, tail) = rest.split_at(open);
         if tail.starts_with('}') {
-            return Err(format!("`{s}`: a `}}` without its `{{`"));
+            return Err(TemplateError::UnopenedBrace(s.to_owned()));
         }
         let close = tail
             .find('}')
-            .ok_or_else(|| format!("`{s}`: a `{{` without its `}}`"))?;
+            .ok_or_else(|| TemplateError::UnclosedBrace(s.to_owned()))?;
         let name = tail.get(1..close).unwrap_or_default();
         let ok = name
             .chars()
@@ -196,9 +226,10 @@ pub fn parse_arg_template(s: &str) -> Result<Vec<ArgPart>, String> {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !ok {
-            return Err(format!(
-                "`{s}`: `{{{name}}}` is not a parameter (lower-case letters, digits, `_`)"
-            ));
+            return Err(TemplateError::Parameter {
+                text: s.to_owned(),
+                name: name.to_owned(),
+            });
         }
         if !lit.is_empty() {
             parts.push(ArgPart::Literal(lit.to_owned()));
@@ -481,8 +512,8 @@ pub fn valid_secret_name(s: &str) -> bool {
 /// Splits `text` at `${secret:NAME}` references.
 ///
 /// # Errors
-/// What is wrong with a reference.
-pub fn parse_template(text: &str) -> Result<Template, String> {
+/// [`TemplateError`]: what is wrong with a reference.
+pub fn parse_template(text: &str) -> Result<Template, TemplateError> {
     let mut parts = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("${") {
@@ -492,16 +523,14 @@ pub fn parse_template(text: &str) -> Result<Template, String> {
         }
         let body = tail.get(2..).unwrap_or_default();
         let Some(end) = body.find('}') else {
-            return Err("`${` without a closing `}`".into());
+            return Err(TemplateError::UnclosedReference);
         };
         let inner = body.get(..end).unwrap_or_default();
         let Some(name) = inner.strip_prefix("secret:") else {
-            return Err(format!(
-                "`${{{inner}}}`: only `${{secret:NAME}}` references are supported"
-            ));
+            return Err(TemplateError::NotASecret(inner.to_owned()));
         };
         if !valid_secret_name(name) {
-            return Err(format!("secret name `{name}` must be UPPER_SNAKE_CASE"));
+            return Err(TemplateError::SecretName(name.to_owned()));
         }
         parts.push(Part::Secret(name.to_owned()));
         rest = body.get(end + 1..).unwrap_or_default();
@@ -881,12 +910,15 @@ mod tests {
         );
         assert!(parse_template("${secret:API_TOKEN")
             .unwrap_err()
+            .to_string()
             .contains("closing"));
         assert!(parse_template("${env:HOME}")
             .unwrap_err()
+            .to_string()
             .contains("only `${secret:NAME}`"));
         assert!(parse_template("${secret:lower}")
             .unwrap_err()
+            .to_string()
             .contains("UPPER_SNAKE_CASE"));
     }
 }

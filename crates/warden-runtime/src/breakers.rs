@@ -1,8 +1,9 @@
 //! Circuit breakers (INV-021, issue 7): an agent whose calls fail `breakers.consecutive_failures`
-//! times in a row (timeouts, an unavailable upstream, a withdrawn tool, or a tool result marked
-//! as an error), whose call meets an error of a kind tools do not report (a protocol-level error
-//! from the upstream), or whose decision is denied for exhausting a cost budget, trips its
-//! breaker: the agent is paused (every call escalates with `agent.paused`) until an
+//! times in a row (timeouts, or a tool result marked as an error), whose call meets an error of
+//! a kind tools do not report (a protocol-level error from the upstream), or whose decision is
+//! denied for exhausting a cost budget, trips its breaker. An upstream that cannot start, a
+//! sandbox that cannot be set up and a withdrawn tool are not the agent's conduct and count for
+//! nothing (issue 18). A tripped breaker: the agent is paused (every call escalates with `agent.paused`) until an
 //! operator resumes it (`warden resume --agent A`). The trip is recorded (`breaker.tripped`).
 //!
 //! Consecutive-failure counts live in this gateway's memory; a success resets an agent's count.

@@ -101,6 +101,19 @@ pub fn sandbox_config(
         cgroups = ?host.layout,
         "sandbox probed (`warden sandbox doctor` shows each guarantee)"
     );
+    // A gateway killed with `kill -9` never removed its tasks' cgroups (issue 18).
+    if let Some(layout) = &host.layout {
+        let r = warden_sandbox::cgroup::reclaim(layout);
+        if !r.removed.is_empty() {
+            tracing::info!(
+                cgroups = r.removed.len(),
+                "reclaimed the sandbox cgroups of Warden processes no longer running"
+            );
+        }
+        if !r.failed.is_empty() {
+            tracing::warn!(cgroups = ?r.failed, "could not reclaim left-over sandbox cgroups");
+        }
+    }
     Some(warden_executor::SandboxConfig {
         host: Arc::new(host),
         // Absolute: the view mounts it at the same path (the README's `.warden` is relative).

@@ -415,13 +415,15 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
                 Observed::Failure(format!("`{}` returned an error result", proposal.tool))
             }
             Ok(_) => Observed::Success,
-            Err(
-                e @ (ExecError::Timeout { .. }
-                | ExecError::Unavailable { .. }
-                | ExecError::Withdrawn { .. }),
-            ) => Observed::Failure(e.to_string()),
+            // The call reached the tool, which did not answer in time.
+            Err(e @ ExecError::Timeout { .. }) => Observed::Failure(e.to_string()),
             // Tools report failures as error results; a protocol-level error is unexpected.
             Err(e @ ExecError::Upstream { .. }) => Observed::Unknown(e.to_string()),
+            // INVARIANT (only the agent's conduct costs it trust): an upstream that cannot
+            // start, a sandbox that cannot be set up, a tool withdrawn for its pin are the
+            // gateway's and the upstream's state, decided before the call reached the tool;
+            // they neither pause nor demote the agent (issue 18).
+            Err(ExecError::Unavailable { .. } | ExecError::Withdrawn { .. }) => Observed::Neutral,
             Err(_) => Observed::Neutral,
         };
         breaker(app, &decision, seen).await;

@@ -390,6 +390,103 @@ impl Cgroup {
     }
 }
 
+/// What [`reclaim`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Cgroups whose processes were killed and which were removed.
+    pub removed: Vec<String>,
+    /// Cgroups that could not be emptied or removed (left for the next start).
+    pub failed: Vec<String>,
+}
+
+/// The Warden process that made the cgroup `name` (`<task>-<pid>-<n>`, as
+/// [`crate::Host::prepare`] names them).
+fn owner(name: &str) -> Option<i32> {
+    let mut parts = name.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
+/// Reclaims the cgroups left by Warden processes that are no longer running (a gateway killed
+/// with `kill -9` never drops its tasks' cgroups): kills whatever still runs in them and
+/// removes them. A cgroup whose maker is alive, in this PID namespace, is left alone, so
+/// another Warden on the host keeps its tasks; one whose maker's PID was reused since is left
+/// too (until that process exits).
+#[must_use]
+pub fn reclaim(layout: &Layout) -> Reclaimed {
+    let (hierarchies, v2) = match layout {
+        Layout::V2 { root } => (vec![root.clone()], true),
+        Layout::V1 {
+            memory,
+            pids,
+            cpu: _,
+            freezer,
+            unified,
+        } => (
+            [memory, pids, freezer, unified]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            false,
+        ),
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for h in &hierarchies {
+        let Ok(entries) = std::fs::read_dir(h.join(PARENT)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Reclaimed::default();
+    for name in names {
+        let Some(pid) = owner(&name).filter(|_| valid_name(&name)) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let dirs: Vec<PathBuf> = hierarchies
+            .iter()
+            .map(|h| h.join(PARENT).join(&name))
+            .filter(|d| d.is_dir())
+            .collect();
+        let has_kill = |d: &&PathBuf| d.join("cgroup.kill").exists();
+        let cg = Cgroup {
+            kill: dirs.iter().find(has_kill).cloned(),
+            freezer: match layout {
+                Layout::V1 {
+                    freezer: Some(f), ..
+                } => Some(f.join(PARENT).join(&name)).filter(|d| d.is_dir()),
+                _ => None,
+            },
+            freeze_v2: if v2 {
+                dirs.first().filter(|d| !has_kill(d)).cloned()
+            } else {
+                None
+            },
+            join: dirs,
+        };
+        let paths = cg.join.clone();
+        drop(cg);
+        if paths.iter().any(|d| d.exists()) {
+            out.failed.push(name);
+        } else {
+            out.removed.push(name);
+        }
+    }
+    out
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         self.kill(Duration::from_secs(2));
@@ -402,6 +499,17 @@ impl Drop for Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_maker_of_a_cgroup_is_read_from_its_name() {
+        assert_eq!(owner("upstream-demo-1015-0"), Some(1015));
+        assert_eq!(owner("test-kill-9-3-4242-17"), Some(4242));
+        assert_eq!(owner("upstream-demo"), None);
+        assert_eq!(owner("1015-0"), None);
+        assert_eq!(owner("upstream-demo-x-0"), None);
+        assert_eq!(owner("upstream-demo-0-0"), None);
+        assert_eq!(owner("upstream-demo-12-"), None);
+    }
 
     #[test]
     fn names_are_restricted_to_what_warden_makes() {

@@ -285,20 +285,53 @@ impl Host {
     }
 }
 
+/// Why `warden sandbox doctor`'s probe could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DoctorError {
+    /// Its temporary workspace or socket could not be made.
+    #[error("{}: {error}", path.display())]
+    Setup {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The launch could not be prepared.
+    #[error(transparent)]
+    Prepare(#[from] SandboxError),
+    /// The helper could not be run.
+    #[error("cannot run the helper: {0}")]
+    Run(#[source] std::io::Error),
+    /// The helper exited with an error (its stderr).
+    #[error("the sandbox helper failed: {0}")]
+    Helper(String),
+    /// The helper's report is not the JSON it should be.
+    #[error("the sandbox helper's report is not valid: {0}")]
+    Report(String),
+}
+
 /// Runs the helper in report mode with every layer on and returns what it found
 /// (`warden sandbox doctor`).
 ///
 /// # Errors
-/// The probe could not run (a temporary directory, the helper, its output).
-pub fn doctor(host: &Host) -> Result<Vec<Layer>, String> {
+/// [`DoctorError`]: the probe could not run (a temporary directory, the helper, its output).
+pub fn doctor(host: &Host) -> Result<Vec<Layer>, DoctorError> {
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("warden-doctor-{}-{run}", std::process::id()));
     let workspace = dir.join("work");
-    std::fs::create_dir_all(&workspace).map_err(|e| format!("{}: {e}", workspace.display()))?;
+    std::fs::create_dir_all(&workspace).map_err(|error| DoctorError::Setup {
+        path: workspace.clone(),
+        error,
+    })?;
     let socket = dir.join("egress.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let _listener =
+        std::os::unix::net::UnixListener::bind(&socket).map_err(|error| DoctorError::Setup {
+            path: socket.clone(),
+            error,
+        })?;
     let mut spec = Spec::new(PathBuf::from("/bin/true"), Vec::new(), workspace);
     spec.report = true;
     spec.egress = Some(spec::Bridge {
@@ -306,22 +339,21 @@ pub fn doctor(host: &Host) -> Result<Vec<Layer>, String> {
         port: spec::DEFAULT_PROXY_PORT,
     });
     let name = format!("doctor-{}-{run}", std::process::id());
-    let result = host.prepare(&name, spec);
+    let result = host.prepare(&name, spec).map_err(DoctorError::from);
     let out = result.and_then(|(cg, mut cmd)| {
         let out = cmd.output();
         drop(cg);
-        out.map_err(|e| SandboxError::Spec(format!("cannot run the helper: {e}")))
+        out.map_err(DoctorError::Run)
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let out = out.map_err(|e| e.to_string())?;
+    let out = out?;
     if !out.status.success() {
-        return Err(format!(
-            "the sandbox helper failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+        return Err(DoctorError::Helper(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         ));
     }
-    let mut layers: Vec<Layer> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the sandbox helper's report is not valid: {e}"))?;
+    let mut layers: Vec<Layer> =
+        serde_json::from_slice(&out.stdout).map_err(|e| DoctorError::Report(e.to_string()))?;
     if !host.isolation_note.is_empty() {
         layers.push(Layer::new(
             Guarantee::Filesystem,

@@ -174,6 +174,29 @@ impl Engine {
         (settled, ops)
     }
 
+    /// [`StateStore::settle`](warden_core::state::StateStore::settle) applied in place (no
+    /// journal op is built): what [`Engine::plan_settle`] plans, without copying keys.
+    pub fn settle_in_place(&mut self, s: &Settle<'_>) -> Settled {
+        let mut settled = Settled {
+            holds: self.holds_for(s.scopes),
+            repeats: None,
+            charged: None,
+        };
+        if !settled.holds.is_empty() {
+            return settled;
+        }
+        if let Some(o) = s.observe {
+            let (repeats, op) = self.plan_observe(o.session, o.fingerprint, s.now, o.ttl);
+            self.apply(op, s.now);
+            settled.repeats = Some(repeats);
+            if repeats >= o.loop_at {
+                return settled;
+            }
+        }
+        settled.charged = s.charge.map(|charges| self.charge_in_place(charges, s.now));
+        settled
+    }
+
     /// Checks and, if every charge fits, applies them in place (no journal op is built).
     pub fn charge_in_place(&mut self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
         let fps: Vec<Fp> = charges

@@ -55,12 +55,7 @@ impl StateStore for MemoryState {
     }
 
     fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
-        let mut engine = self.engine()?;
-        let (settled, ops) = engine.plan_settle(s);
-        for op in ops {
-            engine.apply(op, s.now);
-        }
-        Ok(settled)
+        Ok(self.engine()?.settle_in_place(s))
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {

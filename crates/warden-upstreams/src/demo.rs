@@ -143,10 +143,10 @@ impl ServerHandler for Demo {
 ///
 /// # Errors
 /// The handshake's error.
-pub async fn serve_stdio() -> Result<(), String> {
+pub async fn serve_stdio() -> Result<(), crate::ServeError> {
     let service = rmcp::ServiceExt::serve(Demo, rmcp::transport::io::stdio())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::ServeError::Handshake(e.to_string()))?;
     let _ = service.waiting().await;
     Ok(())
 }

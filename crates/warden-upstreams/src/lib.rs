@@ -10,6 +10,21 @@
 pub mod demo;
 pub mod process;
 
+/// Why one of Warden's own upstreams could not serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The process tools' spec (written by the manifest's validation) does not parse.
+    #[error("the process tools spec: {0}")]
+    Spec(String),
+    /// An argument template of the spec does not parse.
+    #[error(transparent)]
+    Template(#[from] warden_manifest::upstream::TemplateError),
+    /// The MCP handshake with the client failed.
+    #[error("MCP handshake failed: {0}")]
+    Handshake(String),
+}
+
 /// Current Unix time in seconds.
 #[must_use]
 pub fn now_unix() -> i64 {

@@ -44,10 +44,10 @@ impl ProcessServer {
     /// A server for the tools in `spec` (the JSON the manifest's validation wrote).
     ///
     /// # Errors
-    /// A spec that does not parse.
-    pub fn new(spec: &str) -> Result<Self, String> {
+    /// [`ServeError`](crate::ServeError): a spec that does not parse.
+    pub fn new(spec: &str) -> Result<Self, crate::ServeError> {
         let raw: BTreeMap<String, RawProcessTool> =
-            serde_json::from_str(spec).map_err(|e| format!("the process tools spec: {e}"))?;
+            serde_json::from_str(spec).map_err(|e| crate::ServeError::Spec(e.to_string()))?;
         let mut tools = BTreeMap::new();
         for (name, t) in raw {
             let args = t
@@ -273,11 +273,11 @@ impl ServerHandler for ProcessServer {
 ///
 /// # Errors
 /// A bad spec, or the handshake's error.
-pub async fn serve_stdio(spec: &str) -> Result<(), String> {
+pub async fn serve_stdio(spec: &str) -> Result<(), crate::ServeError> {
     let server = ProcessServer::new(spec)?;
     let service = rmcp::ServiceExt::serve(server, rmcp::transport::io::stdio())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::ServeError::Handshake(e.to_string()))?;
     let _ = service.waiting().await;
     Ok(())
 }

@@ -123,14 +123,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upstreams(c) => upstreams::run(c),
         Command::DemoServer => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(warden_upstreams::demo::serve_stdio())
-                .map_err(anyhow::Error::msg)?;
+            rt.block_on(warden_upstreams::demo::serve_stdio())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ProcessServer { tools } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(warden_upstreams::process::serve_stdio(&tools))
-                .map_err(anyhow::Error::msg)?;
+            rt.block_on(warden_upstreams::process::serve_stdio(&tools))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(a) => check::run(a),

@@ -84,7 +84,7 @@ fn exec(spec: &str, inner: bool) -> ExitCode {
 
 fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     let host = warden_sandbox::Host::probe(std::env::current_exe()?);
-    let layers: Vec<Layer> = warden_sandbox::doctor(&host).map_err(anyhow::Error::msg)?;
+    let layers: Vec<Layer> = warden_sandbox::doctor(&host)?;
     let summary = summarise(&layers);
     if json {
         let out = serde_json::json!({

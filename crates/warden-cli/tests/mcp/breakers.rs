@@ -109,3 +109,35 @@ fn spend_over_a_cost_budget_trips_the_breaker() {
     );
     assert!(ledger_tail(&s.data, 10).contains("breaker.tripped"));
 }
+
+/// Issue 18: only the agent's own conduct costs it trust. An upstream that cannot start fails
+/// every call as unavailable; that is the gateway's state, not the agent's failure: however many
+/// calls fail so, the agent is neither paused nor demoted.
+#[test]
+fn an_upstream_that_cannot_start_neither_pauses_nor_demotes_the_agent() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::approvals::setup(dir.path());
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let broken = text_m.replace("command: [warden, demo-server]", "command: [/bin/false]");
+    assert_ne!(broken, text_m);
+    std::fs::write(&m, broken).unwrap();
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+    for n in 0..5 {
+        let r = call(
+            &e,
+            &s,
+            "ops-1",
+            "demo.echo",
+            &format!(r#"{{"text": "{n}"}}"#),
+        );
+        let answer = first_text(&r);
+        assert!(answer.contains("unavailable"), "call {n}: {answer}");
+        assert!(!answer.contains("agent.paused"), "call {n}: {answer}");
+        assert!(!answer.contains("trust.demoted"), "call {n}: {answer}");
+    }
+    let tail = ledger_tail(&s.data, 40);
+    assert!(!tail.contains("breaker.tripped"), "{tail}");
+    assert!(!tail.contains("agent.demoted"), "{tail}");
+}

@@ -752,3 +752,51 @@ fn a_bad_spec_is_refused_with_its_reason_and_nothing_runs() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// Issue 18: a gateway killed with `kill -9` never removes its tasks' cgroups, and their
+/// processes may still run. The next start reclaims them: the processes are killed and the
+/// cgroups removed. Cgroups of a Warden that is still running (here, this test process) stay.
+#[test]
+fn cgroups_left_by_a_dead_warden_are_reclaimed_and_a_live_ones_kept() {
+    let Some(host) = host() else { return };
+    let layout = host
+        .layout
+        .clone()
+        .expect("limits are enforced here, so there are cgroups");
+    // A PID no process has any more: a child that exited and was reaped.
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let limits = warden_sandbox::spec::Limits::default();
+    let left_name = format!("test-reclaim-{dead}-0");
+    let left = Cgroup::create(&layout, &left_name, &limits).unwrap();
+    // A server that outlived its gateway, still in the cgroup.
+    let mut orphan = Command::new("sleep").arg("600").spawn().unwrap();
+    for d in left.dirs() {
+        std::fs::write(d.join("cgroup.procs"), orphan.id().to_string()).unwrap();
+    }
+    let left_dirs = left.dirs().to_vec();
+    // The gateway died: nothing dropped the cgroup.
+    std::mem::forget(left);
+    let kept_name = format!("test-reclaim-{}-1", std::process::id());
+    let kept = Cgroup::create(&layout, &kept_name, &limits).unwrap();
+
+    let r = warden_sandbox::cgroup::reclaim(&layout);
+    assert!(r.removed.contains(&left_name), "{r:?}");
+    assert!(!r.removed.contains(&kept_name), "{r:?}");
+    assert!(!r.failed.contains(&left_name), "{r:?}");
+    for d in &left_dirs {
+        assert!(!d.exists(), "{} is still there", d.display());
+    }
+    assert!(kept.dirs().iter().all(|d| d.exists()));
+    let status = orphan.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the orphan was not killed: {status}"
+    );
+}
