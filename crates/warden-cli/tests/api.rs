@@ -1490,3 +1490,56 @@ async fn the_runtime_assembles_the_gateway_production_runs() {
     );
     assert!(err.to_string().contains("manifest.yaml"), "{err}");
 }
+
+/// Issue 18: a crash leaves a mark. A previous run recorded an allowed call and stopped before
+/// its receipt (what a `kill -9` mid-call leaves in the ledger); the next start closes it with
+/// a receipt of status `interrupted` before serving, and records the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let data = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ledger = warden_runtime::witness::open_ledger(&data, None).unwrap();
+        let cut_off = warden_ledger::DecisionRecord {
+            decision: warden_core::Verdict::Allow,
+            rules: vec!["tier.low.auto".into()],
+            policies: vec!["coder-reads".into()],
+            rationale: "allowed".into(),
+            escalation: None,
+            manifest_version: 1,
+            policy_hash: "sha256:00".into(),
+            agent: "coder-1".into(),
+            lineage: vec!["alice@acme.example".into(), "coder-1".into()],
+            tenant: "acme".into(),
+            session: "s".into(),
+            trace_id: String::new(),
+            request_id: "req-cut-off".into(),
+            tool: "demo.echo".into(),
+            arguments_hash: "sha256:11".into(),
+            time: warden_runtime::now_unix(),
+        };
+        ledger
+            .append(&warden_ledger::Entry::Decision(cut_off))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let _app = runtime(dir.path(), None).await;
+    let texts = ledger_texts(dir.path());
+    let closed: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("\"status\":\"interrupted\""))
+        .collect();
+    assert_eq!(closed.len(), 1, "{texts:?}");
+    assert!(
+        closed[0].contains("\"request_id\":\"req-cut-off\""),
+        "{}",
+        closed[0]
+    );
+    let started = texts
+        .iter()
+        .rfind(|t| t.contains("gateway.started"))
+        .unwrap();
+    assert!(started.contains("1 call(s)"), "{started}");
+}

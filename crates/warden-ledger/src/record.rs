@@ -128,6 +128,10 @@ pub enum ReceiptStatus {
     Refused,
     /// The call was cancelled or killed.
     Killed,
+    /// The gateway stopped while the call was in flight (a crash, `kill -9`, power loss): the
+    /// outcome is unknown. Written at the next start for an allowed call left without a
+    /// receipt.
+    Interrupted,
 }
 
 /// What the Executor did with one granted call.

@@ -21,6 +21,8 @@
 //! - [`bundle`]: reads a manifest and its Cedar policy files and builds the Governor;
 //! - [`execution`]: builds the Executor from the manifest's upstreams and secrets;
 //! - [`witness`]: opens the Witness ledger (key and store) and records events;
+//! - [`recovery`]: at start-up, calls a crash left without a receipt are closed as
+//!   `interrupted`;
 //! - [`agents`]: the Governor key, agent enrolment and revocation;
 //! - [`revocations`]: `DATA/revoked`, the embedded revocation store;
 //! - [`keyfile`]: how secrets and public keys are written and read in the data directory;
@@ -41,6 +43,7 @@ pub mod keyfile;
 pub mod notify;
 pub mod operator;
 pub mod promotion;
+pub mod recovery;
 pub mod revocations;
 pub mod runtime;
 pub mod starter;

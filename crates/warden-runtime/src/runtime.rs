@@ -144,6 +144,31 @@ fn load(config: &Config) -> Result<warden_policy::Governor, RuntimeError> {
     })
 }
 
+/// Closes the calls a previous run left without a receipt ([`crate::recovery`]) and records
+/// this start; with a shared (PostgreSQL) ledger, other instances' calls are in flight, so the
+/// scan waits for fleet mode's instance identities.
+fn close_interrupted(config: &Config, ledger: &warden_ledger::Ledger) -> Result<(), RuntimeError> {
+    if config.ledger_postgres.is_some() {
+        tracing::info!("shared ledger: calls interrupted by a crash are not closed at start");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let r = crate::recovery::close_interrupted(ledger, crate::now_unix_ms())
+        .map_err(|e| RuntimeError::Ledger(crate::witness::WitnessError::from(e)))?;
+    if r.interrupted > 0 {
+        tracing::warn!(
+            calls = r.interrupted,
+            "calls allowed before the last stop had no receipt: closed as interrupted"
+        );
+    }
+    tracing::info!(
+        entries = r.scanned,
+        ms = started.elapsed().as_millis(),
+        "ledger scanned since the previous start"
+    );
+    Ok(())
+}
+
 /// Events waiting for the webhooks, at most (the embedded queue).
 const EVENTS_QUEUED: usize = 1024;
 
@@ -256,6 +281,7 @@ impl Runtime {
             events,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
+        close_interrupted(&config, &ledger)?;
         tracing::info!(
             origin = ledger.origin(),
             verifier = %crate::witness::pub_path(&config.data).display(),

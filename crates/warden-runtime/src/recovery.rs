@@ -1,0 +1,260 @@
+//! What a crash leaves behind (issue 18): calls the Governor allowed, whose grant was minted and
+//! perhaps redeemed, and whose receipt never came because the gateway stopped mid-call. Without
+//! a mark, an auditor cannot tell "the gateway stopped mid-call" from "a receipt was
+//! suppressed".
+//!
+//! At start-up, before anything is served, every `allow` decision since the previous start
+//! that has neither a receipt nor a `grant.refused` event is closed with a receipt of status
+//! `interrupted` (the outcome is unknown: the tool may or may not have run); then the start is
+//! recorded (`gateway.started`, with how many calls it closed), which bounds the next start's
+//! scan. The scan reads the ledger backwards from its end to the previous `gateway.started`,
+//! so it costs what the previous run appended, and holds in memory only the calls not yet
+//! matched.
+//!
+//! INVARIANT (one writer): only the embedded ledger is scanned. Instances sharing a PostgreSQL
+//! ledger have calls in flight on other instances, which must not be closed; that needs
+//! instance identities (fleet mode, issue 22).
+
+use std::collections::HashSet;
+use warden_core::Verdict;
+use warden_ledger::{Entry, EventRecord, Ledger, LedgerError, Receipt, ReceiptStatus};
+
+/// The event that marks a start.
+pub(crate) const STARTED: &str = "gateway.started";
+
+/// Entries read per hold of the ledger's store lock.
+const CHUNK: u64 = 4096;
+
+/// What the start-up scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Entries read (those appended since the previous start).
+    pub scanned: u64,
+    /// Allowed calls closed as `interrupted`.
+    pub interrupted: usize,
+}
+
+/// Closes the calls the previous run left without a receipt, then records this start.
+///
+/// # Errors
+/// [`LedgerError`] when the ledger cannot be read or appended to (the gateway does not start).
+pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, LedgerError> {
+    let (open, scanned) = unanswered(ledger)?;
+    for d in &open {
+        ledger.append(&Entry::Receipt(Receipt {
+            trace_id: d.trace_id.clone(),
+            request_id: d.request_id.clone(),
+            tenant: d.tenant.clone(),
+            agent: d.agent.clone(),
+            action: d.tool.clone(),
+            arguments_hash: d.arguments_hash.clone(),
+            grant: String::new(),
+            approval: None,
+            started_at_ms: d.time.saturating_mul(1000),
+            ended_at_ms: now_ms,
+            status: ReceiptStatus::Interrupted,
+            result_hash: String::new(),
+            executor: String::new(),
+            sandbox_profile: String::new(),
+            redactions: 0,
+        }))?;
+    }
+    let reason = if open.is_empty() {
+        "gateway started".to_owned()
+    } else {
+        format!(
+            "gateway started; {} call(s) allowed before it stopped had no receipt and were closed as interrupted (outcome unknown)",
+            open.len()
+        )
+    };
+    ledger.append(&Entry::Event(EventRecord {
+        kind: STARTED.into(),
+        agent: String::new(),
+        tenant: String::new(),
+        session: String::new(),
+        reason,
+        trace_id: String::new(),
+        request_id: String::new(),
+        time: now_ms.div_euclid(1000),
+    }))?;
+    Ok(Recovered {
+        scanned,
+        interrupted: open.len(),
+    })
+}
+
+/// The `allow` decisions since the last `gateway.started` with neither a receipt nor a
+/// `grant.refused` event, oldest first; and how many entries were read.
+fn unanswered(ledger: &Ledger) -> Result<(Vec<warden_ledger::DecisionRecord>, u64), LedgerError> {
+    // Read backwards: a call's receipt comes after its decision, so it is met first; only
+    // receipts whose decision is further back, and decisions without receipts, are held.
+    let mut answered: HashSet<String> = HashSet::new();
+    let mut open = Vec::new();
+    let mut scanned = 0u64;
+    let mut to = ledger.size()?;
+    while to > 0 {
+        let from = to.saturating_sub(CHUNK);
+        let mut chunk = Vec::new();
+        ledger.with_store(|s| {
+            s.scan(from, to, &mut |_, bytes| {
+                chunk.push(Entry::from_bytes(bytes).ok());
+                Ok(())
+            })
+            .map_err(Into::into)
+        })?;
+        for entry in chunk.into_iter().rev() {
+            scanned = scanned.saturating_add(1);
+            let Some(entry) = entry else { continue };
+            match entry {
+                Entry::Event(e) if e.kind == STARTED => {
+                    open.reverse();
+                    return Ok((open, scanned));
+                }
+                Entry::Event(e) if e.kind == "grant.refused" => {
+                    answered.insert(e.request_id);
+                }
+                Entry::Receipt(r) => {
+                    answered.insert(r.request_id);
+                }
+                Entry::Decision(d)
+                    if d.decision == Verdict::Allow && !answered.remove(&d.request_id) =>
+                {
+                    open.push(d);
+                }
+                _ => {}
+            }
+        }
+        to = from;
+    }
+    open.reverse();
+    Ok((open, scanned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_ledger::DecisionRecord;
+
+    fn decision(request_id: &str, verdict: Verdict) -> Entry {
+        Entry::Decision(DecisionRecord {
+            decision: verdict,
+            rules: vec!["tier.low.auto".into()],
+            policies: Vec::new(),
+            rationale: "test".into(),
+            escalation: None,
+            manifest_version: 1,
+            policy_hash: "sha256:00".into(),
+            agent: "coder-1".into(),
+            lineage: vec!["alice@acme.example".into()],
+            tenant: "acme".into(),
+            session: "s".into(),
+            trace_id: format!("trace-{request_id}"),
+            request_id: request_id.into(),
+            tool: "demo.echo".into(),
+            arguments_hash: "sha256:11".into(),
+            time: 1_800_000_000,
+        })
+    }
+
+    fn receipt(request_id: &str, status: ReceiptStatus) -> Entry {
+        Entry::Receipt(Receipt {
+            trace_id: String::new(),
+            request_id: request_id.into(),
+            tenant: "acme".into(),
+            agent: "coder-1".into(),
+            action: "demo.echo".into(),
+            arguments_hash: "sha256:11".into(),
+            grant: "g".into(),
+            approval: None,
+            started_at_ms: 1,
+            ended_at_ms: 2,
+            status,
+            result_hash: String::new(),
+            executor: "mcp:demo".into(),
+            sandbox_profile: String::new(),
+            redactions: 0,
+        })
+    }
+
+    fn refused(request_id: &str) -> Entry {
+        Entry::Event(EventRecord {
+            kind: "grant.refused".into(),
+            agent: "coder-1".into(),
+            tenant: "acme".into(),
+            session: "s".into(),
+            reason: "replayed".into(),
+            trace_id: String::new(),
+            request_id: request_id.into(),
+            time: 1,
+        })
+    }
+
+    fn receipts(ledger: &Ledger) -> Vec<Receipt> {
+        let mut out = Vec::new();
+        let size = ledger.size().unwrap();
+        ledger
+            .with_store(|s| {
+                s.scan(0, size, &mut |_, b| {
+                    if let Ok(Entry::Receipt(r)) = Entry::from_bytes(b) {
+                        out.push(r);
+                    }
+                    Ok(())
+                })
+                .map_err(Into::into)
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn allowed_calls_without_a_receipt_are_closed_once_and_the_scan_stops_at_the_last_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crate::witness::open_ledger(dir.path(), None).unwrap();
+        // A previous run: a call that finished, one whose grant was refused, one denied, and
+        // two allowed and cut off by a crash (one of them in a later chunk than its neighbours
+        // would be: the scan reads several chunks).
+        let mut entries = vec![
+            decision("r-open-1", Verdict::Allow),
+            decision("r-done", Verdict::Allow),
+            decision("r-refused", Verdict::Allow),
+            decision("r-deny", Verdict::Deny),
+        ];
+        entries.extend((0..CHUNK + 10).map(|i| refused(&format!("noise-{i}"))));
+        entries.push(receipt("r-done", ReceiptStatus::Ok));
+        entries.push(refused("r-refused"));
+        entries.push(decision("r-open-2", Verdict::Allow));
+        let tickets: Vec<_> = entries.iter().map(|e| ledger.submit(e).unwrap()).collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        let r = close_interrupted(&ledger, 1_800_000_500_000).unwrap();
+        assert_eq!(r.interrupted, 2, "{r:?}");
+        assert_eq!(r.scanned, entries.len() as u64);
+        let closed: Vec<Receipt> = receipts(&ledger)
+            .into_iter()
+            .filter(|r| r.status == ReceiptStatus::Interrupted)
+            .collect();
+        let ids: Vec<&str> = closed.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["r-open-1", "r-open-2"], "oldest first");
+        assert_eq!(closed[0].trace_id, "trace-r-open-1");
+        assert_eq!(closed[0].started_at_ms, 1_800_000_000_000);
+        assert_eq!(closed[0].ended_at_ms, 1_800_000_500_000);
+
+        // The next start reads only what came after this one, and closes nothing twice.
+        ledger
+            .append(&decision("r-done-2", Verdict::Allow))
+            .unwrap();
+        ledger
+            .append(&receipt("r-done-2", ReceiptStatus::Error))
+            .unwrap();
+        let r = close_interrupted(&ledger, 1_800_000_600_000).unwrap();
+        assert_eq!(
+            r,
+            Recovered {
+                scanned: 3,
+                interrupted: 0
+            },
+            "the two new entries and the last start's mark"
+        );
+    }
+}
