@@ -60,8 +60,8 @@ impl Executor {
             take_runners(&mut self.runners(), |_, r| match scope {
                 S::Global => true,
                 S::Tenant(t) => r.tenant == *t,
-                S::Agent(a) => r.agent == *a && !r.up.boundary.starts_with("tenant-"),
-                S::Session(s) => r.session_key == *s && r.up.boundary.starts_with("session-"),
+                S::Agent(a) => r.agent == *a && !r.up.boundary.key.starts_with("tenant-"),
+                S::Session(s) => r.session_key == *s && r.up.boundary.key.starts_with("session-"),
             })
             .into_iter()
             .unzip();

@@ -288,7 +288,7 @@ pub async fn observe(
             None,
             sandbox.clone(),
             Arc::default(),
-            "_pin".into(),
+            sandboxed::Boundary::unowned("_pin"),
         );
         set.spawn(async move { (i, name, u.observe().await) });
     }
@@ -327,7 +327,7 @@ impl Executor {
                         Some(Arc::clone(&config.ledger)),
                         config.sandbox.clone(),
                         Arc::clone(&trees),
-                        "_tools".into(),
+                        sandboxed::Boundary::unowned("_tools"),
                     )),
                 )
             })

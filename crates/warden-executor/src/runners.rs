@@ -74,6 +74,22 @@ impl Executor {
             RawRunner::Agent => boundary_key("agent", &[tenant, agent]),
             RawRunner::Session => boundary_key("session", &[tenant, agent, session_key]),
         };
+        // What the runner's records name: only what all its callers share.
+        let owner = crate::sandboxed::Boundary {
+            key: boundary.clone(),
+            tenant: tenant.to_owned(),
+            agent: match sb.runner {
+                RawRunner::Tenant => String::new(),
+                RawRunner::Agent | RawRunner::Session => agent.to_owned(),
+            },
+            session: match sb.runner {
+                RawRunner::Session => session_key
+                    .split_once('/')
+                    .map_or(session_key, |(_, s)| s)
+                    .to_owned(),
+                RawRunner::Tenant | RawRunner::Agent => String::new(),
+            },
+        };
         let name = template.spec.name.clone();
         let now = std::time::Instant::now();
         let mut m = self.runners();
@@ -112,7 +128,7 @@ impl Executor {
                 Some(Arc::clone(&self.ledger)),
                 self.sandbox.clone(),
                 Arc::clone(&self.trees),
-                boundary,
+                owner,
             )),
             tenant: tenant.to_owned(),
             agent: agent.to_owned(),
@@ -155,10 +171,10 @@ impl Executor {
         let dir = self.sandbox.as_ref().map(|c| c.dir.clone());
         let work = move || {
             for r in removed {
-                let ephemeral = r.up.boundary.starts_with("session-");
+                let ephemeral = r.up.boundary.key.starts_with("session-");
                 let path = dir
                     .as_ref()
-                    .map(|d| d.join(&r.up.spec.name).join(&r.up.boundary));
+                    .map(|d| d.join(&r.up.spec.name).join(&r.up.boundary.key));
                 drop(r);
                 if let (true, Some(p)) = (ephemeral, path) {
                     let _ = std::fs::remove_dir_all(p);

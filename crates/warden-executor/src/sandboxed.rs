@@ -68,13 +68,46 @@ pub(crate) fn profile(cfg: Option<&SandboxConfig>, sb: Option<&Sandbox>) -> Stri
 
 /// Records an event about upstream `name`'s sandbox (best effort, off the caller's path).
 pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reason: String) {
-    tracing::warn!(upstream = %name, kind, "{reason}");
+    record_for(ledger, kind, name, &Boundary::default(), reason);
+}
+
+/// The boundary a runner serves: its key (`tenant-…`, `agent-…`, `session-…`; `_tools` for the
+/// server that only lists tools, `_pin` for one observed for pinning), also its directory's
+/// name; and who is behind it, for the records of what its sandbox does (its egress): the
+/// tenant, and the agent and session when the runner is theirs alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Boundary {
+    pub(crate) key: String,
+    pub(crate) tenant: String,
+    pub(crate) agent: String,
+    pub(crate) session: String,
+}
+
+impl Boundary {
+    /// A boundary no caller is behind.
+    pub(crate) fn unowned(key: &str) -> Self {
+        Boundary {
+            key: key.to_owned(),
+            ..Boundary::default()
+        }
+    }
+}
+
+/// [`record`], attributed to who is behind the runner's `owner` boundary.
+pub(crate) fn record_for(
+    ledger: Option<&Arc<Ledger>>,
+    kind: &str,
+    name: &str,
+    owner: &Boundary,
+    reason: String,
+) {
+    tracing::warn!(upstream = %name, kind, tenant = %owner.tenant, agent = %owner.agent, "{reason}");
     let Some(ledger) = ledger else { return };
     let event = Entry::Event(EventRecord {
         kind: kind.to_owned(),
-        agent: String::new(),
-        tenant: String::new(),
-        session: String::new(),
+        agent: owner.agent.clone(),
+        tenant: owner.tenant.clone(),
+        session: owner.session.clone(),
         reason: format!("upstream `{name}`: {reason}"),
         trace_id: String::new(),
         request_id: String::new(),
@@ -118,8 +151,9 @@ pub(crate) fn launch(
     sb: &Sandbox,
     exe: &Path,
     args: &[String],
-    ledger: Option<Arc<Ledger>>,
+    records: (Option<Arc<Ledger>>, &Boundary),
 ) -> Result<(std::process::Command, Running), LaunchError> {
+    let (ledger, owner) = records;
     let base = base.to_path_buf();
     let workspace = base.join("work");
     let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
@@ -175,6 +209,9 @@ pub(crate) fn launch(
             connections_per_minute: sb.connections_per_minute,
         };
         let who = name.to_owned();
+        // INVARIANT (attributed egress, issue 18): every connection the sandbox opens or is
+        // refused is recorded with the tenant (and agent, session) its runner serves.
+        let owner = owner.clone();
         let recorder: egress::Recorder = Arc::new(move |e: egress::Event| {
             let kind = if e.allowed {
                 "egress.allowed"
@@ -182,10 +219,11 @@ pub(crate) fn launch(
                 "egress.refused"
             };
             let to = e.address.map(|a| format!(" ({a})")).unwrap_or_default();
-            record(
+            record_for(
                 ledger.as_ref(),
                 kind,
                 &who,
+                &owner,
                 format!("{}:{}{to}: {}", e.host, e.port, e.reason),
             );
         });

@@ -172,9 +172,8 @@ pub(crate) struct Upstream {
     sandbox: Option<crate::sandboxed::SandboxConfig>,
     /// Running trees, for the kill switch.
     trees: Arc<crate::sandboxed::Trees>,
-    /// The boundary this runner serves (`tenant-…`, `agent-…`, `session-…`; `_tools` for the
-    /// runner that only lists tools).
-    pub(crate) boundary: String,
+    /// The boundary this runner serves, and who is behind it.
+    pub(crate) boundary: crate::sandboxed::Boundary,
 }
 
 /// The pin of a tool as listed.
@@ -343,7 +342,7 @@ impl Upstream {
         ledger: Option<Arc<Ledger>>,
         sandbox: Option<crate::sandboxed::SandboxConfig>,
         trees: Arc<crate::sandboxed::Trees>,
-        boundary: String,
+        boundary: crate::sandboxed::Boundary,
     ) -> Self {
         let ca = match &spec.transport {
             Transport::Http {
@@ -368,7 +367,7 @@ impl Upstream {
 
     /// Its sandbox's directory (workspace and egress sockets): one per runner.
     fn sandbox_dir(&self, cfg: &crate::sandboxed::SandboxConfig) -> PathBuf {
-        cfg.dir.join(&self.spec.name).join(&self.boundary)
+        cfg.dir.join(&self.spec.name).join(&self.boundary.key)
     }
 
     /// The sandbox profile its receipts name.
@@ -732,12 +731,12 @@ impl Upstream {
                             sb,
                             &exe,
                             args,
-                            self.ledger.clone(),
+                            (self.ledger.clone(), &self.boundary),
                         )
                         .map_err(|e| ConnectError::Launch(e.to_string()))?;
                         // Registered before it starts: a kill during the start reaches it.
                         if let Some(cg) = &r.cgroup {
-                            self.trees.add(&self.spec.name, &self.boundary, cg);
+                            self.trees.add(&self.spec.name, &self.boundary.key, cg);
                         }
                         running = Some(r);
                         tokio::process::Command::from(cmd)

@@ -240,6 +240,7 @@ impl Proxy {
         let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
             Ok(Ok(h)) => h,
             Ok(Err(why)) => {
+                let why = why.to_string();
                 let _ = refuse(&mut client, "400 Bad Request", &why).await;
                 self.refused(String::new(), 0, why);
                 return;
@@ -259,6 +260,7 @@ impl Proxy {
         let target = match parse_target(&head) {
             Ok(t) => t,
             Err(why) => {
+                let why = why.to_string();
                 let _ = refuse(&mut client, "400 Bad Request", &why).await;
                 self.refused(String::new(), 0, why);
                 return;
@@ -383,6 +385,7 @@ impl Proxy {
             let rewritten = match origin_form(&t, &head) {
                 Ok(r) => r,
                 Err(why) => {
+                    let why = why.to_string();
                     let _ = refuse(&mut client, "400 Bad Request", &why).await;
                     self.refused(t.host.clone(), t.port, why);
                     return;
@@ -417,7 +420,7 @@ impl Proxy {
 ///
 /// # Errors
 /// Why the head is refused.
-pub fn parse_head(head: &[u8]) -> Result<(String, u16), String> {
+pub fn parse_head(head: &[u8]) -> Result<(String, u16), HeadError> {
     parse_target(head).map(|t| (t.host, t.port))
 }
 
@@ -448,20 +451,91 @@ where
     false
 }
 
+/// Why a request head is refused (answered `400 Bad Request` and recorded). Values quoted from
+/// the request are escaped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    /// The head ended before its request line did.
+    #[error("no request line")]
+    NoRequestLine,
+    /// The request line or headers are not UTF-8.
+    #[error("the {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// Not `METHOD TARGET VERSION`.
+    #[error("malformed request line `{0}`")]
+    RequestLine(String),
+    /// Not HTTP/1.x.
+    #[error("unsupported protocol `{0}`")]
+    Protocol(String),
+    /// Neither CONNECT nor an absolute `http://` target.
+    #[error("`{0}`: only CONNECT and absolute http:// requests go through the egress proxy")]
+    Target(String),
+    /// A method that is not upper-case letters.
+    #[error("bad method `{0}`")]
+    Method(String),
+    /// `user:password@` in the authority.
+    #[error("credentials in the authority are refused")]
+    Credentials,
+    /// `[` with no `]`.
+    #[error("`{0}`: unclosed [")]
+    Bracket(String),
+    /// Between brackets, something else than an IPv6 address.
+    #[error("`{0}` is not an IPv6 address")]
+    Ipv6(String),
+    /// A port that is not 1 to 65535.
+    #[error("`{0}` is not a port")]
+    Port(String),
+    /// A CONNECT target without a port.
+    #[error("`{0}` has no port")]
+    NoPort(String),
+    /// A host that is neither a host name nor an IP address.
+    #[error("`{0}` is not a host name")]
+    Host(String),
+    /// A header line without `:`.
+    #[error("malformed header `{0}`")]
+    Header(String),
+    /// A `Host` header naming another host than the target (or a second one).
+    #[error("the Host header `{value}` does not name `{target}`")]
+    HostHeader {
+        /// The header's value.
+        value: String,
+        /// The target's host.
+        target: String,
+    },
+    /// The head is shorter than its request line said.
+    #[error("truncated request head")]
+    Truncated,
+    /// Reading failed.
+    #[error("reading the request: {0}")]
+    Read(String),
+    /// The client closed first.
+    #[error("the client closed before a full request head")]
+    Closed,
+    /// Longer than [`MAX_HEAD`].
+    #[error("request head over {MAX_HEAD} bytes")]
+    TooLong,
+}
+
+/// `s`, escaped for a message.
+fn esc(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
 /// The head of an absolute-form request as it goes to the origin: origin-form request line,
 /// the client's headers without hop-by-hop connection headers, `Connection: close`, and any
 /// body bytes that came with the head.
-fn origin_form(t: &Target, head: &[u8]) -> Result<Vec<u8>, String> {
+fn origin_form(t: &Target, head: &[u8]) -> Result<Vec<u8>, HeadError> {
     let headers = head
         .get(t.line_len..t.head_len.saturating_sub(2))
-        .ok_or("truncated request head")?;
-    let headers = std::str::from_utf8(headers).map_err(|_| "headers are not UTF-8".to_owned())?;
+        .ok_or(HeadError::Truncated)?;
+    let headers = std::str::from_utf8(headers).map_err(|_| HeadError::NotUtf8("headers"))?;
     let mut out = format!("{} {} {}\r\n", t.method, t.path, t.version);
     let mut host_seen = false;
     for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
         let (name, value) = line
             .split_once(':')
-            .ok_or_else(|| format!("malformed header `{}`", line.escape_debug()))?;
+            .ok_or_else(|| HeadError::Header(esc(line)))?;
         let name_l = name.trim().to_ascii_lowercase();
         if name_l == "host" {
             let v = value.trim().to_ascii_lowercase();
@@ -470,11 +544,10 @@ fn origin_form(t: &Target, head: &[u8]) -> Result<Vec<u8>, String> {
                 .and_then(|r| r.split_once(']').map(|(h, _)| h.to_owned()))
                 .unwrap_or_else(|| v.rsplit_once(':').map_or(v.clone(), |(h, _)| h.to_owned()));
             if bare != t.host || host_seen {
-                return Err(format!(
-                    "the Host header `{}` does not name `{}`",
-                    value.trim().escape_debug(),
-                    t.host
-                ));
+                return Err(HeadError::HostHeader {
+                    value: esc(value.trim()),
+                    target: t.host.clone(),
+                });
             }
             host_seen = true;
         }
@@ -507,23 +580,23 @@ async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> std::io::Re
 }
 
 /// Reads up to the end of the request head (`\r\n\r\n`).
-async fn read_head(c: &mut UnixStream) -> Result<Vec<u8>, String> {
+async fn read_head(c: &mut UnixStream) -> Result<Vec<u8>, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         let n = c
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("reading the request: {e}"))?;
+            .map_err(|e| HeadError::Read(e.to_string()))?;
         if n == 0 {
-            return Err("the client closed before a full request head".into());
+            return Err(HeadError::Closed);
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD {
-            return Err(format!("request head over {MAX_HEAD} bytes"));
+            return Err(HeadError::TooLong);
         }
     }
 }
@@ -544,25 +617,25 @@ struct Target {
 }
 
 /// Parses the request line of `head`.
-fn parse_target(head: &[u8]) -> Result<Target, String> {
+fn parse_target(head: &[u8]) -> Result<Target, HeadError> {
     let end = head
         .windows(2)
         .position(|w| w == b"\r\n")
-        .ok_or("no request line")?;
+        .ok_or(HeadError::NoRequestLine)?;
     let head_len = head
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(head.len(), |p| p + 4);
     let line = std::str::from_utf8(head.get(..end).unwrap_or_default())
-        .map_err(|_| "the request line is not UTF-8".to_owned())?;
+        .map_err(|_| HeadError::NotUtf8("request line"))?;
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(format!("malformed request line `{}`", line.escape_debug()));
+        return Err(HeadError::RequestLine(esc(line)));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("unsupported protocol `{}`", version.escape_debug()));
+        return Err(HeadError::Protocol(esc(version)));
     }
     let (connect, authority, path) = if method == "CONNECT" {
         (true, uri, "")
@@ -571,15 +644,12 @@ fn parse_target(head: &[u8]) -> Result<Target, String> {
         let (auth, p) = rest.split_at(slash);
         (false, auth, if p.is_empty() { "/" } else { p })
     } else {
-        return Err(format!(
-            "`{}`: only CONNECT and absolute http:// requests go through the egress proxy",
-            uri.escape_debug()
-        ));
+        return Err(HeadError::Target(esc(uri)));
     };
     let default_port = if connect { None } else { Some(80) };
     let (host, port) = split_authority(authority, default_port)?;
     if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
-        return Err(format!("bad method `{}`", method.escape_debug()));
+        return Err(HeadError::Method(esc(method)));
     }
     Ok(Target {
         connect,
@@ -593,16 +663,15 @@ fn parse_target(head: &[u8]) -> Result<Target, String> {
     })
 }
 
-fn split_authority(a: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+fn split_authority(a: &str, default_port: Option<u16>) -> Result<(String, u16), HeadError> {
     if a.contains('@') {
-        return Err("credentials in the authority are refused".into());
+        return Err(HeadError::Credentials);
     }
     let (host, port) = if let Some(rest) = a.strip_prefix('[') {
         let (h, tail) = rest
             .split_once(']')
-            .ok_or_else(|| format!("`{}`: unclosed [", a.escape_debug()))?;
-        h.parse::<Ipv6Addr>()
-            .map_err(|_| format!("`{h}` is not an IPv6 address"))?;
+            .ok_or_else(|| HeadError::Bracket(esc(a)))?;
+        h.parse::<Ipv6Addr>().map_err(|_| HeadError::Ipv6(esc(h)))?;
         (h, tail.strip_prefix(':'))
     } else {
         match a.rsplit_once(':') {
@@ -615,12 +684,12 @@ fn split_authority(a: &str, default_port: Option<u16>) -> Result<(String, u16), 
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{}` is not a port", p.escape_debug()))?,
-        None => default_port.ok_or_else(|| format!("`{}` has no port", a.escape_debug()))?,
+            .ok_or_else(|| HeadError::Port(esc(p)))?,
+        None => default_port.ok_or_else(|| HeadError::NoPort(esc(a)))?,
     };
     let host = host.to_ascii_lowercase();
     if !(valid_host(&host) || host.parse::<IpAddr>().is_ok()) {
-        return Err(format!("`{}` is not a host name", host.escape_debug()));
+        return Err(HeadError::Host(esc(&host)));
     }
     Ok((host, port))
 }
@@ -640,7 +709,7 @@ mod tests {
         );
         let other = b"GET http://h.test/a HTTP/1.1\r\nHost: internal.test\r\n\r\n";
         let t = parse_target(other).unwrap();
-        let err = origin_form(&t, other).unwrap_err();
+        let err = origin_form(&t, other).unwrap_err().to_string();
         assert!(err.contains("does not name `h.test`"), "{err}");
         let twice = b"GET http://h.test/ HTTP/1.1\r\nHost: h.test\r\nHost: h.test\r\n\r\n";
         assert!(origin_form(&parse_target(twice).unwrap(), twice).is_err());
@@ -669,7 +738,7 @@ mod tests {
             (b"CONNECT ho$t:443 HTTP/1.1\r\n\r\n", "not a host name"),
             (b"\xff\xfe\r\n\r\n", "not UTF-8"),
         ] {
-            let err = parse_target(bad).unwrap_err();
+            let err = parse_target(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
     }

@@ -398,6 +398,14 @@ fn a_sandboxed_upstream_reaches_only_its_allowed_hosts_from_a_long_data_director
         tail.contains(&format!("127.0.0.1:{port}")) && tail.contains("egress.allowed"),
         "{tail}"
     );
+    // Attributed (issue 18): to the tenant its runner serves (one runner per tenant here).
+    let allowed = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| e["entry"].clone())
+        .find(|e| e["kind"] == "egress.allowed")
+        .unwrap();
+    assert_eq!(allowed["tenant"], "acme", "{allowed}");
     assert!(
         tail.contains("`example.com:80` is not on the egress allowlist"),
         "{tail}"
