@@ -16,7 +16,6 @@
 //! instance identities (fleet mode, issue 22).
 
 use std::collections::HashSet;
-use warden_core::Verdict;
 use warden_ledger::{Entry, EventRecord, Ledger, LedgerError, Receipt, ReceiptStatus};
 
 /// The event that marks a start.
@@ -40,8 +39,9 @@ pub struct Recovered {
 /// [`LedgerError`] when the ledger cannot be read or appended to (the gateway does not start).
 pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, LedgerError> {
     let (open, scanned) = unanswered(ledger)?;
+    let mut tickets = Vec::with_capacity(open.len());
     for d in &open {
-        ledger.append(&Entry::Receipt(Receipt {
+        tickets.push(ledger.submit(&Entry::Receipt(Receipt {
             trace_id: d.trace_id.clone(),
             request_id: d.request_id.clone(),
             tenant: d.tenant.clone(),
@@ -57,7 +57,11 @@ pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, Ledg
             executor: String::new(),
             sandbox_profile: String::new(),
             redactions: 0,
-        }))?;
+        }))?);
+    }
+    // Submitted together, committed together; each is durable before the start is recorded.
+    for t in tickets {
+        t.wait()?;
     }
     let reason = if open.is_empty() {
         "gateway started".to_owned()
@@ -83,45 +87,87 @@ pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, Ledg
     })
 }
 
+/// What one stored entry means to the scan, read from its bytes without decoding it (an entry
+/// is canonical JSON: a key and its quotes never appear unescaped inside a string value, and
+/// request ids are plain tokens), so that a start after a long run does not decode every entry.
+enum Seen<'a> {
+    /// The previous start.
+    Started,
+    /// A receipt, or a `grant.refused` event: the call with this request id was answered.
+    Answered(&'a [u8]),
+    /// An `allow` decision.
+    Allowed(&'a [u8]),
+    /// Anything else.
+    Other,
+}
+
+fn seen(bytes: &[u8]) -> Seen<'_> {
+    let has = |needle: &str| memchr::memmem::find(bytes, needle.as_bytes()).is_some();
+    let id = || request_id(bytes);
+    if has(r#""type":"receipt""#) {
+        id().map_or(Seen::Other, Seen::Answered)
+    } else if has(r#""type":"event""#) {
+        if has(&format!(r#""kind":"{STARTED}""#)) {
+            Seen::Started
+        } else if has(r#""kind":"grant.refused""#) {
+            id().map_or(Seen::Other, Seen::Answered)
+        } else {
+            Seen::Other
+        }
+    } else if has(r#""type":"decision""#) && has(r#""decision":"allow""#) {
+        id().map_or(Seen::Other, Seen::Allowed)
+    } else {
+        Seen::Other
+    }
+}
+
+/// The raw value of `"request_id"`, when it holds no escape.
+fn request_id(bytes: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = br#""request_id":""#;
+    let start = memchr::memmem::find(bytes, KEY)?.checked_add(KEY.len())?;
+    let rest = bytes.get(start..)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest.get(end) == Some(&b'"'))
+        .then(|| rest.get(..end))
+        .flatten()
+}
+
 /// The `allow` decisions since the last `gateway.started` with neither a receipt nor a
 /// `grant.refused` event, oldest first; and how many entries were read.
 fn unanswered(ledger: &Ledger) -> Result<(Vec<warden_ledger::DecisionRecord>, u64), LedgerError> {
     // Read backwards: a call's receipt comes after its decision, so it is met first; only
     // receipts whose decision is further back, and decisions without receipts, are held.
-    let mut answered: HashSet<String> = HashSet::new();
+    let mut answered: HashSet<Vec<u8>> = HashSet::new();
     let mut open = Vec::new();
     let mut scanned = 0u64;
     let mut to = ledger.size()?;
     while to > 0 {
         let from = to.saturating_sub(CHUNK);
-        let mut chunk = Vec::new();
+        let mut chunk: Vec<Vec<u8>> = Vec::new();
         ledger.with_store(|s| {
             s.scan(from, to, &mut |_, bytes| {
-                chunk.push(Entry::from_bytes(bytes).ok());
+                chunk.push(bytes.to_vec());
                 Ok(())
             })
             .map_err(Into::into)
         })?;
-        for entry in chunk.into_iter().rev() {
+        for bytes in chunk.iter().rev() {
             scanned = scanned.saturating_add(1);
-            let Some(entry) = entry else { continue };
-            match entry {
-                Entry::Event(e) if e.kind == STARTED => {
+            match seen(bytes) {
+                Seen::Started => {
                     open.reverse();
                     return Ok((open, scanned));
                 }
-                Entry::Event(e) if e.kind == "grant.refused" => {
-                    answered.insert(e.request_id);
+                Seen::Answered(id) => {
+                    answered.insert(id.to_vec());
                 }
-                Entry::Receipt(r) => {
-                    answered.insert(r.request_id);
+                Seen::Allowed(id) if !answered.remove(id) => {
+                    // Rare: decoded in full, for the receipt that closes it.
+                    if let Ok(Entry::Decision(d)) = Entry::from_bytes(bytes) {
+                        open.push(d);
+                    }
                 }
-                Entry::Decision(d)
-                    if d.decision == Verdict::Allow && !answered.remove(&d.request_id) =>
-                {
-                    open.push(d);
-                }
-                _ => {}
+                Seen::Allowed(_) | Seen::Other => {}
             }
         }
         to = from;
@@ -133,6 +179,7 @@ fn unanswered(ledger: &Ledger) -> Result<(Vec<warden_ledger::DecisionRecord>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_core::Verdict;
     use warden_ledger::DecisionRecord;
 
     fn decision(request_id: &str, verdict: Verdict) -> Entry {
@@ -204,6 +251,36 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    #[test]
+    fn entries_are_classified_from_their_bytes_and_quoted_text_fools_nothing() {
+        let bytes = |e: &Entry| e.to_bytes().unwrap();
+        assert!(matches!(
+            seen(&bytes(&decision("r-1", Verdict::Allow))),
+            Seen::Allowed(b"r-1")
+        ));
+        assert!(matches!(
+            seen(&bytes(&decision("r-2", Verdict::Deny))),
+            Seen::Other
+        ));
+        assert!(matches!(
+            seen(&bytes(&receipt("r-3", ReceiptStatus::Ok))),
+            Seen::Answered(b"r-3")
+        ));
+        assert!(matches!(
+            seen(&bytes(&refused("r-4"))),
+            Seen::Answered(b"r-4")
+        ));
+        // An event whose reason quotes what the scan looks for is still just an event.
+        let Entry::Event(mut e) = refused("r-5") else {
+            unreachable!()
+        };
+        e.kind = "request.refused".into();
+        e.reason = r#"{"type":"receipt","kind":"gateway.started","request_id":"x"}"#.into();
+        assert!(matches!(seen(&bytes(&Entry::Event(e))), Seen::Other));
+        // A request id with an escape is not guessed at.
+        assert_eq!(request_id(br#"{"request_id":"a\"b"}"#), None);
     }
 
     #[test]
