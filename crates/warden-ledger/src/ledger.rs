@@ -173,6 +173,8 @@ impl Ticket {
 /// checkpoint.
 pub struct Ledger {
     shared: Arc<Shared>,
+    /// Entries found at open after the latest signed checkpoint (or all, without one).
+    unsigned_at_open: u64,
     tx: Option<mpsc::Sender<Cmd>>,
     writer: Option<JoinHandle<()>>,
     signer_thread: Option<JoinHandle<()>>,
@@ -245,10 +247,20 @@ impl Ledger {
             })?;
         Ok(Ledger {
             shared,
+            unsigned_at_open: size.saturating_sub(signed_size.unwrap_or(0)),
             tx: Some(tx),
             writer: Some(writer),
             signer_thread: Some(signer_thread),
         })
+    }
+
+    /// How many entries the store held at open beyond its latest signed checkpoint: what a
+    /// writer that stopped before its next checkpoint left (a crash), and also what someone able
+    /// to write the store could have appended. They are checkpointed (signed) promptly after
+    /// open, so the caller should record that it adopted them.
+    #[must_use]
+    pub fn unsigned_at_open(&self) -> u64 {
+        self.unsigned_at_open
     }
 
     /// The key that verifies this ledger's checkpoints.

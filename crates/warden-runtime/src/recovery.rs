@@ -63,14 +63,20 @@ pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, Ledg
     for t in tickets {
         t.wait()?;
     }
-    let reason = if open.is_empty() {
-        "gateway started".to_owned()
-    } else {
-        format!(
-            "gateway started; {} call(s) allowed before it stopped had no receipt and were closed as interrupted (outcome unknown)",
+    let mut reason = "gateway started".to_owned();
+    let adopted = ledger.unsigned_at_open();
+    if adopted > 0 {
+        reason.push_str(&format!(
+            "; {adopted} entr{} after the last signed checkpoint adopted and signed now (left by a gateway that stopped before its next checkpoint, or appended by someone able to write the data directory)",
+            if adopted == 1 { "y" } else { "ies" }
+        ));
+    }
+    if !open.is_empty() {
+        reason.push_str(&format!(
+            "; {} call(s) allowed before it stopped had no receipt and were closed as interrupted (outcome unknown)",
             open.len()
-        )
-    };
+        ));
+    }
     ledger.append(&Entry::Event(EventRecord {
         kind: STARTED.into(),
         agent: String::new(),
@@ -251,6 +257,51 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    /// Issue 18: entries a crash left after the last signed checkpoint are adopted (signed)
+    /// at the next start, and the start's record says how many.
+    #[test]
+    fn entries_left_unsigned_by_a_crash_are_adopted_and_the_start_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = crate::witness::open_ledger(dir.path(), None).unwrap();
+            ledger.append(&decision("r-signed", Verdict::Deny)).unwrap();
+        }
+        {
+            // A writer that died before its next checkpoint: appended, never signed.
+            let mut store = warden_ledger::FileStore::open(
+                &dir.path().join("ledger"),
+                warden_ledger::Mode::Write,
+            )
+            .unwrap();
+            let raw = decision("r-unsigned", Verdict::Deny).to_bytes().unwrap();
+            warden_ledger::LedgerStore::append(&mut store, &[raw]).unwrap();
+        }
+        let ledger = crate::witness::open_ledger(dir.path(), None).unwrap();
+        assert_eq!(ledger.unsigned_at_open(), 1);
+        close_interrupted(&ledger, 1_800_000_500_000).unwrap();
+        let size = ledger.size().unwrap();
+        let mut last = None;
+        ledger
+            .with_store(|s| {
+                s.scan(size - 1, size, &mut |_, b| {
+                    last = Entry::from_bytes(b).ok();
+                    Ok(())
+                })
+                .map_err(Into::into)
+            })
+            .unwrap();
+        let Some(Entry::Event(e)) = last else {
+            panic!("no start recorded: {last:?}")
+        };
+        assert_eq!(e.kind, STARTED);
+        assert!(
+            e.reason
+                .contains("1 entry after the last signed checkpoint adopted"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]

@@ -150,6 +150,24 @@ fn load(config: &Config) -> Result<warden_policy::Governor, RuntimeError> {
 fn close_interrupted(config: &Config, ledger: &warden_ledger::Ledger) -> Result<(), RuntimeError> {
     if config.ledger_postgres.is_some() {
         tracing::info!("shared ledger: calls interrupted by a crash are not closed at start");
+        let adopted = ledger.unsigned_at_open();
+        if adopted > 0 {
+            let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
+                kind: "ledger.unsigned_tail_adopted".into(),
+                agent: String::new(),
+                tenant: String::new(),
+                session: String::new(),
+                reason: format!(
+                    "{adopted} entries after the last signed checkpoint adopted and signed now"
+                ),
+                trace_id: String::new(),
+                request_id: String::new(),
+                time: crate::now_unix(),
+            });
+            ledger
+                .append(&event)
+                .map_err(|e| RuntimeError::Ledger(crate::witness::WitnessError::from(e)))?;
+        }
         return Ok(());
     }
     let started = std::time::Instant::now();
