@@ -378,19 +378,11 @@ impl Upstream {
     /// Records a pin violation in the ledger (best effort: the tool is withheld either way).
     async fn record(&self, kind: &str, reason: String) {
         tracing::error!(upstream = %self.spec.name, kind, "{reason}");
-        let event = Entry::Event(EventRecord {
-            kind: kind.to_owned(),
-            agent: String::new(),
-            tenant: String::new(),
-            session: String::new(),
+        let event = Entry::Event(EventRecord::about_gateway(
+            kind,
             reason,
-            trace_id: String::new(),
-            request_id: String::new(),
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-                .unwrap_or(0),
-        });
+            crate::execution::now_ms().div_euclid(1000),
+        ));
         let Some(ledger) = &self.ledger else { return };
         match ledger.submit(&event) {
             Ok(t) => {

@@ -45,6 +45,24 @@ pub struct EventRecord {
     pub time: i64,
 }
 
+impl EventRecord {
+    /// An event about the gateway itself (a start, a key change, an upstream's pin), concerning
+    /// no agent, tenant, session or request.
+    #[must_use]
+    pub fn about_gateway(kind: impl Into<String>, reason: String, time: i64) -> Self {
+        EventRecord {
+            kind: kind.into(),
+            agent: String::new(),
+            tenant: String::new(),
+            session: String::new(),
+            reason,
+            trace_id: String::new(),
+            request_id: String::new(),
+            time,
+        }
+    }
+}
+
 /// What the Governor decided about one proposal (INV-014).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

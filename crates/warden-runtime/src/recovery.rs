@@ -77,16 +77,11 @@ pub fn close_interrupted(ledger: &Ledger, now_ms: i64) -> Result<Recovered, Ledg
             open.len()
         ));
     }
-    ledger.append(&Entry::Event(EventRecord {
-        kind: STARTED.into(),
-        agent: String::new(),
-        tenant: String::new(),
-        session: String::new(),
+    ledger.append(&Entry::Event(EventRecord::about_gateway(
+        STARTED,
         reason,
-        trace_id: String::new(),
-        request_id: String::new(),
-        time: now_ms.div_euclid(1000),
-    }))?;
+        now_ms.div_euclid(1000),
+    )))?;
     Ok(Recovered {
         scanned,
         interrupted: open.len(),

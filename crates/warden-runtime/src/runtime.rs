@@ -152,18 +152,13 @@ fn close_interrupted(config: &Config, ledger: &warden_ledger::Ledger) -> Result<
         tracing::info!("shared ledger: calls interrupted by a crash are not closed at start");
         let adopted = ledger.unsigned_at_open();
         if adopted > 0 {
-            let event = warden_ledger::Entry::Event(warden_ledger::EventRecord {
-                kind: "ledger.unsigned_tail_adopted".into(),
-                agent: String::new(),
-                tenant: String::new(),
-                session: String::new(),
-                reason: format!(
+            let event = warden_ledger::Entry::Event(warden_ledger::EventRecord::about_gateway(
+                "ledger.unsigned_tail_adopted",
+                format!(
                     "{adopted} entries after the last signed checkpoint adopted and signed now"
                 ),
-                trace_id: String::new(),
-                request_id: String::new(),
-                time: crate::now_unix(),
-            });
+                crate::now_unix(),
+            ));
             ledger
                 .append(&event)
                 .map_err(|e| RuntimeError::Ledger(crate::witness::WitnessError::from(e)))?;
