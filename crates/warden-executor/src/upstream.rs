@@ -16,8 +16,12 @@ use tokio::io::AsyncBufReadExt as _;
 use warden_ledger::{Entry, EventRecord, Ledger};
 use warden_manifest::upstream::{Transport, Upstream as Spec};
 
-/// Variables a stdio upstream inherits from the gateway; everything else it gets from `env`.
+/// Variables an unsandboxed stdio upstream inherits from the gateway; everything else it gets
+/// from `env`.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR", "USER"];
+
+/// The `PATH` of a sandboxed server: the system directories its view holds.
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Time to start a server and finish its `initialize` and `tools/list`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -735,17 +739,24 @@ impl Upstream {
                     }
                 };
                 cmd.env_clear().kill_on_drop(true);
-                for var in INHERITED_ENV {
-                    if let Ok(v) = std::env::var(var) {
-                        cmd.env(var, v);
-                    }
-                }
                 if self.spec.sandbox.is_some() {
-                    // The host's home is not in the sandbox's view: its home is its workspace.
+                    // INVARIANT (issue 18): nothing of the gateway's own environment describes
+                    // the host inside the sandbox: a fixed PATH of the directories in its view,
+                    // its workspace as home, its private /tmp; only the locale is passed on.
+                    cmd.env("PATH", SANDBOX_PATH);
+                    if let Ok(v) = std::env::var("LANG") {
+                        cmd.env("LANG", v);
+                    }
                     if let Some(cfg) = &self.sandbox {
                         cmd.env("HOME", self.sandbox_dir(cfg).join("work"));
                     }
                     cmd.env("TMPDIR", "/tmp");
+                } else {
+                    for var in INHERITED_ENV {
+                        if let Ok(v) = std::env::var(var) {
+                            cmd.env(var, v);
+                        }
+                    }
                 }
                 for (k, t) in &self.spec.env {
                     // INVARIANT (INV-009): secrets go into the child's environment, nowhere else.

@@ -241,7 +241,14 @@ fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
     let workspace = text(&spec.workspace)?;
     a.extend(["--proc".into(), "/proc".into()]);
     a.extend(["--dev".into(), "/dev".into()]);
-    a.extend(["--tmpfs".into(), "/tmp".into()]);
+    // A private /tmp, writable by the unprivileged user the program runs as (sticky, like the
+    // host's): a tmpfs is otherwise 0755 and root's.
+    a.extend([
+        "--perms".into(),
+        "1777".into(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+    ]);
     // The directories leading to each mount are made in the view, searchable by anyone
     // (bubblewrap would otherwise copy the host's modes, and a 0700 parent would lock the
     // unprivileged uid out of its own workspace). They hold nothing but the mount.

@@ -161,8 +161,8 @@ fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sand
     let dir = tempfile::tempdir().unwrap();
     let Some((e, s)) = serve_with(
         dir.path(),
-        "  - { name: proc.echo, tier: low, zones: [\"*\"], arguments: { type: object, properties: { text: { type: string } }, required: [text], additionalProperties: false } }\n  - { name: proc.head, tier: low, zones: [\"*\"], arguments: { type: object, properties: { path: { type: string } }, required: [path], additionalProperties: false } }\n",
-        "  - name: proc\n    process:\n      echo: { program: /usr/bin/echo, args: [\"{text}\"], description: prints its text }\n      head: { program: /usr/bin/head, args: [\"-c\", \"64\", \"{path}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
+        "  - { name: proc.echo, tier: low, zones: [\"*\"], arguments: { type: object, properties: { text: { type: string } }, required: [text], additionalProperties: false } }\n  - { name: proc.head, tier: low, zones: [\"*\"], arguments: { type: object, properties: { path: { type: string } }, required: [path], additionalProperties: false } }\n  - { name: proc.env, tier: low, zones: [\"*\"], arguments: { type: object, additionalProperties: false } }\n",
+        "  - name: proc\n    process:\n      echo: { program: /usr/bin/echo, args: [\"{text}\"], description: prints its text }\n      head: { program: /usr/bin/head, args: [\"-c\", \"64\", \"{path}\"] }\n      env: { program: /usr/bin/env }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
         |m| m,
         &["ops-1"],
     ) else {
@@ -187,7 +187,18 @@ fn process_tools_run_fixed_programs_with_arguments_never_a_shell_inside_the_sand
     let r = call(&e, &s, "ops-1", "proc.head", r#"{"path": "--version"}"#);
     assert_eq!(r["isError"], true, "{r}");
     assert!(first_text(&r).contains("starts with `-`"), "{r}");
-    let tail = ledger_tail(&s.data, 6);
+    // Nothing of the gateway's environment describes the host inside (issue 18): a fixed
+    // PATH of the view's directories, its workspace as home, no user name.
+    let r = call(&e, &s, "ops-1", "proc.env", "{}");
+    let env = first_text(&r);
+    assert!(
+        env.lines()
+            .any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == "TMPDIR=/tmp"), "{env}");
+    assert!(!env.lines().any(|l| l.starts_with("USER=")), "{env}");
+    let tail = ledger_tail(&s.data, 8);
     assert!(tail.contains("warden-sandbox/bwrap"), "{tail}");
     assert!(!in_sandbox(&s, "proc").is_empty());
 }

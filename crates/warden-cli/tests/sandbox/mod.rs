@@ -136,6 +136,12 @@ fn the_host_filesystem_is_out_of_reach() {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("target.txt"), "original").unwrap();
     std::os::unix::fs::symlink(outside.join("target.txt"), work.join("link")).unwrap();
+    // A file in /tmp: the sandbox's /tmp is its own, writable by its unprivileged user (issue
+    // 18: it was not), and nothing written there reaches the host's.
+    let scratch = PathBuf::from(format!(
+        "/tmp/warden-sandbox-scratch-{}",
+        std::process::id()
+    ));
     let script = format!(
         r#"
 import os
@@ -144,6 +150,7 @@ for name, act in [
     ("outside", lambda: open("{o}/new.txt", "w").write("x")),
     ("symlink", lambda: open("link", "w").write("overwritten")),
     ("workspace", lambda: open("mine.txt", "w").write("ok")),
+    ("tmp", lambda: open("{scratch}", "w").write("ok")),
 ]:
     try:
         act()
@@ -151,16 +158,18 @@ for name, act in [
     except OSError as e:
         print(name, "denied", type(e).__name__, e.errno)
 "#,
-        o = outside.display()
+        o = outside.display(),
+        scratch = scratch.display()
     );
     // Positive control: as Warden's own user, every action works.
     let control = text(&unsandboxed(&script, &work).stdout);
-    for name in ["shadow", "outside", "symlink", "workspace"] {
+    for name in ["shadow", "outside", "symlink", "workspace", "tmp"] {
         assert!(control.contains(&format!("{name} ok")), "{control}");
     }
     std::fs::write(outside.join("target.txt"), "original").unwrap();
     std::fs::remove_file(outside.join("new.txt")).unwrap();
     std::fs::remove_file(work.join("mine.txt")).unwrap();
+    std::fs::remove_file(&scratch).unwrap();
 
     let r = sandboxed(&host, spec(&work, &script), Duration::from_secs(30));
     let out = r.stdout();
@@ -175,6 +184,8 @@ for name, act in [
     // /etc in the view holds only what programs need: no shadow at all.
     assert!(out.contains("shadow denied FileNotFoundError 2"), "{out}");
     assert!(out.contains("workspace ok"), "{out}");
+    assert!(out.contains("tmp ok"), "{out}");
+    assert!(!scratch.exists(), "the sandbox wrote into the host's /tmp");
     assert_eq!(
         std::fs::read_to_string(outside.join("target.txt")).unwrap(),
         "original"
