@@ -146,37 +146,11 @@ impl Engine {
         ChargeOutcome::Charged
     }
 
-    /// Plans [`StateStore::settle`](warden_core::state::StateStore::settle) without changing
-    /// anything: what it finds, and the ops (an observation, a charge) to apply, in order.
-    pub fn plan_settle(&self, s: &Settle<'_>) -> (Settled, Vec<Op>) {
-        let mut settled = Settled {
-            holds: self.holds_for(s.scopes),
-            repeats: None,
-            charged: None,
-        };
-        let mut ops = Vec::new();
-        if !settled.holds.is_empty() {
-            return (settled, ops);
-        }
-        if let Some(o) = s.observe {
-            let (repeats, op) = self.plan_observe(o.session, o.fingerprint, s.now, o.ttl);
-            ops.push(op);
-            settled.repeats = Some(repeats);
-            if repeats >= o.loop_at {
-                return (settled, ops);
-            }
-        }
-        if let Some(charges) = s.charge {
-            let (outcome, op) = self.plan_charge(charges, s.now);
-            ops.extend(op);
-            settled.charged = Some(outcome);
-        }
-        (settled, ops)
-    }
-
-    /// [`StateStore::settle`](warden_core::state::StateStore::settle) applied in place (no
-    /// journal op is built): what [`Engine::plan_settle`] plans, without copying keys.
-    pub fn settle_in_place(&mut self, s: &Settle<'_>) -> Settled {
+    /// [`StateStore::settle`](warden_core::state::StateStore::settle), its order written once:
+    /// the holds; if none, the observation; if no loop, the charge. With a `journal`, nothing
+    /// changes here: the ops to write ahead (then apply) are pushed to it. Without, they are
+    /// applied at once, the charge in place (no key is copied into an op).
+    pub fn settle(&mut self, s: &Settle<'_>, mut journal: Option<&mut Vec<Op>>) -> Settled {
         let mut settled = Settled {
             holds: self.holds_for(s.scopes),
             repeats: None,
@@ -187,13 +161,25 @@ impl Engine {
         }
         if let Some(o) = s.observe {
             let (repeats, op) = self.plan_observe(o.session, o.fingerprint, s.now, o.ttl);
-            self.apply(op, s.now);
+            match journal.as_deref_mut() {
+                Some(ops) => ops.push(op),
+                None => self.apply(op, s.now),
+            }
             settled.repeats = Some(repeats);
             if repeats >= o.loop_at {
                 return settled;
             }
         }
-        settled.charged = s.charge.map(|charges| self.charge_in_place(charges, s.now));
+        if let Some(charges) = s.charge {
+            settled.charged = Some(match journal {
+                Some(ops) => {
+                    let (outcome, op) = self.plan_charge(charges, s.now);
+                    ops.extend(op);
+                    outcome
+                }
+                None => self.charge_in_place(charges, s.now),
+            });
+        }
         settled
     }
 

@@ -380,7 +380,8 @@ impl StateStore for FileState {
 
     fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
         let mut inner = self.readable()?;
-        let (settled, ops) = inner.engine.plan_settle(s);
+        let mut ops = Vec::new();
+        let settled = inner.engine.settle(s, Some(&mut ops));
         self.commit_all(&mut inner, ops, s.now, false)?;
         Ok(settled)
     }

@@ -55,7 +55,7 @@ impl StateStore for MemoryState {
     }
 
     fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
-        Ok(self.engine()?.settle_in_place(s))
+        Ok(self.engine()?.settle(s, None))
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
