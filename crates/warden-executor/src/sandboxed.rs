@@ -161,10 +161,12 @@ pub(crate) fn launch(
     spec.read_only.push(exe.to_path_buf());
     spec.limits = Limits {
         cpu_seconds: sb.cpu_seconds,
+        cpu_millicores: sb.cpu_millicores,
         memory_bytes: sb.memory_bytes,
         pids: sb.processes,
         open_files: sb.open_files,
         file_size_bytes: sb.file_size_bytes,
+        workspace_bytes: sb.workspace_bytes,
     };
     spec.require = required(sb);
     let mut proxy = None;

@@ -181,6 +181,19 @@ mod keyring {
     }
 }
 
+/// Reads one secret `name` from `source` (a relative file path is taken from `base`): what the
+/// manifest's secrets and the ledger key kept outside the data directory are read with.
+///
+/// # Errors
+/// [`SecretError`]: missing, unreadable, or too short to redact.
+pub fn read_source(
+    name: &str,
+    source: &SecretSource,
+    base: &Path,
+) -> Result<Zeroizing<String>, SecretError> {
+    read(name, source, base)
+}
+
 fn read(
     name: &str,
     source: &SecretSource,

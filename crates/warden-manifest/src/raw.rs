@@ -342,15 +342,23 @@ pub struct RawSandboxLimits {
     /// Processes and threads (default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,
-    /// CPU time, in seconds, over the server's life (default 3600).
+    /// CPU time of the server's whole process tree, in seconds, over its life (default 3600):
+    /// the tree is killed when it passes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<u64>,
+    /// CPU the tree may use at once, in thousandths of a core (default 1000: one core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
     /// Open files (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
     /// Largest file it may write, in MiB (default 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_size_mb: Option<u64>,
+    /// The workspace's total size, in MiB (default 256): a private in-memory filesystem,
+    /// charged to `memory_mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_mb: Option<u64>,
 }
 
 /// A sandbox's egress allowlist and caps.

@@ -135,12 +135,16 @@ pub struct Sandbox {
     pub memory_bytes: u64,
     /// Processes and threads.
     pub processes: u64,
-    /// CPU seconds.
+    /// CPU seconds of the whole process tree.
     pub cpu_seconds: u64,
+    /// CPU the tree may use at once, in thousandths of a core.
+    pub cpu_millicores: u64,
     /// Open files.
     pub open_files: u64,
     /// Largest file, in bytes.
     pub file_size_bytes: u64,
+    /// The workspace's total size, in bytes.
+    pub workspace_bytes: u64,
     /// Allowed destinations; empty: no network.
     pub egress_allow: Vec<warden_core::net::HostRule>,
     /// Non-public networks allowed anyway.
@@ -367,8 +371,10 @@ fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Opti
         memory_mb: None,
         processes: None,
         cpu_seconds: None,
+        cpu_millicores: None,
         open_files: None,
         file_size_mb: None,
+        workspace_mb: None,
     });
     for (key, v) in [
         ("memory_mb", limits.memory_mb),
@@ -376,11 +382,20 @@ fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Opti
         ("cpu_seconds", limits.cpu_seconds),
         ("open_files", limits.open_files),
         ("file_size_mb", limits.file_size_mb),
+        ("workspace_mb", limits.workspace_mb),
     ] {
         if v == Some(0) {
             c.err(format!("{path}.limits.{key}"), "must be at least 1");
             ok = false;
         }
+    }
+    // The kernel's least CPU quota is 1 ms per 100 ms period.
+    if limits.cpu_millicores.is_some_and(|m| m < 10) {
+        c.err(
+            format!("{path}.limits.cpu_millicores"),
+            "must be at least 10 (a hundredth of a core)",
+        );
+        ok = false;
     }
     let mut egress_allow = Vec::new();
     let mut private_networks = Vec::new();
@@ -429,8 +444,10 @@ fn validate_sandbox(c: &mut Collector<'_>, path: &str, raw: &RawSandbox) -> Opti
         memory_bytes: mib(limits.memory_mb, 512),
         processes: limits.processes.unwrap_or(128),
         cpu_seconds: limits.cpu_seconds.unwrap_or(3_600),
+        cpu_millicores: limits.cpu_millicores.unwrap_or(1_000),
         open_files: limits.open_files.unwrap_or(1_024),
         file_size_bytes: mib(limits.file_size_mb, 256),
+        workspace_bytes: mib(limits.workspace_mb, 256),
         egress_allow,
         private_networks,
         max_out_bytes: mib(max_out, 10),

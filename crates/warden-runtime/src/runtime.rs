@@ -28,6 +28,8 @@ pub struct Config {
     pub manifest: PathBuf,
     /// Keep the ledger in this PostgreSQL database instead of `DATA/ledger`.
     pub ledger_postgres: Option<String>,
+    /// Where the ledger's signing key is kept (`DATA/keys/ledger.key` by default).
+    pub ledger_key: crate::witness::LedgerKey,
     /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
     pub replay_redis: Option<String>,
     /// The `warden` binary, whose `sandbox exec` launches sandboxed upstreams.
@@ -43,6 +45,7 @@ impl Config {
             data: data.to_path_buf(),
             manifest: data.join("manifest.yaml"),
             ledger_postgres: None,
+            ledger_key: crate::witness::LedgerKey::DataDir,
             replay_redis: None,
             helper,
         }
@@ -239,7 +242,11 @@ impl Backends {
     pub fn embedded(config: &Config) -> Result<Backends, RuntimeError> {
         let state = warden_state::FileState::open(&config.data.join("state"), crate::now_unix())?;
         // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
-        let ledger = crate::witness::open_ledger(&config.data, config.ledger_postgres.as_deref())?;
+        let ledger = crate::witness::open_ledger(
+            &config.data,
+            config.ledger_postgres.as_deref(),
+            &config.ledger_key,
+        )?;
         Ok(Backends {
             state: Arc::new(state),
             ledger,

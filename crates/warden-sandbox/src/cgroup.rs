@@ -1,11 +1,20 @@
 //! Cgroups: limits for a task's whole process tree, and a kill that leaves nothing behind.
 //!
 //! cgroup v2 when the unified hierarchy has the `memory` and `pids` controllers; otherwise the
-//! v1 `memory`, `pids` and `cpu` hierarchies, with the (controller-less) unified hierarchy kept
-//! for its `cgroup.kill`, else the v1 `freezer` (freeze, kill every member, thaw, until empty).
+//! v1 `memory`, `pids`, `cpu` and `cpuacct` hierarchies, with the (controller-less) unified
+//! hierarchy kept for its `cgroup.kill`, else the v1 `freezer` (freeze, kill every member, thaw,
+//! until empty).
+//!
+//! CPU is bounded for the whole tree, not per process (issue 18: respawning children each
+//! stayed under their own `RLIMIT_CPU` and used three times the limit together): a quota caps
+//! how much of the machine the tree uses at once (`cpu.max`, v1 `cpu.cfs_quota_us`), and a
+//! watchdog thread reads the tree's accounted total (`cpu.stat`, v1 `cpuacct.usage`) and kills
+//! the tree once it passes `cpu_seconds`.
 
 use crate::spec::{Guarantee, Layer, Limits, Status};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -28,6 +37,8 @@ pub enum Layout {
         pids: Option<PathBuf>,
         /// The `cpu` hierarchy.
         cpu: Option<PathBuf>,
+        /// The `cpuacct` hierarchy (the same directory as `cpu` where they are mounted together).
+        cpuacct: Option<PathBuf>,
         /// The `freezer` hierarchy.
         freezer: Option<PathBuf>,
         /// A unified hierarchy without controllers (for `cgroup.kill`).
@@ -59,6 +70,7 @@ impl Layout {
             memory: dir(&root.join("memory")),
             pids: dir(&root.join("pids")),
             cpu: dir(&root.join("cpu")).or_else(|| dir(&root.join("cpu,cpuacct"))),
+            cpuacct: dir(&root.join("cpuacct")).or_else(|| dir(&root.join("cpu,cpuacct"))),
             freezer: dir(&root.join("freezer")),
             unified: dir(&root.join("unified")).or_else(|| dir(root)),
         };
@@ -81,10 +93,25 @@ impl Layout {
             Layout::V2 { root } => vec![
                 Layer::new(
                     Guarantee::Limits,
-                    "cgroup v2 memory, pids, cpu",
+                    "cgroup v2 memory, pids",
                     Status::Enforced,
                     format!("under {}", root.join(PARENT).display()),
                 ),
+                if v2_has_cpu(root) {
+                    Layer::new(
+                        Guarantee::Limits,
+                        "cgroup v2 cpu",
+                        Status::Enforced,
+                        "a CPU quota and the CPU seconds of the whole tree",
+                    )
+                } else {
+                    Layer::new(
+                        Guarantee::Limits,
+                        "cgroup v2 cpu",
+                        Status::Degraded,
+                        "no cpu controller: CPU seconds counted per process only (RLIMIT_CPU)",
+                    )
+                },
                 if kernel_has_cgroup_kill(root) {
                     Layer::new(
                         Guarantee::Kill,
@@ -104,10 +131,26 @@ impl Layout {
             Layout::V1 {
                 memory,
                 pids,
+                cpu,
+                cpuacct,
                 freezer,
                 unified,
-                ..
             } => {
+                let cpu = if cpu.is_some() && cpuacct.is_some() {
+                    Layer::new(
+                        Guarantee::Limits,
+                        "cgroup v1 cpu, cpuacct",
+                        Status::Enforced,
+                        "a CPU quota and the CPU seconds of the whole tree",
+                    )
+                } else {
+                    Layer::new(
+                        Guarantee::Limits,
+                        "cgroup v1 cpu, cpuacct",
+                        Status::Degraded,
+                        "no cpu or cpuacct hierarchy: CPU seconds counted per process only (RLIMIT_CPU)",
+                    )
+                };
                 let limits = match (memory, pids) {
                     (Some(_), Some(_)) => Layer::new(
                         Guarantee::Limits,
@@ -162,10 +205,16 @@ impl Layout {
                         "no cgroup to kill",
                     )
                 };
-                vec![limits, kill]
+                vec![limits, cpu, kill]
             }
         }
     }
+}
+
+/// Whether the unified hierarchy offers the `cpu` controller.
+fn v2_has_cpu(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
 }
 
 /// Whether the kernel has `cgroup.kill` (5.14+): its non-root cgroups carry the file.
@@ -215,6 +264,12 @@ fn leaf(path: &Path) -> Result<PathBuf, CgroupError> {
 /// One task's cgroups. Dropping it kills whatever is left in them and removes them.
 #[derive(Debug)]
 pub struct Cgroup {
+    tree: Arc<Tree>,
+}
+
+/// The directories of one task's cgroups, shared with the CPU watchdog.
+#[derive(Debug)]
+struct Tree {
     /// Directories the task joins.
     join: Vec<PathBuf>,
     /// A v2 directory with `cgroup.kill`.
@@ -223,6 +278,36 @@ pub struct Cgroup {
     freezer: Option<PathBuf>,
     /// A v2 directory without `cgroup.kill`, frozen with `cgroup.freeze`.
     freeze_v2: Option<PathBuf>,
+    /// The tree's CPU account, where the host keeps one.
+    meter: Option<Meter>,
+}
+
+/// A tree's accounted CPU time and its budget.
+#[derive(Debug)]
+struct Meter {
+    /// `cpu.stat` (v2, `usage_usec`) or `cpuacct.usage` (v1, nanoseconds).
+    usage: PathBuf,
+    /// The tree is killed once it has used more.
+    budget: Duration,
+    /// Set when the watchdog killed the tree for passing its budget.
+    exceeded: AtomicBool,
+}
+
+impl Meter {
+    fn used(&self) -> Option<Duration> {
+        let text = std::fs::read_to_string(&self.usage).ok()?;
+        if self.usage.ends_with("cpu.stat") {
+            let usec = text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Duration::from_micros(usec))
+        } else {
+            Some(Duration::from_nanos(text.trim().parse().ok()?))
+        }
+    }
 }
 
 /// Valid cgroup names: what Warden makes itself (runner ids).
@@ -235,8 +320,32 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// The CFS period Warden sets, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The quota, in microseconds per [`CPU_PERIOD_US`], for `millicores` (the kernel's least is
+/// one millisecond).
+fn cpu_quota_us(millicores: u64) -> u64 {
+    millicores
+        .saturating_mul(CPU_PERIOD_US)
+        .checked_div(1_000)
+        .unwrap_or(0)
+        .max(1_000)
+}
+
+/// What [`Cgroup::create`] collects before the task's `Tree` exists.
+#[derive(Default)]
+struct Made {
+    join: Vec<PathBuf>,
+    kill: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+    freeze_v2: Option<PathBuf>,
+    usage: Option<PathBuf>,
+}
+
 impl Cgroup {
-    /// Makes the cgroups named `name` with `limits`.
+    /// Makes the cgroups named `name` with `limits`, and puts the tree's CPU total under
+    /// watch.
     ///
     /// # Errors
     /// A directory or limit file that cannot be written (fail closed: the task does not start).
@@ -247,70 +356,46 @@ impl Cgroup {
                 error: std::io::Error::other("not a valid cgroup name"),
             });
         }
-        let mut cg = Cgroup {
-            join: Vec::new(),
-            kill: None,
-            freezer: None,
-            freeze_v2: None,
-        };
-        match layout {
-            Layout::V2 { root } => {
-                let parent = mkdir(&root.join(PARENT))?;
-                // Let the task's cgroup have the controllers (best effort for cpu).
-                for c in ["+memory", "+pids", "+cpu"] {
-                    let r = write(&parent.join("cgroup.subtree_control"), c);
-                    if c != "+cpu" {
-                        r?;
-                    }
-                }
-                let d = leaf(&parent.join(name))?;
-                cg.join.push(d.clone());
-                if d.join("cgroup.kill").exists() {
-                    cg.kill = Some(d.clone());
-                } else {
-                    cg.freeze_v2 = Some(d.clone());
-                }
-                write(&d.join("memory.max"), &limits.memory_bytes.to_string())?;
-                let _ = write(&d.join("memory.swap.max"), "0");
-                write(&d.join("memory.oom.group"), "1")?;
-                write(&d.join("pids.max"), &limits.pids.to_string())?;
-            }
+        let mut made = Made::default();
+        // Each directory is remembered as soon as it exists, so a later failure removes it.
+        let result = match layout {
+            Layout::V2 { root } => create_v2(root, name, limits, &mut made),
             Layout::V1 {
                 memory,
                 pids,
-                cpu: _,
+                cpu,
+                cpuacct,
                 freezer,
                 unified,
             } => {
-                if let Some(m) = memory {
-                    let d = leaf(&m.join(PARENT).join(name))?;
-                    write(
-                        &d.join("memory.limit_in_bytes"),
-                        &limits.memory_bytes.to_string(),
-                    )?;
-                    // Without swap accounting this file does not exist; nothing to cap then.
-                    let _ = write(
-                        &d.join("memory.memsw.limit_in_bytes"),
-                        &limits.memory_bytes.to_string(),
-                    );
-                    cg.join.push(d);
-                }
-                if let Some(p) = pids {
-                    let d = leaf(&p.join(PARENT).join(name))?;
-                    write(&d.join("pids.max"), &limits.pids.to_string())?;
-                    cg.join.push(d);
-                }
-                if let Some(f) = freezer {
-                    let d = leaf(&f.join(PARENT).join(name))?;
-                    cg.join.push(d.clone());
-                    cg.freezer = Some(d);
-                }
-                if let Some(u) = unified.as_ref().filter(|u| kernel_has_cgroup_kill(u)) {
-                    let d = leaf(&u.join(PARENT).join(name))?;
-                    cg.join.push(d.clone());
-                    cg.kill = Some(d);
-                }
+                let v1 = V1 {
+                    memory: memory.as_deref(),
+                    pids: pids.as_deref(),
+                    cpu: cpu.as_deref(),
+                    cpuacct: cpuacct.as_deref(),
+                    freezer: freezer.as_deref(),
+                    unified: unified.as_deref(),
+                };
+                create_v1(&v1, name, limits, &mut made)
             }
+        };
+        let meter = made.usage.take().map(|usage| Meter {
+            usage,
+            budget: Duration::from_secs(limits.cpu_seconds),
+            exceeded: AtomicBool::new(false),
+        });
+        let cg = Cgroup {
+            tree: Arc::new(Tree {
+                join: made.join,
+                kill: made.kill,
+                freezer: made.freezer,
+                freeze_v2: made.freeze_v2,
+                meter,
+            }),
+        };
+        result?;
+        if cg.tree.meter.is_some() {
+            watch(&cg.tree)?;
         }
         Ok(cg)
     }
@@ -318,12 +403,143 @@ impl Cgroup {
     /// The directories a process joins (`Spec::cgroups`).
     #[must_use]
     pub fn dirs(&self) -> &[PathBuf] {
-        &self.join
+        &self.tree.join
     }
 
     /// The pids in the task's cgroups.
     #[must_use]
     pub fn pids(&self) -> Vec<i32> {
+        self.tree.pids()
+    }
+
+    /// Kills every process of the task and waits (up to `within`) until none is left.
+    /// Returns whether the cgroups are empty.
+    pub fn kill(&self, within: Duration) -> bool {
+        self.tree.kill(within)
+    }
+
+    /// The CPU time the whole tree has used, where the host accounts it.
+    #[must_use]
+    pub fn cpu_used(&self) -> Option<Duration> {
+        self.tree.meter.as_ref().and_then(Meter::used)
+    }
+
+    /// Whether the tree was killed for passing its CPU seconds.
+    #[must_use]
+    pub fn cpu_exceeded(&self) -> bool {
+        self.tree
+            .meter
+            .as_ref()
+            .is_some_and(|m| m.exceeded.load(Ordering::SeqCst))
+    }
+
+    /// Whether the task was killed by the memory limit (v2 `memory.events`, v1 `memory.oom_control`).
+    #[must_use]
+    pub fn oom_killed(&self) -> bool {
+        self.tree.join.iter().any(|d| {
+            let events = std::fs::read_to_string(d.join("memory.events")).unwrap_or_default();
+            let v1 = std::fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
+            events
+                .lines()
+                .chain(v1.lines())
+                .any(|l| l.starts_with("oom_kill ") && l.trim_end() != "oom_kill 0")
+        })
+    }
+}
+
+fn create_v2(root: &Path, name: &str, limits: &Limits, made: &mut Made) -> Result<(), CgroupError> {
+    let parent = mkdir(&root.join(PARENT))?;
+    // Let the task's cgroup have the controllers (cpu where the host offers it; the layer
+    // report says when it does not).
+    for c in ["+memory", "+pids", "+cpu"] {
+        let r = write(&parent.join("cgroup.subtree_control"), c);
+        if c != "+cpu" {
+            r?;
+        }
+    }
+    let d = leaf(&parent.join(name))?;
+    made.join.push(d.clone());
+    if d.join("cgroup.kill").exists() {
+        made.kill = Some(d.clone());
+    } else {
+        made.freeze_v2 = Some(d.clone());
+    }
+    write(&d.join("memory.max"), &limits.memory_bytes.to_string())?;
+    let _ = write(&d.join("memory.swap.max"), "0");
+    write(&d.join("memory.oom.group"), "1")?;
+    write(&d.join("pids.max"), &limits.pids.to_string())?;
+    if d.join("cpu.max").exists() {
+        let quota = format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.cpu_millicores));
+        write(&d.join("cpu.max"), &quota)?;
+        // `cpu.stat` counts the whole subtree's usage.
+        made.usage = Some(d.join("cpu.stat"));
+    }
+    Ok(())
+}
+
+/// The v1 hierarchies of this host.
+struct V1<'a> {
+    memory: Option<&'a Path>,
+    pids: Option<&'a Path>,
+    cpu: Option<&'a Path>,
+    cpuacct: Option<&'a Path>,
+    freezer: Option<&'a Path>,
+    unified: Option<&'a Path>,
+}
+
+fn create_v1(h: &V1<'_>, name: &str, limits: &Limits, made: &mut Made) -> Result<(), CgroupError> {
+    if let Some(m) = h.memory {
+        let d = leaf(&m.join(PARENT).join(name))?;
+        made.join.push(d.clone());
+        write(
+            &d.join("memory.limit_in_bytes"),
+            &limits.memory_bytes.to_string(),
+        )?;
+        // Without swap accounting this file does not exist; nothing to cap then.
+        let _ = write(
+            &d.join("memory.memsw.limit_in_bytes"),
+            &limits.memory_bytes.to_string(),
+        );
+    }
+    if let Some(p) = h.pids {
+        let d = leaf(&p.join(PARENT).join(name))?;
+        made.join.push(d.clone());
+        write(&d.join("pids.max"), &limits.pids.to_string())?;
+    }
+    if let (Some(cpu), Some(acct)) = (h.cpu, h.cpuacct) {
+        let d = leaf(&cpu.join(PARENT).join(name))?;
+        made.join.push(d.clone());
+        write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+        write(
+            &d.join("cpu.cfs_quota_us"),
+            &cpu_quota_us(limits.cpu_millicores).to_string(),
+        )?;
+        // Mounted together (`cpu,cpuacct`), one directory serves both.
+        let same = std::fs::canonicalize(cpu).ok() == std::fs::canonicalize(acct).ok();
+        let a = if same {
+            d
+        } else {
+            let a = leaf(&acct.join(PARENT).join(name))?;
+            made.join.push(a.clone());
+            a
+        };
+        made.usage = Some(a.join("cpuacct.usage"));
+    }
+    if let Some(f) = h.freezer {
+        let d = leaf(&f.join(PARENT).join(name))?;
+        made.join.push(d.clone());
+        made.freezer = Some(d);
+    }
+    if let Some(u) = h.unified.filter(|u| kernel_has_cgroup_kill(u)) {
+        let d = leaf(&u.join(PARENT).join(name))?;
+        made.join.push(d.clone());
+        made.kill = Some(d);
+    }
+    Ok(())
+}
+
+impl Tree {
+    fn pids(&self) -> Vec<i32> {
         let mut all: Vec<i32> = self
             .join
             .iter()
@@ -339,9 +555,7 @@ impl Cgroup {
         all
     }
 
-    /// Kills every process of the task and waits (up to `within`) until none is left.
-    /// Returns whether the cgroups are empty.
-    pub fn kill(&self, within: Duration) -> bool {
+    fn kill(&self, within: Duration) -> bool {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         let deadline = Instant::now() + within;
@@ -376,17 +590,65 @@ impl Cgroup {
         }
     }
 
-    /// Whether the task was killed by the memory limit (v2 `memory.events`, v1 `memory.oom_control`).
-    #[must_use]
-    pub fn oom_killed(&self) -> bool {
-        self.join.iter().any(|d| {
-            let events = std::fs::read_to_string(d.join("memory.events")).unwrap_or_default();
-            let v1 = std::fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
-            events
-                .lines()
-                .chain(v1.lines())
-                .any(|l| l.starts_with("oom_kill ") && l.trim_end() != "oom_kill 0")
-        })
+    /// Kills the tree if it has used more CPU than its budget.
+    fn check_cpu(&self) {
+        let Some(m) = &self.meter else { return };
+        if m.exceeded.load(Ordering::SeqCst) {
+            return;
+        }
+        if m.used().is_some_and(|used| used > m.budget) {
+            // INVARIANT (fail-closed, issue 18): a tree past its CPU seconds is killed whole,
+            // however many processes shared them.
+            m.exceeded.store(true, Ordering::SeqCst);
+            self.kill(Duration::from_secs(2));
+        }
+    }
+}
+
+/// How often the watchdog reads each tree's CPU total: a tree overshoots its budget by at most
+/// this times its quota.
+const CPU_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The trees under the CPU watchdog.
+static WATCHED: Mutex<Vec<Weak<Tree>>> = Mutex::new(Vec::new());
+
+/// Puts `tree` under the CPU watchdog (one thread per process, started on first use).
+fn watch(tree: &Arc<Tree>) -> Result<(), CgroupError> {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    let started = *STARTED.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("warden-cpu-watch".into())
+            .spawn(watchdog)
+            .is_ok()
+    });
+    if !started {
+        // INVARIANT (fail-closed): a tree whose CPU total nobody watches does not start.
+        return Err(CgroupError {
+            path: "warden-cpu-watch".into(),
+            error: std::io::Error::other("cannot start the CPU watchdog thread"),
+        });
+    }
+    let mut list = WATCHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(tree));
+    Ok(())
+}
+
+fn watchdog() {
+    loop {
+        std::thread::sleep(CPU_WATCH_EVERY);
+        let live: Vec<Arc<Tree>> = {
+            let mut list = WATCHED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for tree in live {
+            tree.check_cpu();
+        }
     }
 }
 
@@ -419,26 +681,41 @@ fn owner(name: &str) -> Option<i32> {
 /// too (until that process exits).
 #[must_use]
 pub fn reclaim(layout: &Layout) -> Reclaimed {
-    let (hierarchies, v2) = match layout {
-        Layout::V2 { root } => (vec![root.clone()], true),
+    reclaim_in(layout, PARENT)
+}
+
+/// The hierarchies of `layout` (each directory once).
+#[must_use]
+pub fn hierarchies(layout: &Layout) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = match layout {
+        Layout::V2 { root } => vec![root.clone()],
         Layout::V1 {
             memory,
             pids,
-            cpu: _,
+            cpu,
+            cpuacct,
             freezer,
             unified,
-        } => (
-            [memory, pids, freezer, unified]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            false,
-        ),
+        } => [memory, pids, cpu, cpuacct, freezer, unified]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
     };
+    let mut seen = std::collections::BTreeSet::new();
+    all.retain(|h| seen.insert(std::fs::canonicalize(h).unwrap_or_else(|_| h.clone())));
+    all
+}
+
+/// [`reclaim`] under the directory `parent` of each hierarchy instead of Warden's own (tests
+/// use a private one, so that a gateway starting beside them reclaims nothing of theirs).
+#[must_use]
+pub fn reclaim_in(layout: &Layout, parent: &str) -> Reclaimed {
+    let hierarchies = hierarchies(layout);
+    let v2 = matches!(layout, Layout::V2 { .. });
     let mut names = std::collections::BTreeSet::new();
     for h in &hierarchies {
-        let Ok(entries) = std::fs::read_dir(h.join(PARENT)) else {
+        let Ok(entries) = std::fs::read_dir(h.join(parent)) else {
             continue;
         };
         for e in entries.flatten() {
@@ -457,26 +734,29 @@ pub fn reclaim(layout: &Layout) -> Reclaimed {
         }
         let dirs: Vec<PathBuf> = hierarchies
             .iter()
-            .map(|h| h.join(PARENT).join(&name))
+            .map(|h| h.join(parent).join(&name))
             .filter(|d| d.is_dir())
             .collect();
         let has_kill = |d: &&PathBuf| d.join("cgroup.kill").exists();
         let cg = Cgroup {
-            kill: dirs.iter().find(has_kill).cloned(),
-            freezer: match layout {
-                Layout::V1 {
-                    freezer: Some(f), ..
-                } => Some(f.join(PARENT).join(&name)).filter(|d| d.is_dir()),
-                _ => None,
-            },
-            freeze_v2: if v2 {
-                dirs.first().filter(|d| !has_kill(d)).cloned()
-            } else {
-                None
-            },
-            join: dirs,
+            tree: Arc::new(Tree {
+                kill: dirs.iter().find(has_kill).cloned(),
+                freezer: match layout {
+                    Layout::V1 {
+                        freezer: Some(f), ..
+                    } => Some(f.join(parent).join(&name)).filter(|d| d.is_dir()),
+                    _ => None,
+                },
+                freeze_v2: if v2 {
+                    dirs.first().filter(|d| !has_kill(d)).cloned()
+                } else {
+                    None
+                },
+                join: dirs,
+                meter: None,
+            }),
         };
-        let paths = cg.join.clone();
+        let paths = cg.tree.join.clone();
         drop(cg);
         if paths.iter().any(|d| d.exists()) {
             out.failed.push(name);
@@ -490,7 +770,7 @@ pub fn reclaim(layout: &Layout) -> Reclaimed {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         self.kill(Duration::from_secs(2));
-        for d in &self.join {
+        for d in &self.tree.join {
             let _ = std::fs::remove_dir(d);
         }
     }

@@ -327,6 +327,8 @@ pub fn doctor(host: &Host) -> Result<Vec<Layer>, DoctorError> {
         error,
     })?;
     let socket = dir.join("egress.sock");
+    // A socket left by an earlier process of the same PID (killed before it cleaned up).
+    let _ = std::fs::remove_file(&socket);
     let _listener =
         std::os::unix::net::UnixListener::bind(&socket).map_err(|error| DoctorError::Setup {
             path: socket.clone(),

@@ -158,8 +158,13 @@ pub enum Isolation {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// CPU time, in seconds (`RLIMIT_CPU`: SIGXCPU, then SIGKILL a second later).
+    /// CPU time of the whole process tree, in seconds: the cgroup's accounted total (the tree
+    /// is killed when it passes it), and each process's `RLIMIT_CPU` (SIGXCPU, then SIGKILL a
+    /// second later).
     pub cpu_seconds: u64,
+    /// CPU the whole tree may use at once, in thousandths of a core (the cgroup's CPU quota:
+    /// 1000 is one core).
+    pub cpu_millicores: u64,
     /// Memory, in bytes (the cgroup's limit; the OOM killer ends the task beyond it).
     pub memory_bytes: u64,
     /// Processes and threads (the cgroup's `pids.max`).
@@ -168,16 +173,21 @@ pub struct Limits {
     pub open_files: u64,
     /// Largest file it may write, in bytes (`RLIMIT_FSIZE`).
     pub file_size_bytes: u64,
+    /// The workspace's total size, in bytes: it is a private in-memory filesystem of this size
+    /// (its pages and inodes are charged to the task's memory limit), never the host's disk.
+    pub workspace_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             cpu_seconds: 3_600,
+            cpu_millicores: 1_000,
             memory_bytes: 512 << 20,
             pids: 128,
             open_files: 1_024,
             file_size_bytes: 256 << 20,
+            workspace_bytes: 256 << 20,
         }
     }
 }
@@ -200,7 +210,9 @@ pub struct Spec {
     pub program: PathBuf,
     /// Its arguments, passed as they are (never through a shell).
     pub args: Vec<String>,
-    /// The workspace: the only host directory it may write (also its working directory).
+    /// The workspace: its working directory and the only place it may write. Under bubblewrap
+    /// a private in-memory filesystem of `limits.workspace_bytes` mounted at this path (the
+    /// host directory stays empty); without a mount view, the host directory itself.
     pub workspace: PathBuf,
     /// Further host paths it may read and execute (the program's installation).
     pub read_only: Vec<PathBuf>,

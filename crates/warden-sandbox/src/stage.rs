@@ -80,8 +80,41 @@ pub fn outer(mut spec: Spec) -> Outcome {
                 Status::Enforced,
                 "cannot see or signal processes outside the sandbox",
             ));
-            let args = bwrap_args(&spec)?;
-            let error = Command::new(&path).args(args).exec();
+            spec.layers.push(Layer::new(
+                Guarantee::Limits,
+                "workspace quota",
+                Status::Enforced,
+                format!(
+                    "the workspace is a private in-memory filesystem of {} bytes, charged to the memory limit: the host's disk and inodes are untouched",
+                    spec.limits.workspace_bytes
+                ),
+            ));
+            // INVARIANT (issue 18): nothing on a command line describes the launch: bubblewrap
+            // is PID 1 inside the sandbox and `/proc/1/cmdline` is readable there, so its
+            // options (host paths) come from a memory file (`--args`), and the inner stage's
+            // spec (limits, cgroups) from another, which the inner stage empties once read.
+            let (options, inner_spec) = bwrap_args(&spec)?;
+            let spec_fd = memory_file("warden-spec", inner_spec.as_bytes())?;
+            let mut bytes = Vec::new();
+            for a in &options {
+                bytes.extend_from_slice(a.as_bytes());
+                bytes.push(0);
+            }
+            let args_fd = memory_file("warden-bwrap-args", &bytes)?;
+            let raw = std::os::fd::AsRawFd::as_raw_fd;
+            let error = Command::new(&path)
+                .arg("--args")
+                .arg(raw(&args_fd).to_string())
+                .args([
+                    "--",
+                    HELPER_IN_VIEW,
+                    "sandbox",
+                    "exec",
+                    "--inner",
+                    "--spec-fd",
+                ])
+                .arg(raw(&spec_fd).to_string())
+                .exec();
             Err(StageError::Exec {
                 program: path.display().to_string(),
                 error,
@@ -129,6 +162,7 @@ pub fn outer(mut spec: Spec) -> Outcome {
                 Status::Absent,
                 "no bubblewrap: the host filesystem is guarded by Landlock alone",
             ));
+            spec.layers.push(no_workspace_quota());
             inner(spec)
         }
         Isolation::None => {
@@ -150,9 +184,58 @@ pub fn outer(mut spec: Spec) -> Outcome {
                 Status::Absent,
                 "no namespaces on this host",
             ));
+            spec.layers.push(no_workspace_quota());
             inner(spec)
         }
     }
+}
+
+/// Without a mount view the workspace is the host directory, bounded per file only.
+fn no_workspace_quota() -> Layer {
+    Layer::new(
+        Guarantee::Limits,
+        "workspace quota",
+        Status::Degraded,
+        "no mount view: the workspace is the host directory, each file bounded (RLIMIT_FSIZE) but not their total",
+    )
+}
+
+/// An anonymous memory file holding `bytes`, left open across `exec` (its descriptor number
+/// is passed on the command line instead of its content).
+fn memory_file(name: &str, bytes: &[u8]) -> Result<std::os::fd::OwnedFd, StageError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::{Seek as _, Write as _};
+    let fd = memfd_create(name, MFdFlags::empty())
+        .map_err(|e| StageError::Step(format!("cannot make the memory file {name}: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)
+        .and_then(|()| file.rewind())
+        .map_err(|e| StageError::Step(format!("cannot write the memory file {name}: {e}")))?;
+    Ok(file.into())
+}
+
+/// Reads the inner stage's spec from descriptor `fd` (a memory file the outer stage made),
+/// then empties the file, so that no process left holding it (bubblewrap's PID 1) shows it to
+/// the program, and closes it.
+///
+/// # Errors
+/// [`StageError::Step`]: the descriptor cannot be read or emptied.
+pub fn spec_from_fd(fd: i32) -> Result<String, StageError> {
+    use std::io::Read as _;
+    let path = format!("/proc/self/fd/{fd}");
+    let step = |e: std::io::Error| StageError::Step(format!("the spec descriptor {fd}: {e}"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(step)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(step)?;
+    file.set_len(0).map_err(step)?;
+    drop(file);
+    nix::unistd::close(fd)
+        .map_err(|e| StageError::Step(format!("the spec descriptor {fd}: {e}")))?;
+    Ok(text)
 }
 
 /// Brings up loopback in a fresh network namespace (for the egress forwarder).
@@ -198,8 +281,8 @@ fn text(p: &Path) -> Result<String, StageError> {
         .ok_or_else(|| StageError::Step(format!("path {} is not UTF-8", p.display())))
 }
 
-/// bubblewrap's arguments: namespaces, the view, then the inner stage.
-fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
+/// bubblewrap's options (namespaces, the view) and the inner stage's spec.
+fn bwrap_args(spec: &Spec) -> Result<(Vec<String>, String), StageError> {
     let mut a: Vec<String> = [
         "--unshare-ipc",
         "--unshare-pid",
@@ -273,7 +356,17 @@ fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
         a.extend(["--ro-bind".into(), p.clone(), p]);
     }
     ancestors(&spec.workspace, &mut a)?;
-    a.extend(["--bind".into(), workspace.clone(), workspace.clone()]);
+    // INVARIANT (issue 18): the workspace is bounded as a whole: a tmpfs of its quota, in the
+    // task's memory cgroup, so no task can fill the host's disk (and stop the ledger) or its
+    // inodes. Writable by the unprivileged uid, and private to this sandbox.
+    a.extend([
+        "--size".into(),
+        spec.limits.workspace_bytes.to_string(),
+        "--perms".into(),
+        "1777".into(),
+        "--tmpfs".into(),
+        workspace.clone(),
+    ]);
     let helper = std::env::current_exe()
         .map_err(|e| StageError::Step(format!("cannot find the helper binary: {e}")))?;
     ancestors(Path::new(HELPER_IN_VIEW), &mut a)?;
@@ -290,16 +383,7 @@ fn bwrap_args(spec: &Spec) -> Result<Vec<String>, StageError> {
     a.extend(["--chdir".into(), workspace]);
     let json = serde_json::to_string(&inner_spec)
         .map_err(|e| StageError::Step(format!("cannot encode the spec: {e}")))?;
-    a.extend([
-        "--".into(),
-        HELPER_IN_VIEW.into(),
-        "sandbox".into(),
-        "exec".into(),
-        "--inner".into(),
-        "--spec".into(),
-        json,
-    ]);
-    Ok(a)
+    Ok((a, json))
 }
 
 fn set_rlimits(spec: &Spec) -> Layer {

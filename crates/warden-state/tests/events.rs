@@ -70,14 +70,19 @@ fn suite(name: &str, queue: &dyn EventQueue, capacity: usize) {
 
 /// Several dispatchers taking at once: every event is delivered exactly once.
 fn competing_takers(queue: Arc<dyn EventQueue>) {
+    // Takers stop once everything is published and the queue is empty (not after a quiet
+    // spell: a publisher descheduled for a while must not leave nobody taking).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let takers: Vec<_> = (0..4)
         .map(|_| {
             let queue = Arc::clone(&queue);
+            let done = Arc::clone(&done);
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 loop {
-                    let batch = queue.take(7, Duration::from_millis(300)).unwrap();
-                    if batch.is_empty() {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let batch = queue.take(7, Duration::from_millis(50)).unwrap();
+                    if batch.is_empty() && finished {
                         return got;
                     }
                     got.extend(batch.into_iter().map(|e| e.time));
@@ -91,6 +96,7 @@ fn competing_takers(queue: Arc<dyn EventQueue>) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut all: Vec<i64> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
     all.sort_unstable();
     assert_eq!(all, (0..400).collect::<Vec<_>>());

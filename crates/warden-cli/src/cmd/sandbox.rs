@@ -20,8 +20,11 @@ pub enum Command {
     #[command(hide = true)]
     Exec {
         /// The launch specification (JSON).
-        #[arg(long)]
-        spec: String,
+        #[arg(long, required_unless_present = "spec_fd")]
+        spec: Option<String>,
+        /// A descriptor to read the launch specification from (emptied once read).
+        #[arg(long, conflicts_with = "spec")]
+        spec_fd: Option<i32>,
         /// The inner stage (inside bubblewrap).
         #[arg(long)]
         inner: bool,
@@ -41,7 +44,24 @@ pub enum Command {
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Doctor { json } => doctor(json),
-        Command::Exec { spec, inner } => Ok(exec(&spec, inner)),
+        Command::Exec {
+            spec,
+            spec_fd,
+            inner,
+        } => {
+            let spec = match (spec, spec_fd) {
+                (Some(s), _) => s,
+                (None, Some(fd)) => match warden_sandbox::stage::spec_from_fd(fd) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("warden {e}");
+                        return Ok(ExitCode::from(EXIT_REFUSED));
+                    }
+                },
+                (None, None) => String::new(),
+            };
+            Ok(exec(&spec, inner))
+        }
         Command::Forward { port, socket } => {
             warden_sandbox::forward::run(port, &socket)?;
             Ok(ExitCode::SUCCESS)

@@ -18,6 +18,10 @@ pub struct Common {
     /// DATA/ledger.
     #[arg(long, value_name = "URL", env = "WARDEN_LEDGER_POSTGRES")]
     ledger_postgres: Option<String>,
+    /// Where the ledger's signing key is kept, outside the data directory: env:VARIABLE,
+    /// file:/absolute/path or keyring:DESCRIPTION (default DATA/keys/ledger.key).
+    #[arg(long, value_name = "SOURCE", env = "WARDEN_LEDGER_KEY")]
+    ledger_key: Option<warden_runtime::witness::LedgerKey>,
     /// Remember signed-request nonces and redeemed grants in Redis, so several instances accept
     /// each request and each grant once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
@@ -96,6 +100,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         data: a.data.clone(),
         manifest: manifest.clone(),
         ledger_postgres: a.ledger_postgres.clone(),
+        ledger_key: a.ledger_key.clone().unwrap_or_default(),
         replay_redis: a.replay_redis.clone(),
         helper: std::env::current_exe().context("finding the warden binary")?,
     };

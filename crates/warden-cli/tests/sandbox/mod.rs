@@ -174,9 +174,11 @@ for name, act in [
     let r = sandboxed(&host, spec(&work, &script), Duration::from_secs(30));
     let out = r.stdout();
     assert!(r.out.status.success(), "{out}\n{}", r.stderr());
-    // /etc/shadow is not in the view at all; the outside directory and the symlink's target
-    // are not either (ENOENT), and Landlock would refuse them (EACCES) if they were.
-    for name in ["shadow", "outside", "symlink"] {
+    // /etc/shadow is not in the view at all; the outside directory is not either (ENOENT), and
+    // Landlock would refuse it (EACCES) if it were. The host's workspace directory (and the
+    // symlink in it) is not in the view: the workspace is a private filesystem of its own,
+    // so writing `link` makes a file there and the symlink's target stays as it was.
+    for name in ["shadow", "outside"] {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap();
         assert!(line.contains("denied"), "{line}");
         assert!(line.ends_with(" 2") || line.ends_with(" 13"), "{line}");
@@ -191,10 +193,182 @@ for name, act in [
         "original"
     );
     assert!(!outside.join("new.txt").exists());
-    assert_eq!(
-        std::fs::read_to_string(work.join("mine.txt")).unwrap(),
-        "ok"
+    // What it wrote stayed in its own workspace: nothing reached the host's disk.
+    assert!(!work.join("mine.txt").exists());
+}
+
+#[test]
+fn nothing_inside_the_sandbox_describes_the_launch() {
+    let Some(host) = host() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Every process it can see (bubblewrap's init is PID 1), their command lines, environments
+    // and open files.
+    let script = r#"
+import os
+for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    for what in ("cmdline", "environ"):
+        try:
+            print(pid, what, open(f"/proc/{pid}/{what}", "rb").read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError as e:
+            print(pid, what, "unreadable", e.errno)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            print(pid, "fd", fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
+    except OSError as e:
+        print(pid, "fd unreadable", e.errno)
+"#;
+    // The environment as the Executor gives it (its own is cleared; crates/warden-executor).
+    let (cgroup, mut cmd) = host
+        .prepare(&unique("launch"), spec(&work, script))
+        .unwrap();
+    cmd.env_clear().env("PATH", "/usr/bin:/bin");
+    let r = run(cmd, cgroup, Duration::from_secs(30));
+    let out = r.stdout();
+    assert!(r.out.status.success(), "{out}\n{}", r.stderr());
+    assert!(out.contains("1 cmdline"), "{out}");
+    // Its PID 1 is bubblewrap, its command line only descriptor numbers.
+    assert!(out.contains("--spec-fd"), "{out}");
+    // The launch spec (limits, cgroups, the host paths around the workspace) and the host's
+    // PID of the test are nowhere in sight.
+    let parent = tmp.path().to_str().unwrap();
+    for leak in [
+        "--spec {",
+        "limits",
+        "/sys/fs/cgroup",
+        "warden-bwrap-args",
+        &format!("-{}-", std::process::id()),
+    ] {
+        assert!(!out.contains(leak), "`{leak}` is visible inside:\n{out}");
+    }
+    let outside_workspace = out
+        .lines()
+        .filter(|l| l.contains(parent) && !l.contains(work.to_str().unwrap()))
+        .collect::<Vec<_>>();
+    assert!(outside_workspace.is_empty(), "{outside_workspace:?}");
+}
+
+#[test]
+fn processes_that_respawn_share_one_cpu_budget() {
+    let Some(host) = host() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Each child burns 1.2 CPU seconds, under a per-process limit of 2; four of them in turn.
+    let script = r#"
+import os, time
+for _ in range(4):
+    if os.fork() == 0:
+        end = time.process_time() + 1.2
+        while time.process_time() < end: pass
+        os._exit(0)
+    os.wait()
+print("finished", flush=True)
+"#;
+    // Positive control: without the sandbox all four run to the end.
+    let control = unsandboxed(script, tmp.path());
+    assert_eq!(text(&control.stdout).trim(), "finished", "{control:?}");
+    let mut s = spec(tmp.path(), script);
+    s.limits.cpu_seconds = 2;
+    let r = sandboxed(&host, s, Duration::from_secs(60));
+    assert!(!r.stdout().contains("finished"), "{}", r.stdout());
+    let cg = r.cgroup.as_ref().unwrap();
+    assert!(cg.cpu_exceeded(), "{:?} {}", r.out.status, r.stderr());
+    // Killed within a watchdog tick (and a kill, the watchdog thread perhaps late on a loaded
+    // machine) of the budget: well short of the 4.8 s asked.
+    let used = cg.cpu_used().unwrap();
+    assert!(used < Duration::from_millis(3_500), "{used:?}");
+    assert!(used > Duration::from_secs(2), "{used:?}");
+}
+
+#[test]
+fn the_cpu_quota_holds_the_whole_tree_to_its_share() {
+    let Some(host) = host() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Two processes busy for three seconds of wall time each, side by side.
+    let script = r#"
+import os, time
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        end = time.time() + 3
+        while time.time() < end: pass
+        os._exit(0)
+    kids.append(pid)
+for k in kids: os.waitpid(k, 0)
+print("cpu", os.times().children_user + os.times().children_system, flush=True)
+"#;
+    let cpu = |out: &str| -> f64 {
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    // Positive control: unbounded, the two take far more than the capped share (six CPU
+    // seconds on an idle two-core machine; half of that with two other busy threads).
+    let control = cpu(&text(&unsandboxed(script, tmp.path()).stdout));
+    assert!(control > 1.5, "{control}");
+    let mut s = spec(tmp.path(), script);
+    s.limits.cpu_millicores = 300;
+    let r = sandboxed(&host, s, Duration::from_secs(60));
+    // 0.3 of a core for three seconds: 0.9 CPU seconds (and a period's slack).
+    let used = cpu(&r.stdout());
+    assert!(
+        used < 1.2,
+        "{used} CPU seconds under a quota of 0.3 cores\n{}",
+        r.stderr()
     );
+}
+
+#[test]
+fn a_workspace_cannot_grow_past_its_quota() {
+    let Some(host) = host() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Writes 1 MiB files until it fails (or has written 64 MiB), then makes empty files.
+    let script = r#"
+import os
+n, err = 0, None
+try:
+    while n < 64:
+        with open(f"f{n}", "wb") as f: f.write(b"x" * (1 << 20))
+        n += 1
+except OSError as e:
+    err = e.errno
+print("mib", n, "error", err, flush=True)
+for i in range(n): os.remove(f"f{i}")
+k, err = 0, None
+try:
+    while k < 60000:
+        open(f"e{k}", "w").close()
+        k += 1
+except OSError as e:
+    err = e.errno
+print("files", k, "error", err, flush=True)
+"#;
+    // Positive control: the host's disk takes 64 MiB and 60,000 files.
+    let control = text(&unsandboxed(script, &work).stdout);
+    assert!(control.contains("mib 64 error None"), "{control}");
+    assert!(control.contains("files 60000 error None"), "{control}");
+    std::fs::remove_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut s = spec(&work, script);
+    s.limits.workspace_bytes = 16 << 20;
+    s.limits.memory_bytes = 40 << 20;
+    let r = sandboxed(&host, s, Duration::from_secs(60));
+    let out = r.stdout();
+    // ENOSPC (28) at the quota.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mib"))
+        .unwrap_or_else(|| panic!("{out}\n{}", r.stderr()));
+    let n: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(n <= 16 && line.ends_with("error 28"), "{line}");
+    // Files stop too: the filesystem's inodes are kernel memory charged to the task's memory
+    // limit, which ends it (here: OOM-killed at 40 MiB). None of them is on the host's disk.
+    assert!(!out.contains("files 60000 error None"), "{out}");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
 }
 
 #[test]
@@ -541,14 +715,16 @@ fn a_kill_leaves_no_daemon_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !work.join("daemon.pid").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Its workspace is private: the program says when its daemon runs.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(line.contains("daemon started"), "{line}");
     let members = cg.pids();
     assert!(members.len() >= 3, "helper, parent and daemon: {members:?}");
     assert!(cg.kill(Duration::from_secs(5)), "the cgroup is not empty");
@@ -781,28 +957,42 @@ fn cgroups_left_by_a_dead_warden_are_reclaimed_and_a_live_ones_kept() {
         c.wait().unwrap();
         pid
     };
-    let limits = warden_sandbox::spec::Limits::default();
+    // Under a parent of this test's own (not Warden's `warden/`, which every gateway starting
+    // on this host reclaims): only what this test made is in it.
+    let parent = format!("warden-test-{}", std::process::id());
+    let hierarchies = warden_sandbox::cgroup::hierarchies(&layout);
+    let make = |name: &str| -> Vec<PathBuf> {
+        hierarchies
+            .iter()
+            .map(|h| {
+                let d = h.join(&parent).join(name);
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect()
+    };
     let left_name = format!("test-reclaim-{dead}-0");
-    let left = Cgroup::create(&layout, &left_name, &limits).unwrap();
+    let left_dirs = make(&left_name);
     // A server that outlived its gateway, still in the cgroup.
     let mut orphan = Command::new("sleep").arg("600").spawn().unwrap();
-    for d in left.dirs() {
+    for d in &left_dirs {
         std::fs::write(d.join("cgroup.procs"), orphan.id().to_string()).unwrap();
     }
-    let left_dirs = left.dirs().to_vec();
-    // The gateway died: nothing dropped the cgroup.
-    std::mem::forget(left);
     let kept_name = format!("test-reclaim-{}-1", std::process::id());
-    let kept = Cgroup::create(&layout, &kept_name, &limits).unwrap();
+    let kept_dirs = make(&kept_name);
 
-    let r = warden_sandbox::cgroup::reclaim(&layout);
+    let r = warden_sandbox::cgroup::reclaim_in(&layout, &parent);
     assert!(r.removed.contains(&left_name), "{r:?}");
     assert!(!r.removed.contains(&kept_name), "{r:?}");
     assert!(!r.failed.contains(&left_name), "{r:?}");
     for d in &left_dirs {
         assert!(!d.exists(), "{} is still there", d.display());
     }
-    assert!(kept.dirs().iter().all(|d| d.exists()));
+    assert!(kept_dirs.iter().all(|d| d.exists()));
+    for d in &kept_dirs {
+        std::fs::remove_dir(d).unwrap();
+        let _ = std::fs::remove_dir(d.parent().unwrap());
+    }
     let status = orphan.wait().unwrap();
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(
