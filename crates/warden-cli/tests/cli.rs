@@ -784,6 +784,114 @@ fn serve(d: &str, stderr: Stdio) -> (std::process::Child, String, String) {
     (child, api, admin)
 }
 
+/// Issue 22: two gateways given one Redis state store are one gateway for holds and budgets:
+/// a kill switch set through one stops the agent on the other, a resume through the other lifts
+/// it on both. And a Redis that does not answer stops the start (fail closed).
+#[test]
+fn two_gateways_on_one_redis_state_share_their_holds() {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping");
+        return;
+    };
+    let prefix = format!(
+        "warden-test:fleet:{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = |d: &str| {
+        let (api, admin) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "serve",
+                "--data",
+                d,
+                "--listen",
+                &api,
+                "--admin-listen",
+                &admin,
+            ])
+            .args(["--state", &url, "--state-prefix", &prefix])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&api).is_err()
+            || std::net::TcpStream::connect(&admin).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (Child(child), api, admin)
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        a_dir.path().to_str().unwrap(),
+        b_dir.path().to_str().unwrap(),
+    );
+    let (_a, a_api, a_admin) = start(a);
+    let (_b, b_api, b_admin) = start(b);
+    let call = |i: u32| {
+        format!(
+            r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
+        )
+    };
+    assert_eq!(post(&b_api, "/v1/decide", &call(1)).0, 200);
+    let out = warden(&[
+        "kill",
+        "--agent",
+        "coder-1",
+        "--reason",
+        "fleet drill",
+        "--data",
+        a,
+        "--admin",
+        &a_admin,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Set through A, in force on B.
+    let (status, body) = post(&b_api, "/v1/decide", &call(2));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("fleet drill"), "{body}");
+    // Lifted through B, lifted on A.
+    let out = warden(&[
+        "resume", "--agent", "coder-1", "--data", b, "--admin", &b_admin,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(post(&a_api, "/v1/decide", &call(3)).0, 200);
+
+    // Nothing answers at this address: the gateway does not start, and says why.
+    let c_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--data", c_dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--state", "redis://127.0.0.1:1/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("shared state store") && err.contains("redis"),
+        "{err}"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

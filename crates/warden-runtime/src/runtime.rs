@@ -32,6 +32,11 @@ pub struct Config {
     pub ledger_key: crate::witness::LedgerKey,
     /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
     pub replay_redis: Option<String>,
+    /// Keep counters, session history and holds in this Redis, shared by the instances of a
+    /// fleet, instead of `DATA/state`.
+    pub state_redis: Option<String>,
+    /// The prefix of the state's keys in that Redis (one per fleet).
+    pub state_prefix: String,
     /// The `warden` binary, whose `sandbox exec` launches sandboxed upstreams.
     pub helper: PathBuf,
 }
@@ -47,10 +52,15 @@ impl Config {
             ledger_postgres: None,
             ledger_key: crate::witness::LedgerKey::DataDir,
             replay_redis: None,
+            state_redis: None,
+            state_prefix: DEFAULT_STATE_PREFIX.to_owned(),
             helper,
         }
     }
 }
+
+/// The prefix of the state's keys in a shared Redis, unless configured.
+pub const DEFAULT_STATE_PREFIX: &str = "warden:state:";
 
 /// Why a gateway could not be assembled. Each is fail-closed: nothing is served.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +77,9 @@ pub enum RuntimeError {
     /// The state store cannot be opened.
     #[error("opening state: {0}")]
     State(#[from] warden_state::OpenError),
+    /// The shared state store (Redis) does not answer.
+    #[error("opening the shared state store: {0}")]
+    SharedState(#[from] warden_core::state::StateError),
     /// The Witness ledger cannot be opened (INV-003: no ledger, no gateway).
     #[error("opening the Witness ledger: {0}")]
     Ledger(#[from] crate::witness::WitnessError),
@@ -232,7 +245,7 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// The backends `config` names: the state store in `DATA/state`; the ledger in
+    /// The backends `config` names: the state store in `DATA/state`, or in Redis; the ledger in
     /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
     /// approval requests and events in process; revocations in `DATA/revoked`.
     /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
@@ -240,7 +253,18 @@ impl Backends {
     /// # Errors
     /// [`RuntimeError`] naming the backend that could not be opened.
     pub fn embedded(config: &Config) -> Result<Backends, RuntimeError> {
-        let state = warden_state::FileState::open(&config.data.join("state"), crate::now_unix())?;
+        // INVARIANT (fail-closed): a shared state store that does not answer at start stops
+        // the start; one that stops answering later makes every decision a deny.
+        let state: Arc<dyn warden_core::state::StateStore> = match &config.state_redis {
+            Some(url) => Arc::new(warden_state::RedisState::connect(
+                url,
+                &config.state_prefix,
+            )?),
+            None => Arc::new(warden_state::FileState::open(
+                &config.data.join("state"),
+                crate::now_unix(),
+            )?),
+        };
         // INVARIANT (fail-closed, INV-003): without a working ledger the gateway does not start.
         let ledger = crate::witness::open_ledger(
             &config.data,
@@ -248,7 +272,7 @@ impl Backends {
             &config.ledger_key,
         )?;
         Ok(Backends {
-            state: Arc::new(state),
+            state,
             ledger,
             nonces: replay_guard(config.replay_redis.as_deref(), "warden:nonce:")?,
             redeemed: replay_guard(config.replay_redis.as_deref(), "warden:grant:")?,

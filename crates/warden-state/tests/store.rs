@@ -12,7 +12,7 @@ use std::sync::Arc;
 use warden_core::state::{
     Charge, ChargeOutcome, Hold, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
 };
-use warden_state::{FileState, MemoryState, OpenError};
+use warden_state::{FileState, MemoryState, OpenError, RedisState};
 
 fn charge(key: &str, amount: u64, limit: u64, expires_at: i64) -> Charge {
     Charge {
@@ -305,6 +305,73 @@ fn concurrent_limit(store: Arc<dyn StateStore>) {
             .unwrap(),
         ChargeOutcome::Exceeded { .. }
     ));
+}
+
+/// The Redis of `WARDEN_TEST_REDIS_URL` (`.ci/run` sets it) and a key prefix of this run's own
+/// (the suite's fixed keys never meet another run's); `None` after a notice when unset.
+fn redis_place() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis state store");
+        return None;
+    };
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!(
+        "warden-test:state:{}-{nanos}-{}:",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    Some((url, prefix))
+}
+
+fn redis() -> Option<RedisState> {
+    let (url, prefix) = redis_place()?;
+    Some(RedisState::connect(&url, &prefix).unwrap())
+}
+
+#[test]
+fn redis_store_passes_the_suite() {
+    let Some(store) = redis() else { return };
+    suite("redis", &store);
+}
+
+#[test]
+fn redis_store_never_passes_a_limit_under_contention() {
+    let Some(store) = redis() else { return };
+    concurrent_limit(Arc::new(store));
+}
+
+#[test]
+fn two_redis_stores_on_one_prefix_are_one_state() {
+    // Two instances of a fleet: a budget charged through one is spent for the other, and a
+    // hold set through one stops the other.
+    let Some((url, prefix)) = redis_place() else {
+        return;
+    };
+    let a = RedisState::connect(&url, &prefix).unwrap();
+    let b = RedisState::connect(&url, &prefix).unwrap();
+    let c = [charge("fleet/budget", 6, 10, 100)];
+    assert_eq!(a.check_and_charge(&c, 0).unwrap(), ChargeOutcome::Charged);
+    assert_eq!(
+        b.check_and_charge(&c, 1).unwrap(),
+        ChargeOutcome::Exceeded {
+            index: 0,
+            current: 6
+        }
+    );
+    let hold = Hold {
+        scope: HoldScope::Global,
+        kind: HoldKind::Kill,
+        reason: "kill switch on instance a".into(),
+        since: 2,
+    };
+    a.set_hold(hold.clone()).unwrap();
+    assert_eq!(b.holds(&[HoldScope::Global]).unwrap(), vec![hold]);
+    assert!(b.clear_hold(&HoldScope::Global, HoldKind::Kill).unwrap());
+    assert!(a.all_holds().unwrap().is_empty());
 }
 
 #[test]

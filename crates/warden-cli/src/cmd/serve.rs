@@ -26,6 +26,13 @@ pub struct Common {
     /// each request and each grant once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
     replay_redis: Option<String>,
+    /// Keep counters, session history and holds (kill switch, quarantine, pause, demotion) in
+    /// Redis, shared by every instance given the same URL and prefix, instead of DATA/state.
+    #[arg(long, value_name = "redis://...", env = "WARDEN_STATE")]
+    state: Option<String>,
+    /// The prefix of the state's keys in that Redis (one per fleet).
+    #[arg(long, value_name = "PREFIX", env = "WARDEN_STATE_PREFIX", default_value = warden_runtime::runtime::DEFAULT_STATE_PREFIX)]
+    state_prefix: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,6 +109,8 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         ledger_postgres: a.ledger_postgres.clone(),
         ledger_key: a.ledger_key.clone().unwrap_or_default(),
         replay_redis: a.replay_redis.clone(),
+        state_redis: a.state.clone(),
+        state_prefix: a.state_prefix.clone(),
         helper: std::env::current_exe().context("finding the warden binary")?,
     };
     let runtime = match warden_runtime::runtime::Runtime::open(config) {
