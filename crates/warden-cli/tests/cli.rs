@@ -16,6 +16,7 @@ mod docs;
 mod mcp;
 mod runbooks;
 mod sandbox;
+mod witness;
 
 /// 2026-11-22T10:00:00Z, inside the starter's 08:00-22:00 window.
 const DAY_TIME: &str = "1795341600";

@@ -12,6 +12,7 @@
 //! Fail-closed (INV-003): an append returns only once the entry is durable; any error means the
 //! entry is not recorded and the caller must not execute.
 
+pub mod cosign;
 pub mod file;
 pub mod incident;
 pub mod ledger;
@@ -23,6 +24,7 @@ pub mod record;
 pub mod recorded;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
 pub use file::{FileStore, Mode};
 pub use ledger::{Ledger, LedgerConfig, LedgerError, Ticket};

@@ -63,10 +63,15 @@ pub enum NoteError {
 }
 
 fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    key_id_of(name, ED25519_TYPE, public)
+}
+
+/// A signed-note key id: the first four bytes of `SHA-256(name ‖ "\n" ‖ type ‖ public key)`.
+pub(crate) fn key_id_of(name: &str, kind: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ED25519_TYPE]);
+    h.update([kind]);
     h.update(public);
     let d = h.finalize();
     let mut id = [0u8; 4];
@@ -74,7 +79,7 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     id
 }
 
-fn check_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty()
         || name.contains('+')
         || name.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -103,7 +108,7 @@ impl fmt::Debug for NoteSigner {
     }
 }
 
-fn hex4(id: &[u8; 4]) -> String {
+pub(crate) fn hex4(id: &[u8; 4]) -> String {
     let mut s = String::new();
     warden_core::canonical::push_hex(&mut s, id);
     s
@@ -223,7 +228,7 @@ impl NoteSigner {
     }
 }
 
-fn check_text(text: &str) -> Result<(), NoteError> {
+pub(crate) fn check_text(text: &str) -> Result<(), NoteError> {
     if !text.ends_with('\n') {
         return Err(NoteError::Malformed(
             "note text must end with a newline".into(),

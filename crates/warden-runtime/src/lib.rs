@@ -48,6 +48,7 @@ pub mod revocations;
 pub mod runtime;
 pub mod starter;
 pub mod witness;
+pub mod witnessing;
 
 pub use caller::{Caller, Refusal, RefusalKind};
 pub use governed::{Call, Outcome};

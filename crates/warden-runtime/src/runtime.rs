@@ -30,6 +30,8 @@ pub struct Config {
     pub ledger_postgres: Option<String>,
     /// Where the ledger's signing key is kept (`DATA/keys/ledger.key` by default).
     pub ledger_key: crate::witness::LedgerKey,
+    /// Witnesses outside the data directory the ledger's checkpoints are sent to.
+    pub witnesses: Vec<crate::witnessing::WitnessTarget>,
     /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
     pub replay_redis: Option<String>,
     /// Keep counters, session history and holds in this Redis, shared by the instances of a
@@ -51,6 +53,7 @@ impl Config {
             manifest: data.join("manifest.yaml"),
             ledger_postgres: None,
             ledger_key: crate::witness::LedgerKey::DataDir,
+            witnesses: Vec::new(),
             replay_redis: None,
             state_redis: None,
             state_prefix: DEFAULT_STATE_PREFIX.to_owned(),
@@ -386,6 +389,7 @@ impl Runtime {
     /// still starting (their tools are withheld until they are up).
     pub async fn start(&self, wait: std::time::Duration) -> Vec<(String, String)> {
         self.start_webhooks();
+        crate::witnessing::start(&self.shared.ledger, &self.shared.config.witnesses);
         let governor = self.shared.governor.get();
         crate::approvals::record_approvers(
             &self.shared.ledger,

@@ -55,6 +55,10 @@ enum Command {
         /// Also decode every record and check its canonical form (slower; exports always are).
         #[arg(long)]
         records: bool,
+        /// Also prove the log extends the latest checkpoint this witness cosigned (URL#KEY,
+        /// as for `serve --witness`): a log rolled back or forked since fails.
+        #[arg(long, value_name = "URL#KEY", value_parser = boxed_witness, conflicts_with_all = ["from_checkpoint", "export"])]
+        witness: Option<Box<warden_runtime::witnessing::WitnessTarget>>,
     },
     /// Print the last entries as JSON Lines.
     Tail {
@@ -146,13 +150,33 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             from_checkpoint,
             export,
             records,
+            witness,
         } => {
-            let older = from_checkpoint
+            let mut older = from_checkpoint
                 .map(|p| {
                     std::fs::read_to_string(&p)
                         .with_context(|| format!("reading `{}`", p.display()))
                 })
                 .transpose()?;
+            if let Some(w) = &witness {
+                match witnessed(w, v.name()) {
+                    Ok((note, time)) => {
+                        out!(
+                            "witness {} cosigned this log's checkpoint at {} (Unix seconds)",
+                            w.key.name(),
+                            time
+                        );
+                        older = Some(note);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "ledger verification FAILED: witness {}: {e:#}",
+                            w.key.name()
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
             let result = if let Some(path) = export {
                 if older.is_some() {
                     bail!("--from-checkpoint applies to the stored ledger, not to --export");
@@ -276,4 +300,47 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A `--witness` value, boxed (it is by far the largest argument of any subcommand).
+fn boxed_witness(
+    s: &str,
+) -> Result<
+    Box<warden_runtime::witnessing::WitnessTarget>,
+    warden_runtime::witnessing::WitnessTargetError,
+> {
+    s.parse().map(Box::new)
+}
+
+/// The latest checkpoint `w` cosigned for the log `origin`, its cosignature verified, and when
+/// it was made.
+fn witnessed(
+    w: &warden_runtime::witnessing::WitnessTarget,
+    origin: &str,
+) -> anyhow::Result<(String, u64)> {
+    let url = format!(
+        "{}/{}/checkpoint",
+        w.url,
+        warden_ledger::witness::origin_hash(origin)
+    );
+    let client = warden_executor::tls::http_client(&w.url, None)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, note) = rt.block_on(async {
+        let resp = client
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        anyhow::Ok((status, resp.text().await?))
+    })?;
+    anyhow::ensure!(
+        status == 200,
+        "asked for its checkpoint: {status} {}",
+        note.trim()
+    );
+    let time = w.key.verify(&note).context("its cosignature")?;
+    Ok((note, time))
 }

@@ -20,6 +20,7 @@ mod manifest;
 mod sandbox;
 mod serve;
 mod upstreams;
+mod witness;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -83,6 +84,10 @@ enum Command {
     /// The sandbox of everything the Executor runs: `doctor` says what this host enforces.
     #[command(subcommand)]
     Sandbox(sandbox::Command),
+    /// A witness for Warden ledgers, run outside the gateway's data directory: it cosigns
+    /// checkpoints only while each extends the last (rollbacks and forks are caught).
+    #[command(subcommand)]
+    Witness(witness::Command),
     /// Kill switch: stop every new call (or a tenant's, or an agent's) at once.
     Kill {
         #[command(flatten)]
@@ -140,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Incident(a) => incident::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Sandbox(c) => sandbox::run(c),
+        Command::Witness(c) => witness::run(c),
         Command::Kill { scope, target } => brakes::send(&target, "kill", scope_json(&scope)),
         Command::Quarantine { agent, target } => brakes::send(
             &target,

@@ -22,6 +22,10 @@ pub struct Common {
     /// file:/absolute/path or keyring:DESCRIPTION (default DATA/keys/ledger.key).
     #[arg(long, value_name = "SOURCE", env = "WARDEN_LEDGER_KEY")]
     ledger_key: Option<warden_runtime::witness::LedgerKey>,
+    /// Send the ledger's checkpoints to this witness (repeatable): its base URL, `#`, its
+    /// verifier key (`warden witness keygen` prints it).
+    #[arg(long = "witness", value_name = "URL#KEY")]
+    witnesses: Vec<warden_runtime::witnessing::WitnessTarget>,
     /// Remember signed-request nonces and redeemed grants in Redis, so several instances accept
     /// each request and each grant once.
     #[arg(long, value_name = "URL", env = "WARDEN_REPLAY_REDIS")]
@@ -108,6 +112,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         manifest: manifest.clone(),
         ledger_postgres: a.ledger_postgres.clone(),
         ledger_key: a.ledger_key.clone().unwrap_or_default(),
+        witnesses: a.witnesses.clone(),
         replay_redis: a.replay_redis.clone(),
         state_redis: a.state.clone(),
         state_prefix: a.state_prefix.clone(),
