@@ -636,7 +636,7 @@ async fn signed_proposals_from_enrolled_agents() {
     let ops_token = std::fs::read_to_string(&ops).unwrap().trim().to_string();
     let ops_key = warden_runtime::agents::agent_key(&ops.with_extension("key")).unwrap();
     let ops_lineage = open_session(addr, &ops_key, &ops_token, "o", "o-0").await;
-    warden_runtime::agents::revoke(dir.path(), "agent", "ops-1").unwrap();
+    warden_runtime::agents::revoke(dir.path(), None, "agent", "ops-1").unwrap();
     let ops_body =
         br#"{"agent":"ops-1","session":"o","tool":"fs.read_file","arguments":{"path":"/a"}}"#;
     let h = signed(&ops_key, &ops_token, &ops_lineage, ops_body, "o-1");

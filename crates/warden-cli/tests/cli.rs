@@ -893,6 +893,119 @@ fn two_gateways_on_one_redis_state_share_their_holds() {
     );
 }
 
+/// Issue 22: a revocation made for a fleet (`agents revoke --state`) reaches every instance:
+/// an agent's credential accepted by gateway B is refused by B once revoked through the fleet's
+/// Redis, though B's own `DATA/revoked` never heard of it.
+#[test]
+fn a_revocation_through_the_fleets_redis_reaches_every_instance() {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping");
+        return;
+    };
+    let prefix = format!(
+        "warden-test:fleet-revoke:{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = |d: &str| {
+        let (api, admin) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "serve",
+                "--data",
+                d,
+                "--listen",
+                &api,
+                "--admin-listen",
+                &admin,
+            ])
+            .args(["--state", &url, "--state-prefix", &prefix])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&api).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (Child(child), api)
+    };
+    // Instance A makes the fleet's identity (keys, the starter agent's credential); B is given
+    // a copy of its keys, as every instance of a fleet is (docs/state.md).
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a_dir.path(), b_dir.path());
+    drop(start(a.to_str().unwrap()));
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            // Its own ledger and embedded state stay A's.
+            if ["ledger", "state", "sandbox"].iter().any(|n| name == *n) {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(&name));
+            } else {
+                std::fs::copy(e.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+    copy_tree(a, b);
+    let token = std::fs::read_to_string(a.join("agents/coder-1.credential")).unwrap();
+    let (_b, b_api) = start(b.to_str().unwrap());
+    let initialize = |api: &str| {
+        use std::io::Read as _;
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        let mut s = std::net::TcpStream::connect(api).unwrap();
+        write!(
+            s,
+            "POST /mcp HTTP/1.1\r\nhost: {api}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let before = initialize(&b_api);
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    let out = warden(&[
+        "agents",
+        "revoke",
+        "coder-1",
+        "--data",
+        a.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-prefix",
+        &prefix,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = initialize(&b_api);
+    assert!(after.starts_with("HTTP/1.1 401"), "{after}");
+    assert!(after.contains("revoked"), "{after}");
+    assert!(!b.join("revoked").exists());
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

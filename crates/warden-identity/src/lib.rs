@@ -28,7 +28,7 @@ pub use credential::{
 pub use grant::{Call, GrantClaims, GrantError, GrantKeys};
 pub use replay::{MemoryReplayGuard, RedisReplayGuard, ReplayError, ReplayGuard};
 pub use revocation::{
-    MemoryRevocations, Revocation, RevocationError, RevocationStore, RevokedKind,
+    MemoryRevocations, RedisRevocations, Revocation, RevocationError, RevocationStore, RevokedKind,
 };
 
 /// Entry points for fuzz targets: never panic, whatever the input.

@@ -150,3 +150,113 @@ fn poisoned() -> RevocationError {
         what: "the list is poisoned".into(),
     }
 }
+
+/// Revocations in a Redis shared by the instances of a fleet: one list (`<prefix>revoked`),
+/// each entry `agent <id>` or `credential <id>`, appended with `RPUSH`; the cursor is the list's
+/// length. Every Redis error refuses (fail closed). Durable as the Redis is (`appendonly yes`).
+pub struct RedisRevocations {
+    client: redis::Client,
+    key: String,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl std::fmt::Debug for RedisRevocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only the key is shown.
+        f.debug_struct("RedisRevocations")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRevocations {
+    /// The store on the Redis at `url`, its list under `prefix`. Connects on first use.
+    ///
+    /// # Errors
+    /// [`RevocationError::Store`] for a malformed URL.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, RevocationError> {
+        let client = redis::Client::open(url).map_err(|e| redis_err(&e))?;
+        Ok(RedisRevocations {
+            client,
+            key: format!("{prefix}revoked"),
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` on the connection (opened if needed); any error drops it (the next call
+    /// reconnects) and is returned.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RevocationError> {
+        let mut slot = self.conn.lock().map_err(|_| poisoned())?;
+        if slot.is_none() {
+            let timeout = std::time::Duration::from_secs(2);
+            let c = self
+                .client
+                .get_connection_with_timeout(timeout)
+                .map_err(|e| redis_err(&e))?;
+            c.set_read_timeout(Some(timeout))
+                .and_then(|()| c.set_write_timeout(Some(timeout)))
+                .map_err(|e| redis_err(&e))?;
+            *slot = Some(c);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(poisoned());
+        };
+        f(conn).map_err(|e| {
+            *slot = None;
+            redis_err(&e)
+        })
+    }
+}
+
+fn redis_err(e: &dyn std::fmt::Display) -> RevocationError {
+    RevocationError::Store {
+        store: "redis".into(),
+        what: e.to_string(),
+    }
+}
+
+impl RevocationStore for RedisRevocations {
+    fn revoke(&self, r: &Revocation) -> Result<(), RevocationError> {
+        let r = Revocation::new(r.kind, &r.id)?;
+        let line = format!("{} {}", r.kind.as_str(), r.id);
+        self.with(|c| {
+            redis::cmd("RPUSH")
+                .arg(&self.key)
+                .arg(&line)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), RevocationError> {
+        // Nothing new is one LLEN; what is new comes in one LRANGE (bounded by a round of
+        // revocations, never by the list).
+        let len: u64 = self.with(|c| redis::cmd("LLEN").arg(&self.key).query(c))?;
+        let from = if cursor > len { 0 } else { cursor };
+        if from == len {
+            return Ok((Vec::new(), len));
+        }
+        let lines: Vec<String> = self.with(|c| {
+            redis::cmd("LRANGE")
+                .arg(&self.key)
+                .arg(from)
+                .arg(len.saturating_sub(1))
+                .query(c)
+        })?;
+        let new = lines
+            .iter()
+            .map(|l| {
+                let (kind, id) = l.split_once(' ').unwrap_or(("", ""));
+                let kind = RevokedKind::parse(kind).ok_or_else(|| RevocationError::Store {
+                    store: "redis".into(),
+                    what: format!("`{l}` is not a revocation"),
+                })?;
+                Revocation::new(kind, id)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((new, len))
+    }
+}

@@ -69,7 +69,10 @@ impl Cosigner {
         Ok(Self::from_seed(name, &seed))
     }
 
-    fn from_seed(name: &str, seed: &[u8; 32]) -> Self {
+    /// The key whose 32-byte Ed25519 seed is `seed` (deterministic: fixed test and fuzz keys).
+    /// The name is not checked.
+    #[must_use]
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Self {
         let key = SigningKey::from_bytes(seed);
         let id = key_id_of(name, COSIGNATURE_TYPE, key.verifying_key().as_bytes());
         Cosigner {

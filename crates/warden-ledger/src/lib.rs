@@ -68,6 +68,30 @@ pub mod fuzz {
         let _ = NoteSigner::parse(text);
     }
 
+    /// The fixed witness key of the witness seeds.
+    #[must_use]
+    pub fn witness_signer() -> crate::cosign::Cosigner {
+        crate::cosign::Cosigner::from_seed("warden.fuzz/witness", &[9u8; 32])
+    }
+
+    /// Reads arbitrary bytes as a witness's input: an `add-checkpoint` request, a witness key
+    /// (public and private), a cosigned checkpoint.
+    pub fn witness(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        if let Ok((old, proof, note)) = crate::witness::parse_request(text) {
+            debug_assert!(proof.len() <= crate::witness::MAX_PROOF);
+            let v = export_signer().verifier();
+            if let Ok(cp) = Checkpoint::open(note, &v, v.name()) {
+                let _ = crate::merkle::verify_consistency(old, cp.size, &cp.root, &cp.root, &proof);
+            }
+        }
+        let _ = text.parse::<crate::cosign::CosignatureVerifier>();
+        let _ = crate::cosign::Cosigner::parse(text);
+        let _ = witness_signer().verifier().verify(text);
+    }
+
     /// Reads arbitrary bytes as an incident bundle and verifies it under [`export_signer`].
     pub fn incident(data: &[u8]) {
         let v = export_signer().verifier();

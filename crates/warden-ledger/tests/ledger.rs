@@ -946,6 +946,27 @@ fn write_seeds() {
         .with_store(|s| Ok(verify::export(s, &mut out)?))
         .unwrap();
     w("ledger_export", "five.jsonl", &out);
+    w(
+        "witness",
+        "add-checkpoint.txt",
+        warden_ledger::witness::request_body(0, &[], &note).as_bytes(),
+    );
+    let text = note.get(..=note.rfind("\n\n").unwrap()).unwrap();
+    let cosigned = format!(
+        "{note}{}",
+        warden_ledger::fuzz::witness_signer()
+            .cosign(text, 1_800_000_000)
+            .unwrap()
+    );
+    w("witness", "cosigned.note", cosigned.as_bytes());
+    w(
+        "witness",
+        "witness.key",
+        warden_ledger::fuzz::witness_signer()
+            .verifier()
+            .to_string()
+            .as_bytes(),
+    );
     let bundle = ledger
         .with_store(|s| {
             Ok(warden_ledger::incident::build(
@@ -970,12 +991,13 @@ fn fuzz_seeds_replay() {
         write_seeds();
     }
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         ("ledger_record", warden_ledger::fuzz::record),
         ("ledger_segment", warden_ledger::fuzz::segment),
         ("ledger_checkpoint", warden_ledger::fuzz::checkpoint),
         ("ledger_export", warden_ledger::fuzz::export),
         ("ledger_incident", warden_ledger::fuzz::incident),
+        ("witness", warden_ledger::fuzz::witness),
     ];
     for (target, run) in targets {
         let mut n = 0;

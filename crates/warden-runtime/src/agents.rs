@@ -408,15 +408,36 @@ pub fn agent_key(path: &Path) -> Result<SigningKey, AgentsError> {
     read_seed(path)
 }
 
-/// Appends a revocation (`agent <id>` or `credential <id>`) to `DATA/revoked`.
+/// Appends a revocation (`agent <id>` or `credential <id>`) to `DATA/revoked`, or, for a fleet
+/// whose state is in Redis (`shared`: its URL and key prefix), to the fleet's list there.
 ///
 /// # Errors
 /// [`AgentsError::Revocation`] for an unknown kind, a bad id, or a list that cannot be written.
-pub fn revoke(data: &Path, kind: &str, id: &str) -> Result<(), AgentsError> {
+pub fn revoke(
+    data: &Path,
+    shared: Option<(&str, &str)>,
+    kind: &str,
+    id: &str,
+) -> Result<(), AgentsError> {
     let kind = RevokedKind::parse(kind)
         .ok_or_else(|| AgentsError::Revocation(RevocationError::BadId(format!("{kind} {id}"))))?;
-    crate::revocations::FileRevocations::new(data).revoke(&Revocation::new(kind, id)?)?;
+    revocation_store(data, shared)?.revoke(&Revocation::new(kind, id)?)?;
     Ok(())
+}
+
+/// Where revocations are kept: `DATA/revoked`, or the Redis a fleet shares (`shared`: its URL
+/// and key prefix).
+///
+/// # Errors
+/// [`AgentsError::Revocation`] for a malformed Redis URL.
+pub fn revocation_store(
+    data: &Path,
+    shared: Option<(&str, &str)>,
+) -> Result<Arc<dyn RevocationStore>, AgentsError> {
+    Ok(match shared {
+        Some((url, prefix)) => Arc::new(warden_identity::RedisRevocations::new(url, prefix)?),
+        None => Arc::new(crate::revocations::FileRevocations::new(data)),
+    })
 }
 
 /// The gateway's identity state: the credential verifier and revocations kept in step with

@@ -282,7 +282,13 @@ impl Backends {
             approvals: Arc::new(warden_identity::approval::Book::new(
                 warden_identity::approval::Settings::default(),
             )),
-            revocations: Arc::new(crate::revocations::FileRevocations::new(&config.data)),
+            revocations: crate::agents::revocation_store(
+                &config.data,
+                config
+                    .state_redis
+                    .as_deref()
+                    .map(|url| (url, config.state_prefix.as_str())),
+            )?,
             events: Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
         })
     }

@@ -1,6 +1,6 @@
 //! One conformance suite for the revocation store port, run against every implementation:
-//! in process (`MemoryRevocations`) and the data directory's `DATA/revoked`
-//! (`FileRevocations`). Each gets two handles on one backend, as two instances sharing it.
+//! in process (`MemoryRevocations`), the data directory's `DATA/revoked` (`FileRevocations`)
+//! and a fleet's Redis (`RedisRevocations`, with `WARDEN_TEST_REDIS_URL`). Each gets two handles on one backend, as two instances sharing it.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +11,8 @@
 )]
 
 use warden_identity::{
-    MemoryRevocations, Revocation, RevocationError, RevocationStore, Revocations, RevokedKind,
+    MemoryRevocations, RedisRevocations, Revocation, RevocationError, RevocationStore, Revocations,
+    RevokedKind,
 };
 use warden_runtime::revocations::FileRevocations;
 
@@ -74,6 +75,35 @@ fn in_process() {
     let one = MemoryRevocations::new();
     let other = one.clone();
     suite("memory", &one, &other);
+}
+
+#[test]
+fn shared_redis() {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis revocations");
+        return;
+    };
+    // A prefix of this run's own: the suite starts from an empty list.
+    let prefix = format!(
+        "warden-test:revocations:{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    suite(
+        "redis",
+        &RedisRevocations::new(&url, &prefix).unwrap(),
+        &RedisRevocations::new(&url, &prefix).unwrap(),
+    );
+    // A Redis that does not answer refuses (callers then refuse the request).
+    let down = RedisRevocations::new("redis://127.0.0.1:1/", &prefix).unwrap();
+    assert!(matches!(down.since(0), Err(RevocationError::Store { .. })));
+    assert!(matches!(
+        down.revoke(&agent("x")),
+        Err(RevocationError::Store { .. })
+    ));
 }
 
 #[test]

@@ -72,6 +72,13 @@ pub enum Command {
         /// ID is a credential id, not an agent id.
         #[arg(long)]
         credential: bool,
+        /// The fleet's shared state (as for `serve --state`): the revocation goes there,
+        /// and every instance applies it.
+        #[arg(long, value_name = "redis://...", env = "WARDEN_STATE")]
+        state: Option<String>,
+        /// The prefix of the fleet's keys in that Redis.
+        #[arg(long, value_name = "PREFIX", env = "WARDEN_STATE_PREFIX", default_value = warden_runtime::runtime::DEFAULT_STATE_PREFIX)]
+        state_prefix: String,
     },
 }
 
@@ -163,9 +170,12 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             id,
             data,
             credential,
+            state,
+            state_prefix,
         } => {
             let kind = if credential { "credential" } else { "agent" };
-            warden_runtime::agents::revoke(&data, kind, &id)?;
+            let shared = state.as_deref().map(|url| (url, state_prefix.as_str()));
+            warden_runtime::agents::revoke(&data, shared, kind, &id)?;
             out!("revoked {kind} `{id}` (a running gateway applies it on the next request)");
             Ok(ExitCode::SUCCESS)
         }
