@@ -24,8 +24,12 @@ use serde_json::json;
 use warden_core::state::HoldScope;
 use warden_runtime::operator::{Brake, Operator, OperatorError, SignedVote};
 
-/// The admin routes.
+/// The admin routes, and `GET /metrics` (Prometheus; no token: it holds counts and names from
+/// the manifest, never a secret or an argument, and a scraper must not hold the admin token).
 pub fn router(app: Operator) -> Router {
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(app.clone());
     Router::new()
         .route("/admin/v1/holds", get(list).post(change))
         .route("/admin/v1/approvals", get(approvals_list))
@@ -39,6 +43,19 @@ pub fn router(app: Operator) -> Router {
             authorized,
         ))
         .with_state(app)
+        .merge(metrics)
+}
+
+/// `GET /metrics`: the Prometheus text exposition (format 0.0.4).
+async fn metrics(State(app): State<Operator>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics().await,
+    )
+        .into_response()
 }
 
 /// Lets a request through only with the admin token.

@@ -73,6 +73,7 @@ impl Breakers {
 
 /// Trips `agent`'s breaker: pauses the agent and records why.
 pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str, why: &str) {
+    app.metrics.breaker_tripped();
     let reason = format!("breaker tripped: {why}");
     let hold = Hold {
         scope: HoldScope::Agent(agent.to_owned()),

@@ -188,7 +188,10 @@ impl Runtime {
             cancel: call.cancel,
             approval: call.approval,
         };
-        propose_wait_and_run(&self.shared, run, wait, call.progress).await
+        let started = std::time::Instant::now();
+        let outcome = propose_wait_and_run(&self.shared, run, wait, call.progress).await;
+        self.shared.metrics.governed(started.elapsed());
+        outcome
     }
 
     /// `/v1/decide`: what the Governor would decide for `proposal` now, with the same argument
@@ -409,7 +412,13 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             cancel: cancel.clone(),
             progress: progress.clone(),
         };
+        let executing = std::time::Instant::now();
         let result = app.executor.execute(call).await;
+        app.metrics
+            .stage(crate::metrics::Stage::Execute, executing.elapsed());
+        if result.is_err() {
+            app.metrics.call_failed();
+        }
         let seen = match &result {
             Ok(x) if x.result.is_error == Some(true) => {
                 Observed::Failure(format!("`{}` returned an error result", proposal.tool))
@@ -536,14 +545,20 @@ async fn govern(
         credential_tools,
         approval: claimed.evidence(),
     };
+    let deciding = std::time::Instant::now();
     let decision = governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
+    app.metrics
+        .stage(crate::metrics::Stage::Decide, deciding.elapsed());
+    count_decision(app, governor, &decision);
     let redact = |s: &str| {
         app.executor
             .redactor()
             .redact_str(s, &std::collections::BTreeSet::new())
             .map_or_else(|| s.to_owned(), |(r, _)| r)
     };
+    // INVARIANT (secrets never logged): the decision's names and rules, never its arguments.
     tracing::info!(
+        trace_id = %trace,
         agent = %decision.agent,
         tool = %decision.tool,
         decision = decision.decision.as_str(),
@@ -555,13 +570,17 @@ async fn govern(
     // INVARIANT (fail-closed, INV-003): a decision the ledger did not durably record is
     // answered as a deny, whatever the Governor said. The lineage: the owner, then the
     // delegation chain down to the caller.
-    let recorded = match app
+    let appending = std::time::Instant::now();
+    let recorded = app
         .ledger
         .record_decision(decision, trace, &request_id, chain)
-        .await
-    {
+        .await;
+    app.metrics
+        .stage(crate::metrics::Stage::LedgerAppend, appending.elapsed());
+    let recorded = match recorded {
         Ok(r) => r,
         Err(e) => {
+            app.metrics.ledger_failed();
             tracing::error!(error = %e, "ledger append failed; answering deny");
             // The approval a redeeming call used stays used: the call did not run and must be
             // approved again (fail closed). The decision moved into the failed record; what
@@ -663,6 +682,21 @@ async fn govern(
 }
 
 /// A fresh request id: 16 random bytes in hex.
+/// Counts a decision for `/metrics`, under labels the manifest bounds.
+fn count_decision(app: &Shared, governor: &warden_policy::Governor, decision: &Decision) {
+    let m = governor.manifest();
+    let tool = m.tools.get(&decision.tool);
+    let tier = tool
+        .and_then(|t| m.tiers.get(t.tier))
+        .map_or("(unknown)", |t| t.name.as_str());
+    app.metrics.decided(
+        decision.decision.as_str(),
+        tier,
+        (&decision.tool, tool.is_some()),
+        (&decision.tenant, m.tenants.contains(&decision.tenant)),
+    );
+}
+
 fn request_id() -> String {
     let mut b = [0u8; 16];
     // Without randomness the id still must be unique per process: fall back to time and a

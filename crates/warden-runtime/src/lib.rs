@@ -40,6 +40,7 @@ pub mod execution;
 pub mod governance;
 pub mod governed;
 pub mod keyfile;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod promotion;

@@ -22,6 +22,13 @@ pub struct Operator {
     pub(crate) runtime: Runtime,
 }
 
+impl Operator {
+    /// The Prometheus exposition for `GET /metrics` ([`Runtime::metrics`]).
+    pub async fn metrics(&self) -> String {
+        self.runtime.metrics().await
+    }
+}
+
 /// Where the admin token lives.
 #[must_use]
 pub fn token_path(data: &Path) -> PathBuf {

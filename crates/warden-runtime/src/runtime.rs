@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     pub(crate) admin_token: [u8; 32],
     /// Events on their way to the webhooks (approval requests, brakes, tripped breakers).
     pub(crate) events: Arc<dyn EventQueue>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
@@ -378,9 +380,66 @@ impl Runtime {
                 breakers: crate::breakers::Breakers::default(),
                 admin_token,
                 events,
+                metrics: crate::metrics::Metrics::default(),
                 config,
             }),
         })
+    }
+
+    /// The Prometheus exposition (`GET /metrics` on the admin listener): the governed path's
+    /// counters and histograms, and the ledger, holds, approvals and manifest as they are now.
+    /// A part that cannot be read is left out (and logged); the rest is still served.
+    pub async fn metrics(&self) -> String {
+        let s = &self.shared;
+        let ledger = Arc::clone(&s.ledger);
+        let (entries, checkpoint) = tokio::task::spawn_blocking(move || {
+            let entries = ledger.size().unwrap_or(0);
+            let checkpoint = ledger
+                .with_store(|st| st.latest_checkpoint().map_err(Into::into))
+                .ok()
+                .flatten()
+                .and_then(|note| {
+                    warden_ledger::note::Checkpoint::open(
+                        &note,
+                        &ledger.verifier(),
+                        ledger.origin(),
+                    )
+                    .ok()
+                });
+            (entries, checkpoint)
+        })
+        .await
+        .unwrap_or((0, None));
+        let now = crate::now_unix();
+        let mut holds = std::collections::BTreeMap::new();
+        match s.state.all_holds() {
+            Ok(all) => {
+                for h in all {
+                    *holds.entry(h.kind.as_str()).or_insert(0u64) += 1;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: holds unreadable"),
+        }
+        let now_ms = crate::now_unix_ms();
+        let pending: Vec<i64> = s
+            .approvals
+            .list(now_ms)
+            .iter()
+            .filter(|r| r.status == warden_identity::approval::Status::Pending)
+            .map(|r| r.created_ms)
+            .collect();
+        let scrape = crate::metrics::Scrape {
+            ledger_entries: entries,
+            checkpoint_age_seconds: checkpoint.map(|c| now - c.time),
+            holds,
+            approvals_pending: pending.len() as u64,
+            oldest_approval_seconds: pending
+                .iter()
+                .min()
+                .map_or(0, |created| (now_ms - created) / 1000),
+            manifest_version: s.governor.get().manifest().version,
+        };
+        scrape.write(&s.metrics)
     }
 
     /// What it was assembled from.

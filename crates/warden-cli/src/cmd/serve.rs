@@ -34,6 +34,10 @@ pub struct Common {
     /// Redis, shared by every instance given the same URL and prefix, instead of DATA/state.
     #[arg(long, value_name = "redis://...", env = "WARDEN_STATE")]
     state: Option<String>,
+    /// Log lines as readable text (default) or as JSON, one object per line (`timestamp`,
+    /// `level`, `target`, `fields.message`, the event's other fields).
+    #[arg(long, value_enum, default_value = "text", env = "WARDEN_LOG_FORMAT")]
+    log_format: LogFormat,
     /// The prefix of the state's keys in that Redis (one per fleet).
     #[arg(long, value_name = "PREFIX", env = "WARDEN_STATE_PREFIX", default_value = warden_runtime::runtime::DEFAULT_STATE_PREFIX)]
     state_prefix: String,
@@ -71,8 +75,17 @@ const UPSTREAM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// Lifetime of the credential written for the starter agent.
 const STARTER_CREDENTIAL_SECS: i64 = 30 * 24 * 3600;
 
-fn logging() {
-    tracing_subscriber::fmt()
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
             // lines) before Warden redacts them, so it never logs below `warn`, whatever
@@ -85,10 +98,14 @@ fn logging() {
                         .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::WARN.into()),
                 ),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colour only for a terminal: a log written to a file or a journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 /// Assembles the gateway ([`warden_runtime::runtime::Runtime`], the one composition root),
@@ -132,13 +149,13 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         Err(e) => return Err(e.into()),
     };
     if starter {
-        starter_credential(&a.data, &runtime.manifest())?;
+        starter_credential(&a.data, &runtime.manifest(), a.log_format)?;
     }
     Ok(Ok(runtime))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    logging();
+    logging(a.common.log_format);
     let runtime = match open(&a.common)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
@@ -215,6 +232,7 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 fn starter_credential(
     data: &std::path::Path,
     m: &warden_policy::manifest::Manifest,
+    format: LogFormat,
 ) -> anyhow::Result<()> {
     let Some(agent) = m.raw.agents.first().map(|a| a.id.clone()) else {
         return Ok(());
@@ -230,16 +248,21 @@ fn starter_credential(
         )
         .with_context(|| format!("enrolling the starter agent `{agent}`"))?;
     }
-    eprintln!(
+    let said = format!(
         "starter agent `{agent}`: credential in {} (send it as `Authorization: Bearer <credential>` to /mcp)",
         path.display()
     );
+    match format {
+        // Said plainly, for the person who just started it.
+        LogFormat::Text => eprintln!("{said}"),
+        LogFormat::Json => tracing::info!(credential = %path.display(), "{said}"),
+    }
     Ok(())
 }
 
 /// `warden stdio`: one agent over stdin/stdout, for desktop clients that launch their servers.
 pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
-    logging();
+    logging(a.common.log_format);
     let token = std::fs::read_to_string(&a.credential)
         .with_context(|| format!("reading the credential `{}`", a.credential.display()))?;
     let runtime = match open(&a.common)? {

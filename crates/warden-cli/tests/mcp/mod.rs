@@ -10,6 +10,7 @@
 mod approvals;
 mod breakers;
 mod https;
+mod metrics;
 mod promotion;
 mod sandboxed;
 mod sdk;
@@ -1105,6 +1106,13 @@ fn governed_path(mode: &'static str, revision: &str) {
         })
         .count();
     assert!(stopped >= 50, "{stopped} killed or refused receipts");
+    // Issue 24: no secret the run injected is in any log line, at any level the run logged
+    // (`info`, and `debug` for the Executor).
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.lines().count() > 20, "{log}");
+    for secret in [DEMO_KEY, KEYRING_KEY] {
+        assert!(!log.contains(secret), "a secret is in the gateway's log");
+    }
 }
 
 /// `warden stdio`, launched by the SDK's stdio client the way a desktop client launches its
