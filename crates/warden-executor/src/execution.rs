@@ -222,6 +222,8 @@ impl Executor {
         let timeout = std::time::Duration::from_millis(to.up.spec.timeout_ms);
         let request =
             rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        // What the runner's sandbox does until the answer is tied to this call (issue 18).
+        let _served = to.up.serving.enter(call.request_id);
         let handle = client
             .peer()
             .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())

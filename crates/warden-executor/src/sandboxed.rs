@@ -68,7 +68,59 @@ pub(crate) fn profile(cfg: Option<&SandboxConfig>, sb: Option<&Sandbox>) -> Stri
 
 /// Records an event about upstream `name`'s sandbox (best effort, off the caller's path).
 pub(crate) fn record(ledger: Option<&Arc<Ledger>>, kind: &str, name: &str, reason: String) {
-    record_for(ledger, kind, name, &Boundary::default(), reason);
+    record_for(ledger, kind, name, &Boundary::default(), "", reason);
+}
+
+/// The calls a runner is serving right now (their request ids), so that what its sandbox does
+/// meanwhile (its egress) can be tied to a call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Serving(Arc<Mutex<Vec<String>>>);
+
+/// Takes a call off its runner's [`Serving`] list when it ends, however it ends.
+pub(crate) struct Served {
+    serving: Serving,
+    request_id: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.serving.0.lock() {
+            if let Some(i) = v.iter().position(|r| *r == self.request_id) {
+                v.swap_remove(i);
+            }
+        }
+    }
+}
+
+impl Serving {
+    /// The call `request_id` is being served until the guard goes.
+    pub(crate) fn enter(&self, request_id: &str) -> Served {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(request_id.to_owned());
+        }
+        Served {
+            serving: self.clone(),
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// The request id to record an egress event under: the one call in flight on the runner;
+    /// with several (a shared runner), none, and the reason names them all; with none, the
+    /// server acted on its own.
+    fn attribution(&self) -> (String, String) {
+        let calls = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        match calls.as_slice() {
+            [one] => (one.clone(), String::new()),
+            [] => (
+                String::new(),
+                " (no call in flight: the server's own)".into(),
+            ),
+            many => (
+                String::new(),
+                format!(" (during the calls {})", many.join(", ")),
+            ),
+        }
+    }
 }
 
 /// The boundary a runner serves: its key (`tenant-…`, `agent-…`, `session-…`; `_tools` for the
@@ -99,6 +151,7 @@ pub(crate) fn record_for(
     kind: &str,
     name: &str,
     owner: &Boundary,
+    request_id: &str,
     reason: String,
 ) {
     tracing::warn!(upstream = %name, kind, tenant = %owner.tenant, agent = %owner.agent, "{reason}");
@@ -110,7 +163,7 @@ pub(crate) fn record_for(
         session: owner.session.clone(),
         reason: format!("upstream `{name}`: {reason}"),
         trace_id: String::new(),
-        request_id: String::new(),
+        request_id: request_id.to_owned(),
         time: crate::execution::now_ms().div_euclid(1000),
     });
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -151,9 +204,9 @@ pub(crate) fn launch(
     sb: &Sandbox,
     exe: &Path,
     args: &[String],
-    records: (Option<Arc<Ledger>>, &Boundary),
+    records: (Option<Arc<Ledger>>, &Boundary, &Serving),
 ) -> Result<(std::process::Command, Running), LaunchError> {
-    let (ledger, owner) = records;
+    let (ledger, owner, serving) = records;
     let base = base.to_path_buf();
     let workspace = base.join("work");
     let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
@@ -213,7 +266,8 @@ pub(crate) fn launch(
         let who = name.to_owned();
         // INVARIANT (attributed egress, issue 18): every connection the sandbox opens or is
         // refused is recorded with the tenant (and agent, session) its runner serves.
-        let owner = owner.clone();
+        // And with the call it served then (its request id), when it served one alone.
+        let (owner, serving) = (owner.clone(), serving.clone());
         let recorder: egress::Recorder = Arc::new(move |e: egress::Event| {
             let kind = if e.allowed {
                 "egress.allowed"
@@ -221,12 +275,14 @@ pub(crate) fn launch(
                 "egress.refused"
             };
             let to = e.address.map(|a| format!(" ({a})")).unwrap_or_default();
+            let (request_id, during) = serving.attribution();
             record_for(
                 ledger.as_ref(),
                 kind,
                 &who,
                 &owner,
-                format!("{}:{}{to}: {}", e.host, e.port, e.reason),
+                &request_id,
+                format!("{}:{}{to}: {}{during}", e.host, e.port, e.reason),
             );
         });
         let p = Proxy::new(policy, Arc::new(SystemResolver), recorder);

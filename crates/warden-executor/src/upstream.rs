@@ -178,6 +178,8 @@ pub(crate) struct Upstream {
     trees: Arc<crate::sandboxed::Trees>,
     /// The boundary this runner serves, and who is behind it.
     pub(crate) boundary: crate::sandboxed::Boundary,
+    /// The calls it serves right now.
+    pub(crate) serving: crate::sandboxed::Serving,
 }
 
 /// The pin of a tool as listed.
@@ -366,6 +368,7 @@ impl Upstream {
             sandbox,
             trees,
             boundary,
+            serving: crate::sandboxed::Serving::default(),
         }
     }
 
@@ -727,7 +730,7 @@ impl Upstream {
                             sb,
                             &exe,
                             args,
-                            (self.ledger.clone(), &self.boundary),
+                            (self.ledger.clone(), &self.boundary, &self.serving),
                         )
                         .map_err(|e| ConnectError::Launch(e.to_string()))?;
                         // Registered before it starts: a kill during the start reaches it.

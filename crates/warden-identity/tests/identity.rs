@@ -742,8 +742,16 @@ fn replay_guard_suite_redis() {
         eprintln!("notice: WARDEN_TEST_REDIS_URL is unset; skipping the Redis replay-guard test");
         return;
     };
-    // A prefix per run keeps runs apart on a shared Redis.
-    let prefix = format!("warden-test:{}:{}:", std::process::id(), NOW);
+    // A prefix per run keeps runs apart on a shared Redis (the clock's nanoseconds: a later
+    // run that reuses this PID never meets this run's ids).
+    let prefix = format!(
+        "warden-test:{}:{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let salt = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -1077,6 +1077,69 @@ fn torn_checkpoint_frame_falls_back_to_the_previous_one() {
     assert_eq!(w.size().unwrap(), 2);
 }
 
+/// Issue 18: a newest checkpoint whose signature was changed, its frame's checksum made to match
+/// (not a torn write), is refused: `verify` fails on it rather than falling back to the previous
+/// checkpoint, and the writer does not open (a gateway would otherwise sign over it).
+#[test]
+fn a_newest_checkpoint_with_a_forged_signature_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden.test/forged-cp").unwrap();
+    let verifier = signer.verifier();
+    let first;
+    {
+        let ledger = Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap();
+        ledger.append(&decision(0)).unwrap();
+        first = ledger.checkpoint().unwrap();
+        ledger.append(&decision(1)).unwrap();
+        ledger.checkpoint().unwrap();
+    }
+    let log = dir.path().join("checkpoints.log");
+    let bytes = std::fs::read(&log).unwrap();
+    let first_len = first.len() + 20;
+    let second = &bytes[first_len..];
+    let len = u32::from_le_bytes(second[..4].try_into().unwrap()) as usize;
+    let mut note = String::from_utf8(second[4..4 + len].to_vec()).unwrap();
+    let size = u64::from_le_bytes(second[4 + len..12 + len].try_into().unwrap());
+    // One base64 character of the signature, changed (the note keeps its length).
+    let at = note.len() - 10;
+    let c = if &note[at..=at] == "A" { "B" } else { "A" };
+    note.replace_range(at..=at, c);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    frame.extend_from_slice(note.as_bytes());
+    frame.extend_from_slice(&size.to_le_bytes());
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(note.as_bytes());
+    h.update(&size.to_le_bytes());
+    frame.extend_from_slice(&h.finalize().to_le_bytes());
+    let mut forged = bytes[..first_len].to_vec();
+    forged.extend_from_slice(&frame);
+    std::fs::write(&log, &forged).unwrap();
+
+    let mut r = FileStore::open(dir.path(), Mode::ReadOnly).unwrap();
+    assert_ne!(
+        r.latest_checkpoint().unwrap().unwrap(),
+        first,
+        "not a torn frame"
+    );
+    let err = verify::verify_store(&mut r, &verifier, None, true).unwrap_err();
+    assert!(err.to_string().contains("latest checkpoint"), "{err}");
+    drop(r);
+    let reopened = Ledger::open(
+        file_store(dir.path()),
+        NoteSigner::generate("warden.test/forged-cp").unwrap(),
+        LedgerConfig {
+            also_trusted: Some(verifier),
+            ..LedgerConfig::default()
+        },
+    );
+    assert!(
+        reopened.is_err(),
+        "a writer opened over a forged checkpoint"
+    );
+}
+
 /// Incident bundles: one agent's entries since a time, each proven against one signed
 /// checkpoint; verified with only the public key; any alteration is named.
 #[test]

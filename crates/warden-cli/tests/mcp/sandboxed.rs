@@ -437,6 +437,17 @@ fn a_sandboxed_upstream_reaches_only_its_allowed_hosts_from_a_long_data_director
         .find(|e| e["kind"] == "egress.allowed")
         .unwrap();
     assert_eq!(allowed["tenant"], "acme", "{allowed}");
+    // ... and to the call it served then: the decision of the first `web.fetch` has that
+    // request id.
+    let id = allowed["request_id"].as_str().unwrap();
+    assert!(!id.is_empty(), "{allowed}\n{tail}");
+    let decided = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| e["entry"].clone())
+        .find(|e| e["type"] == "decision" && e["request_id"] == id)
+        .unwrap_or_else(|| panic!("no decision with request id {id}: {tail}"));
+    assert_eq!(decided["tool"], "web.fetch", "{decided}");
     assert!(
         tail.contains("`example.com:80` is not on the egress allowlist"),
         "{tail}"
