@@ -83,6 +83,9 @@ pub enum RuntimeError {
     /// The shared state store (Redis) does not answer.
     #[error("opening the shared state store: {0}")]
     SharedState(#[from] warden_core::state::StateError),
+    /// The shared event queue (Redis) cannot be set up.
+    #[error("opening the shared event queue: {0}")]
+    Events(#[from] warden_core::events::EventError),
     /// The Witness ledger cannot be opened (INV-003: no ledger, no gateway).
     #[error("opening the Witness ledger: {0}")]
     Ledger(#[from] crate::witness::WitnessError),
@@ -252,7 +255,8 @@ impl std::fmt::Debug for Backends {
 impl Backends {
     /// The backends `config` names: the state store in `DATA/state`, or in Redis; the ledger in
     /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
-    /// approval requests and events in process; revocations in `DATA/revoked`.
+    /// approval requests in process; events in process, or in the state's Redis; revocations
+    /// in `DATA/revoked`, or in the state's Redis.
     /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
     ///
     /// # Errors
@@ -291,7 +295,15 @@ impl Backends {
                     .as_deref()
                     .map(|url| (url, config.state_prefix.as_str())),
             )?,
-            events: Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
+            // A fleet's events wait in its Redis, for whichever instance's dispatcher.
+            events: match &config.state_redis {
+                Some(url) => Arc::new(warden_state::RedisEvents::new(
+                    url,
+                    &config.state_prefix,
+                    EVENTS_QUEUED,
+                )?),
+                None => Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
+            },
         })
     }
 }

@@ -13,7 +13,8 @@
 //! and of [`warden_core::events::EventQueue`]:
 //!
 //! - [`MemoryEvents`]: the in-process [`warden_core::events::EventQueue`] (events are
-//!   notifications; the ledger keeps the facts, so nothing durable is needed here).
+//!   notifications; the ledger keeps the facts, so nothing durable is needed here);
+//! - [`RedisEvents`]: the queue a fleet shares, one Redis list.
 //!
 //! The embedded stores share one engine ([`engine::Engine`]), so they cannot disagree on
 //! semantics; the Redis store implements the same steps in its script. The shared test suites
@@ -23,9 +24,11 @@ mod engine;
 mod events;
 mod file;
 mod memory;
+mod redis_events;
 mod redis_store;
 
 pub use events::MemoryEvents;
 pub use file::{FileState, OpenError};
 pub use memory::MemoryState;
+pub use redis_events::RedisEvents;
 pub use redis_store::RedisState;

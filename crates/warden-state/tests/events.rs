@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warden_core::events::{Event, EventError, EventQueue};
-use warden_state::MemoryEvents;
+use warden_state::{MemoryEvents, RedisEvents};
 
 fn event(n: i64) -> Event {
     Event {
@@ -112,9 +112,60 @@ fn memory_events_are_taken_once_by_competing_takers() {
     competing_takers(Arc::new(MemoryEvents::new(64)));
 }
 
+/// A queue on the Redis of `WARDEN_TEST_REDIS_URL`, under a key of this call's own; `None`
+/// after a notice when unset.
+fn redis(capacity: usize) -> Option<RedisEvents> {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis event queue");
+        return None;
+    };
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let prefix = format!(
+        "warden-test:events:{}-{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    Some(RedisEvents::new(&url, &prefix, capacity).unwrap())
+}
+
+#[test]
+fn redis_events_pass_the_suite() {
+    let Some(q) = redis(16) else { return };
+    suite("redis", &q, 16);
+}
+
+#[test]
+fn redis_events_are_taken_once_by_competing_takers() {
+    let Some(q) = redis(64) else { return };
+    competing_takers(Arc::new(q));
+}
+
+#[test]
+fn a_redis_that_does_not_answer_is_unavailable() {
+    let q = RedisEvents::new("redis://127.0.0.1:1/", "x:", 8).unwrap();
+    assert!(matches!(
+        q.publish(event(1)),
+        Err(EventError::Unavailable(_))
+    ));
+    assert!(matches!(
+        q.take(1, Duration::ZERO),
+        Err(EventError::Unavailable(_))
+    ));
+}
+
 #[test]
 fn a_waiting_taker_wakes_when_an_event_arrives() {
-    let queue = Arc::new(MemoryEvents::new(8));
+    waking(Arc::new(MemoryEvents::new(8)));
+    if let Some(q) = redis(8) {
+        waking(Arc::new(q));
+    }
+}
+
+fn waking(queue: Arc<dyn EventQueue>) {
     let taker = {
         let queue = Arc::clone(&queue);
         std::thread::spawn(move || {
