@@ -186,6 +186,7 @@ impl Executor {
         let (client, tools) = connected.map_err(|e| (ReceiptStatus::Refused, e))?;
         // INVARIANT (INV-023): only a tool the upstream lists and whose pin holds is called.
         if !tools.iter().any(|t| t.name == to.tool) {
+            crate::counters::Counters::add(&self.counters.tools_withdrawn);
             return Err((
                 ReceiptStatus::Refused,
                 ExecError::Withdrawn {

@@ -21,6 +21,7 @@
 //! - `runners` (private): the sandboxed upstreams' runners, one per boundary;
 //! - `upstream` (private): stdio children and their MCP client sessions.
 
+pub mod counters;
 mod execution;
 mod in_flight;
 pub mod redact;
@@ -255,6 +256,7 @@ pub struct Executor {
     runners: std::sync::Mutex<HashMap<runners::RunnerKey, runners::Runner>>,
     secrets: Arc<Secrets>,
     sandbox: Option<SandboxConfig>,
+    counters: Arc<counters::Counters>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -287,7 +289,7 @@ pub async fn observe(
             Arc::clone(&redactor),
             None,
             sandbox.clone(),
-            Arc::default(),
+            upstream::Common::default(),
             sandboxed::Boundary::unowned("_pin"),
         );
         set.spawn(async move { (i, name, u.observe().await) });
@@ -313,6 +315,7 @@ impl Executor {
         let redactor = Arc::new(Redactor::new(config.secrets.values())?);
         let secrets = Arc::new(config.secrets);
         let trees = Arc::new(sandboxed::Trees::default());
+        let counters = Arc::new(counters::Counters::default());
         let sandbox = config.sandbox.clone();
         let upstreams = config
             .upstreams
@@ -326,7 +329,10 @@ impl Executor {
                         Arc::clone(&redactor),
                         Some(Arc::clone(&config.ledger)),
                         config.sandbox.clone(),
-                        Arc::clone(&trees),
+                        upstream::Common {
+                            trees: Arc::clone(&trees),
+                            counters: Arc::clone(&counters),
+                        },
                         sandboxed::Boundary::unowned("_tools"),
                     )),
                 )
@@ -346,7 +352,24 @@ impl Executor {
             runners: std::sync::Mutex::new(std::collections::HashMap::new()),
             secrets,
             sandbox,
+            counters,
         })
+    }
+
+    /// What it has counted (sandbox launches, egress connections, tools withdrawn).
+    #[must_use]
+    pub fn counted(&self) -> counters::Counted {
+        self.counters.read()
+    }
+
+    /// Whether each upstream's tools are served now (its server connected), by name. Waits at
+    /// most 100 ms for an upstream busy starting (then counted as not serving).
+    pub async fn health(&self) -> Vec<(String, bool)> {
+        let mut out = Vec::with_capacity(self.upstreams.len());
+        for (name, u) in &self.upstreams {
+            out.push((name.clone(), u.serving_now().await));
+        }
+        out
     }
 
     /// The redactor (the gateway scans egress arguments and its own logs with it).

@@ -127,7 +127,10 @@ impl Executor {
                 Arc::clone(&self.redactor),
                 Some(Arc::clone(&self.ledger)),
                 self.sandbox.clone(),
-                Arc::clone(&self.trees),
+                upstream::Common {
+                    trees: Arc::clone(&self.trees),
+                    counters: Arc::clone(&self.counters),
+                },
                 owner,
             )),
             tenant: tenant.to_owned(),

@@ -196,6 +196,18 @@ pub enum LaunchError {
     Sandbox(#[from] warden_sandbox::SandboxError),
 }
 
+/// Where what a sandbox does is recorded and counted.
+pub(crate) struct Records<'a> {
+    /// The ledger (none when only observing for pins).
+    pub(crate) ledger: Option<Arc<Ledger>>,
+    /// Who the runner serves.
+    pub(crate) owner: &'a Boundary,
+    /// The calls it serves now.
+    pub(crate) serving: &'a Serving,
+    /// The Executor's counters.
+    pub(crate) counters: &'a Arc<crate::counters::Counters>,
+}
+
 /// Prepares upstream `name`'s launch in the sandbox: workspace, cgroup, egress proxy.
 pub(crate) fn launch(
     cfg: &SandboxConfig,
@@ -204,9 +216,14 @@ pub(crate) fn launch(
     sb: &Sandbox,
     exe: &Path,
     args: &[String],
-    records: (Option<Arc<Ledger>>, &Boundary, &Serving),
+    records: Records<'_>,
 ) -> Result<(std::process::Command, Running), LaunchError> {
-    let (ledger, owner, serving) = records;
+    let Records {
+        ledger,
+        owner,
+        serving,
+        counters,
+    } = records;
     let base = base.to_path_buf();
     let workspace = base.join("work");
     let mut spec = Spec::new(exe.to_path_buf(), args.to_vec(), workspace);
@@ -267,11 +284,13 @@ pub(crate) fn launch(
         // INVARIANT (attributed egress, issue 18): every connection the sandbox opens or is
         // refused is recorded with the tenant (and agent, session) its runner serves.
         // And with the call it served then (its request id), when it served one alone.
-        let (owner, serving) = (owner.clone(), serving.clone());
+        let (owner, serving, counters) = (owner.clone(), serving.clone(), Arc::clone(counters));
         let recorder: egress::Recorder = Arc::new(move |e: egress::Event| {
             let kind = if e.allowed {
+                crate::counters::Counters::add(&counters.egress_allowed);
                 "egress.allowed"
             } else {
+                crate::counters::Counters::add(&counters.egress_refused);
                 "egress.refused"
             };
             let to = e.address.map(|a| format!(" ({a})")).unwrap_or_default();

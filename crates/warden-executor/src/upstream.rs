@@ -180,6 +180,8 @@ pub(crate) struct Upstream {
     pub(crate) boundary: crate::sandboxed::Boundary,
     /// The calls it serves right now.
     pub(crate) serving: crate::sandboxed::Serving,
+    /// What the Executor counts.
+    pub(crate) counters: Arc<crate::counters::Counters>,
 }
 
 /// The pin of a tool as listed.
@@ -340,6 +342,14 @@ fn causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// What every upstream of one Executor shares: the running sandbox trees (for the kill
+/// switch) and the counters (for `/metrics`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Common {
+    pub(crate) trees: Arc<crate::sandboxed::Trees>,
+    pub(crate) counters: Arc<crate::counters::Counters>,
+}
+
 impl Upstream {
     pub(crate) fn new(
         spec: Spec,
@@ -347,9 +357,10 @@ impl Upstream {
         redactor: Arc<Redactor>,
         ledger: Option<Arc<Ledger>>,
         sandbox: Option<crate::sandboxed::SandboxConfig>,
-        trees: Arc<crate::sandboxed::Trees>,
+        common: Common,
         boundary: crate::sandboxed::Boundary,
     ) -> Self {
+        let Common { trees, counters } = common;
         let ca = match &spec.transport {
             Transport::Http {
                 ca_file: Some(p), ..
@@ -367,8 +378,17 @@ impl Upstream {
             last_answer: std::sync::atomic::AtomicU64::new(0),
             sandbox,
             trees,
+            counters,
             boundary,
             serving: crate::sandboxed::Serving::default(),
+        }
+    }
+
+    /// Whether its server is connected now (waiting at most 100 ms for a start under way).
+    pub(crate) async fn serving_now(&self) -> bool {
+        match tokio::time::timeout(std::time::Duration::from_millis(100), self.conn.lock()).await {
+            Ok(conn) => conn.client.as_ref().is_some_and(|c| !gone(c)),
+            Err(_) => false,
         }
     }
 
@@ -730,9 +750,18 @@ impl Upstream {
                             sb,
                             &exe,
                             args,
-                            (self.ledger.clone(), &self.boundary, &self.serving),
+                            crate::sandboxed::Records {
+                                ledger: self.ledger.clone(),
+                                owner: &self.boundary,
+                                serving: &self.serving,
+                                counters: &self.counters,
+                            },
                         )
-                        .map_err(|e| ConnectError::Launch(e.to_string()))?;
+                        .map_err(|e| {
+                            crate::counters::Counters::add(&self.counters.sandbox_failed);
+                            ConnectError::Launch(e.to_string())
+                        })?;
+                        crate::counters::Counters::add(&self.counters.sandbox_started);
                         // Registered before it starts: a kill during the start reaches it.
                         if let Some(cg) = &r.cgroup {
                             self.trees.add(&self.spec.name, &self.boundary.key, cg);

@@ -253,6 +253,10 @@ pub struct Scrape {
     pub oldest_approval_seconds: i64,
     /// The manifest version in force.
     pub manifest_version: u64,
+    /// What the Executor counted.
+    pub executor: warden_executor::counters::Counted,
+    /// Each upstream, and whether its tools are served now.
+    pub upstreams: Vec<(String, bool)>,
 }
 
 impl Scrape {
@@ -313,6 +317,59 @@ impl Scrape {
             "warden_approvals_oldest_pending_seconds",
             "Age of the oldest approval request waiting for votes.",
             self.oldest_approval_seconds.max(0),
+        );
+        help(
+            &mut out,
+            "warden_upstream_up",
+            "gauge",
+            "Whether an upstream's server is connected and its tools served (1) or not (0).",
+        );
+        for (name, up) in &self.upstreams {
+            let _ = writeln!(
+                out,
+                "warden_upstream_up{{upstream=\"{}\"}} {}",
+                escape(name),
+                u8::from(*up)
+            );
+        }
+        let e = &self.executor;
+        help(
+            &mut out,
+            "warden_sandbox_launches_total",
+            "counter",
+            "Sandboxed servers launched, by outcome.",
+        );
+        let _ = writeln!(
+            out,
+            "warden_sandbox_launches_total{{outcome=\"started\"}} {}",
+            e.sandbox_started
+        );
+        let _ = writeln!(
+            out,
+            "warden_sandbox_launches_total{{outcome=\"failed\"}} {}",
+            e.sandbox_failed
+        );
+        help(
+            &mut out,
+            "warden_egress_connections_total",
+            "counter",
+            "Connections from sandboxes through the egress guard, by outcome (past 60 refusals a minute, one record stands for several).",
+        );
+        let _ = writeln!(
+            out,
+            "warden_egress_connections_total{{outcome=\"allowed\"}} {}",
+            e.egress_allowed
+        );
+        let _ = writeln!(
+            out,
+            "warden_egress_connections_total{{outcome=\"refused\"}} {}",
+            e.egress_refused
+        );
+        counter(
+            &mut out,
+            "warden_tools_withdrawn_total",
+            "Calls refused because their tool was withdrawn for its pin (INV-023).",
+            e.tools_withdrawn,
         );
         out
     }

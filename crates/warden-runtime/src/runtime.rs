@@ -450,6 +450,8 @@ impl Runtime {
                 .min()
                 .map_or(0, |created| (now_ms - created) / 1000),
             manifest_version: s.governor.get().manifest().version,
+            executor: s.executor.counted(),
+            upstreams: s.executor.health().await,
         };
         scrape.write(&s.metrics)
     }

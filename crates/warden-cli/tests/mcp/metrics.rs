@@ -24,7 +24,7 @@ fn promtool() -> Option<&'static str> {
     None
 }
 
-fn get(addr: &str, path: &str) -> (String, String) {
+pub(super) fn get(addr: &str, path: &str) -> (String, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -39,7 +39,7 @@ fn get(addr: &str, path: &str) -> (String, String) {
 }
 
 /// The value of the one sample whose line starts with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(super) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(series))
@@ -119,6 +119,17 @@ fn governed_calls_are_counted_timed_and_served_at_metrics() {
     );
     assert_eq!(sample(&metrics, "warden_holds{kind=\"kill\"}"), Some(1.0));
     assert!(sample(&metrics, "warden_manifest_version").unwrap() >= 1.0);
+    // The demo upstream served the calls; no tool was withdrawn.
+    assert_eq!(
+        sample(&metrics, "warden_upstream_up{upstream=\"demo\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "warden_tools_withdrawn_total"),
+        Some(0.0),
+        "{metrics}"
+    );
     // Not on the agents' listener.
     let (head, _) = get(&s.addr, "/metrics");
     assert!(!head.starts_with("HTTP/1.1 200"), "{head}");

@@ -448,6 +448,22 @@ fn a_sandboxed_upstream_reaches_only_its_allowed_hosts_from_a_long_data_director
         .find(|e| e["type"] == "decision" && e["request_id"] == id)
         .unwrap_or_else(|| panic!("no decision with request id {id}: {tail}"));
     assert_eq!(decided["tool"], "web.fetch", "{decided}");
+    // Counted for /metrics (issue 24): one connection let through, three refused, the server
+    // launched in its sandbox.
+    let (_, metrics) = super::metrics::get(&s.admin, "/metrics");
+    let n = |series: &str| super::metrics::sample(&metrics, series).unwrap_or(-1.0);
+    assert!(
+        n("warden_egress_connections_total{outcome=\"allowed\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        n("warden_egress_connections_total{outcome=\"refused\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        n("warden_sandbox_launches_total{outcome=\"started\"}") >= 1.0,
+        "{metrics}"
+    );
     assert!(
         tail.contains("`example.com:80` is not on the egress allowlist"),
         "{tail}"
