@@ -754,6 +754,12 @@ fn sigterm_stops_serve_cleanly_with_its_ledger_signed() {
 /// `warden serve` on data directory `d` and free loopback ports, its stderr to `stderr`,
 /// once both its API and admin listeners accept: (the process, API address, admin address).
 fn serve(d: &str, stderr: Stdio) -> (std::process::Child, String, String) {
+    serve_with(d, stderr, &[])
+}
+
+/// `warden serve` on data directory `d` with `extra` arguments, on free ports; returns once
+/// both listeners answer.
+fn serve_with(d: &str, stderr: Stdio, extra: &[&str]) -> (std::process::Child, String, String) {
     let (api, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -768,6 +774,7 @@ fn serve(d: &str, stderr: Stdio) -> (std::process::Child, String, String) {
             "--admin-listen",
             &admin,
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -785,6 +792,28 @@ fn serve(d: &str, stderr: Stdio) -> (std::process::Child, String, String) {
     (child, api, admin)
 }
 
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A key prefix no other run uses (fleet tests share the machine's Redis).
+fn fleet_prefix(what: &str) -> String {
+    format!(
+        "warden-test:{what}:{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
 /// Issue 22: two gateways given one Redis state store are one gateway for holds and budgets:
 /// a kill switch set through one stops the agent on the other, a resume through the other lifts
 /// it on both. And a Redis that does not answer stops the start (fail closed).
@@ -794,52 +823,14 @@ fn two_gateways_on_one_redis_state_share_their_holds() {
         eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping");
         return;
     };
-    let prefix = format!(
-        "warden-test:fleet:{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    struct Child(std::process::Child);
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let prefix = fleet_prefix("fleet");
     let start = |d: &str| {
-        let (api, admin) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
+        let (child, api, admin) = serve_with(
+            d,
+            Stdio::null(),
+            &["--state", &url, "--state-prefix", &prefix],
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args([
-                "serve",
-                "--data",
-                d,
-                "--listen",
-                &api,
-                "--admin-listen",
-                &admin,
-            ])
-            .args(["--state", &url, "--state-prefix", &prefix])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(&api).is_err()
-            || std::net::TcpStream::connect(&admin).is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the gateway did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        (Child(child), api, admin)
+        (Killed(child), api, admin)
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (
@@ -902,50 +893,14 @@ fn a_revocation_through_the_fleets_redis_reaches_every_instance() {
         eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping");
         return;
     };
-    let prefix = format!(
-        "warden-test:fleet-revoke:{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    struct Child(std::process::Child);
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let prefix = fleet_prefix("fleet-revoke");
     let start = |d: &str| {
-        let (api, admin) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
+        let (child, api, _) = serve_with(
+            d,
+            Stdio::null(),
+            &["--state", &url, "--state-prefix", &prefix],
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args([
-                "serve",
-                "--data",
-                d,
-                "--listen",
-                &api,
-                "--admin-listen",
-                &admin,
-            ])
-            .args(["--state", &url, "--state-prefix", &prefix])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(&api).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the gateway did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        (Child(child), api)
+        (Killed(child), api)
     };
     // Instance A makes the fleet's identity (keys, the starter agent's credential); B is given
     // a copy of its keys, as every instance of a fleet is (docs/state.md).
@@ -1011,32 +966,12 @@ fn a_revocation_through_the_fleets_redis_reaches_every_instance() {
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
-    let (api, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+    let data = dir.path().join("d");
+    let (mut child, _, _) = serve_with(
+        data.to_str().unwrap(),
+        std::fs::File::create(&log).unwrap().into(),
+        &["--log-format", "json"],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--data", dir.path().join("d").to_str().unwrap()])
-        .args([
-            "--listen",
-            &api,
-            "--admin-listen",
-            &admin,
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&api).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -1093,15 +1028,8 @@ fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
 fn kill_and_resume_through_the_admin_listener() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    struct Child(std::process::Child);
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let (child, api, admin) = serve(d, Stdio::null());
-    let _server = Child(child);
+    let _server = Killed(child);
     let call = |i: u32| {
         format!(
             r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#

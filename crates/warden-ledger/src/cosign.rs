@@ -13,7 +13,10 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use std::fmt;
 use zeroize::Zeroizing;
 
-use crate::note::{check_name, check_text, hex4, key_id_of, NoteError};
+use crate::note::{
+    check_id, check_name, check_text, hex4, key_id_of, parse_private, parse_vkey, private_string,
+    random_seed, NoteError,
+};
 
 /// The signed-note key type of a timestamped Ed25519 cosignature.
 pub const COSIGNATURE_TYPE: u8 = 0x04;
@@ -63,9 +66,7 @@ impl Cosigner {
     /// [`NoteError::Key`] for a bad name or if the system has no randomness.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
         check_name(name)?;
-        let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::fill(seed.as_mut_slice())
-            .map_err(|e| NoteError::Key(format!("no randomness available: {e}")))?;
+        let seed = random_seed()?;
         Ok(Self::from_seed(name, &seed))
     }
 
@@ -87,52 +88,17 @@ impl Cosigner {
     /// # Errors
     /// [`NoteError::Key`] naming what is wrong (never quoting the key material).
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let text = text.trim_end_matches(['\n', '\r']);
-        let rest = text
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or_else(|| NoteError::Key("private key must start with PRIVATE+KEY+".into()))?;
-        let Some((name, (id_hex, b64))) = rest
-            .split_once('+')
-            .and_then(|(n, r)| Some((n, r.split_once('+')?)))
-        else {
-            return Err(NoteError::Key(
-                "private key must be PRIVATE+KEY+<name>+<id>+<key>".into(),
-            ));
-        };
-        check_name(name)?;
-        let raw = Zeroizing::new(
-            B64.decode(b64)
-                .map_err(|_| NoteError::Key("private key material is not base64".into()))?,
-        );
-        let Some((&COSIGNATURE_TYPE, seed)) = raw.split_first() else {
-            return Err(NoteError::Key("not a witness (cosignature) key".into()));
-        };
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            seed.try_into()
-                .map_err(|_| NoteError::Key("Ed25519 private key must be 32 bytes".into()))?,
-        );
+        let (name, id_hex, seed) =
+            parse_private(text, COSIGNATURE_TYPE, "not a witness (cosignature) key")?;
         let signer = Self::from_seed(name, &seed);
-        if hex4(&signer.id) != id_hex {
-            return Err(NoteError::Key(format!(
-                "private key id {id_hex} does not match the key (expected {})",
-                hex4(&signer.id)
-            )));
-        }
+        check_id(&signer.id, id_hex)?;
         Ok(signer)
     }
 
     /// The private key in the form [`Cosigner::parse`] reads.
     #[must_use]
     pub fn to_private_string(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(Vec::with_capacity(33));
-        raw.push(COSIGNATURE_TYPE);
-        raw.extend_from_slice(self.key.as_bytes());
-        Zeroizing::new(format!(
-            "PRIVATE+KEY+{}+{}+{}",
-            self.name,
-            hex4(&self.id),
-            B64.encode(raw.as_slice())
-        ))
+        private_string(&self.name, &self.id, COSIGNATURE_TYPE, self.key.as_bytes())
     }
 
     /// The matching verifier key.
@@ -194,42 +160,12 @@ impl std::str::FromStr for CosignatureVerifier {
     type Err = NoteError;
 
     fn from_str(text: &str) -> Result<Self, NoteError> {
-        let text = text.trim();
-        let Some((name, (id_hex, b64))) = text
-            .split_once('+')
-            .and_then(|(n, r)| Some((n, r.split_once('+')?)))
-        else {
-            return Err(NoteError::Key(
-                "witness key must be <name>+<id>+<key>".into(),
-            ));
-        };
-        check_name(name)?;
-        let raw = B64
-            .decode(b64)
-            .map_err(|_| NoteError::Key("witness key material is not base64".into()))?;
-        let Some((&COSIGNATURE_TYPE, public)) = raw.split_first() else {
-            return Err(NoteError::Key(
-                "not a witness key (its type byte must be 0x04, a timestamped Ed25519 cosignature)"
-                    .into(),
-            ));
-        };
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| NoteError::Key("Ed25519 public key must be 32 bytes".into()))?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| NoteError::Key("not a valid Ed25519 public key".into()))?;
-        let id = key_id_of(name, COSIGNATURE_TYPE, &public);
-        if hex4(&id) != id_hex {
-            return Err(NoteError::Key(format!(
-                "witness key id {id_hex} does not match the key (expected {})",
-                hex4(&id)
-            )));
-        }
-        Ok(CosignatureVerifier {
-            name: name.to_owned(),
-            key,
-            id,
-        })
+        let (name, key, id) = parse_vkey(
+            text.trim(),
+            COSIGNATURE_TYPE,
+            "not a witness key (its type byte must be 0x04, a timestamped Ed25519 cosignature)",
+        )?;
+        Ok(CosignatureVerifier { name, key, id })
     }
 }
 

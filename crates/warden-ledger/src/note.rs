@@ -79,6 +79,119 @@ pub(crate) fn key_id_of(name: &str, kind: u8, public: &[u8; 32]) -> [u8; 4] {
     id
 }
 
+/// 32 random bytes for a new key.
+pub(crate) fn random_seed() -> Result<Zeroizing<[u8; 32]>, NoteError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice())
+        .map_err(|e| NoteError::Key(format!("no randomness available: {e}")))?;
+    Ok(seed)
+}
+
+/// Reads `PRIVATE+KEY+<name>+<hex id>+<base64(kind || seed)>`: the name (checked), the id as
+/// written, and the seed. `not_kind` says what a key of another type is not.
+pub(crate) fn parse_private<'a>(
+    text: &'a str,
+    kind: u8,
+    not_kind: &str,
+) -> Result<(&'a str, &'a str, Zeroizing<[u8; 32]>), NoteError> {
+    let text = text.trim_end_matches(['\n', '\r']);
+    let rest = text
+        .strip_prefix("PRIVATE+KEY+")
+        .ok_or_else(|| NoteError::Key("private key must start with PRIVATE+KEY+".into()))?;
+    // The name and id contain no '+'; the base64 key material may.
+    let Some((name, (id_hex, b64))) = rest
+        .split_once('+')
+        .and_then(|(n, r)| Some((n, r.split_once('+')?)))
+    else {
+        return Err(NoteError::Key(
+            "private key must be PRIVATE+KEY+<name>+<id>+<key>".into(),
+        ));
+    };
+    check_name(name)?;
+    let raw = Zeroizing::new(
+        B64.decode(b64)
+            .map_err(|_| NoteError::Key("private key material is not base64".into()))?,
+    );
+    let Some((&found, seed)) = raw.split_first() else {
+        return Err(NoteError::Key(format!("private key is {not_kind}")));
+    };
+    if found != kind {
+        return Err(NoteError::Key(format!("private key is {not_kind}")));
+    }
+    let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+        seed.try_into()
+            .map_err(|_| NoteError::Key("Ed25519 private key must be 32 bytes".into()))?,
+    );
+    Ok((name, id_hex, seed))
+}
+
+/// A private key written as [`parse_private`] reads it.
+pub(crate) fn private_string(
+    name: &str,
+    id: &[u8; 4],
+    kind: u8,
+    seed: &[u8; 32],
+) -> Zeroizing<String> {
+    let mut raw = Zeroizing::new(Vec::with_capacity(33));
+    raw.push(kind);
+    raw.extend_from_slice(seed);
+    Zeroizing::new(format!(
+        "PRIVATE+KEY+{name}+{}+{}",
+        hex4(id),
+        B64.encode(raw.as_slice())
+    ))
+}
+
+/// Reads a verifier key, `<name>+<hex id>+<base64(kind || public key)>`: its name, key and id
+/// (checked against the key). `not_kind` says what a key of another type is not.
+pub(crate) fn parse_vkey(
+    text: &str,
+    kind: u8,
+    not_kind: &str,
+) -> Result<(String, VerifyingKey, [u8; 4]), NoteError> {
+    let Some((name, (id_hex, b64))) = text
+        .split_once('+')
+        .and_then(|(n, r)| Some((n, r.split_once('+')?)))
+    else {
+        return Err(NoteError::Key(
+            "verifier key must be <name>+<id>+<key>".into(),
+        ));
+    };
+    check_name(name)?;
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| NoteError::Key("verifier key material is not base64".into()))?;
+    let public = match raw.split_first() {
+        Some((&found, public)) if found == kind => public,
+        _ => return Err(NoteError::Key(format!("verifier key is {not_kind}"))),
+    };
+    let public: [u8; 32] = public
+        .try_into()
+        .map_err(|_| NoteError::Key("Ed25519 public key must be 32 bytes".into()))?;
+    let key = VerifyingKey::from_bytes(&public)
+        .map_err(|_| NoteError::Key("not a valid Ed25519 public key".into()))?;
+    let id = key_id_of(name, kind, &public);
+    if hex4(&id) != id_hex {
+        return Err(NoteError::Key(format!(
+            "verifier key id {id_hex} does not match the key (expected {})",
+            hex4(&id)
+        )));
+    }
+    Ok((name.to_owned(), key, id))
+}
+
+/// Refuses a key whose id, as written, is not the one its material gives.
+pub(crate) fn check_id(id: &[u8; 4], written: &str) -> Result<(), NoteError> {
+    if hex4(id) == written {
+        Ok(())
+    } else {
+        Err(NoteError::Key(format!(
+            "private key id {written} does not match the key (expected {})",
+            hex4(id)
+        )))
+    }
+}
+
 pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty()
         || name.contains('+')
@@ -121,9 +234,7 @@ impl NoteSigner {
     /// [`NoteError::Key`] for a bad name or if the system has no randomness.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
         check_name(name)?;
-        let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::fill(seed.as_mut_slice())
-            .map_err(|e| NoteError::Key(format!("no randomness available: {e}")))?;
+        let seed = random_seed()?;
         Ok(Self::from_seed(name, &seed))
     }
 
@@ -146,53 +257,16 @@ impl NoteSigner {
     /// # Errors
     /// [`NoteError::Key`] naming what is wrong (never quoting the key material).
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let text = text.trim_end_matches(['\n', '\r']);
-        let rest = text
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or_else(|| NoteError::Key("private key must start with PRIVATE+KEY+".into()))?;
-        // The name and id contain no '+'; the base64 key material may.
-        let Some((name, (id_hex, b64))) = rest
-            .split_once('+')
-            .and_then(|(n, r)| Some((n, r.split_once('+')?)))
-        else {
-            return Err(NoteError::Key(
-                "private key must be PRIVATE+KEY+<name>+<id>+<key>".into(),
-            ));
-        };
-        check_name(name)?;
-        let raw = Zeroizing::new(
-            B64.decode(b64)
-                .map_err(|_| NoteError::Key("private key material is not base64".into()))?,
-        );
-        let Some((&ED25519_TYPE, seed)) = raw.split_first() else {
-            return Err(NoteError::Key("private key is not an Ed25519 key".into()));
-        };
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            seed.try_into()
-                .map_err(|_| NoteError::Key("Ed25519 private key must be 32 bytes".into()))?,
-        );
+        let (name, id_hex, seed) = parse_private(text, ED25519_TYPE, "not an Ed25519 key")?;
         let signer = Self::from_seed(name, &seed);
-        if hex4(&signer.id) != id_hex {
-            return Err(NoteError::Key(format!(
-                "private key id {id_hex} does not match the key (expected {})",
-                hex4(&signer.id)
-            )));
-        }
+        check_id(&signer.id, id_hex)?;
         Ok(signer)
     }
 
     /// The private key in the form [`NoteSigner::parse`] reads. Wrapped so it is zeroized.
     #[must_use]
     pub fn to_private_string(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(Vec::with_capacity(33));
-        raw.push(ED25519_TYPE);
-        raw.extend_from_slice(self.key.as_bytes());
-        Zeroizing::new(format!(
-            "PRIVATE+KEY+{}+{}+{}",
-            self.name,
-            hex4(&self.id),
-            B64.encode(raw.as_slice())
-        ))
+        private_string(&self.name, &self.id, ED25519_TYPE, self.key.as_bytes())
     }
 
     /// The matching verifier.
@@ -280,34 +354,7 @@ impl fmt::Display for NoteVerifier {
 
 impl NoteVerifier {
     fn parse_one(text: &str) -> Result<(String, VerifyingKey, [u8; 4]), NoteError> {
-        let Some((name, (id_hex, b64))) = text
-            .split_once('+')
-            .and_then(|(n, r)| Some((n, r.split_once('+')?)))
-        else {
-            return Err(NoteError::Key(
-                "verifier key must be <name>+<id>+<key>".into(),
-            ));
-        };
-        check_name(name)?;
-        let raw = B64
-            .decode(b64)
-            .map_err(|_| NoteError::Key("verifier key material is not base64".into()))?;
-        let Some((&ED25519_TYPE, public)) = raw.split_first() else {
-            return Err(NoteError::Key("verifier key is not an Ed25519 key".into()));
-        };
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| NoteError::Key("Ed25519 public key must be 32 bytes".into()))?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| NoteError::Key("not a valid Ed25519 public key".into()))?;
-        let id = key_id(name, &public);
-        if hex4(&id) != id_hex {
-            return Err(NoteError::Key(format!(
-                "verifier key id {id_hex} does not match the key (expected {})",
-                hex4(&id)
-            )));
-        }
-        Ok((name.to_owned(), key, id))
+        parse_vkey(text, ED25519_TYPE, "not an Ed25519 key")
     }
 
     /// Parses one `<name>+<hex id>+<base64(0x01 || public key)>` per line (blank lines
