@@ -25,6 +25,7 @@ mod events;
 mod file;
 mod memory;
 mod redis_events;
+mod redis_pool;
 mod redis_store;
 
 pub use events::MemoryEvents;

@@ -7,7 +7,6 @@
 //! popped by a dispatcher that then dies is lost: events are notifications, and the ledger holds
 //! the facts they announce (the same as the in-process queue on a crash).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use warden_core::events::{Event, EventError, EventQueue};
@@ -20,15 +19,11 @@ redis.call('RPUSH', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// How long a connection may take to open, and a reply (beyond a `take`'s own wait) to come.
-const TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Events in a Redis shared by the instances of a fleet, at most `capacity` undelivered.
 pub struct RedisEvents {
-    client: ::redis::Client,
+    pool: crate::redis_pool::Pool,
     key: String,
     capacity: usize,
-    idle: Mutex<Vec<::redis::Connection>>,
 }
 
 impl std::fmt::Debug for RedisEvents {
@@ -52,40 +47,19 @@ impl RedisEvents {
     /// [`EventError::Unavailable`] for a malformed URL.
     pub fn new(url: &str, prefix: &str, capacity: usize) -> Result<RedisEvents, EventError> {
         Ok(RedisEvents {
-            client: ::redis::Client::open(url).map_err(|e| unavailable(&e))?,
+            pool: crate::redis_pool::Pool::open(url).map_err(|e| unavailable(&e))?,
             key: format!("{prefix}events"),
             capacity,
-            idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// Runs `f` on a connection whose replies may take `wait` more than usual; the connection
-    /// goes back to the pool only if `f` succeeded.
+    /// Runs `f` on a pooled connection whose replies may take `wait` more than usual.
     fn with<T>(
         &self,
         wait: Duration,
         f: impl FnOnce(&mut ::redis::Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, EventError> {
-        let pooled = self
-            .idle
-            .lock()
-            .map_err(|_| EventError::Unavailable("redis pool lock poisoned".into()))?
-            .pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self
-                .client
-                .get_connection_with_timeout(TIMEOUT)
-                .map_err(|e| unavailable(&e))?,
-        };
-        conn.set_read_timeout(Some(TIMEOUT + wait))
-            .and_then(|()| conn.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| unavailable(&e))?;
-        let out = f(&mut conn).map_err(|e| unavailable(&e))?;
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
-        Ok(out)
+        self.pool.with(wait, f).map_err(|e| unavailable(&e))
     }
 }
 

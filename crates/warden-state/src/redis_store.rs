@@ -18,7 +18,6 @@
 //! Redis Cluster. Holds are only as durable as the Redis they are in: run it with
 //! `appendonly yes` (docs/state.md).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use warden_core::state::{
@@ -114,15 +113,10 @@ end
 return out
 ";
 
-/// How long a connection may take to open, and a reply to come.
-const TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The state store in a Redis shared by every instance.
 pub struct RedisState {
-    client: ::redis::Client,
+    pool: crate::redis_pool::Pool,
     prefix: String,
-    /// Idle connections; a call takes one (or opens one) and puts it back when it succeeded.
-    idle: Mutex<Vec<::redis::Connection>>,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -161,46 +155,18 @@ impl RedisState {
     /// # Errors
     /// [`StateError::Unavailable`]: a malformed URL, or no answer from the server.
     pub fn connect(url: &str, prefix: &str) -> Result<RedisState, StateError> {
-        let client = ::redis::Client::open(url).map_err(|e| unavailable(&e))?;
         let store = RedisState {
-            client,
+            pool: crate::redis_pool::Pool::open(url).map_err(|e| unavailable(&e))?,
             prefix: prefix.to_owned(),
-            idle: Mutex::new(Vec::new()),
         };
-        let mut conn = store.take()?;
-        let pong: String = ::redis::cmd("PING")
-            .query(&mut conn)
+        let pong: String = store
+            .pool
+            .with(Duration::ZERO, |c| ::redis::cmd("PING").query(c))
             .map_err(|e| unavailable(&e))?;
         if pong != "PONG" {
             return Err(unavailable(&format!("PING answered {pong:?}")));
         }
-        store.put(conn);
         Ok(store)
-    }
-
-    fn take(&self) -> Result<::redis::Connection, StateError> {
-        let pooled = self
-            .idle
-            .lock()
-            .map_err(|_| StateError::Unavailable("redis pool lock poisoned".into()))?
-            .pop();
-        if let Some(c) = pooled {
-            return Ok(c);
-        }
-        let c = self
-            .client
-            .get_connection_with_timeout(TIMEOUT)
-            .map_err(|e| unavailable(&e))?;
-        c.set_read_timeout(Some(TIMEOUT))
-            .and_then(|()| c.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| unavailable(&e))?;
-        Ok(c)
-    }
-
-    fn put(&self, c: ::redis::Connection) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(c);
-        }
     }
 
     /// Runs `script` with `keys` and `args`. INVARIANT (fail-closed): any error is
@@ -211,12 +177,16 @@ impl RedisState {
         keys: &[String],
         args: &[String],
     ) -> Result<T, StateError> {
-        let mut conn = self.take()?;
-        let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
-        let out = cmd.query(&mut conn).map_err(|e| unavailable(&e))?;
-        self.put(conn);
-        Ok(out)
+        self.pool
+            .with(Duration::ZERO, |c| {
+                ::redis::cmd("EVAL")
+                    .arg(script)
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args)
+                    .query(c)
+            })
+            .map_err(|e| unavailable(&e))
     }
 
     fn hold_key(&self, scope: &HoldScope) -> String {
