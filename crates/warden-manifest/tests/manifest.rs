@@ -275,11 +275,13 @@ fn sandbox_blocks_are_checked_at_load() {
     assert_eq!(sb.require.len(), 5);
     assert_eq!(sb.memory_bytes, 64 << 20);
     assert_eq!(sb.processes, 128);
+    assert_eq!(sb.cpu_millicores, 1_000);
+    assert_eq!(sb.workspace_bytes, 256 << 20);
     assert_eq!(sb.heartbeat_ms, 10_000);
     assert_eq!(sb.egress_allow.len(), 2);
     assert!(sb.egress_allow[1].matches("api.example.com", 443));
 
-    let bad = with("      require: [filesystem, network]\n      read_only: [relative/path, /a/../b, /run/docker.sock, /]\n      egress:\n        allow: [\"bad host\", \"h:0\"]\n        private_networks: [10.0.0.0]\n        connections_per_minute: 0\n      limits: { processes: 0 }\n      heartbeat: 0s\n      shell: true\n");
+    let bad = with("      require: [filesystem, network]\n      read_only: [relative/path, /a/../b, /run/docker.sock, /]\n      egress:\n        allow: [\"bad host\", \"h:0\"]\n        private_networks: [10.0.0.0]\n        connections_per_minute: 0\n      limits: { processes: 0, cpu_millicores: 5, workspace_mb: 0 }\n      heartbeat: 0s\n      shell: true\n");
     let e = errors(&bad).join("\n");
     assert!(e.contains("unknown field `shell`"), "{e}");
     let bad = bad.replace("      shell: true\n", "");
@@ -295,6 +297,8 @@ fn sandbox_blocks_are_checked_at_load() {
         "upstreams[0].sandbox.egress.private_networks[0]: `10.0.0.0` is not addr/prefix",
         "upstreams[0].sandbox.egress.connections_per_minute: must be at least 1",
         "upstreams[0].sandbox.limits.processes: must be at least 1",
+        "upstreams[0].sandbox.limits.cpu_millicores: must be at least 10",
+        "upstreams[0].sandbox.limits.workspace_mb: must be at least 1",
         "upstreams[0].sandbox.heartbeat: `0s` must be longer than zero",
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
