@@ -701,6 +701,7 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
         tool: "fs.read_file".into(),
         arguments_hash: "sha256:aa".into(),
         decided_at: 0,
+        provenance: Vec::new(),
     };
     let recorded = ledger
         .record_decision_blocking(allowed, "", "test", Vec::new())

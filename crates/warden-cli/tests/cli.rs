@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 
 mod docs;
 mod mcp;
+mod replay;
 mod runbooks;
 mod sandbox;
 mod witness;
@@ -417,6 +418,7 @@ fn make_ledger(data: &Path, n: u64) -> String {
             tool: "fs.read_file".into(),
             arguments_hash: format!("sha256:{i:064x}"),
             decided_at: 1_795_341_600,
+            provenance: Vec::new(),
         };
         let e = warden_ledger::Entry::Decision(warden_ledger::DecisionRecord::from_decision(
             &d,

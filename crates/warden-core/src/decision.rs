@@ -98,6 +98,29 @@ pub struct Decision {
     pub arguments_hash: String,
     /// When the decision was made, Unix seconds.
     pub decided_at: i64,
+    /// Where each judged argument's value came from (information-flow control): names and
+    /// sources only, never values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance: Vec<ArgProvenance>,
+}
+
+/// Where one argument's value came from, as a decision records it (`docs/ifc.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgProvenance {
+    /// The argument.
+    pub argument: String,
+    /// `task`, `known`, `trusted`, `lookup`, `untrusted` or `unknown`.
+    pub from: String,
+    /// The kind of identifier judged (`email`, `url`, `iban`, `number`); absent for words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The tool whose output it came from (for `lookup` and `untrusted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// That output's index in the session (0 for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<u32>,
 }
 
 impl Decision {

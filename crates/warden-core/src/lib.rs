@@ -19,6 +19,7 @@
 pub mod canonical;
 pub mod decision;
 pub mod events;
+pub mod flow;
 pub mod net;
 pub mod proposal;
 pub mod state;

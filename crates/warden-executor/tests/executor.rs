@@ -80,6 +80,7 @@ fn allowed(tool: &str, args: &serde_json::Value, version: u64) -> warden_ledger:
         tool: tool.into(),
         arguments_hash: warden_core::canonical::json_digest(args),
         decided_at: 0,
+        provenance: Vec::new(),
     };
     // Off the async runtime the tests run on (the blocking wait would stall it).
     std::thread::scope(|t| {

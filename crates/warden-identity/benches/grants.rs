@@ -50,6 +50,7 @@ fn main() {
         tool: call.tool.into(),
         arguments_hash: call.arguments_hash.into(),
         decided_at: 0,
+        provenance: Vec::new(),
     };
     let recorded = ledger
         .record_decision_blocking(allowed, "", "bench", Vec::new())

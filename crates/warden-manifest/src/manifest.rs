@@ -191,6 +191,25 @@ pub struct Tool {
     pub egress_level: Classification,
     /// What a leak leads to.
     pub on_leak: crate::raw::LeakAction,
+    /// Whether a call changes something or reaches outside (`docs/ifc.md`).
+    pub effects: bool,
+    /// Arguments that choose where a call acts.
+    pub controlling: BTreeSet<String>,
+    /// Controlling arguments that may be looked up for another (`argument → subject`).
+    pub lookup: std::collections::BTreeMap<String, String>,
+    /// Labels of fields of its structured output.
+    pub output_fields: Vec<FieldLabel>,
+}
+
+/// The label of the fields one JSON pointer reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLabel {
+    /// The pointer's segments (unescaped); `*` matches any key or index.
+    pub path: Vec<String>,
+    /// Their trust.
+    pub trust: OutputTrust,
+    /// Their classification.
+    pub classification: Classification,
 }
 
 /// A budget (calls and cost per window).
@@ -275,6 +294,10 @@ pub struct Manifest {
     pub webhooks: Vec<crate::approvers::Webhook>,
     /// Promotion criteria.
     pub promotion: crate::raw::RawPromotion,
+    /// Information-flow settings.
+    pub flow: crate::raw::RawFlow,
+    /// Known destinations of each zone (as written).
+    pub destinations: std::collections::BTreeMap<String, Vec<String>>,
     /// The raw form (for `diff` and schema round-trips).
     pub raw: RawManifest,
 }
@@ -410,6 +433,7 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         crate::approvers::validate_governance(&mut c, raw.governance.as_ref(), &approvers);
     let webhooks =
         crate::approvers::validate_notifications(&mut c, raw.notifications.as_ref(), &secrets);
+    let destinations = validate_flow(&mut c, &raw);
 
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
@@ -440,8 +464,103 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
         governance,
         webhooks,
         promotion: raw.promotion.clone(),
+        flow: raw.flow.clone(),
+        destinations,
         raw,
     })
+}
+
+/// The most words and identifiers a session may be told to remember.
+const MAX_SESSION_MARKS: u32 = 1 << 20;
+
+/// The information-flow settings, and each zone's known destinations.
+fn validate_flow(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    if raw.flow.session_marks == 0 || raw.flow.session_marks > MAX_SESSION_MARKS {
+        c.err(
+            "flow.session_marks",
+            format!("must be between 1 and {MAX_SESSION_MARKS}"),
+        );
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (i, z) in raw.zones.iter().enumerate() {
+        for (j, d) in z.destinations.iter().enumerate() {
+            if d.trim().is_empty() || d.len() > 512 {
+                c.err(
+                    format!("zones[{i}].destinations[{j}]"),
+                    "a destination is 1 to 512 characters, not blank",
+                );
+            }
+        }
+        out.insert(z.id.clone(), z.destinations.clone());
+    }
+    out
+}
+
+/// A tool's flow labels: its controlling and looked-up arguments name its arguments; its
+/// field labels are JSON pointers.
+fn validate_tool_flow(
+    c: &mut Collector<'_>,
+    path: &str,
+    t: &RawTool,
+) -> Option<(BTreeSet<String>, Vec<FieldLabel>)> {
+    let mut ok = true;
+    let props = t
+        .arguments
+        .as_ref()
+        .and_then(|a| a.get("properties"))
+        .and_then(Value::as_object);
+    let names_argument = |c: &mut Collector<'_>, key: String, name: &str| {
+        let listed = props.is_some_and(|p| p.contains_key(name));
+        if !listed {
+            c.err(
+                key,
+                format!(
+                    "`{name}` is not an argument of `{}` (its schema's `properties` must list it)",
+                    t.name
+                ),
+            );
+        }
+        listed
+    };
+    let mut controlling = BTreeSet::new();
+    for (j, a) in t.controlling.iter().enumerate() {
+        ok &= names_argument(c, format!("{path}.controlling[{j}]"), a);
+        controlling.insert(a.clone());
+    }
+    for (a, subject) in &t.lookup {
+        ok &= names_argument(c, format!("{path}.lookup.{a}"), a);
+        ok &= names_argument(c, format!("{path}.lookup.{a}"), subject);
+        if !t.controlling.contains(a) || !t.controlling.contains(subject) || a == subject {
+            c.err(
+                format!("{path}.lookup.{a}"),
+                "both the argument and the one it is looked up for must be distinct and listed in `controlling`",
+            );
+            ok = false;
+        }
+    }
+    let mut fields = Vec::with_capacity(t.output.fields.len());
+    for (j, f) in t.output.fields.iter().enumerate() {
+        let Some(rest) = f.path.strip_prefix('/') else {
+            c.err(
+                format!("{path}.output.fields[{j}].path"),
+                format!("`{}` is not a JSON pointer (it starts with `/`)", f.path),
+            );
+            ok = false;
+            continue;
+        };
+        fields.push(FieldLabel {
+            path: rest
+                .split('/')
+                .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+            trust: f.trust,
+            classification: f.classification.unwrap_or(t.output.classification),
+        });
+    }
+    ok.then_some((controlling, fields))
 }
 
 /// The risk tiers: names, approval modes (a window, approvers of a role, distinct humans),
@@ -993,7 +1112,9 @@ fn validate_tool(
         }
     }
     let redact = crate::upstream::validate_detectors(c, path, &t.redact);
+    let flow = validate_tool_flow(c, path, t);
     let validator = validator?;
+    let (controlling, output_fields) = flow?;
     if !ok {
         return None;
     }
@@ -1014,6 +1135,10 @@ fn validate_tool(
         redact,
         egress_level: t.egress_level.unwrap_or(Classification::Public),
         on_leak: t.on_leak.unwrap_or_default(),
+        effects: t.effects,
+        controlling,
+        lookup: t.lookup.clone(),
+        output_fields,
     })
 }
 

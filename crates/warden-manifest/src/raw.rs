@@ -63,6 +63,84 @@ pub struct RawManifest {
     /// What an agent must show before `warden agents promote` raises (or restores) its trust.
     #[serde(default)]
     pub promotion: RawPromotion,
+    /// Information-flow control: what a session has read decides what it may do next
+    /// (`docs/ifc.md`).
+    #[serde(default)]
+    pub flow: RawFlow,
+}
+
+/// Information-flow settings (`docs/ifc.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlow {
+    /// A tainted argument (a value read from untrusted output, not from the task, a trusted
+    /// output or a known destination) of a tool with effects: `escalate` (default) or `deny`.
+    #[serde(default)]
+    pub on_taint: FlowAction,
+    /// A controlling argument of a tool with effects whose value was seen nowhere (not the
+    /// task, no output, no known destination): `escalate` (default), `deny` or `allow`.
+    #[serde(default)]
+    pub on_unknown_destination: FlowAction,
+    /// A tool with effects called from a session that has read data classified above the
+    /// tool's `egress_level`: `escalate`, `deny` or `allow` (default: no check).
+    #[serde(default = "FlowAction::allow")]
+    pub on_classification: FlowAction,
+    /// Whether values seen in trusted outputs count as known destinations (default `true`).
+    #[serde(default = "yes")]
+    pub learn_from_trusted: bool,
+    /// Most words and identifiers remembered per session (default 16384, at most 1048576). Past
+    /// it, outputs are not remembered and every value not known to be clean is judged tainted.
+    #[serde(default = "default_session_marks")]
+    pub session_marks: u32,
+}
+
+impl Default for RawFlow {
+    fn default() -> Self {
+        RawFlow {
+            on_taint: FlowAction::Escalate,
+            on_unknown_destination: FlowAction::Escalate,
+            on_classification: FlowAction::Allow,
+            learn_from_trusted: true,
+            session_marks: default_session_marks(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_session_marks() -> u32 {
+    16_384
+}
+
+/// What an information-flow finding leads to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowAction {
+    /// Nothing: the finding is recorded only.
+    Allow,
+    /// The agent's owner (or the tier's approvers) must approve.
+    #[default]
+    Escalate,
+    /// The call is denied.
+    Deny,
+}
+
+impl FlowAction {
+    fn allow() -> Self {
+        FlowAction::Allow
+    }
+
+    /// The name as the manifest writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowAction::Allow => "allow",
+            FlowAction::Escalate => "escalate",
+            FlowAction::Deny => "deny",
+        }
+    }
 }
 
 /// Promotion criteria (seed 002, progressive trust over time).
@@ -518,6 +596,10 @@ pub struct RawTenant {
 pub struct RawZone {
     /// Zone id.
     pub id: String,
+    /// Destinations its agents may reach without further evidence: addresses, accounts,
+    /// domains, channels, user names (`docs/ifc.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -559,6 +641,20 @@ pub struct RawTool {
     /// Trust and classification of what it returns.
     #[serde(default)]
     pub output: RawOutput,
+    /// Whether a call changes something or reaches outside (a payment, a message, a fetch):
+    /// its arguments are then checked against what the session has read (`docs/ifc.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub effects: bool,
+    /// Arguments that choose where a call acts (recipients, accounts, URLs, paths, channel and
+    /// user ids, credentials): their values must come from the task, a trusted output or a
+    /// known destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controlling: Vec<String>,
+    /// Controlling arguments the agent may look up for another one: `{user_email: user}` lets
+    /// `user_email` come from an untrusted output when `user` is clean, the output was read
+    /// from a source the task named, and it holds exactly one value of that kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookup: BTreeMap<String, String>,
     /// Hosts it may reach (enforced by the Executor's egress guard).
     #[serde(default)]
     pub egress: Vec<String>,
@@ -602,6 +698,23 @@ pub struct RawOutput {
     /// How sensitive the output is.
     #[serde(default)]
     pub classification: Classification,
+    /// Labels of fields of a structured (JSON) output that differ from the output's own: a
+    /// JSON pointer whose segments may be `*` (any key or index), e.g. `/*/subject`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<RawFieldLabel>,
+}
+
+/// The label of one field of a tool's structured output.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFieldLabel {
+    /// JSON pointer to the field; `*` matches any key or index.
+    pub path: String,
+    /// Its trust.
+    pub trust: OutputTrust,
+    /// Its classification (the output's if omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Classification>,
 }
 
 /// Trust of a tool's output.

@@ -11,6 +11,7 @@ use warden_core::time::{rfc3339, UnixSeconds, DAY};
 use warden_core::{Decision, Escalation, Proposal, Verdict};
 use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
 use warden_manifest::rate::Rate;
+use warden_manifest::raw::FlowAction;
 
 /// The hash decisions cite for a bundle: SHA-256 over the manifest text and every policy file
 /// (sorted by name), each length-prefixed, under a domain tag.
@@ -45,6 +46,8 @@ pub struct Governor {
     policy_files: BTreeMap<String, String>,
     arg_types: BTreeMap<String, ArgType>,
     cedar: CedarIndex,
+    /// Each zone's known destinations, as marks (`docs/ifc.md`).
+    destinations: crate::flow::Destinations,
 }
 
 /// The rule a charge enforces, for messages when it is exhausted.
@@ -71,13 +74,57 @@ impl Governor {
             .iter()
             .map(|p| (p.name.clone(), sha256_tagged(p.text.as_bytes())))
             .collect();
+        let destinations = crate::flow::Destinations::new(&manifest.destinations);
         Ok(Self {
             manifest,
             policy_hash,
             policy_files,
             arg_types,
             cedar,
+            destinations,
         })
+    }
+
+    /// The known destinations of `zone`, as marks.
+    #[must_use]
+    pub fn destinations(
+        &self,
+        zone: &str,
+    ) -> Option<&std::collections::HashSet<warden_core::flow::Mark>> {
+        self.destinations.of(zone)
+    }
+
+    /// Records `output` of a call by `agent` in its session's `flow` ([`crate::flow::label`]),
+    /// by the manifest's labels for the tool. An unknown tool's output is untrusted and
+    /// unclassified beyond the default (nothing about it is known).
+    pub fn label_output(
+        &self,
+        agent: &str,
+        flow: &mut warden_core::flow::SessionFlow,
+        tool: &str,
+        arguments: &serde_json::Value,
+        text: &str,
+        structured: Option<&serde_json::Value>,
+    ) {
+        let zone = self.manifest.agents.get(agent).map(|a| a.zone.as_str());
+        let known = zone.and_then(|z| self.destinations.of(z));
+        let max = usize::try_from(self.manifest.flow.session_marks).unwrap_or(usize::MAX);
+        match self.manifest.tools.get(tool) {
+            Some(t) => crate::flow::label(
+                flow,
+                &crate::flow::Output {
+                    tool: t,
+                    arguments,
+                    text,
+                    structured,
+                },
+                known,
+                max,
+            ),
+            // INVARIANT (fail towards stricter): output of a tool the manifest does not
+            // describe counts as untrusted.
+            None => crate::flow::label_untrusted(flow, tool, text, max),
+        }
     }
 
     /// The manifest this Governor decides under.
@@ -188,6 +235,7 @@ impl Governor {
             tool: p.tool.clone(),
             arguments_hash: sha256_tagged(canonical_args.as_bytes()),
             decided_at: now,
+            provenance: Vec::new(),
         };
         let call = Asked {
             p,
@@ -230,6 +278,7 @@ impl Governor {
         charging.outcome = settled.charged;
         let holds = held(settled.holds)?;
         let ready = judged?;
+        d.provenance.clone_from(&ready.provenance);
         let (tool, tier) = (ready.tool, ready.tier);
         self.cedar_applies(agent, tool, ready.cedar, d)?;
         paused(holds.paused, c.p, d)?;
@@ -245,7 +294,7 @@ impl Governor {
                 tier,
                 ready.trust_mode,
                 demoted,
-                ready.leak.as_deref(),
+                ready.leak.as_ref(),
                 c.now,
             ),
         };
@@ -279,9 +328,11 @@ impl Governor {
         credential_tools(c)?;
         let (tool, tier) = self.what(c.p, agent)?;
         let leak = egress(tool, c.evidence.found)?;
+        let (flow, provenance) = self.flow_step(agent, tool, c)?;
+        let leak = join_needs(leak, flow);
         let trust_mode = self.trust(agent, tool, tier)?;
         let cedar = self.cedar_says(agent, tool, c)?;
-        let needs = needs(agent, tier, trust_mode, None, leak.as_deref(), c.now);
+        let needs = needs(agent, tier, trust_mode, None, leak.as_ref(), c.now);
         Ok(Ready {
             tool,
             tier,
@@ -289,6 +340,7 @@ impl Governor {
             leak,
             cedar,
             needs,
+            provenance,
         })
     }
 
@@ -466,6 +518,77 @@ impl Governor {
             ));
         }
         Ok(trust_mode)
+    }
+
+    /// Step 5b, information flow (`docs/ifc.md`): for a tool with effects or controlling
+    /// arguments, where each argument's value came from in what the session has read. A value
+    /// read from untrusted output (`ifc.tainted`), a destination seen nowhere
+    /// (`ifc.unknown_destination`) and a session that has read more than the tool may carry
+    /// out (`ifc.classification`) each escalate, deny or pass as the manifest's `flow` says.
+    fn flow_step(
+        &self,
+        agent: &warden_manifest::manifest::Agent,
+        tool: &warden_manifest::manifest::Tool,
+        c: &Asked<'_>,
+    ) -> Step<(Option<Extra>, Vec<warden_core::decision::ArgProvenance>)> {
+        let Some(flow) = c.evidence.flow else {
+            return Ok((None, Vec::new()));
+        };
+        if !tool.effects && tool.controlling.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let settings = &self.manifest.flow;
+        let a = crate::flow::assess(
+            tool,
+            &c.p.arguments,
+            flow,
+            self.destinations.of(&agent.zone),
+            settings.learn_from_trusted,
+        );
+        let provenance = a.args.iter().map(|f| recorded(f, flow)).collect();
+        let mut found: Vec<(FlowAction, &str, String)> = Vec::with_capacity(3);
+        if let Some(f) = a.tainted() {
+            found.push((settings.on_taint, "ifc.tainted", why_tainted(tool, f, flow)));
+        }
+        if let Some(f) = a.unknown().filter(|_| tool.effects) {
+            found.push((
+                settings.on_unknown_destination,
+                "ifc.unknown_destination",
+                format!(
+                    "argument `{}` of `{}` names a destination that is not in the task, in any output the session read, or among the zone's known destinations",
+                    f.argument, tool.name
+                ),
+            ));
+        }
+        if a.over_classified {
+            found.push((
+                settings.on_classification,
+                "ifc.classification",
+                format!(
+                    "the session has read data classified above `{}`, the most `{}` may carry out",
+                    tool.egress_level.as_str(),
+                    tool.name
+                ),
+            ));
+        }
+        // INVARIANT (fail-closed): a deny wins over an escalation, whatever the order found.
+        if let Some((_, rule, why)) = found.iter().find(|(act, _, _)| *act == FlowAction::Deny) {
+            return Err(Stop::deny(*rule, why.clone()));
+        }
+        let mut extra: Option<Extra> = None;
+        for (_, rule, why) in found
+            .into_iter()
+            .filter(|(act, _, _)| *act == FlowAction::Escalate)
+        {
+            extra = join_needs(
+                extra,
+                Some(Extra {
+                    rules: vec![rule.to_owned()],
+                    why,
+                }),
+            );
+        }
+        Ok((extra, provenance))
     }
 
     /// Step 7, Cedar, evaluated: what the policies say about the call ([`Self::cedar_applies`]
@@ -894,8 +1017,11 @@ struct Ready<'m> {
     tool: &'m warden_manifest::manifest::Tool,
     tier: &'m warden_manifest::manifest::Tier,
     trust_mode: TrustMode,
-    /// Why the arguments need approval to leave through an egress tool (step 5).
-    leak: Option<String>,
+    /// Why the call needs its owner's approval for what its arguments carry (step 5: a leak
+    /// through an egress tool; step 5b: an information-flow finding), and the rules.
+    leak: Option<Extra>,
+    /// Where each judged argument came from (step 5b).
+    provenance: Vec<warden_core::decision::ArgProvenance>,
     /// Cedar's answer, applied after the holds.
     cedar: CedarOutcome,
     /// Step 10 for an agent under no demotion.
@@ -999,7 +1125,7 @@ fn credential_tools(c: &Asked<'_>) -> Step<()> {
 /// Step 5, egress (INV-011): nothing classified above the destination leaves through the
 /// arguments of an egress tool: denied, or (the tool's `on_leak: escalate`) the reason its
 /// owner must approve.
-fn egress(tool: &warden_manifest::manifest::Tool, found: &[&str]) -> Step<Option<String>> {
+fn egress(tool: &warden_manifest::manifest::Tool, found: &[&str]) -> Step<Option<Extra>> {
     if tool.egress.is_empty() {
         return Ok(None);
     }
@@ -1020,7 +1146,80 @@ fn egress(tool: &warden_manifest::manifest::Tool, found: &[&str]) -> Step<Option
     );
     match tool.on_leak {
         warden_manifest::raw::LeakAction::Deny => Err(Stop::deny("egress.leak", why)),
-        warden_manifest::raw::LeakAction::Escalate => Ok(Some(why)),
+        warden_manifest::raw::LeakAction::Escalate => Ok(Some(Extra {
+            rules: vec!["egress.leak".into()],
+            why,
+        })),
+    }
+}
+
+/// The reason for `ifc.tainted`: the argument, and the tool whose output it came from.
+fn why_tainted(
+    tool: &warden_manifest::manifest::Tool,
+    f: &crate::flow::ArgFinding,
+    flow: &warden_core::flow::SessionFlow,
+) -> String {
+    let what = match (f.controlling, f.kind) {
+        (true, _) => "a value".to_owned(),
+        (false, Some(k)) => format!("an identifier ({})", k.as_str()),
+        (false, None) => "text".to_owned(),
+    };
+    let from = match f.provenance {
+        crate::flow::Provenance::Tainted { output: Some(i) } => source_tool(flow, i).map_or_else(
+            || format!("untrusted output {i}"),
+            |t| format!("the output of `{t}` (output {i})"),
+        ),
+        _ => "an output the session read past its flow's bound".to_owned(),
+    };
+    format!(
+        "argument `{}` of `{}` carries {what} read from {from}, not from the task, a trusted output or a known destination",
+        f.argument, tool.name
+    )
+}
+
+/// The tool that produced output `index` of the session.
+fn source_tool(flow: &warden_core::flow::SessionFlow, index: u32) -> Option<&str> {
+    flow.sources
+        .iter()
+        .find(|s| s.index == index)
+        .map(|s| s.tool.as_str())
+}
+
+/// A finding as the decision records it: names and sources, never the value.
+fn recorded(
+    f: &crate::flow::ArgFinding,
+    flow: &warden_core::flow::SessionFlow,
+) -> warden_core::decision::ArgProvenance {
+    let output = match f.provenance {
+        crate::flow::Provenance::Tainted { output } => output,
+        crate::flow::Provenance::Lookup { output } => Some(output),
+        _ => None,
+    };
+    warden_core::decision::ArgProvenance {
+        argument: f.argument.clone(),
+        from: f.provenance.as_str().to_owned(),
+        kind: f.kind.map(|k| k.as_str().to_owned()),
+        tool: output.and_then(|i| source_tool(flow, i)).map(str::to_owned),
+        output,
+    }
+}
+
+/// What a call's arguments carry that needs its owner's approval: the rules and why.
+#[derive(Debug, Clone)]
+struct Extra {
+    rules: Vec<String>,
+    why: String,
+}
+
+/// Both needs of step 5 as one.
+fn join_needs(a: Option<Extra>, b: Option<Extra>) -> Option<Extra> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a.rules.extend(b.rules);
+            a.why = format!("{}; and {}", a.why, b.why);
+            Some(a)
+        }
+        (a, b) => a.or(b),
     }
 }
 
@@ -1133,7 +1332,7 @@ fn needs(
     tier: &warden_manifest::manifest::Tier,
     trust_mode: TrustMode,
     demoted: Option<warden_core::state::Hold>,
-    leak: Option<&str>,
+    leak: Option<&Extra>,
     now: UnixSeconds,
 ) -> Needs {
     let mut rules = Vec::with_capacity(3);
@@ -1234,15 +1433,15 @@ fn trust_level(
 /// add that need to whatever the call already needs.
 fn leak_needs(
     agent: &warden_manifest::manifest::Agent,
-    leak: Option<&str>,
+    leak: Option<&Extra>,
     escalation: Option<Escalation>,
     reason: String,
     rules: &mut Vec<String>,
 ) -> (Option<Escalation>, String) {
-    let Some(why) = leak else {
+    let Some(Extra { rules: fired, why }) = leak else {
         return (escalation, reason);
     };
-    rules.push("egress.leak".into());
+    rules.extend(fired.iter().cloned());
     let escalation = if needs_approvers(escalation.as_ref()) {
         escalation
     } else {
@@ -1309,6 +1508,7 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         tool: p.tool.clone(),
         arguments_hash: warden_core::canonical::json_digest(&p.arguments),
         decided_at: now,
+        provenance: Vec::new(),
     }
 }
 
@@ -1327,6 +1527,9 @@ pub struct Evidence<'a> {
     /// What the approval book holds for this call, weighed at the approval step (when the
     /// call would escalate); `None`: no approval or request for it.
     pub approval: Option<ApprovalEvidence<'a>>,
+    /// What the call's session has read (information-flow control, `docs/ifc.md`); `None`:
+    /// the caller keeps no flow, and no flow rule applies.
+    pub flow: Option<&'a warden_core::flow::SessionFlow>,
 }
 
 /// What the approval book holds for the call being decided.

@@ -31,6 +31,7 @@
 
 pub mod cedar;
 pub mod decide;
+pub mod flow;
 mod native;
 
 // The manifest model lives in `warden-manifest` (the Executor depends on it, not on this crate);

@@ -19,7 +19,7 @@ use crate::breakers::Observed;
 use crate::caller::Caller;
 use crate::runtime::{Runtime, Shared};
 use warden_core::{Decision, Proposal, Verdict};
-use warden_executor::{ExecError, Executor};
+use warden_executor::ExecError;
 pub use warden_identity::approval::Status as ApprovalStatus;
 use warden_identity::approval::Status;
 use warden_identity::GrantError;
@@ -200,7 +200,7 @@ impl Runtime {
     pub fn dry_run(&self, proposal: &Proposal) -> Decision {
         let s = &self.shared;
         let governor = s.governor.get();
-        let found = egress_findings(&governor, &s.executor, proposal);
+        let found = crate::flows::egress_findings(&governor, s.executor.redactor(), proposal);
         // INVARIANT (a dry run spends nothing): anyone on the host can name any agent here, so
         // the decision is made over read-only state and is neither recorded nor acted on.
         governor.decide_scanned(
@@ -218,23 +218,6 @@ impl Runtime {
             .approvals
             .get(id, crate::now_unix_ms())
             .map(|r| Approval::of(&r))
-    }
-}
-
-/// What the Executor's detectors find in the arguments of an egress tool (exact secrets, and
-/// the tool's `redact` set): the Governor decides on it (INV-011). Nothing for other tools.
-fn egress_findings(
-    governor: &warden_policy::Governor,
-    executor: &Executor,
-    proposal: &Proposal,
-) -> Vec<&'static str> {
-    match governor.manifest().tools.get(&proposal.tool) {
-        Some(t) if !t.egress.is_empty() => executor
-            .redactor()
-            .scan(&proposal.arguments, &t.redact)
-            .into_iter()
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
@@ -348,8 +331,10 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
         // was found.
         let governor = app.governor.get();
         let tool = governor.manifest().tools.get(&proposal.tool);
-        let found = egress_findings(&governor, &app.executor, proposal);
+        let found = crate::flows::egress_findings(&governor, app.executor.redactor(), proposal);
         let redact = tool.map(|t| t.redact.clone()).unwrap_or_default();
+        let flow_key = warden_core::state::session_key(&proposal.agent, &proposal.session);
+        let flow = crate::flows::load(app.flows.as_ref(), &flow_key);
         let governed = govern(
             app,
             &governor,
@@ -358,6 +343,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             identity.chain.clone(),
             identity.tools.as_ref(),
             &found,
+            &flow,
             approval.filter(|_| attempt == 1),
         )
         .await;
@@ -438,6 +424,23 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
         breaker(app, &decision, seen).await;
         match result {
             Ok(executed) => {
+                // INVARIANT (fail-closed, issue 23): the agent sees a result only once it is
+                // labelled in its session's flow; the next call is decided with it.
+                if let Err(why) = crate::flows::record_result(
+                    app.flows.as_ref(),
+                    &governor,
+                    app.executor.redactor(),
+                    &flow_key,
+                    proposal,
+                    &executed.result,
+                ) {
+                    return Outcome::Failed {
+                        decision,
+                        request_id,
+                        index,
+                        error: why,
+                    };
+                }
                 return Outcome::Ran {
                     decision,
                     request_id,
@@ -446,7 +449,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
                         result: executed.result,
                         receipt_index: executed.receipt_index,
                     }),
-                }
+                };
             }
             // The manifest moved on between decision and execution: decide again, once.
             Err(ExecError::Grant(GrantError::ManifestChanged { granted, current }))
@@ -527,6 +530,7 @@ async fn govern(
     chain: Vec<String>,
     credential_tools: Option<&std::collections::BTreeSet<String>>,
     found: &[&str],
+    flow: &warden_core::flow::SessionFlow,
     approval_id: Option<&str>,
 ) -> Governed {
     // The whole decision runs under the one Governor snapshot the caller took (the same one its
@@ -544,6 +548,7 @@ async fn govern(
         awaiting_approval: claimed.awaits(),
         credential_tools,
         approval: claimed.evidence(),
+        flow: Some(flow),
     };
     let deciding = std::time::Instant::now();
     let decision = governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);

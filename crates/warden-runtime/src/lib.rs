@@ -37,6 +37,7 @@ pub mod caller;
 pub mod current;
 pub mod dry_run;
 pub mod execution;
+pub mod flows;
 pub mod governance;
 pub mod governed;
 pub mod keyfile;
@@ -45,6 +46,7 @@ pub mod notify;
 pub mod operator;
 pub mod promotion;
 pub mod recovery;
+pub mod replay;
 pub mod revocations;
 pub mod runtime;
 pub mod starter;
@@ -52,6 +54,7 @@ pub mod witness;
 pub mod witnessing;
 
 pub use caller::{Caller, Refusal, RefusalKind};
+pub use flows::TaskRefused;
 pub use governed::{Call, Outcome};
 pub use runtime::{Backends, Config, Runtime, RuntimeError};
 

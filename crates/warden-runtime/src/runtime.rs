@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     pub(crate) admin_token: [u8; 32],
     /// Events on their way to the webhooks (approval requests, brakes, tripped breakers).
     pub(crate) events: Arc<dyn EventQueue>,
+    /// What each session has read (information-flow labels).
+    pub(crate) flows: Arc<dyn warden_core::flow::FlowStore>,
     /// What `/metrics` reports.
     pub(crate) metrics: crate::metrics::Metrics,
     /// What it was assembled from.
@@ -242,6 +244,8 @@ pub struct Backends {
     pub revocations: Arc<dyn warden_identity::RevocationStore>,
     /// What operators are told about, on its way to the webhooks.
     pub events: Arc<dyn EventQueue>,
+    /// What each session has read (information-flow labels, `docs/ifc.md`).
+    pub flows: Arc<dyn warden_core::flow::FlowStore>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -304,6 +308,7 @@ impl Backends {
                 )?),
                 None => Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
             },
+            flows: Arc::new(warden_state::MemoryFlows::default()),
         })
     }
 }
@@ -346,6 +351,7 @@ impl Runtime {
             approvals,
             revocations,
             events,
+            flows,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         close_interrupted(&config, &ledger)?;
@@ -392,6 +398,7 @@ impl Runtime {
                 breakers: crate::breakers::Breakers::default(),
                 admin_token,
                 events,
+                flows,
                 metrics: crate::metrics::Metrics::default(),
                 config,
             }),

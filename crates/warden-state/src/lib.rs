@@ -23,6 +23,7 @@
 mod engine;
 mod events;
 mod file;
+mod flows;
 mod memory;
 mod redis_events;
 mod redis_pool;
@@ -30,6 +31,7 @@ mod redis_store;
 
 pub use events::MemoryEvents;
 pub use file::{FileState, OpenError};
+pub use flows::MemoryFlows;
 pub use memory::MemoryState;
 pub use redis_events::RedisEvents;
 pub use redis_store::RedisState;

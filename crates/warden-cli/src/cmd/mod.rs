@@ -17,6 +17,7 @@ mod init;
 mod keys;
 mod ledger;
 mod manifest;
+mod replay;
 mod sandbox;
 mod serve;
 mod upstreams;
@@ -60,6 +61,10 @@ enum Command {
     ///
     /// Exit status: 0 allow, 1 deny, 3 escalate, 2 usage or input error.
     Check(check::Args),
+    /// Decide recorded sessions again under a manifest: each trace (JSON lines: id, task,
+    /// steps with tool, arguments and output) as a fresh session, one decision per step as a
+    /// JSON line (`trace`, `step`, `tool`, `decision`, `rules`, `reason`).
+    Replay(replay::Args),
     /// Validate, hash, compare and describe manifests.
     #[command(subcommand)]
     Manifest(manifest::Command),
@@ -137,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(a) => check::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::Manifest(c) => manifest::run(c),
         Command::Ledger(a) => ledger::run(a),
         Command::Agents(c) => agents::run(c),

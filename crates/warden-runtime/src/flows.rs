@@ -1,0 +1,193 @@
+//! The information-flow steps of the governed path (issue 23, `docs/ifc.md`): the evidence a
+//! decision reads about what the session has read, and the labelling of each result the agent
+//! sees. The live path ([`crate::governed`]) and `warden replay` ([`crate::replay`]) share them.
+
+use std::collections::BTreeSet;
+use warden_core::flow::SessionFlow;
+use warden_core::Proposal;
+use warden_executor::Redactor;
+use warden_policy::Governor;
+
+/// What the Executor's detectors find in the arguments of an egress tool (exact secrets, and
+/// the tool's `redact` set): the Governor decides on it (INV-011). Nothing for other tools.
+#[must_use]
+pub fn egress_findings(
+    governor: &Governor,
+    redactor: &Redactor,
+    proposal: &Proposal,
+) -> Vec<&'static str> {
+    match governor.manifest().tools.get(&proposal.tool) {
+        Some(t) if !t.egress.is_empty() => redactor
+            .scan(&proposal.arguments, &t.redact)
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `text` as the agent may see it: redacted with the Executor's detectors (exact secrets, and
+/// the tool's `redact` set), as a live result is.
+#[must_use]
+pub fn redacted(governor: &Governor, redactor: &Redactor, tool: &str, text: &str) -> String {
+    let empty = BTreeSet::new();
+    let on = governor
+        .manifest()
+        .tools
+        .get(tool)
+        .map_or(&empty, |t| &t.redact);
+    redactor
+        .redact_str(text, on)
+        .map_or_else(|| text.to_owned(), |(r, _)| r)
+}
+
+/// Records a result of `proposal` in the session's `flow`, labelled as the manifest says:
+/// `text` is what the agent saw (the redacted result), `structured` its structured form if it
+/// has one (else `text` is parsed as JSON when it is an object or an array).
+pub fn after_result(
+    governor: &Governor,
+    redactor: &Redactor,
+    agent: &str,
+    flow: &mut SessionFlow,
+    proposal: &Proposal,
+    text: &str,
+    structured: Option<&serde_json::Value>,
+) {
+    let shown = redacted(governor, redactor, &proposal.tool, text);
+    let parsed: Option<serde_json::Value> = match structured {
+        Some(_) => None,
+        None => serde_json::from_str::<serde_json::Value>(&shown)
+            .ok()
+            .filter(|v| v.is_object() || v.is_array()),
+    };
+    governor.label_output(
+        agent,
+        flow,
+        &proposal.tool,
+        &proposal.arguments,
+        &shown,
+        structured.or(parsed.as_ref()),
+    );
+}
+
+/// The flow of `session_key`; if the store does not answer, a flow that judges every value
+/// not known to be clean as tainted (fail closed: stricter, never looser).
+#[must_use]
+pub fn load(store: &dyn warden_core::flow::FlowStore, session_key: &str) -> SessionFlow {
+    store.load(session_key).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "session flow unavailable; judging as if everything read was untrusted");
+        SessionFlow {
+            saturated: true,
+            read_untrusted: true,
+            ..SessionFlow::default()
+        }
+    })
+}
+
+/// Labels a live result (as redacted for the agent) in its session's flow.
+///
+/// # Errors
+/// Why the flow could not be written (the result is then withheld).
+pub fn record_result(
+    store: &dyn warden_core::flow::FlowStore,
+    governor: &Governor,
+    redactor: &Redactor,
+    session_key: &str,
+    proposal: &Proposal,
+    result: &rmcp::model::CallToolResult,
+) -> Result<(), String> {
+    let text: String = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let structured = result.structured_content.as_ref();
+    store
+        .update(session_key, &mut |flow| {
+            after_result(
+                governor,
+                redactor,
+                &proposal.agent,
+                flow,
+                proposal,
+                &text,
+                structured,
+            );
+            Ok(())
+        })
+        .map_err(|e| format!("the result could not be labelled in the session's flow: {e}"))
+}
+
+/// Declares `task` for the session `session_key`.
+///
+/// # Errors
+/// The task is fixed already, too long, or the store did not answer.
+pub fn declare(
+    store: &dyn warden_core::flow::FlowStore,
+    session_key: &str,
+    task: &str,
+) -> Result<warden_core::flow::Task, TaskRefused> {
+    let mut declared = None;
+    store
+        .update(session_key, &mut |flow| {
+            warden_policy::flow::declare_task(flow, task)
+                .map_err(|e| warden_core::flow::FlowError::TaskFixed(task_reason(&e)))?;
+            declared.clone_from(&flow.task);
+            Ok(())
+        })
+        .map_err(|e| TaskRefused(e.to_string()))?;
+    declared.ok_or_else(|| TaskRefused("the task was not kept".into()))
+}
+
+fn task_reason(e: &warden_policy::flow::TaskError) -> &'static str {
+    match e {
+        warden_policy::flow::TaskError::AfterOutput => "the session has already read tool output",
+        warden_policy::flow::TaskError::Different => "a different task was declared",
+        warden_policy::flow::TaskError::TooLong(_) => "the task is longer than 64 KiB",
+    }
+}
+
+/// Why a task was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task refused: {0}")]
+pub struct TaskRefused(pub String);
+
+impl crate::Runtime {
+    /// Declares the user's request as `caller`'s session's task (trusted input for information
+    /// flow): fixed once the session has read any output; recorded in the ledger as its hash
+    /// and length (`session.task`), never its text.
+    ///
+    /// # Errors
+    /// [`TaskRefused`]: fixed already, too long, or the store or the ledger did not answer.
+    pub async fn declare_task(
+        &self,
+        caller: &crate::caller::Caller,
+        session: &str,
+        task: &str,
+    ) -> Result<warden_core::flow::Task, TaskRefused> {
+        let s = &self.shared;
+        let identity = caller.identity();
+        let key = warden_core::state::session_key(&identity.agent, session);
+        // Checked on a copy first: only a task that will be kept is recorded, and it is
+        // recorded before it counts.
+        let mut probe = s.flows.load(&key).map_err(|e| TaskRefused(e.to_string()))?;
+        warden_policy::flow::declare_task(&mut probe, task)
+            .map_err(|e| TaskRefused(task_reason(&e).to_owned()))?;
+        let declared = probe
+            .task
+            .ok_or_else(|| TaskRefused("the task was not kept".into()))?;
+        let about = crate::witness::About {
+            agent: &identity.agent,
+            tenant: &identity.tenant,
+            session,
+            ..crate::witness::About::default()
+        };
+        let reason = format!("task {} ({} bytes)", declared.hash, declared.len);
+        // INVARIANT (recorded): a task the ledger did not take is not acknowledged.
+        if !crate::witness::record(&s.ledger, "session.task", about, reason).await {
+            return Err(TaskRefused("the ledger did not record the task".into()));
+        }
+        declare(s.flows.as_ref(), &key, task)?;
+        Ok(declared)
+    }
+}

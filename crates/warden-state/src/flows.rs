@@ -1,0 +1,82 @@
+//! Sessions' information flow kept in process ([`FlowStore`] for one instance).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use warden_core::flow::{FlowError, FlowStore, SessionFlow};
+use warden_core::state::StateError;
+
+/// Flows in memory, each forgotten once its session has been idle for `idle` (as the
+/// session's call history is). Nothing survives a restart: a session that continues after one
+/// starts with no labels, which the documentation states (docs/ifc.md).
+#[derive(Debug)]
+pub struct MemoryFlows {
+    idle: Duration,
+    flows: Mutex<Flows>,
+}
+
+/// Each session's flow and when it was last used.
+type Flows = HashMap<String, (SessionFlow, Instant)>;
+
+impl MemoryFlows {
+    /// Flows forgotten after `idle` without a call or an output.
+    #[must_use]
+    pub fn new(idle: Duration) -> Self {
+        MemoryFlows {
+            idle,
+            flows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Flows>, StateError> {
+        self.flows
+            .lock()
+            .map_err(|_| StateError::Unavailable("flow store lock poisoned".into()))
+    }
+}
+
+impl Default for MemoryFlows {
+    fn default() -> Self {
+        MemoryFlows::new(Duration::from_secs(24 * 3600))
+    }
+}
+
+/// Sessions held before idle ones are swept on the next insert.
+const SWEEP_AT: usize = 4096;
+
+impl FlowStore for MemoryFlows {
+    fn load(&self, session_key: &str) -> Result<SessionFlow, StateError> {
+        let now = Instant::now();
+        let mut flows = self.lock()?;
+        Ok(match flows.get_mut(session_key) {
+            Some((f, used)) if now.duration_since(*used) < self.idle => {
+                *used = now;
+                f.clone()
+            }
+            _ => SessionFlow::default(),
+        })
+    }
+
+    fn update(
+        &self,
+        session_key: &str,
+        change: &mut dyn FnMut(&mut SessionFlow) -> Result<(), FlowError>,
+    ) -> Result<(), FlowError> {
+        let now = Instant::now();
+        let mut flows = self.lock()?;
+        if flows.len() >= SWEEP_AT && !flows.contains_key(session_key) {
+            let idle = self.idle;
+            flows.retain(|_, (_, used)| now.duration_since(*used) < idle);
+        }
+        let entry = flows
+            .entry(session_key.to_owned())
+            .or_insert_with(|| (SessionFlow::default(), now));
+        if now.duration_since(entry.1) >= self.idle {
+            entry.0 = SessionFlow::default();
+        }
+        let mut next = entry.0.clone();
+        change(&mut next)?;
+        *entry = (next, now);
+        Ok(())
+    }
+}
