@@ -181,6 +181,26 @@ fn refusal(text: String) -> CallToolResponse {
 }
 
 impl ServerHandler for McpFront {
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, McpError> {
+        // Over stdio the session exists before `initialize`: its task is declared here (over
+        // HTTP the gate declares it once the session is opened).
+        if self.fixed.is_some() {
+            if let Some(task) = ctx.meta.get(TASK_META).and_then(|v| v.as_str()) {
+                let (caller, session, ..) = self.caller(&ctx)?;
+                self.app
+                    .declare_task(&caller, &session, task)
+                    .await
+                    .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+            }
+        }
+        ctx.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
         info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
@@ -254,6 +274,13 @@ impl ServerHandler for McpFront {
             Some(serde_json::Value::Number(n)) => Some(n.as_u64().unwrap_or(0)),
             _ => None,
         };
+        // `warden/task`: the user's request, declared by the host before the session has read
+        // anything (every revision has `_meta` on a call; `initialize` is not always sent).
+        if let Some(serde_json::Value::String(task)) = meta(TASK_META) {
+            if let Err(e) = self.app.declare_task(&caller, &session, &task).await {
+                return Ok(refusal(format!("Warden refused the call: {e}")));
+            }
+        }
         let call = Call {
             session,
             tool: request.name.to_string(),
@@ -370,7 +397,7 @@ fn progress_sink(
 
 fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String {
     use warden_core::Escalation as E;
-    match e {
+    let who = match e {
         Some(E::Approvers { approvers, role }) => {
             format!("{approvers} approver(s) with role `{role}` must approve")
         }
@@ -378,7 +405,13 @@ fn escalation_text(e: Option<&warden_core::Escalation>, reason: &str) -> String 
         Some(E::Owner { owner }) => format!("the agent's owner `{owner}` must approve"),
         Some(E::Queued { until, .. }) => format!("queued until the tier's window opens at {until}"),
         // The Governor's reason says what is paused (the session or the agent) and why.
-        Some(E::SessionPaused { .. }) | None => reason.to_owned(),
+        Some(E::SessionPaused { .. }) | None => return reason.to_owned(),
+    };
+    // The Governor's reason says why (a tier, a trust level, what the arguments carry).
+    if reason.is_empty() {
+        who
+    } else {
+        format!("{who} ({reason})")
     }
 }
 
@@ -528,6 +561,27 @@ impl<'de> serde::Deserialize<'de> for Kind {
         d.deserialize_any(V)
     }
 }
+
+/// The task an `initialize` declares in its `_meta` (`warden/task`), if it is a string.
+fn initialize_task(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    let m: Message = serde_json::from_slice(body).ok()?;
+    match m.params?.meta?.remove(TASK_META)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The `_meta` key on `initialize` that declares the session's task (`docs/ifc.md`).
+pub const TASK_META: &str = "warden/task";
 
 fn peek(body: &[u8]) -> Peeked {
     #[derive(serde::Deserialize)]
@@ -717,6 +771,11 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         });
     let agent = caller.agent().to_owned();
     let chain = caller.lineage();
+    let task = match (&peeked, &posted) {
+        (Peeked::Initialize, Some(body)) => initialize_task(body),
+        _ => None,
+    };
+    let declarer = task.as_ref().map(|_| caller.clone());
     req.extensions_mut().insert(Arc::new(McpCaller {
         caller,
         session,
@@ -729,6 +788,18 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
         match g.sessions.open(&credential, &agent, chain) {
             Ok(id) => {
+                // The task the host declared (`_meta` `warden/task`) is the new session's
+                // trusted input; one that cannot be kept refuses the session.
+                if let (Some(task), Some(c)) = (&task, &declarer) {
+                    if let Err(e) = g.app.declare_task(c, &id, task).await {
+                        let _ = g.sessions.close(&id, &credential);
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            "session.task_refused",
+                            e.to_string(),
+                        );
+                    }
+                }
                 if let Ok(v) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert("mcp-session-id", v);
                 }

@@ -138,20 +138,32 @@ async fn sessions(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) -
     #[serde(deny_unknown_fields)]
     struct Open {
         session: String,
+        /// The user's request: the session's task (trusted input, `docs/ifc.md`).
+        #[serde(default)]
+        task: Option<String>,
     }
     let open: Open = match serde_json::from_slice(&body) {
         Ok(o) => o,
         Err(e) => return error(StatusCode::BAD_REQUEST, "session.invalid", e.to_string()),
     };
-    match app.open_session(&caller, &open.session) {
-        Ok(s) => Json(json!({
-            "session": open.session,
-            "lineage": s.lineage,
-            "expires_at": s.expires_at,
-        }))
-        .into_response(),
-        Err(r) => refused(r),
-    }
+    let opened = match app.open_session(&caller, &open.session) {
+        Ok(s) => s,
+        Err(r) => return refused(r),
+    };
+    let task = match &open.task {
+        None => None,
+        Some(t) => match app.declare_task(&caller, &open.session, t).await {
+            Ok(t) => Some(json!({"hash": t.hash, "len": t.len})),
+            Err(e) => return error(StatusCode::CONFLICT, "session.task_refused", e.to_string()),
+        },
+    };
+    Json(json!({
+        "session": open.session,
+        "lineage": opened.lineage,
+        "expires_at": opened.expires_at,
+        "task": task,
+    }))
+    .into_response()
 }
 
 /// `POST /v1/proposals`: a proposal signed by an enrolled agent (credential in

@@ -10,6 +10,7 @@
 mod approvals;
 mod breakers;
 mod https;
+mod ifc;
 mod metrics;
 mod promotion;
 mod sandboxed;
