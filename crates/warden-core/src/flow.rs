@@ -148,13 +148,15 @@ pub enum FlowError {
 /// fleet. Every change is one atomic read-modify-write, so two outputs of one session read at
 /// once both count.
 pub trait FlowStore: Send + Sync {
-    /// The flow of `session_key` (`agent/session`), or an empty one.
+    /// The flow of `session_key` (`agent/session`), or an empty one. Shared, not copied: a
+    /// decision reads it once.
     ///
     /// # Errors
     /// The store did not answer (the caller fails closed).
-    fn load(&self, session_key: &str) -> Result<SessionFlow, StateError>;
+    fn load(&self, session_key: &str) -> Result<std::sync::Arc<SessionFlow>, StateError>;
 
-    /// Applies `change` to the flow of `session_key` atomically.
+    /// Applies `change` to the flow of `session_key` atomically. A `change` that refuses must
+    /// do so before it changes anything.
     ///
     /// # Errors
     /// The store did not answer, or `change` refused.

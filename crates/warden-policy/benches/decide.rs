@@ -262,6 +262,7 @@ fn phases(g: &Governor, gen: &Gen, n: usize) {
             arg_type: g.arg_type(&p.tool),
             session: &p.session,
             hour: 10,
+            flow: Default::default(),
         };
         let (outcome, used_cedar) = g.cedar().evaluate_call(&p.agent, &p.tool, facts).unwrap();
         assert!(!used_cedar);

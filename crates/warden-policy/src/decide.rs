@@ -331,7 +331,13 @@ impl Governor {
         let (flow, provenance) = self.flow_step(agent, tool, c)?;
         let leak = join_needs(leak, flow);
         let trust_mode = self.trust(agent, tool, tier)?;
-        let cedar = self.cedar_says(agent, tool, c)?;
+        let mut tainted: Vec<String> = provenance
+            .iter()
+            .filter(|p| p.from == "untrusted")
+            .map(|p| p.argument.clone())
+            .collect();
+        tainted.dedup();
+        let cedar = self.cedar_says(agent, tool, c, &tainted)?;
         let needs = needs(agent, tier, trust_mode, None, leak.as_ref(), c.now);
         Ok(Ready {
             tool,
@@ -598,6 +604,7 @@ impl Governor {
         agent: &warden_manifest::manifest::Agent,
         tool: &warden_manifest::manifest::Tool,
         c: &Asked<'_>,
+        tainted: &[String],
     ) -> Step<CedarOutcome> {
         let p = c.p;
         let hour = c.now.rem_euclid(DAY) / 3600;
@@ -613,22 +620,32 @@ impl Governor {
             t.check(&p.arguments, "")
                 .map_err(|e| context_error(e.to_string()))?;
         }
+        let flow = crate::cedar::FlowFacts {
+            tainted,
+            read_untrusted: c.evidence.flow.is_some_and(|f| f.read_untrusted),
+            classification: c
+                .evidence
+                .flow
+                .map_or("public", |f| crate::flow::level_name(f.classification)),
+        };
         let facts = CallFacts {
             agent,
             arguments: &p.arguments,
             arg_type: self.arg_types.get(&tool.name),
             session: &p.session,
             hour,
+            flow,
         };
         self.cedar
             .evaluate_with(&agent.id, &tool.name, Some(facts), || {
-                self.cedar.request(
+                self.cedar.request_with_flow(
                     &agent.id,
                     &tool.name,
                     self.arg_types.get(&tool.name),
                     &p.arguments,
                     &p.session,
                     hour,
+                    flow,
                 )
             })
             .map_err(|e| context_error(e.to_string()))

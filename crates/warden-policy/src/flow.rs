@@ -561,6 +561,17 @@ pub fn level(c: Classification) -> u8 {
     }
 }
 
+/// The name of a classification rank (what policies read as `session_classification`).
+#[must_use]
+pub fn level_name(rank: u8) -> &'static str {
+    match rank {
+        0 => "public",
+        1 => "internal",
+        2 => "confidential",
+        _ => "restricted",
+    }
+}
+
 /// Why a task could not be declared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {

@@ -55,4 +55,13 @@ pub mod fuzz {
     pub fn proposal(data: &[u8]) {
         let _ = warden_core::Proposal::from_json_slice(data);
     }
+
+    /// Scans arbitrary bytes as tool output and as a task (information flow).
+    pub fn flow(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let mut n = 0usize;
+        crate::flow::scan(&text, &mut |_, _| n += 1);
+        let mut f = warden_core::flow::SessionFlow::default();
+        let _ = crate::flow::declare_task(&mut f, &text);
+    }
 }

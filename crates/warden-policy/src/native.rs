@@ -434,6 +434,7 @@ pub(crate) struct Call<'a> {
     pub(crate) arg_type: Option<&'a ArgType>,
     pub(crate) session: &'a str,
     pub(crate) hour: i64,
+    pub(crate) flow: crate::cedar::FlowFacts<'a>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -605,6 +606,11 @@ impl<'a> Call<'a> {
                 "arguments" => self.args_record(),
                 "session" => Ok(V::Str(self.session)),
                 "hour" => Ok(V::Long(self.hour)),
+                "args_tainted" => Ok(V::Set(
+                    self.flow.tainted.iter().map(|t| V::Str(t)).collect(),
+                )),
+                "read_untrusted" => Ok(V::Bool(self.flow.read_untrusted)),
+                "session_classification" => Ok(V::Str(self.flow.classification)),
                 _ => Err(Stop::Unsupported),
             },
             V::Args(obj, attrs) => {
@@ -626,7 +632,15 @@ impl<'a> Call<'a> {
         match on {
             V::Ent(e) if *e == self.principal() => Ok(AGENT_ATTRS.contains(&attr)),
             V::Ent(e) if *e == self.resource() => Ok(TOOL_ATTRS.contains(&attr)),
-            V::Context => Ok(matches!(attr, "arguments" | "session" | "hour")),
+            V::Context => Ok(matches!(
+                attr,
+                "arguments"
+                    | "session"
+                    | "hour"
+                    | "args_tainted"
+                    | "read_untrusted"
+                    | "session_classification"
+            )),
             // Only declared attributes are projected into Cedar's record.
             V::Args(obj, attrs) => {
                 Ok(attrs.iter().any(|(n, _, _)| n == attr) && obj.contains_key(attr))

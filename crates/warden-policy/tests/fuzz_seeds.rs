@@ -61,6 +61,29 @@ fn proposal_seeds_never_panic() {
 }
 
 #[test]
+fn flow_seeds_never_panic() {
+    for s in seeds("flow") {
+        warden_policy::fuzz::flow(&s);
+    }
+    // Hostile shapes: separators only, one huge identifier, endless groups, odd Unicode.
+    let long = |unit: &str, n: usize| unit.repeat(n);
+    for text in [
+        long(".", 100_000),
+        long("@", 100_000),
+        long("a.", 50_000) + "com",
+        long("DE89 ", 20_000),
+        long("+1 ", 50_000),
+        long("x@y.", 30_000),
+        long("https://", 10_000),
+        long("\u{202e}İ\u{0307}ß.", 10_000),
+        long("www.a.com.B", 10_000),
+    ] {
+        warden_policy::fuzz::flow(text.as_bytes());
+    }
+    warden_policy::fuzz::flow(&[0xff, 0xfe, b'@', 0x80, b'.', b'c', b'o']);
+}
+
+#[test]
 fn broken_manifests_get_errors_that_name_the_problem() {
     let deep = format!("version: {}1{}", "[".repeat(50_000), "]".repeat(50_000));
     let e = warden_policy::parse_manifest("m.yaml", &deep)

@@ -242,7 +242,7 @@ proptest! {
             let tool = if write { "t.write" } else { "t.read" };
             let req = cedar.request(agent, tool, g.arg_type(tool), &args, session, hour).unwrap();
             let reference = cedar.evaluate_reference(&req);
-            let facts = CallFacts { agent: &g.manifest().agents[agent], arguments: &args, arg_type: g.arg_type(tool), session, hour };
+            let facts = CallFacts { agent: &g.manifest().agents[agent], arguments: &args, arg_type: g.arg_type(tool), session, hour, flow: Default::default() };
             let (native, used_cedar) = cedar.evaluate_call(agent, tool, facts).unwrap();
             prop_assert!(!used_cedar, "Cedar was consulted for {} {} {}\n{}", agent, tool, args, text);
             match (&native, &reference) {
@@ -279,6 +279,7 @@ fn outside_the_native_grammar_cedar_decides() {
             arg_type: g.arg_type("t.read"),
             session: "s",
             hour: 1,
+            flow: Default::default(),
         };
         let (outcome, used_cedar) = cedar.evaluate_call("a1", "t.read", facts).unwrap();
         assert!(used_cedar);
@@ -311,6 +312,7 @@ fn the_starter_policies_run_natively() {
         arg_type: g.arg_type("github.create_issue"),
         session: "s",
         hour: 1,
+        flow: Default::default(),
     };
     let (outcome, used_cedar) = g
         .cedar()

@@ -72,14 +72,17 @@ pub fn after_result(
 /// The flow of `session_key`; if the store does not answer, a flow that judges every value
 /// not known to be clean as tainted (fail closed: stricter, never looser).
 #[must_use]
-pub fn load(store: &dyn warden_core::flow::FlowStore, session_key: &str) -> SessionFlow {
+pub fn load(
+    store: &dyn warden_core::flow::FlowStore,
+    session_key: &str,
+) -> std::sync::Arc<SessionFlow> {
     store.load(session_key).unwrap_or_else(|e| {
         tracing::error!(error = %e, "session flow unavailable; judging as if everything read was untrusted");
-        SessionFlow {
+        std::sync::Arc::new(SessionFlow {
             saturated: true,
             read_untrusted: true,
             ..SessionFlow::default()
-        }
+        })
     })
 }
 
@@ -170,7 +173,12 @@ impl crate::Runtime {
         let key = warden_core::state::session_key(&identity.agent, session);
         // Checked on a copy first: only a task that will be kept is recorded, and it is
         // recorded before it counts.
-        let mut probe = s.flows.load(&key).map_err(|e| TaskRefused(e.to_string()))?;
+        let now = s.flows.load(&key).map_err(|e| TaskRefused(e.to_string()))?;
+        let mut probe = SessionFlow {
+            task: now.task.clone(),
+            outputs: now.outputs,
+            ..SessionFlow::default()
+        };
         warden_policy::flow::declare_task(&mut probe, task)
             .map_err(|e| TaskRefused(task_reason(&e).to_owned()))?;
         let declared = probe

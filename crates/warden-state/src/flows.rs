@@ -1,7 +1,7 @@
 //! Sessions' information flow kept in process ([`FlowStore`] for one instance).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_core::flow::{FlowError, FlowStore, SessionFlow};
 use warden_core::state::StateError;
@@ -16,7 +16,7 @@ pub struct MemoryFlows {
 }
 
 /// Each session's flow and when it was last used.
-type Flows = HashMap<String, (SessionFlow, Instant)>;
+type Flows = HashMap<String, (Arc<SessionFlow>, Instant)>;
 
 impl MemoryFlows {
     /// Flows forgotten after `idle` without a call or an output.
@@ -45,15 +45,15 @@ impl Default for MemoryFlows {
 const SWEEP_AT: usize = 4096;
 
 impl FlowStore for MemoryFlows {
-    fn load(&self, session_key: &str) -> Result<SessionFlow, StateError> {
+    fn load(&self, session_key: &str) -> Result<Arc<SessionFlow>, StateError> {
         let now = Instant::now();
         let mut flows = self.lock()?;
         Ok(match flows.get_mut(session_key) {
             Some((f, used)) if now.duration_since(*used) < self.idle => {
                 *used = now;
-                f.clone()
+                Arc::clone(f)
             }
-            _ => SessionFlow::default(),
+            _ => Arc::new(SessionFlow::default()),
         })
     }
 
@@ -70,13 +70,12 @@ impl FlowStore for MemoryFlows {
         }
         let entry = flows
             .entry(session_key.to_owned())
-            .or_insert_with(|| (SessionFlow::default(), now));
+            .or_insert_with(|| (Arc::new(SessionFlow::default()), now));
         if now.duration_since(entry.1) >= self.idle {
-            entry.0 = SessionFlow::default();
+            entry.0 = Arc::new(SessionFlow::default());
         }
-        let mut next = entry.0.clone();
-        change(&mut next)?;
-        *entry = (next, now);
-        Ok(())
+        entry.1 = now;
+        // Copied only while a decision still holds the previous version.
+        change(Arc::make_mut(&mut entry.0))
     }
 }

@@ -112,13 +112,14 @@ impl CedarIndex {
     ) -> Result<(CedarOutcome, bool), CedarError> {
         let mut used_cedar = false;
         let outcome = self.evaluate_traced(agent, tool, Some(facts), &mut used_cedar, || {
-            self.request(
+            self.request_with_flow(
                 agent,
                 tool,
                 facts.arg_type,
                 facts.arguments,
                 facts.session,
                 facts.hour,
+                facts.flow,
             )
         })?;
         Ok((outcome, used_cedar))
@@ -165,6 +166,7 @@ impl CedarIndex {
                 arg_type: f.arg_type,
                 session: f.session,
                 hour: f.hour,
+                flow: f.flow,
             }),
             _ => None,
         };
@@ -252,6 +254,32 @@ impl CedarIndex {
         session: &str,
         hour: i64,
     ) -> Result<Request, CedarError> {
+        self.request_with_flow(
+            agent,
+            tool,
+            arg_type,
+            arguments,
+            session,
+            hour,
+            super::FlowFacts::default(),
+        )
+    }
+
+    /// [`Self::request`], with what the session has read.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    #[expect(clippy::too_many_arguments, reason = "the parts of one Cedar request")]
+    pub fn request_with_flow(
+        &self,
+        agent: &str,
+        tool: &str,
+        arg_type: Option<&ArgType>,
+        arguments: &Value,
+        session: &str,
+        hour: i64,
+        flow: super::FlowFacts<'_>,
+    ) -> Result<Request, CedarError> {
         let principal = &self
             .agents
             .get(agent)
@@ -273,6 +301,22 @@ impl CedarIndex {
                 RestrictedExpression::new_string(session.to_string()),
             ),
             ("hour".to_string(), RestrictedExpression::new_long(hour)),
+            (
+                "args_tainted".to_string(),
+                RestrictedExpression::new_set(
+                    flow.tainted
+                        .iter()
+                        .map(|t| RestrictedExpression::new_string(t.clone())),
+                ),
+            ),
+            (
+                "read_untrusted".to_string(),
+                RestrictedExpression::new_bool(flow.read_untrusted),
+            ),
+            (
+                "session_classification".to_string(),
+                RestrictedExpression::new_string(flow.classification.to_owned()),
+            ),
         ])
         .map_err(|e| cedar_err("")(&e))?;
         Request::new(

@@ -97,6 +97,31 @@ pub struct CallFacts<'a> {
     pub session: &'a str,
     /// The hour of the day (UTC).
     pub hour: i64,
+    /// What the session has read (information flow).
+    pub flow: FlowFacts<'a>,
+}
+
+/// What a call's session has read, as policies see it in the context: `args_tainted` (the
+/// arguments whose value came from untrusted output), `read_untrusted` and
+/// `session_classification` (`docs/ifc.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowFacts<'a> {
+    /// Names of the tainted arguments.
+    pub tainted: &'a [String],
+    /// Whether the session has read untrusted output.
+    pub read_untrusted: bool,
+    /// The highest classification the session has read.
+    pub classification: &'a str,
+}
+
+impl Default for FlowFacts<'_> {
+    fn default() -> Self {
+        FlowFacts {
+            tainted: &[],
+            read_untrusted: false,
+            classification: "public",
+        }
+    }
 }
 
 /// What Cedar concluded for one request.
