@@ -1523,6 +1523,7 @@ async fn a_call_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() 
             tool: "demo.echo".into(),
             arguments_hash: "sha256:11".into(),
             time: warden_runtime::now_unix(),
+            provenance: Vec::new(),
         };
         ledger
             .append(&warden_ledger::Entry::Decision(cut_off))

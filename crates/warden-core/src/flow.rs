@@ -167,9 +167,249 @@ pub trait FlowStore: Send + Sync {
     ) -> Result<(), FlowError>;
 }
 
+/// Why stored bytes are not a session flow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored session flow is damaged: {0}")]
+pub struct DecodeError(&'static str);
+
+/// The format version [`SessionFlow::to_bytes`] writes.
+const FORMAT: u8 = 1;
+
+impl Kind {
+    fn from_tag(t: u8) -> Option<Kind> {
+        Some(match t {
+            1 => Kind::Word,
+            2 => Kind::Email,
+            3 => Kind::Url,
+            4 => Kind::Host,
+            5 => Kind::Iban,
+            6 => Kind::Number,
+            _ => return None,
+        })
+    }
+}
+
+impl SessionFlow {
+    /// The flow as bytes, for a store shared by a fleet (a version byte, then each field,
+    /// lengths as 4-byte big-endian counts).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.marks() * 20 + self.sources.len() * 48);
+        b.push(FORMAT);
+        match &self.task {
+            Some(t) => {
+                b.push(1);
+                put_str(&mut b, &t.hash);
+                b.extend_from_slice(&(t.len as u64).to_be_bytes());
+            }
+            None => b.push(0),
+        }
+        b.push(self.classification);
+        b.push(u8::from(self.read_untrusted));
+        b.push(u8::from(self.saturated));
+        b.extend_from_slice(&self.outputs.to_be_bytes());
+        put_len(&mut b, self.task_marks.len());
+        self.task_marks
+            .iter()
+            .for_each(|m| b.extend_from_slice(&m.to_be_bytes()));
+        put_len(&mut b, self.trusted.len());
+        self.trusted
+            .iter()
+            .for_each(|m| b.extend_from_slice(&m.to_be_bytes()));
+        put_len(&mut b, self.untrusted.len());
+        for (m, i) in &self.untrusted {
+            b.extend_from_slice(&m.to_be_bytes());
+            b.extend_from_slice(&i.to_be_bytes());
+        }
+        put_len(&mut b, self.sources.len());
+        for s in &self.sources {
+            put_str(&mut b, &s.tool);
+            b.extend_from_slice(&s.index.to_be_bytes());
+            b.push(u8::from(s.named));
+            put_len(&mut b, s.unique.len());
+            for (k, m) in &s.unique {
+                b.push(k.tag());
+                b.extend_from_slice(&m.to_be_bytes());
+            }
+        }
+        b
+    }
+
+    /// A flow from [`Self::to_bytes`]. Never panics; damaged or foreign bytes are an error.
+    ///
+    /// # Errors
+    /// [`DecodeError`] naming what was wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SessionFlow, DecodeError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != FORMAT {
+            return Err(DecodeError("unknown format version"));
+        }
+        let task = match r.u8()? {
+            0 => None,
+            1 => Some(Task {
+                hash: r.string()?,
+                len: usize::try_from(r.u64()?).map_err(|_| DecodeError("task length"))?,
+            }),
+            _ => return Err(DecodeError("task flag")),
+        };
+        let classification = r.u8()?;
+        let read_untrusted = r.bool()?;
+        let saturated = r.bool()?;
+        let outputs = r.u32()?;
+        let n = r.len(16)?;
+        let task_marks = (0..n).map(|_| r.u128()).collect::<Result<_, _>>()?;
+        let n = r.len(16)?;
+        let trusted = (0..n).map(|_| r.u128()).collect::<Result<_, _>>()?;
+        let n = r.len(20)?;
+        let untrusted = (0..n)
+            .map(|_| Ok((r.u128()?, r.u32()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        let n = r.len(10)?;
+        let mut sources = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tool = r.string()?;
+            let index = r.u32()?;
+            let named = r.bool()?;
+            let k = r.len(17)?;
+            let unique = (0..k)
+                .map(|_| {
+                    let kind = Kind::from_tag(r.u8()?).ok_or(DecodeError("mark kind"))?;
+                    Ok((kind, r.u128()?))
+                })
+                .collect::<Result<_, DecodeError>>()?;
+            sources.push(Source {
+                tool,
+                index,
+                named,
+                unique,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(SessionFlow {
+            task,
+            task_marks,
+            trusted,
+            untrusted,
+            sources,
+            classification,
+            read_untrusted,
+            outputs,
+            saturated,
+        })
+    }
+}
+
+fn put_len(b: &mut Vec<u8>, n: usize) {
+    b.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_len(b, s.len());
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Reads fixed-size fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError("truncated"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(u8::from_be_bytes(self.take::<1>()?))
+    }
+
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError("flag")),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take::<4>()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take::<8>()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, DecodeError> {
+        Ok(u128::from_be_bytes(self.take::<16>()?))
+    }
+
+    /// A count of items of at least `each` bytes: never more than the bytes left could hold.
+    fn len(&mut self, each: usize) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError("count"))?;
+        if n.saturating_mul(each) > self.0.len() {
+            return Err(DecodeError("count larger than the data"));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.len(1)?;
+        let (s, rest) = self.0.split_at_checked(n).ok_or(DecodeError("truncated"))?;
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).map_err(|_| DecodeError("text is not UTF-8"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flows_round_trip_and_damage_is_an_error() {
+        let mut f = SessionFlow {
+            task: Some(Task {
+                hash: "sha256:ab".into(),
+                len: 12,
+            }),
+            classification: 2,
+            read_untrusted: true,
+            outputs: 3,
+            ..SessionFlow::default()
+        };
+        f.task_marks.insert(mark(Kind::Word, "pay"));
+        f.trusted.insert(mark(Kind::Email, "a@b.example"));
+        f.untrusted
+            .insert(mark(Kind::Iban, "DE89370400440532013000"), 2);
+        f.sources.push(Source {
+            tool: "read_file".into(),
+            index: 2,
+            named: true,
+            unique: vec![(Kind::Iban, mark(Kind::Iban, "DE89370400440532013000"))],
+        });
+        let b = f.to_bytes();
+        assert_eq!(SessionFlow::from_bytes(&b), Ok(f));
+        for n in 0..b.len() {
+            assert!(
+                SessionFlow::from_bytes(&b[..n]).is_err(),
+                "truncated at {n}"
+            );
+        }
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(SessionFlow::from_bytes(&extra).is_err());
+        assert!(SessionFlow::from_bytes(b"garbage").is_err());
+        let mut huge = vec![FORMAT, 0, 0, 0, 0];
+        huge.extend_from_slice(&0u32.to_be_bytes());
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            SessionFlow::from_bytes(&huge).is_err(),
+            "a count beyond the data"
+        );
+    }
 
     #[test]
     fn marks_differ_by_kind_and_value() {

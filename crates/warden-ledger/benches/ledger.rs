@@ -64,6 +64,7 @@ fn record(i: u64) -> Vec<u8> {
         tool: "fs.read_file".into(),
         arguments_hash: format!("sha256:{:064x}", i.wrapping_mul(0x2545_f491_4f6c_dd1d)),
         time: 1_795_341_600 + (i / 1000) as i64,
+        provenance: Vec::new(),
     })
     .to_bytes()
     .unwrap()

@@ -100,6 +100,10 @@ pub struct DecisionRecord {
     pub arguments_hash: String,
     /// When the decision was made, Unix seconds.
     pub time: i64,
+    /// Where each judged argument came from (information-flow control): names, sources and
+    /// output indexes, never values. Absent when nothing was judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance: Vec<warden_core::decision::ArgProvenance>,
 }
 
 impl DecisionRecord {
@@ -128,6 +132,7 @@ impl DecisionRecord {
             tool: decision.tool.clone(),
             arguments_hash: decision.arguments_hash.clone(),
             time: decision.decided_at,
+            provenance: decision.provenance.clone(),
         }
     }
 }

@@ -295,6 +295,7 @@ fn decision(i: u64) -> Entry {
         tool: "fs.read_file".into(),
         arguments_hash: format!("sha256:{i:064x}"),
         time: 1_795_341_600 + i as i64,
+        provenance: Vec::new(),
     })
 }
 

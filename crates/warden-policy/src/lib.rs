@@ -56,8 +56,10 @@ pub mod fuzz {
         let _ = warden_core::Proposal::from_json_slice(data);
     }
 
-    /// Scans arbitrary bytes as tool output and as a task (information flow).
+    /// Scans arbitrary bytes as tool output and as a task, and decodes them as a stored
+    /// session flow (information flow).
     pub fn flow(data: &[u8]) {
+        let _ = warden_core::flow::SessionFlow::from_bytes(data);
         let text = String::from_utf8_lossy(data);
         let mut n = 0usize;
         crate::flow::scan(&text, &mut |_, _| n += 1);

@@ -135,7 +135,7 @@ fn rich_manifest() -> String {
 
 /// Conditions in the grammar the native evaluator compiles; each reads the call's context, so
 /// it runs on every call.
-const RICH_CONDITIONS: [&str; 20] = [
+const RICH_CONDITIONS: [&str; 24] = [
     "context.arguments.n > 5",
     "context.arguments.n == -3",
     "context.arguments.s like \"x*\"",
@@ -156,6 +156,10 @@ const RICH_CONDITIONS: [&str; 20] = [
     "[principal.zone, \"x\"].contains(\"dev\") && context.arguments.n != 1",
     "resource.preview == true && resource.cost >= 2 && context.hour < 20",
     "principal.trust_rank >= 3 || context.arguments has o || resource has nothing",
+    "context.args_tainted.contains(\"s\")",
+    "context.args_tainted.containsAny([\"n\", \"o\"]) || context.args_tainted.isEmpty()",
+    "context.read_untrusted && context.session_classification == \"confidential\"",
+    "!context.read_untrusted || context.session_classification != \"public\"",
 ];
 
 fn rich_policy() -> impl Strategy<Value = String> {
@@ -231,18 +235,26 @@ proptest! {
             (0usize..4, any::<bool>(), rich_arguments(), prop::sample::select(vec!["s1", "s2"]), 0i64..24),
             1..12,
         ),
+        flows in prop::collection::vec((0usize..4, any::<bool>(), 0usize..4), 12),
     ) {
         let text = policies.join("\n");
         let m = parse_manifest("m.yaml", &rich_manifest()).unwrap();
         let g = Governor::new(m, &[PolicySource { name: "p.cedar".into(), text: text.clone() }]).unwrap();
         let cedar = g.cedar();
         prop_assert_eq!(cedar.native_count, cedar.policy_count, "every policy compiles\n{}", text);
-        for (agent, write, args, session, hour) in calls {
+        let tainted_sets: [Vec<String>; 4] = [vec![], vec!["s".into()], vec!["n".into(), "s".into()], vec!["o".into()]];
+        for (i, (agent, write, args, session, hour)) in calls.into_iter().enumerate() {
             let agent = ["a1", "a2", "a3", "a4"][agent];
             let tool = if write { "t.write" } else { "t.read" };
-            let req = cedar.request(agent, tool, g.arg_type(tool), &args, session, hour).unwrap();
+            let (t, read_untrusted, class) = flows[i];
+            let flow = warden_policy::cedar::FlowFacts {
+                tainted: &tainted_sets[t],
+                read_untrusted,
+                classification: ["public", "internal", "confidential", "restricted"][class],
+            };
+            let req = cedar.request_with_flow(agent, tool, g.arg_type(tool), &args, session, hour, flow).unwrap();
             let reference = cedar.evaluate_reference(&req);
-            let facts = CallFacts { agent: &g.manifest().agents[agent], arguments: &args, arg_type: g.arg_type(tool), session, hour, flow: Default::default() };
+            let facts = CallFacts { agent: &g.manifest().agents[agent], arguments: &args, arg_type: g.arg_type(tool), session, hour, flow };
             let (native, used_cedar) = cedar.evaluate_call(agent, tool, facts).unwrap();
             prop_assert!(!used_cedar, "Cedar was consulted for {} {} {}\n{}", agent, tool, args, text);
             match (&native, &reference) {

@@ -64,6 +64,7 @@ fn main() {
             tool: "fs.read_file".into(),
             arguments_hash: format!("sha256:{}", "cd".repeat(32)),
             time: 1_800_000_000,
+            provenance: Vec::new(),
         };
         tickets.push(ledger.submit(&Entry::Decision(d)).unwrap());
         if i % 1000 == 999 {

@@ -201,6 +201,7 @@ mod tests {
             tool: "demo.echo".into(),
             arguments_hash: "sha256:11".into(),
             time: 1_800_000_000,
+            provenance: Vec::new(),
         })
     }
 

@@ -256,6 +256,9 @@ impl std::fmt::Debug for Backends {
     }
 }
 
+/// How long a session's information flow is kept without a call (as its history is, by default).
+const FLOWS_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl Backends {
     /// The backends `config` names: the state store in `DATA/state`, or in Redis; the ledger in
     /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
@@ -308,7 +311,15 @@ impl Backends {
                 )?),
                 None => Arc::new(warden_state::MemoryEvents::new(EVENTS_QUEUED)),
             },
-            flows: Arc::new(warden_state::MemoryFlows::default()),
+            // A fleet's sessions may move between instances: their flows are shared too.
+            flows: match &config.state_redis {
+                Some(url) => Arc::new(warden_state::RedisFlows::new(
+                    url,
+                    &config.state_prefix,
+                    FLOWS_IDLE,
+                )?),
+                None => Arc::new(warden_state::MemoryFlows::new(FLOWS_IDLE)),
+            },
         })
     }
 }

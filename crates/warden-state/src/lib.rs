@@ -26,6 +26,7 @@ mod file;
 mod flows;
 mod memory;
 mod redis_events;
+mod redis_flows;
 mod redis_pool;
 mod redis_store;
 
@@ -34,4 +35,5 @@ pub use file::{FileState, OpenError};
 pub use flows::MemoryFlows;
 pub use memory::MemoryState;
 pub use redis_events::RedisEvents;
+pub use redis_flows::RedisFlows;
 pub use redis_store::RedisState;

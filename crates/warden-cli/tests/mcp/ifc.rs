@@ -70,6 +70,15 @@ fn an_address_read_from_a_tool_result_cannot_direct_the_next_call() {
     let tail = ledger_tail(&data, 12);
     assert!(tail.contains("session.task"), "{tail}");
     assert!(tail.contains("ifc.tainted"), "{tail}");
+    // The decision record says where the argument came from, never what it was.
+    assert!(
+        tail.contains("provenance") && tail.contains("untrusted") && tail.contains("demo.echo"),
+        "{tail}"
+    );
+    assert!(
+        !tail.contains("drop.evil.example"),
+        "no value is recorded: {tail}"
+    );
     assert!(
         !tail.contains("Weekly report"),
         "the task's text is never recorded: {tail}"
