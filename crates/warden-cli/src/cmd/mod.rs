@@ -11,6 +11,7 @@ macro_rules! out {
 mod agents;
 mod approvals;
 mod brakes;
+mod bridge;
 mod check;
 mod incident;
 mod init;

@@ -66,6 +66,11 @@ pub struct StdioArgs {
     /// The agent's credential file (from `warden agents enroll`).
     #[arg(long)]
     credential: PathBuf,
+    /// Bridge to a running `warden serve` instead of opening the data directory: its MCP
+    /// endpoint (`http://127.0.0.1:8080/mcp`). Every window and client then shares that one
+    /// gateway, ledger and state.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
 }
 
 /// How long `serve` and `stdio` wait for upstreams to start before serving (the rest keep
@@ -265,6 +270,11 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
     logging(a.common.log_format);
     let token = std::fs::read_to_string(&a.credential)
         .with_context(|| format!("reading the credential `{}`", a.credential.display()))?;
+    if let Some(url) = &a.connect {
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(super::bridge::run(url, token.trim()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = match open(&a.common)? {
         Ok(r) => r,
         Err(code) => return Ok(code),

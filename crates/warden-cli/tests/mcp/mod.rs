@@ -9,6 +9,7 @@
 
 mod approvals;
 mod breakers;
+mod bridge;
 mod https;
 mod ifc;
 mod metrics;

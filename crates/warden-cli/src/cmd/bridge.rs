@@ -1,0 +1,217 @@
+//! `warden stdio --connect URL --credential FILE`: one desktop client's stdio bridged to a
+//! running `warden serve`'s `/mcp` (issue 20), so that every window and client shares one
+//! gateway, one ledger and one state, where the embedded `warden stdio` is one process per
+//! data directory.
+//!
+//! The bridge decides nothing and holds no key: it is an MCP server on stdio whose every
+//! request is the same request to the daemon, made with the agent's credential, and whose
+//! answers are the daemon's. Progress comes back under the client's own token; a cancelled call
+//! is cancelled at the daemon; Warden's `_meta` keys (`warden/task`, `warden/approval`,
+//! `warden/wait`) are passed on, the rest of `_meta` belongs to each hop's own protocol revision.
+
+use anyhow::Context as _;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt as _};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Where a daemon's progress notifications go: the client's token and its peer, by the token
+/// the bridge gave the daemon.
+type Sinks = Arc<Mutex<HashMap<rmcp::model::ProgressToken, ProgressTarget>>>;
+
+struct ProgressTarget {
+    token: rmcp::model::ProgressToken,
+    peer: rmcp::Peer<RoleServer>,
+}
+
+/// The bridge's side towards the daemon: relays progress and tool-list changes.
+#[derive(Clone, Default)]
+struct Upward {
+    sinks: Sinks,
+    client: Arc<Mutex<Option<rmcp::Peer<RoleServer>>>>,
+}
+
+impl rmcp::ClientHandler for Upward {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        let target = self.sinks.lock().ok().and_then(|m| {
+            m.get(&params.progress_token)
+                .map(|t| (t.token.clone(), t.peer.clone()))
+        });
+        if let Some((token, peer)) = target {
+            let mut p = params;
+            p.progress_token = token;
+            let _ = peer.notify_progress(p).await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        let peer = self.client.lock().ok().and_then(|p| p.clone());
+        if let Some(peer) = peer {
+            let _ = peer.notify_tool_list_changed().await;
+        }
+    }
+}
+
+/// The bridge's side towards the desktop client.
+struct Bridge {
+    daemon: RunningService<RoleClient, Upward>,
+    upward: Upward,
+}
+
+impl ServerHandler for Bridge {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        );
+        info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
+        info.instructions = self
+            .daemon
+            .peer()
+            .peer_info()
+            .and_then(|i| i.instructions.clone());
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        if let Ok(mut p) = self.upward.client.lock() {
+            p.get_or_insert_with(|| ctx.peer.clone());
+        }
+        let tools = self
+            .daemon
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| McpError::internal_error(format!("the Warden daemon: {e}"), None))?;
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        // Warden's own `_meta` keys as the client sent them (rmcp moves `_meta` into the
+        // context). The rest belongs to this hop (the protocol revision's per-request fields,
+        // the client's progress token): the bridge speaks its own revision to the daemon and
+        // asks for progress with a token of its own.
+        let mut meta = serde_json::Map::new();
+        for (k, v) in request
+            .meta
+            .iter()
+            .flat_map(|m| m.iter())
+            .chain(ctx.meta.iter())
+        {
+            if k.starts_with("warden/") {
+                meta.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let client_token = ctx.meta.get_progress_token();
+        let mut params = CallToolRequestParams::new(request.name.to_string());
+        params.arguments = request.arguments.clone();
+        params.meta = (!meta.is_empty())
+            .then(|| rmcp::model::RequestMetaObject(rmcp::model::MetaObject(meta)));
+        let call =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let handle = self
+            .daemon
+            .peer()
+            .send_cancellable_request(call, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| McpError::internal_error(format!("the Warden daemon: {e}"), None))?;
+        let upstream_token = handle.progress_token.clone();
+        if let (Some(token), Ok(mut sinks)) = (client_token, self.upward.sinks.lock()) {
+            sinks.insert(
+                upstream_token.clone(),
+                ProgressTarget {
+                    token,
+                    peer: ctx.peer.clone(),
+                },
+            );
+        }
+        let (id, peer) = (handle.id.clone(), handle.peer.clone());
+        let answer = tokio::select! {
+            r = handle.await_response() => Some(r),
+            () = ctx.ct.cancelled() => None,
+        };
+        if let Ok(mut sinks) = self.upward.sinks.lock() {
+            sinks.remove(&upstream_token);
+        }
+        match answer {
+            None => {
+                let _ = peer
+                    .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                        Some(id),
+                        Some("cancelled by the client".to_owned()),
+                    ))
+                    .await;
+                Err(McpError::internal_error("cancelled", None))
+            }
+            Some(Ok(rmcp::model::ServerResult::CallToolResult(r))) => Ok(complete(r).into()),
+            Some(Ok(_)) => Err(McpError::internal_error(
+                "the Warden daemon answered with something other than a tool result",
+                None,
+            )),
+            Some(Err(e)) => Err(McpError::internal_error(
+                format!("the Warden daemon: {e}"),
+                None,
+            )),
+        }
+    }
+}
+
+/// A result in the shape every client revision accepts (see the gateway's `as_complete`).
+fn complete(mut r: CallToolResult) -> CallToolResult {
+    if r.result_type.is_none() {
+        r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+    }
+    r
+}
+
+/// Connects to the daemon's `/mcp` at `url` as the agent whose credential is `token`, then
+/// serves the desktop client on stdio until either side ends.
+///
+/// # Errors
+/// The daemon cannot be reached or refuses the credential, or stdio fails.
+pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
+    let mut config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            url.to_owned(),
+        );
+    config.auth_header = Some(token.to_owned());
+    // Results of several MiB arrive as one SSE event.
+    config.max_sse_event_size = 64 << 20;
+    // The Executor's HTTP client: verified TLS against the system's roots for https, no
+    // redirect followed, no environment proxy.
+    let http = warden_executor::tls::http_client(url, None)
+        .with_context(|| format!("an HTTP client for {url}"))?;
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(http, config);
+    let upward = Upward::default();
+    let daemon = upward
+        .clone()
+        .serve(transport)
+        .await
+        .with_context(|| format!("connecting to the Warden daemon at {url}"))?;
+    tracing::info!(daemon = %url, "bridging MCP on stdio to the Warden daemon");
+    let bridge = Bridge { daemon, upward };
+    let service = bridge
+        .serve(rmcp::transport::io::stdio())
+        .await
+        .context("MCP handshake on stdio")?;
+    let _ = service.waiting().await;
+    Ok(())
+}
