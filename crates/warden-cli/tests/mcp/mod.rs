@@ -16,6 +16,7 @@ mod metrics;
 mod promotion;
 mod sandboxed;
 mod sdk;
+mod ts;
 
 use super::{free_port, text, warden};
 use serde_json::Value;
@@ -394,6 +395,13 @@ fn legacy_mcp_clients_reach_real_servers_only_through_the_governed_path() {
     governed_path("legacy", "2025-11-25");
 }
 
+/// The same with revision 2026-07-28 adopted directly (the SDK's mode named by the revision: no
+/// discovery, no `initialize`).
+#[test]
+fn modern_mcp_clients_reach_real_servers_only_through_the_governed_path() {
+    governed_path("2026-07-28", "2026-07-28");
+}
+
 fn governed_path(mode: &'static str, revision: &str) {
     let Some(mut e) = env() else { return };
     e.mode = mode;
@@ -405,7 +413,10 @@ fn governed_path(mode: &'static str, revision: &str) {
     // other tools are hidden), and an intern does not see the high tier it may never run.
     let listed = client(&e, &s, "coder-1", &["list"]);
     assert_eq!(listed["protocol"], revision, "{listed}");
-    assert_eq!(listed["server"], "warden");
+    // A client that adopts a revision directly asks the server for nothing about itself.
+    if matches!(mode, "auto" | "legacy") {
+        assert_eq!(listed["server"], "warden");
+    }
     let tools: Vec<&str> = listed["tools"]
         .as_array()
         .unwrap()
