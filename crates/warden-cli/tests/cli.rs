@@ -886,6 +886,105 @@ fn two_gateways_on_one_redis_state_share_their_holds() {
     );
 }
 
+/// `GET path` on `addr`: the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// A `redis-server` of this test's own on a free loopback port, keeping nothing on disk.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) is installed");
+        let redis = OwnRedis(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(redis);
+        panic!("redis-server did not listen on {port}");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 22: the shared state store stops answering (its Redis killed mid-run): every decision
+/// fails closed at once as "governance unavailable" (HTTP 503, rule `state.unavailable`) and
+/// readiness says so; Redis back on its address, decisions resume without restarting Warden.
+#[test]
+fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, api, _admin) = serve_with(
+        dir.path().to_str().unwrap(),
+        Stdio::null(),
+        &["--state", &url, "--state-prefix", &fleet_prefix("fault")],
+    );
+    let _gateway = Killed(child);
+    let call = |i: u32| {
+        format!(
+            r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
+        )
+    };
+    assert_eq!(post(&api, "/v1/decide", &call(1)).0, 200);
+    assert_eq!(get(&api, "/readyz"), (200, "ready\n".to_owned()));
+
+    drop(redis);
+    let started = std::time::Instant::now();
+    let (status, body) = post(&api, "/v1/decide", &call(2));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("state.unavailable"), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed closed in {:?}",
+        started.elapsed()
+    );
+    let (status, body) = get(&api, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("state:"), "{body}");
+
+    let _redis = OwnRedis::start(port);
+    let back = (0..50).find(|i| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        post(&api, "/v1/decide", &call(3 + i)).0 == 200
+    });
+    assert!(
+        back.is_some(),
+        "decisions did not resume once Redis was back"
+    );
+    assert_eq!(get(&api, "/readyz").0, 200);
+}
+
 /// Issue 22: a revocation made for a fleet (`agents revoke --state`) reaches every instance:
 /// an agent's credential accepted by gateway B is refused by B once revoked through the fleet's
 /// Redis, though B's own `DATA/revoked` never heard of it.

@@ -124,6 +124,17 @@ pub struct ArgProvenance {
 }
 
 impl Decision {
+    /// Whether the call was denied because something governance depends on did not answer
+    /// (the state store): not a verdict on the call, and worth retrying once it is back.
+    #[must_use]
+    pub fn governance_unavailable(&self) -> bool {
+        self.decision == Verdict::Deny
+            && self
+                .rules
+                .first()
+                .is_some_and(|r| r == "state.unavailable" || r == "ledger.unavailable")
+    }
+
     /// True for `allow`.
     #[must_use]
     pub fn is_allow(&self) -> bool {

@@ -350,6 +350,13 @@ impl McpFront {
                 request_id,
                 ..
             } => {
+                if decision.governance_unavailable() {
+                    return refusal(format!(
+                        "Warden governance is unavailable (request {request_id}): {}. Nothing ran; \
+                         call again once it is back.",
+                        decision.reason
+                    ));
+                }
                 let retry = if decision.rules.iter().any(|r| r == "approval.too_many_open") {
                     "Retry once some of this agent's approval requests are decided or expire."
                 } else {

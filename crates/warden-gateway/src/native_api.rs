@@ -30,6 +30,7 @@ pub fn router(app: Runtime) -> Router {
 pub fn router_with(app: Runtime, unauthenticated_decide: bool) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/v1/manifest", get(manifest))
         .route("/v1/sessions", post(sessions))
         .route("/v1/proposals", post(proposals));
@@ -69,6 +70,7 @@ async fn decide(State(app): State<Runtime>, body: Bytes) -> Response {
     let decision = app.dry_run(&proposal);
     let status = match decision.decision {
         Verdict::Allow => StatusCode::OK,
+        Verdict::Deny if decision.governance_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         Verdict::Deny => StatusCode::FORBIDDEN,
         Verdict::Escalate => StatusCode::ACCEPTED,
     };
@@ -166,6 +168,21 @@ async fn sessions(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) -
     .into_response()
 }
 
+/// `GET /readyz`: 200 `ready` when everything a decision needs answers (the ledger, the state
+/// store, the sessions' flows); otherwise 503 with the parts that do not, for a load balancer
+/// to take this instance out of rotation while they are down.
+async fn readyz(State(app): State<Runtime>) -> Response {
+    let down = app.readiness().await;
+    if down.is_empty() {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "ready": false, "unavailable": down })),
+    )
+        .into_response()
+}
+
 /// `POST /v1/proposals`: a proposal signed by an enrolled agent (credential in
 /// `Warden-Credential`, RFC 9421 signature over method, path and `Content-Digest`), carrying its
 /// session's lineage in `Warden-Lineage`, down the governed path: decided, recorded and, if
@@ -255,6 +272,8 @@ fn outcome_response(outcome: Outcome) -> Response {
         } => {
             let status = if decision.decision == Verdict::Escalate {
                 StatusCode::ACCEPTED
+            } else if decision.governance_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::FORBIDDEN
             };

@@ -199,3 +199,26 @@ impl crate::Runtime {
         Ok(declared)
     }
 }
+
+impl crate::Runtime {
+    /// What a decision needs that does not answer now: `ledger`, `state`, `flows` (each with
+    /// why). Empty: ready. Each part is asked once, off the async threads.
+    pub async fn readiness(&self) -> Vec<String> {
+        let s = std::sync::Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let mut down = Vec::new();
+            if let Err(e) = s.ledger.size() {
+                down.push(format!("ledger: {e}"));
+            }
+            if let Err(e) = s.state.holds(&[warden_core::state::HoldScope::Global]) {
+                down.push(format!("state: {e}"));
+            }
+            if let Err(e) = s.flows.load("readyz/probe") {
+                down.push(format!("flows: {e}"));
+            }
+            down
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("readiness check failed: {e}")])
+    }
+}
