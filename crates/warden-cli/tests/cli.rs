@@ -906,14 +906,24 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     )
 }
 
-/// A `redis-server` of this test's own on a free loopback port, keeping nothing on disk.
+/// A `redis-server` of this test's own on a free loopback port, its data in `dir` (an
+/// append-only file written through at every command).
 struct OwnRedis(std::process::Child);
 
 impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
+    fn start(port: u16, dir: &Path) -> OwnRedis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package) is installed");
@@ -938,19 +948,23 @@ impl Drop for OwnRedis {
 
 /// Issue 22: the shared state store stops answering (its Redis killed mid-run): every decision
 /// fails closed at once as "governance unavailable" (HTTP 503, rule `state.unavailable`) and
-/// readiness says so; Redis back on its address, decisions resume without restarting Warden.
+/// readiness says so; Redis back on its address with its data, decisions resume without
+/// restarting Warden. Redis back *without* its data: the loss is never taken for a fresh
+/// state; nothing is decided until the gateway is restarted.
 #[test]
 fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
     let port = free_port();
-    let redis = OwnRedis::start(port);
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = OwnRedis::start(port, redis_dir.path());
     let url = format!("redis://127.0.0.1:{port}/");
     let dir = tempfile::tempdir().unwrap();
+    let prefix = fleet_prefix("fault");
     let (child, api, _admin) = serve_with(
         dir.path().to_str().unwrap(),
         Stdio::null(),
-        &["--state", &url, "--state-prefix", &fleet_prefix("fault")],
+        &["--state", &url, "--state-prefix", &prefix],
     );
-    let _gateway = Killed(child);
+    let gateway = Killed(child);
     let call = |i: u32| {
         format!(
             r#"{{"agent":"coder-1","session":"s{i}","tool":"fs.read_file","arguments":{{"path":"/{i}"}}}}"#
@@ -973,7 +987,7 @@ fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("state:"), "{body}");
 
-    let _redis = OwnRedis::start(port);
+    let redis = OwnRedis::start(port, redis_dir.path());
     let back = (0..50).find(|i| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         post(&api, "/v1/decide", &call(3 + i)).0 == 200
@@ -983,6 +997,33 @@ fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
         "decisions did not resume once Redis was back"
     );
     assert_eq!(get(&api, "/readyz").0, 200);
+
+    // Back without its data: budgets and holds would silently start again from nothing.
+    drop(redis);
+    let empty = tempfile::tempdir().unwrap();
+    let _redis = OwnRedis::start(port, empty.path());
+    // (The first call may meet a connection the restart closed: also a deny.)
+    let mut said = String::new();
+    for i in 0..3 {
+        let (status, body) = post(&api, "/v1/decide", &call(100 + i));
+        assert_eq!(status, 503, "{body}");
+        said = body;
+        if said.contains("lost or reset") {
+            break;
+        }
+    }
+    assert!(said.contains("lost or reset"), "{said}");
+    let (status, body) = get(&api, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    // An operator restarts the gateway, accepting the loss: it decides again.
+    drop(gateway);
+    let (child, api, _admin) = serve_with(
+        dir.path().to_str().unwrap(),
+        Stdio::null(),
+        &["--state", &url, "--state-prefix", &prefix],
+    );
+    let _gateway = Killed(child);
+    assert_eq!(post(&api, "/v1/decide", &call(110)).0, 200);
 }
 
 /// Issue 22: a revocation made for a fleet (`agents revoke --state`) reaches every instance:

@@ -27,12 +27,15 @@ use warden_core::time::UnixSeconds;
 
 /// One decision: holds, then the observation, then the charge (see the module's docs).
 ///
-/// KEYS: the hold keys (`nh` of them), the session key if observing, the counter keys.
+/// KEYS: the hold keys (`nh` of them), the session key if observing, the counter keys, and last
+/// the fleet's epoch key.
 /// ARGV: now, nh, observe (0/1), fingerprint, ttl, loop_at, nc (-1: no charge), then
-/// `amount, limit, expires_at` per counter.
+/// `amount, limit, expires_at` per counter, and last the epoch this instance started with.
 /// Returns: `[n, hold JSON × n, repeats (-1: not observed), code (-1: not charged, 0: charged,
-/// 1: exceeded), index, current]`.
+/// 1: exceeded), index, current]`, or `[-2]` when the epoch is not the one expected (the state
+/// was lost or reset since this instance started).
 const SETTLE: &str = r"
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return {-2} end
 local now = tonumber(ARGV[1])
 local nh = tonumber(ARGV[2])
 local held = {}
@@ -117,6 +120,9 @@ return out
 pub struct RedisState {
     pool: crate::redis_pool::Pool,
     prefix: String,
+    /// The fleet's epoch when this instance connected (`<prefix>epoch`): made by the first
+    /// instance of a fleet; gone, or another, once Redis lost or reset its data.
+    epoch: String,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -155,9 +161,10 @@ impl RedisState {
     /// # Errors
     /// [`StateError::Unavailable`]: a malformed URL, or no answer from the server.
     pub fn connect(url: &str, prefix: &str) -> Result<RedisState, StateError> {
-        let store = RedisState {
+        let mut store = RedisState {
             pool: crate::redis_pool::Pool::open(url).map_err(|e| unavailable(&e))?,
             prefix: prefix.to_owned(),
+            epoch: String::new(),
         };
         let pong: String = store
             .pool
@@ -166,6 +173,27 @@ impl RedisState {
         if pong != "PONG" {
             return Err(unavailable(&format!("PING answered {pong:?}")));
         }
+        // The fleet's epoch: kept if there is one, else this instance starts one.
+        let fresh = format!(
+            "{:x}-{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        );
+        let key = store.epoch_key();
+        store.epoch = store
+            .pool
+            .with(Duration::ZERO, |c| {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query::<()>(c)?;
+                ::redis::cmd("GET").arg(&key).query::<Option<String>>(c)
+            })
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| unavailable(&"the fleet's epoch vanished as it was set"))?;
         Ok(store)
     }
 
@@ -196,6 +224,10 @@ impl RedisState {
     fn holds_set(&self) -> String {
         format!("{}holds", self.prefix)
     }
+
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
 }
 
 fn parse_hold(json: &str) -> Result<Hold, StateError> {
@@ -221,7 +253,18 @@ fn int(v: Option<&::redis::Value>) -> Result<i64, StateError> {
 /// Reads [`SETTLE`]'s answer.
 fn parse_settled(reply: &[::redis::Value], scopes: &[HoldScope]) -> Result<Settled, StateError> {
     let mut it = reply.iter();
-    let n = usize::try_from(int(it.next())?).unwrap_or(0);
+    let first = int(it.next())?;
+    // INVARIANT (fail-closed): a state that was lost (a Redis restarted without its data) is
+    // never taken for a fresh one: budgets would start again from zero and holds be gone.
+    if first == -2 {
+        return Err(StateError::Unavailable(
+            "the shared state in Redis was lost or reset since this instance started (its epoch \
+             is gone): budgets and holds set before may be gone, so nothing is decided until \
+             the instance is restarted by an operator who accepts that (docs/state.md)"
+                .into(),
+        ));
+    }
+    let n = usize::try_from(first).unwrap_or(0);
     let mut holds = Vec::with_capacity(n);
     for _ in 0..n {
         let json: String = it
@@ -318,6 +361,8 @@ impl StateStore for RedisState {
             }
             None => args.push("-1".into()),
         }
+        keys.push(self.epoch_key());
+        args.push(self.epoch.clone());
         let reply: Vec<::redis::Value> = self.eval(SETTLE, &keys, &args)?;
         parse_settled(&reply, s.scopes)
     }
