@@ -92,6 +92,10 @@ pub struct RawFlow {
     /// it, outputs are not remembered and every value not known to be clean is judged tainted.
     #[serde(default = "default_session_marks")]
     pub session_marks: u32,
+    /// Whether the ledger keeps a session's task text (redacted) beside its hash and length
+    /// (default `false`: only the hash and the length).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_task_text: bool,
 }
 
 impl Default for RawFlow {
@@ -102,6 +106,7 @@ impl Default for RawFlow {
             on_classification: FlowAction::Allow,
             learn_from_trusted: true,
             session_marks: default_session_marks(),
+            record_task_text: false,
         }
     }
 }

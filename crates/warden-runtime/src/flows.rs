@@ -190,7 +190,17 @@ impl crate::Runtime {
             session,
             ..crate::witness::About::default()
         };
-        let reason = format!("task {} ({} bytes)", declared.hash, declared.len);
+        let mut reason = format!("task {} ({} bytes)", declared.hash, declared.len);
+        // The text only where the manifest asks for it, redacted like a result.
+        if s.governor.get().manifest().flow.record_task_text {
+            let text = s
+                .executor
+                .redactor()
+                .redact_str(task, &std::collections::BTreeSet::new())
+                .map_or_else(|| task.to_owned(), |(r, _)| r);
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
         // INVARIANT (recorded): a task the ledger did not take is not acknowledged.
         if !crate::witness::record(&s.ledger, "session.task", about, reason).await {
             return Err(TaskRefused("the ledger did not record the task".into()));

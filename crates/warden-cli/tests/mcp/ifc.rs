@@ -84,3 +84,24 @@ fn an_address_read_from_a_tool_result_cannot_direct_the_next_call() {
         "the task's text is never recorded: {tail}"
     );
 }
+
+/// With `flow.record_task_text`, the ledger keeps the task's text (redacted) beside its hash.
+#[test]
+fn the_task_text_is_recorded_only_when_the_manifest_asks() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path());
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, format!("{text}\nflow:\n  record_task_text: true\n")).unwrap();
+    let s = start_existing(dir.path(), &data, &m);
+    let mut session = Session::open(&e, &s, dir.path(), "coder-1");
+    let task = json!({"warden/task": "Summarise the weekly report for the board."});
+    let i = session.send_call("demo.now", &json!({}), &task);
+    session.answer(i);
+    session.close();
+    let tail = ledger_tail(&data, 8);
+    assert!(
+        tail.contains("session.task") && tail.contains("Summarise the weekly report"),
+        "{tail}"
+    );
+}
