@@ -1,5 +1,5 @@
 //! What the Executor counts for `/metrics` (issue 24): sandbox launches, egress connections,
-//! tools withdrawn for their pins. Relaxed atomics, read at scrape time.
+//! tools withdrawn for their pins, upstream reconnects and failed connections. Relaxed atomics, read at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +11,8 @@ pub struct Counters {
     pub(crate) egress_allowed: AtomicU64,
     pub(crate) egress_refused: AtomicU64,
     pub(crate) tools_withdrawn: AtomicU64,
+    pub(crate) upstream_reconnects: AtomicU64,
+    pub(crate) upstream_connect_failures: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -26,6 +28,10 @@ pub struct Counted {
     pub egress_refused: u64,
     /// Calls refused because the tool was withdrawn for its pin (INV-023).
     pub tools_withdrawn: u64,
+    /// Connections to an upstream made again after its first (a restart, a lost connection).
+    pub upstream_reconnects: u64,
+    /// Attempts to connect to an upstream that failed.
+    pub upstream_connect_failures: u64,
 }
 
 impl Counters {
@@ -43,6 +49,8 @@ impl Counters {
             egress_allowed: r(&self.egress_allowed),
             egress_refused: r(&self.egress_refused),
             tools_withdrawn: r(&self.tools_withdrawn),
+            upstream_reconnects: r(&self.upstream_reconnects),
+            upstream_connect_failures: r(&self.upstream_connect_failures),
         }
     }
 }

@@ -307,7 +307,9 @@ impl Executor {
     ) -> Result<Executed, ExecError> {
         // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
         // anyone sees it.
+        let redacting = std::time::Instant::now();
         let redactions = self.redact_result(&mut result, draft.call.redact);
+        let redaction = redacting.elapsed();
         let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
         let status = if result.is_error == Some(true) {
             ReceiptStatus::Error
@@ -319,6 +321,7 @@ impl Executor {
             warden_core::canonical::json_digest(&value),
             redactions,
         );
+        let recording = std::time::Instant::now();
         let index = self
             .record(&receipt)
             .await
@@ -327,6 +330,8 @@ impl Executor {
             result,
             receipt_index: index,
             redactions,
+            redaction,
+            receipt: recording.elapsed(),
         })
     }
 

@@ -212,6 +212,10 @@ pub struct Executed {
     pub receipt_index: u64,
     /// How many values were redacted.
     pub redactions: u64,
+    /// Time spent redacting the result.
+    pub redaction: std::time::Duration,
+    /// Time spent recording its receipt (durable before the answer).
+    pub receipt: std::time::Duration,
 }
 
 /// What the Executor needs.

@@ -172,6 +172,8 @@ pub(crate) struct Upstream {
     conn: tokio::sync::Mutex<Conn>,
     /// When a call was last answered ([`now_ms`]); read by [`Upstream::probe`].
     last_answer: std::sync::atomic::AtomicU64,
+    /// Whether it has ever connected (a later connection is a reconnect).
+    connected_once: std::sync::atomic::AtomicBool,
     /// How to sandbox (`None`: a server whose manifest asks for a sandbox does not start).
     sandbox: Option<crate::sandboxed::SandboxConfig>,
     /// Running trees, for the kill switch.
@@ -376,6 +378,7 @@ impl Upstream {
             relay: Relay::default(),
             conn: tokio::sync::Mutex::new(Conn::default()),
             last_answer: std::sync::atomic::AtomicU64::new(0),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
             sandbox,
             trees,
             counters,
@@ -649,6 +652,12 @@ impl Upstream {
             Ok(Ok((client, listed, _, running))) => {
                 let tools = self.admit(conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
+                if self
+                    .connected_once
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    crate::counters::Counters::add(&self.counters.upstream_reconnects);
+                }
                 let client = Arc::new(client);
                 if let (Some(r), Some(sb)) = (&running, &self.spec.sandbox) {
                     crate::sandboxed::watch(
@@ -666,6 +675,7 @@ impl Upstream {
                 Ok((client, tools))
             }
             Ok(Err(e)) => {
+                crate::counters::Counters::add(&self.counters.upstream_connect_failures);
                 conn.last_error = Some(e.clone());
                 Err(self.unavailable(e.to_string()))
             }

@@ -402,6 +402,11 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
         let result = app.executor.execute(call).await;
         app.metrics
             .stage(crate::metrics::Stage::Execute, executing.elapsed());
+        if let Ok(x) = &result {
+            app.metrics
+                .stage(crate::metrics::Stage::Redaction, x.redaction);
+            app.metrics.stage(crate::metrics::Stage::Receipt, x.receipt);
+        }
         if result.is_err() {
             app.metrics.call_failed();
         }

@@ -79,16 +79,28 @@ pub enum Stage {
     LedgerAppend,
     /// The Executor: the upstream's answer, redaction and the receipt.
     Execute,
+    /// Within `execute`: redacting the result.
+    Redaction,
+    /// Within `execute`: recording the receipt (durable before the answer).
+    Receipt,
 }
 
 impl Stage {
-    const ALL: [Stage; 3] = [Stage::Decide, Stage::LedgerAppend, Stage::Execute];
+    const ALL: [Stage; 5] = [
+        Stage::Decide,
+        Stage::LedgerAppend,
+        Stage::Execute,
+        Stage::Redaction,
+        Stage::Receipt,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Stage::Decide => "decide",
             Stage::LedgerAppend => "ledger_append",
             Stage::Execute => "execute",
+            Stage::Redaction => "redaction",
+            Stage::Receipt => "receipt",
         }
     }
 }
@@ -100,7 +112,7 @@ type Labels = (&'static str, String, String, String);
 #[derive(Debug, Default)]
 pub struct Metrics {
     decisions: Mutex<BTreeMap<Labels, u64>>,
-    stages: [Histogram; 3],
+    stages: [Histogram; 5],
     governed: Histogram,
     breakers_tripped: AtomicU64,
     calls_failed: AtomicU64,
@@ -370,6 +382,18 @@ impl Scrape {
             "warden_tools_withdrawn_total",
             "Calls refused because their tool was withdrawn for its pin (INV-023).",
             e.tools_withdrawn,
+        );
+        counter(
+            &mut out,
+            "warden_upstream_reconnects_total",
+            "Connections to an upstream made again after its first (a restart, a lost connection).",
+            e.upstream_reconnects,
+        );
+        counter(
+            &mut out,
+            "warden_upstream_connect_failures_total",
+            "Attempts to connect to an upstream that failed.",
+            e.upstream_connect_failures,
         );
         out
     }

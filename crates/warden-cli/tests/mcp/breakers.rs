@@ -140,4 +140,11 @@ fn an_upstream_that_cannot_start_neither_pauses_nor_demotes_the_agent() {
     let tail = ledger_tail(&s.data, 40);
     assert!(!tail.contains("breaker.tripped"), "{tail}");
     assert!(!tail.contains("agent.demoted"), "{tail}");
+    // The failed starts are counted for the operator.
+    let (_, metrics) = super::metrics::get(&s.admin, "/metrics");
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_upstream_connect_failures_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(failures.is_some_and(|n| n >= 1), "{metrics}");
 }
