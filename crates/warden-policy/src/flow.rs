@@ -35,8 +35,7 @@ pub fn scan(text: &str, f: &mut dyn FnMut(Kind, Mark)) {
         .map(|c| c.trim_matches(|c: char| matches!(c, '.' | ':' | '?' | '#' | '=' | '&' | '-')))
         .filter(|c| !c.is_empty())
         .collect();
-    let mut i = 0;
-    while let Some(chunk) = chunks.get(i) {
+    for (i, chunk) in chunks.iter().enumerate() {
         words(chunk, f);
         identifier(chunk, f);
         // `www.example.com.Then`: a sentence that ends without a space after the address.
@@ -48,7 +47,7 @@ pub fn scan(text: &str, f: &mut dyn FnMut(Kind, Mark)) {
                 identifier(prefix, f);
             }
         }
-        i += grouped(&chunks, i, f).max(1);
+        grouped(&chunks, i, f);
     }
 }
 
@@ -76,46 +75,95 @@ fn words(chunk: &str, f: &mut dyn FnMut(Kind, Mark)) {
     }
 }
 
-/// The identifier one chunk is, if any.
-fn identifier(chunk: &str, f: &mut dyn FnMut(Kind, Mark)) {
+/// The identifier one chunk is, if any: an e-mail address, a URL (any scheme, with or without
+/// `//`, userinfo dropped: `https://trusted.example@evil.example/` is `evil.example`), a bare
+/// domain or IPv4 address, an IBAN, a phone or account number; else, for `label:value`,
+/// `label#value` and `label=value`, whatever the value is. Returns whether it found one.
+fn identifier(chunk: &str, f: &mut dyn FnMut(Kind, Mark)) -> bool {
+    if whole_identifier(chunk, f) {
+        return true;
+    }
+    // `IBAN:DE89…`, `acct#1234567`, `to=x@y.example`: the value after the label (one level).
+    match chunk.split_once([':', '#', '=']) {
+        Some((_, value)) if !value.is_empty() => whole_identifier(value, f),
+        _ => false,
+    }
+}
+
+/// [`identifier`] for the chunk as a whole.
+fn whole_identifier(chunk: &str, f: &mut dyn FnMut(Kind, Mark)) -> bool {
     let lower = chunk.to_ascii_lowercase();
     let bare = lower.strip_prefix("mailto:").unwrap_or(&lower);
     if let Some((local, domain)) = bare.split_once('@') {
         if !local.is_empty()
+            && !domain.contains('@')
             && local
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-'))
             && host_like(domain)
         {
             f(Kind::Email, mark(Kind::Email, bare));
+            return true;
         }
-        return;
     }
-    let (had_scheme, rest) = match bare.split_once("://") {
-        Some(("http" | "https", rest)) => (true, rest),
-        Some(_) => return,
-        None => (false, bare),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (host, path) = rest.split_at(end);
-    let host = host.split_once(':').map_or(host, |(h, _)| h);
-    let host = host.strip_prefix("www.").unwrap_or(host);
-    if host_like(host) || (had_scheme && !host.is_empty()) {
-        let path = path.trim_end_matches('/');
-        f(Kind::Host, mark(Kind::Host, host));
-        f(Kind::Url, mark(Kind::Url, &[host, path].concat()));
-        return;
+    if url(bare, f) {
+        return true;
     }
     let upper = chunk.to_ascii_uppercase();
     if iban_like(&upper) {
         f(Kind::Iban, mark(Kind::Iban, &upper));
-        return;
+        return true;
     }
     if let Some(d) = number_digits(chunk) {
         if d.len() >= MIN_DIGITS {
             f(Kind::Number, mark(Kind::Number, &d));
+            return true;
         }
     }
+    false
+}
+
+/// A URL or bare host in `s` (lowercased): reports its host and its URL marks.
+fn url(s: &str, f: &mut dyn FnMut(Kind, Mark)) -> bool {
+    // A scheme: letters, digits, `+ - .`, then `:`; `//` optional (`https:evil.example` is a URL).
+    let scheme_end = s.find(':').filter(|&i| {
+        i > 0
+            && s.get(..i).is_some_and(|sc| {
+                sc.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && sc
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            })
+    });
+    let (had_scheme, rest) = match scheme_end.and_then(|i| s.get(i + 1..)) {
+        Some(r) => (true, r.trim_start_matches('/')),
+        None => (false, s),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // Userinfo is never the destination: the host is after the last `@`.
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let host = host.split_once(':').map_or(host, |(h, _)| h);
+    let host = host.strip_prefix("www.").unwrap_or(host);
+    if !(host_like(host) || ipv4(host)) {
+        return false;
+    }
+    if !had_scheme && authority.contains('@') {
+        return false;
+    }
+    let path = path.trim_end_matches('/');
+    f(Kind::Host, mark(Kind::Host, host));
+    f(Kind::Url, mark(Kind::Url, &[host, path].concat()));
+    true
+}
+
+/// Four dot-separated numbers 0-255.
+fn ipv4(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u8>().is_ok())
 }
 
 /// A domain name: dot-separated labels of letters, digits and `-`, the last alphabetic.
@@ -177,7 +225,9 @@ fn grouped(chunks: &[&str], i: usize, f: &mut dyn FnMut(Kind, Mark)) -> usize {
         let mut iban = upper;
         let mut n = 1;
         while let Some(next) = chunks.get(i + n) {
-            if next.len() > 4
+            // Groups of four; a shorter one only last, and with a digit (`… 00 by Friday`).
+            let last = next.len() < 4 && next.chars().any(|c| c.is_ascii_digit());
+            if !(next.len() == 4 || last)
                 || !next.chars().all(|c| c.is_ascii_alphanumeric())
                 || iban.len() >= 34
             {
@@ -185,6 +235,9 @@ fn grouped(chunks: &[&str], i: usize, f: &mut dyn FnMut(Kind, Mark)) -> usize {
             }
             iban.push_str(&next.to_ascii_uppercase());
             n += 1;
+            if last {
+                break;
+            }
         }
         if n > 1 && iban_like(&iban) {
             f(Kind::Iban, mark(Kind::Iban, &iban));
@@ -193,7 +246,12 @@ fn grouped(chunks: &[&str], i: usize, f: &mut dyn FnMut(Kind, Mark)) -> usize {
     }
     let mut digits = String::new();
     let mut n = 0;
-    while let Some(d) = chunks.get(i + n).and_then(|c| number_digits(c)) {
+    // At most 8 groups: a run of numbers is not read as one again from each of its chunks.
+    while let Some(d) = chunks
+        .get(i + n)
+        .filter(|_| n < 8)
+        .and_then(|c| number_digits(c))
+    {
         digits.push_str(&d);
         n += 1;
     }
@@ -343,10 +401,13 @@ impl Assessment {
     }
 }
 
-/// What a value is judged by: its identifiers, grouped (a URL with its host), or its words.
+/// What a value is judged by: its identifiers, grouped (a URL with its host), or its words. A
+/// value judged by words must consist of them: one with a part under 3 characters, or with
+/// punctuation an address would hold, can never be clean (`Alice-x` is not `Alice`).
 fn groups(strings: &[&str]) -> Vec<(Kind, Vec<Mark>)> {
     let mut ids: Vec<(Kind, Vec<Mark>)> = Vec::new();
     let mut words = Vec::new();
+    let mut opaque = false;
     for s in strings {
         let mut host: Option<Mark> = None;
         scan(s, &mut |k, m| match k {
@@ -355,8 +416,14 @@ fn groups(strings: &[&str]) -> Vec<(Kind, Vec<Mark>)> {
             Kind::Url => ids.push((Kind::Url, host.take().into_iter().chain([m]).collect())),
             k => ids.push((k, vec![m])),
         });
+        opaque |= s.contains(['@', ':', '/'])
+            || s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|t| !t.is_empty() && t.chars().count() < MIN_WORD);
     }
     if ids.is_empty() && !words.is_empty() {
+        if opaque {
+            words.push(mark(Kind::Word, "\u{0}opaque"));
+        }
         return vec![(Kind::Word, words)];
     }
     ids
@@ -384,8 +451,9 @@ impl Judge<'_> {
     /// One group: a URL is clean when its host or itself is; words when all of them are.
     fn group(&self, kind: Kind, marks: &[Mark]) -> Provenance {
         let cleans: Vec<Option<Provenance>> = marks.iter().map(|m| self.clean(*m)).collect();
+        // A URL is clean only as a whole: a known host does not make any path on it clean.
         let clean = if kind == Kind::Url {
-            cleans.iter().flatten().next().copied()
+            cleans.last().copied().flatten()
         } else if cleans.iter().all(Option::is_some) {
             cleans.iter().flatten().max_by_key(|p| rank(**p)).copied()
         } else {
@@ -639,33 +707,33 @@ pub fn label(
     let named = named_source(tool, output.arguments, flow, known);
     let mut parts: Vec<(OutputTrust, Classification, String)> = Vec::new();
     match (output.structured, tool.output_fields.is_empty()) {
-        (_, true) => parts.push((
-            tool.output_trust,
-            tool.classification,
-            output.text.to_owned(),
-        )),
-        (Some(v), false) => leaves(v, &mut Vec::new(), tool, &mut parts),
+        (structured, true) => {
+            parts.push((
+                tool.output_trust,
+                tool.classification,
+                output.text.to_owned(),
+            ));
+            if let Some(v) = structured {
+                leaves(v, &mut Vec::new(), tool, &mut parts);
+            }
+        }
+        (Some(v), false) => {
+            leaves(v, &mut Vec::new(), tool, &mut parts);
+            // The text beside it (often the same JSON) gets the strictest label; what a trusted
+            // field holds is still clean, through its own part.
+            parts.push((
+                strictest_trust(tool),
+                strictest_class(tool),
+                output.text.to_owned(),
+            ));
+        }
         // Field labels cannot be applied to unstructured text: the whole output gets the
         // least trust and the highest classification any of its fields has (stricter).
-        (None, false) => {
-            let trust = if tool
-                .output_fields
-                .iter()
-                .any(|f| f.trust == OutputTrust::Untrusted)
-            {
-                OutputTrust::Untrusted
-            } else {
-                tool.output_trust
-            };
-            let class = tool
-                .output_fields
-                .iter()
-                .map(|f| f.classification)
-                .chain([tool.classification])
-                .max_by_key(|c| level(*c))
-                .unwrap_or(tool.classification);
-            parts.push((trust, class, output.text.to_owned()));
-        }
+        (None, false) => parts.push((
+            strictest_trust(tool),
+            strictest_class(tool),
+            output.text.to_owned(),
+        )),
     }
     let mut counts: HashMap<Kind, HashSet<Mark>> = HashMap::new();
     for (trust, class, text) in &parts {
@@ -673,7 +741,9 @@ pub fn label(
         let untrusted = *trust == OutputTrust::Untrusted;
         flow.read_untrusted |= untrusted;
         scan(text, &mut |k, m| {
-            if untrusted && k.is_identifier() {
+            // Every identifier counts towards uniqueness, trusted ones too: one injected
+            // address beside the real one makes a lookup ambiguous.
+            if k.is_identifier() {
                 counts.entry(k).or_default().insert(m);
             }
             if flow.saturated {
@@ -733,6 +803,29 @@ pub fn label_untrusted(flow: &mut SessionFlow, tool: &str, text: &str, max_marks
     }
 }
 
+/// The least trust any of the tool's labels gives.
+fn strictest_trust(tool: &Tool) -> OutputTrust {
+    if tool
+        .output_fields
+        .iter()
+        .any(|f| f.trust == OutputTrust::Untrusted)
+    {
+        OutputTrust::Untrusted
+    } else {
+        tool.output_trust
+    }
+}
+
+/// The highest classification any of the tool's labels gives.
+fn strictest_class(tool: &Tool) -> Classification {
+    tool.output_fields
+        .iter()
+        .map(|f| f.classification)
+        .chain([tool.classification])
+        .max_by_key(|c| level(*c))
+        .unwrap_or(tool.classification)
+}
+
 /// Whether every string argument of the call came from clean input (and it had one).
 fn named_source(
     tool: &Tool,
@@ -762,6 +855,12 @@ fn leaves(
         Value::Object(o) => {
             for (k, x) in o {
                 path.push(k.clone());
+                // A key can carry text too: it gets the label of what it names.
+                let (trust, class) = field_label(&tool.output_fields, path)
+                    .map_or((tool.output_trust, tool.classification), |f| {
+                        (f.trust, f.classification)
+                    });
+                out.push((trust, class, k.clone()));
                 leaves(x, path, tool, out);
                 path.pop();
             }
@@ -842,7 +941,8 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(kinds("call +41 79 123 45 67"), vec![Kind::Number]);
+        // Every run of groups long enough is a number: the whole one among them.
+        assert!(marks_of("call +41 79 123 45 67").contains(&mark(Kind::Number, "41791234567")));
         assert!(kinds("Total 98.70 on 2022-01-01, e.g. twice").is_empty());
         let url = |t: &str| {
             let mut v = Vec::new();

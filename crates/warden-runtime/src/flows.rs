@@ -98,12 +98,13 @@ pub fn record_result(
     proposal: &Proposal,
     result: &rmcp::model::CallToolResult,
 ) -> Result<(), String> {
-    let text: String = result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Every kind of content the agent sees: text, an embedded resource's text, a resource
+    // link's URI and name. Binary payloads (`data`, `blob`) and type tags are not text.
+    let mut parts = Vec::new();
+    if let Ok(v) = serde_json::to_value(&result.content) {
+        content_text(&v, &mut parts);
+    }
+    let text = parts.join("\n");
     let structured = result.structured_content.as_ref();
     store
         .update(session_key, &mut |flow| {
@@ -119,6 +120,22 @@ pub fn record_result(
             Ok(())
         })
         .map_err(|e| format!("the result could not be labelled in the session's flow: {e}"))
+}
+
+/// The strings of MCP content, but for binary payloads and type tags.
+fn content_text(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| content_text(x, out)),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                if !matches!(k.as_str(), "type" | "data" | "blob" | "mimeType") {
+                    content_text(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Declares `task` for the session `session_key`.
