@@ -503,6 +503,12 @@ for name in ["api.allowed.test", "elsewhere.test", "metadata.allowed.test"]:
             && out.contains("resolves to 169.254.169.254 (link-local"),
         "{out}"
     );
+    // The proxy records a connection as it finishes with it, which may be just after the
+    // client has printed its answer: wait for all three (at most 5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while events.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let events = events.lock().unwrap().clone();
     let allowed: Vec<_> = events.iter().filter(|e| e.allowed).collect();
     let refused: Vec<_> = events.iter().filter(|e| !e.allowed).collect();
