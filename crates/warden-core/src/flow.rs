@@ -126,6 +126,19 @@ pub struct SessionFlow {
 }
 
 impl SessionFlow {
+    /// The flow of a session whose labels were forgotten (idle too long): saturated, as if
+    /// everything it read was untrusted, and past its first output (its task cannot be
+    /// declared again).
+    #[must_use]
+    pub fn forgotten() -> SessionFlow {
+        SessionFlow {
+            saturated: true,
+            read_untrusted: true,
+            outputs: 1,
+            ..SessionFlow::default()
+        }
+    }
+
     /// Marks held in all (what the bound counts).
     #[must_use]
     pub fn marks(&self) -> usize {

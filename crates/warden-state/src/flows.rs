@@ -53,7 +53,10 @@ impl FlowStore for MemoryFlows {
                 *used = now;
                 Arc::clone(f)
             }
-            _ => Arc::new(SessionFlow::default()),
+            // INVARIANT (fail towards stricter): a session whose flow was forgotten may still
+            // act on what it read; it is judged as if all of it was untrusted.
+            Some(_) => Arc::new(SessionFlow::forgotten()),
+            None => Arc::new(SessionFlow::default()),
         })
     }
 
@@ -72,7 +75,7 @@ impl FlowStore for MemoryFlows {
             .entry(session_key.to_owned())
             .or_insert_with(|| (Arc::new(SessionFlow::default()), now));
         if now.duration_since(entry.1) >= self.idle {
-            entry.0 = Arc::new(SessionFlow::default());
+            entry.0 = Arc::new(SessionFlow::forgotten());
         }
         entry.1 = now;
         // Copied only while a decision still holds the previous version.

@@ -76,7 +76,7 @@ fn flow_store_suite_in_process() {
 }
 
 #[test]
-fn idle_flows_are_forgotten() {
+fn idle_flows_are_forgotten_towards_stricter() {
     let store = MemoryFlows::new(Duration::from_millis(50));
     store
         .update("a/s", &mut |f| {
@@ -86,7 +86,17 @@ fn idle_flows_are_forgotten() {
         .unwrap();
     assert_eq!(store.load("a/s").unwrap().outputs, 3);
     std::thread::sleep(Duration::from_millis(120));
-    assert_eq!(store.load("a/s").unwrap().outputs, 0);
+    // Forgotten towards stricter: everything it read counts as untrusted, and its task stays
+    // fixed; a session never seen starts empty.
+    let f = store.load("a/s").unwrap();
+    assert!(f.saturated && f.read_untrusted && f.outputs > 0, "{f:?}");
+    assert_eq!(*store.load("a/never").unwrap(), SessionFlow::default());
+    store
+        .update("a/s", &mut |f| {
+            assert!(f.saturated);
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// The Redis of `WARDEN_TEST_REDIS_URL` and a key prefix of this run's own.
