@@ -702,8 +702,6 @@ pub fn label(
     max_marks: usize,
 ) {
     let tool = output.tool;
-    let index = flow.outputs;
-    flow.outputs = flow.outputs.saturating_add(1);
     let named = named_source(tool, output.arguments, flow, known);
     let mut parts: Vec<(OutputTrust, Classification, String)> = Vec::new();
     match (output.structured, tool.output_fields.is_empty()) {
@@ -735,8 +733,23 @@ pub fn label(
             output.text.to_owned(),
         )),
     }
+    remember(flow, &tool.name, named, &parts, max_marks);
+}
+
+/// Adds one output's parts to `flow`: each mark into the trusted or the untrusted set (the
+/// first output that carried it kept), the classification raised, the output listed as a
+/// source with the identifiers it holds one of. Past `max_marks` the flow is saturated.
+fn remember(
+    flow: &mut SessionFlow,
+    tool: &str,
+    named: bool,
+    parts: &[(OutputTrust, Classification, String)],
+    max_marks: usize,
+) {
+    let index = flow.outputs;
+    flow.outputs = flow.outputs.saturating_add(1);
     let mut counts: HashMap<Kind, HashSet<Mark>> = HashMap::new();
-    for (trust, class, text) in &parts {
+    for (trust, class, text) in parts {
         flow.classification = flow.classification.max(level(*class));
         let untrusted = *trust == OutputTrust::Untrusted;
         flow.read_untrusted |= untrusted;
@@ -770,7 +783,7 @@ pub fn label(
             .collect();
         unique.sort_unstable();
         flow.sources.push(Source {
-            tool: tool.name.clone(),
+            tool: tool.to_owned(),
             index,
             named,
             unique,
@@ -780,27 +793,12 @@ pub fn label(
 
 /// Records the output of a tool the manifest does not describe: untrusted, all of it.
 pub fn label_untrusted(flow: &mut SessionFlow, tool: &str, text: &str, max_marks: usize) {
-    let index = flow.outputs;
-    flow.outputs = flow.outputs.saturating_add(1);
-    flow.read_untrusted = true;
-    scan(text, &mut |_, m| {
-        if flow.saturated {
-            return;
-        }
-        if flow.marks() >= max_marks {
-            flow.saturated = true;
-            return;
-        }
-        flow.untrusted.entry(m).or_insert(index);
-    });
-    if flow.sources.len() < MAX_SOURCES && !flow.saturated {
-        flow.sources.push(Source {
-            tool: tool.to_owned(),
-            index,
-            named: false,
-            unique: Vec::new(),
-        });
-    }
+    let parts = [(
+        OutputTrust::Untrusted,
+        Classification::Public,
+        text.to_owned(),
+    )];
+    remember(flow, tool, false, &parts, max_marks);
 }
 
 /// The least trust any of the tool's labels gives.
