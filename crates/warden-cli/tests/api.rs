@@ -654,8 +654,13 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
     let manifest_path = warden_runtime::starter::write(dir.path()).unwrap();
     let manifest = warden_runtime::bundle::load_manifest(&manifest_path).unwrap();
     let now = warden_runtime::now_unix();
-    let ledger =
-        warden_runtime::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+    let ledger = warden_runtime::witness::open_ledger(
+        dir.path(),
+        None,
+        &Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     warden_runtime::agents::record_key_changes(dir.path(), &ledger, now).unwrap();
     let old = warden_runtime::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
     let old_token = std::fs::read_to_string(&old).unwrap().trim().to_string();
@@ -767,8 +772,13 @@ fn manifest_swaps_are_atomic_under_load() {
         tool: "fs.read_file",
         arguments_hash: &d0.arguments_hash,
     };
-    let ledger =
-        warden_runtime::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+    let ledger = warden_runtime::witness::open_ledger(
+        dir.path(),
+        None,
+        &Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let recorded = ledger
         .record_decision_blocking(d0.clone(), "", "test", Vec::new())
         .unwrap();
@@ -877,7 +887,9 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
         })
     };
     let old_note = {
-        let ledger = warden_runtime::witness::open_ledger(d, None, &Default::default()).unwrap();
+        let ledger =
+            warden_runtime::witness::open_ledger(d, None, &Default::default(), Default::default())
+                .unwrap();
         warden_runtime::agents::record_key_changes(d, &ledger, 0).unwrap();
         ledger.append(&e(1)).unwrap();
         ledger.checkpoint().unwrap()
@@ -886,7 +898,9 @@ fn ledger_key_rotation_keeps_old_checkpoints_verifiable() {
         warden_runtime::witness::rotate_ledger_key(d, &Default::default(), None).unwrap();
     assert_ne!(old_id, new_id);
     let new_note = {
-        let ledger = warden_runtime::witness::open_ledger(d, None, &Default::default()).unwrap();
+        let ledger =
+            warden_runtime::witness::open_ledger(d, None, &Default::default(), Default::default())
+                .unwrap();
         warden_runtime::agents::record_key_changes(d, &ledger, 0).unwrap();
         ledger.append(&e(2)).unwrap();
         ledger.checkpoint().unwrap()
@@ -1504,8 +1518,13 @@ async fn a_call_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() 
     warden_runtime::starter::write(dir.path()).unwrap();
     let data = dir.path().to_owned();
     tokio::task::spawn_blocking(move || {
-        let ledger =
-            warden_runtime::witness::open_ledger(&data, None, &Default::default()).unwrap();
+        let ledger = warden_runtime::witness::open_ledger(
+            &data,
+            None,
+            &Default::default(),
+            Default::default(),
+        )
+        .unwrap();
         let cut_off = warden_ledger::DecisionRecord {
             decision: warden_core::Verdict::Allow,
             rules: vec!["tier.low.auto".into()],

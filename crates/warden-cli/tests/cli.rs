@@ -401,7 +401,9 @@ fn queued_outside_the_window() {
 /// Writes a ledger of `n` decision records into DATA the way `serve` does, with a signed
 /// checkpoint, and returns the checkpoint note.
 fn make_ledger(data: &Path, n: u64) -> String {
-    let ledger = warden_runtime::witness::open_ledger(data, None, &Default::default()).unwrap();
+    let ledger =
+        warden_runtime::witness::open_ledger(data, None, &Default::default(), Default::default())
+            .unwrap();
     for i in 0..n {
         let d = warden_core::Decision {
             decision: warden_core::Verdict::Allow,

@@ -11,7 +11,9 @@
 //! - `checkpoints.log` — every signed checkpoint, appended; `ledger.lock` — held by the writer.
 //!
 //! Durability: an append writes its frames and `fdatasync`s the segment before it returns (one
-//! sync per batch: group commit). The derived files are written without a sync and made durable
+//! sync per batch: group commit). `append_written` leaves the sync to the next `append` or
+//! `sync` (the ledger's grouped receipts); since only the last segment is written and a sync
+//! covers every earlier write, what a power loss can cut is always a tail. The derived files are written without a sync and made durable
 //! just before a checkpoint is written, so on open everything up to the checkpoint's size is
 //! trusted (after checking the stored tree against the checkpoint's root) and everything after
 //! it is re-derived from the segments, whose frames are checked one by one. A torn frame at the
@@ -68,6 +70,8 @@ pub struct FileStore {
     segment_limit: u64,
     // INVARIANT (fail-closed): set on the first failed write; every later call is refused.
     failed: Option<String>,
+    /// The last segment holds writes not yet synced (`append_written`).
+    unsynced: bool,
     /// The checkpoint read at open (what a read-only snapshot reports as latest).
     snapshot: Option<String>,
     _lock: Option<File>,
@@ -420,6 +424,7 @@ impl FileStore {
             frontier: Frontier::new(),
             segment_limit: segment_limit.max(HEADER + 8),
             failed: None,
+            unsynced: false,
             snapshot: latest.as_ref().map(|(note, _)| note.clone()),
             _lock: lock,
         };
@@ -801,6 +806,9 @@ impl FileStore {
     }
 
     fn roll_segment(&mut self) -> Result<(), StoreError> {
+        // The closed segment's unsynced tail must be durable before anything lands after it, so
+        // that what a power loss cuts stays a tail of the log.
+        self.sync_last()?;
         let path = self.dir.join(segment_name(self.size));
         let file = OpenOptions::new()
             .read(true)
@@ -821,7 +829,21 @@ impl FileStore {
         Ok(())
     }
 
-    fn append_inner(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+    /// Syncs the last segment if it holds unsynced writes.
+    fn sync_last(&mut self) -> Result<(), StoreError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Some(seg) = self.segments.last() {
+            seg.file
+                .sync_data()
+                .map_err(io_err("fdatasync", &seg.path))?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn append_inner(&mut self, entries: &[Vec<u8>], sync: bool) -> Result<Appended, StoreError> {
         let mut frames = Vec::with_capacity(entries.iter().map(|e| e.len() + 16).sum());
         for (i, e) in entries.iter().enumerate() {
             let len = u32::try_from(e.len())
@@ -849,11 +871,18 @@ impl FileStore {
             .file
             .write_all_at(&frames, start)
             .map_err(io_err("write", &seg.path))
-            .and_then(|()| seg.file.sync_data().map_err(io_err("fdatasync", &seg.path)));
+            .and_then(|()| {
+                if sync {
+                    seg.file.sync_data().map_err(io_err("fdatasync", &seg.path))
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = res {
             return Err(self.fail(e));
         }
         seg.len = start + frames.len() as u64;
+        self.unsynced = !sync;
 
         let first = self.size;
         let mut offsets = Vec::with_capacity(entries.len());
@@ -891,7 +920,24 @@ impl LedgerStore for FileStore {
                 root: self.frontier.root(),
             });
         }
-        self.append_inner(entries)
+        self.append_inner(entries, true)
+    }
+
+    fn append_written(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+        self.check_usable()?;
+        if self.mode == Mode::ReadOnly {
+            return Err(StoreError::Rejected(
+                "the ledger was opened read-only".into(),
+            ));
+        }
+        self.append_inner(entries, false)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        // INVARIANT (fail-closed): a failed sync may have lost acknowledged writes; nothing
+        // after it is acknowledged.
+        self.sync_last().map_err(|e| self.fail(e))
     }
 
     fn size(&mut self) -> Result<u64, StoreError> {

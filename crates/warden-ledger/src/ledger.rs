@@ -1,5 +1,6 @@
 //! The ledger: one writer thread that batches appends (group commit) and signs checkpoints.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -23,6 +24,8 @@ pub struct LedgerConfig {
     pub checkpoint_interval: Duration,
     /// Retired keys of the same signer, trusted for checkpoints signed before a rotation.
     pub also_trusted: Option<NoteVerifier>,
+    /// When receipts are durable.
+    pub receipts: Receipts,
 }
 
 impl Default for LedgerConfig {
@@ -31,6 +34,35 @@ impl Default for LedgerConfig {
             max_batch: 16_384,
             checkpoint_interval: Duration::from_secs(1),
             also_trusted: None,
+            receipts: Receipts::default(),
+        }
+    }
+}
+
+/// How long a grouped receipt waits, at most, for its sync.
+pub const DEFAULT_RECEIPT_WINDOW: Duration = Duration::from_millis(5);
+
+/// When a receipt becomes durable, relative to its acknowledgement. Every other entry (above all
+/// a decision, which must be durable before anything runs) is durable before it is
+/// acknowledged, whatever this says. See `docs/ledger.md`, "Receipts: grouped or strict".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipts {
+    /// Durable before it is acknowledged: the caller answers only after the receipt's sync.
+    Strict,
+    /// Acknowledged once written (readers see it, and a crash of the process keeps it), durable
+    /// within `window` or with the next synced entry, whichever comes first. A power loss inside
+    /// the window can cut it, with everything written after it; the next start then closes its
+    /// call with an `interrupted` receipt (outcome unknown).
+    Grouped {
+        /// The longest a written receipt waits for its sync.
+        window: Duration,
+    },
+}
+
+impl Default for Receipts {
+    fn default() -> Self {
+        Receipts::Grouped {
+            window: DEFAULT_RECEIPT_WINDOW,
         }
     }
 }
@@ -72,8 +104,17 @@ fn cause(e: &LedgerError) -> String {
 
 type Reply = oneshot::Sender<Result<u64, LedgerError>>;
 
+/// How soon an append must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// Before it is acknowledged.
+    Now,
+    /// Within the grouped-receipt window.
+    Grouped,
+}
+
 enum Cmd {
-    Append(Vec<u8>, Reply),
+    Append(Vec<u8>, Sync, Reply),
     Checkpoint(oneshot::Sender<Result<String, LedgerError>>),
 }
 
@@ -81,6 +122,8 @@ struct Shared {
     store: Mutex<Box<dyn LedgerStore>>,
     verifier: NoteVerifier,
     origin: String,
+    /// How many entries are durable (the writer's count; for tests and metrics).
+    durable: AtomicU64,
 }
 
 impl Shared {
@@ -176,6 +219,7 @@ pub struct Ledger {
     /// Entries found at open after the latest signed checkpoint (or all, without one).
     unsigned_at_open: u64,
     tx: Option<mpsc::Sender<Cmd>>,
+    receipts: Receipts,
     writer: Option<JoinHandle<()>>,
     signer_thread: Option<JoinHandle<()>>,
 }
@@ -236,12 +280,27 @@ impl Ledger {
             store: Mutex::new(store),
             verifier,
             origin,
+            durable: AtomicU64::new(size),
         });
         let (tx, rx) = mpsc::channel();
+        let receipts = config.receipts;
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("warden-ledger".into())
-            .spawn(move || writer_loop(&writer_shared, &rx, &sign_tx, head, dirty, &config))
+            .spawn(move || {
+                let mut w = Writer {
+                    shared: &writer_shared,
+                    sign: &sign_tx,
+                    config: &config,
+                    head,
+                    durable: head,
+                    signed: if dirty { None } else { Some(size) },
+                    last_checkpoint: Instant::now(),
+                    unsynced_since: None,
+                    last_append: Instant::now(),
+                };
+                w.run(&rx);
+            })
             .map_err(|e| {
                 LedgerError::AppendFailed(format!("cannot start the ledger writer: {e}"))
             })?;
@@ -249,6 +308,7 @@ impl Ledger {
             shared,
             unsigned_at_open: size.saturating_sub(signed_size.unwrap_or(0)),
             tx: Some(tx),
+            receipts,
             writer: Some(writer),
             signer_thread: Some(signer_thread),
         })
@@ -275,24 +335,49 @@ impl Ledger {
         &self.shared.origin
     }
 
-    /// Queues an entry; the ticket resolves once it is durable.
+    /// Queues an entry; the ticket resolves once it is durable — or, for a receipt under
+    /// [`Receipts::Grouped`], once it is written (durable within the window).
     ///
     /// # Errors
     /// [`LedgerError::Record`] if the entry cannot be encoded.
     pub fn submit(&self, entry: &Entry) -> Result<Ticket, LedgerError> {
         let bytes = entry.to_bytes()?;
-        Ok(self.submit_bytes(bytes))
+        // INVARIANT (fail-closed, INV-003): only a receipt may be acknowledged before its sync;
+        // a decision is durable before anything it allows runs.
+        let sync = match (entry, self.receipts) {
+            (Entry::Receipt(_), Receipts::Grouped { .. }) => Sync::Grouped,
+            _ => Sync::Now,
+        };
+        Ok(self.queue(bytes, sync))
     }
 
-    /// Queues canonical entry bytes (the caller vouches they are canonical).
+    /// Queues canonical entry bytes (the caller vouches they are canonical); the ticket
+    /// resolves once they are durable.
     #[must_use]
     pub fn submit_bytes(&self, bytes: Vec<u8>) -> Ticket {
+        self.queue(bytes, Sync::Now)
+    }
+
+    fn queue(&self, bytes: Vec<u8>, sync: Sync) -> Ticket {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.tx {
             // If the writer is gone, `reply` is dropped and the ticket reports `Stopped`.
-            let _ = tx.send(Cmd::Append(bytes, reply));
+            let _ = tx.send(Cmd::Append(bytes, sync, reply));
         }
         Ticket(rx)
+    }
+
+    /// How many entries are durable: the size, less grouped receipts still waiting for their
+    /// sync.
+    #[must_use]
+    pub fn durable_size(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// When this ledger's receipts are durable.
+    #[must_use]
+    pub fn receipts(&self) -> Receipts {
+        self.receipts
     }
 
     /// Appends and blocks until durable. Returns the entry's index.
@@ -370,82 +455,170 @@ impl Drop for Ledger {
     }
 }
 
-fn writer_loop(
-    shared: &Shared,
-    rx: &mpsc::Receiver<Cmd>,
-    sign: &mpsc::Sender<Sign>,
-    mut head: (u64, Hash),
-    mut dirty: bool,
-    config: &LedgerConfig,
-) {
-    let mut last_checkpoint = Instant::now();
-    let mut batch: Vec<Vec<u8>> = Vec::new();
-    let mut replies: Vec<Reply> = Vec::new();
-    let request = |head: (u64, Hash), reply: Option<NoteReply>| {
-        let _ = sign.send(Sign {
-            size: head.0,
-            root: head.1,
-            reply,
-        });
-    };
-    loop {
-        let first = match rx.recv_timeout(config.checkpoint_interval) {
-            Ok(cmd) => cmd,
-            Err(RecvTimeoutError::Timeout) => {
-                if dirty {
-                    request(head, None);
-                    dirty = false;
-                    last_checkpoint = Instant::now();
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut pending = Some(first);
-        let mut checkpoint_waiters = Vec::new();
-        while let Some(cmd) = pending.take() {
-            match cmd {
-                Cmd::Append(bytes, reply) => {
-                    batch.push(bytes);
-                    replies.push(reply);
-                }
-                Cmd::Checkpoint(reply) => checkpoint_waiters.push(reply),
-            }
-            if batch.len() < config.max_batch {
-                pending = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let result = shared.store().and_then(|mut s| Ok(s.append(&batch)?));
-            match result {
-                Ok(done) => {
-                    dirty = true;
-                    head = (done.size, done.root);
-                    for (i, reply) in replies.drain(..).enumerate() {
-                        let _ = reply.send(Ok(done.first + i as u64));
-                    }
-                }
-                Err(e) => {
-                    let msg = cause(&e);
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(Err(LedgerError::AppendFailed(msg.clone())));
-                    }
-                }
-            }
-            batch.clear();
-        }
-        for w in checkpoint_waiters {
-            request(head, Some(w));
-            dirty = false;
-            last_checkpoint = Instant::now();
-        }
-        if dirty && last_checkpoint.elapsed() >= config.checkpoint_interval {
-            request(head, None);
-            dirty = false;
-            last_checkpoint = Instant::now();
+/// The writer thread: batches appends (one sync per batch), keeps grouped receipts' syncs
+/// within their window, and hands durable tree heads to the checkpoint thread.
+struct Writer<'a> {
+    shared: &'a Shared,
+    sign: &'a mpsc::Sender<Sign>,
+    config: &'a LedgerConfig,
+    /// The head after the last write.
+    head: (u64, Hash),
+    /// The head after the last sync: the only one a checkpoint may cover.
+    durable: (u64, Hash),
+    /// The size of the last head handed to the checkpoint thread.
+    signed: Option<u64>,
+    last_checkpoint: Instant,
+    /// When the oldest write not yet synced was acknowledged.
+    unsynced_since: Option<Instant>,
+    /// When the last batch was written.
+    last_append: Instant,
+}
+
+impl Writer<'_> {
+    fn window(&self) -> Duration {
+        match self.config.receipts {
+            Receipts::Grouped { window } => window,
+            Receipts::Strict => Duration::ZERO,
         }
     }
-    if dirty {
-        request(head, None);
+
+    fn run(&mut self, rx: &mpsc::Receiver<Cmd>) {
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        loop {
+            let interval = self.config.checkpoint_interval;
+            let timeout = match self.unsynced_since {
+                Some(t) => self.window().saturating_sub(t.elapsed()).min(interval),
+                None => interval,
+            };
+            let first = match rx.recv_timeout(timeout) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self
+                        .unsynced_since
+                        .is_some_and(|t| t.elapsed() >= self.window())
+                    {
+                        self.sync();
+                    }
+                    if self.checkpoint_due() && self.last_append.elapsed() >= interval {
+                        // Idle: sign what is durable.
+                        self.request(None);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut pending = Some(first);
+            let mut checkpoint_waiters = Vec::new();
+            let mut sync = Sync::Grouped;
+            while let Some(cmd) = pending.take() {
+                match cmd {
+                    Cmd::Append(bytes, s, reply) => {
+                        batch.push(bytes);
+                        replies.push(reply);
+                        if s == Sync::Now {
+                            sync = Sync::Now;
+                        }
+                    }
+                    Cmd::Checkpoint(reply) => checkpoint_waiters.push(reply),
+                }
+                if batch.len() < self.config.max_batch {
+                    pending = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.append(&batch, sync, &mut replies);
+                batch.clear();
+            }
+            if !checkpoint_waiters.is_empty() {
+                // A checkpoint covers every append acknowledged before it was asked for.
+                self.sync();
+                for w in checkpoint_waiters {
+                    self.request(Some(w));
+                }
+            }
+            if self
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= self.window())
+            {
+                self.sync();
+            }
+            if self.checkpoint_due()
+                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                self.request(None);
+            }
+        }
+        self.sync();
+        if self.checkpoint_due() {
+            self.request(None);
+        }
+    }
+
+    /// Writes one batch (syncing it if any entry needs that) and answers its callers.
+    fn append(&mut self, batch: &[Vec<u8>], sync: Sync, replies: &mut Vec<Reply>) {
+        let result = self.shared.store().and_then(|mut s| {
+            Ok(match sync {
+                Sync::Now => s.append(batch)?,
+                Sync::Grouped => s.append_written(batch)?,
+            })
+        });
+        match result {
+            Ok(done) => {
+                self.head = (done.size, done.root);
+                self.last_append = Instant::now();
+                match sync {
+                    // A sync covers every earlier write too.
+                    Sync::Now => self.synced(),
+                    Sync::Grouped => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                for (i, reply) in replies.drain(..).enumerate() {
+                    let _ = reply.send(Ok(done.first + i as u64));
+                }
+            }
+            Err(e) => {
+                let msg = cause(&e);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(LedgerError::AppendFailed(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Makes the written entries durable. A failed sync stops the store (every later append
+    /// is refused), so the gateway fails closed; the receipts it may have lost are closed as
+    /// `interrupted` at the next start.
+    fn sync(&mut self) {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        let done = self.shared.store().and_then(|mut s| Ok(s.sync()?));
+        self.unsynced_since = None;
+        if done.is_ok() {
+            self.synced();
+        }
+    }
+
+    fn synced(&mut self) {
+        self.durable = self.head;
+        self.unsynced_since = None;
+        self.shared.durable.store(self.durable.0, Ordering::Release);
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.signed != Some(self.durable.0)
+    }
+
+    /// Hands the durable head to the checkpoint thread.
+    fn request(&mut self, reply: Option<NoteReply>) {
+        let _ = self.sign.send(Sign {
+            size: self.durable.0,
+            root: self.durable.1,
+            reply,
+        });
+        self.signed = Some(self.durable.0);
+        self.last_checkpoint = Instant::now();
     }
 }

@@ -74,6 +74,26 @@ pub trait LedgerStore: Send {
     /// [`StoreError`]: nothing in the batch may be treated as recorded.
     fn append(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError>;
 
+    /// Appends `entries` in order and returns once they are written: readers see them and a
+    /// crash of this process keeps them, but a power loss may cut them (with everything written
+    /// after them) until [`LedgerStore::sync`] or the next [`LedgerStore::append`] returns,
+    /// each of which makes every earlier write durable. A store whose writes are always
+    /// durable (the default) makes this an `append`.
+    ///
+    /// # Errors
+    /// [`StoreError`]: nothing in the batch may be treated as recorded.
+    fn append_written(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+        self.append(entries)
+    }
+
+    /// Makes every entry written so far durable.
+    ///
+    /// # Errors
+    /// [`StoreError`]: the written entries may be lost; the store refuses everything after.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The number of entries.
     ///
     /// # Errors
@@ -113,6 +133,12 @@ pub trait LedgerStore: Send {
 impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     fn append(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
         (**self).append(entries)
+    }
+    fn append_written(&mut self, entries: &[Vec<u8>]) -> Result<Appended, StoreError> {
+        (**self).append_written(entries)
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        (**self).sync()
     }
     fn size(&mut self) -> Result<u64, StoreError> {
         (**self).size()

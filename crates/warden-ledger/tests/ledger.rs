@@ -827,6 +827,170 @@ fn crash_kill9_keeps_every_acknowledged_entry() {
 // ---------------------------------------------------------------------------------------------
 // Fail closed (INV-003): a full disk makes appends fail, and nothing after is acknowledged.
 
+// ---------------------------------------------------------------------------------------------
+// Grouped receipts: acknowledged once written, synced within the window; a power loss can cut
+// only an unsynced tail, and no checkpoint ever covers it.
+
+fn grouped_ledger(dir: &Path, window: Duration, checkpoint_interval: Duration) -> Ledger {
+    let signer = NoteSigner::generate("warden.test/grouped").unwrap();
+    let config = LedgerConfig {
+        receipts: warden_ledger::Receipts::Grouped { window },
+        checkpoint_interval,
+        ..LedgerConfig::default()
+    };
+    Ledger::open(file_store(dir), signer, config).unwrap()
+}
+
+#[test]
+fn a_grouped_receipt_is_synced_within_its_window_without_another_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = grouped_ledger(
+        dir.path(),
+        Duration::from_millis(20),
+        Duration::from_secs(3600),
+    );
+    assert_eq!(ledger.append(&decision(1)).unwrap(), 0);
+    // A decision is durable when it is acknowledged, whatever the receipts' mode.
+    assert_eq!(ledger.durable_size(), 1);
+    assert_eq!(ledger.append(&receipt(1)).unwrap(), 1);
+    assert_eq!(
+        ledger.size().unwrap(),
+        2,
+        "acknowledged receipts are readable at once"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ledger.durable_size() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receipt was never synced"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_decision_makes_the_receipts_written_before_it_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // A window far beyond the test: only the decision's sync can make the receipt durable.
+    let ledger = grouped_ledger(
+        dir.path(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    ledger.append(&decision(1)).unwrap();
+    ledger.append(&receipt(1)).unwrap();
+    assert_eq!(ledger.durable_size(), 1, "the receipt waits for its window");
+    ledger.append(&decision(2)).unwrap();
+    assert_eq!(ledger.durable_size(), 3);
+    // A checkpoint asked for covers every acknowledged entry: it syncs first.
+    ledger.append(&receipt(2)).unwrap();
+    let note = ledger.checkpoint().unwrap();
+    assert!(note.lines().nth(1) == Some("4"), "{note}");
+    assert_eq!(ledger.durable_size(), 4);
+}
+
+#[test]
+fn strict_receipts_are_durable_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden.test/strict").unwrap();
+    let config = LedgerConfig {
+        receipts: warden_ledger::Receipts::Strict,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open(file_store(dir.path()), signer, config).unwrap();
+    ledger.append(&decision(1)).unwrap();
+    ledger.append(&receipt(1)).unwrap();
+    assert_eq!(ledger.durable_size(), 2);
+}
+
+const POWER_LOSS_DIR: &str = "WARDEN_LEDGER_POWER_LOSS_DIR";
+
+/// The child side of the power-loss test (does nothing unless the parent set the variable):
+/// records a decision, reports the segment's synced length, records a grouped receipt (never
+/// synced: its window is an hour), reports it, and waits to be killed after several checkpoint
+/// intervals have passed.
+#[test]
+fn power_loss_child() {
+    let Ok(dir) = std::env::var(POWER_LOSS_DIR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let key = std::fs::read_to_string(dir.join("key")).unwrap();
+    let config = LedgerConfig {
+        receipts: warden_ledger::Receipts::Grouped {
+            window: Duration::from_secs(3600),
+        },
+        checkpoint_interval: Duration::from_millis(10),
+        ..LedgerConfig::default()
+    };
+    let store = Box::new(FileStore::open(&dir.join("ledger"), Mode::Write).unwrap());
+    let ledger = Ledger::open(store, NoteSigner::parse(&key).unwrap(), config).unwrap();
+    ledger.append(&decision(1)).unwrap();
+    let segment = dir.join("ledger").join(format!("{:020}.seg", 0));
+    let synced = std::fs::metadata(&segment).unwrap().len();
+    ledger.append(&receipt(1)).unwrap();
+    // Let the idle writer sign what it considers signable.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut out = std::io::stdout();
+    writeln!(out, "synced {synced}").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn a_power_loss_cuts_only_unsynced_receipts_and_no_checkpoint_covers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("warden.test/power").unwrap();
+    std::fs::write(dir.path().join("key"), &*signer.to_private_string()).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "power_loss_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(POWER_LOSS_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut synced = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        // The harness may have printed the test's name on the same line.
+        if let Some((_, n)) = line.unwrap().split_once("synced ") {
+            synced = Some(n.trim().parse::<u64>().unwrap());
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let synced = synced.expect("the child reported its synced length");
+    let ledger_dir = dir.path().join("ledger");
+    let segment = ledger_dir.join(format!("{:020}.seg", 0));
+    assert!(std::fs::metadata(&segment).unwrap().len() > synced);
+    // What a power loss does to writes never synced: they are gone.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(synced)
+        .unwrap();
+    // The log opens (no signed checkpoint claims the lost receipt), holds the decision and
+    // verifies; the lost receipt is a missing tail, which the gateway's start closes as
+    // `interrupted`.
+    let mut s = FileStore::open(&ledger_dir, Mode::Write).unwrap();
+    assert_eq!(s.size().unwrap(), 1);
+    assert!(
+        s.latest_checkpoint().unwrap().is_some(),
+        "the decision was signed"
+    );
+    verify::verify_store(&mut s, &signer.verifier(), None, true).unwrap();
+    drop(s);
+    let ledger = Ledger::open(file_store(&ledger_dir), signer, LedgerConfig::default()).unwrap();
+    assert_eq!(ledger.size().unwrap(), 1);
+}
+
 #[test]
 fn full_disk_fails_closed() {
     let dir = tempfile::tempdir().unwrap();

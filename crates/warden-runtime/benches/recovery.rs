@@ -35,8 +35,13 @@ fn main() {
         Ok(d) => tempfile::tempdir_in(d).unwrap(),
         Err(_) => tempfile::tempdir().unwrap(),
     };
-    let ledger =
-        warden_runtime::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+    let ledger = warden_runtime::witness::open_ledger(
+        dir.path(),
+        None,
+        &Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     // A first start: the scan of the next one stops at its mark.
     warden_runtime::recovery::close_interrupted(&ledger, 1_800_000_000_000).unwrap();
     let mut tickets = Vec::new();

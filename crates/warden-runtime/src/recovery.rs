@@ -261,8 +261,13 @@ mod tests {
     fn entries_left_unsigned_by_a_crash_are_adopted_and_the_start_says_so() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ledger =
-                crate::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+            let ledger = crate::witness::open_ledger(
+                dir.path(),
+                None,
+                &Default::default(),
+                Default::default(),
+            )
+            .unwrap();
             ledger.append(&decision("r-signed", Verdict::Deny)).unwrap();
         }
         {
@@ -275,7 +280,9 @@ mod tests {
             let raw = decision("r-unsigned", Verdict::Deny).to_bytes().unwrap();
             warden_ledger::LedgerStore::append(&mut store, &[raw]).unwrap();
         }
-        let ledger = crate::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+        let ledger =
+            crate::witness::open_ledger(dir.path(), None, &Default::default(), Default::default())
+                .unwrap();
         assert_eq!(ledger.unsigned_at_open(), 1);
         close_interrupted(&ledger, 1_800_000_500_000).unwrap();
         let size = ledger.size().unwrap();
@@ -334,7 +341,9 @@ mod tests {
     #[test]
     fn allowed_calls_without_a_receipt_are_closed_once_and_the_scan_stops_at_the_last_start() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = crate::witness::open_ledger(dir.path(), None, &Default::default()).unwrap();
+        let ledger =
+            crate::witness::open_ledger(dir.path(), None, &Default::default(), Default::default())
+                .unwrap();
         // A previous run: a call that finished, one whose grant was refused, one denied, and
         // two allowed and cut off by a crash (one of them in a later chunk than its neighbours
         // would be: the scan reads several chunks).

@@ -30,6 +30,8 @@ pub struct Config {
     pub ledger_postgres: Option<String>,
     /// Where the ledger's signing key is kept (`DATA/keys/ledger.key` by default).
     pub ledger_key: crate::witness::LedgerKey,
+    /// When receipts are durable: grouped (the default) or strict.
+    pub receipts: warden_ledger::Receipts,
     /// Witnesses outside the data directory the ledger's checkpoints are sent to.
     pub witnesses: Vec<crate::witnessing::WitnessTarget>,
     /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
@@ -53,6 +55,7 @@ impl Config {
             manifest: data.join("manifest.yaml"),
             ledger_postgres: None,
             ledger_key: crate::witness::LedgerKey::DataDir,
+            receipts: warden_ledger::Receipts::default(),
             witnesses: Vec::new(),
             replay_redis: None,
             state_redis: None,
@@ -286,6 +289,7 @@ impl Backends {
             &config.data,
             config.ledger_postgres.as_deref(),
             &config.ledger_key,
+            config.receipts,
         )?;
         Ok(Backends {
             state,

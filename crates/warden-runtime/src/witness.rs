@@ -247,6 +247,7 @@ pub fn open_ledger(
     data: &Path,
     postgres: Option<&str>,
     key: &LedgerKey,
+    receipts: warden_ledger::Receipts,
 ) -> Result<Ledger, WitnessError> {
     let signer = load_key(data, key)?;
     // Retired keys listed in ledger.pub keep verifying checkpoints signed before a rotation.
@@ -254,6 +255,7 @@ pub fn open_ledger(
     let store = open_store(data, postgres, signer.name(), Mode::Write)?;
     let config = LedgerConfig {
         also_trusted: Some(trusted),
+        receipts,
         ..LedgerConfig::default()
     };
     Ok(Ledger::open(store, signer, config)?)
@@ -430,13 +432,13 @@ mod tests {
         let text = fs::read_to_string(key_path(data.path())).unwrap();
         let key = outside(vault.path(), &text);
         // A copy left inside: refused, and the message says what to do.
-        let err = open_ledger(data.path(), None, &key)
+        let err = open_ledger(data.path(), None, &key, Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("move it out"), "{err}");
         fs::remove_file(key_path(data.path())).unwrap();
 
-        let ledger = open_ledger(data.path(), None, &key).unwrap();
+        let ledger = open_ledger(data.path(), None, &key, Default::default()).unwrap();
         ledger
             .append(&warden_ledger::Entry::Event(
                 warden_ledger::EventRecord::about_gateway("test.event", "outside".into(), 1),
@@ -453,7 +455,7 @@ mod tests {
         // Another key (not this log's) is refused against ledger.pub.
         let stranger = NoteSigner::generate(made.name()).unwrap();
         let wrong = outside(vault.path(), &stranger.to_private_string());
-        let err = open_ledger(data.path(), None, &wrong)
+        let err = open_ledger(data.path(), None, &wrong, Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not list the key"), "{err}");

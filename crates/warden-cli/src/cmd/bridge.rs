@@ -209,7 +209,7 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
     tracing::info!(daemon = %url, "bridging MCP on stdio to the Warden daemon");
     let bridge = Bridge { daemon, upward };
     let service = bridge
-        .serve(rmcp::transport::io::stdio())
+        .serve(rmcp::transport::io::stdio_pipes())
         .await
         .context("MCP handshake on stdio")?;
     let _ = service.waiting().await;

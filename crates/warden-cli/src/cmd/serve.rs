@@ -22,6 +22,12 @@ pub struct Common {
     /// file:/absolute/path or keyring:DESCRIPTION (default DATA/keys/ledger.key).
     #[arg(long, value_name = "SOURCE", env = "WARDEN_LEDGER_KEY")]
     ledger_key: Option<warden_runtime::witness::LedgerKey>,
+    /// When receipts are durable: `grouped` (default; written before the answer, synced
+    /// within 5 ms or with the next decision, a call whose receipt a power loss cut is closed as
+    /// `interrupted` at the next start) or `strict` (synced before the answer). Decisions are
+    /// always synced before anything runs. See docs/ledger.md.
+    #[arg(long, value_enum, default_value = "grouped", env = "WARDEN_RECEIPTS")]
+    receipts: ReceiptDurability,
     /// Send the ledger's checkpoints to this witness (repeatable): its base URL, `#`, its
     /// verifier key (`warden witness keygen` prints it).
     #[arg(long = "witness", value_name = "URL#KEY")]
@@ -80,6 +86,24 @@ const UPSTREAM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// Lifetime of the credential written for the starter agent.
 const STARTER_CREDENTIAL_SECS: i64 = 30 * 24 * 3600;
 
+/// When receipts are durable (`--receipts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReceiptDurability {
+    /// Written before the answer, synced within a few milliseconds.
+    Grouped,
+    /// Synced before the answer.
+    Strict,
+}
+
+impl From<ReceiptDurability> for warden_ledger::Receipts {
+    fn from(r: ReceiptDurability) -> Self {
+        match r {
+            ReceiptDurability::Grouped => warden_ledger::Receipts::default(),
+            ReceiptDurability::Strict => warden_ledger::Receipts::Strict,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -134,6 +158,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         manifest: manifest.clone(),
         ledger_postgres: a.ledger_postgres.clone(),
         ledger_key: a.ledger_key.clone().unwrap_or_default(),
+        receipts: a.receipts.into(),
         witnesses: a.witnesses.clone(),
         replay_redis: a.replay_redis.clone(),
         state_redis: a.state.clone(),
@@ -288,7 +313,9 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("serving MCP on stdio");
         let stop = on_stop()?;
-        let service = rmcp::ServiceExt::serve(front, rmcp::transport::io::stdio())
+        // Pipes (how desktop clients launch servers) are driven by the reactor, not the
+        // blocking pool: no thread hand-off per message.
+        let service = rmcp::ServiceExt::serve(front, rmcp::transport::io::stdio_pipes())
             .await
             .context("MCP handshake on stdio")?;
         let cancel = service.cancellation_token();
