@@ -1,8 +1,10 @@
-//! The ledger: one writer thread that batches appends (group commit) and signs checkpoints.
+//! The ledger: appends batched by whichever caller finds no write in progress (group commit on
+//! the caller's thread, no hand-off to a writer thread), a ticker thread for the grouped
+//! receipts' window and idle checkpoints, and a thread that signs checkpoints.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -113,9 +115,15 @@ enum Sync {
     Grouped,
 }
 
-enum Cmd {
-    Append(Vec<u8>, Sync, Reply),
-    Checkpoint(oneshot::Sender<Result<String, LedgerError>>),
+/// Appends and checkpoint requests waiting for the current leader.
+#[derive(Default)]
+struct Queue {
+    entries: Vec<(Vec<u8>, Sync, Reply)>,
+    checkpoints: Vec<NoteReply>,
+    /// A caller is writing; it takes everything queued before it stops leading.
+    leading: bool,
+    /// The ledger is being dropped: nothing more is taken.
+    stopped: bool,
 }
 
 struct Shared {
@@ -124,6 +132,10 @@ struct Shared {
     origin: String,
     /// How many entries are durable (the writer's count; for tests and metrics).
     durable: AtomicU64,
+    queue: Mutex<Queue>,
+    writer: Mutex<Writer>,
+    /// Wakes the ticker (waits on `writer`).
+    tick: Condvar,
 }
 
 impl Shared {
@@ -132,6 +144,98 @@ impl Shared {
         self.store
             .lock()
             .map_err(|_| LedgerError::AppendFailed("ledger store lock poisoned".into()))
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // The queue's data stays consistent whatever panicked while it was held.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A poisoned writer still refuses correctly: its store reports its own failures.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes everything queued, batch after batch, until the queue is empty; the caller that
+    /// found no leader runs this on its own thread (group commit without a thread hand-off).
+    fn lead(&self) {
+        loop {
+            let (entries, checkpoints) = {
+                let mut q = self.queue();
+                if q.entries.is_empty() && q.checkpoints.is_empty() {
+                    q.leading = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut q.entries),
+                    std::mem::take(&mut q.checkpoints),
+                )
+            };
+            let mut w = self.writer();
+            for chunk in chunks(entries, w.config.max_batch) {
+                w.append(self, chunk);
+            }
+            if !checkpoints.is_empty() {
+                // A checkpoint covers every append acknowledged before it was asked for.
+                w.sync(self);
+                for reply in checkpoints {
+                    w.request(Some(reply));
+                }
+            }
+            w.housekeeping(self);
+            if w.ticker_late() {
+                w.ticker = Sleep::Awake;
+                self.tick.notify_one();
+            }
+        }
+    }
+}
+
+/// `entries` in batches of at most `max` (at least one).
+fn chunks<T>(mut entries: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    while entries.len() > max {
+        let rest = entries.split_off(max);
+        out.push(std::mem::replace(&mut entries, rest));
+    }
+    out.push(entries);
+    out
+}
+
+/// The ticker thread: syncs grouped receipts when their window passes and signs what is durable
+/// once the log falls idle; parked (no wake-ups) while there is nothing to do.
+fn ticker_loop(shared: &Shared) {
+    let mut w = shared.writer();
+    loop {
+        w.housekeeping(shared);
+        if w.stopping {
+            w.sync(shared);
+            if w.checkpoint_due() {
+                w.request(None);
+            }
+            // Closing the channel lets the checkpoint thread finish and exit.
+            w.sign = None;
+            return;
+        }
+        w = match w.next_tick() {
+            Some(wait) => {
+                w.ticker = Sleep::Until(Instant::now() + wait);
+                let mut w = shared
+                    .tick
+                    .wait_timeout(w, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                w.ticker = Sleep::Awake;
+                w
+            }
+            None => {
+                w.ticker = Sleep::Parked;
+                let mut w = shared.tick.wait(w).unwrap_or_else(PoisonError::into_inner);
+                w.ticker = Sleep::Awake;
+                w
+            }
+        };
     }
 }
 
@@ -218,9 +322,8 @@ pub struct Ledger {
     shared: Arc<Shared>,
     /// Entries found at open after the latest signed checkpoint (or all, without one).
     unsigned_at_open: u64,
-    tx: Option<mpsc::Sender<Cmd>>,
     receipts: Receipts,
-    writer: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
     signer_thread: Option<JoinHandle<()>>,
 }
 
@@ -276,40 +379,39 @@ impl Ledger {
             .map_err(|e| {
                 LedgerError::AppendFailed(format!("cannot start the ledger checkpointer: {e}"))
             })?;
+        let receipts = config.receipts;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             verifier,
             origin,
             durable: AtomicU64::new(size),
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Writer {
+                sign: Some(sign_tx),
+                config,
+                head,
+                durable: head,
+                signed: if dirty { None } else { Some(size) },
+                last_checkpoint: Instant::now(),
+                unsynced_since: None,
+                last_append: Instant::now(),
+                ticker: Sleep::Awake,
+                stopping: false,
+            }),
+            tick: Condvar::new(),
         });
-        let (tx, rx) = mpsc::channel();
-        let receipts = config.receipts;
-        let writer_shared = Arc::clone(&shared);
-        let writer = std::thread::Builder::new()
+        let ticker_shared = Arc::clone(&shared);
+        let ticker = std::thread::Builder::new()
             .name("warden-ledger".into())
-            .spawn(move || {
-                let mut w = Writer {
-                    shared: &writer_shared,
-                    sign: &sign_tx,
-                    config: &config,
-                    head,
-                    durable: head,
-                    signed: if dirty { None } else { Some(size) },
-                    last_checkpoint: Instant::now(),
-                    unsynced_since: None,
-                    last_append: Instant::now(),
-                };
-                w.run(&rx);
-            })
+            .spawn(move || ticker_loop(&ticker_shared))
             .map_err(|e| {
-                LedgerError::AppendFailed(format!("cannot start the ledger writer: {e}"))
+                LedgerError::AppendFailed(format!("cannot start the ledger's ticker: {e}"))
             })?;
         Ok(Ledger {
             shared,
             unsigned_at_open: size.saturating_sub(signed_size.unwrap_or(0)),
-            tx: Some(tx),
             receipts,
-            writer: Some(writer),
+            ticker: Some(ticker),
             signer_thread: Some(signer_thread),
         })
     }
@@ -358,11 +460,21 @@ impl Ledger {
         self.queue(bytes, Sync::Now)
     }
 
+    /// Queues the entry and, if no caller is writing, writes the queue on this thread (so a
+    /// call from async code may block its worker for a write and a sync).
     fn queue(&self, bytes: Vec<u8>, sync: Sync) -> Ticket {
         let (reply, rx) = oneshot::channel();
-        if let Some(tx) = &self.tx {
-            // If the writer is gone, `reply` is dropped and the ticket reports `Stopped`.
-            let _ = tx.send(Cmd::Append(bytes, sync, reply));
+        let lead = {
+            let mut q = self.shared.queue();
+            if q.stopped {
+                // `reply` is dropped: the ticket reports `Stopped`.
+                return Ticket(rx);
+            }
+            q.entries.push((bytes, sync, reply));
+            !std::mem::replace(&mut q.leading, true)
+        };
+        if lead {
+            self.shared.lead();
         }
         Ticket(rx)
     }
@@ -396,11 +508,17 @@ impl Ledger {
     /// [`LedgerError`] if it cannot be stored.
     pub fn checkpoint(&self) -> Result<String, LedgerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .as_ref()
-            .ok_or(LedgerError::Stopped)?
-            .send(Cmd::Checkpoint(reply))
-            .map_err(|_| LedgerError::Stopped)?;
+        let lead = {
+            let mut q = self.shared.queue();
+            if q.stopped {
+                return Err(LedgerError::Stopped);
+            }
+            q.checkpoints.push(reply);
+            !std::mem::replace(&mut q.leading, true)
+        };
+        if lead {
+            self.shared.lead();
+        }
         rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
     }
 
@@ -443,24 +561,41 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        // Closing the channel makes the writer drain, checkpoint and exit.
-        self.tx = None;
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+        // Nothing more is queued; a leader still writing finishes what it took.
+        self.shared.queue().stopped = true;
+        {
+            let mut w = self.shared.writer();
+            w.stopping = true;
+            self.shared.tick.notify_one();
         }
-        // The writer's exit closed the checkpoint channel after its final request.
+        // The ticker syncs, asks for a final checkpoint and closes the checkpoint channel.
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
         if let Some(c) = self.signer_thread.take() {
             let _ = c.join();
         }
     }
 }
 
-/// The writer thread: batches appends (one sync per batch), keeps grouped receipts' syncs
-/// within their window, and hands durable tree heads to the checkpoint thread.
-struct Writer<'a> {
-    shared: &'a Shared,
-    sign: &'a mpsc::Sender<Sign>,
-    config: &'a LedgerConfig,
+/// How the ticker thread is sleeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sleep {
+    /// Running (or about to decide).
+    Awake,
+    /// Until this moment.
+    Until(Instant),
+    /// Until woken: nothing is due.
+    Parked,
+}
+
+/// The writing side of the ledger, behind its lock: batches appends (one sync per batch),
+/// keeps grouped receipts' syncs within their window, and hands durable tree heads to the
+/// checkpoint thread.
+struct Writer {
+    /// To the checkpoint thread; taken at shutdown.
+    sign: Option<mpsc::Sender<Sign>>,
+    config: LedgerConfig,
     /// The head after the last write.
     head: (u64, Hash),
     /// The head after the last sync: the only one a checkpoint may cover.
@@ -472,9 +607,13 @@ struct Writer<'a> {
     unsynced_since: Option<Instant>,
     /// When the last batch was written.
     last_append: Instant,
+    /// How the ticker sleeps; a leader that gives it something due earlier wakes it.
+    ticker: Sleep,
+    /// The ledger is being dropped.
+    stopping: bool,
 }
 
-impl Writer<'_> {
+impl Writer {
     fn window(&self) -> Duration {
         match self.config.receipts {
             Receipts::Grouped { window } => window,
@@ -482,85 +621,19 @@ impl Writer<'_> {
         }
     }
 
-    fn run(&mut self, rx: &mpsc::Receiver<Cmd>) {
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        let mut replies: Vec<Reply> = Vec::new();
-        loop {
-            let interval = self.config.checkpoint_interval;
-            let timeout = match self.unsynced_since {
-                Some(t) => self.window().saturating_sub(t.elapsed()).min(interval),
-                None => interval,
-            };
-            let first = match rx.recv_timeout(timeout) {
-                Ok(cmd) => cmd,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self
-                        .unsynced_since
-                        .is_some_and(|t| t.elapsed() >= self.window())
-                    {
-                        self.sync();
-                    }
-                    if self.checkpoint_due() && self.last_append.elapsed() >= interval {
-                        // Idle: sign what is durable.
-                        self.request(None);
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut pending = Some(first);
-            let mut checkpoint_waiters = Vec::new();
-            let mut sync = Sync::Grouped;
-            while let Some(cmd) = pending.take() {
-                match cmd {
-                    Cmd::Append(bytes, s, reply) => {
-                        batch.push(bytes);
-                        replies.push(reply);
-                        if s == Sync::Now {
-                            sync = Sync::Now;
-                        }
-                    }
-                    Cmd::Checkpoint(reply) => checkpoint_waiters.push(reply),
-                }
-                if batch.len() < self.config.max_batch {
-                    pending = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.append(&batch, sync, &mut replies);
-                batch.clear();
-            }
-            if !checkpoint_waiters.is_empty() {
-                // A checkpoint covers every append acknowledged before it was asked for.
-                self.sync();
-                for w in checkpoint_waiters {
-                    self.request(Some(w));
-                }
-            }
-            if self
-                .unsynced_since
-                .is_some_and(|t| t.elapsed() >= self.window())
-            {
-                self.sync();
-            }
-            if self.checkpoint_due()
-                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
-            {
-                self.request(None);
-            }
-        }
-        self.sync();
-        if self.checkpoint_due() {
-            self.request(None);
-        }
-    }
-
     /// Writes one batch (syncing it if any entry needs that) and answers its callers.
-    fn append(&mut self, batch: &[Vec<u8>], sync: Sync, replies: &mut Vec<Reply>) {
-        let result = self.shared.store().and_then(|mut s| {
+    fn append(&mut self, shared: &Shared, batch: Vec<(Vec<u8>, Sync, Reply)>) {
+        let sync = if batch.iter().any(|(_, s, _)| *s == Sync::Now) {
+            Sync::Now
+        } else {
+            Sync::Grouped
+        };
+        let (bytes, replies): (Vec<Vec<u8>>, Vec<Reply>) =
+            batch.into_iter().map(|(b, _, r)| (b, r)).unzip();
+        let result = shared.store().and_then(|mut s| {
             Ok(match sync {
-                Sync::Now => s.append(batch)?,
-                Sync::Grouped => s.append_written(batch)?,
+                Sync::Now => s.append(&bytes)?,
+                Sync::Grouped => s.append_written(&bytes)?,
             })
         });
         match result {
@@ -569,42 +642,90 @@ impl Writer<'_> {
                 self.last_append = Instant::now();
                 match sync {
                     // A sync covers every earlier write too.
-                    Sync::Now => self.synced(),
+                    Sync::Now => self.synced(shared),
                     Sync::Grouped => {
                         self.unsynced_since.get_or_insert_with(Instant::now);
                     }
                 }
-                for (i, reply) in replies.drain(..).enumerate() {
+                for (i, reply) in replies.into_iter().enumerate() {
                     let _ = reply.send(Ok(done.first + i as u64));
                 }
             }
             Err(e) => {
                 let msg = cause(&e);
-                for reply in replies.drain(..) {
+                for reply in replies {
                     let _ = reply.send(Err(LedgerError::AppendFailed(msg.clone())));
                 }
             }
         }
     }
 
-    /// Makes the written entries durable. A failed sync stops the store (every later append
-    /// is refused), so the gateway fails closed; the receipts it may have lost are closed as
-    /// `interrupted` at the next start.
-    fn sync(&mut self) {
-        if self.unsynced_since.is_none() {
-            return;
+    /// What is due now: the grouped receipts' sync once their window has passed, a checkpoint
+    /// of what is durable once a checkpoint interval has passed since the last one or since the
+    /// last write.
+    fn housekeeping(&mut self, shared: &Shared) {
+        if self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= self.window())
+        {
+            self.sync(shared);
         }
-        let done = self.shared.store().and_then(|mut s| Ok(s.sync()?));
-        self.unsynced_since = None;
-        if done.is_ok() {
-            self.synced();
+        let interval = self.config.checkpoint_interval;
+        if self.checkpoint_due()
+            && (self.last_checkpoint.elapsed() >= interval
+                || self.last_append.elapsed() >= interval)
+        {
+            self.request(None);
         }
     }
 
-    fn synced(&mut self) {
+    /// Whether the sleeping ticker would wake too late for what is now due (a new grouped
+    /// receipt's window, a checkpoint after the log falls idle). Under steady load it is not:
+    /// the ticker wakes about once per window, not once per call.
+    fn ticker_late(&self) -> bool {
+        match (self.ticker, self.next_tick()) {
+            (Sleep::Parked, Some(_)) => true,
+            (Sleep::Until(at), Some(wait)) => Instant::now() + wait < at,
+            _ => false,
+        }
+    }
+
+    /// How long the ticker may sleep: `None` to park until woken.
+    fn next_tick(&self) -> Option<Duration> {
+        let interval = self.config.checkpoint_interval;
+        let window = self
+            .unsynced_since
+            .map(|t| self.window().saturating_sub(t.elapsed()));
+        let checkpoint = self.checkpoint_due().then(|| {
+            interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .min(interval.saturating_sub(self.last_append.elapsed()))
+        });
+        match (window, checkpoint) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|d| d.max(Duration::from_micros(100)))
+    }
+
+    /// Makes the written entries durable. A failed sync stops the store (every later append
+    /// is refused), so the gateway fails closed; the receipts it may have lost are closed as
+    /// `interrupted` at the next start.
+    fn sync(&mut self, shared: &Shared) {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        let done = shared.store().and_then(|mut s| Ok(s.sync()?));
+        self.unsynced_since = None;
+        if done.is_ok() {
+            self.synced(shared);
+        }
+    }
+
+    fn synced(&mut self, shared: &Shared) {
         self.durable = self.head;
         self.unsynced_since = None;
-        self.shared.durable.store(self.durable.0, Ordering::Release);
+        shared.durable.store(self.durable.0, Ordering::Release);
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -613,11 +734,13 @@ impl Writer<'_> {
 
     /// Hands the durable head to the checkpoint thread.
     fn request(&mut self, reply: Option<NoteReply>) {
-        let _ = self.sign.send(Sign {
-            size: self.durable.0,
-            root: self.durable.1,
-            reply,
-        });
+        if let Some(sign) = &self.sign {
+            let _ = sign.send(Sign {
+                size: self.durable.0,
+                root: self.durable.1,
+                reply,
+            });
+        }
         self.signed = Some(self.durable.0);
         self.last_checkpoint = Instant::now();
     }
