@@ -28,64 +28,12 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} did not open");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn manifest(port: u16) -> String {
-    format!(
-        r#"version: 1
-risk_tiers:
-  low: {{ approval: {{ mode: auto }} }}
-trust:
-  intern: {{ autonomous: [low] }}
-  junior: {{ autonomous: [low] }}
-  senior: {{ autonomous: [low] }}
-  principal: {{ autonomous: [low] }}
-tenants: [{{ id: bench }}]
-zones: [{{ id: z }}]
-agents:
-  - {{ id: bench-agent, tenant: bench, owner: bench@example.org, zone: z, trust: senior }}
-tools:
-  - name: everything.echo
-    tier: low
-    zones: ["*"]
-    arguments:
-      type: object
-      properties: {{ message: {{ type: string }} }}
-      required: [message]
-      additionalProperties: false
-policies: [policies/base.cedar]
-upstreams:
-  - name: everything
-    url: "http://127.0.0.1:{port}/mcp"
-"#
-    )
-}
+mod common;
+use common::{free_port, manifest, wait_port, Proc};
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -250,7 +198,11 @@ fn main() {
     wait_port(up_port);
     let up_pid = upstream.0.id();
 
-    std::fs::write(dir.join("manifest.yaml"), manifest(up_port)).unwrap();
+    std::fs::write(
+        dir.join("manifest.yaml"),
+        manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("policies/base.cedar"),
         "@id(\"all\")\npermit (principal, action, resource);\n",
