@@ -27,13 +27,12 @@ use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt as _};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, manifest, wait_port, Proc};
+use common::{bench_dir, enroll, everything_http, manifest, serve};
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -178,74 +177,22 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let warden = env!("CARGO_BIN_EXE_warden");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir: PathBuf = std::env::var("WARDEN_BENCH_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| tmp.path().to_path_buf());
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-
-    let up_port = free_port();
-    let upstream = Proc(
-        Command::new(Path::new(&npm).join("node_modules/.bin/mcp-server-everything"))
-            .arg("streamableHttp")
-            .env("PORT", up_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(up_port);
+    let (_tmp, dir) = bench_dir();
+    let (upstream, up_port) =
+        everything_http(&Path::new(&npm).join("node_modules/.bin/mcp-server-everything"));
     let up_pid = upstream.0.id();
-
+    let m = dir.join("manifest.yaml");
     std::fs::write(
-        dir.join("manifest.yaml"),
+        &m,
         manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("policies/base.cedar"),
-        "@id(\"all\")\npermit (principal, action, resource);\n",
-    )
-    .unwrap();
     let data = dir.join("data");
-    let m = dir.join("manifest.yaml");
-    let out = Command::new(warden)
-        .args(["agents", "enroll", "bench-agent", "--data"])
-        .arg(&data)
-        .arg("--manifest")
-        .arg(&m)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bearer = std::fs::read_to_string(data.join("agents/bench-agent.credential"))
+    let bearer = std::fs::read_to_string(enroll(&data, &m))
         .unwrap()
         .trim()
         .to_owned();
-    let (port, admin) = (free_port(), free_port());
-    let gateway = Proc(
-        Command::new(warden)
-            .args(["serve", "--data"])
-            .arg(&data)
-            .arg("--manifest")
-            .arg(&m)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port);
+    let (gateway, port) = serve(&data, &m, &[]);
     let pid = gateway.0.id();
 
     let rt = tokio::runtime::Runtime::new().unwrap();

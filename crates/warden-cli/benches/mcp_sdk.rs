@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{free_port, manifest, wait_port, Proc};
+use common::{bench_dir, enroll, everything_http, manifest, serve};
 
 /// One side's figures from `sdk_client.py`.
 #[derive(Debug, Clone, Default)]
@@ -159,29 +159,9 @@ fn main() {
     let receipts = std::env::var("WARDEN_BENCH_RECEIPTS").unwrap_or_else(|_| "grouped".into());
     let warden = env!("CARGO_BIN_EXE_warden");
     let everything = Path::new(&npm).join("node_modules/.bin/mcp-server-everything");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir: PathBuf = std::env::var("WARDEN_BENCH_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| tmp.path().to_path_buf());
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/base.cedar"),
-        "@id(\"all\")\npermit (principal, action, resource);\n",
-    )
-    .unwrap();
-
+    let (_tmp, dir) = bench_dir();
     // The upstream over HTTP, for `serve`; over stdio (launched by Warden) for `stdio`.
-    let up_port = free_port();
-    let upstream = Proc(
-        Command::new(&everything)
-            .arg("streamableHttp")
-            .env("PORT", up_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(up_port);
+    let (upstream, up_port) = everything_http(&everything);
     let http_manifest = dir.join("manifest-http.yaml");
     std::fs::write(
         &http_manifest,
@@ -198,19 +178,7 @@ fn main() {
     )
     .unwrap();
     let data = dir.join("data");
-    let out = Command::new(warden)
-        .args(["agents", "enroll", "bench-agent", "--data"])
-        .arg(&data)
-        .arg("--manifest")
-        .arg(&http_manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let credential = data.join("agents/bench-agent.credential");
+    let credential = enroll(&data, &http_manifest);
     let bearer = std::fs::read_to_string(&credential)
         .unwrap()
         .trim()
@@ -254,28 +222,7 @@ fn main() {
     }
     report("stdio", &direct, &via);
 
-    let (port, admin) = (free_port(), free_port());
-    let gateway = Proc(
-        Command::new(warden)
-            .args(["serve", "--data"])
-            .arg(&data)
-            .arg("--manifest")
-            .arg(&http_manifest)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--receipts",
-                &receipts,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port);
+    let (gateway, port) = serve(&data, &http_manifest, &["--receipts", &receipts]);
     let (up_pid, pid) = (upstream.0.id().to_string(), gateway.0.id().to_string());
     let (mut direct, mut via) = (Vec::new(), Vec::new());
     for _ in 0..rounds {

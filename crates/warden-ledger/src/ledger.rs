@@ -156,6 +156,24 @@ impl Shared {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Adds to the queue with `add` and, if no caller is writing, writes the queue on this
+    /// thread (so a call from async code may block its worker for a write and a sync). False,
+    /// with nothing added, once the ledger is stopping.
+    fn enqueue(&self, add: impl FnOnce(&mut Queue)) -> bool {
+        let lead = {
+            let mut q = self.queue();
+            if q.stopped {
+                return false;
+            }
+            add(&mut q);
+            !std::mem::replace(&mut q.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        true
+    }
+
     /// Writes everything queued, batch after batch, until the queue is empty; the caller that
     /// found no leader runs this on its own thread (group commit without a thread hand-off).
     fn lead(&self) {
@@ -460,22 +478,12 @@ impl Ledger {
         self.queue(bytes, Sync::Now)
     }
 
-    /// Queues the entry and, if no caller is writing, writes the queue on this thread (so a
-    /// call from async code may block its worker for a write and a sync).
+    /// Queues the entry (see [`Shared::enqueue`]).
     fn queue(&self, bytes: Vec<u8>, sync: Sync) -> Ticket {
         let (reply, rx) = oneshot::channel();
-        let lead = {
-            let mut q = self.shared.queue();
-            if q.stopped {
-                // `reply` is dropped: the ticket reports `Stopped`.
-                return Ticket(rx);
-            }
-            q.entries.push((bytes, sync, reply));
-            !std::mem::replace(&mut q.leading, true)
-        };
-        if lead {
-            self.shared.lead();
-        }
+        // Once stopped, `reply` is dropped: the ticket reports `Stopped`.
+        self.shared
+            .enqueue(|q| q.entries.push((bytes, sync, reply)));
         Ticket(rx)
     }
 
@@ -508,16 +516,8 @@ impl Ledger {
     /// [`LedgerError`] if it cannot be stored.
     pub fn checkpoint(&self) -> Result<String, LedgerError> {
         let (reply, rx) = oneshot::channel();
-        let lead = {
-            let mut q = self.shared.queue();
-            if q.stopped {
-                return Err(LedgerError::Stopped);
-            }
-            q.checkpoints.push(reply);
-            !std::mem::replace(&mut q.leading, true)
-        };
-        if lead {
-            self.shared.lead();
+        if !self.shared.enqueue(|q| q.checkpoints.push(reply)) {
+            return Err(LedgerError::Stopped);
         }
         rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
     }

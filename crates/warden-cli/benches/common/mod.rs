@@ -1,6 +1,7 @@
 //! What the MCP benchmarks share: child processes, ports, and the benchmark's manifest.
 
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process killed when dropped.
@@ -60,4 +61,79 @@ upstreams:
 {upstream}
 "#
     )
+}
+
+/// The benchmark's working directory (`WARDEN_BENCH_DATA`, or a temporary one, returned to be
+/// kept alive) with the allow-all policy the manifest names.
+pub fn bench_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = std::env::var("WARDEN_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().to_path_buf());
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/base.cedar"),
+        "@id(\"all\")\npermit (principal, action, resource);\n",
+    )
+    .unwrap();
+    (tmp, dir)
+}
+
+/// `server-everything` in its Streamable HTTP mode, and its port.
+pub fn everything_http(everything: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let upstream = Proc(
+        Command::new(everything)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    (upstream, port)
+}
+
+/// Enrolls `bench-agent` in `data`; returns its credential file.
+pub fn enroll(data: &Path, manifest: &Path) -> PathBuf {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["agents", "enroll", "bench-agent", "--data"])
+        .arg(data)
+        .arg("--manifest")
+        .arg(manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data.join("agents/bench-agent.credential")
+}
+
+/// `warden serve` on `data` and `manifest` (with `extra` arguments), and its port.
+pub fn serve(data: &Path, manifest: &Path, extra: &[&str]) -> (Proc, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let gateway = Proc(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--data"])
+            .arg(data)
+            .arg("--manifest")
+            .arg(manifest)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    (gateway, port)
 }
