@@ -415,6 +415,7 @@ impl Ledger {
                 last_append: Instant::now(),
                 ticker: Sleep::Awake,
                 stopping: false,
+                on_sync: None,
             }),
             tick: Condvar::new(),
         });
@@ -492,6 +493,11 @@ impl Ledger {
     #[must_use]
     pub fn durable_size(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Tells `observer` how long each later sync takes (replacing any earlier observer).
+    pub fn observe_syncs(&self, observer: SyncObserver) {
+        self.shared.writer().on_sync = Some(observer);
     }
 
     /// When this ledger's receipts are durable.
@@ -611,7 +617,13 @@ struct Writer {
     ticker: Sleep,
     /// The ledger is being dropped.
     stopping: bool,
+    /// Told how long each sync took (metrics).
+    on_sync: Option<SyncObserver>,
 }
+
+/// Told how long each sync of the ledger took: a batch's write and `fdatasync` (or commit), or a
+/// grouped receipts' `fdatasync`.
+pub type SyncObserver = Box<dyn Fn(Duration) + Send + std::marker::Sync>;
 
 impl Writer {
     fn window(&self) -> Duration {
@@ -630,12 +642,16 @@ impl Writer {
         };
         let (bytes, replies): (Vec<Vec<u8>>, Vec<Reply>) =
             batch.into_iter().map(|(b, _, r)| (b, r)).unzip();
+        let started = Instant::now();
         let result = shared.store().and_then(|mut s| {
             Ok(match sync {
                 Sync::Now => s.append(&bytes)?,
                 Sync::Grouped => s.append_written(&bytes)?,
             })
         });
+        if sync == Sync::Now {
+            self.observe(started);
+        }
         match result {
             Ok(done) => {
                 self.head = (done.size, done.root);
@@ -715,10 +731,18 @@ impl Writer {
         if self.unsynced_since.is_none() {
             return;
         }
+        let started = Instant::now();
         let done = shared.store().and_then(|mut s| Ok(s.sync()?));
+        self.observe(started);
         self.unsynced_since = None;
         if done.is_ok() {
             self.synced(shared);
+        }
+    }
+
+    fn observe(&self, started: Instant) {
+        if let Some(f) = &self.on_sync {
+            f(started.elapsed());
         }
     }
 

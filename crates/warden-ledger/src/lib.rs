@@ -27,7 +27,9 @@ pub mod verify;
 pub mod witness;
 
 pub use file::{FileStore, Mode};
-pub use ledger::{Ledger, LedgerConfig, LedgerError, Receipts, Ticket, DEFAULT_RECEIPT_WINDOW};
+pub use ledger::{
+    Ledger, LedgerConfig, LedgerError, Receipts, SyncObserver, Ticket, DEFAULT_RECEIPT_WINDOW,
+};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use record::{DecisionRecord, Entry, EventRecord, Receipt, ReceiptStatus};
 pub use recorded::Recorded;

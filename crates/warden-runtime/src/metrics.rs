@@ -81,7 +81,8 @@ pub enum Stage {
     Execute,
     /// Within `execute`: redacting the result.
     Redaction,
-    /// Within `execute`: recording the receipt (durable before the answer).
+    /// Within `execute`: recording the receipt (written, or synced under `--receipts strict`,
+    /// before the answer).
     Receipt,
 }
 
@@ -114,6 +115,8 @@ pub struct Metrics {
     decisions: Mutex<BTreeMap<Labels, u64>>,
     stages: [Histogram; 5],
     governed: Histogram,
+    /// The ledger's syncs (shared with the ledger, which reports them).
+    ledger_syncs: std::sync::Arc<Histogram>,
     breakers_tripped: AtomicU64,
     calls_failed: AtomicU64,
     ledger_failures: AtomicU64,
@@ -179,6 +182,12 @@ impl Metrics {
         self.breakers_tripped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Has `ledger` report each sync's duration here.
+    pub fn watch_ledger(&self, ledger: &warden_ledger::Ledger) {
+        let h = std::sync::Arc::clone(&self.ledger_syncs);
+        ledger.observe_syncs(Box::new(move |d| h.observe(d)));
+    }
+
     /// Counts a decision the ledger could not record (answered as a deny).
     pub fn ledger_failed(&self) {
         self.ledger_failures.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +238,14 @@ impl Metrics {
         );
         self.governed
             .write(out, "warden_governed_call_duration_seconds", "");
+        help(
+            out,
+            "warden_ledger_sync_duration_seconds",
+            "histogram",
+            "Time to make ledger entries durable: a batch's write and fdatasync (or commit), or a grouped receipts' fdatasync.",
+        );
+        self.ledger_syncs
+            .write(out, "warden_ledger_sync_duration_seconds", "");
         counter(
             out,
             "warden_breakers_tripped_total",

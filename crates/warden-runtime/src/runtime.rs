@@ -401,6 +401,8 @@ impl Runtime {
                 config.helper.clone(),
             ),
         )?);
+        let metrics = crate::metrics::Metrics::default();
+        metrics.watch_ledger(&ledger);
         Ok(Runtime {
             shared: Arc::new(Shared {
                 governor: Arc::new(crate::current::CurrentGovernor::new(governor)),
@@ -414,7 +416,7 @@ impl Runtime {
                 admin_token,
                 events,
                 flows,
-                metrics: crate::metrics::Metrics::default(),
+                metrics,
                 config,
             }),
         })

@@ -112,6 +112,12 @@ fn governed_calls_are_counted_timed_and_served_at_metrics() {
         assert!(n >= 2.0, "{stage}: {n}");
     }
     assert!(sample(&metrics, "warden_governed_call_duration_seconds_count").unwrap() >= 3.0);
+    // Every decision is synced before it is answered (one sync may cover several).
+    assert!(
+        sample(&metrics, "warden_ledger_sync_duration_seconds_count").unwrap() >= 2.0,
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "warden_ledger_sync_duration_seconds_sum").unwrap() > 0.0);
     assert!(sample(&metrics, "warden_ledger_entries").unwrap() > 3.0);
     assert!(
         sample(&metrics, "warden_ledger_checkpoint_age_seconds").is_some(),
