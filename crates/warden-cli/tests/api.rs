@@ -707,6 +707,7 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
         arguments_hash: "sha256:aa".into(),
         decided_at: 0,
         provenance: Vec::new(),
+        budget_use: Vec::new(),
     };
     let recorded = ledger
         .record_decision_blocking(allowed, "", "test", Vec::new())

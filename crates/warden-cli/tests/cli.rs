@@ -421,6 +421,7 @@ fn make_ledger(data: &Path, n: u64) -> String {
             arguments_hash: format!("sha256:{i:064x}"),
             decided_at: 1_795_341_600,
             provenance: Vec::new(),
+            budget_use: Vec::new(),
         };
         let e = warden_ledger::Entry::Decision(warden_ledger::DecisionRecord::from_decision(
             &d,

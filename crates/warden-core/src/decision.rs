@@ -102,6 +102,25 @@ pub struct Decision {
     /// sources only, never values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub provenance: Vec<ArgProvenance>,
+    /// The rate limits, budgets and invariants an allowed call was charged against, each with
+    /// its counter after the charge. For the budget-use metric; not part of the decision's
+    /// record (never serialized).
+    #[serde(skip)]
+    pub budget_use: Vec<BudgetUse>,
+}
+
+/// How much of one limit a counter has used after a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// The limit's rule (`rate.tier.<tier>`, `budget.agent.calls`, `invariant:<name>`...):
+    /// bounded by the manifest, never by agents or sessions.
+    pub budget: String,
+    /// The counter's value after the charge.
+    pub used: u64,
+    /// The limit.
+    pub limit: u64,
+    /// When the counter's window ends, Unix seconds.
+    pub window_ends: i64,
 }
 
 /// Where one argument's value came from, as a decision records it (`docs/ifc.md`).

@@ -25,5 +25,5 @@ pub mod proposal;
 pub mod state;
 pub mod time;
 
-pub use decision::{Decision, Escalation, Verdict};
+pub use decision::{BudgetUse, Decision, Escalation, Verdict};
 pub use proposal::{Proposal, ProposalError};

@@ -74,6 +74,10 @@ pub struct Settled {
     pub repeats: Option<u32>,
     /// The charge's outcome, when it was attempted.
     pub charged: Option<ChargeOutcome>,
+    /// When the charge was made: each counter's value after it, in the order of the charges
+    /// (a counter named twice shows its value after each). Empty otherwise. Read for the
+    /// budget-use metric (a fraction of each limit), never for the decision itself.
+    pub used: Vec<u64>,
 }
 
 /// Who a hold applies to.

@@ -81,6 +81,7 @@ fn allowed(tool: &str, args: &serde_json::Value, version: u64) -> warden_ledger:
         arguments_hash: warden_core::canonical::json_digest(args),
         decided_at: 0,
         provenance: Vec::new(),
+        budget_use: Vec::new(),
     };
     // Off the async runtime the tests run on (the blocking wait would stall it).
     std::thread::scope(|t| {

@@ -51,6 +51,7 @@ fn main() {
         arguments_hash: call.arguments_hash.into(),
         decided_at: 0,
         provenance: Vec::new(),
+        budget_use: Vec::new(),
     };
     let recorded = ledger
         .record_decision_blocking(allowed, "", "bench", Vec::new())

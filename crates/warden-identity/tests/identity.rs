@@ -67,6 +67,7 @@ fn recorded(c: &Call<'_>, version: u64, verdict: warden_core::Verdict) -> warden
         arguments_hash: c.arguments_hash.into(),
         decided_at: 0,
         provenance: Vec::new(),
+        budget_use: Vec::new(),
     };
     ledger()
         .record_decision_blocking(d, "", "test", Vec::new())

@@ -8,7 +8,7 @@ use warden_core::state::{
     Charge, ChargeOutcome, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
 };
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
-use warden_core::{Decision, Escalation, Proposal, Verdict};
+use warden_core::{BudgetUse, Decision, Escalation, Proposal, Verdict};
 use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
 use warden_manifest::rate::Rate;
 use warden_manifest::raw::FlowAction;
@@ -236,6 +236,7 @@ impl Governor {
             arguments_hash: sha256_tagged(canonical_args.as_bytes()),
             decided_at: now,
             provenance: Vec::new(),
+            budget_use: Vec::new(),
         };
         let call = Asked {
             p,
@@ -273,9 +274,11 @@ impl Governor {
         let mut charging = Charging {
             plan: None,
             outcome: None,
+            used: Vec::new(),
         };
         let settled = self.settle(agent, &judged, &session_key, &scopes, &mut charging, c)?;
         charging.outcome = settled.charged;
+        charging.used = settled.used;
         let holds = held(settled.holds)?;
         let ready = judged?;
         d.provenance.clone_from(&ready.provenance);
@@ -303,7 +306,8 @@ impl Governor {
             return self.approval_step(agent, tool, tier, e, reason, charging, c, d);
         }
         // Rate limits, budgets and system-level invariants: one atomic charge.
-        self.charge(agent, tool, tier, charging, c)
+        d.budget_use = self
+            .charge(agent, tool, tier, charging, c)
             .map_err(|(rule, why)| Stop::Deny { rule, reason: why })?;
         d.decision = Verdict::Allow;
         d.reason = format!(
@@ -769,7 +773,8 @@ impl Governor {
         d: &mut Decision,
     ) -> Step<()> {
         if let Some((id, approved_by)) = redeemed(c.evidence, &e, tier) {
-            self.charge(agent, tool, tier, charging, c)
+            d.budget_use = self
+                .charge(agent, tool, tier, charging, c)
                 .map_err(|(rule, why)| Stop::Deny {
                     rule,
                     reason: format!("approval {id} was redeemed, but {why}"),
@@ -800,7 +805,8 @@ impl Governor {
 
     /// Charges the rate limits, budgets and system-level invariants of one call, atomically
     /// (or reads the charge the state store's round trip already made); the rule and reason
-    /// of the first one exceeded.
+    /// of the first one exceeded, or how much of each limit the counters now use (known when the
+    /// state store's round trip made the charge).
     fn charge(
         &self,
         agent: &warden_manifest::manifest::Agent,
@@ -808,7 +814,7 @@ impl Governor {
         tier: &warden_manifest::manifest::Tier,
         charging: Charging,
         c: &Asked<'_>,
-    ) -> Result<(), (String, String)> {
+    ) -> Result<Vec<BudgetUse>, (String, String)> {
         let (charges, planned) = match charging.plan {
             Some(plan) => plan,
             None => self.plan_charges(agent, tool, tier, c.now),
@@ -818,7 +824,17 @@ impl Governor {
             None => c.state.check_and_charge(&charges, c.now),
         };
         match outcome {
-            Ok(ChargeOutcome::Charged) => Ok(()),
+            Ok(ChargeOutcome::Charged) => Ok(charges
+                .iter()
+                .zip(&planned)
+                .zip(&charging.used)
+                .map(|((charge, p), used)| BudgetUse {
+                    budget: self.rule_name(p, tier),
+                    used: *used,
+                    limit: charge.limit,
+                    window_ends: charge.expires_at,
+                })
+                .collect()),
             Ok(ChargeOutcome::Exceeded { index, current }) => {
                 let (Some(c), Some(p)) = (charges.get(index), planned.get(index)) else {
                     return Err((
@@ -937,48 +953,48 @@ impl Governor {
     }
 
     /// The rule id and a description of an exhausted counter.
+    /// The rule a limit's charge is named by (`rate.tier.<tier>`, `budget.agent.calls`,
+    /// `invariant:<name>`...).
+    fn rule_name(&self, c: &Planned, tier: &warden_manifest::manifest::Tier) -> String {
+        match c.rule {
+            ChargeRule::TierRate => format!("rate.tier.{}", tier.name),
+            ChargeRule::AgentCalls => "budget.agent.calls".into(),
+            ChargeRule::AgentCost => "budget.agent.cost".into(),
+            ChargeRule::TenantCalls => "budget.tenant.calls".into(),
+            ChargeRule::TenantCost => "budget.tenant.cost".into(),
+            ChargeRule::GlobalCalls => "budget.global.calls".into(),
+            ChargeRule::GlobalCost => "budget.global.cost".into(),
+            ChargeRule::Invariant(i) => format!("invariant:{}", self.invariant_name(i)),
+        }
+    }
+
+    fn invariant_name(&self, i: usize) -> &str {
+        self.manifest
+            .invariants
+            .get(i)
+            .map_or("?", |v| v.name.as_str())
+    }
+
+    /// The rule of a limit's charge, and the limit in words.
     fn describe(
         &self,
         c: &Planned,
         agent: &warden_manifest::manifest::Agent,
         tier: &warden_manifest::manifest::Tier,
     ) -> (String, String) {
-        let (rule, what) = match c.rule {
-            ChargeRule::TierRate => (
-                format!("rate.tier.{}", tier.name),
-                format!("`{}`-tier rate limit of agent `{}`", tier.name, agent.id),
-            ),
-            ChargeRule::AgentCalls => (
-                "budget.agent.calls".into(),
-                format!("call budget of agent `{}`", agent.id),
-            ),
-            ChargeRule::AgentCost => (
-                "budget.agent.cost".into(),
-                format!("cost budget of agent `{}`", agent.id),
-            ),
-            ChargeRule::TenantCalls => (
-                "budget.tenant.calls".into(),
-                format!("call budget of tenant `{}`", agent.tenant),
-            ),
-            ChargeRule::TenantCost => (
-                "budget.tenant.cost".into(),
-                format!("cost budget of tenant `{}`", agent.tenant),
-            ),
-            ChargeRule::GlobalCalls => ("budget.global.calls".into(), "global call budget".into()),
-            ChargeRule::GlobalCost => ("budget.global.cost".into(), "global cost budget".into()),
-            ChargeRule::Invariant(i) => {
-                let name = self
-                    .manifest
-                    .invariants
-                    .get(i)
-                    .map_or("?", |v| v.name.as_str());
-                (
-                    format!("invariant:{name}"),
-                    format!("system invariant `{name}`"),
-                )
+        let what = match c.rule {
+            ChargeRule::TierRate => {
+                format!("`{}`-tier rate limit of agent `{}`", tier.name, agent.id)
             }
+            ChargeRule::AgentCalls => format!("call budget of agent `{}`", agent.id),
+            ChargeRule::AgentCost => format!("cost budget of agent `{}`", agent.id),
+            ChargeRule::TenantCalls => format!("call budget of tenant `{}`", agent.tenant),
+            ChargeRule::TenantCost => format!("cost budget of tenant `{}`", agent.tenant),
+            ChargeRule::GlobalCalls => "global call budget".into(),
+            ChargeRule::GlobalCost => "global cost budget".into(),
+            ChargeRule::Invariant(i) => format!("system invariant `{}`", self.invariant_name(i)),
         };
-        (rule, format!("{what} ({})", c.rate))
+        (self.rule_name(c, tier), format!("{what} ({})", c.rate))
     }
 }
 
@@ -1058,6 +1074,8 @@ struct Needs {
 struct Charging {
     plan: Option<(Vec<Charge>, Vec<Planned>)>,
     outcome: Option<ChargeOutcome>,
+    /// Each counter's value after the charge the state store's round trip made.
+    used: Vec<u64>,
 }
 
 /// What the holds left for later steps.
@@ -1526,6 +1544,7 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         arguments_hash: warden_core::canonical::json_digest(&p.arguments),
         decided_at: now,
         provenance: Vec::new(),
+        budget_use: Vec::new(),
     }
 }
 

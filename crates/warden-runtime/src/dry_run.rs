@@ -54,12 +54,14 @@ impl StateStore for ReadOnly<'_> {
                 holds,
                 repeats: None,
                 charged: None,
+                used: Vec::new(),
             });
         }
         Ok(Settled {
             holds,
             repeats: s.observe.map(|_| 1),
             charged: s.charge.map(|_| ChargeOutcome::Charged),
+            used: Vec::new(),
         })
     }
 

@@ -705,6 +705,7 @@ fn count_decision(app: &Shared, governor: &warden_policy::Governor, decision: &D
         (&decision.tool, tool.is_some()),
         (&decision.tenant, m.tenants.contains(&decision.tenant)),
     );
+    app.metrics.budgets_used(&decision.budget_use);
 }
 
 fn request_id() -> String {

@@ -117,9 +117,27 @@ pub struct Metrics {
     governed: Histogram,
     /// The ledger's syncs (shared with the ledger, which reports them).
     ledger_syncs: std::sync::Arc<Histogram>,
+    /// Per limit (its rule), the counter closest to it in the limit's current window.
+    budgets: Mutex<BTreeMap<String, Peak>>,
     breakers_tripped: AtomicU64,
     calls_failed: AtomicU64,
     ledger_failures: AtomicU64,
+}
+
+/// The counter closest to one limit in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Peak {
+    used: u64,
+    limit: u64,
+    window_ends: i64,
+}
+
+impl Peak {
+    /// Whether `self` uses more of its limit than `other` does of its.
+    fn above(&self, other: &Peak) -> bool {
+        u128::from(self.used) * u128::from(other.limit)
+            > u128::from(other.used) * u128::from(self.limit)
+    }
 }
 
 /// The label a tool or tenant gets: itself if the manifest defines it.
@@ -159,6 +177,36 @@ impl Metrics {
             );
         }
         *map.entry(key).or_insert(0) += 1;
+    }
+
+    /// Notes how much of each limit an allowed call's counters now use. INVARIANT (bounded
+    /// cardinality): the label is the limit's rule, which the manifest bounds (its tiers, three
+    /// budgets of two kinds, its invariants), never an agent or a tenant: per-agent use is in
+    /// the state store.
+    pub fn budgets_used(&self, uses: &[warden_core::BudgetUse]) {
+        if uses.is_empty() {
+            return;
+        }
+        let Ok(mut map) = self.budgets.lock() else {
+            return;
+        };
+        for u in uses {
+            let seen = Peak {
+                used: u.used,
+                limit: u.limit,
+                window_ends: u.window_ends,
+            };
+            if let Some(peak) = map.get_mut(&u.budget) {
+                // A later window starts again; in the same window, the highest use stays.
+                if seen.window_ends > peak.window_ends
+                    || (seen.window_ends == peak.window_ends && seen.above(peak))
+                {
+                    *peak = seen;
+                }
+            } else if map.len() < MAX_SERIES {
+                map.insert(u.budget.clone(), seen);
+            }
+        }
     }
 
     /// Times one stage of a governed call.
@@ -246,6 +294,27 @@ impl Metrics {
         );
         self.ledger_syncs
             .write(out, "warden_ledger_sync_duration_seconds", "");
+        help(
+            out,
+            "warden_budget_use_ratio",
+            "gauge",
+            "Per rate limit, budget and invariant: the highest fraction of its limit any counter has used in the limit's current window (0 once the window ends).",
+        );
+        if let Ok(map) = self.budgets.lock() {
+            let now = crate::now_unix();
+            for (budget, peak) in map.iter() {
+                let ratio = if now < peak.window_ends && peak.limit > 0 {
+                    peak.used as f64 / peak.limit as f64
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    out,
+                    "warden_budget_use_ratio{{budget=\"{}\"}} {ratio}",
+                    escape(budget)
+                );
+            }
+        }
         counter(
             out,
             "warden_breakers_tripped_total",
@@ -459,6 +528,37 @@ mod tests {
         }
         let series = m.decisions.lock().unwrap().len();
         assert!(series <= MAX_SERIES + 1, "{series}");
+    }
+
+    #[test]
+    fn budget_use_keeps_the_highest_in_the_window_and_restarts_with_the_next() {
+        let m = Metrics::default();
+        let now = crate::now_unix();
+        let at = |budget: &str, used, limit, window_ends| warden_core::BudgetUse {
+            budget: budget.into(),
+            used,
+            limit,
+            window_ends,
+        };
+        let ratio = |m: &Metrics, budget: &str| {
+            let mut out = String::new();
+            m.write(&mut out);
+            out.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("warden_budget_use_ratio{{budget=\"{budget}\"}} "))
+                        .map(|v| v.parse::<f64>().unwrap())
+                })
+                .unwrap()
+        };
+        m.budgets_used(&[at("budget.agent.calls", 9, 10, now + 60)]);
+        m.budgets_used(&[at("budget.agent.calls", 2, 10, now + 60)]);
+        assert!((ratio(&m, "budget.agent.calls") - 0.9).abs() < 1e-9);
+        // The next window starts again, even lower.
+        m.budgets_used(&[at("budget.agent.calls", 1, 10, now + 120)]);
+        assert!((ratio(&m, "budget.agent.calls") - 0.1).abs() < 1e-9);
+        // A window that has ended reads 0.
+        m.budgets_used(&[at("rate.tier.low", 5, 5, now - 1)]);
+        assert_eq!(ratio(&m, "rate.tier.low"), 0.0);
     }
 
     #[test]

@@ -103,7 +103,17 @@ pub(crate) struct Engine {
 impl Engine {
     /// Decides a charge without changing anything; returns the op to apply if it fits.
     pub fn plan_charge(&self, charges: &[Charge], now: UnixSeconds) -> (ChargeOutcome, Option<Op>) {
-        let outcome = self.check_only(charges, now);
+        self.plan_charge_counting(charges, now, &mut Vec::new())
+    }
+
+    /// [`Engine::plan_charge`], also pushing each counter's value after the charge to `used`.
+    fn plan_charge_counting(
+        &self,
+        charges: &[Charge],
+        now: UnixSeconds,
+        used: &mut Vec<u64>,
+    ) -> (ChargeOutcome, Option<Op>) {
+        let outcome = self.check_only(charges, now, used);
         if outcome != ChargeOutcome::Charged {
             return (outcome, None);
         }
@@ -115,15 +125,28 @@ impl Engine {
     }
 
     /// Whether every charge fits (nothing is changed).
-    fn check_only(&self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
+    fn check_only(
+        &self,
+        charges: &[Charge],
+        now: UnixSeconds,
+        used: &mut Vec<u64>,
+    ) -> ChargeOutcome {
         let fps: Vec<Fp> = charges
             .iter()
             .map(|c| self.fingerprints.of(&c.key))
             .collect();
-        self.check_fps(charges, &fps, now)
+        self.check_fps(charges, &fps, now, used)
     }
 
-    fn check_fps(&self, charges: &[Charge], fps: &[Fp], now: UnixSeconds) -> ChargeOutcome {
+    /// Whether every charge fits; each counter's value after its charge is pushed to `used`
+    /// (complete only when they all fit).
+    fn check_fps(
+        &self,
+        charges: &[Charge],
+        fps: &[Fp],
+        now: UnixSeconds,
+        used: &mut Vec<u64>,
+    ) -> ChargeOutcome {
         for (index, (charge, fp)) in charges.iter().zip(fps).enumerate() {
             let current = self.counter_value(*fp, now);
             // Several charges may name the same key; count them together.
@@ -137,11 +160,13 @@ impl Engine {
                 .saturating_add(earlier)
                 .saturating_add(charge.amount);
             if after > charge.limit {
+                used.clear();
                 return ChargeOutcome::Exceeded {
                     index,
                     current: current.saturating_add(earlier),
                 };
             }
+            used.push(after);
         }
         ChargeOutcome::Charged
     }
@@ -155,6 +180,7 @@ impl Engine {
             holds: self.holds_for(s.scopes),
             repeats: None,
             charged: None,
+            used: Vec::new(),
         };
         if !settled.holds.is_empty() {
             return settled;
@@ -173,11 +199,12 @@ impl Engine {
         if let Some(charges) = s.charge {
             settled.charged = Some(match journal {
                 Some(ops) => {
-                    let (outcome, op) = self.plan_charge(charges, s.now);
+                    let (outcome, op) =
+                        self.plan_charge_counting(charges, s.now, &mut settled.used);
                     ops.extend(op);
                     outcome
                 }
-                None => self.charge_in_place(charges, s.now),
+                None => self.charge_counting(charges, s.now, &mut settled.used),
             });
         }
         settled
@@ -185,11 +212,22 @@ impl Engine {
 
     /// Checks and, if every charge fits, applies them in place (no journal op is built).
     pub fn charge_in_place(&mut self, charges: &[Charge], now: UnixSeconds) -> ChargeOutcome {
+        self.charge_counting(charges, now, &mut Vec::new())
+    }
+
+    /// [`Engine::charge_in_place`], also pushing each counter's value after the charge to
+    /// `used`.
+    fn charge_counting(
+        &mut self,
+        charges: &[Charge],
+        now: UnixSeconds,
+        used: &mut Vec<u64>,
+    ) -> ChargeOutcome {
         let fps: Vec<Fp> = charges
             .iter()
             .map(|c| self.fingerprints.of(&c.key))
             .collect();
-        let outcome = self.check_fps(charges, &fps, now);
+        let outcome = self.check_fps(charges, &fps, now, used);
         if outcome != ChargeOutcome::Charged {
             return outcome;
         }

@@ -32,7 +32,7 @@ use warden_core::time::UnixSeconds;
 /// ARGV: now, nh, observe (0/1), fingerprint, ttl, loop_at, nc (-1: no charge), then
 /// `amount, limit, expires_at` per counter, and last the epoch this instance started with.
 /// Returns: `[n, hold JSON × n, repeats (-1: not observed), code (-1: not charged, 0: charged,
-/// 1: exceeded), index, current]`, or `[-2]` when the epoch is not the one expected (the state
+/// 1: exceeded), then after 0 each counter's value after the charge, after 1 index, current]`, or `[-2]` when the epoch is not the one expected (the state
 /// was lost or reset since this instance started).
 const SETTLE: &str = r"
 if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return {-2} end
@@ -79,6 +79,7 @@ for i = 0, nc - 1 do
   end
   added[key] = added[key] + amount
 end
+local used = {}
 for i = 0, nc - 1 do
   local key = KEYS[k + i]
   local amount, ends = tonumber(ARGV[8 + 3 * i]), tonumber(ARGV[10 + 3 * i])
@@ -87,8 +88,10 @@ for i = 0, nc - 1 do
   if c[1] and tonumber(c[2]) > now then v = tonumber(c[1]); e = math.max(tonumber(c[2]), ends) end
   redis.call('HSET', key, 'v', v + amount, 'e', e)
   redis.call('EXPIRE', key, math.max(e - now, 1))
+  used[#used + 1] = v + amount
 end
 out[#out + 1] = 0
+for _, v in ipairs(used) do out[#out + 1] = v end
 return out
 ";
 
@@ -276,8 +279,15 @@ fn parse_settled(reply: &[::redis::Value], scopes: &[HoldScope]) -> Result<Settl
         holds.push(parse_hold(&json)?);
     }
     let repeats = u32::try_from(int(it.next())?).ok();
+    let mut used = Vec::new();
     let charged = match int(it.next())? {
-        0 => Some(ChargeOutcome::Charged),
+        0 => {
+            // Each counter's value after the charge, in the charges' order.
+            for v in it.by_ref() {
+                used.push(u64::try_from(int(Some(v))?).unwrap_or(0));
+            }
+            Some(ChargeOutcome::Charged)
+        }
         1 => {
             let index = usize::try_from(int(it.next())?).unwrap_or(0);
             let current = u64::try_from(int(it.next())?).unwrap_or(0);
@@ -289,6 +299,7 @@ fn parse_settled(reply: &[::redis::Value], scopes: &[HoldScope]) -> Result<Settl
         holds: in_order(holds, scopes),
         repeats,
         charged,
+        used,
     })
 }
 

@@ -142,30 +142,31 @@ fn settle_suite(name: &str, store: &dyn StateStore) {
             })
             .unwrap()
     };
-    let settled = |repeats: Option<u32>, charged: Option<ChargeOutcome>| Settled {
+    let settled = |repeats: Option<u32>, charged: Option<ChargeOutcome>, used: &[u64]| Settled {
         holds: Vec::new(),
         repeats,
         charged,
+        used: used.to_vec(),
     };
 
     // No hold: the call is observed, then charged.
     assert_eq!(
         settle(Some(observe(1)), Some(&charges), 0),
-        settled(Some(1), Some(ChargeOutcome::Charged)),
+        settled(Some(1), Some(ChargeOutcome::Charged), &[1, 1]),
         "{name}"
     );
     // Neither asked: only the holds are read, and nothing is written.
-    assert_eq!(settle(None, None, 0), settled(None, None), "{name}");
+    assert_eq!(settle(None, None, 0), settled(None, None, &[]), "{name}");
     // An empty charge charges nothing, and fits.
     assert_eq!(
         settle(Some(observe(2)), Some(&[]), 1),
-        settled(Some(1), Some(ChargeOutcome::Charged)),
+        settled(Some(1), Some(ChargeOutcome::Charged), &[]),
         "{name}"
     );
     // A charge that does not fit: the observation stays, no counter moves.
     assert_eq!(
         settle(Some(observe(2)), Some(&charges), 2),
-        settled(Some(2), Some(ChargeOutcome::Charged)),
+        settled(Some(2), Some(ChargeOutcome::Charged), &[2, 2]),
         "{name}"
     );
     assert_eq!(
@@ -175,7 +176,8 @@ fn settle_suite(name: &str, store: &dyn StateStore) {
             Some(ChargeOutcome::Exceeded {
                 index: 0,
                 current: 2
-            })
+            }),
+            &[]
         ),
         "{name}"
     );
@@ -190,12 +192,12 @@ fn settle_suite(name: &str, store: &dyn StateStore) {
     let fresh = [charge("settle/c", 1, 10, 100)];
     assert_eq!(
         settle(Some(observe(5)), Some(&fresh), 4),
-        settled(Some(2), Some(ChargeOutcome::Charged)),
+        settled(Some(2), Some(ChargeOutcome::Charged), &[1]),
         "{name}"
     );
     assert_eq!(
         settle(Some(observe(5)), Some(&fresh), 5),
-        settled(Some(3), None),
+        settled(Some(3), None, &[]),
         "{name}"
     );
     assert_eq!(
@@ -219,18 +221,19 @@ fn settle_suite(name: &str, store: &dyn StateStore) {
             holds: vec![hold.clone()],
             repeats: None,
             charged: None,
+            used: Vec::new(),
         },
         "{name}"
     );
     assert!(store.clear_hold(&hold.scope, hold.kind).unwrap(), "{name}");
     assert_eq!(
         settle(Some(observe(5)), Some(&[charge("settle/d", 1, 1, 100)]), 7),
-        settled(Some(4), None),
+        settled(Some(4), None, &[]),
         "{name}: the held call was not observed, so this is the fourth repeat"
     );
     assert_eq!(
         settle(Some(observe(6)), Some(&[charge("settle/d", 1, 1, 100)]), 8),
-        settled(Some(1), Some(ChargeOutcome::Charged)),
+        settled(Some(1), Some(ChargeOutcome::Charged), &[1]),
         "{name}: the held call charged nothing"
     );
     // A hold out of scope does not stop it.
@@ -242,7 +245,18 @@ fn settle_suite(name: &str, store: &dyn StateStore) {
         .unwrap();
     assert_eq!(
         settle(Some(observe(7)), None, 9),
-        settled(Some(1), None),
+        settled(Some(1), None, &[]),
+        "{name}"
+    );
+    // A counter named twice shows its value after each charge; a counter's earlier value counts.
+    let twice = [
+        charge("settle/e", 1, 10, 100),
+        charge("settle/e", 2, 10, 100),
+        charge("settle/a", 1, 5, 100),
+    ];
+    assert_eq!(
+        settle(Some(observe(8)), Some(&twice), 10),
+        settled(Some(1), Some(ChargeOutcome::Charged), &[1, 3, 3]),
         "{name}"
     );
 }

@@ -112,6 +112,14 @@ fn governed_calls_are_counted_timed_and_served_at_metrics() {
         assert!(n >= 2.0, "{stage}: {n}");
     }
     assert!(sample(&metrics, "warden_governed_call_duration_seconds_count").unwrap() >= 3.0);
+    // The starter's agent budget is 1,000 calls an hour: two calls (one, if the hour turned
+    // between them) of it are used; the denied call charged nothing.
+    let used = sample(
+        &metrics,
+        "warden_budget_use_ratio{budget=\"budget.agent.calls\"}",
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    assert!((0.0009..=0.0021).contains(&used), "{used}");
     // Every decision is synced before it is answered (one sync may cover several).
     assert!(
         sample(&metrics, "warden_ledger_sync_duration_seconds_count").unwrap() >= 2.0,
