@@ -783,6 +783,10 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         _ => None,
     };
     let declarer = task.as_ref().map(|_| caller.clone());
+    // A call that may wait for an approval keeps the SSE stream and its keep-alives.
+    if posted.is_some() && g.app.manifest().approvals.wait_secs == 0 {
+        req.extensions_mut().insert(Framing::Json);
+    }
     req.extensions_mut().insert(Arc::new(McpCaller {
         caller,
         session,
@@ -823,9 +827,21 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     response
 }
 
+/// How the answer to a POST is framed ([`gate`] chooses; SSE unless it says otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `application/json` when the first message is the answer (rmcp falls back to SSE when
+    /// progress or another message comes first). Clients read the whole body, so they keep
+    /// the connection: the official Python SDK closes an SSE answer as soon as it has the
+    /// response, before the stream's end, and so opens a new connection for every call.
+    Json,
+}
+
 /// The `/mcp` routes: Streamable HTTP behind the [`gate`]. rmcp serves each request on its own
-/// (no session of its own) and answers on an SSE stream, which carries progress and a
-/// keep-alive every 15 s while a call runs or waits for approval; Warden keeps the sessions.
+/// (no session of its own); Warden keeps the sessions. A POST is answered with JSON when no
+/// call can wait for an approval (the manifest's `approvals.wait_seconds` is 0), and otherwise
+/// on an SSE stream, which carries progress and a keep-alive every 15 s while a call runs or
+/// waits (so neither the client's read timeout nor a proxy's idle timeout cuts a long wait).
 /// Idle sessions are swept every minute.
 pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>) -> axum::Router {
     use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -862,13 +878,28 @@ pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>)
         });
     }
     let front = McpFront::http(app.clone(), Arc::clone(&sessions));
-    let service = StreamableHttpService::new(
+    let sse = StreamableHttpService::new(
         move || Ok(front.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
     );
+    let mut json = sse.clone();
+    json.config.json_response = true;
+    let framings = Arc::new((sse, json));
     axum::Router::new()
-        .route_service("/mcp", service)
+        .route(
+            "/mcp",
+            axum::routing::any(move |req: Request| {
+                let framings = Arc::clone(&framings);
+                async move {
+                    let (sse, json) = &*framings;
+                    match req.extensions().get::<Framing>() {
+                        Some(Framing::Json) => json.handle(req).await.into_response(),
+                        _ => sse.handle(req).await.into_response(),
+                    }
+                }
+            }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Gate {
                 app,

@@ -382,6 +382,56 @@ fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
     (status, out)
 }
 
+/// A POST is answered with JSON when no call can wait for an approval (a client then reads the
+/// whole answer and keeps its connection), and on an SSE stream, with its keep-alives, when a
+/// call can (`approvals.wait_seconds` above 0).
+#[test]
+fn answers_are_json_unless_a_call_may_wait_for_an_approval() {
+    let Some(_e) = env() else { return };
+    for (wait_seconds, framing) in [("0", "application/json"), ("20", "text/event-stream")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, m) = approvals::setup(dir.path());
+        let text = std::fs::read_to_string(&m).unwrap();
+        assert!(text.contains("wait_seconds: 20"));
+        let text = text.replace("wait_seconds: 20", &format!("wait_seconds: {wait_seconds}"));
+        std::fs::write(&m, text).unwrap();
+        enroll(&data, &m, "ops-1");
+        let s = start_existing(dir.path(), &data, &m);
+        let cred = std::fs::read_to_string(data.join("agents/ops-1.credential")).unwrap();
+        let auth = format!(
+            "authorization: Bearer {}\r\nmcp-protocol-version: 2025-11-25\r\n",
+            cred.trim()
+        );
+        let (status, init) = raw(
+            &s.addr,
+            &auth,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        );
+        assert_eq!(status, 200, "{init}");
+        let session = init
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("mcp-session-id:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{init}"));
+        let (status, answer) = raw(
+            &s.addr,
+            &format!("{auth}mcp-session-id: {session}\r\n"),
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"demo.echo","arguments":{"text":"framed"}}}"#,
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {framing}")),
+            "wait_seconds {wait_seconds}: {answer}"
+        );
+        assert!(answer.contains("framed"), "{answer}");
+    }
+}
+
 /// The SDK client in its default mode (`auto`): it discovers the server (`server/discover`)
 /// and speaks revision 2026-07-28, whose results must say `resultType`.
 #[test]
