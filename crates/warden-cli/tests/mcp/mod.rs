@@ -365,6 +365,18 @@ pub(super) fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
     raw_bytes(addr, headers, body.as_bytes())
 }
 
+/// The `Mcp-Session-Id` header of a [`raw`] answer.
+fn session_id(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id: {answer}"))
+}
+
 /// [`raw`] with a body of any bytes.
 fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read as _, Write as _};
@@ -408,14 +420,7 @@ fn answers_are_json_unless_a_call_may_wait_for_an_approval() {
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
         );
         assert_eq!(status, 200, "{init}");
-        let session = init
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("mcp-session-id:")
-                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-            })
-            .unwrap_or_else(|| panic!("{init}"));
+        let session = session_id(&init);
         let (status, answer) = raw(
             &s.addr,
             &format!("{auth}mcp-session-id: {session}\r\n"),
@@ -846,14 +851,7 @@ fn governed_path(mode: &'static str, revision: &str) {
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
     );
     assert_eq!(status, 200, "{resp}");
-    let sid = resp
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("mcp-session-id:")
-                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no session id: {resp}"));
+    let sid = session_id(&resp);
     let (status, resp) = raw(
         &s.addr,
         &format!(
