@@ -99,7 +99,7 @@ async fn propose(
         session,
         tool: tool.into(),
         arguments,
-        trace: "",
+        trace: None,
         cancel: tokio_util::sync::CancellationToken::new(),
         approval: None,
         wait_secs: Some(wait),

@@ -1128,6 +1128,45 @@ fn json_logs_are_one_object_per_line() {
     );
 }
 
+#[test]
+fn metrics_can_be_turned_off_and_metrics_on_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (mut on, _, admin) = serve(data.to_str().unwrap(), Stdio::null());
+    let (status, body) = get(&admin, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("warden_decisions_total"), "{body}");
+    let _ = on.kill();
+    let _ = on.wait();
+    let (mut off, _, admin) = serve_with(data.to_str().unwrap(), Stdio::null(), &["--no-metrics"]);
+    let (status, body) = get(&admin, "/metrics");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics are off"), "{body}");
+    let _ = off.kill();
+    let _ = off.wait();
+}
+
+#[test]
+fn traces_asked_for_in_a_way_warden_cannot_export_stop_the_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    for (var, value) in [
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--data", data.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} started");
+        let err = text(&out.stderr);
+        assert!(err.contains(var) && err.contains(value), "{err}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -24,6 +24,7 @@ pub mod net;
 pub mod proposal;
 pub mod state;
 pub mod time;
+pub mod trace;
 
 pub use decision::{BudgetUse, Decision, Escalation, Verdict};
 pub use proposal::{Proposal, ProposalError};

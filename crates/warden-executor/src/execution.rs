@@ -10,7 +10,7 @@ use rmcp::model::{CallToolRequestParams, CallToolResult};
 use warden_ledger::{Entry, Receipt, ReceiptStatus};
 
 use crate::in_flight::{InFlight, Registered};
-use crate::{Call, ExecError, Executed, Executor, ProgressSink};
+use crate::{Call, ExecError, Executed, Executor, Interval, ProgressSink, Stages, Timed};
 
 /// A failed exchange with an upstream: a server that went away (killed, crashed, its
 /// transport closed) is unavailable, like one that cannot start; anything else is an error of
@@ -48,7 +48,19 @@ impl Executor {
     ///
     /// # Errors
     /// [`ExecError`] naming what stopped the call.
-    pub async fn execute(&self, mut call: Call<'_>) -> Result<Executed, ExecError> {
+    pub async fn execute(&self, call: Call<'_>) -> Result<Executed, ExecError> {
+        self.execute_timed(call).await.result
+    }
+
+    /// [`Executor::execute`], and when each of its stages ran.
+    pub async fn execute_timed(&self, call: Call<'_>) -> Timed {
+        let mut stages = Stages::default();
+        let result = self.run(call, &mut stages).await;
+        Timed { result, stages }
+    }
+
+    /// The steps of [`Executor::execute`], noting in `stages` when each ran.
+    async fn run(&self, mut call: Call<'_>, stages: &mut Stages) -> Result<Executed, ExecError> {
         let arguments = serde_json::Value::Object(std::mem::take(&mut call.arguments));
         let arguments_hash = warden_core::canonical::json_digest(&arguments);
         let started = now_ms();
@@ -91,14 +103,16 @@ impl Executor {
             Ok(c) => c,
             Err((status, e)) => return self.fail(draft.receipt(status), e).await,
         };
-        let result = match self
+        let calling = std::time::Instant::now();
+        let result = self
             .call_upstream(&to, &client, arguments, &call, &stop)
-            .await
-        {
+            .await;
+        stages.upstream = Some(Interval::since(calling));
+        let result = match result {
             Ok(r) => r,
             Err((status, e)) => return self.fail(draft.receipt(status), e).await,
         };
-        self.finish(result, &draft).await
+        self.finish(result, &draft, stages).await
     }
 
     /// Step 1: redeems the grant for exactly this call; a refused grant is evidence (a replay,
@@ -220,6 +234,10 @@ impl Executor {
         if let serde_json::Value::Object(m) = arguments {
             params.arguments = Some(m);
         }
+        // Trace context (SEP-414): the upstream continues the call's trace under its span.
+        if let Some(tp) = call.traceparent {
+            rmcp::model::RequestParamsMeta::set_traceparent(&mut params, tp);
+        }
         let timeout = std::time::Duration::from_millis(to.up.spec.timeout_ms);
         let request =
             rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
@@ -304,12 +322,13 @@ impl Executor {
         &self,
         mut result: CallToolResult,
         draft: &Draft<'_, '_>,
+        stages: &mut Stages,
     ) -> Result<Executed, ExecError> {
         // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
         // anyone sees it.
         let redacting = std::time::Instant::now();
         let redactions = self.redact_result(&mut result, draft.call.redact);
-        let redaction = redacting.elapsed();
+        stages.redaction = Some(Interval::since(redacting));
         let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
         let status = if result.is_error == Some(true) {
             ReceiptStatus::Error
@@ -322,16 +341,13 @@ impl Executor {
             redactions,
         );
         let recording = std::time::Instant::now();
-        let index = self
-            .record(&receipt)
-            .await
-            .map_err(|e| ExecError::Receipt(e.to_string()))?;
+        let index = self.record(&receipt).await;
+        stages.receipt = Some(Interval::since(recording));
+        let index = index.map_err(|e| ExecError::Receipt(e.to_string()))?;
         Ok(Executed {
             result,
             receipt_index: index,
             redactions,
-            redaction,
-            receipt: recording.elapsed(),
         })
     }
 

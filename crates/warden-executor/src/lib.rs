@@ -29,6 +29,7 @@ mod runners;
 mod sandboxed;
 pub mod secrets;
 pub mod tls;
+mod traced_http;
 mod upstream;
 
 use rmcp::model::{CallToolResult, Tool};
@@ -181,6 +182,9 @@ pub struct Call<'a> {
     pub arguments: serde_json::Map<String, serde_json::Value>,
     /// Trace id (receipt).
     pub trace_id: &'a str,
+    /// The W3C `traceparent` the upstream is sent (in the call's `_meta`, and as an HTTP header
+    /// to a Streamable HTTP upstream) when the call is traced; its parent is the upstream span.
+    pub traceparent: Option<&'a str>,
     /// Request id of the decision (receipt).
     pub request_id: &'a str,
     /// Detectors the manifest turns on for this tool.
@@ -212,10 +216,53 @@ pub struct Executed {
     pub receipt_index: u64,
     /// How many values were redacted.
     pub redactions: u64,
-    /// Time spent redacting the result.
-    pub redaction: std::time::Duration,
-    /// Time spent recording its receipt (durable before the answer).
-    pub receipt: std::time::Duration,
+}
+
+/// When an execution's stages ran (for the stage histograms and the trace's spans); a stage
+/// the execution did not reach is `None`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    /// The upstream's `tools/call`, from sending it to its answer (or timeout, or cancel).
+    pub upstream: Option<Interval>,
+    /// The result redacted.
+    pub redaction: Option<Interval>,
+    /// The receipt recorded (written, or synced under strict receipts).
+    pub receipt: Option<Interval>,
+}
+
+/// A stage's start and end.
+#[derive(Debug, Clone, Copy)]
+pub struct Interval {
+    /// When it started.
+    pub start: std::time::Instant,
+    /// When it ended.
+    pub end: std::time::Instant,
+}
+
+impl Interval {
+    /// From `start` to now.
+    #[must_use]
+    pub fn since(start: std::time::Instant) -> Interval {
+        Interval {
+            start,
+            end: std::time::Instant::now(),
+        }
+    }
+
+    /// How long it took.
+    #[must_use]
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.end.saturating_duration_since(self.start)
+    }
+}
+
+/// What became of one execution, and when its stages ran.
+#[derive(Debug)]
+pub struct Timed {
+    /// The call's result, or why it did not complete.
+    pub result: Result<Executed, ExecError>,
+    /// Its stages.
+    pub stages: Stages,
 }
 
 /// What the Executor needs.

@@ -878,8 +878,10 @@ impl Upstream {
                         .map_err(|_| ConnectError::HeaderValue(k.clone()))?;
                     config.custom_headers.insert(name, value);
                 }
-                let transport =
-                    rmcp::transport::StreamableHttpClientTransport::with_client(http, config);
+                let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+                    crate::traced_http::TracedClient(http),
+                    config,
+                );
                 Relay::clone(&self.relay)
                     .serve(transport)
                     .await

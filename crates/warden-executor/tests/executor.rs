@@ -112,6 +112,7 @@ fn call<'a>(
         tool,
         arguments: args.as_object().unwrap().clone(),
         trace_id: "",
+        traceparent: None,
         request_id: "r1",
         redact,
         cancel: tokio_util::sync::CancellationToken::new(),

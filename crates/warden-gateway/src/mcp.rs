@@ -17,6 +17,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
+use warden_core::trace::TraceParent;
 use warden_core::Verdict;
 use warden_runtime::governed::ProgressSink;
 use warden_runtime::{Call, Caller, Outcome, Runtime};
@@ -134,18 +135,18 @@ impl McpFront {
         })
     }
 
-    /// The caller, session (and whether Warden issued it) and trace id of a request.
+    /// The caller, session (and whether Warden issued it) and trace context (the `traceparent` header) of a request.
     fn caller(
         &self,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(Caller, String, bool, String), McpError> {
+    ) -> Result<(Caller, String, bool, Option<TraceParent>), McpError> {
         if let Some(f) = &self.fixed {
             // INVARIANT (revocation is immediate): the stdio credential is checked per request.
             let caller = self
                 .app
                 .authenticate(Some(&f.token))
                 .map_err(|r| McpError::invalid_request(r.to_string(), None))?;
-            return Ok((caller, f.session.clone(), false, String::new()));
+            return Ok((caller, f.session.clone(), false, None));
         }
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
         // INVARIANT (no anonymous agents): the gate middleware put the verified caller here;
@@ -153,9 +154,7 @@ impl McpFront {
         let Some(caller) = parts.and_then(|p| p.extensions.get::<Arc<McpCaller>>()) else {
             return Err(McpError::invalid_request("not authenticated", None));
         };
-        let trace = parts
-            .map(|p| crate::native_api::trace_id(&p.headers))
-            .unwrap_or_default();
+        let trace = parts.and_then(|p| crate::native_api::traceparent(&p.headers));
         Ok((
             caller.caller.clone(),
             caller.session.clone(),
@@ -281,11 +280,16 @@ impl ServerHandler for McpFront {
                 return Ok(refusal(format!("Warden refused the call: {e}")));
             }
         }
+        // Trace context (SEP-414): the call's `_meta.traceparent`, else the HTTP request's
+        // `traceparent` header; a malformed one is ignored.
+        let trace = meta("traceparent")
+            .and_then(|v| v.as_str().and_then(TraceParent::parse))
+            .or(trace);
         let call = Call {
             session,
             tool: request.name.to_string(),
             arguments: serde_json::Value::Object(arguments),
-            trace: &trace,
+            trace,
             cancel: ctx.ct.clone(),
             approval: approval.as_deref(),
             wait_secs: wait,

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use warden_core::proposal::MAX_PROPOSAL_BYTES;
+use warden_core::trace::TraceParent;
 use warden_core::{Proposal, Verdict};
 use warden_runtime::caller::SignedRequest;
 use warden_runtime::{Call, Outcome, Refusal, RefusalKind, Runtime};
@@ -45,15 +46,12 @@ async fn manifest(State(app): State<Runtime>) -> Json<warden_runtime::runtime::S
     Json(app.summary())
 }
 
-/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), if valid.
-pub(crate) fn trace_id(headers: &HeaderMap) -> String {
+/// The caller's W3C `traceparent` header, if it sent a valid one (an invalid one is ignored).
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default()
+        .and_then(TraceParent::parse)
 }
 
 async fn decide(State(app): State<Runtime>, body: Bytes) -> Response {
@@ -115,7 +113,7 @@ async fn authenticate(
     body: &[u8],
 ) -> Result<warden_runtime::Caller, Response> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace = trace_id(headers);
+    let trace = traceparent(headers).map_or_else(String::new, |t| t.trace_id_hex());
     app.authenticate_signed(SignedRequest {
         credential: h("warden-credential"),
         path,
@@ -207,10 +205,15 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
             ),
         );
     }
-    let trace = trace_id(&headers);
+    let trace = traceparent(&headers);
     let lineage = headers.get("warden-lineage").and_then(|v| v.to_str().ok());
     if let Err(r) = app
-        .check_lineage(&caller, lineage, &proposal.session, &trace)
+        .check_lineage(
+            &caller,
+            lineage,
+            &proposal.session,
+            &trace.map_or_else(String::new, |t| t.trace_id_hex()),
+        )
         .await
     {
         return refused(r);
@@ -219,7 +222,7 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
         session: proposal.session,
         tool: proposal.tool,
         arguments: proposal.arguments,
-        trace: &trace,
+        trace,
         cancel: tokio_util::sync::CancellationToken::new(),
         // `Warden-Approval: apr_…` names the approval this call redeems (it must be for this
         // exact call; without it, an approved request for the same call is used).

@@ -46,14 +46,21 @@ pub fn router(app: Operator) -> Router {
         .merge(metrics)
 }
 
-/// `GET /metrics`: the Prometheus text exposition (format 0.0.4).
+/// `GET /metrics`: the Prometheus text exposition (format 0.0.4); 404 when metrics are off.
 async fn metrics(State(app): State<Operator>) -> Response {
+    let Some(exposition) = app.metrics().await else {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            "metrics are off (warden serve --no-metrics)\n",
+        )
+            .into_response();
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics().await,
+        exposition,
     )
         .into_response()
 }

@@ -61,6 +61,22 @@ fn proposal_seeds_never_panic() {
 }
 
 #[test]
+fn traceparent_seeds_never_panic_and_what_parses_prints_back() {
+    let mut parsed = 0;
+    for s in seeds("traceparent") {
+        if let Some(t) = warden_core::trace::TraceParent::parse(&String::from_utf8_lossy(&s)) {
+            assert_eq!(
+                warden_core::trace::TraceParent::parse(&t.to_string()),
+                Some(t)
+            );
+            parsed += 1;
+        }
+    }
+    // Both whole seeds are valid (of their truncations, only a later version's may be).
+    assert!(parsed >= 2, "{parsed}");
+}
+
+#[test]
 fn flow_seeds_never_panic() {
     for s in seeds("flow") {
         warden_policy::fuzz::flow(&s);

@@ -18,8 +18,12 @@
 use crate::breakers::Observed;
 use crate::caller::Caller;
 use crate::runtime::{Runtime, Shared};
+use crate::traces::CallTrace;
+use opentelemetry::KeyValue;
+use warden_core::trace::TraceParent;
 use warden_core::{Decision, Proposal, Verdict};
 use warden_executor::ExecError;
+use warden_executor::Interval;
 pub use warden_identity::approval::Status as ApprovalStatus;
 use warden_identity::approval::Status;
 use warden_identity::GrantError;
@@ -130,8 +134,8 @@ pub struct Call<'a> {
     pub tool: String,
     /// Its arguments.
     pub arguments: serde_json::Value,
-    /// Trace id.
-    pub trace: &'a str,
+    /// The caller's W3C trace context (a `traceparent` header or `_meta` value), if it sent one.
+    pub trace: Option<TraceParent>,
     /// Fires when the caller cancels.
     pub cancel: tokio_util::sync::CancellationToken,
     /// The approval the caller says authorizes this call (it must be for this exact call).
@@ -156,7 +160,7 @@ impl std::fmt::Debug for Call<'_> {
 struct Run<'a> {
     identity: &'a warden_identity::Identity,
     proposal: &'a Proposal,
-    trace: &'a str,
+    trace: &'a CallTrace,
     cancel: tokio_util::sync::CancellationToken,
     approval: Option<&'a str>,
 }
@@ -181,16 +185,19 @@ impl Runtime {
         }
         let max = self.max_wait_secs();
         let wait = call.wait_secs.map_or(max, |w| w.min(max));
+        let started = std::time::Instant::now();
+        let trace = self.shared.config.traces.begin(call.trace);
         let run = Run {
             identity,
             proposal: &proposal,
-            trace: call.trace,
+            trace: &trace,
             cancel: call.cancel,
             approval: call.approval,
         };
-        let started = std::time::Instant::now();
         let outcome = propose_wait_and_run(&self.shared, run, wait, call.progress).await;
         self.shared.metrics.governed(started.elapsed());
+        let (attributes, error) = span_attributes(&proposal, &outcome);
+        trace.finish(&proposal.tool, started, attributes, error);
         outcome
     }
 
@@ -251,7 +258,20 @@ async fn propose_wait_and_run(
         } if wait_secs > 0 && r.status == Status::Pending => r.id.clone(),
         _ => return outcome,
     };
-    match wait_for_approval(app, &pending, wait_secs, progress.as_ref(), &cancel).await {
+    let waiting = std::time::Instant::now();
+    let waited = wait_for_approval(app, &pending, wait_secs, progress.as_ref(), &cancel).await;
+    trace.stage(
+        "warden.approval.wait",
+        Interval::since(waiting),
+        vec![
+            KeyValue::new("warden.approval.id", pending.clone()),
+            KeyValue::new(
+                "warden.approval.status",
+                waited.map_or("pending", |s| s.as_str()),
+            ),
+        ],
+    );
+    match waited {
         Some(Status::Approved) => propose_and_run(app, again(Some(&pending)), progress).await,
         _ => outcome,
     }
@@ -385,6 +405,8 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
                 approval,
             };
         };
+        // The upstream continues the call's trace under the execution's span.
+        let execution = trace.execution();
         let call = warden_executor::Call {
             grant: &grant,
             session: &proposal.session,
@@ -392,21 +414,30 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             tenant: &identity.tenant,
             tool: &proposal.tool,
             arguments: arguments.clone(),
-            trace_id: trace,
+            trace_id: trace.id(),
+            traceparent: execution.as_ref().map(|e| e.traceparent.as_str()),
             request_id: &request_id,
             redact: &redact,
             cancel: cancel.clone(),
             progress: progress.clone(),
         };
         let executing = std::time::Instant::now();
-        let result = app.executor.execute(call).await;
+        let timed = app.executor.execute_timed(call).await;
+        let span = Interval::since(executing);
         app.metrics
-            .stage(crate::metrics::Stage::Execute, executing.elapsed());
-        if let Ok(x) = &result {
+            .stage(crate::metrics::Stage::Execute, span.elapsed());
+        if let Some(i) = timed.stages.redaction {
             app.metrics
-                .stage(crate::metrics::Stage::Redaction, x.redaction);
-            app.metrics.stage(crate::metrics::Stage::Receipt, x.receipt);
+                .stage(crate::metrics::Stage::Redaction, i.elapsed());
         }
+        if let Some(i) = timed.stages.receipt {
+            app.metrics
+                .stage(crate::metrics::Stage::Receipt, i.elapsed());
+        }
+        if let Some(e) = &execution {
+            trace.executed(e, &proposal.tool, span, &timed);
+        }
+        let result = timed.result;
         if result.is_err() {
             app.metrics.call_failed();
         }
@@ -531,7 +562,7 @@ async fn govern(
     app: &Shared,
     governor: &warden_policy::Governor,
     proposal: &Proposal,
-    trace: &str,
+    trace: &CallTrace,
     chain: Vec<String>,
     credential_tools: Option<&std::collections::BTreeSet<String>>,
     found: &[&str],
@@ -557,8 +588,14 @@ async fn govern(
     };
     let deciding = std::time::Instant::now();
     let decision = governor.decide_with(proposal, app.state.as_ref(), crate::now_unix(), &evidence);
+    let decided = Interval::since(deciding);
     app.metrics
-        .stage(crate::metrics::Stage::Decide, deciding.elapsed());
+        .stage(crate::metrics::Stage::Decide, decided.elapsed());
+    trace.stage(
+        "warden.decide",
+        decided,
+        vec![KeyValue::new("warden.decision", decision.decision.as_str())],
+    );
     count_decision(app, governor, &decision);
     let redact = |s: &str| {
         app.executor
@@ -568,7 +605,7 @@ async fn govern(
     };
     // INVARIANT (secrets never logged): the decision's names and rules, never its arguments.
     tracing::info!(
-        trace_id = %trace,
+        trace_id = %trace.id(),
         agent = %decision.agent,
         tool = %decision.tool,
         decision = decision.decision.as_str(),
@@ -583,10 +620,24 @@ async fn govern(
     let appending = std::time::Instant::now();
     let recorded = app
         .ledger
-        .record_decision(decision, trace, &request_id, chain)
+        .record_decision(decision, trace.id(), &request_id, chain)
         .await;
+    let appended = Interval::since(appending);
     app.metrics
-        .stage(crate::metrics::Stage::LedgerAppend, appending.elapsed());
+        .stage(crate::metrics::Stage::LedgerAppend, appended.elapsed());
+    trace.stage(
+        "warden.ledger.append",
+        appended,
+        recorded.as_ref().map_or_else(
+            |_| vec![KeyValue::new("error.type", "ledger.unavailable")],
+            |r| {
+                vec![KeyValue::new(
+                    "warden.ledger.index",
+                    i64::try_from(r.index()).unwrap_or(i64::MAX),
+                )]
+            },
+        ),
+    );
     let recorded = match recorded {
         Ok(r) => r,
         Err(e) => {
@@ -691,9 +742,84 @@ async fn govern(
     }
 }
 
-/// A fresh request id: 16 random bytes in hex.
+/// The attributes of a governed call's span, from what became of it, and its `error.type` when
+/// it failed. Names the manifest and Warden define, and ids; never an argument, a result or an
+/// error's text (INVARIANT in [`crate::traces`]).
+fn span_attributes(
+    proposal: &Proposal,
+    outcome: &Outcome,
+) -> (Vec<KeyValue>, Option<&'static str>) {
+    let mut a = vec![
+        KeyValue::new("mcp.method.name", "tools/call"),
+        KeyValue::new("gen_ai.tool.name", proposal.tool.clone()),
+        KeyValue::new("gen_ai.operation.name", "execute_tool"),
+        KeyValue::new("warden.agent", proposal.agent.clone()),
+    ];
+    if let Some(t) = &proposal.tenant {
+        a.push(KeyValue::new("warden.tenant", t.clone()));
+    }
+    let decided = |a: &mut Vec<KeyValue>, d: &Decision, request_id: &str, index: u64| {
+        a.push(KeyValue::new("warden.decision", d.decision.as_str()));
+        a.push(KeyValue::new(
+            "warden.rules",
+            opentelemetry::Value::Array(opentelemetry::Array::String(
+                d.rules.iter().map(|r| r.clone().into()).collect(),
+            )),
+        ));
+        a.push(KeyValue::new("warden.request_id", request_id.to_owned()));
+        a.push(KeyValue::new(
+            "warden.ledger.index",
+            i64::try_from(index).unwrap_or(i64::MAX),
+        ));
+    };
+    let (outcome, error) = match outcome {
+        Outcome::NotDecided { rule, .. } => ("not_decided", Some(*rule)),
+        Outcome::Decided {
+            decision,
+            request_id,
+            index,
+            approval,
+        } => {
+            decided(&mut a, decision, request_id, *index);
+            if let Some(r) = approval {
+                a.push(KeyValue::new("warden.approval.id", r.id.clone()));
+            }
+            ("decided", None)
+        }
+        Outcome::Ran {
+            decision,
+            request_id,
+            index,
+            executed,
+        } => {
+            decided(&mut a, decision, request_id, *index);
+            a.push(KeyValue::new(
+                "warden.receipt.index",
+                i64::try_from(executed.receipt_index).unwrap_or(i64::MAX),
+            ));
+            let tool_error = executed.result.is_error == Some(true);
+            ("ran", tool_error.then_some("tool_error"))
+        }
+        Outcome::Failed {
+            decision,
+            request_id,
+            index,
+            ..
+        } => {
+            decided(&mut a, decision, request_id, *index);
+            ("failed", Some("execution_failed"))
+        }
+        Outcome::Invalid { .. } => ("invalid", Some("invalid_call")),
+    };
+    a.push(KeyValue::new("warden.outcome", outcome));
+    (a, error)
+}
+
 /// Counts a decision for `/metrics`, under labels the manifest bounds.
 fn count_decision(app: &Shared, governor: &warden_policy::Governor, decision: &Decision) {
+    if !app.metrics.on() {
+        return;
+    }
     let m = governor.manifest();
     let tool = m.tools.get(&decision.tool);
     let tier = tool
@@ -708,6 +834,7 @@ fn count_decision(app: &Shared, governor: &warden_policy::Governor, decision: &D
     app.metrics.budgets_used(&decision.budget_use);
 }
 
+/// A fresh request id: 16 random bytes in hex.
 fn request_id() -> String {
     let mut b = [0u8; 16];
     // Without randomness the id still must be unique per process: fall back to time and a
@@ -809,10 +936,11 @@ mod tests {
         let run = |p: Proposal| {
             let (s, identity) = (&runtime.shared, caller.identity());
             async move {
+                let trace = crate::traces::Traces::off().begin(None);
                 let run = Run {
                     identity,
                     proposal: &p,
-                    trace: "",
+                    trace: &trace,
                     cancel: tokio_util::sync::CancellationToken::new(),
                     approval: None,
                 };

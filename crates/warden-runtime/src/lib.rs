@@ -50,6 +50,7 @@ pub mod replay;
 pub mod revocations;
 pub mod runtime;
 pub mod starter;
+pub mod traces;
 pub mod witness;
 pub mod witnessing;
 

@@ -109,9 +109,11 @@ impl Stage {
 /// A decision's labels.
 type Labels = (&'static str, String, String, String);
 
-/// What the governed path counts.
+/// What the governed path counts (everything, unless made with [`Metrics::off`]).
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Nothing is counted or timed (`warden serve --no-metrics`, `warden stdio`).
+    off: bool,
     decisions: Mutex<BTreeMap<Labels, u64>>,
     stages: [Histogram; 5],
     governed: Histogram,
@@ -150,6 +152,21 @@ fn known(value: &str, defined: bool) -> String {
 }
 
 impl Metrics {
+    /// Metrics that count and time nothing.
+    #[must_use]
+    pub fn off() -> Metrics {
+        Metrics {
+            off: true,
+            ..Metrics::default()
+        }
+    }
+
+    /// Whether anything is counted.
+    #[must_use]
+    pub fn on(&self) -> bool {
+        !self.off
+    }
+
     /// Counts one decision under its outcome, tier, tool and tenant. `tool_known` and
     /// `tenant_known` say whether the manifest defines them (see the module's invariant).
     pub fn decided(
@@ -159,6 +176,9 @@ impl Metrics {
         (tool, tool_known): (&str, bool),
         (tenant, tenant_known): (&str, bool),
     ) {
+        if self.off {
+            return;
+        }
         let Ok(mut map) = self.decisions.lock() else {
             return;
         };
@@ -184,7 +204,7 @@ impl Metrics {
     /// budgets of two kinds, its invariants), never an agent or a tenant: per-agent use is in
     /// the state store.
     pub fn budgets_used(&self, uses: &[warden_core::BudgetUse]) {
-        if uses.is_empty() {
+        if self.off || uses.is_empty() {
             return;
         }
         let Ok(mut map) = self.budgets.lock() else {
@@ -211,6 +231,9 @@ impl Metrics {
 
     /// Times one stage of a governed call.
     pub fn stage(&self, stage: Stage, d: Duration) {
+        if self.off {
+            return;
+        }
         if let Some(h) = Stage::ALL
             .iter()
             .position(|s| *s == stage)
@@ -222,7 +245,9 @@ impl Metrics {
 
     /// Times a whole governed call, from the proposal to the answer.
     pub fn governed(&self, d: Duration) {
-        self.governed.observe(d);
+        if !self.off {
+            self.governed.observe(d);
+        }
     }
 
     /// Counts a tripped circuit breaker.
@@ -232,6 +257,9 @@ impl Metrics {
 
     /// Has `ledger` report each sync's duration here.
     pub fn watch_ledger(&self, ledger: &warden_ledger::Ledger) {
+        if self.off {
+            return;
+        }
         let h = std::sync::Arc::clone(&self.ledger_syncs);
         ledger.observe_syncs(Box::new(move |d| h.observe(d)));
     }
@@ -510,6 +538,22 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_off_count_and_time_nothing() {
+        let m = Metrics::off();
+        assert!(!m.on() && Metrics::default().on());
+        m.decided("allow", "low", ("fs.read", true), ("acme", true));
+        m.stage(Stage::Decide, Duration::from_micros(80));
+        m.governed(Duration::from_millis(1));
+        let mut out = String::new();
+        m.write(&mut out);
+        assert!(!out.contains("fs.read"), "{out}");
+        assert!(
+            out.contains("warden_governed_call_duration_seconds_count 0"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn labels_are_bounded_by_the_manifest_and_a_cap() {

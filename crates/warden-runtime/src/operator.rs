@@ -24,7 +24,7 @@ pub struct Operator {
 
 impl Operator {
     /// The Prometheus exposition for `GET /metrics` ([`Runtime::metrics`]).
-    pub async fn metrics(&self) -> String {
+    pub async fn metrics(&self) -> Option<String> {
         self.runtime.metrics().await
     }
 }

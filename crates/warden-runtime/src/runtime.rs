@@ -43,6 +43,12 @@ pub struct Config {
     pub state_prefix: String,
     /// The `warden` binary, whose `sandbox exec` launches sandboxed upstreams.
     pub helper: PathBuf,
+    /// Where governed calls' spans go (off unless the `OTEL_*` variables ask:
+    /// [`crate::traces::Traces::from_env`]).
+    pub traces: crate::traces::Traces,
+    /// Whether governed calls are counted and timed for `/metrics` (`warden serve
+    /// --no-metrics` turns it off; `warden stdio`, which serves no `/metrics`, too).
+    pub metrics: bool,
 }
 
 impl Config {
@@ -61,6 +67,8 @@ impl Config {
             state_redis: None,
             state_prefix: DEFAULT_STATE_PREFIX.to_owned(),
             helper,
+            traces: crate::traces::Traces::off(),
+            metrics: true,
         }
     }
 }
@@ -401,7 +409,11 @@ impl Runtime {
                 config.helper.clone(),
             ),
         )?);
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = if config.metrics {
+            crate::metrics::Metrics::default()
+        } else {
+            crate::metrics::Metrics::off()
+        };
         metrics.watch_ledger(&ledger);
         Ok(Runtime {
             shared: Arc::new(Shared {
@@ -424,9 +436,13 @@ impl Runtime {
 
     /// The Prometheus exposition (`GET /metrics` on the admin listener): the governed path's
     /// counters and histograms, and the ledger, holds, approvals and manifest as they are now.
-    /// A part that cannot be read is left out (and logged); the rest is still served.
-    pub async fn metrics(&self) -> String {
+    /// A part that cannot be read is left out (and logged); the rest is still served. `None`
+    /// when metrics are off ([`Config::metrics`]).
+    pub async fn metrics(&self) -> Option<String> {
         let s = &self.shared;
+        if !s.metrics.on() {
+            return None;
+        }
         let ledger = Arc::clone(&s.ledger);
         let (entries, checkpoint) = tokio::task::spawn_blocking(move || {
             let entries = ledger.size().unwrap_or(0);
@@ -477,7 +493,7 @@ impl Runtime {
             executor: s.executor.counted(),
             upstreams: s.executor.health().await,
         };
-        scrape.write(&s.metrics)
+        Some(scrape.write(&s.metrics))
     }
 
     /// What it was assembled from.
@@ -540,6 +556,11 @@ impl Runtime {
     /// Stops the upstreams (the ledger signs its last checkpoint when the last handle goes).
     pub async fn shutdown(&self) {
         self.shared.executor.shutdown().await;
+        // The last spans are exported (waiting up to 5 s for the collector, off the reactor).
+        let traces = self.shared.config.traces.clone();
+        if traces.on() {
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
     }
 
     /// Loads the manifest file again and swaps it in whole if it loads, is newer, and (with

@@ -114,6 +114,16 @@ pub fn enroll(data: &Path, manifest: &Path) -> PathBuf {
 
 /// `warden serve` on `data` and `manifest` (with `extra` arguments), and its port.
 pub fn serve(data: &Path, manifest: &Path, extra: &[&str]) -> (Proc, u16) {
+    serve_with(data, manifest, extra, &[])
+}
+
+/// [`serve`], with the environment variables `vars` as well.
+pub fn serve_with(
+    data: &Path,
+    manifest: &Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (Proc, u16) {
     let (port, admin) = (free_port(), free_port());
     let gateway = Proc(
         Command::new(env!("CARGO_BIN_EXE_warden"))
@@ -129,6 +139,7 @@ pub fn serve(data: &Path, manifest: &Path, extra: &[&str]) -> (Proc, u16) {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -63,6 +63,9 @@ pub struct Args {
     /// Largest MCP request body accepted on /mcp, in bytes.
     #[arg(long, default_value_t = warden_gateway::mcp::DEFAULT_MAX_BODY)]
     mcp_max_body: usize,
+    /// Count and time nothing for /metrics (which then answers 404).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,20 +117,32 @@ pub enum LogFormat {
 }
 
 fn logging(format: LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
-            // lines) before Warden redacts them, so it never logs below `warn`, whatever
-            // RUST_LOG says.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-                .add_directive(
-                    "rmcp=warn"
-                        .parse()
-                        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::WARN.into()),
+    let builder =
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
+                // lines) before Warden redacts them, so it never logs below `warn`, whatever
+                // RUST_LOG says.
+                // The OpenTelemetry SDK and exporter report only their failures (a collector that
+                // cannot be reached): below `warn` they narrate every batch.
+                [
+                    "rmcp=warn",
+                    "opentelemetry=warn",
+                    "opentelemetry_sdk=warn",
+                    "opentelemetry_otlp=warn",
+                ]
+                .iter()
+                .fold(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                    |filter, d| {
+                        filter.add_directive(d.parse().unwrap_or_else(|_| {
+                            tracing_subscriber::filter::LevelFilter::WARN.into()
+                        }))
+                    },
                 ),
-        )
-        .with_writer(std::io::stderr);
+            )
+            .with_writer(std::io::stderr);
     match format {
         // Colour only for a terminal: a log written to a file or a journal gets plain text.
         LogFormat::Text => builder
@@ -140,7 +155,10 @@ fn logging(format: LogFormat) {
 /// Assembles the gateway ([`warden_runtime::runtime::Runtime`], the one composition root),
 /// writing the starter manifest (and the starter agent's credential) on a first run without
 /// one; `Err(code)` when the manifest does not load (already reported).
-fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, ExitCode>> {
+fn open(
+    a: &Common,
+    metrics: bool,
+) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
         Some(m) => m,
@@ -164,7 +182,14 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
         state_redis: a.state.clone(),
         state_prefix: a.state_prefix.clone(),
         helper: std::env::current_exe().context("finding the warden binary")?,
+        // OpenTelemetry traces, if the OTEL_* variables ask for them (docs/observability.md).
+        traces: warden_runtime::traces::Traces::from_env()
+            .context("traces (the OTEL_* environment variables)")?,
+        metrics,
     };
+    if config.traces.on() {
+        tracing::info!("traces exported over OTLP (HTTP/protobuf)");
+    }
     let runtime = match warden_runtime::runtime::Runtime::open(config) {
         Ok(r) => r,
         Err(warden_runtime::runtime::RuntimeError::Manifest { path, error }) => {
@@ -186,7 +211,7 @@ fn open(a: &Common) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, E
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     logging(a.common.log_format);
-    let runtime = match open(&a.common)? {
+    let runtime = match open(&a.common, !a.no_metrics)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -300,7 +325,8 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
         rt.block_on(super::bridge::run(url, token.trim()))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime = match open(&a.common)? {
+    // No admin listener, so no `/metrics`: nothing is counted.
+    let runtime = match open(&a.common, false)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };

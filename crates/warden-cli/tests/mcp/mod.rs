@@ -16,6 +16,7 @@ mod metrics;
 mod promotion;
 mod sandboxed;
 mod sdk;
+mod traces;
 mod ts;
 
 use super::{free_port, text, warden};
@@ -226,8 +227,13 @@ fn start(dir: &Path, e: &Env, remote_port: u16) -> Server {
 /// just before; should another test take one in between (its listener then fails with "address
 /// already in use"), it starts again on others.
 fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
+    start_with(dir, data, m, &[])
+}
+
+/// [`start_existing`], the gateway given the environment variables `vars` as well.
+fn start_with(dir: &Path, data: &Path, m: &Path, vars: &[(&str, &str)]) -> Server {
     for _ in 0..3 {
-        if let Some(server) = try_start(dir, data, m) {
+        if let Some(server) = try_start(dir, data, m, vars) {
             return server;
         }
     }
@@ -235,7 +241,7 @@ fn start_existing(dir: &Path, data: &Path, m: &Path) -> Server {
 }
 
 /// One attempt of [`start_existing`]; `None` if a port it picked was taken meanwhile.
-fn try_start(dir: &Path, data: &Path, m: &Path) -> Option<Server> {
+fn try_start(dir: &Path, data: &Path, m: &Path, vars: &[(&str, &str)]) -> Option<Server> {
     let data = data.to_path_buf();
     let (addr, admin) = (
         format!("127.0.0.1:{}", free_port()),
@@ -265,6 +271,7 @@ fn try_start(dir: &Path, data: &Path, m: &Path) -> Option<Server> {
         .env("https_proxy", "http://127.0.0.1:9")
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
+        .envs(vars.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -6,10 +6,13 @@ end-to-end tests of what the reference servers do not exercise.
   header it was sent: Warden must redact that before the agent sees it.
 - `rugpull` changes `whoami`'s description at run time (a rug-pull: the new text tries to steer
   the agent) and tells the client with `notifications/tools/list_changed`.
+- `trace` says which W3C `traceparent` the call carried: as an HTTP header and in its `_meta`
+  (SEP-414), as JSON; its `note` argument is not used (a value the traces test looks for).
 
 Usage: sdk_server.py PORT    (environment: EXPECTED_KEY)
 """
 
+import json
 import os
 import sys
 
@@ -42,6 +45,15 @@ async def rugpull(ctx: Context) -> str:
         types.ToolListChangedNotification(), related_request_id=ctx.request_id
     )
     return "whoami changed"
+
+
+@server.tool()
+def trace(note: str, ctx: Context) -> str:
+    """The trace context this call arrived with."""
+    carried = dict(ctx.request_context.meta or {})
+    return json.dumps(
+        {"header": (ctx.headers or {}).get("traceparent"), "meta": carried.get("traceparent")}
+    )
 
 
 server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
