@@ -196,8 +196,9 @@ impl Runtime {
         };
         let outcome = propose_wait_and_run(&self.shared, run, wait, call.progress).await;
         self.shared.metrics.governed(started.elapsed());
-        let (attributes, error) = span_attributes(&proposal, &outcome);
-        trace.finish(&proposal.tool, started, attributes, error);
+        trace.finish(&proposal.tool, started, || {
+            span_attributes(&proposal, &outcome)
+        });
         outcome
     }
 
@@ -260,17 +261,15 @@ async fn propose_wait_and_run(
     };
     let waiting = std::time::Instant::now();
     let waited = wait_for_approval(app, &pending, wait_secs, progress.as_ref(), &cancel).await;
-    trace.stage(
-        "warden.approval.wait",
-        Interval::since(waiting),
+    trace.stage("warden.approval.wait", Interval::since(waiting), || {
         vec![
             KeyValue::new("warden.approval.id", pending.clone()),
             KeyValue::new(
                 "warden.approval.status",
                 waited.map_or("pending", |s| s.as_str()),
             ),
-        ],
-    );
+        ]
+    });
     match waited {
         Some(Status::Approved) => propose_and_run(app, again(Some(&pending)), progress).await,
         _ => outcome,
@@ -591,11 +590,9 @@ async fn govern(
     let decided = Interval::since(deciding);
     app.metrics
         .stage(crate::metrics::Stage::Decide, decided.elapsed());
-    trace.stage(
-        "warden.decide",
-        decided,
-        vec![KeyValue::new("warden.decision", decision.decision.as_str())],
-    );
+    trace.stage("warden.decide", decided, || {
+        vec![KeyValue::new("warden.decision", decision.decision.as_str())]
+    });
     count_decision(app, governor, &decision);
     let redact = |s: &str| {
         app.executor
@@ -625,9 +622,7 @@ async fn govern(
     let appended = Interval::since(appending);
     app.metrics
         .stage(crate::metrics::Stage::LedgerAppend, appended.elapsed());
-    trace.stage(
-        "warden.ledger.append",
-        appended,
+    trace.stage("warden.ledger.append", appended, || {
         recorded.as_ref().map_or_else(
             |_| vec![KeyValue::new("error.type", "ledger.unavailable")],
             |r| {
@@ -636,8 +631,8 @@ async fn govern(
                     i64::try_from(r.index()).unwrap_or(i64::MAX),
                 )]
             },
-        ),
-    );
+        )
+    });
     let recorded = match recorded {
         Ok(r) => r,
         Err(e) => {

@@ -44,6 +44,7 @@ pub mod keyfile;
 pub mod metrics;
 pub mod notify;
 pub mod operator;
+pub mod otlp;
 pub mod promotion;
 pub mod recovery;
 pub mod replay;

@@ -8,9 +8,11 @@
 //! sent in its `traceparent`), `warden.redaction` and `warden.receipt`.
 //!
 //! The spans are built once the call has answered, from the instants the governed path took
-//! (the same ones the stage histograms use), and handed to the SDK's batch processor, which
-//! exports from its own thread: a call never waits for the exporter, and a collector that is
-//! down costs dropped spans, never a call.
+//! (the same ones the stage histograms use), and handed as one message to the exporter
+//! ([`crate::otlp`]), which batches and posts them from its own thread: a call never waits for
+//! the exporter, and a collector that is down costs dropped spans, never a call. The
+//! OpenTelemetry SDK provides the sampler (`OTEL_TRACES_SAMPLER`), the ids and the resource
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
 //!
 //! INVARIANT (secrets never leave in telemetry): a span's attributes are names the manifest
 //! and Warden define (tool, tier, rules, decision, ids Warden minted, counts) and the caller's
@@ -22,16 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_otlp::WithHttpConfig as _;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{
-    IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample, SpanData, SpanEvents,
-    SpanLinks, SpanProcessor,
+    IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample,
 };
 use warden_core::trace::TraceParent;
 use warden_executor::{Interval, Timed};
+
+use crate::otlp::{SpanRecord, SpanSink};
 
 /// Why traces could not be set up as the environment asks (nothing is served then: an
 /// operator who asked for traces is told, not left without them).
@@ -48,7 +50,15 @@ pub enum TracesError {
         /// What is supported.
         why: &'static str,
     },
-    /// The OTLP exporter could not be built (an invalid endpoint, headers, timeout).
+    /// A variable's value is not what it must be (never echoed: headers can hold keys).
+    #[error("{var}: {why}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The OTLP exporter could not be set up (its HTTP client, its thread).
     #[error("the OTLP trace exporter: {0}")]
     Exporter(String),
 }
@@ -69,10 +79,9 @@ impl std::fmt::Debug for Traces {
 }
 
 struct Exporter {
-    processor: Box<dyn SpanProcessor>,
+    sink: Box<dyn SpanSink>,
     sampler: Box<dyn ShouldSample>,
     ids: RandomIdGenerator,
-    scope: InstrumentationScope,
 }
 
 /// The variables that turn traces on or off, and the protocol's.
@@ -135,63 +144,107 @@ impl Traces {
     /// Traces as the process's `OTEL_*` variables ask ([`wanted`]): off unless asked for;
     /// otherwise exported over OTLP/HTTP (protobuf) to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
     /// (or `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`, or `http://localhost:4318/v1/traces`),
-    /// with `OTEL_EXPORTER_OTLP_HEADERS`, `..._TIMEOUT`, `..._COMPRESSION`, `..._CERTIFICATE`
-    /// (each also in its `_TRACES_` form), the `OTEL_BSP_*` batch settings,
-    /// `OTEL_TRACES_SAMPLER` (and `_ARG`), `OTEL_SERVICE_NAME` (default `warden`) and
-    /// `OTEL_RESOURCE_ATTRIBUTES`, as the OpenTelemetry SDK reads them. The HTTP client is
-    /// built like every other client Warden makes: verified TLS, no redirect, no proxy from the
-    /// environment.
+    /// with `OTEL_EXPORTER_OTLP_HEADERS`, `..._TIMEOUT`, `..._CERTIFICATE` (each also in its
+    /// `_TRACES_` form), the `OTEL_BSP_*` batch settings, `OTEL_TRACES_SAMPLER` (and `_ARG`),
+    /// `OTEL_SERVICE_NAME` (default `warden`) and `OTEL_RESOURCE_ATTRIBUTES`. The HTTP client
+    /// is built like every other client Warden makes: verified TLS, no redirect, no proxy from
+    /// the environment.
     ///
     /// # Errors
-    /// [`TracesError`] when the variables ask for what cannot be set up.
+    /// [`TracesError`] when the variables ask for what cannot be set up, naming the variable.
     pub fn from_env() -> Result<Traces, TracesError> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Traces::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`Traces::from_env`], the variables read through `lookup` (the sampler's and the
+    /// resource's are the process's, read by the OpenTelemetry SDK).
+    ///
+    /// # Errors
+    /// As [`Traces::from_env`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Traces, TracesError> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
         if !wanted(get)? {
             return Ok(Traces::off());
         }
-        let either = |signal: &str, general: &str| get(signal).or_else(|| get(general));
-        let endpoint = either(ENDPOINTS[0], ENDPOINTS[1])
-            .unwrap_or_else(|| "http://localhost:4318".to_owned());
+        let either = |signal: &'static str, general: &'static str| {
+            get(signal)
+                .map(|v| (signal, v))
+                .or_else(|| get(general).map(|v| (general, v)))
+        };
+        // The OTLP/HTTP endpoint rules: the traces endpoint as it is, the general one with
+        // `/v1/traces` added.
+        let endpoint = get(ENDPOINTS[0]).unwrap_or_else(|| {
+            let base = get(ENDPOINTS[1]).unwrap_or_else(|| "http://localhost:4318".to_owned());
+            format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+        });
+        if let Some((var, v)) = either(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ) {
+            if v.trim() != "none" {
+                return Err(TracesError::Unsupported {
+                    var,
+                    value: v,
+                    why: "Warden sends traces uncompressed (`none`)",
+                });
+            }
+        }
+        let headers = match either(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ) {
+            Some((var, v)) => parse_headers(&v).map_err(|why| TracesError::Invalid { var, why })?,
+            None => Vec::new(),
+        };
         let ca = either(
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         );
-        let timeout = either(
+        let number = |var: &'static str, default: u64| match get(var) {
+            None => Ok(default),
+            Some(v) => v.trim().parse::<u64>().map_err(|_| TracesError::Invalid {
+                var,
+                why: "not a whole number",
+            }),
+        };
+        let timeout_var = either(
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         )
-        .and_then(|ms| ms.trim().parse().ok())
-        .map_or(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_millis,
-        );
+        .map_or("OTEL_EXPORTER_OTLP_TIMEOUT", |(var, _)| var);
+        let timeout = std::time::Duration::from_millis(number(timeout_var, 10_000)?);
+        let settings = crate::otlp::Settings {
+            endpoint: endpoint.trim().to_owned(),
+            headers,
+            schedule_delay: std::time::Duration::from_millis(number(
+                "OTEL_BSP_SCHEDULE_DELAY",
+                5_000,
+            )?),
+            max_queue: usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?)
+                .unwrap_or(usize::MAX),
+            max_batch: usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            resource: resource(),
+        };
         let client = warden_executor::tls::blocking_client(
-            endpoint.trim(),
-            ca.as_deref().map(std::path::Path::new),
+            &settings.endpoint,
+            ca.as_ref().map(|(_, p)| std::path::Path::new(p.trim())),
             timeout,
         )
         .map_err(|e| TracesError::Exporter(e.to_string()))?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client)
-            .build()
+        let exporter = crate::otlp::Exporter::start(settings, client)
             .map_err(|e| TracesError::Exporter(e.to_string()))?;
-        let mut processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
-        processor.set_resource(&resource());
-        Ok(Traces::to(Box::new(processor)))
+        Ok(Traces::to(Box::new(exporter)))
     }
 
-    /// Traces handed to `processor`, sampled as `OTEL_TRACES_SAMPLER` says (tests give an
-    /// in-memory exporter's processor).
+    /// Traces handed to `sink`, sampled as `OTEL_TRACES_SAMPLER` says (tests keep them).
     #[must_use]
-    pub fn to(processor: Box<dyn SpanProcessor>) -> Traces {
+    pub fn to(sink: Box<dyn SpanSink>) -> Traces {
         Traces(Some(Arc::new(Exporter {
-            processor,
+            sink,
             sampler: opentelemetry_sdk::trace::Config::default().sampler,
             ids: RandomIdGenerator::default(),
-            scope: InstrumentationScope::builder("warden")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
         })))
     }
 
@@ -201,12 +254,10 @@ impl Traces {
         self.0.is_some()
     }
 
-    /// Exports what is queued and stops the exporter (at shutdown; waits up to 5 s).
+    /// Exports what is queued (at shutdown; waits up to 5 s).
     pub fn shutdown(&self) {
         if let Some(x) = &self.0 {
-            if let Err(e) = x.processor.shutdown() {
-                tracing::warn!(error = %e, "traces: the last spans were not all exported");
-            }
+            x.sink.flush(std::time::Duration::from_secs(5));
         }
     }
 
@@ -258,9 +309,29 @@ impl Traces {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
+/// percent-encoded.
+fn parse_headers(v: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, &'static str> {
+    v.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or("an entry is not key=value")?;
+            let v = percent_encoding::percent_decode_str(v.trim())
+                .decode_utf8()
+                .map_err(|_| "a value is not UTF-8 once percent-decoded")?;
+            Ok((
+                http::HeaderName::from_bytes(k.trim().as_bytes())
+                    .map_err(|_| "a key is not a valid header name")?,
+                http::HeaderValue::from_str(&v)
+                    .map_err(|_| "a value is not a valid header value")?,
+            ))
+        })
+        .collect()
+}
+
 /// The `service.name` (`OTEL_SERVICE_NAME`, else `warden`), `service.version`, and what
 /// `OTEL_RESOURCE_ATTRIBUTES` adds.
-fn resource() -> opentelemetry_sdk::Resource {
+fn resource() -> Vec<KeyValue> {
     let mut r = opentelemetry_sdk::Resource::builder_empty()
         .with_service_name("warden")
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -274,6 +345,9 @@ fn resource() -> opentelemetry_sdk::Resource {
         r = r.with_service_name(name);
     }
     r.build()
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect()
 }
 
 /// One governed call's trace. Without an exporter it only carries the trace id (the caller's,
@@ -337,9 +411,16 @@ impl CallTrace {
         &self.id
     }
 
-    /// A stage of the call (a child of its span) that ran over `span`.
-    pub fn stage(&self, name: &'static str, span: Interval, attributes: Vec<KeyValue>) {
+    /// A stage of the call (a child of its span) that ran over `span`, with the `attributes`
+    /// (made only when the call is recorded).
+    pub fn stage(
+        &self,
+        name: &'static str,
+        span: Interval,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) {
         if let Some(r) = self.recording.as_ref().filter(|r| r.sampled) {
+            let attributes = attributes();
             r.push(Child {
                 name: Cow::Borrowed(name),
                 kind: SpanKind::Internal,
@@ -436,18 +517,19 @@ impl CallTrace {
         });
     }
 
-    /// Ends the call's span (named for `tool`, from `started` to now) with what became of it,
-    /// and hands every span to the exporter.
+    /// Ends the call's span (named for `tool`, from `started` to now) with what became of it
+    /// (`outcome`: its attributes and `error.type`, made only when the call is recorded), and
+    /// hands every span to the exporter.
     pub fn finish(
         self,
         tool: &str,
         started: Instant,
-        attributes: Vec<KeyValue>,
-        error: Option<&'static str>,
+        outcome: impl FnOnce() -> (Vec<KeyValue>, Option<&'static str>),
     ) {
         let Some(r) = self.recording.filter(|r| r.sampled) else {
             return;
         };
+        let (attributes, error) = outcome();
         let root = Child {
             name: Cow::Owned(format!("tools/call {tool}")),
             kind: SpanKind::Server,
@@ -457,47 +539,42 @@ impl CallTrace {
             attributes,
             error,
         };
-        let children = r
-            .spans
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let x = &r.exporter;
-        let data = |c: Child, remote: bool| SpanData {
-            span_context: SpanContext::new(
-                r.trace_id,
-                c.id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: c.parent,
-            parent_span_is_remote: remote,
-            span_kind: c.kind,
-            name: c.name,
-            start_time: wall(r.at, c.span.start),
-            end_time: wall(r.at, c.span.end),
-            attributes: match c.error {
-                Some(e) => {
-                    let mut a = c.attributes;
-                    a.push(KeyValue::new("error.type", e));
-                    a
-                }
-                None => c.attributes,
-            },
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: if c.error.is_some() {
-                Status::error("failed")
-            } else {
-                Status::Unset
-            },
-            instrumentation_scope: x.scope.clone(),
-        };
-        for c in children {
-            x.processor.on_end(data(c, false));
-        }
-        x.processor.on_end(data(root, r.parent.is_some()));
+        let children = std::mem::take(
+            &mut *r
+                .spans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut spans: Vec<SpanRecord> = Vec::with_capacity(children.len() + 1);
+        spans.extend(children.into_iter().map(|c| record(&r, c, false)));
+        let remote = r.parent.is_some();
+        spans.push(record(&r, root, remote));
+        r.exporter.sink.take(spans);
+    }
+}
+
+/// The exporter's record of `c`, a span of `r`'s trace.
+fn record(r: &Recording, c: Child, parent_remote: bool) -> SpanRecord {
+    let ns = |at: Instant| {
+        wall(r.at, at)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    };
+    SpanRecord {
+        trace_id: r.trace_id.to_bytes(),
+        id: c.id.to_bytes(),
+        parent: (c.parent != SpanId::INVALID).then(|| c.parent.to_bytes()),
+        parent_remote,
+        kind: match c.kind {
+            SpanKind::Server => crate::otlp::SERVER,
+            SpanKind::Client => crate::otlp::CLIENT,
+            _ => crate::otlp::INTERNAL,
+        },
+        name: c.name,
+        start_ns: ns(c.span.start),
+        end_ns: ns(c.span.end),
+        attributes: c.attributes,
+        error: c.error,
     }
 }
 
@@ -549,26 +626,17 @@ mod tests {
 
     /// Keeps what it is handed.
     #[derive(Debug, Clone, Default)]
-    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+    struct Kept(Arc<Mutex<Vec<SpanRecord>>>);
 
-    impl SpanProcessor for Kept {
-        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
-        fn on_end(&self, span: SpanData) {
-            self.0.lock().unwrap().push(span);
+    impl SpanSink for Kept {
+        fn take(&self, spans: Vec<SpanRecord>) {
+            self.0.lock().unwrap().extend(spans);
         }
-        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-            Ok(())
-        }
-        fn shutdown_with_timeout(
-            &self,
-            _: std::time::Duration,
-        ) -> opentelemetry_sdk::error::OTelSdkResult {
-            Ok(())
-        }
+        fn flush(&self, _: std::time::Duration) {}
     }
 
     impl Kept {
-        fn spans(&self) -> Vec<SpanData> {
+        fn spans(&self) -> Vec<SpanRecord> {
             self.0.lock().unwrap().clone()
         }
     }
@@ -626,6 +694,39 @@ mod tests {
     }
 
     #[test]
+    fn bad_exporter_settings_stop_the_start_naming_the_variable_never_its_value() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
+        let err = |vars: &[(&str, &str)]| {
+            Traces::from_lookup(env(vars))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_COMPRESSION"), "{e}");
+        let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "api-key")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
+        assert!(!e.contains("api-key"), "the value is echoed: {e}");
+        let e = err(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "bad name=secret-7"),
+        ]);
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS") && !e.contains("secret-7"),
+            "{e}"
+        );
+        let e = err(&[endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "soon")]);
+        assert!(e.contains("OTEL_BSP_SCHEDULE_DELAY"), "{e}");
+        let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
+        // Headers as the specification writes them: percent-encoded values.
+        let h = parse_headers("api-key=a%20b%3Dc, x-tenant = t1").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].1, "a b=c");
+        assert_eq!(h[1].0.as_str(), "x-tenant");
+    }
+
+    #[test]
     fn without_an_exporter_only_the_callers_trace_id_is_kept() {
         let t = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let off = Traces::off();
@@ -642,7 +743,7 @@ mod tests {
         let started = Instant::now();
         let t = traces.begin(tp);
         assert_eq!(t.id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        t.stage("warden.decide", Interval::since(started), vec![]);
+        t.stage("warden.decide", Interval::since(started), Vec::new);
         let ex = t.execution().unwrap();
         assert!(ex
             .traceparent
@@ -656,7 +757,7 @@ mod tests {
             },
         };
         t.executed(&ex, "time.now", Interval::since(started), &timed);
-        t.finish("time.now", started, vec![], Some("failed"));
+        t.finish("time.now", started, || (vec![], Some("failed")));
         let spans = kept.spans();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(
@@ -669,22 +770,23 @@ mod tests {
             ]
         );
         let root = &spans[3];
-        assert_eq!(root.parent_span_id, SpanId::from_bytes(tp.unwrap().span_id));
-        assert!(root.parent_span_is_remote);
-        assert_eq!(spans[0].parent_span_id, root.span_context.span_id());
-        assert_eq!(spans[2].parent_span_id, root.span_context.span_id());
+        assert_eq!(root.parent, Some(tp.unwrap().span_id));
+        assert!(root.parent_remote);
+        assert_eq!(root.kind, crate::otlp::SERVER);
+        assert_eq!(spans[0].parent, Some(root.id));
+        assert_eq!(spans[2].parent, Some(root.id));
+        assert!(!spans[0].parent_remote);
         // The upstream's span is the parent named in the traceparent it was sent.
-        assert_eq!(spans[1].parent_span_id, spans[2].span_context.span_id());
+        assert_eq!(spans[1].parent, Some(spans[2].id));
+        assert_eq!(spans[1].kind, crate::otlp::CLIENT);
         assert!(ex
             .traceparent
-            .contains(&spans[1].span_context.span_id().to_string()));
+            .contains(&warden_core::trace::hex(&spans[1].id)));
+        assert!(spans.iter().all(|s| s.trace_id == tp.unwrap().trace_id));
+        assert_eq!(spans[1].error, Some("cancelled"));
         assert!(spans
             .iter()
-            .all(|s| s.span_context.trace_id() == root.span_context.trace_id()));
-        assert!(spans[1]
-            .attributes
-            .iter()
-            .any(|kv| kv.key.as_str() == "error.type" && kv.value.as_str() == "cancelled"));
+            .all(|s| s.start_ns > 0 && s.start_ns <= s.end_ns));
     }
 
     #[test]
@@ -695,8 +797,8 @@ mod tests {
         let t = traces.begin(tp);
         let ex = t.execution().unwrap();
         assert!(ex.traceparent.ends_with("-00"), "{}", ex.traceparent);
-        t.stage("warden.decide", Interval::since(Instant::now()), vec![]);
-        t.finish("x.y", Instant::now(), vec![], None);
+        t.stage("warden.decide", Interval::since(Instant::now()), Vec::new);
+        t.finish("x.y", Instant::now(), || (vec![], None));
         assert!(kept.spans().is_empty());
     }
 }

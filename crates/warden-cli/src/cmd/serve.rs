@@ -117,32 +117,20 @@ pub enum LogFormat {
 }
 
 fn logging(format: LogFormat) {
-    let builder =
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
-                // lines) before Warden redacts them, so it never logs below `warn`, whatever
-                // RUST_LOG says.
-                // The OpenTelemetry SDK and exporter report only their failures (a collector that
-                // cannot be reached): below `warn` they narrate every batch.
-                [
-                    "rmcp=warn",
-                    "opentelemetry=warn",
-                    "opentelemetry_sdk=warn",
-                    "opentelemetry_otlp=warn",
-                ]
-                .iter()
-                .fold(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                    |filter, d| {
-                        filter.add_directive(d.parse().unwrap_or_else(|_| {
-                            tracing_subscriber::filter::LevelFilter::WARN.into()
-                        }))
-                    },
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            // INVARIANT (secrets never logged): rmcp logs upstream messages (progress, raw
+            // lines) before Warden redacts them, so it never logs below `warn`, whatever
+            // RUST_LOG says.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                .add_directive(
+                    "rmcp=warn"
+                        .parse()
+                        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::WARN.into()),
                 ),
-            )
-            .with_writer(std::io::stderr);
+        )
+        .with_writer(std::io::stderr);
     match format {
         // Colour only for a terminal: a log written to a file or a journal gets plain text.
         LogFormat::Text => builder
