@@ -46,12 +46,14 @@ async fn manifest(State(app): State<Runtime>) -> Json<warden_runtime::runtime::S
     Json(app.summary())
 }
 
-/// The caller's W3C `traceparent` header, if it sent a valid one (an invalid one is ignored).
+/// The caller's W3C `traceparent` header, if it sent exactly one valid one (an invalid one, or
+/// several, are ignored).
 pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
+    let mut all = headers.get_all("traceparent").iter();
+    let (Some(one), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    one.to_str().ok().and_then(TraceParent::parse)
 }
 
 async fn decide(State(app): State<Runtime>, body: Bytes) -> Response {

@@ -196,9 +196,22 @@ impl Runtime {
         };
         let outcome = propose_wait_and_run(&self.shared, run, wait, call.progress).await;
         self.shared.metrics.governed(started.elapsed());
-        trace.finish(&proposal.tool, started, || {
-            span_attributes(&proposal, &outcome)
-        });
+        // INVARIANT (secrets never leave in telemetry): the tool's name is the agent's text; it
+        // names a span only if the manifest defines it (an agent could otherwise send anything
+        // to the collector as a tool name).
+        let tool = if self
+            .shared
+            .governor
+            .get()
+            .manifest()
+            .tools
+            .contains_key(&proposal.tool)
+        {
+            proposal.tool.as_str()
+        } else {
+            UNKNOWN_TOOL
+        };
+        trace.finish(tool, started, || span_attributes(&proposal, tool, &outcome));
         outcome
     }
 
@@ -425,6 +438,10 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
         let span = Interval::since(executing);
         app.metrics
             .stage(crate::metrics::Stage::Execute, span.elapsed());
+        if let Some(i) = timed.stages.upstream {
+            app.metrics
+                .stage(crate::metrics::Stage::Upstream, i.elapsed());
+        }
         if let Some(i) = timed.stages.redaction {
             app.metrics
                 .stage(crate::metrics::Stage::Redaction, i.elapsed());
@@ -622,17 +639,22 @@ async fn govern(
     let appended = Interval::since(appending);
     app.metrics
         .stage(crate::metrics::Stage::LedgerAppend, appended.elapsed());
-    trace.stage("warden.ledger.append", appended, || {
-        recorded.as_ref().map_or_else(
-            |_| vec![KeyValue::new("error.type", "ledger.unavailable")],
-            |r| {
-                vec![KeyValue::new(
-                    "warden.ledger.index",
-                    i64::try_from(r.index()).unwrap_or(i64::MAX),
-                )]
-            },
-        )
-    });
+    trace.stage_ended(
+        "warden.ledger.append",
+        appended,
+        recorded.as_ref().err().map(|_| "ledger.unavailable"),
+        || {
+            recorded.as_ref().map_or_else(
+                |_| Vec::new(),
+                |r| {
+                    vec![KeyValue::new(
+                        "warden.ledger.index",
+                        i64::try_from(r.index()).unwrap_or(i64::MAX),
+                    )]
+                },
+            )
+        },
+    );
     let recorded = match recorded {
         Ok(r) => r,
         Err(e) => {
@@ -737,16 +759,21 @@ async fn govern(
     }
 }
 
-/// The attributes of a governed call's span, from what became of it, and its `error.type` when
+/// What a span calls a tool the manifest does not define.
+const UNKNOWN_TOOL: &str = "(unknown)";
+
+/// The attributes of a governed call's span (`tool`: its name if the manifest defines it,
+/// else [`UNKNOWN_TOOL`]), from what became of it, and its `error.type` when
 /// it failed. Names the manifest and Warden define, and ids; never an argument, a result or an
 /// error's text (INVARIANT in [`crate::traces`]).
 fn span_attributes(
     proposal: &Proposal,
+    tool: &str,
     outcome: &Outcome,
 ) -> (Vec<KeyValue>, Option<&'static str>) {
     let mut a = vec![
         KeyValue::new("mcp.method.name", "tools/call"),
-        KeyValue::new("gen_ai.tool.name", proposal.tool.clone()),
+        KeyValue::new("gen_ai.tool.name", tool.to_owned()),
         KeyValue::new("gen_ai.operation.name", "execute_tool"),
         KeyValue::new("warden.agent", proposal.agent.clone()),
     ];
@@ -804,6 +831,7 @@ fn span_attributes(
             decided(&mut a, decision, request_id, *index);
             ("failed", Some("execution_failed"))
         }
+        // Not traced: a malformed call is answered before its trace begins.
         Outcome::Invalid { .. } => ("invalid", Some("invalid_call")),
     };
     a.push(KeyValue::new("warden.outcome", outcome));

@@ -79,6 +79,8 @@ pub enum Stage {
     LedgerAppend,
     /// The Executor: the upstream's answer, redaction and the receipt.
     Execute,
+    /// Within `execute`: the upstream's `tools/call`, from sending it to its answer.
+    Upstream,
     /// Within `execute`: redacting the result.
     Redaction,
     /// Within `execute`: recording the receipt (written, or synced under `--receipts strict`,
@@ -87,10 +89,11 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 5] = [
+    const ALL: [Stage; 6] = [
         Stage::Decide,
         Stage::LedgerAppend,
         Stage::Execute,
+        Stage::Upstream,
         Stage::Redaction,
         Stage::Receipt,
     ];
@@ -100,6 +103,7 @@ impl Stage {
             Stage::Decide => "decide",
             Stage::LedgerAppend => "ledger_append",
             Stage::Execute => "execute",
+            Stage::Upstream => "upstream",
             Stage::Redaction => "redaction",
             Stage::Receipt => "receipt",
         }
@@ -115,7 +119,7 @@ pub struct Metrics {
     /// Nothing is counted or timed (`warden serve --no-metrics`, `warden stdio`).
     off: bool,
     decisions: Mutex<BTreeMap<Labels, u64>>,
-    stages: [Histogram; 5],
+    stages: [Histogram; 6],
     governed: Histogram,
     /// The ledger's syncs (shared with the ledger, which reports them).
     ledger_syncs: std::sync::Arc<Histogram>,

@@ -12,7 +12,8 @@
 //!
 //! Delivery is best effort, as with any OTLP exporter: a batch the collector refuses or does
 //! not answer within the timeout is dropped (and the log says so, at most once a minute); spans
-//! beyond the queue's bound are dropped and counted; a call never waits for any of it.
+//! beyond the queue's bound are dropped (the log gives the count so far, at most once a
+//! minute); a call never waits for any of it.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +71,8 @@ pub(crate) struct Settings {
     pub(crate) schedule_delay: Duration,
     /// At most this many spans wait; more are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
     pub(crate) max_queue: usize,
-    /// A batch is sent once this many spans wait (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    /// A batch is sent once this many spans wait, and holds at most this many
+    /// (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
     pub(crate) max_batch: usize,
     /// `service.name` and the other resource attributes.
     pub(crate) resource: Vec<KeyValue>,
@@ -80,8 +82,8 @@ pub(crate) struct Settings {
 struct Queue {
     /// `Span` messages, each as field 2 of a `ScopeSpans`, in the order they came.
     spans: Vec<u8>,
-    /// How many.
-    count: usize,
+    /// Where each ends in `spans` (a batch is cut at these).
+    ends: Vec<usize>,
     /// Flushes asked for, and done.
     flush_asked: u64,
     flushed: u64,
@@ -107,6 +109,8 @@ pub(crate) struct Exporter {
     max_queue: usize,
     max_batch: usize,
     dropped: AtomicU64,
+    /// When dropped spans were last reported.
+    reported: Mutex<Option<Instant>>,
 }
 
 impl Exporter {
@@ -118,7 +122,7 @@ impl Exporter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 spans: Vec::new(),
-                count: 0,
+                ends: Vec::new(),
                 flush_asked: 0,
                 flushed: 0,
                 closed: false,
@@ -141,6 +145,7 @@ impl Exporter {
             max_queue,
             max_batch,
             dropped: AtomicU64::new(0),
+            reported: Mutex::new(None),
         })
     }
 
@@ -149,6 +154,23 @@ impl Exporter {
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Exporter {
+    /// Says how many spans the full queue has dropped so far, at most once a minute.
+    fn report_dropped(&self, total: u64) {
+        let Ok(mut last) = self.reported.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(
+                dropped = total,
+                "traces: the export queue is full (the collector is slow or down); spans dropped so far"
+            );
+        }
     }
 }
 
@@ -163,22 +185,21 @@ impl SpanSink for Exporter {
     fn take(&self, spans: Vec<SpanRecord>) {
         let mut q = self.lock();
         // INVARIANT (a call never waits for telemetry): a full queue drops the call's spans.
-        if q.count + spans.len() > self.max_queue {
+        if q.ends.len() + spans.len() > self.max_queue {
             drop(q);
-            if self
+            let total = self
                 .dropped
                 .fetch_add(spans.len() as u64, Ordering::Relaxed)
-                == 0
-            {
-                tracing::warn!("traces: the export queue is full; spans are being dropped");
-            }
+                + spans.len() as u64;
+            self.report_dropped(total);
             return;
         }
         for s in &spans {
             message(&mut q.spans, 2, |buf| span(buf, s));
+            let end = q.spans.len();
+            q.ends.push(end);
         }
-        q.count += spans.len();
-        if q.count >= self.max_batch {
+        if q.ends.len() >= self.max_batch {
             self.shared.wake.notify_one();
         }
     }
@@ -216,8 +237,10 @@ struct Posting {
 
 impl Posting {
     fn run(mut self) {
-        let mut spare = Vec::new();
-        let mut due = Instant::now() + self.settings.schedule_delay;
+        let (mut spare, mut spare_ends) = (Vec::new(), Vec::new());
+        let delay = self.settings.schedule_delay;
+        let after = |d: Instant| d.checked_add(delay).unwrap_or(d);
+        let mut due = after(Instant::now());
         let mut q = self
             .shared
             .queue
@@ -227,16 +250,15 @@ impl Posting {
             let now = Instant::now();
             let flushing = q.flush_asked > q.flushed;
             let closing = q.closed;
-            if q.count >= self.settings.max_batch || flushing || closing || now >= due {
+            if q.ends.len() >= self.settings.max_batch || flushing || closing || now >= due {
                 let asked = q.flush_asked;
-                let count = std::mem::take(&mut q.count);
                 std::mem::swap(&mut q.spans, &mut spare);
+                std::mem::swap(&mut q.ends, &mut spare_ends);
                 drop(q);
-                if count > 0 {
-                    self.post(&spare, count);
-                }
+                self.post_all(&spare, &spare_ends);
                 spare.clear();
-                due = Instant::now() + self.settings.schedule_delay;
+                spare_ends.clear();
+                due = after(Instant::now());
                 q = self
                     .shared
                     .queue
@@ -255,6 +277,18 @@ impl Posting {
                 .wait_timeout(q, due.saturating_duration_since(now))
                 .map(|(q, _)| q)
                 .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Posts `spans` (encoded; `ends` where each ends) in requests of at most `max_batch`.
+    fn post_all(&mut self, spans: &[u8], ends: &[usize]) {
+        let mut start = 0;
+        for chunk in ends.chunks(self.settings.max_batch.max(1)) {
+            let Some(&end) = chunk.last() else { continue };
+            if let Some(batch) = spans.get(start..end) {
+                self.post(batch, chunk.len());
+            }
+            start = end;
         }
     }
 

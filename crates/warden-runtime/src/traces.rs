@@ -11,8 +11,8 @@
 //! (the same ones the stage histograms use), and handed as one message to the exporter
 //! ([`crate::otlp`]), which batches and posts them from its own thread: a call never waits for
 //! the exporter, and a collector that is down costs dropped spans, never a call. The
-//! OpenTelemetry SDK provides the sampler (`OTEL_TRACES_SAMPLER`), the ids and the resource
-//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
+//! OpenTelemetry SDK provides the samplers (chosen by `OTEL_TRACES_SAMPLER`), the ids and the
+//! resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
 //!
 //! INVARIANT (secrets never leave in telemetry): a span's attributes are names the manifest
 //! and Warden define (tool, tier, rules, decision, ids Warden minted, counts) and the caller's
@@ -28,8 +28,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{
-    IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample,
+    IdGenerator as _, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
 };
+use std::time::Duration;
 use warden_core::trace::TraceParent;
 use warden_executor::{Interval, Timed};
 
@@ -200,33 +201,46 @@ impl Traces {
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         );
-        let number = |var: &'static str, default: u64| match get(var) {
+        // Whole numbers within bounds: 0 ms or a century of delay is a mistake, not a setting.
+        let number = |var: &'static str, default: u64, max: u64, why: &'static str| match get(var) {
             None => Ok(default),
-            Some(v) => v.trim().parse::<u64>().map_err(|_| TracesError::Invalid {
-                var,
-                why: "not a whole number",
-            }),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or(TracesError::Invalid { var, why }),
         };
         let timeout_var = either(
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         )
         .map_or("OTEL_EXPORTER_OTLP_TIMEOUT", |(var, _)| var);
-        let timeout = std::time::Duration::from_millis(number(timeout_var, 10_000)?);
+        let ms = "not a whole number of milliseconds from 1 to 3600000";
+        let timeout = Duration::from_millis(number(timeout_var, 10_000, 3_600_000, ms)?);
+        let spans = "not a whole number of spans from 1 to 1000000";
+        let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2_048, 1_000_000, spans)?;
+        let max_batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1_000_000, spans)?;
+        if max_batch > max_queue {
+            return Err(TracesError::Invalid {
+                var: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                why: "larger than OTEL_BSP_MAX_QUEUE_SIZE (no batch would ever fill)",
+            });
+        }
         let settings = crate::otlp::Settings {
             endpoint: endpoint.trim().to_owned(),
             headers,
-            schedule_delay: std::time::Duration::from_millis(number(
+            schedule_delay: Duration::from_millis(number(
                 "OTEL_BSP_SCHEDULE_DELAY",
                 5_000,
+                3_600_000,
+                ms,
             )?),
-            max_queue: usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?)
-                .unwrap_or(usize::MAX),
-            max_batch: usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?)
-                .unwrap_or(usize::MAX)
-                .max(1),
+            max_queue: usize::try_from(max_queue).unwrap_or(usize::MAX),
+            max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
             resource: resource(),
         };
+        let sampler = sampler(&get)?;
         let client = warden_executor::tls::blocking_client(
             &settings.endpoint,
             ca.as_ref().map(|(_, p)| std::path::Path::new(p.trim())),
@@ -235,15 +249,21 @@ impl Traces {
         .map_err(|e| TracesError::Exporter(e.to_string()))?;
         let exporter = crate::otlp::Exporter::start(settings, client)
             .map_err(|e| TracesError::Exporter(e.to_string()))?;
-        Ok(Traces::to(Box::new(exporter)))
+        Ok(Traces::sampled(Box::new(exporter), sampler))
     }
 
-    /// Traces handed to `sink`, sampled as `OTEL_TRACES_SAMPLER` says (tests keep them).
+    /// Every call's spans handed to `sink` (tests keep them).
     #[must_use]
     pub fn to(sink: Box<dyn SpanSink>) -> Traces {
+        Traces::sampled(sink, Sampler::AlwaysOn)
+    }
+
+    /// The spans of the calls `sampler` samples handed to `sink`.
+    #[must_use]
+    pub fn sampled(sink: Box<dyn SpanSink>, sampler: Sampler) -> Traces {
         Traces(Some(Arc::new(Exporter {
             sink,
-            sampler: opentelemetry_sdk::trace::Config::default().sampler,
+            sampler: Box::new(sampler),
             ids: RandomIdGenerator::default(),
         })))
     }
@@ -307,6 +327,42 @@ impl Traces {
             }),
         }
     }
+}
+
+/// The sampler `OTEL_TRACES_SAMPLER` (and `_ARG`) names. INVARIANT (an agent does not choose
+/// whether it is watched): unless the operator names one, every call is sampled, whatever the
+/// caller's `traceparent` says (the OpenTelemetry default, `parentbased_always_on`, would let
+/// an agent turn its own traces off with a flag); the operator may choose a parent-based one.
+fn sampler(get: &impl Fn(&str) -> Option<String>) -> Result<Sampler, TracesError> {
+    let ratio = || match get("OTEL_TRACES_SAMPLER_ARG") {
+        None => Ok(1.0),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or(TracesError::Invalid {
+                var: "OTEL_TRACES_SAMPLER_ARG",
+                why: "not a number from 0 to 1",
+            }),
+    };
+    let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
+    Ok(match get("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+        None | Some("always_on") => Sampler::AlwaysOn,
+        Some("always_off") => Sampler::AlwaysOff,
+        Some("traceidratio") => Sampler::TraceIdRatioBased(ratio()?),
+        Some("parentbased_always_on") => parent(Sampler::AlwaysOn),
+        Some("parentbased_always_off") => parent(Sampler::AlwaysOff),
+        Some("parentbased_traceidratio") => parent(Sampler::TraceIdRatioBased(ratio()?)),
+        Some(other) => {
+            return Err(TracesError::Unsupported {
+                var: "OTEL_TRACES_SAMPLER",
+                value: other.to_owned(),
+                why: "one of always_on, always_off, traceidratio, parentbased_always_on, \
+                      parentbased_always_off, parentbased_traceidratio",
+            })
+        }
+    })
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
@@ -419,6 +475,17 @@ impl CallTrace {
         span: Interval,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) {
+        self.stage_ended(name, span, None, attributes);
+    }
+
+    /// [`CallTrace::stage`], failed with `error` (its `error.type`) if that is set.
+    pub fn stage_ended(
+        &self,
+        name: &'static str,
+        span: Interval,
+        error: Option<&'static str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) {
         if let Some(r) = self.recording.as_ref().filter(|r| r.sampled) {
             let attributes = attributes();
             r.push(Child {
@@ -428,7 +495,7 @@ impl CallTrace {
                 parent: r.root,
                 span,
                 attributes,
-                error: None,
+                error,
             });
         }
     }
@@ -715,10 +782,18 @@ mod tests {
             e.contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS") && !e.contains("secret-7"),
             "{e}"
         );
-        let e = err(&[endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "soon")]);
-        assert!(e.contains("OTEL_BSP_SCHEDULE_DELAY"), "{e}");
-        let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1")]);
-        assert!(e.contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
+        for (var, value) in [
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "18446744073709551615"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ] {
+            let e = err(&[endpoint, (var, value)]);
+            assert!(e.contains(var), "{var}={value}: {e}");
+        }
         // Headers as the specification writes them: percent-encoded values.
         let h = parse_headers("api-key=a%20b%3Dc, x-tenant = t1").unwrap();
         assert_eq!(h.len(), 2);
@@ -790,15 +865,41 @@ mod tests {
     }
 
     #[test]
-    fn an_unsampled_caller_is_followed_and_nothing_is_exported() {
+    fn a_caller_cannot_turn_its_traces_off_unless_the_operator_lets_parents_decide() {
+        let unsampled =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let call = |traces: &Traces| {
+            let t = traces.begin(unsampled);
+            let ex = t.execution().unwrap();
+            t.stage("warden.decide", Interval::since(Instant::now()), Vec::new);
+            t.finish("x.y", Instant::now(), || (vec![], None));
+            ex.traceparent
+        };
+        // The default: traced all the same, and the upstream told so.
         let kept = Kept::default();
-        let traces = Traces::to(Box::new(kept.clone()));
-        let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        let t = traces.begin(tp);
-        let ex = t.execution().unwrap();
-        assert!(ex.traceparent.ends_with("-00"), "{}", ex.traceparent);
-        t.stage("warden.decide", Interval::since(Instant::now()), Vec::new);
-        t.finish("x.y", Instant::now(), || (vec![], None));
+        let sent = call(&Traces::to(Box::new(kept.clone())));
+        assert!(sent.ends_with("-01"), "{sent}");
+        assert_eq!(kept.spans().len(), 2);
+        // `OTEL_TRACES_SAMPLER=parentbased_always_on`: the caller's flag is followed.
+        let parents = sampler(&env(&[("OTEL_TRACES_SAMPLER", "parentbased_always_on")])).unwrap();
+        let kept = Kept::default();
+        let sent = call(&Traces::sampled(Box::new(kept.clone()), parents));
+        assert!(sent.ends_with("-00"), "{sent}");
         assert!(kept.spans().is_empty());
+        // Samplers named wrong, or a ratio out of range: refused, naming the variable.
+        for (var, value) in [
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ] {
+            // (The first of a name is the one read.)
+            let e = sampler(&env(&[
+                (var, value),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(e.contains(var), "{e}");
+        }
     }
 }

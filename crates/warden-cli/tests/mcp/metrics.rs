@@ -103,7 +103,14 @@ fn governed_calls_are_counted_timed_and_served_at_metrics() {
         !metrics.contains("ops-1"),
         "agents are never labels: {metrics}"
     );
-    for stage in ["decide", "ledger_append", "execute", "redaction", "receipt"] {
+    for stage in [
+        "decide",
+        "ledger_append",
+        "execute",
+        "upstream",
+        "redaction",
+        "receipt",
+    ] {
         let n = sample(
             &metrics,
             &format!("warden_stage_duration_seconds_count{{stage=\"{stage}\"}}"),

@@ -12,7 +12,7 @@
 //! - the ledger and the decision's log line carry the same trace id;
 //! - no argument value, result or secret is in any span;
 //! - a call without a trace context starts a trace of its own; a denied call's trace has no
-//!   execution.
+//!   execution; a tool name the manifest does not define is `(unknown)` in it.
 
 use super::{client, enroll, env, first_text, ledger_tail, start_with, DEMO_KEY};
 use serde_json::Value;
@@ -179,11 +179,13 @@ fn governed_calls_are_traced_over_otlp_and_the_upstream_continues_the_trace() {
     // A call with no trace context starts its own trace; a denied one has no execution.
     let answer = client(&e, &s, "ops-1", &["call", "made.up_tool", "{}"]);
     assert_eq!(answer["result"]["isError"], true, "{answer}");
-    let all = wait_for(&received, "tools/call made.up_tool", 1);
+    // Named `(unknown)`: the agent's invented name never reaches the collector.
+    let all = wait_for(&received, "tools/call (unknown)", 1);
     let denied = all
         .iter()
-        .find(|s| s["name"] == "tools/call made.up_tool")
+        .find(|s| s["name"] == "tools/call (unknown)")
         .unwrap();
+    assert_eq!(attr(denied, "gen_ai.tool.name"), "(unknown)");
     assert_ne!(denied["trace_id"], TRACE);
     assert_eq!(denied["parent_span_id"], "", "a root span: {denied}");
     assert_eq!(attr(denied, "warden.decision"), "deny");
@@ -198,7 +200,7 @@ fn governed_calls_are_traced_over_otlp_and_the_upstream_continues_the_trace() {
     // Nothing the call carried, returned or was given is in any span; the receiver refused
     // nothing.
     let everything = std::fs::read_to_string(&received).unwrap();
-    for secret in [NOTE, DEMO_KEY, "Bearer"] {
+    for secret in [NOTE, DEMO_KEY, "Bearer", "made.up_tool"] {
         assert!(!everything.contains(secret), "`{secret}` is in a span");
     }
     assert!(!everything.contains("refused"), "{everything}");
