@@ -16,6 +16,7 @@
 //!
 //! This crate performs no I/O and has no async code: it can be linked into the decision core.
 
+pub mod brakes;
 pub mod canonical;
 pub mod decision;
 pub mod events;

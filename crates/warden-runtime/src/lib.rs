@@ -31,6 +31,7 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod brakes;
 pub mod breakers;
 pub mod bundle;
 pub mod caller;

@@ -209,6 +209,12 @@ impl Operator {
             Brake::Resume => 0,
             _ => s.executor.stop(scope),
         };
+        // The other instances of a fleet stop theirs (their decisions already read the hold).
+        if brake != Brake::Resume {
+            if let Err(e) = s.brakes.announce(scope) {
+                tracing::warn!(error = %e, "brake not announced to the other instances; calls in flight there run to their end");
+            }
+        }
         let none = String::new();
         let (agent, tenant, session) = match scope {
             HoldScope::Agent(a) => (a, &none, &none),

@@ -109,6 +109,9 @@ pub enum RuntimeError {
     /// The Executor cannot be set up over the manifest's upstreams.
     #[error("setting up the Executor: {0}")]
     Executor(#[from] crate::execution::ExecutionError),
+    /// The brake bus (Redis) cannot be set up.
+    #[error("the brake bus: {0}")]
+    Brakes(warden_core::brakes::BrakeError),
 }
 
 /// What the governed path, the operator's actions and the lifecycle share. Crate-private: no
@@ -139,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) flows: Arc<dyn warden_core::flow::FlowStore>,
     /// What `/metrics` reports.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Carries brakes to every instance.
+    pub(crate) brakes: Arc<dyn warden_core::brakes::BrakeBus>,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
@@ -257,6 +262,8 @@ pub struct Backends {
     pub events: Arc<dyn EventQueue>,
     /// What each session has read (information-flow labels, `docs/ifc.md`).
     pub flows: Arc<dyn warden_core::flow::FlowStore>,
+    /// Carries a brake to every instance's Executor (calls already in flight).
+    pub brakes: Arc<dyn warden_core::brakes::BrakeBus>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -332,6 +339,14 @@ impl Backends {
                 )?),
                 None => Arc::new(warden_state::MemoryFlows::new(FLOWS_IDLE)),
             },
+            // A brake applied through one instance stops what runs on all of them.
+            brakes: match &config.state_redis {
+                Some(url) => Arc::new(
+                    warden_state::RedisBrakes::new(url, &config.state_prefix)
+                        .map_err(RuntimeError::Brakes)?,
+                ),
+                None => Arc::new(warden_state::MemoryBrakes::new()),
+            },
         })
     }
 }
@@ -375,6 +390,7 @@ impl Runtime {
             revocations,
             events,
             flows,
+            brakes,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         close_interrupted(&config, &ledger)?;
@@ -429,6 +445,7 @@ impl Runtime {
                 events,
                 flows,
                 metrics,
+                brakes,
                 config,
             }),
         })
@@ -508,6 +525,7 @@ impl Runtime {
     /// still starting (their tools are withheld until they are up).
     pub async fn start(&self, wait: std::time::Duration) -> Vec<(String, String)> {
         self.start_webhooks();
+        crate::brakes::listen(&self.shared);
         crate::witnessing::start(&self.shared.ledger, &self.shared.config.witnesses);
         let governor = self.shared.governor.get();
         crate::approvals::record_approvers(

@@ -20,20 +20,24 @@
 //! semantics; the Redis store implements the same steps in its script. The shared test suites
 //! in `tests/store.rs` and `tests/events.rs` run against each implementation.
 
+mod brakes;
 mod engine;
 mod events;
 mod file;
 mod flows;
 mod memory;
+mod redis_brakes;
 mod redis_events;
 mod redis_flows;
 mod redis_pool;
 mod redis_store;
 
+pub use brakes::MemoryBrakes;
 pub use events::MemoryEvents;
 pub use file::{FileState, OpenError};
 pub use flows::MemoryFlows;
 pub use memory::MemoryState;
+pub use redis_brakes::RedisBrakes;
 pub use redis_events::RedisEvents;
 pub use redis_flows::RedisFlows;
 pub use redis_store::RedisState;

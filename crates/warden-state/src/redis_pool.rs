@@ -23,6 +23,13 @@ impl Pool {
         })
     }
 
+    /// A connection of its own (a subscription holds one for as long as it listens).
+    pub(crate) fn dedicated(&self) -> redis::RedisResult<redis::Connection> {
+        let conn = self.client.get_connection_with_timeout(TIMEOUT)?;
+        conn.set_write_timeout(Some(TIMEOUT))?;
+        Ok(conn)
+    }
+
     /// Runs `f` on a connection whose replies may take `wait` more than [`TIMEOUT`].
     pub(crate) fn with<T>(
         &self,

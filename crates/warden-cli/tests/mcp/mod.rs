@@ -10,6 +10,7 @@
 mod approvals;
 mod breakers;
 mod bridge;
+mod fleet;
 mod https;
 mod ifc;
 mod metrics;
