@@ -31,12 +31,15 @@ fn run(weak: &Weak<Shared>) {
     loop {
         let Some(shared) = weak.upgrade() else { return };
         let bus = Arc::clone(&shared.brakes);
-        let executor = Arc::clone(&shared.executor);
         drop(shared);
+        // INVARIANT (a clean stop): the listener holds the Runtime only while it acts on a
+        // brake, so that when the Runtime goes, the Executor and the ledger go with it (the
+        // ledger signs its last checkpoint as it closes).
         let gone = || weak.strong_count() == 0;
         let heard = bus.listen(
             &mut |scope| {
-                let stopped = executor.stop(&scope);
+                let Some(shared) = weak.upgrade() else { return };
+                let stopped = shared.executor.stop(&scope);
                 if stopped > 0 {
                     tracing::info!(%scope, stopped, "brake from the fleet: calls in flight stopped");
                 }

@@ -387,6 +387,8 @@ pub struct Scrape {
     pub executor: warden_executor::counters::Counted,
     /// Each upstream, and whether its tools are served now.
     pub upstreams: Vec<(String, bool)>,
+    /// Spans the trace exporter dropped (its queue full), since start.
+    pub spans_dropped: u64,
 }
 
 impl Scrape {
@@ -512,6 +514,12 @@ impl Scrape {
             "warden_upstream_connect_failures_total",
             "Attempts to connect to an upstream that failed.",
             e.upstream_connect_failures,
+        );
+        counter(
+            &mut out,
+            "warden_trace_spans_dropped_total",
+            "Spans the trace exporter dropped because its queue was full (the collector slow or down).",
+            self.spans_dropped,
         );
         out
     }

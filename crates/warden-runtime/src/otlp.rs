@@ -58,6 +58,10 @@ pub trait SpanSink: Send + Sync {
     fn take(&self, spans: Vec<SpanRecord>);
     /// Exports what is queued; waits up to `timeout`.
     fn flush(&self, timeout: Duration);
+    /// Spans dropped so far (the queue was full).
+    fn dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// How spans are exported: where, with what, how often.
@@ -202,6 +206,10 @@ impl SpanSink for Exporter {
         if q.ends.len() >= self.max_batch {
             self.shared.wake.notify_one();
         }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     fn flush(&self, timeout: Duration) {
@@ -471,6 +479,50 @@ mod tests {
     )]
 
     use super::*;
+
+    fn record(i: u8) -> SpanRecord {
+        SpanRecord {
+            trace_id: [1; 16],
+            id: [i; 8],
+            parent: None,
+            parent_remote: false,
+            kind: INTERNAL,
+            name: Cow::Borrowed("s"),
+            start_ns: 1,
+            end_ns: 2,
+            attributes: vec![KeyValue::new("n", i64::from(i))],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_whole_calls_and_counts_them_and_a_flush_returns() {
+        let settings = Settings {
+            // Nothing answers here: every post fails, quickly.
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            headers: Vec::new(),
+            schedule_delay: Duration::from_secs(3600),
+            max_queue: 4,
+            max_batch: 4,
+            resource: Vec::new(),
+        };
+        let client =
+            warden_executor::tls::blocking_client(&settings.endpoint, None, Duration::from_secs(1))
+                .unwrap();
+        let x = Exporter::start(settings, client).unwrap();
+        x.take(vec![record(1), record(2), record(3)]);
+        // Three wait; two more do not fit: both dropped, the three kept.
+        x.take(vec![record(4), record(5)]);
+        assert_eq!(x.dropped(), 2);
+        assert_eq!(x.lock().ends.len(), 3);
+        let asked = Instant::now();
+        x.flush(Duration::from_secs(5));
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the flush waited out its timeout"
+        );
+        assert!(x.lock().ends.is_empty());
+    }
 
     #[test]
     fn varints_and_nested_lengths_are_proto3() {

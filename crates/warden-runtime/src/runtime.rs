@@ -509,6 +509,7 @@ impl Runtime {
             manifest_version: s.governor.get().manifest().version,
             executor: s.executor.counted(),
             upstreams: s.executor.health().await,
+            spans_dropped: s.config.traces.dropped(),
         };
         Some(scrape.write(&s.metrics))
     }

@@ -268,6 +268,12 @@ impl Traces {
         })))
     }
 
+    /// Spans dropped so far because the exporter's queue was full (0 without traces).
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.0.as_ref().map_or(0, |x| x.sink.dropped())
+    }
+
     /// Whether spans are exported.
     #[must_use]
     pub fn on(&self) -> bool {
