@@ -136,6 +136,48 @@ struct Shared {
     writer: Mutex<Writer>,
     /// Wakes the ticker (waits on `writer`).
     tick: Condvar,
+    /// For a store that cannot be written from any thread: the thread that leads instead of
+    /// the caller.
+    delegate: Option<Delegate>,
+}
+
+/// Asks the ledger's leading thread to write what is queued.
+#[derive(Default)]
+struct Delegate {
+    /// (asked to lead, asked to stop).
+    asked: Mutex<(bool, bool)>,
+    wake: Condvar,
+}
+
+impl Delegate {
+    fn ask(&self, stop: bool) {
+        let mut a = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        if stop {
+            a.1 = true;
+        } else {
+            a.0 = true;
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// The leading thread of a store that cannot be written from any thread: leads whenever a
+/// caller queued with nobody leading; ends once asked to, after what it took.
+fn delegate_loop(shared: &Shared) {
+    let Some(d) = &shared.delegate else { return };
+    loop {
+        let mut a = d.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        while !a.0 && !a.1 {
+            a = d.wake.wait(a).unwrap_or_else(PoisonError::into_inner);
+        }
+        if a.0 {
+            a.0 = false;
+            drop(a);
+            shared.lead();
+            continue;
+        }
+        return;
+    }
 }
 
 impl Shared {
@@ -157,8 +199,9 @@ impl Shared {
     }
 
     /// Adds to the queue with `add` and, if no caller is writing, writes the queue on this
-    /// thread (so a call from async code may block its worker for a write and a sync). False,
-    /// with nothing added, once the ledger is stopping.
+    /// thread (so a call from async code may block its worker for a write and a sync) — or,
+    /// for a store that cannot be written from any thread, has the ledger's leading thread
+    /// write it. False, with nothing added, once the ledger is stopping.
     fn enqueue(&self, add: impl FnOnce(&mut Queue)) -> bool {
         let lead = {
             let mut q = self.queue();
@@ -169,7 +212,10 @@ impl Shared {
             !std::mem::replace(&mut q.leading, true)
         };
         if lead {
-            self.lead();
+            match &self.delegate {
+                Some(d) => d.ask(false),
+                None => self.lead(),
+            }
         }
         true
     }
@@ -343,6 +389,8 @@ pub struct Ledger {
     receipts: Receipts,
     ticker: Option<JoinHandle<()>>,
     signer_thread: Option<JoinHandle<()>>,
+    /// The leading thread, for a store that cannot be written from any thread.
+    leader: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -398,6 +446,7 @@ impl Ledger {
                 LedgerError::AppendFailed(format!("cannot start the ledger checkpointer: {e}"))
             })?;
         let receipts = config.receipts;
+        let delegate = (!store.writes_on_any_thread()).then(Delegate::default);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             verifier,
@@ -418,7 +467,24 @@ impl Ledger {
                 on_sync: None,
             }),
             tick: Condvar::new(),
+            delegate,
         });
+        let leader = match shared.delegate {
+            Some(_) => {
+                let s = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("warden-ledger-lead".into())
+                        .spawn(move || delegate_loop(&s))
+                        .map_err(|e| {
+                            LedgerError::AppendFailed(format!(
+                                "cannot start the ledger's writing thread: {e}"
+                            ))
+                        })?,
+                )
+            }
+            None => None,
+        };
         let ticker_shared = Arc::clone(&shared);
         let ticker = std::thread::Builder::new()
             .name("warden-ledger".into())
@@ -432,6 +498,7 @@ impl Ledger {
             receipts,
             ticker: Some(ticker),
             signer_thread: Some(signer_thread),
+            leader,
         })
     }
 
@@ -569,6 +636,10 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         // Nothing more is queued; a leader still writing finishes what it took.
         self.shared.queue().stopped = true;
+        if let (Some(d), Some(t)) = (&self.shared.delegate, self.leader.take()) {
+            d.ask(true);
+            let _ = t.join();
+        }
         {
             let mut w = self.shared.writer();
             w.stopping = true;

@@ -332,6 +332,12 @@ impl LedgerStore for PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    fn writes_on_any_thread(&self) -> bool {
+        // The postgres client blocks on a runtime of its own, which panics on a thread that
+        // already drives one (`warden serve` recording from an async task).
+        false
+    }
+
     fn describe(&self) -> String {
         format!("PostgreSQL ledger {:?}", self.ledger)
     }

@@ -128,6 +128,13 @@ pub trait LedgerStore: Send {
 
     /// One line saying where the log lives, for messages.
     fn describe(&self) -> String;
+
+    /// Whether a caller may write through this store on its own thread, whatever that thread
+    /// is (an async runtime's worker included). A store whose client drives a runtime of its
+    /// own (PostgreSQL's) says no: its writes are then led from a thread of the ledger's.
+    fn writes_on_any_thread(&self) -> bool {
+        true
+    }
 }
 
 impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
@@ -157,6 +164,9 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn writes_on_any_thread(&self) -> bool {
+        (**self).writes_on_any_thread()
     }
 }
 

@@ -14,6 +14,7 @@ mod fleet;
 mod https;
 mod ifc;
 mod metrics;
+mod postgres_fault;
 mod promotion;
 mod sandboxed;
 mod sdk;
