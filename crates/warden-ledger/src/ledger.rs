@@ -173,7 +173,12 @@ fn delegate_loop(shared: &Shared) {
         if a.0 {
             a.0 = false;
             drop(a);
-            shared.lead();
+            // INVARIANT (fail-closed, never hang): a writer that panics mid-batch fails that
+            // batch (its tickets resolve as stopped) and, its store's lock poisoned, every later
+            // one; the thread keeps leading, so no caller waits for a leader that is gone.
+            while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.lead())).is_err()
+            {
+            }
             continue;
         }
         return;

@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Carries brakes to every instance.
     pub(crate) brakes: Arc<dyn warden_core::brakes::BrakeBus>,
+    /// This instance's listener on it (started by [`Runtime::start`]).
+    pub(crate) brake_listener: crate::brakes::Listener,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
@@ -446,6 +448,7 @@ impl Runtime {
                 flows,
                 metrics,
                 brakes,
+                brake_listener: crate::brakes::Listener::default(),
                 config,
             }),
         })
@@ -574,6 +577,8 @@ impl Runtime {
 
     /// Stops the upstreams (the ledger signs its last checkpoint when the last handle goes).
     pub async fn shutdown(&self) {
+        let shared = Arc::clone(&self.shared);
+        let _ = tokio::task::spawn_blocking(move || shared.brake_listener.stop()).await;
         self.shared.executor.shutdown().await;
         // The last spans are exported (waiting up to 5 s for the collector, off the reactor).
         let traces = self.shared.config.traces.clone();

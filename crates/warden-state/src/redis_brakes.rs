@@ -16,6 +16,10 @@ use warden_core::state::HoldScope;
 /// How often a listener asks whether to stop (its subscription's read timeout).
 const TICK: Duration = Duration::from_millis(200);
 
+/// How long a quiet subscription goes before it is checked with a PING (a connection a
+/// middlebox dropped in silence would otherwise never be noticed).
+const PING_EVERY: Duration = Duration::from_secs(30);
+
 /// The brake bus in a Redis shared by the instances of a fleet.
 pub struct RedisBrakes {
     pool: crate::redis_pool::Pool,
@@ -72,15 +76,23 @@ impl BrakeBus for RedisBrakes {
         sub.set_read_timeout(Some(TICK))
             .map_err(|e| unavailable(&e))?;
         sub.subscribe(&self.channel).map_err(|e| unavailable(&e))?;
+        let mut heard = std::time::Instant::now();
         loop {
             if stop() {
                 return Ok(());
             }
             let msg = match sub.get_message() {
                 Ok(m) => m,
-                Err(e) if e.is_timeout() => continue,
+                Err(e) if e.is_timeout() => {
+                    if heard.elapsed() > PING_EVERY {
+                        sub.ping::<()>().map_err(|e| unavailable(&e))?;
+                        heard = std::time::Instant::now();
+                    }
+                    continue;
+                }
                 Err(e) => return Err(unavailable(&e)),
             };
+            heard = std::time::Instant::now();
             // Anyone who can publish on the fleet's Redis can send anything: what is not a
             // scope is ignored (and said), never acted on.
             match serde_json::from_slice::<HoldScope>(msg.get_payload_bytes()) {

@@ -67,13 +67,35 @@ impl Listener {
     }
 }
 
-fn suite(name: &str, a: Arc<dyn BrakeBus>, b: Arc<dyn BrakeBus>) {
+/// Waits up to 10 s until `n` listeners are subscribed to `channel` (a subscription exists only
+/// once the listener is in).
+fn subscribed(url: &str, channel: &str, n: i64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut c)
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} of {n} listeners subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn suite(name: &str, a: Arc<dyn BrakeBus>, b: Arc<dyn BrakeBus>, ready: &dyn Fn()) {
     let (la, lb) = (
         Listener::start(Arc::clone(&a)),
         Listener::start(Arc::clone(&b)),
     );
-    // Let both subscribe (a subscription exists only once the listener is in).
-    std::thread::sleep(Duration::from_millis(300));
+    ready();
     let scopes = [
         HoldScope::Agent("coder-1".into()),
         HoldScope::Tenant("acme".into()),
@@ -93,8 +115,9 @@ fn suite(name: &str, a: Arc<dyn BrakeBus>, b: Arc<dyn BrakeBus>) {
         assert_eq!(got, scopes, "{name}: what a listener heard");
         for ((_, at), sent) in heard.iter().zip(&sent) {
             let delay = at.duration_since(*sent);
+            // Generous: a loaded CI machine; the benchmark measures the real delay.
             assert!(
-                delay < Duration::from_millis(500),
+                delay < Duration::from_secs(2),
                 "{name}: heard after {delay:?}"
             );
         }
@@ -107,7 +130,11 @@ fn suite(name: &str, a: Arc<dyn BrakeBus>, b: Arc<dyn BrakeBus>) {
 fn memory_brakes_pass_the_suite() {
     // One process: both "instances" share the bus, as one instance's operator and Executor do.
     let bus: Arc<dyn BrakeBus> = Arc::new(MemoryBrakes::new());
-    suite("memory", Arc::clone(&bus), bus);
+    // In process, a listener hears what is announced after it starts listening; give both a
+    // moment to be in.
+    suite("memory", Arc::clone(&bus), bus, &|| {
+        std::thread::sleep(Duration::from_millis(300));
+    });
 }
 
 /// The Redis of `WARDEN_TEST_REDIS_URL` and a prefix of this call's own; `None` after a
@@ -134,7 +161,8 @@ fn redis_brakes_pass_the_suite() {
     // Two instances: two buses on the same Redis and prefix.
     let a: Arc<dyn BrakeBus> = Arc::new(RedisBrakes::new(&url, &prefix).unwrap());
     let b: Arc<dyn BrakeBus> = Arc::new(RedisBrakes::new(&url, &prefix).unwrap());
-    suite("redis", a, b);
+    let channel = format!("{prefix}brakes");
+    suite("redis", a, b, &|| subscribed(&url, &channel, 2));
 }
 
 #[test]
@@ -143,7 +171,7 @@ fn a_fleet_hears_only_its_own_brakes_and_ignores_what_is_not_a_scope() {
     let ours: Arc<dyn BrakeBus> = Arc::new(RedisBrakes::new(&url, &prefix).unwrap());
     let other = RedisBrakes::new(&url, &format!("{prefix}other:")).unwrap();
     let l = Listener::start(Arc::clone(&ours));
-    std::thread::sleep(Duration::from_millis(300));
+    subscribed(&url, &format!("{prefix}brakes"), 1);
     other.announce(&HoldScope::Global).unwrap();
     // Garbage on the fleet's own channel (anyone with access to the Redis can publish).
     let client = redis::Client::open(url.as_str()).unwrap();

@@ -1,12 +1,14 @@
 //! Two `warden serve` instances of one fleet (state, holds and the brake bus in the machine's
 //! Redis, the keys copied from one data directory to the other as docs/state.md says), each
 //! with its own ledger, over one upstream (issue 22): a kill switch pulled through instance A's
-//! admin listener stops the calls already in flight on instance B, not only B's next calls.
+//! admin listener stops the calls already in flight on instance B, not only B's next calls; a
+//! message on the fleet's channel with no hold behind it stops nothing.
 
 use super::super::text;
 use super::{env, ledger_tail, start_with};
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Copies `from`'s keys and issued credentials into the data directory `to` (one identity for
@@ -93,7 +95,27 @@ fn a_kill_through_one_instance_stops_the_calls_in_flight_on_another() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1000));
+    // Past the grant and the hold checks, into the upstream (it answers in 20 s; a kill that
+    // came first would be refused at the hold check instead, which is not what this tests).
+    std::thread::sleep(Duration::from_millis(3000));
+
+    // A message on the fleet's channel with no hold behind it (forged, or stale) stops nothing.
+    let forged = Command::new("redis-cli")
+        .args(["-u", &url, "PUBLISH", &format!("{prefix}brakes")])
+        .arg(r#"{"scope":"agent","id":"coder-1"}"#)
+        .output()
+        .unwrap();
+    assert!(forged.status.success(), "{}", text(&forged.stderr));
+    assert_eq!(
+        text(&forged.stdout).trim(),
+        "2",
+        "both instances subscribed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !in_flight.is_finished(),
+        "a message without a hold stopped the call"
+    );
 
     // The kill switch, through A.
     let pulled = Instant::now();
