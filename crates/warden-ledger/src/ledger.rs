@@ -141,6 +141,17 @@ struct Shared {
     delegate: Option<Delegate>,
 }
 
+/// Clears the queue's `leading` flag if its leader unwinds from a panic.
+struct Leading<'a>(&'a Shared);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.queue().leading = false;
+        }
+    }
+}
+
 /// Asks the ledger's leading thread to write what is queued.
 #[derive(Default)]
 struct Delegate {
@@ -228,6 +239,10 @@ impl Shared {
     /// Writes everything queued, batch after batch, until the queue is empty; the caller that
     /// found no leader runs this on its own thread (group commit without a thread hand-off).
     fn lead(&self) {
+        // INVARIANT (never hang): a leader that panics mid-batch (its batch's tickets resolve as
+        // stopped) gives up leading as it unwinds, so the next caller leads instead of waiting
+        // for it.
+        let _leading = Leading(self);
         loop {
             let (entries, checkpoints) = {
                 let mut q = self.queue();

@@ -1459,3 +1459,112 @@ fn a_missing_cut_or_damaged_segment_under_the_checkpoint_does_not_open() {
     std::fs::write(&path, &bytes).unwrap();
     refused(flipped.path());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A writer that panics.
+
+/// A store whose next append panics once `armed` (a bug, or a client library that panics).
+struct PanicOnce {
+    inner: Box<dyn LedgerStore>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    any_thread: bool,
+}
+
+impl PanicOnce {
+    fn check(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected: the store panics mid-append");
+        }
+    }
+}
+
+impl LedgerStore for PanicOnce {
+    fn append(
+        &mut self,
+        entries: &[Vec<u8>],
+    ) -> Result<warden_ledger::store::Appended, warden_ledger::store::StoreError> {
+        self.check();
+        self.inner.append(entries)
+    }
+    fn append_written(
+        &mut self,
+        entries: &[Vec<u8>],
+    ) -> Result<warden_ledger::store::Appended, warden_ledger::store::StoreError> {
+        self.check();
+        self.inner.append_written(entries)
+    }
+    fn sync(&mut self) -> Result<(), warden_ledger::store::StoreError> {
+        self.inner.sync()
+    }
+    fn size(&mut self) -> Result<u64, warden_ledger::store::StoreError> {
+        self.inner.size()
+    }
+    fn scan(
+        &mut self,
+        from: u64,
+        to: u64,
+        visit: &mut warden_ledger::store::Visit<'_>,
+    ) -> Result<(), warden_ledger::store::StoreError> {
+        self.inner.scan(from, to, visit)
+    }
+    fn nodes(
+        &mut self,
+        ids: &[merkle::NodeId],
+    ) -> Result<Vec<Hash>, warden_ledger::store::StoreError> {
+        self.inner.nodes(ids)
+    }
+    fn checkpointer(
+        &mut self,
+    ) -> Result<Box<dyn warden_ledger::store::Checkpointer>, warden_ledger::store::StoreError> {
+        self.inner.checkpointer()
+    }
+    fn latest_checkpoint(&mut self) -> Result<Option<String>, warden_ledger::store::StoreError> {
+        self.inner.latest_checkpoint()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn writes_on_any_thread(&self) -> bool {
+        self.any_thread
+    }
+}
+
+#[test]
+fn a_writer_that_panics_fails_closed_and_never_leaves_callers_waiting() {
+    // Both ways a batch is written: by the caller that found no leader, and by the ledger's own
+    // thread (stores that cannot be written from any thread, as PostgreSQL's).
+    for any_thread in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = PanicOnce {
+            inner: file_store(dir.path()),
+            armed: Arc::clone(&armed),
+            any_thread,
+        };
+        let signer = NoteSigner::generate("warden.test/panic").unwrap();
+        let ledger =
+            Arc::new(Ledger::open(Box::new(store), signer, LedgerConfig::default()).unwrap());
+        assert!(ledger.append(&decision(0)).is_ok());
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The append that meets the panic is not recorded (a panic in the caller's thread
+        // unwinds into it; on the ledger's thread, its ticket resolves as stopped).
+        let met =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ledger.append(&decision(1))));
+        assert!(
+            !matches!(met, Ok(Ok(_))),
+            "any_thread={any_thread}: recorded through a panic"
+        );
+        // Later appends answer — refused, the store's lock poisoned — and never hang.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = Arc::clone(&ledger);
+        std::thread::spawn(move || {
+            let _ = tx.send(l.append(&decision(2)).is_ok());
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            answered,
+            Ok(false),
+            "any_thread={any_thread}: the next append hung or ran"
+        );
+    }
+}
