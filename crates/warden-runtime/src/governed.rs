@@ -618,10 +618,18 @@ async fn govern(
             .map_or_else(|| s.to_owned(), |(r, _)| r)
     };
     // INVARIANT (secrets never logged): the decision's names and rules, never its arguments.
+    // INVARIANT (no forged log fields): the tool is the agent's text; the log names it only if
+    // the manifest defines it (an invented name could fake fields or hide behind look-alike
+    // characters; the ledger keeps it, hashed into the record).
+    let logged_tool = if governor.manifest().tools.contains_key(&decision.tool) {
+        decision.tool.as_str()
+    } else {
+        UNKNOWN_TOOL
+    };
     tracing::info!(
         trace_id = %trace.id(),
         agent = %decision.agent,
-        tool = %decision.tool,
+        tool = %logged_tool,
         decision = decision.decision.as_str(),
         rules = ?decision.rules,
         "decision"

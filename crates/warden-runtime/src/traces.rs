@@ -178,6 +178,22 @@ impl Traces {
             let base = get(ENDPOINTS[1]).unwrap_or_else(|| "http://localhost:4318".to_owned());
             format!("{}/v1/traces", base.trim().trim_end_matches('/'))
         });
+        // An http(s) URL with a host, or the start stops (the value is not echoed: it may hold
+        // a key).
+        let endpoint_var = if get(ENDPOINTS[0]).is_some() {
+            ENDPOINTS[0]
+        } else {
+            ENDPOINTS[1]
+        };
+        match reqwest::Url::parse(endpoint.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(TracesError::Invalid {
+                    var: endpoint_var,
+                    why: "not an http:// or https:// URL with a host",
+                })
+            }
+        }
         if let Some((var, v)) = either(
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
@@ -378,6 +394,18 @@ fn parse_headers(v: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, 
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').ok_or("an entry is not key=value")?;
+            // Every `%` starts an escape of two hex digits (the decoder itself lets a stray
+            // one through as it is).
+            let raw = v.trim().as_bytes();
+            let escapes_ok = raw.iter().enumerate().all(|(i, b)| {
+                *b != b'%'
+                    || raw
+                        .get(i + 1..i + 3)
+                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            });
+            if !escapes_ok {
+                return Err("a value has a `%` that is not followed by two hex digits");
+            }
             let v = percent_encoding::percent_decode_str(v.trim())
                 .decode_utf8()
                 .map_err(|_| "a value is not UTF-8 once percent-decoded")?;
@@ -777,6 +805,18 @@ mod tests {
         };
         let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]);
         assert!(e.contains("OTEL_EXPORTER_OTLP_COMPRESSION"), "{e}");
+        let e = err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        let e = err(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/v1/traces")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), "{e}");
+        let e = err(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=%ZZsecret"),
+        ]);
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_HEADERS") && !e.contains("secret"),
+            "{e}"
+        );
         let e = err(&[endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "api-key")]);
         assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
         assert!(!e.contains("api-key"), "the value is echoed: {e}");

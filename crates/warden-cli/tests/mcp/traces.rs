@@ -203,6 +203,10 @@ fn governed_calls_are_traced_over_otlp_and_the_upstream_continues_the_trace() {
     for secret in [NOTE, DEMO_KEY, "Bearer", "made.up_tool"] {
         assert!(!everything.contains(secret), "`{secret}` is in a span");
     }
+    // Nor does the log name the invented tool (the agent's text could fake log fields).
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(!log.contains("made.up_tool"), "{log}");
+    assert!(log.contains("tool=(unknown)"), "{log}");
     assert!(!everything.contains("refused"), "{everything}");
     drop(s);
 }
