@@ -29,7 +29,7 @@ use std::time::Duration;
 mod common;
 #[path = "common/rmcp_client.rs"]
 mod rmcp_client;
-use common::{bench_dir, enroll, everything_http, manifest, serve};
+use common::{bench_dir, enroll, everything_http, http_manifest, serve};
 use rmcp_client::{concurrent, connect, cpu_ms, fresh_connections, sequential};
 
 fn rss_kib(pid: u32) -> u64 {
@@ -90,12 +90,7 @@ fn main() {
     let (upstream, up_port) =
         everything_http(&Path::new(&npm).join("node_modules/.bin/mcp-server-everything"));
     let up_pid = upstream.0.id();
-    let m = dir.join("manifest.yaml");
-    std::fs::write(
-        &m,
-        manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
-    )
-    .unwrap();
+    let m = http_manifest(&dir, "manifest.yaml", up_port);
     let data = dir.join("data");
     let bearer = std::fs::read_to_string(enroll(&data, &m))
         .unwrap()

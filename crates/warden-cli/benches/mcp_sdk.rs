@@ -162,12 +162,7 @@ fn main() {
     let (_tmp, dir) = bench_dir();
     // The upstream over HTTP, for `serve`; over stdio (launched by Warden) for `stdio`.
     let (upstream, up_port) = everything_http(&everything);
-    let http_manifest = dir.join("manifest-http.yaml");
-    std::fs::write(
-        &http_manifest,
-        manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
-    )
-    .unwrap();
+    let http_manifest = common::http_manifest(&dir, "manifest-http.yaml", up_port);
     let stdio_manifest = dir.join("manifest-stdio.yaml");
     std::fs::write(
         &stdio_manifest,

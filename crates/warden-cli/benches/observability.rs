@@ -37,7 +37,7 @@ use std::time::Duration;
 mod common;
 #[path = "common/rmcp_client.rs"]
 mod rmcp_client;
-use common::{bench_dir, enroll, everything_http, manifest, serve, serve_with, Proc};
+use common::{bench_dir, enroll, everything_http, http_manifest, serve, serve_with, Proc};
 use rmcp_client::{concurrent, connect, cpu_ms, sequential, Client};
 
 /// What the receiver got: export requests, and spans in them.
@@ -134,12 +134,7 @@ fn main() {
     let (_tmp, dir) = bench_dir();
     let (_upstream, up_port) =
         everything_http(&Path::new(&npm).join("node_modules/.bin/mcp-server-everything"));
-    let m = dir.join("manifest.yaml");
-    std::fs::write(
-        &m,
-        manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
-    )
-    .unwrap();
+    let m = http_manifest(&dir, "manifest.yaml", up_port);
     let (otlp, received) = receiver();
     let endpoint = format!("http://127.0.0.1:{otlp}");
     let start = |name: &str, extra: &[&str], vars: &[(&str, &str)]| {

@@ -14,6 +14,10 @@
     reason = "benchmark harness"
 )]
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warden_runtime::metrics::{Metrics, Stage};
@@ -66,13 +70,4 @@ fn main() {
         text.len(),
         scrape.as_secs_f64() * 1e6
     );
-}
-
-/// CPU time of this process (user and system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = stat.rsplit(')').next().unwrap();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / 100.0)
 }

@@ -16,6 +16,10 @@
     reason = "benchmark harness"
 )]
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
+
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::time::{Duration, Instant};
 
@@ -59,15 +63,6 @@ fn receiver() -> u16 {
         }
     });
     port
-}
-
-/// The process's CPU time (every thread), from `/proc/self/stat` (clock ticks of 10 ms).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = stat.rsplit(')').next().unwrap();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / 100.0)
 }
 
 /// One allowed call's trace, as the governed path records it.

@@ -95,6 +95,18 @@ pub fn everything_http(everything: &Path) -> (Proc, u16) {
     (upstream, port)
 }
 
+/// Writes into `dir` the benchmark's manifest named `name`, its upstream `server-everything`
+/// over HTTP on `up_port`; returns its path.
+pub fn http_manifest(dir: &Path, name: &str, up_port: u16) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::write(
+        &m,
+        manifest(&format!("    url: \"http://127.0.0.1:{up_port}/mcp\"")),
+    )
+    .unwrap();
+    m
+}
+
 /// Enrolls `bench-agent` in `data`; returns its credential file.
 pub fn enroll(data: &Path, manifest: &Path) -> PathBuf {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
