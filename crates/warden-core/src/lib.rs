@@ -23,6 +23,7 @@ pub mod events;
 pub mod flow;
 pub mod net;
 pub mod proposal;
+pub mod sessions;
 pub mod state;
 pub mod time;
 pub mod trace;

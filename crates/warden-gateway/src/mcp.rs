@@ -740,6 +740,15 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                     "no such MCP session (it ended or expired): initialize a new one".into(),
                 )
             }
+            Err(Refused::Unavailable) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session.unavailable",
+                    "this MCP session is not held by this instance and the fleet's session \
+                     directory cannot be reached: try again"
+                        .into(),
+                )
+            }
             Ok(()) if req.method() == axum::http::Method::DELETE => {
                 return StatusCode::NO_CONTENT.into_response()
             }
@@ -821,7 +830,9 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             }
             Err(e) => {
                 let status = match e {
-                    OpenError::NoRandomness => StatusCode::SERVICE_UNAVAILABLE,
+                    OpenError::NoRandomness | OpenError::Unavailable(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     OpenError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
                 };
                 return refuse(status, "session.refused", e.to_string());
@@ -862,6 +873,7 @@ pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>)
     let sessions = Sessions::new(
         Limits::default(),
         Box::new(move |key: &str| ender.end_session(key)),
+        app.session_directory(),
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&sessions);

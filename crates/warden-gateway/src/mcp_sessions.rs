@@ -15,6 +15,12 @@
 //!   does eviction (below). Its calls in flight are cancelled and its session runners
 //!   destroyed.
 //!
+//! - **A fleet.** With a session directory (the Runtime's, on the fleet's Redis), every session
+//!   opened is published there, and a request naming a session this instance does not hold is
+//!   looked up and continued here — for the credential that opened it only — so a client
+//!   whose instance died, or a load balancer without stickiness, loses nothing. `DELETE` ends
+//!   it for every instance; a session used only elsewhere ends here after its idle time.
+//!
 //! Bounds: an agent holds at most [`Limits::per_agent`] sessions and the gateway
 //! [`Limits::total`]. At an agent's bound, its new session ends its own least recently used
 //! *idle* session, so one agent filling its share hurts only itself; at the total bound, the
@@ -25,6 +31,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use warden_core::sessions::{SessionDirectory, SessionEntry};
+
+/// How often, at most, a session in use is touched in a fleet's directory.
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
 /// How long sessions live and how many there may be.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +65,9 @@ pub enum Refused {
     Unknown,
     /// Opened with another credential.
     NotYours,
+    /// Not held here, and the fleet's session directory cannot be reached (or this instance
+    /// has no room to continue it).
+    Unavailable,
 }
 
 /// Why a session could not be opened.
@@ -69,6 +82,10 @@ pub enum OpenError {
     /// The operating system gave no randomness for the id.
     #[error("no randomness for a session id")]
     NoRandomness,
+    /// The fleet's session directory cannot be reached: a session other instances could not
+    /// continue is not opened.
+    #[error("the fleet's MCP session directory cannot be reached: {0}")]
+    Unavailable(String),
 }
 
 struct Open {
@@ -80,6 +97,8 @@ struct Open {
     /// Its runners' key (`session_key(agent, id)`), computed once.
     runner_key: String,
     seen: Instant,
+    /// When the directory was last told it is in use.
+    published: Instant,
     /// Its calls in flight: (JSON of the request id, registration number, the call's token).
     /// A session with any is neither expired nor evicted.
     calls: Vec<(String, u64, CancellationToken)>,
@@ -152,6 +171,7 @@ pub struct Sessions {
     inner: Mutex<Inner>,
     on_end: OnEnd,
     limits: Limits,
+    directory: Option<Arc<dyn SessionDirectory>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -164,14 +184,33 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Sessions within `limits`; `on_end` gets each ended session's runner key.
+    /// Sessions within `limits`; `on_end` gets each ended session's runner key; `directory`
+    /// is the fleet's (`None` for an instance alone).
     #[must_use]
-    pub fn new(limits: Limits, on_end: OnEnd) -> Arc<Self> {
+    pub fn new(
+        limits: Limits,
+        on_end: OnEnd,
+        directory: Option<Arc<dyn SessionDirectory>>,
+    ) -> Arc<Self> {
         Arc::new(Sessions {
             inner: Mutex::default(),
             on_end,
             limits,
+            directory,
         })
+    }
+
+    /// How long the directory keeps a session after it was last told of its use: the idle
+    /// time and the longest it goes untold.
+    fn directory_ttl(&self) -> Duration {
+        self.limits.idle + self.touch_every()
+    }
+
+    /// How often a session in use is touched in the directory (at most): what it costs is one
+    /// round trip per interval, and a session ended through another instance ends here within
+    /// it.
+    fn touch_every(&self) -> Duration {
+        (self.limits.idle / 4).min(TOUCH_EVERY)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -192,7 +231,37 @@ impl Sessions {
         chain: (Vec<String>, Vec<String>),
     ) -> Result<String, OpenError> {
         let id = warden_runtime::caller::random_id().ok_or(OpenError::NoRandomness)?;
-        let now = Instant::now();
+        if let Some(directory) = &self.directory {
+            let entry = SessionEntry {
+                credential: credential.to_owned(),
+                agent: agent.to_owned(),
+                credentials: chain.0.clone(),
+                agents: chain.1.clone(),
+            };
+            directory
+                .publish(&id, &entry, self.directory_ttl())
+                .map_err(|e| OpenError::Unavailable(e.to_string()))?;
+        }
+        let ended = self.admit(&id, credential, agent, chain, Instant::now());
+        if ended.is_err() {
+            if let Some(directory) = &self.directory {
+                let _ = directory.end(&id);
+            }
+        }
+        self.end(ended?);
+        Ok(id)
+    }
+
+    /// Holds session `id` here, making room at a bound; the runner keys of the sessions that
+    /// ended for it.
+    fn admit(
+        &self,
+        id: &str,
+        credential: &str,
+        agent: &str,
+        chain: (Vec<String>, Vec<String>),
+        now: Instant,
+    ) -> Result<Vec<String>, OpenError> {
         let mut ended = Vec::new();
         let mut inner = self.lock();
         let mine = inner.by_agent.get(agent).map_or(0, BTreeSet::len);
@@ -210,26 +279,25 @@ impl Sessions {
             };
             ended.push(o.runner_key);
         }
-        inner.lru.insert((now, id.clone()));
+        inner.lru.insert((now, id.to_owned()));
         inner
             .by_agent
             .entry(agent.to_owned())
             .or_default()
-            .insert((now, id.clone()));
+            .insert((now, id.to_owned()));
         inner.open.insert(
-            id.clone(),
+            id.to_owned(),
             Open {
                 credential: credential.to_owned(),
                 agent: agent.to_owned(),
                 chain,
-                runner_key: warden_core::state::session_key(agent, &id),
+                runner_key: warden_core::state::session_key(agent, id),
                 seen: now,
+                published: now,
                 calls: Vec::new(),
             },
         );
-        drop(inner);
-        self.end(ended);
-        Ok(id)
+        Ok(ended)
     }
 
     /// Whether `credential` may use session `id` (and if so, it was just used).
@@ -244,30 +312,96 @@ impl Sessions {
         self.find(id, credential, now, false)
     }
 
-    /// Finds session `id` of `credential` at `now` and uses it, or (`close`) ends it.
+    /// Finds session `id` of `credential` at `now` and uses it, or (`close`) ends it; one this
+    /// instance does not hold is looked up in the fleet's directory.
     fn find(&self, id: &str, credential: &str, now: Instant, close: bool) -> Result<(), Refused> {
         let mut inner = self.lock();
-        match inner.open.get(id) {
-            None => Err(Refused::Unknown),
-            // INVARIANT (no session hijack): another credential's session is refused.
-            Some(o) if o.credential != credential => Err(Refused::NotYours),
-            Some(o) => {
-                // Expired, though not yet swept: ended, and unknown to the caller.
-                let expired =
-                    o.calls.is_empty() && now.saturating_duration_since(o.seen) >= self.limits.idle;
-                if !expired && !close {
-                    inner.touch(id, now);
-                    return Ok(());
-                }
-                let ended = inner.remove(id).map(|o| o.runner_key);
-                drop(inner);
-                self.end(ended);
-                if expired {
-                    Err(Refused::Unknown)
-                } else {
-                    Ok(())
+        let Some(o) = inner.open.get_mut(id) else {
+            drop(inner);
+            return self.continue_from_directory(id, credential, now, close);
+        };
+        // INVARIANT (no session hijack): another credential's session is refused.
+        if o.credential != credential {
+            return Err(Refused::NotYours);
+        }
+        // Expired, though not yet swept: ended here (another instance may have kept it).
+        let expired =
+            o.calls.is_empty() && now.saturating_duration_since(o.seen) >= self.limits.idle;
+        if !expired && !close {
+            let tell = self.directory.is_some()
+                && now.saturating_duration_since(o.published) >= self.touch_every();
+            if tell {
+                o.published = now;
+            }
+            inner.touch(id, now);
+            drop(inner);
+            if let (true, Some(directory)) = (tell, &self.directory) {
+                match directory.touch(id, self.directory_ttl()) {
+                    Ok(true) => {}
+                    // Ended through another instance (a DELETE): it ends here too.
+                    Ok(false) => {
+                        let ended = self.lock().remove(id).map(|o| o.runner_key);
+                        self.end(ended);
+                        return Err(Refused::Unknown);
+                    }
+                    // Other instances may forget it sooner; it goes on here.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not keep an MCP session in the directory");
+                    }
                 }
             }
+            return Ok(());
+        }
+        let ended = inner.remove(id).map(|o| o.runner_key);
+        drop(inner);
+        self.end(ended);
+        if expired {
+            // Ended here; another instance may have kept it in use.
+            return self.continue_from_directory(id, credential, now, close);
+        }
+        if let Some(directory) = &self.directory {
+            if let Err(e) = directory.end(id) {
+                tracing::warn!(error = %e, "an MCP session ended here stays in the fleet's directory until it expires");
+            }
+        }
+        Ok(())
+    }
+
+    /// A session this instance does not hold: continued (or, `close`, ended) if the fleet's
+    /// directory has it for `credential`.
+    fn continue_from_directory(
+        &self,
+        id: &str,
+        credential: &str,
+        now: Instant,
+        close: bool,
+    ) -> Result<(), Refused> {
+        let Some(directory) = &self.directory else {
+            return Err(Refused::Unknown);
+        };
+        let entry = match directory.lookup(id) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(Refused::Unknown),
+            Err(e) => {
+                tracing::warn!(error = %e, "the fleet's MCP session directory cannot be read");
+                return Err(Refused::Unavailable);
+            }
+        };
+        // INVARIANT (no session hijack): another credential's session is refused, on every
+        // instance.
+        if entry.credential != credential {
+            return Err(Refused::NotYours);
+        }
+        if close {
+            return directory.end(id).map_err(|_| Refused::Unavailable);
+        }
+        let chain = (entry.credentials, entry.agents);
+        match self.admit(id, credential, &entry.agent, chain, now) {
+            Ok(ended) => {
+                self.end(ended);
+                Ok(())
+            }
+            Err(_) => Err(Refused::Unavailable),
         }
     }
 
@@ -389,6 +523,14 @@ impl Sessions {
         found
     }
 
+    /// Makes as if the directory was last told of session `id` `by` ago.
+    #[cfg(test)]
+    fn unpublish_for(&self, id: &str, by: Duration) {
+        if let Some(o) = self.lock().open.get_mut(id) {
+            o.published -= by;
+        }
+    }
+
     #[cfg(test)]
     fn age(&self, id: &str, by: Duration) {
         let mut inner = self.lock();
@@ -459,6 +601,7 @@ mod tests {
         let s = Sessions::new(
             limits,
             Box::new(move |k: &str| e.lock().unwrap().push(k.to_owned())),
+            None,
         );
         (s, ended)
     }
@@ -548,6 +691,59 @@ mod tests {
             1
         );
         assert!(s.is_empty());
+    }
+
+    /// Instances of a fleet: sessions on one directory.
+    fn fleet(n: usize, directory: &Arc<dyn SessionDirectory>) -> Vec<Arc<Sessions>> {
+        (0..n)
+            .map(|_| {
+                Sessions::new(
+                    Limits::default(),
+                    Box::new(|_: &str| {}),
+                    Some(Arc::clone(directory)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_continues_on_another_instance_for_its_credential_only() {
+        let directory: Arc<dyn SessionDirectory> = Arc::new(warden_state::MemorySessions::new());
+        let f = fleet(3, &directory);
+        let id = f[0].open_alone("c", "a").unwrap();
+        // Another instance has never seen it: it continues it, for its credential only.
+        assert_eq!(f[1].check(&id, "other"), Err(Refused::NotYours));
+        assert_eq!(f[1].check(&id, "c"), Ok(()));
+        assert_eq!(f[1].len(), 1);
+        assert_eq!(f[1].check(&id, "c"), Ok(()));
+        // Ended through one instance: unknown to those that never held it, and ended on
+        // those that do when they next tell the directory of its use.
+        assert_eq!(f[1].close(&id, "c"), Ok(()));
+        assert_eq!(f[2].check(&id, "c"), Err(Refused::Unknown));
+        f[0].unpublish_for(&id, TOUCH_EVERY);
+        assert_eq!(f[0].check(&id, "c"), Err(Refused::Unknown));
+        assert!(f[0].is_empty());
+        // An id no instance issued is unknown everywhere.
+        assert_eq!(f[2].check("made-up", "c"), Err(Refused::Unknown));
+        // Expired on the instance that opened it, but in use elsewhere: continued again.
+        let id = f[0].open_alone("c", "a").unwrap();
+        assert_eq!(f[1].check(&id, "c"), Ok(()));
+        f[0].age(&id, Duration::from_secs(31 * 60));
+        assert_eq!(f[0].check(&id, "c"), Ok(()));
+    }
+
+    #[test]
+    fn without_its_directory_a_fleet_instance_opens_and_continues_nothing() {
+        // A fleet's directory on a Redis that is not there.
+        let directory: Arc<dyn SessionDirectory> =
+            Arc::new(warden_state::RedisSessions::new("redis://127.0.0.1:1/", "p:").unwrap());
+        let s = &fleet(1, &directory)[0];
+        assert!(matches!(
+            s.open_alone("c", "a"),
+            Err(OpenError::Unavailable(_))
+        ));
+        assert!(s.is_empty());
+        assert_eq!(s.check("some-id", "c"), Err(Refused::Unavailable));
     }
 
     #[test]

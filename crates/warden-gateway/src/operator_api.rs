@@ -179,6 +179,9 @@ async fn approvals_vote(
                 | ApprovalError::AlreadyVoted { .. }
                 | ApprovalError::Replayed(_)
                 | ApprovalError::Busy(_) => StatusCode::CONFLICT,
+                ApprovalError::Unavailable(_) | ApprovalError::NoRandomness => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::FORBIDDEN,
             };
             (

@@ -24,7 +24,7 @@ macro_rules! suite {
 
     const T: i64 = 1_795_341_600_000;
 
-    fn key(name: &str) -> SigningKey {
+    pub(crate) fn key(name: &str) -> SigningKey {
         let mut seed = [0u8; 32];
         for (i, b) in name.bytes().enumerate() {
             seed[i % 32] ^= b;
@@ -34,7 +34,7 @@ macro_rules! suite {
     }
 
     /// alice owns the agent; bob and carol hold `ops`; dave holds nothing.
-    fn approvers() -> HashMap<String, Approver> {
+    pub(crate) fn approvers() -> HashMap<String, Approver> {
         [
             ("alice", &["ops"][..]),
             ("bob", &["ops"][..]),
@@ -55,11 +55,11 @@ macro_rules! suite {
         .collect()
     }
 
-    fn is_agent(id: &str) -> bool {
+    pub(crate) fn is_agent(id: &str) -> bool {
         id.starts_with("coder-")
     }
 
-    fn binding(args: &str) -> Binding {
+    pub(crate) fn binding(args: &str) -> Binding {
         Binding {
             agent: "coder-1".into(),
             tenant: "acme".into(),
@@ -71,8 +71,8 @@ macro_rules! suite {
         }
     }
 
-    /// A fresh store of the implementation under test.
-    fn book() -> Box<dyn ApprovalStore> {
+    /// A fresh store of the implementation under test (`None`: its service is not configured).
+    fn book() -> Option<Box<dyn ApprovalStore>> {
         let settings = Settings {
             request_ttl_ms: 60_000,
             redeem_ttl_ms: 10_000,
@@ -100,7 +100,7 @@ macro_rules! suite {
 
     #[test]
     fn two_distinct_approvers_approve_exactly_that_call_once() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, Requirement::Humans { approvers: 2 }, false);
         assert_eq!(cast(b, &r, "bob", Verdict::Approve), Ok(Status::Pending));
@@ -147,7 +147,7 @@ macro_rules! suite {
     /// asking again from the new session joins the open request instead of opening another.
     #[test]
     fn an_approval_is_redeemed_from_any_session_of_its_agent_once() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, HUMANS1, false);
         let elsewhere = Binding {
@@ -188,7 +188,7 @@ macro_rules! suite {
     #[test]
     fn an_approved_request_is_held_for_one_call_and_spent_only_if_redeemed() {
         use warden_identity::approval::Claim;
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         assert!(matches!(b.claim(&binding("h1"), None, T), Claim::None));
         let r = open(b, HUMANS1, false);
@@ -241,7 +241,7 @@ macro_rules! suite {
 
     #[test]
     fn agents_never_approve_not_even_their_own_calls() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, Requirement::Humans { approvers: 1 }, false);
         // `coder-2` is listed with a key and a role, but it is an agent.
@@ -267,7 +267,7 @@ macro_rules! suite {
 
     #[test]
     fn a_vote_for_other_arguments_or_another_version_does_not_count() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, Requirement::Humans { approvers: 1 }, false);
         let mut other = r.clone();
@@ -314,7 +314,7 @@ macro_rules! suite {
 
     #[test]
     fn replayed_stale_and_late_approvals_are_refused() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, Requirement::Humans { approvers: 2 }, false);
         let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", T).unwrap();
@@ -355,13 +355,13 @@ macro_rules! suite {
 
     #[test]
     fn the_owner_alone_never_approves_a_critical_call() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, Requirement::Humans { approvers: 1 }, true);
         assert_eq!(cast(b, &r, "alice", Verdict::Approve), Ok(Status::Pending));
         assert_eq!(cast(b, &r, "bob", Verdict::Approve), Ok(Status::Approved));
         // Where the owner must approve, nobody else may (unless the call is critical).
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(
             b,
@@ -382,7 +382,7 @@ macro_rules! suite {
 
     #[test]
     fn roles_denials_merging_and_caps() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(
             b,
@@ -452,7 +452,7 @@ macro_rules! suite {
 
     #[test]
     fn a_vote_counts_only_once_recorded_and_only_for_the_requirement_it_was_given_for() {
-        let store = book();
+        let Some(store) = book() else { return };
         let b: &dyn ApprovalStore = &*store;
         let r = open(b, HUMANS1, false);
         let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", T).unwrap();
@@ -497,7 +497,7 @@ macro_rules! suite {
         /// gets it counted.
         #[test]
         fn a_tampered_vote_never_counts(field in 0usize..7, byte in any::<u8>()) {
-            let store = book();
+            let Some(store) = book() else { return Ok(()) };
             let b: &dyn ApprovalStore = &*store;
             let r = open(b, Requirement::Humans { approvers: 1 }, false);
             let good = sign(&key("bob"), &r, Verdict::Approve, "bob", T).unwrap();
@@ -525,4 +525,318 @@ macro_rules! suite {
     };
 }
 
-suite!(book, |s| Box::new(warden_identity::approval::Book::new(s)));
+suite!(book, |s| Some(
+    Box::new(warden_identity::approval::Book::new(s)) as Box<_>
+));
+suite!(redis, |s| crate::redis_book(s)
+    .map(|b| Box::new(b) as Box<_>));
+
+/// The Redis of `WARDEN_TEST_REDIS_URL` (`.ci/run` sets it), under a prefix of this store's
+/// own; `None` (and a notice) without it.
+fn redis_book(
+    s: warden_identity::approval::Settings,
+) -> Option<warden_identity::approval::RedisBook> {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis approval store");
+        return None;
+    };
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).unwrap();
+    let prefix = format!("warden-test:{}:", u64::from_le_bytes(raw));
+    Some(warden_identity::approval::RedisBook::new(&url, &prefix, s).unwrap())
+}
+
+/// What only a shared store has to show: several instances on one Redis are one book.
+mod fleet {
+    use super::redis::{approvers, binding, is_agent, key};
+    use std::time::{Duration, Instant};
+    use warden_identity::approval::{
+        sign, ApprovalError, ApprovalStore, Claim, RedisBook, Requirement, Settings, Status,
+        Verdict,
+    };
+
+    const HUMANS1: Requirement = Requirement::Humans { approvers: 1 };
+
+    fn settings() -> Settings {
+        Settings {
+            request_ttl_ms: 600_000,
+            redeem_ttl_ms: 600_000,
+            max_open_per_agent: 3,
+            vote_window_ms: 30_000,
+        }
+    }
+
+    /// `n` books on one fresh prefix, as `n` instances of a fleet hold them.
+    fn instances(n: usize) -> Option<(String, String, Vec<RedisBook>)> {
+        let url = std::env::var("WARDEN_TEST_REDIS_URL").ok()?;
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).unwrap();
+        let prefix = format!("warden-test:{}:", u64::from_le_bytes(raw));
+        let books = (0..n)
+            .map(|_| RedisBook::new(&url, &prefix, settings()).unwrap())
+            .collect();
+        Some((url, prefix, books))
+    }
+
+    fn now() -> i64 {
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn requested_on_one_instance_voted_on_a_second_run_once_on_a_third() {
+        let Some((_, _, books)) = instances(3) else {
+            return;
+        };
+        let [a, b, c] = [&books[0], &books[1], &books[2]];
+        let t = now();
+        let (r, new) = a
+            .open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t)
+            .unwrap();
+        assert!(new);
+        let mut waiting = a.subscribe(&r.id).unwrap();
+        // The same call asked through another instance joins the request.
+        let (joined, new) = c
+            .open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t)
+            .unwrap();
+        assert!(!new);
+        assert_eq!(joined.id, r.id);
+        // The other instances learn that the agent has a request within a poll.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !(b.has_requests_of("coder-1") && c.has_requests_of("coder-1")) {
+            assert!(Instant::now() < deadline, "the request was not seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", t).unwrap();
+        assert!(b.vote(&vote, &approvers(), &is_agent, t).unwrap().decided);
+        // Counted but not committed: nothing is approved anywhere yet.
+        assert!(matches!(
+            c.claim(&binding("h1"), None, t),
+            Claim::Pending(_)
+        ));
+        // The vote replayed through another instance is refused.
+        assert!(matches!(
+            c.vote(&vote, &approvers(), &is_agent, t),
+            Err(ApprovalError::Replayed(_))
+        ));
+        assert_eq!(b.commit(&r.id, t).unwrap().status, Status::Approved);
+        // The call waiting on the first instance hears it.
+        let started = Instant::now();
+        while *waiting.borrow_and_update() != Status::Approved {
+            assert!(started.elapsed() < Duration::from_secs(3), "not heard");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The third instance holds it for its call; the others find it in use meanwhile.
+        let Claim::Approved(held) = c.claim(&binding("h1"), None, t) else {
+            panic!("not approved on the third instance")
+        };
+        assert_eq!(held.id, r.id);
+        for other in [a, b] {
+            assert!(matches!(
+                other.claim(&binding("h1"), Some(&r.id), t),
+                Claim::Refused(ApprovalError::NotApproved {
+                    status: Status::Used,
+                    ..
+                })
+            ));
+        }
+        c.spend(&r.id);
+        // Once: no instance finds it again.
+        for any in [a, b, c] {
+            assert!(matches!(any.claim(&binding("h1"), None, t), Claim::None));
+            assert_eq!(
+                any.redeem(&binding("h1"), None, &HUMANS1, false, t),
+                Ok(None)
+            );
+            assert_eq!(any.get(&r.id, t).unwrap().status, Status::Used);
+        }
+    }
+
+    #[test]
+    fn concurrent_redemptions_on_many_instances_run_the_call_once() {
+        let Some((_, _, books)) = instances(6) else {
+            return;
+        };
+        let t = now();
+        let (r, _) = books[0]
+            .open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t)
+            .unwrap();
+        let vote = sign(&key("carol"), &r, Verdict::Approve, "carol", t).unwrap();
+        books[1].vote(&vote, &approvers(), &is_agent, t).unwrap();
+        books[1].commit(&r.id, t).unwrap();
+        for round in 0..2 {
+            let won: usize = std::thread::scope(|s| {
+                let tries: Vec<_> = books
+                    .iter()
+                    .map(|b| {
+                        let id = r.id.clone();
+                        s.spawn(move || {
+                            b.redeem(&binding("h1"), Some(&id), &HUMANS1, false, t)
+                                .ok()
+                                .flatten()
+                                .is_some()
+                        })
+                    })
+                    .collect();
+                tries
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|won| *won)
+                    .count()
+            });
+            assert_eq!(won, usize::from(round == 0), "round {round}");
+        }
+        // Concurrent opens of one agent never pass its cap.
+        let opened: usize = std::thread::scope(|s| {
+            let tries: Vec<_> = books
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    s.spawn(move || {
+                        b.open(
+                            &binding(&format!("c{i}")),
+                            HUMANS1,
+                            false,
+                            serde_json::Value::Null,
+                            t,
+                        )
+                        .is_ok()
+                    })
+                })
+                .collect();
+            tries
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|won| *won)
+                .count()
+        });
+        assert_eq!(opened, 3);
+    }
+
+    #[test]
+    fn an_instance_that_dies_holding_a_vote_or_an_approval_lets_go_after_its_lease() {
+        use warden_identity::approval::LEASE_MS;
+        let Some((_, _, books)) = instances(2) else {
+            return;
+        };
+        let (a, b) = (&books[0], &books[1]);
+        let t = now();
+        let (r, _) = a
+            .open(
+                &binding("h1"),
+                Requirement::Humans { approvers: 2 },
+                false,
+                serde_json::Value::Null,
+                t,
+            )
+            .unwrap();
+        // A counts bob's vote and dies before its record: another vote waits meanwhile...
+        let bob = sign(&key("bob"), &r, Verdict::Approve, "bob", t).unwrap();
+        a.vote(&bob, &approvers(), &is_agent, t).unwrap();
+        let carol = sign(&key("carol"), &r, Verdict::Approve, "carol", t).unwrap();
+        assert!(matches!(
+            b.vote(&carol, &approvers(), &is_agent, t),
+            Err(ApprovalError::Busy(_))
+        ));
+        // ...and after the lease bob's vote is gone, never counted.
+        let later = t + LEASE_MS;
+        let carol = sign(&key("carol"), &r, Verdict::Approve, "carol", later).unwrap();
+        b.vote(&carol, &approvers(), &is_agent, later).unwrap();
+        let after = b.commit(&r.id, later).unwrap();
+        assert_eq!(after.status, Status::Pending);
+        assert_eq!(after.approved_by(), vec!["carol"]);
+        let alice = sign(&key("alice"), &r, Verdict::Approve, "alice", later).unwrap();
+        b.vote(&alice, &approvers(), &is_agent, later).unwrap();
+        assert_eq!(b.commit(&r.id, later).unwrap().status, Status::Approved);
+        // A holds it for a call and dies: B may use it once the hold lapses.
+        assert!(matches!(
+            a.claim(&binding("h1"), None, later),
+            Claim::Approved(_)
+        ));
+        assert!(matches!(
+            b.claim(&binding("h1"), None, later),
+            Claim::Refused(_)
+        ));
+        assert!(matches!(
+            b.claim(&binding("h1"), None, later + LEASE_MS),
+            Claim::Approved(_)
+        ));
+    }
+
+    #[test]
+    fn what_warden_did_not_write_refuses_and_changes_nothing() {
+        let Some((url, prefix, books)) = instances(1) else {
+            return;
+        };
+        let a = &books[0];
+        let t = now();
+        let (r, _) = a
+            .open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t)
+            .unwrap();
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let record = format!("{prefix}approval:{}", r.id);
+        for garbage in ["not json", "{\"request\": 1}"] {
+            let _: () = redis::cmd("SET")
+                .arg(&record)
+                .arg(garbage)
+                .query(&mut c)
+                .unwrap();
+            let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", t).unwrap();
+            assert!(matches!(
+                a.vote(&vote, &approvers(), &is_agent, t),
+                Err(ApprovalError::Unavailable(_))
+            ));
+            assert!(matches!(
+                a.claim(&binding("h1"), None, t),
+                Claim::Refused(ApprovalError::Unavailable(_))
+            ));
+            assert!(matches!(
+                a.redeem(&binding("h1"), Some(&r.id), &HUMANS1, false, t),
+                Err(ApprovalError::Unavailable(_))
+            ));
+        }
+        // A key of the wrong type reads as no request (nothing authorized), and no write
+        // goes past it.
+        let _: () = redis::cmd("DEL").arg(&record).query(&mut c).unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg(&record)
+            .arg("x")
+            .query(&mut c)
+            .unwrap();
+        assert!(matches!(a.claim(&binding("h1"), None, t), Claim::None));
+        assert!(matches!(
+            a.open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t),
+            Err(ApprovalError::Unavailable(_))
+        ));
+        let _: () = redis::cmd("DEL").arg(&record).query(&mut c).unwrap();
+        // Nothing was written meanwhile, and the book still answers.
+        assert!(a.get(&r.id, t).is_none());
+        assert!(matches!(a.claim(&binding("h1"), None, t), Claim::None));
+    }
+
+    #[test]
+    fn an_unreachable_redis_refuses_every_step() {
+        let b = RedisBook::new("redis://127.0.0.1:1/", "warden-test:none:", settings()).unwrap();
+        let t = now();
+        assert!(matches!(
+            b.open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t),
+            Err(ApprovalError::Unavailable(_))
+        ));
+        assert!(matches!(
+            b.claim(&binding("h1"), Some("apr_000000000000000000000000"), t),
+            Claim::Refused(ApprovalError::Unavailable(_))
+        ));
+        assert!(matches!(
+            b.redeem(&binding("h1"), None, &HUMANS1, false, t),
+            Err(ApprovalError::Unavailable(_))
+        ));
+        assert!(b.list(t).is_empty());
+        assert!(b.take_expired(t).is_empty());
+    }
+}

@@ -112,6 +112,9 @@ pub enum RuntimeError {
     /// The brake bus (Redis) cannot be set up.
     #[error("the brake bus: {0}")]
     Brakes(warden_core::brakes::BrakeError),
+    /// The shared approval store (Redis) cannot be set up.
+    #[error("the approval store: {0}")]
+    Approvals(warden_identity::approval::ApprovalError),
 }
 
 /// What the governed path, the operator's actions and the lifecycle share. Crate-private: no
@@ -146,6 +149,8 @@ pub(crate) struct Shared {
     pub(crate) brakes: Arc<dyn warden_core::brakes::BrakeBus>,
     /// This instance's listener on it (started by [`Runtime::start`]).
     pub(crate) brake_listener: crate::brakes::Listener,
+    /// The fleet's MCP session directory, if it has one.
+    pub(crate) sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
@@ -266,6 +271,8 @@ pub struct Backends {
     pub flows: Arc<dyn warden_core::flow::FlowStore>,
     /// Carries a brake to every instance's Executor (calls already in flight).
     pub brakes: Arc<dyn warden_core::brakes::BrakeBus>,
+    /// Where a fleet's instances find each other's MCP sessions; `None` for an instance alone.
+    pub sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -282,7 +289,7 @@ const FLOWS_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600
 impl Backends {
     /// The backends `config` names: the state store in `DATA/state`, or in Redis; the ledger in
     /// `DATA/ledger`, or in PostgreSQL; nonces and redeemed grants in process, or in Redis;
-    /// approval requests in process; events in process, or in the state's Redis; revocations
+    /// approval requests in process, or in the state's Redis; events in process, or in the state's Redis; revocations
     /// in `DATA/revoked`, or in the state's Redis.
     /// Blocks on the ledger: call it outside an async runtime, or on a blocking thread.
     ///
@@ -313,9 +320,21 @@ impl Backends {
             ledger,
             nonces: replay_guard(config.replay_redis.as_deref(), "warden:nonce:")?,
             redeemed: replay_guard(config.replay_redis.as_deref(), "warden:grant:")?,
-            approvals: Arc::new(warden_identity::approval::Book::new(
-                warden_identity::approval::Settings::default(),
-            )),
+            // A fleet's approvals are shared: asked through one instance, voted through a
+            // second, run once through any.
+            approvals: match &config.state_redis {
+                Some(url) => Arc::new(
+                    warden_identity::approval::RedisBook::new(
+                        url,
+                        &config.state_prefix,
+                        warden_identity::approval::Settings::default(),
+                    )
+                    .map_err(RuntimeError::Approvals)?,
+                ),
+                None => Arc::new(warden_identity::approval::Book::new(
+                    warden_identity::approval::Settings::default(),
+                )),
+            },
             revocations: crate::agents::revocation_store(
                 &config.data,
                 config
@@ -348,6 +367,14 @@ impl Backends {
                         .map_err(RuntimeError::Brakes)?,
                 ),
                 None => Arc::new(warden_state::MemoryBrakes::new()),
+            },
+            // A fleet's MCP sessions continue on any instance.
+            sessions: match &config.state_redis {
+                Some(url) => Some(Arc::new(
+                    warden_state::RedisSessions::new(url, &config.state_prefix)
+                        .map_err(RuntimeError::SharedState)?,
+                )),
+                None => None,
             },
         })
     }
@@ -393,6 +420,7 @@ impl Runtime {
             events,
             flows,
             brakes,
+            sessions,
         } = backends;
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         close_interrupted(&config, &ledger)?;
@@ -449,6 +477,7 @@ impl Runtime {
                 metrics,
                 brakes,
                 brake_listener: crate::brakes::Listener::default(),
+                sessions,
                 config,
             }),
         })
@@ -695,6 +724,13 @@ impl Runtime {
                         .is_none_or(|allowed| allowed.contains(t.name.as_ref()))
             })
             .collect()
+    }
+
+    /// Where the fleet's instances find each other's MCP sessions (`None` for an instance
+    /// alone): the MCP front-end publishes its sessions there and continues those it finds.
+    #[must_use]
+    pub fn session_directory(&self) -> Option<Arc<dyn warden_core::sessions::SessionDirectory>> {
+        self.shared.sessions.clone()
     }
 
     /// Ends a session's per-session sandbox runners (`key` from

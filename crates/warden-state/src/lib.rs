@@ -16,6 +16,9 @@
 //!   notifications; the ledger keeps the facts, so nothing durable is needed here);
 //! - [`RedisEvents`]: the queue a fleet shares, one Redis list.
 //!
+//! and of [`warden_core::sessions::SessionDirectory`]: [`MemorySessions`] (in process) and
+//! [`RedisSessions`] (a fleet's MCP sessions).
+//!
 //! The embedded stores share one engine ([`engine::Engine`]), so they cannot disagree on
 //! semantics; the Redis store implements the same steps in its script. The shared test suites
 //! in `tests/store.rs` and `tests/events.rs` run against each implementation.
@@ -30,7 +33,9 @@ mod redis_brakes;
 mod redis_events;
 mod redis_flows;
 mod redis_pool;
+mod redis_sessions;
 mod redis_store;
+mod sessions;
 
 pub use brakes::MemoryBrakes;
 pub use events::MemoryEvents;
@@ -40,4 +45,6 @@ pub use memory::MemoryState;
 pub use redis_brakes::RedisBrakes;
 pub use redis_events::RedisEvents;
 pub use redis_flows::RedisFlows;
+pub use redis_sessions::RedisSessions;
 pub use redis_store::RedisState;
+pub use sessions::MemorySessions;

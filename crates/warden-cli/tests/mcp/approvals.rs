@@ -65,7 +65,7 @@ impl Session {
     }
 
     /// Sends `demo.add` with `a`, `b` and `meta`; returns the step's number.
-    fn send(&mut self, a: i64, b: i64, meta: &Value) -> usize {
+    pub(super) fn send(&mut self, a: i64, b: i64, meta: &Value) -> usize {
         self.send_call("demo.add", &json!({ "a": a, "b": b }), meta)
     }
 
@@ -102,7 +102,7 @@ impl Session {
         (first_text(&v["result"]), v)
     }
 
-    fn call(&mut self, a: i64, b: i64, meta: &Value) -> String {
+    pub(super) fn call(&mut self, a: i64, b: i64, meta: &Value) -> String {
         let i = self.send(a, b, meta);
         self.answer(i).0
     }

@@ -2,7 +2,8 @@
 //! Redis, the keys copied from one data directory to the other as docs/state.md says), each
 //! with its own ledger, over one upstream (issue 22): a kill switch pulled through instance A's
 //! admin listener stops the calls already in flight on instance B, not only B's next calls; a
-//! message on the fleet's channel with no hold behind it stops nothing.
+//! message on the fleet's channel with no hold behind it stops nothing. Three instances share
+//! their approvals: asked through one, voted through another, run once through a third.
 
 use super::super::text;
 use super::{env, ledger_tail, start_with};
@@ -11,19 +12,140 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Copies `from`'s keys and issued credentials into the data directory `to` (one identity for
-/// the fleet).
+/// Copies `from`'s keys (the approvers' among them) and issued credentials into the data
+/// directory `to` (one identity for the fleet).
 fn share_identity(from: &Path, to: &Path) {
-    for dir in ["keys", "agents"] {
-        let (src, dst) = (from.join(dir), to.join(dir));
-        std::fs::create_dir_all(&dst).unwrap();
-        for entry in std::fs::read_dir(&src).unwrap() {
+    fn copy_tree(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
             let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_file() {
                 std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+            } else if kind.is_dir() {
+                copy_tree(&entry.path(), &dst.join(entry.file_name()));
             }
         }
     }
+    for dir in ["keys", "agents"] {
+        copy_tree(&from.join(dir), &to.join(dir));
+    }
+}
+
+/// A key prefix of this test run's own in the machine's Redis.
+fn fleet_prefix(what: &str) -> String {
+    format!(
+        "warden-test:{what}:{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// The approval id an answer names.
+fn approval_id(answer: &str) -> String {
+    let at = answer.find("Approval id: apr_").expect(answer) + "Approval id: ".len();
+    answer[at..at + 28].to_owned()
+}
+
+#[test]
+fn an_approval_asked_through_one_instance_voted_through_another_runs_once_through_a_third() {
+    use super::approvals::Session;
+    use serde_json::json;
+    let Some(e) = env() else { return };
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let prefix = fleet_prefix("fleet-approvals");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m) = super::approvals::setup(dirs[0].path());
+    let mut datas = vec![first.clone()];
+    for d in &dirs[1..] {
+        let data = d.path().join("data");
+        share_identity(&first, &data);
+        datas.push(data);
+    }
+    let fleet = [
+        ("WARDEN_STATE", url.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+    ];
+    let s: Vec<_> = dirs
+        .iter()
+        .zip(&datas)
+        .map(|(d, data)| start_with(d.path(), data, &m, &fleet))
+        .collect();
+    let vote = |on: &super::Server, id: &str| {
+        let out = super::operator(
+            on,
+            &[
+                "approvals",
+                "approve",
+                id,
+                "--approver",
+                "alice@acme.example",
+            ],
+        );
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let at_once = json!({ "warden/wait": false });
+    let with = |id: &str| json!({ "warden/approval": id, "warden/wait": false });
+
+    // coder-1's `demo.add` needs its owner's approval: asked through instance 1...
+    let mut one = Session::open(&e, &s[0], dirs[0].path(), "coder-1");
+    let answer = one.call(2, 3, &at_once);
+    assert!(answer.contains("needs approval"), "{answer}");
+    let id = approval_id(&answer);
+    // ...listed by every instance, voted through instance 2...
+    for on in &s {
+        let out = super::operator(on, &["approvals", "list"]);
+        assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+    }
+    assert!(vote(&s[1], &id).contains("\"approved\""));
+    // ...runs once through instance 3, from a session of its own...
+    let mut three = Session::open(&e, &s[2], dirs[2].path(), "coder-1");
+    let answer = three.call(2, 3, &with(&id));
+    assert_eq!(answer, "5");
+    // ...and never again, through any instance.
+    // (Another call between, each time: the same call three times in a row in one agent's
+    // history would pause it as a loop before its approval is even looked at.)
+    let mut others = Vec::new();
+    for session in [&mut one, &mut three] {
+        others.push(approval_id(&session.call(1, 1, &at_once)));
+        let answer = session.call(2, 3, &with(&id));
+        assert!(answer.contains("approval.used"), "{answer}");
+    }
+    // The vote is in instance 2's ledger, the redemption in instance 3's.
+    assert!(ledger_tail(&datas[1], 20).contains("approval.approved"));
+    assert!(ledger_tail(&datas[2], 20).contains("approval.redeemed"));
+
+    // A call that waits on instance 1 runs there when the approval is given through
+    // instance 3.
+    let step = one.send(7, 8, &json!({}));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let waiting = loop {
+        let out = super::operator(&s[1], &["approvals", "list"]);
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(r) = all["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == "pending" && !others.iter().any(|o| r["id"] == **o))
+        {
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no pending request");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    vote(&s[2], &waiting);
+    let (answer, whole) = one.answer(step);
+    assert_eq!(answer, "15", "{whole}");
+    one.close();
+    three.close();
 }
 
 #[test]
@@ -33,14 +155,7 @@ fn a_kill_through_one_instance_stops_the_calls_in_flight_on_another() {
         eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
         return;
     };
-    let prefix = format!(
-        "warden-test:fleet-brakes:{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let prefix = fleet_prefix("fleet-brakes");
     let remote = super::remote(&e);
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a_data, m) = super::approvals::setup(a_dir.path());

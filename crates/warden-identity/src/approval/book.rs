@@ -85,7 +85,7 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// An id as shown in errors: whole if well formed, else cut.
-fn shown(id: &str) -> String {
+pub(super) fn shown(id: &str) -> String {
     if valid_id(id) {
         id.to_owned()
     } else {
@@ -108,7 +108,128 @@ struct Inner {
 }
 
 /// How long a finished request stays visible (for `show`), milliseconds.
-const KEEP_FINISHED_MS: i64 = 60 * 60 * 1000;
+pub(super) const KEEP_FINISHED_MS: i64 = 60 * 60 * 1000;
+
+/// What a vote is checked against, besides the request it names: the manifest's approvers,
+/// whether an id names an agent, whether its nonce was seen, whether another vote on the request
+/// is being recorded, and the clock. Shared by every [`super::ApprovalStore`], so they refuse
+/// alike and in the same order.
+pub(super) struct VoteChecks<'a> {
+    pub(super) approvers: &'a HashMap<String, Approver>,
+    pub(super) is_agent: &'a dyn Fn(&str) -> bool,
+    pub(super) seen: &'a dyn Fn(&str) -> bool,
+    pub(super) busy: bool,
+    pub(super) window_ms: i64,
+    pub(super) now_ms: i64,
+}
+
+impl VoteChecks<'_> {
+    /// Whether `vote` may be counted on `request` (as it stands now).
+    ///
+    /// # Errors
+    /// The first refusal, in the order the module documentation lists them.
+    pub(super) fn admit(&self, request: &Request, vote: &SignedVote) -> Result<(), ApprovalError> {
+        // INVARIANT (INV-002): an agent never approves, not even one listed as an approver.
+        if (self.is_agent)(&vote.approver) || vote.approver == request.binding.agent {
+            return Err(ApprovalError::AgentApprover(vote.approver.clone()));
+        }
+        let Some(approver) = self.approvers.get(&vote.approver) else {
+            return Err(ApprovalError::UnknownApprover(vote.approver.clone()));
+        };
+        // The signature covers the request's own call, so a vote signed for other arguments,
+        // another request or another manifest version does not verify here.
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(vote.signature.as_bytes())
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or_else(|| ApprovalError::BadSignature(vote.approver.clone()))?;
+        approver
+            .key
+            .verify(&signed_message(vote, &request.binding), &sig)
+            .map_err(|_| ApprovalError::BadSignature(vote.approver.clone()))?;
+        if vote.arguments_hash != request.binding.arguments_hash {
+            return Err(ApprovalError::VoteMismatch {
+                id: request.id.clone(),
+                field: "arguments",
+            });
+        }
+        if vote.manifest_version != request.binding.manifest_version {
+            return Err(ApprovalError::VoteMismatch {
+                id: request.id.clone(),
+                field: "manifest version",
+            });
+        }
+        let age = self.now_ms.saturating_sub(vote.issued_at_ms);
+        if age.saturating_abs() > self.window_ms {
+            return Err(ApprovalError::Stale {
+                age_s: age / 1000,
+                window_s: self.window_ms / 1000,
+            });
+        }
+        if vote.nonce.len() != 32 || !vote.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApprovalError::BadNonce);
+        }
+        // INVARIANT (replay, issue 4): a signed vote is accepted once.
+        if (self.seen)(&vote.nonce) {
+            return Err(ApprovalError::Replayed(vote.nonce.clone()));
+        }
+        if request.status != Status::Pending {
+            return Err(ApprovalError::NotPending {
+                id: request.id.clone(),
+                status: request.status,
+            });
+        }
+        if self.busy {
+            return Err(ApprovalError::Busy(request.id.clone()));
+        }
+        if request.votes.iter().any(|v| v.approver == vote.approver) {
+            return Err(ApprovalError::AlreadyVoted {
+                id: request.id.clone(),
+                approver: vote.approver.clone(),
+            });
+        }
+        match &request.requirement {
+            Requirement::Approvers { role, .. } if !approver.roles.contains(role) => {
+                Err(ApprovalError::MissingRole {
+                    approver: vote.approver.clone(),
+                    role: role.clone(),
+                })
+            }
+            // Where the owner must approve, others vote only on a critical call (as the
+            // second approver it needs).
+            Requirement::Owner { owner } if *owner != vote.approver && !request.critical => {
+                Err(ApprovalError::NotOwner {
+                    owner: owner.clone(),
+                    approver: vote.approver.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When a vote's nonce may be forgotten (its signature is stale by then), Unix ms.
+pub(super) fn nonce_forget_at(vote: &SignedVote, window_ms: i64) -> i64 {
+    vote.issued_at_ms
+        .saturating_add(window_ms)
+        .saturating_add(1000)
+}
+
+/// Adds an admitted vote to `request`; the status it leads to once committed.
+pub(super) fn count_vote(request: &mut Request, vote: &SignedVote, now_ms: i64) -> Status {
+    request.votes.push(Vote {
+        approver: vote.approver.clone(),
+        verdict: vote.verdict,
+        at_ms: now_ms,
+    });
+    if vote.verdict == Verdict::Deny {
+        Status::Denied
+    } else if request.satisfied() {
+        Status::Approved
+    } else {
+        Status::Pending
+    }
+}
 
 /// The approval requests of one gateway.
 pub struct Book {
@@ -321,103 +442,23 @@ impl Book {
         let Some(entry) = inner.requests.get(&vote.request) else {
             return Err(ApprovalError::Unknown(vote.request.clone()));
         };
-        let request = &entry.request;
-        // INVARIANT (INV-002): an agent never approves, not even one listed as an approver.
-        if is_agent(&vote.approver) || vote.approver == request.binding.agent {
-            return Err(ApprovalError::AgentApprover(vote.approver.clone()));
-        }
-        let Some(approver) = approvers.get(&vote.approver) else {
-            return Err(ApprovalError::UnknownApprover(vote.approver.clone()));
+        let seen = |nonce: &str| inner.nonces.contains_key(nonce);
+        let checks = VoteChecks {
+            approvers,
+            is_agent: &is_agent,
+            seen: &seen,
+            busy: entry.uncommitted.is_some(),
+            window_ms: window,
+            now_ms,
         };
-        // The signature covers the request's own call, so a vote signed for other arguments,
-        // another request or another manifest version does not verify here.
-        let sig = base64::engine::general_purpose::STANDARD
-            .decode(vote.signature.as_bytes())
-            .ok()
-            .and_then(|b| Signature::from_slice(&b).ok())
-            .ok_or_else(|| ApprovalError::BadSignature(vote.approver.clone()))?;
-        approver
-            .key
-            .verify(&signed_message(vote, &request.binding), &sig)
-            .map_err(|_| ApprovalError::BadSignature(vote.approver.clone()))?;
-        if vote.arguments_hash != request.binding.arguments_hash {
-            return Err(ApprovalError::VoteMismatch {
-                id: request.id.clone(),
-                field: "arguments",
-            });
-        }
-        if vote.manifest_version != request.binding.manifest_version {
-            return Err(ApprovalError::VoteMismatch {
-                id: request.id.clone(),
-                field: "manifest version",
-            });
-        }
-        let age = now_ms.saturating_sub(vote.issued_at_ms);
-        if age.saturating_abs() > window {
-            return Err(ApprovalError::Stale {
-                age_s: age / 1000,
-                window_s: window / 1000,
-            });
-        }
-        if vote.nonce.len() != 32 || !vote.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApprovalError::BadNonce);
-        }
-        // INVARIANT (replay, issue 4): a signed vote is accepted once.
-        if inner.nonces.contains_key(&vote.nonce) {
-            return Err(ApprovalError::Replayed(vote.nonce.clone()));
-        }
-        if request.status != Status::Pending {
-            return Err(ApprovalError::NotPending {
-                id: request.id.clone(),
-                status: request.status,
-            });
-        }
-        if entry.uncommitted.is_some() {
-            return Err(ApprovalError::Busy(request.id.clone()));
-        }
-        if request.votes.iter().any(|v| v.approver == vote.approver) {
-            return Err(ApprovalError::AlreadyVoted {
-                id: request.id.clone(),
-                approver: vote.approver.clone(),
-            });
-        }
-        match &request.requirement {
-            Requirement::Approvers { role, .. } if !approver.roles.contains(role) => {
-                return Err(ApprovalError::MissingRole {
-                    approver: vote.approver.clone(),
-                    role: role.clone(),
-                })
-            }
-            // Where the owner must approve, others vote only on a critical call (as the
-            // second approver it needs).
-            Requirement::Owner { owner } if *owner != vote.approver && !request.critical => {
-                return Err(ApprovalError::NotOwner {
-                    owner: owner.clone(),
-                    approver: vote.approver.clone(),
-                })
-            }
-            _ => {}
-        }
-        let forget_at = vote
-            .issued_at_ms
-            .saturating_add(window)
-            .saturating_add(1000);
-        inner.nonces.insert(vote.nonce.clone(), forget_at);
+        checks.admit(&entry.request, vote)?;
+        inner
+            .nonces
+            .insert(vote.nonce.clone(), nonce_forget_at(vote, window));
         let Some(entry) = inner.requests.get_mut(&vote.request) else {
             return Err(ApprovalError::Unknown(vote.request.clone()));
         };
-        entry.request.votes.push(Vote {
-            approver: vote.approver.clone(),
-            verdict: vote.verdict,
-            at_ms: now_ms,
-        });
-        let to = if vote.verdict == Verdict::Deny {
-            Status::Denied
-        } else if entry.request.satisfied() {
-            Status::Approved
-        } else {
-            Status::Pending
-        };
+        let to = count_vote(&mut entry.request, vote, now_ms);
         // Counted, but nothing changes until the vote's record is durable (commit).
         entry.uncommitted = Some((vote.approver.clone(), to));
         let mut request = entry.request.clone();

@@ -6,7 +6,8 @@
 //!
 //! This module is the model (the call a request is bound to, what it requires, its status) and
 //! the refusals; [`signature`] is how a vote is signed and what it signs; [`book`] keeps the
-//! requests. The [`Book`] holds the requests of one gateway in memory. It is synchronous and does no I/O:
+//! requests. The [`Book`] holds the requests of one gateway in memory; the [`RedisBook`] holds
+//! a fleet's in its shared Redis (both are an [`ApprovalStore`]). It is synchronous and does no I/O:
 //! the gateway records what it reports (requests, votes, refusals, expiries) in the ledger.
 //!
 //! What it refuses, each with its own [`ApprovalError`]: a vote whose signature does not verify
@@ -380,6 +381,10 @@ pub enum ApprovalError {
     /// No randomness for an id or nonce.
     #[error("no randomness available")]
     NoRandomness,
+    /// The shared approval store did not answer, or answered with something Warden did not
+    /// write: nothing was changed, and nothing is authorized by it (fail closed).
+    #[error("the shared approval store is unavailable ({0}); nothing was changed")]
+    Unavailable(String),
 }
 
 impl ApprovalError {
@@ -408,16 +413,18 @@ impl ApprovalError {
             ApprovalError::NotOwner { .. } => "approval.not_owner",
             ApprovalError::TooManyOpen { .. } => "approval.too_many_open",
             ApprovalError::Busy(_) => "approval.busy",
-            ApprovalError::NoRandomness => "approval.unavailable",
+            ApprovalError::NoRandomness | ApprovalError::Unavailable(_) => "approval.unavailable",
         }
     }
 }
 
 /// How long things last.
 mod book;
+mod redis_book;
 mod signature;
 mod store;
 
 pub use book::{valid_id, Book, Claim, Settings, Voted};
+pub use redis_book::{RedisBook, LEASE_MS};
 pub use signature::{sign, signed_message, SignedVote};
 pub use store::ApprovalStore;

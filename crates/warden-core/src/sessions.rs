@@ -1,0 +1,66 @@
+//! The session directory: how an MCP session opened through one instance of a fleet continues
+//! on another (issue 22). Each instance keeps its open sessions in memory (the gateway's
+//! `Sessions`); the directory is where every instance publishes the sessions it opens, so that
+//! a request carrying an `Mcp-Session-Id` the instance has never seen — its client's previous
+//! instance died, or a load balancer without stickiness sent it here — is looked up and
+//! continued, for the credential that opened it only.
+//!
+//! Implementations: `warden_state::MemorySessions` (in process) and
+//! `warden_state::RedisSessions` (a fleet); one conformance suite,
+//! `crates/warden-state/tests/sessions.rs`. An instance alone keeps no directory.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateError;
+
+/// A session as the directory keeps it: who may continue it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionEntry {
+    /// The credential id that opened it (only it may continue it).
+    pub credential: String,
+    /// Its agent.
+    pub agent: String,
+    /// The credential ids of its credential's chain, root first.
+    pub credentials: Vec<String>,
+    /// The agents of its credential's chain, root first.
+    pub agents: Vec<String>,
+}
+
+/// Whether `id` may name a session in a directory: 1 to 128 visible ASCII characters (what an
+/// `Mcp-Session-Id` may hold). Anything else is never looked up.
+#[must_use]
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Where the instances of a fleet find each other's MCP sessions.
+pub trait SessionDirectory: Send + Sync {
+    /// Publishes session `id`; it is forgotten after `idle` without [`SessionDirectory::touch`].
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn publish(&self, id: &str, entry: &SessionEntry, idle: Duration) -> Result<(), StateError>;
+
+    /// The session `id`, if it was published and has not ended or been forgotten.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached or holds something
+    /// that is not an entry.
+    fn lookup(&self, id: &str) -> Result<Option<SessionEntry>, StateError>;
+
+    /// Keeps session `id` for another `idle` (it was used); `false` if the directory no
+    /// longer has it (it ended through another instance, or was forgotten).
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn touch(&self, id: &str, idle: Duration) -> Result<bool, StateError>;
+
+    /// Ends session `id` for every instance (an HTTP `DELETE`).
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn end(&self, id: &str) -> Result<(), StateError>;
+}

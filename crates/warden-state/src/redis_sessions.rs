@@ -1,0 +1,110 @@
+//! [`RedisSessions`]: the MCP session directory of a fleet (issue 22): one key per session,
+//! `<prefix>mcp-session:<id>`, its value the [`SessionEntry`] as JSON, expiring after the
+//! session's idle time unless touched.
+
+use std::time::Duration;
+
+use crate::redis_pool::Pool;
+use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
+use warden_core::state::StateError;
+
+/// The directory in a Redis shared by the instances of a fleet.
+pub struct RedisSessions {
+    pool: Pool,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only the prefix is shown.
+        f.debug_struct("RedisSessions")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> StateError {
+    StateError::Unavailable(format!("redis: {e}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisSessions {
+    /// The directory on the Redis at `url`, its keys under `prefix`. Connects on first use.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] for a malformed URL.
+    pub fn new(url: &str, prefix: &str) -> Result<RedisSessions, StateError> {
+        Ok(RedisSessions {
+            pool: Pool::open(url).map_err(|e| unavailable(&e))?,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}mcp-session:{id}", self.prefix)
+    }
+}
+
+impl SessionDirectory for RedisSessions {
+    fn publish(&self, id: &str, entry: &SessionEntry, idle: Duration) -> Result<(), StateError> {
+        let json = serde_json::to_string(entry).map_err(|e| unavailable(&e))?;
+        let key = self.key(id);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("PX")
+                    .arg(millis(idle))
+                    .query::<()>(c)
+            })
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn lookup(&self, id: &str) -> Result<Option<SessionEntry>, StateError> {
+        // INVARIANT (bad input): a session id a client made up is never a key of its choosing.
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let key = self.key(id);
+        let value: Option<String> = self
+            .pool
+            .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
+            .map_err(|e| unavailable(&e))?;
+        value
+            .map(|v| {
+                serde_json::from_str(&v).map_err(|e| {
+                    StateError::Unavailable(format!(
+                        "the MCP session `{id}` in Redis is not one Warden wrote ({e})"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn touch(&self, id: &str, idle: Duration) -> Result<bool, StateError> {
+        let key = self.key(id);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(millis(idle))
+                    .query::<i64>(c)
+            })
+            .map(|kept| kept == 1)
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn end(&self, id: &str) -> Result<(), StateError> {
+        let key = self.key(id);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("DEL").arg(&key).query::<i64>(c)
+            })
+            .map(|_| ())
+            .map_err(|e| unavailable(&e))
+    }
+}

@@ -1,0 +1,69 @@
+//! MCP sessions' directory kept in process ([`SessionDirectory`]): what several gateways in
+//! one process (tests) share; an instance alone keeps none.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
+use warden_core::state::StateError;
+
+/// Each session's entry, with when it is forgotten.
+type Entries = HashMap<String, (SessionEntry, Instant)>;
+
+/// Entries in memory.
+#[derive(Debug, Default)]
+pub struct MemorySessions {
+    entries: Mutex<Entries>,
+}
+
+impl MemorySessions {
+    /// An empty directory.
+    #[must_use]
+    pub fn new() -> Self {
+        MemorySessions::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, StateError> {
+        self.entries
+            .lock()
+            .map_err(|_| StateError::Unavailable("session directory lock poisoned".into()))
+    }
+}
+
+impl SessionDirectory for MemorySessions {
+    fn publish(&self, id: &str, entry: &SessionEntry, idle: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut entries = self.lock()?;
+        entries.retain(|_, (_, until)| *until > now);
+        entries.insert(id.to_owned(), (entry.clone(), now + idle));
+        Ok(())
+    }
+
+    fn lookup(&self, id: &str) -> Result<Option<SessionEntry>, StateError> {
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        Ok(self
+            .lock()?
+            .get(id)
+            .filter(|(_, until)| *until > now)
+            .map(|(e, _)| e.clone()))
+    }
+
+    fn touch(&self, id: &str, idle: Duration) -> Result<bool, StateError> {
+        let now = Instant::now();
+        Ok(match self.lock()?.get_mut(id) {
+            Some((_, until)) if *until > now => {
+                *until = now + idle;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn end(&self, id: &str) -> Result<(), StateError> {
+        self.lock()?.remove(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! The `SessionDirectory` port's conformance suite (issue 22): every backend publishes, finds,
+//! keeps alive, forgets and ends MCP sessions alike.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
+use std::time::Duration;
+use warden_core::sessions::{SessionDirectory, SessionEntry};
+use warden_state::{MemorySessions, RedisSessions};
+
+fn entry(credential: &str) -> SessionEntry {
+    SessionEntry {
+        credential: credential.into(),
+        agent: "coder-1".into(),
+        credentials: vec!["root".into(), credential.into()],
+        agents: vec!["alice".into(), "coder-1".into()],
+    }
+}
+
+fn suite(d: &dyn SessionDirectory) {
+    let minute = Duration::from_secs(60);
+    assert_eq!(d.lookup("s-1").unwrap(), None);
+    d.publish("s-1", &entry("cred-1"), minute).unwrap();
+    d.publish("s-2", &entry("cred-2"), minute).unwrap();
+    assert_eq!(d.lookup("s-1").unwrap(), Some(entry("cred-1")));
+    assert_eq!(d.lookup("s-2").unwrap(), Some(entry("cred-2")));
+    // Ended for everyone; ending it again, or one never published, is no error.
+    d.end("s-1").unwrap();
+    assert_eq!(d.lookup("s-1").unwrap(), None);
+    d.end("s-1").unwrap();
+    d.end("never").unwrap();
+    // Forgotten after its idle time, unless touched.
+    let short = Duration::from_millis(300);
+    d.publish("s-3", &entry("cred-3"), short).unwrap();
+    d.publish("s-4", &entry("cred-4"), short).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(d.touch("s-3", short).unwrap());
+    }
+    assert_eq!(d.lookup("s-3").unwrap(), Some(entry("cred-3")));
+    assert_eq!(d.lookup("s-4").unwrap(), None);
+    // Touching what is gone (forgotten or ended) does not bring it back, and says so.
+    assert!(!d.touch("s-4", minute).unwrap());
+    assert_eq!(d.lookup("s-4").unwrap(), None);
+    assert!(!d.touch("s-1", minute).unwrap());
+    // Ids no client may send are never looked up.
+    for bad in ["", "a b", "new\nline", &"x".repeat(129)] {
+        assert_eq!(d.lookup(bad).unwrap(), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn session_directory_suite_in_process() {
+    suite(&MemorySessions::new());
+}
+
+/// The Redis of `WARDEN_TEST_REDIS_URL` and a key prefix of this run's own.
+fn redis_place() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis session directory");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some((
+        url,
+        format!("warden-test:sessions:{}:{nanos}:", std::process::id()),
+    ))
+}
+
+#[test]
+fn session_directory_suite_on_redis() {
+    let Some((url, prefix)) = redis_place() else {
+        return;
+    };
+    suite(&RedisSessions::new(&url, &prefix).unwrap());
+    // Two instances on one prefix are one directory.
+    let (a, b) = (
+        RedisSessions::new(&url, &format!("{prefix}2:")).unwrap(),
+        RedisSessions::new(&url, &format!("{prefix}2:")).unwrap(),
+    );
+    a.publish("s", &entry("cred"), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(b.lookup("s").unwrap(), Some(entry("cred")));
+    b.end("s").unwrap();
+    assert_eq!(a.lookup("s").unwrap(), None);
+}
+
+#[test]
+fn what_warden_did_not_write_is_an_error_never_a_session() {
+    let Some((url, prefix)) = redis_place() else {
+        return;
+    };
+    let d = RedisSessions::new(&url, &prefix).unwrap();
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let key = format!("{prefix}mcp-session:s");
+    for garbage in ["not json", r#"{"credential":"c","agent":"a","extra":1}"#] {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(garbage)
+            .query(&mut c)
+            .unwrap();
+        let e = d.lookup("s").unwrap_err().to_string();
+        assert!(e.contains("not one Warden wrote"), "{e}");
+    }
+    let _: () = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(&key)
+        .arg("x")
+        .query(&mut c)
+        .unwrap();
+    assert!(d.lookup("s").is_err());
+    let down = RedisSessions::new("redis://127.0.0.1:1/", &prefix).unwrap();
+    assert!(down.lookup("s").is_err());
+    assert!(down
+        .publish("s", &entry("c"), Duration::from_secs(1))
+        .is_err());
+}
