@@ -49,10 +49,16 @@ pub(super) struct Session {
 impl Session {
     /// One MCP session of `agent`, its steps exchanged through files in `dir/steps-AGENT`.
     pub(super) fn open(e: &Env, s: &Server, dir: &Path, agent: &str) -> Session {
-        let dir = dir.join(format!("steps-{agent}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (sdk, url, d) = (e.sdk(), s.url.clone(), dir.clone());
         let cred = s.data.join(format!("agents/{agent}.credential"));
+        Session::open_at(e, &s.url, &cred, &dir.join(format!("steps-{agent}")))
+    }
+
+    /// One MCP session on the gateway at `url` with the credential file `cred`, its steps
+    /// exchanged through files in `dir`.
+    pub(super) fn open_at(e: &Env, url: &str, cred: &Path, dir: &Path) -> Session {
+        let dir = dir.to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sdk, url, d, cred) = (e.sdk(), url.to_owned(), dir.clone(), cred.to_path_buf());
         let client = std::thread::spawn(move || {
             let mut sdk = sdk;
             sdk.arg(url).arg(cred).arg("steps").arg(d).output().unwrap()

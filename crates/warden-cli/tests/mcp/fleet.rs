@@ -3,7 +3,9 @@
 //! with its own ledger, over one upstream (issue 22): a kill switch pulled through instance A's
 //! admin listener stops the calls already in flight on instance B, not only B's next calls; a
 //! message on the fleet's channel with no hold behind it stops nothing. Three instances share
-//! their approvals: asked through one, voted through another, run once through a third.
+//! their approvals: asked through one, voted through another, run once through a third. Three
+//! instances behind HAProxy (Debian's package) without stickiness carry one MCP session of the
+//! official SDK, across the `kill -9` of one of them.
 
 use super::super::text;
 use super::{env, ledger_tail, start_with};
@@ -266,4 +268,194 @@ fn a_kill_through_one_instance_stops_the_calls_in_flight_on_another() {
         r#"{"duration":1,"steps":1}"#,
     );
     assert!(super::first_text(&r).contains("fleet drill"), "{r}");
+}
+
+/// HAProxy (`haproxy -db`, in the foreground) in front of `backends`, balancing round robin
+/// without stickiness, checking each instance's `/readyz` every 200 ms, and retrying a request
+/// on another instance only when its connection could not be made (a request that reached an
+/// instance is never sent twice). Stopped on drop.
+struct Balancer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn balance(dir: &Path, backends: &[&str]) -> Option<Balancer> {
+    let Ok(haproxy) = which("haproxy") else {
+        assert!(
+            std::env::var_os("WARDEN_TEST_HAPROXY_REQUIRED").is_none(),
+            "haproxy is required here (WARDEN_TEST_HAPROXY_REQUIRED) but not installed"
+        );
+        eprintln!("notice: haproxy is not installed; skipping the load-balancer test");
+        return None;
+    };
+    let port = super::super::free_port();
+    let config = documented_haproxy_config(port, backends);
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, &config).unwrap();
+    let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+    let child = Command::new(haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let b = Balancer {
+        child,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    };
+    // Listening, and every instance ready behind it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    Some(b)
+}
+
+/// The HAProxy configuration docs/fleet.md shows, on `port` and in front of `backends` (the
+/// documented one is what runs here).
+fn documented_haproxy_config(port: u16, backends: &[&str]) -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/fleet.md"))
+            .unwrap();
+    let section = &doc[doc.find("## Behind a load balancer").unwrap()..];
+    let start = section.find("```\n").unwrap() + 4;
+    let block = &section[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let documented = ["127.0.0.1:8710", "127.0.0.1:8720", "127.0.0.1:8730"];
+    assert_eq!(backends.len(), documented.len());
+    let mut config = format!("global\n  maxconn 512\n{block}")
+        .replace("127.0.0.1:8700", &format!("127.0.0.1:{port}"));
+    for (doc_addr, addr) in documented.iter().zip(backends) {
+        assert!(config.contains(doc_addr), "{config}");
+        config = config.replace(doc_addr, addr);
+    }
+    config
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+/// The sessions of `demo.echo`'s decisions in a data directory's ledger, in order.
+fn echo_sessions(data: &Path) -> Vec<String> {
+    ledger_tail(data, 200)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["entry"].clone())
+        .filter(|v| v["type"] == "decision" && v["tool"] == "demo.echo")
+        .map(|v| v["session"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn one_mcp_session_runs_across_a_fleet_behind_haproxy_and_outlives_an_instance() {
+    use super::approvals::Session;
+    use serde_json::json;
+    let Some(e) = env() else { return };
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let prefix = fleet_prefix("fleet-sessions");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m) = super::approvals::setup(dirs[0].path());
+    let mut datas = vec![first.clone()];
+    for d in &dirs[1..] {
+        let data = d.path().join("data");
+        share_identity(&first, &data);
+        datas.push(data);
+    }
+    let fleet = [
+        ("WARDEN_STATE", url.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+    ];
+    let mut s: Vec<_> = dirs
+        .iter()
+        .zip(&datas)
+        .map(|(d, data)| Some(start_with(d.path(), data, &m, &fleet)))
+        .collect();
+    let addrs: Vec<String> = s.iter().flatten().map(|x| x.addr.clone()).collect();
+    let Some(lb) = balance(
+        dirs[0].path(),
+        &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+    ) else {
+        return;
+    };
+    // The SDK in its legacy mode keeps an MCP session (Mcp-Session-Id); no stickiness.
+    let legacy = super::Env {
+        mode: "legacy",
+        ..e.clone()
+    };
+    let mut session = Session::open_at(
+        &legacy,
+        &lb.url,
+        &first.join("agents/coder-1.credential"),
+        &dirs[0].path().join("steps"),
+    );
+    let echo = |session: &mut Session, i: usize| {
+        let text = format!("hello {i}");
+        let step = session.send_call("demo.echo", &json!({ "text": text }), &json!({}));
+        let (answer, whole) = session.answer(step);
+        assert!(answer.contains(&text), "call {i}: {whole}");
+    };
+    for i in 0..6 {
+        echo(&mut session, i);
+    }
+    // Spread over the instances, in one session (the id Warden issued, not a per-credential
+    // one).
+    let seen: Vec<Vec<String>> = datas.iter().map(|d| echo_sessions(d)).collect();
+    let id = seen.iter().flatten().next().unwrap().clone();
+    assert!(!id.starts_with("mcp:"), "{id}");
+    assert!(seen.iter().flatten().all(|s| *s == id), "{seen:?}");
+    assert!(
+        seen.iter().filter(|v| !v.is_empty()).count() >= 2,
+        "the calls were not spread: {seen:?}"
+    );
+    assert_eq!(seen.iter().map(Vec::len).sum::<usize>(), 6);
+
+    // kill -9 one instance between calls: the session goes on through the others.
+    let killed = s[0].take().unwrap();
+    drop(killed);
+    for i in 6..12 {
+        echo(&mut session, i);
+    }
+    session.close();
+    let after: Vec<Vec<String>> = datas.iter().map(|d| echo_sessions(d)).collect();
+    assert_eq!(
+        after[0].len(),
+        seen[0].len(),
+        "the killed instance decided nothing more"
+    );
+    assert!(after.iter().flatten().all(|s| *s == id), "{after:?}");
+    assert_eq!(after.iter().map(Vec::len).sum::<usize>(), 12);
+    // Nothing the killed instance acknowledged is missing from its ledger, which verifies: its
+    // entries are intact, those after its last checkpoint unsigned until it restarts (exit 3).
+    let out = super::super::warden(&["ledger", "verify", "--data", first.to_str().unwrap()]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() || (out.status.code() == Some(3) && said.contains("intact")),
+        "{said}"
+    );
+    drop(lb);
 }
