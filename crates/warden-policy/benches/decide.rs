@@ -29,6 +29,7 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Instant;
+use warden_core::state::StateStore;
 use warden_core::Proposal;
 use warden_policy::{parse_manifest, Governor, PolicySource};
 use warden_state::MemoryState;
@@ -193,11 +194,14 @@ fn fleet(agents: usize) -> (Governor, Gen) {
 }
 
 fn run(g: &Governor, gen: &Gen, n: usize) -> Stats {
-    let state = MemoryState::new();
+    run_on(g, gen, n, &MemoryState::new())
+}
+
+fn run_on(g: &Governor, gen: &Gen, n: usize, state: &dyn StateStore) -> Stats {
     let proposals: Vec<Proposal> = (0..n + n / 10).map(gen).collect();
     let mut allowed = 0usize;
     let stats = measure(n, |i| {
-        let d = g.decide(&proposals[i], &state, NOW);
+        let d = g.decide(&proposals[i], state, NOW);
         allowed += usize::from(d.is_allow());
         black_box(d);
     });
@@ -315,6 +319,10 @@ fn main() {
         println!("| {name} | {:.2} | {:.2} | {:.2} |", s.p50, s.p99, s.mean)
     };
 
+    if std::env::var("WARDEN_BENCH_ONLY_STORES").is_ok() {
+        stores();
+        return;
+    }
     if std::env::var("WARDEN_BENCH_ONLY_FLEET").is_ok() {
         let (g10k, ps10k) = fleet(10_000);
         row("1,000 policies, 10,000 agents", &run(&g10k, &ps10k, n));
@@ -364,4 +372,71 @@ fn main() {
         "ratio decide (1,000 policies) / unindexed cedar (p99): {:.3}",
         big.p99 / base.p99
     );
+    stores();
+}
+
+/// Round trips to Redis so far: the scripts it was sent (`INFO commandstats`; the commands a
+/// script runs inside Redis are counted there too, but are not round trips).
+fn round_trips(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_eval"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The same decisions on each state store: in memory, the embedded default (the data
+/// directory's journal), and the fleet's Redis (`WARDEN_BENCH_REDIS_URL`, else
+/// `WARDEN_TEST_REDIS_URL`; skipped without either) with its round trips per decision counted.
+fn stores() {
+    let Some(url) = std::env::var("WARDEN_BENCH_REDIS_URL")
+        .or_else(|_| std::env::var("WARDEN_TEST_REDIS_URL"))
+        .ok()
+    else {
+        println!("(no WARDEN_BENCH_REDIS_URL: the state stores are not compared)");
+        return;
+    };
+    let n: usize = std::env::var("WARDEN_BENCH_STORES_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    println!();
+    println!("decide on each state store, {n} samples per row, one thread");
+    println!("| scenario | store | p50 µs | p99 µs | mean µs | Redis round trips per decision |");
+    println!("|---|---|---|---|---|---|");
+    let (gs, ps) = starter();
+    let (gf, pf) = fleet(10_000);
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (scenario, g, gen) in [
+        ("starter, 10 policies", &gs, &ps),
+        ("1,000 policies, 10,000 agents", &gf, &pf),
+    ] {
+        let row = |store: &str, s: &Stats, rt: &str| {
+            println!(
+                "| {scenario} | {store} | {:.2} | {:.2} | {:.2} | {rt} |",
+                s.p50, s.p99, s.mean
+            );
+        };
+        row("memory", &run_on(g, gen, n, &MemoryState::new()), "—");
+        let dir = tempfile::tempdir().unwrap();
+        let file = warden_state::FileState::open(&dir.path().join("state"), NOW).unwrap();
+        row("embedded (data directory)", &run_on(g, gen, n, &file), "—");
+        let prefix = format!("warden-bench:decide:{}:{scenario}:", std::process::id());
+        let redis = warden_state::RedisState::connect(&url, &prefix).unwrap();
+        let before = round_trips(&mut c);
+        let stats = run_on(g, gen, n, &redis);
+        // Warm-up decisions count too.
+        let per = (round_trips(&mut c) - before) as f64 / (n + n / 10) as f64;
+        row("Redis (loopback)", &stats, &format!("{per:.2}"));
+    }
 }
