@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/rmcp_client.rs"]
 mod rmcp_client;
 use common::{bench_dir, enroll, everything_http, http_manifest, serve};

@@ -87,13 +87,4 @@ pub async fn concurrent(c: Arc<Client>, tool: &'static str, secs: u64, offset: u
     total as f64 / secs as f64
 }
 
-/// CPU time (user + system) a process has used, in milliseconds (`/proc/PID/stat`, in clock
-/// ticks of 10 ms).
-pub fn cpu_ms(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks * 10.0
-}
+pub use crate::cpu::cpu_ms;
