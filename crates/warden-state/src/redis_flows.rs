@@ -1,8 +1,10 @@
 //! Sessions' information flow in a fleet's Redis ([`FlowStore`] shared by every instance): one
 //! key per session (`<prefix>flow:<agent/session>`), its value [`SessionFlow::to_bytes`],
-//! forgotten after `idle` without a change. A change is an optimistic transaction (`WATCH`,
-//! read, `MULTI` / `SET` / `EXEC`), retried when another instance changed the flow meanwhile,
-//! so two results of one session labelled on two instances both count.
+//! forgotten after `idle` without a change. A change is optimistic: computed from the flow as
+//! this instance last read or wrote it, and written by one compare-and-set script only if the
+//! key still holds that; otherwise the script answers what it holds and the change is computed
+//! again on it. So two results of one session labelled on two instances both count, and a
+//! change costs one round trip when nobody else changed the flow.
 
 use crate::redis_pool::Pool;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ pub struct RedisFlows {
     prefix: String,
     idle: Duration,
     stripes: Vec<std::sync::Mutex<()>>,
+    /// Each flow as this instance last read or wrote it: what its next change is checked
+    /// against, so that a change is one round trip when nobody else changed the flow.
+    seen: std::sync::Mutex<std::collections::HashMap<String, Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for RedisFlows {
@@ -44,6 +49,7 @@ impl RedisFlows {
             prefix: prefix.to_owned(),
             idle,
             stripes: (0..STRIPES).map(|_| std::sync::Mutex::new(())).collect(),
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -73,6 +79,72 @@ fn decode(bytes: Option<Vec<u8>>) -> Result<SessionFlow, StateError> {
     }
 }
 
+/// Writes the flow if the key still holds what the caller saw. KEYS: the flow. ARGV: `1` and
+/// the bytes seen (or `0`: absent), the new bytes, the time to live in ms. Answers `{1}`, or
+/// `{0, current}` (`{0}`: absent) so the caller tries again on what is there without reading.
+const COMPARE_AND_SET: &str = r"
+local now = redis.call('GET', KEYS[1])
+local same
+if ARGV[1] == '1' then same = (now == ARGV[2]) else same = (now == false) end
+if same then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return {1}
+end
+if now then return {0, now} end
+return {0}
+";
+
+/// Most flows remembered as last seen (beyond it, forgotten at once: a miss costs one read).
+const SEEN_KEPT: usize = 16_384;
+
+impl RedisFlows {
+    fn remember(&self, key: &str, bytes: Option<Vec<u8>>) {
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= SEEN_KEPT && !seen.contains_key(key) {
+                seen.clear();
+            }
+            seen.insert(key.to_owned(), bytes);
+        }
+    }
+
+    fn last_seen(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.seen.lock().ok()?.remove(key)
+    }
+
+    /// Writes `new` at `key` if it still holds `seen`: `Ok(None)` written, `Ok(Some(now))`
+    /// what it holds instead.
+    fn compare_and_set(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        new: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<Option<Vec<u8>>>, StateError> {
+        let answer: Vec<redis::Value> = self
+            .pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("EVAL")
+                    .arg(COMPARE_AND_SET)
+                    .arg(1)
+                    .arg(key)
+                    .arg(if seen.is_some() { "1" } else { "0" })
+                    .arg(seen.unwrap_or_default())
+                    .arg(new)
+                    .arg(ttl_ms)
+                    .query(c)
+            })
+            .map_err(unavailable)?;
+        match answer.as_slice() {
+            [redis::Value::Int(1)] => Ok(None),
+            [redis::Value::Int(0)] => Ok(Some(None)),
+            [redis::Value::Int(0), redis::Value::BulkString(now)] => Ok(Some(Some(now.clone()))),
+            _ => Err(StateError::Unavailable(
+                "redis answered the flow's compare-and-set with something else".into(),
+            )),
+        }
+    }
+}
+
 impl FlowStore for RedisFlows {
     fn load(&self, session_key: &str) -> Result<Arc<SessionFlow>, StateError> {
         let key = self.key(session_key);
@@ -80,7 +152,10 @@ impl FlowStore for RedisFlows {
             .pool
             .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
             .map_err(unavailable)?;
-        decode(bytes).map(Arc::new)
+        let flow = decode(bytes.clone()).map(Arc::new)?;
+        // The call's update after its decision starts from this (checked by the write).
+        self.remember(&key, bytes);
+        Ok(flow)
     }
 
     fn update(
@@ -93,52 +168,44 @@ impl FlowStore for RedisFlows {
             .unwrap_or(u64::MAX)
             .max(1);
         let _local = self.stripe(&key);
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                // Another instance won the race: back off (1 ms doubling to 32 ms, jittered).
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let base = 1u64 << attempt.min(5);
-                std::thread::sleep(Duration::from_micros(base * 1000 + u64::from(nanos % 1000)));
-            }
-            // Ok(Some(())) committed; Ok(None) another instance changed it first.
-            let mut refused = None;
-            let done = self
-                .pool
-                .with(Duration::ZERO, |c| {
-                    redis::cmd("WATCH").arg(&key).query::<()>(c)?;
-                    let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(c)?;
-                    let mut flow = match decode(bytes) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            redis::cmd("UNWATCH").query::<()>(c)?;
-                            refused = Some(FlowError::State(e));
-                            return Ok(None);
-                        }
-                    };
-                    if let Err(e) = change(&mut flow) {
-                        redis::cmd("UNWATCH").query::<()>(c)?;
-                        refused = Some(e);
-                        return Ok(None);
+        // What the flow was when this instance last saw it; none: read it.
+        let mut seen = self.last_seen(&key);
+        let mut raced = 0u32;
+        for _ in 0..ATTEMPTS {
+            let current = match seen.take() {
+                Some(bytes) => bytes,
+                None => self
+                    .pool
+                    .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
+                    .map_err(|e| FlowError::State(unavailable(e)))?,
+            };
+            let mut flow = decode(current.clone()).map_err(FlowError::State)?;
+            change(&mut flow)?;
+            let new = flow.to_bytes();
+            match self
+                .compare_and_set(&key, current.as_deref(), &new, ttl_ms)
+                .map_err(FlowError::State)?
+            {
+                None => {
+                    self.remember(&key, Some(new));
+                    return Ok(());
+                }
+                Some(now) => {
+                    // Another instance changed it (or what was remembered is old): try again
+                    // on what is there, backing off once it is a race (1 ms doubling to 32 ms,
+                    // jittered).
+                    if raced > 0 {
+                        let nanos = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos());
+                        let base = 1u64 << raced.min(5);
+                        std::thread::sleep(Duration::from_micros(
+                            base * 1000 + u64::from(nanos % 1000),
+                        ));
                     }
-                    let committed: Option<()> = redis::pipe()
-                        .atomic()
-                        .cmd("SET")
-                        .arg(&key)
-                        .arg(flow.to_bytes())
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .ignore()
-                        .query(c)?;
-                    Ok(committed)
-                })
-                .map_err(|e| FlowError::State(unavailable(e)))?;
-            if let Some(e) = refused {
-                return Err(e);
-            }
-            if done.is_some() {
-                return Ok(());
+                    raced += 1;
+                    seen = Some(now);
+                }
             }
         }
         Err(FlowError::State(StateError::Unavailable(format!(
