@@ -1050,7 +1050,8 @@ fn reloads_that_change_upstreams_are_refused() {
     )
     .unwrap();
     let book = warden_identity::approval::Book::new(Default::default());
-    let e = warden_runtime::execution::reload(&current, &clock, &path, &book).unwrap_err();
+    let e = warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false)
+        .unwrap_err();
     assert!(
         matches!(e, warden_runtime::governance::ChangeError::NeedsRestart),
         "{e}"
@@ -1058,14 +1059,16 @@ fn reloads_that_change_upstreams_are_refused() {
     assert_eq!((current.get().manifest().version, clock.get()), (1, 1));
     std::fs::write(&path, v1.replace("version: 1", "version: 2")).unwrap();
     assert_eq!(
-        warden_runtime::execution::reload(&current, &clock, &path, &book)
+        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false)
             .unwrap()
             .0,
         2
     );
     assert_eq!((current.get().manifest().version, clock.get()), (2, 2));
     // Not newer: refused, clock unchanged.
-    assert!(warden_runtime::execution::reload(&current, &clock, &path, &book).is_err());
+    assert!(
+        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false).is_err()
+    );
     assert_eq!(clock.get(), 2);
 }
 

@@ -843,6 +843,22 @@ fn two_gateways_on_one_redis_state_share_their_holds() {
         b_dir.path().to_str().unwrap(),
     );
     let (_a, a_api, a_admin) = start(a);
+    // One fleet serves one manifest: B is given A's (the starter's approver keys are made per
+    // data directory, so two starters differ).
+    std::fs::copy(
+        a_dir.path().join("manifest.yaml"),
+        b_dir.path().join("manifest.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(b_dir.path().join("policies")).unwrap();
+    for entry in std::fs::read_dir(a_dir.path().join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            b_dir.path().join("policies").join(entry.file_name()),
+        )
+        .unwrap();
+    }
     let (_b, b_api, b_admin) = start(b);
     let call = |i: u32| {
         format!(

@@ -20,6 +20,7 @@ pub mod brakes;
 pub mod canonical;
 pub mod decision;
 pub mod events;
+pub mod fleet_manifest;
 pub mod flow;
 pub mod net;
 pub mod proposal;

@@ -252,7 +252,9 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, VersionLineError> {
 ///
 /// INVARIANT (INV-020): when the running manifest has `governance`, the new bundle must carry
 /// an approval for exactly its hash replacing this version ([`crate::governance::admit`]); it is
-/// used once. Returns the new version and that approval.
+/// used once — unless `admitted` says its fleet already serves exactly this version and bundle
+/// (the instance that published it redeemed the approval). Returns the new version and that
+/// approval.
 ///
 /// # Errors
 /// Why the new manifest was not swapped in.
@@ -261,6 +263,7 @@ pub fn reload(
     clock: &ManifestClock,
     path: &Path,
     book: &dyn warden_identity::approval::ApprovalStore,
+    admitted: &dyn Fn(u64, &str) -> bool,
 ) -> Result<(u64, Option<warden_identity::approval::Request>), ChangeError> {
     let new = crate::bundle::load_governor(path)?;
     let old = current.get();
@@ -275,7 +278,12 @@ pub fn reload(
             new: to,
         });
     }
-    let approval = crate::governance::admit(book, &old, &new)?;
+    // A bundle its fleet already serves was admitted by the instance that published it.
+    let approval = if admitted(to, new.policy_hash()) {
+        None
+    } else {
+        crate::governance::admit(book, &old, &new)?
+    };
     clock.set(to);
     let version = current.swap(new).inspect_err(|_| clock.set(from))?;
     Ok((version, approval))

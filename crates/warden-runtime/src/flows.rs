@@ -243,6 +243,9 @@ impl crate::Runtime {
             if let Err(e) = s.flows.load("readyz/probe") {
                 down.push(format!("flows: {e}"));
             }
+            if let Some(why) = s.fleet.as_ref().and_then(|f| f.behind.why()) {
+                down.push(format!("manifest: {why}"));
+            }
             down
         })
         .await

@@ -38,6 +38,7 @@ pub mod caller;
 pub mod current;
 pub mod dry_run;
 pub mod execution;
+pub mod fleet;
 pub mod flows;
 pub mod governance;
 pub mod governed;

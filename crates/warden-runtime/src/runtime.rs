@@ -115,6 +115,9 @@ pub enum RuntimeError {
     /// The shared approval store (Redis) cannot be set up.
     #[error("the approval store: {0}")]
     Approvals(warden_identity::approval::ApprovalError),
+    /// The instance's manifest is not the fleet's.
+    #[error("the fleet's manifest: {0}")]
+    Fleet(crate::fleet::JoinError),
 }
 
 /// What the governed path, the operator's actions and the lifecycle share. Crate-private: no
@@ -151,6 +154,8 @@ pub(crate) struct Shared {
     pub(crate) brake_listener: crate::brakes::Listener,
     /// The fleet's MCP session directory, if it has one.
     pub(crate) sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
+    /// The fleet's manifest in force, if this instance is one of a fleet.
+    pub(crate) fleet: Option<crate::fleet::Fleet>,
     /// What it was assembled from.
     pub(crate) config: Config,
 }
@@ -273,6 +278,8 @@ pub struct Backends {
     pub brakes: Arc<dyn warden_core::brakes::BrakeBus>,
     /// Where a fleet's instances find each other's MCP sessions; `None` for an instance alone.
     pub sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
+    /// Where a fleet agrees on the manifest in force; `None` for an instance alone.
+    pub fleet_manifest: Option<Arc<dyn warden_core::fleet_manifest::FleetManifest>>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -376,6 +383,14 @@ impl Backends {
                 )),
                 None => None,
             },
+            // Every instance of a fleet serves one manifest.
+            fleet_manifest: match &config.state_redis {
+                Some(url) => Some(Arc::new(
+                    warden_state::RedisFleetManifest::new(url, &config.state_prefix)
+                        .map_err(RuntimeError::SharedState)?,
+                )),
+                None => None,
+            },
         })
     }
 }
@@ -421,7 +436,24 @@ impl Runtime {
             flows,
             brakes,
             sessions,
+            fleet_manifest,
         } = backends;
+        // A fleet's instance decides over the shared state only while it serves the fleet's
+        // manifest; it joins the fleet with the manifest it loaded (or does not start).
+        let fleet = fleet_manifest.map(|register| crate::fleet::Fleet {
+            register,
+            behind: Arc::default(),
+        });
+        let state: Arc<dyn warden_core::state::StateStore> = match &fleet {
+            Some(f) => {
+                f.join(&governor).map_err(RuntimeError::Fleet)?;
+                Arc::new(crate::fleet::Gated {
+                    inner: state,
+                    behind: Arc::clone(&f.behind),
+                })
+            }
+            None => state,
+        };
         crate::agents::record_key_changes(&config.data, &ledger, crate::now_unix())?;
         close_interrupted(&config, &ledger)?;
         tracing::info!(
@@ -478,6 +510,7 @@ impl Runtime {
                 brakes,
                 brake_listener: crate::brakes::Listener::default(),
                 sessions,
+                fleet,
                 config,
             }),
         })
@@ -559,6 +592,9 @@ impl Runtime {
     pub async fn start(&self, wait: std::time::Duration) -> Vec<(String, String)> {
         self.start_webhooks();
         crate::brakes::listen(&self.shared);
+        if let Some(fleet) = &self.shared.fleet {
+            crate::fleet::watch(self, fleet.clone());
+        }
         crate::witnessing::start(&self.shared.ledger, &self.shared.config.witnesses);
         let governor = self.shared.governor.get();
         crate::approvals::record_approvers(
@@ -626,15 +662,29 @@ impl Runtime {
         let s = &self.shared;
         let old = s.governor.get();
         let before = crate::approvals::approver_summary(old.manifest());
-        let (c, m, k, b) = (
+        let (c, m, k, b, fleet) = (
             Arc::clone(&s.governor),
             s.config.manifest.clone(),
             Arc::clone(&s.clock),
             Arc::clone(&s.approvals),
+            s.fleet.clone(),
         );
-        let reloaded =
-            tokio::task::spawn_blocking(move || crate::execution::reload(&c, &k, &m, b.as_ref()))
-                .await;
+        let reloaded = tokio::task::spawn_blocking(move || {
+            // A bundle the fleet already serves was admitted (and its approval used) by the
+            // instance that published it.
+            let admitted = |v: u64, bundle: &str| fleet.as_ref().is_some_and(|f| f.admitted(v, bundle));
+            let out = crate::execution::reload(&c, &k, &m, b.as_ref(), &admitted);
+            if let (Ok(_), Some(f)) = (&out, &fleet) {
+                let now = crate::fleet::served(&c.get());
+                match f.register.publish(&now) {
+                    Ok(warden_core::fleet_manifest::Published::Stored | warden_core::fleet_manifest::Published::Same) => {}
+                    Ok(other) => tracing::error!(?other, "the reloaded manifest is not the fleet's"),
+                    Err(e) => tracing::warn!(error = %e, "could not publish the reloaded manifest to the fleet (tried again every second)"),
+                }
+            }
+            out
+        })
+        .await;
         match reloaded {
             Ok(Ok((v, approval))) => {
                 tracing::info!(version = v, "manifest reloaded");

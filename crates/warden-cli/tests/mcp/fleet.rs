@@ -459,3 +459,121 @@ fn one_mcp_session_runs_across_a_fleet_behind_haproxy_and_outlives_an_instance()
     );
     drop(lb);
 }
+
+/// `kill -HUP` (a reload) to a gateway.
+fn hup(s: &super::Server) {
+    let status = Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `GET /readyz` of a gateway: the status code and the body.
+fn readyz(s: &super::Server) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    use std::io::{Read as _, Write as _};
+    c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (code, out)
+}
+
+#[test]
+fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
+    let Some(e) = env() else { return };
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let prefix = fleet_prefix("fleet-manifest");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m_a) = super::approvals::setup(dirs[0].path());
+    // Each instance reads its own copy of the manifest and policies.
+    let mut manifests = vec![m_a.clone()];
+    let mut datas = vec![first.clone()];
+    for d in &dirs[1..] {
+        let data = d.path().join("data");
+        share_identity(&first, &data);
+        std::fs::create_dir_all(d.path().join("policies")).unwrap();
+        std::fs::copy(
+            dirs[0].path().join("policies/base.cedar"),
+            d.path().join("policies/base.cedar"),
+        )
+        .unwrap();
+        let m = d.path().join("manifest.yaml");
+        std::fs::copy(&m_a, &m).unwrap();
+        manifests.push(m);
+        datas.push(data);
+    }
+    let fleet = [
+        ("WARDEN_STATE", url.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+    ];
+    let a = start_with(dirs[0].path(), &datas[0], &manifests[0], &fleet);
+    let b = start_with(dirs[1].path(), &datas[1], &manifests[1], &fleet);
+    let echo = |s: &super::Server, text: &str| {
+        let r = super::call(
+            &e,
+            s,
+            "coder-1",
+            "demo.echo",
+            &format!(r#"{{"text":"{text}"}}"#),
+        );
+        super::first_text(&r)
+    };
+    assert_eq!(echo(&a, "one"), "one");
+    assert_eq!(echo(&b, "two"), "two");
+
+    // Version 2 through A (its file, then SIGHUP): the fleet serves it.
+    let bump = |m: &Path| {
+        let text = std::fs::read_to_string(m).unwrap();
+        assert!(text.contains("\nversion: 1\n"), "{text}");
+        std::fs::write(m, text.replacen("\nversion: 1\n", "\nversion: 2\n", 1)).unwrap();
+    };
+    bump(&manifests[0]);
+    hup(&a);
+    // B's files still give version 1: within a few seconds it is behind, decides nothing and
+    // says so on /readyz.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let said = loop {
+        let (code, body) = readyz(&b);
+        if code == 503 && body.contains("manifest") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "B never fell behind: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(said.contains("behind the fleet"), "{said}");
+    let refused = echo(&b, "three");
+    assert!(refused.contains("unavailable"), "{refused}");
+    assert_eq!(echo(&a, "four"), "four");
+    // A third instance whose files give version 1 does not start.
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--data"])
+        .arg(dirs[2].path().join("data"))
+        .arg("--manifest")
+        .arg(&manifests[2])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("WARDEN_STATE", &url)
+        .env("WARDEN_STATE_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let why = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{why}");
+    assert!(why.contains("the fleet serves manifest version 2"), "{why}");
+    // B's files updated: it catches up by itself (no signal) and decides again.
+    bump(&manifests[1]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readyz(&b).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B never caught up: {}",
+            readyz(&b).1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(echo(&b, "five"), "five");
+}
