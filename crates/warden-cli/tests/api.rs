@@ -1050,7 +1050,7 @@ fn reloads_that_change_upstreams_are_refused() {
     )
     .unwrap();
     let book = warden_identity::approval::Book::new(Default::default());
-    let e = warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false)
+    let e = warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| Ok(false))
         .unwrap_err();
     assert!(
         matches!(e, warden_runtime::governance::ChangeError::NeedsRestart),
@@ -1059,7 +1059,7 @@ fn reloads_that_change_upstreams_are_refused() {
     assert_eq!((current.get().manifest().version, clock.get()), (1, 1));
     std::fs::write(&path, v1.replace("version: 1", "version: 2")).unwrap();
     assert_eq!(
-        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false)
+        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| Ok(false))
             .unwrap()
             .0,
         2
@@ -1067,7 +1067,8 @@ fn reloads_that_change_upstreams_are_refused() {
     assert_eq!((current.get().manifest().version, clock.get()), (2, 2));
     // Not newer: refused, clock unchanged.
     assert!(
-        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| false).is_err()
+        warden_runtime::execution::reload(&current, &clock, &path, &book, &|_, _| Ok(false))
+            .is_err()
     );
     assert_eq!(clock.get(), 2);
 }

@@ -17,6 +17,7 @@
 //! This crate performs no I/O and has no async code: it can be linked into the decision core.
 
 pub mod brakes;
+pub mod breakers;
 pub mod canonical;
 pub mod decision;
 pub mod events;

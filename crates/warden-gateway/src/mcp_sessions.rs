@@ -264,6 +264,11 @@ impl Sessions {
     ) -> Result<Vec<String>, OpenError> {
         let mut ended = Vec::new();
         let mut inner = self.lock();
+        // Continued by two requests at once: the first holds it; the second just uses it.
+        if inner.open.contains_key(id) {
+            inner.touch(id, now);
+            return Ok(ended);
+        }
         let mine = inner.by_agent.get(agent).map_or(0, BTreeSet::len);
         if mine >= self.limits.per_agent {
             let victim = inner.idlest(inner.by_agent.get(agent));
@@ -360,8 +365,11 @@ impl Sessions {
             return self.continue_from_directory(id, credential, now, close);
         }
         if let Some(directory) = &self.directory {
+            // Not ended for the fleet: the client is told (503) and sends its DELETE again,
+            // which then ends it through the directory.
             if let Err(e) = directory.end(id) {
-                tracing::warn!(error = %e, "an MCP session ended here stays in the fleet's directory until it expires");
+                tracing::warn!(error = %e, "an MCP session ended here could not be ended in the fleet's directory");
+                return Err(Refused::Unavailable);
             }
         }
         Ok(())
@@ -725,6 +733,20 @@ mod tests {
         assert!(f[0].is_empty());
         // An id no instance issued is unknown everywhere.
         assert_eq!(f[2].check("made-up", "c"), Err(Refused::Unknown));
+        // Two requests continuing one session at once: one entry, in every order.
+        let twice = f[0].open_alone("c", "a").unwrap();
+        for _ in 0..2 {
+            let chain = (vec!["c".to_owned()], vec!["a".to_owned()]);
+            assert_eq!(
+                f[2].admit(&twice, "c", "a", chain, Instant::now()),
+                Ok(vec![])
+            );
+        }
+        {
+            let inner = f[2].lock();
+            assert_eq!((inner.open.len(), inner.lru.len()), (1, 1));
+            assert_eq!(inner.by_agent.get("a").map(BTreeSet::len), Some(1));
+        }
         // Expired on the instance that opened it, but in use elsewhere: continued again.
         let id = f[0].open_alone("c", "a").unwrap();
         assert_eq!(f[1].check(&id, "c"), Ok(()));

@@ -92,7 +92,7 @@ macro_rules! suite {
     fn cast(b: &dyn ApprovalStore, r: &Request, who: &str, v: Verdict) -> Result<Status, ApprovalError> {
         let vote = sign(&key(who), r, v, who, T).unwrap();
         b.vote(&vote, &approvers(), &is_agent, T)?;
-        Ok(b.commit(&r.id, T).unwrap().status)
+        Ok(b.commit(&r.id, who, T).unwrap().status)
     }
 
     const HUMANS1: Requirement = Requirement::Humans { approvers: 1 };
@@ -212,7 +212,7 @@ macro_rules! suite {
             b.claim(&binding("h1"), None, T),
             Claim::Approved(_)
         ));
-        b.spend(&r.id);
+        b.spend(&r.id, T);
         assert_eq!(b.get(&r.id, T).unwrap().status, Status::Used);
         assert!(matches!(b.claim(&binding("h1"), None, T), Claim::None));
         // Named for another call, or unknown: refused with why.
@@ -460,13 +460,17 @@ macro_rules! suite {
         assert!(voted.decided);
         // Not yet recorded: nothing changed, and another vote waits.
         assert_eq!(b.get(&r.id, T).unwrap().status, Status::Pending);
+        // Only bob's own commit (or withdrawal) touches bob's vote.
+        assert_eq!(b.commit(&r.id, "carol", T), None);
+        b.withdraw(&r.id, "carol");
+        assert_eq!(b.get(&r.id, T).unwrap().votes.len(), 1);
         assert_eq!(b.redeem(&binding("h1"), None, &HUMANS1, false, T), Ok(None));
         assert!(matches!(
             cast(b, &r, "carol", Verdict::Approve),
             Err(ApprovalError::Busy(_))
         ));
         // The record failed: the vote is taken back.
-        b.withdraw(&r.id);
+        b.withdraw(&r.id, "bob");
         let after = b.get(&r.id, T).unwrap();
         assert_eq!((after.status, after.votes.len()), (Status::Pending, 0));
         // Recorded this time.
@@ -624,7 +628,7 @@ mod fleet {
             c.vote(&vote, &approvers(), &is_agent, t),
             Err(ApprovalError::Replayed(_))
         ));
-        assert_eq!(b.commit(&r.id, t).unwrap().status, Status::Approved);
+        assert_eq!(b.commit(&r.id, "bob", t).unwrap().status, Status::Approved);
         // The call waiting on the first instance hears it.
         let started = Instant::now();
         while *waiting.borrow_and_update() != Status::Approved {
@@ -645,7 +649,7 @@ mod fleet {
                 })
             ));
         }
-        c.spend(&r.id);
+        c.spend(&r.id, t);
         // Once: no instance finds it again.
         for any in [a, b, c] {
             assert!(matches!(any.claim(&binding("h1"), None, t), Claim::None));
@@ -668,7 +672,7 @@ mod fleet {
             .unwrap();
         let vote = sign(&key("carol"), &r, Verdict::Approve, "carol", t).unwrap();
         books[1].vote(&vote, &approvers(), &is_agent, t).unwrap();
-        books[1].commit(&r.id, t).unwrap();
+        books[1].commit(&r.id, "carol", t).unwrap();
         for round in 0..2 {
             let won: usize = std::thread::scope(|s| {
                 let tries: Vec<_> = books
@@ -719,7 +723,7 @@ mod fleet {
     }
 
     #[test]
-    fn an_instance_that_dies_holding_a_vote_or_an_approval_lets_go_after_its_lease() {
+    fn an_instance_that_dies_holding_a_vote_or_an_approval_authorizes_nothing_after_its_lease() {
         use warden_identity::approval::LEASE_MS;
         let Some((_, _, books)) = instances(2) else {
             return;
@@ -747,13 +751,18 @@ mod fleet {
         let later = t + LEASE_MS;
         let carol = sign(&key("carol"), &r, Verdict::Approve, "carol", later).unwrap();
         b.vote(&carol, &approvers(), &is_agent, later).unwrap();
-        let after = b.commit(&r.id, later).unwrap();
+        let after = b.commit(&r.id, "carol", later).unwrap();
         assert_eq!(after.status, Status::Pending);
         assert_eq!(after.approved_by(), vec!["carol"]);
         let alice = sign(&key("alice"), &r, Verdict::Approve, "alice", later).unwrap();
         b.vote(&alice, &approvers(), &is_agent, later).unwrap();
-        assert_eq!(b.commit(&r.id, later).unwrap().status, Status::Approved);
-        // A holds it for a call and dies: B may use it once the hold lapses.
+        assert_eq!(
+            b.commit(&r.id, "alice", later).unwrap().status,
+            Status::Approved
+        );
+        // A holds it for a call and dies: its call may have run, so once the hold lapses the
+        // approval is expired (and reported), never approved again; A's late spend changes
+        // nothing.
         assert!(matches!(
             a.claim(&binding("h1"), None, later),
             Claim::Approved(_)
@@ -762,10 +771,17 @@ mod fleet {
             b.claim(&binding("h1"), None, later),
             Claim::Refused(_)
         ));
+        let lapsed = later + LEASE_MS;
         assert!(matches!(
-            b.claim(&binding("h1"), None, later + LEASE_MS),
-            Claim::Approved(_)
+            b.claim(&binding("h1"), Some(&r.id), lapsed),
+            Claim::Refused(ApprovalError::NotApproved {
+                status: Status::Expired,
+                ..
+            })
         ));
+        assert!(b.take_expired(lapsed).iter().any(|x| x.id == r.id));
+        a.spend(&r.id, lapsed);
+        assert_eq!(b.get(&r.id, lapsed).unwrap().status, Status::Expired);
     }
 
     #[test]

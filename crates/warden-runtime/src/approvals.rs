@@ -201,7 +201,7 @@ impl Claimed {
     ) -> Option<(Request, bool)> {
         if let Claim::Approved(r) = &self.claim {
             if redeemed {
-                book.spend(&r.id);
+                book.spend(&r.id, now_ms);
             } else {
                 book.release(&r.id);
             }

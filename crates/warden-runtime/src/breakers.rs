@@ -6,17 +6,24 @@
 //! nothing (issue 18). A tripped breaker: the agent is paused (every call escalates with `agent.paused`) until an
 //! operator resumes it (`warden resume --agent A`). The trip is recorded (`breaker.tripped`).
 //!
-//! Consecutive-failure counts live in this gateway's memory; a success resets an agent's count.
+//! Consecutive-failure counts are kept behind the [`FailureCounts`] port: in this gateway's
+//! memory, or in a fleet's Redis (counted together by every instance); a success resets an
+//! agent's count.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
+use warden_core::breakers::FailureCounts;
 use warden_core::state::{Hold, HoldKind, HoldScope};
 
 /// Consecutive failures per agent.
-#[derive(Debug, Default)]
 pub struct Breakers {
-    failures: Mutex<HashMap<String, u32>>,
+    counts: Arc<dyn FailureCounts>,
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers").finish_non_exhaustive()
+    }
 }
 
 /// What a call's outcome means to the breaker.
@@ -36,37 +43,46 @@ pub enum Observed {
 }
 
 impl Breakers {
-    /// Counts one outcome; the reason to trip, if this one trips the agent's breaker.
+    /// Breakers counting through `counts`.
+    #[must_use]
+    pub fn new(counts: Arc<dyn FailureCounts>) -> Self {
+        Breakers { counts }
+    }
+
+    /// Counts one outcome; the reason to trip, if this one trips the agent's breaker. A count
+    /// that cannot be kept is logged and counts nothing (the decisions that depend on the same
+    /// store fail closed meanwhile).
     pub fn observe(&self, agent: &str, what: Observed, limit: u32) -> Option<String> {
-        let mut m = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reset = |counts: &dyn FailureCounts| {
+            if let Err(e) = counts.reset(agent) {
+                tracing::warn!(error = %e, agent, "could not reset a breaker's count");
+            }
+        };
         match what {
             Observed::Neutral => None,
             Observed::Success => {
-                m.remove(agent);
+                reset(self.counts.as_ref());
                 None
             }
             Observed::OverBudget(why) => {
-                m.remove(agent);
+                reset(self.counts.as_ref());
                 Some(format!("spend over budget: {why}"))
             }
             Observed::Unknown(why) => {
-                m.remove(agent);
+                reset(self.counts.as_ref());
                 Some(format!("an unknown error type: {why}"))
             }
-            Observed::Failure(why) => {
-                let n = m.entry(agent.to_owned()).or_insert(0);
-                *n = n.saturating_add(1);
-                if *n >= limit.max(1) {
-                    let n = *n;
-                    m.remove(agent);
+            Observed::Failure(why) => match self.counts.failed(agent) {
+                Ok(n) if n >= limit.max(1) => {
+                    reset(self.counts.as_ref());
                     Some(format!("{n} consecutive failures, the last: {why}"))
-                } else {
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, agent, "could not count a failure for a breaker");
                     None
                 }
-            }
+            },
         }
     }
 }
@@ -102,7 +118,7 @@ mod tests {
 
     #[test]
     fn trips_on_the_nth_failure_in_a_row_and_resets_on_success() {
-        let b = Breakers::default();
+        let b = Breakers::new(Arc::new(warden_state::MemoryFailures::new()));
         let fail = || Observed::Failure("timeout".into());
         assert_eq!(b.observe("a", fail(), 3), None);
         assert_eq!(b.observe("a", fail(), 3), None);

@@ -253,7 +253,8 @@ pub fn write_pins(text: &str, block: &str) -> Result<String, VersionLineError> {
 /// INVARIANT (INV-020): when the running manifest has `governance`, the new bundle must carry
 /// an approval for exactly its hash replacing this version ([`crate::governance::admit`]); it is
 /// used once — unless `admitted` says its fleet already serves exactly this version and bundle
-/// (the instance that published it redeemed the approval). Returns the new version and that
+/// (the instance that published it redeemed the approval); `admitted` refuses the reload of an
+/// instance its fleet has moved past for any other bundle. Returns the new version and that
 /// approval.
 ///
 /// # Errors
@@ -263,7 +264,7 @@ pub fn reload(
     clock: &ManifestClock,
     path: &Path,
     book: &dyn warden_identity::approval::ApprovalStore,
-    admitted: &dyn Fn(u64, &str) -> bool,
+    admitted: &dyn Fn(u64, &str) -> Result<bool, ChangeError>,
 ) -> Result<(u64, Option<warden_identity::approval::Request>), ChangeError> {
     let new = crate::bundle::load_governor(path)?;
     let old = current.get();
@@ -279,7 +280,7 @@ pub fn reload(
         });
     }
     // A bundle its fleet already serves was admitted by the instance that published it.
-    let approval = if admitted(to, new.policy_hash()) {
+    let approval = if admitted(to, new.policy_hash())? {
         None
     } else {
         crate::governance::admit(book, &old, &new)?

@@ -4,12 +4,13 @@
 //! - At start an instance publishes the bundle it loaded; if the fleet already serves a newer
 //!   one, or another bundle under the same version, the start stops with why.
 //! - After a reload (`SIGHUP`, or a governed change) it publishes the new bundle.
-//! - Every second it reads the register. The fleet ahead of it: it reloads its files once for
-//!   that bundle (and again whenever they change); until they give the fleet's bundle it is
-//!   *behind*: every decision is refused as governance unavailable (the state store it
-//!   decides over answers "unavailable", so the Governor's own fail-closed rule denies) and
-//!   `/readyz` says `manifest`. The register lost (a Redis restart that kept nothing): it
-//!   publishes its bundle again.
+//! - Every second it reads the register. From the moment the fleet is seen ahead of it, it is
+//!   *behind*: every decision is refused as governance unavailable (the state store it decides
+//!   over answers "unavailable", so the Governor's own fail-closed rule denies), votes are
+//!   refused, and `/readyz` says `manifest`. It reloads its files at once, again whenever they
+//!   change, and every 30 s; it may take only the fleet's bundle. The register lost (a Redis
+//!   restart that kept nothing): it publishes its bundle again — unless it has seen the fleet
+//!   serve a newer one, which it then waits for (a stale instance never rolls the fleet back).
 //! - A bundle the fleet already serves was admitted by the instance that published it (under
 //!   `governance`, with its approval, used once): the others swap the same bundle in without a
 //!   second approval.
@@ -120,15 +121,35 @@ impl Fleet {
         }
     }
 
-    /// The fleet's bundle, if it is exactly `version` and `bundle` (what a reload may swap in
-    /// without a second approval).
-    #[must_use]
-    pub fn admitted(&self, version: u64, bundle: &str) -> bool {
-        self.register
-            .current()
-            .ok()
-            .flatten()
-            .is_some_and(|f| f.version == version && f.bundle == bundle)
+    /// Whether a reload from `serving` to `version` / `bundle` is the fleet's own bundle
+    /// (`Ok(true)`: admitted by the instance that published it), a change governed as on one
+    /// instance (`Ok(false)`: the fleet serves what this instance serves, or nothing yet), or
+    /// refused: the fleet has moved past this instance to another bundle (it may take only
+    /// that one), or the fleet's manifest cannot be read.
+    ///
+    /// # Errors
+    /// [`ChangeError::Fleet`](crate::governance::ChangeError::Fleet) as said.
+    pub fn admits(
+        &self,
+        serving: &Served,
+        version: u64,
+        bundle: &str,
+    ) -> Result<bool, crate::governance::ChangeError> {
+        let fleet = self.register.current().map_err(|e| {
+            crate::governance::ChangeError::Fleet(format!(
+                "the fleet's manifest in force cannot be read ({e}): no reload until it can"
+            ))
+        })?;
+        match fleet {
+            Some(f) if f.version == version && f.bundle == bundle => Ok(true),
+            None => Ok(false),
+            Some(f) if f == *serving => Ok(false),
+            Some(f) => Err(crate::governance::ChangeError::Fleet(format!(
+                "the fleet serves manifest version {} (bundle {}): this instance, behind it, may \
+                 take only that bundle, not version {version} (bundle {bundle})",
+                f.version, f.bundle
+            ))),
+        }
     }
 }
 
@@ -210,13 +231,20 @@ fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// How often an instance behind its fleet tries its files again when they did not change (each
+/// failed try is recorded).
+const RETRY_EVERY: Duration = Duration::from_secs(30);
+
 /// Watches the fleet's register for `runtime` until it is dropped (see the module docs).
 pub(crate) fn watch(runtime: &crate::Runtime, fleet: Fleet) {
     let weak = Arc::downgrade(&runtime.shared);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(WATCH_EVERY);
-        // The fleet bundle (and file time) a reload was last tried for.
-        let mut tried: Option<(Served, Option<SystemTime>)> = None;
+        // The fleet bundle and file time a reload was last tried for, and when.
+        let mut tried: Option<(Served, Option<SystemTime>, tokio::time::Instant)> = None;
+        // The newest manifest this instance has seen the fleet serve: it never publishes an
+        // older one (a register that lost its key is not rolled back by a stale instance).
+        let mut highest: Option<Served> = None;
         loop {
             tick.tick().await;
             let Some(shared) = weak.upgrade() else { return };
@@ -233,41 +261,65 @@ pub(crate) fn watch(runtime: &crate::Runtime, fleet: Fleet) {
                 Err(_) => continue,
             };
             let mine = served(&runtime.shared.governor.get());
-            let Some(f) = fleet_now.filter(|f| f.version >= mine.version) else {
-                // The register is empty (lost) or behind this instance: publish again.
-                let register = Arc::clone(&fleet.register);
-                let m = mine.clone();
-                let _ = tokio::task::spawn_blocking(move || register.publish(&m)).await;
-                fleet.behind.set(None);
-                continue;
+            if let Some(f) = &fleet_now {
+                if highest.as_ref().is_none_or(|h| f.version > h.version) {
+                    highest = Some(f.clone());
+                }
+            }
+            let target = match fleet_now {
+                Some(f) if f == mine => {
+                    fleet.behind.set(None);
+                    continue;
+                }
+                Some(f) if f.version >= mine.version => f,
+                // The register lost, or behind this instance: publish again — unless the
+                // fleet was seen serving newer than this instance, which then waits for it.
+                _ => match highest.clone().filter(|h| h.version > mine.version) {
+                    Some(h) => h,
+                    None => {
+                        let register = Arc::clone(&fleet.register);
+                        let m = mine.clone();
+                        let _ = tokio::task::spawn_blocking(move || register.publish(&m)).await;
+                        fleet.behind.set(None);
+                        continue;
+                    }
+                },
             };
-            if f == mine {
-                fleet.behind.set(None);
-                continue;
+            // INVARIANT (fail-closed, issue 22): from the moment the fleet is seen ahead, this
+            // instance decides nothing until it serves the fleet's bundle.
+            let why = format!(
+                "this instance serves manifest version {} (bundle {}), behind the fleet's version \
+                 {} (bundle {})",
+                mine.version, mine.bundle, target.version, target.bundle
+            );
+            if fleet.behind.why().is_none() {
+                tracing::error!(%why, "behind the fleet");
+                fleet.behind.set(Some(why.clone()));
             }
             let file = modified(&runtime.shared.config.manifest);
-            if tried.as_ref() == Some(&(f.clone(), file)) {
+            let due = match &tried {
+                Some((t, f, at)) if *t == target && *f == file => at.elapsed() >= RETRY_EVERY,
+                _ => true,
+            };
+            if !due {
                 continue;
             }
-            tried = Some((f.clone(), file));
+            tried = Some((target.clone(), file, tokio::time::Instant::now()));
             let outcome = runtime.reload().await;
             let now = served(&runtime.shared.governor.get());
-            if now == f {
-                tracing::info!(version = f.version, "caught up with the fleet's manifest");
+            if now == target {
+                tracing::info!(
+                    version = target.version,
+                    "caught up with the fleet's manifest"
+                );
                 fleet.behind.set(None);
             } else {
-                let why = format!(
-                    "this instance serves manifest version {} (bundle {}), behind the fleet's \
-                     version {} (bundle {}): its files must give the fleet's bundle{}",
-                    now.version,
-                    now.bundle,
-                    f.version,
-                    f.bundle,
-                    outcome
-                        .err()
-                        .map_or_else(String::new, |e| format!(" (reload: {e})"))
-                );
-                tracing::error!(%why, "behind the fleet");
+                let why = match outcome {
+                    Err(e) => {
+                        format!("{why}: its files must give the fleet's bundle (reload: {e})")
+                    }
+                    Ok(_) => format!("{why}: its files must give the fleet's bundle"),
+                };
                 fleet.behind.set(Some(why));
             }
         }

@@ -67,6 +67,10 @@ pub enum ChangeError {
     /// The reload's worker died.
     #[error("the reload did not finish: {0}")]
     Interrupted(String),
+    /// In a fleet: the instance may take only the bundle its fleet serves, or the fleet's
+    /// manifest cannot be read.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// The "agent" of governance requests.

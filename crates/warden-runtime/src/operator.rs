@@ -275,6 +275,21 @@ impl Operator {
                 vote.request
             )));
         }
+        // INVARIANT (fail-closed, issue 22): an instance behind its fleet's manifest checks no
+        // vote against the approvers of a manifest the fleet no longer serves.
+        if let Some(why) = self
+            .runtime
+            .shared
+            .fleet
+            .as_ref()
+            .and_then(|f| f.behind.why())
+        {
+            return Err(OperatorError::State(
+                warden_core::state::StateError::Unavailable(format!(
+                    "{why}; vote through another instance"
+                )),
+            ));
+        }
         let s = &self.runtime.shared;
         let governor = s.governor.get();
         let manifest = governor.manifest();
@@ -320,14 +335,30 @@ impl Operator {
         // did not record is taken back and authorizes nothing.
         let about = crate::witness::About::approval(&r.binding, &r.id);
         if !crate::witness::record(&s.ledger, kind, about, reason).await {
-            s.approvals.withdraw(&r.id);
+            s.approvals.withdraw(&r.id, &vote.approver);
             return Err(OperatorError::NotRecorded(
                 "the vote could not be recorded in the ledger, so it was not counted; send it again",
             ));
         }
-        Ok(s.approvals
-            .commit(&r.id, crate::now_unix_ms())
-            .unwrap_or_else(|| r.clone()))
+        match s
+            .approvals
+            .commit(&r.id, &vote.approver, crate::now_unix_ms())
+        {
+            Some(now) => Ok(now),
+            // Recorded, but no longer pending in the store (its lease lapsed while the ledger
+            // took it, or the store did not answer): it counts for nothing, and the ledger says
+            // so after the vote.
+            None => {
+                let why = format!(
+                    "the vote by `{}` on approval {} was recorded but not counted (it was no longer pending in the approval store)",
+                    vote.approver, r.id
+                );
+                crate::witness::record(&s.ledger, "approval.vote_withdrawn", about, why).await;
+                Err(OperatorError::NotRecorded(
+                    "the vote was recorded but could not be counted (it waited too long, or the approval store did not answer): it counts for nothing; send it again",
+                ))
+            }
+        }
     }
 
     /// Proposes the served manifest — or the staged file `staged` beside it — as the next

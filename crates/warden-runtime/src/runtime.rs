@@ -280,6 +280,8 @@ pub struct Backends {
     pub sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
     /// Where a fleet agrees on the manifest in force; `None` for an instance alone.
     pub fleet_manifest: Option<Arc<dyn warden_core::fleet_manifest::FleetManifest>>,
+    /// Breakers' consecutive-failure counts.
+    pub failures: Arc<dyn warden_core::breakers::FailureCounts>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -383,6 +385,14 @@ impl Backends {
                 )),
                 None => None,
             },
+            // A fleet counts an agent's failures in a row together.
+            failures: match &config.state_redis {
+                Some(url) => Arc::new(
+                    warden_state::RedisFailures::new(url, &config.state_prefix)
+                        .map_err(RuntimeError::SharedState)?,
+                ),
+                None => Arc::new(warden_state::MemoryFailures::new()),
+            },
             // Every instance of a fleet serves one manifest.
             fleet_manifest: match &config.state_redis {
                 Some(url) => Some(Arc::new(
@@ -437,6 +447,7 @@ impl Runtime {
             brakes,
             sessions,
             fleet_manifest,
+            failures,
         } = backends;
         // A fleet's instance decides over the shared state only while it serves the fleet's
         // manifest; it joins the fleet with the manifest it loaded (or does not start).
@@ -502,7 +513,7 @@ impl Runtime {
                 executor,
                 clock,
                 approvals,
-                breakers: crate::breakers::Breakers::default(),
+                breakers: crate::breakers::Breakers::new(failures),
                 admin_token,
                 events,
                 flows,
@@ -672,7 +683,11 @@ impl Runtime {
         let reloaded = tokio::task::spawn_blocking(move || {
             // A bundle the fleet already serves was admitted (and its approval used) by the
             // instance that published it.
-            let admitted = |v: u64, bundle: &str| fleet.as_ref().is_some_and(|f| f.admitted(v, bundle));
+            let served = crate::fleet::served(&c.get());
+            let admitted = |v: u64, bundle: &str| match &fleet {
+                Some(f) => f.admits(&served, v, bundle),
+                None => Ok(false),
+            };
             let out = crate::execution::reload(&c, &k, &m, b.as_ref(), &admitted);
             if let (Ok(_), Some(f)) = (&out, &fleet) {
                 let now = crate::fleet::served(&c.get());

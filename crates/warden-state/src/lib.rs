@@ -16,6 +16,8 @@
 //!   notifications; the ledger keeps the facts, so nothing durable is needed here);
 //! - [`RedisEvents`]: the queue a fleet shares, one Redis list.
 //!
+//! and of [`warden_core::breakers::FailureCounts`]: [`MemoryFailures`] and [`RedisFailures`]
+//! (breakers' consecutive failures);
 //! and of [`warden_core::fleet_manifest::FleetManifest`]: [`MemoryFleetManifest`] and
 //! [`RedisFleetManifest`] (which manifest a fleet serves);
 //! and of [`warden_core::sessions::SessionDirectory`]: [`MemorySessions`] (in process) and
@@ -28,12 +30,14 @@
 mod brakes;
 mod engine;
 mod events;
+mod failures;
 mod file;
 mod fleet_manifest;
 mod flows;
 mod memory;
 mod redis_brakes;
 mod redis_events;
+mod redis_failures;
 mod redis_fleet_manifest;
 mod redis_flows;
 mod redis_pool;
@@ -43,12 +47,14 @@ mod sessions;
 
 pub use brakes::MemoryBrakes;
 pub use events::MemoryEvents;
+pub use failures::MemoryFailures;
 pub use file::{FileState, OpenError};
 pub use fleet_manifest::MemoryFleetManifest;
 pub use flows::MemoryFlows;
 pub use memory::MemoryState;
 pub use redis_brakes::RedisBrakes;
 pub use redis_events::RedisEvents;
+pub use redis_failures::RedisFailures;
 pub use redis_fleet_manifest::RedisFleetManifest;
 pub use redis_flows::RedisFlows;
 pub use redis_sessions::RedisSessions;

@@ -8,14 +8,20 @@ use crate::redis_pool::Pool;
 use warden_core::fleet_manifest::{compare, FleetManifest, Published, Served};
 use warden_core::state::StateError;
 
-/// Stores ARGV[1] (`<version> <bundle>`) unless the key holds a version at least ARGV[2];
-/// answers what the key held before (nil: nothing).
+/// Stores ARGV[1] (`<version> <bundle>`) unless the key holds a version at least ARGV[2] (both
+/// decimal without leading zeros, compared as such: by length, then digit by digit, so every
+/// `u64` compares exactly); answers what the key held before (nil: nothing). What Warden did not
+/// write is answered, never overwritten.
 const PUBLISH: &str = r"
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
 local now = redis.call('GET', KEYS[1])
 if now then
-  local v = tonumber(string.match(now, '^(%d+) sha256:%x+$'))
-  if v == nil then return now end
-  if v >= tonumber(ARGV[2]) then return now end
+  local v = string.match(now, '^(%d+) sha256:%x+$')
+  if v == nil or (#v > 1 and string.sub(v, 1, 1) == '0') then return now end
+  if not newer(ARGV[2], v) then return now end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return now
@@ -49,6 +55,9 @@ fn parse(v: &str) -> Result<Served, StateError> {
         ))
     };
     let (version, bundle) = v.split_once(' ').ok_or_else(bad)?;
+    if version.len() > 1 && version.starts_with('0') {
+        return Err(bad());
+    }
     let version = version.parse().map_err(|_| bad())?;
     let hex = bundle.strip_prefix("sha256:").ok_or_else(bad)?;
     if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

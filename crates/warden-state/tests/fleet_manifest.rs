@@ -41,6 +41,22 @@ fn suite(r: &dyn FleetManifest) {
         r.publish(&served(3, "aa")).unwrap(),
         Published::Behind(served(4, "dd"))
     );
+    // Versions compare exactly to the last of 64 bits (past what a double holds).
+    let big = (1u64 << 53) + 1;
+    assert_eq!(
+        r.publish(&served(big - 1, "e0")).unwrap(),
+        Published::Stored
+    );
+    assert_eq!(r.publish(&served(big, "e1")).unwrap(), Published::Stored);
+    assert_eq!(r.current().unwrap(), Some(served(big, "e1")));
+    assert_eq!(
+        r.publish(&served(u64::MAX, "ff")).unwrap(),
+        Published::Stored
+    );
+    assert_eq!(
+        r.publish(&served(u64::MAX - 1, "fe")).unwrap(),
+        Published::Behind(served(u64::MAX, "ff"))
+    );
 }
 
 #[test]

@@ -577,3 +577,74 @@ fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
     }
     assert_eq!(echo(&b, "five"), "five");
 }
+
+#[test]
+fn failures_in_a_row_through_two_instances_trip_one_breaker() {
+    let Some(e) = env() else { return };
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let prefix = fleet_prefix("fleet-breakers");
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m) = super::approvals::setup(dirs[0].path());
+    // ops-1 (senior) runs medium-tier `demo.add` itself (the window lifted, as in breakers.rs).
+    let text_m = std::fs::read_to_string(&m).unwrap();
+    let lifted = text_m.replace(
+        r#"{ mode: window, window: "08:00-22:00", utc_offset: "+00:00" }"#,
+        "{ mode: auto }",
+    );
+    assert_ne!(lifted, text_m);
+    std::fs::write(&m, lifted).unwrap();
+    super::enroll(&first, &m, "ops-1");
+    let second = dirs[1].path().join("data");
+    share_identity(&first, &second);
+    let fleet = [
+        ("WARDEN_STATE", url.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+    ];
+    let s = [
+        start_with(dirs[0].path(), &first, &m, &fleet),
+        start_with(dirs[1].path(), &second, &m, &fleet),
+    ];
+    let add = |on: &super::Server, b: i64| {
+        super::call(
+            &e,
+            on,
+            "ops-1",
+            "demo.add",
+            &format!(r#"{{"a": 9223372036854775807, "b": {b}}}"#),
+        )
+    };
+    // Two failures through A and B, a success through B: the count starts again.
+    assert_eq!(add(&s[0], 1)["isError"], true);
+    assert_eq!(add(&s[1], 2)["isError"], true);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        super::first_text(&super::call(
+            &e,
+            &s[1],
+            "ops-1",
+            "demo.add",
+            r#"{"a": 1, "b": 1}"#
+        )),
+        "2"
+    );
+    // Three in a row, alternating instances: one breaker trips, and the agent is paused on both.
+    for (i, b) in [3, 4, 5].into_iter().enumerate() {
+        let r = add(&s[i % 2], b);
+        assert_eq!(r["isError"], true, "{r}");
+        assert!(super::first_text(&r).contains("overflows"), "{r}");
+    }
+    for on in &s {
+        let answer = super::first_text(&super::call(
+            &e,
+            on,
+            "ops-1",
+            "demo.echo",
+            r#"{"text": "hi"}"#,
+        ));
+        assert!(answer.contains("agent.paused"), "{answer}");
+        assert!(answer.contains("3 consecutive failures"), "{answer}");
+    }
+}

@@ -275,12 +275,16 @@ impl Book {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Confirms the vote counted by [`Book::vote`] once its ledger record is durable: only now
-    /// does the request become approved (or denied) and a waiting call learn of it.
-    pub fn commit(&self, id: &str, now_ms: i64) -> Option<Request> {
+    /// Confirms `approver`'s vote counted by [`Book::vote`] once its ledger record is durable:
+    /// only now does the request become approved (or denied) and a waiting call learn of it.
+    /// `None` if that vote is not pending (no such request, or another's vote is).
+    pub fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
         let mut inner = self.lock();
         let redeem = inner.settings.redeem_ttl_ms;
         let e = inner.requests.get_mut(id)?;
+        if e.uncommitted.as_ref().map(|(a, _)| a.as_str()) != Some(approver) {
+            return None;
+        }
         if let Some((_, to)) = e.uncommitted.take() {
             if e.request.status == Status::Pending && to != Status::Pending {
                 e.request.status = to;
@@ -293,14 +297,15 @@ impl Book {
         Some(e.request.clone())
     }
 
-    /// Takes back the vote counted by [`Book::vote`] whose ledger record failed: the request
-    /// stays as it was (INVARIANT (fail-closed): an unrecorded vote authorizes nothing).
-    pub fn withdraw(&self, id: &str) {
+    /// Takes back `approver`'s vote counted by [`Book::vote`] whose ledger record failed: the
+    /// request stays as it was (INVARIANT (fail-closed): an unrecorded vote authorizes nothing).
+    pub fn withdraw(&self, id: &str, approver: &str) {
         let mut inner = self.lock();
         let Some(e) = inner.requests.get_mut(id) else {
             return;
         };
-        if let Some((approver, _)) = e.uncommitted.take() {
+        if e.uncommitted.as_ref().map(|(a, _)| a.as_str()) == Some(approver) {
+            e.uncommitted = None;
             e.request.votes.retain(|v| v.approver != approver);
         }
     }

@@ -133,7 +133,13 @@ impl Record {
             }
         }
         if self.held_until_ms.is_some_and(|t| now_ms >= t) {
+            // INVARIANT (single use, fail-closed): a hold whose instance never spent nor
+            // released it may have run its call: the approval is gone (expired, and reported
+            // so), never approved again.
             self.held_until_ms = None;
+            if self.request.status == Status::Approved {
+                self.request.status = Status::Expired;
+            }
         }
         if self.open() && self.held_until_ms.is_none() && now_ms >= self.request.expires_ms {
             self.request.status = Status::Expired;
@@ -681,8 +687,12 @@ impl ApprovalStore for RedisBook {
             let Some(mut record) = txn.record(&key, now_ms)? else {
                 return Err(Fail::Refused(ApprovalError::Unknown(vote.request.clone())));
             };
+            // A nonce of the wrong form is refused by the checks below; only a well-formed one
+            // names a key.
+            let well_formed =
+                vote.nonce.len() == 32 && vote.nonce.bytes().all(|b| b.is_ascii_hexdigit());
             let nonce = s.nonce_key(&vote.nonce);
-            let seen = txn.get_one(&nonce)?.is_some();
+            let seen = well_formed && txn.get_one(&nonce)?.is_some();
             let checks = VoteChecks {
                 approvers,
                 is_agent,
@@ -711,7 +721,7 @@ impl ApprovalStore for RedisBook {
         })
     }
 
-    fn commit(&self, id: &str, now_ms: i64) -> Option<Request> {
+    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
         let s = &*self.shared;
         if !valid_id(id) {
             return None;
@@ -723,6 +733,14 @@ impl ApprovalStore for RedisBook {
                 let Some(mut record) = txn.record(&key, now_ms)? else {
                     return Ok(None);
                 };
+                // Only this approver's vote, still within its lease (else it was withdrawn).
+                let mine = record
+                    .uncommitted
+                    .as_ref()
+                    .is_some_and(|u| u.approver == approver);
+                if !mine {
+                    return Ok(None);
+                }
                 if let Some(u) = record.uncommitted.take() {
                     if record.request.status == Status::Pending && u.to != Status::Pending {
                         record.request.status = u.to;
@@ -742,7 +760,7 @@ impl ApprovalStore for RedisBook {
         Some(request)
     }
 
-    fn withdraw(&self, id: &str) {
+    fn withdraw(&self, id: &str, approver: &str) {
         let s = &*self.shared;
         if !valid_id(id) {
             return;
@@ -754,8 +772,13 @@ impl ApprovalStore for RedisBook {
                 return Ok(());
             };
             let mut record = parse(&value)?;
-            if let Some(u) = record.uncommitted.take() {
-                record.request.votes.retain(|v| v.approver != u.approver);
+            if record
+                .uncommitted
+                .as_ref()
+                .is_some_and(|u| u.approver == approver)
+            {
+                record.uncommitted = None;
+                record.request.votes.retain(|v| v.approver != approver);
                 txn.put(&key, &record, None)?;
             }
             Ok(())
@@ -837,7 +860,7 @@ impl ApprovalStore for RedisBook {
             .contains(agent)
     }
 
-    fn spend(&self, id: &str) {
+    fn spend(&self, id: &str, now_ms: i64) {
         let s = &*self.shared;
         if !valid_id(id) {
             return;
@@ -847,10 +870,14 @@ impl ApprovalStore for RedisBook {
         // from the decision is itself single-use.
         let spent = s.run(|txn| {
             let key = s.record_key(id);
-            let now_ms = now_unix_ms();
             let Some(mut record) = txn.record(&key, now_ms)? else {
                 return Ok(false);
             };
+            // Only a held approval is spent: one whose hold lapsed is expired already (and
+            // stays so, to be reported).
+            if record.request.status != Status::Approved || record.held_until_ms.is_none() {
+                return Ok(false);
+            }
             record.held_until_ms = None;
             record.request.status = Status::Used;
             let call = s.call_key(&record.request.binding);

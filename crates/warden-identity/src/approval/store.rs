@@ -50,11 +50,13 @@ pub trait ApprovalStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Voted, ApprovalError>;
 
-    /// Makes the last vote on `id` take effect (once it is recorded); the request after it.
-    fn commit(&self, id: &str, now_ms: i64) -> Option<Request>;
+    /// Makes `approver`'s vote on `id` take effect (once it is recorded); the request after
+    /// it. `None` if that vote is not pending (never counted, taken back, or — in a shared
+    /// store — held past its lease): it counts for nothing.
+    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request>;
 
-    /// Takes back the last, uncommitted vote on `id` (it could not be recorded).
-    fn withdraw(&self, id: &str);
+    /// Takes back `approver`'s uncommitted vote on `id` (it could not be recorded).
+    fn withdraw(&self, id: &str, approver: &str);
 
     /// What is kept for the call `binding` is about to be decided for (see [`Book::claim`]).
     fn claim(&self, binding: &Binding, id: Option<&str>, now_ms: i64) -> Claim;
@@ -62,8 +64,8 @@ pub trait ApprovalStore: Send + Sync {
     /// Whether `agent` has any request kept.
     fn has_requests_of(&self, agent: &str) -> bool;
 
-    /// Marks the held approval `id` used (its call was allowed on it).
-    fn spend(&self, id: &str);
+    /// Marks the held approval `id` used (its call was allowed on it), at `now_ms`.
+    fn spend(&self, id: &str, now_ms: i64);
 
     /// Lets go of the held approval `id` (its call was not allowed on it).
     fn release(&self, id: &str);
@@ -124,12 +126,12 @@ impl ApprovalStore for Book {
         Book::vote(self, vote, approvers, is_agent, now_ms)
     }
 
-    fn commit(&self, id: &str, now_ms: i64) -> Option<Request> {
-        Book::commit(self, id, now_ms)
+    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
+        Book::commit(self, id, approver, now_ms)
     }
 
-    fn withdraw(&self, id: &str) {
-        Book::withdraw(self, id);
+    fn withdraw(&self, id: &str, approver: &str) {
+        Book::withdraw(self, id, approver);
     }
 
     fn claim(&self, binding: &Binding, id: Option<&str>, now_ms: i64) -> Claim {
@@ -140,7 +142,7 @@ impl ApprovalStore for Book {
         Book::has_requests_of(self, agent)
     }
 
-    fn spend(&self, id: &str) {
+    fn spend(&self, id: &str, _now_ms: i64) {
         Book::spend(self, id);
     }
 
