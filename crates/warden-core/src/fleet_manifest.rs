@@ -49,6 +49,14 @@ pub trait FleetManifest: Send + Sync {
     /// # Errors
     /// As [`FleetManifest::publish`].
     fn current(&self) -> Result<Option<Served>, StateError>;
+
+    /// Offers `origin` as the origin of the fleet's one shared ledger: kept if the fleet has
+    /// none; `Some(theirs)` if the fleet's is another (this instance would write a log of its
+    /// own into the shared store).
+    ///
+    /// # Errors
+    /// As [`FleetManifest::publish`].
+    fn agree_ledger(&self, origin: &str) -> Result<Option<String>, StateError>;
 }
 
 /// What `publish` decides for `offered` against the fleet's `current`: shared by every

@@ -102,17 +102,38 @@ pub enum JoinError {
         /// This instance's.
         mine: Served,
     },
+    /// The fleet's shared ledger has another origin (another ledger key).
+    #[error(
+        "the fleet's shared ledger is `{fleet}`, this instance's key signs `{mine}`: it would \
+         write a log of its own; give it the fleet's keys (docs/fleet.md)"
+    )]
+    OtherLedger {
+        /// The fleet's.
+        fleet: String,
+        /// This instance's.
+        mine: String,
+    },
     /// The register cannot be reached.
     #[error("{0}")]
     Unavailable(#[from] StateError),
 }
 
 impl Fleet {
-    /// Publishes the bundle `g` serves at start.
+    /// Publishes the bundle `g` serves at start; with a ledger the fleet shares, checks that
+    /// this instance signs the fleet's origin (`shared_ledger`).
     ///
     /// # Errors
     /// [`JoinError`]: the fleet is ahead, conflicts, or cannot be reached.
-    pub fn join(&self, g: &Governor) -> Result<(), JoinError> {
+    pub fn join(&self, g: &Governor, shared_ledger: Option<&str>) -> Result<(), JoinError> {
+        // INVARIANT (one log, issue 22): instances sharing a ledger store sign one origin.
+        if let Some(origin) = shared_ledger {
+            if let Some(fleet) = self.register.agree_ledger(origin)? {
+                return Err(JoinError::OtherLedger {
+                    fleet,
+                    mine: origin.to_owned(),
+                });
+            }
+        }
         let mine = served(g);
         match self.register.publish(&mine)? {
             Published::Stored | Published::Same => Ok(()),

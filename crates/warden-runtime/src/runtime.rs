@@ -457,7 +457,9 @@ impl Runtime {
         });
         let state: Arc<dyn warden_core::state::StateStore> = match &fleet {
             Some(f) => {
-                f.join(&governor).map_err(RuntimeError::Fleet)?;
+                let shared_ledger = config.ledger_postgres.as_ref().map(|_| ledger.origin());
+                f.join(&governor, shared_ledger)
+                    .map_err(RuntimeError::Fleet)?;
                 Arc::new(crate::fleet::Gated {
                     inner: state,
                     behind: Arc::clone(&f.behind),

@@ -9,6 +9,7 @@ use warden_core::state::StateError;
 #[derive(Debug, Default)]
 pub struct MemoryFleetManifest {
     current: Mutex<Option<Served>>,
+    ledger: Mutex<Option<String>>,
 }
 
 impl MemoryFleetManifest {
@@ -38,5 +39,14 @@ impl FleetManifest for MemoryFleetManifest {
             .lock()
             .map_err(|_| StateError::Unavailable("fleet manifest lock poisoned".into()))?
             .clone())
+    }
+
+    fn agree_ledger(&self, origin: &str) -> Result<Option<String>, StateError> {
+        let mut ledger = self
+            .ledger
+            .lock()
+            .map_err(|_| StateError::Unavailable("fleet manifest lock poisoned".into()))?;
+        let theirs = ledger.get_or_insert_with(|| origin.to_owned());
+        Ok((theirs != origin).then(|| theirs.clone()))
     }
 }

@@ -31,6 +31,7 @@ return now
 pub struct RedisFleetManifest {
     pool: Pool,
     key: String,
+    ledger_key: String,
 }
 
 impl std::fmt::Debug for RedisFleetManifest {
@@ -78,6 +79,7 @@ impl RedisFleetManifest {
         Ok(RedisFleetManifest {
             pool: Pool::open(url).map_err(|e| unavailable(&e))?,
             key: format!("{prefix}manifest"),
+            ledger_key: format!("{prefix}ledger-origin"),
         })
     }
 }
@@ -99,6 +101,21 @@ impl FleetManifest for RedisFleetManifest {
             .map_err(|e| unavailable(&e))?;
         let before = before.as_deref().map(parse).transpose()?;
         Ok(compare(before.as_ref(), served))
+    }
+
+    fn agree_ledger(&self, origin: &str) -> Result<Option<String>, StateError> {
+        let theirs: String = self
+            .pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("EVAL")
+                    .arg("redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])")
+                    .arg(1)
+                    .arg(&self.ledger_key)
+                    .arg(origin)
+                    .query(c)
+            })
+            .map_err(|e| unavailable(&e))?;
+        Ok((theirs != origin).then_some(theirs))
     }
 
     fn current(&self) -> Result<Option<Served>, StateError> {

@@ -20,6 +20,13 @@ fn served(version: u64, bundle: &str) -> Served {
 }
 
 fn suite(r: &dyn FleetManifest) {
+    // The first ledger origin offered is the fleet's; another is answered with it.
+    assert_eq!(r.agree_ledger("warden/ledger-aa").unwrap(), None);
+    assert_eq!(r.agree_ledger("warden/ledger-aa").unwrap(), None);
+    assert_eq!(
+        r.agree_ledger("warden/ledger-bb").unwrap(),
+        Some("warden/ledger-aa".to_owned())
+    );
     assert_eq!(r.current().unwrap(), None);
     assert_eq!(r.publish(&served(3, "aa")).unwrap(), Published::Stored);
     assert_eq!(r.publish(&served(3, "aa")).unwrap(), Published::Same);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Copies `from`'s keys (the approvers' among them) and issued credentials into the data
 /// directory `to` (one identity for the fleet).
-fn share_identity(from: &Path, to: &Path) {
+pub(super) fn share_identity(from: &Path, to: &Path) {
     fn copy_tree(src: &Path, dst: &Path) {
         std::fs::create_dir_all(dst).unwrap();
         for entry in std::fs::read_dir(src).unwrap() {
@@ -35,7 +35,7 @@ fn share_identity(from: &Path, to: &Path) {
 }
 
 /// A key prefix of this test run's own in the machine's Redis.
-fn fleet_prefix(what: &str) -> String {
+pub(super) fn fleet_prefix(what: &str) -> String {
     format!(
         "warden-test:{what}:{}-{}:",
         std::process::id(),
@@ -274,9 +274,9 @@ fn a_kill_through_one_instance_stops_the_calls_in_flight_on_another() {
 /// without stickiness, checking each instance's `/readyz` every 200 ms, and retrying a request
 /// on another instance only when its connection could not be made (a request that reached an
 /// instance is never sent twice). Stopped on drop.
-struct Balancer {
+pub(super) struct Balancer {
     child: std::process::Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Drop for Balancer {
@@ -286,7 +286,7 @@ impl Drop for Balancer {
     }
 }
 
-fn balance(dir: &Path, backends: &[&str]) -> Option<Balancer> {
+pub(super) fn balance(dir: &Path, backends: &[&str]) -> Option<Balancer> {
     let Ok(haproxy) = which("haproxy") else {
         assert!(
             std::env::var_os("WARDEN_TEST_HAPROXY_REQUIRED").is_none(),
@@ -647,4 +647,104 @@ fn failures_in_a_row_through_two_instances_trip_one_breaker() {
         assert!(answer.contains("agent.paused"), "{answer}");
         assert!(answer.contains("3 consecutive failures"), "{answer}");
     }
+}
+
+/// One governed `tools/call` of `demo.echo` with `text`, POSTed to `url` as a client without an
+/// MCP session sends it: `Ok` if the answer is the echo (the call ran and was acknowledged),
+/// else the answer (or why there was none).
+pub(super) fn echo_over_http(url: &str, bearer: &str, text: &str) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").ok_or("not an http URL")?;
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"demo.echo","arguments":{{"text":"{text}"}}}}}}"#
+    );
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    c.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    let ran = answer.starts_with("HTTP/1.1 200")
+        && answer.contains(&format!("\"text\":\"{text}\""))
+        && !answer.contains("\"isError\":true");
+    if ran {
+        Ok(())
+    } else {
+        Err(answer.chars().take(600).collect())
+    }
+}
+
+#[test]
+fn a_budget_of_n_calls_allows_exactly_n_across_three_instances_under_load() {
+    let Some(_e) = env() else { return };
+    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let prefix = fleet_prefix("fleet-budget");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m) = super::approvals::setup(dirs[0].path());
+    // Each agent may make 25 calls an hour, whichever instance decides them.
+    let manifest = std::fs::read_to_string(&m).unwrap();
+    let limited = manifest.replace(
+        "agent:  { calls: 1000/h, cost: 500/d }",
+        "agent:  { calls: 25/h, cost: 500/d }",
+    );
+    assert_ne!(limited, manifest);
+    std::fs::write(&m, limited).unwrap();
+    let mut datas = vec![first.clone()];
+    for d in &dirs[1..] {
+        let data = d.path().join("data");
+        share_identity(&first, &data);
+        datas.push(data);
+    }
+    let fleet = [
+        ("WARDEN_STATE", url.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+    ];
+    let s: Vec<_> = dirs
+        .iter()
+        .zip(&datas)
+        .map(|(d, data)| start_with(d.path(), data, &m, &fleet))
+        .collect();
+    let addrs: Vec<String> = s.iter().map(|x| x.addr.clone()).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let Some(lb) = balance(dirs[0].path(), &refs) else {
+        return;
+    };
+    let bearer = std::fs::read_to_string(first.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Eight clients, 10 calls each, at once: 80 asked, 25 may run.
+    let ran: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (url, bearer) = (&lb.url, &bearer);
+                scope.spawn(move || {
+                    (0..10)
+                        .filter(|n| echo_over_http(url, bearer, &format!("b{c}-{n}")).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(ran, 25, "the fleet let {ran} calls run on a budget of 25");
+    // Spread over the instances.
+    let deciders = datas
+        .iter()
+        .filter(|d| ledger_tail(d, 200).contains("demo.echo"))
+        .count();
+    assert!(
+        deciders >= 2,
+        "the calls were not spread over the instances"
+    );
+    drop(lb);
 }

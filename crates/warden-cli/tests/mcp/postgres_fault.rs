@@ -2,7 +2,9 @@
 //! test's own (Debian's `initdb` and `pg_ctl`, a free loopback port) holds the ledger of a
 //! `warden serve`. Stopped hard mid-run, every call fails closed with a clear answer and nothing
 //! runs; started again, calls run again without restarting Warden; every acknowledged entry is in
-//! the ledger, which verifies.
+//! the ledger, which verifies. Three instances behind HAProxy share that ledger, Redis state and
+//! redeemed grants; one is killed (`SIGKILL`) mid-load: every call acknowledged to a client has
+//! its receipt, no grant ran twice, and the log verifies.
 
 use super::super::{free_port, text, warden};
 use super::{call, env, first_text, start_with};
@@ -213,4 +215,180 @@ fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() 
         .filter(|l| l.contains("\"type\":\"receipt\"") && l.contains("demo.echo"))
         .count();
     assert_eq!(receipts, 2, "the two calls that ran: {export}");
+}
+
+#[test]
+fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_twice() {
+    let Some(_e) = env() else { return };
+    let Some(bin) = pg_bin() else {
+        assert!(
+            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
+            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
+        );
+        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
+        return;
+    };
+    let Ok(redis) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+        return;
+    };
+    let pg_dir = tempfile::tempdir().unwrap();
+    let pg = OwnPostgres::init(bin, pg_dir.path());
+    pg.start();
+    let pg_url = pg.url();
+    let prefix = super::fleet::fleet_prefix("fleet-crash");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, m) = super::approvals::setup(dirs[0].path());
+    // A load, not a budget test: the low tier's rate and the agent's calls are raised.
+    let manifest = std::fs::read_to_string(&m).unwrap();
+    let raised = manifest
+        .replacen("rate: 100/h", "rate: 100000/h", 1)
+        .replace("agent:  { calls: 1000/h", "agent:  { calls: 100000/h")
+        .replace("tenant: { calls: 10000/h", "tenant: { calls: 100000/h");
+    assert_ne!(raised, manifest);
+    std::fs::write(&m, raised).unwrap();
+    // The fleet: state and redeemed grants in Redis, one ledger in PostgreSQL.
+    let fleet = [
+        ("WARDEN_STATE", redis.as_str()),
+        ("WARDEN_STATE_PREFIX", prefix.as_str()),
+        ("WARDEN_REPLAY_REDIS", redis.as_str()),
+        ("WARDEN_LEDGER_POSTGRES", pg_url.as_str()),
+    ];
+    // As docs/fleet.md says: the first instance starts once (its keys, the ledger's among
+    // them, are made then); the others get its identity.
+    let mut s: Vec<Option<super::Server>> =
+        vec![Some(start_with(dirs[0].path(), &first, &m, &fleet))];
+    let mut datas = vec![first.clone()];
+    for d in &dirs[1..] {
+        let data = d.path().join("data");
+        super::fleet::share_identity(&first, &data);
+        s.push(Some(start_with(d.path(), &data, &m, &fleet)));
+        datas.push(data);
+    }
+    let addrs: Vec<String> = s.iter().flatten().map(|x| x.addr.clone()).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let Some(lb) = super::fleet::balance(dirs[0].path(), &refs) else {
+        return;
+    };
+    let bearer = std::fs::read_to_string(first.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // Six clients call through HAProxy; instance 0 is killed (SIGKILL) while they do.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut killed_at = Instant::now();
+    let acknowledged: Vec<(String, Instant)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..6)
+            .map(|c| {
+                let (stop, url, bearer) = (&stop, &lb.url, &bearer);
+                scope.spawn(move || {
+                    let mut ok = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let text = format!("c{c}-{n}");
+                        n += 1;
+                        if super::fleet::echo_over_http(url, bearer, &text).is_ok() {
+                            ok.push((text, Instant::now()));
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2000));
+        drop(s[0].take());
+        killed_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(2000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        acknowledged.len() > 20,
+        "too few calls ran: {}",
+        acknowledged.len()
+    );
+    // Calls ran after the kill, through the other two.
+    assert!(
+        acknowledged
+            .iter()
+            .any(|(_, at)| *at > killed_at + Duration::from_millis(500)),
+        "no call ran after the kill"
+    );
+    // The survivors stop cleanly: each signs a checkpoint over what it wrote, the last over
+    // the whole log.
+    for server in s.iter_mut().flatten() {
+        let ok = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let stopped = Instant::now();
+        while server.child.try_wait().unwrap().is_none() {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(20),
+                "serve did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let ledger = ["--data", first.to_str().unwrap(), "--postgres", &pg_url];
+    let out = warden(&[&["ledger", "verify"][..], &ledger].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = warden(&[&["ledger", "export"][..], &ledger].concat());
+    let export = text(&out.stdout);
+    let receipts: Vec<serde_json::Value> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v.get("entry").cloned().unwrap_or(v))
+        .filter(|v| v["type"] == "receipt" && v["action"] == "demo.echo")
+        .collect();
+    // Every acknowledged call has its receipt, `ok`.
+    for (text, _) in &acknowledged {
+        let hash = warden_core::canonical::json_digest(&serde_json::json!({ "text": text }));
+        assert!(
+            receipts
+                .iter()
+                .any(|r| r["arguments_hash"] == hash.as_str() && r["status"] == "ok"),
+            "no receipt for the acknowledged call {text}"
+        );
+    }
+    // No grant ran twice.
+    let mut grants: Vec<&str> = receipts
+        .iter()
+        .filter_map(|r| r["grant"].as_str())
+        .collect();
+    let all = grants.len();
+    grants.sort_unstable();
+    grants.dedup();
+    assert_eq!(grants.len(), all, "a grant ran twice");
+    eprintln!(
+        "{} calls acknowledged, {all} receipts, instance 0 killed mid-load",
+        acknowledged.len()
+    );
+    drop(lb);
+    // An instance with keys of its own would write a second log into the fleet's store: it
+    // does not start.
+    let stranger = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--data"])
+        .arg(stranger.path().join("data"))
+        .arg("--manifest")
+        .arg(&m)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .envs(fleet)
+        .output()
+        .unwrap();
+    let why = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{why}");
+    assert!(why.contains("the fleet's shared ledger is"), "{why}");
 }
