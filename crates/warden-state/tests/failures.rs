@@ -9,6 +9,8 @@
     reason = "tests fail loudly on purpose"
 )]
 
+mod common;
+
 use std::time::{Duration, Instant};
 use warden_core::breakers::FailureCounts;
 use warden_state::{MemoryFailures, RedisFailures};
@@ -30,24 +32,9 @@ fn failure_counts_suite_in_process() {
     suite(&MemoryFailures::new());
 }
 
-fn redis_place() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis failure counts");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some((
-        url,
-        format!("warden-test:failures:{}:{nanos}:", std::process::id()),
-    ))
-}
-
 #[test]
 fn failure_counts_suite_on_redis() {
-    let Some((url, prefix)) = redis_place() else {
+    let Some((url, prefix)) = common::redis_place("failures") else {
         return;
     };
     suite(&RedisFailures::new(&url, &prefix).unwrap());

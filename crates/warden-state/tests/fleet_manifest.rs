@@ -9,6 +9,8 @@
     reason = "tests fail loudly on purpose"
 )]
 
+mod common;
+
 use warden_core::fleet_manifest::{FleetManifest, Published, Served};
 use warden_state::{MemoryFleetManifest, RedisFleetManifest};
 
@@ -71,24 +73,9 @@ fn fleet_manifest_suite_in_process() {
     suite(&MemoryFleetManifest::new());
 }
 
-fn redis_place() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis fleet manifest");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some((
-        url,
-        format!("warden-test:manifest:{}:{nanos}:", std::process::id()),
-    ))
-}
-
 #[test]
 fn fleet_manifest_suite_on_redis() {
-    let Some((url, prefix)) = redis_place() else {
+    let Some((url, prefix)) = common::redis_place("manifest") else {
         return;
     };
     suite(&RedisFleetManifest::new(&url, &prefix).unwrap());
@@ -107,7 +94,7 @@ fn fleet_manifest_suite_on_redis() {
 
 #[test]
 fn what_warden_did_not_write_is_an_error_and_is_not_overwritten() {
-    let Some((url, prefix)) = redis_place() else {
+    let Some((url, prefix)) = common::redis_place("manifest") else {
         return;
     };
     let r = RedisFleetManifest::new(&url, &prefix).unwrap();

@@ -9,6 +9,8 @@
     reason = "tests fail loudly on purpose"
 )]
 
+mod common;
+
 use std::time::Duration;
 use warden_core::sessions::{SessionDirectory, SessionEntry};
 use warden_state::{MemorySessions, RedisSessions};
@@ -59,25 +61,9 @@ fn session_directory_suite_in_process() {
     suite(&MemorySessions::new());
 }
 
-/// The Redis of `WARDEN_TEST_REDIS_URL` and a key prefix of this run's own.
-fn redis_place() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the Redis session directory");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some((
-        url,
-        format!("warden-test:sessions:{}:{nanos}:", std::process::id()),
-    ))
-}
-
 #[test]
 fn session_directory_suite_on_redis() {
-    let Some((url, prefix)) = redis_place() else {
+    let Some((url, prefix)) = common::redis_place("sessions") else {
         return;
     };
     suite(&RedisSessions::new(&url, &prefix).unwrap());
@@ -95,7 +81,7 @@ fn session_directory_suite_on_redis() {
 
 #[test]
 fn what_warden_did_not_write_is_an_error_never_a_session() {
-    let Some((url, prefix)) = redis_place() else {
+    let Some((url, prefix)) = common::redis_place("sessions") else {
         return;
     };
     let d = RedisSessions::new(&url, &prefix).unwrap();

@@ -10,7 +10,7 @@
 use super::super::text;
 use super::{env, ledger_tail, start_with};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,66 @@ pub(super) fn fleet_prefix(what: &str) -> String {
     )
 }
 
+/// The directories of a fleet of instances on the machine's Redis: the approvals setup in the
+/// first (its manifest changed by the test's `prepare` before anything is copied), the others
+/// given its identity, and a key prefix of the test's own.
+pub(super) struct FleetDirs {
+    pub(super) e: super::Env,
+    pub(super) url: String,
+    pub(super) prefix: String,
+    pub(super) dirs: Vec<tempfile::TempDir>,
+    pub(super) first: PathBuf,
+    pub(super) m: PathBuf,
+    pub(super) datas: Vec<PathBuf>,
+}
+
+impl FleetDirs {
+    /// `n` instances' directories (`None`, with a notice, without the end-to-end environment or
+    /// a Redis); `prepare` gets the first data directory and the manifest.
+    pub(super) fn new(n: usize, what: &str, prepare: impl FnOnce(&Path, &Path)) -> Option<Self> {
+        let e = env()?;
+        let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
+            eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+            return None;
+        };
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (first, m) = super::approvals::setup(dirs[0].path());
+        prepare(&first, &m);
+        let mut datas = vec![first.clone()];
+        for d in &dirs[1..] {
+            let data = d.path().join("data");
+            share_identity(&first, &data);
+            datas.push(data);
+        }
+        Some(FleetDirs {
+            e,
+            url,
+            prefix: fleet_prefix(what),
+            dirs,
+            first,
+            m,
+            datas,
+        })
+    }
+
+    /// The fleet's environment: its Redis and key prefix.
+    pub(super) fn vars(&self) -> [(&'static str, &str); 2] {
+        [
+            ("WARDEN_STATE", self.url.as_str()),
+            ("WARDEN_STATE_PREFIX", self.prefix.as_str()),
+        ]
+    }
+
+    /// Every instance, started on its directory and the manifest.
+    pub(super) fn start(&self) -> Vec<super::Server> {
+        self.dirs
+            .iter()
+            .zip(&self.datas)
+            .map(|(d, data)| start_with(d.path(), data, &self.m, &self.vars()))
+            .collect()
+    }
+}
+
 /// The approval id an answer names.
 fn approval_id(answer: &str) -> String {
     let at = answer.find("Approval id: apr_").expect(answer) + "Approval id: ".len();
@@ -56,29 +116,11 @@ fn approval_id(answer: &str) -> String {
 fn an_approval_asked_through_one_instance_voted_through_another_runs_once_through_a_third() {
     use super::approvals::Session;
     use serde_json::json;
-    let Some(e) = env() else { return };
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+    let Some(f) = FleetDirs::new(3, "fleet-approvals", |_, _| {}) else {
         return;
     };
-    let prefix = fleet_prefix("fleet-approvals");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, m) = super::approvals::setup(dirs[0].path());
-    let mut datas = vec![first.clone()];
-    for d in &dirs[1..] {
-        let data = d.path().join("data");
-        share_identity(&first, &data);
-        datas.push(data);
-    }
-    let fleet = [
-        ("WARDEN_STATE", url.as_str()),
-        ("WARDEN_STATE_PREFIX", prefix.as_str()),
-    ];
-    let s: Vec<_> = dirs
-        .iter()
-        .zip(&datas)
-        .map(|(d, data)| start_with(d.path(), data, &m, &fleet))
-        .collect();
+    let (e, dirs, datas) = (&f.e, &f.dirs, &f.datas);
+    let s = f.start();
     let vote = |on: &super::Server, id: &str| {
         let out = super::operator(
             on,
@@ -98,7 +140,7 @@ fn an_approval_asked_through_one_instance_voted_through_another_runs_once_throug
     let with = |id: &str| json!({ "warden/approval": id, "warden/wait": false });
 
     // coder-1's `demo.add` needs its owner's approval: asked through instance 1...
-    let mut one = Session::open(&e, &s[0], dirs[0].path(), "coder-1");
+    let mut one = Session::open(e, &s[0], dirs[0].path(), "coder-1");
     let answer = one.call(2, 3, &at_once);
     assert!(answer.contains("needs approval"), "{answer}");
     let id = approval_id(&answer);
@@ -109,7 +151,7 @@ fn an_approval_asked_through_one_instance_voted_through_another_runs_once_throug
     }
     assert!(vote(&s[1], &id).contains("\"approved\""));
     // ...runs once through instance 3, from a session of its own...
-    let mut three = Session::open(&e, &s[2], dirs[2].path(), "coder-1");
+    let mut three = Session::open(e, &s[2], dirs[2].path(), "coder-1");
     let answer = three.call(2, 3, &with(&id));
     assert_eq!(answer, "5");
     // ...and never again, through any instance.
@@ -372,29 +414,11 @@ fn echo_sessions(data: &Path) -> Vec<String> {
 fn one_mcp_session_runs_across_a_fleet_behind_haproxy_and_outlives_an_instance() {
     use super::approvals::Session;
     use serde_json::json;
-    let Some(e) = env() else { return };
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+    let Some(f) = FleetDirs::new(3, "fleet-sessions", |_, _| {}) else {
         return;
     };
-    let prefix = fleet_prefix("fleet-sessions");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, m) = super::approvals::setup(dirs[0].path());
-    let mut datas = vec![first.clone()];
-    for d in &dirs[1..] {
-        let data = d.path().join("data");
-        share_identity(&first, &data);
-        datas.push(data);
-    }
-    let fleet = [
-        ("WARDEN_STATE", url.as_str()),
-        ("WARDEN_STATE_PREFIX", prefix.as_str()),
-    ];
-    let mut s: Vec<_> = dirs
-        .iter()
-        .zip(&datas)
-        .map(|(d, data)| Some(start_with(d.path(), data, &m, &fleet)))
-        .collect();
+    let (e, dirs, datas, first) = (&f.e, &f.dirs, &f.datas, &f.first);
+    let mut s: Vec<_> = f.start().into_iter().map(Some).collect();
     let addrs: Vec<String> = s.iter().flatten().map(|x| x.addr.clone()).collect();
     let Some(lb) = balance(
         dirs[0].path(),
@@ -483,20 +507,14 @@ fn readyz(s: &super::Server) -> (u16, String) {
 
 #[test]
 fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
-    let Some(e) = env() else { return };
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+    let Some(f) = FleetDirs::new(3, "fleet-manifest", |_, _| {}) else {
         return;
     };
-    let prefix = fleet_prefix("fleet-manifest");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, m_a) = super::approvals::setup(dirs[0].path());
+    let (e, dirs, datas, m_a) = (&f.e, &f.dirs, &f.datas, &f.m);
+    let (url, prefix) = (&f.url, &f.prefix);
     // Each instance reads its own copy of the manifest and policies.
     let mut manifests = vec![m_a.clone()];
-    let mut datas = vec![first.clone()];
     for d in &dirs[1..] {
-        let data = d.path().join("data");
-        share_identity(&first, &data);
         std::fs::create_dir_all(d.path().join("policies")).unwrap();
         std::fs::copy(
             dirs[0].path().join("policies/base.cedar"),
@@ -504,19 +522,15 @@ fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
         )
         .unwrap();
         let m = d.path().join("manifest.yaml");
-        std::fs::copy(&m_a, &m).unwrap();
+        std::fs::copy(m_a, &m).unwrap();
         manifests.push(m);
-        datas.push(data);
     }
-    let fleet = [
-        ("WARDEN_STATE", url.as_str()),
-        ("WARDEN_STATE_PREFIX", prefix.as_str()),
-    ];
+    let fleet = f.vars();
     let a = start_with(dirs[0].path(), &datas[0], &manifests[0], &fleet);
     let b = start_with(dirs[1].path(), &datas[1], &manifests[1], &fleet);
     let echo = |s: &super::Server, text: &str| {
         let r = super::call(
-            &e,
+            e,
             s,
             "coder-1",
             "demo.echo",
@@ -557,8 +571,8 @@ fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
         .arg("--manifest")
         .arg(&manifests[2])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("WARDEN_STATE", &url)
-        .env("WARDEN_STATE_PREFIX", &prefix)
+        .env("WARDEN_STATE", url)
+        .env("WARDEN_STATE_PREFIX", prefix)
         .output()
         .unwrap();
     let why = format!("{}{}", text(&out.stdout), text(&out.stderr));
@@ -580,36 +594,25 @@ fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
 
 #[test]
 fn failures_in_a_row_through_two_instances_trip_one_breaker() {
-    let Some(e) = env() else { return };
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+    // ops-1 (senior) runs medium-tier `demo.add` itself (the window lifted, as in breakers.rs).
+    let lift = |first: &Path, m: &Path| {
+        let text_m = std::fs::read_to_string(m).unwrap();
+        let lifted = text_m.replace(
+            r#"{ mode: window, window: "08:00-22:00", utc_offset: "+00:00" }"#,
+            "{ mode: auto }",
+        );
+        assert_ne!(lifted, text_m);
+        std::fs::write(m, lifted).unwrap();
+        super::enroll(first, m, "ops-1");
+    };
+    let Some(f) = FleetDirs::new(2, "fleet-breakers", lift) else {
         return;
     };
-    let prefix = fleet_prefix("fleet-breakers");
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, m) = super::approvals::setup(dirs[0].path());
-    // ops-1 (senior) runs medium-tier `demo.add` itself (the window lifted, as in breakers.rs).
-    let text_m = std::fs::read_to_string(&m).unwrap();
-    let lifted = text_m.replace(
-        r#"{ mode: window, window: "08:00-22:00", utc_offset: "+00:00" }"#,
-        "{ mode: auto }",
-    );
-    assert_ne!(lifted, text_m);
-    std::fs::write(&m, lifted).unwrap();
-    super::enroll(&first, &m, "ops-1");
-    let second = dirs[1].path().join("data");
-    share_identity(&first, &second);
-    let fleet = [
-        ("WARDEN_STATE", url.as_str()),
-        ("WARDEN_STATE_PREFIX", prefix.as_str()),
-    ];
-    let s = [
-        start_with(dirs[0].path(), &first, &m, &fleet),
-        start_with(dirs[1].path(), &second, &m, &fleet),
-    ];
+    let e = &f.e;
+    let s = f.start();
     let add = |on: &super::Server, b: i64| {
         super::call(
-            &e,
+            e,
             on,
             "ops-1",
             "demo.add",
@@ -622,7 +625,7 @@ fn failures_in_a_row_through_two_instances_trip_one_breaker() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         super::first_text(&super::call(
-            &e,
+            e,
             &s[1],
             "ops-1",
             "demo.add",
@@ -638,7 +641,7 @@ fn failures_in_a_row_through_two_instances_trip_one_breaker() {
     }
     for on in &s {
         let answer = super::first_text(&super::call(
-            &e,
+            e,
             on,
             "ops-1",
             "demo.echo",
@@ -682,37 +685,21 @@ pub(super) fn echo_over_http(url: &str, bearer: &str, text: &str) -> Result<(), 
 
 #[test]
 fn a_budget_of_n_calls_allows_exactly_n_across_three_instances_under_load() {
-    let Some(_e) = env() else { return };
-    let Ok(url) = std::env::var("WARDEN_TEST_REDIS_URL") else {
-        eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
+    // Each agent may make 25 calls an hour, whichever instance decides them.
+    let limit = |_: &Path, m: &Path| {
+        let manifest = std::fs::read_to_string(m).unwrap();
+        let limited = manifest.replace(
+            "agent:  { calls: 1000/h, cost: 500/d }",
+            "agent:  { calls: 25/h, cost: 500/d }",
+        );
+        assert_ne!(limited, manifest);
+        std::fs::write(m, limited).unwrap();
+    };
+    let Some(f) = FleetDirs::new(3, "fleet-budget", limit) else {
         return;
     };
-    let prefix = fleet_prefix("fleet-budget");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, m) = super::approvals::setup(dirs[0].path());
-    // Each agent may make 25 calls an hour, whichever instance decides them.
-    let manifest = std::fs::read_to_string(&m).unwrap();
-    let limited = manifest.replace(
-        "agent:  { calls: 1000/h, cost: 500/d }",
-        "agent:  { calls: 25/h, cost: 500/d }",
-    );
-    assert_ne!(limited, manifest);
-    std::fs::write(&m, limited).unwrap();
-    let mut datas = vec![first.clone()];
-    for d in &dirs[1..] {
-        let data = d.path().join("data");
-        share_identity(&first, &data);
-        datas.push(data);
-    }
-    let fleet = [
-        ("WARDEN_STATE", url.as_str()),
-        ("WARDEN_STATE_PREFIX", prefix.as_str()),
-    ];
-    let s: Vec<_> = dirs
-        .iter()
-        .zip(&datas)
-        .map(|(d, data)| start_with(d.path(), data, &m, &fleet))
-        .collect();
+    let (dirs, datas, first) = (&f.dirs, &f.datas, &f.first);
+    let s = f.start();
     let addrs: Vec<String> = s.iter().map(|x| x.addr.clone()).collect();
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let Some(lb) = balance(dirs[0].path(), &refs) else {

@@ -130,6 +130,22 @@ impl Drop for OwnPostgres {
     }
 }
 
+/// `warden ledger verify` of the PostgreSQL ledger at `url` (with `data`'s key) must pass; its
+/// `warden ledger export`.
+fn verified_export(data: &Path, url: &str) -> String {
+    let ledger = ["--data", data.to_str().unwrap(), "--postgres", url];
+    let out = warden(&[&["ledger", "verify"][..], &ledger].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = warden(&[&["ledger", "export"][..], &ledger].concat());
+    text(&out.stdout)
+}
+
 #[test]
 fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() {
     let Some(e) = env() else { return };
@@ -199,17 +215,7 @@ fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() 
     }
 
     // Every acknowledged entry is there, signed, and the log verifies.
-    let ledger = ["--data", data.to_str().unwrap(), "--postgres", &url];
-    let out = warden(&[&["ledger", "verify"][..], &ledger].concat());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let out = warden(&[&["ledger", "export"][..], &ledger].concat());
-    let export = text(&out.stdout);
+    let export = verified_export(&data, &url);
     let receipts = export
         .lines()
         .filter(|l| l.contains("\"type\":\"receipt\"") && l.contains("demo.echo"))
@@ -335,17 +341,7 @@ fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_tw
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let ledger = ["--data", first.to_str().unwrap(), "--postgres", &pg_url];
-    let out = warden(&[&["ledger", "verify"][..], &ledger].concat());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let out = warden(&[&["ledger", "export"][..], &ledger].concat());
-    let export = text(&out.stdout);
+    let export = verified_export(&first, &pg_url);
     let receipts: Vec<serde_json::Value> = export
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
