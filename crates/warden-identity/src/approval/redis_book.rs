@@ -167,6 +167,16 @@ impl Record {
     }
 }
 
+/// What an approval named by a call is to it.
+enum Named {
+    /// Its request (key and record), for that call.
+    Found(String, Box<Record>),
+    /// Given under an older manifest version: it no longer fits (ask again).
+    OlderVersion,
+    /// Unknown, or for another call.
+    Refused(ApprovalError),
+}
+
 /// Why a step stopped.
 enum Fail {
     /// The approval rules refused.
@@ -480,6 +490,36 @@ impl Shared {
         Ok((open, kept))
     }
 
+    /// The request named `id`, for `binding`'s call.
+    fn named(
+        &self,
+        txn: &mut Txn<'_>,
+        id: &str,
+        binding: &Binding,
+        now_ms: i64,
+    ) -> Result<Named, Fail> {
+        let key = self.record_key(id);
+        let record = if valid_id(id) {
+            txn.record(&key, now_ms)?
+        } else {
+            None
+        };
+        let Some(record) = record else {
+            return Ok(Named::Refused(ApprovalError::Unknown(shown(id))));
+        };
+        // INVARIANT (bound approvals): an approval authorizes only the exact call it was given
+        // for.
+        Ok(match record.request.binding.first_difference(binding) {
+            None => Named::Found(key, Box::new(record)),
+            // Given under an older manifest: it no longer fits; ask again.
+            Some("manifest version") => Named::OlderVersion,
+            Some(field) => Named::Refused(ApprovalError::OtherCall {
+                id: id.to_owned(),
+                field,
+            }),
+        })
+    }
+
     /// The request that stands for `binding`'s call, with its key.
     fn of_call(
         &self,
@@ -790,30 +830,11 @@ impl ApprovalStore for RedisBook {
         let settings = s.settings();
         let claimed = s.run(|txn| {
             let found = match id {
-                Some(id) => {
-                    let key = s.record_key(id);
-                    let record = if valid_id(id) {
-                        txn.record(&key, now_ms)?
-                    } else {
-                        None
-                    };
-                    let Some(record) = record else {
-                        return Ok(Claim::Refused(ApprovalError::Unknown(shown(id))));
-                    };
-                    // INVARIANT (bound approvals): an approval authorizes only the exact call
-                    // it was given for.
-                    match record.request.binding.first_difference(binding) {
-                        None => Some((key, record)),
-                        // Given under an older manifest: it no longer fits; ask again.
-                        Some("manifest version") => None,
-                        Some(field) => {
-                            return Ok(Claim::Refused(ApprovalError::OtherCall {
-                                id: id.to_owned(),
-                                field,
-                            }))
-                        }
-                    }
-                }
+                Some(id) => match s.named(txn, id, binding, now_ms)? {
+                    Named::Found(key, record) => Some((key, *record)),
+                    Named::OlderVersion => None,
+                    Named::Refused(e) => return Ok(Claim::Refused(e)),
+                },
                 None => s.of_call(txn, binding, now_ms)?,
             };
             if let Some((key, mut record)) = found {
@@ -924,31 +945,11 @@ impl ApprovalStore for RedisBook {
         let out = s.run(|txn| {
             superseded = None;
             let (key, mut record) = match id {
-                Some(id) => {
-                    let key = s.record_key(id);
-                    let record = if valid_id(id) {
-                        txn.record(&key, now_ms)?
-                    } else {
-                        None
-                    };
-                    let Some(record) = record else {
-                        return Err(Fail::Refused(ApprovalError::Unknown(shown(id))));
-                    };
-                    // INVARIANT (bound approvals): an approval authorizes only the exact call
-                    // it was given for.
-                    match record.request.binding.first_difference(binding) {
-                        None => {}
-                        // Given under an older manifest: it no longer fits; ask again.
-                        Some("manifest version") => return Ok(None),
-                        Some(field) => {
-                            return Err(Fail::Refused(ApprovalError::OtherCall {
-                                id: id.to_owned(),
-                                field,
-                            }))
-                        }
-                    }
-                    (key, record)
-                }
+                Some(id) => match s.named(txn, id, binding, now_ms)? {
+                    Named::Found(key, record) => (key, *record),
+                    Named::OlderVersion => return Ok(None),
+                    Named::Refused(e) => return Err(Fail::Refused(e)),
+                },
                 None => match s.of_call(txn, binding, now_ms)? {
                     Some(found) => found,
                     None => return Ok(None),
