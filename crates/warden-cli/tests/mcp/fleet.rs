@@ -735,3 +735,93 @@ fn a_budget_of_n_calls_allows_exactly_n_across_three_instances_under_load() {
     );
     drop(lb);
 }
+
+/// `GET /readyz` of each instance: whether all are ready.
+fn all_ready(s: &[super::Server]) -> Vec<u16> {
+    s.iter().map(|x| readyz(x).0).collect()
+}
+
+#[test]
+fn three_instances_behind_haproxy_fail_closed_while_their_redis_is_down_and_resume_alone() {
+    // A redis-server of the test's own, killed and started again on its port with its data.
+    let port = super::super::free_port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = crate::OwnRedis::start(port, redis_dir.path());
+    let Some(mut f) = FleetDirs::new(3, "fleet-redis-down", |_, _| {}) else {
+        return;
+    };
+    f.url = format!("redis://127.0.0.1:{port}/");
+    let s = f.start();
+    let refs: Vec<&str> = s.iter().map(|x| x.addr.as_str()).collect();
+    let Some(lb) = balance(f.dirs[0].path(), &refs) else {
+        return;
+    };
+    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    for i in 0..6 {
+        echo_over_http(&lb.url, &bearer, &format!("before-{i}")).unwrap();
+    }
+    // Redis gone: every call through every instance fails closed, saying governance is
+    // unavailable, and no instance is ready.
+    drop(redis);
+    let started = Instant::now();
+    for i in 0..6 {
+        let why = echo_over_http(&lb.url, &bearer, &format!("down-{i}")).unwrap_err();
+        assert!(why.contains("unavailable"), "{why}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "six refusals took {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while all_ready(&s).iter().any(|c| *c != 503) {
+        assert!(Instant::now() < deadline, "{:?}", all_ready(&s));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back with its data: every instance resumes by itself.
+    let _redis = crate::OwnRedis::start(port, redis_dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_ready(&s).iter().any(|c| *c != 200) {
+        assert!(Instant::now() < deadline, "{:?}", all_ready(&s));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..6 {
+        echo_over_http(&lb.url, &bearer, &format!("after-{i}")).unwrap();
+    }
+}
+
+#[test]
+fn a_kill_through_one_of_three_instances_stops_calls_on_all_of_them() {
+    let Some(f) = FleetDirs::new(3, "fleet-kill3", |_, _| {}) else {
+        return;
+    };
+    let s = f.start();
+    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mcp = |x: &super::Server| format!("http://{}/mcp", x.addr);
+    for (i, x) in s.iter().enumerate() {
+        echo_over_http(&mcp(x), &bearer, &format!("before-{i}")).unwrap();
+    }
+    // The kill switch through instance 1's admin listener (the operator's CLI).
+    let pulled = Instant::now();
+    let out = super::operator(
+        &s[0],
+        &["kill", "--agent", "coder-1", "--reason", "drill 3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let acknowledged = pulled.elapsed();
+    // Every instance refuses the agent's next call, naming the kill.
+    for (i, x) in s.iter().enumerate() {
+        let why = echo_over_http(&mcp(x), &bearer, &format!("after-{i}")).unwrap_err();
+        assert!(why.contains("drill 3"), "instance {i}: {why}");
+    }
+    let all = pulled.elapsed();
+    eprintln!(
+        "kill through instance 1: acknowledged after {acknowledged:?}, refused on all three by {all:?}"
+    );
+}
