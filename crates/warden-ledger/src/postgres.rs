@@ -15,6 +15,11 @@ use postgres::{Client, NoTls};
 use crate::merkle::{leaf_hash, Frontier, Hash, NodeId};
 use crate::store::{Appended, Checkpointer, LedgerStore, StoreError, Visit};
 
+/// The session settings a ledger connection gets unless its URL names its own `options`:
+/// statements and lock waits end after 5 s, a transaction left idle after 10 s.
+const PG_TIMEOUTS: &str =
+    "-c statement_timeout=5000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=10000";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS warden_ledger_head (
     ledger   text PRIMARY KEY,
@@ -116,6 +121,18 @@ impl PgStore {
                 .parse()
                 .map_err(|e: postgres::Error| StoreError::Postgres(format!("bad URL: {e}")))?;
             config.connect_timeout(Duration::from_secs(5));
+            // INVARIANT (fail-closed, issue 22): a PostgreSQL that is slow (a statement or a
+            // lock wait beyond 5 s, a transaction left idle) aborts the append — nothing is
+            // committed, the call is denied as unrecorded — instead of holding every call. The
+            // URL's own `options` parameter replaces these. A connection whose peer stops
+            // answering is dropped by TCP within about 15 s.
+            if config.get_options().is_none() {
+                config.options(PG_TIMEOUTS);
+            }
+            config
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(10))
+                .tcp_user_timeout(Duration::from_secs(15));
             let client = config.connect(NoTls).map_err(|e| pg(&e))?;
             self.client = Some(client);
         }

@@ -19,8 +19,19 @@ pub const NOTE: &str = "dry run: nothing was charged, recorded or run; rate limi
                         loop detection were not evaluated (the governed path, /mcp or \
                         /v1/proposals, applies them)";
 
-/// A state store seen through a dry run: reads holds, writes nothing.
-pub struct ReadOnly<'a>(pub &'a dyn StateStore);
+/// A state store seen through a dry run: reads holds, writes nothing; answers "unavailable"
+/// when the second field says why (an instance behind its fleet's manifest decides nothing,
+/// not even a dry run).
+pub struct ReadOnly<'a>(pub &'a dyn StateStore, pub Option<String>);
+
+impl ReadOnly<'_> {
+    fn open(&self) -> Result<(), StateError> {
+        match &self.1 {
+            Some(why) => Err(StateError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
 
 impl std::fmt::Debug for ReadOnly<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,6 +59,7 @@ impl StateStore for ReadOnly<'_> {
     }
 
     fn settle(&self, s: &Settle<'_>) -> Result<Settled, StateError> {
+        self.open()?;
         let holds = self.0.holds(s.scopes)?;
         if !holds.is_empty() {
             return Ok(Settled {
@@ -66,6 +78,7 @@ impl StateStore for ReadOnly<'_> {
     }
 
     fn holds(&self, scopes: &[HoldScope]) -> Result<Vec<Hold>, StateError> {
+        self.open()?;
         self.0.holds(scopes)
     }
 
@@ -101,8 +114,11 @@ mod tests {
             since: 1,
         };
         real.set_hold(hold.clone()).unwrap();
-        let dry = ReadOnly(&real);
+        let dry = ReadOnly(&real, None);
         assert_eq!(dry.holds(&[HoldScope::Agent("a".into())]).unwrap().len(), 1);
+        // Behind its fleet: not even a dry run is decided.
+        let behind = ReadOnly(&real, Some("behind the fleet".into()));
+        assert!(behind.holds(&[HoldScope::Global]).is_err());
         let charge = Charge {
             key: "k".into(),
             amount: 1,

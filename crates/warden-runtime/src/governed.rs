@@ -226,7 +226,10 @@ impl Runtime {
         // the decision is made over read-only state and is neither recorded nor acted on.
         governor.decide_scanned(
             proposal,
-            &crate::dry_run::ReadOnly(s.state.as_ref()),
+            &crate::dry_run::ReadOnly(
+                s.state.as_ref(),
+                s.fleet.as_ref().and_then(|f| f.behind.why()),
+            ),
             crate::now_unix(),
             &found,
         )

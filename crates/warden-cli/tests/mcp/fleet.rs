@@ -493,6 +493,25 @@ fn hup(s: &super::Server) {
     assert!(status.success());
 }
 
+/// `POST /v1/decide` (a dry run) of `coder-1` calling `demo.echo` to a gateway: the status code
+/// and the answer.
+fn post_decide(s: &super::Server) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let body = r#"{"agent":"coder-1","session":"s","tool":"demo.echo","arguments":{"text":"x"}}"#;
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/decide HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (code, out)
+}
+
 /// `GET /readyz` of a gateway: the status code and the body.
 fn readyz(s: &super::Server) -> (u16, String) {
     let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
@@ -563,6 +582,10 @@ fn every_instance_serves_the_fleets_manifest_or_decides_nothing() {
     assert!(said.contains("behind the fleet"), "{said}");
     let refused = echo(&b, "three");
     assert!(refused.contains("unavailable"), "{refused}");
+    // Not even a dry run is decided there.
+    let (code, said) = post_decide(&b);
+    assert_eq!(code, 503, "{said}");
+    assert!(said.contains("behind the fleet"), "{said}");
     assert_eq!(echo(&a, "four"), "four");
     // A third instance whose files give version 1 does not start.
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))

@@ -388,3 +388,98 @@ fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_tw
     assert!(!out.status.success(), "{why}");
     assert!(why.contains("the fleet's shared ledger is"), "{why}");
 }
+
+#[test]
+fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing() {
+    let Some(e) = env() else { return };
+    let Some(bin) = pg_bin() else {
+        assert!(
+            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
+            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
+        );
+        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = OwnPostgres::init(bin.clone(), dir.path());
+    pg.start();
+    let (data, m) = super::approvals::setup(dir.path());
+    let url = pg.url();
+    let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
+    let echo = |text: &str| {
+        call(
+            &e,
+            &s,
+            "coder-1",
+            "demo.echo",
+            &format!(r#"{{"text":"{text}"}}"#),
+        )
+    };
+    assert_eq!(echo("before")["isError"], false);
+    // Another session holds the ledger's head row, which every append locks, for 8 s: the
+    // ledger is slow.
+    let holder = Command::new(bin.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "root",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            "SELECT 1 FROM warden_ledger_head FOR UPDATE; SELECT pg_sleep(8)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut holder = Killed(holder);
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let r = echo("while slow");
+    let waited = started.elapsed();
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(first_text(&r).contains("could not record"), "{r}");
+    assert!(
+        waited < Duration::from_secs(8),
+        "the call waited {waited:?} (the lock timeout is 5 s)"
+    );
+    // The lock let go: calls run again, and the refused one left no decision behind.
+    let _ = holder.0.wait();
+    let r = echo("after");
+    assert_eq!(r["isError"], false, "{r}");
+    drop(s);
+    let export = verified_export_any(&data, &url);
+    let decisions = export
+        .lines()
+        .filter(|l| l.contains("\"type\":\"decision\"") && l.contains("demo.echo"))
+        .count();
+    assert_eq!(decisions, 2, "{export}");
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `warden ledger verify` of the PostgreSQL ledger at `url` (with `data`'s key) finds every
+/// entry intact, signed or not (a gateway killed leaves an unsigned tail); its export.
+fn verified_export_any(data: &Path, url: &str) -> String {
+    let ledger = ["--data", data.to_str().unwrap(), "--postgres", url];
+    let out = warden(&[&["ledger", "verify"][..], &ledger].concat());
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = warden(&[&["ledger", "export"][..], &ledger].concat());
+    text(&out.stdout)
+}
