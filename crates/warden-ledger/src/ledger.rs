@@ -93,6 +93,13 @@ pub enum LedgerError {
     /// An append failed in the writer.
     #[error("ledger unavailable, nothing was recorded (do not execute): {0}")]
     AppendFailed(String),
+    /// The store did not answer in time: the entry is not known to be recorded (it may be
+    /// once the store answers; nothing may act on it now).
+    #[error(
+        "ledger unavailable: the store did not answer within {0:?}, the entry is not known to be \
+         recorded (do not execute)"
+    )]
+    TimedOut(std::time::Duration),
 }
 
 /// What went wrong, without the "ledger unavailable" preamble an error that wraps it adds again.

@@ -537,6 +537,10 @@ async fn breaker(app: &Shared, decision: &Decision, seen: Observed) {
     }
 }
 
+/// The longest a call waits for its decision to be recorded; past it, the call is denied as
+/// unrecorded (a store that only is slow refuses sooner, by its own timeouts).
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the governed path made of one proposal.
 #[derive(Debug)]
 enum Governed {
@@ -643,10 +647,15 @@ async fn govern(
     // answered as a deny, whatever the Governor said. The lineage: the owner, then the
     // delegation chain down to the caller.
     let appending = std::time::Instant::now();
-    let recorded = app
-        .ledger
-        .record_decision(decision, trace.id(), &request_id, chain)
-        .await;
+    // INVARIANT (fail-closed, issue 22): a ledger store that does not answer (a database that
+    // froze) holds no call longer than RECORD_WAIT: the decision is answered as unrecorded.
+    let recorded = tokio::time::timeout(
+        RECORD_WAIT,
+        app.ledger
+            .record_decision(decision, trace.id(), &request_id, chain),
+    )
+    .await
+    .unwrap_or(Err(warden_ledger::LedgerError::TimedOut(RECORD_WAIT)));
     let appended = Interval::since(appending);
     app.metrics
         .stage(crate::metrics::Stage::LedgerAppend, appended.elapsed());

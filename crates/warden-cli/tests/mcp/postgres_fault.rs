@@ -483,3 +483,63 @@ fn verified_export_any(data: &Path, url: &str) -> String {
     let out = warden(&[&["ledger", "export"][..], &ledger].concat());
     text(&out.stdout)
 }
+
+#[test]
+fn a_frozen_postgres_holds_no_call_past_the_record_wait_and_calls_resume_when_it_thaws() {
+    let Some(e) = env() else { return };
+    let Some(bin) = pg_bin() else {
+        assert!(
+            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
+            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
+        );
+        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = OwnPostgres::init(bin, dir.path());
+    pg.start();
+    let (data, m) = super::approvals::setup(dir.path());
+    let url = pg.url();
+    let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
+    let echo = |text: &str| {
+        call(
+            &e,
+            &s,
+            "coder-1",
+            "demo.echo",
+            &format!(r#"{{"text":"{text}"}}"#),
+        )
+    };
+    assert_eq!(echo("before")["isError"], false);
+    // Every process of the cluster stopped (SIGSTOP): connections stay open, nothing answers.
+    let pid = std::fs::read_to_string(pg.data.join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim().to_owned();
+    let signal = |sig: &str| {
+        let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let r = echo("frozen");
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(first_text(&r).contains("could not record"), "{r}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the call waited {waited:?} (the record wait is 10 s)"
+    );
+    // Thawed: calls run again without restarting Warden.
+    let back = Instant::now();
+    let r = loop {
+        let r = echo("after");
+        if r["isError"] == false || back.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+    };
+    assert_eq!(r["isError"], false, "did not resume: {r}");
+}
