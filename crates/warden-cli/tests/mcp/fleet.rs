@@ -848,3 +848,50 @@ fn a_kill_through_one_of_three_instances_stops_calls_on_all_of_them() {
         "kill through instance 1: acknowledged after {acknowledged:?}, refused on all three by {all:?}"
     );
 }
+
+#[test]
+fn a_frozen_redis_fails_calls_closed_within_its_timeout_and_calls_resume_when_it_thaws() {
+    let port = super::super::free_port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = crate::OwnRedis::start(port, redis_dir.path());
+    let Some(mut f) = FleetDirs::new(2, "fleet-redis-frozen", |_, _| {}) else {
+        return;
+    };
+    f.url = format!("redis://127.0.0.1:{port}/");
+    let s = f.start();
+    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mcp = |x: &super::Server| format!("http://{}/mcp", x.addr);
+    echo_over_http(&mcp(&s[0]), &bearer, "before").unwrap();
+    // The redis-server stopped (SIGSTOP): its connections stay open, nothing answers.
+    let pid = redis.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let refused = echo_over_http(&mcp(&s[1]), &bearer, "frozen");
+    let waited = started.elapsed();
+    signal("-CONT");
+    let why = refused.unwrap_err();
+    assert!(why.contains("unavailable"), "{why}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the call waited {waited:?} for a frozen Redis"
+    );
+    // Thawed: both instances decide again without a restart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, x) in s.iter().enumerate() {
+        while echo_over_http(&mcp(x), &bearer, &format!("after-{i}")).is_err() {
+            assert!(Instant::now() < deadline, "instance {i} did not resume");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(redis);
+}
