@@ -92,7 +92,7 @@ macro_rules! suite {
     fn cast(b: &dyn ApprovalStore, r: &Request, who: &str, v: Verdict) -> Result<Status, ApprovalError> {
         let vote = sign(&key(who), r, v, who, T).unwrap();
         b.vote(&vote, &approvers(), &is_agent, T)?;
-        Ok(b.commit(&r.id, who, T).unwrap().status)
+        Ok(b.commit(&r.id, &vote.nonce, T).unwrap().status)
     }
 
     const HUMANS1: Requirement = Requirement::Humans { approvers: 1 };
@@ -207,7 +207,7 @@ macro_rules! suite {
             })
         ));
         // Not redeemed (the call needed something else): released, usable again.
-        b.release(&r.id);
+        b.release(&r.id, T);
         assert!(matches!(
             b.claim(&binding("h1"), None, T),
             Claim::Approved(_)
@@ -460,9 +460,10 @@ macro_rules! suite {
         assert!(voted.decided);
         // Not yet recorded: nothing changed, and another vote waits.
         assert_eq!(b.get(&r.id, T).unwrap().status, Status::Pending);
-        // Only bob's own commit (or withdrawal) touches bob's vote.
-        assert_eq!(b.commit(&r.id, "carol", T), None);
-        b.withdraw(&r.id, "carol");
+        // Only that vote's own commit (or withdrawal) touches it.
+        let other = sign(&key("bob"), &r, Verdict::Approve, "bob", T).unwrap();
+        assert_eq!(b.commit(&r.id, &other.nonce, T), None);
+        b.withdraw(&r.id, &other.nonce);
         assert_eq!(b.get(&r.id, T).unwrap().votes.len(), 1);
         assert_eq!(b.redeem(&binding("h1"), None, &HUMANS1, false, T), Ok(None));
         assert!(matches!(
@@ -470,7 +471,7 @@ macro_rules! suite {
             Err(ApprovalError::Busy(_))
         ));
         // The record failed: the vote is taken back.
-        b.withdraw(&r.id, "bob");
+        b.withdraw(&r.id, &vote.nonce);
         let after = b.get(&r.id, T).unwrap();
         assert_eq!((after.status, after.votes.len()), (Status::Pending, 0));
         // Recorded this time.
@@ -628,7 +629,10 @@ mod fleet {
             c.vote(&vote, &approvers(), &is_agent, t),
             Err(ApprovalError::Replayed(_))
         ));
-        assert_eq!(b.commit(&r.id, "bob", t).unwrap().status, Status::Approved);
+        assert_eq!(
+            b.commit(&r.id, &vote.nonce, t).unwrap().status,
+            Status::Approved
+        );
         // The call waiting on the first instance hears it.
         let started = Instant::now();
         while *waiting.borrow_and_update() != Status::Approved {
@@ -672,7 +676,7 @@ mod fleet {
             .unwrap();
         let vote = sign(&key("carol"), &r, Verdict::Approve, "carol", t).unwrap();
         books[1].vote(&vote, &approvers(), &is_agent, t).unwrap();
-        books[1].commit(&r.id, "carol", t).unwrap();
+        books[1].commit(&r.id, &vote.nonce, t).unwrap();
         for round in 0..2 {
             let won: usize = std::thread::scope(|s| {
                 let tries: Vec<_> = books
@@ -747,17 +751,19 @@ mod fleet {
             b.vote(&carol, &approvers(), &is_agent, t),
             Err(ApprovalError::Busy(_))
         ));
-        // ...and after the lease bob's vote is gone, never counted.
+        // ...and after the lease bob's vote is gone, never counted: A's late commit of it (its
+        // record landed at last) counts nothing.
         let later = t + LEASE_MS;
+        assert_eq!(a.commit(&r.id, &bob.nonce, later), None);
         let carol = sign(&key("carol"), &r, Verdict::Approve, "carol", later).unwrap();
         b.vote(&carol, &approvers(), &is_agent, later).unwrap();
-        let after = b.commit(&r.id, "carol", later).unwrap();
+        let after = b.commit(&r.id, &carol.nonce, later).unwrap();
         assert_eq!(after.status, Status::Pending);
         assert_eq!(after.approved_by(), vec!["carol"]);
         let alice = sign(&key("alice"), &r, Verdict::Approve, "alice", later).unwrap();
         b.vote(&alice, &approvers(), &is_agent, later).unwrap();
         assert_eq!(
-            b.commit(&r.id, "alice", later).unwrap().status,
+            b.commit(&r.id, &alice.nonce, later).unwrap().status,
             Status::Approved
         );
         // A holds it for a call and dies: its call may have run, so once the hold lapses the

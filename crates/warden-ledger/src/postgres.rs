@@ -15,8 +15,8 @@ use postgres::{Client, NoTls};
 use crate::merkle::{leaf_hash, Frontier, Hash, NodeId};
 use crate::store::{Appended, Checkpointer, LedgerStore, StoreError, Visit};
 
-/// The session settings a ledger connection gets unless its URL names its own `options`:
-/// statements and lock waits end after 5 s, a transaction left idle after 10 s.
+/// The session settings every ledger connection starts with (its URL's own `options` come after
+/// them, and win): statements and lock waits end after 5 s, a transaction left idle after 10 s.
 const PG_TIMEOUTS: &str =
     "-c statement_timeout=5000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=10000";
 
@@ -124,11 +124,14 @@ impl PgStore {
             // INVARIANT (fail-closed, issue 22): a PostgreSQL that is slow (a statement or a
             // lock wait beyond 5 s, a transaction left idle) aborts the append — nothing is
             // committed, the call is denied as unrecorded — instead of holding every call. The
-            // URL's own `options` parameter replaces these. A connection whose peer stops
+            // URL's own `options` parameter adds to these (and overrides the same settings). A connection whose peer stops
             // answering is dropped by TCP within about 15 s.
-            if config.get_options().is_none() {
-                config.options(PG_TIMEOUTS);
-            }
+            let options = match config.get_options() {
+                // The URL's own settings come after the defaults, and so win.
+                Some(own) => format!("{PG_TIMEOUTS} {own}"),
+                None => PG_TIMEOUTS.to_owned(),
+            };
+            config.options(&options);
             config
                 .keepalives(true)
                 .keepalives_idle(Duration::from_secs(10))

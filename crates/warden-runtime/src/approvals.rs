@@ -203,7 +203,7 @@ impl Claimed {
             if redeemed {
                 book.spend(&r.id, now_ms);
             } else {
-                book.release(&r.id);
+                book.release(&r.id, now_ms);
             }
         }
         let decision = recorded.filter(|d| d.decision == Verdict::Escalate)?;

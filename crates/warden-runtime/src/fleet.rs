@@ -290,6 +290,7 @@ pub(crate) fn watch(runtime: &crate::Runtime, fleet: Fleet) {
             let target = match fleet_now {
                 Some(f) if f == mine => {
                     fleet.behind.set(None);
+                    runtime.shared.clock.set(mine.version);
                     continue;
                 }
                 Some(f) if f.version >= mine.version => f,
@@ -300,8 +301,14 @@ pub(crate) fn watch(runtime: &crate::Runtime, fleet: Fleet) {
                     None => {
                         let register = Arc::clone(&fleet.register);
                         let m = mine.clone();
-                        let _ = tokio::task::spawn_blocking(move || register.publish(&m)).await;
-                        fleet.behind.set(None);
+                        let published =
+                            tokio::task::spawn_blocking(move || register.publish(&m)).await;
+                        // Only once the fleet serves this instance's bundle again is it not
+                        // behind; anything else is decided on the next round.
+                        if matches!(published, Ok(Ok(Published::Stored | Published::Same))) {
+                            fleet.behind.set(None);
+                            runtime.shared.clock.set(mine.version);
+                        }
                         continue;
                     }
                 },
@@ -316,6 +323,9 @@ pub(crate) fn watch(runtime: &crate::Runtime, fleet: Fleet) {
             if fleet.behind.why().is_none() {
                 tracing::error!(%why, "behind the fleet");
                 fleet.behind.set(Some(why.clone()));
+                // Grants minted under this instance's version are refused from now on: none of
+                // the old manifest's runs while it is behind.
+                runtime.shared.clock.set(target.version);
             }
             let file = modified(&runtime.shared.config.manifest);
             let due = match &tried {

@@ -335,15 +335,12 @@ impl Operator {
         // did not record is taken back and authorizes nothing.
         let about = crate::witness::About::approval(&r.binding, &r.id);
         if !crate::witness::record(&s.ledger, kind, about, reason).await {
-            s.approvals.withdraw(&r.id, &vote.approver);
+            s.approvals.withdraw(&r.id, &vote.nonce);
             return Err(OperatorError::NotRecorded(
                 "the vote could not be recorded in the ledger, so it was not counted; send it again",
             ));
         }
-        match s
-            .approvals
-            .commit(&r.id, &vote.approver, crate::now_unix_ms())
-        {
+        match s.approvals.commit(&r.id, &vote.nonce, crate::now_unix_ms()) {
             Some(now) => Ok(now),
             // Recorded, but no longer pending in the store (its lease lapsed while the ledger
             // took it, or the store did not answer): it counts for nothing, and the ledger says

@@ -48,7 +48,7 @@ struct Entry {
     tx: tokio::sync::watch::Sender<Status>,
     /// A counted vote whose ledger record is not yet confirmed: (approver, the status it
     /// leads to). Nothing changes status until [`Book::commit`].
-    uncommitted: Option<(String, Status)>,
+    uncommitted: Option<(String, String, Status)>,
     /// Held by a call being decided ([`Book::claim`]) until [`Book::spend`] or
     /// [`Book::release`]: no other call may use it meanwhile, and it does not expire.
     held: bool,
@@ -275,17 +275,17 @@ impl Book {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Confirms `approver`'s vote counted by [`Book::vote`] once its ledger record is durable:
-    /// only now does the request become approved (or denied) and a waiting call learn of it.
-    /// `None` if that vote is not pending (no such request, or another's vote is).
-    pub fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
+    /// Confirms the vote with `nonce` counted by [`Book::vote`] once its ledger record is
+    /// durable: only now does the request become approved (or denied) and a waiting call learn
+    /// of it. `None` if that vote is not pending (no such request, or another vote is).
+    pub fn commit(&self, id: &str, nonce: &str, now_ms: i64) -> Option<Request> {
         let mut inner = self.lock();
         let redeem = inner.settings.redeem_ttl_ms;
         let e = inner.requests.get_mut(id)?;
-        if e.uncommitted.as_ref().map(|(a, _)| a.as_str()) != Some(approver) {
+        if e.uncommitted.as_ref().map(|(_, n, _)| n.as_str()) != Some(nonce) {
             return None;
         }
-        if let Some((_, to)) = e.uncommitted.take() {
+        if let Some((_, _, to)) = e.uncommitted.take() {
             if e.request.status == Status::Pending && to != Status::Pending {
                 e.request.status = to;
                 if to == Status::Approved {
@@ -297,16 +297,18 @@ impl Book {
         Some(e.request.clone())
     }
 
-    /// Takes back `approver`'s vote counted by [`Book::vote`] whose ledger record failed: the
-    /// request stays as it was (INVARIANT (fail-closed): an unrecorded vote authorizes nothing).
-    pub fn withdraw(&self, id: &str, approver: &str) {
+    /// Takes back the vote with `nonce` counted by [`Book::vote`] whose ledger record failed:
+    /// the request stays as it was (INVARIANT (fail-closed): an unrecorded vote authorizes
+    /// nothing).
+    pub fn withdraw(&self, id: &str, nonce: &str) {
         let mut inner = self.lock();
         let Some(e) = inner.requests.get_mut(id) else {
             return;
         };
-        if e.uncommitted.as_ref().map(|(a, _)| a.as_str()) == Some(approver) {
-            e.uncommitted = None;
-            e.request.votes.retain(|v| v.approver != approver);
+        if e.uncommitted.as_ref().map(|(_, n, _)| n.as_str()) == Some(nonce) {
+            if let Some((approver, _, _)) = e.uncommitted.take() {
+                e.request.votes.retain(|v| v.approver != approver);
+            }
         }
     }
 
@@ -465,7 +467,7 @@ impl Book {
         };
         let to = count_vote(&mut entry.request, vote, now_ms);
         // Counted, but nothing changes until the vote's record is durable (commit).
-        entry.uncommitted = Some((vote.approver.clone(), to));
+        entry.uncommitted = Some((vote.approver.clone(), vote.nonce.clone(), to));
         let mut request = entry.request.clone();
         request.status = to;
         Ok(Voted {

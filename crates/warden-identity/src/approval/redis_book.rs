@@ -115,6 +115,8 @@ struct Record {
 #[serde(deny_unknown_fields)]
 struct Uncommitted {
     approver: String,
+    /// The vote's nonce: only its own commit or withdrawal acts on it.
+    nonce: String,
     to: Status,
     until_ms: i64,
 }
@@ -746,6 +748,7 @@ impl ApprovalStore for RedisBook {
             // Counted, but nothing changes until the vote's record is durable (commit).
             record.uncommitted = Some(Uncommitted {
                 approver: vote.approver.clone(),
+                nonce: vote.nonce.clone(),
                 to,
                 until_ms: now_ms.saturating_add(LEASE_MS),
             });
@@ -761,7 +764,7 @@ impl ApprovalStore for RedisBook {
         })
     }
 
-    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
+    fn commit(&self, id: &str, nonce: &str, now_ms: i64) -> Option<Request> {
         let s = &*self.shared;
         if !valid_id(id) {
             return None;
@@ -773,11 +776,11 @@ impl ApprovalStore for RedisBook {
                 let Some(mut record) = txn.record(&key, now_ms)? else {
                     return Ok(None);
                 };
-                // Only this approver's vote, still within its lease (else it was withdrawn).
+                // Only this very vote, still within its lease (else it was withdrawn).
                 let mine = record
                     .uncommitted
                     .as_ref()
-                    .is_some_and(|u| u.approver == approver);
+                    .is_some_and(|u| u.nonce == nonce);
                 if !mine {
                     return Ok(None);
                 }
@@ -800,7 +803,7 @@ impl ApprovalStore for RedisBook {
         Some(request)
     }
 
-    fn withdraw(&self, id: &str, approver: &str) {
+    fn withdraw(&self, id: &str, nonce: &str) {
         let s = &*self.shared;
         if !valid_id(id) {
             return;
@@ -815,10 +818,11 @@ impl ApprovalStore for RedisBook {
             if record
                 .uncommitted
                 .as_ref()
-                .is_some_and(|u| u.approver == approver)
+                .is_some_and(|u| u.nonce == nonce)
             {
-                record.uncommitted = None;
-                record.request.votes.retain(|v| v.approver != approver);
+                if let Some(u) = record.uncommitted.take() {
+                    record.request.votes.retain(|v| v.approver != u.approver);
+                }
                 txn.put(&key, &record, None)?;
             }
             Ok(())
@@ -913,19 +917,23 @@ impl ApprovalStore for RedisBook {
         }
     }
 
-    fn release(&self, id: &str) {
+    fn release(&self, id: &str, now_ms: i64) {
         let s = &*self.shared;
         if !valid_id(id) {
             return;
         }
-        // A release that cannot reach the store lapses with its lease instead.
+        // A release that cannot reach the store lapses with its lease instead. One that comes
+        // after the lease lapsed finds the approval expired (settled), and leaves it so.
         let _ = s.run(|txn| {
             let key = s.record_key(id);
             let Some(value) = txn.get_one(&key)? else {
                 return Ok(());
             };
-            let mut record = parse(&value)?;
-            if record.held_until_ms.take().is_some() {
+            let raw = parse(&value)?;
+            let held = raw.held_until_ms.is_some();
+            let mut record = raw.settle(now_ms);
+            if held {
+                record.held_until_ms = None;
                 txn.put(&key, &record, None)?;
             }
             Ok(())

@@ -50,13 +50,14 @@ pub trait ApprovalStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Voted, ApprovalError>;
 
-    /// Makes `approver`'s vote on `id` take effect (once it is recorded); the request after
-    /// it. `None` if that vote is not pending (never counted, taken back, or — in a shared
-    /// store — held past its lease): it counts for nothing.
-    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request>;
+    /// Makes the vote on `id` whose nonce is `nonce` take effect (once it is recorded); the
+    /// request after it. `None` if that vote is not pending (never counted, taken back, or —
+    /// in a shared store — held past its lease): it counts for nothing.
+    fn commit(&self, id: &str, nonce: &str, now_ms: i64) -> Option<Request>;
 
-    /// Takes back `approver`'s uncommitted vote on `id` (it could not be recorded).
-    fn withdraw(&self, id: &str, approver: &str);
+    /// Takes back the uncommitted vote on `id` whose nonce is `nonce` (it could not be
+    /// recorded).
+    fn withdraw(&self, id: &str, nonce: &str);
 
     /// What is kept for the call `binding` is about to be decided for (see [`Book::claim`]).
     fn claim(&self, binding: &Binding, id: Option<&str>, now_ms: i64) -> Claim;
@@ -67,8 +68,8 @@ pub trait ApprovalStore: Send + Sync {
     /// Marks the held approval `id` used (its call was allowed on it), at `now_ms`.
     fn spend(&self, id: &str, now_ms: i64);
 
-    /// Lets go of the held approval `id` (its call was not allowed on it).
-    fn release(&self, id: &str);
+    /// Lets go of the held approval `id` (its call was not allowed on it), at `now_ms`.
+    fn release(&self, id: &str, now_ms: i64);
 
     /// Redeems the approval for `binding` (see [`Book::redeem`]).
     ///
@@ -126,12 +127,12 @@ impl ApprovalStore for Book {
         Book::vote(self, vote, approvers, is_agent, now_ms)
     }
 
-    fn commit(&self, id: &str, approver: &str, now_ms: i64) -> Option<Request> {
-        Book::commit(self, id, approver, now_ms)
+    fn commit(&self, id: &str, nonce: &str, now_ms: i64) -> Option<Request> {
+        Book::commit(self, id, nonce, now_ms)
     }
 
-    fn withdraw(&self, id: &str, approver: &str) {
-        Book::withdraw(self, id, approver);
+    fn withdraw(&self, id: &str, nonce: &str) {
+        Book::withdraw(self, id, nonce);
     }
 
     fn claim(&self, binding: &Binding, id: Option<&str>, now_ms: i64) -> Claim {
@@ -146,7 +147,7 @@ impl ApprovalStore for Book {
         Book::spend(self, id);
     }
 
-    fn release(&self, id: &str) {
+    fn release(&self, id: &str, _now_ms: i64) {
         Book::release(self, id);
     }
 
