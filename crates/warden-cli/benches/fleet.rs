@@ -93,18 +93,7 @@ upstreams:
 /// Enrolls every agent of `manifest` in `data`; their bearer credentials, in order.
 fn enroll_all(data: &Path, manifest: &Path, agents: usize) -> Vec<String> {
     // The first through the CLI, which makes the gateway's keys.
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["agents", "enroll", "agent-0", "--data"])
-        .arg(data)
-        .arg("--manifest")
-        .arg(manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let first = common::enroll_as(data, manifest, "agent-0");
     let m = warden_runtime::bundle::load_manifest(manifest).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -114,7 +103,7 @@ fn enroll_all(data: &Path, manifest: &Path, agents: usize) -> Vec<String> {
         .map(|i| {
             let agent = format!("agent-{i}");
             let path = if i == 0 {
-                data.join("agents/agent-0.credential")
+                first.clone()
             } else {
                 warden_runtime::agents::enroll(data, &m, &agent, now, 86_400).unwrap()
             };

@@ -109,8 +109,14 @@ pub fn http_manifest(dir: &Path, name: &str, up_port: u16) -> PathBuf {
 
 /// Enrolls `bench-agent` in `data`; returns its credential file.
 pub fn enroll(data: &Path, manifest: &Path) -> PathBuf {
+    enroll_as(data, manifest, "bench-agent")
+}
+
+/// Enrolls `agent` in `data` with `warden agents enroll` (which makes the gateway's keys if
+/// there are none yet); returns its credential file.
+pub fn enroll_as(data: &Path, manifest: &Path, agent: &str) -> PathBuf {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["agents", "enroll", "bench-agent", "--data"])
+        .args(["agents", "enroll", agent, "--data"])
         .arg(data)
         .arg("--manifest")
         .arg(manifest)
@@ -121,7 +127,7 @@ pub fn enroll(data: &Path, manifest: &Path) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    data.join("agents/bench-agent.credential")
+    data.join(format!("agents/{agent}.credential"))
 }
 
 /// `warden serve` on `data` and `manifest` (with `extra` arguments), and its port.

@@ -106,6 +106,14 @@ impl FleetDirs {
     }
 }
 
+/// `coder-1`'s bearer credential in the data directory `data`.
+pub(super) fn bearer_of(data: &Path) -> String {
+    std::fs::read_to_string(data.join("agents/coder-1.credential"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 /// The approval id an answer names.
 fn approval_id(answer: &str) -> String {
     let at = answer.find("Approval id: apr_").expect(answer) + "Approval id: ".len();
@@ -728,10 +736,7 @@ fn a_budget_of_n_calls_allows_exactly_n_across_three_instances_under_load() {
     let Some(lb) = balance(dirs[0].path(), &refs) else {
         return;
     };
-    let bearer = std::fs::read_to_string(first.join("agents/coder-1.credential"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bearer = bearer_of(first);
     // Eight clients, 10 calls each, at once: 80 asked, 25 may run.
     let ran: usize = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..8)
@@ -779,10 +784,7 @@ fn three_instances_behind_haproxy_fail_closed_while_their_redis_is_down_and_resu
     let Some(lb) = balance(f.dirs[0].path(), &refs) else {
         return;
     };
-    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bearer = bearer_of(&f.first);
     for i in 0..6 {
         echo_over_http(&lb.url, &bearer, &format!("before-{i}")).unwrap();
     }
@@ -822,10 +824,7 @@ fn a_kill_through_one_of_three_instances_stops_calls_on_all_of_them() {
         return;
     };
     let s = f.start();
-    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bearer = bearer_of(&f.first);
     let mcp = |x: &super::Server| format!("http://{}/mcp", x.addr);
     for (i, x) in s.iter().enumerate() {
         echo_over_http(&mcp(x), &bearer, &format!("before-{i}")).unwrap();
@@ -859,10 +858,7 @@ fn a_frozen_redis_fails_calls_closed_within_its_timeout_and_calls_resume_when_it
     };
     f.url = format!("redis://127.0.0.1:{port}/");
     let s = f.start();
-    let bearer = std::fs::read_to_string(f.first.join("agents/coder-1.credential"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bearer = bearer_of(&f.first);
     let mcp = |x: &super::Server| format!("http://{}/mcp", x.addr);
     echo_over_http(&mcp(&s[0]), &bearer, "before").unwrap();
     // The redis-server stopped (SIGSTOP): its connections stay open, nothing answers.

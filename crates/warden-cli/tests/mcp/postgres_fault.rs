@@ -146,67 +146,106 @@ fn verified_export(data: &Path, url: &str) -> String {
     text(&out.stdout)
 }
 
-#[test]
-fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() {
-    let Some(e) = env() else { return };
+/// A PostgreSQL cluster of the test's own in `dir`, started; `None` (with a notice) without
+/// PostgreSQL's programs, which must be there where the tests are given a PostgreSQL (CI).
+fn own_postgres(dir: &Path) -> Option<OwnPostgres> {
     let Some(bin) = pg_bin() else {
-        // Where the tests are given a PostgreSQL (CI), its programs are there too.
         assert!(
             std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
             "PostgreSQL's programs (initdb, pg_ctl) are not installed"
         );
         eprintln!("notice: PostgreSQL's programs are not installed; skipping");
-        return;
+        return None;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = OwnPostgres::init(bin, dir.path());
+    let pg = OwnPostgres::init(bin, dir);
     pg.start();
-    let (data, m) = super::approvals::setup(dir.path());
-    let url = pg.url();
-    let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
-    let echo = |text: &str| {
+    Some(pg)
+}
+
+/// One `warden serve` of the approvals setup whose ledger is in a PostgreSQL of the test's own
+/// (the gateway is stopped first, the cluster next, the directory last).
+struct PgGateway {
+    s: super::Server,
+    pg: OwnPostgres,
+    e: super::Env,
+    data: PathBuf,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PgGateway {
+    fn start() -> Option<PgGateway> {
+        let e = env()?;
+        let dir = tempfile::tempdir().unwrap();
+        let pg = own_postgres(dir.path())?;
+        let (data, m) = super::approvals::setup(dir.path());
+        let url = pg.url();
+        let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
+        Some(PgGateway {
+            s,
+            pg,
+            e,
+            data,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// `coder-1` calls `demo.echo` with `text`: the result.
+    fn echo(&self, text: &str) -> serde_json::Value {
         call(
-            &e,
-            &s,
+            &self.e,
+            &self.s,
             "coder-1",
             "demo.echo",
             &format!(r#"{{"text":"{text}"}}"#),
         )
-    };
+    }
 
-    let r = echo("before");
+    /// Calls until one runs, for at most `within`.
+    fn echo_until_it_runs(&self, within: Duration) {
+        let back = Instant::now();
+        let r = loop {
+            let r = self.echo("after");
+            if r["isError"] == false || back.elapsed() > within {
+                break r;
+            }
+        };
+        assert_eq!(r["isError"], false, "did not resume: {r}");
+    }
+}
+
+#[test]
+fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() {
+    let Some(g) = PgGateway::start() else { return };
+
+    let r = g.echo("before");
     assert_eq!(r["isError"], false, "{r}");
 
     // PostgreSQL gone: nothing is decided without the ledger, and the agent is told why.
-    pg.crash();
-    let r = echo("while down");
+    g.pg.crash();
+    let r = g.echo("while down");
     assert_eq!(r["isError"], true, "{r}");
     let said = first_text(&r);
     assert!(said.contains("could not record"), "{said}");
 
     // Back: calls run again, without restarting Warden.
-    pg.start();
+    g.pg.start();
     let back = Instant::now();
-    let r = loop {
-        let r = echo("after");
-        if r["isError"] == false || back.elapsed() > Duration::from_secs(20) {
-            break r;
-        }
-    };
-    assert_eq!(r["isError"], false, "did not resume: {r}");
+    g.echo_until_it_runs(Duration::from_secs(20));
     eprintln!(
         "first call that ran after PostgreSQL came back: {:?}",
         back.elapsed()
     );
     // A clean stop: the ledger signs its last checkpoint.
-    let mut s = s;
+    let mut g = g;
     let ok = Command::new("kill")
-        .args(["-TERM", &s.child.id().to_string()])
+        .args(["-TERM", &g.s.child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
     let stopped = Instant::now();
-    while s.child.try_wait().unwrap().is_none() {
+    while g.s.child.try_wait().unwrap().is_none() {
         assert!(
             stopped.elapsed() < Duration::from_secs(20),
             "serve did not stop"
@@ -215,7 +254,7 @@ fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() 
     }
 
     // Every acknowledged entry is there, signed, and the log verifies.
-    let export = verified_export(&data, &url);
+    let export = verified_export(&g.data, &g.url);
     let receipts = export
         .lines()
         .filter(|l| l.contains("\"type\":\"receipt\"") && l.contains("demo.echo"))
@@ -226,21 +265,14 @@ fn a_gateway_fails_closed_while_its_postgres_ledger_is_down_and_resumes_alone() 
 #[test]
 fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_twice() {
     let Some(_e) = env() else { return };
-    let Some(bin) = pg_bin() else {
-        assert!(
-            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
-            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
-        );
-        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
-        return;
-    };
     let Ok(redis) = std::env::var("WARDEN_TEST_REDIS_URL") else {
         eprintln!("notice: WARDEN_TEST_REDIS_URL is not set; skipping the fleet test");
         return;
     };
     let pg_dir = tempfile::tempdir().unwrap();
-    let pg = OwnPostgres::init(bin, pg_dir.path());
-    pg.start();
+    let Some(pg) = own_postgres(pg_dir.path()) else {
+        return;
+    };
     let pg_url = pg.url();
     let prefix = super::fleet::fleet_prefix("fleet-crash");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -276,10 +308,7 @@ fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_tw
     let Some(lb) = super::fleet::balance(dirs[0].path(), &refs) else {
         return;
     };
-    let bearer = std::fs::read_to_string(first.join("agents/coder-1.credential"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bearer = super::fleet::bearer_of(&first);
 
     // Six clients call through HAProxy; instance 0 is killed (SIGKILL) while they do.
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -391,39 +420,16 @@ fn killing_an_instance_mid_load_loses_no_acknowledged_entry_and_runs_no_grant_tw
 
 #[test]
 fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing() {
-    let Some(e) = env() else { return };
-    let Some(bin) = pg_bin() else {
-        assert!(
-            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
-            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
-        );
-        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = OwnPostgres::init(bin.clone(), dir.path());
-    pg.start();
-    let (data, m) = super::approvals::setup(dir.path());
-    let url = pg.url();
-    let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
-    let echo = |text: &str| {
-        call(
-            &e,
-            &s,
-            "coder-1",
-            "demo.echo",
-            &format!(r#"{{"text":"{text}"}}"#),
-        )
-    };
-    assert_eq!(echo("before")["isError"], false);
+    let Some(g) = PgGateway::start() else { return };
+    assert_eq!(g.echo("before")["isError"], false);
     // Another session holds the ledger's head row, which every append locks, for 8 s: the
     // ledger is slow.
-    let holder = Command::new(bin.join("psql"))
+    let holder = Command::new(g.pg.bin.join("psql"))
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &pg.port.to_string(),
+            &g.pg.port.to_string(),
             "-U",
             "root",
             "postgres",
@@ -438,7 +444,7 @@ fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing(
     let mut holder = Killed(holder);
     std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
-    let r = echo("while slow");
+    let r = g.echo("while slow");
     let waited = started.elapsed();
     assert_eq!(r["isError"], true, "{r}");
     assert!(first_text(&r).contains("could not record"), "{r}");
@@ -448,10 +454,10 @@ fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing(
     );
     // The lock let go: calls run again, and the refused one left no decision behind.
     let _ = holder.0.wait();
-    let r = echo("after");
+    let r = g.echo("after");
     assert_eq!(r["isError"], false, "{r}");
-    drop(s);
-    let export = verified_export_any(&data, &url);
+    drop(g.s);
+    let export = verified_export_any(&g.data, &g.url);
     let decisions = export
         .lines()
         .filter(|l| l.contains("\"type\":\"decision\"") && l.contains("demo.echo"))
@@ -486,33 +492,10 @@ fn verified_export_any(data: &Path, url: &str) -> String {
 
 #[test]
 fn a_frozen_postgres_holds_no_call_past_the_record_wait_and_calls_resume_when_it_thaws() {
-    let Some(e) = env() else { return };
-    let Some(bin) = pg_bin() else {
-        assert!(
-            std::env::var("WARDEN_TEST_POSTGRES_URL").is_err(),
-            "PostgreSQL's programs (initdb, pg_ctl) are not installed"
-        );
-        eprintln!("notice: PostgreSQL's programs are not installed; skipping");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = OwnPostgres::init(bin, dir.path());
-    pg.start();
-    let (data, m) = super::approvals::setup(dir.path());
-    let url = pg.url();
-    let s = start_with(dir.path(), &data, &m, &[("WARDEN_LEDGER_POSTGRES", &url)]);
-    let echo = |text: &str| {
-        call(
-            &e,
-            &s,
-            "coder-1",
-            "demo.echo",
-            &format!(r#"{{"text":"{text}"}}"#),
-        )
-    };
-    assert_eq!(echo("before")["isError"], false);
+    let Some(g) = PgGateway::start() else { return };
+    assert_eq!(g.echo("before")["isError"], false);
     // Every process of the cluster stopped (SIGSTOP): connections stay open, nothing answers.
-    let pid = std::fs::read_to_string(pg.data.join("postmaster.pid")).unwrap();
+    let pid = std::fs::read_to_string(g.pg.data.join("postmaster.pid")).unwrap();
     let pid = pid.lines().next().unwrap().trim().to_owned();
     let signal = |sig: &str| {
         let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
@@ -524,7 +507,7 @@ fn a_frozen_postgres_holds_no_call_past_the_record_wait_and_calls_resume_when_it
     };
     signal("-STOP");
     let started = Instant::now();
-    let r = echo("frozen");
+    let r = g.echo("frozen");
     let waited = started.elapsed();
     signal("-CONT");
     assert_eq!(r["isError"], true, "{r}");
@@ -534,12 +517,5 @@ fn a_frozen_postgres_holds_no_call_past_the_record_wait_and_calls_resume_when_it
         "the call waited {waited:?} (the record wait is 10 s)"
     );
     // Thawed: calls run again without restarting Warden.
-    let back = Instant::now();
-    let r = loop {
-        let r = echo("after");
-        if r["isError"] == false || back.elapsed() > Duration::from_secs(30) {
-            break r;
-        }
-    };
-    assert_eq!(r["isError"], false, "did not resume: {r}");
+    g.echo_until_it_runs(Duration::from_secs(30));
 }
