@@ -98,12 +98,14 @@ async fn propose(
     let call = Call {
         session,
         tool: tool.into(),
+        kind: warden_core::ActionKind::Tool,
         arguments,
         trace: None,
         cancel: tokio_util::sync::CancellationToken::new(),
         approval: None,
         wait_secs: Some(wait),
         progress: None,
+        client: None,
     };
     app.propose(caller, call).await
 }

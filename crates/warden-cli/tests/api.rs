@@ -764,6 +764,7 @@ fn manifest_swaps_are_atomic_under_load() {
         tool: "fs.read_file".into(),
         arguments: serde_json::json!({"path": "/a"}),
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     };
     let d0 = g1.decide(&p0, state.as_ref(), 1_795_341_600);
     assert!(d0.is_allow());
@@ -801,6 +802,7 @@ fn manifest_swaps_are_atomic_under_load() {
                         tool: "fs.read_file".into(),
                         arguments: serde_json::json!({ "path": format!("/{i}") }),
                         tenant: None,
+                        kind: warden_core::ActionKind::Tool,
                     };
                     let d = current.get().decide(&p, state.as_ref(), 1_795_341_600);
                     seen.push((

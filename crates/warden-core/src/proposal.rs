@@ -25,6 +25,42 @@ pub struct Proposal {
     /// The tenant the caller claims to act for; when present it must be the agent's own (INV-008).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// What is proposed: a tool call (the default), a resource read or a prompt. The manifest
+    /// entry named `tool` must be of this kind.
+    #[serde(default, skip_serializing_if = "ActionKind::is_tool")]
+    pub kind: ActionKind,
+}
+
+/// The kinds of action an agent can propose: each manifest entry is one of them, and a
+/// proposal names the kind it asks for (an entry of another kind is not found).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// `tools/call`: the entry's tool, with the proposal's arguments.
+    #[default]
+    Tool,
+    /// `resources/read`: the proposal's one argument, `uri`, read from the entry's upstream.
+    Resource,
+    /// `prompts/get`: the entry's prompt, with the proposal's arguments.
+    Prompt,
+}
+
+impl ActionKind {
+    /// Whether it is a tool call (the default, not written out).
+    #[must_use]
+    pub fn is_tool(&self) -> bool {
+        *self == ActionKind::Tool
+    }
+
+    /// Its name in messages and manifests: `tool`, `resource`, `prompt`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Tool => "tool",
+            ActionKind::Resource => "resource",
+            ActionKind::Prompt => "prompt",
+        }
+    }
 }
 
 fn empty_object() -> Value {

@@ -6,11 +6,15 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientRequest, GetPromptRequestParams,
+    ReadResourceRequestParams, ServerResult,
+};
+use warden_core::ActionKind;
 use warden_ledger::{Entry, Receipt, ReceiptStatus};
 
 use crate::in_flight::{InFlight, Registered};
-use crate::{Call, ExecError, Executed, Executor, Interval, ProgressSink, Stages, Timed};
+use crate::{Answer, Call, ExecError, Executed, Executor, Interval, ProgressSink, Stages, Timed};
 
 /// A failed exchange with an upstream: a server that went away (killed, crashed, its
 /// transport closed) is unavailable, like one that cannot start; anything else is an error of
@@ -199,7 +203,7 @@ impl Executor {
         };
         let (client, tools) = connected.map_err(|e| (ReceiptStatus::Refused, e))?;
         // INVARIANT (INV-023): only a tool the upstream lists and whose pin holds is called.
-        if !tools.iter().any(|t| t.name == to.tool) {
+        if call.kind == ActionKind::Tool && !tools.iter().any(|t| t.name == to.tool) {
             crate::counters::Counters::add(&self.counters.tools_withdrawn);
             return Err((
                 ReceiptStatus::Refused,
@@ -219,9 +223,9 @@ impl Executor {
         Ok(client)
     }
 
-    /// Step 4: sends `tools/call`, relays the upstream's progress (redacted, under the
-    /// caller's own token) and waits for the answer within the upstream's timeout; a
-    /// cancellation or timeout is passed on to the upstream.
+    /// Step 4: sends `tools/call` (`resources/read`, `prompts/get`), relays the upstream's
+    /// progress (redacted, under the caller's own token) and waits for the answer within the
+    /// upstream's timeout; a cancellation or timeout is passed on to the upstream.
     async fn call_upstream(
         &self,
         to: &Target<'_>,
@@ -229,20 +233,35 @@ impl Executor {
         arguments: serde_json::Value,
         call: &Call<'_>,
         stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<CallToolResult, (ReceiptStatus, ExecError)> {
-        let mut params = CallToolRequestParams::new(to.tool.to_owned());
-        if let serde_json::Value::Object(m) = arguments {
-            params.arguments = Some(m);
-        }
-        // Trace context (SEP-414): the upstream continues the call's trace under its span.
-        if let Some(tp) = call.traceparent {
-            rmcp::model::RequestParamsMeta::set_traceparent(&mut params, tp);
-        }
+    ) -> Result<Answer, (ReceiptStatus, ExecError)> {
+        let request = request_for(call, to.tool, arguments).map_err(|why| {
+            (
+                ReceiptStatus::Refused,
+                ExecError::Upstream {
+                    upstream: to.name.to_owned(),
+                    why,
+                },
+            )
+        })?;
         let timeout = std::time::Duration::from_millis(to.up.spec.timeout_ms);
-        let request =
-            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
         // What the runner's sandbox does until the answer is tied to this call (issue 18).
         let _served = to.up.serving.enter(call.request_id);
+        // What the upstream asks of the agent's client while serving this call reaches the
+        // caller's client (registered before sending: it may ask before the send returns).
+        let asking = to.up.relay.asks.as_ref().map(|a| {
+            a.calls.enter(
+                &warden_core::state::session_key(call.agent, call.session),
+                crate::client_requests::Who {
+                    agent: call.agent.to_owned(),
+                    tenant: call.tenant.to_owned(),
+                    session: call.session.to_owned(),
+                    request_id: call.request_id.to_owned(),
+                    trace_id: call.trace_id.to_owned(),
+                },
+                call.redact,
+                call.client.clone(),
+            )
+        });
         let handle = client
             .peer()
             .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
@@ -263,6 +282,9 @@ impl Executor {
             });
             to.up.relay.register(handle.progress_token.clone(), relayed)
         });
+        if let Some(a) = &asking {
+            a.sent_as(handle.id.clone());
+        }
         let (request_id, peer) = (handle.id.clone(), handle.peer.clone());
         let outcome = tokio::select! {
             r = tokio::time::timeout(timeout, handle.await_response()) => Some(r),
@@ -298,7 +320,17 @@ impl Executor {
                     },
                 ))
             }
-            Some(Ok(Ok(rmcp::model::ServerResult::CallToolResult(r)))) => Ok(r),
+            Some(Ok(Ok(ServerResult::CallToolResult(r)))) if call.kind == ActionKind::Tool => {
+                Ok(Answer::Tool(r))
+            }
+            Some(Ok(Ok(ServerResult::ReadResourceResult(r))))
+                if call.kind == ActionKind::Resource =>
+            {
+                Ok(Answer::Resource(r))
+            }
+            Some(Ok(Ok(ServerResult::GetPromptResult(r)))) if call.kind == ActionKind::Prompt => {
+                Ok(Answer::Prompt(r))
+            }
             Some(Ok(Ok(_))) => Err((
                 ReceiptStatus::Error,
                 ExecError::Upstream {
@@ -320,17 +352,31 @@ impl Executor {
     /// the receipt is recorded.
     async fn finish(
         &self,
-        mut result: CallToolResult,
+        mut result: Answer,
         draft: &Draft<'_, '_>,
         stages: &mut Stages,
     ) -> Result<Executed, ExecError> {
         // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
         // anyone sees it.
         let redacting = std::time::Instant::now();
-        let redactions = self.redact_result(&mut result, draft.call.redact);
+        let redactions = match &mut result {
+            Answer::Tool(r) => self.redact_result(r, draft.call.redact),
+            Answer::Resource(r) => self.redact_typed(r, draft.call.redact, || {
+                rmcp::model::ReadResourceResult::new(vec![rmcp::model::ResourceContents::text(
+                    WITHHELD,
+                    draft.call.tool,
+                )])
+            }),
+            Answer::Prompt(r) => self.redact_typed(r, draft.call.redact, || {
+                rmcp::model::GetPromptResult::new(vec![rmcp::model::PromptMessage::new_text(
+                    rmcp::model::Role::User,
+                    WITHHELD,
+                )])
+            }),
+        };
         stages.redaction = Some(Interval::since(redacting));
-        let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
-        let status = if result.is_error == Some(true) {
+        let value = result.to_value();
+        let status = if result.is_error() {
             ReceiptStatus::Error
         } else {
             ReceiptStatus::Ok
@@ -383,6 +429,30 @@ impl Executor {
         n
     }
 
+    /// Redacts a resource's contents or a prompt's messages as JSON (every field, whatever its
+    /// type) and reads them back; what cannot be read back is replaced by `withheld()`.
+    fn redact_typed<T>(
+        &self,
+        result: &mut T,
+        on: &BTreeSet<String>,
+        withheld: impl Fn() -> T,
+    ) -> u64
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        // INVARIANT (INV-010, fail closed): what cannot be inspected or redacted in place is
+        // not passed on.
+        let Ok(mut value) = serde_json::to_value(&*result) else {
+            *result = withheld();
+            return 1;
+        };
+        let n = self.redactor.redact_json(&mut value, on);
+        if n > 0 {
+            *result = serde_json::from_value::<T>(value).unwrap_or_else(|_| withheld());
+        }
+        n
+    }
+
     async fn record(&self, entry: &Entry) -> Result<u64, warden_ledger::LedgerError> {
         let ticket = self.ledger.submit(entry)?;
         ticket
@@ -401,6 +471,52 @@ impl Executor {
         self.record(&receipt).await.ok();
         Err(error)
     }
+}
+
+/// What a resource or prompt is replaced by when it held secrets in a field that cannot be
+/// redacted in place.
+const WITHHELD: &str = "[REDACTED: this held secrets in a field that cannot be redacted in place]";
+
+/// The request that carries out `call`: `tools/call` of `name` with the arguments,
+/// `resources/read` of the `uri` argument, or `prompts/get` of `name` with the arguments, each
+/// with the call's trace context.
+fn request_for(
+    call: &Call<'_>,
+    name: &str,
+    arguments: serde_json::Value,
+) -> Result<ClientRequest, String> {
+    use rmcp::model::RequestParamsMeta as _;
+    let serde_json::Value::Object(arguments) = arguments else {
+        return Err("the arguments are not an object".into());
+    };
+    Ok(match call.kind {
+        ActionKind::Tool => {
+            let mut params = CallToolRequestParams::new(name.to_owned());
+            params.arguments = Some(arguments);
+            // Trace context (SEP-414): the upstream continues the call's trace under its span.
+            if let Some(tp) = call.traceparent {
+                params.set_traceparent(tp);
+            }
+            ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params))
+        }
+        ActionKind::Resource => {
+            let Some(serde_json::Value::String(uri)) = arguments.get("uri") else {
+                return Err("a resource read names its `uri`".into());
+            };
+            let mut params = ReadResourceRequestParams::new(uri.clone());
+            if let Some(tp) = call.traceparent {
+                params.set_traceparent(tp);
+            }
+            ClientRequest::ReadResourceRequest(rmcp::model::ReadResourceRequest::new(params))
+        }
+        ActionKind::Prompt => {
+            let mut params = GetPromptRequestParams::new(name.to_owned()).with_arguments(arguments);
+            if let Some(tp) = call.traceparent {
+                params.set_traceparent(tp);
+            }
+            ClientRequest::GetPromptRequest(rmcp::model::GetPromptRequest::new(params))
+        }
+    })
 }
 
 /// The upstream a call goes to, and the tool's name there.

@@ -21,6 +21,8 @@
 //! - `runners` (private): the sandboxed upstreams' runners, one per boundary;
 //! - `upstream` (private): stdio children and their MCP client sessions.
 
+mod catalog;
+pub mod client_requests;
 pub mod counters;
 mod execution;
 mod in_flight;
@@ -79,6 +81,7 @@ pub mod fuzz {
         }
     }
 }
+pub use client_requests::ClientSide;
 pub use sandboxed::SandboxConfig;
 pub use secrets::Secrets;
 pub use upstream::{hash_file, ConnectError, Observed, ProgressSink};
@@ -176,8 +179,11 @@ pub struct Call<'a> {
     pub agent: &'a str,
     /// Tenant (for the receipt).
     pub tenant: &'a str,
-    /// The federated tool name, `<upstream>.<tool>`.
+    /// The federated name, `<upstream>.<tool>` (or of a resource or prompt entry).
     pub tool: &'a str,
+    /// What the granted entry is: a tool called, a resource read (its `uri` argument), a
+    /// prompt got. Taken from the manifest entry the grant names, never from the agent.
+    pub kind: warden_core::ActionKind,
     /// The arguments that run (their hash must be the granted one).
     pub arguments: serde_json::Map<String, serde_json::Value>,
     /// Trace id (receipt).
@@ -193,6 +199,10 @@ pub struct Call<'a> {
     pub cancel: CancellationToken,
     /// Where the upstream's progress notifications go (the caller asked for progress).
     pub progress: Option<ProgressSink>,
+    /// The agent's client, for what the upstream asks of it while serving this call
+    /// (sampling, elicitation, roots, log messages); `None` where the connection cannot
+    /// carry them.
+    pub client: Option<Arc<dyn ClientSide>>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -207,11 +217,41 @@ impl std::fmt::Debug for Call<'_> {
     }
 }
 
+/// What an upstream answered, by the kind of action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A tool's result.
+    Tool(CallToolResult),
+    /// A resource's contents.
+    Resource(rmcp::model::ReadResourceResult),
+    /// A prompt's messages.
+    Prompt(rmcp::model::GetPromptResult),
+}
+
+impl Answer {
+    /// Whether the upstream reported a failure in it (only tool results can).
+    #[must_use]
+    pub fn is_error(&self) -> bool {
+        matches!(self, Answer::Tool(r) if r.is_error == Some(true))
+    }
+
+    /// It as JSON (what its receipt hashes, what the native API returns).
+    #[must_use]
+    pub fn to_value(&self) -> serde_json::Value {
+        let v = match self {
+            Answer::Tool(r) => serde_json::to_value(r),
+            Answer::Resource(r) => serde_json::to_value(r),
+            Answer::Prompt(r) => serde_json::to_value(r),
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// A call that ran.
 #[derive(Debug)]
 pub struct Executed {
     /// The redacted result, as the agent may see it.
-    pub result: CallToolResult,
+    pub result: Answer,
     /// Where its receipt is in the ledger.
     pub receipt_index: u64,
     /// How many values were redacted.

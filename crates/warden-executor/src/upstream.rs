@@ -72,10 +72,14 @@ type Connected = (
 pub type ProgressSink = Arc<dyn Fn(f64, Option<f64>, Option<String>) + Send + Sync>;
 
 /// The client side of an upstream connection: relays the upstream's progress notifications for
-/// a call to whoever registered the token Warden gave that call (and drops any other), and
-/// notes when the upstream says its tools changed.
+/// a call to whoever registered the token Warden gave that call (and drops any other), notes
+/// when the upstream says its tools changed, and passes what the upstream asks of the agent's
+/// client to the client of the call it serves ([`crate::client_requests`]).
 #[derive(Clone, Default)]
 pub(crate) struct Relay {
+    /// What the upstream may ask of clients, and the calls in flight it may ask for (`None`:
+    /// nothing is offered).
+    pub(crate) asks: Option<crate::client_requests::Asks>,
     sinks:
         Arc<std::sync::Mutex<std::collections::HashMap<rmcp::model::ProgressToken, ProgressSink>>>,
     // INVARIANT (INV-023): set by `notifications/tools/list_changed`; the tools are listed and
@@ -114,6 +118,10 @@ impl Drop for RelayGuard {
     }
 }
 
+#[expect(
+    deprecated,
+    reason = "sampling, roots and logging are deprecated by SEP-2577 and still what upstreams send (issue 20)"
+)]
 impl rmcp::ClientHandler for Relay {
     async fn on_progress(
         &self,
@@ -134,6 +142,85 @@ impl rmcp::ClientHandler for Relay {
         self.tools_changed
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        use warden_manifest::raw::ClientRequestKind as K;
+        let mut info = rmcp::model::ClientConfig::default();
+        info.client_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
+        // INVARIANT (fail-closed): an upstream is offered only what its manifest block lets it
+        // ask of the agent's client.
+        let allowed = self.asks.as_ref().map(|a| &a.allowed);
+        let offers = |k| allowed.is_some_and(|a| a.contains(&k));
+        let caps = &mut info.capabilities;
+        if offers(K::Sampling) {
+            caps.sampling = Some(rmcp::model::SamplingCapability::default());
+        }
+        if offers(K::Elicitation) {
+            caps.elicitation = Some(rmcp::model::ElicitationCapability::default());
+        }
+        if offers(K::Roots) {
+            caps.roots = Some(rmcp::model::RootsCapabilities::default());
+        }
+        info
+    }
+
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        let origin = context
+            .extensions
+            .get::<rmcp::service::InboundStreamOrigin>();
+        match &self.asks {
+            Some(a) => a.sample(params, origin).await,
+            None => Err(not_offered()),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let origin = context
+            .extensions
+            .get::<rmcp::service::InboundStreamOrigin>();
+        match &self.asks {
+            Some(a) => a.elicit(params, origin).await,
+            None => Err(not_offered()),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, rmcp::ErrorData> {
+        let origin = context
+            .extensions
+            .get::<rmcp::service::InboundStreamOrigin>();
+        match &self.asks {
+            Some(a) => a.roots(origin).await,
+            None => Err(not_offered()),
+        }
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        if let Some(a) = &self.asks {
+            a.log(params);
+        }
+    }
+}
+
+fn not_offered() -> rmcp::ErrorData {
+    rmcp::ErrorData::invalid_request(
+        "Warden offers this upstream nothing of the agent's client",
+        None,
+    )
 }
 
 #[derive(Default)]
@@ -369,13 +456,23 @@ impl Upstream {
             } => Some(crate::tls::load_ca(Path::new(p)).map_err(Arc::new)),
             _ => None,
         };
+        let relay = Relay {
+            asks: Some(crate::client_requests::Asks {
+                upstream: spec.name.clone(),
+                allowed: spec.client_requests.clone(),
+                calls: Arc::default(),
+                redactor: Arc::clone(&redactor),
+                ledger: ledger.clone(),
+            }),
+            ..Relay::default()
+        };
         Upstream {
             ca,
             spec,
             secrets,
             redactor,
+            relay,
             ledger,
-            relay: Relay::default(),
             conn: tokio::sync::Mutex::new(Conn::default()),
             last_answer: std::sync::atomic::AtomicU64::new(0),
             connected_once: std::sync::atomic::AtomicBool::new(false),

@@ -110,6 +110,7 @@ fn call<'a>(
         agent: "a1",
         tenant: "t1",
         tool,
+        kind: warden_core::ActionKind::Tool,
         arguments: args.as_object().unwrap().clone(),
         trace_id: "",
         traceparent: None,
@@ -117,6 +118,7 @@ fn call<'a>(
         redact,
         cancel: tokio_util::sync::CancellationToken::new(),
         progress: None,
+        client: None,
     }
 }
 
@@ -137,6 +139,7 @@ fn tripwire(dir: &Path) -> Upstream {
         pins: None,
         sandbox: None,
         unsandboxed: Some("test".into()),
+        client_requests: Default::default(),
     }
 }
 
@@ -262,6 +265,7 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         pins: None,
         sandbox: None,
         unsandboxed: Some("test".into()),
+        client_requests: Default::default(),
     };
     let (ex, ledger) = executor(dir.path(), time, clock);
     assert!(ex
@@ -280,7 +284,7 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         .execute(call(&g, "time.get_current_time", &args, &none))
         .await
         .unwrap();
-    assert_eq!(done.result.is_error, Some(false));
+    assert!(matches!(&done.result, warden_executor::Answer::Tool(r) if r.is_error == Some(false)));
     assert_eq!(ledger.size().unwrap(), 1);
     let e = ex
         .execute(call(&g, "time.get_current_time", &args, &none))

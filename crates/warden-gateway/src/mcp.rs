@@ -11,15 +11,18 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
 use warden_core::trace::TraceParent;
-use warden_core::Verdict;
+use warden_core::{ActionKind, Verdict};
 use warden_runtime::governed::ProgressSink;
+use warden_runtime::Answer;
 use warden_runtime::{Call, Caller, Outcome, Runtime};
 
 use crate::mcp_sessions::{Limits, OpenError, Refused, Sessions};
@@ -57,6 +60,8 @@ pub struct McpFront {
     /// Over stdio: the connection's session keys, whose per-session sandbox runners end with
     /// it.
     ended: Option<Arc<SessionEnd>>,
+    /// Over stdio: the least severe log level the client asked for (`logging/setLevel`).
+    log_level: crate::mcp_client::LogLevel,
 }
 
 /// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
@@ -106,6 +111,7 @@ impl McpFront {
             fixed: None,
             sessions: Some(sessions),
             ended: None,
+            log_level: Arc::default(),
         }
     }
 
@@ -132,7 +138,24 @@ impl McpFront {
                 session,
             })),
             sessions: None,
+            log_level: Arc::default(),
         })
+    }
+
+    /// The agent's client, for what an upstream asks of it while serving the call: over stdio
+    /// the connection carries requests both ways; over HTTP (each request served on its own)
+    /// it cannot, and the upstream's request is refused and recorded.
+    fn client_side(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Option<Arc<dyn warden_runtime::ClientSide>> {
+        self.fixed.as_ref()?;
+        let level = self.log_level.lock().ok().and_then(|l| *l);
+        Some(Arc::new(crate::mcp_client::PeerClient {
+            peer: ctx.peer.clone(),
+            capabilities: ctx.client_capabilities(),
+            level,
+        }))
     }
 
     /// The caller, session (and whether Warden issued it) and trace context (the `traceparent` header) of a request.
@@ -201,7 +224,7 @@ impl ServerHandler for McpFront {
     }
 
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        let mut info = ServerConfig::new(crate::mcp_client::capabilities());
         info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
         info.instructions = Some(
             "Warden governs these tools: every call is decided by policy and recorded. A denied \
@@ -227,13 +250,162 @@ impl ServerHandler for McpFront {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let (caller, session, issued, trace) = self.caller(&ctx)?;
-        let progress_token = request
-            .meta
-            .as_ref()
+        let arguments = request.arguments.unwrap_or_default();
+        let outcome = self
+            .govern(
+                ActionKind::Tool,
+                request.name.to_string(),
+                arguments,
+                request.meta.as_ref(),
+                &ctx,
+            )
+            .await?;
+        Ok(match self.answer(outcome) {
+            Ok(Answer::Tool(result)) => as_complete(result).into(),
+            Ok(_) => refusal(WRONG_KIND.into()),
+            Err(text) => refusal(text),
+        })
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let name = self.app.resource_action(&request.uri);
+        let mut arguments = serde_json::Map::new();
+        arguments.insert("uri".into(), serde_json::Value::String(request.uri));
+        let outcome = self
+            .govern(
+                ActionKind::Resource,
+                name,
+                arguments,
+                request.meta.as_ref(),
+                &ctx,
+            )
+            .await?;
+        match self.answer(outcome) {
+            Ok(Answer::Resource(mut r)) => {
+                r.result_type
+                    .get_or_insert(rmcp::model::ResultType::COMPLETE);
+                Ok(r.into())
+            }
+            Ok(_) => Err(McpError::internal_error(WRONG_KIND, None)),
+            Err(text) => Err(refused_request(text)),
+        }
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let arguments = request.arguments.unwrap_or_default();
+        let outcome = self
+            .govern(
+                ActionKind::Prompt,
+                request.name,
+                arguments,
+                request.meta.as_ref(),
+                &ctx,
+            )
+            .await?;
+        match self.answer(outcome) {
+            Ok(Answer::Prompt(mut r)) => {
+                r.result_type
+                    .get_or_insert(rmcp::model::ResultType::COMPLETE);
+                Ok(r.into())
+            }
+            Ok(_) => Err(McpError::internal_error(WRONG_KIND, None)),
+            Err(text) => Err(refused_request(text)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let (caller, ..) = self.caller(&ctx)?;
+        Ok(ListResourcesResult::with_all_items(
+            self.app.visible_resources(&caller).await,
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let (caller, ..) = self.caller(&ctx)?;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.app.visible_resource_templates(&caller).await,
+        ))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let (caller, ..) = self.caller(&ctx)?;
+        Ok(ListPromptsResult::with_all_items(
+            self.app.visible_prompts(&caller).await,
+        ))
+    }
+
+    #[expect(
+        deprecated,
+        reason = "logging is deprecated by SEP-2577 and still what clients and upstreams use"
+    )]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.caller(&ctx)?;
+        // Upstreams' log messages reach a stdio client (over HTTP they have no way back).
+        crate::mcp_client::set_level(&self.log_level, &request);
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let (caller, ..) = self.caller(&ctx)?;
+        self.app
+            .complete(&caller, request)
+            .await
+            .map_err(|e| McpError::invalid_params(e.to_string(), None))
+    }
+}
+
+/// Said when the Executor answers a call of one kind with another's result (never expected).
+const WRONG_KIND: &str = "Warden's Executor answered with a result of another kind than was asked";
+
+/// A refused read or get: a JSON-RPC error whose message says why (there is no error result
+/// for resources and prompts, as there is for tools).
+fn refused_request(text: String) -> McpError {
+    McpError::invalid_request(text, None)
+}
+
+impl McpFront {
+    /// Proposes one action of `kind` on the governed path, with what the request's `_meta`
+    /// says (task, approval, wait, trace context, progress), registered for cancellation.
+    async fn govern(
+        &self,
+        kind: ActionKind,
+        name: String,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        request_meta: Option<&rmcp::model::RequestMetaObject>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Outcome, McpError> {
+        let (caller, session, issued, trace) = self.caller(ctx)?;
+        let progress_token = request_meta
             .and_then(rmcp::model::RequestMetaObject::get_progress_token)
             .or_else(|| ctx.meta.get_progress_token());
-        let arguments = request.arguments.unwrap_or_default();
         if let Some(ended) = &self.ended {
             ended.note(warden_core::state::session_key(caller.agent(), &session));
         }
@@ -246,11 +418,11 @@ impl ServerHandler for McpFront {
                 match s.track(&session, id, ctx.ct.clone()) {
                     Ok(t) => Some(t),
                     Err(_) => {
-                        return Ok(refusal(
-                            "Warden refused the call: its MCP session ended before it could \
-                             run. Open a new session and call again."
+                        return Ok(Outcome::Invalid {
+                            why: "its MCP session ended before it could run. Open a new \
+                                  session and call again."
                                 .into(),
-                        ))
+                        })
                     }
                 }
             }
@@ -260,9 +432,7 @@ impl ServerHandler for McpFront {
         // (`false` or seconds) shortens the manifest's wait for an approval.
         // rmcp moves a request's `_meta` into the context; read both.
         let meta = |key: &str| {
-            request
-                .meta
-                .as_ref()
+            request_meta
                 .and_then(|m| m.get(key))
                 .or_else(|| ctx.meta.get(key))
                 .cloned()
@@ -277,7 +447,7 @@ impl ServerHandler for McpFront {
         // anything (every revision has `_meta` on a call; `initialize` is not always sent).
         if let Some(serde_json::Value::String(task)) = meta(TASK_META) {
             if let Err(e) = self.app.declare_task(&caller, &session, &task).await {
-                return Ok(refusal(format!("Warden refused the call: {e}")));
+                return Ok(Outcome::Invalid { why: e.to_string() });
             }
         }
         // Trace context (SEP-414): the call's `_meta.traceparent`, else the HTTP request's
@@ -287,28 +457,27 @@ impl ServerHandler for McpFront {
             .or(trace);
         let call = Call {
             session,
-            tool: request.name.to_string(),
+            tool: name,
+            kind,
             arguments: serde_json::Value::Object(arguments),
             trace,
             cancel: ctx.ct.clone(),
             approval: approval.as_deref(),
             wait_secs: wait,
-            progress: progress_token.map(|t| progress_sink(&ctx, t)),
+            progress: progress_token.map(|t| progress_sink(ctx, t)),
+            client: self.client_side(ctx),
         };
-        let outcome = self.app.propose(&caller, call).await;
-        Ok(self.answer(outcome))
+        Ok(self.app.propose(&caller, call).await)
     }
-}
 
-impl McpFront {
-    /// The MCP result for an outcome.
-    fn answer(&self, outcome: Outcome) -> CallToolResponse {
+    /// The answer of an outcome that ran, or the text that says why it did not.
+    fn answer(&self, outcome: Outcome) -> Result<Answer, String> {
         match outcome {
             Outcome::NotDecided {
                 rule,
                 why,
                 request_id,
-            } => refusal(format!(
+            } => Err(format!(
                 "Warden could not record or grant the decision, so the call did not run (rule \
                  {rule}{}): {why}",
                 request_id.map_or(String::new(), |r| format!("; request {r}"))
@@ -330,7 +499,7 @@ impl McpFront {
                 } else {
                     format!("The approval is {}: propose again.", r.status.as_str())
                 };
-                refusal(format!(
+                Err(format!(
                     "This call needs approval before it can run: {what} (rules: {}; request \
                      {request_id}). Approval id: {} ({}, needs {}). It was not run. {retry}",
                     decision.rules.join(", "),
@@ -343,7 +512,7 @@ impl McpFront {
                 decision,
                 request_id,
                 ..
-            } if decision.decision == Verdict::Escalate => refusal(format!(
+            } if decision.decision == Verdict::Escalate => Err(format!(
                 "This call needs a human before it can run: {} (rules: {}; request \
                  {request_id}). It was not run.",
                 escalation_text(decision.escalation.as_ref(), &decision.reason),
@@ -355,7 +524,7 @@ impl McpFront {
                 ..
             } => {
                 if decision.governance_unavailable() {
-                    return refusal(format!(
+                    return Err(format!(
                         "Warden governance is unavailable (request {request_id}): {}. Nothing ran; \
                          call again once it is back.",
                         decision.reason
@@ -366,17 +535,17 @@ impl McpFront {
                 } else {
                     "Retrying the same call will not help."
                 };
-                refusal(format!(
+                Err(format!(
                     "Denied by Warden policy (rules: {}; request {request_id}): {}. {retry}",
                     decision.rules.join(", "),
                     decision.reason
                 ))
             }
-            Outcome::Ran { executed, .. } => as_complete(executed.result).into(),
-            Outcome::Invalid { why } => refusal(format!("Warden refused the call: {why}")),
+            Outcome::Ran { executed, .. } => Ok(executed.result),
+            Outcome::Invalid { why } => Err(format!("Warden refused the call: {why}")),
             Outcome::Failed {
                 request_id, error, ..
-            } => refusal(format!(
+            } => Err(format!(
                 "Warden allowed the call (request {request_id}) but it did not complete: {error}"
             )),
         }

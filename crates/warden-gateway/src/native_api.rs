@@ -223,6 +223,7 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
     let call = Call {
         session: proposal.session,
         tool: proposal.tool,
+        kind: proposal.kind,
         arguments: proposal.arguments,
         trace,
         cancel: tokio_util::sync::CancellationToken::new(),
@@ -239,6 +240,7 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
                 .unwrap_or(0),
         ),
         progress: None,
+        client: None,
     };
     outcome_response(app.propose(&caller, call).await)
 }
@@ -299,10 +301,7 @@ fn outcome_response(outcome: Outcome) -> Response {
         } => {
             let mut body = decided(&decision, request_id, index);
             if let Some(obj) = body.as_object_mut() {
-                obj.insert(
-                    "result".into(),
-                    serde_json::to_value(&executed.result).unwrap_or_default(),
-                );
+                obj.insert("result".into(), executed.result.to_value());
                 obj.insert("receipt_index".into(), executed.receipt_index.into());
             }
             (StatusCode::OK, Json(body)).into_response()

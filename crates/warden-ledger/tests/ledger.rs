@@ -380,6 +380,7 @@ fn no_secret_value_reaches_a_record() {
             tool: tool.into(),
             arguments: args,
             tenant: None,
+            kind: warden_core::ActionKind::Tool,
         };
         let d = g.decide(&p, &state, 1_795_341_600);
         verdicts.push(d.decision);

@@ -5,10 +5,11 @@
 //! [`manifest`] validates it into the internal types the Governor and the Executor use, with
 //! errors that name file, line and key; [`upstream`] holds the upstream servers, their
 //! sandbox blocks and detectors; [`approvers`] the approvers, governance and notifications;
-//! [`rate`] rates and windows; [`diff`] what changed between two versions.
+//! [`actions`] the resource and prompt entries; [`rate`] rates and windows; [`diff`] what changed between two versions.
 //!
 //! The Executor depends on this crate, not on the decision engine (`warden-policy`).
 
+pub mod actions;
 pub mod approvers;
 pub mod diff;
 pub mod lines;

@@ -199,6 +199,10 @@ pub struct Tool {
     pub lookup: std::collections::BTreeMap<String, String>,
     /// Labels of fields of its structured output.
     pub output_fields: Vec<FieldLabel>,
+    /// What it is: a tool, a resource entry (`resources:`) or a prompt (`prompts:`).
+    pub kind: warden_core::ActionKind,
+    /// A resource entry's URIs (empty for tools and prompts).
+    pub uris: Vec<crate::actions::UriPattern>,
 }
 
 /// The label of the fields one JSON pointer reaches.
@@ -418,7 +422,17 @@ pub fn validate(file: &str, text: &str, raw: RawManifest) -> Result<Manifest, Lo
     let tenants = validate_tenants(&mut c, &raw);
     let zones = validate_zones(&mut c, &raw);
     let agents = validate_agents(&mut c, &raw, &tenants, &zones);
-    let tools = validate_tools(&mut c, &raw, &tier_names, &zones, &tenants);
+    let mut tools = validate_tools(&mut c, &raw, &tier_names, &zones, &tenants);
+    crate::actions::validate_resources_and_prompts(
+        &mut c,
+        &raw,
+        &crate::actions::Known {
+            tiers: &tier_names,
+            zones: &zones,
+            tenants: &tenants,
+        },
+        &mut tools,
+    );
     let agent_budget = validate_budget(&mut c, "agent", raw.budgets.agent.as_ref());
     let tenant_budget = validate_budget(&mut c, "tenant", raw.budgets.tenant.as_ref());
     let global_budget = validate_budget(&mut c, "global", raw.budgets.global.as_ref());
@@ -962,7 +976,7 @@ fn validate_policy_paths(c: &mut Collector<'_>, raw: &RawManifest) {
     }
 }
 
-fn validate_tool(
+pub(crate) fn validate_tool(
     c: &mut Collector<'_>,
     path: &str,
     t: &RawTool,
@@ -1139,6 +1153,8 @@ fn validate_tool(
         controlling,
         lookup: t.lookup.clone(),
         output_fields,
+        kind: warden_core::ActionKind::Tool,
+        uris: Vec::new(),
     })
 }
 
@@ -1152,7 +1168,7 @@ fn valid_tool_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
-fn known<I, S>(names: I) -> String
+pub(crate) fn known<I, S>(names: I) -> String
 where
     I: Iterator<Item = S>,
     S: AsRef<str>,

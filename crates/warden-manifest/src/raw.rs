@@ -26,6 +26,12 @@ pub struct RawManifest {
     pub agents: Vec<RawAgent>,
     /// The tools agents may propose. Any other tool is denied (INV-005).
     pub tools: Vec<RawTool>,
+    /// The upstreams' resources agents may read (`resources/read`); any other URI is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<RawResource>,
+    /// The upstreams' prompts agents may get (`prompts/get`); any other prompt is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<RawPrompt>,
     /// Call and cost budgets per agent, per tenant and in total.
     #[serde(default)]
     pub budgets: RawBudgets,
@@ -358,6 +364,37 @@ pub struct RawUpstream {
     /// `sandbox`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsandboxed: Option<String>,
+    /// What the server may ask of the agent's client while it serves one of the agent's calls:
+    /// `sampling` (the client's model), `elicitation` (the user), `roots` (the client's roots).
+    /// Omitted: none of them; Warden then does not offer them to the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_requests: Vec<ClientRequestKind>,
+}
+
+/// A request an upstream may send to the agent's client.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRequestKind {
+    /// `sampling/createMessage`: a completion from the client's model.
+    Sampling,
+    /// `elicitation/create`: input from the user.
+    Elicitation,
+    /// `roots/list`: the client's roots.
+    Roots,
+}
+
+impl ClientRequestKind {
+    /// Its name in the manifest and in ledger events.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientRequestKind::Sampling => "sampling",
+            ClientRequestKind::Elicitation => "elicitation",
+            ClientRequestKind::Roots => "roots",
+        }
+    }
 }
 
 /// One parameterized process tool.
@@ -688,6 +725,69 @@ pub struct RawTool {
     /// `escalate` (the owner, or the tier's approvers, must approve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_leak: Option<LeakAction>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Resources of one upstream that agents may read: each read is decided like a tool call.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    /// `<upstream>.<label>`: the upstream that serves the resources, and a label of your
+    /// choosing. Decisions, budgets, invariants and Cedar policies name it like a tool.
+    pub name: String,
+    /// The URIs it admits: each exact, or ending in `*` to admit every URI that starts with
+    /// what comes before (no `.`/`..` segment, backslash or encoded `.`, `/` or `\` after it).
+    pub uris: Vec<String>,
+    /// Its risk tier.
+    pub tier: String,
+    /// Zones it may be read from; `"*"` for every zone.
+    pub zones: Vec<String>,
+    /// Tenants that may read it; omit for every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
+    /// Trust and classification of what a read returns.
+    #[serde(default)]
+    pub output: RawOutput,
+    /// Cost units one read consumes from cost budgets.
+    #[serde(default)]
+    pub cost: u64,
+    /// Detectors the Executor runs over what a read returns (`docs/redaction.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A prompt of one upstream that agents may get: each get is decided like a tool call.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrompt {
+    /// `<upstream>.<prompt>`: the upstream and the prompt's name there.
+    pub name: String,
+    /// Its risk tier.
+    pub tier: String,
+    /// Zones it may be got from; `"*"` for every zone.
+    pub zones: Vec<String>,
+    /// Tenants that may get it; omit for every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
+    /// JSON Schema of its arguments (root type `object`; MCP prompt arguments are strings).
+    /// Omit for a prompt without arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    pub arguments: Option<Value>,
+    /// Trust and classification of the messages it returns.
+    #[serde(default)]
+    pub output: RawOutput,
+    /// Cost units one get consumes from cost budgets.
+    #[serde(default)]
+    pub cost: u64,
+    /// Detectors the Executor runs over the messages (`docs/redaction.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

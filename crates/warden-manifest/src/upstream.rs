@@ -101,6 +101,8 @@ pub struct Upstream {
     pub sandbox: Option<Sandbox>,
     /// Why a stdio server runs unsandboxed (the manifest's `unsandboxed`).
     pub unsandboxed: Option<String>,
+    /// What it may ask of the agent's client while serving a call.
+    pub client_requests: std::collections::BTreeSet<crate::raw::ClientRequestKind>,
 }
 
 impl Upstream {
@@ -900,6 +902,7 @@ pub(crate) fn validate_upstreams(
                 pins,
                 sandbox,
                 unsandboxed: u.unsandboxed.clone(),
+                client_requests: u.client_requests.iter().copied().collect(),
             });
         }
     }

@@ -421,3 +421,73 @@ fn secret_sources_name_exactly_one_place() {
         "{e}"
     );
 }
+
+/// The starter with `block` appended (resource and prompt entries of its `demo` upstream).
+fn starter_with(block: &str) -> String {
+    format!("{}\n{block}", starter())
+}
+
+#[test]
+fn resource_and_prompt_entries_join_the_tools_with_their_kind() {
+    let text = starter_with(
+        "resources:\n  - { name: demo.docs, uris: [\"demo://docs/*\", \"demo://readme\"], tier: low, zones: [\"*\"] }\n\
+         prompts:\n  - { name: demo.greet, tier: low, zones: [\"*\"], arguments: { type: object, properties: { who: { type: string } } } }\n",
+    );
+    let m = parse_manifest("m.yaml", &text).unwrap();
+    let docs = &m.tools["demo.docs"];
+    assert_eq!(docs.kind, warden_core::ActionKind::Resource);
+    assert!(docs.admits_uri("demo://docs/a.md") && docs.admits_uri("demo://readme"));
+    assert!(!docs.admits_uri("demo://docs/../secret") && !docs.admits_uri("demo://other"));
+    assert_eq!(m.tools["demo.greet"].kind, warden_core::ActionKind::Prompt);
+    assert_eq!(m.tools["fs.read_file"].kind, warden_core::ActionKind::Tool);
+}
+
+#[test]
+fn resource_and_prompt_entries_are_checked_where_they_are_written() {
+    let text = starter_with(
+        "resources:\n\
+         \x20 - { name: nowhere.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }\n\
+         \x20 - { name: demo.bad, uris: [\"demo://a/*/b\", \"noscheme\"], tier: low, zones: [\"*\"] }\n\
+         \x20 - { name: demo.none, uris: [], tier: low, zones: [\"*\"] }\n\
+         \x20 - { name: demo.dup, uris: [\"demo://x\"], tier: low, zones: [\"*\"] }\n\
+         prompts:\n\
+         \x20 - { name: greet, tier: low, zones: [\"*\"] }\n\
+         \x20 - { name: demo.greet, tier: nosuch, zones: [\"*\"] }\n\
+         \x20 - { name: demo.dup, tier: low, zones: [\"*\"] }\n",
+    );
+    let e = errors(&text).join("\n");
+    for expected in [
+        "resources[0].name: `nowhere.docs` must be `<upstream>.<name>`",
+        "resources[1].uris[0]: `demo://a/*/b`: `*` may only end a pattern",
+        "resources[1].uris[1]: `noscheme`: a URI pattern starts with its scheme",
+        "resources[2].uris: list the URIs it admits",
+        "prompts[2].name: `demo.dup` is already a tool, resource or prompt entry",
+        "prompts[0].name: `greet` must be `<upstream>.<name>`",
+        "prompts[1].tier: unknown tier `nosuch`",
+    ] {
+        assert!(e.contains(expected), "{expected}\n{e}");
+    }
+}
+
+#[test]
+fn a_uri_cannot_belong_to_two_upstreams() {
+    let text = starter()
+        .replace(
+            "upstreams:\n  - name: demo\n",
+            "upstreams:\n  - name: other\n    command: [warden, demo-server]\n    sandbox: { require: [] }\n  - name: demo\n",
+        );
+    let text = format!(
+        "{text}\nresources:\n  - {{ name: demo.all, uris: [\"demo://*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: other.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: demo.more, uris: [\"demo://docs/x\"], tier: low, zones: [\"*\"] }}\n"
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains("resources[1].uris: `demo://docs/*` admits URIs that resources[0] admits for upstream `demo`"),
+        "{e:?}"
+    );
+    // An exact URI under another upstream's prefix is caught too.
+    assert!(
+        e[1].contains("resources[2].uris: `demo://docs/x` admits URIs that resources[1] admits for upstream `other`"),
+        "{e:?}"
+    );
+}

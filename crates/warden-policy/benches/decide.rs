@@ -114,6 +114,7 @@ fn starter() -> (Governor, Gen) {
         tool: "fs.read_file".into(),
         arguments: json!({ "path": format!("/srv/data/{i}.txt") }),
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     });
     (g, proposals)
 }
@@ -189,6 +190,7 @@ fn fleet(agents: usize) -> (Governor, Gen) {
         tool: format!("tool-{}", i % 100),
         arguments: json!({ "n": i, "s": "x" }),
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     });
     (g, proposals)
 }

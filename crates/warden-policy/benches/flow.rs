@@ -127,6 +127,7 @@ fn main() {
                 tool: tool.into(),
                 arguments: args.clone(),
                 tenant: None,
+                kind: warden_core::ActionKind::Tool,
             };
             let e = Evidence {
                 flow: Some(&flow),

@@ -8,7 +8,7 @@ use warden_core::state::{
     Charge, ChargeOutcome, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
 };
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
-use warden_core::{BudgetUse, Decision, Escalation, Proposal, Verdict};
+use warden_core::{ActionKind, BudgetUse, Decision, Escalation, Proposal, Verdict};
 use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
 use warden_manifest::rate::Rate;
 use warden_manifest::raw::FlowAction;
@@ -163,8 +163,41 @@ impl Governor {
     /// arguments are still checked by [`Governor::decide`] on every call.
     #[must_use]
     pub fn may_see(&self, agent: &str, tool: &str) -> bool {
+        self.manifest
+            .tools
+            .get(tool)
+            .is_some_and(|t| t.kind == ActionKind::Tool && self.may_use(agent, t))
+    }
+
+    /// The entries of `kind` (resources or prompts) `agent` may see, as [`Governor::may_see`]
+    /// judges a tool.
+    #[must_use]
+    pub fn visible(&self, agent: &str, kind: ActionKind) -> Vec<&warden_manifest::manifest::Tool> {
+        let mut out: Vec<_> = self
+            .manifest
+            .tools
+            .values()
+            .filter(|t| t.kind == kind && self.may_use(agent, t))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The resource entry that decides a read of `uri`: the first (by name) whose URIs admit
+    /// it. Load-time checks keep a URI from belonging to two upstreams.
+    #[must_use]
+    pub fn resource_entry(&self, uri: &str) -> Option<&str> {
+        self.manifest
+            .tools
+            .values()
+            .filter(|t| t.admits_uri(uri))
+            .map(|t| t.name.as_str())
+            .min()
+    }
+
+    fn may_use(&self, agent: &str, tool: &warden_manifest::manifest::Tool) -> bool {
         let m = &self.manifest;
-        let (Some(agent), Some(tool)) = (m.agents.get(agent), m.tools.get(tool)) else {
+        let Some(agent) = m.agents.get(agent) else {
             return false;
         };
         tool.tenants
@@ -436,15 +469,45 @@ impl Governor {
         &warden_manifest::manifest::Tool,
         &warden_manifest::manifest::Tier,
     )> {
-        let Some(tool) = self.manifest.tools.get(&p.tool) else {
+        let Some(tool) = self
+            .manifest
+            .tools
+            .get(&p.tool)
+            .filter(|t| t.kind == p.kind)
+        else {
             return Err(Stop::deny(
                 "tool.unknown",
-                format!(
-                    "tool `{}` is not in the manifest; only listed tools can be called",
-                    p.tool
-                ),
+                match p.kind {
+                    ActionKind::Tool => format!(
+                        "tool `{}` is not in the manifest; only listed tools can be called",
+                        p.tool
+                    ),
+                    ActionKind::Resource => format!(
+                        "no resource entry of the manifest admits `{}`; only listed resources can be read",
+                        p.tool
+                    ),
+                    ActionKind::Prompt => format!(
+                        "prompt `{}` is not in the manifest; only listed prompts can be got",
+                        p.tool
+                    ),
+                },
             ));
         };
+        // INVARIANT (allowlist): a resource entry reads only the URIs it admits, whatever
+        // name the proposal gives.
+        if tool.kind == ActionKind::Resource {
+            let uri = p.arguments.get("uri").and_then(serde_json::Value::as_str);
+            if !uri.is_some_and(|u| tool.admits_uri(u)) {
+                return Err(Stop::deny(
+                    "resource.not_admitted",
+                    format!(
+                        "resource entry `{}` does not admit the URI {}",
+                        tool.name,
+                        uri.map_or_else(|| "(none given)".to_owned(), |u| format!("`{u}`"))
+                    ),
+                ));
+            }
+        }
         let Some(tier) = self.manifest.tiers.get(tool.tier) else {
             return Err(Stop::deny(
                 "manifest.inconsistent",

@@ -61,6 +61,7 @@ fn proposal(agent: &str, session: &str, tool: &str, arguments: serde_json::Value
         tool: tool.into(),
         arguments,
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     }
 }
 
@@ -126,6 +127,98 @@ fn unknown_tool_is_denied() {
     assert_eq!(d.rules, vec!["tool.unknown"]);
     assert!(d.reason.contains("`shell.exec`"));
     assert_cites_bundle(&g, &d);
+}
+
+/// The starter with a resource entry and a prompt of its `demo` upstream.
+fn starter_with_resources() -> Governor {
+    let text = format!(
+        "{}\nresources:\n  - {{ name: demo.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\nprompts:\n  - {{ name: demo.greet, tier: low, zones: [\"*\"], arguments: {{ type: object, properties: {{ who: {{ type: string }} }}, additionalProperties: false }} }}\n",
+        starter_text()
+    );
+    governor_from(&text, &starter_policies())
+}
+
+fn of_kind(kind: warden_core::ActionKind, tool: &str, arguments: serde_json::Value) -> Proposal {
+    Proposal {
+        kind,
+        ..proposal("coder-1", "s", tool, arguments)
+    }
+}
+
+#[test]
+fn a_read_is_decided_by_the_resource_entry_that_admits_its_uri() {
+    use warden_core::ActionKind::{Prompt, Resource, Tool};
+    let g = starter_with_resources();
+    let s = MemoryState::new();
+    assert_eq!(g.resource_entry("demo://docs/a.md"), Some("demo.docs"));
+    assert_eq!(g.resource_entry("demo://docs/../etc"), None);
+    let doc = of_kind(Resource, "demo.docs", json!({"uri": "demo://docs/a.md"}));
+    let d = g.decide(&doc, &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    assert_eq!(d.tool, "demo.docs");
+    // The entry's name with a URI it does not admit: denied, whatever name is given.
+    for uri in [
+        "demo://other",
+        "demo://docs/../secret",
+        "demo://docs/%2e%2e/x",
+    ] {
+        let d = g.decide(
+            &of_kind(Resource, "demo.docs", json!({ "uri": uri })),
+            &s,
+            DAY_TIME,
+        );
+        assert_eq!(d.decision, Verdict::Deny, "{uri}");
+        assert_eq!(d.rules, vec!["resource.not_admitted"], "{uri}");
+    }
+    // A URI no entry admits is proposed under its own text: unknown.
+    let d = g.decide(
+        &of_kind(
+            Resource,
+            "file:///etc/passwd",
+            json!({"uri": "file:///etc/passwd"}),
+        ),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules, vec!["tool.unknown"]);
+    assert!(d.reason.contains("no resource entry"), "{}", d.reason);
+    // A name is one entry of one kind: the resource entry is no tool, the tool no prompt.
+    let d = g.decide(
+        &of_kind(Tool, "demo.docs", json!({"uri": "demo://docs/a"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules, vec!["tool.unknown"]);
+    let d = g.decide(
+        &of_kind(Prompt, "fs.read_file", read("/etc/hosts")),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules, vec!["tool.unknown"]);
+    assert!(d.reason.contains("prompt `fs.read_file`"), "{}", d.reason);
+    // A prompt's arguments are checked against its entry's schema.
+    let d = g.decide(
+        &of_kind(Prompt, "demo.greet", json!({"who": "Ann"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    let d = g.decide(
+        &of_kind(Prompt, "demo.greet", json!({"whom": "Ann"})),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Deny, "{d:?}");
+    // Seen: the tool list shows tools only; the resource and prompt lists their own kind.
+    assert!(!g.may_see("coder-1", "demo.docs"));
+    let names = |k| {
+        g.visible("coder-1", k)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(Resource), ["demo.docs"]);
+    assert_eq!(names(Prompt), ["demo.greet"]);
 }
 
 #[test]

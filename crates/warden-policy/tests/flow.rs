@@ -102,6 +102,7 @@ fn decide(g: &Governor, f: &SessionFlow, tool: &str, args: Value) -> Decision {
         tool: tool.into(),
         arguments: args,
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     };
     let evidence = Evidence {
         flow: Some(f),
@@ -247,6 +248,7 @@ fn an_unknown_destination_escalates_unless_allowed() {
         tool: "send_mail".into(),
         arguments: json!({"to": "zed@else.example"}),
         tenant: None,
+        kind: warden_core::ActionKind::Tool,
     };
     assert_eq!(
         g.decide(&p, &MemoryState::new(), NOW).decision,

@@ -81,7 +81,7 @@ fn one_call(traces: &Traces, i: usize) {
     let ex = t.execution();
     let timed = Timed {
         result: Ok(Executed {
-            result: rmcp::model::CallToolResult::success(vec![]),
+            result: warden_executor::Answer::Tool(rmcp::model::CallToolResult::success(vec![])),
             receipt_index: i as u64,
             redactions: 0,
         }),

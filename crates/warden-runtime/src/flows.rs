@@ -96,16 +96,26 @@ pub fn record_result(
     redactor: &Redactor,
     session_key: &str,
     proposal: &Proposal,
-    result: &rmcp::model::CallToolResult,
+    result: &warden_executor::Answer,
 ) -> Result<(), String> {
+    use warden_executor::Answer;
     // Every kind of content the agent sees: text, an embedded resource's text, a resource
-    // link's URI and name. Binary payloads (`data`, `blob`) and type tags are not text.
+    // link's URI and name, a resource's contents, a prompt's messages. Binary payloads
+    // (`data`, `blob`) and type tags are not text.
     let mut parts = Vec::new();
-    if let Ok(v) = serde_json::to_value(&result.content) {
+    let content = match result {
+        Answer::Tool(r) => serde_json::to_value(&r.content),
+        Answer::Resource(r) => serde_json::to_value(&r.contents),
+        Answer::Prompt(r) => serde_json::to_value((&r.description, &r.messages)),
+    };
+    if let Ok(v) = content {
         content_text(&v, &mut parts);
     }
     let text = parts.join("\n");
-    let structured = result.structured_content.as_ref();
+    let structured = match result {
+        Answer::Tool(r) => r.structured_content.as_ref(),
+        Answer::Resource(_) | Answer::Prompt(_) => None,
+    };
     store
         .update(session_key, &mut |flow| {
             after_result(

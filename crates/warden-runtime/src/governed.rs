@@ -68,7 +68,7 @@ impl Approval {
 #[derive(Debug)]
 pub struct Ran {
     /// The redacted result, as the agent may see it.
-    pub result: rmcp::model::CallToolResult,
+    pub result: warden_executor::Answer,
     /// The receipt's ledger index.
     pub receipt_index: u64,
 }
@@ -130,8 +130,10 @@ pub enum Outcome {
 pub struct Call<'a> {
     /// The session it belongs to.
     pub session: String,
-    /// The tool.
+    /// The tool (resource entry, prompt).
     pub tool: String,
+    /// What is proposed: a tool call, a resource read, a prompt get.
+    pub kind: warden_core::ActionKind,
     /// Its arguments.
     pub arguments: serde_json::Value,
     /// The caller's W3C trace context (a `traceparent` header or `_meta` value), if it sent one.
@@ -145,6 +147,10 @@ pub struct Call<'a> {
     pub wait_secs: Option<u64>,
     /// Where the upstream's progress (and the approval wait's) goes.
     pub progress: Option<ProgressSink>,
+    /// The agent's client, for what the upstream asks of it while serving the call
+    /// (sampling, elicitation, roots, log messages); `None` where the connection cannot
+    /// carry them.
+    pub client: Option<std::sync::Arc<dyn warden_executor::ClientSide>>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -163,6 +169,7 @@ struct Run<'a> {
     trace: &'a CallTrace,
     cancel: tokio_util::sync::CancellationToken,
     approval: Option<&'a str>,
+    client: Option<std::sync::Arc<dyn warden_executor::ClientSide>>,
 }
 
 impl Runtime {
@@ -179,6 +186,7 @@ impl Runtime {
             tool: call.tool,
             arguments: call.arguments,
             tenant: Some(identity.tenant.clone()),
+            kind: call.kind,
         };
         if let Err(e) = proposal.check() {
             return Outcome::Invalid { why: e.to_string() };
@@ -193,6 +201,7 @@ impl Runtime {
             trace: &trace,
             cancel: call.cancel,
             approval: call.approval,
+            client: call.client,
         };
         let outcome = propose_wait_and_run(&self.shared, run, wait, call.progress).await;
         self.shared.metrics.governed(started.elapsed());
@@ -260,6 +269,7 @@ async fn propose_wait_and_run(
         trace,
         cancel,
         approval,
+        client,
     } = run;
     let again = |approval| Run {
         identity,
@@ -267,6 +277,7 @@ async fn propose_wait_and_run(
         trace,
         cancel: cancel.clone(),
         approval,
+        client: client.clone(),
     };
     let outcome = propose_and_run(app, again(approval), progress.clone()).await;
     let pending = match &outcome {
@@ -353,6 +364,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
         trace,
         cancel,
         approval,
+        client,
     } = run;
     let arguments = match &proposal.arguments {
         serde_json::Value::Object(m) => m.clone(),
@@ -428,6 +440,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             agent: &proposal.agent,
             tenant: &identity.tenant,
             tool: &proposal.tool,
+            kind: proposal.kind,
             arguments: arguments.clone(),
             trace_id: trace.id(),
             traceparent: execution.as_ref().map(|e| e.traceparent.as_str()),
@@ -435,6 +448,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             redact: &redact,
             cancel: cancel.clone(),
             progress: progress.clone(),
+            client: client.clone(),
         };
         let executing = std::time::Instant::now();
         let timed = app.executor.execute_timed(call).await;
@@ -461,7 +475,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             app.metrics.call_failed();
         }
         let seen = match &result {
-            Ok(x) if x.result.is_error == Some(true) => {
+            Ok(x) if x.result.is_error() => {
                 Observed::Failure(format!("`{}` returned an error result", proposal.tool))
             }
             Ok(_) => Observed::Success,
@@ -839,7 +853,7 @@ fn span_attributes(
                 "warden.receipt.index",
                 i64::try_from(executed.receipt_index).unwrap_or(i64::MAX),
             ));
-            let tool_error = executed.result.is_error == Some(true);
+            let tool_error = executed.result.is_error();
             ("ran", tool_error.then_some("tool_error"))
         }
         Outcome::Failed {
@@ -975,6 +989,7 @@ mod tests {
             tool: "time.get_current_time".into(),
             arguments: serde_json::json!({"timezone": "UTC"}),
             tenant: None,
+            kind: warden_core::ActionKind::Tool,
         };
         let run = |p: Proposal| {
             let (s, identity) = (&runtime.shared, caller.identity());
@@ -986,6 +1001,7 @@ mod tests {
                     trace: &trace,
                     cancel: tokio_util::sync::CancellationToken::new(),
                     approval: None,
+                    client: None,
                 };
                 propose_and_run(s, run, None).await
             }

@@ -11,6 +11,7 @@
 //! Reading order: [`runtime`] (what is assembled, in which order), [`caller`], [`governed`],
 //! then what they use:
 //!
+//! - [`catalog`]: the resources and prompts an agent may see, and reads as proposals;
 //! - [`approvals`]: approval requests as the Governor's evidence, and their records;
 //! - [`breakers`]: consecutive failures per agent, and what a tripped breaker does;
 //! - [`promotion`]: demotion on a violation, restoration and earned promotion;
@@ -35,6 +36,7 @@ pub mod brakes;
 pub mod breakers;
 pub mod bundle;
 pub mod caller;
+pub mod catalog;
 pub mod current;
 pub mod dry_run;
 pub mod execution;
@@ -61,6 +63,10 @@ pub use caller::{Caller, Refusal, RefusalKind};
 pub use flows::TaskRefused;
 pub use governed::{Call, Outcome};
 pub use runtime::{Backends, Config, Runtime, RuntimeError};
+/// What a call that ran answered (a tool result, a resource's contents, a prompt's messages),
+/// and the agent's client as the requests of the upstream serving a call reach it.
+pub use warden_executor::{Answer, ClientSide};
+pub use warden_manifest::raw::ClientRequestKind;
 
 /// Current Unix time in milliseconds (approvals and grants).
 #[must_use]

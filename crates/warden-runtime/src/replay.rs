@@ -108,6 +108,7 @@ pub fn replay_trace(
             tool: step.tool.clone(),
             arguments: step.arguments.clone(),
             tenant: None,
+            kind: warden_core::ActionKind::Tool,
         };
         let found = flows::egress_findings(governor, redactor, &proposal);
         let evidence = warden_policy::Evidence {

@@ -11,8 +11,10 @@
 
 use anyhow::Context as _;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult,
+    GetPromptRequestParams, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResult, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt as _};
@@ -72,6 +74,9 @@ impl ServerHandler for Bridge {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources()
+                .enable_prompts()
+                .enable_completions()
                 .build(),
         );
         info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
@@ -88,9 +93,7 @@ impl ServerHandler for Bridge {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        if let Ok(mut p) = self.upward.client.lock() {
-            p.get_or_insert_with(|| ctx.peer.clone());
-        }
+        self.note_client(&ctx);
         let tools = self
             .daemon
             .peer()
@@ -100,31 +103,86 @@ impl ServerHandler for Bridge {
         Ok(ListToolsResult::with_all_items(tools))
     }
 
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        self.note_client(&ctx);
+        let listed = self.daemon.peer().list_all_resources().await;
+        Ok(ListResourcesResult::with_all_items(
+            listed.map_err(daemon_error)?,
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        self.note_client(&ctx);
+        let listed = self.daemon.peer().list_all_resource_templates().await;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            listed.map_err(daemon_error)?,
+        ))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        self.note_client(&ctx);
+        let listed = self.daemon.peer().list_all_prompts().await;
+        Ok(ListPromptsResult::with_all_items(
+            listed.map_err(daemon_error)?,
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        Ok(self.read(request, &ctx).await?.into())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, McpError> {
+        Ok(self.get(request, &ctx).await?.into())
+    }
+
+    async fn complete(
+        &self,
+        mut params: CompleteRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        // The client's `_meta` belongs to its hop.
+        params.meta = None;
+        let mut answer = self
+            .daemon
+            .peer()
+            .complete(params)
+            .await
+            .map_err(daemon_error)?;
+        answer
+            .result_type
+            .get_or_insert(rmcp::model::ResultType::COMPLETE);
+        Ok(answer)
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, McpError> {
-        // Warden's own `_meta` keys as the client sent them (rmcp moves `_meta` into the
-        // context). The rest belongs to this hop (the protocol revision's per-request fields,
-        // the client's progress token): the bridge speaks its own revision to the daemon and
-        // asks for progress with a token of its own.
-        let mut meta = serde_json::Map::new();
-        for (k, v) in request
-            .meta
-            .iter()
-            .flat_map(|m| m.iter())
-            .chain(ctx.meta.iter())
-        {
-            if k.starts_with("warden/") {
-                meta.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
         let client_token = ctx.meta.get_progress_token();
         let mut params = CallToolRequestParams::new(request.name.to_string());
         params.arguments = request.arguments.clone();
-        params.meta = (!meta.is_empty())
-            .then(|| rmcp::model::RequestMetaObject(rmcp::model::MetaObject(meta)));
+        params.meta = warden_meta(request.meta.as_ref(), &ctx);
         let call =
             rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
         let handle = self
@@ -171,6 +229,81 @@ impl ServerHandler for Bridge {
                 None,
             )),
         }
+    }
+}
+
+impl Bridge {
+    /// Remembers the client's peer (for notifications the daemon sends).
+    fn note_client(&self, ctx: &RequestContext<RoleServer>) {
+        if let Ok(mut p) = self.upward.client.lock() {
+            p.get_or_insert_with(|| ctx.peer.clone());
+        }
+    }
+}
+
+/// Resources, prompts and completions: each the same request to the daemon, which governs
+/// it; a refusal comes back as the daemon's own error.
+impl Bridge {
+    async fn read(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, McpError> {
+        let mut params = ReadResourceRequestParams::new(request.uri);
+        params.meta = warden_meta(request.meta.as_ref(), ctx);
+        let mut r = self
+            .daemon
+            .peer()
+            .read_resource(params)
+            .await
+            .map_err(daemon_error)?;
+        r.result_type
+            .get_or_insert(rmcp::model::ResultType::COMPLETE);
+        Ok(r)
+    }
+
+    async fn get(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<GetPromptResult, McpError> {
+        let mut params = GetPromptRequestParams::new(request.name);
+        params.arguments = request.arguments;
+        params.meta = warden_meta(request.meta.as_ref(), ctx);
+        let mut r = self
+            .daemon
+            .peer()
+            .get_prompt(params)
+            .await
+            .map_err(daemon_error)?;
+        r.result_type
+            .get_or_insert(rmcp::model::ResultType::COMPLETE);
+        Ok(r)
+    }
+}
+
+/// Warden's own `_meta` keys as the client sent them (rmcp moves `_meta` into the context).
+/// The rest belongs to this hop (the protocol revision's per-request fields, the client's
+/// progress token): the bridge speaks its own revision to the daemon and asks for progress
+/// with a token of its own.
+fn warden_meta(
+    request: Option<&rmcp::model::RequestMetaObject>,
+    ctx: &RequestContext<RoleServer>,
+) -> Option<rmcp::model::RequestMetaObject> {
+    let mut meta = serde_json::Map::new();
+    for (k, v) in request.iter().flat_map(|m| m.iter()).chain(ctx.meta.iter()) {
+        if k.starts_with("warden/") {
+            meta.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    (!meta.is_empty()).then(|| rmcp::model::RequestMetaObject(rmcp::model::MetaObject(meta)))
+}
+
+/// The daemon's own error (a refusal says why), or why the daemon could not be asked.
+fn daemon_error(e: rmcp::ServiceError) -> McpError {
+    match e {
+        rmcp::ServiceError::McpError(e) => e,
+        other => McpError::internal_error(format!("the Warden daemon: {other}"), None),
     }
 }
 

@@ -16,7 +16,7 @@ import sys
 
 import anyio
 from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 
@@ -24,14 +24,57 @@ def result_json(r):
     return json.loads(r.model_dump_json(by_alias=True, exclude_none=True))
 
 
+# What the server asked of this client (scenario `ask`): each request's method and params.
+ASKED = []
+
+
+async def on_sampling(context, params):
+    import mcp_types as types
+
+    ASKED.append({"sampling": json.loads(params.model_dump_json(by_alias=True, exclude_none=True))})
+    said = params.messages[0].content.text
+    return types.CreateMessageResult(
+        role="assistant",
+        content=types.TextContent(type="text", text=f"the model read: {said}"),
+        model="e2e-model",
+    )
+
+
+async def on_elicitation(context, params):
+    import mcp_types as types
+
+    ASKED.append({"elicitation": json.loads(params.model_dump_json(by_alias=True, exclude_none=True))})
+    return types.ElicitResult(action="decline")
+
+
+async def on_roots(context):
+    import mcp_types as types
+
+    ASKED.append({"roots": True})
+    return types.ListRootsResult(roots=[types.Root(uri="file:///e2e/project", name="e2e project")])
+
+
 async def main():
     url, cred_file, scenario, *args = sys.argv[1:]
     mode = os.environ.get("WARDEN_E2E_MODE", "auto")
+    # Scenario `ask` declares sampling, elicitation and roots (answered by the callbacks above).
+    extra = {}
+    if scenario == "ask":
+        extra = {
+            "sampling_callback": on_sampling,
+            "elicitation_callback": on_elicitation,
+            "list_roots_callback": on_roots,
+        }
     if url.startswith("stdio:"):
         # `stdio:["warden", "stdio", ...]`: launch the server as a desktop client would.
         command = json.loads(url[len("stdio:"):])
-        params = StdioServerParameters(command=command[0], args=command[1:])
-        async with Client(stdio_client(params), mode=mode) as client:
+        # The SDK gives a server it launches only a default environment; the secret the test's
+        # `everything` upstream needs is passed on when the test sets it.
+        env = None
+        if "WARDEN_E2E_DEMO_KEY" in os.environ:
+            env = {**get_default_environment(), "WARDEN_E2E_DEMO_KEY": os.environ["WARDEN_E2E_DEMO_KEY"]}
+        params = StdioServerParameters(command=command[0], args=command[1:], env=env)
+        async with Client(stdio_client(params), mode=mode, **extra) as client:
             await run(client, scenario, args)
         return
     token = open(cred_file).read().strip()
@@ -39,7 +82,7 @@ async def main():
     async with create_mcp_http_client(headers=headers) as http:
         # Results of several MiB arrive as one SSE event: lift the client's 1 MiB default.
         transport = streamable_http_client(url, http_client=http, max_sse_event_size=None)
-        async with Client(transport, mode=mode) as client:
+        async with Client(transport, mode=mode, **extra) as client:
             await run(client, scenario, args)
 
 
@@ -136,6 +179,51 @@ async def run(client, scenario, args):
             tg.cancel_scope.cancel()
         out["cancelled"] = not out.get("completed", False)
         await anyio.sleep(1)  # let the cancellation reach the server before closing
+    elif scenario == "ask":
+        # Calls (each `[name, arguments]` in the JSON list given) during which the server may ask
+        # this client for sampling, elicitation or roots; reports what was asked.
+        out["results"] = []
+        for name, arguments in json.loads(args[0]):
+            out["results"].append(result_json(await session.call_tool(name, arguments)))
+        out["asked"] = ASKED
+    elif scenario == "catalog":
+        # What the agent may see besides tools.
+        resources = await session.list_resources()
+        out["resources"] = sorted(r.uri for r in resources.resources)
+        templates = await session.list_resource_templates()
+        out["templates"] = sorted(t.uri_template for t in templates.resource_templates)
+        prompts = await session.list_prompts()
+        out["prompts"] = {p.name: [a.name for a in (p.arguments or [])] for p in prompts.prompts}
+    elif scenario == "read":
+        # Each argument a URI, read in turn; a refusal is an error naming why.
+        out["reads"] = []
+        for uri in args:
+            try:
+                out["reads"].append({"result": result_json(await session.read_resource(uri))})
+            except Exception as e:  # the SDK raises the server's JSON-RPC error
+                out["reads"].append({"error": str(e)})
+    elif scenario == "prompt":
+        name, arguments = args[0], json.loads(args[1])
+        try:
+            out["result"] = result_json(await session.get_prompt(name, arguments))
+        except Exception as e:
+            out["error"] = str(e)
+    elif scenario == "complete":
+        # complete prompt|template NAME ARGUMENT VALUE [CONTEXT-JSON]
+        kind, name, argument, value = args[0], args[1], args[2], args[3]
+        context = json.loads(args[4]) if len(args) > 4 else None
+        import mcp_types as types
+
+        ref = (
+            types.PromptReference(type="ref/prompt", name=name)
+            if kind == "prompt"
+            else types.ResourceTemplateReference(type="ref/resource", uri=name)
+        )
+        try:
+            r = await session.complete(ref, {"name": argument, "value": value}, context)
+            out["values"] = r.completion.values
+        except Exception as e:
+            out["error"] = str(e)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print(json.dumps(out))

@@ -10,12 +10,14 @@
 mod approvals;
 mod breakers;
 mod bridge;
+mod client_requests;
 mod fleet;
 mod https;
 mod ifc;
 mod metrics;
 mod postgres_fault;
 mod promotion;
+mod resources;
 mod sandboxed;
 mod sdk;
 mod traces;

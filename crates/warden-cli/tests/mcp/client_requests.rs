@@ -1,0 +1,193 @@
+//! Requests from an upstream to the agent's client, governed (issue 20): server-everything's
+//! sampling, elicitation and roots tools ask the agent's client while they serve a call. They
+//! reach the official SDK client only when the manifest lets that upstream ask
+//! (`client_requests`), on the stdio connection of the call being served, when the client
+//! declared the capability — redacted, and recorded either way.
+
+use super::{add_to_manifest, env, ledger_tail, setup, start_existing, Env, DEMO_KEY};
+use serde_json::Value;
+
+/// Runs the SDK client against `target` in `mode`.
+fn sdk(e: &Env, mode: &str, target: &str, credential: &std::path::Path, args: &[&str]) -> Value {
+    let out = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", mode)
+        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
+        .arg(target)
+        .arg(credential)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_during_a_call() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e, super::free_port());
+    // `asker` (server-everything) may ask for all three; `outbox` (the same server) for none.
+    let npm = e.npm.join("node_modules/.bin/mcp-server-everything");
+    add_to_manifest(
+        &m,
+        "  - { name: asker.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object }, redact: [pii] }\n\
+         \x20 - { name: asker.trigger-elicitation-request, tier: low, zones: [\"*\"], arguments: { type: object } }\n\
+         \x20 - { name: asker.get-roots-list, tier: low, zones: [\"*\"], arguments: { type: object } }\n\
+         \x20 - { name: outbox.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object } }\n",
+        &format!(
+            "  - name: asker\n    command: [\"{}\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n    client_requests: [sampling, elicitation, roots]\n",
+            npm.display()
+        ),
+        "",
+    );
+    let coder = data.join("agents/coder-1.credential");
+    let stdio = format!(
+        "stdio:{}",
+        serde_json::json!([
+            env!("CARGO_BIN_EXE_warden"),
+            "stdio",
+            "--data",
+            data,
+            "--config",
+            m,
+            "--credential",
+            coder,
+        ])
+    );
+
+    // Over stdio, with a client that declares all three: each reaches it, redacted.
+    let calls = serde_json::json!([
+        ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
+        ["asker.trigger-elicitation-request", {}],
+        ["asker.get-roots-list", {}],
+    ]);
+    let a = sdk(&e, "legacy", &stdio, &coder, &["ask", &calls.to_string()]);
+    let results = a["results"].as_array().unwrap();
+    let sampled = text(&results[0]);
+    assert!(
+        sampled.contains(
+            "the model read: Resource trigger-sampling-request context: summarise the mail of"
+        ),
+        "{a}"
+    );
+    let asked = a["asked"].as_array().unwrap();
+    let sampling = asked.iter().find(|x| x.get("sampling").is_some()).unwrap();
+    let seen = sampling["sampling"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !seen.contains("erin@example.com") && seen.contains("REDACTED"),
+        "what the client's model is asked is redacted by the call's detectors: {a}"
+    );
+    assert!(text(&results[1]).contains("declined"), "{a}");
+    assert!(asked.iter().any(|x| x.get("elicitation").is_some()), "{a}");
+    assert!(text(&results[2]).contains("file:///e2e/project"), "{a}");
+
+    // A client that declared none of them: the upstream's request is refused, the call says so.
+    let r = sdk(
+        &e,
+        "legacy",
+        &stdio,
+        &coder,
+        &[
+            "call",
+            "asker.trigger-sampling-request",
+            r#"{"prompt":"hello","maxTokens":5}"#,
+        ],
+    );
+    assert!(
+        text(&r["result"]).contains("did not declare sampling"),
+        "{r}"
+    );
+    // An upstream the manifest lets ask nothing is offered nothing: server-everything then
+    // does not even list its sampling tool.
+    let l = sdk(&e, "legacy", &stdio, &coder, &["list"]);
+    let tools = l["tools"].as_array().unwrap();
+    assert!(
+        tools.iter().any(|t| t == "asker.trigger-sampling-request"),
+        "{l}"
+    );
+    assert!(
+        !tools.iter().any(|t| t == "outbox.trigger-sampling-request"),
+        "{l}"
+    );
+
+    // Over /mcp each request is served on its own: the upstream's request is refused and
+    // recorded, and the call reports it.
+    let s = start_existing(dir.path(), &data, &m);
+    let r = sdk(
+        &e,
+        "legacy",
+        &s.url,
+        &coder,
+        &["ask", &serde_json::json!([["asker.trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}]]).to_string()],
+    );
+    assert!(
+        text(&r["results"][0]).contains("cannot carry requests from upstreams"),
+        "{r}"
+    );
+    assert_eq!(r["asked"], serde_json::json!([]), "{r}");
+    drop(s);
+
+    // Recorded: forwarded and refused, with the agent and why.
+    let ledger = ledger_tail(&data, 300);
+    let events: Vec<Value> = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["entry"].clone())
+        .filter(|e| {
+            e["type"] == "event" && e["kind"].as_str().unwrap_or("").starts_with("upstream.")
+        })
+        .collect();
+    let has = |kind: &str, needle: &str| {
+        events
+            .iter()
+            .any(|e| e["kind"] == kind && e["reason"].as_str().unwrap_or("").contains(needle))
+    };
+    assert!(
+        has(
+            "upstream.sampling",
+            "forwarded to the agent's client, which answered"
+        ),
+        "{events:?}"
+    );
+    assert!(has("upstream.elicitation", "forwarded"), "{events:?}");
+    assert!(has("upstream.roots", "forwarded"), "{events:?}");
+    assert!(
+        has("upstream.sampling", "did not declare sampling"),
+        "{events:?}"
+    );
+    assert!(
+        has("upstream.sampling", "cannot carry requests"),
+        "{events:?}"
+    );
+    // server-everything asks for roots right after it starts, outside any call: refused.
+    assert!(
+        has("upstream.roots", "no call of any agent is in flight"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "upstream.sampling")
+            .all(|e| e["agent"] == "coder-1"),
+        "{events:?}"
+    );
+}

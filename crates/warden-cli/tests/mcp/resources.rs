@@ -1,0 +1,359 @@
+//! Resources and prompts, governed (issue 20): server-everything's resources, templates and
+//! prompts reach the official SDK client only as the manifest's `resources:` and `prompts:`
+//! entries allow, per agent; every read and every get is decided, recorded with a receipt and
+//! redacted like a tool call; what no entry admits is denied, recorded, and never forwarded.
+//! Through `/mcp` (the SDK's default mode and legacy), the embedded `warden stdio` and the
+//! `--connect` bridge.
+
+use super::{env, ledger_tail, setup, start_existing, Env};
+use serde_json::Value;
+
+/// A static document and a dynamic text resource server-everything serves.
+const DOC: &str = "demo://resource/static/document/features.md";
+const TEXT: &str = "demo://resource/dynamic/text/3";
+/// A blob resource: no entry admits it.
+const BLOB: &str = "demo://resource/dynamic/blob/1";
+/// Under the documents' prefix, but climbing out of it.
+const CLIMB: &str = "demo://resource/static/document/../dynamic/blob/1";
+
+/// Runs the SDK client against `target` (an `/mcp` URL or `stdio:[...]`) in `mode`.
+fn sdk(e: &Env, mode: &str, target: &str, credential: &std::path::Path, args: &[&str]) -> Value {
+    let out = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", mode)
+        // What `warden stdio` needs to start the `everything` upstream.
+        .env("WARDEN_E2E_DEMO_KEY", super::DEMO_KEY)
+        .arg(target)
+        .arg(credential)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What every way in must show: the catalog per agent, reads and gets decided.
+fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: &std::path::Path) {
+    let c = sdk(e, mode, target, coder, &["catalog"]);
+    let resources: Vec<&str> = c["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(resources.contains(&DOC), "{c}");
+    assert!(
+        resources
+            .iter()
+            .all(|u| u.starts_with("demo://resource/static/document/")),
+        "only what an entry admits is listed: {c}"
+    );
+    assert_eq!(
+        c["templates"],
+        serde_json::json!(["demo://resource/dynamic/text/{resourceId}"]),
+        "the blob template is admitted by no entry: {c}"
+    );
+    let prompts = c["prompts"].as_object().unwrap();
+    let mut names: Vec<&String> = prompts.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "everything.args-prompt",
+            "everything.completable-prompt",
+            "everything.simple-prompt"
+        ],
+        "{c}"
+    );
+    assert_eq!(
+        prompts["everything.args-prompt"],
+        serde_json::json!(["city", "state"])
+    );
+    // The intern's trust level is forbidden the `high` tier: it does not see that prompt.
+    let i = sdk(e, mode, target, intern, &["catalog"]);
+    let prompts = i["prompts"].as_object().unwrap();
+    assert!(
+        !prompts.contains_key("everything.completable-prompt"),
+        "{i}"
+    );
+    assert!(prompts.contains_key("everything.simple-prompt"), "{i}");
+
+    // Reads: the admitted ones run; the others are denied and name why.
+    let r = sdk(e, mode, target, coder, &["read", DOC, TEXT, BLOB, CLIMB]);
+    let reads = r["reads"].as_array().unwrap();
+    let contents = &reads[0]["result"]["contents"][0];
+    assert_eq!(contents["uri"], DOC, "{r}");
+    assert!(
+        contents["text"]
+            .as_str()
+            .unwrap()
+            .contains("Everything Server"),
+        "{r}"
+    );
+    assert!(reads[1]["result"]["contents"][0]["text"].is_string(), "{r}");
+    for denied in &reads[2..] {
+        let error = denied["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("Denied by Warden policy") && error.contains("tool.unknown"),
+            "{r}"
+        );
+        assert!(error.contains("no resource entry"), "{r}");
+    }
+
+    // Prompts: arguments checked against the entry's schema; the messages redacted.
+    let p = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &["prompt", "everything.args-prompt", r#"{"city":"Lisbon"}"#],
+    );
+    assert_eq!(
+        p["result"]["messages"][0]["content"]["text"], "What's weather in Lisbon?",
+        "{p}"
+    );
+    let p = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &[
+            "prompt",
+            "everything.args-prompt",
+            r#"{"city":"erin@example.com"}"#,
+        ],
+    );
+    let text = p["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !text.contains("erin@example.com") && text.contains("REDACTED"),
+        "{p}"
+    );
+    let p = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &["prompt", "everything.args-prompt", r#"{"town":"Lisbon"}"#],
+    );
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("Denied by Warden policy"),
+        "{p}"
+    );
+    let p = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &["prompt", "everything.resource-prompt", "{}"],
+    );
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not in the manifest"),
+        "a prompt with no entry is denied: {p}"
+    );
+    let p = sdk(
+        e,
+        mode,
+        target,
+        intern,
+        &[
+            "prompt",
+            "everything.completable-prompt",
+            r#"{"department":"Sales","name":"Eve"}"#,
+        ],
+    );
+    assert!(p["error"].as_str().unwrap().contains("trust.intern"), "{p}");
+    // A prompt's name is not a tool's: calling it as a tool is denied as unknown.
+    let t = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &["call", "everything.simple-prompt", "{}"],
+    );
+    let text = t["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("tool.unknown"), "{t}");
+
+    // Completions: asked of the upstream for a prompt the agent sees, refused otherwise.
+    let c = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &[
+            "complete",
+            "prompt",
+            "everything.completable-prompt",
+            "department",
+            "E",
+        ],
+    );
+    assert_eq!(c["values"], serde_json::json!(["Engineering"]), "{c}");
+    let c = sdk(
+        e,
+        mode,
+        target,
+        intern,
+        &[
+            "complete",
+            "prompt",
+            "everything.completable-prompt",
+            "department",
+            "E",
+        ],
+    );
+    assert!(
+        c["error"]
+            .as_str()
+            .unwrap()
+            .contains("not one this agent may use"),
+        "{c}"
+    );
+}
+
+#[test]
+fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_recorded() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e, super::free_port());
+    let coder = data.join("agents/coder-1.credential");
+    let intern = data.join("agents/intern-1.credential");
+    // The embedded `warden stdio` first (it holds the data directory while it runs).
+    let stdio = |cred: &std::path::Path| {
+        let command = serde_json::json!([
+            env!("CARGO_BIN_EXE_warden"),
+            "stdio",
+            "--data",
+            data,
+            "--config",
+            m,
+            "--credential",
+            cred,
+        ]);
+        format!("stdio:{command}")
+    };
+    // One stdio process per client run; the credential given to the client is unused.
+    let stdio_coder = stdio(&coder);
+    let stdio_intern = stdio(&intern);
+    let run = |mode: &str, target: &str, args: &[&str]| sdk(&e, mode, target, &coder, args);
+    let c = run("auto", &stdio_coder, &["catalog"]);
+    assert!(
+        c["resources"].as_array().unwrap().iter().any(|u| u == DOC),
+        "{c}"
+    );
+    let r = run("auto", &stdio_coder, &["read", DOC, BLOB]);
+    assert!(
+        r["reads"][0]["result"]["contents"][0]["text"].is_string(),
+        "{r}"
+    );
+    assert!(
+        r["reads"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tool.unknown"),
+        "{r}"
+    );
+    let i = run("legacy", &stdio_intern, &["catalog"]);
+    assert!(!i["prompts"]
+        .as_object()
+        .unwrap()
+        .contains_key("everything.completable-prompt"));
+
+    // Then `warden serve`: /mcp in both modes, and a bridge to it.
+    let s = start_existing(dir.path(), &data, &m);
+    for mode in ["auto", "legacy"] {
+        governed(&e, mode, &s.url, &coder, &intern);
+    }
+    let bridge = |cred: &std::path::Path| {
+        let command = serde_json::json!([
+            env!("CARGO_BIN_EXE_warden"),
+            "stdio",
+            "--connect",
+            s.url,
+            "--credential",
+            cred,
+        ]);
+        format!("stdio:{command}")
+    };
+    let (bridge_coder, bridge_intern) = (bridge(&coder), bridge(&intern));
+    let c = sdk(&e, "auto", &bridge_coder, &coder, &["catalog"]);
+    assert_eq!(
+        c["templates"],
+        serde_json::json!(["demo://resource/dynamic/text/{resourceId}"]),
+        "{c}"
+    );
+    let r = sdk(&e, "auto", &bridge_coder, &coder, &["read", TEXT, BLOB]);
+    assert!(
+        r["reads"][0]["result"]["contents"][0]["text"].is_string(),
+        "{r}"
+    );
+    assert!(
+        r["reads"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no resource entry"),
+        "{r}"
+    );
+    let p = sdk(
+        &e,
+        "legacy",
+        &bridge_intern,
+        &intern,
+        &["prompt", "everything.args-prompt", r#"{"city":"Porto"}"#],
+    );
+    assert_eq!(
+        p["result"]["messages"][0]["content"]["text"], "What's weather in Porto?",
+        "{p}"
+    );
+    let c = sdk(
+        &e,
+        "legacy",
+        &bridge_coder,
+        &coder,
+        &[
+            "complete",
+            "prompt",
+            "everything.completable-prompt",
+            "department",
+            "S",
+        ],
+    );
+    assert_eq!(c["values"], serde_json::json!(["Sales", "Support"]), "{c}");
+    drop(s);
+
+    // Every read and get was decided and recorded; the allowed ones have receipts.
+    let ledger = ledger_tail(&data, 400);
+    for expected in [
+        "everything.docs",
+        "everything.text",
+        "everything.args-prompt",
+        BLOB,
+        CLIMB,
+        "everything.resource-prompt",
+    ] {
+        assert!(
+            ledger.contains(expected),
+            "{expected} not in the ledger:\n{ledger}"
+        );
+    }
+    let receipts = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["entry"]["type"] == "receipt" && l["entry"]["action"] == "everything.docs")
+        .count();
+    assert!(
+        receipts >= 3,
+        "a receipt for each read of the documents:\n{ledger}"
+    );
+}

@@ -1,0 +1,146 @@
+//! The agent's MCP client as an upstream's requests reach it ([`ClientSide`]): over stdio, the
+//! connection carries requests both ways, so an upstream's sampling, elicitation and roots
+//! requests (and its log messages) go to the client on the connection of the call the upstream
+//! serves — each only if the client declared the capability when it made the call.
+
+#![expect(
+    deprecated,
+    reason = "sampling, roots and logging are deprecated by SEP-2577 and still what upstreams send (issue 20)"
+)]
+
+use std::future::Future;
+use std::pin::Pin;
+
+use rmcp::model::{
+    ClientCapabilities, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+    ElicitResult, ListRootsResult, LoggingLevel, LoggingMessageNotificationParam,
+};
+use rmcp::{ErrorData, Peer, RoleServer};
+use warden_runtime::{ClientRequestKind, ClientSide};
+
+/// The least severe level of log messages a stdio client asked for (`logging/setLevel`);
+/// `None`: every message.
+pub(crate) type LogLevel = std::sync::Arc<std::sync::Mutex<Option<LoggingLevel>>>;
+
+/// Sets it from a `logging/setLevel` request.
+pub(crate) fn set_level(level: &LogLevel, request: &rmcp::model::SetLevelRequestParams) {
+    if let Ok(mut l) = level.lock() {
+        *l = Some(request.level);
+    }
+}
+
+/// The server's capabilities as Warden offers them: tools, resources, prompts, completions,
+/// and log messages.
+pub(crate) fn capabilities() -> rmcp::model::ServerCapabilities {
+    rmcp::model::ServerCapabilities::builder()
+        .enable_tools()
+        .enable_resources()
+        .enable_prompts()
+        .enable_completions()
+        .enable_logging()
+        .build()
+}
+
+type Answer<T> = Pin<Box<dyn Future<Output = Result<T, ErrorData>> + Send + 'static>>;
+
+/// The client on one stdio connection, with the capabilities it declared for the call.
+pub(crate) struct PeerClient {
+    pub(crate) peer: Peer<RoleServer>,
+    pub(crate) capabilities: Option<ClientCapabilities>,
+    /// The least severe log level the client asked for (`logging/setLevel`); `None`: every
+    /// message.
+    pub(crate) level: Option<LoggingLevel>,
+}
+
+fn undeclared(what: &str) -> ErrorData {
+    ErrorData::invalid_request(
+        format!("Warden refused the request: the agent's client did not declare {what}"),
+        None,
+    )
+}
+
+fn from_service(e: rmcp::ServiceError) -> ErrorData {
+    match e {
+        rmcp::ServiceError::McpError(e) => e,
+        other => ErrorData::internal_error(format!("the agent's client: {other}"), None),
+    }
+}
+
+/// Severity order of MCP log levels (RFC 5424, least severe first).
+fn severity(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+impl ClientSide for PeerClient {
+    fn declares(&self, kind: ClientRequestKind) -> bool {
+        self.capabilities.as_ref().is_some_and(|c| match kind {
+            ClientRequestKind::Sampling => c.sampling.is_some(),
+            ClientRequestKind::Elicitation => c.elicitation.is_some(),
+            ClientRequestKind::Roots => c.roots.is_some(),
+        })
+    }
+
+    fn sample(&self, params: CreateMessageRequestParams) -> Answer<CreateMessageResult> {
+        let declared = self
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.sampling.is_some());
+        let peer = self.peer.clone();
+        Box::pin(async move {
+            if !declared {
+                return Err(undeclared("sampling"));
+            }
+            peer.create_message(params).await.map_err(from_service)
+        })
+    }
+
+    fn elicit(&self, params: ElicitRequestParams) -> Answer<ElicitResult> {
+        let declared = self
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.elicitation.is_some());
+        let peer = self.peer.clone();
+        Box::pin(async move {
+            if !declared {
+                return Err(undeclared("elicitation"));
+            }
+            peer.create_elicitation(params).await.map_err(from_service)
+        })
+    }
+
+    fn roots(&self) -> Answer<ListRootsResult> {
+        let declared = self
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.roots.is_some());
+        let peer = self.peer.clone();
+        Box::pin(async move {
+            if !declared {
+                return Err(undeclared("roots"));
+            }
+            peer.list_roots().await.map_err(from_service)
+        })
+    }
+
+    fn log(&self, params: LoggingMessageNotificationParam) {
+        if self
+            .level
+            .is_some_and(|least| severity(params.level) < severity(least))
+        {
+            return;
+        }
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            let _ = peer.notify_logging_message(params).await;
+        });
+    }
+}

@@ -1,0 +1,364 @@
+//! Resources and prompts: manifest entries of their own (`resources:`, `prompts:`), validated
+//! into the same [`Tool`] entries as tools, with their [`ActionKind`], so that a read or a get
+//! is decided like a call — allowlist, tiers, trust, zones, tenants, rate limits, budgets,
+//! invariants, Cedar — and recorded, redacted and labelled like one.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use warden_core::ActionKind;
+
+use crate::manifest::{Collector, Tool};
+use crate::raw::{RawManifest, RawPrompt, RawResource, RawTool};
+
+/// One URI a resource entry admits: exactly, or every URI under a prefix (`…*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriPattern {
+    /// The URI, or the prefix before the `*`.
+    pub prefix: String,
+    /// Whether it ends in `*`.
+    pub wildcard: bool,
+}
+
+impl UriPattern {
+    /// Parses `demo://docs/readme.md` (exact) or `demo://docs/*` (prefix).
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let (prefix, wildcard) = match text.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (text, false),
+        };
+        if prefix.contains('*') {
+            return Err(
+                "`*` may only end a pattern (every URI that starts with what comes before)",
+            );
+        }
+        if text.len() > 2048 || text.chars().any(char::is_control) {
+            return Err(
+                "a URI pattern is at most 2048 characters, none of them control characters",
+            );
+        }
+        let Some((scheme, _)) = prefix.split_once(':') else {
+            return Err("a URI pattern starts with its scheme (`file:`, `demo:`, …), which it must name in full");
+        };
+        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !scheme_ok {
+            return Err(
+                "a URI pattern starts with its scheme (letters, digits, `+`, `-`, `.`, then `:`)",
+            );
+        }
+        Ok(UriPattern {
+            prefix: prefix.to_owned(),
+            wildcard,
+        })
+    }
+
+    /// Whether it admits `uri`. Under a prefix, the rest may not climb out of it: no `.` or
+    /// `..` segment, no backslash, no percent-encoded `.`, `/` or `\`.
+    #[must_use]
+    pub fn matches(&self, uri: &str) -> bool {
+        if !self.wildcard {
+            return uri == self.prefix;
+        }
+        // INVARIANT (a prefix admits only what is under it): `docs/*` must not admit
+        // `docs/../secrets`, however the dots are spelled.
+        uri.strip_prefix(&self.prefix)
+            .is_some_and(|rest| !climbs_out(&self.prefix, rest))
+    }
+
+    /// Whether every URI a resource template can produce starts under this pattern: the
+    /// template's text before its first `{` is under the prefix (or is the exact URI).
+    #[must_use]
+    pub fn covers_template(&self, template: &str) -> bool {
+        let literal = template.split('{').next().unwrap_or_default();
+        if self.wildcard {
+            literal.starts_with(&self.prefix)
+        } else {
+            template == self.prefix
+        }
+    }
+}
+
+/// Whether `rest`, after `prefix`, could reach outside it.
+fn climbs_out(prefix: &str, rest: &str) -> bool {
+    rest.contains('\\')
+        || rest.chars().any(char::is_control)
+        || has_encoded_separator(rest)
+        || rest
+            .split(['/', '?', '#'])
+            .any(|segment| segment == "." || segment == "..")
+        || (prefix.ends_with('/') && rest.starts_with('/'))
+}
+
+fn has_encoded_separator(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+}
+
+impl Tool {
+    /// Whether this entry is a resource entry that admits `uri`.
+    #[must_use]
+    pub fn admits_uri(&self, uri: &str) -> bool {
+        self.kind == ActionKind::Resource && self.uris.iter().any(|p| p.matches(uri))
+    }
+
+    /// The upstream that serves it (`<upstream>.` starts its name).
+    #[must_use]
+    pub fn upstream(&self) -> Option<&str> {
+        self.name.split_once('.').map(|(u, _)| u)
+    }
+}
+
+/// The argument schema of every resource entry: the URI read, and nothing else.
+fn resource_arguments() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {"uri": {"type": "string"}},
+        "required": ["uri"],
+        "additionalProperties": false
+    })
+}
+
+/// A resource entry as the tool entry it is validated as.
+fn resource_as_tool(r: &RawResource) -> RawTool {
+    RawTool {
+        name: r.name.clone(),
+        tier: r.tier.clone(),
+        zones: r.zones.clone(),
+        tenants: r.tenants.clone(),
+        arguments: Some(resource_arguments()),
+        output: r.output.clone(),
+        effects: false,
+        controlling: Vec::new(),
+        lookup: std::collections::BTreeMap::new(),
+        egress: Vec::new(),
+        secrets: Vec::new(),
+        preview: false,
+        preview_template: None,
+        cost: r.cost,
+        redact: r.redact.clone(),
+        egress_level: None,
+        on_leak: None,
+        description: r.description.clone(),
+    }
+}
+
+/// A prompt entry as the tool entry it is validated as.
+fn prompt_as_tool(p: &RawPrompt) -> RawTool {
+    RawTool {
+        name: p.name.clone(),
+        tier: p.tier.clone(),
+        zones: p.zones.clone(),
+        tenants: p.tenants.clone(),
+        arguments: p.arguments.clone(),
+        output: p.output.clone(),
+        effects: false,
+        controlling: Vec::new(),
+        lookup: std::collections::BTreeMap::new(),
+        egress: Vec::new(),
+        secrets: Vec::new(),
+        preview: false,
+        preview_template: None,
+        cost: p.cost,
+        redact: p.redact.clone(),
+        egress_level: None,
+        on_leak: None,
+        description: p.description.clone(),
+    }
+}
+
+/// What every entry is checked against.
+pub(crate) struct Known<'a> {
+    pub(crate) tiers: &'a HashMap<&'a str, usize>,
+    pub(crate) zones: &'a BTreeSet<String>,
+    pub(crate) tenants: &'a BTreeSet<String>,
+}
+
+/// The resource and prompt entries, added to `tools` (one name space: a name is one entry of
+/// one kind). Each names an upstream of the manifest; a prefix pattern may not admit URIs of
+/// two upstreams' entries (which upstream would be read?).
+pub(crate) fn validate_resources_and_prompts(
+    c: &mut Collector<'_>,
+    raw: &RawManifest,
+    known: &Known<'_>,
+    tools: &mut HashMap<String, Tool>,
+) {
+    let upstreams: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let mut taken: Vec<(usize, &str, UriPattern)> = Vec::new();
+    for (i, r) in raw.resources.iter().enumerate() {
+        let path = format!("resources[{i}]");
+        let Some(upstream) = named_upstream(c, &path, &r.name, &upstreams) else {
+            continue;
+        };
+        if r.uris.is_empty() {
+            c.err(format!("{path}.uris"), "list the URIs it admits");
+            continue;
+        }
+        let mut uris = Vec::new();
+        for (j, u) in r.uris.iter().enumerate() {
+            match UriPattern::parse(u) {
+                Ok(p) => uris.push(p),
+                Err(why) => c.err(format!("{path}.uris[{j}]"), format!("`{u}`: {why}")),
+            }
+        }
+        if uris.len() != r.uris.len() {
+            continue;
+        }
+        for p in &uris {
+            for (k, other_up, q) in &taken {
+                if *other_up != upstream && overlap(p, q) {
+                    c.err(
+                        format!("{path}.uris"),
+                        format!(
+                            "`{}{}` admits URIs that resources[{k}] admits for upstream `{other_up}`: a URI must belong to one upstream",
+                            p.prefix,
+                            if p.wildcard { "*" } else { "" }
+                        ),
+                    );
+                }
+            }
+        }
+        taken.extend(uris.iter().map(|p| (i, upstream, p.clone())));
+        let tool = crate::manifest::validate_tool(
+            c,
+            &path,
+            &resource_as_tool(r),
+            known.tiers,
+            known.zones,
+            known.tenants,
+        );
+        if let Some(mut t) = tool {
+            t.kind = ActionKind::Resource;
+            t.uris = uris;
+            insert(c, &path, tools, t);
+        }
+    }
+    for (i, p) in raw.prompts.iter().enumerate() {
+        let path = format!("prompts[{i}]");
+        if named_upstream(c, &path, &p.name, &upstreams).is_none() {
+            continue;
+        }
+        let tool = crate::manifest::validate_tool(
+            c,
+            &path,
+            &prompt_as_tool(p),
+            known.tiers,
+            known.zones,
+            known.tenants,
+        );
+        if let Some(mut t) = tool {
+            t.kind = ActionKind::Prompt;
+            insert(c, &path, tools, t);
+        }
+    }
+}
+
+/// The upstream `<upstream>.<rest>` names, if the manifest has it.
+fn named_upstream<'n>(
+    c: &mut Collector<'_>,
+    path: &str,
+    name: &'n str,
+    upstreams: &HashSet<&str>,
+) -> Option<&'n str> {
+    match name.split_once('.') {
+        Some((up, rest)) if upstreams.contains(up) && !rest.is_empty() => Some(up),
+        _ => {
+            c.err(
+                format!("{path}.name"),
+                format!(
+                    "`{name}` must be `<upstream>.<name>`, with an upstream of this manifest{}",
+                    crate::manifest::known(upstreams.iter())
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn insert(c: &mut Collector<'_>, path: &str, tools: &mut HashMap<String, Tool>, t: Tool) {
+    let name = t.name.clone();
+    if tools.insert(name.clone(), t).is_some() {
+        c.err(
+            format!("{path}.name"),
+            format!(
+                "`{name}` is already a tool, resource or prompt entry: names are one name space"
+            ),
+        );
+    }
+}
+
+/// Whether two patterns can admit one URI.
+fn overlap(a: &UriPattern, b: &UriPattern) -> bool {
+    match (a.wildcard, b.wildcard) {
+        (false, false) => a.prefix == b.prefix,
+        (true, false) => a.matches(&b.prefix),
+        (false, true) => b.matches(&a.prefix),
+        (true, true) => a.prefix.starts_with(&b.prefix) || b.prefix.starts_with(&a.prefix),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> UriPattern {
+        UriPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_prefix_admits_what_is_under_it_and_nothing_that_climbs_out() {
+        let docs = p("file:///srv/docs/*");
+        assert!(docs.matches("file:///srv/docs/readme.md"));
+        assert!(docs.matches("file:///srv/docs/a/b.txt?v=2"));
+        for bad in [
+            "file:///srv/docs/../secrets",
+            "file:///srv/docs/a/../../x",
+            "file:///srv/docs/./x",
+            "file:///srv/docs/%2e%2e/x",
+            "file:///srv/docs/%2E%2E%2Fx",
+            "file:///srv/docs/a%2fb",
+            "file:///srv/docs/a\\..\\b",
+            "file:///srv/docs//etc/passwd",
+            "file:///srv/docs/a\nb",
+            "file:///srv/documents/x",
+            "file:///srv/doc",
+        ] {
+            assert!(!docs.matches(bad), "{bad}");
+        }
+        let exact = p("demo://resource/static/document/features.md");
+        assert!(exact.matches("demo://resource/static/document/features.md"));
+        assert!(!exact.matches("demo://resource/static/document/features.md/x"));
+    }
+
+    #[test]
+    fn patterns_are_checked_when_loaded() {
+        assert!(UriPattern::parse("demo://a/*/b").is_err());
+        assert!(UriPattern::parse("no-scheme/*").is_err());
+        assert!(UriPattern::parse("1http://x").is_err());
+        assert!(UriPattern::parse("*").is_err());
+        assert!(UriPattern::parse("demo://x\u{0}").is_err());
+        assert!(UriPattern::parse("demo://x/*").is_ok());
+    }
+
+    #[test]
+    fn templates_are_covered_by_the_prefix_of_their_literal_part() {
+        let text = p("demo://resource/dynamic/text/*");
+        assert!(text.covers_template("demo://resource/dynamic/text/{resourceId}"));
+        assert!(!text.covers_template("demo://resource/dynamic/blob/{resourceId}"));
+        assert!(!text.covers_template("demo://resource/{kind}/text/1"));
+    }
+
+    #[test]
+    fn overlapping_patterns_are_found() {
+        assert!(overlap(&p("a://x/*"), &p("a://x/y/*")));
+        assert!(overlap(&p("a://x/*"), &p("a://x/y")));
+        assert!(!overlap(&p("a://x/*"), &p("a://z/*")));
+        assert!(!overlap(&p("a://x"), &p("a://x/y")));
+    }
+}

@@ -1,0 +1,205 @@
+//! What an agent may see of the upstreams' resources and prompts, and how a read or a get
+//! becomes a proposal. Seed 003 as for tools: an agent sees only what a manifest entry lets it
+//! use (its tenant, zone and trust level, and its credential's tool limits); every read and
+//! every get is still decided, recorded and redacted on the governed path
+//! ([`Runtime::propose`]).
+
+use std::collections::BTreeSet;
+
+use rmcp::model::{CompleteRequestParams, CompleteResult, Prompt, Resource, ResourceTemplate};
+use warden_core::ActionKind;
+use warden_manifest::actions::UriPattern;
+
+use crate::caller::Caller;
+use crate::runtime::Runtime;
+
+/// Why a completion was not asked of an upstream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompletionError {
+    /// The prompt or template is not one the agent may see.
+    #[error("{0} is not one this agent may use")]
+    NotVisible(String),
+    /// The upstream could not answer.
+    #[error(transparent)]
+    Upstream(#[from] warden_executor::ExecError),
+}
+
+/// A resource or prompt entry an agent may see: its name and, for resources, its URIs.
+struct Seen {
+    name: String,
+    uris: Vec<UriPattern>,
+}
+
+impl Seen {
+    fn upstream(&self) -> Option<&str> {
+        self.name.split_once('.').map(|(u, _)| u)
+    }
+
+    fn admits_uri(&self, uri: &str) -> bool {
+        self.uris.iter().any(|p| p.matches(uri))
+    }
+}
+
+impl Runtime {
+    /// The entries of `kind` the caller may see (its credential's tool limits apply to them
+    /// by name, as to tools).
+    fn entries(&self, caller: &Caller, kind: ActionKind) -> Vec<Seen> {
+        let governor = self.shared.governor.get();
+        let identity = caller.identity();
+        governor
+            .visible(&identity.agent, kind)
+            .into_iter()
+            .filter(|t| {
+                identity
+                    .tools
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(&t.name))
+            })
+            .map(|t| Seen {
+                name: t.name.clone(),
+                uris: t.uris.clone(),
+            })
+            .collect()
+    }
+
+    fn upstreams_of(entries: &[Seen]) -> BTreeSet<String> {
+        entries
+            .iter()
+            .filter_map(|t| t.upstream().map(str::to_owned))
+            .collect()
+    }
+
+    /// The resources the caller may read: those the upstreams list whose URIs an entry the
+    /// caller may see admits (for the upstream that lists them). Names and URIs are the
+    /// upstream's own (links to them in tool results stay valid).
+    pub async fn visible_resources(&self, caller: &Caller) -> Vec<Resource> {
+        let entries = self.entries(caller, ActionKind::Resource);
+        let listed = self
+            .shared
+            .executor
+            .resources(&Self::upstreams_of(&entries))
+            .await;
+        listed
+            .into_iter()
+            .filter(|(up, r)| {
+                entries
+                    .iter()
+                    .any(|e| e.upstream() == Some(up.as_str()) && e.admits_uri(&r.uri))
+            })
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// The resource templates whose every URI an entry the caller may see admits (the
+    /// template's text before its first `{` is under the entry's prefix).
+    pub async fn visible_resource_templates(&self, caller: &Caller) -> Vec<ResourceTemplate> {
+        let entries = self.entries(caller, ActionKind::Resource);
+        let listed = self
+            .shared
+            .executor
+            .resource_templates(&Self::upstreams_of(&entries))
+            .await;
+        listed
+            .into_iter()
+            .filter(|(up, t)| {
+                entries.iter().any(|e| {
+                    e.upstream() == Some(up.as_str())
+                        && e.uris.iter().any(|p| p.covers_template(&t.uri_template))
+                })
+            })
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The prompts the caller may get, each named `<upstream>.<prompt>` (its entry's name).
+    pub async fn visible_prompts(&self, caller: &Caller) -> Vec<Prompt> {
+        let entries = self.entries(caller, ActionKind::Prompt);
+        let names: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let listed = self
+            .shared
+            .executor
+            .prompts(&Self::upstreams_of(&entries))
+            .await;
+        listed
+            .into_iter()
+            .filter_map(|(up, mut p)| {
+                let name = format!("{up}.{}", p.name);
+                names.contains(name.as_str()).then(|| {
+                    p.name = name;
+                    p
+                })
+            })
+            .collect()
+    }
+
+    /// The name a read of `uri` is proposed under: the resource entry that admits it, or, when
+    /// none does, the URI itself (which the Governor then denies as unknown, and the ledger
+    /// records as what was asked).
+    #[must_use]
+    pub fn resource_action(&self, uri: &str) -> String {
+        let governor = self.shared.governor.get();
+        governor
+            .resource_entry(uri)
+            .map_or_else(|| uri.to_owned(), str::to_owned)
+    }
+
+    /// Whether the caller may see a resource entry that admits `uri` (for subscriptions).
+    #[must_use]
+    pub fn may_read(&self, caller: &Caller, uri: &str) -> bool {
+        self.entries(caller, ActionKind::Resource)
+            .iter()
+            .any(|e| e.admits_uri(uri))
+    }
+
+    /// Completes an argument of a prompt (`ref/prompt`, by its `<upstream>.<prompt>` name) or a
+    /// resource template (`ref/resource`, by its URI template) the caller may see, asked of
+    /// the upstream that serves it; the values are redacted.
+    ///
+    /// # Errors
+    /// [`CompletionError`].
+    pub async fn complete(
+        &self,
+        caller: &Caller,
+        mut params: CompleteRequestParams,
+    ) -> Result<CompleteResult, CompletionError> {
+        use rmcp::model::Reference;
+        let upstream = match &mut params.r#ref {
+            Reference::Prompt(p) => {
+                let entry = self
+                    .entries(caller, ActionKind::Prompt)
+                    .into_iter()
+                    .find(|e| e.name == p.name)
+                    .ok_or_else(|| CompletionError::NotVisible(format!("prompt `{}`", p.name)))?;
+                let (up, name) = entry
+                    .name
+                    .split_once('.')
+                    .ok_or_else(|| CompletionError::NotVisible(format!("prompt `{}`", p.name)))?;
+                p.name = name.to_owned();
+                up.to_owned()
+            }
+            Reference::Resource(r) => {
+                let entry = self
+                    .entries(caller, ActionKind::Resource)
+                    .into_iter()
+                    .find(|e| e.uris.iter().any(|u| u.covers_template(&r.uri)))
+                    .ok_or_else(|| {
+                        CompletionError::NotVisible(format!("resource template `{}`", r.uri))
+                    })?;
+                entry.upstream().unwrap_or_default().to_owned()
+            }
+            _ => {
+                return Err(CompletionError::NotVisible(
+                    "a reference of another kind".into(),
+                ))
+            }
+        };
+        let mut answer = self.shared.executor.complete(&upstream, params).await?;
+        // An upstream on an older revision sends no `resultType`; a client on 2026-07-28
+        // requires it (rmcp strips it again for older clients).
+        answer
+            .result_type
+            .get_or_insert(rmcp::model::ResultType::COMPLETE);
+        Ok(answer)
+    }
+}
