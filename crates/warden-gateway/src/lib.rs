@@ -10,12 +10,14 @@
 //! - [`mcp`]: the MCP front-end (Streamable HTTP at `/mcp`, and stdio), which turns
 //!   `tools/call` into proposals;
 //! - `mcp_client` (private): the agent's client as an upstream's requests reach it (stdio);
+//! - `mcp_rounds` (private): calls of 2026-07-28 clients parked between input-required rounds;
 //! - [`mcp_sessions`]: the MCP sessions Warden keeps (issued ids, calls in flight, bounds);
 //! - [`operator_api`]: the admin listener (brakes, approval votes, governance, trust), with its
 //!   own token.
 
 pub mod mcp;
 mod mcp_client;
+mod mcp_rounds;
 pub mod mcp_sessions;
 pub mod native_api;
 pub mod operator_api;

@@ -25,6 +25,7 @@ use warden_runtime::governed::ProgressSink;
 use warden_runtime::Answer;
 use warden_runtime::{Call, Caller, Outcome, Runtime};
 
+use crate::mcp_rounds::{Round, Rounds};
 use crate::mcp_sessions::{Limits, OpenError, Refused, Sessions};
 
 /// Largest MCP request body accepted on `/mcp` by default.
@@ -62,6 +63,8 @@ pub struct McpFront {
     ended: Option<Arc<SessionEnd>>,
     /// Over stdio: the least severe log level the client asked for (`logging/setLevel`).
     log_level: crate::mcp_client::LogLevel,
+    /// Calls waiting for a 2026-07-28 client's next round.
+    rounds: Arc<Rounds>,
 }
 
 /// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
@@ -112,6 +115,7 @@ impl McpFront {
             sessions: Some(sessions),
             ended: None,
             log_level: Arc::default(),
+            rounds: Arc::default(),
         }
     }
 
@@ -139,6 +143,7 @@ impl McpFront {
             })),
             sessions: None,
             log_level: Arc::default(),
+            rounds: Arc::default(),
         })
     }
 
@@ -250,16 +255,19 @@ impl ServerHandler for McpFront {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let arguments = request.arguments.unwrap_or_default();
-        let outcome = self
-            .govern(
-                ActionKind::Tool,
-                request.name.to_string(),
-                arguments,
-                request.meta.as_ref(),
-                &ctx,
-            )
-            .await?;
+        let asked = Asked {
+            kind: ActionKind::Tool,
+            name: request.name.to_string(),
+            arguments: request.arguments.unwrap_or_default(),
+            meta: request.meta.as_ref(),
+            resume: request
+                .request_state
+                .map(|s| (s, request.input_responses.unwrap_or_default())),
+        };
+        let outcome = match self.govern(asked, &ctx).await? {
+            Round::Input(input) => return Ok(input.into()),
+            Round::Done(outcome) => outcome,
+        };
         Ok(match self.answer(outcome) {
             Ok(Answer::Tool(result)) => as_complete(result).into(),
             Ok(_) => refusal(WRONG_KIND.into()),
@@ -275,15 +283,19 @@ impl ServerHandler for McpFront {
         let name = self.app.resource_action(&request.uri);
         let mut arguments = serde_json::Map::new();
         arguments.insert("uri".into(), serde_json::Value::String(request.uri));
-        let outcome = self
-            .govern(
-                ActionKind::Resource,
-                name,
-                arguments,
-                request.meta.as_ref(),
-                &ctx,
-            )
-            .await?;
+        let asked = Asked {
+            kind: ActionKind::Resource,
+            name,
+            arguments,
+            meta: request.meta.as_ref(),
+            resume: request
+                .request_state
+                .map(|s| (s, request.input_responses.unwrap_or_default())),
+        };
+        let outcome = match self.govern(asked, &ctx).await? {
+            Round::Input(input) => return Ok(input.into()),
+            Round::Done(outcome) => outcome,
+        };
         match self.answer(outcome) {
             Ok(Answer::Resource(mut r)) => {
                 r.result_type
@@ -300,16 +312,19 @@ impl ServerHandler for McpFront {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let arguments = request.arguments.unwrap_or_default();
-        let outcome = self
-            .govern(
-                ActionKind::Prompt,
-                request.name,
-                arguments,
-                request.meta.as_ref(),
-                &ctx,
-            )
-            .await?;
+        let asked = Asked {
+            kind: ActionKind::Prompt,
+            name: request.name,
+            arguments: request.arguments.unwrap_or_default(),
+            meta: request.meta.as_ref(),
+            resume: request
+                .request_state
+                .map(|s| (s, request.input_responses.unwrap_or_default())),
+        };
+        let outcome = match self.govern(asked, &ctx).await? {
+            Round::Input(input) => return Ok(input.into()),
+            Round::Done(outcome) => outcome,
+        };
         match self.answer(outcome) {
             Ok(Answer::Prompt(mut r)) => {
                 r.result_type
@@ -382,6 +397,16 @@ impl ServerHandler for McpFront {
     }
 }
 
+/// One read, get or call as the client asked it.
+struct Asked<'r> {
+    kind: ActionKind,
+    name: String,
+    arguments: serde_json::Map<String, serde_json::Value>,
+    meta: Option<&'r rmcp::model::RequestMetaObject>,
+    /// A retry's `requestState` and `inputResponses` (revision 2026-07-28).
+    resume: Option<(String, rmcp::model::InputResponses)>,
+}
+
 /// Said when the Executor answers a call of one kind with another's result (never expected).
 const WRONG_KIND: &str = "Warden's Executor answered with a result of another kind than was asked";
 
@@ -396,13 +421,27 @@ impl McpFront {
     /// says (task, approval, wait, trace context, progress), registered for cancellation.
     async fn govern(
         &self,
-        kind: ActionKind,
-        name: String,
-        arguments: serde_json::Map<String, serde_json::Value>,
-        request_meta: Option<&rmcp::model::RequestMetaObject>,
+        asked: Asked<'_>,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<Outcome, McpError> {
+    ) -> Result<Round, McpError> {
+        let Asked {
+            kind,
+            name,
+            arguments,
+            meta: request_meta,
+            resume,
+        } = asked;
         let (caller, session, issued, trace) = self.caller(ctx)?;
+        // A retry with the answer to what the upstream asked continues the call parked for it.
+        if let Some((state, answers)) = resume {
+            let round = self
+                .rounds
+                .resume(caller.credential(), &name, &state, answers, &ctx.ct)
+                .await;
+            return Ok(
+                round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() }))
+            );
+        }
         let progress_token = request_meta
             .and_then(rmcp::model::RequestMetaObject::get_progress_token)
             .or_else(|| ctx.meta.get_progress_token());
@@ -418,11 +457,11 @@ impl McpFront {
                 match s.track(&session, id, ctx.ct.clone()) {
                     Ok(t) => Some(t),
                     Err(_) => {
-                        return Ok(Outcome::Invalid {
+                        return Ok(Round::Done(Outcome::Invalid {
                             why: "its MCP session ended before it could run. Open a new \
                                   session and call again."
                                 .into(),
-                        })
+                        }))
                     }
                 }
             }
@@ -447,7 +486,7 @@ impl McpFront {
         // anything (every revision has `_meta` on a call; `initialize` is not always sent).
         if let Some(serde_json::Value::String(task)) = meta(TASK_META) {
             if let Err(e) = self.app.declare_task(&caller, &session, &task).await {
-                return Ok(Outcome::Invalid { why: e.to_string() });
+                return Ok(Round::Done(Outcome::Invalid { why: e.to_string() }));
             }
         }
         // Trace context (SEP-414): the call's `_meta.traceparent`, else the HTTP request's
@@ -455,19 +494,57 @@ impl McpFront {
         let trace = meta("traceparent")
             .and_then(|v| v.as_str().and_then(TraceParent::parse))
             .or(trace);
-        let call = Call {
-            session,
-            tool: name,
-            kind,
-            arguments: serde_json::Value::Object(arguments),
-            trace,
-            cancel: ctx.ct.clone(),
-            approval: approval.as_deref(),
-            wait_secs: wait,
-            progress: progress_token.map(|t| progress_sink(ctx, t)),
-            client: self.client_side(ctx),
-        };
-        Ok(self.app.propose(&caller, call).await)
+        let progress = progress_token.map(|t| progress_sink(ctx, t));
+        // A client on revision 2026-07-28 cannot be sent requests: what the upstream asks of it
+        // comes back as an input-required result, and the call waits for the client's retry.
+        let modern = ctx
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        if !modern {
+            let call = Call {
+                session,
+                tool: name,
+                kind,
+                arguments: serde_json::Value::Object(arguments),
+                trace,
+                cancel: ctx.ct.clone(),
+                approval: approval.as_deref(),
+                wait_secs: wait,
+                progress,
+                client: self.client_side(ctx),
+            };
+            return Ok(Round::Done(self.app.propose(&caller, call).await));
+        }
+        let (events, received) = tokio::sync::mpsc::channel(1);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let client: Arc<dyn warden_runtime::ClientSide> =
+            Arc::new(crate::mcp_rounds::RoundsClient {
+                events: events.clone(),
+                capabilities: ctx.client_capabilities(),
+            });
+        let (app, who, tool, cancel) =
+            (self.app.clone(), caller.clone(), name.clone(), stop.clone());
+        tokio::spawn(async move {
+            let call = Call {
+                session,
+                tool,
+                kind,
+                arguments: serde_json::Value::Object(arguments),
+                trace,
+                cancel,
+                approval: approval.as_deref(),
+                wait_secs: wait,
+                progress,
+                client: Some(client),
+            };
+            let outcome = app.propose(&who, call).await;
+            let _ = events.send(crate::mcp_rounds::Event::Done(outcome)).await;
+        });
+        let round = self
+            .rounds
+            .next(caller.credential(), &name, received, stop, &ctx.ct)
+            .await;
+        Ok(round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() })))
     }
 
     /// The answer of an outcome that ran, or the text that says why it did not.

@@ -182,9 +182,11 @@ async def run(client, scenario, args):
     elif scenario == "ask":
         # Calls (each `[name, arguments]` in the JSON list given) during which the server may ask
         # this client for sampling, elicitation or roots; reports what was asked.
+        # The high-level `Client.call_tool` answers a 2026-07-28 server's input-required
+        # results through the same callbacks and retries.
         out["results"] = []
         for name, arguments in json.loads(args[0]):
-            out["results"].append(result_json(await session.call_tool(name, arguments)))
+            out["results"].append(result_json(await client.call_tool(name, arguments)))
         out["asked"] = ASKED
     elif scenario == "catalog":
         # What the agent may see besides tools.

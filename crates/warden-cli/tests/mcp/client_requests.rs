@@ -38,6 +38,43 @@ fn text(result: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The sampling, elicitation and roots tools of `asker`, called in `mode` through `target`:
+/// each request reaches the client's callbacks, redacted by the called tool's detectors.
+fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &std::path::Path) {
+    let calls = serde_json::json!([
+        ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
+        ["asker.trigger-elicitation-request", {}],
+        ["asker.get-roots-list", {}],
+    ]);
+    let a = sdk(e, mode, target, credential, &["ask", &calls.to_string()]);
+    let results = a["results"].as_array().unwrap();
+    let sampled = text(&results[0]);
+    assert!(
+        sampled.contains(
+            "the model read: Resource trigger-sampling-request context: summarise the mail of"
+        ),
+        "{mode}: {a}"
+    );
+    let asked = a["asked"].as_array().unwrap();
+    let sampling = asked.iter().find(|x| x.get("sampling").is_some()).unwrap();
+    let seen = sampling["sampling"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !seen.contains("erin@example.com") && seen.contains("REDACTED"),
+        "what the client's model is asked is redacted by the call's detectors ({mode}): {a}"
+    );
+    assert!(text(&results[1]).contains("declined"), "{mode}: {a}");
+    assert!(
+        asked.iter().any(|x| x.get("elicitation").is_some()),
+        "{mode}: {a}"
+    );
+    assert!(
+        text(&results[2]).contains("file:///e2e/project"),
+        "{mode}: {a}"
+    );
+}
+
 #[test]
 fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_during_a_call() {
     let Some(e) = env() else { return };
@@ -72,34 +109,12 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
         ])
     );
 
-    // Over stdio, with a client that declares all three: each reaches it, redacted.
-    let calls = serde_json::json!([
-        ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
-        ["asker.trigger-elicitation-request", {}],
-        ["asker.get-roots-list", {}],
-    ]);
-    let a = sdk(&e, "legacy", &stdio, &coder, &["ask", &calls.to_string()]);
-    let results = a["results"].as_array().unwrap();
-    let sampled = text(&results[0]);
-    assert!(
-        sampled.contains(
-            "the model read: Resource trigger-sampling-request context: summarise the mail of"
-        ),
-        "{a}"
-    );
-    let asked = a["asked"].as_array().unwrap();
-    let sampling = asked.iter().find(|x| x.get("sampling").is_some()).unwrap();
-    let seen = sampling["sampling"]["messages"][0]["content"]["text"]
-        .as_str()
-        .unwrap();
-    assert!(
-        !seen.contains("erin@example.com") && seen.contains("REDACTED"),
-        "what the client's model is asked is redacted by the call's detectors: {a}"
-    );
-    assert!(text(&results[1]).contains("declined"), "{a}");
-    assert!(asked.iter().any(|x| x.get("elicitation").is_some()), "{a}");
-    assert!(text(&results[2]).contains("file:///e2e/project"), "{a}");
-
+    // Over stdio, with a client that declares all three: each reaches it, redacted — in
+    // legacy mode as requests on the connection, in the SDK's default mode (revision
+    // 2026-07-28) as input-required results the client answers and retries.
+    for mode in ["legacy", "auto"] {
+        asks_reach_the_client(&e, mode, &stdio, &coder);
+    }
     // A client that declared none of them: the upstream's request is refused, the call says so.
     let r = sdk(
         &e,
@@ -129,9 +144,11 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
         "{l}"
     );
 
-    // Over /mcp each request is served on its own: the upstream's request is refused and
-    // recorded, and the call reports it.
+    // Over /mcp, a 2026-07-28 client gets input-required rounds like over stdio; a legacy
+    // client's requests are each served on their own, with no way back while the call runs:
+    // the upstream's request is refused and recorded, and the call reports it.
     let s = start_existing(dir.path(), &data, &m);
+    asks_reach_the_client(&e, "auto", &s.url, &coder);
     let r = sdk(
         &e,
         "legacy",
