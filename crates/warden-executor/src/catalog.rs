@@ -177,3 +177,160 @@ fn answered<T>(
 fn capabilities(client: &crate::upstream::Client) -> Option<ServerCapabilities> {
     client.peer().peer_info().map(|i| i.capabilities.clone())
 }
+
+/// Where `notifications/resources/updated` for one URI goes.
+pub type UpdateSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The subscribers of one upstream's resources, by URI.
+#[derive(Default)]
+pub(crate) struct Updates {
+    sinks: std::sync::Mutex<std::collections::HashMap<String, Vec<(u64, UpdateSink)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Updates {
+    /// Tells every subscriber of `uri` it changed.
+    pub(crate) fn updated(&self, uri: &str) {
+        let sinks: Vec<UpdateSink> = self
+            .sinks
+            .lock()
+            .ok()
+            .and_then(|m| {
+                m.get(uri)
+                    .map(|v| v.iter().map(|(_, s)| Arc::clone(s)).collect())
+            })
+            .unwrap_or_default();
+        for sink in sinks {
+            sink(uri);
+        }
+    }
+
+    /// Adds a subscriber; answers its id and whether it is the URI's first.
+    fn add(&self, uri: &str, sink: UpdateSink) -> (u64, bool) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut m) = self.sinks.lock() else {
+            return (id, false);
+        };
+        let list = m.entry(uri.to_owned()).or_default();
+        list.push((id, sink));
+        (id, list.len() == 1)
+    }
+
+    /// Removes a subscriber; answers whether it was the URI's last.
+    fn remove(&self, uri: &str, id: u64) -> bool {
+        let Ok(mut m) = self.sinks.lock() else {
+            return false;
+        };
+        let Some(list) = m.get_mut(uri) else {
+            return false;
+        };
+        list.retain(|(i, _)| *i != id);
+        let last = list.is_empty();
+        if last {
+            m.remove(uri);
+        }
+        last
+    }
+}
+
+/// One subscriber's subscription to one resource; dropping it ends it (and the upstream's
+/// subscription, when it was the last for that URI).
+pub struct Subscription {
+    up: Arc<crate::upstream::Upstream>,
+    uri: String,
+    id: u64,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("upstream", &self.up.spec.name)
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.up.relay.updates.remove(&self.uri, self.id) {
+            return;
+        }
+        let (up, uri) = (Arc::clone(&self.up), std::mem::take(&mut self.uri));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Some(client) = up.client_if_connected() {
+                    let params = rmcp::model::UnsubscribeRequestParams::new(uri);
+                    #[expect(
+                        deprecated,
+                        reason = "resources/unsubscribe is what upstreams on earlier revisions take"
+                    )]
+                    let _ = client.peer().unsubscribe(params).await;
+                }
+            });
+        }
+    }
+}
+
+impl Executor {
+    /// Subscribes `sink` to updates of `uri` on `upstream` (subscribing the upstream on the
+    /// URI's first subscriber). Updates arrive while the returned [`Subscription`] lives.
+    ///
+    /// # Errors
+    /// [`ExecError::Unavailable`] when the upstream is down or does not offer subscriptions;
+    /// [`ExecError::Upstream`] when it refuses.
+    pub async fn subscribe(
+        &self,
+        upstream: &str,
+        uri: &str,
+        sink: UpdateSink,
+    ) -> Result<Subscription, ExecError> {
+        let unavailable = |why: &str| ExecError::Unavailable {
+            upstream: upstream.to_owned(),
+            why: why.to_owned(),
+        };
+        let up = self
+            .upstreams
+            .get(upstream)
+            .ok_or_else(|| unavailable("no such upstream"))?;
+        let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
+        let (client, _) = tokio::time::timeout(timeout, up.client())
+            .await
+            .map_err(|_| unavailable("it did not start in time"))??;
+        let offers = capabilities(&client)
+            .and_then(|c| c.resources)
+            .is_some_and(|r| r.subscribe == Some(true));
+        if !offers {
+            return Err(unavailable("it offers no resource subscriptions"));
+        }
+        let (id, first) = up.relay.updates.add(uri, sink);
+        let subscription = Subscription {
+            up: Arc::clone(up),
+            uri: uri.to_owned(),
+            id,
+        };
+        if first {
+            let params = rmcp::model::SubscribeRequestParams::new(uri);
+            #[expect(
+                deprecated,
+                reason = "resources/subscribe is what upstreams on earlier revisions take"
+            )]
+            let asked = client.peer().subscribe(params);
+            match tokio::time::timeout(timeout, asked).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(ExecError::Upstream {
+                        upstream: upstream.to_owned(),
+                        why: self.redacted_text(&e.to_string()),
+                    })
+                }
+                Err(_) => {
+                    return Err(ExecError::Timeout {
+                        upstream: upstream.to_owned(),
+                        ms: up.spec.timeout_ms,
+                    })
+                }
+            }
+        }
+        Ok(subscription)
+    }
+}

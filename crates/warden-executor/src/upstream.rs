@@ -80,6 +80,8 @@ pub(crate) struct Relay {
     /// What the upstream may ask of clients, and the calls in flight it may ask for (`None`:
     /// nothing is offered).
     pub(crate) asks: Option<crate::client_requests::Asks>,
+    /// Who is subscribed to which of its resources.
+    pub(crate) updates: Arc<crate::catalog::Updates>,
     sinks:
         Arc<std::sync::Mutex<std::collections::HashMap<rmcp::model::ProgressToken, ProgressSink>>>,
     // INVARIANT (INV-023): set by `notifications/tools/list_changed`; the tools are listed and
@@ -203,6 +205,14 @@ impl rmcp::ClientHandler for Relay {
             Some(a) => a.roots(origin).await,
             None => Err(not_offered()),
         }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.updates.updated(&params.uri);
     }
 
     async fn on_logging_message(
@@ -606,6 +616,12 @@ impl Upstream {
             upstream: self.spec.name.clone(),
             why,
         }
+    }
+
+    /// The live client if it is connected now (never starts one, never waits).
+    pub(crate) fn client_if_connected(&self) -> Option<Arc<Client>> {
+        let conn = self.conn.try_lock().ok()?;
+        conn.client.as_ref().filter(|c| !gone(c)).cloned()
     }
 
     /// The live client, starting (or restarting) the server if needed (waiting for a start

@@ -65,6 +65,9 @@ pub struct McpFront {
     log_level: crate::mcp_client::LogLevel,
     /// Calls waiting for a 2026-07-28 client's next round.
     rounds: Arc<Rounds>,
+    /// Over stdio: the resources the client subscribed to (`resources/subscribe`).
+    subscribed:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, warden_runtime::Subscription>>>,
 }
 
 /// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
@@ -116,6 +119,7 @@ impl McpFront {
             ended: None,
             log_level: Arc::default(),
             rounds: Arc::default(),
+            subscribed: Arc::default(),
         }
     }
 
@@ -144,6 +148,7 @@ impl McpFront {
             sessions: None,
             log_level: Arc::default(),
             rounds: Arc::default(),
+            subscribed: Arc::default(),
         })
     }
 
@@ -367,6 +372,98 @@ impl ServerHandler for McpFront {
         Ok(ListPromptsResult::with_all_items(
             self.app.visible_prompts(&caller).await,
         ))
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let (caller, ..) = self.caller(&ctx)?;
+        // Over HTTP a legacy client has no stream on which an update could reach it later.
+        if self.fixed.is_none() {
+            return Err(McpError::invalid_request(
+                "resources/subscribe needs a stdio connection; over HTTP use revision 2026-07-28's subscriptions/listen",
+                None,
+            ));
+        }
+        let peer = ctx.peer.clone();
+        let sink: warden_runtime::UpdateSink = Arc::new(move |uri: &str| {
+            let (peer, uri) = (peer.clone(), uri.to_owned());
+            tokio::spawn(async move {
+                let _ = peer
+                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(
+                        uri,
+                    ))
+                    .await;
+            });
+        });
+        let subscription = self
+            .app
+            .subscribe(&caller, &request.uri, sink)
+            .await
+            .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+        if let Ok(mut s) = self.subscribed.lock() {
+            s.insert(request.uri, subscription);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.caller(&ctx)?;
+        let gone = self
+            .subscribed
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&request.uri));
+        drop(gone);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        // Resource updates only, for URIs some entry admits (which of them this caller may
+        // read is decided in `listen`, where the caller is known).
+        let mut accepted = rmcp::model::SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| self.app.admitted_anywhere(u))
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let (caller, ..) = self.caller(context.request_context())?;
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let mut held = Vec::new();
+        for uri in uris {
+            let sink = context.sink().clone();
+            let updates: warden_runtime::UpdateSink = Arc::new(move |uri: &str| {
+                let (sink, uri) = (sink.clone(), uri.to_owned());
+                tokio::spawn(async move {
+                    let _ = sink.notify_resource_updated(uri).await;
+                });
+            });
+            // A URI this caller may not read gets no updates.
+            if let Ok(s) = self.app.subscribe(&caller, &uri, updates).await {
+                held.push(s);
+            }
+        }
+        context.cancelled().await;
+        drop(held);
+        Ok(())
     }
 
     #[expect(

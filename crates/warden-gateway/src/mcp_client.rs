@@ -35,6 +35,7 @@ pub(crate) fn capabilities() -> rmcp::model::ServerCapabilities {
     rmcp::model::ServerCapabilities::builder()
         .enable_tools()
         .enable_resources()
+        .enable_resources_subscribe()
         .enable_prompts()
         .enable_completions()
         .enable_logging()

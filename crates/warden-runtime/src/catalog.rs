@@ -13,7 +13,7 @@ use warden_manifest::actions::UriPattern;
 use crate::caller::Caller;
 use crate::runtime::Runtime;
 
-/// Why a completion was not asked of an upstream.
+/// Why a completion or a subscription was not asked of an upstream.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CompletionError {
@@ -144,12 +144,40 @@ impl Runtime {
             .map_or_else(|| uri.to_owned(), str::to_owned)
     }
 
-    /// Whether the caller may see a resource entry that admits `uri` (for subscriptions).
+    /// Whether the caller may see a resource entry that admits `uri`.
     #[must_use]
     pub fn may_read(&self, caller: &Caller, uri: &str) -> bool {
         self.entries(caller, ActionKind::Resource)
             .iter()
             .any(|e| e.admits_uri(uri))
+    }
+
+    /// Whether any resource entry of the manifest admits `uri` (what a subscription's
+    /// acknowledgment may name before the caller is known).
+    #[must_use]
+    pub fn admitted_anywhere(&self, uri: &str) -> bool {
+        self.shared.governor.get().resource_entry(uri).is_some()
+    }
+
+    /// Subscribes `sink` to updates of `uri`, which a resource entry the caller may see must
+    /// admit, at the upstream that serves it. Updates arrive while the subscription lives.
+    ///
+    /// # Errors
+    /// [`CompletionError::NotVisible`] for a URI the caller may not read; the upstream's
+    /// refusal.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        uri: &str,
+        sink: warden_executor::UpdateSink,
+    ) -> Result<warden_executor::Subscription, CompletionError> {
+        let entry = self
+            .entries(caller, ActionKind::Resource)
+            .into_iter()
+            .find(|e| e.admits_uri(uri))
+            .ok_or_else(|| CompletionError::NotVisible(format!("resource `{uri}`")))?;
+        let upstream = entry.upstream().unwrap_or_default().to_owned();
+        Ok(self.shared.executor.subscribe(&upstream, uri, sink).await?)
     }
 
     /// Completes an argument of a prompt (`ref/prompt`, by its `<upstream>.<prompt>` name) or a

@@ -65,7 +65,7 @@ pub use governed::{Call, Outcome};
 pub use runtime::{Backends, Config, Runtime, RuntimeError};
 /// What a call that ran answered (a tool result, a resource's contents, a prompt's messages),
 /// and the agent's client as the requests of the upstream serving a call reach it.
-pub use warden_executor::{Answer, ClientSide};
+pub use warden_executor::{Answer, ClientSide, Subscription, UpdateSink};
 pub use warden_manifest::raw::ClientRequestKind;
 
 /// Current Unix time in milliseconds (approvals and grants).

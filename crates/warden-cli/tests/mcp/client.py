@@ -54,6 +54,20 @@ async def on_roots(context):
     return types.ListRootsResult(roots=[types.Root(uri="file:///e2e/project", name="e2e project")])
 
 
+# The URIs `notifications/resources/updated` named (scenario `subscribe`).
+UPDATED = []
+GOT_UPDATE = None
+
+
+async def on_message(message):
+    import mcp_types as types
+
+    if isinstance(message, types.ResourceUpdatedNotification):
+        UPDATED.append(message.params.uri)
+        if GOT_UPDATE is not None:
+            GOT_UPDATE.set()
+
+
 async def main():
     url, cred_file, scenario, *args = sys.argv[1:]
     mode = os.environ.get("WARDEN_E2E_MODE", "auto")
@@ -65,6 +79,8 @@ async def main():
             "elicitation_callback": on_elicitation,
             "list_roots_callback": on_roots,
         }
+    if scenario == "subscribe":
+        extra = {"message_handler": on_message}
     if url.startswith("stdio:"):
         # `stdio:["warden", "stdio", ...]`: launch the server as a desktop client would.
         command = json.loads(url[len("stdio:"):])
@@ -188,6 +204,41 @@ async def run(client, scenario, args):
         for name, arguments in json.loads(args[0]):
             out["results"].append(result_json(await client.call_tool(name, arguments)))
         out["asked"] = ASKED
+    elif scenario == "subscribe":
+        # subscribe URI: subscribes (`resources/subscribe` on an earlier revision,
+        # `subscriptions/listen` on 2026-07-28), turns server-everything's simulated updates on
+        # (its toggle may find them on already: then once more) and waits for one.
+        global GOT_UPDATE
+        GOT_UPDATE = anyio.Event()
+        uri = args[0]
+        toggle = "everything.toggle-subscriber-updates"
+        if str(client.protocol_version) < "2026-07-28":
+            try:
+                await session.subscribe_resource(uri)
+            except Exception as e:
+                out["error"] = str(e)
+                print(json.dumps(out))
+                return
+            for _ in range(2):
+                await session.call_tool(toggle, {})
+                with anyio.move_on_after(7):
+                    await GOT_UPDATE.wait()
+                if UPDATED:
+                    break
+        else:
+            async with client.listen(resource_subscriptions=[uri]) as sub:
+                out["honored"] = list(sub.honored.resource_subscriptions or []) if sub.honored else []
+                for _ in range(2):
+                    if not out["honored"]:
+                        break
+                    await session.call_tool(toggle, {})
+                    with anyio.move_on_after(7):
+                        async for event in sub:
+                            UPDATED.append(getattr(event, "uri", repr(event)))
+                            break
+                    if UPDATED:
+                        break
+        out["updated"] = UPDATED
     elif scenario == "catalog":
         # What the agent may see besides tools.
         resources = await session.list_resources()

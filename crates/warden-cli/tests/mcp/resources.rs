@@ -269,12 +269,41 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
         .as_object()
         .unwrap()
         .contains_key("everything.completable-prompt"));
+    // Subscriptions: `resources/subscribe` on an earlier revision, `subscriptions/listen` on
+    // 2026-07-28; the upstream's updates reach the subscriber, for URIs it may read only.
+    let sub = run("legacy", &stdio_coder, &["subscribe", DOC]);
+    assert_eq!(sub["updated"][0], DOC, "{sub}");
+    let sub = run("auto", &stdio_coder, &["subscribe", DOC]);
+    assert_eq!(sub["honored"], serde_json::json!([DOC]), "{sub}");
+    assert_eq!(sub["updated"][0], DOC, "{sub}");
+    let sub = run("legacy", &stdio_coder, &["subscribe", BLOB]);
+    assert!(
+        sub["error"]
+            .as_str()
+            .unwrap()
+            .contains("not one this agent may use"),
+        "{sub}"
+    );
+    let sub = run("auto", &stdio_coder, &["subscribe", BLOB]);
+    assert_eq!(sub["honored"], serde_json::json!([]), "{sub}");
 
     // Then `warden serve`: /mcp in both modes, and a bridge to it.
     let s = start_existing(dir.path(), &data, &m);
     for mode in ["auto", "legacy"] {
         governed(&e, mode, &s.url, &coder, &intern);
     }
+    // Over /mcp a 2026-07-28 client listens on its request's stream; a legacy client has no
+    // stream an update could come on later, and is told so.
+    let sub = sdk(&e, "auto", &s.url, &coder, &["subscribe", DOC]);
+    assert_eq!(sub["updated"][0], DOC, "{sub}");
+    let sub = sdk(&e, "legacy", &s.url, &coder, &["subscribe", DOC]);
+    assert!(
+        sub["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs a stdio connection"),
+        "{sub}"
+    );
     let bridge = |cred: &std::path::Path| {
         let command = serde_json::json!([
             env!("CARGO_BIN_EXE_warden"),
