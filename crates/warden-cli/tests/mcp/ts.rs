@@ -14,6 +14,8 @@ fn ts(e: &Env, url: &str, credential: &Path, args: &[&str]) -> Value {
         .arg(credential)
         .args(args)
         .env("WARDEN_E2E_NPM", &e.npm)
+        // What `warden stdio` needs to start the `everything` upstream.
+        .env("WARDEN_E2E_DEMO_KEY", super::DEMO_KEY)
         .output()
         .unwrap();
     assert!(
@@ -91,4 +93,140 @@ fn the_typescript_sdk_client_is_governed_on_every_way_in() {
         cred,
     ]);
     governed(&e, &format!("stdio:{bridge}"), &cred);
+}
+
+fn text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Resources, prompts, completions and an upstream's requests through the TypeScript SDK
+/// client (revision 2025-11-25): over stdio every item; over `/mcp` the governed reads and gets,
+/// and an upstream's request refused (no way back to such a client over HTTP).
+#[test]
+fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_requests() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = super::setup(dir.path(), &e, super::free_port());
+    let npm = e.npm.join("node_modules/.bin/mcp-server-everything");
+    super::add_to_manifest(
+        &m,
+        "  - { name: asker.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object }, redact: [pii] }\n\
+         \x20 - { name: asker.get-roots-list, tier: low, zones: [\"*\"], arguments: { type: object } }\n",
+        &format!(
+            "  - name: asker\n    command: [\"{}\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n    client_requests: [sampling, roots]\n",
+            npm.display()
+        ),
+        "",
+    );
+    let cred = data.join("agents/coder-1.credential");
+    let stdio = format!(
+        "stdio:{}",
+        serde_json::json!([
+            env!("CARGO_BIN_EXE_warden"),
+            "stdio",
+            "--data",
+            data,
+            "--config",
+            m,
+            "--credential",
+            cred,
+        ])
+    );
+    let doc = "demo://resource/static/document/features.md";
+    let blob = "demo://resource/dynamic/blob/1";
+    let reads_and_gets = |url: &str| {
+        let c = ts(&e, url, &cred, &["catalog"]);
+        assert!(
+            c["resources"].as_array().unwrap().iter().any(|u| u == doc),
+            "{c}"
+        );
+        assert_eq!(
+            c["templates"],
+            serde_json::json!(["demo://resource/dynamic/text/{resourceId}"]),
+            "{c}"
+        );
+        assert!(
+            c["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "everything.args-prompt"),
+            "{c}"
+        );
+        let r = ts(&e, url, &cred, &["read", doc]);
+        assert!(
+            r["result"]["contents"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("Everything Server"),
+            "{r}"
+        );
+        let r = ts(&e, url, &cred, &["read", blob]);
+        assert!(
+            r["error"].as_str().unwrap().contains("no resource entry"),
+            "{r}"
+        );
+        let p = ts(
+            &e,
+            url,
+            &cred,
+            &["prompt", "everything.args-prompt", r#"{"city":"Faro"}"#],
+        );
+        assert_eq!(
+            p["result"]["messages"][0]["content"]["text"], "What's weather in Faro?",
+            "{p}"
+        );
+        let c = ts(
+            &e,
+            url,
+            &cred,
+            &[
+                "complete",
+                "everything.completable-prompt",
+                "department",
+                "M",
+            ],
+        );
+        assert_eq!(c["values"], serde_json::json!(["Marketing"]), "{c}");
+    };
+    let ask = serde_json::json!([
+        ["asker.trigger-sampling-request", {"prompt": "write to erin@example.com", "maxTokens": 20}],
+        ["asker.get-roots-list", {}],
+    ])
+    .to_string();
+    reads_and_gets(&stdio);
+    let a = ts(&e, &stdio, &cred, &["ask", &ask]);
+    assert!(
+        text(&a["results"][0])
+            .contains("the model read: Resource trigger-sampling-request context: write to"),
+        "{a}"
+    );
+    let seen = a["asked"][0]["sampling"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !seen.contains("erin@example.com") && seen.contains("REDACTED"),
+        "{a}"
+    );
+    assert!(
+        text(&a["results"][1]).contains("file:///e2e/project"),
+        "{a}"
+    );
+
+    let s = start_existing(dir.path(), &data, &m);
+    reads_and_gets(&s.url);
+    let a = ts(&e, &s.url, &cred, &["ask", &ask]);
+    assert!(
+        text(&a["results"][0]).contains("cannot carry requests from upstreams"),
+        "{a}"
+    );
+    assert_eq!(a["asked"], serde_json::json!([]), "{a}");
 }
