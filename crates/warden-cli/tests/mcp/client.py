@@ -68,6 +68,10 @@ async def on_message(message):
             GOT_UPDATE.set()
 
 
+async def on_log(params):
+    ASKED.append({"log": params.data})
+
+
 async def main():
     url, cred_file, scenario, *args = sys.argv[1:]
     mode = os.environ.get("WARDEN_E2E_MODE", "auto")
@@ -78,6 +82,7 @@ async def main():
             "sampling_callback": on_sampling,
             "elicitation_callback": on_elicitation,
             "list_roots_callback": on_roots,
+            "logging_callback": on_log,
         }
     if scenario == "subscribe":
         extra = {"message_handler": on_message}

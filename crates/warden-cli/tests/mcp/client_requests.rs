@@ -73,6 +73,16 @@ fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &std::pa
         text(&results[2]).contains("file:///e2e/project"),
         "{mode}: {a}"
     );
+    // The log message server-everything sends while it serves `get-roots-list` reaches a
+    // legacy stdio client (a 2026-07-28 client has no stream for log messages yet).
+    if mode == "legacy" && target.starts_with("stdio:") {
+        assert!(
+            asked.iter().any(|x| x["log"]
+                .as_str()
+                .is_some_and(|l| l.contains("root(s) received from client"))),
+            "{a}"
+        );
+    }
 }
 
 #[test]
