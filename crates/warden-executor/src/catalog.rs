@@ -71,16 +71,14 @@ impl Executor {
     pub async fn complete(
         &self,
         upstream: &str,
+        caller: Boundary<'_>,
         params: CompleteRequestParams,
     ) -> Result<CompleteResult, ExecError> {
         let unavailable = |why: &str| ExecError::Unavailable {
             upstream: upstream.to_owned(),
             why: why.to_owned(),
         };
-        let up = self
-            .upstreams
-            .get(upstream)
-            .ok_or_else(|| unavailable("no such upstream"))?;
+        let up = &self.instance(upstream, caller)?;
         let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
         let (client, _) = tokio::time::timeout(timeout, up.client())
             .await
@@ -103,30 +101,33 @@ impl Executor {
 
     /// The named upstreams that are up (or start within their timeout: a start or a new
     /// listing under way is waited for) and say they offer `kind`, with their clients and
-    /// timeouts.
+    /// timeouts. Lists are read from each upstream's shared instance, as its tools are (a
+    /// sandboxed upstream's runners serve calls; what a runner alone holds is not listed).
     async fn offering(
         &self,
         upstreams: &BTreeSet<String>,
         kind: Kind,
     ) -> Vec<(String, Arc<crate::upstream::Client>, std::time::Duration)> {
-        let mut out = Vec::new();
-        for name in upstreams {
-            let Some(up) = self.upstreams.get(name) else {
-                continue;
-            };
+        // All at once: one slow upstream delays the list by its own timeout, not the sum.
+        let reached = upstreams.iter().filter_map(|name| {
+            let up = self.upstreams.get(name)?;
             let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
-            let Ok(Ok((client, _))) = tokio::time::timeout(timeout, up.client()).await else {
-                continue;
-            };
-            let offers = capabilities(&client).is_some_and(|caps| match kind {
-                Kind::Resources => caps.resources.is_some(),
-                Kind::Prompts => caps.prompts.is_some(),
-            });
-            if offers {
-                out.push((name.clone(), client, timeout));
-            }
-        }
-        out
+            Some(async move {
+                let Ok(Ok((client, _))) = tokio::time::timeout(timeout, up.client()).await else {
+                    return None;
+                };
+                let offers = capabilities(&client).is_some_and(|caps| match kind {
+                    Kind::Resources => caps.resources.is_some(),
+                    Kind::Prompts => caps.prompts.is_some(),
+                });
+                offers.then(|| (name.clone(), client, timeout))
+            })
+        });
+        futures::future::join_all(reached)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Each listed item redacted as JSON; an item whose redaction breaks its shape is left out.
@@ -170,6 +171,39 @@ fn answered<T>(
             tracing::warn!(upstream, method, "the upstream did not list in time");
             None
         }
+    }
+}
+
+/// Who a completion or a subscription is for: a sandboxed upstream serves it from that
+/// caller's runner (its boundary's process), never another boundary's.
+#[derive(Debug, Clone, Copy)]
+pub struct Boundary<'a> {
+    /// The caller's tenant.
+    pub tenant: &'a str,
+    /// The caller's agent.
+    pub agent: &'a str,
+    /// The caller's session key ([`warden_core::state::session_key`]).
+    pub session_key: &'a str,
+}
+
+impl Executor {
+    /// The instance of `upstream` that serves `caller`: a sandboxed upstream's runner for the
+    /// caller's boundary, or the upstream itself.
+    fn instance(
+        &self,
+        upstream: &str,
+        caller: Boundary<'_>,
+    ) -> Result<Arc<crate::upstream::Upstream>, ExecError> {
+        let template = self
+            .upstreams
+            .get(upstream)
+            .ok_or_else(|| ExecError::Unavailable {
+                upstream: upstream.to_owned(),
+                why: "no such upstream".to_owned(),
+            })?;
+        // INVARIANT (seed 000 §1-2): a caller's completions and subscriptions go to its own
+        // boundary's process.
+        self.runner(template, caller.tenant, caller.agent, caller.session_key)
     }
 }
 
@@ -281,6 +315,7 @@ impl Executor {
     pub async fn subscribe(
         &self,
         upstream: &str,
+        caller: Boundary<'_>,
         uri: &str,
         sink: UpdateSink,
     ) -> Result<Subscription, ExecError> {
@@ -288,10 +323,7 @@ impl Executor {
             upstream: upstream.to_owned(),
             why: why.to_owned(),
         };
-        let up = self
-            .upstreams
-            .get(upstream)
-            .ok_or_else(|| unavailable("no such upstream"))?;
+        let up = &self.instance(upstream, caller)?;
         let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
         let (client, _) = tokio::time::timeout(timeout, up.client())
             .await

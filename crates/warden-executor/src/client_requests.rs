@@ -5,13 +5,14 @@
 //! Each reaches the client of the session whose call the upstream is serving, and only:
 //! - when the manifest lets that upstream ask it (`client_requests`; Warden offers the
 //!   capability to the upstream only then);
-//! - while one of that session's calls is in flight on the connection (an upstream may not
-//!   ask outside a call it serves); a request on a Streamable HTTP upstream names its call by
-//!   the stream it came on, on stdio it must be the only session with a call in flight there;
+//! - while the call it serves is in flight (an upstream may not ask outside a call it serves):
+//!   a request on a Streamable HTTP upstream names its call by the stream it came on; on stdio
+//!   it must be the only call in flight on that connection;
 //! - when the client declared the capability (the front-end says).
 //!
 //! What goes to the client is redacted (exact secrets and the call's detectors); every request
-//! is recorded in the ledger, forwarded or refused, with why.
+//! is recorded in the ledger before it is forwarded (or refused, with why), and nothing is
+//! asked once the call it served has ended.
 
 #![expect(
     deprecated,
@@ -70,10 +71,11 @@ struct Serving {
     seq: u64,
     /// The id the upstream knows the call by, once sent.
     upstream_id: Option<RequestId>,
-    session_key: String,
     who: Who,
     redact: BTreeSet<String>,
     client: Option<Arc<dyn ClientSide>>,
+    /// Fires when the call ends: nothing is asked of its client after that.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 /// What a ledger event about a call names.
@@ -113,7 +115,13 @@ impl ServingGuard {
 impl Drop for ServingGuard {
     fn drop(&mut self) {
         if let Ok(mut calls) = self.calls.calls.lock() {
-            calls.retain(|c| c.seq != self.seq);
+            calls.retain(|c| {
+                let mine = c.seq == self.seq;
+                if mine {
+                    c.ended.cancel();
+                }
+                !mine
+            });
         }
     }
 }
@@ -122,7 +130,6 @@ impl InFlightCalls {
     /// Registers a call before it is sent (an upstream may ask before the send returns).
     pub(crate) fn enter(
         self: &Arc<Self>,
-        session_key: &str,
         who: Who,
         redact: &BTreeSet<String>,
         client: Option<Arc<dyn ClientSide>>,
@@ -132,10 +139,10 @@ impl InFlightCalls {
             calls.push(Serving {
                 seq,
                 upstream_id: None,
-                session_key: session_key.to_owned(),
                 who,
                 redact: redact.clone(),
                 client,
+                ended: tokio_util::sync::CancellationToken::new(),
             });
         }
         ServingGuard {
@@ -144,9 +151,10 @@ impl InFlightCalls {
         }
     }
 
-    /// The call a request from the upstream belongs to: the one it names by its stream (a
-    /// Streamable HTTP upstream), else the latest call in flight when every call in flight is
-    /// one session's.
+    /// The call a request from the upstream belongs to: the one it names by the stream it came
+    /// on (a Streamable HTTP upstream); on a connection that cannot say (stdio), the one call
+    /// in flight — with two or more, which one the request serves is unknown, and it is
+    /// refused.
     fn route(
         &self,
         origin: Option<&rmcp::service::InboundStreamOrigin>,
@@ -155,25 +163,27 @@ impl InFlightCalls {
             .calls
             .lock()
             .map_err(|_| "the gateway's call table is unusable")?;
+        // INVARIANT (a request reaches only the client of the call it serves): never a guess
+        // between two calls, which may be two agents'.
         let found = match origin {
             Some(rmcp::service::InboundStreamOrigin::OutboundRequest(id)) => {
                 calls.iter().find(|c| c.upstream_id.as_ref() == Some(id))
             }
-            _ => {
-                let Some(last) = calls.last() else {
-                    return Err("no call of any agent is in flight on this upstream: an upstream may ask only while it serves a call");
-                };
-                if calls.iter().any(|c| c.session_key != last.session_key) {
-                    return Err("calls of several sessions are in flight on this upstream, and the request does not say which it serves");
-                }
-                Some(last)
+            Some(rmcp::service::InboundStreamOrigin::Unassociated) => {
+                return Err("the request came on no call's stream: an upstream may ask only while it serves a call");
             }
+            None => match calls.as_slice() {
+                [] => return Err("no call of any agent is in flight on this upstream: an upstream may ask only while it serves a call"),
+                [one] => Some(one),
+                _ => return Err("several calls are in flight on this upstream, and the request does not say which it serves"),
+            },
         };
         let c = found.ok_or("the request names no call in flight on this upstream")?;
         Ok(Routed {
             who: c.who.clone(),
             redact: c.redact.clone(),
             client: c.client.clone(),
+            ended: c.ended.clone(),
         })
     }
 }
@@ -183,6 +193,7 @@ struct Routed {
     who: Who,
     redact: BTreeSet<String>,
     client: Option<Arc<dyn ClientSide>>,
+    ended: tokio_util::sync::CancellationToken,
 }
 
 /// What one upstream's relay needs to answer its requests.
@@ -193,20 +204,27 @@ pub(crate) struct Asks {
     pub(crate) calls: Arc<InFlightCalls>,
     pub(crate) redactor: Arc<Redactor>,
     pub(crate) ledger: Option<Arc<Ledger>>,
+    /// Longest the client may take to answer: the upstream's call timeout (the call it serves
+    /// cannot outlast it anyway).
+    pub(crate) wait: std::time::Duration,
 }
 
 impl Asks {
     /// An upstream's `sampling/createMessage`.
     pub(crate) async fn sample(
         &self,
-        params: CreateMessageRequestParams,
+        mut params: CreateMessageRequestParams,
         origin: Option<&rmcp::service::InboundStreamOrigin>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let (who, on, client) = self.admit(ClientRequestKind::Sampling, origin).await?;
-        let params = self.redacted(params, &on)?;
-        let answer = client.sample(params).await;
-        self.forwarded(ClientRequestKind::Sampling, &who, answer.as_ref().err())
-            .await;
+        let kind = ClientRequestKind::Sampling;
+        let to = self.admit(kind, origin).await?;
+        // INVARIANT (one upstream never reads another's context): the client is not asked to
+        // add what other servers gave it.
+        params.include_context = None;
+        let params = self.redacted_or_refused(kind, &to, params).await?;
+        self.forwarding(kind, &to.who).await?;
+        let answer = self.within(&to.ended, to.client.sample(params)).await;
+        self.answered(kind, &to.who, answer.as_ref().err()).await;
         answer
     }
 
@@ -216,11 +234,12 @@ impl Asks {
         params: ElicitRequestParams,
         origin: Option<&rmcp::service::InboundStreamOrigin>,
     ) -> Result<ElicitResult, ErrorData> {
-        let (who, on, client) = self.admit(ClientRequestKind::Elicitation, origin).await?;
-        let params = self.redacted(params, &on)?;
-        let answer = client.elicit(params).await;
-        self.forwarded(ClientRequestKind::Elicitation, &who, answer.as_ref().err())
-            .await;
+        let kind = ClientRequestKind::Elicitation;
+        let to = self.admit(kind, origin).await?;
+        let params = self.redacted_or_refused(kind, &to, params).await?;
+        self.forwarding(kind, &to.who).await?;
+        let answer = self.within(&to.ended, to.client.elicit(params)).await;
+        self.answered(kind, &to.who, answer.as_ref().err()).await;
         answer
     }
 
@@ -229,15 +248,40 @@ impl Asks {
         &self,
         origin: Option<&rmcp::service::InboundStreamOrigin>,
     ) -> Result<ListRootsResult, ErrorData> {
-        let (who, _, client) = self.admit(ClientRequestKind::Roots, origin).await?;
-        let answer = client.roots().await;
-        self.forwarded(ClientRequestKind::Roots, &who, answer.as_ref().err())
-            .await;
+        let kind = ClientRequestKind::Roots;
+        let to = self.admit(kind, origin).await?;
+        self.forwarding(kind, &to.who).await?;
+        let answer = self.within(&to.ended, to.client.roots()).await;
+        self.answered(kind, &to.who, answer.as_ref().err()).await;
         answer
     }
 
-    /// An upstream's log message: redacted, to the client of the call it serves (dropped when
-    /// it serves none, or the session cannot be told apart).
+    /// The client's answer; an error once [`Asks::wait`] has passed or the call it served
+    /// has ended.
+    async fn within<T>(
+        &self,
+        ended: &tokio_util::sync::CancellationToken,
+        answer: BoxFuture<'static, Result<T, ErrorData>>,
+    ) -> Result<T, ErrorData> {
+        tokio::select! {
+            r = tokio::time::timeout(self.wait, answer) => r.unwrap_or_else(|_| {
+                Err(ErrorData::internal_error(
+                    format!(
+                        "the agent's client did not answer within {} ms",
+                        self.wait.as_millis()
+                    ),
+                    None,
+                ))
+            }),
+            () = ended.cancelled() => Err(ErrorData::internal_error(
+                "the call this request served has ended",
+                None,
+            )),
+        }
+    }
+
+    /// An upstream's log message: redacted, to the client of the one call in flight on the
+    /// connection (dropped when there is none, or several).
     pub(crate) fn log(&self, params: LoggingMessageNotificationParam) {
         let Ok(Routed {
             redact: on,
@@ -259,7 +303,7 @@ impl Asks {
         &self,
         kind: ClientRequestKind,
         origin: Option<&rmcp::service::InboundStreamOrigin>,
-    ) -> Result<(Who, BTreeSet<String>, Arc<dyn ClientSide>), ErrorData> {
+    ) -> Result<Forward, ErrorData> {
         let routed = self.calls.route(origin);
         let why = match &routed {
             _ if !self.allowed.contains(&kind) => Some(format!(
@@ -269,7 +313,8 @@ impl Asks {
             )),
             Err(why) => Some((*why).to_owned()),
             Ok(Routed { client: None, .. }) => Some(
-                "the agent's connection cannot carry requests from upstreams (only a stdio client can)"
+                "the agent's connection cannot carry requests from upstreams (a client on an \
+                 earlier revision than 2026-07-28 over HTTP)"
                     .to_owned(),
             ),
             Ok(Routed {
@@ -287,17 +332,42 @@ impl Asks {
                     who,
                     redact,
                     client: Some(client),
+                    ended,
                 }),
-            ) => Ok((who, redact, client)),
+            ) => Ok(Forward {
+                who,
+                redact,
+                client,
+                ended,
+            }),
             (why, routed) => {
                 let why = why.unwrap_or_default();
                 let who = routed.ok().map(|r| r.who);
                 self.record(kind, who.as_ref(), &format!("refused: {why}"))
                     .await;
-                Err(ErrorData::invalid_request(
-                    format!("Warden refused the {} request: {why}", kind.as_str()),
-                    None,
-                ))
+                Err(refused(kind, &why))
+            }
+        }
+    }
+
+    /// `params` with the secrets and the call's detector matches redacted; what cannot be
+    /// redacted in place is refused, recorded.
+    async fn redacted_or_refused<T>(
+        &self,
+        kind: ClientRequestKind,
+        to: &Forward,
+        params: T,
+    ) -> Result<T, ErrorData>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        match self.redacted(params, &to.redact) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let why = "it held secrets in a field that cannot be redacted in place";
+                self.record(kind, Some(&to.who), &format!("refused: {why}"))
+                    .await;
+                Err(e)
             }
         }
     }
@@ -321,19 +391,32 @@ impl Asks {
         })
     }
 
-    async fn forwarded(&self, kind: ClientRequestKind, who: &Who, error: Option<&ErrorData>) {
+    /// Records that the request goes to the agent's client; refuses it when that cannot be
+    /// recorded.
+    async fn forwarding(&self, kind: ClientRequestKind, who: &Who) -> Result<(), ErrorData> {
+        // INVARIANT (fail-closed, INV-003): nothing reaches the client unrecorded.
+        if self
+            .record(kind, Some(who), "forwarded to the agent's client")
+            .await
+        {
+            Ok(())
+        } else {
+            Err(refused(kind, "it could not be recorded"))
+        }
+    }
+
+    /// Records how the client answered (best effort: the request was recorded already).
+    async fn answered(&self, kind: ClientRequestKind, who: &Who, error: Option<&ErrorData>) {
         let what = match error {
-            None => "forwarded to the agent's client, which answered".to_owned(),
-            Some(e) => format!(
-                "forwarded to the agent's client, which refused: {}",
-                e.message
-            ),
+            None => "the agent's client answered".to_owned(),
+            Some(e) => format!("the agent's client refused: {}", e.message),
         };
         self.record(kind, Some(who), &what).await;
     }
 
-    /// Records an `upstream.<kind>` event (best effort: logged when the ledger refuses).
-    async fn record(&self, kind: ClientRequestKind, who: Option<&Who>, what: &str) {
+    /// Records an `upstream.<kind>` event; answers whether it was recorded (a failure is
+    /// logged).
+    async fn record(&self, kind: ClientRequestKind, who: Option<&Who>, what: &str) -> bool {
         let reason = format!(
             "upstream `{}` asked for {}: {what}",
             self.upstream,
@@ -344,7 +427,10 @@ impl Asks {
             .redact_str(&reason, &BTreeSet::new())
             .map_or(reason, |(r, _)| r);
         tracing::info!(upstream = %self.upstream, kind = kind.as_str(), "{reason}");
-        let Some(ledger) = &self.ledger else { return };
+        // Observing an upstream (`warden upstreams pin`) runs no call: nothing to record.
+        let Some(ledger) = &self.ledger else {
+            return true;
+        };
         let none = String::new();
         let event = Entry::Event(EventRecord {
             kind: format!("upstream.{}", kind.as_str()),
@@ -356,13 +442,28 @@ impl Asks {
             request_id: who.map_or(none, |w| w.request_id.clone()),
             time: crate::execution::now_ms().div_euclid(1000),
         });
-        match ledger.submit(&event) {
-            Ok(t) => {
-                if let Err(e) = t.recorded().await {
-                    tracing::error!(error = %e, "could not record an upstream's request");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not record an upstream's request"),
+        let recorded = match ledger.submit(&event) {
+            Ok(t) => t.recorded().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &recorded {
+            tracing::error!(error = %e, "could not record an upstream's request");
         }
+        recorded.is_ok()
     }
+}
+
+/// Where an admitted request goes.
+struct Forward {
+    who: Who,
+    redact: BTreeSet<String>,
+    client: Arc<dyn ClientSide>,
+    ended: tokio_util::sync::CancellationToken,
+}
+
+fn refused(kind: ClientRequestKind, why: &str) -> ErrorData {
+    ErrorData::invalid_request(
+        format!("Warden refused the {} request: {why}", kind.as_str()),
+        None,
+    )
 }

@@ -250,7 +250,6 @@ impl Executor {
         // caller's client (registered before sending: it may ask before the send returns).
         let asking = to.up.relay.asks.as_ref().map(|a| {
             a.calls.enter(
-                &warden_core::state::session_key(call.agent, call.session),
                 crate::client_requests::Who {
                     agent: call.agent.to_owned(),
                     tenant: call.tenant.to_owned(),

@@ -81,7 +81,7 @@ pub mod fuzz {
         }
     }
 }
-pub use catalog::{Subscription, UpdateSink};
+pub use catalog::{Boundary, Subscription, UpdateSink};
 pub use client_requests::ClientSide;
 pub use sandboxed::SandboxConfig;
 pub use secrets::Secrets;

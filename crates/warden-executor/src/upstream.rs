@@ -473,6 +473,7 @@ impl Upstream {
                 calls: Arc::default(),
                 redactor: Arc::clone(&redactor),
                 ledger: ledger.clone(),
+                wait: Duration::from_millis(spec.timeout_ms),
             }),
             ..Relay::default()
         };

@@ -379,7 +379,7 @@ impl ServerHandler for McpFront {
         request: rmcp::model::SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let (caller, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller(&ctx)?;
         // Over HTTP a legacy client has no stream on which an update could reach it later.
         if self.fixed.is_none() {
             return Err(McpError::invalid_request(
@@ -398,9 +398,16 @@ impl ServerHandler for McpFront {
                     .await;
             });
         });
+        let held = self.subscribed.lock().map_or(0, |s| s.len());
+        if held >= MAX_SUBSCRIPTIONS {
+            return Err(McpError::invalid_request(
+                format!("this connection holds {MAX_SUBSCRIPTIONS} subscriptions already"),
+                None,
+            ));
+        }
         let subscription = self
             .app
-            .subscribe(&caller, &request.uri, sink)
+            .subscribe(&caller, &session, &request.uri, sink)
             .await
             .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
         if let Ok(mut s) = self.subscribed.lock() {
@@ -441,12 +448,20 @@ impl ServerHandler for McpFront {
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
-        let (caller, ..) = self.caller(context.request_context())?;
-        let uris = context
+        let (caller, session, ..) = self.caller(context.request_context())?;
+        let mut uris = context
             .accepted()
             .resource_subscriptions
             .clone()
             .unwrap_or_default();
+        uris.sort();
+        uris.dedup();
+        if uris.len() > MAX_SUBSCRIPTIONS {
+            return Err(McpError::invalid_params(
+                format!("a listen may name at most {MAX_SUBSCRIPTIONS} resources"),
+                None,
+            ));
+        }
         let mut held = Vec::new();
         for uri in uris {
             let sink = context.sink().clone();
@@ -456,10 +471,14 @@ impl ServerHandler for McpFront {
                     let _ = sink.notify_resource_updated(uri).await;
                 });
             });
-            // A URI this caller may not read gets no updates.
-            if let Ok(s) = self.app.subscribe(&caller, &uri, updates).await {
-                held.push(s);
-            }
+            // The acknowledgment named every URI some entry admits: one this caller may not
+            // read (or its upstream refuses) ends the listen with why, rather than going quiet.
+            let s = self
+                .app
+                .subscribe(&caller, &session, &uri, updates)
+                .await
+                .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+            held.push(s);
         }
         context.cancelled().await;
         drop(held);
@@ -486,9 +505,9 @@ impl ServerHandler for McpFront {
         request: CompleteRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        let (caller, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller(&ctx)?;
         self.app
-            .complete(&caller, request)
+            .complete(&caller, &session, request)
             .await
             .map_err(|e| McpError::invalid_params(e.to_string(), None))
     }
@@ -503,6 +522,9 @@ struct Asked<'r> {
     /// A retry's `requestState` and `inputResponses` (revision 2026-07-28).
     resume: Option<(String, rmcp::model::InputResponses)>,
 }
+
+/// Resources one connection (or one listen) may subscribe to at most.
+const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// Said when the Executor answers a call of one kind with another's result (never expected).
 const WRONG_KIND: &str = "Warden's Executor answered with a result of another kind than was asked";
@@ -529,11 +551,18 @@ impl McpFront {
             resume,
         } = asked;
         let (caller, session, issued, trace) = self.caller(ctx)?;
+        // What a parked call is bound to: the kind, name and arguments of the call, so that a
+        // retry continues exactly the call it answers for.
+        let parked_as = format!(
+            "{}:{name}:{}",
+            kind.as_str(),
+            warden_core::canonical::json_digest(&serde_json::Value::Object(arguments.clone()))
+        );
         // A retry with the answer to what the upstream asked continues the call parked for it.
         if let Some((state, answers)) = resume {
             let round = self
                 .rounds
-                .resume(caller.credential(), &name, &state, answers, &ctx.ct)
+                .resume(caller.credential(), &parked_as, &state, answers, &ctx.ct)
                 .await;
             return Ok(
                 round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() }))
@@ -639,7 +668,7 @@ impl McpFront {
         });
         let round = self
             .rounds
-            .next(caller.credential(), &name, received, stop, &ctx.ct)
+            .next(caller.credential(), &parked_as, received, stop, &ctx.ct)
             .await;
         Ok(round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() })))
     }

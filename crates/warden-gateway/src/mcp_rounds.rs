@@ -36,6 +36,9 @@ pub(crate) const PARK_TTL: Duration = Duration::from_secs(120);
 /// Parked calls per credential at most.
 pub(crate) const MAX_PARKED: usize = 16;
 
+/// Parked calls of one front-end at most, whoever made them.
+pub(crate) const MAX_PARKED_ALL: usize = 4096;
+
 /// The key of the one input request of a round.
 const KEY: &str = "warden";
 
@@ -53,7 +56,8 @@ pub(crate) enum Event {
 /// A call between rounds.
 struct Parked {
     owner: String,
-    tool: String,
+    /// The kind, name and arguments of the call (a retry must repeat them).
+    call: String,
     events: mpsc::Receiver<Event>,
     reply: oneshot::Sender<serde_json::Value>,
     stop: CancellationToken,
@@ -79,14 +83,14 @@ pub(crate) enum Resume {
     /// No call is parked under that state (expired, another instance's, or never).
     #[error("no call is waiting under this requestState (it expired after {}s, was made through another Warden instance, or never existed): call again without it", PARK_TTL.as_secs())]
     Unknown,
-    /// Parked by another credential, or for another tool.
+    /// Parked by another credential, or for another call (kind, name or arguments).
     #[error("this requestState belongs to another call")]
     NotYours,
     /// The retry carries no answer to the request.
     #[error("the retry carries no inputResponses entry `{KEY}` answering the request")]
     NoAnswer,
-    /// Too many calls of this credential wait already.
-    #[error("this credential has {MAX_PARKED} calls waiting for input already")]
+    /// Too many calls of this credential (or of everyone) wait already.
+    #[error("too many calls wait for input already ({MAX_PARKED} per credential, {MAX_PARKED_ALL} in all)")]
     Full,
 }
 
@@ -95,7 +99,7 @@ impl Rounds {
     pub(crate) async fn next(
         self: &Arc<Self>,
         owner: &str,
-        tool: &str,
+        call: &str,
         mut events: mpsc::Receiver<Event>,
         stop: CancellationToken,
         cancelled: &CancellationToken,
@@ -117,7 +121,8 @@ impl Rounds {
                 let state = format!("wrs_{state}");
                 {
                     let mut parked = self.parked.lock().map_err(|_| Resume::Full)?;
-                    if parked.values().filter(|p| p.owner == owner).count() >= MAX_PARKED {
+                    let mine = parked.values().filter(|p| p.owner == owner).count();
+                    if mine >= MAX_PARKED || parked.len() >= MAX_PARKED_ALL {
                         stop.cancel();
                         return Err(Resume::Full);
                     }
@@ -125,7 +130,7 @@ impl Rounds {
                         state.clone(),
                         Parked {
                             owner: owner.to_owned(),
-                            tool: tool.to_owned(),
+                            call: call.to_owned(),
                             events,
                             reply,
                             stop,
@@ -148,7 +153,7 @@ impl Rounds {
     pub(crate) async fn resume(
         self: &Arc<Self>,
         owner: &str,
-        tool: &str,
+        call: &str,
         state: &str,
         mut answers: InputResponses,
         cancelled: &CancellationToken,
@@ -157,7 +162,7 @@ impl Rounds {
             let mut all = self.parked.lock().map_err(|_| Resume::Unknown)?;
             match all.get(state) {
                 None => return Err(Resume::Unknown),
-                Some(p) if p.owner != owner || p.tool != tool => return Err(Resume::NotYours),
+                Some(p) if p.owner != owner || p.call != call => return Err(Resume::NotYours),
                 Some(_) => {}
             }
             let Some(answer) = answers.remove(KEY) else {
@@ -172,7 +177,7 @@ impl Rounds {
             ..
         } = parked;
         let _ = reply.send(answer);
-        self.next(owner, tool, events, stop, cancelled).await
+        self.next(owner, call, events, stop, cancelled).await
     }
 
     /// Cancels the call parked under `state` if it is still parked after [`PARK_TTL`].

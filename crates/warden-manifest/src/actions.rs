@@ -34,6 +34,11 @@ impl UriPattern {
                 "`*` may only end a pattern (every URI that starts with what comes before)",
             );
         }
+        // INVARIANT (a prefix admits only what is under it): `https://host*` would admit
+        // `https://host.evil` and `https://host@evil`.
+        if wildcard && !prefix.ends_with('/') {
+            return Err("what comes before a `*` must end with `/` (`demo://docs/*`), so that it admits only what is under it");
+        }
         if text.len() > 2048 || text.chars().any(char::is_control) {
             return Err(
                 "a URI pattern is at most 2048 characters, none of them control characters",
@@ -71,32 +76,39 @@ impl UriPattern {
     }
 
     /// Whether every URI a resource template can produce starts under this pattern: the
-    /// template's text before its first `{` is under the prefix (or is the exact URI).
+    /// template's text before its first `{` is under the prefix and does not climb out of it
+    /// (or the template is the exact URI).
     #[must_use]
     pub fn covers_template(&self, template: &str) -> bool {
         let literal = template.split('{').next().unwrap_or_default();
         if self.wildcard {
-            literal.starts_with(&self.prefix)
+            literal
+                .strip_prefix(&self.prefix)
+                .is_some_and(|rest| !climbs_out(&self.prefix, rest))
         } else {
             template == self.prefix
         }
     }
 }
 
-/// Whether `rest`, after `prefix`, could reach outside it.
+/// Whether `rest`, after `prefix`, could reach outside it, however an upstream decodes it:
+/// a `.` or `..` segment (also before a `;` parameter), a backslash, a control or non-ASCII
+/// character (full-width dots), or a percent-encoded `.`, `/`, `\`, NUL or `%` (double
+/// encoding).
 fn climbs_out(prefix: &str, rest: &str) -> bool {
     rest.contains('\\')
-        || rest.chars().any(char::is_control)
+        || rest.chars().any(|c| c.is_control() || !c.is_ascii())
         || has_encoded_separator(rest)
-        || rest
-            .split(['/', '?', '#'])
-            .any(|segment| segment == "." || segment == "..")
+        || rest.split(['/', '?', '#']).any(|segment| {
+            let name = segment.split(';').next().unwrap_or_default();
+            name == "." || name == ".."
+        })
         || (prefix.ends_with('/') && rest.starts_with('/'))
 }
 
 fn has_encoded_separator(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
-    ["%2e", "%2f", "%5c", "%00"]
+    ["%2e", "%2f", "%5c", "%00", "%25"]
         .iter()
         .any(|e| lower.contains(e))
 }
@@ -181,8 +193,8 @@ pub(crate) struct Known<'a> {
 }
 
 /// The resource and prompt entries, added to `tools` (one name space: a name is one entry of
-/// one kind). Each names an upstream of the manifest; a prefix pattern may not admit URIs of
-/// two upstreams' entries (which upstream would be read?).
+/// one kind). Each names an upstream of the manifest; no URI is admitted by two entries
+/// (which would decide it, which upstream would be read?).
 pub(crate) fn validate_resources_and_prompts(
     c: &mut Collector<'_>,
     raw: &RawManifest,
@@ -190,12 +202,12 @@ pub(crate) fn validate_resources_and_prompts(
     tools: &mut HashMap<String, Tool>,
 ) {
     let upstreams: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let mut taken: Vec<(usize, &str, UriPattern)> = Vec::new();
+    let mut taken: Vec<(usize, UriPattern)> = Vec::new();
     for (i, r) in raw.resources.iter().enumerate() {
         let path = format!("resources[{i}]");
-        let Some(upstream) = named_upstream(c, &path, &r.name, &upstreams) else {
+        if named_upstream(c, &path, &r.name, &upstreams).is_none() {
             continue;
-        };
+        }
         if r.uris.is_empty() {
             c.err(format!("{path}.uris"), "list the URIs it admits");
             continue;
@@ -210,13 +222,15 @@ pub(crate) fn validate_resources_and_prompts(
         if uris.len() != r.uris.len() {
             continue;
         }
+        // INVARIANT (one entry decides a URI): were two entries to admit one URI, a read could
+        // be decided under the laxer one, or read from another upstream.
         for p in &uris {
-            for (k, other_up, q) in &taken {
-                if *other_up != upstream && overlap(p, q) {
+            for (k, q) in &taken {
+                if overlap(p, q) {
                     c.err(
                         format!("{path}.uris"),
                         format!(
-                            "`{}{}` admits URIs that resources[{k}] admits for upstream `{other_up}`: a URI must belong to one upstream",
+                            "`{}{}` admits URIs that resources[{k}] admits too: a URI must belong to one entry",
                             p.prefix,
                             if p.wildcard { "*" } else { "" }
                         ),
@@ -224,7 +238,8 @@ pub(crate) fn validate_resources_and_prompts(
                 }
             }
         }
-        taken.extend(uris.iter().map(|p| (i, upstream, p.clone())));
+        // Within one entry, overlapping patterns are harmless (the entry decides either way).
+        taken.extend(uris.iter().map(|p| (i, p.clone())));
         let tool = crate::manifest::validate_tool(
             c,
             &path,
@@ -326,6 +341,9 @@ mod tests {
             "file:///srv/docs/a\\..\\b",
             "file:///srv/docs//etc/passwd",
             "file:///srv/docs/a\nb",
+            "file:///srv/docs/%252e%252e/x",
+            "file:///srv/docs/..;/secret",
+            "file:///srv/docs/\u{ff0e}\u{ff0e}/x",
             "file:///srv/documents/x",
             "file:///srv/doc",
         ] {
@@ -344,6 +362,8 @@ mod tests {
         assert!(UriPattern::parse("*").is_err());
         assert!(UriPattern::parse("demo://x\u{0}").is_err());
         assert!(UriPattern::parse("demo://x/*").is_ok());
+        assert!(UriPattern::parse("https://host*").is_err());
+        assert!(UriPattern::parse("demo://x/y*").is_err());
     }
 
     #[test]
@@ -352,6 +372,7 @@ mod tests {
         assert!(text.covers_template("demo://resource/dynamic/text/{resourceId}"));
         assert!(!text.covers_template("demo://resource/dynamic/blob/{resourceId}"));
         assert!(!text.covers_template("demo://resource/{kind}/text/1"));
+        assert!(!text.covers_template("demo://resource/dynamic/text/../blob/{id}"));
     }
 
     #[test]

@@ -470,24 +470,34 @@ fn resource_and_prompt_entries_are_checked_where_they_are_written() {
 }
 
 #[test]
-fn a_uri_cannot_belong_to_two_upstreams() {
+fn a_uri_belongs_to_one_entry() {
     let text = starter()
         .replace(
             "upstreams:\n  - name: demo\n",
             "upstreams:\n  - name: other\n    command: [warden, demo-server]\n    sandbox: { require: [] }\n  - name: demo\n",
         );
     let text = format!(
-        "{text}\nresources:\n  - {{ name: demo.all, uris: [\"demo://*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: other.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: demo.more, uris: [\"demo://docs/x\"], tier: low, zones: [\"*\"] }}\n"
+        "{text}\nresources:\n  - {{ name: demo.all, uris: [\"demo://*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: other.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\n  - {{ name: demo.more, uris: [\"demo://docs/x\"], tier: low, zones: [\"*\"] }}\n  - {{ name: demo.spaced, uris: [\"other://a/*\", \"other://a/b\"], tier: low, zones: [\"*\"] }}\n"
     );
     let e = errors(&text);
-    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(e.len(), 3, "{e:?}");
+    // Across upstreams (which would be read?) and within one (which entry would decide?).
     assert!(
-        e[0].contains("resources[1].uris: `demo://docs/*` admits URIs that resources[0] admits for upstream `demo`"),
+        e[0].contains(
+            "resources[1].uris: `demo://docs/*` admits URIs that resources[0] admits too"
+        ),
         "{e:?}"
     );
-    // An exact URI under another upstream's prefix is caught too.
     assert!(
-        e[1].contains("resources[2].uris: `demo://docs/x` admits URIs that resources[1] admits for upstream `other`"),
+        e[1].contains(
+            "resources[2].uris: `demo://docs/x` admits URIs that resources[0] admits too"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[2].contains(
+            "resources[2].uris: `demo://docs/x` admits URIs that resources[1] admits too"
+        ),
         "{e:?}"
     );
 }

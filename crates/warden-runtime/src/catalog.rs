@@ -134,14 +134,36 @@ impl Runtime {
     }
 
     /// The name a read of `uri` is proposed under: the resource entry that admits it, or, when
-    /// none does, the URI itself (which the Governor then denies as unknown, and the ledger
-    /// records as what was asked).
+    /// none does, the URI itself — its secrets and credentials redacted, at most 200
+    /// characters, no control characters — which the Governor then denies as unknown and the
+    /// ledger records as what was asked.
     #[must_use]
     pub fn resource_action(&self, uri: &str) -> String {
         let governor = self.shared.governor.get();
-        governor
-            .resource_entry(uri)
-            .map_or_else(|| uri.to_owned(), str::to_owned)
+        if let Some(entry) = governor.resource_entry(uri) {
+            return entry.to_owned();
+        }
+        // INVARIANT (INV-009): a URI may carry a token; what the ledger keeps of it is redacted.
+        let credentials: BTreeSet<String> = warden_manifest::upstream::CREDENTIAL_DETECTORS
+            .iter()
+            .map(|d| (*d).to_owned())
+            .collect();
+        let redacted = self
+            .shared
+            .executor
+            .redactor()
+            .redact_str(uri, &credentials)
+            .map_or_else(|| uri.to_owned(), |(r, _)| r);
+        let name: String = redacted
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        if name.is_empty() {
+            "(unlisted resource)".to_owned()
+        } else {
+            name
+        }
     }
 
     /// Whether the caller may see a resource entry that admits `uri`.
@@ -168,6 +190,7 @@ impl Runtime {
     pub async fn subscribe(
         &self,
         caller: &Caller,
+        session: &str,
         uri: &str,
         sink: warden_executor::UpdateSink,
     ) -> Result<warden_executor::Subscription, CompletionError> {
@@ -177,7 +200,18 @@ impl Runtime {
             .find(|e| e.admits_uri(uri))
             .ok_or_else(|| CompletionError::NotVisible(format!("resource `{uri}`")))?;
         let upstream = entry.upstream().unwrap_or_default().to_owned();
-        Ok(self.shared.executor.subscribe(&upstream, uri, sink).await?)
+        let identity = caller.identity();
+        let session_key = warden_core::state::session_key(&identity.agent, session);
+        let boundary = warden_executor::Boundary {
+            tenant: &identity.tenant,
+            agent: &identity.agent,
+            session_key: &session_key,
+        };
+        Ok(self
+            .shared
+            .executor
+            .subscribe(&upstream, boundary, uri, sink)
+            .await?)
     }
 
     /// Completes an argument of a prompt (`ref/prompt`, by its `<upstream>.<prompt>` name) or a
@@ -189,6 +223,7 @@ impl Runtime {
     pub async fn complete(
         &self,
         caller: &Caller,
+        session: &str,
         mut params: CompleteRequestParams,
     ) -> Result<CompleteResult, CompletionError> {
         use rmcp::model::Reference;
@@ -222,7 +257,18 @@ impl Runtime {
                 ))
             }
         };
-        let mut answer = self.shared.executor.complete(&upstream, params).await?;
+        let identity = caller.identity();
+        let session_key = warden_core::state::session_key(&identity.agent, session);
+        let boundary = warden_executor::Boundary {
+            tenant: &identity.tenant,
+            agent: &identity.agent,
+            session_key: &session_key,
+        };
+        let mut answer = self
+            .shared
+            .executor
+            .complete(&upstream, boundary, params)
+            .await?;
         // An upstream on an older revision sends no `resultType`; a client on 2026-07-28
         // requires it (rmcp strips it again for older clients).
         answer

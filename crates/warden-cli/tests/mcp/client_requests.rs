@@ -188,11 +188,13 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
             .iter()
             .any(|e| e["kind"] == kind && e["reason"].as_str().unwrap_or("").contains(needle))
     };
+    // Recorded before it is forwarded, then how the client answered.
     assert!(
-        has(
-            "upstream.sampling",
-            "forwarded to the agent's client, which answered"
-        ),
+        has("upstream.sampling", "forwarded to the agent's client"),
+        "{events:?}"
+    );
+    assert!(
+        has("upstream.sampling", "the agent's client answered"),
         "{events:?}"
     );
     assert!(has("upstream.elicitation", "forwarded"), "{events:?}");

@@ -442,7 +442,36 @@ fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing(
         .spawn()
         .unwrap();
     let mut holder = Killed(holder);
-    std::thread::sleep(Duration::from_millis(700));
+    // Once that session sleeps, it holds the lock (a fixed pause was too short on a loaded
+    // machine).
+    let sleeping = || {
+        let out = Command::new(g.pg.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &g.pg.port.to_string(),
+                "-U",
+                "root",
+                "-tA",
+            ])
+            .arg("postgres")
+            .args([
+                "-c",
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+            ])
+            .output()
+            .unwrap();
+        text(&out.stdout).trim() == "1"
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sleeping() {
+        assert!(
+            Instant::now() < deadline,
+            "the lock holder never got its lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let started = Instant::now();
     let r = g.echo("while slow");
     let waited = started.elapsed();
