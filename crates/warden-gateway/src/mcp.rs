@@ -552,17 +552,25 @@ impl McpFront {
         } = asked;
         let (caller, session, issued, trace) = self.caller(ctx)?;
         // What a parked call is bound to: the kind, name and arguments of the call, so that a
-        // retry continues exactly the call it answers for.
-        let parked_as = format!(
-            "{}:{name}:{}",
-            kind.as_str(),
-            warden_core::canonical::json_digest(&serde_json::Value::Object(arguments.clone()))
-        );
+        // retry continues exactly the call it answers for (hashed only for 2026-07-28 clients).
+        let parked_as = |arguments: &serde_json::Map<String, serde_json::Value>| {
+            format!(
+                "{}:{name}:{}",
+                kind.as_str(),
+                warden_core::canonical::json_digest(&serde_json::Value::Object(arguments.clone()))
+            )
+        };
         // A retry with the answer to what the upstream asked continues the call parked for it.
         if let Some((state, answers)) = resume {
             let round = self
                 .rounds
-                .resume(caller.credential(), &parked_as, &state, answers, &ctx.ct)
+                .resume(
+                    caller.credential(),
+                    &parked_as(&arguments),
+                    &state,
+                    answers,
+                    &ctx.ct,
+                )
                 .await;
             return Ok(
                 round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() }))
@@ -641,6 +649,7 @@ impl McpFront {
             };
             return Ok(Round::Done(self.app.propose(&caller, call).await));
         }
+        let arguments_copy = arguments.clone();
         let (events, received) = tokio::sync::mpsc::channel(1);
         let stop = tokio_util::sync::CancellationToken::new();
         let client: Arc<dyn warden_runtime::ClientSide> =
@@ -650,7 +659,7 @@ impl McpFront {
             });
         let (app, who, tool, cancel) =
             (self.app.clone(), caller.clone(), name.clone(), stop.clone());
-        tokio::spawn(async move {
+        let mut running = Box::pin(async move {
             let call = Call {
                 session,
                 tool,
@@ -663,13 +672,30 @@ impl McpFront {
                 progress,
                 client: Some(client),
             };
-            let outcome = app.propose(&who, call).await;
+            app.propose(&who, call).await
+        });
+        // Run here until the call ends or the upstream asks; only a call that must wait for
+        // the client's next round goes on in a task of its own.
+        let mut received = received;
+        let first = tokio::select! {
+            outcome = &mut running => return Ok(Round::Done(outcome)),
+            e = received.recv() => e,
+            () = ctx.ct.cancelled() => {
+                stop.cancel();
+                None
+            }
+        };
+        tokio::spawn(async move {
+            let outcome = running.await;
             let _ = events.send(crate::mcp_rounds::Event::Done(outcome)).await;
         });
-        let round = self
-            .rounds
-            .next(caller.credential(), &parked_as, received, stop, &ctx.ct)
-            .await;
+        let round = self.rounds.on(
+            caller.credential(),
+            &parked_as(&arguments_copy),
+            first,
+            received,
+            stop,
+        );
         Ok(round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() })))
     }
 

@@ -111,6 +111,18 @@ impl Rounds {
                 None
             }
         };
+        self.on(owner, call, event, events, stop)
+    }
+
+    /// What `event` of a call means for its round: its end, or a request that parks it.
+    pub(crate) fn on(
+        self: &Arc<Self>,
+        owner: &str,
+        call: &str,
+        event: Option<Event>,
+        events: mpsc::Receiver<Event>,
+        stop: CancellationToken,
+    ) -> Result<Round, Resume> {
         match event {
             None => Ok(Round::Done(Outcome::Invalid {
                 why: "the call was cancelled".into(),
