@@ -66,4 +66,68 @@ pub mod fuzz {
         let mut f = warden_core::flow::SessionFlow::default();
         let _ = crate::flow::declare_task(&mut f, &text);
     }
+
+    /// Reads arbitrary bytes as `PATTERN\nURI` (a resource entry's URI pattern, and a URI an
+    /// agent asks to read). Answers whether the pattern admits the URI; when it does, the URI is
+    /// the pattern's exact text, or under its prefix with nothing that climbs out of it even
+    /// once percent-decoded.
+    ///
+    /// # Panics
+    /// When a pattern admits a URI outside it (the property the fuzz target checks).
+    #[expect(
+        clippy::panic,
+        reason = "the fuzz target's property: a violation must be loud"
+    )]
+    #[must_use]
+    pub fn resource_uri(data: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(data);
+        let (pattern, uri) = text.split_once('\n').unwrap_or((&text, ""));
+        let Ok(p) = warden_manifest::actions::UriPattern::parse(pattern) else {
+            return false;
+        };
+        if !p.matches(uri) {
+            return false;
+        }
+        if !p.wildcard {
+            assert_eq!(uri, p.prefix);
+            return true;
+        }
+        let Some(rest) = uri.strip_prefix(&p.prefix) else {
+            panic!("`{pattern}` admits `{uri}`, which does not start with its prefix");
+        };
+        let decoded = percent_decoded(rest);
+        let climbs = decoded.contains('\\')
+            || decoded
+                .split(['/', '?', '#', ';'])
+                .any(|s| s == "." || s == "..");
+        assert!(
+            !climbs,
+            "`{pattern}` admits `{uri}`, which climbs out once decoded"
+        );
+        true
+    }
+
+    /// `s` with each `%XX` decoded once (invalid escapes kept).
+    fn percent_decoded(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (b, hex) {
+                (b'%', Some(v)) => {
+                    out.push(v);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }

@@ -120,3 +120,30 @@ fn broken_manifests_get_errors_that_name_the_problem() {
         .to_string();
     assert!(e.contains("limit"), "{e}");
 }
+
+#[test]
+fn resource_uri_seeds_never_panic_and_no_pattern_admits_what_climbs_out() {
+    let mut admitted = 0;
+    for s in seeds("resource_uri") {
+        admitted += usize::from(warden_policy::fuzz::resource_uri(&s));
+    }
+    // The whole admitted and exact seeds (and some of their truncations) are admitted.
+    assert!(admitted >= 2, "{admitted}");
+    // Hostile spellings under a prefix: none admitted.
+    for uri in [
+        "docs/../x",
+        "docs/%2e%2e/x",
+        "docs/%252e%252e/x",
+        "docs/..;/x",
+        "docs/.%2e/x",
+        "docs/\u{ff0e}\u{ff0e}/x",
+        "docs/a\\..\\x",
+        "docs//x",
+    ] {
+        let input = format!("demo://d/docs/*\ndemo://d/{uri}");
+        assert!(
+            !warden_policy::fuzz::resource_uri(input.as_bytes()),
+            "{uri}"
+        );
+    }
+}
