@@ -53,6 +53,15 @@ pub(crate) struct PeerClient {
     pub(crate) level: Option<LoggingLevel>,
 }
 
+/// Whether a client with these capabilities can answer `kind`.
+pub(crate) fn declares(capabilities: Option<&ClientCapabilities>, kind: ClientRequestKind) -> bool {
+    capabilities.is_some_and(|c| match kind {
+        ClientRequestKind::Sampling => c.sampling.is_some(),
+        ClientRequestKind::Elicitation => c.elicitation.is_some(),
+        ClientRequestKind::Roots => c.roots.is_some(),
+    })
+}
+
 fn undeclared(what: &str) -> ErrorData {
     ErrorData::invalid_request(
         format!("Warden refused the request: the agent's client did not declare {what}"),
@@ -83,11 +92,7 @@ fn severity(l: LoggingLevel) -> u8 {
 
 impl ClientSide for PeerClient {
     fn declares(&self, kind: ClientRequestKind) -> bool {
-        self.capabilities.as_ref().is_some_and(|c| match kind {
-            ClientRequestKind::Sampling => c.sampling.is_some(),
-            ClientRequestKind::Elicitation => c.elicitation.is_some(),
-            ClientRequestKind::Roots => c.roots.is_some(),
-        })
+        declares(self.capabilities.as_ref(), kind)
     }
 
     fn sample(&self, params: CreateMessageRequestParams) -> Answer<CreateMessageResult> {

@@ -246,11 +246,7 @@ impl RoundsClient {
 
 impl ClientSide for RoundsClient {
     fn declares(&self, kind: ClientRequestKind) -> bool {
-        self.capabilities.as_ref().is_some_and(|c| match kind {
-            ClientRequestKind::Sampling => c.sampling.is_some(),
-            ClientRequestKind::Elicitation => c.elicitation.is_some(),
-            ClientRequestKind::Roots => c.roots.is_some(),
-        })
+        crate::mcp_client::declares(self.capabilities.as_ref(), kind)
     }
 
     fn sample(&self, params: CreateMessageRequestParams) -> Answer<CreateMessageResult> {

@@ -140,36 +140,37 @@ fn resource_arguments() -> serde_json::Value {
 /// A resource entry as the tool entry it is validated as.
 fn resource_as_tool(r: &RawResource) -> RawTool {
     RawTool {
-        name: r.name.clone(),
-        tier: r.tier.clone(),
-        zones: r.zones.clone(),
-        tenants: r.tenants.clone(),
         arguments: Some(resource_arguments()),
-        output: r.output.clone(),
-        effects: false,
-        controlling: Vec::new(),
-        lookup: std::collections::BTreeMap::new(),
-        egress: Vec::new(),
-        secrets: Vec::new(),
-        preview: false,
-        preview_template: None,
-        cost: r.cost,
-        redact: r.redact.clone(),
-        egress_level: None,
-        on_leak: None,
-        description: r.description.clone(),
+        ..plain_tool(&r.name, &r.tier, &r.zones, r.tenants.as_ref(), &r.output)
     }
+    .with(r.cost, &r.redact, r.description.as_ref())
 }
 
 /// A prompt entry as the tool entry it is validated as.
 fn prompt_as_tool(p: &RawPrompt) -> RawTool {
     RawTool {
-        name: p.name.clone(),
-        tier: p.tier.clone(),
-        zones: p.zones.clone(),
-        tenants: p.tenants.clone(),
         arguments: p.arguments.clone(),
-        output: p.output.clone(),
+        ..plain_tool(&p.name, &p.tier, &p.zones, p.tenants.as_ref(), &p.output)
+    }
+    .with(p.cost, &p.redact, p.description.as_ref())
+}
+
+/// A tool entry with what resource and prompt entries have in common, and nothing else: no
+/// effects, egress, secrets, previews or lookups.
+fn plain_tool(
+    name: &str,
+    tier: &str,
+    zones: &[String],
+    tenants: Option<&Vec<String>>,
+    output: &crate::raw::RawOutput,
+) -> RawTool {
+    RawTool {
+        name: name.to_owned(),
+        tier: tier.to_owned(),
+        zones: zones.to_vec(),
+        tenants: tenants.cloned(),
+        arguments: None,
+        output: output.clone(),
         effects: false,
         controlling: Vec::new(),
         lookup: std::collections::BTreeMap::new(),
@@ -177,11 +178,20 @@ fn prompt_as_tool(p: &RawPrompt) -> RawTool {
         secrets: Vec::new(),
         preview: false,
         preview_template: None,
-        cost: p.cost,
-        redact: p.redact.clone(),
+        cost: 0,
+        redact: Vec::new(),
         egress_level: None,
         on_leak: None,
-        description: p.description.clone(),
+        description: None,
+    }
+}
+
+impl RawTool {
+    fn with(mut self, cost: u64, redact: &[String], description: Option<&String>) -> Self {
+        self.cost = cost;
+        self.redact = redact.to_vec();
+        self.description = description.cloned();
+        self
     }
 }
 

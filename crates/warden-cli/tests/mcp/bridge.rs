@@ -14,15 +14,7 @@ fn bridged(
     mode: &'static str,
     args: Vec<String>,
 ) -> std::thread::JoinHandle<Value> {
-    let command = serde_json::json!([
-        env!("CARGO_BIN_EXE_warden"),
-        "stdio",
-        "--connect",
-        url,
-        "--credential",
-        credential,
-    ]);
-    let stdio = format!("stdio:{command}");
+    let stdio = super::bridge_target(url, credential);
     let mut sdk = e.sdk();
     sdk.env("WARDEN_E2E_MODE", mode)
         .arg(stdio)

@@ -4,43 +4,35 @@
 //! (`client_requests`), on the stdio connection of the call being served, when the client
 //! declared the capability — redacted, and recorded either way.
 
-use super::{add_to_manifest, env, ledger_tail, setup, start_existing, Env, DEMO_KEY};
+use super::{
+    add_to_manifest, all_text as text, env, ledger_tail, sdk_as as sdk, setup, start_existing,
+    stdio_target, Env,
+};
 use serde_json::Value;
+use std::path::Path;
 
-/// Runs the SDK client against `target` in `mode`.
-fn sdk(e: &Env, mode: &str, target: &str, credential: &std::path::Path, args: &[&str]) -> Value {
-    let out = e
-        .sdk()
-        .env("WARDEN_E2E_MODE", mode)
-        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
-        .arg(target)
-        .arg(credential)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Adds `asker`, server-everything allowed to ask for `allowed` (`sampling, roots`), and its
+/// `tools` (each with the `pii` detector) to the manifest at `m`.
+pub(super) fn add_asker(e: &Env, m: &Path, allowed: &str, tools: &[&str]) {
+    let npm = e.npm.join("node_modules/.bin/mcp-server-everything");
+    let tools: String = tools
+        .iter()
+        .map(|t| format!("  - {{ name: {t}, tier: low, zones: [\"*\"], arguments: {{ type: object }}, redact: [pii] }}\n"))
+        .collect();
+    add_to_manifest(
+        m,
+        &tools,
+        &format!(
+            "  - name: asker\n    command: [\"{}\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n    client_requests: [{allowed}]\n",
+            npm.display()
+        ),
+        "",
     );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn text(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 /// The sampling, elicitation and roots tools of `asker`, called in `mode` through `target`:
 /// each request reaches the client's callbacks, redacted by the called tool's detectors.
-fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &std::path::Path) {
+fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
     let calls = serde_json::json!([
         ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
         ["asker.trigger-elicitation-request", {}],
@@ -91,33 +83,19 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = setup(dir.path(), &e, super::free_port());
     // `asker` (server-everything) may ask for all three; `outbox` (the same server) for none.
-    let npm = e.npm.join("node_modules/.bin/mcp-server-everything");
-    add_to_manifest(
+    add_asker(
+        &e,
         &m,
-        "  - { name: asker.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object }, redact: [pii] }\n\
-         \x20 - { name: asker.trigger-elicitation-request, tier: low, zones: [\"*\"], arguments: { type: object } }\n\
-         \x20 - { name: asker.get-roots-list, tier: low, zones: [\"*\"], arguments: { type: object } }\n\
-         \x20 - { name: outbox.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object } }\n",
-        &format!(
-            "  - name: asker\n    command: [\"{}\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n    client_requests: [sampling, elicitation, roots]\n",
-            npm.display()
-        ),
-        "",
+        "sampling, elicitation, roots",
+        &[
+            "asker.trigger-sampling-request",
+            "asker.trigger-elicitation-request",
+            "asker.get-roots-list",
+            "outbox.trigger-sampling-request",
+        ],
     );
     let coder = data.join("agents/coder-1.credential");
-    let stdio = format!(
-        "stdio:{}",
-        serde_json::json!([
-            env!("CARGO_BIN_EXE_warden"),
-            "stdio",
-            "--data",
-            data,
-            "--config",
-            m,
-            "--credential",
-            coder,
-        ])
-    );
+    let stdio = stdio_target(&data, &m, &coder);
 
     // Over stdio, with a client that declares all three: each reaches it, redacted — in
     // legacy mode as requests on the connection, in the SDK's default mode (revision

@@ -331,6 +331,69 @@ fn call(e: &Env, s: &Server, agent: &str, tool: &str, args: &str) -> Value {
     client(e, s, agent, &["call", tool, args])["result"].clone()
 }
 
+/// The SDK client in `mode` against `target` (an `/mcp` URL or `stdio:[...]`), as the agent of
+/// `credential`; the secret the `everything` upstream needs reaches a `warden stdio` it
+/// launches. Returns its JSON answer.
+fn sdk_as(e: &Env, mode: &str, target: &str, credential: &Path, args: &[&str]) -> Value {
+    let out = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", mode)
+        .env("WARDEN_E2E_DEMO_KEY", DEMO_KEY)
+        .arg(target)
+        .arg(credential)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A client's target that launches the embedded `warden stdio` on `data` and manifest `m` for
+/// the agent of `credential`, as a desktop client launches its servers.
+fn stdio_target(data: &Path, m: &Path, credential: &Path) -> String {
+    let command = serde_json::json!([
+        env!("CARGO_BIN_EXE_warden"),
+        "stdio",
+        "--data",
+        data,
+        "--config",
+        m,
+        "--credential",
+        credential,
+    ]);
+    format!("stdio:{command}")
+}
+
+/// A client's target that launches `warden stdio --connect URL` (the bridge to a daemon).
+fn bridge_target(url: &str, credential: &Path) -> String {
+    let command = serde_json::json!([
+        env!("CARGO_BIN_EXE_warden"),
+        "stdio",
+        "--connect",
+        url,
+        "--credential",
+        credential,
+    ]);
+    format!("stdio:{command}")
+}
+
+/// Every text block of a tool result, joined by newlines.
+fn all_text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 fn first_text(result: &Value) -> String {
     result["content"][0]["text"]
         .as_str()
@@ -1195,17 +1258,7 @@ fn stdio_serves_one_agent_launched_by_a_client() {
     let dir = tempfile::tempdir().unwrap();
     // The `remote` upstream is not started here: its tools are simply withheld.
     let (data, m) = setup(dir.path(), &e, free_port());
-    let command = serde_json::json!([
-        env!("CARGO_BIN_EXE_warden"),
-        "stdio",
-        "--data",
-        data,
-        "--config",
-        m,
-        "--credential",
-        data.join("agents/intern-1.credential"),
-    ]);
-    let stdio = format!("stdio:{command}");
+    let stdio = stdio_target(&data, &m, &data.join("agents/intern-1.credential"));
     let run = |args: &[&str]| -> Value {
         let out = e.sdk().arg(&stdio).arg("-").args(args).output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));

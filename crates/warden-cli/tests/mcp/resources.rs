@@ -5,7 +5,9 @@
 //! Through `/mcp` (the SDK's default mode and legacy), the embedded `warden stdio` and the
 //! `--connect` bridge.
 
-use super::{env, ledger_tail, setup, start_existing, Env};
+use super::{
+    bridge_target, env, ledger_tail, sdk_as as sdk, setup, start_existing, stdio_target, Env,
+};
 use serde_json::Value;
 
 /// A static document and a dynamic text resource server-everything serves.
@@ -15,26 +17,6 @@ const TEXT: &str = "demo://resource/dynamic/text/3";
 const BLOB: &str = "demo://resource/dynamic/blob/1";
 /// Under the documents' prefix, but climbing out of it.
 const CLIMB: &str = "demo://resource/static/document/../dynamic/blob/1";
-
-/// Runs the SDK client against `target` (an `/mcp` URL or `stdio:[...]`) in `mode`.
-fn sdk(e: &Env, mode: &str, target: &str, credential: &std::path::Path, args: &[&str]) -> Value {
-    let out = e
-        .sdk()
-        .env("WARDEN_E2E_MODE", mode)
-        // What `warden stdio` needs to start the `everything` upstream.
-        .env("WARDEN_E2E_DEMO_KEY", super::DEMO_KEY)
-        .arg(target)
-        .arg(credential)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// What every way in must show: the catalog per agent, reads and gets decided.
 fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: &std::path::Path) {
@@ -230,19 +212,7 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     let coder = data.join("agents/coder-1.credential");
     let intern = data.join("agents/intern-1.credential");
     // The embedded `warden stdio` first (it holds the data directory while it runs).
-    let stdio = |cred: &std::path::Path| {
-        let command = serde_json::json!([
-            env!("CARGO_BIN_EXE_warden"),
-            "stdio",
-            "--data",
-            data,
-            "--config",
-            m,
-            "--credential",
-            cred,
-        ]);
-        format!("stdio:{command}")
-    };
+    let stdio = |cred: &std::path::Path| stdio_target(&data, &m, cred);
     // One stdio process per client run; the credential given to the client is unused.
     let stdio_coder = stdio(&coder);
     let stdio_intern = stdio(&intern);
@@ -304,17 +274,7 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
             .contains("needs a stdio connection"),
         "{sub}"
     );
-    let bridge = |cred: &std::path::Path| {
-        let command = serde_json::json!([
-            env!("CARGO_BIN_EXE_warden"),
-            "stdio",
-            "--connect",
-            s.url,
-            "--credential",
-            cred,
-        ]);
-        format!("stdio:{command}")
-    };
+    let bridge = |cred: &std::path::Path| bridge_target(&s.url, cred);
     let (bridge_coder, bridge_intern) = (bridge(&coder), bridge(&intern));
     let c = sdk(&e, "auto", &bridge_coder, &coder, &["catalog"]);
     assert_eq!(

@@ -2,7 +2,7 @@
 //! settings, through `/mcp`, through `warden stdio` and through the stdio bridge (issue 20).
 
 use super::approvals::setup;
-use super::{env, first_text, start_existing, Env};
+use super::{all_text, env, first_text, start_existing, Env};
 use serde_json::Value;
 use std::path::Path;
 
@@ -67,44 +67,14 @@ fn the_typescript_sdk_client_is_governed_on_every_way_in() {
     let alone = tempfile::tempdir().unwrap();
     let (data, m) = setup(alone.path());
     let cred = data.join("agents/coder-1.credential");
-    let command = serde_json::json!([
-        env!("CARGO_BIN_EXE_warden"),
-        "stdio",
-        "--data",
-        data,
-        "--config",
-        m,
-        "--credential",
-        cred,
-    ]);
-    governed(&e, &format!("stdio:{command}"), &cred);
+    governed(&e, &super::stdio_target(&data, &m, &cred), &cred);
     // `/mcp` on a running gateway, and the stdio bridge to it.
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = setup(dir.path());
     let s = start_existing(dir.path(), &data, &m);
     let cred = data.join("agents/coder-1.credential");
     governed(&e, &s.url, &cred);
-    let bridge = serde_json::json!([
-        env!("CARGO_BIN_EXE_warden"),
-        "stdio",
-        "--connect",
-        s.url,
-        "--credential",
-        cred,
-    ]);
-    governed(&e, &format!("stdio:{bridge}"), &cred);
-}
-
-fn text(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+    governed(&e, &super::bridge_target(&s.url, &cred), &cred);
 }
 
 /// Resources, prompts, completions and an upstream's requests through the TypeScript SDK
@@ -115,31 +85,14 @@ fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_r
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = super::setup(dir.path(), &e, super::free_port());
-    let npm = e.npm.join("node_modules/.bin/mcp-server-everything");
-    super::add_to_manifest(
+    super::client_requests::add_asker(
+        &e,
         &m,
-        "  - { name: asker.trigger-sampling-request, tier: low, zones: [\"*\"], arguments: { type: object }, redact: [pii] }\n\
-         \x20 - { name: asker.get-roots-list, tier: low, zones: [\"*\"], arguments: { type: object } }\n",
-        &format!(
-            "  - name: asker\n    command: [\"{}\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n    client_requests: [sampling, roots]\n",
-            npm.display()
-        ),
-        "",
+        "sampling, roots",
+        &["asker.trigger-sampling-request", "asker.get-roots-list"],
     );
     let cred = data.join("agents/coder-1.credential");
-    let stdio = format!(
-        "stdio:{}",
-        serde_json::json!([
-            env!("CARGO_BIN_EXE_warden"),
-            "stdio",
-            "--data",
-            data,
-            "--config",
-            m,
-            "--credential",
-            cred,
-        ])
-    );
+    let stdio = super::stdio_target(&data, &m, &cred);
     let doc = "demo://resource/static/document/features.md";
     let blob = "demo://resource/dynamic/blob/1";
     let reads_and_gets = |url: &str| {
@@ -205,7 +158,7 @@ fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_r
     reads_and_gets(&stdio);
     let a = ts(&e, &stdio, &cred, &["ask", &ask]);
     assert!(
-        text(&a["results"][0])
+        all_text(&a["results"][0])
             .contains("the model read: Resource trigger-sampling-request context: write to"),
         "{a}"
     );
@@ -217,7 +170,7 @@ fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_r
         "{a}"
     );
     assert!(
-        text(&a["results"][1]).contains("file:///e2e/project"),
+        all_text(&a["results"][1]).contains("file:///e2e/project"),
         "{a}"
     );
 
@@ -225,7 +178,7 @@ fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_r
     reads_and_gets(&s.url);
     let a = ts(&e, &s.url, &cred, &["ask", &ask]);
     assert!(
-        text(&a["results"][0]).contains("cannot carry requests from upstreams"),
+        all_text(&a["results"][0]).contains("cannot carry requests from upstreams"),
         "{a}"
     );
     assert_eq!(a["asked"], serde_json::json!([]), "{a}");
