@@ -152,19 +152,30 @@ impl McpFront {
         })
     }
 
-    /// The agent's client, for what an upstream asks of it while serving the call: over stdio
-    /// the connection carries requests both ways; over HTTP (each request served on its own)
-    /// it cannot, and the upstream's request is refused and recorded.
+    /// The agent's client, for what an upstream asks of it while serving the call (a client on
+    /// an earlier revision than 2026-07-28): over stdio, on its connection; over HTTP, on the
+    /// call's stream with the reply POSTed back, in a session Warden issued (outside one there
+    /// is nowhere to send a reply, and the upstream's request is refused and recorded).
     fn client_side(
         &self,
         ctx: &RequestContext<RoleServer>,
+        session: &str,
+        issued: bool,
     ) -> Option<Arc<dyn warden_runtime::ClientSide>> {
-        self.fixed.as_ref()?;
-        let level = self.log_level.lock().ok().and_then(|l| *l);
-        Some(Arc::new(crate::mcp_client::PeerClient {
+        if self.fixed.is_some() {
+            let level = self.log_level.lock().ok().and_then(|l| *l);
+            return Some(Arc::new(crate::mcp_client::PeerClient {
+                peer: ctx.peer.clone(),
+                capabilities: ctx.client_capabilities(),
+                level,
+            }));
+        }
+        let sessions = self.sessions.as_ref().filter(|_| issued)?;
+        Some(Arc::new(crate::mcp_client::HttpClient {
             peer: ctx.peer.clone(),
-            capabilities: ctx.client_capabilities(),
-            level,
+            sessions: Arc::clone(sessions),
+            session: session.to_owned(),
+            capabilities: sessions.client(session),
         }))
     }
 
@@ -635,6 +646,7 @@ impl McpFront {
             .protocol_version()
             .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
         if !modern {
+            let client = self.client_side(ctx, &session, issued);
             let call = Call {
                 session,
                 tool: name,
@@ -645,7 +657,7 @@ impl McpFront {
                 approval: approval.as_deref(),
                 wait_secs: wait,
                 progress,
-                client: self.client_side(ctx),
+                client,
             };
             return Ok(Round::Done(self.app.propose(&caller, call).await));
         }
@@ -913,6 +925,9 @@ enum Peeked {
         id: serde_json::Value,
         why: &'static str,
     },
+    /// A JSON-RPC reply (a result or an error, no method), with the JSON of its id: the client
+    /// answering a request Warden sent it on a call's stream.
+    Reply(String),
     Other,
 }
 
@@ -998,6 +1013,8 @@ fn peek(body: &[u8]) -> Peeked {
         method: Option<String>,
         id: Option<serde_json::Value>,
         params: Option<Params>,
+        result: Option<serde::de::IgnoredAny>,
+        error: Option<serde::de::IgnoredAny>,
     }
     #[derive(serde::Deserialize)]
     struct Params {
@@ -1038,8 +1055,27 @@ fn peek(body: &[u8]) -> Peeked {
                 None => Peeked::Other,
             }
         }
+        None if m.result.is_some() || m.error.is_some() => match m.id {
+            Some(id) => Peeked::Reply(id.to_string()),
+            None => Peeked::Other,
+        },
         _ => Peeked::Other,
     }
+}
+
+/// The `capabilities` an `initialize` request declares.
+fn initialize_capabilities(body: &[u8]) -> Option<rmcp::model::ClientCapabilities> {
+    #[derive(serde::Deserialize)]
+    struct Init {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        capabilities: rmcp::model::ClientCapabilities,
+    }
+    serde_json::from_slice::<Init>(body)
+        .ok()
+        .map(|i| i.params.capabilities)
 }
 
 /// A JSON-RPC error answer.
@@ -1176,7 +1212,18 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         Peeked::BadParams { id, why } => {
             return rpc_error(StatusCode::OK, id, -32602, format!("invalid params: {why}"))
         }
-        Peeked::Initialize | Peeked::Other => {}
+        // A reply to what an upstream asked through Warden goes to the call waiting for it
+        // (rmcp, serving each request on its own, would refuse it).
+        Peeked::Reply(id) if asked.is_some() => {
+            let message = posted
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .unwrap_or_default();
+            if g.sessions.reply(&session, id, message) {
+                return StatusCode::ACCEPTED.into_response();
+            }
+        }
+        Peeked::Initialize | Peeked::Reply(_) | Peeked::Other => {}
     }
     let is_json = req
         .headers()
@@ -1221,6 +1268,10 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                             e.to_string(),
                         );
                     }
+                }
+                // What the client can answer, for requests from upstreams on its calls' streams.
+                if let Some(caps) = posted.as_deref().and_then(initialize_capabilities) {
+                    g.sessions.set_client(&id, caps);
                 }
                 if let Ok(v) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert("mcp-session-id", v);

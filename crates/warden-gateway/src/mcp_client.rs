@@ -150,3 +150,105 @@ impl ClientSide for PeerClient {
         });
     }
 }
+
+/// A client on an earlier revision than 2026-07-28 over HTTP, in a session Warden issued: a
+/// request goes out on the stream of the call it serves (the POST's SSE answer), and the
+/// client's reply comes back as a POST of its own, which the `/mcp` gate hands to the request
+/// waiting for it ([`crate::mcp_sessions::Sessions::reply`]).
+pub(crate) struct HttpClient {
+    pub(crate) peer: Peer<RoleServer>,
+    pub(crate) sessions: std::sync::Arc<crate::mcp_sessions::Sessions>,
+    pub(crate) session: String,
+    pub(crate) capabilities: Option<ClientCapabilities>,
+}
+
+/// Forgets a request's place among its session's waiting replies, however the wait ends.
+struct Forget {
+    sessions: std::sync::Arc<crate::mcp_sessions::Sessions>,
+    session: String,
+    request: String,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.sessions.forget_reply(&self.session, &self.request);
+    }
+}
+
+impl HttpClient {
+    fn ask<T>(&self, request: rmcp::model::ServerRequest) -> Answer<T>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let (peer, sessions, session) = (
+            self.peer.clone(),
+            std::sync::Arc::clone(&self.sessions),
+            self.session.clone(),
+        );
+        Box::pin(async move {
+            let handle = peer
+                .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+                .await
+                .map_err(from_service)?;
+            let id = serde_json::to_string(&handle.id).unwrap_or_default();
+            let reply = sessions.expect_reply(&session, id.clone()).ok_or_else(|| {
+                ErrorData::internal_error(
+                    "the agent's session has ended, or waits for too many replies already",
+                    None,
+                )
+            })?;
+            let _forget = Forget {
+                sessions,
+                session,
+                request: id,
+            };
+            let message = reply
+                .await
+                .map_err(|_| ErrorData::internal_error("the agent's session ended", None))?;
+            drop(handle);
+            if let Some(e) = message.get("error") {
+                return Err(
+                    serde_json::from_value::<ErrorData>(e.clone()).unwrap_or_else(|_| {
+                        ErrorData::internal_error("the agent's client answered with an error", None)
+                    }),
+                );
+            }
+            let result = message.get("result").cloned().unwrap_or_default();
+            serde_json::from_value(result).map_err(|e| {
+                ErrorData::invalid_params(format!("the agent's client answered: {e}"), None)
+            })
+        })
+    }
+}
+
+impl ClientSide for HttpClient {
+    fn declares(&self, kind: ClientRequestKind) -> bool {
+        declares(self.capabilities.as_ref(), kind)
+    }
+
+    fn sample(&self, params: CreateMessageRequestParams) -> Answer<CreateMessageResult> {
+        self.ask(rmcp::model::ServerRequest::CreateMessageRequest(
+            rmcp::model::CreateMessageRequest::new(params),
+        ))
+    }
+
+    fn elicit(&self, params: ElicitRequestParams) -> Answer<ElicitResult> {
+        self.ask(rmcp::model::ServerRequest::ElicitRequest(
+            rmcp::model::ElicitRequest::new(params),
+        ))
+    }
+
+    fn roots(&self) -> Answer<ListRootsResult> {
+        self.ask(rmcp::model::ServerRequest::ListRootsRequest(
+            rmcp::model::ListRootsRequest::default(),
+        ))
+    }
+
+    fn log(&self, params: LoggingMessageNotificationParam) {
+        // On the call's stream, while it is open.
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            let _ = peer.notify_logging_message(params).await;
+        });
+    }
+}

@@ -88,6 +88,9 @@ pub enum OpenError {
     Unavailable(String),
 }
 
+/// Requests waiting for their client's reply, per session, at most.
+const MAX_REPLIES: usize = 16;
+
 struct Open {
     credential: String,
     agent: String,
@@ -102,6 +105,12 @@ struct Open {
     /// Its calls in flight: (JSON of the request id, registration number, the call's token).
     /// A session with any is neither expired nor evicted.
     calls: Vec<(String, u64, CancellationToken)>,
+    /// What its client declared it can answer (`initialize`'s `capabilities`), when this
+    /// instance saw the `initialize`.
+    client: Option<rmcp::model::ClientCapabilities>,
+    /// Requests sent to its client on a call's stream, waiting for the reply the client POSTs
+    /// (by the JSON of the request's id).
+    replies: HashMap<String, tokio::sync::oneshot::Sender<serde_json::Value>>,
 }
 
 /// (last seen, id): least recently used first.
@@ -300,6 +309,8 @@ impl Sessions {
                 seen: now,
                 published: now,
                 calls: Vec::new(),
+                client: None,
+                replies: HashMap::new(),
             },
         );
         Ok(ended)
@@ -480,6 +491,53 @@ impl Sessions {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keeps what the client of session `id` declared it can answer.
+    pub(crate) fn set_client(&self, id: &str, capabilities: rmcp::model::ClientCapabilities) {
+        if let Some(open) = self.lock().open.get_mut(id) {
+            open.client = Some(capabilities);
+        }
+    }
+
+    /// What the client of session `id` declared it can answer, if this instance knows.
+    pub(crate) fn client(&self, id: &str) -> Option<rmcp::model::ClientCapabilities> {
+        self.lock().open.get(id).and_then(|o| o.client.clone())
+    }
+
+    /// Waits for the reply to the request sent to session `id`'s client as `request` (the
+    /// JSON of its id); `None` when the session is gone or waits for too many already.
+    pub(crate) fn expect_reply(
+        &self,
+        id: &str,
+        request: String,
+    ) -> Option<tokio::sync::oneshot::Receiver<serde_json::Value>> {
+        let mut inner = self.lock();
+        let open = inner.open.get_mut(id)?;
+        if open.replies.len() >= MAX_REPLIES {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        open.replies.insert(request, tx);
+        Some(rx)
+    }
+
+    /// Hands the reply the client of session `id` POSTed to the request waiting for it;
+    /// whether one was.
+    pub(crate) fn reply(&self, id: &str, request: &str, message: serde_json::Value) -> bool {
+        let waiting = self
+            .lock()
+            .open
+            .get_mut(id)
+            .and_then(|o| o.replies.remove(request));
+        waiting.is_some_and(|tx| tx.send(message).is_ok())
+    }
+
+    /// Forgets the request sent as `request` to session `id`'s client (its call ended).
+    pub(crate) fn forget_reply(&self, id: &str, request: &str) {
+        if let Some(open) = self.lock().open.get_mut(id) {
+            open.replies.remove(request);
+        }
     }
 
     /// Registers a call in flight in session `session` as `request` (the JSON of its JSON-RPC

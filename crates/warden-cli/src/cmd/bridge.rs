@@ -37,7 +37,49 @@ struct Upward {
     client: Arc<Mutex<Option<rmcp::Peer<RoleServer>>>>,
 }
 
+#[expect(
+    deprecated,
+    reason = "sampling and roots are deprecated by SEP-2577 and still what upstreams send (issue 20)"
+)]
 impl rmcp::ClientHandler for Upward {
+    /// The bridge offers the daemon what a desktop client may answer; whether this one can is
+    /// checked when a request comes (the daemon records a refusal).
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::default();
+        info.client_info =
+            rmcp::model::Implementation::new("warden-bridge", env!("CARGO_PKG_VERSION"));
+        info.capabilities.sampling = Some(rmcp::model::SamplingCapability::default());
+        info.capabilities.elicitation = Some(rmcp::model::ElicitationCapability::default());
+        info.capabilities.roots = Some(rmcp::model::RootsCapabilities::default());
+        info
+    }
+
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, McpError> {
+        let peer = self.client_for(|c| c.sampling.is_some(), "sampling")?;
+        peer.create_message(params).await.map_err(daemon_error)
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, McpError> {
+        let peer = self.client_for(|c| c.elicitation.is_some(), "elicitation")?;
+        peer.create_elicitation(params).await.map_err(daemon_error)
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, McpError> {
+        let peer = self.client_for(|c| c.roots.is_some(), "roots")?;
+        peer.list_roots().await.map_err(daemon_error)
+    }
+
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
@@ -58,6 +100,25 @@ impl rmcp::ClientHandler for Upward {
         let peer = self.client.lock().ok().and_then(|p| p.clone());
         if let Some(peer) = peer {
             let _ = peer.notify_tool_list_changed().await;
+        }
+    }
+}
+
+impl Upward {
+    /// The desktop client, if it declared what `declared` checks (a daemon's request on a call's
+    /// stream is passed on to it).
+    fn client_for(
+        &self,
+        declared: impl Fn(&rmcp::model::ClientCapabilities) -> bool,
+        what: &str,
+    ) -> Result<rmcp::Peer<RoleServer>, McpError> {
+        let peer = self.client.lock().ok().and_then(|p| p.clone());
+        match peer {
+            Some(p) if p.peer_info().is_some_and(|i| declared(&i.capabilities)) => Ok(p),
+            _ => Err(McpError::invalid_request(
+                format!("the desktop client did not declare {what}"),
+                None,
+            )),
         }
     }
 }
@@ -179,6 +240,7 @@ impl ServerHandler for Bridge {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        self.note_client(&ctx);
         let client_token = ctx.meta.get_progress_token();
         let mut params = CallToolRequestParams::new(request.name.to_string());
         params.arguments = request.arguments.clone();

@@ -77,9 +77,8 @@ fn the_typescript_sdk_client_is_governed_on_every_way_in() {
     governed(&e, &super::bridge_target(&s.url, &cred), &cred);
 }
 
-/// Resources, prompts, completions and an upstream's requests through the TypeScript SDK
-/// client (revision 2025-11-25): over stdio every item; over `/mcp` the governed reads and gets,
-/// and an upstream's request refused (no way back to such a client over HTTP).
+/// Resources, prompts, completions and an upstream's sampling and roots requests through the
+/// TypeScript SDK client (revision 2025-11-25), over stdio and over `/mcp`.
 #[test]
 fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_requests() {
     let Some(e) = env() else { return };
@@ -176,10 +175,15 @@ fn the_typescript_sdk_client_reads_resources_gets_prompts_and_answers_upstream_r
 
     let s = start_existing(dir.path(), &data, &m);
     reads_and_gets(&s.url);
+    // Over /mcp the request comes on the call's stream, the reply goes back as a POST.
     let a = ts(&e, &s.url, &cred, &["ask", &ask]);
     assert!(
-        all_text(&a["results"][0]).contains("cannot carry requests from upstreams"),
+        all_text(&a["results"][0])
+            .contains("the model read: Resource trigger-sampling-request context: write to"),
         "{a}"
     );
-    assert_eq!(a["asked"], serde_json::json!([]), "{a}");
+    assert!(
+        all_text(&a["results"][1]).contains("file:///e2e/project"),
+        "{a}"
+    );
 }
