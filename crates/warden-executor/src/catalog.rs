@@ -25,13 +25,11 @@ impl Executor {
     /// Upstreams that are down, or do not offer resources, or do not answer within their
     /// timeout, list nothing (and are started in the background).
     pub async fn resources(&self, upstreams: &BTreeSet<String>) -> Vec<(String, Resource)> {
-        let mut out = Vec::new();
-        for (name, client, timeout) in self.offering(upstreams, Kind::Resources).await {
-            let listed = tokio::time::timeout(timeout, client.list_all_resources()).await;
-            if let Some(listed) = answered(&name, "resources/list", listed) {
-                out.extend(listed.into_iter().map(|r| (name.clone(), r)));
-            }
-        }
+        let reached = self.offering(upstreams, Kind::Resources).await;
+        let out = gather(reached, "resources/list", |c| async move {
+            c.list_all_resources().await
+        })
+        .await;
         self.redact_listed(out)
     }
 
@@ -40,25 +38,21 @@ impl Executor {
         &self,
         upstreams: &BTreeSet<String>,
     ) -> Vec<(String, ResourceTemplate)> {
-        let mut out = Vec::new();
-        for (name, client, timeout) in self.offering(upstreams, Kind::Resources).await {
-            let listed = tokio::time::timeout(timeout, client.list_all_resource_templates()).await;
-            if let Some(listed) = answered(&name, "resources/templates/list", listed) {
-                out.extend(listed.into_iter().map(|r| (name.clone(), r)));
-            }
-        }
+        let reached = self.offering(upstreams, Kind::Resources).await;
+        let out = gather(reached, "resources/templates/list", |c| async move {
+            c.list_all_resource_templates().await
+        })
+        .await;
         self.redact_listed(out)
     }
 
     /// The prompts each named upstream lists now, as [`Executor::resources`].
     pub async fn prompts(&self, upstreams: &BTreeSet<String>) -> Vec<(String, Prompt)> {
-        let mut out = Vec::new();
-        for (name, client, timeout) in self.offering(upstreams, Kind::Prompts).await {
-            let listed = tokio::time::timeout(timeout, client.list_all_prompts()).await;
-            if let Some(listed) = answered(&name, "prompts/list", listed) {
-                out.extend(listed.into_iter().map(|p| (name.clone(), p)));
-            }
-        }
+        let reached = self.offering(upstreams, Kind::Prompts).await;
+        let out = gather(reached, "prompts/list", |c| async move {
+            c.list_all_prompts().await
+        })
+        .await;
         self.redact_listed(out)
     }
 
@@ -153,6 +147,38 @@ impl Executor {
             .redact_str(text, &BTreeSet::new())
             .map_or_else(|| text.to_owned(), |(r, _)| r)
     }
+}
+
+/// Each reached upstream's list, read all at once (one slow upstream delays the answer by its
+/// own timeout, not the sum), each item with its upstream's name.
+async fn gather<T, F, Fut>(
+    reached: Vec<(String, Arc<crate::upstream::Client>, std::time::Duration)>,
+    method: &str,
+    list: F,
+) -> Vec<(String, T)>
+where
+    F: Fn(Arc<crate::upstream::Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, rmcp::ServiceError>>,
+{
+    let lists = reached.into_iter().map(|(name, client, timeout)| {
+        let listing = list(client);
+        async move {
+            let listed = tokio::time::timeout(timeout, listing).await;
+            answered(&name, method, listed)
+                .map(|items| {
+                    items
+                        .into_iter()
+                        .map(|i| (name.clone(), i))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    });
+    futures::future::join_all(lists)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A list an upstream answered, or `None` (logged: the upstream lists nothing this time).

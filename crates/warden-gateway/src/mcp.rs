@@ -176,6 +176,7 @@ impl McpFront {
             sessions: Arc::clone(sessions),
             session: session.to_owned(),
             capabilities: sessions.client(session),
+            next_id: Arc::default(),
         }))
     }
 
@@ -506,8 +507,11 @@ impl ServerHandler for McpFront {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.caller(&ctx)?;
-        // Upstreams' log messages reach a stdio client (over HTTP they have no way back).
-        crate::mcp_client::set_level(&self.log_level, &request);
+        // Over stdio the level filters the upstreams' log messages; over HTTP (one front for
+        // every client) it is accepted and every level is passed on, during a call only.
+        if self.fixed.is_some() {
+            crate::mcp_client::set_level(&self.log_level, &request);
+        }
         Ok(())
     }
 

@@ -160,18 +160,38 @@ pub(crate) struct HttpClient {
     pub(crate) sessions: std::sync::Arc<crate::mcp_sessions::Sessions>,
     pub(crate) session: String,
     pub(crate) capabilities: Option<ClientCapabilities>,
+    /// The id the call's next request gets: rmcp numbers the requests of each POST's peer
+    /// from 0, and only this client sends requests on it (one at a time: see `sending`).
+    pub(crate) next_id: std::sync::Arc<tokio::sync::Mutex<u32>>,
 }
 
-/// Forgets a request's place among its session's waiting replies, however the wait ends.
+/// Gives up a reserved wait, however it ends; tells the client a request it was sent is no
+/// longer awaited.
 struct Forget {
     sessions: std::sync::Arc<crate::mcp_sessions::Sessions>,
     session: String,
     request: String,
+    number: u64,
+    /// The request, when it was sent and not yet answered.
+    unanswered: Option<(Peer<RoleServer>, rmcp::model::RequestId)>,
 }
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.sessions.forget_reply(&self.session, &self.request);
+        self.sessions
+            .forget_reply(&self.session, &self.request, self.number);
+        if let Some((peer, id)) = self.unanswered.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = peer
+                        .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                            Some(id),
+                            Some("Warden no longer waits for this answer".to_owned()),
+                        ))
+                        .await;
+                });
+            }
+        }
     }
 }
 
@@ -180,31 +200,51 @@ impl HttpClient {
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let (peer, sessions, session) = (
+        let (peer, sessions, session, next_id) = (
             self.peer.clone(),
             std::sync::Arc::clone(&self.sessions),
             self.session.clone(),
+            std::sync::Arc::clone(&self.next_id),
         );
         Box::pin(async move {
+            // One request of the call at a time: its id is known before it is sent.
+            let mut next = next_id.lock().await;
+            let predicted = rmcp::model::RequestId::Number(i64::from(*next));
+            let key = serde_json::to_string(&predicted).unwrap_or_default();
+            // INVARIANT (a reply reaches only the request it answers): the wait is reserved
+            // before the request leaves, under an id no other call of the session waits on.
+            let waiting = sessions.expect_reply(&session, &key).ok_or_else(|| {
+                ErrorData::internal_error(
+                    "the agent's session has ended, waits for too many replies, or another of \
+                     its calls waits for a reply under the same id: not asked",
+                    None,
+                )
+            })?;
+            let mut forget = Forget {
+                sessions,
+                session,
+                request: key,
+                number: waiting.number,
+                unanswered: None,
+            };
             let handle = peer
                 .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
                 .await
                 .map_err(from_service)?;
-            let id = serde_json::to_string(&handle.id).unwrap_or_default();
-            let reply = sessions.expect_reply(&session, id.clone()).ok_or_else(|| {
-                ErrorData::internal_error(
-                    "the agent's session has ended, or waits for too many replies already",
+            *next += 1;
+            drop(next);
+            if handle.id != predicted {
+                return Err(ErrorData::internal_error(
+                    "the request was sent under another id than reserved: its reply is not awaited",
                     None,
-                )
-            })?;
-            let _forget = Forget {
-                sessions,
-                session,
-                request: id,
-            };
-            let message = reply
+                ));
+            }
+            forget.unanswered = Some((peer.clone(), handle.id.clone()));
+            let message = waiting
+                .reply
                 .await
                 .map_err(|_| ErrorData::internal_error("the agent's session ended", None))?;
+            forget.unanswered = None;
             drop(handle);
             if let Some(e) = message.get("error") {
                 return Err(

@@ -129,7 +129,10 @@ impl Rounds {
             })),
             Some(Event::Done(outcome)) => Ok(Round::Done(outcome)),
             Some(Event::Ask { request, reply }) => {
-                let state = warden_runtime::caller::random_id().ok_or(Resume::Full)?;
+                let Some(state) = warden_runtime::caller::random_id() else {
+                    stop.cancel();
+                    return Err(Resume::Full);
+                };
                 let state = format!("wrs_{state}");
                 {
                     let mut parked = self.parked.lock().map_err(|_| Resume::Full)?;

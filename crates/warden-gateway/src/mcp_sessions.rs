@@ -91,6 +91,15 @@ pub enum OpenError {
 /// Requests waiting for their client's reply, per session, at most.
 const MAX_REPLIES: usize = 16;
 
+/// A reserved wait for a client's reply ([`Sessions::expect_reply`]).
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    /// Where the reply comes.
+    pub(crate) reply: tokio::sync::oneshot::Receiver<serde_json::Value>,
+    /// Its registration number (for [`Sessions::forget_reply`]).
+    pub(crate) number: u64,
+}
+
 struct Open {
     credential: String,
     agent: String,
@@ -109,8 +118,9 @@ struct Open {
     /// instance saw the `initialize`.
     client: Option<rmcp::model::ClientCapabilities>,
     /// Requests sent to its client on a call's stream, waiting for the reply the client POSTs
-    /// (by the JSON of the request's id).
-    replies: HashMap<String, tokio::sync::oneshot::Sender<serde_json::Value>>,
+    /// (by the JSON of the request's id): the waiter's registration number and where the reply
+    /// goes.
+    replies: HashMap<String, (u64, tokio::sync::oneshot::Sender<serde_json::Value>)>,
 }
 
 /// (last seen, id): least recently used first.
@@ -505,21 +515,22 @@ impl Sessions {
         self.lock().open.get(id).and_then(|o| o.client.clone())
     }
 
-    /// Waits for the reply to the request sent to session `id`'s client as `request` (the
-    /// JSON of its id); `None` when the session is gone or waits for too many already.
-    pub(crate) fn expect_reply(
-        &self,
-        id: &str,
-        request: String,
-    ) -> Option<tokio::sync::oneshot::Receiver<serde_json::Value>> {
+    /// Reserves the wait for the reply to a request about to be sent to session `id`'s client
+    /// as `request` (the JSON of its id), before it is sent (the reply may come before the send
+    /// returns). `None` when the session is gone, waits for too many replies already, or
+    /// another call of it waits under the same id (each call's requests are numbered from 0:
+    /// two at once could not be told apart, so the second is not asked).
+    pub(crate) fn expect_reply(&self, id: &str, request: &str) -> Option<Waiting> {
         let mut inner = self.lock();
+        inner.next_call += 1;
+        let number = inner.next_call;
         let open = inner.open.get_mut(id)?;
-        if open.replies.len() >= MAX_REPLIES {
+        if open.replies.len() >= MAX_REPLIES || open.replies.contains_key(request) {
             return None;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        open.replies.insert(request, tx);
-        Some(rx)
+        open.replies.insert(request.to_owned(), (number, tx));
+        Some(Waiting { reply: rx, number })
     }
 
     /// Hands the reply the client of session `id` POSTed to the request waiting for it;
@@ -530,13 +541,16 @@ impl Sessions {
             .open
             .get_mut(id)
             .and_then(|o| o.replies.remove(request));
-        waiting.is_some_and(|tx| tx.send(message).is_ok())
+        waiting.is_some_and(|(_, tx)| tx.send(message).is_ok())
     }
 
-    /// Forgets the request sent as `request` to session `id`'s client (its call ended).
-    pub(crate) fn forget_reply(&self, id: &str, request: &str) {
+    /// Gives up the wait registered as `number` (its call ended, or the send failed); a
+    /// later wait under the same id is left alone.
+    pub(crate) fn forget_reply(&self, id: &str, request: &str, number: u64) {
         if let Some(open) = self.lock().open.get_mut(id) {
-            open.replies.remove(request);
+            if open.replies.get(request).is_some_and(|(n, _)| *n == number) {
+                open.replies.remove(request);
+            }
         }
     }
 
@@ -699,6 +713,36 @@ mod tests {
         assert_eq!(s.check(&id, "cred-a"), Err(Refused::Unknown));
         assert_eq!(s.close(&id, "cred-a"), Err(Refused::Unknown));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_reply_reaches_only_the_wait_reserved_for_its_id_in_its_session() {
+        let (s, _) = sessions(Limits::default());
+        let a = s.open_alone("cred-a", "agent-a").unwrap();
+        let b = s.open_alone("cred-a", "agent-a").unwrap();
+        let mut first = s.expect_reply(&a, "0").unwrap();
+        // Another call of the same session may not wait under the same id; another session may.
+        assert!(s.expect_reply(&a, "0").is_none());
+        let mut other = s.expect_reply(&b, "0").unwrap();
+        // A reply for an id nobody waits on, or in another session, reaches nothing.
+        assert!(!s.reply(&a, "1", serde_json::json!({"result": {}})));
+        assert!(s.reply(&b, "0", serde_json::json!({"result": "b"})));
+        assert_eq!(other.reply.try_recv().unwrap()["result"], "b");
+        assert!(first.reply.try_recv().is_err(), "still waiting");
+        // Forgetting an older wait leaves a newer one under the same id alone.
+        s.forget_reply(&a, "0", first.number);
+        let newer = s.expect_reply(&a, "0").unwrap();
+        s.forget_reply(&a, "0", first.number);
+        assert!(s.reply(&a, "0", serde_json::json!({"result": "a"})));
+        drop(newer);
+        // Bounded per session; nothing for a session that ended.
+        let held: Vec<_> = (1..=16)
+            .map(|i| s.expect_reply(&b, &i.to_string()))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(s.expect_reply(&b, "17").is_none());
+        assert_eq!(s.close(&a, "cred-a"), Ok(()));
+        assert!(s.expect_reply(&a, "5").is_none());
     }
 
     #[test]

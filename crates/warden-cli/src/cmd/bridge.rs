@@ -57,27 +57,27 @@ impl rmcp::ClientHandler for Upward {
     async fn create_message(
         &self,
         params: rmcp::model::CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<rmcp::model::CreateMessageResult, McpError> {
         let peer = self.client_for(|c| c.sampling.is_some(), "sampling")?;
-        peer.create_message(params).await.map_err(daemon_error)
+        until_cancelled(&context, peer.create_message(params)).await
     }
 
     async fn create_elicitation(
         &self,
         params: rmcp::model::ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<rmcp::model::ElicitResult, McpError> {
         let peer = self.client_for(|c| c.elicitation.is_some(), "elicitation")?;
-        peer.create_elicitation(params).await.map_err(daemon_error)
+        until_cancelled(&context, peer.create_elicitation(params)).await
     }
 
     async fn list_roots(
         &self,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<rmcp::model::ListRootsResult, McpError> {
         let peer = self.client_for(|c| c.roots.is_some(), "roots")?;
-        peer.list_roots().await.map_err(daemon_error)
+        until_cancelled(&context, peer.list_roots()).await
     }
 
     async fn on_progress(
@@ -101,6 +101,17 @@ impl rmcp::ClientHandler for Upward {
         if let Some(peer) = peer {
             let _ = peer.notify_tool_list_changed().await;
         }
+    }
+}
+
+/// The desktop client's answer, or an error once the daemon no longer waits for it.
+async fn until_cancelled<T>(
+    context: &RequestContext<RoleClient>,
+    answer: impl std::future::Future<Output = Result<T, rmcp::ServiceError>>,
+) -> Result<T, McpError> {
+    tokio::select! {
+        r = answer => r.map_err(daemon_error),
+        () = context.ct.cancelled() => Err(McpError::internal_error("the daemon no longer waits for this answer", None)),
     }
 }
 
@@ -402,11 +413,16 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to the Warden daemon at {url}"))?;
     tracing::info!(daemon = %url, "bridging MCP on stdio to the Warden daemon");
+    let client = Arc::clone(&upward.client);
     let bridge = Bridge { daemon, upward };
     let service = bridge
         .serve(rmcp::transport::io::stdio_pipes())
         .await
         .context("MCP handshake on stdio")?;
+    // The desktop client, for the daemon's requests, whatever it asks first.
+    if let Ok(mut c) = client.lock() {
+        *c = Some(service.peer().clone());
+    }
     let _ = service.waiting().await;
     Ok(())
 }
