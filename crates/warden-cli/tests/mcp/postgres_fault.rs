@@ -34,6 +34,20 @@ struct OwnPostgres {
 }
 
 impl OwnPostgres {
+    /// `psql` connected to this cluster as `root` (the database and commands still to add).
+    fn psql(&self) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "root",
+        ]);
+        c
+    }
+
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         if self.root {
@@ -424,44 +438,29 @@ fn a_postgres_slower_than_its_timeout_fails_the_call_closed_and_changes_nothing(
     assert_eq!(g.echo("before")["isError"], false);
     // Another session holds the ledger's head row, which every append locks, for 8 s: the
     // ledger is slow.
-    let holder = Command::new(g.pg.bin.join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &g.pg.port.to_string(),
-            "-U",
-            "root",
-            "postgres",
-        ])
-        .args([
-            "-c",
-            "SELECT 1 FROM warden_ledger_head FOR UPDATE; SELECT pg_sleep(8)",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let holder =
+        g.pg.psql()
+            .arg("postgres")
+            .args([
+                "-c",
+                "SELECT 1 FROM warden_ledger_head FOR UPDATE; SELECT pg_sleep(8)",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
     let mut holder = Killed(holder);
     // Once that session sleeps, it holds the lock (a fixed pause was too short on a loaded
     // machine).
     let sleeping = || {
-        let out = Command::new(g.pg.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &g.pg.port.to_string(),
-                "-U",
-                "root",
-                "-tA",
-            ])
-            .arg("postgres")
-            .args([
-                "-c",
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-            ])
-            .output()
-            .unwrap();
+        let out =
+            g.pg.psql()
+                .args(["-tA", "postgres"])
+                .args([
+                    "-c",
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                ])
+                .output()
+                .unwrap();
         text(&out.stdout).trim() == "1"
     };
     let deadline = Instant::now() + Duration::from_secs(20);
