@@ -1575,3 +1575,46 @@ async fn a_call_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() 
         .unwrap();
     assert!(started.contains("1 call(s)"), "{started}");
 }
+
+/// List changes (issue 20): a new manifest in force tells every listener to list its tools,
+/// resources and prompts again, once each; nothing is told while nothing changes.
+#[tokio::test]
+async fn a_new_manifest_tells_each_listener_to_list_everything_again_once() {
+    use warden_core::ActionKind;
+    let dir = tempfile::tempdir().unwrap();
+    let path = warden_runtime::starter::write(dir.path()).unwrap();
+    let app = runtime(dir.path(), None).await;
+    let manifest = warden_runtime::bundle::load_manifest(&path).unwrap();
+    let now = warden_runtime::now_unix();
+    let cred = warden_runtime::agents::enroll(dir.path(), &manifest, "coder-1", now, 3600).unwrap();
+    let token = std::fs::read_to_string(&cred).unwrap();
+    let caller = app.authenticate(Some(token.trim())).unwrap();
+    let quiet = std::time::Duration::from_millis(300);
+    let (mut a, mut b) = (app.catalog_changes(), app.catalog_changes());
+    assert!(tokio::time::timeout(quiet, a.next(&caller)).await.is_err());
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("version: 1", "version: 2", 1)).unwrap();
+    assert_eq!(app.reload().await.unwrap(), 2);
+    for listener in [&mut a, &mut b] {
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            told.push(
+                tokio::time::timeout(quiet, listener.next(&caller))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            told,
+            [
+                Some(ActionKind::Tool),
+                Some(ActionKind::Resource),
+                Some(ActionKind::Prompt)
+            ]
+        );
+        assert!(tokio::time::timeout(quiet, listener.next(&caller))
+            .await
+            .is_err());
+    }
+}

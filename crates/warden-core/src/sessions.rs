@@ -27,6 +27,10 @@ pub struct SessionEntry {
     pub credentials: Vec<String>,
     /// The agents of its credential's chain, root first.
     pub agents: Vec<String>,
+    /// What its client declared it can answer (its `initialize`'s `capabilities`, as JSON), so
+    /// that the instance continuing it asks the client only what it declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<serde_json::Value>,
 }
 
 /// Whether `id` may name a session in a directory: 1 to 128 visible ASCII characters (what an

@@ -93,6 +93,20 @@ pub(crate) struct Who {
 pub(crate) struct InFlightCalls {
     calls: Mutex<Vec<Serving>>,
     next: std::sync::atomic::AtomicU64,
+    /// The last call that ended while it was the only one in flight, and when: a log message
+    /// the upstream sent just before that call's result may be handled just after it (rmcp
+    /// handles an upstream's notifications apart from its responses), within [`LOG_GRACE`].
+    last_alone: Mutex<Option<(std::time::Instant, LogTarget)>>,
+}
+
+/// How long after a call ends a log message with no call in flight still goes to its client.
+const LOG_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Where a call's log messages go: its client, with the call's detectors.
+#[derive(Clone)]
+struct LogTarget {
+    redact: BTreeSet<String>,
+    client: Arc<dyn ClientSide>,
 }
 
 /// Removes a call from [`InFlightCalls`] when it ends, however it ends.
@@ -114,14 +128,25 @@ impl ServingGuard {
 
 impl Drop for ServingGuard {
     fn drop(&mut self) {
-        if let Ok(mut calls) = self.calls.calls.lock() {
-            calls.retain(|c| {
-                let mine = c.seq == self.seq;
-                if mine {
-                    c.ended.cancel();
-                }
-                !mine
-            });
+        let Ok(mut calls) = self.calls.calls.lock() else {
+            return;
+        };
+        let alone = calls.len() == 1;
+        let mut ended = None;
+        calls.retain(|c| {
+            let mine = c.seq == self.seq;
+            if mine {
+                c.ended.cancel();
+                ended = c.client.clone().map(|client| LogTarget {
+                    redact: c.redact.clone(),
+                    client,
+                });
+            }
+            !mine
+        });
+        drop(calls);
+        if let (true, Some(target), Ok(mut last)) = (alone, ended, self.calls.last_alone.lock()) {
+            *last = Some((std::time::Instant::now(), target));
         }
     }
 }
@@ -149,6 +174,11 @@ impl InFlightCalls {
             calls: Arc::clone(self),
             seq,
         }
+    }
+
+    /// Whether no call is in flight.
+    fn none(&self) -> bool {
+        self.calls.lock().is_ok_and(|c| c.is_empty())
     }
 
     /// The call a request from the upstream belongs to: the one it names by the stream it came
@@ -283,16 +313,26 @@ impl Asks {
     /// An upstream's log message: redacted, to the client of the one call in flight on the
     /// connection (dropped when there is none, or several).
     pub(crate) fn log(&self, params: LoggingMessageNotificationParam) {
-        let Ok(Routed {
-            redact: on,
-            client: Some(client),
-            ..
-        }) = self.calls.route(None)
-        else {
+        let target = match self.calls.route(None) {
+            Ok(Routed {
+                redact,
+                client: Some(client),
+                ..
+            }) => Some(LogTarget { redact, client }),
+            Ok(_) => None,
+            // None in flight (not several): the call that just ended alone, within the grace.
+            Err(_) if self.calls.none() => self.calls.last_alone.lock().ok().and_then(|l| {
+                l.as_ref()
+                    .filter(|(at, _)| at.elapsed() <= LOG_GRACE)
+                    .map(|(_, t)| t.clone())
+            }),
+            Err(_) => None,
+        };
+        let Some(LogTarget { redact, client }) = target else {
             tracing::debug!(upstream = %self.upstream, "log message outside any one session's call: not passed on");
             return;
         };
-        if let Ok(params) = self.redacted(params, &on) {
+        if let Ok(params) = self.redacted(params, &redact) {
             client.log(params);
         }
     }
@@ -466,4 +506,104 @@ fn refused(kind: ClientRequestKind, why: &str) -> ErrorData {
         format!("Warden refused the {} request: {why}", kind.as_str()),
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(
+        deprecated,
+        reason = "logging is deprecated by SEP-2577 and still sent"
+    )]
+    use super::*;
+
+    /// A client that keeps the log messages it is given.
+    #[derive(Default)]
+    struct Logs(Mutex<Vec<String>>);
+
+    impl ClientSide for Logs {
+        fn declares(&self, _kind: ClientRequestKind) -> bool {
+            false
+        }
+        fn sample(
+            &self,
+            _params: CreateMessageRequestParams,
+        ) -> BoxFuture<'static, Result<CreateMessageResult, ErrorData>> {
+            Box::pin(async { Err(ErrorData::internal_error("not asked", None)) })
+        }
+        fn elicit(
+            &self,
+            _params: ElicitRequestParams,
+        ) -> BoxFuture<'static, Result<ElicitResult, ErrorData>> {
+            Box::pin(async { Err(ErrorData::internal_error("not asked", None)) })
+        }
+        fn roots(&self) -> BoxFuture<'static, Result<ListRootsResult, ErrorData>> {
+            Box::pin(async { Err(ErrorData::internal_error("not asked", None)) })
+        }
+        fn log(&self, params: LoggingMessageNotificationParam) {
+            if let Ok(mut l) = self.0.lock() {
+                l.push(params.data.to_string());
+            }
+        }
+    }
+
+    fn who(agent: &str) -> Who {
+        Who {
+            agent: agent.into(),
+            tenant: "t".into(),
+            session: "s".into(),
+            request_id: "r".into(),
+            trace_id: "x".into(),
+        }
+    }
+
+    fn message(text: &str) -> LoggingMessageNotificationParam {
+        LoggingMessageNotificationParam::new(
+            rmcp::model::LoggingLevel::Info,
+            serde_json::json!(text),
+        )
+    }
+
+    fn seen(l: &Logs) -> Vec<String> {
+        l.0.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    #[test]
+    fn a_log_goes_to_the_one_call_in_flight_or_the_one_that_just_ended_alone_and_never_a_guess() {
+        let calls = Arc::new(InFlightCalls::default());
+        let asks = Asks {
+            upstream: "u".into(),
+            allowed: BTreeSet::new(),
+            calls: Arc::clone(&calls),
+            redactor: Arc::new(
+                Redactor::new(["s3cr3t-value"].into_iter()).unwrap_or_else(|_| unreachable!()),
+            ),
+            ledger: None,
+            wait: std::time::Duration::from_secs(1),
+        };
+        let (a, b) = (Arc::new(Logs::default()), Arc::new(Logs::default()));
+        // Nobody's call: dropped.
+        asks.log(message("idle"));
+        // One call: its client gets it, redacted.
+        let first = calls.enter(who("a"), &BTreeSet::new(), Some(a.clone()));
+        asks.log(message("during a: s3cr3t-value"));
+        // Two calls: which one it concerns is unknown: dropped.
+        let second = calls.enter(who("b"), &BTreeSet::new(), Some(b.clone()));
+        asks.log(message("during both"));
+        drop(first);
+        // `b` is alone now; when it ends, a message handled just after still reaches it.
+        drop(second);
+        asks.log(message("just after b"));
+        assert_eq!(seen(&a), ["\"during a: [REDACTED:secret]\""]);
+        assert_eq!(seen(&b), ["\"just after b\""]);
+        // Past the grace, it is nobody's.
+        if let Ok(mut last) = calls.last_alone.lock() {
+            if let Some((at, _)) = last.as_mut() {
+                *at -= LOG_GRACE * 2;
+            }
+        }
+        asks.log(message("much later"));
+        assert_eq!(seen(&b).len(), 1);
+    }
 }

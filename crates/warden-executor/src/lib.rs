@@ -26,6 +26,7 @@ pub mod client_requests;
 pub mod counters;
 mod execution;
 mod in_flight;
+mod list_changes;
 pub mod redact;
 mod runners;
 mod sandboxed;
@@ -83,6 +84,7 @@ pub mod fuzz {
 }
 pub use catalog::{Boundary, Subscription, UpdateSink};
 pub use client_requests::ClientSide;
+pub use list_changes::ListChanged;
 pub use sandboxed::SandboxConfig;
 pub use secrets::Secrets;
 pub use upstream::{hash_file, ConnectError, Observed, ProgressSink};
@@ -349,6 +351,8 @@ pub struct Executor {
     secrets: Arc<Secrets>,
     sandbox: Option<SandboxConfig>,
     counters: Arc<counters::Counters>,
+    /// Where upstreams announce changes to their lists.
+    changes: list_changes::ListChanges,
 }
 
 impl std::fmt::Debug for Executor {
@@ -408,6 +412,7 @@ impl Executor {
         let secrets = Arc::new(config.secrets);
         let trees = Arc::new(sandboxed::Trees::default());
         let counters = Arc::new(counters::Counters::default());
+        let changes = list_changes::ListChanges::default();
         let sandbox = config.sandbox.clone();
         let upstreams = config
             .upstreams
@@ -424,6 +429,7 @@ impl Executor {
                         upstream::Common {
                             trees: Arc::clone(&trees),
                             counters: Arc::clone(&counters),
+                            changes: changes.clone(),
                         },
                         sandboxed::Boundary::unowned("_tools"),
                     )),
@@ -445,7 +451,15 @@ impl Executor {
             secrets,
             sandbox,
             counters,
+            changes,
         })
+    }
+
+    /// Announcements of upstreams' list changes from now on (a listener that falls behind
+    /// gets `Lagged`: take every list as changed).
+    #[must_use]
+    pub fn list_changes(&self) -> tokio::sync::broadcast::Receiver<ListChanged> {
+        self.changes.listen()
     }
 
     /// What it has counted (sandbox launches, egress connections, tools withdrawn).

@@ -127,9 +127,12 @@ impl Executor {
                 Arc::clone(&self.redactor),
                 Some(Arc::clone(&self.ledger)),
                 self.sandbox.clone(),
+                // A runner's announcements reach nobody: lists are read from the shared
+                // instance.
                 upstream::Common {
                     trees: Arc::clone(&self.trees),
                     counters: Arc::clone(&self.counters),
+                    changes: crate::list_changes::ListChanges::default(),
                 },
                 owner,
             )),

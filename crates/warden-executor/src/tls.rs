@@ -177,6 +177,26 @@ pub(crate) fn client_with(
     url: &str,
     roots: Option<Arc<RootCertStore>>,
 ) -> Result<Client, TlsError> {
+    client_sending(url, roots, reqwest::header::HeaderMap::new())
+}
+
+/// [`http_client`] with the system's roots, sending `headers` with every request (the
+/// `--connect` bridge names its MCP session so).
+///
+/// # Errors
+/// As [`http_client`].
+pub fn http_client_sending(
+    url: &str,
+    headers: reqwest::header::HeaderMap,
+) -> Result<Client, TlsError> {
+    client_sending(url, None, headers)
+}
+
+fn client_sending(
+    url: &str,
+    roots: Option<Arc<RootCertStore>>,
+    headers: reqwest::header::HeaderMap,
+) -> Result<Client, TlsError> {
     install_provider();
     let https = url.starts_with("https://");
     let roots = match (https, roots) {
@@ -192,6 +212,7 @@ pub(crate) fn client_with(
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .https_only(https)
+        .default_headers(headers)
         .build()
         // Without the URL: a webhook's URL can be a credential.
         .map_err(|e| TlsError::Client(e.to_string()))

@@ -87,6 +87,16 @@ pub(crate) struct Relay {
     // INVARIANT (INV-023): set by `notifications/tools/list_changed`; the tools are listed and
     // their pins checked again before the next call runs or the next tool list is served.
     tools_changed: Arc<std::sync::atomic::AtomicBool>,
+    /// The upstream's name and where it announces changes to its lists.
+    changes: Option<(String, crate::list_changes::ListChanges)>,
+}
+
+impl Relay {
+    fn announce(&self, kind: warden_core::ActionKind) {
+        if let Some((name, changes)) = &self.changes {
+            changes.announce(name, kind);
+        }
+    }
 }
 
 impl Relay {
@@ -143,6 +153,21 @@ impl rmcp::ClientHandler for Relay {
     async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
         self.tools_changed
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.announce(warden_core::ActionKind::Tool);
+    }
+
+    async fn on_resource_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.announce(warden_core::ActionKind::Resource);
+    }
+
+    async fn on_prompt_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.announce(warden_core::ActionKind::Prompt);
     }
 
     fn get_info(&self) -> rmcp::model::ClientConfig {
@@ -442,11 +467,12 @@ fn causes(e: &dyn std::error::Error) -> String {
 }
 
 /// What every upstream of one Executor shares: the running sandbox trees (for the kill
-/// switch) and the counters (for `/metrics`).
+/// switch), the counters (for `/metrics`) and where list changes are announced.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Common {
     pub(crate) trees: Arc<crate::sandboxed::Trees>,
     pub(crate) counters: Arc<crate::counters::Counters>,
+    pub(crate) changes: crate::list_changes::ListChanges,
 }
 
 impl Upstream {
@@ -459,7 +485,11 @@ impl Upstream {
         common: Common,
         boundary: crate::sandboxed::Boundary,
     ) -> Self {
-        let Common { trees, counters } = common;
+        let Common {
+            trees,
+            counters,
+            changes,
+        } = common;
         let ca = match &spec.transport {
             Transport::Http {
                 ca_file: Some(p), ..
@@ -475,6 +505,7 @@ impl Upstream {
                 ledger: ledger.clone(),
                 wait: Duration::from_millis(spec.timeout_ms),
             }),
+            changes: Some((spec.name.clone(), changes)),
             ..Relay::default()
         };
         Upstream {

@@ -16,6 +16,7 @@
 //!   own token.
 
 pub mod mcp;
+mod mcp_changes;
 mod mcp_client;
 mod mcp_rounds;
 pub mod mcp_sessions;

@@ -25,6 +25,7 @@ use warden_runtime::governed::ProgressSink;
 use warden_runtime::Answer;
 use warden_runtime::{Call, Caller, Outcome, Runtime};
 
+pub use crate::mcp_client::severity;
 use crate::mcp_rounds::{Round, Rounds};
 use crate::mcp_sessions::{Limits, OpenError, Refused, Sessions};
 
@@ -48,6 +49,8 @@ struct Fixed {
     /// Its credential, verified again on every request (a revocation applies mid-session).
     token: String,
     session: String,
+    /// Whether list changes are told to this connection's client already.
+    telling: std::sync::atomic::AtomicBool,
 }
 
 /// The MCP server handler. Over HTTP, rmcp makes one per request (it serves statelessly) and
@@ -144,6 +147,7 @@ impl McpFront {
             fixed: Some(Arc::new(Fixed {
                 token: credential.to_owned(),
                 session,
+                telling: std::sync::atomic::AtomicBool::new(false),
             })),
             sessions: None,
             log_level: Arc::default(),
@@ -178,6 +182,53 @@ impl McpFront {
             capabilities: sessions.client(session),
             next_id: Arc::default(),
         }))
+    }
+
+    /// Whether the caller of `ctx` may still be told things later (updates, list changes): its
+    /// credential — the stdio one, or the bearer token of the HTTP request — checked again each
+    /// time.
+    fn still_allowed(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Arc<dyn Fn() -> bool + Send + Sync + 'static> {
+        let token = match &self.fixed {
+            Some(f) => Some(f.token.clone()),
+            None => ctx
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|p| bearer(&p.headers))
+                .map(str::to_owned),
+        };
+        let app = self.app.clone();
+        // INVARIANT (revocation is immediate): a credential revoked, expired or gone is told
+        // nothing more.
+        Arc::new(move || {
+            token
+                .as_deref()
+                .is_some_and(|t| app.authenticate(Some(t)).is_ok())
+        })
+    }
+
+    /// Registers a request of a session Warden issued as one of its calls, cancelled by `token`
+    /// when the session ends (`DELETE`, expiry, a revocation); `Ok(None)` outside such a
+    /// session.
+    ///
+    /// # Errors
+    /// The session has ended.
+    fn track_in_session(
+        &self,
+        session: &str,
+        issued: bool,
+        ctx: &RequestContext<RoleServer>,
+        token: tokio_util::sync::CancellationToken,
+    ) -> Result<Option<crate::mcp_sessions::Tracked>, Refused> {
+        match (&self.sessions, issued) {
+            (Some(s), true) => {
+                let id = serde_json::to_string(&ctx.id).unwrap_or_default();
+                s.track(session, id, token).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The caller, session (and whether Warden issued it) and trace context (the `traceparent` header) of a request.
@@ -243,6 +294,21 @@ impl ServerHandler for McpFront {
         }
         ctx.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
+    }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        // A stdio client of an earlier revision is told, unsolicited, when to list again
+        // (over HTTP such a client has no stream to be told on).
+        if let Some(f) = &self.fixed {
+            // Once per connection, however many times the client says it.
+            if !f.telling.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                crate::mcp_changes::tell_stdio_client(
+                    self.app.clone(),
+                    f.token.clone(),
+                    context.peer,
+                );
+            }
+        }
     }
 
     fn get_info(&self) -> ServerConfig {
@@ -400,7 +466,12 @@ impl ServerHandler for McpFront {
             ));
         }
         let peer = ctx.peer.clone();
+        let allowed = self.still_allowed(&ctx);
         let sink: warden_runtime::UpdateSink = Arc::new(move |uri: &str| {
+            // INVARIANT (revocation is immediate): a revoked credential is told nothing more.
+            if !allowed() {
+                return;
+            }
             let (peer, uri) = (peer.clone(), uri.to_owned());
             tokio::spawn(async move {
                 let _ = peer
@@ -447,9 +518,10 @@ impl ServerHandler for McpFront {
         &self,
         requested: &rmcp::model::SubscriptionFilter,
     ) -> Option<rmcp::model::SubscriptionFilter> {
-        // Resource updates only, for URIs some entry admits (which of them this caller may
-        // read is decided in `listen`, where the caller is known).
+        // List changes as asked; resource updates for URIs some entry admits (which of them
+        // this caller may read is decided in `listen`, where the caller is known).
         let mut accepted = rmcp::model::SubscriptionFilter::new();
+        crate::mcp_changes::accept(requested, &mut accepted);
         accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
             uris.iter()
                 .filter(|u| self.app.admitted_anywhere(u))
@@ -460,7 +532,13 @@ impl ServerHandler for McpFront {
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
-        let (caller, session, ..) = self.caller(context.request_context())?;
+        let ctx = context.request_context();
+        let (caller, session, issued, _) = self.caller(ctx)?;
+        // In a session Warden issued, the listen is one of its calls: ending the session
+        // ends it.
+        let _tracked = self
+            .track_in_session(&session, issued, ctx, ctx.ct.clone())
+            .map_err(|_| McpError::invalid_request("this MCP session has ended", None))?;
         let mut uris = context
             .accepted()
             .resource_subscriptions
@@ -475,9 +553,14 @@ impl ServerHandler for McpFront {
             ));
         }
         let mut held = Vec::new();
+        let allowed = self.still_allowed(ctx);
         for uri in uris {
             let sink = context.sink().clone();
+            let allowed = Arc::clone(&allowed);
             let updates: warden_runtime::UpdateSink = Arc::new(move |uri: &str| {
+                if !allowed() {
+                    return;
+                }
                 let (sink, uri) = (sink.clone(), uri.to_owned());
                 tokio::spawn(async move {
                     let _ = sink.notify_resource_updated(uri).await;
@@ -492,9 +575,32 @@ impl ServerHandler for McpFront {
                 .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
             held.push(s);
         }
-        context.cancelled().await;
+        let wants = crate::mcp_changes::wanted(context.accepted());
+        let told = async {
+            if wants.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            crate::mcp_changes::tell_listener(
+                &self.app,
+                &caller,
+                context.sink(),
+                &wants,
+                &*allowed,
+            )
+            .await;
+            // Ended because the stream closed (then cancelled soon) or the credential went.
+            std::future::pending::<()>().await;
+        };
+        let ended = tokio::select! {
+            () = context.cancelled() => Ok(()),
+            () = told => Ok(()),
+            () = crate::mcp_changes::revoked(&*allowed) => Err(McpError::invalid_request(
+                "the credential of this listen was revoked or expired",
+                None,
+            )),
+        };
         drop(held);
-        Ok(())
+        ended
     }
 
     #[expect(
@@ -575,17 +681,22 @@ impl McpFront {
                 warden_core::canonical::json_digest(&serde_json::Value::Object(arguments.clone()))
             )
         };
+        // 2026-07-28 log messages go to the stream of the request serving the call now, when it
+        // asked for them.
+        let log_to = crate::mcp_rounds::LogTo::new(
+            &ctx.peer,
+            request_meta
+                .and_then(rmcp::model::RequestMetaObject::log_level)
+                .or_else(|| ctx.meta.log_level()),
+        );
         // A retry with the answer to what the upstream asked continues the call parked for it.
         if let Some((state, answers)) = resume {
+            let bound = parked_as(&arguments);
+            self.rounds
+                .redirect_log(caller.credential(), &bound, &state, log_to);
             let round = self
                 .rounds
-                .resume(
-                    caller.credential(),
-                    &parked_as(&arguments),
-                    &state,
-                    answers,
-                    &ctx.ct,
-                )
+                .resume(caller.credential(), &bound, &state, answers, &ctx.ct)
                 .await;
             return Ok(
                 round.unwrap_or_else(|e| Round::Done(Outcome::Invalid { why: e.to_string() }))
@@ -600,21 +711,8 @@ impl McpFront {
         // Over HTTP, `notifications/cancelled` comes on a request of its own: a call in a
         // session is registered where that request finds it. Outside a session (clients that
         // keep none cancel by closing the request) nothing is registered.
-        let _tracked = match (&self.sessions, issued) {
-            (Some(s), true) => {
-                let id = serde_json::to_string(&ctx.id).unwrap_or_default();
-                match s.track(&session, id, ctx.ct.clone()) {
-                    Ok(t) => Some(t),
-                    Err(_) => {
-                        return Ok(Round::Done(Outcome::Invalid {
-                            why: "its MCP session ended before it could run. Open a new \
-                                  session and call again."
-                                .into(),
-                        }))
-                    }
-                }
-            }
-            _ => None,
+        let Ok(_tracked) = self.track_in_session(&session, issued, ctx, ctx.ct.clone()) else {
+            return Ok(Round::Done(session_ended()));
         };
         // `_meta`: `warden/approval` names the approval this call redeems; `warden/wait`
         // (`false` or seconds) shortens the manifest's wait for an approval.
@@ -668,10 +766,16 @@ impl McpFront {
         let arguments_copy = arguments.clone();
         let (events, received) = tokio::sync::mpsc::channel(1);
         let stop = tokio_util::sync::CancellationToken::new();
+        // A call that goes on between rounds stays one of its session's calls: the session's
+        // end (`DELETE`, expiry, a revocation) cancels it.
+        let Ok(held) = self.track_in_session(&session, issued, ctx, stop.clone()) else {
+            return Ok(Round::Done(session_ended()));
+        };
         let client: Arc<dyn warden_runtime::ClientSide> =
             Arc::new(crate::mcp_rounds::RoundsClient {
                 events: events.clone(),
                 capabilities: ctx.client_capabilities(),
+                log: log_to,
             });
         let (app, who, tool, cancel) =
             (self.app.clone(), caller.clone(), name.clone(), stop.clone());
@@ -703,6 +807,7 @@ impl McpFront {
         };
         tokio::spawn(async move {
             let outcome = running.await;
+            drop(held);
             let _ = events.send(crate::mcp_rounds::Event::Done(outcome)).await;
         });
         let round = self.rounds.on(
@@ -795,6 +900,25 @@ impl McpFront {
             )),
         }
     }
+}
+
+/// A call whose session ended before it could run.
+fn session_ended() -> Outcome {
+    Outcome::Invalid {
+        why: "its MCP session ended before it could run. Open a new session and call again.".into(),
+    }
+}
+
+/// The bearer token of an `Authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 /// A sink that forwards progress to the agent, in order, under the agent's own token.
@@ -1129,15 +1253,7 @@ fn explain(response: Response, request_is_json: bool, body: &[u8]) -> Response {
 /// a JSON body naming the rule: 401 (credential), 403 `session.not_yours`, 404
 /// `session.unknown`, 413 (body cap).
 async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let token = bearer(req.headers());
     let caller = match g.app.authenticate(token) {
         Ok(c) => c,
         Err(r) => {
@@ -1259,7 +1375,10 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
         response = explain(response, is_json, body);
     }
     if peeked == Peeked::Initialize && response.status() == StatusCode::OK {
-        match g.sessions.open(&credential, &agent, chain) {
+        // What the client can answer, for requests from upstreams on its calls' streams (kept
+        // with the session, in the fleet's directory too).
+        let client = posted.as_deref().and_then(initialize_capabilities);
+        match g.sessions.open(&credential, &agent, chain, client) {
             Ok(id) => {
                 // The task the host declared (`_meta` `warden/task`) is the new session's
                 // trusted input; one that cannot be kept refuses the session.
@@ -1272,10 +1391,6 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                             e.to_string(),
                         );
                     }
-                }
-                // What the client can answer, for requests from upstreams on its calls' streams.
-                if let Some(caps) = posted.as_deref().and_then(initialize_capabilities) {
-                    g.sessions.set_client(&id, caps);
                 }
                 if let Ok(v) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert("mcp-session-id", v);

@@ -34,9 +34,12 @@ pub(crate) fn set_level(level: &LogLevel, request: &rmcp::model::SetLevelRequest
 pub(crate) fn capabilities() -> rmcp::model::ServerCapabilities {
     rmcp::model::ServerCapabilities::builder()
         .enable_tools()
+        .enable_tool_list_changed()
         .enable_resources()
         .enable_resources_subscribe()
+        .enable_resources_list_changed()
         .enable_prompts()
+        .enable_prompts_list_changed()
         .enable_completions()
         .enable_logging()
         .build()
@@ -77,7 +80,8 @@ fn from_service(e: rmcp::ServiceError) -> ErrorData {
 }
 
 /// Severity order of MCP log levels (RFC 5424, least severe first).
-fn severity(l: LoggingLevel) -> u8 {
+#[must_use]
+pub fn severity(l: LoggingLevel) -> u8 {
     match l {
         LoggingLevel::Debug => 0,
         LoggingLevel::Info => 1,

@@ -23,9 +23,10 @@ use std::time::Duration;
 use rmcp::model::{
     ClientCapabilities, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
     ElicitRequest, ElicitRequestParams, ElicitResult, InputRequest, InputRequiredResult,
-    InputResponses, ListRootsRequest, ListRootsResult, LoggingMessageNotificationParam,
+    InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
+    LoggingMessageNotificationParam,
 };
-use rmcp::ErrorData;
+use rmcp::{ErrorData, Peer, RoleServer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warden_runtime::{ClientRequestKind, ClientSide, Outcome};
@@ -48,6 +49,8 @@ pub(crate) enum Event {
     Ask {
         request: Box<InputRequest>,
         reply: oneshot::Sender<serde_json::Value>,
+        /// Where the call's log messages go (the retry that resumes it redirects them).
+        log: LogTo,
     },
     /// The call ended.
     Done(Outcome),
@@ -61,6 +64,7 @@ struct Parked {
     events: mpsc::Receiver<Event>,
     reply: oneshot::Sender<serde_json::Value>,
     stop: CancellationToken,
+    log: LogTo,
 }
 
 /// The parked calls of one front-end.
@@ -128,7 +132,11 @@ impl Rounds {
                 why: "the call was cancelled".into(),
             })),
             Some(Event::Done(outcome)) => Ok(Round::Done(outcome)),
-            Some(Event::Ask { request, reply }) => {
+            Some(Event::Ask {
+                request,
+                reply,
+                log,
+            }) => {
                 let Some(state) = warden_runtime::caller::random_id() else {
                     stop.cancel();
                     return Err(Resume::Full);
@@ -149,6 +157,7 @@ impl Rounds {
                             events,
                             reply,
                             stop,
+                            log,
                         },
                     );
                 }
@@ -159,6 +168,19 @@ impl Rounds {
                     Some(requests),
                     Some(state),
                 )))
+            }
+        }
+    }
+
+    /// Sends the log messages of the call parked under `state` (when `owner` parked it for
+    /// `call`) to `to`: the stream of the retry that resumes it.
+    pub(crate) fn redirect_log(&self, owner: &str, call: &str, state: &str, to: LogTo) {
+        if let Ok(all) = self.parked.lock() {
+            if let Some(p) = all
+                .get(state)
+                .filter(|p| p.owner == owner && p.call == call)
+            {
+                p.log.take_from(&to);
             }
         }
     }
@@ -214,6 +236,43 @@ impl Rounds {
 pub(crate) struct RoundsClient {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) capabilities: Option<ClientCapabilities>,
+    pub(crate) log: LogTo,
+}
+
+/// Where a 2026-07-28 call's log messages go: the stream of the request serving the call now
+/// (its first, or the retry that resumed it), when that request asked for them (`_meta`
+/// `io.modelcontextprotocol/logLevel`), at or above its level; nowhere otherwise.
+#[derive(Clone, Default)]
+pub(crate) struct LogTo(Arc<Mutex<Option<LogStream>>>);
+
+/// A request's stream, and the least severe level it asked for.
+type LogStream = (Peer<RoleServer>, LoggingLevel);
+
+impl LogTo {
+    /// To `peer`, at `level` and above; nowhere without a level.
+    pub(crate) fn new(peer: &Peer<RoleServer>, level: Option<LoggingLevel>) -> Self {
+        LogTo(Arc::new(Mutex::new(level.map(|l| (peer.clone(), l)))))
+    }
+
+    /// From now on, where `other` sends.
+    fn take_from(&self, other: &LogTo) {
+        let to = other.0.lock().ok().and_then(|o| o.clone());
+        if let Ok(mut mine) = self.0.lock() {
+            *mine = to;
+        }
+    }
+
+    fn send(&self, params: LoggingMessageNotificationParam) {
+        let Some((peer, least)) = self.0.lock().ok().and_then(|l| l.clone()) else {
+            return;
+        };
+        if crate::mcp_client::severity(params.level) < crate::mcp_client::severity(least) {
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = peer.notify_logging_message(params).await;
+        });
+    }
 }
 
 type Answer<T> = Pin<Box<dyn Future<Output = Result<T, ErrorData>> + Send + 'static>>;
@@ -223,13 +282,14 @@ impl RoundsClient {
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let events = self.events.clone();
+        let (events, log) = (self.events.clone(), self.log.clone());
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             events
                 .send(Event::Ask {
                     request: Box::new(request),
                     reply,
+                    log,
                 })
                 .await
                 .map_err(|_| ErrorData::internal_error("the agent's call is gone", None))?;
@@ -266,9 +326,8 @@ impl ClientSide for RoundsClient {
         self.ask(InputRequest::ListRoots(ListRootsRequest::default()))
     }
 
-    fn log(&self, _params: LoggingMessageNotificationParam) {
-        // A 2026-07-28 client receives log messages only on a `subscriptions/listen`
-        // stream, which Warden does not serve yet.
+    fn log(&self, params: LoggingMessageNotificationParam) {
+        self.log.send(params);
     }
 }
 
@@ -289,6 +348,7 @@ mod tests {
                 .send(Event::Ask {
                     request: Box::new(ask()),
                     reply,
+                    log: LogTo::default(),
                 })
                 .await;
             let why = answer.await.map(|v| v.to_string()).unwrap_or_default();

@@ -114,8 +114,8 @@ struct Open {
     /// Its calls in flight: (JSON of the request id, registration number, the call's token).
     /// A session with any is neither expired nor evicted.
     calls: Vec<(String, u64, CancellationToken)>,
-    /// What its client declared it can answer (`initialize`'s `capabilities`), when this
-    /// instance saw the `initialize`.
+    /// What its client declared it can answer (`initialize`'s `capabilities`, kept in the
+    /// fleet's directory too).
     client: Option<rmcp::model::ClientCapabilities>,
     /// Requests sent to its client on a call's stream, waiting for the reply the client POSTs
     /// (by the JSON of the request's id): the waiter's registration number and where the reply
@@ -202,6 +202,16 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// What a client can answer of an upstream's requests (sampling, elicitation, roots), as
+/// the directory keeps it: nothing else of what it declared.
+fn answerable(declared: &rmcp::model::ClientCapabilities) -> Option<serde_json::Value> {
+    let mut kept = rmcp::model::ClientCapabilities::default();
+    kept.sampling.clone_from(&declared.sampling);
+    kept.elicitation.clone_from(&declared.elicitation);
+    kept.roots.clone_from(&declared.roots);
+    serde_json::to_value(kept).ok()
+}
+
 impl Sessions {
     /// Sessions within `limits`; `on_end` gets each ended session's runner key; `directory`
     /// is the fleet's (`None` for an instance alone).
@@ -238,8 +248,9 @@ impl Sessions {
     }
 
     /// Opens a session for `credential` of `agent`, whose chain (credential ids and agents,
-    /// root first, as [`Sessions::end_revoked`] checks them) is `chain`; its new id. At a
-    /// bound, the least recently used idle session (the agent's own first) ends to make room.
+    /// root first, as [`Sessions::end_revoked`] checks them) is `chain` and whose client
+    /// declared `client` in its `initialize`; its new id. At a bound, the least recently used
+    /// idle session (the agent's own first) ends to make room.
     ///
     /// # Errors
     /// No room (every candidate has a call in flight), or no randomness.
@@ -248,6 +259,7 @@ impl Sessions {
         credential: &str,
         agent: &str,
         chain: (Vec<String>, Vec<String>),
+        client: Option<rmcp::model::ClientCapabilities>,
     ) -> Result<String, OpenError> {
         let id = warden_runtime::caller::random_id().ok_or(OpenError::NoRandomness)?;
         if let Some(directory) = &self.directory {
@@ -256,12 +268,13 @@ impl Sessions {
                 agent: agent.to_owned(),
                 credentials: chain.0.clone(),
                 agents: chain.1.clone(),
+                client: client.as_ref().and_then(answerable),
             };
             directory
                 .publish(&id, &entry, self.directory_ttl())
                 .map_err(|e| OpenError::Unavailable(e.to_string()))?;
         }
-        let ended = self.admit(&id, credential, agent, chain, Instant::now());
+        let ended = self.admit(&id, credential, agent, chain, client, Instant::now());
         if ended.is_err() {
             if let Some(directory) = &self.directory {
                 let _ = directory.end(&id);
@@ -279,6 +292,7 @@ impl Sessions {
         credential: &str,
         agent: &str,
         chain: (Vec<String>, Vec<String>),
+        client: Option<rmcp::model::ClientCapabilities>,
         now: Instant,
     ) -> Result<Vec<String>, OpenError> {
         let mut ended = Vec::new();
@@ -319,7 +333,7 @@ impl Sessions {
                 seen: now,
                 published: now,
                 calls: Vec::new(),
-                client: None,
+                client,
                 replies: HashMap::new(),
             },
         );
@@ -425,7 +439,10 @@ impl Sessions {
             return directory.end(id).map_err(|_| Refused::Unavailable);
         }
         let chain = (entry.credentials, entry.agents);
-        match self.admit(id, credential, &entry.agent, chain, now) {
+        // What the client declared where it opened the session (an entry that does not parse
+        // declares nothing: its client is asked nothing).
+        let client = entry.client.and_then(|c| serde_json::from_value(c).ok());
+        match self.admit(id, credential, &entry.agent, chain, client, now) {
             Ok(ended) => {
                 self.end(ended);
                 Ok(())
@@ -503,14 +520,7 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Keeps what the client of session `id` declared it can answer.
-    pub(crate) fn set_client(&self, id: &str, capabilities: rmcp::model::ClientCapabilities) {
-        if let Some(open) = self.lock().open.get_mut(id) {
-            open.client = Some(capabilities);
-        }
-    }
-
-    /// What the client of session `id` declared it can answer, if this instance knows.
+    /// What the client of session `id` declared it can answer.
     pub(crate) fn client(&self, id: &str) -> Option<rmcp::model::ClientCapabilities> {
         self.lock().open.get(id).and_then(|o| o.client.clone())
     }
@@ -671,6 +681,7 @@ mod tests {
                 credential,
                 agent,
                 (vec![credential.to_owned()], vec![agent.to_owned()]),
+                None,
             )
         }
     }
@@ -781,9 +792,12 @@ mod tests {
                 "cred-child",
                 "sub",
                 chain(&["cred-root", "cred-child"], &["root", "sub"]),
+                None,
             )
             .unwrap();
-        let other = s.open("cred-x", "x", chain(&["cred-x"], &["x"])).unwrap();
+        let other = s
+            .open("cred-x", "x", chain(&["cred-x"], &["x"]), None)
+            .unwrap();
         let call = CancellationToken::new();
         let _tracked = s.track(&child, "1".into(), call.clone()).unwrap();
         let revoked = |creds: &[String], agents: &[String]| {
@@ -840,7 +854,7 @@ mod tests {
         for _ in 0..2 {
             let chain = (vec!["c".to_owned()], vec!["a".to_owned()]);
             assert_eq!(
-                f[2].admit(&twice, "c", "a", chain, Instant::now()),
+                f[2].admit(&twice, "c", "a", chain, None, Instant::now()),
                 Ok(vec![])
             );
         }
@@ -854,6 +868,20 @@ mod tests {
         assert_eq!(f[1].check(&id, "c"), Ok(()));
         f[0].age(&id, Duration::from_secs(31 * 60));
         assert_eq!(f[0].check(&id, "c"), Ok(()));
+        // What the client declared where it opened the session holds where it continues.
+        let mut declared = rmcp::model::ClientCapabilities::default();
+        declared.sampling = Some(rmcp::model::SamplingCapability::default());
+        let id = f[0]
+            .open(
+                "c",
+                "a",
+                (vec!["c".into()], vec!["a".into()]),
+                Some(declared),
+            )
+            .unwrap();
+        assert_eq!(f[2].check(&id, "c"), Ok(()));
+        assert!(f[2].client(&id).is_some_and(|c| c.sampling.is_some()));
+        assert!(f[2].client(&id).is_some_and(|c| c.roots.is_none()));
     }
 
     #[test]

@@ -63,6 +63,14 @@ impl Runtime {
             .collect()
     }
 
+    /// The names of the entries of `kind` the caller may see.
+    pub(crate) fn visible_entries(&self, caller: &Caller, kind: ActionKind) -> Vec<String> {
+        self.entries(caller, kind)
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
     fn upstreams_of(entries: &[Seen]) -> BTreeSet<String> {
         entries
             .iter()

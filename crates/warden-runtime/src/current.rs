@@ -33,14 +33,18 @@ pub enum SwapError {
 pub struct CurrentGovernor {
     // INVARIANT (atomic manifest updates): replaced whole, never mutated in place.
     inner: RwLock<Arc<Governor>>,
+    /// The version in force, for whoever waits for a swap (clients told to list again).
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl CurrentGovernor {
     /// Starts with `g`.
     #[must_use]
     pub fn new(g: Governor) -> Self {
+        let version = tokio::sync::watch::Sender::new(g.manifest().version);
         CurrentGovernor {
             inner: RwLock::new(Arc::new(g)),
+            version,
         }
     }
 
@@ -65,7 +69,15 @@ impl CurrentGovernor {
             return Err(SwapError::NotNewer { current, new });
         }
         *cur = Arc::new(g);
+        drop(cur);
+        self.version.send_replace(new);
         Ok(new)
+    }
+
+    /// Sees each swap from now on (the version swapped in).
+    #[must_use]
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Loads the bundle at `manifest` and swaps it in. Ungoverned: the serving path reloads

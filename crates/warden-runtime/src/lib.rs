@@ -12,6 +12,7 @@
 //! then what they use:
 //!
 //! - [`catalog`]: the resources and prompts an agent may see, and reads as proposals;
+//! - [`catalog_changes`]: which lists a client should read again;
 //! - [`approvals`]: approval requests as the Governor's evidence, and their records;
 //! - [`breakers`]: consecutive failures per agent, and what a tripped breaker does;
 //! - [`promotion`]: demotion on a violation, restoration and earned promotion;
@@ -37,6 +38,7 @@ pub mod breakers;
 pub mod bundle;
 pub mod caller;
 pub mod catalog;
+pub mod catalog_changes;
 pub mod current;
 pub mod dry_run;
 pub mod execution;

@@ -21,6 +21,7 @@ fn entry(credential: &str) -> SessionEntry {
         agent: "coder-1".into(),
         credentials: vec!["root".into(), credential.into()],
         agents: vec!["alice".into(), "coder-1".into()],
+        client: Some(serde_json::json!({"sampling": {}, "roots": {"listChanged": true}})),
     }
 }
 
@@ -31,6 +32,13 @@ fn suite(d: &dyn SessionDirectory) {
     d.publish("s-2", &entry("cred-2"), minute).unwrap();
     assert_eq!(d.lookup("s-1").unwrap(), Some(entry("cred-1")));
     assert_eq!(d.lookup("s-2").unwrap(), Some(entry("cred-2")));
+    // A client that declared nothing is kept as declaring nothing.
+    let bare = SessionEntry {
+        client: None,
+        ..entry("cred-5")
+    };
+    d.publish("s-5", &bare, minute).unwrap();
+    assert_eq!(d.lookup("s-5").unwrap(), Some(bare));
     // Ended for everyone; ending it again, or one never published, is no error.
     d.end("s-1").unwrap();
     assert_eq!(d.lookup("s-1").unwrap(), None);

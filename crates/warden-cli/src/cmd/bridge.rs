@@ -8,13 +8,26 @@
 //! answers are the daemon's. Progress comes back under the client's own token; a cancelled call
 //! is cancelled at the daemon; Warden's `_meta` keys (`warden/task`, `warden/approval`,
 //! `warden/wait`) are passed on, the rest of `_meta` belongs to each hop's own protocol revision.
+//!
+//! What an upstream asks of the desktop client while serving its call (sampling, elicitation,
+//! roots) reaches it in the client's own revision: a client before 2026-07-28 is sent the
+//! request the daemon sent the bridge on the call's stream; a 2026-07-28 client's calls go to
+//! the daemon on a 2026-07-28 connection of their own, so that the daemon answers
+//! `input_required` and the client retries with its answer (`requestState` and
+//! `inputResponses` passed on unchanged, the client's own capabilities and log level sent with
+//! each call).
+
+#![expect(
+    deprecated,
+    reason = "sampling, roots and logging are deprecated by SEP-2577 and still what upstreams and clients use (issue 20)"
+)]
 
 use anyhow::Context as _;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult,
-    GetPromptRequestParams, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ReadResourceRequestParams, ReadResourceResult, ServerCapabilities, ServerConfig,
+    GetPromptRequestParams, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt as _};
@@ -30,17 +43,15 @@ struct ProgressTarget {
     peer: rmcp::Peer<RoleServer>,
 }
 
-/// The bridge's side towards the daemon: relays progress and tool-list changes.
+/// The bridge's side towards the daemon: relays progress and log messages.
 #[derive(Clone, Default)]
 struct Upward {
     sinks: Sinks,
     client: Arc<Mutex<Option<rmcp::Peer<RoleServer>>>>,
+    /// The least severe log level a client before 2026-07-28 asked for (`logging/setLevel`).
+    level: Arc<Mutex<Option<rmcp::model::LoggingLevel>>>,
 }
 
-#[expect(
-    deprecated,
-    reason = "sampling and roots are deprecated by SEP-2577 and still what upstreams send (issue 20)"
-)]
 impl rmcp::ClientHandler for Upward {
     /// The bridge offers the daemon what a desktop client may answer; whether this one can is
     /// checked when a request comes (the daemon records a refusal).
@@ -96,10 +107,22 @@ impl rmcp::ClientHandler for Upward {
         }
     }
 
-    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+    /// A log message the daemon sent while serving a call (already redacted, and on
+    /// 2026-07-28 only for a call whose client asked for them, at its level).
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        let least = self.level.lock().ok().and_then(|l| *l);
+        if least.is_some_and(|l| {
+            warden_gateway::mcp::severity(params.level) < warden_gateway::mcp::severity(l)
+        }) {
+            return;
+        }
         let peer = self.client.lock().ok().and_then(|p| p.clone());
         if let Some(peer) = peer {
-            let _ = peer.notify_tool_list_changed().await;
+            let _ = peer.notify_logging_message(params).await;
         }
     }
 }
@@ -138,6 +161,160 @@ impl Upward {
 struct Bridge {
     daemon: RunningService<RoleClient, Upward>,
     upward: Upward,
+    /// Where the daemon is, for the 2026-07-28 connection.
+    at: Daemon,
+    /// The daemon on revision 2026-07-28, for the calls of a client on that revision (made on
+    /// first use, made again after it failed or idled).
+    modern: tokio::sync::Mutex<Option<Modern>>,
+    /// The next 2026-07-28 connection's generation.
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// The 2026-07-28 connection to the daemon and the MCP session its requests belong to.
+struct Modern {
+    service: RunningService<RoleClient, Upward>,
+    session: String,
+    /// Which connection this is (a failure ends only the connection it happened on).
+    generation: u64,
+    last_used: std::time::Instant,
+}
+
+/// A 2026-07-28 connection unused this long is made again, with a new session, before its
+/// next request: the daemon ends a session idle for 30 minutes, and a request in an ended
+/// session would fail.
+const MODERN_IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// How to reach the daemon: its `/mcp` URL and the agent's credential.
+struct Daemon {
+    url: String,
+    token: String,
+}
+
+impl Daemon {
+    /// The Executor's HTTP client: verified TLS against the system's roots for https, no
+    /// redirect followed, no environment proxy.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let url = &self.url;
+        warden_executor::tls::http_client(url, None)
+            .with_context(|| format!("an HTTP client for {url}"))
+    }
+
+    /// A connection to the daemon with the `initialize` handshake (an MCP session of its own).
+    async fn connect(&self, upward: Upward) -> anyhow::Result<RunningService<RoleClient, Upward>> {
+        let url = &self.url;
+        let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+            self.http()?,
+            self.config(),
+        );
+        upward
+            .serve(transport)
+            .await
+            .with_context(|| format!("connecting to the Warden daemon at {url}"))
+    }
+
+    /// A connection to the daemon on revision 2026-07-28 whose requests belong to an MCP
+    /// session the bridge opens for them: a desktop client's calls are then in a session of
+    /// its own (its information flow, its task), as over the `initialize` connection, not in
+    /// the credential's one session shared by every 2026-07-28 client without one.
+    async fn connect_2026_07_28(
+        &self,
+        upward: Upward,
+    ) -> anyhow::Result<(RunningService<RoleClient, Upward>, String)> {
+        use rmcp::service::ClientServiceExt as _;
+        let url = &self.url;
+        let session = self.open_session(&self.http()?).await?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::HeaderName::from_static("mcp-session-id"),
+            reqwest::header::HeaderValue::from_str(&session)
+                .context("the daemon issued a session id that is not a header value")?,
+        );
+        // Sent by the HTTP client itself: rmcp keeps `Mcp-Session-Id` for its own sessions.
+        let http = warden_executor::tls::http_client_sending(url, headers)
+            .with_context(|| format!("an HTTP client for {url}"))?;
+        let transport =
+            rmcp::transport::StreamableHttpClientTransport::with_client(http, self.config());
+        let lifecycle = rmcp::service::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        };
+        let service = upward
+            .serve_with_lifecycle(transport, lifecycle)
+            .await
+            .with_context(|| format!("connecting to the Warden daemon at {url} (2026-07-28)"))?;
+        Ok((service, session))
+    }
+
+    /// Ends an MCP session the bridge opened (best effort: an idle one ends at the daemon
+    /// anyway).
+    async fn close_session(&self, session: &str) {
+        if let Ok(http) = self.http() {
+            let _ = http
+                .delete(&self.url)
+                .bearer_auth(&self.token)
+                .header("mcp-session-id", session)
+                .send()
+                .await;
+        }
+    }
+
+    /// Opens an MCP session at the daemon (an `initialize` that declares nothing: a 2026-07-28
+    /// client's capabilities come with each request) and answers its id.
+    async fn open_session(&self, http: &reqwest::Client) -> anyhow::Result<String> {
+        let initialize = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": rmcp::model::ProtocolVersion::V_2025_11_25.to_string(),
+                "capabilities": {},
+                "clientInfo": {"name": "warden-bridge", "version": env!("CARGO_PKG_VERSION")},
+            },
+        });
+        let answer = http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(initialize.to_string())
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "opening an MCP session at the Warden daemon at {}",
+                    self.url
+                )
+            })?;
+        let status = answer.status();
+        let id = answer
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match id {
+            Some(id) if status.is_success() => Ok(id),
+            _ => anyhow::bail!(
+                "the Warden daemon at {} opened no MCP session (HTTP {status}): {}",
+                self.url,
+                answer.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
+    fn config(
+        &self,
+    ) -> rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig {
+        let mut config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                self.url.clone(),
+            );
+        config.auth_header = Some(self.token.clone());
+        // Results of several MiB arrive as one SSE event.
+        config.max_sse_event_size = 64 << 20;
+        config
+    }
 }
 
 impl ServerHandler for Bridge {
@@ -145,10 +322,10 @@ impl ServerHandler for Bridge {
         let mut info = ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
-                .enable_tool_list_changed()
                 .enable_resources()
                 .enable_prompts()
                 .enable_completions()
+                .enable_logging()
                 .build(),
         );
         info.server_info = rmcp::model::Implementation::new("warden", env!("CARGO_PKG_VERSION"));
@@ -216,7 +393,7 @@ impl ServerHandler for Bridge {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
-        Ok(self.read(request, &ctx).await?.into())
+        self.read(request, &ctx).await
     }
 
     async fn get_prompt(
@@ -224,7 +401,7 @@ impl ServerHandler for Bridge {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetPromptResponse, McpError> {
-        Ok(self.get(request, &ctx).await?.into())
+        self.get(request, &ctx).await
     }
 
     async fn complete(
@@ -252,18 +429,118 @@ impl ServerHandler for Bridge {
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, McpError> {
         self.note_client(&ctx);
-        let client_token = ctx.meta.get_progress_token();
+        let modern = on_2026_07_28(&ctx);
         let mut params = CallToolRequestParams::new(request.name.to_string());
         params.arguments = request.arguments.clone();
         params.meta = warden_meta(request.meta.as_ref(), &ctx);
+        if modern {
+            params.request_state = request.request_state;
+            params.input_responses = request.input_responses;
+        }
         let call =
             rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
-        let handle = self
-            .daemon
-            .peer()
-            .send_cancellable_request(call, rmcp::service::PeerRequestOptions::no_options())
-            .await
-            .map_err(|e| McpError::internal_error(format!("the Warden daemon: {e}"), None))?;
+        match self.forward(call, &ctx, modern).await? {
+            rmcp::model::ServerResult::CallToolResult(r) => Ok(complete(r).into()),
+            rmcp::model::ServerResult::InputRequiredResult(r) if modern => {
+                Ok(rmcp::model::CallToolResponse::InputRequired(r))
+            }
+            _ => Err(unexpected("a tool result")),
+        }
+    }
+
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if let Ok(mut l) = self.upward.level.lock() {
+            *l = Some(request.level);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the desktop client speaks revision 2026-07-28 or later (it cannot be sent
+/// requests: what an upstream asks comes back to it as an input-required result).
+fn on_2026_07_28(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.protocol_version()
+        .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28)
+}
+
+fn unexpected(what: &str) -> McpError {
+    McpError::internal_error(
+        format!("the Warden daemon answered with something other than {what}"),
+        None,
+    )
+}
+
+impl Bridge {
+    /// The daemon's connection for this client, and which 2026-07-28 connection it is: one of
+    /// its own for a client on that revision (made on first use, and again after it failed or
+    /// idled), the bridge's first connection otherwise.
+    async fn daemon_for(
+        &self,
+        modern: bool,
+    ) -> Result<(rmcp::Peer<RoleClient>, Option<u64>), McpError> {
+        if !modern {
+            return Ok((self.daemon.peer().clone(), None));
+        }
+        let mut current = self.modern.lock().await;
+        let stale = current.as_ref().is_none_or(|m| {
+            m.service.peer().is_transport_closed() || m.last_used.elapsed() >= MODERN_IDLE
+        });
+        if stale {
+            if let Some(old) = current.take() {
+                self.at.close_session(&old.session).await;
+            }
+            let (service, session) = self
+                .at
+                .connect_2026_07_28(self.upward.clone())
+                .await
+                .map_err(|e| McpError::internal_error(format!("{e:#}"), None))?;
+            let generation = self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *current = Some(Modern {
+                service,
+                session,
+                generation,
+                last_used: std::time::Instant::now(),
+            });
+        }
+        let m = current
+            .as_mut()
+            .ok_or_else(|| McpError::internal_error("no connection to the Warden daemon", None))?;
+        m.last_used = std::time::Instant::now();
+        Ok((m.service.peer().clone(), Some(m.generation)))
+    }
+
+    /// Sends `request` to the daemon and waits for its answer: progress comes back under the
+    /// client's token, a cancellation by the client cancels it at the daemon. A 2026-07-28
+    /// client's request carries its own capabilities (the daemon asks it only what it
+    /// declared) and log level.
+    async fn forward(
+        &self,
+        request: rmcp::model::ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+        modern: bool,
+    ) -> Result<rmcp::model::ServerResult, McpError> {
+        let (daemon, generation) = self.daemon_for(modern).await?;
+        let mut options = rmcp::service::PeerRequestOptions::no_options();
+        if modern {
+            let mut meta = rmcp::model::RequestMetaObject::new();
+            // INVARIANT (fail-closed): the daemon learns only what the client itself declared.
+            meta.set_client_capabilities(ctx.client_capabilities().unwrap_or_default());
+            if let Some(level) = ctx.meta.log_level() {
+                meta.set_log_level(level);
+            }
+            options.meta = Some(meta);
+        }
+        let client_token = ctx.meta.get_progress_token();
+        let handle = match daemon.send_cancellable_request(request, options).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.failed(e, generation).await),
+        };
         let upstream_token = handle.progress_token.clone();
         if let (Some(token), Ok(mut sinks)) = (client_token, self.upward.sinks.lock()) {
             sinks.insert(
@@ -292,16 +569,24 @@ impl ServerHandler for Bridge {
                     .await;
                 Err(McpError::internal_error("cancelled", None))
             }
-            Some(Ok(rmcp::model::ServerResult::CallToolResult(r))) => Ok(complete(r).into()),
-            Some(Ok(_)) => Err(McpError::internal_error(
-                "the Warden daemon answered with something other than a tool result",
-                None,
-            )),
-            Some(Err(e)) => Err(McpError::internal_error(
-                format!("the Warden daemon: {e}"),
-                None,
-            )),
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(self.failed(e, generation).await),
         }
+    }
+
+    /// The daemon's error; when the 2026-07-28 connection `generation` itself failed (its
+    /// session ended, the daemon restarted), it is made again for the next request — unless
+    /// another request made it again already.
+    async fn failed(&self, e: rmcp::ServiceError, generation: Option<u64>) -> McpError {
+        if let (Some(g), false) = (generation, matches!(e, rmcp::ServiceError::McpError(_))) {
+            let mut current = self.modern.lock().await;
+            if current.as_ref().is_some_and(|m| m.generation == g) {
+                if let Some(old) = current.take() {
+                    self.at.close_session(&old.session).await;
+                }
+            }
+        }
+        daemon_error(e)
     }
 }
 
@@ -314,44 +599,66 @@ impl Bridge {
     }
 }
 
-/// Resources, prompts and completions: each the same request to the daemon, which governs
-/// it; a refusal comes back as the daemon's own error.
+/// Resources and prompts: each the same request to the daemon, which governs it; a refusal
+/// comes back as the daemon's own error.
 impl Bridge {
     async fn read(
         &self,
         request: ReadResourceRequestParams,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<ReadResourceResult, McpError> {
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        self.note_client(ctx);
+        let modern = on_2026_07_28(ctx);
         let mut params = ReadResourceRequestParams::new(request.uri);
         params.meta = warden_meta(request.meta.as_ref(), ctx);
-        let mut r = self
-            .daemon
-            .peer()
-            .read_resource(params)
-            .await
-            .map_err(daemon_error)?;
-        r.result_type
-            .get_or_insert(rmcp::model::ResultType::COMPLETE);
-        Ok(r)
+        if modern {
+            params.request_state = request.request_state;
+            params.input_responses = request.input_responses;
+        }
+        let read = rmcp::model::ClientRequest::ReadResourceRequest(
+            rmcp::model::ReadResourceRequest::new(params),
+        );
+        match self.forward(read, ctx, modern).await? {
+            rmcp::model::ServerResult::ReadResourceResult(mut r) => {
+                r.result_type
+                    .get_or_insert(rmcp::model::ResultType::COMPLETE);
+                Ok(r.into())
+            }
+            rmcp::model::ServerResult::InputRequiredResult(r) if modern => {
+                Ok(rmcp::model::ReadResourceResponse::InputRequired(r))
+            }
+            _ => Err(unexpected("a resource")),
+        }
     }
 
     async fn get(
         &self,
         request: GetPromptRequestParams,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<GetPromptResult, McpError> {
+    ) -> Result<rmcp::model::GetPromptResponse, McpError> {
+        self.note_client(ctx);
+        let modern = on_2026_07_28(ctx);
         let mut params = GetPromptRequestParams::new(request.name);
         params.arguments = request.arguments;
         params.meta = warden_meta(request.meta.as_ref(), ctx);
-        let mut r = self
-            .daemon
-            .peer()
-            .get_prompt(params)
-            .await
-            .map_err(daemon_error)?;
-        r.result_type
-            .get_or_insert(rmcp::model::ResultType::COMPLETE);
-        Ok(r)
+        if modern {
+            params.request_state = request.request_state;
+            params.input_responses = request.input_responses;
+        }
+        let get = rmcp::model::ClientRequest::GetPromptRequest(rmcp::model::GetPromptRequest::new(
+            params,
+        ));
+        match self.forward(get, ctx, modern).await? {
+            rmcp::model::ServerResult::GetPromptResult(mut r) => {
+                r.result_type
+                    .get_or_insert(rmcp::model::ResultType::COMPLETE);
+                Ok(r.into())
+            }
+            rmcp::model::ServerResult::InputRequiredResult(r) if modern => {
+                Ok(rmcp::model::GetPromptResponse::InputRequired(r))
+            }
+            _ => Err(unexpected("a prompt")),
+        }
     }
 }
 
@@ -394,27 +701,21 @@ fn complete(mut r: CallToolResult) -> CallToolResult {
 /// # Errors
 /// The daemon cannot be reached or refuses the credential, or stdio fails.
 pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
-    let mut config =
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-            url.to_owned(),
-        );
-    config.auth_header = Some(token.to_owned());
-    // Results of several MiB arrive as one SSE event.
-    config.max_sse_event_size = 64 << 20;
-    // The Executor's HTTP client: verified TLS against the system's roots for https, no
-    // redirect followed, no environment proxy.
-    let http = warden_executor::tls::http_client(url, None)
-        .with_context(|| format!("an HTTP client for {url}"))?;
-    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(http, config);
+    let at = Daemon {
+        url: url.to_owned(),
+        token: token.to_owned(),
+    };
     let upward = Upward::default();
-    let daemon = upward
-        .clone()
-        .serve(transport)
-        .await
-        .with_context(|| format!("connecting to the Warden daemon at {url}"))?;
+    let daemon = at.connect(upward.clone()).await?;
     tracing::info!(daemon = %url, "bridging MCP on stdio to the Warden daemon");
     let client = Arc::clone(&upward.client);
-    let bridge = Bridge { daemon, upward };
+    let bridge = Bridge {
+        daemon,
+        upward,
+        at,
+        modern: tokio::sync::Mutex::new(None),
+        generations: std::sync::atomic::AtomicU64::new(0),
+    };
     let service = bridge
         .serve(rmcp::transport::io::stdio_pipes())
         .await

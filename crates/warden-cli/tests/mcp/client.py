@@ -59,17 +59,30 @@ UPDATED = []
 GOT_UPDATE = None
 
 
+# Whether `notifications/resources/list_changed` came unsolicited (scenario `relist`).
+LIST_CHANGED = None
+
+
 async def on_message(message):
     import mcp_types as types
 
+    if isinstance(message, types.ResourceListChangedNotification):
+        if LIST_CHANGED is not None:
+            LIST_CHANGED.set()
     if isinstance(message, types.ResourceUpdatedNotification):
         UPDATED.append(message.params.uri)
         if GOT_UPDATE is not None:
             GOT_UPDATE.set()
 
 
+# Set when a log message arrives (scenario `ask`).
+GOT_LOG = None
+
+
 async def on_log(params):
     ASKED.append({"log": params.data})
+    if GOT_LOG is not None:
+        GOT_LOG.set()
 
 
 async def main():
@@ -83,8 +96,10 @@ async def main():
             "elicitation_callback": on_elicitation,
             "list_roots_callback": on_roots,
             "logging_callback": on_log,
+            # On 2026-07-28 a request opts in to log messages (ignored on earlier revisions).
+            "log_level": "debug",
         }
-    if scenario == "subscribe":
+    if scenario in ("subscribe", "relist"):
         extra = {"message_handler": on_message}
     if url.startswith("stdio:"):
         # `stdio:["warden", "stdio", ...]`: launch the server as a desktop client would.
@@ -206,9 +221,17 @@ async def run(client, scenario, args):
         # this client for sampling, elicitation or roots; reports what was asked.
         # The high-level `Client.call_tool` answers a 2026-07-28 server's input-required
         # results through the same callbacks and retries.
+        # `ask CALLS await-log`: then waits (3 s at most) for a log message, which may come
+        # after the call's result (an upstream's notifications are handled apart from its
+        # responses).
+        global GOT_LOG
+        GOT_LOG = anyio.Event()
         out["results"] = []
         for name, arguments in json.loads(args[0]):
             out["results"].append(result_json(await client.call_tool(name, arguments)))
+        if args[1:] == ["await-log"]:
+            with anyio.move_on_after(3):
+                await GOT_LOG.wait()
         out["asked"] = ASKED
     elif scenario == "subscribe":
         # subscribe URI: subscribes (`resources/subscribe` on an earlier revision,
@@ -246,6 +269,29 @@ async def run(client, scenario, args):
                     if UPDATED:
                         break
         out["updated"] = UPDATED
+    elif scenario == "relist":
+        # relist NAME: calls server-everything's gzip tool, which adds resource NAME to its list
+        # and says so; waits (10 s at most) for Warden to pass that on — unsolicited on an
+        # earlier revision, on a `subscriptions/listen` stream on 2026-07-28 — then lists again.
+        global LIST_CHANGED
+        LIST_CHANGED = anyio.Event()
+        gzip = ("everything.gzip-file-as-resource", {"name": args[0], "data": "data:text/plain;base64,aGVsbG8=", "outputType": "resourceLink"})
+        if str(client.protocol_version) < "2026-07-28":
+            out["result"] = result_json(await session.call_tool(*gzip))
+            with anyio.move_on_after(10):
+                await LIST_CHANGED.wait()
+            out["changed"] = LIST_CHANGED.is_set()
+        else:
+            out["changed"] = False
+            async with client.listen(resources_list_changed=True) as sub:
+                out["honored"] = bool(sub.honored and sub.honored.resources_list_changed)
+                out["result"] = result_json(await session.call_tool(*gzip))
+                with anyio.move_on_after(10):
+                    async for event in sub:
+                        out["changed"] = type(event).__name__
+                        break
+        resources = await session.list_resources()
+        out["resources"] = sorted(r.uri for r in resources.resources)
     elif scenario == "catalog":
         # What the agent may see besides tools.
         resources = await session.list_resources()

@@ -38,7 +38,14 @@ fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
         ["asker.trigger-elicitation-request", {}],
         ["asker.get-roots-list", {}],
     ]);
-    let a = sdk(e, mode, target, credential, &["ask", &calls.to_string()]);
+    // In a fresh embedded `warden stdio` the roots tool makes server-everything log.
+    let fresh = target.contains("\"--data\"");
+    let calls = calls.to_string();
+    let mut args = vec!["ask", calls.as_str()];
+    if fresh {
+        args.push("await-log");
+    }
+    let a = sdk(e, mode, target, credential, &args);
     let results = a["results"].as_array().unwrap();
     let sampled = text(&results[0]);
     assert!(
@@ -66,9 +73,11 @@ fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
         "{mode}: {a}"
     );
     // The log message server-everything sends while it serves `get-roots-list` (the first
-    // time it is asked for roots: here, in a fresh embedded `warden stdio`) reaches a legacy
-    // client (a 2026-07-28 client has no stream for log messages yet).
-    if mode == "legacy" && target.contains("\"--data\"") {
+    // time it is asked for roots: here, in a fresh embedded `warden stdio`) reaches the client:
+    // a legacy one at its `logging/setLevel`, a 2026-07-28 one because its request asked for
+    // log messages (`_meta` `io.modelcontextprotocol/logLevel`; here on the retry that
+    // answered the roots request, the request serving the call when the message came).
+    if fresh {
         assert!(
             asked.iter().any(|x| x["log"]
                 .as_str()
@@ -135,11 +144,15 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
 
     // Over /mcp: a 2026-07-28 client gets input-required rounds like over stdio; a legacy
     // client, in the session Warden issued it, gets the request on its call's stream and
-    // POSTs its reply back. A desktop client behind the `--connect` bridge (legacy) too.
+    // POSTs its reply back. A desktop client behind the `--connect` bridge too, in its own
+    // revision: a legacy one is sent the daemon's request, a 2026-07-28 one gets the daemon's
+    // input-required results through the bridge's 2026-07-28 connection.
     let s = start_existing(dir.path(), &data, &m);
     asks_reach_the_client(&e, "auto", &s.url, &coder);
     asks_reach_the_client(&e, "legacy", &s.url, &coder);
-    asks_reach_the_client(&e, "legacy", &super::bridge_target(&s.url, &coder), &coder);
+    let bridge = super::bridge_target(&s.url, &coder);
+    asks_reach_the_client(&e, "legacy", &bridge, &coder);
+    asks_reach_the_client(&e, "auto", &bridge, &coder);
     drop(s);
 
     // Recorded: forwarded and refused, with the agent and why.

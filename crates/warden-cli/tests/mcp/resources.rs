@@ -18,6 +18,47 @@ const BLOB: &str = "demo://resource/dynamic/blob/1";
 /// Under the documents' prefix, but climbing out of it.
 const CLIMB: &str = "demo://resource/static/document/../dynamic/blob/1";
 
+/// Lets the agents call server-everything's gzip tool, which adds a resource under
+/// `demo://resource/session/` to its list (and announces it), and read what it adds.
+fn admit_session_resources(m: &std::path::Path) {
+    let text = std::fs::read_to_string(m).unwrap();
+    let text = text
+        .replacen(
+            "\ntools:\n",
+            "\ntools:\n  - { name: everything.gzip-file-as-resource, tier: low, zones: [\"*\"], arguments: { type: object } }\n",
+            1,
+        )
+        .replacen(
+            "\nresources:\n",
+            "\nresources:\n  - { name: everything.session, uris: [\"demo://resource/session/*\"], tier: low, zones: [\"*\"] }\n",
+            1,
+        );
+    std::fs::write(m, text).unwrap();
+}
+
+/// The upstream announces a new resource: the client is told to list again (unsolicited on
+/// an earlier revision, on a `subscriptions/listen` stream that asked on 2026-07-28), and the
+/// list it then reads holds the new resource.
+fn told_to_list_again(e: &Env, mode: &str, target: &str, credential: &std::path::Path, name: &str) {
+    let r = sdk(e, mode, target, credential, &["relist", name]);
+    if mode == "legacy" {
+        assert_eq!(r["changed"], true, "{r}");
+    } else {
+        assert_eq!(r["honored"], true, "{r}");
+        assert!(
+            r["changed"]
+                .as_str()
+                .is_some_and(|c| c.contains("ResourcesListChanged")),
+            "{r}"
+        );
+    }
+    let uri = format!("demo://resource/session/{name}");
+    assert!(
+        r["resources"].as_array().unwrap().iter().any(|u| u == &uri),
+        "{r}"
+    );
+}
+
 /// What every way in must show: the catalog per agent, reads and gets decided.
 fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: &std::path::Path) {
     let c = sdk(e, mode, target, coder, &["catalog"]);
@@ -209,6 +250,7 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = setup(dir.path(), &e, super::free_port());
+    admit_session_resources(&m);
     let coder = data.join("agents/coder-1.credential");
     let intern = data.join("agents/intern-1.credential");
     // The embedded `warden stdio` first (it holds the data directory while it runs).
@@ -256,6 +298,9 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     );
     let sub = run("auto", &stdio_coder, &["subscribe", BLOB]);
     assert_eq!(sub["honored"], serde_json::json!([]), "{sub}");
+    // List changes (each run a fresh `warden stdio`, so a fresh upstream).
+    told_to_list_again(&e, "legacy", &stdio_coder, &coder, "a.gz");
+    told_to_list_again(&e, "auto", &stdio_coder, &coder, "b.gz");
 
     // Then `warden serve`: /mcp in both modes, and a bridge to it.
     let s = start_existing(dir.path(), &data, &m);
@@ -319,6 +364,8 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
         ],
     );
     assert_eq!(c["values"], serde_json::json!(["Sales", "Support"]), "{c}");
+    // A 2026-07-28 client over /mcp is told of list changes on its listen stream.
+    told_to_list_again(&e, "auto", &s.url, &coder, "c.gz");
     drop(s);
 
     // Every read and get was decided and recorded; the allowed ones have receipts.
