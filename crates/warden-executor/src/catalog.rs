@@ -21,11 +21,17 @@ enum Kind {
 }
 
 impl Executor {
-    /// The resources each named upstream lists now (all pages), with the upstream's name.
+    /// The resources each named upstream lists now (all pages), with the upstream's name, as
+    /// the instance that serves `caller` lists them (a sandboxed upstream's runner for the
+    /// caller's boundary: what that process alone holds is listed to that boundary only).
     /// Upstreams that are down, or do not offer resources, or do not answer within their
-    /// timeout, list nothing (and are started in the background).
-    pub async fn resources(&self, upstreams: &BTreeSet<String>) -> Vec<(String, Resource)> {
-        let reached = self.offering(upstreams, Kind::Resources).await;
+    /// timeout, list nothing.
+    pub async fn resources(
+        &self,
+        upstreams: &BTreeSet<String>,
+        caller: Boundary<'_>,
+    ) -> Vec<(String, Resource)> {
+        let reached = self.offering(upstreams, Kind::Resources, caller).await;
         let out = gather(reached, "resources/list", |c| async move {
             c.list_all_resources().await
         })
@@ -37,8 +43,9 @@ impl Executor {
     pub async fn resource_templates(
         &self,
         upstreams: &BTreeSet<String>,
+        caller: Boundary<'_>,
     ) -> Vec<(String, ResourceTemplate)> {
-        let reached = self.offering(upstreams, Kind::Resources).await;
+        let reached = self.offering(upstreams, Kind::Resources, caller).await;
         let out = gather(reached, "resources/templates/list", |c| async move {
             c.list_all_resource_templates().await
         })
@@ -47,8 +54,12 @@ impl Executor {
     }
 
     /// The prompts each named upstream lists now, as [`Executor::resources`].
-    pub async fn prompts(&self, upstreams: &BTreeSet<String>) -> Vec<(String, Prompt)> {
-        let reached = self.offering(upstreams, Kind::Prompts).await;
+    pub async fn prompts(
+        &self,
+        upstreams: &BTreeSet<String>,
+        caller: Boundary<'_>,
+    ) -> Vec<(String, Prompt)> {
+        let reached = self.offering(upstreams, Kind::Prompts, caller).await;
         let out = gather(reached, "prompts/list", |c| async move {
             c.list_all_prompts().await
         })
@@ -93,18 +104,18 @@ impl Executor {
         Ok(self.redact_listed(vec![answer]).pop().unwrap_or_default())
     }
 
-    /// The named upstreams that are up (or start within their timeout: a start or a new
-    /// listing under way is waited for) and say they offer `kind`, with their clients and
-    /// timeouts. Lists are read from each upstream's shared instance, as its tools are (a
-    /// sandboxed upstream's runners serve calls; what a runner alone holds is not listed).
+    /// The named upstreams whose instance serving `caller` is up (or starts within its
+    /// timeout: a start or a new listing under way is waited for) and says it offers `kind`,
+    /// with their clients and timeouts.
     async fn offering(
         &self,
         upstreams: &BTreeSet<String>,
         kind: Kind,
+        caller: Boundary<'_>,
     ) -> Vec<(String, Arc<crate::upstream::Client>, std::time::Duration)> {
         // All at once: one slow upstream delays the list by its own timeout, not the sum.
         let reached = upstreams.iter().filter_map(|name| {
-            let up = self.upstreams.get(name)?;
+            let up = self.instance(name, caller).ok()?;
             let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
             Some(async move {
                 let Ok(Ok((client, _))) = tokio::time::timeout(timeout, up.client()).await else {
@@ -263,6 +274,14 @@ impl Updates {
         for sink in sinks {
             sink(uri);
         }
+    }
+
+    /// The URIs that have subscribers.
+    pub(crate) fn uris(&self) -> Vec<String> {
+        self.sinks
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Adds a subscriber; answers its id and whether it is the URI's first.

@@ -797,13 +797,14 @@ impl Upstream {
             Ok(Ok((client, listed, _, running))) => {
                 let tools = self.admit(conn, listed).await;
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
-                if self
+                let reconnected = self
                     .connected_once
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    crate::counters::Counters::add(&self.counters.upstream_reconnects);
-                }
+                    .swap(true, std::sync::atomic::Ordering::Relaxed);
                 let client = Arc::new(client);
+                if reconnected {
+                    crate::counters::Counters::add(&self.counters.upstream_reconnects);
+                    self.resume_after_restart(&client);
+                }
                 if let (Some(r), Some(sb)) = (&running, &self.spec.sandbox) {
                     crate::sandboxed::watch(
                         self.spec.name.clone(),
@@ -830,6 +831,38 @@ impl Upstream {
                 Err(self.unavailable(e.to_string()))
             }
         }
+    }
+
+    /// After a restart: the new server is subscribed to every resource that still has
+    /// subscribers (the old one's subscriptions died with it), and clients are told its lists
+    /// may have changed.
+    fn resume_after_restart(&self, client: &Arc<Client>) {
+        for kind in [
+            warden_core::ActionKind::Tool,
+            warden_core::ActionKind::Resource,
+            warden_core::ActionKind::Prompt,
+        ] {
+            self.relay.announce(kind);
+        }
+        let uris = self.relay.updates.uris();
+        if uris.is_empty() {
+            return;
+        }
+        let (client, name) = (Arc::clone(client), self.spec.name.clone());
+        tokio::spawn(async move {
+            for uri in uris {
+                #[expect(
+                    deprecated,
+                    reason = "resources/subscribe is what upstreams on earlier revisions take"
+                )]
+                let asked = client
+                    .peer()
+                    .subscribe(rmcp::model::SubscribeRequestParams::new(uri.clone()));
+                if let Err(e) = asked.await {
+                    tracing::warn!(upstream = %name, %uri, error = %e, "could not subscribe the restarted upstream again");
+                }
+            }
+        });
     }
 
     /// Observes the upstream as it is now (no pins enforced), then stops it.

@@ -231,6 +231,20 @@ impl McpFront {
         }
     }
 
+    /// The caller and session of a request that may start the caller's sandbox runner (a call,
+    /// a list, a completion, a subscription): over stdio the runner is noted, to end with the
+    /// connection.
+    fn caller_in_session(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(Caller, String, bool, Option<TraceParent>), McpError> {
+        let found = self.caller(ctx)?;
+        if let Some(ended) = &self.ended {
+            ended.note(warden_core::state::session_key(found.0.agent(), &found.1));
+        }
+        Ok(found)
+    }
+
     /// The caller, session (and whether Warden issued it) and trace context (the `traceparent` header) of a request.
     fn caller(
         &self,
@@ -424,9 +438,9 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let (caller, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller_in_session(&ctx)?;
         Ok(ListResourcesResult::with_all_items(
-            self.app.visible_resources(&caller).await,
+            self.app.visible_resources(&caller, &session).await,
         ))
     }
 
@@ -435,9 +449,9 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let (caller, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller_in_session(&ctx)?;
         Ok(ListResourceTemplatesResult::with_all_items(
-            self.app.visible_resource_templates(&caller).await,
+            self.app.visible_resource_templates(&caller, &session).await,
         ))
     }
 
@@ -446,9 +460,9 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        let (caller, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller_in_session(&ctx)?;
         Ok(ListPromptsResult::with_all_items(
-            self.app.visible_prompts(&caller).await,
+            self.app.visible_prompts(&caller, &session).await,
         ))
     }
 
@@ -457,7 +471,7 @@ impl ServerHandler for McpFront {
         request: rmcp::model::SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let (caller, session, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller_in_session(&ctx)?;
         // Over HTTP a legacy client has no stream on which an update could reach it later.
         if self.fixed.is_none() {
             return Err(McpError::invalid_request(
@@ -533,7 +547,7 @@ impl ServerHandler for McpFront {
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
         let ctx = context.request_context();
-        let (caller, session, issued, _) = self.caller(ctx)?;
+        let (caller, session, issued, _) = self.caller_in_session(ctx)?;
         // In a session Warden issued, the listen is one of its calls: ending the session
         // ends it.
         let _tracked = self
@@ -626,7 +640,7 @@ impl ServerHandler for McpFront {
         request: CompleteRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        let (caller, session, ..) = self.caller(&ctx)?;
+        let (caller, session, ..) = self.caller_in_session(&ctx)?;
         self.app
             .complete(&caller, &session, request)
             .await
@@ -671,7 +685,7 @@ impl McpFront {
             meta: request_meta,
             resume,
         } = asked;
-        let (caller, session, issued, trace) = self.caller(ctx)?;
+        let (caller, session, issued, trace) = self.caller_in_session(ctx)?;
         // What a parked call is bound to: the kind, name and arguments of the call, so that a
         // retry continues exactly the call it answers for (hashed only for 2026-07-28 clients).
         let parked_as = |arguments: &serde_json::Map<String, serde_json::Value>| {
@@ -705,9 +719,6 @@ impl McpFront {
         let progress_token = request_meta
             .and_then(rmcp::model::RequestMetaObject::get_progress_token)
             .or_else(|| ctx.meta.get_progress_token());
-        if let Some(ended) = &self.ended {
-            ended.note(warden_core::state::session_key(caller.agent(), &session));
-        }
         // Over HTTP, `notifications/cancelled` comes on a request of its own: a call in a
         // session is registered where that request finds it. Outside a session (clients that
         // keep none cancel by closing the request) nothing is registered.

@@ -25,6 +25,33 @@ pub enum CompletionError {
     Upstream(#[from] warden_executor::ExecError),
 }
 
+/// Who a list, completion or subscription is for: the caller's tenant, agent and session
+/// key, so that a sandboxed upstream answers from that caller's runner.
+struct Whose {
+    tenant: String,
+    agent: String,
+    session_key: String,
+}
+
+impl Whose {
+    fn of(caller: &Caller, session: &str) -> Self {
+        let identity = caller.identity();
+        Whose {
+            tenant: identity.tenant.clone(),
+            agent: identity.agent.clone(),
+            session_key: warden_core::state::session_key(&identity.agent, session),
+        }
+    }
+
+    fn boundary(&self) -> warden_executor::Boundary<'_> {
+        warden_executor::Boundary {
+            tenant: &self.tenant,
+            agent: &self.agent,
+            session_key: &self.session_key,
+        }
+    }
+}
+
 /// A resource or prompt entry an agent may see: its name and, for resources, its URIs.
 struct Seen {
     name: String,
@@ -78,15 +105,17 @@ impl Runtime {
             .collect()
     }
 
-    /// The resources the caller may read: those the upstreams list whose URIs an entry the
-    /// caller may see admits (for the upstream that lists them). Names and URIs are the
-    /// upstream's own (links to them in tool results stay valid).
-    pub async fn visible_resources(&self, caller: &Caller) -> Vec<Resource> {
+    /// The resources the caller may read: those the upstreams list (as the instance serving
+    /// the caller in `session` lists them) whose URIs an entry the caller may see admits (for
+    /// the upstream that lists them). Names and URIs are the upstream's own (links to them in
+    /// tool results stay valid).
+    pub async fn visible_resources(&self, caller: &Caller, session: &str) -> Vec<Resource> {
         let entries = self.entries(caller, ActionKind::Resource);
+        let whose = Whose::of(caller, session);
         let listed = self
             .shared
             .executor
-            .resources(&Self::upstreams_of(&entries))
+            .resources(&Self::upstreams_of(&entries), whose.boundary())
             .await;
         listed
             .into_iter()
@@ -101,12 +130,17 @@ impl Runtime {
 
     /// The resource templates whose every URI an entry the caller may see admits (the
     /// template's text before its first `{` is under the entry's prefix).
-    pub async fn visible_resource_templates(&self, caller: &Caller) -> Vec<ResourceTemplate> {
+    pub async fn visible_resource_templates(
+        &self,
+        caller: &Caller,
+        session: &str,
+    ) -> Vec<ResourceTemplate> {
         let entries = self.entries(caller, ActionKind::Resource);
+        let whose = Whose::of(caller, session);
         let listed = self
             .shared
             .executor
-            .resource_templates(&Self::upstreams_of(&entries))
+            .resource_templates(&Self::upstreams_of(&entries), whose.boundary())
             .await;
         listed
             .into_iter()
@@ -121,13 +155,14 @@ impl Runtime {
     }
 
     /// The prompts the caller may get, each named `<upstream>.<prompt>` (its entry's name).
-    pub async fn visible_prompts(&self, caller: &Caller) -> Vec<Prompt> {
+    pub async fn visible_prompts(&self, caller: &Caller, session: &str) -> Vec<Prompt> {
         let entries = self.entries(caller, ActionKind::Prompt);
         let names: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let whose = Whose::of(caller, session);
         let listed = self
             .shared
             .executor
-            .prompts(&Self::upstreams_of(&entries))
+            .prompts(&Self::upstreams_of(&entries), whose.boundary())
             .await;
         listed
             .into_iter()
@@ -208,17 +243,11 @@ impl Runtime {
             .find(|e| e.admits_uri(uri))
             .ok_or_else(|| CompletionError::NotVisible(format!("resource `{uri}`")))?;
         let upstream = entry.upstream().unwrap_or_default().to_owned();
-        let identity = caller.identity();
-        let session_key = warden_core::state::session_key(&identity.agent, session);
-        let boundary = warden_executor::Boundary {
-            tenant: &identity.tenant,
-            agent: &identity.agent,
-            session_key: &session_key,
-        };
+        let whose = Whose::of(caller, session);
         Ok(self
             .shared
             .executor
-            .subscribe(&upstream, boundary, uri, sink)
+            .subscribe(&upstream, whose.boundary(), uri, sink)
             .await?)
     }
 
@@ -265,17 +294,11 @@ impl Runtime {
                 ))
             }
         };
-        let identity = caller.identity();
-        let session_key = warden_core::state::session_key(&identity.agent, session);
-        let boundary = warden_executor::Boundary {
-            tenant: &identity.tenant,
-            agent: &identity.agent,
-            session_key: &session_key,
-        };
+        let whose = Whose::of(caller, session);
         let mut answer = self
             .shared
             .executor
-            .complete(&upstream, boundary, params)
+            .complete(&upstream, whose.boundary(), params)
             .await?;
         // An upstream on an older revision sends no `resultType`; a client on 2026-07-28
         // requires it (rmcp strips it again for older clients).
