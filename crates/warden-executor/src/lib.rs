@@ -527,7 +527,8 @@ impl Executor {
         let mut out = Vec::new();
         for (name, u) in &self.upstreams {
             if let Some(tools) = u.tools_now() {
-                out.extend(tools.into_iter().map(|mut t| {
+                out.extend(tools.iter().map(|t| {
+                    let mut t = t.clone();
                     t.name = format!("{name}.{}", t.name).into();
                     t
                 }));

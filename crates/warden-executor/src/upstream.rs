@@ -261,8 +261,9 @@ fn not_offered() -> rmcp::ErrorData {
 #[derive(Default)]
 struct Conn {
     client: Option<Arc<Client>>,
-    /// The tools that passed their pins (what may be listed and called).
-    tools: Vec<Tool>,
+    /// The tools that passed their pins (what may be listed and called), shared: each call
+    /// checks its tool against them without copying them.
+    tools: Arc<Vec<Tool>>,
     last_attempt: Option<Instant>,
     last_error: Option<ConnectError>,
     /// Unpinned upstreams: the tool pins seen at the first connection of this run.
@@ -658,7 +659,7 @@ impl Upstream {
 
     /// The live client, starting (or restarting) the server if needed (waiting for a start
     /// already under way).
-    pub(crate) async fn client(&self) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
+    pub(crate) async fn client(&self) -> Result<(Arc<Client>, Arc<Vec<Tool>>), ExecError> {
         let mut conn = self.conn.lock().await;
         self.connect_locked(&mut conn).await
     }
@@ -717,14 +718,14 @@ impl Upstream {
     /// lists of the others. When the upstream said its tools changed, they are listed again in
     /// the background, and meanwhile the tools as last checked are given (with the descriptions
     /// their pins vouch for): no call runs before the new listing is checked.
-    pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Vec<Tool>> {
+    pub(crate) fn tools_now(self: &Arc<Self>) -> Option<Arc<Vec<Tool>>> {
         let conn = self.conn.try_lock().ok()?;
         let up = conn.client.as_ref().is_some_and(|c| !gone(c));
         let changed = self
             .relay
             .tools_changed
             .load(std::sync::atomic::Ordering::SeqCst);
-        let tools = up.then(|| conn.tools.clone());
+        let tools = up.then(|| Arc::clone(&conn.tools));
         drop(conn);
         if !up || changed {
             let me = Arc::clone(self);
@@ -738,7 +739,10 @@ impl Upstream {
         tools
     }
 
-    async fn connect_locked(&self, conn: &mut Conn) -> Result<(Arc<Client>, Vec<Tool>), ExecError> {
+    async fn connect_locked(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<(Arc<Client>, Arc<Vec<Tool>>), ExecError> {
         if let Some(c) = conn.client.take() {
             if !gone(&c) {
                 // INVARIANT (INV-023): tools the upstream says changed are listed again and
@@ -749,17 +753,17 @@ impl Upstream {
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
                 {
                     conn.client = Some(Arc::clone(&c));
-                    return Ok((c, conn.tools.clone()));
+                    return Ok((c, Arc::clone(&conn.tools)));
                 }
                 // INVARIANT (fail-closed): the client stays out of `conn` until its new listing
                 // is admitted. Should this future be dropped meanwhile (its call cancelled), the
                 // next call starts a new connection, which lists and checks the tools anew.
                 match tokio::time::timeout(CONNECT_TIMEOUT, c.list_all_tools()).await {
                     Ok(Ok(listed)) => {
-                        conn.tools = self.admit(conn, listed).await;
+                        conn.tools = Arc::new(self.admit(conn, listed).await);
                         conn.client = Some(Arc::clone(&c));
                         tracing::info!(upstream = %self.spec.name, tools = conn.tools.len(), "upstream tools listed again after it said they changed");
-                        return Ok((c, conn.tools.clone()));
+                        return Ok((c, Arc::clone(&conn.tools)));
                     }
                     // Not listed: start afresh (a new connection lists them).
                     _ => {
@@ -795,7 +799,7 @@ impl Upstream {
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(Ok((client, listed, _, running))) => {
-                let tools = self.admit(conn, listed).await;
+                let tools = Arc::new(self.admit(conn, listed).await);
                 tracing::info!(upstream = %self.spec.name, tools = tools.len(), "upstream connected");
                 let reconnected = self
                     .connected_once
@@ -816,7 +820,7 @@ impl Upstream {
                 }
                 conn.running = running;
                 conn.client = Some(Arc::clone(&client));
-                conn.tools = tools.clone();
+                conn.tools = Arc::clone(&tools);
                 conn.last_error = None;
                 Ok((client, tools))
             }

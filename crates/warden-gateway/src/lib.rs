@@ -18,6 +18,7 @@
 pub mod mcp;
 mod mcp_changes;
 mod mcp_client;
+mod mcp_pages;
 mod mcp_rounds;
 pub mod mcp_sessions;
 pub mod native_api;

@@ -338,13 +338,16 @@ impl ServerHandler for McpFront {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let (caller, ..) = self.caller(&ctx)?;
         // Seed 003: an agent sees only what it may call.
         let tools = self.app.visible_tools(&caller);
-        Ok(ListToolsResult::with_all_items(tools))
+        let (tools, next) = crate::mcp_pages::page(tools, cursor(request.as_ref()))?;
+        let mut listed = ListToolsResult::with_all_items(tools);
+        listed.next_cursor = next;
+        Ok(listed)
     }
 
     async fn call_tool(
@@ -435,35 +438,41 @@ impl ServerHandler for McpFront {
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let (caller, session, ..) = self.caller_in_session(&ctx)?;
-        Ok(ListResourcesResult::with_all_items(
-            self.app.visible_resources(&caller, &session).await,
-        ))
+        let listed = self.app.visible_resources(&caller, &session).await;
+        let (items, next) = crate::mcp_pages::page(listed, cursor(request.as_ref()))?;
+        let mut page = ListResourcesResult::with_all_items(items);
+        page.next_cursor = next;
+        Ok(page)
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let (caller, session, ..) = self.caller_in_session(&ctx)?;
-        Ok(ListResourceTemplatesResult::with_all_items(
-            self.app.visible_resource_templates(&caller, &session).await,
-        ))
+        let listed = self.app.visible_resource_templates(&caller, &session).await;
+        let (items, next) = crate::mcp_pages::page(listed, cursor(request.as_ref()))?;
+        let mut page = ListResourceTemplatesResult::with_all_items(items);
+        page.next_cursor = next;
+        Ok(page)
     }
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let (caller, session, ..) = self.caller_in_session(&ctx)?;
-        Ok(ListPromptsResult::with_all_items(
-            self.app.visible_prompts(&caller, &session).await,
-        ))
+        let listed = self.app.visible_prompts(&caller, &session).await;
+        let (items, next) = crate::mcp_pages::page(listed, cursor(request.as_ref()))?;
+        let mut page = ListPromptsResult::with_all_items(items);
+        page.next_cursor = next;
+        Ok(page)
     }
 
     async fn subscribe(
@@ -911,6 +920,11 @@ impl McpFront {
             )),
         }
     }
+}
+
+/// The cursor a list request names.
+fn cursor(request: Option<&PaginatedRequestParams>) -> Option<&str> {
+    request.and_then(|r| r.cursor.as_deref())
 }
 
 /// A call whose session ended before it could run.

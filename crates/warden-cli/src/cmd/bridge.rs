@@ -339,53 +339,46 @@ impl ServerHandler for Bridge {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         self.note_client(&ctx);
-        let tools = self
-            .daemon
-            .peer()
-            .list_all_tools()
-            .await
-            .map_err(|e| McpError::internal_error(format!("the Warden daemon: {e}"), None))?;
-        Ok(ListToolsResult::with_all_items(tools))
+        let listed = self.daemon.peer().list_tools(page_of(request)).await;
+        listed.map_err(daemon_error)
     }
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_all_resources().await;
-        Ok(ListResourcesResult::with_all_items(
-            listed.map_err(daemon_error)?,
-        ))
+        let listed = self.daemon.peer().list_resources(page_of(request)).await;
+        listed.map_err(daemon_error)
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_all_resource_templates().await;
-        Ok(ListResourceTemplatesResult::with_all_items(
-            listed.map_err(daemon_error)?,
-        ))
+        let listed = self
+            .daemon
+            .peer()
+            .list_resource_templates(page_of(request))
+            .await;
+        listed.map_err(daemon_error)
     }
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_all_prompts().await;
-        Ok(ListPromptsResult::with_all_items(
-            listed.map_err(daemon_error)?,
-        ))
+        let listed = self.daemon.peer().list_prompts(page_of(request)).await;
+        listed.map_err(daemon_error)
     }
 
     async fn read_resource(
@@ -458,6 +451,16 @@ impl ServerHandler for Bridge {
         }
         Ok(())
     }
+}
+
+/// The page a list request asks for, as the bridge asks the daemon for it: the daemon's
+/// pages and cursors pass through (the client's `_meta` belongs to its hop).
+fn page_of(request: Option<PaginatedRequestParams>) -> Option<PaginatedRequestParams> {
+    request.and_then(|r| r.cursor).map(|cursor| {
+        let mut p = PaginatedRequestParams::default();
+        p.cursor = Some(cursor);
+        p
+    })
 }
 
 /// Whether the desktop client speaks revision 2026-07-28 or later (it cannot be sent
