@@ -343,8 +343,14 @@ impl ServerHandler for Bridge {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_tools(page_of(request)).await;
-        listed.map_err(daemon_error)
+        let mut listed = self
+            .daemon
+            .peer()
+            .list_tools(page_of(request))
+            .await
+            .map_err(daemon_error)?;
+        complete_page(&mut listed.result_type);
+        Ok(listed)
     }
 
     async fn list_resources(
@@ -353,8 +359,14 @@ impl ServerHandler for Bridge {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_resources(page_of(request)).await;
-        listed.map_err(daemon_error)
+        let mut listed = self
+            .daemon
+            .peer()
+            .list_resources(page_of(request))
+            .await
+            .map_err(daemon_error)?;
+        complete_page(&mut listed.result_type);
+        Ok(listed)
     }
 
     async fn list_resource_templates(
@@ -363,12 +375,14 @@ impl ServerHandler for Bridge {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.note_client(&ctx);
-        let listed = self
+        let mut listed = self
             .daemon
             .peer()
             .list_resource_templates(page_of(request))
-            .await;
-        listed.map_err(daemon_error)
+            .await
+            .map_err(daemon_error)?;
+        complete_page(&mut listed.result_type);
+        Ok(listed)
     }
 
     async fn list_prompts(
@@ -377,8 +391,14 @@ impl ServerHandler for Bridge {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         self.note_client(&ctx);
-        let listed = self.daemon.peer().list_prompts(page_of(request)).await;
-        listed.map_err(daemon_error)
+        let mut listed = self
+            .daemon
+            .peer()
+            .list_prompts(page_of(request))
+            .await
+            .map_err(daemon_error)?;
+        complete_page(&mut listed.result_type);
+        Ok(listed)
     }
 
     async fn read_resource(
@@ -451,6 +471,13 @@ impl ServerHandler for Bridge {
         }
         Ok(())
     }
+}
+
+/// A page from the daemon (whose connection is on an earlier revision, which has no
+/// `resultType`) in the shape every client revision accepts: a 2026-07-28 client requires
+/// `resultType` (rmcp strips it again for older clients).
+fn complete_page(result_type: &mut Option<rmcp::model::ResultType>) {
+    result_type.get_or_insert(rmcp::model::ResultType::COMPLETE);
 }
 
 /// The page a list request asks for, as the bridge asks the daemon for it: the daemon's
