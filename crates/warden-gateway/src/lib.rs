@@ -12,6 +12,8 @@
 //! - `mcp_client` (private): the agent's client as an upstream's requests reach it (stdio);
 //! - `mcp_rounds` (private): calls of 2026-07-28 clients parked between input-required rounds;
 //! - [`mcp_sessions`]: the MCP sessions Warden keeps (issued ids, calls in flight, bounds);
+//! - `mcp_stream` (private): a session's standalone stream (`GET /mcp`) for clients before
+//!   2026-07-28: list changes and resource updates;
 //! - [`operator_api`]: the admin listener (brakes, approval votes, governance, trust), with its
 //!   own token.
 
@@ -21,5 +23,6 @@ mod mcp_client;
 mod mcp_pages;
 mod mcp_rounds;
 pub mod mcp_sessions;
+mod mcp_stream;
 pub mod native_api;
 pub mod operator_api;

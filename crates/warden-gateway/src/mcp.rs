@@ -480,44 +480,60 @@ impl ServerHandler for McpFront {
         request: rmcp::model::SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let (caller, session, ..) = self.caller_in_session(&ctx)?;
-        // Over HTTP a legacy client has no stream on which an update could reach it later.
-        if self.fixed.is_none() {
-            return Err(McpError::invalid_request(
-                "resources/subscribe needs a stdio connection; over HTTP use revision 2026-07-28's subscriptions/listen",
-                None,
-            ));
-        }
-        let peer = ctx.peer.clone();
-        let allowed = self.still_allowed(&ctx);
-        let sink: warden_runtime::UpdateSink = Arc::new(move |uri: &str| {
-            // INVARIANT (revocation is immediate): a revoked credential is told nothing more.
-            if !allowed() {
-                return;
-            }
-            let (peer, uri) = (peer.clone(), uri.to_owned());
-            tokio::spawn(async move {
-                let _ = peer
-                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(
-                        uri,
-                    ))
-                    .await;
-            });
-        });
-        let held = self.subscribed.lock().map_or(0, |s| s.len());
-        if held >= MAX_SUBSCRIPTIONS {
-            return Err(McpError::invalid_request(
+        let (caller, session, issued, _) = self.caller_in_session(&ctx)?;
+        let full = || {
+            McpError::invalid_request(
                 format!("this connection holds {MAX_SUBSCRIPTIONS} subscriptions already"),
                 None,
-            ));
-        }
+            )
+        };
+        let allowed = self.still_allowed(&ctx);
+        // Over stdio an update goes to the connection; over HTTP to the session's standalone
+        // stream (`GET /mcp`), and the subscription lives as long as the session.
+        let sink: warden_runtime::UpdateSink = match &self.sessions {
+            None => {
+                let held = self.subscribed.lock().map_or(0, |s| s.len());
+                if held >= MAX_SUBSCRIPTIONS {
+                    return Err(full());
+                }
+                updates_to_peer(ctx.peer.clone(), allowed)
+            }
+            Some(sessions) => {
+                if !issued {
+                    return Err(McpError::invalid_request(
+                        "resources/subscribe over HTTP needs an MCP session (initialize first): \
+                         updates come on the session's stream (GET /mcp)",
+                        None,
+                    ));
+                }
+                let room = sessions.has_room(&session, &request.uri, MAX_SUBSCRIPTIONS);
+                match room {
+                    Ok(true) => {}
+                    Ok(false) => return Err(full()),
+                    Err(_) => {
+                        return Err(McpError::invalid_request(
+                            "this MCP session has ended",
+                            None,
+                        ))
+                    }
+                }
+                updates_to_session(sessions, session.clone(), allowed)
+            }
+        };
         let subscription = self
             .app
             .subscribe(&caller, &session, &request.uri, sink)
             .await
             .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
-        if let Ok(mut s) = self.subscribed.lock() {
-            s.insert(request.uri, subscription);
+        match &self.sessions {
+            None => {
+                if let Ok(mut s) = self.subscribed.lock() {
+                    s.insert(request.uri, subscription);
+                }
+            }
+            Some(sessions) => sessions
+                .hold(&session, request.uri, subscription)
+                .map_err(|_| McpError::invalid_request("this MCP session has ended", None))?,
         }
         Ok(())
     }
@@ -527,7 +543,11 @@ impl ServerHandler for McpFront {
         request: rmcp::model::UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.caller(&ctx)?;
+        let (_, session, ..) = self.caller(&ctx)?;
+        if let Some(sessions) = &self.sessions {
+            sessions.release(&session, &request.uri);
+            return Ok(());
+        }
         let gone = self
             .subscribed
             .lock()
@@ -665,6 +685,44 @@ struct Asked<'r> {
     meta: Option<&'r rmcp::model::RequestMetaObject>,
     /// A retry's `requestState` and `inputResponses` (revision 2026-07-28).
     resume: Option<(String, rmcp::model::InputResponses)>,
+}
+
+/// Where a stdio client's updates go: notifications on its connection, while its credential
+/// is good.
+fn updates_to_peer(
+    peer: rmcp::Peer<RoleServer>,
+    allowed: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> warden_runtime::UpdateSink {
+    Arc::new(move |uri: &str| {
+        // INVARIANT (revocation is immediate): a revoked credential is told nothing more.
+        if !allowed() {
+            return;
+        }
+        let (peer, uri) = (peer.clone(), uri.to_owned());
+        tokio::spawn(async move {
+            let _ = peer
+                .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri))
+                .await;
+        });
+    })
+}
+
+/// Where an HTTP session's updates go: its standalone stream, while its credential is good.
+fn updates_to_session(
+    sessions: &Arc<Sessions>,
+    session: String,
+    allowed: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> warden_runtime::UpdateSink {
+    let sessions = Arc::downgrade(sessions);
+    Arc::new(move |uri: &str| {
+        // INVARIANT (revocation is immediate): a revoked credential is told nothing more.
+        if !allowed() {
+            return;
+        }
+        if let Some(s) = sessions.upgrade() {
+            s.notify(&session, crate::mcp_stream::resource_updated(uri));
+        }
+    })
 }
 
 /// Resources one connection (or one listen) may subscribe to at most.
@@ -997,7 +1055,7 @@ struct Gate {
     max_body: usize,
 }
 
-fn refuse(status: StatusCode, rule: &str, why: String) -> Response {
+pub(crate) fn refuse(status: StatusCode, rule: &str, why: String) -> Response {
     let mut r = (
         status,
         axum::Json(serde_json::json!({ "error": why, "rule": rule })),
@@ -1332,6 +1390,25 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                 return StatusCode::NO_CONTENT.into_response()
             }
             Ok(()) => {}
+        }
+    }
+    // A client before 2026-07-28 listens on its session's standalone stream.
+    if let (Some(id), Some(token), true) = (&asked, token, req.method() == axum::http::Method::GET)
+    {
+        if crate::mcp_stream::wanted(req.headers()) {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let opener = crate::mcp_stream::Opener {
+                app: g.app.clone(),
+                sessions: Arc::clone(&g.sessions),
+                caller,
+                credential,
+                token: token.to_owned(),
+                session: id.clone(),
+            };
+            return crate::mcp_stream::respond(opener, accept);
         }
     }
     // A request outside any session (a client that keeps none) is in its credential's.

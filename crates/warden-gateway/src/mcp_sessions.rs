@@ -91,6 +91,9 @@ pub enum OpenError {
 /// Requests waiting for their client's reply, per session, at most.
 const MAX_REPLIES: usize = 16;
 
+/// Messages queued for a session's standalone stream, at most.
+pub(crate) const STREAM_QUEUE: usize = 64;
+
 /// A reserved wait for a client's reply ([`Sessions::expect_reply`]).
 #[derive(Debug)]
 pub(crate) struct Waiting {
@@ -121,6 +124,12 @@ struct Open {
     /// (by the JSON of the request's id): the waiter's registration number and where the reply
     /// goes.
     replies: HashMap<String, (u64, tokio::sync::oneshot::Sender<serde_json::Value>)>,
+    /// Its standalone stream (an HTTP `GET`, see `mcp_stream`), if one is open: its number
+    /// (a later `GET` replaces it) and where its messages go. Dropping the sender ends it.
+    stream: Option<(u64, tokio::sync::mpsc::Sender<serde_json::Value>)>,
+    /// What its client subscribed to (`resources/subscribe`), by URI: dropping one
+    /// unsubscribes, so the session's end ends them all.
+    subscriptions: HashMap<String, warden_runtime::Subscription>,
 }
 
 /// (last seen, id): least recently used first.
@@ -335,6 +344,8 @@ impl Sessions {
                 calls: Vec::new(),
                 client,
                 replies: HashMap::new(),
+                stream: None,
+                subscriptions: HashMap::new(),
             },
         );
         Ok(ended)
@@ -564,6 +575,81 @@ impl Sessions {
         }
     }
 
+    /// Opens session `id`'s standalone stream, ending an earlier one (a client reconnecting
+    /// after its connection broke is not refused for the stream the server has not yet seen
+    /// end): its number and where its messages come. `None` when the session is not open
+    /// here.
+    pub(crate) fn open_stream(
+        &self,
+        id: &str,
+    ) -> Option<(u64, tokio::sync::mpsc::Receiver<serde_json::Value>)> {
+        let mut inner = self.lock();
+        inner.next_call = inner.next_call.wrapping_add(1);
+        let number = inner.next_call;
+        let open = inner.open.get_mut(id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        open.stream = Some((number, tx));
+        Some((number, rx))
+    }
+
+    /// Forgets session `id`'s stream `number` (it closed); a later one is left alone.
+    pub(crate) fn close_stream(&self, id: &str, number: u64) {
+        if let Some(open) = self.lock().open.get_mut(id) {
+            if open.stream.as_ref().is_some_and(|(n, _)| *n == number) {
+                open.stream = None;
+            }
+        }
+    }
+
+    /// Queues `message` on session `id`'s standalone stream; whether it was. Without a stream
+    /// open (the client opened none, or is between two), or with one [`STREAM_QUEUE`] messages
+    /// behind, the message is dropped: what it says (an update, a list change) is for a client
+    /// listening now.
+    pub(crate) fn notify(&self, id: &str, message: serde_json::Value) -> bool {
+        let inner = self.lock();
+        let Some((_, tx)) = inner.open.get(id).and_then(|o| o.stream.as_ref()) else {
+            return false;
+        };
+        tx.try_send(message).is_ok()
+    }
+
+    /// Whether session `id` may hold one more subscription (`Ok(false)` at `max`).
+    ///
+    /// # Errors
+    /// The session is not open here.
+    pub(crate) fn has_room(&self, id: &str, uri: &str, max: usize) -> Result<bool, Refused> {
+        let inner = self.lock();
+        let open = inner.open.get(id).ok_or(Refused::Unknown)?;
+        Ok(open.subscriptions.len() < max || open.subscriptions.contains_key(uri))
+    }
+
+    /// Keeps `subscription` to `uri` with session `id` (replacing one to the same URI), so
+    /// that it lasts until unsubscribed or the session ends.
+    ///
+    /// # Errors
+    /// The session ended meanwhile (the subscription is dropped: nothing would end it).
+    pub(crate) fn hold(
+        &self,
+        id: &str,
+        uri: String,
+        subscription: warden_runtime::Subscription,
+    ) -> Result<(), Refused> {
+        let mut inner = self.lock();
+        let open = inner.open.get_mut(id).ok_or(Refused::Unknown)?;
+        open.subscriptions.insert(uri, subscription);
+        Ok(())
+    }
+
+    /// Ends session `id`'s subscription to `uri`; whether it had one.
+    pub(crate) fn release(&self, id: &str, uri: &str) -> bool {
+        let gone = self
+            .lock()
+            .open
+            .get_mut(id)
+            .and_then(|o| o.subscriptions.remove(uri));
+        gone.is_some()
+    }
+
     /// Registers a call in flight in session `session` as `request` (the JSON of its JSON-RPC
     /// id), so that a `notifications/cancelled` naming it cancels `token`; the registration
     /// (and the session's hold against expiry and eviction) lasts as long as the guard.
@@ -702,6 +788,46 @@ mod tests {
             idle: Duration::from_secs(secs),
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn a_sessions_stream_gets_its_messages_until_a_later_one_replaces_it_or_the_session_ends() {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let (s, _) = sessions(Limits::default());
+        let id = s.open_alone("cred-a", "agent-a").unwrap();
+        assert!(!s.notify(&id, 1.into()), "no stream open: nothing queued");
+        let (first_number, mut first) = s.open_stream(&id).unwrap();
+        assert!(s.notify(&id, 1.into()));
+        assert_eq!(first.try_recv().unwrap(), 1);
+        let (_, mut second) = s.open_stream(&id).unwrap();
+        assert_eq!(
+            first.try_recv(),
+            Err(TryRecvError::Disconnected),
+            "replaced"
+        );
+        s.close_stream(&id, first_number);
+        assert!(
+            s.notify(&id, 2.into()),
+            "the earlier stream's close leaves the later one"
+        );
+        assert_eq!(second.try_recv().unwrap(), 2);
+        for _ in 0..STREAM_QUEUE {
+            assert!(s.notify(&id, 3.into()));
+        }
+        assert!(
+            !s.notify(&id, 4.into()),
+            "a stream that fell behind misses what comes"
+        );
+        s.close(&id, "cred-a").unwrap();
+        while second.try_recv().is_ok() {}
+        assert_eq!(
+            second.try_recv(),
+            Err(TryRecvError::Disconnected),
+            "ended with its session"
+        );
+        assert!(s.open_stream(&id).is_none());
+        assert!(!s.notify(&id, 5.into()));
+        assert_eq!(s.has_room(&id, "a://1", 1), Err(Refused::Unknown));
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! `input_required` and the client retries with its answer (`requestState` and
 //! `inputResponses` passed on unchanged, the client's own capabilities and log level sent with
 //! each call).
+//!
+//! List changes and resource updates come from the daemon on the standalone stream of the
+//! bridge's first session and reach the desktop client in its revision (see
+//! `bridge_notices`): unsolicited before 2026-07-28, on a `subscriptions/listen` stream that
+//! asked for them on 2026-07-28.
 
 #![expect(
     deprecated,
@@ -34,6 +39,8 @@ use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, Service
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::bridge_notices::{List, Listeners, Notice};
+
 /// Where a daemon's progress notifications go: the client's token and its peer, by the token
 /// the bridge gave the daemon.
 type Sinks = Arc<Mutex<HashMap<rmcp::model::ProgressToken, ProgressTarget>>>;
@@ -50,6 +57,8 @@ struct Upward {
     client: Arc<Mutex<Option<rmcp::Peer<RoleServer>>>>,
     /// The least severe log level a client before 2026-07-28 asked for (`logging/setLevel`).
     level: Arc<Mutex<Option<rmcp::model::LoggingLevel>>>,
+    /// Who hears what the daemon tells outside any request.
+    listeners: Arc<Listeners>,
 }
 
 impl rmcp::ClientHandler for Upward {
@@ -105,6 +114,32 @@ impl rmcp::ClientHandler for Upward {
             p.progress_token = token;
             let _ = peer.notify_progress(p).await;
         }
+    }
+
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.listeners.tell(Notice::Changed(List::Tools)).await;
+    }
+
+    async fn on_resource_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.listeners.tell(Notice::Changed(List::Resources)).await;
+    }
+
+    async fn on_prompt_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.listeners.tell(Notice::Changed(List::Prompts)).await;
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.listeners.tell(Notice::Updated(params.uri)).await;
     }
 
     /// A log message the daemon sent while serving a call (already redacted, and on
@@ -322,8 +357,12 @@ impl ServerHandler for Bridge {
         let mut info = ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
+                .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_completions()
                 .enable_logging()
                 .build(),
@@ -471,7 +510,76 @@ impl ServerHandler for Bridge {
         }
         Ok(())
     }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        // A client before 2026-07-28 is told list changes and updates unsolicited.
+        self.upward.listeners.tell_unsolicited(context.peer);
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.hold(&request.uri).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.let_go(&request.uri).await;
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        // Everything asked: the daemon decides each resource when the listen subscribes to it
+        // (a refusal ends the listen with the daemon's reason).
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let accepted = context.accepted();
+        let uris: std::collections::BTreeSet<String> = accepted
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if uris.len() > MAX_LISTEN_RESOURCES {
+            return Err(McpError::invalid_params(
+                format!("a listen may name at most {MAX_LISTEN_RESOURCES} resources"),
+                None,
+            ));
+        }
+        let mut held: Vec<String> = Vec::new();
+        for uri in &uris {
+            if let Err(e) = self.hold(uri).await {
+                for u in &held {
+                    self.let_go(u).await;
+                }
+                return Err(e);
+            }
+            held.push(uri.clone());
+        }
+        let lists = super::bridge_notices::lists(accepted);
+        let listeners = &self.upward.listeners;
+        let id = listeners.add(lists, uris, context.sink().clone());
+        context.cancelled().await;
+        listeners.remove(id);
+        for u in &held {
+            self.let_go(u).await;
+        }
+        Ok(())
+    }
 }
+
+/// Resources one listen may name at most (as at the daemon).
+const MAX_LISTEN_RESOURCES: usize = 256;
 
 /// A page from the daemon (whose connection is on an earlier revision, which has no
 /// `resultType`) in the shape every client revision accepts: a 2026-07-28 client requires
@@ -617,6 +725,31 @@ impl Bridge {
             }
         }
         daemon_error(e)
+    }
+}
+
+/// The desktop client's subscriptions, held at the daemon (on the bridge's first connection,
+/// whose session's stream carries the updates) once per URI.
+impl Bridge {
+    async fn hold(&self, uri: &str) -> Result<(), McpError> {
+        if !self.upward.listeners.hold(uri) {
+            return Ok(());
+        }
+        let params = rmcp::model::SubscribeRequestParams::new(uri.to_owned());
+        match self.daemon.peer().subscribe(params).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.upward.listeners.release(uri);
+                Err(daemon_error(e))
+            }
+        }
+    }
+
+    async fn let_go(&self, uri: &str) {
+        if self.upward.listeners.release(uri) {
+            let params = rmcp::model::UnsubscribeRequestParams::new(uri.to_owned());
+            let _ = self.daemon.peer().unsubscribe(params).await;
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod agents;
 mod approvals;
 mod brakes;
 mod bridge;
+mod bridge_notices;
 mod check;
 mod incident;
 mod init;

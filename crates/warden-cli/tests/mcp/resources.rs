@@ -307,20 +307,24 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     for mode in ["auto", "legacy"] {
         governed(&e, mode, &s.url, &coder, &intern);
     }
-    // Over /mcp a 2026-07-28 client listens on its request's stream; a legacy client has no
-    // stream an update could come on later, and is told so.
-    let sub = sdk(&e, "auto", &s.url, &coder, &["subscribe", DOC]);
-    assert_eq!(sub["updated"][0], DOC, "{sub}");
-    let sub = sdk(&e, "legacy", &s.url, &coder, &["subscribe", DOC]);
+    // Over /mcp a 2026-07-28 client listens on its request's stream; a legacy client is told
+    // on its session's standalone stream (GET /mcp). Through a bridge, each in its revision.
+    let bridge = |cred: &std::path::Path| bridge_target(&s.url, cred);
+    let (bridge_coder, bridge_intern) = (bridge(&coder), bridge(&intern));
+    for target in [&s.url, &bridge_coder] {
+        for mode in ["auto", "legacy"] {
+            let sub = sdk(&e, mode, target, &coder, &["subscribe", DOC]);
+            assert_eq!(sub["updated"][0], DOC, "{mode} {target}: {sub}");
+        }
+    }
+    let sub = sdk(&e, "legacy", &s.url, &coder, &["subscribe", BLOB]);
     assert!(
         sub["error"]
             .as_str()
             .unwrap()
-            .contains("needs a stdio connection"),
+            .contains("not one this agent may use"),
         "{sub}"
     );
-    let bridge = |cred: &std::path::Path| bridge_target(&s.url, cred);
-    let (bridge_coder, bridge_intern) = (bridge(&coder), bridge(&intern));
     let c = sdk(&e, "auto", &bridge_coder, &coder, &["catalog"]);
     assert_eq!(
         c["templates"],
@@ -364,8 +368,11 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
         ],
     );
     assert_eq!(c["values"], serde_json::json!(["Sales", "Support"]), "{c}");
-    // A 2026-07-28 client over /mcp is told of list changes on its listen stream.
+    // List changes over /mcp and through a bridge, in both modes.
     told_to_list_again(&e, "auto", &s.url, &coder, "c.gz");
+    told_to_list_again(&e, "legacy", &s.url, &coder, "d.gz");
+    told_to_list_again(&e, "auto", &bridge_coder, &coder, "e.gz");
+    told_to_list_again(&e, "legacy", &bridge_coder, &coder, "f.gz");
     drop(s);
 
     // Every read and get was decided and recorded; the allowed ones have receipts.
