@@ -67,4 +67,19 @@ pub trait SessionDirectory: Send + Sync {
     /// # Errors
     /// [`StateError::Unavailable`] when the directory cannot be reached.
     fn end(&self, id: &str) -> Result<(), StateError>;
+
+    /// Publishes where instance `id` of the fleet takes what the others forward to it (the URL
+    /// of its `/mcp`); forgotten after `ttl` unless published again.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn publish_instance(&self, id: &str, url: &str, ttl: Duration) -> Result<(), StateError>;
+
+    /// Where instance `id` takes forwarded requests, if it published that and is not
+    /// forgotten. Only a URL an instance published can come back: never one a client wrote.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached or holds something
+    /// that is not a URL.
+    fn instance(&self, id: &str) -> Result<Option<String>, StateError>;
 }

@@ -11,6 +11,8 @@
 //!   `tools/call` into proposals;
 //! - `mcp_client` (private): the agent's client as an upstream's requests reach it (stdio);
 //! - `mcp_rounds` (private): calls of 2026-07-28 clients parked between input-required rounds;
+//! - `mcp_forward` (private): a retry that reaches another instance of a fleet than the one its
+//!   call is parked on, passed to that one;
 //! - [`mcp_sessions`]: the MCP sessions Warden keeps (issued ids, calls in flight, bounds);
 //! - `mcp_stream` (private): a session's standalone stream (`GET /mcp`) for clients before
 //!   2026-07-28: list changes and resource updates;
@@ -20,6 +22,7 @@
 pub mod mcp;
 mod mcp_changes;
 mod mcp_client;
+mod mcp_forward;
 mod mcp_pages;
 mod mcp_rounds;
 pub mod mcp_sessions;

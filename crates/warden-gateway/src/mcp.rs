@@ -1053,6 +1053,8 @@ struct Gate {
     app: Runtime,
     sessions: Arc<Sessions>,
     max_body: usize,
+    /// This instance in its fleet (`None` alone).
+    here: Option<Arc<crate::mcp_forward::Here>>,
 }
 
 pub(crate) fn refuse(status: StatusCode, rule: &str, why: String) -> Response {
@@ -1139,6 +1141,11 @@ enum Peeked {
     /// A JSON-RPC reply (a result or an error, no method), with the JSON of its id: the client
     /// answering a request Warden sent it on a call's stream.
     Reply(String),
+    /// A call, read or get that resumes a parked call (`params.requestState`), with its id.
+    Resume {
+        id: serde_json::Value,
+        state: String,
+    },
     Other,
 }
 
@@ -1231,6 +1238,8 @@ fn peek(body: &[u8]) -> Peeked {
     struct Params {
         name: Option<Kind>,
         arguments: Option<Kind>,
+        #[serde(rename = "requestState")]
+        request_state: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Cancelled {
@@ -1245,6 +1254,13 @@ fn peek(body: &[u8]) -> Peeked {
     let Ok(m) = serde_json::from_slice::<Message>(body) else {
         return Peeked::Other;
     };
+    let resume = |id: Option<serde_json::Value>, params: Option<Params>| match (
+        id,
+        params.and_then(|p| p.request_state),
+    ) {
+        (Some(id), Some(state)) => Peeked::Resume { id, state },
+        _ => Peeked::Other,
+    };
     match m.method.as_deref() {
         Some("initialize") => Peeked::Initialize,
         Some("notifications/cancelled") => serde_json::from_slice::<Cancelled>(body)
@@ -1253,19 +1269,23 @@ fn peek(body: &[u8]) -> Peeked {
                 Peeked::Cancelled(c.params.request_id.to_string())
             }),
         Some("tools/call") => {
-            let (name, arguments) = m.params.map_or((None, None), |p| (p.name, p.arguments));
+            let (name, arguments) = m
+                .params
+                .as_ref()
+                .map_or((None, None), |p| (p.name, p.arguments));
             let why = if name != Some(Kind::String) {
                 "`params.name` must be the tool's name, a string"
             } else if !matches!(arguments, None | Some(Kind::Object | Kind::Null)) {
                 "`params.arguments` must be an object"
             } else {
-                return Peeked::Other;
+                return resume(m.id, m.params);
             };
             match m.id {
                 Some(id) => Peeked::BadParams { id, why },
                 None => Peeked::Other,
             }
         }
+        Some("resources/read" | "prompts/get") => resume(m.id, m.params),
         None if m.result.is_some() || m.error.is_some() => match m.id {
             Some(id) => Peeked::Reply(id.to_string()),
             None => Peeked::Other,
@@ -1290,7 +1310,12 @@ fn initialize_capabilities(body: &[u8]) -> Option<rmcp::model::ClientCapabilitie
 }
 
 /// A JSON-RPC error answer.
-fn rpc_error(status: StatusCode, id: &serde_json::Value, code: i32, message: String) -> Response {
+pub(crate) fn rpc_error(
+    status: StatusCode,
+    id: &serde_json::Value,
+    code: i32,
+    message: String,
+) -> Response {
     (
         status,
         axum::Json(serde_json::json!({
@@ -1445,6 +1470,18 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
                 return StatusCode::ACCEPTED.into_response();
             }
         }
+        // A retry of a call parked on another instance of the fleet goes there.
+        Peeked::Resume { id, state } => {
+            let elsewhere = g.here.as_ref().and_then(|h| {
+                h.elsewhere(state, req.headers())
+                    .map(|instance| (Arc::clone(h), instance.to_owned()))
+            });
+            if let (Some((here, instance)), Some(body)) = (elsewhere, &posted) {
+                return here
+                    .forward(&instance, req.headers(), body.clone(), id)
+                    .await;
+            }
+        }
         Peeked::Initialize | Peeked::Reply(_) | Peeked::Other => {}
     }
     let is_json = req
@@ -1528,7 +1565,16 @@ enum Framing {
 /// on an SSE stream, which carries progress and a keep-alive every 15 s while a call runs or
 /// waits (so neither the client's read timeout nor a proxy's idle timeout cuts a long wait).
 /// Idle sessions are swept every minute.
-pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>) -> axum::Router {
+///
+/// In a fleet (a Runtime with a session directory), `advertise` is the URL of this instance's
+/// `/mcp` the others reach: a retry of a call parked here that reaches another instance is
+/// passed here (see `mcp_forward`). Without it, such a retry is refused with why.
+pub fn router(
+    app: Runtime,
+    max_body: usize,
+    allowed_hosts: Option<Vec<String>>,
+    advertise: Option<String>,
+) -> axum::Router {
     use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
@@ -1563,7 +1609,11 @@ pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>)
             }
         });
     }
-    let front = McpFront::http(app.clone(), Arc::clone(&sessions));
+    let here = crate::mcp_forward::Here::new(&app, advertise);
+    let mut front = McpFront::http(app.clone(), Arc::clone(&sessions));
+    if let Some(h) = &here {
+        front.rounds = Arc::new(Rounds::of_instance(h.instance.clone()));
+    }
     let sse = StreamableHttpService::new(
         move || Ok(front.clone()),
         Arc::new(NeverSessionManager::default()),
@@ -1591,6 +1641,7 @@ pub fn router(app: Runtime, max_body: usize, allowed_hosts: Option<Vec<String>>)
                 app,
                 sessions,
                 max_body,
+                here,
             },
             gate,
         ))

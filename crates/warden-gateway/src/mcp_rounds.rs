@@ -71,6 +71,18 @@ struct Parked {
 #[derive(Default)]
 pub(crate) struct Rounds {
     parked: Mutex<HashMap<String, Parked>>,
+    /// This instance's id in a fleet, named in every `requestState` it issues (so that
+    /// another instance the retry reaches knows where to pass it).
+    instance: Option<String>,
+}
+
+/// The instance a `requestState` names, if it names one (`wrs_<instance>_<random>`; an
+/// instance alone issues `wrs_<random>`).
+pub(crate) fn instance_of(state: &str) -> Option<&str> {
+    state
+        .strip_prefix("wrs_")?
+        .split_once('_')
+        .map(|(instance, _)| instance)
 }
 
 /// What a round ends with: the call's outcome, or a request for the client.
@@ -99,6 +111,14 @@ pub(crate) enum Resume {
 }
 
 impl Rounds {
+    /// The parked calls of instance `instance` of a fleet.
+    pub(crate) fn of_instance(instance: String) -> Self {
+        Rounds {
+            instance: Some(instance),
+            ..Rounds::default()
+        }
+    }
+
     /// Waits for the call's next event, within `limit`; parks it when the upstream asks.
     pub(crate) async fn next(
         self: &Arc<Self>,
@@ -141,7 +161,10 @@ impl Rounds {
                     stop.cancel();
                     return Err(Resume::Full);
                 };
-                let state = format!("wrs_{state}");
+                let state = match &self.instance {
+                    Some(instance) => format!("wrs_{instance}_{state}"),
+                    None => format!("wrs_{state}"),
+                };
                 {
                     let mut parked = self.parked.lock().map_err(|_| Resume::Full)?;
                     let mine = parked.values().filter(|p| p.owner == owner).count();
@@ -402,6 +425,20 @@ mod tests {
             .resume("cred-a", "t.x", &state, answer(1.into()), &never)
             .await;
         assert!(matches!(e, Err(Resume::Unknown)));
+    }
+
+    #[tokio::test]
+    async fn a_fleet_instance_names_itself_in_the_states_it_issues() {
+        let never = CancellationToken::new();
+        let alone = Arc::new(Rounds::default());
+        let (rx, stop) = call_asking_once();
+        let state = state_of(alone.next("cred-a", "t.x", rx, stop, &never).await.unwrap());
+        assert_eq!(instance_of(&state), None);
+        let fleet = Arc::new(Rounds::of_instance("i7".into()));
+        let (rx, stop) = call_asking_once();
+        let state = state_of(fleet.next("cred-a", "t.x", rx, stop, &never).await.unwrap());
+        assert_eq!(instance_of(&state), Some("i7"));
+        assert_eq!(instance_of("anything"), None);
     }
 
     #[tokio::test]

@@ -800,6 +800,19 @@ impl Runtime {
         self.shared.sessions.clone()
     }
 
+    /// An HTTP client for another instance of this fleet at `url`, to pass it a request that
+    /// only it can serve (the Executor's client: verified TLS against the system's roots for
+    /// https, no redirect followed, no environment proxy).
+    ///
+    /// # Errors
+    /// The URL's scheme is not http or https, or the system's roots cannot be read.
+    pub fn fleet_client(
+        &self,
+        url: &str,
+    ) -> Result<reqwest::Client, warden_executor::tls::TlsError> {
+        warden_executor::tls::http_client(url, None)
+    }
+
     /// Ends a session's per-session sandbox runners (`key` from
     /// [`warden_core::state::session_key`]).
     pub fn end_session(&self, key: &str) {

@@ -1,6 +1,7 @@
 //! [`RedisSessions`]: the MCP session directory of a fleet (issue 22): one key per session,
 //! `<prefix>mcp-session:<id>`, its value the [`SessionEntry`] as JSON, expiring after the
-//! session's idle time unless touched.
+//! session's idle time unless touched; one key per instance that takes forwarded requests,
+//! `<prefix>mcp-instance:<id>`, its value the instance's URL, expiring unless published again.
 
 use std::time::Duration;
 
@@ -95,6 +96,31 @@ impl SessionDirectory for RedisSessions {
                     .query::<i64>(c)
             })
             .map(|kept| kept == 1)
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn publish_instance(&self, id: &str, url: &str, ttl: Duration) -> Result<(), StateError> {
+        let key = format!("{}mcp-instance:{id}", self.prefix);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(url)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query::<()>(c)
+            })
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn instance(&self, id: &str) -> Result<Option<String>, StateError> {
+        // INVARIANT (bad input): an instance id a client made up is never a key of its choosing.
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let key = format!("{}mcp-instance:{id}", self.prefix);
+        self.pool
+            .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
             .map_err(|e| unavailable(&e))
     }
 

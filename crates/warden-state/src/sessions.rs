@@ -14,6 +14,8 @@ type Entries = HashMap<String, (SessionEntry, Instant)>;
 #[derive(Debug, Default)]
 pub struct MemorySessions {
     entries: Mutex<Entries>,
+    /// Each instance's URL, with when it is forgotten.
+    instances: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl MemorySessions {
@@ -24,9 +26,7 @@ impl MemorySessions {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Entries>, StateError> {
-        self.entries
-            .lock()
-            .map_err(|_| StateError::Unavailable("session directory lock poisoned".into()))
+        self.entries.lock().map_err(|_| poisoned())
     }
 }
 
@@ -66,4 +66,30 @@ impl SessionDirectory for MemorySessions {
         self.lock()?.remove(id);
         Ok(())
     }
+
+    fn publish_instance(&self, id: &str, url: &str, ttl: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut instances = self.instances.lock().map_err(|_| poisoned())?;
+        instances.retain(|_, (_, until)| *until > now);
+        instances.insert(id.to_owned(), (url.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    fn instance(&self, id: &str) -> Result<Option<String>, StateError> {
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        Ok(self
+            .instances
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(id)
+            .filter(|(_, until)| *until > now)
+            .map(|(url, _)| url.clone()))
+    }
+}
+
+fn poisoned() -> StateError {
+    StateError::Unavailable("session directory lock poisoned".into())
 }

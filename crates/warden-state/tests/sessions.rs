@@ -61,7 +61,32 @@ fn suite(d: &dyn SessionDirectory) {
     // Ids no client may send are never looked up.
     for bad in ["", "a b", "new\nline", &"x".repeat(129)] {
         assert_eq!(d.lookup(bad).unwrap(), None, "{bad:?}");
+        assert_eq!(d.instance(bad).unwrap(), None, "{bad:?}");
     }
+    // Instances: where each takes forwarded requests, forgotten unless published again.
+    assert_eq!(d.instance("i-1").unwrap(), None);
+    d.publish_instance("i-1", "http://10.0.0.1:8700/mcp", minute)
+        .unwrap();
+    d.publish_instance("i-2", "http://10.0.0.2:8700/mcp", short)
+        .unwrap();
+    assert_eq!(
+        d.instance("i-1").unwrap().as_deref(),
+        Some("http://10.0.0.1:8700/mcp")
+    );
+    d.publish_instance("i-1", "http://10.0.0.9:8700/mcp", minute)
+        .unwrap();
+    assert_eq!(
+        d.instance("i-1").unwrap().as_deref(),
+        Some("http://10.0.0.9:8700/mcp"),
+        "published again: the newer URL"
+    );
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(d.instance("i-2").unwrap(), None, "forgotten after its ttl");
+    assert_eq!(
+        d.lookup("i-1").unwrap(),
+        None,
+        "an instance is not a session"
+    );
 }
 
 #[test]

@@ -66,6 +66,11 @@ pub struct Args {
     /// Count and time nothing for /metrics (which then answers 404).
     #[arg(long)]
     no_metrics: bool,
+    /// In a fleet (`--state redis://...`): the URL of this instance's /mcp that the other
+    /// instances reach (e.g. http://10.0.0.5:8700/mcp). A 2026-07-28 client's retry of a call
+    /// waiting here for its input that reaches another instance is passed here.
+    #[arg(long, value_name = "URL", env = "WARDEN_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,10 +236,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         for (name, why) in runtime.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
+        if a.advertise.is_some() && runtime.session_directory().is_none() {
+            tracing::warn!("--advertise has no effect without a fleet (--state redis://...)");
+        }
         let mcp = warden_gateway::mcp::router(
             runtime.clone(),
             a.mcp_max_body,
             (!a.listen.ip().is_loopback()).then(Vec::new),
+            a.advertise.clone(),
         );
         tracing::info!(url = %format!("http://{}/mcp", a.listen), "MCP endpoint (Streamable HTTP, bearer credential)");
         tracing::info!(listen = %a.listen, "warden serving the HTTP API");

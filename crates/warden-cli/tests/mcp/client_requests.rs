@@ -32,7 +32,7 @@ pub(super) fn add_asker(e: &Env, m: &Path, allowed: &str, tools: &[&str]) {
 
 /// The sampling, elicitation and roots tools of `asker`, called in `mode` through `target`:
 /// each request reaches the client's callbacks, redacted by the called tool's detectors.
-fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
+pub(super) fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
     let calls = serde_json::json!([
         ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
         ["asker.trigger-elicitation-request", {}],

@@ -492,6 +492,45 @@ fn one_mcp_session_runs_across_a_fleet_behind_haproxy_and_outlives_an_instance()
     drop(lb);
 }
 
+#[test]
+fn a_2026_07_28_retry_that_reaches_another_instance_continues_the_call_waiting_on_the_first() {
+    let Some(e) = env() else { return };
+    let tools = [
+        "asker.trigger-sampling-request",
+        "asker.trigger-elicitation-request",
+        "asker.get-roots-list",
+    ];
+    let Some(f) = FleetDirs::new(3, "fleet-rounds", |_, m| {
+        super::client_requests::add_asker(&e, m, "sampling, elicitation, roots", &tools);
+    }) else {
+        return;
+    };
+    let s = f.start();
+    let addrs: Vec<&str> = s.iter().map(|x| x.addr.as_str()).collect();
+    let Some(lb) = balance(f.dirs[0].path(), &addrs) else {
+        return;
+    };
+    // The SDK's default mode (2026-07-28): no session a balancer could stick to; each call
+    // waits on the instance that runs it while the client answers, and the retry carrying
+    // the answer goes to whichever instance the balancer picks (round robin: another one).
+    let credential = f.first.join("agents/coder-1.credential");
+    super::client_requests::asks_reach_the_client(&e, "auto", &lb.url, &credential);
+    let passed: usize = f
+        .dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.path().join("serve.log")).unwrap_or_default())
+        .map(|log| {
+            log.matches("passed a retry to the instance its call waits on")
+                .count()
+        })
+        .sum();
+    assert!(
+        passed >= 1,
+        "no retry reached another instance than its call's"
+    );
+    drop(lb);
+}
+
 /// `kill -HUP` (a reload) to a gateway.
 fn hup(s: &super::Server) {
     let status = Command::new("kill")

@@ -276,6 +276,12 @@ fn try_start(dir: &Path, data: &Path, m: &Path, vars: &[(&str, &str)]) -> Option
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .envs(vars.iter().copied())
+        // In a fleet each instance says where the others pass it what only it can serve.
+        .envs(
+            vars.iter()
+                .any(|(k, _)| *k == "WARDEN_STATE")
+                .then(|| ("WARDEN_ADVERTISE", format!("http://{addr}/mcp"))),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
