@@ -82,4 +82,17 @@ pub trait SessionDirectory: Send + Sync {
     /// [`StateError::Unavailable`] when the directory cannot be reached or holds something
     /// that is not a URL.
     fn instance(&self, id: &str) -> Result<Option<String>, StateError>;
+
+    /// Notes that a call of session `id` waits on instance `instance` for its client's reply
+    /// (the latest note wins), for `ttl`.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError>;
+
+    /// The instance a call of session `id` last said it waits on for its client's reply.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn waiting(&self, id: &str) -> Result<Option<String>, StateError>;
 }

@@ -71,6 +71,8 @@ pub struct McpFront {
     /// Over stdio: the resources the client subscribed to (`resources/subscribe`).
     subscribed:
         Arc<std::sync::Mutex<std::collections::HashMap<String, warden_runtime::Subscription>>>,
+    /// Over HTTP in a fleet: this instance.
+    here: Option<Arc<crate::mcp_forward::Here>>,
 }
 
 /// When the stdio connection's handler goes, its per-session sandbox runners are destroyed.
@@ -123,6 +125,7 @@ impl McpFront {
             log_level: Arc::default(),
             rounds: Arc::default(),
             subscribed: Arc::default(),
+            here: None,
         }
     }
 
@@ -153,6 +156,7 @@ impl McpFront {
             log_level: Arc::default(),
             rounds: Arc::default(),
             subscribed: Arc::default(),
+            here: None,
         })
     }
 
@@ -181,6 +185,7 @@ impl McpFront {
             session: session.to_owned(),
             capabilities: sessions.client(session),
             next_id: Arc::default(),
+            here: self.here.clone(),
         }))
     }
 
@@ -1469,6 +1474,16 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             if g.sessions.reply(&session, id, message) {
                 return StatusCode::ACCEPTED.into_response();
             }
+            // Waited for on another instance of the fleet: passed there.
+            let elsewhere = g
+                .here
+                .as_ref()
+                .and_then(|h| Some((h, h.replies_elsewhere(&session, req.headers())?)));
+            if let (Some((here, instance)), Some(body)) = (elsewhere, &posted) {
+                return here
+                    .forward_reply(&instance, req.headers(), body.clone())
+                    .await;
+            }
         }
         // A retry of a call parked on another instance of the fleet goes there.
         Peeked::Resume { id, state } => {
@@ -1478,7 +1493,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             });
             if let (Some((here, instance)), Some(body)) = (elsewhere, &posted) {
                 return here
-                    .forward(&instance, req.headers(), body.clone(), id)
+                    .forward_retry(&instance, req.headers(), body.clone(), id)
                     .await;
             }
         }
@@ -1613,6 +1628,7 @@ pub fn router(
     let mut front = McpFront::http(app.clone(), Arc::clone(&sessions));
     if let Some(h) = &here {
         front.rounds = Arc::new(Rounds::of_instance(h.instance.clone()));
+        front.here = Some(Arc::clone(h));
     }
     let sse = StreamableHttpService::new(
         move || Ok(front.clone()),

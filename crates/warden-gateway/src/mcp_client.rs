@@ -167,6 +167,8 @@ pub(crate) struct HttpClient {
     /// The id the call's next request gets: rmcp numbers the requests of each POST's peer
     /// from 0, and only this client sends requests on it (one at a time: see `sending`).
     pub(crate) next_id: std::sync::Arc<tokio::sync::Mutex<u32>>,
+    /// This instance in its fleet: a reply that lands on another instance finds its way here.
+    pub(crate) here: Option<std::sync::Arc<crate::mcp_forward::Here>>,
 }
 
 /// Gives up a reserved wait, however it ends; tells the client a request it was sent is no
@@ -204,11 +206,12 @@ impl HttpClient {
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let (peer, sessions, session, next_id) = (
+        let (peer, sessions, session, next_id, here) = (
             self.peer.clone(),
             std::sync::Arc::clone(&self.sessions),
             self.session.clone(),
             std::sync::Arc::clone(&self.next_id),
+            self.here.clone(),
         );
         Box::pin(async move {
             // One request of the call at a time: its id is known before it is sent.
@@ -224,6 +227,9 @@ impl HttpClient {
                     None,
                 )
             })?;
+            if let Some(here) = &here {
+                here.note_waiting(&session);
+            }
             let mut forget = Forget {
                 sessions,
                 session,

@@ -6,6 +6,12 @@
 //! (the same bearer credential, body and protocol headers), to the instance it names, and
 //! that instance's answer — JSON or an SSE stream — is passed back as it comes.
 //!
+//! A legacy client's reply to what an upstream asked on a call's stream is bound to the
+//! instance running that call too, and a balancer without stickiness may send it elsewhere:
+//! the instance that sends the request notes in the directory that the session's call waits
+//! there (`<prefix>mcp-replies:<session>`), and a reply that finds no call waiting for it where
+//! it lands is passed there.
+//!
 //! Where an instance takes such requests is what it published in the fleet's directory
 //! (`warden serve --advertise URL`, refreshed every 10 s, forgotten 30 s after the instance
 //! stops): a client never chooses where a request goes, only which published instance. The
@@ -32,13 +38,29 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(10);
 const PUBLISHED_FOR: Duration = Duration::from_secs(30);
 
 /// The headers passed on with a forwarded request (the rest belong to the hop).
-const PASSED: [&str; 5] = [
+const PASSED: [&str; 6] = [
     "authorization",
     "content-type",
     "accept",
     "mcp-protocol-version",
+    "mcp-session-id",
     "traceparent",
 ];
+
+/// How long the directory says where a session's call waits for its client's reply (longer
+/// than any upstream's timeout for such a request is likely to be).
+const WAITING_FOR: Duration = Duration::from_secs(600);
+
+/// Why a request could not be passed to the instance it belongs to.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    #[error("has stopped, or takes no forwarded requests (`warden serve --advertise`)")]
+    Unpublished,
+    #[error("cannot be found now ({0})")]
+    Directory(warden_core::state::StateError),
+    #[error("cannot be reached at {url} ({why})")]
+    At { url: String, why: String },
+}
 
 /// This instance's place in a fleet.
 pub(crate) struct Here {
@@ -86,41 +108,93 @@ impl Here {
         elsewhere(&self.instance, state, headers)
     }
 
-    /// Passes a request (its `headers` and `body`, JSON-RPC id `id`) to `instance`, and its
+    /// Passes a retry (its `headers` and `body`, JSON-RPC id `id`) to `instance`, and its
     /// answer back; a JSON-RPC error naming why when the instance cannot be reached.
-    pub(crate) async fn forward(
+    pub(crate) async fn forward_retry(
         &self,
         instance: &str,
         headers: &HeaderMap,
         body: Bytes,
         id: &serde_json::Value,
     ) -> Response {
-        let refused = |why: String| {
-            crate::mcp::rpc_error(
-                StatusCode::OK,
-                id,
-                -32602,
-                format!(
-                    "invalid params: the call this requestState continues waits on Warden \
-                     instance {instance}, which {why}: call again without it"
-                ),
+        tracing::info!(to = %instance, "passed a retry to the instance its call waits on");
+        self.pass(instance, headers, body)
+            .await
+            .unwrap_or_else(|e| {
+                crate::mcp::rpc_error(
+                    StatusCode::OK,
+                    id,
+                    -32602,
+                    format!(
+                        "invalid params: the call this requestState continues waits on Warden \
+                     instance {instance}, which {e}: call again without it"
+                    ),
+                )
+            })
+    }
+
+    /// The instance (another one) a call of session `session` waits on for its client's
+    /// reply, unless the reply was forwarded already.
+    pub(crate) fn replies_elsewhere(&self, session: &str, headers: &HeaderMap) -> Option<String> {
+        if headers.contains_key(FORWARDED_BY) {
+            return None;
+        }
+        let instance = self.directory.as_ref()?.waiting(session).ok()??;
+        (instance != self.instance).then_some(instance)
+    }
+
+    /// Passes a client's reply (POSTed in its session) to `instance`, where the call that
+    /// asked waits; `502 session.reply_lost` naming why when it cannot be reached.
+    pub(crate) async fn forward_reply(
+        &self,
+        instance: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        tracing::info!(to = %instance, "passed a reply to the instance its call waits on");
+        self.pass(instance, headers, body).await.unwrap_or_else(|e| {
+            crate::mcp::refuse(
+                StatusCode::BAD_GATEWAY,
+                "session.reply_lost",
+                format!("the call this reply answers waits on Warden instance {instance}, which {e}"),
             )
-        };
+        })
+    }
+
+    /// Notes in the fleet's directory that a call of session `session` waits here for its
+    /// client's reply (best effort: a reply that lands elsewhere without it is lost, and the
+    /// call waits until its upstream's timeout).
+    pub(crate) fn note_waiting(&self, session: &str) {
+        if let Some(d) = &self.directory {
+            if let Err(e) = d.note_waiting(session, &self.instance, WAITING_FOR) {
+                tracing::warn!(error = %e, "could not note in the fleet's directory where a call waits for its client's reply");
+            }
+        }
+    }
+
+    /// Passes a request (its `headers` and `body`) to `instance` as it came, and its answer
+    /// (JSON or an SSE stream) back as it comes.
+    async fn pass(
+        &self,
+        instance: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, Unreachable> {
         let url = match self.directory.as_ref().map(|d| d.instance(instance)) {
             Some(Ok(Some(url))) => url,
-            Some(Ok(None)) | None => {
-                return refused(
-                    "has stopped, or takes no forwarded requests (`warden serve --advertise`)"
-                        .into(),
-                )
-            }
-            Some(Err(e)) => return refused(format!("cannot be found now ({e})")),
+            Some(Ok(None)) | None => return Err(Unreachable::Unpublished),
+            Some(Err(e)) => return Err(Unreachable::Directory(e)),
         };
         let client = match self.cached(&url) {
             Some(c) => c,
             None => match self.app.fleet_client(&url) {
                 Ok(c) => self.keep(&url, c),
-                Err(e) => return refused(format!("cannot be reached at {url} ({e})")),
+                Err(e) => {
+                    return Err(Unreachable::At {
+                        url,
+                        why: e.to_string(),
+                    })
+                }
             },
         };
         let mut request = client
@@ -132,11 +206,10 @@ impl Here {
                 request = request.header(name, value);
             }
         }
-        tracing::info!(to = %instance, "passed a retry to the instance its call waits on");
-        let answer = match request.send().await {
-            Ok(a) => a,
-            Err(e) => return refused(format!("cannot be reached at {url} ({e})")),
-        };
+        let answer = request.send().await.map_err(|e| Unreachable::At {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
         let mut response = Response::builder().status(answer.status().as_u16());
         for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
             if let Some(v) = answer.headers().get(name.as_str()) {
@@ -145,7 +218,10 @@ impl Here {
         }
         response
             .body(axum::body::Body::from_stream(answer.bytes_stream()))
-            .unwrap_or_else(|e| refused(format!("answered with what cannot be passed on ({e})")))
+            .map_err(|e| Unreachable::At {
+                url,
+                why: format!("its answer cannot be passed on: {e}"),
+            })
     }
 
     fn cached(&self, url: &str) -> Option<reqwest::Client> {

@@ -1,7 +1,8 @@
 //! [`RedisSessions`]: the MCP session directory of a fleet (issue 22): one key per session,
 //! `<prefix>mcp-session:<id>`, its value the [`SessionEntry`] as JSON, expiring after the
 //! session's idle time unless touched; one key per instance that takes forwarded requests,
-//! `<prefix>mcp-instance:<id>`, its value the instance's URL, expiring unless published again.
+//! `<prefix>mcp-instance:<id>`, its value the instance's URL, expiring unless published again;
+//! and where a session's call waits for its client's reply, `<prefix>mcp-replies:<id>`.
 
 use std::time::Duration;
 
@@ -119,6 +120,30 @@ impl SessionDirectory for RedisSessions {
             return Ok(None);
         }
         let key = format!("{}mcp-instance:{id}", self.prefix);
+        self.pool
+            .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
+        let key = format!("{}mcp-replies:{id}", self.prefix);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(instance)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query::<()>(c)
+            })
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let key = format!("{}mcp-replies:{id}", self.prefix);
         self.pool
             .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
             .map_err(|e| unavailable(&e))

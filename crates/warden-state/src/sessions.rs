@@ -16,6 +16,8 @@ pub struct MemorySessions {
     entries: Mutex<Entries>,
     /// Each instance's URL, with when it is forgotten.
     instances: Mutex<HashMap<String, (String, Instant)>>,
+    /// Where each session's call waits for its client's reply, with when it is forgotten.
+    waiting: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl MemorySessions {
@@ -87,6 +89,25 @@ impl SessionDirectory for MemorySessions {
             .get(id)
             .filter(|(_, until)| *until > now)
             .map(|(url, _)| url.clone()))
+    }
+
+    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut waiting = self.waiting.lock().map_err(|_| poisoned())?;
+        waiting.retain(|_, (_, until)| *until > now);
+        waiting.insert(id.to_owned(), (instance.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
+        let now = Instant::now();
+        Ok(self
+            .waiting
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(id)
+            .filter(|(_, until)| *until > now)
+            .map(|(instance, _)| instance.clone()))
     }
 }
 

@@ -87,6 +87,15 @@ fn suite(d: &dyn SessionDirectory) {
         None,
         "an instance is not a session"
     );
+    // Where a session's call waits for its client's reply: the latest note wins.
+    assert_eq!(d.waiting("s-2").unwrap(), None);
+    d.note_waiting("s-2", "i-1", minute).unwrap();
+    d.note_waiting("s-2", "i-3", minute).unwrap();
+    d.note_waiting("s-5", "i-1", short).unwrap();
+    assert_eq!(d.waiting("s-2").unwrap().as_deref(), Some("i-3"));
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(d.waiting("s-5").unwrap(), None, "forgotten after its ttl");
+    assert_eq!(d.waiting("a b").unwrap(), None);
 }
 
 #[test]

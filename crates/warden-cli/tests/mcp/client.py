@@ -292,6 +292,21 @@ async def run(client, scenario, args):
                         break
         resources = await session.list_resources()
         out["resources"] = sorted(r.uri for r in resources.resources)
+    elif scenario == "hold-listen":
+        # hold-listen SECONDS: opens a `subscriptions/listen` for tool list changes (2026-07-28),
+        # says `listening` on stderr once it is open, and waits (SECONDS at most) for it to end.
+        out["ended"] = None
+        try:
+            async with client.listen(tools_list_changed=True) as sub:
+                print("listening", file=sys.stderr, flush=True)
+                with anyio.move_on_after(float(args[0])):
+                    async for _ in sub:
+                        pass
+                    out["ended"] = "closed"
+        except Exception as e:
+            # The SDK's `SubscriptionLost` carries the server's error as its cause.
+            cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
+            out["ended"] = f"error: {e}{cause}"
     elif scenario == "catalog":
         # What the agent may see besides tools.
         resources = await session.list_resources()

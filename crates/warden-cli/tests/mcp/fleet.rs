@@ -493,7 +493,7 @@ fn one_mcp_session_runs_across_a_fleet_behind_haproxy_and_outlives_an_instance()
 }
 
 #[test]
-fn a_2026_07_28_retry_that_reaches_another_instance_continues_the_call_waiting_on_the_first() {
+fn a_retry_or_reply_that_reaches_another_instance_goes_to_the_call_waiting_on_the_first() {
     let Some(e) = env() else { return };
     let tools = [
         "asker.trigger-sampling-request",
@@ -515,19 +515,21 @@ fn a_2026_07_28_retry_that_reaches_another_instance_continues_the_call_waiting_o
     // the answer goes to whichever instance the balancer picks (round robin: another one).
     let credential = f.first.join("agents/coder-1.credential");
     super::client_requests::asks_reach_the_client(&e, "auto", &lb.url, &credential);
-    let passed: usize = f
+    // The legacy mode: requests on the call's stream, replies POSTed in the session, each to
+    // whichever instance the balancer picks.
+    super::client_requests::asks_reach_the_client(&e, "legacy", &lb.url, &credential);
+    let logs: String = f
         .dirs
         .iter()
         .map(|d| std::fs::read_to_string(d.path().join("serve.log")).unwrap_or_default())
-        .map(|log| {
-            log.matches("passed a retry to the instance its call waits on")
-                .count()
-        })
-        .sum();
-    assert!(
-        passed >= 1,
-        "no retry reached another instance than its call's"
-    );
+        .collect();
+    for what in ["retry", "reply"] {
+        let passed = format!("passed a {what} to the instance its call waits on");
+        assert!(
+            logs.contains(&passed),
+            "no {what} reached another instance than its call's"
+        );
+    }
     drop(lb);
 }
 

@@ -245,6 +245,82 @@ fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: 
     );
 }
 
+/// A revoked credential is told nothing more: a 2026-07-28 `subscriptions/listen` ends with an
+/// error within seconds, and a legacy session's stream (`GET /mcp`) at its next keep-alive.
+#[test]
+fn a_revoked_credentials_listen_and_session_stream_end() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    use std::time::{Duration, Instant};
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e, super::free_port());
+    let coder = data.join("agents/coder-1.credential");
+    let s = start_existing(dir.path(), &data, &m);
+    let bearer = std::fs::read_to_string(&coder).unwrap();
+    let auth = format!("authorization: Bearer {}\r\n", bearer.trim());
+    // A legacy session and its stream, read to its end in the background.
+    let (status, init) = super::raw(
+        &s.addr,
+        &auth,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(status, 200, "{init}");
+    let session = super::session_id(&init);
+    let mut get = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        get,
+        "GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}mcp-session-id: {session}\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let stream = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let _ = get.read_to_string(&mut seen);
+        (Instant::now(), seen)
+    });
+    // A 2026-07-28 listen, open before the revocation.
+    let mut listen = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", "auto")
+        .arg(&s.url)
+        .arg(&coder)
+        .args(["hold-listen", "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(listen.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(
+            said.read_line(&mut line).unwrap() > 0,
+            "the listen did not open"
+        );
+    }
+    let out = super::super::warden(&[
+        "agents",
+        "revoke",
+        "coder-1",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let revoked = Instant::now();
+    let out = listen.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["ended"].as_str().is_some_and(|e| e.contains("revoked")),
+        "{r}"
+    );
+    assert!(revoked.elapsed() < Duration::from_secs(10), "{r}");
+    let (ended, seen) = stream.join().unwrap();
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(
+        ended.duration_since(revoked) < Duration::from_secs(20),
+        "the session's stream outlived its credential: {seen}"
+    );
+}
+
 #[test]
 fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_recorded() {
     let Some(e) = env() else { return };
