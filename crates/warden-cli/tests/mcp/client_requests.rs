@@ -31,15 +31,21 @@ pub(super) fn add_asker(e: &Env, m: &Path, allowed: &str, tools: &[&str]) {
 }
 
 /// The sampling, elicitation and roots tools of `asker`, called in `mode` through `target`:
-/// each request reaches the client's callbacks, redacted by the called tool's detectors.
-pub(super) fn asks_reach_the_client(e: &Env, mode: &str, target: &str, credential: &Path) {
+/// each request reaches the client's callbacks, redacted by the called tool's detectors. With
+/// `fresh` (the first time `asker`'s process is asked for roots, when server-everything logs)
+/// the log message reaches the client too.
+pub(super) fn asks_reach_the_client(
+    e: &Env,
+    mode: &str,
+    target: &str,
+    credential: &Path,
+    fresh: bool,
+) {
     let calls = serde_json::json!([
         ["asker.trigger-sampling-request", {"prompt": "summarise the mail of erin@example.com", "maxTokens": 20}],
         ["asker.trigger-elicitation-request", {}],
         ["asker.get-roots-list", {}],
     ]);
-    // In a fresh embedded `warden stdio` the roots tool makes server-everything log.
-    let fresh = target.contains("\"--data\"");
     let calls = calls.to_string();
     let mut args = vec!["ask", calls.as_str()];
     if fresh {
@@ -111,7 +117,8 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     // legacy mode as requests on the connection, in the SDK's default mode (revision
     // 2026-07-28) as input-required results the client answers and retries.
     for mode in ["legacy", "auto"] {
-        asks_reach_the_client(&e, mode, &stdio, &coder);
+        // Each a fresh embedded `warden stdio`, so a fresh `asker`.
+        asks_reach_the_client(&e, mode, &stdio, &coder, true);
     }
     // A client that declared none of them: the upstream's request is refused, the call says so.
     let r = sdk(
@@ -147,12 +154,14 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     // POSTs its reply back. A desktop client behind the `--connect` bridge too, in its own
     // revision: a legacy one is sent the daemon's request, a 2026-07-28 one gets the daemon's
     // input-required results through the bridge's 2026-07-28 connection.
+    // The first through the bridge in the SDK's default mode, while `asker` is fresh: its log
+    // message comes to the bridge's 2026-07-28 connection and reaches the desktop client.
     let s = start_existing(dir.path(), &data, &m);
-    asks_reach_the_client(&e, "auto", &s.url, &coder);
-    asks_reach_the_client(&e, "legacy", &s.url, &coder);
     let bridge = super::bridge_target(&s.url, &coder);
-    asks_reach_the_client(&e, "legacy", &bridge, &coder);
-    asks_reach_the_client(&e, "auto", &bridge, &coder);
+    asks_reach_the_client(&e, "auto", &bridge, &coder, true);
+    asks_reach_the_client(&e, "legacy", &bridge, &coder, false);
+    asks_reach_the_client(&e, "auto", &s.url, &coder, false);
+    asks_reach_the_client(&e, "legacy", &s.url, &coder, false);
     drop(s);
 
     // Recorded: forwarded and refused, with the agent and why.

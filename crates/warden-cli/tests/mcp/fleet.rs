@@ -514,10 +514,10 @@ fn a_retry_or_reply_that_reaches_another_instance_goes_to_the_call_waiting_on_th
     // waits on the instance that runs it while the client answers, and the retry carrying
     // the answer goes to whichever instance the balancer picks (round robin: another one).
     let credential = f.first.join("agents/coder-1.credential");
-    super::client_requests::asks_reach_the_client(&e, "auto", &lb.url, &credential);
+    super::client_requests::asks_reach_the_client(&e, "auto", &lb.url, &credential, false);
     // The legacy mode: requests on the call's stream, replies POSTed in the session, each to
     // whichever instance the balancer picks.
-    super::client_requests::asks_reach_the_client(&e, "legacy", &lb.url, &credential);
+    super::client_requests::asks_reach_the_client(&e, "legacy", &lb.url, &credential, false);
     let logs: String = f
         .dirs
         .iter()
