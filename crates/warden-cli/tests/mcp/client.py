@@ -99,7 +99,7 @@ async def main():
             # On 2026-07-28 a request opts in to log messages (ignored on earlier revisions).
             "log_level": "debug",
         }
-    if scenario in ("subscribe", "relist"):
+    if scenario in ("subscribe", "subscribe-hold", "relist"):
         extra = {"message_handler": on_message}
     if url.startswith("stdio:"):
         # `stdio:["warden", "stdio", ...]`: launch the server as a desktop client would.
@@ -268,6 +268,16 @@ async def run(client, scenario, args):
                             break
                     if UPDATED:
                         break
+        out["updated"] = UPDATED
+    elif scenario == "subscribe-hold":
+        # subscribe-hold URI SECONDS: subscribes (`resources/subscribe`, an earlier revision),
+        # says `subscribed` on stderr, and waits (SECONDS at most) for an update that something
+        # else turns on.
+        GOT_UPDATE = anyio.Event()
+        await session.subscribe_resource(args[0])
+        print("subscribed", file=sys.stderr, flush=True)
+        with anyio.move_on_after(float(args[1])):
+            await GOT_UPDATE.wait()
         out["updated"] = UPDATED
     elif scenario == "relist":
         # relist NAME: calls server-everything's gzip tool, which adds resource NAME to its list

@@ -321,6 +321,84 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
     );
 }
 
+/// Kills every child of process `parent` whose command line holds `program`; how many.
+fn kill_children(parent: u32, program: &str) -> usize {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned));
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid.as_deref() == Some(parent.to_string().as_str()) && cmdline.contains(program) {
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap();
+            killed += usize::from(status.success());
+        }
+    }
+    killed
+}
+
+/// An upstream that dies while a client is subscribed to one of its resources is subscribed
+/// again when it restarts: the client's next updates come from the new process.
+#[test]
+fn a_restarted_upstream_is_subscribed_again_for_its_subscribers() {
+    use std::io::BufRead as _;
+    use std::time::{Duration, Instant};
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = setup(dir.path(), &e, super::free_port());
+    let coder = data.join("agents/coder-1.credential");
+    let s = start_existing(dir.path(), &data, &m);
+    // A legacy client over /mcp, subscribed: its updates come on its session's stream.
+    let mut hold = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", "legacy")
+        .arg(&s.url)
+        .arg(&coder)
+        .args(["subscribe-hold", DOC, "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(hold.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("subscribed") {
+        line.clear();
+        assert!(
+            said.read_line(&mut line).unwrap() > 0,
+            "the client did not subscribe"
+        );
+    }
+    assert!(kill_children(s.child.id(), "mcp-server-everything") > 0);
+    // The next call starts `everything` again (Warden subscribes it to DOC again) and turns
+    // its simulated updates on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = e
+            .sdk()
+            .env("WARDEN_E2E_MODE", "legacy")
+            .arg(&s.url)
+            .arg(&coder)
+            .args(["call", "everything.toggle-subscriber-updates", "{}"])
+            .output()
+            .unwrap();
+        let r: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if r.as_ref().is_some_and(|r| r["result"]["isError"] != true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = hold.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["updated"][0], DOC, "{r}");
+}
+
 #[test]
 fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_recorded() {
     let Some(e) = env() else { return };
