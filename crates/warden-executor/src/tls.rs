@@ -192,6 +192,9 @@ pub fn http_client_sending(
     client_sending(url, None, headers)
 }
 
+/// How long an async client may take to connect (TCP and TLS) before the request fails.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn client_sending(
     url: &str,
     roots: Option<Arc<RootCertStore>>,
@@ -212,6 +215,8 @@ fn client_sending(
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .https_only(https)
+        // A blackholed address fails within seconds, not after the system's TCP timeout.
+        .connect_timeout(CONNECT_TIMEOUT)
         .default_headers(headers)
         .build()
         // Without the URL: a webhook's URL can be a credential.

@@ -536,9 +536,18 @@ impl ServerHandler for McpFront {
                     s.insert(request.uri, subscription);
                 }
             }
-            Some(sessions) => sessions
-                .hold(&session, request.uri, subscription)
-                .map_err(|_| McpError::invalid_request("this MCP session has ended", None))?,
+            Some(sessions) => {
+                match sessions.hold(&session, request.uri, subscription, MAX_SUBSCRIPTIONS) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(full()),
+                    Err(_) => {
+                        return Err(McpError::invalid_request(
+                            "this MCP session has ended",
+                            None,
+                        ))
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1243,8 +1252,10 @@ fn peek(body: &[u8]) -> Peeked {
     struct Params {
         name: Option<Kind>,
         arguments: Option<Kind>,
+        /// Any JSON (a string is a state; anything else is rmcp's to refuse), so that a
+        /// malformed one does not hide the rest of the message from the gate.
         #[serde(rename = "requestState")]
-        request_state: Option<String>,
+        request_state: Option<serde_json::Value>,
     }
     #[derive(serde::Deserialize)]
     struct Cancelled {
@@ -1263,7 +1274,7 @@ fn peek(body: &[u8]) -> Peeked {
         id,
         params.and_then(|p| p.request_state),
     ) {
-        (Some(id), Some(state)) => Peeked::Resume { id, state },
+        (Some(id), Some(serde_json::Value::String(state))) => Peeked::Resume { id, state },
         _ => Peeked::Other,
     };
     match m.method.as_deref() {

@@ -58,8 +58,10 @@ enum Unreachable {
     Unpublished,
     #[error("cannot be found now ({0})")]
     Directory(warden_core::state::StateError),
-    #[error("cannot be reached at {url} ({why})")]
-    At { url: String, why: String },
+    /// The URL and the error are logged, never told to the client: an instance's address is
+    /// the fleet's, and a URL can carry a credential.
+    #[error("cannot be reached now")]
+    At,
 }
 
 /// This instance's place in a fleet.
@@ -189,12 +191,7 @@ impl Here {
             Some(c) => c,
             None => match self.app.fleet_client(&url) {
                 Ok(c) => self.keep(&url, c),
-                Err(e) => {
-                    return Err(Unreachable::At {
-                        url,
-                        why: e.to_string(),
-                    })
-                }
+                Err(e) => return Err(unreachable(instance, &url, &e)),
             },
         };
         let mut request = client
@@ -206,10 +203,10 @@ impl Here {
                 request = request.header(name, value);
             }
         }
-        let answer = request.send().await.map_err(|e| Unreachable::At {
-            url: url.clone(),
-            why: e.to_string(),
-        })?;
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| unreachable(instance, &url, &e))?;
         let mut response = Response::builder().status(answer.status().as_u16());
         for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
             if let Some(v) = answer.headers().get(name.as_str()) {
@@ -218,10 +215,7 @@ impl Here {
         }
         response
             .body(axum::body::Body::from_stream(answer.bytes_stream()))
-            .map_err(|e| Unreachable::At {
-                url,
-                why: format!("its answer cannot be passed on: {e}"),
-            })
+            .map_err(|e| unreachable(instance, &url, &e))
     }
 
     fn cached(&self, url: &str) -> Option<reqwest::Client> {
@@ -234,6 +228,12 @@ impl Here {
         }
         client
     }
+}
+
+/// Logs why instance `instance` at `url` could not be reached (for the operator only).
+fn unreachable(instance: &str, url: &str, e: &dyn std::fmt::Display) -> Unreachable {
+    tracing::warn!(%instance, %url, error = %e, "could not pass a request to the fleet instance it belongs to");
+    Unreachable::At
 }
 
 /// The instance (other than `me`) that parked the call `state` resumes, unless the request was

@@ -624,7 +624,8 @@ impl Sessions {
     }
 
     /// Keeps `subscription` to `uri` with session `id` (replacing one to the same URI), so
-    /// that it lasts until unsubscribed or the session ends.
+    /// that it lasts until unsubscribed or the session ends; `Ok(false)` (the subscription
+    /// dropped) when the session holds `max` others already (several subscribed at once).
     ///
     /// # Errors
     /// The session ended meanwhile (the subscription is dropped: nothing would end it).
@@ -633,11 +634,19 @@ impl Sessions {
         id: &str,
         uri: String,
         subscription: warden_runtime::Subscription,
-    ) -> Result<(), Refused> {
-        let mut inner = self.lock();
-        let open = inner.open.get_mut(id).ok_or(Refused::Unknown)?;
-        open.subscriptions.insert(uri, subscription);
-        Ok(())
+        max: usize,
+    ) -> Result<bool, Refused> {
+        let replaced = {
+            let mut inner = self.lock();
+            let open = inner.open.get_mut(id).ok_or(Refused::Unknown)?;
+            if open.subscriptions.len() >= max && !open.subscriptions.contains_key(&uri) {
+                return Ok(false);
+            }
+            open.subscriptions.insert(uri, subscription)
+        };
+        // Unsubscribed outside the sessions' lock.
+        drop(replaced);
+        Ok(true)
     }
 
     /// Ends session `id`'s subscription to `uri`; whether it had one.

@@ -805,7 +805,7 @@ impl Runtime {
     /// https, no redirect followed, no environment proxy).
     ///
     /// # Errors
-    /// The URL's scheme is not http or https, or the system's roots cannot be read.
+    /// The system's roots cannot be read (for an https URL), or the client cannot be built.
     pub fn fleet_client(
         &self,
         url: &str,

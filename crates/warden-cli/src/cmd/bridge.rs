@@ -203,6 +203,10 @@ struct Bridge {
     modern: tokio::sync::Mutex<Option<Modern>>,
     /// The next 2026-07-28 connection's generation.
     generations: std::sync::atomic::AtomicU64,
+    /// One change to the client's subscriptions at a time (a count and the daemon's answer
+    /// move together), and what a client before 2026-07-28 subscribed to (`resources/subscribe`
+    /// twice is one subscription).
+    subscribing: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The 2026-07-28 connection to the daemon and the MCP session its requests belong to.
@@ -521,7 +525,13 @@ impl ServerHandler for Bridge {
         request: rmcp::model::SubscribeRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.hold(&request.uri).await
+        let mut legacy = self.subscribing.lock().await;
+        if legacy.contains(&request.uri) {
+            return Ok(());
+        }
+        self.hold(&request.uri).await?;
+        legacy.insert(request.uri);
+        Ok(())
     }
 
     async fn unsubscribe(
@@ -529,7 +539,10 @@ impl ServerHandler for Bridge {
         request: rmcp::model::UnsubscribeRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.let_go(&request.uri).await;
+        let mut legacy = self.subscribing.lock().await;
+        if legacy.remove(&request.uri) {
+            self.let_go(&request.uri).await;
+        }
         Ok(())
     }
 
@@ -557,20 +570,24 @@ impl ServerHandler for Bridge {
             ));
         }
         let mut held: Vec<String> = Vec::new();
-        for uri in &uris {
-            if let Err(e) = self.hold(uri).await {
-                for u in &held {
-                    self.let_go(u).await;
+        {
+            let _one_at_a_time = self.subscribing.lock().await;
+            for uri in &uris {
+                if let Err(e) = self.hold(uri).await {
+                    for u in &held {
+                        self.let_go(u).await;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+                held.push(uri.clone());
             }
-            held.push(uri.clone());
         }
         let lists = super::bridge_notices::lists(accepted);
         let listeners = &self.upward.listeners;
         let id = listeners.add(lists, uris, context.sink().clone());
         context.cancelled().await;
         listeners.remove(id);
+        let _one_at_a_time = self.subscribing.lock().await;
         for u in &held {
             self.let_go(u).await;
         }
@@ -729,7 +746,8 @@ impl Bridge {
 }
 
 /// The desktop client's subscriptions, held at the daemon (on the bridge's first connection,
-/// whose session's stream carries the updates) once per URI.
+/// whose session's stream carries the updates) once per URI. Called under `subscribing`, so a
+/// URI counted is one the daemon accepted.
 impl Bridge {
     async fn hold(&self, uri: &str) -> Result<(), McpError> {
         if !self.upward.listeners.hold(uri) {
@@ -878,6 +896,7 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
         at,
         modern: tokio::sync::Mutex::new(None),
         generations: std::sync::atomic::AtomicU64::new(0),
+        subscribing: tokio::sync::Mutex::default(),
     };
     let service = bridge
         .serve(rmcp::transport::io::stdio_pipes())

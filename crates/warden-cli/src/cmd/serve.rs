@@ -236,6 +236,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         for (name, why) in runtime.start(UPSTREAM_START_WAIT).await {
             tracing::warn!(upstream = %name, "tools withheld until it starts: {why}");
         }
+        if let Some(url) = &a.advertise {
+            advertised(url)?;
+        }
         if a.advertise.is_some() && runtime.session_directory().is_none() {
             tracing::warn!("--advertise has no effect without a fleet (--state redis://...)");
         }
@@ -253,6 +256,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `--advertise`: the other instances pass requests to it, so it must be an http(s) URL
+/// with a host (a mistake is told at start, not when a forwarded request fails).
+fn advertised(url: &str) -> anyhow::Result<()> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--advertise `{url}` is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        anyhow::bail!(
+            "--advertise `{url}` must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:8700/mcp"
+        );
+    }
+    Ok(())
 }
 
 /// Watches for SIGINT (Ctrl-C) and SIGTERM (what systemd, Docker and Kubernetes send): either
@@ -358,4 +374,24 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::advertised;
+
+    #[test]
+    fn advertise_is_an_http_or_https_url_with_a_host() {
+        assert!(advertised("http://10.0.0.5:8700/mcp").is_ok());
+        assert!(advertised("https://warden-2.internal/mcp").is_ok());
+        for bad in [
+            "10.0.0.5:8700",
+            "ftp://10.0.0.5/mcp",
+            "file:///tmp/x",
+            "not a url",
+        ] {
+            let e = advertised(bad).unwrap_err().to_string();
+            assert!(e.contains("--advertise"), "{bad}: {e}");
+        }
+    }
 }

@@ -317,6 +317,26 @@ async def run(client, scenario, args):
             # The SDK's `SubscriptionLost` carries the server's error as its cause.
             cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
             out["ended"] = f"error: {e}{cause}"
+    elif scenario == "pages":
+        # Every page of resources/list, following nextCursor; then a cursor Warden never issued.
+        import mcp_types as types
+
+        sizes, uris, cursor = [], [], None
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await session.list_resources(params=params)
+            sizes.append(len(page.resources))
+            uris += [r.uri for r in page.resources]
+            cursor = page.next_cursor
+            if not cursor or len(sizes) > 10:
+                break
+        out["sizes"] = sizes
+        out["distinct"] = len(set(uris))
+        try:
+            await session.list_resources(params=types.PaginatedRequestParams(cursor="forged"))
+            out["forged"] = "accepted"
+        except Exception as e:
+            out["forged"] = str(e)
     elif scenario == "catalog":
         # What the agent may see besides tools.
         resources = await session.list_resources()

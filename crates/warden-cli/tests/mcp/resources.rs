@@ -272,6 +272,8 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
         "GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}mcp-session-id: {session}\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
+    // A stream that outlives its credential fails the test rather than hanging it.
+    get.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let stream = std::thread::spawn(move || {
         let mut seen = String::new();
         let _ = get.read_to_string(&mut seen);
@@ -297,6 +299,10 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
             "the listen did not open"
         );
     }
+    assert!(
+        !stream.is_finished(),
+        "the session's stream ended before the revocation"
+    );
     let out = super::super::warden(&[
         "agents",
         "revoke",
@@ -315,6 +321,7 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
     assert!(revoked.elapsed() < Duration::from_secs(10), "{r}");
     let (ended, seen) = stream.join().unwrap();
     assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(ended >= revoked, "{seen}");
     assert!(
         ended.duration_since(revoked) < Duration::from_secs(20),
         "the session's stream outlived its credential: {seen}"

@@ -11,14 +11,11 @@ use super::{call, enroll, env, first_text, ledger_tail, start_existing, DEMO_KEY
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-#[test]
-fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
-    let Some(e) = env() else { return };
-    let dir = tempfile::tempdir().unwrap();
+/// `sdk_server.py` on a port of its own, stopped when dropped (like the `remote` server).
+fn sdk_server(e: &super::Env) -> super::Remote {
     let port = super::super::free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/sdk_server.py");
-    // Stopped when dropped, like the `remote` server.
-    let _server = super::Remote {
+    let server = super::Remote {
         child: Command::new(e.venv.join("bin/python"))
             .arg(script)
             .arg(port.to_string())
@@ -30,6 +27,42 @@ fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
         port,
     };
     super::wait_for_port(port, "sdk_server.py");
+    server
+}
+
+/// An upstream's list longer than a page reaches the agent in Warden's pages of 500, each
+/// under a cursor Warden issued; a cursor it never issued is refused.
+#[test]
+fn a_list_longer_than_a_page_comes_in_pages_under_wardens_cursors() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = sdk_server(&e);
+    let (data, m) = super::approvals::setup(dir.path());
+    let upstreams = format!(
+        "  - name: hdr\n    url: \"http://127.0.0.1:{}/mcp\"\n",
+        server.port
+    );
+    let resources =
+        "\nresources:\n  - { name: hdr.many, uris: [\"many://item/*\"], tier: low, zones: [\"*\"] }\n";
+    super::add_to_manifest(&m, "", &upstreams, resources);
+    enroll(&data, &m, "ops-1");
+    let s = start_existing(dir.path(), &data, &m);
+    let r = super::client(&e, &s, "ops-1", &["pages"]);
+    assert_eq!(r["sizes"], serde_json::json!([500, 500, 200]), "{r}");
+    assert_eq!(r["distinct"], 1200, "{r}");
+    assert!(
+        r["forged"].as_str().is_some_and(|f| f.contains("cursor")),
+        "{r}"
+    );
+    drop(s);
+}
+
+#[test]
+fn an_sdk_server_gets_its_secret_header_and_loses_the_tool_it_rug_pulls() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = sdk_server(&e);
+    let port = server.port;
 
     let (data, m) = super::approvals::setup(dir.path());
     let tools = "  - { name: hdr.whoami, tier: low, zones: [\"*\"], arguments: { type: object } }\n  - { name: hdr.rugpull, tier: low, zones: [\"*\"], arguments: { type: object } }\n";

@@ -8,6 +8,7 @@ end-to-end tests of what the reference servers do not exercise.
   the agent) and tells the client with `notifications/tools/list_changed`.
 - `trace` says which W3C `traceparent` the call carried: as an HTTP header and in its `_meta`
   (SEP-414), as JSON; its `note` argument is not used (a value the traces test looks for).
+- 1,200 text resources `many://item/<n>`: more than two of Warden's pages.
 
 Usage: sdk_server.py PORT    (environment: EXPECTED_KEY)
 """
@@ -19,6 +20,7 @@ import sys
 import mcp_types as types
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resources.types import TextResource
 
 EXPECTED = "Bearer " + os.environ["EXPECTED_KEY"]
 server = MCPServer("sdk-server")
@@ -55,5 +57,8 @@ def trace(note: str, ctx: Context) -> str:
         {"header": (ctx.headers or {}).get("traceparent"), "meta": carried.get("traceparent")}
     )
 
+
+for n in range(1200):
+    server.add_resource(TextResource(uri=f"many://item/{n}", name=f"item-{n}", text=str(n)))
 
 server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
