@@ -93,6 +93,76 @@ pub(super) fn asks_reach_the_client(
     }
 }
 
+/// The receipts of `action` in the ledger of `data` with `status`.
+fn receipts(data: &Path, action: &str, status: &str) -> usize {
+    ledger_tail(data, 400)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["entry"]["type"] == "receipt"
+                && l["entry"]["action"] == action
+                && l["entry"]["status"] == status
+        })
+        .count()
+}
+
+/// A 2026-07-28 call that waits for its client's input in a session Warden issued (as the
+/// bridge's calls do) ends with the session: after `DELETE` the upstream's call is stopped
+/// (receipted `killed`) and its `requestState` continues nothing.
+fn a_parked_call_ends_with_its_session(s: &super::Server, coder: &Path) {
+    const ELICIT: &str = "asker.trigger-elicitation-request";
+    let bearer = std::fs::read_to_string(coder).unwrap();
+    let auth = format!("authorization: Bearer {}\r\n", bearer.trim());
+    let (status, init) = super::raw(
+        &s.addr,
+        &auth,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(status, 200, "{init}");
+    let session = super::session_id(&init);
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}}"#;
+    let modern = format!("{auth}mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {ELICIT}\r\n");
+    let call = |extra: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"{ELICIT}","arguments":{{}}{extra},{meta}}}}}"#
+        )
+    };
+    let (status, parked) = super::raw(
+        &s.addr,
+        &format!("{modern}mcp-session-id: {session}\r\n"),
+        &call(""),
+    );
+    assert_eq!(status, 200, "{parked}");
+    let at = parked.find("\"requestState\":\"").expect(&parked) + "\"requestState\":\"".len();
+    let state = &parked[at..at + parked[at..].find('"').unwrap()];
+    let killed = receipts(&s.data, ELICIT, "killed");
+    // The session ends: its parked call with it.
+    let (status, ended) = super::raw_method(
+        &s.addr,
+        "DELETE",
+        &format!("{auth}mcp-session-id: {session}\r\n"),
+        "",
+    );
+    assert_eq!(status, 204, "{ended}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while receipts(&s.data, ELICIT, "killed") == killed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the parked call did not end with its session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Its state continues nothing (retried outside the ended session).
+    let answer =
+        r#","requestState":"STATE","inputResponses":{"warden":{"action":"accept","content":{}}}"#
+            .replace("STATE", state);
+    let (_, retried) = super::raw(&s.addr, &modern, &call(&answer));
+    assert!(
+        !retried.contains("\"resultType\":\"complete\"") || retried.contains("\"isError\":true"),
+        "{retried}"
+    );
+}
+
 #[test]
 fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_during_a_call() {
     let Some(e) = env() else { return };
@@ -162,6 +232,7 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     asks_reach_the_client(&e, "legacy", &bridge, &coder, false);
     asks_reach_the_client(&e, "auto", &s.url, &coder, false);
     asks_reach_the_client(&e, "legacy", &s.url, &coder, false);
+    a_parked_call_ends_with_its_session(&s, &coder);
     drop(s);
 
     // Recorded: forwarded and refused, with the agent and why.

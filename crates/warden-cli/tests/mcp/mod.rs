@@ -459,10 +459,19 @@ fn session_id(answer: &str) -> String {
 
 /// [`raw`] with a body of any bytes.
 fn raw_bytes(addr: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    raw_request(addr, "POST", headers, body)
+}
+
+/// [`raw`] with another method (`DELETE`).
+pub(super) fn raw_method(addr: &str, method: &str, headers: &str, body: &str) -> (u16, String) {
+    raw_request(addr, method, headers, body.as_bytes())
+}
+
+fn raw_request(addr: &str, method: &str, headers: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
-        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
