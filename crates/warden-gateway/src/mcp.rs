@@ -515,12 +515,7 @@ impl ServerHandler for McpFront {
                 match room {
                     Ok(true) => {}
                     Ok(false) => return Err(full()),
-                    Err(_) => {
-                        return Err(McpError::invalid_request(
-                            "this MCP session has ended",
-                            None,
-                        ))
-                    }
+                    Err(_) => return Err(session_gone()),
                 }
                 updates_to_session(sessions, session.clone(), allowed)
             }
@@ -540,12 +535,7 @@ impl ServerHandler for McpFront {
                 match sessions.hold(&session, request.uri, subscription, MAX_SUBSCRIPTIONS) {
                     Ok(true) => {}
                     Ok(false) => return Err(full()),
-                    Err(_) => {
-                        return Err(McpError::invalid_request(
-                            "this MCP session has ended",
-                            None,
-                        ))
-                    }
+                    Err(_) => return Err(session_gone()),
                 }
             }
         }
@@ -595,7 +585,7 @@ impl ServerHandler for McpFront {
         // ends it.
         let _tracked = self
             .track_in_session(&session, issued, ctx, ctx.ct.clone())
-            .map_err(|_| McpError::invalid_request("this MCP session has ended", None))?;
+            .map_err(|_| session_gone())?;
         let mut uris = context
             .accepted()
             .resource_subscriptions
@@ -699,6 +689,11 @@ struct Asked<'r> {
     meta: Option<&'r rmcp::model::RequestMetaObject>,
     /// A retry's `requestState` and `inputResponses` (revision 2026-07-28).
     resume: Option<(String, rmcp::model::InputResponses)>,
+}
+
+/// A request of a session that ended while it was served.
+fn session_gone() -> McpError {
+    McpError::invalid_request("this MCP session has ended", None)
 }
 
 /// Where a stdio client's updates go: notifications on its connection, while its credential

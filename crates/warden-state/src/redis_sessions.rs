@@ -48,6 +48,27 @@ impl RedisSessions {
     fn key(&self, id: &str) -> String {
         format!("{}mcp-session:{id}", self.prefix)
     }
+
+    /// Sets `key` to `value`, forgotten after `ttl`.
+    fn set_for(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StateError> {
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query::<()>(c)
+            })
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// The string at `key`, if any.
+    fn get(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.pool
+            .with(Duration::ZERO, |c| redis::cmd("GET").arg(key).query(c))
+            .map_err(|e| unavailable(&e))
+    }
 }
 
 impl SessionDirectory for RedisSessions {
@@ -101,17 +122,7 @@ impl SessionDirectory for RedisSessions {
     }
 
     fn publish_instance(&self, id: &str, url: &str, ttl: Duration) -> Result<(), StateError> {
-        let key = format!("{}mcp-instance:{id}", self.prefix);
-        self.pool
-            .with(Duration::ZERO, |c| {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(url)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query::<()>(c)
-            })
-            .map_err(|e| unavailable(&e))
+        self.set_for(&format!("{}mcp-instance:{id}", self.prefix), url, ttl)
     }
 
     fn instance(&self, id: &str) -> Result<Option<String>, StateError> {
@@ -119,34 +130,18 @@ impl SessionDirectory for RedisSessions {
         if !valid_session_id(id) {
             return Ok(None);
         }
-        let key = format!("{}mcp-instance:{id}", self.prefix);
-        self.pool
-            .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
-            .map_err(|e| unavailable(&e))
+        self.get(&format!("{}mcp-instance:{id}", self.prefix))
     }
 
     fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
-        let key = format!("{}mcp-replies:{id}", self.prefix);
-        self.pool
-            .with(Duration::ZERO, |c| {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(instance)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query::<()>(c)
-            })
-            .map_err(|e| unavailable(&e))
+        self.set_for(&format!("{}mcp-replies:{id}", self.prefix), instance, ttl)
     }
 
     fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
         if !valid_session_id(id) {
             return Ok(None);
         }
-        let key = format!("{}mcp-replies:{id}", self.prefix);
-        self.pool
-            .with(Duration::ZERO, |c| redis::cmd("GET").arg(&key).query(c))
-            .map_err(|e| unavailable(&e))
+        self.get(&format!("{}mcp-replies:{id}", self.prefix))
     }
 
     fn end(&self, id: &str) -> Result<(), StateError> {

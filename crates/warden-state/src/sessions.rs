@@ -14,10 +14,10 @@ type Entries = HashMap<String, (SessionEntry, Instant)>;
 #[derive(Debug, Default)]
 pub struct MemorySessions {
     entries: Mutex<Entries>,
-    /// Each instance's URL, with when it is forgotten.
-    instances: Mutex<HashMap<String, (String, Instant)>>,
-    /// Where each session's call waits for its client's reply, with when it is forgotten.
-    waiting: Mutex<HashMap<String, (String, Instant)>>,
+    /// Each instance's URL.
+    instances: Expiring,
+    /// Where each session's call waits for its client's reply.
+    waiting: Expiring,
 }
 
 impl MemorySessions {
@@ -70,44 +70,47 @@ impl SessionDirectory for MemorySessions {
     }
 
     fn publish_instance(&self, id: &str, url: &str, ttl: Duration) -> Result<(), StateError> {
-        let now = Instant::now();
-        let mut instances = self.instances.lock().map_err(|_| poisoned())?;
-        instances.retain(|_, (_, until)| *until > now);
-        instances.insert(id.to_owned(), (url.to_owned(), now + ttl));
-        Ok(())
+        self.instances.set(id, url, ttl)
     }
 
     fn instance(&self, id: &str) -> Result<Option<String>, StateError> {
         if !valid_session_id(id) {
             return Ok(None);
         }
-        let now = Instant::now();
-        Ok(self
-            .instances
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(id)
-            .filter(|(_, until)| *until > now)
-            .map(|(url, _)| url.clone()))
+        self.instances.get(id)
     }
 
     fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
-        let now = Instant::now();
-        let mut waiting = self.waiting.lock().map_err(|_| poisoned())?;
-        waiting.retain(|_, (_, until)| *until > now);
-        waiting.insert(id.to_owned(), (instance.to_owned(), now + ttl));
-        Ok(())
+        self.waiting.set(id, instance, ttl)
     }
 
     fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
+        self.waiting.get(id)
+    }
+}
+
+/// Strings by key, each forgotten after its time.
+#[derive(Debug, Default)]
+struct Expiring(Mutex<HashMap<String, (String, Instant)>>);
+
+impl Expiring {
+    fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut all = self.0.lock().map_err(|_| poisoned())?;
+        all.retain(|_, (_, until)| *until > now);
+        all.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>, StateError> {
         let now = Instant::now();
         Ok(self
-            .waiting
+            .0
             .lock()
             .map_err(|_| poisoned())?
-            .get(id)
+            .get(key)
             .filter(|(_, until)| *until > now)
-            .map(|(instance, _)| instance.clone()))
+            .map(|(value, _)| value.clone()))
     }
 }
 

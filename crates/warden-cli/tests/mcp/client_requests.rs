@@ -113,13 +113,7 @@ fn a_parked_call_ends_with_its_session(s: &super::Server, coder: &Path) {
     const ELICIT: &str = "asker.trigger-elicitation-request";
     let bearer = std::fs::read_to_string(coder).unwrap();
     let auth = format!("authorization: Bearer {}\r\n", bearer.trim());
-    let (status, init) = super::raw(
-        &s.addr,
-        &auth,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
-    );
-    assert_eq!(status, 200, "{init}");
-    let session = super::session_id(&init);
+    let session = super::raw_session(&s.addr, &auth);
     let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}}"#;
     let modern = format!("{auth}mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {ELICIT}\r\n");
     let call = |extra: &str| {

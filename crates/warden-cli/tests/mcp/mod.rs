@@ -445,6 +445,17 @@ pub(super) fn raw(addr: &str, headers: &str, body: &str) -> (u16, String) {
     raw_bytes(addr, headers, body.as_bytes())
 }
 
+/// A session opened by a raw `initialize` (revision 2025-11-25) with `headers`: its id.
+pub(super) fn raw_session(addr: &str, headers: &str) -> String {
+    let (status, init) = raw(
+        addr,
+        headers,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(status, 200, "{init}");
+    session_id(&init)
+}
+
 /// The `Mcp-Session-Id` header of a [`raw`] answer.
 fn session_id(answer: &str) -> String {
     answer
@@ -503,13 +514,7 @@ fn answers_are_json_unless_a_call_may_wait_for_an_approval() {
             "authorization: Bearer {}\r\nmcp-protocol-version: 2025-11-25\r\n",
             cred.trim()
         );
-        let (status, init) = raw(
-            &s.addr,
-            &auth,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
-        );
-        assert_eq!(status, 200, "{init}");
-        let session = session_id(&init);
+        let session = raw_session(&s.addr, &auth);
         let (status, answer) = raw(
             &s.addr,
             &format!("{auth}mcp-session-id: {session}\r\n"),

@@ -249,7 +249,7 @@ fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: 
 /// error within seconds, and a legacy session's stream (`GET /mcp`) at its next keep-alive.
 #[test]
 fn a_revoked_credentials_listen_and_session_stream_end() {
-    use std::io::{BufRead as _, Read as _, Write as _};
+    use std::io::{Read as _, Write as _};
     use std::time::{Duration, Instant};
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -259,13 +259,7 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
     let bearer = std::fs::read_to_string(&coder).unwrap();
     let auth = format!("authorization: Bearer {}\r\n", bearer.trim());
     // A legacy session and its stream, read to its end in the background.
-    let (status, init) = super::raw(
-        &s.addr,
-        &auth,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
-    );
-    assert_eq!(status, 200, "{init}");
-    let session = super::session_id(&init);
+    let session = super::raw_session(&s.addr, &auth);
     let mut get = std::net::TcpStream::connect(&s.addr).unwrap();
     write!(
         get,
@@ -280,25 +274,14 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
         (Instant::now(), seen)
     });
     // A 2026-07-28 listen, open before the revocation.
-    let mut listen = e
-        .sdk()
-        .env("WARDEN_E2E_MODE", "auto")
-        .arg(&s.url)
-        .arg(&coder)
-        .args(["hold-listen", "40"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(listen.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        assert!(
-            said.read_line(&mut line).unwrap() > 0,
-            "the listen did not open"
-        );
-    }
+    let listen = client_until(
+        &e,
+        "auto",
+        &s.url,
+        &coder,
+        &["hold-listen", "40"],
+        "listening",
+    );
     assert!(
         !stream.is_finished(),
         "the session's stream ended before the revocation"
@@ -328,6 +311,41 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
     );
 }
 
+/// The SDK client running `args` in `mode` against `target`, in the background, once it said
+/// `ready` on stderr (its answer comes on stdout when it ends).
+fn client_until(
+    e: &Env,
+    mode: &str,
+    target: &str,
+    credential: &std::path::Path,
+    args: &[&str],
+    ready: &str,
+) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut child = e
+        .sdk()
+        .env("WARDEN_E2E_MODE", mode)
+        .arg(target)
+        .arg(credential)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(ready) {
+        line.clear();
+        assert!(
+            said.read_line(&mut line).unwrap() > 0,
+            "the client ended before it said `{ready}`"
+        );
+    }
+    // The rest of its stderr is read (and dropped) so that it never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
+    child
+}
+
 /// Kills every child of process `parent` whose command line holds `program`; how many.
 fn kill_children(parent: u32, program: &str) -> usize {
     let mut killed = 0;
@@ -354,7 +372,6 @@ fn kill_children(parent: u32, program: &str) -> usize {
 /// again when it restarts: the client's next updates come from the new process.
 #[test]
 fn a_restarted_upstream_is_subscribed_again_for_its_subscribers() {
-    use std::io::BufRead as _;
     use std::time::{Duration, Instant};
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -362,25 +379,14 @@ fn a_restarted_upstream_is_subscribed_again_for_its_subscribers() {
     let coder = data.join("agents/coder-1.credential");
     let s = start_existing(dir.path(), &data, &m);
     // A legacy client over /mcp, subscribed: its updates come on its session's stream.
-    let mut hold = e
-        .sdk()
-        .env("WARDEN_E2E_MODE", "legacy")
-        .arg(&s.url)
-        .arg(&coder)
-        .args(["subscribe-hold", DOC, "40"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(hold.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("subscribed") {
-        line.clear();
-        assert!(
-            said.read_line(&mut line).unwrap() > 0,
-            "the client did not subscribe"
-        );
-    }
+    let hold = client_until(
+        &e,
+        "legacy",
+        &s.url,
+        &coder,
+        &["subscribe-hold", DOC, "40"],
+        "subscribed",
+    );
     assert!(kill_children(s.child.id(), "mcp-server-everything") > 0);
     // The next call starts `everything` again (Warden subscribes it to DOC again) and turns
     // its simulated updates on.
