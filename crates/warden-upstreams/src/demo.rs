@@ -2,13 +2,16 @@
 //! manifest's upstream, so that a newcomer's first `warden serve` has something to govern.
 //!
 //! Tools: `echo` (returns its text), `now` (the current UTC time), `add` (two integers),
-//! `repeat` (a text repeated, up to 16 MiB: large results). The
+//! `repeat` (a text repeated, up to 16 MiB: large results). One prompt, `runner`, which says
+//! which process serves it (a number drawn when the process starts): where a sandboxed demo
+//! runs one process per agent or tenant, it shows which one a list or a get came from. The
 //! Executor starts it like any other stdio upstream (the program name `warden` means the
 //! running Warden binary).
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, ListPromptsResult, ListToolsResult, PaginatedRequestParams,
+    Prompt, PromptMessage, Role, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -20,6 +23,18 @@ const MAX_REPEAT_BYTES: u64 = 16 << 20;
 /// The demo server.
 #[derive(Debug, Clone, Default)]
 pub struct Demo;
+
+/// What the `runner` prompt says: which process serves it.
+fn runner() -> String {
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let n = PROCESS.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        u64::from(nanos) ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    format!("served by demo process {n:016x}")
+}
 
 fn schema(v: Value) -> Map<String, Value> {
     match v {
@@ -86,7 +101,36 @@ pub(crate) fn server_info(name: &str) -> ServerConfig {
 
 impl ServerHandler for Demo {
     fn get_info(&self) -> ServerConfig {
-        server_info("warden-demo")
+        let mut info = server_info("warden-demo");
+        info.capabilities.prompts = ServerCapabilities::builder()
+            .enable_prompts()
+            .build()
+            .prompts;
+        info
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let prompt = Prompt::new("runner", Some(runner()), None);
+        Ok(ListPromptsResult::with_all_items(vec![prompt]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != "runner" {
+            return Err(McpError::invalid_params(
+                format!("unknown prompt `{}`", request.name),
+                None,
+            ));
+        }
+        let message = PromptMessage::new_text(Role::User, runner());
+        Ok(GetPromptResult::new(vec![message]).into())
     }
 
     async fn list_tools(

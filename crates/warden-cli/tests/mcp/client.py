@@ -337,6 +337,10 @@ async def run(client, scenario, args):
             out["forged"] = "accepted"
         except Exception as e:
             out["forged"] = str(e)
+    elif scenario == "prompt-list":
+        # Each prompt listed, with its description.
+        prompts = await session.list_prompts()
+        out["prompts"] = {p.name: p.description for p in prompts.prompts}
     elif scenario == "catalog":
         # What the agent may see besides tools.
         resources = await session.list_resources()

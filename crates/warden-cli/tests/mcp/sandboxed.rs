@@ -320,6 +320,60 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     assert!(!globex.contains("acme-only"), "{globex}");
 }
 
+/// Lists come from the process that serves the caller: with one demo process per tenant, each
+/// tenant's list of prompts is its own process's (the `runner` prompt says which process), the
+/// same on every list, and a get is served by that process too.
+#[test]
+fn a_sandboxed_upstreams_lists_come_from_the_callers_own_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((e, s)) = serve_with(
+        dir.path(),
+        "",
+        "",
+        |m| {
+            let m = m
+                .replacen(
+                    "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
+                    "    command: [warden, demo-server]\n    sandbox: { require: [], runner: tenant }\n",
+                    1,
+                )
+                .replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1)
+                .replacen(
+                    "\nagents:\n",
+                    "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
+                    1,
+                );
+            m + "\nprompts:\n  - { name: demo.runner, tier: low, zones: [\"*\"] }\n"
+        },
+        &["ops-1", "g-1"],
+    ) else {
+        return;
+    };
+    let listed = |agent: &str| {
+        let r = super::client(&e, &s, agent, &["prompt-list"]);
+        r["prompts"]["demo.runner"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned()
+    };
+    let acme = listed("ops-1");
+    assert!(acme.starts_with("served by demo process "), "{acme}");
+    let globex = listed("g-1");
+    assert_ne!(acme, globex, "each tenant lists from its own process");
+    assert_eq!(listed("ops-1"), acme, "and from the same one each time");
+    let got = super::client(&e, &s, "ops-1", &["prompt", "demo.runner", "{}"]);
+    assert_eq!(
+        got["result"]["messages"][0]["content"]["text"], acme,
+        "{got}"
+    );
+    let dirs = runners(&s.data, "demo");
+    assert_eq!(
+        dirs.iter().filter(|d| d.starts_with("tenant-")).count(),
+        2,
+        "{dirs:?}"
+    );
+}
+
 #[test]
 fn a_session_runner_ends_with_its_session() {
     let dir = tempfile::tempdir().unwrap();
