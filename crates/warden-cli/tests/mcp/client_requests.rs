@@ -228,6 +228,10 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     asks_reach_the_client(&e, "legacy", &s.url, &coder, false);
     a_parked_call_ends_with_its_session(&s, &coder);
     drop(s);
+    // A fresh daemon: a legacy client over /mcp gets the log message of a fresh `asker` too.
+    let s = start_existing(dir.path(), &data, &m);
+    asks_reach_the_client(&e, "legacy", &s.url, &coder, true);
+    drop(s);
 
     // Recorded: forwarded and refused, with the agent and why.
     let ledger = ledger_tail(&data, 300);
