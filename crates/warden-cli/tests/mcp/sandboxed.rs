@@ -215,6 +215,16 @@ fn runners(data: &std::path::Path, name: &str) -> Vec<String> {
     v
 }
 
+/// The manifest `m` with a second tenant, `globex`, and its agent `g-1`.
+fn with_globex(m: String) -> String {
+    m.replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1)
+        .replacen(
+            "\nagents:\n",
+            "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
+            1,
+        )
+}
+
 #[test]
 fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,13 +232,7 @@ fn each_tenant_gets_its_own_runner_and_a_lockdown_ends_only_its_own() {
         dir.path(),
         "  - { name: proc.touch, tier: low, zones: [\"*\"], arguments: { type: object, properties: { name: { type: string } }, required: [name], additionalProperties: false } }\n  - { name: proc.ls, tier: low, zones: [\"*\"], arguments: { type: object, properties: { dir: { type: string } }, required: [dir], additionalProperties: false } }\n",
         "  - name: proc\n    process:\n      touch: { program: /usr/bin/touch, args: [\"{name}\"] }\n      ls: { program: /usr/bin/ls, args: [\"-1\", \"{dir}\"] }\n    sandbox:\n      limits: { memory_mb: 128 }\n",
-        |m| {
-            m.replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1).replacen(
-                "\nagents:\n",
-                "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
-                1,
-            )
-        },
+        with_globex,
         &["ops-1", "g-1"],
     ) else {
         return;
@@ -331,18 +335,11 @@ fn a_sandboxed_upstreams_lists_come_from_the_callers_own_runner() {
         "",
         "",
         |m| {
-            let m = m
-                .replacen(
-                    "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
-                    "    command: [warden, demo-server]\n    sandbox: { require: [], runner: tenant }\n",
-                    1,
-                )
-                .replacen("  - id: acme\n", "  - id: acme\n  - id: globex\n", 1)
-                .replacen(
-                    "\nagents:\n",
-                    "\nagents:\n  - { id: g-1, tenant: globex, owner: gina@globex.example, zone: prod, trust: senior }\n",
-                    1,
-                );
+            let m = with_globex(m).replacen(
+                "    command: [warden, demo-server]\n    sandbox: { require: [] }\n",
+                "    command: [warden, demo-server]\n    sandbox: { require: [], runner: tenant }\n",
+                1,
+            );
             m + "\nprompts:\n  - { name: demo.runner, tier: low, zones: [\"*\"] }\n"
         },
         &["ops-1", "g-1"],
