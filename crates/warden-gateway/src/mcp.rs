@@ -25,6 +25,7 @@ use warden_runtime::governed::ProgressSink;
 use warden_runtime::Answer;
 use warden_runtime::{Call, Caller, Outcome, Runtime};
 
+pub use crate::mcp_changes::wanted as lists_wanted;
 pub use crate::mcp_client::severity;
 use crate::mcp_rounds::{Round, Rounds};
 use crate::mcp_sessions::{Limits, OpenError, Refused, Sessions};
@@ -1686,6 +1687,16 @@ mod tests {
         assert!(
             matches!(peek(bad), Peeked::BadParams { id, why } if id == 7 && why.contains("arguments"))
         );
+        // A retry names the state it resumes; a state that is not a string is rmcp's to refuse,
+        // and does not hide the rest of the call from the gate.
+        let retry = br#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"p","requestState":"wrs_i_1"}}"#;
+        assert!(
+            matches!(peek(retry), Peeked::Resume { id, state } if id == 3 && state == "wrs_i_1")
+        );
+        let odd = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x","arguments":"a","requestState":5}}"#;
+        assert!(matches!(peek(odd), Peeked::BadParams { id, .. } if id == 4));
+        let odd = br#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"a://b","requestState":{}}}"#;
+        assert_eq!(peek(odd), Peeked::Other);
         let bad = br#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":[1],"arguments":{}}}"#;
         assert!(
             matches!(peek(bad), Peeked::BadParams { id, why } if id == "q" && why.contains("name"))

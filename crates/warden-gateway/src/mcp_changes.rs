@@ -13,7 +13,7 @@ use warden_core::ActionKind;
 use warden_runtime::{Caller, Runtime};
 
 /// The lists a `subscriptions/listen` filter asks to hear about.
-pub(crate) fn wanted(filter: &SubscriptionFilter) -> Vec<ActionKind> {
+pub fn wanted(filter: &SubscriptionFilter) -> Vec<ActionKind> {
     [
         (filter.tools_list_changed, ActionKind::Tool),
         (filter.resources_list_changed, ActionKind::Resource),

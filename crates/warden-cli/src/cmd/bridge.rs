@@ -39,7 +39,8 @@ use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, Service
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::bridge_notices::{List, Listeners, Notice};
+use super::bridge_notices::{Listeners, Notice};
+use warden_core::ActionKind;
 
 /// Where a daemon's progress notifications go: the client's token and its peer, by the token
 /// the bridge gave the daemon.
@@ -117,21 +118,25 @@ impl rmcp::ClientHandler for Upward {
     }
 
     async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
-        self.listeners.tell(Notice::Changed(List::Tools)).await;
+        self.listeners.tell(Notice::Changed(ActionKind::Tool)).await;
     }
 
     async fn on_resource_list_changed(
         &self,
         _context: rmcp::service::NotificationContext<RoleClient>,
     ) {
-        self.listeners.tell(Notice::Changed(List::Resources)).await;
+        self.listeners
+            .tell(Notice::Changed(ActionKind::Resource))
+            .await;
     }
 
     async fn on_prompt_list_changed(
         &self,
         _context: rmcp::service::NotificationContext<RoleClient>,
     ) {
-        self.listeners.tell(Notice::Changed(List::Prompts)).await;
+        self.listeners
+            .tell(Notice::Changed(ActionKind::Prompt))
+            .await;
     }
 
     async fn on_resource_updated(
@@ -582,7 +587,7 @@ impl ServerHandler for Bridge {
                 held.push(uri.clone());
             }
         }
-        let lists = super::bridge_notices::lists(accepted);
+        let lists = warden_gateway::mcp::lists_wanted(accepted);
         let listeners = &self.upward.listeners;
         let id = listeners.add(lists, uris, context.sink().clone());
         context.cancelled().await;

@@ -10,24 +10,17 @@
 //! resources) are held at the daemon once per URI, counted here: the daemon is asked to
 //! subscribe at the first and to unsubscribe after the last.
 
-use rmcp::model::SubscriptionFilter;
 use rmcp::service::SubscriptionSink;
 use rmcp::{Peer, RoleServer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-
-/// A list the daemon says changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum List {
-    Tools,
-    Resources,
-    Prompts,
-}
+use warden_core::ActionKind;
 
 /// What the daemon told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Notice {
-    Changed(List),
+    /// A list of this kind changed.
+    Changed(ActionKind),
     Updated(String),
 }
 
@@ -49,7 +42,7 @@ struct Inner {
 }
 
 struct Listen {
-    lists: Vec<List>,
+    lists: Vec<ActionKind>,
     uris: BTreeSet<String>,
     sink: SubscriptionSink,
 }
@@ -69,18 +62,6 @@ enum Target {
     Listen(SubscriptionSink),
 }
 
-/// The lists a `subscriptions/listen` filter asks to hear about.
-pub(super) fn lists(filter: &SubscriptionFilter) -> Vec<List> {
-    [
-        (filter.tools_list_changed, List::Tools),
-        (filter.resources_list_changed, List::Resources),
-        (filter.prompts_list_changed, List::Prompts),
-    ]
-    .into_iter()
-    .filter_map(|(asked, list)| (asked == Some(true)).then_some(list))
-    .collect()
-}
-
 impl Listeners {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding it.
@@ -95,7 +76,7 @@ impl Listeners {
     /// Adds a listen (its lists and resources, and where it is told); its id.
     pub(super) fn add(
         &self,
-        lists: Vec<List>,
+        lists: Vec<ActionKind>,
         uris: BTreeSet<String>,
         sink: SubscriptionSink,
     ) -> u64 {
@@ -156,9 +137,11 @@ impl Listeners {
             match target {
                 Target::Client(p) => {
                     let _ = match &notice {
-                        Notice::Changed(List::Tools) => p.notify_tool_list_changed().await,
-                        Notice::Changed(List::Resources) => p.notify_resource_list_changed().await,
-                        Notice::Changed(List::Prompts) => p.notify_prompt_list_changed().await,
+                        Notice::Changed(ActionKind::Tool) => p.notify_tool_list_changed().await,
+                        Notice::Changed(ActionKind::Resource) => {
+                            p.notify_resource_list_changed().await
+                        }
+                        Notice::Changed(ActionKind::Prompt) => p.notify_prompt_list_changed().await,
                         Notice::Updated(uri) => {
                             let params =
                                 rmcp::model::ResourceUpdatedNotificationParam::new(uri.clone());
@@ -168,9 +151,11 @@ impl Listeners {
                 }
                 Target::Listen(s) => {
                     let _ = match &notice {
-                        Notice::Changed(List::Tools) => s.notify_tool_list_changed().await,
-                        Notice::Changed(List::Resources) => s.notify_resource_list_changed().await,
-                        Notice::Changed(List::Prompts) => s.notify_prompt_list_changed().await,
+                        Notice::Changed(ActionKind::Tool) => s.notify_tool_list_changed().await,
+                        Notice::Changed(ActionKind::Resource) => {
+                            s.notify_resource_list_changed().await
+                        }
+                        Notice::Changed(ActionKind::Prompt) => s.notify_prompt_list_changed().await,
                         Notice::Updated(uri) => s.notify_resource_updated(uri.clone()).await,
                     };
                 }
@@ -193,13 +178,5 @@ mod tests {
         assert!(l.release("a://1"), "the last release unsubscribes");
         assert!(!l.release("a://1"), "nothing is held any more");
         assert!(l.release("a://2"));
-    }
-
-    #[test]
-    fn a_filter_asks_for_the_lists_it_sets() {
-        let mut f = SubscriptionFilter::new();
-        f.prompts_list_changed = Some(true);
-        f.tools_list_changed = Some(false);
-        assert_eq!(lists(&f), vec![List::Prompts]);
     }
 }
