@@ -99,6 +99,7 @@ async fn propose(
         session,
         tool: tool.into(),
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
         arguments,
         trace: None,
         cancel: tokio_util::sync::CancellationToken::new(),

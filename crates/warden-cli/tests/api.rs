@@ -704,6 +704,7 @@ fn governor_key_rotation_is_verifiable_and_recorded() {
         tenant: String::new(),
         session: "s".into(),
         tool: "fs.read_file".into(),
+        operation: warden_core::Operation::Use,
         arguments_hash: "sha256:aa".into(),
         decided_at: 0,
         provenance: Vec::new(),
@@ -765,6 +766,7 @@ fn manifest_swaps_are_atomic_under_load() {
         arguments: serde_json::json!({"path": "/a"}),
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     };
     let d0 = g1.decide(&p0, state.as_ref(), 1_795_341_600);
     assert!(d0.is_allow());
@@ -803,6 +805,7 @@ fn manifest_swaps_are_atomic_under_load() {
                         arguments: serde_json::json!({ "path": format!("/{i}") }),
                         tenant: None,
                         kind: warden_core::ActionKind::Tool,
+                        operation: warden_core::Operation::Use,
                     };
                     let d = current.get().decide(&p, state.as_ref(), 1_795_341_600);
                     seen.push((
@@ -1547,6 +1550,7 @@ async fn a_call_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() 
             trace_id: String::new(),
             request_id: "req-cut-off".into(),
             tool: "demo.echo".into(),
+            operation: warden_core::Operation::Use,
             arguments_hash: "sha256:11".into(),
             time: warden_runtime::now_unix(),
             provenance: Vec::new(),

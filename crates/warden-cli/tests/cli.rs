@@ -418,6 +418,7 @@ fn make_ledger(data: &Path, n: u64) -> String {
             tenant: "acme".into(),
             session: "s".into(),
             tool: "fs.read_file".into(),
+            operation: warden_core::Operation::Use,
             arguments_hash: format!("sha256:{i:064x}"),
             decided_at: 1_795_341_600,
             provenance: Vec::new(),

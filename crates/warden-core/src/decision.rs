@@ -94,6 +94,9 @@ pub struct Decision {
     pub session: String,
     /// The tool.
     pub tool: String,
+    /// What the proposal does with it: a use (not written out) or a completion.
+    #[serde(default, skip_serializing_if = "crate::Operation::is_use")]
+    pub operation: crate::Operation,
     /// SHA-256 of the canonical arguments (the arguments themselves are never copied here).
     pub arguments_hash: String,
     /// When the decision was made, Unix seconds.

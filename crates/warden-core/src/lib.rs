@@ -31,4 +31,4 @@ pub mod time;
 pub mod trace;
 
 pub use decision::{BudgetUse, Decision, Escalation, Verdict};
-pub use proposal::{ActionKind, Proposal, ProposalError};
+pub use proposal::{ActionKind, Completing, Operation, Proposal, ProposalError};

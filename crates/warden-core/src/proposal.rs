@@ -29,6 +29,68 @@ pub struct Proposal {
     /// entry named `tool` must be of this kind.
     #[serde(default, skip_serializing_if = "ActionKind::is_tool")]
     pub kind: ActionKind,
+    /// What is done with the entry: used (the default), or one of its arguments completed
+    /// (`completion/complete`), the arguments then being a [`Completing`].
+    #[serde(default, skip_serializing_if = "Operation::is_use")]
+    pub operation: Operation,
+}
+
+/// What a proposal does with the entry it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// The tool is called, the resource read, the prompt got.
+    #[default]
+    Use,
+    /// An argument of a prompt or of a resource template is completed: the upstream is sent
+    /// the partial value (and the values already chosen) and answers candidates.
+    Complete,
+}
+
+impl Operation {
+    /// Whether it is a use (the default, not written out).
+    #[must_use]
+    pub fn is_use(&self) -> bool {
+        *self == Operation::Use
+    }
+}
+
+/// The arguments of a completion: which argument, its value so far, the values of the other
+/// arguments already chosen and, for a resource template, the template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completing {
+    /// The resource template whose argument is completed (absent for a prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The argument's name.
+    pub argument: String,
+    /// Its value so far.
+    pub value: String,
+    /// The other arguments' values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context: std::collections::BTreeMap<String, String>,
+}
+
+impl Completing {
+    /// The arguments of a completion proposal.
+    #[must_use]
+    pub fn to_arguments(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|_| empty_object())
+    }
+
+    /// The values the entry's argument schema judges: the context's, with the completed
+    /// argument's value so far.
+    #[must_use]
+    pub fn values(&self) -> Value {
+        let mut values: Map<String, Value> = self
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        values.insert(self.argument.clone(), Value::String(self.value.clone()));
+        Value::Object(values)
+    }
 }
 
 /// The kinds of action an agent can propose: each manifest entry is one of them, and a
@@ -134,7 +196,37 @@ impl Proposal {
                 problem: "must be a JSON object",
             });
         }
+        if self.operation == Operation::Complete {
+            self.completing()?;
+        }
         Ok(())
+    }
+
+    /// The arguments of a completion, checked: a prompt's or a resource template's argument
+    /// (a tool's arguments are not completed), the template named for a resource only.
+    ///
+    /// # Errors
+    /// [`ProposalError::BadField`] naming what is wrong.
+    pub fn completing(&self) -> Result<Completing, ProposalError> {
+        let bad = |problem| ProposalError::BadField {
+            field: "arguments",
+            problem,
+        };
+        let c: Completing = serde_json::from_value(self.arguments.clone())
+            .map_err(|_| bad("of a completion must be `argument`, `value`, `context` and, for a resource template, `uri`"))?;
+        check_id("argument", &c.argument)?;
+        match (self.kind, &c.uri) {
+            (ActionKind::Prompt, None) => Ok(c),
+            (ActionKind::Resource, Some(uri)) if !uri.is_empty() => Ok(c),
+            (ActionKind::Resource, _) => Err(bad(
+                "of a resource template's completion name its template as `uri`",
+            )),
+            (ActionKind::Prompt, Some(_)) => Err(bad("of a prompt's completion name no `uri`")),
+            (ActionKind::Tool, _) => Err(ProposalError::BadField {
+                field: "operation",
+                problem: "`complete` is for prompts and resource templates, not tools",
+            }),
+        }
     }
 }
 
@@ -192,6 +284,40 @@ mod tests {
             e.to_string(),
             "proposal field `agent` contains control characters"
         );
+    }
+
+    #[test]
+    fn a_completion_names_a_prompts_or_a_templates_argument() {
+        let p = Proposal::from_json_slice(
+            br#"{"agent":"a","session":"s","tool":"u.p","kind":"prompt","operation":"complete",
+                "arguments":{"argument":"city","value":"Par","context":{"country":"FR"}}}"#,
+        )
+        .unwrap();
+        let c = p.completing().unwrap();
+        assert_eq!(
+            c.values(),
+            serde_json::json!({"city": "Par", "country": "FR"})
+        );
+        assert_eq!(c.to_arguments(), p.arguments);
+        let bad = |kind: &str, args: &str| {
+            let text = format!(
+                r#"{{"agent":"a","session":"s","tool":"u.p","kind":"{kind}","operation":"complete","arguments":{args}}}"#
+            );
+            Proposal::from_json_slice(text.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("tool", r#"{"argument":"x","value":""}"#).contains("`operation`"));
+        assert!(bad("resource", r#"{"argument":"x","value":""}"#).contains("`uri`"));
+        assert!(
+            bad("prompt", r#"{"uri":"f:///{x}","argument":"x","value":""}"#).contains("no `uri`")
+        );
+        assert!(bad("prompt", r#"{"argument":"x","value":"","extra":1}"#)
+            .contains("`argument`, `value`"));
+        assert!(bad("prompt", r#"{"argument":"","value":""}"#).contains("`argument` is empty"));
+        // A use is unchanged by the field's default: it is not written out.
+        let use_ = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t"}"#).unwrap();
+        assert!(!serde_json::to_string(&use_).unwrap().contains("operation"));
     }
 
     #[test]

@@ -96,3 +96,63 @@ pub trait SessionDirectory: Send + Sync {
     /// [`StateError::Unavailable`] when the directory cannot be reached.
     fn waiting(&self, id: &str) -> Result<Option<String>, StateError>;
 }
+
+/// What one instance of a fleet tells the others about an MCP session whose requests reach
+/// several of them (a balancer without stickiness): a session's subscription is held by the
+/// instance its `resources/subscribe` reached, its stream (`GET /mcp`) by the instance that
+/// `GET` reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "notice", rename_all = "snake_case")]
+pub enum SessionNotice {
+    /// A resource session `session` subscribed to changed: for whichever instance holds the
+    /// session's stream.
+    Updated {
+        /// The session.
+        session: String,
+        /// The resource.
+        uri: String,
+    },
+    /// Session `session` unsubscribed from `uri`: whichever instance holds that subscription
+    /// ends it.
+    Unsubscribed {
+        /// The session.
+        session: String,
+        /// The resource.
+        uri: String,
+    },
+}
+
+impl SessionNotice {
+    /// The session it is about.
+    #[must_use]
+    pub fn session(&self) -> &str {
+        match self {
+            SessionNotice::Updated { session, .. }
+            | SessionNotice::Unsubscribed { session, .. } => session,
+        }
+    }
+}
+
+/// Carries [`SessionNotice`]s to every instance of a fleet. Implementations:
+/// `warden_state::MemoryNotices` (in process) and `warden_state::RedisNotices` (Redis pub/sub);
+/// one conformance suite, `crates/warden-state/tests/notices.rs`. An instance alone needs none:
+/// it holds all of its sessions.
+pub trait NoticeBus: Send + Sync {
+    /// Tells every instance listening (this one included) `notice`.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the bus cannot be reached.
+    fn publish(&self, notice: &SessionNotice) -> Result<(), StateError>;
+
+    /// Hands `on` each notice published from the moment it listens, until `stop` answers true
+    /// (asked at least every 250 ms). Blocks the calling thread.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the bus fails; notices until the caller listens again
+    /// are missed.
+    fn listen(
+        &self,
+        on: &mut dyn FnMut(SessionNotice),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), StateError>;
+}

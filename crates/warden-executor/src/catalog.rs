@@ -1,5 +1,5 @@
 //! What upstreams offer besides tools, for the front-ends' lists: resources, resource
-//! templates, prompts, and argument completions. Listing runs nothing an agent asked for and
+//! templates and prompts. Listing runs nothing an agent asked for and
 //! reads no resource; the Runtime shows each agent only what its manifest entries let it see.
 //! Every text listed is redacted like a result (an upstream may print its own secrets into a
 //! description).
@@ -7,9 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rmcp::model::{
-    CompleteRequestParams, CompleteResult, Prompt, Resource, ResourceTemplate, ServerCapabilities,
-};
+use rmcp::model::{Prompt, Resource, ResourceTemplate, ServerCapabilities};
 
 use crate::{ExecError, Executor};
 
@@ -65,43 +63,6 @@ impl Executor {
         })
         .await;
         self.redact_listed(out)
-    }
-
-    /// Asks `upstream` to complete an argument of one of its prompts or resource templates
-    /// (`params` already names them as the upstream does). The values are redacted.
-    ///
-    /// # Errors
-    /// [`ExecError::Unavailable`] when the upstream is down or offers no completions;
-    /// [`ExecError::Timeout`], [`ExecError::Upstream`] as for a call.
-    pub async fn complete(
-        &self,
-        upstream: &str,
-        caller: Boundary<'_>,
-        params: CompleteRequestParams,
-    ) -> Result<CompleteResult, ExecError> {
-        let unavailable = |why: &str| ExecError::Unavailable {
-            upstream: upstream.to_owned(),
-            why: why.to_owned(),
-        };
-        let up = &self.instance(upstream, caller)?;
-        let timeout = std::time::Duration::from_millis(up.spec.timeout_ms);
-        let (client, _) = tokio::time::timeout(timeout, up.client())
-            .await
-            .map_err(|_| unavailable("it did not start in time"))??;
-        if capabilities(&client).is_none_or(|c| c.completions.is_none()) {
-            return Err(unavailable("it offers no completions"));
-        }
-        let answer = tokio::time::timeout(timeout, client.peer().complete(params))
-            .await
-            .map_err(|_| ExecError::Timeout {
-                upstream: upstream.to_owned(),
-                ms: up.spec.timeout_ms,
-            })?
-            .map_err(|e| ExecError::Upstream {
-                upstream: upstream.to_owned(),
-                why: self.redacted_text(&e.to_string()),
-            })?;
-        Ok(self.redact_listed(vec![answer]).pop().unwrap_or_default())
     }
 
     /// The named upstreams whose instance serving `caller` is up (or starts within its
@@ -247,6 +208,14 @@ impl Executor {
 /// What the upstream said it offers when it connected.
 fn capabilities(client: &crate::upstream::Client) -> Option<ServerCapabilities> {
     client.peer().peer_info().map(|i| i.capabilities.clone())
+}
+
+/// Whether the upstream said it offers `completion/complete`.
+pub(crate) fn offers_completions(client: &crate::upstream::Client) -> bool {
+    client
+        .peer()
+        .peer_info()
+        .is_some_and(|i| i.capabilities.completions.is_some())
 }
 
 /// Where `notifications/resources/updated` for one URI goes.

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientRequest, GetPromptRequestParams,
-    ReadResourceRequestParams, ServerResult,
+    CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams,
+    GetPromptRequestParams, ReadResourceRequestParams, ServerResult,
 };
-use warden_core::ActionKind;
+use warden_core::{ActionKind, Operation};
 use warden_ledger::{Entry, Receipt, ReceiptStatus};
 
 use crate::in_flight::{InFlight, Registered};
@@ -213,6 +213,15 @@ impl Executor {
                 },
             ));
         }
+        if call.operation == Operation::Complete && !crate::catalog::offers_completions(&client) {
+            return Err((
+                ReceiptStatus::Refused,
+                ExecError::Unavailable {
+                    upstream: to.name.to_owned(),
+                    why: "it offers no completions".to_owned(),
+                },
+            ));
+        }
         // INVARIANT (kill switch, INV-025): last look before anything leaves for the upstream.
         if stop.is_cancelled() {
             return Err((ReceiptStatus::Killed, ExecError::Cancelled));
@@ -319,6 +328,18 @@ impl Executor {
                     },
                 ))
             }
+            Some(Ok(Ok(ServerResult::CompleteResult(r))))
+                if call.operation == Operation::Complete =>
+            {
+                Ok(Answer::Completion(r))
+            }
+            Some(Ok(Ok(_))) if call.operation == Operation::Complete => Err((
+                ReceiptStatus::Error,
+                ExecError::Upstream {
+                    upstream: to.name.to_owned(),
+                    why: "answered a completion with something else".to_owned(),
+                },
+            )),
             Some(Ok(Ok(ServerResult::CallToolResult(r)))) if call.kind == ActionKind::Tool => {
                 Ok(Answer::Tool(r))
             }
@@ -372,6 +393,10 @@ impl Executor {
                     WITHHELD,
                 )])
             }),
+            // Candidates that held a secret are not offered at all.
+            Answer::Completion(r) => {
+                self.redact_typed(r, draft.call.redact, rmcp::model::CompleteResult::default)
+            }
         };
         stages.redaction = Some(Interval::since(redacting));
         let value = result.to_value();
@@ -477,7 +502,8 @@ impl Executor {
 const WITHHELD: &str = "[REDACTED: this held secrets in a field that cannot be redacted in place]";
 
 /// The request that carries out `call`: `tools/call` of `name` with the arguments,
-/// `resources/read` of the `uri` argument, or `prompts/get` of `name` with the arguments, each
+/// `resources/read` of the `uri` argument, `prompts/get` of `name` with the arguments, or
+/// `completion/complete` of an argument of the prompt `name` or of a resource template, each
 /// with the call's trace context.
 fn request_for(
     call: &Call<'_>,
@@ -485,6 +511,15 @@ fn request_for(
     arguments: serde_json::Value,
 ) -> Result<ClientRequest, String> {
     use rmcp::model::RequestParamsMeta as _;
+    if call.operation == Operation::Complete {
+        let mut params = completion_request(name, arguments)?;
+        if let Some(tp) = call.traceparent {
+            params.set_traceparent(tp);
+        }
+        return Ok(ClientRequest::CompleteRequest(
+            rmcp::model::CompleteRequest::new(params),
+        ));
+    }
     let serde_json::Value::Object(arguments) = arguments else {
         return Err("the arguments are not an object".into());
     };
@@ -516,6 +551,28 @@ fn request_for(
             ClientRequest::GetPromptRequest(rmcp::model::GetPromptRequest::new(params))
         }
     })
+}
+
+/// `completion/complete` for a completion's arguments: of the prompt `name` (its name at the
+/// upstream), or of the resource template the arguments name.
+fn completion_request(
+    name: &str,
+    arguments: serde_json::Value,
+) -> Result<CompleteRequestParams, String> {
+    use rmcp::model::{ArgumentInfo, CompletionContext, Reference};
+    let c: warden_core::Completing = serde_json::from_value(arguments)
+        .map_err(|e| format!("the completion's arguments are not readable: {e}"))?;
+    let reference = match c.uri {
+        Some(uri) => Reference::for_resource(uri),
+        None => Reference::for_prompt(name),
+    };
+    let mut params = CompleteRequestParams::new(reference, ArgumentInfo::new(c.argument, c.value));
+    if !c.context.is_empty() {
+        params = params.with_context(CompletionContext::with_arguments(
+            c.context.into_iter().collect(),
+        ));
+    }
+    Ok(params)
 }
 
 /// The upstream a call goes to, and the tool's name there.

@@ -187,6 +187,9 @@ pub struct Call<'a> {
     /// What the granted entry is: a tool called, a resource read (its `uri` argument), a
     /// prompt got. Taken from the manifest entry the grant names, never from the agent.
     pub kind: warden_core::ActionKind,
+    /// Whether the entry is used or one of its arguments completed (`completion/complete`,
+    /// the arguments then a [`warden_core::Completing`]), as decided.
+    pub operation: warden_core::Operation,
     /// The arguments that run (their hash must be the granted one).
     pub arguments: serde_json::Map<String, serde_json::Value>,
     /// Trace id (receipt).
@@ -229,6 +232,8 @@ pub enum Answer {
     Resource(rmcp::model::ReadResourceResult),
     /// A prompt's messages.
     Prompt(rmcp::model::GetPromptResult),
+    /// An argument's completions.
+    Completion(rmcp::model::CompleteResult),
 }
 
 impl Answer {
@@ -245,6 +250,7 @@ impl Answer {
             Answer::Tool(r) => serde_json::to_value(r),
             Answer::Resource(r) => serde_json::to_value(r),
             Answer::Prompt(r) => serde_json::to_value(r),
+            Answer::Completion(r) => serde_json::to_value(r),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

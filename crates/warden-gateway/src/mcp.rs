@@ -19,6 +19,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
+use warden_core::sessions::SessionNotice;
 use warden_core::trace::TraceParent;
 use warden_core::{ActionKind, Verdict};
 use warden_runtime::governed::ProgressSink;
@@ -518,7 +519,12 @@ impl ServerHandler for McpFront {
                     Ok(false) => return Err(full()),
                     Err(_) => return Err(session_gone()),
                 }
-                updates_to_session(sessions, session.clone(), allowed)
+                updates_to_session(
+                    sessions,
+                    session.clone(),
+                    allowed,
+                    self.app.session_notices(),
+                )
             }
         };
         let subscription = self
@@ -551,6 +557,16 @@ impl ServerHandler for McpFront {
         let (_, session, ..) = self.caller(&ctx)?;
         if let Some(sessions) = &self.sessions {
             sessions.release(&session, &request.uri);
+            // In a fleet the subscription may be held by the instance its subscribe reached.
+            if let Some(bus) = self.app.session_notices() {
+                crate::mcp_stream::publish(
+                    bus,
+                    SessionNotice::Unsubscribed {
+                        session,
+                        uri: request.uri,
+                    },
+                );
+            }
             return Ok(());
         }
         let gone = self
@@ -676,9 +692,14 @@ impl ServerHandler for McpFront {
     ) -> Result<CompleteResult, McpError> {
         let (caller, session, ..) = self.caller_in_session(&ctx)?;
         self.app
-            .complete(&caller, &session, request)
+            .complete(&caller, &session, request, ctx.ct.clone())
             .await
-            .map_err(|e| McpError::invalid_params(e.to_string(), None))
+            .map_err(|e| match e {
+                warden_runtime::catalog::CompletionError::Failed(_) => {
+                    McpError::internal_error(e.to_string(), None)
+                }
+                _ => McpError::invalid_params(e.to_string(), None),
+            })
     }
 }
 
@@ -717,11 +738,13 @@ fn updates_to_peer(
     })
 }
 
-/// Where an HTTP session's updates go: its standalone stream, while its credential is good.
+/// Where an HTTP session's updates go: its standalone stream, while its credential is good —
+/// here, or, in a fleet, on whichever instance holds it (told through `notices`).
 fn updates_to_session(
     sessions: &Arc<Sessions>,
     session: String,
     allowed: Arc<dyn Fn() -> bool + Send + Sync>,
+    notices: Option<Arc<dyn warden_core::sessions::NoticeBus>>,
 ) -> warden_runtime::UpdateSink {
     let sessions = Arc::downgrade(sessions);
     Arc::new(move |uri: &str| {
@@ -729,8 +752,18 @@ fn updates_to_session(
         if !allowed() {
             return;
         }
-        if let Some(s) = sessions.upgrade() {
-            s.notify(&session, crate::mcp_stream::resource_updated(uri));
+        let Some(s) = sessions.upgrade() else { return };
+        if s.notify(&session, crate::mcp_stream::resource_updated(uri)) {
+            return;
+        }
+        if let Some(bus) = &notices {
+            crate::mcp_stream::publish(
+                Arc::clone(bus),
+                SessionNotice::Updated {
+                    session: session.clone(),
+                    uri: uri.to_owned(),
+                },
+            );
         }
     })
 }
@@ -841,6 +874,7 @@ impl McpFront {
                 session,
                 tool: name,
                 kind,
+                operation: warden_core::Operation::Use,
                 arguments: serde_json::Value::Object(arguments),
                 trace,
                 cancel: ctx.ct.clone(),
@@ -872,6 +906,7 @@ impl McpFront {
                 session,
                 tool,
                 kind,
+                operation: warden_core::Operation::Use,
                 arguments: serde_json::Value::Object(arguments),
                 trace,
                 cancel,
@@ -1630,6 +1665,9 @@ pub fn router(
                 }
             }
         });
+    }
+    if let Some(bus) = app.session_notices() {
+        crate::mcp_stream::relay_notices(bus, Arc::downgrade(&sessions));
     }
     let here = crate::mcp_forward::Here::new(&app, advertise);
     let mut front = McpFront::http(app.clone(), Arc::clone(&sessions));

@@ -129,8 +129,11 @@ struct Open {
     stream: Option<(u64, tokio::sync::mpsc::Sender<serde_json::Value>)>,
     /// What its client subscribed to (`resources/subscribe`), by URI: dropping one
     /// unsubscribes, so the session's end ends them all.
-    subscriptions: HashMap<String, warden_runtime::Subscription>,
+    subscriptions: HashMap<String, Held>,
 }
+
+/// A subscription a session holds (a [`warden_runtime::Subscription`]): dropping it ends it.
+type Held = Box<dyn std::any::Any + Send + Sync>;
 
 /// (last seen, id): least recently used first.
 type Lru = BTreeSet<(Instant, String)>;
@@ -471,19 +474,50 @@ impl Sessions {
         self.find(id, credential, Instant::now(), true)
     }
 
-    /// Ends every session idle for at least [`Limits::idle`] at `now`; how many ended.
+    /// Ends every session idle for at least [`Limits::idle`] at `now`; how many ended. In a
+    /// fleet, an idle copy that holds subscriptions is kept while the directory still has its
+    /// session: its client uses it through other instances (its stream there marks it in use),
+    /// and its updates reach that stream through the fleet's notice bus.
     pub fn sweep(&self, now: Instant) -> usize {
-        let ended: Vec<String> = {
-            let mut inner = self.lock();
-            let stale: Vec<String> = inner
+        let stale: Vec<(String, bool)> = {
+            let inner = self.lock();
+            inner
                 .lru
                 .iter()
                 .take_while(|(seen, _)| now.saturating_duration_since(*seen) >= self.limits.idle)
-                .filter(|(_, id)| inner.open.get(id).is_some_and(|o| o.calls.is_empty()))
-                .map(|(_, id)| id.clone())
-                .collect();
-            stale
+                .filter_map(|(_, id)| {
+                    let o = inner.open.get(id).filter(|o| o.calls.is_empty())?;
+                    Some((id.clone(), !o.subscriptions.is_empty()))
+                })
+                .collect()
+        };
+        // Asked outside the lock: a networked directory takes a round trip.
+        let alive_elsewhere = |id: &str| {
+            self.directory
+                .as_ref()
+                .is_some_and(|d| !matches!(d.lookup(id), Ok(None)))
+        };
+        let keep: Vec<&str> = stale
+            .iter()
+            .filter(|(id, subscribed)| *subscribed && alive_elsewhere(id))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let ended: Vec<String> = {
+            let mut inner = self.lock();
+            for id in &keep {
+                inner.touch(id, now);
+            }
+            // Used meanwhile (the lock was let go): not stale any more.
+            let still_stale = |o: &Open| {
+                o.calls.is_empty() && now.saturating_duration_since(o.seen) >= self.limits.idle
+            };
+            let gone: Vec<&str> = stale
                 .iter()
+                .map(|(id, _)| id.as_str())
+                .filter(|id| !keep.contains(id))
+                .filter(|id| inner.open.get(*id).is_some_and(still_stale))
+                .collect();
+            gone.into_iter()
                 .filter_map(|id| inner.remove(id).map(|o| o.runner_key))
                 .collect()
         };
@@ -642,7 +676,7 @@ impl Sessions {
             if open.subscriptions.len() >= max && !open.subscriptions.contains_key(&uri) {
                 return Ok(false);
             }
-            open.subscriptions.insert(uri, subscription)
+            open.subscriptions.insert(uri, Box::new(subscription))
         };
         // Unsubscribed outside the sessions' lock.
         drop(replaced);
@@ -950,6 +984,37 @@ mod tests {
             1
         );
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_idle_copy_holding_subscriptions_stays_while_its_session_lives_elsewhere() {
+        let directory: Arc<dyn SessionDirectory> = Arc::new(warden_state::MemorySessions::new());
+        let f = fleet(2, &directory);
+        let id = f[0].open_alone("c", "a").unwrap();
+        assert_eq!(f[1].check(&id, "c"), Ok(()));
+        let plain = f[0].open_alone("c", "a").unwrap();
+        assert_eq!(f[1].check(&plain, "c"), Ok(()));
+        // The second instance holds a subscription of `id` (its subscribe reached it), and
+        // sees no request of either session for longer than the idle time.
+        f[1].lock()
+            .open
+            .get_mut(&id)
+            .unwrap()
+            .subscriptions
+            .insert("file:///a".into(), Box::new(()));
+        let idle = Limits::default().idle;
+        f[1].age(&id, idle);
+        f[1].age(&plain, idle);
+        // The copy without subscriptions goes; the one with them stays while the directory
+        // has its session (its stream elsewhere keeps it in use)...
+        assert_eq!(f[1].sweep(Instant::now()), 1);
+        assert_eq!(f[1].len(), 1);
+        assert_eq!(f[1].has_room(&id, "file:///b", 256), Ok(true));
+        // ... and goes once the session ended.
+        assert_eq!(f[0].close(&id, "c"), Ok(()));
+        f[1].age(&id, idle);
+        assert_eq!(f[1].sweep(Instant::now()), 1);
+        assert!(f[1].is_empty());
     }
 
     /// Instances of a fleet: sessions on one directory.

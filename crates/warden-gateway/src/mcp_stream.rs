@@ -12,6 +12,10 @@
 //! message), or when the client goes. While it is open the session counts as in use: it does
 //! not expire under a client that listens without calling.
 //!
+//! In a fleet the instance holding a session's subscription may not hold its stream: what the
+//! one cannot deliver it publishes on the fleet's notice bus, and every instance relays what it
+//! hears to the sessions open on it ([`publish`], [`relay_notices`]).
+//!
 //! A 2026-07-28 client has no such stream (it listens with `subscriptions/listen`): its `GET`
 //! is answered 405, as is a `GET` outside a session Warden issued.
 
@@ -20,6 +24,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Duration;
+use warden_core::sessions::{NoticeBus, SessionNotice};
 use warden_core::ActionKind;
 use warden_runtime::catalog_changes::CatalogChanges;
 use warden_runtime::{Caller, Runtime};
@@ -136,6 +141,62 @@ impl Drop for Standalone {
         self.opener
             .sessions
             .close_stream(&self.opener.session, self.number);
+    }
+}
+
+/// Publishes `notice` to the fleet's other instances, off the async runtime (the bus's client
+/// blocks); a bus that cannot be reached is said in the log, and the notice is lost (an
+/// update says only "read it again"; an unsubscription's subscription ends with its session).
+pub(crate) fn publish(bus: Arc<dyn NoticeBus>, notice: SessionNotice) {
+    let send = move || {
+        if let Err(e) = bus.publish(&notice) {
+            tracing::warn!(error = %e, "a session notice could not reach the fleet's other instances");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(send)),
+        Err(_) => send(),
+    }
+}
+
+/// Hands what the fleet's other instances publish to this instance's sessions, on a thread of
+/// its own, until the sessions go: an update to the session's stream if it is open here, an
+/// unsubscription to the subscription if this instance holds it. A bus that fails is listened
+/// to again a second later.
+pub(crate) fn relay_notices(bus: Arc<dyn NoticeBus>, sessions: std::sync::Weak<Sessions>) {
+    let spawned = std::thread::Builder::new()
+        .name("warden-notices".into())
+        .spawn(move || {
+            let gone = || sessions.strong_count() == 0;
+            while !gone() {
+                let heard = bus.listen(
+                    &mut |notice| {
+                        if let Some(s) = sessions.upgrade() {
+                            take_notice(&s, notice);
+                        }
+                    },
+                    &gone,
+                );
+                if let Err(e) = heard {
+                    tracing::warn!(error = %e, "the fleet's session notices cannot be heard; listening again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the listener of the fleet's session notices");
+    }
+}
+
+/// What one notice does to this instance's sessions (nothing for a session not open here).
+fn take_notice(sessions: &Sessions, notice: SessionNotice) {
+    match notice {
+        SessionNotice::Updated { session, uri } => {
+            sessions.notify(&session, resource_updated(&uri));
+        }
+        SessionNotice::Unsubscribed { session, uri } => {
+            sessions.release(&session, &uri);
+        }
     }
 }
 

@@ -224,6 +224,7 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
         session: proposal.session,
         tool: proposal.tool,
         kind: proposal.kind,
+        operation: proposal.operation,
         arguments: proposal.arguments,
         trace,
         cancel: tokio_util::sync::CancellationToken::new(),

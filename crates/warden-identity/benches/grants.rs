@@ -48,6 +48,7 @@ fn main() {
         tenant: String::new(),
         session: call.session.into(),
         tool: call.tool.into(),
+        operation: warden_core::Operation::Use,
         arguments_hash: call.arguments_hash.into(),
         decided_at: 0,
         provenance: Vec::new(),

@@ -64,6 +64,7 @@ fn recorded(c: &Call<'_>, version: u64, verdict: warden_core::Verdict) -> warden
         tenant: String::new(),
         session: c.session.into(),
         tool: c.tool.into(),
+        operation: warden_core::Operation::Use,
         arguments_hash: c.arguments_hash.into(),
         decided_at: 0,
         provenance: Vec::new(),

@@ -62,6 +62,7 @@ fn record(i: u64) -> Vec<u8> {
         trace_id: format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         request_id: format!("{i:032x}"),
         tool: "fs.read_file".into(),
+        operation: warden_core::Operation::Use,
         arguments_hash: format!("sha256:{:064x}", i.wrapping_mul(0x2545_f491_4f6c_dd1d)),
         time: 1_795_341_600 + (i / 1000) as i64,
         provenance: Vec::new(),

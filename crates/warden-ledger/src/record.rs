@@ -96,6 +96,9 @@ pub struct DecisionRecord {
     pub request_id: String,
     /// The tool.
     pub tool: String,
+    /// What the proposal did with it: a use (not written out) or a completion (`complete`).
+    #[serde(default, skip_serializing_if = "warden_core::Operation::is_use")]
+    pub operation: warden_core::Operation,
     /// SHA-256 of the canonical arguments.
     pub arguments_hash: String,
     /// When the decision was made, Unix seconds.
@@ -130,6 +133,7 @@ impl DecisionRecord {
             trace_id: trace_id.to_owned(),
             request_id: request_id.to_owned(),
             tool: decision.tool.clone(),
+            operation: decision.operation,
             arguments_hash: decision.arguments_hash.clone(),
             time: decision.decided_at,
             provenance: decision.provenance.clone(),

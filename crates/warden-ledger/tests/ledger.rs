@@ -293,6 +293,7 @@ fn decision(i: u64) -> Entry {
         trace_id: format!("trace-{i}"),
         request_id: format!("req-{i}"),
         tool: "fs.read_file".into(),
+        operation: warden_core::Operation::Use,
         arguments_hash: format!("sha256:{i:064x}"),
         time: 1_795_341_600 + i as i64,
         provenance: Vec::new(),
@@ -381,6 +382,7 @@ fn no_secret_value_reaches_a_record() {
             arguments: args,
             tenant: None,
             kind: warden_core::ActionKind::Tool,
+            operation: warden_core::Operation::Use,
         };
         let d = g.decide(&p, &state, 1_795_341_600);
         verdicts.push(d.decision);

@@ -120,6 +120,23 @@ impl Tool {
         self.kind == ActionKind::Resource && self.uris.iter().any(|p| p.matches(uri))
     }
 
+    /// The first way `arguments` break the entry's argument schema; with `partial`, an
+    /// argument missing is not one (a completion's values are judged as far as they go).
+    #[must_use]
+    pub fn schema_error<'a>(
+        &'a self,
+        arguments: &'a serde_json::Value,
+        partial: bool,
+    ) -> Option<jsonschema::ValidationError<'a>> {
+        self.validator.iter_errors(arguments).find(|e| {
+            !(partial
+                && matches!(
+                    e.kind(),
+                    jsonschema::error::ValidationErrorKind::Required { .. }
+                ))
+        })
+    }
+
     /// The upstream that serves it (`<upstream>.` starts its name).
     #[must_use]
     pub fn upstream(&self) -> Option<&str> {

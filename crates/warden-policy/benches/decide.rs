@@ -115,6 +115,7 @@ fn starter() -> (Governor, Gen) {
         arguments: json!({ "path": format!("/srv/data/{i}.txt") }),
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     });
     (g, proposals)
 }
@@ -191,6 +192,7 @@ fn fleet(agents: usize) -> (Governor, Gen) {
         arguments: json!({ "n": i, "s": "x" }),
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     });
     (g, proposals)
 }

@@ -128,6 +128,7 @@ fn main() {
                 arguments: args.clone(),
                 tenant: None,
                 kind: warden_core::ActionKind::Tool,
+                operation: warden_core::Operation::Use,
             };
             let e = Evidence {
                 flow: Some(&flow),

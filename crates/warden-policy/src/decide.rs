@@ -8,7 +8,7 @@ use warden_core::state::{
     Charge, ChargeOutcome, HoldKind, HoldScope, Observe, Settle, Settled, StateStore,
 };
 use warden_core::time::{rfc3339, UnixSeconds, DAY};
-use warden_core::{ActionKind, BudgetUse, Decision, Escalation, Proposal, Verdict};
+use warden_core::{ActionKind, BudgetUse, Decision, Escalation, Operation, Proposal, Verdict};
 use warden_manifest::manifest::{Approval, LoadError, Manifest, TrustMode};
 use warden_manifest::rate::Rate;
 use warden_manifest::raw::FlowAction;
@@ -195,6 +195,20 @@ impl Governor {
             .min()
     }
 
+    /// The resource entry that decides a completion of the template `template`: the first
+    /// (by name) whose URIs cover every URI the template can make.
+    #[must_use]
+    pub fn template_entry(&self, template: &str) -> Option<&str> {
+        self.manifest
+            .tools
+            .values()
+            .filter(|t| {
+                t.kind == ActionKind::Resource && t.uris.iter().any(|u| u.covers_template(template))
+            })
+            .map(|t| t.name.as_str())
+            .min()
+    }
+
     fn may_use(&self, agent: &str, tool: &warden_manifest::manifest::Tool) -> bool {
         let m = &self.manifest;
         let Some(agent) = m.agents.get(agent) else {
@@ -266,6 +280,7 @@ impl Governor {
             tenant: String::new(),
             session: p.session.clone(),
             tool: p.tool.clone(),
+            operation: p.operation,
             arguments_hash: sha256_tagged(canonical_args.as_bytes()),
             decided_at: now,
             provenance: Vec::new(),
@@ -278,16 +293,23 @@ impl Governor {
             evidence,
             canonical_args: &canonical_args,
         };
-        match self.steps(&call, &mut d) {
-            Ok(()) | Err(Stop::Final) => d,
-            Err(Stop::Deny { rule, reason }) => {
-                d.decision = Verdict::Deny;
-                d.rules.insert(0, rule);
-                d.reason = reason;
-                d.escalation = None;
-                d
+        let stop = match self.steps(&call, &mut d) {
+            Ok(()) => return d,
+            Err(Stop::Final)
+                if p.operation == Operation::Complete && d.decision == Verdict::Escalate =>
+            {
+                not_escalated(&d)
             }
+            Err(Stop::Final) => return d,
+            Err(stop) => stop,
+        };
+        if let Stop::Deny { rule, reason } = stop {
+            d.decision = Verdict::Deny;
+            d.rules.insert(0, rule);
+            d.reason = reason;
+            d.escalation = None;
         }
+        d
     }
 
     /// The steps of a decision, in order. `Ok` is an allowed call (charged); `Err` a deny, or a
@@ -336,6 +358,12 @@ impl Governor {
         };
         d.rules.extend(rules);
         if let Some(e) = escalation {
+            if c.p.operation == Operation::Complete {
+                return Err(Stop::deny(
+                    "completion.not_escalated",
+                    format!("{reason}; a completion is not put to a person, so it is denied"),
+                ));
+            }
             return self.approval_step(agent, tool, tier, e, reason, charging, c, d);
         }
         // Rate limits, budgets and system-level invariants: one atomic charge.
@@ -344,8 +372,12 @@ impl Governor {
             .map_err(|(rule, why)| Stop::Deny { rule, reason: why })?;
         d.decision = Verdict::Allow;
         d.reason = format!(
-            "`{}` may call `{}` ({}-tier, {}; trust `{}`; permitted by {})",
+            "`{}` may {} `{}` ({}-tier, {}; trust `{}`; permitted by {})",
             agent.id,
+            match c.p.operation {
+                Operation::Use => "call",
+                Operation::Complete => "complete an argument of",
+            },
             tool.name,
             tier.name,
             tier.approval,
@@ -404,7 +436,7 @@ impl Governor {
         };
         let breakers = &self.manifest.breakers;
         let observe = runs
-            .filter(|_| !c.evidence.awaiting_approval)
+            .filter(|_| !c.evidence.awaiting_approval && c.p.operation == Operation::Use)
             .map(|r| Observe {
                 session: session_key,
                 fingerprint: fingerprint(r.tool, c.canonical_args),
@@ -493,9 +525,28 @@ impl Governor {
                 },
             ));
         };
+        let completing = match p.operation {
+            Operation::Use => None,
+            Operation::Complete => Some(
+                p.completing()
+                    .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?,
+            ),
+        };
+        // INVARIANT (allowlist): a resource entry completes only the templates it covers.
+        if let Some(uri) = completing.as_ref().and_then(|c| c.uri.as_deref()) {
+            if !tool.uris.iter().any(|u| u.covers_template(uri)) {
+                return Err(Stop::deny(
+                    "resource.not_admitted",
+                    format!(
+                        "resource entry `{}` does not admit the template `{uri}`",
+                        tool.name
+                    ),
+                ));
+            }
+        }
         // INVARIANT (allowlist): a resource entry reads only the URIs it admits, whatever
         // name the proposal gives.
-        if tool.kind == ActionKind::Resource {
+        if tool.kind == ActionKind::Resource && completing.is_none() {
             let uri = p.arguments.get("uri").and_then(serde_json::Value::as_str);
             if !uri.is_some_and(|u| tool.admits_uri(u)) {
                 return Err(Stop::deny(
@@ -538,7 +589,17 @@ impl Governor {
                 ));
             }
         }
-        if let Some(err) = tool.validator.iter_errors(&p.arguments).next() {
+        // A completion's values are judged by the prompt's schema as far as they go (the
+        // arguments not chosen yet are not missing); a template's are the upstream's.
+        let judged = match &completing {
+            None => Some(p.arguments.clone()),
+            Some(c) if c.uri.is_none() => Some(c.values()),
+            Some(_) => None,
+        };
+        let first_error = judged
+            .as_ref()
+            .and_then(|args| tool.schema_error(args, completing.is_some()));
+        if let Some(err) = first_error {
             // INVARIANT (no secret in records, INV-009): the rationale names the schema's
             // constraint, never the argument's value or a property name the schema does not
             // declare (an agent can put a secret in either, and the rationale is recorded).
@@ -681,10 +742,29 @@ impl Governor {
                 format!("arguments cannot be given to Cedar: {e}"),
             )
         };
+        // A completion is judged on the values it has (a template's on the template), by the
+        // Cedar engine itself: the native evaluator reads arguments a use must have.
+        let partial = match p.operation {
+            Operation::Use => None,
+            Operation::Complete => {
+                let c = p
+                    .completing()
+                    .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?;
+                let values = match &c.uri {
+                    Some(uri) => serde_json::json!({ "uri": uri }),
+                    None => c.values(),
+                };
+                Some((values, self.arg_types.get(&tool.name).map(ArgType::partial)))
+            }
+        };
+        let (arguments, arg_type) = match &partial {
+            None => (&p.arguments, self.arg_types.get(&tool.name)),
+            Some((values, t)) => (values, t.as_ref()),
+        };
         // INVARIANT (consistent verdicts): representability is checked on every call, not only
         // when Cedar needs the request (context-free results may be cached).
-        if let Some(t) = self.arg_types.get(&tool.name) {
-            t.check(&p.arguments, "")
+        if let Some(t) = arg_type {
+            t.check(arguments, "")
                 .map_err(|e| context_error(e.to_string()))?;
         }
         let flow = crate::cedar::FlowFacts {
@@ -695,24 +775,18 @@ impl Governor {
                 .flow
                 .map_or("public", |f| crate::flow::level_name(f.classification)),
         };
-        let facts = CallFacts {
+        let facts = partial.is_none().then_some(CallFacts {
             agent,
-            arguments: &p.arguments,
-            arg_type: self.arg_types.get(&tool.name),
+            arguments,
+            arg_type,
             session: &p.session,
             hour,
             flow,
-        };
+        });
         self.cedar
-            .evaluate_with(&agent.id, &tool.name, Some(facts), || {
+            .evaluate_with(&agent.id, &tool.name, facts, || {
                 self.cedar.request_with_flow(
-                    &agent.id,
-                    &tool.name,
-                    self.arg_types.get(&tool.name),
-                    &p.arguments,
-                    &p.session,
-                    hour,
-                    flow,
+                    &agent.id, &tool.name, arg_type, arguments, &p.session, hour, flow,
                 )
             })
             .map_err(|e| context_error(e.to_string()))
@@ -770,7 +844,8 @@ impl Governor {
         c: &Asked<'_>,
         d: &mut Decision,
     ) -> Step<()> {
-        if c.evidence.awaiting_approval {
+        // A completion changes nothing, and a client asks one again as the person types.
+        if c.evidence.awaiting_approval || c.p.operation == Operation::Complete {
             return Ok(());
         }
         let breakers = &self.manifest.breakers;
@@ -1588,6 +1663,18 @@ fn push_int(out: &mut String, v: i64) {
     }
 }
 
+/// What a completion that would escalate (a paused session, a loop) is instead: denied, for
+/// the same reason.
+fn not_escalated(d: &Decision) -> Stop {
+    Stop::deny(
+        "completion.not_escalated",
+        format!(
+            "{}; a completion is not put to a person, so it is denied",
+            d.reason
+        ),
+    )
+}
+
 /// The decision when no Governor could be loaded: deny, saying why (INV-003).
 #[must_use]
 pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
@@ -1604,6 +1691,7 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         tenant: String::new(),
         session: p.session.clone(),
         tool: p.tool.clone(),
+        operation: p.operation,
         arguments_hash: warden_core::canonical::json_digest(&p.arguments),
         decided_at: now,
         provenance: Vec::new(),

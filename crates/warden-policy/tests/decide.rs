@@ -62,6 +62,7 @@ fn proposal(agent: &str, session: &str, tool: &str, arguments: serde_json::Value
         arguments,
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     }
 }
 
@@ -219,6 +220,123 @@ fn a_read_is_decided_by_the_resource_entry_that_admits_its_uri() {
     };
     assert_eq!(names(Resource), ["demo.docs"]);
     assert_eq!(names(Prompt), ["demo.greet"]);
+}
+
+#[test]
+fn a_completion_is_decided_as_its_entry_and_never_escalates_or_loops() {
+    use warden_core::ActionKind::{Prompt, Resource};
+    use warden_core::Operation::Complete;
+    let text = format!(
+        "{}\nresources:\n  - {{ name: demo.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\nprompts:\n  - {{ name: demo.greet, tier: low, zones: [\"*\"], arguments: {{ type: object, properties: {{ who: {{ type: string, maxLength: 8 }}, lang: {{ type: string }} }}, required: [who, lang], additionalProperties: false }} }}\n  - {{ name: demo.plan, tier: medium, zones: [\"*\"], arguments: {{ type: object }} }}\n",
+        starter_text()
+    );
+    // Cedar judges a completion on the values it has: a forbid on a value applies to it.
+    let mut policies = starter_policies();
+    policies.push(PolicySource {
+        name: "greet.cedar".into(),
+        text: "@id(\"no-greeting-root\")\nforbid (principal, action == Action::\"demo.greet\", resource) when { context.arguments has who && context.arguments.who == \"root\" };".into(),
+    });
+    let g = governor_from(&text, &policies);
+    let s = MemoryState::new();
+    let complete = |kind, tool: &str, arguments| Proposal {
+        operation: Complete,
+        ..of_kind(kind, tool, arguments)
+    };
+    let rule = |d: &Decision| (d.decision, d.rules[0].clone());
+    // A prompt's argument: its values are judged by the schema as far as they go (`lang`,
+    // not chosen yet, is not missing), and recorded as a completion.
+    let who = complete(
+        Prompt,
+        "demo.greet",
+        json!({"argument": "who", "value": "An"}),
+    );
+    let d = g.decide(&who, &s, DAY_TIME);
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    assert_eq!(d.operation, Complete);
+    assert!(
+        d.reason
+            .contains("may complete an argument of `demo.greet`"),
+        "{}",
+        d.reason
+    );
+    let d = g.decide(
+        &complete(
+            Prompt,
+            "demo.greet",
+            json!({"argument": "who", "value": "root"}),
+        ),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.rules[0], "policy:no-greeting-root", "{d:?}");
+    for bad in [
+        json!({"argument": "who", "value": "Annabelle-Marie"}),
+        json!({"argument": "whom", "value": "x"}),
+        json!({"argument": "who", "value": "x", "context": {"lang": "en", "mood": "x"}}),
+    ] {
+        let d = g.decide(&complete(Prompt, "demo.greet", bad.clone()), &s, DAY_TIME);
+        assert_eq!(
+            rule(&d),
+            (Verdict::Deny, "arguments.invalid".into()),
+            "{bad}"
+        );
+    }
+    // A resource template's argument: under the entry that covers every URI it can make.
+    assert_eq!(g.template_entry("demo://docs/{name}"), Some("demo.docs"));
+    assert_eq!(g.template_entry("demo://docs/../{name}"), None);
+    let template = |uri: &str| json!({"uri": uri, "argument": "name", "value": "a"});
+    let d = g.decide(
+        &complete(Resource, "demo.docs", template("demo://docs/{name}")),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    let d = g.decide(
+        &complete(Resource, "demo.docs", template("demo://other/{name}")),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(rule(&d), (Verdict::Deny, "resource.not_admitted".into()));
+    // A tool's arguments are not completed.
+    let tool = Proposal {
+        operation: Complete,
+        ..proposal(
+            "coder-1",
+            "s",
+            "fs.read_file",
+            json!({"argument": "path", "value": "/"}),
+        )
+    };
+    assert_eq!(rule(&g.decide(&tool, &s, DAY_TIME)).1, "proposal.invalid");
+    // What a use of the entry would put to a person, a completion is denied.
+    let plan = of_kind(Prompt, "demo.plan", json!({}));
+    assert_eq!(g.decide(&plan, &s, DAY_TIME).decision, Verdict::Escalate);
+    let d = g.decide(
+        &complete(
+            Prompt,
+            "demo.plan",
+            json!({"argument": "goal", "value": ""}),
+        ),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(rule(&d), (Verdict::Deny, "completion.not_escalated".into()));
+    assert_eq!(d.escalation, None);
+    // Asked again and again as a person types: no loop, no pause.
+    for _ in 0..6 {
+        assert_eq!(g.decide(&who, &s, DAY_TIME).decision, Verdict::Allow);
+    }
+    // In a paused session it is denied, not escalated.
+    s.set_hold(Hold {
+        scope: HoldScope::Session(warden_core::state::session_key("coder-1", "s")),
+        kind: HoldKind::Pause,
+        reason: "paused by a test".into(),
+        since: DAY_TIME,
+    })
+    .unwrap();
+    let d = g.decide(&who, &s, DAY_TIME);
+    assert_eq!(rule(&d), (Verdict::Deny, "completion.not_escalated".into()));
+    assert!(d.reason.contains("is paused"), "{}", d.reason);
 }
 
 #[test]

@@ -103,6 +103,7 @@ fn decide(g: &Governor, f: &SessionFlow, tool: &str, args: Value) -> Decision {
         arguments: args,
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     };
     let evidence = Evidence {
         flow: Some(f),
@@ -249,6 +250,7 @@ fn an_unknown_destination_escalates_unless_allowed() {
         arguments: json!({"to": "zed@else.example"}),
         tenant: None,
         kind: warden_core::ActionKind::Tool,
+        operation: warden_core::Operation::Use,
     };
     assert_eq!(
         g.decide(&p, &MemoryState::new(), NOW).decision,

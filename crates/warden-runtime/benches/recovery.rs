@@ -67,6 +67,7 @@ fn main() {
             trace_id: format!("{i:032x}"),
             request_id: request_id.clone(),
             tool: "fs.read_file".into(),
+            operation: warden_core::Operation::Use,
             arguments_hash: format!("sha256:{}", "cd".repeat(32)),
             time: 1_800_000_000,
             provenance: Vec::new(),

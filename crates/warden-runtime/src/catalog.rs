@@ -13,16 +13,30 @@ use warden_manifest::actions::UriPattern;
 use crate::caller::Caller;
 use crate::runtime::Runtime;
 
-/// Why a completion or a subscription was not asked of an upstream.
+/// Why a completion or a subscription came to nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CompletionError {
-    /// The prompt or template is not one the agent may see.
+    /// The resource is not one the agent may see.
     #[error("{0} is not one this agent may use")]
     NotVisible(String),
-    /// The upstream could not answer.
+    /// The upstream could not answer a subscription.
     #[error(transparent)]
     Upstream(#[from] warden_executor::ExecError),
+    /// The completion was decided deny (and recorded), or could not be decided.
+    #[error("completion refused ({rule}): {reason}")]
+    Refused {
+        /// The deciding rule.
+        rule: String,
+        /// Why.
+        reason: String,
+    },
+    /// The completion was allowed, but the upstream did not complete it.
+    #[error("completion failed: {0}")]
+    Failed(String),
+    /// The request is not a completion Warden can propose.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Who a list, completion or subscription is for: the caller's tenant, agent and session
@@ -183,9 +197,15 @@ impl Runtime {
     #[must_use]
     pub fn resource_action(&self, uri: &str) -> String {
         let governor = self.shared.governor.get();
-        if let Some(entry) = governor.resource_entry(uri) {
-            return entry.to_owned();
+        match governor.resource_entry(uri) {
+            Some(entry) => entry.to_owned(),
+            None => self.unlisted(uri),
         }
+    }
+
+    /// What an unlisted URI (or template) is recorded as: the URI itself, its secrets and
+    /// credentials redacted, at most 200 characters, no control characters.
+    fn unlisted(&self, uri: &str) -> String {
         // INVARIANT (INV-009): a URI may carry a token; what the ledger keeps of it is redacted.
         let credentials: BTreeSet<String> = warden_manifest::upstream::CREDENTIAL_DETECTORS
             .iter()
@@ -251,60 +271,93 @@ impl Runtime {
             .await?)
     }
 
-    /// Completes an argument of a prompt (`ref/prompt`, by its `<upstream>.<prompt>` name) or a
-    /// resource template (`ref/resource`, by its URI template) the caller may see, asked of
-    /// the upstream that serves it; the values are redacted.
+    /// Completes an argument of a prompt (`ref/prompt`, by its `<upstream>.<prompt>` name) or
+    /// a resource template (`ref/resource`, by its URI template): a proposal like a get or a
+    /// read of that entry, decided by the Governor, recorded with its receipt, its candidates
+    /// redacted and labelled as the entry's output. A completion that would need a person's
+    /// approval is denied; it never waits.
     ///
     /// # Errors
-    /// [`CompletionError`].
+    /// [`CompletionError`]: refused (recorded), failed at the upstream, or not a completion.
     pub async fn complete(
         &self,
         caller: &Caller,
         session: &str,
-        mut params: CompleteRequestParams,
+        params: CompleteRequestParams,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> Result<CompleteResult, CompletionError> {
         use rmcp::model::Reference;
-        let upstream = match &mut params.r#ref {
-            Reference::Prompt(p) => {
-                let entry = self
-                    .entries(caller, ActionKind::Prompt)
-                    .into_iter()
-                    .find(|e| e.name == p.name)
-                    .ok_or_else(|| CompletionError::NotVisible(format!("prompt `{}`", p.name)))?;
-                let (up, name) = entry
-                    .name
-                    .split_once('.')
-                    .ok_or_else(|| CompletionError::NotVisible(format!("prompt `{}`", p.name)))?;
-                p.name = name.to_owned();
-                up.to_owned()
-            }
+        let context = params
+            .context
+            .and_then(|c| c.arguments)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let (tool, kind, uri) = match params.r#ref {
+            Reference::Prompt(p) => (p.name, ActionKind::Prompt, None),
             Reference::Resource(r) => {
-                let entry = self
-                    .entries(caller, ActionKind::Resource)
-                    .into_iter()
-                    .find(|e| e.uris.iter().any(|u| u.covers_template(&r.uri)))
-                    .ok_or_else(|| {
-                        CompletionError::NotVisible(format!("resource template `{}`", r.uri))
-                    })?;
-                entry.upstream().unwrap_or_default().to_owned()
+                let governor = self.shared.governor.get();
+                let entry = governor.template_entry(&r.uri).map(str::to_owned);
+                let tool = entry.unwrap_or_else(|| self.unlisted(&r.uri));
+                (tool, ActionKind::Resource, Some(r.uri))
             }
             _ => {
-                return Err(CompletionError::NotVisible(
-                    "a reference of another kind".into(),
+                return Err(CompletionError::Invalid(
+                    "a completion names a prompt (`ref/prompt`) or a resource template \
+                     (`ref/resource`)"
+                        .into(),
                 ))
             }
         };
-        let whose = Whose::of(caller, session);
-        let mut answer = self
-            .shared
-            .executor
-            .complete(&upstream, whose.boundary(), params)
-            .await?;
-        // An upstream on an older revision sends no `resultType`; a client on 2026-07-28
-        // requires it (rmcp strips it again for older clients).
-        answer
-            .result_type
-            .get_or_insert(rmcp::model::ResultType::COMPLETE);
-        Ok(answer)
+        let completing = warden_core::Completing {
+            uri,
+            argument: params.argument.name,
+            value: params.argument.value,
+            context,
+        };
+        let call = crate::governed::Call {
+            session: session.to_owned(),
+            tool,
+            kind,
+            operation: warden_core::Operation::Complete,
+            arguments: completing.to_arguments(),
+            trace: None,
+            cancel,
+            approval: None,
+            wait_secs: Some(0),
+            progress: None,
+            client: None,
+        };
+        completion_of(self.propose(caller, call).await)
+    }
+}
+
+/// What a completion's outcome tells the client.
+fn completion_of(outcome: crate::governed::Outcome) -> Result<CompleteResult, CompletionError> {
+    use crate::governed::Outcome;
+    match outcome {
+        Outcome::Ran { executed, .. } => match executed.result {
+            warden_executor::Answer::Completion(mut answer) => {
+                // An upstream on an older revision sends no `resultType`; a client on
+                // 2026-07-28 requires it (rmcp strips it again for older clients).
+                answer
+                    .result_type
+                    .get_or_insert(rmcp::model::ResultType::COMPLETE);
+                Ok(answer)
+            }
+            _ => Err(CompletionError::Failed(
+                "the upstream answered something other than completions".into(),
+            )),
+        },
+        Outcome::Decided { decision, .. } => Err(CompletionError::Refused {
+            rule: decision.rules.first().cloned().unwrap_or_default(),
+            reason: decision.reason,
+        }),
+        Outcome::NotDecided { rule, why, .. } => Err(CompletionError::Refused {
+            rule: rule.to_owned(),
+            reason: why,
+        }),
+        Outcome::Failed { error, .. } => Err(CompletionError::Failed(error)),
+        Outcome::Invalid { why } => Err(CompletionError::Invalid(why)),
     }
 }

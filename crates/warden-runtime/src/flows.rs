@@ -107,6 +107,7 @@ pub fn record_result(
         Answer::Tool(r) => serde_json::to_value(&r.content),
         Answer::Resource(r) => serde_json::to_value(&r.contents),
         Answer::Prompt(r) => serde_json::to_value((&r.description, &r.messages)),
+        Answer::Completion(r) => serde_json::to_value(&r.completion.values),
     };
     if let Ok(v) = content {
         content_text(&v, &mut parts);
@@ -114,7 +115,7 @@ pub fn record_result(
     let text = parts.join("\n");
     let structured = match result {
         Answer::Tool(r) => r.structured_content.as_ref(),
-        Answer::Resource(_) | Answer::Prompt(_) => None,
+        Answer::Resource(_) | Answer::Prompt(_) | Answer::Completion(_) => None,
     };
     store
         .update(session_key, &mut |flow| {

@@ -134,6 +134,8 @@ pub struct Call<'a> {
     pub tool: String,
     /// What is proposed: a tool call, a resource read, a prompt get.
     pub kind: warden_core::ActionKind,
+    /// A use of the entry, or a completion of one of its arguments.
+    pub operation: warden_core::Operation,
     /// Its arguments.
     pub arguments: serde_json::Value,
     /// The caller's W3C trace context (a `traceparent` header or `_meta` value), if it sent one.
@@ -187,6 +189,7 @@ impl Runtime {
             arguments: call.arguments,
             tenant: Some(identity.tenant.clone()),
             kind: call.kind,
+            operation: call.operation,
         };
         if let Err(e) = proposal.check() {
             return Outcome::Invalid { why: e.to_string() };
@@ -441,6 +444,7 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             tenant: &identity.tenant,
             tool: &proposal.tool,
             kind: proposal.kind,
+            operation: proposal.operation,
             arguments: arguments.clone(),
             trace_id: trace.id(),
             traceparent: execution.as_ref().map(|e| e.traceparent.as_str()),
@@ -475,6 +479,9 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             app.metrics.call_failed();
         }
         let seen = match &result {
+            // INVARIANT (only the agent's conduct costs it trust): what a completion comes to
+            // is the upstream's (many offer none), not the agent's.
+            _ if proposal.operation == warden_core::Operation::Complete => Observed::Neutral,
             Ok(x) if x.result.is_error() => {
                 Observed::Failure(format!("`{}` returned an error result", proposal.tool))
             }
@@ -990,6 +997,7 @@ mod tests {
             arguments: serde_json::json!({"timezone": "UTC"}),
             tenant: None,
             kind: warden_core::ActionKind::Tool,
+            operation: warden_core::Operation::Use,
         };
         let run = |p: Proposal| {
             let (s, identity) = (&runtime.shared, caller.identity());

@@ -199,6 +199,7 @@ mod tests {
             trace_id: format!("trace-{request_id}"),
             request_id: request_id.into(),
             tool: "demo.echo".into(),
+            operation: warden_core::Operation::Use,
             arguments_hash: "sha256:11".into(),
             time: 1_800_000_000,
             provenance: Vec::new(),

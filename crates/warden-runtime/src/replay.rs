@@ -109,6 +109,7 @@ pub fn replay_trace(
             arguments: step.arguments.clone(),
             tenant: None,
             kind: warden_core::ActionKind::Tool,
+            operation: warden_core::Operation::Use,
         };
         let found = flows::egress_findings(governor, redactor, &proposal);
         let evidence = warden_policy::Evidence {

@@ -154,6 +154,8 @@ pub(crate) struct Shared {
     pub(crate) brake_listener: crate::brakes::Listener,
     /// The fleet's MCP session directory, if it has one.
     pub(crate) sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
+    /// What the fleet's instances tell each other about sessions they both serve.
+    pub(crate) notices: Option<Arc<dyn warden_core::sessions::NoticeBus>>,
     /// The fleet's manifest in force, if this instance is one of a fleet.
     pub(crate) fleet: Option<crate::fleet::Fleet>,
     /// What it was assembled from.
@@ -278,6 +280,10 @@ pub struct Backends {
     pub brakes: Arc<dyn warden_core::brakes::BrakeBus>,
     /// Where a fleet's instances find each other's MCP sessions; `None` for an instance alone.
     pub sessions: Option<Arc<dyn warden_core::sessions::SessionDirectory>>,
+    /// What a fleet's instances tell each other about MCP sessions they both serve (a
+    /// subscription held by one, the session's stream by another); `None` for an instance
+    /// alone.
+    pub notices: Option<Arc<dyn warden_core::sessions::NoticeBus>>,
     /// Where a fleet agrees on the manifest in force; `None` for an instance alone.
     pub fleet_manifest: Option<Arc<dyn warden_core::fleet_manifest::FleetManifest>>,
     /// Breakers' consecutive-failure counts.
@@ -385,6 +391,13 @@ impl Backends {
                 )),
                 None => None,
             },
+            notices: match &config.state_redis {
+                Some(url) => Some(Arc::new(
+                    warden_state::RedisNotices::new(url, &config.state_prefix)
+                        .map_err(RuntimeError::SharedState)?,
+                )),
+                None => None,
+            },
             // A fleet counts an agent's failures in a row together.
             failures: match &config.state_redis {
                 Some(url) => Arc::new(
@@ -446,6 +459,7 @@ impl Runtime {
             flows,
             brakes,
             sessions,
+            notices,
             fleet_manifest,
             failures,
         } = backends;
@@ -523,6 +537,7 @@ impl Runtime {
                 brakes,
                 brake_listener: crate::brakes::Listener::default(),
                 sessions,
+                notices,
                 fleet,
                 config,
             }),
@@ -798,6 +813,13 @@ impl Runtime {
     #[must_use]
     pub fn session_directory(&self) -> Option<Arc<dyn warden_core::sessions::SessionDirectory>> {
         self.shared.sessions.clone()
+    }
+
+    /// What the fleet's instances tell each other about MCP sessions they both serve (`None`
+    /// for an instance alone, which holds all of its sessions).
+    #[must_use]
+    pub fn session_notices(&self) -> Option<Arc<dyn warden_core::sessions::NoticeBus>> {
+        self.shared.notices.clone()
     }
 
     /// An HTTP client for another instance of this fleet at `url`, to pass it a request that

@@ -21,7 +21,9 @@
 //! and of [`warden_core::fleet_manifest::FleetManifest`]: [`MemoryFleetManifest`] and
 //! [`RedisFleetManifest`] (which manifest a fleet serves);
 //! and of [`warden_core::sessions::SessionDirectory`]: [`MemorySessions`] (in process) and
-//! [`RedisSessions`] (a fleet's MCP sessions).
+//! [`RedisSessions`] (a fleet's MCP sessions);
+//! and of [`warden_core::sessions::NoticeBus`]: [`MemoryNotices`] and [`RedisNotices`] (what
+//! one instance tells another about a session both serve).
 //!
 //! The embedded stores share one engine ([`engine::Engine`]), so they cannot disagree on
 //! semantics; the Redis store implements the same steps in its script. The shared test suites
@@ -35,11 +37,15 @@ mod file;
 mod fleet_manifest;
 mod flows;
 mod memory;
+mod memory_bus;
+mod notices;
 mod redis_brakes;
+mod redis_bus;
 mod redis_events;
 mod redis_failures;
 mod redis_fleet_manifest;
 mod redis_flows;
+mod redis_notices;
 mod redis_pool;
 mod redis_sessions;
 mod redis_store;
@@ -52,11 +58,13 @@ pub use file::{FileState, OpenError};
 pub use fleet_manifest::MemoryFleetManifest;
 pub use flows::MemoryFlows;
 pub use memory::MemoryState;
+pub use notices::MemoryNotices;
 pub use redis_brakes::RedisBrakes;
 pub use redis_events::RedisEvents;
 pub use redis_failures::RedisFailures;
 pub use redis_fleet_manifest::RedisFleetManifest;
 pub use redis_flows::RedisFlows;
+pub use redis_notices::RedisNotices;
 pub use redis_sessions::RedisSessions;
 pub use redis_store::RedisState;
 pub use sessions::MemorySessions;

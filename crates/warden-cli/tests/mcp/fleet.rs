@@ -533,6 +533,112 @@ fn a_retry_or_reply_that_reaches_another_instance_goes_to_the_call_waiting_on_th
     drop(lb);
 }
 
+/// A stream read on a thread of its own: everything it carried so far.
+fn read_in_background(mut stream: std::net::TcpStream) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read as _;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let into = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+/// How many resource updates `seen` holds, once it holds at least `n` (waiting up to `secs`).
+fn updates(seen: &std::sync::Mutex<String>, n: usize, secs: u64) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let count = seen
+            .lock()
+            .unwrap()
+            .matches("notifications/resources/updated")
+            .count();
+        if count >= n || std::time::Instant::now() > deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With no stickiness, a legacy client's session may have its stream (`GET /mcp`) on one
+/// instance and its subscription on another (the instance its `resources/subscribe` reached,
+/// whose upstream sends the updates): the updates reach the stream across the fleet's notice
+/// bus, and an unsubscribe through the stream's instance ends the subscription the other
+/// holds.
+#[test]
+fn a_sessions_updates_reach_its_stream_on_another_instance_until_it_unsubscribes_anywhere() {
+    use std::io::Write as _;
+    let Some(e) = env() else { return };
+    const DOC: &str = "demo://resource/static/document/features.md";
+    let Some(f) = FleetDirs::new(2, "fleet-notices", |_, m| {
+        super::client_requests::add_asker(&e, m, "sampling", &["asker.toggle-subscriber-updates"]);
+        super::add_to_manifest(
+            m,
+            "",
+            "",
+            "resources:\n  - { name: asker.docs, uris: [\"demo://resource/static/document/*\"], tier: low, zones: [\"*\"] }\n",
+        );
+    }) else {
+        return;
+    };
+    let s = f.start();
+    let auth = format!("authorization: Bearer {}\r\n", bearer_of(&f.first));
+    let session = super::raw_session(&s[0].addr, &auth);
+    let in_session =
+        format!("{auth}mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n");
+    // The session's stream, on the first instance.
+    let mut get = std::net::TcpStream::connect(&s[0].addr).unwrap();
+    write!(
+        get,
+        "GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{in_session}accept: text/event-stream\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let seen = read_in_background(get);
+    // Subscribed, and the upstream's updates turned on, through the second.
+    let post = |at: &super::Server, body: &str| {
+        let (status, answer) = super::raw_method(&at.addr, "POST", &in_session, body);
+        assert_eq!(status, 200, "{answer}");
+        assert!(!answer.contains("\"error\""), "{answer}");
+    };
+    post(
+        &s[1],
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{{"uri":"{DOC}"}}}}"#
+        ),
+    );
+    post(
+        &s[1],
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"asker.toggle-subscriber-updates","arguments":{}}}"#,
+    );
+    // server-everything sends an update every 5 s.
+    assert!(
+        updates(&seen, 1, 20) >= 1,
+        "no update reached the stream on the other instance: {}",
+        seen.lock().unwrap()
+    );
+    assert!(seen.lock().unwrap().contains(DOC));
+    // Unsubscribed through the first instance: the second ends the subscription it holds, and
+    // no update comes after (one was due every 5 s).
+    post(
+        &s[0],
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":4,"method":"resources/unsubscribe","params":{{"uri":"{DOC}"}}}}"#
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = updates(&seen, 0, 0);
+    let after = updates(&seen, before + 1, 7);
+    assert_eq!(after, before, "updates went on after the unsubscribe");
+}
+
 /// `kill -HUP` (a reload) to a gateway.
 fn hup(s: &super::Server) {
     let status = Command::new("kill")

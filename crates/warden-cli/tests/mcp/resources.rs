@@ -13,6 +13,8 @@ use serde_json::Value;
 /// A static document and a dynamic text resource server-everything serves.
 const DOC: &str = "demo://resource/static/document/features.md";
 const TEXT: &str = "demo://resource/dynamic/text/3";
+/// The template `everything.text` covers (its argument `resourceId` is completed).
+const TEXT_TEMPLATE: &str = "demo://resource/dynamic/text/{resourceId}";
 /// A blob resource: no entry admits it.
 const BLOB: &str = "demo://resource/dynamic/blob/1";
 /// Under the documents' prefix, but climbing out of it.
@@ -96,7 +98,7 @@ fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: 
         prompts["everything.args-prompt"],
         serde_json::json!(["city", "state"])
     );
-    // The intern's trust level is forbidden the `high` tier: it does not see that prompt.
+    // The intern's trust level is forbidden the `medium` tier: it does not see that prompt.
     let i = sdk(e, mode, target, intern, &["catalog"]);
     let prompts = i["prompts"].as_object().unwrap();
     assert!(
@@ -240,9 +242,33 @@ fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: 
         c["error"]
             .as_str()
             .unwrap()
-            .contains("not one this agent may use"),
-        "{c}"
+            .contains("trust.intern.forbidden"),
+        "a completion is decided like a get of its prompt: {c}"
     );
+    // A resource template's argument, under the resource entry that covers the template; a
+    // template no entry covers is denied as unknown, and nothing reaches the upstream.
+    let c = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &["complete", "template", TEXT_TEMPLATE, "resourceId", "7"],
+    );
+    assert_eq!(c["values"], serde_json::json!(["7"]), "{c}");
+    let c = sdk(
+        e,
+        mode,
+        target,
+        coder,
+        &[
+            "complete",
+            "template",
+            "demo://resource/dynamic/blob/{resourceId}",
+            "resourceId",
+            "7",
+        ],
+    );
+    assert!(c["error"].as_str().unwrap().contains("tool.unknown"), "{c}");
 }
 
 /// A revoked credential is told nothing more: a 2026-07-28 `subscriptions/listen` ends with an
@@ -543,7 +569,7 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     drop(s);
 
     // Every read and get was decided and recorded; the allowed ones have receipts.
-    let ledger = ledger_tail(&data, 400);
+    let ledger = ledger_tail(&data, 5000);
     for expected in [
         "everything.docs",
         "everything.text",
@@ -565,5 +591,31 @@ fn resources_and_prompts_are_listed_per_agent_and_every_read_is_decided_and_reco
     assert!(
         receipts >= 3,
         "a receipt for each read of the documents:\n{ledger}"
+    );
+    // Completions are decided and recorded as such, the allowed ones with receipts.
+    let entries: Vec<Value> = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["entry"].clone())
+        .collect();
+    let completions: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["type"] == "decision" && e["operation"] == "complete")
+        .collect();
+    let allowed = completions
+        .iter()
+        .find(|d| d["tool"] == "everything.completable-prompt" && d["decision"] == "allow")
+        .unwrap_or_else(|| panic!("no allowed completion recorded:\n{ledger}"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["type"] == "receipt" && e["request_id"] == allowed["request_id"]),
+        "the allowed completion has no receipt:\n{ledger}"
+    );
+    assert!(
+        completions
+            .iter()
+            .any(|d| d["agent"] == "intern-1" && d["decision"] == "deny"),
+        "the intern's completion is not recorded as denied:\n{ledger}"
     );
 }

@@ -51,6 +51,22 @@ impl ArgType {
         }
     }
 
+    /// The type of what a completion has of these arguments: a record's attributes, none
+    /// required (the arguments not chosen yet are not missing; a policy reading one meets an
+    /// error, which Cedar counts as that policy not applying).
+    #[must_use]
+    pub fn partial(&self) -> ArgType {
+        match self {
+            ArgType::Record(attrs) => ArgType::Record(
+                attrs
+                    .iter()
+                    .map(|(name, t, _)| (name.clone(), t.clone(), false))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
     pub(super) fn cedar_json(&self) -> Value {
         match self {
             ArgType::String => json!({"type": "String"}),

@@ -1,5 +1,8 @@
 //! What the backend suites share.
 
+#[allow(dead_code, reason = "only the bus suites use it")]
+pub mod bus;
+
 /// The Redis of `WARDEN_TEST_REDIS_URL` (`.ci/run` sets it) and a key prefix of this run's own
 /// for `what`; `None`, with a notice, without it.
 pub fn redis_place(what: &str) -> Option<(String, String)> {
