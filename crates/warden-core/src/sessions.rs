@@ -83,18 +83,33 @@ pub trait SessionDirectory: Send + Sync {
     /// that is not a URL.
     fn instance(&self, id: &str) -> Result<Option<String>, StateError>;
 
-    /// Notes that a call of session `id` waits on instance `instance` for its client's reply
-    /// (the latest note wins), for `ttl`.
+    /// Reserves for instance `instance`, for `ttl`, the reply of session `id`'s client to the
+    /// request `request` (the JSON of its id): `true` when the reservation is this instance's
+    /// (it was free, or its own already), `false` when a call on another instance waits for a
+    /// reply under the same id (as one instance refuses a second wait under one id).
     ///
     /// # Errors
     /// [`StateError::Unavailable`] when the directory cannot be reached.
-    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError>;
+    fn note_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError>;
 
-    /// The instance a call of session `id` last said it waits on for its client's reply.
+    /// The instance whose call waits for session `id`'s reply to `request`.
     ///
     /// # Errors
     /// [`StateError::Unavailable`] when the directory cannot be reached.
-    fn waiting(&self, id: &str) -> Result<Option<String>, StateError>;
+    fn waiting(&self, id: &str, request: &str) -> Result<Option<String>, StateError>;
+
+    /// Gives up instance `instance`'s reservation of session `id`'s reply to `request` (its
+    /// call no longer waits); another instance's is left alone.
+    ///
+    /// # Errors
+    /// [`StateError::Unavailable`] when the directory cannot be reached.
+    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError>;
 }
 
 /// What one instance of a fleet tells the others about an MCP session whose requests reach

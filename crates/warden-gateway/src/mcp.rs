@@ -1520,7 +1520,7 @@ async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
             let elsewhere = g
                 .here
                 .as_ref()
-                .and_then(|h| Some((h, h.replies_elsewhere(&session, req.headers())?)));
+                .and_then(|h| Some((h, h.replies_elsewhere(&session, id, req.headers())?)));
             if let (Some((here, instance)), Some(body)) = (elsewhere, &posted) {
                 return here
                     .forward_reply(&instance, req.headers(), body.clone())

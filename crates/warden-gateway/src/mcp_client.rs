@@ -180,12 +180,17 @@ struct Forget {
     number: u64,
     /// The request, when it was sent and not yet answered.
     unanswered: Option<(Peer<RoleServer>, rmcp::model::RequestId)>,
+    /// This instance in its fleet, when the fleet's directory holds the wait's reservation.
+    here: Option<std::sync::Arc<crate::mcp_forward::Here>>,
 }
 
 impl Drop for Forget {
     fn drop(&mut self) {
         self.sessions
             .forget_reply(&self.session, &self.request, self.number);
+        if let Some(here) = &self.here {
+            here.forget_waiting(&self.session, &self.request);
+        }
         if let Some((peer, id)) = self.unanswered.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -227,16 +232,24 @@ impl HttpClient {
                     None,
                 )
             })?;
-            if let Some(here) = &here {
-                here.note_waiting(&session);
-            }
             let mut forget = Forget {
                 sessions,
                 session,
                 request: key,
                 number: waiting.number,
                 unanswered: None,
+                here: None,
             };
+            if let Some(here) = here {
+                if !here.note_waiting(&forget.session, &forget.request) {
+                    return Err(ErrorData::internal_error(
+                        "another of the session's calls, on another Warden instance, waits for \
+                         a reply under the same id: not asked",
+                        None,
+                    ));
+                }
+                forget.here = Some(here);
+            }
             let handle = peer
                 .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
                 .await
@@ -295,10 +308,23 @@ impl ClientSide for HttpClient {
     }
 
     fn log(&self, params: LoggingMessageNotificationParam) {
-        // On the call's stream, while it is open.
-        let peer = self.peer.clone();
+        // On the call's stream while it is open; a message that comes after the call's result
+        // closed it (an upstream's notifications are handled apart from its responses) goes on
+        // the session's own stream, if the client opened one here.
+        let (peer, sessions, session) = (
+            self.peer.clone(),
+            std::sync::Arc::clone(&self.sessions),
+            self.session.clone(),
+        );
         tokio::spawn(async move {
-            let _ = peer.notify_logging_message(params).await;
+            let late = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/message",
+                "params": &params,
+            });
+            if peer.notify_logging_message(params).await.is_err() {
+                sessions.notify(&session, late);
+            }
         });
     }
 }

@@ -135,13 +135,18 @@ impl Here {
             })
     }
 
-    /// The instance (another one) a call of session `session` waits on for its client's
-    /// reply, unless the reply was forwarded already.
-    pub(crate) fn replies_elsewhere(&self, session: &str, headers: &HeaderMap) -> Option<String> {
+    /// The instance (another one) whose call of session `session` waits for its client's
+    /// reply to `request`, unless the reply was forwarded already.
+    pub(crate) fn replies_elsewhere(
+        &self,
+        session: &str,
+        request: &str,
+        headers: &HeaderMap,
+    ) -> Option<String> {
         if headers.contains_key(FORWARDED_BY) {
             return None;
         }
-        let instance = self.directory.as_ref()?.waiting(session).ok()??;
+        let instance = self.directory.as_ref()?.waiting(session, request).ok()??;
         (instance != self.instance).then_some(instance)
     }
 
@@ -163,14 +168,43 @@ impl Here {
         })
     }
 
-    /// Notes in the fleet's directory that a call of session `session` waits here for its
-    /// client's reply (best effort: a reply that lands elsewhere without it is lost, and the
-    /// call waits until its upstream's timeout).
-    pub(crate) fn note_waiting(&self, session: &str) {
-        if let Some(d) = &self.directory {
-            if let Err(e) = d.note_waiting(session, &self.instance, WAITING_FOR) {
+    /// Reserves in the fleet's directory the reply of session `session`'s client to `request`
+    /// for a call waiting here; `false` when a call on another instance waits for a reply
+    /// under the same id (then it is not asked). A directory that cannot be reached reserves
+    /// nothing and says so (a reply that lands elsewhere is then lost, and the call waits until
+    /// its upstream's timeout).
+    pub(crate) fn note_waiting(&self, session: &str, request: &str) -> bool {
+        let Some(d) = &self.directory else {
+            return true;
+        };
+        match d.note_waiting(session, request, &self.instance, WAITING_FOR) {
+            Ok(mine) => mine,
+            Err(e) => {
                 tracing::warn!(error = %e, "could not note in the fleet's directory where a call waits for its client's reply");
+                true
             }
+        }
+    }
+
+    /// Gives up this instance's reservation of session `session`'s reply to `request`, off
+    /// the async runtime (the directory's client blocks).
+    pub(crate) fn forget_waiting(&self, session: &str, request: &str) {
+        let Some(d) = self.directory.clone() else {
+            return;
+        };
+        let (session, request, instance) = (
+            session.to_owned(),
+            request.to_owned(),
+            self.instance.clone(),
+        );
+        let forget = move || {
+            if let Err(e) = d.forget_waiting(&session, &request, &instance) {
+                tracing::debug!(error = %e, "could not give up a reply's reservation in the fleet's directory (it expires)");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(forget)),
+            Err(_) => forget(),
         }
     }
 

@@ -2,13 +2,28 @@
 //! `<prefix>mcp-session:<id>`, its value the [`SessionEntry`] as JSON, expiring after the
 //! session's idle time unless touched; one key per instance that takes forwarded requests,
 //! `<prefix>mcp-instance:<id>`, its value the instance's URL, expiring unless published again;
-//! and where a session's call waits for its client's reply, `<prefix>mcp-replies:<id>`.
+//! and which instance waits for a session's reply to one request, `<prefix>mcp-replies:<id>:<request>`.
 
 use std::time::Duration;
 
 use crate::redis_pool::Pool;
 use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
 use warden_core::state::StateError;
+
+/// Reserves a reply (`KEYS[1]`) for an instance (`ARGV[1]`) for `ARGV[2]` ms unless another
+/// instance holds it: 1 when it is the instance's.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Forgets a reservation (`KEYS[1]`) if the instance `ARGV[1]` holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
 
 /// The directory in a Redis shared by the instances of a fleet.
 pub struct RedisSessions {
@@ -47,6 +62,10 @@ impl RedisSessions {
 
     fn key(&self, id: &str) -> String {
         format!("{}mcp-session:{id}", self.prefix)
+    }
+
+    fn reply_key(&self, id: &str, request: &str) -> String {
+        format!("{}mcp-replies:{id}:{request}", self.prefix)
     }
 
     /// Sets `key` to `value`, forgotten after `ttl`.
@@ -133,15 +152,49 @@ impl SessionDirectory for RedisSessions {
         self.get(&format!("{}mcp-instance:{id}", self.prefix))
     }
 
-    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
-        self.set_for(&format!("{}mcp-replies:{id}", self.prefix), instance, ttl)
+    fn note_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let key = self.reply_key(id, request);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("EVAL")
+                    .arg(CLAIM)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(instance)
+                    .arg(millis(ttl))
+                    .query::<i64>(c)
+            })
+            .map(|held| held == 1)
+            .map_err(|e| unavailable(&e))
     }
 
-    fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
-        if !valid_session_id(id) {
+    fn waiting(&self, id: &str, request: &str) -> Result<Option<String>, StateError> {
+        // INVARIANT (bad input): a request id a client wrote is never a key of its choosing.
+        if !valid_session_id(id) || !valid_session_id(request) {
             return Ok(None);
         }
-        self.get(&format!("{}mcp-replies:{id}", self.prefix))
+        self.get(&self.reply_key(id, request))
+    }
+
+    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError> {
+        let key = self.reply_key(id, request);
+        self.pool
+            .with(Duration::ZERO, |c| {
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(instance)
+                    .query::<i64>(c)
+            })
+            .map(|_| ())
+            .map_err(|e| unavailable(&e))
     }
 
     fn end(&self, id: &str) -> Result<(), StateError> {

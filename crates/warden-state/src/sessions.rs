@@ -80,12 +80,25 @@ impl SessionDirectory for MemorySessions {
         self.instances.get(id)
     }
 
-    fn note_waiting(&self, id: &str, instance: &str, ttl: Duration) -> Result<(), StateError> {
-        self.waiting.set(id, instance, ttl)
+    fn note_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        self.waiting.claim(&reply_key(id, request), instance, ttl)
     }
 
-    fn waiting(&self, id: &str) -> Result<Option<String>, StateError> {
-        self.waiting.get(id)
+    fn waiting(&self, id: &str, request: &str) -> Result<Option<String>, StateError> {
+        if !valid_session_id(id) || !valid_session_id(request) {
+            return Ok(None);
+        }
+        self.waiting.get(&reply_key(id, request))
+    }
+
+    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError> {
+        self.waiting.release(&reply_key(id, request), instance)
     }
 }
 
@@ -102,6 +115,27 @@ impl Expiring {
         Ok(())
     }
 
+    /// Sets `key` to `value` unless another value holds it; whether `value` holds it now.
+    fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StateError> {
+        let now = Instant::now();
+        let mut all = self.0.lock().map_err(|_| poisoned())?;
+        all.retain(|_, (_, until)| *until > now);
+        if all.get(key).is_some_and(|(held, _)| held != value) {
+            return Ok(false);
+        }
+        all.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        Ok(true)
+    }
+
+    /// Forgets `key` if `value` holds it.
+    fn release(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let mut all = self.0.lock().map_err(|_| poisoned())?;
+        if all.get(key).is_some_and(|(held, _)| held == value) {
+            all.remove(key);
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &str) -> Result<Option<String>, StateError> {
         let now = Instant::now();
         Ok(self
@@ -112,6 +146,11 @@ impl Expiring {
             .filter(|(_, until)| *until > now)
             .map(|(value, _)| value.clone()))
     }
+}
+
+/// The key of session `id`'s reply to `request` (a space cannot be in either).
+fn reply_key(id: &str, request: &str) -> String {
+    format!("{id} {request}")
 }
 
 fn poisoned() -> StateError {

@@ -87,15 +87,53 @@ fn suite(d: &dyn SessionDirectory) {
         None,
         "an instance is not a session"
     );
-    // Where a session's call waits for its client's reply: the latest note wins.
-    assert_eq!(d.waiting("s-2").unwrap(), None);
-    d.note_waiting("s-2", "i-1", minute).unwrap();
-    d.note_waiting("s-2", "i-3", minute).unwrap();
-    d.note_waiting("s-5", "i-1", short).unwrap();
-    assert_eq!(d.waiting("s-2").unwrap().as_deref(), Some("i-3"));
+    // Which instance's call waits for a session's reply to a request: one at a time per
+    // request id, the first to reserve it until it gives it up (or its ttl passes).
+    assert_eq!(d.waiting("s-2", "0").unwrap(), None);
+    assert!(d.note_waiting("s-2", "0", "i-1", minute).unwrap());
+    assert!(
+        d.note_waiting("s-2", "0", "i-1", minute).unwrap(),
+        "its own again"
+    );
+    assert!(
+        !d.note_waiting("s-2", "0", "i-3", minute).unwrap(),
+        "held by i-1"
+    );
+    assert!(
+        d.note_waiting("s-2", "1", "i-3", minute).unwrap(),
+        "another id"
+    );
+    assert!(
+        d.note_waiting("s-5", "0", "i-3", minute).unwrap(),
+        "another session"
+    );
+    assert_eq!(d.waiting("s-2", "0").unwrap().as_deref(), Some("i-1"));
+    assert_eq!(d.waiting("s-2", "1").unwrap().as_deref(), Some("i-3"));
+    d.forget_waiting("s-2", "0", "i-3").unwrap();
+    assert_eq!(
+        d.waiting("s-2", "0").unwrap().as_deref(),
+        Some("i-1"),
+        "not i-3's to forget"
+    );
+    d.forget_waiting("s-2", "0", "i-1").unwrap();
+    assert_eq!(d.waiting("s-2", "0").unwrap(), None);
+    assert!(
+        d.note_waiting("s-2", "0", "i-3", minute).unwrap(),
+        "free again"
+    );
+    assert!(d.note_waiting("s-6", "\"x\"", "i-1", short).unwrap());
     std::thread::sleep(Duration::from_millis(450));
-    assert_eq!(d.waiting("s-5").unwrap(), None, "forgotten after its ttl");
-    assert_eq!(d.waiting("a b").unwrap(), None);
+    assert_eq!(
+        d.waiting("s-6", "\"x\"").unwrap(),
+        None,
+        "forgotten after its ttl"
+    );
+    assert!(
+        d.note_waiting("s-6", "\"x\"", "i-3", short).unwrap(),
+        "free after its ttl"
+    );
+    assert_eq!(d.waiting("a b", "0").unwrap(), None);
+    assert_eq!(d.waiting("s-2", "a b").unwrap(), None);
 }
 
 #[test]

@@ -637,6 +637,21 @@ fn a_sessions_updates_reach_its_stream_on_another_instance_until_it_unsubscribes
     let before = updates(&seen, 0, 0);
     let after = updates(&seen, before + 1, 7);
     assert_eq!(after, before, "updates went on after the unsubscribe");
+    // A 2026-07-28 retry whose requestState names an instance the fleet does not know (it
+    // stopped, or never was) is told so, and nothing is passed anywhere.
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}}"#;
+    let (status, answer) = super::raw(
+        &s[0].addr,
+        &format!("{auth}mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: asker.toggle-subscriber-updates\r\n"),
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"asker.toggle-subscriber-updates","arguments":{{}},"requestState":"wrs_ghost_1","inputResponses":{{}},{meta}}}}}"#
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("waits on Warden instance ghost, which has stopped"),
+        "{answer}"
+    );
 }
 
 /// `kill -HUP` (a reload) to a gateway.

@@ -271,6 +271,54 @@ fn governed(e: &Env, mode: &str, target: &str, coder: &std::path::Path, intern: 
     assert!(c["error"].as_str().unwrap().contains("tool.unknown"), "{c}");
 }
 
+/// A session's `GET` that is refused: its status and answer.
+fn get_refused(addr: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+/// What bounds a legacy session's stream and subscriptions: a `GET` that does not accept an
+/// event stream (406) or names no session Warden knows (404); at most 256 subscriptions,
+/// the one more refused (an existing one again, or one after an unsubscribe, is fine).
+fn session_bounds(addr: &str, auth: &str, session: &str) {
+    let in_session = format!("{auth}mcp-session-id: {session}\r\n");
+    let (status, answer) = get_refused(addr, &format!("{in_session}accept: application/json\r\n"));
+    assert_eq!(status, 406, "{answer}");
+    assert!(answer.contains("stream.not_acceptable"), "{answer}");
+    let (status, answer) = get_refused(
+        addr,
+        &format!("{auth}mcp-session-id: made-up\r\naccept: text/event-stream\r\n"),
+    );
+    assert_eq!(status, 404, "{answer}");
+    let subscribe = |method: &str, n: usize| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":9,"method":"resources/{method}","params":{{"uri":"demo://resource/static/document/n{n}.md"}}}}"#
+        );
+        let (status, answer) = super::raw(addr, &in_session, &body);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    for n in 0..256 {
+        let answer = subscribe("subscribe", n);
+        assert!(!answer.contains("\"error\""), "subscription {n}: {answer}");
+    }
+    assert!(subscribe("subscribe", 256).contains("holds 256 subscriptions already"));
+    assert!(!subscribe("subscribe", 7).contains("\"error\""));
+    assert!(!subscribe("unsubscribe", 7).contains("\"error\""));
+    assert!(!subscribe("subscribe", 256).contains("\"error\""));
+}
+
 /// A revoked credential is told nothing more: a 2026-07-28 `subscriptions/listen` ends with an
 /// error within seconds, and a legacy session's stream (`GET /mcp`) at its next keep-alive.
 #[test]
@@ -286,6 +334,7 @@ fn a_revoked_credentials_listen_and_session_stream_end() {
     let auth = format!("authorization: Bearer {}\r\n", bearer.trim());
     // A legacy session and its stream, read to its end in the background.
     let session = super::raw_session(&s.addr, &auth);
+    session_bounds(&s.addr, &auth, &session);
     let mut get = std::net::TcpStream::connect(&s.addr).unwrap();
     write!(
         get,
