@@ -27,6 +27,7 @@ pub mod counters;
 mod execution;
 mod in_flight;
 mod list_changes;
+mod logs_in_order;
 pub mod redact;
 mod runners;
 mod sandboxed;

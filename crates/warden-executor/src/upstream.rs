@@ -2,6 +2,7 @@
 //! Streamable HTTP endpoints. Private to the crate: the only way in is
 //! [`crate::Executor::execute`], which redeems a grant first.
 
+use crate::logs_in_order::LogsInOrder;
 use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::ExecError;
@@ -240,15 +241,8 @@ impl rmcp::ClientHandler for Relay {
         self.updates.updated(&params.uri);
     }
 
-    async fn on_logging_message(
-        &self,
-        params: rmcp::model::LoggingMessageNotificationParam,
-        _context: rmcp::service::NotificationContext<RoleClient>,
-    ) {
-        if let Some(a) = &self.asks {
-            a.log(params);
-        }
-    }
+    // Log messages never reach here: the transport hands them on in order
+    // (`crate::logs_in_order`).
 }
 
 fn not_offered() -> rmcp::ErrorData {
@@ -998,6 +992,7 @@ impl Upstream {
                         why: e.to_string(),
                     })?;
                 let last_words = stderr.map(|stderr| self.log_stderr(stderr));
+                let transport = LogsInOrder::new(transport, self.relay.asks.clone());
                 match Relay::clone(&self.relay).serve(transport).await {
                     Ok(client) => client,
                     Err(e) => {
@@ -1064,6 +1059,7 @@ impl Upstream {
                     crate::traced_http::TracedClient(http),
                     config,
                 );
+                let transport = LogsInOrder::new(transport, self.relay.asks.clone());
                 Relay::clone(&self.relay)
                     .serve(transport)
                     .await

@@ -228,10 +228,14 @@ fn an_upstream_asks_the_agents_client_only_as_its_manifest_allows_and_only_durin
     asks_reach_the_client(&e, "legacy", &s.url, &coder, false);
     a_parked_call_ends_with_its_session(&s, &coder);
     drop(s);
-    // A fresh daemon: a legacy client over /mcp gets the log message of a fresh `asker` too.
-    let s = start_existing(dir.path(), &data, &m);
-    asks_reach_the_client(&e, "legacy", &s.url, &coder, true);
-    drop(s);
+    // A fresh daemon each: a client over /mcp gets the log message of a fresh `asker` too, in
+    // both modes — the message the upstream sends just before its result is on its way before
+    // the result is read (`crates/warden-executor/src/logs_in_order.rs`).
+    for mode in ["legacy", "auto"] {
+        let s = start_existing(dir.path(), &data, &m);
+        asks_reach_the_client(&e, mode, &s.url, &coder, true);
+        drop(s);
+    }
 
     // Recorded: forwarded and refused, with the agent and why.
     let ledger = ledger_tail(&data, 300);
