@@ -53,6 +53,19 @@ impl Operation {
     pub fn is_use(&self) -> bool {
         *self == Operation::Use
     }
+
+    /// The hash a decision records, and its grant binds, of arguments whose canonical JSON is
+    /// `canonical`: a use's is the SHA-256 of that JSON; a completion's is tagged, so that no
+    /// grant for one operation redeems as the other with the same arguments.
+    #[must_use]
+    pub fn arguments_digest(self, canonical: &str) -> String {
+        match self {
+            Operation::Use => crate::canonical::sha256_tagged(canonical.as_bytes()),
+            Operation::Complete => {
+                crate::canonical::sha256_tagged(format!("complete\n{canonical}").as_bytes())
+            }
+        }
+    }
 }
 
 /// The arguments of a completion: which argument, its value so far, the values of the other
@@ -77,6 +90,45 @@ impl Completing {
     #[must_use]
     pub fn to_arguments(&self) -> Value {
         serde_json::to_value(self).unwrap_or_else(|_| empty_object())
+    }
+
+    /// A resource template's URI with the values the completion has (the argument's value so
+    /// far, the context's) put in for its simple expressions (`{name}`, RFC 6570 level 1; a
+    /// value is put in as it is, not percent-encoded, so that what it spells is judged). An
+    /// expression without a value becomes `fill`, or, with `None`, ends the URI there (what
+    /// the candidates will all be under). `None` for a completion of no template, or for a
+    /// template with an expression Warden does not expand (an operator, several variables, a
+    /// modifier) or a brace out of place.
+    #[must_use]
+    pub fn expand_template(&self, fill: Option<&str>) -> Option<String> {
+        let mut rest = self.uri.as_deref()?;
+        let mut out = String::new();
+        while let Some((literal, after)) = rest.split_once('{') {
+            let (name, tail) = after.split_once('}')?;
+            let simple = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !simple || literal.contains('}') {
+                return None;
+            }
+            out.push_str(literal);
+            let value = if name == self.argument {
+                Some(self.value.as_str())
+            } else {
+                self.context.get(name).map(String::as_str)
+            };
+            match value.or(fill) {
+                Some(v) => out.push_str(v),
+                None => return Some(out),
+            }
+            rest = tail;
+        }
+        if rest.contains('}') {
+            return None;
+        }
+        out.push_str(rest);
+        Some(out)
     }
 
     /// The values the entry's argument schema judges: the context's, with the completed
@@ -315,6 +367,40 @@ mod tests {
         assert!(bad("prompt", r#"{"argument":"x","value":"","extra":1}"#)
             .contains("`argument`, `value`"));
         assert!(bad("prompt", r#"{"argument":"","value":""}"#).contains("`argument` is empty"));
+        // A template is expanded with the values it has, up to the first it lacks (or filled).
+        let t = |uri: &str, value: &str| Completing {
+            uri: Some(uri.into()),
+            argument: "b".into(),
+            value: value.into(),
+            context: [("a".to_owned(), "x/y".to_owned())].into(),
+        };
+        assert_eq!(
+            t("f:///{a}/{b}", "c").expand_template(None).unwrap(),
+            "f:///x/y/c"
+        );
+        assert_eq!(
+            t("f:///{c}/{b}", "q").expand_template(None).unwrap(),
+            "f:///"
+        );
+        assert_eq!(
+            t("f:///{c}/{b}/z", "q").expand_template(Some("_")).unwrap(),
+            "f:///_/q/z"
+        );
+        for odd in [
+            "f:///{+a}",
+            "f:///{a,b}",
+            "f:///{a",
+            "f:///a}",
+            "f:///{}",
+            "f:///{a*}",
+        ] {
+            assert_eq!(t(odd, "q").expand_template(Some("_")), None, "{odd}");
+        }
+        assert_eq!(
+            c.expand_template(None),
+            None,
+            "a prompt's completion has no template"
+        );
         // A use is unchanged by the field's default: it is not written out.
         let use_ = Proposal::from_json_slice(br#"{"agent":"a","session":"s","tool":"t"}"#).unwrap();
         assert!(!serde_json::to_string(&use_).unwrap().contains("operation"));

@@ -83,10 +83,11 @@ pub trait SessionDirectory: Send + Sync {
     /// that is not a URL.
     fn instance(&self, id: &str) -> Result<Option<String>, StateError>;
 
-    /// Reserves for instance `instance`, for `ttl`, the reply of session `id`'s client to the
-    /// request `request` (the JSON of its id): `true` when the reservation is this instance's
-    /// (it was free, or its own already), `false` when a call on another instance waits for a
-    /// reply under the same id (as one instance refuses a second wait under one id).
+    /// Reserves for the wait `wait` of instance `instance`, for `ttl`, the reply of session
+    /// `id`'s client to the request `request` (the JSON of its id): `true` when the
+    /// reservation is this wait's (it was free, or held by an earlier wait of the same
+    /// instance, which keeps one wait per id itself), `false` when a call on another instance
+    /// waits for a reply under the same id (as one instance refuses a second wait under one id).
     ///
     /// # Errors
     /// [`StateError::Unavailable`] when the directory cannot be reached.
@@ -95,6 +96,7 @@ pub trait SessionDirectory: Send + Sync {
         id: &str,
         request: &str,
         instance: &str,
+        wait: u64,
         ttl: Duration,
     ) -> Result<bool, StateError>;
 
@@ -104,12 +106,19 @@ pub trait SessionDirectory: Send + Sync {
     /// [`StateError::Unavailable`] when the directory cannot be reached.
     fn waiting(&self, id: &str, request: &str) -> Result<Option<String>, StateError>;
 
-    /// Gives up instance `instance`'s reservation of session `id`'s reply to `request` (its
-    /// call no longer waits); another instance's is left alone.
+    /// Gives up the reservation of session `id`'s reply to `request` made for the wait `wait`
+    /// of instance `instance` (its call no longer waits); a later wait's, or another
+    /// instance's, is left alone.
     ///
     /// # Errors
     /// [`StateError::Unavailable`] when the directory cannot be reached.
-    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError>;
+    fn forget_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        wait: u64,
+    ) -> Result<(), StateError>;
 }
 
 /// What one instance of a fleet tells the others about an MCP session whose requests reach
@@ -127,13 +136,15 @@ pub enum SessionNotice {
         /// The resource.
         uri: String,
     },
-    /// Session `session` unsubscribed from `uri`: whichever instance holds that subscription
-    /// ends it.
+    /// Session `session` unsubscribed from `uri`: whichever instance holds a subscription to
+    /// it made before ends it (one made after, a subscribe again, is left alone).
     Unsubscribed {
         /// The session.
         session: String,
         /// The resource.
         uri: String,
+        /// When, in Unix milliseconds.
+        at_ms: i64,
     },
 }
 

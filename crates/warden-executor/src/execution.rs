@@ -66,7 +66,10 @@ impl Executor {
     /// The steps of [`Executor::execute`], noting in `stages` when each ran.
     async fn run(&self, mut call: Call<'_>, stages: &mut Stages) -> Result<Executed, ExecError> {
         let arguments = serde_json::Value::Object(std::mem::take(&mut call.arguments));
-        let arguments_hash = warden_core::canonical::json_digest(&arguments);
+        // The operation is in the hash the grant binds: a grant redeems for its operation only.
+        let arguments_hash = call
+            .operation
+            .arguments_digest(&warden_core::canonical::to_canonical_string(&arguments));
         let started = now_ms();
         // INVARIANT (fail-closed, INV-002): nothing below runs unless this grant verifies for
         // exactly this call under the current manifest, and has not been used.

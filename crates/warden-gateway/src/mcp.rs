@@ -564,6 +564,7 @@ impl ServerHandler for McpFront {
                     SessionNotice::Unsubscribed {
                         session,
                         uri: request.uri,
+                        at_ms: crate::mcp_sessions::now_ms(),
                     },
                 );
             }
@@ -695,7 +696,8 @@ impl ServerHandler for McpFront {
             .complete(&caller, &session, request, ctx.ct.clone())
             .await
             .map_err(|e| match e {
-                warden_runtime::catalog::CompletionError::Failed(_) => {
+                warden_runtime::catalog::CompletionError::Failed(_)
+                | warden_runtime::catalog::CompletionError::Undecided { .. } => {
                     McpError::internal_error(e.to_string(), None)
                 }
                 _ => McpError::invalid_params(e.to_string(), None),
@@ -1656,7 +1658,11 @@ pub fn router(
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
-                s.sweep(std::time::Instant::now());
+                // Off the async runtime: in a fleet a sweep may ask the directory.
+                let sweeping = Arc::clone(&s);
+                let _ =
+                    tokio::task::spawn_blocking(move || sweeping.sweep(std::time::Instant::now()))
+                        .await;
                 // Sessions of a revoked credential or agent end (their requests were refused
                 // from the moment of revocation). If `DATA/revoked` cannot be read, every
                 // request is refused already; the sessions wait for the next sweep.

@@ -189,7 +189,7 @@ impl Drop for Forget {
         self.sessions
             .forget_reply(&self.session, &self.request, self.number);
         if let Some(here) = &self.here {
-            here.forget_waiting(&self.session, &self.request);
+            here.forget_waiting(&self.session, &self.request, self.number);
         }
         if let Some((peer, id)) = self.unanswered.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -241,7 +241,17 @@ impl HttpClient {
                 here: None,
             };
             if let Some(here) = here {
-                if !here.note_waiting(&forget.session, &forget.request) {
+                // Asked off the async runtime: the directory's client blocks.
+                let reserve = {
+                    let (here, session, request) = (
+                        std::sync::Arc::clone(&here),
+                        forget.session.clone(),
+                        forget.request.clone(),
+                    );
+                    let wait = forget.number;
+                    tokio::task::spawn_blocking(move || here.note_waiting(&session, &request, wait))
+                };
+                if !reserve.await.unwrap_or(true) {
                     return Err(ErrorData::internal_error(
                         "another of the session's calls, on another Warden instance, waits for \
                          a reply under the same id: not asked",

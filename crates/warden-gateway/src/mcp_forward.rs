@@ -173,11 +173,11 @@ impl Here {
     /// under the same id (then it is not asked). A directory that cannot be reached reserves
     /// nothing and says so (a reply that lands elsewhere is then lost, and the call waits until
     /// its upstream's timeout).
-    pub(crate) fn note_waiting(&self, session: &str, request: &str) -> bool {
+    pub(crate) fn note_waiting(&self, session: &str, request: &str, wait: u64) -> bool {
         let Some(d) = &self.directory else {
             return true;
         };
-        match d.note_waiting(session, request, &self.instance, WAITING_FOR) {
+        match d.note_waiting(session, request, &self.instance, wait, WAITING_FOR) {
             Ok(mine) => mine,
             Err(e) => {
                 tracing::warn!(error = %e, "could not note in the fleet's directory where a call waits for its client's reply");
@@ -188,7 +188,7 @@ impl Here {
 
     /// Gives up this instance's reservation of session `session`'s reply to `request`, off
     /// the async runtime (the directory's client blocks).
-    pub(crate) fn forget_waiting(&self, session: &str, request: &str) {
+    pub(crate) fn forget_waiting(&self, session: &str, request: &str, wait: u64) {
         let Some(d) = self.directory.clone() else {
             return;
         };
@@ -198,7 +198,7 @@ impl Here {
             self.instance.clone(),
         );
         let forget = move || {
-            if let Err(e) = d.forget_waiting(&session, &request, &instance) {
+            if let Err(e) = d.forget_waiting(&session, &request, &instance, wait) {
                 tracing::debug!(error = %e, "could not give up a reply's reservation in the fleet's directory (it expires)");
             }
         };

@@ -129,7 +129,14 @@ struct Open {
     stream: Option<(u64, tokio::sync::mpsc::Sender<serde_json::Value>)>,
     /// What its client subscribed to (`resources/subscribe`), by URI: dropping one
     /// unsubscribes, so the session's end ends them all.
-    subscriptions: HashMap<String, Held>,
+    subscriptions: HashMap<String, (i64, Held)>,
+}
+
+/// Now, in Unix milliseconds (when a subscription was made, when an unsubscribe was asked).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A subscription a session holds (a [`warden_runtime::Subscription`]): dropping it ends it.
@@ -676,7 +683,8 @@ impl Sessions {
             if open.subscriptions.len() >= max && !open.subscriptions.contains_key(&uri) {
                 return Ok(false);
             }
-            open.subscriptions.insert(uri, Box::new(subscription))
+            open.subscriptions
+                .insert(uri, (now_ms(), Box::new(subscription)))
         };
         // Unsubscribed outside the sessions' lock.
         drop(replaced);
@@ -690,6 +698,28 @@ impl Sessions {
             .open
             .get_mut(id)
             .and_then(|o| o.subscriptions.remove(uri));
+        gone.is_some()
+    }
+
+    /// Ends session `id`'s subscription to `uri` if it was made at or before `at_ms` (Unix
+    /// milliseconds): an unsubscribe through another instance of a fleet, which a subscribe
+    /// again after it must outlast.
+    pub(crate) fn release_made_before(&self, id: &str, uri: &str, at_ms: i64) -> bool {
+        let gone = {
+            let mut inner = self.lock();
+            let Some(open) = inner.open.get_mut(id) else {
+                return false;
+            };
+            if open
+                .subscriptions
+                .get(uri)
+                .is_some_and(|(made, _)| *made <= at_ms)
+            {
+                open.subscriptions.remove(uri)
+            } else {
+                None
+            }
+        };
         gone.is_some()
     }
 
@@ -1001,10 +1031,20 @@ mod tests {
             .get_mut(&id)
             .unwrap()
             .subscriptions
-            .insert("file:///a".into(), Box::new(()));
+            .insert("file:///a".into(), (now_ms(), Box::new(())));
         let idle = Limits::default().idle;
         f[1].age(&id, idle);
         f[1].age(&plain, idle);
+        // An unsubscribe through another instance asked before this subscription was made
+        // leaves it; one asked after ends it (below, the subscription is made again).
+        assert!(!f[1].release_made_before(&id, "file:///a", now_ms() - 60_000));
+        assert!(f[1].release_made_before(&id, "file:///a", now_ms() + 1));
+        f[1].lock()
+            .open
+            .get_mut(&id)
+            .unwrap()
+            .subscriptions
+            .insert("file:///a".into(), (now_ms(), Box::new(())));
         // The copy without subscriptions goes; the one with them stays while the directory
         // has its session (its stream elsewhere keeps it in use)...
         assert_eq!(f[1].sweep(Instant::now()), 1);

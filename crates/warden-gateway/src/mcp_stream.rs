@@ -164,9 +164,12 @@ pub(crate) fn publish(bus: Arc<dyn NoticeBus>, notice: SessionNotice) {
 /// unsubscription to the subscription if this instance holds it. A bus that fails is listened
 /// to again a second later.
 pub(crate) fn relay_notices(bus: Arc<dyn NoticeBus>, sessions: std::sync::Weak<Sessions>) {
+    // A subscription ended here unsubscribes its upstream on the runtime.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let spawned = std::thread::Builder::new()
         .name("warden-notices".into())
         .spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let gone = || sessions.strong_count() == 0;
             while !gone() {
                 let heard = bus.listen(
@@ -194,8 +197,12 @@ fn take_notice(sessions: &Sessions, notice: SessionNotice) {
         SessionNotice::Updated { session, uri } => {
             sessions.notify(&session, resource_updated(&uri));
         }
-        SessionNotice::Unsubscribed { session, uri } => {
-            sessions.release(&session, &uri);
+        SessionNotice::Unsubscribed {
+            session,
+            uri,
+            at_ms,
+        } => {
+            sessions.release_made_before(&session, &uri, at_ms);
         }
     }
 }

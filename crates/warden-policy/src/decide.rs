@@ -281,7 +281,7 @@ impl Governor {
             session: p.session.clone(),
             tool: p.tool.clone(),
             operation: p.operation,
-            arguments_hash: sha256_tagged(canonical_args.as_bytes()),
+            arguments_hash: p.operation.arguments_digest(&canonical_args),
             decided_at: now,
             provenance: Vec::new(),
             budget_use: Vec::new(),
@@ -532,13 +532,23 @@ impl Governor {
                     .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?,
             ),
         };
-        // INVARIANT (allowlist): a resource entry completes only the templates it covers.
-        if let Some(uri) = completing.as_ref().and_then(|c| c.uri.as_deref()) {
-            if !tool.uris.iter().any(|u| u.covers_template(uri)) {
+        // INVARIANT (allowlist): a resource entry completes only the templates it covers,
+        // with values that keep the URI among those it admits (whatever the template's parts
+        // not yet filled in become).
+        if let Some((c, uri)) = completing
+            .as_ref()
+            .and_then(|c| Some((c, c.uri.as_deref()?)))
+        {
+            let admits =
+                |u: Option<String>| u.is_some_and(|u| tool.uris.iter().any(|p| p.matches(&u)));
+            let admitted = tool.uris.iter().any(|p| p.covers_template(uri))
+                && admits(c.expand_template(None))
+                && admits(c.expand_template(Some("x")));
+            if !admitted {
                 return Err(Stop::deny(
                     "resource.not_admitted",
                     format!(
-                        "resource entry `{}` does not admit the template `{uri}`",
+                        "resource entry `{}` does not admit the template `{uri}` with the values given",
                         tool.name
                     ),
                 ));
@@ -750,7 +760,8 @@ impl Governor {
                 let c = p
                     .completing()
                     .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?;
-                let values = match &c.uri {
+                // A template's URI as far as its values go: what the candidates are under.
+                let values = match c.expand_template(None) {
                     Some(uri) => serde_json::json!({ "uri": uri }),
                     None => c.values(),
                 };
@@ -1692,7 +1703,9 @@ pub fn deny_unloaded(p: &Proposal, why: &str, now: UnixSeconds) -> Decision {
         session: p.session.clone(),
         tool: p.tool.clone(),
         operation: p.operation,
-        arguments_hash: warden_core::canonical::json_digest(&p.arguments),
+        arguments_hash: p
+            .operation
+            .arguments_digest(&warden_core::canonical::to_canonical_string(&p.arguments)),
         decided_at: now,
         provenance: Vec::new(),
         budget_use: Vec::new(),

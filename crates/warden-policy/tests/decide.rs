@@ -227,14 +227,16 @@ fn a_completion_is_decided_as_its_entry_and_never_escalates_or_loops() {
     use warden_core::ActionKind::{Prompt, Resource};
     use warden_core::Operation::Complete;
     let text = format!(
-        "{}\nresources:\n  - {{ name: demo.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\nprompts:\n  - {{ name: demo.greet, tier: low, zones: [\"*\"], arguments: {{ type: object, properties: {{ who: {{ type: string, maxLength: 8 }}, lang: {{ type: string }} }}, required: [who, lang], additionalProperties: false }} }}\n  - {{ name: demo.plan, tier: medium, zones: [\"*\"], arguments: {{ type: object }} }}\n",
+        "{}\nresources:\n  - {{ name: demo.docs, uris: [\"demo://docs/*\"], tier: low, zones: [\"*\"] }}\nprompts:\n  - {{ name: demo.greet, tier: low, zones: [\"*\"], arguments: {{ type: object, properties: {{ who: {{ type: string, maxLength: 8 }}, lang: {{ type: string }} }}, required: [who, lang], additionalProperties: false }} }}\n  - {{ name: demo.plan, tier: medium, zones: [\"*\"], arguments: {{ type: object }} }}\n  - {{ name: demo.pick, tier: low, zones: [\"*\"], arguments: {{ type: object, properties: {{ lang: {{ type: string }}, item: {{ type: string }} }}, required: [lang, item] }} }}\n",
         starter_text()
     );
-    // Cedar judges a completion on the values it has: a forbid on a value applies to it.
+    // Cedar judges a completion on the values it has: a forbid on a value applies to it,
+    // whether it reads the value behind `has` or not (a required argument a forbid reads that
+    // the completion lacks is an error, and a forbid in error denies).
     let mut policies = starter_policies();
     policies.push(PolicySource {
         name: "greet.cedar".into(),
-        text: "@id(\"no-greeting-root\")\nforbid (principal, action == Action::\"demo.greet\", resource) when { context.arguments has who && context.arguments.who == \"root\" };".into(),
+        text: "@id(\"no-greeting-root\")\nforbid (principal, action == Action::\"demo.greet\", resource) when { context.arguments has who && context.arguments.who == \"root\" };\n@id(\"no-private-docs\")\nforbid (principal, action == Action::\"demo.docs\", resource) when { context.arguments.uri like \"demo://docs/private/*\" };\n@id(\"no-pick-in-xx\")\nforbid (principal, action == Action::\"demo.pick\", resource) when { context.arguments.lang == \"xx\" };".into(),
     });
     let g = governor_from(&text, &policies);
     let s = MemoryState::new();
@@ -253,6 +255,13 @@ fn a_completion_is_decided_as_its_entry_and_never_escalates_or_loops() {
     let d = g.decide(&who, &s, DAY_TIME);
     assert_eq!(d.decision, Verdict::Allow, "{d:?}");
     assert_eq!(d.operation, Complete);
+    // Its hash is not a use's of the same arguments: a grant binds the operation.
+    let as_use = g.decide(
+        &of_kind(Prompt, "demo.greet", who.arguments.clone()),
+        &s,
+        DAY_TIME,
+    );
+    assert_ne!(d.arguments_hash, as_use.arguments_hash);
     assert!(
         d.reason
             .contains("may complete an argument of `demo.greet`"),
@@ -297,6 +306,64 @@ fn a_completion_is_decided_as_its_entry_and_never_escalates_or_loops() {
         DAY_TIME,
     );
     assert_eq!(rule(&d), (Verdict::Deny, "resource.not_admitted".into()));
+    // The values put in keep the URI under the entry, whatever the rest becomes; Cedar sees
+    // the URI as far as the values go.
+    let filled = |uri: &str, value: &str| json!({"uri": uri, "argument": "name", "value": value});
+    for (uri, value) in [
+        ("demo://docs/{name}", "../secret"),
+        ("demo://docs/{name}", "%2e%2e"),
+        ("demo://docs/{name}/../../etc/{other}", "a"),
+        ("demo://docs/{+name}", "a"),
+    ] {
+        let d = g.decide(
+            &complete(Resource, "demo.docs", filled(uri, value)),
+            &s,
+            DAY_TIME,
+        );
+        assert_eq!(rule(&d).1, "resource.not_admitted", "{uri} {value}");
+    }
+    let d = g.decide(
+        &complete(
+            Resource,
+            "demo.docs",
+            filled("demo://docs/{name}", "private/"),
+        ),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(rule(&d).1, "policy:no-private-docs", "{d:?}");
+    let d = g.decide(
+        &complete(
+            Resource,
+            "demo.docs",
+            filled("demo://docs/{name}", "public/"),
+        ),
+        &s,
+        DAY_TIME,
+    );
+    assert_eq!(d.decision, Verdict::Allow, "{d:?}");
+    // A forbid that reads an argument the completion lacks, without `has`: denied (fail
+    // closed); with that argument given, judged on it.
+    let pick = |context: serde_json::Value| {
+        complete(
+            Prompt,
+            "demo.pick",
+            json!({"argument": "item", "value": "a", "context": context}),
+        )
+    };
+    assert_ne!(
+        g.decide(&pick(json!({})), &s, DAY_TIME).decision,
+        Verdict::Allow
+    );
+    assert_eq!(
+        rule(&g.decide(&pick(json!({"lang": "xx"})), &s, DAY_TIME)).1,
+        "policy:no-pick-in-xx"
+    );
+    assert_eq!(
+        g.decide(&pick(json!({"lang": "en"})), &s, DAY_TIME)
+            .decision,
+        Verdict::Allow
+    );
     // A tool's arguments are not completed.
     let tool = Proposal {
         operation: Complete,

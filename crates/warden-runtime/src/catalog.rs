@@ -31,6 +31,14 @@ pub enum CompletionError {
         /// Why.
         reason: String,
     },
+    /// Nothing could be decided (the ledger or the grant keys failed): nothing ran.
+    #[error("completion not decided ({rule}): {reason}")]
+    Undecided {
+        /// The rule (`ledger.unavailable`, `grant.unavailable`).
+        rule: String,
+        /// Why.
+        reason: String,
+    },
     /// The completion was allowed, but the upstream did not complete it.
     #[error("completion failed: {0}")]
     Failed(String),
@@ -296,8 +304,14 @@ impl Runtime {
         let (tool, kind, uri) = match params.r#ref {
             Reference::Prompt(p) => (p.name, ActionKind::Prompt, None),
             Reference::Resource(r) => {
+                // The entry the caller may see that covers the template, else any (denied).
+                let seen = self
+                    .entries(caller, ActionKind::Resource)
+                    .into_iter()
+                    .find(|e| e.uris.iter().any(|u| u.covers_template(&r.uri)))
+                    .map(|e| e.name);
                 let governor = self.shared.governor.get();
-                let entry = governor.template_entry(&r.uri).map(str::to_owned);
+                let entry = seen.or_else(|| governor.template_entry(&r.uri).map(str::to_owned));
                 let tool = entry.unwrap_or_else(|| self.unlisted(&r.uri));
                 (tool, ActionKind::Resource, Some(r.uri))
             }
@@ -353,7 +367,7 @@ fn completion_of(outcome: crate::governed::Outcome) -> Result<CompleteResult, Co
             rule: decision.rules.first().cloned().unwrap_or_default(),
             reason: decision.reason,
         }),
-        Outcome::NotDecided { rule, why, .. } => Err(CompletionError::Refused {
+        Outcome::NotDecided { rule, why, .. } => Err(CompletionError::Undecided {
             rule: rule.to_owned(),
             reason: why,
         }),

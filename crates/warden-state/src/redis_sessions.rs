@@ -10,16 +10,17 @@ use crate::redis_pool::Pool;
 use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
 use warden_core::state::StateError;
 
-/// Reserves a reply (`KEYS[1]`) for an instance (`ARGV[1]`) for `ARGV[2]` ms unless another
-/// instance holds it: 1 when it is the instance's.
+/// Reserves a reply (`KEYS[1]`) for an instance's wait (`ARGV[2]`, `<instance> <wait>`) for
+/// `ARGV[3]` ms unless a wait of another instance than `ARGV[1]` holds it: 1 when it is the
+/// wait's.
 const CLAIM: &str = r"
 local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if held and string.sub(held, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. ' ' then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// Forgets a reservation (`KEYS[1]`) if the instance `ARGV[1]` holds it.
+/// Forgets a reservation (`KEYS[1]`) if the wait `ARGV[1]` (`<instance> <wait>`) holds it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -157,6 +158,7 @@ impl SessionDirectory for RedisSessions {
         id: &str,
         request: &str,
         instance: &str,
+        wait: u64,
         ttl: Duration,
     ) -> Result<bool, StateError> {
         let key = self.reply_key(id, request);
@@ -167,6 +169,7 @@ impl SessionDirectory for RedisSessions {
                     .arg(1)
                     .arg(&key)
                     .arg(instance)
+                    .arg(format!("{instance} {wait}"))
                     .arg(millis(ttl))
                     .query::<i64>(c)
             })
@@ -179,10 +182,18 @@ impl SessionDirectory for RedisSessions {
         if !valid_session_id(id) || !valid_session_id(request) {
             return Ok(None);
         }
-        self.get(&self.reply_key(id, request))
+        Ok(self
+            .get(&self.reply_key(id, request))?
+            .and_then(|h| h.split_once(' ').map(|(instance, _)| instance.to_owned())))
     }
 
-    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError> {
+    fn forget_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        wait: u64,
+    ) -> Result<(), StateError> {
         let key = self.reply_key(id, request);
         self.pool
             .with(Duration::ZERO, |c| {
@@ -190,7 +201,7 @@ impl SessionDirectory for RedisSessions {
                     .arg(RELEASE)
                     .arg(1)
                     .arg(&key)
-                    .arg(instance)
+                    .arg(format!("{instance} {wait}"))
                     .query::<i64>(c)
             })
             .map(|_| ())

@@ -85,20 +85,36 @@ impl SessionDirectory for MemorySessions {
         id: &str,
         request: &str,
         instance: &str,
+        wait: u64,
         ttl: Duration,
     ) -> Result<bool, StateError> {
-        self.waiting.claim(&reply_key(id, request), instance, ttl)
+        self.waiting.claim(
+            &reply_key(id, request),
+            instance,
+            &holder(instance, wait),
+            ttl,
+        )
     }
 
     fn waiting(&self, id: &str, request: &str) -> Result<Option<String>, StateError> {
         if !valid_session_id(id) || !valid_session_id(request) {
             return Ok(None);
         }
-        self.waiting.get(&reply_key(id, request))
+        Ok(self
+            .waiting
+            .get(&reply_key(id, request))?
+            .and_then(|h| h.split_once(' ').map(|(instance, _)| instance.to_owned())))
     }
 
-    fn forget_waiting(&self, id: &str, request: &str, instance: &str) -> Result<(), StateError> {
-        self.waiting.release(&reply_key(id, request), instance)
+    fn forget_waiting(
+        &self,
+        id: &str,
+        request: &str,
+        instance: &str,
+        wait: u64,
+    ) -> Result<(), StateError> {
+        self.waiting
+            .release(&reply_key(id, request), &holder(instance, wait))
     }
 }
 
@@ -115,12 +131,20 @@ impl Expiring {
         Ok(())
     }
 
-    /// Sets `key` to `value` unless another value holds it; whether `value` holds it now.
-    fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StateError> {
+    /// Sets `key` to `value` unless a value of another instance than `instance` holds it;
+    /// whether `value` holds it now.
+    fn claim(
+        &self,
+        key: &str,
+        instance: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
         let now = Instant::now();
         let mut all = self.0.lock().map_err(|_| poisoned())?;
         all.retain(|_, (_, until)| *until > now);
-        if all.get(key).is_some_and(|(held, _)| held != value) {
+        let of_instance = |held: &str| held.split_once(' ').is_some_and(|(i, _)| i == instance);
+        if all.get(key).is_some_and(|(held, _)| !of_instance(held)) {
             return Ok(false);
         }
         all.insert(key.to_owned(), (value.to_owned(), now + ttl));
@@ -146,6 +170,11 @@ impl Expiring {
             .filter(|(_, until)| *until > now)
             .map(|(value, _)| value.clone()))
     }
+}
+
+/// Who holds a reservation: an instance's wait (a space cannot be in an instance id).
+fn holder(instance: &str, wait: u64) -> String {
+    format!("{instance} {wait}")
 }
 
 /// The key of session `id`'s reply to `request` (a space cannot be in either).

@@ -42,6 +42,7 @@ fn suite(name: &str, a: Arc<dyn NoticeBus>, b: Arc<dyn NoticeBus>, ready: &dyn F
         SessionNotice::Unsubscribed {
             session: "s1".into(),
             uri: "file:///a".into(),
+            at_ms: 1_800_000_000_000,
         },
         updated("s-\"quoted\"", "demo://x/{y}?z=1#w"),
     ];

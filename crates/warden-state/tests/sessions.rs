@@ -87,41 +87,49 @@ fn suite(d: &dyn SessionDirectory) {
         None,
         "an instance is not a session"
     );
-    // Which instance's call waits for a session's reply to a request: one at a time per
-    // request id, the first to reserve it until it gives it up (or its ttl passes).
+    // Which instance's call waits for a session's reply to a request: one instance at a time
+    // per request id, the first to reserve it until its wait gives it up (or its ttl passes);
+    // a later wait of the same instance takes it over, and an earlier wait's release leaves
+    // the later one's alone.
     assert_eq!(d.waiting("s-2", "0").unwrap(), None);
-    assert!(d.note_waiting("s-2", "0", "i-1", minute).unwrap());
+    assert!(d.note_waiting("s-2", "0", "i-1", 1, minute).unwrap());
     assert!(
-        d.note_waiting("s-2", "0", "i-1", minute).unwrap(),
-        "its own again"
+        d.note_waiting("s-2", "0", "i-1", 2, minute).unwrap(),
+        "a later wait of i-1"
     );
     assert!(
-        !d.note_waiting("s-2", "0", "i-3", minute).unwrap(),
+        !d.note_waiting("s-2", "0", "i-3", 1, minute).unwrap(),
         "held by i-1"
     );
     assert!(
-        d.note_waiting("s-2", "1", "i-3", minute).unwrap(),
+        d.note_waiting("s-2", "1", "i-3", 1, minute).unwrap(),
         "another id"
     );
     assert!(
-        d.note_waiting("s-5", "0", "i-3", minute).unwrap(),
+        d.note_waiting("s-5", "0", "i-3", 1, minute).unwrap(),
         "another session"
     );
     assert_eq!(d.waiting("s-2", "0").unwrap().as_deref(), Some("i-1"));
     assert_eq!(d.waiting("s-2", "1").unwrap().as_deref(), Some("i-3"));
-    d.forget_waiting("s-2", "0", "i-3").unwrap();
+    d.forget_waiting("s-2", "0", "i-1", 1).unwrap();
     assert_eq!(
         d.waiting("s-2", "0").unwrap().as_deref(),
         Some("i-1"),
-        "not i-3's to forget"
+        "the earlier wait's"
     );
-    d.forget_waiting("s-2", "0", "i-1").unwrap();
+    d.forget_waiting("s-2", "0", "i-3", 2).unwrap();
+    assert_eq!(
+        d.waiting("s-2", "0").unwrap().as_deref(),
+        Some("i-1"),
+        "not i-3's"
+    );
+    d.forget_waiting("s-2", "0", "i-1", 2).unwrap();
     assert_eq!(d.waiting("s-2", "0").unwrap(), None);
     assert!(
-        d.note_waiting("s-2", "0", "i-3", minute).unwrap(),
+        d.note_waiting("s-2", "0", "i-3", 4, minute).unwrap(),
         "free again"
     );
-    assert!(d.note_waiting("s-6", "\"x\"", "i-1", short).unwrap());
+    assert!(d.note_waiting("s-6", "\"x\"", "i-1", 1, short).unwrap());
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(
         d.waiting("s-6", "\"x\"").unwrap(),
@@ -129,7 +137,7 @@ fn suite(d: &dyn SessionDirectory) {
         "forgotten after its ttl"
     );
     assert!(
-        d.note_waiting("s-6", "\"x\"", "i-3", short).unwrap(),
+        d.note_waiting("s-6", "\"x\"", "i-3", 1, short).unwrap(),
         "free after its ttl"
     );
     assert_eq!(d.waiting("a b", "0").unwrap(), None);

@@ -52,8 +52,11 @@ impl ArgType {
     }
 
     /// The type of what a completion has of these arguments: a record's attributes, none
-    /// required (the arguments not chosen yet are not missing; a policy reading one meets an
-    /// error, which Cedar counts as that policy not applying).
+    /// required (the arguments not chosen yet are not missing). A policy that reads a
+    /// required one (Cedar's validator lets it, without `has`) the completion lacks meets an
+    /// error: a permit in error permits nothing, and a forbid in error denies (Warden counts
+    /// it as matching), so such a forbid is written behind `has` to let completions without
+    /// that argument through.
     #[must_use]
     pub fn partial(&self) -> ArgType {
         match self {
