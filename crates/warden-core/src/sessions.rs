@@ -40,6 +40,19 @@ pub fn valid_session_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// How a directory writes who holds the reservation of a reply: the instance and its wait,
+/// `<instance> <wait>` (an instance id holds no space; see [`valid_session_id`]).
+#[must_use]
+pub fn reply_holder(instance: &str, wait: u64) -> String {
+    format!("{instance} {wait}")
+}
+
+/// The instance of a holder [`reply_holder`] wrote.
+#[must_use]
+pub fn holder_instance(holder: &str) -> Option<&str> {
+    holder.split_once(' ').map(|(instance, _)| instance)
+}
+
 /// Where the instances of a fleet find each other's MCP sessions.
 pub trait SessionDirectory: Send + Sync {
     /// Publishes session `id`; it is forgotten after `idle` without [`SessionDirectory::touch`].

@@ -1021,17 +1021,21 @@ mod tests {
         let directory: Arc<dyn SessionDirectory> = Arc::new(warden_state::MemorySessions::new());
         let f = fleet(2, &directory);
         let id = f[0].open_alone("c", "a").unwrap();
+        // A subscription held by an instance's copy of `id` (what its subscribe leaves).
+        let subscribe = |s: &Sessions| {
+            s.lock()
+                .open
+                .get_mut(&id)
+                .unwrap()
+                .subscriptions
+                .insert("file:///a".into(), (now_ms(), Box::new(())));
+        };
         assert_eq!(f[1].check(&id, "c"), Ok(()));
         let plain = f[0].open_alone("c", "a").unwrap();
         assert_eq!(f[1].check(&plain, "c"), Ok(()));
         // The second instance holds a subscription of `id` (its subscribe reached it), and
         // sees no request of either session for longer than the idle time.
-        f[1].lock()
-            .open
-            .get_mut(&id)
-            .unwrap()
-            .subscriptions
-            .insert("file:///a".into(), (now_ms(), Box::new(())));
+        subscribe(&f[1]);
         let idle = Limits::default().idle;
         f[1].age(&id, idle);
         f[1].age(&plain, idle);
@@ -1039,12 +1043,7 @@ mod tests {
         // leaves it; one asked after ends it (below, the subscription is made again).
         assert!(!f[1].release_made_before(&id, "file:///a", now_ms() - 60_000));
         assert!(f[1].release_made_before(&id, "file:///a", now_ms() + 1));
-        f[1].lock()
-            .open
-            .get_mut(&id)
-            .unwrap()
-            .subscriptions
-            .insert("file:///a".into(), (now_ms(), Box::new(())));
+        subscribe(&f[1]);
         // The copy without subscriptions goes; the one with them stays while the directory
         // has its session (its stream elsewhere keeps it in use)...
         assert_eq!(f[1].sweep(Instant::now()), 1);

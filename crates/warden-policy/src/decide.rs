@@ -292,6 +292,10 @@ impl Governor {
             now,
             evidence,
             canonical_args: &canonical_args,
+            completing: match p.operation {
+                Operation::Use => None,
+                Operation::Complete => p.completing().ok(),
+            },
         };
         let stop = match self.steps(&call, &mut d) {
             Ok(()) => return d,
@@ -395,7 +399,7 @@ impl Governor {
         c: &Asked<'_>,
     ) -> Step<Ready<'m>> {
         credential_tools(c)?;
-        let (tool, tier) = self.what(c.p, agent)?;
+        let (tool, tier) = self.what(c.p, c.completing.as_ref(), agent)?;
         let leak = egress(tool, c.evidence.found)?;
         let (flow, provenance) = self.flow_step(agent, tool, c)?;
         let leak = join_needs(leak, flow);
@@ -496,6 +500,7 @@ impl Governor {
     fn what(
         &self,
         p: &Proposal,
+        completing: Option<&warden_core::Completing>,
         agent: &warden_manifest::manifest::Agent,
     ) -> Step<(
         &warden_manifest::manifest::Tool,
@@ -525,20 +530,10 @@ impl Governor {
                 },
             ));
         };
-        let completing = match p.operation {
-            Operation::Use => None,
-            Operation::Complete => Some(
-                p.completing()
-                    .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?,
-            ),
-        };
         // INVARIANT (allowlist): a resource entry completes only the templates it covers,
         // with values that keep the URI among those it admits (whatever the template's parts
         // not yet filled in become).
-        if let Some((c, uri)) = completing
-            .as_ref()
-            .and_then(|c| Some((c, c.uri.as_deref()?)))
-        {
+        if let Some((c, uri)) = completing.and_then(|c| Some((c, c.uri.as_deref()?))) {
             let admits =
                 |u: Option<String>| u.is_some_and(|u| tool.uris.iter().any(|p| p.matches(&u)));
             let admitted = tool.uris.iter().any(|p| p.covers_template(uri))
@@ -601,9 +596,10 @@ impl Governor {
         }
         // A completion's values are judged by the prompt's schema as far as they go (the
         // arguments not chosen yet are not missing); a template's are the upstream's.
-        let judged = match &completing {
-            None => Some(p.arguments.clone()),
-            Some(c) if c.uri.is_none() => Some(c.values()),
+        // A use's arguments are judged as they are (no copy on the hot path).
+        let judged = match completing {
+            None => Some(std::borrow::Cow::Borrowed(&p.arguments)),
+            Some(c) if c.uri.is_none() => Some(std::borrow::Cow::Owned(c.values())),
             Some(_) => None,
         };
         let first_error = judged
@@ -754,20 +750,14 @@ impl Governor {
         };
         // A completion is judged on the values it has (a template's on the template), by the
         // Cedar engine itself: the native evaluator reads arguments a use must have.
-        let partial = match p.operation {
-            Operation::Use => None,
-            Operation::Complete => {
-                let c = p
-                    .completing()
-                    .map_err(|e| Stop::deny("proposal.invalid", e.to_string()))?;
-                // A template's URI as far as its values go: what the candidates are under.
-                let values = match c.expand_template(None) {
-                    Some(uri) => serde_json::json!({ "uri": uri }),
-                    None => c.values(),
-                };
-                Some((values, self.arg_types.get(&tool.name).map(ArgType::partial)))
-            }
-        };
+        let partial = c.completing.as_ref().map(|completing| {
+            // A template's URI as far as its values go: what the candidates are under.
+            let values = match completing.expand_template(None) {
+                Some(uri) => serde_json::json!({ "uri": uri }),
+                None => completing.values(),
+            };
+            (values, self.arg_types.get(&tool.name).map(ArgType::partial))
+        });
         let (arguments, arg_type) = match &partial {
             None => (&p.arguments, self.arg_types.get(&tool.name)),
             Some((values, t)) => (values, t.as_ref()),
@@ -1167,6 +1157,9 @@ struct Asked<'a> {
     now: UnixSeconds,
     evidence: &'a Evidence<'a>,
     canonical_args: &'a str,
+    /// A completion's arguments, read once (`None` for a use, or for arguments that are not a
+    /// completion's: the proposal's check denies those first).
+    completing: Option<warden_core::Completing>,
 }
 
 /// Why the steps stopped before allowing the call.

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use crate::redis_pool::Pool;
-use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
+use warden_core::sessions::{
+    holder_instance, reply_holder, valid_session_id, SessionDirectory, SessionEntry,
+};
 use warden_core::state::StateError;
 
 /// Reserves a reply (`KEYS[1]`) for an instance's wait (`ARGV[2]`, `<instance> <wait>`) for
@@ -169,7 +171,7 @@ impl SessionDirectory for RedisSessions {
                     .arg(1)
                     .arg(&key)
                     .arg(instance)
-                    .arg(format!("{instance} {wait}"))
+                    .arg(reply_holder(instance, wait))
                     .arg(millis(ttl))
                     .query::<i64>(c)
             })
@@ -184,7 +186,7 @@ impl SessionDirectory for RedisSessions {
         }
         Ok(self
             .get(&self.reply_key(id, request))?
-            .and_then(|h| h.split_once(' ').map(|(instance, _)| instance.to_owned())))
+            .and_then(|h| holder_instance(&h).map(str::to_owned)))
     }
 
     fn forget_waiting(
@@ -201,7 +203,7 @@ impl SessionDirectory for RedisSessions {
                     .arg(RELEASE)
                     .arg(1)
                     .arg(&key)
-                    .arg(format!("{instance} {wait}"))
+                    .arg(reply_holder(instance, wait))
                     .query::<i64>(c)
             })
             .map(|_| ())

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use warden_core::sessions::{valid_session_id, SessionDirectory, SessionEntry};
+use warden_core::sessions::{
+    holder_instance, reply_holder, valid_session_id, SessionDirectory, SessionEntry,
+};
 use warden_core::state::StateError;
 
 /// Each session's entry, with when it is forgotten.
@@ -91,7 +93,7 @@ impl SessionDirectory for MemorySessions {
         self.waiting.claim(
             &reply_key(id, request),
             instance,
-            &holder(instance, wait),
+            &reply_holder(instance, wait),
             ttl,
         )
     }
@@ -103,7 +105,7 @@ impl SessionDirectory for MemorySessions {
         Ok(self
             .waiting
             .get(&reply_key(id, request))?
-            .and_then(|h| h.split_once(' ').map(|(instance, _)| instance.to_owned())))
+            .and_then(|h| holder_instance(&h).map(str::to_owned)))
     }
 
     fn forget_waiting(
@@ -114,7 +116,7 @@ impl SessionDirectory for MemorySessions {
         wait: u64,
     ) -> Result<(), StateError> {
         self.waiting
-            .release(&reply_key(id, request), &holder(instance, wait))
+            .release(&reply_key(id, request), &reply_holder(instance, wait))
     }
 }
 
@@ -143,7 +145,7 @@ impl Expiring {
         let now = Instant::now();
         let mut all = self.0.lock().map_err(|_| poisoned())?;
         all.retain(|_, (_, until)| *until > now);
-        let of_instance = |held: &str| held.split_once(' ').is_some_and(|(i, _)| i == instance);
+        let of_instance = |held: &str| holder_instance(held) == Some(instance);
         if all.get(key).is_some_and(|(held, _)| !of_instance(held)) {
             return Ok(false);
         }
@@ -170,11 +172,6 @@ impl Expiring {
             .filter(|(_, until)| *until > now)
             .map(|(value, _)| value.clone()))
     }
-}
-
-/// Who holds a reservation: an instance's wait (a space cannot be in an instance id).
-fn holder(instance: &str, wait: u64) -> String {
-    format!("{instance} {wait}")
 }
 
 /// The key of session `id`'s reply to `request` (a space cannot be in either).
