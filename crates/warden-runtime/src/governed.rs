@@ -397,6 +397,9 @@ async fn propose_and_run(app: &Shared, run: Run<'_>, progress: Option<ProgressSi
             approval.filter(|_| attempt == 1),
         )
         .await;
+        // The decision is made: the flow it was judged on is let go before the result is
+        // labelled, so the store updates its flow in place instead of copying the whole of it.
+        drop(flow);
         let governed = match governed {
             Governed::LedgerDown { request_id, why } => {
                 return Outcome::NotDecided {
