@@ -4,6 +4,12 @@
 //! stdio`, upstream over stdio) and over Streamable HTTP (`warden serve` `/mcp`, upstream over
 //! HTTP), interleaved round by round so that machine noise hits both sides alike.
 //!
+//! Beside them, in the same rounds, the floor: a bare relay with no governance (`common/relay.rs`,
+//! run by this binary), once as it is and once syncing each client message to a file before it
+//! goes on (the one `fdatasync` a durable decision costs). Warden's CPU per call is reported as a
+//! ratio to the synced relay's: what governance costs beyond the protocol, the hops and the sync
+//! on this machine.
+//!
 //! Run (release; needs the SDK venv and the npm package, which `.ci/run` installs):
 //!
 //! ```sh
@@ -30,7 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{bench_dir, enroll, everything_http, manifest, serve};
+#[path = "common/relay.rs"]
+mod relay;
+use common::{bench_dir, enroll, everything_http, free_port, manifest, serve, wait_port, Proc};
 
 /// One side's figures from `sdk_client.py`.
 #[derive(Debug, Clone, Default)]
@@ -91,29 +99,41 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn report(transport: &str, direct: &[Figures], via: &[Figures]) {
+/// The floor's two sides for one transport: the bare relay, and the relay syncing each message.
+struct Floor<'a> {
+    bare: &'a [Figures],
+    synced: &'a [Figures],
+}
+
+fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_>) {
     let m = |side: &[Figures], f: fn(&Figures) -> f64| median(side.iter().map(f).collect());
     let (d, w) = (direct, via);
     println!("{transport} (median of {} rounds):", d.len());
-    println!(
-        "  direct       p50 {:.3} ms  {:.0} calls/s sequential  {:.0} calls/s at 50 concurrent",
-        m(d, |f| f.p50),
-        m(d, |f| f.seq_rate),
-        m(d, |f| f.conc_rate)
-    );
-    println!(
-        "  via Warden   p50 {:.3} ms  {:.0} calls/s sequential  {:.0} calls/s at 50 concurrent",
-        m(w, |f| f.p50),
-        m(w, |f| f.seq_rate),
-        m(w, |f| f.conc_rate)
-    );
+    let line = |name: &str, side: &[Figures]| {
+        println!(
+            "  {name:<20} p50 {:.3} ms  {:.0} calls/s sequential  {:.0} calls/s at 50 concurrent",
+            m(side, |f| f.p50),
+            m(side, |f| f.seq_rate),
+            m(side, |f| f.conc_rate)
+        );
+    };
+    line("direct", d);
+    line("bare relay", floor.bare);
+    line("bare relay + 1 sync", floor.synced);
+    line("via Warden", w);
+    let added = |side: &[Figures]| median(d.iter().zip(side).map(|(a, b)| b.p50 - a.p50).collect());
     let ratios =
         |f: fn(&Figures) -> f64| median(d.iter().zip(w).map(|(a, b)| f(b) / f(a)).collect());
     println!(
         "  added p50 {:.3} ms   sequential throughput x{:.2}   concurrent throughput x{:.2}",
-        median(d.iter().zip(w).map(|(a, b)| b.p50 - a.p50).collect()),
+        added(w),
         ratios(|f| f.seq_rate),
         ratios(|f| f.conc_rate)
+    );
+    println!(
+        "  the floor's added p50: {:.3} ms (bare relay), {:.3} ms (+ 1 sync)",
+        added(floor.bare),
+        added(floor.synced),
     );
     println!(
         "  Warden per call: CPU {:.3} ms sequential, {:.3} ms concurrent; context switches {:.1} voluntary + {:.1} involuntary (sequential)",
@@ -121,6 +141,33 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures]) {
         m(w, |f| f.conc_cpu),
         m(w, |f| f.seq_vol),
         m(w, |f| f.seq_invol)
+    );
+    for (name, side) in [
+        ("bare relay", floor.bare),
+        ("bare relay + 1 sync", floor.synced),
+    ] {
+        println!(
+            "  {name} per call: CPU {:.3} ms sequential, {:.3} ms concurrent; context switches {:.1} + {:.1}",
+            m(side, |f| f.seq_cpu),
+            m(side, |f| f.conc_cpu),
+            m(side, |f| f.seq_vol),
+            m(side, |f| f.seq_invol)
+        );
+    }
+    let over = |f: fn(&Figures) -> f64| {
+        median(
+            floor
+                .synced
+                .iter()
+                .zip(w)
+                .map(|(a, b)| f(b) / f(a))
+                .collect(),
+        )
+    };
+    println!(
+        "  Warden's CPU per call / the synced relay's: x{:.2} sequential, x{:.2} concurrent",
+        over(|f| f.seq_cpu),
+        over(|f| f.conc_cpu)
     );
     if let Some(last) = w.last() {
         println!(
@@ -136,7 +183,25 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures]) {
     );
 }
 
+/// The bare relay over HTTP (see `common/relay.rs`) in front of `upstream`, syncing each
+/// message into `log` if given; and its port.
+fn http_relay(upstream: &str, log: Option<&Path>) -> (Proc, u16) {
+    let port = free_port();
+    let log = log.map_or_else(|| "-".into(), |p| p.display().to_string());
+    let relay = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["relay-http", &port.to_string(), upstream, &log])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    (relay, port)
+}
+
 fn main() {
+    relay::run_if_asked();
     let (Ok(venv), Ok(npm)) = (
         std::env::var("WARDEN_E2E_VENV"),
         std::env::var("WARDEN_E2E_NPM"),
@@ -200,12 +265,30 @@ fn main() {
         receipts,
     ])
     .to_string();
+    let me = std::env::current_exe().unwrap();
+    let my_name = me.file_name().unwrap().to_string_lossy().into_owned();
+    let relay_log = dir.join("relay.log");
+    let relay_target =
+        |log: &str| serde_json::json!([me, "relay-stdio", log, everything, "stdio"]).to_string();
+    let (bare_target, synced_target) = (
+        relay_target("-"),
+        relay_target(&relay_log.display().to_string()),
+    );
+    let relay_watch = format!("child:{my_name}");
     let (mut direct, mut via) = (Vec::new(), Vec::new());
+    let (mut bare, mut synced) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         direct.push(client.run(
             &format!("stdio:{direct_target}"),
             "echo",
             "child:node",
+            None,
+        ));
+        bare.push(client.run(&format!("stdio:{bare_target}"), "echo", &relay_watch, None));
+        synced.push(client.run(
+            &format!("stdio:{synced_target}"),
+            "echo",
+            &relay_watch,
             None,
         ));
         via.push(client.run(
@@ -215,16 +298,31 @@ fn main() {
             None,
         ));
     }
-    report("stdio", &direct, &via);
+    let floor = Floor {
+        bare: &bare,
+        synced: &synced,
+    };
+    report("stdio", &direct, &via, &floor);
 
     let (gateway, port) = serve(&data, &http_manifest, &["--receipts", &receipts]);
     let (up_pid, pid) = (upstream.0.id().to_string(), gateway.0.id().to_string());
+    let up_url = format!("http://127.0.0.1:{up_port}/mcp");
+    let (bare_relay, bare_port) = http_relay(&up_url, None);
+    let (synced_relay, synced_port) = http_relay(&up_url, Some(&relay_log));
     let (mut direct, mut via) = (Vec::new(), Vec::new());
+    let (mut bare, mut synced) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        direct.push(client.run(
-            &format!("http://127.0.0.1:{up_port}/mcp"),
+        direct.push(client.run(&up_url, "echo", &up_pid, None));
+        bare.push(client.run(
+            &format!("http://127.0.0.1:{bare_port}/mcp"),
             "echo",
-            &up_pid,
+            &bare_relay.0.id().to_string(),
+            None,
+        ));
+        synced.push(client.run(
+            &format!("http://127.0.0.1:{synced_port}/mcp"),
+            "echo",
+            &synced_relay.0.id().to_string(),
             None,
         ));
         via.push(client.run(
@@ -234,5 +332,9 @@ fn main() {
             Some(&bearer),
         ));
     }
-    report("Streamable HTTP", &direct, &via);
+    let floor = Floor {
+        bare: &bare,
+        synced: &synced,
+    };
+    report("Streamable HTTP", &direct, &via, &floor);
 }
