@@ -224,7 +224,11 @@ proptest! {
         let files = ["00000000000000000000.seg", "index.bin", "tree.bin", "checkpoints.log"];
         let path = dir.path().join(files[which]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let pos = (pos_seed % bytes.len() as u64) as usize;
+        // The segment's frames end here; zeros preallocated for later frames follow (a
+        // megabyte of them: flips are drawn from the frames and the tail's first bytes).
+        let frames_end = decode_segment(&bytes).valid_len;
+        let span = if which == 0 { (frames_end + 64).min(bytes.len()) } else { bytes.len() };
+        let pos = (pos_seed % span as u64) as usize;
         bytes[pos] ^= 1 << bit;
         std::fs::write(&path, &bytes).unwrap();
         let outcome = FileStore::open(dir.path(), Mode::ReadOnly)
@@ -236,6 +240,10 @@ proptest! {
             if let Ok(report) = &outcome {
                 prop_assert_eq!(report.entries, 20);
             }
+        } else if which == 0 && pos >= frames_end {
+            // A flip in the preallocated zeros after the last frame alters no entry: it reads
+            // as a torn write there, and every entry still verifies.
+            prop_assert_eq!(outcome.map(|r| r.entries), Ok(20));
         } else if which == 3 {
             // A damaged checkpoint is never accepted: at worst it is treated as a torn write and
             // an older one (here: none) is used, which an auditor holding the newer one notices.
@@ -689,6 +697,57 @@ fn torn_tail_is_cut_and_damage_is_refused() {
     );
 }
 
+/// The last segment's file runs ahead of its frames with zeros (so a sync writes data alone): a
+/// frame torn inside them is cut, the next append lands right after the last whole frame, and a
+/// segment that closes is cut to its last frame.
+#[test]
+fn the_preallocated_tail_holds_torn_writes_and_closed_segments_end_with_their_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("00000000000000000000.seg");
+    {
+        let mut s = FileStore::open_with(dir.path(), Mode::Write, 4096).unwrap();
+        s.append(&raw_entries(5)).unwrap();
+    }
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = decode_segment(&bytes).valid_len;
+    assert_eq!(decode_segment(&bytes).entries.len(), 5);
+    assert!(bytes.len() > end, "no zeros ahead of the frames");
+    assert!(bytes[end..].iter().all(|&b| b == 0));
+    // A crash in the middle of the next frame: part of it landed in the zeros.
+    let mut torn = bytes.clone();
+    let frame = warden_ledger::file::encode_frame(5, b"never acknowledged");
+    torn[end..end + 20].copy_from_slice(&frame[..20]);
+    std::fs::write(&seg, &torn).unwrap();
+    {
+        let mut s = FileStore::open_with(dir.path(), Mode::Write, 4096).unwrap();
+        assert_eq!(s.size().unwrap(), 5);
+        s.append(&raw_entries(2)).unwrap();
+        assert_eq!(s.size().unwrap(), 7);
+    }
+    let scan = decode_segment(&std::fs::read(&seg).unwrap());
+    assert_eq!(scan.stopped, None);
+    let indexes: Vec<u64> = scan.entries.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, (0..7).collect::<Vec<u64>>());
+    // Entries that pass the segment's limit roll a new one; the closed one ends with its frames.
+    {
+        let mut s = FileStore::open_with(dir.path(), Mode::Write, 4096).unwrap();
+        for _ in 0..80 {
+            s.append(&raw_entries(3)).unwrap();
+        }
+        assert_eq!(s.size().unwrap(), 247);
+    }
+    let closed = std::fs::read(&seg).unwrap();
+    assert_eq!(decode_segment(&closed).valid_len, closed.len());
+    assert!(closed.len() <= 4096);
+    // A reader beside the writer, and a writer reopening, see the same entries.
+    let mut r = FileStore::open_with(dir.path(), Mode::ReadOnly, 4096).unwrap();
+    assert_eq!(r.size().unwrap(), 247);
+    assert!(dir
+        .path()
+        .join(format!("{:020}.seg", decode_segment(&closed).entries.len()))
+        .exists());
+}
+
 #[test]
 fn segments_roll_and_reads_cross_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -931,7 +990,8 @@ fn power_loss_child() {
     let ledger = Ledger::open(store, NoteSigner::parse(&key).unwrap(), config).unwrap();
     ledger.append(&decision(1)).unwrap();
     let segment = dir.join("ledger").join(format!("{:020}.seg", 0));
-    let synced = std::fs::metadata(&segment).unwrap().len();
+    // Where the synced frames end (the file runs on: zeros preallocated ahead of them).
+    let synced = decode_segment(&std::fs::read(&segment).unwrap()).valid_len;
     ledger.append(&receipt(1)).unwrap();
     // Let the idle writer sign what it considers signable.
     std::thread::sleep(Duration::from_millis(200));
@@ -962,7 +1022,7 @@ fn a_power_loss_cuts_only_unsynced_receipts_and_no_checkpoint_covers_them() {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         // The harness may have printed the test's name on the same line.
         if let Some((_, n)) = line.unwrap().split_once("synced ") {
-            synced = Some(n.trim().parse::<u64>().unwrap());
+            synced = Some(n.trim().parse::<usize>().unwrap());
             break;
         }
     }
@@ -971,14 +1031,13 @@ fn a_power_loss_cuts_only_unsynced_receipts_and_no_checkpoint_covers_them() {
     let synced = synced.expect("the child reported its synced length");
     let ledger_dir = dir.path().join("ledger");
     let segment = ledger_dir.join(format!("{:020}.seg", 0));
-    assert!(std::fs::metadata(&segment).unwrap().len() > synced);
-    // What a power loss does to writes never synced: they are gone.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(synced)
-        .unwrap();
+    let written = std::fs::read(&segment).unwrap();
+    assert!(decode_segment(&written).valid_len > synced);
+    // What a power loss does to writes never synced: they are gone. They overwrote zeros the
+    // file already had (its preallocated tail), so zeros are what is left.
+    let mut lost = written.clone();
+    lost[synced..].fill(0);
+    std::fs::write(&segment, &lost).unwrap();
     // The log opens (no signed checkpoint claims the lost receipt), holds the decision and
     // verifies; the lost receipt is a missing tail, which the gateway's start closes as
     // `interrupted`.
