@@ -57,7 +57,7 @@ fn write_value(out: &mut String, value: &Value) {
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            members.sort_by(|a, b| utf16_order(a.0, b.0));
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -72,23 +72,45 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
+/// The order RFC 8785 sorts member names in: by their UTF-16 code units. It is the order of
+/// their UTF-8 bytes unless a name holds a character from U+E000 up (UTF-8 lead byte 0xEE or
+/// more), where UTF-16's surrogates put the characters above U+FFFF first.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let bytes_agree = |s: &str| s.bytes().all(|x| x < 0xEE);
+    if bytes_agree(a) && bytes_agree(b) {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// Writes `s` as a JSON string, escaping only what RFC 8785 requires (`"`, `\\`, and control
+/// characters): runs between escapes are copied whole.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        // Every byte that is escaped is ASCII, so `run..i` lies on character boundaries.
+        out.push_str(s.get(run..i).unwrap_or_default());
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
         }
+        run = i + 1;
     }
+    out.push_str(s.get(run..).unwrap_or_default());
     out.push('"');
 }
 
@@ -182,7 +204,90 @@ mod tests {
         })
     }
 
+    /// The form as RFC 8785 states it, one character at a time: what the writer must match.
+    fn reference(top: &Value) -> String {
+        fn string(out: &mut String, s: &str) {
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\u{08}' => out.push_str("\\b"),
+                    '\u{0c}' => out.push_str("\\f"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        fn value(out: &mut String, v: &Value) {
+            match v {
+                Value::String(s) => string(out, s),
+                Value::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        value(out, item);
+                    }
+                    out.push(']');
+                }
+                Value::Object(map) => {
+                    let mut members: Vec<_> = map.iter().collect();
+                    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+                    out.push('{');
+                    for (i, (k, v)) in members.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        string(out, k);
+                        out.push(':');
+                        value(out, v);
+                    }
+                    out.push('}');
+                }
+                other => out.push_str(&to_canonical_string(other)),
+            }
+        }
+        let mut out = String::new();
+        value(&mut out, top);
+        out
+    }
+
+    /// Strings and names drawn from every range the fast paths treat apart: ASCII, control
+    /// characters, escapes, two- and three-byte characters around U+E000, four-byte ones.
+    fn arb_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-z\"\\\\]",
+                "[\u{0}-\u{1f}\u{7f}]",
+                "[\u{80}-\u{7ff}]",
+                "[\u{d7f0}-\u{d7ff}\u{e000}-\u{e010}\u{fff0}-\u{ffff}]",
+                "[\u{10000}-\u{10010}\u{1f600}-\u{1f610}]",
+            ],
+            0..8,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
     proptest! {
+        #[test]
+        fn the_writer_matches_the_rfcs_form_character_by_character(
+            names in prop::collection::vec(arb_text(), 0..6),
+            texts in prop::collection::vec(arb_text(), 0..6),
+        ) {
+            let object: serde_json::Map<String, Value> = names
+                .into_iter()
+                .zip(texts.iter().cloned().map(Value::String).chain(std::iter::repeat(Value::Null)))
+                .collect();
+            let v = json!({ "o": object, "a": texts });
+            prop_assert_eq!(to_canonical_string(&v), reference(&v));
+        }
+
         #[test]
         fn canonical_form_parses_back_to_the_same_value(v in arb_json()) {
             let s = to_canonical_string(&v);
