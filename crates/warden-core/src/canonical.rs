@@ -57,7 +57,12 @@ fn write_value(out: &mut String, value: &Value) {
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| utf16_order(a.0, b.0));
+            // Names are unique, so an unstable sort gives the one order there is.
+            if members.iter().all(|(k, _)| bytes_sort_as_utf16(k)) {
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            } else {
+                members.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            }
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -72,22 +77,23 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
-/// The order RFC 8785 sorts member names in: by their UTF-16 code units. It is the order of
-/// their UTF-8 bytes unless a name holds a character from U+E000 up (UTF-8 lead byte 0xEE or
-/// more), where UTF-16's surrogates put the characters above U+FFFF first.
-fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
-    let bytes_agree = |s: &str| s.bytes().all(|x| x < 0xEE);
-    if bytes_agree(a) && bytes_agree(b) {
-        a.cmp(b)
-    } else {
-        a.encode_utf16().cmp(b.encode_utf16())
-    }
+/// RFC 8785 sorts member names by their UTF-16 code units. Names without a character from
+/// U+E000 up (UTF-8 lead byte 0xEE or more) sort the same by their UTF-8 bytes; above it,
+/// UTF-16's surrogates put the characters past U+FFFF first.
+fn bytes_sort_as_utf16(name: &str) -> bool {
+    name.bytes().all(|b| b < 0xEE)
 }
 
 /// Writes `s` as a JSON string, escaping only what RFC 8785 requires (`"`, `\\`, and control
 /// characters): runs between escapes are copied whole.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    if !s.as_bytes().iter().any(needs_escape) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut run = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {
