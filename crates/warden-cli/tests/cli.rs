@@ -699,7 +699,8 @@ fn verify_reports_entries_after_the_last_checkpoint_as_an_unsigned_tail() {
     let mut bytes = std::fs::read(&seg).unwrap();
     // In the first of the two (a damaged last frame reads as a write torn by a crash).
     let frame = warden_ledger::file::encode_frame(4, br#"{"type":"event","kind":"x"}"#).len();
-    let at = bytes.len() - frame - 5;
+    // Counted back from where the frames end (zeros preallocated for later frames follow).
+    let at = warden_ledger::file::decode_segment(&bytes).valid_len - frame - 5;
     bytes[at] ^= 0x20;
     std::fs::write(&seg, bytes).unwrap();
     let out = warden(&["ledger", "verify", "--data", d]);

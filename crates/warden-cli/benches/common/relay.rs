@@ -72,7 +72,7 @@ fn record(log: &Log, message: &[u8]) {
     if let Some(file) = log {
         let mut f = file.lock().unwrap();
         let end = f.at + message.len() as u64 + 1;
-        if end > f.allocated {
+        while end > f.allocated {
             let zeros = vec![0u8; 1 << 20];
             f.file.write_all_at(&zeros, f.allocated).unwrap();
             f.allocated += zeros.len() as u64;
