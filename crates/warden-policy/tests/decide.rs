@@ -322,25 +322,16 @@ fn a_completion_is_decided_as_its_entry_and_never_escalates_or_loops() {
         );
         assert_eq!(rule(&d).1, "resource.not_admitted", "{uri} {value}");
     }
-    let d = g.decide(
-        &complete(
-            Resource,
-            "demo.docs",
-            filled("demo://docs/{name}", "private/"),
-        ),
-        &s,
-        DAY_TIME,
-    );
+    let doc = |value: &str| {
+        g.decide(
+            &complete(Resource, "demo.docs", filled("demo://docs/{name}", value)),
+            &s,
+            DAY_TIME,
+        )
+    };
+    let d = doc("private/");
     assert_eq!(rule(&d).1, "policy:no-private-docs", "{d:?}");
-    let d = g.decide(
-        &complete(
-            Resource,
-            "demo.docs",
-            filled("demo://docs/{name}", "public/"),
-        ),
-        &s,
-        DAY_TIME,
-    );
+    let d = doc("public/");
     assert_eq!(d.decision, Verdict::Allow, "{d:?}");
     // A forbid that reads an argument the completion lacks, without `has`: denied (fail
     // closed); with that argument given, judged on it.
