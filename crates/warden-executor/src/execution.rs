@@ -382,37 +382,24 @@ impl Executor {
         // INVARIANT (INV-010): the result is redacted before the receipt hashes it and before
         // anyone sees it.
         let redacting = std::time::Instant::now();
-        let redactions = match &mut result {
-            Answer::Tool(r) => self.redact_result(r, draft.call.redact),
-            Answer::Resource(r) => self.redact_typed(r, draft.call.redact, || {
-                rmcp::model::ReadResourceResult::new(vec![rmcp::model::ResourceContents::text(
-                    WITHHELD,
-                    draft.call.tool,
-                )])
-            }),
-            Answer::Prompt(r) => self.redact_typed(r, draft.call.redact, || {
-                rmcp::model::GetPromptResult::new(vec![rmcp::model::PromptMessage::new_text(
-                    rmcp::model::Role::User,
-                    WITHHELD,
-                )])
-            }),
-            // Candidates that held a secret are not offered at all.
-            Answer::Completion(r) => {
-                self.redact_typed(r, draft.call.redact, rmcp::model::CompleteResult::default)
-            }
-        };
+        let on = draft.call.redact;
+        // A result with nothing to redact (every string, names included, checked) is hashed in
+        // the same pass; one that has something goes the `Value` way and is hashed after.
+        let (redactions, digest) =
+            match result.digest_if_every_string(|s| !self.redactor.finds(s, on)) {
+                Some(digest) => (0, digest),
+                None => {
+                    let n = self.redact(&mut result, draft.call.tool, on);
+                    (n, result.digest())
+                }
+            };
         stages.redaction = Some(Interval::since(redacting));
-        let value = result.to_value();
         let status = if result.is_error() {
             ReceiptStatus::Error
         } else {
             ReceiptStatus::Ok
         };
-        let receipt = draft.finished(
-            status,
-            warden_core::canonical::json_digest(&value),
-            redactions,
-        );
+        let receipt = draft.finished(status, digest, redactions);
         let recording = std::time::Instant::now();
         let index = self.record(&receipt).await;
         stages.receipt = Some(Interval::since(recording));
@@ -422,6 +409,26 @@ impl Executor {
             receipt_index: index,
             redactions,
         })
+    }
+
+    /// Redacts `result` in place, whatever its kind; returns how many values were redacted.
+    fn redact(&self, result: &mut Answer, name: &str, on: &BTreeSet<String>) -> u64 {
+        match result {
+            Answer::Tool(r) => self.redact_result(r, on),
+            Answer::Resource(r) => self.redact_typed(r, on, || {
+                rmcp::model::ReadResourceResult::new(vec![rmcp::model::ResourceContents::text(
+                    WITHHELD, name,
+                )])
+            }),
+            Answer::Prompt(r) => self.redact_typed(r, on, || {
+                rmcp::model::GetPromptResult::new(vec![rmcp::model::PromptMessage::new_text(
+                    rmcp::model::Role::User,
+                    WITHHELD,
+                )])
+            }),
+            // Candidates that held a secret are not offered at all.
+            Answer::Completion(r) => self.redact_typed(r, on, rmcp::model::CompleteResult::default),
+        }
     }
 
     /// `text` with its secrets (and the call's detector matches) redacted.

@@ -244,7 +244,33 @@ impl Answer {
         matches!(self, Answer::Tool(r) if r.is_error == Some(true))
     }
 
-    /// It as JSON (what its receipt hashes, what the native API returns).
+    /// What its receipt cites: the digest of [`Answer::to_value`], taken from the typed result
+    /// without building that value.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        use warden_core::canonical::typed_digest;
+        let d = match self {
+            Answer::Tool(r) => typed_digest(r),
+            Answer::Resource(r) => typed_digest(r),
+            Answer::Prompt(r) => typed_digest(r),
+            Answer::Completion(r) => typed_digest(r),
+        };
+        d.unwrap_or_else(|_| warden_core::canonical::json_digest(&serde_json::Value::Null))
+    }
+
+    /// Its digest (as [`Answer::digest`]) if `pass` holds for every string in it, member names
+    /// included; `None` if one fails (or it is one only its `Value` can be written from).
+    pub fn digest_if_every_string(&self, pass: impl FnMut(&str) -> bool) -> Option<String> {
+        use warden_core::canonical::digest_if_every_string as checked;
+        match self {
+            Answer::Tool(r) => checked(r, pass),
+            Answer::Resource(r) => checked(r, pass),
+            Answer::Prompt(r) => checked(r, pass),
+            Answer::Completion(r) => checked(r, pass),
+        }
+    }
+
+    /// It as JSON (what the native API returns; its canonical form is what the receipt hashes).
     #[must_use]
     pub fn to_value(&self) -> serde_json::Value {
         let v = match self {

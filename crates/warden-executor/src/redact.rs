@@ -38,6 +38,15 @@ struct Detector {
     check: Option<Check>,
 }
 
+impl Detector {
+    /// Whether a match in `s` passes the detector's checksum (what redaction replaces).
+    fn matches(&self, s: &str) -> bool {
+        self.re
+            .find_iter(s)
+            .any(|m| self.check.is_none_or(|check| check(m.as_str())))
+    }
+}
+
 /// Scrubs strings and JSON values.
 pub struct Redactor {
     exact: Option<Regex>,
@@ -285,6 +294,18 @@ impl Redactor {
         cur.map(|c| (c, count))
     }
 
+    /// Whether [`Redactor::redact_str`] would change `s`: an exact secret, or an `on` detector's
+    /// match that passes its checksum.
+    #[must_use]
+    pub fn finds(&self, s: &str, on: &BTreeSet<String>) -> bool {
+        self.exact.as_ref().is_some_and(|re| re.is_match(s))
+            || self
+                .detectors
+                .iter()
+                .filter(|d| on.contains(d.name))
+                .any(|d| d.matches(s))
+    }
+
     /// Redacts every string in `v` (values and object keys) in place; returns the count.
     pub fn redact_json(&self, v: &mut Value, on: &BTreeSet<String>) -> u64 {
         let mut count = 0;
@@ -344,10 +365,7 @@ impl Redactor {
             found.insert("secret");
         }
         for d in self.detectors.iter().filter(|d| on.contains(d.name)) {
-            if d.re
-                .find_iter(s)
-                .any(|m| d.check.is_none_or(|check| check(m.as_str())))
-            {
+            if d.matches(s) {
                 found.insert(d.name);
             }
         }
@@ -426,6 +444,33 @@ mod tests {
         assert!(r
             .redact_str("GB82 WEST 1234 5698 7654 33", &on)
             .is_none_or(|(o, _)| !o.contains("iban")));
+    }
+
+    #[test]
+    fn finds_says_exactly_when_redaction_would_change_a_string() {
+        let r = Redactor::new(["topsecret"].into_iter()).unwrap();
+        let texts = [
+            "plain words",
+            "x topsecret y",
+            "dG9wc2VjcmV0",
+            "card 4111 1111 1111 1111",
+            "order 4111 1111 1111 1112",
+            "(415) 555-2671",
+            "GB82 WEST 1234 5698 7654 32",
+            "",
+        ];
+        for on in [all(), BTreeSet::new()] {
+            for text in texts {
+                assert_eq!(
+                    r.finds(text, &on),
+                    r.redact_str(text, &on).is_some(),
+                    "{text:?} with {} detectors",
+                    on.len()
+                );
+            }
+        }
+        assert!(!r.finds("order 4111 1111 1111 1112", &all()));
+        assert!(r.finds("card 4111 1111 1111 1111", &all()));
     }
 
     #[test]

@@ -30,10 +30,19 @@ fn ledger(dir: &Path) -> Arc<Ledger> {
 }
 
 fn executor(dir: &Path, upstream: Upstream, clock: Arc<ManifestClock>) -> (Executor, Arc<Ledger>) {
+    executor_with(dir, upstream, clock, Secrets::default())
+}
+
+fn executor_with(
+    dir: &Path,
+    upstream: Upstream,
+    clock: Arc<ManifestClock>,
+    secrets: Secrets,
+) -> (Executor, Arc<Ledger>) {
     let ledger = ledger(dir);
     let ex = Executor::new(Config {
         upstreams: vec![upstream],
-        secrets: Secrets::default(),
+        secrets,
         grants: keys(),
         replay: Box::new(MemoryReplayGuard::new()),
         manifest: clock,
@@ -247,15 +256,9 @@ async fn no_grant_that_fails_to_redeem_reaches_the_upstream() {
     assert!(kinds.iter().all(|k| k == "grant.refused"), "{kinds:?}");
 }
 
-#[tokio::test]
-async fn a_granted_call_runs_once_with_a_receipt() {
-    let Ok(venv) = std::env::var("WARDEN_E2E_VENV") else {
-        eprintln!("notice: WARDEN_E2E_VENV not set: skipping the real-upstream executor test");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManifestClock::new(1));
-    let time = Upstream {
+/// `mcp-server-time` from the end-to-end virtualenv, unsandboxed.
+fn time_upstream(venv: &str) -> Upstream {
+    Upstream {
         name: "time".into(),
         transport: Transport::Stdio {
             program: format!("{venv}/bin/mcp-server-time"),
@@ -268,7 +271,36 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         sandbox: None,
         unsandboxed: Some("test".into()),
         client_requests: Default::default(),
+    }
+}
+
+/// The receipt the ledger holds at `index`.
+fn receipt_at(ledger: &Ledger, index: u64) -> warden_ledger::Receipt {
+    let mut found = None;
+    ledger
+        .with_store(|s| {
+            s.scan(index, index + 1, &mut |_, bytes| {
+                found = Some(warden_ledger::Entry::from_bytes(bytes).unwrap());
+                Ok(())
+            })
+            .map_err(Into::into)
+        })
+        .unwrap();
+    match found {
+        Some(warden_ledger::Entry::Receipt(r)) => r,
+        other => panic!("no receipt at {index}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_granted_call_runs_once_with_a_receipt() {
+    let Ok(venv) = std::env::var("WARDEN_E2E_VENV") else {
+        eprintln!("notice: WARDEN_E2E_VENV not set: skipping the real-upstream executor test");
+        return;
     };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManifestClock::new(1));
+    let time = time_upstream(&venv);
     let (ex, ledger) = executor(dir.path(), time, clock);
     assert!(ex
         .start(std::time::Duration::from_secs(30))
@@ -288,6 +320,13 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         .unwrap();
     assert!(matches!(&done.result, warden_executor::Answer::Tool(r) if r.is_error == Some(false)));
     assert_eq!(ledger.size().unwrap(), 1);
+    // The receipt cites the result the caller got, in canonical form.
+    let receipt = receipt_at(&ledger, done.receipt_index);
+    assert_eq!(
+        receipt.result_hash,
+        warden_core::canonical::json_digest(&done.result.to_value())
+    );
+    assert_eq!((receipt.redactions, done.redactions), (0, 0));
     let e = ex
         .execute(call(&g, "time.get_current_time", &args, &none))
         .await
@@ -297,6 +336,39 @@ async fn a_granted_call_runs_once_with_a_receipt() {
         ledger.size().unwrap(),
         2,
         "a replay runs nothing: one receipt, then one refusal"
+    );
+    ex.shutdown().await;
+
+    // A result holding a secret's value (here a word the time server always answers with) is
+    // redacted, and its receipt cites what was left.
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = Secrets::from_values(
+        [("WORD".to_owned(), Zeroizing::new("datetime".to_owned()))]
+            .into_iter()
+            .collect(),
+    );
+    let clock = Arc::new(ManifestClock::new(1));
+    let (ex, ledger) = executor_with(dir.path(), time_upstream(&venv), clock, secrets);
+    assert!(ex
+        .start(std::time::Duration::from_secs(30))
+        .await
+        .is_empty());
+    let g = mint("time.get_current_time", &args, 1, now_ms(), 30_000);
+    let done = ex
+        .execute(call(&g, "time.get_current_time", &args, &none))
+        .await
+        .unwrap();
+    let shown = done.result.to_value().to_string();
+    assert!(
+        !shown.contains("datetime") && shown.contains("[REDACTED"),
+        "{shown}"
+    );
+    let receipt = receipt_at(&ledger, done.receipt_index);
+    assert!(done.redactions > 0);
+    assert_eq!(receipt.redactions, done.redactions);
+    assert_eq!(
+        receipt.result_hash,
+        warden_core::canonical::json_digest(&done.result.to_value())
     );
     ex.shutdown().await;
 }

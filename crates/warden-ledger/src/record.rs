@@ -224,8 +224,7 @@ impl Entry {
     /// # Errors
     /// [`RecordError::TooLong`] over [`MAX_ENTRY_BYTES`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
-        let value = serde_json::to_value(self)?;
-        let bytes = warden_core::canonical::to_canonical_string(&value).into_bytes();
+        let bytes = warden_core::canonical::to_canonical_bytes(self)?;
         if bytes.len() > MAX_ENTRY_BYTES {
             return Err(RecordError::TooLong(bytes.len()));
         }

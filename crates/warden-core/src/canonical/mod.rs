@@ -13,6 +13,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
+mod typed;
+pub use typed::{digest_if_every_string, to_canonical_bytes, typed_digest};
+
 /// Writes `value` in canonical form.
 #[must_use]
 pub fn to_canonical_string(value: &Value) -> String {
@@ -32,16 +35,7 @@ fn write_value(out: &mut String, value: &Value) {
             } else if let Some(u) = n.as_u64() {
                 let _ = write!(out, "{u}");
             } else if let Some(f) = n.as_f64() {
-                if f == 0.0 {
-                    // RFC 8785: negative zero is written as `0`.
-                    out.push('0');
-                } else if f == f.trunc() && f.abs() < 1e21 {
-                    // INVARIANT (reproducible hashes): integral floats render without a fraction,
-                    // as ECMAScript does (`1.0` -> `1`).
-                    let _ = write!(out, "{f:.0}");
-                } else {
-                    let _ = write!(out, "{f}");
-                }
+                write_float(out, f);
             }
         }
         Value::String(s) => write_string(out, s),
@@ -61,7 +55,7 @@ fn write_value(out: &mut String, value: &Value) {
             if members.iter().all(|(k, _)| bytes_sort_as_utf16(k)) {
                 members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             } else {
-                members.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+                members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
             }
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
@@ -75,6 +69,25 @@ fn write_value(out: &mut String, value: &Value) {
             out.push('}');
         }
     }
+}
+
+/// Writes a finite float as RFC 8785 does for the values Warden meets (see the module's note).
+fn write_float(out: &mut String, f: f64) {
+    if f == 0.0 {
+        // RFC 8785: negative zero is written as `0`.
+        out.push('0');
+    } else if f == f.trunc() && f.abs() < 1e21 {
+        // INVARIANT (reproducible hashes): integral floats render without a fraction, as
+        // ECMAScript does (`1.0` -> `1`).
+        let _ = write!(out, "{f:.0}");
+    } else {
+        let _ = write!(out, "{f}");
+    }
+}
+
+/// The order RFC 8785 puts member names in: by their UTF-16 code units.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
 }
 
 /// RFC 8785 sorts member names by their UTF-16 code units. Names without a character from
