@@ -315,49 +315,28 @@ impl<'a, C: FnMut(&str) -> bool> Array<'a, C> {
     }
 }
 
-impl<C: FnMut(&str) -> bool> ser::SerializeSeq for Array<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Step<()> {
-        self.item(value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
+/// serde's four kinds of sequence are all written as one array.
+macro_rules! array_kind {
+    ($($kind:ident :: $add:ident),*) => {$(
+        impl<C: FnMut(&str) -> bool> ser::$kind for Array<'_, C> {
+            type Ok = ();
+            type Error = TakeTheValuePath;
+            fn $add<T: Serialize + ?Sized>(&mut self, value: &T) -> Step<()> {
+                self.item(value)
+            }
+            fn end(self) -> Step<()> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl<C: FnMut(&str) -> bool> ser::SerializeTuple for Array<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Step<()> {
-        self.item(value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
-}
-
-impl<C: FnMut(&str) -> bool> ser::SerializeTupleStruct for Array<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Step<()> {
-        self.item(value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
-}
-
-impl<C: FnMut(&str) -> bool> ser::SerializeTupleVariant for Array<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Step<()> {
-        self.item(value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
-}
+array_kind!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// One member written so far: its name, and where its `"name":value` text lies in the output.
 struct Member {
@@ -475,27 +454,27 @@ impl<C: FnMut(&str) -> bool> ser::SerializeMap for Object<'_, C> {
     }
 }
 
-impl<C: FnMut(&str) -> bool> ser::SerializeStruct for Object<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Step<()> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
+/// A struct and a struct variant's fields are an object's members, named by the field.
+macro_rules! struct_kind {
+    ($($kind:ident),*) => {$(
+        impl<C: FnMut(&str) -> bool> ser::$kind for Object<'_, C> {
+            type Ok = ();
+            type Error = TakeTheValuePath;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Step<()> {
+                self.member(Cow::Borrowed(key), value)
+            }
+            fn end(self) -> Step<()> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl<C: FnMut(&str) -> bool> ser::SerializeStructVariant for Object<'_, C> {
-    type Ok = ();
-    type Error = TakeTheValuePath;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Step<()> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Step<()> {
-        self.close()
-    }
-}
+struct_kind!(SerializeStruct, SerializeStructVariant);
 
 /// A map's member name: a string, a character, an integer (written in decimal), a unit
 /// variant's name, or a newtype around one of those. Anything else goes the `Value` way.
