@@ -58,6 +58,7 @@ where
         .serialize(Writer {
             out: &mut out,
             check,
+            depth: 0,
         })
         .ok()
         .map(|()| out)
@@ -88,7 +89,16 @@ type Step<T> = Result<T, TakeTheValuePath>;
 struct Writer<'a, C> {
     out: &'a mut String,
     check: &'a mut C,
+    /// How many objects this value is inside.
+    depth: usize,
 }
+
+/// The deepest object this writer puts in order itself. Putting an object in order copies it,
+/// and with it every object inside it, so each level copies its whole content once more: past
+/// this depth (which results and records do not reach in practice) the `Value` path, which
+/// writes every object once, is cheaper, and a hostile upstream's deeply nested answer costs a
+/// bounded number of copies.
+const MAX_DEPTH: usize = 8;
 
 /// Writes `s` as a JSON string if it passes `check`.
 fn string<C: FnMut(&str) -> bool>(out: &mut String, check: &mut C, s: &str) -> Step<()> {
@@ -233,6 +243,7 @@ impl<'a, C: FnMut(&str) -> bool> ser::Serializer for Writer<'a, C> {
         value.serialize(Writer {
             out: self.out,
             check: self.check,
+            depth: self.depth,
         })?;
         self.out.push('}');
         Ok(())
@@ -257,7 +268,7 @@ impl<'a, C: FnMut(&str) -> bool> ser::Serializer for Writer<'a, C> {
         Ok(Array::open(self, "]}"))
     }
     fn serialize_map(self, _len: Option<usize>) -> Step<Object<'a, C>> {
-        Ok(Object::open(self, "}"))
+        Object::open(self, "}")
     }
     fn serialize_struct(self, name: &'static str, len: usize) -> Step<Object<'a, C>> {
         // serde_json's raw values and exact numbers are structs under private names that its
@@ -275,7 +286,7 @@ impl<'a, C: FnMut(&str) -> bool> ser::Serializer for Writer<'a, C> {
         _len: usize,
     ) -> Step<Object<'a, C>> {
         self.open_variant(variant)?;
-        Ok(Object::open(self, "}}"))
+        Object::open(self, "}}")
     }
 }
 
@@ -283,6 +294,7 @@ impl<'a, C: FnMut(&str) -> bool> ser::Serializer for Writer<'a, C> {
 struct Array<'a, C> {
     out: &'a mut String,
     check: &'a mut C,
+    depth: usize,
     empty: bool,
     close: &'static str,
 }
@@ -293,6 +305,7 @@ impl<'a, C: FnMut(&str) -> bool> Array<'a, C> {
         Array {
             out: w.out,
             check: w.check,
+            depth: w.depth,
             empty: true,
             close,
         }
@@ -306,6 +319,7 @@ impl<'a, C: FnMut(&str) -> bool> Array<'a, C> {
         value.serialize(Writer {
             out: self.out,
             check: self.check,
+            depth: self.depth,
         })
     }
 
@@ -351,6 +365,8 @@ struct Member {
 struct Object<'a, C> {
     out: &'a mut String,
     check: &'a mut C,
+    /// How many objects this one is inside, itself included.
+    depth: usize,
     /// Where the object's members begin (just after its `{`).
     base: usize,
     members: Vec<Member>,
@@ -360,16 +376,20 @@ struct Object<'a, C> {
 }
 
 impl<'a, C: FnMut(&str) -> bool> Object<'a, C> {
-    fn open(w: Writer<'a, C>, close: &'static str) -> Self {
+    fn open(w: Writer<'a, C>, close: &'static str) -> Step<Self> {
+        if w.depth >= MAX_DEPTH {
+            return Err(TakeTheValuePath);
+        }
         w.out.push('{');
-        Object {
+        Ok(Object {
             base: w.out.len(),
             out: w.out,
             check: w.check,
+            depth: w.depth + 1,
             members: Vec::new(),
             name: None,
             close,
-        }
+        })
     }
 
     fn member<T: Serialize + ?Sized>(&mut self, name: Cow<'static, str>, value: &T) -> Step<()> {
@@ -382,6 +402,7 @@ impl<'a, C: FnMut(&str) -> bool> Object<'a, C> {
         value.serialize(Writer {
             out: self.out,
             check: self.check,
+            depth: self.depth,
         })?;
         self.members.push(Member {
             name,
@@ -814,7 +835,65 @@ mod tests {
         })
     }
 
+    /// A JSON object whose members are handed to the serializer in the order given, repeated
+    /// names included (as a `serde_json::Map` that keeps an upstream's order hands them over).
+    #[derive(Debug, Clone)]
+    enum Node {
+        Leaf(Value),
+        Object(Vec<(String, Node)>),
+    }
+
+    impl Serialize for Node {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap as _;
+            match self {
+                Node::Leaf(v) => v.serialize(s),
+                Node::Object(members) => {
+                    let mut m = s.serialize_map(Some(members.len()))?;
+                    for (name, value) in members {
+                        m.serialize_entry(name, value)?;
+                    }
+                    m.end()
+                }
+            }
+        }
+    }
+
+    fn arb_node() -> impl Strategy<Value = Node> {
+        let name = prop_oneof!["[a-c]", "[a-z\"]{0,3}", "[\u{e000}\u{1f600}]"];
+        arb_json()
+            .prop_map(Node::Leaf)
+            .prop_recursive(5, 64, 6, move |inner| {
+                prop::collection::vec((name.clone(), inner), 0..6).prop_map(Node::Object)
+            })
+    }
+
+    /// `depth` objects, each the only member of the one around it.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!("core"), |inner, _| json!({ "z": inner, "a": 1 }))
+    }
+
+    #[test]
+    fn objects_nested_past_the_depth_it_orders_itself_take_the_value_path() {
+        for depth in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 40] {
+            let v = nested(depth);
+            assert_eq!(
+                to_canonical_bytes(&v).unwrap(),
+                through_value(&v),
+                "{depth}"
+            );
+            let checked = digest_if_every_string(&v, |_| true);
+            assert_eq!(checked.is_some(), depth <= MAX_DEPTH, "{depth}");
+            assert!(checked.is_none_or(|d| d == super::super::json_digest(&v)));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn members_in_any_order_and_repeated_names_come_out_as_their_value_does(n in arb_node()) {
+            prop_assert_eq!(to_canonical_bytes(&n).unwrap(), through_value(&n));
+        }
+
         #[test]
         fn a_values_typed_form_is_its_canonical_form(v in arb_json()) {
             prop_assert_eq!(to_canonical_bytes(&v).unwrap(), through_value(&v));
