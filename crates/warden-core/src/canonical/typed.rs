@@ -5,8 +5,8 @@
 //! scalars, the same member order (RFC 8785's), the same rule for a name given twice (the last
 //! value stays). Each object is written where it stands; only an object whose members arrive out
 //! of order is copied once to be put in order. What this writer does not reproduce itself (a
-//! raw JSON value, a map name that is neither a string nor an integer, every error) goes the
-//! `Value` way, so the result never differs from it.
+//! raw JSON value, a map name that is neither a string nor an integer, objects nested deeper
+//! than [`MAX_DEPTH`], every error) goes the `Value` way, so the result never differs from it.
 
 use super::{bytes_sort_as_utf16, sha256_tagged, utf16_order, write_float, write_string};
 use serde::ser::{self, Impossible, Serialize};
