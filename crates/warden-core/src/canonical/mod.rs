@@ -51,12 +51,9 @@ fn write_value(out: &mut String, value: &Value) {
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            let bytewise = members.iter().all(|(k, _)| bytes_sort_as_utf16(k));
             // Names are unique, so an unstable sort gives the one order there is.
-            if members.iter().all(|(k, _)| bytes_sort_as_utf16(k)) {
-                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            } else {
-                members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
-            }
+            members.sort_unstable_by(|a, b| name_order(bytewise, a.0, b.0));
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -85,9 +82,14 @@ fn write_float(out: &mut String, f: f64) {
     }
 }
 
-/// The order RFC 8785 puts member names in: by their UTF-16 code units.
-fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.encode_utf16().cmp(b.encode_utf16())
+/// The order RFC 8785 puts member names in: by their UTF-16 code units, which is their bytes'
+/// order when every name of the object has `bytes_sort_as_utf16` (`bytewise`).
+fn name_order(bytewise: bool, a: &str, b: &str) -> std::cmp::Ordering {
+    if bytewise {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
 }
 
 /// RFC 8785 sorts member names by their UTF-16 code units. Names without a character from

@@ -8,7 +8,7 @@
 //! raw JSON value, a map name that is neither a string nor an integer, objects nested deeper
 //! than [`MAX_DEPTH`], every error) goes the `Value` way, so the result never differs from it.
 
-use super::{bytes_sort_as_utf16, sha256_tagged, utf16_order, write_float, write_string};
+use super::{bytes_sort_as_utf16, name_order, sha256_tagged, write_float, write_string};
 use serde::ser::{self, Impossible, Serialize};
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -414,13 +414,7 @@ impl<'a, C: FnMut(&str) -> bool> Object<'a, C> {
 
     fn close(mut self) -> Step<()> {
         let bytewise = self.members.iter().all(|m| bytes_sort_as_utf16(&m.name));
-        let order = |a: &str, b: &str| {
-            if bytewise {
-                a.cmp(b)
-            } else {
-                utf16_order(a, b)
-            }
-        };
+        let order = |a: &str, b: &str| name_order(bytewise, a, b);
         let in_order = self
             .members
             .iter()
