@@ -290,6 +290,9 @@ impl warden_ledger::LedgerStore for Breakable {
         }
         self.inner.append(entries)
     }
+    fn prepare_checkpoint(&mut self) -> Result<(), warden_ledger::StoreError> {
+        self.inner.prepare_checkpoint()
+    }
     fn size(&mut self) -> Result<u64, warden_ledger::StoreError> {
         self.inner.size()
     }

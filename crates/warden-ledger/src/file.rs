@@ -21,10 +21,13 @@
 //! Durability: an append writes its frames and `fdatasync`s the segment before it returns (one
 //! sync per batch: group commit). `append_written` leaves the sync to the next `append` or
 //! `sync` (the ledger's grouped receipts); since only the last segment is written and a sync
-//! covers every earlier write, what a power loss can cut is always a tail. The derived files are written without a sync and made durable
-//! just before a checkpoint is written, so on open everything up to the checkpoint's size is
-//! trusted (after checking the stored tree against the checkpoint's root) and everything after
-//! it is re-derived from the segments, whose frames are checked one by one. A torn frame at the
+//! covers every earlier write, what a power loss can cut is always a tail. The derived files are
+//! written in batches (the entries appended since the last batch wait in memory, at most
+//! `DERIVED_BATCH` of them, and are written before any checkpoint: `prepare_checkpoint`),
+//! without a sync, and made durable just before a checkpoint is written, so on open everything
+//! up to the checkpoint's size is trusted (after checking the stored tree against the
+//! checkpoint's root) and everything after it is re-derived from the segments, whose frames are
+//! checked one by one. A torn frame at the
 //! end of the last segment (a crash mid-write) is cut; damage anywhere else is refused.
 
 use std::fs::{self, File, OpenOptions};
@@ -55,6 +58,11 @@ struct Segment {
 
 /// How far ahead of its frames the last segment's file is extended with zeros.
 const PREALLOCATE: u64 = 1 << 20;
+
+/// How many appended entries' offsets and nodes are held in memory, at most, before they are
+/// written to the derived files (a checkpoint writes them sooner): 72 KiB or so, and two
+/// writes per this many entries instead of two per append.
+const DERIVED_BATCH: usize = 1024;
 
 /// Whether the bytes of `file` from `pos` to `file_len` are all zeros (the preallocated tail).
 fn zeros_to_end(file: &File, pos: u64, file_len: u64) -> bool {
@@ -91,8 +99,9 @@ pub struct FileStore {
     segments: Vec<Segment>,
     index: File,
     tree: File,
-    /// Entries whose offsets and nodes are in the files (the rest, in read-only mode, are in
-    /// `tail_offsets` / `tail_nodes`).
+    /// Entries whose offsets and nodes are in the files. The rest are in `tail_offsets` /
+    /// `tail_nodes`: in read-only mode what was re-derived at open; in write mode what was
+    /// appended since the last [`FileStore::flush_derived`].
     on_disk: u64,
     tail_offsets: Vec<u64>,
     tail_nodes: Vec<Hash>,
@@ -719,10 +728,7 @@ impl FileStore {
                 .set_len(nodes_for_size(trusted) * 32)
                 .map_err(io_err("truncate", &path))?;
             self.on_disk = trusted;
-            let offsets = std::mem::take(&mut self.tail_offsets);
-            let nodes = std::mem::take(&mut self.tail_nodes);
-            self.write_derived(&offsets, &nodes)?;
-            self.on_disk = self.size;
+            self.flush_derived()?;
         }
         Ok(())
     }
@@ -824,25 +830,29 @@ impl FileStore {
         }
     }
 
-    fn write_derived(&mut self, offsets: &[u64], nodes: &[Hash]) -> Result<(), StoreError> {
-        let mut buf = Vec::with_capacity(offsets.len() * 8);
-        for o in offsets {
+    /// Writes the offsets and nodes held in memory (`tail_offsets`, `tail_nodes`) to the
+    /// derived files, one write each, and empties them. Left as they were if a write fails.
+    fn flush_derived(&mut self) -> Result<(), StoreError> {
+        if self.tail_offsets.is_empty() && self.tail_nodes.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(self.tail_offsets.len() * 8);
+        for o in &self.tail_offsets {
             buf.extend_from_slice(&o.to_le_bytes());
         }
-        let at = self.on_disk * 8;
-        let path = self.dir.join("index.bin");
         self.index
-            .write_all_at(&buf, at)
-            .map_err(io_err("write", &path))?;
-        let mut buf = Vec::with_capacity(nodes.len() * 32);
-        for n in nodes {
+            .write_all_at(&buf, self.on_disk * 8)
+            .map_err(io_err("write", &self.dir.join("index.bin")))?;
+        let mut buf = Vec::with_capacity(self.tail_nodes.len() * 32);
+        for n in &self.tail_nodes {
             buf.extend_from_slice(n);
         }
-        let at = nodes_for_size(self.on_disk) * 32;
-        let path = self.dir.join("tree.bin");
         self.tree
-            .write_all_at(&buf, at)
-            .map_err(io_err("write", &path))?;
+            .write_all_at(&buf, nodes_for_size(self.on_disk) * 32)
+            .map_err(io_err("write", &self.dir.join("tree.bin")))?;
+        self.tail_offsets.clear();
+        self.tail_nodes.clear();
+        self.on_disk = self.size;
         Ok(())
     }
 
@@ -994,18 +1004,16 @@ impl FileStore {
         self.unsynced = !sync;
 
         let first = self.size;
-        let mut offsets = Vec::with_capacity(entries.len());
-        let mut nodes = Vec::with_capacity(entries.len() * 2 + 1);
         let mut pos = start;
         for e in entries {
-            offsets.push(pos);
+            self.tail_offsets.push(pos);
             pos += HEADER + e.len() as u64;
-            self.frontier.push(leaf_hash(e), &mut nodes);
+            self.frontier.push(leaf_hash(e), &mut self.tail_nodes);
         }
-        self.write_derived(&offsets, &nodes)
-            .map_err(|e| self.fail(e))?;
         self.size += entries.len() as u64;
-        self.on_disk = self.size;
+        if self.tail_offsets.len() >= DERIVED_BATCH {
+            self.flush_derived().map_err(|e| self.fail(e))?;
+        }
         Ok(Appended {
             first,
             size: self.size,
@@ -1047,6 +1055,14 @@ impl LedgerStore for FileStore {
         // INVARIANT (fail-closed): a failed sync may have lost acknowledged writes; nothing
         // after it is acknowledged.
         self.sync_last().map_err(|e| self.fail(e))
+    }
+
+    fn prepare_checkpoint(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        // INVARIANT (recovery trusts checkpoints): the derived files reach every entry a
+        // checkpoint asked for after this may cover; the checkpointer syncs them before it
+        // writes the checkpoint.
+        self.flush_derived().map_err(|e| self.fail(e))
     }
 
     fn size(&mut self) -> Result<u64, StoreError> {

@@ -270,7 +270,7 @@ impl Shared {
                 // A checkpoint covers every append acknowledged before it was asked for.
                 w.sync(self);
                 for reply in checkpoints {
-                    w.request(Some(reply));
+                    w.request(self, Some(reply));
                 }
             }
             w.housekeeping(self);
@@ -303,7 +303,7 @@ fn ticker_loop(shared: &Shared) {
         if w.stopping {
             w.sync(shared);
             if w.checkpoint_due() {
-                w.request(None);
+                w.request(shared, None);
             }
             // Closing the channel lets the checkpoint thread finish and exit.
             w.sign = None;
@@ -789,7 +789,7 @@ impl Writer {
             && (self.last_checkpoint.elapsed() >= interval
                 || self.last_append.elapsed() >= interval)
         {
-            self.request(None);
+            self.request(shared, None);
         }
     }
 
@@ -854,8 +854,18 @@ impl Writer {
         self.signed != Some(self.durable.0)
     }
 
-    /// Hands the durable head to the checkpoint thread.
-    fn request(&mut self, reply: Option<NoteReply>) {
+    /// Hands the durable head to the checkpoint thread, once the store has written out what
+    /// the checkpoint needs.
+    fn request(&mut self, shared: &Shared, reply: Option<NoteReply>) {
+        // INVARIANT (recovery trusts checkpoints): a store that cannot write what a checkpoint
+        // vouches for gets none; it has failed, so it refuses every later append too.
+        if let Err(e) = shared.store().and_then(|mut s| Ok(s.prepare_checkpoint()?)) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(LedgerError::AppendFailed(cause(&e))));
+            }
+            self.last_checkpoint = Instant::now();
+            return;
+        }
         if let Some(sign) = &self.sign {
             let _ = sign.send(Sign {
                 size: self.durable.0,

@@ -94,6 +94,17 @@ pub trait LedgerStore: Send {
         Ok(())
     }
 
+    /// Writes out what a checkpoint of the entries appended so far needs and the store has
+    /// kept in memory until now (the embedded store's derived files), before the checkpoint is
+    /// handed to the [`Checkpointer`], which makes it durable. A store that keeps nothing back
+    /// (the default) has nothing to do.
+    ///
+    /// # Errors
+    /// [`StoreError`]: no checkpoint may be written; the store refuses everything after.
+    fn prepare_checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The number of entries.
     ///
     /// # Errors
@@ -146,6 +157,9 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn sync(&mut self) -> Result<(), StoreError> {
         (**self).sync()
+    }
+    fn prepare_checkpoint(&mut self) -> Result<(), StoreError> {
+        (**self).prepare_checkpoint()
     }
     fn size(&mut self) -> Result<u64, StoreError> {
         (**self).size()

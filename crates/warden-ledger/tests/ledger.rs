@@ -822,6 +822,79 @@ fn segments_roll_and_reads_cross_them() {
     );
 }
 
+/// The derived files (`index.bin`, `tree.bin`) are written a batch at a time, not on every
+/// append: new entries' offsets and nodes wait in memory, where proofs read them, until 1,024
+/// have gathered or a checkpoint is about to be signed. What a crash leaves unwritten is
+/// re-derived from the segments at the next open.
+#[test]
+fn derived_files_are_written_in_batches_and_before_each_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+    let entry = |i: usize| format!("entry-{i}").into_bytes();
+    let mut leaves = Vec::new();
+    let mut s = FileStore::open(dir.path(), Mode::Write).unwrap();
+    for i in 0..10 {
+        s.append(&[entry(i)]).unwrap();
+        leaves.push(leaf_hash(&entry(i)));
+    }
+    assert_eq!(
+        (len("index.bin"), len("tree.bin")),
+        (0, 0),
+        "written per append"
+    );
+    // Proofs and reads come from memory meanwhile.
+    assert_eq!(proof::root(&mut s, 10).unwrap(), root_of_leaves(&leaves));
+    assert_eq!(
+        proof::root(&mut s, 7).unwrap(),
+        root_of_leaves(&leaves[..7])
+    );
+    assert_eq!(proof::entry_checked(&mut s, 4).unwrap(), entry(4));
+    s.prepare_checkpoint().unwrap();
+    assert_eq!(len("index.bin"), 10 * 8);
+    assert_eq!(len("tree.bin"), merkle::nodes_for_size(10) * 32);
+    assert_eq!(proof::root(&mut s, 10).unwrap(), root_of_leaves(&leaves));
+    assert_eq!(proof::entry_checked(&mut s, 9).unwrap(), entry(9));
+
+    // Without a checkpoint, they are written once 1,024 entries have gathered.
+    for i in 10..1033 {
+        s.append_written(&[entry(i)]).unwrap();
+        leaves.push(leaf_hash(&entry(i)));
+    }
+    assert_eq!(len("index.bin"), 10 * 8, "written before 1,024 gathered");
+    s.append(&[entry(1033)]).unwrap();
+    leaves.push(leaf_hash(&entry(1033)));
+    assert_eq!(len("index.bin"), 1034 * 8);
+    assert_eq!(len("tree.bin"), merkle::nodes_for_size(1034) * 32);
+    for i in 1034..1040 {
+        s.append(&[entry(i)]).unwrap();
+        leaves.push(leaf_hash(&entry(i)));
+    }
+    assert_eq!(proof::root(&mut s, 1040).unwrap(), root_of_leaves(&leaves));
+    assert_eq!(proof::entry_checked(&mut s, 1037).unwrap(), entry(1037));
+    // Dropped with six entries' derived data unwritten, as a crash would leave it: the next
+    // open re-derives them from the segments.
+    drop(s);
+    assert_eq!(len("index.bin"), 1034 * 8);
+    let mut s = FileStore::open(dir.path(), Mode::Write).unwrap();
+    assert_eq!(s.size().unwrap(), 1040);
+    assert_eq!(proof::root(&mut s, 1040).unwrap(), root_of_leaves(&leaves));
+    assert_eq!(len("index.bin"), 1040 * 8);
+    drop(s);
+
+    // Through the ledger: a checkpoint vouches only for derived files that reach its size.
+    let signer = NoteSigner::generate("warden.test/derived").unwrap();
+    let ledger = Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap();
+    for i in 0..5 {
+        ledger.append(&decision(i)).unwrap();
+    }
+    let note = ledger.checkpoint().unwrap();
+    let verifier = ledger.verifier();
+    let cp = Checkpoint::open(&note, &verifier, "warden.test/derived").unwrap();
+    assert_eq!(cp.size, 1045);
+    assert_eq!(len("index.bin"), 1045 * 8);
+    assert_eq!(len("tree.bin"), merkle::nodes_for_size(1045) * 32);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash recovery: a child process appends and reports each acknowledged index; it is killed
 // with SIGKILL at random moments; every acknowledged entry must be there and the log verify.
@@ -1596,6 +1669,9 @@ impl LedgerStore for PanicOnce {
     }
     fn sync(&mut self) -> Result<(), warden_ledger::store::StoreError> {
         self.inner.sync()
+    }
+    fn prepare_checkpoint(&mut self) -> Result<(), warden_ledger::store::StoreError> {
+        self.inner.prepare_checkpoint()
     }
     fn size(&mut self) -> Result<u64, warden_ledger::store::StoreError> {
         self.inner.size()
