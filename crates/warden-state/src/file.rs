@@ -188,13 +188,13 @@ impl FileState {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut line = String::new();
+        let mut line = Vec::with_capacity(256);
         for op in &ops {
-            line.push_str(&encode_line(op)?);
+            encode_line(op, &mut line)?;
         }
         // INVARIANT (write-ahead): the journal write happens first; if it fails, memory is
         // unchanged and the caller gets an error (and denies).
-        if let Err(e) = inner.journal.write_all(line.as_bytes()) {
+        if let Err(e) = inner.journal.write_all(&line) {
             // Cut any partial line so that the journal stays replayable; if even that fails,
             // stop using the journal.
             if let Err(cut) = inner.journal.set_len(inner.journal_bytes) {
@@ -244,11 +244,27 @@ impl FileState {
     }
 }
 
-fn encode_line(op: &Op) -> Result<String, StateError> {
-    let json = serde_json::to_string(op)
-        .map_err(|e| StateError::Unavailable(format!("cannot encode state change: {e}")))?;
-    let crc = crc32fast::hash(json.as_bytes());
-    Ok(format!("{crc:08x} {json}\n"))
+/// Appends `op`'s journal line to `out`: its JSON's CRC-32 as eight lowercase hex digits, a
+/// space, the JSON, a newline. `out` is left as it was on an error.
+fn encode_line(op: &Op, out: &mut Vec<u8>) -> Result<(), StateError> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let start = out.len();
+    out.extend_from_slice(b"00000000 ");
+    if let Err(e) = serde_json::to_writer(&mut *out, op) {
+        out.truncate(start);
+        return Err(StateError::Unavailable(format!(
+            "cannot encode state change: {e}"
+        )));
+    }
+    let json = out.get(start + 9..).unwrap_or_default();
+    let crc = crc32fast::hash(json);
+    let digits = out.get_mut(start..start + 8).unwrap_or_default();
+    for (i, d) in digits.iter_mut().enumerate() {
+        let nibble = (crc >> (28 - 4 * i)) & 0xf;
+        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    out.push(b'\n');
+    Ok(())
 }
 
 fn decode_line(line: &str) -> Result<Op, String> {
@@ -340,13 +356,12 @@ fn compact(dir: &Path, engine: &Engine, now: UnixSeconds) -> Result<(File, u64),
 /// Writes and syncs `state.journal.tmp`.
 fn write_snapshot(dir: &Path, engine: &Engine, now: UnixSeconds) -> std::io::Result<(File, u64)> {
     let tmp = dir.join("state.journal.tmp");
-    let mut out = String::new();
+    let mut out = Vec::new();
     for op in engine.snapshot_ops(now) {
-        let line = encode_line(&op).map_err(|e| std::io::Error::other(e.to_string()))?;
-        out.push_str(&line);
+        encode_line(&op, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     let mut f = File::create(&tmp)?;
-    f.write_all(out.as_bytes())?;
+    f.write_all(&out)?;
     f.sync_all()?;
     Ok((f, out.len() as u64))
 }
@@ -411,5 +426,40 @@ impl StateStore for FileState {
 
     fn all_holds(&self) -> Result<Vec<Hold>, StateError> {
         Ok(self.readable()?.engine.all_holds())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+
+    use super::*;
+
+    #[test]
+    fn a_journal_line_is_the_json_after_its_crc_and_reads_back() {
+        let ops = [
+            Op::Charge {
+                entries: vec![
+                    ("budget:a\"b\n".into(), 3, 1_700_000_000),
+                    ("k".into(), 0, -1),
+                ],
+            },
+            Op::Charge { entries: vec![] },
+        ];
+        let mut out = b"before\n".to_vec();
+        for op in &ops {
+            encode_line(op, &mut out).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("before"));
+        for op in &ops {
+            let line = lines.next().unwrap();
+            let json = serde_json::to_string(op).unwrap();
+            let crc = crc32fast::hash(json.as_bytes());
+            assert_eq!(line, format!("{crc:08x} {json}"));
+            assert_eq!(&decode_line(line).unwrap(), op);
+        }
+        assert!(text.ends_with('\n') && lines.next().is_none());
     }
 }
