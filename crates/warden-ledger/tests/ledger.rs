@@ -998,6 +998,69 @@ fn crash_kill9_keeps_every_acknowledged_entry() {
     );
 }
 
+/// `Lead::Caller`: each caller that finds nobody writing writes and syncs on its own thread, so
+/// callers one after another on a single thread (a single-thread async runtime) never share a
+/// sync. `Lead::Ledger`: the ledger's thread writes, and whatever callers queued while it was
+/// busy goes into its next batch, one sync for all of them.
+#[test]
+fn the_ledgers_own_thread_groups_callers_that_one_thread_would_sync_one_by_one() {
+    let counted = |lead: warden_ledger::Lead| {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = NoteSigner::generate("warden.test/lead").unwrap();
+        let config = LedgerConfig {
+            lead,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(file_store(dir.path()), signer, config).unwrap();
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&syncs);
+        ledger.observe_syncs(Box::new(move |_| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        (dir, ledger, syncs)
+    };
+    let count =
+        |syncs: &std::sync::atomic::AtomicUsize| syncs.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (_dir, ledger, syncs) = counted(warden_ledger::Lead::Caller);
+    let tickets: Vec<_> = (0..50)
+        .map(|i| ledger.submit(&decision(i)).unwrap())
+        .collect();
+    let indices: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(indices, (0..50).collect::<Vec<_>>());
+    assert_eq!(count(&syncs), 50);
+
+    // The ledger's thread is held up (the store is busy) while 50 callers queue on this one;
+    // it may have taken the first before it waited, and takes all the others in one batch.
+    let (_dir, ledger, syncs) = counted(warden_ledger::Lead::Ledger);
+    let tickets = ledger
+        .with_store(|_| {
+            Ok((0..50)
+                .map(|i| ledger.submit(&decision(i)).unwrap())
+                .collect::<Vec<_>>())
+        })
+        .unwrap();
+    let indices: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(indices, (0..50).collect::<Vec<_>>());
+    assert!((1..=2).contains(&count(&syncs)), "{} syncs", count(&syncs));
+    // Awaited on a single-thread runtime, as `warden stdio` does.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let more = rt.block_on(async {
+        let tickets: Vec<_> = (50..60)
+            .map(|i| ledger.submit(&decision(i)).unwrap())
+            .collect();
+        let mut got = Vec::new();
+        for t in tickets {
+            got.push(t.recorded().await.unwrap());
+        }
+        got
+    });
+    assert_eq!(more, (50..60).collect::<Vec<_>>());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fail closed (INV-003): a full disk makes appends fail, and nothing after is acknowledged.
 

@@ -151,6 +151,7 @@ fn logging(format: LogFormat) {
 fn open(
     a: &Common,
     metrics: bool,
+    ledger_lead: warden_ledger::Lead,
 ) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
@@ -170,6 +171,7 @@ fn open(
         ledger_postgres: a.ledger_postgres.clone(),
         ledger_key: a.ledger_key.clone().unwrap_or_default(),
         receipts: a.receipts.into(),
+        ledger_lead,
         witnesses: a.witnesses.clone(),
         replay_redis: a.replay_redis.clone(),
         state_redis: a.state.clone(),
@@ -204,7 +206,7 @@ fn open(
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     logging(a.common.log_format);
-    let runtime = match open(&a.common, !a.no_metrics)? {
+    let runtime = match open(&a.common, !a.no_metrics, warden_ledger::Lead::Caller)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -339,14 +341,17 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // No admin listener, so no `/metrics`: nothing is counted.
-    let runtime = match open(&a.common, false)? {
+    // One agent's calls on one thread: a current-thread runtime, with the ledger's syncs
+    // waited for on the ledger's own thread so that they never stop it (and calls that come
+    // meanwhile queue behind the sync and share the next one). Measured in docs/benchmarks.md
+    // (issue 21): fewer thread hops per call than two workers handing tasks to each other.
+    let runtime = match open(&a.common, false, warden_ledger::Lead::Ledger)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    // Measured (docs/benchmarks.md, issue 21): a current-thread runtime saves 12% of the CPU
-    // of a sequential call but loses 30% of the throughput at 50 concurrent calls (the
-    // ledger's sync then stops the only thread), so the multi-thread runtime stays.
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let front = warden_gateway::mcp::McpFront::stdio(runtime.clone(), token.trim())
             .map_err(|e| anyhow::anyhow!("credential `{}` refused: {e}", a.credential.display()))?;
