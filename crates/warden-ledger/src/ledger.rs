@@ -28,23 +28,6 @@ pub struct LedgerConfig {
     pub also_trusted: Option<NoteVerifier>,
     /// When receipts are durable.
     pub receipts: Receipts,
-    /// Which thread writes a batch and waits for its sync.
-    pub lead: Lead,
-}
-
-/// Which thread writes a batch of appends and waits for its sync (group commit either way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Lead {
-    /// The caller that finds nobody writing writes on its own thread: no hand-off, but a
-    /// caller on an async runtime blocks its worker for the write and the sync. For runtimes
-    /// with several workers, where the others keep running meanwhile.
-    #[default]
-    Caller,
-    /// A thread of the ledger's writes, and callers wait for its answer: for a runtime with a
-    /// single thread, which would otherwise stop for every sync and never let a second caller
-    /// queue behind the first (no grouping). A store that cannot be written from any thread
-    /// (PostgreSQL's) is always written this way.
-    Ledger,
 }
 
 impl Default for LedgerConfig {
@@ -54,7 +37,6 @@ impl Default for LedgerConfig {
             checkpoint_interval: Duration::from_secs(1),
             also_trusted: None,
             receipts: Receipts::default(),
-            lead: Lead::default(),
         }
     }
 }
@@ -170,6 +152,41 @@ struct Shared {
     delegate: Option<Delegate>,
 }
 
+/// What [`Shared::enqueue_deferred`] did.
+enum Queued<'a> {
+    /// The ledger is stopping: nothing was added.
+    Stopped,
+    /// Added; someone writes it (this caller, if the duty holds the ledger).
+    Led(LeadDuty<'a>),
+}
+
+/// A caller's duty to write the queue: carried out when dropped, if not before.
+// INVARIANT (never hang): whoever set the queue's `leading` flag writes the queue, so a caller
+// queued behind it is always answered: the duty is carried out on every path, a cancelled
+// future's included (dropping it writes).
+struct LeadDuty<'a>(Option<&'a Shared>);
+
+impl LeadDuty<'_> {
+    /// Whether this caller is the one to write.
+    fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for LeadDuty<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.lead();
+        }
+    }
+}
+
+/// Whether the calling task runs on a tokio runtime with a single thread.
+fn on_single_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 /// Clears the queue's `leading` flag if its leader unwinds from a panic.
 struct Leading<'a>(&'a Shared);
 
@@ -248,21 +265,37 @@ impl Shared {
     /// for a store that cannot be written from any thread, has the ledger's leading thread
     /// write it. False, with nothing added, once the ledger is stopping.
     fn enqueue(&self, add: impl FnOnce(&mut Queue)) -> bool {
+        match self.enqueue_deferred(add) {
+            Queued::Stopped => false,
+            Queued::Led(duty) => {
+                drop(duty);
+                true
+            }
+        }
+    }
+
+    /// [`Shared::enqueue`], except that a caller that must write the queue itself is handed
+    /// the duty instead of doing it at once: it writes when the [`LeadDuty`] is carried out
+    /// or dropped, and callers that queue in the meantime go into its batch.
+    fn enqueue_deferred(&self, add: impl FnOnce(&mut Queue)) -> Queued<'_> {
         let lead = {
             let mut q = self.queue();
             if q.stopped {
-                return false;
+                return Queued::Stopped;
             }
             add(&mut q);
             !std::mem::replace(&mut q.leading, true)
         };
-        if lead {
-            match &self.delegate {
-                Some(d) => d.ask(false),
-                None => self.lead(),
-            }
+        if !lead {
+            return Queued::Led(LeadDuty(None));
         }
-        true
+        match &self.delegate {
+            Some(d) => {
+                d.ask(false);
+                Queued::Led(LeadDuty(None))
+            }
+            None => Queued::Led(LeadDuty(Some(self))),
+        }
     }
 
     /// Writes everything queued, batch after batch, until the queue is empty; the caller that
@@ -495,8 +528,7 @@ impl Ledger {
                 LedgerError::AppendFailed(format!("cannot start the ledger checkpointer: {e}"))
             })?;
         let receipts = config.receipts;
-        let delegate =
-            (config.lead == Lead::Ledger || !store.writes_on_any_thread()).then(Delegate::default);
+        let delegate = (!store.writes_on_any_thread()).then(Delegate::default);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             verifier,
@@ -580,13 +612,42 @@ impl Ledger {
     /// [`LedgerError::Record`] if the entry cannot be encoded.
     pub fn submit(&self, entry: &Entry) -> Result<Ticket, LedgerError> {
         let bytes = entry.to_bytes()?;
+        Ok(self.queue(bytes, self.sync_for(entry)))
+    }
+
+    /// When `entry` must be durable.
+    fn sync_for(&self, entry: &Entry) -> Sync {
         // INVARIANT (fail-closed, INV-003): only a receipt may be acknowledged before its sync;
         // a decision is durable before anything it allows runs.
-        let sync = match (entry, self.receipts) {
+        match (entry, self.receipts) {
             (Entry::Receipt(_), Receipts::Grouped { .. }) => Sync::Grouped,
             _ => Sync::Now,
-        };
-        Ok(self.queue(bytes, sync))
+        }
+    }
+
+    /// Records the entry and awaits its durability (for a grouped receipt: until it is
+    /// written), like [`Ledger::submit`] then [`Ticket::recorded`], except on a tokio runtime
+    /// with a single thread. There a caller that finds nobody writing lets the other ready
+    /// tasks run once before it writes and syncs on that thread: those that reach the ledger
+    /// meanwhile queue behind it and share its sync, where otherwise each would block the
+    /// thread for a sync of its own.
+    ///
+    /// # Errors
+    /// [`LedgerError`]: the entry is not recorded.
+    pub async fn record(&self, entry: &Entry) -> Result<u64, LedgerError> {
+        let bytes = entry.to_bytes()?;
+        let sync = self.sync_for(entry);
+        let (reply, rx) = oneshot::channel();
+        if let Queued::Led(duty) = self
+            .shared
+            .enqueue_deferred(|q| q.entries.push((bytes, sync, reply)))
+        {
+            if duty.pending() && on_single_thread_runtime() {
+                tokio::task::yield_now().await;
+            }
+            drop(duty);
+        }
+        rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
     /// Queues canonical entry bytes (the caller vouches they are canonical); the ticket
@@ -835,7 +896,7 @@ impl Writer {
     /// decision's sync covered it): a receipt written in the meantime is then due no earlier
     /// than the ticker's next wake-up, so the caller that wrote it need not wake the ticker.
     /// Without this pace the ticker slept until the next checkpoint after each such wake-up,
-    /// and about one call in three woke it again (a futex wake and two context switches).
+    /// and the next receipt woke it again (a futex wake and two context switches).
     fn next_tick(&self) -> Option<Duration> {
         let interval = self.config.checkpoint_interval;
         let window = match self.unsynced_since {

@@ -28,7 +28,7 @@ pub mod witness;
 
 pub use file::{FileStore, Mode};
 pub use ledger::{
-    Lead, Ledger, LedgerConfig, LedgerError, Receipts, SyncObserver, Ticket, DEFAULT_RECEIPT_WINDOW,
+    Ledger, LedgerConfig, LedgerError, Receipts, SyncObserver, Ticket, DEFAULT_RECEIPT_WINDOW,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use record::{DecisionRecord, Entry, EventRecord, Receipt, ReceiptStatus};

@@ -56,8 +56,9 @@ impl Ledger {
         request_id: &str,
         lineage: Vec<String>,
     ) -> Result<Recorded, LedgerError> {
-        let ticket = self.submit(&entry(&decision, trace, request_id, lineage))?;
-        let index = ticket.recorded().await?;
+        let index = self
+            .record(&entry(&decision, trace, request_id, lineage))
+            .await?;
         Ok(Recorded { decision, index })
     }
 

@@ -998,20 +998,22 @@ fn crash_kill9_keeps_every_acknowledged_entry() {
     );
 }
 
-/// `Lead::Caller`: each caller that finds nobody writing writes and syncs on its own thread, so
-/// callers one after another on a single thread (a single-thread async runtime) never share a
-/// sync. `Lead::Ledger`: the ledger's thread writes, and whatever callers queued while it was
-/// busy goes into its next batch, one sync for all of them.
+/// On a single-thread runtime (`warden stdio`), calls ready at the same time share a sync:
+/// `Ledger::record` lets the other ready tasks queue behind the first before it writes, where
+/// `submit` then `recorded` writes and syncs each on its own. A `record` cancelled while it waits
+/// still writes what it queued, so nobody queued behind it waits forever.
 #[test]
-fn the_ledgers_own_thread_groups_callers_that_one_thread_would_sync_one_by_one() {
-    let counted = |lead: warden_ledger::Lead| {
+fn on_one_thread_calls_ready_together_share_a_sync_and_a_cancelled_one_still_writes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let counted = || {
         let dir = tempfile::tempdir().unwrap();
-        let signer = NoteSigner::generate("warden.test/lead").unwrap();
-        let config = LedgerConfig {
-            lead,
-            ..LedgerConfig::default()
-        };
-        let ledger = Ledger::open(file_store(dir.path()), signer, config).unwrap();
+        let signer = NoteSigner::generate("warden.test/one-thread").unwrap();
+        let ledger = Arc::new(
+            Ledger::open(file_store(dir.path()), signer, LedgerConfig::default()).unwrap(),
+        );
         let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = Arc::clone(&syncs);
         ledger.observe_syncs(Box::new(move |_| {
@@ -1019,46 +1021,60 @@ fn the_ledgers_own_thread_groups_callers_that_one_thread_would_sync_one_by_one()
         }));
         (dir, ledger, syncs)
     };
-    let count =
-        |syncs: &std::sync::atomic::AtomicUsize| syncs.load(std::sync::atomic::Ordering::SeqCst);
-
-    let (_dir, ledger, syncs) = counted(warden_ledger::Lead::Caller);
-    let tickets: Vec<_> = (0..50)
-        .map(|i| ledger.submit(&decision(i)).unwrap())
-        .collect();
-    let indices: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
-    assert_eq!(indices, (0..50).collect::<Vec<_>>());
-    assert_eq!(count(&syncs), 50);
-
-    // The ledger's thread is held up (the store is busy) while 50 callers queue on this one;
-    // it may have taken the first before it waited, and takes all the others in one batch.
-    let (_dir, ledger, syncs) = counted(warden_ledger::Lead::Ledger);
-    let tickets = ledger
-        .with_store(|_| {
-            Ok((0..50)
-                .map(|i| ledger.submit(&decision(i)).unwrap())
-                .collect::<Vec<_>>())
-        })
-        .unwrap();
-    let indices: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
-    assert_eq!(indices, (0..50).collect::<Vec<_>>());
-    assert!((1..=2).contains(&count(&syncs)), "{} syncs", count(&syncs));
-    // Awaited on a single-thread runtime, as `warden stdio` does.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let more = rt.block_on(async {
-        let tickets: Vec<_> = (50..60)
-            .map(|i| ledger.submit(&decision(i)).unwrap())
-            .collect();
-        let mut got = Vec::new();
-        for t in tickets {
-            got.push(t.recorded().await.unwrap());
+    let count = |s: &std::sync::atomic::AtomicUsize| s.load(std::sync::atomic::Ordering::SeqCst);
+    for grouped in [true, false] {
+        let (_dir, ledger, syncs) = counted();
+        let mut indices: Vec<u64> = rt.block_on(async {
+            let tasks: Vec<_> = (0..10)
+                .map(|i| {
+                    let ledger = Arc::clone(&ledger);
+                    tokio::spawn(async move {
+                        if grouped {
+                            ledger.record(&decision(i)).await.unwrap()
+                        } else {
+                            ledger
+                                .submit(&decision(i))
+                                .unwrap()
+                                .recorded()
+                                .await
+                                .unwrap()
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        indices.sort_unstable();
+        assert_eq!(indices, (0..10).collect::<Vec<_>>());
+        if grouped {
+            assert!(count(&syncs) <= 2, "{} syncs for 10 calls", count(&syncs));
+        } else {
+            assert_eq!(count(&syncs), 10);
         }
-        got
+    }
+
+    let (_dir, ledger, _) = counted();
+    rt.block_on(async {
+        // Polled once, it has queued its entry and is waiting its turn; then it is dropped.
+        let zero = decision(0);
+        let mut first = Box::pin(ledger.record(&zero));
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(first.as_mut(), cx))
+        })
+        .await;
+        assert!(polled.is_pending(), "it did not wait");
+        drop(first);
+        assert_eq!(ledger.record(&decision(1)).await.unwrap(), 1);
     });
-    assert_eq!(more, (50..60).collect::<Vec<_>>());
+    assert_eq!(ledger.size().unwrap(), 2);
+    let first = ledger
+        .with_store(|s| Ok(proof::entry_checked(s, 0)?))
+        .unwrap();
+    assert_eq!(Entry::from_bytes(&first).unwrap(), decision(0));
 }
 
 // ---------------------------------------------------------------------------------------------

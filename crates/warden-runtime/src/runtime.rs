@@ -32,9 +32,6 @@ pub struct Config {
     pub ledger_key: crate::witness::LedgerKey,
     /// When receipts are durable: grouped (the default) or strict.
     pub receipts: warden_ledger::Receipts,
-    /// Which thread waits for the ledger's syncs: the caller's (the default, for a
-    /// multi-thread async runtime) or the ledger's own (for a single-thread one).
-    pub ledger_lead: warden_ledger::Lead,
     /// Witnesses outside the data directory the ledger's checkpoints are sent to.
     pub witnesses: Vec<crate::witnessing::WitnessTarget>,
     /// Remember signed-request nonces and redeemed grants in this Redis, shared by instances.
@@ -65,7 +62,6 @@ impl Config {
             ledger_postgres: None,
             ledger_key: crate::witness::LedgerKey::DataDir,
             receipts: warden_ledger::Receipts::default(),
-            ledger_lead: warden_ledger::Lead::default(),
             witnesses: Vec::new(),
             replay_redis: None,
             state_redis: None,
@@ -332,10 +328,7 @@ impl Backends {
             &config.data,
             config.ledger_postgres.as_deref(),
             &config.ledger_key,
-            crate::witness::LedgerOptions {
-                receipts: config.receipts,
-                lead: config.ledger_lead,
-            },
+            config.receipts,
         )?;
         Ok(Backends {
             state,

@@ -239,16 +239,6 @@ pub fn open_store(
     })
 }
 
-/// How the ledger a gateway opens writes: when receipts are durable, and which thread waits
-/// for a batch's sync.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LedgerOptions {
-    /// Grouped (the default) or strict receipts.
-    pub receipts: warden_ledger::Receipts,
-    /// The calling thread (the default, for a multi-thread runtime) or the ledger's own.
-    pub lead: warden_ledger::Lead,
-}
-
 /// Opens the ledger for writing.
 ///
 /// # Errors
@@ -257,7 +247,7 @@ pub fn open_ledger(
     data: &Path,
     postgres: Option<&str>,
     key: &LedgerKey,
-    options: LedgerOptions,
+    receipts: warden_ledger::Receipts,
 ) -> Result<Ledger, WitnessError> {
     let signer = load_key(data, key)?;
     // Retired keys listed in ledger.pub keep verifying checkpoints signed before a rotation.
@@ -265,8 +255,7 @@ pub fn open_ledger(
     let store = open_store(data, postgres, signer.name(), Mode::Write)?;
     let config = LedgerConfig {
         also_trusted: Some(trusted),
-        receipts: options.receipts,
-        lead: options.lead,
+        receipts,
         ..LedgerConfig::default()
     };
     Ok(Ledger::open(store, signer, config)?)

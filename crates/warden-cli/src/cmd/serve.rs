@@ -151,7 +151,6 @@ fn logging(format: LogFormat) {
 fn open(
     a: &Common,
     metrics: bool,
-    ledger_lead: warden_ledger::Lead,
 ) -> anyhow::Result<Result<warden_runtime::runtime::Runtime, ExitCode>> {
     let starter = a.manifest.is_none();
     let manifest = match a.manifest.clone() {
@@ -171,7 +170,6 @@ fn open(
         ledger_postgres: a.ledger_postgres.clone(),
         ledger_key: a.ledger_key.clone().unwrap_or_default(),
         receipts: a.receipts.into(),
-        ledger_lead,
         witnesses: a.witnesses.clone(),
         replay_redis: a.replay_redis.clone(),
         state_redis: a.state.clone(),
@@ -206,7 +204,7 @@ fn open(
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     logging(a.common.log_format);
-    let runtime = match open(&a.common, !a.no_metrics, warden_ledger::Lead::Caller)? {
+    let runtime = match open(&a.common, !a.no_metrics)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -341,14 +339,13 @@ pub fn stdio(a: StdioArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // No admin listener, so no `/metrics`: nothing is counted.
-    // One agent's calls on one thread: a current-thread runtime, with the ledger's syncs
-    // waited for on the ledger's own thread so that they never stop it (and calls that come
-    // meanwhile queue behind the sync and share the next one). Measured in docs/benchmarks.md
-    // (issue 21): fewer thread hops per call than two workers handing tasks to each other.
-    let runtime = match open(&a.common, false, warden_ledger::Lead::Ledger)? {
+    let runtime = match open(&a.common, false)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
+    // One agent's calls on one thread: fewer thread hops per call than two workers handing
+    // tasks to each other (docs/benchmarks.md, issue 21). A decision's sync blocks that thread,
+    // but calls that are ready meanwhile queue behind it first and share it (`Ledger::record`).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
