@@ -163,7 +163,8 @@ enum Queued<'a> {
 /// A caller's duty to write the queue: carried out when dropped, if not before.
 // INVARIANT (never hang): whoever set the queue's `leading` flag writes the queue, so a caller
 // queued behind it is always answered: the duty is carried out on every path, a cancelled
-// future's included (dropping it writes).
+// future's included (dropping it writes); one dropped while its thread unwinds from a panic
+// answers everyone queued as not recorded instead.
 struct LeadDuty<'a>(Option<&'a Shared>);
 
 impl LeadDuty<'_> {
@@ -176,6 +177,13 @@ impl LeadDuty<'_> {
 impl Drop for LeadDuty<'_> {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
+            if std::thread::panicking() {
+                // Dropped as its thread unwinds (a runtime dropped mid-panic): writing now could
+                // panic again and abort. Whoever is still queued is answered as not recorded,
+                // as when a leader panics.
+                drop(Leading(shared));
+                return;
+            }
             shared.lead();
         }
     }
@@ -187,13 +195,18 @@ fn on_single_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }
 
-/// Clears the queue's `leading` flag if its leader unwinds from a panic.
+/// If its leader unwinds from a panic: clears the queue's `leading` flag, and answers every
+/// caller still queued as not recorded (their replies dropped: `LedgerError::Stopped`), since
+/// nobody may be left to write what they queued.
 struct Leading<'a>(&'a Shared);
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.queue().leading = false;
+            let mut q = self.0.queue();
+            q.leading = false;
+            q.entries.clear();
+            q.checkpoints.clear();
         }
     }
 }
@@ -302,8 +315,8 @@ impl Shared {
     /// found no leader runs this on its own thread (group commit without a thread hand-off).
     fn lead(&self) {
         // INVARIANT (never hang): a leader that panics mid-batch (its batch's tickets resolve as
-        // stopped) gives up leading as it unwinds, so the next caller leads instead of waiting
-        // for it.
+        // stopped) gives up leading as it unwinds and answers those queued behind it as not
+        // recorded, so nobody waits for it and the next caller leads.
         let _leading = Leading(self);
         loop {
             let (entries, checkpoints) = {
@@ -632,6 +645,9 @@ impl Ledger {
     /// meanwhile queue behind it and share its sync, where otherwise each would block the
     /// thread for a sync of its own.
     ///
+    /// Drive it with the runtime it runs on (`.await` it, spawn it): a blocking executor on a
+    /// single-thread runtime's thread never lets its yield end, and the ledger waits for it.
+    ///
     /// # Errors
     /// [`LedgerError`]: the entry is not recorded.
     pub async fn record(&self, entry: &Entry) -> Result<u64, LedgerError> {
@@ -902,7 +918,7 @@ impl Writer {
         let window = match self.unsynced_since {
             Some(t) => Some(self.window().saturating_sub(t.elapsed())),
             None if !self.window().is_zero()
-                && self.last_append.elapsed() < self.window() * PACED_WINDOWS =>
+                && self.last_append.elapsed() < self.window().saturating_mul(PACED_WINDOWS) =>
             {
                 Some(self.window())
             }

@@ -1823,4 +1823,44 @@ fn a_writer_that_panics_fails_closed_and_never_leaves_callers_waiting() {
             "any_thread={any_thread}: the next append hung or ran"
         );
     }
+
+    // A caller queued behind a leader that then panics is answered (not recorded), though
+    // nobody appends after it: the leader is held at the store (its lock taken here) while the
+    // second caller queues, then meets the panic.
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = PanicOnce {
+        inner: file_store(dir.path()),
+        armed: Arc::clone(&armed),
+        any_thread: true,
+    };
+    let signer = NoteSigner::generate("warden.test/panic-queued").unwrap();
+    let ledger = Arc::new(Ledger::open(Box::new(store), signer, LedgerConfig::default()).unwrap());
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let leader = ledger
+        .with_store(|_| {
+            let l = Arc::clone(&ledger);
+            let leader = std::thread::spawn(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.append(&decision(0))))
+            });
+            // By now the leader has queued, taken its batch and waits for the store.
+            std::thread::sleep(Duration::from_millis(100));
+            let l = Arc::clone(&ledger);
+            std::thread::spawn(move || {
+                let _ = tx.send(l.append(&decision(1)).is_ok());
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(leader)
+        })
+        .unwrap();
+    assert!(
+        !matches!(leader.join().unwrap(), Ok(Ok(_))),
+        "recorded through a panic"
+    );
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(false),
+        "the caller queued behind a panicking leader hung or was recorded"
+    );
 }
