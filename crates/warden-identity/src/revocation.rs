@@ -184,30 +184,50 @@ impl RedisRevocations {
     }
 
     /// Runs `f` on the connection (opened if needed); any error drops it (the next call
-    /// reconnects) and is returned.
+    /// reconnects) and is returned. A connection kept from earlier that the server has closed
+    /// (it restarted, or dropped idle clients) is opened again and `f` tried once more on the
+    /// new one, so the first request after a Redis comes back is not refused for a connection
+    /// it no longer has. `f` must be safe to run twice: reads are, and a revocation pushed
+    /// twice revokes the same.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RevocationError> {
         let mut slot = self.conn.lock().map_err(|_| poisoned())?;
+        let reused = slot.is_some();
+        match self.run(&mut slot, &f) {
+            Err(e) if reused && (e.is_connection_dropped() || e.is_io_error()) => {
+                self.run(&mut slot, &f).map_err(|e| redis_err(&e))
+            }
+            other => other.map_err(|e| redis_err(&e)),
+        }
+    }
+
+    /// `f` on the connection in `slot`, opened first if there is none; dropped on an error.
+    fn run<T>(
+        &self,
+        slot: &mut Option<redis::Connection>,
+        f: &impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
         if slot.is_none() {
             let timeout = std::time::Duration::from_secs(2);
-            let c = self
-                .client
-                .get_connection_with_timeout(timeout)
-                .map_err(|e| redis_err(&e))?;
-            c.set_read_timeout(Some(timeout))
-                .and_then(|()| c.set_write_timeout(Some(timeout)))
-                .map_err(|e| redis_err(&e))?;
+            let c = self.client.get_connection_with_timeout(timeout)?;
+            c.set_read_timeout(Some(timeout))?;
+            c.set_write_timeout(Some(timeout))?;
             *slot = Some(c);
         }
-        let Some(conn) = slot.as_mut() else {
-            return Err(poisoned());
+        let result = match slot.as_mut() {
+            Some(conn) => f(conn),
+            None => {
+                return Err(redis::RedisError::from(std::io::Error::other(
+                    "no connection",
+                )))
+            }
         };
-        f(conn).map_err(|e| {
+        if result.is_err() {
             *slot = None;
-            redis_err(&e)
-        })
+        }
+        result
     }
 }
 
