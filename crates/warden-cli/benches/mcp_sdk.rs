@@ -8,7 +8,9 @@
 //! run by this binary), once as it is and once syncing each client message to a file before it
 //! goes on (the one `fdatasync` a durable decision costs). Warden's CPU per call is reported as a
 //! ratio to the synced relay's: what governance costs beyond the protocol, the hops and the sync
-//! on this machine.
+//! on this machine. Over stdio, a peer too: the governance proxy one would write in TypeScript on
+//! the official SDK (`benches/peer_proxy.mjs`: an allow-list and an audit log, synced per
+//! decision or not), run under `node`.
 //!
 //! Run (release; needs the SDK venv and the npm package, which `.ci/run` installs):
 //!
@@ -99,10 +101,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The floor's two sides for one transport: the bare relay, and the relay syncing each message.
+/// The floor's two sides for one transport: the bare relay, and the relay syncing each message;
+/// and the peers measured beside them (named).
 struct Floor<'a> {
     bare: &'a [Figures],
     synced: &'a [Figures],
+    peers: Vec<(&'a str, &'a [Figures])>,
 }
 
 fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_>) {
@@ -120,6 +124,9 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_
     line("direct", d);
     line("bare relay", floor.bare);
     line("bare relay + 1 sync", floor.synced);
+    for (name, side) in &floor.peers {
+        line(name, side);
+    }
     line("via Warden", w);
     let added = |side: &[Figures]| median(d.iter().zip(side).map(|(a, b)| b.p50 - a.p50).collect());
     let ratios =
@@ -135,6 +142,14 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_
         added(floor.bare),
         added(floor.synced),
     );
+    for (name, side) in &floor.peers {
+        println!(
+            "  {name}: added p50 {:.3} ms   sequential throughput x{:.2}   concurrent throughput x{:.2}",
+            added(side),
+            median(d.iter().zip(*side).map(|(a, b)| b.seq_rate / a.seq_rate).collect()),
+            median(d.iter().zip(*side).map(|(a, b)| b.conc_rate / a.conc_rate).collect()),
+        );
+    }
     println!(
         "  Warden per call: CPU {:.3} ms sequential, {:.3} ms concurrent; context switches {:.1} voluntary + {:.1} involuntary (sequential)",
         m(w, |f| f.seq_cpu),
@@ -142,10 +157,11 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_
         m(w, |f| f.seq_vol),
         m(w, |f| f.seq_invol)
     );
-    for (name, side) in [
+    let sides = [
         ("bare relay", floor.bare),
         ("bare relay + 1 sync", floor.synced),
-    ] {
+    ];
+    for (name, side) in sides.iter().chain(&floor.peers) {
         println!(
             "  {name} per call: CPU {:.3} ms sequential, {:.3} ms concurrent; context switches {:.1} + {:.1}",
             m(side, |f| f.seq_cpu),
@@ -169,6 +185,15 @@ fn report(transport: &str, direct: &[Figures], via: &[Figures], floor: &Floor<'_
         over(|f| f.seq_cpu),
         over(|f| f.conc_cpu)
     );
+    for (name, side) in &floor.peers {
+        let ratio =
+            |f: fn(&Figures) -> f64| median(side.iter().zip(w).map(|(a, b)| f(b) / f(a)).collect());
+        println!(
+            "  Warden's CPU per call / the {name}'s: x{:.2} sequential, x{:.2} concurrent",
+            ratio(|f| f.seq_cpu),
+            ratio(|f| f.conc_cpu)
+        );
+    }
     if let Some(last) = w.last() {
         println!(
             "  Warden's voluntary switches per call by thread (last round): {}",
@@ -275,8 +300,25 @@ fn main() {
         relay_target(&relay_log.display().to_string()),
     );
     let relay_watch = format!("child:{my_name}");
+    // The peer: a TypeScript proxy on the official SDK (`benches/peer_proxy.mjs`), its audit
+    // log synced per decision or not.
+    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer_proxy.mjs");
+    let peer_log = dir.join("peer.log");
+    let peer_target = |sync: &str| {
+        serde_json::json!([
+            "node",
+            peer_script,
+            peer_log,
+            sync,
+            "echo",
+            everything,
+            "stdio"
+        ])
+        .to_string()
+    };
     let (mut direct, mut via) = (Vec::new(), Vec::new());
     let (mut bare, mut synced) = (Vec::new(), Vec::new());
+    let (mut peer, mut peer_synced) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         direct.push(client.run(
             &format!("stdio:{direct_target}"),
@@ -291,6 +333,18 @@ fn main() {
             &relay_watch,
             None,
         ));
+        peer.push(client.run(
+            &format!("stdio:{}", peer_target("nosync")),
+            "echo",
+            "child:node",
+            None,
+        ));
+        peer_synced.push(client.run(
+            &format!("stdio:{}", peer_target("sync")),
+            "echo",
+            "child:node",
+            None,
+        ));
         via.push(client.run(
             &format!("stdio:{via_target}"),
             "everything.echo",
@@ -301,6 +355,10 @@ fn main() {
     let floor = Floor {
         bare: &bare,
         synced: &synced,
+        peers: vec![
+            ("TypeScript proxy", &peer),
+            ("TypeScript proxy + 1 sync", &peer_synced),
+        ],
     };
     report("stdio", &direct, &via, &floor);
 
@@ -335,6 +393,7 @@ fn main() {
     let floor = Floor {
         bare: &bare,
         synced: &synced,
+        peers: Vec::new(),
     };
     report("Streamable HTTP", &direct, &via, &floor);
 }
