@@ -2,6 +2,7 @@
 //! decision reads about what the session has read, and the labelling of each result the agent
 //! sees. The live path ([`crate::governed`]) and `warden replay` ([`crate::replay`]) share them.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use warden_core::flow::SessionFlow;
 use warden_core::Proposal;
@@ -28,7 +29,12 @@ pub fn egress_findings(
 /// `text` as the agent may see it: redacted with the Executor's detectors (exact secrets, and
 /// the tool's `redact` set), as a live result is.
 #[must_use]
-pub fn redacted(governor: &Governor, redactor: &Redactor, tool: &str, text: &str) -> String {
+pub fn redacted<'t>(
+    governor: &Governor,
+    redactor: &Redactor,
+    tool: &str,
+    text: &'t str,
+) -> Cow<'t, str> {
     let empty = BTreeSet::new();
     let on = governor
         .manifest()
@@ -37,7 +43,7 @@ pub fn redacted(governor: &Governor, redactor: &Redactor, tool: &str, text: &str
         .map_or(&empty, |t| &t.redact);
     redactor
         .redact_str(text, on)
-        .map_or_else(|| text.to_owned(), |(r, _)| r)
+        .map_or(Cow::Borrowed(text), |(r, _)| Cow::Owned(r))
 }
 
 /// Records a result of `proposal` in the session's `flow`, labelled as the manifest says:
@@ -53,8 +59,10 @@ pub fn after_result(
     structured: Option<&serde_json::Value>,
 ) {
     let shown = redacted(governor, redactor, &proposal.tool, text);
+    // Only an object or an array counts, so text that cannot start one is not parsed.
     let parsed: Option<serde_json::Value> = match structured {
         Some(_) => None,
+        None if !shown.trim_start().starts_with(['{', '[']) => None,
         None => serde_json::from_str::<serde_json::Value>(&shown)
             .ok()
             .filter(|v| v.is_object() || v.is_array()),
@@ -99,20 +107,7 @@ pub fn record_result(
     result: &warden_executor::Answer,
 ) -> Result<(), String> {
     use warden_executor::Answer;
-    // Every kind of content the agent sees: text, an embedded resource's text, a resource
-    // link's URI and name, a resource's contents, a prompt's messages. Binary payloads
-    // (`data`, `blob`) and type tags are not text.
-    let mut parts = Vec::new();
-    let content = match result {
-        Answer::Tool(r) => serde_json::to_value(&r.content),
-        Answer::Resource(r) => serde_json::to_value(&r.contents),
-        Answer::Prompt(r) => serde_json::to_value((&r.description, &r.messages)),
-        Answer::Completion(r) => serde_json::to_value(&r.completion.values),
-    };
-    if let Ok(v) = content {
-        content_text(&v, &mut parts);
-    }
-    let text = parts.join("\n");
+    let text = seen_text(result);
     let structured = match result {
         Answer::Tool(r) => r.structured_content.as_ref(),
         Answer::Resource(_) | Answer::Prompt(_) | Answer::Completion(_) => None,
@@ -131,6 +126,51 @@ pub fn record_result(
             Ok(())
         })
         .map_err(|e| format!("the result could not be labelled in the session's flow: {e}"))
+}
+
+/// The text the agent sees in `result`, one line per string: every kind of content — text, an
+/// embedded resource's text, a resource link's URI and name, a resource's contents, a prompt's
+/// messages — but for binary payloads (`data`, `blob`) and type tags.
+fn seen_text(result: &warden_executor::Answer) -> Cow<'_, str> {
+    use warden_executor::Answer;
+    // Plain text blocks (no annotations, no `_meta`) hold no other string: their texts are
+    // what the walk below would find, read in place.
+    if let Answer::Tool(r) = result {
+        let plain: Option<Vec<&str>> = r
+            .content
+            .iter()
+            .map(|block| match block {
+                rmcp::model::ContentBlock::Text(t)
+                    if t.meta.is_none() && t.annotations.is_none() =>
+                {
+                    Some(t.text.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        match plain.as_deref() {
+            Some([one]) => return Cow::Borrowed(one),
+            Some(texts) => return Cow::Owned(texts.join("\n")),
+            None => {}
+        }
+    }
+    Cow::Owned(walked_text(result))
+}
+
+/// [`seen_text`] the long way: every string of the content's JSON form.
+fn walked_text(result: &warden_executor::Answer) -> String {
+    use warden_executor::Answer;
+    let mut parts = Vec::new();
+    let content = match result {
+        Answer::Tool(r) => serde_json::to_value(&r.content),
+        Answer::Resource(r) => serde_json::to_value(&r.contents),
+        Answer::Prompt(r) => serde_json::to_value((&r.description, &r.messages)),
+        Answer::Completion(r) => serde_json::to_value(&r.completion.values),
+    };
+    if let Ok(v) = content {
+        content_text(&v, &mut parts);
+    }
+    parts.join("\n")
 }
 
 /// The strings of MCP content, but for binary payloads and type tags.
@@ -261,5 +301,45 @@ impl crate::Runtime {
         })
         .await
         .unwrap_or_else(|e| vec![format!("readiness check failed: {e}")])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::{seen_text, walked_text};
+    use std::borrow::Cow;
+    use warden_executor::Answer;
+
+    fn tool(result: serde_json::Value) -> Answer {
+        Answer::Tool(serde_json::from_value(result).unwrap())
+    }
+
+    #[test]
+    fn plain_text_is_read_in_place_and_every_result_reads_as_its_json_walk_does() {
+        // One plain text block: borrowed, not copied.
+        let one = tool(serde_json::json!({"content": [{"type": "text", "text": "Echo: hi"}]}));
+        assert!(matches!(seen_text(&one), Cow::Borrowed("Echo: hi")));
+        let shapes = [
+            serde_json::json!({"content": []}),
+            serde_json::json!({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+            serde_json::json!({"content": [{"type": "text", "text": "a", "annotations": {"audience": ["user"]}}]}),
+            serde_json::json!({"content": [{"type": "text", "text": "a", "_meta": {"note": "in meta"}}]}),
+            serde_json::json!({"content": [
+                {"type": "image", "data": "aGk=", "mimeType": "image/png"},
+                {"type": "text", "text": "after an image"}
+            ]}),
+            serde_json::json!({"content": [{"type": "resource", "resource": {"uri": "file:///x", "text": "inside"}}]}),
+            serde_json::json!({"content": [{"type": "text", "text": "t"}], "structuredContent": {"k": "v"}}),
+        ];
+        for shape in shapes {
+            let answer = tool(shape.clone());
+            assert_eq!(seen_text(&answer), walked_text(&answer), "{shape}");
+        }
+        // What only the walk finds is found: annotations' and `_meta`'s strings.
+        let meta = tool(
+            serde_json::json!({"content": [{"type": "text", "text": "a", "_meta": {"note": "in meta"}}]}),
+        );
+        assert!(seen_text(&meta).contains("in meta"));
     }
 }
