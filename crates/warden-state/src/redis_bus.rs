@@ -53,7 +53,7 @@ impl Channel {
             .with(Duration::ZERO, |c| {
                 redis::cmd("PUBLISH")
                     .arg(&self.name)
-                    .arg(payload)
+                    .arg(&payload)
                     .query::<i64>(c)
             })
             .map(|_| ())

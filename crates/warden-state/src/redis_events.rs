@@ -57,7 +57,7 @@ impl RedisEvents {
     fn with<T>(
         &self,
         wait: Duration,
-        f: impl FnOnce(&mut ::redis::Connection) -> ::redis::RedisResult<T>,
+        f: impl Fn(&mut ::redis::Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, EventError> {
         self.pool.with(wait, f).map_err(|e| unavailable(&e))
     }

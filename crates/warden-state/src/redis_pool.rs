@@ -1,6 +1,7 @@
 //! The connections a Redis-backed port keeps ([`crate::RedisState`], [`crate::RedisEvents`]):
 //! a call takes an idle one (or opens one), and puts it back only when it succeeded, so a
-//! connection that failed is dropped and the next call reconnects.
+//! connection that failed is dropped and the next call reconnects; an idle connection the
+//! server closed is replaced at once ([`Pool::with`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,22 +32,52 @@ impl Pool {
     }
 
     /// Runs `f` on a connection whose replies may take `wait` more than [`TIMEOUT`].
+    ///
+    /// An idle connection the server has closed since it was put back (Redis restarted, or
+    /// dropped idle clients) fails at once with the connection gone: the other idle ones are
+    /// then presumed gone too and dropped, and `f` is tried once more on a new connection, so
+    /// the first requests after a Redis comes back are not refused for connections the pool
+    /// no longer has. Only a server that ran a command and then closed the connection before
+    /// its reply makes that command run twice (a spend counted twice, which errs towards
+    /// stricter; an event or a notice published twice); without the retry the caller was told
+    /// that such a command failed though it ran.
     pub(crate) fn with<T>(
         &self,
         wait: Duration,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
-        let pooled = self
-            .idle
-            .lock()
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::ClientError, "pool lock poisoned"))
-            })?
-            .pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self.client.get_connection_with_timeout(TIMEOUT)?,
-        };
+        // Taken in a statement of its own: the lock is released before `f` runs.
+        let pooled = self.idle()?.pop();
+        match pooled {
+            Some(conn) => match self.run(conn, wait, &f) {
+                Err(e) if e.is_connection_dropped() => {
+                    self.idle()?.clear();
+                    let fresh = self.client.get_connection_with_timeout(TIMEOUT)?;
+                    self.run(fresh, wait, &f)
+                }
+                other => other,
+            },
+            None => {
+                let fresh = self.client.get_connection_with_timeout(TIMEOUT)?;
+                self.run(fresh, wait, &f)
+            }
+        }
+    }
+
+    /// The idle connections.
+    fn idle(&self) -> redis::RedisResult<std::sync::MutexGuard<'_, Vec<redis::Connection>>> {
+        self.idle.lock().map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::ClientError, "pool lock poisoned"))
+        })
+    }
+
+    /// `f` on `conn`, which goes back to the idle ones if it succeeded (and is dropped if not).
+    fn run<T>(
+        &self,
+        mut conn: redis::Connection,
+        wait: Duration,
+        f: &impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
         conn.set_read_timeout(Some(TIMEOUT + wait))?;
         conn.set_write_timeout(Some(TIMEOUT))?;
         let out = f(&mut conn)?;
