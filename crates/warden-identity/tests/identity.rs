@@ -772,6 +772,70 @@ fn replay_guard_suite_redis() {
     ));
 }
 
+/// A Redis that restarts closes the connection the guard kept: the next grant is consumed on a
+/// new connection rather than refused, and an id consumed before the restart stays consumed
+/// (the guard's own `redis-server`, its data in an append-only file, killed and started again).
+#[test]
+fn the_redis_replay_guard_reconnects_after_its_redis_restarts() {
+    use warden_identity::ReplayGuard as _;
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("notice: no redis-server on this machine; skipping the restart test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Killed when dropped, so that a failing assertion leaves no server behind.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = |port: u16| {
+        let mut args = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"];
+        args.extend(["--appendfsync", "always"]);
+        let child = std::process::Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server(child);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    };
+    let redis = server(port);
+    let guard = warden_identity::RedisReplayGuard::new(&format!("redis://127.0.0.1:{port}/"), "t:")
+        .unwrap();
+    guard.consume(&[1; 16], NOW + 60_000, NOW).unwrap();
+    drop(redis);
+    let _redis = server(port);
+    guard.consume(&[2; 16], NOW + 60_000, NOW).unwrap();
+    assert!(matches!(
+        guard.consume(&[1; 16], NOW + 60_000, NOW),
+        Err(warden_identity::ReplayError::Seen)
+    ));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fuzz seeds (`fuzz/seeds/{grant,credential,lineage_request}`), replayed with truncations;
 // `WARDEN_WRITE_FUZZ_SEEDS=1` regenerates them with the fixed keys the fuzz entry points use.

@@ -60,6 +60,7 @@ impl OwnRedis {
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
