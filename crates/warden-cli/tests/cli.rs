@@ -11,6 +11,7 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use warden_testkit::{free_port, OwnRedis};
 
 mod docs;
 mod mcp;
@@ -915,46 +916,6 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     )
 }
 
-/// A `redis-server` of this test's own on a free loopback port, its data in `dir` (an
-/// append-only file written through at every command).
-struct OwnRedis(std::process::Child);
-
-impl OwnRedis {
-    fn start(port: u16, dir: &Path) -> OwnRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) is installed");
-        let redis = OwnRedis(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        drop(redis);
-        panic!("redis-server did not listen on {port}");
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Issue 22: the shared state store stops answering (its Redis killed mid-run): every decision
 /// fails closed at once as "governance unavailable" (HTTP 503, rule `state.unavailable`) and
 /// readiness says so; Redis back on its address with its data, decisions resume without
@@ -964,7 +925,7 @@ impl Drop for OwnRedis {
 fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
     let port = free_port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let redis = OwnRedis::start(port, redis_dir.path());
+    let redis = OwnRedis::start_in(port, redis_dir.path());
     let url = format!("redis://127.0.0.1:{port}/");
     let dir = tempfile::tempdir().unwrap();
     let prefix = fleet_prefix("fault");
@@ -996,7 +957,7 @@ fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("state:"), "{body}");
 
-    let redis = OwnRedis::start(port, redis_dir.path());
+    let redis = OwnRedis::start_in(port, redis_dir.path());
     let back = (0..50).find(|i| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         post(&api, "/v1/decide", &call(3 + i)).0 == 200
@@ -1010,7 +971,7 @@ fn a_gateway_fails_closed_while_its_redis_is_down_and_resumes_alone() {
     // Back without its data: budgets and holds would silently start again from nothing.
     drop(redis);
     let empty = tempfile::tempdir().unwrap();
-    let _redis = OwnRedis::start(port, empty.path());
+    let _redis = OwnRedis::start_in(port, empty.path());
     // (The first call may meet a connection the restart closed: also a deny.)
     let mut said = String::new();
     for i in 0..3 {
@@ -1183,14 +1144,6 @@ fn traces_asked_for_in_a_way_warden_cannot_export_stop_the_start_naming_the_vari
         let err = text(&out.stderr);
         assert!(err.contains(var) && err.contains(value), "{err}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn post(addr: &str, path: &str, body: &str) -> (u16, String) {

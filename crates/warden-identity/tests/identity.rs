@@ -778,57 +778,12 @@ fn replay_guard_suite_redis() {
 #[test]
 fn the_redis_replay_guard_reconnects_after_its_redis_restarts() {
     use warden_identity::ReplayGuard as _;
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("notice: no redis-server on this machine; skipping the restart test");
+    let Some(mut redis) = warden_testkit::OwnRedis::start("the replay guard's restart test") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // Killed when dropped, so that a failing assertion leaves no server behind.
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let server = |port: u16| {
-        let mut args = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"];
-        args.extend(["--appendfsync", "always"]);
-        let child = std::process::Command::new("redis-server")
-            .args(args)
-            .args(["--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server(child);
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < until,
-                "redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        server
     };
-    let redis = server(port);
-    let guard = warden_identity::RedisReplayGuard::new(&format!("redis://127.0.0.1:{port}/"), "t:")
-        .unwrap();
+    let guard = warden_identity::RedisReplayGuard::new(&redis.url(), "t:").unwrap();
     guard.consume(&[1; 16], NOW + 60_000, NOW).unwrap();
-    drop(redis);
-    let _redis = server(port);
+    redis.restart();
     guard.consume(&[2; 16], NOW + 60_000, NOW).unwrap();
     assert!(matches!(
         guard.consume(&[1; 16], NOW + 60_000, NOW),

@@ -111,51 +111,16 @@ fn shared_redis() {
 /// refused, and what was revoked before is still there (`appendonly yes`).
 #[test]
 fn a_restarted_redis_is_reconnected_to_on_the_next_request() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no redis-server on this machine");
+    let Some(mut redis) = warden_testkit::OwnRedis::start("the revocations' restart test") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let start = || {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--appendonly", "yes", "--save", ""])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        child
     };
-    let mut server = start();
-    let store = RedisRevocations::new(&format!("redis://127.0.0.1:{port}/"), "t:").unwrap();
+    let store = RedisRevocations::new(&redis.url(), "t:").unwrap();
     store.revoke(&agent("coder-1")).unwrap();
     assert_eq!(store.since(0).unwrap().0, [agent("coder-1")]);
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let mut server = start();
+    redis.restart();
     assert_eq!(store.since(0).unwrap().0, [agent("coder-1")]);
     store.revoke(&agent("coder-2")).unwrap();
     assert_eq!(store.since(1).unwrap().0, [agent("coder-2")]);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 #[test]

@@ -14,13 +14,7 @@ impl Drop for Proc {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use warden_testkit::free_port;
 
 pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -936,7 +936,7 @@ fn three_instances_behind_haproxy_fail_closed_while_their_redis_is_down_and_resu
     // A redis-server of the test's own, killed and started again on its port with its data.
     let port = super::super::free_port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let redis = crate::OwnRedis::start(port, redis_dir.path());
+    let redis = crate::OwnRedis::start_in(port, redis_dir.path());
     let Some(mut f) = FleetDirs::new(3, "fleet-redis-down", |_, _| {}) else {
         return;
     };
@@ -969,7 +969,7 @@ fn three_instances_behind_haproxy_fail_closed_while_their_redis_is_down_and_resu
         std::thread::sleep(Duration::from_millis(100));
     }
     // Back with its data: every instance resumes by itself.
-    let _redis = crate::OwnRedis::start(port, redis_dir.path());
+    let _redis = crate::OwnRedis::start_in(port, redis_dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
     while all_ready(&s).iter().any(|c| *c != 200) {
         assert!(Instant::now() < deadline, "{:?}", all_ready(&s));
@@ -1014,7 +1014,7 @@ fn a_kill_through_one_of_three_instances_stops_calls_on_all_of_them() {
 fn a_frozen_redis_fails_calls_closed_within_its_timeout_and_calls_resume_when_it_thaws() {
     let port = super::super::free_port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let redis = crate::OwnRedis::start(port, redis_dir.path());
+    let redis = crate::OwnRedis::start_in(port, redis_dir.path());
     let Some(mut f) = FleetDirs::new(2, "fleet-redis-frozen", |_, _| {}) else {
         return;
     };
@@ -1024,7 +1024,7 @@ fn a_frozen_redis_fails_calls_closed_within_its_timeout_and_calls_resume_when_it
     let mcp = |x: &super::Server| format!("http://{}/mcp", x.addr);
     echo_over_http(&mcp(&s[0]), &bearer, "before").unwrap();
     // The redis-server stopped (SIGSTOP): its connections stay open, nothing answers.
-    let pid = redis.0.id().to_string();
+    let pid = redis.pid().unwrap().to_string();
     let signal = |sig: &str| {
         assert!(Command::new("kill")
             .args([sig, &pid])
