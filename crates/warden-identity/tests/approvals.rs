@@ -842,6 +842,38 @@ mod fleet {
         assert!(matches!(a.claim(&binding("h1"), None, t), Claim::None));
     }
 
+    /// A Redis that restarts closes the connection a book kept: the first step after it comes
+    /// back runs on a new connection instead of being refused, and what was asked before is
+    /// still there (the test's own `redis-server`, its data in an append-only file). Each
+    /// restart is followed at once by a step, so the book's watcher (a read every 200 ms)
+    /// cannot have replaced the closed connection first every time.
+    #[test]
+    fn the_first_steps_after_a_redis_restart_are_served() {
+        let Some(mut redis) = warden_testkit::OwnRedis::start("the approvals' restart test") else {
+            return;
+        };
+        let book = RedisBook::new(&redis.url(), "warden-test:restart:", settings()).unwrap();
+        let t = now();
+        let ask = || book.open(&binding("h1"), HUMANS1, false, serde_json::Value::Null, t);
+        let (r, new) = ask().unwrap();
+        assert!(new);
+        for round in 0..5 {
+            redis.restart();
+            let joined = ask();
+            assert!(
+                matches!(&joined, Ok((j, false)) if j.id == r.id),
+                "round {round}: {joined:?}"
+            );
+        }
+        redis.restart();
+        let vote = sign(&key("bob"), &r, Verdict::Approve, "bob", t).unwrap();
+        let voted = book.vote(&vote, &approvers(), &is_agent, t);
+        assert!(matches!(&voted, Ok(v) if v.decided), "{voted:?}");
+        redis.restart();
+        let committed = book.commit(&r.id, &vote.nonce, t);
+        assert_eq!(committed.map(|c| c.status), Some(Status::Approved));
+    }
+
     #[test]
     fn an_unreachable_redis_refuses_every_step() {
         let b = RedisBook::new("redis://127.0.0.1:1/", "warden-test:none:", settings()).unwrap();

@@ -185,11 +185,17 @@ enum Fail {
     Refused(ApprovalError),
     /// Redis failed, or held something Warden did not write.
     Store(String),
+    /// The connection was found closed (a Redis that restarted closes every connection).
+    Dropped(String),
 }
 
 impl From<redis::RedisError> for Fail {
     fn from(e: redis::RedisError) -> Self {
-        Fail::Store(format!("redis: {e}"))
+        if e.is_connection_dropped() {
+            Fail::Dropped(format!("redis: {e}"))
+        } else {
+            Fail::Store(format!("redis: {e}"))
+        }
     }
 }
 
@@ -365,13 +371,31 @@ impl Shared {
         *lock(&self.settings)
     }
 
-    /// Runs `f` on the connection (opened if needed); an error drops it (the next call
-    /// reconnects).
+    /// Runs `f` on the connection (opened if needed); a Redis error drops it (the next call
+    /// reconnects). A kept connection found closed (Redis restarted since it was opened) is
+    /// replaced and `f` run once more on the new one, rather than refusing the first request
+    /// after a restart. The rerun does nothing twice: every write goes through `APPLY`, which
+    /// applies only over the values the step read, and a vote's nonce is kept with it, so a rerun
+    /// after a write that did land reads it back (a vote then refused as replayed, and withdrawn
+    /// with its lease).
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> Result<T, Fail>,
+        mut f: impl FnMut(&mut redis::Connection) -> Result<T, Fail>,
     ) -> Result<T, Fail> {
         let mut slot = lock(&self.conn);
+        let reused = slot.is_some();
+        match self.on(&mut slot, &mut f) {
+            Err(Fail::Dropped(_)) if reused => self.on(&mut slot, &mut f),
+            out => out,
+        }
+    }
+
+    /// [`Shared::with`]'s one try, on the connection in `slot`.
+    fn on<T>(
+        &self,
+        slot: &mut Option<redis::Connection>,
+        f: &mut impl FnMut(&mut redis::Connection) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
         if slot.is_none() {
             let c = self.client.get_connection_with_timeout(TIMEOUT)?;
             c.set_read_timeout(Some(TIMEOUT))?;
@@ -382,7 +406,7 @@ impl Shared {
             return Err(Fail::Store("no connection".into()));
         };
         let out = f(conn);
-        if matches!(out, Err(Fail::Store(_))) {
+        if matches!(out, Err(Fail::Store(_) | Fail::Dropped(_))) {
             *slot = None;
         }
         out
@@ -413,7 +437,7 @@ impl Shared {
         });
         out.map_err(|f| match f {
             Fail::Refused(e) => e,
-            Fail::Store(why) => ApprovalError::Unavailable(why),
+            Fail::Store(why) | Fail::Dropped(why) => ApprovalError::Unavailable(why),
         })
     }
 
@@ -598,8 +622,9 @@ fn watch(shared: &Weak<Shared>) {
         };
         // A failed round is tried again on the next; decisions fail closed on their own reads
         // meanwhile.
-        if let Err(Fail::Store(why) | Fail::Refused(ApprovalError::Unavailable(why))) =
-            shared.refresh()
+        if let Err(
+            Fail::Store(why) | Fail::Dropped(why) | Fail::Refused(ApprovalError::Unavailable(why)),
+        ) = shared.refresh()
         {
             tracing::debug!(%why, "could not read the fleet's approvals");
         }
