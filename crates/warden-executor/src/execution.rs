@@ -383,10 +383,11 @@ impl Executor {
         // anyone sees it.
         let redacting = std::time::Instant::now();
         let on = draft.call.redact;
-        // A result with nothing to redact (every string, names included, checked) is hashed in
-        // the same pass; one that has something goes the `Value` way and is hashed after.
+        // A result with nothing to redact (every string, names included, and every number
+        // checked) is hashed in the same pass; one that has something goes the `Value` way and
+        // is hashed after.
         let (redactions, digest) =
-            match result.digest_if_every_string(|s| !self.redactor.finds(s, on)) {
+            match result.digest_if_every_string_and_number(|s| !self.redactor.finds(s, on)) {
                 Some(digest) => (0, digest),
                 None => {
                     let n = self.redact(&mut result, draft.call.tool, on);

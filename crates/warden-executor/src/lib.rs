@@ -259,9 +259,13 @@ impl Answer {
     }
 
     /// Its digest (as [`Answer::digest`]) if `pass` holds for every string in it, member names
-    /// included; `None` if one fails (or it is one only its `Value` can be written from).
-    pub fn digest_if_every_string(&self, pass: impl FnMut(&str) -> bool) -> Option<String> {
-        use warden_core::canonical::digest_if_every_string as checked;
+    /// included, and every number as written; `None` if one fails (or it is one only its
+    /// `Value` can be written from).
+    pub fn digest_if_every_string_and_number(
+        &self,
+        pass: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        use warden_core::canonical::digest_if_every_string_and_number as checked;
         match self {
             Answer::Tool(r) => checked(r, pass),
             Answer::Resource(r) => checked(r, pass),

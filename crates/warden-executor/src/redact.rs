@@ -306,7 +306,9 @@ impl Redactor {
                 .any(|d| d.matches(s))
     }
 
-    /// Redacts every string in `v` (values and object keys) in place; returns the count.
+    /// Redacts every string in `v` (values and object keys) in place, and every number whose
+    /// digits hold what a string would be redacted for (a card number, a numeric secret): the
+    /// number becomes the redacted string. Returns the count.
     pub fn redact_json(&self, v: &mut Value, on: &BTreeSet<String>) -> u64 {
         let mut count = 0;
         // An explicit stack: results nest as deep as the upstream sent them.
@@ -332,14 +334,20 @@ impl Redactor {
                     }
                     stack.extend(m.values_mut());
                 }
-                Value::Null | Value::Bool(_) | Value::Number(_) => {}
+                Value::Number(n) => {
+                    if let Some((out, k)) = self.redact_str(&n.to_string(), on) {
+                        *v = Value::String(out);
+                        count += k;
+                    }
+                }
+                Value::Null | Value::Bool(_) => {}
             }
         }
         count
     }
 
     /// What in `v` would be redacted: `secret` and the names of the `on` detectors that match
-    /// (for the egress check on arguments, INV-011).
+    /// in its strings, names and numbers (for the egress check on arguments, INV-011).
     #[must_use]
     pub fn scan(&self, v: &Value, on: &BTreeSet<String>) -> BTreeSet<&'static str> {
         let mut found = BTreeSet::new();
@@ -354,7 +362,8 @@ impl Redactor {
                         stack.push(val);
                     }
                 }
-                Value::Null | Value::Bool(_) | Value::Number(_) => {}
+                Value::Number(n) => self.scan_str(&n.to_string(), on, &mut found),
+                Value::Null | Value::Bool(_) => {}
             }
         }
         found
@@ -471,6 +480,36 @@ mod tests {
         }
         assert!(!r.finds("order 4111 1111 1111 1112", &all()));
         assert!(r.finds("card 4111 1111 1111 1111", &all()));
+    }
+
+    /// A card number or a numeric secret sent as a JSON number is what it would be as a string:
+    /// found by the scan (egress) and redacted (results), the number becoming the redacted
+    /// string; other numbers stay numbers.
+    #[test]
+    fn numbers_are_scanned_and_redacted_as_their_digits() {
+        let r = Redactor::new(["90210337"].into_iter()).unwrap();
+        let card = BTreeSet::from(["card".to_owned()]);
+        let mut v = serde_json::json!({
+            "card": 4_111_111_111_111_111_u64,
+            "not_a_card": 4_111_111_111_111_112_u64,
+            "pin": 90_210_337,
+            "amount": 12.5,
+            "items": [-3, 0]
+        });
+        assert_eq!(r.scan(&v, &card), BTreeSet::from(["card", "secret"]));
+        assert_eq!(r.scan(&v, &BTreeSet::new()), BTreeSet::from(["secret"]));
+        assert_eq!(r.redact_json(&mut v, &card), 2);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "card": "[REDACTED:card]",
+                "not_a_card": 4_111_111_111_111_112_u64,
+                "pin": SECRET_MARK,
+                "amount": 12.5,
+                "items": [-3, 0]
+            })
+        );
+        assert!(r.scan(&v, &card).is_empty());
     }
 
     #[test]

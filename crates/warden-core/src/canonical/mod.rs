@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
 mod typed;
-pub use typed::{digest_if_every_string, to_canonical_bytes, typed_digest};
+pub use typed::{digest_if_every_string_and_number, to_canonical_bytes, typed_digest};
 
 /// Writes `value` in canonical form.
 #[must_use]

@@ -36,18 +36,18 @@ pub fn typed_digest<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_js
 }
 
 /// The digest of `value` (as [`typed_digest`]) if `pass` holds for every string of its JSON
-/// form, member names included; `None` as soon as one fails, or for a value this writer leaves
-/// to the `Value` path. One pass both checks and hashes: a result with nothing to redact is
-/// never turned into a `Value`.
-pub fn digest_if_every_string<T: Serialize + ?Sized>(
+/// form, member names included, and for every number as written; `None` as soon as one fails,
+/// or for a value this writer leaves to the `Value` path. One pass both checks and hashes: a
+/// result with nothing to redact is never turned into a `Value`.
+pub fn digest_if_every_string_and_number<T: Serialize + ?Sized>(
     value: &T,
     mut pass: impl FnMut(&str) -> bool,
 ) -> Option<String> {
     write_checked(value, &mut pass).map(|out| sha256_tagged(out.as_bytes()))
 }
 
-/// The canonical form of `value`, or `None` if a string failed `check` or the value is one the
-/// `Value` path writes.
+/// The canonical form of `value`, or `None` if a string or a number failed `check` or the value
+/// is one the `Value` path writes.
 fn write_checked<T, C>(value: &T, check: &mut C) -> Option<String>
 where
     T: Serialize + ?Sized,
@@ -109,10 +109,20 @@ fn string<C: FnMut(&str) -> bool>(out: &mut String, check: &mut C, s: &str) -> S
     Ok(())
 }
 
+/// Checks the number `out` holds from `start` on, as written: digits can carry what a string
+/// would (a card number, a numeric secret).
+fn number<C: FnMut(&str) -> bool>(out: &str, start: usize, check: &mut C) -> Step<()> {
+    match out.get(start..) {
+        Some(text) if check(text) => Ok(()),
+        _ => Err(TakeTheValuePath),
+    }
+}
+
 impl<C: FnMut(&str) -> bool> Writer<'_, C> {
     fn integer(self, n: impl std::fmt::Display) -> Step<()> {
+        let start = self.out.len();
         let _ = write!(self.out, "{n}");
-        Ok(())
+        number(self.out, start, self.check)
     }
 
     /// `{"variant":` before a variant's content, which its writer closes with one more `}`.
@@ -185,11 +195,13 @@ impl<'a, C: FnMut(&str) -> bool> ser::Serializer for Writer<'a, C> {
     fn serialize_f64(self, v: f64) -> Step<()> {
         // A value that is not finite has no JSON form: serde_json makes it `null`.
         if v.is_finite() {
+            let start = self.out.len();
             write_float(self.out, v);
+            number(self.out, start, self.check)
         } else {
             self.out.push_str("null");
+            Ok(())
         }
-        Ok(())
     }
     fn serialize_char(self, v: char) -> Step<()> {
         string(self.out, self.check, v.encode_utf8(&mut [0; 4]))
@@ -785,25 +797,54 @@ mod tests {
     }
 
     #[test]
-    fn the_checked_digest_sees_every_string_and_name() {
+    fn the_checked_digest_sees_every_string_name_and_number() {
         let v = json!({"name": ["value", {"inner": "deep"}], "n": 1});
         let mut seen = Vec::new();
-        let digest = digest_if_every_string(&v, |s| {
+        let digest = digest_if_every_string_and_number(&v, |s| {
             seen.push(s.to_owned());
             true
         });
         assert_eq!(digest, Some(super::super::json_digest(&v)));
         seen.sort();
-        assert_eq!(seen, ["deep", "inner", "n", "name", "value"]);
+        assert_eq!(seen, ["1", "deep", "inner", "n", "name", "value"]);
         // One failing string, value or name, anywhere: no digest.
-        assert_eq!(digest_if_every_string(&v, |s| s != "deep"), None);
-        assert_eq!(digest_if_every_string(&v, |s| s != "inner"), None);
+        assert_eq!(digest_if_every_string_and_number(&v, |s| s != "deep"), None);
+        assert_eq!(
+            digest_if_every_string_and_number(&v, |s| s != "inner"),
+            None
+        );
         let variants = [External::Tuple(1, "x".into()), External::Unit];
-        assert_eq!(digest_if_every_string(&variants, |s| s != "Tuple"), None);
-        assert_eq!(digest_if_every_string(&variants, |s| s != "Unit"), None);
-        assert_eq!(digest_if_every_string(&['c'], |s| s != "c"), None);
+        assert_eq!(
+            digest_if_every_string_and_number(&variants, |s| s != "Tuple"),
+            None
+        );
+        assert_eq!(
+            digest_if_every_string_and_number(&variants, |s| s != "Unit"),
+            None
+        );
+        assert_eq!(
+            digest_if_every_string_and_number(&['c'], |s| s != "c"),
+            None
+        );
+        // Numbers as written: an integer, a float, a number given as a typed field.
+        let card = json!({"amount": 12.5, "card": 4_111_111_111_111_111_u64});
+        assert_eq!(
+            digest_if_every_string_and_number(&card, |s| s != "4111111111111111"),
+            None
+        );
+        assert_eq!(
+            digest_if_every_string_and_number(&card, |s| s != "12.5"),
+            None
+        );
+        assert_eq!(
+            digest_if_every_string_and_number(&[-7_i32], |s| s != "-7"),
+            None
+        );
         // What the `Value` path writes is not checked here either.
-        assert_eq!(digest_if_every_string(&u128::MAX, |_| true), None);
+        assert_eq!(
+            digest_if_every_string_and_number(&u128::MAX, |_| true),
+            None
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
@@ -876,7 +917,7 @@ mod tests {
                 through_value(&v),
                 "{depth}"
             );
-            let checked = digest_if_every_string(&v, |_| true);
+            let checked = digest_if_every_string_and_number(&v, |_| true);
             assert_eq!(checked.is_some(), depth <= MAX_DEPTH, "{depth}");
             assert!(checked.is_none_or(|d| d == super::super::json_digest(&v)));
         }
