@@ -475,6 +475,74 @@ impl SignedAgent {
     }
 }
 
+/// A client that hangs up on `/v1/proposals` while its allowed call runs: the server drops the
+/// request, but not the call half way (it ran on with no receipt, out of the kill switch's
+/// reach). The call is cancelled, as an MCP client's cancellation cancels it, and its receipt
+/// says so at once, long before the upstream would have finished. The upstream is the reference
+/// `server-everything` (its long-running operation), from `.ci/run`'s cache.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_call_leaves_it_cancelled_and_recorded() {
+    let Ok(npm) = std::env::var("WARDEN_E2E_NPM") else {
+        eprintln!("notice: WARDEN_E2E_NPM is not set; skipping the hang-up test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let m = dir.path().join("manifest.yaml");
+    let tool = "everything.trigger-long-running-operation";
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replacen(
+            "\ntools:\n",
+            &format!("\ntools:\n  - {{ name: {tool}, tier: low, zones: [\"*\"], arguments: {{ type: object }} }}\n"),
+            1,
+        )
+        .replacen(
+            "\nupstreams:\n",
+            &format!(
+                "\nupstreams:\n  - name: everything\n    command: [\"{npm}/node_modules/.bin/mcp-server-everything\", stdio]\n    unsandboxed: \"a reference server from the test cache\"\n"
+            ),
+            1,
+        );
+    std::fs::write(&m, text).unwrap();
+    let (addr, _stop) = serve_app(dir.path(), None).await;
+    let agent = SignedAgent::enroll(addr, dir.path(), "coder-1").await;
+    let body = format!(
+        r#"{{"agent":"coder-1","session":"s","tool":"{tool}","arguments":{{"duration":30,"steps":30}}}}"#
+    );
+    let caller = tokio::spawn(async move { agent.propose(addr, body.as_bytes()).await });
+    // The call is decided (allowed, recorded) and running upstream; then the client is gone.
+    let entries_of = |kind: &str| {
+        ledger_texts(dir.path())
+            .into_iter()
+            .filter(|t| t.contains(kind) && t.contains(tool))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while entries_of("\"type\":\"decision\"").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call was not decided"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    caller.abort();
+    let hung_up = std::time::Instant::now();
+    let receipt = loop {
+        if let Some(r) = entries_of("\"type\":\"receipt\"").pop() {
+            break r;
+        }
+        assert!(
+            hung_up.elapsed() < std::time::Duration::from_secs(10),
+            "no receipt 10 s after the client hung up: {:?}",
+            entries_of(tool)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(receipt.contains("\"status\":\"killed\""), "{receipt}");
+}
+
 /// The native API: an enrolled agent's signed proposal is decided and recorded with its
 /// lineage; replayed, forged, mismatched and revoked requests are refused.
 #[tokio::test]

@@ -220,30 +220,55 @@ async fn proposals(State(app): State<Runtime>, headers: HeaderMap, body: Bytes) 
     {
         return refused(r);
     }
-    let call = Call {
-        session: proposal.session,
-        tool: proposal.tool,
-        kind: proposal.kind,
-        operation: proposal.operation,
-        arguments: proposal.arguments,
-        trace,
-        cancel: tokio_util::sync::CancellationToken::new(),
-        // `Warden-Approval: apr_…` names the approval this call redeems (it must be for this
-        // exact call; without it, an approved request for the same call is used).
-        approval: headers.get("warden-approval").and_then(|v| v.to_str().ok()),
-        // `Warden-Wait: N` waits up to N seconds (at most the manifest's `wait_seconds`) for a
-        // pending approval, then runs the call on it; without it the answer is at once (202).
-        wait_secs: Some(
-            headers
-                .get("warden-wait")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0),
-        ),
-        progress: None,
-        client: None,
-    };
-    outcome_response(app.propose(&caller, call).await)
+    // `Warden-Approval: apr_…` names the approval this call redeems (it must be for this exact
+    // call; without it, an approved request for the same call is used).
+    let approval = headers
+        .get("warden-approval")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // `Warden-Wait: N` waits up to N seconds (at most the manifest's `wait_seconds`) for a
+    // pending approval, then runs the call on it; without it the answer is at once (202).
+    let wait_secs = headers
+        .get("warden-wait")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    // INVARIANT (a granted call ends recorded): the server drops this handler when its client
+    // hangs up. The call runs in a task of its own, so it is never dropped half way (it would
+    // run on with no receipt, out of the kill switch's and the breakers' reach); the client
+    // gone, the guard cancels it instead, as an MCP client's cancellation does: the Executor
+    // stops the upstream's call and records it as killed.
+    let hang_up = cancel.clone().drop_guard();
+    let run = tokio::spawn(async move {
+        let call = Call {
+            session: proposal.session,
+            tool: proposal.tool,
+            kind: proposal.kind,
+            operation: proposal.operation,
+            arguments: proposal.arguments,
+            trace,
+            cancel,
+            approval: approval.as_deref(),
+            wait_secs: Some(wait_secs),
+            progress: None,
+            client: None,
+        };
+        app.propose(&caller, call).await
+    });
+    let outcome = run.await;
+    hang_up.disarm();
+    match outcome {
+        Ok(outcome) => outcome_response(outcome),
+        Err(e) => {
+            tracing::error!(error = %e, "a proposal's task ended without an outcome");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the call ended without an outcome (see the gateway's log)".into(),
+            )
+        }
+    }
 }
 
 /// The native API's answer for a proposal that went down the whole governed path: the
