@@ -48,6 +48,12 @@ const PACED_WINDOWS: u32 = 4;
 /// How long a grouped receipt waits, at most, for its sync.
 pub const DEFAULT_RECEIPT_WINDOW: Duration = Duration::from_millis(5);
 
+/// The longest a caller awaits its entry's durability ([`Ticket::recorded`]; the governed path
+/// bounds a decision's record by it too): a store that stopped answering (a database that
+/// froze) holds no call longer. Past it the entry counts as not recorded, though the store may
+/// still write it once it answers.
+pub const RECORD_WAIT: Duration = Duration::from_secs(10);
+
 /// When a receipt becomes durable, relative to its acknowledgement. Every other entry (above all
 /// a decision, which must be durable before anything runs) is durable before it is
 /// acknowledged, whatever this says. See `docs/ledger.md`, "Receipts: grouped or strict".
@@ -466,12 +472,23 @@ impl Ticket {
         self.0.blocking_recv().map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Awaits durability.
+    /// Awaits durability, at most [`RECORD_WAIT`].
     ///
     /// # Errors
-    /// [`LedgerError`]: the entry is not recorded.
+    /// [`LedgerError`]: the entry is not recorded; [`LedgerError::TimedOut`] when the store did
+    /// not answer within [`RECORD_WAIT`] (the caller acts as if it were not recorded).
     pub async fn recorded(self) -> Result<u64, LedgerError> {
-        self.0.await.map_err(|_| LedgerError::Stopped)?
+        // INVARIANT (fail-closed, issue 22): a receipt or an event whose store does not answer
+        // holds its caller no longer than a decision's record does.
+        self.recorded_within(RECORD_WAIT).await
+    }
+
+    /// [`Ticket::recorded`], waiting at most `wait`.
+    async fn recorded_within(self, wait: Duration) -> Result<u64, LedgerError> {
+        match tokio::time::timeout(wait, self.0).await {
+            Ok(answer) => answer.map_err(|_| LedgerError::Stopped)?,
+            Err(_) => Err(LedgerError::TimedOut(wait)),
+        }
     }
 }
 
@@ -989,5 +1006,33 @@ impl Writer {
         }
         self.signed = Some(self.durable.0);
         self.last_checkpoint = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ticket whose store never answers ends its caller's wait with `TimedOut`; one answered
+    /// in time gives the index; one whose writer is gone says so.
+    #[tokio::test]
+    async fn a_ticket_waits_for_its_store_no_longer_than_its_bound() {
+        let wait = Duration::from_millis(50);
+        let (_silent, rx) = oneshot::channel();
+        let started = Instant::now();
+        assert!(matches!(
+            Ticket(rx).recorded_within(wait).await,
+            Err(LedgerError::TimedOut(d)) if d == wait
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(7));
+        assert!(matches!(Ticket(rx).recorded_within(wait).await, Ok(7)));
+        let (tx, rx) = oneshot::channel::<Result<u64, LedgerError>>();
+        drop(tx);
+        assert!(matches!(
+            Ticket(rx).recorded_within(wait).await,
+            Err(LedgerError::Stopped)
+        ));
     }
 }

@@ -29,6 +29,7 @@ pub mod witness;
 pub use file::{FileStore, Mode};
 pub use ledger::{
     Ledger, LedgerConfig, LedgerError, Receipts, SyncObserver, Ticket, DEFAULT_RECEIPT_WINDOW,
+    RECORD_WAIT,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use record::{DecisionRecord, Entry, EventRecord, Receipt, ReceiptStatus};

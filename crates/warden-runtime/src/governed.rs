@@ -561,9 +561,10 @@ async fn breaker(app: &Shared, decision: &Decision, seen: Observed) {
     }
 }
 
-/// The longest a call waits for its decision to be recorded; past it, the call is denied as
-/// unrecorded (a store that only is slow refuses sooner, by its own timeouts).
-const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+// The longest a call waits for its decision to be recorded; past it, the call is denied as
+// unrecorded (a store that only is slow refuses sooner, by its own timeouts). The same bound
+// holds for receipts and events (`Ticket::recorded`).
+use warden_ledger::RECORD_WAIT;
 
 /// What the governed path made of one proposal.
 #[derive(Debug)]
