@@ -51,30 +51,26 @@ impl Breakers {
 
     /// Counts one outcome; the reason to trip, if this one trips the agent's breaker. A count
     /// that cannot be kept is logged and counts nothing (the decisions that depend on the same
-    /// store fail closed meanwhile).
+    /// store fail closed meanwhile). A trip for failures in a row leaves the count where it is:
+    /// [`trip`] resets it once the agent's pause is written, so a pause that could not be
+    /// written is tried again at the next failure.
     pub fn observe(&self, agent: &str, what: Observed, limit: u32) -> Option<String> {
-        let reset = |counts: &dyn FailureCounts| {
-            if let Err(e) = counts.reset(agent) {
-                tracing::warn!(error = %e, agent, "could not reset a breaker's count");
-            }
-        };
         match what {
             Observed::Neutral => None,
             Observed::Success => {
-                reset(self.counts.as_ref());
+                self.reset(agent);
                 None
             }
             Observed::OverBudget(why) => {
-                reset(self.counts.as_ref());
+                self.reset(agent);
                 Some(format!("spend over budget: {why}"))
             }
             Observed::Unknown(why) => {
-                reset(self.counts.as_ref());
+                self.reset(agent);
                 Some(format!("an unknown error type: {why}"))
             }
             Observed::Failure(why) => match self.counts.failed(agent) {
                 Ok(n) if n >= limit.max(1) => {
-                    reset(self.counts.as_ref());
                     Some(format!("{n} consecutive failures, the last: {why}"))
                 }
                 Ok(_) => None,
@@ -83,6 +79,13 @@ impl Breakers {
                     None
                 }
             },
+        }
+    }
+
+    /// Starts `agent`'s count again from zero.
+    fn reset(&self, agent: &str) {
+        if let Err(e) = self.counts.reset(agent) {
+            tracing::warn!(error = %e, agent, "could not reset a breaker's count");
         }
     }
 }
@@ -97,9 +100,22 @@ pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str
         reason: reason.chars().take(512).collect(),
         since: crate::now_unix(),
     };
-    if let Err(e) = app.state.set_hold(hold) {
-        tracing::error!(error = %e, agent, "could not pause an agent whose breaker tripped");
-    }
+    // INVARIANT (the record says what holds): a pause that could not be written is recorded
+    // and announced as not in force, and the failure count is kept, so the next failure trips
+    // the breaker again; the count starts again only under a written pause.
+    let (reason, text) = match app.state.set_hold(hold) {
+        Ok(()) => {
+            app.breakers.reset(agent);
+            (reason, format!("agent `{agent}` paused: {why}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, agent, "could not pause an agent whose breaker tripped");
+            (
+                format!("{reason}; the pause could not be written ({e}): the agent is not paused"),
+                format!("agent `{agent}`'s breaker tripped ({why}) but the pause could not be written: not paused"),
+            )
+        }
+    };
     tracing::warn!(agent, "{reason}");
     let about = crate::witness::About::agent(agent, tenant);
     crate::witness::record(&app.ledger, "breaker.tripped", about, reason).await;
@@ -107,7 +123,7 @@ pub(crate) async fn trip(app: &crate::runtime::Shared, agent: &str, tenant: &str
     crate::promotion::demote(app, agent, tenant, &format!("its breaker tripped ({why})")).await;
     app.publish(
         "breaker.tripped",
-        format!("agent `{agent}` paused: {why}"),
+        text,
         serde_json::json!({ "agent": agent, "tenant": tenant }),
     );
 }
@@ -129,6 +145,11 @@ mod tests {
         assert_eq!(b.observe("a", fail(), 3), None);
         let tripped = b.observe("a", fail(), 3).unwrap();
         assert!(tripped.starts_with("3 consecutive failures"), "{tripped}");
+        // Until the pause is written (`trip` resets the count), each failure trips again.
+        let again = b.observe("a", fail(), 3).unwrap();
+        assert!(again.starts_with("4 consecutive failures"), "{again}");
+        b.reset("a");
+        assert_eq!(b.observe("a", fail(), 3), None);
         assert!(b
             .observe("c", Observed::OverBudget("cost".into()), 3)
             .is_some());
