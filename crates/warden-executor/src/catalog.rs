@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rmcp::model::{Prompt, Resource, ResourceTemplate, ServerCapabilities};
 
-use crate::{ExecError, Executor};
+use crate::{ExecError, Executor, Redactor};
 
 /// Which list to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Executor {
         caller: Boundary<'_>,
     ) -> Vec<(String, Resource)> {
         let reached = self.offering(upstreams, Kind::Resources, caller).await;
-        let out = gather(reached, "resources/list", |c| async move {
+        let out = gather(&self.redactor, reached, "resources/list", |c| async move {
             c.list_all_resources().await
         })
         .await;
@@ -44,9 +44,12 @@ impl Executor {
         caller: Boundary<'_>,
     ) -> Vec<(String, ResourceTemplate)> {
         let reached = self.offering(upstreams, Kind::Resources, caller).await;
-        let out = gather(reached, "resources/templates/list", |c| async move {
-            c.list_all_resource_templates().await
-        })
+        let out = gather(
+            &self.redactor,
+            reached,
+            "resources/templates/list",
+            |c| async move { c.list_all_resource_templates().await },
+        )
         .await;
         self.redact_listed(out)
     }
@@ -58,7 +61,7 @@ impl Executor {
         caller: Boundary<'_>,
     ) -> Vec<(String, Prompt)> {
         let reached = self.offering(upstreams, Kind::Prompts, caller).await;
-        let out = gather(reached, "prompts/list", |c| async move {
+        let out = gather(&self.redactor, reached, "prompts/list", |c| async move {
             c.list_all_prompts().await
         })
         .await;
@@ -124,6 +127,7 @@ impl Executor {
 /// Each reached upstream's list, read all at once (one slow upstream delays the answer by its
 /// own timeout, not the sum), each item with its upstream's name.
 async fn gather<T, F, Fut>(
+    redactor: &Redactor,
     reached: Vec<(String, Arc<crate::upstream::Client>, std::time::Duration)>,
     method: &str,
     list: F,
@@ -136,7 +140,7 @@ where
         let listing = list(client);
         async move {
             let listed = tokio::time::timeout(timeout, listing).await;
-            answered(&name, method, listed)
+            answered(redactor, &name, method, listed)
                 .map(|items| {
                     items
                         .into_iter()
@@ -155,6 +159,7 @@ where
 
 /// A list an upstream answered, or `None` (logged: the upstream lists nothing this time).
 fn answered<T>(
+    redactor: &Redactor,
     upstream: &str,
     method: &str,
     r: Result<Result<Vec<T>, rmcp::ServiceError>, tokio::time::error::Elapsed>,
@@ -162,7 +167,9 @@ fn answered<T>(
     match r {
         Ok(Ok(listed)) => Some(listed),
         Ok(Err(e)) => {
-            tracing::warn!(upstream, method, error = %e, "the upstream's list failed");
+            // The upstream's error message may quote a secret (a header it was refused with).
+            let error = redactor.without_secrets(e.to_string());
+            tracing::warn!(upstream, method, %error, "the upstream's list failed");
             None
         }
         Err(_) => {

@@ -288,6 +288,15 @@ impl Executor {
             let redactor = Arc::clone(&self.redactor);
             let on = call.redact.clone();
             let relayed: ProgressSink = Arc::new(move |p, t, m: Option<String>| {
+                // Numbers are read as their digits, as in results: a progress or total that
+                // would be redacted (a numeric secret) is not relayed.
+                let held = |n: f64| {
+                    serde_json::Number::from_f64(n)
+                        .is_some_and(|n| redactor.finds(&n.to_string(), &on))
+                };
+                if held(p) || t.is_some_and(held) {
+                    return;
+                }
                 let m = m.map(|m| redactor.redact_str(&m, &on).map_or(m, |(r, _)| r));
                 sink(p, t, m);
             });

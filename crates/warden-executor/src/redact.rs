@@ -294,6 +294,14 @@ impl Redactor {
         cur.map(|c| (c, count))
     }
 
+    /// `text` with the exact secrets redacted (no detector): for what Warden logs or records of
+    /// an upstream's own words (errors, refused requests, listed names).
+    #[must_use]
+    pub fn without_secrets(&self, text: String) -> String {
+        self.redact_str(&text, &BTreeSet::new())
+            .map_or(text, |(r, _)| r)
+    }
+
     /// Whether [`Redactor::redact_str`] would change `s`: an exact secret, or an `on` detector's
     /// match that passes its checksum.
     #[must_use]
@@ -480,6 +488,21 @@ mod tests {
         }
         assert!(!r.finds("order 4111 1111 1111 1112", &all()));
         assert!(r.finds("card 4111 1111 1111 1111", &all()));
+    }
+
+    /// What Warden logs or records of an upstream's own words (a refused request line, an
+    /// error, a listed name) loses the exact secrets and nothing else: detectors stay off.
+    #[test]
+    fn without_secrets_redacts_exact_secrets_only() {
+        let r = Redactor::new(["sk_live_abc123"].into_iter()).unwrap();
+        assert_eq!(
+            r.without_secrets(
+                "GET https://api.x.com/v1?api_key=sk_live_abc123 HTTP/1.1: only CONNECT".into()
+            ),
+            format!("GET https://api.x.com/v1?api_key={SECRET_MARK} HTTP/1.1: only CONNECT")
+        );
+        let plain = "mail alice@example.com, card 4111 1111 1111 1111".to_owned();
+        assert_eq!(r.without_secrets(plain.clone()), plain);
     }
 
     /// A card number or a numeric secret sent as a JSON number is what it would be as a string:

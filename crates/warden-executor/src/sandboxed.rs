@@ -206,6 +206,9 @@ pub(crate) struct Records<'a> {
     pub(crate) serving: &'a Serving,
     /// The Executor's counters.
     pub(crate) counters: &'a Arc<crate::counters::Counters>,
+    /// The Executor's redactor: what the sandbox sent (a refused request line) may carry a
+    /// secret it was given.
+    pub(crate) redactor: &'a Arc<crate::Redactor>,
 }
 
 /// Prepares upstream `name`'s launch in the sandbox: workspace, cgroup, egress proxy.
@@ -223,6 +226,7 @@ pub(crate) fn launch(
         owner,
         serving,
         counters,
+        redactor,
     } = records;
     let base = base.to_path_buf();
     let workspace = base.join("work");
@@ -285,6 +289,7 @@ pub(crate) fn launch(
         // refused is recorded with the tenant (and agent, session) its runner serves.
         // And with the call it served then (its request id), when it served one alone.
         let (owner, serving, counters) = (owner.clone(), serving.clone(), Arc::clone(counters));
+        let redactor = Arc::clone(redactor);
         let recorder: egress::Recorder = Arc::new(move |e: egress::Event| {
             let kind = if e.allowed {
                 crate::counters::Counters::add(&counters.egress_allowed);
@@ -295,14 +300,12 @@ pub(crate) fn launch(
             };
             let to = e.address.map(|a| format!(" ({a})")).unwrap_or_default();
             let (request_id, during) = serving.attribution();
-            record_for(
-                ledger.as_ref(),
-                kind,
-                &who,
-                &owner,
-                &request_id,
-                format!("{}:{}{to}: {}{during}", e.host, e.port, e.reason),
-            );
+            // INVARIANT (INV-010): a refused request line or header is the sandbox's own text
+            // and may quote a secret the upstream was given: redacted before the log and the
+            // ledger, which cannot be scrubbed afterwards.
+            let reason = redactor
+                .without_secrets(format!("{}:{}{to}: {}{during}", e.host, e.port, e.reason));
+            record_for(ledger.as_ref(), kind, &who, &owner, &request_id, reason);
         });
         let p = Proxy::new(policy, Arc::new(SystemResolver), recorder);
         proxy = Some((p, listener));

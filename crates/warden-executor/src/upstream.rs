@@ -303,6 +303,40 @@ pub(crate) struct Upstream {
     pub(crate) counters: Arc<crate::counters::Counters>,
 }
 
+/// The most of one stderr line of an upstream that Warden keeps (the rest is read and dropped).
+const STDERR_LINE: usize = 8 * 1024;
+
+/// The next line `reader` gives (without its newline), at most `max` bytes of it kept (the rest
+/// of a longer line read and dropped), bytes that are not UTF-8 replaced; `None` at its end.
+async fn next_line_lossy<R>(reader: &mut R, max: usize) -> Option<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut kept: Vec<u8> = Vec::new();
+    let mut read_any = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => return read_any.then(|| String::from_utf8_lossy(&kept).into_owned()),
+        };
+        read_any = true;
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let line_part = newline.unwrap_or(buf.len());
+        let room = max.saturating_sub(kept.len());
+        kept.extend_from_slice(buf.get(..line_part.min(room)).unwrap_or_default());
+        match newline {
+            Some(at) => {
+                reader.consume(at.saturating_add(1));
+                return Some(String::from_utf8_lossy(&kept).into_owned());
+            }
+            None => {
+                let all = buf.len();
+                reader.consume(all);
+            }
+        }
+    }
+}
+
 /// The pin of a tool as listed.
 pub(crate) fn pin_of(t: &Tool) -> String {
     let input = serde_json::Value::Object((*t.input_schema).clone());
@@ -541,6 +575,9 @@ impl Upstream {
 
     /// Records a pin violation in the ledger (best effort: the tool is withheld either way).
     async fn record(&self, kind: &str, reason: String) {
+        // What an upstream lists (a tool's name) may carry a secret: none reaches the log or
+        // the ledger.
+        let reason = self.redactor.without_secrets(reason);
         tracing::error!(upstream = %self.spec.name, kind, "{reason}");
         let event = Entry::Event(EventRecord::about_gateway(
             kind,
@@ -558,8 +595,48 @@ impl Upstream {
         }
     }
 
-    /// Keeps the tools whose pins hold; records and withholds the others (INV-023).
+    /// The tools agents may see: those whose pins hold ([`Upstream::admit_pinned`]), each
+    /// redacted of the secrets Warden holds.
     async fn admit(&self, conn: &mut Conn, listed: Vec<Tool>) -> Vec<Tool> {
+        let admitted = self.admit_pinned(conn, listed).await;
+        let mut shown = Vec::with_capacity(admitted.len());
+        for tool in admitted {
+            match self.shown(tool) {
+                Ok(t) => shown.push(t),
+                Err(name) => {
+                    self.record(
+                        "upstream.tool_withheld",
+                        format!(
+                            "upstream `{}` lists tool `{name}` whose name holds a secret: withheld",
+                            self.spec.name
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        shown
+    }
+
+    /// `tool` as agents see it: an upstream may print a secret it was given into a description
+    /// or a schema, which is redacted there (INV-010). A tool whose name would change (or
+    /// whose redacted form is no tool) cannot be offered: `Err` with its name.
+    fn shown(&self, tool: Tool) -> Result<Tool, String> {
+        let none = BTreeSet::new();
+        let Ok(mut v) = serde_json::to_value(&tool) else {
+            return Err(tool.name.to_string());
+        };
+        if self.redactor.redact_json(&mut v, &none) == 0 {
+            return Ok(tool);
+        }
+        match serde_json::from_value::<Tool>(v) {
+            Ok(t) if t.name == tool.name => Ok(t),
+            _ => Err(tool.name.to_string()),
+        }
+    }
+
+    /// Keeps the tools whose pins hold; records and withholds the others (INV-023).
+    async fn admit_pinned(&self, conn: &mut Conn, listed: Vec<Tool>) -> Vec<Tool> {
         // INVARIANT (INV-023): a name listed twice is ambiguous (which one would run?): every
         // copy is withheld, whatever the pins say.
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -634,11 +711,7 @@ impl Upstream {
     fn unavailable(&self, why: impl Into<String>) -> ExecError {
         // The reason reaches the agent: an upstream's or transport's message may quote a
         // secret (a header, an environment value), so it is redacted first.
-        let why = why.into();
-        let why = self
-            .redactor
-            .redact_str(&why, &BTreeSet::new())
-            .map_or(why, |(r, _)| r);
+        let why = self.redactor.without_secrets(why.into());
         ExecError::Unavailable {
             upstream: self.spec.name.clone(),
             why,
@@ -847,6 +920,7 @@ impl Upstream {
             return;
         }
         let (client, name) = (Arc::clone(client), self.spec.name.clone());
+        let redactor = Arc::clone(&self.redactor);
         tokio::spawn(async move {
             for uri in uris {
                 #[expect(
@@ -857,7 +931,8 @@ impl Upstream {
                     .peer()
                     .subscribe(rmcp::model::SubscribeRequestParams::new(uri.clone()));
                 if let Err(e) = asked.await {
-                    tracing::warn!(upstream = %name, %uri, error = %e, "could not subscribe the restarted upstream again");
+                    let error = redactor.without_secrets(e.to_string());
+                    tracing::warn!(upstream = %name, %uri, %error, "could not subscribe the restarted upstream again");
                 }
             }
         });
@@ -941,6 +1016,7 @@ impl Upstream {
                                 owner: &self.boundary,
                                 serving: &self.serving,
                                 counters: &self.counters,
+                                redactor: &self.redactor,
                             },
                         )
                         .map_err(|e| {
@@ -1087,13 +1163,13 @@ impl Upstream {
         let redactor = Arc::clone(&self.redactor);
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let none = BTreeSet::new();
+            let mut reader = tokio::io::BufReader::new(stderr);
             let mut last = std::collections::VecDeque::with_capacity(STDERR_TAIL);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let line = redactor
-                    .redact_str(&line, &none)
-                    .map_or(line, |(redacted, _)| redacted);
+            // INVARIANT (an upstream's stderr never stops being read): a line that is not UTF-8
+            // or is very long is still read whole, so the server never meets a closed pipe
+            // (and dies of it) and Warden keeps at most STDERR_LINE bytes of any line.
+            while let Some(line) = next_line_lossy(&mut reader, STDERR_LINE).await {
+                let line = redactor.without_secrets(line);
                 tracing::debug!(upstream = %name, "{line}");
                 if last.len() == STDERR_TAIL {
                     last.pop_front();
@@ -1114,5 +1190,37 @@ impl Upstream {
             }
         }
         conn.running = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines that are not UTF-8, longer than kept, or without a final newline are all read,
+    /// none stops the reading, and what is kept is bounded.
+    #[tokio::test]
+    async fn stderr_lines_are_read_whole_lossily_and_kept_bounded() {
+        let mut input: Vec<u8> = b"plain\n\xff\xfe not utf-8\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100_000));
+        input.extend_from_slice(b"\nafter\nno newline at the end");
+        // A reader that hands out a few bytes at a time, as a pipe does.
+        let mut reader = tokio::io::BufReader::with_capacity(7, input.as_slice());
+        let mut lines = Vec::new();
+        while let Some(line) = next_line_lossy(&mut reader, 1024).await {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines.first().map(String::as_str), Some("plain"));
+        assert_eq!(
+            lines.get(1).map(String::as_str),
+            Some("\u{FFFD}\u{FFFD} not utf-8")
+        );
+        assert_eq!(lines.get(2).map(String::len), Some(1024));
+        assert_eq!(lines.get(3).map(String::as_str), Some("after"));
+        assert_eq!(
+            lines.get(4).map(String::as_str),
+            Some("no newline at the end")
+        );
     }
 }

@@ -373,6 +373,115 @@ async fn a_granted_call_runs_once_with_a_receipt() {
     ex.shutdown().await;
 }
 
+/// A stdio MCP server (plain JSON-RPC lines) given the secret `TOKEN`: it prints the secret into
+/// a tool's description, names another tool after it, writes bytes that are not UTF-8 to its
+/// stderr when it starts, and a stderr line at each call (which kills it if nobody reads its
+/// stderr any more: Python raises on the closed pipe).
+const LEAKY: &str = r#"
+import json, os, sys
+token = os.environ["TOKEN"]
+sys.stderr.buffer.write(b"\xff\xfe starting\n")
+sys.stderr.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m:
+        continue
+    if m["method"] == "initialize":
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+             "serverInfo": {"name": "leaky", "version": "1"}}
+    elif m["method"] == "tools/list":
+        r = {"tools": [
+            {"name": "query", "description": "runs SQL on postgres://app:" + token + "@db/prod",
+             "inputSchema": {"type": "object"}},
+            {"name": "q_" + token, "description": "named after the secret",
+             "inputSchema": {"type": "object"}},
+        ]}
+    elif m["method"] == "tools/call":
+        sys.stderr.write("serving a call\n")
+        sys.stderr.flush()
+        r = {"content": [{"type": "text", "text": "done"}]}
+    else:
+        r = {}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// What an upstream lists reaches agents without the secrets Warden gave it: a description is
+/// redacted, a tool named after a secret is withheld and recorded (the record without the
+/// secret). And an upstream whose stderr is not UTF-8 still has it read: its calls run.
+#[tokio::test]
+async fn an_upstreams_tools_are_listed_redacted_and_its_stderr_read_whatever_it_holds() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("notice: no python3; skipping the leaky-upstream test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("leaky.py");
+    std::fs::write(&script, LEAKY).unwrap();
+    let secret = "s3cr3t-Value-4821";
+    let secrets = Secrets::from_values(
+        [("TOK".to_owned(), Zeroizing::new(secret.to_owned()))]
+            .into_iter()
+            .collect(),
+    );
+    let upstream = Upstream {
+        name: "leaky".into(),
+        transport: Transport::Stdio {
+            program: "python3".into(),
+            args: vec![script.display().to_string()],
+        },
+        env: [(
+            "TOKEN".to_owned(),
+            warden_manifest::upstream::parse_template("${secret:TOK}").unwrap(),
+        )]
+        .into_iter()
+        .collect(),
+        headers: Default::default(),
+        timeout_ms: 10_000,
+        pins: None,
+        sandbox: None,
+        unsandboxed: Some("test".into()),
+        client_requests: Default::default(),
+    };
+    let clock = Arc::new(ManifestClock::new(1));
+    let (ex, ledger) = executor_with(dir.path(), upstream, clock, secrets);
+    let down = ex.start(std::time::Duration::from_secs(30)).await;
+    assert!(down.is_empty(), "{down:?}");
+    let tools = ex.tools();
+    let listed = serde_json::to_string(&tools).unwrap();
+    assert!(!listed.contains(secret), "{listed}");
+    let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["leaky.query"]);
+    assert!(listed.contains("postgres://app:[REDACTED"), "{listed}");
+    let mut texts = Vec::new();
+    ledger
+        .with_store(|s| {
+            s.scan(0, u64::MAX, &mut |_, b| {
+                texts.push(String::from_utf8_lossy(b).into_owned());
+                Ok(())
+            })
+            .map_err(Into::into)
+        })
+        .unwrap();
+    assert!(
+        texts.iter().any(|t| t.contains("upstream.tool_withheld")),
+        "{texts:?}"
+    );
+    assert!(texts.iter().all(|t| !t.contains(secret)), "{texts:?}");
+    let none = BTreeSet::new();
+    let args = serde_json::json!({});
+    let g = mint("leaky.query", &args, 1, now_ms(), 30_000);
+    let done = ex.execute(call(&g, "leaky.query", &args, &none)).await;
+    assert!(
+        matches!(&done, Ok(d) if matches!(&d.result, warden_executor::Answer::Tool(r) if r.is_error != Some(true))),
+        "{done:?}"
+    );
+    ex.shutdown().await;
+}
+
 /// The `redact` fuzz target's seeds (and some hostile inputs) replay here: no panic, and the
 /// secret never survives.
 #[test]
