@@ -658,6 +658,23 @@ fn agents_enroll_and_revoke() {
         "{}",
         text(&out.stderr)
     );
+    // A name that would lead out of DATA/agents (here onto the Governor key) is refused and
+    // writes nothing.
+    let governor = std::fs::read(data.join("keys/governor.key")).unwrap();
+    for name in ["x/../../keys/governor", "/tmp/x", ""] {
+        let out = warden(&["agents", "derive", "coder-1", "--name", name, "--data", d]);
+        assert_ne!(out.status.code(), Some(0), "{name}");
+        assert!(
+            text(&out.stderr).contains("is not an agent name"),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(data.join("keys/governor.key")).unwrap(),
+        governor
+    );
+    assert!(!data.join("agents/coder-1.x").exists());
     let out = warden(&["agents", "revoke", "coder-1", "--data", d]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(

@@ -34,6 +34,9 @@ pub enum AgentsError {
     /// The agent is not in the manifest.
     #[error("agent `{0}` is not in the manifest")]
     UnknownAgent(String),
+    /// A name that is not an agent id (it also names the agent's files).
+    #[error("`{0}` is not an agent name: it {rule}", rule = warden_manifest::manifest::ID_RULE)]
+    BadName(String),
     /// Issuing failed.
     #[error("{0}")]
     Credential(#[from] warden_identity::CredentialError),
@@ -379,13 +382,20 @@ pub fn derive(
     now: i64,
     ttl_secs: i64,
 ) -> Result<PathBuf, AgentsError> {
+    // INVARIANT (an agent's files stay in DATA/agents): the names make file names, so each
+    // is an id (no `/`): `--name x/../../keys/governor` would have replaced the Governor key.
+    let agent = format!("{parent}.{name}");
+    for id in [parent, name] {
+        if !warden_manifest::manifest::valid_id(id) {
+            return Err(AgentsError::BadName(id.to_owned()));
+        }
+    }
     let dir = data.join("agents");
     let cred_path = dir.join(format!("{parent}.credential"));
     let token = fs::read_to_string(&cred_path).map_err(|e| file_err(&cred_path, e))?;
     let cred = Credential::from_token(&token)?;
     let parent_key = agent_key(&dir.join(format!("{parent}.key")))?;
     let child_key = new_key(&dir)?;
-    let agent = format!("{parent}.{name}");
     let body = CredentialBody {
         id: String::new(),
         agent: agent.clone(),
