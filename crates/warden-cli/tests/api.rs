@@ -323,6 +323,159 @@ impl warden_ledger::LedgerStore for Breakable {
     }
 }
 
+/// The embedded state store, whose `clear_hold` fails for quarantines: a store that fails
+/// part way through a resume (a Redis dropping its connection between two writes cannot be
+/// timed from a test).
+struct QuarantineWontClear(Arc<dyn warden_core::state::StateStore>);
+
+impl warden_core::state::StateStore for QuarantineWontClear {
+    fn check_and_charge(
+        &self,
+        charges: &[warden_core::state::Charge],
+        now: warden_core::time::UnixSeconds,
+    ) -> Result<warden_core::state::ChargeOutcome, warden_core::state::StateError> {
+        self.0.check_and_charge(charges, now)
+    }
+    fn observe_call(
+        &self,
+        session: &str,
+        fingerprint: [u8; 32],
+        now: warden_core::time::UnixSeconds,
+        ttl: i64,
+    ) -> Result<u32, warden_core::state::StateError> {
+        self.0.observe_call(session, fingerprint, now, ttl)
+    }
+    fn settle(
+        &self,
+        s: &warden_core::state::Settle<'_>,
+    ) -> Result<warden_core::state::Settled, warden_core::state::StateError> {
+        self.0.settle(s)
+    }
+    fn holds(
+        &self,
+        scopes: &[warden_core::state::HoldScope],
+    ) -> Result<Vec<warden_core::state::Hold>, warden_core::state::StateError> {
+        self.0.holds(scopes)
+    }
+    fn set_hold(
+        &self,
+        hold: warden_core::state::Hold,
+    ) -> Result<(), warden_core::state::StateError> {
+        self.0.set_hold(hold)
+    }
+    fn clear_hold(
+        &self,
+        scope: &warden_core::state::HoldScope,
+        kind: warden_core::state::HoldKind,
+    ) -> Result<bool, warden_core::state::StateError> {
+        if kind == warden_core::state::HoldKind::Quarantine {
+            return Err(warden_core::state::StateError::Unavailable(
+                "the store went away".into(),
+            ));
+        }
+        self.0.clear_hold(scope, kind)
+    }
+    fn all_holds(&self) -> Result<Vec<warden_core::state::Hold>, warden_core::state::StateError> {
+        self.0.all_holds()
+    }
+}
+
+/// A resume the state store fails part way through is refused and leaves the kill in force:
+/// the holds are lifted the strongest last (before, the kill went first, and the resume then
+/// failed with the kill lifted and nothing recorded).
+#[tokio::test]
+async fn a_resume_that_fails_part_way_leaves_the_kill_in_force() {
+    use warden_core::state::{HoldKind, HoldScope};
+    use warden_runtime::operator::Brake;
+    let dir = tempfile::tempdir().unwrap();
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let config = config(dir.path());
+    let runtime = tokio::task::spawn_blocking(move || {
+        let backends = Backends::embedded(&config)?;
+        let state = Arc::new(QuarantineWontClear(backends.state.clone()));
+        Runtime::assemble(config, Backends { state, ..backends })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let operator = runtime.operator();
+    let agent = HoldScope::Agent("coder-1".into());
+    operator
+        .brake(Brake::Kill, &agent, "incident")
+        .await
+        .unwrap();
+    let resumed = operator.brake(Brake::Resume, &agent, "").await;
+    assert!(resumed.is_err(), "{resumed:?}");
+    let kinds: Vec<HoldKind> = operator
+        .holds()
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.scope == agent)
+        .map(|h| h.kind)
+        .collect();
+    assert_eq!(kinds, [HoldKind::Kill]);
+    runtime.shutdown().await;
+}
+
+/// A demoted agent restored by the operator while the ledger cannot record: the restoration
+/// is refused and undone (the agent stays demoted), not left standing with no record.
+#[tokio::test]
+async fn a_restoration_the_ledger_cannot_record_is_undone() {
+    use warden_core::state::{Hold, HoldKind, HoldScope};
+    let dir = tempfile::tempdir().unwrap();
+    let signer = warden_ledger::NoteSigner::generate("warden.test/breakable").unwrap();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Breakable {
+        inner: warden_ledger::FileStore::open(
+            &dir.path().join("other-ledger"),
+            warden_ledger::Mode::Write,
+        )
+        .unwrap(),
+        broken: Arc::clone(&broken),
+    };
+    warden_runtime::starter::write(dir.path()).unwrap();
+    let config = config(dir.path());
+    let (runtime, state) = tokio::task::spawn_blocking(move || {
+        let ledger =
+            warden_ledger::Ledger::open(Box::new(store), signer, Default::default()).unwrap();
+        let backends = Backends::embedded(&config).unwrap();
+        let state = backends.state.clone();
+        let runtime = Runtime::assemble(config, Backends { ledger, ..backends }).unwrap();
+        (runtime, state)
+    })
+    .await
+    .unwrap();
+    let agent = HoldScope::Agent("coder-1".into());
+    state
+        .set_hold(Hold {
+            scope: agent.clone(),
+            kind: HoldKind::Demote,
+            reason: "its breaker tripped".into(),
+            since: warden_runtime::now_unix(),
+        })
+        .unwrap();
+    let demoted = || {
+        state
+            .holds(std::slice::from_ref(&agent))
+            .unwrap()
+            .iter()
+            .any(|h| h.kind == HoldKind::Demote)
+    };
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = runtime.operator().promote("coder-1").await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("stays demoted")),
+        "{refused:?}"
+    );
+    assert!(demoted());
+    // Recorded, it stands.
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let restored = runtime.operator().promote("coder-1").await;
+    assert!(restored.is_ok(), "{restored:?}");
+    assert!(!demoted());
+    runtime.shutdown().await;
+}
+
 /// INV-003: when the ledger cannot record, an allowed call is answered as a deny (503).
 #[tokio::test]
 async fn unrecordable_decision_is_a_deny() {

@@ -117,7 +117,8 @@ pub enum OperatorError {
         /// The scope.
         scope: HoldScope,
     },
-    /// The state store could not apply it (nothing changed).
+    /// The state store could not apply it (nothing changed; a resume that failed part way
+    /// has lifted at most a pause or a quarantine under a kill still in force).
     #[error("{0}")]
     State(#[from] warden_core::state::StateError),
     /// The ledger did not record it, so it does not count.
@@ -160,7 +161,7 @@ impl Operator {
     ///
     /// # Errors
     /// [`OperatorError::Scope`] if it does not apply; [`OperatorError::State`] if the hold
-    /// could not be written (nothing changed).
+    /// could not be written (nothing changed; for a resume, a kill in force stays).
     pub async fn brake(
         &self,
         brake: Brake,
@@ -187,8 +188,12 @@ impl Operator {
                 s.state.set_hold(set(HoldKind::Quarantine)).map(|()| 1)?
             }
             (Brake::Resume, _) => {
+                // INVARIANT (fail-closed): each hold is lifted on its own, the strongest last,
+                // so a store that fails part way leaves the kill in place (the resume is
+                // refused and can be sent again), never a lifted kill with an error and no
+                // record.
                 let mut n = 0;
-                for kind in [HoldKind::Kill, HoldKind::Quarantine, HoldKind::Pause] {
+                for kind in [HoldKind::Pause, HoldKind::Quarantine, HoldKind::Kill] {
                     if s.state.clear_hold(scope, kind)? {
                         n += 1;
                     }

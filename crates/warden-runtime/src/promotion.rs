@@ -139,6 +139,9 @@ pub enum PromotionError {
     /// Reading the standing did not finish.
     #[error("reading the agent's standing did not finish: {0}")]
     Interrupted(String),
+    /// The restoration could not be recorded in the ledger, so it was undone.
+    #[error("the restoration could not be recorded in the ledger, so it was undone: {0}")]
+    NotRecorded(String),
 }
 
 /// An agent's record since its last violation or promotion, from the ledger.
@@ -410,7 +413,7 @@ async fn restore(
 ) -> Result<(), PromotionError> {
     app.state
         .clear_hold(&HoldScope::Agent(a.id.clone()), HoldKind::Demote)?;
-    crate::witness::record(
+    let recorded = crate::witness::record(
         &app.ledger,
         "agent.promoted",
         crate::witness::About::agent(&a.id, &a.tenant),
@@ -421,6 +424,17 @@ async fn restore(
         ),
     )
     .await;
+    // INVARIANT (a loosening stands only recorded): a restoration the ledger did not record is
+    // undone (the demotion set again), and the caller told so.
+    if !recorded {
+        let undone = match app.state.set_hold(hold.clone()) {
+            Ok(()) => "the agent stays demoted; try again".to_owned(),
+            Err(e) => {
+                format!("setting the demotion again failed too ({e}): the agent is NOT demoted")
+            }
+        };
+        return Err(PromotionError::NotRecorded(undone));
+    }
     Ok(())
 }
 

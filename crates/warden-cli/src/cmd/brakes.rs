@@ -88,5 +88,17 @@ pub fn send(t: &Target, action: &str, scope: serde_json::Value) -> anyhow::Resul
         bail!("the gateway refused: {status} {answer}");
     }
     out!("{answer}");
+    // Applied, but the ledger did not record it: the audit trail has a gap the operator must
+    // hear of (a lifted kill with no record of who lifted it).
+    let recorded = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| v.get("recorded").and_then(serde_json::Value::as_bool));
+    if recorded == Some(false) {
+        eprintln!("warning: `{action}` took effect but the ledger did not record it (see the gateway's log)");
+        return Ok(ExitCode::from(NOT_RECORDED));
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The exit code of a hold change that took effect but was not recorded.
+const NOT_RECORDED: u8 = 3;
