@@ -1824,6 +1824,17 @@ async fn a_new_manifest_tells_each_listener_to_list_everything_again_once() {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("version: 1", "version: 2", 1)).unwrap();
     assert_eq!(app.reload().await.unwrap(), 2);
+    // The swap is recorded, ungoverned as it is.
+    let swaps: Vec<String> = ledger_texts(dir.path())
+        .into_iter()
+        .filter(|t| t.contains("manifest.reloaded"))
+        .collect();
+    assert_eq!(swaps.len(), 1, "{swaps:?}");
+    assert!(
+        swaps[0].contains("manifest version 2 (bundle sha256:")
+            && swaps[0].contains("after version 1"),
+        "{swaps:?}"
+    );
     for listener in [&mut a, &mut b] {
         let mut told = Vec::new();
         for _ in 0..3 {

@@ -721,6 +721,26 @@ impl Runtime {
             Ok(Ok((v, approval))) => {
                 tracing::info!(version = v, "manifest reloaded");
                 let now = s.governor.get();
+                // Every swap is recorded with what came in, governed or not (the decisions
+                // after it cite the version; this says when and from what).
+                let swapped = crate::witness::record(
+                    &s.ledger,
+                    "manifest.reloaded",
+                    crate::witness::About::governance(),
+                    format!(
+                        "manifest version {v} (bundle {}) in force, after version {} (bundle {})",
+                        now.policy_hash(),
+                        old.manifest().version,
+                        old.policy_hash()
+                    ),
+                )
+                .await;
+                if !swapped {
+                    tracing::error!(
+                        version = v,
+                        "the manifest swap is in force but not recorded"
+                    );
+                }
                 crate::promotion::record_raised(&s.ledger, old.manifest(), now.manifest()).await;
                 if let Some(r) = approval {
                     crate::witness::record(
