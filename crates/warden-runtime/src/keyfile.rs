@@ -32,7 +32,11 @@ fn replace(path: &Path, contents: &[u8], secret: bool) -> Result<(), KeyFileErro
     if secret {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
     }
-    let tmp = path.with_extension("tmp");
+    // Beside it under its own whole name (`governor.key.tmp`, `governor.pub.tmp`): two files
+    // of one stem never share a temporary file.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let _ = fs::remove_file(&tmp);
     // INVARIANT (keys never exposed): a secret is created 0600 in one step; written beside and
     // renamed into place, so a crash never leaves an empty or half-written key file.
@@ -72,8 +76,15 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
 /// # Errors
 /// [`KeyFileError`].
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
-    let meta = fs::metadata(path).map_err(|e| err(path, e))?;
-    let mode = meta.permissions().mode();
+    use std::io::Read as _;
+    // The mode is checked on the file opened, then read from it: the file checked is the file
+    // read, whatever the path names meanwhile.
+    let mut file = fs::File::open(path).map_err(|e| err(path, e))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| err(path, e))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(err(
             path,
@@ -83,9 +94,9 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
             ),
         ));
     }
-    Ok(Zeroizing::new(
-        fs::read_to_string(path).map_err(|e| err(path, e))?,
-    ))
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| err(path, e))?;
+    Ok(text)
 }
 
 /// 32 bytes as 64 hex digits and a newline (how seeds and MAC keys are stored).
@@ -124,4 +135,36 @@ pub fn random32(for_path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let mut out = Zeroizing::new([0u8; 32]);
     getrandom::fill(out.as_mut_slice()).map_err(|e| err(for_path, e))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret is written 0600 and read back; one others can read is refused with its mode
+    /// and the fix; a key and its public half of one stem are written side by side, each whole,
+    /// leaving no temporary file.
+    #[test]
+    fn secrets_are_written_private_and_refused_once_others_can_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = (
+            dir.path().join("k/governor.key"),
+            dir.path().join("k/governor.pub"),
+        );
+        write_secret(&key, b"secret\n").unwrap();
+        write_public(&public, b"public\n").unwrap();
+        assert_eq!(read_secret(&key).unwrap().as_str(), "secret\n");
+        assert_eq!(fs::read_to_string(&public).unwrap(), "public\n");
+        let names: Vec<String> = fs::read_dir(dir.path().join("k"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+        let refused = read_secret(&key).unwrap_err().to_string();
+        assert!(
+            refused.contains("readable by others (mode 640)") && refused.contains("chmod 600"),
+            "{refused}"
+        );
+    }
 }
