@@ -278,6 +278,30 @@ struct Breakable {
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl Breakable {
+    /// A store in `dir/other-ledger`, working until the switch returned is set, and a signer
+    /// for its ledger.
+    fn open(
+        dir: &Path,
+    ) -> (
+        Breakable,
+        Arc<std::sync::atomic::AtomicBool>,
+        warden_ledger::NoteSigner,
+    ) {
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = Breakable {
+            inner: warden_ledger::FileStore::open(
+                &dir.join("other-ledger"),
+                warden_ledger::Mode::Write,
+            )
+            .unwrap(),
+            broken: Arc::clone(&broken),
+        };
+        let signer = warden_ledger::NoteSigner::generate("warden.test/breakable").unwrap();
+        (store, broken, signer)
+    }
+}
+
 impl warden_ledger::LedgerStore for Breakable {
     fn append(
         &mut self,
@@ -423,16 +447,7 @@ async fn a_resume_that_fails_part_way_leaves_the_kill_in_force() {
 async fn a_restoration_the_ledger_cannot_record_is_undone() {
     use warden_core::state::{Hold, HoldKind, HoldScope};
     let dir = tempfile::tempdir().unwrap();
-    let signer = warden_ledger::NoteSigner::generate("warden.test/breakable").unwrap();
-    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = Breakable {
-        inner: warden_ledger::FileStore::open(
-            &dir.path().join("other-ledger"),
-            warden_ledger::Mode::Write,
-        )
-        .unwrap(),
-        broken: Arc::clone(&broken),
-    };
+    let (store, broken, signer) = Breakable::open(dir.path());
     warden_runtime::starter::write(dir.path()).unwrap();
     let config = config(dir.path());
     let (runtime, state) = tokio::task::spawn_blocking(move || {
@@ -480,16 +495,7 @@ async fn a_restoration_the_ledger_cannot_record_is_undone() {
 #[tokio::test]
 async fn unrecordable_decision_is_a_deny() {
     let dir = tempfile::tempdir().unwrap();
-    let signer = warden_ledger::NoteSigner::generate("warden.test/breakable").unwrap();
-    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = Breakable {
-        inner: warden_ledger::FileStore::open(
-            &dir.path().join("other-ledger"),
-            warden_ledger::Mode::Write,
-        )
-        .unwrap(),
-        broken: Arc::clone(&broken),
-    };
+    let (store, broken, signer) = Breakable::open(dir.path());
     let ledger = tokio::task::spawn_blocking(move || {
         warden_ledger::Ledger::open(Box::new(store), signer, Default::default()).unwrap()
     })
