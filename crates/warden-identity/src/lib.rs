@@ -17,6 +17,7 @@
 pub mod approval;
 pub mod credential;
 pub mod grant;
+mod kept_connection;
 pub mod lineage;
 pub mod replay;
 pub mod request;

@@ -128,53 +128,33 @@ impl ReplayGuard for RedisReplayGuard {
             .conn
             .lock()
             .map_err(|_| ReplayError::Unavailable("replay guard lock poisoned".into()))?;
-        let reused = slot.is_some();
-        let set = match self.set_nx(&mut slot, &key, ttl) {
-            // A kept connection a restarted Redis closed: once more on a new one. The id was
-            // not recorded through a closed connection (or, if Redis recorded it and then
-            // closed the connection unanswered, it is refused as seen: fail closed).
-            Err(e) if reused && e.is_connection_dropped() => self.set_nx(&mut slot, &key, ttl),
-            other => other,
-        };
+        // A kept connection a restarted Redis closed: once more on a new one. The id was not
+        // recorded through a closed connection (or, if Redis recorded it and then closed the
+        // connection unanswered, it is refused as seen: fail closed).
+        let set = crate::kept_connection::run(
+            &self.client,
+            &mut slot,
+            |conn| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query::<Option<String>>(conn)
+            },
+            |e: &redis::RedisError| {
+                if e.is_connection_dropped() {
+                    crate::kept_connection::Meant::Closed
+                } else {
+                    crate::kept_connection::Meant::Broken
+                }
+            },
+        );
         match set {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(ReplayError::Seen),
             Err(e) => Err(ReplayError::Unavailable(format!("redis: {e}"))),
         }
-    }
-}
-
-impl RedisReplayGuard {
-    /// `SET key 1 NX PX ttl` on the connection in `slot`, opened first if there is none;
-    /// dropped on an error (the next call reconnects).
-    fn set_nx(
-        &self,
-        slot: &mut Option<redis::Connection>,
-        key: &str,
-        ttl: i64,
-    ) -> redis::RedisResult<Option<String>> {
-        if slot.is_none() {
-            let timeout = std::time::Duration::from_secs(2);
-            let c = self.client.get_connection_with_timeout(timeout)?;
-            c.set_read_timeout(Some(timeout))?;
-            c.set_write_timeout(Some(timeout))?;
-            *slot = Some(c);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err(redis::RedisError::from(std::io::Error::other(
-                "no redis connection",
-            )));
-        };
-        let set = redis::cmd("SET")
-            .arg(key)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl)
-            .query(conn);
-        if set.is_err() {
-            *slot = None;
-        }
-        set
     }
 }

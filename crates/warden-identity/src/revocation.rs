@@ -194,40 +194,14 @@ impl RedisRevocations {
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RevocationError> {
         let mut slot = self.conn.lock().map_err(|_| poisoned())?;
-        let reused = slot.is_some();
-        match self.run(&mut slot, &f) {
-            Err(e) if reused && (e.is_connection_dropped() || e.is_io_error()) => {
-                self.run(&mut slot, &f).map_err(|e| redis_err(&e))
+        crate::kept_connection::run(&self.client, &mut slot, f, |e: &redis::RedisError| {
+            if e.is_connection_dropped() || e.is_io_error() {
+                crate::kept_connection::Meant::Closed
+            } else {
+                crate::kept_connection::Meant::Broken
             }
-            other => other.map_err(|e| redis_err(&e)),
-        }
-    }
-
-    /// `f` on the connection in `slot`, opened first if there is none; dropped on an error.
-    fn run<T>(
-        &self,
-        slot: &mut Option<redis::Connection>,
-        f: &impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
-        if slot.is_none() {
-            let timeout = std::time::Duration::from_secs(2);
-            let c = self.client.get_connection_with_timeout(timeout)?;
-            c.set_read_timeout(Some(timeout))?;
-            c.set_write_timeout(Some(timeout))?;
-            *slot = Some(c);
-        }
-        let result = match slot.as_mut() {
-            Some(conn) => f(conn),
-            None => {
-                return Err(redis::RedisError::from(std::io::Error::other(
-                    "no connection",
-                )))
-            }
-        };
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        })
+        .map_err(|e| redis_err(&e))
     }
 }
 

@@ -48,20 +48,14 @@ impl Pool {
     ) -> redis::RedisResult<T> {
         // Taken in a statement of its own: the lock is released before `f` runs.
         let pooled = self.idle()?.pop();
-        match pooled {
-            Some(conn) => match self.run(conn, wait, &f) {
-                Err(e) if e.is_connection_dropped() => {
-                    self.idle()?.clear();
-                    let fresh = self.client.get_connection_with_timeout(TIMEOUT)?;
-                    self.run(fresh, wait, &f)
-                }
-                other => other,
-            },
-            None => {
-                let fresh = self.client.get_connection_with_timeout(TIMEOUT)?;
-                self.run(fresh, wait, &f)
+        if let Some(conn) = pooled {
+            match self.run(conn, wait, &f) {
+                Err(e) if e.is_connection_dropped() => self.idle()?.clear(),
+                other => return other,
             }
         }
+        let fresh = self.client.get_connection_with_timeout(TIMEOUT)?;
+        self.run(fresh, wait, &f)
     }
 
     /// The idle connections.

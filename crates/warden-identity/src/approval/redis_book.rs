@@ -44,8 +44,6 @@ pub const LEASE_MS: i64 = 30_000;
 const POLL: Duration = Duration::from_millis(200);
 /// How often a step is run again when another instance changed what it read.
 const ATTEMPTS: u32 = 32;
-/// How long a connection may take to open, and a reply to come.
-const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes the keys a step changed if none of the keys it read changed since.
 /// KEYS: the keys read (then the sorted set, the agents' set). ARGV: their count, then per key
@@ -378,38 +376,13 @@ impl Shared {
     /// applies only over the values the step read, and a vote's nonce is kept with it, so a rerun
     /// after a write that did land reads it back (a vote then refused as replayed, and withdrawn
     /// with its lease).
-    fn with<T>(
-        &self,
-        mut f: impl FnMut(&mut redis::Connection) -> Result<T, Fail>,
-    ) -> Result<T, Fail> {
+    fn with<T>(&self, f: impl FnMut(&mut redis::Connection) -> Result<T, Fail>) -> Result<T, Fail> {
         let mut slot = lock(&self.conn);
-        let reused = slot.is_some();
-        match self.on(&mut slot, &mut f) {
-            Err(Fail::Dropped(_)) if reused => self.on(&mut slot, &mut f),
-            out => out,
-        }
-    }
-
-    /// [`Shared::with`]'s one try, on the connection in `slot`.
-    fn on<T>(
-        &self,
-        slot: &mut Option<redis::Connection>,
-        f: &mut impl FnMut(&mut redis::Connection) -> Result<T, Fail>,
-    ) -> Result<T, Fail> {
-        if slot.is_none() {
-            let c = self.client.get_connection_with_timeout(TIMEOUT)?;
-            c.set_read_timeout(Some(TIMEOUT))?;
-            c.set_write_timeout(Some(TIMEOUT))?;
-            *slot = Some(c);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err(Fail::Store("no connection".into()));
-        };
-        let out = f(conn);
-        if matches!(out, Err(Fail::Store(_) | Fail::Dropped(_))) {
-            *slot = None;
-        }
-        out
+        crate::kept_connection::run(&self.client, &mut slot, f, |e: &Fail| match e {
+            Fail::Refused(_) => crate::kept_connection::Meant::Kept,
+            Fail::Store(_) => crate::kept_connection::Meant::Broken,
+            Fail::Dropped(_) => crate::kept_connection::Meant::Closed,
+        })
     }
 
     /// Runs `step` until what it read is unchanged when its writes apply.
