@@ -104,16 +104,9 @@ impl Executor {
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
     {
-        let none = BTreeSet::new();
         items
             .into_iter()
-            .filter_map(|item| {
-                let mut v = serde_json::to_value(&item).ok()?;
-                if self.redactor.redact_json(&mut v, &none) == 0 {
-                    return Some(item);
-                }
-                serde_json::from_value(v).ok()
-            })
+            .filter_map(|item| self.redactor.without_secrets_in(item))
             .collect()
     }
 

@@ -302,6 +302,20 @@ impl Redactor {
             .map_or(text, |(r, _)| r)
     }
 
+    /// `item` with the exact secrets redacted in its JSON form, every field whatever its type
+    /// (for what an upstream lists: tools, resources, prompts); `None` if its redacted form no
+    /// longer reads as a `T` (the item cannot be offered).
+    pub fn without_secrets_in<T>(&self, item: T) -> Option<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut v = serde_json::to_value(&item).ok()?;
+        if self.redact_json(&mut v, &BTreeSet::new()) == 0 {
+            return Some(item);
+        }
+        serde_json::from_value(v).ok()
+    }
+
     /// Whether [`Redactor::redact_str`] would change `s`: an exact secret, or an `on` detector's
     /// match that passes its checksum.
     #[must_use]

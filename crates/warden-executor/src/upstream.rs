@@ -9,7 +9,7 @@ use crate::ExecError;
 use rmcp::model::Tool;
 use rmcp::service::RunningService;
 use rmcp::{RoleClient, ServiceExt as _};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -622,17 +622,11 @@ impl Upstream {
     /// or a schema, which is redacted there (INV-010). A tool whose name would change (or
     /// whose redacted form is no tool) cannot be offered: `Err` with its name.
     fn shown(&self, tool: Tool) -> Result<Tool, String> {
-        let none = BTreeSet::new();
-        let Ok(mut v) = serde_json::to_value(&tool) else {
-            return Err(tool.name.to_string());
-        };
-        if self.redactor.redact_json(&mut v, &none) == 0 {
-            return Ok(tool);
-        }
-        match serde_json::from_value::<Tool>(v) {
-            Ok(t) if t.name == tool.name => Ok(t),
-            _ => Err(tool.name.to_string()),
-        }
+        let name = tool.name.to_string();
+        self.redactor
+            .without_secrets_in(tool)
+            .filter(|t| t.name == name.as_str())
+            .ok_or(name)
     }
 
     /// Keeps the tools whose pins hold; records and withholds the others (INV-023).
